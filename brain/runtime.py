@@ -1,0 +1,290 @@
+"""The server process: settings, plugins, the supervision tree and the two HTTP roles.
+
+Start-up order: bind the listening sockets (so port 0 resolves before any URL is derived),
+load plugins, start the supervision tree (embedded NATS, auth_sup, data_sup), then serve HTTP.
+Shutdown runs the other way: stop accepting, let in-flight requests finish, stop the tree in
+reverse order (which closes every database), exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import signal
+import socket
+import ssl
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pluggy
+import pykka
+from aiohttp import web
+
+import brain
+from brain.actors import bridge
+from brain.actors.supervisor import ChildSpec, Supervisor
+from brain.config import Settings, server_secret
+from brain.logs import access_logger_for
+from brain.nats_embedded import EmbeddedNats, free_port, store_dir_for
+from brain.plugins.manager import load_plugins
+from brain.web import MAX_BODY_KEY, error_middleware
+
+log = logging.getLogger("brain.server")
+
+RUNTIME_KEY: web.AppKey["Runtime"] = web.AppKey("runtime")
+
+
+class Runtime:
+    """Everything one `brain serve` process owns; handed to every subsystem."""
+
+    def __init__(self, settings: Settings, *, plugin_manager: pluggy.PluginManager | None = None) -> None:
+        self.settings = settings
+        self.secret = server_secret(settings)
+        self.pm = plugin_manager or load_plugins(settings.plugins.enabled, builtins=_builtin_plugins())
+        self.started_at = time.time()
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.root: pykka.ActorRef[Supervisor] | None = None
+        self.nats_url = settings.nats.url
+        self.exit_code = 0
+        self._stop_event: asyncio.Event | None = None
+        self._runners: list[web.AppRunner] = []
+        # name -> callable returning a JSON-able dict, shown on /health.
+        self.health_sources: dict[str, Callable[[], Any]] = {
+            "nats": lambda: {"url": self.nats_url, "embedded": not settings.nats.url},
+        }
+        self.pm.hook.brain_startup.call_historic(
+            kwargs={"settings": settings, "plugin_settings": settings.plugins.settings}
+        )
+
+    @property
+    def roles(self) -> frozenset[str]:
+        """The HTTP roles this process serves."""
+        return frozenset(self.settings.server.roles)
+
+    # Supervision tree ---------------------------------------------------------------
+
+    def child_specs(self) -> list[ChildSpec]:
+        """The root's children, in start order."""
+        from brain import api, auth
+
+        specs: list[ChildSpec] = []
+        if not self.nats_url:
+            port = self.settings.nats.embedded_port or free_port()
+            self.nats_url = f"nats://127.0.0.1:{port}"
+            store = store_dir_for(self.settings.data_path)
+            specs.append(
+                ChildSpec(id="nats", start=lambda link: EmbeddedNats.start(link=link, store_dir=store, port=port))
+            )
+        auth_children = [*auth.child_specs(self), *api.auth_child_specs(self)]
+        specs.append(
+            ChildSpec(
+                id="auth_sup",
+                start=lambda link: Supervisor.start(
+                    link=link, name="auth_sup", strategy="one_for_one", children=auth_children
+                ),
+            )
+        )
+        if "api" in self.roles:
+            data_children = [
+                *api.data_child_specs(self),
+                ChildSpec(
+                    id="stores",
+                    start=lambda link: Supervisor.start(
+                        link=link, name="stores", strategy="one_for_one", max_restarts=50, max_seconds=10
+                    ),
+                ),
+                ChildSpec(
+                    id="mail",
+                    start=lambda link: Supervisor.start(
+                        link=link, name="mail", strategy="one_for_one", max_restarts=50, max_seconds=10
+                    ),
+                ),
+            ]
+            specs.append(
+                ChildSpec(
+                    id="data_sup",
+                    start=lambda link: Supervisor.start(
+                        link=link, name="data_sup", strategy="rest_for_one", children=data_children
+                    ),
+                )
+            )
+        return specs
+
+    def start_tree(self) -> None:
+        """Start the root supervisor and, through it, every actor (blocking)."""
+        self.root = Supervisor.start(
+            name="root",
+            strategy="one_for_one",
+            children=self.child_specs(),
+            max_restarts=5,
+            max_seconds=30,
+            on_give_up=self._root_gave_up,
+        )
+        # The root starts its subtree in on_start, child by child; an ask is answered only
+        # after that, so once it returns every actor is up (or the tree gave up).
+        try:
+            self.root.proxy().count_children().get(timeout=120)
+        except pykka.ActorDeadError:
+            log.critical("the supervision tree could not be started")
+
+    def lookup(self, path: str) -> pykka.ActorRef[Any] | None:
+        """Find an actor by its path under the root, e.g. "data_sup/stores" (blocking ask)."""
+        ref: pykka.ActorRef[Any] | None = self.root
+        for part in path.split("/"):
+            if ref is None or not ref.is_alive():
+                return None
+            try:
+                ref = ref.proxy().get_child(part).get(timeout=5)
+            except pykka.ActorDeadError:
+                return None
+        return ref
+
+    async def alookup(self, path: str) -> pykka.ActorRef[Any] | None:
+        """`lookup` for coroutines: each hop is awaited through the bridge."""
+        ref: pykka.ActorRef[Any] | None = self.root
+        for part in path.split("/"):
+            if ref is None or not ref.is_alive():
+                return None
+            try:
+                ref = await bridge.ask(ref.proxy().get_child(part))
+            except pykka.ActorDeadError:
+                return None
+        return ref
+
+    def _root_gave_up(self, reason: str) -> None:
+        log.critical("root supervisor gave up (%s); shutting down", reason)
+        if self.loop is not None:
+            self.loop.call_soon_threadsafe(self.request_stop, 1)
+
+    def stop_tree(self) -> None:
+        """Stop every actor, children before parents, in reverse start order (blocking)."""
+        root, self.root = self.root, None
+        if root is not None and root.is_alive():
+            try:
+                root.stop(block=True, timeout=self.settings.server.shutdown_timeout * 4)
+            except pykka.Timeout:
+                log.error("supervision tree did not stop within the timeout")
+
+    # HTTP roles ----------------------------------------------------------------------
+
+    def make_app(self, role: str) -> web.Application:
+        """The aiohttp application of one role."""
+        from brain import api, auth
+
+        app = web.Application(
+            client_max_size=self.settings.server.max_body_bytes,
+            middlewares=[error_middleware],
+        )
+        app[RUNTIME_KEY] = self
+        app[MAX_BODY_KEY] = self.settings.server.max_body_bytes
+        if role == "auth":
+            auth.setup_routes(app, self)
+        else:
+            api.setup_routes(app, self)
+        return app
+
+    def request_stop(self, code: int = 0) -> None:
+        """Ask the serving loop to shut down (idempotent; the first code wins)."""
+        if self._stop_event is not None and not self._stop_event.is_set():
+            self.exit_code = code
+            self._stop_event.set()
+
+    async def serve(self, sockets: dict[str, socket.socket]) -> int:
+        """Serve the roles on the given bound sockets until asked to stop; return the exit code."""
+        self.loop = asyncio.get_running_loop()
+        self._stop_event = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self.loop.add_signal_handler(sig, self._on_signal, sig)
+            except (NotImplementedError, RuntimeError):  # pragma: no cover - not the main thread
+                pass
+        await self.loop.run_in_executor(None, self.start_tree)
+        if self.root is None or not self.root.is_alive():
+            log.critical("the supervision tree failed to start")
+            await self.loop.run_in_executor(None, self.stop_tree)
+            return 1
+        ssl_ctx = self._ssl_context()
+        try:
+            for role in ("auth", "api"):
+                if role not in sockets:
+                    continue
+                runner = web.AppRunner(
+                    self.make_app(role),
+                    access_log_class=access_logger_for(role),
+                    access_log=logging.getLogger(f"brain.access.{role}") if self.settings.log.access_log else None,
+                    shutdown_timeout=self.settings.server.shutdown_timeout,
+                    handle_signals=False,
+                )
+                await runner.setup()
+                self._runners.append(runner)
+                site = web.SockSite(runner, sockets[role], ssl_context=ssl_ctx)
+                await site.start()
+                host, port = sockets[role].getsockname()[:2]
+                log.info("%s role listening on %s://%s:%s", role, "https" if ssl_ctx else "http", host, port)
+            log.info("brain %s ready (pid %s)", brain.__version__, _pid())
+            await self._stop_event.wait()
+        finally:
+            await self.shutdown()
+        return self.exit_code
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        log.info("received %s, shutting down", sig.name)
+        self.request_stop(0)
+
+    async def shutdown(self) -> None:
+        """Stop accepting, finish in-flight requests, stop the actors (reverse order)."""
+        for runner in reversed(self._runners):
+            await runner.cleanup()
+        self._runners.clear()
+        assert self.loop is not None
+        await self.loop.run_in_executor(None, self.stop_tree)
+        log.info("shutdown complete")
+
+    def _ssl_context(self) -> ssl.SSLContext | None:
+        if not self.settings.tls:
+            return None
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.load_cert_chain(self.settings.server.tls_cert, self.settings.server.tls_key)
+        return ctx
+
+
+def bind_sockets(settings: Settings) -> tuple[Settings, dict[str, socket.socket]]:
+    """Bind each role's listening socket now; settings get the real ports (port 0 resolved)."""
+    host = settings.server.host
+    sockets: dict[str, socket.socket] = {}
+    ports = {"auth": settings.server.auth_port, "api": settings.server.api_port}
+    try:
+        for role in ("auth", "api"):
+            if role not in settings.server.roles:
+                continue
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind((host, ports[role]))
+            except OSError as exc:
+                sock.close()
+                raise OSError(f"cannot listen on {host}:{ports[role]} for the {role} role: {exc.strerror}") from None
+            sock.listen(1024)
+            sock.setblocking(False)
+            ports[role] = sock.getsockname()[1]
+            sockets[role] = sock
+    except OSError:
+        for s in sockets.values():
+            s.close()
+        raise
+    server = dataclasses.replace(settings.server, auth_port=ports["auth"], api_port=ports["api"])
+    return dataclasses.replace(settings, server=server), sockets
+
+
+def _builtin_plugins() -> list[object]:
+    """Default implementations that ship with the core, registered like any plugin."""
+    return []
+
+
+def _pid() -> int:
+    import os
+
+    return os.getpid()

@@ -1,0 +1,112 @@
+"""HTTP plumbing shared by both roles: errors as JSON, body parsing, client addresses."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from brain.errors import BadRequest, HTTPError, PayloadTooLarge
+
+log = logging.getLogger("brain.web")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def json_response(data: Any, *, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    """A compact JSON response."""
+    return web.Response(
+        body=json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode(),
+        status=status,
+        headers=headers,
+        content_type="application/json",
+    )
+
+
+def error_response(exc: HTTPError) -> web.Response:
+    """The one place a typed error becomes an HTTP response."""
+    return json_response(exc.body(), status=exc.status, headers=exc.headers)
+
+
+_AIOHTTP_CODES = {
+    404: "NOT_FOUND",
+    405: "METHOD_NOT_ALLOWED",
+    413: "PAYLOAD_TOO_LARGE",
+    400: "BAD_REQUEST",
+}
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Turn every failure into a JSON error; client mistakes are 4xx, never 500."""
+    try:
+        return await handler(request)
+    except HTTPError as exc:
+        return error_response(exc)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        if exc.status == 413:
+            message = f"request body too large (limit {request.app.get(MAX_BODY_KEY, 0)} bytes)"
+        else:
+            message = exc.reason
+        headers = {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "retry-after", "www-authenticate")}
+        return json_response(
+            {"message": message, "code": _AIOHTTP_CODES.get(exc.status, "HTTP_ERROR")},
+            status=exc.status,
+            headers=headers,
+        )
+    except (ConnectionResetError, web.RequestPayloadError) as exc:  # client went away mid-body
+        raise web.HTTPBadRequest(reason=str(exc)) from None
+    except Exception:
+        log.exception("unhandled error in %s %s", request.method, request.path)
+        return json_response({"message": "internal server error", "code": "INTERNAL_SERVER_ERROR"}, status=500)
+
+
+MAX_BODY_KEY = web.AppKey("max_body_bytes", int)
+
+
+async def read_json(request: web.Request, *, limit: int | None = None) -> Any:
+    """Parse the request body as JSON, refusing oversized and malformed bodies with a 4xx."""
+    limit = limit or request.app[MAX_BODY_KEY]
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLarge(f"request body too large ({request.content_length} bytes, limit {limit})")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.content.iter_chunked(65536):
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"request body too large (limit {limit} bytes)")
+        chunks.append(chunk)
+    raw = b"".join(chunks)
+    if not raw.strip():
+        raise BadRequest("request body is empty; expected JSON")
+    ctype = request.content_type
+    if ctype not in ("application/json", "application/octet-stream", "text/plain", "") and not ctype.endswith("+json"):
+        raise BadRequest(f"unsupported content type {ctype!r}; send application/json", status=415, code="UNSUPPORTED_MEDIA_TYPE")
+    try:
+        return json.loads(raw, parse_constant=_reject_constant)
+    except UnicodeDecodeError:
+        raise BadRequest("request body is not valid UTF-8") from None
+    except ValueError as exc:
+        raise BadRequest(f"malformed JSON: {exc}") from None
+
+
+def _reject_constant(name: str) -> Any:
+    # NaN and Infinity are not JSON; Python would accept them silently.
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def client_ip(request: web.Request, trusted_proxies: frozenset[str]) -> str:
+    """The client's address, believing X-Forwarded-For only from trusted proxies."""
+    peer = request.remote or ""
+    if peer in trusted_proxies:
+        forwarded = request.headers.get("X-Forwarded-For", "")
+        # Walk from the right: the first address not a trusted proxy is the client.
+        for hop in reversed([h.strip() for h in forwarded.split(",") if h.strip()]):
+            if hop not in trusted_proxies:
+                return hop
+    return peer

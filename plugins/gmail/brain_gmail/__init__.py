@@ -1,0 +1,1 @@
+"""Gmail mail provider for brain (google-api-python-client)."""

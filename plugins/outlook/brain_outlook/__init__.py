@@ -1,0 +1,1 @@
+"""Outlook / Microsoft Graph mail provider for brain (msal)."""

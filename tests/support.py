@@ -1,0 +1,204 @@
+"""Test helpers: run the real `brain serve` as a process and talk to it over HTTP."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    """A loopback TCP port that is free right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(cond: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05, what: str = "condition") -> Any:
+    """Poll cond until it returns something truthy; fail the test after timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = cond()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def to_toml(tables: Mapping[str, Mapping[str, Any]]) -> str:
+    """A small TOML writer for settings tables (nested one level for [plugins.NAME])."""
+
+    def value(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, (int, float)):
+            return repr(v)
+        if isinstance(v, str):
+            return json.dumps(v)
+        if isinstance(v, (list, tuple)):
+            return "[" + ", ".join(value(x) for x in v) + "]"
+        raise TypeError(f"cannot write {v!r} as TOML")
+
+    lines: list[str] = []
+    nested: list[tuple[str, Mapping[str, Any]]] = []
+    for name, table in tables.items():
+        lines.append(f"[{name}]")
+        for key, v in table.items():
+            if isinstance(v, Mapping):
+                nested.append((f"{name}.{key}", v))
+            else:
+                lines.append(f"{key} = {value(v)}")
+        lines.append("")
+    for name, table in nested:
+        lines.append(f"[{name}]")
+        lines.extend(f"{key} = {value(v)}" for key, v in table.items())
+        lines.append("")
+    return "\n".join(lines)
+
+
+# Fast password hashing for tests that are not about hashing; the auth tests that are use the
+# production parameters.
+FAST_ARGON2 = {"argon2_memory_kib": 1024, "argon2_time_cost": 1}
+
+
+class BrainServer:
+    """One `brain serve` process with its own data dir and ports."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        config: Mapping[str, Mapping[str, Any]] | None = None,
+        env: Mapping[str, str] | None = None,
+        roles: str = "auth,api",
+        data_dir: Path | None = None,
+        auth_port: int | None = None,
+        api_port: int | None = None,
+    ) -> None:
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.data_dir = data_dir or self.workdir / "data"
+        self.auth_port = auth_port or free_port()
+        self.api_port = api_port or free_port()
+        self.roles = roles
+        self.config = {k: dict(v) for k, v in (config or {}).items()}
+        self.config.setdefault("auth", {})
+        for k, v in FAST_ARGON2.items():
+            self.config["auth"].setdefault(k, v)
+        self.env = dict(env or {})
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = self.workdir / "brain.log"
+        self._log_offset = 0
+        self.starts = 0
+
+    @property
+    def auth_url(self) -> str:
+        return f"http://127.0.0.1:{self.auth_port}"
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.api_port}"
+
+    def command(self) -> list[str]:
+        config_path = self.workdir / "brain.toml"
+        config_path.write_text(to_toml(self.config))
+        return [
+            sys.executable, "-m", "brain", "serve",
+            "--config", str(config_path),
+            "--data-dir", str(self.data_dir),
+            "--auth-port", str(self.auth_port),
+            "--api-port", str(self.api_port),
+            "--roles", self.roles,
+        ]
+
+    def start(self, *, wait: bool = True, timeout: float = 30.0) -> BrainServer:
+        """Start the process; with wait, return once it logs that it is ready."""
+        assert self.proc is None or self.proc.poll() is not None, "already running"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("BRAIN_")}
+        env.pop("NATS_URL", None)
+        env.pop("AUTH_SERVER_URL", None)
+        env.update(self.env)
+        env["PYTHONUNBUFFERED"] = "1"
+        self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.workdir)
+        log.close()
+        self.starts += 1
+        if wait:
+            self.wait_ready(timeout)
+        return self
+
+    def log_text(self, *, since_start: bool = False) -> str:
+        """What the server has logged (since the last start, if asked)."""
+        if not self.log_path.exists():
+            return ""
+        data = self.log_path.read_bytes()
+        if since_start:
+            data = data[self._log_offset:]
+        return data.decode(errors="replace")
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        """Block until the server logged its ready line; fail with its log if it died."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if " ready (pid" in self.log_text(since_start=True):
+                return
+            if self.proc is not None and self.proc.poll() is not None:
+                raise AssertionError(f"brain exited with {self.proc.returncode}:\n{self.log_text(since_start=True)}")
+            time.sleep(0.05)
+        raise AssertionError(f"brain not ready after {timeout}s:\n{self.log_text(since_start=True)}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
+        """Send sig and wait for the exit code (kills and fails if it hangs)."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                raise AssertionError(f"brain did not exit within {timeout}s of {sig}:\n{self.log_text()}") from None
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        """kill -9, as a crash would."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self._reap_nats()
+
+    def _reap_nats(self) -> None:
+        # A SIGKILLed brain cannot stop its embedded nats-server child; tests must not leak it.
+        pidfile = self.data_dir / "nats" / "nats-server.pid"
+        if pidfile.exists():
+            try:
+                os.kill(int(pidfile.read_text().strip()), signal.SIGKILL)
+            except (ValueError, ProcessLookupError):
+                pass
+
+    def close(self) -> None:
+        """Stop the process whatever state it is in (fixture teardown)."""
+        if self.proc is not None and self.proc.poll() is None:
+            try:
+                self.stop(timeout=10)
+            except AssertionError:
+                pass
+        self._reap_nats()
+
+    def __enter__(self) -> BrainServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,93 @@
+"""The plugin manager: entry-point loading, validation, and hooks documented."""
+
+from __future__ import annotations
+
+import inspect
+import re
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from brain.errors import PluginError
+from brain.plugins import hookspecs
+from brain.plugins.manager import installed_plugins, load_plugins
+from tests.plugins import good_plugin
+
+REPO = Path(__file__).resolve().parent.parent
+SAMPLE_DIST = Path(__file__).parent / "plugins" / "sample_dist"
+
+
+@pytest.fixture
+def sample_entry_points() -> Iterator[None]:
+    """Make the sample plugins visible as installed entry points (a dist-info on sys.path)."""
+    sys.path.insert(0, str(SAMPLE_DIST))
+    try:
+        yield
+    finally:
+        sys.path.remove(str(SAMPLE_DIST))
+
+
+def test_bundled_plugins_are_installed_as_entry_points() -> None:
+    found = installed_plugins()
+    assert {"gmail", "outlook"} <= set(found)
+    assert found["gmail"].value == "brain_gmail.plugin"
+
+
+def test_enabled_plugin_is_loaded_and_called(sample_entry_points: None) -> None:
+    pm = load_plugins(["good"])
+    assert pm.get_plugin("good") is good_plugin
+    assert pm.hook.validate_sign_up(email="robot@x.io", name="R") == ["no robots"]
+    assert pm.hook.validate_sign_up(email="ann@x.io", name="Ann") == []
+
+
+def test_plugins_not_enabled_are_not_loaded(sample_entry_points: None) -> None:
+    pm = load_plugins([])
+    assert pm.get_plugin("good") is None
+    assert pm.get_plugin("misspelt") is None
+
+
+def test_missing_configured_plugin_is_named() -> None:
+    with pytest.raises(PluginError, match="'nosuchplugin' is enabled in config but not installed"):
+        load_plugins(["nosuchplugin"])
+
+
+def test_misspelt_hook_is_reported(sample_entry_points: None) -> None:
+    with pytest.raises(PluginError) as info:
+        load_plugins(["misspelt"])
+    assert "misspelt" in str(info.value)
+    assert "register_mail_provider" in str(info.value)
+
+
+def test_hook_with_unknown_argument_is_reported(sample_entry_points: None) -> None:
+    with pytest.raises(PluginError) as info:
+        load_plugins(["wrongargs"])
+    assert "wrongargs" in str(info.value)
+    assert "password" in str(info.value)
+
+
+def hookspec_functions() -> list[tuple[str, inspect.Signature]]:
+    return [
+        (name, inspect.signature(fn))
+        for name, fn in inspect.getmembers(hookspecs, inspect.isfunction)
+        if hasattr(fn, "brain_spec")
+    ]
+
+
+def test_every_hook_is_documented_with_its_signature_and_an_example() -> None:
+    docs = (REPO / "docs" / "plugins.md").read_text()
+    specs = hookspec_functions()
+    assert len(specs) >= 5
+    for name, sig in specs:
+        args = ", ".join(sig.parameters)
+        heading = f"### `{name}({args})`"
+        assert heading in docs, f"hook {name} is not documented as {heading!r} in docs/plugins.md"
+        section = docs.split(heading, 1)[1].split("\n### ", 1)[0]
+        assert "```python" in section and "@hookimpl" in section, f"hook {name} has no example"
+        assert re.search(rf"def {name}\(", section), f"the example for {name} does not implement it"
+
+
+def test_every_hookspec_has_a_docstring() -> None:
+    for name, _ in hookspec_functions():
+        assert getattr(hookspecs, name).__doc__, name

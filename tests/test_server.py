@@ -1,0 +1,146 @@
+"""The real `brain serve` process: CLI, start-up, roles, embedded NATS, supervision, shutdown."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.support import BrainServer, free_port, wait_until
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("BRAIN_")}
+    full_env.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "brain", *args], capture_output=True, text=True, timeout=60, env=full_env, cwd=cwd
+    )
+
+
+def test_help_and_version() -> None:
+    out = run_cli("--help")
+    assert out.returncode == 0 and "serve" in out.stdout
+    out = run_cli("serve", "--help")
+    for flag in ("--config", "--data-dir", "--host", "--auth-port", "--api-port", "--roles"):
+        assert flag in out.stdout
+    out = run_cli("--version")
+    assert out.returncode == 0 and out.stdout.startswith("brain ")
+
+
+def test_console_script_is_installed() -> None:
+    script = Path(sys.executable).parent / "brain"
+    assert script.exists()
+    assert subprocess.run([str(script), "--version"], capture_output=True, timeout=30).returncode == 0
+
+
+def test_config_error_names_the_key(tmp_path: Path) -> None:
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text("[api]\nmax_open_stores = -1\n")
+    out = run_cli("serve", "--config", str(cfg), "--data-dir", str(tmp_path / "d"), cwd=tmp_path)
+    assert out.returncode == 2
+    assert "api.max_open_stores" in out.stderr
+
+
+def test_missing_plugin_is_a_startup_error(tmp_path: Path) -> None:
+    out = run_cli(
+        "serve", "--data-dir", str(tmp_path / "d"), "--auth-port", "0", "--api-port", "0",
+        env={"BRAIN_PLUGINS__ENABLED": "gmail,nosuch"}, cwd=tmp_path,
+    )
+    assert out.returncode == 2
+    assert "nosuch" in out.stderr and "not installed" in out.stderr
+
+
+def test_port_in_use_is_reported(tmp_path: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        out = run_cli("serve", "--data-dir", str(tmp_path / "d"), "--auth-port", str(port), "--api-port", "0", cwd=tmp_path)
+    assert out.returncode == 1
+    assert f"127.0.0.1:{port}" in out.stderr
+
+
+def test_both_roles_and_embedded_nats_come_up_and_stop_cleanly(brain_server: BrainServer) -> None:
+    health = requests.get(f"{brain_server.api_url}/health", timeout=5)
+    assert health.status_code == 200
+    body = health.json()
+    assert body["status"] == "ok" and body["nats"]["embedded"] is True
+    ok = requests.get(f"{brain_server.auth_url}/api/auth/ok", timeout=5)
+    assert ok.json() == {"ok": True}
+    # The embedded NATS server is really there and speaks NATS.
+    host, port = body["nats"]["url"].removeprefix("nats://").split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as conn:
+        assert conn.recv(4096).startswith(b"INFO ")
+    nats_pid = int((brain_server.data_dir / "nats" / "nats-server.pid").read_text())
+    assert "secret.key" in os.listdir(brain_server.data_dir)
+
+    started = time.monotonic()
+    assert brain_server.stop(signal.SIGTERM) == 0
+    assert time.monotonic() - started < 8
+    wait_until(lambda: not Path(f"/proc/{nats_pid}").exists(), timeout=5, what="nats-server to exit")
+    log = brain_server.log_text()
+    assert "shutdown complete" in log
+    assert "GET /health 200" in log  # one access-log line per request
+
+
+def test_sigint_also_shuts_down_cleanly(brain_server: BrainServer) -> None:
+    assert brain_server.stop(signal.SIGINT) == 0
+
+
+def test_embedded_nats_is_restarted_when_it_dies(brain_server: BrainServer) -> None:
+    pidfile = brain_server.data_dir / "nats" / "nats-server.pid"
+    first = int(pidfile.read_text())
+    os.kill(first, signal.SIGKILL)
+
+    def restarted() -> bool:
+        try:
+            pid = int(pidfile.read_text())
+        except (FileNotFoundError, ValueError):
+            return False
+        return pid != first and Path(f"/proc/{pid}").exists()
+
+    wait_until(restarted, timeout=15, what="a new nats-server")
+    body = requests.get(f"{brain_server.api_url}/health", timeout=5).json()
+    assert body["supervisor"]["restarts"] >= 1
+    assert "restart" in brain_server.log_text().lower()
+
+
+def test_roles_run_separately(make_server) -> None:  # type: ignore[no-untyped-def]
+    auth_port, api_port = free_port(), free_port()
+    auth = make_server("auth", roles="auth", auth_port=auth_port, api_port=api_port).start()
+    assert requests.get(f"{auth.auth_url}/api/auth/ok", timeout=5).status_code == 200
+    with pytest.raises(requests.ConnectionError):
+        requests.get(f"http://127.0.0.1:{api_port}/health", timeout=2)
+    api = make_server(
+        "api", roles="api", auth_port=auth_port, api_port=api_port,
+        env={"AUTH_SERVER_URL": auth.auth_url},
+    ).start()
+    assert requests.get(f"{api.api_url}/health", timeout=5).status_code == 200
+    assert api.stop() == 0
+    assert auth.stop() == 0
+
+
+def test_json_logs(make_server) -> None:  # type: ignore[no-untyped-def]
+    server = make_server(config={"log": {"format": "json"}}).start()
+    requests.get(f"{server.api_url}/health", timeout=5)
+    assert server.stop() == 0
+    import json
+
+    lines = [json.loads(line) for line in server.log_text().splitlines() if line.startswith("{")]
+    access = [line for line in lines if line.get("path") == "/health"]
+    assert access and access[0]["status"] == 200 and access[0]["method"] == "GET"
+
+
+def test_unknown_route_is_a_json_404(brain_server: BrainServer) -> None:
+    r = requests.get(f"{brain_server.api_url}/nope", timeout=5)
+    assert r.status_code == 404
+    assert r.json()["code"] == "NOT_FOUND"
+    r = requests.delete(f"{brain_server.api_url}/health", timeout=5)
+    assert r.status_code == 405 and r.json()["code"] == "METHOD_NOT_ALLOWED"
