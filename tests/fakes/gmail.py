@@ -1,0 +1,958 @@
+"""A fake Gmail API and Google OAuth2 token endpoint, speaking the real wire protocol.
+
+Point ``googleapiclient.discovery.build("gmail", "v1", ..., client_options={"api_endpoint":
+fake.base_url})`` at it, with ``google.oauth2.credentials.Credentials(token_uri=fake.token_uri)``;
+send batches to ``fake.batch_uri``. Mailboxes are keyed by the email the access token was
+issued for; ``users/me`` and ``users/<that email>`` both address it.
+
+Run as a process for benchmarks: ``python -m tests.fakes.gmail --port 0 --user a@example.com
+--populate 500`` prints the URL, then ``client_id``/``client_secret`` and a ``refresh_token``
+line per user; ``tests.fakes.control_call(url, "add_message", "a@example.com", subject="x")``
+drives it from another process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import datetime
+import email.utils
+import json
+import random
+import re
+import secrets
+import shlex
+import time
+from collections import deque
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from email.message import EmailMessage
+from email.parser import BytesParser
+from email.policy import compat32
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+from aiohttp import web
+from multidict import CIMultiDict, MultiDict
+
+from tests.fakes import FakeServer, run_main
+
+__all__ = ["FakeGmail", "GMAIL_READONLY", "BATCH_LIMIT"]
+
+GMAIL_READONLY = "https://www.googleapis.com/auth/gmail.readonly"
+BATCH_LIMIT = 100  # Gmail rejects batches with more parts
+SYSTEM_LABELS = (
+    "INBOX",
+    "SENT",
+    "DRAFT",
+    "SPAM",
+    "TRASH",
+    "UNREAD",
+    "STARRED",
+    "IMPORTANT",
+    "CHAT",
+    "CATEGORY_PERSONAL",
+    "CATEGORY_SOCIAL",
+    "CATEGORY_PROMOTIONS",
+    "CATEGORY_UPDATES",
+    "CATEGORY_FORUMS",
+)
+HISTORY_TYPES = {
+    "messageAdded": "messagesAdded",
+    "messageDeleted": "messagesDeleted",
+    "labelAdded": "labelsAdded",
+    "labelRemoved": "labelsRemoved",
+}
+# Per-method costs from Gmail's quota table.
+QUOTA_UNITS = {"profile": 1, "labels": 1, "messages.list": 5, "messages.get": 5, "history": 2}
+_GOOGLE_STATUS = {
+    400: ("INVALID_ARGUMENT", "badRequest"),
+    401: ("UNAUTHENTICATED", "authError"),
+    403: ("PERMISSION_DENIED", "forbidden"),
+    404: ("NOT_FOUND", "notFound"),
+    409: ("ABORTED", "conflict"),
+    429: ("RESOURCE_EXHAUSTED", "rateLimitExceeded"),
+    500: ("INTERNAL", "backendError"),
+    503: ("UNAVAILABLE", "backendError"),
+}
+_INJECTED_MESSAGES = {
+    429: "Too many concurrent requests for user.",
+    500: "Internal error encountered.",
+    503: "The service is currently unavailable.",
+}
+
+
+class _ApiError(Exception):
+    def __init__(self, status: int, message: str, reason: str | None = None, headers: Mapping[str, str] | None = None):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.reason = reason
+        self.headers = dict(headers or {})
+
+
+def google_error(status: int, message: str, reason: str | None = None) -> dict[str, Any]:
+    """Google's JSON error document (``{"error": {"code", "message", "errors", "status"}}``)."""
+    status_name, default_reason = _GOOGLE_STATUS.get(status, ("UNKNOWN", "unknown"))
+    return {
+        "error": {
+            "code": status,
+            "message": message,
+            "errors": [{"message": message, "domain": "global", "reason": reason or default_reason}],
+            "status": status_name,
+        }
+    }
+
+
+@dataclass
+class _Message:
+    id: str
+    thread_id: str
+    label_ids: list[str]
+    headers: list[tuple[str, str]]
+    body: str
+    snippet: str
+    internal_date: int  # ms since the epoch
+    size_estimate: int
+    history_id: int
+    seq: int  # creation order, breaks ties between equal internalDates
+
+    def header(self, name: str) -> str:
+        for key, value in self.headers:
+            if key.lower() == name.lower():
+                return value
+        return ""
+
+    def ref(self) -> dict[str, Any]:
+        return {"id": self.id, "threadId": self.thread_id}
+
+    def brief(self) -> dict[str, Any]:
+        return {"id": self.id, "threadId": self.thread_id, "labelIds": list(self.label_ids)}
+
+    def raw(self) -> bytes:
+        msg = EmailMessage()
+        for key, value in self.headers:
+            msg[key] = value
+        msg.set_content(self.body)
+        return bytes(msg)
+
+    def resource(self, fmt: str = "full", metadata_headers: Sequence[str] = ()) -> dict[str, Any]:
+        res: dict[str, Any] = {
+            "id": self.id,
+            "threadId": self.thread_id,
+            "labelIds": list(self.label_ids),
+            "snippet": self.snippet,
+            "sizeEstimate": self.size_estimate,
+            "historyId": str(self.history_id),
+            "internalDate": str(self.internal_date),
+        }
+        if fmt == "minimal":
+            return res
+        if fmt == "raw":
+            res["raw"] = base64.urlsafe_b64encode(self.raw()).decode()
+            return res
+        headers = [{"name": k, "value": v} for k, v in self.headers]
+        if fmt == "metadata":
+            if metadata_headers:
+                wanted = {h.lower() for h in metadata_headers}
+                headers = [h for h in headers if h["name"].lower() in wanted]
+            res["payload"] = {"partId": "", "mimeType": "text/plain", "filename": "", "headers": headers}
+            return res
+        data = self.body.encode()
+        res["payload"] = {
+            "partId": "",
+            "mimeType": "text/plain",
+            "filename": "",
+            "headers": headers + [{"name": "Content-Type", "value": 'text/plain; charset="UTF-8"'}],
+            "body": {"size": len(data), "data": base64.urlsafe_b64encode(data).decode()},
+        }
+        return res
+
+
+@dataclass
+class _Mailbox:
+    email: str
+    history_id: int
+    history_floor: int  # startHistoryId below this is gone (404)
+    messages: dict[str, _Message] = field(default_factory=dict)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    quota: deque[tuple[float, int]] = field(default_factory=deque)
+    quota_total: int = 0
+
+
+@dataclass
+class _Grant:
+    email: str
+    scope: str
+    generation: int
+
+
+@dataclass
+class _AccessToken:
+    grant: _Grant
+    expires_at: float  # time.monotonic()
+
+
+class FakeGmail(FakeServer):
+    """Fake Gmail API + OAuth2 token endpoint on http://127.0.0.1:<port>."""
+
+    control_methods = FakeServer.control_methods | {
+        "issue_code",
+        "issue_refresh_token",
+        "issue_access_token",
+        "revoke",
+        "expire_access_tokens",
+        "add_mailbox",
+        "add_message",
+        "delete_message",
+        "modify_labels",
+        "messages",
+        "message_ids",
+        "populate",
+        "history_id",
+        "expire_history",
+        "quota_units",
+    }
+
+    def __init__(
+        self,
+        *,
+        port: int = 0,
+        client_id: str = "fake-client-id.apps.googleusercontent.com",
+        client_secret: str = "fake-client-secret",
+        access_token_lifetime: int = 3600,
+        rotate_refresh_tokens: bool = False,
+        quota_per_second: int | None = None,
+    ) -> None:
+        super().__init__(port=port)
+        self.client_id = client_id
+        self.client_secret = client_secret
+        #: ``expires_in`` of new access tokens; change it between calls as needed.
+        self.access_token_lifetime = access_token_lifetime
+        #: Google keeps the refresh token on refresh; set True to hand out a new one each time.
+        self.rotate_refresh_tokens = rotate_refresh_tokens
+        #: Per-user quota units per second (Gmail's is 250); None: unlimited.
+        self.quota_per_second = quota_per_second
+        self._mailboxes: dict[str, _Mailbox] = {}
+        self._codes: dict[str, tuple[_Grant, str | None]] = {}
+        self._refresh_tokens: dict[str, _Grant] = {}
+        self._access_tokens: dict[str, _AccessToken] = {}
+        self._generations: dict[str, int] = {}
+        self._seq = 0
+
+    # -- URLs ---------------------------------------------------------------------
+
+    @property
+    def token_uri(self) -> str:
+        """OAuth2 token endpoint, for ``Credentials(token_uri=...)``."""
+        return self.base_url + "/token"
+
+    @property
+    def batch_uri(self) -> str:
+        """Batch endpoint, for ``BatchHttpRequest(batch_uri=...)``."""
+        return self.base_url + "/batch/gmail/v1"
+
+    # -- tokens -------------------------------------------------------------------
+
+    def issue_code(self, email: str, *, scope: str = GMAIL_READONLY, redirect_uri: str | None = None) -> str:
+        """An authorization code for ``email`` (single use), as the consent screen would give."""
+        code = "4/0A" + secrets.token_urlsafe(24)
+        with self.lock:
+            self.add_mailbox(email)
+            self._codes[code] = (self._grant(email, scope), redirect_uri)
+        return code
+
+    def issue_refresh_token(self, email: str, *, scope: str = GMAIL_READONLY) -> str:
+        """A refresh token for ``email`` without the code exchange."""
+        with self.lock:
+            self.add_mailbox(email)
+            return self._new_refresh_token(self._grant(email, scope))
+
+    def issue_access_token(self, email: str, *, expires_in: int | None = None) -> str:
+        """A valid access token for ``email`` without any exchange."""
+        with self.lock:
+            self.add_mailbox(email)
+            return self._new_access_token(self._grant(email, GMAIL_READONLY), expires_in)
+
+    def revoke(self, email: str) -> None:
+        """Revoke every grant of ``email``: refresh gives ``invalid_grant``, tokens give 401."""
+        with self.lock:
+            self._generations[email] = self._generations.get(email, 0) + 1
+
+    def expire_access_tokens(self, email: str | None = None) -> None:
+        """Make the access tokens of ``email`` (or everyone) expired now."""
+        with self.lock:
+            for token in self._access_tokens.values():
+                if email is None or token.grant.email == email:
+                    token.expires_at = 0.0
+
+    def _grant(self, email: str, scope: str) -> _Grant:
+        return _Grant(email, scope, self._generations.get(email, 0))
+
+    def _valid(self, grant: _Grant) -> bool:
+        return grant.generation == self._generations.get(grant.email, 0)
+
+    def _new_refresh_token(self, grant: _Grant) -> str:
+        token = "1//0g" + secrets.token_urlsafe(32)
+        self._refresh_tokens[token] = grant
+        return token
+
+    def _new_access_token(self, grant: _Grant, expires_in: int | None = None) -> str:
+        lifetime = self.access_token_lifetime if expires_in is None else expires_in
+        token = "ya29.fake-" + secrets.token_urlsafe(32)
+        self._access_tokens[token] = _AccessToken(grant, time.monotonic() + lifetime)
+        return token
+
+    # -- mailbox ------------------------------------------------------------------
+
+    def add_mailbox(self, email: str) -> None:
+        """Create an empty mailbox for ``email`` if it has none."""
+        with self.lock:
+            if email not in self._mailboxes:
+                start = 10_000 + random.randrange(1000)
+                self._mailboxes[email] = _Mailbox(email=email, history_id=start, history_floor=start)
+
+    def add_message(self, email: str, **fields: Any) -> str:
+        """Deliver a message (records ``messagesAdded``); returns its Gmail id.
+
+        Fields (all optional): ``id``, ``thread_id``, ``label_ids`` (default INBOX, UNREAD),
+        ``sender``, ``to``, ``subject``, ``body``, ``date`` (aware datetime),
+        ``internal_date`` (ms), ``snippet``, ``size_estimate``, ``internet_message_id``
+        (the Message-ID header) and ``headers`` (extra header name -> value).
+        """
+        with self.lock:
+            self.add_mailbox(email)
+            return self._add(self._mailboxes[email], **fields)
+
+    def _add(
+        self,
+        box: _Mailbox,
+        *,
+        id: str | None = None,
+        thread_id: str | None = None,
+        label_ids: Iterable[str] = ("INBOX", "UNREAD"),
+        sender: str = "Alice Example <alice@example.com>",
+        to: str | None = None,
+        subject: str = "Hello",
+        body: str = "Hi there, this is a test message.",
+        date: datetime.datetime | None = None,
+        internal_date: int | None = None,
+        snippet: str | None = None,
+        size_estimate: int | None = None,
+        internet_message_id: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> str:
+        self._seq += 1
+        msg_id = id or format(0x18C0_0000_0000_0000 + self._seq * 7919 + random.randrange(7919), "x")
+        if msg_id in box.messages:
+            raise ValueError(f"message {msg_id} already exists")
+        if date is None:
+            date = (
+                datetime.datetime.fromtimestamp(internal_date / 1000, datetime.timezone.utc)
+                if internal_date is not None
+                else datetime.datetime.now(datetime.timezone.utc)
+            )
+        if internal_date is None:
+            internal_date = int(date.timestamp() * 1000)
+        domain = sender.rsplit("@", 1)[-1].rstrip(">") or "example.com"
+        header_list = [
+            ("From", sender),
+            ("To", to or box.email),
+            ("Subject", subject),
+            ("Date", email.utils.format_datetime(date)),
+            ("Message-ID", internet_message_id or f"<{secrets.token_hex(8)}.{msg_id}@{domain}>"),
+        ]
+        header_list.extend((headers or {}).items())
+        box.history_id += 1
+        msg = _Message(
+            id=msg_id,
+            thread_id=thread_id or msg_id,
+            label_ids=list(dict.fromkeys(label_ids)),
+            headers=header_list,
+            body=body,
+            snippet=" ".join(body.split())[:200] if snippet is None else snippet,
+            internal_date=internal_date,
+            size_estimate=0,
+            history_id=box.history_id,
+            seq=self._seq,
+        )
+        if size_estimate is None:
+            # What the RFC 822 form would weigh, without building it.
+            size_estimate = sum(len(k) + len(v) + 4 for k, v in header_list) + len(body.encode()) + 96
+        msg.size_estimate = size_estimate
+        box.messages[msg_id] = msg
+        box.history.append(
+            {"id": str(box.history_id), "messages": [msg.ref()], "messagesAdded": [{"message": msg.brief()}]}
+        )
+        return msg_id
+
+    def delete_message(self, email: str, id: str) -> None:
+        """Delete a message for good (records ``messagesDeleted``)."""
+        with self.lock:
+            box = self._box(email)
+            msg = box.messages.pop(id)
+            box.history_id += 1
+            box.history.append(
+                {"id": str(box.history_id), "messages": [msg.ref()], "messagesDeleted": [{"message": msg.brief()}]}
+            )
+
+    def modify_labels(self, email: str, id: str, add: Iterable[str] = (), remove: Iterable[str] = ()) -> None:
+        """Add/remove labels (records ``labelsAdded``/``labelsRemoved`` for real changes)."""
+        with self.lock:
+            box = self._box(email)
+            msg = box.messages[id]
+            added = [label for label in dict.fromkeys(add) if label not in msg.label_ids]
+            removed = [label for label in dict.fromkeys(remove) if label in msg.label_ids and label not in added]
+            if not added and not removed:
+                return
+            box.history_id += 1
+            msg.label_ids = [label for label in msg.label_ids if label not in removed] + added
+            msg.history_id = box.history_id
+            record: dict[str, Any] = {"id": str(box.history_id), "messages": [msg.ref()]}
+            if added:
+                record["labelsAdded"] = [{"message": msg.brief(), "labelIds": added}]
+            if removed:
+                record["labelsRemoved"] = [{"message": msg.brief(), "labelIds": removed}]
+            box.history.append(record)
+
+    def messages(self, email: str) -> list[dict[str, Any]]:
+        """Every message as its ``format=full`` resource, newest first."""
+        with self.lock:
+            return [m.resource("full") for m in self._sorted(self._box(email))]
+
+    def message_ids(self, email: str) -> set[str]:
+        """The ids of every message in the mailbox."""
+        with self.lock:
+            return set(self._box(email).messages)
+
+    def history_id(self, email: str) -> int:
+        """The mailbox's current historyId."""
+        with self.lock:
+            return self._box(email).history_id
+
+    def expire_history(self, email: str) -> None:
+        """Drop the history log: older startHistoryIds now give 404."""
+        with self.lock:
+            box = self._box(email)
+            box.history.clear()
+            box.history_floor = box.history_id
+
+    def populate(self, email: str, n: int, *, seed: int = 0, days: int = 90) -> list[str]:
+        """Deliver ``n`` realistic messages spread over the last ``days``; returns their ids."""
+        rng = random.Random(seed)
+        now = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
+        ids: list[str] = []
+        with self.lock:
+            self.add_mailbox(email)
+            box = self._mailboxes[email]
+            threads: list[tuple[str, str]] = []
+            offsets = sorted((rng.uniform(0, days * 86400) for _ in range(n)), reverse=True)
+            for offset in offsets:
+                name, address = rng.choice(_PEOPLE)
+                if threads and rng.random() < 0.25:
+                    thread_id, topic = rng.choice(threads)
+                    subject = "Re: " + topic
+                else:
+                    thread_id, topic = None, rng.choice(_SUBJECTS).format(n=rng.randrange(2, 99))
+                    subject = topic
+                labels = ["INBOX", rng.choice(_CATEGORIES)]
+                if rng.random() < 0.4:
+                    labels.append("UNREAD")
+                if rng.random() < 0.05:
+                    labels.append("STARRED")
+                body = " ".join(rng.choice(_WORDS) for _ in range(rng.randrange(12, 80))).capitalize() + "."
+                msg_id = self._add(
+                    box,
+                    thread_id=thread_id,
+                    label_ids=labels,
+                    sender=f"{name} <{address}>",
+                    subject=subject,
+                    body=body,
+                    date=now - datetime.timedelta(seconds=offset),
+                )
+                if thread_id is None:
+                    threads.append((msg_id, topic))
+                ids.append(msg_id)
+        return ids
+
+    def quota_units(self, email: str, window: float | None = None) -> int:
+        """Quota units ``email`` used in the last ``window`` seconds (or in total)."""
+        with self.lock:
+            box = self._box(email)
+            if window is None:
+                return box.quota_total
+            since = time.monotonic() - window
+            return sum(units for at, units in box.quota if at >= since)
+
+    def _box(self, email: str) -> _Mailbox:
+        try:
+            return self._mailboxes[email]
+        except KeyError:
+            raise KeyError(f"no mailbox for {email}") from None
+
+    @staticmethod
+    def _sorted(box: _Mailbox) -> list[_Message]:
+        return sorted(box.messages.values(), key=lambda m: (m.internal_date, m.seq), reverse=True)
+
+    # -- HTTP ---------------------------------------------------------------------
+
+    def add_routes(self, app: web.Application) -> None:
+        app.router.add_post("/token", self._token)
+        app.router.add_post("/revoke", self._revoke)
+        app.router.add_post("/batch/gmail/v1", self._batch)
+        app.router.add_post("/batch", self._batch)
+        app.router.add_route("*", "/gmail/v1/{tail:.*}", self._api_handler)
+
+    def error_body(self, status: int, message: str) -> dict[str, Any]:
+        return google_error(status, _INJECTED_MESSAGES.get(status, message))
+
+    async def _token(self, request: web.Request) -> web.Response:
+        if request.content_type == "application/json":
+            form: Mapping[str, str] = {k: str(v) for k, v in (await request.json()).items()}
+        else:
+            form = await request.post()  # type: ignore[assignment]
+        client_id, client_secret = form.get("client_id"), form.get("client_secret")
+        basic = request.headers.get("Authorization", "")
+        if basic.startswith("Basic "):
+            client_id, _, client_secret = base64.b64decode(basic[6:]).decode().partition(":")
+        if client_id != self.client_id or client_secret != self.client_secret:
+            return _oauth_error(401, "invalid_client", "The OAuth client was not found.")
+        grant_type = form.get("grant_type")
+        with self.lock:
+            if grant_type == "authorization_code":
+                entry = self._codes.pop(form.get("code", ""), None)
+                if entry is None or not self._valid(entry[0]):
+                    return _oauth_error(400, "invalid_grant", "Malformed auth code.")
+                grant, redirect_uri = entry
+                if redirect_uri is not None and form.get("redirect_uri") != redirect_uri:
+                    return _oauth_error(400, "redirect_uri_mismatch", "Bad Request")
+                refresh_token: str | None = self._new_refresh_token(grant)
+            elif grant_type == "refresh_token":
+                grant_or_none = self._refresh_tokens.get(form.get("refresh_token", ""))
+                if grant_or_none is None or not self._valid(grant_or_none):
+                    return _oauth_error(400, "invalid_grant", "Token has been expired or revoked.")
+                grant = grant_or_none
+                refresh_token = self._new_refresh_token(grant) if self.rotate_refresh_tokens else None
+            else:
+                return _oauth_error(400, "unsupported_grant_type", f"Invalid grant_type: {grant_type}")
+            body: dict[str, Any] = {
+                "access_token": self._new_access_token(grant),
+                "expires_in": self.access_token_lifetime,
+                "scope": grant.scope,
+                "token_type": "Bearer",
+            }
+            if refresh_token is not None:
+                body["refresh_token"] = refresh_token
+        return web.json_response(body, headers={"Cache-Control": "no-cache, no-store, max-age=0, must-revalidate"})
+
+    async def _revoke(self, request: web.Request) -> web.Response:
+        token = request.query.get("token") or (await request.post()).get("token")
+        with self.lock:
+            grant = self._refresh_tokens.get(str(token))
+            access = self._access_tokens.get(str(token))
+            if grant is None and access is not None:
+                grant = access.grant
+            if grant is None:
+                return _oauth_error(400, "invalid_token", "Token expired or revoked")
+            self.revoke(grant.email)
+        return web.json_response({})
+
+    async def _api_handler(self, request: web.Request) -> web.Response:
+        status, headers, body = self._api(
+            request.method, request.match_info["tail"], MultiDict(request.query), request.headers.get("Authorization")
+        )
+        return web.json_response(body, status=status, headers=headers)
+
+    def _api(
+        self, method: str, tail: str, query: MultiDict[str], authorization: str | None
+    ) -> tuple[int, dict[str, str], dict[str, Any]]:
+        """Serve one Gmail API call (``tail`` is the path after ``/gmail/v1/``)."""
+        try:
+            with self.lock:
+                return 200, {}, self._route(method, tail, query, authorization)
+        except _ApiError as err:
+            return err.status, err.headers, google_error(err.status, err.message, err.reason)
+
+    def _route(self, method: str, tail: str, query: MultiDict[str], authorization: str | None) -> dict[str, Any]:
+        match = re.fullmatch(r"users/([^/]+)/(profile|messages|messages/([^/]+)|history|labels)", tail)
+        if match is None or method != "GET":
+            raise _ApiError(404, f"Method not found: {method} /gmail/v1/{tail}", "notFound")
+        box = self._authorize(authorization, match.group(1))
+        kind = match.group(2)
+        if kind == "profile":
+            self._charge(box, "profile")
+            return {
+                "emailAddress": box.email,
+                "messagesTotal": len(box.messages),
+                "threadsTotal": len({m.thread_id for m in box.messages.values()}),
+                "historyId": str(box.history_id),
+            }
+        if kind == "messages":
+            self._charge(box, "messages.list")
+            return self._list_messages(box, query)
+        if kind == "history":
+            self._charge(box, "history")
+            return self._list_history(box, query)
+        if kind == "labels":
+            self._charge(box, "labels")
+            return self._list_labels(box)
+        self._charge(box, "messages.get")
+        return self._get_message(box, match.group(3), query)
+
+    def _authorize(self, authorization: str | None, user_id: str) -> _Mailbox:
+        token = authorization[7:] if authorization and authorization.startswith("Bearer ") else None
+        access = self._access_tokens.get(token or "")
+        if access is None or access.expires_at <= time.monotonic() or not self._valid(access.grant):
+            raise _ApiError(
+                401,
+                "Request had invalid authentication credentials. Expected OAuth 2 access token, login cookie "
+                "or other valid authentication credential. "
+                "See https://developers.google.com/identity/sign-in/web/devconsole-project.",
+                "authError",
+                {"WWW-Authenticate": 'Bearer realm="https://accounts.google.com/", error="invalid_token"'},
+            )
+        email_address = access.grant.email
+        if user_id not in ("me", email_address):
+            raise _ApiError(403, "Delegation denied for " + email_address, "forbidden")
+        return self._mailboxes[email_address]
+
+    def _charge(self, box: _Mailbox, method: str) -> None:
+        units = QUOTA_UNITS[method]
+        now = time.monotonic()
+        while box.quota and box.quota[0][0] < now - 1.0:
+            box.quota.popleft()
+        if self.quota_per_second is not None:
+            used = sum(u for _, u in box.quota)
+            if used + units > self.quota_per_second:
+                raise _ApiError(
+                    429,
+                    "User-rate limit exceeded.  Retry after 1 second",
+                    "rateLimitExceeded",
+                    {"Retry-After": "1"},
+                )
+        box.quota.append((now, units))
+        box.quota_total += units
+
+    def _list_messages(self, box: _Mailbox, query: MultiDict[str]) -> dict[str, Any]:
+        max_results = _int_param(query, "maxResults", 100, 1, 500)
+        label_ids = query.getall("labelIds", [])
+        include_spam_trash = query.get("includeSpamTrash", "false").lower() == "true"
+        predicate = _search(query.get("q", ""))
+        hidden = set() if include_spam_trash else {"SPAM", "TRASH"}
+        hidden -= set(label_ids)
+        if "in:anywhere" in query.get("q", "") or re.search(r"\bin:(spam|trash)\b", query.get("q", ""), re.I):
+            hidden = set()
+        matches = [
+            m
+            for m in self._sorted(box)
+            if all(label in m.label_ids for label in label_ids)
+            and not hidden.intersection(m.label_ids)
+            and predicate(m)
+        ]
+        token = query.get("pageToken")
+        if token:
+            cursor = _decode_cursor(token)
+            matches_after = [m for m in matches if (m.internal_date, m.seq) < cursor]
+        else:
+            matches_after = matches
+        page = matches_after[:max_results]
+        body: dict[str, Any] = {}
+        if page:
+            body["messages"] = [m.ref() for m in page]
+        if len(matches_after) > max_results:
+            last = page[-1]
+            body["nextPageToken"] = _encode_cursor((last.internal_date, last.seq))
+        body["resultSizeEstimate"] = len(matches)
+        return body
+
+    def _get_message(self, box: _Mailbox, msg_id: str, query: MultiDict[str]) -> dict[str, Any]:
+        fmt = query.get("format", "full")
+        if fmt not in ("full", "metadata", "minimal", "raw"):
+            raise _ApiError(400, f"Invalid value at 'format' ({fmt})", "invalidArgument")
+        msg = box.messages.get(msg_id)
+        if msg is None:
+            raise _ApiError(404, "Requested entity was not found.", "notFound")
+        return msg.resource(fmt, query.getall("metadataHeaders", []))
+
+    def _list_history(self, box: _Mailbox, query: MultiDict[str]) -> dict[str, Any]:
+        raw_start = query.get("startHistoryId")
+        if raw_start is None:
+            raise _ApiError(400, "Missing required parameter: startHistoryId", "required")
+        try:
+            start = int(raw_start)
+        except ValueError:
+            raise _ApiError(400, f"Invalid value for startHistoryId: {raw_start}", "invalidArgument") from None
+        if start < box.history_floor:
+            raise _ApiError(404, "Requested entity was not found.", "notFound")
+        max_results = _int_param(query, "maxResults", 100, 1, 500)
+        after = start
+        if query.get("pageToken"):
+            after = max(after, int(_decode_cursor(query["pageToken"])[0]))
+        wanted = [HISTORY_TYPES[t] for t in query.getall("historyTypes", []) if t in HISTORY_TYPES]
+        label_id = query.get("labelId")
+        records = []
+        for record in box.history:
+            if int(record["id"]) <= after:
+                continue
+            record = _filter_record(record, wanted, label_id)
+            if record is not None:
+                records.append(record)
+        page = records[:max_results]
+        body: dict[str, Any] = {}
+        if page:
+            body["history"] = page
+        if len(records) > max_results:
+            body["nextPageToken"] = _encode_cursor((int(page[-1]["id"]), 0))
+        body["historyId"] = str(box.history_id)
+        return body
+
+    def _list_labels(self, box: _Mailbox) -> dict[str, Any]:
+        user_labels = sorted(
+            {label for m in box.messages.values() for label in m.label_ids} - set(SYSTEM_LABELS)
+        )
+        labels = [{"id": label, "name": label, "type": "system"} for label in SYSTEM_LABELS]
+        labels += [{"id": label, "name": label, "type": "user"} for label in user_labels]
+        return {"labels": labels}
+
+    async def _batch(self, request: web.Request) -> web.Response:
+        content_type = request.headers.get("Content-Type", "")
+        if not content_type.lower().startswith("multipart/mixed"):
+            return web.json_response(google_error(400, "Batch requests must be multipart/mixed."), status=400)
+        raw = await request.read()
+        envelope = BytesParser(policy=compat32).parsebytes(
+            b"Content-Type: " + content_type.encode("latin-1") + b"\r\n\r\n" + raw
+        )
+        parts = envelope.get_payload() if envelope.is_multipart() else None
+        if not parts:
+            return web.json_response(google_error(400, "Failed to parse batch request."), status=400)
+        if len(parts) > BATCH_LIMIT:
+            return web.json_response(
+                google_error(400, f"Too many requests in batch: {len(parts)} (limit {BATCH_LIMIT})."), status=400
+            )
+        outer_auth = request.headers.get("Authorization")
+        boundary = "batch_" + secrets.token_urlsafe(18)
+        chunks: list[bytes] = []
+        for part in parts:
+            status, headers, body = self._batch_part(part, outer_auth)
+            content_id = (part.get("Content-ID") or "").strip()
+            response_id = f"<response-{content_id[1:-1] if content_id.startswith('<') else content_id}>"
+            status_line = f"HTTP/1.1 {status} {_reason_phrase(status)}"
+            inner_headers = {"Content-Type": "application/json; charset=UTF-8", "Vary": "Origin, X-Origin, Referer"}
+            inner_headers.update(headers)
+            inner = status_line + "\r\n" + "".join(f"{k}: {v}\r\n" for k, v in inner_headers.items())
+            chunks.append(
+                (
+                    f"--{boundary}\r\nContent-Type: application/http\r\nContent-ID: {response_id}\r\n\r\n"
+                    + inner
+                    + "\r\n"
+                    + json.dumps(body)
+                    + "\r\n"
+                ).encode()
+            )
+        chunks.append(f"--{boundary}--\r\n".encode())
+        return web.Response(body=b"".join(chunks), headers={"Content-Type": f"multipart/mixed; boundary={boundary}"})
+
+    def _batch_part(self, part: Any, outer_auth: str | None) -> tuple[int, dict[str, str], dict[str, Any]]:
+        payload = part.get_payload()
+        if not isinstance(payload, str):
+            return 400, {}, google_error(400, "Batch part is not application/http.")
+        head, _, _body = payload.replace("\r\n", "\n").partition("\n\n")
+        lines = head.split("\n")
+        try:
+            method, target, _version = lines[0].split(" ", 2)
+        except ValueError:
+            return 400, {}, google_error(400, "Malformed request line in batch part.")
+        headers = CIMultiDict()
+        for line in lines[1:]:
+            key, sep, value = line.partition(":")
+            if sep:
+                headers.add(key.strip(), value.strip())
+        split = urlsplit(target)
+        query = MultiDict(parse_qsl(split.query, keep_blank_values=True))
+        entry = self.log_request(method, split.path, query, via_batch=True)
+        fault = self.faults.take("fail", method, split.path)
+        if fault is not None:
+            status, fault_headers, body = self.fault_response(fault)
+        elif split.path.startswith("/gmail/v1/"):
+            status, fault_headers, body = self._api(
+                method, split.path[len("/gmail/v1/"):], query, headers.get("Authorization") or outer_auth
+            )
+        else:
+            status, fault_headers, body = 404, {}, google_error(404, f"Not found: {split.path}")
+        entry.status = status
+        return status, fault_headers, body
+
+
+def _oauth_error(status: int, error: str, description: str) -> web.Response:
+    return web.json_response({"error": error, "error_description": description}, status=status)
+
+
+def _reason_phrase(status: int) -> str:
+    from http import HTTPStatus
+
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Unknown"
+
+
+def _int_param(query: MultiDict[str], name: str, default: int, low: int, high: int) -> int:
+    raw = query.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise _ApiError(400, f"Invalid value for {name}: {raw}", "invalidArgument") from None
+    if value < low:
+        raise _ApiError(400, f"Invalid value for {name}: {raw}", "invalidArgument")
+    return min(value, high)
+
+
+def _encode_cursor(cursor: tuple[int, int]) -> str:
+    return base64.urlsafe_b64encode(f"{cursor[0]}:{cursor[1]}".encode()).decode().rstrip("=")
+
+
+def _decode_cursor(token: str) -> tuple[int, int]:
+    try:
+        first, second = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode().split(":")
+        return int(first), int(second)
+    except (ValueError, UnicodeDecodeError):
+        raise _ApiError(400, "Invalid pageToken", "invalidArgument") from None
+
+
+def _filter_record(record: dict[str, Any], wanted: list[str], label_id: str | None) -> dict[str, Any] | None:
+    out: dict[str, Any] = {"id": record["id"], "messages": record["messages"]}
+    found = False
+    for key in HISTORY_TYPES.values():
+        if key not in record or (wanted and key not in wanted):
+            continue
+        entries = record[key]
+        if label_id is not None:
+            entries = [e for e in entries if label_id in e["message"]["labelIds"] or label_id in e.get("labelIds", [])]
+        if entries:
+            out[key] = entries
+            found = True
+    return out if found else None
+
+
+_LABEL_ALIASES = {"inbox": "INBOX", "sent": "SENT", "spam": "SPAM", "trash": "TRASH", "drafts": "DRAFT",
+                  "draft": "DRAFT", "starred": "STARRED", "important": "IMPORTANT", "unread": "UNREAD",
+                  "chats": "CHAT"}
+
+
+def _search(q: str) -> Any:
+    """A predicate for a small subset of Gmail's search syntax."""
+    try:
+        terms = shlex.split(q)
+    except ValueError:
+        terms = q.split()
+    checks = []
+    for term in terms:
+        key, sep, value = term.partition(":")
+        key = key.lower()
+        if not sep:
+            checks.append(lambda m, w=term.lower(): w in (m.header("Subject") + " " + m.body + " "
+                                                          + m.header("From")).lower())
+        elif key in ("in", "label"):
+            if value.lower() == "anywhere":
+                continue
+            label = _LABEL_ALIASES.get(value.lower(), value)
+            checks.append(lambda m, lab=label: any(x.lower() == lab.lower() for x in m.label_ids))
+        elif key == "is":
+            state = value.lower()
+            if state == "read":
+                checks.append(lambda m: "UNREAD" not in m.label_ids)
+            else:
+                label = _LABEL_ALIASES.get(state, state.upper())
+                checks.append(lambda m, lab=label: lab in m.label_ids)
+        elif key in ("from", "to", "subject"):
+            header = {"from": "From", "to": "To", "subject": "Subject"}[key]
+            checks.append(lambda m, h=header, v=value.lower(): v in m.header(h).lower())
+        elif key in ("after", "before"):
+            bound = _parse_day(value)
+            if key == "after":
+                checks.append(lambda m, b=bound: m.internal_date >= b)
+            else:
+                checks.append(lambda m, b=bound: m.internal_date < b)
+        elif key in ("newer_than", "older_than"):
+            unit = {"d": 86400, "m": 30 * 86400, "y": 365 * 86400}.get(value[-1:].lower(), 86400)
+            bound = int((time.time() - int(value[:-1] or 0) * unit) * 1000)
+            if key == "newer_than":
+                checks.append(lambda m, b=bound: m.internal_date >= b)
+            else:
+                checks.append(lambda m, b=bound: m.internal_date < b)
+        else:
+            checks.append(lambda m, w=term.lower(): w in (m.header("Subject") + " " + m.body).lower())
+    return lambda m: all(check(m) for check in checks)
+
+
+def _parse_day(value: str) -> int:
+    if value.isdigit():
+        return int(value) * 1000
+    day = datetime.datetime.strptime(value.replace("-", "/"), "%Y/%m/%d").replace(tzinfo=datetime.timezone.utc)
+    return int(day.timestamp() * 1000)
+
+
+_PEOPLE = [
+    ("Ada Lovelace", "ada@analytical.example"),
+    ("Grace Hopper", "grace@navy.example"),
+    ("Alan Turing", "alan@bletchley.example"),
+    ("Katherine Johnson", "katherine@nasa.example"),
+    ("Linus Torvalds", "linus@kernel.example"),
+    ("Margaret Hamilton", "margaret@apollo.example"),
+    ("GitHub", "noreply@github.example"),
+    ("Calendar", "calendar-notification@google.example"),
+    ("Newsletter", "news@weekly.example"),
+    ("Bank", "alerts@bank.example"),
+]
+_SUBJECTS = [
+    "Quarterly report #{n}",
+    "Lunch on Thursday?",
+    "Invitation: planning sync",
+    "Your order #{n} has shipped",
+    "[brain] Pull request #{n}",
+    "Weekly digest {n}",
+    "Re: travel plans",
+    "Invoice {n} is ready",
+    "Security alert",
+    "Photos from the weekend",
+]
+_WORDS = (
+    "the meeting notes attached please review budget draft schedule tomorrow thanks regards project "
+    "update deadline friday call agenda question follow up invoice payment design release build test "
+    "team weekend trip photos dinner recipe garden book chapter idea plan"
+).split()
+_CATEGORIES = ["CATEGORY_PERSONAL", "CATEGORY_UPDATES", "CATEGORY_PROMOTIONS", "CATEGORY_SOCIAL"]
+
+
+def _build(args: argparse.Namespace) -> FakeGmail:
+    fake = FakeGmail(port=args.port, access_token_lifetime=args.expires_in, quota_per_second=args.quota)
+    fake._cli_users = args.user or []  # type: ignore[attr-defined]
+    for user in fake._cli_users:  # type: ignore[attr-defined]
+        fake.populate(user, args.populate)
+    return fake
+
+
+def _describe(fake: FakeServer) -> list[str]:
+    assert isinstance(fake, FakeGmail)
+    lines = [f"client_id {fake.client_id}", f"client_secret {fake.client_secret}"]
+    for user in getattr(fake, "_cli_users", []):
+        lines.append(f"refresh_token {user} {fake.issue_refresh_token(user)}")
+    return lines
+
+
+def _arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--user", action="append", help="create this mailbox (repeatable)")
+    parser.add_argument("--populate", type=int, default=0, help="messages to put in each --user mailbox")
+    parser.add_argument("--expires-in", type=int, default=3600, help="access token lifetime in seconds")
+    parser.add_argument("--quota", type=int, default=None, help="quota units per user per second")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Serve a FakeGmail until interrupted."""
+    run_main(_build, _describe, argv, add_arguments=_arguments, prog="python -m tests.fakes.gmail")
+
+
+if __name__ == "__main__":
+    main()
