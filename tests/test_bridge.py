@@ -130,6 +130,18 @@ async def test_actor_dead_error_propagates(echo):
 
 
 @pytest.mark.asyncio
+async def test_ask_that_raced_the_actors_death_is_still_answered():
+    from pykka._envelope import Envelope  # to replay pykka's is_alive()-then-put race exactly
+
+    ref = Echo.start()
+    ref.stop(block=True, timeout=5)
+    orphan = Echo._create_future()
+    ref.actor_inbox.put(Envelope("late", reply_to=orphan))  # lands after pykka's own drain
+    with pytest.raises(pykka.ActorDeadError):
+        await bridge.ask(orphan, timeout=3)
+
+
+@pytest.mark.asyncio
 async def test_already_resolved_future(echo):
     future = echo.proxy().echo("early")
     future.get(timeout=5)

@@ -273,6 +273,16 @@ def test_schedule_stops_firing_after_the_actor_stops(started, journal):
     assert journal.count("tick", "t") == ticks
 
 
+def test_many_scheduling_actors_share_one_timer_thread(started, journal):
+    refs = [started(Worker, name=f"t{i}", journal=journal, tick_s=0.01) for i in range(50)]
+    wait_until(lambda: all(journal.count("tick", f"t{i}") >= 2 for i in range(50)))
+    timer_threads = [t for t in threading.enumerate() if t.name == "brain-scheduler"]
+    assert len(timer_threads) == 1 and timer_threads[0].daemon
+    assert not [t for t in threading.enumerate() if isinstance(t, threading.Timer)]
+    for ref in refs:
+        ref.stop(block=False)
+
+
 def test_actor_threads_are_daemons(started, journal):
     ref = started(Worker, name="d", journal=journal)
     ref.proxy().whoami().get(timeout=5)

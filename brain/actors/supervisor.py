@@ -142,7 +142,11 @@ def _timeout(seconds: float) -> float | None:
 
 
 class Supervisor(BrainActor):
-    """Starts, watches and restarts child actors with OTP semantics."""
+    """Starts, watches and restarts child actors with OTP semantics.
+
+    ``on_give_up(reason)`` is for the root only (no ``link``): it runs in the supervisor's
+    thread after every child has been stopped, so it should just ask the server to exit.
+    """
 
     def __init__(
         self,
