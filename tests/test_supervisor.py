@@ -211,13 +211,18 @@ def restarted(sup: pykka.ActorRef[Any], child_id: str, old: pykka.ActorRef[Any])
 # --- BrainActor exit reporting ---
 
 
-def run_and_collect(started: Callable[..., Any], journal: Journal, act: Callable[[pykka.ActorRef[Any], Link], None], **kw: Any) -> list[ChildExited]:
+def run_and_collect(
+    started: Callable[..., Any],
+    journal: Journal,
+    act: Callable[[pykka.ActorRef[Any], Link], None],
+    **kw: Any,
+) -> list[ChildExited]:
     """Start a Worker linked to a Collector, do ``act`` and return the exits it reported."""
     collector = started(Collector)
     link = Link(collector, "w", 7)
     ref = Worker.start(link=link, name="w", journal=journal, **kw)
     act(ref, link)
-    got = wait_until(lambda: collector.proxy().received().get(timeout=5))
+    wait_until(lambda: collector.proxy().received().get(timeout=5))
     time.sleep(0.05)  # room for a (wrong) second notification to arrive
     return collector.proxy().received().get(timeout=5)
 
@@ -359,7 +364,8 @@ def test_rest_for_one_drops_temporary_siblings(started, journal):
     ],
 )
 def test_restart_types(started, journal, restart, exit_message, expect_restart):
-    sup = started(Supervisor, name="s", children=[worker("w", journal, restart=restart), worker("x", journal)])
+    children = [worker("w", journal, restart=restart), worker("x", journal)]
+    sup = started(Supervisor, name="s", children=children)
     old = child_ref(sup, "w")
     old.tell(exit_message)
     if expect_restart:
@@ -465,7 +471,8 @@ def test_root_gives_up_once_and_stops_everything(started, journal):
     wait_until(lambda: all(not r.is_alive() for r in everyone))
     assert len(gave_up) == 1 and "root" in gave_up[0]
     assert journal.count("stop", "a") == 1 and journal.count("stop", "b") == 1
-    wait_until(lambda: not [r for r in pykka.ActorRegistry.get_all() if r.actor_class in (Worker, Supervisor)])
+    ours = (Worker, Supervisor)
+    wait_until(lambda: not [r for r in pykka.ActorRegistry.get_all() if r.actor_class in ours])
 
 
 def test_root_that_cannot_start_a_child_gives_up(started, journal):
