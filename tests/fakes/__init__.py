@@ -243,8 +243,8 @@ class FakeServer:
         """Register the provider's routes on ``app``."""
         raise NotImplementedError
 
-    def error_body(self, status: int, message: str) -> dict[str, Any]:
-        """The provider's JSON error document for ``status``."""
+    def error_body(self, status: int, message: str, path: str = "") -> dict[str, Any]:
+        """The provider's JSON error document for ``status`` on ``path``."""
         return {"error": {"code": status, "message": message}}
 
     # -- fault injection and request log ------------------------------------------
@@ -301,12 +301,12 @@ class FakeServer:
             self._requests.append(entry)
         return entry
 
-    def fault_response(self, fault: _Fault) -> tuple[int, dict[str, str], dict[str, Any]]:
-        """Status, headers and JSON body for an injected failure."""
+    def fault_response(self, fault: _Fault, path: str = "") -> tuple[int, dict[str, str], dict[str, Any]]:
+        """Status, headers and JSON body for an injected failure on ``path``."""
         headers = {}
         if fault.retry_after is not None:
             headers["Retry-After"] = _retry_after_value(fault.retry_after)
-        return fault.status, headers, self.error_body(fault.status, _reason(fault.status))
+        return fault.status, headers, self.error_body(fault.status, _reason(fault.status), path)
 
     @web.middleware
     async def _middleware(self, request: web.Request, handler: Callable[..., Any]) -> web.StreamResponse:
@@ -319,7 +319,7 @@ class FakeServer:
             await asyncio.sleep(delay.seconds)
         failure = self.faults.take("fail", method, path)
         if failure is not None:
-            status, headers, body = self.fault_response(failure)
+            status, headers, body = self.fault_response(failure, path)
             response: web.StreamResponse = web.json_response(body, status=status, headers=headers)
         else:
             response = await handler(request)

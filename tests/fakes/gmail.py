@@ -35,7 +35,7 @@ from urllib.parse import parse_qsl, urlsplit
 from aiohttp import web
 from multidict import CIMultiDict, MultiDict
 
-from tests.fakes import FakeServer, run_main
+from tests.fakes import FakeServer, corpus, run_main
 
 __all__ = ["FakeGmail", "GMAIL_READONLY", "BATCH_LIMIT"]
 
@@ -448,19 +448,19 @@ class FakeGmail(FakeServer):
             threads: list[tuple[str, str]] = []
             offsets = sorted((rng.uniform(0, days * 86400) for _ in range(n)), reverse=True)
             for offset in offsets:
-                name, address = rng.choice(_PEOPLE)
+                name, address = rng.choice(corpus.PEOPLE)
                 if threads and rng.random() < 0.25:
                     thread_id, topic = rng.choice(threads)
                     subject = "Re: " + topic
                 else:
-                    thread_id, topic = None, rng.choice(_SUBJECTS).format(n=rng.randrange(2, 99))
+                    thread_id, topic = None, rng.choice(corpus.SUBJECTS).format(n=rng.randrange(2, 99))
                     subject = topic
-                labels = ["INBOX", rng.choice(_CATEGORIES)]
+                labels = ["INBOX", rng.choice(corpus.GMAIL_CATEGORIES)]
                 if rng.random() < 0.4:
                     labels.append("UNREAD")
                 if rng.random() < 0.05:
                     labels.append("STARRED")
-                body = " ".join(rng.choice(_WORDS) for _ in range(rng.randrange(12, 80))).capitalize() + "."
+                body = " ".join(rng.choice(corpus.WORDS) for _ in range(rng.randrange(12, 80))).capitalize() + "."
                 msg_id = self._add(
                     box,
                     thread_id=thread_id,
@@ -503,7 +503,7 @@ class FakeGmail(FakeServer):
         app.router.add_post("/batch", self._batch)
         app.router.add_route("*", "/gmail/v1/{tail:.*}", self._api_handler)
 
-    def error_body(self, status: int, message: str) -> dict[str, Any]:
+    def error_body(self, status: int, message: str, path: str = "") -> dict[str, Any]:
         return google_error(status, _INJECTED_MESSAGES.get(status, message))
 
     async def _token(self, request: web.Request) -> web.Response:
@@ -772,7 +772,7 @@ class FakeGmail(FakeServer):
         entry = self.log_request(method, split.path, query, via_batch=True)
         fault = self.faults.take("fail", method, split.path)
         if fault is not None:
-            status, fault_headers, body = self.fault_response(fault)
+            status, fault_headers, body = self.fault_response(fault, split.path)
         elif split.path.startswith("/gmail/v1/"):
             status, fault_headers, body = self._api(
                 method, split.path[len("/gmail/v1/"):], query, headers.get("Authorization") or outer_auth
@@ -892,38 +892,6 @@ def _parse_day(value: str) -> int:
         return int(value) * 1000
     day = datetime.datetime.strptime(value.replace("-", "/"), "%Y/%m/%d").replace(tzinfo=datetime.timezone.utc)
     return int(day.timestamp() * 1000)
-
-
-_PEOPLE = [
-    ("Ada Lovelace", "ada@analytical.example"),
-    ("Grace Hopper", "grace@navy.example"),
-    ("Alan Turing", "alan@bletchley.example"),
-    ("Katherine Johnson", "katherine@nasa.example"),
-    ("Linus Torvalds", "linus@kernel.example"),
-    ("Margaret Hamilton", "margaret@apollo.example"),
-    ("GitHub", "noreply@github.example"),
-    ("Calendar", "calendar-notification@google.example"),
-    ("Newsletter", "news@weekly.example"),
-    ("Bank", "alerts@bank.example"),
-]
-_SUBJECTS = [
-    "Quarterly report #{n}",
-    "Lunch on Thursday?",
-    "Invitation: planning sync",
-    "Your order #{n} has shipped",
-    "[brain] Pull request #{n}",
-    "Weekly digest {n}",
-    "Re: travel plans",
-    "Invoice {n} is ready",
-    "Security alert",
-    "Photos from the weekend",
-]
-_WORDS = (
-    "the meeting notes attached please review budget draft schedule tomorrow thanks regards project "
-    "update deadline friday call agenda question follow up invoice payment design release build test "
-    "team weekend trip photos dinner recipe garden book chapter idea plan"
-).split()
-_CATEGORIES = ["CATEGORY_PERSONAL", "CATEGORY_UPDATES", "CATEGORY_PROMOTIONS", "CATEGORY_SOCIAL"]
 
 
 def _build(args: argparse.Namespace) -> FakeGmail:
