@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import math
 import signal
 import socket
 import ssl
@@ -81,6 +82,8 @@ class Runtime:
         specs.append(
             ChildSpec(
                 id="auth_sup",
+                # A supervisor waits for its children, each bounded by its own timeout (OTP).
+                shutdown_timeout=math.inf,
                 start=lambda link: Supervisor.start(
                     link=link, name="auth_sup", strategy="one_for_one", children=auth_children
                 ),
@@ -91,12 +94,14 @@ class Runtime:
                 *api.data_child_specs(self),
                 ChildSpec(
                     id="stores",
+                    shutdown_timeout=math.inf,
                     start=lambda link: Supervisor.start(
                         link=link, name="stores", strategy="one_for_one", max_restarts=50, max_seconds=10
                     ),
                 ),
                 ChildSpec(
                     id="mail",
+                    shutdown_timeout=math.inf,
                     start=lambda link: Supervisor.start(
                         link=link, name="mail", strategy="one_for_one", max_restarts=50, max_seconds=10
                     ),
@@ -105,6 +110,7 @@ class Runtime:
             specs.append(
                 ChildSpec(
                     id="data_sup",
+                    shutdown_timeout=math.inf,
                     start=lambda link: Supervisor.start(
                         link=link, name="data_sup", strategy="rest_for_one", children=data_children
                     ),

@@ -19,18 +19,7 @@ from brain.actors.supervisor import (
     Supervisor,
     total_restarts,
 )
-
-
-def wait_until(cond: Callable[[], Any], timeout: float = 5.0) -> Any:
-    """Poll ``cond`` until it is truthy; fail the test after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        time.sleep(0.005)
+from tests.support import wait_until
 
 
 class Journal:
