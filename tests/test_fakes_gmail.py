@@ -135,6 +135,24 @@ def test_list_pages_through_all_messages_newest_first(fake: FakeGmail) -> None:
     assert [m["id"] for m in inbox_unread["messages"]] == unread
 
 
+def test_list_understands_simple_search_queries(fake: FakeGmail) -> None:
+    wanted = fake.add_message(
+        USER, sender="Grace <grace@navy.example>", subject="Compilers", label_ids=["INBOX", "UNREAD"]
+    )
+    fake.add_message(USER, sender="Grace <grace@navy.example>", subject="Read already", label_ids=["INBOX"])
+    fake.add_message(USER, sender="Alan <alan@example.com>", subject="Compilers too", label_ids=["INBOX", "UNREAD"])
+    spam = fake.add_message(USER, sender="Grace <grace@navy.example>", subject="spam", label_ids=["SPAM", "UNREAD"])
+    messages = gmail_service(fake).users().messages()
+
+    def ids(q: str) -> list[str]:
+        return [m["id"] for m in messages.list(userId="me", q=q).execute().get("messages", [])]
+
+    assert ids("from:grace is:unread") == [wanted]
+    assert ids('subject:"compilers" from:navy.example') == [wanted]
+    assert ids("in:spam") == [spam]
+    assert ids("from:nobody") == []
+
+
 def test_empty_list_has_no_messages_key(fake: FakeGmail) -> None:
     fake.add_mailbox(USER)
     assert gmail_service(fake).users().messages().list(userId="me").execute() == {"resultSizeEstimate": 0}
@@ -187,7 +205,9 @@ def test_batch_of_fifty_metadata_gets(fake: FakeGmail) -> None:
     # service.new_batch_http_request() would post to the discovery document's rootUrl:
     # api_endpoint does not apply to batches, so give batch_uri explicitly.
     assert service.new_batch_http_request()._batch_uri == "https://gmail.googleapis.com/batch"
-    batch = BatchHttpRequest(batch_uri=fake.batch_uri, callback=lambda rid, resp, exc: results.update({rid: (resp, exc)}))
+    batch = BatchHttpRequest(
+        batch_uri=fake.batch_uri, callback=lambda rid, resp, exc: results.update({rid: (resp, exc)})
+    )
     for msg_id in ids:
         batch.add(service.users().messages().get(userId="me", id=msg_id, format="metadata"), request_id=msg_id)
     batch.execute()
@@ -207,7 +227,9 @@ def test_batch_reports_errors_per_part(fake: FakeGmail) -> None:
     service.users().getProfile(userId="me").execute()
     fake.fail_next(1, status=429, retry_after=3, path_prefix=f"/gmail/v1/users/me/messages/{ids[1]}")
     results: dict[str, tuple[Any, Any]] = {}
-    batch = BatchHttpRequest(batch_uri=fake.batch_uri, callback=lambda rid, resp, exc: results.update({rid: (resp, exc)}))
+    batch = BatchHttpRequest(
+        batch_uri=fake.batch_uri, callback=lambda rid, resp, exc: results.update({rid: (resp, exc)})
+    )
     for msg_id in [*ids[:3], "ffffffffffffffff"]:
         batch.add(service.users().messages().get(userId="me", id=msg_id), request_id=msg_id)
     batch.execute()
@@ -226,7 +248,9 @@ def test_batch_parts_with_expired_token_are_refreshed_and_resent(fake: FakeGmail
     service.users().getProfile(userId="me").execute()
     fake.expire_access_tokens(USER)
     results: dict[str, Any] = {}
-    batch = BatchHttpRequest(batch_uri=fake.batch_uri, callback=lambda rid, resp, exc: results.update({rid: exc or resp}))
+    batch = BatchHttpRequest(
+        batch_uri=fake.batch_uri, callback=lambda rid, resp, exc: results.update({rid: exc or resp})
+    )
     for msg_id in ids:
         batch.add(service.users().messages().get(userId="me", id=msg_id, format="minimal"), request_id=msg_id)
     batch.execute()
@@ -263,15 +287,19 @@ def test_history_shows_adds_deletes_and_label_changes(fake: FakeGmail) -> None:
     assert history["historyId"] == str(fake.history_id(USER))
     records = history["history"]
     assert [int(r["id"]) for r in records] == list(range(int(start) + 1, int(start) + 4))
-    assert records[0]["messagesAdded"][0]["message"] == {"id": new_id, "threadId": new_id, "labelIds": ["INBOX", "UNREAD"]}
+    assert records[0]["messagesAdded"][0]["message"] == {
+        "id": new_id,
+        "threadId": new_id,
+        "labelIds": ["INBOX", "UNREAD"],
+    }
     assert records[1]["messagesDeleted"][0]["message"]["id"] == ids[0]
     assert records[2]["labelsAdded"] == [{"message": records[2]["labelsAdded"][0]["message"], "labelIds": ["STARRED"]}]
     assert records[2]["labelsRemoved"][0]["labelIds"] == ["INBOX"]
     assert [m["id"] for m in records[2]["messages"]] == [ids[1]]
 
-    only_deleted = service.users().history().list(
-        userId="me", startHistoryId=start, historyTypes=["messageDeleted"]
-    ).execute()
+    only_deleted = (
+        service.users().history().list(userId="me", startHistoryId=start, historyTypes=["messageDeleted"]).execute()
+    )
     assert [list(r) for r in only_deleted["history"]] == [["id", "messages", "messagesDeleted"]]
 
     pages, request = [], service.users().history().list(userId="me", startHistoryId=start, maxResults=1)
@@ -481,7 +509,11 @@ def test_runs_as_its_own_process() -> None:
             client_secret=info["client_secret"],
         )
         service = build(
-            "gmail", "v1", credentials=creds, static_discovery=True, cache_discovery=False,
+            "gmail",
+            "v1",
+            credentials=creds,
+            static_discovery=True,
+            cache_discovery=False,
             client_options={"api_endpoint": base_url},
         )
         assert service.users().getProfile(userId="me").execute()["messagesTotal"] == 8

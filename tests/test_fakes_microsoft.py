@@ -43,7 +43,9 @@ def fake() -> Iterator[FakeMicrosoft]:
     yield from FakeMicrosoft.running()
 
 
-def make_app(fake: FakeMicrosoft, cache: msal.TokenCache | None = None, **kwargs: Any) -> msal.ConfidentialClientApplication:
+def make_app(
+    fake: FakeMicrosoft, cache: msal.TokenCache | None = None, **kwargs: Any
+) -> msal.ConfidentialClientApplication:
     return msal.ConfidentialClientApplication(
         fake.client_id,
         client_credential=fake.client_secret,
@@ -73,7 +75,9 @@ def graph(fake: FakeMicrosoft, url: str, token: str, page_size: int | None = Non
     return fake.requests_session().get(url, headers=headers)
 
 
-def delta_round(fake: FakeMicrosoft, url: str, token: str, page_size: int | None = None) -> tuple[list[list[dict[str, Any]]], str]:
+def delta_round(
+    fake: FakeMicrosoft, url: str, token: str, page_size: int | None = None
+) -> tuple[list[list[dict[str, Any]]], str]:
     """Follow nextLinks to the deltaLink; returns the pages' items and the deltaLink."""
     pages = []
     while True:
@@ -224,8 +228,11 @@ def test_token_endpoint_failures_as_msal_reports_them(fake: FakeMicrosoft) -> No
     assert throttled["error"] == "temporarily_unavailable"
 
     wrong_secret = msal.ConfidentialClientApplication(
-        fake.client_id, client_credential="wrong", authority=fake.authority(),
-        http_client=fake.requests_session(), instance_discovery=False,
+        fake.client_id,
+        client_credential="wrong",
+        authority=fake.authority(),
+        http_client=fake.requests_session(),
+        instance_discovery=False,
     )
     assert wrong_secret.acquire_token_by_refresh_token(refresh_token, scopes=SCOPES)["error"] == "invalid_client"
     unconsented = app.acquire_token_by_refresh_token(fake.issue_refresh_token(USER), scopes=["Mail.Send"])
@@ -234,15 +241,18 @@ def test_token_endpoint_failures_as_msal_reports_them(fake: FakeMicrosoft) -> No
 
 def test_common_authority_and_unknown_tenant(fake: FakeMicrosoft) -> None:
     app = msal.ConfidentialClientApplication(
-        fake.client_id, client_credential=fake.client_secret, authority=fake.authority("common"),
-        http_client=fake.requests_session(), validate_authority=False,
+        fake.client_id,
+        client_credential=fake.client_secret,
+        authority=fake.authority("common"),
+        http_client=fake.requests_session(),
+        validate_authority=False,
     )
     code = fake.issue_code(USER, redirect_uri=REDIRECT)
     result = app.acquire_token_by_authorization_code(code, SCOPES, redirect_uri=REDIRECT)
     assert result["id_token_claims"]["tid"] == fake.tenant_id
     # MSAL files the account under the authority's tenant segment, not the token's tid.
     assert app.get_accounts()[0]["realm"] == "common"
-    assert [r.path for r in fake.requests][0] == "/common/v2.0/.well-known/openid-configuration"
+    assert fake.requests[0].path == "/common/v2.0/.well-known/openid-configuration"
 
     with pytest.raises(ValueError, match="Unable to get authority configuration"):
         make_app_for_tenant(fake, "no-such-tenant.example")
@@ -250,8 +260,11 @@ def test_common_authority_and_unknown_tenant(fake: FakeMicrosoft) -> None:
 
 def make_app_for_tenant(fake: FakeMicrosoft, tenant: str) -> msal.ConfidentialClientApplication:
     return msal.ConfidentialClientApplication(
-        fake.client_id, client_credential=fake.client_secret, authority=fake.authority(tenant),
-        http_client=fake.requests_session(), instance_discovery=False,
+        fake.client_id,
+        client_credential=fake.client_secret,
+        authority=fake.authority(tenant),
+        http_client=fake.requests_session(),
+        instance_discovery=False,
     )
 
 
@@ -272,8 +285,18 @@ def test_delta_pages_with_maxpagesize_and_ends_with_delta_link(fake: FakeMicroso
     item = items[0]
     assert item["@odata.type"] == "#microsoft.graph.message"
     assert item["parentFolderId"] == fake.folder_id(USER, "inbox")
-    assert set(item) >= {"subject", "from", "toRecipients", "receivedDateTime", "isRead", "bodyPreview",
-                         "internetMessageId", "conversationId", "flag", "categories"}
+    assert set(item) >= {
+        "subject",
+        "from",
+        "toRecipients",
+        "receivedDateTime",
+        "isRead",
+        "bodyPreview",
+        "internetMessageId",
+        "conversationId",
+        "flag",
+        "categories",
+    }
     assert item["from"]["emailAddress"]["address"]
     assert item["receivedDateTime"].endswith("Z")
 
@@ -300,7 +323,11 @@ def test_delta_link_returns_only_changes(fake: FakeMicrosoft) -> None:
     assert changes[new_id]["subject"] == "brand new"
     assert changes[new_id]["from"]["emailAddress"] == {"name": "Grace", "address": "grace@example.com"}
     assert changes[ids[0]]["isRead"] is True and changes[ids[0]]["categories"] == ["Blue category"]
-    assert changes[ids[1]] == {"@odata.type": "#microsoft.graph.message", "id": ids[1], "@removed": {"reason": "deleted"}}
+    assert changes[ids[1]] == {
+        "@odata.type": "#microsoft.graph.message",
+        "id": ids[1],
+        "@removed": {"reason": "deleted"},
+    }
     assert changes[ids[2]]["@removed"] == {"reason": "deleted"}  # moved out of the folder
 
     quiet, _ = delta_round(fake, next_delta, token)
@@ -317,8 +344,16 @@ def test_delta_select_projects_fields(fake: FakeMicrosoft) -> None:
     changed = fake.messages(USER)[0]["id"]
     fake.update_message(USER, changed, subject="edited")
     (page,), _ = delta_round(fake, delta_link, token)
-    assert page == [{"@odata.type": "#microsoft.graph.message", "@odata.etag": page[0]["@odata.etag"], "id": changed,
-                     "subject": "edited", "isRead": page[0]["isRead"], "receivedDateTime": page[0]["receivedDateTime"]}]
+    assert page == [
+        {
+            "@odata.type": "#microsoft.graph.message",
+            "@odata.etag": page[0]["@odata.etag"],
+            "id": changed,
+            "subject": "edited",
+            "isRead": page[0]["isRead"],
+            "receivedDateTime": page[0]["receivedDateTime"],
+        }
+    ]
 
     bad = graph(fake, fake.graph_url + "/me/mailFolders/inbox/messages/delta?$select=nope", token)
     assert bad.status_code == 400 and bad.json()["error"]["code"] == "RequestBroker--ParseUri"
@@ -412,8 +447,11 @@ def test_runs_as_its_own_process() -> None:
         session.trust_env = False
         session.verify = info["ca_path"]
         app = msal.ConfidentialClientApplication(
-            info["client_id"], client_credential=info["client_secret"],
-            authority=f"{base_url}/{info['tenant_id']}", http_client=session, instance_discovery=False,
+            info["client_id"],
+            client_credential=info["client_secret"],
+            authority=f"{base_url}/{info['tenant_id']}",
+            http_client=session,
+            instance_discovery=False,
         )
         result = app.acquire_token_by_refresh_token(refresh_token, scopes=SCOPES)
         assert result["id_token_claims"]["preferred_username"] == USER

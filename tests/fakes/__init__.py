@@ -24,7 +24,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Self
 
 from aiohttp import web
 from multidict import MultiDict
@@ -104,9 +104,7 @@ class FaultPlan:
         """Answer the next ``n`` matching requests with ``status`` (and ``Retry-After``)."""
         self._add(_Fault("fail", n, path_prefix, method, status=status, retry_after=retry_after))
 
-    def delay(
-        self, seconds: float, *, n: int | None = None, path_prefix: str = "", method: str | None = None
-    ) -> None:
+    def delay(self, seconds: float, *, n: int | None = None, path_prefix: str = "", method: str | None = None) -> None:
         """Hold matching requests ``seconds`` before answering (the next ``n``, or all)."""
         self._add(_Fault("delay", n, path_prefix, method, seconds=seconds))
 
@@ -176,15 +174,13 @@ class FakeServer:
         scheme = "https" if self._ssl_context is not None else "http"
         return f"{scheme}://{LOOPBACK}:{self.port}"
 
-    def start(self) -> FakeServer:
+    def start(self) -> Self:
         """Bind to 127.0.0.1 and serve from a background thread; returns self."""
         if self._thread is not None:
             raise RuntimeError("already started")
         loop = asyncio.new_event_loop()
         self._loop = loop
-        self._thread = threading.Thread(
-            target=loop.run_forever, name=f"{type(self).__name__}-loop", daemon=True
-        )
+        self._thread = threading.Thread(target=loop.run_forever, name=f"{type(self).__name__}-loop", daemon=True)
         self._thread.start()
         future = asyncio.run_coroutine_threadsafe(self._serve(), loop)
         try:
@@ -208,7 +204,7 @@ class FakeServer:
         self._loop = self._thread = self._runner = None
         self.port = None
 
-    def __enter__(self) -> FakeServer:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc_info: object) -> None:
@@ -261,9 +257,7 @@ class FakeServer:
         """Answer the next ``n`` requests under ``path_prefix`` with ``status``."""
         self.faults.fail_next(n, status=status, retry_after=retry_after, path_prefix=path_prefix, method=method)
 
-    def delay(
-        self, seconds: float, *, n: int | None = None, path_prefix: str = "", method: str | None = None
-    ) -> None:
+    def delay(self, seconds: float, *, n: int | None = None, path_prefix: str = "", method: str | None = None) -> None:
         """Hold requests under ``path_prefix`` for ``seconds`` (the next ``n``, or all)."""
         self.faults.delay(seconds, n=n, path_prefix=path_prefix, method=method)
 
@@ -454,7 +448,9 @@ def run_main(
         fake.stop()
 
 
-def control_call(base_url: str, method: str, *args: Any, ssl_context: ssl.SSLContext | None = None, **kwargs: Any) -> Any:
+def control_call(
+    base_url: str, method: str, *args: Any, ssl_context: ssl.SSLContext | None = None, **kwargs: Any
+) -> Any:
     """Call a whitelisted method of a fake running in another process."""
     import urllib.request
 

@@ -24,9 +24,44 @@ SUBJECTS = [
     "Security alert",
     "Photos from the weekend",
 ]
-WORDS = (
-    "the meeting notes attached please review budget draft schedule tomorrow thanks regards project "
-    "update deadline friday call agenda question follow up invoice payment design release build test "
-    "team weekend trip photos dinner recipe garden book chapter idea plan"
-).split()
+WORDS = [
+    "the",
+    "meeting",
+    "notes",
+    "attached",
+    "please",
+    "review",
+    "budget",
+    "draft",
+    "schedule",
+    "tomorrow",
+    "thanks",
+    "regards",
+    "project",
+    "update",
+    "deadline",
+    "friday",
+    "call",
+    "agenda",
+    "question",
+    "follow",
+    "up",
+    "invoice",
+    "payment",
+    "design",
+    "release",
+    "build",
+    "test",
+    "team",
+    "weekend",
+    "trip",
+    "photos",
+    "dinner",
+    "recipe",
+    "garden",
+    "book",
+    "chapter",
+    "idea",
+    "plan",
+]
 GMAIL_CATEGORIES = ["CATEGORY_PERSONAL", "CATEGORY_UPDATES", "CATEGORY_PROMOTIONS", "CATEGORY_SOCIAL"]

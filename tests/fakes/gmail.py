@@ -24,7 +24,7 @@ import secrets
 import shlex
 import time
 from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from email.parser import BytesParser
@@ -37,7 +37,7 @@ from multidict import CIMultiDict, MultiDict
 
 from tests.fakes import FakeServer, corpus, run_main
 
-__all__ = ["FakeGmail", "GMAIL_READONLY", "BATCH_LIMIT"]
+__all__ = ["BATCH_LIMIT", "GMAIL_READONLY", "FakeGmail"]
 
 GMAIL_READONLY = "https://www.googleapis.com/auth/gmail.readonly"
 BATCH_LIMIT = 100  # Gmail rejects batches with more parts
@@ -348,9 +348,9 @@ class FakeGmail(FakeServer):
             raise ValueError(f"message {msg_id} already exists")
         if date is None:
             date = (
-                datetime.datetime.fromtimestamp(internal_date / 1000, datetime.timezone.utc)
+                datetime.datetime.fromtimestamp(internal_date / 1000, datetime.UTC)
                 if internal_date is not None
-                else datetime.datetime.now(datetime.timezone.utc)
+                else datetime.datetime.now(datetime.UTC)
             )
         if internal_date is None:
             internal_date = int(date.timestamp() * 1000)
@@ -440,7 +440,7 @@ class FakeGmail(FakeServer):
     def populate(self, email: str, n: int, *, seed: int = 0, days: int = 90) -> list[str]:
         """Deliver ``n`` realistic messages spread over the last ``days``; returns their ids."""
         rng = random.Random(seed)
-        now = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
+        now = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
         ids: list[str] = []
         with self.lock:
             self.add_mailbox(email)
@@ -640,7 +640,7 @@ class FakeGmail(FakeServer):
         predicate = _search(query.get("q", ""))
         hidden = set() if include_spam_trash else {"SPAM", "TRASH"}
         hidden -= set(label_ids)
-        if "in:anywhere" in query.get("q", "") or re.search(r"\bin:(spam|trash)\b", query.get("q", ""), re.I):
+        if "in:anywhere" in query.get("q", "") or re.search(r"\bin:(spam|trash)\b", query.get("q", ""), re.IGNORECASE):
             hidden = set()
         matches = [
             m
@@ -707,9 +707,7 @@ class FakeGmail(FakeServer):
         return body
 
     def _list_labels(self, box: _Mailbox) -> dict[str, Any]:
-        user_labels = sorted(
-            {label for m in box.messages.values() for label in m.label_ids} - set(SYSTEM_LABELS)
-        )
+        user_labels = sorted({label for m in box.messages.values() for label in m.label_ids} - set(SYSTEM_LABELS))
         labels = [{"id": label, "name": label, "type": "system"} for label in SYSTEM_LABELS]
         labels += [{"id": label, "name": label, "type": "user"} for label in user_labels]
         return {"labels": labels}
@@ -775,7 +773,7 @@ class FakeGmail(FakeServer):
             status, fault_headers, body = self.fault_response(fault, split.path)
         elif split.path.startswith("/gmail/v1/"):
             status, fault_headers, body = self._api(
-                method, split.path[len("/gmail/v1/"):], query, headers.get("Authorization") or outer_auth
+                method, split.path[len("/gmail/v1/") :], query, headers.get("Authorization") or outer_auth
             )
         else:
             status, fault_headers, body = 404, {}, google_error(404, f"Not found: {split.path}")
@@ -836,61 +834,66 @@ def _filter_record(record: dict[str, Any], wanted: list[str], label_id: str | No
     return out if found else None
 
 
-_LABEL_ALIASES = {"inbox": "INBOX", "sent": "SENT", "spam": "SPAM", "trash": "TRASH", "drafts": "DRAFT",
-                  "draft": "DRAFT", "starred": "STARRED", "important": "IMPORTANT", "unread": "UNREAD",
-                  "chats": "CHAT"}
+_LABEL_ALIASES = {
+    "inbox": "INBOX",
+    "sent": "SENT",
+    "spam": "SPAM",
+    "trash": "TRASH",
+    "drafts": "DRAFT",
+    "draft": "DRAFT",
+    "starred": "STARRED",
+    "important": "IMPORTANT",
+    "unread": "UNREAD",
+    "chats": "CHAT",
+}
 
 
-def _search(q: str) -> Any:
+def _search(q: str) -> Callable[[_Message], bool]:
     """A predicate for a small subset of Gmail's search syntax."""
     try:
         terms = shlex.split(q)
     except ValueError:
         terms = q.split()
-    checks = []
-    for term in terms:
-        key, sep, value = term.partition(":")
-        key = key.lower()
-        if not sep:
-            checks.append(lambda m, w=term.lower(): w in (m.header("Subject") + " " + m.body + " "
-                                                          + m.header("From")).lower())
-        elif key in ("in", "label"):
-            if value.lower() == "anywhere":
-                continue
-            label = _LABEL_ALIASES.get(value.lower(), value)
-            checks.append(lambda m, lab=label: any(x.lower() == lab.lower() for x in m.label_ids))
-        elif key == "is":
-            state = value.lower()
-            if state == "read":
-                checks.append(lambda m: "UNREAD" not in m.label_ids)
-            else:
-                label = _LABEL_ALIASES.get(state, state.upper())
-                checks.append(lambda m, lab=label: lab in m.label_ids)
-        elif key in ("from", "to", "subject"):
-            header = {"from": "From", "to": "To", "subject": "Subject"}[key]
-            checks.append(lambda m, h=header, v=value.lower(): v in m.header(h).lower())
-        elif key in ("after", "before"):
-            bound = _parse_day(value)
-            if key == "after":
-                checks.append(lambda m, b=bound: m.internal_date >= b)
-            else:
-                checks.append(lambda m, b=bound: m.internal_date < b)
-        elif key in ("newer_than", "older_than"):
-            unit = {"d": 86400, "m": 30 * 86400, "y": 365 * 86400}.get(value[-1:].lower(), 86400)
-            bound = int((time.time() - int(value[:-1] or 0) * unit) * 1000)
-            if key == "newer_than":
-                checks.append(lambda m, b=bound: m.internal_date >= b)
-            else:
-                checks.append(lambda m, b=bound: m.internal_date < b)
-        else:
-            checks.append(lambda m, w=term.lower(): w in (m.header("Subject") + " " + m.body).lower())
+    checks = [check for term in terms if (check := _search_term(term)) is not None]
     return lambda m: all(check(m) for check in checks)
+
+
+def _search_term(term: str) -> Callable[[_Message], bool] | None:
+    key, sep, value = term.partition(":")
+    key, lowered = key.lower(), value.lower()
+    if not sep:
+        word = term.lower()
+        return lambda m: word in f"{m.header('Subject')} {m.body} {m.header('From')}".lower()
+    if key in ("in", "label"):
+        if lowered == "anywhere":
+            return None
+        label = _LABEL_ALIASES.get(lowered, value).lower()
+        return lambda m: any(x.lower() == label for x in m.label_ids)
+    if key == "is":
+        if lowered == "read":
+            return lambda m: "UNREAD" not in m.label_ids
+        label = _LABEL_ALIASES.get(lowered, value.upper())
+        return lambda m: label in m.label_ids
+    if key in ("from", "to", "subject"):
+        header = key.capitalize()
+        return lambda m: lowered in m.header(header).lower()
+    if key in ("after", "before", "newer_than", "older_than"):
+        if key in ("after", "before"):
+            bound = _parse_day(value)
+        else:
+            unit = {"d": 86400, "m": 30 * 86400, "y": 365 * 86400}.get(lowered[-1:], 86400)
+            bound = int((time.time() - int(value[:-1] or 0) * unit) * 1000)
+        if key in ("after", "newer_than"):
+            return lambda m: m.internal_date >= bound
+        return lambda m: m.internal_date < bound
+    word = term.lower()
+    return lambda m: word in f"{m.header('Subject')} {m.body}".lower()
 
 
 def _parse_day(value: str) -> int:
     if value.isdigit():
         return int(value) * 1000
-    day = datetime.datetime.strptime(value.replace("-", "/"), "%Y/%m/%d").replace(tzinfo=datetime.timezone.utc)
+    day = datetime.datetime.strptime(value.replace("-", "/"), "%Y/%m/%d").replace(tzinfo=datetime.UTC)
     return int(day.timestamp() * 1000)
 
 

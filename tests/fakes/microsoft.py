@@ -28,7 +28,7 @@ import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlencode, urlsplit, urlunsplit, parse_qsl
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import requests
 from aiohttp import web
@@ -39,7 +39,7 @@ from multidict import MultiDict
 from tests.fakes import FakeServer, corpus, run_main
 from tests.fakes.tls import TlsFiles, server_ssl_context, tls_files
 
-__all__ = ["FakeMicrosoft", "DEFAULT_SCOPES"]
+__all__ = ["DEFAULT_SCOPES", "FakeMicrosoft"]
 
 DEFAULT_SCOPES = ("Mail.Read", "User.Read")
 RESERVED_SCOPES = {"openid", "profile", "offline_access", "email"}
@@ -100,8 +100,8 @@ _IDENTITY_ERRORS = {
 
 
 def _now_iso(at: datetime.datetime | None = None) -> str:
-    at = at or datetime.datetime.now(datetime.timezone.utc)
-    return at.astimezone(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    at = at or datetime.datetime.now(datetime.UTC)
+    return at.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _b64url(data: bytes) -> str:
@@ -120,7 +120,7 @@ def _norm_scope(scope: str) -> str:
     scope = scope.strip()
     prefix = "https://graph.microsoft.com/"
     if scope.lower().startswith(prefix):
-        scope = scope[len(prefix):]
+        scope = scope[len(prefix) :]
     return scope.lower()
 
 
@@ -148,8 +148,9 @@ def _jwks() -> dict[str, Any]:
 
 
 class _GraphError(Exception):
-    def __init__(self, status: int, code: str | None = None, message: str | None = None,
-                 headers: Mapping[str, str] | None = None):
+    def __init__(
+        self, status: int, code: str | None = None, message: str | None = None, headers: Mapping[str, str] | None = None
+    ):
         default_code, default_message = _GRAPH_ERRORS.get(status, ("UnknownError", "Error."))
         super().__init__(message or default_message)
         self.status = status
@@ -215,8 +216,11 @@ class _User:
         for folder in self.folders.values():
             if folder.id == key or folder.well_known == lowered:
                 return folder
-        raise _GraphError(404, "ErrorInvalidIdMalformed" if len(key) < 20 else "ErrorItemNotFound",
-                          "The specified folder could not be found in the store.")
+        raise _GraphError(
+            404,
+            "ErrorInvalidIdMalformed" if len(key) < 20 else "ErrorItemNotFound",
+            "The specified folder could not be found in the store.",
+        )
 
 
 @dataclass
@@ -323,8 +327,13 @@ class FakeMicrosoft(FakeServer):
                 for well_known, shown in WELL_KNOWN_FOLDERS.items():
                     folder = _Folder(self._new_id("AQMkAD"), well_known, shown)
                     folders[folder.id] = folder
-                user = _User(upn=upn, oid=str(uuid.uuid4()), sub=_b64url(secrets.token_bytes(32)),
-                             display_name=name, folders=folders)
+                user = _User(
+                    upn=upn,
+                    oid=str(uuid.uuid4()),
+                    sub=_b64url(secrets.token_bytes(32)),
+                    display_name=name,
+                    folders=folders,
+                )
                 self._users[key] = user
             return user.oid
 
@@ -376,8 +385,9 @@ class FakeMicrosoft(FakeServer):
         user = self._users.get(grant.upn.lower())
         return user is not None and user.generation == grant.generation
 
-    def _new_code(self, grant: _Grant, redirect_uri: str | None, challenge: str | None,
-                  method: str | None, nonce: str | None) -> str:
+    def _new_code(
+        self, grant: _Grant, redirect_uri: str | None, challenge: str | None, method: str | None, nonce: str | None
+    ) -> str:
         code = "1.A" + secrets.token_urlsafe(48)
         self._codes[code] = _Code(grant, redirect_uri, challenge, method, nonce, time.monotonic() + 600)
         return code
@@ -398,7 +408,7 @@ class FakeMicrosoft(FakeServer):
         # Shaped like Exchange ids: long, URL-safe base64 with '-', '_' and '=' padding.
         self._counter += 1
         raw = self._counter.to_bytes(4, "big") + secrets.token_bytes(65)
-        return prefix + base64.urlsafe_b64encode(raw).decode()[len(prefix):] + "="
+        return prefix + base64.urlsafe_b64encode(raw).decode()[len(prefix) :] + "="
 
     # -- mailbox -------------------------------------------------------------------
 
@@ -439,7 +449,7 @@ class FakeMicrosoft(FakeServer):
         msg_id = id or self._new_id()
         if msg_id in user.messages:
             raise ValueError(f"message {msg_id} already exists")
-        received = received or datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
+        received = received or datetime.datetime.now(datetime.UTC).replace(microsecond=0)
         sender_address = _address(sender)
         domain = sender_address["emailAddress"]["address"].rsplit("@", 1)[-1] or "example.com"
         user.seq += 1
@@ -485,8 +495,7 @@ class FakeMicrosoft(FakeServer):
         ``importance``, ``body``, ``folder`` (moves it: a ``@removed`` in the old folder's
         delta), or any Graph field by its own name (``isRead``, ``flag`` dict, ...).
         """
-        aliases = {"is_read": "isRead", "subject": "subject", "categories": "categories",
-                   "importance": "importance"}
+        aliases = {"is_read": "isRead", "subject": "subject", "categories": "categories", "importance": "importance"}
         with self.lock:
             owner = self._user(user)
             msg = owner.messages[id]
@@ -541,7 +550,7 @@ class FakeMicrosoft(FakeServer):
     def populate(self, user: str, n: int, *, folder: str = "inbox", seed: int = 0, days: int = 90) -> list[str]:
         """Deliver ``n`` realistic messages spread over the last ``days``; returns their ids."""
         rng = random.Random(seed)
-        now = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
+        now = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
         ids = []
         with self.lock:
             self.add_user(user)
@@ -602,7 +611,7 @@ class FakeMicrosoft(FakeServer):
 
     def _identity_error(self, error: str, code: int, description: str) -> dict[str, Any]:
         trace_id, correlation_id = str(uuid.uuid4()), str(uuid.uuid4())
-        stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
+        stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
         return {
             "error": error,
             "error_description": f"AADSTS{code}: {description} Trace ID: {trace_id} "
@@ -623,7 +632,11 @@ class FakeMicrosoft(FakeServer):
         return web.json_response(
             {
                 "token_endpoint": f"{base}/{tenant}/oauth2/v2.0/token",
-                "token_endpoint_auth_methods_supported": ["client_secret_post", "private_key_jwt", "client_secret_basic"],
+                "token_endpoint_auth_methods_supported": [
+                    "client_secret_post",
+                    "private_key_jwt",
+                    "client_secret_basic",
+                ],
                 "jwks_uri": f"{base}/{tenant}/discovery/v2.0/keys",
                 "response_modes_supported": ["query", "fragment", "form_post"],
                 "subject_types_supported": ["pairwise"],
@@ -638,8 +651,20 @@ class FakeMicrosoft(FakeServer):
                 "http_logout_supported": True,
                 "frontchannel_logout_supported": True,
                 "end_session_endpoint": f"{base}/{tenant}/oauth2/v2.0/logout",
-                "claims_supported": ["sub", "iss", "aud", "exp", "iat", "nonce", "preferred_username", "name",
-                                     "tid", "ver", "oid", "email"],
+                "claims_supported": [
+                    "sub",
+                    "iss",
+                    "aud",
+                    "exp",
+                    "iat",
+                    "nonce",
+                    "preferred_username",
+                    "name",
+                    "tid",
+                    "ver",
+                    "oid",
+                    "email",
+                ],
                 "kerberos_endpoint": f"{base}/{tenant}/kerberos",
                 "tenant_region_scope": "EU",
                 "cloud_instance_name": "microsoftonline.com",
@@ -673,8 +698,9 @@ class FakeMicrosoft(FakeServer):
                 )
             scopes = query.get("scope", "").split()
             grant = self._grant(hint, scopes, self.client_id)
-            code = self._new_code(grant, redirect_uri, query.get("code_challenge"),
-                                  query.get("code_challenge_method"), query.get("nonce"))
+            code = self._new_code(
+                grant, redirect_uri, query.get("code_challenge"), query.get("code_challenge_method"), query.get("nonce")
+            )
         params = {"code": code, "session_state": str(uuid.uuid4())}
         if "state" in query:
             params["state"] = query["state"]
@@ -694,8 +720,11 @@ class FakeMicrosoft(FakeServer):
             client_id, _, client_secret = base64.b64decode(basic[6:]).decode().partition(":")
         if client_id != self.client_id:
             return web.json_response(
-                self._identity_error("unauthorized_client", 700016,
-                                     f"Application with identifier '{client_id}' was not found in the directory."),
+                self._identity_error(
+                    "unauthorized_client",
+                    700016,
+                    f"Application with identifier '{client_id}' was not found in the directory.",
+                ),
                 status=400,
             )
         if client_secret != self.client_secret:
@@ -711,8 +740,9 @@ class FakeMicrosoft(FakeServer):
                 result = self._redeem_refresh_token(str(form.get("refresh_token", "")))
             else:
                 return web.json_response(
-                    self._identity_error("unsupported_grant_type", 70003,
-                                         "The app requested an unsupported grant type."),
+                    self._identity_error(
+                        "unsupported_grant_type", 70003, "The app requested an unsupported grant type."
+                    ),
                     status=400,
                 )
             if isinstance(result, web.Response):
@@ -723,9 +753,12 @@ class FakeMicrosoft(FakeServer):
             missing = [s for s in asked if _norm_scope(s) not in granted]
             if missing:
                 return web.json_response(
-                    self._identity_error("invalid_grant", 65001,
-                                         f"The user or administrator has not consented to use the application "
-                                         f"with ID '{self.client_id}' for scopes {' '.join(missing)}."),
+                    self._identity_error(
+                        "invalid_grant",
+                        65001,
+                        f"The user or administrator has not consented to use the application "
+                        f"with ID '{self.client_id}' for scopes {' '.join(missing)}.",
+                    ),
                     status=400,
                 )
             body = self._token_response(grant, asked or list(grant.scopes), nonce, requested)
@@ -737,20 +770,31 @@ class FakeMicrosoft(FakeServer):
         code = self._codes.pop(str(form.get("code", "")), None)
         if code is None:
             return web.json_response(
-                self._identity_error("invalid_grant", 54005, "OAuth2 Authorization code was already redeemed, "
-                                     "please retry with a new valid code or use an existing refresh token."),
+                self._identity_error(
+                    "invalid_grant",
+                    54005,
+                    "OAuth2 Authorization code was already redeemed, "
+                    "please retry with a new valid code or use an existing refresh token.",
+                ),
                 status=400,
             )
         if code.expires_at < time.monotonic() or not self._valid(code.grant):
             return web.json_response(
-                self._identity_error("invalid_grant", 70008, "The provided authorization code or refresh token "
-                                     "has expired due to inactivity."),
+                self._identity_error(
+                    "invalid_grant",
+                    70008,
+                    "The provided authorization code or refresh token has expired due to inactivity.",
+                ),
                 status=400,
             )
         if code.redirect_uri is not None and form.get("redirect_uri") != code.redirect_uri:
             return web.json_response(
-                self._identity_error("invalid_grant", 500112, "The reply address does not match the reply "
-                                     "address provided when requesting the authorization code."),
+                self._identity_error(
+                    "invalid_grant",
+                    500112,
+                    "The reply address does not match the reply "
+                    "address provided when requesting the authorization code.",
+                ),
                 status=400,
             )
         if code.code_challenge is not None:
@@ -761,8 +805,11 @@ class FakeMicrosoft(FakeServer):
                 computed = verifier
             if computed != code.code_challenge:
                 return web.json_response(
-                    self._identity_error("invalid_grant", 501481, "The Code_Verifier does not match the "
-                                         "code_challenge supplied in the authorization request."),
+                    self._identity_error(
+                        "invalid_grant",
+                        501481,
+                        "The Code_Verifier does not match the code_challenge supplied in the authorization request.",
+                    ),
                     status=400,
                 )
         return code.grant, code.nonce
@@ -771,15 +818,20 @@ class FakeMicrosoft(FakeServer):
         grant = self._refresh_tokens.get(token)
         if grant is None or not self._valid(grant):
             return web.json_response(
-                self._identity_error("invalid_grant", 70008, "The provided authorization code or refresh token "
-                                     "has expired due to inactivity. Send a new interactive authorization "
-                                     "request for this user and resource."),
+                self._identity_error(
+                    "invalid_grant",
+                    70008,
+                    "The provided authorization code or refresh token "
+                    "has expired due to inactivity. Send a new interactive authorization "
+                    "request for this user and resource.",
+                ),
                 status=400,
             )
         return grant, None
 
-    def _token_response(self, grant: _Grant, scopes: list[str], nonce: str | None,
-                        requested: list[str]) -> dict[str, Any]:
+    def _token_response(
+        self, grant: _Grant, scopes: list[str], nonce: str | None, requested: list[str]
+    ) -> dict[str, Any]:
         user = self._user(grant.upn)
         now = int(time.time())
         claims = {
@@ -822,20 +874,26 @@ class FakeMicrosoft(FakeServer):
                 user = self._graph_user(request.headers.get("Authorization"))
                 body, headers = self._graph_route(request, user, request.match_info["tail"])
         except _GraphError as err:
-            return web.json_response(graph_error(err.status, err.code, err.message), status=err.status,
-                                     headers=err.headers)
+            return web.json_response(
+                graph_error(err.status, err.code, err.message), status=err.status, headers=err.headers
+            )
         return web.json_response(
             body,
-            headers={**headers, "Content-Type": "application/json;odata.metadata=minimal;"
-                     "odata.streaming=true;IEEE754Compatible=false;charset=utf-8",
-                     "request-id": str(uuid.uuid4())},
+            headers={
+                **headers,
+                "Content-Type": "application/json;odata.metadata=minimal;"
+                "odata.streaming=true;IEEE754Compatible=false;charset=utf-8",
+                "request-id": str(uuid.uuid4()),
+            },
             content_type=None,
         )
 
     def _graph_user(self, authorization: str | None) -> _User:
         token = authorization[7:] if authorization and authorization.startswith("Bearer ") else ""
-        unauthorized = {"WWW-Authenticate": 'Bearer realm="", authorization_uri="https://login.microsoftonline.com/'
-                        'common/oauth2/authorize", client_id="00000003-0000-0000-c000-000000000000"'}
+        unauthorized = {
+            "WWW-Authenticate": 'Bearer realm="", authorization_uri="https://login.microsoftonline.com/'
+            'common/oauth2/authorize", client_id="00000003-0000-0000-c000-000000000000"'
+        }
         if not token:
             raise _GraphError(401, "InvalidAuthenticationToken", "Access token is empty.", unauthorized)
         entry = self._access_tokens.get(token)
@@ -843,8 +901,9 @@ class FakeMicrosoft(FakeServer):
             raise _GraphError(401, "InvalidAuthenticationToken", "IDX14100: JWT is not well formed.", unauthorized)
         grant, expires_at = entry
         if expires_at <= time.monotonic():
-            raise _GraphError(401, "InvalidAuthenticationToken", "Lifetime validation failed, the token is expired.",
-                              unauthorized)
+            raise _GraphError(
+                401, "InvalidAuthenticationToken", "Lifetime validation failed, the token is expired.", unauthorized
+            )
         if not self._valid(grant):
             raise _GraphError(401, "InvalidAuthenticationToken", "Access token has been revoked.", unauthorized)
         return self._user(grant.upn)
@@ -853,15 +912,15 @@ class FakeMicrosoft(FakeServer):
         if request.method != "GET":
             raise _GraphError(405, "Request_BadRequest", "Only GET is supported by this fake.")
         folder = r"mailfolders(?:/([^/()]+)|\('([^']+)'\))"
-        if re.fullmatch(r"me", tail, re.I):
+        if re.fullmatch(r"me", tail, re.IGNORECASE):
             return self._me(user), {}
-        if re.fullmatch(r"me/mailfolders", tail, re.I):
+        if re.fullmatch(r"me/mailfolders", tail, re.IGNORECASE):
             return {"value": [self._folder_resource(user, f) for f in user.folders.values()]}, {}
-        if match := re.fullmatch(rf"me/{folder}", tail, re.I):
+        if match := re.fullmatch(rf"me/{folder}", tail, re.IGNORECASE):
             return self._folder_resource(user, user.folder(match.group(1) or match.group(2))), {}
-        if match := re.fullmatch(rf"me/{folder}/messages/delta", tail, re.I):
+        if match := re.fullmatch(rf"me/{folder}/messages/delta", tail, re.IGNORECASE):
             return self._delta(request, user, user.folder(match.group(1) or match.group(2)))
-        if match := re.fullmatch(r"me/messages/([^/]+)", tail, re.I):
+        if match := re.fullmatch(r"me/messages/([^/]+)", tail, re.IGNORECASE):
             msg = user.messages.get(match.group(1))
             if msg is None:
                 raise _GraphError(404)
@@ -916,34 +975,47 @@ class FakeMicrosoft(FakeServer):
             except ValueError:
                 raise _GraphError(400, "BadRequest", "Invalid delta token.") from None
             if state.get("u") != user.oid or state.get("f") != folder.id or state.get("e") != user.delta_epoch:
-                raise _GraphError(410, "syncStateNotFound",
-                                  "The sync state generation is not found. Please do a full sync.")
+                raise _GraphError(
+                    410, "syncStateNotFound", "The sync state generation is not found. Please do a full sync."
+                )
             if "$deltatoken" in query:  # a new round: changes since the last round's snapshot
                 state = {**state, "s": state["n"], "n": user.seq, "c": None}
         else:
             select = _select(query.get("$select"))
-            state = {"u": user.oid, "f": folder.id, "e": user.delta_epoch, "s": 0, "n": user.seq, "c": None,
-                     "sel": select, "flt": _received_filter(query.get("$filter"))}
+            state = {
+                "u": user.oid,
+                "f": folder.id,
+                "e": user.delta_epoch,
+                "s": 0,
+                "n": user.seq,
+                "c": None,
+                "sel": select,
+                "flt": _received_filter(query.get("$filter")),
+            }
         since, snapshot = state["s"], state["n"]
         changes: list[tuple[int, str, bool]] = []
         floor = state.get("flt")
         for msg in user.messages.values():
-            if msg.folder_id == folder.id and since < msg.changed_seq <= snapshot:
-                if floor is None or msg.fields["receivedDateTime"] >= floor:
-                    changes.append((msg.changed_seq, msg.id, False))
+            in_round = msg.folder_id == folder.id and since < msg.changed_seq <= snapshot
+            if in_round and (floor is None or msg.fields["receivedDateTime"] >= floor):
+                changes.append((msg.changed_seq, msg.id, False))
         if since > 0:
-            changes += [(seq, msg_id, True) for seq, msg_id, folder_id in user.tombstones
-                        if folder_id == folder.id and since < seq <= snapshot]
+            changes += [
+                (seq, msg_id, True)
+                for seq, msg_id, folder_id in user.tombstones
+                if folder_id == folder.id and since < seq <= snapshot
+            ]
         changes.sort()
         if state["c"] is not None:
             cursor = tuple(state["c"])
             changes = [c for c in changes if (c[0], c[1]) > cursor]
         page = changes[:page_size]
         values = []
-        for seq, msg_id, removed in page:
+        for _seq, msg_id, removed in page:
             if removed:
-                values.append({"@odata.type": "#microsoft.graph.message", "id": msg_id,
-                               "@removed": {"reason": "deleted"}})
+                values.append(
+                    {"@odata.type": "#microsoft.graph.message", "id": msg_id, "@removed": {"reason": "deleted"}}
+                )
             else:
                 item = self._project(user.messages[msg_id].fields, state["sel"])
                 values.append({"@odata.type": "#microsoft.graph.message", **item})
@@ -961,7 +1033,7 @@ class FakeMicrosoft(FakeServer):
 
 def _max_page_size(prefer: str, default: int) -> tuple[int, bool]:
     for preference in prefer.split(","):
-        match = re.fullmatch(r"\s*odata\.maxpagesize\s*=\s*(\d+)\s*", preference, re.I)
+        match = re.fullmatch(r"\s*odata\.maxpagesize\s*=\s*(\d+)\s*", preference, re.IGNORECASE)
         if match and int(match.group(1)) > 0:
             return int(match.group(1)), True
     return default, False
@@ -973,8 +1045,11 @@ def _select(raw: str | None) -> list[str] | None:
     fields = [f.strip() for f in raw.split(",") if f.strip()]
     for name in fields:
         if name not in MESSAGE_FIELDS:
-            raise _GraphError(400, "RequestBroker--ParseUri",
-                              f"Could not find a property named '{name}' on type 'microsoft.graph.message'.")
+            raise _GraphError(
+                400,
+                "RequestBroker--ParseUri",
+                f"Could not find a property named '{name}' on type 'microsoft.graph.message'.",
+            )
     return fields
 
 
@@ -985,7 +1060,7 @@ def _received_filter(raw: str | None) -> str | None:
     match = re.fullmatch(r"\s*receivedDateTime\s+(ge|gt)\s+(\S+)\s*", raw)
     if match is None:
         raise _GraphError(400, "ErrorInvalidUrlQueryFilter", "The query filter contains one or more invalid nodes.")
-    value = datetime.datetime.fromisoformat(match.group(2).replace("Z", "+00:00"))
+    value = datetime.datetime.fromisoformat(match.group(2))
     return _now_iso(value)
 
 

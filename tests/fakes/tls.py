@@ -61,7 +61,7 @@ def server_ssl_context(files: TlsFiles | None = None) -> ssl.SSLContext:
 
 
 def _generate(directory: Path) -> TlsFiles:
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     not_before = now - datetime.timedelta(hours=1)
     not_after = now + datetime.timedelta(days=30)
 
@@ -141,8 +141,6 @@ def _generate(directory: Path) -> TlsFiles:
     key_path = directory / "server.key"
     ca_path.write_bytes(ca_cert.public_bytes(pem))
     cert_path.write_bytes(cert.public_bytes(pem) + ca_cert.public_bytes(pem))
-    key_path.write_bytes(
-        key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
+    key_path.write_bytes(key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
     key_path.chmod(0o600)
     return TlsFiles(ca_path=ca_path, cert_path=cert_path, key_path=key_path)
