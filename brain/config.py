@@ -136,8 +136,19 @@ class NatsSettings:
 class MailSettings:
     """Mail sync."""
 
+    # Incremental sync of every account this often (and at once on connect).
     sync_interval_seconds: float = 300.0
+    # Backoff after transient errors: retry_base_seconds * 2^n with jitter, capped here.
     max_backoff_seconds: float = 3600.0
+    retry_base_seconds: float = 2.0
+    # Messages per page when the provider's own table does not say.
+    page_size: int = 100
+    # Access tokens are refreshed this long before they expire.
+    refresh_skew_seconds: float = 300.0
+    # How long an OAuth authorize URL (its signed `state`) stays usable.
+    oauth_state_ttl_seconds: float = 600.0
+    # Where providers send the browser back. Empty: {api_public_url}/mail/oauth/callback.
+    redirect_uri: str = ""
 
 
 @dataclass(frozen=True)
@@ -428,6 +439,10 @@ def _validate(s: Settings) -> None:
         "api.store_idle_seconds": s.api.store_idle_seconds,
         "api.jwks_refresh_seconds": s.api.jwks_refresh_seconds,
         "mail.sync_interval_seconds": s.mail.sync_interval_seconds,
+        "mail.max_backoff_seconds": s.mail.max_backoff_seconds,
+        "mail.retry_base_seconds": s.mail.retry_base_seconds,
+        "mail.page_size": s.mail.page_size,
+        "mail.oauth_state_ttl_seconds": s.mail.oauth_state_ttl_seconds,
     }
     for key, value in positives.items():
         if value <= 0:
