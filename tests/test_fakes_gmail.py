@@ -437,6 +437,19 @@ def test_revoked_grant_raises_refresh_error(fake: FakeGmail) -> None:
         service.users().getProfile(userId="me").execute()
 
 
+def test_revocation_endpoint_and_labels(fake: FakeGmail) -> None:
+    fake.add_message(USER, label_ids=["INBOX", "Label_42"])
+    creds = credentials(fake)
+    service = gmail_service(fake, creds)
+    labels = service.users().labels().list(userId="me").execute()["labels"]
+    assert {"id": "Label_42", "name": "Label_42", "type": "user"} in labels
+    assert {"id": "INBOX", "name": "INBOX", "type": "system"} in labels
+
+    assert _loopback_session().post(fake.base_url + "/revoke", params={"token": creds.refresh_token}).ok
+    with pytest.raises(google.auth.exceptions.RefreshError, match="invalid_grant"):
+        creds.refresh(GoogleAuthRequest(session=_loopback_session()))
+
+
 def test_token_endpoint_5xx_is_retried_by_google_auth(fake: FakeGmail) -> None:
     creds = credentials(fake)
     fake.fail_next(1, status=503, path_prefix="/token")

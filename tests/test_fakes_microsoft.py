@@ -6,6 +6,7 @@ fake's CA; Graph is called with ``requests``. Outgoing connections are restricte
 
 from __future__ import annotations
 
+import datetime
 import json
 import ssl
 import subprocess
@@ -23,6 +24,13 @@ import requests
 
 from tests.fakes import control_call, loopback_only
 from tests.fakes.microsoft import FakeMicrosoft
+
+# acquire_token_by_authorization_code is deprecated in favour of the auth code flow, and the
+# flow suggests form_post; both are exercised here on purpose.
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:Change your acquire_token_by_authorization_code:DeprecationWarning"),
+    pytest.mark.filterwarnings("ignore:response_mode='form_post' is recommended:UserWarning"),
+]
 
 USER = "ada@contoso.example"
 SCOPES = ["Mail.Read"]
@@ -357,6 +365,28 @@ def test_delta_select_projects_fields(fake: FakeMicrosoft) -> None:
 
     bad = graph(fake, fake.graph_url + "/me/mailFolders/inbox/messages/delta?$select=nope", token)
     assert bad.status_code == 400 and bad.json()["error"]["code"] == "RequestBroker--ParseUri"
+
+
+def test_folders_single_message_and_received_filter(fake: FakeMicrosoft) -> None:
+    old = fake.add_message(USER, subject="old", received=datetime.datetime(2020, 1, 1, tzinfo=datetime.UTC))
+    new = fake.add_message(USER, subject="new", received=datetime.datetime(2024, 6, 1, tzinfo=datetime.UTC))
+    token = fake.issue_access_token(USER)
+
+    folders = graph(fake, fake.graph_url + "/me/mailFolders", token).json()["value"]
+    inbox = next(f for f in folders if f["displayName"] == "Inbox")
+    assert inbox["id"] == fake.folder_id(USER, "inbox") and inbox["totalItemCount"] == 2
+    assert graph(fake, f"{fake.graph_url}/me/mailFolders/{inbox['id']}", token).json()["unreadItemCount"] == 2
+    single = graph(fake, f"{fake.graph_url}/me/messages/{old}?$select=subject", token).json()
+    assert single["subject"] == "old" and single["id"] == old
+    assert graph(fake, f"{fake.graph_url}/me/messages/AAMkADmissing=", token).status_code == 404
+
+    url = fake.graph_url + "/me/mailFolders/inbox/messages/delta?$filter=receivedDateTime ge 2024-01-01T00:00:00Z"
+    pages, delta_link = delta_round(fake, url, token)
+    assert [item["id"] for page in pages for item in page] == [new]
+    fake.update_message(USER, old, is_read=True)
+    fake.update_message(USER, new, is_read=True)
+    pages, _ = delta_round(fake, delta_link, token)  # the filter sticks to the delta link
+    assert [item["id"] for page in pages for item in page] == [new]
 
 
 def test_expired_delta_state_gives_410(fake: FakeMicrosoft) -> None:

@@ -224,7 +224,8 @@ class FakeServer:
         app = web.Application(middlewares=[self._middleware], client_max_size=64 * 1024**2)
         app.router.add_post(CONTROL_PREFIX + "call", self._control)
         self.add_routes(app)
-        runner = web.AppRunner(app, handle_signals=False, access_log=None)
+        # A short shutdown_timeout: stop() must not wait long for a request held by delay().
+        runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=0.5)
         await runner.setup()
         site = web.TCPSite(runner, LOOPBACK, self._requested_port, ssl_context=self._ssl_context)
         await site.start()
