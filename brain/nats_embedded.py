@@ -37,10 +37,15 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
-def wait_for_port(host: str, port: int, timeout: float) -> bool:
-    """True once something accepts TCP connections on host:port within timeout."""
+def wait_for_port(host: str, port: int, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> bool:
+    """True once something accepts TCP connections on host:port within timeout.
+
+    With proc, gives up as soon as that process has exited.
+    """
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            return False
         try:
             with socket.create_connection((host, port), timeout=0.2):
                 return True
@@ -108,9 +113,12 @@ class EmbeddedNats(BrainActor):
         self.proc = subprocess.Popen(
             cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
         )
-        if not wait_for_port(self.host, self.port, timeout=10.0):
+        # JetStream recovers its store before listening: a large one can take a while.
+        if not wait_for_port(self.host, self.port, timeout=60.0, proc=self.proc):
+            code = self.proc.poll()
             self._terminate()
-            raise RuntimeError(f"embedded nats-server did not come up on {self.url}; see {log_path}")
+            why = f"exited with code {code}" if code is not None else "did not come up"
+            raise RuntimeError(f"embedded nats-server {why} on {self.url}; see {log_path}")
         log.info("embedded nats-server pid %s listening on %s (store %s)", self.proc.pid, self.url, self.store_dir)
         self.schedule(self.check_interval, _CHECK)
 

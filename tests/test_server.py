@@ -144,3 +144,35 @@ def test_unknown_route_is_a_json_404(brain_server: BrainServer) -> None:
     assert r.json()["code"] == "NOT_FOUND"
     r = requests.delete(f"{brain_server.api_url}/health", timeout=5)
     assert r.status_code == 405 and r.json()["code"] == "METHOD_NOT_ALLOWED"
+
+
+def test_root_giving_up_shuts_the_process_down_cleanly(brain_server: BrainServer) -> None:
+    """nats-server dying more often than the root's restart intensity allows ends the process."""
+    pidfile = brain_server.data_dir / "nats" / "nats-server.pid"
+    assert brain_server.proc is not None
+    killed: set[int] = set()
+
+    def live_new_pid() -> int | None:
+        try:
+            pid = int(pidfile.read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+        return pid if pid not in killed and Path(f"/proc/{pid}").exists() else None
+
+    for _ in range(10):  # the root allows 5 restarts in 30 s
+        if brain_server.proc.poll() is not None:
+            break
+        try:
+            pid = wait_until(lambda: live_new_pid() or brain_server.proc.poll() is not None, timeout=15, what="nats")
+        except AssertionError:
+            break
+        if pid is True:
+            break
+        killed.add(pid)
+        os.kill(pid, signal.SIGKILL)
+    code = brain_server.proc.wait(timeout=20)
+    assert code == 1
+    log = brain_server.log_text()
+    assert "root supervisor gave up" in log
+    assert "shutdown complete" in log
+    assert not any(Path(f"/proc/{p}").exists() for p in killed)
