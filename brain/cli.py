@@ -11,7 +11,7 @@ from typing import Any
 
 import brain
 from brain.config import load_settings
-from brain.errors import ConfigError, PluginError
+from brain.errors import BrainError
 from brain.logs import setup_logging
 
 log = logging.getLogger("brain.cli")
@@ -33,6 +33,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--api-port", type=int, help="API role port (default 8080; 0 = any free port)")
     serve.add_argument("--roles", help="comma-separated roles to run: auth,api (default both)")
     serve.set_defaults(func=cmd_serve)
+
+    from brain import backup
+
+    backup.add_parser(sub, _add_config_args, settings_from_args)
     return parser
 
 
@@ -84,7 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except (ConfigError, PluginError) as exc:
+    except BrainError as exc:
         print(f"brain: error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:
