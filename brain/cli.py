@@ -37,6 +37,10 @@ def build_parser() -> argparse.ArgumentParser:
     from brain import backup
 
     backup.add_parser(sub, _add_config_args, settings_from_args)
+
+    from brain.auth import cli as auth_cli
+
+    auth_cli.add_parser(sub, _add_config_args, settings_from_args)
     return parser
 
 

@@ -91,6 +91,16 @@ class AuthSettings:
     rate_limit_account_failures: int = 5
     rate_limit_account_window_seconds: int = 900
     require_email_verification: bool = False
+    # A rotated key is published this long before it signs, so JWKS caches learn it first.
+    key_publish_delay_seconds: float = 600.0
+    # A retired key stays in the JWKS this long (at least jwt_ttl_seconds), then is deleted.
+    retired_key_keep_seconds: int = 86400
+    # How often the issuer looks for keys added by `brain keys rotate` in another process.
+    key_poll_seconds: float = 5.0
+    # Cache-Control max-age of the JWKS document.
+    jwks_max_age_seconds: int = 300
+    # Request bodies of the auth endpoints are small; refuse anything bigger.
+    max_body_bytes: int = 16384
 
 
 @dataclass(frozen=True)
@@ -451,6 +461,20 @@ def _validate(s: Settings) -> None:
         raise ConfigError("auth.argon2_memory_kib: production requires at least 19456 (OWASP minimum)")
     if s.auth.argon2_memory_kib < 8 * s.auth.argon2_parallelism:
         raise ConfigError("auth.argon2_memory_kib: must be at least 8 x argon2_parallelism")
+    for key, value in (
+        ("auth.key_poll_seconds", s.auth.key_poll_seconds),
+        ("auth.max_body_bytes", s.auth.max_body_bytes),
+        ("auth.rate_limit_ip_per_minute", s.auth.rate_limit_ip_per_minute),
+        ("auth.rate_limit_account_failures", s.auth.rate_limit_account_failures),
+        ("auth.rate_limit_account_window_seconds", s.auth.rate_limit_account_window_seconds),
+        ("auth.session_update_age_seconds", s.auth.session_update_age_seconds),
+    ):
+        if value <= 0:
+            raise ConfigError(f"{key}: must be positive, got {value}")
+    if s.auth.key_publish_delay_seconds < 0 or s.auth.jwks_max_age_seconds < 0 or s.auth.key_rotation_days < 0:
+        raise ConfigError("auth.key_publish_delay_seconds, jwks_max_age_seconds, key_rotation_days: must not be negative")
+    if s.auth.retired_key_keep_seconds < s.auth.jwt_ttl_seconds:
+        raise ConfigError("auth.retired_key_keep_seconds: must be at least auth.jwt_ttl_seconds (tokens must keep verifying)")
     if not 8 <= s.auth.min_password_length <= s.auth.max_password_length:
         raise ConfigError("auth.min_password_length: must be at least 8 and at most max_password_length")
     if s.api.events_page_default > s.api.events_page_max:

@@ -1,0 +1,86 @@
+"""Better Auth's session cookie and bearer token formats.
+
+The cookie `better-auth.session_token` holds `token.signature`, URL-encoded, where signature is
+the standard base64 of HMAC-SHA256(secret, token) (better-call's signed cookie). The bearer
+plugin accepts the same signed value or the raw token in `Authorization: Bearer ...`.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+from urllib.parse import quote, unquote
+
+from aiohttp import web
+
+COOKIE_NAME = "better-auth.session_token"
+# Better Auth prefixes its cookies with __Secure- when its base URL is https.
+SECURE_PREFIX = "__Secure-"
+
+
+def token_hash(token: str) -> str:
+    """What auth.db stores instead of the token."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _signature(secret: bytes, token: str) -> str:
+    return base64.b64encode(hmac.new(secret, token.encode(), hashlib.sha256).digest()).decode()
+
+
+def signed_value(secret: bytes, token: str) -> str:
+    """The cookie value for a token: URL-encoded `token.signature`."""
+    return quote(f"{token}.{_signature(secret, token)}", safe="")
+
+
+def unsign(secret: bytes, value: str) -> str | None:
+    """The token inside a signed value, or None when the signature does not match."""
+    value = unquote(value)
+    token, dot, signature = value.rpartition(".")
+    if not dot or not token or len(signature) != 44:
+        return None
+    return token if hmac.compare_digest(signature, _signature(secret, token)) else None
+
+
+def cookie_name(secure: bool) -> str:
+    """The session cookie's name (with Better Auth's __Secure- prefix over https)."""
+    return SECURE_PREFIX + COOKIE_NAME if secure else COOKIE_NAME
+
+
+def request_token(request: web.Request, secret: bytes) -> str | None:
+    """The session token a request carries: Bearer (raw or signed) first, else the cookie."""
+    auth = request.headers.get("Authorization", "")
+    if auth[:7].lower() == "bearer ":
+        raw = auth[7:].strip()
+        if raw:
+            # A raw token has no dot (ids are alphanumeric); a signed one must verify.
+            return unsign(secret, raw) if "." in raw else raw
+    for name in (SECURE_PREFIX + COOKIE_NAME, COOKIE_NAME):
+        value = request.cookies.get(name)
+        if value:
+            return unsign(secret, value)
+    return None
+
+
+def set_session_cookie(
+    response: web.StreamResponse, secret: bytes, token: str, *, max_age: int | None, secure: bool
+) -> str:
+    """Set the session cookie (HttpOnly, SameSite=Lax, Secure over https); return its value."""
+    value = signed_value(secret, token)
+    # aiohttp's set_cookie would quote a value holding '%'; write the header as Better Auth does.
+    parts = [f"{cookie_name(secure)}={value}"]
+    if max_age is not None:
+        parts.append(f"Max-Age={max_age}")
+    parts += ["Path=/", "HttpOnly", "SameSite=Lax"]
+    if secure:
+        parts.append("Secure")
+    response.headers.add("Set-Cookie", "; ".join(parts))
+    return value
+
+
+def clear_session_cookie(response: web.StreamResponse, *, secure: bool) -> None:
+    """Expire the session cookie."""
+    parts = [f"{cookie_name(secure)}=", "Max-Age=0", "Path=/", "HttpOnly", "SameSite=Lax"]
+    if secure:
+        parts.append("Secure")
+    response.headers.add("Set-Cookie", "; ".join(parts))

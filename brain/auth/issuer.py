@@ -1,0 +1,192 @@
+"""The AuthIssuer actor: the one writer of auth.db (users, sessions, signing keys).
+
+It owns what must be serialised — creating users and sessions, extending and revoking
+sessions, rotating keys — and publishes the key ring as an immutable snapshot that request
+handlers read without asking it. Everything slow (password hashing) happens elsewhere, before
+the ask, so the actor only ever runs short transactions.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import peewee
+
+from brain.actors.base import BrainActor, Link
+from brain.auth import keys
+from brain.auth.db import Session, SigningKey, User, database, now_ms
+from brain.config import AuthSettings
+from brain.errors import Unprocessable
+from brain.ids import new_id
+
+log = logging.getLogger("brain.auth.issuer")
+
+_POLL = "poll-keys"
+# Expired sessions are deleted this often (they are refused on read long before that).
+_SESSION_SWEEP_MS = 3600 * 1000
+
+
+class EmailTaken(Unprocessable):
+    """Better Auth's duplicate sign-up error."""
+
+    code = "USER_ALREADY_EXISTS_USE_ANOTHER_EMAIL"
+
+    def __init__(self) -> None:
+        super().__init__("User already exists. Use another email.")
+
+
+class AuthIssuer(BrainActor):
+    """Owns auth.db writes and the signing key ring."""
+
+    def __init__(
+        self,
+        *,
+        link: Link | None = None,
+        settings: AuthSettings,
+        aead: Any,
+        publish: Callable[[keys.KeyRing], None],
+    ) -> None:
+        super().__init__(link=link)
+        self.settings = settings
+        self._aead = aead
+        self._publish = publish
+        self._keep_ms = settings.retired_key_keep_seconds * 1000
+        self._data_version: int | None = None
+        self._last_sweep = 0
+
+    # --- lifecycle ---
+
+    def on_start(self) -> None:
+        """Make sure a signing key exists, publish the ring, start polling for rotations."""
+        database.connect(reuse_if_open=True)
+        keys.ensure_active_key(self._aead)
+        self._refresh_ring()
+        self.schedule(self.settings.key_poll_seconds, _POLL)
+
+    def on_stop(self) -> None:
+        """Close this thread's connection."""
+        database.close()
+
+    def on_failure(self, *_exc: object) -> None:
+        """Close this thread's connection (a crash must not leak it)."""
+        database.close()
+
+    def on_receive(self, message: Any) -> Any:
+        """Periodic work: pick up rotations made by `brain keys rotate`, rotate on schedule, sweep."""
+        if message == _POLL:
+            try:
+                self._poll()
+            except peewee.OperationalError as exc:  # e.g. locked by `brain keys` for > busy_timeout
+                log.warning("key ring poll failed, will retry: %s", exc)
+            self.schedule(self.settings.key_poll_seconds, _POLL)
+            return None
+        return super().on_receive(message)
+
+    # --- asks from request handlers ---
+
+    def create_user(
+        self,
+        *,
+        email: str,
+        name: str,
+        image: str | None,
+        password_hash: str,
+        session: dict[str, Any] | None,
+    ) -> tuple[User, Session | None]:
+        """Insert a user (and its first session) in one transaction; EmailTaken on a duplicate."""
+        now = now_ms()
+        try:
+            with database.atomic():
+                user = User.create(
+                    id=new_id(), email=email, name=name, image=image, email_verified=False,
+                    password_hash=password_hash, created_at=now, updated_at=now,
+                )
+                row = self._insert_session(user.id, now=now, **session) if session is not None else None
+        except peewee.IntegrityError:
+            raise EmailTaken() from None
+        return user, row
+
+    def create_session(
+        self,
+        *,
+        user_id: str,
+        token_hash: str,
+        ip_address: str,
+        user_agent: str,
+        remember: bool,
+        new_password_hash: str | None = None,
+    ) -> Session:
+        """Insert a session; also store a rehashed password when the argon2 parameters changed."""
+        now = now_ms()
+        with database.atomic():
+            if new_password_hash is not None:
+                User.update(password_hash=new_password_hash, updated_at=now).where(User.id == user_id).execute()
+            return self._insert_session(
+                user_id, token_hash=token_hash, ip_address=ip_address, user_agent=user_agent,
+                remember=remember, now=now,
+            )
+
+    def extend_session(self, session_id: str) -> Session | None:
+        """Slide a live session's expiry forward; None if it was revoked or has expired."""
+        now = now_ms()
+        expires = now + self.settings.session_ttl_seconds * 1000
+        updated = (
+            Session.update(expires_at=expires, updated_at=now)
+            .where((Session.id == session_id) & (Session.expires_at > now))
+            .execute()
+        )
+        return Session.get_or_none(Session.id == session_id) if updated else None
+
+    def revoke_session(self, token_hash: str) -> bool:
+        """Delete the session with this token hash; True if there was one."""
+        return bool(Session.delete().where(Session.token_hash == token_hash).execute())
+
+    def rotate_keys(self, *, publish_delay_s: float | None = None) -> str:
+        """Add a key (published now, signing after the delay) and republish; return its kid."""
+        delay = self.settings.key_publish_delay_seconds if publish_delay_s is None else publish_delay_s
+        row = keys.rotate(self._aead, publish_delay_s=delay)
+        self._refresh_ring()
+        return row.kid
+
+    # --- internals ---
+
+    def _insert_session(
+        self, user_id: str, *, token_hash: str, ip_address: str, user_agent: str, remember: bool, now: int
+    ) -> Session:
+        # rememberMe: false gets a one-day session, as in Better Auth.
+        ttl_s = self.settings.session_ttl_seconds if remember else min(86400, self.settings.session_ttl_seconds)
+        return Session.create(
+            id=new_id(), token_hash=token_hash, user=user_id, expires_at=now + ttl_s * 1000,
+            ip_address=ip_address, user_agent=user_agent, remember=remember, created_at=now, updated_at=now,
+        )
+
+    def _refresh_ring(self) -> None:
+        self._data_version = self._read_data_version()
+        ring = keys.load_ring(self._aead, self._keep_ms)
+        self._publish(ring)
+
+    def _read_data_version(self) -> int:
+        # Changes whenever another connection (another process: `brain keys rotate`) commits.
+        return int(database.execute_sql("PRAGMA data_version").fetchone()[0])
+
+    def _poll(self) -> None:
+        now = now_ms()
+        if self.settings.key_rotation_days > 0:
+            newest = SigningKey.select(peewee.fn.MAX(SigningKey.created_at)).scalar() or 0
+            if now - newest >= self.settings.key_rotation_days * 86400 * 1000:
+                log.info("scheduled key rotation (every %s days)", self.settings.key_rotation_days)
+                keys.rotate(self._aead, publish_delay_s=self.settings.key_publish_delay_seconds)
+                self._data_version = None
+        if keys.prune(self._keep_ms):
+            self._data_version = None
+        if now - self._last_sweep >= _SESSION_SWEEP_MS:
+            self._last_sweep = now
+            swept = Session.delete().where(Session.expires_at <= now).execute()
+            if swept:
+                log.info("deleted %d expired sessions", swept)
+        if keys.ensure_active_key(self._aead):
+            self._data_version = None
+        if self._data_version != self._read_data_version():
+            self._refresh_ring()

@@ -1,0 +1,136 @@
+"""Trusted origins: CORS for browsers, and Better Auth's refusal of untrusted origins.
+
+The server's own origin (its public URL) is always trusted, plus `auth.trusted_origins`
+(exact origins, or `https://*.example.com` for subdomains). A state-changing request whose
+`Origin` is not trusted gets 403 INVALID_ORIGIN; one that carries a cookie but no Origin (or
+Referer) gets 403 MISSING_OR_NULL_ORIGIN, as Better Auth does. Requests without cookies and
+without an Origin — servers, CLIs, Better Auth's client in Node — pass.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from urllib.parse import urlsplit
+
+from aiohttp import web
+
+from brain.errors import Forbidden, HTTPError
+from brain.web import Handler
+
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+EXPOSED_HEADERS = "set-auth-jwt, set-auth-token"
+_PREFLIGHT_MAX_AGE = "600"
+
+
+def origin_of(url: str) -> str | None:
+    """scheme://host[:port] of a URL, lower-cased; None if it has no scheme or host."""
+    try:
+        parts = urlsplit(url.strip())
+        port = parts.port
+    except ValueError:
+        return None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return None
+    host = parts.hostname.lower()
+    if ":" in host:
+        host = f"[{host}]"
+    default = {"http": 80, "https": 443}[parts.scheme]
+    return f"{parts.scheme}://{host}" + (f":{port}" if port and port != default else "")
+
+
+class TrustedOrigins:
+    """Matches request origins against the configured list."""
+
+    def __init__(self, own_url: str, configured: Iterable[str]) -> None:
+        exact: set[str] = set()
+        patterns: list[str] = []
+        for entry in (own_url, *configured):
+            if "*" in entry:
+                patterns.append(entry.strip().lower().rstrip("/"))
+                continue
+            origin = origin_of(entry)
+            if origin:
+                exact.add(origin)
+        self.exact = frozenset(exact)
+        self.patterns = tuple(patterns)
+
+    def __contains__(self, origin: object) -> bool:
+        if not isinstance(origin, str):
+            return False
+        normalized = origin_of(origin)
+        if normalized is None:
+            return False
+        if normalized in self.exact:
+            return True
+        return any(fnmatch.fnmatchcase(normalized, p) for p in self.patterns)
+
+    def url_is_trusted(self, url: str) -> bool:
+        """A callbackURL may be a relative path or an absolute URL on a trusted origin."""
+        if url.startswith("/") and not url.startswith("//") and "\\" not in url:
+            return True
+        return url in self and origin_of(url) is not None
+
+
+def invalid_origin() -> Forbidden:
+    """Better Auth's refusal of an untrusted origin."""
+    return Forbidden("Invalid origin", code="INVALID_ORIGIN")
+
+
+def make_origin_middleware(trusted: TrustedOrigins) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+    """CORS headers for trusted origins, preflights, and the origin check on unsafe methods."""
+
+    @web.middleware
+    async def origin_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        origin = request.headers.get("Origin")
+        if request.method == "OPTIONS" and origin is not None and "Access-Control-Request-Method" in request.headers:
+            if origin not in trusted:
+                raise invalid_origin()
+            return web.Response(status=204, headers=_preflight_headers(request, origin))
+        if request.method not in _SAFE_METHODS:
+            _check_origin(request, origin, trusted)
+        try:
+            response = await handler(request)
+        except web.HTTPException as exc:
+            if origin is not None and origin in trusted:
+                _add_cors(exc.headers, origin)
+            raise
+        except Exception as exc:
+            # Browsers must be able to read error bodies too (typed errors become JSON later).
+            if origin is not None and origin in trusted and isinstance(exc, HTTPError):
+                _add_cors(exc.headers, origin)
+            raise
+        if origin is not None and origin in trusted:
+            _add_cors(response.headers, origin)
+        return response
+
+    return origin_middleware
+
+
+def _check_origin(request: web.Request, origin: str | None, trusted: TrustedOrigins) -> None:
+    source = origin or request.headers.get("Referer")
+    if source and source != "null":
+        if source not in trusted:
+            raise invalid_origin()
+        return
+    # No usable Origin: fine for a client without cookies (not a browser form), CSRF otherwise.
+    if origin == "null" or request.headers.get("Cookie"):
+        raise Forbidden("Missing or null Origin", code="MISSING_OR_NULL_ORIGIN")
+
+
+def _add_cors(headers: MutableMapping[str, str], origin: str) -> None:
+    headers["Access-Control-Allow-Origin"] = origin
+    headers["Access-Control-Allow-Credentials"] = "true"
+    headers["Access-Control-Expose-Headers"] = EXPOSED_HEADERS
+    headers["Vary"] = "Origin"
+
+
+def _preflight_headers(request: web.Request, origin: str) -> dict[str, str]:
+    headers: dict[str, str] = {}
+    _add_cors(headers, origin)
+    headers["Access-Control-Allow-Methods"] = "GET, POST, OPTIONS"
+    headers["Access-Control-Allow-Headers"] = (
+        request.headers.get("Access-Control-Request-Headers") or "content-type, authorization"
+    )
+    headers["Access-Control-Max-Age"] = _PREFLIGHT_MAX_AGE
+    return headers

@@ -1,0 +1,51 @@
+"""Password hashing (argon2id) on a worker pool: never on the event loop, never in the actor.
+
+argon2-cffi releases the GIL while it hashes, so `hash_workers` threads keep that many cores
+busy; the single AuthIssuer thread only writes rows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from concurrent.futures import ThreadPoolExecutor
+
+from argon2 import PasswordHasher, Type
+from argon2.exceptions import InvalidHashError, VerificationError
+
+from brain.config import AuthSettings
+
+
+class Passwords:
+    """Hash and verify passwords on a dedicated thread pool."""
+
+    def __init__(self, settings: AuthSettings) -> None:
+        self._hasher = PasswordHasher(
+            time_cost=settings.argon2_time_cost,
+            memory_cost=settings.argon2_memory_kib,
+            parallelism=settings.argon2_parallelism,
+            type=Type.ID,
+        )
+        self._pool = ThreadPoolExecutor(max_workers=settings.hash_workers, thread_name_prefix="brain-hash")
+        # Sign-in for an unknown email verifies against this, so it costs what a wrong password
+        # costs and the two cannot be told apart by timing.
+        self._dummy_hash = self._hasher.hash(secrets.token_urlsafe(24))
+
+    def _verify(self, stored: str | None, password: str) -> tuple[bool, bool]:
+        try:
+            ok = self._hasher.verify(stored or self._dummy_hash, password)
+        except (VerificationError, InvalidHashError):
+            return False, False
+        return (ok and stored is not None), ok and stored is not None and self._hasher.check_needs_rehash(stored)
+
+    async def hash(self, password: str) -> str:
+        """The argon2id hash of password (computed on the pool)."""
+        return await asyncio.get_running_loop().run_in_executor(self._pool, self._hasher.hash, password)
+
+    async def verify(self, stored: str | None, password: str) -> tuple[bool, bool]:
+        """(matches, needs_rehash); `stored=None` verifies against the dummy hash and fails."""
+        return await asyncio.get_running_loop().run_in_executor(self._pool, self._verify, stored, password)
+
+    def close(self) -> None:
+        """Stop the pool (queued work is dropped; running hashes finish)."""
+        self._pool.shutdown(wait=False, cancel_futures=True)

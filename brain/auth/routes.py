@@ -1,0 +1,261 @@
+"""The auth role's HTTP endpoints: Better Auth's paths, bodies, shapes and error codes."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import logging
+from typing import Any
+
+from aiohttp import web
+
+from brain.auth import tokens
+from brain.auth.context import AuthContext
+from brain.auth.cookies import clear_session_cookie, cookie_name, request_token, set_session_cookie, token_hash
+from brain.auth.db import Session, User, now_ms
+from brain.auth.issuer import EmailTaken
+from brain.auth.origins import TrustedOrigins
+from brain.auth.validation import parse_sign_in, parse_sign_up
+from brain.errors import BadRequest, Forbidden, TooManyRequests, Unauthorized
+from brain.ids import new_id
+from brain.web import client_ip, json_response, read_json
+
+log = logging.getLogger("brain.auth")
+
+_MAX_USER_AGENT = 512
+
+
+def too_many(wait_s: float, message: str = "Too many requests. Please try again later.") -> TooManyRequests:
+    """429 with Retry-After (and Better Auth's X-Retry-After)."""
+    exc = TooManyRequests(message, retry_after=wait_s)
+    exc.headers["X-Retry-After"] = exc.headers["Retry-After"]
+    return exc
+
+
+class AuthRoutes:
+    """Handlers bound to one AuthContext."""
+
+    def __init__(self, ctx: AuthContext, trusted: TrustedOrigins) -> None:
+        self.ctx = ctx
+        self.auth = ctx.auth
+        self.trusted = trusted
+        self.trusted_proxies = frozenset(ctx.settings.server.trusted_proxies)
+        self.secure = ctx.settings.auth_public_url.startswith("https://")
+        issuer = ctx.settings.jwt_issuer
+        self.openid_bytes = json.dumps(
+            {
+                "issuer": issuer,
+                "jwks_uri": f"{ctx.settings.auth_public_url}/api/auth/jwks",
+                "id_token_signing_alg_values_supported": ["RS256"],
+                "subject_types_supported": ["public"],
+                "response_types_supported": ["id_token"],
+                "claims_supported": ["iss", "sub", "aud", "iat", "exp", "email", "name", "emailVerified"],
+            },
+            separators=(",", ":"),
+        ).encode()
+
+    def add_to(self, app: web.Application) -> None:
+        """Register every route on the auth app."""
+        r = app.router
+        r.add_post("/api/auth/sign-up/email", self.sign_up)
+        r.add_post("/api/auth/sign-in/email", self.sign_in)
+        r.add_get("/api/auth/get-session", self.get_session)
+        r.add_get("/api/auth/token", self.token)
+        r.add_post("/api/auth/sign-out", self.sign_out)
+        r.add_get("/api/auth/jwks", self.jwks)
+        r.add_get("/api/auth/ok", self.ok)
+        r.add_get("/.well-known/openid-configuration", self.openid_configuration)
+
+    # --- helpers ---
+
+    def _ip(self, request: web.Request) -> str:
+        return client_ip(request, self.trusted_proxies)
+
+    def _limit_ip(self, ip: str) -> None:
+        wait = self.ctx.ip_limiter.take(ip)
+        if wait > 0:
+            log.warning("rate limit: %s over %d auth requests/minute", ip, self.auth.rate_limit_ip_per_minute)
+            raise too_many(wait)
+
+    def _check_callback(self, url: str | None) -> None:
+        if url is not None and not self.trusted.url_is_trusted(url):
+            raise Forbidden("Invalid callbackURL", code="INVALID_CALLBACK_URL")
+
+    def _new_session_fields(self, request: web.Request, ip: str, remember: bool) -> tuple[str, dict[str, Any]]:
+        token = new_id()
+        return token, {
+            "token_hash": token_hash(token),
+            "ip_address": ip,
+            "user_agent": request.headers.get("User-Agent", "")[:_MAX_USER_AGENT],
+            "remember": remember,
+        }
+
+    def _jwt(self, user: dict[str, Any]) -> str:
+        return tokens.mint(self.ctx.current_ring(), self.ctx.settings, self.ctx.rt.pm, user)
+
+    def _session_response(
+        self,
+        body: dict[str, Any],
+        user: dict[str, Any],
+        session: Session | None,
+        token: str | None,
+    ) -> web.Response:
+        """The sign-up/sign-in response: session cookie, set-auth-token, set-auth-jwt."""
+        jwt = self._jwt(user) if session is not None else None
+        body.update(
+            {"token": token if session is not None else None, "user": user,
+             "session": session.public(token) if session is not None and token else None, "jwt": jwt}
+        )
+        response = json_response(body, headers={"Cache-Control": "no-store"})
+        if session is not None and token is not None and jwt is not None:
+            self._set_cookie(response, token, session)
+            response.headers["set-auth-jwt"] = jwt
+        return response
+
+    def _set_cookie(self, response: web.Response, token: str, session: Session) -> None:
+        # rememberMe: false -> a browser-session cookie, as Better Auth sets it.
+        max_age = self.auth.session_ttl_seconds if session.remember else None
+        value = set_session_cookie(response, self.ctx.secret, token, max_age=max_age, secure=self.secure)
+        response.headers["set-auth-token"] = value
+
+    async def _run_hook(self, fn: Any, **kwargs: Any) -> Any:
+        # Plugins are synchronous and may do I/O: keep them off the event loop.
+        return await asyncio.get_running_loop().run_in_executor(None, functools.partial(fn, **kwargs))
+
+    async def _current(self, request: web.Request) -> tuple[Session, User, str, bool] | None:
+        """The request's live session (extended when due): (session, user, token, refreshed)."""
+        token = request_token(request, self.ctx.secret)
+        if not token:
+            return None
+        row = (
+            Session.select(Session, User)
+            .join(User)
+            .where(Session.token_hash == token_hash(token))
+            .get_or_none()
+        )
+        now = now_ms()
+        if row is None or row.expires_at <= now:
+            return None
+        user = row.user
+        ttl_ms = self.auth.session_ttl_seconds * 1000
+        if row.remember and row.expires_at - ttl_ms + self.auth.session_update_age_seconds * 1000 <= now:
+            updated = await self.ctx.issuer("extend_session", session_id=row.id)
+            if updated is None:
+                return None
+            return updated, user, token, True
+        return row, user, token, False
+
+    # --- endpoints ---
+
+    async def sign_up(self, request: web.Request) -> web.Response:
+        """POST /api/auth/sign-up/email {name, email, password, image?, rememberMe?}."""
+        ip = self._ip(request)
+        self._limit_ip(ip)
+        req = parse_sign_up(await read_json(request, limit=self.auth.max_body_bytes), self.auth)
+        self._check_callback(req.callback_url)
+        reasons = await self._run_hook(self.ctx.rt.pm.hook.validate_sign_up, email=req.email, name=req.name)
+        refusal = next((r for r in reasons if r is not None), None)
+        if refusal is not None:
+            raise BadRequest(refusal if isinstance(refusal, str) and refusal else "sign-up refused", code="SIGN_UP_REFUSED")
+        if User.select().where(User.email == req.email).exists():
+            raise EmailTaken()
+        password_hash = await self.ctx.passwords.hash(req.password)
+        token, fields = None, None
+        if not self.auth.require_email_verification:
+            token, fields = self._new_session_fields(request, ip, req.remember)
+        user, session = await self.ctx.issuer(
+            "create_user", email=req.email, name=req.name, image=req.image, password_hash=password_hash, session=fields
+        )
+        public = user.public()
+        log.info("user %s signed up", user.id)
+        hook = self._run_hook(self.ctx.rt.pm.hook.after_sign_up, user=dict(public))
+        self.ctx.in_background(asyncio.ensure_future(hook), "after_sign_up hook")
+        return self._session_response({}, public, session, token)
+
+    async def sign_in(self, request: web.Request) -> web.Response:
+        """POST /api/auth/sign-in/email {email, password, rememberMe?}."""
+        ip = self._ip(request)
+        self._limit_ip(ip)
+        req = parse_sign_in(await read_json(request, limit=self.auth.max_body_bytes), self.auth)
+        self._check_callback(req.callback_url)
+        # Every attempt counts as a failure until the password checks out, so concurrent
+        # guesses cannot all slip in before the first failure is recorded.
+        wait = self.ctx.account_failures.take(req.email)
+        if wait > 0:
+            log.warning("sign-in for a locked-out account from %s", ip)
+            raise too_many(wait, "Too many failed sign-in attempts. Please try again later.")
+        user = User.get_or_none(User.email == req.email)
+        # An unknown email is verified against a dummy hash: same work, same answer.
+        ok, rehash = await self.ctx.passwords.verify(user.password_hash if user else None, req.password)
+        if not ok or user is None:
+            raise Unauthorized("Invalid email or password", code="INVALID_EMAIL_OR_PASSWORD")
+        self.ctx.account_failures.reset(req.email)
+        if self.auth.require_email_verification and not user.email_verified:
+            raise Forbidden("Email not verified", code="EMAIL_NOT_VERIFIED")
+        new_hash = await self.ctx.passwords.hash(req.password) if rehash else None
+        token, fields = self._new_session_fields(request, ip, req.remember)
+        session = await self.ctx.issuer("create_session", user_id=user.id, new_password_hash=new_hash, **fields)
+        body: dict[str, Any] = {"redirect": req.callback_url is not None}
+        if req.callback_url is not None:
+            body["url"] = req.callback_url
+        return self._session_response(body, user.public(), session, token)
+
+    async def get_session(self, request: web.Request) -> web.Response:
+        """GET /api/auth/get-session -> {session, user} or null, plus set-auth-jwt."""
+        found = await self._current(request)
+        headers = {"Cache-Control": "no-store"}
+        if found is None:
+            response = json_response(None, headers=headers)
+            if any(request.cookies.get(cookie_name(s)) for s in (True, False)):
+                clear_session_cookie(response, secure=self.secure)
+            return response
+        session, user, token, refreshed = found
+        public = user.public()
+        headers["set-auth-jwt"] = self._jwt(public)
+        response = json_response({"session": session.public(token), "user": public}, headers=headers)
+        if refreshed:
+            self._set_cookie(response, token, session)
+        return response
+
+    async def token(self, request: web.Request) -> web.Response:
+        """GET /api/auth/token -> {token: <fresh JWT>} for a live session, else 401."""
+        found = await self._current(request)
+        if found is None:
+            raise Unauthorized("Unauthorized", code="UNAUTHORIZED")
+        session, user, token, refreshed = found
+        response = json_response({"token": self._jwt(user.public())}, headers={"Cache-Control": "no-store"})
+        if refreshed:
+            self._set_cookie(response, token, session)
+        return response
+
+    async def sign_out(self, request: web.Request) -> web.Response:
+        """POST /api/auth/sign-out: revoke the session server-side and clear the cookie."""
+        token = request_token(request, self.ctx.secret)
+        if token:
+            revoked = await self.ctx.issuer("revoke_session", token_hash=token_hash(token))
+            if revoked:
+                log.info("session signed out")
+        response = json_response({"success": True})
+        clear_session_cookie(response, secure=self.secure)
+        return response
+
+    async def jwks(self, _request: web.Request) -> web.Response:
+        """GET /api/auth/jwks: the public keys, from memory."""
+        return web.Response(
+            body=self.ctx.current_ring().jwks_bytes,
+            content_type="application/json",
+            headers={"Cache-Control": f"public, max-age={self.auth.jwks_max_age_seconds}"},
+        )
+
+    async def openid_configuration(self, _request: web.Request) -> web.Response:
+        """GET /.well-known/openid-configuration: where standard verifiers find issuer and keys."""
+        return web.Response(
+            body=self.openid_bytes,
+            content_type="application/json",
+            headers={"Cache-Control": f"public, max-age={self.auth.jwks_max_age_seconds}"},
+        )
+
+    async def ok(self, _request: web.Request) -> web.Response:
+        """GET /api/auth/ok (Better Auth's liveness endpoint)."""
+        return json_response({"ok": True})

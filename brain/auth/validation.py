@@ -1,0 +1,145 @@
+"""Checking sign-up/sign-in bodies: types, email syntax, password length; errors name the field."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from brain.config import AuthSettings
+from brain.errors import BadRequest
+
+# The pattern Better Auth's zod `z.email()` uses: ASCII local part and domain, a dotted domain
+# with a 2+ letter TLD. CR, LF, NUL and every other control character fall outside it.
+_EMAIL_RE = re.compile(
+    r"(?!\.)(?!.*\.\.)([A-Za-z0-9_'+\-.]*)[A-Za-z0-9_+-]@([A-Za-z0-9][A-Za-z0-9\-]*\.)+[A-Za-z]{2,}"
+)
+MAX_EMAIL = 254
+MAX_NAME = 256
+MAX_IMAGE = 2048
+
+
+def validation_error(field: str, message: str) -> BadRequest:
+    """Better Auth's shape for a schema failure: `[body.field] message`, VALIDATION_ERROR."""
+    return BadRequest(f"[body.{field}] {message}", code="VALIDATION_ERROR")
+
+
+def require_object(body: Any) -> dict[str, Any]:
+    """The body must be a JSON object."""
+    if not isinstance(body, dict):
+        raise BadRequest("request body must be a JSON object", code="VALIDATION_ERROR")
+    return body
+
+
+def _text(body: dict[str, Any], field: str, *, required: bool, max_len: int | None = None) -> str | None:
+    value = body.get(field)
+    if value is None:
+        if required:
+            raise validation_error(field, "Invalid input: expected string, received undefined")
+        return None
+    if not isinstance(value, str):
+        raise validation_error(field, f"Invalid input: expected string, received {_js_type(value)}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate from a \ud800 escape: not storable text
+        raise validation_error(field, "must be valid Unicode text") from None
+    if max_len is not None and len(value) > max_len:
+        raise validation_error(field, f"must be at most {max_len} characters")
+    return value
+
+
+def _js_type(value: Any) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    if isinstance(value, list):
+        return "array"
+    if isinstance(value, dict):
+        return "object"
+    return type(value).__name__
+
+
+def normalize_email(value: str) -> str:
+    """The email lower-cased, or BadRequest(INVALID_EMAIL) when it is not an address."""
+    if any(c in value for c in "\r\n\x00") or any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+        raise BadRequest("Invalid email: control characters (CR, LF, NUL, ...) are not allowed", code="INVALID_EMAIL")
+    if len(value) > MAX_EMAIL or not _EMAIL_RE.fullmatch(value):
+        raise BadRequest("Invalid email", code="INVALID_EMAIL")
+    return value.lower()
+
+
+def password_length(password: str) -> int:
+    """Length as JavaScript counts it (UTF-16 code units), so limits match Better Auth's."""
+    return len(password.encode("utf-16-le")) // 2
+
+
+def check_password(password: str, settings: AuthSettings) -> None:
+    """8-128 characters by default; no composition rules, no truncation."""
+    n = password_length(password)
+    if n < settings.min_password_length:
+        raise BadRequest("Password too short", code="PASSWORD_TOO_SHORT")
+    if n > settings.max_password_length:
+        raise BadRequest("Password too long", code="PASSWORD_TOO_LONG")
+
+
+def _remember_me(body: dict[str, Any]) -> bool:
+    value = body.get("rememberMe", True)
+    if value is None:
+        return True
+    if not isinstance(value, bool):
+        raise validation_error("rememberMe", f"Invalid input: expected boolean, received {_js_type(value)}")
+    return value
+
+
+@dataclass(frozen=True)
+class SignUp:
+    """A checked sign-up request."""
+
+    email: str
+    name: str
+    password: str
+    image: str | None
+    remember: bool
+    callback_url: str | None
+
+
+@dataclass(frozen=True)
+class SignIn:
+    """A checked sign-in request."""
+
+    email: str
+    password: str
+    remember: bool
+    callback_url: str | None
+
+
+def parse_sign_up(body: Any, settings: AuthSettings) -> SignUp:
+    """Check a sign-up body in Better Auth's order: shape, email, password length."""
+    body = require_object(body)
+    name = _text(body, "name", required=True, max_len=MAX_NAME)
+    email = _text(body, "email", required=True)
+    password = _text(body, "password", required=True)
+    image = _text(body, "image", required=False, max_len=MAX_IMAGE)
+    callback = _text(body, "callbackURL", required=False, max_len=MAX_IMAGE)
+    remember = _remember_me(body)
+    assert name is not None and email is not None and password is not None
+    if not password:
+        raise validation_error("password", "Too small: expected string to have >=1 characters")
+    normalized = normalize_email(email)
+    check_password(password, settings)
+    return SignUp(normalized, name, password, image, remember, callback)
+
+
+def parse_sign_in(body: Any, settings: AuthSettings) -> SignIn:
+    """Check a sign-in body: shape, email syntax, and only the upper password bound (as Better Auth)."""
+    body = require_object(body)
+    email = _text(body, "email", required=True)
+    password = _text(body, "password", required=True)
+    callback = _text(body, "callbackURL", required=False, max_len=MAX_IMAGE)
+    remember = _remember_me(body)
+    assert email is not None and password is not None
+    normalized = normalize_email(email)
+    if password_length(password) > settings.max_password_length:
+        raise BadRequest("Password too long", code="PASSWORD_TOO_LONG")
+    return SignIn(normalized, password, remember, callback)
