@@ -68,7 +68,7 @@ class Runtime:
 
     def child_specs(self) -> list[ChildSpec]:
         """The root's children, in start order."""
-        from brain import api, auth
+        from brain import api, auth, mail
 
         specs: list[ChildSpec] = []
         if not self.nats_url:
@@ -99,13 +99,7 @@ class Runtime:
                         link=link, name="stores", strategy="one_for_one", max_restarts=50, max_seconds=10
                     ),
                 ),
-                ChildSpec(
-                    id="mail",
-                    shutdown_timeout=math.inf,
-                    start=lambda link: Supervisor.start(
-                        link=link, name="mail", strategy="one_for_one", max_restarts=50, max_seconds=10
-                    ),
-                ),
+                *mail.child_specs(self),  # the "mail" supervisor; it resumes connected accounts
             ]
             specs.append(
                 ChildSpec(

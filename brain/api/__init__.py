@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 import brain
+from brain import mail
 from brain.actors import supervisor
 from brain.web import json_response
 
@@ -43,3 +44,4 @@ def setup_routes(app: web.Application, rt: Runtime) -> None:
         return json_response(body)
 
     app.router.add_get("/health", health)
+    mail.setup_routes(app, rt)  # /mail/connect, /mail/oauth/callback, /mail/status, /mail/disconnect

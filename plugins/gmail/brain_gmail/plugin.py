@@ -1,21 +1,33 @@
-"""The Gmail plugin's hooks."""
+"""The Gmail plugin's hooks: its settings table and its mail provider."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from brain.config import check_plugin_table
+from brain.errors import ConfigError
 from brain.plugins import hookimpl
 
 # Keys of the [plugins.gmail] table; GOOGLE_CLIENT_ID / GOOGLE_CLIENT_SECRET fill the first two.
 SETTINGS_KEYS = frozenset(
     {"client_id", "client_secret", "api_endpoint", "token_uri", "auth_uri", "batch_uri",
-     "message_format", "page_size", "batch_size", "quota_units_per_second"}
+     "message_format", "page_size", "batch_size", "quota_units_per_second", "timeout"}
 )
 
 
 @hookimpl
 def brain_startup(settings: Any, plugin_settings: Mapping[str, Mapping[str, Any]]) -> None:
     """Refuse unknown keys in [plugins.gmail] at start-up."""
-    check_plugin_table("gmail", plugin_settings.get("gmail", {}), SETTINGS_KEYS)
+    table = plugin_settings.get("gmail", {})
+    check_plugin_table("gmail", table, SETTINGS_KEYS)
+    if table.get("message_format", "metadata") not in ("metadata", "full", "minimal"):
+        raise ConfigError("plugins.gmail.message_format: must be one of 'metadata', 'full', 'minimal'")
+
+
+@hookimpl
+def register_mail_providers(register: Callable[[type], None]) -> None:
+    """Offer the Gmail provider."""
+    from brain_gmail.provider import GmailProvider
+
+    register(GmailProvider)

@@ -1,0 +1,102 @@
+"""Keys derived from the server secret: credentials sealed at rest, OAuth `state` signed.
+
+Each purpose gets its own key (HKDF-SHA256 with a distinct `info`), so the key that encrypts
+tokens is never the one that signs URLs a browser carries around.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import os
+import secrets
+import time
+from typing import Any
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+__all__ = ["CredentialBox", "InvalidState", "StateSigner", "derive_key"]
+
+_NONCE_BYTES = 12
+_VERSION = b"\x01"
+
+
+def derive_key(secret: bytes, purpose: str, length: int = 32) -> bytes:
+    """A key for one purpose, derived from the server secret (HKDF-SHA256)."""
+    return HKDF(algorithm=hashes.SHA256(), length=length, salt=b"brain.mail", info=purpose.encode()).derive(secret)
+
+
+class CredentialBox:
+    """AES-256-GCM for credentials; the account id is bound in as associated data."""
+
+    def __init__(self, secret: bytes) -> None:
+        self._aead = AESGCM(derive_key(secret, "mail credentials v1"))
+
+    def seal(self, plaintext: bytes, *, account_id: str) -> bytes:
+        """Encrypt; a blob copied to another account's row will not open."""
+        nonce = os.urandom(_NONCE_BYTES)
+        return _VERSION + nonce + self._aead.encrypt(nonce, plaintext, account_id.encode())
+
+    def open(self, blob: bytes, *, account_id: str) -> bytes:
+        """Decrypt; ValueError when the blob was tampered with or sealed with another secret."""
+        if not blob or blob[:1] != _VERSION:
+            raise ValueError("unknown credential format")
+        nonce, ciphertext = blob[1 : 1 + _NONCE_BYTES], blob[1 + _NONCE_BYTES :]
+        try:
+            return self._aead.decrypt(nonce, ciphertext, account_id.encode())
+        except InvalidTag:
+            raise ValueError("credentials cannot be decrypted (tampered, or another server secret)") from None
+
+
+class InvalidState(ValueError):
+    """An OAuth `state` that is malformed, forged, expired or for another provider."""
+
+
+class StateSigner:
+    """Signed OAuth `state`: bound to user, provider, expiry and a single-use nonce."""
+
+    def __init__(self, secret: bytes) -> None:
+        self._key = derive_key(secret, "mail oauth state v1")
+
+    def sign(self, *, user_id: str, provider: str, ttl: float) -> tuple[str, str, float]:
+        """A new state string; returns (state, nonce, expires_at)."""
+        nonce = secrets.token_urlsafe(16)
+        expires_at = time.time() + ttl
+        payload = _b64(json.dumps({"u": user_id, "p": provider, "n": nonce, "e": int(expires_at)}, separators=(",", ":")).encode())
+        return f"{payload}.{self._mac(payload)}", nonce, expires_at
+
+    def verify(self, state: str) -> dict[str, Any]:
+        """The payload ({u, p, n, e}) of a genuine, unexpired state; InvalidState otherwise."""
+        payload, sep, mac = state.partition(".")
+        if not sep or not payload or not mac:
+            raise InvalidState("state is malformed")
+        if not hmac.compare_digest(mac, self._mac(payload)):
+            raise InvalidState("state signature is invalid")
+        try:
+            data = json.loads(_unb64(payload))
+        except ValueError:
+            raise InvalidState("state is malformed") from None
+        if not isinstance(data, dict) or not all(k in data for k in ("u", "p", "n", "e")):
+            raise InvalidState("state is malformed")
+        if not isinstance(data["e"], int) or data["e"] < time.time():
+            raise InvalidState("state has expired; start the connection again")
+        return data
+
+    def _mac(self, payload: str) -> str:
+        return _b64(hmac.new(self._key, payload.encode(), hashlib.sha256).digest())
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode().rstrip("=")
+
+
+def _unb64(text: str) -> bytes:
+    try:
+        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    except (ValueError, TypeError):
+        raise ValueError("bad base64") from None

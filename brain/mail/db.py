@@ -1,0 +1,369 @@
+"""`data/mail.db`: connected accounts, their encrypted credentials, the per-account message
+index (what the user's store already holds, for idempotency and reconciliation) and the
+single-use nonces of OAuth flows in progress.
+
+Many threads use the database (one actor per account, route handlers in the executor); each
+unit of work opens the thread's connection if it is closed and closes it afterwards, so idle
+accounts do not hold file descriptors.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import peewee as pw
+
+from brain.ids import new_id
+from brain.mail.crypto import CredentialBox
+from brain.mail.provider import Credentials, iso_utc
+
+__all__ = ["Account", "IndexEntry", "MailDb", "States"]
+
+_proxy = pw.DatabaseProxy()
+
+
+class States:
+    """Account states shown by `GET /mail/status`."""
+
+    SYNCING = "syncing"
+    IDLE = "idle"
+    BACKOFF = "backoff"
+    NEEDS_REAUTH = "needs_reauth"
+    ERROR = "error"
+    DISCONNECTED = "disconnected"
+    # Not started by the mail supervisor on boot.
+    STOPPED = frozenset({NEEDS_REAUTH, DISCONNECTED})
+
+
+class _Model(pw.Model):
+    class Meta:
+        database = _proxy
+
+
+class Account(_Model):
+    """One connected mailbox of one user."""
+
+    id = pw.CharField(primary_key=True)
+    user_id = pw.CharField(index=True)
+    provider = pw.CharField()
+    address = pw.CharField()
+    state = pw.CharField(default=States.SYNCING)
+    # "initial" (full sync, maybe a resync), "reconcile" (after a resync), "incremental".
+    phase = pw.CharField(default="initial")
+    position = pw.TextField(null=True)  # JSON: where the current run resumes
+    cursor = pw.TextField(null=True)  # JSON: where incremental sync starts
+    resync = pw.BooleanField(default=False)
+    epoch = pw.IntegerField(default=0)
+    progress_done = pw.IntegerField(default=0)
+    progress_total = pw.IntegerField(null=True)
+    messages_synced = pw.IntegerField(default=0)
+    initial_done = pw.BooleanField(default=False)
+    last_sync_at = pw.FloatField(null=True)
+    last_error = pw.TextField(null=True)
+    last_error_at = pw.FloatField(null=True)
+    retry_at = pw.FloatField(null=True)
+    failures = pw.IntegerField(default=0)
+    created_at = pw.FloatField(default=time.time)
+    updated_at = pw.FloatField(default=time.time)
+
+    class Meta:
+        table_name = "accounts"
+        indexes = ((("user_id", "provider", "address"), True),)
+
+    def status(self) -> dict[str, Any]:
+        """The account as `GET /mail/status` shows it."""
+        return {
+            "account": self.id,
+            "provider": self.provider,
+            "address": self.address,
+            "state": self.state,
+            "phase": self.phase,
+            "last_sync_at": iso_utc(self.last_sync_at),
+            "messages_synced": self.messages_synced,
+            "initial_sync": {
+                "complete": self.initial_done,
+                "done": self.progress_done,
+                "estimated_total": self.progress_total,
+            },
+            "last_error": self.last_error,
+            "last_error_at": iso_utc(self.last_error_at),
+            "retry_at": iso_utc(self.retry_at) if self.state in (States.BACKOFF, States.ERROR) else None,
+            "connected_at": iso_utc(self.created_at),
+        }
+
+
+class Credential(_Model):
+    """An account's credentials, sealed with a key derived from the server secret."""
+
+    account_id = pw.CharField(primary_key=True)
+    blob = pw.BlobField()
+    updated_at = pw.FloatField(default=time.time)
+
+    class Meta:
+        table_name = "credentials"
+
+
+class Message(_Model):
+    """What the user's store holds about one message: its revision and watched state."""
+
+    account_id = pw.CharField()
+    message_id = pw.CharField()
+    rev = pw.IntegerField()  # events emitted for this message so far (keys use it)
+    state = pw.TextField()  # JSON of MailMessage.state()
+    thread_id = pw.CharField(null=True)
+    deleted = pw.BooleanField(default=False)
+    epoch = pw.IntegerField()  # the account's sync epoch that last saw it
+
+    class Meta:
+        table_name = "messages"
+        primary_key = pw.CompositeKey("account_id", "message_id")
+        indexes = ((("account_id", "deleted", "epoch"), False),)
+
+
+class OAuthState(_Model):
+    """A started OAuth flow; the row is deleted when its callback uses it (single use)."""
+
+    nonce = pw.CharField(primary_key=True)
+    user_id = pw.CharField()
+    provider = pw.CharField()
+    expires_at = pw.FloatField()
+
+    class Meta:
+        table_name = "oauth_states"
+
+
+MODELS: list[type[pw.Model]] = [Account, Credential, Message, OAuthState]
+
+
+@dataclass(frozen=True)
+class IndexEntry:
+    """One row of the message index, as the sync engine reads it."""
+
+    message_id: str
+    rev: int
+    state: dict[str, Any]
+    thread_id: str | None
+    deleted: bool
+    epoch: int
+
+
+class MailDb:
+    """mail.db: opened once per process; safe to use from any thread."""
+
+    def __init__(self, path: Path, secret: bytes) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = pw.SqliteDatabase(
+            str(self.path),
+            pragmas={"journal_mode": "wal", "busy_timeout": 15000, "synchronous": "normal", "foreign_keys": 1},
+        )
+        _proxy.initialize(self.db)
+        self._box = CredentialBox(secret)
+        self._local = threading.local()
+        with self.unit():
+            self.db.create_tables(MODELS, safe=True)
+
+    @contextlib.contextmanager
+    def unit(self) -> Iterator[None]:
+        """Open this thread's connection for a unit of work (nested units share it)."""
+        depth = getattr(self._local, "depth", 0)
+        if depth == 0 and self.db.is_closed():
+            self.db.connect()
+        self._local.depth = depth + 1
+        try:
+            yield
+        finally:
+            self._local.depth = depth
+            if depth == 0 and not self.db.is_closed():
+                self.db.close()
+
+    def close(self) -> None:
+        """Close this thread's connection (others close at the end of their unit)."""
+        if not self.db.is_closed():
+            self.db.close()
+
+    # Accounts -------------------------------------------------------------------------
+
+    def upsert_account(self, *, user_id: str, provider: str, address: str) -> tuple[Account, bool]:
+        """The account of (user, provider, address), created if new; (account, created).
+
+        A returning account (disconnected or needs_reauth before) keeps its cursor and index,
+        so reconnecting resumes instead of syncing everything again.
+        """
+        with self.unit(), self.db.atomic():
+            account = Account.get_or_none(
+                (Account.user_id == user_id) & (Account.provider == provider) & (Account.address == address)
+            )
+            if account is not None:
+                Account.update(
+                    state=States.SYNCING, last_error=None, last_error_at=None, retry_at=None,
+                    failures=0, updated_at=time.time(),
+                ).where(Account.id == account.id).execute()
+                return Account.get_by_id(account.id), False
+            account = Account.create(id=new_id(20), user_id=user_id, provider=provider, address=address)
+            return account, True
+
+    def account(self, account_id: str) -> Account | None:
+        """One account by id."""
+        with self.unit():
+            return Account.get_or_none(Account.id == account_id)
+
+    def user_account(self, user_id: str, account_id: str) -> Account | None:
+        """The account only if it belongs to ``user_id``."""
+        with self.unit():
+            return Account.get_or_none((Account.id == account_id) & (Account.user_id == user_id))
+
+    def accounts_for_user(self, user_id: str) -> list[Account]:
+        """Every account of a user, oldest first."""
+        with self.unit():
+            return list(Account.select().where(Account.user_id == user_id).order_by(Account.created_at, Account.id))
+
+    def accounts_to_resume(self) -> list[Account]:
+        """Accounts that should be syncing: connected, with credentials, not needing reauth."""
+        with self.unit():
+            query = (
+                Account.select()
+                .join(Credential, on=(Credential.account_id == Account.id))
+                .where(Account.state.not_in(list(States.STOPPED)))
+                .order_by(Account.created_at)
+            )
+            return list(query)
+
+    def update_account(self, account_id: str, **fields: Any) -> None:
+        """Set some columns of an account."""
+        fields["updated_at"] = time.time()
+        with self.unit():
+            Account.update(**fields).where(Account.id == account_id).execute()
+
+    def disconnect(self, account_id: str) -> None:
+        """Delete the credentials and mark the account disconnected (its index stays)."""
+        with self.unit(), self.db.atomic():
+            Credential.delete().where(Credential.account_id == account_id).execute()
+            Account.update(state=States.DISCONNECTED, retry_at=None, updated_at=time.time()).where(
+                Account.id == account_id
+            ).execute()
+
+    # Credentials ----------------------------------------------------------------------
+
+    def save_credentials(self, account_id: str, credentials: Credentials) -> None:
+        """Store credentials, encrypted and bound to the account."""
+        blob = self._box.seal(credentials.to_json(), account_id=account_id)
+        with self.unit():
+            Credential.insert(account_id=account_id, blob=blob, updated_at=time.time()).on_conflict(
+                conflict_target=[Credential.account_id],
+                update={Credential.blob: blob, Credential.updated_at: time.time()},
+            ).execute()
+
+    def load_credentials(self, account_id: str) -> Credentials | None:
+        """The account's credentials, or None when it has none (disconnected)."""
+        with self.unit():
+            row = Credential.get_or_none(Credential.account_id == account_id)
+        if row is None:
+            return None
+        return Credentials.from_json(self._box.open(bytes(row.blob), account_id=account_id))
+
+    # Message index --------------------------------------------------------------------
+
+    def index_entries(self, account_id: str, message_ids: Iterable[str]) -> dict[str, IndexEntry]:
+        """Index rows of these messages (absent ids: never seen)."""
+        ids = list(dict.fromkeys(message_ids))
+        out: dict[str, IndexEntry] = {}
+        with self.unit():
+            for start in range(0, len(ids), 500):  # SQLite's bound-variable limit
+                chunk = ids[start : start + 500]
+                query = Message.select().where((Message.account_id == account_id) & (Message.message_id.in_(chunk)))
+                for row in query:
+                    out[row.message_id] = _entry(row)
+        return out
+
+    def unseen_since(self, account_id: str, epoch: int, limit: int) -> list[IndexEntry]:
+        """Live messages a full resync of ``epoch`` did not see (to reconcile as deleted)."""
+        with self.unit():
+            query = (
+                Message.select()
+                .where((Message.account_id == account_id) & (Message.deleted == False) & (Message.epoch < epoch))  # noqa: E712
+                .limit(limit)
+            )
+            return [_entry(row) for row in query]
+
+    def live_message_ids(self, account_id: str) -> set[str]:
+        """Ids of every message the index holds as present."""
+        with self.unit():
+            query = Message.select(Message.message_id).where(
+                (Message.account_id == account_id) & (Message.deleted == False)  # noqa: E712
+            )
+            return {row.message_id for row in query}
+
+    def commit_page(self, account_id: str, entries: Sequence[IndexEntry], account_fields: Mapping[str, Any]) -> None:
+        """Write a page's index changes and the account's checkpoint in one transaction."""
+        fields = dict(account_fields)
+        fields["updated_at"] = time.time()
+        rows = [
+            {
+                "account_id": account_id,
+                "message_id": e.message_id,
+                "rev": e.rev,
+                "state": json.dumps(e.state, separators=(",", ":")),
+                "thread_id": e.thread_id,
+                "deleted": e.deleted,
+                "epoch": e.epoch,
+            }
+            for e in entries
+        ]
+        with self.unit(), self.db.atomic():
+            for start in range(0, len(rows), 100):
+                Message.insert_many(rows[start : start + 100]).on_conflict_replace().execute()
+            if fields:
+                Account.update(**fields).where(Account.id == account_id).execute()
+
+    def touch_epoch(self, account_id: str, message_ids: Iterable[str], epoch: int) -> None:
+        """Mark messages as seen by a resync without changing them."""
+        ids = list(message_ids)
+        with self.unit(), self.db.atomic():
+            for start in range(0, len(ids), 500):
+                Message.update(epoch=epoch).where(
+                    (Message.account_id == account_id) & (Message.message_id.in_(ids[start : start + 500]))
+                ).execute()
+
+    # OAuth flows ------------------------------------------------------------------------
+
+    def save_oauth_state(self, *, nonce: str, user_id: str, provider: str, expires_at: float) -> None:
+        """Remember a started OAuth flow (and forget long-expired ones)."""
+        with self.unit(), self.db.atomic():
+            OAuthState.delete().where(OAuthState.expires_at < time.time() - 3600).execute()
+            OAuthState.create(nonce=nonce, user_id=user_id, provider=provider, expires_at=expires_at)
+
+    def consume_oauth_state(self, *, nonce: str, user_id: str, provider: str) -> bool:
+        """Use a flow's nonce once: True the first time, False if unknown, used or mismatched."""
+        with self.unit():
+            deleted = (
+                OAuthState.delete()
+                .where(
+                    (OAuthState.nonce == nonce)
+                    & (OAuthState.user_id == user_id)
+                    & (OAuthState.provider == provider)
+                    & (OAuthState.expires_at >= time.time())
+                )
+                .execute()
+            )
+        return deleted == 1
+
+
+def _entry(row: Message) -> IndexEntry:
+    return IndexEntry(
+        message_id=row.message_id,
+        rev=row.rev,
+        state=json.loads(row.state),
+        thread_id=row.thread_id,
+        deleted=bool(row.deleted),
+        epoch=row.epoch,
+    )
+
+

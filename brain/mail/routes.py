@@ -1,0 +1,122 @@
+"""The mail routes on the API role: connect (OAuth or direct), the OAuth callback, status and
+disconnect.
+
+Every route but the callback runs behind the API's JWT middleware and acts for the token's
+user only. The callback is reached by a browser redirect from the provider and carries no
+token: its user comes from the signed, single-use `state` minted by `POST /mail/connect`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import pykka
+from aiohttp import web
+
+from brain.actors import bridge
+from brain.actors.supervisor import ChildAlreadyStarted, ChildStartError
+from brain.errors import BadRequest, ServiceUnavailable, Unauthorized
+from brain.mail.db import Account
+from brain.mail.service import MailService, child_id
+from brain.mail.sync import SyncNow
+from brain.web import json_response, read_json
+
+if TYPE_CHECKING:
+    from brain.runtime import Runtime
+
+__all__ = ["CALLBACK_PATH", "add_routes"]
+
+log = logging.getLogger("brain.mail")
+
+CALLBACK_PATH = "/mail/oauth/callback"
+MAIL_SUP = "data_sup/mail"
+
+T = TypeVar("T")
+
+
+def add_routes(app: web.Application, rt: Runtime, service: MailService, user_of: Callable[[web.Request], str]) -> None:
+    """Register the mail routes; ``user_of(request)`` is the authenticated user's id."""
+
+    async def blocking(fn: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(None, fn)
+
+    async def start_sync(account: Account, *, reconnect: bool) -> None:
+        """Start the account's actor, or tell the running one to sync now."""
+        sup = await rt.alookup(MAIL_SUP)
+        if sup is None:
+            raise ServiceUnavailable("mail sync is not running")
+        try:
+            await bridge.ask(sup.proxy().start_child(service.child_spec(account)))
+        except ChildAlreadyStarted as exc:
+            if exc.ref is not None:
+                try:
+                    exc.ref.tell(SyncNow("connect", reconnect=reconnect))
+                except pykka.ActorDeadError:
+                    pass
+        except ChildStartError:
+            log.exception("mail account %s: sync actor did not start", account.id)
+            raise ServiceUnavailable("mail sync could not be started; try again") from None
+
+    async def connected(result: tuple[Account, bool]) -> web.Response:
+        account, created = result
+        await start_sync(account, reconnect=not created)
+        fresh = await blocking(lambda: service.db.account(account.id))
+        return json_response({"account": (fresh or account).status()}, status=201 if created else 200)
+
+    async def connect(request: web.Request) -> web.Response:
+        user_id = user_of(request)
+        body = await read_json(request)
+        if not isinstance(body, dict):
+            raise BadRequest("body must be a JSON object with a provider field")
+        name = service.provider_name(body.get("provider"))
+        fields = {k: v for k, v in body.items() if k != "provider"}
+        result = await blocking(lambda: service.connect_direct(user_id, name, fields))
+        if result is not None:
+            return await connected(result)
+        flow = await blocking(lambda: service.begin_oauth(user_id, name))
+        return json_response(flow)
+
+    async def callback(request: web.Request) -> web.Response:
+        query = request.query
+        if "error" in query:
+            # The user declined, or the provider refused the request: nothing to store.
+            detail = query.get("error_description") or query["error"]
+            raise BadRequest(f"the provider did not authorise the connection: {detail}", code="OAUTH_DENIED")
+        missing = [name for name in ("state", "code") if not query.get(name)]
+        if missing:
+            raise BadRequest(f"missing query parameter(s): {', '.join(missing)}")
+        payload = await blocking(lambda: service.check_state(query["state"]))
+        result = await blocking(lambda: service.finish_oauth(payload["u"], payload["p"], query["code"]))
+        return await connected(result)
+
+    async def status(request: web.Request) -> web.Response:
+        user_id = user_of(request)
+        accounts = await blocking(lambda: service.status(user_id))
+        return json_response({"accounts": accounts})
+
+    async def disconnect(request: web.Request) -> web.Response:
+        user_id = user_of(request)
+        body = await read_json(request)
+        if not isinstance(body, dict):
+            raise BadRequest("body must be a JSON object with an account field")
+        account = await blocking(lambda: service.owned_account(user_id, body.get("account")))
+        sup = await rt.alookup(MAIL_SUP)
+        if sup is not None:
+            # Stop first: a page in flight finishes before the credentials disappear.
+            await bridge.ask(sup.proxy().terminate_child(child_id(account)))
+        await blocking(lambda: service.db.disconnect(account.id))
+        fresh = await blocking(lambda: service.db.account(account.id))
+        return json_response({"account": (fresh or account).status(), "events_kept": True})
+
+    app.router.add_post("/mail/connect", connect)
+    app.router.add_get(CALLBACK_PATH, callback)
+    app.router.add_get("/mail/status", status)
+    app.router.add_post("/mail/disconnect", disconnect)
+
+
+def no_user(_request: web.Request) -> Any:
+    """Placeholder until the API's JWT middleware provides the user."""
+    raise Unauthorized("authentication required")

@@ -1,0 +1,213 @@
+"""The mail subsystem of one process: registry, mail.db, connect flows, actors.
+
+Blocking methods (they talk to providers and to mail.db) run in worker threads: the routes
+call them through the event loop's executor, the actors from their own threads.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import pluggy
+
+from brain.actors.supervisor import ChildSpec, Supervisor
+from brain.config import Settings
+from brain.errors import BadRequest, NotFound
+from brain.mail.crypto import InvalidState, StateSigner
+from brain.mail.db import Account, MailDb, States
+from brain.mail.engine import AccountSync, EventSink, QuotaPacer
+from brain.mail.provider import AuthFailed, ConnectRejected, Credentials, MailProvider, ProviderError, SyncContext
+from brain.mail.registry import ProviderRegistry
+from brain.mail.sync import MailSync
+from brain.mail.tokens import TokenProvider
+
+__all__ = ["MailService", "MailSupervisor", "child_id"]
+
+log = logging.getLogger("brain.mail")
+
+
+def child_id(account: Account) -> str:
+    """The mail supervisor's child id of an account's actor."""
+    return f"{account.user_id}:{account.id}"
+
+
+class MailService:
+    """Everything mail sync needs, shared by the routes, the supervisor and the actors."""
+
+    def __init__(self, settings: Settings, secret: bytes, pm: pluggy.PluginManager, sink: EventSink) -> None:
+        self.settings = settings
+        self.registry = ProviderRegistry.from_plugins(pm)
+        self.db = MailDb(settings.data_path / "mail.db", secret)
+        self.signer = StateSigner(secret)
+        self.sink = sink
+
+    @property
+    def redirect_uri(self) -> str:
+        """Where providers send the browser back after consent."""
+        return self.settings.mail.redirect_uri or f"{self.settings.api_public_url}/mail/oauth/callback"
+
+    def new_provider(self, name: str) -> MailProvider:
+        """A fresh provider instance for the calling thread."""
+        return self.registry.create(name, self.settings.plugin_settings(name), page_size=self.settings.mail.page_size)
+
+    def provider_name(self, value: Any) -> str:
+        """Check a client's `provider` field: a 400 naming the problem if it is not a known one."""
+        known = ", ".join(self.registry.names()) or "none"
+        if value is None:
+            raise BadRequest(f"provider is required (one of: {known})")
+        if not isinstance(value, str) or value not in self.registry:
+            raise BadRequest(f"unknown provider {value!r} (known: {known})", code="UNKNOWN_PROVIDER")
+        return value
+
+    # Actors -------------------------------------------------------------------------------
+
+    def child_spec(self, account: Account) -> ChildSpec:
+        """How the mail supervisor starts (and restarts) an account's actor."""
+        return ChildSpec(
+            id=child_id(account),
+            start=lambda link: MailSync.start(link=link, service=self, account_id=account.id),
+            restart="transient",
+            # A step in progress (one page) must be able to finish when the actor is stopped.
+            shutdown_timeout=30.0,
+        )
+
+    def engine_for(self, account_id: str) -> AccountSync | None:
+        """The sync engine of one account, built in the calling (actor) thread."""
+        account = self.db.account(account_id)
+        if account is None:
+            return None
+        credentials = self.db.load_credentials(account_id)
+        if credentials is None:
+            return None
+        provider = self.new_provider(account.provider)
+        tokens = self._token_provider(provider, credentials, account_id)
+        rate = provider.quota_units_per_second
+        return AccountSync(
+            db=self.db,
+            account_id=account_id,
+            provider=provider,
+            tokens=tokens,
+            sink=self.sink,
+            settings=self.settings.mail,
+            budget=QuotaPacer(rate),
+        )
+
+    def _token_provider(self, provider: MailProvider, credentials: Credentials, account_id: str | None) -> TokenProvider:
+        if account_id is None:
+            return TokenProvider(provider, credentials, skew=self.settings.mail.refresh_skew_seconds, key=f"new:{id(provider)}")
+        return TokenProvider(
+            provider,
+            credentials,
+            skew=self.settings.mail.refresh_skew_seconds,
+            key=account_id,
+            persist=lambda creds: self.db.save_credentials(account_id, creds),
+            reload=lambda: self.db.load_credentials(account_id),
+        )
+
+    # Connecting (blocking) -----------------------------------------------------------------
+
+    def begin_oauth(self, user_id: str, provider_name: str) -> dict[str, Any]:
+        """Start an OAuth flow: the authorize URL with a signed, single-use state."""
+        provider = self.new_provider(provider_name)
+        if not provider.oauth:
+            fields = ", ".join(provider.direct_fields)
+            raise BadRequest(f"provider {provider_name!r} has no OAuth flow; send {fields}")
+        state, nonce, expires_at = self.signer.sign(
+            user_id=user_id, provider=provider_name, ttl=self.settings.mail.oauth_state_ttl_seconds
+        )
+        url = self._connect_call(lambda: provider.authorize_url(state=state, redirect_uri=self.redirect_uri))
+        self.db.save_oauth_state(nonce=nonce, user_id=user_id, provider=provider_name, expires_at=expires_at)
+        return {"provider": provider_name, "authorize_url": url, "state": state, "redirect_uri": self.redirect_uri}
+
+    def check_state(self, state: str) -> dict[str, Any]:
+        """The verified payload of a callback's state; 400 when bad, expired or replayed."""
+        try:
+            payload = self.signer.verify(state)
+        except InvalidState as exc:
+            raise BadRequest(str(exc), code="INVALID_STATE") from None
+        if payload["p"] not in self.registry:
+            raise BadRequest(f"unknown provider {payload['p']!r} in state", code="INVALID_STATE")
+        if not self.db.consume_oauth_state(nonce=payload["n"], user_id=payload["u"], provider=payload["p"]):
+            raise BadRequest("state was already used or is unknown; start the connection again", code="INVALID_STATE")
+        return payload
+
+    def finish_oauth(self, user_id: str, provider_name: str, code: str) -> tuple[Account, bool]:
+        """Exchange the code, identify the mailbox, store the credentials."""
+        provider = self.new_provider(provider_name)
+        try:
+            credentials = self._connect_call(lambda: provider.exchange_code(code=code, redirect_uri=self.redirect_uri))
+            return self._connect(user_id, provider, credentials)
+        finally:
+            provider.close()
+
+    def connect_direct(self, user_id: str, provider_name: str, fields: Mapping[str, Any]) -> tuple[Account, bool] | None:
+        """Connect with credentials the client sent; None when it sent none (start OAuth)."""
+        provider = self.new_provider(provider_name)
+        try:
+            credentials = self._connect_call(lambda: provider.direct_credentials(fields))
+            if credentials is None:
+                return None
+            return self._connect(user_id, provider, credentials)
+        finally:
+            provider.close()
+
+    def _connect(self, user_id: str, provider: MailProvider, credentials: Credentials) -> tuple[Account, bool]:
+        tokens = self._token_provider(provider, credentials, None)
+        ctx = SyncContext(tokens=tokens, budget=QuotaPacer(0), page_size=provider.page_size)
+        # Refreshing now proves the credentials work before anything is stored.
+        self._connect_call(tokens.credentials)
+        address = self._connect_call(lambda: provider.account_address(ctx))
+        account, created = self.db.upsert_account(user_id=user_id, provider=provider.name, address=address)
+        self.db.save_credentials(account.id, tokens.current)
+        log.info("mail account %s connected (%s, user %s)", account.id, provider.name, user_id)
+        return account, created
+
+    @staticmethod
+    def _connect_call(fn: Any) -> Any:
+        """Map provider errors during connect to client errors."""
+        try:
+            return fn()
+        except ConnectRejected as exc:
+            raise BadRequest(str(exc)) from None
+        except AuthFailed as exc:
+            raise BadRequest(f"the provider refused the credentials: {exc}", code="PROVIDER_AUTH_FAILED") from None
+        except ProviderError as exc:
+            raise BadRequest(
+                f"the provider could not be reached: {exc}", status=502, code="PROVIDER_UNAVAILABLE"
+            ) from None
+
+    # Status and disconnect -------------------------------------------------------------------
+
+    def status(self, user_id: str) -> list[dict[str, Any]]:
+        """Every account of the user, as `GET /mail/status` shows them."""
+        return [account.status() for account in self.db.accounts_for_user(user_id)]
+
+    def owned_account(self, user_id: str, account_id: Any) -> Account:
+        """The user's account ``account_id``: 400 if malformed, 404 if not theirs."""
+        if account_id is None:
+            raise BadRequest("account is required")
+        if not isinstance(account_id, str) or not account_id or len(account_id) > 64:
+            raise BadRequest("account must be an account id string")
+        account = self.db.user_account(user_id, account_id)
+        if account is None:
+            raise NotFound(f"no mail account {account_id!r}", code="ACCOUNT_NOT_FOUND")
+        return account
+
+
+class MailSupervisor(Supervisor):
+    """The mail supervisor: on every start (boot or restart) resumes each connected account."""
+
+    def __init__(self, *, service: MailService, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.service = service
+
+    def on_start(self) -> None:
+        """Start the static children, then one MailSync per account that should sync."""
+        super().on_start()
+        for account in self.service.db.accounts_to_resume():
+            try:
+                self.start_child(self.service.child_spec(account))
+            except Exception:
+                log.exception("mail account %s could not be resumed", account.id)

@@ -1,0 +1,446 @@
+"""Gmail through google-api-python-client and google-auth.
+
+- Initial sync: record the mailbox's ``historyId`` (users.getProfile), then page through
+  ``messages.list`` (spam and trash included, so the store mirrors the whole mailbox with its
+  labels) and fetch each page's messages with batched ``messages.get`` (``metadata`` format
+  by default).
+- Incremental sync: ``history.list`` from the recorded ``historyId``; every message a page
+  touches (added, labels changed) is fetched again, deleted ones are reported; a 404 means the
+  history id expired: ``CursorExpired``.
+- Credentials: google-auth refreshes against the configured ``token_uri``; the API client's
+  own credentials ask the core's token provider for every request, so refresh happens once,
+  under the core's lock, ahead of expiry.
+
+httplib2 is not thread-safe: each provider instance (one per thread) builds its own client.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import email.utils
+import http.client
+import json
+import socket
+import ssl
+import time
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import urlencode
+
+import google.auth.credentials
+import google.auth.exceptions
+import google.oauth2.credentials
+import google_auth_httplib2
+import httplib2
+from googleapiclient import discovery
+from googleapiclient.errors import BatchError, HttpError
+from googleapiclient.http import BatchHttpRequest
+
+from brain.mail.provider import (
+    AuthFailed,
+    ConnectRejected,
+    Credentials,
+    CursorExpired,
+    MailMessage,
+    MailProvider,
+    ProviderError,
+    RateLimited,
+    SyncContext,
+    SyncPage,
+    TokenSource,
+    Transient,
+    iso_utc,
+    parse_retry_after,
+)
+
+__all__ = ["GmailProvider"]
+
+SCOPE = "https://www.googleapis.com/auth/gmail.readonly"
+DEFAULTS: dict[str, Any] = {
+    "api_endpoint": "https://gmail.googleapis.com",
+    "token_uri": "https://oauth2.googleapis.com/token",
+    "auth_uri": "https://accounts.google.com/o/oauth2/v2/auth",
+    "batch_uri": "https://gmail.googleapis.com/batch/gmail/v1",
+    "message_format": "metadata",
+    "batch_size": 50,
+    # Gmail's per-user limit is 250 quota units per second.
+    "quota_units_per_second": 250,
+    "timeout": 30,
+}
+# Gmail's quota cost of each method.
+UNITS = {"profile": 1, "list": 5, "get": 5, "history": 2}
+METADATA_HEADERS = ["From", "To", "Cc", "Subject", "Date", "Message-ID", "In-Reply-To"]
+BATCH_LIMIT = 100
+MAX_BODY_CHARS = 32_000
+_NETWORK_ERRORS = (
+    httplib2.HttpLib2Error,
+    http.client.HTTPException,
+    socket.timeout,
+    ConnectionError,
+    TimeoutError,
+    ssl.SSLError,
+    OSError,
+)
+_AUTH_ERRORS = {"invalid_grant", "invalid_client", "unauthorized_client", "access_denied", "invalid_scope"}
+
+
+class _CoreCredentials(google.auth.credentials.Credentials):
+    """google-auth credentials that take every access token from the core's token provider."""
+
+    def __init__(self, tokens: TokenSource) -> None:
+        super().__init__()
+        self._tokens = tokens
+
+    @property
+    def expired(self) -> bool:
+        return False  # the token provider refreshes ahead of expiry itself
+
+    @property
+    def valid(self) -> bool:
+        return True
+
+    def refresh(self, request: Any) -> None:
+        """Called after a 401: the token was refused, so get a new one."""
+        self._tokens.invalidate(self.token)
+        self.token = self._tokens.access_token()
+
+    def apply(self, headers: dict[str, str], token: str | None = None) -> None:
+        self.token = token or self._tokens.access_token()
+        headers["authorization"] = f"Bearer {self.token}"
+
+    def before_request(self, request: Any, method: str, url: str, headers: dict[str, str]) -> None:
+        self.apply(headers)
+
+
+class GmailProvider(MailProvider):
+    """Gmail (google-api-python-client); settings from `[plugins.gmail]`."""
+
+    name = "gmail"
+    title = "Gmail"
+
+    def __init__(self, settings: Mapping[str, Any], *, page_size: int = 100) -> None:
+        super().__init__(settings, page_size=page_size)
+        conf = {**DEFAULTS, **settings}
+        self.client_id = str(conf.get("client_id", ""))
+        self.client_secret = str(conf.get("client_secret", ""))
+        self.api_endpoint = str(conf["api_endpoint"]).rstrip("/")
+        self.token_uri = str(conf["token_uri"])
+        self.auth_uri = str(conf["auth_uri"])
+        self.batch_uri = str(conf["batch_uri"])
+        self.message_format = str(conf["message_format"])
+        self.batch_size = max(1, min(BATCH_LIMIT, int(conf["batch_size"])))
+        self.quota_units_per_second = float(conf["quota_units_per_second"])
+        self.timeout = float(conf["timeout"])
+        self.page_size = max(1, min(500, self.page_size))
+        self._service: Any = None
+        self._service_tokens: TokenSource | None = None
+
+    # Connecting -----------------------------------------------------------------------
+
+    def authorize_url(self, *, state: str, redirect_uri: str) -> str:
+        """Google's consent screen; offline access so a refresh token comes back."""
+        self._require_client()
+        query = {
+            "client_id": self.client_id,
+            "redirect_uri": redirect_uri,
+            "response_type": "code",
+            "scope": SCOPE,
+            "access_type": "offline",
+            "prompt": "consent",
+            "include_granted_scopes": "true",
+            "state": state,
+        }
+        return f"{self.auth_uri}?{urlencode(query)}"
+
+    def exchange_code(self, *, code: str, redirect_uri: str) -> Credentials:
+        """Trade the authorization code at the token endpoint."""
+        self._require_client()
+        form = {
+            "grant_type": "authorization_code",
+            "code": code,
+            "redirect_uri": redirect_uri,
+            "client_id": self.client_id,
+            "client_secret": self.client_secret,
+        }
+        try:
+            resp, content = self._new_http().request(
+                self.token_uri, "POST", body=urlencode(form),
+                headers={"Content-Type": "application/x-www-form-urlencoded"},
+            )
+        except _NETWORK_ERRORS as exc:
+            raise Transient(f"token endpoint unreachable: {exc}") from exc
+        try:
+            body = json.loads(content or b"{}")
+        except ValueError:
+            body = {}
+        if resp.status >= 500 or resp.status == 429:
+            raise Transient(f"token endpoint answered {resp.status}", retry_after=_retry_after(resp))
+        if resp.status != 200 or "access_token" not in body:
+            error = body.get("error", f"HTTP {resp.status}")
+            raise AuthFailed(f"code exchange refused: {error}: {body.get('error_description', '')}".rstrip(": "))
+        if not body.get("refresh_token"):
+            raise AuthFailed("Google returned no refresh token (offline access was not granted)")
+        now = time.time()
+        return Credentials(
+            access_token=body["access_token"],
+            expires_at=now + float(body.get("expires_in", 3600)),
+            refresh_token=body["refresh_token"],
+            obtained_at=now,
+        )
+
+    def refresh(self, credentials: Credentials) -> Credentials:
+        """A new access token from the refresh token (google-auth, configurable token_uri)."""
+        self._require_client()
+        if not credentials.refresh_token:
+            raise AuthFailed("no refresh token stored")
+        creds = google.oauth2.credentials.Credentials(
+            token=None,
+            refresh_token=credentials.refresh_token,
+            token_uri=self.token_uri,
+            client_id=self.client_id,
+            client_secret=self.client_secret,
+        )
+        try:
+            creds.refresh(google_auth_httplib2.Request(self._new_http()))
+        except google.auth.exceptions.RefreshError as exc:
+            detail = exc.args[1] if len(exc.args) > 1 and isinstance(exc.args[1], dict) else {}
+            if detail.get("error") in _AUTH_ERRORS or not getattr(exc, "retryable", False):
+                raise AuthFailed(str(exc.args[0] if exc.args else exc)) from exc
+            raise Transient(f"token refresh failed: {exc}") from exc
+        except google.auth.exceptions.TransportError as exc:
+            raise Transient(f"token endpoint unreachable: {exc}") from exc
+        except _NETWORK_ERRORS as exc:
+            raise Transient(f"token endpoint unreachable: {exc}") from exc
+        expires_at = None
+        if creds.expiry is not None:
+            expires_at = creds.expiry.replace(tzinfo=datetime.timezone.utc).timestamp()
+        return Credentials(
+            access_token=creds.token,
+            expires_at=expires_at,
+            refresh_token=creds.refresh_token,
+            obtained_at=time.time(),
+        )
+
+    def account_address(self, ctx: SyncContext) -> str:
+        """The mailbox's address from users.getProfile."""
+        ctx.budget.spend(UNITS["profile"])
+        profile = self._execute(self._client(ctx).users().getProfile(userId="me"))
+        return str(profile["emailAddress"])
+
+    # Syncing ----------------------------------------------------------------------------
+
+    def initial_sync(self, ctx: SyncContext, checkpoint: dict[str, Any] | None) -> SyncPage:
+        """One page of messages.list plus their batched messages.get."""
+        users = self._client(ctx).users()
+        if checkpoint is None:
+            ctx.budget.spend(UNITS["profile"])
+            profile = self._execute(users.getProfile(userId="me"))
+            # Recorded before listing: what changes from here on, history.list will tell.
+            checkpoint = {"history_id": str(profile["historyId"]), "total": profile.get("messagesTotal")}
+        ctx.budget.spend(UNITS["list"])
+        listing = self._execute(
+            users.messages().list(
+                userId="me", maxResults=self.page_size, pageToken=checkpoint.get("page_token"), includeSpamTrash=True
+            )
+        )
+        ids = [m["id"] for m in listing.get("messages", [])]
+        messages, _missing = self._fetch(ctx, ids)  # missing: deleted since listing, nothing to store
+        total = checkpoint.get("total")
+        if total is None:
+            total = listing.get("resultSizeEstimate")
+        next_token = listing.get("nextPageToken")
+        if next_token:
+            return SyncPage(
+                messages=messages,
+                next={**checkpoint, "page_token": next_token},
+                estimated_total=total,
+            )
+        return SyncPage(messages=messages, cursor={"history_id": checkpoint["history_id"]}, estimated_total=total)
+
+    def incremental_sync(self, ctx: SyncContext, cursor: dict[str, Any]) -> SyncPage:
+        """One page of history.list; touched messages fetched again, deletions reported."""
+        users = self._client(ctx).users()
+        start = str(cursor["history_id"])
+        ctx.budget.spend(UNITS["history"])
+        try:
+            page = self._execute(
+                users.history().list(
+                    userId="me", startHistoryId=start, maxResults=self.page_size, pageToken=cursor.get("page_token")
+                ),
+                not_found=CursorExpired(f"history id {start} is no longer available"),
+            )
+        except CursorExpired:
+            raise
+        touched: dict[str, None] = {}
+        deleted: dict[str, None] = {}
+        for record in page.get("history", []):
+            for kind in ("messagesAdded", "labelsAdded", "labelsRemoved"):
+                for entry in record.get(kind, []):
+                    message_id = entry["message"]["id"]
+                    touched[message_id] = None
+                    deleted.pop(message_id, None)
+            for entry in record.get("messagesDeleted", []):
+                message_id = entry["message"]["id"]
+                deleted[message_id] = None
+                touched.pop(message_id, None)
+        messages, missing = self._fetch(ctx, list(touched))
+        gone = [*deleted, *missing]
+        next_token = page.get("nextPageToken")
+        if next_token:
+            return SyncPage(messages=messages, deleted=gone, next={"history_id": start, "page_token": next_token})
+        return SyncPage(messages=messages, deleted=gone, cursor={"history_id": str(page["historyId"])})
+
+    def close(self) -> None:
+        """Drop the client (its httplib2 connections go with it)."""
+        service, self._service = self._service, None
+        if service is not None:
+            try:
+                service.close()
+            except Exception:  # noqa: BLE001 - closing must not fail a stop
+                pass
+
+    # Helpers ---------------------------------------------------------------------------
+
+    def _require_client(self) -> None:
+        if not self.client_id or not self.client_secret:
+            raise ConnectRejected("Gmail is not configured: set GOOGLE_CLIENT_ID and GOOGLE_CLIENT_SECRET")
+
+    def _new_http(self) -> httplib2.Http:
+        return httplib2.Http(timeout=self.timeout)
+
+    def _client(self, ctx: SyncContext) -> Any:
+        if self._service is None or self._service_tokens is not ctx.tokens:
+            http = google_auth_httplib2.AuthorizedHttp(_CoreCredentials(ctx.tokens), http=self._new_http())
+            self._service = discovery.build(
+                "gmail",
+                "v1",
+                http=http,
+                static_discovery=True,
+                cache_discovery=False,
+                client_options={"api_endpoint": self.api_endpoint},
+            )
+            self._service_tokens = ctx.tokens
+        return self._service
+
+    def _execute(self, request: Any, *, not_found: ProviderError | None = None) -> Any:
+        try:
+            return request.execute(num_retries=0)
+        except HttpError as exc:
+            raise _map_http_error(exc, not_found) from exc
+        except _NETWORK_ERRORS as exc:
+            raise Transient(f"Gmail unreachable: {type(exc).__name__}: {exc}") from exc
+
+    def _fetch(self, ctx: SyncContext, ids: list[str]) -> tuple[list[MailMessage], list[str]]:
+        """Batched messages.get; returns (messages in order, ids that no longer exist)."""
+        if not ids:
+            return [], []
+        users = self._client(ctx).users()
+        found: dict[str, MailMessage] = {}
+        missing: list[str] = []
+        for start in range(0, len(ids), self.batch_size):
+            chunk = ids[start : start + self.batch_size]
+            ctx.budget.spend(UNITS["get"] * len(chunk))
+            results: dict[str, Any] = {}
+            errors: dict[str, HttpError] = {}
+
+            def collect(request_id: str, response: Any, exception: Any) -> None:
+                if exception is not None:
+                    errors[request_id] = exception
+                else:
+                    results[request_id] = response
+
+            batch = BatchHttpRequest(batch_uri=self.batch_uri, callback=collect)
+            for message_id in chunk:
+                kwargs: dict[str, Any] = {"userId": "me", "id": message_id, "format": self.message_format}
+                if self.message_format == "metadata":
+                    kwargs["metadataHeaders"] = METADATA_HEADERS
+                batch.add(users.messages().get(**kwargs), request_id=message_id)
+            try:
+                batch.execute()
+            except HttpError as exc:
+                raise _map_http_error(exc, None) from exc
+            except BatchError as exc:
+                raise Transient(f"Gmail batch failed: {exc}") from exc
+            except _NETWORK_ERRORS as exc:
+                raise Transient(f"Gmail unreachable: {type(exc).__name__}: {exc}") from exc
+            for message_id, error in errors.items():
+                if isinstance(error, HttpError) and error.status_code == 404:
+                    missing.append(message_id)
+                elif isinstance(error, HttpError):
+                    # One throttled or failed part fails the page; the core retries it whole.
+                    raise _map_http_error(error, None)
+                else:
+                    raise Transient(f"Gmail batch part failed: {error}")
+            for message_id, resource in results.items():
+                found[message_id] = self._message(resource)
+        return [found[i] for i in ids if i in found], missing
+
+    def _message(self, res: Mapping[str, Any]) -> MailMessage:
+        payload = res.get("payload") or {}
+        headers: dict[str, str] = {}
+        for header in payload.get("headers", []):
+            name = header.get("name", "")
+            if name.lower() in _WANTED_HEADERS and name not in headers:
+                headers[_WANTED_HEADERS[name.lower()]] = header.get("value", "")
+        internal = res.get("internalDate")
+        extra: dict[str, Any] = {}
+        if self.message_format == "full":
+            body = _text_body(payload)
+            if body is not None:
+                extra["body"] = body[:MAX_BODY_CHARS]
+        return MailMessage(
+            id=res["id"],
+            thread_id=res.get("threadId"),
+            internet_message_id=headers.get("Message-ID"),
+            subject=headers.get("Subject", ""),
+            sender=headers.get("From", ""),
+            to=_addresses(headers.get("To", "")),
+            cc=_addresses(headers.get("Cc", "")),
+            date=iso_utc(int(internal) / 1000) if internal else None,
+            snippet=res.get("snippet", ""),
+            labels=tuple(res.get("labelIds", [])),
+            size=res.get("sizeEstimate"),
+            headers=headers,
+            extra=extra,
+        )
+
+
+_WANTED_HEADERS = {h.lower(): h for h in METADATA_HEADERS}
+
+
+def _addresses(value: str) -> tuple[str, ...]:
+    return tuple(email.utils.formataddr(pair) for pair in email.utils.getaddresses([value]) if pair[1])
+
+
+def _text_body(payload: Mapping[str, Any]) -> str | None:
+    """The first text/plain part of a ``full`` message, decoded."""
+    if payload.get("mimeType") == "text/plain" and payload.get("body", {}).get("data"):
+        raw = payload["body"]["data"]
+        return base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)).decode("utf-8", "replace")
+    for part in payload.get("parts", []) or []:
+        text = _text_body(part)
+        if text is not None:
+            return text
+    return None
+
+
+def _retry_after(resp: Any) -> float | None:
+    return parse_retry_after(resp.get("retry-after") if resp is not None else None)
+
+
+def _map_http_error(exc: HttpError, not_found: ProviderError | None) -> ProviderError:
+    """A Gmail HTTP error as the core's typed error."""
+    status = exc.status_code or getattr(exc.resp, "status", 0)
+    reasons = {d.get("reason") for d in (exc.error_details or []) if isinstance(d, dict)}
+    message = f"Gmail {status}: {exc.reason or ''}".strip()
+    retry_after = _retry_after(exc.resp)
+    if status == 429 or (status == 403 and reasons & {"rateLimitExceeded", "userRateLimitExceeded"}):
+        return RateLimited(message, retry_after=retry_after)
+    if status >= 500:
+        return Transient(message, retry_after=retry_after)
+    if status == 404 and not_found is not None:
+        return not_found
+    if status in (401, 403):
+        return AuthFailed(message)
+    return ProviderError(message)
