@@ -76,7 +76,7 @@ class AuthSettings:
     # A session is extended when it is used and older than this (Better Auth's updateAge).
     session_update_age_seconds: int = 24 * 3600
     # Rotate the signing key this often (0: only by `brain keys rotate`).
-    key_rotation_days: int = 0
+    key_rotation_days: float = 0.0
     trusted_origins: tuple[str, ...] = ()
     argon2_memory_kib: int = 19_456
     argon2_time_cost: int = 2
