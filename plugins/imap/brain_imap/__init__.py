@@ -1,0 +1,1 @@
+"""IMAP mail provider for brain: any IMAP server, with CONDSTORE/QRESYNC and IDLE when offered."""

@@ -1,0 +1,463 @@
+"""The IMAP provider: any IMAP4rev1 server, with direct credentials (no OAuth).
+
+Connect: ``POST /mail/connect {"provider": "imap", "host", "port", "tls", "username",
+"password", ["address"], ["folders"]}``. The core stores the credentials encrypted, like OAuth
+tokens. IMAP has no tokens, so ``refresh`` *is* a login: the core's token step at connect time
+proves the password (a refusal is a 400), and a refusal later makes the account
+``needs_reauth``.
+
+Sync, per configured folder (INBOX by default; ``\\Sent``-style entries pick folders by their
+special-use flag):
+
+- initial: record UIDVALIDITY, UIDNEXT and HIGHESTMODSEQ first, then fetch the UIDs below
+  that UIDNEXT a page at a time (headers only); the checkpoint is the set of UIDs still to
+  fetch, so a restart resumes by UID.
+- incremental, the best the folder offers:
+  ``qresync``   ``UID FETCH 1:* (FLAGS) (CHANGEDSINCE m VANISHED)``: changed, new and expunged;
+  ``condstore`` CHANGEDSINCE for changes; expunges by comparing the known UID set with the
+                server's, only when the message count says something was expunged;
+  ``plain``     FLAGS of every message hashed per block of UIDs; blocks whose hash moved are
+                fetched again, and the UID sets compared for expunges.
+- a changed UIDVALIDITY (or a folder that vanished) is ``CursorExpired``: the core runs a full
+  resync and reconciles.
+
+After each finished incremental run an IDLE watcher on INBOX (its own connection and thread)
+asks the core for a sync whenever the server reports a change.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from brain.mail.provider import (
+    ConnectRejected,
+    Credentials,
+    CursorExpired,
+    MailMessage,
+    MailProvider,
+    SyncContext,
+    SyncPage,
+    Transient,
+)
+from brain_imap import uidset
+from brain_imap.idle import IdleWatcher
+from brain_imap.messages import fetch_items, message_from_fetch, message_id
+from brain_imap.session import (
+    DEFAULT_PORTS,
+    TLS_MODES,
+    ImapAccount,
+    Selected,
+    Session,
+    is_loopback,
+    ssl_context_for,
+    vanished_uids,
+)
+
+__all__ = ["ImapProvider", "SETTINGS_KEYS"]
+
+log = logging.getLogger("brain.mail.imap")
+
+DEFAULTS: dict[str, Any] = {
+    "folders": ("INBOX",),
+    "ca_file": "",
+    "timeout": 30.0,
+    "idle": True,
+    "idle_refresh_seconds": 1500.0,
+}
+SETTINGS_KEYS = frozenset({*DEFAULTS, "page_size"})
+CONNECT_FIELDS = ("host", "port", "tls", "username", "password", "address", "folders")
+# Plain-mode change detection hashes FLAGS per block of this many UIDs.
+_BLOCK = 1000
+CURSOR_VERSION = 1
+
+
+def folder_list(value: Any, *, field: str) -> tuple[str, ...]:
+    """A folder list from JSON (a list) or a setting (a list, or a comma-separated string)."""
+    if isinstance(value, str):
+        value = [part.strip() for part in value.split(",")]
+    if not isinstance(value, (list, tuple)) or not value:
+        raise ConnectRejected(f"{field} must be a non-empty list of folder names or special-use flags")
+    out: list[str] = []
+    for item in value:
+        if not isinstance(item, str) or not item.strip() or len(item) > 512:
+            raise ConnectRejected(f"{field} entries must be non-empty strings, e.g. \"INBOX\" or \"\\\\Sent\"")
+        out.append(item.strip())
+    return tuple(dict.fromkeys(out))
+
+
+class ImapProvider(MailProvider):
+    """IMAP with username and password; settings from ``[plugins.imap]``."""
+
+    name = "imap"
+    title = "IMAP"
+    oauth = False
+    direct_fields = CONNECT_FIELDS
+
+    def __init__(self, settings: Mapping[str, Any], *, page_size: int = 100) -> None:
+        super().__init__(settings, page_size=page_size)
+        conf = {**DEFAULTS, **settings}
+        self.folders = folder_list(conf["folders"], field="plugins.imap.folders")
+        self.ca_file = str(conf["ca_file"] or "")
+        self.timeout = float(conf["timeout"])
+        self.idle_enabled = str(conf["idle"]).lower() not in ("false", "0", "no", "off")
+        self.idle_refresh_seconds = float(conf["idle_refresh_seconds"])
+        self.page_size = max(1, min(1000, self.page_size))
+        self._session: Session | None = None
+        self._watcher: IdleWatcher | None = None
+        self._lock = threading.Lock()  # close() may come from another thread than sync
+
+    # Connecting ------------------------------------------------------------------------
+
+    def direct_credentials(self, fields: Mapping[str, Any]) -> Credentials:
+        """Validate the connect request's fields; every problem names its field."""
+        unknown = sorted(set(fields) - set(CONNECT_FIELDS))
+        if unknown:
+            raise ConnectRejected(f"unknown field(s) for imap: {', '.join(unknown)} (known: {', '.join(CONNECT_FIELDS)})")
+        missing = [f for f in ("host", "username", "password") if fields.get(f) in (None, "")]
+        if missing:
+            raise ConnectRejected(f"missing field(s) for imap: {', '.join(missing)}")
+        host = fields["host"]
+        if not isinstance(host, str) or not host.strip() or len(host) > 253 or any(c.isspace() or c in "/@" for c in host.strip()):
+            raise ConnectRejected("host must be a host name or IP address (no scheme, no port)")
+        host = host.strip()
+        tls = fields.get("tls", "implicit")
+        if tls not in TLS_MODES:
+            raise ConnectRejected(f"tls must be one of: {', '.join(TLS_MODES)}")
+        if tls == "plain" and not is_loopback(host):
+            raise ConnectRejected("tls 'plain' sends the password in clear text: allowed only for a loopback host")
+        port = fields.get("port", DEFAULT_PORTS[tls])
+        if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+            raise ConnectRejected("port must be an integer from 1 to 65535")
+        for name in ("username", "password"):
+            value = fields[name]
+            if not isinstance(value, str) or len(value) > 1024 or any(c in value for c in "\r\n\0"):
+                raise ConnectRejected(f"{name} must be a string without line breaks")
+        address = fields.get("address") or fields["username"]
+        if not isinstance(address, str) or len(address) > 320:
+            raise ConnectRejected("address must be a string (the mailbox's e-mail address)")
+        extra: dict[str, Any] = {
+            "host": host, "port": port, "tls": tls, "username": fields["username"],
+            "password": fields["password"], "address": address.strip(),
+        }
+        if "folders" in fields:
+            extra["folders"] = list(folder_list(fields["folders"], field="folders"))
+        return Credentials(extra=extra)
+
+    def refresh(self, credentials: Credentials) -> Credentials:
+        """Log in once: IMAP has no tokens, so this is how a password is proven (or refused)."""
+        session = self._open(ImapAccount.from_extra(credentials.extra))
+        session.close()
+        now = time.time()
+        # A marker, not a secret: the next login check is due in a day.
+        return Credentials(access_token="imap-login-verified", expires_at=now + 86_400, obtained_at=now)
+
+    def account_address(self, ctx: SyncContext) -> str:
+        """The address given at connect (or the username); named folders must exist."""
+        extra = ctx.tokens.credentials().extra
+        wanted = self._wanted_folders(extra)
+        self._call(ctx, lambda s: self._resolve_folders(s, wanted, strict=True))
+        return str(extra.get("address") or extra["username"])
+
+    # Syncing ------------------------------------------------------------------------------
+
+    def initial_sync(self, ctx: SyncContext, checkpoint: dict[str, Any] | None) -> SyncPage:
+        """One page of the full sync; the checkpoint holds the UIDs still to fetch."""
+        return self._call(ctx, lambda s: self._initial_page(s, ctx, checkpoint))
+
+    def incremental_sync(self, ctx: SyncContext, cursor: dict[str, Any]) -> SyncPage:
+        """One page of changes since the cursor (or the position of a run in progress)."""
+        page = self._call(ctx, lambda s: self._incremental_page(s, cursor))
+        if page.next is None:
+            self._ensure_watcher(ctx)
+        return page
+
+    def close(self) -> None:
+        """Stop IDLE and log out."""
+        with self._lock:
+            watcher, self._watcher = self._watcher, None
+            session, self._session = self._session, None
+        if watcher is not None:
+            watcher.stop()
+        if session is not None:
+            session.close()
+
+    # Sessions -----------------------------------------------------------------------------
+
+    def _open(self, account: ImapAccount) -> Session:
+        return Session(account, ssl_context=ssl_context_for(self.ca_file), timeout=self.timeout)
+
+    def _call(self, ctx: SyncContext, fn: Callable[[Session], Any]) -> Any:
+        """Run ``fn`` on the kept session; a stale one (server restart) gets one fresh try."""
+        account = ImapAccount.from_extra(ctx.tokens.credentials().extra)
+        with self._lock:
+            session = self._session
+        reused = session is not None and session.account == account
+        if not reused:
+            self._drop_session()
+            session = self._open(account)
+            with self._lock:
+                self._session = session
+        assert session is not None
+        try:
+            return fn(session)
+        except Transient:
+            self._drop_session()
+            if not reused:
+                raise
+        session = self._open(account)
+        with self._lock:
+            self._session = session
+        try:
+            return fn(session)
+        except Transient:
+            self._drop_session()
+            raise
+
+    def _drop_session(self) -> None:
+        with self._lock:
+            session, self._session = self._session, None
+        if session is not None:
+            session.close()
+
+    def _wanted_folders(self, extra: Mapping[str, Any]) -> tuple[str, ...]:
+        return tuple(extra.get("folders") or self.folders)
+
+    def _resolve_folders(self, session: Session, wanted: Sequence[str], *, strict: bool = False) -> list[str]:
+        """Folder names for the configured entries; ``\\Flag`` entries by special use."""
+        listing = session.list_folders()
+        names = {name for _flags, name in listing}
+        out: list[str] = []
+        missing: list[str] = []
+        for entry in wanted:
+            if entry.startswith("\\"):
+                flag = entry.upper().encode()
+                match = [name for flags, name in listing if flag in {f.upper() for f in flags}]
+                if match:
+                    out.append(match[0])
+            elif entry.upper() == "INBOX":
+                out.append("INBOX")
+            elif entry in names:
+                out.append(entry)
+            else:
+                missing.append(entry)
+        if missing:
+            if strict:
+                raise ConnectRejected(f"folders not found on the server: {', '.join(missing)}")
+            log.warning("IMAP folders not found, skipped: %s", ", ".join(missing))
+        return list(dict.fromkeys(out))
+
+    # Initial sync -------------------------------------------------------------------------
+
+    def _initial_page(self, session: Session, ctx: SyncContext, checkpoint: dict[str, Any] | None) -> SyncPage:
+        if checkpoint is None:
+            folders = self._resolve_folders(session, self._wanted_folders(ctx.tokens.credentials().extra))
+            total = 0
+            for folder in folders:
+                total += int(session.status(folder, ["MESSAGES"]).get(b"MESSAGES", 0))
+            checkpoint = {"folders": folders, "i": 0, "todo": None, "cur": None, "states": {}, "total": total}
+        cp = dict(checkpoint)
+        folders: list[str] = cp["folders"]
+        states: dict[str, Any] = dict(cp["states"])
+        while cp["i"] < len(folders):
+            folder = folders[cp["i"]]
+            selected = session.select(folder)
+            state = cp["cur"]
+            if state is None:
+                state, uids = self._start_state(session, selected)
+                cp["todo"] = uidset.encode(uids)
+            elif selected.uidvalidity != state["uidvalidity"]:
+                raise CursorExpired(f"UIDVALIDITY of {folder!r} changed during the initial sync")
+            batch, rest = uidset.take(cp["todo"], self.page_size)
+            messages = self._fetch_messages(session, selected, batch)
+            if rest:
+                cp.update(todo=rest, cur=state, states=states)
+                return SyncPage(messages=messages, next=cp, estimated_total=cp["total"])
+            states[folder] = state
+            cp.update(i=cp["i"] + 1, todo=None, cur=None, states=states)
+            if messages and cp["i"] < len(folders):
+                return SyncPage(messages=messages, next=cp, estimated_total=cp["total"])
+            if messages:
+                return SyncPage(messages=messages, cursor=_cursor(folders, states), estimated_total=cp["total"])
+        return SyncPage(cursor=_cursor(folders, states), estimated_total=cp["total"])
+
+    def _start_state(self, session: Session, selected: Selected) -> tuple[dict[str, Any], list[int]]:
+        """Where incremental sync of a folder starts, recorded before anything is listed."""
+        mode = _mode(session, selected)
+        state: dict[str, Any] = {
+            "uidvalidity": selected.uidvalidity,
+            "modseq": selected.highestmodseq,
+            "mode": mode,
+        }
+        if mode == "plain":
+            flags = self._all_flags(session, selected)
+            uids = sorted(flags)
+            state["digest"] = _digests(flags)
+        else:
+            uids = session.search(["ALL"]) if selected.exists else []
+        uidnext = selected.uidnext or (max(uids) + 1 if uids else 1)
+        uids = [u for u in uids if u < uidnext]
+        state["uidnext"] = uidnext
+        if mode != "qresync":
+            state["known"] = uidset.encode(uids)
+        return state, uids
+
+    # Incremental sync ---------------------------------------------------------------------
+
+    def _incremental_page(self, session: Session, position: dict[str, Any]) -> SyncPage:
+        if "run" not in position:
+            if position.get("v") != CURSOR_VERSION:
+                raise CursorExpired("cursor from another version of the IMAP provider")
+            position = {"run": 1, "base": position, "i": 0, "pending": None, "deleted": [], "cur": None, "states": {}}
+        run = dict(position)
+        base = run["base"]
+        folders: list[str] = base["folders"]
+        states: dict[str, Any] = dict(run["states"])
+        while run["i"] < len(folders):
+            folder = folders[run["i"]]
+            old = base["states"][folder]
+            selected = session.select(folder)
+            if selected.uidvalidity != old["uidvalidity"]:
+                raise CursorExpired(f"UIDVALIDITY of {folder!r} changed ({old['uidvalidity']} -> {selected.uidvalidity})")
+            deleted: list[str] = []
+            if run["pending"] is None:
+                new, changed, gone = self._changes(session, selected, old)
+                run["cur"] = new
+                run["pending"] = uidset.encode(changed)
+                deleted = [message_id(folder, selected.uidvalidity, uid) for uid in gone]
+            batch, rest = uidset.take(run["pending"], self.page_size)
+            messages = self._fetch_messages(session, selected, batch)
+            if rest:
+                run.update(pending=rest, states=states)
+                return SyncPage(messages=messages, deleted=deleted, next=run)
+            states[folder] = run["cur"]
+            run.update(i=run["i"] + 1, pending=None, cur=None, states=states)
+            if (messages or deleted) and run["i"] < len(folders):
+                return SyncPage(messages=messages, deleted=deleted, next=run)
+            if messages or deleted:
+                return SyncPage(messages=messages, deleted=deleted, cursor=_cursor(folders, states))
+        return SyncPage(cursor=_cursor(folders, states))
+
+    def _changes(
+        self, session: Session, selected: Selected, old: Mapping[str, Any]
+    ) -> tuple[dict[str, Any], list[int], list[int]]:
+        """(new folder state, UIDs to fetch, UIDs expunged) since ``old``."""
+        mode = _mode(session, selected)
+        if mode != old["mode"]:
+            raise CursorExpired(f"{selected.folder!r}: the server's sync support changed ({old['mode']} -> {mode})")
+        new: dict[str, Any] = {
+            "uidvalidity": selected.uidvalidity,
+            "modseq": selected.highestmodseq,
+            "mode": mode,
+            "uidnext": selected.uidnext or old["uidnext"],
+        }
+        if mode == "qresync":
+            if selected.highestmodseq == old["modseq"]:
+                return new, [], []
+            fetched, vanished = session.uid_fetch(
+                "1:*", ["UID", "FLAGS"], [f"CHANGEDSINCE {old['modseq']}", "VANISHED"]
+            )
+            return new, sorted(fetched), vanished_uids(vanished)
+        known = uidset.decode(old["known"])
+        if mode == "condstore":
+            changed: list[int] = []
+            if selected.highestmodseq != old["modseq"] and selected.exists:
+                fetched, _ = session.uid_fetch("1:*", ["UID"], [f"CHANGEDSINCE {old['modseq']}"])
+                changed = sorted(fetched)
+            added = [u for u in changed if u >= old["uidnext"]]
+            gone: list[int] = []
+            # |now| = |known| - |expunged| + |added|: search only when something was expunged.
+            if len(known) + len(added) != selected.exists:
+                present = set(session.search(["ALL"])) if selected.exists else set()
+                gone = [u for u in known if u not in present]
+                added = sorted(present - set(known))
+                changed = sorted(set(changed) | set(added))
+            new["known"] = uidset.encode((set(known) - set(gone)) | set(added))
+            if selected.uidnext is None and added:
+                new["uidnext"] = max(added) + 1
+            return new, changed, gone
+        flags = self._all_flags(session, selected)
+        digests = _digests(flags)
+        moved = {b for b in digests.keys() | old["digest"].keys() if digests.get(b) != old["digest"].get(b)}
+        changed = sorted(u for u in flags if str(u // _BLOCK) in moved)
+        gone = sorted(set(known) - set(flags))
+        new.update(known=uidset.encode(flags), digest=digests)
+        if selected.uidnext is None and flags:
+            new["uidnext"] = max(flags) + 1
+        return new, changed, gone
+
+    # Fetching -----------------------------------------------------------------------------
+
+    def _fetch_messages(self, session: Session, selected: Selected, uids: list[int]) -> list[MailMessage]:
+        if not uids:
+            return []
+        fetched, _ = session.uid_fetch(uidset.encode(uids), fetch_items(preview=session.preview))
+        wanted = set(uids)  # a message expunged meanwhile is simply not there
+        return [
+            message_from_fetch(selected.folder, selected.uidvalidity, uid, fetched[uid])
+            for uid in sorted(fetched)
+            if uid in wanted
+        ]
+
+    def _all_flags(self, session: Session, selected: Selected) -> dict[int, tuple[str, ...]]:
+        if not selected.exists:
+            return {}
+        fetched, _ = session.uid_fetch("1:*", ["UID", "FLAGS"])
+        out: dict[int, tuple[str, ...]] = {}
+        for uid, data in fetched.items():
+            flags = {f.decode(errors="replace") if isinstance(f, bytes) else str(f) for f in data.get(b"FLAGS", ())}
+            # \Recent differs from one session to the next; it is not the message's state.
+            out[uid] = tuple(sorted(f for f in flags if f.upper() != "\\RECENT"))
+        return out
+
+    # IDLE ---------------------------------------------------------------------------------
+
+    def _ensure_watcher(self, ctx: SyncContext) -> None:
+        """Start IDLE on INBOX once a run has finished, if the core can be woken and the server can IDLE."""
+        wake = getattr(ctx, "wake", None)
+        if wake is None or not self.idle_enabled:
+            return
+        with self._lock:
+            if self._watcher is not None and self._watcher.alive:
+                return
+            session = self._session
+        if session is None or not session.idle:
+            return
+        folders = self._wanted_folders(ctx.tokens.credentials().extra)
+        if not any(f.upper() == "INBOX" for f in folders):
+            return
+        account = session.account
+        watcher = IdleWatcher(
+            lambda: self._open(account),
+            wake,
+            folder="INBOX",
+            refresh_seconds=self.idle_refresh_seconds,
+            name=f"imap-idle-{ctx.account_id or account.username}",
+        )
+        with self._lock:
+            self._watcher = watcher
+        watcher.start()
+
+
+def _mode(session: Session, selected: Selected) -> str:
+    if selected.highestmodseq is not None and session.qresync:
+        return "qresync"
+    if selected.highestmodseq is not None and session.condstore:
+        return "condstore"
+    return "plain"
+
+
+def _digests(flags: Mapping[int, Sequence[str]]) -> dict[str, str]:
+    """A short hash of (UID, FLAGS) per block of UIDs: what plain-mode change detection compares."""
+    blocks: dict[int, list[str]] = {}
+    for uid in sorted(flags):
+        blocks.setdefault(uid // _BLOCK, []).append(f"{uid}:{' '.join(flags[uid])}")
+    return {str(b): hashlib.sha256("\n".join(lines).encode()).hexdigest()[:16] for b, lines in blocks.items()}
+
+
+def _cursor(folders: list[str], states: Mapping[str, Any]) -> dict[str, Any]:
+    return {"v": CURSOR_VERSION, "folders": folders, "states": dict(states)}
