@@ -33,7 +33,7 @@ import email.utils
 import json
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
@@ -259,6 +259,10 @@ class SyncContext:
     budget: QuotaBudget
     page_size: int
     account_id: str = ""
+    # Ask the core to sync this account now (or right after the run in progress); callable
+    # from any thread. Push-style providers (IMAP IDLE, webhooks) call it when the service
+    # reports a change; it raises once the account's actor is gone. None: nothing to wake.
+    wake: Callable[[str], None] | None = None
 
 
 # The contract --------------------------------------------------------------------------

@@ -9,6 +9,7 @@ remembered and started when it ends.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -126,6 +127,8 @@ class MailSync(BrainActor):
     def _get_engine(self) -> AccountSync | None:
         if self._engine is None:
             self._engine = self.service.engine_for(self.account_id)
+            if self._engine is not None:
+                self._engine.ctx.wake = _waker(self.actor_ref)
         return self._engine
 
     def _close(self) -> None:
@@ -135,3 +138,12 @@ class MailSync(BrainActor):
                 engine.provider.close()
             except Exception:
                 log.exception("mail account %s: closing the provider failed", self.account_id)
+
+
+def _waker(ref: Any) -> Callable[[str], None]:
+    """``SyncContext.wake`` for one actor: a tell, so any thread may call it."""
+
+    def wake(reason: str) -> None:
+        ref.tell(SyncNow(f"push: {reason}"))  # ActorDeadError once the actor has stopped
+
+    return wake
