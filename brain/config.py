@@ -114,8 +114,11 @@ class ApiSettings:
     audience: str = "brain"
     algorithms: tuple[str, ...] = ("RS256",)
     jwks_refresh_seconds: float = 300.0
+    # Unknown-kid refetches are at least this far apart, however many bad kids arrive.
     jwks_refetch_min_interval: float = 30.0
+    # Keys older than this (issuer unreachable meanwhile) are dropped: the API answers 503.
     jwks_max_staleness_seconds: float = 7 * 24 * 3600.0
+    jwks_fetch_timeout: float = 5.0
     leeway_seconds: int = 30
     token_cache_size: int = 10_000
     max_token_bytes: int = 8192
@@ -137,9 +140,16 @@ class NatsSettings:
     subject_prefix: str = "brain.events"
     max_age_days: float = 0.0
     max_bytes: int = -1
+    # JetStream drops a re-sent Nats-Msg-Id within this window; it bounds how long a restart
+    # may take for "exactly once" to hold (see README, API section).
     duplicate_window_seconds: float = 120.0
     # Port of the embedded server (0: a free loopback port).
     embedded_port: int = 0
+    # A publish not acknowledged within this time is retried from the outbox.
+    publish_timeout_seconds: float = 5.0
+    # Publishes awaiting their JetStream ack at once.
+    max_in_flight: int = 1000
+    reconnect_wait_seconds: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -448,6 +458,13 @@ def _validate(s: Settings) -> None:
         "api.max_open_stores": s.api.max_open_stores,
         "api.store_idle_seconds": s.api.store_idle_seconds,
         "api.jwks_refresh_seconds": s.api.jwks_refresh_seconds,
+        "api.jwks_refetch_min_interval": s.api.jwks_refetch_min_interval,
+        "api.jwks_max_staleness_seconds": s.api.jwks_max_staleness_seconds,
+        "api.jwks_fetch_timeout": s.api.jwks_fetch_timeout,
+        "nats.duplicate_window_seconds": s.nats.duplicate_window_seconds,
+        "nats.publish_timeout_seconds": s.nats.publish_timeout_seconds,
+        "nats.max_in_flight": s.nats.max_in_flight,
+        "nats.reconnect_wait_seconds": s.nats.reconnect_wait_seconds,
         "mail.sync_interval_seconds": s.mail.sync_interval_seconds,
         "mail.max_backoff_seconds": s.mail.max_backoff_seconds,
         "mail.retry_base_seconds": s.mail.retry_base_seconds,

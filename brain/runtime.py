@@ -17,7 +17,7 @@ import socket
 import ssl
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 import pykka
@@ -31,6 +31,12 @@ from brain.logs import access_logger_for
 from brain.nats_embedded import EmbeddedNats, free_port, store_dir_for
 from brain.plugins.manager import load_plugins
 from brain.web import MAX_BODY_KEY, error_middleware
+
+if TYPE_CHECKING:
+    from brain.api.bus import Doorbell
+    from brain.api.jwks import JwksState
+    from brain.api.stores import StoreManager
+    from brain.api.tokens import TokenVerifier
 
 log = logging.getLogger("brain.server")
 
@@ -51,6 +57,12 @@ class Runtime:
         self.exit_code = 0
         self._stop_event: asyncio.Event | None = None
         self._runners: list[web.AppRunner] = []
+        # Set by the API role (brain.api): the user stores, the JWKS cache's shared state, the
+        # bearer-token verifier and the outbox doorbell of the EventBus.
+        self.stores: StoreManager | None = None
+        self.jwks: JwksState | None = None
+        self.token_verifier: TokenVerifier | None = None
+        self.event_bus: Doorbell | None = None
         # name -> callable returning a JSON-able dict, shown on /health.
         self.health_sources: dict[str, Callable[[], Any]] = {
             "nats": lambda: {"url": self.nats_url, "embedded": not settings.nats.url},

@@ -1,47 +1,143 @@
-"""The API role: cached-JWKS token checks, per-user event stores, events and mail routes."""
+"""The API role: cached-JWKS token checks, per-user event stores, events and mail routes.
+
+Layout: `jwks` (the JwksCache actor and its key snapshots), `tokens` (the strict JWT check and
+its token cache), `events` (event validation, rendering, signed cursors), `store` (the UserStore
+actor, one SQLite file per user), `stores` (StoreManager: virtual-actor activation, LRU, the
+async and thread APIs), `bus` (the EventBus: outbox -> JetStream), `routes` (middleware and
+handlers) and `openapi` (the description of both roles).
+
+What other parts of brain use: `rt.stores` (a `StoreManager`: `append`, `append_from_thread`,
+`query`, `query_from_thread`), `brain.api.routes.current_user(request)` and `@public` for
+routes added to the API app, and `brain.api.openapi.add_paths` to describe them.
+"""
 
 from __future__ import annotations
 
-import time
 from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-import brain
-from brain import mail
-from brain.actors import supervisor
-from brain.web import json_response
-
 if TYPE_CHECKING:
     from brain.actors.supervisor import ChildSpec
+    from brain.api.bus import Doorbell
+    from brain.api.jwks import JwksState
+    from brain.api.stores import StoreManager
+    from brain.api.tokens import TokenVerifier
     from brain.runtime import Runtime
+
+
+def jwks_state(rt: Runtime) -> JwksState:
+    """The process's JwksState (created on first use; shared by every JwksCache generation)."""
+    from brain.api.jwks import JwksState
+
+    if rt.jwks is None:
+        api = rt.settings.api
+        rt.jwks = JwksState(
+            url=rt.settings.jwks_url,
+            refetch_min_interval=api.jwks_refetch_min_interval,
+            max_staleness=api.jwks_max_staleness_seconds,
+        )
+    return rt.jwks
+
+
+def token_verifier(rt: Runtime) -> TokenVerifier:
+    """The process's TokenVerifier (one token cache for the API app)."""
+    from brain.api.tokens import TokenVerifier
+
+    if rt.token_verifier is None:
+        api = rt.settings.api
+        rt.token_verifier = TokenVerifier(
+            jwks_state(rt),
+            issuer=rt.settings.expected_issuer,
+            audience=api.audience,
+            algorithms=api.algorithms,
+            leeway=api.leeway_seconds,
+            cache_size=api.token_cache_size,
+            max_token_bytes=api.max_token_bytes,
+        )
+    return rt.token_verifier
+
+
+def store_manager(rt: Runtime) -> StoreManager:
+    """The process's StoreManager and outbox doorbell (created on first use)."""
+    from brain.api.bus import Doorbell
+    from brain.api.stores import StoreManager
+
+    if rt.event_bus is None:
+        rt.event_bus = Doorbell()
+    if rt.stores is None:
+        rt.stores = StoreManager(rt, rt.event_bus)
+    return rt.stores
 
 
 def auth_child_specs(rt: Runtime) -> list[ChildSpec]:
     """The API role's actors under auth_sup (the JwksCache)."""
     if "api" not in rt.roles:
         return []
-    return []
+    from brain.actors.supervisor import ChildSpec
+    from brain.api.jwks import JwksCache
+
+    state = jwks_state(rt)
+    api = rt.settings.api
+    return [
+        ChildSpec(
+            id="jwks_cache",
+            start=lambda link: JwksCache.start(
+                link=link, state=state, refresh_seconds=api.jwks_refresh_seconds, fetch_timeout=api.jwks_fetch_timeout
+            ),
+        )
+    ]
 
 
 def data_child_specs(rt: Runtime) -> list[ChildSpec]:
     """The API role's actors under data_sup that come before the stores (the EventBus)."""
-    return []
+    from brain.actors.supervisor import ChildSpec
+    from brain.api.bus import EventBus
+
+    stores = store_manager(rt)
+    doorbell: Doorbell = rt.event_bus  # type: ignore[assignment] - set by store_manager
+    settings = rt.settings
+    rt.health_sources["nats"] = lambda: {"url": rt.nats_url, "embedded": not settings.nats.url, **doorbell.stats()}
+    rt.health_sources["stores"] = stores.stats
+    return [
+        ChildSpec(
+            id="event_bus",
+            start=lambda link: EventBus.start(
+                link=link,
+                doorbell=doorbell,
+                stores=stores,
+                url=rt.nats_url,
+                settings=settings.nats,
+                data_path=settings.data_path,
+            ),
+        )
+    ]
 
 
 def setup_routes(app: web.Application, rt: Runtime) -> None:
-    """Register the API role's routes."""
+    """Register the API role's middleware and routes."""
+    from brain import mail
+    from brain.api.openapi import build_spec
+    from brain.api.routes import add_routes, auth_middleware, public
+    from brain.web import json_response
 
-    async def health(_request: web.Request) -> web.Response:
-        body = {
-            "status": "ok",
-            "version": brain.__version__,
-            "uptime_seconds": round(time.time() - rt.started_at, 3),
-            "supervisor": {"restarts": supervisor.total_restarts()},
-        }
-        for name, source in rt.health_sources.items():
-            body[name] = source()
-        return json_response(body)
-
-    app.router.add_get("/health", health)
+    verifier = token_verifier(rt)
+    stores = store_manager(rt)
+    state = jwks_state(rt)
+    rt.health_sources["jwks"] = lambda: {**state.stats(), "token_cache": verifier.stats()}
+    rt.health_sources.setdefault("stores", stores.stats)
+    app.middlewares.append(auth_middleware(verifier))
+    add_routes(app, rt, verifier, stores)
     mail.setup_routes(app, rt)  # /mail/connect, /mail/oauth/callback, /mail/status, /mail/disconnect
+
+    @public
+    async def openapi(_request: web.Request) -> web.Response:
+        return json_response(build_spec(rt.settings))
+
+    app.router.add_get("/openapi.json", openapi)
+
+    async def stop_activating(_app: web.Application) -> None:
+        # Shutdown: the tree is about to stop the stores; nothing may reopen one now.
+        stores.closing = True
+
+    app.on_shutdown.append(stop_activating)

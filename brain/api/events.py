@@ -1,0 +1,202 @@
+"""Events: what a client may send, how one is stored and rendered, and signed paging cursors.
+
+Every write, from HTTP or from mail sync, goes through `new_event`, so the rules hold for all:
+`type` is a short dotted name (it becomes the last tokens of a NATS subject), `data` any JSON
+value up to `api.max_event_bytes` serialised, `created_at` an RFC 3339 time with an offset (or
+epoch seconds), stored as a fixed-width UTC string so that text order is time order.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+import hashlib
+import hmac
+import json
+import math
+import re
+from collections.abc import Mapping
+from typing import Any, NamedTuple
+
+from brain.errors import BadRequest, PayloadTooLarge
+
+TYPE_RE = re.compile(r"[A-Za-z][A-Za-z0-9_-]*(?:\.[A-Za-z0-9_-]+)*")
+MAX_TYPE_LENGTH = 128
+MAX_KEY_LENGTH = 512
+EVENT_FIELDS = frozenset({"type", "data", "created_at"})
+_TIME_RE = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z")
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+
+
+class NewEvent(NamedTuple):
+    """A validated event on its way into a store."""
+
+    type: str
+    data: str  # compact JSON text
+    created_at: str | None  # normalised; None: the store's clock at commit
+    key: str | None  # per-user idempotency key
+    value: Any  # `data` as the caller gave it (returned without a re-parse)
+
+
+class StoredEvent(NamedTuple):
+    """A committed event as it sits in a user's database."""
+
+    id: int
+    type: str
+    data: str  # JSON text
+    created_at: str
+
+    def as_dict(self) -> dict[str, Any]:
+        """The public shape: {id, type, data, created_at}, data parsed."""
+        return {"id": self.id, "type": self.type, "data": json.loads(self.data), "created_at": self.created_at}
+
+    def json(self) -> str:
+        """The public shape as JSON text, reusing the stored data text as it is."""
+        # type matched TYPE_RE on the way in (no quote or backslash), created_at is ours.
+        return f'{{"id":{self.id},"type":"{self.type}","data":{self.data},"created_at":"{self.created_at}"}}'
+
+
+def now_timestamp() -> str:
+    """The current time in the stored format."""
+    return format_time(dt.datetime.now(dt.timezone.utc))
+
+
+def format_time(moment: dt.datetime) -> str:
+    """A timezone-aware datetime in the stored format (UTC, microseconds, Z)."""
+    return moment.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_time(value: Any, field: str) -> str:
+    """An RFC 3339 string (with offset) or epoch seconds, normalised; BadRequest naming field."""
+    if isinstance(value, bool):
+        raise BadRequest(f"{field}: must be an RFC 3339 time or epoch seconds")
+    if isinstance(value, (int, float)):
+        if not math.isfinite(value):
+            raise BadRequest(f"{field}: must be a finite number")
+        try:
+            return format_time(_EPOCH + dt.timedelta(seconds=value))
+        except OverflowError:
+            raise BadRequest(f"{field}: out of range") from None
+    if isinstance(value, dt.datetime):
+        if value.tzinfo is None:
+            raise BadRequest(f"{field}: needs a timezone")
+        return format_time(value)
+    if not isinstance(value, str) or len(value) > 64:
+        raise BadRequest(f"{field}: must be an RFC 3339 time or epoch seconds")
+    text = value.strip()
+    try:
+        if re.fullmatch(r"-?\d+(\.\d+)?", text):
+            return parse_time(float(text), field)
+        moment = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise BadRequest(f"{field}: not an RFC 3339 time: {value[:40]!r}") from None
+    if moment.tzinfo is None:
+        raise BadRequest(f"{field}: needs a timezone offset or Z, got {value[:40]!r}")
+    try:
+        return format_time(moment)
+    except (OverflowError, ValueError):
+        raise BadRequest(f"{field}: out of range") from None
+
+
+def check_type(value: Any, field: str = "type") -> str:
+    """A valid event type, or BadRequest naming the field."""
+    if not isinstance(value, str) or not value:
+        raise BadRequest(f"{field}: required, a dotted name such as 'note.created'")
+    if len(value) > MAX_TYPE_LENGTH:
+        raise BadRequest(f"{field}: longer than {MAX_TYPE_LENGTH} characters")
+    if not TYPE_RE.fullmatch(value):
+        raise BadRequest(f"{field}: must be dotted name tokens of letters, digits, '_' or '-', got {value[:60]!r}")
+    return value
+
+
+def check_key(value: Any, field: str = "key") -> str:
+    """A valid idempotency key (1-512 printable characters)."""
+    if not isinstance(value, str) or not value or len(value) > MAX_KEY_LENGTH:
+        raise BadRequest(f"{field}: must be 1-{MAX_KEY_LENGTH} characters")
+    if not value.isprintable():
+        raise BadRequest(f"{field}: must not contain control characters")
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        raise BadRequest(f"{field}: not valid Unicode") from None
+    return value
+
+
+def new_event(
+    obj: Any, *, max_bytes: int, field: str = "event", key: str | None = None, strict_fields: bool = False
+) -> NewEvent:
+    """Validate one `{type, data, created_at?, key?}` mapping; errors name the offending field."""
+    prefix = f"{field}." if field else ""
+    if not isinstance(obj, Mapping):
+        raise BadRequest(f"{field or 'body'}: must be a JSON object with type and data")
+    if strict_fields:
+        unknown = [k for k in obj if k not in EVENT_FIELDS]
+        if unknown:
+            raise BadRequest(f"{prefix}{str(unknown[0])[:40]}: unknown field (allowed: type, data, created_at)")
+    etype = check_type(obj.get("type"), f"{prefix}type")
+    if "data" not in obj:
+        raise BadRequest(f"{prefix}data: required (any JSON value)")
+    value = obj["data"]
+    try:
+        text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except ValueError:
+        raise BadRequest(f"{prefix}data: numbers must be finite") from None
+    except RecursionError:
+        raise BadRequest(f"{prefix}data: nested too deeply") from None
+    except TypeError as exc:  # only reachable from Python callers
+        raise BadRequest(f"{prefix}data: not JSON-serialisable ({exc})") from None
+    if len(text) > max_bytes // 4:  # cheap pre-check: a str of n chars is at most 4n bytes
+        try:
+            size = len(text.encode())
+        except UnicodeEncodeError:
+            raise BadRequest(f"{prefix}data: not valid Unicode (lone surrogate)") from None
+        if size > max_bytes:
+            raise PayloadTooLarge(f"{prefix}data: {size} bytes serialised, limit {max_bytes}")
+    elif not text.isascii():
+        try:
+            text.encode()
+        except UnicodeEncodeError:
+            raise BadRequest(f"{prefix}data: not valid Unicode (lone surrogate)") from None
+    created = obj.get("created_at")
+    created_at = None if created is None else parse_time(created, f"{prefix}created_at")
+    if key is None and obj.get("key") is not None:
+        key = check_key(obj["key"], f"{prefix}key")
+    return NewEvent(etype, text, created_at, key, value)
+
+
+# Cursors ------------------------------------------------------------------------------
+
+class CursorSigner:
+    """Signs paging positions so a cursor is only good for the user it was made for."""
+
+    def __init__(self, secret: bytes) -> None:
+        self._key = hmac.new(secret, b"brain.api.events.cursor", hashlib.sha256).digest()
+
+    def make(self, user_id: str, created_at: str, event_id: int) -> str:
+        """A cursor pointing just past (older than) this event."""
+        body = _b64(json.dumps([created_at, event_id], separators=(",", ":")).encode())
+        return f"{body}.{self._mac(user_id, body)}"
+
+    def read(self, user_id: str, cursor: str) -> tuple[str, int]:
+        """The (created_at, id) position of a cursor; BadRequest if forged, foreign or garbled."""
+        body, dot, mac = cursor.partition(".")
+        if not dot or len(cursor) > 200 or not cursor.isascii() or not hmac.compare_digest(mac, self._mac(user_id, body)):
+            raise BadRequest("cursor: not a cursor issued to this user")
+        try:
+            created_at, event_id = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
+        except (ValueError, TypeError, binascii.Error):
+            raise BadRequest("cursor: malformed") from None
+        if not isinstance(created_at, str) or not _TIME_RE.fullmatch(created_at):
+            raise BadRequest("cursor: malformed")
+        if isinstance(event_id, bool) or not isinstance(event_id, int) or event_id < 1:
+            raise BadRequest("cursor: malformed")
+        return created_at, event_id
+
+    def _mac(self, user_id: str, body: str) -> str:
+        digest = hmac.new(self._key, f"{user_id}\x00{body}".encode(), hashlib.sha256).digest()
+        return _b64(digest[:18])
+
+
+def _b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()

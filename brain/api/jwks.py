@@ -1,0 +1,295 @@
+"""The API role's copy of the issuer's public keys.
+
+The `JwksCache` actor fetches the issuer's JWKS over HTTP from its own thread (even when both
+roles share a process, so a split deployment behaves the same) and publishes each good result
+as an immutable `KeySnapshot` on the shared `JwksState`. Request handling only ever reads
+`state.snapshot` (one attribute load): it never waits for a fetch and never asks the actor.
+
+Schedule: at start-up, fetch with backoff until the first success (the API answers 503 until
+then); afterwards every `jwks_refresh_seconds` with +-10% jitter; after a failed refresh, retry
+with backoff while keeping the last good keys, until they are older than
+`jwks_max_staleness_seconds`. An unknown `kid` asks for one shared refetch, at most one per
+`jwks_refetch_min_interval` however many unknown kids arrive (`JwksState.request_refetch`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import threading
+import time
+import types
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import pykka
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
+from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
+from jwt.exceptions import InvalidKeyError
+
+import brain
+from brain.actors.base import BrainActor, Link, ScheduledCall
+
+log = logging.getLogger("brain.api.jwks")
+
+# The key type each allowed algorithm needs (the allow-list itself lives in the settings).
+KTY_FOR_ALG = {"RS256": "RSA", "ES256": "EC", "EdDSA": "OKP"}
+MIN_RSA_BITS = 2048
+MAX_JWKS_BYTES = 1_048_576
+
+
+@dataclass(frozen=True)
+class VerifyKey:
+    """One usable public key from the issuer's JWKS."""
+
+    kid: str
+    kty: str
+    alg: str | None  # the JWK's own "alg", when it names one: the token must then use it
+    key: Any  # a cryptography public key
+
+
+@dataclass(frozen=True)
+class KeySnapshot:
+    """The keys of one successful fetch; never changed after it is published."""
+
+    keys: Mapping[str, VerifyKey]
+    fetched_at: float  # time.time() of the fetch
+
+
+def parse_jwks(doc: Any) -> tuple[dict[str, VerifyKey], list[str]]:
+    """The usable signing keys of a JWKS document by kid, and why each other key was skipped."""
+    if not isinstance(doc, dict) or not isinstance(doc.get("keys"), list):
+        raise ValueError('JWKS document must be an object with a "keys" array')
+    keys: dict[str, VerifyKey] = {}
+    skipped: list[str] = []
+    for index, jwk in enumerate(doc["keys"]):
+        try:
+            key = _parse_jwk(jwk)
+        except (ValueError, TypeError, InvalidKeyError) as exc:
+            # One bad key must not cost us the good ones next to it.
+            skipped.append(f"keys[{index}]: {exc}")
+            continue
+        if key.kid in keys:
+            skipped.append(f"keys[{index}]: duplicate kid {key.kid!r}")
+            continue
+        keys[key.kid] = key
+    return keys, skipped
+
+
+def _parse_jwk(jwk: Any) -> VerifyKey:
+    if not isinstance(jwk, dict):
+        raise ValueError("not an object")
+    kid = jwk.get("kid")
+    if not isinstance(kid, str) or not kid or len(kid) > 256:
+        raise ValueError("missing or bad kid")
+    use = jwk.get("use")
+    if use is not None and use != "sig":
+        raise ValueError(f"use {use!r} is not a signing key")
+    alg = jwk.get("alg")
+    if alg is not None and alg not in KTY_FOR_ALG:
+        raise ValueError(f"alg {alg!r} is not supported")
+    kty = jwk.get("kty")
+    # Only the public members are read: a JWKS that leaks a private part must not make us
+    # hold a private key.
+    if kty == "RSA":
+        public = {k: jwk[k] for k in ("kty", "n", "e") if k in jwk}
+        key = RSAAlgorithm.from_jwk(public)
+        if not isinstance(key, rsa.RSAPublicKey) or key.key_size < MIN_RSA_BITS:
+            raise ValueError(f"RSA key shorter than {MIN_RSA_BITS} bits")
+    elif kty == "EC":
+        public = {k: jwk[k] for k in ("kty", "crv", "x", "y") if k in jwk}
+        key = ECAlgorithm.from_jwk(public)
+        if not isinstance(key, ec.EllipticCurvePublicKey):
+            raise ValueError("not an EC public key")
+    elif kty == "OKP":
+        public = {k: jwk[k] for k in ("kty", "crv", "x") if k in jwk}
+        key = OKPAlgorithm.from_jwk(public)
+        if not isinstance(key, (ed25519.Ed25519PublicKey, ed448.Ed448PublicKey)):
+            raise ValueError("not an Ed25519/Ed448 public key")
+    else:
+        raise ValueError(f"unsupported kty {kty!r}")
+    if alg is not None and KTY_FOR_ALG[alg] != kty:
+        raise ValueError(f"alg {alg} does not fit kty {kty}")
+    return VerifyKey(kid=kid, kty=kty, alg=alg, key=key)
+
+
+@dataclass
+class JwksState:
+    """What the JwksCache actor shares with request handling; outlives actor restarts."""
+
+    url: str
+    refetch_min_interval: float
+    max_staleness: float
+    snapshot: KeySnapshot | None = None
+    # Counters for /health. Written by one thread each (the actor, or the event loop);
+    # a torn read of an int is impossible in CPython, so no lock is needed to read them.
+    fetches: int = 0
+    failures: int = 0
+    consecutive_failures: int = 0
+    refetches: int = 0
+    hits: int = 0
+    misses: int = 0
+    skipped_keys: list[str] = field(default_factory=list)
+    last_error: str | None = None
+    last_attempt_at: float | None = None
+    actor_ref: pykka.ActorRef[Any] | None = None
+    _last_refetch: float = float("-inf")
+    _refetch_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def current(self, now: float) -> KeySnapshot | None:
+        """The keys to verify with, or None when there are none or they are too stale."""
+        snap = self.snapshot
+        if snap is None or now - snap.fetched_at > self.max_staleness:
+            return None
+        return snap
+
+    def request_refetch(self) -> bool:
+        """Ask for one refetch (an unknown kid arrived); rate-limited, never blocks."""
+        now = time.monotonic()
+        with self._refetch_lock:
+            if now - self._last_refetch < self.refetch_min_interval:
+                return False
+            self._last_refetch = now
+            self.refetches += 1
+        ref = self.actor_ref
+        if ref is not None:
+            try:
+                ref.tell(_Fetch("unknown kid"))
+            except pykka.ActorDeadError:
+                pass  # a restarting cache fetches on start anyway
+        return True
+
+    def stats(self) -> dict[str, Any]:
+        """JSON-able figures for /health."""
+        snap = self.snapshot
+        now = time.time()
+        age = None if snap is None else round(now - snap.fetched_at, 3)
+        return {
+            "url": self.url,
+            "loaded": snap is not None,
+            "keys": 0 if snap is None else len(snap.keys),
+            "kids": [] if snap is None else sorted(snap.keys),
+            "last_refresh": None if snap is None else _iso(snap.fetched_at),
+            "age_seconds": age,
+            "stale": snap is not None and self.consecutive_failures > 0,
+            "expired": snap is not None and age is not None and age > self.max_staleness,
+            "hits": self.hits,
+            "misses": self.misses,
+            "fetches": self.fetches,
+            "refetches": self.refetches,
+            "failures": self.failures,
+            "skipped_keys": list(self.skipped_keys),
+            "last_error": self.last_error,
+        }
+
+
+def _iso(ts: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+
+
+@dataclass(frozen=True)
+class _Fetch:
+    reason: str
+
+
+class JwksCache(BrainActor):
+    """Fetches and refreshes the issuer's JWKS; publishes snapshots on its JwksState."""
+
+    def __init__(
+        self,
+        *,
+        link: Link | None = None,
+        state: JwksState,
+        refresh_seconds: float,
+        fetch_timeout: float,
+    ) -> None:
+        super().__init__(link=link)
+        self.state = state
+        self.refresh_seconds = refresh_seconds
+        self.fetch_timeout = fetch_timeout
+        self._timer: ScheduledCall | None = None
+        self._backoff = 0.0
+        # No proxy from the environment: the issuer is a service next to us, not the web.
+        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+    def on_start(self) -> None:
+        self.state.actor_ref = self.actor_ref
+        # The first fetch runs as a message, not here: a local auth role starts serving only
+        # after the whole tree is up, and the supervisor must not wait for the issuer.
+        self.actor_ref.tell(_Fetch("start"))
+
+    def on_stop(self) -> None:
+        self._detach()
+
+    def on_failure(self, *exc_info: object) -> None:
+        self._detach()
+
+    def _detach(self) -> None:
+        if self.state.actor_ref is self.actor_ref:
+            self.state.actor_ref = None
+        if self._timer is not None:
+            self._timer.cancel()
+
+    def on_receive(self, message: Any) -> Any:
+        if isinstance(message, _Fetch):
+            self._fetch(message.reason)
+            return None
+        return super().on_receive(message)
+
+    def fetch_now(self) -> bool:
+        """Fetch at once (for tests and admin tools); True if it succeeded."""
+        return self._fetch("requested")
+
+    def _fetch(self, reason: str) -> bool:
+        state = self.state
+        state.last_attempt_at = time.time()
+        try:
+            doc = self._get_json()
+            keys, skipped = parse_jwks(doc)
+            if not keys:
+                raise ValueError("the JWKS has no usable key" + (f" ({'; '.join(skipped)})" if skipped else ""))
+        except Exception as exc:  # noqa: BLE001 - any failure keeps the last good keys
+            state.failures += 1
+            state.consecutive_failures += 1
+            state.last_error = f"{type(exc).__name__}: {exc}"[:300]
+            first = self._backoff == 0.0
+            self._backoff = 0.2 if first else min(self._backoff * 2, 30.0)
+            level = logging.WARNING if state.consecutive_failures in (1, 10) or state.snapshot is None else logging.DEBUG
+            log.log(level, "JWKS fetch from %s failed (%s): %s; retry in %.1fs", state.url, reason, state.last_error, self._backoff)
+            self._arm(min(self._backoff, self.refresh_seconds))
+            return False
+        previous = state.snapshot
+        state.snapshot = KeySnapshot(keys=types.MappingProxyType(keys), fetched_at=time.time())
+        state.fetches += 1
+        state.consecutive_failures = 0
+        state.last_error = None
+        state.skipped_keys = skipped
+        self._backoff = 0.0
+        if skipped:
+            log.warning("JWKS from %s: skipped %d malformed key(s): %s", state.url, len(skipped), "; ".join(skipped))
+        if previous is None or set(previous.keys) != set(keys):
+            log.info("JWKS from %s (%s): %d key(s): %s", state.url, reason, len(keys), ", ".join(sorted(keys)))
+        self._arm(self.refresh_seconds * random.uniform(0.9, 1.1))
+        return True
+
+    def _arm(self, delay: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self.schedule(delay, _Fetch("refresh"))
+
+    def _get_json(self) -> Any:
+        request = urllib.request.Request(
+            self.state.url, headers={"Accept": "application/json", "User-Agent": f"brain/{brain.__version__}"}
+        )
+        try:
+            with self._opener.open(request, timeout=self.fetch_timeout) as resp:
+                body = resp.read(MAX_JWKS_BYTES + 1)
+        except urllib.error.HTTPError as exc:
+            raise ValueError(f"HTTP {exc.code} from the issuer") from None
+        if len(body) > MAX_JWKS_BYTES:
+            raise ValueError(f"JWKS larger than {MAX_JWKS_BYTES} bytes")
+        return json.loads(body)

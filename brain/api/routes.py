@@ -1,0 +1,168 @@
+"""The API role's HTTP surface: the bearer-token middleware and the /health, /me, /events routes.
+
+Every route needs a valid bearer token unless its handler is marked `@public`; other modules
+adding routes to the API app (mail) get the check for free and read the caller with
+`current_user(request)`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from aiohttp import hdrs, web
+
+import brain
+from brain.actors import supervisor
+from brain.api.events import check_key, new_event
+from brain.api.store import AppendRequest
+from brain.api.tokens import TokenUser, TokenVerifier
+from brain.errors import BadRequest, PayloadTooLarge
+from brain.web import Handler, json_response, read_json
+
+if TYPE_CHECKING:
+    from brain.api.stores import StoreManager
+    from brain.runtime import Runtime
+
+USER_KEY: web.RequestKey[TokenUser] = web.RequestKey("brain.api.user", TokenUser)
+MAX_IDEMPOTENCY_KEY = 200
+_PUBLIC_ATTR = "brain_public"
+_NO_STORE = {"Cache-Control": "no-store"}
+# A '+' in an unencoded query string arrives as a space: "...T10:00:00 02:00" meant "+02:00".
+_SPACED_OFFSET = re.compile(r"(.*T\d\d:\d\d(?::\d\d(?:\.\d+)?)?) (\d\d:?\d\d)")
+
+H = TypeVar("H", bound=Callable[[web.Request], Awaitable[web.StreamResponse]])
+
+
+def public(handler: H) -> H:
+    """Mark a route handler as reachable without a bearer token."""
+    setattr(handler, _PUBLIC_ATTR, True)
+    return handler
+
+
+def current_user(request: web.Request) -> TokenUser:
+    """The verified caller of a protected API route."""
+    return request[USER_KEY]
+
+
+def auth_middleware(verifier: TokenVerifier) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+    """Require a valid bearer token on every matched route not marked @public."""
+
+    @web.middleware
+    async def check_token(request: web.Request, handler: Handler) -> web.StreamResponse:
+        match = request.match_info
+        # Unmatched paths (404/405) carry no data: let them answer as they are.
+        if match.http_exception is None and not getattr(match.handler, _PUBLIC_ATTR, False):
+            request[USER_KEY] = verifier.authenticate(request.headers.get(hdrs.AUTHORIZATION))
+        return await handler(request)
+
+    return check_token
+
+
+def add_routes(app: web.Application, rt: Runtime, verifier: TokenVerifier, stores: StoreManager) -> None:
+    """Register /health, /me and /events on the API app."""
+    api = rt.settings.api
+
+    @public
+    async def health(_request: web.Request) -> web.Response:
+        body: dict[str, Any] = {
+            "status": "ok",
+            "version": brain.__version__,
+            "uptime_seconds": round(time.time() - rt.started_at, 3),
+            "supervisor": {"restarts": supervisor.total_restarts(), "escalations": supervisor.total_escalations()},
+        }
+        for name, source in rt.health_sources.items():
+            body[name] = source()
+        return json_response(body)
+
+    async def me(request: web.Request) -> web.Response:
+        body = verifier.me_body(request.headers.get(hdrs.AUTHORIZATION))
+        return web.Response(body=body, content_type="application/json", headers=_NO_STORE)
+
+    async def post_events(request: web.Request) -> web.Response:
+        user = request[USER_KEY]
+        try:
+            body = await read_json(request)
+        except RecursionError:
+            raise BadRequest("malformed JSON: nested too deeply") from None
+        key = request.headers.get("Idempotency-Key")
+        if key is not None:
+            key = check_key(key, "Idempotency-Key")
+            if len(key) > MAX_IDEMPOTENCY_KEY:
+                raise BadRequest(f"Idempotency-Key: longer than {MAX_IDEMPOTENCY_KEY} characters")
+            # Namespaced so an HTTP client can never claim a key that mail sync will use.
+            key = f"http:{key}"
+        batch = isinstance(body, list)
+        if batch:
+            if not body:
+                raise BadRequest("body: an empty array; send at least one event")
+            if len(body) > api.max_batch:
+                raise PayloadTooLarge(f"body: {len(body)} events, at most {api.max_batch} per request")
+            events = [
+                new_event(
+                    item,
+                    max_bytes=api.max_event_bytes,
+                    field=f"[{i}]",
+                    key=None if key is None else f"{key}#{i}",
+                    strict_fields=True,
+                )
+                for i, item in enumerate(body)
+            ]
+        else:
+            events = [new_event(body, max_bytes=api.max_event_bytes, field="", key=key, strict_fields=True)]
+        results = await stores.append_events(user.id, AppendRequest(events, match=key is not None))
+        if batch:
+            text = '{"events":[' + ",".join(ev.json() for ev, _ in results) + "]}"
+        else:
+            text = results[0][0].json()
+        headers = dict(_NO_STORE)
+        if key is not None and all(replayed for _, replayed in results):
+            headers["Idempotent-Replayed"] = "true"
+        return web.Response(text=text, status=201, content_type="application/json", headers=headers)
+
+    async def get_events(request: web.Request) -> web.Response:
+        user = request[USER_KEY]
+        params = request.query
+        for name in ("type", "since", "until", "limit", "cursor"):
+            if len(params.getall(name, ())) > 1:
+                raise BadRequest(f"{name}: given more than once")
+        limit_text = params.get("limit")
+        if limit_text is None or limit_text == "":
+            limit = api.events_page_default
+        else:
+            try:
+                limit = int(limit_text)
+            except ValueError:
+                raise BadRequest(f"limit: must be an integer from 1 to {api.events_page_max}") from None
+        query = stores.make_query(
+            user.id,
+            params.get("type") or None,
+            _time_param(params.get("since")),
+            _time_param(params.get("until")),
+            limit,
+            params.get("cursor") or None,
+        )
+        rows, next_cursor = await stores.query_events(user.id, query)
+        text = (
+            '{"events":['
+            + ",".join(row.json() for row in rows)
+            + '],"next_cursor":'
+            + (json.dumps(next_cursor) if next_cursor else "null")
+            + "}"
+        )
+        return web.Response(text=text, content_type="application/json", headers=_NO_STORE)
+
+    app.router.add_get("/health", health)
+    app.router.add_get("/me", me)
+    app.router.add_post("/events", post_events)
+    app.router.add_get("/events", get_events)
+
+
+def _time_param(value: str | None) -> str | None:
+    if not value:
+        return None
+    spaced = _SPACED_OFFSET.fullmatch(value)
+    return f"{spaced.group(1)}+{spaced.group(2)}" if spaced else value

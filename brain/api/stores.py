@@ -1,0 +1,411 @@
+"""StoreManager: finds (or activates) a user's UserStore and talks to it, from the loop or threads.
+
+User stores are virtual actors. The manager keeps a map user_id -> live ActorRef in LRU order
+(a dict lookup under an uncontended lock: no supervisor round trip per request). A store is
+started through the `data_sup/stores` supervisor on first use, stops itself when idle, and the
+least recently used one is stopped when more than `api.max_open_stores` are open. A ref that
+died meanwhile (idle stop, LRU eviction, a crash and restart of the subtree) shows up as
+ActorDeadError; the manager forgets it, reactivates, and retries — the message was not
+processed, so the retry cannot double-write.
+
+Concurrent writes of one user from the event loop are grouped: while a user's append is in
+flight, later ones queue up and go to the store together as one transaction (one savepoint
+each), so a busy user costs one thread hop and one commit per batch, not per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import pykka
+
+from brain.actors import bridge
+from brain.actors.supervisor import ChildAlreadyStarted, ChildSpec, ChildStartError
+from brain.api.events import CursorSigner, NewEvent, StoredEvent, check_type, new_event, parse_time
+from brain.api.store import (
+    Ack,
+    AppendMany,
+    AppendRequest,
+    Outbox,
+    OutboxBatch,
+    OutboxCount,
+    Query,
+    StorePathError,
+    UserStore,
+    store_path,
+)
+from brain.errors import BadRequest, ServiceUnavailable
+from brain.ids import is_valid_user_id
+
+if TYPE_CHECKING:
+    from brain.runtime import Runtime
+
+log = logging.getLogger("brain.api.stores")
+
+_ATTEMPTS = 3
+AppendResult = list[tuple[StoredEvent, bool]]
+
+
+class _WriteQueue:
+    __slots__ = ("pending", "busy")
+
+    def __init__(self) -> None:
+        self.pending: list[tuple[AppendRequest, asyncio.Future[AppendResult]]] = []
+        self.busy = False
+
+
+class StoreManager:
+    """The API to users' event stores (see the module docstring); `rt.stores`."""
+
+    def __init__(self, rt: Runtime, outbox: Outbox) -> None:
+        self._rt = rt
+        self._outbox = outbox
+        api = rt.settings.api
+        self.max_open = api.max_open_stores
+        self.idle_seconds = api.store_idle_seconds
+        self.max_event_bytes = api.max_event_bytes
+        self.page_max = api.events_page_max
+        self.data_path = rt.settings.data_path
+        self.cursors = CursorSigner(rt.secret)
+        self.closing = False
+        self._lock = threading.Lock()
+        self._live: OrderedDict[str, pykka.ActorRef[Any]] = OrderedDict()
+        self._sup: pykka.ActorRef[Any] | None = None
+        self._sup_proxy: Any = None
+        self._writers: dict[str, _WriteQueue] = {}  # event-loop side only
+        self._activating: dict[str, asyncio.Future[pykka.ActorRef[Any]]] = {}  # event-loop side only
+        self.activations = 0
+        self.evictions = 0
+
+    # -- public API: event loop ------------------------------------------------------------
+
+    async def append(self, user_id: str, events: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        """Store events atomically (`key` = idempotency key); the stored events, after commit."""
+        request = AppendRequest(self._validate(user_id, events))
+        return [ev.as_dict() for ev, _ in await self.append_events(user_id, request)]
+
+    async def append_events(self, user_id: str, request: AppendRequest) -> AppendResult:
+        """Commit one validated request (grouped with others of this user); (event, replayed) pairs."""
+        self._check_user(user_id)
+        queue = self._writers.get(user_id)
+        if queue is not None:
+            # This user's store is busy with an earlier append: ride along in the next batch.
+            fut: asyncio.Future[AppendResult] = asyncio.get_running_loop().create_future()
+            queue.pending.append((request, fut))
+            return await fut
+        # Nothing in flight: send at once, without a task (the common, single-client case).
+        queue = self._writers[user_id] = _WriteQueue()
+        queue.busy = True
+        try:
+            result = (await self._ask(user_id, AppendMany([request])))[0]
+        finally:
+            if queue.pending:
+                asyncio.get_running_loop().create_task(self._write(user_id, queue))
+            else:
+                del self._writers[user_id]
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    async def query(
+        self,
+        user_id: str,
+        *,
+        type: str | None = None,  # noqa: A002 - the API's own parameter name
+        since: Any = None,
+        until: Any = None,
+        limit: int = 100,
+        cursor: str | None = None,
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """Events newest first, filtered; and the cursor of the next page (None at the end)."""
+        q = self._query_message(user_id, type, since, until, limit, cursor)
+        rows = await self._ask(user_id, q)
+        return [row.as_dict() for row in rows[:limit]], self._next_cursor(user_id, rows, limit)
+
+    async def query_events(self, user_id: str, q: Query) -> tuple[list[StoredEvent], str | None]:
+        """`query` for a prepared Query message (limit+1 rows asked); raw rows for the HTTP layer."""
+        rows = await self._ask(user_id, q)
+        limit = q.limit - 1
+        return rows[:limit], self._next_cursor(user_id, rows, limit)
+
+    # -- public API: threads (actors) ---------------------------------------------------------
+
+    def append_from_thread(
+        self, user_id: str, events: Sequence[Mapping[str, Any]], timeout: float = 30
+    ) -> list[dict[str, Any]]:
+        """`append` for callers on other threads (actors): blocks until committed."""
+        self._not_on_loop()
+        request = AppendRequest(self._validate(user_id, events))
+        result = self._ask_blocking(user_id, AppendMany([request]), timeout)[0]
+        if isinstance(result, Exception):
+            raise result
+        return [ev.as_dict() for ev, _ in result]
+
+    def query_from_thread(
+        self,
+        user_id: str,
+        *,
+        type: str | None = None,  # noqa: A002
+        since: Any = None,
+        until: Any = None,
+        limit: int = 100,
+        cursor: str | None = None,
+        timeout: float = 30,
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """`query` for callers on other threads."""
+        self._not_on_loop()
+        q = self._query_message(user_id, type, since, until, limit, cursor)
+        rows = self._ask_blocking(user_id, q, timeout)
+        return [row.as_dict() for row in rows[:limit]], self._next_cursor(user_id, rows, limit)
+
+    # -- for the EventBus (its own thread) ------------------------------------------------------
+
+    def outbox_batch_blocking(self, user_id: str, after: int, limit: int, timeout: float = 30) -> list[StoredEvent] | None:
+        """Unpublished events of a user, oldest first; None if the user has no store (any more)."""
+        if self.closing or not store_path(self.data_path, user_id).exists():
+            return None
+        return self._ask_blocking(user_id, OutboxBatch(after, limit), timeout)
+
+    def outbox_count_blocking(self, user_id: str, timeout: float = 30) -> int:
+        """How many events of a user wait for JetStream (activates the store)."""
+        return self._ask_blocking(user_id, OutboxCount(), timeout)
+
+    def ack(self, user_id: str, ids: Sequence[int]) -> bool:
+        """Tell a live store these events are published; False if it is not open (never blocks)."""
+        with self._lock:
+            ref = self._live.get(user_id)
+        if ref is None:
+            return False
+        try:
+            ref.tell(Ack(ids))
+        except pykka.ActorDeadError:
+            return False
+        return True
+
+    def ack_blocking(self, user_id: str, ids: Sequence[int], timeout: float = 30) -> None:
+        """Ack, opening the store if needed (from a worker thread)."""
+        if self.ack(user_id, ids) or self.closing or not store_path(self.data_path, user_id).exists():
+            return
+        ref = self._activate_blocking(user_id, timeout)
+        try:
+            ref.tell(Ack(ids))
+        except pykka.ActorDeadError:
+            pass  # the rows stay; the next drain republishes them (deduplicated by JetStream)
+
+    # -- figures -------------------------------------------------------------------------
+
+    def open_count(self) -> int:
+        """How many stores are open right now."""
+        return len(self._live)
+
+    def stats(self) -> dict[str, Any]:
+        """Figures for /health."""
+        return {
+            "open": len(self._live),
+            "max_open": self.max_open,
+            "activations": self.activations,
+            "evictions": self.evictions,
+        }
+
+    # -- internals: validation ------------------------------------------------------------------
+
+    def _check_user(self, user_id: str) -> None:
+        if not is_valid_user_id(user_id):
+            raise BadRequest("user id: not a valid user id")
+
+    def _validate(self, user_id: str, events: Sequence[Mapping[str, Any]]) -> list[NewEvent]:
+        self._check_user(user_id)
+        if isinstance(events, Mapping) or not isinstance(events, Sequence) or not events:
+            raise BadRequest("events: a non-empty list of {type, data, created_at?, key?}")
+        return [new_event(ev, max_bytes=self.max_event_bytes, field=f"events[{i}]") for i, ev in enumerate(events)]
+
+    def _query_message(
+        self, user_id: str, etype: str | None, since: Any, until: Any, limit: int, cursor: str | None
+    ) -> Query:
+        """A validated Query (asks one row more than `limit`, to know whether a next page exists)."""
+        self._check_user(user_id)
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= self.page_max:
+            raise BadRequest(f"limit: must be an integer from 1 to {self.page_max}")
+        return Query(
+            type=None if etype is None else check_type(etype),
+            since=None if since is None else parse_time(since, "since"),
+            until=None if until is None else parse_time(until, "until"),
+            before=None if cursor is None else self.cursors.read(user_id, cursor),
+            limit=limit + 1,
+        )
+
+    def make_query(
+        self, user_id: str, etype: str | None, since: Any, until: Any, limit: int, cursor: str | None
+    ) -> Query:
+        """A validated Query message for `query_events` (BadRequest naming the bad parameter)."""
+        return self._query_message(user_id, etype, since, until, limit, cursor)
+
+    def _next_cursor(self, user_id: str, rows: list[StoredEvent], limit: int) -> str | None:
+        if len(rows) <= limit:
+            return None
+        last = rows[limit - 1]
+        return self.cursors.make(user_id, last.created_at, last.id)
+
+    def _not_on_loop(self) -> None:
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        raise RuntimeError("blocking store call on an event loop; use the async API")
+
+    # -- internals: the event-loop path ---------------------------------------------------------
+
+    async def _write(self, user_id: str, queue: _WriteQueue) -> None:
+        """Send this user's queued appends to the store, batch after batch, until none is left."""
+        try:
+            while queue.pending:
+                batch, queue.pending = queue.pending, []
+                try:
+                    results = await self._ask(user_id, AppendMany([request for request, _ in batch]))
+                except Exception as exc:  # noqa: BLE001 - every waiting request gets it
+                    for _, fut in batch:
+                        if not fut.done():
+                            fut.set_exception(exc)
+                    continue
+                for (_, fut), result in zip(batch, results):
+                    if fut.done():
+                        continue
+                    if isinstance(result, Exception):
+                        fut.set_exception(result)
+                    else:
+                        fut.set_result(result)
+        finally:
+            queue.busy = False
+            if self._writers.get(user_id) is queue:
+                del self._writers[user_id]
+            for _, fut in queue.pending:  # only if cancelled mid-way (shutdown)
+                if not fut.done():
+                    fut.set_exception(ServiceUnavailable("the server is shutting down"))
+
+    async def _ask(self, user_id: str, message: Any) -> Any:
+        for _ in range(_ATTEMPTS):
+            ref = self._live_ref(user_id)
+            if ref is None:
+                ref = await self._activate(user_id)
+            try:
+                return await bridge.wrap(ref.ask(message, block=False))
+            except pykka.ActorDeadError:
+                self._forget(user_id, ref)
+        raise ServiceUnavailable("the user's store is restarting; try again")
+
+    def _live_ref(self, user_id: str) -> pykka.ActorRef[Any] | None:
+        with self._lock:
+            ref = self._live.get(user_id)
+            if ref is not None:
+                self._live.move_to_end(user_id)
+        return ref
+
+    async def _activate(self, user_id: str) -> pykka.ActorRef[Any]:
+        pending = self._activating.get(user_id)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[pykka.ActorRef[Any]] = loop.create_future()
+        self._activating[user_id] = fut
+        try:
+            # Activation is rare (and costs ~ms: thread start, opening the database); a worker
+            # thread waits for the supervisor so the loop never does.
+            ref = await loop.run_in_executor(None, self._activate_blocking, user_id, 15.0)
+            fut.set_result(ref)
+            return ref
+        except BaseException as exc:
+            fut.set_exception(exc)
+            fut.exception()  # retrieved: concurrent waiters re-raise it, nobody else must
+            raise
+        finally:
+            del self._activating[user_id]
+
+    # -- internals: the blocking path -------------------------------------------------------------
+
+    def _ask_blocking(self, user_id: str, message: Any, timeout: float) -> Any:
+        self._check_user(user_id)
+        for _ in range(_ATTEMPTS):
+            ref = self._live_ref(user_id) or self._activate_blocking(user_id, timeout)
+            try:
+                return ref.ask(message, timeout=timeout)
+            except pykka.ActorDeadError:
+                self._forget(user_id, ref)
+        raise ServiceUnavailable("the user's store is restarting; try again")
+
+    def _activate_blocking(self, user_id: str, timeout: float) -> pykka.ActorRef[Any]:
+        """Start the user's store under the supervisor (or find the running one); remember it."""
+        if self.closing:
+            raise ServiceUnavailable("the server is shutting down")
+        try:
+            store_path(self.data_path, user_id)
+        except StorePathError as exc:
+            raise BadRequest(f"user id: {exc}") from None
+        spec = ChildSpec(
+            id=user_id,
+            start=lambda link: UserStore.start(
+                link=link,
+                user_id=user_id,
+                data_path=self.data_path,
+                outbox=self._outbox,
+                idle_seconds=self.idle_seconds,
+                on_exit=self._forget,
+            ),
+            restart="transient",
+            start_timeout=timeout,
+        )
+        ref: pykka.ActorRef[Any] | None = None
+        for _ in range(_ATTEMPTS):
+            proxy = self._stores_sup()
+            try:
+                ref = proxy.start_child(spec).get(timeout=timeout)
+                self.activations += 1
+            except ChildAlreadyStarted as exc:
+                # Started meanwhile by another thread (or restarted after a crash).
+                ref = exc.ref or proxy.get_child(user_id).get(timeout=timeout)
+            except ChildStartError as exc:
+                log.error("could not open the store of %s: %r", user_id, exc.cause)
+                raise ServiceUnavailable("the user's store could not be opened") from None
+            except pykka.ActorDeadError:
+                self._sup = None  # the supervisor is being restarted: look it up again
+                continue
+            if ref is not None:
+                self._remember(user_id, ref)
+                return ref
+        raise ServiceUnavailable("the user's store could not be opened; try again")
+
+    def _stores_sup(self) -> Any:
+        sup = self._sup
+        if sup is None or not sup.is_alive():
+            sup = self._rt.lookup("data_sup/stores")
+            if sup is None:
+                raise ServiceUnavailable("the store supervisor is not running")
+            self._sup, self._sup_proxy = sup, sup.proxy()
+        return self._sup_proxy
+
+    def _remember(self, user_id: str, ref: pykka.ActorRef[Any]) -> None:
+        victims: list[str] = []
+        with self._lock:
+            self._live[user_id] = ref
+            self._live.move_to_end(user_id)
+            while len(self._live) > self.max_open:
+                victim, _ = self._live.popitem(last=False)
+                victims.append(victim)
+        for victim in victims:
+            self.evictions += 1
+            # Queued behind anything already sent to the victim; its later requests reopen it.
+            try:
+                self._sup_proxy.terminate_child(victim)
+            except pykka.ActorDeadError:
+                pass
+
+    def _forget(self, user_id: str, ref: pykka.ActorRef[Any]) -> None:
+        """Drop a dead ref (called by the store itself as it exits, and on ActorDeadError)."""
+        with self._lock:
+            current = self._live.get(user_id)
+            if current is not None and current.actor_urn == ref.actor_urn:
+                del self._live[user_id]
