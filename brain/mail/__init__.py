@@ -65,6 +65,6 @@ def child_specs(rt: Runtime) -> list[ChildSpec]:
 
 def setup_routes(app: web.Application, rt: Runtime) -> None:
     """Add the mail routes to the API application."""
-    from brain.mail.routes import add_routes, no_user
+    from brain.mail.routes import add_routes
 
-    add_routes(app, rt, service_for(rt), no_user)
+    add_routes(app, rt, service_for(rt))

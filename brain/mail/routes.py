@@ -11,14 +11,17 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import pykka
 from aiohttp import web
 
 from brain.actors import bridge
 from brain.actors.supervisor import ChildAlreadyStarted, ChildStartError
-from brain.errors import BadRequest, ServiceUnavailable, Unauthorized
+from brain.api.openapi import add_paths
+from brain.api.routes import current_user, public
+from brain.errors import BadRequest, ServiceUnavailable
+from brain.mail import openapi
 from brain.mail.db import Account
 from brain.mail.service import MailService, child_id
 from brain.mail.sync import SyncNow
@@ -37,8 +40,12 @@ MAIL_SUP = "data_sup/mail"
 T = TypeVar("T")
 
 
-def add_routes(app: web.Application, rt: Runtime, service: MailService, user_of: Callable[[web.Request], str]) -> None:
-    """Register the mail routes; ``user_of(request)`` is the authenticated user's id."""
+def add_routes(app: web.Application, rt: Runtime, service: MailService) -> None:
+    """Register the mail routes on the API application (behind its bearer-token middleware)."""
+    add_paths("api", openapi.PATHS, openapi.SCHEMAS)
+
+    def user_of(request: web.Request) -> str:
+        return current_user(request).id
 
     async def blocking(fn: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(None, fn)
@@ -79,6 +86,7 @@ def add_routes(app: web.Application, rt: Runtime, service: MailService, user_of:
         flow = await blocking(lambda: service.begin_oauth(user_id, name))
         return json_response(flow)
 
+    @public  # a browser redirect from the provider: the signed state names the user
     async def callback(request: web.Request) -> web.Response:
         query = request.query
         if "error" in query:
@@ -115,8 +123,3 @@ def add_routes(app: web.Application, rt: Runtime, service: MailService, user_of:
     app.router.add_get(CALLBACK_PATH, callback)
     app.router.add_get("/mail/status", status)
     app.router.add_post("/mail/disconnect", disconnect)
-
-
-def no_user(_request: web.Request) -> Any:
-    """Placeholder until the API's JWT middleware provides the user."""
-    raise Unauthorized("authentication required")

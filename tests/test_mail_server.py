@@ -1,0 +1,419 @@
+"""Mail sync end to end: the real `brain serve` process (auth, API, user stores, embedded NATS)
+syncing from the local fake Gmail (google-api-python-client + google-auth inside brain) and the
+fake Microsoft identity platform + Graph over https (msal + requests inside brain).
+
+Each test signs up real users, connects accounts over HTTP and checks what lands in the user's
+store (`GET /events`) and on JetStream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import nats
+import pytest
+import requests
+
+from tests.fakes.gmail import FakeGmail
+from tests.fakes.microsoft import FakeMicrosoft
+from tests.support import BrainServer, wait_until
+from tests.test_auth_helpers import new_user
+from tests.test_mail_engine import gmail_settings, replay_mailbox
+
+GMAIL_USER = "ada@example.com"
+MS_USER = "grace@contoso.example"
+
+
+@pytest.fixture
+def gmail() -> Iterator[FakeGmail]:
+    yield from FakeGmail.running()
+
+
+@pytest.fixture
+def microsoft() -> Iterator[FakeMicrosoft]:
+    yield from FakeMicrosoft.running()
+
+
+def mail_config(
+    gmail: FakeGmail | None = None, microsoft: FakeMicrosoft | None = None, *, page_size: int = 50
+) -> dict[str, Any]:
+    plugins: dict[str, Any] = {}
+    if gmail is not None:
+        plugins["gmail"] = gmail_settings(gmail, auth_uri=gmail.base_url + "/o/oauth2/auth", page_size=page_size)
+    if microsoft is not None:
+        plugins["outlook"] = {
+            "client_id": microsoft.client_id,
+            "client_secret": microsoft.client_secret,
+            "tenant": microsoft.tenant_id,
+            "authority_host": microsoft.base_url,
+            "graph_base_url": microsoft.graph_url,
+            "ca_bundle": microsoft.ca_path,
+            "page_size": page_size,
+        }
+    return {"mail": {"sync_interval_seconds": 0.5, "retry_base_seconds": 0.2}, "plugins": plugins}
+
+
+class Client:
+    """One signed-up user talking to the API role."""
+
+    def __init__(self, server: BrainServer) -> None:
+        self.server = server
+        body = new_user(server)
+        self.user_id = body["user"]["id"]
+        self.headers = {"Authorization": f"Bearer {body['jwt']}"}
+
+    def post(self, path: str, body: Any) -> requests.Response:
+        return requests.post(self.server.api_url + path, json=body, headers=self.headers, timeout=30)
+
+    def get(self, path: str, **params: Any) -> requests.Response:
+        return requests.get(self.server.api_url + path, params=params, headers=self.headers, timeout=30)
+
+    def connect(self, provider: str, refresh_token: str) -> dict[str, Any]:
+        r = self.post("/mail/connect", {"provider": provider, "refresh_token": refresh_token})
+        assert r.status_code in (200, 201), r.text
+        return r.json()["account"]
+
+    def accounts(self) -> dict[str, dict[str, Any]]:
+        r = self.get("/mail/status")
+        assert r.status_code == 200, r.text
+        return {a["account"]: a for a in r.json()["accounts"]}
+
+    def wait_state(self, account: str, state: str, timeout: float = 30) -> dict[str, Any]:
+        def reached() -> dict[str, Any] | None:
+            status = self.accounts()[account]
+            return status if status["state"] == state else None
+
+        return wait_until(reached, timeout=timeout, interval=0.1, what=f"account {account} to be {state}")
+
+    def events(self, type: str | None = None) -> list[dict[str, Any]]:  # noqa: A002
+        """Every stored event (of a type), oldest first, paging through `GET /events`."""
+        out: list[dict[str, Any]] = []
+        params: dict[str, Any] = {"limit": 1000}
+        if type:
+            params["type"] = type
+        while True:
+            r = self.get("/events", **params)
+            assert r.status_code == 200, r.text
+            body = r.json()
+            out += body["events"]
+            if not body.get("next_cursor"):
+                return sorted(out, key=lambda e: e["id"])
+            params["cursor"] = body["next_cursor"]
+
+    def mailbox(self) -> dict[str, list[str]]:
+        """The mailbox as the stored events tell it."""
+        return replay_mailbox(self.events())
+
+    def jetstream_counts(self) -> Counter[str]:
+        """Messages on JetStream per event type for this user."""
+        nats_url = requests.get(self.server.api_url + "/health", timeout=10).json()["nats"]["url"]
+
+        async def counts() -> dict[str, int]:
+            nc = await nats.connect(nats_url, allow_reconnect=False, connect_timeout=5)
+            try:
+                info = await nc.jetstream().stream_info("BRAIN_EVENTS", subjects_filter=f"brain.events.{self.user_id}.>")
+                return dict(info.state.subjects or {})
+            finally:
+                await nc.close()
+
+        prefix = f"brain.events.{self.user_id}."
+        return Counter({subject.removeprefix(prefix): n for subject, n in asyncio.run(counts()).items()})
+
+
+def gmail_mailbox(fake: FakeGmail, user: str = GMAIL_USER) -> dict[str, list[str]]:
+    return {m["id"]: sorted(set(m["labelIds"])) for m in fake.messages(user)}
+
+
+def outlook_labels(message: dict[str, Any]) -> list[str]:
+    labels = ["INBOX"] + (["UNREAD"] if not message["isRead"] else [])
+    labels += ["FLAGGED"] if message["flag"]["flagStatus"] == "flagged" else []
+    labels += ["IMPORTANT"] if message["importance"] == "high" else []
+    return sorted(labels + [f"category:{c}" for c in message["categories"]])
+
+
+def outlook_mailbox(fake: FakeMicrosoft, user: str = MS_USER) -> dict[str, list[str]]:
+    return {m["id"]: outlook_labels(m) for m in fake.messages(user, "inbox")}
+
+
+def test_gmail_sync_lands_in_the_store_and_on_jetstream(tmp_path: Path, gmail: FakeGmail) -> None:
+    ids = gmail.populate(GMAIL_USER, 260)
+    with BrainServer(tmp_path / "brain", config=mail_config(gmail)) as server:
+        alice = Client(server)
+        account = alice.connect("gmail", gmail.issue_refresh_token(GMAIL_USER))
+        assert account["state"] == "syncing" and account["address"] == GMAIL_USER
+
+        status = alice.wait_state(account["account"], "idle")
+        assert status["messages_synced"] == 260
+        assert status["initial_sync"] == {"complete": True, "done": 260, "estimated_total": 260}
+        assert status["last_sync_at"] and status["last_error"] is None
+        received = alice.events("mail.message.received")
+        assert len(received) == 260
+        assert {e["data"]["message_id"] for e in received} == set(ids)
+        assert alice.mailbox() == gmail_mailbox(gmail)
+        wait_until(lambda: alice.jetstream_counts() == {"mail.message.received": 260}, timeout=20, what="JetStream")
+
+        # Incremental: a new message, a label change, a deletion.
+        new_id = gmail.add_message(GMAIL_USER, subject="fresh off the press")
+        gmail.modify_labels(GMAIL_USER, ids[0], add=["STARRED"])
+        gmail.delete_message(GMAIL_USER, ids[1])
+        wait_until(lambda: alice.mailbox() == gmail_mailbox(gmail), timeout=15, what="incremental sync")
+        counts = Counter(e["type"] for e in alice.events())
+        assert counts == {"mail.message.received": 261, "mail.message.updated": 1, "mail.message.deleted": 1}
+        assert any(e["data"]["message_id"] == new_id for e in alice.events("mail.message.received"))
+        wait_until(lambda: alice.jetstream_counts() == counts, timeout=20, what="JetStream to catch up")
+
+        # Another user sees none of it.
+        bob = Client(server)
+        assert bob.accounts() == {} and bob.events() == []
+        assert bob.post("/mail/disconnect", {"account": account["account"]}).status_code == 404
+
+
+def test_gmail_expired_history_resyncs_to_match_the_mailbox(tmp_path: Path, gmail: FakeGmail) -> None:
+    ids = gmail.populate(GMAIL_USER, 120)
+    with BrainServer(tmp_path / "brain", config=mail_config(gmail)) as server:
+        alice = Client(server)
+        account = alice.connect("gmail", gmail.issue_refresh_token(GMAIL_USER))["account"]
+        alice.wait_state(account, "idle")
+        with gmail.lock:  # one atomic change set, then history expires before the next poll
+            for mid in ids[:7]:
+                gmail.delete_message(GMAIL_USER, mid)
+            gmail.modify_labels(GMAIL_USER, ids[10], add=["IMPORTANT"], remove=["INBOX"])
+            gmail.add_message(GMAIL_USER, subject="during the gap")
+            gmail.expire_history(GMAIL_USER)
+
+        wait_until(lambda: alice.mailbox() == gmail_mailbox(gmail), timeout=20, what="resync to match")
+        assert "full resync" in server.log_text()
+        events = alice.events()
+        received = [e["data"]["message_id"] for e in events if e["type"] == "mail.message.received"]
+        assert len(received) == len(set(received)) == 121  # no duplicates from the resync
+        deleted = {e["data"]["message_id"] for e in events if e["type"] == "mail.message.deleted"}
+        assert deleted == set(ids[:7])
+        assert alice.accounts()[account]["messages_synced"] == 114
+
+
+def test_gmail_oauth_flow_with_signed_single_use_state(tmp_path: Path, gmail: FakeGmail) -> None:
+    gmail.populate(GMAIL_USER, 5)
+    with BrainServer(tmp_path / "brain", config=mail_config(gmail)) as server:
+        alice, bob = Client(server), Client(server)
+        r = alice.post("/mail/connect", {"provider": "gmail"})
+        assert r.status_code == 200, r.text
+        flow = r.json()
+        url = urlsplit(flow["authorize_url"])
+        query = {k: v[0] for k, v in parse_qs(url.query).items()}
+        assert f"{url.scheme}://{url.netloc}{url.path}" == gmail.base_url + "/o/oauth2/auth"
+        assert query["state"] == flow["state"] and query["client_id"] == gmail.client_id
+        assert query["redirect_uri"] == flow["redirect_uri"] == f"{server.api_url}/mail/oauth/callback"
+        assert query["access_type"] == "offline" and "gmail.readonly" in query["scope"]
+
+        # The user consents at Google, which redirects the browser back with a code (no JWT).
+        code = gmail.issue_code(GMAIL_USER, redirect_uri=flow["redirect_uri"])
+        callback = f"{server.api_url}/mail/oauth/callback"
+        r = requests.get(callback, params={"state": flow["state"], "code": code}, timeout=30)
+        assert r.status_code == 201, r.text
+        account = r.json()["account"]
+        assert account["address"] == GMAIL_USER
+        assert list(alice.accounts()) == [account["account"]] and bob.accounts() == {}
+        alice.wait_state(account["account"], "idle")
+        assert len(alice.events("mail.message.received")) == 5
+
+        replay = requests.get(callback, params={"state": flow["state"], "code": code}, timeout=30)
+        assert replay.status_code == 400 and replay.json()["code"] == "INVALID_STATE"
+        other = alice.post("/mail/connect", {"provider": "gmail"}).json()
+        payload, mac = other["state"].split(".")
+        for bad in (f"{payload}.{mac[::-1]}", payload, "x.y"):
+            r = requests.get(callback, params={"state": bad, "code": "c"}, timeout=30)
+            assert r.status_code == 400 and r.json()["code"] == "INVALID_STATE", r.text
+        r = requests.get(callback, params={"state": other["state"]}, timeout=30)
+        assert r.status_code == 400 and "code" in r.json()["message"]
+        r = requests.get(callback, params={"error": "access_denied", "state": other["state"]}, timeout=30)
+        assert r.status_code == 400 and r.json()["code"] == "OAUTH_DENIED"
+        # A refused code connects nothing.
+        r = requests.get(callback, params={"state": other["state"], "code": "4/0Anot-a-code"}, timeout=30)
+        assert r.status_code == 400 and r.json()["code"] == "PROVIDER_AUTH_FAILED"
+        assert len(alice.accounts()) == 1
+
+
+def test_connect_rejects_bad_input(tmp_path: Path, gmail: FakeGmail) -> None:
+    with BrainServer(tmp_path / "brain", config=mail_config(gmail)) as server:
+        alice = Client(server)
+        cases = [
+            ({}, "provider is required"),
+            ({"provider": "yahoo"}, "unknown provider 'yahoo'"),
+            ({"provider": 7}, "unknown provider 7"),
+            ({"provider": "gmail", "refresh_token": ""}, "refresh_token"),
+            ({"provider": "gmail", "refresh_token": ["x"]}, "refresh_token"),
+            ([], "JSON object"),
+        ]
+        for body, needle in cases:
+            r = alice.post("/mail/connect", body)
+            assert r.status_code == 400, (body, r.text)
+            assert needle in r.json()["message"], (body, r.json())
+        r = alice.post("/mail/connect", {"provider": "gmail", "refresh_token": "1//0gnot-issued"})
+        assert r.status_code == 400 and r.json()["code"] == "PROVIDER_AUTH_FAILED"
+        assert alice.accounts() == {}
+        for body, status in (({}, 400), ({"account": 5}, 400), ({"account": "nope"}, 404)):
+            assert alice.post("/mail/disconnect", body).status_code == status
+        for method, path in (("post", "/mail/connect"), ("get", "/mail/status"), ("post", "/mail/disconnect")):
+            r = getattr(requests, method)(server.api_url + path, json={}, timeout=10)
+            assert r.status_code == 401 and "invalid_token" in r.headers["WWW-Authenticate"]
+
+
+def test_invalid_grant_needs_reauth_then_reconnect_resumes(tmp_path: Path, gmail: FakeGmail) -> None:
+    gmail.populate(GMAIL_USER, 30)
+    server = BrainServer(tmp_path / "brain", config=mail_config(gmail))
+    with server:
+        alice = Client(server)
+        account = alice.connect("gmail", gmail.issue_refresh_token(GMAIL_USER))["account"]
+        alice.wait_state(account, "idle")
+        gmail.revoke(GMAIL_USER)
+        status = alice.wait_state(account, "needs_reauth", timeout=15)
+        assert "invalid_grant" in status["last_error"]
+    gmail.clear_requests()
+    with server:  # a restart does not resume an account that needs re-authorisation
+        alice.wait_state(account, "needs_reauth")
+        time.sleep(1)  # two sync intervals
+        assert alice.accounts()[account]["state"] == "needs_reauth"
+        assert gmail.request_count("/gmail") == 0 and gmail.request_count("/token") == 0
+        gmail.add_message(GMAIL_USER, subject="while away")
+        again = alice.connect("gmail", gmail.issue_refresh_token(GMAIL_USER))
+        assert again["account"] == account  # the same account, its cursor and index kept
+        wait_until(lambda: len(alice.events("mail.message.received")) == 31, timeout=15)
+        assert alice.wait_state(account, "idle")["messages_synced"] == 31
+        # It went on from its cursor (history), not through a second full listing.
+        assert not [r for r in gmail.requests if r.path == "/gmail/v1/users/me/messages"]
+
+
+def test_kill_mid_initial_sync_resumes_without_duplicates(tmp_path: Path, gmail: FakeGmail) -> None:
+    ids = gmail.populate(GMAIL_USER, 300)
+    gmail.delay(0.15, path_prefix="/batch")  # slow enough to be killed half way
+    server = BrainServer(tmp_path / "brain", config=mail_config(gmail, page_size=25))
+    server.start()
+    try:
+        alice = Client(server)
+        account = alice.connect("gmail", gmail.issue_refresh_token(GMAIL_USER))["account"]
+        wait_until(
+            lambda: alice.accounts()[account]["initial_sync"]["done"] >= 75, timeout=30, what="a quarter synced"
+        )
+        server.kill()  # kill -9: no shutdown, no flush
+        listed_before = len([r for r in gmail.requests if r.path == "/gmail/v1/users/me/messages"])
+        gmail.clear_faults()
+        server.start()
+        status = alice.wait_state(account, "idle", timeout=60)
+        assert status["messages_synced"] == 300 and status["initial_sync"]["done"] >= 300
+
+        received = [e["data"]["message_id"] for e in alice.events("mail.message.received")]
+        assert len(received) == 300 and set(received) == set(ids)
+        # It resumed from its checkpoint: the first listing after the restart had a page token.
+        listings = [r for r in gmail.requests if r.path == "/gmail/v1/users/me/messages"]
+        assert listings[listed_before].query.get("pageToken")
+        assert len(listings) <= 300 // 25 + 2
+        wait_until(lambda: alice.jetstream_counts() == {"mail.message.received": 300}, timeout=30, what="JetStream")
+    finally:
+        server.close()
+
+
+def test_disconnect_stops_sync_and_keeps_the_events(tmp_path: Path, gmail: FakeGmail) -> None:
+    gmail.populate(GMAIL_USER, 10)
+    with BrainServer(tmp_path / "brain", config=mail_config(gmail)) as server:
+        alice = Client(server)
+        account = alice.connect("gmail", gmail.issue_refresh_token(GMAIL_USER))["account"]
+        alice.wait_state(account, "idle")
+
+        r = alice.post("/mail/disconnect", {"account": account})
+        assert r.status_code == 200, r.text
+        assert r.json()["account"]["state"] == "disconnected" and r.json()["events_kept"] is True
+        gmail.clear_requests()
+        gmail.add_message(GMAIL_USER, subject="after disconnect")
+        time.sleep(1.5)  # three sync intervals
+        assert gmail.requests == []
+        assert alice.accounts()[account]["state"] == "disconnected"
+        assert len(alice.events("mail.message.received")) == 10
+    # The credentials are gone from mail.db for good; a restart does not resume the account.
+    with server:
+        assert alice.accounts()[account]["state"] == "disconnected"
+        time.sleep(1)
+        assert gmail.requests == []
+
+
+def test_outlook_sync_incremental_and_expired_delta(tmp_path: Path, microsoft: FakeMicrosoft) -> None:
+    ids = microsoft.populate(MS_USER, 130)
+    microsoft.add_message(MS_USER, folder="archive", subject="not in the inbox")
+    with BrainServer(tmp_path / "brain", config=mail_config(microsoft=microsoft)) as server:
+        alice = Client(server)
+        account = alice.connect("outlook", microsoft.issue_refresh_token(MS_USER))
+        assert account["address"] == MS_USER
+        status = alice.wait_state(account["account"], "idle")
+        assert status["messages_synced"] == 130
+        assert status["initial_sync"] == {"complete": True, "done": 130, "estimated_total": 130}
+        assert alice.mailbox() == outlook_mailbox(microsoft)
+        first = alice.events("mail.message.received")[0]["data"]
+        assert first["provider"] == "outlook" and first["from"] and first["thread_id"] and first["date"]
+
+        # Incremental through the deltaLink: new, read + categorised, deleted, moved away.
+        microsoft.add_message(MS_USER, subject="new in inbox")
+        microsoft.update_message(MS_USER, ids[0], is_read=True, categories=["Blue"])
+        microsoft.delete_message(MS_USER, ids[1])
+        microsoft.update_message(MS_USER, ids[2], folder="archive")
+        wait_until(lambda: alice.mailbox() == outlook_mailbox(microsoft), timeout=15, what="delta changes")
+        counts = Counter(e["type"] for e in alice.events())
+        assert counts == {"mail.message.received": 131, "mail.message.updated": 1, "mail.message.deleted": 2}
+
+        # The sync state expires (410 syncStateNotFound): a full resync reconciles.
+        with microsoft.lock:
+            microsoft.delete_message(MS_USER, ids[3])
+            microsoft.update_message(MS_USER, ids[4], flag="flagged")
+            microsoft.expire_delta(MS_USER)
+        wait_until(lambda: alice.mailbox() == outlook_mailbox(microsoft), timeout=20, what="resync")
+        received = [e["data"]["message_id"] for e in alice.events("mail.message.received")]
+        assert len(received) == len(set(received)) == 131
+        wait_until(lambda: alice.jetstream_counts() == Counter(e["type"] for e in alice.events()), timeout=20)
+
+
+def test_outlook_oauth_redirect_flow_and_token_cache_across_restarts(tmp_path: Path, microsoft: FakeMicrosoft) -> None:
+    microsoft.populate(MS_USER, 12)
+    server = BrainServer(tmp_path / "brain", config=mail_config(microsoft=microsoft))
+    with server:
+        alice = Client(server)
+        flow = alice.post("/mail/connect", {"provider": "outlook"}).json()
+        assert flow["authorize_url"].startswith(f"{microsoft.authority()}/oauth2/v2.0/authorize?")
+        # The browser: Microsoft's sign-in redirects to brain's callback with code and state.
+        sign_in = microsoft.requests_session().get(flow["authorize_url"], allow_redirects=False)
+        assert sign_in.status_code == 302
+        location = sign_in.headers["Location"]
+        assert location.startswith(f"{server.api_url}/mail/oauth/callback?")
+        r = requests.get(location, timeout=30)
+        assert r.status_code == 201, r.text
+        account = r.json()["account"]["account"]
+        alice.wait_state(account, "idle")
+        assert len(alice.events("mail.message.received")) == 12
+    # MSAL's cache (with Entra's rotated refresh token) was persisted in mail.db: after a
+    # restart with every access token expired, the sync refreshes from it and carries on.
+    microsoft.expire_access_tokens(MS_USER)
+    microsoft.add_message(MS_USER, subject="after the restart")
+    microsoft.clear_requests()
+    with server:
+        wait_until(lambda: len(alice.events("mail.message.received")) == 13, timeout=20, what="sync after restart")
+        statuses = [(r.path, r.status) for r in microsoft.requests]
+        assert (f"/{microsoft.tenant_id}/oauth2/v2.0/token", 200) in statuses
+        assert alice.accounts()[account]["state"] in ("idle", "syncing")
+
+
+def test_outlook_throttling_and_server_errors_are_retried(tmp_path: Path, microsoft: FakeMicrosoft) -> None:
+    microsoft.populate(MS_USER, 20)
+    microsoft.fail_next(1, status=429, retry_after=1, path_prefix="/v1.0/me/mailFolders/inbox/messages/delta")
+    microsoft.fail_next(2, status=503, path_prefix="/v1.0/me/mailFolders/inbox/messages/delta")
+    with BrainServer(tmp_path / "brain", config=mail_config(microsoft=microsoft)) as server:
+        alice = Client(server)
+        account = alice.connect("outlook", microsoft.issue_refresh_token(MS_USER))["account"]
+        status = alice.wait_state(account, "idle", timeout=30)
+        assert status["messages_synced"] == 20 and "503" in (status["last_error"] or "")
+        delta = [r for r in microsoft.requests if r.path.endswith("/messages/delta")]
+        assert [r.status for r in delta[:4]] == [429, 503, 503, 200]
+        assert delta[1].at - delta[0].at >= 1.0  # Retry-After honoured
+        assert len(alice.events("mail.message.received")) == 20
