@@ -185,3 +185,11 @@ def test_stop_frees_ports_and_removes_mail(tmp_path: Path) -> None:
     for port in (server.port, server.tls_port):
         with pytest.raises(OSError), socket.create_connection((server.host, port), timeout=2):
             pass
+
+
+def test_set_password_applies_to_new_logins(server: Dovecot) -> None:
+    old = server.users[ALICE]
+    server.set_password(ALICE, "changed-password")
+    with pytest.raises(imaplib.IMAP4.error), imaplib.IMAP4(server.host, server.port, timeout=10) as conn:
+        conn.login(ALICE, old)
+    assert server.uids(ALICE) == []  # logs in with the new password

@@ -283,6 +283,11 @@ class Dovecot:
             _ok((typ, data))
         return int(re.search(rb"UIDVALIDITY (\d+)", data[0]).group(1))  # type: ignore[union-attr,arg-type]
 
+    def set_password(self, user: str, password: str) -> None:
+        """Change a user's password (dovecot re-reads the passwd-file when it changes)."""
+        self.users[user] = password
+        self._write_users()
+
     def create_folder(self, user: str, name: str) -> None:
         """Create a folder (no special use)."""
         with self.imap(user, folder=None) as conn:

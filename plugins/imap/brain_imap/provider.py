@@ -418,7 +418,7 @@ class ImapProvider(MailProvider):
 
     def _ensure_watcher(self, ctx: SyncContext) -> None:
         """Start IDLE on INBOX once a run has finished, if the core can be woken and the server can IDLE."""
-        wake = getattr(ctx, "wake", None)
+        wake = ctx.wake
         if wake is None or not self.idle_enabled:
             return
         with self._lock:

@@ -104,7 +104,7 @@ def mapped_errors(what: str) -> Iterator[None]:
     except ProviderError:
         raise
     except imap_errors.LoginError as exc:
-        text = str(exc)
+        text = _server_text(exc)
         if any(code in text.upper() for code in _TEMPORARY_CODES):
             raise Transient(f"{what}: the server cannot log in right now: {text}") from exc
         raise AuthFailed(f"{what}: login refused: {text}") from exc
@@ -243,6 +243,13 @@ class Session:
         except Exception:
             with contextlib.suppress(Exception):
                 client.shutdown()
+
+
+def _server_text(exc: Exception) -> str:
+    """The server's words from an imaplib error (which wraps them as a bytes repr)."""
+    text = str(exc)
+    match = re.fullmatch(r"b'(.*)'", text) or re.fullmatch(r'b"(.*)"', text)
+    return match.group(1) if match else text
 
 
 def vanished_uids(responses: Sequence[str]) -> list[int]:

@@ -66,30 +66,26 @@ def connect(dovecot: Dovecot, user: str, provider: ImapProvider | None = None, *
     return provider, context(provider, creds)
 
 
-def run_initial(provider: ImapProvider, ctx: SyncContext) -> tuple[list[SyncPage], dict[str, Any]]:
+def run_pages(step: Any, start: dict[str, Any] | None) -> tuple[list[SyncPage], dict[str, Any]]:
+    """Call ``step(position)`` until the last page; every page and the final cursor."""
     pages = []
-    checkpoint = None
+    position = start
     for _ in range(1000):
-        page = provider.initial_sync(ctx, checkpoint)
-        pages.append(page)
-        if page.next is None:
-            assert page.cursor is not None
-            return pages, page.cursor
-        checkpoint = page.next
-    raise AssertionError("initial sync did not finish")
-
-
-def run_incremental(provider: ImapProvider, ctx: SyncContext, cursor: dict[str, Any]) -> tuple[list[SyncPage], dict[str, Any]]:
-    pages = []
-    position = cursor
-    for _ in range(1000):
-        page = provider.incremental_sync(ctx, position)
+        page = step(position)
         pages.append(page)
         if page.next is None:
             assert page.cursor is not None
             return pages, page.cursor
         position = page.next
-    raise AssertionError("incremental sync did not finish")
+    raise AssertionError("sync did not finish")
+
+
+def run_initial(provider: ImapProvider, ctx: SyncContext) -> tuple[list[SyncPage], dict[str, Any]]:
+    return run_pages(lambda cp: provider.initial_sync(ctx, cp), None)
+
+
+def run_incremental(provider: ImapProvider, ctx: SyncContext, cursor: dict[str, Any]) -> tuple[list[SyncPage], dict[str, Any]]:
+    return run_pages(lambda pos: provider.incremental_sync(ctx, pos), cursor)
 
 
 def by_id(pages: list[SyncPage]) -> dict[str, Any]:
