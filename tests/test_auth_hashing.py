@@ -5,27 +5,21 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 from argon2 import PasswordHasher
 
 from tests.support import BrainServer
-from tests.test_auth_helpers import NO_LIMITS, PASSWORD, new_user, sign_in, unique_email
+from tests.test_auth_helpers import PASSWORD, module_server, new_user, sign_in, unique_email  # noqa: F401
 
-OWASP = {"argon2_memory_kib": 19_456, "argon2_time_cost": 2, "argon2_parallelism": 1}
+# The production parameters (BrainServer otherwise uses fast ones).
+AUTH_CONFIG = {"argon2_memory_kib": 19_456, "argon2_time_cost": 2, "argon2_parallelism": 1}
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrainServer]:
-    server = BrainServer(Path(tmp_path_factory.mktemp("hashing")) / "brain", config={"auth": {**NO_LIMITS, **OWASP}})
-    server.start()
-    try:
-        yield server
-    finally:
-        server.close()
+@pytest.fixture
+def server(module_server: BrainServer) -> BrainServer:  # noqa: F811
+    return module_server
 
 
 def argon2_seconds() -> float:

@@ -90,10 +90,12 @@ def brain_cli(server: BrainServer, *args: str, env: dict[str, str] | None = None
 
 @pytest.fixture(scope="module")
 def module_server(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[BrainServer]:
-    """One server for a whole test module; its [auth] table comes from the module's AUTH_CONFIG."""
+    """One server for a whole test module, configured by the module's AUTH_CONFIG (its [auth]
+    table), EXTRA_CONFIG (other tables) and SERVER_ENV (environment)."""
     config = {"auth": {**NO_LIMITS, **getattr(request.module, "AUTH_CONFIG", {})}}
     config.update(getattr(request.module, "EXTRA_CONFIG", {}))
-    server = BrainServer(Path(tmp_path_factory.mktemp("auth")) / "brain", config=config)
+    env = getattr(request.module, "SERVER_ENV", {})
+    server = BrainServer(Path(tmp_path_factory.mktemp("auth")) / "brain", config=config, env=env)
     server.start()
     try:
         yield server

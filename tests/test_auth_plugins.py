@@ -4,35 +4,27 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import requests
 
 from tests.support import REPO, BrainServer, wait_until
-from tests.test_auth_helpers import NO_LIMITS, bearer, new_user, sign_up, unique_email, verify_jwt
+from tests.test_auth_helpers import bearer, module_server, new_user, sign_up, unique_email, verify_jwt  # noqa: F401
 
 SAMPLE_DIST = REPO / "tests" / "plugins" / "sample_dist"
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrainServer]:
-    workdir = Path(tmp_path_factory.mktemp("authplugins")) / "brain"
-    notify = workdir / "signups.jsonl"
-    server = BrainServer(
-        workdir,
-        config={"auth": NO_LIMITS, "plugins": {"authsample": {"notify_file": str(notify)}}},
-        env={
-            "BRAIN_PLUGINS__ENABLED": "authsample",
-            "PYTHONPATH": os.pathsep.join([str(SAMPLE_DIST), str(REPO)]),
-        },
-    )
-    server.start()
-    try:
-        yield server
-    finally:
-        server.close()
+# notify_file is relative to the server's working directory (its workdir).
+EXTRA_CONFIG = {"plugins": {"authsample": {"notify_file": "signups.jsonl"}}}
+SERVER_ENV = {
+    "BRAIN_PLUGINS__ENABLED": "authsample",
+    "PYTHONPATH": os.pathsep.join([str(SAMPLE_DIST), str(REPO)]),
+}
+
+
+@pytest.fixture
+def server(module_server: BrainServer) -> BrainServer:  # noqa: F811
+    return module_server
 
 
 def test_plugin_is_loaded(server: BrainServer) -> None:

@@ -64,3 +64,15 @@ def test_password_is_rehashed_when_parameters_change(make_server) -> None:  # ty
     assert sign_in(server, body["user"]["email"]).status_code == 200
     assert "$m=2048,t=2,p=1$" in stored_hash(server, body["user"]["id"])
     assert sign_in(server, body["user"]["email"]).status_code == 200
+
+
+def test_required_email_verification_gives_no_session(make_server) -> None:  # type: ignore[no-untyped-def]
+    server = make_server(config={"auth": {**NO_LIMITS, "require_email_verification": True}}).start()
+    body = new_user(server)
+    assert body["token"] is None and body["session"] is None and body["jwt"] is None
+    assert body["user"]["emailVerified"] is False
+    r = sign_in(server, body["user"]["email"])
+    assert r.status_code == 403 and r.json() == {"message": "Email not verified", "code": "EMAIL_NOT_VERIFIED"}
+    assert "Set-Cookie" not in r.headers
+    # A wrong password still says only that.
+    assert sign_in(server, body["user"]["email"], "wrong password").status_code == 401

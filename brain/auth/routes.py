@@ -95,22 +95,17 @@ class AuthRoutes:
         return tokens.mint(self.ctx.current_ring(), self.ctx.settings, self.ctx.rt.pm, user)
 
     def _session_response(
-        self,
-        body: dict[str, Any],
-        user: dict[str, Any],
-        session: Session | None,
-        token: str | None,
+        self, body: dict[str, Any], user: dict[str, Any], session: Session | None, token: str | None
     ) -> web.Response:
-        """The sign-up/sign-in response: session cookie, set-auth-token, set-auth-jwt."""
-        jwt = self._jwt(user) if session is not None else None
-        body.update(
-            {"token": token if session is not None else None, "user": user,
-             "session": session.public(token) if session is not None and token else None, "jwt": jwt}
-        )
-        response = json_response(body, headers={"Cache-Control": "no-store"})
-        if session is not None and token is not None and jwt is not None:
-            self._set_cookie(response, token, session)
-            response.headers["set-auth-jwt"] = jwt
+        """The sign-up/sign-in answer; with a session: cookie, set-auth-token and set-auth-jwt."""
+        if session is None or token is None:
+            # Sign-up while email verification is required: an account, no session yet.
+            body.update({"token": None, "user": user, "session": None, "jwt": None})
+            return json_response(body, headers={"Cache-Control": "no-store"})
+        jwt = self._jwt(user)
+        body.update({"token": token, "user": user, "session": session.public(token), "jwt": jwt})
+        response = json_response(body, headers={"Cache-Control": "no-store", "set-auth-jwt": jwt})
+        self._set_cookie(response, token, session)
         return response
 
     def _set_cookie(self, response: web.Response, token: str, session: Session) -> None:

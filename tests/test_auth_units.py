@@ -1,0 +1,146 @@
+"""The auth role's parts on their own: cookie format, limits, origins, key ring states, the actor."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from brain import auth
+from brain.actors import bridge
+from brain.actors.supervisor import ChildSpec, Supervisor
+from brain.auth import keys
+from brain.auth.cookies import signed_value, unsign
+from brain.auth.origins import TrustedOrigins, origin_of
+from brain.auth.ratelimit import SlidingWindow
+from brain.auth.validation import normalize_email, password_length
+from brain.config import load_settings
+from brain.errors import BadRequest
+from brain.runtime import Runtime
+from tests.support import FAST_ARGON2, wait_until
+
+SECRET = b"a-better-auth-secret-of-32-chars-min"
+TOKEN = "Xq9v1bYHsCkF3Tz8wLmN2pRt5uVa7dEe"
+# better-call's serializeSignedCookie("better-auth.session_token", TOKEN, SECRET), from node.
+BETTER_AUTH_COOKIE = "Xq9v1bYHsCkF3Tz8wLmN2pRt5uVa7dEe.%2BaM%2BE8jBWbYy%2Bpzh86A%2FGr1oep5kxA%2BXUMuU1SUV%2BuM%3D"
+
+
+def test_cookie_value_matches_better_call() -> None:
+    assert signed_value(SECRET, TOKEN) == BETTER_AUTH_COOKIE
+    assert unsign(SECRET, BETTER_AUTH_COOKIE) == TOKEN
+    assert unsign(SECRET, BETTER_AUTH_COOKIE.replace("%2BaM", "%2BaN")) is None
+    assert unsign(b"another secret of at least 32 chars", BETTER_AUTH_COOKIE) is None
+    assert unsign(SECRET, TOKEN) is None
+    assert unsign(SECRET, "." + BETTER_AUTH_COOKIE.split(".")[1]) is None
+
+
+def test_sliding_window() -> None:
+    w = SlidingWindow(3, 10.0, max_keys=2)
+    assert [w.take("a", now=t) for t in (0, 1, 2)] == [0, 0, 0]
+    assert w.take("a", now=3) == pytest.approx(7.0)
+    assert w.take("a", now=10.5) == 0  # the first event aged out
+    w.reset("a")
+    assert w.retry_after("a", now=11) == 0
+    for key in ("b", "c", "d"):
+        w.hit(key, now=100)
+    assert len(w) <= 2  # bounded, however many keys arrive
+
+
+def test_trusted_origins() -> None:
+    t = TrustedOrigins("http://127.0.0.1:3000", ["https://app.example.com/", "https://*.example.org"])
+    assert "http://127.0.0.1:3000" in t
+    assert "https://APP.example.com" in t and "https://app.example.com:443" in t
+    assert "https://x.example.org" in t and "https://a.b.example.org" in t
+    for bad in ("https://example.org", "http://x.example.org", "https://app.example.com.evil.io", "null", "", "file:///x",
+                "http://127.0.0.1:3001", "https://app.example.com:8443"):
+        assert bad not in t, bad
+    assert t.url_is_trusted("/dashboard") and t.url_is_trusted("https://app.example.com/x?y=1")
+    for bad in ("//evil.io/x", "/\\evil.io", "https://evil.io/", "javascript:alert(1)"):
+        assert not t.url_is_trusted(bad), bad
+    assert origin_of("http://[::1]:80/x") == "http://[::1]"
+
+
+@pytest.mark.parametrize("good", ["a@b.io", "A.B+tag@Example.COM", "o'neil@x-y.example.org"])
+def test_good_emails(good: str) -> None:
+    assert normalize_email(good) == good.lower()
+
+
+@pytest.mark.parametrize(
+    "bad", ["", "a", "a@b", "@b.io", "a@.io", ".a@b.io", "a..b@c.io", "a@b.io ", " a@b.io", "a@b.io\r\n", "a\x00@b.io",
+            "é@b.io", "a@b.i", "a@b_c.io", "a@-b.io", "a" * 250 + "@b.io"],
+)
+def test_bad_emails(bad: str) -> None:
+    with pytest.raises(BadRequest) as info:
+        normalize_email(bad)
+    assert info.value.code == "INVALID_EMAIL"
+
+
+def test_password_length_counts_like_javascript() -> None:
+    assert password_length("abc") == 3
+    assert password_length("\U0001F600") == 2  # one emoji, two UTF-16 code units
+
+
+def row(kid: str, activates: int) -> SimpleNamespace:
+    return SimpleNamespace(kid=kid, activates_at=activates, created_at=activates)
+
+
+def test_published_keys_follow_rotation() -> None:
+    rows = [row("old", 0), row("cur", 100), row("next", 200)]
+    keep = 50
+    # Before "cur" activates: old signs, cur is pending (published), next is pending.
+    assert [r.kid for r in keys.published_rows(rows, 50, keep)] == ["old", "cur", "next"]
+    # "cur" active since 100: old is retired but kept until 150.
+    assert [r.kid for r in keys.published_rows(rows, 149, keep)] == ["old", "cur", "next"]
+    assert [r.kid for r in keys.published_rows(rows, 151, keep)] == ["cur", "next"]
+    assert [r.kid for r in keys.published_rows(rows, 260, keep)] == ["next"]
+
+
+def test_sealed_keys_are_bound_to_secret_and_kid() -> None:
+    aead = keys.sealing_key(SECRET)
+    sealed = keys.seal(aead, "kid1", b"private")
+    assert keys.unseal(aead, "kid1", sealed) == b"private"
+    from cryptography.exceptions import InvalidTag
+
+    with pytest.raises(InvalidTag):
+        keys.unseal(aead, "kid2", sealed)
+    with pytest.raises(InvalidTag):
+        keys.unseal(keys.sealing_key(b"another secret of at least 32 chars"), "kid1", sealed)
+
+
+async def test_handlers_find_a_restarted_issuer(tmp_path: Path) -> None:
+    """The cached issuer ref is dropped when its actor dies; the next ask reaches the successor."""
+    from brain.auth.context import context_for
+
+    settings = load_settings(
+        environ={}, overrides={"server": {"data_dir": str(tmp_path)}, "auth": {**FAST_ARGON2, "key_poll_seconds": 60.0}}
+    )
+    rt = Runtime(settings)
+    rt.root = Supervisor.start(
+        name="root",
+        children=[_auth_sup(rt)],
+    )
+    try:
+        await bridge.ask(rt.root.proxy().count_children())  # answered once the subtree is up
+        ctx = context_for(rt)
+        assert ctx.ring is not None and ctx.ring.signer().kid
+        assert await ctx.issuer("revoke_session", token_hash="0" * 64) is False
+        first = ctx._issuer[0]  # noqa: SLF001 - the cache under test
+        first.stop()
+        wait_until(lambda: rt.lookup("auth_sup/auth_issuer") not in (None, first), timeout=10, what="a restarted issuer")
+        assert await ctx.issuer("revoke_session", token_hash="0" * 64) is False
+        assert ctx._issuer[0] is not first  # noqa: SLF001
+    finally:
+        await asyncio.get_running_loop().run_in_executor(None, lambda: rt.root.stop(block=True, timeout=20))
+        context_for(rt).close()
+
+
+def _auth_sup(rt: Runtime) -> ChildSpec:
+    """auth_sup with just the auth role's children (no NATS, no API role)."""
+    children = auth.child_specs(rt)
+    return ChildSpec(
+        id="auth_sup",
+        start=lambda link: Supervisor.start(link=link, name="auth_sup", children=children),
+    )
+
