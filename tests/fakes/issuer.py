@@ -121,7 +121,7 @@ class FakeIssuer(FakeServer):
 
     # -- tokens ---------------------------------------------------------------------------
 
-    def claims(self, sub: str, *, ttl: float = 300, **extra: Any) -> dict[str, Any]:
+    def claims(self, sub: str, /, *, ttl: float = 300, **extra: Any) -> dict[str, Any]:
         """Standard claims for sub (iss, aud, iat, exp), updated with extra (None deletes)."""
         now = int(time.time())
         claims: dict[str, Any] = {"iss": self.issuer, "aud": self.audience, "sub": sub, "iat": now, "exp": now + int(ttl)}
@@ -135,6 +135,7 @@ class FakeIssuer(FakeServer):
     def token(
         self,
         sub: str,
+        /,
         *,
         kid: str | None = None,
         alg: str | None = None,

@@ -1,0 +1,163 @@
+"""rt.stores as other parts of brain use it (mail sync's actors): the thread and async APIs.
+
+A real supervision tree in this process (`Runtime.start_tree`: embedded NATS, the EventBus, the
+stores supervisor) with a small `api.max_open_stores` and a short idle time, so activation, LRU
+eviction, idle stops and reopening all happen here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from brain.config import load_settings
+from brain.errors import BadRequest
+from brain.runtime import Runtime
+from tests.support import wait_until
+from tests.test_jetstream import stream_messages
+
+MAX_OPEN = 3
+
+
+@pytest.fixture(scope="module")
+def rt(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runtime]:
+    data = tmp_path_factory.mktemp("stores") / "data"
+    settings = load_settings(
+        environ={},
+        overrides={
+            "server": {"data_dir": str(data), "roles": ["api"]},
+            "api": {"max_open_stores": MAX_OPEN, "store_idle_seconds": 1.0},
+            "plugins": {"enabled": []},
+        },
+    )
+    runtime = Runtime(settings)
+    runtime.start_tree()
+    assert runtime.stores is not None
+    try:
+        yield runtime
+    finally:
+        runtime.stop_tree()
+
+
+def key(account: str, msg: int, kind: str = "received") -> str:
+    """A mail-sync style key, ~200 characters."""
+    return f"gmail:{account}.{'someone.with.a.long.address' * 3}@example.com:{msg:0>110}:{kind}"
+
+
+def test_append_from_thread_with_long_idempotency_keys(rt: Runtime) -> None:
+    stores = rt.stores
+    assert stores is not None
+    events = [{"type": "mail.message.received", "data": {"n": i}, "key": key("u1", i)} for i in range(3)]
+    assert len(events[0]["key"]) >= 200
+    first = stores.append_from_thread("mailuser1", events)
+    assert [e["data"] for e in first] == [{"n": 0}, {"n": 1}, {"n": 2}]
+    assert set(first[0]) == {"id", "type", "data", "created_at"}
+    # Synced again: the same stored events come back, nothing new is written.
+    again = stores.append_from_thread("mailuser1", events + [{"type": "mail.message.received", "data": 3, "key": key("u1", 3)}])
+    assert again[:3] == first and again[3]["id"] > first[2]["id"]
+    # A key repeated inside one call is one event too.
+    twice = stores.append_from_thread("mailuser1", [{"type": "mail.message.deleted", "data": 1, "key": key("u1", 9, "deleted")}] * 2)
+    assert twice[0] == twice[1]
+    page, cursor = stores.query_from_thread("mailuser1", type="mail.message.received", limit=2)
+    assert [e["data"] for e in page] == [3, {"n": 2}] and cursor is not None
+    rest, end = stores.query_from_thread("mailuser1", type="mail.message.received", limit=10, cursor=cursor)
+    assert [e["data"] for e in rest] == [{"n": 1}, {"n": 0}] and end is None
+    # Every committed event reaches JetStream, whoever wrote it.
+    wait_until(
+        lambda: len(stream_messages(rt.nats_url, "brain.events.mailuser1.>")) == 5,
+        timeout=10, what="the mail events on JetStream",
+    )
+
+
+def test_append_is_all_or_nothing(rt: Runtime) -> None:
+    stores = rt.stores
+    assert stores is not None
+    with pytest.raises(BadRequest, match=r"events\[1\]\.type"):
+        stores.append_from_thread("atomic1", [{"type": "ok", "data": 1}, {"type": "bad type", "data": 2}])
+    with pytest.raises(BadRequest, match=r"events\[0\]\.key"):
+        stores.append_from_thread("atomic1", [{"type": "ok", "data": 1, "key": "x" * 513}])
+    with pytest.raises(BadRequest, match="events"):
+        stores.append_from_thread("atomic1", [])
+    assert stores.query_from_thread("atomic1")[0] == []
+
+
+@pytest.mark.parametrize("user_id", ["", "..", ".", "../x", "a/b", "a\x00b", "\u00e9", "a" * 65, "-x", None])
+def test_bad_user_ids_never_touch_the_disk(rt: Runtime, user_id: str) -> None:
+    stores = rt.stores
+    assert stores is not None
+    users = rt.settings.data_path / "users"
+    before = sorted(p.name for p in users.iterdir()) if users.exists() else []
+    with pytest.raises(BadRequest):
+        stores.append_from_thread(user_id, [{"type": "ok", "data": 1}])
+    with pytest.raises(BadRequest):
+        stores.query_from_thread(user_id)
+    after = sorted(p.name for p in users.iterdir()) if users.exists() else []
+    assert after == before
+    assert not any(p.name in ("x", "b") for p in rt.settings.data_path.rglob("*"))
+
+
+def test_async_api_and_the_loop_guard(rt: Runtime) -> None:
+    stores = rt.stores
+    assert stores is not None
+
+    async def main() -> None:
+        stored = await stores.append("asyncuser", [{"type": "a.b", "data": [1], "created_at": "2024-01-01T00:00:00Z"}])
+        assert stored[0]["created_at"] == "2024-01-01T00:00:00.000000Z"
+        events, cursor = await stores.query("asyncuser", type="a.b", since="2023-12-31T00:00:00Z")
+        assert events == stored and cursor is None
+        with pytest.raises(RuntimeError, match="event loop"):
+            stores.append_from_thread("asyncuser", [{"type": "a.b", "data": 1}])
+
+    asyncio.run(main())
+
+
+def test_concurrent_threads_over_more_users_than_open_stores(rt: Runtime) -> None:
+    stores = rt.stores
+    assert stores is not None
+    users = [f"busy{i}" for i in range(MAX_OPEN * 2)]
+    evictions = stores.stats()["evictions"]
+
+    def writer(n: int) -> list[tuple[str, int]]:
+        out = []
+        for i in range(40):
+            user = users[(n + i) % len(users)]
+            out.append((user, stores.append_from_thread(user, [{"type": "load", "data": [n, i]}])[0]["id"]))
+        return out
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        written = [pair for chunk in pool.map(writer, range(8)) for pair in chunk]
+    assert len(written) == 320 and len(set(written)) == 320  # ids are unique per user
+    for user in users:
+        events, _ = stores.query_from_thread(user, type="load", limit=1000)
+        assert len(events) == sum(1 for u, _ in written if u == user)
+    stats = stores.stats()
+    assert stats["open"] <= MAX_OPEN and stats["evictions"] > evictions
+    assert threading.active_count() < 60  # not a thread per user ever seen
+
+
+def test_idle_stores_stop_and_reopen_with_their_data(rt: Runtime) -> None:
+    stores = rt.stores
+    assert stores is not None
+    stores.append_from_thread("sleepy", [{"type": "nap", "data": 1}])
+    wait_until(lambda: stores.open_count() == 0, timeout=10, what="idle stores to stop")
+    # Closed with an empty outbox (everything published): no marker is left.
+    wait_until(lambda: not any((rt.settings.data_path / "outbox").iterdir()), timeout=10, what="markers removed")
+    started = time.monotonic()
+    events, _ = stores.query_from_thread("sleepy")
+    assert [e["data"] for e in events] == [1]
+    assert time.monotonic() - started < 5
+    assert stores.open_count() == 1
+
+
+def test_database_files_only_under_users(rt: Runtime) -> None:
+    data = rt.settings.data_path
+    for path in data.rglob("*"):
+        rel = path.relative_to(data)
+        assert rel.parts[0] in ("users", "outbox", "nats", "secret.key", "mail.db", "mail.db-wal", "mail.db-shm"), rel
+        if rel.parts[0] == "users" and path.is_file():
+            assert len(rel.parts) == 3 and rel.parts[2].startswith("events.db"), rel

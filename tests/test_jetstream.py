@@ -1,0 +1,220 @@
+"""Every committed event reaches JetStream once: subjects, headers, outages and crashes.
+
+These tests use the real nats-server from the venv (the one embedded mode runs) and read the
+stream back with a nats-py JetStream consumer, as a downstream indexer would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import nats
+import nats.errors
+import pytest
+import requests
+
+from brain.nats_embedded import find_nats_server, wait_for_port
+from tests.support import BrainServer, free_port, wait_until
+from tests.test_auth_helpers import NO_LIMITS, bearer, new_user
+
+
+class NatsServer:
+    """A nats-server with JetStream that the test starts and stops (own store, loopback port)."""
+
+    def __init__(self, store: Path) -> None:
+        self.store = store
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    def start(self) -> NatsServer:
+        self.store.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(
+            [find_nats_server(), "--jetstream", "--store_dir", str(self.store), "--addr", "127.0.0.1",
+             "--port", str(self.port), "--log", str(self.store / "nats.log")],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        assert wait_for_port("127.0.0.1", self.port, timeout=10), "nats-server did not start"
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+
+@pytest.fixture
+def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
+    server = NatsServer(tmp_path / "nats").start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def stream_messages(url: str, subject: str, *, stream: str = "BRAIN_EVENTS") -> list[Any]:
+    """Every message of the stream on subject (wildcards allowed), read by a fresh consumer."""
+
+    async def read() -> list[Any]:
+        nc = await nats.connect(url, connect_timeout=5)
+        try:
+            js = nc.jetstream()
+            sub = await js.pull_subscribe(subject, stream=stream)
+            out: list[Any] = []
+            while True:
+                try:
+                    batch = await sub.fetch(200, timeout=0.5)
+                except (nats.errors.TimeoutError, asyncio.TimeoutError):
+                    return out
+                for msg in batch:
+                    await msg.ack()
+                out.extend(batch)
+        finally:
+            await nc.close()
+
+    return asyncio.run(read())
+
+
+def stream_config(url: str, stream: str) -> Any:
+    async def info() -> Any:
+        nc = await nats.connect(url, connect_timeout=5)
+        try:
+            return (await nc.jetstream().stream_info(stream)).config
+        finally:
+            await nc.close()
+
+    return asyncio.run(info())
+
+
+def health(server: BrainServer) -> dict[str, Any]:
+    return requests.get(f"{server.api_url}/health", timeout=5).json()
+
+
+def post(server: BrainServer, jwt: str, body: Any) -> dict[str, Any]:
+    r = requests.post(f"{server.api_url}/events", json=body, headers=bearer(jwt), timeout=10)
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+def assert_exactly_once(messages: list[Any], user_id: str, ids: list[int]) -> None:
+    counts = Counter(m.headers["Nats-Msg-Id"] for m in messages)
+    expected = {f"{user_id}:{i}" for i in ids}
+    assert set(counts) == expected, (set(counts) ^ expected)
+    assert all(n == 1 for n in counts.values()), [k for k, n in counts.items() if n > 1]
+
+
+def test_events_arrive_with_subject_headers_and_payload(make_server) -> None:  # type: ignore[no-untyped-def]
+    server: BrainServer = make_server(
+        config={"auth": NO_LIMITS, "nats": {"stream": "TEST_EVENTS", "subject_prefix": "acme.events",
+                                            "duplicate_window_seconds": 30.0, "max_bytes": 50_000_000,
+                                            "max_age_days": 2.0}},
+    ).start()
+    user = new_user(server)
+    uid, jwt = user["user"]["id"], user["jwt"]
+    single = post(server, jwt, {"type": "note.created", "data": {"text": "h\u00e9llo", "n": [1, 2]}})
+    batch = post(server, jwt, [{"type": "mail.message.received", "data": i} for i in range(3)])["events"]
+    wait_until(lambda: health(server)["nats"]["published"] >= 4, timeout=10, what="publishing")
+
+    url = health(server)["nats"]["url"]
+    config = stream_config(url, "TEST_EVENTS")
+    assert config.subjects == ["acme.events.>"]
+    assert config.duplicate_window == 30.0 and config.max_bytes == 50_000_000 and config.max_age == 2 * 86400
+
+    messages = stream_messages(url, f"acme.events.{uid}.>", stream="TEST_EVENTS")
+    assert [m.subject for m in messages] == [f"acme.events.{uid}.note.created"] + [
+        f"acme.events.{uid}.mail.message.received"
+    ] * 3
+    first = messages[0]
+    assert first.headers["Nats-Msg-Id"] == f"{uid}:{single['id']}"
+    assert first.headers["Brain-User-Id"] == uid
+    assert first.headers["Brain-Event-Id"] == str(single["id"])
+    assert first.headers["Brain-Event-Type"] == "note.created"
+    assert json.loads(first.data) == {**single, "user_id": uid}
+    assert [json.loads(m.data)["id"] for m in messages[1:]] == [e["id"] for e in batch]
+    # A second user's events go to their own subjects only.
+    other = new_user(server)
+    post(server, other["jwt"], {"type": "note.created", "data": 1})
+    wait_until(lambda: health(server)["nats"]["published"] >= 5, timeout=10, what="publishing")
+    assert len(stream_messages(url, f"acme.events.{uid}.>", stream="TEST_EVENTS")) == 4
+    # The outbox is emptied once JetStream acknowledged.
+    wait_until(lambda: outbox_rows(server, uid) == 0, timeout=10, what="outbox rows deleted")
+
+
+def outbox_rows(server: BrainServer, user_id: str) -> int:
+    import sqlite3
+
+    with sqlite3.connect(f"file:{server.data_dir / 'users' / user_id / 'events.db'}?mode=ro", uri=True) as db:
+        return db.execute("SELECT count(*) FROM outbox").fetchone()[0]
+
+
+def test_nats_outage_loses_nothing_and_duplicates_nothing(make_server, nats_server: NatsServer) -> None:  # type: ignore[no-untyped-def]
+    server: BrainServer = make_server(
+        env={"NATS_URL": nats_server.url},
+        config={"auth": NO_LIMITS, "nats": {"reconnect_wait_seconds": 0.2, "publish_timeout_seconds": 1.0}},
+    ).start()
+    assert health(server)["nats"]["embedded"] is False
+    user = new_user(server)
+    uid, jwt = user["user"]["id"], user["jwt"]
+    ids = [post(server, jwt, {"type": "outage.before", "data": i})["id"] for i in range(10)]
+    wait_until(lambda: health(server)["nats"]["published"] >= 10, timeout=10, what="publishing")
+
+    nats_server.stop()
+    wait_until(lambda: not health(server)["nats"]["connected"], timeout=10, what="the bus to notice")
+    slowest = 0.0
+    for i in range(40):
+        started = time.monotonic()
+        ids.append(post(server, jwt, {"type": "outage.during", "data": i})["id"])
+        slowest = max(slowest, time.monotonic() - started)
+    # Writes neither fail nor wait for NATS (generous bound: a shared 2-core machine).
+    assert slowest < 1.0, slowest
+    assert outbox_rows(server, uid) == 40
+    assert health(server)["nats"]["dirty_users"] == 1
+
+    nats_server.start()
+    wait_until(lambda: outbox_rows(server, uid) == 0, timeout=30, what="the outbox to drain")
+    ids += [post(server, jwt, {"type": "outage.after", "data": i})["id"] for i in range(5)]
+    wait_until(lambda: outbox_rows(server, uid) == 0, timeout=10, what="the outbox to drain")
+    assert_exactly_once(stream_messages(nats_server.url, f"brain.events.{uid}.>"), uid, ids)
+
+
+def test_kill9_restart_republishes_what_was_not_acknowledged(make_server, nats_server: NatsServer) -> None:  # type: ignore[no-untyped-def]
+    server: BrainServer = make_server(
+        env={"NATS_URL": nats_server.url},
+        config={"auth": NO_LIMITS, "nats": {"reconnect_wait_seconds": 0.2, "publish_timeout_seconds": 1.0}},
+    ).start()
+    users = [new_user(server) for _ in range(3)]
+    ids: dict[str, list[int]] = {u["user"]["id"]: [] for u in users}
+    for u in users:
+        ids[u["user"]["id"]] += [post(server, u["jwt"], {"type": "crash.before", "data": i})["id"] for i in range(5)]
+    wait_until(lambda: health(server)["nats"]["published"] >= 15, timeout=10, what="publishing")
+    nats_server.stop()
+    for u in users:
+        ids[u["user"]["id"]] += [post(server, u["jwt"], {"type": "crash.pending", "data": i})["id"] for i in range(7)]
+    server.kill()  # kill -9: the outbox rows and markers are all that is left
+    markers = sorted(p.name for p in (server.data_dir / "outbox").iterdir())
+    assert markers == sorted(ids)
+
+    nats_server.start()
+    server.start()
+    for uid in ids:
+        wait_until(lambda uid=uid: outbox_rows(server, uid) == 0, timeout=30, what=f"the outbox of {uid}")
+    for uid, event_ids in ids.items():
+        assert_exactly_once(stream_messages(nats_server.url, f"brain.events.{uid}.>"), uid, event_ids)
+    # A clean stop closes the stores with empty outboxes: no marker is left behind.
+    assert server.stop() == 0
+    assert list((server.data_dir / "outbox").iterdir()) == []
