@@ -23,12 +23,8 @@ ALICE = "alice@example.test"
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[Dovecot]:
-    d = Dovecot(tmp_path / "dovecot")
-    d.start()
-    try:
-        yield d
-    finally:
-        d.stop()
+    with Dovecot(tmp_path / "dovecot") as running:
+        yield running
 
 
 def _capabilities(conn: imaplib.IMAP4) -> set[str]:

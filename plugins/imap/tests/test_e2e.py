@@ -28,12 +28,8 @@ _emails = itertools.count()
 
 @pytest.fixture
 def dovecot(tmp_path: Path) -> Iterator[Dovecot]:
-    server = Dovecot(tmp_path / "dovecot")
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
+    with Dovecot(tmp_path / "dovecot") as running:
+        yield running
 
 
 def start_brain(tmp_path: Path, dovecot: Dovecot, **imap_settings: Any) -> BrainServer:

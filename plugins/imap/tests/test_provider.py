@@ -7,6 +7,9 @@ These need Debian's dovecot-imapd (.ci/run installs it); without it they fail, n
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -318,3 +321,47 @@ def test_uid_sets() -> None:
     assert uidset.take("1:10", 3) == ([1, 2, 3], "4:10")
     assert uidset.take("1:4", 3) == ([1, 2, 3], "4")
     assert uidset.take("", 3) == ([], "")
+
+
+def test_headers_are_decoded_and_odd_messages_survive(dovecot: Dovecot, user: str) -> None:
+    encoded = (
+        b"From: =?utf-8?q?J=C3=BCrgen?= <j@example.test>\r\n"
+        b"To: a@example.test, \"B, Person\" <b@example.test>\r\n"
+        b"Cc: c@example.test\r\n"
+        b"Subject: =?utf-8?b?R3LDvMOfZQ==?=\r\n"
+        b"Date: Tue, 03 Jan 2023 10:00:00 +0200\r\n"
+        b"Message-ID: <child@example.test>\r\n"
+        b"In-Reply-To: <parent@example.test>\r\n"
+        b"References: <root@example.test> <parent@example.test>\r\n"
+        b"\r\nbody\r\n"
+    )
+    bare = b"Subject: no date, no id\r\n\r\nx\r\n"
+    dovecot.append(user, encoded)
+    dovecot.append(user, bare)
+    provider, ctx = connect(dovecot, user)
+    pages, _ = run_initial(provider, ctx)
+    first, second = sorted(by_id(pages).values(), key=lambda m: m.extra["uid"])
+    assert first.subject == "Grüße" and first.sender == "Jürgen <j@example.test>"
+    assert first.to == ("a@example.test", '"B, Person" <b@example.test>') and first.cc == ("c@example.test",)
+    assert first.date == "2023-01-03T08:00:00.000Z"
+    assert first.thread_id == "<root@example.test>" and first.internet_message_id == "<child@example.test>"
+    assert first.snippet == "body"  # dovecot offers PREVIEW
+    assert second.subject == "no date, no id" and second.internet_message_id is None
+    assert second.date and second.date.endswith("Z")  # INTERNALDATE stands in
+    provider.close()
+
+
+def test_plugin_settings_are_checked_at_startup(tmp_path: Path) -> None:
+    for env, named in (
+        ({"BRAIN_PLUGINS__IMAP__FOLDRES": "INBOX"}, "plugins.imap.foldres"),
+        ({"BRAIN_PLUGINS__IMAP__TIMEOUT": "soon"}, "plugins.imap.timeout"),
+        ({"BRAIN_PLUGINS__IMAP__CA_FILE": str(tmp_path / "missing.pem")}, "plugins.imap.ca_file"),
+    ):
+        full = {k: v for k, v in os.environ.items() if not k.startswith("BRAIN_")}
+        full.update({"BRAIN_PLUGINS__ENABLED": "imap", **env})
+        out = subprocess.run(
+            [sys.executable, "-m", "brain", "serve", "--data-dir", str(tmp_path / "d"), "--auth-port", "0", "--api-port", "0"],
+            capture_output=True, text=True, timeout=60, env=full, cwd=tmp_path,
+        )
+        assert out.returncode == 2, out.stderr
+        assert named in out.stderr, out.stderr
