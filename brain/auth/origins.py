@@ -69,7 +69,7 @@ class TrustedOrigins:
         """A callbackURL may be a relative path or an absolute URL on a trusted origin."""
         if url.startswith("/") and not url.startswith("//") and "\\" not in url:
             return True
-        return url in self and origin_of(url) is not None
+        return url in self
 
 
 def invalid_origin() -> Forbidden:
@@ -91,13 +91,9 @@ def make_origin_middleware(trusted: TrustedOrigins) -> Callable[[web.Request, Ha
             _check_origin(request, origin, trusted)
         try:
             response = await handler(request)
-        except web.HTTPException as exc:
+        except (web.HTTPException, HTTPError) as exc:
+            # A trusted page must be able to read error bodies too (they become JSON outside).
             if origin is not None and origin in trusted:
-                _add_cors(exc.headers, origin)
-            raise
-        except Exception as exc:
-            # Browsers must be able to read error bodies too (typed errors become JSON later).
-            if origin is not None and origin in trusted and isinstance(exc, HTTPError):
                 _add_cors(exc.headers, origin)
             raise
         if origin is not None and origin in trusted:

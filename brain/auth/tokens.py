@@ -21,24 +21,21 @@ RESERVED_CLAIMS = frozenset({"iss", "sub", "aud", "exp", "nbf", "iat", "jti", "i
 def plugin_claims(pm: pluggy.PluginManager, user: dict[str, Any]) -> dict[str, Any]:
     """Claims from the `jwt_claims` hooks, without reserved or non-JSON values (those are logged)."""
     extra: dict[str, Any] = {}
-    for impl in reversed(pm.hook.jwt_claims.get_hookimpls()):
-        # Called one by one so a refused claim can be blamed on the plugin that sent it.
-        result = impl.function(**{name: user for name in impl.argnames if name == "user"})
-        if result is None:
-            continue
+    for result in pm.hook.jwt_claims(user=user):
         if not isinstance(result, dict):
-            log.error("plugin %s: jwt_claims returned %s, not a dict; ignored", impl.plugin_name, type(result).__name__)
+            log.error("a jwt_claims hook returned %s, not a dict; ignored", type(result).__name__)
             continue
         for key, value in result.items():
             if not isinstance(key, str) or key in RESERVED_CLAIMS:
-                log.error("plugin %s: jwt_claims may not set reserved claim %r; refused", impl.plugin_name, key)
+                log.error("a jwt_claims hook may not set reserved claim %r; refused", key)
                 continue
             try:
                 json.dumps(value)
             except (TypeError, ValueError):
-                log.error("plugin %s: jwt_claims value for %r is not JSON; refused", impl.plugin_name, key)
+                log.error("a jwt_claims hook returned a non-JSON value for %r; refused", key)
                 continue
-            extra[key] = value
+            # Two plugins setting one claim: the one pluggy calls first (registered last) wins.
+            extra.setdefault(key, value)
     return extra
 
 
