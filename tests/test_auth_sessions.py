@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 import time
 
+import jwt
 import requests
 
 from tests.support import BrainServer
@@ -76,3 +77,29 @@ def test_required_email_verification_gives_no_session(make_server) -> None:  # t
     assert "Set-Cookie" not in r.headers
     # A wrong password still says only that.
     assert sign_in(server, body["user"]["email"], "wrong password").status_code == 401
+
+
+def test_https_cookie_is_secure_and_prefixed(make_server) -> None:  # type: ignore[no-untyped-def]
+    from tests.fakes.tls import tls_files
+
+    tls = tls_files()
+    server = make_server(
+        roles="auth",
+        config={"auth": NO_LIMITS, "server": {"tls_cert": str(tls.cert_path), "tls_key": str(tls.key_path)}},
+    ).start()
+    base = f"https://127.0.0.1:{server.auth_port}"
+    with requests.Session() as browser:
+        browser.trust_env = False  # REQUESTS_CA_BUNDLE would override verify
+        browser.verify = str(tls.ca_path)
+        r = browser.post(
+            f"{base}/api/auth/sign-up/email",
+            json={"name": "TLS", "email": "tls@example.com", "password": "correct horse battery"},
+            timeout=30,
+        )
+        assert r.status_code == 200, r.text
+        cookie = r.headers["Set-Cookie"]
+        assert cookie.startswith("__Secure-better-auth.session_token=") and "; Secure" in cookie
+        # The issuer is the https public URL, and the cookie alone carries the session.
+        assert jwt.decode(r.json()["jwt"], options={"verify_signature": False})["iss"] == base
+        got = browser.get(f"{base}/api/auth/get-session", timeout=10)
+        assert got.json()["user"]["email"] == "tls@example.com"
