@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -169,6 +170,9 @@ class MailDb:
         self._local = threading.local()
         with self.unit():
             self.db.create_tables(MODELS, safe=True)
+        # Units open and close their thread's connection; the last connection to close a WAL
+        # database checkpoints it (with an fsync). This one stays open, so closing a unit is cheap.
+        self._anchor: sqlite3.Connection | None = sqlite3.connect(str(self.path), check_same_thread=False)
 
     @contextlib.contextmanager
     def unit(self) -> Iterator[None]:
@@ -181,13 +185,22 @@ class MailDb:
             yield
         finally:
             self._local.depth = depth
-            if depth == 0 and not self.db.is_closed():
+            if depth == 0 and not getattr(self._local, "keep", False) and not self.db.is_closed():
                 self.db.close()
 
+    def keep_open(self, keep: bool) -> None:
+        """Keep this thread's connection open between units (an actor during a sync run)."""
+        self._local.keep = keep
+        if not keep and getattr(self._local, "depth", 0) == 0 and not self.db.is_closed():
+            self.db.close()
+
     def close(self) -> None:
-        """Close this thread's connection (others close at the end of their unit)."""
+        """Close this thread's connection and the anchor (others close at the end of their unit)."""
         if not self.db.is_closed():
             self.db.close()
+        anchor, self._anchor = self._anchor, None
+        if anchor is not None:
+            anchor.close()
 
     # Accounts -------------------------------------------------------------------------
 
@@ -278,20 +291,25 @@ class MailDb:
         with self.unit():
             for start in range(0, len(ids), 500):  # SQLite's bound-variable limit
                 chunk = ids[start : start + 500]
-                query = Message.select().where((Message.account_id == account_id) & (Message.message_id.in_(chunk)))
-                for row in query:
-                    out[row.message_id] = _entry(row)
+                # Plain SQL: this runs for every page, and peewee's per-row cost dominated it.
+                cursor = self.db.execute_sql(
+                    f"SELECT {_INDEX_COLUMNS} FROM messages WHERE account_id = ? AND message_id IN "
+                    f"({','.join('?' * len(chunk))})",
+                    [account_id, *chunk],
+                )
+                for row in cursor:
+                    entry = _entry_from_row(row)
+                    out[entry.message_id] = entry
         return out
 
     def unseen_since(self, account_id: str, epoch: int, limit: int) -> list[IndexEntry]:
         """Live messages a full resync of ``epoch`` did not see (to reconcile as deleted)."""
         with self.unit():
-            query = (
-                Message.select()
-                .where((Message.account_id == account_id) & (Message.deleted == False) & (Message.epoch < epoch))  # noqa: E712
-                .limit(limit)
+            cursor = self.db.execute_sql(
+                f"SELECT {_INDEX_COLUMNS} FROM messages WHERE account_id = ? AND deleted = 0 AND epoch < ? LIMIT ?",
+                [account_id, epoch, limit],
             )
-            return [_entry(row) for row in query]
+            return [_entry_from_row(row) for row in cursor]
 
     def live_message_ids(self, account_id: str) -> set[str]:
         """Ids of every message the index holds as present."""
@@ -306,20 +324,17 @@ class MailDb:
         fields = dict(account_fields)
         fields["updated_at"] = time.time()
         rows = [
-            {
-                "account_id": account_id,
-                "message_id": e.message_id,
-                "rev": e.rev,
-                "state": json.dumps(e.state, separators=(",", ":")),
-                "thread_id": e.thread_id,
-                "deleted": e.deleted,
-                "epoch": e.epoch,
-            }
+            (account_id, e.message_id, e.rev, json.dumps(e.state, separators=(",", ":")), e.thread_id, e.deleted, e.epoch)
             for e in entries
         ]
         with self.unit(), self.db.atomic():
-            for start in range(0, len(rows), 100):
-                Message.insert_many(rows[start : start + 100]).on_conflict_replace().execute()
+            if rows:
+                # executemany on the connection: a page is hundreds of rows, per-row ORM cost adds up.
+                self.db.connection().executemany(
+                    "INSERT OR REPLACE INTO messages (account_id, message_id, rev, state, thread_id, deleted, epoch)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    rows,
+                )
             if fields:
                 Account.update(**fields).where(Account.id == account_id).execute()
 
@@ -356,14 +371,9 @@ class MailDb:
         return deleted == 1
 
 
-def _entry(row: Message) -> IndexEntry:
-    return IndexEntry(
-        message_id=row.message_id,
-        rev=row.rev,
-        state=json.loads(row.state),
-        thread_id=row.thread_id,
-        deleted=bool(row.deleted),
-        epoch=row.epoch,
-    )
+_INDEX_COLUMNS = "message_id, rev, state, thread_id, deleted, epoch"
 
 
+def _entry_from_row(row: Sequence[Any]) -> IndexEntry:
+    message_id, rev, state, thread_id, deleted, epoch = row
+    return IndexEntry(message_id, rev, json.loads(state), thread_id, bool(deleted), epoch)

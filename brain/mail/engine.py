@@ -154,6 +154,17 @@ class AccountSync:
 
     def step(self) -> Outcome:
         """Sync one page (or one reconcile chunk); never raises."""
+        self.db.keep_open(True)  # one connection per run, not per query
+        try:
+            outcome = self._step()
+        except BaseException:
+            self.db.keep_open(False)
+            raise
+        if outcome.kind != "more":
+            self.db.keep_open(False)  # idle accounts hold no file descriptors
+        return outcome
+
+    def _step(self) -> Outcome:
         account = self.db.account(self.account_id)
         if account is None or account.state in States.STOPPED:
             return Outcome("stop", reason="account is " + (account.state if account else "gone"))

@@ -134,6 +134,7 @@ class MailSync(BrainActor):
     def _close(self) -> None:
         engine, self._engine = self._engine, None
         if engine is not None:
+            engine.db.keep_open(False)  # a run cut short must not leave its connection open
             try:
                 engine.provider.close()
             except Exception:
