@@ -30,5 +30,13 @@ run: venv
 test: venv-test
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+## make bench: benchmarks of the real server beside bare-aiohttp baselines (a few minutes; needs wrk)
+bench: venv-test
+	$(PY) -m bench $(BENCH_ARGS)
+
+## make bench-quick: the same measurements, shorter (under a minute)
+bench-quick: venv-test
+	$(PY) -m bench --quick $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) .pytest_cache

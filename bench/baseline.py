@@ -1,0 +1,123 @@
+"""Baselines measured beside brain in the same run, each in its own process.
+
+- `python -m bench.baseline http --port N`: the bare aiohttp server, the cheapest GET and JSON
+  POST this machine can serve right now, on the same event loop settings as `brain serve`
+  (plain `asyncio.run`, an `AppRunner` on a pre-bound socket, no uvloop). No access log and no
+  middleware: this is the floor, not a second brain.
+- `python -m bench.baseline argon2 ...`: argon2id verifications per second on N threads at the
+  given parameters, the most sign-ins per second this machine could do with N hash workers.
+
+A brain figure divided by its baseline from the same run cancels out much of the machine's noise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from aiohttp import web
+
+GET_PATH = "/get"
+POST_PATH = "/post"
+# The same small bodies the brain requests carry, so both sides parse and write alike.
+GET_BODY = b'{"id":"u1","email":"user@example.com","name":"User"}'
+READY_LINE = "baseline ready"
+
+
+async def handle_get(_request: web.Request) -> web.Response:
+    """A small JSON document."""
+    return web.Response(body=GET_BODY, content_type="application/json")
+
+
+async def handle_post(request: web.Request) -> web.Response:
+    """Parse a small JSON body and answer with a small JSON document, as a create would."""
+    doc = await request.json()
+    body = json.dumps({"id": 1, "type": doc.get("type"), "data": doc.get("data")}, separators=(",", ":"))
+    return web.Response(status=201, body=body.encode(), content_type="application/json")
+
+
+def make_app() -> web.Application:
+    """The baseline application."""
+    app = web.Application()
+    app.router.add_get(GET_PATH, handle_get)
+    app.router.add_post(POST_PATH, handle_post)
+    return app
+
+
+async def serve(port: int) -> None:
+    """Serve until SIGTERM/SIGINT, the way brain's runtime does (AppRunner + SockSite)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", port))
+    sock.listen(1024)
+    sock.setblocking(False)
+    runner = web.AppRunner(make_app(), access_log=None, handle_signals=False)
+    await runner.setup()
+    await web.SockSite(runner, sock).start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    print(f"{READY_LINE} on 127.0.0.1:{sock.getsockname()[1]}", flush=True)
+    await stop.wait()
+    await runner.cleanup()
+
+
+def argon2_rate(
+    *, seconds: float, threads: int, memory_kib: int, time_cost: int, parallelism: int
+) -> tuple[float, float]:
+    """(argon2id verifications per second, process CPU time / wall) on `threads` threads."""
+    from argon2 import PasswordHasher, Type
+
+    hasher = PasswordHasher(time_cost=time_cost, memory_cost=memory_kib, parallelism=parallelism, type=Type.ID)
+    stored = hasher.hash("bench-password-0123456789")
+    done = [0] * threads
+    stop = threading.Event()
+
+    def work(slot: int) -> None:
+        while not stop.is_set():
+            hasher.verify(stored, "bench-password-0123456789")
+            done[slot] += 1
+
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        start, cpu_start = time.perf_counter(), time.process_time()
+        futures = [pool.submit(work, i) for i in range(threads)]
+        time.sleep(seconds)
+        stop.set()
+        for f in futures:
+            f.result()
+        elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu_start
+    return sum(done) / elapsed, cpu / elapsed
+
+
+def main() -> None:
+    """Command line: `http --port N` or `argon2 --seconds S --threads T ...`."""
+    parser = argparse.ArgumentParser(prog="python -m bench.baseline")
+    sub = parser.add_subparsers(dest="what", required=True)
+    http = sub.add_parser("http", help="serve the bare aiohttp baseline")
+    http.add_argument("--port", type=int, required=True)
+    a2 = sub.add_parser("argon2", help="print argon2id verifications per second")
+    a2.add_argument("--seconds", type=float, default=2.0)
+    a2.add_argument("--threads", type=int, default=2)
+    a2.add_argument("--memory-kib", type=int, default=19456)
+    a2.add_argument("--time-cost", type=int, default=2)
+    a2.add_argument("--parallelism", type=int, default=1)
+    args = parser.parse_args()
+    if args.what == "http":
+        asyncio.run(serve(args.port))
+        return
+    rate, cpu = argon2_rate(
+        seconds=args.seconds, threads=args.threads, memory_kib=args.memory_kib,
+        time_cost=args.time_cost, parallelism=args.parallelism,
+    )
+    print(json.dumps({"verifications_per_second": rate, "cpu_utilisation": cpu}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,91 @@
+"""Mail ingest: messages per second from a fake Gmail that answers instantly.
+
+The fake (tests/fakes/gmail.py, the one the mail tests use) holds a populated mailbox; brain's
+Gmail plugin is pointed at it with quota pacing lifted (`quota_units_per_second`), because the
+figure is brain's own pipeline — google-api-python-client, batches, sync actor, events in the
+user's store, outbox — not Gmail's per-user quota. The clock runs from the connect request
+until `/mail/status` reports the initial sync complete with every message synced, or until a
+time cap, in which case the rate is over the messages synced by then.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from bench.client import KeepAliveClient, expect
+from bench.servers import cpu_utilisation, proc_sample
+from bench.users import User
+
+MAILBOX = "bench.mailbox@example.com"
+UNPACED = 0  # quota_units_per_second = 0: the plugin does not pace at all
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    """What one initial sync took."""
+
+    messages: int
+    seconds: float
+    complete: bool  # False: the time cap came first; the rate is over what was synced by then
+    brain_cpu: float  # brain's CPU time / wall time meanwhile
+    fake_cpu: float  # the harness's (the fake's, mostly) CPU time / wall time meanwhile
+
+    @property
+    def rate(self) -> float:
+        """Messages per second."""
+        return self.messages / self.seconds
+
+
+def start_fake_gmail(messages: int) -> Any:
+    """A running FakeGmail with `messages` messages in MAILBOX."""
+    from tests.fakes.gmail import FakeGmail
+
+    fake = FakeGmail().start()
+    fake.populate(MAILBOX, messages)
+    return fake
+
+
+def gmail_settings(fake: Any) -> dict[str, Any]:
+    """The `[plugins.gmail]` table that points brain at the fake, unpaced."""
+    return {
+        "client_id": fake.client_id,
+        "client_secret": fake.client_secret,
+        "api_endpoint": fake.base_url,
+        "token_uri": fake.token_uri,
+        "batch_uri": fake.batch_uri,
+        "quota_units_per_second": UNPACED,
+    }
+
+
+def measure(api_port: int, pid: int, user: User, fake: Any, *, messages: int, max_seconds: float) -> IngestResult:
+    """Connect the fake mailbox for `user` and time its initial sync (at most max_seconds)."""
+    headers = {"Authorization": user.authorization}
+    refresh_token = fake.issue_refresh_token(MAILBOX)
+    with KeepAliveClient(api_port) as c:
+        brain_before, fake_before = proc_sample(pid), proc_sample(os.getpid())
+        start = time.perf_counter()
+        connect = c.request("POST", "/mail/connect", headers=headers, body={"provider": "gmail", "refresh_token": refresh_token})
+        account = expect(connect, 200, 201, what="POST /mail/connect").json()["account"]["account"]
+        status_raw = c.encode("GET", "/mail/status", headers=headers)
+        while True:
+            accounts = expect(c.send(status_raw), 200, what="GET /mail/status").json()["accounts"]
+            elapsed = time.perf_counter() - start
+            mine = next((a for a in accounts if a["account"] == account), None)
+            if mine is None:
+                raise RuntimeError(f"account {account} missing from /mail/status")
+            synced = mine["messages_synced"]
+            done = mine["initial_sync"]["complete"] and synced >= messages
+            if done or (elapsed > max_seconds and synced > 0):
+                return IngestResult(
+                    messages=synced, seconds=elapsed, complete=done,
+                    brain_cpu=cpu_utilisation(brain_before, proc_sample(pid)),
+                    fake_cpu=cpu_utilisation(fake_before, proc_sample(os.getpid())),
+                )
+            if mine["state"] in ("needs_reauth", "error", "disconnected"):
+                raise RuntimeError(f"sync ended in state {mine['state']}: {mine.get('last_error')}")
+            if elapsed > max_seconds:
+                raise RuntimeError(f"no message synced within {max_seconds:.0f}s")
+            time.sleep(0.02)

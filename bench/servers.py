@@ -1,0 +1,153 @@
+"""The processes under measurement: the real `brain serve`, the bare baseline, and /proc readings.
+
+brain runs through `tests.support.BrainServer` (ports, data dir, config TOML, readiness), with
+the settings a benchmark needs layered over brain's defaults: production-strength argon2id,
+auth rate limits lifted (every request comes from 127.0.0.1), tokens that outlive a long run.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.baseline import READY_LINE
+from tests.support import REPO, BrainServer, free_port
+
+# OWASP's minimum for argon2id, which is also brain's default: the sign-up/sign-in figures
+# must be taken at these (BrainServer's own defaults are fast test parameters).
+PRODUCTION_ARGON2 = {"argon2_memory_kib": 19456, "argon2_time_cost": 2}
+FAST_ARGON2 = {"argon2_memory_kib": 1024, "argon2_time_cost": 1}
+
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def bench_config(
+    *, argon2: Mapping[str, int] = PRODUCTION_ARGON2, extra: Mapping[str, Mapping[str, Any]] | None = None
+) -> dict[str, dict[str, Any]]:
+    """brain settings for a benchmark run (everything not named here stays at brain's default)."""
+    config: dict[str, dict[str, Any]] = {
+        "auth": {
+            **argon2,
+            # One client address sends everything; the limits exist for attackers, not for us.
+            "rate_limit_ip_per_minute": 1_000_000_000,
+            "rate_limit_account_failures": 1_000_000_000,
+            "jwt_ttl_seconds": 4 * 3600,
+        },
+    }
+    for section, values in (extra or {}).items():
+        config.setdefault(section, {}).update(values)
+    return config
+
+
+def start_brain(
+    workdir: Path,
+    *,
+    config: Mapping[str, Mapping[str, Any]],
+    roles: str = "auth,api",
+    env: Mapping[str, str] | None = None,
+    timeout: float = 60.0,
+) -> BrainServer:
+    """Start `brain serve` with this config and wait until it is ready."""
+    server = BrainServer(workdir, config=config, roles=roles, env=env)
+    try:
+        server.start(timeout=timeout)
+    except BaseException:
+        server.close()
+        raise
+    return server
+
+
+class BaselineServer:
+    """The bare aiohttp baseline (`bench.baseline`) as its own process."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.proc: subprocess.Popen[str] | None = None
+
+    def start(self, timeout: float = 20.0) -> BaselineServer:
+        """Start it and wait for its ready line."""
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "bench.baseline", "http", "--port", str(self.port)],
+            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+        assert self.proc.stdout is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline()
+            if READY_LINE in line:
+                return self
+            if not line and self.proc.poll() is not None:
+                break
+        self.stop()
+        raise RuntimeError("the baseline server did not start")
+
+    @property
+    def pid(self) -> int:
+        """Its process id."""
+        assert self.proc is not None
+        return self.proc.pid
+
+    def stop(self) -> None:
+        """Stop it (SIGTERM, then SIGKILL if it hangs)."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def __enter__(self) -> BaselineServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+@dataclass(frozen=True)
+class ProcSample:
+    """One reading of a process from /proc."""
+
+    cpu_seconds: float  # user + system time of all its threads
+    rss_bytes: int
+    threads: int
+    open_fds: int
+    at: float  # time.monotonic()
+
+
+def proc_sample(pid: int) -> ProcSample:
+    """Read /proc/<pid>/stat, statm, status and fd/ now."""
+    base = Path(f"/proc/{pid}")
+    stat = (base / "stat").read_text()
+    # Fields after the command name (which may contain spaces) start at field 3 (state).
+    fields = stat[stat.rindex(")") + 2:].split()
+    utime, stime = int(fields[11]), int(fields[12])
+    rss_pages = int((base / "statm").read_text().split()[1])
+    threads = 0
+    for line in (base / "status").read_text().splitlines():
+        if line.startswith("Threads:"):
+            threads = int(line.split()[1])
+            break
+    fds = len(os.listdir(base / "fd"))
+    return ProcSample(
+        cpu_seconds=(utime + stime) / _CLK_TCK,
+        rss_bytes=rss_pages * _PAGE,
+        threads=threads,
+        open_fds=fds,
+        at=time.monotonic(),
+    )
+
+
+def cpu_utilisation(before: ProcSample, after: ProcSample) -> float:
+    """Process CPU time over wall time between two samples (2.0 = both cores of this box busy)."""
+    wall = after.at - before.at
+    return (after.cpu_seconds - before.cpu_seconds) / wall if wall > 0 else 0.0

@@ -1,0 +1,574 @@
+"""The benchmark run: what is measured, in which order, on which servers, against which goals.
+
+Every measurement is guarded: if a feature is missing or a step fails, its figures become
+"not measured (reason)" and their targets count as missed; nothing is ever estimated.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench import ingest, jetstream, jwt_inprocess, latency, scale
+from bench.baseline import GET_PATH, POST_PATH
+from bench.client import KeepAliveClient, expect
+from bench.load import Req, wrk_available
+from bench.report import Figure, Target, latency_figure, not_measured, rate_figure
+from bench.servers import FAST_ARGON2, PRODUCTION_ARGON2, BaselineServer, bench_config, start_brain
+from bench.throughput import Case, argon2_baseline, median_cpu, run_interleaved
+from bench.users import SIGN_IN, User, event_body, run_tag, seed_events, sign_in_body, sign_up, sign_up_many
+from tests.support import REPO, BrainServer
+
+MIB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How much of everything a run does (`full` for `make bench`, `quick` for `make bench-quick`)."""
+
+    name: str
+    jwt_samples: int
+    latency_samples: int
+    latency_warmup: int
+    users: int  # the users of every load (100: "spread over 100 users")
+    signup_samples: int  # how many of them sign up one by one, timed
+    signin_samples: int
+    connections: int
+    repeats: int
+    seconds: float
+    warmup_seconds: float
+    signin_repeats: int
+    signin_seconds: float
+    stream_events: int
+    ingest_messages: int
+    ingest_max_seconds: float  # the rate is taken over what was synced by then if not complete
+    scale_users: int
+    scale_max_open: int | None  # [api] max_open_stores for the scale run; None: brain's default
+    scale_max_seconds: float  # activation stops here even if not every user had its turn
+
+
+FULL = Plan(
+    name="full", jwt_samples=20_000, latency_samples=1000, latency_warmup=100, users=100, signup_samples=100, signin_samples=200,
+    connections=64, repeats=3, seconds=8, warmup_seconds=2, signin_repeats=3, signin_seconds=6,
+    stream_events=500, ingest_messages=5000, ingest_max_seconds=120, scale_users=10_000, scale_max_open=None, scale_max_seconds=900,
+)
+QUICK = Plan(
+    name="quick", jwt_samples=5000, latency_samples=200, latency_warmup=20, users=64, signup_samples=20, signin_samples=20,
+    connections=64, repeats=3, seconds=1, warmup_seconds=0, signin_repeats=1, signin_seconds=1,
+    stream_events=60, ingest_messages=1000, ingest_max_seconds=3, scale_users=100, scale_max_open=32, scale_max_seconds=10,
+)
+
+# Every figure a run reports, in table order: (key, label, unit).
+CATALOGUE: list[tuple[str, str, str]] = [
+    ("jwt.uncached", "JWT check in-process, uncached (RS256)", "ms"),
+    ("jwt.cached", "JWT check in-process, cached token", "ms"),
+    ("client.get", "client overhead: bare aiohttp GET, 1 client", "ms"),
+    ("client.post", "client overhead: bare aiohttp POST, 1 client", "ms"),
+    ("signup.latency", "sign-up, 1 client", "ms"),
+    ("signin.latency", "sign-in, 1 client", "ms"),
+    ("me.latency", "GET /me, 1 client", "ms"),
+    ("events.post.latency", "POST /events, 1 client", "ms"),
+    ("events.get.latency", "GET /events?limit=100, 1 client", "ms"),
+    ("me.rps", "GET /me, {conns} conns, {users} users", "req/s"),
+    ("events.post.rps", "POST /events, {conns} conns, {users} users", "req/s"),
+    ("events.get.rps", "GET /events?limit=100, {conns} conns, {users} users", "req/s"),
+    ("jwks.rps", "GET /api/auth/jwks, {conns} conns", "req/s"),
+    ("signin.rps", "sign-in, 16 clients", "req/s"),
+    ("jetstream.latency", "JetStream: commit -> stored in stream", "ms"),
+    ("ingest.rate", "mail ingest from fake Gmail (initial sync)", "msg/s"),
+    ("scale.cold_new", "scale: first request of a new user's store", "ms"),
+    ("scale.cold_reopen", "scale: first request, evicted store reopened", "ms"),
+    ("scale.fds", "scale: open fds, peak minus idle", "fds"),
+    ("scale.threads", "scale: threads, peak minus idle", "threads"),
+    ("scale.rss", "scale: RSS growth over the second half", "MiB"),
+]
+
+# An evicted store's file descriptors: events.db, its -wal and -shm.
+FDS_PER_STORE = 3
+FD_SLACK = 64
+THREAD_SLACK = 32
+RSS_SECOND_HALF_MIB = 32
+
+
+def targets(max_open_stores: int) -> list[Target]:
+    """The goals of issues 3, 4, 5 and 7, judged from this run's figures."""
+    fds = FDS_PER_STORE * max_open_stores + FD_SLACK
+    threads = max_open_stores + THREAD_SLACK
+    return [
+        Target("jwt.uncached", "<=", 0.1, text="p50 <= 0.1 ms"),
+        Target("jwt.cached", "<=", 0.01, text="p50 <= 0.01 ms"),
+        Target("events.post.latency", "<=", 1.0, text="p50 <= 1 ms"),
+        Target("events.get.latency", "<=", 2.0, text="p50 <= 2 ms"),
+        Target("signup.latency", "<=", 50.0, text="p50 <= 50 ms"),
+        Target("signin.latency", "<=", 30.0, text="p50 <= 30 ms"),
+        Target("signin.rps", ">=", 1.5, field="cpu_utilisation", text="server CPU/wall >= 1.5 (both cores busy)"),
+        Target("me.rps", ">=", 0.8, field="ratio", text=">= 0.8x bare GET"),
+        Target("events.post.rps", ">=", 0.5, field="ratio", text=">= 0.5x bare POST"),
+        Target("ingest.rate", ">=", 2000.0, text=">= 2,000 msg/s"),
+        Target("scale.fds", "<=", fds, text=f"<= {FDS_PER_STORE}x max_open_stores + {FD_SLACK} = {fds}"),
+        Target("scale.threads", "<=", threads, text=f"<= max_open_stores + {THREAD_SLACK} = {threads}"),
+        Target("scale.rss", "<=", RSS_SECOND_HALF_MIB, text=f"<= {RSS_SECOND_HALF_MIB} MiB (flat once stores are capped)"),
+    ]
+
+
+def _say(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+class Run:
+    """One benchmark run: its servers, users and figures."""
+
+    def __init__(self, plan: Plan, *, only: Sequence[str] = (), overrides: dict[str, dict[str, Any]] | None = None) -> None:
+        self.plan = plan
+        self.only = set(only)
+        # brain settings the caller changes for an experiment (`--set`), applied last everywhere.
+        self.overrides = overrides or {}
+        self.figures: dict[str, Figure] = {}
+        self.tag = run_tag()
+        self.workdir = Path(tempfile.mkdtemp(prefix="brain-bench-"))
+        self.users: list[User] = []
+        self.meta: dict[str, Any] = {}
+        self.labels = {
+            key: (label.format(users=plan.users, conns=plan.connections), unit) for key, label, unit in CATALOGUE
+        }
+        self.max_open_stores = self.overrides.get("api", {}).get("max_open_stores") or plan.scale_max_open or _default_max_open_stores()
+
+    # -- bookkeeping -------------------------------------------------------------------
+
+    def wanted(self, section: str) -> bool:
+        """Whether this run includes a section (all, unless --only narrowed it)."""
+        return not self.only or section in self.only
+
+    def put(self, fig: Figure) -> None:
+        """Record a figure."""
+        self.figures[fig.key] = fig
+
+    def miss(self, keys: Sequence[str], reason: str) -> None:
+        """Record every figure in keys that is still missing as not measured."""
+        for key in keys:
+            if key not in self.figures:
+                label, unit = self.labels[key]
+                self.figures[key] = not_measured(key, label, unit, reason)
+
+    @contextmanager
+    def step(self, keys: Sequence[str], what: str) -> Iterator[None]:
+        """Run a measurement step; any failure leaves its figures "not measured (reason)"."""
+        _say(what)
+        try:
+            yield
+        except Exception as exc:  # noqa: BLE001 - the reason goes into the report
+            reason = _reason(exc)
+            _say(f"{what}: not measured: {reason}")
+            if os.environ.get("BENCH_TRACEBACK"):
+                traceback.print_exc()
+            self.miss(keys, reason)
+
+    def latency(self, key: str, seconds: list[float], *, note: str = "") -> Figure:
+        """Record a latency figure under its catalogue label."""
+        label, unit = self.labels[key]
+        fig = latency_figure(key, label, seconds, note=note, unit=unit)
+        self.put(fig)
+        return fig
+
+    def rate(self, key: str, runs: list[float], *, baseline: Case | None = None, baseline_label: str | None = None,
+             note: str = "") -> Figure:
+        """Record a throughput figure beside its baseline."""
+        label, unit = self.labels[key]
+        fig = rate_figure(
+            key, label, unit, runs, baseline_runs=baseline.rates if baseline else (), baseline_label=baseline_label, note=note
+        )
+        self.put(fig)
+        return fig
+
+    def config(self, argon2: dict[str, int], extra: dict[str, Any]) -> dict[str, dict[str, Any]]:
+        """A server's settings: the benchmark's, this server's, then the caller's overrides."""
+        merged = {section: dict(values) for section, values in extra.items()}
+        for section, values in self.overrides.items():
+            merged.setdefault(section, {}).update(values)
+        return bench_config(argon2=argon2, extra=merged)
+
+    # -- the run -----------------------------------------------------------------------
+
+    def execute(self) -> None:
+        """Everything, in order; figures of sections not run are reported as not measured."""
+        self.meta = _environment(self.plan)
+        self.meta["overrides"] = self.overrides
+        try:
+            if self.wanted("jwt"):
+                self.jwt()
+            if self.wanted("http") or self.wanted("stream") or self.wanted("ingest"):
+                self.main_server()
+            if self.wanted("scale"):
+                self.scale()
+        finally:
+            self.meta["loadavg_end"] = _loadavg()
+            self.meta["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+            shutil.rmtree(self.workdir, ignore_errors=True)
+        self.miss([k for k, _, _ in CATALOGUE], "not run (excluded with --only)")
+
+    def jwt(self) -> None:
+        """JWT validation in-process."""
+        with self.step(["jwt.uncached", "jwt.cached"], "JWT validation in-process"):
+            timings = jwt_inprocess.measure(self.plan.jwt_samples)
+            self.latency("jwt.uncached", timings.uncached, note="brain.api.tokens.TokenVerifier.verify, every check")
+            self.latency("jwt.cached", timings.cached, note="TokenVerifier.authenticate, token in the cache")
+
+    def main_server(self) -> None:
+        """The HTTP, JetStream and ingest figures, against one brain and one baseline process."""
+        http_keys = [k for k, _, _ in CATALOGUE if k.split(".")[0] in ("client", "signup", "signin", "me", "events", "jwks")]
+        fake = None
+        try:
+            with self.step(["ingest.rate"], f"fake Gmail with {self.plan.ingest_messages} messages"):
+                if self.wanted("ingest"):
+                    fake = ingest.start_fake_gmail(self.plan.ingest_messages)
+            extra: dict[str, Any] = {}
+            if fake is not None:
+                extra["plugins"] = {"gmail": ingest.gmail_settings(fake)}
+            config = self.config(PRODUCTION_ARGON2, extra)
+            self.meta["brain_config"] = config
+            with self.step(http_keys + ["jetstream.latency", "ingest.rate"], "starting brain (auth+api) and the baseline"):
+                brain = start_brain(self.workdir / "main", config=config)
+                try:
+                    with BaselineServer() as base:
+                        self.meta["brain_pid"], self.meta["baseline_pid"] = brain.proc.pid, base.pid
+                        if self.wanted("http"):
+                            self.http(brain, base)
+                        else:
+                            self.users = sign_up_many(brain.auth_port, self.tag, range(2))
+                        if self.wanted("stream"):
+                            self.stream(brain)
+                        if self.wanted("ingest") and fake is not None:
+                            self.ingest(brain, fake)
+                finally:
+                    brain.close()
+        finally:
+            if fake is not None:
+                fake.stop()
+
+    def http(self, brain: BrainServer, base: BaselineServer) -> None:
+        """Single-client latencies, then throughput beside the baselines."""
+        plan = self.plan
+        n, warm = plan.latency_samples, plan.latency_warmup
+        with self.step(["client.get", "client.post"], "client overhead against the bare baseline"):
+            get, post = latency.bare(base.port, samples=n, warmup=warm)
+            self.latency("client.get", get, note="raw socket keep-alive client + bare aiohttp: the floor")
+            self.latency("client.post", post)
+        with self.step(["signup.latency"], f"sign-up x{plan.signup_samples}, one client"):
+            self.users, took = latency.sign_ups(brain.auth_port, self.tag, plan.signup_samples)
+            if len(self.users) < plan.users:
+                _say(f"signing up {plan.users - len(self.users)} more users (untimed, 4 clients)")
+                self.users += sign_up_many(brain.auth_port, self.tag, range(len(self.users), plan.users))
+            argon = brain.config["auth"]
+            self.latency(
+                "signup.latency", took,
+                note=f"argon2id m={argon['argon2_memory_kib']} KiB t={argon['argon2_time_cost']} p=1 (production)",
+            )
+        if not self.users:
+            self.miss(
+                ["signin.latency", "me.latency", "events.post.latency", "events.get.latency", "me.rps",
+                 "events.post.rps", "events.get.rps", "signin.rps", "jetstream.latency", "ingest.rate"],
+                "no users: sign-up failed",
+            )
+        else:
+            with self.step(["signin.latency"], "sign-in, one client"):
+                self.latency("signin.latency", latency.sign_ins(brain.auth_port, self.users, samples=plan.signin_samples))
+            self.api_latencies(brain, base)
+        self.throughput(brain, base)
+        if self.users:
+            self.sign_in_load(brain)
+
+    def api_latencies(self, brain: BrainServer, base: BaselineServer) -> None:
+        """GET /me, POST /events and GET /events?limit=100 from one client, each beside bare requests."""
+        n, warm, user = self.plan.latency_samples, self.plan.latency_warmup, self.users[0]
+        port, bare = brain.api_port, base.port
+        with self.step(["me.latency"], "GET /me, one client"):
+            self._paired("me.latency", latency.get_me(port, user, samples=n, warmup=warm, bare_port=bare), "GET")
+        with self.step(["events.post.latency"], "POST /events, one client"):
+            self._paired("events.post.latency", latency.post_events(port, user, samples=n, warmup=warm, bare_port=bare), "POST")
+        with self.step(["events.get.latency"], "GET /events?limit=100, one client"):
+            seed_events(port, [user])
+            got = latency.get_events(port, user, limit=100, samples=n, warmup=warm, bare_port=bare)
+            self._paired("events.get.latency", got, "GET")
+
+    def _paired(self, key: str, measured: latency.Paired, method: str) -> None:
+        """Record a latency with the bare requests interleaved with it: their p50 and the net p50."""
+        fig = self.latency(key, measured.times)
+        if measured.bare:
+            bare_p50 = latency_figure("bare", "bare", measured.bare).value
+            fig.extra[f"bare {method} p50 (interleaved)"] = round(bare_p50, 4)
+            fig.extra["p50 net of bare"] = round(fig.value - bare_p50, 4)
+
+    def throughput(self, brain: BrainServer, base: BaselineServer) -> None:
+        """GET /me, POST /events, GET /events, JWKS at 64 connections, interleaved with the baselines."""
+        plan = self.plan
+        rate_keys = ["me.rps", "events.post.rps", "events.get.rps", "jwks.rps"]
+        if wrk_available() is None:
+            self.miss(rate_keys + ["signin.rps"], "wrk is not installed (apt-get install wrk)")
+            return
+        conns = plan.connections
+        bare_get = Case("bare.get", base.port, [Req("GET", GET_PATH)], conns)
+        bare_post = Case("bare.post", base.port, [Req("POST", POST_PATH, "", event_body(1))], conns)
+        cases = [bare_get, bare_post]
+        jwks = Case("jwks.rps", brain.auth_port, [Req("GET", "/api/auth/jwks")], conns, pid=brain.proc.pid)
+        cases.append(jwks)
+        if self.users:
+            auths = [u.authorization for u in self.users]
+            with self.step(["events.get.rps"], f"seeding 100 events for each of {len(self.users)} users"):
+                seed_events(brain.api_port, self.users)
+            cases += [
+                Case("me.rps", brain.api_port, [Req("GET", "/me", a) for a in auths], conns, pid=brain.proc.pid),
+                Case("events.post.rps", brain.api_port,
+                     [Req("POST", "/events", a, event_body(i)) for i, a in enumerate(auths)], conns, pid=brain.proc.pid),
+            ]
+            if "events.get.rps" not in self.figures:
+                cases.append(Case("events.get.rps", brain.api_port,
+                                  [Req("GET", "/events?limit=100", a) for a in auths], conns, pid=brain.proc.pid))
+        _say(f"throughput: {len(cases)} cases x {plan.repeats} runs of {plan.seconds:.0f}s at {conns} connections")
+        run_interleaved(cases, repeats=plan.repeats, duration=plan.seconds, warmup=plan.warmup_seconds, progress=_say)
+        for case in cases:
+            if case.key.startswith("bare.") or case.error is None:
+                continue
+            self.miss([case.key], case.error)
+        for name, case in (("bare GET", bare_get), ("bare POST", bare_post)):
+            if case.error is not None:
+                self.miss(rate_keys, f"the {name} baseline failed: {case.error}")
+        for case in cases:
+            if case.key.startswith("bare.") or case.key in self.figures:
+                continue
+            baseline, label = (bare_post, "bare aiohttp JSON POST") if case.key == "events.post.rps" else (bare_get, "bare aiohttp GET")
+            fig = self.rate(case.key, case.rates, baseline=baseline, baseline_label=f"{label}, {conns} conns, same run")
+            if median_cpu(case) is not None:
+                fig.extra["server CPU/wall"] = round(median_cpu(case), 2)
+        self.miss(rate_keys, "no users: sign-up failed")
+
+    def sign_in_load(self, brain: BrainServer) -> None:
+        """Sign-in with 16 clients: throughput and whether hashing keeps both cores busy."""
+        plan = self.plan
+        with self.step(["signin.rps"], f"sign-in, 16 clients, {plan.signin_repeats} x {plan.signin_seconds:.0f}s"):
+            if wrk_available() is None:
+                raise RuntimeError("wrk is not installed (apt-get install wrk)")
+            case = Case("signin.rps", brain.auth_port,
+                        [Req("POST", SIGN_IN, "", sign_in_body(u)) for u in self.users], 16, pid=brain.proc.pid)
+            run_interleaved([case], repeats=plan.signin_repeats, duration=plan.signin_seconds, progress=_say)
+            if case.error is not None:
+                raise RuntimeError(case.error)
+            auth = brain.config["auth"]
+            workers = int(auth.get("hash_workers", _default_hash_workers()))
+            baseline = [
+                argon2_baseline(seconds=plan.signin_seconds, threads=workers, memory_kib=auth["argon2_memory_kib"],
+                                time_cost=auth["argon2_time_cost"], parallelism=auth.get("argon2_parallelism", 1))
+                for _ in range(plan.signin_repeats)
+            ]
+            rates = [rate for rate, _cpu in baseline]
+            label, unit = self.labels["signin.rps"]
+            fig = rate_figure(
+                "signin.rps", label, unit, case.rates, baseline_runs=rates,
+                baseline_label=f"argon2id verify alone on {workers} threads (hash_workers), same params, own process",
+            )
+            cpu = median_cpu(case)
+            fig.extra["cpu_utilisation"] = round(cpu, 2) if cpu is not None else None
+            # What the hashing-only process got of the machine: under outside load, brain cannot
+            # be expected to get more.
+            fig.extra["baseline CPU/wall"] = round(statistics.median(c for _r, c in baseline), 2)
+            fig.note = "cpu_utilisation = server process CPU time / wall time (2.0 = both cores)"
+            self.put(fig)
+
+    def stream(self, brain: BrainServer) -> None:
+        """JetStream commit-to-stream latency."""
+        plan = self.plan
+        with self.step(["jetstream.latency"], f"JetStream: {plan.stream_events} events, commit -> stream"):
+            if not self.users:
+                raise RuntimeError("no users: sign-up failed")
+            from brain.config import NatsSettings
+
+            with KeepAliveClient(brain.api_port) as c:
+                health = expect(c.request("GET", "/health"), 200, what="GET /health").json()
+            url = health.get("nats", {}).get("url")
+            if not url:
+                raise RuntimeError("/health does not show the NATS URL")
+            nats_defaults = NatsSettings()
+            timings = asyncio.run(jetstream.measure(
+                nats_url=url, stream=nats_defaults.stream, subject_prefix=nats_defaults.subject_prefix,
+                api_port=brain.api_port, user=self.users[-1], marker=self.tag, count=plan.stream_events,
+            ))
+            if not timings.stored:
+                raise RuntimeError(f"none of {plan.stream_events} events reached the stream")
+            fig = self.latency(
+                "jetstream.latency", timings.stored,
+                note="stream timestamp minus the event's created_at (commit); one event per 10 ms",
+            )
+            fig.extra["to subscriber p50 ms"] = round(latency_figure("x", "x", timings.delivered).value, 3)
+            if timings.lost:
+                fig.extra["not seen within 15 s"] = timings.lost
+
+    def ingest(self, brain: BrainServer, fake: Any) -> None:
+        """Mail ingest rate."""
+        with self.step(["ingest.rate"], f"mail ingest: initial sync of {self.plan.ingest_messages} messages"):
+            if not self.users:
+                raise RuntimeError("no users: sign-up failed")
+            result = ingest.measure(
+                brain.api_port, brain.proc.pid, self.users[1 % len(self.users)], fake,
+                messages=self.plan.ingest_messages, max_seconds=self.plan.ingest_max_seconds,
+            )
+            label, unit = self.labels["ingest.rate"]
+            fig = Figure(key="ingest.rate", label=label, unit=unit, value=result.rate, samples=1)
+            fig.extra["messages"] = result.messages
+            fig.extra["seconds"] = round(result.seconds, 2)
+            fig.extra["brain CPU/wall"] = round(result.brain_cpu, 2)
+            fig.extra["fake CPU/wall"] = round(result.fake_cpu, 2)
+            fig.note = "Gmail quota pacing lifted; fake in the harness process; connect -> /mail/status complete"
+            if not result.complete:
+                fig.note += f"; time cap: rate over the {result.messages} synced by {result.seconds:.1f}s"
+            self.put(fig)
+
+    def scale(self) -> None:
+        """Activate many users' stores in turn on an API-only server."""
+        plan = self.plan
+        keys = ["scale.cold_new", "scale.cold_reopen", "scale.fds", "scale.threads", "scale.rss"]
+        with self.step(keys, f"scale: {plan.scale_users} users' stores, one after another"):
+            source, brain, note, cleanup = self._scale_server()
+            try:
+                result = scale.measure(
+                    pid=brain.proc.pid, api_port=brain.api_port, tokens=source, users=plan.scale_users,
+                    max_open=self.max_open_stores, max_seconds=plan.scale_max_seconds, progress=_say,
+                )
+            finally:
+                brain.close()
+                cleanup()
+            self._scale_figures(result, note)
+
+    def _scale_server(self) -> tuple[scale.TokenSource, BrainServer, str, Callable[[], None]]:
+        """A server for the scale run and where its tokens come from."""
+        # The token cache is capped below the user count so that the run shows the plateau of a
+        # full cache; at its default (10,000) it would still be filling at the end.
+        token_cache = min(1000, max(1, self.plan.scale_users // 4))
+        api = {"max_open_stores": self.max_open_stores, "token_cache_size": token_cache}
+        issuer = _fake_issuer(self.tag)
+        if issuer is not None:
+            fake, mint = issuer
+            config = self.config(FAST_ARGON2, {"api": {**api, "issuer": fake.issuer}})
+            try:
+                brain = start_brain(self.workdir / "scale", config=config, roles="api", env={"AUTH_SERVER_URL": fake.base_url})
+            except BaseException:
+                fake.stop()
+                raise
+            return mint, brain, f"tokens from tests/fakes/issuer.py; token_cache_size={token_cache}", fake.stop
+        config = self.config(FAST_ARGON2, {"api": api})
+        brain = start_brain(self.workdir / "scale", config=config)
+        client = KeepAliveClient(brain.auth_port)
+
+        def mint(i: int) -> tuple[str, str]:
+            user, _ = sign_up(client, f"s{self.tag}", i)
+            return user.id, user.authorization
+
+        return mint, brain, f"tokens from real sign-ups (fast argon2); token_cache_size={token_cache}", client.close
+
+    def _scale_figures(self, result: scale.ScaleResult, note: str) -> None:
+        context = f"{result.users} users, max_open_stores={self.max_open_stores}; {note}"
+        if result.users < self.plan.scale_users:
+            context += f"; time cap {self.plan.scale_max_seconds:.0f}s reached before {self.plan.scale_users} users"
+        fig = self.latency("scale.cold_new", result.new_store, note="creates events.db; includes the uncached JWT check")
+        fig.extra["users/s"] = round(result.users / result.seconds, 1)
+        if result.reopened:
+            self.latency("scale.cold_reopen", result.reopened, note="GET /events?limit=1 of a user evicted long ago")
+        else:
+            self.miss(["scale.cold_reopen"], "too few users to have evicted any")
+        idle = result.idle
+        for key, attr, unit_note in (("scale.fds", "open_fds", "fds"), ("scale.threads", "threads", "threads")):
+            label, unit = self.labels[key]
+            peak = result.peak(attr)
+            fig = Figure(key=key, label=label, unit=unit, value=peak - getattr(idle, attr), samples=len(result.points))
+            fig.extra.update({"idle": getattr(idle, attr), "peak": peak, "end": getattr(result.points[-1][1], attr)})
+            fig.note = context if key == "scale.fds" else ""
+            self.put(fig)
+        half, end = result.at_fraction(0.5), result.points[-1][1]
+        label, unit = self.labels["scale.rss"]
+        fig = Figure(key="scale.rss", label=label, unit=unit, value=(end.rss_bytes - half.rss_bytes) / MIB,
+                     samples=len(result.points))
+        fig.extra.update({
+            "idle MiB": round(idle.rss_bytes / MIB, 1), "half-way MiB": round(half.rss_bytes / MIB, 1),
+            "end MiB": round(end.rss_bytes / MIB, 1), "peak MiB": round(result.peak("rss_bytes") / MIB, 1),
+            "open stores at end": result.open_stores.get("open"),
+        })
+        self.put(fig)
+
+
+def _fake_issuer(tag: str) -> tuple[Any, scale.TokenSource] | None:
+    """The running fake foreign issuer (tests/fakes/issuer.py) and its token minter, if it exists."""
+    try:
+        from tests.fakes.issuer import FakeIssuer
+    except ImportError:
+        return None
+    fake = FakeIssuer().start()
+
+    def mint(i: int) -> tuple[str, str]:
+        sub = f"scale-{tag}-{i:05d}"
+        return sub, f"Bearer {fake.token(sub, ttl=4 * 3600)}"
+
+    return fake, mint
+
+
+def _default_max_open_stores() -> int:
+    from brain.config import ApiSettings
+
+    return ApiSettings().max_open_stores
+
+
+def _default_hash_workers() -> int:
+    from brain.config import AuthSettings
+
+    return AuthSettings().hash_workers
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text[:300]
+
+
+def _loadavg() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "?"
+
+
+def _environment(plan: Plan) -> dict[str, Any]:
+    """Where and how this run happened (kept in the JSON)."""
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+        dirty = bool(subprocess.run(["git", "status", "--porcelain"], cwd=REPO, capture_output=True, text=True).stdout.strip())
+    except OSError:
+        rev, dirty = "?", False
+    wrk = wrk_available()
+    wrk_version = subprocess.run([wrk, "-v"], capture_output=True, text=True).stdout.splitlines()[0] if wrk else None
+    return {
+        "plan": dataclasses.asdict(plan),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "git": rev + ("+dirty" if dirty else ""),
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "loadavg_start": _loadavg(),
+        "wrk": wrk_version,
+        "event_loop": "asyncio (default), same for brain and the baseline",
+    }
+
+
+def dump_meta(meta: dict[str, Any]) -> str:
+    """The environment in one line for the printed report."""
+    return json.dumps({k: meta.get(k) for k in ("git", "python", "cpus", "loadavg_start", "loadavg_end", "wrk")})
