@@ -327,7 +327,7 @@ def test_headers_are_decoded_and_odd_messages_survive(dovecot: Dovecot, user: st
     encoded = (
         b"From: =?utf-8?q?J=C3=BCrgen?= <j@example.test>\r\n"
         b"To: a@example.test, \"B, Person\" <b@example.test>\r\n"
-        b"Cc: c@example.test\r\n"
+        b"Cc: c@example.test, =?utf-8?q?Z=C3=B6e?= <z@example.test>\r\n"
         b"Subject: =?utf-8?b?R3LDvMOfZQ==?=\r\n"
         b"Date: Tue, 03 Jan 2023 10:00:00 +0200\r\n"
         b"Message-ID: <child@example.test>\r\n"
@@ -342,7 +342,7 @@ def test_headers_are_decoded_and_odd_messages_survive(dovecot: Dovecot, user: st
     pages, _ = run_initial(provider, ctx)
     first, second = sorted(by_id(pages).values(), key=lambda m: m.extra["uid"])
     assert first.subject == "Grüße" and first.sender == "Jürgen <j@example.test>"
-    assert first.to == ("a@example.test", '"B, Person" <b@example.test>') and first.cc == ("c@example.test",)
+    assert first.to == ("a@example.test", '"B, Person" <b@example.test>') and first.cc == ("c@example.test", "Zöe <z@example.test>")
     assert first.date == "2023-01-03T08:00:00.000Z"
     assert first.thread_id == "<root@example.test>" and first.internet_message_id == "<child@example.test>"
     assert first.snippet == "body"  # dovecot offers PREVIEW
