@@ -16,7 +16,7 @@ from brain.actors.supervisor import ChildSpec, Supervisor
 from brain.config import Settings
 from brain.errors import BadRequest, NotFound
 from brain.mail.crypto import InvalidState, StateSigner
-from brain.mail.db import Account, MailDb, States
+from brain.mail.db import Account, MailDb
 from brain.mail.engine import AccountSync, EventSink, QuotaPacer
 from brain.mail.provider import AuthFailed, ConnectRejected, Credentials, MailProvider, ProviderError, SyncContext
 from brain.mail.registry import ProviderRegistry

@@ -92,17 +92,20 @@ class OutlookProvider(MailProvider):
 
     def authorize_url(self, *, state: str, redirect_uri: str) -> str:
         """Microsoft's sign-in and consent page."""
-        return self._msal().get_authorization_request_url(
-            SCOPES, state=state, redirect_uri=redirect_uri, prompt="select_account"
-        )
+        with warnings.catch_warnings():
+            # MSAL prefers initiate_auth_code_flow, whose flow dict must travel from connect to
+            # callback; brain's signed, single-use `state` does that job (see exchange_code).
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return self._msal().get_authorization_request_url(
+                SCOPES, state=state, redirect_uri=redirect_uri, prompt="select_account"
+            )
 
     def exchange_code(self, *, code: str, redirect_uri: str) -> Credentials:
         """Redeem the code; the MSAL cache (refresh token included) becomes the credentials."""
         self._cache = msal.SerializableTokenCache()
         self._app = None
         with warnings.catch_warnings():
-            # Deprecated in favour of the auth-code-flow helpers, which need the flow state
-            # on both sides of the redirect; the signed `state` plays that part here.
+            # Deprecated in favour of the auth-code-flow helpers (see authorize_url).
             warnings.simplefilter("ignore", DeprecationWarning)
             result = self._msal_call(
                 lambda: self._msal().acquire_token_by_authorization_code(code, SCOPES, redirect_uri=redirect_uri)
@@ -234,7 +237,7 @@ class OutlookProvider(MailProvider):
             oid, tid = claims.get("oid"), claims.get("tid")
             match = [a for a in accounts if oid and tid and a.get("home_account_id") == f"{oid}.{tid}"]
             home = (match or accounts)[0].get("home_account_id")
-        refresh_tokens = self._cache.find(msal.TokenCache.CredentialType.REFRESH_TOKEN)
+        refresh_tokens = list(self._cache.search(msal.TokenCache.CredentialType.REFRESH_TOKEN))
         extra: dict[str, Any] = {"msal_cache": self._cache.serialize()}
         if home:
             extra["home_account_id"] = home
