@@ -28,18 +28,11 @@ from brain.mail.tokens import TokenProvider
 from brain.plugins.manager import load_plugins
 from brain_outlook import plugin
 from brain_outlook.provider import OutlookProvider
-from tests.fakes import loopback_only
 from tests.fakes.microsoft import FakeMicrosoft
+from tests.test_mail_engine import loopback  # noqa: F401 - autouse fixture: loopback only
 
 USER = "grace@contoso.example"
 REDIRECT = "http://127.0.0.1:8080/mail/oauth/callback"
-
-
-@pytest.fixture(autouse=True)
-def loopback() -> Iterator[None]:
-    with loopback_only() as refused:
-        yield
-    assert refused == []
 
 
 @pytest.fixture
