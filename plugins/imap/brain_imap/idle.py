@@ -10,8 +10,10 @@ it was not listening. Connection loss (a server restart) is retried with backoff
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -63,8 +65,14 @@ class IdleWatcher:
         return self._thread.is_alive()
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Stop IDLE, log out and end the thread (waits up to ``timeout``)."""
+        """End the thread (waits up to ``timeout``): its connection is cut, not logged out."""
         self._stop.set()
+        session = self._session
+        if session is not None and session.client is not None:
+            # Wakes the thread's poll at once: a server with hundreds of IDLE accounts must not
+            # hold up shutdown by half a second each. The server just sees the connection close.
+            with contextlib.suppress(OSError):
+                session.client.socket().shutdown(socket.SHUT_RDWR)
         if self._thread.is_alive() and self._thread is not threading.current_thread():
             self._thread.join(timeout)
 

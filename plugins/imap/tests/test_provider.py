@@ -21,6 +21,7 @@ import pytest
 from brain.mail.engine import QuotaPacer
 from brain.mail.provider import AuthFailed, ConnectRejected, Credentials, CursorExpired, SyncContext, SyncPage, Transient
 from brain.mail.tokens import TokenProvider
+from brain_imap import idle as idle_module
 from brain_imap import uidset
 from brain_imap.provider import ImapProvider
 from tests.fakes.dovecot import Dovecot, make_message
@@ -281,7 +282,9 @@ def test_server_restart_between_steps_is_survived(tmp_path: Path) -> None:
 # IDLE ---------------------------------------------------------------------------------------
 
 
-def test_idle_wakes_the_core_on_new_mail_and_stops_on_close(tmp_path: Path) -> None:
+def test_idle_wakes_the_core_on_new_mail_and_stops_on_close(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Long polls: a stop that waited for the poll to time out would take seconds.
+    monkeypatch.setattr(idle_module, "_CHECK_SECONDS", 5.0)
     with Dovecot(tmp_path / "d") as server:
         provider, ctx = connect(server, ALICE)
         wakes: list[str] = []
@@ -310,8 +313,11 @@ def test_idle_wakes_the_core_on_new_mail_and_stops_on_close(tmp_path: Path) -> N
         connects = watcher.connects
         server.restart()
         wait_until(lambda: watcher.connects > connects, timeout=20, what="IDLE to reconnect")
+        wait_until(lambda: watcher._session is not None, timeout=10, what="IDLE session")
+        stopping = time.monotonic()
         provider.close()
         assert not watcher.alive
+        assert time.monotonic() - stopping < 2.5  # cut at once, not polled out
 
 
 def test_uid_sets() -> None:
