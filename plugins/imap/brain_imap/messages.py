@@ -45,7 +45,8 @@ def message_id(folder: str, uidvalidity: int, uid: int) -> str:
 
 def fetch_items(*, preview: bool) -> list[str]:
     """What to FETCH for a full `MailMessage` (headers only; the body is never downloaded)."""
-    items = ["UID", "FLAGS", "INTERNALDATE", "RFC822.SIZE", f"BODY.PEEK[HEADER.FIELDS ({' '.join(FETCH_HEADERS).upper()})]"]
+    fields = " ".join(FETCH_HEADERS).upper()
+    items = ["UID", "FLAGS", "INTERNALDATE", "RFC822.SIZE", f"BODY.PEEK[HEADER.FIELDS ({fields})]"]
     if preview:
         items.append("PREVIEW")
     return items

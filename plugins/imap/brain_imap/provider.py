@@ -27,8 +27,11 @@ asks the core for a sync whenever the server reports a change.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import ipaddress
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -74,6 +77,7 @@ CONNECT_FIELDS = ("host", "port", "tls", "username", "password", "address", "fol
 # Plain-mode change detection hashes FLAGS per block of this many UIDs.
 _BLOCK = 1000
 CURSOR_VERSION = 1
+_NAME_RE = re.compile(r"[A-Za-z0-9._-]{1,253}")
 
 
 def folder_list(value: Any, *, field: str) -> tuple[str, ...]:
@@ -117,14 +121,12 @@ class ImapProvider(MailProvider):
         """Validate the connect request's fields; every problem names its field."""
         unknown = sorted(set(fields) - set(CONNECT_FIELDS))
         if unknown:
-            raise ConnectRejected(f"unknown field(s) for imap: {', '.join(unknown)} (known: {', '.join(CONNECT_FIELDS)})")
+            known = ", ".join(CONNECT_FIELDS)
+            raise ConnectRejected(f"unknown field(s) for imap: {', '.join(unknown)} (known: {known})")
         missing = [f for f in ("host", "username", "password") if fields.get(f) in (None, "")]
         if missing:
             raise ConnectRejected(f"missing field(s) for imap: {', '.join(missing)}")
-        host = fields["host"]
-        if not isinstance(host, str) or not host.strip() or len(host) > 253 or any(c.isspace() or c in "/@" for c in host.strip()):
-            raise ConnectRejected("host must be a host name or IP address (no scheme, no port)")
-        host = host.strip()
+        host = _host(fields["host"])
         tls = fields.get("tls", "implicit")
         if tls not in TLS_MODES:
             raise ConnectRejected(f"tls must be one of: {', '.join(TLS_MODES)}")
@@ -322,7 +324,8 @@ class ImapProvider(MailProvider):
             old = base["states"][folder]
             selected = session.select(folder)
             if selected.uidvalidity != old["uidvalidity"]:
-                raise CursorExpired(f"UIDVALIDITY of {folder!r} changed ({old['uidvalidity']} -> {selected.uidvalidity})")
+                change = f"{old['uidvalidity']} -> {selected.uidvalidity}"
+                raise CursorExpired(f"UIDVALIDITY of {folder!r} changed ({change})")
             deleted: list[str] = []
             if run["pending"] is None:
                 new, changed, gone = self._changes(session, selected, old)
@@ -441,6 +444,17 @@ class ImapProvider(MailProvider):
         with self._lock:
             self._watcher = watcher
         watcher.start()
+
+
+def _host(value: Any) -> str:
+    """A DNS name or an IP address (IPv6 with or without brackets); no scheme, user or port."""
+    if isinstance(value, str):
+        text = value.strip()
+        if _NAME_RE.fullmatch(text):
+            return text
+        with contextlib.suppress(ValueError):
+            return str(ipaddress.ip_address(text.removeprefix("[").removesuffix("]")))
+    raise ConnectRejected("host must be a host name or IP address (no scheme, no port)")
 
 
 def _mode(session: Session, selected: Selected) -> str:

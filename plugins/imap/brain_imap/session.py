@@ -218,7 +218,8 @@ class Session:
             if typ != "OK":
                 raise imap_errors.IMAPClientError(f"UID FETCH failed: {data!r}")
             _, fetched = imap._untagged_response(typ, data, "FETCH")  # noqa: SLF001
-            vanished = [v.decode() if isinstance(v, bytes) else str(v) for v in imap.untagged_responses.pop("VANISHED", [])]
+            raw = imap.untagged_responses.pop("VANISHED", [])
+            vanished = [v.decode() if isinstance(v, bytes) else str(v) for v in raw]
             parsed = parse_fetch_response(fetched, False, True) if fetched and fetched != [None] else {}
             return {uid: dict(fields) for uid, fields in parsed.items()}, vanished
 

@@ -110,6 +110,7 @@ def by_id(pages: list[SyncPage]) -> dict[str, Any]:
         ({"host": None}, "host"),
         ({"password": ""}, "password"),
         ({"host": "imaps://mail.example.test"}, "host"),
+        ({"host": "mail.example.test:993"}, "host"),
         ({"tls": "ssl"}, "tls"),
         ({"port": "993"}, "port"),
         ({"port": 70000}, "port"),
