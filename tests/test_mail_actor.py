@@ -183,3 +183,58 @@ def test_stop_waits_for_the_page_in_flight(mail: Mail, fake: FakeGmail) -> None:
     # The page in flight was committed as a whole: events and checkpoint agree.
     account = mail.service.db.account(account_id)
     assert account.progress_done == len(mail.store.events) == 50
+
+
+def test_a_broken_account_neither_crash_loops_nor_stops_the_others(
+    mail: Mail, fake: FakeGmail, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake.populate(USER, 5)
+    healthy = mail.connect(fake)
+    broken = mail.connect(fake, "b@example.com")
+    real = mail.service.engine_for
+
+    def engine_for(account_id: str) -> Any:
+        if account_id == broken:
+            raise RuntimeError("bug while building the engine")
+        return real(account_id)
+
+    monkeypatch.setattr(mail.service, "engine_for", engine_for)
+    sup = mail.start()
+    wait_until(lambda: mail.state(healthy) == States.IDLE, timeout=20)
+    broken_child = child_id(mail.service.db.account(broken))
+    assert broken_child in mail.children()  # alive, waiting to try again later
+    assert all(c["restarts"] == 0 for c in sup.proxy().which_children().get(timeout=5))
+
+
+def test_a_restart_during_backoff_waits_out_the_rest(mail: Mail, fake: FakeGmail) -> None:
+    fake.add_message(USER)
+    account_id = mail.connect(fake)
+    mail.service.db.update_account(account_id, state=States.BACKOFF, retry_at=time.time() + 1.0)
+    started = time.monotonic()
+    mail.start()
+    wait_until(lambda: mail.state(account_id) == States.IDLE, timeout=20)
+    first_call = min(r.at for r in fake.requests)
+    assert first_call - started >= 0.9
+
+
+def test_accounts_that_cannot_sync_are_left_alone(tmp_path: Path, fake: FakeGmail) -> None:
+    first = Mail(make_settings(tmp_path, fake))
+    sealed = first.connect(fake)
+    unknown, _ = first.service.db.upsert_account(user_id="user1", provider="yahoo", address="y@example.com")
+    first.service.db.save_credentials(unknown.id, Credentials(refresh_token="r"))
+    first.service.db.close()
+
+    # Another server secret: the sealed credentials cannot be opened any more.
+    settings = make_settings(tmp_path, fake)
+    other = Mail(settings)
+    other.service = MailService(settings, b"b" * 40, load_plugins(["gmail"]), other.store)
+    try:
+        other.start()
+        wait_until(lambda: other.state(sealed) == States.NEEDS_REAUTH, timeout=10)
+        status = other.service.db.account(sealed).status()
+        assert "credentials unusable" in status["last_error"]
+        assert other.state(unknown.id) == States.SYNCING  # untouched; it resumes if yahoo comes back
+        wait_until(lambda: other.children() == [], timeout=10)
+        assert fake.requests == []
+    finally:
+        other.stop()

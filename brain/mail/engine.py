@@ -143,23 +143,28 @@ class AccountSync:
 
     # The actor's entry points --------------------------------------------------------------
 
-    def begin_run(self) -> bool:
-        """Mark a run as started; False when the account must not sync (gone, stopped)."""
+    def begin_run(self) -> float | None:
+        """Start a run: seconds to wait before its first step, or None when it must not run.
+
+        An account still in backoff (a restart during a Retry-After wait) waits out the rest.
+        """
         account = self.db.account(self.account_id)
         if account is None or account.state in States.STOPPED:
-            return False
-        if account.state != States.BACKOFF or account.retry_at is None or account.retry_at <= time.time():
-            self.db.update_account(self.account_id, state=States.SYNCING)
-        return True
+            return None
+        wait = (account.retry_at or 0.0) - time.time()
+        if account.state in (States.BACKOFF, States.ERROR) and wait > 0:
+            return min(wait, self.settings.max_backoff_seconds)
+        self.db.update_account(self.account_id, state=States.SYNCING)
+        return 0.0
 
     def step(self) -> Outcome:
         """Sync one page (or one reconcile chunk); never raises."""
         self.db.keep_open(True)  # one connection per run, not per query
         try:
             outcome = self._step()
-        except BaseException:
-            self.db.keep_open(False)
-            raise
+        except Exception:  # mail.db itself failed (disk full, locked): nothing to record it in
+            log.exception("mail account %s: sync step failed outside the provider", self.account_id)
+            outcome = Outcome("retry", delay=min(self.settings.max_backoff_seconds, 30.0), reason="mail.db error")
         if outcome.kind != "more":
             self.db.keep_open(False)  # idle accounts hold no file descriptors
         return outcome

@@ -7,6 +7,7 @@ call them through the event loop's executor, the actors from their own threads.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -16,7 +17,7 @@ from brain.actors.supervisor import ChildSpec, Supervisor
 from brain.config import Settings
 from brain.errors import BadRequest, NotFound
 from brain.mail.crypto import InvalidState, StateSigner
-from brain.mail.db import Account, MailDb
+from brain.mail.db import Account, MailDb, States
 from brain.mail.engine import AccountSync, EventSink, QuotaPacer
 from brain.mail.provider import AuthFailed, ConnectRejected, Credentials, MailProvider, ProviderError, SyncContext
 from brain.mail.registry import ProviderRegistry
@@ -74,11 +75,27 @@ class MailService:
         )
 
     def engine_for(self, account_id: str) -> AccountSync | None:
-        """The sync engine of one account, built in the calling (actor) thread."""
+        """The sync engine of one account, built in the calling (actor) thread.
+
+        None when the account cannot sync: gone, disconnected, its provider no longer
+        installed (it resumes once the plugin is back), or its credentials unreadable (the
+        server secret changed: the account needs the user to connect it again).
+        """
         account = self.db.account(account_id)
         if account is None:
             return None
-        credentials = self.db.load_credentials(account_id)
+        if account.provider not in self.registry:
+            log.warning("mail account %s: provider %r is not available", account_id, account.provider)
+            return None
+        try:
+            credentials = self.db.load_credentials(account_id)
+        except ValueError as exc:
+            log.error("mail account %s: stored credentials unusable: %s", account_id, exc)
+            self.db.update_account(
+                account_id, state=States.NEEDS_REAUTH, last_error=f"stored credentials unusable: {exc}",
+                last_error_at=time.time(), retry_at=None,
+            )
+            return None
         if credentials is None:
             return None
         provider = self.new_provider(account.provider)
@@ -207,6 +224,9 @@ class MailSupervisor(Supervisor):
         """Start the static children, then one MailSync per account that should sync."""
         super().on_start()
         for account in self.service.db.accounts_to_resume():
+            if account.provider not in self.service.registry:
+                log.warning("mail account %s: provider %r not available; not resumed", account.id, account.provider)
+                continue
             try:
                 self.start_child(self.service.child_spec(account))
             except Exception:

@@ -23,6 +23,9 @@ __all__ = ["MailSync", "SyncNow"]
 
 log = logging.getLogger("brain.mail")
 
+# After an unexpected failure of the actor's own code, try again this much later.
+_RECOVER_SECONDS = 30.0
+
 
 @dataclass(frozen=True)
 class SyncNow:
@@ -60,14 +63,23 @@ class MailSync(BrainActor):
 
     def on_receive(self, message: Any) -> Any:
         """Handle SyncNow and the actor's own step messages."""
-        if isinstance(message, SyncNow):
-            self._sync_now(message)
-        elif isinstance(message, _Step):
-            if message.run == self._run and self._running:
-                self._retry = None
-                self._step()
-        else:
-            return super().on_receive(message)
+        try:
+            if isinstance(message, SyncNow):
+                self._sync_now(message)
+            elif isinstance(message, _Step):
+                if message.run == self._run and self._running:
+                    self._retry = None
+                    self._step()
+            else:
+                return super().on_receive(message)
+        except Exception:
+            # A crash would be restarted at once and crash again; one account in a loop like
+            # that would exhaust the mail supervisor's restart intensity for every account.
+            log.exception("mail account %s: unexpected failure; retrying later", self.account_id)
+            self._close()
+            self._running = False
+            self._retry = None
+            self._timer = self.schedule(_RECOVER_SECONDS, SyncNow("recover"))
         return None
 
     def on_stop(self) -> None:
@@ -84,8 +96,9 @@ class MailSync(BrainActor):
         if message.reconnect:
             self._close()  # the next step builds a fresh engine from the stored credentials
         if self._running:
-            if self._retry is not None:
-                # Waiting out a backoff: a deliberate request (reconnect, manual) tries now.
+            if self._retry is not None and message.reconnect:
+                # New credentials make the backoff moot; anything else (an interval, a push
+                # wake-up) must not cut a Retry-After short, so it just queues a run.
                 self._retry.cancel()
                 self._retry = None
                 self.actor_ref.tell(_Step(self._run))
@@ -96,12 +109,16 @@ class MailSync(BrainActor):
             self._timer.cancel()
             self._timer = None
         engine = self._get_engine()
-        if engine is None or not engine.begin_run():
+        delay = engine.begin_run() if engine is not None else None
+        if delay is None:
             self.stop()
             return
         self._running = True
         self._run += 1
-        self.actor_ref.tell(_Step(self._run))
+        if delay > 0:
+            self._retry = self.schedule(delay, _Step(self._run))
+        else:
+            self.actor_ref.tell(_Step(self._run))
 
     def _step(self) -> None:
         engine = self._get_engine()
@@ -126,7 +143,7 @@ class MailSync(BrainActor):
 
     def _get_engine(self) -> AccountSync | None:
         if self._engine is None:
-            self._engine = self.service.engine_for(self.account_id)
+            self._engine = self.service.engine_for(self.account_id)  # None: nothing to sync
             if self._engine is not None:
                 self._engine.ctx.wake = _waker(self.actor_ref)
         return self._engine
