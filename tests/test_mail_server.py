@@ -233,6 +233,15 @@ def test_gmail_oauth_flow_with_signed_single_use_state(tmp_path: Path, gmail: Fa
         assert r.status_code == 400 and "code" in r.json()["message"]
         r = requests.get(callback, params={"error": "access_denied", "state": other["state"]}, timeout=30)
         assert r.status_code == 400 and r.json()["code"] == "OAUTH_DENIED"
+        # A front end forwarding the redirect with its token: only the flow's own user may.
+        mine = alice.post("/mail/connect", {"provider": "gmail"}).json()
+        code = gmail.issue_code(GMAIL_USER, redirect_uri=mine["redirect_uri"])
+        r = requests.get(callback, params={"state": mine["state"], "code": code}, headers=bob.headers, timeout=30)
+        assert r.status_code == 403 and r.json()["code"] == "STATE_USER_MISMATCH"
+        mine = alice.post("/mail/connect", {"provider": "gmail"}).json()
+        code = gmail.issue_code(GMAIL_USER, redirect_uri=mine["redirect_uri"])
+        r = requests.get(callback, params={"state": mine["state"], "code": code}, headers=alice.headers, timeout=30)
+        assert r.status_code == 200 and r.json()["account"]["account"] == account["account"]  # a reconnect
         # A refused code connects nothing.
         r = requests.get(callback, params={"state": other["state"], "code": "4/0Anot-a-code"}, timeout=30)
         assert r.status_code == 400 and r.json()["code"] == "PROVIDER_AUTH_FAILED"

@@ -51,6 +51,11 @@ PATHS: dict[str, dict[str, Any]] = {
         "get": {
             "operationId": "mailOAuthCallback",
             "summary": "Where the provider sends the browser back: exchanges the code",
+            "description": (
+                "Needs no token: the signed state names the user. A front end that receives the "
+                "redirect itself may forward code and state with its bearer token; the state must "
+                "then belong to that user."
+            ),
             "security": [],
             "parameters": [
                 {"name": "state", "in": "query", "required": True, "schema": {"type": "string"}},
@@ -61,6 +66,7 @@ PATHS: dict[str, dict[str, Any]] = {
                 "200": _json(_ACCOUNT_RESPONSE, "A reconnected account"),
                 "201": _json(_ACCOUNT_RESPONSE, "A newly connected account (syncing)"),
                 "400": _json(_ref("Error"), "Bad, expired or replayed state; refused code; consent denied"),
+                "403": _json(_ref("Error"), "A bearer token was sent and its user did not start this flow"),
                 "502": _json(_ref("Error"), "The provider could not be reached"),
             },
         }

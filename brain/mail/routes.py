@@ -3,7 +3,9 @@ disconnect.
 
 Every route but the callback runs behind the API's JWT middleware and acts for the token's
 user only. The callback is reached by a browser redirect from the provider and carries no
-token: its user comes from the signed, single-use `state` minted by `POST /mail/connect`.
+token: its user comes from the signed, single-use `state` minted by `POST /mail/connect`. A
+front end that takes the redirect itself and forwards `code` and `state` with its bearer
+token gets the stronger check: the state must have been minted for that same user.
 """
 
 from __future__ import annotations
@@ -14,13 +16,14 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, TypeVar
 
 import pykka
-from aiohttp import web
+from aiohttp import hdrs, web
 
 from brain.actors import bridge
 from brain.actors.supervisor import ChildAlreadyStarted, ChildStartError
+from brain.api import token_verifier
 from brain.api.openapi import add_paths
 from brain.api.routes import current_user, public
-from brain.errors import BadRequest, ServiceUnavailable
+from brain.errors import BadRequest, Forbidden, ServiceUnavailable
 from brain.mail import openapi
 from brain.mail.db import Account
 from brain.mail.service import MailService, child_id
@@ -97,6 +100,12 @@ def add_routes(app: web.Application, rt: Runtime, service: MailService) -> None:
         if missing:
             raise BadRequest(f"missing query parameter(s): {', '.join(missing)}")
         payload = await blocking(lambda: service.check_state(query["state"]))
+        if hdrs.AUTHORIZATION in request.headers:
+            # A front end that receives the redirect itself forwards code and state with its
+            # own token: then the state must belong to that very user (no login CSRF).
+            caller = token_verifier(rt).authenticate(request.headers[hdrs.AUTHORIZATION])
+            if caller.id != payload["u"]:
+                raise Forbidden("this authorization was started by another user", code="STATE_USER_MISMATCH")
         result = await blocking(lambda: service.finish_oauth(payload["u"], payload["p"], query["code"]))
         return await connected(result)
 
