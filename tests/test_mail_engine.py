@@ -422,3 +422,10 @@ def test_disconnected_account_stops(harness: Harness, fake: FakeGmail) -> None:
     assert harness.run()[-1] == Outcome("stop", reason="account is disconnected")
     assert harness.db.load_credentials(harness.account_id) is None
     assert fake.requests == []
+
+
+def test_a_pathological_message_is_clipped_not_stuck(harness: Harness, fake: FakeGmail) -> None:
+    fake.add_message(USER, subject="S" * 200_000, to=", ".join(f"u{i}@example.com" for i in range(5000)))
+    assert harness.run()[-1].kind == "done"
+    (event,) = harness.store.events
+    assert len(event["data"]["subject"]) == 1000 and len(event["data"]["to"]) == 100

@@ -164,23 +164,35 @@ class MailMessage:
         return {"labels": sorted(set(self.labels))}
 
     def as_event_data(self) -> dict[str, Any]:
-        """The message part of a `mail.message.received` event."""
+        """The message part of a `mail.message.received` event.
+
+        Free-text fields are clipped: one pathological message (a megabyte subject, ten
+        thousand recipients) must not make its page too big for the store forever.
+        """
         data: dict[str, Any] = {
             "message_id": self.id,
             "thread_id": self.thread_id,
-            "internet_message_id": self.internet_message_id,
-            "subject": self.subject,
-            "from": self.sender,
-            "to": list(self.to),
-            "cc": list(self.cc),
+            "internet_message_id": _clip(self.internet_message_id),
+            "subject": _clip(self.subject),
+            "from": _clip(self.sender),
+            "to": [_clip(a) for a in self.to[:_MAX_RECIPIENTS]],
+            "cc": [_clip(a) for a in self.cc[:_MAX_RECIPIENTS]],
             "date": self.date,
-            "snippet": self.snippet,
-            "labels": sorted(set(self.labels)),
+            "snippet": _clip(self.snippet),
+            "labels": sorted(set(self.labels))[:_MAX_RECIPIENTS],
             "size": self.size,
-            "headers": dict(self.headers),
+            "headers": {k[:100]: _clip(v) for k, v in list(self.headers.items())[:20]},
         }
         data.update(self.extra)
         return data
+
+
+_MAX_TEXT = 1000
+_MAX_RECIPIENTS = 100
+
+
+def _clip(value: str | None) -> str | None:
+    return value[:_MAX_TEXT] if value is not None else None
 
 
 @dataclass
