@@ -417,7 +417,8 @@ class Run:
                 raise RuntimeError(f"none of {plan.stream_events} events reached the stream")
             fig = self.latency(
                 "jetstream.latency", timings.stored,
-                note="stream timestamp minus the event's created_at (commit); one event per 10 ms",
+                note="stream timestamp minus the event's created_at (brain's clock as it writes the event, just "
+                     "before the commit); one event per 10 ms",
             )
             fig.extra["to subscriber p50 ms"] = round(latency_figure("x", "x", timings.delivered).value, 3)
             if timings.lost:
