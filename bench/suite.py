@@ -470,6 +470,7 @@ class Run:
         if issuer is not None:
             fake, mint = issuer
             config = self.config(FAST_ARGON2, {"api": {**api, "issuer": fake.issuer}})
+            self.meta["scale_config"] = config
             try:
                 brain = start_brain(self.workdir / "scale", config=config, roles="api", env={"AUTH_SERVER_URL": fake.base_url})
             except BaseException:
@@ -477,6 +478,7 @@ class Run:
                 raise
             return mint, brain, f"tokens from tests/fakes/issuer.py; token_cache_size={token_cache}", fake.stop
         config = self.config(FAST_ARGON2, {"api": api})
+        self.meta["scale_config"] = config
         brain = start_brain(self.workdir / "scale", config=config)
         client = KeepAliveClient(brain.auth_port)
 
