@@ -60,6 +60,14 @@ def test_login_append_and_list(server: Dovecot) -> None:
     assert "INBOX" in listing
 
 
+def test_deliver_many_lands_in_the_mailbox(server: Dovecot) -> None:
+    assert server.deliver_many(ALICE, [f"local {i}" for i in range(50)]) == 50  # into a new mailbox
+    server.append(ALICE, "over imap")
+    box = server.messages(ALICE)
+    assert len(box) == 51 and sorted(box) == list(range(1, 52))
+    assert {m["subject"] for m in box.values()} >= {"over imap", "local 0", "local 49"}
+
+
 def test_flags_and_expunge(server: Dovecot) -> None:
     a, b, c = server.append_many(ALICE, ["a", "b", "c"])
     server.add_flags(ALICE, [a, c], [r"\Seen", "$Work"])
@@ -155,6 +163,20 @@ def test_restart_keeps_mail_and_drops_clients(server: Dovecot) -> None:
     assert server.uids(ALICE) == uids
     assert server.uidvalidity(ALICE) == validity
     assert server.starts == 2
+
+
+def test_hard_restart_is_a_crash_the_server_survives(server: Dovecot) -> None:
+    uids = server.append_many(ALICE, ["kept"])
+    conn = imaplib.IMAP4(server.host, server.port, timeout=10)
+    conn.login(ALICE, server.users[ALICE])
+    started = time.monotonic()
+    server.stop(keep_mail=True, hard=True)
+    assert time.monotonic() - started < 1.0  # no clean shutdown to wait for
+    with pytest.raises((imaplib.IMAP4.abort, OSError)):
+        conn.noop()
+        conn.noop()
+    server.start()
+    assert server.uids(ALICE) == uids
 
 
 def test_uidvalidity_reset_renumbers_the_same_mail(server: Dovecot) -> None:

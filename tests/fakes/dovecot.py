@@ -157,9 +157,16 @@ class Dovecot:
                 raise AssertionError(f"dovecot did not answer within {timeout}s:\n{self._diagnostics(offset)}")
             time.sleep(0.05)
 
-    def stop(self, *, keep_mail: bool = False, timeout: float = 15.0) -> None:
-        """Stop dovecot and all its children; remove the Maildirs unless ``keep_mail``."""
+    def stop(self, *, keep_mail: bool = False, hard: bool = False, timeout: float = 15.0) -> None:
+        """Stop dovecot and all its children; remove the Maildirs unless ``keep_mail``.
+
+        ``hard`` kills every process at once (a crash): no session outlives the call, where a
+        clean stop lets the master take about a second.
+        """
         proc, self.proc = self.proc, None
+        if proc is not None and hard:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
         if proc is not None and proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
             try:
@@ -175,9 +182,9 @@ class Dovecot:
             shutil.rmtree(self.mail_root, ignore_errors=True)
             self.mail_root = None
 
-    def restart(self) -> Dovecot:
-        """Stop and start again on the same ports with the same mail (clients are disconnected)."""
-        self.stop(keep_mail=True)
+    def restart(self, *, hard: bool = False) -> Dovecot:
+        """Stop (``hard``: crash) and start again on the same ports with the same mail."""
+        self.stop(keep_mail=True, hard=hard)
         wait_until(lambda: not self._accepts(self.port), timeout=10, what="dovecot's port to close")
         return self.start()
 
@@ -232,6 +239,24 @@ class Dovecot:
         """Append one message per subject over a single connection; return their UIDs."""
         with self.imap(user, folder=None) as conn:
             return [_append(conn, folder, make_message(subject, to=user)) for subject in subjects]
+
+    def deliver_many(self, user: str, subjects: Iterable[str], *, folder: str = "INBOX") -> int:
+        """Drop messages into the Maildir's new/ as a local delivery agent would (fast, no IMAP).
+
+        dovecot assigns their UIDs when a client next looks at the folder. Returns the count.
+        """
+        with self.imap(user, folder=folder):
+            pass  # dovecot creates the Maildir (as its mail user) on first use
+        new = self.maildir(user, folder) / "new"
+        uid, gid = self._mail_user.pw_uid, self._mail_user.pw_gid
+        count = 0
+        stamp = f"{int(time.time())}.P{os.getpid()}"
+        for count, subject in enumerate(subjects, 1):
+            path = new / f"{stamp}Q{count}.brain-test"
+            path.write_bytes(make_message(subject, to=user))
+            if self._as_root:
+                os.chown(path, uid, gid)
+        return count
 
     def add_flags(self, user: str, uids: Iterable[int], flags: Iterable[str], *, folder: str = "INBOX") -> None:
         """Set flags on messages (``UID STORE +FLAGS``)."""
