@@ -72,7 +72,13 @@ class Client:
         return requests.post(self.server.api_url + path, json=body, headers=self.headers, timeout=30)
 
     def get(self, path: str, **params: Any) -> requests.Response:
-        return requests.get(self.server.api_url + path, params=params, headers=self.headers, timeout=30)
+        # Just after a (re)start the API answers 503 until it has loaded the issuer's keys.
+        deadline = time.monotonic() + 15
+        while True:
+            r = requests.get(self.server.api_url + path, params=params, headers=self.headers, timeout=30)
+            if r.status_code != 503 or time.monotonic() > deadline:
+                return r
+            time.sleep(0.1)
 
     def connect(self, provider: str, refresh_token: str) -> dict[str, Any]:
         r = self.post("/mail/connect", {"provider": provider, "refresh_token": refresh_token})
