@@ -109,6 +109,7 @@ def data_child_specs(rt: Runtime) -> list[ChildSpec]:
                 url=rt.nats_url,
                 settings=settings.nats,
                 data_path=settings.data_path,
+                loop=rt.loop,
             ),
         )
     ]
@@ -137,7 +138,10 @@ def setup_routes(app: web.Application, rt: Runtime) -> None:
     app.router.add_get("/openapi.json", openapi)
 
     async def stop_activating(_app: web.Application) -> None:
-        # Shutdown: the tree is about to stop the stores; nothing may reopen one now.
+        # Shutdown: the tree is about to stop the stores. Let them delete what JetStream has
+        # acknowledged first, and let nothing reopen a store from now on.
+        if rt.event_bus is not None:
+            rt.event_bus.flush()
         stores.closing = True
 
     app.on_shutdown.append(stop_activating)

@@ -8,9 +8,9 @@ How events reach it, and why nothing is lost or doubled:
 
 - A UserStore commits each event together with an outbox row, then rings the `Doorbell`
   with the new events (a deque append: NATS being down never fails or slows a write).
-- The bus runs nats-py on its own thread and event loop. Connected, it publishes queued
-  events pipelined (`publish_async`, up to `nats.max_in_flight` awaiting acks) and tells each
-  store which rows JetStream acknowledged; the store deletes them.
+- The bus runs nats-py on the HTTP event loop (its own loop thread when there is none).
+  Connected, it publishes queued events pipelined (up to `nats.max_in_flight` awaiting their
+  acks) and tells each store which rows JetStream acknowledged; the store deletes them.
 - Disconnected, or when a publish fails or times out, it keeps no event in memory: it marks
   the user "dirty" and, once connected, drains that user's outbox rows from the database in
   batches, oldest first.
@@ -27,15 +27,15 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import itertools
 import logging
 import os
 import threading
 import time
 from collections import defaultdict, deque
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import nats
 import nats.errors
@@ -53,6 +53,12 @@ if TYPE_CHECKING:
 log = logging.getLogger("brain.api.bus")
 
 DRAIN_BATCH = 500
+# How long acknowledged ids gather before their stores delete the outbox rows: one store
+# transaction per user per interval instead of one per publish. A crash inside it only means
+# a re-send that JetStream deduplicates.
+ACK_DELAY = 0.2
+# Commits are published this long after the bus is told of them (see _Publisher._on_wake).
+PUBLISH_DELAY = 0.001
 # Events held in memory for publishing; past this, users are marked dirty and drained instead.
 MAX_QUEUE = 50_000
 
@@ -90,6 +96,15 @@ class Doorbell:
         # No bus running (it is restarting): the rows wait in the outbox, and the marker of
         # this open store brings the next bus to them.
 
+    def flush(self) -> None:
+        """Hand acknowledged ids to their stores now (shutdown: before the stores close)."""
+        publisher = self._publisher
+        if publisher is not None:
+            try:
+                publisher.loop.call_soon_threadsafe(publisher._flush_acks)
+            except RuntimeError:
+                pass  # the bus loop is closed already
+
     def attach(self, publisher: _Publisher) -> None:
         self._publisher = publisher
 
@@ -105,24 +120,56 @@ class Doorbell:
         return publisher.stats()
 
 
-class _Publisher:
-    """The bus's state; every method but `post`/`stats` runs on the bus's own event loop."""
+class _Sent(NamedTuple):
+    user_id: str
+    event_id: int
+    deadline: float
+    drained: bool
 
-    def __init__(self, *, url: str, settings: NatsSettings, stores: StoreManager, data_path: Path) -> None:
+
+class _Publisher:
+    """The bus's state; every method but `post`/`stats` runs on the bus's own event loop.
+
+    Publishing is pipelined by hand rather than through nats-py's `publish_async`, which costs
+    ~100-300 us of Python per message (a future, a semaphore, a JSON-parsed PubAck each): a
+    core publish carries a reply subject `{inbox}.{seq}`, one wildcard subscription receives
+    every acknowledgement, and `_sent` (ordered by send time) maps seq -> event until then.
+    """
+
+    def __init__(
+        self,
+        *,
+        url: str,
+        settings: NatsSettings,
+        stores: StoreManager,
+        data_path: Path,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
         self.url = url
         self.settings = settings
         self.stores = stores
         self.marker_dir = data_path / "outbox"
         self.prefix = settings.subject_prefix
-        self.loop = asyncio.new_event_loop()
+        self.loop = loop
+        # Store reads and writes for drains and late acks block: they run here, never on the loop.
         self.executor = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="eventbus-io")
-        self.loop.set_default_executor(self.executor)
+        self._loop_thread: int | None = None
         self._incoming: deque[tuple[str, list[StoredEvent]]] = deque()
         self._wake_pending = False
         self._wake: asyncio.Event | None = None
+        self._wake_timer: asyncio.TimerHandle | None = None
+        self._window: asyncio.Event | None = None  # set while fewer than max_in_flight await acks
         self._queue: deque[tuple[str, StoredEvent]] = deque()
         self._dirty: dict[str, int] = {}  # user -> drain from ids above this
+        self._fail_count: defaultdict[str, int] = defaultdict(int)
+        self._sent: dict[int, _Sent] = {}
         self._inflight: set[tuple[str, int]] = set()
+        self._seq = itertools.count(1)
+        self._ack_prefix = ""
+        # Acknowledged ids not yet told to their stores (one delete per store per ACK_DELAY).
+        self._acks: defaultdict[str, list[int]] = defaultdict(list)
+        self._ack_timer: asyncio.TimerHandle | None = None
+        self._expiry_timer: asyncio.TimerHandle | None = None
         self.nc: Any = None
         self.js: Any = None
         self.connected = False
@@ -132,15 +179,17 @@ class _Publisher:
         self.failures = 0
         self.drained = 0
         self.last_error: str | None = None
-        self.last_publish_at: float | None = None
         self._backoff = 0.0
         self._stopping = False
 
     # -- any thread ---------------------------------------------------------------------------
 
     def post(self, user_id: str, events: list[StoredEvent]) -> None:
-        """Hand over committed events (called on store threads)."""
+        """Hand over committed events (called on store threads, or on the bus's loop)."""
         self._incoming.append((user_id, events))
+        if threading.get_ident() == self._loop_thread:
+            self._on_wake()
+            return
         # One loop wake-up per burst, not per event (see brain.actors.bridge for the same idea).
         if not self._wake_pending:
             self._wake_pending = True
@@ -160,7 +209,7 @@ class _Publisher:
             "failures": self.failures,
             "drained": self.drained,
             "queued": len(self._queue) + sum(len(e) for _, e in list(self._incoming)),
-            "in_flight": len(self._inflight),
+            "in_flight": len(self._sent),
             "dirty_users": len(self._dirty),
             "last_error": self.last_error,
         }
@@ -169,16 +218,27 @@ class _Publisher:
 
     def _on_wake(self) -> None:
         self._wake_pending = False
+        if self._wake is not None and self._wake_timer is None:
+            # Publish a moment later, not before the HTTP response that committed the event:
+            # the request is answered first, and a burst of commits goes out as one batch.
+            self._wake_timer = self.loop.call_later(PUBLISH_DELAY, self._wake_now)
+
+    def _wake_now(self) -> None:
+        self._wake_timer = None
         if self._wake is not None:
             self._wake.set()
 
     async def run(self) -> None:
         """Connect, then publish whatever arrives or waits in outboxes, until stopped."""
+        self._loop_thread = threading.get_ident()
         self._wake = wake = asyncio.Event()
-        for user_id in await self.loop.run_in_executor(None, self._scan_markers):
+        self._window = asyncio.Event()
+        self._window.set()
+        for user_id in await self.loop.run_in_executor(self.executor, self._scan_markers):
             self._dirty.setdefault(user_id, 0)
         if self._dirty:
             log.info("event bus: %d user(s) may have unpublished events; draining", len(self._dirty))
+        self._expire()
         connector = asyncio.ensure_future(self._connect())
         try:
             while True:
@@ -205,8 +265,9 @@ class _Publisher:
             if not self.connected:
                 return
             if self._queue:
-                batch = [self._queue.popleft() for _ in range(min(len(self._queue), self.settings.max_in_flight))]
-                await self._publish(batch)
+                while self._queue and self.connected:
+                    user_id, ev = self._queue.popleft()
+                    await self._send(user_id, ev, drained=False)
             elif self._dirty:
                 await self._drain_one()
             else:
@@ -227,9 +288,13 @@ class _Publisher:
 
     async def _drain_one(self) -> None:
         user_id, after = next(iter(self._dirty.items()))
+        if after == 0:
+            # Rows published but not yet deleted would be read (and sent) again otherwise.
+            self._flush_acks(only=user_id)
+        failures = self._fail_count[user_id]
         try:
             rows = await self.loop.run_in_executor(
-                None, self.stores.outbox_batch_blocking, user_id, after, DRAIN_BATCH, 10.0
+                self.executor, self.stores.outbox_batch_blocking, user_id, after, DRAIN_BATCH, 10.0
             )
         except Exception as exc:  # noqa: BLE001 - retried later; never kills the bus
             self._note_error(f"reading the outbox of {user_id}: {exc!r}")
@@ -241,12 +306,14 @@ class _Publisher:
             if not self.stores.closing:
                 (self.marker_dir / user_id).unlink(missing_ok=True)
             return
-        failed = await self._publish([(user_id, row) for row in rows], drained=True)
-        if user_id in failed:
-            return  # _publish reset the user to drain from the start
+        for row in rows:
+            if not self.connected:
+                break
+            await self._send(user_id, row, drained=True)
+        if self._fail_count[user_id] != failures or not self.connected:
+            return  # a send failed meanwhile: the user drains again from the start
         if len(rows) < DRAIN_BATCH:
-            if self._dirty.get(user_id) == after:
-                del self._dirty[user_id]
+            self._dirty.pop(user_id, None)
         else:
             self._requeue(user_id, rows[-1].id)
 
@@ -255,77 +322,129 @@ class _Publisher:
         self._dirty.pop(user_id, None)
         self._dirty[user_id] = after
 
-    async def _publish(self, items: Iterable[tuple[str, StoredEvent]], *, drained: bool = False) -> set[str]:
-        """Publish and await the acks of a batch; ack the stores; the users that had failures."""
-        js = self.js
-        stream = self.settings.stream
-        timeout = self.settings.publish_timeout_seconds
-        sent: list[tuple[str, StoredEvent, asyncio.Future[Any]]] = []
-        failed: set[str] = set()
-        for user_id, ev in items:
-            key = (user_id, ev.id)
-            if key in self._inflight:
-                continue
-            headers = {
-                "Nats-Msg-Id": msg_id_for(user_id, ev.id),
-                "Brain-User-Id": user_id,
-                "Brain-Event-Id": str(ev.id),
-                "Brain-Event-Type": ev.type,
-            }
-            try:
-                fut = await js.publish_async(
-                    subject_for(self.prefix, user_id, ev.type),
-                    payload_for(user_id, ev),
-                    wait_stall=timeout,
-                    stream=stream,
-                    headers=headers,
-                )
-            except Exception as exc:  # noqa: BLE001 - not connected, buffer full, stalled
-                self._note_error(f"publish: {exc!r}")
-                failed.add(user_id)
-                continue
-            self._inflight.add(key)
-            sent.append((user_id, ev, fut))
-        if sent:
-            await asyncio.wait([fut for _, _, fut in sent], timeout=timeout)
-        acked: dict[str, list[int]] = defaultdict(list)
-        for user_id, ev, fut in sent:
-            self._inflight.discard((user_id, ev.id))
-            if not fut.done():
-                fut.cancel()  # releases nats-py's pending slot; the outbox row stays
+    async def _send(self, user_id: str, ev: StoredEvent, *, drained: bool) -> None:
+        """Publish one event with a reply subject; its ack (or timeout) settles it later."""
+        key = (user_id, ev.id)
+        if key in self._inflight:
+            return
+        window = self._window
+        assert window is not None
+        while len(self._sent) >= self.settings.max_in_flight:
+            window.clear()
+            await window.wait()
+            if not self.connected:
+                self._fail(user_id)
+                return
+        seq = next(self._seq)
+        headers = {
+            "Nats-Msg-Id": msg_id_for(user_id, ev.id),
+            "Nats-Expected-Stream": self.settings.stream,
+            "Brain-User-Id": user_id,
+            "Brain-Event-Id": str(ev.id),
+            "Brain-Event-Type": ev.type,
+        }
+        self._sent[seq] = _Sent(user_id, ev.id, time.monotonic() + self.settings.publish_timeout_seconds, drained)
+        self._inflight.add(key)
+        try:
+            await self.nc.publish(
+                subject_for(self.prefix, user_id, ev.type),
+                payload_for(user_id, ev),
+                reply=f"{self._ack_prefix}.{seq}",
+                headers=headers,
+            )
+        except Exception as exc:  # noqa: BLE001 - connection lost, buffer full
+            self._settle(seq)
+            self._note_error(f"publish: {exc!r}")
+            self._fail(user_id)
+
+    async def _on_ack(self, msg: Any) -> None:
+        """One JetStream acknowledgement (or error, or no-responders status) for a publish."""
+        try:
+            seq = int(msg.subject.rpartition(".")[2])
+        except ValueError:
+            return
+        sent = self._settle(seq)
+        if sent is None:
+            return  # already timed out (and marked for a re-send)
+        data = msg.data
+        status = msg.headers.get("Status") if msg.headers else None
+        if status or b'"error"' in data:
+            self._note_error(f"publish rejected: {status or data[:200]!r}")
+            self._fail(sent.user_id)
+            if status == "503" and self.connected:
+                asyncio.ensure_future(self._ensure_stream())  # no stream answered: recreate it
+            return
+        # Cheaper than json.loads + PubAck for every message: the ack is {"stream":..,"seq":..}.
+        if b'"duplicate":true' in data:
+            self.duplicates += 1
+        else:
+            self.published += 1
+        if sent.drained:
+            self.drained += 1
+        self._backoff = 0.0
+        self._acks[sent.user_id].append(sent.event_id)
+        if self._ack_timer is None:
+            self._ack_timer = self.loop.call_later(ACK_DELAY, self._flush_acks)
+
+    def _settle(self, seq: int) -> _Sent | None:
+        sent = self._sent.pop(seq, None)
+        if sent is not None:
+            self._inflight.discard((sent.user_id, sent.event_id))
+            window = self._window
+            if window is not None and not window.is_set() and len(self._sent) < self.settings.max_in_flight:
+                window.set()
+        return sent
+
+    def _fail(self, user_id: str) -> None:
+        """A publish of this user failed: drain their outbox from the start (after a pause)."""
+        self.failures += 1
+        self._fail_count[user_id] += 1
+        self._dirty[user_id] = 0
+        self._backoff = min(max(self._backoff * 2, 0.2), 5.0)
+        if self._wake is not None:
+            self._wake.set()
+
+    def _expire(self) -> None:
+        """Fail publishes whose ack did not come within the timeout (checked periodically)."""
+        now = time.monotonic()
+        expired = []
+        for seq, sent in self._sent.items():  # in send order: stop at the first still in time
+            if sent.deadline > now:
+                break
+            expired.append(seq)
+        for seq in expired:
+            sent = self._settle(seq)
+            if sent is not None:
                 self._note_error("publish: no acknowledgement within the timeout")
-                failed.add(user_id)
-                continue
-            exc = fut.exception()
-            if exc is not None:
-                self._note_error(f"publish: {exc!r}")
-                failed.add(user_id)
-                if isinstance(exc, nats.js.errors.NoStreamResponseError) and self.connected:
-                    asyncio.ensure_future(self._ensure_stream())
-                continue
-            ack = fut.result()
-            if ack.duplicate:
-                self.duplicates += 1
-            else:
-                self.published += 1
-            if drained:
-                self.drained += 1
-            acked[user_id].append(ev.id)
-        if sent:
-            self.last_publish_at = time.time()
-        for user_id, ids in acked.items():
+                self._fail(sent.user_id)
+        if not self._stopping:
+            interval = min(1.0, self.settings.publish_timeout_seconds / 2)
+            self._expiry_timer = self.loop.call_later(interval, self._expire)
+
+    def _fail_all_sent(self) -> None:
+        for seq in list(self._sent):
+            sent = self._settle(seq)
+            if sent is not None:
+                self._fail(sent.user_id)
+
+    def _flush_acks(self, only: str | None = None) -> None:
+        """Tell the stores which outbox rows to delete (all users, or one before its drain)."""
+        if only is None:
+            if self._ack_timer is not None:
+                self._ack_timer.cancel()
+                self._ack_timer = None
+            pending, self._acks = self._acks, defaultdict(list)
+        else:
+            ids = self._acks.pop(only, None)
+            pending = {only: ids} if ids else {}
+        for user_id, ids in pending.items():
             self._ack(user_id, ids)
-        for user_id in failed:
-            self.failures += 1
-            self._dirty[user_id] = 0  # drain from the start: whatever is still in the outbox
-        self._backoff = min(max(self._backoff * 2, 0.2), 5.0) if failed else 0.0
-        return failed
 
     def _ack(self, user_id: str, ids: list[int]) -> None:
         if self.stores.ack(user_id, ids):
             return
         # The store closed meanwhile: open it from a worker thread, never on this loop.
-        fut = self.loop.run_in_executor(None, self.stores.ack_blocking, user_id, ids, 10.0)
+        fut = self.loop.run_in_executor(self.executor, self.stores.ack_blocking, user_id, ids, 10.0)
         fut.add_done_callback(_log_failure)
 
     def _note_error(self, message: str) -> None:
@@ -358,9 +477,11 @@ class _Publisher:
             except Exception as exc:  # noqa: BLE001
                 self._note_error(f"connect to {self.url}: {exc!r}")
                 await asyncio.sleep(s.reconnect_wait_seconds)
-        self.js = self.nc.jetstream(timeout=s.publish_timeout_seconds, publish_async_max_pending=s.max_in_flight)
+        self.js = self.nc.jetstream(timeout=s.publish_timeout_seconds)
+        # One subscription for every ack; nats-py renews it after a reconnect.
+        self._ack_prefix = self.nc.new_inbox()
+        await self.nc.subscribe(self._ack_prefix + ".*", cb=self._on_ack)
         await self._on_connected()
-
     async def _on_connected(self) -> None:
         if not await self._ensure_stream():
             return
@@ -406,6 +527,8 @@ class _Publisher:
             log.warning("event bus: disconnected from %s; events wait in the outboxes", self.url)
         self.connected = False
         self.state = "disconnected"
+        # Acks of what was in flight may never come: re-send it from the outboxes later.
+        self._fail_all_sent()
 
     async def _on_reconnected(self) -> None:
         # Not awaited here: nats-py runs this callback inside its reconnect logic.
@@ -417,6 +540,11 @@ class _Publisher:
 
     async def close(self) -> None:
         """Stop publishing and close the connection (runs on the bus loop)."""
+        for timer in (self._ack_timer, self._expiry_timer, self._wake_timer):
+            if timer is not None:
+                timer.cancel()
+        if not self.stores.closing:
+            self._flush_acks()  # the stores are still open (the bus alone is restarting)
         self._stopping = True
         self.connected = False
         self.state = "stopped"
@@ -439,7 +567,12 @@ class _Crashed:
 
 
 class EventBus(BrainActor):
-    """The supervised owner of the publisher thread; a crash of its loop is a crash of the actor."""
+    """The supervised owner of the publisher; a crash of its main coroutine is a crash of the actor.
+
+    The publisher runs on the HTTP event loop when there is one (`rt.loop`): with one GIL a
+    thread of its own buys no parallelism, only wake-ups and lock hand-offs per event. Without a
+    running loop (the tree started outside `brain serve`), it gets a loop thread of its own.
+    """
 
     def __init__(
         self,
@@ -450,18 +583,23 @@ class EventBus(BrainActor):
         url: str,
         settings: NatsSettings,
         data_path: Path,
+        loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         super().__init__(link=link)
         self.doorbell = doorbell
-        self.publisher = _Publisher(url=url, settings=settings, stores=stores, data_path=data_path)
+        self._own_loop = loop is None or loop.is_closed() or not loop.is_running()
+        self.loop = asyncio.new_event_loop() if self._own_loop else loop
+        assert self.loop is not None
+        self.publisher = _Publisher(url=url, settings=settings, stores=stores, data_path=data_path, loop=self.loop)
         self._thread: threading.Thread | None = None
         self._main: concurrent.futures.Future[None] | None = None
 
     def on_start(self) -> None:
         publisher = self.publisher
-        self._thread = threading.Thread(target=publisher.loop.run_forever, name="eventbus-loop", daemon=True)
-        self._thread.start()
-        self._main = asyncio.run_coroutine_threadsafe(publisher.run(), publisher.loop)
+        if self._own_loop:
+            self._thread = threading.Thread(target=self.loop.run_forever, name="eventbus-loop", daemon=True)
+            self._thread.start()
+        self._main = asyncio.run_coroutine_threadsafe(publisher.run(), self.loop)
         ref = self.actor_ref
 
         def crashed(fut: concurrent.futures.Future[None]) -> None:
@@ -494,19 +632,19 @@ class EventBus(BrainActor):
     def _shutdown(self) -> None:
         publisher = self.publisher
         self.doorbell.detach(publisher)
-        loop = publisher.loop
-        if loop.is_closed():
-            return
+        loop = self.loop
         publisher._stopping = True
         if self._main is not None:
             self._main.cancel()
-        try:
-            asyncio.run_coroutine_threadsafe(publisher.close(), loop).result(timeout=5)
-        except Exception:  # noqa: BLE001 - a wedged loop is abandoned (daemon thread)
-            log.warning("event bus: the NATS connection did not close cleanly")
-        loop.call_soon_threadsafe(loop.stop)
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-        if not loop.is_running():
-            loop.close()
+        if not loop.is_closed() and loop.is_running():
+            try:
+                asyncio.run_coroutine_threadsafe(publisher.close(), loop).result(timeout=5)
+            except Exception:  # noqa: BLE001 - a wedged loop is abandoned
+                log.warning("event bus: the NATS connection did not close cleanly")
+        if self._own_loop:
+            loop.call_soon_threadsafe(loop.stop)
+            if self._thread is not None:
+                self._thread.join(timeout=5)
+            if not loop.is_running():
+                loop.close()
         publisher.executor.shutdown(wait=False, cancel_futures=True)

@@ -27,6 +27,8 @@ MAX_KEY_LENGTH = 512
 EVENT_FIELDS = frozenset({"type", "data", "created_at"})
 _TIME_RE = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z")
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+# One encoder for every event (json.dumps with options builds a new one per call).
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
 class NewEvent(NamedTuple):
@@ -139,7 +141,7 @@ def new_event(
         raise BadRequest(f"{prefix}data: required (any JSON value)")
     value = obj["data"]
     try:
-        text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        text = _ENCODER.encode(value)
     except ValueError:
         raise BadRequest(f"{prefix}data: numbers must be finite") from None
     except RecursionError:

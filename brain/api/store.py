@@ -6,9 +6,11 @@ Only its own thread touches the connection.
 
 Every event is committed together with a row in the `outbox` table; after the commit the new
 events are handed to the EventBus (`Outbox.notify`, non-blocking), which publishes them to
-JetStream and then tells the store which rows to delete (`Ack`). Rows still present after a
-crash are found again through the outbox marker (`data/outbox/{user_id}`), which exists from a
-store's start until it stops with an empty outbox.
+JetStream and then hands back the acknowledged ids through the store's `acks` deque. The store
+deletes those rows inside its next append transaction, or at the latest ACK_FLUSH_SECONDS
+after an append (no message, no extra commit per acknowledgement on the hot path). Rows still
+present after a crash are found again through the outbox marker (`data/outbox/{user_id}`),
+which exists from a store's start until it stops with an empty outbox.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import logging
 import os
 import sqlite3
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
@@ -112,7 +115,7 @@ class OutboxBatch(NamedTuple):
 
 
 class Ack(NamedTuple):
-    """These events are in JetStream: drop their outbox rows."""
+    """These events are in JetStream: drop their outbox rows now (the slow path)."""
 
     ids: Sequence[int]
 
@@ -122,6 +125,9 @@ class OutboxCount(NamedTuple):
 
 
 _IDLE_CHECK = "idle-check"
+_FLUSH_ACKS = "flush-acks"
+# Acknowledged outbox rows are deleted at most this long after the append that made them.
+ACK_FLUSH_SECONDS = 1.0
 
 
 class IdempotencyMismatch(Unprocessable):
@@ -141,6 +147,7 @@ class UserStore(BrainActor):
         data_path: Path,
         outbox: Outbox,
         idle_seconds: float,
+        acks: deque[int] | None = None,
         on_exit: Callable[[str, pykka.ActorRef[Any]], None] | None = None,
     ) -> None:
         super().__init__(link=link)
@@ -150,6 +157,9 @@ class UserStore(BrainActor):
         self.outbox = outbox
         self.idle_seconds = idle_seconds
         self._on_exit = on_exit
+        # Filled by the EventBus's thread (deque.append is thread-safe), drained here.
+        self.acks: deque[int] = deque() if acks is None else acks
+        self._flush_armed = False
         self.db: sqlite3.Connection | None = None
         self.last_used = time.monotonic()
 
@@ -190,6 +200,10 @@ class UserStore(BrainActor):
         db, self.db = self.db, None
         if db is not None:
             try:
+                if self.acks:
+                    db.execute("BEGIN")
+                    self._apply_acks(db)
+                    db.execute("COMMIT")
                 pending = db.execute("SELECT EXISTS (SELECT 1 FROM outbox)").fetchone()[0]
                 if not pending:
                     self.marker.unlink(missing_ok=True)
@@ -212,9 +226,16 @@ class UserStore(BrainActor):
             self.last_used = time.monotonic()
             return self._query(message)
         if isinstance(message, Ack):
-            self._ack(message.ids)
+            self.acks.extend(message.ids)
+            self._flush_acks()
+            return None
+        if message == _FLUSH_ACKS:
+            self._flush_armed = False
+            self._flush_acks()
             return None
         if isinstance(message, OutboxBatch):
+            # Acks handed over before this drain must not be read (and re-sent) as pending.
+            self._flush_acks()
             return self._outbox_batch(message.after, message.limit)
         if isinstance(message, OutboxCount):
             assert self.db is not None
@@ -239,6 +260,7 @@ class UserStore(BrainActor):
         single = len(requests) == 1
         db.execute("BEGIN IMMEDIATE")
         try:
+            self._apply_acks(db)
             for request in requests:
                 if single:
                     out, new = self._insert(db, request, now)
@@ -265,6 +287,7 @@ class UserStore(BrainActor):
             raise
         if fresh:
             self.outbox.notify(self.user_id, fresh)
+            self._arm_flush()
         return results
 
     @staticmethod
@@ -330,17 +353,34 @@ class UserStore(BrainActor):
         )
         return [StoredEvent._make(row) for row in rows]
 
-    def _ack(self, ids: Sequence[int]) -> None:
+    def _apply_acks(self, db: sqlite3.Connection) -> None:
+        """Delete the outbox rows of acknowledged events (inside the caller's transaction)."""
+        acks = self.acks
+        if acks:
+            ids = [(acks.popleft(),) for _ in range(len(acks))]
+            db.executemany("DELETE FROM outbox WHERE event_id = ?", ids)
+
+    def _arm_flush(self) -> None:
+        if not self._flush_armed:
+            self._flush_armed = True
+            self.schedule(ACK_FLUSH_SECONDS, _FLUSH_ACKS)
+
+    def _flush_acks(self) -> None:
+        """Apply waiting acks in a transaction of their own; keep checking while rows are pending."""
         db = self.db
         assert db is not None
-        db.execute("BEGIN")
-        try:
-            db.executemany("DELETE FROM outbox WHERE event_id = ?", ((i,) for i in ids))
-            db.execute("COMMIT")
-        except BaseException:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise
+        if self.acks:
+            db.execute("BEGIN")
+            try:
+                self._apply_acks(db)
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+        # Rows still waiting (publishes in flight, or NATS down): acks may yet come.
+        if db.execute("SELECT EXISTS (SELECT 1 FROM outbox)").fetchone()[0]:
+            self._arm_flush()
 
 
 def _same_event(stored: StoredEvent, ev: NewEvent) -> bool:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -78,6 +78,8 @@ class StoreManager:
         self._sup: pykka.ActorRef[Any] | None = None
         self._sup_proxy: Any = None
         self._writers: dict[str, _WriteQueue] = {}  # event-loop side only
+        # Per user: acknowledged event ids on their way to the store (see UserStore.acks).
+        self._acks: dict[str, deque[int]] = {}
         self._activating: dict[str, asyncio.Future[pykka.ActorRef[Any]]] = {}  # event-loop side only
         self.activations = 0
         self.evictions = 0
@@ -176,15 +178,15 @@ class StoreManager:
         return self._ask_blocking(user_id, OutboxCount(), timeout)
 
     def ack(self, user_id: str, ids: Sequence[int]) -> bool:
-        """Tell a live store these events are published; False if it is not open (never blocks)."""
+        """Hand a live store the ids JetStream acknowledged; False if it is not open (never blocks)."""
         with self._lock:
             ref = self._live.get(user_id)
-        if ref is None:
+            queue = self._acks.get(user_id)
+        if ref is None or queue is None or not ref.is_alive():
             return False
-        try:
-            ref.tell(Ack(ids))
-        except pykka.ActorDeadError:
-            return False
+        # No message (and no thread wake-up): the store deletes them with its next append or
+        # within ACK_FLUSH_SECONDS of it.
+        queue.extend(ids)
         return True
 
     def ack_blocking(self, user_id: str, ids: Sequence[int], timeout: float = 30) -> None:
@@ -353,6 +355,7 @@ class StoreManager:
                 data_path=self.data_path,
                 outbox=self._outbox,
                 idle_seconds=self.idle_seconds,
+                acks=self._ack_queue(user_id),
                 on_exit=self._forget,
             ),
             restart="transient",
@@ -377,6 +380,13 @@ class StoreManager:
                 self._remember(user_id, ref)
                 return ref
         raise ServiceUnavailable("the user's store could not be opened; try again")
+
+    def _ack_queue(self, user_id: str) -> deque[int]:
+        with self._lock:
+            queue = self._acks.get(user_id)
+            if queue is None:
+                queue = self._acks[user_id] = deque()
+        return queue
 
     def _stores_sup(self) -> Any:
         sup = self._sup
@@ -409,3 +419,5 @@ class StoreManager:
             current = self._live.get(user_id)
             if current is not None and current.actor_urn == ref.actor_urn:
                 del self._live[user_id]
+                # The store applied what was queued as it closed; a later generation gets a new one.
+                self._acks.pop(user_id, None)
