@@ -213,6 +213,8 @@ class JwksCache(BrainActor):
         self.fetch_timeout = fetch_timeout
         self._timer: ScheduledCall | None = None
         self._backoff = 0.0
+        self._started = time.monotonic()
+        self._warned = False
         # No proxy from the environment: the issuer is a service next to us, not the web.
         self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
@@ -257,8 +259,20 @@ class JwksCache(BrainActor):
             state.consecutive_failures += 1
             state.last_error = f"{type(exc).__name__}: {exc}"[:300]
             first = self._backoff == 0.0
-            self._backoff = 0.2 if first else min(self._backoff * 2, 30.0)
-            level = logging.WARNING if state.consecutive_failures in (1, 10) or state.snapshot is None else logging.DEBUG
+            # Without keys the API cannot answer: retry at least every second. (A local auth
+            # role only starts serving after the tree is up, so the first tries always fail.)
+            ceiling = 1.0 if state.snapshot is None else 30.0
+            self._backoff = 0.2 if first else min(self._backoff * 2, ceiling)
+            waiting = time.monotonic() - self._started
+            if state.snapshot is None and waiting < 10:
+                level = logging.DEBUG
+            elif state.snapshot is None and not self._warned:
+                self._warned = True  # once: still no keys after 10 s
+                level = logging.WARNING
+            elif state.consecutive_failures in (1, 10) or state.consecutive_failures % 100 == 0:
+                level = logging.WARNING
+            else:
+                level = logging.DEBUG
             log.log(level, "JWKS fetch from %s failed (%s): %s; retry in %.1fs", state.url, reason, state.last_error, self._backoff)
             self._arm(min(self._backoff, self.refresh_seconds))
             return False
