@@ -93,6 +93,8 @@ async def read_json(request: web.Request, *, limit: int | None = None) -> Any:
         raise BadRequest("request body is not valid UTF-8") from None
     except ValueError as exc:
         raise BadRequest(f"malformed JSON: {exc}") from None
+    except RecursionError:
+        raise BadRequest("JSON nested too deeply") from None
 
 
 def _reject_constant(name: str) -> Any:
