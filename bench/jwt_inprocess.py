@@ -2,18 +2,22 @@
 
 Tokens are shaped like the ones brain's issuer mints (RS256, 2048-bit key, `kid`, the same
 claims) and signed here with a fresh key whose public half is handed to the verifier as a
-`KeySnapshot`, exactly what the `JwksCache` actor publishes after a fetch.
+`KeySnapshot`, exactly what the `JwksCache` actor publishes after a fetch. The RSA signature
+check alone (cryptography, the same tokens, calls alternated with brain's) is the floor the
+uncached figure is read against.
 """
 
 from __future__ import annotations
 
+import base64
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import jwt
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from jwt.algorithms import RSAAlgorithm
 
 ISSUER = "http://127.0.0.1:3000"
@@ -26,9 +30,10 @@ class JwtTimings:
 
     uncached: list[float]
     cached: list[float]
+    signature_only: list[float]  # the RS256 check by itself, interleaved with `uncached`
 
 
-def _tokens(count: int) -> tuple[dict, list[str]]:
+def _tokens(count: int) -> tuple[dict, list[str], rsa.RSAPublicKey]:
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     kid = uuid.uuid4().hex[:16]
     jwk = {**RSAAlgorithm.to_jwk(key.public_key(), as_dict=True), "kid": kid, "alg": "RS256", "use": "sig"}
@@ -41,7 +46,7 @@ def _tokens(count: int) -> tuple[dict, list[str]]:
             "email": f"{sub.lower()}@example.com", "name": f"Bench User {i}", "emailVerified": False,
         }
         tokens.append(jwt.encode(claims, key, algorithm="RS256", headers={"kid": kid}))
-    return {"keys": [jwk]}, tokens
+    return {"keys": [jwk]}, tokens, key.public_key()
 
 
 def measure(samples: int, *, distinct_tokens: int = 200) -> JwtTimings:
@@ -49,7 +54,7 @@ def measure(samples: int, *, distinct_tokens: int = 200) -> JwtTimings:
     from brain.api.jwks import JwksState, KeySnapshot, parse_jwks
     from brain.api.tokens import TokenVerifier
 
-    doc, tokens = _tokens(distinct_tokens)
+    doc, tokens, public = _tokens(distinct_tokens)
     keys, skipped = parse_jwks(doc)
     if skipped or not keys:
         raise RuntimeError(f"brain refused the benchmark's JWKS: {skipped}")
@@ -59,17 +64,37 @@ def measure(samples: int, *, distinct_tokens: int = 200) -> JwtTimings:
     headers = [f"Bearer {t}" for t in tokens]
     for h in headers:  # warm up, and fill the cache for the cached pass
         verifier.authenticate(h)
-    uncached = _time_each(verifier.verify, [tokens[i % len(tokens)] for i in range(samples)])
-    cached = _time_each(verifier.authenticate, [headers[i % len(headers)] for i in range(samples)])
-    return JwtTimings(uncached=uncached, cached=cached)
+    signed = [_signing_parts(t) for t in tokens]
+
+    def signature_check(i: int) -> None:
+        signing_input, signature = signed[i % len(signed)]
+        public.verify(signature, signing_input, padding.PKCS1v15(), hashes.SHA256())
+
+    uncached, signature_only = _time_alternating(
+        lambda i: verifier.verify(tokens[i % len(tokens)]), signature_check, samples
+    )
+    cached, _ = _time_alternating(lambda i: verifier.authenticate(headers[i % len(headers)]), None, samples)
+    return JwtTimings(uncached=uncached, cached=cached, signature_only=signature_only)
 
 
-def _time_each(fn: Callable[[str], object], args: list[str]) -> list[float]:
-    """Seconds taken by each call fn(arg)."""
+def _signing_parts(token: str) -> tuple[bytes, bytes]:
+    head, body, sig = token.split(".")
+    return f"{head}.{body}".encode(), base64.urlsafe_b64decode(sig + "=" * (-len(sig) % 4))
+
+
+def _time_alternating(
+    first: Callable[[int], object], second: Callable[[int], object] | None, samples: int
+) -> tuple[list[float], list[float]]:
+    """Seconds taken by each call of first(i) (and of second(i), called right after it)."""
     clock = time.perf_counter
-    out: list[float] = []
-    for arg in args:
+    a: list[float] = []
+    b: list[float] = []
+    for i in range(samples):
         start = clock()
-        fn(arg)
-        out.append(clock() - start)
-    return out
+        first(i)
+        a.append(clock() - start)
+        if second is not None:
+            start = clock()
+            second(i)
+            b.append(clock() - start)
+    return a, b
