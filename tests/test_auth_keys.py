@@ -22,8 +22,8 @@ def kids(server: BrainServer) -> list[str]:
     return [k["kid"] for k in jwks(server)["keys"]]
 
 
-def test_restart_keeps_sessions_jwts_and_keys(make_server) -> None:  # type: ignore[no-untyped-def]
-    server = make_server(config={"auth": NO_LIMITS}).start()
+def test_restart_keeps_sessions_jwts_and_keys_and_picks_up_offline_rotation(make_server) -> None:  # type: ignore[no-untyped-def]
+    server = make_server(config={"auth": FAST_POLL}).start()
     body = new_user(server)
     before = kids(server)
     assert server.stop() == 0
@@ -35,6 +35,18 @@ def test_restart_keeps_sessions_jwts_and_keys(make_server) -> None:  # type: ign
     assert r.status_code == 200 and r.json()["user"]["id"] == body["user"]["id"]
     assert token_kid(fresh_jwt(server, body["token"])) == before[0]
     assert sign_in(server, body["user"]["email"]).status_code == 200
+
+    # Rotate while stopped: the next start publishes both keys and signs with the new one.
+    assert server.stop() == 0
+    out = brain_cli(server, "keys", "rotate", "--now", "--json")
+    assert out.returncode == 0, out.stderr
+    new_kid = json.loads(out.stdout)["kid"]
+    text = brain_cli(server, "keys", "list")
+    assert text.returncode == 0 and new_kid in text.stdout and "current" in text.stdout
+    server.start()
+    assert set(kids(server)) == {before[0], new_kid}
+    assert token_kid(fresh_jwt(server, body["token"])) == new_kid
+    assert verify_jwt(server, body["jwt"])["sub"] == body["user"]["id"]
 
 
 def test_rotation_while_running_publishes_before_signing(make_server) -> None:  # type: ignore[no-untyped-def]
@@ -58,22 +70,6 @@ def test_rotation_while_running_publishes_before_signing(make_server) -> None:  
     assert verify_jwt(server, old_jwt)["sub"] == body["user"]["id"]
     listing = {k["kid"]: k["state"] for k in json.loads(brain_cli(server, "keys", "list", "--json").stdout)}
     assert listing == {old_kid: "retired", new_kid: "current"}
-
-
-def test_rotation_while_stopped(make_server) -> None:  # type: ignore[no-untyped-def]
-    server = make_server(config={"auth": FAST_POLL}).start()
-    body = new_user(server)
-    (old_kid,) = kids(server)
-    assert server.stop() == 0
-    out = brain_cli(server, "keys", "rotate", "--now", "--json")
-    assert out.returncode == 0, out.stderr
-    new_kid = json.loads(out.stdout)["kid"]
-    text = brain_cli(server, "keys", "list")
-    assert text.returncode == 0 and new_kid in text.stdout and "current" in text.stdout
-    server.start()
-    assert set(kids(server)) == {old_kid, new_kid}
-    assert token_kid(fresh_jwt(server, body["token"])) == new_kid
-    assert verify_jwt(server, body["jwt"])["sub"] == body["user"]["id"]
 
 
 def test_retired_keys_leave_the_jwks_after_the_keep_time(make_server) -> None:  # type: ignore[no-untyped-def]

@@ -4,12 +4,20 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 
+import pytest
 import requests
 
 from tests.support import BrainServer
-from tests.test_auth_helpers import PASSWORD, bearer, new_user, sign_in, sign_up, unique_email
+from tests.test_auth_helpers import PASSWORD, bearer, module_server, new_user, sign_in, sign_up, unique_email  # noqa: F401
 
+# The account-lockout tests share one server (each uses its own addresses); the IP tests need their own.
+AUTH_CONFIG = {"rate_limit_account_failures": 3, "rate_limit_account_window_seconds": 120}
 TOO_MANY = {"message": "Too many requests. Please try again later.", "code": "TOO_MANY_REQUESTS"}
+
+
+@pytest.fixture
+def server(module_server: BrainServer) -> BrainServer:  # noqa: F811
+    return module_server
 
 
 def assert_429(r: requests.Response, *, window: int) -> None:
@@ -63,8 +71,7 @@ def test_forwarded_for_is_believed_only_from_trusted_proxies(make_server) -> Non
     assert_429(attempt(direct, "192.0.2.99"), window=60)
 
 
-def test_failed_sign_ins_lock_the_account_not_the_others(make_server) -> None:  # type: ignore[no-untyped-def]
-    server = make_server(config={"auth": {"rate_limit_account_failures": 3, "rate_limit_account_window_seconds": 120}}).start()
+def test_failed_sign_ins_lock_the_account_not_the_others(server: BrainServer) -> None:
     victim, bystander = unique_email("victim"), unique_email("bystander")
     new_user(server, victim)
     new_user(server, bystander)
@@ -83,8 +90,7 @@ def test_failed_sign_ins_lock_the_account_not_the_others(make_server) -> None:  
     assert ghost_locked.status_code == 429 and ghost_locked.json() == locked.json()
 
 
-def test_success_clears_failures(make_server) -> None:  # type: ignore[no-untyped-def]
-    server = make_server(config={"auth": {"rate_limit_account_failures": 3}}).start()
+def test_success_clears_failures(server: BrainServer) -> None:
     email = unique_email("clear")
     new_user(server, email)
     for _ in range(2):
@@ -95,8 +101,7 @@ def test_success_clears_failures(make_server) -> None:  # type: ignore[no-untype
     assert sign_in(server, email).status_code == 200
 
 
-def test_concurrent_guesses_cannot_outrun_the_lock(make_server) -> None:  # type: ignore[no-untyped-def]
-    server = make_server(config={"auth": {"rate_limit_account_failures": 3}}).start()
+def test_concurrent_guesses_cannot_outrun_the_lock(server: BrainServer) -> None:
     email = unique_email("burst")
     new_user(server, email)
     with ThreadPoolExecutor(max_workers=12) as pool:
