@@ -76,6 +76,16 @@ class Runtime:
         """The HTTP roles this process serves."""
         return frozenset(self.settings.server.roles)
 
+    def health_problems(self) -> list[str]:
+        """Why the API role is degraded right now (empty: ok): no usable keys, NATS not connected."""
+        problems: list[str] = []
+        if self.jwks is not None and self.jwks.current(time.time()) is None:
+            why = f" (last error: {self.jwks.last_error})" if self.jwks.last_error else ""
+            problems.append(f"jwks: no usable signing keys from {self.jwks.url}{why}")
+        if self.event_bus is not None and not self.event_bus.stats().get("connected"):
+            problems.append(f"nats: the event bus is not connected to {self.nats_url}; events wait in the outboxes")
+        return problems
+
     # Supervision tree ---------------------------------------------------------------
 
     def child_specs(self) -> list[ChildSpec]:

@@ -69,9 +69,15 @@ def test_port_in_use_is_reported(tmp_path: Path) -> None:
 
 def test_both_roles_and_embedded_nats_come_up_and_stop_cleanly(brain_server: BrainServer) -> None:
     health = requests.get(f"{brain_server.api_url}/health", timeout=5)
-    assert health.status_code == 200
-    body = health.json()
-    assert body["status"] == "ok" and body["nats"]["embedded"] is True
+    assert health.status_code == 200  # at once, even while still "degraded"
+    assert health.json()["status"] in ("ok", "degraded")
+    # ok once the issuer's keys are loaded and the event bus is connected to NATS.
+    body = wait_until(
+        lambda: (b := requests.get(f"{brain_server.api_url}/health", timeout=5).json())["status"] == "ok" and b,
+        timeout=15, what="/health status ok",
+    )
+    assert body["problems"] == [] and body["nats"]["embedded"] is True and body["nats"]["connected"] is True
+    assert body["jwks"]["loaded"] is True
     ok = requests.get(f"{brain_server.auth_url}/api/auth/ok", timeout=5)
     assert ok.json() == {"ok": True}
     # The embedded NATS server is really there and speaks NATS.
@@ -176,3 +182,17 @@ def test_root_giving_up_shuts_the_process_down_cleanly(brain_server: BrainServer
     assert "root supervisor gave up" in log
     assert "shutdown complete" in log
     assert not any(Path(f"/proc/{p}").exists() for p in killed)
+
+
+def test_health_is_degraded_without_keys_or_nats(make_server) -> None:  # type: ignore[no-untyped-def]
+    """Still 200 (the process is up), but the status and its reasons say what is missing."""
+    dead_auth, dead_nats = free_port(), free_port()
+    server = make_server(
+        roles="api", env={"AUTH_SERVER_URL": f"http://127.0.0.1:{dead_auth}", "NATS_URL": f"nats://127.0.0.1:{dead_nats}"}
+    ).start()
+    r = requests.get(f"{server.api_url}/health", timeout=5)
+    assert r.status_code == 200
+    body = r.json()
+    assert body["status"] == "degraded"
+    assert [p.split(":")[0] for p in body["problems"]] == ["jwks", "nats"]
+    assert f"127.0.0.1:{dead_auth}" in body["problems"][0] and f"127.0.0.1:{dead_nats}" in body["problems"][1]

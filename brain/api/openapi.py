@@ -326,7 +326,8 @@ _SCHEMAS: dict[str, Any] = {
         "type": "object",
         "required": ["status", "version", "uptime_seconds"],
         "properties": {
-            "status": {"type": "string"},
+            "status": {"type": "string", "enum": ["ok", "degraded"]},
+            "problems": {"type": "array", "items": {"type": "string"}, "description": "Why it is degraded"},
             "version": {"type": "string"},
             "uptime_seconds": {"type": "number"},
             "supervisor": {"type": "object"},

@@ -68,8 +68,11 @@ def add_routes(app: web.Application, rt: Runtime, verifier: TokenVerifier, store
 
     @public
     async def health(_request: web.Request) -> web.Response:
+        # Degraded is still 200: the process is up; `problems` says what is missing.
+        problems = rt.health_problems()
         body: dict[str, Any] = {
-            "status": "ok",
+            "status": "degraded" if problems else "ok",
+            "problems": problems,
             "version": brain.__version__,
             "uptime_seconds": round(time.time() - rt.started_at, 3),
             "supervisor": {"restarts": supervisor.total_restarts(), "escalations": supervisor.total_escalations()},
