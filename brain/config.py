@@ -101,6 +101,22 @@ class AuthSettings:
     jwks_max_age_seconds: int = 300
     # Request bodies of the auth endpoints are small; refuse anything bigger.
     max_body_bytes: int = 16384
+    # Lifetime of the single-use links in verification and password-reset emails
+    # (Better Auth's emailVerification.expiresIn / resetPasswordTokenExpiresIn).
+    email_verification_ttl_seconds: int = 3600
+    password_reset_ttl_seconds: int = 3600
+    # Send the verification email at sign-up even when verification is not required
+    # (Better Auth's sendOnSignUp; with require_email_verification it is always sent).
+    send_verification_on_sign_up: bool = False
+    # Following the verification link signs the user in (Better Auth's autoSignInAfterVerification).
+    auto_sign_in_after_verification: bool = False
+    # Auth emails (verification, reset) to one address per hour; more are silently dropped.
+    email_rate_limit_per_hour: int = 5
+    # POST /api/auth/delete-user without the password needs a session younger than this
+    # (Better Auth's session.freshAge; 0: any live session will do).
+    session_fresh_age_seconds: int = 86400
+    # POST /api/auth/delete-user (Better Auth's user.deleteUser.enabled); false: 404.
+    delete_user_enabled: bool = True
 
 
 @dataclass(frozen=True)
@@ -172,6 +188,24 @@ class MailSettings:
 
 
 @dataclass(frozen=True)
+class SmtpSettings:
+    """Where the built-in `send_auth_email` sends verification and password-reset mail."""
+
+    # Empty: no SMTP. In dev mode the mail (and its link) is logged at WARNING instead;
+    # production refuses to send (install a plugin implementing send_auth_email, or set this).
+    host: str = ""
+    port: int = 587
+    # "starttls" (upgrade after connecting), "implicit" (TLS from the start, port 465) or "none".
+    tls: Literal["none", "starttls", "implicit"] = "starttls"
+    username: str = ""
+    password: str = ""  # BRAIN_SMTP__PASSWORD keeps it out of files
+    from_address: str = ""  # required when host is set, e.g. "brain <no-reply@example.com>"
+    # PEM bundle of CAs trusted for the SMTP server's certificate. Empty: the system CAs.
+    ca_file: str = ""
+    timeout_seconds: float = 10.0
+
+
+@dataclass(frozen=True)
 class PluginSettings:
     """Which plugin distributions (entry-point group `brain`) to load, and their tables."""
 
@@ -190,6 +224,7 @@ class Settings:
     api: ApiSettings = field(default_factory=ApiSettings)
     nats: NatsSettings = field(default_factory=NatsSettings)
     mail: MailSettings = field(default_factory=MailSettings)
+    smtp: SmtpSettings = field(default_factory=SmtpSettings)
     plugins: PluginSettings = field(default_factory=PluginSettings)
 
     # Derived values -------------------------------------------------------------------
@@ -501,6 +536,28 @@ def _validate(s: Settings) -> None:
             raise ConfigError(f"api.algorithms: {alg!r} is not allowed (RS256, ES256, EdDSA)")
     if not s.api.algorithms:
         raise ConfigError("api.algorithms: must name at least one algorithm")
+    _validate_mail(s)
+
+
+def _validate_mail(s: Settings) -> None:
+    """The [smtp] section and the auth email settings."""
+    for key, value in (
+        ("auth.email_verification_ttl_seconds", s.auth.email_verification_ttl_seconds),
+        ("auth.password_reset_ttl_seconds", s.auth.password_reset_ttl_seconds),
+        ("auth.email_rate_limit_per_hour", s.auth.email_rate_limit_per_hour),
+        ("smtp.timeout_seconds", s.smtp.timeout_seconds),
+    ):
+        if value <= 0:
+            raise ConfigError(f"{key}: must be positive, got {value}")
+    if s.auth.session_fresh_age_seconds < 0:
+        raise ConfigError("auth.session_fresh_age_seconds: must not be negative (0: no freshness check)")
+    if not 1 <= s.smtp.port <= 65535:
+        raise ConfigError(f"smtp.port: must be a port number 1-65535, got {s.smtp.port}")
+    for key in ("host", "username", "password", "from_address"):
+        if any(c in getattr(s.smtp, key) for c in "\r\n\x00"):
+            raise ConfigError(f"smtp.{key}: must not contain CR, LF or NUL")
+    if s.smtp.host and not s.smtp.from_address:
+        raise ConfigError("smtp.from_address: required when smtp.host is set")
 
 
 def server_secret(settings: Settings) -> bytes:

@@ -132,6 +132,8 @@ class Runtime:
                     ),
                 )
             )
+        # Last: account deletions reach the API side through it, and it stops before the stores.
+        specs.extend(auth.deletion_child_specs(self))
         return specs
 
     def start_tree(self) -> None:
@@ -303,7 +305,9 @@ def bind_sockets(settings: Settings) -> tuple[Settings, dict[str, socket.socket]
 
 def _builtin_plugins() -> list[object]:
     """Default implementations that ship with the core, registered like any plugin."""
-    return []
+    from brain.auth.smtp import SmtpMailer
+
+    return [SmtpMailer()]
 
 
 def _pid() -> int:

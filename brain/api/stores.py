@@ -39,7 +39,7 @@ from brain.api.store import (
     UserStore,
     store_path,
 )
-from brain.errors import BadRequest, ServiceUnavailable
+from brain.errors import BadRequest, ServiceUnavailable, Unauthorized
 from brain.ids import is_valid_user_id
 
 if TYPE_CHECKING:
@@ -83,6 +83,8 @@ class StoreManager:
         self._activating: dict[str, asyncio.Future[pykka.ActorRef[Any]]] = {}  # event-loop side only
         self.activations = 0
         self.evictions = 0
+        # Deleted accounts (close_user): their stores are never opened again by this process.
+        self.deleted: set[str] = set()
 
     # -- public API: event loop ------------------------------------------------------------
 
@@ -200,6 +202,17 @@ class StoreManager:
             pass  # the rows stay; the next drain republishes them (deduplicated by JetStream)
 
     # -- figures -------------------------------------------------------------------------
+
+    def close_user(self, user_id: str, timeout: float = 30) -> None:
+        """Stop a user's store for good (account deletion; from a worker thread, blocking)."""
+        self._not_on_loop()
+        self._check_user(user_id)
+        with self._lock:
+            self.deleted.add(user_id)
+            self._live.pop(user_id, None)
+            self._acks.pop(user_id, None)
+        # Returns once the actor has stopped and closed the database (or it was not running).
+        self._stores_sup().terminate_child(user_id).get(timeout=timeout)
 
     def open_count(self) -> int:
         """How many stores are open right now."""
@@ -343,6 +356,8 @@ class StoreManager:
         """Start the user's store under the supervisor (or find the running one); remember it."""
         if self.closing:
             raise ServiceUnavailable("the server is shutting down")
+        if user_id in self.deleted:
+            raise Unauthorized("the account was deleted", code="USER_DELETED")
         try:
             store_path(self.data_path, user_id)
         except StorePathError as exc:

@@ -162,6 +162,9 @@ class TokenVerifier:
         self._cache: dict[str, _Entry] = {}
         self.cache_hits = 0
         self.cache_misses = 0
+        # Users whose tokens stop at once (deleted accounts; brain.auth.deletion keeps it, on the
+        # loop thread). Checked only when a token is verified: `forget_user` drops cached ones.
+        self.revoked: set[str] | frozenset[str] = frozenset()
 
     # -- the request path ---------------------------------------------------------------
 
@@ -295,9 +298,18 @@ class TokenVerifier:
         sub = claims.get("sub")
         if not is_valid_user_id(sub):
             raise InvalidToken("sub claim is not a valid user id")
+        if sub in self.revoked:
+            raise InvalidToken("the account was deleted")
         # Tokens accepted only thanks to the leeway are not cached: the cache would keep them.
         cacheable = now < exp and (nbf is None or nbf <= now)
         return sub, exp, cacheable
+
+    def forget_user(self, user_id: str) -> int:
+        """Drop every cached token of a user (account deleted); how many were dropped."""
+        stale = [token for token, entry in self._cache.items() if entry.user.id == user_id]
+        for token in stale:
+            del self._cache[token]
+        return len(stale)
 
     def stats(self) -> dict[str, Any]:
         """Token-cache figures for /health."""

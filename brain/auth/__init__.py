@@ -3,7 +3,10 @@
 Layout: `db` (auth.db models), `keys` (sealed RSA key ring and its snapshot), `issuer` (the
 AuthIssuer actor, sole writer), `passwords` (argon2id on a worker pool), `validation`,
 `cookies`, `origins` (CORS and origin checks), `ratelimit`, `tokens` (JWT minting), `routes`
-(the endpoints) and `cli` (`brain keys`).
+(the endpoints), `accounts` + `emails` + `smtp` + `account_routes` (email verification,
+password reset, deletion), `deletion` (revoking and purging deleted users on the API side,
+over JetStream), `control` (the data-dir lock and control socket) and `cli` (`brain keys`,
+`brain users`).
 """
 
 from __future__ import annotations
@@ -15,6 +18,13 @@ from aiohttp import web
 if TYPE_CHECKING:
     from brain.actors.supervisor import ChildSpec
     from brain.runtime import Runtime
+
+
+def deletion_child_specs(rt: Runtime) -> list[ChildSpec]:
+    """Account deletion's JetStream relay (a root child after data_sup; both roles, see brain.auth.deletion)."""
+    from brain.auth import deletion
+
+    return deletion.child_specs(rt)
 
 
 def child_specs(rt: Runtime) -> list[ChildSpec]:
@@ -42,12 +52,24 @@ def setup_routes(app: web.Application, rt: Runtime) -> None:
     from brain.auth.origins import TrustedOrigins, make_origin_middleware
     from brain.auth.routes import AuthRoutes
 
+    from brain.auth.account_routes import AccountRoutes
+    from brain.auth.control import ControlServer
+    from brain.auth.deletion import Deletions, lifecycle_for
+
     ctx = context_for(rt)
     trusted = TrustedOrigins(rt.settings.auth_public_url, rt.settings.auth.trusted_origins)
     app.middlewares.append(make_origin_middleware(trusted))
-    AuthRoutes(ctx, trusted).add_to(app)
+    routes = AuthRoutes(ctx, trusted)
+    deletions = Deletions(ctx, lifecycle_for(rt))
+    routes.accounts = AccountRoutes(routes, routes.mail, deletions)
+    routes.add_to(app)
+    routes.accounts.add_to(app)
+    # `brain users delete` reaches this server through data/control.sock (brain.auth.control).
+    control = ControlServer(rt, deletions)
+    app.on_startup.append(control.start)
 
     async def close(_app: web.Application) -> None:
+        await control.stop()
         ctx.close()
 
     app.on_cleanup.append(close)

@@ -107,7 +107,30 @@ class SigningKey(_Base):
     activates_at = peewee.BigIntegerField(index=True)
 
 
-MODELS = (User, Session, SigningKey)
+class Verification(_Base):
+    """A single-use token sent by email (verification, password reset); only its SHA-256 is kept."""
+
+    token_hash = peewee.CharField(primary_key=True, max_length=64)
+    kind = peewee.CharField(max_length=32)
+    user = peewee.ForeignKeyField(User, backref="verifications", on_delete="CASCADE", column_name="user_id")
+    # The address the link went to: a verification link stops working if the email changes.
+    email = peewee.CharField(max_length=254)
+    expires_at = peewee.BigIntegerField(index=True)
+    created_at = peewee.BigIntegerField()
+
+
+class DeletedUser(_Base):
+    """A deleted account, kept so every API role learns of it (and refuses its tokens in time)."""
+
+    user_id = peewee.CharField(primary_key=True, max_length=64)
+    deleted_at = peewee.BigIntegerField()
+    # The last moment (ms) a JWT minted for the user can still verify: exp of one minted at deletion.
+    tokens_valid_until = peewee.BigIntegerField()
+    # Told to the API roles through JetStream (a deletion made while NATS was away waits here).
+    published = peewee.BooleanField(default=False, index=True)
+
+
+MODELS = (User, Session, SigningKey, Verification, DeletedUser)
 
 
 def open_db(path: Path) -> peewee.SqliteDatabase:

@@ -15,8 +15,8 @@ from typing import Any
 import peewee
 
 from brain.actors.base import BrainActor, Link
-from brain.auth import keys
-from brain.auth.db import Session, SigningKey, User, database, now_ms
+from brain.auth import accounts, keys
+from brain.auth.db import DeletedUser, Session, SigningKey, User, database, now_ms
 from brain.config import AuthSettings
 from brain.errors import Unprocessable
 from brain.ids import new_id
@@ -150,6 +150,43 @@ class AuthIssuer(BrainActor):
         self._refresh_ring()
         return row.kid
 
+    # --- emailed tokens, verification, password reset, deletion (see brain.auth.accounts) ---
+
+    def create_token(self, *, kind: str, user_id: str, email: str, token_hash: str, ttl_s: int) -> None:
+        """Store a single-use emailed token (its hash)."""
+        with database.atomic():
+            accounts.create_token(
+                kind=kind, user_id=user_id, email=email, token_hash=token_hash, ttl_s=ttl_s, now=now_ms()
+            )
+
+    def verify_email(
+        self, *, token_hash: str, session: dict[str, Any] | None = None
+    ) -> tuple[accounts.TokenStatus, User | None, Session | None]:
+        """Use a verification token; with session fields, also sign the user in (one transaction)."""
+        now = now_ms()
+        with database.atomic():
+            status, user = accounts.verify_email(token_hash, now)
+            row = self._insert_session(user.id, now=now, **session) if user is not None and session else None
+        return status, user, row
+
+    def reset_password(self, *, token_hash: str, password_hash: str) -> tuple[accounts.TokenStatus, str | None]:
+        """Use a reset token: new password, every session of the user revoked (one transaction)."""
+        with database.atomic():
+            return accounts.reset_password(token_hash, password_hash, now_ms())
+
+    def delete_user(self, *, user_id: str) -> DeletedUser | None:
+        """Delete a user, their sessions and tokens; None if there was no such user."""
+        with database.atomic():
+            return accounts.delete_user(user_id, now=now_ms(), jwt_ttl_ms=self.settings.jwt_ttl_seconds * 1000)
+
+    def unpublished_deletions(self) -> list[DeletedUser]:
+        """Deletions the API roles have not been told of yet (through JetStream)."""
+        return list(DeletedUser.select().where(~DeletedUser.published).order_by(DeletedUser.deleted_at))
+
+    def mark_published(self, *, user_ids: list[str]) -> None:
+        """Record that these deletions reached JetStream."""
+        DeletedUser.update(published=True).where(DeletedUser.user_id.in_(user_ids)).execute()
+
     # --- internals ---
 
     def _insert_session(
@@ -184,6 +221,7 @@ class AuthIssuer(BrainActor):
         if now - self._last_sweep >= _SESSION_SWEEP_MS:
             self._last_sweep = now
             swept = Session.delete().where(Session.expires_at <= now).execute()
+            accounts.sweep(now)
             if swept:
                 log.info("deleted %d expired sessions", swept)
         if keys.ensure_active_key(self._aead):

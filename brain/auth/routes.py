@@ -6,24 +6,36 @@ import asyncio
 import functools
 import json
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
 from brain.auth import tokens
 from brain.auth.context import AuthContext
 from brain.auth.cookies import clear_session_cookie, cookie_name, request_token, set_session_cookie, token_hash
-from brain.auth.db import Session, User, now_ms
+from brain.auth.db import Session, User, iso, now_ms
 from brain.auth.issuer import EmailTaken
 from brain.auth.origins import TrustedOrigins
-from brain.auth.validation import parse_sign_in, parse_sign_up
+from brain.auth.validation import SignUp, parse_sign_in, parse_sign_up
 from brain.errors import BadRequest, Forbidden, TooManyRequests, Unauthorized
 from brain.ids import new_id
 from brain.web import client_ip, json_response, read_json
 
+if TYPE_CHECKING:
+    from brain.auth.account_routes import AccountRoutes
+
 log = logging.getLogger("brain.auth")
 
 _MAX_USER_AGENT = 512
+
+
+def _synthetic_user(req: SignUp) -> dict[str, Any]:
+    """A user object for an address that already has an account (never stored)."""
+    now = iso(now_ms())
+    return {
+        "id": new_id(), "email": req.email, "name": req.name, "image": req.image, "emailVerified": False,
+        "createdAt": now, "updatedAt": now,
+    }
 
 
 def too_many(wait_s: float, message: str = "Too many requests. Please try again later.") -> TooManyRequests:
@@ -37,7 +49,12 @@ class AuthRoutes:
     """Handlers bound to one AuthContext."""
 
     def __init__(self, ctx: AuthContext, trusted: TrustedOrigins) -> None:
+        from brain.auth.emails import AuthMail
+
         self.ctx = ctx
+        self.mail = AuthMail(ctx)
+        # Set by brain.auth.setup_routes: the verification, reset and deletion endpoints.
+        self.accounts: AccountRoutes | None = None
         self.auth = ctx.auth
         self.trusted = trusted
         self.trusted_proxies = frozenset(ctx.settings.server.trusted_proxies)
@@ -153,17 +170,33 @@ class AuthRoutes:
         refusal = next((r for r in reasons if r is not None), None)
         if refusal is not None:
             raise BadRequest(refusal if isinstance(refusal, str) and refusal else "sign-up refused", code="SIGN_UP_REFUSED")
+        verify = self.auth.require_email_verification
+        if verify:
+            self.mail.check_available()  # nobody could ever sign in: refuse before creating anyone
         if User.select().where(User.email == req.email).exists():
+            if verify:
+                # Better Auth's answer when verification is required: the same as for a new
+                # address (after the same hashing work), so sign-up does not reveal accounts.
+                await self.ctx.passwords.hash(req.password)
+                return self._session_response({}, _synthetic_user(req), None, None)
             raise EmailTaken()
         password_hash = await self.ctx.passwords.hash(req.password)
         token, fields = None, None
-        if not self.auth.require_email_verification:
+        if not verify:
             token, fields = self._new_session_fields(request, ip, req.remember)
-        user, session = await self.ctx.issuer(
-            "create_user", email=req.email, name=req.name, image=req.image, password_hash=password_hash, session=fields
-        )
+        try:
+            user, session = await self.ctx.issuer(
+                "create_user", email=req.email, name=req.name, image=req.image, password_hash=password_hash,
+                session=fields,
+            )
+        except EmailTaken:
+            if verify:
+                return self._session_response({}, _synthetic_user(req), None, None)
+            raise
         public = user.public()
         log.info("user %s signed up", user.id)
+        if (verify or self.auth.send_verification_on_sign_up) and self.accounts is not None:
+            await self.accounts.send_sign_up_verification(public, req.callback_url)
         hook = self._run_hook(self.ctx.rt.pm.hook.after_sign_up, user=dict(public))
         self.ctx.in_background(asyncio.ensure_future(hook), "after_sign_up hook")
         return self._session_response({}, public, session, token)

@@ -143,3 +143,44 @@ def parse_sign_in(body: Any, settings: AuthSettings) -> SignIn:
     if password_length(password) > settings.max_password_length:
         raise BadRequest("Password too long", code="PASSWORD_TOO_LONG")
     return SignIn(normalized, password, remember, callback)
+
+
+def parse_email_request(body: Any, url_field: str) -> tuple[str, str | None]:
+    """`{email, <url_field>?}` (send-verification-email: callbackURL; request-password-reset: redirectTo)."""
+    body = require_object(body)
+    email = _text(body, "email", required=True)
+    url = _text(body, url_field, required=False, max_len=MAX_IMAGE)
+    assert email is not None
+    return normalize_email(email), url
+
+
+def parse_reset_password(body: Any, query_token: str | None, settings: AuthSettings) -> tuple[str, str]:
+    """`{newPassword, token?}` (the token may come in the query instead); (token, password)."""
+    body = require_object(body)
+    password = _text(body, "newPassword", required=True)
+    token = _text(body, "token", required=False, max_len=256) or query_token
+    assert password is not None
+    if not token:
+        raise BadRequest("Invalid token", code="INVALID_TOKEN")
+    check_password(password, settings)
+    return token, password
+
+
+@dataclass(frozen=True)
+class DeleteUser:
+    """A checked delete-user request."""
+
+    password: str | None
+    token: str | None
+    callback_url: str | None
+
+
+def parse_delete_user(body: Any, settings: AuthSettings) -> DeleteUser:
+    """`{password?, token?, callbackURL?}`; a password over the limit is PASSWORD_TOO_LONG."""
+    body = require_object(body)
+    password = _text(body, "password", required=False)
+    token = _text(body, "token", required=False, max_len=256)
+    callback = _text(body, "callbackURL", required=False, max_len=MAX_IMAGE)
+    if password is not None and password_length(password) > settings.max_password_length:
+        raise BadRequest("Password too long", code="PASSWORD_TOO_LONG")
+    return DeleteUser(password or None, token or None, callback)
