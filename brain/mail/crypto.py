@@ -73,7 +73,8 @@ class StateSigner:
     def verify(self, state: str) -> dict[str, Any]:
         """The payload ({u, p, n, e}) of a genuine, unexpired state; InvalidState otherwise."""
         payload, sep, mac = state.partition(".")
-        if not sep or not payload or not mac:
+        # Genuine states are base64url; compare_digest refuses non-ASCII str (TypeError -> 500).
+        if not sep or not payload or not mac or not state.isascii():
             raise InvalidState("state is malformed")
         if not hmac.compare_digest(mac, self._mac(payload)):
             raise InvalidState("state signature is invalid")
