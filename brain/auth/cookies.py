@@ -37,7 +37,8 @@ def unsign(secret: bytes, value: str) -> str | None:
     """The token inside a signed value, or None when the signature does not match."""
     value = unquote(value)
     token, dot, signature = value.rpartition(".")
-    if not dot or not token or len(signature) != 44:
+    # Genuine values are ASCII; compare_digest refuses non-ASCII str (a TypeError, so a 500).
+    if not dot or not token or len(signature) != 44 or not value.isascii():
         return None
     return token if hmac.compare_digest(signature, _signature(secret, token)) else None
 
@@ -52,7 +53,8 @@ def request_token(request: web.Request, secret: bytes) -> str | None:
     auth = request.headers.get("Authorization", "")
     if auth[:7].lower() == "bearer ":
         raw = auth[7:].strip()
-        if raw:
+        # Tokens are ASCII; other bytes (surrogate-escaped by aiohttp) would not even hash.
+        if raw and raw.isascii():
             # A raw token has no dot (ids are alphanumeric); a signed one must verify.
             return unsign(secret, raw) if "." in raw else raw
     for name in (SECURE_PREFIX + COOKIE_NAME, COOKIE_NAME):
