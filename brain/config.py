@@ -135,6 +135,9 @@ class ApiSettings:
     # Keys older than this (issuer unreachable meanwhile) are dropped: the API answers 503.
     jwks_max_staleness_seconds: float = 7 * 24 * 3600.0
     jwks_fetch_timeout: float = 5.0
+    # PEM bundle of the CAs trusted for an https JWKS fetch. Empty: the system CAs (or, when
+    # this process runs the auth role too and auth_server_url is empty, its own certificate).
+    jwks_ca_file: str = ""
     leeway_seconds: int = 30
     token_cache_size: int = 10_000
     max_token_bytes: int = 8192

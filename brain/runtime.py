@@ -27,10 +27,11 @@ import brain
 from brain.actors import bridge
 from brain.actors.supervisor import ChildSpec, Supervisor
 from brain.config import Settings, server_secret
+from brain.errors import ConfigError
 from brain.logs import access_logger_for
 from brain.nats_embedded import EmbeddedNats, free_port, store_dir_for
 from brain.plugins.manager import load_plugins
-from brain.web import MAX_BODY_KEY, error_middleware
+from brain.web import MAX_BODY_KEY, add_hsts, error_middleware
 
 if TYPE_CHECKING:
     from brain.api.bus import Doorbell
@@ -207,6 +208,8 @@ class Runtime:
             auth.setup_routes(app, self)
         else:
             api.setup_routes(app, self)
+        if self.settings.tls and self.settings.server.mode == "production":
+            app.on_response_prepare.append(add_hsts)  # only here: dev and plain http pay nothing
         return app
 
     def request_stop(self, code: int = 0) -> None:
@@ -224,12 +227,12 @@ class Runtime:
                 self.loop.add_signal_handler(sig, self._on_signal, sig)
             except (NotImplementedError, RuntimeError):  # pragma: no cover - not the main thread
                 pass
+        ssl_ctx = self._ssl_context()  # before the tree: a bad certificate is a start-up error
         await self.loop.run_in_executor(None, self.start_tree)
         if self.root is None or not self.root.is_alive():
             log.critical("the supervision tree failed to start")
             await self.loop.run_in_executor(None, self.stop_tree)
             return 1
-        ssl_ctx = self._ssl_context()
         try:
             for role in ("auth", "api"):
                 if role not in sockets:
@@ -270,7 +273,12 @@ class Runtime:
         if not self.settings.tls:
             return None
         ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        ctx.load_cert_chain(self.settings.server.tls_cert, self.settings.server.tls_key)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx.set_alpn_protocols(["http/1.1"])
+        try:
+            ctx.load_cert_chain(self.settings.server.tls_cert, self.settings.server.tls_key)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"server.tls_cert / server.tls_key: cannot load the certificate and key: {exc}") from None
         return ctx
 
 

@@ -68,6 +68,13 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
 
 MAX_BODY_KEY = web.AppKey("max_body_bytes", int)
 
+HSTS = "max-age=31536000; includeSubDomains"
+
+
+async def add_hsts(_request: web.Request, response: web.StreamResponse) -> None:
+    """on_response_prepare: tell browsers to use https only (production over TLS)."""
+    response.headers["Strict-Transport-Security"] = HSTS
+
 
 async def read_json(request: web.Request, *, limit: int | None = None) -> Any:
     """Parse the request body as JSON, refusing oversized and malformed bodies with a 4xx."""

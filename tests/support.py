@@ -84,6 +84,7 @@ class BrainServer:
         data_dir: Path | None = None,
         auth_port: int | None = None,
         api_port: int | None = None,
+        ca: Path | None = None,
     ) -> None:
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -96,6 +97,9 @@ class BrainServer:
         for k, v in FAST_ARGON2.items():
             self.config["auth"].setdefault(k, v)
         self.env = dict(env or {})
+        # https when the config gives brain a certificate; `ca` is what clients then trust.
+        self.scheme = "https" if self.config.get("server", {}).get("tls_cert") else "http"
+        self.ca = ca
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = self.workdir / "brain.log"
         self._log_offset = 0
@@ -103,11 +107,16 @@ class BrainServer:
 
     @property
     def auth_url(self) -> str:
-        return f"http://127.0.0.1:{self.auth_port}"
+        return f"{self.scheme}://127.0.0.1:{self.auth_port}"
 
     @property
     def api_url(self) -> str:
-        return f"http://127.0.0.1:{self.api_port}"
+        return f"{self.scheme}://127.0.0.1:{self.api_port}"
+
+    @property
+    def verify(self) -> str | bool:
+        """`verify=` for requests: the CA the server's certificate chains to, if one was given."""
+        return str(self.ca) if self.ca else True
 
     def command(self) -> list[str]:
         config_path = self.workdir / "brain.toml"

@@ -75,15 +75,20 @@ def auth_child_specs(rt: Runtime) -> list[ChildSpec]:
     if "api" not in rt.roles:
         return []
     from brain.actors.supervisor import ChildSpec
-    from brain.api.jwks import JwksCache
+    from brain.api.jwks import JwksCache, jwks_opener
 
     state = jwks_state(rt)
     api = rt.settings.api
+    opener = jwks_opener(rt.settings)
     return [
         ChildSpec(
             id="jwks_cache",
             start=lambda link: JwksCache.start(
-                link=link, state=state, refresh_seconds=api.jwks_refresh_seconds, fetch_timeout=api.jwks_fetch_timeout
+                link=link,
+                state=state,
+                refresh_seconds=api.jwks_refresh_seconds,
+                fetch_timeout=api.jwks_fetch_timeout,
+                opener=opener,
             ),
         )
     ]

@@ -14,9 +14,13 @@ with backoff while keeping the last good keys, until they are older than
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import http.client
 import json
 import logging
 import random
+import ssl
 import threading
 import time
 import types
@@ -24,15 +28,21 @@ import urllib.error
 import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pykka
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 from jwt.exceptions import InvalidKeyError
 
 import brain
 from brain.actors.base import BrainActor, Link, ScheduledCall
+from brain.errors import ConfigError
+
+if TYPE_CHECKING:
+    from brain.config import Settings
 
 log = logging.getLogger("brain.api.jwks")
 
@@ -196,6 +206,70 @@ class _Fetch:
     reason: str
 
 
+# TLS trust of the fetch ---------------------------------------------------------------------
+
+
+def jwks_opener(settings: Settings) -> urllib.request.OpenerDirector:
+    """The opener for JWKS fetches: no proxy; TLS trust as `api.jwks_ca_file` or the local cert says.
+
+    With `api.jwks_ca_file`, that bundle (and the URL's host name) is checked. When this process
+    runs both roles with TLS and fetches from its own auth role (no `api.auth_server_url`),
+    exactly the certificate it serves (`server.tls_cert`) is accepted: it may be self-signed, or
+    name a public host rather than the loopback address the fetch goes to. Otherwise: system CAs.
+    """
+    # No proxy from the environment: the issuer is a service next to us, not the web.
+    handlers: list[urllib.request.BaseHandler] = [urllib.request.ProxyHandler({})]
+    if settings.api.jwks_ca_file:
+        try:
+            context = ssl.create_default_context(cafile=settings.api.jwks_ca_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"api.jwks_ca_file: cannot load {settings.api.jwks_ca_file!r}: {exc}") from None
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        handlers.append(urllib.request.HTTPSHandler(context=context))
+    elif settings.tls and {"auth", "api"} <= set(settings.server.roles) and not settings.api.auth_server_url:
+        handlers.append(_PinnedHTTPSHandler(_leaf_digest(settings.server.tls_cert)))
+    return urllib.request.build_opener(*handlers)
+
+
+def _leaf_digest(cert_file: str) -> bytes:
+    """SHA-256 of the first (leaf) certificate in a PEM file, in DER form."""
+    try:
+        with open(cert_file, "rb") as fh:
+            leaf = x509.load_pem_x509_certificates(fh.read())[0]
+    except (OSError, ValueError, IndexError) as exc:
+        raise ConfigError(f"server.tls_cert: cannot read a certificate from {cert_file!r}: {exc}") from None
+    return hashlib.sha256(leaf.public_bytes(serialization.Encoding.DER)).digest()
+
+
+class _PinnedHTTPSConnection(http.client.HTTPSConnection):
+    """An https connection that accepts only the certificate whose DER digest it was given."""
+
+    def __init__(self, *args: Any, pin: bytes, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._pin = pin
+
+    def connect(self) -> None:
+        super().connect()
+        der = self.sock.getpeercert(binary_form=True)  # type: ignore[union-attr]
+        if der is None or hashlib.sha256(der).digest() != self._pin:
+            self.close()
+            raise ssl.SSLCertVerificationError("the auth role presented a certificate other than server.tls_cert")
+
+
+class _PinnedHTTPSHandler(urllib.request.HTTPSHandler):
+    def __init__(self, pin: bytes) -> None:
+        # The pin replaces chain and host-name checks; TLS itself stays modern.
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        super().__init__(context=context)
+        self._pin = pin
+
+    def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        return self.do_open(functools.partial(_PinnedHTTPSConnection, pin=self._pin), req, context=self._context)  # type: ignore[attr-defined,return-value]
+
+
 class JwksCache(BrainActor):
     """Fetches and refreshes the issuer's JWKS; publishes snapshots on its JwksState."""
 
@@ -206,6 +280,7 @@ class JwksCache(BrainActor):
         state: JwksState,
         refresh_seconds: float,
         fetch_timeout: float,
+        opener: urllib.request.OpenerDirector | None = None,
     ) -> None:
         super().__init__(link=link)
         self.state = state
@@ -215,8 +290,8 @@ class JwksCache(BrainActor):
         self._backoff = 0.0
         self._started = time.monotonic()
         self._warned = False
-        # No proxy from the environment: the issuer is a service next to us, not the web.
-        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        # `jwks_opener(settings)` in a server; tests may hand in none (plain, no proxy).
+        self._opener = opener or urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
     def on_start(self) -> None:
         self.state.actor_ref = self.actor_ref
