@@ -41,6 +41,11 @@ def build_parser() -> argparse.ArgumentParser:
     from brain.auth import cli as auth_cli
 
     auth_cli.add_parser(sub, _add_config_args, settings_from_args)
+    auth_cli.add_users_parser(sub, _add_config_args, settings_from_args)
+
+    from brain.mail import cli as mail_cli
+
+    mail_cli.add_parser(sub, _add_config_args, settings_from_args)
     return parser
 
 
