@@ -49,6 +49,9 @@ class ServerSettings:
     secret: str = ""
     max_body_bytes: int = 1_048_576
     shutdown_timeout: float = 5.0
+    # A connection that has not completed a request head (slowloris) or sits idle between
+    # requests is closed after this long; aiohttp's own default is an hour.
+    idle_timeout_seconds: float = 75.0
     # Peers whose X-Forwarded-For is believed (exact addresses).
     trusted_proxies: tuple[str, ...] = ()
     tls_cert: str = ""
@@ -502,6 +505,7 @@ def _validate(s: Settings) -> None:
         "nats.duplicate_window_seconds": s.nats.duplicate_window_seconds,
         "nats.publish_timeout_seconds": s.nats.publish_timeout_seconds,
         "nats.max_in_flight": s.nats.max_in_flight,
+        "server.idle_timeout_seconds": s.server.idle_timeout_seconds,
         "nats.reconnect_wait_seconds": s.nats.reconnect_wait_seconds,
         "mail.sync_interval_seconds": s.mail.sync_interval_seconds,
         "mail.max_backoff_seconds": s.mail.max_backoff_seconds,

@@ -251,6 +251,7 @@ class Runtime:
                 host, port = sockets[role].getsockname()[:2]
                 log.info("%s role listening on %s://%s:%s", role, "https" if ssl_ctx else "http", host, port)
             log.info("brain %s ready (pid %s)", brain.__version__, _pid())
+                    keepalive_timeout=self.settings.server.idle_timeout_seconds,
             await self._stop_event.wait()
         finally:
             await self.shutdown()
