@@ -194,6 +194,25 @@ class MailSettings:
 
 
 @dataclass(frozen=True)
+class MetricsSettings:
+    """Prometheus metrics at GET /metrics (brain.metrics)."""
+
+    enabled: bool = True
+    # A separate listener for /metrics (keep it on loopback or a private network). 0: none,
+    # /metrics is then served on the API port, and only when a token is set.
+    port: int = 0
+    host: str = "127.0.0.1"
+    # When set, /metrics requires `Authorization: Bearer <token>` wherever it is served.
+    # BRAIN_METRICS__TOKEN in the environment keeps it out of files.
+    token: str = ""
+
+    @property
+    def exposed(self) -> bool:
+        """Whether /metrics is served anywhere (off the public port, or token-protected)."""
+        return self.enabled and bool(self.port or self.token)
+
+
+@dataclass(frozen=True)
 class SmtpSettings:
     """Where the built-in `send_auth_email` sends verification and password-reset mail."""
 
@@ -230,6 +249,7 @@ class Settings:
     api: ApiSettings = field(default_factory=ApiSettings)
     nats: NatsSettings = field(default_factory=NatsSettings)
     mail: MailSettings = field(default_factory=MailSettings)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
     smtp: SmtpSettings = field(default_factory=SmtpSettings)
     plugins: PluginSettings = field(default_factory=PluginSettings)
 
@@ -485,6 +505,7 @@ def _validate(s: Settings) -> None:
         raise ConfigError("server.secret: must be at least 32 characters")
     positives = {
         "server.max_body_bytes": s.server.max_body_bytes,
+        "server.idle_timeout_seconds": s.server.idle_timeout_seconds,
         "auth.jwt_ttl_seconds": s.auth.jwt_ttl_seconds,
         "auth.session_ttl_seconds": s.auth.session_ttl_seconds,
         "auth.hash_workers": s.auth.hash_workers,
@@ -505,7 +526,6 @@ def _validate(s: Settings) -> None:
         "nats.duplicate_window_seconds": s.nats.duplicate_window_seconds,
         "nats.publish_timeout_seconds": s.nats.publish_timeout_seconds,
         "nats.max_in_flight": s.nats.max_in_flight,
-        "server.idle_timeout_seconds": s.server.idle_timeout_seconds,
         "nats.reconnect_wait_seconds": s.nats.reconnect_wait_seconds,
         "mail.sync_interval_seconds": s.mail.sync_interval_seconds,
         "mail.max_backoff_seconds": s.mail.max_backoff_seconds,
@@ -543,6 +563,12 @@ def _validate(s: Settings) -> None:
             raise ConfigError(f"api.algorithms: {alg!r} is not allowed (RS256, ES256, EdDSA)")
     if not s.api.algorithms:
         raise ConfigError("api.algorithms: must name at least one algorithm")
+    if not 0 <= s.metrics.port <= 65535:
+        raise ConfigError(f"metrics.port: must be a port number 0-65535, got {s.metrics.port}")
+    if s.metrics.port and s.metrics.port in (s.server.auth_port, s.server.api_port):
+        raise ConfigError("metrics.port: must differ from server.auth_port and server.api_port (0: no listener of its own)")
+    if s.metrics.token and len(s.metrics.token) < 16:
+        raise ConfigError("metrics.token: must be at least 16 characters")
     _validate_mail(s)
 
 

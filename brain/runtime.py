@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from brain.api.jwks import JwksState
     from brain.api.stores import StoreManager
     from brain.api.tokens import TokenVerifier
+    from brain.metrics import Metrics
 
 log = logging.getLogger("brain.server")
 
@@ -68,6 +69,12 @@ class Runtime:
         self.health_sources: dict[str, Callable[[], Any]] = {
             "nats": lambda: {"url": self.nats_url, "embedded": not settings.nats.url},
         }
+        # Prometheus metrics, only when /metrics is served somewhere (see brain.metrics).
+        self.metrics: Metrics | None = None
+        if settings.metrics.exposed:
+            from brain.metrics import Metrics
+
+            self.metrics = Metrics(self)
         self.pm.hook.brain_startup.call_historic(
             kwargs={"settings": settings, "plugin_settings": settings.plugins.settings}
         )
@@ -208,6 +215,8 @@ class Runtime:
             auth.setup_routes(app, self)
         else:
             api.setup_routes(app, self)
+        if self.metrics is not None:
+            self.metrics.install(app, role)
         if self.settings.tls and self.settings.server.mode == "production":
             app.on_response_prepare.append(add_hsts)  # only here: dev and plain http pay nothing
         return app
@@ -242,6 +251,7 @@ class Runtime:
                     access_log_class=access_logger_for(role),
                     access_log=logging.getLogger(f"brain.access.{role}") if self.settings.log.access_log else None,
                     shutdown_timeout=self.settings.server.shutdown_timeout,
+                    keepalive_timeout=self.settings.server.idle_timeout_seconds,
                     handle_signals=False,
                 )
                 await runner.setup()
@@ -250,8 +260,14 @@ class Runtime:
                 await site.start()
                 host, port = sockets[role].getsockname()[:2]
                 log.info("%s role listening on %s://%s:%s", role, "https" if ssl_ctx else "http", host, port)
+            if self.metrics is not None and "metrics" in sockets:
+                runner = web.AppRunner(self.metrics.listener_app(), access_log=None, handle_signals=False)
+                await runner.setup()
+                self._runners.append(runner)
+                await web.SockSite(runner, sockets["metrics"]).start()
+                host, port = sockets["metrics"].getsockname()[:2]
+                log.info("metrics listening on http://%s:%s/metrics", host, port)
             log.info("brain %s ready (pid %s)", brain.__version__, _pid())
-                    keepalive_timeout=self.settings.server.idle_timeout_seconds,
             await self._stop_event.wait()
         finally:
             await self.shutdown()
@@ -287,19 +303,21 @@ def bind_sockets(settings: Settings) -> tuple[Settings, dict[str, socket.socket]
     """Bind each role's listening socket now; settings get the real ports (port 0 resolved)."""
     host = settings.server.host
     sockets: dict[str, socket.socket] = {}
-    ports = {"auth": settings.server.auth_port, "api": settings.server.api_port}
+    ports = {"auth": settings.server.auth_port, "api": settings.server.api_port, "metrics": settings.metrics.port}
+    hosts = {"auth": host, "api": host, "metrics": settings.metrics.host}
+    wanted = [r for r in ("auth", "api") if r in settings.server.roles]
+    if settings.metrics.exposed and settings.metrics.port:
+        wanted.append("metrics")  # the separate metrics listener
     try:
-        for role in ("auth", "api"):
-            if role not in settings.server.roles:
-                continue
-            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        for role in wanted:
+            family = socket.AF_INET6 if ":" in hosts[role] else socket.AF_INET
             sock = socket.socket(family, socket.SOCK_STREAM)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
-                sock.bind((host, ports[role]))
+                sock.bind((hosts[role], ports[role]))
             except OSError as exc:
                 sock.close()
-                raise OSError(f"cannot listen on {host}:{ports[role]} for the {role} role: {exc.strerror}") from None
+                raise OSError(f"cannot listen on {hosts[role]}:{ports[role]} for the {role} role: {exc.strerror}") from None
             sock.listen(1024)
             sock.setblocking(False)
             ports[role] = sock.getsockname()[1]

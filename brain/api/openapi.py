@@ -52,6 +52,19 @@ _BEARER_ERRORS = {
     },
 }
 
+# Served on a role's port only when a metrics token is set (brain.metrics).
+_METRICS_PATH: dict[str, Any] = {
+    "get": {
+        "operationId": "metrics",
+        "summary": "Prometheus metrics (text exposition format); needs the metrics token, not a JWT",
+        "security": [{"metricsToken": []}],
+        "responses": {
+            "200": {"description": "OK", "content": {"text/plain": {"schema": {"type": "string"}}}},
+            "401": _error("Missing or wrong metrics token"),
+        },
+    }
+}
+
 _API_PATHS: dict[str, dict[str, Any]] = {
     "/health": {
         "get": {
@@ -410,6 +423,9 @@ def build_spec(settings: Settings) -> dict[str, Any]:
         paths[path] = copy.deepcopy(item)
     for path, item in {**_AUTH_PATHS, **_EXTRA_PATHS["auth"]}.items():
         paths[path] = {"servers": auth_server, **copy.deepcopy(item)}
+    if settings.metrics.exposed and not settings.metrics.port:  # else on its own listener, or not at all
+        metrics = copy.deepcopy(_METRICS_PATH)
+        paths["/metrics"] = metrics if "api" in settings.server.roles else {"servers": auth_server, **metrics}
     return {
         "openapi": "3.1.0",
         "info": {
@@ -429,6 +445,7 @@ def build_spec(settings: Settings) -> dict[str, Any]:
                 "bearerAuth": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"},
                 "sessionCookie": {"type": "apiKey", "in": "cookie", "name": "better-auth.session_token"},
                 "sessionBearer": {"type": "http", "scheme": "bearer", "description": "A session token"},
+                "metricsToken": {"type": "http", "scheme": "bearer", "description": "The [metrics] token"},
             },
             "schemas": {**copy.deepcopy(_SCHEMAS), **copy.deepcopy(_EXTRA_SCHEMAS)},
         },
