@@ -22,11 +22,12 @@ from urllib.parse import urlencode, urljoin
 
 from aiohttp import web
 
-from brain.auth import accounts
+from brain.api.openapi import add_paths
+from brain.auth import accounts, openapi
 from brain.auth.cookies import clear_session_cookie, token_hash
 from brain.auth.db import User, now_ms
 from brain.auth.validation import parse_delete_user, parse_email_request, parse_reset_password, validation_error
-from brain.errors import BadRequest, NotFound, Unauthorized
+from brain.errors import BadRequest, Forbidden, NotFound, Unauthorized
 from brain.web import json_response, read_json
 
 if TYPE_CHECKING:
@@ -37,6 +38,17 @@ if TYPE_CHECKING:
 # Better Auth's constant-time floor for send-verification-email without a session (500 ms).
 RESPONSE_FLOOR_S = 0.5
 RESET_MESSAGE = "If this email exists in our system, check your email for the reset link"
+# Emailed tokens are 32 alphanumerics; anything far off is simply not one.
+_MAX_TOKEN = 256
+
+add_paths("auth", openapi.PATHS)
+
+
+def emailed_token_hash(token: str | None) -> str | None:
+    """The stored hash of a token from a link, or None for anything that cannot be one."""
+    if not token or len(token) > _MAX_TOKEN or not token.isascii():
+        return None
+    return token_hash(token)
 
 
 def with_params(url: str, params: dict[str, str]) -> str:
@@ -71,6 +83,12 @@ class AccountRoutes:
         r.add_post("/api/auth/reset-password", self.reset_password)
         r.add_post("/api/auth/delete-user", self.delete_user)
 
+    def _check_url(self, url: str | None) -> None:
+        """A callback must be trusted, and printable ASCII: it may end up in a Location header."""
+        if url is not None and not all(0x21 <= ord(c) < 0x7F for c in url):
+            raise Forbidden("Invalid callbackURL", code="INVALID_CALLBACK_URL")
+        self.base._check_callback(url)
+
     async def _floor(self, started: float) -> None:
         await asyncio.sleep(max(0.0, RESPONSE_FLOOR_S - (asyncio.get_running_loop().time() - started)))
 
@@ -81,7 +99,7 @@ class AccountRoutes:
         started = asyncio.get_running_loop().time()
         self.base._limit_ip(self.base._ip(request))
         email, callback = parse_email_request(await read_json(request, limit=self.auth.max_body_bytes), "callbackURL")
-        self.base._check_callback(callback)
+        self._check_url(callback)
         self.mail.check_available()
         found = await self.base._current(request)
         if found is not None:
@@ -117,13 +135,16 @@ class AccountRoutes:
         """GET /api/auth/verify-email?token&callbackURL -> {status: true, user: null} or a redirect."""
         token = request.query.get("token")
         callback = request.query.get("callbackURL") or None
-        self.base._check_callback(callback)
+        self._check_url(callback)
         if not token:
             raise validation_error("token", "Invalid input: expected string, received undefined")
         fields = None
         if self.auth.auto_sign_in_after_verification:
             session_token, fields = self.base._new_session_fields(request, self.base._ip(request), True)
-        status, user, session = await self.ctx.issuer("verify_email", token_hash=token_hash(token), session=fields)
+        hashed = emailed_token_hash(token)
+        status, user, session = ("invalid", None, None)
+        if hashed is not None:
+            status, user, session = await self.ctx.issuer("verify_email", token_hash=hashed, session=fields)
         if user is None:
             code, message = ("TOKEN_EXPIRED", "Token expired") if status == "expired" else ("INVALID_TOKEN", "Invalid token")
             if callback:
@@ -141,7 +162,7 @@ class AccountRoutes:
         started = asyncio.get_running_loop().time()
         self.base._limit_ip(self.base._ip(request))
         email, redirect_to = parse_email_request(await read_json(request, limit=self.auth.max_body_bytes), "redirectTo")
-        self.base._check_callback(redirect_to)
+        self._check_url(redirect_to)
         self.mail.check_available()
         user = User.get_or_none(User.email == email)
         if user is not None and self.mail.allow(email):
@@ -154,8 +175,9 @@ class AccountRoutes:
         """GET /api/auth/reset-password/{token}?callbackURL -> redirect with ?token= (or ?error=)."""
         token = request.match_info["token"]
         callback = request.query.get("callbackURL") or None
-        self.base._check_callback(callback)
-        valid = accounts.peek_token(accounts.RESET_PASSWORD, token_hash(token), now_ms())
+        self._check_url(callback)
+        hashed = emailed_token_hash(token)
+        valid = hashed is not None and accounts.peek_token(accounts.RESET_PASSWORD, hashed, now_ms())
         if callback is None:
             # Better Auth would redirect to its /error page; without one, answer JSON.
             if not valid:
@@ -169,8 +191,11 @@ class AccountRoutes:
         self.base._limit_ip(self.base._ip(request))
         body = await read_json(request, limit=self.auth.max_body_bytes)
         token, password = parse_reset_password(body, request.query.get("token") or None, self.auth)
+        hashed = emailed_token_hash(token)
+        if hashed is None:
+            raise BadRequest("Invalid token", code="INVALID_TOKEN")
         password_hash = await self.ctx.passwords.hash(password)
-        status, user_id = await self.ctx.issuer("reset_password", token_hash=token_hash(token), password_hash=password_hash)
+        status, user_id = await self.ctx.issuer("reset_password", token_hash=hashed, password_hash=password_hash)
         if user_id is None:
             raise BadRequest("Invalid token", code="INVALID_TOKEN")
         return json_response({"status": True})
@@ -190,7 +215,7 @@ class AccountRoutes:
         empty = not request.body_exists or request.content_length == 0
         body = {} if empty else await read_json(request, limit=self.auth.max_body_bytes)
         req = parse_delete_user(body, self.auth)
-        self.base._check_callback(req.callback_url)
+        self._check_url(req.callback_url)
         if req.password is not None:
             wait = self.ctx.account_failures.take(user.email)
             if wait > 0:
