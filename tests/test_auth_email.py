@@ -144,6 +144,11 @@ def test_verify_email_refuses_bad_tokens_and_callbacks(server: BrainServer) -> N
     assert r.status_code == 403 and r.json()["code"] == "INVALID_CALLBACK_URL"
     r = get(f"{server.auth_url}/api/auth/verify-email")
     assert r.status_code == 400 and "token" in r.json()["message"]
+    # A trusted relative callback still may not smuggle header lines into the redirect.
+    r = get(f"{server.auth_url}/api/auth/verify-email", params={"token": "x", "callbackURL": "/ok\r\nSet-Cookie: a=b"})
+    assert r.status_code == 403 and r.json()["code"] == "INVALID_CALLBACK_URL"
+    r = get(f"{server.auth_url}/api/auth/verify-email", params={"token": "\u00e9" * 32})
+    assert r.status_code == 401 and r.json()["code"] == "INVALID_TOKEN"
 
 
 def test_send_verification_email_resends_and_never_tells_who_exists(server: BrainServer, inbox: Inbox) -> None:
@@ -278,6 +283,43 @@ def test_tokens_expire(smtp: tuple[Inbox, int], make_server) -> None:  # type: i
     assert r.status_code == 400 and r.json()["code"] == "INVALID_TOKEN"
     assert sign_in(server, address).status_code == 200  # the password did not change
     assert sign_in(server, address).json()["user"]["emailVerified"] is False
+
+
+def test_starttls_and_login(make_server) -> None:  # type: ignore[no-untyped-def]
+    """tls = "starttls" with a login: the mail arrives over TLS, authenticated, checked against ca_file."""
+    from aiosmtpd.smtp import AuthResult, LoginPassword
+
+    from tests.fakes.tls import server_ssl_context, tls_files
+
+    logins: list[tuple[bytes, bytes]] = []
+
+    def authenticator(server: Any, session: Any, envelope: Any, mechanism: str, data: Any) -> AuthResult:
+        ok = isinstance(data, LoginPassword) and (data.login, data.password) == (b"brain", b"s3cret pass")
+        if isinstance(data, LoginPassword):
+            logins.append((data.login, data.password))
+        return AuthResult(success=ok)
+
+    class TlsInbox(Inbox):
+        async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
+            assert session.ssl is not None and session.authenticated
+            return await super().handle_DATA(server, session, envelope)
+
+    inbox, port = TlsInbox(), free_port()
+    controller = Controller(
+        inbox, hostname="127.0.0.1", port=port, tls_context=server_ssl_context(), require_starttls=True,
+        auth_required=True, authenticator=authenticator,
+    )
+    controller.start()
+    try:
+        config = mail_config(port, send_verification_on_sign_up=True)
+        config["smtp"].update(tls="starttls", username="brain", password="s3cret pass", ca_file=str(tls_files().ca_path))
+        server = make_server(config=config).start()
+        address = unique_email("tls")
+        assert sign_up(server, address).status_code == 200
+        assert link_in(inbox.wait(address)).startswith(f"{server.auth_url}/api/auth/verify-email?token=")
+        assert logins == [(b"brain", b"s3cret pass")]
+    finally:
+        controller.stop()
 
 
 def test_dev_mode_without_smtp_logs_the_link(make_server) -> None:  # type: ignore[no-untyped-def]
