@@ -210,7 +210,9 @@ class MailDb:
         A returning account (disconnected or needs_reauth before) keeps its cursor and index,
         so reconnecting resumes instead of syncing everything again.
         """
-        with self.unit(), self.db.atomic():
+        # IMMEDIATE: a deferred transaction that reads first cannot upgrade to a write once
+        # another connection has committed (SQLITE_BUSY at once, busy_timeout or not).
+        with self.unit(), self.db.atomic("IMMEDIATE"):
             account = Account.get_or_none(
                 (Account.user_id == user_id) & (Account.provider == provider) & (Account.address == address)
             )
