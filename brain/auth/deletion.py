@@ -76,6 +76,8 @@ class RevokedUsers:
         self.ids: set[str] = set()
         self._until: dict[str, float] = {}
         self._write_lock = threading.Lock()
+        self._version = 0  # bumped by every change; a save never replaces a newer one
+        self._saved_version = -1
 
     def load(self) -> RevokedUsers:
         """Read the file (a missing or unreadable one is an empty set, logged)."""
@@ -98,6 +100,7 @@ class RevokedUsers:
         """Refuse the user's tokens from now until `until` (epoch seconds)."""
         self.ids.add(user_id)
         self._until[user_id] = max(until, self._until.get(user_id, 0.0))
+        self._version += 1
 
     def prune(self, now: float | None = None) -> None:
         """Forget users whose last token has expired."""
@@ -105,16 +108,24 @@ class RevokedUsers:
         for user_id in [u for u, until in self._until.items() if until <= now]:
             del self._until[user_id]
             self.ids.discard(user_id)
+            self._version += 1
 
-    def save(self) -> None:
+    def snapshot(self) -> tuple[int, dict[str, float]]:
+        """A numbered copy to save (taken on the thread that mutates the set)."""
+        return self._version, dict(self._until)
+
+    def save(self, snapshot: tuple[int, dict[str, float]] | None = None) -> None:
         """Write the file atomically (0600); blocking, so not on the event loop."""
-        snapshot = dict(self._until)
+        version, entries = self.snapshot() if snapshot is None else snapshot
         with self._write_lock:
+            if version < self._saved_version:
+                return  # a newer copy was written meanwhile
+            self._saved_version = version
             self.path.parent.mkdir(parents=True, exist_ok=True)
             tmp = self.path.with_name(f".{REVOKED_FILE}.{os.getpid()}.tmp")
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "w") as fh:
-                json.dump({"users": snapshot}, fh)
+                json.dump({"users": entries}, fh)
                 fh.flush()
                 os.fsync(fh.fileno())
             os.replace(tmp, self.path)
@@ -235,7 +246,7 @@ class ApiSide:
         loop = asyncio.get_running_loop()
         self.revoke(user_id, tokens_valid_until_ms)
         self.revoked.prune()
-        await loop.run_in_executor(None, self.revoked.save)
+        await loop.run_in_executor(None, self.revoked.save, self.revoked.snapshot())
         pending = self._purging.get(user_id)
         if pending is not None:
             return await asyncio.shield(pending)
