@@ -30,6 +30,10 @@ run: venv
 test: venv-test
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+## make soak: the long reliability runs (tests/soak: many kill -9 cycles, crash and fault storms, fuzzing; ~10 min)
+soak: venv-test
+	$(PY) -m pytest -m soak tests/soak $(PYTEST_ARGS)
+
 ## make bench: benchmarks of the real server beside bare-aiohttp baselines (a few minutes; needs wrk)
 bench: venv-test
 	$(PY) -m bench $(BENCH_ARGS)

@@ -175,15 +175,20 @@ def isolation_run(server: BrainServer, gmail: FakeGmail, *, users: int, requests
     return {"requests": requests_count, "statuses": statuses}
 
 
-def test_randomized_tricks_never_cross_users_or_leave_data_users(tmp_path: Path) -> None:
+def run_isolation(workdir: Path, *, users: int, requests_count: int, seed: int) -> dict[str, Any]:
+    """A server with mail accounts on a fake Gmail, then `isolation_run`; its figures."""
     with FakeGmail() as gmail:
         server = BrainServer(
-            tmp_path / "brain",
+            workdir,
             config={"auth": NO_LIMITS, "plugins": {"gmail": gmail_settings(gmail)}, "mail": {"sync_interval_seconds": 2.0}},
         )
         server.start()
         try:
-            figures = isolation_run(server, gmail, users=8, requests_count=500, seed=11)
+            return isolation_run(server, gmail, users=users, requests_count=requests_count, seed=seed)
         finally:
             server.close()
+
+
+def test_randomized_tricks_never_cross_users_or_leave_data_users(tmp_path: Path) -> None:
+    figures = run_isolation(tmp_path / "brain", users=8, requests_count=500, seed=11)
     assert figures["statuses"].get(401, 0) > 20 and figures["statuses"].get(200, 0) > 50, figures
