@@ -199,3 +199,30 @@ def test_concurrent_connects_while_accounts_sync_never_500(tmp_path: Path) -> No
                 statuses = list(pool.map(connect, range(len(addresses))))
                 statuses += list(pool.map(connect, range(len(addresses))))  # reconnects, while all of them sync
             assert set(statuses) <= {200, 201}, Counter(statuses)
+
+
+def test_server_errors_of_the_token_endpoint_back_off_never_need_reauth(tmp_path: Path) -> None:
+    """Found by the soak storm: a 502 from Gmail's token endpoint was taken for a refused grant."""
+    address = "tok@example.com"
+    with FakeGmail() as gmail:
+        gmail.populate(address, 5)
+        config = mail_config(gmail)
+        config["mail"] = {"sync_interval_seconds": 0.3, "retry_base_seconds": 0.2, "max_backoff_seconds": 1.0}
+        with BrainServer(tmp_path / "brain", config=config) as server:
+            alice = Client(server)
+            account = alice.connect("gmail", gmail.issue_refresh_token(address))["account"]
+            alice.wait_state(account, "idle")
+            for n, status in enumerate((500, 502, 503, 504), start=1):
+                with StatusWatcher([alice]) as watcher:
+                    gmail.expire_access_tokens(address)
+                    gmail.fail_next(2, status=status, path_prefix="/token")
+                    gmail.add_message(address, subject=f"after a {status}")
+
+                    def settled(n: int = n) -> bool:
+                        stuck = alice.accounts()[account]["state"] == "needs_reauth"
+                        return stuck or len(alice.events("mail.message.received")) == 5 + n
+
+                    wait_until(settled, timeout=30, what=f"the message after the {status}s")
+                status_now = alice.accounts()[account]
+                assert status_now["state"] != "needs_reauth", (status, status_now["last_error"])
+                assert "needs_reauth" not in watcher.seen.get(account, set()), (status, watcher.seen)

@@ -235,7 +235,9 @@ class GmailProvider(MailProvider):
         except google.auth.exceptions.RefreshError as exc:
             detail = exc.args[1] if len(exc.args) > 1 and isinstance(exc.args[1], dict) else {}
             error = detail.get("error")  # an OAuth error code, or Google's error object on a 5xx
-            if (isinstance(error, str) and error in _AUTH_ERRORS) or not getattr(exc, "retryable", False):
+            # Only an OAuth refusal (a 4xx error code) means re-authorise; a server error that
+            # google-auth does not count as retryable (502, or no OAuth body at all) is transient.
+            if isinstance(error, str) and (error in _AUTH_ERRORS or not getattr(exc, "retryable", False)):
                 raise AuthFailed(str(exc.args[0] if exc.args else exc)) from exc
             raise Transient(f"token refresh failed: {exc}") from exc
         except google.auth.exceptions.TransportError as exc:
