@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import brain
+from brain.auth.deletion import REVOKED_FILE
 from brain.errors import BrainError
 from brain.ids import is_valid_user_id
 
@@ -146,6 +147,12 @@ def backup(
         entries.append(Entry(rel, kind, target.stat().st_size, sha256_of(target)))
         if bar:
             bar.step(rel)
+    revoked = data_dir / REVOKED_FILE
+    if revoked.is_file():
+        # Deleted users' ids, refused until their last token expires: without it a restore
+        # would let a deleted user's still-valid JWT in again.
+        shutil.copyfile(revoked, dest / REVOKED_FILE)
+        entries.append(Entry(REVOKED_FILE, "state", revoked.stat().st_size, sha256_of(dest / REVOKED_FILE)))
     secret = data_dir / "secret.key"
     if include_secret and secret.is_file():
         # Without the dev-mode secret the restored keys and OAuth tokens cannot be decrypted.
@@ -172,7 +179,7 @@ def _safe_relpath(rel: str) -> Path:
         not path.is_absolute()
         and ".." not in parts
         and (
-            rel in ("auth.db", "mail.db", "secret.key")
+            rel in ("auth.db", "mail.db", "secret.key", REVOKED_FILE)
             or (len(parts) == 3 and parts[0] == "users" and is_valid_user_id(parts[1]) and parts[2] == "events.db")
         )
     )
@@ -227,7 +234,7 @@ def restore(
         shutil.copyfile(src / rel, target)
         if item["kind"] == "secret":
             os.chmod(target, 0o600)
-        else:
+        elif item["kind"] != "state":
             verdict = integrity_check(target)
             if verdict != "ok":
                 raise BackupError(f"integrity check failed for {rel}: {verdict}")

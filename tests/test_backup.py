@@ -37,6 +37,7 @@ def test_backup_under_write_load_keeps_every_acknowledged_row(tmp_path: Path) ->
     auth = make_store(data / "auth.db")
     auth.execute("INSERT INTO events (type, data) VALUES ('user', '{}')")
     (data / "secret.key").write_text("s" * 48)
+    (data / "revoked-users.json").write_text('{"gone": 1}')
     acknowledged: dict[str, int] = {u: 0 for u in USERS}
     stop = threading.Event()
 
@@ -57,7 +58,7 @@ def test_backup_under_write_load_keeps_every_acknowledged_row(tmp_path: Path) ->
         t.join()
 
     names = {f["path"] for f in manifest["files"]}
-    assert names == {"auth.db", "secret.key", *(f"users/{u}/events.db" for u in USERS)}
+    assert names == {"auth.db", "secret.key", "revoked-users.json", *(f"users/{u}/events.db" for u in USERS)}
     restored = tmp_path / "restored"
     result = restore(tmp_path / "bk", restored)
     assert set(result["integrity"].values()) == {"ok"}
@@ -67,6 +68,7 @@ def test_backup_under_write_load_keeps_every_acknowledged_row(tmp_path: Path) ->
         assert count >= before[user] > 0
         assert integrity_check(db) == "ok"
     assert (restored / "secret.key").stat().st_mode & 0o777 == 0o600
+    assert (restored / "revoked-users.json").read_text() == '{"gone": 1}'
 
 
 def test_restore_refuses_a_non_empty_target_and_damaged_backups(tmp_path: Path) -> None:
