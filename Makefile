@@ -30,7 +30,7 @@ run: venv
 test: venv-test
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-## make soak: the long reliability runs (tests/soak: many kill -9 cycles, crash and fault storms, fuzzing; ~10 min)
+## make soak: the long reliability runs (tests/soak: many kill -9 cycles, crash and fault storms, fuzzing; ~5 min)
 soak: venv-test
 	$(PY) -m pytest -m soak tests/soak $(PYTEST_ARGS)
 

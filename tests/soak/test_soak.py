@@ -3,7 +3,7 @@
 The same scenarios as the fast tests, for many more cycles, requests, examples and rounds:
 kill -9 under load, randomized isolation tricks, OpenAPI fuzzing with random seeds, actor
 crash storms, NATS killed again and again, provider fault storms, and connection floods.
-`SOAK_SCALE=2 make soak` runs each twice as long (default 1: about ten minutes here).
+`SOAK_SCALE=2 make soak` runs each twice as long (default 1: about five minutes here).
 """
 
 from __future__ import annotations
