@@ -14,7 +14,7 @@ error="invalid_token"` and a short reason; keys missing or too stale is 503):
   `exp`/`nbf`/`iat` finite numbers, checked with a small leeway; `sub` a valid user id
   (`brain.ids.USER_ID_RE`), because it becomes a directory name and a NATS subject token.
 
-A verified token is cached (bounded, keyed by the whole token string) until its `exp`, and
+A verified token is cached (bounded, keyed by the whole header value) until its `exp`, and
 only for the key snapshot it was verified with, so a client's repeated token does not pay the
 signature check again and a key dropped from the JWKS stops its tokens at once.
 """
@@ -115,25 +115,29 @@ class TokenUser:
         return value if isinstance(value, str) else None
 
     def me_body(self) -> bytes:
-        """The JSON body of GET /me (computed once per cached token)."""
-        name = self.claims.get("name")
-        body = {
-            "id": self.id,
-            "email": self.email,
-            "name": name if isinstance(name, str) else None,
-            "claims": self.claims,
-        }
-        return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+        """The JSON body of GET /me (computed once per user object, i.e. per cached token)."""
+        body: bytes | None = self.__dict__.get("_me_body")
+        if body is None:
+            name = self.claims.get("name")
+            doc = {
+                "id": self.id,
+                "email": self.email,
+                "name": name if isinstance(name, str) else None,
+                "claims": self.claims,
+            }
+            body = json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
+            # Frozen dataclass: a cache slot outside the fields (not part of eq/hash/repr).
+            object.__setattr__(self, "_me_body", body)
+        return body
 
 
 class _Entry:
-    __slots__ = ("user", "exp", "snapshot", "me")
+    __slots__ = ("user", "exp", "snapshot")
 
     def __init__(self, user: TokenUser, snapshot: KeySnapshot) -> None:
         self.user = user
         self.exp = user.exp
         self.snapshot = snapshot
-        self.me: bytes | None = None
 
 
 class TokenVerifier:
@@ -157,8 +161,8 @@ class TokenVerifier:
         self.leeway = leeway
         self.cache_size = cache_size
         self.max_token_bytes = max_token_bytes
-        # Insertion-ordered: eviction drops the oldest entry (cheaper than a true LRU, and a
-        # token's useful life is short anyway).
+        # Authorization header value -> entry. Insertion-ordered: eviction drops the oldest
+        # entry (cheaper than a true LRU, and a token's useful life is short anyway).
         self._cache: dict[str, _Entry] = {}
         self.cache_hits = 0
         self.cache_misses = 0
@@ -172,14 +176,16 @@ class TokenVerifier:
         """The user of an `Authorization` header value; raises InvalidToken / ServiceUnavailable."""
         return self._entry(authorization).user
 
-    def me_body(self, authorization: str | None) -> bytes:
-        """GET /me's body for this header, cached with the token."""
-        entry = self._entry(authorization)
-        if entry.me is None:
-            entry.me = entry.user.me_body()
-        return entry.me
-
     def _entry(self, authorization: str | None) -> _Entry:
+        now = time.time()
+        # Keyed by the whole header value: a repeated token costs one dict lookup, no slicing.
+        # The entry was verified from exactly this value, so the key is as good as the token.
+        entry = self._cache.get(authorization) if authorization else None
+        if entry is not None:
+            if entry.snapshot is self.state.current(now) and now < entry.exp:
+                self.cache_hits += 1
+                return entry
+            del self._cache[authorization]  # type: ignore[arg-type] - not None when found
         if not authorization:
             raise InvalidToken("missing bearer token")
         if len(authorization) > self.max_token_bytes + 7:
@@ -187,14 +193,6 @@ class TokenVerifier:
         if authorization[:7].lower() != "bearer ":
             raise InvalidToken("authorization scheme must be Bearer")
         token = authorization[7:].strip()
-        now = time.time()
-        entry = self._cache.get(token)
-        if entry is not None:
-            snap = self.state.current(now)
-            if entry.snapshot is snap and now < entry.exp:
-                self.cache_hits += 1
-                return entry
-            del self._cache[token]
         self.cache_misses += 1
         user, snap, cacheable = self._verify(token, now)
         entry = _Entry(user, snap)
@@ -202,16 +200,16 @@ class TokenVerifier:
             cache = self._cache
             if len(cache) >= self.cache_size:
                 self._evict(now)
-            cache[token] = entry
+            cache[authorization] = entry
         return entry
 
     def _evict(self, now: float) -> None:
         cache = self._cache
         # Drop expired entries first (bounded work: at most a few per insert on average),
         # then the oldest.
-        for token in list(cache)[:8]:
-            if cache[token].exp <= now:
-                del cache[token]
+        for key in list(cache)[:8]:
+            if cache[key].exp <= now:
+                del cache[key]
         while len(cache) >= self.cache_size:
             del cache[next(iter(cache))]
 
