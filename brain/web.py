@@ -81,21 +81,26 @@ async def read_json(request: web.Request, *, limit: int | None = None) -> Any:
     limit = limit or request.app[MAX_BODY_KEY]
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(f"request body too large ({request.content_length} bytes, limit {limit})")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.content.iter_chunked(65536):
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"request body too large (limit {limit} bytes)")
-        chunks.append(chunk)
-    raw = b"".join(chunks)
+    if request.content_length is not None:
+        # Announced and within the limit: aiohttp reads exactly that much (and no more).
+        raw = await request.read()
+    else:
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.content.iter_chunked(65536):
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(f"request body too large (limit {limit} bytes)")
+            chunks.append(chunk)
+        raw = b"".join(chunks)
     if not raw.strip():
         raise BadRequest("request body is empty; expected JSON")
     ctype = request.content_type
     if ctype not in ("application/json", "application/octet-stream", "text/plain", "") and not ctype.endswith("+json"):
         raise BadRequest(f"unsupported content type {ctype!r}; send application/json", status=415, code="UNSUPPORTED_MEDIA_TYPE")
     try:
-        return json.loads(raw, parse_constant=_reject_constant)
+        # json.loads(raw, parse_constant=...) would build a decoder per call.
+        return _DECODER.decode(raw.decode(json.detect_encoding(raw), "surrogatepass"))
     except UnicodeDecodeError:
         raise BadRequest("request body is not valid UTF-8") from None
     except ValueError as exc:
@@ -107,6 +112,9 @@ async def read_json(request: web.Request, *, limit: int | None = None) -> Any:
 def _reject_constant(name: str) -> Any:
     # NaN and Infinity are not JSON; Python would accept them silently.
     raise ValueError(f"{name} is not valid JSON")
+
+
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
 
 
 def client_ip(request: web.Request, trusted_proxies: frozenset[str]) -> str:
