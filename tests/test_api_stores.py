@@ -158,6 +158,9 @@ def test_database_files_only_under_users(rt: Runtime) -> None:
     data = rt.settings.data_path
     for path in data.rglob("*"):
         rel = path.relative_to(data)
-        assert rel.parts[0] in ("users", "outbox", "nats", "secret.key", "mail.db", "mail.db-wal", "mail.db-shm"), rel
+        # serve.lock: the running server's lock for the admin CLI (brain.auth.control).
+        assert rel.parts[0] in (
+            "users", "outbox", "nats", "secret.key", "mail.db", "mail.db-wal", "mail.db-shm", "serve.lock"
+        ), rel
         if rel.parts[0] == "users" and path.is_file():
             assert len(rel.parts) == 3 and rel.parts[2].startswith("events.db"), rel

@@ -8,17 +8,31 @@ Every event is committed together with a row in the `outbox` table; after the co
 events are handed to the EventBus (`Outbox.notify`, non-blocking), which publishes them to
 JetStream and then hands back the acknowledged ids through the store's `acks` deque. The store
 deletes those rows inside its next append transaction, or at the latest ACK_FLUSH_SECONDS
-after an append (no message, no extra commit per acknowledgement on the hot path). Rows still
+after an append (no message, no extra commit per acknowledgement on the hot path). With no
+acks waiting, a lone event is a single INSERT: its own transaction, in which a trigger adds
+the outbox row. Rows still
 present after a crash are found again through the outbox marker (`data/outbox/{user_id}`),
 which exists from a store's start until it stops with an empty outbox.
+
+Requests from the event loop do not use pykka asks (a future with its own condition, a
+callback, a reply each): they are queued in the store's inbox object (`StoreInbox.submit`),
+and only the first request since the store last looked is announced with a tell. The store
+takes everything queued at once, commits all the appends among it in one transaction (one
+savepoint each) and settles the loop's futures through `brain.actors.bridge`, one loop
+wake-up per burst. A busy user's concurrent writes thereby share one commit, and a burst of
+requests costs one thread wake-up per store, not per request. Threads (mail sync, the bus)
+still ask, and wait.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
+import queue
 import sqlite3
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -28,13 +42,14 @@ from typing import Any, NamedTuple, Protocol
 import pykka
 
 from brain.actors.base import BrainActor, Link
+from brain.actors.bridge import settle_threadsafe
 from brain.api.events import NewEvent, StoredEvent, now_timestamp
 from brain.errors import Unprocessable
 from brain.ids import is_valid_user_id
 
 log = logging.getLogger("brain.api.store")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY,
@@ -46,6 +61,12 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE INDEX IF NOT EXISTS events_created_at ON events (created_at);
 CREATE INDEX IF NOT EXISTS events_type_created_at ON events (type, created_at);
 CREATE TABLE IF NOT EXISTS outbox (event_id INTEGER PRIMARY KEY);
+-- Version 2: the outbox row is written by the INSERT itself, so a lone event is one statement
+-- (one implicit transaction) and can never be stored without its outbox row.
+CREATE TRIGGER IF NOT EXISTS events_outbox AFTER INSERT ON events
+BEGIN
+    INSERT INTO outbox (event_id) VALUES (new.id);
+END;
 """
 
 
@@ -126,8 +147,88 @@ class OutboxCount(NamedTuple):
 
 _IDLE_CHECK = "idle-check"
 _FLUSH_ACKS = "flush-acks"
+_DRAIN = "drain-submitted"
 # Acknowledged outbox rows are deleted at most this long after the append that made them.
 ACK_FLUSH_SECONDS = 1.0
+
+
+class StoreClosed(Exception):
+    """The store stopped before it took a submitted request: submit again to a new store."""
+
+
+class StoreInbox(queue.SimpleQueue):  # type: ignore[type-arg]
+    """A UserStore's pykka inbox, plus the requests the event loop submitted to it.
+
+    `ref.actor_inbox` is pykka's public handle on an actor's inbox, so whoever holds a store's
+    ref reaches its request queue without another lookup.
+    """
+
+    __slots__ = ("_lock", "_requests", "_announced", "_closed")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._lock = threading.Lock()
+        self._requests: list[tuple[Any, asyncio.Future[Any]]] = []
+        self._announced = False
+        self._closed = False
+
+    def submit(self, message: AppendRequest | Query, fut: asyncio.Future[Any]) -> bool:
+        """Queue a request (any thread); True if the store must now be told to look.
+
+        Raises StoreClosed if the store has stopped taking requests. Once this returns, `fut`
+        is always settled: with the answer, or with StoreClosed if the store stops first.
+        """
+        with self._lock:
+            if self._closed:
+                raise StoreClosed()
+            self._requests.append((message, fut))
+            if self._announced:
+                return False
+            self._announced = True
+            return True
+
+    def take(self) -> list[tuple[Any, asyncio.Future[Any]]]:
+        """Everything submitted so far (the store's thread)."""
+        with self._lock:
+            requests, self._requests = self._requests, []
+            self._announced = False
+        return requests
+
+    def close(self) -> list[tuple[Any, asyncio.Future[Any]]]:
+        """Refuse further requests; the ones still queued (the store's thread, as it stops)."""
+        with self._lock:
+            self._closed = True
+            requests, self._requests = self._requests, []
+        return requests
+
+
+def _yield_to_the_loop() -> None:
+    """Make this (store) thread SCHED_BATCH, where Linux offers it.
+
+    The event loop wakes a store while it holds the GIL. A woken thread that preempts it (as
+    Linux favours fresh wakers) can do nothing but block on the GIL, and the loop waits to be
+    scheduled again: two context switches for nothing, per request. A batch thread is not
+    favoured on wake-up, so it runs when a CPU is free or the loop blocks; measured at 64
+    connections over 100 users: ~10 % more POST /events per second, ~10 % less CPU each.
+    """
+    try:
+        os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
+    except (AttributeError, OSError):  # not Linux, or refused: a scheduling hint only
+        pass
+
+
+def submit(ref: pykka.ActorRef[Any], message: AppendRequest | Query, fut: asyncio.Future[Any]) -> None:
+    """Queue a request for a store (from the event loop) and wake the store if it must look.
+
+    Raises StoreClosed if the store stopped taking requests; otherwise `fut` is settled later,
+    with the answer or with StoreClosed (the store stopped before taking it: submit it again).
+    """
+    inbox: StoreInbox = ref.actor_inbox  # type: ignore[assignment]
+    if inbox.submit(message, fut):
+        try:
+            ref.tell(_DRAIN)
+        except pykka.ActorDeadError:
+            pass  # it is stopping: as it closes, it answers what it did not take with StoreClosed
 
 
 class IdempotencyMismatch(Unprocessable):
@@ -156,7 +257,8 @@ class UserStore(BrainActor):
         self.marker = marker_path(data_path, user_id)
         self.outbox = outbox
         self.idle_seconds = idle_seconds
-        self._on_exit = on_exit
+        # Not `_on_exit`: that name is BrainActor's own exit hook.
+        self._exit_callback = on_exit
         # Filled by the EventBus's thread (deque.append is thread-safe), drained here.
         self.acks: deque[int] = deque() if acks is None else acks
         self._flush_armed = False
@@ -166,9 +268,14 @@ class UserStore(BrainActor):
     def __str__(self) -> str:
         return f"UserStore {self.user_id}"
 
+    @staticmethod
+    def _create_actor_inbox() -> StoreInbox:
+        return StoreInbox()
+
     # -- lifecycle -------------------------------------------------------------------------
 
     def on_start(self) -> None:
+        _yield_to_the_loop()
         try:
             self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             if not self.path.exists():
@@ -197,6 +304,10 @@ class UserStore(BrainActor):
         self._close()
 
     def _close(self) -> None:
+        # First, and whatever else fails: requests nobody will take go back to be resubmitted.
+        inbox: StoreInbox = self.actor_inbox  # type: ignore[assignment]
+        for _, fut in inbox.close():
+            settle_threadsafe(fut, error=StoreClosed())
         db, self.db = self.db, None
         if db is not None:
             try:
@@ -210,15 +321,19 @@ class UserStore(BrainActor):
             except sqlite3.Error:
                 log.exception("%s: could not check the outbox on close", self)
             db.close()
-        if self._on_exit is not None:
+        if self._exit_callback is not None:
             try:
-                self._on_exit(self.user_id, self.actor_ref)
+                self._exit_callback(self.user_id, self.actor_ref)
             except Exception:
                 log.exception("%s: exit callback failed", self)
 
     # -- messages ------------------------------------------------------------------------------
 
     def on_receive(self, message: Any) -> Any:
+        if message is _DRAIN:
+            self.last_used = time.monotonic()
+            self._serve_submitted()
+            return None
         if isinstance(message, AppendMany):
             self.last_used = time.monotonic()
             return self._append(message.requests)
@@ -250,13 +365,82 @@ class UserStore(BrainActor):
             return None
         return super().on_receive(message)
 
+    def _serve_submitted(self) -> None:
+        """Answer every request the loop submitted: consecutive appends share one commit."""
+        inbox: StoreInbox = self.actor_inbox  # type: ignore[assignment]
+        submitted = inbox.take()
+        fresh: list[StoredEvent] = []
+        done = 0
+        try:
+            while done < len(submitted):
+                end = done + 1
+                if not isinstance(submitted[done][0], Query):
+                    while end < len(submitted) and not isinstance(submitted[end][0], Query):
+                        end += 1
+                batch = submitted[done:end]
+                try:
+                    if end - done == 1 and isinstance(batch[0][0], Query):
+                        results: list[Any] = [self._query(batch[0][0])]
+                    else:
+                        results = self._commit([request for request, _ in batch], fresh)
+                except Exception as exc:  # noqa: BLE001 - as an ask: the callers get it, the store lives on
+                    results = [exc] * len(batch)
+                for (_, fut), result in zip(batch, results):
+                    if isinstance(result, Exception):
+                        settle_threadsafe(fut, error=result)
+                    else:
+                        settle_threadsafe(fut, result)
+                done = end
+        except BaseException:
+            # Something that stops every actor: nobody is left to answer the rest but us.
+            for _, fut in submitted[done:]:
+                settle_threadsafe(fut, error=StoreClosed())
+            raise
+        finally:
+            # After the answers: publishing is not on the requests' path.
+            self._published(fresh)
+
     def _append(self, requests: Sequence[AppendRequest]) -> list[list[tuple[StoredEvent, bool]] | Exception]:
         """Commit every request (each all or nothing) in one transaction, then notify the bus."""
+        fresh: list[StoredEvent] = []
+        try:
+            return self._commit(requests, fresh)
+        finally:
+            self._published(fresh)
+
+    def _published(self, fresh: list[StoredEvent]) -> None:
+        if fresh:
+            self.outbox.notify(self.user_id, fresh)
+            self._arm_flush()
+
+    def _commit(
+        self, requests: Sequence[AppendRequest], fresh: list[StoredEvent]
+    ) -> list[list[tuple[StoredEvent, bool]] | Exception]:
+        """Commit every request (each all or nothing); the new events are added to `fresh`."""
         db = self.db
         assert db is not None
+        if (
+            not self.acks
+            and len(requests) == 1
+            and len(requests[0].events) == 1
+            and requests[0].events[0].key is None
+        ):
+            # The common case, one event and no acknowledged rows to delete: a single INSERT
+            # is its own transaction (the trigger adds the outbox row inside it).
+            ev = requests[0].events[0]
+            created_at = ev.created_at or now_timestamp()
+            try:
+                cur = db.execute(
+                    "INSERT INTO events (type, data, created_at) VALUES (?, ?, ?)", (ev.type, ev.data, created_at)
+                )
+            except Exception as exc:  # noqa: BLE001 - the statement rolled itself back
+                return [exc]
+            stored = StoredEvent(cur.lastrowid, ev.type, ev.data, created_at)  # type: ignore[arg-type]
+            fresh.append(stored)
+            return [[(stored, False)]]
         now = now_timestamp()
         results: list[list[tuple[StoredEvent, bool]] | Exception] = []
-        fresh: list[StoredEvent] = []
+        new_events: list[StoredEvent] = []
         single = len(requests) == 1
         db.execute("BEGIN IMMEDIATE")
         try:
@@ -265,7 +449,7 @@ class UserStore(BrainActor):
                 if single:
                     out, new = self._insert(db, request, now)
                     results.append(out)
-                    fresh.extend(new)
+                    new_events.extend(new)
                     continue
                 db.execute("SAVEPOINT request")
                 try:
@@ -277,7 +461,7 @@ class UserStore(BrainActor):
                     continue
                 db.execute("RELEASE request")
                 results.append(out)
-                fresh.extend(new)
+                new_events.extend(new)
             db.execute("COMMIT")
         except BaseException as exc:
             if db.in_transaction:
@@ -285,9 +469,7 @@ class UserStore(BrainActor):
             if single and isinstance(exc, Exception):
                 return [exc]
             raise
-        if fresh:
-            self.outbox.notify(self.user_id, fresh)
-            self._arm_flush()
+        fresh.extend(new_events)
         return results
 
     @staticmethod
@@ -310,9 +492,8 @@ class UserStore(BrainActor):
                 "INSERT INTO events (type, data, created_at, key) VALUES (?, ?, ?, ?)",
                 (ev.type, ev.data, created_at, ev.key),
             )
-            event_id = cur.lastrowid
+            event_id = cur.lastrowid  # its outbox row: the events_outbox trigger
             assert event_id is not None
-            db.execute("INSERT INTO outbox (event_id) VALUES (?)", (event_id,))
             stored = StoredEvent(event_id, ev.type, ev.data, created_at)
             out.append((stored, False))
             fresh.append(stored)

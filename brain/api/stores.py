@@ -8,9 +8,10 @@ died meanwhile (idle stop, LRU eviction, a crash and restart of the subtree) sho
 ActorDeadError; the manager forgets it, reactivates, and retries — the message was not
 processed, so the retry cannot double-write.
 
-Concurrent writes of one user from the event loop are grouped: while a user's append is in
-flight, later ones queue up and go to the store together as one transaction (one savepoint
-each), so a busy user costs one thread hop and one commit per batch, not per request.
+Requests from the event loop go through the store's inbox object rather than pykka asks (see
+brain.api.store): concurrent writes of one user queue up while its store is busy and are
+committed together as one transaction (one savepoint each), so a busy user costs one thread
+wake-up and one commit per batch, not per request.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ from typing import TYPE_CHECKING, Any
 
 import pykka
 
-from brain.actors import bridge
 from brain.actors.supervisor import ChildAlreadyStarted, ChildSpec, ChildStartError
 from brain.api.events import CursorSigner, NewEvent, StoredEvent, check_type, new_event, parse_time
 from brain.api.store import (
@@ -35,9 +35,11 @@ from brain.api.store import (
     OutboxBatch,
     OutboxCount,
     Query,
+    StoreClosed,
     StorePathError,
     UserStore,
     store_path,
+    submit,
 )
 from brain.errors import BadRequest, ServiceUnavailable, Unauthorized
 from brain.ids import is_valid_user_id
@@ -49,14 +51,6 @@ log = logging.getLogger("brain.api.stores")
 
 _ATTEMPTS = 3
 AppendResult = list[tuple[StoredEvent, bool]]
-
-
-class _WriteQueue:
-    __slots__ = ("pending", "busy")
-
-    def __init__(self) -> None:
-        self.pending: list[tuple[AppendRequest, asyncio.Future[AppendResult]]] = []
-        self.busy = False
 
 
 class StoreManager:
@@ -77,7 +71,6 @@ class StoreManager:
         self._live: OrderedDict[str, pykka.ActorRef[Any]] = OrderedDict()
         self._sup: pykka.ActorRef[Any] | None = None
         self._sup_proxy: Any = None
-        self._writers: dict[str, _WriteQueue] = {}  # event-loop side only
         # Per user: acknowledged event ids on their way to the store (see UserStore.acks).
         self._acks: dict[str, deque[int]] = {}
         self._activating: dict[str, asyncio.Future[pykka.ActorRef[Any]]] = {}  # event-loop side only
@@ -96,24 +89,7 @@ class StoreManager:
     async def append_events(self, user_id: str, request: AppendRequest) -> AppendResult:
         """Commit one validated request (grouped with others of this user); (event, replayed) pairs."""
         self._check_user(user_id)
-        queue = self._writers.get(user_id)
-        if queue is not None:
-            # This user's store is busy with an earlier append: ride along in the next batch.
-            fut: asyncio.Future[AppendResult] = asyncio.get_running_loop().create_future()
-            queue.pending.append((request, fut))
-            return await fut
-        # Nothing in flight: send at once, without a task (the common, single-client case).
-        queue = self._writers[user_id] = _WriteQueue()
-        queue.busy = True
-        try:
-            result = (await self._ask(user_id, AppendMany([request])))[0]
-        finally:
-            if queue.pending:
-                asyncio.get_running_loop().create_task(self._write(user_id, queue))
-            else:
-                del self._writers[user_id]
-        if isinstance(result, Exception):
-            raise result
+        result: AppendResult = await self._submit(user_id, request)
         return result
 
     async def query(
@@ -128,12 +104,12 @@ class StoreManager:
     ) -> tuple[list[dict[str, Any]], str | None]:
         """Events newest first, filtered; and the cursor of the next page (None at the end)."""
         q = self._query_message(user_id, type, since, until, limit, cursor)
-        rows = await self._ask(user_id, q)
+        rows = await self._submit(user_id, q)
         return [row.as_dict() for row in rows[:limit]], self._next_cursor(user_id, rows, limit)
 
     async def query_events(self, user_id: str, q: Query) -> tuple[list[StoredEvent], str | None]:
         """`query` for a prepared Query message (limit+1 rows asked); raw rows for the HTTP layer."""
-        rows = await self._ask(user_id, q)
+        rows = await self._submit(user_id, q)
         limit = q.limit - 1
         return rows[:limit], self._next_cursor(user_id, rows, limit)
 
@@ -275,41 +251,23 @@ class StoreManager:
 
     # -- internals: the event-loop path ---------------------------------------------------------
 
-    async def _write(self, user_id: str, queue: _WriteQueue) -> None:
-        """Send this user's queued appends to the store, batch after batch, until none is left."""
-        try:
-            while queue.pending:
-                batch, queue.pending = queue.pending, []
-                try:
-                    results = await self._ask(user_id, AppendMany([request for request, _ in batch]))
-                except Exception as exc:  # noqa: BLE001 - every waiting request gets it
-                    for _, fut in batch:
-                        if not fut.done():
-                            fut.set_exception(exc)
-                    continue
-                for (_, fut), result in zip(batch, results):
-                    if fut.done():
-                        continue
-                    if isinstance(result, Exception):
-                        fut.set_exception(result)
-                    else:
-                        fut.set_result(result)
-        finally:
-            queue.busy = False
-            if self._writers.get(user_id) is queue:
-                del self._writers[user_id]
-            for _, fut in queue.pending:  # only if cancelled mid-way (shutdown)
-                if not fut.done():
-                    fut.set_exception(ServiceUnavailable("the server is shutting down"))
-
-    async def _ask(self, user_id: str, message: Any) -> Any:
+    async def _submit(self, user_id: str, message: AppendRequest | Query) -> Any:
+        """Hand a request to the user's store (see brain.api.store's StoreInbox) and await it."""
+        loop = asyncio.get_running_loop()
         for _ in range(_ATTEMPTS):
             ref = self._live_ref(user_id)
             if ref is None:
                 ref = await self._activate(user_id)
+            fut: asyncio.Future[Any] = loop.create_future()
             try:
-                return await bridge.wrap(ref.ask(message, block=False))
-            except pykka.ActorDeadError:
+                submit(ref, message, fut)
+            except StoreClosed:
+                self._forget(user_id, ref)
+                continue
+            try:
+                return await fut
+            except StoreClosed:
+                # Not taken, so not written: safe to hand to the store's next generation.
                 self._forget(user_id, ref)
         raise ServiceUnavailable("the user's store is restarting; try again")
 
