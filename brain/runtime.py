@@ -126,7 +126,8 @@ class Runtime:
                     id="stores",
                     shutdown_timeout=math.inf,
                     start=lambda link: Supervisor.start(
-                        link=link, name="stores", strategy="one_for_one", max_restarts=50, max_seconds=10
+                        link=link, name="stores", strategy="one_for_one", max_restarts=50, max_seconds=10,
+                        stop_together=True,  # independent stores: their databases close concurrently
                     ),
                 ),
                 *mail.child_specs(self),  # the "mail" supervisor; it resumes connected accounts

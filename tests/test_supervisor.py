@@ -526,6 +526,54 @@ def test_stop_completes_when_a_child_ignores_stop(started, journal):
         blocker.set()
 
 
+class Rendezvous(BrainActor):
+    """Test child whose on_stop returns only once every sibling is stopping at the same time."""
+
+    def __init__(self, *, link: Link | None = None, name: str, journal: Journal, barrier: threading.Barrier) -> None:
+        super().__init__(link=link)
+        self.name = name
+        self.journal = journal
+        self.barrier = barrier
+
+    def on_stop(self) -> None:
+        try:
+            self.barrier.wait(timeout=5)
+            self.journal.add("met", self.name)
+        except threading.BrokenBarrierError:
+            self.journal.add("alone", self.name)
+
+
+def test_stop_together_stops_every_child_at_once(started, journal):
+    names = ["u1", "u2", "u3", "u4"]
+    barrier = threading.Barrier(len(names))
+    sup = started(Supervisor, name="stores", stop_together=True)
+    for name in names:
+        start = lambda link, name=name: Rendezvous.start(link=link, name=name, journal=journal, barrier=barrier)  # noqa: E731
+        sup.proxy().start_child(ChildSpec(name, start)).get(timeout=5)
+    assert sup.stop(block=True, timeout=10)
+    # One after another, the first child would wait at the barrier alone until it broke.
+    assert sorted(journal.items()) == [("met", n) for n in names]
+
+
+def test_stop_together_still_abandons_a_hung_child_after_its_timeout(started, journal):
+    blocker = threading.Event()
+    try:
+        sup = started(Supervisor, name="stores", stop_together=True)
+        hung = ChildSpec(
+            "hung",
+            lambda link: Worker.start(link=link, name="hung", journal=journal, stop_blocker=blocker),
+            shutdown_timeout=0.2,
+        )
+        for spec in (worker("a", journal), hung, worker("c", journal)):
+            sup.proxy().start_child(spec).get(timeout=5)
+        t0 = time.monotonic()
+        assert sup.stop(block=True, timeout=5)
+        assert time.monotonic() - t0 < 2
+        assert sorted(journal.items()[3:]) == [("stop", "a"), ("stop", "c"), ("stop", "hung")]
+    finally:
+        blocker.set()
+
+
 # --- dynamic children ---
 
 
