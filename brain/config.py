@@ -52,6 +52,8 @@ class ServerSettings:
     # A connection that has not completed a request head (slowloris) or sits idle between
     # requests is closed after this long; aiohttp's own default is an hour.
     idle_timeout_seconds: float = 75.0
+    # A request body must arrive within this long once its head has (slow-body clients).
+    body_timeout_seconds: float = 30.0
     # Peers whose X-Forwarded-For is believed (exact addresses).
     trusted_proxies: tuple[str, ...] = ()
     tls_cert: str = ""
@@ -506,6 +508,7 @@ def _validate(s: Settings) -> None:
     positives = {
         "server.max_body_bytes": s.server.max_body_bytes,
         "server.idle_timeout_seconds": s.server.idle_timeout_seconds,
+        "server.body_timeout_seconds": s.server.body_timeout_seconds,
         "auth.jwt_ttl_seconds": s.auth.jwt_ttl_seconds,
         "auth.session_ttl_seconds": s.auth.session_ttl_seconds,
         "auth.hash_workers": s.auth.hash_workers,

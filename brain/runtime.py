@@ -31,7 +31,7 @@ from brain.errors import ConfigError
 from brain.logs import access_logger_for
 from brain.nats_embedded import EmbeddedNats, free_port, store_dir_for
 from brain.plugins.manager import load_plugins
-from brain.web import MAX_BODY_KEY, add_hsts, error_middleware
+from brain.web import BODY_TIMEOUT_KEY, MAX_BODY_KEY, add_hsts, error_middleware
 
 if TYPE_CHECKING:
     from brain.api.bus import Doorbell
@@ -212,6 +212,7 @@ class Runtime:
         )
         app[RUNTIME_KEY] = self
         app[MAX_BODY_KEY] = self.settings.server.max_body_bytes
+        app[BODY_TIMEOUT_KEY] = self.settings.server.body_timeout_seconds
         if role == "auth":
             auth.setup_routes(app, self)
         else:

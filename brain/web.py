@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -67,6 +68,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
 
 
 MAX_BODY_KEY = web.AppKey("max_body_bytes", int)
+BODY_TIMEOUT_KEY = web.AppKey("body_timeout_seconds", float)
 
 HSTS = "max-age=31536000; includeSubDomains"
 
@@ -81,18 +83,16 @@ async def read_json(request: web.Request, *, limit: int | None = None) -> Any:
     limit = limit or request.app[MAX_BODY_KEY]
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(f"request body too large ({request.content_length} bytes, limit {limit})")
-    if request.content_length is not None:
-        # Announced and within the limit: aiohttp reads exactly that much (and no more).
+    if request.content.is_eof():
+        # The whole body arrived with the head (the usual small request): nothing to wait for.
         raw = await request.read()
     else:
-        chunks: list[bytes] = []
-        size = 0
-        async for chunk in request.content.iter_chunked(65536):
-            size += len(chunk)
-            if size > limit:
-                raise PayloadTooLarge(f"request body too large (limit {limit} bytes)")
-            chunks.append(chunk)
-        raw = b"".join(chunks)
+        # A client trickling its body must not hold the connection (and a handler) for ever.
+        try:
+            async with asyncio.timeout(request.app.get(BODY_TIMEOUT_KEY, 30.0)):
+                raw = await _read_body(request, limit)
+        except TimeoutError:
+            raise HTTPError("request body not received in time", status=408, code="REQUEST_TIMEOUT") from None
     if not raw.strip():
         raise BadRequest("request body is empty; expected JSON")
     ctype = request.content_type
@@ -107,6 +107,20 @@ async def read_json(request: web.Request, *, limit: int | None = None) -> Any:
         raise BadRequest(f"malformed JSON: {exc}") from None
     except RecursionError:
         raise BadRequest("JSON nested too deeply") from None
+
+
+async def _read_body(request: web.Request, limit: int) -> bytes:
+    if request.content_length is not None:
+        # Announced and within the limit: aiohttp reads exactly that much (and no more).
+        return await request.read()
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.content.iter_chunked(65536):
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"request body too large (limit {limit} bytes)")
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _reject_constant(name: str) -> Any:

@@ -24,13 +24,14 @@ from tests.test_auth_helpers import NO_LIMITS
 from tests.test_reliability_helpers import User, all_events, wait_api_ready
 
 IDLE_TIMEOUT = 2.0
+BODY_TIMEOUT = 2.0
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrainServer]:
     s = BrainServer(
         tmp_path_factory.mktemp("hostile") / "brain",
-        config={"auth": NO_LIMITS, "server": {"idle_timeout_seconds": IDLE_TIMEOUT}},
+        config={"auth": NO_LIMITS, "server": {"idle_timeout_seconds": IDLE_TIMEOUT, "body_timeout_seconds": BODY_TIMEOUT}},
     )
     s.start()
     try:
@@ -206,6 +207,29 @@ def test_slow_bodies_do_not_block_other_writes_of_the_same_user(server: BrainSer
             s.close()
     # The half-sent events were never stored.
     assert not [e for e in all_events(server, user) if e["type"] == "slow"]
+
+
+def test_a_body_that_never_finishes_gets_408_and_stores_nothing(server: BrainServer, user: User) -> None:
+    sock = socket.create_connection(("127.0.0.1", server.api_port), timeout=15)
+    try:
+        sock.sendall(
+            b"POST /events HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            + f"Authorization: Bearer {user.jwt}\r\n".encode()
+            + b"Content-Length: 1000\r\n\r\n{\"type\": \"never.finished\", \"data\": \""
+        )
+        started = time.monotonic()
+        reply = b""
+        while b"\r\n\r\n" not in reply:
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            reply += chunk
+        waited = time.monotonic() - started
+    finally:
+        sock.close()
+    assert reply.startswith(b"HTTP/1.1 408"), reply[:200]
+    assert BODY_TIMEOUT - 0.5 <= waited < BODY_TIMEOUT + 10
+    assert not [e for e in all_events(server, user) if e["type"] == "never.finished"]
 
 
 def test_connection_storms_leave_the_server_healthy(server: BrainServer, user: User) -> None:
