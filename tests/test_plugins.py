@@ -91,3 +91,43 @@ def test_every_hook_is_documented_with_its_signature_and_an_example() -> None:
 def test_every_hookspec_has_a_docstring() -> None:
     for name, _ in hookspec_functions():
         assert getattr(hookspecs, name).__doc__, name
+
+
+def test_event_stored_hook_sees_every_committed_event(make_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import json
+    import os
+
+    import requests
+
+    from tests.support import REPO, wait_until
+    from tests.test_auth_helpers import bearer, new_user
+
+    events_file = tmp_path / "stored.jsonl"
+    server = make_server(
+        env={
+            "BRAIN_PLUGINS__ENABLED": "eventsample",
+            "PYTHONPATH": os.pathsep.join([str(SAMPLE_DIST), str(REPO)]),
+            "BRAIN_TEST_EVENTS_FILE": str(events_file),
+        }
+    ).start()
+    user = new_user(server)
+    headers = bearer(user["jwt"])
+    wait_until(lambda: requests.get(f"{server.api_url}/me", headers=headers, timeout=5).status_code == 200, what="API")
+    r = requests.post(f"{server.api_url}/events", json={"type": "note.created", "data": {"n": 1}}, headers=headers, timeout=10)
+    assert r.status_code == 201, r.text
+    batch = [{"type": "note.created", "data": {"n": i}} for i in (2, 3)]
+    r = requests.post(f"{server.api_url}/events", json=batch, headers=headers, timeout=10)
+    assert r.status_code == 201, r.text
+    # A refused event (bad type) is never reported.
+    assert requests.post(f"{server.api_url}/events", json={"type": "", "data": 1}, headers=headers, timeout=10).status_code == 400
+
+    def seen() -> list[dict]:
+        if not events_file.exists():
+            return []
+        lines = [json.loads(line) for line in events_file.read_text().splitlines()]
+        return lines if len(lines) >= 3 else []
+
+    lines = wait_until(seen, timeout=10, what="the plugin to see three events")
+    assert [line["event"]["data"]["n"] for line in lines] == [1, 2, 3]
+    assert {line["user_id"] for line in lines} == {user["user"]["id"]}
+    assert all(line["event"]["type"] == "note.created" and "id" in line["event"] for line in lines)

@@ -60,11 +60,11 @@ def token_verifier(rt: Runtime) -> TokenVerifier:
 
 def store_manager(rt: Runtime) -> StoreManager:
     """The process's StoreManager and outbox doorbell (created on first use)."""
-    from brain.api.bus import Doorbell
+    from brain.api.bus import Doorbell, event_stored_notifier
     from brain.api.stores import StoreManager
 
     if rt.event_bus is None:
-        rt.event_bus = Doorbell()
+        rt.event_bus = Doorbell(event_stored_notifier(rt.pm))
     if rt.stores is None:
         rt.stores = StoreManager(rt, rt.event_bus)
     return rt.stores

@@ -36,6 +36,7 @@ import time
 from collections import defaultdict, deque
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import nats
@@ -88,15 +89,44 @@ def payload_for(user_id: str, ev: StoredEvent) -> bytes:
     ).encode()
 
 
+def event_stored_notifier(pm: Any) -> Callable[[str, list[StoredEvent]], None] | None:
+    """Hand committed events to plugins' `event_stored` hooks, or None when no plugin listens.
+
+    The hooks run on one worker thread of their own, in commit order, so a slow plugin never
+    holds up a store, the event loop or the publisher.
+    """
+    if not pm.hook.event_stored.get_hookimpls():
+        return None
+    pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="brain-event-hooks")
+
+    def deliver(user_id: str, events: list[StoredEvent]) -> None:
+        for event in events:
+            try:
+                pm.hook.event_stored(user_id=user_id, event=event.as_dict())
+            except Exception:
+                log.exception("an event_stored hook failed for an event of user %s", user_id)
+
+    def notify(user_id: str, events: list[StoredEvent]) -> None:
+        try:
+            pool.submit(deliver, user_id, list(events))
+        except RuntimeError:
+            pass  # shutting down: the interpreter no longer takes new work
+
+    return notify
+
+
 class Doorbell:
     """Where stores hand committed events; stable across EventBus restarts (`rt.event_bus`)."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_stored: Callable[[str, list[StoredEvent]], None] | None = None) -> None:
         self._publisher: _Publisher | None = None
+        self._on_stored = on_stored
         self.nats_url = ""
 
     def notify(self, user_id: str, events: list[StoredEvent]) -> None:
         """Queue committed events for publishing (any thread; never blocks)."""
+        if self._on_stored is not None:
+            self._on_stored(user_id, events)
         publisher = self._publisher
         if publisher is not None:
             publisher.post(user_id, events)
