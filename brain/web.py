@@ -45,6 +45,32 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     """Turn every failure into a JSON error; client mistakes are 4xx, never 500."""
     try:
         return await handler(request)
+    except Exception as exc:  # noqa: BLE001 - sorted out (or re-raised) by _failure_response
+        return _failure_response(request, exc)
+
+
+def error_middleware_with(check: Callable[[web.Request], None]) -> Callable[..., Awaitable[web.StreamResponse]]:
+    """error_middleware that first runs `check(request)` (which may raise): one layer, not two.
+
+    Each middleware layer costs a few microseconds per request (~3 % of a cheap GET); a role
+    that checks every request (the API's bearer token) uses this in error_middleware's place.
+    """
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            check(request)
+            return await handler(request)
+        except Exception as exc:  # noqa: BLE001 - sorted out (or re-raised) by _failure_response
+            return _failure_response(request, exc)
+
+    return middleware
+
+
+def _failure_response(request: web.Request, exc: Exception) -> web.StreamResponse:
+    """The JSON error for a failure; re-raises what is not an error (redirects)."""
+    try:
+        raise exc
     except HTTPError as exc:
         return error_response(exc)
     except web.HTTPException as exc:
@@ -86,6 +112,8 @@ async def read_json(request: web.Request, *, limit: int | None = None) -> Any:
     if request.content.is_eof():
         # The whole body arrived with the head (the usual small request): nothing to wait for.
         raw = await request.read()
+        if len(raw) > limit:  # chunked, so not refused above by its Content-Length
+            raise PayloadTooLarge(f"request body too large (limit {limit} bytes)")
     else:
         # A client trickling its body must not hold the connection (and a handler) for ever.
         try:
