@@ -124,15 +124,19 @@ def setup_routes(app: web.Application, rt: Runtime) -> None:
     """Register the API role's middleware and routes."""
     from brain import mail
     from brain.api.openapi import build_spec
-    from brain.api.routes import add_routes, auth_middleware, public
-    from brain.web import json_response
+    from brain.api.routes import add_routes, public, token_check
+    from brain.web import error_middleware, error_middleware_with, json_response
 
     verifier = token_verifier(rt)
     stores = store_manager(rt)
     state = jwks_state(rt)
     rt.health_sources["jwks"] = lambda: {**state.stats(), "token_cache": verifier.stats()}
     rt.health_sources.setdefault("stores", stores.stats)
-    app.middlewares.append(auth_middleware(verifier))
+    # The token check runs inside the error middleware (one layer per request, not two). Never
+    # skipped silently: an app without that middleware would have no token check at all.
+    if error_middleware not in app.middlewares:
+        raise RuntimeError("the API app has no error middleware to run the token check in")
+    app.middlewares[app.middlewares.index(error_middleware)] = error_middleware_with(token_check(verifier))
     add_routes(app, rt, verifier, stores)
     mail.setup_routes(app, rt)  # /mail/connect, /mail/oauth/callback, /mail/status, /mail/disconnect
 

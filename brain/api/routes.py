@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from aiohttp import hdrs, web
+from multidict import CIMultiDict
 
 import brain
 from brain.actors import supervisor
@@ -21,7 +22,7 @@ from brain.api.events import check_key, new_event
 from brain.api.store import AppendRequest
 from brain.api.tokens import TokenUser, TokenVerifier
 from brain.errors import BadRequest, PayloadTooLarge
-from brain.web import Handler, json_response, read_json
+from brain.web import json_response, read_json
 
 if TYPE_CHECKING:
     from brain.api.stores import StoreManager
@@ -30,7 +31,9 @@ if TYPE_CHECKING:
 USER_KEY: web.RequestKey[TokenUser] = web.RequestKey("brain.api.user", TokenUser)
 MAX_IDEMPOTENCY_KEY = 200
 _PUBLIC_ATTR = "brain_public"
-_NO_STORE = {"Cache-Control": "no-store"}
+# Response headers of the JSON routes, copied per response (aiohttp copies whatever it is
+# given; from a CIMultiDict that is one C call, and no Content-Type to parse or set).
+_JSON_NO_STORE: CIMultiDict[str] = CIMultiDict({hdrs.CONTENT_TYPE: "application/json", hdrs.CACHE_CONTROL: "no-store"})
 # A '+' in an unencoded query string arrives as a space: "...T10:00:00 02:00" meant "+02:00".
 _SPACED_OFFSET = re.compile(r"(.*T\d\d:\d\d(?::\d\d(?:\.\d+)?)?) (\d\d:?\d\d)")
 
@@ -48,16 +51,17 @@ def current_user(request: web.Request) -> TokenUser:
     return request[USER_KEY]
 
 
-def auth_middleware(verifier: TokenVerifier) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
-    """Require a valid bearer token on every matched route not marked @public."""
+def token_check(verifier: TokenVerifier) -> Callable[[web.Request], None]:
+    """Require a valid bearer token on every matched route not marked @public (raises InvalidToken).
 
-    @web.middleware
-    async def check_token(request: web.Request, handler: Handler) -> web.StreamResponse:
+    Run by the API app's error middleware (brain.web.error_middleware_with) before the handler.
+    """
+
+    def check_token(request: web.Request) -> None:
         match = request.match_info
         # Unmatched paths (404/405) carry no data: let them answer as they are.
         if match.http_exception is None and not getattr(match.handler, _PUBLIC_ATTR, False):
             request[USER_KEY] = verifier.authenticate(request.headers.get(hdrs.AUTHORIZATION))
-        return await handler(request)
 
     return check_token
 
@@ -83,7 +87,7 @@ def add_routes(app: web.Application, rt: Runtime, verifier: TokenVerifier, store
 
     async def me(request: web.Request) -> web.Response:
         # The middleware's verified user; its body is rendered once per cached token.
-        return web.Response(body=request[USER_KEY].me_body(), content_type="application/json", headers=_NO_STORE)
+        return web.Response(body=request[USER_KEY].me_body(), headers=_JSON_NO_STORE)
 
     async def post_events(request: web.Request) -> web.Response:
         user = request[USER_KEY]
@@ -118,10 +122,10 @@ def add_routes(app: web.Application, rt: Runtime, verifier: TokenVerifier, store
             text = '{"events":[' + ",".join(ev.json() for ev, _ in results) + "]}"
         else:
             text = results[0][0].json()
-        headers = dict(_NO_STORE)
+        headers = CIMultiDict(_JSON_NO_STORE)
         if key is not None and all(replayed for _, replayed in results):
             headers["Idempotent-Replayed"] = "true"
-        return web.Response(text=text, status=201, content_type="application/json", headers=headers)
+        return web.Response(body=text.encode(), status=201, headers=headers)
 
     async def get_events(request: web.Request) -> web.Response:
         user = request[USER_KEY]
@@ -153,7 +157,7 @@ def add_routes(app: web.Application, rt: Runtime, verifier: TokenVerifier, store
             + (json.dumps(next_cursor) if next_cursor else "null")
             + "}"
         )
-        return web.Response(text=text, content_type="application/json", headers=_NO_STORE)
+        return web.Response(body=text.encode(), headers=_JSON_NO_STORE)
 
     app.router.add_get("/health", health)
     app.router.add_get("/me", me)
