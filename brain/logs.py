@@ -100,16 +100,21 @@ class _AccessWriter:
 
     def write(self, entries: list[_Entry]) -> None:
         lines = []
-        for created, name, method, path, status, size, seconds, remote in entries:
-            message = _ACCESS_MESSAGE % (method, path, status, size, seconds * 1000)
-            if self.json_lines:
+        if self.json_lines:
+            for created, name, method, path, status, size, seconds, remote in entries:
                 lines.append(json.dumps({
-                    "ts": round(created, 3), "level": "info", "logger": name, "msg": message,
+                    "ts": round(created, 3), "level": "info", "logger": name,
+                    "msg": _ACCESS_MESSAGE % (method, path, status, size, seconds * 1000),
                     "method": method, "path": path, "status": status, "bytes": size,
                     "ms": round(seconds * 1000, 3), "remote": remote,
                 }, default=str))
-            else:
-                lines.append(f"{self._asctime(created)} INFO    {name}: {message}")
+        else:
+            second, stamp = -1, ""
+            for created, name, method, path, status, size, seconds, remote in entries:
+                if int(created) != second:
+                    second, stamp = int(created), self._asctime(created)
+                # _TEXT_FORMAT with _ACCESS_MESSAGE, in one step.
+                lines.append(f"{stamp} INFO    {name}: {method} {path} {status} {size} {seconds * 1000:.2f}ms")
         lines.append("")
         handler = self.handler
         handler.acquire()
@@ -171,7 +176,7 @@ class AccessLogger(AbstractAccessLogger):
 
     def log(self, request: BaseRequest, response: StreamResponse, time_s: float) -> None:
         entry = (
-            time.time(), self.logger_name, request.method, request.rel_url.path, response.status,
+            time.time(), self.logger_name, request.method, request.path, response.status,
             response.body_length, time_s, request.remote,
         )
         try:
