@@ -164,3 +164,70 @@ def test_database_files_only_under_users(rt: Runtime) -> None:
         ), rel
         if rel.parts[0] == "users" and path.is_file():
             assert len(rel.parts) == 3 and rel.parts[2].startswith("events.db"), rel
+
+
+class _Outbox:
+    def notify(self, user_id: str, events: list) -> None:  # type: ignore[type-arg]
+        pass
+
+
+def test_loop_requests_a_store_never_took_come_back_as_store_closed(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Queued but not taken when the store stops: settled with StoreClosed (never lost, never written)."""
+    from brain.api.events import new_event
+    from brain.api.store import AppendRequest, StoreClosed, UserStore, submit
+
+    ref = UserStore.start(user_id="closing", data_path=tmp_path, outbox=_Outbox(), idle_seconds=60)
+    event = new_event({"type": "a.b", "data": 1}, max_bytes=1024)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        written = loop.create_future()
+        submit(ref, AppendRequest([event]), written)
+        assert (await asyncio.wait_for(written, 10))[0][0].id == 1
+        # Queued without the wake-up tell, so the store cannot have taken them when it stops.
+        queued = [loop.create_future() for _ in range(3)]
+        for fut in queued:
+            assert ref.actor_inbox.submit(AppendRequest([event]), fut) is (fut is queued[0])
+        await loop.run_in_executor(None, lambda: ref.stop(block=True, timeout=10))
+        for fut in queued:
+            with pytest.raises(StoreClosed):
+                await asyncio.wait_for(fut, 10)
+        with pytest.raises(StoreClosed):
+            submit(ref, AppendRequest([event]), loop.create_future())
+
+    asyncio.run(main())
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / "users" / "closing" / "events.db") as db:
+        assert db.execute("SELECT count(*) FROM events").fetchone()[0] == 1
+
+
+def test_loop_writes_over_more_users_than_open_stores(rt: Runtime) -> None:
+    """Loop writes and reads while stores keep being evicted and reopened: each lands exactly once."""
+    stores = rt.stores
+    assert stores is not None
+    users = [f"evict{i}" for i in range(MAX_OPEN * 2)]
+    evictions = stores.stats()["evictions"]
+
+    async def main() -> list[tuple[str, int]]:
+        async def writer(n: int) -> list[tuple[str, int]]:
+            out = []
+            for i in range(30):
+                user = users[(n + i) % len(users)]
+                stored = await stores.append(user, [{"type": "evict", "data": [n, i]}, {"type": "evict", "data": [n, i]}])
+                assert stored[0]["id"] + 1 == stored[1]["id"]  # a request's events stay together
+                out.append((user, stored[0]["id"]))
+                if i % 5 == 0:
+                    await stores.query(user, type="evict", limit=1)
+            return out
+
+        chunks = await asyncio.gather(*(writer(n) for n in range(16)))
+        return [pair for chunk in chunks for pair in chunk]
+
+    written = asyncio.run(main())
+    assert len(written) == 480 and len(set(written)) == 480
+    for user in users:
+        events, _ = stores.query_from_thread(user, type="evict", limit=1000)
+        assert len(events) == 2 * sum(1 for u, _ in written if u == user)
+    assert stores.stats()["evictions"] > evictions
+
