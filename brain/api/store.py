@@ -10,9 +10,9 @@ JetStream and then hands back the acknowledged ids through the store's `acks` de
 deletes those rows inside its next append transaction, or at the latest ACK_FLUSH_SECONDS
 after an append (no message, no extra commit per acknowledgement on the hot path). With no
 acks waiting, a lone event is a single INSERT: its own transaction, in which a trigger adds
-the outbox row. Rows still
-present after a crash are found again through the outbox marker (`data/outbox/{user_id}`),
-which exists from a store's start until it stops with an empty outbox.
+the outbox row. Rows still present after a crash are found again through the outbox marker
+(`data/outbox/{user_id}`), which exists from a store's start until it stops with an empty
+outbox.
 
 Requests from the event loop do not use pykka asks (a future with its own condition, a
 callback, a reply each): they are queued in the store's inbox object (`StoreInbox.submit`),
