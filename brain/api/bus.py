@@ -61,8 +61,6 @@ DRAIN_BATCH = 500
 # transaction per user per interval instead of one per publish. A crash inside it only means
 # a re-send that JetStream deduplicates.
 ACK_DELAY = 0.2
-# Commits are published this long after the bus is told of them (see _Publisher._on_wake).
-PUBLISH_DELAY = 0.001
 # Events held in memory for publishing; past this, users are marked dirty and drained instead.
 MAX_QUEUE = 50_000
 
@@ -194,7 +192,7 @@ class _Publisher:
         self._incoming: deque[tuple[str, list[StoredEvent]]] = deque()
         self._wake_pending = False
         self._wake: asyncio.Event | None = None
-        self._wake_timer: asyncio.TimerHandle | None = None
+        self._wake_timer: asyncio.Handle | None = None
         self._window: asyncio.Event | None = None  # set while fewer than max_in_flight await acks
         self._queue: deque[tuple[str, StoredEvent]] = deque()
         self._dirty: dict[str, int] = {}  # user -> drain from ids above this
@@ -258,9 +256,12 @@ class _Publisher:
     def _on_wake(self) -> None:
         self._wake_pending = False
         if self._wake is not None and self._wake_timer is None:
-            # Publish a moment later, not before the HTTP response that committed the event:
-            # the request is answered first, and a burst of commits goes out as one batch.
-            self._wake_timer = self.loop.call_later(PUBLISH_DELAY, self._wake_now)
+            # Publish on the next turn of the loop, not before the HTTP response that committed
+            # the event: a store settles its requests before it tells the bus, so the handlers
+            # they resume are queued first and answer first; whatever else was committed by
+            # then goes out in the same batch. (A fixed 1 ms delay here only moved the publish
+            # and its ack into the middle of the client's next request: POST p50 +0.2 ms.)
+            self._wake_timer = self.loop.call_soon(self._wake_now)
 
     def _wake_now(self) -> None:
         self._wake_timer = None
