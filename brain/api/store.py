@@ -435,6 +435,8 @@ class UserStore(BrainActor):
                 )
             except Exception as exc:  # noqa: BLE001 - the statement rolled itself back
                 return [exc]
+            if db.in_transaction:  # sqlite3 resets a finished statement, which commits; be sure
+                db.execute("COMMIT")
             stored = StoredEvent(cur.lastrowid, ev.type, ev.data, created_at)  # type: ignore[arg-type]
             fresh.append(stored)
             return [[(stored, False)]]
