@@ -330,3 +330,19 @@ def test_files_land_in_one_database_per_user(server: BrainServer, alice: Client,
     for entry in users.iterdir():
         assert entry.is_dir() and len(entry.name) == 32, entry
         assert {p.name for p in entry.iterdir()} <= {"events.db", "events.db-wal", "events.db-shm"}
+
+
+def test_now_timestamp_is_format_time_of_now(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cached-second clock reads like format_time(now), across second boundaries too."""
+    import datetime as dt
+
+    from brain.api import events
+
+    before = events.format_time(dt.datetime.now(dt.timezone.utc))
+    now = events.now_timestamp()
+    after = events.format_time(dt.datetime.now(dt.timezone.utc))
+    assert before <= now <= after and events._TIME_RE.fullmatch(now)
+    for ns in (1_700_000_000_999_999_000, 1_700_000_001_000_000_000, 1_700_000_001_000_001_999, 1_699_999_999_500_000_000):
+        monkeypatch.setattr(events.time, "time_ns", lambda ns=ns: ns)
+        moment = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(microseconds=ns // 1000)
+        assert events.now_timestamp() == events.format_time(moment)

@@ -16,6 +16,7 @@ import hmac
 import json
 import math
 import re
+import time
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
@@ -59,9 +60,19 @@ class StoredEvent(NamedTuple):
         return f'{{"id":{self.id},"type":"{self.type}","data":{self.data},"created_at":"{self.created_at}"}}'
 
 
+# (whole second, "YYYY-MM-DDTHH:MM:SS") of the last now_timestamp(): strftime once a second,
+# not per event. Replaced as one tuple, so any thread reads a consistent pair.
+_second: tuple[int, str] = (-1, "")
+
+
 def now_timestamp() -> str:
-    """The current time in the stored format."""
-    return format_time(dt.datetime.now(dt.timezone.utc))
+    """The current time in the stored format (format_time of now, at a fraction of its cost)."""
+    global _second
+    seconds, micros = divmod(time.time_ns() // 1000, 1_000_000)
+    cached = _second
+    if cached[0] != seconds:
+        cached = _second = (seconds, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)))
+    return f"{cached[1]}.{micros:06d}Z"
 
 
 def format_time(moment: dt.datetime) -> str:
