@@ -7,10 +7,10 @@ Only its own thread touches the connection.
 Every event is committed together with a row in the `outbox` table; after the commit the new
 events are handed to the EventBus (`Outbox.notify`, non-blocking), which publishes them to
 JetStream and then hands back the acknowledged ids through the store's `acks` deque. The store
-deletes those rows inside its next append transaction, or at the latest ACK_FLUSH_SECONDS
-after an append (no message, no extra commit per acknowledgement on the hot path). With no
-acks waiting, a lone event is a single INSERT: its own transaction, in which a trigger adds
-the outbox row. Rows still present after a crash are found again through the outbox marker
+deletes those rows inside its next grouped append transaction, or at the latest
+ACK_FLUSH_SECONDS after an append (no message, no extra commit per acknowledgement on the hot
+path). A lone event is a single INSERT: its own transaction, in which a trigger adds the
+outbox row. Rows still present after a crash are found again through the outbox marker
 (`data/outbox/{user_id}`), which exists from a store's start until it stops with an empty
 outbox.
 
@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
 import pykka
+from pykka._envelope import Envelope
 
 from brain.actors.base import BrainActor, Link
 from brain.actors.bridge import settle_threadsafe
@@ -148,6 +149,7 @@ class OutboxCount(NamedTuple):
 _IDLE_CHECK = "idle-check"
 _FLUSH_ACKS = "flush-acks"
 _DRAIN = "drain-submitted"
+_DRAIN_ENVELOPE = Envelope(_DRAIN)
 # Acknowledged outbox rows are deleted at most this long after the append that made them.
 ACK_FLUSH_SECONDS = 1.0
 
@@ -225,10 +227,10 @@ def submit(ref: pykka.ActorRef[Any], message: AppendRequest | Query, fut: asynci
     """
     inbox: StoreInbox = ref.actor_inbox  # type: ignore[assignment]
     if inbox.submit(message, fut):
-        try:
-            ref.tell(_DRAIN)
-        except pykka.ActorDeadError:
-            pass  # it is stopping: as it closes, it answers what it did not take with StoreClosed
+        # Straight into the inbox: what ref.tell does, minus its liveness check and a new
+        # envelope. A store that has stopped never reads it, harmlessly: as it closed, it
+        # answered what it had not taken with StoreClosed, and refuses further submits.
+        inbox.put(_DRAIN_ENVELOPE)
 
 
 class IdempotencyMismatch(Unprocessable):
@@ -419,14 +421,12 @@ class UserStore(BrainActor):
         """Commit every request (each all or nothing); the new events are added to `fresh`."""
         db = self.db
         assert db is not None
-        if (
-            not self.acks
-            and len(requests) == 1
-            and len(requests[0].events) == 1
-            and requests[0].events[0].key is None
-        ):
-            # The common case, one event and no acknowledged rows to delete: a single INSERT
-            # is its own transaction (the trigger adds the outbox row inside it).
+        if len(requests) == 1 and len(requests[0].events) == 1 and requests[0].events[0].key is None:
+            # The common case, one event: a single INSERT is its own transaction (the trigger
+            # adds the outbox row inside it). Acknowledged outbox rows waiting to be deleted do
+            # not make it a transaction of three statements: they wait for a grouped append or
+            # for the flush ACK_FLUSH_SECONDS after this one (measured single-client: the
+            # store's part of a POST 105 -> 40 us).
             ev = requests[0].events[0]
             created_at = ev.created_at or now_timestamp()
             try:
