@@ -2,8 +2,9 @@
 
 Each function returns per-request latencies in seconds (warm-up requests excluded) and checks
 every response's status, so an error can never pass for a fast answer. Given the bare
-baseline's port, the API measurements interleave a bare request of the same method before each
-measured one, so brain's figure and the client-plus-aiohttp floor are taken under the same noise.
+baseline's port, the API measurements alternate blocks of bare requests of the same method with
+blocks of measured ones (bench.client.SHADOW_BLOCK), so brain's figure and the
+client-plus-aiohttp floor are taken under the same noise.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ def sign_ins(auth_port: int, users: Sequence[User], *, samples: int, warmup: int
 
 @contextmanager
 def _shadow(bare_port: int | None, method: str) -> Iterator[Shadow | None]:
-    """A bare-baseline request of the same method to interleave with the measured ones."""
+    """Bare-baseline requests of the same method to alternate (in blocks) with the measured ones."""
     if bare_port is None:
         yield None
         return

@@ -251,7 +251,9 @@ class Run:
             with self.step(http_keys + ["jetstream.latency", "ingest.rate", "ingest.gmail"], "starting brain (auth+api) and the baseline"):
                 brain = start_brain(self.workdir / "main", config=config, env=env)
                 try:
-                    with BaselineServer() as base:
+                    floor_dir = self.workdir / "floor"
+                    floor_dir.mkdir(parents=True, exist_ok=True)
+                    with BaselineServer(floor_dir=str(floor_dir)) as base:
                         self.meta["brain_pid"], self.meta["baseline_pid"] = brain.proc.pid, base.pid
                         if self.wanted("http"):
                             self.http(brain, base)
@@ -317,11 +319,11 @@ class Run:
             self._paired("events.get.latency", got, "GET")
 
     def _paired(self, key: str, measured: latency.Paired, method: str) -> None:
-        """Record a latency with the bare requests interleaved with it: their p50 and the net p50."""
+        """Record a latency with the bare requests alternated with it: their p50 and the net p50."""
         fig = self.latency(key, measured.times)
         if measured.bare:
             bare_p50 = latency_figure("bare", "bare", measured.bare).value
-            fig.extra[f"bare {method} p50 (interleaved)"] = round(bare_p50, 4)
+            fig.extra[f"bare {method} p50 (alternating blocks)"] = round(bare_p50, 4)
             fig.extra["p50 net of bare"] = round(fig.value - bare_p50, 4)
 
     def throughput(self, brain: BrainServer, base: BaselineServer) -> None:
@@ -342,6 +344,9 @@ class Run:
             with self.step(["events.get.rps"], f"seeding 100 events for each of {len(self.users)} users"):
                 seed_events(brain.api_port, self.users)
             cases += [
+                # The architecture's floor (bench.floor): bare POST + one SQLite commit on a thread per user.
+                Case("floor.thread", base.port,
+                     [Req("POST", f"/floor/thread/u{i}", "", event_body(i)) for i in range(len(auths))], conns, pid=base.pid),
                 Case("me.rps", brain.api_port, [Req("GET", "/me", a) for a in auths], conns, pid=brain.proc.pid),
                 Case("events.post.rps", brain.api_port,
                      [Req("POST", "/events", a, event_body(i)) for i, a in enumerate(auths)], conns, pid=brain.proc.pid),
@@ -352,14 +357,15 @@ class Run:
         _say(f"throughput: {len(cases)} cases x {plan.repeats} runs of {plan.seconds:.0f}s at {conns} connections")
         run_interleaved(cases, repeats=plan.repeats, duration=plan.seconds, warmup=plan.warmup_seconds, progress=_say)
         for case in cases:
-            if case.key.startswith("bare.") or case.error is None:
+            if case.key.startswith(("bare.", "floor.")) or case.error is None:
                 continue
             self.miss([case.key], case.error)
         for name, case in (("bare GET", bare_get), ("bare POST", bare_post)):
             if case.error is not None:
                 self.miss(rate_keys, f"the {name} baseline failed: {case.error}")
+        floor = next((c for c in cases if c.key == "floor.thread"), None)
         for case in cases:
-            if case.key.startswith("bare.") or case.key in self.figures:
+            if case.key.startswith(("bare.", "floor.")) or case.key in self.figures:
                 continue
             baseline, label = (bare_post, "bare aiohttp JSON POST") if case.key == "events.post.rps" else (bare_get, "bare aiohttp GET")
             fig = self.rate(case.key, case.rates, baseline=baseline, baseline_label=f"{label}, {conns} conns, same run")
@@ -369,6 +375,10 @@ class Run:
                 cpu = median_cpu(source)
                 if cpu is not None:
                     fig.extra[name] = round(cpu, 2)
+            if case.key == "events.post.rps" and floor is not None and floor.rates and bare_post.rates:
+                # What the parts alone allow: no token, validation, outbox or JetStream (bench.floor).
+                ratio = statistics.median(floor.rates) / statistics.median(bare_post.rates)
+                fig.extra["floor: bare POST + SQLite commit on a thread per user, ratio"] = round(ratio, 2)
         self.miss(rate_keys, "no users: sign-up failed")
 
     def sign_in_load(self, brain: BrainServer) -> None:
