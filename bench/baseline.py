@@ -6,6 +6,11 @@
   middleware: this is the floor, not a second brain.
 - `python -m bench.baseline argon2 ...`: argon2id verifications per second on N threads at the
   given parameters, the most sign-ins per second this machine could do with N hash workers.
+- `... http --port N --floor DIR`: the same server plus the "architecture floor" routes that
+  `bench.floor` measures: the bare POST plus a committed SQLite insert into one database per
+  user, done on the loop (`/floor/inline/{user}`) or on a thread per user that answers through
+  `call_soon_threadsafe` (`/floor/thread/{user}`), as brain's stores do, and nothing else (no
+  token, no validation, no outbox, no JetStream).
 
 A brain figure divided by its baseline from the same run cancels out much of the machine's noise.
 """
@@ -15,11 +20,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import queue
 import signal
 import socket
+import sqlite3
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 from aiohttp import web
 
@@ -42,22 +51,87 @@ async def handle_post(request: web.Request) -> web.Response:
     return web.Response(status=201, body=body.encode(), content_type="application/json")
 
 
-def make_app() -> web.Application:
-    """The baseline application."""
+def make_app(floor_dir: str | None = None) -> web.Application:
+    """The baseline application (with the floor routes when given a directory for their databases)."""
     app = web.Application()
     app.router.add_get(GET_PATH, handle_get)
     app.router.add_post(POST_PATH, handle_post)
+    if floor_dir:
+        floor = _Floor(floor_dir)
+        app.router.add_post("/floor/inline/{user}", floor.inline)
+        app.router.add_post("/floor/thread/{user}", floor.threaded)
     return app
 
 
-async def serve(port: int) -> None:
+FLOOR_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS events (id INTEGER PRIMARY KEY, type TEXT NOT NULL, data TEXT NOT NULL,"
+    " created_at TIMESTAMP NOT NULL);"
+    "CREATE INDEX IF NOT EXISTS events_created_at ON events (created_at);"
+    "CREATE INDEX IF NOT EXISTS events_type_created_at ON events (type, created_at);"
+)
+
+
+class _Floor:
+    """The least a POST that commits to a per-user SQLite file can cost, two ways."""
+
+    def __init__(self, directory: str) -> None:
+        self.directory = directory
+        self.inline_dbs: dict[str, sqlite3.Connection] = {}
+        self.threads: dict[str, queue.SimpleQueue[Any]] = {}
+
+    def _open(self, kind: str, user: str) -> sqlite3.Connection:
+        if not user.isalnum():
+            raise web.HTTPBadRequest()
+        path = os.path.join(self.directory, f"{kind}-{user}.db")
+        db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.executescript(FLOOR_SCHEMA)
+        return db
+
+    @staticmethod
+    def _insert(db: sqlite3.Connection, doc: dict[str, Any]) -> bytes:
+        created_at = time.strftime("%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime())
+        data = json.dumps(doc.get("data"), separators=(",", ":"))
+        cur = db.execute("INSERT INTO events (type, data, created_at) VALUES (?, ?, ?)", (doc.get("type"), data, created_at))
+        return json.dumps(
+            {"id": cur.lastrowid, "type": doc.get("type"), "data": doc.get("data"), "created_at": created_at},
+            separators=(",", ":"),
+        ).encode()
+
+    async def inline(self, request: web.Request) -> web.Response:
+        user = request.match_info["user"]
+        doc = await request.json()
+        db = self.inline_dbs.get(user) or self.inline_dbs.setdefault(user, self._open("inline", user))
+        return web.Response(status=201, body=self._insert(db, doc), content_type="application/json")
+
+    async def threaded(self, request: web.Request) -> web.Response:
+        user = request.match_info["user"]
+        doc = await request.json()
+        inbox = self.threads.get(user)
+        if inbox is None:
+            inbox = self.threads[user] = queue.SimpleQueue()
+            threading.Thread(target=self._serve, args=(user, inbox), daemon=True).start()
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        inbox.put((doc, fut, loop))
+        return web.Response(status=201, body=await fut, content_type="application/json")
+
+    def _serve(self, user: str, inbox: queue.SimpleQueue[Any]) -> None:
+        db = self._open("thread", user)
+        while True:
+            doc, fut, loop = inbox.get()
+            loop.call_soon_threadsafe(fut.set_result, self._insert(db, doc))
+
+
+async def serve(port: int, floor_dir: str | None = None) -> None:
     """Serve until SIGTERM/SIGINT, the way brain's runtime does (AppRunner + SockSite)."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", port))
     sock.listen(1024)
     sock.setblocking(False)
-    runner = web.AppRunner(make_app(), access_log=None, handle_signals=False)
+    runner = web.AppRunner(make_app(floor_dir), access_log=None, handle_signals=False)
     await runner.setup()
     await web.SockSite(runner, sock).start()
     stop = asyncio.Event()
@@ -102,6 +176,7 @@ def main() -> None:
     sub = parser.add_subparsers(dest="what", required=True)
     http = sub.add_parser("http", help="serve the bare aiohttp baseline")
     http.add_argument("--port", type=int, required=True)
+    http.add_argument("--floor", metavar="DIR", help="also serve the architecture-floor routes, databases in DIR")
     a2 = sub.add_parser("argon2", help="print argon2id verifications per second")
     a2.add_argument("--seconds", type=float, default=2.0)
     a2.add_argument("--threads", type=int, default=2)
@@ -110,7 +185,7 @@ def main() -> None:
     a2.add_argument("--parallelism", type=int, default=1)
     args = parser.parse_args()
     if args.what == "http":
-        asyncio.run(serve(args.port))
+        asyncio.run(serve(args.port, args.floor))
         return
     rate, cpu = argon2_rate(
         seconds=args.seconds, threads=args.threads, memory_kib=args.memory_kib,

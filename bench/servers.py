@@ -68,14 +68,16 @@ def start_brain(
 class BaselineServer:
     """The bare aiohttp baseline (`bench.baseline`) as its own process."""
 
-    def __init__(self) -> None:
+    def __init__(self, floor_dir: str | None = None) -> None:
         self.port = free_port()
+        self.floor_dir = floor_dir
         self.proc: subprocess.Popen[str] | None = None
 
     def start(self, timeout: float = 20.0) -> BaselineServer:
         """Start it and wait for its ready line."""
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bench.baseline", "http", "--port", str(self.port)],
+            [sys.executable, "-m", "bench.baseline", "http", "--port", str(self.port),
+             *(["--floor", self.floor_dir] if self.floor_dir else [])],
             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )
         assert self.proc.stdout is not None
