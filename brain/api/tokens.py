@@ -21,7 +21,6 @@ signature check again and a key dropped from the JWKS stops its tokens at once.
 
 from __future__ import annotations
 
-import base64
 import binascii
 import json
 import math
@@ -49,6 +48,7 @@ _VERIFIERS = {
 _EMBEDDED_KEY_MEMBERS = ("jwk", "jku", "x5u", "x5c", "x5t", "x5t#S256")
 _SEGMENT_RE = re.compile(r"[A-Za-z0-9_-]+")
 MAX_HEADER_SEGMENT = 2048  # a JOSE header is ~100 bytes; anything huge is an attack
+_HEADER_CACHE_SIZE = 64
 
 
 class _DuplicateKey(ValueError):
@@ -68,18 +68,26 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+# One decoder for every segment (json.loads with hooks builds a new one per call).
+_OBJECT_DECODER = json.JSONDecoder(object_pairs_hook=_no_duplicates, parse_constant=_reject_constant)
+_FROM_URLSAFE = bytes.maketrans(b"-_", b"+/")
+_PADDING = ("", "===", "==", "=")
+
+
 def _b64decode(segment: str, what: str) -> bytes:
     if not _SEGMENT_RE.fullmatch(segment):
         raise InvalidToken(f"malformed token: {what} is not base64url")
     try:
-        return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+        # base64.urlsafe_b64decode, minus its re-checks of what the pattern just established.
+        return binascii.a2b_base64((segment + _PADDING[len(segment) % 4]).encode("ascii").translate(_FROM_URLSAFE))
     except (binascii.Error, ValueError):
         raise InvalidToken(f"malformed token: {what} is not base64url") from None
 
 
 def _json_object(raw: bytes, what: str) -> dict[str, Any]:
     try:
-        value = json.loads(raw, object_pairs_hook=_no_duplicates, parse_constant=_reject_constant)
+        # RFC 7519: the segments are UTF-8 JSON (json.loads would also guess UTF-16/32).
+        value = _OBJECT_DECODER.decode(raw.decode("utf-8"))
     except _DuplicateKey as exc:
         raise InvalidToken(f"duplicate member {str(exc)[:40]!r} in {what}") from None
     except (ValueError, UnicodeDecodeError, RecursionError):
@@ -169,6 +177,10 @@ class TokenVerifier:
         # Users whose tokens stop at once (deleted accounts; brain.auth.deletion keeps it, on the
         # loop thread). Checked only when a token is verified: `forget_user` drops cached ones.
         self.revoked: set[str] | frozenset[str] = frozenset()
+        # Header segment -> (alg, kid) once it passed every header rule: an issuer signs all its
+        # tokens with a handful of distinct headers (one per key), and none of the rules depend
+        # on time or keys, so a repeated header is not parsed and checked again.
+        self._headers: dict[str, tuple[str, str]] = {}
 
     # -- the request path ---------------------------------------------------------------
 
@@ -230,23 +242,10 @@ class TokenVerifier:
         head_b64, body_b64, sig_b64 = parts
         if len(head_b64) > MAX_HEADER_SEGMENT:
             raise InvalidToken("token header too large")
-        header = _json_object(_b64decode(head_b64, "header"), "header")
-        alg = header.get("alg")
-        if not isinstance(alg, str) or alg not in self.algorithms:
-            raise InvalidToken(f"algorithm not allowed: {str(alg)[:20]}")
-        for member in _EMBEDDED_KEY_MEMBERS:
-            if member in header:
-                raise InvalidToken(f"keys embedded in the token are not accepted ({member})")
-        if "crit" in header:
-            raise InvalidToken("unsupported critical header parameter")
-        if header.get("b64", True) is not True:
-            raise InvalidToken("unencoded payloads are not accepted")
-        kid = header.get("kid")
-        if not isinstance(kid, str) or not kid:
-            raise InvalidToken("kid missing from token header")
-        typ = header.get("typ")
-        if typ is not None and (not isinstance(typ, str) or typ.lower() not in ("jwt", "at+jwt", "application/jwt")):
-            raise InvalidToken("token type is not JWT")
+        checked = self._headers.get(head_b64)
+        if checked is None:
+            checked = self._check_header(head_b64)
+        alg, kid = checked
         claims = _json_object(_b64decode(body_b64, "payload"), "payload")
         signature = _b64decode(sig_b64, "signature")
 
@@ -269,6 +268,31 @@ class TokenVerifier:
         if not _VERIFIERS[alg].verify(signing_input, key.key, signature):
             raise InvalidToken("signature verification failed")
         return TokenUser(id=sub, claims=claims, exp=exp), snap, cacheable
+
+    def _check_header(self, head_b64: str) -> tuple[str, str]:
+        """(alg, kid) of a JOSE header segment that passes every header rule; remembered."""
+        header = _json_object(_b64decode(head_b64, "header"), "header")
+        alg = header.get("alg")
+        if not isinstance(alg, str) or alg not in self.algorithms:
+            raise InvalidToken(f"algorithm not allowed: {str(alg)[:20]}")
+        for member in _EMBEDDED_KEY_MEMBERS:
+            if member in header:
+                raise InvalidToken(f"keys embedded in the token are not accepted ({member})")
+        if "crit" in header:
+            raise InvalidToken("unsupported critical header parameter")
+        if header.get("b64", True) is not True:
+            raise InvalidToken("unencoded payloads are not accepted")
+        kid = header.get("kid")
+        if not isinstance(kid, str) or not kid:
+            raise InvalidToken("kid missing from token header")
+        typ = header.get("typ")
+        if typ is not None and (not isinstance(typ, str) or typ.lower() not in ("jwt", "at+jwt", "application/jwt")):
+            raise InvalidToken("token type is not JWT")
+        headers = self._headers
+        if len(headers) >= _HEADER_CACHE_SIZE:
+            headers.clear()
+        headers[head_b64] = (alg, kid)
+        return alg, kid
 
     def _check_claims(self, claims: dict[str, Any], now: float) -> tuple[str, float, bool]:
         iss = claims.get("iss")
