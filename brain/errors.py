@@ -1,7 +1,8 @@
 """Typed errors. Each carries the HTTP status and machine-readable code it maps to.
 
-They are mapped to HTTP in one place (`brain.web.error_middleware`); code that raises them
-never builds a response itself.
+They are mapped to HTTP in one place (`brain.web.failure_response`, run by the auth role's
+`error_middleware` and by each API route's guard); code that raises them never builds a
+response itself.
 """
 
 from __future__ import annotations

@@ -45,7 +45,7 @@ from prometheus_client.utils import floatToGoString
 import brain
 from brain.actors import supervisor
 from brain.errors import Unauthorized
-from brain.web import Handler, error_middleware
+from brain.web import UNMATCHED_ATTR, Handler, add_route, error_middleware
 
 if TYPE_CHECKING:
     from brain.runtime import Runtime
@@ -92,7 +92,7 @@ class Metrics:
         async def metrics(request: web.Request) -> web.Response:
             return await self.handle(request)
 
-        app.router.add_get(PATH, metrics)
+        add_route(app, "GET", PATH, metrics)
 
     def listener_app(self) -> web.Application:
         """The app of the separate metrics listener (`metrics.port`)."""
@@ -149,6 +149,8 @@ class RequestStats(Collector):
             if method not in METHODS:
                 method = "OTHER"
             resource = route.resource
+            if getattr(route.handler, UNMATCHED_ATTR, False):
+                resource = None  # the API's catch-all: counted like aiohttp's own 404/405
             key = (resource, method)
             entry = by_method.get(key)
             if entry is None:

@@ -219,6 +219,8 @@ class Runtime:
             api.setup_routes(app, self)
         if self.metrics is not None:
             self.metrics.install(app, role)
+        if role == "api":
+            api.finish_routes(app)
         if self.settings.tls and self.settings.server.mode == "production":
             app.on_response_prepare.append(add_hsts)  # only here: dev and plain http pay nothing
         return app

@@ -45,29 +45,30 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     """Turn every failure into a JSON error; client mistakes are 4xx, never 500."""
     try:
         return await handler(request)
-    except Exception as exc:  # noqa: BLE001 - sorted out (or re-raised) by _failure_response
-        return _failure_response(request, exc)
+    except Exception as exc:  # noqa: BLE001 - sorted out (or re-raised) by failure_response
+        return failure_response(request, exc)
 
 
-def error_middleware_with(check: Callable[[web.Request], None]) -> Callable[..., Awaitable[web.StreamResponse]]:
-    """error_middleware that first runs `check(request)` (which may raise): one layer, not two.
-
-    Each middleware layer costs a few microseconds per request (~3 % of a cheap GET); a role
-    that checks every request (the API's bearer token) uses this in error_middleware's place.
-    """
-
-    @web.middleware
-    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        try:
-            check(request)
-            return await handler(request)
-        except Exception as exc:  # noqa: BLE001 - sorted out (or re-raised) by _failure_response
-            return _failure_response(request, exc)
-
-    return middleware
+# An app whose routes are guarded one by one instead of by a middleware (the API role: see
+# brain.api.routes.guard) keeps its guard here; `add_route` applies it to every route added.
+GUARD_KEY: web.AppKey[Callable[[Handler], Handler]] = web.AppKey("brain.guard", object)  # type: ignore[arg-type]
+GUARDED_ATTR = "brain_guarded"
+# Marks the handler of a catch-all route that only answers 404/405 (metrics count it as unmatched).
+UNMATCHED_ATTR = "brain_unmatched"
 
 
-def _failure_response(request: web.Request, exc: Exception) -> web.StreamResponse:
+def add_route(app: web.Application, method: str, path: str, handler: Handler) -> None:
+    """Register a route (GET also answers HEAD), through the app's guard if it has one."""
+    guard = app.get(GUARD_KEY)
+    if guard is not None:
+        handler = guard(handler)
+    if method == "GET":
+        app.router.add_get(path, handler)
+    else:
+        app.router.add_route(method, path, handler)
+
+
+def failure_response(request: web.Request, exc: Exception) -> web.StreamResponse:
     """The JSON error for a failure; re-raises what is not an error (redirects)."""
     try:
         raise exc

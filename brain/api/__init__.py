@@ -3,12 +3,14 @@
 Layout: `jwks` (the JwksCache actor and its key snapshots), `tokens` (the strict JWT check and
 its token cache), `events` (event validation, rendering, signed cursors), `store` (the UserStore
 actor, one SQLite file per user), `stores` (StoreManager: virtual-actor activation, LRU, the
-async and thread APIs), `bus` (the EventBus: outbox -> JetStream), `routes` (middleware and
+async and thread APIs), `bus` (the EventBus: outbox -> JetStream), `routes` (the token guard and
 handlers) and `openapi` (the description of both roles).
 
 What other parts of brain use: `rt.stores` (a `StoreManager`: `append`, `append_from_thread`,
-`query`, `query_from_thread`), `brain.api.routes.current_user(request)` and `@public` for
-routes added to the API app, and `brain.api.openapi.add_paths` to describe them.
+`query`, `query_from_thread`), `brain.web.add_route` to add a route to the API app (behind the
+token guard; a route added otherwise stops the app from starting), `@public` and
+`brain.api.routes.current_user(request)` in its handler, and `brain.api.openapi.add_paths` to
+describe it.
 """
 
 from __future__ import annotations
@@ -120,23 +122,30 @@ def data_child_specs(rt: Runtime) -> list[ChildSpec]:
     ]
 
 
+def finish_routes(app: web.Application) -> None:
+    """After every route of the API app is added: the JSON 404/405 catch-all; unguarded routes refused."""
+    from brain.api import routes
+
+    routes.finish_routes(app)
+
+
 def setup_routes(app: web.Application, rt: Runtime) -> None:
-    """Register the API role's middleware and routes."""
+    """Register the API role's routes (each behind the token guard; `finish_routes` comes last)."""
     from brain import mail
     from brain.api.openapi import build_spec
-    from brain.api.routes import add_routes, public, token_check
-    from brain.web import error_middleware, error_middleware_with, json_response
+    from brain.api.routes import add_routes, guard, public
+    from brain.web import GUARD_KEY, add_route, error_middleware, json_response
 
     verifier = token_verifier(rt)
     stores = store_manager(rt)
     state = jwks_state(rt)
     rt.health_sources["jwks"] = lambda: {**state.stats(), "token_cache": verifier.stats()}
     rt.health_sources.setdefault("stores", stores.stats)
-    # The token check runs inside the error middleware (one layer per request, not two). Never
-    # skipped silently: an app without that middleware would have no token check at all.
-    if error_middleware not in app.middlewares:
-        raise RuntimeError("the API app has no error middleware to run the token check in")
-    app.middlewares[app.middlewares.index(error_middleware)] = error_middleware_with(token_check(verifier))
+    # No error middleware here: every route is guarded as it is added (token check and JSON
+    # errors in one wrapper, see brain.api.routes); `finish_routes` refuses any that is not.
+    if error_middleware in app.middlewares:
+        app.middlewares.remove(error_middleware)
+    app[GUARD_KEY] = guard(verifier)
     add_routes(app, rt, verifier, stores)
     mail.setup_routes(app, rt)  # /mail/connect, /mail/oauth/callback, /mail/status, /mail/disconnect
 
@@ -144,7 +153,7 @@ def setup_routes(app: web.Application, rt: Runtime) -> None:
     async def openapi(_request: web.Request) -> web.Response:
         return json_response(build_spec(rt.settings))
 
-    app.router.add_get("/openapi.json", openapi)
+    add_route(app, "GET", "/openapi.json", openapi)
 
     async def stop_activating(_app: web.Application) -> None:
         # Shutdown: the tree is about to stop the stores. Let them delete what JetStream has

@@ -1,12 +1,18 @@
-"""The API role's HTTP surface: the bearer-token middleware and the /health, /me, /events routes.
+"""The API role's HTTP surface: the bearer-token guard and the /health, /me, /events routes.
 
-Every route needs a valid bearer token unless its handler is marked `@public`; other modules
-adding routes to the API app (mail) get the check for free and read the caller with
-`current_user(request)`.
+Every route needs a valid bearer token unless its handler is marked `@public`. The API app has
+no aiohttp middleware: each route's handler is wrapped, as it is added (`brain.web.add_route`),
+in a guard that checks the token and turns every failure into a JSON error, and a catch-all
+route answers what no route matches with a JSON 404 or 405. A middleware layer costs every
+request aiohttp's middleware machinery besides its own work: measured at 64 connections, GET
+/me went from 0.77x to 0.84x the bare GET without it. Other modules adding routes to the API
+app (mail, metrics) use `add_route` and read the caller with `current_user(request)`; the app
+refuses to start with a route that bypassed the guard (`finish_routes`).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import time
@@ -22,7 +28,7 @@ from brain.api.events import check_key, new_event
 from brain.api.store import AppendRequest
 from brain.api.tokens import TokenUser, TokenVerifier
 from brain.errors import BadRequest, PayloadTooLarge
-from brain.web import json_response, read_json
+from brain.web import GUARDED_ATTR, UNMATCHED_ATTR, Handler, add_route, failure_response, json_response, read_json
 
 if TYPE_CHECKING:
     from brain.api.stores import StoreManager
@@ -51,19 +57,58 @@ def current_user(request: web.Request) -> TokenUser:
     return request[USER_KEY]
 
 
-def token_check(verifier: TokenVerifier) -> Callable[[web.Request], None]:
-    """Require a valid bearer token on every matched route not marked @public (raises InvalidToken).
+def guard(verifier: TokenVerifier) -> Callable[[Handler], Handler]:
+    """Wrap a route handler: the bearer token first (unless @public), every failure as JSON."""
 
-    Run by the API app's error middleware (brain.web.error_middleware_with) before the handler.
-    """
+    def wrap(handler: Handler) -> Handler:
+        if getattr(handler, _PUBLIC_ATTR, False):
 
-    def check_token(request: web.Request) -> None:
-        match = request.match_info
-        # Unmatched paths (404/405) carry no data: let them answer as they are.
-        if match.http_exception is None and not getattr(match.handler, _PUBLIC_ATTR, False):
-            request[USER_KEY] = verifier.authenticate(request.headers.get(hdrs.AUTHORIZATION))
+            async def guarded(request: web.Request) -> web.StreamResponse:
+                try:
+                    return await handler(request)
+                except Exception as exc:  # noqa: BLE001 - sorted out (or re-raised) by failure_response
+                    return failure_response(request, exc)
 
-    return check_token
+        else:
+            authenticate = verifier.authenticate
+
+            async def guarded(request: web.Request) -> web.StreamResponse:
+                try:
+                    request[USER_KEY] = authenticate(request.headers.get(hdrs.AUTHORIZATION))
+                    return await handler(request)
+                except Exception as exc:  # noqa: BLE001 - sorted out (or re-raised) by failure_response
+                    return failure_response(request, exc)
+
+        functools.update_wrapper(guarded, handler)  # keeps the handler's name and marks
+        setattr(guarded, GUARDED_ATTR, True)
+        return guarded
+
+    return wrap
+
+
+def finish_routes(app: web.Application) -> None:
+    """Add the catch-all (JSON 404/405) last; refuse a route that is not guarded."""
+    unguarded = [
+        f"{route.method} {route.resource.canonical if route.resource else '?'}"
+        for route in app.router.routes()
+        if not getattr(route.handler, GUARDED_ATTR, False)
+    ]
+    if unguarded:
+        raise RuntimeError(f"API routes added without the token guard (use brain.web.add_route): {unguarded}")
+    resources = list(app.router.resources())
+
+    @public
+    async def unmatched(request: web.Request) -> web.StreamResponse:
+        # Only requests no route took come here: which methods would the path have taken?
+        allowed: set[str] = set()
+        for resource in resources:
+            allowed |= (await resource.resolve(request))[1]
+        if allowed:
+            raise web.HTTPMethodNotAllowed(request.method, allowed)
+        raise web.HTTPNotFound()
+
+    setattr(unmatched, UNMATCHED_ATTR, True)
+    add_route(app, "*", "/{tail:.*}", unmatched)
 
 
 def add_routes(app: web.Application, rt: Runtime, verifier: TokenVerifier, stores: StoreManager) -> None:
@@ -159,10 +204,10 @@ def add_routes(app: web.Application, rt: Runtime, verifier: TokenVerifier, store
         )
         return web.Response(body=text.encode(), headers=_JSON_NO_STORE)
 
-    app.router.add_get("/health", health)
-    app.router.add_get("/me", me)
-    app.router.add_post("/events", post_events)
-    app.router.add_get("/events", get_events)
+    add_route(app, "GET", "/health", health)
+    add_route(app, "GET", "/me", me)
+    add_route(app, "POST", "/events", post_events)
+    add_route(app, "GET", "/events", get_events)
 
 
 def _time_param(value: str | None) -> str | None:

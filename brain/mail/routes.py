@@ -1,7 +1,7 @@
 """The mail routes on the API role: connect (OAuth or direct), the OAuth callback, status and
 disconnect.
 
-Every route but the callback runs behind the API's JWT middleware and acts for the token's
+Every route but the callback runs behind the API's JWT guard and acts for the token's
 user only. The callback is reached by a browser redirect from the provider and carries no
 token: its user comes from the signed, single-use `state` minted by `POST /mail/connect`. A
 front end that takes the redirect itself and forwards `code` and `state` with its bearer
@@ -28,7 +28,7 @@ from brain.mail import openapi
 from brain.mail.db import Account
 from brain.mail.service import MailService, child_id
 from brain.mail.sync import SyncNow
-from brain.web import json_response, read_json
+from brain.web import add_route, json_response, read_json
 
 if TYPE_CHECKING:
     from brain.runtime import Runtime
@@ -44,7 +44,7 @@ T = TypeVar("T")
 
 
 def add_routes(app: web.Application, rt: Runtime, service: MailService) -> None:
-    """Register the mail routes on the API application (behind its bearer-token middleware)."""
+    """Register the mail routes on the API application (each behind its bearer-token guard)."""
     add_paths("api", openapi.PATHS, openapi.SCHEMAS)
 
     def user_of(request: web.Request) -> str:
@@ -128,7 +128,7 @@ def add_routes(app: web.Application, rt: Runtime, service: MailService) -> None:
         fresh = await blocking(lambda: service.db.account(account.id))
         return json_response({"account": (fresh or account).status(), "events_kept": True})
 
-    app.router.add_post("/mail/connect", connect)
-    app.router.add_get(CALLBACK_PATH, callback)
-    app.router.add_get("/mail/status", status)
-    app.router.add_post("/mail/disconnect", disconnect)
+    add_route(app, "POST", "/mail/connect", connect)
+    add_route(app, "GET", CALLBACK_PATH, callback)
+    add_route(app, "GET", "/mail/status", status)
+    add_route(app, "POST", "/mail/disconnect", disconnect)
