@@ -119,3 +119,24 @@ def test_no_described_api_operation_skips_the_token(server: BrainServer) -> None
                 assert r.headers["WWW-Authenticate"].startswith('Bearer error="invalid_token"')
                 checked += 1
     assert checked >= 3
+
+
+def test_api_routes_are_all_guarded_and_a_bypass_is_refused(tmp_path: Path) -> None:
+    """No middleware on the API app: every route must carry the token guard, or it won't start."""
+    from aiohttp import web
+
+    from brain.api import routes
+    from brain.web import GUARDED_ATTR
+
+    settings = load_settings(environ={}, overrides={"server": {"data_dir": str(tmp_path / "data")}})
+    app = Runtime(settings).make_app("api")
+    assert not app.middlewares
+    assert all(getattr(route.handler, GUARDED_ATTR, False) for route in app.router.routes())
+
+    async def sneaky(_request: web.Request) -> web.Response:
+        return web.Response(text="no token needed")
+
+    bare = web.Application()
+    bare.router.add_get("/sneaky", sneaky)
+    with pytest.raises(RuntimeError, match="without the token guard"):
+        routes.finish_routes(bare)

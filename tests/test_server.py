@@ -150,6 +150,12 @@ def test_unknown_route_is_a_json_404(brain_server: BrainServer) -> None:
     assert r.json()["code"] == "NOT_FOUND"
     r = requests.delete(f"{brain_server.api_url}/health", timeout=5)
     assert r.status_code == 405 and r.json()["code"] == "METHOD_NOT_ALLOWED"
+    assert set(r.headers["Allow"].split(",")) >= {"GET", "HEAD"}
+    # Unmatched requests need no token, and a path trick finds nothing either.
+    r = requests.put(f"{brain_server.api_url}/events", timeout=5)
+    assert r.status_code == 405 and set(r.headers["Allow"].split(",")) >= {"GET", "POST"}
+    r = requests.get(f"{brain_server.api_url}/events/../../etc/passwd", timeout=5)
+    assert r.status_code in (401, 404) and r.headers["Content-Type"].startswith("application/json")
 
 
 def test_root_giving_up_shuts_the_process_down_cleanly(brain_server: BrainServer) -> None:
