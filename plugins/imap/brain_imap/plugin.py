@@ -10,6 +10,7 @@ from brain.config import check_plugin_table
 from brain.errors import ConfigError
 from brain.mail.provider import ConnectRejected
 from brain.plugins import hookimpl
+from brain_imap.hosts import allowed_networks
 from brain_imap.provider import SETTINGS_KEYS, ImapProvider, folder_list
 
 
@@ -30,6 +31,11 @@ def brain_startup(settings: Any, plugin_settings: Mapping[str, Mapping[str, Any]
         try:
             folder_list(table["folders"], field="plugins.imap.folders")
         except ConnectRejected as exc:
+            raise ConfigError(str(exc)) from None
+    if "allowed_networks" in table:
+        try:
+            allowed_networks(table["allowed_networks"])
+        except ValueError as exc:
             raise ConfigError(str(exc)) from None
     ca_file = table.get("ca_file")
     if ca_file and not os.path.isfile(str(ca_file)):

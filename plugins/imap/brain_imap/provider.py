@@ -48,6 +48,7 @@ from brain.mail.provider import (
     Transient,
 )
 from brain_imap import uidset
+from brain_imap.hosts import allowed_networks, checked_address
 from brain_imap.idle import IdleWatcher
 from brain_imap.messages import fetch_items, message_from_fetch, message_id
 from brain_imap.session import (
@@ -71,6 +72,8 @@ DEFAULTS: dict[str, Any] = {
     "timeout": 30.0,
     "idle": True,
     "idle_refresh_seconds": 1500.0,
+    # Non-public networks (CIDRs) a user's account may still point at (see brain_imap.hosts).
+    "allowed_networks": (),
 }
 SETTINGS_KEYS = frozenset({*DEFAULTS, "page_size"})
 CONNECT_FIELDS = ("host", "port", "tls", "username", "password", "address", "folders")
@@ -110,6 +113,7 @@ class ImapProvider(MailProvider):
         self.timeout = float(conf["timeout"])
         self.idle_enabled = str(conf["idle"]).lower() not in ("false", "0", "no", "off")
         self.idle_refresh_seconds = float(conf["idle_refresh_seconds"])
+        self.allowed_networks = allowed_networks(conf["allowed_networks"])
         self.page_size = max(1, min(1000, self.page_size))
         self._session: Session | None = None
         self._watcher: IdleWatcher | None = None
@@ -135,6 +139,10 @@ class ImapProvider(MailProvider):
         port = fields.get("port", DEFAULT_PORTS[tls])
         if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
             raise ConnectRejected("port must be an integer from 1 to 65535")
+        try:
+            checked_address(host, port, self.allowed_networks)  # before anything is stored
+        except OSError as exc:
+            raise ConnectRejected(f"host {host} cannot be resolved: {exc}") from None
         for name in ("username", "password"):
             value = fields[name]
             if not isinstance(value, str) or len(value) > 1024 or any(c in value for c in "\r\n\0"):
@@ -191,7 +199,9 @@ class ImapProvider(MailProvider):
     # Sessions -----------------------------------------------------------------------------
 
     def _open(self, account: ImapAccount) -> Session:
-        return Session(account, ssl_context=ssl_context_for(self.ca_file), timeout=self.timeout)
+        return Session(
+            account, ssl_context=ssl_context_for(self.ca_file), timeout=self.timeout, allowed=self.allowed_networks
+        )
 
     def _call(self, ctx: SyncContext, fn: Callable[[Session], Any]) -> Any:
         """Run ``fn`` on the kept session; a stale one (server restart) gets one fresh try."""

@@ -28,6 +28,7 @@ from imapclient.response_parser import parse_fetch_response
 
 from brain.mail.provider import AuthFailed, ConnectRejected, CursorExpired, ProviderError, Transient
 from brain_imap import uidset
+from brain_imap.hosts import Network, PinnedIMAPClient, checked_address
 
 __all__ = [
     "DEFAULT_PORTS",
@@ -120,15 +121,21 @@ def mapped_errors(what: str) -> Iterator[None]:
 class Session:
     """A logged-in connection; ``qresync``/``condstore`` say which extensions are enabled."""
 
-    def __init__(self, account: ImapAccount, *, ssl_context: ssl.SSLContext, timeout: float) -> None:
-        """Connect, secure the connection as the account says, log in and enable extensions."""
+    def __init__(
+        self, account: ImapAccount, *, ssl_context: ssl.SSLContext, timeout: float, allowed: Sequence[Network] = ()
+    ) -> None:
+        """Connect (to the address the host policy passed), secure the connection as the account
+        says, log in and enable extensions."""
         self.account = account
         self.client: imapclient.IMAPClient | None = None
         with mapped_errors(f"IMAP {account.host}:{account.port}"):
             if account.tls == "plain" and not is_loopback(account.host):
                 raise ConnectRejected("tls 'plain' is allowed only for a loopback host")
-            client = imapclient.IMAPClient(
+            # Checked again on every connection: the name may resolve elsewhere by now.
+            address = checked_address(account.host, account.port, allowed)
+            client = PinnedIMAPClient(
                 account.host,
+                address=address,
                 port=account.port,
                 ssl=account.tls == "implicit",
                 ssl_context=ssl_context,

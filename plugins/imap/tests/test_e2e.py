@@ -37,6 +37,8 @@ def start_brain(tmp_path: Path, dovecot: Dovecot, **imap_settings: Any) -> Brain
         "BRAIN_PLUGINS__ENABLED": "gmail,outlook,imap",
         "BRAIN_PLUGINS__IMAP__CA_FILE": str(dovecot.ca_path),
         "BRAIN_PLUGINS__IMAP__TIMEOUT": "10",
+        # dovecot listens on loopback, which the host policy refuses unless allowed.
+        "BRAIN_PLUGINS__IMAP__ALLOWED_NETWORKS": "127.0.0.0/8,::1/128",
         **{f"BRAIN_PLUGINS__IMAP__{k.upper()}": str(v) for k, v in imap_settings.items()},
     }
     # A long poll interval: anything that shows up quickly came through IDLE (or a retry).

@@ -55,8 +55,15 @@ def fields(dovecot: Dovecot, user: str, **overrides: Any) -> dict[str, Any]:
     return {k: v for k, v in base.items() if v is not None}
 
 
+# dovecot listens on loopback, which the host policy refuses unless allowed.
+LOOPBACK = ["127.0.0.0/8", "::1/128"]
+
+
 def make_provider(dovecot: Dovecot, **settings: Any) -> ImapProvider:
-    return ImapProvider({"ca_file": str(dovecot.ca_path), "timeout": 10, **settings}, page_size=settings.pop("page_size", 100))
+    return ImapProvider(
+        {"ca_file": str(dovecot.ca_path), "timeout": 10, "allowed_networks": LOOPBACK, **settings},
+        page_size=settings.pop("page_size", 100),
+    )
 
 
 def context(provider: ImapProvider, credentials: Credentials) -> SyncContext:
@@ -141,9 +148,39 @@ def test_tls_modes(dovecot: Dovecot, user: str) -> None:
     for mode, port in (("implicit", dovecot.tls_port), ("starttls", dovecot.port), ("plain", dovecot.port)):
         provider.refresh(provider.direct_credentials(fields(dovecot, user, tls=mode, port=port)))
     # Without the test CA the server's certificate is not trusted: refused, not ignored.
-    untrusting = ImapProvider({"timeout": 10})
+    untrusting = ImapProvider({"timeout": 10, "allowed_networks": LOOPBACK})
     with pytest.raises(ConnectRejected, match="certificate"):
         untrusting.refresh(untrusting.direct_credentials(fields(dovecot, user, tls="implicit", port=dovecot.tls_port)))
+
+
+def test_host_policy_refuses_non_public_addresses_unless_allowed(dovecot: Dovecot, user: str) -> None:
+    """A user cannot point brain at loopback, private or metadata addresses (network probing)."""
+    strict = ImapProvider({"ca_file": str(dovecot.ca_path), "timeout": 10})
+    for host in ("127.0.0.1", "localhost", "10.1.2.3", "192.168.0.10", "169.254.169.254", "::1",
+                 "::ffff:127.0.0.1", "0.0.0.0", "100.64.0.1", "fc00::1", "224.0.0.1"):
+        with pytest.raises(ConnectRejected, match="non-public address"):
+            strict.direct_credentials(fields(dovecot, user, host=host))
+    with pytest.raises(ConnectRejected, match="cannot be resolved"):
+        strict.direct_credentials(fields(dovecot, user, host="no-such-host.invalid"))
+    # Stored credentials whose host is refused now (the policy tightened) fail before connecting.
+    allowed = make_provider(dovecot)
+    credentials = allowed.direct_credentials(fields(dovecot, user))
+    with pytest.raises(ConnectRejected, match="non-public address"):
+        strict.refresh(credentials)
+    allowed.refresh(credentials)  # allowed_networks lets the operator's own networks through
+    with pytest.raises(ValueError, match="allowed_networks"):
+        ImapProvider({"allowed_networks": ["not-a-network"]})
+
+
+def test_connection_goes_to_the_checked_address_not_a_new_lookup(dovecot: Dovecot, user: str) -> None:
+    """The pinned client never resolves the name again (DNS rebinding gains nothing)."""
+    from brain_imap.hosts import PinnedIMAPClient
+
+    client = PinnedIMAPClient("mail.example.invalid", address="127.0.0.1", port=dovecot.port, ssl=False, timeout=10)
+    try:
+        assert client.has_capability("IMAP4REV1")
+    finally:
+        client.shutdown()
 
 
 def test_address_and_folders_checked_at_connect(dovecot: Dovecot, user: str) -> None:
@@ -362,6 +399,7 @@ def test_plugin_settings_are_checked_at_startup(tmp_path: Path) -> None:
     for env, named in (
         ({"BRAIN_PLUGINS__IMAP__FOLDRES": "INBOX"}, "plugins.imap.foldres"),
         ({"BRAIN_PLUGINS__IMAP__TIMEOUT": "soon"}, "plugins.imap.timeout"),
+        ({"BRAIN_PLUGINS__IMAP__ALLOWED_NETWORKS": "10.0.0.0/8,intranet"}, "plugins.imap.allowed_networks"),
         ({"BRAIN_PLUGINS__IMAP__CA_FILE": str(tmp_path / "missing.pem")}, "plugins.imap.ca_file"),
     ):
         full = {k: v for k, v in os.environ.items() if not k.startswith("BRAIN_")}

@@ -1,0 +1,114 @@
+"""Which IMAP servers a user may make brain connect to.
+
+An IMAP account is a host and port that any signed-up user names; without a policy, brain
+would open TCP (and TLS) connections wherever it is told — its own loopback services, the
+private network it runs in, a cloud metadata address — and report back whether they answered:
+a network-probing tool for anyone with an account. So a host must resolve only to public
+(globally routable) addresses, unless an address falls in one of `[plugins.imap]
+allowed_networks` (CIDRs the operator trusts, e.g. a company mail server on 10.0.0.0/8 or a
+test server on 127.0.0.0/8).
+
+The check runs when an account connects (a refusal is a 400 naming the address) and again
+before every connection a sync opens, and that connection goes to exactly the address that
+was checked (`PinnedIMAPClient`), so a name that re-resolves to somewhere else between the
+check and the connect (DNS rebinding) gains nothing. TLS still verifies the certificate
+against the host name.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import ssl
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import imapclient
+from imapclient import imap4, tls
+
+from brain.mail.provider import ConnectRejected
+
+__all__ = ["Network", "PinnedIMAPClient", "allowed_networks", "checked_address"]
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def allowed_networks(value: Any, *, field: str = "plugins.imap.allowed_networks") -> tuple[Network, ...]:
+    """CIDRs from a list or a comma-separated string; ValueError naming the field."""
+    if value in (None, ""):
+        return ()
+    items: Iterable[Any] = value.split(",") if isinstance(value, str) else value
+    if isinstance(items, (bytes, dict)) or not isinstance(items, Iterable):
+        raise ValueError(f"{field}: a list of networks such as ['10.0.0.0/8']")
+    out = []
+    for item in items:
+        text = str(item).strip()
+        if not text:
+            continue
+        try:
+            out.append(ipaddress.ip_network(text, strict=False))
+        except ValueError:
+            raise ValueError(f"{field}: not a network (CIDR) or address: {text[:60]!r}") from None
+    return tuple(out)
+
+
+def _plain(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    ip = ipaddress.ip_address(address.split("%", 1)[0])  # drop an IPv6 zone
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return mapped if mapped is not None else ip
+
+
+def checked_address(host: str, port: int, allowed: Sequence[Network]) -> str:
+    """The address to connect to for host:port, after the policy above; ConnectRejected if refused.
+
+    Every address the name resolves to must pass (a name mixing a public address with a private
+    one is refused); the first one is returned. Resolution failures raise OSError (socket.gaierror).
+    """
+    infos = socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
+    addresses = [info[4][0] for info in infos if info[0] in (socket.AF_INET, socket.AF_INET6)]
+    if not addresses:
+        raise OSError(f"{host} has no IPv4 or IPv6 address")
+    for address in addresses:
+        ip = _plain(address)
+        if any(ip in net for net in allowed):
+            continue
+        if not ip.is_global or ip.is_multicast:
+            raise ConnectRejected(
+                f"host {host} resolves to {ip}, a private, loopback or otherwise non-public address: "
+                "brain connects only to public mail servers unless the operator allows the network "
+                "([plugins.imap] allowed_networks)"
+            )
+    return addresses[0]
+
+
+class _PinnedTLS(tls.IMAP4_TLS):
+    def __init__(self, host: str, port: int, ssl_context: ssl.SSLContext | None, timeout: float | None, *, address: str) -> None:
+        self._address = address
+        super().__init__(host, port, ssl_context, timeout)
+
+    def _create_socket(self, timeout: float | None = None) -> socket.socket:
+        sock = socket.create_connection((self._address, self.port), timeout=self._timeout if timeout is None else timeout)
+        return tls.wrap_socket(sock, self.ssl_context, self.host)  # verified against the name
+
+
+class _PinnedPlain(imap4.IMAP4WithTimeout):
+    def __init__(self, host: str, port: int, timeout: float | None, *, address: str) -> None:
+        self._address = address
+        super().__init__(host, port, timeout)
+
+    def _create_socket(self, timeout: float | None = None) -> socket.socket:
+        return socket.create_connection((self._address, self.port), self._timeout if timeout is None else timeout)
+
+
+class PinnedIMAPClient(imapclient.IMAPClient):
+    """IMAPClient that connects to a given address, keeping the host name for TLS and STARTTLS."""
+
+    def __init__(self, host: str, *, address: str, **kwargs: Any) -> None:
+        self._pinned_address = address
+        super().__init__(host, **kwargs)
+
+    def _create_IMAP4(self) -> Any:  # noqa: N802 - IMAPClient's own hook
+        timeout = getattr(self._timeout, "connect", None)
+        if self.ssl:
+            return _PinnedTLS(self.host, self.port, self.ssl_context, timeout, address=self._pinned_address)
+        return _PinnedPlain(self.host, self.port, timeout, address=self._pinned_address)
