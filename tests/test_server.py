@@ -96,6 +96,70 @@ def test_both_roles_and_embedded_nats_come_up_and_stop_cleanly(brain_server: Bra
     assert "GET /health 200" in log  # one access-log line per request
 
 
+def test_sigterm_lets_a_request_in_flight_finish_and_commit(brain_server: BrainServer) -> None:
+    """SIGTERM while a POST /events waits for its commit: answered 201 and stored, then exit 0."""
+    import concurrent.futures
+    import sqlite3
+
+    from tests.test_auth_helpers import new_user
+
+    user = new_user(brain_server)
+    auth = {"Authorization": f"Bearer {user['jwt']}"}
+    url = f"{brain_server.api_url}/events"
+    first = requests.post(url, json={"type": "before.term", "data": 1}, headers=auth, timeout=10)
+    assert first.status_code == 201, first.text  # the user's store is open
+    db_path = brain_server.data_dir / "users" / user["user"]["id"] / "events.db"
+    assert brain_server.proc is not None
+    # Another process holds the database's write lock: brain's store waits (busy_timeout 5 s)
+    # with the request in flight, fully received, when the signal comes.
+    blocker = sqlite3.connect(db_path, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(requests.post, url, json={"type": "during.term", "data": 2}, headers=auth, timeout=15)
+        time.sleep(0.5)
+        assert not pending.done()
+        brain_server.proc.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        assert brain_server.proc.poll() is None and not pending.done()  # still serving it
+        blocker.execute("ROLLBACK")
+        blocker.close()
+        response = pending.result(timeout=15)
+    assert response.status_code == 201, response.text
+    brain_server.proc.wait(timeout=15)
+    assert brain_server.proc.returncode == 0
+    with sqlite3.connect(f"file:{db_path}?mode=ro", uri=True) as db:
+        rows = db.execute("SELECT id, type FROM events ORDER BY id").fetchall()
+    assert rows == [(first.json()["id"], "before.term"), (response.json()["id"], "during.term")]
+
+
+def test_sigterm_drops_a_request_whose_body_never_finished(brain_server: BrainServer) -> None:
+    """A body still arriving at SIGTERM is not read any further (aiohttp stops reading): the
+    client's connection closes without an answer, nothing is stored, and shutdown waits no
+    longer than server.shutdown_timeout (5 s) for it."""
+    import json as jsonlib
+
+    from tests.test_auth_helpers import new_user
+
+    user = new_user(brain_server)
+    body = jsonlib.dumps({"type": "half.sent", "data": "x" * 2000}).encode()
+    head = (
+        f"POST /events HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {user['jwt']}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    assert brain_server.proc is not None
+    with socket.create_connection(("127.0.0.1", brain_server.api_port), timeout=15) as conn:
+        conn.sendall(head + body[:100])
+        time.sleep(0.3)
+        started = time.monotonic()
+        brain_server.proc.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+        conn.sendall(body[100:])
+        assert conn.recv(65536) == b""  # closed, unanswered
+    brain_server.proc.wait(timeout=15)
+    assert brain_server.proc.returncode == 0 and time.monotonic() - started < 9
+    assert not (brain_server.data_dir / "users" / user["user"]["id"]).exists()
+
+
 def test_sigint_also_shuts_down_cleanly(brain_server: BrainServer) -> None:
     assert brain_server.stop(signal.SIGINT) == 0
 
