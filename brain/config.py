@@ -514,6 +514,15 @@ def _validate(s: Settings) -> None:
         "auth.hash_workers": s.auth.hash_workers,
         "auth.argon2_time_cost": s.auth.argon2_time_cost,
         "auth.argon2_parallelism": s.auth.argon2_parallelism,
+        "auth.key_poll_seconds": s.auth.key_poll_seconds,
+        "auth.max_body_bytes": s.auth.max_body_bytes,
+        "auth.rate_limit_ip_per_minute": s.auth.rate_limit_ip_per_minute,
+        "auth.rate_limit_account_failures": s.auth.rate_limit_account_failures,
+        "auth.rate_limit_account_window_seconds": s.auth.rate_limit_account_window_seconds,
+        "auth.session_update_age_seconds": s.auth.session_update_age_seconds,
+        "auth.email_verification_ttl_seconds": s.auth.email_verification_ttl_seconds,
+        "auth.password_reset_ttl_seconds": s.auth.password_reset_ttl_seconds,
+        "auth.email_rate_limit_per_hour": s.auth.email_rate_limit_per_hour,
         "api.token_cache_size": s.api.token_cache_size,
         "api.max_token_bytes": s.api.max_token_bytes,
         "api.max_event_bytes": s.api.max_event_bytes,
@@ -535,6 +544,7 @@ def _validate(s: Settings) -> None:
         "mail.retry_base_seconds": s.mail.retry_base_seconds,
         "mail.page_size": s.mail.page_size,
         "mail.oauth_state_ttl_seconds": s.mail.oauth_state_ttl_seconds,
+        "smtp.timeout_seconds": s.smtp.timeout_seconds,
     }
     for key, value in positives.items():
         if value <= 0:
@@ -543,16 +553,6 @@ def _validate(s: Settings) -> None:
         raise ConfigError("auth.argon2_memory_kib: production requires at least 19456 (OWASP minimum)")
     if s.auth.argon2_memory_kib < 8 * s.auth.argon2_parallelism:
         raise ConfigError("auth.argon2_memory_kib: must be at least 8 x argon2_parallelism")
-    for key, value in (
-        ("auth.key_poll_seconds", s.auth.key_poll_seconds),
-        ("auth.max_body_bytes", s.auth.max_body_bytes),
-        ("auth.rate_limit_ip_per_minute", s.auth.rate_limit_ip_per_minute),
-        ("auth.rate_limit_account_failures", s.auth.rate_limit_account_failures),
-        ("auth.rate_limit_account_window_seconds", s.auth.rate_limit_account_window_seconds),
-        ("auth.session_update_age_seconds", s.auth.session_update_age_seconds),
-    ):
-        if value <= 0:
-            raise ConfigError(f"{key}: must be positive, got {value}")
     if s.auth.key_publish_delay_seconds < 0 or s.auth.jwks_max_age_seconds < 0 or s.auth.key_rotation_days < 0:
         raise ConfigError("auth.key_publish_delay_seconds, jwks_max_age_seconds, key_rotation_days: must not be negative")
     if s.auth.retired_key_keep_seconds < s.auth.jwt_ttl_seconds:
@@ -577,14 +577,6 @@ def _validate(s: Settings) -> None:
 
 def _validate_mail(s: Settings) -> None:
     """The [smtp] section and the auth email settings."""
-    for key, value in (
-        ("auth.email_verification_ttl_seconds", s.auth.email_verification_ttl_seconds),
-        ("auth.password_reset_ttl_seconds", s.auth.password_reset_ttl_seconds),
-        ("auth.email_rate_limit_per_hour", s.auth.email_rate_limit_per_hour),
-        ("smtp.timeout_seconds", s.smtp.timeout_seconds),
-    ):
-        if value <= 0:
-            raise ConfigError(f"{key}: must be positive, got {value}")
     if s.auth.session_fresh_age_seconds < 0:
         raise ConfigError("auth.session_fresh_age_seconds: must not be negative (0: no freshness check)")
     if not 1 <= s.smtp.port <= 65535:
