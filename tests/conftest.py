@@ -14,11 +14,8 @@ from tests.support import BrainServer
 def brain_server(tmp_path: Path) -> Iterator[BrainServer]:
     """A started brain (both roles, embedded NATS) in a fresh data dir; stopped afterwards."""
     server = BrainServer(tmp_path / "brain")
-    server.start()
-    try:
+    with server:
         yield server
-    finally:
-        server.close()
 
 
 @pytest.fixture

@@ -14,11 +14,8 @@ from tests.test_auth_helpers import NO_LIMITS, bearer, new_user
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrainServer]:
     s = BrainServer(tmp_path_factory.mktemp("api") / "brain", config={"auth": NO_LIMITS})
-    s.start()
-    try:
+    with s:
         yield s
-    finally:
-        s.close()
 
 
 def test_health_reports_jwks_supervisor_nats_and_stores(server: BrainServer) -> None:

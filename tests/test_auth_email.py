@@ -83,11 +83,8 @@ def mail_config(port: int, **auth: Any) -> dict[str, Any]:
 def server(smtp: tuple[Inbox, int], tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrainServer]:
     config = mail_config(smtp[1], require_email_verification=True)
     server = BrainServer(Path(tmp_path_factory.mktemp("email")) / "brain", config=config)
-    server.start()
-    try:
+    with server:
         yield server
-    finally:
-        server.close()
 
 
 @pytest.fixture

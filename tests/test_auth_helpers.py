@@ -96,8 +96,5 @@ def module_server(tmp_path_factory: pytest.TempPathFactory, request: pytest.Fixt
     config.update(getattr(request.module, "EXTRA_CONFIG", {}))
     env = getattr(request.module, "SERVER_ENV", {})
     server = BrainServer(Path(tmp_path_factory.mktemp("auth")) / "brain", config=config, env=env)
-    server.start()
-    try:
+    with server:
         yield server
-    finally:
-        server.close()

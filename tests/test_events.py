@@ -29,11 +29,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrainServer]:
         tmp_path_factory.mktemp("events") / "brain",
         config={"auth": NO_LIMITS, "api": {"max_event_bytes": MAX_EVENT_BYTES, "max_batch": MAX_BATCH}},
     )
-    s.start()
-    try:
+    with s:
         yield s
-    finally:
-        s.close()
 
 
 class Client:

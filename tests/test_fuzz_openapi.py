@@ -54,12 +54,9 @@ def server(tmp_path_factory: pytest.TempPathFactory, fakes: tuple[FakeGmail, Fak
         tmp_path_factory.mktemp("fuzz") / "brain",
         config={"auth": NO_LIMITS, "plugins": mail_plugins(*fakes), "mail": {"sync_interval_seconds": 5.0}},
     )
-    s.start()
-    try:
+    with s:
         wait_api_ready(s)
         yield s
-    finally:
-        s.close()
 
 
 def tampered(jwt: str) -> list[str]:

@@ -308,8 +308,7 @@ def test_kill_mid_initial_sync_resumes_without_duplicates(tmp_path: Path, gmail:
     ids = gmail.populate(GMAIL_USER, 300)
     gmail.delay(0.15, path_prefix="/batch")  # slow enough to be killed half way
     server = BrainServer(tmp_path / "brain", config=mail_config(gmail, page_size=25))
-    server.start()
-    try:
+    with server:
         alice = Client(server)
         account = alice.connect("gmail", gmail.issue_refresh_token(GMAIL_USER))["account"]
         wait_until(
@@ -329,8 +328,6 @@ def test_kill_mid_initial_sync_resumes_without_duplicates(tmp_path: Path, gmail:
         assert listings[listed_before].query.get("pageToken")
         assert len(listings) <= 300 // 25 + 2
         wait_until(lambda: alice.jetstream_counts() == {"mail.message.received": 300}, timeout=30, what="JetStream")
-    finally:
-        server.close()
 
 
 def test_disconnect_stops_sync_and_keeps_the_events(tmp_path: Path, gmail: FakeGmail) -> None:

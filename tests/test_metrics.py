@@ -50,13 +50,10 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrainServer]:
     s = BrainServer(
         tmp_path_factory.mktemp("metrics") / "brain", config={"auth": NO_LIMITS, "metrics": {"token": TOKEN}}
     )
-    s.start()
-    try:
+    with s:
         wait_until(lambda: requests.get(f"{s.api_url}/health", timeout=5).json()["status"] == "ok", timeout=15,
                    what="/health ok")
         yield s
-    finally:
-        s.close()
 
 
 def metrics_url(server: BrainServer) -> str:

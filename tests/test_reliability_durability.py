@@ -31,8 +31,7 @@ def kill9_cycles(workdir: Path, *, cycles: int, users: int, threads: int, seed: 
     """Run the scenario; returns figures for the caller to report. Fails on any broken promise."""
     rng = random.Random(seed)
     server = BrainServer(workdir, config={"auth": NO_LIMITS, "nats": {"duplicate_window_seconds": 600.0}})
-    server.start()
-    try:
+    with server:
         people = sign_up_many(server, users)
         wait_api_ready(server)
         load = WriteLoad(server.api_url, people, threads=threads, seed=seed).start()
@@ -71,8 +70,6 @@ def kill9_cycles(workdir: Path, *, cycles: int, users: int, threads: int, seed: 
             "writes": len(load.writes),
             "unacknowledged": sum(1 for w in load.writes if not w.acked),
         }
-    finally:
-        server.close()
 
 
 def test_kill9_under_concurrent_writes_keeps_every_acknowledged_event(tmp_path: Path) -> None:

@@ -120,8 +120,7 @@ def mail_storm(workdir: Path, gmail: FakeGmail, microsoft: FakeMicrosoft, *, rou
         microsoft.populate(address, 40, seed=seed + i)
 
     server = BrainServer(workdir, config=config)
-    server.start()
-    try:
+    with server:
         people = [Client(server) for _ in range(2)]
         accounts: dict[str, tuple[Client, str, str]] = {}  # account -> (owner, provider, address)
         for i, person in enumerate(people):
@@ -168,8 +167,6 @@ def mail_storm(workdir: Path, gmail: FakeGmail, microsoft: FakeMicrosoft, *, rou
                        what="JetStream to carry each mail event once")
         throttled = {a for a, states in watcher.seen.items() if "backoff" in states}
         return {"happened": dict(happened), "throttled_accounts": len(throttled), "seen": {a: sorted(s) for a, s in watcher.seen.items()}}
-    finally:
-        server.close()
 
 
 def test_gmail_and_outlook_accounts_converge_through_a_fault_storm(tmp_path: Path) -> None:

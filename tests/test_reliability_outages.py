@@ -87,8 +87,7 @@ def nats_outages(workdir: Path, *, outages: int, users: int, seed: int) -> dict[
         config={"auth": NO_LIMITS, "nats": {"reconnect_wait_seconds": 0.2, "publish_timeout_seconds": 1.0,
                                             "duplicate_window_seconds": 600.0}},
     )
-    server.start()
-    try:
+    with server:
         people = sign_up_many(server, users)
         wait_api_ready(server)
         load = WriteLoad(server.api_url, people, threads=4, seed=seed, pause=0.01).start()
@@ -122,8 +121,6 @@ def nats_outages(workdir: Path, *, outages: int, users: int, seed: int) -> dict[
         assert server.stop() == 0
         assert not integrity_problems(server.data_dir)
         return {"outages": outages, "events": len(expected), "published": len(on_stream)}
-    finally:
-        server.close()
         nats.stop()
 
 

@@ -123,8 +123,7 @@ def crash_storm(workdir: Path, gmail: FakeGmail, *, rounds: int, pace: float, se
             "mail": {"sync_interval_seconds": 0.5, "retry_base_seconds": 0.2},
         },
     )
-    server.start()
-    try:
+    with server:
         users = sign_up_many(server, 6)
         wait_api_ready(server)
         r = requests.post(
@@ -165,8 +164,6 @@ def crash_storm(workdir: Path, gmail: FakeGmail, *, rounds: int, pace: float, se
         assert server.stop() == 0
         assert not integrity_problems(server.data_dir), integrity_problems(server.data_dir)
         return {"crashed": dict(crashed), "restarts": body["supervisor"]["restarts"], "acknowledged": load.acked_count}
-    finally:
-        server.close()
 
 
 def test_actors_crashing_repeatedly_the_server_keeps_answering(tmp_path: Path) -> None:
@@ -177,8 +174,7 @@ def test_actors_crashing_repeatedly_the_server_keeps_answering(tmp_path: Path) -
 
 def test_escalation_beyond_the_intensity_ends_in_a_clean_shutdown(tmp_path: Path) -> None:
     server = chaos_server(tmp_path / "brain")
-    server.start()
-    try:
+    with server:
         users = sign_up_many(server, 4)
         wait_api_ready(server)
         load = WriteLoad(server.api_url, users, threads=3, seed=5).start()
@@ -218,5 +214,3 @@ def test_escalation_beyond_the_intensity_ends_in_a_clean_shutdown(tmp_path: Path
         load.settle()
         stored = {u.id: all_events(server, u) for u in users}
         assert not check_events(load, stored), check_events(load, stored)[:10]
-    finally:
-        server.close()

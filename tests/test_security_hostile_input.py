@@ -33,12 +33,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrainServer]:
         tmp_path_factory.mktemp("hostile") / "brain",
         config={"auth": NO_LIMITS, "server": {"idle_timeout_seconds": IDLE_TIMEOUT, "body_timeout_seconds": BODY_TIMEOUT}},
     )
-    s.start()
-    try:
+    with s:
         wait_api_ready(s)
         yield s
-    finally:
-        s.close()
 
 
 @pytest.fixture(scope="module")

@@ -82,11 +82,8 @@ def production(tmp_path_factory: pytest.TempPathFactory, files: TlsFiles) -> Ite
         env={"BRAIN_SECRET": SECRET},
         ca=files.ca_path,
     )
-    server.start()
-    try:
+    with server:
         yield server
-    finally:
-        server.close()
 
 
 @pytest.fixture
