@@ -208,7 +208,8 @@ class Runtime:
 
         app = web.Application(
             client_max_size=self.settings.server.max_body_bytes,
-            middlewares=[error_middleware],
+            # The API role guards each route instead (brain.api.routes.guard): no middleware there.
+            middlewares=[] if role == "api" else [error_middleware],
         )
         app[RUNTIME_KEY] = self
         app[MAX_BODY_KEY] = self.settings.server.max_body_bytes

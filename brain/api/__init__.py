@@ -134,17 +134,15 @@ def setup_routes(app: web.Application, rt: Runtime) -> None:
     from brain import mail
     from brain.api.openapi import build_spec
     from brain.api.routes import add_routes, guard, public
-    from brain.web import GUARD_KEY, add_route, error_middleware, json_response
+    from brain.web import GUARD_KEY, add_route, json_response
 
     verifier = token_verifier(rt)
     stores = store_manager(rt)
     state = jwks_state(rt)
     rt.health_sources["jwks"] = lambda: {**state.stats(), "token_cache": verifier.stats()}
     rt.health_sources.setdefault("stores", stores.stats)
-    # No error middleware here: every route is guarded as it is added (token check and JSON
-    # errors in one wrapper, see brain.api.routes); `finish_routes` refuses any that is not.
-    if error_middleware in app.middlewares:
-        app.middlewares.remove(error_middleware)
+    # Every route is guarded as it is added (token check and JSON errors in one wrapper, see
+    # brain.api.routes); `finish_routes` refuses any that is not.
     app[GUARD_KEY] = guard(verifier)
     add_routes(app, rt, verifier, stores)
     mail.setup_routes(app, rt)  # /mail/connect, /mail/oauth/callback, /mail/status, /mail/disconnect
