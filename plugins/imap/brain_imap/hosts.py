@@ -52,7 +52,7 @@ def allowed_networks(value: Any, *, field: str = "plugins.imap.allowed_networks"
     return tuple(out)
 
 
-def _plain(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+def _unmapped(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
     ip = ipaddress.ip_address(address.split("%", 1)[0])  # drop an IPv6 zone
     mapped = getattr(ip, "ipv4_mapped", None)
     return mapped if mapped is not None else ip
@@ -69,7 +69,7 @@ def checked_address(host: str, port: int, allowed: Sequence[Network]) -> str:
     if not addresses:
         raise OSError(f"{host} has no IPv4 or IPv6 address")
     for address in addresses:
-        ip = _plain(address)
+        ip = _unmapped(address)
         if any(ip in net for net in allowed):
             continue
         if not ip.is_global or ip.is_multicast:
