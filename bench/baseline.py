@@ -80,8 +80,6 @@ class _Floor:
         self.threads: dict[str, queue.SimpleQueue[Any]] = {}
 
     def _open(self, kind: str, user: str) -> sqlite3.Connection:
-        if not user.isalnum():
-            raise web.HTTPBadRequest()
         path = os.path.join(self.directory, f"{kind}-{user}.db")
         db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         db.execute("PRAGMA journal_mode=WAL")
@@ -99,14 +97,21 @@ class _Floor:
             separators=(",", ":"),
         ).encode()
 
-    async def inline(self, request: web.Request) -> web.Response:
+    @staticmethod
+    def _user(request: web.Request) -> str:
         user = request.match_info["user"]
+        if not user.isalnum():  # it names a file; checked here, before any thread is started for it
+            raise web.HTTPBadRequest()
+        return user
+
+    async def inline(self, request: web.Request) -> web.Response:
+        user = self._user(request)
         doc = await request.json()
         db = self.inline_dbs.get(user) or self.inline_dbs.setdefault(user, self._open("inline", user))
         return web.Response(status=201, body=self._insert(db, doc), content_type="application/json")
 
     async def threaded(self, request: web.Request) -> web.Response:
-        user = request.match_info["user"]
+        user = self._user(request)
         doc = await request.json()
         inbox = self.threads.get(user)
         if inbox is None:
