@@ -43,6 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
     auth_cli.add_parser(sub, _add_config_args, settings_from_args)
     auth_cli.add_users_parser(sub, _add_config_args, settings_from_args)
 
+    from brain.auth import importer
+
+    importer.add_parser(sub, _add_config_args, settings_from_args)
+
     from brain.mail import cli as mail_cli
 
     mail_cli.add_parser(sub, _add_config_args, settings_from_args)

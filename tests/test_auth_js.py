@@ -23,6 +23,8 @@ from tests.support import BrainServer
 from tests.test_auth_helpers import NO_LIMITS
 
 JS_DIR = Path(__file__).parent / "js"
+# What `npm ci` leaves behind once it has finished (better-sqlite3 builds its native module).
+_INSTALLED = ("better-auth/package.json", "better-sqlite3/build/Release/better_sqlite3.node")
 
 
 def npm_install() -> None:
@@ -33,10 +35,10 @@ def npm_install() -> None:
     lock_path = Path(tempfile.gettempdir()) / "brain-tests-js-npm.lock"
     with lock_path.open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if (JS_DIR / "node_modules" / "better-auth" / "package.json").exists():
+        if all((JS_DIR / "node_modules" / path).exists() for path in _INSTALLED):
             return
         command = [npm, "ci" if (JS_DIR / "package-lock.json").exists() else "install", "--no-audit", "--no-fund"]
-        out = subprocess.run(command, cwd=JS_DIR, capture_output=True, text=True, timeout=600)
+        out = subprocess.run(command, cwd=JS_DIR, capture_output=True, text=True, timeout=1200)
         if out.returncode != 0:
             pytest.fail(f"{' '.join(command)} failed:\n{out.stdout}\n{out.stderr}")
 

@@ -321,3 +321,28 @@ def test_algorithm_allow_list_is_configurable_for_foreign_issuers(tmp_path: Path
             assert_refused(me(foreign, forged), "does not match the key")
         finally:
             foreign.close()
+
+
+def test_a_key_imported_from_another_issuer_verifies_only_that_issuers_tokens(tmp_path: Path) -> None:
+    # brain publishes keys imported from a Better Auth database with the iss and aud their tokens
+    # carry (brain.auth.importer); the API role must hold each such key to exactly those.
+    with FakeIssuer() as issuer:
+        old = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        jwk = {**json.loads(RSAAlgorithm.to_jwk(old.public_key())), "kid": "old-issuer", "alg": "RS256", "use": "sig",
+               "iss": "https://old.example", "aud": "https://old.example"}
+        issuer.extra_jwks = [jwk]
+        server = api_server(tmp_path / "brain", issuer)
+        try:
+            def old_token(**claims: Any) -> str:
+                base = {"sub": "olduser1", "iat": now(), "exp": now() + 300,
+                        "iss": "https://old.example", "aud": "https://old.example"}
+                return jwt.encode({**base, **claims}, old, algorithm="RS256", headers={"kid": "old-issuer"})
+
+            assert me(server, old_token()).status_code == 200
+            # The old key cannot speak for brain's issuer or audience, nor brain's keys for the old issuer.
+            assert_refused(me(server, old_token(iss=issuer.issuer, aud=issuer.audience)), "issuer mismatch")
+            assert_refused(me(server, old_token(aud=issuer.audience)), "audience mismatch")
+            assert_refused(me(server, issuer.token("newuser1", iss="https://old.example")), "issuer mismatch")
+            assert me(server, issuer.token("newuser1")).status_code == 200
+        finally:
+            server.close()

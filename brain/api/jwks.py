@@ -60,6 +60,10 @@ class VerifyKey:
     kty: str
     alg: str | None  # the JWK's own "alg", when it names one: the token must then use it
     key: Any  # a cryptography public key
+    # A key imported from another issuer names the `iss` and `aud` its tokens carry (its JWK's
+    # "iss" and "aud" members); its tokens must then have those instead of the configured ones.
+    issuer: str | None = None
+    audience: str | None = None
 
 
 @dataclass(frozen=True)
@@ -124,7 +128,12 @@ def _parse_jwk(jwk: Any) -> VerifyKey:
         raise ValueError(f"unsupported kty {kty!r}")
     if alg is not None and KTY_FOR_ALG[alg] != kty:
         raise ValueError(f"alg {alg} does not fit kty {kty}")
-    return VerifyKey(kid=kid, kty=kty, alg=alg, key=key)
+    issuer, audience = jwk.get("iss"), jwk.get("aud")
+    if (issuer is None) != (audience is None) or not isinstance(issuer, (str, type(None))) or not isinstance(
+        audience, (str, type(None))
+    ):
+        raise ValueError("iss and aud must both be strings, or both absent")
+    return VerifyKey(kid=kid, kty=kty, alg=alg, key=key, issuer=issuer or None, audience=audience or None)
 
 
 @dataclass

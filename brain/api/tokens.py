@@ -10,7 +10,8 @@ error="invalid_token"` and a short reason; keys missing or too stale is 503):
   the JWKS, the key's type (and `alg`, if the JWK names one) matching; no key is ever taken
   from the token (`jwk`, `jku`, `x5u`, `x5c`, `x5t`), and any `crit` is refused, since brain
   understands no extension;
-- exact `iss`; `aud` equal to (or, as a list, containing) the audience; `exp` required,
+- exact `iss`; `aud` equal to (or, as a list, containing) the audience — for a key imported from
+  another issuer (its JWK names `iss` and `aud`), that issuer's instead; `exp` required,
   `exp`/`nbf`/`iat` finite numbers, checked with a small leeway; `sub` a valid user id
   (`brain.ids.USER_ID_RE`), because it becomes a directory name and a NATS subject token.
 
@@ -263,7 +264,7 @@ class TokenVerifier:
         if alg == "ES256" and not isinstance(key.key.curve, ec.SECP256R1):
             raise InvalidToken("algorithm does not match the key")
 
-        sub, exp, cacheable = self._check_claims(claims, now)
+        sub, exp, cacheable = self._check_claims(claims, now, key.issuer or self.issuer, key.audience or self.audience)
         signing_input = f"{head_b64}.{body_b64}".encode("ascii")
         if not _VERIFIERS[alg].verify(signing_input, key.key, signature):
             raise InvalidToken("signature verification failed")
@@ -294,15 +295,15 @@ class TokenVerifier:
         headers[head_b64] = (alg, kid)
         return alg, kid
 
-    def _check_claims(self, claims: dict[str, Any], now: float) -> tuple[str, float, bool]:
+    def _check_claims(self, claims: dict[str, Any], now: float, issuer: str, audience: str) -> tuple[str, float, bool]:
         iss = claims.get("iss")
-        if not isinstance(iss, str) or iss != self.issuer:
+        if not isinstance(iss, str) or iss != issuer:
             raise InvalidToken("issuer mismatch")
         aud = claims.get("aud")
         if isinstance(aud, str):
-            ok = aud == self.audience
+            ok = aud == audience
         elif isinstance(aud, list):
-            ok = all(isinstance(a, str) for a in aud) and self.audience in aud
+            ok = all(isinstance(a, str) for a in aud) and audience in aud
         else:
             ok = False
         if not ok:

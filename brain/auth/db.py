@@ -1,4 +1,4 @@
-"""auth.db: users, sessions and signing keys (peewee models on one WAL SQLite file).
+"""auth.db: users, sessions, signing keys, linked accounts and passkeys (peewee models, one WAL file).
 
 Only the `AuthIssuer` actor (and the offline `brain keys` command) writes. Request handlers
 read through their own thread's connection: peewee keeps one connection per thread, and WAL
@@ -53,6 +53,11 @@ class User(_Base):
     password_hash = peewee.TextField()
     created_at = peewee.BigIntegerField()
     updated_at = peewee.BigIntegerField()
+
+    @property
+    def has_password(self) -> bool:
+        """Whether the user can sign in with a password (social-only users store "")."""
+        return bool(self.password_hash)
 
     def public(self) -> dict[str, Any]:
         """Better Auth's user object."""
@@ -130,7 +135,70 @@ class DeletedUser(_Base):
     published = peewee.BooleanField(default=False, index=True)
 
 
-MODELS = (User, Session, SigningKey, Verification, DeletedUser)
+class LinkedAccount(_Base):
+    """A social sign-in identity of a user (Better Auth's `account` row for a provider).
+
+    The provider's tokens are not kept: brain signs the user in and has no use for them.
+    """
+
+    id = peewee.CharField(primary_key=True, max_length=64)
+    user = peewee.ForeignKeyField(User, backref="linked_accounts", on_delete="CASCADE", column_name="user_id")
+    provider_id = peewee.CharField(max_length=64)
+    # The user's id at the provider (`sub`, Microsoft's `oid`, GitHub's numeric id).
+    account_id = peewee.CharField(max_length=255)
+    scope = peewee.TextField(default="")
+    created_at = peewee.BigIntegerField()
+    updated_at = peewee.BigIntegerField()
+
+    class Meta:
+        indexes = ((("provider_id", "account_id"), True),)
+
+
+class Passkey(_Base):
+    """A WebAuthn credential (Better Auth's passkey plugin row)."""
+
+    id = peewee.CharField(primary_key=True, max_length=64)
+    user = peewee.ForeignKeyField(User, backref="passkeys", on_delete="CASCADE", column_name="user_id")
+    name = peewee.TextField(null=True)
+    credential_id = peewee.CharField(unique=True, max_length=1400)  # base64url, as the browser sends it
+    public_key = peewee.TextField()  # COSE key, standard base64 (Better Auth's column format)
+    counter = peewee.BigIntegerField(default=0)
+    device_type = peewee.CharField(max_length=32)
+    backed_up = peewee.BooleanField(default=False)
+    transports = peewee.TextField(default="")
+    aaguid = peewee.CharField(null=True, max_length=64)
+    created_at = peewee.BigIntegerField()
+
+
+class FlowState(_Base):
+    """A browser flow in progress (OAuth state, WebAuthn challenge): single use, bound to a cookie.
+
+    Keyed by the SHA-256 of the random value the browser's signed cookie holds, so auth.db alone
+    cannot finish anybody's flow.
+    """
+
+    key_hash = peewee.CharField(primary_key=True, max_length=64)
+    kind = peewee.CharField(max_length=32)
+    data = peewee.TextField()
+    expires_at = peewee.BigIntegerField(index=True)
+
+
+class ImportedKey(_Base):
+    """A public key imported from another issuer (`brain import better-auth`): verify-only.
+
+    Published in the JWKS next to the signing keys so tokens that issuer minted keep verifying
+    until `expires_at`; bound to that issuer's `iss` and `aud`. brain never signs with it.
+    """
+
+    kid = peewee.CharField(primary_key=True, max_length=256)
+    public_jwk = peewee.TextField()
+    issuer = peewee.TextField()
+    audience = peewee.TextField()
+    imported_at = peewee.BigIntegerField()
+    expires_at = peewee.BigIntegerField(index=True)
+
+
+MODELS = (User, Session, SigningKey, Verification, DeletedUser, LinkedAccount, Passkey, FlowState, ImportedKey)
 
 
 def open_db(path: Path) -> peewee.SqliteDatabase:

@@ -4,6 +4,9 @@ A key is *pending* (published in the JWKS, not yet signing) until its `activates
 *current* (the newest active key signs), then *retired* when a newer key activates: still
 published for `retired_key_keep_seconds` so tokens it signed keep verifying, then pruned.
 
+Keys imported from another issuer (`ImportedKey`, see brain.auth.importer) are published next
+to these until they expire, each with the `iss` and `aud` its tokens carry, and never sign.
+
 Request handlers never ask the actor for keys: the actor builds a `KeyRing` (decrypted keys,
 the JWKS document as ready-made bytes) and swaps it in with one reference assignment.
 """
@@ -24,7 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from brain.auth.db import SigningKey, database, iso, now_ms
+from brain.auth.db import ImportedKey, SigningKey, database, iso, now_ms
 from brain.ids import new_id
 
 log = logging.getLogger("brain.auth.keys")
@@ -150,15 +153,26 @@ def rotate(aead: AESGCM, *, publish_delay_s: float) -> SigningKey:
 
 
 def prune(keep_ms: int) -> list[str]:
-    """Delete retired keys whose tokens have all expired; return their kids."""
+    """Delete retired keys whose tokens have all expired (and expired imported keys); their kids."""
     rows = list(SigningKey.select())
-    keep = {r.kid for r in published_rows(rows, now_ms(), keep_ms)}
+    now = now_ms()
+    keep = {r.kid for r in published_rows(rows, now, keep_ms)}
     gone = [r.kid for r in rows if r.kid not in keep]
     if gone:
         # Only ever-older keys fall out of the window, so deleting what we saw is safe.
         SigningKey.delete().where(SigningKey.kid.in_(gone)).execute()
         log.info("pruned retired signing keys %s", ", ".join(gone))
-    return gone
+    imported = [r.kid for r in ImportedKey.select(ImportedKey.kid).where(ImportedKey.expires_at <= now)]
+    if imported:
+        ImportedKey.delete().where(ImportedKey.kid.in_(imported)).execute()
+        log.info("pruned expired imported keys %s", ", ".join(imported))
+    return gone + imported
+
+
+def imported_jwks(at_ms: int) -> list[dict[str, Any]]:
+    """The verify-only keys of other issuers, as JWKs that name the `iss` and `aud` they sign for."""
+    rows = ImportedKey.select().where(ImportedKey.expires_at > at_ms).order_by(ImportedKey.imported_at)
+    return [{**json.loads(r.public_jwk), "kid": r.kid, "use": "sig", "iss": r.issuer, "aud": r.audience} for r in rows]
 
 
 def load_ring(aead: AESGCM, keep_ms: int) -> KeyRing:
@@ -178,8 +192,9 @@ def load_ring(aead: AESGCM, keep_ms: int) -> KeyRing:
         keys.append(Key(row.kid, row.alg, row.created_at, row.activates_at, private_key, json.loads(row.public_jwk)))
     if not keys:
         raise RuntimeError("the key ring is empty")
-    jwks = json.dumps({"keys": [k.public_jwk for k in keys]}, separators=(",", ":")).encode()
-    return KeyRing(keys=tuple(keys), jwks_bytes=jwks, published=frozenset(k.kid for k in keys))
+    published = [k.public_jwk for k in keys] + imported_jwks(now_ms())
+    jwks = json.dumps({"keys": published}, separators=(",", ":")).encode()
+    return KeyRing(keys=tuple(keys), jwks_bytes=jwks, published=frozenset(k["kid"] for k in published))
 
 
 def describe(keep_ms: int) -> list[dict[str, Any]]:
