@@ -122,6 +122,10 @@ class AuthSettings:
     session_fresh_age_seconds: int = 86400
     # POST /api/auth/delete-user (Better Auth's user.deleteUser.enabled); false: 404.
     delete_user_enabled: bool = True
+    # WebAuthn relying party of passkeys (Better Auth's passkey rpID / rpName). Empty id: the
+    # host of the public URL.
+    passkey_rp_id: str = ""
+    passkey_rp_name: str = "brain"
 
 
 @dataclass(frozen=True)
@@ -233,6 +237,20 @@ class SmtpSettings:
 
 
 @dataclass(frozen=True)
+class SocialSettings:
+    """Social sign-in (brain.auth.social): which providers, and which of them link by email."""
+
+    # Provider ids to offer: "google", "microsoft", "github", or the name of a [social.NAME] table
+    # with a discovery_url (any OpenID Connect provider).
+    providers: tuple[str, ...] = ()
+    # Providers whose verified email signs in to (and links) an existing account with that email
+    # (Better Auth's account.accountLinking.trustedProviders); others get account_not_linked.
+    trusted_providers: tuple[str, ...] = ()
+    # One table per provider ([social.google] ...): client_id, client_secret, discovery_url...
+    settings: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class PluginSettings:
     """Which plugin distributions (entry-point group `brain`) to load, and their tables."""
 
@@ -253,6 +271,7 @@ class Settings:
     mail: MailSettings = field(default_factory=MailSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     smtp: SmtpSettings = field(default_factory=SmtpSettings)
+    social: SocialSettings = field(default_factory=SocialSettings)
     plugins: PluginSettings = field(default_factory=PluginSettings)
 
     # Derived values -------------------------------------------------------------------
@@ -323,6 +342,8 @@ LEGACY_ENV: dict[str, tuple[str, ...]] = {
 }
 
 _SECTIONS: dict[str, type] = {f.name: f.type for f in dataclasses.fields(Settings)}  # type: ignore[misc]
+# Sections holding free-form tables ([plugins.NAME], [social.NAME]) next to their typed keys.
+_TABLED = ("plugins", "social")
 
 
 def _section_types() -> dict[str, type]:
@@ -418,9 +439,10 @@ def _env_tables(environ: Mapping[str, str]) -> tuple[dict[str, dict[str, Any]], 
             continue
         section, _, key = env_name[len("BRAIN_"):].partition("__")
         section, key = section.lower(), key.lower()
-        if section == "plugins" and "__" in key:
-            plugin, _, pkey = key.partition("__")
-            plugin_tables.setdefault(plugin, {})[pkey] = value
+        if section in _TABLED and "__" in key:
+            name, _, pkey = key.partition("__")
+            tables = plugin_tables if section == "plugins" else sections.setdefault(section, {}).setdefault("", {})
+            tables.setdefault(name, {})[pkey] = value
             continue
         if section not in _SECTIONS:
             raise ConfigError(f"unknown settings section {section!r} in environment variable {env_name}")
@@ -461,6 +483,9 @@ def load_settings(
         if name == "plugins":
             built[name] = _build_plugins(file_table, env_sections.get(name, {}), env_plugin_tables)
             continue
+        if name == "social":
+            built[name] = _build_social(file_table, env_sections.get(name, {}))
+            continue
         built[name] = _build_section(name, cls, file_table, env_sections.get(name, {}))
     settings = Settings(**built)
     _validate(settings)
@@ -489,6 +514,21 @@ def _build_plugins(
         tables.setdefault(name, {}).update(extra)
     frozen = {name: types.MappingProxyType(t) for name, t in tables.items()}
     return PluginSettings(enabled=enabled, settings=types.MappingProxyType(frozen))
+
+
+def _build_social(table: dict[str, Any], env_table: dict[str, Any]) -> SocialSettings:
+    """[social]: typed keys, plus one [social.NAME] table per provider (env BRAIN_SOCIAL__NAME__KEY)."""
+    env_tables = env_table.pop("", {})
+    tables: dict[str, dict[str, Any]] = {}
+    for key in [k for k, v in table.items() if isinstance(v, Mapping)]:
+        tables[key] = dict(table.pop(key))
+    for name, extra in env_tables.items():
+        tables.setdefault(name, {}).update(extra)
+    if "settings" in table or "settings" in env_table:
+        raise ConfigError("social.settings: write provider tables as [social.NAME]")
+    typed = _build_section("social", SocialSettings, table, env_table)
+    frozen = {name: types.MappingProxyType(t) for name, t in tables.items()}
+    return dataclasses.replace(typed, settings=types.MappingProxyType(frozen))
 
 
 def _validate(s: Settings) -> None:
@@ -615,7 +655,7 @@ def as_toml_defaults() -> dict[str, dict[str, Any]]:
         section = cls()
         values: dict[str, Any] = {}
         for f in dataclasses.fields(section):
-            if name == "plugins" and f.name == "settings":
+            if name in _TABLED and f.name == "settings":
                 continue
             v = getattr(section, f.name)
             values[f.name] = list(v) if isinstance(v, tuple) else v

@@ -5,7 +5,9 @@ AuthIssuer actor, sole writer), `passwords` (argon2id on a worker pool), `valida
 `cookies`, `origins` (CORS and origin checks), `ratelimit`, `tokens` (JWT minting), `routes`
 (the endpoints), `accounts` + `emails` + `smtp` + `account_routes` (email verification,
 password reset, deletion), `deletion` (revoking and purging deleted users on the API side,
-over JetStream), `control` (the data-dir lock and control socket) and `cli` (`brain keys`,
+over JetStream), `control` (the data-dir lock and control socket), `social` + `social_routes` + `flows` (sign-in
+with Google, Microsoft, GitHub, OpenID Connect; linked accounts), `importer` (`brain import
+better-auth`) and `cli` (`brain keys`,
 `brain users`).
 """
 
@@ -55,6 +57,7 @@ def setup_routes(app: web.Application, rt: Runtime) -> None:
     from brain.auth.account_routes import AccountRoutes
     from brain.auth.control import ControlServer
     from brain.auth.deletion import Deletions, lifecycle_for
+    from brain.auth.social_routes import SocialRoutes
 
     ctx = context_for(rt)
     trusted = TrustedOrigins(rt.settings.auth_public_url, rt.settings.auth.trusted_origins)
@@ -64,6 +67,7 @@ def setup_routes(app: web.Application, rt: Runtime) -> None:
     routes.accounts = AccountRoutes(routes, routes.mail, deletions)
     routes.add_to(app)
     routes.accounts.add_to(app)
+    SocialRoutes(routes).add_to(app)
     # `brain users delete` reaches this server through data/control.sock (brain.auth.control).
     control = ControlServer(rt, deletions)
     app.on_startup.append(control.start)

@@ -143,6 +143,18 @@ class AuthIssuer(BrainActor):
         """Delete the session with this token hash; True if there was one."""
         return bool(Session.delete().where(Session.token_hash == token_hash).execute())
 
+    def write(self, fn: Callable[..., Any], **kwargs: Any) -> Any:
+        """Run another auth module's write (social accounts, passkeys, flow state) in one transaction.
+
+        `fn(now=..., new_session=..., **kwargs)`; `new_session(user_id, **session_fields)` inserts a
+        session in the same transaction. The modules keep their own rules; the actor keeps
+        auth.db's writes on one thread.
+        """
+        now = now_ms()
+        with database.atomic():
+            return fn(now=now, new_session=lambda user_id, **fields: self._insert_session(user_id, now=now, **fields),
+                      **kwargs)
+
     def rotate_keys(self, *, publish_delay_s: float | None = None) -> str:
         """Add a key (published now, signing after the delay) and republish; return its kid."""
         delay = self.settings.key_publish_delay_seconds if publish_delay_s is None else publish_delay_s

@@ -48,6 +48,11 @@ def _text(body: dict[str, Any], field: str, *, required: bool, max_len: int | No
     return value
 
 
+def text_field(body: dict[str, Any], field: str, *, required: bool = False, max_len: int | None = None) -> str | None:
+    """A string member of a request body, checked as Better Auth's schemas check it."""
+    return _text(body, field, required=required, max_len=max_len)
+
+
 def _js_type(value: Any) -> str:
     if isinstance(value, bool):
         return "boolean"

@@ -1,0 +1,87 @@
+"""The OpenAPI description of social sign-in and linked accounts (auth role, brain.auth.social_routes)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["PATHS"]
+
+_SESSION = [{"sessionCookie": []}, {"sessionBearer": []}]
+_STRING = {"type": "string"}
+_ERROR = {"$ref": "#/components/schemas/Error"}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _error(description: str) -> dict[str, Any]:
+    return _json(_ERROR, description)
+
+
+def _body(properties: dict[str, Any], required: list[str]) -> dict[str, Any]:
+    return {"required": True, "content": {"application/json": {"schema": {
+        "type": "object", "required": required, "properties": properties}}}}
+
+
+_START = _json(
+    {"type": "object", "required": ["url", "redirect"],
+     "properties": {"url": _STRING, "redirect": {"type": "boolean"}}},
+    "The provider's authorization URL (also in Location unless disableRedirect); sets the state cookie",
+)
+_START_BODY = {
+    "provider": _STRING, "callbackURL": _STRING, "errorCallbackURL": _STRING, "newUserCallbackURL": _STRING,
+    "disableRedirect": {"type": "boolean"}, "scopes": {"type": "array", "items": _STRING}, "loginHint": _STRING,
+    "requestSignUp": {"type": "boolean"},
+}
+_REDIRECT = {"description": "To the callback URL (session cookie set), or to the error URL with ?error=<code>",
+             "headers": {"Location": {"schema": _STRING}}}
+_CALLBACK_PARAMS = [
+    {"name": "provider", "in": "path", "required": True, "schema": _STRING},
+    *({"name": n, "in": "query", "required": False, "schema": _STRING}
+      for n in ("code", "state", "error", "error_description", "iss")),
+]
+_ACCOUNT = {"type": "object", "required": ["id", "providerId", "accountId", "userId", "scopes", "createdAt", "updatedAt"],
+            "properties": {"id": _STRING, "providerId": _STRING, "accountId": _STRING, "userId": _STRING,
+                           "scopes": {"type": "array", "items": _STRING},
+                           "createdAt": {"type": "string", "format": "date-time"},
+                           "updatedAt": {"type": "string", "format": "date-time"}}}
+
+PATHS: dict[str, dict[str, Any]] = {
+    "/api/auth/sign-in/social": {"post": {
+        "operationId": "socialSignIn", "summary": "Start signing in with a social or OpenID Connect provider",
+        "security": [], "requestBody": _body(_START_BODY, ["provider"]),
+        "responses": {"200": _START, "400": _error("VALIDATION_ERROR"), "403": _error("INVALID_ORIGIN, INVALID_CALLBACK_URL"),
+                      "404": _error("PROVIDER_NOT_FOUND, ID_TOKEN_NOT_SUPPORTED"), "429": _error("Rate limited"),
+                      "502": _error("PROVIDER_UNAVAILABLE: its discovery document could not be read")},
+    }},
+    "/api/auth/callback/{provider}": {
+        "get": {"operationId": "handleOAuthCallback", "summary": "Where the provider sends the browser back",
+                "security": [], "parameters": _CALLBACK_PARAMS, "responses": {"302": _REDIRECT}},
+        "post": {"operationId": "handleOAuthCallbackPost", "summary": "form_post callback: redirected to the GET",
+                 "security": [], "parameters": _CALLBACK_PARAMS, "responses": {"302": _REDIRECT}},
+    },
+    "/api/auth/link-social": {"post": {
+        "operationId": "linkSocialAccount", "summary": "Start linking a provider identity to the signed-in user",
+        "security": _SESSION, "requestBody": _body(_START_BODY, ["provider"]),
+        "responses": {"200": _START, "401": _error("No live session"), "404": _error("PROVIDER_NOT_FOUND")},
+    }},
+    "/api/auth/list-accounts": {"get": {
+        "operationId": "listUserAccounts", "summary": "The ways the user signs in: password (credential) and linked identities",
+        "security": _SESSION,
+        "responses": {"200": _json({"type": "array", "items": _ACCOUNT}, "Accounts"), "401": _error("No live session")},
+    }},
+    "/api/auth/unlink-account": {"post": {
+        "operationId": "unlinkAccount", "summary": "Remove a linked identity or the password (never the last one)",
+        "security": _SESSION, "requestBody": _body({"accountId": _STRING}, ["accountId"]),
+        "responses": {"200": _json({"type": "object", "properties": {"status": {"type": "boolean"}}}, "Unlinked"),
+                      "400": _error("FAILED_TO_UNLINK_LAST_ACCOUNT, ACCOUNT_NOT_FOUND"), "401": _error("No live session"),
+                      "403": _error("SESSION_NOT_FRESH, INVALID_ORIGIN")},
+    }},
+    "/api/auth/error": {"get": {
+        "operationId": "errorPage", "summary": "Error page of a sign-in flow without errorCallbackURL",
+        "security": [],
+        "parameters": [{"name": n, "in": "query", "required": False, "schema": _STRING} for n in ("error", "error_description")],
+        "responses": {"200": {"description": "HTML page", "content": {"text/html": {"schema": _STRING}}}},
+    }},
+}
