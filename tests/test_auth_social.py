@@ -4,6 +4,10 @@ from another browser, forged PKCE, id_tokens with a wrong aud/iss/nonce or expir
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import subprocess
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -14,6 +18,7 @@ import requests
 from tests.fakes.oidc import FakeOidc
 from tests.support import BrainServer
 from tests.test_auth_helpers import NO_LIMITS
+from tests.test_auth_js import JS_DIR, npm_install
 
 VERIFIED = {"email": "alice@example.com", "email_verified": True, "name": "Alice"}
 
@@ -244,3 +249,35 @@ def test_unknown_provider_and_bad_input(server: BrainServer) -> None:
     r = requests.get(f"{server.auth_url}/api/auth/callback/acme", allow_redirects=False, timeout=10)
     assert r.status_code == 302 and "error=state_not_found" in r.headers["Location"]
     assert requests.get(f"{server.auth_url}/api/auth/list-accounts", timeout=10).status_code == 401
+
+
+def run_client(server: BrainServer, **env: str) -> dict[str, Any]:
+    node = shutil.which("node")
+    if node is None:
+        pytest.fail("node is not installed: the Better Auth client test needs node and npm")
+    npm_install()
+    out = subprocess.run([node, "social.mjs"], cwd=JS_DIR, capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "AUTH_URL": server.auth_url, **env})
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def test_better_auth_client_drives_social_sign_in_and_accounts(server: BrainServer, idps: dict[str, FakeOidc]) -> None:
+    idps["acme"].users["frank"] = {"email": "frank@example.com", "email_verified": True}
+    idps["acme"].login = "frank"
+    started = run_client(server, STEP="start", PROVIDER="acme")
+    assert started["signIn"]["error"] is None and started["signIn"]["data"]["redirect"] is False
+    url = started["signIn"]["data"]["url"]
+    assert url.startswith(idps["acme"].base_url + "/authorize?")
+    assert started["unknown"]["error"] == {"status": 404, "code": "PROVIDER_NOT_FOUND"}
+    # The browser part: the state cookie the client was given, the provider, the callback.
+    browser = Browser(server)
+    name, _, value = started["setCookie"].split(";", 1)[0].partition("=")
+    assert name == "better-auth.state"
+    browser.http.cookies.set(name, value)
+    location, q = browser.callback(browser.to_provider(url))
+    assert location == "/app", q
+    token = browser.session()["session"]["token"]
+    got = run_client(server, STEP="accounts", TOKEN=token)
+    assert [(a["providerId"], a["accountId"]) for a in got["accounts"]["data"]] == [("acme", "sub-frank")]
+    assert got["unlinkLast"]["error"] == {"status": 400, "code": "FAILED_TO_UNLINK_LAST_ACCOUNT"}
