@@ -12,6 +12,11 @@ One provider instance serves one thread: the core creates an instance per accoun
 a short-lived one per connect request), so a client library that is not thread-safe (httplib2)
 is safe as long as the instance keeps its clients to itself.
 
+The message model (`brain.mail.message`) and its converters (`brain.mail.convert`) are
+re-exported here: a provider builds a `MessageRecord` with ``message_from_mime`` (raw RFC 5322
+bytes), ``message_from_gmail`` (a ``format=full`` resource) or ``message_from_graph`` (Graph
+message JSON), so every provider's messages are normalised the same way.
+
 Errors a provider raises (everything else counts as an unexpected error, logged and retried):
 
 ===================  ==============================================================
@@ -38,14 +43,39 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
 from brain.errors import BrainError
+from brain.mail.convert import (
+    gmail_context,
+    graph_context,
+    message_from_gmail,
+    message_from_graph,
+    message_from_mime,
+)
+from brain.mail.message import (
+    Address,
+    Attachment,
+    ConvertOptions,
+    Direction,
+    Flags,
+    MessageContext,
+    MessageRecord,
+    event_schemas,
+    iso_utc,
+)
 
 __all__ = [
+    "Address",
+    "Attachment",
     "AuthFailed",
     "ConnectRejected",
+    "ConvertOptions",
     "Credentials",
     "CursorExpired",
+    "Direction",
+    "Flags",
     "MailMessage",
     "MailProvider",
+    "MessageContext",
+    "MessageRecord",
     "ProviderError",
     "QuotaBudget",
     "RateLimited",
@@ -53,7 +83,13 @@ __all__ = [
     "SyncPage",
     "TokenSource",
     "Transient",
+    "event_schemas",
+    "gmail_context",
+    "graph_context",
     "iso_utc",
+    "message_from_gmail",
+    "message_from_graph",
+    "message_from_mime",
     "parse_retry_after",
 ]
 
@@ -227,17 +263,6 @@ def parse_retry_after(value: str | None) -> float | None:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=datetime.timezone.utc)
     return max(0.0, moment.timestamp() - time.time())
-
-
-def iso_utc(value: datetime.datetime | float | None) -> str | None:
-    """An aware datetime or epoch seconds as ISO 8601 UTC (``...Z``); None stays None."""
-    if value is None:
-        return None
-    if not isinstance(value, datetime.datetime):
-        value = datetime.datetime.fromtimestamp(float(value), datetime.timezone.utc)
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=datetime.timezone.utc)
-    return value.astimezone(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
 # What the core hands a provider ---------------------------------------------------------

@@ -1,0 +1,696 @@
+"""Provider data -> `MessageRecord`: raw RFC 5322 bytes, Gmail's ``format=full`` tree, Graph JSON.
+
+Raw MIME (Gmail ``format=raw``, IMAP ``BODY.PEEK[]``, Graph ``$value``) goes through the
+stdlib parser with the ``compat32`` policy: it keeps every header as the raw text the sender
+wrote, never raises on a defect, and costs a fraction of ``policy.default``, whose header
+objects are built eagerly and fail on some malformed values. Decoding is done here, once, in
+`brain.mail.mailtext`, so every provider's text goes through the same charset rules.
+
+Gmail's ``format=full`` payload is the same MIME tree already split into parts (base64url
+bodies, ``attachmentId`` for large ones); it is read through the same walk. Graph's message
+JSON has no MIME tree (a body, recipients, an attachment listing) and is mapped field by field
+onto the same normalisation: addresses, HTML to text, clean text, caps.
+
+How a body is chosen: in ``multipart/alternative`` the text/plain alternative when it has
+text, else the HTML one converted; other multiparts are read in order and their texts joined.
+A text part with a file name or ``Content-Disposition: attachment`` is an attachment, as is
+every non-text leaf, ``message/rfc822`` (not descended into), TNEF (``winmail.dat``) and
+``text/calendar``, which also adds a one-line summary of the event to the text.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import dataclasses
+import datetime
+import email.message
+import email.parser
+import email.policy
+import email.utils
+import re
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from brain.mail.mailtext import (
+    clean_text,
+    clip_utf8,
+    decode_bytes,
+    decode_header_text,
+    html_to_text,
+    normalise_text,
+    snippet_of,
+)
+from brain.mail.message import (
+    DIRECTIONS,
+    Address,
+    Attachment,
+    ConvertOptions,
+    Direction,
+    Flags,
+    MessageContext,
+    MessageRecord,
+    iso_utc,
+)
+
+__all__ = [
+    "gmail_context",
+    "graph_context",
+    "message_from_gmail",
+    "message_from_graph",
+    "message_from_mime",
+]
+
+DEFAULT_OPTIONS = ConvertOptions()
+
+_parser = email.parser.BytesParser(policy=email.policy.compat32)
+_MSG_ID = re.compile(r"<[^<>\s]*>")
+# HTML handed to the converter is cut here first, so one huge message costs bounded time.
+_HTML_INPUT_FACTOR = 4
+_MAX_LIST = 500  # addresses per header, references, attachments: beyond this is not knowledge
+_IMPORTANT = {"high", "urgent", "1", "2", "1 (highest)", "2 (high)"}
+
+
+# The MIME walk ------------------------------------------------------------------------------
+
+
+@dataclass
+class _Part:
+    """One node of a MIME tree, whether it came from the stdlib parser or Gmail's JSON."""
+
+    content_type: str
+    charset: str | None
+    disposition: str | None
+    filename: str | None
+    content_id: str | None
+    children: list[_Part] | None  # None for a leaf
+    handle: str  # what the provider fetches the content by: a part number, an attachmentId
+    payload: bytes | None  # decoded content; None when the provider did not send it
+    size: int | None
+    subject: str = ""  # message/rfc822: the enclosed message's subject, for its file name
+
+
+
+class _Html(str):
+    """An HTML document among the text segments: converted only if the body ends up using it."""
+
+
+@dataclass
+class _Body:
+    """What a walk collects from a subtree: text segments in order, HTML documents, attachments."""
+
+    segments: list[str] = field(default_factory=list)  # plain text, or _Html still to convert
+    htmls: list[str] = field(default_factory=list)
+    attachments: list[Attachment] = field(default_factory=list)
+
+    def has_plain(self) -> bool:
+        return any(not isinstance(s, _Html) and s.strip() for s in self.segments)
+
+    def extend(self, other: _Body) -> None:
+        self.segments.extend(other.segments)
+        self.htmls.extend(other.htmls)
+        self.attachments.extend(other.attachments)
+
+
+def _walk(part: _Part) -> _Body:
+    out = _Body()
+    if part.children is not None:
+        results = [_walk(child) for child in part.children]
+        if part.content_type == "multipart/alternative":
+            _choose_alternative(part.children, results, out)
+        else:
+            for result in results:
+                out.extend(result)
+        return out
+    ctype = part.content_type
+    if ctype in ("text/plain", "text/html") and part.disposition != "attachment" and not part.filename:
+        text = decode_bytes(part.payload or b"", part.charset)
+        if ctype == "text/plain":
+            out.segments.append(normalise_text(text))
+        else:
+            out.segments.append(_Html(text))
+            out.htmls.append(text)
+        return out
+    out.attachments.append(_attachment(part))
+    if ctype == "text/calendar" and part.payload:
+        summary = _calendar_summary(decode_bytes(part.payload, part.charset))
+        if summary:
+            out.segments.append(summary)
+    return out
+
+
+def _choose_alternative(children: Sequence[_Part], results: Sequence[_Body], out: _Body) -> None:
+    """Text from the first alternative with plain text, else from the last (richest) one; HTML
+    from the last alternative that has some; attachments and calendar summaries from all."""
+    calendars = [r for c, r in zip(children, results) if c.content_type == "text/calendar"]
+    others = [r for c, r in zip(children, results) if c.content_type != "text/calendar"]
+    text_source = next((r for r in others if r.has_plain()), None)
+    if text_source is None:
+        text_source = next((r for r in reversed(others) if r.segments), None)
+    html_source = next((r for r in reversed(others) if r.htmls), None)
+    if text_source is not None:
+        out.segments.extend(text_source.segments)
+    if html_source is not None:
+        out.htmls.extend(html_source.htmls)
+    for result in others:
+        out.attachments.extend(result.attachments)
+    for result in calendars:
+        out.extend(result)
+
+
+def _attachment(part: _Part) -> Attachment:
+    filename = part.filename or ""
+    if not filename and part.content_type == "message/rfc822":
+        filename = f"{part.subject or 'message'}.eml"
+    elif not filename and part.content_type == "text/calendar":
+        filename = "invite.ics"
+    inline = part.disposition == "inline" or (part.disposition is None and part.content_id is not None)
+    return Attachment(
+        id=part.handle,
+        filename=filename,
+        mime_type=part.content_type,
+        size=part.size,
+        content_id=part.content_id,
+        inline=inline,
+    )
+
+
+# Calendar invitations ---------------------------------------------------------------------
+
+_ICS_FOLD = re.compile(r"\r?\n[ \t]")
+_ICS_LINE = re.compile(r"^(SUMMARY|DTSTART|DTEND|LOCATION|METHOD)((?:;[^:\r\n]*)?):(.*)$", re.MULTILINE | re.IGNORECASE)
+_ICS_TIME = re.compile(r"^(\d{4})(\d{2})(\d{2})(?:T(\d{2})(\d{2})\d{0,2}(Z?))?$")
+_ICS_TZID = re.compile(r"TZID=\"?([^\";:]+)", re.IGNORECASE)
+_ICS_METHODS = {"REQUEST": "Invitation", "CANCEL": "Cancelled", "REPLY": "Reply", "PUBLISH": "Event"}
+
+
+def _calendar_summary(ics: str) -> str:
+    """One readable line about the event of an iCalendar body: what, when, where."""
+    found: dict[str, tuple[str, str]] = {}
+    for match in _ICS_LINE.finditer(_ICS_FOLD.sub("", ics[:65536])):
+        found.setdefault(match.group(1).upper(), (match.group(2), match.group(3).strip()))
+    if "SUMMARY" not in found and "DTSTART" not in found:
+        return ""
+    kind = _ICS_METHODS.get(found.get("METHOD", ("", ""))[1].upper(), "Event")
+    parts = [f"{kind}: {_ics_text(found['SUMMARY'][1]) if 'SUMMARY' in found else '(no title)'}"]
+    if "DTSTART" in found:
+        parts.append(f"starts {_ics_time(*found['DTSTART'])}")
+    if "DTEND" in found:
+        parts.append(f"ends {_ics_time(*found['DTEND'])}")
+    if found.get("LOCATION", ("", ""))[1]:
+        parts.append(f"at {_ics_text(found['LOCATION'][1])}")
+    return "[" + "; ".join(parts) + "]"
+
+
+def _ics_text(value: str) -> str:
+    return value.replace("\\n", " ").replace("\\N", " ").replace("\\,", ",").replace("\\;", ";").replace("\\\\", "\\")
+
+
+def _ics_time(params: str, value: str) -> str:
+    match = _ICS_TIME.match(value.strip())
+    if match is None:
+        return value.strip()
+    year, month, day, hour, minute, utc = match.groups()
+    text = f"{year}-{month}-{day}"
+    if hour is not None:
+        text += f" {hour}:{minute}"
+        zone = _ICS_TZID.search(params)
+        if utc:
+            text += " UTC"
+        elif zone:
+            text += f" ({zone.group(1)})"
+    return text
+
+
+# Headers ----------------------------------------------------------------------------------
+
+
+@dataclass
+class _Envelope:
+    """What the headers (or Graph's fields) say about a message."""
+
+    sender: Address | None = None
+    to: tuple[Address, ...] = ()
+    cc: tuple[Address, ...] = ()
+    bcc: tuple[Address, ...] = ()
+    reply_to: tuple[Address, ...] = ()
+    subject: str = ""
+    date: str | None = None
+    internet_message_id: str | None = None
+    in_reply_to: str | None = None
+    references: tuple[str, ...] = ()
+    important: bool = False
+
+
+def _envelope(headers: Mapping[str, list[str]]) -> _Envelope:
+    def first(name: str) -> str | None:
+        values = headers.get(name)
+        return values[0] if values else None
+
+    senders = _addresses(headers.get("from", ()))
+    importance = (first("importance") or first("x-priority") or first("priority") or "").strip().lower()
+    message_ids = _message_ids(first("message-id"))
+    replied = _message_ids(first("in-reply-to"))
+    return _Envelope(
+        sender=senders[0] if senders else None,
+        to=_addresses(headers.get("to", ())),
+        cc=_addresses(headers.get("cc", ())),
+        bcc=_addresses(headers.get("bcc", ())),
+        reply_to=_addresses(headers.get("reply-to", ())),
+        subject=decode_header_text(first("subject") or ""),
+        date=_header_date(first("date")),
+        internet_message_id=message_ids[0] if message_ids else None,
+        in_reply_to=replied[0] if replied else None,
+        references=tuple(_message_ids(" ".join(headers.get("references", ())))[:_MAX_LIST]),
+        important=importance in _IMPORTANT,
+    )
+
+
+def _addresses(values: Iterable[str]) -> tuple[Address, ...]:
+    repaired = [decode_header_text(v) if not v.isascii() else v for v in values]
+    if not repaired:
+        return ()
+    out = []
+    try:
+        pairs = email.utils.getaddresses(repaired)
+    except Exception:  # noqa: BLE001 - the stdlib's address parser on hostile input
+        pairs = []
+    for name, address in pairs:
+        address = address.strip()
+        if not address:
+            continue
+        out.append(Address(name=decode_header_text(name) if name else "", address=decode_header_text(address)))
+        if len(out) >= _MAX_LIST:
+            break
+    return tuple(out)
+
+
+def _message_ids(value: str | None) -> list[str]:
+    """Message-IDs in a header: every ``<...>``; a bare id without brackets as it is."""
+    if not value:
+        return []
+    value = decode_header_text(value)
+    found = _MSG_ID.findall(value)
+    if found:
+        return found
+    return value.split()[:1]
+
+
+def _header_date(value: str | None) -> str | None:
+    if not value:
+        return None
+    try:
+        moment = email.utils.parsedate_to_datetime(decode_header_text(value))
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    return iso_utc(moment)
+
+
+# Assembly -------------------------------------------------------------------------------
+
+
+def _record(
+    context: MessageContext, envelope: _Envelope, body: _Body, options: ConvertOptions, size: int | None
+) -> MessageRecord:
+    original: dict[str, int] = {}
+    limit = options.max_text_bytes
+    texts = []
+    for segment in body.segments:
+        if isinstance(segment, _Html):
+            html = str(segment)
+            if len(html) > limit * _HTML_INPUT_FACTOR:
+                original["body_html"] = len(html.encode("utf-8", "surrogatepass"))
+                html = html[: limit * _HTML_INPUT_FACTOR]
+            segment = html_to_text(html)
+        if segment:
+            texts.append(segment)
+    body_text, cut = clip_utf8("\n\n".join(texts), limit)
+    if cut is not None:
+        original["body_text"] = cut
+    clean, cut = clip_utf8(clean_text(body_text, options.reply_languages), limit)
+    if cut is not None:
+        original["body_text_clean"] = cut
+    body_html = None
+    if options.keep_html and body.htmls:
+        body_html, cut = clip_utf8("\n".join(body.htmls), limit)
+        if cut is not None:
+            original["body_html"] = cut
+    attachments = tuple(body.attachments[:_MAX_LIST])
+    flags = context.flags or Flags(important=envelope.important)
+    return MessageRecord(
+        message_id=context.message_id,
+        thread_id=context.thread_id,
+        internet_message_id=envelope.internet_message_id,
+        in_reply_to=envelope.in_reply_to,
+        references=envelope.references,
+        sender=envelope.sender,
+        to=envelope.to,
+        cc=envelope.cc,
+        bcc=envelope.bcc,
+        reply_to=envelope.reply_to,
+        subject=envelope.subject,
+        date=envelope.date or context.date,
+        direction=_direction(context, envelope.sender),
+        folders=tuple(context.folders),
+        labels=tuple(context.labels),
+        flags=flags,
+        size=context.size if context.size is not None else size,
+        snippet=snippet_of(clean or body_text or context.snippet, options.snippet_chars),
+        body_text=body_text,
+        body_text_clean=clean,
+        body_html=body_html,
+        attachments=attachments,
+        has_attachments=any(not a.inline for a in attachments),
+        truncated=bool(original),
+        original_sizes=original,
+    )
+
+
+def _direction(context: MessageContext, sender: Address | None) -> Direction:
+    if context.direction in DIRECTIONS:
+        return context.direction
+    if sender is not None and context.own_addresses:
+        own = sender.address.lower()
+        if any(own == a.lower() for a in context.own_addresses):
+            return "sent"
+    return "received"
+
+
+# Raw MIME -------------------------------------------------------------------------------
+
+
+def message_from_mime(
+    raw: bytes, context: MessageContext, options: ConvertOptions = DEFAULT_OPTIONS
+) -> MessageRecord:
+    """The model of one raw RFC 5322 message (any bytes: malformed input gives a best effort)."""
+    msg = _parser.parsebytes(raw)
+    headers: dict[str, list[str]] = {}
+    for name, value in msg.raw_items():
+        headers.setdefault(name.lower(), []).append(value if isinstance(value, str) else str(value))
+    root = _mime_part(msg, "")
+    return _record(context, _envelope(headers), _walk(root), options, len(raw))
+
+
+def _mime_part(msg: email.message.Message, number: str) -> _Part:
+    ctype = _safe(msg.get_content_type, "text/plain")
+    children: list[_Part] | None = None
+    payload: bytes | None = None
+    subject = ""
+    is_multipart = msg.is_multipart()
+    if is_multipart and not ctype.startswith("message/"):
+        prefix = f"{number}." if number else ""
+        children = [_mime_part(child, f"{prefix}{i}") for i, child in enumerate(msg.get_payload(), 1)]
+    elif is_multipart:  # message/rfc822 and friends: an attachment, not descended into
+        inner = msg.get_payload()
+        if inner and ctype == "message/rfc822":
+            subject = decode_header_text(str(inner[0].get("subject", "") or ""))
+        payload = b"".join(_safe(m.as_bytes, b"") for m in inner)
+    else:
+        if ctype.startswith("multipart/"):
+            ctype = "text/plain"  # a multipart whose boundary never came: keep its text
+        payload = _leaf_payload(msg)
+    return _Part(
+        content_type=ctype,
+        charset=_safe(msg.get_content_charset, None),
+        disposition=_safe(msg.get_content_disposition, None),
+        filename=_filename(msg),
+        content_id=_content_id(msg.get("content-id")),
+        children=children,
+        handle=number or "1",
+        payload=payload,
+        size=len(payload) if payload is not None else None,
+        subject=subject,
+    )
+
+
+def _leaf_payload(msg: email.message.Message) -> bytes:
+    try:
+        data = msg.get_payload(decode=True)
+    except Exception:  # noqa: BLE001 - a broken transfer encoding: keep the bytes as sent
+        data = None
+    if isinstance(data, bytes):
+        return data
+    raw = msg.get_payload()
+    if isinstance(raw, str):
+        return raw.encode("utf-8", "surrogateescape")
+    return b""
+
+
+def _filename(msg: email.message.Message) -> str | None:
+    name = _safe(msg.get_filename, None)
+    if not name:
+        return None
+    return decode_header_text(str(name)) or None
+
+
+def _content_id(value: Any) -> str | None:
+    if value is None:
+        return None
+    text = decode_header_text(str(value)).strip().strip("<>").strip()
+    return text or None
+
+
+def _safe(call: Any, default: Any) -> Any:
+    """``call()``, or ``default`` when the stdlib trips over a malformed header."""
+    try:
+        value = call()
+    except Exception:  # noqa: BLE001 - malformed parameters raise from deep in email.message
+        return default
+    return default if value is None else value
+
+
+# Gmail ------------------------------------------------------------------------------------
+
+
+def gmail_context(
+    resource: Mapping[str, Any], *, label_names: Mapping[str, str] | None = None, own_addresses: Collection[str] = ()
+) -> MessageContext:
+    """The context of a Gmail ``users.messages.get`` resource (any format): ids, label names, flags.
+
+    ``label_names`` maps label ids to names (``labels.list``); system labels (``INBOX``,
+    ``SENT``) are their own names. SENT and DRAFT set the direction.
+    """
+    ids = [str(x) for x in resource.get("labelIds") or ()]
+    names = label_names or {}
+    internal = resource.get("internalDate")
+    date = None
+    if internal is not None:
+        try:
+            date = iso_utc(datetime.datetime.fromtimestamp(int(internal) / 1000, datetime.timezone.utc))
+        except (TypeError, ValueError, OverflowError, OSError):
+            date = None
+    direction: Direction | None = "draft" if "DRAFT" in ids else "sent" if "SENT" in ids else None
+    size = resource.get("sizeEstimate")
+    return MessageContext(
+        message_id=str(resource.get("id", "")),
+        thread_id=resource.get("threadId"),
+        labels=tuple(names.get(i, i) for i in ids),
+        flags=Flags(read="UNREAD" not in ids, starred="STARRED" in ids, important="IMPORTANT" in ids),
+        own_addresses=own_addresses,
+        direction=direction,
+        date=date,
+        size=size if isinstance(size, int) else None,
+        snippet=str(resource.get("snippet") or ""),
+    )
+
+
+def message_from_gmail(
+    resource: Mapping[str, Any],
+    *,
+    label_names: Mapping[str, str] | None = None,
+    own_addresses: Collection[str] = (),
+    options: ConvertOptions = DEFAULT_OPTIONS,
+) -> MessageRecord:
+    """The model of a Gmail ``format=full`` resource (its ``payload`` tree of parts).
+
+    Parts whose content Gmail left out (only an ``attachmentId``) are attachments by
+    definition; text parts carry ``body.data`` (base64url), which is all the body needs.
+    For ``format=raw``, decode ``raw`` and call `message_from_mime` with `gmail_context`.
+    """
+    context = gmail_context(resource, label_names=label_names, own_addresses=own_addresses)
+    payload = resource.get("payload") or {}
+    headers = _header_map(payload.get("headers"))
+    root = _gmail_part(payload, headers)
+    return _record(context, _envelope(headers), _walk(root), options, None)
+
+
+_PARAM_CHARSET = re.compile(r"""charset\s*=\s*["']?([^"';\s]+)""", re.IGNORECASE)
+_PARAM_NAME = re.compile(r"""(?:file)?name\*?\s*=\s*["']?([^"';]+)""", re.IGNORECASE)
+
+
+def _gmail_part(node: Mapping[str, Any], headers: Mapping[str, list[str]] | None = None) -> _Part:
+    if headers is None:
+        headers = _header_map(node.get("headers"))
+    ctype = str(node.get("mimeType") or "text/plain").lower()
+    body = node.get("body") or {}
+    part_id = str(node.get("partId") or "")
+    children = None
+    parts = node.get("parts")
+    if ctype.startswith("multipart/") and isinstance(parts, list) and parts:
+        children = [_gmail_part(child) for child in parts if isinstance(child, Mapping)]
+    elif ctype.startswith("multipart/"):
+        ctype = "text/plain"  # a multipart whose boundary never came: keep its text
+    content_type = (headers.get("content-type") or [""])[0]
+    disposition_header = (headers.get("content-disposition") or [""])[0]
+    disposition = disposition_header.split(";", 1)[0].strip().lower() or None
+    charset = _PARAM_CHARSET.search(content_type)
+    data = body.get("data")
+    payload = _base64url(data) if isinstance(data, str) else None
+    size = body.get("size")
+    subject = ""
+    if ctype == "message/rfc822":
+        inner = [p for p in node.get("parts") or () if isinstance(p, Mapping)]
+        for header in (inner[0].get("headers") or ()) if inner else ():
+            if str(header.get("name", "")).lower() == "subject":
+                subject = decode_header_text(str(header.get("value", "")))
+    filename = str(node.get("filename") or "") or None
+    return _Part(
+        content_type=ctype,
+        charset=charset.group(1) if charset else None,
+        disposition=disposition,
+        filename=decode_header_text(filename) if filename else None,
+        content_id=_content_id((headers.get("content-id") or [None])[0]),
+        children=children,
+        handle=str(body.get("attachmentId") or part_id),
+        payload=payload,
+        size=size if isinstance(size, int) else (len(payload) if payload is not None else None),
+        subject=subject,
+    )
+
+
+def _header_map(items: Any) -> dict[str, list[str]]:
+    """``[{"name": ..., "value": ...}]`` (Gmail's and Graph's header lists) by lower-case name."""
+    headers: dict[str, list[str]] = {}
+    for header in items if isinstance(items, list) else ():
+        if isinstance(header, Mapping):
+            headers.setdefault(str(header.get("name", "")).lower(), []).append(str(header.get("value", "")))
+    return headers
+
+
+def _base64url(data: str) -> bytes:
+    try:
+        return base64.urlsafe_b64decode(data + "=" * (-len(data) % 4))
+    except (binascii.Error, ValueError):
+        return b""
+
+
+# Microsoft Graph --------------------------------------------------------------------------
+
+_GRAPH_SIZE_TAG = 0x0E08  # PR_MESSAGE_SIZE ("Integer 0xe08"), asked for with $expand
+
+
+def graph_context(
+    message: Mapping[str, Any],
+    *,
+    folder_names: Mapping[str, str] | None = None,
+    own_addresses: Collection[str] = (),
+) -> MessageContext:
+    """The context of a Graph message resource: ids, folder and category names, flags, direction."""
+    folder = message.get("parentFolderId")
+    names = folder_names or {}
+    flag = message.get("flag") or {}
+    size = None
+    for prop in message.get("singleValueExtendedProperties") or ():
+        kind, _, tag = str(prop.get("id", "") if isinstance(prop, Mapping) else "").partition(" ")
+        try:
+            if kind.lower() == "integer" and int(tag, 16) == _GRAPH_SIZE_TAG:
+                size = int(prop.get("value"))
+        except (TypeError, ValueError):
+            size = None
+    return MessageContext(
+        message_id=str(message.get("id", "")),
+        thread_id=message.get("conversationId"),
+        folders=(names.get(folder, folder),) if folder else (),
+        labels=tuple(str(c) for c in message.get("categories") or ()),
+        flags=Flags(
+            read=bool(message.get("isRead")),
+            starred=isinstance(flag, Mapping) and flag.get("flagStatus") == "flagged",
+            important=str(message.get("importance") or "").lower() == "high",
+        ),
+        own_addresses=own_addresses,
+        direction="draft" if message.get("isDraft") else None,
+        date=_graph_date(message.get("sentDateTime")) or _graph_date(message.get("receivedDateTime")),
+        size=size,
+        snippet=str(message.get("bodyPreview") or ""),
+    )
+
+
+def message_from_graph(
+    message: Mapping[str, Any],
+    *,
+    attachments: Sequence[Mapping[str, Any]] | None = None,
+    folder_names: Mapping[str, str] | None = None,
+    own_addresses: Collection[str] = (),
+    options: ConvertOptions = DEFAULT_OPTIONS,
+) -> MessageRecord:
+    """The model of a Graph message resource and (if listed) its attachments.
+
+    ``body`` may be HTML or text (``Prefer: outlook.body-content-type="text"``); In-Reply-To
+    and References come from ``internetMessageHeaders`` when it was selected. Without an
+    attachment listing, ``has_attachments`` is Graph's own flag.
+    """
+    context = graph_context(message, folder_names=folder_names, own_addresses=own_addresses)
+    from_header = _envelope(_header_map(message.get("internetMessageHeaders")))
+    senders = _graph_addresses([message.get("from") or message.get("sender")])
+    references = from_header.references
+    envelope = _Envelope(
+        sender=senders[0] if senders else from_header.sender,
+        to=_graph_addresses(message.get("toRecipients")),
+        cc=_graph_addresses(message.get("ccRecipients")),
+        bcc=_graph_addresses(message.get("bccRecipients")),
+        reply_to=_graph_addresses(message.get("replyTo")),
+        subject=decode_header_text(str(message.get("subject") or "")),
+        date=context.date,
+        internet_message_id=(_message_ids(message.get("internetMessageId")) or [None])[0],
+        in_reply_to=from_header.in_reply_to,
+        references=references,
+    )
+    out = _Body()
+    content = message.get("body")
+    content = content if isinstance(content, Mapping) else {}
+    text = str(content.get("content") or "")
+    if str(content.get("contentType", "")).lower() == "html":
+        out.segments.append(_Html(text))
+        out.htmls.append(text)
+    elif text:
+        out.segments.append(normalise_text(text))
+    for item in attachments or ():
+        if not isinstance(item, Mapping):
+            continue
+        size = item.get("size")
+        out.attachments.append(
+            Attachment(
+                id=str(item.get("id", "")),
+                filename=str(item.get("name") or ""),
+                mime_type=str(item.get("contentType") or "application/octet-stream").lower(),
+                size=size if isinstance(size, int) else None,
+                content_id=_content_id(item.get("contentId")),
+                inline=bool(item.get("isInline")),
+            )
+        )
+    record = _record(context, envelope, out, options, None)
+    if attachments is None and message.get("hasAttachments"):
+        return dataclasses.replace(record, has_attachments=True)
+    return record
+
+
+def _graph_addresses(values: Any) -> tuple[Address, ...]:
+    out = []
+    for value in values or ():
+        mailbox = value.get("emailAddress") if isinstance(value, Mapping) else None
+        if not isinstance(mailbox, Mapping) or not mailbox.get("address"):
+            continue
+        out.append(Address(name=str(mailbox.get("name") or "").strip(), address=str(mailbox["address"]).strip()))
+        if len(out) >= _MAX_LIST:
+            break
+    return tuple(out)
+
+
+def _graph_date(value: Any) -> str | None:
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        return iso_utc(datetime.datetime.fromisoformat(value.replace("Z", "+00:00")))
+    except ValueError:
+        return None

@@ -1,0 +1,220 @@
+"""Text out of mail: bytes in whatever charset a sender claimed, encoded words, HTML, quotes.
+
+Real mail lies about its charset, puts raw 8-bit bytes in headers, breaks RFC 2047 words and
+sends HTML only. Every function here answers with text for any input and never raises on
+content: a message must never be lost to a decoding error.
+
+- Charsets: the declared one, read through the WHATWG-style aliases browsers use (a label of
+  ISO-8859-1 or US-ASCII means windows-1252, GB2312 means GB18030, Shift_JIS means cp932); a
+  Latin label on bytes that are valid UTF-8 is taken as UTF-8 (the common mislabel); unknown
+  labels fall back to UTF-8, then windows-1252, then Latin-1, which cannot fail.
+- HTML to text: resiliparse (Lexbor, a maintained C++ HTML5 parser with block-aware text
+  extraction). inscriptis and html2text give comparable text but cost over ten times as
+  much per message; the figures are in docs/mail-model.md.
+- Clean text: mail-parser-reply cuts the quoted history ("On ... wrote:", Outlook's
+  From:/Sent: block, "-----Original Message-----") and sign-offs and signatures.
+"""
+
+from __future__ import annotations
+
+import binascii
+import codecs
+import email.quoprimime
+import functools
+import re
+
+from mailparser_reply.parser import EmailMessage as ReplyParse
+from resiliparse.extract.html2text import extract_plain_text
+
+__all__ = [
+    "clean_text",
+    "clip_utf8",
+    "decode_bytes",
+    "decode_header_text",
+    "html_to_text",
+    "normalise_text",
+    "snippet_of",
+]
+
+# Labels that name a codec other than the one real mail in that label uses (WHATWG Encoding).
+_ALIASES = {
+    "iso-8859-1": "cp1252",
+    "iso8859-1": "cp1252",
+    "latin1": "cp1252",
+    "latin-1": "cp1252",
+    "us-ascii": "cp1252",
+    "ascii": "cp1252",
+    "ansi_x3.4-1968": "cp1252",
+    "iso-8859-9": "cp1254",
+    "iso-8859-11": "cp874",
+    "tis-620": "cp874",
+    "gb2312": "gb18030",
+    "gbk": "gb18030",
+    "x-gbk": "gb18030",
+    "euc-cn": "gb18030",
+    "shift_jis": "cp932",
+    "shift-jis": "cp932",
+    "sjis": "cp932",
+    "x-sjis": "cp932",
+    "ms_kanji": "cp932",
+    "windows-31j": "cp932",
+    "euc-kr": "cp949",
+    "ks_c_5601-1987": "cp949",
+    "big5": "big5hkscs",
+    "utf8": "utf-8",
+    "unicode-1-1-utf-8": "utf-8",
+}
+# Python codecs that are not a mail charset, or decode into something other than the text.
+_REFUSED_CODECS = {"idna", "punycode", "unicode-escape", "raw-unicode-escape", "undefined", "mbcs", "oem"}
+# Single-byte Latin codecs: bytes that are valid UTF-8 under such a label are UTF-8 in practice.
+_LATIN = {"cp1252", "latin-1", "iso8859-15", "cp1254", "ascii"}
+# Codecs whose encoded form is plain ASCII: ASCII bytes still need decoding.
+_SEVEN_BIT_PREFIXES = ("iso2022", "utf-7", "hz", "utf-16", "utf-32")
+
+_ENCODED_WORD = re.compile(r"=\?([^?\s]*)\?([qQbB])\?([^?\s]*)\?=")
+_BETWEEN_WORDS = re.compile(r"(\?=)[ \t\r\n]+(=\?)")
+_WHITESPACE = re.compile(r"\s+")
+_BLANK_LINES = re.compile(r"\n[ \t]*(?:\n[ \t]*){2,}")
+_TRAILING_SPACE = re.compile(r"[^\S\n]+\n")
+# Characters that carry no text: C0 controls (but tab and newline), DEL, and the invisible
+# format characters newsletters pad their preview text with (zero-width space and joiners,
+# BOM, soft hyphen, combining grapheme joiner).
+_INVISIBLE = dict.fromkeys(
+    [*range(0, 9), 11, 12, *range(14, 32), 0x7F, 0xAD, 0x34F, 0x200B, 0x200C, 0x200D, 0x2060, 0xFEFF]
+)
+
+
+@functools.lru_cache(maxsize=256)
+def codec_for(label: str | None) -> str | None:
+    """The Python codec name for a charset label, or None when the label is unknown or unfit."""
+    if not label:
+        return None
+    name = label.strip().strip("\"'").lower()
+    name = _ALIASES.get(name, name)
+    try:
+        info = codecs.lookup(name)
+    except (LookupError, ValueError):
+        return None
+    if info.name in _REFUSED_CODECS or not getattr(info, "_is_text_encoding", True):
+        return None
+    return info.name
+
+
+def decode_bytes(data: bytes, charset: str | None) -> str:
+    """Bytes of text in the declared ``charset`` (trusted only as far as it holds) as str."""
+    codec = codec_for(charset)
+    if data.isascii() and (codec is None or not codec.startswith(_SEVEN_BIT_PREFIXES)):
+        return data.decode("ascii")
+    if codec is None or codec in _LATIN:
+        tries, last = ("utf-8", codec or "cp1252"), "latin-1"
+    elif codec == "utf-8":
+        tries, last = ("utf-8", "cp1252"), "latin-1"
+    else:
+        tries, last = (codec, "utf-8"), codec
+    for name in tries:
+        try:
+            return data.decode(name)
+        except UnicodeDecodeError:
+            continue
+    try:
+        return data.decode(last, "replace")
+    except (UnicodeError, LookupError):  # a stateful codec can still fail on garbage
+        return data.decode("latin-1")
+
+
+def decode_header_text(value: str) -> str:
+    """A header value as readable text: 8-bit bytes repaired, RFC 2047 words decoded, folded.
+
+    ``value`` may carry raw bytes as surrogate escapes (how the stdlib parser keeps 8-bit
+    headers); they are read as UTF-8, else windows-1252. Malformed encoded words (a bad
+    charset, broken base64) are decoded as far as possible, never dropped.
+    """
+    value = _repair_8bit(value)
+    if "=?" in value:
+        value = _BETWEEN_WORDS.sub(r"\1\2", value)  # RFC 2047: space between words is not text
+        value = _ENCODED_WORD.sub(_decode_word, value)
+    return _WHITESPACE.sub(" ", value.translate(_INVISIBLE)).strip()
+
+
+def _repair_8bit(value: str) -> str:
+    if value.isascii():
+        return value
+    try:
+        value.encode("utf-8")
+        return value  # already real text
+    except UnicodeEncodeError:
+        raw = value.encode("utf-8", "surrogateescape")
+        return decode_bytes(raw, None)
+
+
+def _decode_word(match: re.Match[str]) -> str:
+    charset, encoding, text = match.group(1), match.group(2).lower(), match.group(3)
+    charset = charset.split("*", 1)[0]  # RFC 2231 language suffix: utf-8*en
+    try:
+        if encoding == "b":
+            data = binascii.a2b_base64(text + "=" * (-len(text) % 4))
+        else:
+            data = email.quoprimime.header_decode(text).encode("latin-1")
+    except (binascii.Error, ValueError, UnicodeEncodeError):
+        return match.group(0)
+    return decode_bytes(data, charset)
+
+
+def html_to_text(html: str) -> str:
+    """The visible text of an HTML document, paragraphs and list items on their own lines."""
+    if not html.strip():
+        return ""
+    try:
+        text = extract_plain_text(
+            html, preserve_formatting=True, main_content=False, list_bullets=True, alt_texts=False, links=False
+        )
+    except Exception:  # noqa: BLE001 - the parser's own errors; retry on text it surely takes
+        try:
+            text = extract_plain_text(html.encode("utf-8", "replace").decode("utf-8"), main_content=False, links=False)
+        except Exception:  # noqa: BLE001 - give the message without a body rather than lose it
+            return ""
+    return normalise_text(text)
+
+
+def normalise_text(text: str) -> str:
+    """Line endings as ``\\n``, no trailing spaces, at most two blank lines in a row, trimmed."""
+    if "\r" in text:
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+    text = text.translate(_INVISIBLE)
+    text = _TRAILING_SPACE.sub("\n", text)
+    text = _BLANK_LINES.sub("\n\n\n", text)
+    return text.strip()
+
+
+def clean_text(text: str, languages: tuple[str, ...]) -> str:
+    """``text`` without the quoted history and the signature: what the sender wrote this time.
+
+    Hyphenated lists are kept (a line starting with "- " is not a signature here). When the
+    parser finds nothing of its own (a message that is all quote), the text stays as it is.
+    """
+    if not text:
+        return ""
+    try:
+        parsed = ReplyParse(text=text, languages=list(languages), keep_hyphen_lists=True).read()
+    except Exception:  # noqa: BLE001 - a parser bug must not lose the message; keep the text
+        return text
+    if not parsed.replies:
+        return text
+    body = parsed.replies[0].body
+    return normalise_text(body) if body.strip() else text
+
+
+def clip_utf8(text: str, limit: int) -> tuple[str, int | None]:
+    """``text`` cut to at most ``limit`` UTF-8 bytes on a character boundary, and its full size if cut."""
+    if len(text) <= limit // 4:  # cannot exceed: a character is at most 4 bytes
+        return text, None
+    encoded = text.encode("utf-8", "surrogatepass")
+    if len(encoded) <= limit:
+        return text, None
+    return encoded[:limit].decode("utf-8", "ignore"), len(encoded)
+
+
+def snippet_of(text: str, chars: int) -> str:
+    """The first ``chars`` characters of ``text`` on one line."""
+    head = text[: chars * 4]  # enough for the collapsed result without folding a whole body
+    return _WHITESPACE.sub(" ", head).strip()[:chars]

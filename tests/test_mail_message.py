@@ -1,0 +1,395 @@
+"""The one message model: MIME, Gmail ``format=full`` and Graph JSON -> `MessageRecord`.
+
+The golden corpus (tests/mail_corpus/NN-name.eml beside NN-name.json) pins the conversion of
+real-world-shaped messages. Each JSON holds the provider context the message is converted
+with, optional convert options, and the expected event payload. After a deliberate change
+to the conversion, regenerate and read the diff line by line before committing it:
+
+    BRAIN_REGEN_GOLDEN=1 .venv/bin/python -m pytest -q -p no:cacheprovider tests/test_mail_message.py
+    git diff tests/mail_corpus
+"""
+
+from __future__ import annotations
+
+import base64
+import email.parser
+import email.policy
+import json
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from brain.mail import provider
+from brain.mail.convert import message_from_gmail, message_from_graph, message_from_mime
+from brain.mail.message import ConvertOptions, Flags, MessageContext, MessageRecord, event_schemas
+
+CORPUS = Path(__file__).parent / "mail_corpus"
+REGEN = os.environ.get("BRAIN_REGEN_GOLDEN") == "1"
+OWN = ["me@example.com"]
+ENVELOPE = {"account": "acc1", "provider": "imap", "address": "me@example.com"}
+_compat32 = email.parser.BytesParser(policy=email.policy.compat32)
+
+
+def corpus_files() -> list[Path]:
+    return sorted(CORPUS.glob("*.eml"))
+
+
+def context_from(data: dict[str, Any], stem: str) -> MessageContext:
+    flags = data.get("flags")
+    return MessageContext(
+        message_id=data.get("message_id", stem),
+        thread_id=data.get("thread_id"),
+        folders=tuple(data.get("folders", ["INBOX"])),
+        labels=tuple(data.get("labels", [])),
+        flags=Flags(**flags) if flags is not None else None,
+        own_addresses=tuple(data.get("own_addresses", OWN)),
+        direction=data.get("direction"),
+        date=data.get("date"),
+        size=data.get("size"),
+        snippet=data.get("snippet", ""),
+    )
+
+
+def convert_file(path: Path) -> tuple[dict[str, Any], dict[str, Any], MessageRecord]:
+    golden = path.with_suffix(".json")
+    spec = json.loads(golden.read_text()) if golden.exists() else {}
+    context_data = spec.get("context", {})
+    options_data = spec.get("options", {})
+    record = message_from_mime(path.read_bytes(), context_from(context_data, path.stem), ConvertOptions(**options_data))
+    return context_data, options_data, record
+
+
+def test_the_corpus_has_at_least_30_messages_each_with_a_golden() -> None:
+    files = corpus_files()
+    assert len(files) >= 30
+    missing = [p.name for p in files if not p.with_suffix(".json").exists() and not REGEN]
+    assert not missing, f"no golden JSON for {missing}"
+
+
+@pytest.mark.parametrize("path", corpus_files(), ids=lambda p: p.stem)
+def test_conversion_matches_its_golden(path: Path) -> None:
+    context_data, options_data, record = convert_file(path)
+    got = record.as_event_data()
+    golden = path.with_suffix(".json")
+    if REGEN:
+        spec: dict[str, Any] = {"context": context_data}
+        if options_data:
+            spec["options"] = options_data
+        spec["message"] = got
+        golden.write_text(json.dumps(spec, indent=2, ensure_ascii=False) + "\n")
+    expected = json.loads(golden.read_text())["message"]
+    assert got == expected
+
+
+@pytest.mark.parametrize("path", corpus_files(), ids=lambda p: p.stem)
+def test_every_golden_validates_against_the_received_schema(path: Path) -> None:
+    message = json.loads(path.with_suffix(".json").read_text())["message"]
+    jsonschema.validate({**ENVELOPE, **message}, event_schemas()["mail.message.received"])
+
+
+def test_event_schemas_are_valid_json_schemas_and_reject_what_they_should() -> None:
+    schemas = event_schemas()
+    assert set(schemas) == {"mail.message.received", "mail.message.updated", "mail.message.deleted"}
+    for schema in schemas.values():
+        jsonschema.Draft202012Validator.check_schema(schema)
+    record = message_from_mime(b"Subject: x\n\nbody\n", MessageContext(message_id="m"))
+    data = record.as_event_data()
+    received = schemas["mail.message.received"]
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({**data, "direction": "sideways"}, received)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({k: v for k, v in data.items() if k != "body_text"}, received)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({**data, "truncated": True}, received)  # without original_sizes
+    jsonschema.validate({"message_id": "m", "labels": ["INBOX"], "added_labels": ["INBOX"]}, schemas["mail.message.updated"])
+    jsonschema.validate({**ENVELOPE, "message_id": "m", "thread_id": None}, schemas["mail.message.deleted"])
+    schemas["mail.message.received"]["properties"].clear()  # a caller's copy, not the module's
+    assert event_schemas()["mail.message.received"]["properties"]
+
+
+def test_providers_reach_the_model_through_the_provider_contract() -> None:
+    for name in (
+        "Address", "Attachment", "ConvertOptions", "Flags", "MessageContext", "MessageRecord",
+        "event_schemas", "message_from_mime", "message_from_gmail", "message_from_graph",
+        "gmail_context", "graph_context", "iso_utc",
+    ):
+        assert name in provider.__all__ and hasattr(provider, name), name
+
+
+# Caps and options ---------------------------------------------------------------------------
+
+
+def test_the_default_cap_cuts_text_at_256_kib_on_a_character_boundary() -> None:
+    text = ("ü" * 99 + "\n") * 2000  # 2 bytes per ü: ~400 KB of UTF-8
+    raw = b"Subject: big\nContent-Type: text/plain; charset=utf-8\n\n" + text.encode()
+    record = message_from_mime(raw, MessageContext(message_id="big"))
+    size = len(record.body_text.encode())
+    assert record.truncated is True
+    assert 256 * 1024 - 2 <= size <= 256 * 1024
+    assert record.original_sizes["body_text"] == len(text.strip().encode())
+    assert record.body_text.endswith("ü")
+    jsonschema.validate(record.as_event_data(), event_schemas()["mail.message.received"])
+
+
+def test_html_is_kept_only_when_asked_and_capped_too() -> None:
+    html = "<html><body>" + "<p>Paragraph with <b>bold</b> text.</p>" * 2000 + "</body></html>"
+    raw = b"Subject: h\nContent-Type: text/html; charset=utf-8\n\n" + html.encode()
+    plain = message_from_mime(raw, MessageContext(message_id="h"))
+    assert plain.body_html is None and "body_html" not in plain.as_event_data()
+    kept = message_from_mime(raw, MessageContext(message_id="h"), ConvertOptions(keep_html=True, max_text_bytes=8192))
+    assert kept.body_html is not None and kept.body_html.startswith("<html><body><p>")
+    assert len(kept.body_html.encode()) <= 8192
+    assert kept.original_sizes["body_html"] == len(html.encode())
+    assert kept.body_text.startswith("Paragraph with bold text.")
+    assert "<b>" not in kept.body_text
+
+
+def test_an_enormous_html_body_is_converted_from_a_bounded_prefix() -> None:
+    html = "<p>" + "word " * 1_000_000 + "</p>"  # 5 MB
+    raw = b"Subject: h\nContent-Type: text/html\n\n" + html.encode()
+    record = message_from_mime(raw, MessageContext(message_id="h"), ConvertOptions(max_text_bytes=4096))
+    assert record.truncated is True
+    assert record.original_sizes["body_html"] == len(html)
+    assert len(record.body_text.encode()) <= 4096
+
+
+# Gmail format=full ------------------------------------------------------------------------
+
+
+def gmail_resource(raw: bytes, message_id: str, label_ids: list[str]) -> dict[str, Any]:
+    """What Gmail's users.messages.get(format=full) answers for these MIME bytes."""
+    msg = _compat32.parsebytes(raw)
+
+    def text(value: Any) -> str:
+        return str(value).encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+    def part(node: Any, part_id: str) -> dict[str, Any]:
+        ctype = node.get_content_type()
+        out: dict[str, Any] = {
+            "partId": part_id,
+            "mimeType": ctype,
+            "filename": text(node.get_filename() or ""),
+            "headers": [{"name": k, "value": text(v)} for k, v in node.raw_items()],
+        }
+        if node.is_multipart() and not ctype.startswith("message/"):
+            out["body"] = {"size": 0}
+            prefix = f"{part_id}." if part_id else ""
+            out["parts"] = [part(child, f"{prefix}{i}") for i, child in enumerate(node.get_payload())]
+            return out
+        if node.is_multipart():  # message/rfc822: Gmail lists the enclosed message's parts too
+            inner = node.get_payload()
+            out["parts"] = [part(m, f"{part_id}.{i}") for i, m in enumerate(inner)]
+            data = b"".join(m.as_bytes() for m in inner)
+        else:
+            data = node.get_payload(decode=True) or b""
+        # Gmail sends the content of parts without a file name; the rest only by attachmentId.
+        if not node.get_filename():
+            out["body"] = {"size": len(data), "data": base64.urlsafe_b64encode(data).decode().rstrip("=")}
+        else:
+            out["body"] = {"size": len(data), "attachmentId": f"ANGjdJ_{message_id}_{part_id}"}
+        return out
+
+    return {
+        "id": message_id,
+        "threadId": f"t-{message_id}",
+        "labelIds": label_ids,
+        "snippet": "gmail's own snippet",
+        "sizeEstimate": len(raw),
+        "internalDate": "1741083300000",
+        "payload": part(msg, ""),
+    }
+
+
+def _comparable(record: MessageRecord) -> dict[str, Any]:
+    """The part of a record that comes from the message itself, not from provider context."""
+    data = record.as_event_data()
+    data["attachments"] = [{k: v for k, v in a.items() if k != "id"} for a in data["attachments"]]
+    for key in ("message_id", "thread_id", "size", "folders", "labels", "flags", "direction", "date"):
+        data.pop(key)
+    if not record.body_text:
+        data.pop("snippet")  # the provider's own snippet stands in
+    return data
+
+
+@pytest.mark.parametrize("path", corpus_files(), ids=lambda p: p.stem)
+def test_gmail_full_payload_gives_the_same_message_as_its_mime(path: Path) -> None:
+    raw = path.read_bytes()
+    _, options_data, from_mime = convert_file(path)
+    resource = gmail_resource(raw, "18c0a", ["INBOX", "UNREAD", "Label_7"])
+    from_gmail = message_from_gmail(
+        resource, label_names={"Label_7": "Receipts"}, own_addresses=OWN, options=ConvertOptions(**options_data)
+    )
+    assert _comparable(from_gmail) == _comparable(from_mime)
+    if from_mime.date is not None and "date" not in json.loads(path.with_suffix(".json").read_text())["context"]:
+        assert from_gmail.date == from_mime.date
+    assert from_gmail.message_id == "18c0a" and from_gmail.thread_id == "t-18c0a"
+    assert from_gmail.labels == ("INBOX", "UNREAD", "Receipts")
+    assert from_gmail.flags == Flags(read=False, starred=False, important=False)
+    handles = {}  # what Gmail lets a client fetch each part by: its attachmentId, else its partId
+    nodes = [resource["payload"]]
+    while nodes:
+        node = nodes.pop()
+        handles[node["partId"]] = node["body"].get("attachmentId", node["partId"])
+        nodes.extend(node.get("parts", []))
+    assert all(a.id in handles.values() for a in from_gmail.attachments)
+
+
+def test_gmail_labels_set_direction_flags_and_fallbacks() -> None:
+    raw = b"From: someone@example.org\nSubject: s\n\nhello\n"
+    sent = message_from_gmail(gmail_resource(raw, "a", ["SENT", "STARRED", "IMPORTANT"]))
+    assert sent.direction == "sent"
+    assert sent.flags == Flags(read=True, starred=True, important=True)
+    assert sent.date == "2025-03-04T10:15:00.000Z"  # internalDate, as the message has no Date
+    draft = message_from_gmail(gmail_resource(raw, "b", ["DRAFT"]))
+    assert draft.direction == "draft"
+    mine = message_from_gmail(gmail_resource(raw, "c", ["INBOX"]), own_addresses=["SomeOne@example.org"])
+    assert mine.direction == "sent"
+    empty = message_from_gmail({"id": "x", "payload": {"mimeType": "multipart/mixed", "parts": "junk"}})
+    assert empty.body_text == "" and empty.message_id == "x"
+
+
+# Microsoft Graph ------------------------------------------------------------------------
+
+
+GRAPH_HTML = {
+    "id": "AAMkAGI2",
+    "conversationId": "AAQkAGI2conv",
+    "internetMessageId": "<DB9PR01MB0002@eurprd01.prod.outlook.example>",
+    "subject": "RE: Budget",
+    "from": {"emailAddress": {"name": "Katherine Johnson", "address": "katherine@nasa.example"}},
+    "toRecipients": [{"emailAddress": {"name": "Me", "address": "me@example.com"}}],
+    "ccRecipients": [{"emailAddress": {"name": "", "address": "alan@bletchley.example"}}, {"emailAddress": {}}],
+    "replyTo": [],
+    "sentDateTime": "2025-03-04T08:01:12Z",
+    "receivedDateTime": "2025-03-04T08:01:15Z",
+    "isRead": False,
+    "isDraft": False,
+    "importance": "high",
+    "flag": {"flagStatus": "flagged"},
+    "categories": ["Finance"],
+    "parentFolderId": "AAMkInbox",
+    "hasAttachments": True,
+    "bodyPreview": "Hi, numbers attached",
+    "body": {
+        "contentType": "html",
+        "content": "<html><body><p>Hi,</p><p>numbers attached.</p><div id=\"divRplyFwdMsg\"><b>From:</b> Me<br>"
+        "<b>Sent:</b> Monday<br><b>To:</b> Katherine<br><b>Subject:</b> Budget</div><p>Could you share them?</p>"
+        "</body></html>",
+    },
+    "internetMessageHeaders": [
+        {"name": "In-Reply-To", "value": "<budget-1@example.com>"},
+        {"name": "References", "value": "<budget-0@example.com> <budget-1@example.com>"},
+    ],
+    "singleValueExtendedProperties": [{"id": "Integer 0xe08", "value": "48213"}],
+}
+
+
+def test_graph_html_message_with_attachment_listing() -> None:
+    attachments = [
+        {"@odata.type": "#microsoft.graph.fileAttachment", "id": "AAMkAtt1", "name": "budget.xlsx",
+         "contentType": "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet", "size": 10240,
+         "isInline": False, "contentId": None},
+        {"@odata.type": "#microsoft.graph.fileAttachment", "id": "AAMkAtt2", "name": "image001.png",
+         "contentType": "image/png", "size": 2048, "isInline": True, "contentId": "image001.png@01DB8C9A"},
+    ]
+    record = message_from_graph(
+        GRAPH_HTML, attachments=attachments, folder_names={"AAMkInbox": "Inbox"}, own_addresses=OWN
+    )
+    data = record.as_event_data()
+    jsonschema.validate({**ENVELOPE, **data}, event_schemas()["mail.message.received"])
+    assert data["message_id"] == "AAMkAGI2" and data["thread_id"] == "AAQkAGI2conv"
+    assert data["from"] == {"name": "Katherine Johnson", "address": "katherine@nasa.example"}
+    assert data["cc"] == [{"name": "", "address": "alan@bletchley.example"}]
+    assert data["in_reply_to"] == "<budget-1@example.com>"
+    assert data["references"] == ["<budget-0@example.com>", "<budget-1@example.com>"]
+    assert data["date"] == "2025-03-04T08:01:12.000Z"
+    assert data["folders"] == ["Inbox"] and data["labels"] == ["Finance"]
+    assert data["flags"] == {"read": False, "starred": True, "important": True}
+    assert data["size"] == 48213
+    assert data["body_text"].startswith("Hi,\n\nnumbers attached.")
+    assert data["body_text_clean"] == "Hi,\n\nnumbers attached."
+    assert [a["id"] for a in data["attachments"]] == ["AAMkAtt1", "AAMkAtt2"]
+    assert data["attachments"][1]["inline"] is True
+    assert data["has_attachments"] is True
+
+
+def test_graph_text_body_draft_and_attachments_not_listed() -> None:
+    message = {
+        **GRAPH_HTML,
+        "isDraft": True,
+        "body": {"contentType": "text", "content": "Plain body\r\n\r\nOn Mon, Mar 3, 2025 Ada wrote:\r\n> old"},
+        "internetMessageHeaders": None,
+        "singleValueExtendedProperties": None,
+        "flag": None,
+        "from": None,
+        "sender": {"emailAddress": {"name": "Me", "address": "me@example.com"}},
+    }
+    record = message_from_graph(message)
+    assert record.direction == "draft"
+    assert record.body_text == "Plain body\n\nOn Mon, Mar 3, 2025 Ada wrote:\n> old"
+    assert record.body_text_clean == "Plain body"
+    assert record.attachments == () and record.has_attachments is True
+    assert record.size is None and record.in_reply_to is None
+    assert record.sender is not None and record.sender.address == "me@example.com"
+    sent = message_from_graph({**message, "isDraft": False}, own_addresses=["ME@example.com"])
+    assert sent.direction == "sent"
+    bare = message_from_graph({"id": "x"})
+    assert bare.body_text == "" and bare.sender is None and bare.direction == "received"
+
+
+# Robustness ---------------------------------------------------------------------------------
+
+
+def _assert_valid(record: MessageRecord) -> None:
+    jsonschema.validate({**ENVELOPE, **record.as_event_data()}, event_schemas()["mail.message.received"])
+    json.dumps(record.as_event_data(), ensure_ascii=False).encode("utf-8")  # no lone surrogates
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.binary(max_size=4096))
+def test_random_bytes_never_raise(raw: bytes) -> None:
+    _assert_valid(message_from_mime(raw, MessageContext(message_id="fuzz", own_addresses=OWN)))
+
+
+_SEEDS = [p.read_bytes() for p in corpus_files()]
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.sampled_from(range(len(_SEEDS))),
+    st.lists(st.tuples(st.integers(0, 1 << 20), st.integers(0, 64), st.binary(max_size=16)), max_size=8),
+)
+def test_mangled_corpus_messages_never_raise(seed: int, edits: list[tuple[int, int, bytes]]) -> None:
+    raw = bytearray(_SEEDS[seed])
+    for at, length, insert in edits:  # splice: cut `length` bytes at `at`, put `insert` there
+        at %= max(1, len(raw))
+        raw[at : at + length] = insert
+    _assert_valid(message_from_mime(bytes(raw), MessageContext(message_id="fuzz")))
+
+
+def test_hostile_shapes_never_raise() -> None:
+    rng = random.Random(7)
+    deep = b"Content-Type: multipart/mixed; boundary=b0\n\n"
+    for i in range(1, 60):
+        deep += f"--b{i - 1}\nContent-Type: multipart/mixed; boundary=b{i}\n\n".encode()
+    shapes = [
+        deep,
+        b"Content-Type: text/plain; charset=\"base64\"\n\n\xff\xfe",
+        b"Content-Type: text/plain; charset=rot13\n\nuryyb",
+        b"Content-Type: text/plain; charset=utf-16\n\n\xff\xfeh\x00i\x00\x00\xd8",
+        b"Content-Type: text/html; charset=utf-8\nContent-Transfer-Encoding: x-uuencode\n\nbegin 644 x\n`\nend\n",
+        b"Content-Type: text/calendar\n\nBEGIN:VEVENT\nDTSTART:garbage\nSUMMARY:\nEND:VEVENT\n",
+        b"Content-Disposition: attachment; filename*=bogus''%ZZ%\nContent-Type: application/x; name*0*=x''%\n\n..",
+        b"From: " + b"a" * 100_000 + b"\nTo: " + b"x@y, " * 10_000 + b"\n\n",
+        b"Subject: =?utf-8?b?" + bytes(rng.randrange(256) for _ in range(300)) + b"?=\n\n",
+        b"Content-Type: message/rfc822\n\n",
+        b"Content-Type: multipart/alternative; boundary=a\n\n--a\nContent-Type: text/calendar\n\n--a--\n",
+    ]
+    for raw in shapes:
+        _assert_valid(message_from_mime(raw, MessageContext(message_id="hostile")))
