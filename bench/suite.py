@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import ingest, jetstream, jwt_inprocess, latency, scale
+from bench import ingest, jetstream, jwt_inprocess, latency, mail_convert, scale
 from bench.baseline import GET_PATH, POST_PATH
 from bench.client import KeepAliveClient, expect
 from bench.load import Req, wrk_available
@@ -60,17 +60,21 @@ class Plan:
     scale_users: int
     scale_max_open: int | None  # [api] max_open_stores for the scale run; None: brain's default
     scale_max_seconds: float  # activation stops here even if not every user had its turn
+    convert_messages: int  # raw messages converted to the mail model per timed pass
+    convert_repeats: int
 
 
 FULL = Plan(
     name="full", jwt_samples=20_000, latency_samples=1000, latency_warmup=100, users=100, signup_samples=100, signin_samples=200,
     connections=64, repeats=3, seconds=8, warmup_seconds=2, signin_repeats=3, signin_seconds=6,
     stream_events=500, ingest_messages=5000, ingest_max_seconds=120, scale_users=10_000, scale_max_open=None, scale_max_seconds=900,
+    convert_messages=1000, convert_repeats=5,
 )
 QUICK = Plan(
     name="quick", jwt_samples=5000, latency_samples=200, latency_warmup=20, users=64, signup_samples=20, signin_samples=20,
     connections=64, repeats=3, seconds=1, warmup_seconds=0, signin_repeats=1, signin_seconds=1,
     stream_events=60, ingest_messages=1000, ingest_max_seconds=3, scale_users=100, scale_max_open=32, scale_max_seconds=10,
+    convert_messages=200, convert_repeats=3,
 )
 
 # Every figure a run reports, in table order: (key, label, unit).
@@ -92,6 +96,7 @@ CATALOGUE: list[tuple[str, str, str]] = [
     ("jetstream.latency", "JetStream: commit -> stored in stream", "ms"),
     ("ingest.rate", "mail ingest, instant fake provider (initial sync)", "msg/s"),
     ("ingest.gmail", "mail ingest, Gmail client vs fake Gmail (initial sync)", "msg/s"),
+    (mail_convert.KEY, mail_convert.LABEL, "msg/s"),
     ("scale.cold_new", "scale: first request of a new user's store", "ms"),
     ("scale.cold_reopen", "scale: first request, evicted store reopened", "ms"),
     ("scale.fds", "scale: open fds, peak minus idle", "fds"),
@@ -107,7 +112,7 @@ RSS_SECOND_HALF_MIB = 32
 
 
 def targets(max_open_stores: int) -> list[Target]:
-    """The goals of issues 3, 4, 5 and 7, judged from this run's figures."""
+    """The goals of issues 3, 4, 5, 7 and 15, judged from this run's figures."""
     fds = FDS_PER_STORE * max_open_stores + FD_SLACK
     threads = max_open_stores + THREAD_SLACK
     return [
@@ -121,6 +126,7 @@ def targets(max_open_stores: int) -> list[Target]:
         Target("me.rps", ">=", 0.8, field="ratio", text=">= 0.8x bare GET"),
         Target("events.post.rps", ">=", 0.5, field="ratio", text=">= 0.5x bare POST"),
         Target("ingest.rate", ">=", 2000.0, text=">= 2,000 msg/s"),
+        mail_convert.TARGET,
         Target("scale.fds", "<=", fds, text=f"<= {FDS_PER_STORE}x max_open_stores + {FD_SLACK} = {fds}"),
         Target("scale.threads", "<=", threads, text=f"<= max_open_stores + {THREAD_SLACK} = {threads}"),
         Target("scale.rss", "<=", RSS_SECOND_HALF_MIB, text=f"<= {RSS_SECOND_HALF_MIB} MiB (flat once stores are capped)"),
@@ -212,6 +218,8 @@ class Run:
         try:
             if self.wanted("jwt"):
                 self.jwt()
+            if self.wanted("mail"):
+                self.mail_conversion()
             if self.wanted("http") or self.wanted("stream") or self.wanted("ingest"):
                 self.main_server()
             if self.wanted("scale"):
@@ -230,6 +238,11 @@ class Run:
             fig.baseline = latency_figure("sig", "sig", timings.signature_only).value
             fig.baseline_label = "the RS256 signature check alone (cryptography), same tokens, alternated"
             self.latency("jwt.cached", timings.cached, note="TokenVerifier.authenticate, token in the cache")
+
+    def mail_conversion(self) -> None:
+        """Raw MIME -> the mail model in-process, on one core, beside the stdlib parse alone."""
+        with self.step([mail_convert.KEY], f"mail conversion x{self.plan.convert_messages}, one core"):
+            self.put(mail_convert.figure(mail_convert.measure(self.plan.convert_messages, self.plan.convert_repeats)))
 
     def main_server(self) -> None:
         """The HTTP, JetStream and ingest figures, against one brain and one baseline process."""

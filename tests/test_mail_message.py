@@ -393,3 +393,31 @@ def test_hostile_shapes_never_raise() -> None:
     ]
     for raw in shapes:
         _assert_valid(message_from_mime(raw, MessageContext(message_id="hostile")))
+
+
+# Clean text -------------------------------------------------------------------------------
+
+
+def _plain(subject: str, body: str, extra: str = "") -> bytes:
+    return f"From: a@example.com\nSubject: {subject}\n{extra}Content-Type: text/plain; charset=utf-8\n\n{body}".encode()
+
+
+def test_clean_text_cuts_a_long_quoted_history_from_a_reply() -> None:
+    quote = "".join(f"> line {i} of the quoted history\n" for i in range(2000))  # ~60 KB
+    body = f"Sounds good.\n\nOn Mon, 3 Mar 2025 at 10:00, Ada <ada@example.com> wrote:\n{quote}"
+    for raw in (_plain("Re: plans", body), _plain("plans", body, "In-Reply-To: <x@example.com>\n")):
+        record = message_from_mime(raw, MessageContext(message_id="r"))
+        assert record.body_text_clean == "Sounds good."
+        assert record.body_text.startswith("Sounds good.") and record.body_text.endswith("line 1999 of the quoted history")
+
+
+def test_clean_text_keeps_an_answer_longer_than_the_window_and_a_long_non_reply_whole() -> None:
+    answer = "\n\n".join(f"Paragraph {i}: " + "words " * 30 for i in range(40))  # ~7.6 KB, no cut in it
+    long_reply = message_from_mime(
+        _plain("Re: essay", answer + "\n\nOn Mon, 3 Mar 2025 Ada <ada@example.com> wrote:\n> q\n"), MessageContext(message_id="r")
+    )
+    assert long_reply.body_text_clean == long_reply.body_text
+    newsletter = answer + "\n\nThanks,\nThe team\n"  # a sign-off that would cut a short message
+    assert message_from_mime(_plain("News", newsletter), MessageContext(message_id="n")).body_text_clean.endswith("The team")
+    short = message_from_mime(_plain("Note", "Ship it today.\n\nThanks,\nAda\n"), MessageContext(message_id="s"))
+    assert short.body_text_clean == "Ship it today."

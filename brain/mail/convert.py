@@ -69,6 +69,12 @@ _MSG_ID = re.compile(r"<[^<>\s]*>")
 # HTML handed to the converter is cut here first, so one huge message costs bounded time.
 _HTML_INPUT_FACTOR = 4
 _MAX_LIST = 500  # addresses per header, references, attachments: beyond this is not knowledge
+# Reply and forward prefixes of the common mail clients' languages: Re, Fwd, AW/WG (German),
+# SV/VS (Nordic), TR (French), RIF (Italian), Antw/Doorst (Dutch), RV/ENC (Spanish, Portuguese).
+_REPLY_SUBJECT = re.compile(
+    r"\s*(?:re|fwd?|aw|wg|sv|vs|tr|rif|antw|doorst|rv|enc|odp|pd)\s*(?:\[\d+\])?\s*[:：]|\s*(?:回复|回覆|答复|转发|轉寄)",
+    re.IGNORECASE,
+)
 _IMPORTANT = {"high", "urgent", "1", "2", "1 (highest)", "2 (high)"}
 
 
@@ -328,7 +334,8 @@ def _record(
     body_text, cut = clip_utf8("\n\n".join(texts), limit)
     if cut is not None:
         original["body_text"] = cut
-    clean, cut = clip_utf8(clean_text(body_text, options.reply_languages), limit)
+    reply = bool(envelope.in_reply_to or envelope.references or _REPLY_SUBJECT.match(envelope.subject))
+    clean, cut = clip_utf8(clean_text(body_text, options.reply_languages, reply=reply), limit)
     if cut is not None:
         original["body_text_clean"] = cut
     body_html = None
