@@ -395,6 +395,17 @@ def test_hostile_shapes_never_raise() -> None:
         _assert_valid(message_from_mime(raw, MessageContext(message_id="hostile")))
 
 
+def test_nesting_deeper_than_the_stack_keeps_headers_and_text() -> None:
+    deep = b"Subject: deep\nContent-Type: multipart/mixed; boundary=b0\n\n"
+    for i in range(1, 3000):
+        deep += f"--b{i - 1}\nContent-Type: multipart/mixed; boundary=b{i}\n\n".encode()
+    deep += b"--b2999\nContent-Type: text/plain\n\nhello from the bottom\n"
+    record = message_from_mime(deep, MessageContext(message_id="deep"))
+    _assert_valid(record)
+    assert record.subject == "deep"
+    assert "hello from the bottom" in record.body_text
+
+
 # Clean text -------------------------------------------------------------------------------
 
 

@@ -2,8 +2,8 @@
 
 Raw MIME (Gmail ``format=raw``, IMAP ``BODY.PEEK[]``, Graph ``$value``) goes through the
 stdlib parser with the ``compat32`` policy: it keeps every header as the raw text the sender
-wrote, never raises on a defect, and costs a fraction of ``policy.default``, whose header
-objects are built eagerly and fail on some malformed values. Decoding is done here, once, in
+wrote, records defects instead of raising, and costs a fraction of ``policy.default``, whose
+header objects are parsed as they are read (docs/mail-model.md). Decoding is done once, in
 `brain.mail.mailtext`, so every provider's text goes through the same charset rules.
 
 Gmail's ``format=full`` payload is the same MIME tree already split into parts (base64url
@@ -68,6 +68,7 @@ _parser = email.parser.BytesParser(policy=email.policy.compat32)
 _MSG_ID = re.compile(r"<[^<>\s]*>")
 # HTML handed to the converter is cut here first, so one huge message costs bounded time.
 _HTML_INPUT_FACTOR = 4
+_MAX_DEPTH = 64  # MIME nesting read; real mail stays under ten levels
 _MAX_LIST = 500  # addresses per header, references, attachments: beyond this is not knowledge
 # Reply and forward prefixes of the common mail clients' languages: Re, Fwd, AW/WG (German),
 # SV/VS (Nordic), TR (French), RIF (Italian), Antw/Doorst (Dutch), RV/ENC (Spanish, Portuguese).
@@ -391,23 +392,34 @@ def message_from_mime(
     raw: bytes, context: MessageContext, options: ConvertOptions = DEFAULT_OPTIONS
 ) -> MessageRecord:
     """The model of one raw RFC 5322 message (any bytes: malformed input gives a best effort)."""
-    msg = _parser.parsebytes(raw)
+    try:
+        msg = _parser.parsebytes(raw)
+        root = _mime_part(msg, "", 0)
+    except RecursionError:
+        # Nested deeper than the parser's recursion allows: keep the headers, the body as text.
+        msg = _parser.parsebytes(raw, headersonly=True)
+        body = _leaf_payload(msg)
+        root = _Part(
+            content_type="text/plain", charset=None, disposition=None, filename=None, content_id=None,
+            children=None, handle="1", payload=body, size=len(body),
+        )
     headers: dict[str, list[str]] = {}
     for name, value in msg.raw_items():
         headers.setdefault(name.lower(), []).append(value if isinstance(value, str) else str(value))
-    root = _mime_part(msg, "")
     return _record(context, _envelope(headers), _walk(root), options, len(raw))
 
 
-def _mime_part(msg: email.message.Message, number: str) -> _Part:
+def _mime_part(msg: email.message.Message, number: str, depth: int) -> _Part:
     ctype = _safe(msg.get_content_type, "text/plain")
     children: list[_Part] | None = None
     payload: bytes | None = None
     subject = ""
     is_multipart = msg.is_multipart()
-    if is_multipart and not ctype.startswith("message/"):
+    if is_multipart and depth >= _MAX_DEPTH:
+        ctype = "application/octet-stream"  # past any real message's nesting: an opaque part
+    elif is_multipart and not ctype.startswith("message/"):
         prefix = f"{number}." if number else ""
-        children = [_mime_part(child, f"{prefix}{i}") for i, child in enumerate(msg.get_payload(), 1)]
+        children = [_mime_part(child, f"{prefix}{i}", depth + 1) for i, child in enumerate(msg.get_payload(), 1)]
     elif is_multipart:  # message/rfc822 and friends: an attachment, not descended into
         inner = msg.get_payload()
         if inner and ctype == "message/rfc822":
@@ -526,7 +538,7 @@ _PARAM_CHARSET = re.compile(r"""charset\s*=\s*["']?([^"';\s]+)""", re.IGNORECASE
 _PARAM_NAME = re.compile(r"""(?:file)?name\*?\s*=\s*["']?([^"';]+)""", re.IGNORECASE)
 
 
-def _gmail_part(node: Mapping[str, Any], headers: Mapping[str, list[str]] | None = None) -> _Part:
+def _gmail_part(node: Mapping[str, Any], headers: Mapping[str, list[str]] | None = None, depth: int = 0) -> _Part:
     if headers is None:
         headers = _header_map(node.get("headers"))
     ctype = str(node.get("mimeType") or "text/plain").lower()
@@ -534,8 +546,10 @@ def _gmail_part(node: Mapping[str, Any], headers: Mapping[str, list[str]] | None
     part_id = str(node.get("partId") or "")
     children = None
     parts = node.get("parts")
-    if ctype.startswith("multipart/") and isinstance(parts, list) and parts:
-        children = [_gmail_part(child) for child in parts if isinstance(child, Mapping)]
+    if ctype.startswith("multipart/") and depth >= _MAX_DEPTH:
+        ctype = "application/octet-stream"
+    elif ctype.startswith("multipart/") and isinstance(parts, list) and parts:
+        children = [_gmail_part(child, None, depth + 1) for child in parts if isinstance(child, Mapping)]
     elif ctype.startswith("multipart/"):
         ctype = "text/plain"  # a multipart whose boundary never came: keep its text
     content_type = (headers.get("content-type") or [""])[0]
