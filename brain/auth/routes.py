@@ -95,9 +95,14 @@ class AuthRoutes:
             log.warning("rate limit: %s over %d auth requests/minute", ip, self.auth.rate_limit_ip_per_minute)
             raise too_many(wait)
 
-    def _check_callback(self, url: str | None) -> None:
-        if url is not None and not self.trusted.url_is_trusted(url):
+    def _callback(self, url: str | None) -> str | None:
+        """The callback to use (rebuilt from its checked parts); 403 INVALID_CALLBACK_URL if unsafe."""
+        if url is None:
+            return None
+        safe = self.trusted.safe_callback(url)
+        if safe is None:
             raise Forbidden("Invalid callbackURL", code="INVALID_CALLBACK_URL")
+        return safe
 
     def _new_session_fields(self, request: web.Request, ip: str, remember: bool) -> tuple[str, dict[str, Any]]:
         token = new_id()
@@ -165,7 +170,7 @@ class AuthRoutes:
         ip = self._ip(request)
         self._limit_ip(ip)
         req = parse_sign_up(await read_json(request, limit=self.auth.max_body_bytes), self.auth)
-        self._check_callback(req.callback_url)
+        callback = self._callback(req.callback_url)
         reasons = await self._run_hook(self.ctx.rt.pm.hook.validate_sign_up, email=req.email, name=req.name)
         refusal = next((r for r in reasons if r is not None), None)
         if refusal is not None:
@@ -196,7 +201,7 @@ class AuthRoutes:
         public = user.public()
         log.info("user %s signed up", user.id)
         if (verify or self.auth.send_verification_on_sign_up) and self.accounts is not None:
-            await self.accounts.send_sign_up_verification(public, req.callback_url)
+            await self.accounts.send_sign_up_verification(public, callback)
         hook = self._run_hook(self.ctx.rt.pm.hook.after_sign_up, user=dict(public))
         self.ctx.in_background(asyncio.ensure_future(hook), "after_sign_up hook")
         return self._session_response({}, public, session, token)
@@ -206,7 +211,7 @@ class AuthRoutes:
         ip = self._ip(request)
         self._limit_ip(ip)
         req = parse_sign_in(await read_json(request, limit=self.auth.max_body_bytes), self.auth)
-        self._check_callback(req.callback_url)
+        callback = self._callback(req.callback_url)
         # Every attempt counts as a failure until the password checks out, so concurrent
         # guesses cannot all slip in before the first failure is recorded.
         wait = self.ctx.account_failures.take(req.email)
@@ -224,9 +229,9 @@ class AuthRoutes:
         new_hash = await self.ctx.passwords.hash(req.password) if rehash else None
         token, fields = self._new_session_fields(request, ip, req.remember)
         session = await self.ctx.issuer("create_session", user_id=user.id, new_password_hash=new_hash, **fields)
-        body: dict[str, Any] = {"redirect": req.callback_url is not None}
-        if req.callback_url is not None:
-            body["url"] = req.callback_url
+        body: dict[str, Any] = {"redirect": callback is not None}
+        if callback is not None:
+            body["url"] = callback
         return self._session_response(body, user.public(), session, token)
 
     async def get_session(self, request: web.Request) -> web.Response:
