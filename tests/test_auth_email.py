@@ -225,6 +225,28 @@ def test_password_reset_changes_the_password_and_revokes_every_session(server: B
     assert sign_in(server, address, new_password).status_code == 200
 
 
+def test_a_reset_invalidates_every_other_reset_token_of_the_user(server: BrainServer, inbox: Inbox) -> None:
+    address = verified_user(server, inbox)
+    other = verified_user(server, inbox)
+    links = []
+    for who, count in ((address, 2), (address, 3), (other, 2)):
+        assert request_reset(server, who, redirectTo=f"{APP}/reset").status_code == 200
+        links.append(link_in(inbox.wait(who, count=count)))
+    first, second, others = (link.split("/reset-password/", 1)[1].split("?", 1)[0] for link in links)
+    endpoint = f"{server.auth_url}/api/auth/reset-password"
+    r = requests.post(endpoint, json={"newPassword": "the chosen passphrase", "token": second}, timeout=15)
+    assert r.status_code == 200, r.text
+    # The earlier mail (perhaps requested by someone else) no longer works, by either route.
+    r = requests.post(endpoint, json={"newPassword": "a hijacking passphrase", "token": first}, timeout=15)
+    assert r.status_code == 400 and r.json() == {"message": "Invalid token", "code": "INVALID_TOKEN"}
+    r = get(links[0])
+    assert r.status_code == 302 and r.headers["Location"] == f"{APP}/reset?error=INVALID_TOKEN"
+    assert sign_in(server, address, "the chosen passphrase").status_code == 200
+    # Another user's pending reset is not touched.
+    r = requests.post(endpoint, json={"newPassword": "another passphrase", "token": others}, timeout=15)
+    assert r.status_code == 200, r.text
+
+
 def test_reset_password_checks_its_input(server: BrainServer) -> None:
     endpoint = f"{server.auth_url}/api/auth/reset-password"
     r = requests.post(endpoint, json={"newPassword": "long enough pass"}, timeout=15)

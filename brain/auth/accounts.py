@@ -65,7 +65,8 @@ def verify_email(token_hash: str, now: int) -> tuple[TokenStatus, User | None]:
 
 
 def reset_password(token_hash: str, password_hash: str, now: int) -> tuple[TokenStatus, str | None]:
-    """Use a reset token: set the new password hash and delete every session of the user."""
+    """Use a reset token: set the new password hash, delete every session of the user and every
+    other reset token (a second mail, perhaps requested by someone else, must not undo the reset)."""
     status, row = take_token(RESET_PASSWORD, token_hash, now)
     if row is None:
         return status, None
@@ -73,6 +74,7 @@ def reset_password(token_hash: str, password_hash: str, now: int) -> tuple[Token
     if not User.update(password_hash=password_hash, updated_at=now).where(User.id == user_id).execute():
         return "invalid", None
     Session.delete().where(Session.user == user_id).execute()
+    Verification.delete().where((Verification.user == user_id) & (Verification.kind == RESET_PASSWORD)).execute()
     return "ok", user_id
 
 
