@@ -1,4 +1,12 @@
-"""Logging: one line per request and per lifecycle event; human-readable or JSON."""
+"""Logging: one line per request and per lifecycle event; human-readable or JSON.
+
+What a record carries from outside (paths, user agents, names, provider errors) cannot forge a
+line: text logs escape control characters in it (`brain.control_chars`), and indent the lines a
+record has by design (tracebacks), so every line that starts at the margin starts a record.
+JSON lines are safe by construction (json.dumps escapes every control character). Secrets in
+request paths (password-reset tokens) are redacted before any access line is written, and the
+query string, where verification tokens and OAuth codes travel, is never logged.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +14,18 @@ import asyncio
 import atexit
 import json
 import logging
+import numbers
+import re
 import sys
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from aiohttp.abc import AbstractAccessLogger
+from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web import BaseRequest, StreamResponse
+
+from brain.control_chars import escape_control
 
 _RESERVED = set(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime"}
 _TEXT_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
@@ -19,6 +33,71 @@ _DATE_FORMAT = "%Y-%m-%dT%H:%M:%S"
 _ACCESS_MESSAGE = "%s %s %s %s %.2fms"
 # Access lines wait at most this long on the event loop before they are written, in one go.
 ACCESS_FLUSH_SECONDS = 0.05
+# Path segments that are credentials: the token of an emailed reset link.
+_SECRET_IN_PATH = re.compile(r"(/reset-password/)[^/]+", re.IGNORECASE)
+REDACTED = "[redacted]"
+# Where a text record continues on another line (a traceback, a multi-line message).
+_CONTINUATION = "\n    "
+
+
+def redact_path(path: str) -> str:
+    """A request path fit for a log: secret segments replaced by [redacted]."""
+    if _SECRET_IN_PATH.search(path) is None:
+        return path
+    return _SECRET_IN_PATH.sub(r"\1" + REDACTED, path)
+
+
+class _Escaped:
+    """A log argument whose str() and repr() have their control characters escaped."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: object) -> None:
+        self.value = value
+
+    def __str__(self) -> str:
+        return escape_control(str(self.value))
+
+    def __repr__(self) -> str:
+        return escape_control(repr(self.value))
+
+
+def _escaped_args(args: tuple[Any, ...] | Mapping[str, Any]) -> tuple[Any, ...] | dict[str, Any]:
+    # Numbers stay themselves so that %d and %.2f still format them.
+    if isinstance(args, Mapping):
+        return {k: v if isinstance(v, numbers.Number) else _Escaped(v) for k, v in args.items()}
+    return tuple(v if isinstance(v, numbers.Number) else _Escaped(v) for v in args)
+
+
+class TextFormatter(logging.Formatter):
+    """The human-readable layout: data escaped onto its line, a record's own extra lines indented."""
+
+    def __init__(self) -> None:
+        super().__init__(_TEXT_FORMAT, _DATE_FORMAT)
+
+    def format(self, record: logging.LogRecord) -> str:
+        if record.args:
+            # A copy: other handlers (and a JSON formatter) must see the record as it was.
+            record = logging.makeLogRecord({**vars(record), "args": _escaped_args(record.args)})
+        text = super().format(record)
+        # What is left is the format string's and the traceback's: they may span lines (indented
+        # here), and an exception message inside a traceback may still hold anything.
+        return _CONTINUATION.join(escape_control(line) for line in text.split("\n"))
+
+
+class _MalformedRequests(logging.Filter):
+    """aiohttp logs every unparseable request (a control character in a header, an oversized
+    line) at ERROR with a traceback: the client's mistake, and a way for anyone to flood the log.
+    It becomes one DEBUG record naming the problem; the access line still shows the 400."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if not isinstance(exc, HttpProcessingError):
+            return True
+        record.msg, record.args = "%s: %s", (record.getMessage(), exc.message)
+        record.levelno, record.levelname = logging.DEBUG, logging.getLevelName(logging.DEBUG)
+        record.exc_info = record.exc_text = None
+        return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
 
 
 class JsonFormatter(logging.Formatter):
@@ -46,13 +125,16 @@ def setup_logging(fmt: str = "text", level: str = "info") -> None:
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter(_TEXT_FORMAT, _DATE_FORMAT))
+        handler.setFormatter(TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     # aiohttp's own access logger is replaced by AccessLogger below.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     logging.getLogger("pykka").setLevel(logging.WARNING)
+    server_log = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, _MalformedRequests) for f in server_log.filters):
+        server_log.addFilter(_MalformedRequests())
     _writer = _AccessWriter(handler, json_lines=fmt == "json")
 
 
@@ -113,8 +195,8 @@ class _AccessWriter:
             for created, name, method, path, status, size, seconds, remote in entries:
                 if int(created) != second:
                     second, stamp = int(created), self._asctime(created)
-                # _TEXT_FORMAT with _ACCESS_MESSAGE, in one step.
-                lines.append(f"{stamp} INFO    {name}: {method} {path} {status} {size} {seconds * 1000:.2f}ms")
+                # _TEXT_FORMAT with _ACCESS_MESSAGE, in one step (escaped as TextFormatter would).
+                lines.append(f"{stamp} INFO    {name}: {method} {escape_control(path)} {status} {size} {seconds * 1000:.2f}ms")
         lines.append("")
         handler = self.handler
         handler.acquire()
@@ -145,8 +227,8 @@ def _log_through_logging(entries: list[_Entry]) -> None:
 
 def _emit(entries: list[_Entry]) -> None:
     by_name: dict[str, list[_Entry]] = {}
-    for entry in entries:
-        by_name.setdefault(entry[1], []).append(entry)
+    for created, name, method, path, status, size, seconds, remote in entries:
+        by_name.setdefault(name, []).append((created, name, method, redact_path(path), status, size, seconds, remote))
     for name, group in by_name.items():
         writer = _writer
         if writer is not None and writer.usable(name):

@@ -11,6 +11,7 @@ from typing import Any
 from aiohttp import web
 
 from brain.errors import BadRequest, HTTPError, PayloadTooLarge
+from brain.logs import redact_path
 
 log = logging.getLogger("brain.web")
 
@@ -90,7 +91,7 @@ def failure_response(request: web.Request, exc: Exception) -> web.StreamResponse
     except (ConnectionResetError, web.RequestPayloadError) as exc:  # client went away mid-body
         raise web.HTTPBadRequest(reason=str(exc)) from None
     except Exception:
-        log.exception("unhandled error in %s %s", request.method, request.path)
+        log.exception("unhandled error in %s %s", request.method, redact_path(request.path))
         return json_response({"message": "internal server error", "code": "INTERNAL_SERVER_ERROR"}, status=500)
 
 

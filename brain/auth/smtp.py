@@ -76,8 +76,10 @@ class SmtpMailer:
         if not settings.smtp.host:
             if settings.server.mode != "dev":
                 raise EmailNotConfigured()
-            log.warning("no SMTP server configured ([smtp] host): the %s email to %s was not sent; it reads:\n%s",
-                        kind, to, text)
+            # One argument per line of the mail: text logs escape line breaks inside arguments.
+            lines = text.splitlines()
+            log.warning("no SMTP server configured ([smtp] host): the %s email to %s was not sent; it reads:"
+                        + "\n%s" * len(lines), kind, to, *lines)
             return True
         message = build_message(settings, to=to, subject=subject, text=text, kind=kind)
         try:
