@@ -10,6 +10,8 @@ one definition of "control character" for all of them.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
+from typing import Any
 
 # C0 and C1 controls and DEL; the Unicode line and paragraph separators (line breaks to some
 # viewers); the bidi embeddings, overrides and isolates (they reorder what follows them).
@@ -37,3 +39,8 @@ def _escape(match: re.Match[str]) -> str:
         return named
     code = ord(char)
     return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def escaped_values(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of row with every string value escaped: a line of a text table, safe to print."""
+    return {key: escape_control(value) if isinstance(value, str) else value for key, value in row.items()}

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import json
 import re
+import sqlite3
+import time
 from collections.abc import Iterator
 
 import pytest
 import requests
 
+from brain.mail.db import Account, MailDb
 from tests.fakes.gmail import FakeGmail
 from tests.support import BrainServer, wait_until
 from tests.test_auth_helpers import NO_LIMITS, bearer, brain_cli, new_user, sign_in, unique_email
@@ -132,3 +135,43 @@ def test_users_commands_need_an_auth_database(tmp_path) -> None:  # type: ignore
         assert "no auth database" in out.stderr and str(tmp_path / "empty") in out.stderr
     out = run_cli("mail", "status", "--json", "--data-dir", str(tmp_path / "empty"), cwd=tmp_path)
     assert out.returncode == 0 and json.loads(out.stdout) == {"accounts": [], "by_state": {}}
+
+
+HOSTILE_NAME = "Mallory\x1b[2J\x1b]0;owned\x07\u202e"
+HOSTILE_ERROR = "server said:\x1b[31m no\r\n2000-01-01T00:00:00 INFO    brain: forged"
+
+
+def test_admin_commands_escape_what_users_and_providers_wrote(make_server) -> None:  # type: ignore[no-untyped-def]
+    """Text written by users or mail servers (a name stored before sign-up refused control
+    characters, an address, a provider's error) cannot drive the operator's terminal."""
+    server: BrainServer = make_server(config={"auth": NO_LIMITS}).start()
+    user = new_user(server, unique_email("mallory"))["user"]
+    assert server.stop() == 0
+    with sqlite3.connect(server.data_dir / "auth.db") as db:
+        db.execute("UPDATE user SET name = ? WHERE id = ?", (HOSTILE_NAME, user["id"]))
+        db.execute("UPDATE signing_key SET alg = alg || ?", ("\x1b[5m",))
+    mail_db = MailDb(server.data_dir / "mail.db", b"s" * 32)  # the credentials are never read here
+    try:
+        with mail_db.unit():
+            Account.create(id="acct-hostile", user_id=user["id"], provider="imap", address="eve\x1b[31m@mail.example",
+                           state="error", last_error=HOSTILE_ERROR, last_error_at=time.time())
+    finally:
+        mail_db.close()
+
+    printed = {
+        args: brain_cli(server, *args) for args in (("users", "list"), ("mail", "status"), ("keys", "list"))
+    }
+    # JSON output stays exact (JSON escapes control characters itself).
+    [listed] = json.loads(brain_cli(server, "users", "list", "--json").stdout)
+    assert listed["name"] == HOSTILE_NAME
+    printed["users", "delete"] = brain_cli(server, "users", "delete", user["id"])
+    for args, out in printed.items():
+        assert out.returncode == 0, (args, out.stderr)
+        assert not re.search("[\x00-\x09\x0b-\x1f\x7f-\x9f\u202e]", out.stdout), (args, out.stdout)
+    assert "Mallory\\x1b[2J\\x1b]" in printed["users", "list"].stdout
+    status = printed["mail", "status"].stdout
+    assert "eve\\x1b[31m@mail.example" in status
+    assert "server said:\\x1b[31m no\\r\\n2000-01-01" in status
+    assert not [line for line in status.splitlines() if line.startswith("2000-01-01")]
+    assert "\\x1b[5m" in printed["keys", "list"].stdout
+    assert printed["users", "delete"].stdout.startswith(f"deleted user {user['id']} <{user['email']}>")

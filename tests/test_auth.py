@@ -116,6 +116,28 @@ def test_sign_up_refuses_bad_input(server: BrainServer, body: object, status: in
     assert "Set-Cookie" not in r.headers
 
 
+CONTROL_NAMES = ["Eve\n2000-01-01T00:00:00 INFO    brain.auth: forged", "Eve\r", "Eve\tTab", "Eve\x1b[2J", "Eve\x00",
+                 "Eve\x7f", "Eve\x85", "Eve\x9b31m", "Eve\u2028", "Eve\u202egnp.exe", "Eve\u2066x"]
+
+
+@pytest.mark.parametrize("name", CONTROL_NAMES, ids=[ascii(n) for n in CONTROL_NAMES])
+def test_names_with_control_characters_are_refused(server: BrainServer, name: str) -> None:
+    """A name goes into mails, logs and the admin CLI: no line breaks, terminal escapes or bidi overrides."""
+    r = sign_up(server, unique_email("ctl"), name=name)
+    assert r.status_code == 400, r.text
+    assert r.json()["code"] == "VALIDATION_ERROR" and r.json()["message"].startswith("[body.name] ")
+    assert "control characters" in r.json()["message"]
+
+
+def test_names_in_any_script_are_kept(server: BrainServer) -> None:
+    names = ["Zo\u00eb \u00d8stergaard", "\u5c71\u7530\u3000\u592a\u90ce", "\u0645\u0631\u06cc\u0645\u200c\u0632\u0627\u062f\u0647",
+             "\U0001f469\u200d\U0001f4bb dev", "A\u00a0B", "O'Neil-Smith"]
+    for name in names:
+        r = sign_up(server, unique_email("script"), name=name)
+        assert r.status_code == 200, (name, r.text)
+        assert r.json()["user"]["name"] == name
+
+
 def test_malformed_bodies_are_4xx_json(server: BrainServer) -> None:
     endpoint = url(server, "/api/auth/sign-up/email")
     r = requests.post(endpoint, data=b'{"name": "A", "email": ', headers={"Content-Type": "application/json"}, timeout=10)

@@ -15,6 +15,7 @@ from typing import Any
 from brain.auth import keys
 from brain.auth.db import SigningKey, iso, open_db
 from brain.config import Settings, server_secret
+from brain.control_chars import escaped_values
 from brain.errors import ConfigError
 
 
@@ -57,7 +58,7 @@ def cmd_list(settings: Settings, *, as_json: bool) -> int:
         print("no signing keys yet (the server creates one on first start)")
     else:
         print(f"{'KID':<24} {'STATE':<8} {'ALG':<6} {'CREATED':<25} ACTIVATES")
-        for r in rows:
+        for r in map(escaped_values, rows):
             print(f"{r['kid']:<24} {r['state']:<8} {r['alg']:<6} {r['created']:<25} {r['activates']}")
     return 0
 
@@ -151,7 +152,8 @@ def cmd_users_list(settings: Settings, *, as_json: bool) -> int:
         print("no users")
     else:
         print(f"{'ID':<32}  {'EMAIL':<32} {'NAME':<20} {'VERIFIED':<8} {'CREATED':<24} SESSIONS")
-        for r in rows:
+        # Names (and rows written before sign-up checked them) may hold anything: escaped.
+        for r in map(escaped_values, rows):
             verified = "yes" if r["emailVerified"] else "no"
             print(f"{r['id']:<32}  {r['email']:<32} {r['name'][:20]:<20} {verified:<8} {r['createdAt']:<24} {r['sessions']}")
     return 0
@@ -176,7 +178,7 @@ def cmd_users_delete(settings: Settings, ref: str, *, as_json: bool) -> int:
     if as_json:
         print(json.dumps(result))
     else:
-        user = result["user"]
+        user = escaped_values(result["user"])
         how = "by the running server" if result["mode"] == "server" else "directly (no server running)"
         print(f"deleted user {user['id']} <{user['email']}> {how}: sessions, "
               f"{result['mail_accounts_removed']} mail account(s) and data/users/{user['id']}/ removed")

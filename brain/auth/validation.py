@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from brain.config import AuthSettings
+from brain.control_chars import has_control
 from brain.errors import BadRequest
 
 # The pattern Better Auth's zod `z.email()` uses: ASCII local part and domain, a dotted domain
@@ -129,6 +130,10 @@ def parse_sign_up(body: Any, settings: AuthSettings) -> SignUp:
     callback = _text(body, "callbackURL", required=False, max_len=MAX_IMAGE)
     remember = _remember_me(body)
     assert name is not None and email is not None and password is not None
+    if has_control(name):
+        # A name is shown in mails, logs and the admin CLI: no line breaks, escapes or overrides.
+        raise validation_error("name", "must not contain control characters (line breaks, tabs, escape sequences, "
+                                       "bidi overrides)")
     if not password:
         raise validation_error("password", "Too small: expected string to have >=1 characters")
     normalized = normalize_email(email)

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from brain.config import Settings, server_secret
+from brain.control_chars import escaped_values
 
 
 def add_parser(
@@ -57,7 +58,8 @@ def cmd_status(settings: Settings, *, user: str | None, as_json: bool) -> int:
         print("no mail accounts" + (f" for user {user}" if user else ""))
         return 0
     print(f"{'ACCOUNT':<20} {'USER':<32} {'PROVIDER':<8} {'STATE':<12} {'LAST SYNC':<26} {'MESSAGES':>8} {'INITIAL':<12} ADDRESS")
-    for r in rows:
+    # Addresses and error texts come from providers and mail servers: escaped.
+    for r in map(escaped_values, rows):
         initial = r["initial_sync"]
         progress = "complete" if initial["complete"] else f"{initial['done']}/{initial['estimated_total'] or '?'}"
         print(f"{r['account']:<20} {r['user']:<32} {r['provider']:<8} {r['state']:<12} {r['last_sync_at'] or '-':<26} "
