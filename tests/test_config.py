@@ -32,6 +32,7 @@ def test_production_example_loads_with_a_secret() -> None:
     s = load_settings(REPO / "config" / "production.example.toml", environ={"BRAIN_SECRET": "s" * 40})
     assert s.server.mode == "production"
     assert s.log.format == "json"
+    assert s.auth.require_email_verification is True and s.smtp.host
 
 
 def test_production_requires_secret(tmp_path: Path) -> None:
