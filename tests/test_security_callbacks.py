@@ -26,7 +26,7 @@ import requests
 
 from tests.support import BrainServer
 from tests.test_auth_email import Inbox, get, link_in, mail_config, request_reset, smtp  # noqa: F401
-from tests.test_auth_helpers import sign_in, sign_up, unique_email
+from tests.test_auth_helpers import PASSWORD, bearer, sign_in, sign_up, unique_email
 
 APP = "https://app.example.com"
 WILDCARD = "https://*.trusted.example"
@@ -135,6 +135,14 @@ def reset_link(server: BrainServer, smtp: tuple[Inbox, int]) -> str:  # noqa: F8
     return link_in(smtp[0].wait(address)).split("?", 1)[0]
 
 
+@pytest.fixture(scope="module")
+def session(server: BrainServer) -> str:
+    """A signed-in user's session token (delete-user needs one)."""
+    r = sign_up(server, unique_email("deleter"))
+    assert r.status_code == 200, r.text
+    return str(r.json()["token"])
+
+
 def whatwg(inputs: list[str], base: str) -> list[dict[str, str]]:
     """How a browser reads each input as a link on the page at base (node's WHATWG URL)."""
     node = shutil.which("node")
@@ -177,7 +185,7 @@ def expect_refused(r: requests.Response, what: str) -> None:
 
 
 @pytest.mark.parametrize("url", HOSTILE, ids=[ascii(u) for u in HOSTILE])
-def test_hostile_callbacks_are_refused_everywhere(server: BrainServer, reset_link: str, url: str) -> None:
+def test_hostile_callbacks_are_refused_everywhere(server: BrainServer, reset_link: str, session: str, url: str) -> None:
     url = url.replace(PORT, str(server.auth_port))
     expect_refused(request_reset(server, unique_email("target"), redirectTo=url), "request-password-reset")
     token = reset_link.rsplit("/", 1)[1]
@@ -189,6 +197,9 @@ def test_hostile_callbacks_are_refused_everywhere(server: BrainServer, reset_lin
     expect_refused(r, "send-verification-email")
     expect_refused(sign_in(server, unique_email(), extra={"callbackURL": url}), "sign-in")
     expect_refused(sign_up(server, unique_email("never"), callbackURL=url), "sign-up")
+    r = requests.post(f"{server.auth_url}/api/auth/delete-user", json={"password": PASSWORD, "callbackURL": url},
+                      headers=bearer(session), timeout=15)
+    expect_refused(r, "delete-user")
 
 
 def test_the_table_covers_what_browsers_and_urllib_read_differently(server: BrainServer, reset_link: str) -> None:

@@ -56,8 +56,8 @@ def origin_of(url: str) -> str | None:
         return None
     if parts.scheme not in _DEFAULT_PORTS or not parts.hostname:
         return None
-    host = _canonical_host(parts.hostname) or parts.hostname.lower()
-    return _origin(parts.scheme, host, port)
+    host = _canonical_host(parts.hostname)
+    return _origin(parts.scheme, host, port) if host is not None else None
 
 
 def _origin(scheme: str, host: str, port: int | None) -> str:
