@@ -35,7 +35,7 @@ _ACCESS_MESSAGE = "%s %s %s %s %.2fms"
 ACCESS_FLUSH_SECONDS = 0.05
 # Path segments that are credentials: the token of an emailed reset link.
 _SECRET_IN_PATH = re.compile(r"(/reset-password/)[^/]+", re.IGNORECASE)
-REDACTED = "[redacted]"
+_REDACTED = "[redacted]"
 # Where a text record continues on another line (a traceback, a multi-line message).
 _CONTINUATION = "\n    "
 
@@ -44,7 +44,7 @@ def redact_path(path: str) -> str:
     """A request path fit for a log: secret segments replaced by [redacted]."""
     if _SECRET_IN_PATH.search(path) is None:
         return path
-    return _SECRET_IN_PATH.sub(r"\1" + REDACTED, path)
+    return _SECRET_IN_PATH.sub(r"\1" + _REDACTED, path)
 
 
 class _Escaped:
