@@ -121,6 +121,8 @@ SAFE = [
 def server(smtp: tuple[Inbox, int], tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrainServer]:  # noqa: F811
     config = mail_config(smtp[1])
     config["auth"]["trusted_origins"] = [APP, WILDCARD]
+    # GitHub's fixed endpoints: starting a flow needs no network (nothing here completes one).
+    config["social"] = {"providers": ["github"], "github": {"client_id": "id", "client_secret": "secret"}}
     server = BrainServer(Path(tmp_path_factory.mktemp("callbacks")) / "brain", config=config)
     with server:
         yield server
@@ -179,6 +181,12 @@ def with_param(url: str, name: str, value: str) -> str:
     return f"{base}{'&' if '?' in base else '?'}{name}={value}{hash_}{fragment}"
 
 
+def social(server: BrainServer, path: str, session: str | None = None, **body: str) -> requests.Response:
+    """Start a GitHub sign-in (or, with a session, a link) flow."""
+    return requests.post(f"{server.auth_url}/api/auth/{path}", json={"provider": "github", "disableRedirect": True, **body},
+                         headers=bearer(session) if session else {}, timeout=15)
+
+
 def expect_refused(r: requests.Response, what: str) -> None:
     assert r.status_code == 403, (what, r.status_code, r.headers.get("Location"), r.text)
     assert r.json() == {"message": "Invalid callbackURL", "code": "INVALID_CALLBACK_URL"}, what
@@ -200,6 +208,9 @@ def test_hostile_callbacks_are_refused_everywhere(server: BrainServer, reset_lin
     r = requests.post(f"{server.auth_url}/api/auth/delete-user", json={"password": PASSWORD, "callbackURL": url},
                       headers=bearer(session), timeout=15)
     expect_refused(r, "delete-user")
+    for field in ("callbackURL", "errorCallbackURL", "newUserCallbackURL"):
+        expect_refused(social(server, "sign-in/social", **{field: url}), f"sign-in/social {field}")
+        expect_refused(social(server, "link-social", session, **{field: url}), f"link-social {field}")
 
 
 def test_the_table_covers_what_browsers_and_urllib_read_differently(server: BrainServer, reset_link: str) -> None:
@@ -230,6 +241,8 @@ def test_safe_callbacks_redirect_where_the_browser_would_go(server: BrainServer,
     r = sign_in(server, unique_email(), extra={"callbackURL": url})
     assert r.status_code == 401 and r.json()["code"] == "INVALID_EMAIL_OR_PASSWORD"
     assert request_reset(server, unique_email("target"), redirectTo=url).status_code == 200
+    r = social(server, "sign-in/social", callbackURL=url, errorCallbackURL=url, newUserCallbackURL=url)
+    assert r.status_code == 200 and r.json()["url"].startswith("https://github.com/login/oauth/authorize?"), r.text
     # The browser follows the rebuilt Location to the origin it would have read in the input.
     asked, followed = whatwg([url, location], reset_link)
     assert followed["origin"] == asked["origin"] and trusted(followed["origin"], server), (asked, followed)

@@ -222,10 +222,7 @@ class SocialRoutes:
         return found[0], found[1], found[2]
 
     def _url(self, body: dict[str, Any], field: str) -> str | None:
-        url = text_field(body, field, max_len=_MAX_URL)
-        if url is not None:
-            self.base._check_callback(url)
-        return url
+        return self.base._callback(text_field(body, field, max_len=_MAX_URL))
 
     async def _start(self, request: web.Request, body: dict[str, Any], link: dict[str, Any] | None) -> web.Response:
         """Store the flow, set the state cookie, answer with the provider's authorization URL."""
