@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import secrets
 import tomllib
 import types
@@ -126,6 +127,26 @@ class AuthSettings:
     # host of the public URL.
     passkey_rp_id: str = ""
     passkey_rp_name: str = "brain"
+    # POST /api/auth/change-email (Better Auth's user.changeEmail.enabled); false: 400 CHANGE_EMAIL_DISABLED.
+    change_email_enabled: bool = True
+    # A verified user's change of address is first confirmed from the old address (Better
+    # Auth's changeEmail.sendChangeEmailConfirmation); false: only the new one is asked.
+    change_email_confirm_old_address: bool = True
+    # Two-factor (Better Auth's twoFactor plugin): the issuer named in the TOTP URI, how long a
+    # sign-in challenge (the two_factor cookie) lives, requests to /two-factor/* per client IP
+    # per window, and the lockout after that many failed codes in a row (per account).
+    two_factor_issuer: str = "brain"
+    two_factor_challenge_seconds: int = 600
+    two_factor_rate_limit_max: int = 3
+    two_factor_rate_limit_window_seconds: int = 10
+    two_factor_max_failures: int = 10
+    two_factor_lockout_seconds: int = 900
+    # API keys (Better Auth's apiKey plugin): the default prefix (how the API tells a key from
+    # a JWT in `Authorization: Bearer`), the allowed expiry range, and how many one user may hold.
+    api_key_prefix: str = "brain_"
+    api_key_min_expires_days: float = 1.0
+    api_key_max_expires_days: float = 365.0
+    api_keys_per_user: int = 100
 
 
 @dataclass(frozen=True)
@@ -156,6 +177,10 @@ class ApiSettings:
     events_page_default: int = 100
     store_idle_seconds: float = 300.0
     max_open_stores: int = 256
+    # Verified API keys kept in memory (revocation drops an entry at once), and how long an entry
+    # may serve before the key is looked up again (the bound if a revocation message is lost).
+    api_key_cache_size: int = 10_000
+    api_key_cache_seconds: float = 300.0
 
 
 @dataclass(frozen=True)
@@ -563,6 +588,15 @@ def _validate(s: Settings) -> None:
         "auth.email_verification_ttl_seconds": s.auth.email_verification_ttl_seconds,
         "auth.password_reset_ttl_seconds": s.auth.password_reset_ttl_seconds,
         "auth.email_rate_limit_per_hour": s.auth.email_rate_limit_per_hour,
+        "auth.two_factor_challenge_seconds": s.auth.two_factor_challenge_seconds,
+        "auth.two_factor_rate_limit_max": s.auth.two_factor_rate_limit_max,
+        "auth.two_factor_rate_limit_window_seconds": s.auth.two_factor_rate_limit_window_seconds,
+        "auth.two_factor_max_failures": s.auth.two_factor_max_failures,
+        "auth.two_factor_lockout_seconds": s.auth.two_factor_lockout_seconds,
+        "auth.api_key_min_expires_days": s.auth.api_key_min_expires_days,
+        "auth.api_keys_per_user": s.auth.api_keys_per_user,
+        "api.api_key_cache_size": s.api.api_key_cache_size,
+        "api.api_key_cache_seconds": s.api.api_key_cache_seconds,
         "api.token_cache_size": s.api.token_cache_size,
         "api.max_token_bytes": s.api.max_token_bytes,
         "api.max_event_bytes": s.api.max_event_bytes,
@@ -599,6 +633,12 @@ def _validate(s: Settings) -> None:
         raise ConfigError("auth.retired_key_keep_seconds: must be at least auth.jwt_ttl_seconds (tokens must keep verifying)")
     if not 8 <= s.auth.min_password_length <= s.auth.max_password_length:
         raise ConfigError("auth.min_password_length: must be at least 8 and at most max_password_length")
+    if s.auth.api_key_max_expires_days < s.auth.api_key_min_expires_days:
+        raise ConfigError("auth.api_key_max_expires_days: must not be below api_key_min_expires_days")
+    if not re.fullmatch(r"[A-Za-z0-9_-]{1,32}", s.auth.api_key_prefix):
+        raise ConfigError("auth.api_key_prefix: 1-32 letters, digits, '_' or '-' (Better Auth's prefix rule)")
+    if not s.auth.two_factor_issuer or any(ord(c) < 0x20 or c == ":" for c in s.auth.two_factor_issuer):
+        raise ConfigError("auth.two_factor_issuer: must be non-empty, without ':' or control characters")
     if s.api.events_page_default > s.api.events_page_max:
         raise ConfigError("api.events_page_default: must not exceed api.events_page_max")
     for alg in s.api.algorithms:

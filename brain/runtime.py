@@ -26,6 +26,7 @@ from aiohttp import web
 import brain
 from brain.actors import bridge
 from brain.actors.supervisor import ChildSpec, Supervisor
+from brain.apikeys import ApiKeyHub
 from brain.config import Settings, server_secret
 from brain.errors import ConfigError
 from brain.logs import access_logger_for
@@ -65,6 +66,8 @@ class Runtime:
         self.jwks: JwksState | None = None
         self.token_verifier: TokenVerifier | None = None
         self.event_bus: Doorbell | None = None
+        # API keys: the auth role's directory and the API role's cache meet here (brain.apikeys).
+        self.api_keys = ApiKeyHub()
         # name -> callable returning a JSON-able dict, shown on /health.
         self.health_sources: dict[str, Callable[[], Any]] = {
             "nats": lambda: {"url": self.nats_url, "embedded": not settings.nats.url},

@@ -27,7 +27,8 @@ from tests.test_auth_helpers import (
 TRUSTED = "https://app.example.com"
 AUTH_CONFIG = {"trusted_origins": [TRUSTED, "https://*.trusted.example"]}
 ISO = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
-USER_KEYS = {"id", "email", "name", "image", "emailVerified", "createdAt", "updatedAt"}
+# Better Auth's user with its twoFactor plugin's field.
+USER_KEYS = {"id", "email", "name", "image", "emailVerified", "twoFactorEnabled", "createdAt", "updatedAt"}
 SESSION_KEYS = {"id", "userId", "token", "expiresAt", "ipAddress", "userAgent", "createdAt", "updatedAt"}
 
 

@@ -4,10 +4,13 @@ Layout: `db` (auth.db models), `keys` (sealed RSA key ring and its snapshot), `i
 AuthIssuer actor, sole writer), `passwords` (argon2id on a worker pool), `validation`,
 `cookies`, `origins` (CORS and origin checks), `ratelimit`, `tokens` (JWT minting), `routes`
 (the endpoints), `accounts` + `emails` + `smtp` + `account_routes` (email verification,
-password reset, deletion), `deletion` (revoking and purging deleted users on the API side,
-over JetStream), `control` (the data-dir lock and control socket), `social` + `social_routes` + `flows` (sign-in
-with Google, Microsoft, GitHub, OpenID Connect; linked accounts), `importer` (`brain import
-better-auth`) and `cli` (`brain keys`,
+password reset, deletion), `session_routes` (listing and revoking sessions), `profile_routes` +
+`email_change` (update-user, change-password, change-email), `two_factor` + `two_factor_routes`
+(TOTP and backup codes), `api_keys` + `api_key_routes` (API keys), `openapi` +
+`openapi_account` (their descriptions), `deletion` (revoking and purging deleted users on the API
+side, over JetStream), `control` (the data-dir lock and control socket), `social` +
+`social_routes` + `flows` (sign-in with Google, Microsoft, GitHub, OpenID Connect; linked
+accounts), `importer` (`brain import better-auth`) and `cli` (`brain keys`,
 `brain users`).
 """
 
@@ -55,9 +58,13 @@ def setup_routes(app: web.Application, rt: Runtime) -> None:
     from brain.auth.routes import AuthRoutes
 
     from brain.auth.account_routes import AccountRoutes
+    from brain.auth.api_key_routes import ApiKeyRoutes
     from brain.auth.control import ControlServer
     from brain.auth.deletion import Deletions, lifecycle_for
+    from brain.auth.profile_routes import ProfileRoutes
+    from brain.auth.session_routes import SessionRoutes
     from brain.auth.social_routes import SocialRoutes
+    from brain.auth.two_factor_routes import TwoFactorRoutes
 
     ctx = context_for(rt)
     trusted = TrustedOrigins(rt.settings.auth_public_url, rt.settings.auth.trusted_origins)
@@ -65,9 +72,12 @@ def setup_routes(app: web.Application, rt: Runtime) -> None:
     routes = AuthRoutes(ctx, trusted)
     deletions = Deletions(ctx, lifecycle_for(rt))
     routes.accounts = AccountRoutes(routes, routes.mail, deletions)
+    routes.two_factor = TwoFactorRoutes(routes)  # sign-in hands users with two-factor to it
+    routes.accounts.profile = ProfileRoutes(routes, routes.accounts)  # verify-email follows change links
     routes.add_to(app)
-    routes.accounts.add_to(app)
-    SocialRoutes(routes).add_to(app)
+    for endpoints in (routes.accounts, routes.accounts.profile, SessionRoutes(routes), routes.two_factor,
+                      ApiKeyRoutes(routes), SocialRoutes(routes)):
+        endpoints.add_to(app)
     # `brain users delete` reaches this server through data/control.sock (brain.auth.control).
     control = ControlServer(rt, deletions)
     app.on_startup.append(control.start)

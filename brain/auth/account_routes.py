@@ -33,6 +33,7 @@ from brain.web import json_response, read_json
 if TYPE_CHECKING:
     from brain.auth.deletion import Deletions
     from brain.auth.emails import AuthMail
+    from brain.auth.profile_routes import ProfileRoutes
     from brain.auth.routes import AuthRoutes
 
 # Better Auth's constant-time floor for send-verification-email without a session (500 ms).
@@ -71,6 +72,8 @@ class AccountRoutes:
         self.auth = base.auth
         self.mail = mail
         self.deletions = deletions
+        # Set by brain.auth.setup_routes: verify-email also follows the links of a change of address.
+        self.profile: ProfileRoutes | None = None
 
     def add_to(self, app: web.Application) -> None:
         """Register the endpoints."""
@@ -131,10 +134,14 @@ class AccountRoutes:
         callback = self.base._callback(request.query.get("callbackURL") or None)
         if not token:
             raise validation_error("token", "Invalid input: expected string, received undefined")
+        hashed = emailed_token_hash(token)
+        changing = hashed and self.profile is not None and self.profile.change_of(hashed)
+        if changing:  # a link of a change of address (brain.auth.profile_routes)
+            assert self.profile is not None and hashed is not None
+            return await self.profile.follow(request, hashed, changing, callback)
         fields = None
         if self.auth.auto_sign_in_after_verification:
             session_token, fields = self.base._new_session_fields(request, self.base._ip(request), True)
-        hashed = emailed_token_hash(token)
         status, user, session = ("invalid", None, None)
         if hashed is not None:
             status, user, session = await self.ctx.issuer("verify_email", token_hash=hashed, session=fields)

@@ -57,32 +57,41 @@ def request_token(request: web.Request, secret: bytes) -> str | None:
         if raw and raw.isascii():
             # A raw token has no dot (ids are alphanumeric); a signed one must verify.
             return unsign(secret, raw) if "." in raw else raw
-    for name in (SECURE_PREFIX + COOKIE_NAME, COOKIE_NAME):
-        value = request.cookies.get(name)
+    return read_signed_cookie(request, secret, COOKIE_NAME)
+
+
+def read_signed_cookie(request: web.Request, secret: bytes, name: str) -> str | None:
+    """The value inside a signed cookie (`__Secure-` prefixed or not), or None if absent or forged."""
+    for full_name in (SECURE_PREFIX + name, name):
+        value = request.cookies.get(full_name)
         if value:
             return unsign(secret, value)
     return None
 
 
-def set_session_cookie(
-    response: web.StreamResponse, secret: bytes, token: str, *, max_age: int | None, secure: bool
-) -> str:
-    """Set the session cookie (HttpOnly, SameSite=Lax, Secure over https); return its value."""
-    value = signed_value(secret, token)
-    # aiohttp's set_cookie would quote a value holding '%'; write the header as Better Auth does.
-    parts = [f"{cookie_name(secure)}={value}"]
+def write_cookie(response: web.StreamResponse, name: str, value: str, *, max_age: int | None, secure: bool) -> None:
+    """Add a Set-Cookie as Better Auth writes its cookies (Path=/, HttpOnly, SameSite=Lax, Secure over https).
+
+    aiohttp's set_cookie would quote a value holding '%'; the header is written directly.
+    """
+    parts = [f"{name}={value}"]
     if max_age is not None:
         parts.append(f"Max-Age={max_age}")
     parts += ["Path=/", "HttpOnly", "SameSite=Lax"]
     if secure:
         parts.append("Secure")
     response.headers.add("Set-Cookie", "; ".join(parts))
+
+
+def set_session_cookie(
+    response: web.StreamResponse, secret: bytes, token: str, *, max_age: int | None, secure: bool
+) -> str:
+    """Set the session cookie; return its value."""
+    value = signed_value(secret, token)
+    write_cookie(response, cookie_name(secure), value, max_age=max_age, secure=secure)
     return value
 
 
 def clear_session_cookie(response: web.StreamResponse, *, secure: bool) -> None:
     """Expire the session cookie."""
-    parts = [f"{cookie_name(secure)}=", "Max-Age=0", "Path=/", "HttpOnly", "SameSite=Lax"]
-    if secure:
-        parts.append("Secure")
-    response.headers.add("Set-Cookie", "; ".join(parts))
+    write_cookie(response, cookie_name(secure), "", max_age=0, secure=secure)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import peewee
+from playhouse.migrate import SqliteMigrator, migrate
 
 # Bound to the real database by `open_db` (one auth.db per process).
 database = peewee.DatabaseProxy()
@@ -53,6 +54,8 @@ class User(_Base):
     password_hash = peewee.TextField()
     created_at = peewee.BigIntegerField()
     updated_at = peewee.BigIntegerField()
+    # Better Auth's twoFactor plugin field: set once the user's TOTP secret is verified.
+    two_factor_enabled = peewee.BooleanField(default=False)
 
     @property
     def has_password(self) -> bool:
@@ -60,13 +63,14 @@ class User(_Base):
         return bool(self.password_hash)
 
     def public(self) -> dict[str, Any]:
-        """Better Auth's user object."""
+        """Better Auth's user object (with its twoFactor plugin's field)."""
         return {
             "id": self.id,
             "email": self.email,
             "name": self.name,
             "image": self.image,
             "emailVerified": bool(self.email_verified),
+            "twoFactorEnabled": bool(self.two_factor_enabled),
             "createdAt": iso(self.created_at),
             "updatedAt": iso(self.updated_at),
         }
@@ -198,7 +202,82 @@ class ImportedKey(_Base):
     expires_at = peewee.BigIntegerField(index=True)
 
 
-MODELS = (User, Session, SigningKey, Verification, DeletedUser, LinkedAccount, Passkey, FlowState, ImportedKey)
+class TwoFactor(_Base):
+    """A user's TOTP secret and backup codes (Better Auth's twoFactor table), both sealed with a
+    key derived from the server secret; plus the account's failed-code count and lockout."""
+
+    user = peewee.ForeignKeyField(User, primary_key=True, on_delete="CASCADE", column_name="user_id")
+    secret_sealed = peewee.BlobField()
+    backup_codes_sealed = peewee.BlobField()
+    # False until the first code checks out (the enabling step); only then does sign-in ask for it.
+    verified = peewee.BooleanField(default=False)
+    # The newest 30-second step a code was accepted for: a code is good once.
+    last_step = peewee.BigIntegerField(default=0)
+    failed_count = peewee.IntegerField(default=0)
+    locked_until = peewee.BigIntegerField(default=0)
+    created_at = peewee.BigIntegerField()
+    updated_at = peewee.BigIntegerField()
+
+
+class TwoFactorChallenge(_Base):
+    """A sign-in that passed the password and waits for its second factor (the two_factor
+    cookie holds the token; only its SHA-256 is kept)."""
+
+    token_hash = peewee.CharField(primary_key=True, max_length=64)
+    user = peewee.ForeignKeyField(User, on_delete="CASCADE", column_name="user_id")
+    remember = peewee.BooleanField(default=True)
+    attempts = peewee.IntegerField(default=0)
+    expires_at = peewee.BigIntegerField(index=True)
+
+
+class EmailChange(_Base):
+    """A requested change of address: the single-use token of its confirmation mail (to the old
+    address) or verification mail (to the new one); only the token's SHA-256 is kept."""
+
+    token_hash = peewee.CharField(primary_key=True, max_length=64)
+    kind = peewee.CharField(max_length=32)
+    user = peewee.ForeignKeyField(User, on_delete="CASCADE", column_name="user_id")
+    # The address when the change was asked for: the link stops working if it changed since.
+    email = peewee.CharField(max_length=254)
+    new_email = peewee.CharField(max_length=254)
+    expires_at = peewee.BigIntegerField(index=True)
+    created_at = peewee.BigIntegerField()
+
+
+class ApiKey(_Base):
+    """A user's API key (Better Auth's apikey table). Only the key's SHA-256 (base64url, as
+    Better Auth's default hasher writes it) is stored; `start` is its first characters."""
+
+    id = peewee.CharField(primary_key=True, max_length=64)
+    user = peewee.ForeignKeyField(User, on_delete="CASCADE", column_name="user_id", index=True)
+    key_hash = peewee.CharField(unique=True, max_length=64)
+    name = peewee.TextField(null=True)
+    prefix = peewee.TextField(null=True)
+    start = peewee.TextField(null=True)
+    enabled = peewee.BooleanField(default=True)
+    # Better Auth's permissions ({resource: [action]}) and metadata, as JSON text.
+    permissions = peewee.TextField(null=True)
+    metadata = peewee.TextField(null=True)
+    expires_at = peewee.BigIntegerField(null=True)
+    created_at = peewee.BigIntegerField()
+    updated_at = peewee.BigIntegerField()
+
+
+MODELS = (
+    User, Session, SigningKey, Verification, DeletedUser, LinkedAccount, Passkey, FlowState, ImportedKey, TwoFactor,
+    TwoFactorChallenge, EmailChange, ApiKey,
+)
+
+
+def _add_new_columns(db: peewee.SqliteDatabase) -> None:
+    """Add the columns a model gained after an auth.db was created (each has a default)."""
+    migrator = SqliteMigrator(db)
+    for model in MODELS:
+        table = model._meta.table_name
+        present = {column.name for column in db.get_columns(table)}
+        missing = [field for field in model._meta.sorted_fields if field.column_name not in present]
+        if missing:
+            migrate(*(migrator.add_column(table, field.column_name, field) for field in missing))
 
 
 def open_db(path: Path) -> peewee.SqliteDatabase:
@@ -208,4 +287,5 @@ def open_db(path: Path) -> peewee.SqliteDatabase:
     database.initialize(db)
     with db.connection_context():
         db.create_tables(MODELS, safe=True)
+        _add_new_columns(db)
     return db

@@ -21,7 +21,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlsplit
 
-from brain.auth import accounts
+from brain.auth import accounts, email_change
 from brain.auth.cookies import token_hash
 from brain.auth.ratelimit import SlidingWindow
 from brain.auth.smtp import EmailDeliveryFailed, EmailNotConfigured, SmtpMailer
@@ -35,6 +35,8 @@ log = logging.getLogger("brain.auth.emails")
 SUBJECTS = {
     accounts.VERIFY_EMAIL: "Verify your email address",
     accounts.RESET_PASSWORD: "Reset your password",
+    email_change.CONFIRM_OLD: "Confirm the change of your email address",
+    email_change.VERIFY_NEW: "Verify your new email address",
 }
 
 
@@ -99,6 +101,19 @@ class AuthMail:
             f"The link works once and expires in {_duration(ttl)}. Setting a new password signs you "
             "out everywhere. If you did not ask for this, ignore this message: your password stays as it is.\n"
         )
+
+    def email_change(self, kind: str, user: dict[str, Any], new_email: str, token: str, callback_url: str | None) -> str:
+        """The text of a change-of-address mail (to the old address: confirm; to the new: verify)."""
+        url = f"{self.base}/api/auth/verify-email?token={token}&callbackURL={quote(callback_url or '/', safe='')}"
+        ttl = _duration(self.auth.email_verification_ttl_seconds)
+        if kind == email_change.CONFIRM_OLD:
+            ask = (f"someone (hopefully you) asked to change the email address of your account on {self.site} "
+                   f"to {new_email}. To confirm, open this link; a second mail then goes to the new address:")
+            ignore = "If you did not ask for this, ignore this message: your address stays as it is."
+        else:
+            ask = f"please confirm {new_email} as the new email address of your account on {self.site} by opening this link:"
+            ignore = "Until then your account keeps its old address. If you did not ask for this, ignore this message."
+        return f"Hello {user['name']},\n\n{ask}\n\n{url}\n\nThe link works once and expires in {ttl}. {ignore}\n"
 
     async def send(self, to: str, kind: str, text: str) -> None:
         """Deliver through the send_auth_email hook, in a worker thread (smtplib blocks)."""

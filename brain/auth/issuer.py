@@ -174,11 +174,15 @@ class AuthIssuer(BrainActor):
     def verify_email(
         self, *, token_hash: str, session: dict[str, Any] | None = None
     ) -> tuple[accounts.TokenStatus, User | None, Session | None]:
-        """Use a verification token; with session fields, also sign the user in (one transaction)."""
+        """Use a verification token; with session fields, also sign the user in (one transaction).
+
+        A user with two-factor is not signed in by the link: that would skip the second factor.
+        """
         now = now_ms()
         with database.atomic():
             status, user = accounts.verify_email(token_hash, now)
-            row = self._insert_session(user.id, now=now, **session) if user is not None and session else None
+            signs_in = user is not None and bool(session) and not user.two_factor_enabled
+            row = self._insert_session(user.id, now=now, **session) if signs_in else None
         return status, user, row
 
     def reset_password(self, *, token_hash: str, password_hash: str) -> tuple[accounts.TokenStatus, str | None]:

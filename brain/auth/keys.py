@@ -37,9 +37,10 @@ RSA_BITS = 2048
 _HKDF_INFO = b"brain auth.db signing keys v1"
 
 
-def sealing_key(secret: bytes) -> AESGCM:
-    """The AES-256-GCM key that seals private keys, derived from the server secret."""
-    return AESGCM(HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_HKDF_INFO).derive(secret))
+def sealing_key(secret: bytes, info: bytes = _HKDF_INFO) -> AESGCM:
+    """The AES-256-GCM key that seals private keys (or, with another `info`, other secrets at
+    rest), derived from the server secret."""
+    return AESGCM(HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(secret))
 
 
 def seal(aead: AESGCM, kid: str, plaintext: bytes) -> bytes:

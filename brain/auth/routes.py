@@ -17,12 +17,13 @@ from brain.auth.db import Session, User, iso, now_ms
 from brain.auth.issuer import EmailTaken
 from brain.auth.origins import TrustedOrigins
 from brain.auth.validation import SignUp, parse_sign_in, parse_sign_up
-from brain.errors import BadRequest, Forbidden, TooManyRequests, Unauthorized
+from brain.errors import BadRequest, Forbidden, ServiceUnavailable, TooManyRequests, Unauthorized
 from brain.ids import new_id
 from brain.web import client_ip, json_response, read_json
 
 if TYPE_CHECKING:
     from brain.auth.account_routes import AccountRoutes
+    from brain.auth.two_factor_routes import TwoFactorRoutes
 
 log = logging.getLogger("brain.auth")
 
@@ -34,7 +35,7 @@ def _synthetic_user(req: SignUp) -> dict[str, Any]:
     now = iso(now_ms())
     return {
         "id": new_id(), "email": req.email, "name": req.name, "image": req.image, "emailVerified": False,
-        "createdAt": now, "updatedAt": now,
+        "twoFactorEnabled": False, "createdAt": now, "updatedAt": now,
     }
 
 
@@ -53,8 +54,10 @@ class AuthRoutes:
 
         self.ctx = ctx
         self.mail = AuthMail(ctx)
-        # Set by brain.auth.setup_routes: the verification, reset and deletion endpoints.
+        # Set by brain.auth.setup_routes: the verification, reset and deletion endpoints, and
+        # the second factor that sign-in hands a user with two-factor to.
         self.accounts: AccountRoutes | None = None
+        self.two_factor: TwoFactorRoutes | None = None
         self.auth = ctx.auth
         self.trusted = trusted
         self.trusted_proxies = frozenset(ctx.settings.server.trusted_proxies)
@@ -163,6 +166,24 @@ class AuthRoutes:
             return updated, user, token, True
         return row, user, token, False
 
+    async def confirm_password(self, user: User, password: str) -> None:
+        """The user's own password, as account changes ask for it: 400 INVALID_PASSWORD when wrong
+        (failures count against the account's sign-in limit)."""
+        wait = self.ctx.account_failures.take(user.email)
+        if wait > 0:
+            raise too_many(wait, "Too many failed attempts. Please try again later.")
+        ok, _ = await self.ctx.passwords.verify(user.password_hash, password)
+        if not ok:
+            raise BadRequest("Invalid password", code="INVALID_PASSWORD")
+        self.ctx.account_failures.reset(user.email)
+
+    async def require_session(self, request: web.Request) -> tuple[Session, User, str, bool]:
+        """The request's live session, or 401 UNAUTHORIZED (Better Auth's sessionMiddleware)."""
+        found = await self._current(request)
+        if found is None:
+            raise Unauthorized("Unauthorized", code="UNAUTHORIZED")
+        return found
+
     # --- endpoints ---
 
     async def sign_up(self, request: web.Request) -> web.Response:
@@ -227,6 +248,11 @@ class AuthRoutes:
         if self.auth.require_email_verification and not user.email_verified:
             raise Forbidden("Email not verified", code="EMAIL_NOT_VERIFIED")
         new_hash = await self.ctx.passwords.hash(req.password) if rehash else None
+        if user.two_factor_enabled:
+            # No session yet: the second factor completes the sign-in (Better Auth's twoFactorRedirect).
+            if self.two_factor is None:
+                raise ServiceUnavailable("two-factor sign-in is not available")
+            return await self.two_factor.challenge(request, user, req.remember, new_hash)
         token, fields = self._new_session_fields(request, ip, req.remember)
         session = await self.ctx.issuer("create_session", user_id=user.id, new_password_hash=new_hash, **fields)
         body: dict[str, Any] = {"redirect": callback is not None}

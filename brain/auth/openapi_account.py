@@ -1,0 +1,237 @@
+"""The OpenAPI description of the account endpoints (auth role): sessions, profile changes,
+two-factor and API keys."""
+
+from __future__ import annotations
+
+from typing import Any
+
+# The helpers of the auth role's other descriptions.
+from brain.auth.openapi import _error, _json, _ref
+
+__all__ = ["API_KEY_PATHS", "PROFILE_PATHS", "SESSION_PATHS", "TWO_FACTOR_PATHS"]
+
+_SESSION = [{"sessionCookie": []}, {"sessionBearer": []}]
+_STRING = {"type": "string"}
+_BOOL = {"type": "boolean"}
+_NULLABLE_STRING = {"type": ["string", "null"]}
+
+
+def _object(properties: dict[str, Any], required: list[str] | None = None) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": "object", "properties": properties}
+    if required:
+        schema["required"] = required
+    return schema
+
+
+def _body(properties: dict[str, Any], required: list[str]) -> dict[str, Any]:
+    return {"required": True, "content": {"application/json": {"schema": _object(properties, required)}}}
+
+
+def _post(operation_id: str, summary: str, responses: dict[str, Any], *, body: dict[str, Any] | None = None,
+          security: list[dict[str, list[str]]] | None = None) -> dict[str, Any]:
+    op: dict[str, Any] = {"operationId": operation_id, "summary": summary,
+                          "security": _SESSION if security is None else security, "responses": responses}
+    if body is not None:
+        op["requestBody"] = body
+    return {"post": op}
+
+
+_STATUS = _json(_object({"status": _BOOL}, ["status"]), "Done")
+_NO_SESSION = {"401": _error("No live session (UNAUTHORIZED)")}
+_ORIGIN = {"403": _error("INVALID_ORIGIN")}
+_PASSWORD = {"password": _STRING}
+_TOKEN_USER = _json(
+    _object({"token": _NULLABLE_STRING, "user": _ref("User"), "jwt": _STRING}, ["user"]),
+    "The session's token and the user (with a new session: also its cookie, set-auth-token and set-auth-jwt)",
+)
+
+SESSION_PATHS: dict[str, dict[str, Any]] = {
+    "/api/auth/list-sessions": {
+        "get": {
+            "operationId": "listUserSessions",
+            "summary": "The user's live sessions (the current one with its token, the others with their id as token)",
+            "security": _SESSION,
+            "responses": {
+                "200": _json({"type": "array", "items": _ref("Session")}, "The sessions, oldest first"),
+                **_NO_SESSION,
+                "403": _error("SESSION_NOT_FRESH: the session is older than session_fresh_age_seconds"),
+            },
+        }
+    },
+    "/api/auth/revoke-session": _post(
+        "revokeSession", "Revoke one of the user's sessions (by token, or by the id list-sessions shows)",
+        {"200": _STATUS, "400": _error("VALIDATION_ERROR"), **_NO_SESSION, **_ORIGIN},
+        body=_body({"token": _STRING}, ["token"]),
+    ),
+    "/api/auth/revoke-sessions": _post(
+        "revokeSessions", "Revoke every session of the user, this one too",
+        {"200": _STATUS, **_NO_SESSION, **_ORIGIN},
+    ),
+    "/api/auth/revoke-other-sessions": _post(
+        "revokeOtherSessions", "Revoke every session of the user but this one",
+        {"200": _STATUS, **_NO_SESSION, **_ORIGIN},
+    ),
+}
+
+PROFILE_PATHS: dict[str, dict[str, Any]] = {
+    "/api/auth/update-user": _post(
+        "updateUser", "Change the user's name and/or image",
+        {"200": _STATUS, "400": _error("EMAIL_CAN_NOT_BE_UPDATED, FIELD_NOT_ALLOWED, VALIDATION_ERROR (the message "
+                                       "names the field), or no fields to update"), **_NO_SESSION, **_ORIGIN},
+        body=_body({"name": _STRING, "image": _NULLABLE_STRING}, []),
+    ),
+    "/api/auth/change-password": _post(
+        "changePassword", "Change the password (the current one required); optionally replace every session",
+        {"200": _TOKEN_USER,
+         "400": _error("INVALID_PASSWORD, PASSWORD_TOO_SHORT, PASSWORD_TOO_LONG, VALIDATION_ERROR"),
+         **_NO_SESSION, **_ORIGIN, "429": _error("Rate limited")},
+        body=_body({"currentPassword": _STRING, "newPassword": _STRING, "revokeOtherSessions": _BOOL},
+                   ["currentPassword", "newPassword"]),
+    ),
+    "/api/auth/change-email": _post(
+        "changeEmail", "Ask to change the address: mails a confirmation to the old address (verified users) or a "
+                       "verification to the new one; the address changes when the new one is verified",
+        {"200": _STATUS,
+         "400": _error("INVALID_EMAIL, CHANGE_EMAIL_DISABLED, VALIDATION_ERROR, or the same address"),
+         **_NO_SESSION, "403": _error("INVALID_ORIGIN, INVALID_CALLBACK_URL"), "429": _error("Too many emails"),
+         "503": _error("EMAIL_NOT_CONFIGURED")},
+        body=_body({"newEmail": {"type": "string", "format": "email"}, "callbackURL": _STRING}, ["newEmail"]),
+    ),
+}
+
+_LIMITED = {"429": _error("Too many requests to /two-factor/* from this address, or ACCOUNT_TEMPORARILY_LOCKED")}
+_CODE_BODY = {"code": _STRING, "trustDevice": _BOOL}
+
+TWO_FACTOR_PATHS: dict[str, dict[str, Any]] = {
+    "/api/auth/two-factor/enable": _post(
+        "enableTwoFactor", "Start enabling TOTP: a new secret (its URI) and backup codes; on after verify-totp",
+        {"200": _json(_object({"method": _STRING, "totpURI": _STRING, "backupCodes": {"type": "array", "items": _STRING}},
+                              ["method"]), "The secret's URI and the backup codes"),
+         "400": _error("INVALID_PASSWORD, TOTP_ALREADY_ENABLED, OTP_NOT_CONFIGURED, VALIDATION_ERROR"),
+         **_NO_SESSION, **_ORIGIN, **_LIMITED},
+        body=_body({**_PASSWORD, "issuer": _STRING, "method": {"type": "string", "enum": ["totp", "otp"]}},
+                   ["password"]),
+    ),
+    "/api/auth/two-factor/get-totp-uri": _post(
+        "getTOTPURI", "The TOTP URI again (password required)",
+        {"200": _json(_object({"totpURI": _STRING}, ["totpURI"]), "The URI"),
+         "400": _error("INVALID_PASSWORD, TOTP_NOT_ENABLED, VALIDATION_ERROR"), **_NO_SESSION, **_ORIGIN, **_LIMITED},
+        body=_body(_PASSWORD, ["password"]),
+    ),
+    "/api/auth/two-factor/verify-totp": _post(
+        "verifyTOTP", "Check a TOTP code: with the two_factor cookie it completes a sign-in (a session); with a "
+                      "session it finishes enabling",
+        {"200": _TOKEN_USER, "400": _error("TOTP_NOT_ENABLED, TOO_MANY_ATTEMPTS_REQUEST_NEW_CODE, VALIDATION_ERROR"),
+         "401": _error("INVALID_CODE, INVALID_TWO_FACTOR_COOKIE"), **_ORIGIN, **_LIMITED},
+        body=_body(_CODE_BODY, ["code"]), security=[*_SESSION, {"twoFactorCookie": []}],
+    ),
+    "/api/auth/two-factor/verify-backup-code": _post(
+        "verifyBackupCode", "Check a backup code (each works once), like verify-totp",
+        {"200": _TOKEN_USER,
+         "400": _error("BACKUP_CODES_NOT_ENABLED, TOO_MANY_ATTEMPTS_REQUEST_NEW_CODE, VALIDATION_ERROR"),
+         "401": _error("INVALID_BACKUP_CODE, INVALID_TWO_FACTOR_COOKIE"), **_ORIGIN, **_LIMITED},
+        body=_body({**_CODE_BODY, "disableSession": _BOOL}, ["code"]), security=[*_SESSION, {"twoFactorCookie": []}],
+    ),
+    "/api/auth/two-factor/generate-backup-codes": _post(
+        "generateBackupCodes", "New backup codes (the old ones stop working)",
+        {"200": _json(_object({"status": _BOOL, "backupCodes": {"type": "array", "items": _STRING}},
+                              ["status", "backupCodes"]), "The new codes"),
+         "400": _error("INVALID_PASSWORD, TWO_FACTOR_NOT_ENABLED, VALIDATION_ERROR"), **_NO_SESSION, **_ORIGIN,
+         **_LIMITED},
+        body=_body(_PASSWORD, ["password"]),
+    ),
+    "/api/auth/two-factor/disable": _post(
+        "disableTwoFactor", "Turn two-factor off (password required)",
+        {"200": _STATUS, "400": _error("INVALID_PASSWORD, VALIDATION_ERROR"), **_NO_SESSION, **_ORIGIN, **_LIMITED},
+        body=_body(_PASSWORD, ["password"]),
+    ),
+}
+
+_PERMISSIONS = {"type": ["object", "null"], "additionalProperties": {"type": "array", "items": _STRING},
+                "description": 'brain\'s scopes as Better Auth permissions: {"events": ["read", "write"], '
+                               '"mail": ["read"], "search": ["read"]}; absent or null: all of them'}
+_KEY_FIELDS = {"name": _STRING, "expiresIn": {"type": ["number", "null"], "description": "seconds"},
+               "metadata": {"type": ["object", "null"]}, "permissions": _PERMISSIONS}
+_KEY = _json(_ref("ApiKey"), "The key object")
+_KEY_ERRORS = {
+    "400": _error("VALIDATION_ERROR, SERVER_ONLY_PROPERTY, INVALID_NAME_LENGTH, INVALID_PREFIX_LENGTH, "
+                  "EXPIRES_IN_IS_TOO_SMALL, EXPIRES_IN_IS_TOO_LARGE, INVALID_METADATA_TYPE"),
+    "401": _error("UNAUTHORIZED, UNAUTHORIZED_SESSION"),
+    **_ORIGIN,
+}
+
+API_KEY_PATHS: dict[str, dict[str, Any]] = {
+    "/api/auth/api-key/create": _post(
+        "createApiKey", "Create an API key for the API role (x-api-key); the key is shown only in this answer",
+        {"200": _json(_ref("ApiKeyCreated"), "The key object with `key`"), **_KEY_ERRORS},
+        body=_body({**_KEY_FIELDS, "prefix": _STRING}, []),
+    ),
+    "/api/auth/api-key/list": {
+        "get": {
+            "operationId": "listApiKeys",
+            "summary": "The user's API keys",
+            "security": _SESSION,
+            "parameters": [
+                {"name": "limit", "in": "query", "required": False, "schema": {"type": "integer", "minimum": 0}},
+                {"name": "offset", "in": "query", "required": False, "schema": {"type": "integer", "minimum": 0}},
+                {"name": "sortBy", "in": "query", "required": False,
+                 "schema": {"type": "string", "enum": ["createdAt", "updatedAt", "name", "expiresAt"]}},
+                {"name": "sortDirection", "in": "query", "required": False,
+                 "schema": {"type": "string", "enum": ["asc", "desc"]}},
+            ],
+            "responses": {
+                "200": _json(_object({"apiKeys": {"type": "array", "items": _ref("ApiKey")}, "total": {"type": "integer"},
+                                      "limit": {"type": "integer"}, "offset": {"type": "integer"}},
+                                     ["apiKeys", "total"]), "The keys"),
+                "400": _error("VALIDATION_ERROR"), **_NO_SESSION,
+            },
+        }
+    },
+    "/api/auth/api-key/get": {
+        "get": {
+            "operationId": "getApiKey",
+            "summary": "One of the user's API keys",
+            "security": _SESSION,
+            "parameters": [{"name": "id", "in": "query", "required": True, "schema": _STRING}],
+            "responses": {"200": _KEY, "400": _error("VALIDATION_ERROR"), **_NO_SESSION,
+                          "404": _error("KEY_NOT_FOUND")},
+        }
+    },
+    "/api/auth/api-key/update": _post(
+        "updateApiKey", "Rename, enable/disable, re-scope or change the expiry of a key (effective at once)",
+        {"200": _KEY, **_KEY_ERRORS, "404": _error("KEY_NOT_FOUND")},
+        body=_body({"keyId": _STRING, "enabled": _BOOL, **_KEY_FIELDS}, ["keyId"]),
+    ),
+    "/api/auth/api-key/delete": _post(
+        "deleteApiKey", "Delete a key (refused by every API role at once)",
+        {"200": _json(_object({"success": _BOOL}, ["success"]), "Deleted"), "400": _error("VALIDATION_ERROR"),
+         **_NO_SESSION, **_ORIGIN, "404": _error("KEY_NOT_FOUND")},
+        body=_body({"keyId": _STRING}, ["keyId"]),
+    ),
+    "/api/auth/api-key/verify": _post(
+        "verifyApiKey", "Check a key (what a split API role asks): valid, or the reason",
+        {"200": _json(_object({"valid": _BOOL, "error": {"type": ["object", "null"]},
+                               "key": {"oneOf": [_ref("ApiKey"), {"type": "null"}]},
+                               "user": _object({"id": _STRING, "email": _STRING, "name": _STRING})},
+                              ["valid", "error", "key"]), "The verdict"),
+         "400": _error("VALIDATION_ERROR"), **_ORIGIN},
+        body=_body({"key": _STRING, "permissions": _PERMISSIONS}, ["key"]), security=[],
+    ),
+}
+
+_DATE = {"type": "string", "format": "date-time"}
+_NULL_DATE = {"type": ["string", "null"], "format": "date-time"}
+_NULL_NUMBER = {"type": ["number", "null"]}
+
+SCHEMAS: dict[str, Any] = {
+    "ApiKey": _object(
+        {"id": _STRING, "configId": _STRING, "name": _NULLABLE_STRING, "start": _NULLABLE_STRING,
+         "prefix": _NULLABLE_STRING, "referenceId": _STRING, "enabled": _BOOL, "expiresAt": _NULL_DATE,
+         "createdAt": _DATE, "updatedAt": _DATE, "lastRequest": _NULL_DATE, "lastRefillAt": _NULL_DATE,
+         "remaining": _NULL_NUMBER, "refillAmount": _NULL_NUMBER, "refillInterval": _NULL_NUMBER,
+         "rateLimitEnabled": _BOOL, "rateLimitTimeWindow": _NULL_NUMBER, "rateLimitMax": _NULL_NUMBER,
+         "requestCount": {"type": "integer"}, "metadata": {"type": ["object", "null"]}, "permissions": _PERMISSIONS},
+        ["id", "referenceId", "enabled", "rateLimitEnabled", "requestCount", "createdAt", "updatedAt"],
+    ),
+    "ApiKeyCreated": {"allOf": [_ref("ApiKey"), _object({"key": _STRING}, ["key"])]},
+}
