@@ -7,6 +7,7 @@ pinned packages from tests/js/package-lock.json with `npm ci`.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import shutil
@@ -25,33 +26,44 @@ from tests.test_auth_helpers import NO_LIMITS
 JS_DIR = Path(__file__).parent / "js"
 # What `npm ci` leaves behind once it has finished (better-sqlite3 builds its native module).
 _INSTALLED = ("better-auth/package.json", "better-sqlite3/build/Release/better_sqlite3.node")
+# Written into node_modules after `npm ci`: the lockfile it installed (a changed lockfile installs again).
+STAMP = JS_DIR / "node_modules" / ".brain-lock-sha256"
 
 
 def npm_install() -> None:
-    """`npm ci` into tests/js once (serialised across concurrent test runs)."""
+    """`npm ci` into tests/js when package-lock.json changed since the last one (serialised across runs)."""
     npm = shutil.which("npm")
     if npm is None:
         pytest.fail("npm is not installed: the Better Auth compatibility test needs node and npm")
+    wanted = hashlib.sha256((JS_DIR / "package-lock.json").read_bytes()).hexdigest()
     lock_path = Path(tempfile.gettempdir()) / "brain-tests-js-npm.lock"
     with lock_path.open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if all((JS_DIR / "node_modules" / path).exists() for path in _INSTALLED):
+        installed = all((JS_DIR / "node_modules" / path).exists() for path in _INSTALLED)
+        if installed and STAMP.exists() and STAMP.read_text() == wanted:
             return
-        command = [npm, "ci" if (JS_DIR / "package-lock.json").exists() else "install", "--no-audit", "--no-fund"]
+        command = [npm, "ci", "--no-audit", "--no-fund"]
         out = subprocess.run(command, cwd=JS_DIR, capture_output=True, text=True, timeout=1200)
         if out.returncode != 0:
             pytest.fail(f"{' '.join(command)} failed:\n{out.stdout}\n{out.stderr}")
+        STAMP.write_text(wanted)
 
 
-def run_compat(server: BrainServer) -> dict[str, Any]:
+def run_node(script: str, server: BrainServer, **env: str) -> dict[str, Any]:
+    """Run tests/js/<script> against the server; the steps it printed."""
     node = shutil.which("node")
     if node is None:
         pytest.fail("node is not installed: the Better Auth compatibility test needs node and npm")
     npm_install()
-    env = {**os.environ, "AUTH_URL": server.auth_url, "AUDIENCE": "brain", "ISSUER": server.auth_url}
-    out = subprocess.run([node, "compat.mjs"], cwd=JS_DIR, capture_output=True, text=True, timeout=120, env=env)
+    full_env = {**os.environ, "AUTH_URL": server.auth_url, "API_URL": server.api_url, "AUDIENCE": "brain",
+                "ISSUER": server.auth_url, **env}
+    out = subprocess.run([node, script], cwd=JS_DIR, capture_output=True, text=True, timeout=180, env=full_env)
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout)["steps"]
+
+
+def run_compat(server: BrainServer) -> dict[str, Any]:
+    return run_node("compat.mjs", server)
 
 
 def test_better_auth_client_and_jose(make_server) -> None:  # type: ignore[no-untyped-def]

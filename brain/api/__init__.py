@@ -1,15 +1,16 @@
 """The API role: cached-JWKS token checks, per-user event stores, events and mail routes.
 
 Layout: `jwks` (the JwksCache actor and its key snapshots), `tokens` (the strict JWT check and
-its token cache), `events` (event validation, rendering, signed cursors), `store` (the UserStore
-actor, one SQLite file per user), `stores` (StoreManager: virtual-actor activation, LRU, the
-async and thread APIs), `bus` (the EventBus: outbox -> JetStream), `routes` (the token guard and
-handlers) and `openapi` (the description of both roles).
+its token cache), `api_keys` (API keys: their cache, lookups and revocations), `events` (event
+validation, rendering, signed cursors), `store` (the UserStore actor, one SQLite file per user),
+`stores` (StoreManager: virtual-actor activation, LRU, the async and thread APIs), `bus` (the
+EventBus: outbox -> JetStream), `routes` (the token guard and handlers) and `openapi` (the
+description of both roles).
 
 What other parts of brain use: `rt.stores` (a `StoreManager`: `append`, `append_from_thread`,
 `query`, `query_from_thread`), `brain.web.add_route` to add a route to the API app (behind the
-token guard; a route added otherwise stops the app from starting), `@public` and
-`brain.api.routes.current_user(request)` in its handler, and `brain.api.openapi.add_paths` to
+token guard; a route added otherwise stops the app from starting), `@public` or `@scope(...)`
+(API keys welcome) and `brain.api.routes.current_user(request)` in its handler, and `brain.api.openapi.add_paths` to
 describe it.
 """
 
@@ -21,6 +22,7 @@ from aiohttp import web
 
 if TYPE_CHECKING:
     from brain.actors.supervisor import ChildSpec
+    from brain.api.api_keys import ApiKeyVerifier
     from brain.api.bus import Doorbell
     from brain.api.jwks import JwksState
     from brain.api.stores import StoreManager
@@ -58,6 +60,27 @@ def token_verifier(rt: Runtime) -> TokenVerifier:
             max_token_bytes=api.max_token_bytes,
         )
     return rt.token_verifier
+
+
+def api_key_verifier(rt: Runtime) -> ApiKeyVerifier:
+    """The process's ApiKeyVerifier: the key cache, listening to the hub for revocations."""
+    from brain.api.api_keys import ApiKeyVerifier, HttpDirectory, control_checker
+    from brain.api.jwks import jwks_opener
+
+    hub = rt.api_keys
+    if not isinstance(hub.listener, ApiKeyVerifier):
+        settings, api = rt.settings, rt.settings.api
+        tokens = token_verifier(rt)
+        # Without the auth role in this process, keys are looked up where the JWKS comes from.
+        remote = HttpDirectory(settings.jwks_url.removesuffix("/jwks") + "/api-key/verify", jwks_opener(settings),
+                               api.jwks_fetch_timeout)
+        hub.listener = ApiKeyVerifier(
+            lambda: hub.directory or remote, lambda: tokens.revoked,
+            cache_size=api.api_key_cache_size, cache_seconds=api.api_key_cache_seconds,
+            bearer_prefix=settings.auth.api_key_prefix,
+        )
+        hub.check = control_checker(jwks_state(rt), settings.expected_issuer, api.algorithms)
+    return hub.listener
 
 
 def store_manager(rt: Runtime) -> StoreManager:
@@ -137,13 +160,15 @@ def setup_routes(app: web.Application, rt: Runtime) -> None:
     from brain.web import GUARD_KEY, add_route, json_response
 
     verifier = token_verifier(rt)
+    keys = api_key_verifier(rt)
     stores = store_manager(rt)
     state = jwks_state(rt)
     rt.health_sources["jwks"] = lambda: {**state.stats(), "token_cache": verifier.stats()}
+    rt.health_sources["api_keys"] = keys.stats
     rt.health_sources.setdefault("stores", stores.stats)
-    # Every route is guarded as it is added (token check and JSON errors in one wrapper, see
-    # brain.api.routes); `finish_routes` refuses any that is not.
-    app[GUARD_KEY] = guard(verifier)
+    # Every route is guarded as it is added (token or key check and JSON errors in one wrapper,
+    # see brain.api.routes); `finish_routes` refuses any that is not.
+    app[GUARD_KEY] = guard(verifier, keys)
     add_routes(app, rt, verifier, stores)
     mail.setup_routes(app, rt)  # /mail/connect, /mail/oauth/callback, /mail/status, /mail/disconnect
 

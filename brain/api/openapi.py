@@ -52,6 +52,14 @@ _BEARER_ERRORS = {
     },
 }
 
+def with_api_keys(operation: dict[str, Any], scope: str | None) -> dict[str, Any]:
+    """An operation that also takes API keys: its security, the scope a key needs (`x-api-key-scope`,
+    "any" for any key; see brain.api.routes.scope) and the 403 for a key without it."""
+    responses = {**operation["responses"], "403": _error("INSUFFICIENT_SCOPE: the API key lacks the scope")}
+    return {**operation, "security": [{"bearerAuth": []}, {"apiKeyHeader": []}], "x-api-key-scope": scope or "any",
+            "responses": responses}
+
+
 # Served on a role's port only when a metrics token is set (brain.metrics).
 _METRICS_PATH: dict[str, Any] = {
     "get": {
@@ -83,11 +91,11 @@ _API_PATHS: dict[str, dict[str, Any]] = {
         }
     },
     "/me": {
-        "get": {
+        "get": with_api_keys({
             "operationId": "me",
-            "summary": "The user the bearer token speaks for",
+            "summary": "The user the bearer token (or API key) speaks for, and how the caller authenticated",
             "responses": {"200": _json_body(_ref("Me")), **_BEARER_ERRORS},
-        }
+        }, None)
     },
     "/events": {
         "post": {
@@ -179,6 +187,11 @@ _API_PATHS: dict[str, dict[str, Any]] = {
             },
         },
     },
+}
+# The event routes also take API keys (brain.api.routes.scope).
+_API_PATHS["/events"] = {
+    "post": with_api_keys(_API_PATHS["/events"]["post"], "events:write"),
+    "get": with_api_keys(_API_PATHS["/events"]["get"], "events:read"),
 }
 
 _AUTH_ERRORS = {"400": _error("Invalid body"), "403": _error("Untrusted origin"), "429": _error("Rate limited")}
@@ -380,6 +393,7 @@ _SCHEMAS: dict[str, Any] = {
             "name": {"type": "string"},
             "image": {"type": ["string", "null"]},
             "emailVerified": {"type": "boolean"},
+            "twoFactorEnabled": {"type": "boolean"},
             "createdAt": {"type": "string", "format": "date-time"},
             "updatedAt": {"type": "string", "format": "date-time"},
         },
@@ -446,6 +460,11 @@ def build_spec(settings: Settings) -> dict[str, Any]:
                 "sessionCookie": {"type": "apiKey", "in": "cookie", "name": "better-auth.session_token"},
                 "sessionBearer": {"type": "http", "scheme": "bearer", "description": "A session token"},
                 "metricsToken": {"type": "http", "scheme": "bearer", "description": "The [metrics] token"},
+                "apiKeyHeader": {"type": "apiKey", "in": "header", "name": "x-api-key",
+                                 "description": "An API key (also accepted as `Authorization: Bearer <key>`); "
+                                                "limited to the scope a route names in x-api-key-scope"},
+                "twoFactorCookie": {"type": "apiKey", "in": "cookie", "name": "better-auth.two_factor",
+                                    "description": "The challenge sign-in sets for a user with two-factor"},
             },
             "schemas": {**copy.deepcopy(_SCHEMAS), **copy.deepcopy(_EXTRA_SCHEMAS)},
         },

@@ -1,6 +1,7 @@
 """The API role's HTTP surface: the bearer-token guard and the /health, /me, /events routes.
 
-Every route needs a valid bearer token unless its handler is marked `@public`. The API app has
+Every route needs a valid bearer token unless its handler is marked `@public`; a route marked
+`@scope(...)` also takes an API key holding that scope (brain.api.api_keys). The API app has
 no aiohttp middleware: each route's handler is wrapped, as it is added (`brain.web.add_route`),
 in a guard that checks the token and turns every failure into a JSON error, and a catch-all
 route answers what no route matches with a JSON 404 or 405. A middleware layer costs every
@@ -24,6 +25,8 @@ from multidict import CIMultiDict
 
 import brain
 from brain.actors import supervisor
+from brain.apikeys import SCOPES
+from brain.api.api_keys import ApiKeyVerifier, InsufficientScope
 from brain.api.events import check_key, new_event
 from brain.api.store import AppendRequest
 from brain.api.tokens import TokenUser, TokenVerifier
@@ -35,6 +38,9 @@ if TYPE_CHECKING:
     from brain.runtime import Runtime
 
 USER_KEY: web.RequestKey[TokenUser] = web.RequestKey("brain.api.user", TokenUser)
+# The scope an API key needs for a route ("" any key); absent: the route takes no keys.
+SCOPE_ATTR = "brain_api_key_scope"
+X_API_KEY = "x-api-key"
 MAX_IDEMPOTENCY_KEY = 200
 _PUBLIC_ATTR = "brain_public"
 # Response headers of the JSON routes, copied per response (aiohttp copies whatever it is
@@ -57,8 +63,23 @@ def current_user(request: web.Request) -> TokenUser:
     return request[USER_KEY]
 
 
-def guard(verifier: TokenVerifier) -> Callable[[Handler], Handler]:
-    """Wrap a route handler: the bearer token first (unless @public), every failure as JSON."""
+def scope(name: str | None) -> Callable[[H], H]:
+    """Let API keys call a route: keys holding scope `name` (brain.apikeys.SCOPES), any key when None.
+
+    A route without it takes JWTs only; JWTs are never limited by scopes.
+    """
+    if name is not None and name not in SCOPES:
+        raise ValueError(f"unknown scope {name!r}")
+
+    def mark(handler: H) -> H:
+        setattr(handler, SCOPE_ATTR, name or "")
+        return handler
+
+    return mark
+
+
+def guard(verifier: TokenVerifier, api_keys: ApiKeyVerifier) -> Callable[[Handler], Handler]:
+    """Wrap a route handler: the caller's JWT or API key first (unless @public), every failure as JSON."""
 
     def wrap(handler: Handler) -> Handler:
         if getattr(handler, _PUBLIC_ATTR, False):
@@ -71,10 +92,23 @@ def guard(verifier: TokenVerifier) -> Callable[[Handler], Handler]:
 
         else:
             authenticate = verifier.authenticate
+            key_in, cached_key, look_up_key = api_keys.key_in, api_keys.cached, api_keys.authenticate
+            takes_keys = hasattr(handler, SCOPE_ATTR)
+            needed = getattr(handler, SCOPE_ATTR, "") or None
 
             async def guarded(request: web.Request) -> web.StreamResponse:
                 try:
-                    request[USER_KEY] = authenticate(request.headers.get(hdrs.AUTHORIZATION))
+                    headers = request.headers
+                    authorization = headers.get(hdrs.AUTHORIZATION)
+                    # A JWT has dots, an API key none: the common case costs one `in` here.
+                    key = None if authorization and "." in authorization else key_in(authorization, headers.get(X_API_KEY))
+                    if key is None:
+                        request[USER_KEY] = authenticate(authorization)
+                    else:
+                        user = cached_key(key) or await look_up_key(key)
+                        if not takes_keys or (needed is not None and needed not in user.scopes):
+                            raise InsufficientScope(needed if takes_keys else None)
+                        request[USER_KEY] = user
                     return await handler(request)
                 except Exception as exc:  # noqa: BLE001 - sorted out (or re-raised) by failure_response
                     return failure_response(request, exc)
@@ -130,10 +164,12 @@ def add_routes(app: web.Application, rt: Runtime, verifier: TokenVerifier, store
             body[name] = source()
         return json_response(body)
 
+    @scope(None)
     async def me(request: web.Request) -> web.Response:
-        # The middleware's verified user; its body is rendered once per cached token.
+        # The guard's verified caller; its body is rendered once per cached token or key.
         return web.Response(body=request[USER_KEY].me_body(), headers=_JSON_NO_STORE)
 
+    @scope("events:write")
     async def post_events(request: web.Request) -> web.Response:
         user = request[USER_KEY]
         body = await read_json(request)
@@ -172,6 +208,7 @@ def add_routes(app: web.Application, rt: Runtime, verifier: TokenVerifier, store
             headers["Idempotent-Replayed"] = "true"
         return web.Response(body=text.encode(), status=201, headers=headers)
 
+    @scope("events:read")
     async def get_events(request: web.Request) -> web.Response:
         user = request[USER_KEY]
         params = request.query

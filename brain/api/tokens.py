@@ -133,6 +133,7 @@ class TokenUser:
                 "email": self.email,
                 "name": name if isinstance(name, str) else None,
                 "claims": self.claims,
+                "auth": {"method": "jwt"},
             }
             body = json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
             # Frozen dataclass: a cache slot outside the fields (not part of eq/hash/repr).

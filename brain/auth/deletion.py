@@ -40,6 +40,7 @@ import nats
 import nats.js.errors
 from nats.js.api import ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
 
+from brain import apikeys
 from brain.actors.base import BrainActor, Link
 from brain.ids import is_valid_user_id
 
@@ -345,9 +346,11 @@ class Relay:
         await self._connect()
         if self.lifecycle.api is not None:
             await self._subscribe()
+        self.rt.api_keys.kick = self.kick
         while not self.stopping:
             if self.publishes and self.connected:
                 await self._publish_pending()
+                await self._publish_api_key_revocations()
             self._kick.clear()
             try:
                 await asyncio.wait_for(self._kick.wait(), timeout=_RETRY_S)
@@ -378,6 +381,8 @@ class Relay:
 
     async def _on_reconnected(self) -> None:
         self.connected = True
+        # API-key revocations sent while we were away were missed: the key cache starts over.
+        self.rt.api_keys.reconnected()
         self.kick()
 
     def _note(self, message: str) -> None:
@@ -392,6 +397,7 @@ class Relay:
                 await self.js.subscribe(SUBJECT, durable=DURABLE, stream=STREAM, cb=self._on_durable,
                                         manual_ack=True, config=config)
                 await self.nc.subscribe(SUBJECT, cb=self._on_live)
+                await self.nc.subscribe(apikeys.CONTROL_SUBJECT, cb=self._on_api_keys_revoked)
                 return
             except Exception as exc:  # noqa: BLE001 - retried
                 self._note(f"subscribing to {SUBJECT}: {exc!r}")
@@ -413,6 +419,9 @@ class Relay:
         api = self.lifecycle.api
         if parsed is not None and api is not None:
             api.revoke(*parsed)
+
+    async def _on_api_keys_revoked(self, msg: Any) -> None:
+        self.rt.api_keys.receive(msg.data)
 
     async def _on_durable(self, msg: Any) -> None:
         parsed = self._parse(msg.data)
@@ -450,6 +459,23 @@ class Relay:
         if done:
             await ctx.issuer("mark_published", user_ids=done)
             log.info("deletion of %d user(s) published on %s", len(done), SUBJECT)
+
+    async def _publish_api_key_revocations(self) -> None:
+        """Tell the other processes' API roles which keys to look up again (brain.apikeys)."""
+        try:
+            outgoing = self.rt.api_keys.take_outgoing()
+        except Exception as exc:  # noqa: BLE001 - no key ring yet: next round
+            self._note(f"signing API-key revocations: {exc!r}")
+            return
+        if outgoing is None:
+            return
+        hashes, message = outgoing
+        try:
+            await self.nc.publish(apikeys.CONTROL_SUBJECT, message)
+            await self.nc.flush(timeout=5)
+        except Exception as exc:  # noqa: BLE001 - kept for the next round
+            self._note(f"publishing API-key revocations: {exc!r}")
+            self.rt.api_keys.put_back(hashes)
 
     async def purge_events(self, user_id: str) -> None:
         """Purge the user's subjects from the event stream (best effort: when connected)."""

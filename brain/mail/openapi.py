@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from brain.api.openapi import with_api_keys
+
 __all__ = ["PATHS", "SCHEMAS"]
 
 
@@ -72,7 +74,7 @@ PATHS: dict[str, dict[str, Any]] = {
         }
     },
     "/mail/status": {
-        "get": {
+        "get": with_api_keys({
             "operationId": "mailStatus",
             "summary": "The caller's mail accounts and their sync state",
             "responses": {
@@ -86,7 +88,7 @@ PATHS: dict[str, dict[str, Any]] = {
                 ),
                 "401": _ERRORS["401"],
             },
-        }
+        }, "mail:read")
     },
     "/mail/disconnect": {
         "post": {

@@ -22,7 +22,7 @@ from brain.actors import bridge
 from brain.actors.supervisor import ChildAlreadyStarted, ChildStartError
 from brain.api import token_verifier
 from brain.api.openapi import add_paths
-from brain.api.routes import current_user, public
+from brain.api.routes import current_user, public, scope
 from brain.errors import BadRequest, Forbidden, ServiceUnavailable
 from brain.mail import openapi
 from brain.mail.db import Account
@@ -109,6 +109,7 @@ def add_routes(app: web.Application, rt: Runtime, service: MailService) -> None:
         result = await blocking(lambda: service.finish_oauth(payload["u"], payload["p"], query["code"]))
         return await connected(result)
 
+    @scope("mail:read")
     async def status(request: web.Request) -> web.Response:
         user_id = user_of(request)
         accounts = await blocking(lambda: service.status(user_id))

@@ -6,6 +6,7 @@
 import { createAuthClient } from "better-auth/client";
 import { jwtClient } from "better-auth/client/plugins";
 import { createRemoteJWKSet, decodeProtectedHeader, jwtVerify } from "jose";
+import { stepsInto, summary } from "./steps.mjs";
 
 const baseURL = process.env.AUTH_URL;
 const audience = process.env.AUDIENCE ?? "brain";
@@ -32,17 +33,7 @@ const client = createAuthClient({
 });
 
 const out = { steps: {} };
-const summary = ({ data, error }) => ({
-  data,
-  error: error ? { status: error.status, code: error.code ?? null, message: error.message ?? null } : null,
-});
-const step = async (name, fn) => {
-  try {
-    out.steps[name] = await fn();
-  } catch (e) {
-    out.steps[name] = { thrown: String(e?.stack ?? e) };
-  }
-};
+const step = stepsInto(out);
 
 const email = `compat-${Date.now()}@Example.com`;
 const password = "correct horse battery";
