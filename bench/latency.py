@@ -104,3 +104,15 @@ def get_me(api_port: int, user: User, *, samples: int, warmup: int, bare_port: i
             c, lambda _i: raw, count=samples, warmup=warmup, statuses=(200,), what="GET /me", shadow=shadow
         )
         return Paired(times, shadow.times if shadow else [])
+
+
+def get_me_with_key(api_port: int, user: User, key_authorization: str, *, samples: int, warmup: int) -> Paired:
+    """GET /me with the user's API key, in blocks alternating with GET /me with their JWT on a
+    second connection to the same server: `bare` holds the JWT latencies (same run, same noise)."""
+    with KeepAliveClient(api_port) as c, KeepAliveClient(api_port) as jwt_client:
+        shadow = Shadow(jwt_client, jwt_client.encode("GET", "/me", headers={"Authorization": user.authorization}), 200, [])
+        raw = c.encode("GET", "/me", headers={"Authorization": key_authorization})
+        times = sample_latencies(
+            c, lambda _i: raw, count=samples, warmup=warmup, statuses=(200,), what="GET /me (API key)", shadow=shadow
+        )
+        return Paired(times, shadow.times)

@@ -31,7 +31,9 @@ from bench.load import Req, wrk_available
 from bench.report import Figure, Target, latency_figure, not_measured, rate_figure
 from bench.servers import FAST_ARGON2, PRODUCTION_ARGON2, BaselineServer, bench_config, start_brain
 from bench.throughput import Case, argon2_baseline, median_cpu, run_interleaved
-from bench.users import SIGN_IN, User, event_body, run_tag, seed_events, sign_in_body, sign_up, sign_up_many
+from bench.users import (
+    SIGN_IN, User, create_api_keys, event_body, run_tag, seed_events, sign_in_body, sign_up, sign_up_many,
+)
 from tests.support import REPO, BrainServer
 
 MIB = 1024 * 1024
@@ -86,9 +88,11 @@ CATALOGUE: list[tuple[str, str, str]] = [
     ("signup.latency", "sign-up, 1 client", "ms"),
     ("signin.latency", "sign-in, 1 client", "ms"),
     ("me.latency", "GET /me, 1 client", "ms"),
+    ("me.apikey.latency", "GET /me with an API key, 1 client", "ms"),
     ("events.post.latency", "POST /events, 1 client", "ms"),
     ("events.get.latency", "GET /events?limit=100, 1 client", "ms"),
     ("me.rps", "GET /me, {conns} conns, {users} users", "req/s"),
+    ("me.apikey.rps", "GET /me with API keys, {conns} conns, {users} users", "req/s"),
     ("events.post.rps", "POST /events, {conns} conns, {users} users", "req/s"),
     ("events.get.rps", "GET /events?limit=100, {conns} conns, {users} users", "req/s"),
     ("jwks.rps", "GET /api/auth/jwks, {conns} conns", "req/s"),
@@ -124,6 +128,9 @@ def targets(max_open_stores: int) -> list[Target]:
         Target("signin.latency", "<=", 30.0, text="p50 <= 30 ms"),
         Target("signin.rps", ">=", 1.5, field="cpu_utilisation", text="server CPU/wall >= 1.5 (both cores busy)"),
         Target("me.rps", ">=", 0.8, field="ratio", text=">= 0.8x bare GET"),
+        # Issue 18: an API key costs a request no more than a JWT does.
+        Target("me.apikey.latency", "<=", 1.0, field="ratio", text="p50 <= the JWT's (alternating blocks, same run)"),
+        Target("me.apikey.rps", ">=", 1.0, field="ratio", text=">= JWT GET /me (interleaved runs)"),
         Target("events.post.rps", ">=", 0.5, field="ratio", text=">= 0.5x bare POST"),
         Target("ingest.rate", ">=", 2000.0, text=">= 2,000 msg/s"),
         mail_convert.TARGET,
@@ -149,6 +156,7 @@ class Run:
         self.tag = run_tag()
         self.workdir = Path(tempfile.mkdtemp(prefix="brain-bench-"))
         self.users: list[User] = []
+        self.key_auths: list[str] = []  # `Bearer <API key>` of each user, same order
         self.meta: dict[str, Any] = {}
         self.labels = {
             key: (label.format(users=plan.users, conns=plan.connections), unit) for key, label, unit in CATALOGUE
@@ -306,7 +314,8 @@ class Run:
             )
         if not self.users:
             self.miss(
-                ["signin.latency", "me.latency", "events.post.latency", "events.get.latency", "me.rps",
+                ["signin.latency", "me.latency", "me.apikey.latency", "events.post.latency", "events.get.latency", "me.rps",
+                 "me.apikey.rps",
                  "events.post.rps", "events.get.rps", "signin.rps", "jetstream.latency", "ingest.rate", "ingest.gmail"],
                 "no users: sign-up failed",
             )
@@ -319,11 +328,20 @@ class Run:
             self.sign_in_load(brain)
 
     def api_latencies(self, brain: BrainServer, base: BaselineServer) -> None:
-        """GET /me, POST /events and GET /events?limit=100 from one client, each beside bare requests."""
+        """GET /me (JWT, then API key beside JWT), POST /events and GET /events?limit=100 from one
+        client, each beside bare requests."""
         n, warm, user = self.plan.latency_samples, self.plan.latency_warmup, self.users[0]
         port, bare = brain.api_port, base.port
         with self.step(["me.latency"], "GET /me, one client"):
             self._paired("me.latency", latency.get_me(port, user, samples=n, warmup=warm, bare_port=bare), "GET")
+        with self.step(["me.apikey.latency", "me.apikey.rps"], f"API keys for {len(self.users)} users"):
+            self.key_auths = create_api_keys(brain.auth_port, self.users)
+        if self.key_auths:
+            with self.step(["me.apikey.latency"], "GET /me with an API key beside GET /me with a JWT, one client"):
+                got = latency.get_me_with_key(port, user, self.key_auths[0], samples=n, warmup=warm)
+                fig = self.latency("me.apikey.latency", got.times, note="Authorization: Bearer <key>, key cached")
+                fig.baseline = latency_figure("jwt", "jwt", got.bare).value
+                fig.baseline_label = "GET /me with the same user's JWT, alternating blocks, same server"
         with self.step(["events.post.latency"], "POST /events, one client"):
             self._paired("events.post.latency", latency.post_events(port, user, samples=n, warmup=warm, bare_port=bare), "POST")
         with self.step(["events.get.latency"], "GET /events?limit=100, one client"):
@@ -342,7 +360,7 @@ class Run:
     def throughput(self, brain: BrainServer, base: BaselineServer) -> None:
         """GET /me, POST /events, GET /events, JWKS at 64 connections, interleaved with the baselines."""
         plan = self.plan
-        rate_keys = ["me.rps", "events.post.rps", "events.get.rps", "jwks.rps"]
+        rate_keys = ["me.rps", "me.apikey.rps", "events.post.rps", "events.get.rps", "jwks.rps"]
         if wrk_available() is None:
             self.miss(rate_keys + ["signin.rps"], "wrk is not installed (apt-get install wrk)")
             return
@@ -364,6 +382,9 @@ class Run:
                 Case("events.post.rps", brain.api_port,
                      [Req("POST", "/events", a, event_body(i)) for i, a in enumerate(auths)], conns, pid=brain.proc.pid),
             ]
+            if self.key_auths:
+                cases.append(Case("me.apikey.rps", brain.api_port, [Req("GET", "/me", k) for k in self.key_auths], conns,
+                                  pid=brain.proc.pid))
             if "events.get.rps" not in self.figures:
                 cases.append(Case("events.get.rps", brain.api_port,
                                   [Req("GET", "/events?limit=100", a) for a in auths], conns, pid=brain.proc.pid))
@@ -377,10 +398,16 @@ class Run:
             if case.error is not None:
                 self.miss(rate_keys, f"the {name} baseline failed: {case.error}")
         floor = next((c for c in cases if c.key == "floor.thread"), None)
+        jwt_me = next((c for c in cases if c.key == "me.rps"), None)
         for case in cases:
             if case.key.startswith(("bare.", "floor.")) or case.key in self.figures:
                 continue
-            baseline, label = (bare_post, "bare aiohttp JSON POST") if case.key == "events.post.rps" else (bare_get, "bare aiohttp GET")
+            if case.key == "events.post.rps":
+                baseline, label = bare_post, "bare aiohttp JSON POST"
+            elif case.key == "me.apikey.rps" and jwt_me is not None and jwt_me.error is None:
+                baseline, label = jwt_me, "GET /me with JWTs"
+            else:
+                baseline, label = bare_get, "bare aiohttp GET"
             fig = self.rate(case.key, case.rates, baseline=baseline, baseline_label=f"{label}, {conns} conns, same run")
             # A server that cannot use a whole core under this load is waiting on something; the
             # baseline's figure says what one core was worth right then.
@@ -388,6 +415,8 @@ class Run:
                 cpu = median_cpu(source)
                 if cpu is not None:
                     fig.extra[name] = round(cpu, 2)
+            if case.key == "me.apikey.rps" and bare_get.rates:
+                fig.extra["ratio to bare GET"] = round(statistics.median(case.rates) / statistics.median(bare_get.rates), 2)
             if case.key == "events.post.rps" and floor is not None and floor.rates and bare_post.rates:
                 # What the parts alone allow: no token, validation, outbox or JetStream (bench.floor).
                 ratio = statistics.median(floor.rates) / statistics.median(bare_post.rates)

@@ -12,6 +12,7 @@ from bench.client import KeepAliveClient, Response, expect
 
 SIGN_UP = "/api/auth/sign-up/email"
 SIGN_IN = "/api/auth/sign-in/email"
+API_KEY_CREATE = "/api/auth/api-key/create"
 PASSWORD = "bench-password-0123456789"
 
 T = TypeVar("T")
@@ -26,6 +27,7 @@ class User:
     email: str
     password: str
     jwt: str
+    session: str = ""  # the session token (what the auth role's own endpoints take)
 
     @property
     def authorization(self) -> str:
@@ -54,7 +56,7 @@ def user_from(response: Response, password: str) -> User:
     jwt = body.get("jwt")
     if not isinstance(jwt, str) or not jwt:
         raise RuntimeError("the sign-up response carries no jwt")
-    return User(id=body["user"]["id"], email=body["user"]["email"], password=password, jwt=jwt)
+    return User(id=body["user"]["id"], email=body["user"]["email"], password=password, jwt=jwt, session=body["token"])
 
 
 def sign_up(client: KeepAliveClient, tag: str, i: int) -> tuple[User, Response]:
@@ -87,6 +89,17 @@ def concurrently(port: int, items: Sequence[T], fn: Callable[[KeepAliveClient, T
 def sign_up_many(auth_port: int, tag: str, indices: range, *, clients: int = 4) -> list[User]:
     """Sign up users concurrently (untimed set-up: hashing runs on brain's worker pool)."""
     return concurrently(auth_port, list(indices), lambda c, i: sign_up(c, tag, i)[0], clients=clients)
+
+
+def create_api_keys(auth_port: int, users: Sequence[User], *, clients: int = 4) -> list[str]:
+    """One API key for each user (every scope), as `Authorization` values (`Bearer <key>`)."""
+
+    def create(c: KeepAliveClient, user: User) -> str:
+        response = c.request("POST", API_KEY_CREATE, headers={"Authorization": f"Bearer {user.session}"},
+                             body={"name": "bench"})
+        return f"Bearer {expect(response, 200, what='API key create').json()['key']}"
+
+    return concurrently(auth_port, users, create, clients=clients)
 
 
 def seed_events(api_port: int, users: Sequence[User], *, count: int = 100, clients: int = 4) -> None:

@@ -125,7 +125,7 @@ class ProfileRoutes:
         check_password(new, self.auth)
         if password_length(old) > self.auth.max_password_length:
             raise BadRequest("Password too long", code="PASSWORD_TOO_LONG")
-        if not user.password_hash:
+        if not user.has_password:  # a social-only account (brain.auth.social)
             raise BadRequest("Credential account not found", code="CREDENTIAL_ACCOUNT_NOT_FOUND")
         await self.base.confirm_password(user, old)
         password_hash = await self.ctx.passwords.hash(new)
