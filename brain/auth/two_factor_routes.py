@@ -117,7 +117,7 @@ class TwoFactorRoutes:
         """Check a code for the signed-in user or the sign-in challenge; answer {token, user}."""
         found = await self.base._current(request)
         if found is not None:
-            session, user, token = found[0], found[1], found[2]
+            user, token = found[1], found[2]
             attempt = two_factor.Attempt(kind=kind, code=code, user_id=user.id)  # type: ignore[arg-type]
         else:
             hashed = self._challenge_hash(request)
