@@ -208,6 +208,9 @@ def test_hostile_callbacks_are_refused_everywhere(server: BrainServer, reset_lin
     r = requests.post(f"{server.auth_url}/api/auth/delete-user", json={"password": PASSWORD, "callbackURL": url},
                       headers=bearer(session), timeout=15)
     expect_refused(r, "delete-user")
+    r = requests.post(f"{server.auth_url}/api/auth/change-email", json={"newEmail": unique_email("moved"), "callbackURL": url},
+                      headers=bearer(session), timeout=15)
+    expect_refused(r, "change-email")
     for field in ("callbackURL", "errorCallbackURL", "newUserCallbackURL"):
         expect_refused(social(server, "sign-in/social", **{field: url}), f"sign-in/social {field}")
         expect_refused(social(server, "link-social", session, **{field: url}), f"link-social {field}")

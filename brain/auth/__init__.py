@@ -73,7 +73,7 @@ def setup_routes(app: web.Application, rt: Runtime) -> None:
     deletions = Deletions(ctx, lifecycle_for(rt))
     routes.accounts = AccountRoutes(routes, routes.mail, deletions)
     routes.two_factor = TwoFactorRoutes(routes)  # sign-in hands users with two-factor to it
-    routes.accounts.profile = ProfileRoutes(routes, routes.accounts)  # verify-email follows change links
+    routes.accounts.profile = ProfileRoutes(routes)  # verify-email follows change links
     routes.add_to(app)
     for endpoints in (routes.accounts, routes.accounts.profile, SessionRoutes(routes), routes.two_factor,
                       ApiKeyRoutes(routes), SocialRoutes(routes)):

@@ -25,6 +25,7 @@ from brain.apikeys import CONTROL_AUDIENCE, SCOPES, KeyRecord, hash_key, permiss
 from brain.auth.db import ApiKey, Session, User, iso
 from brain.auth.validation import require_object, text_field, validation_error
 from brain.config import AuthSettings
+from brain.control_chars import has_control
 from brain.errors import BadRequest, Unauthorized
 from brain.ids import new_id
 
@@ -153,7 +154,7 @@ def parse_changes(body: Any, settings: AuthSettings, *, creating: bool) -> tuple
     if name:
         if len(name) > MAX_NAME:
             raise BadRequest("The name length is either too large or too small.", code="INVALID_NAME_LENGTH")
-        if any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in name):
+        if has_control(name):
             raise validation_error("name", "must not contain control characters")
     prefix = text_field(body, "prefix", required=False) if creating else None
     if prefix is not None:

@@ -12,7 +12,6 @@ call it, so brain has no such route.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from typing import Any
 
@@ -20,21 +19,20 @@ from aiohttp import web
 
 from brain.api.openapi import add_paths
 from brain.auth import email_change, openapi_account
-from brain.auth.account_routes import AccountRoutes, with_params
+from brain.auth.account_routes import with_params
 from brain.auth.cookies import token_hash
 from brain.auth.db import EmailChange, Session, User
 from brain.auth.issuer import EmailTaken
 from brain.auth.routes import AuthRoutes, too_many
 from brain.auth.validation import (
-    MAX_IMAGE, MAX_NAME, check_password, normalize_email, password_length, require_object, text_field,
+    MAX_IMAGE, MAX_NAME, check_name, check_password, normalize_email, password_length, require_object, text_field,
     validation_error,
 )
+from brain.control_chars import has_control
 from brain.errors import BadRequest, Unauthorized
 from brain.ids import new_id
 from brain.web import json_response, read_json
 
-# What a name may not hold: C0/C1 controls, DEL, line/paragraph separators, bidi overrides.
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 # update-user fields the client may not set (Better Auth's input: false), refused when truthy.
 _NOT_SETTABLE = ("twoFactorEnabled", "emailVerified", "createdAt", "updatedAt", "id")
 
@@ -68,13 +66,11 @@ def parse_update_user(body: Any) -> dict[str, Any]:
     if "name" in body and body["name"] is not None:
         name = text_field(body, "name", required=True, max_len=MAX_NAME)
         assert name is not None
-        if _CONTROL.search(name):
-            raise validation_error("name", "must not contain control characters (line breaks, tabs, escape sequences, "
-                                           "bidi overrides)")
+        check_name(name)
         changes["name"] = name
     if "image" in body:
         image = text_field(body, "image", required=False, max_len=MAX_IMAGE)
-        if image is not None and _CONTROL.search(image):
+        if image is not None and has_control(image):
             raise validation_error("image", "must not contain control characters")
         changes["image"] = image
     if not changes:
@@ -85,9 +81,8 @@ def parse_update_user(body: Any) -> dict[str, Any]:
 class ProfileRoutes:
     """update-user, change-password and change-email, on the sign-in routes' helpers."""
 
-    def __init__(self, base: AuthRoutes, accounts: AccountRoutes) -> None:
+    def __init__(self, base: AuthRoutes) -> None:
         self.base = base
-        self.accounts = accounts
         self.ctx = base.ctx
         self.auth = base.auth
         self.mail = base.mail
@@ -154,7 +149,7 @@ class ProfileRoutes:
             new_email = normalize_email(raw)
         except BadRequest as exc:
             raise BadRequest(f"[body.newEmail] {exc.message}", code=exc.code) from None
-        self.accounts._check_url(callback)
+        callback = self.base._callback(callback)
         if new_email == user.email:
             raise BadRequest("Email is the same", code="BAD_REQUEST")
         self.mail.check_available()

@@ -66,6 +66,14 @@ def _js_type(value: Any) -> str:
     return type(value).__name__
 
 
+def check_name(name: str) -> None:
+    """A user's name: no control characters (400 naming `name`)."""
+    if has_control(name):
+        # A name is shown in mails, logs and the admin CLI: no line breaks, escapes or overrides.
+        raise validation_error("name", "must not contain control characters (line breaks, tabs, escape sequences, "
+                                       "bidi overrides)")
+
+
 def normalize_email(value: str) -> str:
     """The email lower-cased, or BadRequest(INVALID_EMAIL) when it is not an address."""
     if any(c in value for c in "\r\n\x00") or any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
@@ -130,10 +138,7 @@ def parse_sign_up(body: Any, settings: AuthSettings) -> SignUp:
     callback = _text(body, "callbackURL", required=False, max_len=MAX_IMAGE)
     remember = _remember_me(body)
     assert name is not None and email is not None and password is not None
-    if has_control(name):
-        # A name is shown in mails, logs and the admin CLI: no line breaks, escapes or overrides.
-        raise validation_error("name", "must not contain control characters (line breaks, tabs, escape sequences, "
-                                       "bidi overrides)")
+    check_name(name)
     if not password:
         raise validation_error("password", "Too small: expected string to have >=1 characters")
     normalized = normalize_email(email)
