@@ -9,6 +9,7 @@ import hashlib
 import json
 import sqlite3
 import time
+from types import SimpleNamespace
 from typing import Any
 
 import jwt
@@ -356,7 +357,8 @@ def test_a_lookup_overtaken_by_a_revocation_is_not_cached() -> None:
 
     async def scenario() -> None:
         directory = SlowDirectory()
-        verifier = ApiKeyVerifier(lambda: directory, frozenset, cache_size=10, cache_seconds=300)
+        tokens = SimpleNamespace(revoked=frozenset())  # no deleted users
+        verifier = ApiKeyVerifier(lambda: directory, tokens, cache_size=10, cache_seconds=300)  # type: ignore[arg-type]
         first = asyncio.ensure_future(verifier.authenticate(key))
         await directory.asked.wait()
         directory.enabled = False

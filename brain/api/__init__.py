@@ -75,7 +75,7 @@ def api_key_verifier(rt: Runtime) -> ApiKeyVerifier:
         remote = HttpDirectory(settings.jwks_url.removesuffix("/jwks") + "/api-key/verify", jwks_opener(settings),
                                api.jwks_fetch_timeout)
         hub.listener = ApiKeyVerifier(
-            lambda: hub.directory or remote, lambda: tokens.revoked,
+            lambda: hub.directory or remote, tokens,
             cache_size=api.api_key_cache_size, cache_seconds=api.api_key_cache_seconds,
             bearer_prefix=settings.auth.api_key_prefix,
         )

@@ -32,7 +32,7 @@ import jwt as pyjwt
 
 from brain.apikeys import CONTROL_AUDIENCE, KEY_RE, KeyDirectory, KeyRecord, hash_key, scopes_of
 from brain.api.jwks import JwksState
-from brain.api.tokens import TokenUser
+from brain.api.tokens import TokenUser, TokenVerifier
 from brain.errors import Forbidden, InvalidToken, ServiceUnavailable
 
 log = logging.getLogger("brain.api.api_keys")
@@ -106,7 +106,7 @@ class ApiKeyVerifier:
     def __init__(
         self,
         directory: Callable[[], KeyDirectory],
-        revoked_users: Callable[[], set[str] | frozenset[str]],
+        tokens: TokenVerifier,
         *,
         cache_size: int,
         cache_seconds: float,
@@ -114,7 +114,9 @@ class ApiKeyVerifier:
     ) -> None:
         self._directory = directory
         self.bearer_prefix = bearer_prefix
-        self._revoked_users = revoked_users
+        self._bearer = f"Bearer {bearer_prefix}"
+        # Its `revoked` set (deleted users, kept by brain.auth.deletion) stops their keys too.
+        self._tokens = tokens
         self.cache_size = cache_size
         self.cache_seconds = cache_seconds
         self._cache: dict[str, _Entry] = {}
@@ -128,12 +130,15 @@ class ApiKeyVerifier:
 
     # -- the request path ----------------------------------------------------------------
 
-    def key_in(self, authorization: str | None, x_api_key: str | None) -> str | None:
-        """The API key a request carries, or None: `x-api-key`, or a Bearer value that is not a
-        JWT (no dots) and starts with the key prefix (`auth.api_key_prefix`)."""
-        if x_api_key is not None:
-            return x_api_key.strip()
-        if authorization is None or "." in authorization or authorization[:7].lower() != "bearer ":
+    def bearer_key(self, authorization: str | None) -> str | None:
+        """The API key in an `Authorization: Bearer` value, or None: a value without dots (a JWT
+        always has two) that starts with the key prefix (`auth.api_key_prefix`)."""
+        if authorization is None or "." in authorization:
+            return None
+        # "Bearer <key>" as clients write it costs one comparison; other spellings the slow way.
+        if authorization.startswith(self._bearer):
+            return authorization[7:]
+        if authorization[:7].lower() != "bearer ":
             return None
         value = authorization[7:].strip()
         return value if value.startswith(self.bearer_prefix) else None
@@ -144,7 +149,11 @@ class ApiKeyVerifier:
         if entry is None or time.time() >= entry.until:
             return None
         self.hits += 1
-        return self._accept(entry)
+        user = entry.user
+        # The request path: _accept's checks, inline.
+        if user is None or user.id in self._tokens.revoked:
+            return self._accept(entry)  # raises
+        return user
 
     async def authenticate(self, key: str) -> ApiKeyUser:
         """The key's user, looked up when it is not in memory; InvalidApiKey when it is refused."""
@@ -164,7 +173,7 @@ class ApiKeyVerifier:
         if entry.refusal is not None:
             raise InvalidApiKey(entry.refusal)
         assert entry.user is not None
-        if entry.user.id in self._revoked_users():
+        if entry.user.id in self._tokens.revoked:
             raise InvalidToken("the account was deleted")
         return entry.user
 

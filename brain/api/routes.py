@@ -92,7 +92,7 @@ def guard(verifier: TokenVerifier, api_keys: ApiKeyVerifier) -> Callable[[Handle
 
         else:
             authenticate = verifier.authenticate
-            key_in, cached_key, look_up_key = api_keys.key_in, api_keys.cached, api_keys.authenticate
+            bearer_key, cached_key, look_up_key = api_keys.bearer_key, api_keys.cached, api_keys.authenticate
             takes_keys = hasattr(handler, SCOPE_ATTR)
             needed = getattr(handler, SCOPE_ATTR, "") or None
 
@@ -100,8 +100,12 @@ def guard(verifier: TokenVerifier, api_keys: ApiKeyVerifier) -> Callable[[Handle
                 try:
                     headers = request.headers
                     authorization = headers.get(hdrs.AUTHORIZATION)
-                    # A JWT has dots, an API key none: the common case costs one `in` here.
-                    key = None if authorization and "." in authorization else key_in(authorization, headers.get(X_API_KEY))
+                    # A JWT has dots, an API key none: the common case costs one `in` here. A
+                    # JWT in Authorization wins over an x-api-key header.
+                    if authorization is not None and "." in authorization:
+                        key = None
+                    else:
+                        key = bearer_key(authorization) or headers.get(X_API_KEY)
                     if key is None:
                         request[USER_KEY] = authenticate(authorization)
                     else:
