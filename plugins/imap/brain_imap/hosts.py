@@ -13,6 +13,14 @@ before every connection a sync opens, and that connection goes to exactly the ad
 was checked (`PinnedIMAPClient`), so a name that re-resolves to somewhere else between the
 check and the connect (DNS rebinding) gains nothing. TLS still verifies the certificate
 against the host name.
+
+IPv6 has forms that carry an IPv4 address inside them and reach it through a translator or a
+tunnel: IPv4-mapped `::ffff:a.b.c.d`, IPv4-compatible `::a.b.c.d` and the NAT64 well-known
+prefix `64:ff9b::/96` hold it in their last 32 bits, so the IPv4 address is taken out and
+judged as itself (`::ffff:127.0.0.1` is loopback, however global the IPv6 form may look). The
+tunnelling forms — 6to4 `2002::/16`, Teredo `2001::/32` — and the local-use NAT64 prefix
+`64:ff9b:1::/48` (whose operator chooses where the IPv4 address sits, so it cannot be read
+reliably) are refused outright unless the IPv6 address itself lies in an allowed network.
 """
 
 from __future__ import annotations
@@ -52,10 +60,44 @@ def allowed_networks(value: Any, *, field: str = "plugins.imap.allowed_networks"
     return tuple(out)
 
 
-def _unmapped(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
-    ip = ipaddress.ip_address(address.split("%", 1)[0])  # drop an IPv6 zone
-    mapped = getattr(ip, "ipv4_mapped", None)
-    return mapped if mapped is not None else ip
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+# The last 32 bits of these are an IPv4 address that the IPv6 one stands for.
+_EMBEDDING_IPV4 = (
+    ipaddress.ip_network("::ffff:0:0/96"),  # IPv4-mapped
+    ipaddress.ip_network("::/96"),  # IPv4-compatible (deprecated, still routed by some stacks)
+    ipaddress.ip_network("64:ff9b::/96"),  # NAT64 well-known prefix (RFC 6052)
+)
+# Tunnels and translators whose IPv4 end cannot be judged from the address alone.
+_TUNNELS = {
+    ipaddress.ip_network("2002::/16"): "a 6to4 address",
+    ipaddress.ip_network("2001::/32"): "a Teredo address",
+    ipaddress.ip_network("64:ff9b:1::/48"): "a local-use NAT64 address",
+}
+# :: and ::1 sit inside ::/96 but are IPv6's own unspecified and loopback addresses.
+_NOT_EMBEDDING = (ipaddress.IPv6Address("::"), ipaddress.IPv6Address("::1"))
+
+
+def _refusal(address: str, allowed: Sequence[Network]) -> str | None:
+    """Why brain may not connect to ``address`` (None: it may), after the policy above."""
+    ip: Address = ipaddress.ip_address(address.split("%", 1)[0])  # drop an IPv6 zone
+    if _allowed(ip, allowed):
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip not in _NOT_EMBEDDING:
+        for net, what in _TUNNELS.items():
+            if ip in net:
+                return f"{ip}, {what} (a tunnel to an IPv4 host brain cannot check)"
+        if any(ip in net for net in _EMBEDDING_IPV4):
+            ip = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+            if _allowed(ip, allowed):
+                return None
+    if not ip.is_global or ip.is_multicast:
+        return f"{ip}, a private, loopback or otherwise non-public address"
+    return None
+
+
+def _allowed(ip: Address, allowed: Sequence[Network]) -> bool:
+    return any(ip in net for net in allowed)
 
 
 def checked_address(host: str, port: int, allowed: Sequence[Network]) -> str:
@@ -69,14 +111,11 @@ def checked_address(host: str, port: int, allowed: Sequence[Network]) -> str:
     if not addresses:
         raise OSError(f"{host} has no IPv4 or IPv6 address")
     for address in addresses:
-        ip = _unmapped(address)
-        if any(ip in net for net in allowed):
-            continue
-        if not ip.is_global or ip.is_multicast:
+        why = _refusal(address, allowed)
+        if why is not None:
             raise ConnectRejected(
-                f"host {host} resolves to {ip}, a private, loopback or otherwise non-public address: "
-                "brain connects only to public mail servers unless the operator allows the network "
-                "([plugins.imap] allowed_networks)"
+                f"host {host} resolves to {why}: brain connects only to public mail servers unless "
+                "the operator allows the network ([plugins.imap] allowed_networks)"
             )
     return addresses[0]
 
