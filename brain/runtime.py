@@ -341,8 +341,9 @@ def bind_sockets(settings: Settings) -> tuple[Settings, dict[str, socket.socket]
 def _builtin_plugins() -> list[object]:
     """Default implementations that ship with the core, registered like any plugin."""
     from brain.auth.smtp import SmtpMailer
+    from brain.mail.plugin import MailPlugin
 
-    return [SmtpMailer()]
+    return [SmtpMailer(), MailPlugin()]
 
 
 def _pid() -> int:

@@ -28,8 +28,9 @@ def server(module_server: BrainServer) -> BrainServer:  # noqa: F811
 
 
 def test_plugin_is_loaded(server: BrainServer) -> None:
-    # The built-in SMTP sender (brain.auth.smtp) is registered first, like any plugin.
-    assert "plugins loaded: builtin-smtp, authsample" in server.log_text()
+    # The built-in SMTP sender (brain.auth.smtp) and the mail role's hooks (brain.mail.plugin)
+    # are registered first, like any plugin.
+    assert "plugins loaded: builtin-smtp, builtin-mail, authsample" in server.log_text()
 
 
 def test_validate_sign_up_can_veto(server: BrainServer) -> None:

@@ -127,7 +127,7 @@ def test_events_arrive_with_subject_headers_and_payload(make_server) -> None:  #
     user = new_user(server)
     uid, jwt = user["user"]["id"], user["jwt"]
     single = post(server, jwt, {"type": "note.created", "data": {"text": "h\u00e9llo", "n": [1, 2]}})
-    batch = post(server, jwt, [{"type": "mail.message.received", "data": i} for i in range(3)])["events"]
+    batch = post(server, jwt, [{"type": "task.done", "data": i} for i in range(3)])["events"]
     wait_until(lambda: health(server)["nats"]["published"] >= 4, timeout=10, what="publishing")
 
     url = health(server)["nats"]["url"]
@@ -137,7 +137,7 @@ def test_events_arrive_with_subject_headers_and_payload(make_server) -> None:  #
 
     messages = stream_messages(url, f"acme.events.{uid}.>", stream="TEST_EVENTS")
     assert [m.subject for m in messages] == [f"acme.events.{uid}.note.created"] + [
-        f"acme.events.{uid}.mail.message.received"
+        f"acme.events.{uid}.task.done"
     ] * 3
     first = messages[0]
     assert first.headers["Nats-Msg-Id"] == f"{uid}:{single['id']}"

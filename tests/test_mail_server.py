@@ -9,6 +9,7 @@ store (`GET /events`) and on JetStream.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -22,9 +23,10 @@ import requests
 
 from tests.fakes.gmail import FakeGmail
 from tests.fakes.microsoft import FakeMicrosoft
-from tests.support import BrainServer, wait_until
+from tests.support import REPO, BrainServer, wait_until
 from tests.test_auth_helpers import new_user
 from tests.test_mail_engine import gmail_settings, replay_mailbox
+from tests.test_plugins import SAMPLE_DIST
 
 GMAIL_USER = "ada@example.com"
 MS_USER = "grace@contoso.example"
@@ -429,3 +431,41 @@ def test_outlook_throttling_and_server_errors_are_retried(tmp_path: Path, micros
         assert [r.status for r in delta[:4]] == [429, 503, 503, 200]
         assert delta[1].at - delta[0].at >= 1.0  # Retry-After honoured
         assert len(alice.events("mail.message.received")) == 20
+
+
+def test_clients_cannot_write_reserved_event_types_but_mail_sync_does(tmp_path: Path, gmail: FakeGmail) -> None:
+    """mail.* (and a plugin's reserved namespace) is written by the server only: 403 for clients."""
+    gmail.populate(GMAIL_USER, 3)
+    env = {
+        "BRAIN_PLUGINS__ENABLED": "gmail,reserving",  # tests/plugins/reserving_plugin.py reserves `ledger`
+        "PYTHONPATH": os.pathsep.join([str(SAMPLE_DIST), str(REPO)]),
+    }
+    with BrainServer(tmp_path / "brain", config=mail_config(gmail), env=env) as server:
+        alice = Client(server)
+        refused = [
+            ({"type": "mail.message.received", "data": {"subject": "planted"}}, "type: ", "mail.message.received"),
+            ({"type": "mail", "data": 1}, "type: ", "mail"),
+            ({"type": "MAIL.Message.Deleted", "data": 1}, "type: ", "MAIL.Message.Deleted"),
+            ({"type": "ledger.entry.posted", "data": 1}, "type: ", "ledger.entry.posted"),
+            ([{"type": "note.created", "data": 1}, {"type": "mail.message.deleted", "data": {}}], "[1].type: ",
+             "mail.message.deleted"),
+        ]
+        for body, field, etype in refused:
+            for headers in ({}, {"Idempotency-Key": f"k-{etype}"}):
+                r = requests.post(
+                    server.api_url + "/events", json=body, headers={**alice.headers, **headers}, timeout=30
+                )
+                assert r.status_code == 403, (body, r.text)
+                answer = r.json()
+                assert answer["code"] == "RESERVED_EVENT_TYPE" and answer["type"] == etype, answer
+                assert answer["message"].startswith(f"{field}event type {etype!r} is reserved"), answer
+        assert alice.events() == []  # nothing stored, the batch neither
+        # Names that only look alike belong to the client.
+        for etype in ("mailbox.note", "email.sent", "ledgers.x", "note.mail", "mail_merge"):
+            r = alice.post("/events", {"type": etype, "data": 1})
+            assert r.status_code == 201, (etype, r.text)
+
+        # Mail sync, the server's own writer, still writes mail.*.
+        account = alice.connect("gmail", gmail.issue_refresh_token(GMAIL_USER))["account"]
+        alice.wait_state(account, "idle")
+        assert len(alice.events("mail.message.received")) == 3

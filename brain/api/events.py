@@ -20,7 +20,9 @@ import time
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
-from brain.errors import BadRequest, PayloadTooLarge
+import pluggy
+
+from brain.errors import BadRequest, Forbidden, PayloadTooLarge, PluginError
 
 TYPE_RE = re.compile(r"[A-Za-z][A-Za-z0-9_-]*(?:\.[A-Za-z0-9_-]+)*")
 MAX_TYPE_LENGTH = 128
@@ -176,6 +178,45 @@ def new_event(
     if key is None and obj.get("key") is not None:
         key = check_key(obj["key"], f"{prefix}key")
     return NewEvent(etype, text, created_at, key, value)
+
+
+class ReservedTypes:
+    """Event type namespaces only the server writes, filled through `reserve_event_types`.
+
+    A consumer of `mail.*` must be able to trust that mail sync wrote it: a client that could
+    post `mail.message.received` would plant mail that never arrived. So clients may not write
+    a reserved namespace, compared without case (`MAIL.x` looks the same to a person); the
+    server's own writers (mail sync) do not go through this check.
+    """
+
+    def __init__(self) -> None:
+        self._names: frozenset[str] = frozenset()
+        self._prefixes: tuple[str, ...] = ()
+
+    @classmethod
+    def from_plugins(cls, pm: pluggy.PluginManager) -> ReservedTypes:
+        """Ask every plugin (the mail role's built-in one included) for its namespaces."""
+        reserved = cls()
+        pm.hook.reserve_event_types(reserve=reserved.reserve)
+        return reserved
+
+    def reserve(self, namespace: str) -> None:
+        """Reserve ``namespace`` and every type below it (`mail` covers `mail.message.received`)."""
+        if not isinstance(namespace, str) or not TYPE_RE.fullmatch(namespace):
+            raise PluginError(f"reserve_event_types: {namespace!r} is not an event type such as 'mail'")
+        name = namespace.lower()
+        self._names |= {name}
+        self._prefixes = tuple(sorted({*self._prefixes, f"{name}."}))
+
+    def check(self, etype: str, field: str) -> None:
+        """A 403 `RESERVED_EVENT_TYPE` naming the type when clients may not write it."""
+        lowered = etype.lower()
+        if lowered in self._names or lowered.startswith(self._prefixes):
+            raise Forbidden(
+                f"{field}: event type {etype!r} is reserved for events the server writes itself",
+                code="RESERVED_EVENT_TYPE",
+                extra={"type": etype},
+            )
 
 
 # Cursors ------------------------------------------------------------------------------

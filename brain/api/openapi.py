@@ -149,6 +149,10 @@ _API_PATHS: dict[str, dict[str, Any]] = {
                     },
                 },
                 "400": _error("Invalid body; the message names the field"),
+                "403": _error(
+                    "RESERVED_EVENT_TYPE: a type the server writes itself (mail.*, or a namespace a "
+                    "plugin reserved); the body's `type` names it"
+                ),
                 "413": _error("Body, batch or data too large"),
                 "415": _error("Not JSON"),
                 "422": _error("Idempotency-Key reused for a different request"),

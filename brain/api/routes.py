@@ -27,7 +27,7 @@ import brain
 from brain.actors import supervisor
 from brain.apikeys import SCOPES
 from brain.api.api_keys import ApiKeyVerifier, InsufficientScope
-from brain.api.events import check_key, new_event
+from brain.api.events import ReservedTypes, check_key, new_event
 from brain.api.store import AppendRequest
 from brain.api.tokens import TokenUser, TokenVerifier
 from brain.errors import BadRequest, PayloadTooLarge
@@ -152,6 +152,7 @@ def finish_routes(app: web.Application) -> None:
 def add_routes(app: web.Application, rt: Runtime, verifier: TokenVerifier, stores: StoreManager) -> None:
     """Register /health, /me and /events on the API app."""
     api = rt.settings.api
+    reserved = ReservedTypes.from_plugins(rt.pm)
 
     @public
     async def health(_request: web.Request) -> web.Response:
@@ -202,6 +203,8 @@ def add_routes(app: web.Application, rt: Runtime, verifier: TokenVerifier, store
             ]
         else:
             events = [new_event(body, max_bytes=api.max_event_bytes, field="", key=key, strict_fields=True)]
+        for i, event in enumerate(events):
+            reserved.check(event.type, f"[{i}].type" if batch else "type")
         results = await stores.append_events(user.id, AppendRequest(events, match=key is not None))
         if batch:
             text = '{"events":[' + ",".join(ev.json() for ev, _ in results) + "]}"

@@ -26,6 +26,11 @@ def register_mail_providers(register: Any) -> None:
 
 
 @hookspec
+def reserve_event_types(reserve: Any) -> None:
+    """Reserve event type namespaces only the server writes: call `reserve(namespace)` for each."""
+
+
+@hookspec
 def validate_sign_up(email: str, name: str) -> str | None:
     """Veto a sign-up by returning a reason (sent to the client as a 400), or None to allow it."""
 
