@@ -222,6 +222,11 @@ class MailSettings:
     oauth_state_ttl_seconds: float = 600.0
     # Where providers send the browser back. Empty: {api_public_url}/mail/oauth/callback.
     redirect_uri: str = ""
+    # Threads for connect-time provider calls (code exchange, first login, first refresh): a
+    # provider that hangs occupies these, never the threads the rest of the server needs.
+    connect_workers: int = 4
+    # Connects (and OAuth callbacks) of one user in progress at once; more are 429.
+    connects_per_user: int = 2
 
 
 @dataclass(frozen=True)
@@ -618,6 +623,8 @@ def _validate(s: Settings) -> None:
         "mail.retry_base_seconds": s.mail.retry_base_seconds,
         "mail.page_size": s.mail.page_size,
         "mail.oauth_state_ttl_seconds": s.mail.oauth_state_ttl_seconds,
+        "mail.connect_workers": s.mail.connect_workers,
+        "mail.connects_per_user": s.mail.connects_per_user,
         "smtp.timeout_seconds": s.smtp.timeout_seconds,
     }
     for key, value in positives.items():

@@ -185,7 +185,8 @@ def test_concurrent_connects_while_accounts_sync_never_500(tmp_path: Path) -> No
         config = mail_config(gmail, page_size=5)
         config["mail"] = {"sync_interval_seconds": 0.2, "retry_base_seconds": 0.2}
         with BrainServer(tmp_path / "brain", config=config) as server:
-            people = [Client(server) for _ in range(4)]
+            # Two accounts each: one person never has more than [mail] connects_per_user (2) in flight.
+            people = [Client(server) for _ in range(8)]
 
             def connect(i: int) -> int:
                 person = people[i % len(people)]

@@ -21,6 +21,7 @@ import logging
 import threading
 from collections import OrderedDict, deque
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 import pykka
@@ -50,6 +51,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("brain.api.stores")
 
 _ATTEMPTS = 3
+# Threads that wait for the stores supervisor to open a store; it opens one at a time, so a few
+# keep it busy.
+_ACTIVATION_THREADS = 4
 AppendResult = list[tuple[StoredEvent, bool]]
 
 
@@ -74,6 +78,10 @@ class StoreManager:
         # Per user: acknowledged event ids on their way to the store (see UserStore.acks).
         self._acks: dict[str, deque[int]] = {}
         self._activating: dict[str, asyncio.Future[pykka.ActorRef[Any]]] = {}  # event-loop side only
+        # Its own threads: in the loop's default executor an activation queued behind whatever
+        # else waits there (a mail provider that never answers) and a new user's first request
+        # with it.
+        self._activation_pool = ThreadPoolExecutor(_ACTIVATION_THREADS, thread_name_prefix="brain-store-open")
         self.activations = 0
         self.evictions = 0
         # Deleted accounts (close_user): their stores are never opened again by this process.
@@ -288,7 +296,7 @@ class StoreManager:
         try:
             # Activation is rare (and costs ~ms: thread start, opening the database); a worker
             # thread waits for the supervisor so the loop never does.
-            ref = await loop.run_in_executor(None, self._activate_blocking, user_id, 15.0)
+            ref = await loop.run_in_executor(self._activation_pool, self._activate_blocking, user_id, 15.0)
             fut.set_result(ref)
             return ref
         except BaseException as exc:

@@ -21,6 +21,13 @@ _ERRORS = {
     "400": _json(_ref("Error"), "Invalid body: unknown provider, missing or bad fields (named)"),
     "401": _json(_ref("Error"), "Missing or invalid bearer token"),
 }
+_TOO_MANY_CONNECTS = {
+    **_json(
+        _ref("Error"),
+        "TOO_MANY_CONNECTS: `[mail] connects_per_user` connects of the caller are still in progress",
+    ),
+    "headers": {"Retry-After": {"schema": {"type": "integer"}, "description": "Seconds to wait"}},
+}
 _ACCOUNT_RESPONSE = {"type": "object", "required": ["account"], "properties": {"account": _ref("MailAccount")}}
 
 PATHS: dict[str, dict[str, Any]] = {
@@ -44,6 +51,7 @@ PATHS: dict[str, dict[str, Any]] = {
                     "The authorize URL to send the user to, or a reconnected account",
                 ),
                 "201": _json(_ACCOUNT_RESPONSE, "A newly connected account (syncing)"),
+                "429": _TOO_MANY_CONNECTS,
                 "502": _json(_ref("Error"), "The provider could not be reached"),
                 **_ERRORS,
             },

@@ -11,8 +11,9 @@ token gets the stronger check: the state must have been minted for that same use
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, TypeVar
 
 import pykka
@@ -23,7 +24,7 @@ from brain.actors.supervisor import ChildAlreadyStarted, ChildStartError
 from brain.api import token_verifier
 from brain.api.openapi import add_paths
 from brain.api.routes import current_user, public, scope
-from brain.errors import BadRequest, Forbidden, ServiceUnavailable
+from brain.errors import BadRequest, Forbidden, ServiceUnavailable, TooManyRequests
 from brain.mail import openapi
 from brain.mail.db import Account
 from brain.mail.service import MailService, child_id
@@ -39,8 +40,42 @@ log = logging.getLogger("brain.mail")
 
 CALLBACK_PATH = "/mail/oauth/callback"
 MAIL_SUP = "data_sup/mail"
+# What a client refused for too many connects is told to wait: a connect that hangs lasts the
+# provider's timeout, one that works a second or two.
+CONNECT_RETRY_AFTER = 5.0
 
 T = TypeVar("T")
+
+
+class ConnectSlots:
+    """At most `per_user` provider connects of one user in progress; used from the event loop only.
+
+    The connect pool is shared by everyone: without a cap one user naming a server that never
+    answers could fill it and make every other user's connect wait behind theirs.
+    """
+
+    def __init__(self, per_user: int) -> None:
+        self.per_user = per_user
+        self._busy: dict[str, int] = {}
+
+    @contextlib.contextmanager
+    def hold(self, user_id: str) -> Iterator[None]:
+        """One slot of ``user_id`` while the block runs; 429 `TOO_MANY_CONNECTS` if none is free."""
+        busy = self._busy.get(user_id, 0)
+        if busy >= self.per_user:
+            raise TooManyRequests(
+                f"{busy} mail connects of this user are still in progress (at most {self.per_user} at a time); "
+                "try again when one has finished",
+                retry_after=CONNECT_RETRY_AFTER,
+                code="TOO_MANY_CONNECTS",
+            )
+        self._busy[user_id] = busy + 1
+        try:
+            yield
+        finally:
+            left = self._busy.pop(user_id) - 1
+            if left:
+                self._busy[user_id] = left
 
 
 def add_routes(app: web.Application, rt: Runtime, service: MailService) -> None:
@@ -50,8 +85,22 @@ def add_routes(app: web.Application, rt: Runtime, service: MailService) -> None:
     def user_of(request: web.Request) -> str:
         return current_user(request).id
 
+    slots = ConnectSlots(rt.settings.mail.connects_per_user)
+
     async def blocking(fn: Callable[[], T]) -> T:
+        """mail.db work, in the loop's executor."""
         return await asyncio.get_running_loop().run_in_executor(None, fn)
+
+    async def provider_call(user_id: str, fn: Callable[[], T]) -> T:
+        """Work that talks to a provider: on the connect pool, within the user's connect slots."""
+        with slots.hold(user_id):
+            return await asyncio.get_running_loop().run_in_executor(service.connect_pool, fn)
+
+    async def stop_connect_pool(_app: web.Application) -> None:
+        # Connects still waiting for a thread are dropped; running ones end with their provider timeout.
+        service.connect_pool.shutdown(wait=False, cancel_futures=True)
+
+    app.on_cleanup.append(stop_connect_pool)
 
     async def start_sync(account: Account, *, reconnect: bool) -> None:
         """Start the account's actor, or tell the running one to sync now."""
@@ -83,10 +132,10 @@ def add_routes(app: web.Application, rt: Runtime, service: MailService) -> None:
             raise BadRequest("body must be a JSON object with a provider field")
         name = service.provider_name(body.get("provider"))
         fields = {k: v for k, v in body.items() if k != "provider"}
-        result = await blocking(lambda: service.connect_direct(user_id, name, fields))
+        result = await provider_call(user_id, lambda: service.connect_direct(user_id, name, fields))
         if result is not None:
             return await connected(result)
-        flow = await blocking(lambda: service.begin_oauth(user_id, name))
+        flow = await provider_call(user_id, lambda: service.begin_oauth(user_id, name))
         return json_response(flow)
 
     @public  # a browser redirect from the provider: the signed state names the user
@@ -106,7 +155,7 @@ def add_routes(app: web.Application, rt: Runtime, service: MailService) -> None:
             caller = token_verifier(rt).authenticate(request.headers[hdrs.AUTHORIZATION])
             if caller.id != payload["u"]:
                 raise Forbidden("this authorization was started by another user", code="STATE_USER_MISMATCH")
-        result = await blocking(lambda: service.finish_oauth(payload["u"], payload["p"], query["code"]))
+        result = await provider_call(payload["u"], lambda: service.finish_oauth(payload["u"], payload["p"], query["code"]))
         return await connected(result)
 
     @scope("mail:read")

@@ -1,7 +1,9 @@
 """The mail subsystem of one process: registry, mail.db, connect flows, actors.
 
 Blocking methods (they talk to providers and to mail.db) run in worker threads: the routes
-call them through the event loop's executor, the actors from their own threads.
+call the ones that talk to providers on `connect_pool` (its own bounded pool, so a provider
+that hangs never holds a thread the rest of the server waits for) and mail.db-only ones in the
+event loop's executor; the actors call them from their own threads.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pluggy
@@ -43,6 +46,7 @@ class MailService:
         self.db = MailDb(settings.data_path / "mail.db", secret)
         self.signer = StateSigner(secret)
         self.sink = sink
+        self.connect_pool = ThreadPoolExecutor(settings.mail.connect_workers, thread_name_prefix="brain-mail-connect")
 
     @property
     def redirect_uri(self) -> str:
