@@ -24,6 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from brain.errors import ConfigError
 
@@ -218,10 +219,16 @@ class MailSettings:
     page_size: int = 100
     # Access tokens are refreshed this long before they expire.
     refresh_skew_seconds: float = 300.0
-    # How long an OAuth authorize URL (its signed `state`) stays usable.
+    # How long an OAuth flow (its signed `state`) stays usable, consent at the provider included.
     oauth_state_ttl_seconds: float = 600.0
+    # The connect link POST /mail/connect answers must be opened within this long: the first
+    # browser to open it is the one the flow is bound to.
+    oauth_start_ttl_seconds: float = 120.0
     # Where providers send the browser back. Empty: {api_public_url}/mail/oauth/callback.
     redirect_uri: str = ""
+    # Where the callback sends the browser when it is done (?status=connected|error&code=...).
+    # Empty: brain's own result page, {api_public_url}/mail/oauth/result.
+    app_redirect_url: str = ""
     # Threads for connect-time provider calls (code exchange, first login, first refresh): a
     # provider that hangs occupies these, never the threads the rest of the server needs.
     connect_workers: int = 4
@@ -623,6 +630,7 @@ def _validate(s: Settings) -> None:
         "mail.retry_base_seconds": s.mail.retry_base_seconds,
         "mail.page_size": s.mail.page_size,
         "mail.oauth_state_ttl_seconds": s.mail.oauth_state_ttl_seconds,
+        "mail.oauth_start_ttl_seconds": s.mail.oauth_start_ttl_seconds,
         "mail.connect_workers": s.mail.connect_workers,
         "mail.connects_per_user": s.mail.connects_per_user,
         "smtp.timeout_seconds": s.smtp.timeout_seconds,
@@ -659,6 +667,10 @@ def _validate(s: Settings) -> None:
         raise ConfigError("metrics.port: must differ from server.auth_port and server.api_port (0: no listener of its own)")
     if s.metrics.token and len(s.metrics.token) < 16:
         raise ConfigError("metrics.token: must be at least 16 characters")
+    for key in ("redirect_uri", "app_redirect_url"):
+        url = urlsplit(getattr(s.mail, key))
+        if url.geturl() and (url.scheme not in ("http", "https") or not url.netloc):
+            raise ConfigError(f"mail.{key}: must be an absolute http or https URL, got {url.geturl()[:80]!r}")
     _validate_mail(s)
 
 

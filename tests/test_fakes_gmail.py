@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import aiohttp
 import google.auth.exceptions
@@ -28,8 +29,8 @@ from googleapiclient.discovery import build
 from googleapiclient.errors import HttpError
 from googleapiclient.http import BatchHttpRequest
 
-from tests.fakes import control_call, loopback_only
-from tests.fakes.gmail import BATCH_LIMIT, FakeGmail
+from tests.fakes import control_call, loopback_only, pkce_pair
+from tests.fakes.gmail import BATCH_LIMIT, GMAIL_READONLY, FakeGmail
 
 USER = "ada@example.com"
 REPO = Path(__file__).resolve().parent.parent
@@ -71,10 +72,12 @@ def gmail_service(fake: FakeGmail, creds: Credentials | None = None) -> Any:
 
 def test_code_exchange_then_refresh_token_drives_the_api(fake: FakeGmail) -> None:
     fake.populate(USER, 3)
-    code = fake.issue_code(USER, redirect_uri="http://127.0.0.1/callback")
+    verifier, challenge = pkce_pair()
+    code = fake.issue_code(USER, redirect_uri="http://127.0.0.1/callback", code_challenge=challenge)
     form = {
         "grant_type": "authorization_code",
         "code": code,
+        "code_verifier": verifier,
         "redirect_uri": "http://127.0.0.1/callback",
         "client_id": fake.client_id,
         "client_secret": fake.client_secret,
@@ -102,6 +105,57 @@ def test_code_exchange_then_refresh_token_drives_the_api(fake: FakeGmail) -> Non
         ("POST", "/token"),
         ("GET", "/gmail/v1/users/me/profile"),
     ]
+
+
+
+def test_consent_screen_requires_pkce_and_gives_refresh_tokens_like_google(fake: FakeGmail) -> None:
+    fake.add_mailbox(USER)
+    session = requests.Session()
+    session.trust_env = False
+    redirect = "http://127.0.0.1/callback"
+    base = {"client_id": fake.client_id, "redirect_uri": redirect, "response_type": "code", "scope": GMAIL_READONLY,
+            "state": "s1", "access_type": "offline"}
+
+    def consent(**query: str) -> requests.Response:
+        return session.get(fake.auth_uri, params={**base, **query}, allow_redirects=False, timeout=10)
+
+    def exchange(code: str, **form: str) -> requests.Response:
+        return session.post(fake.token_uri, data={
+            "grant_type": "authorization_code", "code": code, "redirect_uri": redirect,
+            "client_id": fake.client_id, "client_secret": fake.client_secret, **form}, timeout=10)
+
+    # PKCE is required, with S256.
+    refused = consent()
+    assert refused.status_code == 400 and "code_challenge" in refused.json()["error_description"]
+    verifier, challenge = pkce_pair()
+    assert consent(code_challenge=verifier, code_challenge_method="plain").status_code == 400
+    with pytest.raises(ValueError, match="PKCE"):
+        fake.issue_code(USER)
+
+    def code_from(r: requests.Response) -> str:
+        assert r.status_code == 302, r.text
+        query = {k: v[0] for k, v in parse_qs(urlsplit(r.headers["Location"]).query).items()}
+        assert query["state"] == "s1" and query["scope"] == GMAIL_READONLY
+        return query["code"]
+
+    # The exchange needs the verifier that made the challenge (and burns the code either way).
+    code = code_from(consent(code_challenge=challenge, code_challenge_method="S256"))
+    assert exchange(code).json() == {"error": "invalid_grant", "error_description": "Missing code verifier."}
+    code = code_from(consent(code_challenge=challenge, code_challenge_method="S256"))
+    wrong = exchange(code, code_verifier=pkce_pair()[0])
+    assert wrong.status_code == 400 and wrong.json()["error"] == "invalid_grant"
+    # A user's first consent with offline access brings a refresh token; later ones only with
+    # prompt=consent (bob consents here for the first time: ada did above).
+    fake.add_mailbox("bob@example.com")
+    pkce = {"code_challenge": challenge, "code_challenge_method": "S256", "login_hint": "bob@example.com"}
+    first = exchange(code_from(consent(**pkce)), code_verifier=verifier)
+    assert first.status_code == 200 and "refresh_token" in first.json()
+    again = exchange(code_from(consent(**pkce)), code_verifier=verifier)
+    assert again.status_code == 200 and "refresh_token" not in again.json()
+    prompted = consent(**pkce, prompt="consent")
+    assert "refresh_token" in exchange(code_from(prompted), code_verifier=verifier).json()
+    online = consent(**pkce, prompt="consent", access_type="online")
+    assert "refresh_token" not in exchange(code_from(online), code_verifier=verifier).json()
 
 
 def test_list_pages_through_all_messages_newest_first(fake: FakeGmail) -> None:
@@ -477,13 +531,15 @@ def test_truncated_response_and_delay(fake: FakeGmail) -> None:
 @pytest.mark.asyncio
 async def test_aiohttp_client_in_the_same_process(fake: FakeGmail) -> None:
     fake.add_message(USER, subject="from asyncio")
-    code = fake.issue_code(USER)
+    verifier, challenge = pkce_pair()
+    code = fake.issue_code(USER, code_challenge=challenge)
     async with aiohttp.ClientSession() as session:
         async with session.post(
             fake.token_uri,
             data={
                 "grant_type": "authorization_code",
                 "code": code,
+                "code_verifier": verifier,
                 "client_id": fake.client_id,
                 "client_secret": fake.client_secret,
             },

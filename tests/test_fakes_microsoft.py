@@ -22,7 +22,7 @@ import msal
 import pytest
 import requests
 
-from tests.fakes import control_call, loopback_only
+from tests.fakes import control_call, loopback_only, pkce_pair
 from tests.fakes.microsoft import FakeMicrosoft
 
 # acquire_token_by_authorization_code is deprecated in favour of the auth code flow, and the
@@ -66,8 +66,11 @@ def make_app(
 
 
 def sign_in(fake: FakeMicrosoft, app: msal.ConfidentialClientApplication) -> dict[str, Any]:
-    code = fake.issue_code(USER, redirect_uri=REDIRECT)
-    result = app.acquire_token_by_authorization_code(code, scopes=SCOPES, redirect_uri=REDIRECT)
+    verifier, challenge = pkce_pair()
+    code = fake.issue_code(USER, redirect_uri=REDIRECT, code_challenge=challenge)
+    result = app.acquire_token_by_authorization_code(
+        code, scopes=SCOPES, redirect_uri=REDIRECT, data={"code_verifier": verifier}
+    )
     assert "error" not in result, result
     return result
 
@@ -146,6 +149,26 @@ def test_auth_code_flow_through_the_authorize_endpoint(fake: FakeMicrosoft) -> N
     tampered["code_verifier"] = "not-the-verifier-that-made-the-challenge-0123456789"
     refused = app.acquire_token_by_auth_code_flow(tampered, response)
     assert refused["error"] == "invalid_grant" and 501481 in refused["error_codes"]
+
+
+def test_pkce_is_required(fake: FakeMicrosoft) -> None:
+    fake.add_user(USER)
+    app = make_app(fake)
+    with pytest.warns(DeprecationWarning):
+        plain_url = app.get_authorization_request_url(SCOPES, redirect_uri=REDIRECT, state="s1")  # no PKCE
+    refused = fake.requests_session().get(plain_url, allow_redirects=False)
+    assert refused.status_code == 400 and "Proof Key for Code Exchange" in refused.json()["error_description"]
+    verifier, _ = pkce_pair()
+    plain = fake.requests_session().get(
+        f"{plain_url}&code_challenge={verifier}&code_challenge_method=plain", allow_redirects=False
+    )
+    assert plain.status_code == 400
+    with pytest.raises(ValueError, match="PKCE"):
+        fake.issue_code(USER, redirect_uri=REDIRECT)
+    # A code bound to a challenge is not redeemed without its verifier.
+    code = fake.issue_code(USER, redirect_uri=REDIRECT, code_challenge=pkce_pair()[1])
+    result = app.acquire_token_by_authorization_code(code, SCOPES, redirect_uri=REDIRECT)
+    assert result["error"] == "invalid_grant" and 501481 in result["error_codes"]
 
 
 def test_silent_refresh_after_expiry_rotates_refresh_token(fake: FakeMicrosoft) -> None:
@@ -255,8 +278,11 @@ def test_common_authority_and_unknown_tenant(fake: FakeMicrosoft) -> None:
         http_client=fake.requests_session(),
         validate_authority=False,
     )
-    code = fake.issue_code(USER, redirect_uri=REDIRECT)
-    result = app.acquire_token_by_authorization_code(code, SCOPES, redirect_uri=REDIRECT)
+    verifier, challenge = pkce_pair()
+    code = fake.issue_code(USER, redirect_uri=REDIRECT, code_challenge=challenge)
+    result = app.acquire_token_by_authorization_code(
+        code, SCOPES, redirect_uri=REDIRECT, data={"code_verifier": verifier}
+    )
     assert result["id_token_claims"]["tid"] == fake.tenant_id
     # MSAL files the account under the authority's tenant segment, not the token's tid.
     assert app.get_accounts()[0]["realm"] == "common"

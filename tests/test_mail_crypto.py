@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from brain.mail.crypto import CredentialBox, InvalidState, StateSigner, derive_key
+from brain.mail.crypto import CredentialBox, InvalidState, StateSigner, derive_key, pkce_challenge
 from brain.mail.db import MailDb
 from brain.mail.provider import Credentials
 
@@ -79,12 +79,53 @@ def test_state_is_signed_bound_and_expires() -> None:
         signer.verify(expired)
 
 
-def test_oauth_nonce_is_single_use_and_bound(tmp_path: Path) -> None:
+def save_flow(db: MailDb, nonce: str, *, ttl: float = 60, start_within: float = 60) -> None:
+    now = time.time()
+    db.save_oauth_state(
+        nonce=nonce, user_id="u1", provider="gmail", expires_at=now + ttl, start_by=now + start_within,
+        authorize_url=f"https://accounts.example/auth?state={nonce}",
+    )
+
+
+def test_oauth_flow_binds_one_browser_once_and_is_single_use(tmp_path: Path) -> None:
     db = MailDb(tmp_path / "mail.db", SECRET)
-    db.save_oauth_state(nonce="n1", user_id="u1", provider="gmail", expires_at=time.time() + 60)
-    assert not db.consume_oauth_state(nonce="n1", user_id="u2", provider="gmail")
-    assert not db.consume_oauth_state(nonce="n1", user_id="u1", provider="outlook")
-    assert db.consume_oauth_state(nonce="n1", user_id="u1", provider="gmail")
-    assert not db.consume_oauth_state(nonce="n1", user_id="u1", provider="gmail")
-    db.save_oauth_state(nonce="old", user_id="u1", provider="gmail", expires_at=time.time() - 1)
-    assert not db.consume_oauth_state(nonce="old", user_id="u1", provider="gmail")
+    save_flow(db, "n1")
+    assert db.bind_oauth_state(nonce="n1", browser="b1") == "https://accounts.example/auth?state=n1"
+    assert db.bind_oauth_state(nonce="n1", browser="b2") is None  # the connect link works once
+    assert db.oauth_state_bound("n1") and db.oauth_state_pending("n1")
+    assert not db.consume_oauth_state(nonce="n1", user_id="u1", provider="gmail", browser="b2")
+    assert not db.consume_oauth_state(nonce="n1", user_id="u2", provider="gmail", browser="b1")
+    assert not db.consume_oauth_state(nonce="n1", user_id="u1", provider="outlook", browser="b1")
+    assert db.consume_oauth_state(nonce="n1", user_id="u1", provider="gmail", browser="b1")
+    assert not db.consume_oauth_state(nonce="n1", user_id="u1", provider="gmail", browser="b1")
+    assert not db.oauth_state_pending("n1")
+
+    save_flow(db, "unbound")  # nobody opened its connect link: no browser can finish it
+    assert not db.consume_oauth_state(nonce="unbound", user_id="u1", provider="gmail", browser="b1")
+    # ...but its own user, proven by a bearer token, can.
+    assert db.consume_oauth_state(nonce="unbound", user_id="u1", provider="gmail", browser=None)
+    save_flow(db, "late", start_within=-1)
+    assert db.bind_oauth_state(nonce="late", browser="b1") is None and not db.oauth_state_bound("late")
+    save_flow(db, "old", ttl=-1)
+    assert db.bind_oauth_state(nonce="old", browser="b1") is None
+    assert not db.consume_oauth_state(nonce="old", user_id="u1", provider="gmail", browser=None)
+
+
+def test_flows_from_before_browser_binding_are_dropped(tmp_path: Path) -> None:
+    with sqlite3.connect(tmp_path / "mail.db") as conn:
+        conn.execute(
+            "CREATE TABLE oauth_states (nonce TEXT PRIMARY KEY, user_id TEXT, provider TEXT, expires_at REAL)"
+        )
+        conn.execute("INSERT INTO oauth_states VALUES ('n0', 'u1', 'gmail', ?)", (time.time() + 60,))
+    db = MailDb(tmp_path / "mail.db", SECRET)
+    assert not db.oauth_state_pending("n0")
+    save_flow(db, "n1")
+    assert db.bind_oauth_state(nonce="n1", browser="b1")
+
+
+def test_pkce_verifier_is_derived_per_flow_from_the_secret() -> None:
+    signer = StateSigner(SECRET)
+    verifier = signer.code_verifier("n1")
+    assert len(verifier) == 43 and verifier == signer.code_verifier("n1")  # RFC 7636: 43-128 characters
+    assert verifier != signer.code_verifier("n2") != StateSigner(b"z" * 40).code_verifier("n1")
+    assert pkce_challenge("dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk") == "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"

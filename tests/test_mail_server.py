@@ -9,13 +9,14 @@ store (`GET /events`) and on JetStream.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import os
 import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 import nats
 import pytest
@@ -23,6 +24,7 @@ import requests
 
 from tests.fakes.gmail import FakeGmail
 from tests.fakes.microsoft import FakeMicrosoft
+from tests.fakes.tls import tls_files
 from tests.support import REPO, BrainServer, wait_until
 from tests.test_auth_helpers import new_user
 from tests.test_mail_engine import gmail_settings, replay_mailbox
@@ -205,55 +207,169 @@ def test_gmail_expired_history_resyncs_to_match_the_mailbox(tmp_path: Path, gmai
         assert alice.accounts()[account]["messages_synced"] == 114
 
 
-def test_gmail_oauth_flow_with_signed_single_use_state(tmp_path: Path, gmail: FakeGmail) -> None:
+def browser(ca: str | None = None) -> requests.Session:
+    """A browser: a cookie jar of its own, following redirects."""
+    session = requests.Session()
+    session.trust_env = False
+    if ca is not None:
+        session.verify = ca
+    return session
+
+
+def open_connect_link(chrome: requests.Session, url: str) -> str:
+    """The browser opens brain's connect link; the provider's consent page it is sent on to."""
+    r = chrome.get(url, allow_redirects=False, timeout=30)
+    assert r.status_code == 302, r.text
+    return r.headers["Location"]
+
+
+def outcome(r: requests.Response, server: BrainServer) -> dict[str, str]:
+    """Where an OAuth flow left the browser: brain's result page, and what its query says."""
+    assert r.status_code == 200 and r.url.startswith(f"{server.api_url}/mail/oauth/result?"), (r.url, r.text)
+    assert r.headers["Content-Type"].startswith("text/html")
+    return {k: v[0] for k, v in parse_qs(urlsplit(r.url).query).items()}
+
+
+def flow_cookies(chrome: requests.Session) -> list[str]:
+    return [c.name for c in chrome.cookies if "brain-mail-flow-" in c.name]
+
+
+def test_gmail_oauth_flow_through_the_connect_link_with_pkce(tmp_path: Path, gmail: FakeGmail) -> None:
     gmail.populate(GMAIL_USER, 5)
     with BrainServer(tmp_path / "brain", config=mail_config(gmail)) as server:
         alice, bob = Client(server), Client(server)
         r = alice.post("/mail/connect", {"provider": "gmail"})
         assert r.status_code == 200, r.text
         flow = r.json()
-        url = urlsplit(flow["authorize_url"])
-        query = {k: v[0] for k, v in parse_qs(url.query).items()}
-        assert f"{url.scheme}://{url.netloc}{url.path}" == gmail.base_url + "/o/oauth2/auth"
-        assert query["state"] == flow["state"] and query["client_id"] == gmail.client_id
-        assert query["redirect_uri"] == flow["redirect_uri"] == f"{server.api_url}/mail/oauth/callback"
-        assert query["access_type"] == "offline" and "gmail.readonly" in query["scope"]
-
-        # The user consents at Google, which redirects the browser back with a code (no JWT).
-        code = gmail.issue_code(GMAIL_USER, redirect_uri=flow["redirect_uri"])
         callback = f"{server.api_url}/mail/oauth/callback"
-        r = requests.get(callback, params={"state": flow["state"], "code": code}, timeout=30)
-        assert r.status_code == 201, r.text
-        account = r.json()["account"]
-        assert account["address"] == GMAIL_USER
-        assert list(alice.accounts()) == [account["account"]] and bob.accounts() == {}
-        alice.wait_state(account["account"], "idle")
+        assert flow["authorize_url"] == f"{server.api_url}/mail/oauth/start?{urlencode({'flow': flow['state']})}"
+        assert flow["redirect_uri"] == callback and flow["start_by"].endswith("Z")
+
+        # Alice's browser opens the connect link: a cookie binds the flow to it, then Google.
+        chrome = browser()
+        r = chrome.get(flow["authorize_url"], allow_redirects=False, timeout=30)
+        assert r.status_code == 302 and r.headers["Cache-Control"] == "no-store"
+        cookie = r.headers["Set-Cookie"]
+        assert cookie.startswith("brain-mail-flow-") and "Secure" not in cookie  # plain http here
+        assert {"HttpOnly", "SameSite=Lax", "Path=/mail/oauth/callback", "Max-Age=600"} <= {
+            part.strip() for part in cookie.split(";")
+        }
+        consent = urlsplit(r.headers["Location"])
+        query = {k: v[0] for k, v in parse_qs(consent.query).items()}
+        assert f"{consent.scheme}://{consent.netloc}{consent.path}" == gmail.base_url + "/o/oauth2/auth"
+        assert query["state"] == flow["state"] and query["client_id"] == gmail.client_id
+        assert query["redirect_uri"] == callback and "gmail.readonly" in query["scope"]
+        assert query["access_type"] == "offline" and query["prompt"] == "consent"
+        assert query["code_challenge_method"] == "S256" and len(query["code_challenge"]) == 43
+
+        # Alice consents; Google sends the browser back to brain, which redeems the code (the
+        # fake insists on the PKCE verifier) and sends the browser on to the result page.
+        done = chrome.get(r.headers["Location"], timeout=30)
+        result = outcome(done, server)
+        assert result["status"] == "connected" and result["provider"] == "gmail" and result["reconnected"] == "false"
+        assert "Mailbox connected" in done.text and flow_cookies(chrome) == []  # the cookie is cleared
+        assert list(alice.accounts()) == [result["account"]] and bob.accounts() == {}
+        alice.wait_state(result["account"], "idle")
         assert len(alice.events("mail.message.received")) == 5
 
-        replay = requests.get(callback, params={"state": flow["state"], "code": code}, timeout=30)
-        assert replay.status_code == 400 and replay.json()["code"] == "INVALID_STATE"
+        # Replaying the callback connects nothing more; the connect link works only once.
+        callback_url = done.history[-1].url
+        assert callback_url.startswith(callback + "?")
+        assert outcome(chrome.get(callback_url, timeout=30), server)["code"] == "INVALID_STATE"
+        assert outcome(browser().get(flow["authorize_url"], timeout=30), server)["code"] == "INVALID_STATE"
+        # Forged, truncated or missing states and codes, and a declined consent.
         other = alice.post("/mail/connect", {"provider": "gmail"}).json()
         payload, mac = other["state"].split(".")
         for bad in (f"{payload}.{mac[::-1]}", payload, "x.y"):
-            r = requests.get(callback, params={"state": bad, "code": "c"}, timeout=30)
-            assert r.status_code == 400 and r.json()["code"] == "INVALID_STATE", r.text
-        r = requests.get(callback, params={"state": other["state"]}, timeout=30)
-        assert r.status_code == 400 and "code" in r.json()["message"]
-        r = requests.get(callback, params={"error": "access_denied", "state": other["state"]}, timeout=30)
-        assert r.status_code == 400 and r.json()["code"] == "OAUTH_DENIED"
-        # A front end forwarding the redirect with its token: only the flow's own user may.
+            r = chrome.get(callback, params={"state": bad, "code": "c"}, timeout=30)
+            assert outcome(r, server)["code"] == "INVALID_STATE", r.url
+            r = chrome.get(f"{server.api_url}/mail/oauth/start", params={"flow": bad}, timeout=30)
+            assert outcome(r, server)["code"] == "INVALID_STATE", r.url
+        missing = outcome(chrome.get(callback, params={"state": other["state"]}, timeout=30), server)
+        assert missing["status"] == "error" and "code" in missing["message"]
+        denied = chrome.get(callback, params={"error": "access_denied", "state": other["state"]}, timeout=30)
+        assert outcome(denied, server)["code"] == "OAUTH_DENIED"
+
+        # A front end taking the redirect itself forwards code and state with its bearer token:
+        # only the flow's own user may, and the answers are JSON.
         mine = alice.post("/mail/connect", {"provider": "gmail"}).json()
-        code = gmail.issue_code(GMAIL_USER, redirect_uri=mine["redirect_uri"])
-        r = requests.get(callback, params={"state": mine["state"], "code": code}, headers=bob.headers, timeout=30)
+        back = chrome.get(open_connect_link(chrome, mine["authorize_url"]), allow_redirects=False, timeout=30)
+        forwarded = {k: v[0] for k, v in parse_qs(urlsplit(back.headers["Location"]).query).items()}
+        r = requests.get(callback, params=forwarded, headers=bob.headers, timeout=30)
         assert r.status_code == 403 and r.json()["code"] == "STATE_USER_MISMATCH"
-        mine = alice.post("/mail/connect", {"provider": "gmail"}).json()
-        code = gmail.issue_code(GMAIL_USER, redirect_uri=mine["redirect_uri"])
-        r = requests.get(callback, params={"state": mine["state"], "code": code}, headers=alice.headers, timeout=30)
-        assert r.status_code == 200 and r.json()["account"]["account"] == account["account"]  # a reconnect
+        r = requests.get(callback, params=forwarded, headers=alice.headers, timeout=30)
+        assert r.status_code == 200 and r.json()["account"]["account"] == result["account"]  # a reconnect
         # A refused code connects nothing.
-        r = requests.get(callback, params={"state": other["state"], "code": "4/0Anot-a-code"}, timeout=30)
+        r = requests.get(callback, params={"state": other["state"], "code": "4/0Anot-a-code"}, headers=alice.headers,
+                         timeout=30)
         assert r.status_code == 400 and r.json()["code"] == "PROVIDER_AUTH_FAILED"
         assert len(alice.accounts()) == 1
+
+
+def test_an_authorize_link_finished_in_another_browser_connects_nothing(tmp_path: Path, gmail: FakeGmail) -> None:
+    """Mallory starts a flow and has the victim consent: the victim's mailbox is not hers."""
+    victim_mailbox, mallory_mailbox = "victim@example.com", "mallory@example.com"
+    gmail.populate(victim_mailbox, 3)
+    gmail.add_mailbox(mallory_mailbox)
+    config = mail_config(gmail)
+    config["mail"]["oauth_start_ttl_seconds"] = 3
+    with BrainServer(tmp_path / "brain", config=config) as server:
+        mallory, victim = Client(server), Client(server)
+        flow = mallory.post("/mail/connect", {"provider": "gmail"}).json()
+        unopened = mallory.post("/mail/connect", {"provider": "gmail"}).json()
+        mallorys_browser, victims_browser = browser(), browser()
+        consent = open_connect_link(mallorys_browser, flow["authorize_url"])
+
+        # Mallory sends Google's consent page to the victim, who is signed in there and consents.
+        gmail.login_as = victim_mailbox
+        refused = outcome(victims_browser.get(consent, timeout=30), server)
+        assert refused["status"] == "error" and refused["code"] == "FLOW_NOT_BOUND"
+        assert "not started in this browser" in refused["message"]
+        # Nor does a browser holding a flow cookie of its own (the victim's own flow) finish hers.
+        own = victim.post("/mail/connect", {"provider": "gmail"}).json()
+        open_connect_link(victims_browser, own["authorize_url"])
+        assert outcome(victims_browser.get(consent, timeout=30), server)["code"] == "FLOW_NOT_BOUND"
+        # Nor the connect link itself, once opened by the browser that started the flow.
+        assert outcome(victims_browser.get(flow["authorize_url"], timeout=30), server)["code"] == "FLOW_ALREADY_STARTED"
+        assert mallory.accounts() == {} and victim.accounts() == {}
+
+        # The refusals did not use the flow up: the browser it is bound to still finishes it.
+        gmail.login_as = mallory_mailbox
+        assert outcome(mallorys_browser.get(consent, timeout=30), server)["status"] == "connected"
+        assert [a["address"] for a in mallory.accounts().values()] == [mallory_mailbox] and victim.accounts() == {}
+
+        # A connect link nobody opened in time ([mail] oauth_start_ttl_seconds) binds nobody later.
+        wait_until(lambda: datetime_of(unopened["start_by"]) < time.time(), timeout=10, what="the start deadline")
+        late = outcome(victims_browser.get(unopened["authorize_url"], timeout=30), server)
+        assert late["code"] == "INVALID_STATE" and "too old" in late["message"]
+
+
+def datetime_of(iso: str) -> float:
+    return datetime.datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+
+
+def test_flow_cookie_is_host_prefixed_and_secure_over_https(
+    tmp_path: Path, gmail: FakeGmail, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gmail.populate(GMAIL_USER, 2)
+    files = tls_files()
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(files.ca_path))  # the Client's plain requests calls
+    config = mail_config(gmail)
+    config["server"] = {"tls_cert": str(files.cert_path), "tls_key": str(files.key_path)}
+    with BrainServer(tmp_path / "brain", config=config, ca=files.ca_path) as server:
+        alice = Client(server)
+        flow = alice.post("/mail/connect", {"provider": "gmail"}).json()
+        assert flow["authorize_url"].startswith(f"https://127.0.0.1:{server.api_port}/mail/oauth/start?")
+        chrome = browser(str(files.ca_path))
+        r = chrome.get(flow["authorize_url"], allow_redirects=False, timeout=30)
+        assert r.status_code == 302, r.text
+        name, _, attributes = r.headers["Set-Cookie"].partition(";")
+        assert name.startswith("__Host-brain-mail-flow-")
+        parts = {part.strip() for part in attributes.split(";")}
+        assert {"Secure", "HttpOnly", "SameSite=Lax", "Path=/"} <= parts and not any(p.startswith("Domain") for p in parts)
+        result = outcome(chrome.get(r.headers["Location"], timeout=30), server)
+        assert result["status"] == "connected" and flow_cookies(chrome) == []
+        assert list(alice.accounts()) == [result["account"]]
 
 
 def test_connect_rejects_bad_input(tmp_path: Path, gmail: FakeGmail) -> None:
@@ -395,15 +511,18 @@ def test_outlook_oauth_redirect_flow_and_token_cache_across_restarts(tmp_path: P
     with server:
         alice = Client(server)
         flow = alice.post("/mail/connect", {"provider": "outlook"}).json()
-        assert flow["authorize_url"].startswith(f"{microsoft.authority()}/oauth2/v2.0/authorize?")
-        # The browser: Microsoft's sign-in redirects to brain's callback with code and state.
-        sign_in = microsoft.requests_session().get(flow["authorize_url"], allow_redirects=False)
-        assert sign_in.status_code == 302
-        location = sign_in.headers["Location"]
-        assert location.startswith(f"{server.api_url}/mail/oauth/callback?")
-        r = requests.get(location, timeout=30)
-        assert r.status_code == 201, r.text
-        account = r.json()["account"]["account"]
+        # The browser: brain's connect link, Microsoft's sign-in (MSAL built it; PKCE and the
+        # consent prompt added), brain's callback, the result page.
+        edge = microsoft.requests_session()  # trusts the fake's CA
+        sign_in = open_connect_link(edge, flow["authorize_url"])
+        assert sign_in.startswith(f"{microsoft.authority()}/oauth2/v2.0/authorize?")
+        query = {k: v[0] for k, v in parse_qs(urlsplit(sign_in).query).items()}
+        assert query["prompt"] == "consent" and query["code_challenge_method"] == "S256"
+        done = edge.get(sign_in, timeout=30)
+        assert [urlsplit(h.url).path for h in done.history[1:]] == ["/mail/oauth/callback"]
+        result = outcome(done, server)
+        assert result["status"] == "connected", result
+        account = result["account"]
         alice.wait_state(account, "idle")
         assert len(alice.events("mail.message.received")) == 12
     # MSAL's cache (with Entra's rotated refresh token) was persisted in mail.db: after a

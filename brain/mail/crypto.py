@@ -1,4 +1,5 @@
-"""Keys derived from the server secret: credentials sealed at rest, OAuth `state` signed.
+"""Keys derived from the server secret: credentials sealed at rest, OAuth `state` signed, PKCE
+verifiers made.
 
 Each purpose gets its own key (HKDF-SHA256 with a distinct `info`), so the key that encrypts
 tokens is never the one that signs URLs a browser carries around.
@@ -20,7 +21,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-__all__ = ["CredentialBox", "InvalidState", "StateSigner", "derive_key"]
+__all__ = ["CredentialBox", "InvalidState", "StateSigner", "derive_key", "pkce_challenge"]
 
 _NONCE_BYTES = 12
 _VERSION = b"\x01"
@@ -62,6 +63,15 @@ class StateSigner:
 
     def __init__(self, secret: bytes) -> None:
         self._key = derive_key(secret, "mail oauth state v1")
+        self._pkce_key = derive_key(secret, "mail oauth pkce v1")
+
+    def code_verifier(self, nonce: str) -> str:
+        """The PKCE `code_verifier` of the flow with this nonce (RFC 7636: 43 characters).
+
+        Derived rather than stored: nothing in mail.db (or in the browser) lets anyone who has
+        the flow's state and an authorization code redeem the code without the server secret.
+        """
+        return _b64(hmac.new(self._pkce_key, nonce.encode(), hashlib.sha256).digest())
 
     def sign(self, *, user_id: str, provider: str, ttl: float) -> tuple[str, str, float]:
         """A new state string; returns (state, nonce, expires_at)."""
@@ -90,6 +100,11 @@ class StateSigner:
 
     def _mac(self, payload: str) -> str:
         return _b64(hmac.new(self._key, payload.encode(), hashlib.sha256).digest())
+
+
+def pkce_challenge(verifier: str) -> str:
+    """The S256 `code_challenge` of a PKCE `code_verifier`."""
+    return _b64(hashlib.sha256(verifier.encode()).digest())
 
 
 def _b64(data: bytes) -> str:

@@ -129,12 +129,16 @@ class Message(_Model):
 
 
 class OAuthState(_Model):
-    """A started OAuth flow; the row is deleted when its callback uses it (single use)."""
+    """An OAuth flow in progress; the row is deleted when its callback uses it (single use)."""
 
     nonce = pw.CharField(primary_key=True)
     user_id = pw.CharField()
     provider = pw.CharField()
     expires_at = pw.FloatField()
+    authorize_url = pw.TextField()  # the provider's consent page, state and PKCE challenge in it
+    start_by = pw.FloatField()  # the connect link must be opened by then
+    # SHA-256 of the flow cookie of the browser that opened the connect link (None: not yet).
+    browser = pw.CharField(null=True)
 
     class Meta:
         table_name = "oauth_states"
@@ -169,6 +173,11 @@ class MailDb:
         self._box = CredentialBox(secret)
         self._local = threading.local()
         with self.unit():
+            if self.db.table_exists("oauth_states") and "browser" not in {
+                column.name for column in self.db.get_columns("oauth_states")
+            }:
+                # Flows started before they were bound to a browser could never finish now.
+                self.db.drop_tables([OAuthState])
             self.db.create_tables(MODELS, safe=True)
         # Units open and close their thread's connection; the last connection to close a WAL
         # database checkpoints it (with an fsync). This one stays open, so closing a unit is cheap.
@@ -351,25 +360,69 @@ class MailDb:
 
     # OAuth flows ------------------------------------------------------------------------
 
-    def save_oauth_state(self, *, nonce: str, user_id: str, provider: str, expires_at: float) -> None:
+    def save_oauth_state(
+        self, *, nonce: str, user_id: str, provider: str, expires_at: float, start_by: float, authorize_url: str
+    ) -> None:
         """Remember a started OAuth flow (and forget long-expired ones)."""
         with self.unit(), self.db.atomic():
             OAuthState.delete().where(OAuthState.expires_at < time.time() - 3600).execute()
-            OAuthState.create(nonce=nonce, user_id=user_id, provider=provider, expires_at=expires_at)
+            OAuthState.create(
+                nonce=nonce, user_id=user_id, provider=provider, expires_at=expires_at, start_by=start_by,
+                authorize_url=authorize_url,
+            )
 
-    def consume_oauth_state(self, *, nonce: str, user_id: str, provider: str) -> bool:
-        """Use a flow's nonce once: True the first time, False if unknown, used or mismatched."""
-        with self.unit():
-            deleted = (
-                OAuthState.delete()
+    def bind_oauth_state(self, *, nonce: str, browser: str) -> str | None:
+        """Bind a flow to the first browser that opens its connect link, in time; its authorize URL.
+
+        None when the flow is unknown, expired, past its `start_by`, or already bound.
+        """
+        now = time.time()
+        with self.unit(), self.db.atomic():
+            bound = (
+                OAuthState.update(browser=browser)
                 .where(
                     (OAuthState.nonce == nonce)
-                    & (OAuthState.user_id == user_id)
-                    & (OAuthState.provider == provider)
-                    & (OAuthState.expires_at >= time.time())
+                    & OAuthState.browser.is_null()
+                    & (OAuthState.start_by >= now)
+                    & (OAuthState.expires_at >= now)
                 )
                 .execute()
             )
+            if bound != 1:
+                return None
+            return str(OAuthState.get_by_id(nonce).authorize_url)
+
+    def oauth_state_bound(self, nonce: str) -> bool:
+        """Whether a live flow with this nonce is bound to a browser (its connect link was opened)."""
+        with self.unit():
+            return (
+                OAuthState.select()
+                .where((OAuthState.nonce == nonce) & OAuthState.browser.is_null(False) & (OAuthState.expires_at >= time.time()))
+                .exists()
+            )
+
+    def oauth_state_pending(self, nonce: str) -> bool:
+        """Whether a live flow with this nonce waits for its callback."""
+        with self.unit():
+            return OAuthState.select().where((OAuthState.nonce == nonce) & (OAuthState.expires_at >= time.time())).exists()
+
+    def consume_oauth_state(self, *, nonce: str, user_id: str, provider: str, browser: str | None) -> bool:
+        """Use a flow once: True the first time, False if unknown, used, expired or mismatched.
+
+        ``browser`` is the hash of the flow cookie the callback's browser sent, and must be the
+        one the flow was bound to; None only when the caller proved the flow's user itself
+        (its bearer token), which any browser may then carry.
+        """
+        condition = (
+            (OAuthState.nonce == nonce)
+            & (OAuthState.user_id == user_id)
+            & (OAuthState.provider == provider)
+            & (OAuthState.expires_at >= time.time())
+        )
+        if browser is not None:
+            condition &= OAuthState.browser == browser
+        with self.unit():
+            deleted = OAuthState.delete().where(condition).execute()
         return deleted == 1
 
 

@@ -28,6 +28,10 @@ _TOO_MANY_CONNECTS = {
     ),
     "headers": {"Retry-After": {"schema": {"type": "integer"}, "description": "Seconds to wait"}},
 }
+_REDIRECT = {
+    "description": "A redirect (Location) for the browser",
+    "headers": {"Location": {"schema": {"type": "string", "format": "uri"}}},
+}
 _ACCOUNT_RESPONSE = {"type": "object", "required": ["account"], "properties": {"account": _ref("MailAccount")}}
 
 PATHS: dict[str, dict[str, Any]] = {
@@ -36,9 +40,11 @@ PATHS: dict[str, dict[str, Any]] = {
             "operationId": "mailConnect",
             "summary": "Connect a mail account: start OAuth, or hand over a refresh token",
             "description": (
-                "With only `provider`, answers the provider's authorize URL carrying a signed, "
-                "single-use `state` bound to the caller; the provider then redirects the browser "
-                "to /mail/oauth/callback. With `refresh_token` (clients that already hold one), "
+                "With only `provider`, answers brain's connect link (`authorize_url`, "
+                "/mail/oauth/start) carrying a signed, single-use `state` bound to the caller: "
+                "open it in the user's browser before `start_by`. It binds the flow to that "
+                "browser and goes on to the provider, which sends the browser back to "
+                "/mail/oauth/callback. With `refresh_token` (clients that already hold one), "
                 "the account is connected at once. Either way its sync starts immediately."
             ),
             "requestBody": {
@@ -57,14 +63,35 @@ PATHS: dict[str, dict[str, Any]] = {
             },
         }
     },
+    "/mail/oauth/start": {
+        "get": {
+            "operationId": "mailOAuthStart",
+            "summary": "The connect link: binds the OAuth flow to this browser, then goes to the provider",
+            "description": (
+                "Opened by the user's browser (no token): the first opening, within "
+                "`mail.oauth_start_ttl_seconds` of `POST /mail/connect`, sets an HttpOnly, "
+                "SameSite=Lax cookie for the flow (`__Host-` prefixed over https) and redirects to "
+                "the provider's consent page (PKCE S256, consent prompt). Anything else redirects to "
+                "`mail.app_redirect_url` with `status=error` and `code` (`INVALID_STATE`, "
+                "`FLOW_ALREADY_STARTED`)."
+            ),
+            "security": [],
+            "parameters": [{"name": "flow", "in": "query", "required": True, "schema": {"type": "string"}}],
+            "responses": {"302": _REDIRECT},
+        }
+    },
     "/mail/oauth/callback": {
         "get": {
             "operationId": "mailOAuthCallback",
             "summary": "Where the provider sends the browser back: exchanges the code",
             "description": (
-                "Needs no token: the signed state names the user. A front end that receives the "
-                "redirect itself may forward code and state with its bearer token; the state must "
-                "then belong to that user."
+                "From a browser (no token): the flow's cookie must be the one its connect link set, "
+                "else nothing is connected (`FLOW_NOT_BOUND`); the code is redeemed with the flow's "
+                "PKCE verifier and the browser is redirected to `mail.app_redirect_url` with "
+                "`status=connected&account=...&provider=...&reconnected=...` or "
+                "`status=error&code=...&message=...`. A front end that receives the redirect itself "
+                "forwards code and state with its bearer token instead: the flow must belong to "
+                "that user, and the answer is JSON."
             ),
             "security": [],
             "parameters": [
@@ -73,11 +100,30 @@ PATHS: dict[str, dict[str, Any]] = {
                 {"name": "error", "in": "query", "schema": {"type": "string"}},
             ],
             "responses": {
-                "200": _json(_ACCOUNT_RESPONSE, "A reconnected account"),
-                "201": _json(_ACCOUNT_RESPONSE, "A newly connected account (syncing)"),
-                "400": _json(_ref("Error"), "Bad, expired or replayed state; refused code; consent denied"),
-                "403": _json(_ref("Error"), "A bearer token was sent and its user did not start this flow"),
-                "502": _json(_ref("Error"), "The provider could not be reached"),
+                "200": _json(_ACCOUNT_RESPONSE, "With a bearer token: a reconnected account"),
+                "201": _json(_ACCOUNT_RESPONSE, "With a bearer token: a newly connected account (syncing)"),
+                "302": _REDIRECT,
+                "400": _json(
+                    _ref("Error"), "With a bearer token: bad, expired or replayed state; refused code; consent denied"
+                ),
+                "401": _json(_ref("Error"), "An invalid bearer token"),
+                "403": _json(_ref("Error"), "With a bearer token: its user did not start this flow"),
+                "429": _TOO_MANY_CONNECTS,
+                "502": _json(_ref("Error"), "With a bearer token: the provider could not be reached"),
+            },
+        }
+    },
+    "/mail/oauth/result": {
+        "get": {
+            "operationId": "mailOAuthResult",
+            "summary": "brain's own page for the end of an OAuth flow (when no app URL is configured)",
+            "security": [],
+            "parameters": [
+                {"name": name, "in": "query", "schema": {"type": "string"}}
+                for name in ("status", "code", "message", "provider", "account", "reconnected")
+            ],
+            "responses": {
+                "200": {"description": "What happened, for a person", "content": {"text/html": {"schema": {"type": "string"}}}}
             },
         }
     },
@@ -137,12 +183,13 @@ SCHEMAS: dict[str, Any] = {
     },
     "MailAuthorize": {
         "type": "object",
-        "required": ["provider", "authorize_url", "state", "redirect_uri"],
+        "required": ["provider", "authorize_url", "state", "redirect_uri", "start_by"],
         "properties": {
             "provider": {"type": "string"},
-            "authorize_url": {"type": "string", "format": "uri"},
+            "authorize_url": {"type": "string", "format": "uri", "description": "brain's connect link"},
             "state": {"type": "string"},
             "redirect_uri": {"type": "string", "format": "uri"},
+            "start_by": {"type": "string", "format": "date-time", "description": "Open the link before this"},
         },
     },
     "MailAccount": {

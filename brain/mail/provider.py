@@ -330,12 +330,16 @@ class MailProvider(ABC):
 
     # Connecting ---------------------------------------------------------------------
 
-    def authorize_url(self, *, state: str, redirect_uri: str) -> str:
-        """The URL that sends the user to the provider's consent screen."""
+    def authorize_url(self, *, state: str, redirect_uri: str, code_challenge: str) -> str:
+        """The URL that sends the user to the provider's consent screen.
+
+        It must carry ``code_challenge`` with ``code_challenge_method=S256`` (PKCE): the core
+        makes the challenge and sends its verifier to ``exchange_code``.
+        """
         raise ConnectRejected(f"{self.name} does not support OAuth; send {', '.join(self.direct_fields)}")
 
-    def exchange_code(self, *, code: str, redirect_uri: str) -> Credentials:
-        """Trade an authorization code for credentials (``AuthFailed`` if refused)."""
+    def exchange_code(self, *, code: str, redirect_uri: str, code_verifier: str) -> Credentials:
+        """Trade an authorization code and its PKCE ``code_verifier`` for credentials (``AuthFailed`` if refused)."""
         raise ConnectRejected(f"{self.name} does not support OAuth")
 
     def direct_credentials(self, fields: Mapping[str, Any]) -> Credentials | None:

@@ -1,11 +1,26 @@
-"""The mail routes on the API role: connect (OAuth or direct), the OAuth callback, status and
-disconnect.
+"""The mail routes on the API role: connect (OAuth or direct), the OAuth flow's connect link,
+callback and result page, status and disconnect.
 
-Every route but the callback runs behind the API's JWT guard and acts for the token's
-user only. The callback is reached by a browser redirect from the provider and carries no
-token: its user comes from the signed, single-use `state` minted by `POST /mail/connect`. A
-front end that takes the redirect itself and forwards `code` and `state` with its bearer
-token gets the stronger check: the state must have been minted for that same user.
+Connect, status and disconnect run behind the API's JWT guard and act for the token's user
+only. The OAuth flow is bound to the browser that starts it, so that an authorize link
+opened anywhere else connects nothing:
+
+1. `POST /mail/connect` (JWT) mints a signed, single-use `state` and answers brain's connect
+   link, `GET /mail/oauth/start?flow=<state>`.
+2. The connect link, opened by the user's browser within `oauth_start_ttl_seconds`, binds
+   the flow to that browser — a random HttpOnly, SameSite=Lax cookie named after the flow
+   (`__Host-` prefixed and Secure over https; scoped to the callback's path over plain
+   http), of which mail.db keeps only a hash — and redirects to the provider's consent page
+   (PKCE challenge in it). A second opening is refused.
+3. The provider redirects the browser to `GET /mail/oauth/callback?code&state`; the flow is
+   used up only if the browser sends the cookie it was bound to (else `FLOW_NOT_BOUND`, and
+   nothing is connected); the code is redeemed with the flow's PKCE verifier; the browser
+   goes on to `[mail] app_redirect_url` (default: brain's own result page) with
+   `?status=connected|error&code=...`.
+
+A front end that takes the provider's redirect itself forwards `code` and `state` to the
+callback with its bearer token instead: then the flow must belong to that token's user (no
+cookie needed) and the answer is JSON.
 """
 
 from __future__ import annotations
@@ -13,8 +28,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, TypeVar
+import secrets
+from collections.abc import Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import pykka
 from aiohttp import hdrs, web
@@ -24,21 +41,21 @@ from brain.actors.supervisor import ChildAlreadyStarted, ChildStartError
 from brain.api import token_verifier
 from brain.api.openapi import add_paths
 from brain.api.routes import current_user, public, scope
-from brain.errors import BadRequest, Forbidden, ServiceUnavailable, TooManyRequests
+from brain.errors import BadRequest, HTTPError, ServiceUnavailable, TooManyRequests
 from brain.mail import openapi
+from brain.mail.browser import NO_LEAKS, RESULT_HEADERS, FlowCookies, result_page
 from brain.mail.db import Account
-from brain.mail.service import MailService, child_id
+from brain.mail.service import CALLBACK_PATH, RESULT_PATH, START_PATH, MailService, child_id
 from brain.mail.sync import SyncNow
 from brain.web import add_route, json_response, read_json
 
 if TYPE_CHECKING:
     from brain.runtime import Runtime
 
-__all__ = ["CALLBACK_PATH", "add_routes"]
+__all__ = ["add_routes"]
 
 log = logging.getLogger("brain.mail")
 
-CALLBACK_PATH = "/mail/oauth/callback"
 MAIL_SUP = "data_sup/mail"
 # What a client refused for too many connects is told to wait: a connect that hangs lasts the
 # provider's timeout, one that works a second or two.
@@ -81,20 +98,19 @@ class ConnectSlots:
 def add_routes(app: web.Application, rt: Runtime, service: MailService) -> None:
     """Register the mail routes on the API application (each behind its bearer-token guard)."""
     add_paths("api", openapi.PATHS, openapi.SCHEMAS)
+    slots = ConnectSlots(rt.settings.mail.connects_per_user)
+    cookies = FlowCookies(rt.settings.api_public_url, service.redirect_uri, rt.settings.mail.oauth_state_ttl_seconds)
 
     def user_of(request: web.Request) -> str:
         return current_user(request).id
-
-    slots = ConnectSlots(rt.settings.mail.connects_per_user)
 
     async def blocking(fn: Callable[[], T]) -> T:
         """mail.db work, in the loop's executor."""
         return await asyncio.get_running_loop().run_in_executor(None, fn)
 
-    async def provider_call(user_id: str, fn: Callable[[], T]) -> T:
-        """Work that talks to a provider: on the connect pool, within the user's connect slots."""
-        with slots.hold(user_id):
-            return await asyncio.get_running_loop().run_in_executor(service.connect_pool, fn)
+    async def provider_call(fn: Callable[[], T]) -> T:
+        """Work that talks to a provider, on the connect pool (take a connect slot first)."""
+        return await asyncio.get_running_loop().run_in_executor(service.connect_pool, fn)
 
     async def stop_connect_pool(_app: web.Application) -> None:
         # Connects still waiting for a thread are dropped; running ones end with their provider timeout.
@@ -119,11 +135,12 @@ def add_routes(app: web.Application, rt: Runtime, service: MailService) -> None:
             log.exception("mail account %s: sync actor did not start", account.id)
             raise ServiceUnavailable("mail sync could not be started; try again") from None
 
-    async def connected(result: tuple[Account, bool]) -> web.Response:
+    async def connected(result: tuple[Account, bool]) -> tuple[dict[str, Any], bool]:
+        """Start the new account's sync; (its status, whether it is new)."""
         account, created = result
         await start_sync(account, reconnect=not created)
         fresh = await blocking(lambda: service.db.account(account.id))
-        return json_response({"account": (fresh or account).status()}, status=201 if created else 200)
+        return (fresh or account).status(), created
 
     async def connect(request: web.Request) -> web.Response:
         user_id = user_of(request)
@@ -132,15 +149,55 @@ def add_routes(app: web.Application, rt: Runtime, service: MailService) -> None:
             raise BadRequest("body must be a JSON object with a provider field")
         name = service.provider_name(body.get("provider"))
         fields = {k: v for k, v in body.items() if k != "provider"}
-        result = await provider_call(user_id, lambda: service.connect_direct(user_id, name, fields))
-        if result is not None:
-            return await connected(result)
-        flow = await provider_call(user_id, lambda: service.begin_oauth(user_id, name))
-        return json_response(flow)
+        with slots.hold(user_id):
+            result = await provider_call(lambda: service.connect_direct(user_id, name, fields))
+            if result is None:
+                flow = await provider_call(lambda: service.begin_oauth(user_id, name))
+                return json_response(flow)
+        status, created = await connected(result)
+        return json_response({"account": status}, status=201 if created else 200)
 
-    @public  # a browser redirect from the provider: the signed state names the user
+    @public  # opened by the user's browser: the signed state in `flow` names the user
+    async def start(request: web.Request) -> web.Response:
+        flows = request.query.getall("flow", [])
+        try:
+            if len(flows) != 1 or not flows[0]:
+                raise BadRequest("the connect link needs exactly one flow parameter", code="INVALID_STATE")
+            payload = service.verified_state(flows[0])
+            browser = secrets.token_urlsafe(32)
+            url = await blocking(lambda: service.start_oauth(payload, browser))
+        except HTTPError as exc:
+            return app_redirect({"status": "error", "code": exc.code, "message": exc.message})
+        response = web.Response(status=302, headers={hdrs.LOCATION: url, **NO_LEAKS})
+        cookies.bind(response, payload["n"], browser)
+        return response
+
+    @public  # a browser redirect from the provider (or a front end forwarding it with its token)
     async def callback(request: web.Request) -> web.Response:
-        query = request.query
+        if hdrs.AUTHORIZATION in request.headers:
+            # A front end that receives the redirect itself forwards code and state with its
+            # own token: the flow must belong to that very user, and the answer is JSON.
+            caller = token_verifier(rt).authenticate(request.headers[hdrs.AUTHORIZATION])
+            payload, code = callback_query(request.query)
+            status, created = await complete(payload, code, caller=caller.id, browser=None)
+            return json_response({"account": status}, status=201 if created else 200)
+        payload = None
+        try:
+            payload, code = callback_query(request.query)
+            status, created = await complete(payload, code, caller=None, browser=cookies.value(request, payload["n"]))
+        except HTTPError as exc:
+            response = app_redirect({"status": "error", "code": exc.code, "message": exc.message})
+        else:
+            response = app_redirect(
+                {"status": "connected", "account": status["account"], "provider": status["provider"],
+                 "reconnected": "false" if created else "true"}
+            )
+        if payload is not None:
+            cookies.clear(response, payload["n"])  # used up or refused: this flow is over
+        return response
+
+    def callback_query(query: Mapping[str, str]) -> tuple[dict[str, Any], str]:
+        """The verified state payload and the code of a callback; 400 naming what is wrong."""
         if "error" in query:
             # The user declined, or the provider refused the request: nothing to store.
             detail = query.get("error_description") or query["error"]
@@ -148,15 +205,27 @@ def add_routes(app: web.Application, rt: Runtime, service: MailService) -> None:
         missing = [name for name in ("state", "code") if not query.get(name)]
         if missing:
             raise BadRequest(f"missing query parameter(s): {', '.join(missing)}")
-        payload = await blocking(lambda: service.check_state(query["state"]))
-        if hdrs.AUTHORIZATION in request.headers:
-            # A front end that receives the redirect itself forwards code and state with its
-            # own token: then the state must belong to that very user (no login CSRF).
-            caller = token_verifier(rt).authenticate(request.headers[hdrs.AUTHORIZATION])
-            if caller.id != payload["u"]:
-                raise Forbidden("this authorization was started by another user", code="STATE_USER_MISMATCH")
-        result = await provider_call(payload["u"], lambda: service.finish_oauth(payload["u"], payload["p"], query["code"]))
+        return service.verified_state(query["state"]), query["code"]
+
+    async def complete(
+        payload: dict[str, Any], code: str, *, caller: str | None, browser: str | None
+    ) -> tuple[dict[str, Any], bool]:
+        """Use up the flow (bound to this browser or caller), redeem the code; (account status, new?)."""
+        with slots.hold(payload["u"]):
+            await blocking(lambda: service.claim_flow(payload, browser=browser, caller=caller))
+            result = await provider_call(lambda: service.finish_oauth(payload, code))
         return await connected(result)
+
+    def app_redirect(params: Mapping[str, str]) -> web.Response:
+        """Send the browser on to the app (or brain's result page) with the outcome in the query."""
+        app_url = urlsplit(service.app_redirect_url)
+        query = urlencode(parse_qsl(app_url.query) + [(k, v[:300]) for k, v in params.items()])
+        location = urlunsplit((app_url.scheme, app_url.netloc, app_url.path, query, ""))
+        return web.Response(status=302, headers={hdrs.LOCATION: location, **NO_LEAKS})
+
+    @public  # where the browser lands when no app URL is configured: says what happened
+    async def result(request: web.Request) -> web.Response:
+        return web.Response(text=result_page(request.query), content_type="text/html", headers=RESULT_HEADERS)
 
     @scope("mail:read")
     async def status(request: web.Request) -> web.Response:
@@ -179,6 +248,8 @@ def add_routes(app: web.Application, rt: Runtime, service: MailService) -> None:
         return json_response({"account": (fresh or account).status(), "events_kept": True})
 
     add_route(app, "POST", "/mail/connect", connect)
+    add_route(app, "GET", START_PATH, start)
     add_route(app, "GET", CALLBACK_PATH, callback)
+    add_route(app, "GET", RESULT_PATH, result)
     add_route(app, "GET", "/mail/status", status)
     add_route(app, "POST", "/mail/disconnect", disconnect)

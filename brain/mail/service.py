@@ -8,28 +8,47 @@ event loop's executor; the actors call them from their own threads.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
+from urllib.parse import urlencode
 
 import pluggy
 
 from brain.actors.supervisor import ChildSpec, Supervisor
 from brain.config import Settings
-from brain.errors import BadRequest, NotFound
-from brain.mail.crypto import InvalidState, StateSigner
+from brain.errors import BadRequest, Forbidden, NotFound
+from brain.mail.crypto import InvalidState, StateSigner, pkce_challenge
 from brain.mail.db import Account, MailDb, States
 from brain.mail.engine import AccountSync, EventSink, QuotaPacer
-from brain.mail.provider import AuthFailed, ConnectRejected, Credentials, MailProvider, ProviderError, SyncContext
+from brain.mail.provider import (
+    AuthFailed,
+    ConnectRejected,
+    Credentials,
+    MailProvider,
+    ProviderError,
+    SyncContext,
+    iso_utc,
+)
 from brain.mail.registry import ProviderRegistry
 from brain.mail.sync import MailSync
 from brain.mail.tokens import TokenProvider
 
-__all__ = ["MailService", "MailSupervisor", "child_id"]
+__all__ = ["CALLBACK_PATH", "MailService", "MailSupervisor", "RESULT_PATH", "START_PATH", "child_id"]
 
 log = logging.getLogger("brain.mail")
+
+START_PATH = "/mail/oauth/start"
+CALLBACK_PATH = "/mail/oauth/callback"
+RESULT_PATH = "/mail/oauth/result"
+
+
+def _digest(browser: str) -> str:
+    """What mail.db keeps of a flow cookie: its SHA-256 (a copy of mail.db binds no browser)."""
+    return hashlib.sha256(browser.encode()).hexdigest()
 
 
 def child_id(account: Account) -> str:
@@ -51,7 +70,12 @@ class MailService:
     @property
     def redirect_uri(self) -> str:
         """Where providers send the browser back after consent."""
-        return self.settings.mail.redirect_uri or f"{self.settings.api_public_url}/mail/oauth/callback"
+        return self.settings.mail.redirect_uri or f"{self.settings.api_public_url}{CALLBACK_PATH}"
+
+    @property
+    def app_redirect_url(self) -> str:
+        """Where the callback sends the browser when done: the app, or brain's result page."""
+        return self.settings.mail.app_redirect_url or f"{self.settings.api_public_url}{RESULT_PATH}"
 
     def new_provider(self, name: str) -> MailProvider:
         """A fresh provider instance for the calling thread."""
@@ -129,37 +153,104 @@ class MailService:
 
     # Connecting (blocking) -----------------------------------------------------------------
 
+    @property
+    def start_url(self) -> str:
+        """brain's connect link: it binds a flow to the browser that opens it, then goes to the provider."""
+        return f"{self.settings.api_public_url}{START_PATH}"
+
     def begin_oauth(self, user_id: str, provider_name: str) -> dict[str, Any]:
-        """Start an OAuth flow: the authorize URL with a signed, single-use state."""
+        """Start an OAuth flow: a signed, single-use state and brain's connect link carrying it.
+
+        The provider's consent page (with the state and the PKCE challenge) is built now, so
+        a misconfigured provider fails here, and kept for the connect link to redirect to.
+        """
         provider = self.new_provider(provider_name)
         if not provider.oauth:
             fields = ", ".join(provider.direct_fields)
             raise BadRequest(f"provider {provider_name!r} has no OAuth flow; send {fields}")
-        state, nonce, expires_at = self.signer.sign(
-            user_id=user_id, provider=provider_name, ttl=self.settings.mail.oauth_state_ttl_seconds
+        mail = self.settings.mail
+        state, nonce, expires_at = self.signer.sign(user_id=user_id, provider=provider_name, ttl=mail.oauth_state_ttl_seconds)
+        challenge = pkce_challenge(self.signer.code_verifier(nonce))
+        try:
+            url = self._connect_call(
+                lambda: provider.authorize_url(state=state, redirect_uri=self.redirect_uri, code_challenge=challenge)
+            )
+        finally:
+            provider.close()
+        start_by = min(expires_at, time.time() + mail.oauth_start_ttl_seconds)
+        self.db.save_oauth_state(
+            nonce=nonce, user_id=user_id, provider=provider_name, expires_at=expires_at, start_by=start_by,
+            authorize_url=url,
         )
-        url = self._connect_call(lambda: provider.authorize_url(state=state, redirect_uri=self.redirect_uri))
-        self.db.save_oauth_state(nonce=nonce, user_id=user_id, provider=provider_name, expires_at=expires_at)
-        return {"provider": provider_name, "authorize_url": url, "state": state, "redirect_uri": self.redirect_uri}
+        return {
+            "provider": provider_name,
+            "authorize_url": f"{self.start_url}?{urlencode({'flow': state})}",
+            "state": state,
+            "redirect_uri": self.redirect_uri,
+            "start_by": iso_utc(start_by),
+        }
 
-    def check_state(self, state: str) -> dict[str, Any]:
-        """The verified payload of a callback's state; 400 when bad, expired or replayed."""
+    def verified_state(self, state: str) -> dict[str, Any]:
+        """The payload ({u, p, n, e}) of a genuine, unexpired state; 400 `INVALID_STATE` otherwise."""
         try:
             payload = self.signer.verify(state)
         except InvalidState as exc:
             raise BadRequest(str(exc), code="INVALID_STATE") from None
         if payload["p"] not in self.registry:
             raise BadRequest(f"unknown provider {payload['p']!r} in state", code="INVALID_STATE")
-        if not self.db.consume_oauth_state(nonce=payload["n"], user_id=payload["u"], provider=payload["p"]):
-            raise BadRequest("state was already used or is unknown; start the connection again", code="INVALID_STATE")
         return payload
 
-    def finish_oauth(self, user_id: str, provider_name: str, code: str) -> tuple[Account, bool]:
-        """Exchange the code, identify the mailbox, store the credentials."""
-        provider = self.new_provider(provider_name)
+    def start_oauth(self, payload: Mapping[str, Any], browser: str) -> str:
+        """Bind the flow to the browser holding the cookie ``browser``; the provider's consent page.
+
+        Only the first browser to open the connect link, within `oauth_start_ttl_seconds`.
+        """
+        url = self.db.bind_oauth_state(nonce=payload["n"], browser=_digest(browser))
+        if url is not None:
+            return url
+        if self.db.oauth_state_bound(payload["n"]):
+            raise Forbidden(
+                "this connect link was already opened (in this or another browser); start the connection again",
+                code="FLOW_ALREADY_STARTED",
+            )
+        raise BadRequest(
+            "this connect link was used already, is too old or unknown; start the connection again",
+            code="INVALID_STATE",
+        )
+
+    def claim_flow(self, payload: Mapping[str, Any], *, browser: str | None, caller: str | None) -> None:
+        """Use up a callback's flow: it must be bound to this browser, or ``caller`` be its user.
+
+        ``browser`` is the flow cookie the callback's request carried; ``caller`` the user of
+        its bearer token, when a front end forwards code and state itself.
+        """
+        nonce, user_id, provider = payload["n"], payload["u"], payload["p"]
+        if caller is not None:
+            if caller != user_id:
+                raise Forbidden("this authorization was started by another user", code="STATE_USER_MISMATCH")
+            used = self.db.consume_oauth_state(nonce=nonce, user_id=user_id, provider=provider, browser=None)
+        else:
+            used = browser is not None and self.db.consume_oauth_state(
+                nonce=nonce, user_id=user_id, provider=provider, browser=_digest(browser)
+            )
+            if not used and self.db.oauth_state_pending(nonce):
+                raise Forbidden(
+                    "this authorization was not started in this browser, so nothing was connected: open the "
+                    "connect link from the app in the browser that signs in to the provider",
+                    code="FLOW_NOT_BOUND",
+                )
+        if not used:
+            raise BadRequest("state was already used or is unknown; start the connection again", code="INVALID_STATE")
+
+    def finish_oauth(self, payload: Mapping[str, Any], code: str) -> tuple[Account, bool]:
+        """Exchange the code (with the flow's PKCE verifier), identify the mailbox, store the credentials."""
+        provider = self.new_provider(payload["p"])
+        verifier = self.signer.code_verifier(payload["n"])
         try:
-            credentials = self._connect_call(lambda: provider.exchange_code(code=code, redirect_uri=self.redirect_uri))
-            return self._connect(user_id, provider, credentials)
+            credentials = self._connect_call(
+                lambda: provider.exchange_code(code=code, redirect_uri=self.redirect_uri, code_verifier=verifier)
+            )
+            return self._connect(payload["u"], provider, credentials)
         finally:
             provider.close()
 

@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
+import hashlib
 import ipaddress
 import json
+import secrets
 import signal
 import socket
 import ssl
@@ -34,6 +37,9 @@ __all__ = [
     "FaultPlan",
     "RecordedRequest",
     "loopback_only",
+    "pkce_challenge",
+    "pkce_pair",
+    "pkce_refusal",
     "run_main",
 ]
 
@@ -139,6 +145,33 @@ class FaultPlan:
             raise ValueError("n must be at least 1")
         with self._lock:
             self._faults.append(fault)
+
+
+def pkce_challenge(verifier: str) -> str:
+    """The S256 ``code_challenge`` of a PKCE ``code_verifier`` (RFC 7636)."""
+    return base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
+
+
+def pkce_pair() -> tuple[str, str]:
+    """A fresh ``(code_verifier, code_challenge)`` for a test that plays the client."""
+    verifier = secrets.token_urlsafe(48)
+    return verifier, pkce_challenge(verifier)
+
+
+def pkce_refusal(challenge: str | None, method: str | None, verifier: str | None) -> str | None:
+    """Why a token request's ``code_verifier`` does not redeem a code (None: it does).
+
+    A code issued without a challenge needs no verifier; one issued with a challenge needs
+    the verifier that made it, as Google and the Microsoft identity platform check.
+    """
+    if challenge is None:
+        return None
+    if not verifier:
+        return "Missing code verifier."
+    computed = pkce_challenge(verifier) if method == "S256" else verifier
+    if not secrets.compare_digest(computed, challenge):
+        return "The code_verifier does not match the code_challenge supplied in the authorization request."
+    return None
 
 
 class FakeServer:

@@ -5,6 +5,13 @@ fake.base_url})`` at it, with ``google.oauth2.credentials.Credentials(token_uri=
 send batches to ``fake.batch_uri``. Mailboxes are keyed by the email the access token was
 issued for; ``users/me`` and ``users/<that email>`` both address it.
 
+The consent screen is ``fake.auth_uri``: it signs in ``login_hint`` (or ``fake.login_as``, or
+the only mailbox), consents at once and redirects to ``redirect_uri`` with ``code`` and
+``state``. Like Google it hands out a refresh token only for ``access_type=offline``, and
+after the first consent only with ``prompt=consent``. PKCE is required by default
+(``require_pkce``): the authorize request must carry an S256 ``code_challenge`` and the code
+exchange the ``code_verifier`` that made it.
+
 Run as a process for benchmarks: ``python -m tests.fakes.gmail --port 0 --user a@example.com
 --populate 500`` prints the URL, then ``client_id``/``client_secret`` and a ``refresh_token``
 line per user; ``tests.fakes.control_call(url, "add_message", "a@example.com", subject="x")``
@@ -30,12 +37,12 @@ from email.message import EmailMessage
 from email.parser import BytesParser
 from email.policy import compat32
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from aiohttp import web
 from multidict import CIMultiDict, MultiDict
 
-from tests.fakes import FakeServer, corpus, run_main
+from tests.fakes import FakeServer, corpus, pkce_refusal, run_main
 
 __all__ = ["BATCH_LIMIT", "GMAIL_READONLY", "FakeGmail"]
 
@@ -188,6 +195,15 @@ class _Grant:
 
 
 @dataclass
+class _Code:
+    grant: _Grant
+    redirect_uri: str | None
+    code_challenge: str | None
+    code_challenge_method: str | None
+    offline: bool  # the exchange also returns a refresh token
+
+
+@dataclass
 class _AccessToken:
     grant: _Grant
     expires_at: float  # time.monotonic()
@@ -223,6 +239,7 @@ class FakeGmail(FakeServer):
         access_token_lifetime: int = 3600,
         rotate_refresh_tokens: bool = False,
         quota_per_second: int | None = None,
+        require_pkce: bool = True,
     ) -> None:
         super().__init__(port=port)
         self.client_id = client_id
@@ -233,8 +250,13 @@ class FakeGmail(FakeServer):
         self.rotate_refresh_tokens = rotate_refresh_tokens
         #: Per-user quota units per second (Gmail's is 250); None: unlimited.
         self.quota_per_second = quota_per_second
+        #: Authorization codes need PKCE (an S256 challenge, then its verifier at the exchange).
+        self.require_pkce = require_pkce
+        #: The account the consent screen signs in when the request has no login_hint.
+        self.login_as: str | None = None
         self._mailboxes: dict[str, _Mailbox] = {}
-        self._codes: dict[str, tuple[_Grant, str | None]] = {}
+        self._codes: dict[str, _Code] = {}
+        self._consented: set[str] = set()  # emails that consented once (no new refresh token after)
         self._refresh_tokens: dict[str, _Grant] = {}
         self._access_tokens: dict[str, _AccessToken] = {}
         self._generations: dict[str, int] = {}
@@ -248,19 +270,34 @@ class FakeGmail(FakeServer):
         return self.base_url + "/token"
 
     @property
+    def auth_uri(self) -> str:
+        """The consent screen (Google's ``accounts.google.com/o/oauth2/v2/auth``)."""
+        return self.base_url + "/o/oauth2/v2/auth"
+
+    @property
     def batch_uri(self) -> str:
         """Batch endpoint, for ``BatchHttpRequest(batch_uri=...)``."""
         return self.base_url + "/batch/gmail/v1"
 
     # -- tokens -------------------------------------------------------------------
 
-    def issue_code(self, email: str, *, scope: str = GMAIL_READONLY, redirect_uri: str | None = None) -> str:
-        """An authorization code for ``email`` (single use), as the consent screen would give."""
-        code = "4/0A" + secrets.token_urlsafe(24)
+    def issue_code(
+        self,
+        email: str,
+        *,
+        scope: str = GMAIL_READONLY,
+        redirect_uri: str | None = None,
+        code_challenge: str | None = None,
+    ) -> str:
+        """An authorization code for ``email`` (single use), as the consent screen would give
+        for an offline request carrying ``code_challenge`` (S256; required with require_pkce)."""
+        if self.require_pkce and not code_challenge:
+            raise ValueError("this fake requires PKCE: pass code_challenge (see tests.fakes.pkce_pair)")
         with self.lock:
             self.add_mailbox(email)
-            self._codes[code] = (self._grant(email, scope), redirect_uri)
-        return code
+            return self._new_code(
+                _Code(self._grant(email, scope), redirect_uri, code_challenge, "S256" if code_challenge else None, True)
+            )
 
     def issue_refresh_token(self, email: str, *, scope: str = GMAIL_READONLY) -> str:
         """A refresh token for ``email`` without the code exchange."""
@@ -291,6 +328,12 @@ class FakeGmail(FakeServer):
 
     def _valid(self, grant: _Grant) -> bool:
         return grant.generation == self._generations.get(grant.email, 0)
+
+    def _new_code(self, code: _Code) -> str:
+        value = "4/0A" + secrets.token_urlsafe(24)
+        self._codes[value] = code
+        self._consented.add(code.grant.email)
+        return value
 
     def _new_refresh_token(self, grant: _Grant) -> str:
         token = "1//0g" + secrets.token_urlsafe(32)
@@ -497,6 +540,8 @@ class FakeGmail(FakeServer):
     # -- HTTP ---------------------------------------------------------------------
 
     def add_routes(self, app: web.Application) -> None:
+        app.router.add_get("/o/oauth2/v2/auth", self._consent)
+        app.router.add_get("/o/oauth2/auth", self._consent)
         app.router.add_post("/token", self._token)
         app.router.add_post("/revoke", self._revoke)
         app.router.add_post("/batch/gmail/v1", self._batch)
@@ -505,6 +550,44 @@ class FakeGmail(FakeServer):
 
     def error_body(self, status: int, message: str, path: str = "") -> dict[str, Any]:
         return google_error(status, _INJECTED_MESSAGES.get(status, message))
+
+    async def _consent(self, request: web.Request) -> web.Response:
+        query = request.query
+        if query.get("client_id") != self.client_id:
+            return _oauth_error(401, "invalid_client", "The OAuth client was not found.")
+        redirect_uri = query.get("redirect_uri")
+        if not redirect_uri:
+            return _oauth_error(400, "invalid_request", "Missing required parameter: redirect_uri")
+        if query.get("response_type") != "code":
+            return _oauth_error(400, "unsupported_response_type", "Invalid response_type")
+        scope = query.get("scope", "")
+        if not scope.split():
+            return _oauth_error(400, "invalid_request", "Missing required parameter: scope")
+        challenge, method = query.get("code_challenge"), query.get("code_challenge_method")
+        if self.require_pkce and not challenge:
+            return _oauth_error(400, "invalid_request", "Missing required parameter: code_challenge")
+        if challenge and (method or "plain") not in (("S256",) if self.require_pkce else ("S256", "plain")):
+            return _oauth_error(400, "invalid_request", f"Invalid code_challenge_method: {method}")
+        with self.lock:
+            email = query.get("login_hint") or self.login_as
+            if email is None and len(self._mailboxes) == 1:
+                email = next(iter(self._mailboxes))
+            if email is None or email not in self._mailboxes:
+                return _oauth_error(400, "invalid_request", "No such Google account")
+            # Google returns a refresh token for offline access on the first consent only,
+            # unless prompt=consent asks for consent (and a refresh token) again.
+            offline = query.get("access_type") == "offline" and (
+                "consent" in query.get("prompt", "").split() or email not in self._consented
+            )
+            code = self._new_code(
+                _Code(self._grant(email, scope), redirect_uri, challenge, (method or "plain") if challenge else None, offline)
+            )
+        params = [("code", code), ("scope", scope)]
+        if "state" in query:
+            params.insert(0, ("state", query["state"]))
+        split = urlsplit(redirect_uri)
+        location = urlunsplit((split.scheme, split.netloc, split.path, urlencode(parse_qsl(split.query) + params), ""))
+        return web.Response(status=302, headers={"Location": location})
 
     async def _token(self, request: web.Request) -> web.Response:
         if request.content_type == "application/json":
@@ -520,13 +603,16 @@ class FakeGmail(FakeServer):
         grant_type = form.get("grant_type")
         with self.lock:
             if grant_type == "authorization_code":
-                entry = self._codes.pop(form.get("code", ""), None)
-                if entry is None or not self._valid(entry[0]):
+                code = self._codes.pop(form.get("code", ""), None)
+                if code is None or not self._valid(code.grant):
                     return _oauth_error(400, "invalid_grant", "Malformed auth code.")
-                grant, redirect_uri = entry
-                if redirect_uri is not None and form.get("redirect_uri") != redirect_uri:
+                grant = code.grant
+                if code.redirect_uri is not None and form.get("redirect_uri") != code.redirect_uri:
                     return _oauth_error(400, "redirect_uri_mismatch", "Bad Request")
-                refresh_token: str | None = self._new_refresh_token(grant)
+                refused = pkce_refusal(code.code_challenge, code.code_challenge_method, form.get("code_verifier"))
+                if refused is not None:
+                    return _oauth_error(400, "invalid_grant", refused)
+                refresh_token: str | None = self._new_refresh_token(grant) if code.offline else None
             elif grant_type == "refresh_token":
                 grant_or_none = self._refresh_tokens.get(form.get("refresh_token", ""))
                 if grant_or_none is None or not self._valid(grant_or_none):

@@ -6,6 +6,9 @@ MSAL only accepts https authorities, so this fake serves TLS with a certificate 
 and ``http_client=fake.requests_session()``. Graph lives under ``fake.graph_url``
 (``https://127.0.0.1:<port>/v1.0``).
 
+PKCE is required by default (``require_pkce``): an authorization request needs an S256
+``code_challenge``, and redeeming its code the ``code_verifier`` that made it.
+
 Run as a process for benchmarks: ``python -m tests.fakes.microsoft --port 0 --user
 a@contoso.example --populate 500`` prints the URL, then ``ca_path``, ``tenant_id``,
 ``client_id``, ``client_secret`` and a ``refresh_token`` line per user.
@@ -18,7 +21,6 @@ import base64
 import datetime
 import email.utils
 import functools
-import hashlib
 import json
 import random
 import re
@@ -36,7 +38,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from multidict import MultiDict
 
-from tests.fakes import FakeServer, corpus, run_main
+from tests.fakes import FakeServer, corpus, pkce_refusal, run_main
 from tests.fakes.tls import TlsFiles, server_ssl_context, tls_files
 
 __all__ = ["DEFAULT_SCOPES", "FakeMicrosoft"]
@@ -271,6 +273,7 @@ class FakeMicrosoft(FakeServer):
         rotate_refresh_tokens: bool = True,
         default_page_size: int = 10,
         tls: TlsFiles | None = None,
+        require_pkce: bool = True,
     ) -> None:
         self.tls = tls or tls_files()
         super().__init__(port=port, ssl_context=server_ssl_context(self.tls))
@@ -285,6 +288,8 @@ class FakeMicrosoft(FakeServer):
         self.default_page_size = default_page_size
         #: The user the authorize endpoint signs in when the request has no login_hint.
         self.login_as: str | None = None
+        #: Authorization codes need PKCE (an S256 challenge, then its verifier at the exchange).
+        self.require_pkce = require_pkce
         self._users: dict[str, _User] = {}
         self._codes: dict[str, _Code] = {}
         self._refresh_tokens: dict[str, _Grant] = {}
@@ -344,12 +349,16 @@ class FakeMicrosoft(FakeServer):
         scopes: Iterable[str] = DEFAULT_SCOPES,
         redirect_uri: str | None = None,
         nonce: str | None = None,
+        code_challenge: str | None = None,
     ) -> str:
-        """An authorization code for ``user`` (single use, 10 minutes)."""
+        """An authorization code for ``user`` (single use, 10 minutes), as the authorize endpoint
+        would give for a request carrying ``code_challenge`` (S256; required with require_pkce)."""
+        if self.require_pkce and not code_challenge:
+            raise ValueError("this fake requires PKCE: pass code_challenge (see tests.fakes.pkce_pair)")
         with self.lock:
             self.add_user(user)
             grant = self._grant(user, scopes, self.client_id)
-            return self._new_code(grant, redirect_uri, None, None, nonce)
+            return self._new_code(grant, redirect_uri, code_challenge, "S256" if code_challenge else None, nonce)
 
     def issue_refresh_token(self, user: str, *, scopes: Iterable[str] = DEFAULT_SCOPES) -> str:
         """A refresh token for ``user`` without the code exchange."""
@@ -688,6 +697,15 @@ class FakeMicrosoft(FakeServer):
                 self._identity_error("unauthorized_client", 700016, "Application not found in the directory."),
                 status=400,
             )
+        challenge, method = query.get("code_challenge"), query.get("code_challenge_method")
+        if self.require_pkce and (not challenge or method != "S256"):
+            return web.json_response(
+                self._identity_error(
+                    "invalid_request", 50148 if challenge else 50149,
+                    "Proof Key for Code Exchange is required: send code_challenge with code_challenge_method=S256.",
+                ),
+                status=400,
+            )
         with self.lock:
             hint = query.get("login_hint") or self.login_as
             if hint is None and len(self._users) == 1:
@@ -698,9 +716,7 @@ class FakeMicrosoft(FakeServer):
                 )
             scopes = query.get("scope", "").split()
             grant = self._grant(hint, scopes, self.client_id)
-            code = self._new_code(
-                grant, redirect_uri, query.get("code_challenge"), query.get("code_challenge_method"), query.get("nonce")
-            )
+            code = self._new_code(grant, redirect_uri, challenge, (method or "plain") if challenge else None, query.get("nonce"))
         params = {"code": code, "session_state": str(uuid.uuid4())}
         if "state" in query:
             params["state"] = query["state"]
@@ -797,21 +813,10 @@ class FakeMicrosoft(FakeServer):
                 ),
                 status=400,
             )
-        if code.code_challenge is not None:
-            verifier = str(form.get("code_verifier", ""))
-            if code.code_challenge_method == "S256":
-                computed = _b64url(hashlib.sha256(verifier.encode()).digest())
-            else:
-                computed = verifier
-            if computed != code.code_challenge:
-                return web.json_response(
-                    self._identity_error(
-                        "invalid_grant",
-                        501481,
-                        "The Code_Verifier does not match the code_challenge supplied in the authorization request.",
-                    ),
-                    status=400,
-                )
+        verifier = form.get("code_verifier")
+        refused = pkce_refusal(code.code_challenge, code.code_challenge_method, None if verifier is None else str(verifier))
+        if refused is not None:
+            return web.json_response(self._identity_error("invalid_grant", 501481, refused), status=400)
         return code.grant, code.nonce
 
     def _redeem_refresh_token(self, token: str) -> tuple[_Grant, None] | web.Response:

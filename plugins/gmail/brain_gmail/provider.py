@@ -167,8 +167,12 @@ class GmailProvider(MailProvider):
 
     # Connecting -----------------------------------------------------------------------
 
-    def authorize_url(self, *, state: str, redirect_uri: str) -> str:
-        """Google's consent screen; offline access so a refresh token comes back."""
+    def authorize_url(self, *, state: str, redirect_uri: str, code_challenge: str) -> str:
+        """Google's consent screen, PKCE-bound.
+
+        Offline access with `prompt=consent`: Google hands out a refresh token on the first
+        consent only, so a reconnect without the prompt would come back without one.
+        """
         self._require_client()
         query = {
             "client_id": self.client_id,
@@ -179,15 +183,18 @@ class GmailProvider(MailProvider):
             "prompt": "consent",
             "include_granted_scopes": "true",
             "state": state,
+            "code_challenge": code_challenge,
+            "code_challenge_method": "S256",
         }
         return f"{self.auth_uri}?{urlencode(query)}"
 
-    def exchange_code(self, *, code: str, redirect_uri: str) -> Credentials:
-        """Trade the authorization code at the token endpoint."""
+    def exchange_code(self, *, code: str, redirect_uri: str, code_verifier: str) -> Credentials:
+        """Trade the authorization code (and the PKCE verifier) at the token endpoint."""
         self._require_client()
         form = {
             "grant_type": "authorization_code",
             "code": code,
+            "code_verifier": code_verifier,
             "redirect_uri": redirect_uri,
             "client_id": self.client_id,
             "client_secret": self.client_secret,

@@ -8,6 +8,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+import requests
 
 from brain.errors import ConfigError
 from brain.mail.engine import QuotaPacer
@@ -26,6 +27,7 @@ from brain.mail.tokens import TokenProvider
 from brain.plugins.manager import load_plugins
 from brain_gmail import plugin
 from brain_gmail.provider import GmailProvider
+from tests.fakes import pkce_pair
 from tests.fakes.gmail import FakeGmail
 from tests.test_mail_engine import loopback  # noqa: F401 - autouse fixture: loopback only
 
@@ -66,8 +68,9 @@ def test_plugin_registers_the_provider_and_checks_its_table() -> None:
         plugin.brain_startup(settings=None, plugin_settings={"gmail": {"message_format": "html"}})
 
 
-def test_authorize_url_asks_for_offline_read_only_access(fake: FakeGmail) -> None:
-    url = provider(fake).authorize_url(state="s1", redirect_uri=REDIRECT)
+def test_authorize_url_asks_for_offline_read_only_access_with_pkce(fake: FakeGmail) -> None:
+    _, challenge = pkce_pair()
+    url = provider(fake).authorize_url(state="s1", redirect_uri=REDIRECT, code_challenge=challenge)
     parts = urlsplit(url)
     query = {k: v[0] for k, v in parse_qs(parts.query).items()}
     assert url.startswith("https://accounts.example/auth?")
@@ -80,18 +83,38 @@ def test_authorize_url_asks_for_offline_read_only_access(fake: FakeGmail) -> Non
         "prompt": "consent",
         "include_granted_scopes": "true",
         "state": "s1",
+        "code_challenge": challenge,
+        "code_challenge_method": "S256",
     }
     with pytest.raises(ConnectRejected, match="GOOGLE_CLIENT_ID"):
-        GmailProvider({}).authorize_url(state="s", redirect_uri=REDIRECT)
+        GmailProvider({}).authorize_url(state="s", redirect_uri=REDIRECT, code_challenge=challenge)
 
 
-def test_code_exchange_and_refresh(fake: FakeGmail) -> None:
-    p = provider(fake)
-    code = fake.issue_code(USER, redirect_uri=REDIRECT)
-    creds = p.exchange_code(code=code, redirect_uri=REDIRECT)
+def consent(url: str) -> dict[str, str]:
+    """What the browser brings back from the fake consent screen: the redirect's query."""
+    with requests.Session() as session:
+        session.trust_env = False  # no proxy between the test and the fake
+        r = session.get(url, allow_redirects=False, timeout=10)
+    assert r.status_code == 302, r.text
+    location = urlsplit(r.headers["Location"])
+    assert f"{location.scheme}://{location.netloc}{location.path}" == REDIRECT
+    return {k: v[0] for k, v in parse_qs(location.query).items()}
+
+
+def test_code_exchange_needs_the_pkce_verifier_and_refreshes(fake: FakeGmail) -> None:
+    fake.add_mailbox(USER)
+    p = provider(fake, auth_uri=fake.auth_uri)
+    verifier, challenge = pkce_pair()
+    answer = consent(p.authorize_url(state="s1", redirect_uri=REDIRECT, code_challenge=challenge))
+    assert answer["state"] == "s1"
+    with pytest.raises(AuthFailed, match="invalid_grant"):
+        p.exchange_code(code=answer["code"], redirect_uri=REDIRECT, code_verifier=pkce_pair()[0])
+
+    answer = consent(p.authorize_url(state="s2", redirect_uri=REDIRECT, code_challenge=challenge))
+    creds = p.exchange_code(code=answer["code"], redirect_uri=REDIRECT, code_verifier=verifier)
     assert creds.access_token and creds.refresh_token and creds.expires_at and creds.obtained_at
     with pytest.raises(AuthFailed, match="invalid_grant"):
-        p.exchange_code(code=code, redirect_uri=REDIRECT)  # codes are single use
+        p.exchange_code(code=answer["code"], redirect_uri=REDIRECT, code_verifier=verifier)  # single use
 
     fresh = p.refresh(creds)
     assert fresh.access_token != creds.access_token

@@ -20,7 +20,7 @@ import time
 import warnings
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, urlencode, urlsplit
 
 import msal
 import requests
@@ -90,25 +90,30 @@ class OutlookProvider(MailProvider):
 
     # Connecting -----------------------------------------------------------------------
 
-    def authorize_url(self, *, state: str, redirect_uri: str) -> str:
-        """Microsoft's sign-in and consent page."""
+    def authorize_url(self, *, state: str, redirect_uri: str, code_challenge: str) -> str:
+        """Microsoft's sign-in and consent page (`prompt=consent`), PKCE-bound."""
         with warnings.catch_warnings():
-            # MSAL prefers initiate_auth_code_flow, whose flow dict must travel from connect to
-            # callback; brain's signed, single-use `state` does that job (see exchange_code).
+            # MSAL prefers initiate_auth_code_flow, whose flow dict (its own PKCE verifier
+            # included) must travel from connect to callback; brain's signed, single-use
+            # `state` and the verifier the core derives from it do that job instead.
             warnings.simplefilter("ignore", DeprecationWarning)
-            return self._msal().get_authorization_request_url(
-                SCOPES, state=state, redirect_uri=redirect_uri, prompt="select_account"
+            url = self._msal().get_authorization_request_url(
+                SCOPES, state=state, redirect_uri=redirect_uri, prompt="consent"
             )
+        # The deprecated builder takes no PKCE parameters: they are added to its query.
+        return f"{url}&{urlencode({'code_challenge': code_challenge, 'code_challenge_method': 'S256'})}"
 
-    def exchange_code(self, *, code: str, redirect_uri: str) -> Credentials:
-        """Redeem the code; the MSAL cache (refresh token included) becomes the credentials."""
+    def exchange_code(self, *, code: str, redirect_uri: str, code_verifier: str) -> Credentials:
+        """Redeem the code with its PKCE verifier; the MSAL cache (refresh token included) becomes the credentials."""
         self._cache = msal.SerializableTokenCache()
         self._app = None
         with warnings.catch_warnings():
             # Deprecated in favour of the auth-code-flow helpers (see authorize_url).
             warnings.simplefilter("ignore", DeprecationWarning)
             result = self._msal_call(
-                lambda: self._msal().acquire_token_by_authorization_code(code, SCOPES, redirect_uri=redirect_uri)
+                lambda: self._msal().acquire_token_by_authorization_code(
+                    code, SCOPES, redirect_uri=redirect_uri, data={"code_verifier": code_verifier}
+                )
             )
         return self._credentials(result)
 

@@ -28,6 +28,7 @@ from brain.mail.tokens import TokenProvider
 from brain.plugins.manager import load_plugins
 from brain_outlook import plugin
 from brain_outlook.provider import OutlookProvider
+from tests.fakes import pkce_pair
 from tests.fakes.microsoft import FakeMicrosoft
 from tests.test_mail_engine import loopback  # noqa: F401 - autouse fixture: loopback only
 
@@ -68,21 +69,37 @@ def test_plugin_registers_the_provider_and_checks_its_table(tmp_path: Any) -> No
         plugin.brain_startup(settings=None, plugin_settings={"outlook": {"ca_bundle": str(tmp_path / "none.pem")}})
 
 
-def test_authorize_url_from_msal(fake: FakeMicrosoft) -> None:
-    url = provider(fake).authorize_url(state="s1", redirect_uri=REDIRECT)
+def test_authorize_url_from_msal_with_pkce_and_consent(fake: FakeMicrosoft) -> None:
+    _, challenge = pkce_pair()
+    url = provider(fake).authorize_url(state="s1", redirect_uri=REDIRECT, code_challenge=challenge)
     parts = urlsplit(url)
     query = {k: v[0] for k, v in parse_qs(parts.query).items()}
     assert f"{parts.scheme}://{parts.netloc}{parts.path}" == f"{fake.authority()}/oauth2/v2.0/authorize"
     assert query["client_id"] == fake.client_id and query["state"] == "s1" and query["redirect_uri"] == REDIRECT
     assert {"Mail.Read", "User.Read", "offline_access"} <= set(query["scope"].split())
-    assert query["response_type"] == "code"
+    assert query["response_type"] == "code" and query["prompt"] == "consent"
+    assert query["code_challenge"] == challenge and query["code_challenge_method"] == "S256"
     with pytest.raises(ConnectRejected, match="MICROSOFT_CLIENT_ID"):
-        OutlookProvider({}).authorize_url(state="s", redirect_uri=REDIRECT)
+        OutlookProvider({}).authorize_url(state="s", redirect_uri=REDIRECT, code_challenge=challenge)
 
 
-def test_code_exchange_keeps_the_msal_cache_in_the_credentials(fake: FakeMicrosoft) -> None:
+def consent(fake: FakeMicrosoft, url: str) -> str:
+    """The code the fake sign-in page sends back to the redirect URI."""
+    r = fake.requests_session().get(url, allow_redirects=False)
+    assert r.status_code == 302, r.text
+    return parse_qs(urlsplit(r.headers["Location"]).query)["code"][0]
+
+
+def test_code_exchange_needs_the_pkce_verifier_and_keeps_the_msal_cache(fake: FakeMicrosoft) -> None:
+    fake.add_user(USER)
     p = provider(fake)
-    creds = p.exchange_code(code=fake.issue_code(USER, redirect_uri=REDIRECT), redirect_uri=REDIRECT)
+    verifier, challenge = pkce_pair()
+    code = consent(fake, p.authorize_url(state="s1", redirect_uri=REDIRECT, code_challenge=challenge))
+    with pytest.raises(AuthFailed, match="invalid_grant"):
+        p.exchange_code(code=code, redirect_uri=REDIRECT, code_verifier=pkce_pair()[0])
+
+    code = consent(fake, p.authorize_url(state="s2", redirect_uri=REDIRECT, code_challenge=challenge))
+    creds = p.exchange_code(code=code, redirect_uri=REDIRECT, code_verifier=verifier)
     assert creds.access_token and creds.expires_at and creds.extra["home_account_id"]
     cache = json.loads(creds.extra["msal_cache"])
     assert cache["RefreshToken"] and cache["Account"]
@@ -96,7 +113,7 @@ def test_code_exchange_keeps_the_msal_cache_in_the_credentials(fake: FakeMicroso
     assert again.extra["msal_cache"] != creds.extra["msal_cache"]
 
     with pytest.raises(AuthFailed, match="invalid_grant"):
-        p.exchange_code(code="1.Anot-a-code", redirect_uri=REDIRECT)
+        p.exchange_code(code="1.Anot-a-code", redirect_uri=REDIRECT, code_verifier=verifier)
 
 
 def test_refresh_failures(fake: FakeMicrosoft) -> None:
