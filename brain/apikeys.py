@@ -26,7 +26,11 @@ import logging
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
+
+from brain.openapi import error
+from brain.process import Process
+from brain.stash import StashKey
 
 log = logging.getLogger("brain.apikeys")
 
@@ -165,3 +169,39 @@ class ApiKeyHub:
         if self.listener is not None:
             self.listener.clear()
 
+
+_HUB: StashKey[ApiKeyHub] = StashKey("brain.apikeys.hub")
+
+
+def api_key_hub(rt: Process) -> ApiKeyHub:
+    """The process's ApiKeyHub, where the auth role's directory and the API role's cache meet."""
+    return rt.stash.setdefault(_HUB, ApiKeyHub)
+
+
+# The scope an API key needs for a route ("" any key); absent: the route takes no keys.
+SCOPE_ATTR = "brain_api_key_scope"
+H = TypeVar("H")
+
+
+def scope(name: str | None) -> Callable[[H], H]:
+    """Let API keys call a route: keys holding scope `name` (SCOPES), any key when None.
+
+    A route without it takes JWTs only; JWTs are never limited by scopes. The API listener's
+    guard reads the mark.
+    """
+    if name is not None and name not in SCOPES:
+        raise ValueError(f"unknown scope {name!r}")
+
+    def mark(handler: H) -> H:
+        setattr(handler, SCOPE_ATTR, name or "")
+        return handler
+
+    return mark
+
+
+def with_api_keys(operation: dict[str, Any], scope: str | None) -> dict[str, Any]:
+    """An operation that also takes API keys: its security, the scope a key needs (`x-api-key-scope`,
+    "any" for any key) and the 403 for a key without it."""
+    responses = {**operation["responses"], "403": error("INSUFFICIENT_SCOPE: the API key lacks the scope")}
+    return {**operation, "security": [{"bearerAuth": []}, {"apiKeyHeader": []}], "x-api-key-scope": scope or "any",
+            "responses": responses}

@@ -1,17 +1,21 @@
 """Online backups and restores of a data directory.
 
-A backup is a directory holding a consistent snapshot of every database (`auth.db`, `mail.db`,
-`users/{id}/events.db`), taken with SQLite's online backup API while the server keeps running
-and writing, plus `manifest.json` listing each file with its size and SHA-256. Each database is
-copied in one step (a single read transaction), so it is a consistent snapshot as of the
-moment its copy began; every write acknowledged before the backup started is in it.
+Which files a backup holds, the plugins say (`register_backup`): the auth role's `auth.db`,
+mail sync's `mail.db`, the API role's `users/{id}/events.db` and `revoked-users.json`, the
+core's dev-mode `secret.key`. A backup is a directory holding a consistent snapshot of every
+database, taken with SQLite's online backup API while the server keeps running and writing,
+plus the other files and `manifest.json` listing each file with its size and SHA-256. Each
+database is copied in one step (a single read transaction), so it is a consistent snapshot as
+of the moment its copy began; every write acknowledged before the backup started is in it.
 
 A restore checks the manifest's checksums, copies the files into an empty data directory and
-runs `PRAGMA integrity_check` on every database.
+runs `PRAGMA integrity_check` on every database. A built-in plugin of the core (its commands:
+`brain backup`, `brain restore`).
 """
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import os
@@ -19,15 +23,17 @@ import shutil
 import sqlite3
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
 import brain
-from brain.auth.deletion import REVOKED_FILE
+from brain.commands import CommandLine, settings_from_args
 from brain.errors import BrainError
 from brain.ids import is_valid_user_id
+from brain.plugins import hookimpl
+from brain.plugins.manager import load_plugins
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
@@ -38,6 +44,63 @@ class BackupError(BrainError):
 
 
 @dataclass(frozen=True)
+class BackupFile:
+    """A file (or, with `*` for a user id, a family of files) of the data directory to back up.
+
+    `database`: an SQLite file, copied with the online backup API and integrity-checked on
+    restore (otherwise copied as it is); `private`: restored readable by the owner only.
+    """
+
+    path: str  # relative, POSIX; a `*` component stands for any valid user id
+    kind: str
+    database: bool = True
+    private: bool = False
+
+    def matches(self, rel: str) -> bool:
+        """Whether a relative path is one of this entry's files."""
+        parts, pattern = rel.split("/"), self.path.split("/")
+        return len(parts) == len(pattern) and all(
+            (is_valid_user_id(part) if want == "*" else part == want) for part, want in zip(parts, pattern)
+        )
+
+    def found_in(self, data_dir: Path) -> Iterator[tuple[str, Path]]:
+        """(relative path, absolute path) of each of its files present in data_dir."""
+        head, star, tail = self.path.partition("*")
+        if not star:
+            path = data_dir / self.path
+            if path.is_file():
+                yield self.path, path
+            return
+        parent = data_dir / head.rstrip("/")
+        if not parent.is_dir():
+            return
+        for entry in sorted(parent.iterdir()):
+            # Only directories named like a user id: anything else is not ours to copy.
+            if is_valid_user_id(entry.name) and not entry.is_symlink() and (entry / tail.lstrip("/")).is_file():
+                yield f"{head}{entry.name}{tail}", entry / tail.lstrip("/")
+
+
+SECRET = BackupFile("secret.key", "secret", database=False, private=True)
+
+
+@hookimpl
+def register_backup(register: Callable[[BackupFile], None]) -> None:
+    """The dev-mode server secret: without it restored keys and OAuth tokens cannot be decrypted."""
+    register(SECRET)
+
+
+def backup_files(pm: Any) -> list[BackupFile]:
+    """Every file the plugins of `pm` back up: databases first, each group by path."""
+    found: list[BackupFile] = []
+    pm.hook.register_backup(register=found.append)
+    return sorted(found, key=lambda f: (not f.database, f.path))
+
+
+def _builtin_files() -> list[BackupFile]:
+    return backup_files(load_plugins(()))
+
+
+@dataclass(frozen=True)
 class Entry:
     """One file in a backup."""
 
@@ -45,21 +108,6 @@ class Entry:
     kind: str  # "auth", "mail", "user", "secret"
     size: int
     sha256: str
-
-
-def databases(data_dir: Path) -> Iterator[tuple[str, str, Path]]:
-    """(relative path, kind, absolute path) of every database in a data dir, auth/mail first."""
-    for name, kind in (("auth.db", "auth"), ("mail.db", "mail")):
-        path = data_dir / name
-        if path.is_file():
-            yield name, kind, path
-    users = data_dir / "users"
-    if users.is_dir():
-        for user_dir in sorted(users.iterdir()):
-            db = user_dir / "events.db"
-            # Only directories named like a user id: anything else is not ours to copy.
-            if is_valid_user_id(user_dir.name) and not user_dir.is_symlink() and db.is_file():
-                yield f"users/{user_dir.name}/events.db", "user", db
 
 
 def sha256_of(path: Path) -> str:
@@ -127,8 +175,9 @@ def backup(
     *,
     include_secret: bool = True,
     progress: Callable[[int], Progress] | None = None,
+    files: Sequence[BackupFile] | None = None,
 ) -> dict[str, Any]:
-    """Snapshot every database of data_dir into dest (new or empty); return the manifest."""
+    """Snapshot every file data_dir holds of `files` (default: the built-in plugins') into dest."""
     data_dir, dest = Path(data_dir).resolve(), Path(dest).resolve()
     if not data_dir.is_dir():
         raise BackupError(f"data directory not found: {data_dir}")
@@ -136,29 +185,24 @@ def backup(
         raise BackupError(f"backup destination is not empty: {dest}")
     if dest == data_dir or data_dir in dest.parents:
         raise BackupError("the backup destination must be outside the data directory")
-    dbs = list(databases(data_dir))
-    bar = progress(len(dbs)) if progress else None
+    wanted = [f for f in (_builtin_files() if files is None else files) if include_secret or f.kind != SECRET.kind]
+    present = [(spec, rel, src) for spec in wanted for rel, src in spec.found_in(data_dir)]
+    bar = progress(sum(spec.database for spec, _, _ in present)) if progress else None
     dest.mkdir(parents=True, exist_ok=True)
     started = time.time()
     entries: list[Entry] = []
-    for rel, kind, src in dbs:
+    for spec, rel, src in present:
         target = dest / rel
-        _copy_database(src, target)
-        entries.append(Entry(rel, kind, target.stat().st_size, sha256_of(target)))
-        if bar:
+        if spec.database:
+            _copy_database(src, target)
+        else:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, target)
+        if spec.private:
+            os.chmod(target, 0o600)
+        entries.append(Entry(rel, spec.kind, target.stat().st_size, sha256_of(target)))
+        if bar and spec.database:
             bar.step(rel)
-    revoked = data_dir / REVOKED_FILE
-    if revoked.is_file():
-        # Deleted users' ids, refused until their last token expires: without it a restore
-        # would let a deleted user's still-valid JWT in again.
-        shutil.copyfile(revoked, dest / REVOKED_FILE)
-        entries.append(Entry(REVOKED_FILE, "state", revoked.stat().st_size, sha256_of(dest / REVOKED_FILE)))
-    secret = data_dir / "secret.key"
-    if include_secret and secret.is_file():
-        # Without the dev-mode secret the restored keys and OAuth tokens cannot be decrypted.
-        shutil.copyfile(secret, dest / "secret.key")
-        os.chmod(dest / "secret.key", 0o600)
-        entries.append(Entry("secret.key", "secret", secret.stat().st_size, sha256_of(dest / "secret.key")))
     manifest = {
         "format": FORMAT_VERSION,
         "brain_version": brain.__version__,
@@ -172,20 +216,14 @@ def backup(
     return manifest
 
 
-def _safe_relpath(rel: str) -> Path:
+def _spec_for(rel: str, files: Sequence[BackupFile]) -> BackupFile:
+    """The entry a manifest path belongs to; anything else must never be written."""
     path = Path(rel)
-    parts = path.parts
-    ok = (
-        not path.is_absolute()
-        and ".." not in parts
-        and (
-            rel in ("auth.db", "mail.db", "secret.key", REVOKED_FILE)
-            or (len(parts) == 3 and parts[0] == "users" and is_valid_user_id(parts[1]) and parts[2] == "events.db")
-        )
-    )
-    if not ok:
-        raise BackupError(f"manifest names an unexpected file: {rel!r}")
-    return path
+    if not path.is_absolute() and ".." not in path.parts:
+        for spec in files:
+            if spec.matches(rel):
+                return spec
+    raise BackupError(f"manifest names an unexpected file: {rel!r}")
 
 
 def integrity_check(path: Path) -> str:
@@ -203,8 +241,10 @@ def restore(
     data_dir: Path,
     *,
     progress: Callable[[int], Progress] | None = None,
+    files: Sequence[BackupFile] | None = None,
 ) -> dict[str, Any]:
     """Put a backup back into an empty data dir, verifying checksums and integrity."""
+    files = _builtin_files() if files is None else files
     src, data_dir = Path(src).resolve(), Path(data_dir).resolve()
     try:
         manifest = json.loads((src / MANIFEST).read_text())
@@ -216,74 +256,82 @@ def restore(
         raise BackupError(f"unsupported backup format {manifest.get('format')!r}")
     if data_dir.exists() and any(data_dir.iterdir()):
         raise BackupError(f"restore target is not empty: {data_dir} (restore only into an empty data dir)")
-    files = manifest.get("files") or []
-    for item in files:
-        rel = _safe_relpath(str(item.get("path", "")))
+    items = manifest.get("files") or []
+    for item in items:
+        rel = str(item.get("path", ""))
+        _spec_for(rel, files)
         path = src / rel
         if not path.is_file():
             raise BackupError(f"backup is missing {rel}")
         if sha256_of(path) != item.get("sha256"):
             raise BackupError(f"checksum mismatch for {rel}: the backup is damaged")
-    bar = progress(len(files)) if progress else None
+    bar = progress(len(items)) if progress else None
     data_dir.mkdir(parents=True, exist_ok=True)
     checked: dict[str, str] = {}
-    for item in files:
-        rel = _safe_relpath(item["path"])
+    for item in items:
+        rel = item["path"]
+        spec = _spec_for(rel, files)
         target = data_dir / rel
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(src / rel, target)
-        if item["kind"] == "secret":
+        if spec.private:
             os.chmod(target, 0o600)
-        elif item["kind"] != "state":
+        if spec.database:
             verdict = integrity_check(target)
             if verdict != "ok":
                 raise BackupError(f"integrity check failed for {rel}: {verdict}")
-            checked[str(rel)] = verdict
+            checked[rel] = verdict
         if bar:
-            bar.step(str(rel))
-    return {"restored": len(files), "integrity": checked, "source": str(src), "data_dir": str(data_dir)}
+            bar.step(rel)
+    return {"restored": len(items), "integrity": checked, "source": str(src), "data_dir": str(data_dir)}
 
 
 # Command line -------------------------------------------------------------------------------
 
 
-def add_parser(sub: Any, add_config_args: Callable[[Any], None], settings_from_args: Callable[[Any], Any]) -> None:
-    """Add `brain backup` and `brain restore` to the CLI."""
-
-    def cmd_backup(args: Any) -> int:
-        settings = settings_from_args(args)
-        manifest = backup(
-            settings.data_path,
-            Path(args.dest),
-            include_secret=not args.no_secret,
-            progress=lambda n: Progress(n, "backup", enabled=not args.json),
-        )
-        if args.json:
-            print(json.dumps(manifest, indent=2))
-        else:
-            print(f"backed up {len(manifest['files'])} files ({manifest['total_bytes']} bytes) to {args.dest}")
-        return 0
-
-    def cmd_restore(args: Any) -> int:
-        settings = settings_from_args(args)
-        result = restore(
-            Path(args.src), settings.data_path, progress=lambda n: Progress(n, "restore", enabled=not args.json)
-        )
-        if args.json:
-            print(json.dumps(result, indent=2))
-        else:
-            print(f"restored {result['restored']} files into {result['data_dir']}; every database passed integrity_check")
-        return 0
-
-    bk = sub.add_parser("backup", help="take a consistent online snapshot of every database (server may run)")
-    add_config_args(bk)
+@hookimpl
+def register_commands(cli: CommandLine) -> None:
+    """`brain backup` and `brain restore`."""
+    bk = cli.subcommands.add_parser("backup", help="take a consistent online snapshot of every database (server may run)")
+    cli.add_config_args(bk)
     bk.add_argument("dest", metavar="DEST", help="new or empty directory to write the backup to")
     bk.add_argument("--no-secret", action="store_true", help="leave the dev-mode secret.key out of the backup")
     bk.add_argument("--json", action="store_true", help="print the manifest as JSON instead of a progress bar")
-    bk.set_defaults(func=cmd_backup)
+    cli.runs(bk, "brain.backup:backup_command")
 
-    rs = sub.add_parser("restore", help="restore a backup into an empty data dir and integrity-check it")
-    add_config_args(rs)
+    rs = cli.subcommands.add_parser("restore", help="restore a backup into an empty data dir and integrity-check it")
+    cli.add_config_args(rs)
     rs.add_argument("src", metavar="SRC", help="a directory written by `brain backup`")
     rs.add_argument("--json", action="store_true", help="print the result as JSON")
-    rs.set_defaults(func=cmd_restore)
+    cli.runs(rs, "brain.backup:restore_command")
+
+
+def backup_command(args: argparse.Namespace) -> int:
+    """`brain backup DEST`."""
+    settings = settings_from_args(args)
+    manifest = backup(
+        settings.data_path,
+        Path(args.dest),
+        include_secret=not args.no_secret,
+        progress=lambda n: Progress(n, "backup", enabled=not args.json),
+        files=backup_files(load_plugins(settings.plugins.enabled)),
+    )
+    if args.json:
+        print(json.dumps(manifest, indent=2))
+    else:
+        print(f"backed up {len(manifest['files'])} files ({manifest['total_bytes']} bytes) to {args.dest}")
+    return 0
+
+
+def restore_command(args: argparse.Namespace) -> int:
+    """`brain restore SRC`."""
+    settings = settings_from_args(args)
+    result = restore(
+        Path(args.src), settings.data_path, progress=lambda n: Progress(n, "restore", enabled=not args.json),
+        files=backup_files(load_plugins(settings.plugins.enabled)),
+    )
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(f"restored {result['restored']} files into {result['data_dir']}; every database passed integrity_check")
+    return 0

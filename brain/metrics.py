@@ -8,15 +8,18 @@ Two kinds of figures:
   whatever URLs clients send. The middleware adds to plain per-route counters on the event
   loop (~2 us a request on this 2-core machine); prometheus-client's own Counter and
   Histogram take a lock per increment (~6 us a request), a lot beside GET /me's ~150 us;
-- everything else, read at scrape time by `BrainCollector` from the figures the subsystems
-  keep anyway (JWKS state, token cache, stores, event bus, mail.db, supervisors): the request
-  path pays nothing for them.
+- everything else, read at scrape time from the figures the subsystems keep anyway (JWKS
+  state, token cache, stores, event bus, mail.db, supervisors): each plugin contributes its own
+  through `register_metrics`, and the request path pays nothing for them.
 
 Where it is served (`[metrics]`): on a listener of its own when `port` is set (meant for
 loopback or a private network), else on the API port (the auth port in an auth-only
 process), and there only when a `token` is set. A set token is required wherever /metrics
 is served (`Authorization: Bearer <token>`). `Settings.metrics.exposed` is false with
 neither, and then neither the route nor the middleware exists.
+
+A built-in plugin of the core: the metrics listener, the /metrics route, the request
+middleware on every other served listener, and the process-wide figures.
 """
 
 from __future__ import annotations
@@ -26,8 +29,8 @@ import bisect
 import hmac
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from typing import Any
 
 from aiohttp import hdrs, web
 from prometheus_client import CollectorRegistry, ProcessCollector
@@ -45,14 +48,17 @@ from prometheus_client.utils import floatToGoString
 import brain
 from brain.actors import supervisor
 from brain.errors import Unauthorized
-from brain.web import UNMATCHED_ATTR, Handler, add_route, error_middleware
-
-if TYPE_CHECKING:
-    from brain.runtime import Runtime
+from brain.openapi import error
+from brain.plugins import hookimpl
+from brain.process import Process
+from brain.routes import Components, Listener, Route
+from brain.stash import StashKey
+from brain.web import UNMATCHED_ATTR, Handler
 
 log = logging.getLogger("brain.metrics")
 
 PATH = "/metrics"
+LISTENER = "metrics"
 ROUTE_UNMATCHED = "unmatched"
 # Anything else a client sends as a method is counted as OTHER (label values stay bounded).
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
@@ -60,50 +66,36 @@ METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 Middleware = Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]
+Source = Callable[[], Iterable[Metric]]
+
+METRICS_TOKEN_SCHEME = {"type": "http", "scheme": "bearer", "description": "The [metrics] token"}
+OPERATION: dict[str, Any] = {
+    "operationId": "metrics",
+    "summary": "Prometheus metrics (text exposition format); needs the metrics token, not a JWT",
+    "security": [{"metricsToken": []}],
+    "responses": {
+        "200": {"description": "OK", "content": {"text/plain": {"schema": {"type": "string"}}}},
+        "401": error("Missing or wrong metrics token"),
+    },
+}
 
 
 class Metrics:
-    """The process's registry, the request middleware of each role and the /metrics handler."""
+    """The process's registry, the request middleware of each listener and the /metrics handler."""
 
-    def __init__(self, rt: Runtime) -> None:
-        self.rt = rt
+    def __init__(self, rt: Process) -> None:
         self.settings = rt.settings.metrics
         self.requests = RequestStats()
+        self.collector = BrainCollector()
         self.registry = CollectorRegistry(auto_describe=True)
         self.registry.register(self.requests)
-        self.registry.register(BrainCollector(rt))
+        self.registry.register(self.collector)
         ProcessCollector(registry=self.registry)
         self._token = self.settings.token.encode()
-
-    # -- wiring -------------------------------------------------------------------------------
-
-    def install(self, app: web.Application, role: str) -> None:
-        """Measure every request of a role's app; add /metrics to it if it is where it is served."""
-        app.middlewares.insert(0, self.requests.middleware(role))
-        if not self.settings.port and role == ("api" if "api" in self.rt.roles else "auth"):
-            self.add_route(app)
-
-    def add_route(self, app: web.Application) -> None:
-        """Add GET /metrics (open to the bearer of the metrics token, or to all without one)."""
-
-        from brain.api.routes import public
-
-        @public  # on the API port: the metrics token, not a user's JWT
-        async def metrics(request: web.Request) -> web.Response:
-            return await self.handle(request)
-
-        add_route(app, "GET", PATH, metrics)
-
-    def listener_app(self) -> web.Application:
-        """The app of the separate metrics listener (`metrics.port`)."""
-        app = web.Application(middlewares=[error_middleware])
-        self.add_route(app)
-        return app
-
-    # -- GET /metrics ------------------------------------------------------------------------
+        rt.hook.register_metrics(rt=rt, register=self.collector.register)
 
     async def handle(self, request: web.Request) -> web.Response:
-        """The exposition; the figures are gathered on a worker thread (mail.db is read)."""
+        """GET /metrics: the exposition; the figures are gathered on a worker thread (mail.db is read)."""
         if self._token:
             given = request.headers.get(hdrs.AUTHORIZATION, "")
             if not hmac.compare_digest(given.encode(errors="replace"), b"Bearer " + self._token):
@@ -113,6 +105,69 @@ class Metrics:
                 )
         body = await asyncio.get_running_loop().run_in_executor(None, generate_latest, self.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_PLAIN_0_0_4, "Cache-Control": "no-store"})
+
+
+METRICS: StashKey[Metrics] = StashKey("brain.metrics")
+
+
+def metrics_for(rt: Process) -> Metrics:
+    """The process's Metrics (created on first use)."""
+    return rt.stash.setdefault(METRICS, lambda: Metrics(rt))
+
+
+# Hooks ----------------------------------------------------------------------------------------
+
+
+@hookimpl
+def register_listeners(settings: Any, register: Callable[[Listener], None]) -> None:
+    """The separate metrics listener, when `metrics.port` is set (plain http, not described)."""
+    if settings.metrics.exposed and settings.metrics.port:
+        register(Listener(
+            name=LISTENER, host=settings.metrics.host, port=settings.metrics.port, served=True, rank=1000,
+            tls=False, access_log=False, documented=False,
+        ))
+
+
+@hookimpl
+def register_routes(rt: Process, listener: str, register: Callable[[Route | Components], None]) -> None:
+    """GET /metrics on its own listener, or on the main one (then described, with its token scheme)."""
+    main = listener == rt.main_listener
+    if main:
+        register(Components({"securitySchemes": {"metricsToken": METRICS_TOKEN_SCHEME}}))
+    settings = rt.settings.metrics
+    if not settings.exposed or listener != (LISTENER if settings.port else rt.main_listener):
+        return
+
+    async def metrics(request: web.Request) -> web.Response:
+        return await metrics_for(rt).handle(request)
+
+    # Public on a guarded listener: the metrics token, not a user's JWT.
+    register(Route("GET", PATH, metrics, operation=None if settings.port else OPERATION, public=True))
+
+
+@hookimpl
+def setup_app(rt: Process, listener: str, app: web.Application) -> None:
+    """Measure every request of each served listener but the metrics listener itself."""
+    if rt.settings.metrics.exposed and listener != LISTENER:
+        app.middlewares.insert(0, metrics_for(rt).requests.middleware(listener))
+
+
+@hookimpl
+def register_metrics(rt: Process, register: Callable[[str, Source], None]) -> None:
+    """The build, the roles served, and the supervisors' restarts."""
+
+    def process() -> list[Metric]:
+        info = InfoMetricFamily("brain_build", "brain's version and the roles this process serves.")
+        info.add_metric([], {"version": brain.__version__, "roles": ",".join(sorted(rt.roles))})
+        return [
+            info,
+            counter("brain_supervisor_restarts", "Actor restarts by any supervisor since start.",
+                    supervisor.total_restarts()),
+            counter("brain_supervisor_escalations", "Supervisors that gave up (restart intensity exceeded).",
+                    supervisor.total_escalations()),
+        ]
+
+    register("process", process)
 
 
 class _Route:
@@ -217,28 +272,24 @@ class RequestStats(Collector):
 
 
 class BrainCollector(Collector):
-    """Reads the subsystems' own figures at scrape time; one failing source skips only itself."""
+    """Reads the plugins' own figures at scrape time; one failing source skips only itself."""
 
-    def __init__(self, rt: Runtime) -> None:
-        self.rt = rt
+    def __init__(self) -> None:
+        self._sources: list[tuple[str, Source]] = []
         self._failing: set[str] = set()
 
+    def register(self, name: str, collect: Source) -> None:
+        """Add a source of metric families (the `register_metrics` callback)."""
+        self._sources.append((name, collect))
+
     def describe(self) -> list[Metric]:
-        # Families vary with the roles this process runs; nothing to check names against.
+        # Families vary with the plugins active in this process; nothing to check names against.
         return []
 
     def collect(self) -> Iterator[Metric]:
-        sources: list[tuple[str, Callable[[], list[Metric]]]] = [
-            ("process", self._process),
-            ("jwks", self._jwks),
-            ("token_cache", self._token_cache),
-            ("stores", self._stores),
-            ("event_bus", self._event_bus),
-            ("mail", self._mail),
-        ]
-        for name, source in sources:
+        for name, source in self._sources:
             try:
-                families = source()
+                families = list(source())
             except Exception:  # noqa: BLE001 - a scrape must not fail for one subsystem
                 if name not in self._failing:
                     self._failing.add(name)
@@ -247,134 +298,12 @@ class BrainCollector(Collector):
             self._failing.discard(name)
             yield from families
 
-    def _process(self) -> list[Metric]:
-        rt = self.rt
-        info = InfoMetricFamily("brain_build", "brain's version and the roles this process serves.")
-        info.add_metric([], {"version": brain.__version__, "roles": ",".join(sorted(rt.roles))})
-        out: list[Metric] = [info]
-        if "api" in rt.roles:
-            out.append(_gauge("brain_healthy", "1 when /health says ok (signing keys loaded, NATS connected), else 0.",
-                              0 if rt.health_problems() else 1))
-        out.append(_counter("brain_supervisor_restarts", "Actor restarts by any supervisor since start.",
-                            supervisor.total_restarts()))
-        out.append(_counter("brain_supervisor_escalations", "Supervisors that gave up (restart intensity exceeded).",
-                            supervisor.total_escalations()))
-        return out
 
-    def _jwks(self) -> list[Metric]:
-        state = self.rt.jwks
-        if state is None:
-            return []
-        snap = state.snapshot
-        out = [
-            _gauge("brain_jwks_keys", "Usable keys in the API role's cached JWKS (0: none loaded).",
-                   0 if snap is None else len(snap.keys)),
-            _counter("brain_jwks_refreshes", "Successful JWKS fetches.", state.fetches),
-            _counter("brain_jwks_refresh_failures", "Failed JWKS fetches (the last good keys are kept).", state.failures),
-            _gauge("brain_jwks_consecutive_failures", "Failed JWKS fetches since the last success.",
-                   state.consecutive_failures),
-            _counter("brain_jwks_unknown_kid_refetches", "Refetches asked for by tokens with an unknown kid.",
-                     state.refetches),
-        ]
-        if snap is not None:
-            out.append(_gauge("brain_jwks_age_seconds", "Age of the cached JWKS (grows while refreshes fail).",
-                              time.time() - snap.fetched_at))
-            out.append(_gauge("brain_jwks_max_staleness_seconds", "Age at which the cached keys are dropped (503).",
-                              state.max_staleness))
-        return out
-
-    def _token_cache(self) -> list[Metric]:
-        verifier = self.rt.token_verifier
-        if verifier is None:
-            return []
-        stats = verifier.stats()
-        return [
-            _counter("brain_jwt_cache_hits", "Bearer tokens found verified in the token cache.", stats["hits"]),
-            _counter("brain_jwt_cache_misses", "Bearer tokens that needed a full check.", stats["misses"]),
-            _gauge("brain_jwt_cache_entries", "Tokens in the token cache.", stats["size"]),
-        ]
-
-    def _stores(self) -> list[Metric]:
-        stores = self.rt.stores
-        if stores is None:
-            return []
-        stats = stores.stats()
-        return [
-            _gauge("brain_stores_open", "User stores open now (one SQLite file and actor each).", stats["open"]),
-            _gauge("brain_stores_max_open", "Open user stores allowed before the least recently used closes.",
-                   stats["max_open"]),
-            _counter("brain_store_activations", "User stores opened.", stats["activations"]),
-            _counter("brain_store_evictions", "User stores closed to stay under max_open.", stats["evictions"]),
-        ]
-
-    def _event_bus(self) -> list[Metric]:
-        doorbell = self.rt.event_bus
-        if doorbell is None:
-            return []
-        stats = doorbell.stats()
-        out = [_gauge("brain_nats_connected", "1 while the event bus is connected to NATS JetStream.",
-                      1 if stats.get("connected") else 0)]
-        if "published" not in stats:  # the bus is (re)starting: no publisher figures
-            return out
-        out += [
-            _counter("brain_events_published", "Events JetStream acknowledged as new.", stats["published"]),
-            _counter("brain_events_publish_duplicates", "Re-sent events JetStream dropped as duplicates.",
-                     stats["duplicates"]),
-            _counter("brain_events_publish_failures", "Publishes that failed or timed out (retried from the outbox).",
-                     stats["failures"]),
-            _counter("brain_events_drained", "Events published from the outboxes on disk (after an outage).",
-                     stats["drained"]),
-            _gauge("brain_outbox_queued_events", "Committed events waiting in memory to be published.", stats["queued"]),
-            _gauge("brain_outbox_in_flight_events", "Events published and awaiting JetStream's acknowledgement.",
-                   stats["in_flight"]),
-            _gauge("brain_outbox_dirty_users", "Users whose unpublished events wait in their outbox on disk.",
-                   stats["dirty_users"]),
-            _gauge("brain_outbox_oldest_unacked_seconds",
-                   "Age of the oldest publish still awaiting its JetStream acknowledgement (0: none).",
-                   _oldest_unacked_seconds(doorbell)),
-        ]
-        return out
-
-    def _mail(self) -> list[Metric]:
-        if "api" not in self.rt.roles:
-            return []
-        from peewee import fn
-
-        from brain.mail import service_for
-        from brain.mail.db import Account, States
-
-        db = service_for(self.rt).db
-        with db.unit():
-            rows = list(Account.select(Account.state, fn.COUNT(Account.id)).group_by(Account.state).tuples())
-        counts = dict.fromkeys(
-            (States.SYNCING, States.IDLE, States.BACKOFF, States.NEEDS_REAUTH, States.ERROR, States.DISCONNECTED), 0
-        )
-        counts.update(rows)
-        family = GaugeMetricFamily("brain_mail_accounts", "Connected mail accounts by sync state.", labels=["state"])
-        for state, count in sorted(counts.items()):
-            family.add_metric([state], count)
-        return [family]
-
-
-def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
+def gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
+    """A gauge family of one sample (for `register_metrics` sources)."""
     return GaugeMetricFamily(name, documentation, value=value)
 
 
-def _counter(name: str, documentation: str, value: float) -> CounterMetricFamily:
+def counter(name: str, documentation: str, value: float) -> CounterMetricFamily:
+    """A counter family of one sample (for `register_metrics` sources)."""
     return CounterMetricFamily(name, documentation, value=value)
-
-
-def _oldest_unacked_seconds(doorbell: Any) -> float:
-    """Seconds the oldest in-flight publish has waited (read from the publisher, approximately)."""
-    # The publisher keeps in-flight publishes in send order, each with its ack deadline; it
-    # runs on another thread, so the read may race a change: then report nothing pending.
-    publisher = getattr(doorbell, "_publisher", None)
-    sent = getattr(publisher, "_sent", None)
-    if not sent:
-        return 0.0
-    try:
-        first = next(iter(sent.values()))
-    except (StopIteration, RuntimeError):
-        return 0.0
-    sent_at = first.deadline - publisher.settings.publish_timeout_seconds  # type: ignore[union-attr]
-    return max(0.0, time.monotonic() - sent_at)

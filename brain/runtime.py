@@ -1,23 +1,27 @@
-"""The server process: settings, plugins, the supervision tree and the two HTTP roles.
+"""The server process: settings, plugins, the supervision tree and the HTTP listeners.
 
-Start-up order: bind the listening sockets (so port 0 resolves before any URL is derived),
-load plugins, start the supervision tree (embedded NATS, auth_sup, data_sup), then serve HTTP.
-Shutdown runs the other way: stop accepting, let in-flight requests finish, stop the tree in
-reverse order (which closes every database), exit.
+The runtime knows no role: everything it runs comes through the plugin hooks
+(`brain.plugins.hookspecs`), the built-in roles' included. Start-up order: bind the listening
+sockets the plugins declare (so port 0 resolves before any URL is derived), start the
+supervision tree they register, then serve their routes. Shutdown runs the other way: stop
+accepting, let in-flight requests finish, stop the tree in reverse order (which closes every
+database), exit.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import dataclasses
 import logging
-import math
+import os
 import signal
 import socket
 import ssl
 import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+import weakref
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import pluggy
 import pykka
@@ -26,33 +30,33 @@ from aiohttp import web
 import brain
 from brain.actors import bridge
 from brain.actors.supervisor import ChildSpec, Supervisor
-from brain.apikeys import ApiKeyHub
+from brain.actors.tree import Child, Group, build_tree
+from brain.commands import settings_from_args
 from brain.config import Settings, server_secret
-from brain.errors import ConfigError
-from brain.logs import access_logger_for
-from brain.nats_embedded import EmbeddedNats, free_port, store_dir_for
-from brain.plugins.manager import load_plugins
-from brain.web import BODY_TIMEOUT_KEY, MAX_BODY_KEY, add_hsts, error_middleware
-
-if TYPE_CHECKING:
-    from brain.api.bus import Doorbell
-    from brain.api.jwks import JwksState
-    from brain.api.stores import StoreManager
-    from brain.api.tokens import TokenVerifier
-    from brain.metrics import Metrics
+from brain.datadir import hold_shared
+from brain.errors import ConfigError, PluginError
+from brain.health import HEALTH, Health
+from brain.logs import access_logger_for, setup_logging
+from brain.plugins.manager import PluginManager, load_plugins
+from brain.routes import Components, Listener, Route
+from brain.stash import Stash
+from brain.web import BODY_TIMEOUT_KEY, GUARD_KEY, MAX_BODY_KEY, add_hsts, add_route, error_middleware
 
 log = logging.getLogger("brain.server")
 
-RUNTIME_KEY: web.AppKey["Runtime"] = web.AppKey("runtime")
-
 
 class Runtime:
-    """Everything one `brain serve` process owns; handed to every subsystem."""
+    """Everything one `brain serve` process owns; what plugins see of it is `brain.process.Process`."""
 
-    def __init__(self, settings: Settings, *, plugin_manager: pluggy.PluginManager | None = None) -> None:
+    def __init__(
+        self, settings: Settings, *, plugin_manager: PluginManager | None = None, offline: bool = False
+    ) -> None:
+        """A process for these settings; `offline`: one that serves nothing and in which every
+        plugin is active (a command working on the data directory while no server runs)."""
         self.settings = settings
         self.secret = server_secret(settings)
-        self.pm = plugin_manager or load_plugins(settings.plugins.enabled, builtins=_builtin_plugins())
+        self.pm = plugin_manager or load_plugins(settings.plugins.enabled)
+        self.stash = Stash()
         self.started_at = time.time()
         self.loop: asyncio.AbstractEventLoop | None = None
         self.root: pykka.ActorRef[Supervisor] | None = None
@@ -60,96 +64,66 @@ class Runtime:
         self.exit_code = 0
         self._stop_event: asyncio.Event | None = None
         self._runners: list[web.AppRunner] = []
-        # Set by the API role (brain.api): the user stores, the JWKS cache's shared state, the
-        # bearer-token verifier and the outbox doorbell of the EventBus.
-        self.stores: StoreManager | None = None
-        self.jwks: JwksState | None = None
-        self.token_verifier: TokenVerifier | None = None
-        self.event_bus: Doorbell | None = None
-        # API keys: the auth role's directory and the API role's cache meet here (brain.apikeys).
-        self.api_keys = ApiKeyHub()
-        # name -> callable returning a JSON-able dict, shown on /health.
-        self.health_sources: dict[str, Callable[[], Any]] = {
-            "nats": lambda: {"url": self.nats_url, "embedded": not settings.nats.url},
-        }
-        # Prometheus metrics, only when /metrics is served somewhere (see brain.metrics).
-        self.metrics: Metrics | None = None
-        if settings.metrics.exposed:
-            from brain.metrics import Metrics
-
-            self.metrics = Metrics(self)
+        self._routes: dict[str, list[Route | Components]] = {}
+        self.listeners = collect_listeners(self.pm, settings)
+        served = frozenset(name for name, listener in self.listeners.items() if listener.served)
+        self._served = frozenset() if offline else served
+        # The wiring hooks of plugins that serve a listener this process does not are not called.
+        self.hook = _ActiveHooks(self.pm, () if offline else self.pm.inactive(served))
         self.pm.hook.brain_startup.call_historic(
             kwargs={"settings": settings, "plugin_settings": settings.plugins.settings}
         )
+        self.hook.setup_process(rt=self)
+        health = self.stash.setdefault(HEALTH, Health)
+        self.hook.register_health(rt=self, register=health.register)
 
     @property
     def roles(self) -> frozenset[str]:
-        """The HTTP roles this process serves."""
+        """The HTTP roles this process serves (`server.roles`)."""
         return frozenset(self.settings.server.roles)
 
-    def health_problems(self) -> list[str]:
-        """Why the API role is degraded right now (empty: ok): no usable keys, NATS not connected."""
-        problems: list[str] = []
-        if self.jwks is not None and self.jwks.current(time.time()) is None:
-            why = f" (last error: {self.jwks.last_error})" if self.jwks.last_error else ""
-            problems.append(f"jwks: no usable signing keys from {self.jwks.url}{why}")
-        if self.event_bus is not None and not self.event_bus.stats().get("connected"):
-            problems.append(f"nats: the event bus is not connected to {self.nats_url}; events wait in the outboxes")
-        return problems
+    def serves(self, listener: str) -> bool:
+        """Whether this process serves the named listener."""
+        return listener in self._served
+
+    @property
+    def main_listener(self) -> str | None:
+        """The served, documented listener with the lowest rank."""
+        candidates = [l for l in self.listeners.values() if l.served and l.documented]
+        return min(candidates, key=lambda l: l.rank).name if candidates else None
+
+    def routes(self, listener: str) -> list[Route | Components]:
+        """What the plugins register for a listener, once per process (apps and /openapi.json share it)."""
+        found = self._routes.get(listener)
+        if found is None:
+            found = []
+            seen: dict[tuple[str, str], Route] = {}
+
+            def register(entry: Route | Components) -> None:
+                if isinstance(entry, Route):
+                    key = (entry.method.upper(), entry.path)
+                    if key in seen:
+                        raise PluginError(f"{entry.method} {entry.path} is registered twice on the {listener} listener")
+                    seen[key] = entry
+                found.append(entry)
+
+            # All plugins, active or not: a listener served elsewhere is still described.
+            self.pm.hook.register_routes(rt=self, listener=listener, register=register)
+            self._routes[listener] = found
+        return found
 
     # Supervision tree ---------------------------------------------------------------
 
     def child_specs(self) -> list[ChildSpec]:
-        """The root's children, in start order."""
-        from brain import api, auth, mail
-
-        specs: list[ChildSpec] = []
-        if not self.nats_url:
-            port = self.settings.nats.embedded_port or free_port()
-            self.nats_url = f"nats://127.0.0.1:{port}"
-            store = store_dir_for(self.settings.data_path)
-            specs.append(
-                ChildSpec(id="nats", start=lambda link: EmbeddedNats.start(link=link, store_dir=store, port=port))
-            )
-        auth_children = [*auth.child_specs(self), *api.auth_child_specs(self)]
-        specs.append(
-            ChildSpec(
-                id="auth_sup",
-                # A supervisor waits for its children, each bounded by its own timeout (OTP).
-                shutdown_timeout=math.inf,
-                start=lambda link: Supervisor.start(
-                    link=link, name="auth_sup", strategy="one_for_one", children=auth_children
-                ),
-            )
-        )
-        if "api" in self.roles:
-            data_children = [
-                *api.data_child_specs(self),
-                ChildSpec(
-                    id="stores",
-                    shutdown_timeout=math.inf,
-                    start=lambda link: Supervisor.start(
-                        link=link, name="stores", strategy="one_for_one", max_restarts=50, max_seconds=10,
-                        stop_together=True,  # independent stores: their databases close concurrently
-                    ),
-                ),
-                *mail.child_specs(self),  # the "mail" supervisor; it resumes connected accounts
-            ]
-            specs.append(
-                ChildSpec(
-                    id="data_sup",
-                    shutdown_timeout=math.inf,
-                    start=lambda link: Supervisor.start(
-                        link=link, name="data_sup", strategy="rest_for_one", children=data_children
-                    ),
-                )
-            )
-        # Last: account deletions reach the API side through it, and it stops before the stores.
-        specs.extend(auth.deletion_child_specs(self))
-        return specs
+        """The root's children, in start order, as the plugins register them."""
+        entries: list[Child | Group] = []
+        self.hook.register_children(rt=self, register=entries.append)
+        return build_tree(entries)
 
     def start_tree(self) -> None:
         """Start the root supervisor and, through it, every actor (blocking)."""
+        # Before any actor opens a database: an offline `brain users delete` may be at work.
+        weakref.finalize(self, os.close, hold_shared(self.settings.data_path))
         self.root = Supervisor.start(
             name="root",
             strategy="one_for_one",
@@ -203,29 +177,28 @@ class Runtime:
             except pykka.Timeout:
                 log.error("supervision tree did not stop within the timeout")
 
-    # HTTP roles ----------------------------------------------------------------------
+    # HTTP listeners -------------------------------------------------------------------
 
-    def make_app(self, role: str) -> web.Application:
-        """The aiohttp application of one role."""
-        from brain import api, auth
-
+    def make_app(self, listener: str) -> web.Application:
+        """The aiohttp application of a listener, from the routes the plugins register for it."""
+        spec = self.listeners[listener]
+        guard = spec.guard(self) if spec.guard is not None else None
         app = web.Application(
             client_max_size=self.settings.server.max_body_bytes,
-            # The API role guards each route instead (brain.api.routes.guard): no middleware there.
-            middlewares=[] if role == "api" else [error_middleware],
+            # A guarded listener wraps each route instead (brain.routes): no middleware there.
+            middlewares=[] if guard is not None else [error_middleware],
         )
-        app[RUNTIME_KEY] = self
         app[MAX_BODY_KEY] = self.settings.server.max_body_bytes
         app[BODY_TIMEOUT_KEY] = self.settings.server.body_timeout_seconds
-        if role == "auth":
-            auth.setup_routes(app, self)
-        else:
-            api.setup_routes(app, self)
-        if self.metrics is not None:
-            self.metrics.install(app, role)
-        if role == "api":
-            api.finish_routes(app)
-        if self.settings.tls and self.settings.server.mode == "production":
+        if guard is not None:
+            app[GUARD_KEY] = guard
+        for entry in self.routes(listener):
+            if isinstance(entry, Route):
+                add_route(app, entry.method, entry.path, entry.handler, public=entry.public)
+        self.hook.setup_app(rt=self, listener=listener, app=app)
+        if spec.finish is not None:
+            spec.finish(app)
+        if spec.tls and self.settings.tls and self.settings.server.mode == "production":
             app.on_response_prepare.append(add_hsts)  # only here: dev and plain http pay nothing
         return app
 
@@ -251,31 +224,24 @@ class Runtime:
             await self.loop.run_in_executor(None, self.stop_tree)
             return 1
         try:
-            for role in ("auth", "api"):
-                if role not in sockets:
-                    continue
+            for name in sorted(sockets, key=lambda n: self.listeners[n].rank):
+                listener = self.listeners[name]
+                access_log = self.settings.log.access_log and listener.access_log
                 runner = web.AppRunner(
-                    self.make_app(role),
-                    access_log_class=access_logger_for(role),
-                    access_log=logging.getLogger(f"brain.access.{role}") if self.settings.log.access_log else None,
+                    self.make_app(name),
+                    access_log_class=access_logger_for(name),
+                    access_log=logging.getLogger(f"brain.access.{name}") if access_log else None,
                     shutdown_timeout=self.settings.server.shutdown_timeout,
                     keepalive_timeout=self.settings.server.idle_timeout_seconds,
                     handle_signals=False,
                 )
                 await runner.setup()
                 self._runners.append(runner)
-                site = web.SockSite(runner, sockets[role], ssl_context=ssl_ctx)
-                await site.start()
-                host, port = sockets[role].getsockname()[:2]
-                log.info("%s role listening on %s://%s:%s", role, "https" if ssl_ctx else "http", host, port)
-            if self.metrics is not None and "metrics" in sockets:
-                runner = web.AppRunner(self.metrics.listener_app(), access_log=None, handle_signals=False)
-                await runner.setup()
-                self._runners.append(runner)
-                await web.SockSite(runner, sockets["metrics"]).start()
-                host, port = sockets["metrics"].getsockname()[:2]
-                log.info("metrics listening on http://%s:%s/metrics", host, port)
-            log.info("brain %s ready (pid %s)", brain.__version__, _pid())
+                tls = ssl_ctx if listener.tls else None
+                await web.SockSite(runner, sockets[name], ssl_context=tls).start()
+                host, port = sockets[name].getsockname()[:2]
+                log.info("%s listening on %s://%s:%s", name, "https" if tls else "http", host, port)
+            log.info("brain %s ready (pid %s)", brain.__version__, os.getpid())
             await self._stop_event.wait()
         finally:
             await self.shutdown()
@@ -307,46 +273,86 @@ class Runtime:
         return ctx
 
 
-def bind_sockets(settings: Settings) -> tuple[Settings, dict[str, socket.socket]]:
-    """Bind each role's listening socket now; settings get the real ports (port 0 resolved)."""
-    host = settings.server.host
+def serve_command(args: argparse.Namespace) -> int:
+    """`brain serve`: load the plugins, bind their listeners, run until asked to stop."""
+    settings = settings_from_args(args)
+    setup_logging(settings.log.format, settings.log.level)
+    pm = load_plugins(settings.plugins.enabled)
+    settings, sockets = bind_sockets(settings, pm)
+    runtime = Runtime(settings, plugin_manager=pm)
+    log.info(
+        "starting brain %s: roles %s, data %s, nats %s",
+        brain.__version__,
+        ",".join(settings.server.roles),
+        settings.data_path,
+        settings.nats.url or "embedded",
+    )
+    return asyncio.run(runtime.serve(sockets))
+
+
+def collect_listeners(pm: pluggy.PluginManager, settings: Settings) -> dict[str, Listener]:
+    """Every listener the plugins declare for these settings, by name."""
+    found: dict[str, Listener] = {}
+
+    def register(listener: Listener) -> None:
+        if listener.name in found:
+            raise PluginError(f"two listeners are named {listener.name!r}")
+        found[listener.name] = listener
+
+    pm.hook.register_listeners(settings=settings, register=register)
+    return found
+
+
+def bind_sockets(settings: Settings, pm: pluggy.PluginManager) -> tuple[Settings, dict[str, socket.socket]]:
+    """Bind every served listener's socket now; settings get the real ports (port 0 resolved)."""
     sockets: dict[str, socket.socket] = {}
-    ports = {"auth": settings.server.auth_port, "api": settings.server.api_port, "metrics": settings.metrics.port}
-    hosts = {"auth": host, "api": host, "metrics": settings.metrics.host}
-    wanted = [r for r in ("auth", "api") if r in settings.server.roles]
-    if settings.metrics.exposed and settings.metrics.port:
-        wanted.append("metrics")  # the separate metrics listener
+    ports: dict[str, int] = {}
     try:
-        for role in wanted:
-            family = socket.AF_INET6 if ":" in hosts[role] else socket.AF_INET
+        for name, listener in collect_listeners(pm, settings).items():
+            if not listener.served:
+                continue
+            family = socket.AF_INET6 if ":" in listener.host else socket.AF_INET
             sock = socket.socket(family, socket.SOCK_STREAM)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
-                sock.bind((hosts[role], ports[role]))
+                sock.bind((listener.host, listener.port))
             except OSError as exc:
                 sock.close()
-                raise OSError(f"cannot listen on {hosts[role]}:{ports[role]} for the {role} role: {exc.strerror}") from None
+                raise OSError(
+                    f"cannot listen on {listener.host}:{listener.port} for the {name} role: {exc.strerror}"
+                ) from None
             sock.listen(1024)
             sock.setblocking(False)
-            ports[role] = sock.getsockname()[1]
-            sockets[role] = sock
+            sockets[name] = sock
+            if listener.port_setting:
+                ports[listener.port_setting] = sock.getsockname()[1]
     except OSError:
         for s in sockets.values():
             s.close()
         raise
-    server = dataclasses.replace(settings.server, auth_port=ports["auth"], api_port=ports["api"])
-    return dataclasses.replace(settings, server=server), sockets
+    return _with_values(settings, ports), sockets
 
 
-def _builtin_plugins() -> list[object]:
-    """Default implementations that ship with the core, registered like any plugin."""
-    from brain.auth.smtp import SmtpMailer
-    from brain.mail.plugin import MailPlugin
+def _with_values(settings: Settings, values: Mapping[str, Any]) -> Settings:
+    """Settings with some `section.key` values replaced."""
+    sections: dict[str, dict[str, Any]] = {}
+    for dotted, value in values.items():
+        section, _, key = dotted.partition(".")
+        sections.setdefault(section, {})[key] = value
+    changes = {name: dataclasses.replace(getattr(settings, name), **keys) for name, keys in sections.items()}
+    return dataclasses.replace(settings, **changes)
 
-    return [SmtpMailer(), MailPlugin()]
 
+class _ActiveHooks:
+    """`pm.hook`, minus the plugins that serve a listener this process does not."""
 
-def _pid() -> int:
-    import os
+    def __init__(self, pm: pluggy.PluginManager, inactive: Iterable[object]) -> None:
+        self._pm = pm
+        self._inactive = list(inactive)
+        self._callers: dict[str, Any] = {}
 
-    return os.getpid()
+    def __getattr__(self, name: str) -> Any:
+        caller = self._callers.get(name)
+        if caller is None:
+            caller = self._callers[name] = self._pm.subset_hook_caller(name, self._inactive)
+        return caller

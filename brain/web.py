@@ -51,18 +51,18 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
 
 
 # An app whose routes are guarded one by one instead of by a middleware (the API role: see
-# brain.api.routes.guard) keeps its guard here; `add_route` applies it to every route added.
-GUARD_KEY: web.AppKey[Callable[[Handler], Handler]] = web.AppKey("brain.guard", object)  # type: ignore[arg-type]
+# brain.api.guard) keeps its guard here; `add_route` applies it to every route added.
+GUARD_KEY: web.AppKey[Callable[[Handler, bool], Handler]] = web.AppKey("brain.guard", object)  # type: ignore[arg-type]
 GUARDED_ATTR = "brain_guarded"
 # Marks the handler of a catch-all route that only answers 404/405 (metrics count it as unmatched).
 UNMATCHED_ATTR = "brain_unmatched"
 
 
-def add_route(app: web.Application, method: str, path: str, handler: Handler) -> None:
+def add_route(app: web.Application, method: str, path: str, handler: Handler, *, public: bool = False) -> None:
     """Register a route (GET also answers HEAD), through the app's guard if it has one."""
     guard = app.get(GUARD_KEY)
     if guard is not None:
-        handler = guard(handler)
+        handler = guard(handler, public)
     if method == "GET":
         app.router.add_get(path, handler)
     else:

@@ -1,4 +1,5 @@
-"""rt.stores as other parts of brain use it (mail sync's actors): the thread and async APIs.
+"""The API role's StoreManager as other parts of brain use it (mail sync's actors reach it as the
+process's EventSink): the thread and async APIs.
 
 A real supervision tree in this process (`Runtime.start_tree`: embedded NATS, the EventBus, the
 stores supervisor) with a small `api.max_open_stores` and a short idle time, so activation, LRU
@@ -15,7 +16,9 @@ from collections.abc import Iterator
 
 import pytest
 
+from brain.api.state import store_manager
 from brain.config import load_settings
+from brain.contracts import EVENT_SINK
 from brain.errors import BadRequest
 from brain.runtime import Runtime
 from tests.support import wait_until
@@ -37,7 +40,7 @@ def rt(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runtime]:
     )
     runtime = Runtime(settings)
     runtime.start_tree()
-    assert runtime.stores is not None
+    assert runtime.stash[EVENT_SINK] is store_manager(runtime)
     try:
         yield runtime
     finally:
@@ -50,8 +53,7 @@ def key(account: str, msg: int, kind: str = "received") -> str:
 
 
 def test_append_from_thread_with_long_idempotency_keys(rt: Runtime) -> None:
-    stores = rt.stores
-    assert stores is not None
+    stores = store_manager(rt)
     events = [{"type": "mail.message.received", "data": {"n": i}, "key": key("u1", i)} for i in range(3)]
     assert len(events[0]["key"]) >= 200
     first = stores.append_from_thread("mailuser1", events)
@@ -75,8 +77,7 @@ def test_append_from_thread_with_long_idempotency_keys(rt: Runtime) -> None:
 
 
 def test_append_is_all_or_nothing(rt: Runtime) -> None:
-    stores = rt.stores
-    assert stores is not None
+    stores = store_manager(rt)
     with pytest.raises(BadRequest, match=r"events\[1\]\.type"):
         stores.append_from_thread("atomic1", [{"type": "ok", "data": 1}, {"type": "bad type", "data": 2}])
     with pytest.raises(BadRequest, match=r"events\[0\]\.key"):
@@ -88,8 +89,7 @@ def test_append_is_all_or_nothing(rt: Runtime) -> None:
 
 @pytest.mark.parametrize("user_id", ["", "..", ".", "../x", "a/b", "a\x00b", "\u00e9", "a" * 65, "-x", None])
 def test_bad_user_ids_never_touch_the_disk(rt: Runtime, user_id: str) -> None:
-    stores = rt.stores
-    assert stores is not None
+    stores = store_manager(rt)
     users = rt.settings.data_path / "users"
     before = sorted(p.name for p in users.iterdir()) if users.exists() else []
     with pytest.raises(BadRequest):
@@ -102,8 +102,7 @@ def test_bad_user_ids_never_touch_the_disk(rt: Runtime, user_id: str) -> None:
 
 
 def test_async_api_and_the_loop_guard(rt: Runtime) -> None:
-    stores = rt.stores
-    assert stores is not None
+    stores = store_manager(rt)
 
     async def main() -> None:
         stored = await stores.append("asyncuser", [{"type": "a.b", "data": [1], "created_at": "2024-01-01T00:00:00Z"}])
@@ -117,8 +116,7 @@ def test_async_api_and_the_loop_guard(rt: Runtime) -> None:
 
 
 def test_concurrent_threads_over_more_users_than_open_stores(rt: Runtime) -> None:
-    stores = rt.stores
-    assert stores is not None
+    stores = store_manager(rt)
     users = [f"busy{i}" for i in range(MAX_OPEN * 2)]
     evictions = stores.stats()["evictions"]
 
@@ -141,8 +139,7 @@ def test_concurrent_threads_over_more_users_than_open_stores(rt: Runtime) -> Non
 
 
 def test_idle_stores_stop_and_reopen_with_their_data(rt: Runtime) -> None:
-    stores = rt.stores
-    assert stores is not None
+    stores = store_manager(rt)
     stores.append_from_thread("sleepy", [{"type": "nap", "data": 1}])
     wait_until(lambda: stores.open_count() == 0, timeout=10, what="idle stores to stop")
     # Closed with an empty outbox (everything published): no marker is left.
@@ -158,7 +155,7 @@ def test_database_files_only_under_users(rt: Runtime) -> None:
     data = rt.settings.data_path
     for path in data.rglob("*"):
         rel = path.relative_to(data)
-        # serve.lock: the running server's lock for the admin CLI (brain.auth.control).
+        # serve.lock: the running server's lock for the admin CLI (brain.datadir).
         assert rel.parts[0] in (
             "users", "outbox", "nats", "secret.key", "mail.db", "mail.db-wal", "mail.db-shm", "serve.lock"
         ), rel
@@ -204,8 +201,7 @@ def test_loop_requests_a_store_never_took_come_back_as_store_closed(tmp_path) ->
 
 def test_loop_writes_over_more_users_than_open_stores(rt: Runtime) -> None:
     """Loop writes and reads while stores keep being evicted and reopened: each lands exactly once."""
-    stores = rt.stores
-    assert stores is not None
+    stores = store_manager(rt)
     users = [f"evict{i}" for i in range(MAX_OPEN * 2)]
     evictions = stores.stats()["evictions"]
 

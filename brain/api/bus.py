@@ -34,7 +34,6 @@ import re
 import threading
 import time
 from collections import defaultdict, deque
-from dataclasses import dataclass
 from pathlib import Path
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -46,7 +45,8 @@ from nats.js.api import StorageType, StreamConfig
 from nats.protocol.command import hpub_cmd
 
 from brain.actors import bridge
-from brain.actors.base import BrainActor, Link
+from brain.actors.base import Link
+from brain.actors.loop import LoopActor
 from brain.api.events import StoredEvent
 from brain.ids import is_valid_user_id
 
@@ -154,6 +154,21 @@ class Doorbell:
             return {"state": "stopped", "connected": False}
         return publisher.stats()
 
+    def oldest_unacked_seconds(self) -> float:
+        """Seconds the oldest in-flight publish has waited (0: none; read from another thread)."""
+        publisher = self._publisher
+        return 0.0 if publisher is None else publisher.oldest_unacked_seconds()
+
+    def purge_user_events(self, user_id: str, timeout: float = 10.0) -> None:
+        """Purge a deleted user's subjects from the event stream (blocking; best effort: when connected)."""
+        publisher = self._publisher
+        if publisher is None or publisher.loop.is_closed():
+            return
+        try:
+            asyncio.run_coroutine_threadsafe(publisher.purge_user(user_id), publisher.loop).result(timeout)
+        except Exception as exc:  # noqa: BLE001 - a wedged or closing bus: the events expire with the stream
+            log.warning("event bus: purging the events of deleted user %s failed: %r", user_id, exc)
+
 
 class _Sent(NamedTuple):
     user_id: str
@@ -250,6 +265,25 @@ class _Publisher:
             "dirty_users": len(self._dirty),
             "last_error": self.last_error,
         }
+
+    async def purge_user(self, user_id: str) -> None:
+        """Purge the user's subjects from the stream (when connected)."""
+        if not self.connected or self.js is None:
+            return
+        try:
+            await self.js.purge_stream(self.settings.stream, subject=f"{self.prefix}.{user_id}.>")
+        except Exception as exc:  # noqa: BLE001 - e.g. the stream does not exist yet
+            log.warning("purging the events of deleted user %s from %s failed: %r", user_id, self.settings.stream, exc)
+
+    def oldest_unacked_seconds(self) -> float:
+        """Seconds the oldest in-flight publish has waited (approximately: read off the bus loop)."""
+        # In-flight publishes are kept in send order, each with its ack deadline; this runs on
+        # another thread, so the read may race a change: then report nothing pending.
+        try:
+            first = next(iter(self._sent.values()))
+        except (StopIteration, RuntimeError):
+            return 0.0
+        return max(0.0, time.monotonic() - (first.deadline - self.settings.publish_timeout_seconds))
 
     # -- the bus loop -----------------------------------------------------------------------------
 
@@ -621,17 +655,11 @@ def _log_failure(fut: asyncio.Future[Any]) -> None:
         log.warning("event bus: ack failed: %r (the event is republished, deduplicated)", fut.exception())
 
 
-@dataclass(frozen=True)
-class _Crashed:
-    error: BaseException
+class EventBus(LoopActor):
+    """The supervised owner of the publisher; a crash of its coroutine is a crash of the actor.
 
-
-class EventBus(BrainActor):
-    """The supervised owner of the publisher; a crash of its main coroutine is a crash of the actor.
-
-    The publisher runs on the HTTP event loop when there is one (`rt.loop`): with one GIL a
-    thread of its own buys no parallelism, only wake-ups and lock hand-offs per event. Without a
-    running loop (the tree started outside `brain serve`), it gets a loop thread of its own.
+    The publisher runs on the HTTP event loop when there is one, else on a loop thread of its
+    own (see `brain.actors.loop.LoopActor`).
     """
 
     def __init__(
@@ -645,66 +673,39 @@ class EventBus(BrainActor):
         data_path: Path,
         loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
-        super().__init__(link=link)
-        self.doorbell = doorbell
-        self._own_loop = loop is None or loop.is_closed() or not loop.is_running()
-        self.loop = asyncio.new_event_loop() if self._own_loop else loop
+        super().__init__(link=link, loop=loop, own_loop=True)
         assert self.loop is not None
+        self.doorbell = doorbell
         self.publisher = _Publisher(url=url, settings=settings, stores=stores, data_path=data_path, loop=self.loop)
-        self._thread: threading.Thread | None = None
-        self._main: concurrent.futures.Future[None] | None = None
 
     def on_start(self) -> None:
-        publisher = self.publisher
-        if self._own_loop:
-            self._thread = threading.Thread(target=self.loop.run_forever, name="eventbus-loop", daemon=True)
-            self._thread.start()
-        self._main = asyncio.run_coroutine_threadsafe(publisher.run(), self.loop)
-        ref = self.actor_ref
+        """Start publishing, then take the stores' events."""
+        super().on_start()
+        self.doorbell.attach(self.publisher)
 
-        def crashed(fut: concurrent.futures.Future[None]) -> None:
-            if fut.cancelled() or publisher._stopping:
-                return
-            error = fut.exception() or RuntimeError("event bus loop ended")
-            try:
-                ref.tell(_Crashed(error))
-            except Exception:  # noqa: BLE001 - the actor is gone already
-                pass
+    async def main(self) -> None:
+        """The publisher's loop."""
+        await self.publisher.run()
 
-        self._main.add_done_callback(crashed)
-        self.doorbell.attach(publisher)
-
-    def on_receive(self, message: Any) -> Any:
-        if isinstance(message, _Crashed):
-            raise RuntimeError("event bus loop failed") from message.error
-        return super().on_receive(message)
+    async def close(self) -> None:
+        """Close the NATS connection; the publisher's worker threads go too."""
+        await self.publisher.close()
+        self.publisher.executor.shutdown(wait=False, cancel_futures=True)
 
     def stats(self) -> dict[str, Any]:
         """The publisher's figures."""
         return self.publisher.stats()
 
     def on_stop(self) -> None:
-        self._shutdown()
+        """Stop taking events, then stop publishing."""
+        self._stop_publisher()
+        super().on_stop()
 
     def on_failure(self, *exc_info: object) -> None:
-        self._shutdown()
+        """Stop taking events, then stop publishing."""
+        self._stop_publisher()
+        super().on_failure(*exc_info)
 
-    def _shutdown(self) -> None:
-        publisher = self.publisher
-        self.doorbell.detach(publisher)
-        loop = self.loop
-        publisher._stopping = True
-        if self._main is not None:
-            self._main.cancel()
-        if not loop.is_closed() and loop.is_running():
-            try:
-                asyncio.run_coroutine_threadsafe(publisher.close(), loop).result(timeout=5)
-            except Exception:  # noqa: BLE001 - a wedged loop is abandoned
-                log.warning("event bus: the NATS connection did not close cleanly")
-        if self._own_loop:
-            loop.call_soon_threadsafe(loop.stop)
-            if self._thread is not None:
-                self._thread.join(timeout=5)
-            if not loop.is_running():
-                loop.close()
-        publisher.executor.shutdown(wait=False, cancel_futures=True)
+    def _stop_publisher(self) -> None:
+        self.doorbell.detach(self.publisher)
+        self.publisher._stopping = True  # noqa: SLF001 - the actor owns its publisher

@@ -1,45 +1,34 @@
-"""The OpenAPI 3.1 description of both HTTP roles, served by the API role at /openapi.json.
+"""The OpenAPI description of the API role's own routes (brain.api.routes carries them).
 
-tests/test_openapi.py builds both roles' aiohttp apps and checks that every route is described
-here and every described operation exists, so this file stays true. A module that adds routes
-to a role describes them with `add_paths` (at import time, next to the routes).
+`INFO` is the document's head: the API role serves /openapi.json, built by `brain.openapi`
+from every listener's routes.
 """
 
 from __future__ import annotations
 
-import copy
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import brain
+from brain.apikeys import with_api_keys
+from brain.openapi import error as _error
+from brain.openapi import json_body as _json_body
+from brain.openapi import ref as _ref
 
-if TYPE_CHECKING:
-    from brain.config import Settings
-
-_EXTRA_PATHS: dict[str, dict[str, dict[str, Any]]] = {"auth": {}, "api": {}}
-_EXTRA_SCHEMAS: dict[str, Any] = {}
-
-
-def add_paths(role: str, paths: Mapping[str, Mapping[str, Any]], schemas: Mapping[str, Any] | None = None) -> None:
-    """Describe more routes of a role ("auth" or "api"): OpenAPI path items, plus schemas."""
-    if role not in _EXTRA_PATHS:
-        raise ValueError(f"unknown role {role!r}")
-    for path, item in paths.items():
-        _EXTRA_PATHS[role].setdefault(path, {}).update(copy.deepcopy(dict(item)))
-    _EXTRA_SCHEMAS.update(copy.deepcopy(dict(schemas or {})))
-
-
-def _ref(name: str) -> dict[str, str]:
-    return {"$ref": f"#/components/schemas/{name}"}
-
-
-def _json_body(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
-    return {"description": description, "content": {"application/json": {"schema": schema}}}
-
-
-def _error(description: str) -> dict[str, Any]:
-    return _json_body(_ref("Error"), description)
-
+INFO: dict[str, Any] = {
+    "title": "brain",
+    "version": brain.__version__,
+    "description": (
+        "Two HTTP roles: auth (Better Auth-compatible sign-up/sign-in, sessions, JWTs, JWKS) "
+        "and api (bearer-JWT protected per-user event stores). Paths of the auth role name "
+        "their own server."
+    ),
+}
+SECURITY_SCHEMES: dict[str, Any] = {
+    "bearerAuth": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"},
+    "apiKeyHeader": {"type": "apiKey", "in": "header", "name": "x-api-key",
+                     "description": "An API key (also accepted as `Authorization: Bearer <key>`); "
+                                    "limited to the scope a route names in x-api-key-scope"},
+}
 
 _BEARER_ERRORS = {
     "401": {
@@ -52,28 +41,7 @@ _BEARER_ERRORS = {
     },
 }
 
-def with_api_keys(operation: dict[str, Any], scope: str | None) -> dict[str, Any]:
-    """An operation that also takes API keys: its security, the scope a key needs (`x-api-key-scope`,
-    "any" for any key; see brain.api.routes.scope) and the 403 for a key without it."""
-    responses = {**operation["responses"], "403": _error("INSUFFICIENT_SCOPE: the API key lacks the scope")}
-    return {**operation, "security": [{"bearerAuth": []}, {"apiKeyHeader": []}], "x-api-key-scope": scope or "any",
-            "responses": responses}
-
-
-# Served on a role's port only when a metrics token is set (brain.metrics).
-_METRICS_PATH: dict[str, Any] = {
-    "get": {
-        "operationId": "metrics",
-        "summary": "Prometheus metrics (text exposition format); needs the metrics token, not a JWT",
-        "security": [{"metricsToken": []}],
-        "responses": {
-            "200": {"description": "OK", "content": {"text/plain": {"schema": {"type": "string"}}}},
-            "401": _error("Missing or wrong metrics token"),
-        },
-    }
-}
-
-_API_PATHS: dict[str, dict[str, Any]] = {
+PATHS: dict[str, dict[str, Any]] = {
     "/health": {
         "get": {
             "operationId": "health",
@@ -192,120 +160,14 @@ _API_PATHS: dict[str, dict[str, Any]] = {
         },
     },
 }
-# The event routes also take API keys (brain.api.routes.scope).
-_API_PATHS["/events"] = {
-    "post": with_api_keys(_API_PATHS["/events"]["post"], "events:write"),
-    "get": with_api_keys(_API_PATHS["/events"]["get"], "events:read"),
+
+# The event routes also take API keys (brain.apikeys.scope).
+PATHS["/events"] = {
+    "post": with_api_keys(PATHS["/events"]["post"], "events:write"),
+    "get": with_api_keys(PATHS["/events"]["get"], "events:read"),
 }
 
-_AUTH_ERRORS = {"400": _error("Invalid body"), "403": _error("Untrusted origin"), "429": _error("Rate limited")}
-
-_AUTH_PATHS: dict[str, dict[str, Any]] = {
-    "/api/auth/sign-up/email": {
-        "post": {
-            "operationId": "signUpEmail",
-            "summary": "Create a user with email and password (Better Auth)",
-            "security": [],
-            "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("SignUpRequest")}}},
-            "responses": {
-                "200": _json_body(_ref("SessionResponse")),
-                "422": _error("USER_ALREADY_EXISTS_USE_ANOTHER_EMAIL"),
-                **_AUTH_ERRORS,
-            },
-        }
-    },
-    "/api/auth/sign-in/email": {
-        "post": {
-            "operationId": "signInEmail",
-            "summary": "Sign in with email and password (Better Auth)",
-            "security": [],
-            "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("SignInRequest")}}},
-            "responses": {
-                "200": _json_body(_ref("SessionResponse")),
-                "401": _error("INVALID_EMAIL_OR_PASSWORD"),
-                **_AUTH_ERRORS,
-            },
-        }
-    },
-    "/api/auth/get-session": {
-        "get": {
-            "operationId": "getSession",
-            "summary": "The current session and user, or null",
-            "security": [{"sessionCookie": []}, {"sessionBearer": []}, {}],
-            "responses": {
-                "200": _json_body(
-                    {
-                        "oneOf": [
-                            {"type": "null"},
-                            {
-                                "type": "object",
-                                "properties": {"session": _ref("Session"), "user": _ref("User")},
-                            },
-                        ]
-                    }
-                )
-            },
-        }
-    },
-    "/api/auth/token": {
-        "get": {
-            "operationId": "token",
-            "summary": "A fresh JWT for the current session",
-            "security": [{"sessionCookie": []}, {"sessionBearer": []}],
-            "responses": {
-                "200": _json_body({"type": "object", "required": ["token"], "properties": {"token": {"type": "string"}}}),
-                "401": _error("No live session"),
-            },
-        }
-    },
-    "/api/auth/sign-out": {
-        "post": {
-            "operationId": "signOut",
-            "summary": "Revoke the current session",
-            "security": [{"sessionCookie": []}, {"sessionBearer": []}, {}],
-            "responses": {"200": _json_body({"type": "object", "properties": {"success": {"type": "boolean"}}})},
-        }
-    },
-    "/api/auth/jwks": {
-        "get": {
-            "operationId": "jwks",
-            "summary": "The public signing keys",
-            "security": [],
-            "responses": {"200": _json_body(_ref("Jwks"))},
-        }
-    },
-    "/api/auth/ok": {
-        "get": {
-            "operationId": "authOk",
-            "summary": "Liveness of the auth role",
-            "security": [],
-            "responses": {"200": _json_body({"type": "object", "properties": {"ok": {"type": "boolean"}}})},
-        }
-    },
-    "/.well-known/openid-configuration": {
-        "get": {
-            "operationId": "openidConfiguration",
-            "summary": "Issuer and jwks_uri for standard verifiers",
-            "security": [],
-            "responses": {
-                "200": _json_body(
-                    {
-                        "type": "object",
-                        "required": ["issuer", "jwks_uri"],
-                        "properties": {"issuer": {"type": "string"}, "jwks_uri": {"type": "string"}},
-                    }
-                )
-            },
-        }
-    },
-}
-
-_SCHEMAS: dict[str, Any] = {
-    "Error": {
-        "type": "object",
-        "required": ["message", "code"],
-        "properties": {"message": {"type": "string"}, "code": {"type": "string"}},
-    },
+SCHEMAS: dict[str, Any] = {
     "NewEvent": {
         "type": "object",
         "required": ["type", "data"],
@@ -366,110 +228,4 @@ _SCHEMAS: dict[str, Any] = {
             "stores": {"type": "object"},
         },
     },
-    "SignUpRequest": {
-        "type": "object",
-        "required": ["name", "email", "password"],
-        "properties": {
-            "name": {"type": "string"},
-            "email": {"type": "string", "format": "email"},
-            "password": {"type": "string", "minLength": 8, "maxLength": 128},
-            "image": {"type": "string"},
-            "callbackURL": {"type": "string"},
-            "rememberMe": {"type": "boolean"},
-        },
-    },
-    "SignInRequest": {
-        "type": "object",
-        "required": ["email", "password"],
-        "properties": {
-            "email": {"type": "string", "format": "email"},
-            "password": {"type": "string"},
-            "rememberMe": {"type": "boolean"},
-            "callbackURL": {"type": "string"},
-        },
-    },
-    "User": {
-        "type": "object",
-        "required": ["id", "email", "name"],
-        "properties": {
-            "id": {"type": "string"},
-            "email": {"type": "string"},
-            "name": {"type": "string"},
-            "image": {"type": ["string", "null"]},
-            "emailVerified": {"type": "boolean"},
-            "twoFactorEnabled": {"type": "boolean"},
-            "createdAt": {"type": "string", "format": "date-time"},
-            "updatedAt": {"type": "string", "format": "date-time"},
-        },
-    },
-    "Session": {
-        "type": "object",
-        "properties": {
-            "id": {"type": "string"},
-            "userId": {"type": "string"},
-            "token": {"type": "string"},
-            "expiresAt": {"type": "string", "format": "date-time"},
-            "ipAddress": {"type": "string"},
-            "userAgent": {"type": "string"},
-            "createdAt": {"type": "string", "format": "date-time"},
-            "updatedAt": {"type": "string", "format": "date-time"},
-        },
-    },
-    "SessionResponse": {
-        "type": "object",
-        "required": ["token", "user", "session", "jwt"],
-        "properties": {
-            "token": {"type": ["string", "null"], "description": "Session token"},
-            "user": _ref("User"),
-            "session": {"oneOf": [_ref("Session"), {"type": "null"}]},
-            "jwt": {"type": ["string", "null"], "description": "RS256 JWT for the API role"},
-        },
-    },
-    "Jwks": {
-        "type": "object",
-        "required": ["keys"],
-        "properties": {"keys": {"type": "array", "items": {"type": "object", "required": ["kty", "kid"]}}},
-    },
 }
-
-
-def build_spec(settings: Settings) -> dict[str, Any]:
-    """The whole document, with each role's server URL."""
-    auth_server = [{"url": settings.auth_public_url, "description": "auth role"}]
-    paths: dict[str, Any] = {}
-    for path, item in {**_API_PATHS, **_EXTRA_PATHS["api"]}.items():
-        paths[path] = copy.deepcopy(item)
-    for path, item in {**_AUTH_PATHS, **_EXTRA_PATHS["auth"]}.items():
-        paths[path] = {"servers": auth_server, **copy.deepcopy(item)}
-    if settings.metrics.exposed and not settings.metrics.port:  # else on its own listener, or not at all
-        metrics = copy.deepcopy(_METRICS_PATH)
-        paths["/metrics"] = metrics if "api" in settings.server.roles else {"servers": auth_server, **metrics}
-    return {
-        "openapi": "3.1.0",
-        "info": {
-            "title": "brain",
-            "version": brain.__version__,
-            "description": (
-                "Two HTTP roles: auth (Better Auth-compatible sign-up/sign-in, sessions, JWTs, JWKS) "
-                "and api (bearer-JWT protected per-user event stores). Paths of the auth role name "
-                "their own server."
-            ),
-        },
-        "servers": [{"url": settings.api_public_url, "description": "api role"}],
-        "security": [{"bearerAuth": []}],
-        "paths": paths,
-        "components": {
-            "securitySchemes": {
-                "bearerAuth": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"},
-                "sessionCookie": {"type": "apiKey", "in": "cookie", "name": "better-auth.session_token"},
-                "sessionBearer": {"type": "http", "scheme": "bearer", "description": "A session token"},
-                "metricsToken": {"type": "http", "scheme": "bearer", "description": "The [metrics] token"},
-                "apiKeyHeader": {"type": "apiKey", "in": "header", "name": "x-api-key",
-                                 "description": "An API key (also accepted as `Authorization: Bearer <key>`); "
-                                                "limited to the scope a route names in x-api-key-scope"},
-                "twoFactorCookie": {"type": "apiKey", "in": "cookie", "name": "better-auth.two_factor",
-                                    "description": "The challenge sign-in sets for a user with two-factor"},
-            },
-            "schemas": {**copy.deepcopy(_SCHEMAS), **copy.deepcopy(_EXTRA_SCHEMAS)},
-        },
-    }

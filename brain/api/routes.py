@@ -1,14 +1,15 @@
 """The API role's HTTP surface: the bearer-token guard and the /health, /me, /events routes.
 
-Every route needs a valid bearer token unless its handler is marked `@public`; a route marked
-`@scope(...)` also takes an API key holding that scope (brain.api.api_keys). The API app has
-no aiohttp middleware: each route's handler is wrapped, as it is added (`brain.web.add_route`),
-in a guard that checks the token and turns every failure into a JSON error, and a catch-all
-route answers what no route matches with a JSON 404 or 405. A middleware layer costs every
-request aiohttp's middleware machinery besides its own work: measured at 64 connections, GET
-/me went from 0.77x to 0.84x the bare GET without it. Other modules adding routes to the API
-app (mail, metrics) use `add_route` and read the caller with `current_user(request)`; the app
-refuses to start with a route that bypassed the guard (`finish_routes`).
+Every route of the API listener needs a valid bearer token unless it is registered `public`; a
+route marked `@brain.apikeys.scope(...)` also takes an API key holding that scope
+(brain.api.api_keys).
+The API app has no aiohttp middleware: each route's handler is wrapped, as it is added
+(`brain.web.add_route`), in a guard that checks the token and turns every failure into a JSON
+error, and a catch-all route answers what no route matches with a JSON 404 or 405; a
+middleware layer would cost every request aiohttp's middleware machinery besides its own work
+(see docs/performance.md). Other plugins' routes on the API listener (mail, metrics) get the
+same guard and read the caller with `brain.routes.current_user(request)`; the app refuses to
+start with a route that bypassed the guard (`finish_routes`).
 """
 
 from __future__ import annotations
@@ -17,72 +18,47 @@ import functools
 import json
 import re
 import time
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, cast
 
 from aiohttp import hdrs, web
 from multidict import CIMultiDict
 
 import brain
 from brain.actors import supervisor
-from brain.apikeys import SCOPES
-from brain.api.api_keys import ApiKeyVerifier, InsufficientScope
+from brain.api import openapi
+from brain.api.api_keys import InsufficientScope
 from brain.api.events import ReservedTypes, check_key, new_event
+from brain.api.state import api_key_verifier, store_manager, token_verifier
 from brain.api.store import AppendRequest
-from brain.api.tokens import TokenUser, TokenVerifier
+from brain.api.tokens import TokenUser
+from brain.apikeys import SCOPE_ATTR, scope
 from brain.errors import BadRequest, PayloadTooLarge
+from brain.health import HEALTH
+from brain.openapi import build_spec
+from brain.process import Process
+from brain.routes import CALLER_KEY, Components, Guard, Route
 from brain.web import GUARDED_ATTR, UNMATCHED_ATTR, Handler, add_route, failure_response, json_response, read_json
 
-if TYPE_CHECKING:
-    from brain.api.stores import StoreManager
-    from brain.runtime import Runtime
-
-USER_KEY: web.RequestKey[TokenUser] = web.RequestKey("brain.api.user", TokenUser)
-# The scope an API key needs for a route ("" any key); absent: the route takes no keys.
-SCOPE_ATTR = "brain_api_key_scope"
+# The guard's caller key, typed as what the API's own guard puts there.
+USER_KEY = cast("web.RequestKey[TokenUser]", CALLER_KEY)
+LISTENER = "api"
 X_API_KEY = "x-api-key"
 MAX_IDEMPOTENCY_KEY = 200
-_PUBLIC_ATTR = "brain_public"
 # Response headers of the JSON routes, copied per response (aiohttp copies whatever it is
 # given; from a CIMultiDict that is one C call, and no Content-Type to parse or set).
 _JSON_NO_STORE: CIMultiDict[str] = CIMultiDict({hdrs.CONTENT_TYPE: "application/json", hdrs.CACHE_CONTROL: "no-store"})
 # A '+' in an unencoded query string arrives as a space: "...T10:00:00 02:00" meant "+02:00".
 _SPACED_OFFSET = re.compile(r"(.*T\d\d:\d\d(?::\d\d(?:\.\d+)?)?) (\d\d:?\d\d)")
 
-H = TypeVar("H", bound=Callable[[web.Request], Awaitable[web.StreamResponse]])
 
+def guard(rt: Process) -> Guard:
+    """The API listener's guard: the caller's JWT or API key first (unless public), every failure as JSON."""
+    authenticate = token_verifier(rt).authenticate
+    api_keys = api_key_verifier(rt)
+    bearer_key, cached_key, look_up_key = api_keys.bearer_key, api_keys.cached, api_keys.authenticate
 
-def public(handler: H) -> H:
-    """Mark a route handler as reachable without a bearer token."""
-    setattr(handler, _PUBLIC_ATTR, True)
-    return handler
-
-
-def current_user(request: web.Request) -> TokenUser:
-    """The verified caller of a protected API route."""
-    return request[USER_KEY]
-
-
-def scope(name: str | None) -> Callable[[H], H]:
-    """Let API keys call a route: keys holding scope `name` (brain.apikeys.SCOPES), any key when None.
-
-    A route without it takes JWTs only; JWTs are never limited by scopes.
-    """
-    if name is not None and name not in SCOPES:
-        raise ValueError(f"unknown scope {name!r}")
-
-    def mark(handler: H) -> H:
-        setattr(handler, SCOPE_ATTR, name or "")
-        return handler
-
-    return mark
-
-
-def guard(verifier: TokenVerifier, api_keys: ApiKeyVerifier) -> Callable[[Handler], Handler]:
-    """Wrap a route handler: the caller's JWT or API key first (unless @public), every failure as JSON."""
-
-    def wrap(handler: Handler) -> Handler:
-        if getattr(handler, _PUBLIC_ATTR, False):
+    def wrap(handler: Handler, public: bool) -> Handler:
+        if public:
 
             async def guarded(request: web.Request) -> web.StreamResponse:
                 try:
@@ -91,8 +67,6 @@ def guard(verifier: TokenVerifier, api_keys: ApiKeyVerifier) -> Callable[[Handle
                     return failure_response(request, exc)
 
         else:
-            authenticate = verifier.authenticate
-            bearer_key, cached_key, look_up_key = api_keys.bearer_key, api_keys.cached, api_keys.authenticate
             takes_keys = hasattr(handler, SCOPE_ATTR)
             needed = getattr(handler, SCOPE_ATTR, "") or None
 
@@ -135,7 +109,6 @@ def finish_routes(app: web.Application) -> None:
         raise RuntimeError(f"API routes added without the token guard (use brain.web.add_route): {unguarded}")
     resources = list(app.router.resources())
 
-    @public
     async def unmatched(request: web.Request) -> web.StreamResponse:
         # Only requests no route took come here: which methods would the path have taken?
         allowed: set[str] = set()
@@ -146,18 +119,20 @@ def finish_routes(app: web.Application) -> None:
         raise web.HTTPNotFound()
 
     setattr(unmatched, UNMATCHED_ATTR, True)
-    add_route(app, "*", "/{tail:.*}", unmatched)
+    add_route(app, "*", "/{tail:.*}", unmatched, public=True)
 
 
-def add_routes(app: web.Application, rt: Runtime, verifier: TokenVerifier, stores: StoreManager) -> None:
-    """Register /health, /me and /events on the API app."""
+def routes(rt: Process) -> list[Route | Components]:
+    """/health, /openapi.json, /me and /events, each with its OpenAPI operation."""
     api = rt.settings.api
     reserved = ReservedTypes.from_plugins(rt.pm)
+    stores = store_manager(rt)
+    health_registry = rt.stash[HEALTH]
+    spec_body: list[bytes] = []
 
-    @public
     async def health(_request: web.Request) -> web.Response:
         # Degraded is still 200: the process is up; `problems` says what is missing.
-        problems = rt.health_problems()
+        problems = health_registry.problems()
         body: dict[str, Any] = {
             "status": "degraded" if problems else "ok",
             "problems": problems,
@@ -165,9 +140,15 @@ def add_routes(app: web.Application, rt: Runtime, verifier: TokenVerifier, store
             "uptime_seconds": round(time.time() - rt.started_at, 3),
             "supervisor": {"restarts": supervisor.total_restarts(), "escalations": supervisor.total_escalations()},
         }
-        for name, source in rt.health_sources.items():
-            body[name] = source()
+        body.update(health_registry.sections())
         return json_response(body)
+
+    async def openapi_json(_request: web.Request) -> web.Response:
+        # Built once: the routes, and so the document, do not change while the process runs.
+        if not spec_body:
+            spec = build_spec(openapi.INFO, rt.listeners.values(), {n: rt.routes(n) for n in rt.listeners}, LISTENER)
+            spec_body.append(json_response(spec).body)  # type: ignore[arg-type]
+        return web.Response(body=spec_body[0], content_type="application/json")
 
     @scope(None)
     async def me(request: web.Request) -> web.Response:
@@ -248,10 +229,15 @@ def add_routes(app: web.Application, rt: Runtime, verifier: TokenVerifier, store
         )
         return web.Response(body=text.encode(), headers=_JSON_NO_STORE)
 
-    add_route(app, "GET", "/health", health)
-    add_route(app, "GET", "/me", me)
-    add_route(app, "POST", "/events", post_events)
-    add_route(app, "GET", "/events", get_events)
+    paths = openapi.PATHS
+    components = {"schemas": openapi.SCHEMAS, "securitySchemes": openapi.SECURITY_SCHEMES}
+    return [
+        Route("GET", "/health", health, paths["/health"]["get"], public=True, components=components),
+        Route("GET", "/openapi.json", openapi_json, paths["/openapi.json"]["get"], public=True),
+        Route("GET", "/me", me, paths["/me"]["get"]),
+        Route("POST", "/events", post_events, paths["/events"]["post"]),
+        Route("GET", "/events", get_events, paths["/events"]["get"]),
+    ]
 
 
 def _time_param(value: str | None) -> str | None:

@@ -22,7 +22,7 @@ import threading
 from collections import OrderedDict, deque
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pykka
 
@@ -44,9 +44,7 @@ from brain.api.store import (
 )
 from brain.errors import BadRequest, ServiceUnavailable, Unauthorized
 from brain.ids import is_valid_user_id
-
-if TYPE_CHECKING:
-    from brain.runtime import Runtime
+from brain.process import Process
 
 log = logging.getLogger("brain.api.stores")
 
@@ -58,9 +56,9 @@ AppendResult = list[tuple[StoredEvent, bool]]
 
 
 class StoreManager:
-    """The API to users' event stores (see the module docstring); `rt.stores`."""
+    """The API to users' event stores (see the module docstring); `brain.api.state.store_manager`."""
 
-    def __init__(self, rt: Runtime, outbox: Outbox) -> None:
+    def __init__(self, rt: Process, outbox: Outbox) -> None:
         self._rt = rt
         self._outbox = outbox
         api = rt.settings.api
@@ -195,8 +193,12 @@ class StoreManager:
             self.deleted.add(user_id)
             self._live.pop(user_id, None)
             self._acks.pop(user_id, None)
+        try:
+            sup = self._stores_sup()
+        except ServiceUnavailable:
+            return  # no store supervisor (no server running): no store is open
         # Returns once the actor has stopped and closed the database (or it was not running).
-        self._stores_sup().terminate_child(user_id).get(timeout=timeout)
+        sup.terminate_child(user_id).get(timeout=timeout)
 
     def open_count(self) -> int:
         """How many stores are open right now."""

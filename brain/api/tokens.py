@@ -34,9 +34,10 @@ from typing import Any
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from brain.api.jwks import KTY_FOR_ALG, JwksState, KeySnapshot
+from brain.api.jwks import JwksState, KeySnapshot
 from brain.errors import InvalidToken, ServiceUnavailable
 from brain.ids import is_valid_user_id
+from brain.jwk import KTY_FOR_ALG
 
 # Signature checks by algorithm: pyjwt's implementations, called directly (its decode() would
 # re-parse the segments we have already parsed strictly).

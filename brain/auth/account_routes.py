@@ -22,27 +22,27 @@ from urllib.parse import urlencode, urljoin
 
 from aiohttp import web
 
-from brain.api.openapi import add_paths
-from brain.auth import accounts, openapi
+from brain.auth import accounts
+from brain.auth.context import AuthContext
 from brain.auth.cookies import clear_session_cookie, token_hash
 from brain.auth.db import User, now_ms
+from brain.auth.deletion import AccountDeletions
+from brain.auth.emails import AuthMail
+from brain.auth.openapi import PATHS
+from brain.auth.routes import AuthRoutes, described, too_many
 from brain.auth.validation import parse_delete_user, parse_email_request, parse_reset_password, validation_error
 from brain.errors import BadRequest, NotFound, Unauthorized
+from brain.routes import Route
 from brain.web import json_response, read_json
 
 if TYPE_CHECKING:
-    from brain.auth.deletion import Deletions
-    from brain.auth.emails import AuthMail
     from brain.auth.profile_routes import ProfileRoutes
-    from brain.auth.routes import AuthRoutes
 
 # Better Auth's constant-time floor for send-verification-email without a session (500 ms).
 RESPONSE_FLOOR_S = 0.5
 RESET_MESSAGE = "If this email exists in our system, check your email for the reset link"
 # Emailed tokens are 32 alphanumerics; anything far off is simply not one.
 _MAX_TOKEN = 256
-
-add_paths("auth", openapi.PATHS)
 
 
 def emailed_token_hash(token: str | None) -> str | None:
@@ -66,25 +66,38 @@ def _redirect(location: str) -> web.Response:
 class AccountRoutes:
     """Handlers that share the sign-in routes' helpers (session lookup, limits, callbacks)."""
 
-    def __init__(self, base: AuthRoutes, mail: AuthMail, deletions: Deletions) -> None:
+    def __init__(self, base: AuthRoutes, deletions: AccountDeletions) -> None:
         self.base = base
-        self.ctx = base.ctx
         self.auth = base.auth
-        self.mail = mail
         self.deletions = deletions
-        # Set by brain.auth.setup_routes: verify-email also follows the links of a change of address.
+        # Set by brain.auth.plugin: verify-email also follows the links of a change of address.
         self.profile: ProfileRoutes | None = None
 
-    def add_to(self, app: web.Application) -> None:
-        """Register the endpoints."""
-        r = app.router
-        r.add_post("/api/auth/send-verification-email", self.send_verification_email)
-        r.add_get("/api/auth/verify-email", self.verify_email)
-        r.add_post("/api/auth/request-password-reset", self.request_password_reset)
-        r.add_post("/api/auth/forget-password", self.request_password_reset)  # its name before Better Auth 1.4
-        r.add_get("/api/auth/reset-password/{token}", self.reset_password_callback)
-        r.add_post("/api/auth/reset-password", self.reset_password)
-        r.add_post("/api/auth/delete-user", self.delete_user)
+    @property
+    def ctx(self) -> AuthContext:
+        """The process's AuthContext (made on first use, see AuthRoutes)."""
+        return self.base.ctx
+
+    @property
+    def mail(self) -> AuthMail:
+        """Verification and reset mail."""
+        return self.base.mail
+
+    def routes(self) -> list[Route]:
+        """The endpoints, each with its OpenAPI operation."""
+        return described(
+            PATHS,
+            (
+                ("POST", "/api/auth/send-verification-email", self.send_verification_email),
+                ("GET", "/api/auth/verify-email", self.verify_email),
+                ("POST", "/api/auth/request-password-reset", self.request_password_reset),
+                # Its name before Better Auth 1.4.
+                ("POST", "/api/auth/forget-password", self.request_password_reset),
+                ("GET", "/api/auth/reset-password/{token}", self.reset_password_callback),
+                ("POST", "/api/auth/reset-password", self.reset_password),
+                ("POST", "/api/auth/delete-user", self.delete_user),
+            ),
+        )
 
     async def _floor(self, started: float) -> None:
         await asyncio.sleep(max(0.0, RESPONSE_FLOOR_S - (asyncio.get_running_loop().time() - started)))
@@ -118,8 +131,6 @@ class AccountRoutes:
         return json_response({"status": True})
 
     def _too_many(self) -> Exception:
-        from brain.auth.routes import too_many
-
         return too_many(3600.0, "Too many emails to this address. Please try again later.")
 
     async def send_sign_up_verification(self, user: dict[str, Any], callback: str | None) -> None:
@@ -220,8 +231,6 @@ class AccountRoutes:
         if req.password is not None:
             wait = self.ctx.account_failures.take(user.email)
             if wait > 0:
-                from brain.auth.routes import too_many
-
                 raise too_many(wait, "Too many failed attempts. Please try again later.")
             ok, _ = await self.ctx.passwords.verify(user.password_hash, req.password)
             if not ok:

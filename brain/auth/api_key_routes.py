@@ -21,16 +21,16 @@ from typing import Any
 
 from aiohttp import web
 
-from brain.api.openapi import add_paths
-from brain.apikeys import KEY_RE, hash_key, scopes_of
+from brain.apikeys import KEY_RE, api_key_hub, hash_key, scopes_of
 from brain.auth import api_keys, openapi_account
+from brain.auth.context import AuthContext
 from brain.auth.db import ApiKey, User, now_ms
-from brain.auth.routes import AuthRoutes
+from brain.auth.routes import AuthRoutes, described
 from brain.auth.validation import require_object, text_field, validation_error
 from brain.errors import BadRequest, NotFound, Unauthorized
+from brain.routes import Route
 from brain.web import json_response, read_json
 
-add_paths("auth", openapi_account.API_KEY_PATHS, openapi_account.SCHEMAS)
 
 _NO_STORE = {"Cache-Control": "no-store"}
 
@@ -53,23 +53,27 @@ class ApiKeyRoutes:
 
     def __init__(self, base: AuthRoutes) -> None:
         self.base = base
-        self.ctx = base.ctx
         self.auth = base.auth
-        self.hub = base.ctx.rt.api_keys
+        self.hub = api_key_hub(base.rt)
 
-    def add_to(self, app: web.Application) -> None:
-        """Register the endpoints, and offer this process's API role the key directory and the
-        signature for revocation messages."""
-        r = app.router
-        r.add_post("/api/auth/api-key/create", self.create)
-        r.add_get("/api/auth/api-key/list", self.list_keys)
-        r.add_get("/api/auth/api-key/get", self.get)
-        r.add_post("/api/auth/api-key/update", self.update)
-        r.add_post("/api/auth/api-key/delete", self.delete)
-        r.add_post("/api/auth/api-key/verify", self.verify)
-        self.hub.directory = api_keys.LocalDirectory()
-        self.hub.sign = api_keys.control_signer(lambda claims: self.ctx.current_ring().sign(claims),
-                                                self.ctx.settings.jwt_issuer)
+    @property
+    def ctx(self) -> AuthContext:
+        """The process's AuthContext (made on first use, see AuthRoutes)."""
+        return self.base.ctx
+
+    def routes(self) -> list[Route]:
+        """The endpoints, each with its OpenAPI operation."""
+        return described(
+            openapi_account.API_KEY_PATHS,
+            (
+                ("POST", "/api/auth/api-key/create", self.create),
+                ("GET", "/api/auth/api-key/list", self.list_keys),
+                ("GET", "/api/auth/api-key/get", self.get),
+                ("POST", "/api/auth/api-key/update", self.update),
+                ("POST", "/api/auth/api-key/delete", self.delete),
+                ("POST", "/api/auth/api-key/verify", self.verify),
+            ), components={"schemas": openapi_account.SCHEMAS},
+        )
 
     async def _user(self, request: web.Request, code: str = "UNAUTHORIZED") -> User:
         found = await self.base._current(request)

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import weakref
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pykka
 
@@ -16,9 +15,8 @@ from brain.auth.db import open_db
 from brain.auth.passwords import Passwords
 from brain.auth.ratelimit import SlidingWindow
 from brain.errors import ServiceUnavailable
-
-if TYPE_CHECKING:
-    from brain.runtime import Runtime
+from brain.process import Process
+from brain.stash import StashKey
 
 log = logging.getLogger("brain.auth")
 
@@ -28,9 +26,9 @@ ASK_TIMEOUT_S = 10.0
 
 
 class AuthContext:
-    """Per-process state of the auth role (one per Runtime)."""
+    """Per-process state of the auth role (one per process, in its stash)."""
 
-    def __init__(self, rt: Runtime) -> None:
+    def __init__(self, rt: Process) -> None:
         self.rt = rt
         self.settings = rt.settings
         self.auth = rt.settings.auth
@@ -95,12 +93,9 @@ class AuthContext:
         self.passwords.close()
 
 
-_contexts: weakref.WeakKeyDictionary[Runtime, AuthContext] = weakref.WeakKeyDictionary()
+_CONTEXT: StashKey[AuthContext] = StashKey("brain.auth.context")
 
 
-def context_for(rt: Runtime) -> AuthContext:
-    """The runtime's AuthContext, created on first use."""
-    ctx = _contexts.get(rt)
-    if ctx is None:
-        ctx = _contexts[rt] = AuthContext(rt)
-    return ctx
+def context_for(rt: Process) -> AuthContext:
+    """The process's AuthContext, created on first use (it opens auth.db)."""
+    return rt.stash.setdefault(_CONTEXT, lambda: AuthContext(rt))

@@ -14,79 +14,27 @@ starts until it exits. `brain users delete` tries to take it *exclusively*:
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import http.client
 import json
 import logging
 import os
 import socket
-import time
-import weakref
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiohttp import web
 
-from brain.errors import BadRequest, ConfigError, NotFound
+from brain.auth.db import User
+from brain.auth.deletion import AccountDeletions
+from brain.errors import BadRequest, NotFound
 from brain.ids import is_valid_user_id
+from brain.process import Process
 from brain.web import MAX_BODY_KEY, error_middleware, json_response, read_json
-
-if TYPE_CHECKING:
-    from brain.auth.db import User
-    from brain.auth.deletion import Deletions
-    from brain.runtime import Runtime
 
 log = logging.getLogger("brain.auth.control")
 
-LOCK_FILE = "serve.lock"
 SOCKET_FILE = "control.sock"
-# A server start waits this long for a `brain users delete` that holds the data directory.
-_LOCK_WAIT_S = 60.0
-
-
-# --- the lock ---------------------------------------------------------------------------------------
-
-
-def _lock_fd(data_path: Path) -> int:
-    data_path.mkdir(parents=True, exist_ok=True)
-    return os.open(data_path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
-
-
-def hold_data_dir(rt: Runtime) -> None:
-    """Take the shared lock for this server's life (waits while `brain users delete` works)."""
-    fd = _lock_fd(rt.settings.data_path)
-    deadline = time.monotonic() + _LOCK_WAIT_S
-    waiting = False
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            break
-        except BlockingIOError:
-            if time.monotonic() > deadline:
-                os.close(fd)
-                raise ConfigError(f"{rt.settings.data_path}: locked by another brain command for over "
-                                  f"{_LOCK_WAIT_S:.0f}s (see {LOCK_FILE})") from None
-            if not waiting:
-                log.warning("waiting for another brain command (users delete) to release %s", rt.settings.data_path)
-                waiting = True
-            time.sleep(0.1)
-    weakref.finalize(rt, os.close, fd)
-
-
-@contextlib.contextmanager
-def exclusive_data_dir(data_path: Path) -> Iterator[bool]:
-    """Hold the data directory exclusively if no server runs on it; yields whether it could."""
-    fd = _lock_fd(data_path)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        yield True
-    finally:
-        os.close(fd)  # releases the lock
 
 
 # --- the socket -------------------------------------------------------------------------------------
@@ -145,8 +93,6 @@ def _bind(path: Path) -> socket.socket | None:
 
 def find_user(ref: str) -> User | None:
     """The user with this id or (any-case) email, read from auth.db."""
-    from brain.auth.db import User
-
     if "@" in ref:
         return User.get_or_none(User.email == ref.strip().lower())
     if not is_valid_user_id(ref):
@@ -157,7 +103,7 @@ def find_user(ref: str) -> User | None:
 class ControlServer:
     """Serves the control socket of the auth role (started and stopped with the auth app)."""
 
-    def __init__(self, rt: Runtime, deletions: Deletions) -> None:
+    def __init__(self, rt: Process, deletions: AccountDeletions) -> None:
         self.rt = rt
         self.deletions = deletions
         self.path = rt.settings.data_path / SOCKET_FILE
@@ -212,12 +158,12 @@ class ControlServer:
         return json_response({"user": public, **deletion_summary(row.tokens_valid_until, purged), "mode": "server"})
 
 
-def deletion_summary(tokens_valid_until: int, purged: Any) -> dict[str, Any]:
-    """The JSON `brain users delete` prints about one deletion."""
+def deletion_summary(tokens_valid_until: int, purged: dict[str, Any] | None) -> dict[str, Any]:
+    """The JSON `brain users delete` prints about one deletion (with the purges' own figures)."""
     return {
         "deleted": True,
         "data_removed": purged is not None,
-        "mail_accounts_removed": getattr(purged, "mail_accounts", 0),
+        **(purged or {}),
         "tokens_refused_until": tokens_valid_until,
     }
 

@@ -25,16 +25,16 @@ from __future__ import annotations
 import argparse
 import json
 import sqlite3
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from brain.api.jwks import parse_jwks
+from brain.jwk import parse_jwks
 from brain.auth.cookies import token_hash
 from brain.auth.db import DeletedUser, ImportedKey, LinkedAccount, Session, SigningKey, User, database, now_ms, open_db
 from brain.auth.passwords import is_better_auth_hash
+from brain.commands import settings_from_args
 from brain.config import Settings
 from brain.errors import ConfigError
 from brain.ids import is_valid_user_id, new_id
@@ -320,29 +320,11 @@ def import_better_auth(
     return report
 
 
-def add_parser(
-    sub: Any,
-    add_config_args: Callable[[argparse.ArgumentParser], None],
-    settings_from_args: Callable[[argparse.Namespace], Settings],
-) -> None:
-    """Register `brain import better-auth` on the top-level subparsers."""
-    parser = sub.add_parser("import", help="import accounts from another auth server's database")
-    kinds = parser.add_subparsers(dest="import_kind", metavar="KIND", required=True)
-    ba = kinds.add_parser("better-auth", help="a Better Auth SQLite database (user, account, session, jwks)")
-    add_config_args(ba)
-    ba.add_argument("path", type=Path, help="Better Auth's SQLite file, e.g. ./auth.db")
-    ba.add_argument("--dry-run", action="store_true", help="report what would be imported; write nothing")
-    ba.add_argument("--sessions", action="store_true", help="also import live sessions (users stay signed in)")
-    ba.add_argument("--issuer", help="Better Auth's baseURL: the iss of its JWTs (needed to import its keys)")
-    ba.add_argument("--audience", help="the aud of its JWTs (default: the issuer, as Better Auth sets it)")
-    ba.add_argument("--json", action="store_true", help="print the report as JSON")
-
-    def run(args: argparse.Namespace) -> int:
-        report = import_better_auth(
-            args.path, settings_from_args(args), dry_run=args.dry_run, sessions=args.sessions,
-            issuer=args.issuer, audience=args.audience,
-        )
-        print(json.dumps(report.as_json()) if args.json else report.text())
-        return 0
-
-    ba.set_defaults(func=run)
+def import_command(args: argparse.Namespace) -> int:
+    """`brain import better-auth PATH`: import, then print the report."""
+    report = import_better_auth(
+        args.path, settings_from_args(args), dry_run=args.dry_run, sessions=args.sessions,
+        issuer=args.issuer, audience=args.audience,
+    )
+    print(json.dumps(report.as_json()) if args.json else report.text())
+    return 0

@@ -1,24 +1,21 @@
-"""The OpenAPI description of the verification, reset and deletion endpoints (auth role)."""
+"""The OpenAPI description of the auth role's endpoints (its routes carry these operations).
+
+`SIGN_IN_PATHS`: sign-up, sign-in, sessions, JWTs and keys (brain.auth.routes); `PATHS`:
+verification, reset and deletion (brain.auth.account_routes); `COMPONENTS`: the schemas and
+security schemes they refer to.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["PATHS"]
+from brain.openapi import error as _error
+from brain.openapi import json_body as _json
+from brain.openapi import ref as _ref
+
+__all__ = ["COMPONENTS", "PATHS", "SIGN_IN_PATHS"]
 
 _SESSION = [{"sessionCookie": []}, {"sessionBearer": []}]
-
-
-def _ref(name: str) -> dict[str, str]:
-    return {"$ref": f"#/components/schemas/{name}"}
-
-
-def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
-    return {"description": description, "content": {"application/json": {"schema": schema}}}
-
-
-def _error(description: str) -> dict[str, Any]:
-    return _json(_ref("Error"), description)
 
 
 def _body(properties: dict[str, Any], required: list[str]) -> dict[str, Any]:
@@ -142,5 +139,184 @@ PATHS: dict[str, dict[str, Any]] = {
                 "429": _error("Rate limited"),
             },
         }
+    },
+}
+
+_AUTH_ERRORS = {"400": _error("Invalid body"), "403": _error("Untrusted origin"), "429": _error("Rate limited")}
+
+SIGN_IN_PATHS: dict[str, dict[str, Any]] = {
+    "/api/auth/sign-up/email": {
+        "post": {
+            "operationId": "signUpEmail",
+            "summary": "Create a user with email and password (Better Auth)",
+            "security": [],
+            "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("SignUpRequest")}}},
+            "responses": {
+                "200": _json(_ref("SessionResponse")),
+                "422": _error("USER_ALREADY_EXISTS_USE_ANOTHER_EMAIL"),
+                **_AUTH_ERRORS,
+            },
+        }
+    },
+    "/api/auth/sign-in/email": {
+        "post": {
+            "operationId": "signInEmail",
+            "summary": "Sign in with email and password (Better Auth)",
+            "security": [],
+            "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("SignInRequest")}}},
+            "responses": {
+                "200": _json(_ref("SessionResponse")),
+                "401": _error("INVALID_EMAIL_OR_PASSWORD"),
+                **_AUTH_ERRORS,
+            },
+        }
+    },
+    "/api/auth/get-session": {
+        "get": {
+            "operationId": "getSession",
+            "summary": "The current session and user, or null",
+            "security": [{"sessionCookie": []}, {"sessionBearer": []}, {}],
+            "responses": {
+                "200": _json(
+                    {
+                        "oneOf": [
+                            {"type": "null"},
+                            {
+                                "type": "object",
+                                "properties": {"session": _ref("Session"), "user": _ref("User")},
+                            },
+                        ]
+                    }
+                )
+            },
+        }
+    },
+    "/api/auth/token": {
+        "get": {
+            "operationId": "token",
+            "summary": "A fresh JWT for the current session",
+            "security": [{"sessionCookie": []}, {"sessionBearer": []}],
+            "responses": {
+                "200": _json({"type": "object", "required": ["token"], "properties": {"token": {"type": "string"}}}),
+                "401": _error("No live session"),
+            },
+        }
+    },
+    "/api/auth/sign-out": {
+        "post": {
+            "operationId": "signOut",
+            "summary": "Revoke the current session",
+            "security": [{"sessionCookie": []}, {"sessionBearer": []}, {}],
+            "responses": {"200": _json({"type": "object", "properties": {"success": {"type": "boolean"}}})},
+        }
+    },
+    "/api/auth/jwks": {
+        "get": {
+            "operationId": "jwks",
+            "summary": "The public signing keys",
+            "security": [],
+            "responses": {"200": _json(_ref("Jwks"))},
+        }
+    },
+    "/api/auth/ok": {
+        "get": {
+            "operationId": "authOk",
+            "summary": "Liveness of the auth role",
+            "security": [],
+            "responses": {"200": _json({"type": "object", "properties": {"ok": {"type": "boolean"}}})},
+        }
+    },
+    "/.well-known/openid-configuration": {
+        "get": {
+            "operationId": "openidConfiguration",
+            "summary": "Issuer and jwks_uri for standard verifiers",
+            "security": [],
+            "responses": {
+                "200": _json(
+                    {
+                        "type": "object",
+                        "required": ["issuer", "jwks_uri"],
+                        "properties": {"issuer": {"type": "string"}, "jwks_uri": {"type": "string"}},
+                    }
+                )
+            },
+        }
+    },
+}
+
+_SCHEMAS: dict[str, Any] = {
+    "SignUpRequest": {
+        "type": "object",
+        "required": ["name", "email", "password"],
+        "properties": {
+            "name": {"type": "string"},
+            "email": {"type": "string", "format": "email"},
+            "password": {"type": "string", "minLength": 8, "maxLength": 128},
+            "image": {"type": "string"},
+            "callbackURL": {"type": "string"},
+            "rememberMe": {"type": "boolean"},
+        },
+    },
+    "SignInRequest": {
+        "type": "object",
+        "required": ["email", "password"],
+        "properties": {
+            "email": {"type": "string", "format": "email"},
+            "password": {"type": "string"},
+            "rememberMe": {"type": "boolean"},
+            "callbackURL": {"type": "string"},
+        },
+    },
+    "User": {
+        "type": "object",
+        "required": ["id", "email", "name"],
+        "properties": {
+            "id": {"type": "string"},
+            "email": {"type": "string"},
+            "name": {"type": "string"},
+            "image": {"type": ["string", "null"]},
+            "emailVerified": {"type": "boolean"},
+            "twoFactorEnabled": {"type": "boolean"},
+            "createdAt": {"type": "string", "format": "date-time"},
+            "updatedAt": {"type": "string", "format": "date-time"},
+        },
+    },
+    "Session": {
+        "type": "object",
+        "properties": {
+            "id": {"type": "string"},
+            "userId": {"type": "string"},
+            "token": {"type": "string"},
+            "expiresAt": {"type": "string", "format": "date-time"},
+            "ipAddress": {"type": "string"},
+            "userAgent": {"type": "string"},
+            "createdAt": {"type": "string", "format": "date-time"},
+            "updatedAt": {"type": "string", "format": "date-time"},
+        },
+    },
+    "SessionResponse": {
+        "type": "object",
+        "required": ["token", "user", "session", "jwt"],
+        "properties": {
+            "token": {"type": ["string", "null"], "description": "Session token"},
+            "user": _ref("User"),
+            "session": {"oneOf": [_ref("Session"), {"type": "null"}]},
+            "jwt": {"type": ["string", "null"], "description": "RS256 JWT for the API role"},
+        },
+    },
+    "Jwks": {
+        "type": "object",
+        "required": ["keys"],
+        "properties": {"keys": {"type": "array", "items": {"type": "object", "required": ["kty", "kid"]}}},
+    },
+}
+
+COMPONENTS: dict[str, dict[str, Any]] = {
+    "schemas": _SCHEMAS,
+    "securitySchemes": {
+        "sessionCookie": {"type": "apiKey", "in": "cookie", "name": "better-auth.session_token"},
+        "sessionBearer": {"type": "http", "scheme": "bearer", "description": "A session token"},
+        "twoFactorCookie": {"type": "apiKey", "in": "cookie", "name": "better-auth.two_factor",
+                            "description": "The challenge sign-in sets for a user with two-factor"},
     },
 }

@@ -17,13 +17,14 @@ from typing import Any
 
 from aiohttp import web
 
-from brain.api.openapi import add_paths
 from brain.auth import email_change, openapi_account
+from brain.auth.context import AuthContext
 from brain.auth.account_routes import with_params
 from brain.auth.cookies import token_hash
 from brain.auth.db import EmailChange, Session, User
+from brain.auth.emails import AuthMail
 from brain.auth.issuer import EmailTaken
-from brain.auth.routes import AuthRoutes, too_many
+from brain.auth.routes import AuthRoutes, described, too_many
 from brain.auth.validation import (
     MAX_IMAGE, MAX_NAME, check_name, check_password, normalize_email, password_length, require_object, text_field,
     validation_error,
@@ -31,12 +32,12 @@ from brain.auth.validation import (
 from brain.control_chars import has_control
 from brain.errors import BadRequest, Unauthorized
 from brain.ids import new_id
+from brain.routes import Route
 from brain.web import json_response, read_json
 
 # update-user fields the client may not set (Better Auth's input: false), refused when truthy.
 _NOT_SETTABLE = ("twoFactorEnabled", "emailVerified", "createdAt", "updatedAt", "id")
 
-add_paths("auth", openapi_account.PROFILE_PATHS)
 
 
 def update_user_tx(*, now: int, new_session: Callable[..., Session], user_id: str, changes: dict[str, Any]) -> None:
@@ -83,16 +84,28 @@ class ProfileRoutes:
 
     def __init__(self, base: AuthRoutes) -> None:
         self.base = base
-        self.ctx = base.ctx
         self.auth = base.auth
-        self.mail = base.mail
 
-    def add_to(self, app: web.Application) -> None:
-        """Register the endpoints."""
-        r = app.router
-        r.add_post("/api/auth/update-user", self.update_user)
-        r.add_post("/api/auth/change-password", self.change_password)
-        r.add_post("/api/auth/change-email", self.change_email)
+    @property
+    def ctx(self) -> AuthContext:
+        """The process's AuthContext (made on first use, see AuthRoutes)."""
+        return self.base.ctx
+
+    @property
+    def mail(self) -> AuthMail:
+        """Verification and change-of-address mail."""
+        return self.base.mail
+
+    def routes(self) -> list[Route]:
+        """The endpoints, each with its OpenAPI operation."""
+        return described(
+            openapi_account.PROFILE_PATHS,
+            (
+                ("POST", "/api/auth/update-user", self.update_user),
+                ("POST", "/api/auth/change-password", self.change_password),
+                ("POST", "/api/auth/change-email", self.change_email),
+            ),
+        )
 
     async def _body(self, request: web.Request) -> dict[str, Any]:
         return require_object(await read_json(request, limit=self.auth.max_body_bytes))

@@ -6,20 +6,25 @@ import asyncio
 import functools
 import json
 import logging
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
 from brain.auth import tokens
-from brain.auth.context import AuthContext
+from brain.auth.context import AuthContext, context_for
 from brain.auth.cookies import clear_session_cookie, cookie_name, request_token, set_session_cookie, token_hash
 from brain.auth.db import Session, User, iso, now_ms
+from brain.auth.emails import AuthMail
 from brain.auth.issuer import EmailTaken
+from brain.auth.openapi import COMPONENTS, SIGN_IN_PATHS
 from brain.auth.origins import TrustedOrigins
 from brain.auth.validation import SignUp, parse_sign_in, parse_sign_up
 from brain.errors import BadRequest, Forbidden, ServiceUnavailable, TooManyRequests, Unauthorized
 from brain.ids import new_id
-from brain.web import client_ip, json_response, read_json
+from brain.process import Process
+from brain.routes import Route
+from brain.web import Handler, client_ip, json_response, read_json
 
 if TYPE_CHECKING:
     from brain.auth.account_routes import AccountRoutes
@@ -46,27 +51,41 @@ def too_many(wait_s: float, message: str = "Too many requests. Please try again 
     return exc
 
 
+def described(
+    paths: Mapping[str, Mapping[str, Any]],
+    table: Iterable[tuple[str, str, Handler]],
+    components: Mapping[str, Mapping[str, Any]] | None = None,
+) -> list[Route]:
+    """Routes from (method, path, handler), each with its operation from `paths` (OpenAPI path
+    items) and the auth role's components (plus `components`)."""
+    merged = {kind: {**COMPONENTS.get(kind, {}), **(components or {}).get(kind, {})} for kind in {*COMPONENTS, *(components or {})}}
+    return [Route(method, path, handler, paths[path][method.lower()], components=merged) for method, path, handler in table]
+
+
 class AuthRoutes:
-    """Handlers bound to one AuthContext."""
+    """Handlers of one process's auth role.
 
-    def __init__(self, ctx: AuthContext, trusted: TrustedOrigins) -> None:
-        from brain.auth.emails import AuthMail
+    Building them has no side effect: the AuthContext (auth.db, the hash pool) is made on the
+    first request that needs it, so a process that only describes these routes in its
+    /openapi.json (it does not serve the auth role) never opens auth.db.
+    """
 
-        self.ctx = ctx
-        self.mail = AuthMail(ctx)
-        # Set by brain.auth.setup_routes: the verification, reset and deletion endpoints, and
-        # the second factor that sign-in hands a user with two-factor to.
+    def __init__(self, rt: Process, trusted: TrustedOrigins) -> None:
+        self.rt = rt
+        settings = rt.settings
+        # Set by brain.auth.plugin: the verification, reset and deletion endpoints, and the
+        # second factor that sign-in hands a user with two-factor to.
         self.accounts: AccountRoutes | None = None
         self.two_factor: TwoFactorRoutes | None = None
-        self.auth = ctx.auth
+        self.auth = settings.auth
         self.trusted = trusted
-        self.trusted_proxies = frozenset(ctx.settings.server.trusted_proxies)
-        self.secure = ctx.settings.auth_public_url.startswith("https://")
-        issuer = ctx.settings.jwt_issuer
+        self.trusted_proxies = frozenset(settings.server.trusted_proxies)
+        self.secure = settings.auth_public_url.startswith("https://")
+        issuer = settings.jwt_issuer
         self.openid_bytes = json.dumps(
             {
                 "issuer": issuer,
-                "jwks_uri": f"{ctx.settings.auth_public_url}/api/auth/jwks",
+                "jwks_uri": f"{settings.auth_public_url}/api/auth/jwks",
                 "id_token_signing_alg_values_supported": ["RS256"],
                 "subject_types_supported": ["public"],
                 "response_types_supported": ["id_token"],
@@ -75,17 +94,31 @@ class AuthRoutes:
             separators=(",", ":"),
         ).encode()
 
-    def add_to(self, app: web.Application) -> None:
-        """Register every route on the auth app."""
-        r = app.router
-        r.add_post("/api/auth/sign-up/email", self.sign_up)
-        r.add_post("/api/auth/sign-in/email", self.sign_in)
-        r.add_get("/api/auth/get-session", self.get_session)
-        r.add_get("/api/auth/token", self.token)
-        r.add_post("/api/auth/sign-out", self.sign_out)
-        r.add_get("/api/auth/jwks", self.jwks)
-        r.add_get("/api/auth/ok", self.ok)
-        r.add_get("/.well-known/openid-configuration", self.openid_configuration)
+    @functools.cached_property
+    def ctx(self) -> AuthContext:
+        """The process's AuthContext."""
+        return context_for(self.rt)
+
+    @functools.cached_property
+    def mail(self) -> AuthMail:
+        """Verification and reset mail."""
+        return AuthMail(self.ctx)
+
+    def routes(self) -> list[Route]:
+        """Every sign-up, sign-in, session and key route, with its OpenAPI operation."""
+        return described(
+            SIGN_IN_PATHS,
+            (
+                ("POST", "/api/auth/sign-up/email", self.sign_up),
+                ("POST", "/api/auth/sign-in/email", self.sign_in),
+                ("GET", "/api/auth/get-session", self.get_session),
+                ("GET", "/api/auth/token", self.token),
+                ("POST", "/api/auth/sign-out", self.sign_out),
+                ("GET", "/api/auth/jwks", self.jwks),
+                ("GET", "/api/auth/ok", self.ok),
+                ("GET", "/.well-known/openid-configuration", self.openid_configuration),
+            ),
+        )
 
     # --- helpers ---
 

@@ -22,19 +22,19 @@ from collections.abc import Callable
 
 from aiohttp import web
 
-from brain.api.openapi import add_paths
 from brain.auth import openapi_account
+from brain.auth.context import AuthContext
 from brain.auth.cookies import clear_session_cookie, token_hash
 from brain.auth.db import Session, now_ms
-from brain.auth.routes import AuthRoutes
+from brain.auth.routes import AuthRoutes, described
 from brain.auth.validation import require_object, text_field
 from brain.errors import Forbidden
+from brain.routes import Route
 from brain.web import json_response, read_json
 
 # A session id or token is 32 characters; anything much longer is neither.
 _MAX_TOKEN = 256
 
-add_paths("auth", openapi_account.SESSION_PATHS)
 
 
 def revoke_tx(*, now: int, new_session: Callable[..., Session], user_id: str, token: str) -> str | None:
@@ -63,16 +63,24 @@ class SessionRoutes:
 
     def __init__(self, base: AuthRoutes) -> None:
         self.base = base
-        self.ctx = base.ctx
         self.auth = base.auth
 
-    def add_to(self, app: web.Application) -> None:
-        """Register the endpoints."""
-        r = app.router
-        r.add_get("/api/auth/list-sessions", self.list_sessions)
-        r.add_post("/api/auth/revoke-session", self.revoke_session)
-        r.add_post("/api/auth/revoke-sessions", self.revoke_sessions)
-        r.add_post("/api/auth/revoke-other-sessions", self.revoke_other_sessions)
+    @property
+    def ctx(self) -> AuthContext:
+        """The process's AuthContext (made on first use, see AuthRoutes)."""
+        return self.base.ctx
+
+    def routes(self) -> list[Route]:
+        """The endpoints, each with its OpenAPI operation."""
+        return described(
+            openapi_account.SESSION_PATHS,
+            (
+                ("GET", "/api/auth/list-sessions", self.list_sessions),
+                ("POST", "/api/auth/revoke-session", self.revoke_session),
+                ("POST", "/api/auth/revoke-sessions", self.revoke_sessions),
+                ("POST", "/api/auth/revoke-other-sessions", self.revoke_other_sessions),
+            ),
+        )
 
     async def list_sessions(self, request: web.Request) -> web.Response:
         """GET /api/auth/list-sessions -> the user's live sessions (Better Auth's freshSessionMiddleware)."""

@@ -4,19 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from brain.openapi import error as _error
+from brain.openapi import json_body as _json
+
 __all__ = ["PATHS"]
 
 _SESSION = [{"sessionCookie": []}, {"sessionBearer": []}]
 _STRING = {"type": "string"}
-_ERROR = {"$ref": "#/components/schemas/Error"}
-
-
-def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
-    return {"description": description, "content": {"application/json": {"schema": schema}}}
-
-
-def _error(description: str) -> dict[str, Any]:
-    return _json(_ERROR, description)
 
 
 def _body(properties: dict[str, Any], required: list[str]) -> dict[str, Any]:

@@ -25,28 +25,25 @@ from __future__ import annotations
 
 import html
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlencode
 
 import aiohttp
 from aiohttp import web
 
-from brain.api.openapi import add_paths
 from brain.auth import flows, social_openapi
+from brain.auth.context import AuthContext
 from brain.auth.cookies import token_hash
 from brain.auth.db import LinkedAccount, Session, User, iso, now_ms
 from brain.auth.social import Identity, Provider, ProviderError, close_quietly, load_providers
 from brain.auth.validation import require_object, text_field, validation_error
 from brain.errors import BadRequest, Forbidden, NotFound, Unauthorized
+from brain.auth.routes import AuthRoutes, described
 from brain.ids import new_id
+from brain.routes import Route
 from brain.web import json_response, read_json
 
-if TYPE_CHECKING:
-    from brain.auth.routes import AuthRoutes
-
 log = logging.getLogger("brain.auth.social")
-
-add_paths("auth", social_openapi.PATHS)
 
 STATE_COOKIE = "state"
 _STATE_KIND = "oauth-state"
@@ -177,29 +174,37 @@ class SocialRoutes:
     """Handlers sharing the sign-in routes' helpers (sessions, limits, callback checks)."""
 
     def __init__(self, base: AuthRoutes) -> None:
+        settings = base.rt.settings
         self.base = base
-        self.ctx = base.ctx
         self.auth = base.auth
-        self.providers: dict[str, Provider] = load_providers(base.ctx.settings)
-        self.trusted = frozenset(base.ctx.settings.social.trusted_providers)
-        self.api_base = f"{base.ctx.settings.auth_public_url}/api/auth"
+        self.providers: dict[str, Provider] = load_providers(settings)
+        self.trusted = frozenset(settings.social.trusted_providers)
+        self.api_base = f"{settings.auth_public_url}/api/auth"
         self._http: aiohttp.ClientSession | None = None
 
-    def add_to(self, app: web.Application) -> None:
-        """Register the endpoints (and close the providers' HTTP session on cleanup)."""
-        r = app.router
-        r.add_post("/api/auth/sign-in/social", self.sign_in_social)
-        r.add_get("/api/auth/callback/{provider}", self.callback)
-        r.add_post("/api/auth/callback/{provider}", self.callback_post)
-        r.add_post("/api/auth/link-social", self.link_social)
-        r.add_get("/api/auth/list-accounts", self.list_accounts)
-        r.add_post("/api/auth/unlink-account", self.unlink_account)
-        r.add_get("/api/auth/error", self.error_page)
+    @property
+    def ctx(self) -> AuthContext:
+        """The process's AuthContext (made on first use, see AuthRoutes)."""
+        return self.base.ctx
 
-        async def close(_app: web.Application) -> None:
-            await close_quietly(self._http)
+    def routes(self) -> list[Route]:
+        """The endpoints, each with its OpenAPI operation."""
+        return described(
+            social_openapi.PATHS,
+            (
+                ("POST", "/api/auth/sign-in/social", self.sign_in_social),
+                ("GET", "/api/auth/callback/{provider}", self.callback),
+                ("POST", "/api/auth/callback/{provider}", self.callback_post),
+                ("POST", "/api/auth/link-social", self.link_social),
+                ("GET", "/api/auth/list-accounts", self.list_accounts),
+                ("POST", "/api/auth/unlink-account", self.unlink_account),
+                ("GET", "/api/auth/error", self.error_page),
+            ),
+        )
 
-        app.on_cleanup.append(close)
+    async def close(self) -> None:
+        """Close the providers' HTTP session (the app's clean-up)."""
+        await close_quietly(self._http)
 
     @property
     def http(self) -> aiohttp.ClientSession:

@@ -22,23 +22,23 @@ from typing import Any
 
 from aiohttp import web
 
-from brain.api.openapi import add_paths
 from brain.auth import openapi_account, two_factor
+from brain.auth.context import AuthContext
 from brain.auth.cookies import (
     SECURE_PREFIX, clear_session_cookie, read_signed_cookie, signed_value, token_hash, write_cookie,
 )
 from brain.auth.db import Session, TwoFactor, User, now_ms
 from brain.auth.ratelimit import SlidingWindow
-from brain.auth.routes import AuthRoutes, too_many
+from brain.auth.routes import AuthRoutes, described, too_many
 from brain.auth.validation import require_object, validation_error
 from brain.errors import BadRequest, TooManyRequests, Unauthorized
 from brain.ids import new_id
+from brain.routes import Route
 from brain.web import json_response, read_json
 
 COOKIE_NAME = "better-auth.two_factor"
 MAX_CODE = 64
 
-add_paths("auth", openapi_account.TWO_FACTOR_PATHS)
 
 
 class TwoFactorRoutes:
@@ -46,22 +46,28 @@ class TwoFactorRoutes:
 
     def __init__(self, base: AuthRoutes) -> None:
         self.base = base
-        self.ctx = base.ctx
         self.auth = base.auth
         self.sealer = two_factor.Sealer(self.ctx.secret)
         self.limiter = SlidingWindow(self.auth.two_factor_rate_limit_max, float(self.auth.two_factor_rate_limit_window_seconds))
 
-    def add_to(self, app: web.Application) -> None:
-        """Register the endpoints."""
-        r = app.router
-        r.add_post("/api/auth/two-factor/enable", self.enable)
-        r.add_post("/api/auth/two-factor/get-totp-uri", self.get_totp_uri)
-        r.add_post("/api/auth/two-factor/verify-totp", self.verify_totp)
-        r.add_post("/api/auth/two-factor/verify-backup-code", self.verify_backup_code)
-        r.add_post("/api/auth/two-factor/generate-backup-codes", self.generate_backup_codes)
-        r.add_post("/api/auth/two-factor/disable", self.disable)
+    @property
+    def ctx(self) -> AuthContext:
+        """The process's AuthContext (made on first use, see AuthRoutes)."""
+        return self.base.ctx
 
-    # --- helpers ---
+    def routes(self) -> list[Route]:
+        """The endpoints, each with its OpenAPI operation."""
+        return described(
+            openapi_account.TWO_FACTOR_PATHS,
+            (
+                ("POST", "/api/auth/two-factor/enable", self.enable),
+                ("POST", "/api/auth/two-factor/get-totp-uri", self.get_totp_uri),
+                ("POST", "/api/auth/two-factor/verify-totp", self.verify_totp),
+                ("POST", "/api/auth/two-factor/verify-backup-code", self.verify_backup_code),
+                ("POST", "/api/auth/two-factor/generate-backup-codes", self.generate_backup_codes),
+                ("POST", "/api/auth/two-factor/disable", self.disable),
+            ),
+        )
 
     def _limit(self, request: web.Request) -> None:
         # Better Auth's rule for /two-factor/*: a few requests per client IP per short window.

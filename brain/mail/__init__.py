@@ -1,70 +1,25 @@
 """Mail sync: provider plugins, one `MailSync` actor per connected account, and the
-connect / OAuth callback / status / disconnect routes of the API role.
+connect / OAuth callback / status / disconnect routes on the API role's listener.
 
-The runtime wires it in with two calls: `child_specs(rt)` gives the `mail` supervisor under
-`data_sup` (it resumes every connected account whenever it starts), and `setup_routes(app,
-rt)` adds the routes to the API application. Provider plugins implement
-`brain.mail.provider.MailProvider` and register it through `register_mail_providers`.
+Layout: `plugin` (everything mail sync adds to a process, through the core's hooks), `service`
+(the per-process MailService: registry, mail.db, connect flows), `provider` (the base class
+provider plugins implement), `registry`, `engine` (one account's sync, page by page), `sync`
+(the MailSync actor), `tokens`, `crypto`, `db` (mail.db), `routes` and `openapi`, `cli`
+(`brain mail status`) and `hookspecs` (`register_mail_providers`).
+
+It writes events through the `EventSink` another plugin offers (`brain.contracts`; the API
+role's stores), and its routes on the `api` listener get that listener's bearer-token guard.
 """
 
-from __future__ import annotations
+from brain.plugins.manifest import Manifest
 
-import math
-import threading
-import weakref
-from typing import TYPE_CHECKING, Any
-
-from aiohttp import web
-
-from brain.actors.supervisor import ChildSpec
-from brain.mail.service import MailService, MailSupervisor
-
-if TYPE_CHECKING:
-    from brain.runtime import Runtime
-
-__all__ = ["MailService", "child_specs", "service_for", "setup_routes"]
-
-_services: weakref.WeakKeyDictionary[Any, MailService] = weakref.WeakKeyDictionary()
-_services_lock = threading.Lock()
-
-
-def service_for(rt: Runtime) -> MailService:
-    """The process's mail service (created on first use)."""
-    with _services_lock:
-        service = _services.get(rt)
-        if service is None:
-            service = MailService(rt.settings, rt.secret, rt.pm, _store_sink(rt))
-            _services[rt] = service
-        return service
-
-
-def _store_sink(rt: Runtime) -> Any:
-    def append(user_id: str, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        stores = getattr(rt, "stores", None)
-        if stores is None:
-            raise RuntimeError("this process has no event stores (API role not running)")
-        return stores.append_from_thread(user_id, events, timeout=30)
-
-    return append
-
-
-def child_specs(rt: Runtime) -> list[ChildSpec]:
-    """The `mail` supervisor under data_sup: dynamic MailSync children, resumed on start."""
-    service = service_for(rt)
-    return [
-        ChildSpec(
-            id="mail",
-            # A supervisor waits for its children, each bounded by its own timeout (OTP).
-            shutdown_timeout=math.inf,
-            start=lambda link: MailSupervisor.start(
-                link=link, name="mail", strategy="one_for_one", max_restarts=50, max_seconds=10, service=service
-            ),
-        )
-    ]
-
-
-def setup_routes(app: web.Application, rt: Runtime) -> None:
-    """Add the mail routes to the API application."""
-    from brain.mail.routes import add_routes
-
-    add_routes(app, rt, service_for(rt))
+MANIFEST = Manifest(
+    name="mail",
+    hooks=("brain.mail.plugin",),
+    hookspecs="brain.mail.hookspecs",
+    commands="brain.mail.cli",
+    listener="api",
+    # The event sink and the bearer authenticator it uses are the API role's offer.
+    requires=("api",),
+    description="mail sync from Gmail, Outlook, IMAP into the users' event stores",
+)

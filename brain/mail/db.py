@@ -322,14 +322,6 @@ class MailDb:
             )
             return [_entry_from_row(row) for row in cursor]
 
-    def live_message_ids(self, account_id: str) -> set[str]:
-        """Ids of every message the index holds as present."""
-        with self.unit():
-            query = Message.select(Message.message_id).where(
-                (Message.account_id == account_id) & (Message.deleted == False)  # noqa: E712
-            )
-            return {row.message_id for row in query}
-
     def commit_page(self, account_id: str, entries: Sequence[IndexEntry], account_fields: Mapping[str, Any]) -> None:
         """Write a page's index changes and the account's checkpoint in one transaction."""
         fields = dict(account_fields)
@@ -349,14 +341,19 @@ class MailDb:
             if fields:
                 Account.update(**fields).where(Account.id == account_id).execute()
 
-    def touch_epoch(self, account_id: str, message_ids: Iterable[str], epoch: int) -> None:
-        """Mark messages as seen by a resync without changing them."""
-        ids = list(message_ids)
+    # Deleted users ----------------------------------------------------------------------
+
+    def purge_user(self, user_id: str) -> int:
+        """Delete the user's accounts, credentials, message index and OAuth flows; how many accounts."""
         with self.unit(), self.db.atomic():
+            ids = [row.id for row in Account.select(Account.id).where(Account.user_id == user_id)]
             for start in range(0, len(ids), 500):
-                Message.update(epoch=epoch).where(
-                    (Message.account_id == account_id) & (Message.message_id.in_(ids[start : start + 500]))
-                ).execute()
+                chunk = ids[start : start + 500]
+                Credential.delete().where(Credential.account_id.in_(chunk)).execute()
+                Message.delete().where(Message.account_id.in_(chunk)).execute()
+            Account.delete().where(Account.user_id == user_id).execute()
+            OAuthState.delete().where(OAuthState.user_id == user_id).execute()
+        return len(ids)
 
     # OAuth flows ------------------------------------------------------------------------
 

@@ -1,20 +1,14 @@
-"""The OpenAPI description of the mail routes (merged into /openapi.json by the API role)."""
+"""The OpenAPI description of the mail routes (brain.mail.routes carries these operations)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from brain.api.openapi import with_api_keys
+from brain.apikeys import with_api_keys
+from brain.openapi import json_body as _json
+from brain.openapi import ref as _ref
 
 __all__ = ["PATHS", "SCHEMAS"]
-
-
-def _ref(name: str) -> dict[str, str]:
-    return {"$ref": f"#/components/schemas/{name}"}
-
-
-def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
-    return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
 _ERRORS = {

@@ -1,19 +1,109 @@
-"""What the mail role adds through the plugin hooks (registered by the runtime as a built-in)."""
+"""Everything mail sync adds to a process, through the core's hooks.
+
+Its supervisor (`mail`, in the data tier after the stores; it resumes every connected account
+whenever it starts), its routes on the API role's listener, its /metrics figures, the event
+types only it writes (`mail.*`), and what it deletes when a user is deleted.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Iterable
 
+from aiohttp import web
+from peewee import fn
+from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+
+from brain.actors.supervisor import ChildSpec
+from brain.actors.tree import Child
+from brain.backup import BackupFile
+from brain.mail import routes
+from brain.mail.db import Account, States
+from brain.mail.service import MAIL_SUP, MailSupervisor, service_for, stop_user
 from brain.plugins import hookimpl
+from brain.process import Process
+from brain.routes import Route
+
+LISTENER = "api"
+PARENT, _, CHILD_ID = MAIL_SUP.partition("/")
 
 
-class MailPlugin:
-    """The mail role's hook implementations."""
+@hookimpl
+def reserve_event_types(reserve: Callable[[str], None]) -> None:
+    """`mail.*` is written by mail sync only: a client must not plant mail that never arrived."""
+    reserve("mail")
 
-    # pluggy names a plugin object by its __name__ (shown in the "plugins loaded" log line).
-    __name__ = "builtin-mail"
 
-    @hookimpl
-    def reserve_event_types(self, reserve: Callable[[str], None]) -> None:
-        """`mail.*` is written by mail sync only: a client must not plant mail that never arrived."""
-        reserve("mail")
+@hookimpl
+def register_children(rt: Process, register: Callable[[Child], None]) -> None:
+    """The mail supervisor: dynamic MailSync children, resumed on every start."""
+    service = service_for(rt)
+    register(Child(
+        ChildSpec(
+            id=CHILD_ID,
+            # A supervisor waits for its children, each bounded by its own timeout (OTP).
+            shutdown_timeout=math.inf,
+            start=lambda link: MailSupervisor.start(
+                link=link, name=CHILD_ID, strategy="one_for_one", max_restarts=50, max_seconds=10, service=service
+            ),
+        ),
+        parent=PARENT, after=("stores",),
+    ))
+
+
+@hookimpl
+def register_backup(register: Callable[[BackupFile], None]) -> None:
+    """mail.db: accounts, sealed credentials, message index."""
+    register(BackupFile("mail.db", "mail"))
+
+
+@hookimpl
+def register_routes(rt: Process, listener: str, register: Callable[[Route], None]) -> None:
+    """/mail/connect, /mail/oauth/callback, /mail/status, /mail/disconnect."""
+    if listener == LISTENER:
+        for route in routes.routes(rt, service_for(rt)):
+            register(route)
+
+
+@hookimpl
+def setup_app(rt: Process, listener: str, app: web.Application) -> None:
+    """When the API app stops: connects still waiting for a thread are dropped (running ones end
+    with their provider timeout)."""
+    if listener != LISTENER:
+        return
+    service = service_for(rt)
+
+    async def stop_connect_pool(_app: web.Application) -> None:
+        service.connect_pool.shutdown(wait=False, cancel_futures=True)
+
+    app.on_cleanup.append(stop_connect_pool)
+
+
+@hookimpl
+def user_purge(rt: Process, user_id: str) -> dict[str, int]:
+    """Stop the user's sync actors, then delete their accounts, credentials and message index."""
+    if not (rt.settings.data_path / "mail.db").exists():
+        return {"mail_accounts_removed": 0}  # never used here: nothing to open, nothing to delete
+    stop_user(rt, user_id)
+    removed = service_for(rt).db.purge_user(user_id)
+    return {"mail_accounts_removed": removed}
+
+
+@hookimpl
+def register_metrics(rt: Process, register: Callable[[str, Callable[[], Iterable[Metric]]], None]) -> None:
+    """Connected accounts by sync state."""
+
+    def accounts() -> list[Metric]:
+        db = service_for(rt).db
+        with db.unit():
+            rows = list(Account.select(Account.state, fn.COUNT(Account.id)).group_by(Account.state).tuples())
+        counts = dict.fromkeys(
+            (States.SYNCING, States.IDLE, States.BACKOFF, States.NEEDS_REAUTH, States.ERROR, States.DISCONNECTED), 0
+        )
+        counts.update(rows)
+        family = GaugeMetricFamily("brain_mail_accounts", "Connected mail accounts by sync state.", labels=["state"])
+        for state, count in sorted(counts.items()):
+            family.add_metric([state], count)
+        return [family]
+
+    register("mail", accounts)

@@ -30,7 +30,7 @@ import contextlib
 import logging
 import secrets
 from collections.abc import Callable, Iterator, Mapping
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import pykka
@@ -38,25 +38,22 @@ from aiohttp import hdrs, web
 
 from brain.actors import bridge
 from brain.actors.supervisor import ChildAlreadyStarted, ChildStartError
-from brain.api import token_verifier
-from brain.api.openapi import add_paths
-from brain.api.routes import current_user, public, scope
+from brain.apikeys import scope
+from brain.contracts import AUTHENTICATOR
 from brain.errors import BadRequest, HTTPError, ServiceUnavailable, TooManyRequests
-from brain.mail import openapi
 from brain.mail.browser import NO_LEAKS, RESULT_HEADERS, FlowCookies, result_page
 from brain.mail.db import Account
-from brain.mail.service import CALLBACK_PATH, RESULT_PATH, START_PATH, MailService, child_id
+from brain.mail.openapi import PATHS, SCHEMAS
+from brain.mail.service import CALLBACK_PATH, MAIL_SUP, RESULT_PATH, START_PATH, MailService, child_id
 from brain.mail.sync import SyncNow
-from brain.web import add_route, json_response, read_json
+from brain.process import Process
+from brain.routes import Route, current_user
+from brain.web import json_response, read_json
 
-if TYPE_CHECKING:
-    from brain.runtime import Runtime
-
-__all__ = ["add_routes"]
+__all__ = ["routes"]
 
 log = logging.getLogger("brain.mail")
 
-MAIL_SUP = "data_sup/mail"
 # What a client refused for too many connects is told to wait: a connect that hangs lasts the
 # provider's timeout, one that works a second or two.
 CONNECT_RETRY_AFTER = 5.0
@@ -95,9 +92,8 @@ class ConnectSlots:
                 self._busy[user_id] = left
 
 
-def add_routes(app: web.Application, rt: Runtime, service: MailService) -> None:
-    """Register the mail routes on the API application (each behind its bearer-token guard)."""
-    add_paths("api", openapi.PATHS, openapi.SCHEMAS)
+def routes(rt: Process, service: MailService) -> list[Route]:
+    """The mail routes of the API listener (each behind its bearer-token guard unless public)."""
     slots = ConnectSlots(rt.settings.mail.connects_per_user)
     cookies = FlowCookies(rt.settings.api_public_url, service.redirect_uri, rt.settings.mail.oauth_state_ttl_seconds)
 
@@ -111,12 +107,6 @@ def add_routes(app: web.Application, rt: Runtime, service: MailService) -> None:
     async def provider_call(fn: Callable[[], T]) -> T:
         """Work that talks to a provider, on the connect pool (take a connect slot first)."""
         return await asyncio.get_running_loop().run_in_executor(service.connect_pool, fn)
-
-    async def stop_connect_pool(_app: web.Application) -> None:
-        # Connects still waiting for a thread are dropped; running ones end with their provider timeout.
-        service.connect_pool.shutdown(wait=False, cancel_futures=True)
-
-    app.on_cleanup.append(stop_connect_pool)
 
     async def start_sync(account: Account, *, reconnect: bool) -> None:
         """Start the account's actor, or tell the running one to sync now."""
@@ -157,7 +147,6 @@ def add_routes(app: web.Application, rt: Runtime, service: MailService) -> None:
         status, created = await connected(result)
         return json_response({"account": status}, status=201 if created else 200)
 
-    @public  # opened by the user's browser: the signed state in `flow` names the user
     async def start(request: web.Request) -> web.Response:
         flows = request.query.getall("flow", [])
         try:
@@ -172,12 +161,11 @@ def add_routes(app: web.Application, rt: Runtime, service: MailService) -> None:
         cookies.bind(response, payload["n"], browser)
         return response
 
-    @public  # a browser redirect from the provider (or a front end forwarding it with its token)
     async def callback(request: web.Request) -> web.Response:
         if hdrs.AUTHORIZATION in request.headers:
             # A front end that receives the redirect itself forwards code and state with its
             # own token: the flow must belong to that very user, and the answer is JSON.
-            caller = token_verifier(rt).authenticate(request.headers[hdrs.AUTHORIZATION])
+            caller = rt.stash[AUTHENTICATOR].authenticate(request.headers[hdrs.AUTHORIZATION])
             payload, code = callback_query(request.query)
             status, created = await complete(payload, code, caller=caller.id, browser=None)
             return json_response({"account": status}, status=201 if created else 200)
@@ -223,7 +211,6 @@ def add_routes(app: web.Application, rt: Runtime, service: MailService) -> None:
         location = urlunsplit((app_url.scheme, app_url.netloc, app_url.path, query, ""))
         return web.Response(status=302, headers={hdrs.LOCATION: location, **NO_LEAKS})
 
-    @public  # where the browser lands when no app URL is configured: says what happened
     async def result(request: web.Request) -> web.Response:
         return web.Response(text=result_page(request.query), content_type="text/html", headers=RESULT_HEADERS)
 
@@ -247,9 +234,15 @@ def add_routes(app: web.Application, rt: Runtime, service: MailService) -> None:
         fresh = await blocking(lambda: service.db.account(account.id))
         return json_response({"account": (fresh or account).status(), "events_kept": True})
 
-    add_route(app, "POST", "/mail/connect", connect)
-    add_route(app, "GET", START_PATH, start)
-    add_route(app, "GET", CALLBACK_PATH, callback)
-    add_route(app, "GET", RESULT_PATH, result)
-    add_route(app, "GET", "/mail/status", status)
-    add_route(app, "POST", "/mail/disconnect", disconnect)
+    components = {"schemas": SCHEMAS}
+    return [
+        Route("POST", "/mail/connect", connect, PATHS["/mail/connect"]["post"], components=components),
+        # Opened by the user's browser: the signed state in `flow` names the user.
+        Route("GET", START_PATH, start, PATHS[START_PATH]["get"], public=True),
+        # A browser redirect from the provider (or a front end forwarding it with its token).
+        Route("GET", CALLBACK_PATH, callback, PATHS[CALLBACK_PATH]["get"], public=True),
+        # Where the browser lands when no app URL is configured: says what happened.
+        Route("GET", RESULT_PATH, result, PATHS[RESULT_PATH]["get"], public=True),
+        Route("GET", "/mail/status", status, PATHS["/mail/status"]["get"]),
+        Route("POST", "/mail/disconnect", disconnect, PATHS["/mail/disconnect"]["post"]),
+    ]

@@ -20,6 +20,7 @@ import pluggy
 
 from brain.actors.supervisor import ChildSpec, Supervisor
 from brain.config import Settings
+from brain.contracts import EVENT_SINK
 from brain.errors import BadRequest, Forbidden, NotFound
 from brain.mail.crypto import InvalidState, StateSigner, pkce_challenge
 from brain.mail.db import Account, MailDb, States
@@ -36,11 +37,25 @@ from brain.mail.provider import (
 from brain.mail.registry import ProviderRegistry
 from brain.mail.sync import MailSync
 from brain.mail.tokens import TokenProvider
+from brain.process import Process
+from brain.stash import StashKey
 
-__all__ = ["CALLBACK_PATH", "MailService", "MailSupervisor", "RESULT_PATH", "START_PATH", "child_id"]
+__all__ = [
+    "CALLBACK_PATH",
+    "MAIL_SUP",
+    "MailService",
+    "MailSupervisor",
+    "RESULT_PATH",
+    "START_PATH",
+    "child_id",
+    "service_for",
+    "stop_user",
+]
 
 log = logging.getLogger("brain.mail")
 
+# Where the mail supervisor sits in the tree (under the data tier, after the stores).
+MAIL_SUP = "data_sup/mail"
 START_PATH = "/mail/oauth/start"
 CALLBACK_PATH = "/mail/oauth/callback"
 RESULT_PATH = "/mail/oauth/result"
@@ -326,3 +341,33 @@ class MailSupervisor(Supervisor):
                 self.start_child(self.service.child_spec(account))
             except Exception:
                 log.exception("mail account %s could not be resumed", account.id)
+
+
+_SERVICE: StashKey[MailService] = StashKey("brain.mail.service")
+
+
+def service_for(rt: Process) -> MailService:
+    """The process's mail service (created on first use; it opens mail.db)."""
+    return rt.stash.setdefault(_SERVICE, lambda: MailService(rt.settings, rt.secret, rt.pm, _event_sink(rt)))
+
+
+def _event_sink(rt: Process) -> EventSink:
+    def append(user_id: str, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        sink = rt.stash.get(EVENT_SINK)
+        if sink is None:
+            raise RuntimeError("this process has no event stores (no plugin offers an event sink)")
+        return sink.append_from_thread(user_id, events, timeout=30)
+
+    return append
+
+
+def stop_user(rt: Process, user_id: str) -> None:
+    """Stop every MailSync actor of a user (blocking: a page in flight finishes first)."""
+    sup = rt.lookup(MAIL_SUP)
+    if sup is None:
+        return
+    proxy = sup.proxy()
+    prefix = f"{user_id}:"  # child_id: "{user_id}:{account_id}"
+    for child in proxy.which_children().get(timeout=10):
+        if child["id"].startswith(prefix):
+            proxy.terminate_child(child["id"]).get(timeout=60)

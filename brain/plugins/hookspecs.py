@@ -1,8 +1,14 @@
-"""The hooks a brain plugin may implement. Each is documented, with an example, in docs/plugins.md.
+"""The core's hooks: how every plugin, the built-in roles included, wires itself into a process.
 
-Plugins are distributions that declare an entry point in the group `brain`, e.g.
-`gmail = brain_gmail.plugin`; the module holds functions decorated with `@hookimpl`.
-Hooks are called with keyword arguments only.
+Each is documented, with an example, in docs/plugins.md. Plugins are modules (or objects) whose
+functions are decorated with `@hookimpl`; the built-in roles are registered first
+(`brain.plugins.manager.BUILTIN_PLUGINS`), then the enabled entry-point plugins (group `brain`).
+Hooks are called with keyword arguments only. A role's own hooks (sign-up, mail providers,
+stored events) live next to its code: `brain/auth/hookspecs.py`, `brain/api/hookspecs.py`,
+`brain/mail/hookspecs.py`.
+
+The hooks that take `rt` are called only for the plugins active in the process: a plugin whose
+manifest names a listener the process does not serve is left out.
 """
 
 from __future__ import annotations
@@ -21,35 +27,55 @@ def brain_startup(settings: Any, plugin_settings: Any) -> None:
 
 
 @hookspec
-def register_mail_providers(register: Any) -> None:
-    """Register mail providers: call `register(provider_class)` once for each."""
+def register_listeners(settings: Any, register: Any) -> None:
+    """Declare HTTP listeners: call `register(brain.routes.Listener(...))` for each."""
 
 
 @hookspec
-def reserve_event_types(reserve: Any) -> None:
-    """Reserve event type namespaces only the server writes: call `reserve(namespace)` for each."""
+def setup_process(rt: Any) -> None:
+    """The process is being assembled: put what this plugin offers others into `rt.stash`."""
 
 
 @hookspec
-def validate_sign_up(email: str, name: str) -> str | None:
-    """Veto a sign-up by returning a reason (sent to the client as a 400), or None to allow it."""
+def register_children(rt: Any, register: Any) -> None:
+    """Add actors to the supervision tree: `register(brain.actors.tree.Child(...) or Group(...))`."""
 
 
 @hookspec
-def jwt_claims(user: dict[str, Any]) -> dict[str, Any] | None:
-    """Return extra claims for the user's JWT; reserved claims (sub, iss, aud, exp, ...) are refused."""
+def register_routes(rt: Any, listener: str, register: Any) -> None:
+    """Add routes to a listener: `register(brain.routes.Route(...))`, each with its OpenAPI operation."""
 
 
 @hookspec
-def after_sign_up(user: dict[str, Any]) -> None:
-    """Be told that a user signed up (runs after the user is committed)."""
-
-
-@hookspec(firstresult=True)
-def send_auth_email(to: str, subject: str, text: str, kind: str) -> bool | None:
-    """Deliver an auth email (verification, password reset); return True when sent."""
+def setup_app(rt: Any, listener: str, app: Any) -> None:
+    """Configure a served listener's aiohttp app before it starts: middlewares, cleanup_ctx, signals."""
 
 
 @hookspec
-def event_stored(user_id: str, event: dict[str, Any]) -> None:
-    """Be told that an event was committed to a user's store (called off the request path)."""
+def register_health(rt: Any, register: Any) -> None:
+    """Contribute to /health: `register(name, figures=callable, problems=callable)`."""
+
+
+@hookspec
+def register_metrics(rt: Any, register: Any) -> None:
+    """Contribute Prometheus metrics: `register(name, collect)`, collect() returning metric families."""
+
+
+@hookspec
+def register_commands(cli: Any) -> None:
+    """Add `brain` subcommands to `cli.subcommands` (a `brain.commands.CommandLine`; no heavy imports)."""
+
+
+@hookspec
+def register_backup(register: Any) -> None:
+    """Name the files a backup copies: `register(brain.backup.BackupFile(...))` for each."""
+
+
+@hookspec
+def user_revoked(rt: Any, user_id: str, tokens_valid_until: int) -> None:
+    """A user was deleted: refuse their credentials from now on (event loop thread; must not block)."""
+
+
+@hookspec
+def user_purge(rt: Any, user_id: str) -> dict[str, Any] | None:
+    """A user was deleted: delete what this plugin keeps about them (worker thread); figures or None."""

@@ -1,0 +1,165 @@
+"""Everything the API role adds to a process, through the core's hooks.
+
+Its listener (`api`, every route behind the bearer-token guard), its actors (the JwksCache in
+`auth_sup`; the EventBus and the `stores` supervisor in `data_sup`), its routes, /health and
+/metrics figures, and the services it offers other plugins (`brain.contracts`).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import web
+
+from brain.actors.supervisor import ChildSpec, Supervisor
+from brain.actors.tree import Child, Group
+from brain.api import deletion, metrics, routes
+from brain.api.bus import EventBus
+from brain.api.jwks import JwksCache, jwks_opener
+from brain.api.state import api_key_verifier, doorbell, jwks_state, store_manager, token_verifier
+from brain.backup import BackupFile
+from brain.contracts import AUTHENTICATOR, EVENT_SINK
+from brain.deletions import CHILD_ID as DELETIONS
+from brain.nats_embedded import CHILD_ID as NATS
+from brain.plugins import hookimpl
+from brain.process import Process
+from brain.routes import Components, Listener, Route
+
+LISTENER = routes.LISTENER
+# The tiers of the tree this role shares: keys and tokens; data (rest_for_one: a crashed
+# EventBus restarts the stores and what writes to them).
+AUTH_SUP = "auth_sup"
+DATA_SUP = "data_sup"
+
+
+@hookimpl
+def register_listeners(settings: Any, register: Callable[[Listener], None]) -> None:
+    """The `api` listener: the main one where it is served, each route behind the token guard."""
+    register(Listener(
+        name=LISTENER, host=settings.server.host, port=settings.server.api_port,
+        served=LISTENER in settings.server.roles, public_url=settings.api_public_url, rank=0,
+        port_setting="server.api_port", guard=routes.guard, finish=routes.finish_routes,
+        security=({"bearerAuth": []},),
+    ))
+
+
+@hookimpl
+def setup_process(rt: Process) -> None:
+    """Offer the stores as the event sink and the JWT check (refusing deleted users) as the authenticator."""
+    rt.stash.set(EVENT_SINK, store_manager(rt))
+    deletion.revoked_users(rt)
+    rt.stash.set(AUTHENTICATOR, token_verifier(rt))
+
+
+@hookimpl
+def register_children(rt: Process, register: Callable[[Child | Group], None]) -> None:
+    """The JwksCache (auth_sup); the EventBus, then the user stores' supervisor (data_sup)."""
+    api = rt.settings.api
+    state = jwks_state(rt)
+    opener = jwks_opener(rt.settings)
+    stores = store_manager(rt)
+    bell = doorbell(rt)
+    register(Group(AUTH_SUP, after=(NATS,)))
+    register(Child(
+        ChildSpec(id="jwks_cache", start=lambda link: JwksCache.start(
+            link=link, state=state, refresh_seconds=api.jwks_refresh_seconds,
+            fetch_timeout=api.jwks_fetch_timeout, opener=opener,
+        )),
+        parent=AUTH_SUP, after=("auth_issuer",),
+    ))
+    # Account deletions purge the stores: the relay starts after them and stops before them.
+    register(Group(DATA_SUP, strategy="rest_for_one", after=(NATS, AUTH_SUP), before=(DELETIONS,)))
+    register(Child(
+        ChildSpec(id="event_bus", start=lambda link: EventBus.start(
+            link=link, doorbell=bell, stores=stores, url=rt.nats_url, settings=rt.settings.nats,
+            data_path=rt.settings.data_path, loop=rt.loop,
+        )),
+        parent=DATA_SUP,
+    ))
+    register(Child(
+        ChildSpec(
+            id="stores",
+            # A supervisor waits for its children, each bounded by its own timeout (OTP).
+            shutdown_timeout=math.inf,
+            start=lambda link: Supervisor.start(
+                link=link, name="stores", strategy="one_for_one", max_restarts=50, max_seconds=10,
+                stop_together=True,  # independent stores: their databases close concurrently
+            ),
+        ),
+        parent=DATA_SUP, after=("event_bus",),
+    ))
+
+
+@hookimpl
+def register_backup(register: Callable[[BackupFile], None]) -> None:
+    """Every user's events.db; the revoked set, without which a restore would let a deleted
+    user's still-valid JWT in again."""
+    register(BackupFile("users/*/events.db", "user"))
+    register(BackupFile(deletion.REVOKED_FILE, "state", database=False))
+
+
+@hookimpl
+def register_routes(rt: Process, listener: str, register: Callable[[Route | Components], None]) -> None:
+    """/health, /openapi.json, /me and /events on the `api` listener."""
+    if listener == LISTENER:
+        for route in routes.routes(rt):
+            register(route)
+
+
+@hookimpl
+def setup_app(rt: Process, listener: str, app: web.Application) -> None:
+    """On shutdown, before the tree stops the stores: flush acknowledgements, reopen no store."""
+    if listener != LISTENER:
+        return
+    stores = store_manager(rt)
+    bell = doorbell(rt)
+
+    async def stop_activating(_app: web.Application) -> None:
+        bell.flush()
+        stores.closing = True
+
+    app.on_shutdown.append(stop_activating)
+
+
+@hookimpl
+def user_revoked(rt: Process, user_id: str, tokens_valid_until: int) -> None:
+    """Refuse the deleted user's tokens at once."""
+    deletion.revoke(rt, user_id, tokens_valid_until)
+
+
+@hookimpl
+def user_purge(rt: Process, user_id: str) -> None:
+    """Close and delete the deleted user's store, and their events in JetStream."""
+    deletion.purge(rt, user_id)
+
+
+@hookimpl
+def register_health(rt: Process, register: Callable[..., None]) -> None:
+    """JWKS and token cache, API keys, the event bus (under `nats`), the stores; degraded without keys or NATS."""
+    state = jwks_state(rt)
+    verifier = token_verifier(rt)
+    bell = doorbell(rt)
+
+    def problems() -> list[str]:
+        found: list[str] = []
+        if state.current(time.time()) is None:
+            why = f" (last error: {state.last_error})" if state.last_error else ""
+            found.append(f"jwks: no usable signing keys from {state.url}{why}")
+        if not bell.stats().get("connected"):
+            found.append(f"nats: the event bus is not connected to {rt.nats_url}; events wait in the outboxes")
+        return found
+
+    register("nats", figures=bell.stats)
+    register("jwks", figures=lambda: {**state.stats(), "token_cache": verifier.stats()}, problems=problems)
+    register("api_keys", figures=api_key_verifier(rt).stats)
+    register("stores", figures=store_manager(rt).stats)
+
+
+@hookimpl
+def register_metrics(rt: Process, register: Callable[..., None]) -> None:
+    """Health, JWKS cache, token cache, stores and event bus figures."""
+    for name, collect in metrics.sources(rt):
+        register(name, collect)

@@ -1,0 +1,84 @@
+"""What one process of the API role owns and shares, kept in the process's stash.
+
+Each is created on first use and lives as long as the process, across restarts of the actors
+that work with it: the JWKS state (the JwksCache actor publishes key snapshots on it), the
+token verifier, the outbox doorbell (the EventBus attaches to it) and the store manager.
+"""
+
+from __future__ import annotations
+
+from brain.api.api_keys import ApiKeyVerifier, HttpDirectory, control_checker
+from brain.api.bus import Doorbell, event_stored_notifier
+from brain.api.jwks import JwksState, jwks_opener
+from brain.api.stores import StoreManager
+from brain.api.tokens import TokenVerifier
+from brain.apikeys import api_key_hub
+from brain.process import Process
+from brain.stash import StashKey
+
+__all__ = ["api_key_verifier", "doorbell", "jwks_state", "store_manager", "token_verifier"]
+
+_JWKS: StashKey[JwksState] = StashKey("brain.api.jwks")
+_VERIFIER: StashKey[TokenVerifier] = StashKey("brain.api.token_verifier")
+_DOORBELL: StashKey[Doorbell] = StashKey("brain.api.doorbell")
+_STORES: StashKey[StoreManager] = StashKey("brain.api.stores")
+
+
+def jwks_state(rt: Process) -> JwksState:
+    """The process's JwksState (shared by every JwksCache generation)."""
+
+    def create() -> JwksState:
+        api = rt.settings.api
+        return JwksState(
+            url=rt.settings.jwks_url,
+            refetch_min_interval=api.jwks_refetch_min_interval,
+            max_staleness=api.jwks_max_staleness_seconds,
+        )
+
+    return rt.stash.setdefault(_JWKS, create)
+
+
+def token_verifier(rt: Process) -> TokenVerifier:
+    """The process's TokenVerifier (one token cache for the API app)."""
+
+    def create() -> TokenVerifier:
+        api = rt.settings.api
+        return TokenVerifier(
+            jwks_state(rt),
+            issuer=rt.settings.expected_issuer,
+            audience=api.audience,
+            algorithms=api.algorithms,
+            leeway=api.leeway_seconds,
+            cache_size=api.token_cache_size,
+            max_token_bytes=api.max_token_bytes,
+        )
+
+    return rt.stash.setdefault(_VERIFIER, create)
+
+
+def api_key_verifier(rt: Process) -> ApiKeyVerifier:
+    """The process's ApiKeyVerifier: the key cache, listening to the API-key hub for revocations."""
+    hub = api_key_hub(rt)
+    if not isinstance(hub.listener, ApiKeyVerifier):
+        settings, api = rt.settings, rt.settings.api
+        tokens = token_verifier(rt)
+        # Without the auth role in this process, keys are looked up where the JWKS comes from.
+        remote = HttpDirectory(settings.jwks_url.removesuffix("/jwks") + "/api-key/verify", jwks_opener(settings),
+                               api.jwks_fetch_timeout)
+        hub.listener = ApiKeyVerifier(
+            lambda: hub.directory or remote, tokens,
+            cache_size=api.api_key_cache_size, cache_seconds=api.api_key_cache_seconds,
+            bearer_prefix=settings.auth.api_key_prefix,
+        )
+        hub.check = control_checker(jwks_state(rt), settings.expected_issuer, api.algorithms)
+    return hub.listener
+
+
+def doorbell(rt: Process) -> Doorbell:
+    """Where the stores hand committed events to the EventBus (stable across its restarts)."""
+    return rt.stash.setdefault(_DOORBELL, lambda: Doorbell(event_stored_notifier(rt.pm)))
+
+
+def store_manager(rt: Process) -> StoreManager:
+    """The process's StoreManager: every user store is reached through it."""
+    return rt.stash.setdefault(_STORES, lambda: StoreManager(rt, doorbell(rt)))
