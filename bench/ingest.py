@@ -3,7 +3,7 @@
 Two figures. The target is judged on the instant provider (bench/instant_provider.py), a fake
 provider that answers at once with no I/O: brain's own pipeline — sync actor, checkpoints,
 events in the user's store, outbox. Beside it, the Gmail plugin against the fake Gmail server
-(tests/fakes/gmail.py) with quota pacing lifted: the same pipeline plus google-api-python-client
+(brain/testing/fakes/gmail.py) with quota pacing lifted: the same pipeline plus google-api-python-client
 and its batch MIME handling, which dominate there. The clock runs from the connect request
 until `/mail/status` reports the initial sync complete with every message synced, or until a
 time cap, in which case the rate is over the messages synced by then.
@@ -43,7 +43,7 @@ class IngestResult:
 
 def start_fake_gmail(messages: int) -> Any:
     """A running FakeGmail with `messages` messages in MAILBOX."""
-    from tests.fakes.gmail import FakeGmail
+    from brain.testing.fakes.gmail import FakeGmail
 
     fake = FakeGmail().start()
     fake.populate(MAILBOX, messages)

@@ -3,7 +3,7 @@
 It makes up `messages` messages (its `[plugins.instant]` table) without any I/O, so the figure
 is brain's pipeline alone — sync actor, checkpoints in mail.db, events in the user's store,
 outbox to JetStream — with no client library or fake server in the way. The Gmail figure
-(google-api-python-client against tests/fakes/gmail.py) is measured beside it.
+(google-api-python-client against brain/testing/fakes/gmail.py) is measured beside it.
 """
 
 from __future__ import annotations

@@ -52,7 +52,7 @@ def _tokens(count: int) -> tuple[dict, list[str], rsa.RSAPublicKey]:
 def measure(samples: int, *, distinct_tokens: int = 200) -> JwtTimings:
     """Time `TokenVerifier.verify` (every check, no cache) and a cached `authenticate`."""
     from brain.api.jwks import JwksState, KeySnapshot, parse_jwks
-    from brain.api.tokens import TokenVerifier
+    from brain.api.verifier import TokenVerifier
 
     doc, tokens, public = _tokens(distinct_tokens)
     keys, skipped = parse_jwks(doc)

@@ -242,7 +242,7 @@ class Run:
         """JWT validation in-process."""
         with self.step(["jwt.uncached", "jwt.cached"], "JWT validation in-process"):
             timings = jwt_inprocess.measure(self.plan.jwt_samples)
-            fig = self.latency("jwt.uncached", timings.uncached, note="brain.api.tokens.TokenVerifier.verify, every check")
+            fig = self.latency("jwt.uncached", timings.uncached, note="brain.api.verifier.TokenVerifier.verify, every check")
             fig.baseline = latency_figure("sig", "sig", timings.signature_only).value
             fig.baseline_label = "the RS256 signature check alone (cryptography), same tokens, alternated"
             self.latency("jwt.cached", timings.cached, note="TokenVerifier.authenticate, token in the cache")

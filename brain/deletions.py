@@ -33,10 +33,9 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import nats
-import nats.js.errors
 from nats.js.api import ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
 
-from brain import apikeys
+from brain import apikeys, jetstream
 from brain.actors.base import Link
 from brain.actors.loop import LoopActor
 from brain.actors.supervisor import ChildSpec
@@ -88,14 +87,8 @@ def parse_message(data: bytes) -> UserDeleted | None:
 
 async def ensure_stream(js: Any) -> None:
     """Create the control stream if it is missing."""
-    try:
-        await js.stream_info(STREAM)
-    except nats.js.errors.NotFoundError:
-        await js.add_stream(
-            StreamConfig(
-                name=STREAM, subjects=["brain.control.>"], storage=StorageType.FILE, max_age=_STREAM_MAX_AGE_S
-            )
-        )
+    config = StreamConfig(name=STREAM, subjects=["brain.control.>"], storage=StorageType.FILE, max_age=_STREAM_MAX_AGE_S)
+    if await jetstream.ensure_stream(js, config):
         log.info("created stream %s (brain.control.>)", STREAM)
 
 
@@ -235,21 +228,22 @@ class Relay:
 
     async def _connect(self) -> None:
         while not self.stopping:
+            self.nc = await jetstream.connect(
+                self.rt.nats_url, stopping=lambda: self.stopping, note=self._note, retry_seconds=1.0,
+                name="brain-control", allow_reconnect=True, max_reconnect_attempts=-1, reconnect_time_wait=1,
+                connect_timeout=2, disconnected_cb=self._on_disconnected, reconnected_cb=self._on_reconnected,
+            )
+            if self.nc is None:
+                return
             try:
-                self.nc = await nats.connect(
-                    self.rt.nats_url, name="brain-control", allow_reconnect=True, max_reconnect_attempts=-1,
-                    reconnect_time_wait=1, connect_timeout=2, disconnected_cb=self._on_disconnected,
-                    reconnected_cb=self._on_reconnected,
-                )
                 self.js = self.nc.jetstream(timeout=5)
                 await ensure_stream(self.js)
                 self.connected = True
                 return
-            except Exception as exc:  # noqa: BLE001 - NATS not up yet: retry
+            except Exception as exc:  # noqa: BLE001 - JetStream not ready yet: retry
                 self._note(f"control stream on {self.rt.nats_url}: {exc!r}")
-                if self.nc is not None:
-                    await self.nc.close()
-                    self.nc = None
+                await self.nc.close()
+                self.nc = None
                 await asyncio.sleep(1.0)
 
     async def _on_disconnected(self) -> None:

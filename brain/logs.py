@@ -141,10 +141,11 @@ def setup_logging(fmt: str = "text", level: str = "info") -> None:
 # Access log ---------------------------------------------------------------------------------
 #
 # aiohttp calls AccessLogger.log on the event loop after every response. Through `logging`
-# (a LogRecord, a formatter, a write and a flush per line) that cost ~15 % of a cheap request's
-# CPU; so the loop only appends a tuple, and the lines of a batch are rendered and written with
-# one write ACCESS_FLUSH_SECONDS later, in exactly the layout of setup_logging's formatter. If
-# logging was configured some other way, each line goes through `logging` as before.
+# (a LogRecord, a formatter, a write and a flush per line) costs a cheap request a large share
+# of its CPU (docs/performance.md); so the loop only appends a tuple, and the lines of a batch
+# are rendered and written with one write ACCESS_FLUSH_SECONDS later, in exactly the layout of
+# setup_logging's formatter. If logging was configured some other way, each line goes through
+# `logging` instead.
 
 # (created, logger name, method, path, status, bytes, seconds, remote)
 _Entry = tuple[float, str, str, str, int, int, float, "str | None"]

@@ -6,8 +6,8 @@ Two kinds of figures:
   (labels `role`, `route` = the matched route's canonical path such as `/events`, or
   `unmatched` for 404/405, `method` from a fixed set, `status`), so label values stay bounded
   whatever URLs clients send. The middleware adds to plain per-route counters on the event
-  loop (~2 us a request on this 2-core machine); prometheus-client's own Counter and
-  Histogram take a lock per increment (~6 us a request), a lot beside GET /me's ~150 us;
+  loop: prometheus-client's own Counter and Histogram take a lock per increment, which costs
+  a cheap request several times more (docs/performance.md);
 - everything else, read at scrape time from the figures the subsystems keep anyway (JWKS
   state, token cache, stores, event bus, mail.db, supervisors): each plugin contributes its own
   through `register_metrics`, and the request path pays nothing for them.

@@ -141,10 +141,6 @@ class EmbeddedNats(BrainActor):
             return None
         return super().on_receive(message)
 
-    def pid(self) -> int | None:
-        """The server process id (for tests and /health)."""
-        return self.proc.pid if self.proc is not None else None
-
     def on_stop(self) -> None:
         self._terminate()
 

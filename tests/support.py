@@ -5,34 +5,19 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from brain.testing import free_port, wait_until
+
 REPO = Path(__file__).resolve().parent.parent
 
+__all__ = ["REPO", "BrainServer", "free_port", "to_toml", "wait_until"]
 
-def free_port() -> int:
-    """A loopback TCP port that is free right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_until(cond: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05, what: str = "condition") -> Any:
-    """Poll cond until it returns something truthy; fail the test after timeout."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
 
 
 def to_toml(tables: Mapping[str, Mapping[str, Any]]) -> str:

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import requests
 
-from tests.fakes.gmail import FakeGmail
+from brain.testing.fakes.gmail import FakeGmail
 from tests.support import BrainServer, free_port, wait_until
 from tests.test_auth_helpers import NO_LIMITS, PASSWORD, bearer, brain_cli, sign_in, sign_up, unique_email
 from tests.test_mail_engine import gmail_settings

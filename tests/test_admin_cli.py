@@ -13,7 +13,7 @@ import pytest
 import requests
 
 from brain.mail.db import Account, MailDb
-from tests.fakes.gmail import FakeGmail
+from brain.testing.fakes.gmail import FakeGmail
 from tests.support import BrainServer, wait_until
 from tests.test_auth_helpers import NO_LIMITS, bearer, brain_cli, new_user, sign_in, unique_email
 from tests.test_mail_engine import gmail_settings

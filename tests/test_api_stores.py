@@ -171,7 +171,7 @@ class _Outbox:
 def test_loop_requests_a_store_never_took_come_back_as_store_closed(tmp_path) -> None:  # type: ignore[no-untyped-def]
     """Queued but not taken when the store stops: settled with StoreClosed (never lost, never written)."""
     from brain.api.events import new_event
-    from brain.api.store import AppendRequest, StoreClosed, UserStore, submit
+    from brain.api.user_store import AppendRequest, StoreClosed, UserStore, submit
 
     ref = UserStore.start(user_id="closing", data_path=tmp_path, outbox=_Outbox(), idle_seconds=60)
     event = new_event({"type": "a.b", "data": 1}, max_bytes=1024)

@@ -6,6 +6,8 @@
 - a function-local import of a brain module needs a comment saying why, and there are at most 5;
 - every built-in manifest names modules that exist, requires plugins that exist, and serves a
   listener some plugin declares;
+- every hook is exercised by a test: its name appears in a test module or a test plugin;
+- the providers' own tests use, of brain's roles, only `brain.mail.provider` (and `brain.testing`);
 - `brain --help` imports neither the roles' server code nor aiohttp.
 """
 
@@ -21,6 +23,7 @@ from pathlib import Path
 from brain.config import load_settings
 from brain.plugins.manager import BUILTIN_PLUGINS, builtin_manifests, load_plugins
 from brain.runtime import collect_listeners
+from tests.test_plugins import hookspec_functions
 
 REPO = Path(__file__).resolve().parent.parent
 ROLES = {"auth", "api", "mail"}
@@ -43,7 +46,7 @@ def test_the_core_contract_names_every_core_module() -> None:
         f"brain.{path.stem if path.is_file() else path.name}"
         for path in (REPO / "brain").iterdir()
         if (path.suffix == ".py" and path.stem != "__init__") or (path.is_dir() and (path / "__init__.py").exists())
-    } - {f"brain.{role}" for role in ROLES}
+    } - {f"brain.{role}" for role in ROLES} - {"brain.testing"}  # test support: it drives mail's providers
     assert core == listed, f"add to (or remove from) setup.cfg's core contract: {sorted(core ^ listed)}"
 
 
@@ -102,3 +105,27 @@ def test_help_imports_no_server_code() -> None:
     out = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_every_hook_has_a_test_that_calls_it() -> None:
+    generic = {"test_plugins.py", "test_architecture.py"}  # these only list the hooks
+    texts = [
+        path.read_text()
+        for path in [*(REPO / "tests").rglob("*.py"), *(REPO / "plugins").glob("*/tests/*.py")]
+        if path.name not in generic
+    ]
+    untested = [name for name, _ in hookspec_functions() if not any(name in text for text in texts)]
+    assert not untested, f"hooks no test exercises (write one, e.g. in tests/test_hooks.py): {untested}"
+
+
+def test_provider_tests_use_only_the_provider_interface() -> None:
+    allowed = ("brain.mail.provider", "brain.testing")
+    for path in sorted((REPO / "plugins").glob("*/tests/*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [alias.name for alias in node.names] if isinstance(node, ast.Import) else (
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            )
+            for name in names:
+                role = name.split(".")[:2]
+                if role[0] == "brain" and len(role) > 1 and role[1] in ROLES | {"runtime"}:
+                    assert name.startswith(allowed), f"{path.relative_to(REPO)} imports {name}"

@@ -308,7 +308,7 @@ def test_starttls_and_login(make_server) -> None:  # type: ignore[no-untyped-def
     """tls = "starttls" with a login: the mail arrives over TLS, authenticated, checked against ca_file."""
     from aiosmtpd.smtp import AuthResult, LoginPassword
 
-    from tests.fakes.tls import server_ssl_context, tls_files
+    from brain.testing.fakes.tls import server_ssl_context, tls_files
 
     logins: list[tuple[bytes, bytes]] = []
 

@@ -80,7 +80,7 @@ def test_required_email_verification_gives_no_session(make_server) -> None:  # t
 
 
 def test_https_cookie_is_secure_and_prefixed(make_server) -> None:  # type: ignore[no-untyped-def]
-    from tests.fakes.tls import tls_files
+    from brain.testing.fakes.tls import tls_files
 
     tls = tls_files()
     server = make_server(

@@ -1,4 +1,4 @@
-"""The dovecot harness (tests/fakes/dovecot.py) really runs dovecot, with the IMAP extensions the
+"""The dovecot harness (brain/testing/fakes/dovecot.py) really runs dovecot, with the IMAP extensions the
 IMAP provider relies on: CONDSTORE, QRESYNC, IDLE, UIDPLUS, SPECIAL-USE, STARTTLS and implicit TLS.
 
 These tests need Debian's dovecot-imapd (.ci/run installs it); without it they fail, never skip.
@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.fakes import dovecot as dovecot_module
-from tests.fakes.dovecot import Dovecot, make_message
+from brain.testing.fakes import dovecot as dovecot_module
+from brain.testing.fakes.dovecot import Dovecot, make_message
 
 ALICE = "alice@example.test"
 

@@ -1,6 +1,6 @@
 """The fake Gmail speaks the wire protocol that google-api-python-client and google-auth expect.
 
-Every test drives the real client libraries against ``tests.fakes.gmail.FakeGmail`` with
+Every test drives the real client libraries against ``brain.testing.fakes.gmail.FakeGmail`` with
 outgoing connections restricted to loopback.
 """
 
@@ -29,8 +29,8 @@ from googleapiclient.discovery import build
 from googleapiclient.errors import HttpError
 from googleapiclient.http import BatchHttpRequest
 
-from tests.fakes import control_call, loopback_only, pkce_pair
-from tests.fakes.gmail import BATCH_LIMIT, GMAIL_READONLY, FakeGmail
+from brain.testing.fakes import control_call, loopback_only, pkce_pair
+from brain.testing.fakes.gmail import BATCH_LIMIT, GMAIL_READONLY, FakeGmail
 
 USER = "ada@example.com"
 REPO = Path(__file__).resolve().parent.parent
@@ -557,7 +557,7 @@ async def test_aiohttp_client_in_the_same_process(fake: FakeGmail) -> None:
 
 def test_runs_as_its_own_process() -> None:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.fakes.gmail", "--port", "0", "--user", USER, "--populate", "7"],
+        [sys.executable, "-m", "brain.testing.fakes.gmail", "--port", "0", "--user", USER, "--populate", "7"],
         cwd=REPO,
         stdout=subprocess.PIPE,
         text=True,

@@ -1,6 +1,6 @@
 """The fake Microsoft identity platform and Graph speak what msal and Graph clients expect.
 
-MSAL runs for real against ``tests.fakes.microsoft.FakeMicrosoft`` over https with the
+MSAL runs for real against ``brain.testing.fakes.microsoft.FakeMicrosoft`` over https with the
 fake's CA; Graph is called with ``requests``. Outgoing connections are restricted to loopback.
 """
 
@@ -22,8 +22,8 @@ import msal
 import pytest
 import requests
 
-from tests.fakes import control_call, loopback_only, pkce_pair
-from tests.fakes.microsoft import FakeMicrosoft
+from brain.testing.fakes import control_call, loopback_only, pkce_pair
+from brain.testing.fakes.microsoft import FakeMicrosoft
 
 # acquire_token_by_authorization_code is deprecated in favour of the auth code flow, and the
 # flow suggests form_post; both are exercised here on purpose.
@@ -488,7 +488,7 @@ async def test_aiohttp_client_with_the_fake_ca(fake: FakeMicrosoft) -> None:
 
 def test_runs_as_its_own_process() -> None:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.fakes.microsoft", "--port", "0", "--user", USER, "--populate", "3"],
+        [sys.executable, "-m", "brain.testing.fakes.microsoft", "--port", "0", "--user", USER, "--populate", "3"],
         cwd=REPO,
         stdout=subprocess.PIPE,
         text=True,

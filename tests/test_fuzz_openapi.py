@@ -23,8 +23,8 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 
-from tests.fakes.gmail import FakeGmail
-from tests.fakes.microsoft import FakeMicrosoft
+from brain.testing.fakes.gmail import FakeGmail
+from brain.testing.fakes.microsoft import FakeMicrosoft
 from tests.support import BrainServer
 from tests.test_auth_helpers import NO_LIMITS, sign_in
 from tests.test_mail_server import mail_config

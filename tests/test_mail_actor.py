@@ -21,7 +21,7 @@ from brain.mail.provider import Credentials
 from brain.mail.service import MailService, MailSupervisor, child_id
 from brain.mail.sync import SyncNow
 from brain.plugins.manager import load_plugins
-from tests.fakes.gmail import FakeGmail
+from brain.testing.fakes.gmail import FakeGmail
 from tests.support import wait_until
 from tests.test_mail_engine import USER, Store, fake, gmail_settings, loopback  # noqa: F401 - fixtures
 

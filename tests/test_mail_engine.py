@@ -22,10 +22,10 @@ from brain.config import MailSettings
 from brain.mail.db import MailDb, States
 from brain.mail.engine import AccountSync, Outcome, QuotaPacer
 from brain.mail.provider import Credentials
-from brain.mail.tokens import TokenProvider
+from brain.mail.access_tokens import TokenProvider
 from brain_gmail.provider import GmailProvider
-from tests.fakes import loopback_only
-from tests.fakes.gmail import FakeGmail
+from brain.testing.fakes import loopback_only
+from brain.testing.fakes.gmail import FakeGmail
 
 USER = "ada@example.com"
 SECRET = b"s" * 40

@@ -22,9 +22,9 @@ import nats
 import pytest
 import requests
 
-from tests.fakes.gmail import FakeGmail
-from tests.fakes.microsoft import FakeMicrosoft
-from tests.fakes.tls import tls_files
+from brain.testing.fakes.gmail import FakeGmail
+from brain.testing.fakes.microsoft import FakeMicrosoft
+from brain.testing.fakes.tls import tls_files
 from tests.support import REPO, BrainServer, wait_until
 from tests.test_auth_helpers import new_user
 from tests.test_mail_engine import gmail_settings, replay_mailbox

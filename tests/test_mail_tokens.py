@@ -14,7 +14,7 @@ from typing import Any
 
 from brain.mail.db import MailDb
 from brain.mail.provider import Credentials, MailProvider, SyncPage
-from brain.mail.tokens import TokenProvider, merge_credentials
+from brain.mail.access_tokens import TokenProvider, merge_credentials
 
 
 class CountingProvider(MailProvider):

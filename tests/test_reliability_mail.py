@@ -18,8 +18,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from tests.fakes.gmail import FakeGmail
-from tests.fakes.microsoft import FakeMicrosoft
+from brain.testing.fakes.gmail import FakeGmail
+from brain.testing.fakes.microsoft import FakeMicrosoft
 from tests.support import BrainServer, wait_until
 from tests.test_mail_engine import replay_mailbox
 from tests.test_mail_server import Client, gmail_mailbox, mail_config, outlook_mailbox

@@ -18,7 +18,7 @@ from typing import Any
 
 import requests
 
-from tests.fakes.gmail import FakeGmail
+from brain.testing.fakes.gmail import FakeGmail
 from tests.support import BrainServer, wait_until
 from tests.test_auth_helpers import sign_in
 from tests.test_mail_engine import gmail_settings

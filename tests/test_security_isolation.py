@@ -18,7 +18,7 @@ from urllib.parse import quote
 
 import requests
 
-from tests.fakes.gmail import FakeGmail
+from brain.testing.fakes.gmail import FakeGmail
 from tests.support import BrainServer
 from tests.test_auth_helpers import NO_LIMITS
 from tests.test_mail_engine import gmail_settings

@@ -19,7 +19,7 @@ from cryptography.x509.oid import NameOID
 
 from brain.api.jwks import jwks_opener
 from brain.config import load_settings
-from tests.fakes.tls import TlsFiles, tls_files
+from brain.testing.fakes.tls import TlsFiles, tls_files
 from tests.support import BrainServer, wait_until
 from tests.test_auth_helpers import NO_LIMITS, bearer, new_user
 

@@ -76,7 +76,7 @@ async def ask(
 def settle_threadsafe(fut: asyncio.Future[Any], value: Any = None, *, error: BaseException | None = None) -> None:
     """Resolve an asyncio future from any thread (value, or `error`); batched like ask replies.
 
-    For actors that answer the event loop without a pykka future (brain.api.store's inbox):
+    For actors that answer the event loop without a pykka future (brain.api.user_store's inbox):
     the future must not be awaited anywhere but on its own loop.
     """
     if error is None:

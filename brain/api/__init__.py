@@ -2,12 +2,13 @@
 
 Layout: `plugin` (everything the role adds to a process, through the core's hooks), `state`
 (its per-process objects, in the stash), `jwks` (the JwksCache actor and its key snapshots),
-`tokens` (the strict JWT check and its token cache), `api_keys` (API keys: their cache, lookups
-and revocations), `events` (event validation, rendering,
-signed cursors), `store` (the UserStore actor, one SQLite file per user), `stores`
-(StoreManager: virtual-actor activation, LRU, the async and thread APIs), `bus` (the EventBus:
-outbox -> JetStream), `routes` (the token guard and handlers), `openapi` (their description),
-`metrics` (its Prometheus figures) and `hookspecs` (`event_stored`).
+`verifier` (the strict JWT check and its token cache), `api_keys` (API keys: their cache,
+lookups and revocations), `events` (event validation, rendering, signed cursors), `user_store`
+(the UserStore actor, one SQLite file per user), `store_manager` (StoreManager: virtual-actor
+activation, LRU, the async and thread APIs), `outbox` + `publisher` + `bus` (committed events ->
+the Doorbell -> the EventBus's Publisher -> JetStream), `routes` (the token guard and handlers),
+`openapi` (their description), `metrics` (its Prometheus figures), `deletion` (what it forgets
+of a deleted user) and `hookspecs` (`event_stored`).
 
 What it offers other plugins (through `brain.contracts`, never by import): an `EventSink`
 (its stores) and a `BearerAuthenticator` (its JWT check); routes other plugins register on the

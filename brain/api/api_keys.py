@@ -32,7 +32,7 @@ import jwt as pyjwt
 
 from brain.apikeys import CONTROL_AUDIENCE, KEY_RE, KeyDirectory, KeyRecord, hash_key, scopes_of
 from brain.api.jwks import JwksState
-from brain.api.tokens import TokenUser, TokenVerifier
+from brain.api.verifier import TokenUser, TokenVerifier
 from brain.errors import Forbidden, InvalidToken, ServiceUnavailable
 
 log = logging.getLogger("brain.api.api_keys")

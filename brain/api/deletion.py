@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from brain.api.state import doorbell, store_manager, token_verifier
-from brain.api.store import marker_path, store_path
+from brain.api.user_store import marker_path, store_path
 from brain.ids import is_valid_user_id
 from brain.process import Process
 from brain.stash import StashKey

@@ -244,10 +244,6 @@ class JwksCache(BrainActor):
             return None
         return super().on_receive(message)
 
-    def fetch_now(self) -> bool:
-        """Fetch at once (for tests and admin tools); True if it succeeded."""
-        return self._fetch("requested")
-
     def _fetch(self, reason: str) -> bool:
         state = self.state
         state.last_attempt_at = time.time()

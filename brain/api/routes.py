@@ -29,8 +29,8 @@ from brain.api import openapi
 from brain.api.api_keys import InsufficientScope
 from brain.api.events import ReservedTypes, check_key, new_event
 from brain.api.state import api_key_verifier, store_manager, token_verifier
-from brain.api.store import AppendRequest
-from brain.api.tokens import TokenUser
+from brain.api.user_store import AppendRequest
+from brain.api.verifier import TokenUser
 from brain.apikeys import SCOPE_ATTR, scope
 from brain.errors import BadRequest, PayloadTooLarge
 from brain.health import HEALTH

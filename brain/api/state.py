@@ -8,10 +8,10 @@ token verifier, the outbox doorbell (the EventBus attaches to it) and the store 
 from __future__ import annotations
 
 from brain.api.api_keys import ApiKeyVerifier, HttpDirectory, control_checker
-from brain.api.bus import Doorbell, event_stored_notifier
 from brain.api.jwks import JwksState, jwks_opener
-from brain.api.stores import StoreManager
-from brain.api.tokens import TokenVerifier
+from brain.api.outbox import Doorbell, event_stored_notifier
+from brain.api.store_manager import StoreManager
+from brain.api.verifier import TokenVerifier
 from brain.apikeys import api_key_hub
 from brain.process import Process
 from brain.stash import StashKey
@@ -21,7 +21,7 @@ __all__ = ["api_key_verifier", "doorbell", "jwks_state", "store_manager", "token
 _JWKS: StashKey[JwksState] = StashKey("brain.api.jwks")
 _VERIFIER: StashKey[TokenVerifier] = StashKey("brain.api.token_verifier")
 _DOORBELL: StashKey[Doorbell] = StashKey("brain.api.doorbell")
-_STORES: StashKey[StoreManager] = StashKey("brain.api.stores")
+_STORES: StashKey[StoreManager] = StashKey("brain.api.store_manager")
 
 
 def jwks_state(rt: Process) -> JwksState:

@@ -3,7 +3,7 @@
 Layout: `plugin` (everything the role adds to a process, through the core's hooks), `db`
 (auth.db models), `keys` (sealed RSA key ring and its snapshot), `issuer` (the AuthIssuer actor,
 sole writer), `context` (the role's per-process state), `passwords` (argon2id on a worker pool),
-`validation`, `cookies`, `origins` (CORS and origin checks), `ratelimit`, `tokens` (JWT
+`validation`, `cookies`, `origins` (CORS and origin checks), `ratelimit`, `minting` (JWT
 minting), `routes` (the endpoints) and `openapi` (their description), `accounts` + `emails` +
 `smtp` + `account_routes` (email verification, password reset, deletion), `social` +
 `social_routes` + `social_openapi` + `flows` (sign-in with Google, Microsoft, GitHub, OpenID

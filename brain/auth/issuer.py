@@ -155,15 +155,6 @@ class AuthIssuer(BrainActor):
             return fn(now=now, new_session=lambda user_id, **fields: self._insert_session(user_id, now=now, **fields),
                       **kwargs)
 
-    def rotate_keys(self, *, publish_delay_s: float | None = None) -> str:
-        """Add a key (published now, signing after the delay) and republish; return its kid."""
-        delay = self.settings.key_publish_delay_seconds if publish_delay_s is None else publish_delay_s
-        row = keys.rotate(self._aead, publish_delay_s=delay)
-        self._refresh_ring()
-        return row.kid
-
-    # --- emailed tokens, verification, password reset, deletion (see brain.auth.accounts) ---
-
     def create_token(self, *, kind: str, user_id: str, email: str, token_hash: str, ttl_s: int) -> None:
         """Store a single-use emailed token (its hash)."""
         with database.atomic():

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from brain.auth import tokens
+from brain.auth import minting
 from brain.auth.context import AuthContext, context_for
 from brain.auth.cookies import clear_session_cookie, cookie_name, request_token, set_session_cookie, token_hash
 from brain.auth.db import Session, User, iso, now_ms
@@ -150,7 +150,7 @@ class AuthRoutes:
         }
 
     def _jwt(self, user: dict[str, Any]) -> str:
-        return tokens.mint(self.ctx.current_ring(), self.ctx.settings, self.ctx.rt.pm, user)
+        return minting.mint(self.ctx.current_ring(), self.ctx.settings, self.ctx.rt.pm, user)
 
     def _session_response(
         self, body: dict[str, Any], user: dict[str, Any], session: Session | None, token: str | None

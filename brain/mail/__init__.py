@@ -4,7 +4,7 @@ connect / OAuth callback / status / disconnect routes on the API role's listener
 Layout: `plugin` (everything mail sync adds to a process, through the core's hooks), `service`
 (the per-process MailService: registry, mail.db, connect flows), `provider` (the base class
 provider plugins implement), `registry`, `engine` (one account's sync, page by page), `sync`
-(the MailSync actor), `tokens`, `crypto`, `db` (mail.db), `routes` and `openapi`, `cli`
+(the MailSync actor), `access_tokens` (OAuth access tokens, refreshed), `crypto`, `db` (mail.db), `routes` and `openapi`, `cli`
 (`brain mail status`) and `hookspecs` (`register_mail_providers`).
 
 It writes events through the `EventSink` another plugin offers (`brain.contracts`; the API

@@ -36,7 +36,7 @@ from brain.mail.provider import (
 )
 from brain.mail.registry import ProviderRegistry
 from brain.mail.sync import MailSync
-from brain.mail.tokens import TokenProvider
+from brain.mail.access_tokens import TokenProvider
 from brain.process import Process
 from brain.stash import StashKey
 

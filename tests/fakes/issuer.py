@@ -26,7 +26,7 @@ from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 
-from tests.fakes import FakeServer
+from brain.testing.fakes import FakeServer
 
 __all__ = ["FakeIssuer", "b64url"]
 

@@ -28,7 +28,7 @@ from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
 
-from tests.fakes import FakeServer
+from brain.testing.fakes import FakeServer
 
 __all__ = ["FakeOidc"]
 

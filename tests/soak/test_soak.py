@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.fakes.gmail import FakeGmail
-from tests.fakes.microsoft import FakeMicrosoft
+from brain.testing.fakes.gmail import FakeGmail
+from brain.testing.fakes.microsoft import FakeMicrosoft
 from tests.support import BrainServer
 from tests.test_auth_helpers import NO_LIMITS
 from tests.test_fuzz_openapi import fuzz, mail_plugins

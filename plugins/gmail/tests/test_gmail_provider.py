@@ -11,7 +11,6 @@ import pytest
 import requests
 
 from brain.errors import ConfigError
-from brain.mail.engine import QuotaPacer
 from brain.mail.provider import (
     AuthFailed,
     ConnectRejected,
@@ -22,14 +21,15 @@ from brain.mail.provider import (
     SyncContext,
     Transient,
 )
-from brain.mail.registry import ProviderRegistry
-from brain.mail.tokens import TokenProvider
 from brain.plugins.manager import load_plugins
+from brain.testing import registered_providers, sync_context
+from brain.testing.conformance import FakeMailbox, ProviderConformance
+from brain.testing.fakes import pkce_pair
+from brain.testing.fakes.gmail import FakeGmail
 from brain_gmail import plugin
 from brain_gmail.provider import GmailProvider
-from tests.fakes import pkce_pair
-from tests.fakes.gmail import FakeGmail
-from tests.test_mail_engine import loopback  # noqa: F401 - autouse fixture: loopback only
+
+pytestmark = pytest.mark.usefixtures("loopback_only")
 
 USER = "ada@example.com"
 REDIRECT = "http://127.0.0.1:8080/mail/oauth/callback"
@@ -55,13 +55,18 @@ def provider(fake: FakeGmail, **extra: Any) -> GmailProvider:
 
 
 def context(p: GmailProvider, fake: FakeGmail) -> SyncContext:
-    tokens = TokenProvider(p, Credentials(refresh_token=fake.issue_refresh_token(USER)), skew=60, key=f"t{id(p)}")
-    return SyncContext(tokens=tokens, budget=QuotaPacer(0), page_size=p.page_size)
+    return sync_context(p, Credentials(refresh_token=fake.issue_refresh_token(USER)))
+
+
+class TestGmailConformance(ProviderConformance):
+    @pytest.fixture
+    def mailbox(self, fake: FakeGmail) -> FakeMailbox:
+        fake.add_mailbox(USER)
+        return FakeMailbox(fake, USER, lambda page_size: provider(fake, page_size=page_size))
 
 
 def test_plugin_registers_the_provider_and_checks_its_table() -> None:
-    pm = load_plugins(["gmail"])
-    assert ProviderRegistry.from_plugins(pm).get("gmail") is GmailProvider
+    assert registered_providers(load_plugins(["gmail"]))["gmail"] is GmailProvider
     with pytest.raises(ConfigError, match="plugins.gmail.api_key"):
         plugin.brain_startup(settings=None, plugin_settings={"gmail": {"api_key": "x"}})
     with pytest.raises(ConfigError, match="message_format"):

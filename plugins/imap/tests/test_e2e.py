@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import requests
 
-from tests.fakes.dovecot import Dovecot
+from brain.testing.fakes.dovecot import Dovecot
 from tests.support import BrainServer, wait_until
 
 ALICE = "alice@example.test"

@@ -1,4 +1,4 @@
-"""The IMAP provider against a real dovecot (tests/fakes/dovecot.py), through the core's own
+"""The IMAP provider against a real dovecot (brain/testing/fakes/dovecot.py), through the core's own
 token provider: connect validation, login outcomes, TLS modes, paging, the three incremental
 modes, UIDVALIDITY changes, special-use folders and IDLE.
 
@@ -18,21 +18,21 @@ from typing import Any
 
 import pytest
 
-from brain.mail.engine import QuotaPacer
 from brain.mail.provider import AuthFailed, ConnectRejected, Credentials, CursorExpired, SyncContext, SyncPage, Transient
-from brain.mail.tokens import TokenProvider
+from brain.testing import free_port, sync_context, wait_until
+from brain.testing.conformance import ProviderConformance
+from brain.testing.fakes.dovecot import Dovecot, make_message
 from brain_imap import idle as idle_module
 from brain_imap import uidset
+from brain_imap.messages import message_id
 from brain_imap.provider import ImapProvider
-from tests.fakes.dovecot import Dovecot, make_message
-from tests.support import free_port, wait_until
 
 ALICE = "alice@example.test"
 
 
 @pytest.fixture(scope="module")
 def dovecot(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dovecot]:
-    server = Dovecot(tmp_path_factory.mktemp("dovecot"), users={ALICE: "pw", **{f"user{i}@example.test": f"pw{i}" for i in range(40)}})
+    server = Dovecot(tmp_path_factory.mktemp("dovecot"), users={ALICE: "pw", **{f"user{i}@example.test": f"pw{i}" for i in range(USERS)}})
     server.start()
     try:
         yield server
@@ -40,7 +40,8 @@ def dovecot(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dovecot]:
         server.stop()
 
 
-_next_user = iter(range(40))
+USERS = 50
+_next_user = iter(range(USERS))
 
 
 @pytest.fixture
@@ -67,8 +68,42 @@ def make_provider(dovecot: Dovecot, **settings: Any) -> ImapProvider:
 
 
 def context(provider: ImapProvider, credentials: Credentials) -> SyncContext:
-    tokens = TokenProvider(provider, credentials, skew=60, key=f"test:{id(provider)}")
-    return SyncContext(tokens=tokens, budget=QuotaPacer(0), page_size=provider.page_size, account_id="acct")
+    return sync_context(provider, credentials, account_id="acct")
+
+
+class ImapMailbox:
+    """The conformance suite's driver of dovecot: one user's INBOX."""
+
+    def __init__(self, dovecot: Dovecot, user: str) -> None:
+        self.dovecot = dovecot
+        self.user = user
+
+    def provider(self, *, page_size: int) -> ImapProvider:
+        return make_provider(self.dovecot, page_size=page_size)
+
+    def credentials(self) -> Credentials:
+        credentials = make_provider(self.dovecot).direct_credentials(fields(self.dovecot, self.user))
+        assert credentials is not None
+        return credentials
+
+    def address(self) -> str:
+        return self.user
+
+    def add(self, subject: str) -> str:
+        uid = self.dovecot.append(self.user, subject)
+        return message_id("INBOX", self.dovecot.uidvalidity(self.user), uid)
+
+    def delete(self, message: str) -> None:
+        self.dovecot.expunge(self.user, [int(message.rpartition(":")[2])])
+
+    def revoke(self) -> None:
+        self.dovecot.set_password(self.user, "changed-by-the-user")
+
+
+class TestImapConformance(ProviderConformance):
+    @pytest.fixture
+    def mailbox(self, dovecot: Dovecot, user: str) -> ImapMailbox:
+        return ImapMailbox(dovecot, user)
 
 
 def connect(dovecot: Dovecot, user: str, provider: ImapProvider | None = None, **overrides: Any) -> tuple[ImapProvider, SyncContext]:

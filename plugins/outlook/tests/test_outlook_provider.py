@@ -12,7 +12,6 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from brain.errors import ConfigError
-from brain.mail.engine import QuotaPacer
 from brain.mail.provider import (
     AuthFailed,
     ConnectRejected,
@@ -23,14 +22,15 @@ from brain.mail.provider import (
     SyncContext,
     Transient,
 )
-from brain.mail.registry import ProviderRegistry
-from brain.mail.tokens import TokenProvider
 from brain.plugins.manager import load_plugins
+from brain.testing import registered_providers, sync_context
+from brain.testing.conformance import FakeMailbox, ProviderConformance
+from brain.testing.fakes import pkce_pair
+from brain.testing.fakes.microsoft import FakeMicrosoft
 from brain_outlook import plugin
 from brain_outlook.provider import OutlookProvider
-from tests.fakes import pkce_pair
-from tests.fakes.microsoft import FakeMicrosoft
-from tests.test_mail_engine import loopback  # noqa: F401 - autouse fixture: loopback only
+
+pytestmark = pytest.mark.usefixtures("loopback_only")
 
 USER = "grace@contoso.example"
 REDIRECT = "http://127.0.0.1:8080/mail/oauth/callback"
@@ -54,15 +54,20 @@ def provider(fake: FakeMicrosoft, **extra: Any) -> OutlookProvider:
     return OutlookProvider(settings, page_size=extra.get("page_size", 100))
 
 
-def context(p: OutlookProvider, fake: FakeMicrosoft) -> tuple[SyncContext, TokenProvider]:
-    creds = p.refresh(Credentials(refresh_token=fake.issue_refresh_token(USER)))
-    tokens = TokenProvider(p, creds, skew=60, key=f"t{id(p)}")
-    return SyncContext(tokens=tokens, budget=QuotaPacer(0), page_size=p.page_size), tokens
+def context(p: OutlookProvider, fake: FakeMicrosoft) -> tuple[SyncContext, Any]:
+    ctx = sync_context(p, p.refresh(Credentials(refresh_token=fake.issue_refresh_token(USER))))
+    return ctx, ctx.tokens
+
+
+class TestOutlookConformance(ProviderConformance):
+    @pytest.fixture
+    def mailbox(self, fake: FakeMicrosoft) -> FakeMailbox:
+        fake.add_user(USER)
+        return FakeMailbox(fake, USER, lambda page_size: provider(fake, page_size=page_size))
 
 
 def test_plugin_registers_the_provider_and_checks_its_table(tmp_path: Any) -> None:
-    pm = load_plugins(["outlook"])
-    assert ProviderRegistry.from_plugins(pm).get("outlook") is OutlookProvider
+    assert registered_providers(load_plugins(["outlook"]))["outlook"] is OutlookProvider
     with pytest.raises(ConfigError, match="plugins.outlook.secret"):
         plugin.brain_startup(settings=None, plugin_settings={"outlook": {"secret": "x"}})
     with pytest.raises(ConfigError, match="ca_bundle"):

@@ -1,6 +1,6 @@
 """UserStore: the actor that owns one user's SQLite database, `data/users/{user_id}/events.db`.
 
-It is a virtual actor (see `brain.api.stores.StoreManager`): started on first use, it keeps its
+It is a virtual actor (see `brain.api.store_manager.StoreManager`): started on first use, it keeps its
 connection open while it lives and stops itself after `api.store_idle_seconds` without use.
 Only its own thread touches the connection.
 
@@ -48,7 +48,7 @@ from brain.api.events import NewEvent, StoredEvent, now_timestamp
 from brain.errors import Unprocessable
 from brain.ids import is_valid_user_id
 
-log = logging.getLogger("brain.api.store")
+log = logging.getLogger("brain.api.user_store")
 
 SCHEMA_VERSION = 2
 SCHEMA = """
@@ -142,10 +142,6 @@ class Ack(NamedTuple):
     ids: Sequence[int]
 
 
-class OutboxCount(NamedTuple):
-    """How many events still wait to be published."""
-
-
 _IDLE_CHECK = "idle-check"
 _FLUSH_ACKS = "flush-acks"
 _DRAIN = "drain-submitted"
@@ -210,8 +206,7 @@ def _yield_to_the_loop() -> None:
     The event loop wakes a store while it holds the GIL. A woken thread that preempts it (as
     Linux favours fresh wakers) can do nothing but block on the GIL, and the loop waits to be
     scheduled again: two context switches for nothing, per request. A batch thread is not
-    favoured on wake-up, so it runs when a CPU is free or the loop blocks; measured at 64
-    connections over 100 users: ~10 % more POST /events per second, ~10 % less CPU each.
+    favoured on wake-up, so it runs when a CPU is free or the loop blocks (docs/performance.md).
     """
     try:
         os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
@@ -354,9 +349,6 @@ class UserStore(BrainActor):
             # Acks handed over before this drain must not be read (and re-sent) as pending.
             self._flush_acks()
             return self._outbox_batch(message.after, message.limit)
-        if isinstance(message, OutboxCount):
-            assert self.db is not None
-            return self.db.execute("SELECT count(*) FROM outbox").fetchone()[0]
         if message == _IDLE_CHECK:
             idle = time.monotonic() - self.last_used
             if idle >= self.idle_seconds:
@@ -425,8 +417,7 @@ class UserStore(BrainActor):
             # The common case, one event: a single INSERT is its own transaction (the trigger
             # adds the outbox row inside it). Acknowledged outbox rows waiting to be deleted do
             # not make it a transaction of three statements: they wait for a grouped append or
-            # for the flush ACK_FLUSH_SECONDS after this one (measured single-client: the
-            # store's part of a POST 105 -> 40 us).
+            # for the flush ACK_FLUSH_SECONDS after this one (docs/performance.md).
             ev = requests[0].events[0]
             created_at = ev.created_at or now_timestamp()
             try:

@@ -12,7 +12,7 @@ after the first consent only with ``prompt=consent``. PKCE is required by defaul
 (``require_pkce``): the authorize request must carry an S256 ``code_challenge`` and the code
 exchange the ``code_verifier`` that made it.
 
-Run as a process for benchmarks: ``python -m tests.fakes.gmail --port 0 --user a@example.com
+Run as a process for benchmarks: ``python -m brain.testing.fakes.gmail --port 0 --user a@example.com
 --populate 500`` prints the URL, then ``client_id``/``client_secret`` and a ``refresh_token``
 line per user; ``tests.fakes.control_call(url, "add_message", "a@example.com", subject="x")``
 drives it from another process.
@@ -42,7 +42,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from aiohttp import web
 from multidict import CIMultiDict, MultiDict
 
-from tests.fakes import FakeServer, corpus, pkce_refusal, run_main
+from brain.testing.fakes import FakeServer, corpus, pkce_refusal, run_main
 
 __all__ = ["BATCH_LIMIT", "GMAIL_READONLY", "FakeGmail"]
 
@@ -1008,7 +1008,7 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Serve a FakeGmail until interrupted."""
-    run_main(_build, _describe, argv, add_arguments=_arguments, prog="python -m tests.fakes.gmail")
+    run_main(_build, _describe, argv, add_arguments=_arguments, prog="python -m brain.testing.fakes.gmail")
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 ``Dovecot(tmpdir).start()`` writes ``dovecot.conf`` and a passwd-file, runs ``dovecot -F -c
 dovecot.conf`` as its own process (it is not a daemon: ``stop()`` ends it and every child),
 and waits until the IMAP port greets. It listens on 127.0.0.1 only: plain IMAP with STARTTLS
-on ``port`` and implicit TLS on ``tls_port``, both with a certificate from ``tests.fakes.tls``
+on ``port`` and implicit TLS on ``tls_port``, both with a certificate from ``brain.testing.fakes.tls``
 (trust ``ca_path``). Users are passwd-file entries with ``{PLAIN}`` passwords; mail is Maildir.
 
 The helpers change a mailbox the way another mail client would, over IMAP with the standard
@@ -38,8 +38,8 @@ import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
-from tests.fakes.tls import tls_files
-from tests.support import free_port, wait_until
+from brain.testing.fakes.tls import tls_files
+from brain.testing import free_port, wait_until
 
 __all__ = ["Dovecot", "dovecot_version", "make_message"]
 
@@ -132,7 +132,7 @@ class Dovecot:
         binary = dovecot_binary()
         version = dovecot_version()
         if not version.startswith("2.3."):
-            raise AssertionError(f"tests/fakes/dovecot.py writes dovecot 2.3 config; installed is {version}")
+            raise AssertionError(f"brain/testing/fakes/dovecot.py writes dovecot 2.3 config; installed is {version}")
         if self.mail_root is None:
             self.mail_root = Path(tempfile.mkdtemp(prefix="brain-dovecot-mail-"))
             self.mail_root.chmod(0o755)
@@ -383,7 +383,7 @@ class Dovecot:
             "service imap-login {\n  chroot =\n}\nservice anvil {\n  chroot =\n}\n"
         )
         return f"""\
-# Written by tests/fakes/dovecot.py for one test run; dovecot 2.3 syntax.
+# Written by brain/testing/fakes/dovecot.py for one test run; dovecot 2.3 syntax.
 base_dir = {run}
 state_dir = {state}
 instance_name = brain-test-{self.port}

@@ -1,7 +1,7 @@
 """A fake Microsoft identity platform (v2.0 endpoints) and Microsoft Graph mail API, over https.
 
 MSAL only accepts https authorities, so this fake serves TLS with a certificate from
-``tests.fakes.tls``; clients trust ``fake.ca_path``. Give MSAL the authority
+``brain.testing.fakes.tls``; clients trust ``fake.ca_path``. Give MSAL the authority
 ``fake.authority()`` (``https://127.0.0.1:<port>/<tenant>``), ``instance_discovery=False``
 and ``http_client=fake.requests_session()``. Graph lives under ``fake.graph_url``
 (``https://127.0.0.1:<port>/v1.0``).
@@ -9,7 +9,7 @@ and ``http_client=fake.requests_session()``. Graph lives under ``fake.graph_url`
 PKCE is required by default (``require_pkce``): an authorization request needs an S256
 ``code_challenge``, and redeeming its code the ``code_verifier`` that made it.
 
-Run as a process for benchmarks: ``python -m tests.fakes.microsoft --port 0 --user
+Run as a process for benchmarks: ``python -m brain.testing.fakes.microsoft --port 0 --user
 a@contoso.example --populate 500`` prints the URL, then ``ca_path``, ``tenant_id``,
 ``client_id``, ``client_secret`` and a ``refresh_token`` line per user.
 """
@@ -38,8 +38,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from multidict import MultiDict
 
-from tests.fakes import FakeServer, corpus, pkce_refusal, run_main
-from tests.fakes.tls import TlsFiles, server_ssl_context, tls_files
+from brain.testing.fakes import FakeServer, corpus, pkce_refusal, run_main
+from brain.testing.fakes.tls import TlsFiles, server_ssl_context, tls_files
 
 __all__ = ["DEFAULT_SCOPES", "FakeMicrosoft"]
 
@@ -1107,7 +1107,7 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Serve a FakeMicrosoft until interrupted."""
-    run_main(_build, _describe, argv, add_arguments=_arguments, prog="python -m tests.fakes.microsoft")
+    run_main(_build, _describe, argv, add_arguments=_arguments, prog="python -m brain.testing.fakes.microsoft")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ ActorDeadError; the manager forgets it, reactivates, and retries — the message
 processed, so the retry cannot double-write.
 
 Requests from the event loop go through the store's inbox object rather than pykka asks (see
-brain.api.store): concurrent writes of one user queue up while its store is busy and are
+brain.api.user_store): concurrent writes of one user queue up while its store is busy and are
 committed together as one transaction (one savepoint each), so a busy user costs one thread
 wake-up and one commit per batch, not per request.
 """
@@ -28,13 +28,12 @@ import pykka
 
 from brain.actors.supervisor import ChildAlreadyStarted, ChildSpec, ChildStartError
 from brain.api.events import CursorSigner, NewEvent, StoredEvent, check_type, new_event, parse_time
-from brain.api.store import (
+from brain.api.user_store import (
     Ack,
     AppendMany,
     AppendRequest,
     Outbox,
     OutboxBatch,
-    OutboxCount,
     Query,
     StoreClosed,
     StorePathError,
@@ -46,7 +45,7 @@ from brain.errors import BadRequest, ServiceUnavailable, Unauthorized
 from brain.ids import is_valid_user_id
 from brain.process import Process
 
-log = logging.getLogger("brain.api.stores")
+log = logging.getLogger("brain.api.store_manager")
 
 _ATTEMPTS = 3
 # Threads that wait for the stores supervisor to open a store; it opens one at a time, so a few
@@ -157,10 +156,6 @@ class StoreManager:
             return None
         return self._ask_blocking(user_id, OutboxBatch(after, limit), timeout)
 
-    def outbox_count_blocking(self, user_id: str, timeout: float = 30) -> int:
-        """How many events of a user wait for JetStream (activates the store)."""
-        return self._ask_blocking(user_id, OutboxCount(), timeout)
-
     def ack(self, user_id: str, ids: Sequence[int]) -> bool:
         """Hand a live store the ids JetStream acknowledged; False if it is not open (never blocks)."""
         with self._lock:
@@ -262,7 +257,7 @@ class StoreManager:
     # -- internals: the event-loop path ---------------------------------------------------------
 
     async def _submit(self, user_id: str, message: AppendRequest | Query) -> Any:
-        """Hand a request to the user's store (see brain.api.store's StoreInbox) and await it."""
+        """Hand a request to the user's store (see brain.api.user_store's StoreInbox) and await it."""
         loop = asyncio.get_running_loop()
         for _ in range(_ATTEMPTS):
             ref = self._live_ref(user_id)

@@ -12,7 +12,7 @@ import pluggy
 from brain.auth.keys import KeyRing
 from brain.config import Settings
 
-log = logging.getLogger("brain.auth.tokens")
+log = logging.getLogger("brain.auth.minting")
 
 # Claims the issuer sets itself; a plugin may not replace them (nor the identity it vouches for).
 RESERVED_CLAIMS = frozenset({"iss", "sub", "aud", "exp", "nbf", "iat", "jti", "id", "email", "emailVerified", "name"})

@@ -1,0 +1,87 @@
+"""Each of the core's wiring hooks reaches where docs/plugins.md says, through a plugin that
+implements them all (tests/plugins/probe_plugin.py), in a process of its own (nothing served);
+and a plugin's `send_auth_email` is asked before the built-in SMTP sender."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from prometheus_client.exposition import generate_latest
+
+from brain.backup import backup_files
+from brain.commands import CommandLine
+from brain.config import load_settings
+from brain.contracts import UserDeleted
+from brain.deletions import purge_here
+from brain.health import HEALTH
+from brain.metrics import Metrics
+from brain.plugins import hookimpl
+from brain.plugins.manager import load_plugins
+from brain.runtime import Runtime
+from tests.plugins import probe_plugin
+
+USER = "probeuser0000000000000000000001"
+
+
+def probed_runtime(tmp_path: Path) -> Runtime:
+    settings = load_settings(environ={}, overrides={"server": {"data_dir": str(tmp_path / "data")}, "plugins": {"enabled": []}})
+    pm = load_plugins(())
+    pm.register(probe_plugin, name="probe")
+    return Runtime(settings, plugin_manager=pm)
+
+
+def test_listener_process_tree_routes_and_app(tmp_path: Path) -> None:
+    rt = probed_runtime(tmp_path)
+    assert rt.listeners["probe"].served and rt.serves("probe")
+    assert rt.stash[probe_plugin.PROBE] == ["setup_process"]
+    assert "probe" in [spec.id for spec in rt.child_specs()]
+    assert rt.stash[probe_plugin.PROBE][-1] == "register_children"
+    app = rt.make_app("probe")
+    assert app[probe_plugin.SETUP_KEY] == "configured"
+    assert [r.resource.canonical for r in app.router.routes() if r.method == "GET"] == ["/probe"]
+
+
+def test_health_and_metrics(tmp_path: Path) -> None:
+    rt = probed_runtime(tmp_path)
+    health = rt.stash[HEALTH]
+    assert health.sections()["probe"] == {"alive": True}
+    assert "probe: always complaining" in health.problems()
+    assert b"brain_probe 42.0" in generate_latest(Metrics(rt).registry)
+
+
+def test_commands_and_backup_files() -> None:
+    pm = load_plugins(())
+    pm.register(probe_plugin, name="probe")
+    parser = argparse.ArgumentParser()
+    pm.hook.register_commands(cli=CommandLine(parser.add_subparsers(dest="subcommand")))
+    assert parser.parse_args(["probe"]).command == "tests.plugins.probe_plugin:command"
+    assert "probe.db" in [f.path for f in backup_files(pm)]
+
+
+def test_user_revoked_then_user_purge(tmp_path: Path) -> None:
+    rt = probed_runtime(tmp_path)
+    summary = purge_here(rt, UserDeleted(USER, 1, 2))
+    assert rt.stash[probe_plugin.PROBE][-2:] == [f"user_revoked {USER} 2", f"user_purge {USER}"]
+    assert summary["probe_rows_removed"] == 3
+
+
+def test_a_plugins_send_auth_email_comes_before_the_built_in_sender(tmp_path: Path) -> None:
+    sent: list[tuple[str, str]] = []
+
+    class Mailer:
+        @hookimpl
+        def send_auth_email(self, to: str, subject: str, text: str, kind: str) -> bool:
+            sent.append((to, kind))
+            return True
+
+    # Production without [smtp] host: the built-in sender would refuse (EmailNotConfigured).
+    settings = load_settings(
+        environ={},
+        overrides={"server": {"data_dir": str(tmp_path / "data"), "mode": "production", "secret": "s" * 40}},
+    )
+    pm = load_plugins(())
+    pm.register(Mailer(), name="mailer")
+    Runtime(settings, plugin_manager=pm)
+    assert pm.hook.send_auth_email(to="ada@example.com", subject="Reset", text="...", kind="password-reset") is True
+    assert sent == [("ada@example.com", "password-reset")]
