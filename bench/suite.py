@@ -464,7 +464,7 @@ class Run:
         with self.step(["jetstream.latency"], f"JetStream: {plan.stream_events} events, commit -> stream"):
             if not self.users:
                 raise RuntimeError("no users: sign-up failed")
-            from brain.config import NatsSettings
+            from brain.sections import NatsSettings
 
             with KeepAliveClient(brain.api_port) as c:
                 health = expect(c.request("GET", "/health"), 200, what="GET /health").json()
@@ -597,13 +597,13 @@ def _fake_issuer(tag: str) -> tuple[Any, scale.TokenSource] | None:
 
 
 def _default_max_open_stores() -> int:
-    from brain.config import ApiSettings
+    from brain.api.settings import ApiSettings
 
     return ApiSettings().max_open_stores
 
 
 def _default_hash_workers() -> int:
-    from brain.config import AuthSettings
+    from brain.auth.settings import AuthSettings
 
     return AuthSettings().hash_workers
 

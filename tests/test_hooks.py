@@ -7,17 +7,20 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import pytest
+
 from prometheus_client.exposition import generate_latest
 
 from brain.backup import backup_files
 from brain.commands import CommandLine
-from brain.config import load_settings
+from brain.config import load_settings, plugin_sections
 from brain.contracts import UserDeleted
 from brain.deletions import purge_here
 from brain.health import HEALTH
 from brain.metrics import Metrics
 from brain.plugins import hookimpl
-from brain.plugins.manager import load_plugins
+from brain.errors import ConfigError
+from brain.plugins.manager import PluginManager, load_plugins
 from brain.runtime import Runtime
 from tests.plugins import probe_plugin
 
@@ -85,3 +88,18 @@ def test_a_plugins_send_auth_email_comes_before_the_built_in_sender(tmp_path: Pa
     Runtime(settings, plugin_manager=pm)
     assert pm.hook.send_auth_email(to="ada@example.com", subject="Reset", text="...", kind="password-reset") is True
     assert sent == [("ada@example.com", "password-reset")]
+
+
+def test_a_plugin_owns_its_settings_section_and_its_original_names() -> None:
+    pm = PluginManager()
+    pm.register(probe_plugin, name="probe")
+    found: list[object] = []
+    pm.hook.register_settings(register=found.append)
+    sections = [*plugin_sections(()), *found]
+    assert load_settings(environ={}, sections=sections).probe.level == 1
+    assert load_settings(environ={"PROBE_LEVEL": "3"}, sections=sections).probe.level == 3
+    assert load_settings(environ={"BRAIN_PROBE__LEVEL": "4"}, sections=sections).probe.level == 4
+    with pytest.raises(ConfigError, match="probe.level: at most 9"):
+        load_settings(environ={"PROBE_LEVEL": "10"}, sections=sections)
+    with pytest.raises(ConfigError, match="unknown settings section 'probe'"):
+        load_settings(environ={"BRAIN_PROBE__LEVEL": "4"})  # not loaded: nobody owns [probe]

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from brain.config import MailSettings
+from brain.mail.settings import MailSettings
 from brain.mail.db import MailDb, States
 from brain.mail.engine import AccountSync, Outcome, QuotaPacer
 from brain.mail.provider import Credentials

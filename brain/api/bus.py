@@ -34,7 +34,7 @@ from brain.actors.loop import LoopActor
 from brain.api.outbox import Doorbell
 from brain.api.publisher import Publisher
 from brain.api.store_manager import StoreManager
-from brain.config import NatsSettings
+from brain.sections import NatsSettings
 
 
 class EventBus(LoopActor):

@@ -27,7 +27,7 @@ from brain import jetstream
 from brain.actors import bridge
 from brain.api.events import StoredEvent
 from brain.api.store_manager import StoreManager
-from brain.config import NatsSettings
+from brain.sections import NatsSettings
 from brain.ids import is_valid_user_id
 
 log = logging.getLogger("brain.api.bus")

@@ -10,6 +10,7 @@ from __future__ import annotations
 from brain.api.api_keys import ApiKeyVerifier, HttpDirectory, control_checker
 from brain.api.jwks import JwksState, jwks_opener
 from brain.api.outbox import Doorbell, event_stored_notifier
+from brain.api.settings import expected_issuer, jwks_url
 from brain.api.store_manager import StoreManager
 from brain.api.verifier import TokenVerifier
 from brain.apikeys import api_key_hub
@@ -30,7 +31,7 @@ def jwks_state(rt: Process) -> JwksState:
     def create() -> JwksState:
         api = rt.settings.api
         return JwksState(
-            url=rt.settings.jwks_url,
+            url=jwks_url(rt.settings),
             refetch_min_interval=api.jwks_refetch_min_interval,
             max_staleness=api.jwks_max_staleness_seconds,
         )
@@ -45,7 +46,7 @@ def token_verifier(rt: Process) -> TokenVerifier:
         api = rt.settings.api
         return TokenVerifier(
             jwks_state(rt),
-            issuer=rt.settings.expected_issuer,
+            issuer=expected_issuer(rt.settings),
             audience=api.audience,
             algorithms=api.algorithms,
             leeway=api.leeway_seconds,
@@ -63,14 +64,14 @@ def api_key_verifier(rt: Process) -> ApiKeyVerifier:
         settings, api = rt.settings, rt.settings.api
         tokens = token_verifier(rt)
         # Without the auth role in this process, keys are looked up where the JWKS comes from.
-        remote = HttpDirectory(settings.jwks_url.removesuffix("/jwks") + "/api-key/verify", jwks_opener(settings),
+        remote = HttpDirectory(jwks_url(settings).removesuffix("/jwks") + "/api-key/verify", jwks_opener(settings),
                                api.jwks_fetch_timeout)
         hub.listener = ApiKeyVerifier(
             lambda: hub.directory or remote, tokens,
             cache_size=api.api_key_cache_size, cache_seconds=api.api_key_cache_seconds,
             bearer_prefix=settings.auth.api_key_prefix,
         )
-        hub.check = control_checker(jwks_state(rt), settings.expected_issuer, api.algorithms)
+        hub.check = control_checker(jwks_state(rt), expected_issuer(settings), api.algorithms)
     return hub.listener
 
 

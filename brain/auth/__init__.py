@@ -18,6 +18,7 @@ MANIFEST = Manifest(
     name="auth",
     # The SMTP sender is an object made fresh for each process (it keeps that process's settings).
     hooks=("brain.auth.plugin", "brain.auth.smtp:SmtpMailer"),
+    settings="brain.auth.settings",
     hookspecs="brain.auth.hookspecs",
     commands="brain.auth.cli",
     listener="auth",

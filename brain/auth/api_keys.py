@@ -24,7 +24,7 @@ from typing import Any
 from brain.apikeys import CONTROL_AUDIENCE, SCOPES, KeyRecord, hash_key, permissions_of, scopes_of
 from brain.auth.db import ApiKey, Session, User, iso
 from brain.auth.validation import require_object, text_field, validation_error
-from brain.config import AuthSettings
+from brain.auth.settings import AuthSettings
 from brain.control_chars import has_control
 from brain.errors import BadRequest, Unauthorized
 from brain.ids import new_id

@@ -17,7 +17,7 @@ import peewee
 from brain.actors.base import BrainActor, Link
 from brain.auth import accounts, keys
 from brain.auth.db import DeletedUser, Session, SigningKey, User, database, now_ms
-from brain.config import AuthSettings
+from brain.auth.settings import AuthSettings
 from brain.errors import Unprocessable
 from brain.ids import new_id
 

@@ -10,6 +10,7 @@ from typing import Any
 import pluggy
 
 from brain.auth.keys import KeyRing
+from brain.auth.settings import jwt_issuer
 from brain.config import Settings
 
 log = logging.getLogger("brain.auth.minting")
@@ -45,7 +46,7 @@ def mint(ring: KeyRing, settings: Settings, pm: pluggy.PluginManager, user: dict
     claims: dict[str, Any] = plugin_claims(pm, user)
     claims.update(
         {
-            "iss": settings.jwt_issuer,
+            "iss": jwt_issuer(settings),
             "aud": settings.auth.audience,
             "sub": user["id"],
             "iat": now,

@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from argon2 import PasswordHasher, Type
 from argon2.exceptions import InvalidHashError, VerificationError
 
-from brain.config import AuthSettings
+from brain.auth.settings import AuthSettings
 
 # Better Auth's scrypt parameters (@better-auth/utils/password): N=16384, r=16, p=1, 64-byte key;
 # the salt is the 32 hex characters themselves (as text), the password NFKC-normalised.

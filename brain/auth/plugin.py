@@ -25,6 +25,7 @@ from brain.auth.origins import TrustedOrigins, make_origin_middleware
 from brain.auth.profile_routes import ProfileRoutes
 from brain.auth.routes import AuthRoutes
 from brain.auth.session_routes import SessionRoutes
+from brain.auth.settings import jwt_issuer
 from brain.auth.social_routes import SocialRoutes
 from brain.auth.two_factor_routes import TwoFactorRoutes
 from brain.backup import BackupFile
@@ -78,7 +79,7 @@ def setup_process(rt: Process) -> None:
     hub = api_key_hub(rt)
     hub.directory = api_keys.LocalDirectory()
     hub.sign = api_keys.control_signer(lambda claims: context_for(rt).current_ring().sign(claims),
-                                       rt.settings.jwt_issuer)
+                                       jwt_issuer(rt.settings))
 
 
 @hookimpl

@@ -19,6 +19,7 @@ from brain.auth.emails import AuthMail
 from brain.auth.issuer import EmailTaken
 from brain.auth.openapi import COMPONENTS, SIGN_IN_PATHS
 from brain.auth.origins import TrustedOrigins
+from brain.auth.settings import jwt_issuer
 from brain.auth.validation import SignUp, parse_sign_in, parse_sign_up
 from brain.errors import BadRequest, Forbidden, ServiceUnavailable, TooManyRequests, Unauthorized
 from brain.ids import new_id
@@ -81,7 +82,7 @@ class AuthRoutes:
         self.trusted = trusted
         self.trusted_proxies = frozenset(settings.server.trusted_proxies)
         self.secure = settings.auth_public_url.startswith("https://")
-        issuer = settings.jwt_issuer
+        issuer = jwt_issuer(settings)
         self.openid_bytes = json.dumps(
             {
                 "issuer": issuer,

@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from brain.config import AuthSettings
+from brain.auth.settings import AuthSettings
 from brain.control_chars import has_control
 from brain.errors import BadRequest
 

@@ -16,6 +16,7 @@ from brain.plugins.manifest import Manifest
 MANIFEST = Manifest(
     name="mail",
     hooks=("brain.mail.plugin",),
+    settings="brain.mail.settings",
     hookspecs="brain.mail.hookspecs",
     commands="brain.mail.cli",
     listener="api",

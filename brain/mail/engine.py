@@ -28,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
-from brain.config import MailSettings
+from brain.mail.settings import MailSettings
 from brain.mail.db import Account, IndexEntry, MailDb, States
 from brain.mail.provider import (
     AuthFailed,

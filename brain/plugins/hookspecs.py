@@ -27,6 +27,11 @@ def brain_startup(settings: Any, plugin_settings: Any) -> None:
 
 
 @hookspec
+def register_settings(register: Any) -> None:
+    """Declare settings sections: `register(brain.config.Section(...))` (read before anything runs)."""
+
+
+@hookspec
 def register_listeners(settings: Any, register: Any) -> None:
     """Declare HTTP listeners: call `register(brain.routes.Listener(...))` for each."""
 

@@ -90,6 +90,31 @@ def builtin_manifests() -> list[Manifest]:
     return [CORE, *(importlib.import_module(name).MANIFEST for name in BUILTIN_PLUGINS)]
 
 
+def settings_sections(enabled: Iterable[str]) -> list[Any]:
+    """The `brain.config.Section`s the built-in plugins and these entry-point plugins declare.
+
+    Reads each built-in manifest's `settings` module and the entry-point modules only (no
+    server code). An enabled plugin that is not installed or does not import is left for
+    `load_plugins` to report.
+    """
+    pm = PluginManager()
+    for manifest in builtin_manifests():
+        if manifest.settings:
+            _register(pm, manifest.name, _load(manifest.settings, manifest.name))
+    available = installed_plugins()
+    for name in enabled:
+        ep = available.get(name)
+        try:
+            module = ep.load() if ep is not None else None
+        except Exception:  # noqa: BLE001 - load_plugins names the plugin and the error
+            module = None
+        if module is not None and not pm.is_registered(module):
+            _register(pm, name, module)
+    found: list[Any] = []
+    pm.hook.register_settings(register=found.append)
+    return found
+
+
 def load_commands() -> PluginManager:
     """The built-in plugins' command modules only: what `brain`'s argument parser is built from."""
     pm = PluginManager()

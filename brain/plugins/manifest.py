@@ -22,6 +22,8 @@ class Manifest:
     - `hookspecs`: a module of hooks the plugin itself defines (other plugins implement them).
     - `commands`: a module adding `brain` subcommands (`register_commands`); it is all
       `brain --help` imports of the plugin, so it must import nothing heavy.
+    - `settings`: a module declaring the plugin's settings sections (`register_settings`),
+      read whenever settings are loaded, so it must import nothing heavy either.
     - `listener`: the HTTP listener the plugin serves; the runtime calls its hooks only in a
       process that serves that listener (none: always).
     - `requires`: plugins that must be loaded too; their hooks are registered first.
@@ -31,6 +33,7 @@ class Manifest:
     hooks: tuple[str, ...]
     hookspecs: str | None = None
     commands: str | None = None
+    settings: str | None = None
     listener: str | None = None
     requires: tuple[str, ...] = ()
     description: str = ""

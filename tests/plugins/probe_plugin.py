@@ -6,6 +6,7 @@ thing of its own, so the test can see each hook reach the place it is documented
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
@@ -15,6 +16,8 @@ from brain.actors.base import BrainActor, Link
 from brain.actors.supervisor import ChildSpec
 from brain.actors.tree import Child
 from brain.backup import BackupFile
+from brain.config import Section, Settings
+from brain.errors import ConfigError
 from brain.plugins import hookimpl
 from brain.routes import Listener, Route
 from brain.stash import StashKey
@@ -22,6 +25,23 @@ from brain.web import json_response
 
 PROBE: StashKey[list[str]] = StashKey("tests.probe")
 SETUP_KEY: web.AppKey[str] = web.AppKey("tests.probe.setup", str)
+
+
+@dataclass(frozen=True)
+class ProbeSettings:
+    """[probe]."""
+
+    level: int = 1
+
+
+def _check(settings: Settings) -> None:
+    if settings.probe.level > 9:
+        raise ConfigError(f"probe.level: at most 9, got {settings.probe.level}")
+
+
+@hookimpl
+def register_settings(register: Any) -> None:
+    register(Section("probe", ProbeSettings, env={"PROBE_LEVEL": "level"}, validate=_check))
 
 
 class Probe(BrainActor):

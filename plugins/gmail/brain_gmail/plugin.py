@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from brain.config import check_plugin_table
+from brain.config import Section, check_plugin_table
 from brain.errors import ConfigError
 from brain.plugins import hookimpl
 
@@ -14,6 +14,12 @@ SETTINGS_KEYS = frozenset(
     {"client_id", "client_secret", "api_endpoint", "token_uri", "auth_uri", "batch_uri",
      "message_format", "page_size", "batch_size", "quota_units_per_second", "timeout"}
 )
+
+
+@hookimpl
+def register_settings(register: Callable[[Section], None]) -> None:
+    """The original system's environment names for [plugins.gmail]."""
+    register(Section("gmail", env={"GOOGLE_CLIENT_ID": "client_id", "GOOGLE_CLIENT_SECRET": "client_secret"}))
 
 
 @hookimpl

