@@ -98,6 +98,7 @@ class ImapMailbox:
 
     def revoke(self) -> None:
         self.dovecot.set_password(self.user, "changed-by-the-user")
+        self.dovecot.restart()  # drops the sessions still logged in with the old password
 
 
 class TestImapConformance(ProviderConformance):
