@@ -1,6 +1,6 @@
 """The built-in `send_auth_email`: verification and password-reset mail through SMTP.
 
-Registered by the runtime like any plugin (`brain.runtime._builtin_plugins`), last in line: a
+Registered through the auth role's manifest like any plugin (`brain/auth/__init__.py`), last in line: a
 plugin that implements `send_auth_email` and returns True is asked first and wins. It uses the
 `[smtp]` settings: plain, STARTTLS or implicit TLS, optional login. smtplib blocks, so the hook
 is always called from a worker thread (`brain.auth.emails`), never on the event loop.
