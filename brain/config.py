@@ -97,6 +97,9 @@ class AuthSettings:
     # Failed sign-ins per account within the window before the account is locked out.
     rate_limit_account_failures: int = 5
     rate_limit_account_window_seconds: int = 900
+    # Clients and accounts each limit remembers. Past it the least recently seen ones under
+    # their limit are forgotten; a lockout is never pushed out by other keys (brain.auth.ratelimit).
+    rate_limit_max_keys: int = 100_000
     require_email_verification: bool = False
     # A rotated key is published this long before it signs, so JWKS caches learn it first.
     key_publish_delay_seconds: float = 600.0
@@ -596,6 +599,7 @@ def _validate(s: Settings) -> None:
         "auth.rate_limit_ip_per_minute": s.auth.rate_limit_ip_per_minute,
         "auth.rate_limit_account_failures": s.auth.rate_limit_account_failures,
         "auth.rate_limit_account_window_seconds": s.auth.rate_limit_account_window_seconds,
+        "auth.rate_limit_max_keys": s.auth.rate_limit_max_keys,
         "auth.session_update_age_seconds": s.auth.session_update_age_seconds,
         "auth.email_verification_ttl_seconds": s.auth.email_verification_ttl_seconds,
         "auth.password_reset_ttl_seconds": s.auth.password_reset_ttl_seconds,

@@ -16,6 +16,7 @@ from brain.auth.cookies import clear_session_cookie, cookie_name, request_token,
 from brain.auth.db import Session, User, iso, now_ms
 from brain.auth.issuer import EmailTaken
 from brain.auth.origins import TrustedOrigins
+from brain.auth.ratelimit import client_block
 from brain.auth.validation import SignUp, parse_sign_in, parse_sign_up
 from brain.errors import BadRequest, Forbidden, ServiceUnavailable, TooManyRequests, Unauthorized
 from brain.ids import new_id
@@ -93,9 +94,10 @@ class AuthRoutes:
         return client_ip(request, self.trusted_proxies)
 
     def _limit_ip(self, ip: str) -> None:
-        wait = self.ctx.ip_limiter.take(ip)
+        block = client_block(ip)
+        wait = self.ctx.ip_limiter.take(block)
         if wait > 0:
-            log.warning("rate limit: %s over %d auth requests/minute", ip, self.auth.rate_limit_ip_per_minute)
+            log.warning("rate limit: %s over %d auth requests/minute", block, self.auth.rate_limit_ip_per_minute)
             raise too_many(wait)
 
     def _callback(self, url: str | None) -> str | None:
