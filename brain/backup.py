@@ -8,13 +8,15 @@ moment its copy began; every write acknowledged before the backup started is in 
 
 A restore checks the manifest's checksums, copies the files into an empty data directory and
 runs `PRAGMA integrity_check` on every database.
+
+Backups and restored stores are private (0600 files in 0700 directories, `brain.files`): they
+hold every user's data and, unless `--no-secret`, the dev-mode secret.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import sqlite3
 import sys
@@ -27,6 +29,7 @@ from typing import Any, TextIO
 import brain
 from brain.auth.deletion import REVOKED_FILE
 from brain.errors import BrainError
+from brain.files import private_dir, private_file
 from brain.ids import is_valid_user_id
 
 MANIFEST = "manifest.json"
@@ -105,7 +108,7 @@ class Progress:
 
 
 def _copy_database(src: Path, dst: Path) -> None:
-    dst.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(dst.parent)
     # Read-only source connection: a backup must never write to (or create) a live database.
     source = sqlite3.connect(f"file:{src}?mode=ro", uri=True, timeout=30)
     try:
@@ -119,6 +122,7 @@ def _copy_database(src: Path, dst: Path) -> None:
             target.close()
     finally:
         source.close()
+    private_file(dst)
 
 
 def backup(
@@ -138,7 +142,7 @@ def backup(
         raise BackupError("the backup destination must be outside the data directory")
     dbs = list(databases(data_dir))
     bar = progress(len(dbs)) if progress else None
-    dest.mkdir(parents=True, exist_ok=True)
+    private_dir(dest)
     started = time.time()
     entries: list[Entry] = []
     for rel, kind, src in dbs:
@@ -152,12 +156,13 @@ def backup(
         # Deleted users' ids, refused until their last token expires: without it a restore
         # would let a deleted user's still-valid JWT in again.
         shutil.copyfile(revoked, dest / REVOKED_FILE)
+        private_file(dest / REVOKED_FILE)
         entries.append(Entry(REVOKED_FILE, "state", revoked.stat().st_size, sha256_of(dest / REVOKED_FILE)))
     secret = data_dir / "secret.key"
     if include_secret and secret.is_file():
         # Without the dev-mode secret the restored keys and OAuth tokens cannot be decrypted.
         shutil.copyfile(secret, dest / "secret.key")
-        os.chmod(dest / "secret.key", 0o600)
+        private_file(dest / "secret.key")
         entries.append(Entry("secret.key", "secret", secret.stat().st_size, sha256_of(dest / "secret.key")))
     manifest = {
         "format": FORMAT_VERSION,
@@ -169,6 +174,7 @@ def backup(
         "total_bytes": sum(e.size for e in entries),
     }
     (dest / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    private_file(dest / MANIFEST)
     return manifest
 
 
@@ -225,16 +231,15 @@ def restore(
         if sha256_of(path) != item.get("sha256"):
             raise BackupError(f"checksum mismatch for {rel}: the backup is damaged")
     bar = progress(len(files)) if progress else None
-    data_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(data_dir)
     checked: dict[str, str] = {}
     for item in files:
         rel = _safe_relpath(item["path"])
         target = data_dir / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(target.parent)
         shutil.copyfile(src / rel, target)
-        if item["kind"] == "secret":
-            os.chmod(target, 0o600)
-        elif item["kind"] != "state":
+        private_file(target)
+        if item["kind"] not in ("secret", "state"):
             verdict = integrity_check(target)
             if verdict != "ok":
                 raise BackupError(f"integrity check failed for {rel}: {verdict}")

@@ -12,6 +12,7 @@ from typing import Any
 import brain
 from brain.config import load_settings
 from brain.errors import BrainError
+from brain.files import use_private_umask
 from brain.logs import setup_logging
 
 log = logging.getLogger("brain.cli")
@@ -94,6 +95,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `brain` console script."""
+    # Before anything is written: databases, secrets, backups and stores are the user's alone.
+    use_private_umask()
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

@@ -29,6 +29,7 @@ from brain.actors.supervisor import ChildSpec, Supervisor
 from brain.apikeys import ApiKeyHub
 from brain.config import Settings, server_secret
 from brain.errors import ConfigError
+from brain.files import secure_data_dir
 from brain.logs import access_logger_for
 from brain.nats_embedded import EmbeddedNats, free_port, store_dir_for
 from brain.plugins.manager import load_plugins
@@ -51,6 +52,7 @@ class Runtime:
 
     def __init__(self, settings: Settings, *, plugin_manager: pluggy.PluginManager | None = None) -> None:
         self.settings = settings
+        secure_data_dir(settings.data_path)  # before the secret or any database is written
         self.secret = server_secret(settings)
         self.pm = plugin_manager or load_plugins(settings.plugins.enabled, builtins=_builtin_plugins())
         self.started_at = time.time()
