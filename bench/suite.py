@@ -29,7 +29,7 @@ from bench.baseline import GET_PATH, POST_PATH
 from bench.client import KeepAliveClient, expect
 from bench.load import Req, wrk_available
 from bench.report import Figure, Target, latency_figure, not_measured, rate_figure
-from bench.servers import FAST_ARGON2, PRODUCTION_ARGON2, BaselineServer, bench_config, start_brain
+from bench.servers import FAST_ARGON2, PRODUCTION_ARGON2, BaselineServer, bench_config, detail_headers, start_brain
 from bench.throughput import Case, argon2_baseline, median_cpu, run_interleaved
 from bench.users import (
     SIGN_IN, User, create_api_keys, event_body, run_tag, seed_events, sign_in_body, sign_up, sign_up_many,
@@ -467,7 +467,8 @@ class Run:
             from brain.config import NatsSettings
 
             with KeepAliveClient(brain.api_port) as c:
-                health = expect(c.request("GET", "/health"), 200, what="GET /health").json()
+                health = expect(c.request("GET", "/health?detail=1", headers=detail_headers(brain)), 200,
+                                what="GET /health?detail=1").json()
             url = health.get("nats", {}).get("url")
             if not url:
                 raise RuntimeError("/health does not show the NATS URL")
@@ -515,7 +516,8 @@ class Run:
             source, brain, note, cleanup = self._scale_server()
             try:
                 result = scale.measure(
-                    pid=brain.proc.pid, api_port=brain.api_port, tokens=source, users=plan.scale_users,
+                    pid=brain.proc.pid, api_port=brain.api_port, detail_headers=detail_headers(brain), tokens=source,
+                    users=plan.scale_users,
                     max_open=self.max_open_stores, max_seconds=plan.scale_max_seconds, progress=_say,
                 )
             finally:

@@ -248,7 +248,8 @@ class MetricsSettings:
     # /metrics is then served on the API port, and only when a token is set.
     port: int = 0
     host: str = "127.0.0.1"
-    # When set, /metrics requires `Authorization: Bearer <token>` wherever it is served.
+    # When set, /metrics requires `Authorization: Bearer <token>` wherever it is served, and the
+    # same header opens /health?detail=1 on the API port (even with enabled = false).
     # BRAIN_METRICS__TOKEN in the environment keeps it out of files.
     token: str = ""
 

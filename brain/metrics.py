@@ -23,13 +23,12 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-import hmac
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from aiohttp import hdrs, web
+from aiohttp import web
 from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 from prometheus_client.metrics_core import (
@@ -44,8 +43,7 @@ from prometheus_client.utils import floatToGoString
 
 import brain
 from brain.actors import supervisor
-from brain.errors import Unauthorized
-from brain.web import UNMATCHED_ATTR, Handler, add_route, error_middleware
+from brain.web import UNMATCHED_ATTR, Handler, add_route, error_middleware, json_response, require_bearer
 
 if TYPE_CHECKING:
     from brain.runtime import Runtime
@@ -95,22 +93,24 @@ class Metrics:
         add_route(app, "GET", PATH, metrics)
 
     def listener_app(self) -> web.Application:
-        """The app of the separate metrics listener (`metrics.port`)."""
+        """The app of the separate metrics listener (`metrics.port`): /metrics and /health's detail."""
         app = web.Application(middlewares=[error_middleware])
         self.add_route(app)
+        app.router.add_get("/health", self.health)
         return app
+
+    async def health(self, request: web.Request) -> web.Response:
+        """GET /health on the metrics listener: the detailed document, to whoever may scrape."""
+        if self._token:
+            require_bearer(request, self._token, realm="metrics")
+        return json_response(self.rt.health(detail=True), headers={"Cache-Control": "no-store"})
 
     # -- GET /metrics ------------------------------------------------------------------------
 
     async def handle(self, request: web.Request) -> web.Response:
         """The exposition; the figures are gathered on a worker thread (mail.db is read)."""
         if self._token:
-            given = request.headers.get(hdrs.AUTHORIZATION, "")
-            if not hmac.compare_digest(given.encode(errors="replace"), b"Bearer " + self._token):
-                raise Unauthorized(
-                    "metrics: send the metrics token as Authorization: Bearer <token>",
-                    headers={"WWW-Authenticate": 'Bearer realm="metrics"'},
-                )
+            require_bearer(request, self._token, realm="metrics")
         body = await asyncio.get_running_loop().run_in_executor(None, generate_latest, self.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_PLAIN_0_0_4, "Cache-Control": "no-store"})
 

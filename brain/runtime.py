@@ -24,7 +24,7 @@ import pykka
 from aiohttp import web
 
 import brain
-from brain.actors import bridge
+from brain.actors import bridge, supervisor
 from brain.actors.supervisor import ChildSpec, Supervisor
 from brain.apikeys import ApiKeyHub
 from brain.config import Settings, server_secret
@@ -70,7 +70,7 @@ class Runtime:
         self.event_bus: Doorbell | None = None
         # API keys: the auth role's directory and the API role's cache meet here (brain.apikeys).
         self.api_keys = ApiKeyHub()
-        # name -> callable returning a JSON-able dict, shown on /health.
+        # name -> callable returning a JSON-able dict, shown on /health?detail=1.
         self.health_sources: dict[str, Callable[[], Any]] = {
             "nats": lambda: {"url": self.nats_url, "embedded": not settings.nats.url},
         }
@@ -89,15 +89,37 @@ class Runtime:
         """The HTTP roles this process serves."""
         return frozenset(self.settings.server.roles)
 
-    def health_problems(self) -> list[str]:
-        """Why the API role is degraded right now (empty: ok): no usable keys, NATS not connected."""
-        problems: list[str] = []
+    def health_problems(self) -> dict[str, str]:
+        """Why the API role is degraded right now, by name (empty: ok): no usable keys, NATS not connected."""
+        problems: dict[str, str] = {}
         if self.jwks is not None and self.jwks.current(time.time()) is None:
             why = f" (last error: {self.jwks.last_error})" if self.jwks.last_error else ""
-            problems.append(f"jwks: no usable signing keys from {self.jwks.url}{why}")
+            problems["jwks"] = f"no usable signing keys from {self.jwks.url}{why}"
         if self.event_bus is not None and not self.event_bus.stats().get("connected"):
-            problems.append(f"nats: the event bus is not connected to {self.nats_url}; events wait in the outboxes")
+            problems["nats"] = f"the event bus is not connected to {self.nats_url}; events wait in the outboxes"
         return problems
+
+    def health(self, *, detail: bool) -> dict[str, Any]:
+        """The /health document: status, version and problems by name; with detail, every figure.
+
+        The public form is what a load balancer needs and nothing more: the detail (URLs, key ids,
+        error texts, counts) helps an attacker map the deployment, so it is for the metrics
+        token's bearer only (brain.api.routes, brain.metrics).
+        """
+        problems = self.health_problems()
+        body: dict[str, Any] = {
+            "status": "degraded" if problems else "ok",
+            "problems": list(problems),
+            "version": brain.__version__,
+        }
+        if not detail:
+            return body
+        body["problems"] = [f"{name}: {message}" for name, message in problems.items()]
+        body["uptime_seconds"] = round(time.time() - self.started_at, 3)
+        body["supervisor"] = {"restarts": supervisor.total_restarts(), "escalations": supervisor.total_escalations()}
+        for name, source in self.health_sources.items():
+            body[name] = source()
+        return body
 
     # Supervision tree ---------------------------------------------------------------
 

@@ -13,6 +13,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import requests
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -69,6 +71,10 @@ def to_toml(tables: Mapping[str, Mapping[str, Any]]) -> str:
 # Fast password hashing for tests that are not about hashing; the auth tests that are use the
 # production parameters.
 FAST_ARGON2 = {"argon2_memory_kib": 1024, "argon2_time_cost": 1}
+# /health's detail needs the metrics token: test servers get this one (and /metrics on a listener
+# of its own, so the API port's routes and OpenAPI stay as without metrics) unless a test
+# configures [metrics] itself.
+METRICS_TOKEN = "test-metrics-token-0123456789abcdef"
 
 
 class BrainServer:
@@ -96,6 +102,7 @@ class BrainServer:
         self.config.setdefault("auth", {})
         for k, v in FAST_ARGON2.items():
             self.config["auth"].setdefault(k, v)
+        self.config.setdefault("metrics", {"token": METRICS_TOKEN, "port": free_port()})
         self.env = dict(env or {})
         # https when the config gives brain a certificate; `ca` is what clients then trust.
         self.scheme = "https" if self.config.get("server", {}).get("tls_cert") else "http"
@@ -117,6 +124,15 @@ class BrainServer:
     def verify(self) -> str | bool:
         """`verify=` for requests: the CA the server's certificate chains to, if one was given."""
         return str(self.ca) if self.ca else True
+
+    def health(self, *, timeout: float = 5.0, verify: str | bool | None = None) -> dict[str, Any]:
+        """The API's detailed /health document (`?detail=1` with the metrics token)."""
+        token = self.config["metrics"].get("token")
+        assert token, "this server has no metrics token: its /health detail cannot be read"
+        r = requests.get(f"{self.api_url}/health", params={"detail": "1"}, timeout=timeout,
+                         verify=self.verify if verify is None else verify, headers={"Authorization": f"Bearer {token}"})
+        assert r.status_code == 200, r.text
+        return r.json()  # type: ignore[no-any-return]
 
     def command(self) -> list[str]:
         config_path = self.workdir / "brain.toml"

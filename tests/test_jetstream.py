@@ -102,7 +102,7 @@ def stream_config(url: str, stream: str) -> Any:
 
 
 def health(server: BrainServer) -> dict[str, Any]:
-    return requests.get(f"{server.api_url}/health", timeout=5).json()
+    return server.health()
 
 
 def post(server: BrainServer, jwt: str, body: Any) -> dict[str, Any]:

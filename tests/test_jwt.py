@@ -45,9 +45,7 @@ def api_server(workdir: Path, issuer: FakeIssuer, **api: Any) -> BrainServer:
 
 
 def health(server: BrainServer) -> dict[str, Any]:
-    r = requests.get(f"{server.api_url}/health", timeout=5)
-    assert r.status_code == 200
-    return r.json()
+    return server.health()
 
 
 @pytest.fixture(scope="module")

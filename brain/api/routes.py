@@ -16,22 +16,28 @@ from __future__ import annotations
 import functools
 import json
 import re
-import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from aiohttp import hdrs, web
 from multidict import CIMultiDict
 
-import brain
-from brain.actors import supervisor
 from brain.apikeys import SCOPES
 from brain.api.api_keys import ApiKeyVerifier, InsufficientScope
 from brain.api.events import ReservedTypes, check_key, new_event
 from brain.api.store import AppendRequest
 from brain.api.tokens import TokenUser, TokenVerifier
-from brain.errors import BadRequest, PayloadTooLarge
-from brain.web import GUARDED_ATTR, UNMATCHED_ATTR, Handler, add_route, failure_response, json_response, read_json
+from brain.errors import BadRequest, Forbidden, PayloadTooLarge
+from brain.web import (
+    GUARDED_ATTR,
+    UNMATCHED_ATTR,
+    Handler,
+    add_route,
+    failure_response,
+    json_response,
+    read_json,
+    require_bearer,
+)
 
 if TYPE_CHECKING:
     from brain.api.stores import StoreManager
@@ -154,20 +160,21 @@ def add_routes(app: web.Application, rt: Runtime, verifier: TokenVerifier, store
     api = rt.settings.api
     reserved = ReservedTypes.from_plugins(rt.pm)
 
-    @public
-    async def health(_request: web.Request) -> web.Response:
-        # Degraded is still 200: the process is up; `problems` says what is missing.
-        problems = rt.health_problems()
-        body: dict[str, Any] = {
-            "status": "degraded" if problems else "ok",
-            "problems": problems,
-            "version": brain.__version__,
-            "uptime_seconds": round(time.time() - rt.started_at, 3),
-            "supervisor": {"restarts": supervisor.total_restarts(), "escalations": supervisor.total_escalations()},
-        }
-        for name, source in rt.health_sources.items():
-            body[name] = source()
-        return json_response(body)
+    detail_token = rt.settings.metrics.token.encode()
+
+    @public  # the detail needs the metrics token, not a user's JWT
+    async def health(request: web.Request) -> web.Response:
+        # Degraded is still 200: the process is up; `problems` names what is missing.
+        detail = "detail" in request.query
+        if detail:
+            if not detail_token:
+                raise Forbidden(
+                    "health detail is served only to the bearer of the metrics token: set metrics.token "
+                    "(BRAIN_METRICS__TOKEN), or read it on the metrics listener (metrics.port)",
+                    code="HEALTH_DETAIL_DISABLED",
+                )
+            require_bearer(request, detail_token, realm="metrics")
+        return json_response(rt.health(detail=detail), headers={"Cache-Control": "no-store"})
 
     @scope(None)
     async def me(request: web.Request) -> web.Response:
