@@ -14,6 +14,7 @@ from brain.config import load_settings
 from brain.errors import BrainError
 from brain.files import use_private_umask
 from brain.logs import setup_logging
+from brain.redact import redact_url
 
 log = logging.getLogger("brain.cli")
 
@@ -88,7 +89,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         brain.__version__,
         ",".join(settings.server.roles),
         settings.data_path,
-        settings.nats.url or "embedded",
+        redact_url(settings.nats.url) or "embedded",
     )
     return asyncio.run(runtime.serve(sockets))
 

@@ -33,6 +33,7 @@ from brain.files import secure_data_dir
 from brain.logs import access_logger_for
 from brain.nats_embedded import EmbeddedNats, free_port, store_dir_for
 from brain.plugins.manager import load_plugins
+from brain.redact import redact_url
 from brain.web import BODY_TIMEOUT_KEY, MAX_BODY_KEY, add_hsts, error_middleware
 
 if TYPE_CHECKING:
@@ -72,7 +73,7 @@ class Runtime:
         self.api_keys = ApiKeyHub()
         # name -> callable returning a JSON-able dict, shown on /health?detail=1.
         self.health_sources: dict[str, Callable[[], Any]] = {
-            "nats": lambda: {"url": self.nats_url, "embedded": not settings.nats.url},
+            "nats": lambda: {"url": self.nats_shown_url, "embedded": not settings.nats.url},
         }
         # Prometheus metrics, only when /metrics is served somewhere (see brain.metrics).
         self.metrics: Metrics | None = None
@@ -85,6 +86,11 @@ class Runtime:
         )
 
     @property
+    def nats_shown_url(self) -> str:
+        """The NATS URL as logs and /health show it (credentials masked)."""
+        return redact_url(self.nats_url)
+
+    @property
     def roles(self) -> frozenset[str]:
         """The HTTP roles this process serves."""
         return frozenset(self.settings.server.roles)
@@ -94,9 +100,9 @@ class Runtime:
         problems: dict[str, str] = {}
         if self.jwks is not None and self.jwks.current(time.time()) is None:
             why = f" (last error: {self.jwks.last_error})" if self.jwks.last_error else ""
-            problems["jwks"] = f"no usable signing keys from {self.jwks.url}{why}"
+            problems["jwks"] = f"no usable signing keys from {self.jwks.shown_url}{why}"
         if self.event_bus is not None and not self.event_bus.stats().get("connected"):
-            problems["nats"] = f"the event bus is not connected to {self.nats_url}; events wait in the outboxes"
+            problems["nats"] = f"the event bus is not connected to {self.nats_shown_url}; events wait in the outboxes"
         return problems
 
     def health(self, *, detail: bool) -> dict[str, Any]:

@@ -127,7 +127,7 @@ def data_child_specs(rt: Runtime) -> list[ChildSpec]:
     stores = store_manager(rt)
     doorbell: Doorbell = rt.event_bus  # type: ignore[assignment] - set by store_manager
     settings = rt.settings
-    rt.health_sources["nats"] = lambda: {"url": rt.nats_url, "embedded": not settings.nats.url, **doorbell.stats()}
+    rt.health_sources["nats"] = lambda: {"url": rt.nats_shown_url, "embedded": not settings.nats.url, **doorbell.stats()}
     rt.health_sources["stores"] = stores.stats
     return [
         ChildSpec(

@@ -49,6 +49,7 @@ from brain.actors import bridge
 from brain.actors.base import BrainActor, Link
 from brain.api.events import StoredEvent
 from brain.ids import is_valid_user_id
+from brain.redact import redact_text, redact_url
 
 if TYPE_CHECKING:
     from brain.api.stores import StoreManager
@@ -181,6 +182,7 @@ class _Publisher:
         loop: asyncio.AbstractEventLoop,
     ) -> None:
         self.url = url
+        self.shown_url = redact_url(url)  # what logs say: no credentials
         self.settings = settings
         self.stores = stores
         self.marker_dir = data_path / "outbox"
@@ -532,7 +534,7 @@ class _Publisher:
                 )
                 break
             except Exception as exc:  # noqa: BLE001
-                self._note_error(f"connect to {self.url}: {exc!r}")
+                self._note_error(f"connect to {self.shown_url}: {redact_text(repr(exc))}")
                 await asyncio.sleep(s.reconnect_wait_seconds)
         self.js = self.nc.jetstream(timeout=s.publish_timeout_seconds)
         nc = self.nc
@@ -548,7 +550,7 @@ class _Publisher:
         self.connected = True
         self.state = "connected"
         self._backoff = 0.0
-        log.info("event bus: connected to %s (stream %s)", self.url, self.settings.stream)
+        log.info("event bus: connected to %s (stream %s)", self.shown_url, self.settings.stream)
         if self._wake is not None:
             self._wake.set()
 
@@ -580,11 +582,11 @@ class _Publisher:
         return False
 
     async def _on_error(self, exc: Exception) -> None:
-        self.last_error = f"nats: {exc!r}"
+        self.last_error = f"nats: {redact_text(repr(exc))}"
 
     async def _on_disconnected(self) -> None:
         if self.connected:
-            log.warning("event bus: disconnected from %s; events wait in the outboxes", self.url)
+            log.warning("event bus: disconnected from %s; events wait in the outboxes", self.shown_url)
         self.connected = False
         self.state = "disconnected"
         # Acks of what was in flight may never come: re-send it from the outboxes later.

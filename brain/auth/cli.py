@@ -17,6 +17,7 @@ from brain.auth.db import SigningKey, iso, open_db
 from brain.config import Settings, server_secret
 from brain.control_chars import escaped_values
 from brain.errors import ConfigError
+from brain.redact import redact_text, redact_url
 
 
 def add_parser(
@@ -244,7 +245,8 @@ def _delete_offline(settings: Settings, ref: str) -> dict[str, Any] | None:
                 DeletedUser.update(published=True).where(DeletedUser.user_id.in_(published)).execute()
             except Exception as exc:  # noqa: BLE001 - published later by the server
                 logging.getLogger("brain.cli").warning("NATS at %s unreachable (%s); the server will publish "
-                                                       "the deletion when it starts", settings.nats.url, exc)
+                                                       "the deletion when it starts", redact_url(settings.nats.url),
+                                                       redact_text(str(exc)))
         return {"user": public, **control.deletion_summary(row.tokens_valid_until, deletion.Purged(mail_accounts, True)),
                 "mode": "offline"}
     finally:

@@ -43,6 +43,7 @@ from nats.js.api import ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
 from brain import apikeys
 from brain.actors.base import BrainActor, Link
 from brain.ids import is_valid_user_id
+from brain.redact import redact_text
 
 if TYPE_CHECKING:
     from brain.actors.supervisor import ChildSpec
@@ -189,8 +190,13 @@ async def ensure_stream(js: Any) -> None:
 
 async def publish_deletions(url: str, rows: list[tuple[str, int, int]], timeout: float = 5.0) -> list[str]:
     """Publish deletions with a connection of its own (`brain users delete`); the ids JetStream took."""
-    nc = await nats.connect(url, name="brain-cli", connect_timeout=timeout, max_reconnect_attempts=0,
-                            allow_reconnect=False)
+    async def quiet(_exc: Exception) -> None:
+        pass  # the caller reports the one failure that matters
+
+    # nats-py retries a refused first connection for ever, whatever max_reconnect_attempts says.
+    async with asyncio.timeout(timeout):
+        nc = await nats.connect(url, name="brain-cli", connect_timeout=timeout, max_reconnect_attempts=0,
+                                allow_reconnect=False, error_cb=quiet)
     try:
         js = nc.jetstream(timeout=timeout)
         await ensure_stream(js)
@@ -370,7 +376,7 @@ class Relay:
                 self.connected = True
                 return
             except Exception as exc:  # noqa: BLE001 - NATS not up yet: retry
-                self._note(f"control stream on {self.rt.nats_url}: {exc!r}")
+                self._note(f"control stream on {self.rt.nats_shown_url}: {redact_text(repr(exc))}")
                 if self.nc is not None:
                     await self.nc.close()
                     self.nc = None
