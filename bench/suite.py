@@ -26,7 +26,7 @@ from typing import Any
 
 from bench import ingest, jetstream, jwt_inprocess, latency, mail_convert, scale
 from bench.baseline import GET_PATH, POST_PATH
-from bench.client import KeepAliveClient, expect
+from bench.client import KeepAliveClient
 from bench.load import Req, wrk_available
 from bench.report import Figure, Target, latency_figure, not_measured, rate_figure
 from bench.servers import FAST_ARGON2, PRODUCTION_ARGON2, BaselineServer, bench_config, detail_headers, start_brain
@@ -466,12 +466,7 @@ class Run:
                 raise RuntimeError("no users: sign-up failed")
             from brain.config import NatsSettings
 
-            with KeepAliveClient(brain.api_port) as c:
-                health = expect(c.request("GET", "/health?detail=1", headers=detail_headers(brain)), 200,
-                                what="GET /health?detail=1").json()
-            url = health.get("nats", {}).get("url")
-            if not url:
-                raise RuntimeError("/health does not show the NATS URL")
+            url = brain.nats_url()  # the embedded server's, with the credential from the data dir
             nats_defaults = NatsSettings()
             timings = asyncio.run(jetstream.measure(
                 nats_url=url, stream=nats_defaults.stream, subject_prefix=nats_defaults.subject_prefix,

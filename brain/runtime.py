@@ -31,6 +31,7 @@ from brain.config import Settings, server_secret
 from brain.errors import ConfigError
 from brain.files import secure_data_dir
 from brain.logs import access_logger_for
+from brain.nats_auth import Credential, connect_options, embedded_credential
 from brain.nats_embedded import EmbeddedNats, free_port, store_dir_for
 from brain.plugins.manager import load_plugins
 from brain.redact import redact_url
@@ -60,6 +61,10 @@ class Runtime:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.root: pykka.ActorRef[Supervisor] | None = None
         self.nats_url = settings.nats.url
+        # The embedded server's own credential (set when it is one of our children).
+        self.nats_credential: Credential | None = None
+        if settings.nats.url:
+            connect_options(settings.nats, settings.nats.url)  # unreadable files: a start-up error
         self.exit_code = 0
         self._stop_event: asyncio.Event | None = None
         self._runners: list[web.AppRunner] = []
@@ -84,6 +89,10 @@ class Runtime:
         self.pm.hook.brain_startup.call_historic(
             kwargs={"settings": settings, "plugin_settings": settings.plugins.settings}
         )
+
+    def nats_connect_options(self) -> dict[str, Any]:
+        """`nats.connect()` keyword arguments for this process's NATS (brain.nats_auth)."""
+        return connect_options(self.settings.nats, self.nats_url, self.nats_credential)
 
     @property
     def nats_shown_url(self) -> str:
@@ -138,8 +147,12 @@ class Runtime:
             port = self.settings.nats.embedded_port or free_port()
             self.nats_url = f"nats://127.0.0.1:{port}"
             store = store_dir_for(self.settings.data_path)
+            credential = self.nats_credential = embedded_credential(store)
             specs.append(
-                ChildSpec(id="nats", start=lambda link: EmbeddedNats.start(link=link, store_dir=store, port=port))
+                ChildSpec(
+                    id="nats",
+                    start=lambda link: EmbeddedNats.start(link=link, store_dir=store, port=port, credential=credential),
+                )
             )
         auth_children = [*auth.child_specs(self), *api.auth_child_specs(self)]
         specs.append(

@@ -77,6 +77,12 @@ FAST_ARGON2 = {"argon2_memory_kib": 1024, "argon2_time_cost": 1}
 METRICS_TOKEN = "test-metrics-token-0123456789abcdef"
 
 
+def embedded_nats_url(url: str, data_dir: Path) -> str:
+    """The embedded nats-server's URL with the credential brain keeps for it (data/nats/credentials)."""
+    credential = json.loads((data_dir / "nats" / "credentials").read_text())
+    return url.replace("://", f"://{credential['user']}:{credential['password']}@", 1)
+
+
 class BrainServer:
     """One `brain serve` process with its own data dir and ports."""
 
@@ -133,6 +139,12 @@ class BrainServer:
                          verify=self.verify if verify is None else verify, headers={"Authorization": f"Bearer {token}"})
         assert r.status_code == 200, r.text
         return r.json()  # type: ignore[no-any-return]
+
+    def nats_url(self) -> str:
+        """A URL nats-py can connect with: the server's NATS_URL, or its embedded server's with the credential."""
+        if self.env.get("NATS_URL"):
+            return self.env["NATS_URL"]
+        return embedded_nats_url(self.health()["nats"]["url"], self.data_dir)
 
     def command(self) -> list[str]:
         config_path = self.workdir / "brain.toml"

@@ -131,7 +131,7 @@ def test_events_arrive_with_subject_headers_and_payload(make_server) -> None:  #
     batch = post(server, jwt, [{"type": "task.done", "data": i} for i in range(3)])["events"]
     wait_until(lambda: health(server)["nats"]["published"] >= 4, timeout=10, what="publishing")
 
-    url = health(server)["nats"]["url"]
+    url = server.nats_url()
     config = stream_config(url, "TEST_EVENTS")
     assert config.subjects == ["acme.events.>"]
     assert config.duplicate_window == 30.0 and config.max_bytes == 50_000_000 and config.max_age == 2 * 86400

@@ -333,7 +333,7 @@ def stream_ids(server: BrainServer) -> Counter[str]:
     """How often each Nats-Msg-Id ("user:id") is on the server's stream, as a consumer reads it."""
     from tests.test_jetstream import stream_messages
 
-    url = server.health()["nats"]["url"]
+    url = server.nats_url()
     return Counter(m.headers["Nats-Msg-Id"] for m in stream_messages(url, "brain.events.>"))
 
 

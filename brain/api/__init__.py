@@ -137,6 +137,7 @@ def data_child_specs(rt: Runtime) -> list[ChildSpec]:
                 doorbell=doorbell,
                 stores=stores,
                 url=rt.nats_url,
+                connect=rt.nats_connect_options(),
                 settings=settings.nats,
                 data_path=settings.data_path,
                 loop=rt.loop,

@@ -176,13 +176,14 @@ class _Publisher:
         self,
         *,
         url: str,
+        connect: dict[str, Any],
         settings: NatsSettings,
         stores: StoreManager,
         data_path: Path,
         loop: asyncio.AbstractEventLoop,
     ) -> None:
-        self.url = url
         self.shown_url = redact_url(url)  # what logs say: no credentials
+        self.connect = connect  # nats.connect() keyword arguments: servers, credentials, TLS
         self.settings = settings
         self.stores = stores
         self.marker_dir = data_path / "outbox"
@@ -519,7 +520,7 @@ class _Publisher:
             try:
                 # max_reconnect_attempts=-1: nats-py retries the first connection too, forever.
                 self.nc = await nats.connect(
-                    self.url,
+                    **self.connect,
                     name="brain-eventbus",
                     allow_reconnect=True,
                     max_reconnect_attempts=-1,
@@ -643,6 +644,7 @@ class EventBus(BrainActor):
         doorbell: Doorbell,
         stores: StoreManager,
         url: str,
+        connect: dict[str, Any],
         settings: NatsSettings,
         data_path: Path,
         loop: asyncio.AbstractEventLoop | None = None,
@@ -652,7 +654,9 @@ class EventBus(BrainActor):
         self._own_loop = loop is None or loop.is_closed() or not loop.is_running()
         self.loop = asyncio.new_event_loop() if self._own_loop else loop
         assert self.loop is not None
-        self.publisher = _Publisher(url=url, settings=settings, stores=stores, data_path=data_path, loop=self.loop)
+        self.publisher = _Publisher(
+            url=url, connect=connect, settings=settings, stores=stores, data_path=data_path, loop=self.loop
+        )
         self._thread: threading.Thread | None = None
         self._main: concurrent.futures.Future[None] | None = None
 

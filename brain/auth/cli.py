@@ -210,7 +210,9 @@ def _delete_offline(settings: Settings, ref: str) -> dict[str, Any] | None:
     import logging
 
     from brain.auth import accounts, control, deletion
+    from brain.auth.control_messages import control_key
     from brain.auth.db import DeletedUser, database, now_ms
+    from brain.nats_auth import connect_options
     from brain.mail.db import MailDb
 
     db = _auth_db(settings)
@@ -239,9 +241,10 @@ def _delete_offline(settings: Settings, ref: str) -> dict[str, Any] | None:
             # API roles elsewhere listen on the shared NATS; otherwise the server publishes
             # the pending deletion when it next starts.
             try:
-                published = asyncio.run(
-                    deletion.publish_deletions(settings.nats.url, [(user.id, row.deleted_at, row.tokens_valid_until)])
-                )
+                published = asyncio.run(deletion.publish_deletions(
+                    connect_options(settings.nats, settings.nats.url), control_key(server_secret(settings)),
+                    [(user.id, row.deleted_at, row.tokens_valid_until)],
+                ))
                 DeletedUser.update(published=True).where(DeletedUser.user_id.in_(published)).execute()
             except Exception as exc:  # noqa: BLE001 - published later by the server
                 logging.getLogger("brain.cli").warning("NATS at %s unreachable (%s); the server will publish "

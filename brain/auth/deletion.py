@@ -42,6 +42,7 @@ from nats.js.api import ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
 
 from brain import apikeys
 from brain.actors.base import BrainActor, Link
+from brain.auth.control_messages import CONTROL_TTL_S, control_key, refusal, signed_headers
 from brain.ids import is_valid_user_id
 from brain.redact import redact_text
 
@@ -58,8 +59,9 @@ STREAM = "BRAIN_CONTROL"
 SUBJECT = "brain.control.user-deleted"
 DURABLE = "brain-api-deletions"
 REVOKED_FILE = "revoked-users.json"
-# How long JetStream keeps deletions for API roles that were away (their consumer catches up).
-_STREAM_MAX_AGE_S = 30 * 86400
+# How long JetStream keeps deletions for API roles that were away (their consumer catches up):
+# as long as a signed deletion stays valid.
+_STREAM_MAX_AGE_S = CONTROL_TTL_S
 # A purge stops mail actors (one page may finish first): give it time before redelivery.
 _ACK_WAIT_S = 120.0
 _RETRY_S = 5.0
@@ -166,13 +168,13 @@ def remove_user_files(data_path: Path, user_id: str) -> bool:
     return existed
 
 
-def deletion_message(user_id: str, deleted_at: int, tokens_valid_until: int) -> tuple[bytes, dict[str, str]]:
-    """The JetStream message announcing a deletion: payload and headers."""
+def deletion_message(user_id: str, deleted_at: int, tokens_valid_until: int, key: bytes) -> tuple[bytes, dict[str, str]]:
+    """The JetStream message announcing a deletion: payload and signed headers (control_messages)."""
     payload = json.dumps(
         {"user_id": user_id, "deleted_at": deleted_at, "tokens_valid_until": tokens_valid_until},
         separators=(",", ":"),
     ).encode()
-    return payload, {"Nats-Msg-Id": f"user-deleted:{user_id}:{deleted_at}"}
+    return payload, signed_headers(key, SUBJECT, payload, f"user-deleted:{user_id}:{deleted_at}")
 
 
 async def ensure_stream(js: Any) -> None:
@@ -188,21 +190,23 @@ async def ensure_stream(js: Any) -> None:
         log.info("created stream %s (brain.control.>)", STREAM)
 
 
-async def publish_deletions(url: str, rows: list[tuple[str, int, int]], timeout: float = 5.0) -> list[str]:
-    """Publish deletions with a connection of its own (`brain users delete`); the ids JetStream took."""
+async def publish_deletions(
+    connect: dict[str, Any], key: bytes, rows: list[tuple[str, int, int]], timeout: float = 5.0
+) -> list[str]:
+    """Publish signed deletions with a connection of its own (`brain users delete`); the ids JetStream took."""
     async def quiet(_exc: Exception) -> None:
         pass  # the caller reports the one failure that matters
 
     # nats-py retries a refused first connection for ever, whatever max_reconnect_attempts says.
     async with asyncio.timeout(timeout):
-        nc = await nats.connect(url, name="brain-cli", connect_timeout=timeout, max_reconnect_attempts=0,
+        nc = await nats.connect(**connect, name="brain-cli", connect_timeout=timeout, max_reconnect_attempts=0,
                                 allow_reconnect=False, error_cb=quiet)
     try:
         js = nc.jetstream(timeout=timeout)
         await ensure_stream(js)
         done = []
         for user_id, deleted_at, until in rows:
-            payload, headers = deletion_message(user_id, deleted_at, until)
+            payload, headers = deletion_message(user_id, deleted_at, until, key)
             await js.publish(SUBJECT, payload, stream=STREAM, headers=headers)
             done.append(user_id)
         return done
@@ -333,6 +337,7 @@ class Relay:
         self.rt = rt
         self.lifecycle = lifecycle
         self.publishes = "auth" in rt.roles
+        self.key = control_key(rt.secret)  # signs what it publishes, checks what it receives
         self.nc: Any = None
         self.js: Any = None
         self.connected = False
@@ -367,7 +372,7 @@ class Relay:
         while not self.stopping:
             try:
                 self.nc = await nats.connect(
-                    self.rt.nats_url, name="brain-control", allow_reconnect=True, max_reconnect_attempts=-1,
+                    **self.rt.nats_connect_options(), name="brain-control", allow_reconnect=True, max_reconnect_attempts=-1,
                     reconnect_time_wait=1, connect_timeout=2, disconnected_cb=self._on_disconnected,
                     reconnected_cb=self._on_reconnected,
                 )
@@ -420,16 +425,26 @@ class Relay:
             return None
         return user_id, until
 
+    def _genuine(self, msg: Any) -> bool:
+        """Whether a received deletion is signed by a role of this deployment and current."""
+        return refusal(self.key, SUBJECT, msg.data, msg.headers) is None
+
     async def _on_live(self, msg: Any) -> None:
+        # Refusals are logged once, by the durable consumer below.
         parsed = self._parse(msg.data)
         api = self.lifecycle.api
-        if parsed is not None and api is not None:
+        if parsed is not None and api is not None and self._genuine(msg):
             api.revoke(*parsed)
 
     async def _on_api_keys_revoked(self, msg: Any) -> None:
         self.rt.api_keys.receive(msg.data)
 
     async def _on_durable(self, msg: Any) -> None:
+        why = refusal(self.key, SUBJECT, msg.data, msg.headers)
+        if why is not None:
+            log.warning("refused a %s message (%s): nobody is deleted; payload %r", SUBJECT, why, msg.data[:200])
+            await msg.term()  # never redelivered
+            return
         parsed = self._parse(msg.data)
         api = self.lifecycle.api
         if parsed is None or api is None:
@@ -455,7 +470,7 @@ class Relay:
             return
         done: list[str] = []
         for row in rows:
-            payload, headers = deletion_message(row.user_id, row.deleted_at, row.tokens_valid_until)
+            payload, headers = deletion_message(row.user_id, row.deleted_at, row.tokens_valid_until, self.key)
             try:
                 await self.js.publish(SUBJECT, payload, stream=STREAM, headers=headers)
             except Exception as exc:  # noqa: BLE001 - kept for the next round
