@@ -71,9 +71,8 @@ def to_toml(tables: Mapping[str, Mapping[str, Any]]) -> str:
 # Fast password hashing for tests that are not about hashing; the auth tests that are use the
 # production parameters.
 FAST_ARGON2 = {"argon2_memory_kib": 1024, "argon2_time_cost": 1}
-# /health's detail needs the metrics token: test servers get this one (and /metrics on a listener
-# of its own, so the API port's routes and OpenAPI stay as without metrics) unless a test
-# configures [metrics] itself.
+# /health's detail needs the metrics token: test servers get this one unless a test configures
+# [metrics] itself, with /metrics off as by default (no route, no measuring middleware).
 METRICS_TOKEN = "test-metrics-token-0123456789abcdef"
 
 
@@ -108,7 +107,7 @@ class BrainServer:
         self.config.setdefault("auth", {})
         for k, v in FAST_ARGON2.items():
             self.config["auth"].setdefault(k, v)
-        self.config.setdefault("metrics", {"token": METRICS_TOKEN, "port": free_port()})
+        self.config.setdefault("metrics", {"enabled": False, "token": METRICS_TOKEN})
         self.env = dict(env or {})
         # https when the config gives brain a certificate; `ca` is what clients then trust.
         self.scheme = "https" if self.config.get("server", {}).get("tls_cert") else "http"

@@ -17,6 +17,7 @@ from brain.auth.deletion import STREAM, SUBJECT, ensure_stream
 from brain.config import load_settings
 from brain.errors import ConfigError
 from brain.nats_auth import connect_options
+from tests.fakes.tls import tls_files
 from tests.support import BrainServer, embedded_nats_url, free_port, wait_until
 from tests.test_auth_helpers import NO_LIMITS, bearer, new_user, sign_in
 from tests.test_jetstream import NatsServer
@@ -160,3 +161,20 @@ def test_nats_credentials_are_checked_when_settings_load() -> None:
     settings = load_settings(environ={"NATS_URL": "tls://n:4222", "NATS_CREDS": "/nonexistent.creds"})
     with pytest.raises(ConfigError, match="nats.creds_file: cannot read"):
         connect_options(settings.nats, settings.nats.url)
+
+
+def test_an_external_nats_over_tls_is_trusted_through_the_configured_ca(make_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    files = tls_files()
+    external = NatsServer(tmp_path / "nats", args=("--tls", "--tlscert", str(files.cert_path),
+                                                   "--tlskey", str(files.key_path))).start()
+    try:
+        url = f"tls://127.0.0.1:{external.port}"
+        trusting: BrainServer = make_server("trusting", env={"NATS_URL": url, "NATS_CA": str(files.ca_path)}).start()
+        untrusting: BrainServer = make_server("untrusting", env={"NATS_URL": url}).start()
+        wait_until(lambda: trusting.health()["nats"].get("connected"), timeout=20, what="brain connected over TLS")
+        # The system CAs do not know the test CA: without nats.tls_ca_file the server is not believed.
+        wait_until(lambda: "CERTIFICATE_VERIFY_FAILED" in untrusting.log_text(), timeout=20,
+                   what="the untrusted certificate refused")
+        assert not untrusting.health()["nats"]["connected"]
+    finally:
+        external.stop()

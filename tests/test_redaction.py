@@ -10,7 +10,7 @@ import pytest
 import requests
 
 from brain.redact import redact_text, redact_url
-from tests.support import BrainServer, free_port, wait_until
+from tests.support import METRICS_TOKEN, BrainServer, free_port, wait_until
 from tests.test_auth_helpers import NO_LIMITS, brain_cli, new_user
 from tests.test_jetstream import NatsServer
 
@@ -53,7 +53,7 @@ def nats_with_password(tmp_path: Path) -> Iterator[NatsServer]:
 
 def test_nats_credentials_in_the_url_never_show(make_server, nats_with_password: NatsServer, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     url = f"nats://{USER}:{PASSWORD}@127.0.0.1:{nats_with_password.port}"
-    server: BrainServer = make_server(env={"NATS_URL": url}, config={"auth": NO_LIMITS}).start()
+    server: BrainServer = make_server(env={"NATS_URL": url}, config={"auth": NO_LIMITS, "metrics": {"token": METRICS_TOKEN}}).start()
     detail = wait_until(lambda: (b := server.health())["nats"].get("connected") and b, timeout=20,
                         what="the event bus connected with the URL's credentials")
     assert detail["nats"]["url"] == f"nats://***@127.0.0.1:{nats_with_password.port}"
@@ -61,8 +61,8 @@ def test_nats_credentials_in_the_url_never_show(make_server, nats_with_password:
     shown = {
         "/health": requests.get(f"{server.api_url}/health", timeout=5).text,
         "/health?detail=1": str(server.health()),
-        "/metrics": requests.get(f"http://127.0.0.1:{server.config['metrics']['port']}/metrics", timeout=5,
-                                 headers={"Authorization": f"Bearer {server.config['metrics']['token']}"}).text,
+        "/metrics": requests.get(f"{server.api_url}/metrics", timeout=5,
+                                 headers={"Authorization": f"Bearer {METRICS_TOKEN}"}).text,
     }
     # NATS goes away: the disconnection and every reconnect attempt are logged, and /health says so.
     nats_with_password.stop()
