@@ -168,6 +168,8 @@ def test_delete_over_http_and_with_the_cli(gmail: FakeGmail, make_server) -> Non
     assert f"deleted user {cat.id}" in out.stdout and "no server running" in out.stdout
     assert not cat.directory.exists() and mail_rows(server, cat.id) == (0, 0, 0)
     server.start()
+    # Ready is logged before the API's first JWKS fetch: until then every token is 503, not 401.
+    wait_until(lambda: server.health()["jwks"]["loaded"], timeout=15, what="the API to load the signing keys")
     cat.assert_gone()
     # The deletion made offline was published when the server came back (nothing left pending).
     with sqlite3.connect(f"file:{server.data_dir / 'auth.db'}?mode=ro", uri=True) as db:
