@@ -186,6 +186,19 @@ class AuthRoutes:
             raise Unauthorized("Unauthorized", code="UNAUTHORIZED")
         return found
 
+    def is_fresh(self, session: Session) -> bool:
+        """Whether the session is younger than `session_fresh_age_seconds` (0: every session is)."""
+        fresh_ms = self.auth.session_fresh_age_seconds * 1000
+        return not fresh_ms or now_ms() - session.created_at < fresh_ms
+
+    async def require_fresh_session(self, request: web.Request) -> tuple[Session, User, str, bool]:
+        """The request's live session, 401 without one, 403 SESSION_NOT_FRESH when it is too old
+        (Better Auth's freshSessionMiddleware)."""
+        found = await self.require_session(request)
+        if not self.is_fresh(found[0]):
+            raise Forbidden("Session is not fresh", code="SESSION_NOT_FRESH")
+        return found
+
     # --- endpoints ---
 
     async def sign_up(self, request: web.Request) -> web.Response:
