@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+from brain.control_chars import has_control
 from brain.errors import ConfigError
 
 Mode = Literal["dev", "production"]
@@ -131,6 +132,10 @@ class AuthSettings:
     # host of the public URL.
     passkey_rp_id: str = ""
     passkey_rp_name: str = "brain"
+    # Whether passkey ceremonies ask the authenticator to verify the user (PIN, biometrics):
+    # "required" also refuses a passkey response without the UV flag; Better Auth asks
+    # "preferred" and never refuses.
+    passkey_user_verification: Literal["required", "preferred", "discouraged"] = "preferred"
     # POST /api/auth/change-email (Better Auth's user.changeEmail.enabled); false: 400 CHANGE_EMAIL_DISABLED.
     change_email_enabled: bool = True
     # A verified user's change of address is first confirmed from the old address (Better
@@ -408,6 +413,8 @@ LEGACY_ENV: dict[str, tuple[str, ...]] = {
 _SECTIONS: dict[str, type] = {f.name: f.type for f in dataclasses.fields(Settings)}  # type: ignore[misc]
 # Sections holding free-form tables ([plugins.NAME], [social.NAME]) next to their typed keys.
 _TABLED = ("plugins", "social")
+# A WebAuthn RP ID is a domain (the origin's host or a registrable suffix of it), lower-case.
+_RP_ID = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*")
 
 
 def _section_types() -> dict[str, type]:
@@ -682,6 +689,10 @@ def _validate(s: Settings) -> None:
         raise ConfigError("auth.api_key_prefix: 1-32 letters, digits, '_' or '-' (Better Auth's prefix rule)")
     if not s.auth.two_factor_issuer or any(ord(c) < 0x20 or c == ":" for c in s.auth.two_factor_issuer):
         raise ConfigError("auth.two_factor_issuer: must be non-empty, without ':' or control characters")
+    if s.auth.passkey_rp_id and not _RP_ID.fullmatch(s.auth.passkey_rp_id):
+        raise ConfigError("auth.passkey_rp_id: a host name (like example.com), without scheme, port or path")
+    if not s.auth.passkey_rp_name or has_control(s.auth.passkey_rp_name):
+        raise ConfigError("auth.passkey_rp_name: must be non-empty, without control characters")
     if s.api.events_page_default > s.api.events_page_max:
         raise ConfigError("api.events_page_default: must not exceed api.events_page_max")
     for alg in s.api.algorithms:

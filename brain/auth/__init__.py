@@ -10,8 +10,8 @@ password reset, deletion), `session_routes` (listing and revoking sessions), `pr
 `openapi_account` (their descriptions), `deletion` (revoking and purging deleted users on the API
 side, over JetStream), `control` (the data-dir lock and control socket), `social` +
 `social_routes` + `flows` (sign-in with Google, Microsoft, GitHub, OpenID Connect; linked
-accounts), `importer` (`brain import better-auth`) and `cli` (`brain keys`,
-`brain users`).
+accounts), `passkeys` + `passkey_routes` + `passkey_openapi` (WebAuthn passkeys), `importer`
+(`brain import better-auth`) and `cli` (`brain keys`, `brain users`).
 """
 
 from __future__ import annotations
@@ -61,6 +61,7 @@ def setup_routes(app: web.Application, rt: Runtime) -> None:
     from brain.auth.api_key_routes import ApiKeyRoutes
     from brain.auth.control import ControlServer
     from brain.auth.deletion import Deletions, lifecycle_for
+    from brain.auth.passkey_routes import PasskeyRoutes
     from brain.auth.profile_routes import ProfileRoutes
     from brain.auth.session_routes import SessionRoutes
     from brain.auth.social_routes import SocialRoutes
@@ -76,7 +77,7 @@ def setup_routes(app: web.Application, rt: Runtime) -> None:
     routes.accounts.profile = ProfileRoutes(routes)  # verify-email follows change links
     routes.add_to(app)
     for endpoints in (routes.accounts, routes.accounts.profile, SessionRoutes(routes), routes.two_factor,
-                      ApiKeyRoutes(routes), SocialRoutes(routes)):
+                      ApiKeyRoutes(routes), SocialRoutes(routes), PasskeyRoutes(routes)):
         endpoints.add_to(app)
     # `brain users delete` reaches this server through data/control.sock (brain.auth.control).
     control = ControlServer(rt, deletions)
