@@ -39,8 +39,6 @@ from brain.web import json_response, read_json
 log = logging.getLogger("brain.auth.passkeys")
 
 CHALLENGE_COOKIE = "better-auth-passkey"  # Better Auth's advanced.webAuthnChallengeCookie
-# A credential id is at most 1023 bytes (WebAuthn): 1364 characters of base64url.
-_MAX_CREDENTIAL_ID = 1364
 _MAX_PASSKEY_ID = 64
 _ATTACHMENTS = ("platform", "cross-platform")
 
@@ -192,9 +190,9 @@ class PasskeyRoutes:
         self.base._limit_ip(ip)
         _body, credential = await self._body(request)
         credential_id = credential.get("id")
-        if not isinstance(credential_id, str) or not 0 < len(credential_id) <= _MAX_CREDENTIAL_ID:
+        if not isinstance(credential_id, str) or not 0 < len(credential_id) <= passkeys.MAX_CREDENTIAL_ID:
             raise validation_error("response.id", f"Invalid input: expected the credential id (a string of at most "
-                                                  f"{_MAX_CREDENTIAL_ID} characters)")
+                                                  f"{passkeys.MAX_CREDENTIAL_ID} characters)")
         origin = request.headers.get("Origin")
         if not origin:
             raise BadRequest("origin missing", code="MISSING_OR_NULL_ORIGIN")

@@ -63,6 +63,8 @@ ALGORITHMS = (-8, -7, -257)
 # A user's passkeys are listed in every registration's excludeCredentials; bound them so
 # neither that list nor auth.db grows without end (Better Auth has no bound).
 MAX_PER_USER = 100
+# A credential id is at most 1023 bytes (WebAuthn): 1364 characters of base64url.
+MAX_CREDENTIAL_ID = 1364
 # A transport name as browsers write them ("usb", "internal", "hybrid", "smart-card", ...).
 _TRANSPORT = re.compile(r"[a-z][a-z-]{0,31}")
 _MAX_TRANSPORTS = 8
@@ -160,6 +162,18 @@ class NewPasskey:
     aaguid: str
 
 
+def usable_public_key(cose: bytes) -> bool:
+    """Whether a COSE key is a public key signatures can be checked with (an algorithm py_webauthn
+    knows, a point on its curve, every member there)."""
+    try:
+        decoded_public_key_to_cryptography(decode_credential_public_key(cose))
+    # Decoding reads CBOR the client chose: its failures come as any of KeyError, IndexError,
+    # TypeError, ValueError or py_webauthn's own errors.
+    except Exception:  # noqa: BLE001
+        return False
+    return True
+
+
 def verify_registration(response: dict[str, Any], *, challenge: str, origin: str, rp_id: str,
                         require_uv: bool) -> NewPasskey:
     """The credential a registration response creates; 400 FAILED_TO_VERIFY_REGISTRATION naming
@@ -176,13 +190,11 @@ def verify_registration(response: dict[str, Any], *, challenge: str, origin: str
     except Exception as exc:  # noqa: BLE001 - see above
         raise BadRequest(f"Failed to verify registration: {_reason(exc)}",
                          code="FAILED_TO_VERIFY_REGISTRATION") from None
-    try:
-        # With attestation `none` nothing has used the key yet: a point off its curve or a
-        # malformed COSE key would be stored, and no sign-in could ever verify with it.
-        decoded_public_key_to_cryptography(decode_credential_public_key(verified.credential_public_key))
-    except Exception:  # noqa: BLE001 - as above: a malformed key is the response's
+    # With attestation `none` nothing has used the key yet: a point off its curve or a
+    # malformed COSE key would be stored, and no sign-in could ever verify with it.
+    if not usable_public_key(verified.credential_public_key):
         raise BadRequest("Failed to verify registration: the credential's public key is not a usable key",
-                         code="FAILED_TO_VERIFY_REGISTRATION") from None
+                         code="FAILED_TO_VERIFY_REGISTRATION")
     return NewPasskey(
         credential_id=bytes_to_base64url(verified.credential_id),
         # Better Auth's column: the COSE key in standard base64.

@@ -89,6 +89,15 @@ class SoftAuthenticator:
         self.aaguid = aaguid
         self.backed_up = backed_up
 
+    @classmethod
+    def holding(cls, private_pem: str, credential_id: str, *, sign_count: int = 0) -> SoftAuthenticator:
+        """An authenticator holding a credential made elsewhere (its ES256 private key in PEM)."""
+        authenticator = cls()
+        key = serialization.load_pem_private_key(private_pem.encode(), password=None)
+        assert isinstance(key, ec.EllipticCurvePrivateKey)
+        authenticator.key, authenticator.credential_id, authenticator.sign_count = key, unb64url(credential_id), sign_count
+        return authenticator
+
     @property
     def id(self) -> str:
         """The credential id as the server stores it (base64url)."""
