@@ -2,7 +2,8 @@
 
 One user posts events one at a time, paced so the figure is latency rather than queueing. Each
 event carries a marker in its `data`; an ordered JetStream consumer on the server's NATS (the
-URL `/health` reports) picks them up. Latency = the stream's own timestamp of the message
+embedded server's URL from `/health?detail=1`, with the credential in `data/nats/credentials`)
+picks them up. Latency = the stream's own timestamp of the message
 minus the event's `created_at` from the 201 response (brain's clock as the write transaction
 starts, just before its commit); both clocks are this machine's. The time until the harness's subscriber had it is kept as a second figure.
 """

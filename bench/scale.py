@@ -10,7 +10,7 @@ users (long since evicted) come back, to time a reopened cold store too.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from bench.client import KeepAliveClient, expect
@@ -44,7 +44,8 @@ class ScaleResult:
 
 
 def measure(
-    *, pid: int, api_port: int, tokens: TokenSource, users: int, max_open: int, points: int = 20,
+    *, pid: int, api_port: int, detail_headers: Mapping[str, str], tokens: TokenSource, users: int, max_open: int,
+    points: int = 20,
     reopen: int = 200, max_seconds: float = 900.0, progress: Callable[[str], None] = lambda _m: None,
 ) -> ScaleResult:
     """Activate up to `users` stores one after another (bounded by max_seconds); sample `points` times."""
@@ -78,5 +79,6 @@ def measure(
             result.reopened.append(expect(c.send(raw), 200, what=f"GET /events of evicted user {i}").elapsed)
         result.points.append((users, proc_sample(pid)))
         result.seconds = time.monotonic() - started
-        result.open_stores = expect(c.send(health), 200, what="GET /health").json().get("stores", {})
+        detail = c.request("GET", "/health?detail=1", headers=detail_headers)
+        result.open_stores = expect(detail, 200, what="GET /health?detail=1").json().get("stores", {})
     return result

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.baseline import READY_LINE
-from tests.support import REPO, BrainServer, free_port
+from tests.support import METRICS_TOKEN, REPO, BrainServer, free_port
 
 # OWASP's minimum for argon2id, which is also brain's default: the sign-up/sign-in figures
 # must be taken at these (BrainServer's own defaults are fast test parameters).
@@ -41,10 +41,17 @@ def bench_config(
             "rate_limit_account_failures": 1_000_000_000,
             "jwt_ttl_seconds": 4 * 3600,
         },
+        # /metrics off as by default (no measuring middleware); the token opens /health?detail=1.
+        "metrics": {"enabled": False, "token": METRICS_TOKEN},
     }
     for section, values in (extra or {}).items():
         config.setdefault(section, {}).update(values)
     return config
+
+
+def detail_headers(server: BrainServer) -> dict[str, str]:
+    """The header that opens /health?detail=1 of a server started with bench_config."""
+    return {"Authorization": f"Bearer {server.config['metrics']['token']}"}
 
 
 def start_brain(

@@ -26,10 +26,10 @@ from typing import Any
 
 from bench import ingest, jetstream, jwt_inprocess, latency, mail_convert, scale
 from bench.baseline import GET_PATH, POST_PATH
-from bench.client import KeepAliveClient, expect
+from bench.client import KeepAliveClient
 from bench.load import Req, wrk_available
 from bench.report import Figure, Target, latency_figure, not_measured, rate_figure
-from bench.servers import FAST_ARGON2, PRODUCTION_ARGON2, BaselineServer, bench_config, start_brain
+from bench.servers import FAST_ARGON2, PRODUCTION_ARGON2, BaselineServer, bench_config, detail_headers, start_brain
 from bench.throughput import Case, argon2_baseline, median_cpu, run_interleaved
 from bench.users import (
     SIGN_IN, User, create_api_keys, event_body, run_tag, seed_events, sign_in_body, sign_up, sign_up_many,
@@ -466,11 +466,7 @@ class Run:
                 raise RuntimeError("no users: sign-up failed")
             from brain.sections import NatsSettings
 
-            with KeepAliveClient(brain.api_port) as c:
-                health = expect(c.request("GET", "/health"), 200, what="GET /health").json()
-            url = health.get("nats", {}).get("url")
-            if not url:
-                raise RuntimeError("/health does not show the NATS URL")
+            url = brain.nats_url()  # the embedded server's, with the credential from the data dir
             nats_defaults = NatsSettings()
             timings = asyncio.run(jetstream.measure(
                 nats_url=url, stream=nats_defaults.stream, subject_prefix=nats_defaults.subject_prefix,
@@ -515,7 +511,8 @@ class Run:
             source, brain, note, cleanup = self._scale_server()
             try:
                 result = scale.measure(
-                    pid=brain.proc.pid, api_port=brain.api_port, tokens=source, users=plan.scale_users,
+                    pid=brain.proc.pid, api_port=brain.api_port, detail_headers=detail_headers(brain), tokens=source,
+                    users=plan.scale_users,
                     max_open=self.max_open_stores, max_seconds=plan.scale_max_seconds, progress=_say,
                 )
             finally:

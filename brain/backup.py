@@ -11,6 +11,9 @@ of the moment its copy began; every write acknowledged before the backup started
 A restore checks the manifest's checksums, copies the files into an empty data directory and
 runs `PRAGMA integrity_check` on every database. A built-in plugin of the core (its commands:
 `brain backup`, `brain restore`).
+
+Backups and restored stores are private (0600 files in 0700 directories, `brain.files`): they
+hold every user's data and, unless `--no-secret`, the dev-mode secret.
 """
 
 from __future__ import annotations
@@ -18,7 +21,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import shutil
 import sqlite3
 import sys
@@ -31,6 +33,7 @@ from typing import Any, TextIO
 import brain
 from brain.commands import CommandLine, settings_from_args
 from brain.errors import BrainError
+from brain.files import private_dir, private_file
 from brain.ids import is_valid_user_id
 from brain.plugins import hookimpl
 from brain.plugins.manager import load_plugins
@@ -48,13 +51,12 @@ class BackupFile:
     """A file (or, with `*` for a user id, a family of files) of the data directory to back up.
 
     `database`: an SQLite file, copied with the online backup API and integrity-checked on
-    restore (otherwise copied as it is); `private`: restored readable by the owner only.
+    restore (otherwise copied as it is). Every file is copied and restored private (0600).
     """
 
     path: str  # relative, POSIX; a `*` component stands for any valid user id
     kind: str
     database: bool = True
-    private: bool = False
 
     def matches(self, rel: str) -> bool:
         """Whether a relative path is one of this entry's files."""
@@ -80,7 +82,7 @@ class BackupFile:
                 yield f"{head}{entry.name}{tail}", entry / tail.lstrip("/")
 
 
-SECRET = BackupFile("secret.key", "secret", database=False, private=True)
+SECRET = BackupFile("secret.key", "secret", database=False)
 
 
 @hookimpl
@@ -153,7 +155,7 @@ class Progress:
 
 
 def _copy_database(src: Path, dst: Path) -> None:
-    dst.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(dst.parent)
     # Read-only source connection: a backup must never write to (or create) a live database.
     source = sqlite3.connect(f"file:{src}?mode=ro", uri=True, timeout=30)
     try:
@@ -167,6 +169,7 @@ def _copy_database(src: Path, dst: Path) -> None:
             target.close()
     finally:
         source.close()
+    private_file(dst)
 
 
 def backup(
@@ -188,7 +191,7 @@ def backup(
     wanted = [f for f in (_builtin_files() if files is None else files) if include_secret or f.kind != SECRET.kind]
     present = [(spec, rel, src) for spec in wanted for rel, src in spec.found_in(data_dir)]
     bar = progress(sum(spec.database for spec, _, _ in present)) if progress else None
-    dest.mkdir(parents=True, exist_ok=True)
+    private_dir(dest)
     started = time.time()
     entries: list[Entry] = []
     for spec, rel, src in present:
@@ -196,10 +199,9 @@ def backup(
         if spec.database:
             _copy_database(src, target)
         else:
-            target.parent.mkdir(parents=True, exist_ok=True)
+            private_dir(target.parent)
             shutil.copyfile(src, target)
-        if spec.private:
-            os.chmod(target, 0o600)
+            private_file(target)
         entries.append(Entry(rel, spec.kind, target.stat().st_size, sha256_of(target)))
         if bar and spec.database:
             bar.step(rel)
@@ -213,6 +215,7 @@ def backup(
         "total_bytes": sum(e.size for e in entries),
     }
     (dest / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    private_file(dest / MANIFEST)
     return manifest
 
 
@@ -266,16 +269,15 @@ def restore(
         if sha256_of(path) != item.get("sha256"):
             raise BackupError(f"checksum mismatch for {rel}: the backup is damaged")
     bar = progress(len(items)) if progress else None
-    data_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(data_dir)
     checked: dict[str, str] = {}
     for item in items:
         rel = item["path"]
         spec = _spec_for(rel, files)
         target = data_dir / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(target.parent)
         shutil.copyfile(src / rel, target)
-        if spec.private:
-            os.chmod(target, 0o600)
+        private_file(target)
         if spec.database:
             verdict = integrity_check(target)
             if verdict != "ok":

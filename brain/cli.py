@@ -10,7 +10,9 @@ from collections.abc import Sequence
 import brain
 from brain.commands import CommandLine
 from brain.errors import BrainError
+from brain.files import use_private_umask
 from brain.plugins.manager import load_commands
+
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every subcommand."""
@@ -36,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `brain` console script."""
+    # Before anything is written: databases, secrets, backups and stores are the user's alone.
+    use_private_umask()
     parser = build_parser()
     args = parser.parse_args(argv)
     target = getattr(args, "command", None)

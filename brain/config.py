@@ -116,7 +116,11 @@ class Settings:
 CORE_SECTIONS: tuple[Section, ...] = (
     Section("server", ServerSettings, env={"BRAIN_SECRET": "secret", "BETTER_AUTH_SECRET": "secret"}),
     Section("log", LogSettings),
-    Section("nats", NatsSettings, env={"NATS_URL": "url"}),
+    Section("nats", NatsSettings, env={
+        "NATS_URL": "url", "NATS_USER": "user", "NATS_PASSWORD": "password", "NATS_TOKEN": "token",
+        "NATS_NKEY": "nkey_seed_file", "NATS_CREDS": "creds_file", "NATS_CA": "tls_ca_file",
+        "NATS_CERT": "tls_cert_file", "NATS_KEY": "tls_key_file",
+    }),
     Section("metrics", MetricsSettings),
     Section("plugins", PluginSettings, tables=True),
 )

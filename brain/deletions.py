@@ -22,6 +22,10 @@ published on stream `BRAIN_CONTROL`; each process with a plugin that purges appl
 the durable consumer `brain-api-deletions` (acknowledged only after the purge, so a process
 that was down catches up) and also revokes at once from a plain subscription (every process,
 even when several share the durable consumer). Both steps are idempotent.
+
+Whoever else can publish on the shared NATS must not be able to delete a user: every deletion
+is signed with a key derived from the server secret (brain.control_messages), and a message
+that is unsigned, badly signed or expired is refused (logged and terminated, never redelivered).
 """
 
 from __future__ import annotations
@@ -41,9 +45,12 @@ from brain.actors.loop import LoopActor
 from brain.actors.supervisor import ChildSpec
 from brain.actors.tree import Child
 from brain.contracts import DELETION_SOURCE, UserDeleted
+from brain.control_messages import CONTROL_TTL_S, control_key, refusal, signed_headers
 from brain.ids import is_valid_user_id
+from brain.nats_auth import process_connect_options
 from brain.plugins import hookimpl
 from brain.process import Process
+from brain.redact import redact_text, redact_url
 from brain.stash import StashKey
 
 __all__ = ["CHILD_ID", "Deletions", "deletions_for", "publish_deletions", "purge_here"]
@@ -54,8 +61,9 @@ STREAM = "BRAIN_CONTROL"
 SUBJECT = "brain.control.user-deleted"
 DURABLE = "brain-api-deletions"
 CHILD_ID = "deletions"
-# How long JetStream keeps deletions for processes that were away (their consumer catches up).
-_STREAM_MAX_AGE_S = 30 * 86400
+# How long JetStream keeps deletions for processes that were away (their consumer catches up):
+# as long as a signed deletion stays valid.
+_STREAM_MAX_AGE_S = CONTROL_TTL_S
 # A purge stops mail actors (one page may finish first): give it time before redelivery.
 _ACK_WAIT_S = 120.0
 _RETRY_S = 5.0
@@ -63,13 +71,13 @@ _RETRY_S = 5.0
 Summary = dict[str, Any]
 
 
-def deletion_message(event: UserDeleted) -> tuple[bytes, dict[str, str]]:
-    """The JetStream message announcing a deletion: payload and headers."""
+def deletion_message(event: UserDeleted, key: bytes) -> tuple[bytes, dict[str, str]]:
+    """The JetStream message announcing a deletion: payload and signed headers (brain.control_messages)."""
     payload = json.dumps(
         {"user_id": event.user_id, "deleted_at": event.deleted_at, "tokens_valid_until": event.tokens_valid_until},
         separators=(",", ":"),
     ).encode()
-    return payload, {"Nats-Msg-Id": f"user-deleted:{event.user_id}:{event.deleted_at}"}
+    return payload, signed_headers(key, SUBJECT, payload, f"user-deleted:{event.user_id}:{event.deleted_at}")
 
 
 def parse_message(data: bytes) -> UserDeleted | None:
@@ -92,16 +100,27 @@ async def ensure_stream(js: Any) -> None:
         log.info("created stream %s (brain.control.>)", STREAM)
 
 
-async def publish_deletions(url: str, events: list[UserDeleted], timeout: float = 5.0) -> list[str]:
-    """Publish deletions with a connection of its own (`brain users delete`); the ids JetStream took."""
-    nc = await nats.connect(url, name="brain-cli", connect_timeout=timeout, max_reconnect_attempts=0,
-                            allow_reconnect=False)
+async def publish_deletions(
+    connect: Mapping[str, Any], key: bytes, events: list[UserDeleted], timeout: float = 5.0
+) -> list[str]:
+    """Publish signed deletions with a connection of its own (`brain users delete`); the ids JetStream took.
+
+    `connect`: `nats.connect()` keyword arguments (brain.nats_auth.connect_options); `key`: the
+    control messages' key (brain.control_messages.control_key).
+    """
+    async def quiet(_exc: Exception) -> None:
+        pass  # the caller reports the one failure that matters
+
+    # nats-py retries a refused first connection for ever, whatever max_reconnect_attempts says.
+    async with asyncio.timeout(timeout):
+        nc = await nats.connect(**connect, name="brain-cli", connect_timeout=timeout, max_reconnect_attempts=0,
+                                allow_reconnect=False, error_cb=quiet)
     try:
         js = nc.jetstream(timeout=timeout)
         await ensure_stream(js)
         done = []
         for event in events:
-            payload, headers = deletion_message(event)
+            payload, headers = deletion_message(event, key)
             await js.publish(SUBJECT, payload, stream=STREAM, headers=headers)
             done.append(event.user_id)
         return done
@@ -194,6 +213,7 @@ class Relay:
     def __init__(self, rt: Process, deletions: Deletions) -> None:
         self.rt = rt
         self.deletions = deletions
+        self.key = control_key(rt.secret)  # signs what it publishes, checks what it receives
         self.nc: Any = None
         self.js: Any = None
         self.connected = False
@@ -229,7 +249,7 @@ class Relay:
     async def _connect(self) -> None:
         while not self.stopping:
             self.nc = await jetstream.connect(
-                self.rt.nats_url, stopping=lambda: self.stopping, note=self._note, retry_seconds=1.0,
+                process_connect_options(self.rt), stopping=lambda: self.stopping, note=self._note, retry_seconds=1.0,
                 name="brain-control", allow_reconnect=True, max_reconnect_attempts=-1, reconnect_time_wait=1,
                 connect_timeout=2, disconnected_cb=self._on_disconnected, reconnected_cb=self._on_reconnected,
             )
@@ -241,7 +261,7 @@ class Relay:
                 self.connected = True
                 return
             except Exception as exc:  # noqa: BLE001 - JetStream not ready yet: retry
-                self._note(f"control stream on {self.rt.nats_url}: {exc!r}")
+                self._note(f"control stream on {redact_url(self.rt.nats_url)}: {redact_text(repr(exc))}")
                 await self.nc.close()
                 self.nc = None
                 await asyncio.sleep(1.0)
@@ -273,15 +293,25 @@ class Relay:
                 self._note(f"subscribing to {SUBJECT}: {exc!r}")
                 await asyncio.sleep(1.0)
 
+    def _genuine(self, msg: Any) -> bool:
+        """Whether a received deletion is signed by a process of this deployment and current."""
+        return refusal(self.key, SUBJECT, msg.data, msg.headers) is None
+
     async def _on_live(self, msg: Any) -> None:
+        # Refusals are logged once, by the durable consumer below.
         event = parse_message(msg.data)
-        if event is not None:
+        if event is not None and self._genuine(msg):
             self.deletions.revoke(event)
 
     async def _on_api_keys_revoked(self, msg: Any) -> None:
         apikeys.api_key_hub(self.rt).receive(msg.data)
 
     async def _on_durable(self, msg: Any) -> None:
+        why = refusal(self.key, SUBJECT, msg.data, msg.headers)
+        if why is not None:
+            log.warning("refused a %s message (%s): nobody is deleted; payload %r", SUBJECT, why, msg.data[:200])
+            await msg.term()  # never redelivered
+            return
         event = parse_message(msg.data)
         if event is None:
             log.error("dropping a malformed %s message: %r", SUBJECT, msg.data[:200])
@@ -303,7 +333,7 @@ class Relay:
             return
         done: list[str] = []
         for event in events:
-            payload, headers = deletion_message(event)
+            payload, headers = deletion_message(event, self.key)
             try:
                 await self.js.publish(SUBJECT, payload, stream=STREAM, headers=headers)
             except Exception as exc:  # noqa: BLE001 - kept for the next round

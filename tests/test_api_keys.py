@@ -18,7 +18,7 @@ import pytest
 import requests
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from tests.support import BrainServer, free_port, wait_until
+from tests.support import BrainServer, embedded_nats_url, free_port, wait_until
 from tests.test_auth_helpers import (  # noqa: F401 - module_server is a fixture
     NO_LIMITS, PASSWORD, bearer, module_server, unique_email,
 )
@@ -258,8 +258,7 @@ def test_revocation_is_immediate_even_for_a_cached_key(server: BrainServer) -> N
     assert api(server, "GET", "/me", disabled["key"]).status_code == 200
     auth_post(server, "api-key/update", ada["token"], {"keyId": narrowed["id"], "permissions": {"events": ["read"]}})
     assert api(server, "POST", "/events", narrowed["key"], json=NOTE).status_code == 403
-    health = requests.get(f"{server.api_url}/health", timeout=10).json()
-    assert health["api_keys"]["revocations"] >= 3
+    assert server.health(timeout=10)["api_keys"]["revocations"] >= 3
 
 
 def test_an_expired_key_is_refused(make_server) -> None:  # type: ignore[no-untyped-def]
@@ -286,10 +285,13 @@ def test_deleting_the_user_stops_their_keys(server: BrainServer) -> None:
 
 def test_split_roles_look_keys_up_over_http_and_learn_revocations_over_nats(make_server) -> None:  # type: ignore[no-untyped-def]
     auth_port, api_port, nats_port = free_port(), free_port(), free_port()
-    auth = make_server("auth", roles="auth", auth_port=auth_port, api_port=api_port,
+    secret = {"BRAIN_SECRET": "one-secret-for-every-role-" + "k" * 16}  # the roles' deletions are signed with it
+    auth = make_server("auth", roles="auth", auth_port=auth_port, api_port=api_port, env=secret,
                        config={"auth": NO_LIMITS, "nats": {"embedded_port": nats_port}}).start()
+    # The API shares the auth role's embedded NATS, with the credential the auth role made for it.
+    nats_url = embedded_nats_url(f"nats://127.0.0.1:{nats_port}", auth.data_dir)
     api_server = make_server("api", roles="api", auth_port=auth_port, api_port=api_port,
-                             env={"AUTH_SERVER_URL": auth.auth_url, "NATS_URL": f"nats://127.0.0.1:{nats_port}"}).start()
+                             env={**secret, "AUTH_SERVER_URL": auth.auth_url, "NATS_URL": nats_url}).start()
     ada = account(auth)
     keep, gone = create(auth, ada["token"]), create(auth, ada["token"], permissions={"events": ["read"]})
     wait_until(lambda: api(api_server, "GET", "/me", keep["key"]).status_code == 200, timeout=20,
@@ -299,7 +301,7 @@ def test_split_roles_look_keys_up_over_http_and_learn_revocations_over_nats(make
     # A revocation that is not signed by the issuer changes nothing.
     key_hash = base64.urlsafe_b64encode(hashlib.sha256(gone["key"].encode()).digest()).rstrip(b"=").decode()
     forged = forged_revocation(auth, key_hash)
-    asyncio.run(publish(f"nats://127.0.0.1:{nats_port}", [b"not a jwt", forged]))
+    asyncio.run(publish(nats_url, [b"not a jwt", forged]))
     time.sleep(0.5)
     assert api(api_server, "GET", "/me", gone["key"]).status_code == 200
     # The issuer's revocation reaches it while the key is cached.

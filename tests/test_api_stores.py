@@ -21,7 +21,7 @@ from brain.config import load_settings
 from brain.contracts import EVENT_SINK
 from brain.errors import BadRequest
 from brain.runtime import Runtime
-from tests.support import wait_until
+from tests.support import embedded_nats_url, wait_until
 from tests.test_jetstream import stream_messages
 
 MAX_OPEN = 3
@@ -71,7 +71,7 @@ def test_append_from_thread_with_long_idempotency_keys(rt: Runtime) -> None:
     assert [e["data"] for e in rest] == [{"n": 1}, {"n": 0}] and end is None
     # Every committed event reaches JetStream, whoever wrote it.
     wait_until(
-        lambda: len(stream_messages(rt.nats_url, "brain.events.mailuser1.>")) == 5,
+        lambda: len(stream_messages(embedded_nats_url(rt.nats_url, rt.settings.data_path), "brain.events.mailuser1.>")) == 5,
         timeout=10, what="the mail events on JetStream",
     )
 

@@ -9,23 +9,14 @@ import requests
 
 from tests.test_auth_email import Inbox, get, link_in, mail_config, smtp  # noqa: F401 - smtp is a fixture
 from tests.test_auth_helpers import bearer
-from tests.test_auth_js import run_node
+from tests.test_auth_js import Steps, run_node
 
 
 def test_better_auth_client_drives_sessions_account_two_factor_and_api_keys(make_server, smtp: tuple[Inbox, int]) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
     inbox = smtp[0]
     server = make_server(config=mail_config(smtp[1], two_factor_rate_limit_max=100_000)).start()
-    steps = run_node("account.mjs", server)
-    for name, step in steps.items():
-        assert "thrown" not in step, (name, step)
-
-    def ok(name: str) -> dict:
-        assert steps[name]["error"] is None, (name, steps[name])
-        return steps[name]["data"]
-
-    def error(name: str) -> dict:
-        assert steps[name]["data"] is None, (name, steps[name])
-        return steps[name]["error"]
+    steps = Steps(run_node("account.mjs", server))
+    ok, error = steps.ok, steps.error
 
     user = ok("signUp")["user"]
     email = user["email"]

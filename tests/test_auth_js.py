@@ -62,6 +62,27 @@ def run_node(script: str, server: BrainServer, **env: str) -> dict[str, Any]:
     return json.loads(out.stdout)["steps"]
 
 
+class Steps:
+    """What a script's steps saw (none may have thrown): `ok(name)` is a step's data, which must
+    have come without an error; `error(name)` its error, which must have come without data."""
+
+    def __init__(self, steps: dict[str, Any]) -> None:
+        for name, step in steps.items():
+            assert "thrown" not in step, (name, step)
+        self.steps = steps
+
+    def __getitem__(self, name: str) -> Any:
+        return self.steps[name]
+
+    def ok(self, name: str) -> Any:
+        assert self.steps[name]["error"] is None, (name, self.steps[name])
+        return self.steps[name]["data"]
+
+    def error(self, name: str) -> Any:
+        assert self.steps[name]["data"] is None, (name, self.steps[name])
+        return self.steps[name]["error"]
+
+
 def run_compat(server: BrainServer) -> dict[str, Any]:
     return run_node("compat.mjs", server)
 

@@ -107,3 +107,38 @@ def test_concurrent_guesses_cannot_outrun_the_lock(server: BrainServer) -> None:
     with ThreadPoolExecutor(max_workers=12) as pool:
         statuses = list(pool.map(lambda i: sign_in(server, email, f"guess number {i}").status_code, range(12)))
     assert statuses.count(401) == 3 and statuses.count(429) == 9
+
+
+def test_ipv6_clients_share_one_budget_per_64(make_server) -> None:  # type: ignore[no-untyped-def]
+    server = make_server(config={"server": {"trusted_proxies": ["127.0.0.1"]},
+                                 "auth": {"rate_limit_ip_per_minute": 3}}).start()
+
+    def attempt(forwarded: str) -> requests.Response:
+        return requests.post(
+            f"{server.auth_url}/api/auth/sign-up/email",
+            json={"name": "Six", "email": unique_email("v6"), "password": PASSWORD},
+            headers={"X-Forwarded-For": forwarded}, timeout=30,
+        )
+
+    # One host owns the whole /64: a fresh address per request is the same client.
+    for host in ("2001:db8:1:2::1", "2001:db8:1:2::2", "2001:db8:1:2:aaaa::3"):
+        assert attempt(host).status_code == 200
+    assert_429(attempt("2001:db8:1:2:ffff:ffff:ffff:ffff"), window=60)
+    assert attempt("2001:db8:1:3::1").status_code == 200  # the next /64 is someone else
+
+
+def test_flooding_other_accounts_does_not_lift_a_lockout(make_server) -> None:  # type: ignore[no-untyped-def]
+    server = make_server(config={"auth": {**AUTH_CONFIG, "rate_limit_ip_per_minute": 100_000,
+                                          "rate_limit_max_keys": 40}}).start()
+    victim = unique_email("locked")
+    new_user(server, victim)
+    for _ in range(3):
+        assert sign_in(server, victim, "guess guess guess").status_code == 401
+    assert_429(sign_in(server, victim), window=120)
+    # The attacker fills the limiter with five times as many other accounts as it remembers,
+    # hoping the victim's failures are forgotten.
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        statuses = set(pool.map(lambda i: sign_in(server, f"flood-{i}-{victim}", "guess guess guess").status_code,
+                                range(200)))
+    assert statuses == {401}
+    assert_429(sign_in(server, victim), window=120)  # still locked, even with the right password

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import sys
+from collections.abc import Callable
 from pathlib import Path
-from types import SimpleNamespace
+from types import FrameType, SimpleNamespace
+from typing import Any
 
 import pytest
 
@@ -15,7 +18,8 @@ from brain.auth import keys
 from brain.auth import plugin as auth_plugin
 from brain.auth.cookies import signed_value, unsign
 from brain.auth.origins import TrustedOrigins, origin_of
-from brain.auth.ratelimit import SlidingWindow
+from brain.auth import ratelimit
+from brain.auth.ratelimit import SlidingWindow, client_block
 from brain.auth.validation import normalize_email, password_length
 from brain.config import load_settings
 from brain.errors import BadRequest
@@ -47,6 +51,68 @@ def test_sliding_window() -> None:
     for key in ("b", "c", "d"):
         w.hit(key, now=100)
     assert len(w) <= 2  # bounded, however many keys arrive
+
+
+def lines_run_in(module_file: str, action: Callable[[], object]) -> int:
+    """How many lines of one module run while `action` does: a count of work, not of time."""
+    count = 0
+
+    def local(_frame: FrameType, event: str, _arg: object) -> Any:
+        nonlocal count
+        if event == "line":
+            count += 1
+        return local
+
+    def tracer(frame: FrameType, _event: str, _arg: object) -> Any:
+        return local if frame.f_code.co_filename == module_file else None
+
+    sys.settrace(tracer)
+    try:
+        action()
+    finally:
+        sys.settrace(None)
+    return count
+
+
+def test_rate_limiter_at_100k_keys_stays_bounded_and_evicts_without_scanning() -> None:
+    keys = 100_000
+    w = SlidingWindow(5, 900.0, max_keys=keys)
+    for i in range(keys):  # every key under its limit: the open table is full
+        w.hit(f"open-{i}", now=1.0)
+    for i in range(keys):  # as many lockouts: the table of keys at their limit is full too
+        for _ in range(5):
+            w.hit(f"locked-{i}", now=2.0)
+    assert 2 * keys - 1 <= len(w) <= 2 * keys  # both tables full (a key passes through the open one)
+    # One more key of each kind: each pushes one out, and looks at a handful of entries to do it
+    # (a scan would run its loop body once per key: 100,000 lines and more).
+    assert lines_run_in(ratelimit.__file__, lambda: w.hit("new-open", now=3.0)) < 60
+    assert lines_run_in(ratelimit.__file__, lambda: [w.hit("new-locked", now=3.0) for _ in range(5)]) < 200
+    assert lines_run_in(ratelimit.__file__, lambda: w.take("another", now=3.0)) < 80
+    assert len(w) <= 2 * keys
+    assert w.retry_after("new-locked", now=3.0) > 0 and w.retry_after("open-0", now=3.0) == 0
+
+
+def test_flooding_other_keys_does_not_lift_a_lockout() -> None:
+    w = SlidingWindow(3, 900.0, max_keys=100)
+    for t in (0, 1, 2):
+        w.take("victim@example.com", now=t)
+    assert w.take("victim@example.com", now=3) == pytest.approx(897.0)
+    # An attacker sends many times more keys than the table holds (a few attempts each, under
+    # the limit): the least recently seen of them go, the lockout stays.
+    for i in range(10_000):
+        for _ in range(2):
+            w.take(f"flood-{i}@example.com", now=4)
+    assert len(w) <= 2 * 100
+    assert w.take("victim@example.com", now=5) == pytest.approx(895.0)
+    assert w.take("victim@example.com", now=901) == 0  # the window passed: free again
+
+
+def test_ipv6_clients_are_limited_per_64() -> None:
+    assert client_block("2001:db8:1:2::1") == client_block("2001:db8:1:2:ffff:ffff:ffff:ffff") == "2001:db8:1:2::/64"
+    assert client_block("2001:db8:1:3::1") == "2001:db8:1:3::/64"
+    assert client_block("::ffff:192.0.2.7") == "192.0.2.7"  # an IPv4 client on a dual-stack socket
+    assert client_block("192.0.2.7") == "192.0.2.7"
+    assert client_block("fe80::1%eth0") == "fe80::/64"
 
 
 def test_trusted_origins() -> None:

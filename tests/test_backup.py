@@ -12,8 +12,11 @@ import time
 from pathlib import Path
 
 import pytest
+import requests
 
 from brain.backup import BackupError, backup, integrity_check, restore
+from tests.support import BrainServer
+from tests.test_auth_helpers import bearer, new_user
 
 USERS = ["alice0000000000000000000000000001", "bob00000000000000000000000000002"]
 
@@ -119,3 +122,46 @@ def test_cli_backup_and_restore(tmp_path: Path) -> None:
     assert "integrity_check" in out.stdout
     out = brain_cli("restore", "--data-dir", str(tmp_path / "new"), str(tmp_path / "bk"))
     assert out.returncode == 2 and "not empty" in out.stderr
+
+
+def open_to_others(root: Path) -> list[str]:
+    """Everything under root (root included) that its group or other users could read or enter."""
+    found = []
+    for path in [root, *root.rglob("*")]:
+        mode = path.lstat().st_mode
+        if mode & 0o077:
+            found.append(f"{path.relative_to(root.parent)} {oct(mode & 0o777)}")
+    return found
+
+
+def test_stores_secrets_backups_and_restores_are_private(make_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    server: BrainServer = make_server().start()
+    body = new_user(server)
+    r = requests.post(f"{server.api_url}/events", json={"type": "note.created", "data": {"secret": 1}},
+                      headers=bearer(body["jwt"]), timeout=10)
+    assert r.status_code == 201, r.text
+    data, user_dir = server.data_dir, server.data_dir / "users" / body["user"]["id"]
+    # While it runs: the databases, SQLite's -wal/-shm beside them, the secret, the NATS store.
+    for name in ("auth.db", "auth.db-wal", "auth.db-shm", "mail.db", "secret.key"):
+        assert (data / name).is_file(), name
+    assert (user_dir / "events.db-wal").is_file() and (user_dir / "events.db-shm").is_file()
+    assert open_to_others(data) == []
+
+    out = brain_cli("backup", "--data-dir", str(data), str(tmp_path / "bk"))
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "bk" / "secret.key").is_file()
+    assert open_to_others(tmp_path / "bk") == []
+    assert server.stop() == 0
+
+    out = brain_cli("restore", "--data-dir", str(tmp_path / "restored"), str(tmp_path / "bk"))
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "restored" / "users" / body["user"]["id"] / "events.db").is_file()
+    assert open_to_others(tmp_path / "restored") == []
+    # The restored store serves, and stays private with the -wal/-shm files it gets again.
+    restored: BrainServer = make_server(  # on the same ports: the JWT's issuer is the old auth URL
+        "second", data_dir=tmp_path / "restored", auth_port=server.auth_port, api_port=server.api_port,
+    ).start()
+    r = requests.get(f"{restored.api_url}/events", headers=bearer(body["jwt"]), timeout=10)
+    assert r.status_code == 200 and r.json()["events"][0]["data"] == {"secret": 1}, r.text
+    assert (tmp_path / "restored" / "users" / body["user"]["id"] / "events.db-wal").is_file()
+    assert open_to_others(tmp_path / "restored") == []

@@ -1,9 +1,9 @@
 """`brain import better-auth`: a database written by a real Better Auth 1.7.25 server moves into brain.
 
-tests/js/better_auth_db.mjs runs Better Auth itself (better-sqlite3, its jwt plugin) to sign users
-up, sign them in and mint JWTs; then brain imports the file and must let the same people in with
-the same passwords, keep their live sessions (with --sessions) and accept the JWTs Better Auth
-already issued until they expire.
+tests/js/better_auth_db.mjs runs Better Auth itself (better-sqlite3, its jwt plugin, the passkey
+plugin's table) to sign users up, sign them in, mint JWTs and store passkeys; then brain imports
+the file and must let the same people in with the same passwords and passkeys, keep their live
+sessions (with --sessions) and accept the JWTs Better Auth already issued until they expire.
 """
 
 from __future__ import annotations
@@ -19,9 +19,11 @@ from typing import Any
 import pytest
 import requests
 
+from tests.fakes.authenticator import SoftAuthenticator
 from tests.support import BrainServer
 from tests.test_auth_helpers import NO_LIMITS
 from tests.test_auth_js import JS_DIR, npm_install
+from tests.test_auth_passkeys import Browser
 
 
 def better_auth_database(path: Path) -> dict[str, Any]:
@@ -62,16 +64,18 @@ def test_import_then_sign_in_with_the_same_passwords_sessions_and_jwts(make_serv
 
     dry = brain_import(server, source, "--dry-run", "--sessions", "--issuer", ba["baseURL"])
     assert dry["dry_run"] is True and dry["changed"] is True
-    # 3 users; 3 credential accounts + 1 GitHub; 5 live sessions (sign-up and sign-in) + 1 expired; 1 key.
-    expected = {"user": (3, 0, 0), "account": (4, 0, 0), "session": (5, 0, 1), "verification": (0, 0, 0), "jwks": (1, 0, 0)}
+    # 4 users (one with a passkey only); 3 credential accounts + 1 GitHub; 5 live sessions (sign-up and
+    # sign-in) + 1 expired; 1 key; 2 passkeys.
+    expected = {"user": (4, 0, 0), "account": (4, 0, 0), "session": (5, 0, 1), "verification": (0, 0, 0), "jwks": (1, 0, 0),
+                "passkey": (2, 0, 0)}
     assert counts(dry) == expected
     first = brain_import(server, source, "--sessions", "--issuer", ba["baseURL"])
     assert counts(first) == expected, "the dry run wrote something, or reported what the real run did not do"
     assert [s["reason"] for s in first["tables"]["session"]["skipped"]] == ["expired"]
     again = brain_import(server, source, "--sessions", "--issuer", ba["baseURL"])
     assert again["changed"] is False
-    assert counts(again) == {"user": (0, 3, 0), "account": (0, 4, 0), "session": (0, 5, 1), "verification": (0, 0, 0),
-                             "jwks": (0, 1, 0)}
+    assert counts(again) == {"user": (0, 4, 0), "account": (0, 4, 0), "session": (0, 5, 1), "verification": (0, 0, 0),
+                             "jwks": (0, 1, 0), "passkey": (0, 2, 0)}
 
     server.start()
     # NFKC, as Better Auth hashes: Zoë's password typed precomposed is the password she chose
@@ -82,7 +86,7 @@ def test_import_then_sign_in_with_the_same_passwords_sessions_and_jwts(make_serv
     r = requests.post(f"{server.auth_url}/api/auth/sign-in/email", json={"email": zoe["email"], "password": composed}, timeout=10)
     assert r.status_code == 200, r.text
     zoe["password"] = composed
-    for person in ba["users"]:
+    for person in (p for p in ba["users"] if p["password"] is not None):
         for attempt in range(2):  # the Better Auth hash, then the argon2id one it was replaced with
             r = requests.post(f"{server.auth_url}/api/auth/sign-in/email",
                               json={"email": person["email"], "password": person["password"]}, timeout=10)
@@ -94,8 +98,18 @@ def test_import_then_sign_in_with_the_same_passwords_sessions_and_jwts(make_serv
 
     # Rehashed to argon2id at the first sign-in; the scrypt hash is gone.
     with sqlite3.connect(server.data_dir / "auth.db") as db:
-        hashes = dict(db.execute("SELECT email, password_hash FROM user"))
-    assert all(h.startswith("$argon2id$") for h in hashes.values()), hashes
+        hashes = dict(db.execute("SELECT email, password_hash FROM user WHERE password_hash != ''"))
+    assert len(hashes) == 3 and all(h.startswith("$argon2id$") for h in hashes.values()), hashes
+
+    # Passkeys sign in as before (brain's RP ID is the host Better Auth used), counting on from
+    # where Better Auth left their counters; Linus, who has nothing but a passkey, is not lost.
+    for passkey in ba["passkeys"]:
+        key = SoftAuthenticator.holding(passkey["privateKey"], passkey["credentialID"], sign_count=passkey["counter"])
+        r = Browser(server).sign_in(key)
+        assert r.status_code == 200 and r.json()["user"]["id"] == passkey["userId"], r.text
+        if passkey["counter"]:
+            clone = Browser(server).sign_in(key, sign_count=passkey["counter"])
+            assert clone.status_code == 400 and clone.json()["code"] == "AUTHENTICATION_FAILED"
 
     # Ada verified her address in Better Auth; Grace's GitHub identity came along.
     ada = requests.post(f"{server.auth_url}/api/auth/sign-in/email",
@@ -117,6 +131,35 @@ def test_import_then_sign_in_with_the_same_passwords_sessions_and_jwts(make_serv
         forged = jwt[:-4] + ("AAAA" if not jwt.endswith("AAAA") else "BBBB")
         bad = requests.get(f"{server.api_url}/me", headers={"Authorization": f"Bearer {forged}"}, timeout=10)
         assert bad.status_code == 401
+
+
+def test_passkeys_that_cannot_work_in_brain_are_skipped_with_the_reason(make_server, made, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    source, ba = made
+    copy = tmp_path / "auth.db"
+    shutil.copy(source, copy)
+    ada, grace = ba["users"][0]["id"], ba["users"][2]["id"]
+    with sqlite3.connect(copy) as db:
+        columns = "id, name, publicKey, userId, credentialID, counter, deviceType, backedUp, transports, createdAt, aaguid"
+        good_key = db.execute("SELECT publicKey FROM passkey WHERE userId = ?", (ada,)).fetchone()[0]
+        ada_credential = ba["passkeys"][0]["credentialID"]
+        rows = [
+            ("garbage-key", "x", "bm90IGEga2V5", grace, "cred-1", 0, "singleDevice", 0, "", None, None),
+            ("no-such-user", "x", good_key, "nobody", "cred-2", 0, "singleDevice", 0, "", None, None),
+            ("bad-counter", "x", good_key, grace, "cred-3", -1, "singleDevice", 0, "", None, None),
+            # Ada's credential under Grace: imported with Ada first, so it is Ada's in brain.
+            ("taken", "x", good_key, grace, ada_credential, 0, "singleDevice", 0, "", None, None),
+        ]
+        db.executemany(f"INSERT INTO passkey ({columns}) VALUES ({', '.join('?' * 11)})", rows)
+    server = make_server()
+    server.workdir.mkdir(parents=True, exist_ok=True)
+    report = brain_import(server, copy)
+    assert report["tables"]["passkey"]["imported"] == 2
+    assert report["tables"]["passkey"]["skipped"] == [
+        {"id": "garbage-key", "reason": "its public key is not a usable COSE key"},
+        {"id": "no-such-user", "reason": "its user was not imported"},
+        {"id": "bad-counter", "reason": "counter -1 is not a signature count"},
+        {"id": "taken", "reason": "this credential is another brain user's passkey"},
+    ]
 
 
 def test_not_a_better_auth_database_is_refused(make_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

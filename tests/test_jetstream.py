@@ -28,9 +28,10 @@ from tests.test_auth_helpers import NO_LIMITS, bearer, new_user
 class NatsServer:
     """A nats-server with JetStream that the test starts and stops (own store, loopback port)."""
 
-    def __init__(self, store: Path) -> None:
+    def __init__(self, store: Path, *, args: tuple[str, ...] = ()) -> None:
         self.store = store
         self.port = free_port()
+        self.args = args  # more command-line options, e.g. ("--user", u, "--pass", p)
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -41,7 +42,7 @@ class NatsServer:
         self.store.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(
             [find_nats_server(), "--jetstream", "--store_dir", str(self.store), "--addr", "127.0.0.1",
-             "--port", str(self.port), "--log", str(self.store / "nats.log")],
+             "--port", str(self.port), "--log", str(self.store / "nats.log"), *self.args],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         assert wait_for_port("127.0.0.1", self.port, timeout=10), "nats-server did not start"
@@ -102,7 +103,7 @@ def stream_config(url: str, stream: str) -> Any:
 
 
 def health(server: BrainServer) -> dict[str, Any]:
-    return requests.get(f"{server.api_url}/health", timeout=5).json()
+    return server.health()
 
 
 def post(server: BrainServer, jwt: str, body: Any) -> dict[str, Any]:
@@ -130,7 +131,7 @@ def test_events_arrive_with_subject_headers_and_payload(make_server) -> None:  #
     batch = post(server, jwt, [{"type": "task.done", "data": i} for i in range(3)])["events"]
     wait_until(lambda: health(server)["nats"]["published"] >= 4, timeout=10, what="publishing")
 
-    url = health(server)["nats"]["url"]
+    url = server.nats_url()
     config = stream_config(url, "TEST_EVENTS")
     assert config.subjects == ["acme.events.>"]
     assert config.duplicate_window == 30.0 and config.max_bytes == 50_000_000 and config.max_age == 2 * 86400

@@ -45,9 +45,7 @@ def api_server(workdir: Path, issuer: FakeIssuer, **api: Any) -> BrainServer:
 
 
 def health(server: BrainServer) -> dict[str, Any]:
-    r = requests.get(f"{server.api_url}/health", timeout=5)
-    assert r.status_code == 200
-    return r.json()
+    return server.health()
 
 
 @pytest.fixture(scope="module")
@@ -346,3 +344,38 @@ def test_a_key_imported_from_another_issuer_verifies_only_that_issuers_tokens(tm
             assert me(server, issuer.token("newuser1")).status_code == 200
         finally:
             server.close()
+
+
+def respellings(token: str) -> list[str]:
+    """The same JWT with its signature's last character re-spelt: only spare bits differ."""
+    head, body, sig = token.split(".")
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    spare = {2: 0b1111, 3: 0b11}[len(sig) % 4]  # an RS256 signature (256 bytes) leaves spare bits
+    last = alphabet.index(sig[-1])
+    return [f"{head}.{body}.{sig[:-1]}{alphabet[last ^ bits]}" for bits in range(1, spare + 1)]
+
+
+def test_one_jwt_takes_one_token_cache_entry_however_the_header_is_spelt(
+    tmp_path: Path, issuer: FakeIssuer
+) -> None:
+    token_for_metrics = "metrics-token-" + "c" * 20
+    server = BrainServer(
+        tmp_path / "brain", roles="api", env={"AUTH_SERVER_URL": issuer.base_url},
+        config={"api": {"issuer": issuer.issuer}, "metrics": {"token": token_for_metrics}},
+    )
+    with server:
+        wait_until(lambda: health(server)["jwks"]["loaded"], timeout=15, what="JWKS loaded")
+        token = issuer.token("alice")
+        headers = [f"{scheme}{gap}{token}{tail}" for scheme in ("Bearer", "bearer", "BEARER", "bEaReR")
+                   for gap in (" ", "  ", " \t ") for tail in ("", "  ")]
+        with requests.Session() as session:
+            for value in headers:
+                r = session.get(f"{server.api_url}/me", headers={"Authorization": value}, timeout=10)
+                assert r.status_code == 200 and r.json()["id"] == "alice", (value, r.text)
+            for variant in respellings(token):
+                # The same signature bytes, another spelling: refused, so it takes no entry.
+                assert_refused(me(server, variant), "canonical")
+            scraped = session.get(f"{server.api_url}/metrics", timeout=10,
+                                  headers={"Authorization": f"Bearer {token_for_metrics}"}).text
+        entries = [line for line in scraped.splitlines() if line.startswith("brain_jwt_cache_entries ")]
+        assert entries == ["brain_jwt_cache_entries 1.0"], entries

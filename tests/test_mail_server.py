@@ -122,7 +122,7 @@ class Client:
 
     def jetstream_counts(self) -> Counter[str]:
         """Messages on JetStream per event type for this user."""
-        nats_url = requests.get(self.server.api_url + "/health", timeout=10).json()["nats"]["url"]
+        nats_url = self.server.nats_url()
 
         async def counts() -> dict[str, int]:
             nc = await nats.connect(nats_url, allow_reconnect=False, connect_timeout=5)

@@ -214,8 +214,9 @@ def test_listener_with_token_requires_it(make_server) -> None:  # type: ignore[n
     assert not any(name.startswith(("brain_jwks", "brain_stores", "brain_mail")) for name, _ in samples)
 
 
-def test_not_served_without_port_or_token(brain_server: BrainServer) -> None:
-    for url in (brain_server.api_url, brain_server.auth_url):
+def test_not_served_without_port_or_token(make_server) -> None:  # type: ignore[no-untyped-def]
+    server: BrainServer = make_server(config={"metrics": {}}).start()  # test servers get a token by default
+    for url in (server.api_url, server.auth_url):
         r = requests.get(f"{url}/metrics", timeout=5)
         assert r.status_code == 404 and r.json()["code"] == "NOT_FOUND"
 

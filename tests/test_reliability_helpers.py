@@ -70,8 +70,8 @@ def wait_api_ready(server: BrainServer, timeout: float = 30.0) -> dict[str, Any]
 
     def ready() -> dict[str, Any] | None:
         try:
-            body = requests.get(f"{server.api_url}/health", timeout=5).json()
-        except (requests.RequestException, ValueError):
+            body = server.health()
+        except (requests.RequestException, ValueError, AssertionError):
             return None
         return body if body.get("jwks", {}).get("loaded") else None
 
@@ -333,7 +333,7 @@ def stream_ids(server: BrainServer) -> Counter[str]:
     """How often each Nats-Msg-Id ("user:id") is on the server's stream, as a consumer reads it."""
     from tests.test_jetstream import stream_messages
 
-    url = requests.get(f"{server.api_url}/health", timeout=5).json()["nats"]["url"]
+    url = server.nats_url()
     return Counter(m.headers["Nats-Msg-Id"] for m in stream_messages(url, "brain.events.>"))
 
 
@@ -341,7 +341,7 @@ def wait_outbox_empty(server: BrainServer, timeout: float = 60.0) -> None:
     """Wait until the bus has nothing left to publish (no queued events, no dirty users)."""
 
     def drained() -> bool:
-        nats = requests.get(f"{server.api_url}/health", timeout=5).json()["nats"]
+        nats = server.health()["nats"]
         return bool(nats.get("connected")) and not (nats.get("queued") or nats.get("in_flight") or nats.get("dirty_users"))
 
     wait_until(drained, timeout=timeout, interval=0.2, what="the outbox to drain")
@@ -391,10 +391,8 @@ def chaos_server(workdir: Path, **kwargs: Any) -> BrainServer:
 
 
 def health(server: BrainServer) -> dict[str, Any]:
-    """The API's /health document."""
-    r = requests.get(f"{server.api_url}/health", timeout=5)
-    assert r.status_code == 200, r.text
-    return r.json()
+    """The API's detailed /health document."""
+    return server.health()
 
 
 def pick(rng: random.Random, items: list[Any]) -> Any:

@@ -82,46 +82,48 @@ def test_long_issuer_outage_tokens_live_to_their_exp_then_fresh_keys(make_server
 def nats_outages(workdir: Path, *, outages: int, users: int, seed: int) -> dict[str, int]:
     """Kill -9 NATS `outages` times under load (brain killed too, once); every event once on JetStream."""
     nats = NatsServer(workdir / "nats").start()
-    server = BrainServer(
-        workdir / "brain", env={"NATS_URL": nats.url},
-        config={"auth": NO_LIMITS, "nats": {"reconnect_wait_seconds": 0.2, "publish_timeout_seconds": 1.0,
-                                            "duplicate_window_seconds": 600.0}},
-    )
-    with server:
-        people = sign_up_many(server, users)
-        wait_api_ready(server)
-        load = WriteLoad(server.api_url, people, threads=4, seed=seed, pause=0.01).start()
-        for i in range(outages):
-            load.wait_acked(40)
-            assert nats.proc is not None
-            nats.proc.kill()  # kill -9: no goodbye to brain
-            nats.proc.wait()
-            wait_until(lambda: not health(server)["nats"]["connected"], timeout=15, what="the bus to notice")
-            before = load.acked_count
-            load.wait_acked(30)  # writes go on without NATS
-            assert load.acked_count > before
-            if i == outages // 2:
-                server.kill()  # brain dies too, with unpublished events in the outboxes
-                server.start()
-                wait_api_ready(server)
-            nats.start()  # same port, same store
-            wait_until(lambda: health(server)["nats"]["connected"], timeout=20, what="the bus to reconnect")
-        load.wait_acked(20)
-        load.stop()
-        load.settle()
-        assert not load.errors, load.errors[:10]
-        stored = {u.id: all_events(server, u) for u in people}
-        assert not check_events(load, stored), check_events(load, stored)[:10]
-        wait_outbox_empty(server)
-        expected = {f"{uid}:{e['id']}" for uid, events in stored.items() for e in events}
-        on_stream = stream_ids(server)
-        assert set(on_stream) == expected, (len(expected - set(on_stream)), sorted(set(on_stream) - expected)[:5])
-        duplicates = [k for k, n in on_stream.items() if n > 1]
-        assert not duplicates, duplicates[:5]
-        assert server.stop() == 0
-        assert not integrity_problems(server.data_dir)
-        return {"outages": outages, "events": len(expected), "published": len(on_stream)}
-        nats.stop()
+    try:
+        server = BrainServer(
+            workdir / "brain", env={"NATS_URL": nats.url},
+            config={"auth": NO_LIMITS, "nats": {"reconnect_wait_seconds": 0.2, "publish_timeout_seconds": 1.0,
+                                                "duplicate_window_seconds": 600.0}},
+        )
+        with server:
+            people = sign_up_many(server, users)
+            wait_api_ready(server)
+            load = WriteLoad(server.api_url, people, threads=4, seed=seed, pause=0.01).start()
+            for i in range(outages):
+                load.wait_acked(40)
+                assert nats.proc is not None
+                nats.proc.kill()  # kill -9: no goodbye to brain
+                nats.proc.wait()
+                wait_until(lambda: not health(server)["nats"]["connected"], timeout=15, what="the bus to notice")
+                before = load.acked_count
+                load.wait_acked(30)  # writes go on without NATS
+                assert load.acked_count > before
+                if i == outages // 2:
+                    server.kill()  # brain dies too, with unpublished events in the outboxes
+                    server.start()
+                    wait_api_ready(server)
+                nats.start()  # same port, same store
+                wait_until(lambda: health(server)["nats"]["connected"], timeout=20, what="the bus to reconnect")
+            load.wait_acked(20)
+            load.stop()
+            load.settle()
+            assert not load.errors, load.errors[:10]
+            stored = {u.id: all_events(server, u) for u in people}
+            assert not check_events(load, stored), check_events(load, stored)[:10]
+            wait_outbox_empty(server)
+            expected = {f"{uid}:{e['id']}" for uid, events in stored.items() for e in events}
+            on_stream = stream_ids(server)
+            assert set(on_stream) == expected, (len(expected - set(on_stream)), sorted(set(on_stream) - expected)[:5])
+            duplicates = [k for k, n in on_stream.items() if n > 1]
+            assert not duplicates, duplicates[:5]
+            assert server.stop() == 0
+            assert not integrity_problems(server.data_dir)
+            return {"outages": outages, "events": len(expected), "published": len(on_stream)}
+    finally:
+        nats.stop()  # the test started it: it stops it, whatever the outcome
 
 
 def test_nats_killed_repeatedly_under_load_nothing_lost_nothing_doubled(tmp_path: Path) -> None:

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.support import BrainServer, free_port, wait_until
+import brain
+from tests.support import METRICS_TOKEN, BrainServer, free_port, wait_until
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -73,7 +74,7 @@ def test_both_roles_and_embedded_nats_come_up_and_stop_cleanly(brain_server: Bra
     assert health.json()["status"] in ("ok", "degraded")
     # ok once the issuer's keys are loaded and the event bus is connected to NATS.
     body = wait_until(
-        lambda: (b := requests.get(f"{brain_server.api_url}/health", timeout=5).json())["status"] == "ok" and b,
+        lambda: (b := brain_server.health())["status"] == "ok" and b,
         timeout=15, what="/health status ok",
     )
     assert body["problems"] == [] and body["nats"]["embedded"] is True and body["nats"]["connected"] is True
@@ -177,7 +178,7 @@ def test_embedded_nats_is_restarted_when_it_dies(brain_server: BrainServer) -> N
         return pid != first and Path(f"/proc/{pid}").exists()
 
     wait_until(restarted, timeout=15, what="a new nats-server")
-    body = requests.get(f"{brain_server.api_url}/health", timeout=5).json()
+    body = brain_server.health()
     assert body["supervisor"]["restarts"] >= 1
     assert "restart" in brain_server.log_text().lower()
 
@@ -262,7 +263,33 @@ def test_health_is_degraded_without_keys_or_nats(make_server) -> None:  # type: 
     ).start()
     r = requests.get(f"{server.api_url}/health", timeout=5)
     assert r.status_code == 200
-    body = r.json()
+    assert r.json() == {"status": "degraded", "problems": ["jwks", "nats"], "version": brain.__version__}
+    body = server.health()  # the detail says why
     assert body["status"] == "degraded"
     assert [p.split(":")[0] for p in body["problems"]] == ["jwks", "nats"]
     assert f"127.0.0.1:{dead_auth}" in body["problems"][0] and f"127.0.0.1:{dead_nats}" in body["problems"][1]
+
+
+def test_public_health_is_for_load_balancers_and_the_detail_needs_the_metrics_token(make_server) -> None:  # type: ignore[no-untyped-def]
+    server: BrainServer = make_server(config={"metrics": {"token": METRICS_TOKEN}}).start()
+    detailed = wait_until(lambda: (b := server.health())["status"] == "ok" and b, timeout=15, what="/health ok")
+    assert {"jwks", "nats", "stores", "supervisor", "uptime_seconds"} <= set(detailed)
+    public = requests.get(f"{server.api_url}/health", timeout=5)
+    assert public.status_code == 200 and public.headers["Cache-Control"] == "no-store"
+    assert public.json() == {"status": "ok", "problems": [], "version": brain.__version__}
+    # The figures (URLs, key ids, counts) only for the metrics token's bearer.
+    for headers in ({}, {"Authorization": "Bearer not-the-token-at-all"}, {"Authorization": METRICS_TOKEN}):
+        r = requests.get(f"{server.api_url}/health?detail=1", headers=headers, timeout=5)
+        assert r.status_code == 401 and r.headers["WWW-Authenticate"] == 'Bearer realm="metrics"', r.text
+        assert "jwks" not in r.text and "metrics token" in r.json()["message"]
+    # Without a metrics token there is no credential to show it to: said so, never shown.
+    closed: BrainServer = make_server("closed", config={"metrics": {}}).start()
+    r = requests.get(f"{closed.api_url}/health?detail=1", timeout=5)
+    assert r.status_code == 403 and r.json()["code"] == "HEALTH_DETAIL_DISABLED", r.text
+    assert set(requests.get(f"{closed.api_url}/health", timeout=5).json()) == {"status", "problems", "version"}
+    # A separate metrics listener serves the detail too, under the same rule as /metrics there.
+    port = free_port()
+    listener: BrainServer = make_server("listener", config={"metrics": {"port": port}}).start()
+    r = wait_until(lambda: (x := requests.get(f"http://127.0.0.1:{port}/health", timeout=5)).json()["status"] == "ok"
+                   and x, timeout=15, what="/health ok on the metrics listener")
+    assert r.json()["jwks"]["loaded"] is True

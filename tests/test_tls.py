@@ -64,7 +64,7 @@ def self_signed(directory: Path, name: str) -> tuple[Path, Path]:
 def wait_healthy(server: BrainServer, verify: str | bool) -> dict[str, object]:
     """/health once it says ok (keys fetched from the auth role over https, NATS connected)."""
     return wait_until(
-        lambda: (b := requests.get(f"{server.api_url}/health", verify=verify, timeout=5).json())["status"] == "ok" and b,
+        lambda: (b := server.health(verify=verify))["status"] == "ok" and b,
         timeout=20, what=f"/health ok:\n{server.log_text()}",
     )
 
@@ -207,7 +207,7 @@ def test_split_roles_jwks_over_https_trust_the_configured_ca(make_server, files:
     wait_until(
         lambda: any(
             p.startswith("jwks:") and "CERTIFICATE_VERIFY_FAILED" in p
-            for p in requests.get(f"{untrusting.api_url}/health", timeout=5).json()["problems"]
+            for p in untrusting.health()["problems"]
         ),
         timeout=10, what="the JWKS fetch refused for an unknown CA",
     )

@@ -26,6 +26,7 @@ How events reach it, and why nothing is lost or doubled:
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +51,7 @@ class EventBus(LoopActor):
         link: Link | None = None,
         doorbell: Doorbell,
         stores: StoreManager,
-        url: str,
+        connect: Mapping[str, Any],
         settings: NatsSettings,
         data_path: Path,
         loop: asyncio.AbstractEventLoop | None = None,
@@ -58,7 +59,7 @@ class EventBus(LoopActor):
         super().__init__(link=link, loop=loop, own_loop=True)
         assert self.loop is not None
         self.doorbell = doorbell
-        self.publisher = Publisher(url=url, settings=settings, stores=stores, data_path=data_path, loop=self.loop)
+        self.publisher = Publisher(connect=connect, settings=settings, stores=stores, data_path=data_path, loop=self.loop)
 
     def on_start(self) -> None:
         """Start publishing, then take the stores' events."""

@@ -35,6 +35,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 import brain
+from brain.redact import redact_text, redact_url
 from brain.actors.base import BrainActor, Link, ScheduledCall
 from brain.jwk import VerifyKey, parse_jwks
 from brain.errors import ConfigError
@@ -84,6 +85,11 @@ class JwksState:
             return None
         return snap
 
+    @property
+    def shown_url(self) -> str:
+        """The JWKS URL as logs and /health show it (credentials masked)."""
+        return redact_url(self.url)
+
     def request_refetch(self) -> bool:
         """Ask for one refetch (an unknown kid arrived); rate-limited, never blocks."""
         now = time.monotonic()
@@ -106,7 +112,7 @@ class JwksState:
         now = time.time()
         age = None if snap is None else round(now - snap.fetched_at, 3)
         return {
-            "url": self.url,
+            "url": self.shown_url,
             "loaded": snap is not None,
             "keys": 0 if snap is None else len(snap.keys),
             "kids": [] if snap is None else sorted(snap.keys),
@@ -255,7 +261,7 @@ class JwksCache(BrainActor):
         except Exception as exc:  # noqa: BLE001 - any failure keeps the last good keys
             state.failures += 1
             state.consecutive_failures += 1
-            state.last_error = f"{type(exc).__name__}: {exc}"[:300]
+            state.last_error = redact_text(f"{type(exc).__name__}: {exc}")[:300]
             first = self._backoff == 0.0
             # Without keys the API cannot answer: retry at least every second. (A local auth
             # role only starts serving after the tree is up, so the first tries always fail.)
@@ -271,7 +277,8 @@ class JwksCache(BrainActor):
                 level = logging.WARNING
             else:
                 level = logging.DEBUG
-            log.log(level, "JWKS fetch from %s failed (%s): %s; retry in %.1fs", state.url, reason, state.last_error, self._backoff)
+            log.log(level, "JWKS fetch from %s failed (%s): %s; retry in %.1fs", state.shown_url, reason, state.last_error,
+                    self._backoff)
             self._arm(min(self._backoff, self.refresh_seconds))
             return False
         previous = state.snapshot
@@ -282,9 +289,9 @@ class JwksCache(BrainActor):
         state.skipped_keys = skipped
         self._backoff = 0.0
         if skipped:
-            log.warning("JWKS from %s: skipped %d malformed key(s): %s", state.url, len(skipped), "; ".join(skipped))
+            log.warning("JWKS from %s: skipped %d malformed key(s): %s", state.shown_url, len(skipped), "; ".join(skipped))
         if previous is None or set(previous.keys) != set(keys):
-            log.info("JWKS from %s (%s): %d key(s): %s", state.url, reason, len(keys), ", ".join(sorted(keys)))
+            log.info("JWKS from %s (%s): %d key(s): %s", state.shown_url, reason, len(keys), ", ".join(sorted(keys)))
         self._arm(self.refresh_seconds * random.uniform(0.9, 1.1))
         return True
 

@@ -45,9 +45,27 @@ PATHS: dict[str, dict[str, Any]] = {
     "/health": {
         "get": {
             "operationId": "health",
-            "summary": "Liveness and figures: JWKS cache, supervisor restarts, NATS, open stores",
-            "security": [],
-            "responses": {"200": _json_body(_ref("Health"))},
+            "summary": "Liveness for load balancers: status, version, problems by name",
+            "description": (
+                "Public: {status, problems (names), version}; degraded is still 200. With ?detail=1 "
+                "and the metrics token (Authorization: Bearer <metrics.token>): every figure (JWKS "
+                "cache, supervisor restarts, NATS, open stores) and the problems' full texts."
+            ),
+            "security": [],  # the detail's metrics token is checked by the route, not a user's JWT
+            "parameters": [
+                {
+                    "name": "detail",
+                    "in": "query",
+                    "required": False,
+                    "description": "Any value: the detailed document (needs the metrics token)",
+                    "schema": {"type": "string"},
+                }
+            ],
+            "responses": {
+                "200": _json_body(_ref("Health")),
+                "401": _error("Detail asked for without the metrics token"),
+                "403": _error("Detail asked for, but no metrics token is configured"),
+            },
         }
     },
     "/openapi.json": {
@@ -216,10 +234,14 @@ SCHEMAS: dict[str, Any] = {
     },
     "Health": {
         "type": "object",
-        "required": ["status", "version", "uptime_seconds"],
+        "required": ["status", "version", "problems"],
         "properties": {
             "status": {"type": "string", "enum": ["ok", "degraded"]},
-            "problems": {"type": "array", "items": {"type": "string"}, "description": "Why it is degraded"},
+            "problems": {
+                "type": "array",
+                "items": {"type": "string"},
+                "description": "Why it is degraded: names (jwks, nats); with detail, 'name: reason'",
+            },
             "version": {"type": "string"},
             "uptime_seconds": {"type": "number"},
             "supervisor": {"type": "object"},

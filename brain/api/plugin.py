@@ -23,9 +23,11 @@ from brain.api.state import api_key_verifier, doorbell, jwks_state, store_manage
 from brain.backup import BackupFile
 from brain.contracts import AUTHENTICATOR, EVENT_SINK
 from brain.deletions import CHILD_ID as DELETIONS
+from brain.nats_auth import process_connect_options
 from brain.nats_embedded import CHILD_ID as NATS
 from brain.plugins import hookimpl
 from brain.process import Process
+from brain.redact import redact_url
 from brain.routes import Components, Listener, Route
 
 LISTENER = routes.LISTENER
@@ -74,7 +76,7 @@ def register_children(rt: Process, register: Callable[[Child | Group], None]) ->
     register(Group(DATA_SUP, strategy="rest_for_one", after=(NATS, AUTH_SUP), before=(DELETIONS,)))
     register(Child(
         ChildSpec(id="event_bus", start=lambda link: EventBus.start(
-            link=link, doorbell=bell, stores=stores, url=rt.nats_url, settings=rt.settings.nats,
+            link=link, doorbell=bell, stores=stores, connect=process_connect_options(rt), settings=rt.settings.nats,
             data_path=rt.settings.data_path, loop=rt.loop,
         )),
         parent=DATA_SUP,
@@ -147,9 +149,9 @@ def register_health(rt: Process, register: Callable[..., None]) -> None:
         found: list[str] = []
         if state.current(time.time()) is None:
             why = f" (last error: {state.last_error})" if state.last_error else ""
-            found.append(f"jwks: no usable signing keys from {state.url}{why}")
+            found.append(f"jwks: no usable signing keys from {state.shown_url}{why}")
         if not bell.stats().get("connected"):
-            found.append(f"nats: the event bus is not connected to {rt.nats_url}; events wait in the outboxes")
+            found.append(f"nats: the event bus is not connected to {redact_url(rt.nats_url)}; events wait in the outboxes")
         return found
 
     register("nats", figures=bell.stats)

@@ -17,6 +17,7 @@ import re
 import threading
 import time
 from collections import defaultdict, deque
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -29,6 +30,7 @@ from brain.api.events import StoredEvent
 from brain.api.store_manager import StoreManager
 from brain.sections import NatsSettings
 from brain.ids import is_valid_user_id
+from brain.redact import redact_text, redact_url
 
 log = logging.getLogger("brain.api.bus")
 
@@ -80,13 +82,14 @@ class Publisher:
     def __init__(
         self,
         *,
-        url: str,
+        connect: Mapping[str, Any],
         settings: NatsSettings,
         stores: StoreManager,
         data_path: Path,
         loop: asyncio.AbstractEventLoop,
     ) -> None:
-        self.url = url
+        self.connect = connect  # nats.connect() keyword arguments: servers, credentials, TLS
+        self.shown_url = redact_url(",".join(connect.get("servers", ())))  # what logs say: no credentials
         self.settings = settings
         self.stores = stores
         self.marker_dir = data_path / "outbox"
@@ -439,7 +442,7 @@ class Publisher:
     async def _connect(self) -> None:
         s = self.settings
         self.nc = await jetstream.connect(
-            self.url,
+            self.connect,
             stopping=lambda: self._stopping,
             note=self._note_error,
             retry_seconds=s.reconnect_wait_seconds,
@@ -473,7 +476,7 @@ class Publisher:
         self.connected = True
         self.state = "connected"
         self._backoff = 0.0
-        log.info("event bus: connected to %s (stream %s)", self.url, self.settings.stream)
+        log.info("event bus: connected to %s (stream %s)", self.shown_url, self.settings.stream)
         if self._wake is not None:
             self._wake.set()
 
@@ -501,11 +504,11 @@ class Publisher:
         return False
 
     async def _on_error(self, exc: Exception) -> None:
-        self.last_error = f"nats: {exc!r}"
+        self.last_error = f"nats: {redact_text(repr(exc))}"
 
     async def _on_disconnected(self) -> None:
         if self.connected:
-            log.warning("event bus: disconnected from %s; events wait in the outboxes", self.url)
+            log.warning("event bus: disconnected from %s; events wait in the outboxes", self.shown_url)
         self.connected = False
         self.state = "disconnected"
         # Acks of what was in flight may never come: re-send it from the outboxes later.

@@ -17,14 +17,11 @@ from __future__ import annotations
 import functools
 import json
 import re
-import time
-from typing import Any, cast
+from typing import cast
 
 from aiohttp import hdrs, web
 from multidict import CIMultiDict
 
-import brain
-from brain.actors import supervisor
 from brain.api import openapi
 from brain.api.api_keys import InsufficientScope
 from brain.api.events import ReservedTypes, check_key, new_event
@@ -32,12 +29,21 @@ from brain.api.state import api_key_verifier, store_manager, token_verifier
 from brain.api.user_store import AppendRequest
 from brain.api.verifier import TokenUser
 from brain.apikeys import SCOPE_ATTR, scope
-from brain.errors import BadRequest, PayloadTooLarge
+from brain.errors import BadRequest, Forbidden, PayloadTooLarge
 from brain.health import HEALTH
 from brain.openapi import build_spec
 from brain.process import Process
 from brain.routes import CALLER_KEY, Components, Guard, Route
-from brain.web import GUARDED_ATTR, UNMATCHED_ATTR, Handler, add_route, failure_response, json_response, read_json
+from brain.web import (
+    GUARDED_ATTR,
+    UNMATCHED_ATTR,
+    Handler,
+    add_route,
+    failure_response,
+    json_response,
+    read_json,
+    require_bearer,
+)
 
 # The guard's caller key, typed as what the API's own guard puts there.
 USER_KEY = cast("web.RequestKey[TokenUser]", CALLER_KEY)
@@ -130,18 +136,22 @@ def routes(rt: Process) -> list[Route | Components]:
     health_registry = rt.stash[HEALTH]
     spec_body: list[bytes] = []
 
-    async def health(_request: web.Request) -> web.Response:
-        # Degraded is still 200: the process is up; `problems` says what is missing.
-        problems = health_registry.problems()
-        body: dict[str, Any] = {
-            "status": "degraded" if problems else "ok",
-            "problems": problems,
-            "version": brain.__version__,
-            "uptime_seconds": round(time.time() - rt.started_at, 3),
-            "supervisor": {"restarts": supervisor.total_restarts(), "escalations": supervisor.total_escalations()},
-        }
-        body.update(health_registry.sections())
-        return json_response(body)
+    detail_token = rt.settings.metrics.token.encode()
+
+    async def health(request: web.Request) -> web.Response:
+        # Degraded is still 200: the process is up; `problems` names what is missing. The detail
+        # needs the metrics token, not a user's JWT.
+        detail = "detail" in request.query
+        if detail:
+            if not detail_token:
+                raise Forbidden(
+                    "health detail is served only to the bearer of the metrics token: set metrics.token "
+                    "(BRAIN_METRICS__TOKEN), or read it on the metrics listener (metrics.port)",
+                    code="HEALTH_DETAIL_DISABLED",
+                )
+            require_bearer(request, detail_token, realm="metrics")
+        body = health_registry.document(started_at=rt.started_at, detail=detail)
+        return json_response(body, headers={"Cache-Control": "no-store"})
 
     async def openapi_json(_request: web.Request) -> web.Response:
         # Built once: the routes, and so the document, do not change while the process runs.

@@ -15,9 +15,12 @@ error="invalid_token"` and a short reason; keys missing or too stale is 503):
   `exp`/`nbf`/`iat` finite numbers, checked with a small leeway; `sub` a valid user id
   (`brain.ids.USER_ID_RE`), because it becomes a directory name and a NATS subject token.
 
-A verified token is cached (bounded, keyed by the whole header value) until its `exp`, and
-only for the key snapshot it was verified with, so a client's repeated token does not pay the
-signature check again and a key dropped from the JWKS stops its tokens at once.
+A verified token is cached (bounded) until its `exp`, and only for the key snapshot it was
+verified with, so a client's repeated token does not pay the signature check again and a key
+dropped from the JWKS stops its tokens at once. The cache is keyed by the token, not by the
+header it came in: the scheme's case and surrounding whitespace do not make a new entry, and a
+segment in a non-canonical base64url spelling (spare bits set in its last character, which
+decodes to the same bytes) is refused, so one JWT can occupy one entry only.
 """
 
 from __future__ import annotations
@@ -74,11 +77,19 @@ def _reject_constant(name: str) -> Any:
 _OBJECT_DECODER = json.JSONDecoder(object_pairs_hook=_no_duplicates, parse_constant=_reject_constant)
 _FROM_URLSAFE = bytes.maketrans(b"-_", b"+/")
 _PADDING = ("", "===", "==", "=")
+_B64URL_VALUE = {c: i for i, c in enumerate("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")}
+# By segment length mod 4: the bits of the last character that encode nothing (length 1 mod 4
+# is no base64 at all: every bit of the character would be spare).
+_SPARE_BITS = (0, 0b111111, 0b1111, 0b11)
 
 
 def _b64decode(segment: str, what: str) -> bytes:
     if not _SEGMENT_RE.fullmatch(segment):
         raise InvalidToken(f"malformed token: {what} is not base64url")
+    spare = _SPARE_BITS[len(segment) % 4]
+    if spare and _B64URL_VALUE[segment[-1]] & spare:
+        # Another spelling of the same bytes: it would verify, and take a cache entry of its own.
+        raise InvalidToken(f"malformed token: {what} is not canonical base64url")
     try:
         # base64.urlsafe_b64decode, minus its re-checks of what the pattern just established.
         return binascii.a2b_base64((segment + _PADDING[len(segment) % 4]).encode("ascii").translate(_FROM_URLSAFE))
@@ -172,8 +183,8 @@ class TokenVerifier:
         self.leeway = leeway
         self.cache_size = cache_size
         self.max_token_bytes = max_token_bytes
-        # Authorization header value -> entry. Insertion-ordered: eviction drops the oldest
-        # entry (cheaper than a true LRU, and a token's useful life is short anyway).
+        # Token -> entry. Insertion-ordered: eviction drops the oldest entry (cheaper than a
+        # true LRU, and a token's useful life is short anyway).
         self._cache: dict[str, _Entry] = {}
         self.cache_hits = 0
         self.cache_misses = 0
@@ -193,21 +204,21 @@ class TokenVerifier:
 
     def _entry(self, authorization: str | None) -> _Entry:
         now = time.time()
-        # Keyed by the whole header value: a repeated token costs one dict lookup, no slicing.
-        # The entry was verified from exactly this value, so the key is as good as the token.
-        entry = self._cache.get(authorization) if authorization else None
-        if entry is not None:
-            if entry.snapshot is self.state.current(now) and now < entry.exp:
-                self.cache_hits += 1
-                return entry
-            del self._cache[authorization]  # type: ignore[arg-type] - not None when found
         if not authorization:
             raise InvalidToken("missing bearer token")
         if len(authorization) > self.max_token_bytes + 7:
             raise InvalidToken("token too large")
         if authorization[:7].lower() != "bearer ":
             raise InvalidToken("authorization scheme must be Bearer")
+        # Keyed by the token itself: however the header spells the scheme or pads the token,
+        # one JWT is one entry (and a repeated token costs a slice and one dict lookup).
         token = authorization[7:].strip()
+        entry = self._cache.get(token)
+        if entry is not None:
+            if entry.snapshot is self.state.current(now) and now < entry.exp:
+                self.cache_hits += 1
+                return entry
+            del self._cache[token]
         self.cache_misses += 1
         user, snap, cacheable = self._verify(token, now)
         entry = _Entry(user, snap)
@@ -215,7 +226,7 @@ class TokenVerifier:
             cache = self._cache
             if len(cache) >= self.cache_size:
                 self._evict(now)
-            cache[authorization] = entry
+            cache[token] = entry
         return entry
 
     def _evict(self, now: float) -> None:

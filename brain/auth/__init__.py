@@ -7,7 +7,8 @@ sole writer), `context` (the role's per-process state), `passwords` (argon2id on
 minting), `routes` (the endpoints) and `openapi` (their description), `accounts` + `emails` +
 `smtp` + `account_routes` (email verification, password reset, deletion), `social` +
 `social_routes` + `social_openapi` + `flows` (sign-in with Google, Microsoft, GitHub, OpenID
-Connect; linked accounts), `deletion` (the auth side of account deletion; the core relays it),
+Connect; linked accounts), `passkeys` + `passkey_routes` + `passkey_openapi` (WebAuthn passkeys),
+`deletion` (the auth side of account deletion; the core relays it),
 `control` (the control socket), `cli` (declares `brain keys`, `brain users`, `brain import`;
 `admin` and `importer` run them) and `hookspecs` (sign-up, JWT claims and auth email hooks).
 """

@@ -240,8 +240,7 @@ class AccountRoutes:
             # Better Auth's emailed deletion confirmations (sendDeleteAccountVerification) are
             # not issued by brain, so no token can match one.
             raise NotFound("Invalid token", code="INVALID_TOKEN")
-        fresh_ms = self.auth.session_fresh_age_seconds * 1000
-        if req.password is None and fresh_ms and now_ms() - session.created_at >= fresh_ms:
+        if req.password is None and not self.base.is_fresh(session):
             raise BadRequest("Session expired. Re-authenticate to perform this action.", code="SESSION_EXPIRED")
         if await self.deletions.delete(user.id) is None:
             raise Unauthorized("Unauthorized", code="UNAUTHORIZED")  # deleted meanwhile

@@ -27,8 +27,11 @@ from brain.auth.deletion import as_event
 from brain.commands import offline_process, settings_from_args
 from brain.config import Settings, server_secret
 from brain.control_chars import escaped_values
+from brain.control_messages import control_key
 from brain.deletions import publish_deletions, purge_here
 from brain.errors import ConfigError
+from brain.nats_auth import connect_options
+from brain.redact import redact_text, redact_url
 
 log = logging.getLogger("brain.cli")
 
@@ -179,11 +182,13 @@ def _delete_offline(settings: Settings, ref: str) -> dict[str, Any] | None:
             # Processes elsewhere listen on the shared NATS; otherwise the server publishes
             # the pending deletion when it next starts.
             try:
-                published = asyncio.run(publish_deletions(settings.nats.url, [event]))
+                published = asyncio.run(publish_deletions(
+                    connect_options(settings.nats, settings.nats.url), control_key(server_secret(settings)), [event],
+                ))
                 DeletedUser.update(published=True).where(DeletedUser.user_id.in_(published)).execute()
             except Exception as exc:  # noqa: BLE001 - published later by the server
                 log.warning("NATS at %s unreachable (%s); the server will publish the deletion when it starts",
-                            settings.nats.url, exc)
+                            redact_url(settings.nats.url), redact_text(str(exc)))
         return {"user": public, **control.deletion_summary(row.tokens_valid_until, purged), "mode": "offline"}
     finally:
         db.close()

@@ -48,7 +48,7 @@ def register_commands(cli: CommandLine) -> None:
 
     parser = cli.subcommands.add_parser("import", help="import accounts from another auth server's database")
     kinds = parser.add_subparsers(dest="import_kind", metavar="KIND", required=True)
-    ba = kinds.add_parser("better-auth", help="a Better Auth SQLite database (user, account, session, jwks)")
+    ba = kinds.add_parser("better-auth", help="a Better Auth SQLite database (user, account, session, jwks, passkey)")
     cli.add_config_args(ba)
     ba.add_argument("path", type=Path, help="Better Auth's SQLite file, e.g. ./auth.db")
     ba.add_argument("--dry-run", action="store_true", help="report what would be imported; write nothing")

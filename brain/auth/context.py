@@ -36,9 +36,12 @@ class AuthContext:
         self.aead = keys.sealing_key(rt.secret)
         self.db = open_db(rt.settings.data_path / "auth.db")
         self.passwords = Passwords(self.auth)
-        self.ip_limiter = SlidingWindow(self.auth.rate_limit_ip_per_minute, 60.0)
+        max_keys = self.auth.rate_limit_max_keys
+        # Keyed by client_block(ip): an IPv6 client is limited per /64.
+        self.ip_limiter = SlidingWindow(self.auth.rate_limit_ip_per_minute, 60.0, max_keys=max_keys)
         self.account_failures = SlidingWindow(
-            self.auth.rate_limit_account_failures, float(self.auth.rate_limit_account_window_seconds)
+            self.auth.rate_limit_account_failures, float(self.auth.rate_limit_account_window_seconds),
+            max_keys=max_keys,
         )
         # Swapped in whole by the AuthIssuer (one reference assignment); never mutated.
         self.ring: keys.KeyRing | None = None

@@ -1,6 +1,7 @@
 """`brain import better-auth PATH/auth.db`: bring a Better Auth deployment's accounts into brain.
 
-Reads Better Auth's SQLite schema (`user`, `account`, `session`, `verification`, `jwks`) read-only
+Reads Better Auth's SQLite schema (`user`, `account`, `session`, `verification`, `jwks`, and the
+passkey plugin's `passkey`) read-only
 and writes auth.db in one transaction (rolled back with --dry-run, so a dry run reports exactly
 what a real one would do):
 
@@ -14,6 +15,10 @@ what a real one would do):
   by default for both), published in brain's JWKS until `auth.retired_key_keep_seconds` from the
   import, so JWTs Better Auth already issued keep verifying until they expire. The private halves
   (encrypted with Better Auth's secret) are never read;
+- passkeys (the passkey plugin's rows) keep their credential id, public key and signature
+  counter, so they sign in to brain as they did to Better Auth — provided brain's
+  `auth.passkey_rp_id` is Better Auth's `rpID` (a passkey is bound to its RP ID). A user with
+  only a passkey is imported too;
 - `verification` rows (emailed links, OAuth state) are short-lived and are not carried over.
 
 Running it again changes nothing: a row that is already there is counted as unchanged, never
@@ -23,6 +28,7 @@ overwritten (a user who has since changed their password in brain keeps the new 
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import sqlite3
 from dataclasses import dataclass, field
@@ -32,7 +38,10 @@ from typing import Any
 
 from brain.jwk import parse_jwks
 from brain.auth.cookies import token_hash
-from brain.auth.db import DeletedUser, ImportedKey, LinkedAccount, Session, SigningKey, User, database, now_ms, open_db
+from brain.auth.db import (
+    DeletedUser, ImportedKey, LinkedAccount, Passkey, Session, SigningKey, User, database, now_ms, open_db,
+)
+from brain.auth.passkeys import MAX_CREDENTIAL_ID, usable_public_key
 from brain.auth.passwords import is_better_auth_hash
 from brain.commands import settings_from_args
 from brain.config import Settings
@@ -42,7 +51,8 @@ from brain.ids import is_valid_user_id, new_id
 # The Better Auth jwt plugin's key type when its `alg` column is empty (keys made before 1.3).
 _DEFAULT_ALG = "EdDSA"
 _MAX_EMAIL = 254
-TABLES = ("user", "account", "session", "verification", "jwks")
+TABLES = ("user", "account", "session", "verification", "jwks", "passkey")
+_DEVICE_TYPES = ("singleDevice", "multiDevice")
 
 
 @dataclass
@@ -144,6 +154,7 @@ class _Importer:
         self._accounts()
         self._sessions()
         self._jwks()
+        self._passkeys()
         for row in self.rows["verification"]:
             self.report.tables["verification"].skip(
                 str(row.get("id")), "short-lived (emailed links, OAuth state): not carried over"
@@ -295,6 +306,60 @@ class _Importer:
                 audience=self.audience, imported_at=self.now, expires_at=self.now + keep_ms,
             )
             report.imported += 1
+
+    def _passkeys(self) -> None:
+        report = self.report.tables["passkey"]
+        for row in self.rows["passkey"]:
+            row_id, uid, credential_id = str(row.get("id")), str(row.get("userId")), row.get("credentialID")
+            if uid not in self.users:
+                report.skip(row_id, "its user was not imported")
+                continue
+            public_key = _standard_base64(row.get("publicKey"))
+            counter = row.get("counter")
+            if not isinstance(credential_id, str) or not 0 < len(credential_id) <= MAX_CREDENTIAL_ID:
+                report.skip(row_id, "no credential id")
+                continue
+            if public_key is None or not usable_public_key(base64.b64decode(public_key)):
+                report.skip(row_id, "its public key is not a usable COSE key")
+                continue
+            if not isinstance(counter, int) or isinstance(counter, bool) or not 0 <= counter < 2**32:
+                report.skip(row_id, f"counter {counter!r} is not a signature count")
+                continue
+            try:
+                created = _ms(row["createdAt"]) if row.get("createdAt") else self.now
+            except ValueError as exc:
+                report.skip(row_id, str(exc))
+                continue
+            existing = Passkey.get_or_none(Passkey.credential_id == credential_id)
+            if existing is not None:
+                if existing.user_id == uid:  # type: ignore[attr-defined]
+                    report.unchanged += 1
+                else:
+                    report.skip(row_id, "this credential is another brain user's passkey")
+                continue
+            taken = Passkey.get_or_none(Passkey.id == row_id) is not None
+            device_type = row.get("deviceType")
+            Passkey.create(
+                id=new_id() if taken else row_id, user=uid, name=row.get("name") or None, credential_id=credential_id,
+                public_key=public_key, counter=counter,
+                device_type=device_type if device_type in _DEVICE_TYPES else "singleDevice",
+                backed_up=bool(row.get("backedUp")), transports=str(row.get("transports") or ""),
+                aaguid=row.get("aaguid") or None, created_at=created,
+            )
+            report.imported += 1
+
+
+def _standard_base64(value: Any) -> str | None:
+    """A key column in standard base64 (Better Auth writes it so, and reads base64url too); None if it is neither."""
+    if not isinstance(value, str) or not value:
+        return None
+    for altchars in (b"+/", b"-_"):
+        try:
+            data = base64.b64decode(value + "=" * (-len(value) % 4), altchars=altchars, validate=True)
+        except ValueError:
+            continue
+        return base64.b64encode(data).decode()
+    return None
 
 
 def import_better_auth(

@@ -22,6 +22,7 @@ from brain.auth.control import ControlServer
 from brain.auth.deletion import account_deletions
 from brain.auth.issuer import AuthIssuer
 from brain.auth.origins import TrustedOrigins, make_origin_middleware
+from brain.auth.passkey_routes import PasskeyRoutes
 from brain.auth.profile_routes import ProfileRoutes
 from brain.auth.routes import AuthRoutes
 from brain.auth.session_routes import SessionRoutes
@@ -104,13 +105,13 @@ def register_backup(register: Callable[[BackupFile], None]) -> None:
 @hookimpl
 def register_routes(rt: Process, listener: str, register: Callable[[Route], None]) -> None:
     """Sign-up, sign-in, sessions, keys; verification, reset, profile changes and deletion;
-    session management, two-factor, API keys; social sign-in."""
+    session management, two-factor, API keys; social sign-in; passkeys."""
     if listener != LISTENER:
         return
     routes, social = _handlers(rt)
     assert routes.accounts is not None and routes.accounts.profile is not None and routes.two_factor is not None
     for endpoints in (routes, routes.accounts, routes.accounts.profile, SessionRoutes(routes), routes.two_factor,
-                      ApiKeyRoutes(routes), social):
+                      ApiKeyRoutes(routes), social, PasskeyRoutes(routes)):
         for route in endpoints.routes():
             register(route)
 

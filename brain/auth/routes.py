@@ -19,6 +19,7 @@ from brain.auth.emails import AuthMail
 from brain.auth.issuer import EmailTaken
 from brain.auth.openapi import COMPONENTS, SIGN_IN_PATHS
 from brain.auth.origins import TrustedOrigins
+from brain.auth.ratelimit import client_block
 from brain.auth.settings import jwt_issuer
 from brain.auth.validation import SignUp, parse_sign_in, parse_sign_up
 from brain.errors import BadRequest, Forbidden, ServiceUnavailable, TooManyRequests, Unauthorized
@@ -127,9 +128,10 @@ class AuthRoutes:
         return client_ip(request, self.trusted_proxies)
 
     def _limit_ip(self, ip: str) -> None:
-        wait = self.ctx.ip_limiter.take(ip)
+        block = client_block(ip)
+        wait = self.ctx.ip_limiter.take(block)
         if wait > 0:
-            log.warning("rate limit: %s over %d auth requests/minute", ip, self.auth.rate_limit_ip_per_minute)
+            log.warning("rate limit: %s over %d auth requests/minute", block, self.auth.rate_limit_ip_per_minute)
             raise too_many(wait)
 
     def _callback(self, url: str | None) -> str | None:
@@ -216,6 +218,19 @@ class AuthRoutes:
         found = await self._current(request)
         if found is None:
             raise Unauthorized("Unauthorized", code="UNAUTHORIZED")
+        return found
+
+    def is_fresh(self, session: Session) -> bool:
+        """Whether the session is younger than `session_fresh_age_seconds` (0: every session is)."""
+        fresh_ms = self.auth.session_fresh_age_seconds * 1000
+        return not fresh_ms or now_ms() - session.created_at < fresh_ms
+
+    async def require_fresh_session(self, request: web.Request) -> tuple[Session, User, str, bool]:
+        """The request's live session, 401 without one, 403 SESSION_NOT_FRESH when it is too old
+        (Better Auth's freshSessionMiddleware)."""
+        found = await self.require_session(request)
+        if not self.is_fresh(found[0]):
+            raise Forbidden("Session is not fresh", code="SESSION_NOT_FRESH")
         return found
 
     # --- endpoints ---

@@ -28,7 +28,6 @@ from brain.auth.cookies import clear_session_cookie, token_hash
 from brain.auth.db import Session, now_ms
 from brain.auth.routes import AuthRoutes, described
 from brain.auth.validation import require_object, text_field
-from brain.errors import Forbidden
 from brain.routes import Route
 from brain.web import json_response, read_json
 
@@ -84,12 +83,9 @@ class SessionRoutes:
 
     async def list_sessions(self, request: web.Request) -> web.Response:
         """GET /api/auth/list-sessions -> the user's live sessions (Better Auth's freshSessionMiddleware)."""
-        current, user, token, _ = await self.base.require_session(request)
-        fresh_ms = self.auth.session_fresh_age_seconds * 1000
-        now = now_ms()
-        if fresh_ms and now - current.created_at >= fresh_ms:
-            raise Forbidden("Session is not fresh", code="SESSION_NOT_FRESH")
-        rows = Session.select().where((Session.user == user.id) & (Session.expires_at > now)).order_by(Session.created_at)
+        current, user, token, _ = await self.base.require_fresh_session(request)
+        rows = (Session.select().where((Session.user == user.id) & (Session.expires_at > now_ms()))
+                .order_by(Session.created_at))
         body = [row.public(token if row.id == current.id else row.id) for row in rows]
         return json_response(body, headers={"Cache-Control": "no-store"})
 

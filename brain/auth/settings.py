@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from brain.config import Section, Settings
+from brain.control_chars import has_control
 from brain.errors import ConfigError
 from brain.plugins import hookimpl
 from brain.sections import require_positive
@@ -39,6 +40,9 @@ class AuthSettings:
     # Failed sign-ins per account within the window before the account is locked out.
     rate_limit_account_failures: int = 5
     rate_limit_account_window_seconds: int = 900
+    # Clients and accounts each limit remembers. Past it the least recently seen ones under
+    # their limit are forgotten; a lockout is never pushed out by other keys (brain.auth.ratelimit).
+    rate_limit_max_keys: int = 100_000
     require_email_verification: bool = False
     # A rotated key is published this long before it signs, so JWKS caches learn it first.
     key_publish_delay_seconds: float = 600.0
@@ -70,6 +74,10 @@ class AuthSettings:
     # host of the public URL.
     passkey_rp_id: str = ""
     passkey_rp_name: str = "brain"
+    # Whether passkey ceremonies ask the authenticator to verify the user (PIN, biometrics):
+    # "required" also refuses a passkey response without the UV flag; Better Auth asks
+    # "preferred" and never refuses.
+    passkey_user_verification: Literal["required", "preferred", "discouraged"] = "preferred"
     # POST /api/auth/change-email (Better Auth's user.changeEmail.enabled); false: 400 CHANGE_EMAIL_DISABLED.
     change_email_enabled: bool = True
     # A verified user's change of address is first confirmed from the old address (Better
@@ -123,6 +131,9 @@ class SocialSettings:
     # One table per provider ([social.google] ...): client_id, client_secret, discovery_url...
     settings: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
+# A WebAuthn RP ID is a domain (the origin's host or a registrable suffix of it), lower-case.
+_RP_ID = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*")
+
 
 def jwt_issuer(settings: Settings) -> str:
     """`iss` of the tokens this server mints: configured, or the auth role's public URL."""
@@ -143,6 +154,7 @@ def validate(s: Settings) -> None:
             "auth.rate_limit_ip_per_minute": s.auth.rate_limit_ip_per_minute,
             "auth.rate_limit_account_failures": s.auth.rate_limit_account_failures,
             "auth.rate_limit_account_window_seconds": s.auth.rate_limit_account_window_seconds,
+            "auth.rate_limit_max_keys": s.auth.rate_limit_max_keys,
             "auth.session_update_age_seconds": s.auth.session_update_age_seconds,
             "auth.email_verification_ttl_seconds": s.auth.email_verification_ttl_seconds,
             "auth.password_reset_ttl_seconds": s.auth.password_reset_ttl_seconds,
@@ -173,6 +185,10 @@ def validate(s: Settings) -> None:
         raise ConfigError("auth.api_key_prefix: 1-32 letters, digits, '_' or '-' (Better Auth's prefix rule)")
     if not s.auth.two_factor_issuer or any(ord(c) < 0x20 or c == ":" for c in s.auth.two_factor_issuer):
         raise ConfigError("auth.two_factor_issuer: must be non-empty, without ':' or control characters")
+    if s.auth.passkey_rp_id and not _RP_ID.fullmatch(s.auth.passkey_rp_id):
+        raise ConfigError("auth.passkey_rp_id: a host name (like example.com), without scheme, port or path")
+    if not s.auth.passkey_rp_name or has_control(s.auth.passkey_rp_name):
+        raise ConfigError("auth.passkey_rp_name: must be non-empty, without control characters")
     if s.auth.session_fresh_age_seconds < 0:
         raise ConfigError("auth.session_fresh_age_seconds: must not be negative (0: no freshness check)")
     if not 1 <= s.smtp.port <= 65535:

@@ -34,7 +34,7 @@ from aiohttp import web
 from brain.auth import flows, social_openapi
 from brain.auth.context import AuthContext
 from brain.auth.cookies import token_hash
-from brain.auth.db import LinkedAccount, Session, User, iso, now_ms
+from brain.auth.db import LinkedAccount, Session, User, iso
 from brain.auth.social import Identity, Provider, ProviderError, close_quietly, load_providers
 from brain.auth.validation import require_object, text_field, validation_error
 from brain.errors import BadRequest, Forbidden, NotFound, Unauthorized
@@ -364,8 +364,7 @@ class SocialRoutes:
         session, user, _token = await self._signed_in(request)
         body = require_object(await read_json(request, limit=self.auth.max_body_bytes))
         account_id = text_field(body, "accountId", required=True, max_len=256)
-        fresh_ms = self.auth.session_fresh_age_seconds * 1000
-        if fresh_ms and now_ms() - session.created_at >= fresh_ms:
+        if not self.base.is_fresh(session):
             raise Forbidden("Session is not fresh", code="SESSION_NOT_FRESH")
         await self.ctx.issuer("write", fn=unlink, user_id=user.id, account_id=account_id)
         log.info("user %s unlinked an account", user.id)

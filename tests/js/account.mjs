@@ -5,10 +5,9 @@
 //
 //   AUTH_URL=http://127.0.0.1:3000 API_URL=http://127.0.0.1:8080 AUDIENCE=brain node account.mjs
 import { createHmac } from "node:crypto";
-import { createAuthClient } from "better-auth/client";
 import { jwtClient, twoFactorClient } from "better-auth/client/plugins";
 import { apiKeyClient } from "@better-auth/api-key/client";
-import { createRemoteJWKSet, jwtVerify } from "jose";
+import { device as makeDevice, verifyAll } from "./device.mjs";
 import { stepsInto, summary } from "./steps.mjs";
 
 const baseURL = process.env.AUTH_URL;
@@ -19,48 +18,17 @@ if (!baseURL || !apiURL) {
   console.error("AUTH_URL and API_URL are required");
   process.exit(2);
 }
-const origin = new URL(baseURL).origin;
-const JWKS = createRemoteJWKSet(new URL(`${baseURL}/api/auth/jwks`));
 const jwts = [];
-
-// One "device": the bearer token (set-auth-token) and a cookie jar (the two_factor cookie lives
-// there), as a browser app would keep them. Cookies go with an Origin, as a browser sends them.
-function device(name) {
-  const state = { name, bearer: null, cookies: new Map(), twoFactorRedirects: [] };
-  state.client = createAuthClient({
+const device = (name) =>
+  makeDevice(name, {
     baseURL,
-    plugins: [
+    jwts,
+    plugins: (state) => [
       jwtClient(),
       twoFactorClient({ onTwoFactorRedirect: (ctx) => state.twoFactorRedirects.push(ctx) }),
       apiKeyClient(),
     ],
-    fetchOptions: {
-      auth: { type: "Bearer", token: () => state.bearer ?? undefined },
-      onRequest: (ctx) => {
-        const headers = new Headers(ctx.headers);
-        if (state.cookies.size) {
-          headers.set("cookie", [...state.cookies].map(([k, v]) => `${k}=${v}`).join("; "));
-          headers.set("origin", origin);
-        }
-        return { ...ctx, headers };
-      },
-      onResponse: (ctx) => {
-        for (const line of ctx.response.headers.getSetCookie()) {
-          const [pair] = line.split(";");
-          const eq = pair.indexOf("=");
-          const [key, value] = [pair.slice(0, eq), pair.slice(eq + 1)];
-          if (/max-age=0/i.test(line) || value === "") state.cookies.delete(key);
-          else state.cookies.set(key, value);
-        }
-        const token = ctx.response.headers.get("set-auth-token");
-        if (token) state.bearer = token;
-        const jwt = ctx.response.headers.get("set-auth-jwt");
-        if (jwt) jwts.push([`${name} ${new URL(ctx.response.url).pathname}`, jwt]);
-      },
-    },
   });
-  return state;
-}
 
 const out = { steps: {} };
 const step = stepsInto(out);
@@ -213,18 +181,7 @@ await step("apiMeAfterDelete", async () => api("/me", { "x-api-key": key() }));
 await step("listAfterDelete", async () => summary(await main.client.apiKey.list()));
 
 // --- every JWT seen, verified by jose ---------------------------------------------------------------
-await step("verify", async () => {
-  const results = {};
-  for (const [name, jwt] of jwts) {
-    try {
-      const { payload } = await jwtVerify(jwt, JWKS, { issuer, audience, algorithms: ["RS256"] });
-      results[name] = { ok: true, sub: payload.sub };
-    } catch (e) {
-      results[name] = { ok: false, error: `${e.code ?? ""} ${e.message}` };
-    }
-  }
-  return results;
-});
+await step("verify", async () => verifyAll(jwts, { baseURL, issuer, audience }));
 
 console.log(JSON.stringify(out));
 process.exit(0);
