@@ -43,7 +43,7 @@ def _store_sink(rt: Runtime) -> Any:
         stores = getattr(rt, "stores", None)
         if stores is None:
             raise RuntimeError("this process has no event stores (API role not running)")
-        return stores.append_from_thread(user_id, events, timeout=30)
+        return stores.append_from_thread(user_id, events, timeout=30, max_event_bytes=rt.settings.mail.max_event_bytes)
 
     return append
 
