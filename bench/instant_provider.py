@@ -1,9 +1,12 @@
 """A mail provider that answers instantly: the benchmark's measure of brain's own ingest path.
 
 It makes up `messages` messages (its `[plugins.instant]` table) without any I/O, so the figure
-is brain's pipeline alone — sync actor, checkpoints in mail.db, events in the user's store,
-outbox to JetStream — with no client library or fake server in the way. The Gmail figure
-(google-api-python-client against brain/testing/fakes/gmail.py) is measured beside it.
+is brain's pipeline alone — the conversion into the message model, sync actor, checkpoints in
+mail.db, events in the user's store, outbox to JetStream — with no client library or fake
+server in the way. With `html = true` every message is one of bench.mail_convert's HTML-only
+messages (20 KiB of HTML on average, converted to text on the way in); otherwise a short plain
+text one. The Gmail figure (google-api-python-client against brain/testing/fakes/gmail.py) is
+measured beside it.
 """
 
 from __future__ import annotations
@@ -11,8 +14,26 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from brain.mail.provider import Credentials, MailMessage, MailProvider, SyncContext, SyncPage, iso_utc
+from bench.mail_convert import corpus
+from brain.mail.provider import (
+    Credentials,
+    Flags,
+    MailProvider,
+    MessageContext,
+    SyncContext,
+    SyncPage,
+    iso_utc,
+    message_from_mime,
+)
 from brain.plugins import hookimpl
+
+# Distinct messages to cycle through: enough variety for realistic conversion costs.
+POOL = 60
+PLAIN = (
+    b"From: Sender <sender@bench.invalid>\r\nTo: instant@bench.invalid\r\nSubject: Benchmark message\r\n"
+    b"Date: Tue, 04 Mar 2025 10:00:00 +0000\r\nMessage-ID: <plain@bench.invalid>\r\n"
+    b"Content-Type: text/plain; charset=utf-8\r\n\r\nA short message body, as most mail is.\r\n"
+)
 
 
 class InstantProvider(MailProvider):
@@ -22,6 +43,12 @@ class InstantProvider(MailProvider):
     title = "Instant (benchmark)"
     oauth = False
 
+    def __init__(self, settings: Any, *, page_size: int = 100) -> None:
+        super().__init__(settings, page_size=page_size)
+        self.total = int(settings.get("messages", 5000))
+        html = str(settings.get("html", False)).lower() in ("true", "1", "yes")
+        self.pool = corpus(POOL)[0] if html else [PLAIN]
+
     def refresh(self, credentials: Credentials) -> Credentials:
         return Credentials(access_token="instant", expires_at=time.time() + 3600, refresh_token=credentials.refresh_token)
 
@@ -29,31 +56,26 @@ class InstantProvider(MailProvider):
         return "instant@bench.invalid"
 
     def initial_sync(self, ctx: SyncContext, checkpoint: dict[str, Any] | None) -> SyncPage:
-        total = int(self.settings.get("messages", 5000))
         start = int((checkpoint or {}).get("offset", 0))
-        end = min(total, start + ctx.page_size)
+        end = min(self.total, start + ctx.page_size)
         date = iso_utc(time.time())
         messages = [
-            MailMessage(
-                id=f"m{i:08d}",
-                thread_id=f"t{i // 4:08d}",
-                internet_message_id=f"<m{i}@bench.invalid>",
-                subject=f"Benchmark message {i}",
-                sender="Sender <sender@bench.invalid>",
-                to=("instant@bench.invalid",),
-                date=date,
-                snippet="A short preview of the message body, as providers send it.",
-                labels=("INBOX", "UNREAD"),
-                size=4096,
+            message_from_mime(
+                self.pool[i % len(self.pool)],
+                MessageContext(
+                    message_id=f"m{i:08d}", thread_id=f"t{i // 4:08d}", labels=("INBOX",), flags=Flags(),
+                    own_addresses=ctx.own_addresses, date=date,
+                ),
+                ctx.options.convert,
             )
             for i in range(start, end)
         ]
-        more = end < total
+        more = end < self.total
         return SyncPage(
             messages=messages,
             next={"offset": end} if more else None,
-            cursor=None if more else {"position": total},
-            estimated_total=total,
+            cursor=None if more else {"position": self.total},
+            estimated_total=self.total,
         )
 
     def incremental_sync(self, ctx: SyncContext, cursor: dict[str, Any]) -> SyncPage:

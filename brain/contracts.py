@@ -56,9 +56,13 @@ class EventSink(Protocol):
     """Appends events to a user's own store, atomically, from a worker or actor thread."""
 
     def append_from_thread(
-        self, user_id: str, events: Sequence[Mapping[str, Any]], timeout: float = 30
+        self, user_id: str, events: Sequence[Mapping[str, Any]], timeout: float = 30, *,
+        max_event_bytes: int | None = None,
     ) -> list[dict[str, Any]]:
-        """Store `{type, data, created_at?, key?}` events all or none; the stored events (blocking)."""
+        """Store `{type, data, created_at?, key?}` events all or none; the stored events (blocking).
+
+        `max_event_bytes`: a writer's own limit on an event's size, instead of the sink's.
+        """
 
 
 @dataclass(frozen=True)

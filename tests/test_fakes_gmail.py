@@ -232,7 +232,8 @@ def test_get_message_formats(fake: FakeGmail) -> None:
     assert full["labelIds"] == ["INBOX"]
     assert full["snippet"] == "The first bug was a moth."
     assert isinstance(full["sizeEstimate"], int) and full["internalDate"].isdigit()
-    assert base64.urlsafe_b64decode(full["payload"]["body"]["data"]) == b"The first bug was a moth."
+    data = full["payload"]["body"]["data"]
+    assert base64.urlsafe_b64decode(data + "=" * (-len(data) % 4)) == b"The first bug was a moth."
 
     metadata = messages.get(userId="me", id=msg_id, format="metadata", metadataHeaders=["Subject", "From"]).execute()
     assert [h["name"] for h in metadata["payload"]["headers"]] == ["From", "Subject"]

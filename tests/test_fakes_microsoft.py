@@ -79,10 +79,16 @@ def token_posts(fake: FakeMicrosoft) -> int:
     return fake.request_count(f"/{fake.tenant_id}/oauth2/v2.0/token", method="POST")
 
 
-def graph(fake: FakeMicrosoft, url: str, token: str, page_size: int | None = None) -> requests.Response:
+IMMUTABLE = 'IdType="ImmutableId"'
+
+
+def graph(
+    fake: FakeMicrosoft, url: str, token: str, page_size: int | None = None, prefer: tuple[str, ...] = (IMMUTABLE,)
+) -> requests.Response:
+    preferences = [*prefer, *([f"odata.maxpagesize={page_size}"] if page_size is not None else [])]
     headers = {"Authorization": f"Bearer {token}"}
-    if page_size is not None:
-        headers["Prefer"] = f"odata.maxpagesize={page_size}"
+    if preferences:
+        headers["Prefer"] = ", ".join(preferences)
     return fake.requests_session().get(url, headers=headers)
 
 
@@ -308,7 +314,7 @@ def test_delta_pages_with_maxpagesize_and_ends_with_delta_link(fake: FakeMicroso
     token = fake.issue_access_token(USER)
 
     first = graph(fake, fake.graph_url + "/me/mailFolders/inbox/messages/delta", token, page_size=10)
-    assert first.headers["Preference-Applied"] == "odata.maxpagesize=10"
+    assert first.headers["Preference-Applied"] == f"odata.maxpagesize=10, {IMMUTABLE}"
     assert "$skiptoken=" in first.json()["@odata.nextLink"]
     pages, delta_link = delta_round(fake, fake.graph_url + "/me/mailFolders/inbox/messages/delta", token, 10)
 
@@ -334,7 +340,7 @@ def test_delta_pages_with_maxpagesize_and_ends_with_delta_link(fake: FakeMicroso
     assert item["from"]["emailAddress"]["address"]
     assert item["receivedDateTime"].endswith("Z")
 
-    no_pref = graph(fake, fake.graph_url + "/me/mailFolders/inbox/messages/delta", token)
+    no_pref = graph(fake, fake.graph_url + "/me/mailFolders/inbox/messages/delta", token, prefer=())
     assert "Preference-Applied" not in no_pref.headers
     assert len(no_pref.json()["value"]) == fake.default_page_size
 
@@ -474,7 +480,8 @@ async def test_aiohttp_client_with_the_fake_ca(fake: FakeMicrosoft) -> None:
         seen = []
         while url:
             async with session.get(
-                url, ssl=context, headers={"Authorization": f"Bearer {token}", "Prefer": "odata.maxpagesize=3"}
+                url, ssl=context,
+                headers={"Authorization": f"Bearer {token}", "Prefer": f"odata.maxpagesize=3, {IMMUTABLE}"},
             ) as resp:
                 assert resp.status == 200
                 body = await resp.json(content_type=None)

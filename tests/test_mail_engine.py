@@ -9,10 +9,12 @@ tests/test_mail_server.py.
 
 from __future__ import annotations
 
+import dataclasses
+import datetime
 import json
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +23,7 @@ import pytest
 from brain.mail.settings import MailSettings
 from brain.mail.db import MailDb, States
 from brain.mail.engine import AccountSync, Outcome, QuotaPacer
-from brain.mail.provider import Credentials
+from brain.mail.provider import Credentials, SyncOptions
 from brain.mail.access_tokens import TokenProvider
 from brain_gmail.provider import GmailProvider
 from brain.testing.fakes import loopback_only
@@ -86,25 +88,38 @@ class Store:
         return replay_mailbox(self.events)
 
 
+def message_view(folders: Iterable[str], labels: Iterable[str], flags: Mapping[str, bool]) -> list[str]:
+    """One message's state as a sorted list: folders, labels, and ``+read``, ``+starred``, ``+important``."""
+    return sorted({*folders, *labels, *(f"+{name}" for name, on in flags.items() if on)})
+
+
 def replay_mailbox(events: list[dict[str, Any]]) -> dict[str, list[str]]:
-    """Replay mail events in order: message id -> labels, for the messages that still exist."""
+    """Replay mail events in order: message id -> state, for the messages that still exist."""
     box: dict[str, list[str]] = {}
     for event in events:
         if not event["type"].startswith("mail.message."):
             continue
-        mid = event["data"]["message_id"]
+        data = event["data"]
         if event["type"] == "mail.message.deleted":
-            box.pop(mid, None)
+            box.pop(data["message_id"], None)
         else:
-            box[mid] = event["data"]["labels"]
+            box[data["message_id"]] = message_view(data["folders"], data["labels"], data["flags"])
     return box
+
+
+def gmail_view(label_ids: Iterable[str], names: Mapping[str, str] | None = None) -> list[str]:
+    """What replay_mailbox gives for a Gmail message with these labels."""
+    ids = list(label_ids)
+    flags = {"read": "UNREAD" not in ids, "starred": "STARRED" in ids, "important": "IMPORTANT" in ids}
+    return message_view((), [(names or {}).get(i, i) for i in ids], flags)
 
 
 class Harness:
     """One Gmail account in a fresh mail.db, synced by an AccountSync engine."""
 
-    def __init__(self, tmp_path: Path, fake: FakeGmail, **settings: Any) -> None:
+    def __init__(self, tmp_path: Path, fake: FakeGmail, *, options: SyncOptions | None = None, **settings: Any) -> None:
         self.fake = fake
+        self.options = options or SyncOptions()
         self.db = MailDb(tmp_path / "mail.db", SECRET)
         self.store = Store()
         self.mail_settings = MailSettings(retry_base_seconds=0.1, max_backoff_seconds=5.0)
@@ -134,6 +149,8 @@ class Harness:
             sink=self.store,
             settings=self.mail_settings,
             budget=QuotaPacer(provider.quota_units_per_second),
+            address=USER,
+            options=self.options,
         )
 
     def run(self, max_steps: int = 200) -> list[Outcome]:
@@ -160,7 +177,7 @@ class Harness:
         return self.db.account(self.account_id)
 
     def fake_mailbox(self) -> dict[str, list[str]]:
-        return {m["id"]: sorted(set(m["labelIds"])) for m in self.fake.messages(USER)}
+        return {m["id"]: gmail_view(m["labelIds"]) for m in self.fake.messages(USER)}
 
 
 @pytest.fixture
@@ -172,7 +189,12 @@ def harness(tmp_path: Path, fake: FakeGmail) -> Iterator[Harness]:
 
 
 def test_initial_sync_of_a_few_hundred_messages(harness: Harness, fake: FakeGmail) -> None:
-    fake.populate(USER, 300)
+    fake.populate(USER, 299)
+    known = fake.add_message(
+        USER, sender="Grace Hopper <grace@navy.example>", subject="Compilers", body="The first bug was a moth.",
+        label_ids=["INBOX", "UNREAD", "IMPORTANT"], internet_message_id="<moth@navy.example>",
+        date=datetime.datetime(2025, 3, 4, 9, 15, tzinfo=datetime.UTC),
+    )
     outcomes = harness.run()
 
     # Three pages of 100, then an incremental pass to catch what changed meanwhile.
@@ -182,17 +204,20 @@ def test_initial_sync_of_a_few_hundred_messages(harness: Harness, fake: FakeGmai
     gmail_calls = [r.path for r in fake.requests if r.path.startswith("/gmail/")]
     assert gmail_calls[0] == "/gmail/v1/users/me/profile"  # historyId recorded before listing
     assert sum(1 for r in fake.requests if r.via_batch) == 300
-    assert {r.query["format"] for r in fake.requests if r.via_batch} == {"metadata"}
+    assert {r.query["format"] for r in fake.requests if r.via_batch} == {"full"}
 
-    newest = fake.messages(USER)[0]
-    event = next(e for e in harness.store.events if e["data"]["message_id"] == newest["id"])
-    headers = {h["name"]: h["value"] for h in newest["payload"]["headers"]}
+    event = next(e for e in harness.store.events if e["data"]["message_id"] == known)
+    resource = next(m for m in fake.messages(USER) if m["id"] == known)
     data = event["data"]
     assert data["account"] == harness.account_id and data["provider"] == "gmail" and data["address"] == USER
-    assert data["subject"] == headers["Subject"] and data["from"] == headers["From"]
-    assert data["thread_id"] == newest["threadId"] and data["snippet"] == newest["snippet"]
-    assert data["size"] == newest["sizeEstimate"] and data["internet_message_id"] == headers["Message-ID"]
-    assert event["created_at"].endswith("Z")
+    assert data["from"] == {"name": "Grace Hopper", "address": "grace@navy.example"}
+    assert data["to"] == [{"name": "", "address": USER}]
+    assert data["subject"] == "Compilers" and data["internet_message_id"] == "<moth@navy.example>"
+    assert data["body_text"] == data["body_text_clean"] == data["snippet"] == "The first bug was a moth."
+    assert data["direction"] == "received" and data["labels"] == ["INBOX", "UNREAD", "IMPORTANT"]
+    assert data["flags"] == {"read": False, "starred": False, "important": True}
+    assert data["thread_id"] == resource["threadId"] and data["size"] == resource["sizeEstimate"]
+    assert data["date"] == event["created_at"] == "2025-03-04T09:15:00.000Z"
     assert len({e["key"] for e in harness.store.events}) == 300
 
     status = harness.account.status()
@@ -409,14 +434,6 @@ def test_quota_pacing_stays_under_the_per_user_limit(tmp_path: Path, fake: FakeG
     assert h.store.types() == {"mail.message.received": 60}
 
 
-def test_full_format_stores_the_text_body(tmp_path: Path, fake: FakeGmail) -> None:
-    h = Harness(tmp_path, fake, message_format="full")
-    fake.add_message(USER, subject="with body", body="The first bug was a moth.")
-    h.run()
-    (event,) = h.store.events
-    assert event["data"]["body"].strip() == "The first bug was a moth."
-
-
 def test_disconnected_account_stops(harness: Harness, fake: FakeGmail) -> None:
     harness.db.disconnect(harness.account_id)
     assert harness.run()[-1] == Outcome("stop", reason="account is disconnected")
@@ -424,8 +441,16 @@ def test_disconnected_account_stops(harness: Harness, fake: FakeGmail) -> None:
     assert fake.requests == []
 
 
-def test_a_pathological_message_is_clipped_not_stuck(harness: Harness, fake: FakeGmail) -> None:
-    fake.add_message(USER, subject="S" * 200_000, to=", ".join(f"u{i}@example.com" for i in range(5000)))
-    assert harness.run()[-1].kind == "done"
-    (event,) = harness.store.events
-    assert len(event["data"]["subject"]) == 1000 and len(event["data"]["to"]) == 100
+def test_a_pathological_message_is_stored_within_the_event_limit(tmp_path: Path, fake: FakeGmail) -> None:
+    h = Harness(tmp_path, fake)
+    h.engine.settings = dataclasses.replace(h.mail_settings, max_event_bytes=200_000)
+    fake.add_message(
+        USER, subject="S" * 150_000, to=", ".join(f"u{i}@example.com" for i in range(5000)),
+        body='"quoted" \\ and\nbroken\n' * 20_000,
+    )
+    assert h.run()[-1].kind == "done"
+    (event,) = h.store.events
+    data = event["data"]
+    assert len(json.dumps(data, ensure_ascii=False).encode()) <= 200_000
+    assert data["truncated"] is True and data["original_sizes"]["body_text"] > 200_000
+    assert len(data["to"]) == 500  # the model keeps at most 500 addresses a header

@@ -11,9 +11,6 @@ to the conversion, regenerate and read the diff line by line before committing i
 
 from __future__ import annotations
 
-import base64
-import email.parser
-import email.policy
 import json
 import os
 import random
@@ -28,12 +25,12 @@ from hypothesis import strategies as st
 from brain.mail import provider
 from brain.mail.convert import message_from_gmail, message_from_graph, message_from_mime
 from brain.mail.message import ConvertOptions, Flags, MessageContext, MessageRecord, event_schemas
+from brain.testing.fakes.gmail import mime_payload
 
 CORPUS = Path(__file__).parent / "mail_corpus"
 REGEN = os.environ.get("BRAIN_REGEN_GOLDEN") == "1"
 OWN = ["me@example.com"]
 ENVELOPE = {"account": "acc1", "provider": "imap", "address": "me@example.com"}
-_compat32 = email.parser.BytesParser(policy=email.policy.compat32)
 
 
 def corpus_files() -> list[Path]:
@@ -164,37 +161,6 @@ def test_an_enormous_html_body_is_converted_from_a_bounded_prefix() -> None:
 
 def gmail_resource(raw: bytes, message_id: str, label_ids: list[str]) -> dict[str, Any]:
     """What Gmail's users.messages.get(format=full) answers for these MIME bytes."""
-    msg = _compat32.parsebytes(raw)
-
-    def text(value: Any) -> str:
-        return str(value).encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-
-    def part(node: Any, part_id: str) -> dict[str, Any]:
-        ctype = node.get_content_type()
-        out: dict[str, Any] = {
-            "partId": part_id,
-            "mimeType": ctype,
-            "filename": text(node.get_filename() or ""),
-            "headers": [{"name": k, "value": text(v)} for k, v in node.raw_items()],
-        }
-        if node.is_multipart() and not ctype.startswith("message/"):
-            out["body"] = {"size": 0}
-            prefix = f"{part_id}." if part_id else ""
-            out["parts"] = [part(child, f"{prefix}{i}") for i, child in enumerate(node.get_payload())]
-            return out
-        if node.is_multipart():  # message/rfc822: Gmail lists the enclosed message's parts too
-            inner = node.get_payload()
-            out["parts"] = [part(m, f"{part_id}.{i}") for i, m in enumerate(inner)]
-            data = b"".join(m.as_bytes() for m in inner)
-        else:
-            data = node.get_payload(decode=True) or b""
-        # Gmail sends the content of parts without a file name; the rest only by attachmentId.
-        if not node.get_filename():
-            out["body"] = {"size": len(data), "data": base64.urlsafe_b64encode(data).decode().rstrip("=")}
-        else:
-            out["body"] = {"size": len(data), "attachmentId": f"ANGjdJ_{message_id}_{part_id}"}
-        return out
-
     return {
         "id": message_id,
         "threadId": f"t-{message_id}",
@@ -202,7 +168,7 @@ def gmail_resource(raw: bytes, message_id: str, label_ids: list[str]) -> dict[st
         "snippet": "gmail's own snippet",
         "sizeEstimate": len(raw),
         "internalDate": "1741083300000",
-        "payload": part(msg, ""),
+        "payload": mime_payload(raw, message_id),
     }
 
 

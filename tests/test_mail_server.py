@@ -18,16 +18,17 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
+import jsonschema
 import nats
 import pytest
 import requests
 
 from brain.testing.fakes.gmail import FakeGmail
-from brain.testing.fakes.microsoft import FakeMicrosoft
+from brain.testing.fakes.microsoft import WELL_KNOWN_FOLDERS, FakeMicrosoft
 from brain.testing.fakes.tls import tls_files
 from tests.support import REPO, BrainServer, wait_until
 from tests.test_auth_helpers import new_user
-from tests.test_mail_engine import gmail_settings, replay_mailbox
+from tests.test_mail_engine import gmail_settings, gmail_view, message_view, replay_mailbox
 from tests.test_plugins import SAMPLE_DIST
 
 GMAIL_USER = "ada@example.com"
@@ -120,6 +121,14 @@ class Client:
         """The mailbox as the stored events tell it."""
         return replay_mailbox(self.events())
 
+    def assert_events_follow_the_openapi_schemas(self) -> None:
+        """Every stored mail event's data validates against its schema in /openapi.json."""
+        schemas = requests.get(self.server.api_url + "/openapi.json", timeout=10).json()["components"]["schemas"]
+        events = [e for e in self.events() if e["type"].startswith("mail.")]
+        assert events
+        for event in events:
+            jsonschema.Draft202012Validator(schemas[event["type"]]).validate(event["data"])
+
     def jetstream_counts(self) -> Counter[str]:
         """Messages on JetStream per event type for this user."""
         nats_url = self.server.nats_url()
@@ -137,18 +146,22 @@ class Client:
 
 
 def gmail_mailbox(fake: FakeGmail, user: str = GMAIL_USER) -> dict[str, list[str]]:
-    return {m["id"]: sorted(set(m["labelIds"])) for m in fake.messages(user)}
-
-
-def outlook_labels(message: dict[str, Any]) -> list[str]:
-    labels = ["INBOX"] + (["UNREAD"] if not message["isRead"] else [])
-    labels += ["FLAGGED"] if message["flag"]["flagStatus"] == "flagged" else []
-    labels += ["IMPORTANT"] if message["importance"] == "high" else []
-    return sorted(labels + [f"category:{c}" for c in message["categories"]])
+    """The Gmail mailbox as replay_mailbox shows a synced one (spam and trash left out)."""
+    return {m["id"]: gmail_view(m["labelIds"]) for m in fake.messages(user) if not {"SPAM", "TRASH"} & set(m["labelIds"])}
 
 
 def outlook_mailbox(fake: FakeMicrosoft, user: str = MS_USER) -> dict[str, list[str]]:
-    return {m["id"]: outlook_labels(m) for m in fake.messages(user, "inbox")}
+    """The Outlook mailbox as replay_mailbox shows a synced one (Junk Email, Deleted Items left out)."""
+    names = {fake.folder_id(user, wk): name for wk, name in WELL_KNOWN_FOLDERS.items()}
+    left_out = {fake.folder_id(user, "junkemail"), fake.folder_id(user, "deleteditems")}
+    return {
+        m["id"]: message_view(
+            [names[m["parentFolderId"]]], m["categories"],
+            {"read": m["isRead"], "starred": m["flag"]["flagStatus"] == "flagged", "important": m["importance"] == "high"},
+        )
+        for m in fake.messages(user)
+        if m["parentFolderId"] not in left_out
+    }
 
 
 def test_gmail_sync_lands_in_the_store_and_on_jetstream(tmp_path: Path, gmail: FakeGmail) -> None:
@@ -177,6 +190,7 @@ def test_gmail_sync_lands_in_the_store_and_on_jetstream(tmp_path: Path, gmail: F
         assert counts == {"mail.message.received": 261, "mail.message.updated": 1, "mail.message.deleted": 1}
         assert any(e["data"]["message_id"] == new_id for e in alice.events("mail.message.received"))
         wait_until(lambda: alice.jetstream_counts() == counts, timeout=20, what="JetStream to catch up")
+        alice.assert_events_follow_the_openapi_schemas()
 
         # Another user sees none of it.
         bob = Client(server)
@@ -473,26 +487,46 @@ def test_disconnect_stops_sync_and_keeps_the_events(tmp_path: Path, gmail: FakeG
 
 def test_outlook_sync_incremental_and_expired_delta(tmp_path: Path, microsoft: FakeMicrosoft) -> None:
     ids = microsoft.populate(MS_USER, 130)
-    microsoft.add_message(MS_USER, folder="archive", subject="not in the inbox")
+    archived = microsoft.add_message(
+        MS_USER, folder="archive", subject="Filed away", sender="Ada Lovelace <ada@analytical.example>",
+        to=[f"Grace <{MS_USER}>"], body="<p>Filed <b>away</b></p>", body_type="html", is_read=True,
+        categories=["Blue"], received=datetime.datetime(2025, 3, 4, 9, 15, tzinfo=datetime.UTC),
+        internet_message_id="<filed@analytical.example>",
+    )
+    microsoft.add_message(MS_USER, folder="junkemail", subject="spam")
     with BrainServer(tmp_path / "brain", config=mail_config(microsoft=microsoft)) as server:
         alice = Client(server)
         account = alice.connect("outlook", microsoft.issue_refresh_token(MS_USER))
         assert account["address"] == MS_USER
         status = alice.wait_state(account["account"], "idle")
-        assert status["messages_synced"] == 130
-        assert status["initial_sync"] == {"complete": True, "done": 130, "estimated_total": 130}
+        assert status["messages_synced"] == 131
+        assert status["initial_sync"] == {"complete": True, "done": 131, "estimated_total": 131}
         assert alice.mailbox() == outlook_mailbox(microsoft)
-        first = alice.events("mail.message.received")[0]["data"]
-        assert first["provider"] == "outlook" and first["from"] and first["thread_id"] and first["date"]
+        filed = next(e for e in alice.events("mail.message.received") if e["data"]["message_id"] == archived)
+        data = filed["data"]
+        assert {k: v for k, v in data.items() if k not in ("account", "thread_id", "size")} == {
+            "provider": "outlook", "address": MS_USER, "message_id": archived,
+            "internet_message_id": "<filed@analytical.example>", "in_reply_to": None, "references": [],
+            "from": {"name": "Ada Lovelace", "address": "ada@analytical.example"},
+            "to": [{"name": "Grace", "address": MS_USER}], "cc": [], "bcc": [], "reply_to": [],
+            "subject": "Filed away", "date": "2025-03-04T09:14:58.000Z", "direction": "received",
+            "folders": ["Archive"], "labels": ["Blue"], "flags": {"read": True, "starred": False, "important": False},
+            "snippet": "Filed away", "body_text": "Filed away", "body_text_clean": "Filed away",
+            "attachments": [], "has_attachments": False, "truncated": False,
+        }
+        assert data["thread_id"] and data["size"] > 1500
 
-        # Incremental through the deltaLink: new, read + categorised, deleted, moved away.
+        # Incremental through the deltaLinks: new, read + categorised, deleted, moved (an update).
         microsoft.add_message(MS_USER, subject="new in inbox")
         microsoft.update_message(MS_USER, ids[0], is_read=True, categories=["Blue"])
         microsoft.delete_message(MS_USER, ids[1])
         microsoft.update_message(MS_USER, ids[2], folder="archive")
+        microsoft.update_message(MS_USER, ids[5], folder="deleteditems")
         wait_until(lambda: alice.mailbox() == outlook_mailbox(microsoft), timeout=15, what="delta changes")
         counts = Counter(e["type"] for e in alice.events())
-        assert counts == {"mail.message.received": 131, "mail.message.updated": 1, "mail.message.deleted": 2}
+        assert counts == {"mail.message.received": 132, "mail.message.updated": 2, "mail.message.deleted": 2}
+        moved = next(e for e in alice.events("mail.message.updated") if e["data"]["message_id"] == ids[2])
+        assert moved["data"]["folders"] == ["Archive"]
 
         # The sync state expires (410 syncStateNotFound): a full resync reconciles.
         with microsoft.lock:
@@ -501,7 +535,8 @@ def test_outlook_sync_incremental_and_expired_delta(tmp_path: Path, microsoft: F
             microsoft.expire_delta(MS_USER)
         wait_until(lambda: alice.mailbox() == outlook_mailbox(microsoft), timeout=20, what="resync")
         received = [e["data"]["message_id"] for e in alice.events("mail.message.received")]
-        assert len(received) == len(set(received)) == 131
+        assert len(received) == len(set(received)) == 132
+        alice.assert_events_follow_the_openapi_schemas()
         wait_until(lambda: alice.jetstream_counts() == Counter(e["type"] for e in alice.events()), timeout=20)
 
 
@@ -539,14 +574,15 @@ def test_outlook_oauth_redirect_flow_and_token_cache_across_restarts(tmp_path: P
 
 def test_outlook_throttling_and_server_errors_are_retried(tmp_path: Path, microsoft: FakeMicrosoft) -> None:
     microsoft.populate(MS_USER, 20)
-    microsoft.fail_next(1, status=429, retry_after=1, path_prefix="/v1.0/me/mailFolders/inbox/messages/delta")
-    microsoft.fail_next(2, status=503, path_prefix="/v1.0/me/mailFolders/inbox/messages/delta")
+    inbox_delta = f"/v1.0/me/mailFolders/{microsoft.folder_id(MS_USER, 'inbox')}/messages/delta"
+    microsoft.fail_next(1, status=429, retry_after=1, path_prefix=inbox_delta)
+    microsoft.fail_next(2, status=503, path_prefix=inbox_delta)
     with BrainServer(tmp_path / "brain", config=mail_config(microsoft=microsoft)) as server:
         alice = Client(server)
         account = alice.connect("outlook", microsoft.issue_refresh_token(MS_USER))["account"]
         status = alice.wait_state(account, "idle", timeout=30)
         assert status["messages_synced"] == 20 and "503" in (status["last_error"] or "")
-        delta = [r for r in microsoft.requests if r.path.endswith("/messages/delta")]
+        delta = [r for r in microsoft.requests if r.path == inbox_delta]
         assert [r.status for r in delta[:4]] == [429, 503, 503, 200]
         assert delta[1].at - delta[0].at >= 1.0  # Retry-After honoured
         assert len(alice.events("mail.message.received")) == 20

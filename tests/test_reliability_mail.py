@@ -56,7 +56,7 @@ def storm_round(
     rng: random.Random, gmail: FakeGmail, microsoft: FakeMicrosoft, boxes: dict[str, list[str]], kind: int | None = None
 ) -> str:
     """One random fault or mailbox change (or the given kind, 0-9); what it was."""
-    ms_delta = "/v1.0/me/mailFolders/inbox/messages/delta"
+    ms_delta = "/v1.0/me/mailFolders/"  # folder listings and every folder's delta
     ms_token = f"/{microsoft.tenant_id}/oauth2/v2.0/token"
     kind = rng.randrange(10) if kind is None else kind
     if kind == 0:

@@ -121,11 +121,15 @@ class StoreManager:
     # -- public API: threads (actors) ---------------------------------------------------------
 
     def append_from_thread(
-        self, user_id: str, events: Sequence[Mapping[str, Any]], timeout: float = 30
+        self, user_id: str, events: Sequence[Mapping[str, Any]], timeout: float = 30, *, max_event_bytes: int | None = None
     ) -> list[dict[str, Any]]:
-        """`append` for callers on other threads (actors): blocks until committed."""
+        """`append` for callers on other threads (actors): blocks until committed.
+
+        ``max_event_bytes`` replaces `api.max_event_bytes` for a writer with a limit of its own
+        (mail sync, whose messages carry their text).
+        """
         self._not_on_loop()
-        request = AppendRequest(self._validate(user_id, events))
+        request = AppendRequest(self._validate(user_id, events, max_event_bytes))
         result = self._ask_blocking(user_id, AppendMany([request]), timeout)[0]
         if isinstance(result, Exception):
             raise result
@@ -214,11 +218,14 @@ class StoreManager:
         if not is_valid_user_id(user_id):
             raise BadRequest("user id: not a valid user id")
 
-    def _validate(self, user_id: str, events: Sequence[Mapping[str, Any]]) -> list[NewEvent]:
+    def _validate(
+        self, user_id: str, events: Sequence[Mapping[str, Any]], max_event_bytes: int | None = None
+    ) -> list[NewEvent]:
         self._check_user(user_id)
         if isinstance(events, Mapping) or not isinstance(events, Sequence) or not events:
             raise BadRequest("events: a non-empty list of {type, data, created_at?, key?}")
-        return [new_event(ev, max_bytes=self.max_event_bytes, field=f"events[{i}]") for i, ev in enumerate(events)]
+        limit = self.max_event_bytes if max_event_bytes is None else max_event_bytes
+        return [new_event(ev, max_bytes=limit, field=f"events[{i}]") for i, ev in enumerate(events)]
 
     def _query_message(
         self, user_id: str, etype: str | None, since: Any, until: Any, limit: int, cursor: str | None

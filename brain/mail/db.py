@@ -20,10 +20,12 @@ from pathlib import Path
 from typing import Any
 
 import peewee as pw
+from playhouse.migrate import SqliteMigrator, migrate
 
 from brain.ids import new_id
 from brain.mail.crypto import CredentialBox
 from brain.mail.provider import Credentials, iso_utc
+from brain.mail.selection import SyncChoices
 
 __all__ = ["Account", "IndexEntry", "MailDb", "States"]
 
@@ -73,13 +75,31 @@ class Account(_Model):
     failures = pw.IntegerField(default=0)
     created_at = pw.FloatField(default=time.time)
     updated_at = pw.FloatField(default=time.time)
+    # JSON of the user's SyncChoices (None: the defaults).
+    settings = pw.TextField(null=True)
+    # What the stored events hold of each message (selection.content_key) as of the last full
+    # pass; None: an account synced before messages had content. Another value than the
+    # account's current key means a backfill is due.
+    content = pw.CharField(null=True)
+    backfill_done = pw.IntegerField(default=0)
+    backfill_total = pw.IntegerField(null=True)
+    # Seconds until the next poll, as adaptive polling last set it.
+    poll_interval = pw.FloatField(null=True)
+    # JSON of the provider's push subscription (Gmail watch, Graph subscription), if any.
+    push = pw.TextField(null=True)
 
     class Meta:
         table_name = "accounts"
         indexes = ((("user_id", "provider", "address"), True),)
 
-    def status(self) -> dict[str, Any]:
-        """The account as `GET /mail/status` shows it."""
+    def backfill_due(self, content_key: str | None) -> bool:
+        """Whether messages synced earlier must be sent again with ``content_key``'s content."""
+        return bool(self.initial_done) and content_key is not None and self.content != content_key
+
+    def status(self, content_key: str | None = None) -> dict[str, Any]:
+        """The account as `GET /mail/status` shows it; ``content_key`` is what its events
+        should hold (`selection.content_key`), to tell whether a backfill is due."""
+        push = json.loads(self.push) if self.push else None
         return {
             "account": self.id,
             "provider": self.provider,
@@ -93,6 +113,15 @@ class Account(_Model):
                 "done": self.progress_done,
                 "estimated_total": self.progress_total,
             },
+            "backfill": {
+                "complete": not self.backfill_due(content_key) and self.phase != "backfill",
+                "running": self.phase == "backfill",
+                "done": self.backfill_done,
+                "estimated_total": self.backfill_total,
+            },
+            "sync": SyncChoices.from_json(self.settings).as_dict(),
+            "poll_interval_seconds": self.poll_interval,
+            "push": {"active": True, "expires_at": iso_utc(push.get("expires_at"))} if push else {"active": False},
             "last_error": self.last_error,
             "last_error_at": iso_utc(self.last_error_at),
             "retry_at": iso_utc(self.retry_at) if self.state in (States.BACKOFF, States.ERROR) else None,
@@ -179,9 +208,18 @@ class MailDb:
                 # Flows started before they were bound to a browser could never finish now.
                 self.db.drop_tables([OAuthState])
             self.db.create_tables(MODELS, safe=True)
+            self._add_new_columns(Account)
         # Units open and close their thread's connection; the last connection to close a WAL
         # database checkpoints it (with an fsync). This one stays open, so closing a unit is cheap.
         self._anchor: sqlite3.Connection | None = sqlite3.connect(str(self.path), check_same_thread=False)
+
+    def _add_new_columns(self, model: type[pw.Model]) -> None:
+        """Columns a newer brain added to ``model``, added to a mail.db an older one made."""
+        present = {column.name for column in self.db.get_columns(model._meta.table_name)}
+        migrator = SqliteMigrator(self.db)
+        missing = [f for f in model._meta.sorted_fields if f.column_name not in present]
+        if missing:
+            migrate(*(migrator.add_column(model._meta.table_name, f.column_name, f) for f in missing))
 
     @contextlib.contextmanager
     def unit(self) -> Iterator[None]:

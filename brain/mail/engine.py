@@ -3,10 +3,15 @@
 A run goes through phases stored on the account row (so a restart resumes exactly where the
 last committed page left it):
 
-- ``initial``: the provider's full sync, page by page. After an expired cursor this is a
-  *resync*: every message it sees is stamped with the account's new epoch.
+- ``initial``: the provider's full sync, page by page. After an expired cursor (or a change
+  of what the account syncs) this is a *resync*: every message it sees is stamped with the
+  account's new epoch.
 - ``reconcile`` (only after a resync): messages the resync did not see are gone; each gets a
   `mail.message.deleted` event.
+- ``backfill``: the provider's full listing once more, because the stored events hold less
+  of each message than the account now keeps (messages synced before brain kept bodies, or
+  the user turned bodies or HTML on): each message gets an `updated` event with its whole
+  content. The incremental cursor is kept, so nothing that changes meanwhile is missed.
 - ``incremental``: changes since the cursor, page by page.
 
 Per page, events go to the user's store first and the checkpoint (index rows + position) is
@@ -18,6 +23,7 @@ one event per key.
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import json
 import logging
@@ -33,16 +39,18 @@ from brain.mail.db import Account, IndexEntry, MailDb, States
 from brain.mail.provider import (
     AuthFailed,
     CursorExpired,
-    MailMessage,
     MailProvider,
+    MessageRecord,
     RateLimited,
     SyncContext,
+    SyncOptions,
     SyncPage,
     TokenSource,
     Transient,
 )
+from brain.mail.selection import content_key
 
-__all__ = ["AccountSync", "EventSink", "Outcome", "QuotaPacer", "StoreUnavailable", "event_key"]
+__all__ = ["AccountSync", "EventSink", "Outcome", "QuotaPacer", "StoreUnavailable", "event_key", "message_state"]
 
 log = logging.getLogger("brain.mail")
 
@@ -131,6 +139,8 @@ class AccountSync:
         settings: MailSettings,
         budget: QuotaPacer | None = None,
         rng: random.Random | None = None,
+        address: str = "",
+        options: SyncOptions | None = None,
     ) -> None:
         self.db = db
         self.account_id = account_id
@@ -139,7 +149,14 @@ class AccountSync:
         self.settings = settings
         self.budget = budget or QuotaPacer(0)
         self.rng = rng or random.Random()
-        self.ctx = SyncContext(tokens=tokens, budget=self.budget, page_size=provider.page_size, account_id=account_id)
+        self.options = options or SyncOptions()
+        self.content = content_key(self.options)
+        self.ctx = SyncContext(
+            tokens=tokens, budget=self.budget, page_size=provider.page_size, account_id=account_id,
+            address=address, options=self.options,
+        )
+        #: Events the current run stored so far (adaptive polling reads it when the run ends).
+        self.run_events = 0
 
     # The actor's entry points --------------------------------------------------------------
 
@@ -151,6 +168,7 @@ class AccountSync:
         account = self.db.account(self.account_id)
         if account is None or account.state in States.STOPPED:
             return None
+        self.run_events = 0
         wait = (account.retry_at or 0.0) - time.time()
         if account.state in (States.BACKOFF, States.ERROR) and wait > 0:
             return min(wait, self.settings.max_backoff_seconds)
@@ -176,8 +194,14 @@ class AccountSync:
         try:
             if account.phase == "reconcile":
                 return self._reconcile(account)
+            if account.phase == "incremental" and account.position is None and account.backfill_due(self.content):
+                # Between two runs: the stored events hold less than the account now keeps.
+                log.info("mail account %s: events hold %s, the account keeps %s; backfilling", account.id,
+                         account.content, self.content)
+                self.db.update_account(self.account_id, phase="backfill", backfill_done=0, backfill_total=None)
+                account = self.db.account(self.account_id) or account
             position = _loads(account.position)
-            if account.phase == "initial":
+            if account.phase in ("initial", "backfill"):
                 page = self.provider.initial_sync(self.ctx, position)
             else:
                 cursor = position or _loads(account.cursor)
@@ -214,38 +238,41 @@ class AccountSync:
     def _apply(self, account: Account, page: SyncPage) -> Outcome:
         """Turn a page into events, store them, then checkpoint."""
         epoch = account.epoch
-        latest: dict[str, MailMessage] = {}
-        for message in page.messages:
-            latest[message.id] = message  # a message twice in a page: its last state wins
-        deleted = [mid for mid in dict.fromkeys(page.deleted)]
+        latest: dict[str, MessageRecord] = {}
+        for record in page.messages:
+            latest[record.message_id] = record  # a message twice in a page: its last state wins
+        deleted = [mid for mid in dict.fromkeys(page.deleted) if mid not in latest]
         index = self.db.index_entries(account.id, [*latest, *deleted])
         events: list[dict[str, Any]] = []
         entries: dict[str, IndexEntry] = {}
         received = removed = 0
-        for message in latest.values():
-            entry = index.get(message.id)
-            state = message.state()
+        for record in latest.values():
+            entry = index.get(record.message_id)
+            state = message_state(record)
+            stored = {**state, "content": self.content}
             if entry is None or entry.deleted:
+                if not self._in_window(record):
+                    continue  # older than the account's sync window, and never stored
                 rev = (entry.rev if entry else 0) + 1
-                events.append(self._event(account, RECEIVED, message.id, rev, message.as_event_data(), message.date))
-                entries[message.id] = IndexEntry(message.id, rev, state, message.thread_id, False, epoch)
+                events.append(self._event(account, RECEIVED, record.message_id, rev, record.as_event_data(), record.date))
+                entries[record.message_id] = IndexEntry(record.message_id, rev, stored, record.thread_id, False, epoch)
                 received += 1
-            elif entry.state != state:
+            elif entry.state.get("content") != self.content:
+                # Stored before the account kept this much of a message: the whole of it again.
                 rev = entry.rev + 1
-                before, after = set(entry.state.get("labels", [])), set(state["labels"])
-                data = {
-                    "message_id": message.id,
-                    "thread_id": message.thread_id,
-                    "labels": state["labels"],
-                    "added_labels": sorted(after - before),
-                    "removed_labels": sorted(before - after),
-                }
-                events.append(self._event(account, UPDATED, message.id, rev, data))
-                entries[message.id] = IndexEntry(message.id, rev, state, message.thread_id, False, epoch)
+                data = {**record.as_event_data(), **_label_changes(entry.state, state)}
+                events.append(self._event(account, UPDATED, record.message_id, rev, data))
+                entries[record.message_id] = IndexEntry(record.message_id, rev, stored, record.thread_id, False, epoch)
+            elif _comparable(entry.state) != state:
+                rev = entry.rev + 1
+                data = {"message_id": record.message_id, "thread_id": record.thread_id, **state,
+                        **_label_changes(entry.state, state)}
+                events.append(self._event(account, UPDATED, record.message_id, rev, data))
+                entries[record.message_id] = IndexEntry(record.message_id, rev, stored, record.thread_id, False, epoch)
             elif entry.epoch != epoch:
-                entries[message.id] = replace(entry, epoch=epoch)
+                entries[record.message_id] = replace(entry, epoch=epoch)
         for message_id in deleted:
-            entry = entries.get(message_id) or index.get(message_id)
+            entry = index.get(message_id)
             if entry is None or entry.deleted:
                 continue  # never stored (added and removed between two syncs): nothing to say
             rev = entry.rev + 1
@@ -269,6 +296,7 @@ class AccountSync:
                 fields["progress_total"] = page.estimated_total
             if page.next is None:
                 fields["cursor"] = _dumps(page.cursor)
+                fields["content"] = self.content  # every message now in the store was seen whole
                 if account.resync:
                     fields["phase"] = "reconcile"
                 else:
@@ -277,6 +305,15 @@ class AccountSync:
                     if fields.get("progress_total") is None and account.progress_total is None:
                         fields["progress_total"] = fields["progress_done"]
                 # Go straight on to an incremental pass: it catches what changed meanwhile.
+        elif account.phase == "backfill":
+            fields["backfill_done"] = account.backfill_done + len(latest)
+            if page.estimated_total is not None:
+                fields["backfill_total"] = page.estimated_total
+            if page.next is None:
+                # The listing's own cursor is dropped: the stored one still covers every change
+                # since the last incremental run, this backfill's duration included.
+                fields["phase"] = "incremental"
+                fields["content"] = self.content
         elif page.next is None:
             if page.cursor is not None:
                 fields["cursor"] = _dumps(page.cursor)
@@ -284,7 +321,19 @@ class AccountSync:
             fields["last_sync_at"] = time.time()
             outcome = Outcome("done")
         self.db.commit_page(account.id, list(entries.values()), fields)
+        self.run_events += len(events)
         return outcome
+
+    def _in_window(self, record: MessageRecord) -> bool:
+        """Whether a message not stored yet is recent enough for the account's sync window."""
+        since = self.options.since
+        if since is None or record.date is None:
+            return True
+        try:
+            moment = datetime.datetime.fromisoformat(record.date.replace("Z", "+00:00"))
+        except ValueError:
+            return True
+        return moment.timestamp() >= since
 
     def _reconcile(self, account: Account) -> Outcome:
         """Delete (as events) what a finished resync did not see, a chunk per step."""
@@ -305,6 +354,7 @@ class AccountSync:
         self.db.commit_page(
             account.id, entries, {"messages_synced": max(0, account.messages_synced - len(stale))}
         )
+        self.run_events += len(events)
         return Outcome("more")
 
     # Helpers -------------------------------------------------------------------------------
@@ -312,7 +362,10 @@ class AccountSync:
     def _event(
         self, account: Account, kind: str, message_id: str, rev: int, data: dict[str, Any], created_at: str | None = None
     ) -> dict[str, Any]:
-        body = {"account": account.id, "provider": account.provider, "address": account.address, **data}
+        body = fit_event_data(
+            {"account": account.id, "provider": account.provider, "address": account.address, **data},
+            self.settings.max_event_bytes,
+        )
         event: dict[str, Any] = {"type": kind, "data": body, "key": event_key(account.id, message_id, rev)}
         if created_at is not None:
             event["created_at"] = created_at
@@ -340,6 +393,82 @@ class AccountSync:
             retry_at=now + delay, failures=account.failures + 1,
         )
         return Outcome("retry", delay=delay, reason=message)
+
+
+_STATE_KEYS = ("folders", "labels", "flags")
+# Text fields cut, in this order, when an event would not fit: the least needed first.
+_CUTTABLE = ("body_html", "body_text", "body_text_clean")
+_CLIPPED = ("subject", "snippet")
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
+def fit_event_data(data: dict[str, Any], max_bytes: int) -> dict[str, Any]:
+    """``data`` cut to at most ``max_bytes`` of JSON, for the store and JetStream to take it.
+
+    The text caps keep ordinary mail well inside; this catches the rest (three capped fields
+    of quotes and line breaks, a megabyte subject, hundreds of long display names): body
+    fields are cut (``truncated``, ``original_sizes``), then the subject and snippet clipped,
+    then the address lists and attachments emptied. The event is never refused.
+    """
+    # A character is at most 6 bytes of JSON (an escape): most events need no measuring.
+    if _rough_chars(data) * 6 + 4096 < max_bytes:
+        return data
+    size = len(_ENCODER.encode(data).encode())
+    if size <= max_bytes:
+        return data
+    data = dict(data)
+    original = dict(data.get("original_sizes") or {})
+    for name in _CUTTABLE:
+        text = data.get(name)
+        if not isinstance(text, str) or not text:
+            continue
+        over = size - max_bytes
+        encoded = text.encode()
+        keep = encoded[: max(0, len(encoded) - over - 64)].decode(errors="ignore")
+        original.setdefault(name, len(encoded))
+        data[name] = keep
+        data["truncated"] = True
+        data["original_sizes"] = original
+        size = len(_ENCODER.encode(data).encode())
+        if size <= max_bytes:
+            return data
+    for name in _CLIPPED:
+        if isinstance(data.get(name), str):
+            data[name] = data[name][:1000]
+    for name in ("to", "cc", "bcc", "reply_to", "references", "attachments"):
+        if name in data and len(_ENCODER.encode(data).encode()) > max_bytes:
+            data[name] = []
+    return data
+
+
+
+def _rough_chars(value: Any) -> int:
+    """Characters of every string in a JSON value, plus a few per item for the syntax."""
+    if isinstance(value, str):
+        return len(value)
+    if isinstance(value, dict):
+        return sum(len(k) + 4 + _rough_chars(v) for k, v in value.items())
+    if isinstance(value, list):
+        return sum(2 + _rough_chars(v) for v in value)
+    return 24
+
+
+def message_state(record: MessageRecord) -> dict[str, Any]:
+    """The part of a message whose change is a `mail.message.updated` event."""
+    return {
+        "folders": sorted(set(record.folders)),
+        "labels": sorted(set(record.labels)),
+        "flags": record.flags.as_json(),
+    }
+
+
+def _comparable(state: dict[str, Any]) -> dict[str, Any]:
+    return {key: state.get(key) for key in _STATE_KEYS}
+
+
+def _label_changes(before: dict[str, Any], after: dict[str, Any]) -> dict[str, list[str]]:
+    old, new = set(before.get("labels") or ()), set(after["labels"])
+    return {"added_labels": sorted(new - old), "removed_labels": sorted(old - new)}
 
 
 def _loads(raw: str | None) -> dict[str, Any] | None:

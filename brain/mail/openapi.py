@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from brain.apikeys import with_api_keys
+from brain.mail.provider import event_schemas
 from brain.openapi import json_body as _json
 from brain.openapi import ref as _ref
 
@@ -194,7 +195,7 @@ SCHEMAS: dict[str, Any] = {
             "provider": {"type": "string"},
             "address": {"type": "string"},
             "state": {"enum": ["syncing", "idle", "backoff", "needs_reauth", "error", "disconnected"]},
-            "phase": {"enum": ["initial", "reconcile", "incremental"]},
+            "phase": {"enum": ["initial", "reconcile", "backfill", "incremental"]},
             "last_sync_at": {"type": ["string", "null"], "format": "date-time"},
             "messages_synced": {"type": "integer"},
             "initial_sync": {
@@ -205,10 +206,46 @@ SCHEMAS: dict[str, Any] = {
                     "estimated_total": {"type": ["integer", "null"]},
                 },
             },
+            "backfill": {
+                "type": "object",
+                "description": "Messages synced before the account kept this much content are sent again, once",
+                "properties": {
+                    "complete": {"type": "boolean"},
+                    "running": {"type": "boolean"},
+                    "done": {"type": "integer"},
+                    "estimated_total": {"type": ["integer", "null"]},
+                },
+            },
+            "sync": _ref("MailSyncChoices"),
+            "poll_interval_seconds": {"type": ["number", "null"], "description": "Until the next poll"},
+            "push": {
+                "type": "object",
+                "properties": {
+                    "active": {"type": "boolean"},
+                    "expires_at": {"type": ["string", "null"], "format": "date-time"},
+                },
+            },
             "last_error": {"type": ["string", "null"]},
             "last_error_at": {"type": ["string", "null"], "format": "date-time"},
             "retry_at": {"type": ["string", "null"], "format": "date-time"},
             "connected_at": {"type": "string", "format": "date-time"},
         },
     },
+    "MailSyncChoices": {
+        "type": "object",
+        "description": "What an account syncs (the user's choice)",
+        "properties": {
+            "folders": {
+                "type": ["array", "null"],
+                "items": {"type": "string"},
+                "description": "Folders or labels (names, Outlook well-known names, IMAP special-use flags); null: all",
+            },
+            "exclude_spam_trash": {"type": "boolean"},
+            "sync_window_days": {"type": ["integer", "null"], "minimum": 1, "description": "null: every message"},
+            "bodies": {"type": "boolean"},
+            "keep_html": {"type": ["boolean", "null"], "description": "null: the server's [mail] keep_html"},
+        },
+    },
+    # The data of each mail event, by event type (what GET /events and JetStream carry).
+    **event_schemas(),
 }

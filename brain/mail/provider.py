@@ -38,7 +38,7 @@ import email.utils
 import json
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
@@ -61,10 +61,12 @@ from brain.mail.message import (
     event_schemas,
     iso_utc,
 )
+from brain.mail.parts import MimePart, mime_part
 
 __all__ = [
     "Address",
     "Attachment",
+    "AttachmentContent",
     "AuthFailed",
     "ConnectRejected",
     "ConvertOptions",
@@ -72,14 +74,17 @@ __all__ = [
     "CursorExpired",
     "Direction",
     "Flags",
-    "MailMessage",
     "MailProvider",
     "MessageContext",
+    "MessageGone",
     "MessageRecord",
+    "MimePart",
     "ProviderError",
     "QuotaBudget",
     "RateLimited",
+    "Revocation",
     "SyncContext",
+    "SyncOptions",
     "SyncPage",
     "TokenSource",
     "Transient",
@@ -90,7 +95,9 @@ __all__ = [
     "message_from_gmail",
     "message_from_graph",
     "message_from_mime",
+    "mime_part",
     "parse_retry_after",
+    "without_body",
 ]
 
 
@@ -127,6 +134,10 @@ class CursorExpired(ProviderError):
 
 class ConnectRejected(ProviderError):
     """Input to connect is missing or wrong; the message names the field (sent as a 400)."""
+
+
+class MessageGone(ProviderError):
+    """The message or attachment asked for is not at the provider (any more)."""
 
 
 # Data --------------------------------------------------------------------------------------
@@ -172,80 +183,54 @@ class Credentials:
         )
 
 
-@dataclass(frozen=True)
-class MailMessage:
-    """One message as the core stores it, whatever the provider.
-
-    ``labels`` carries the mutable state the core watches for changes: provider labels or
-    folders plus normalised flags (``UNREAD``, ``STARRED``/``FLAGGED``, categories).
-    """
-
-    id: str
-    thread_id: str | None = None
-    internet_message_id: str | None = None
-    subject: str = ""
-    sender: str = ""
-    to: tuple[str, ...] = ()
-    cc: tuple[str, ...] = ()
-    date: str | None = None  # ISO 8601, UTC
-    snippet: str = ""
-    labels: tuple[str, ...] = ()
-    size: int | None = None
-    headers: Mapping[str, str] = field(default_factory=dict)
-    # Optional extras a provider was configured to fetch (a text body, ...); JSON values.
-    extra: Mapping[str, Any] = field(default_factory=dict)
-
-    def state(self) -> dict[str, Any]:
-        """The part whose change is a `mail.message.updated` event."""
-        return {"labels": sorted(set(self.labels))}
-
-    def as_event_data(self) -> dict[str, Any]:
-        """The message part of a `mail.message.received` event.
-
-        Free-text fields are clipped: one pathological message (a megabyte subject, ten
-        thousand recipients) must not make its page too big for the store forever.
-        """
-        data: dict[str, Any] = {
-            "message_id": self.id,
-            "thread_id": self.thread_id,
-            "internet_message_id": _clip(self.internet_message_id),
-            "subject": _clip(self.subject),
-            "from": _clip(self.sender),
-            "to": [_clip(a) for a in self.to[:_MAX_RECIPIENTS]],
-            "cc": [_clip(a) for a in self.cc[:_MAX_RECIPIENTS]],
-            "date": self.date,
-            "snippet": _clip(self.snippet),
-            "labels": sorted(set(self.labels))[:_MAX_RECIPIENTS],
-            "size": self.size,
-            "headers": {k[:100]: _clip(v) for k, v in list(self.headers.items())[:20]},
-        }
-        data.update(self.extra)
-        return data
-
-
-_MAX_TEXT = 1000
-_MAX_RECIPIENTS = 100
-
-
-def _clip(value: str | None) -> str | None:
-    return value[:_MAX_TEXT] if value is not None else None
-
-
 @dataclass
 class SyncPage:
     """One page of a sync run.
 
-    ``next`` is not None while the run has more pages: the core checkpoints it and passes it
-    back to the same method. On the last page ``next`` is None and ``cursor`` is where
-    incremental sync starts from now on. Both are small JSON objects only the provider reads.
+    ``messages`` are the messages the page found new or changed, each converted whole (the
+    core compares them with what the user's store holds and emits only real changes);
+    ``deleted`` the ids of messages that are gone or left what the account syncs (moved to
+    spam, out of the chosen folders). ``next`` is not None while the run has more pages: the
+    core checkpoints it and passes it back to the same method. On the last page ``next`` is
+    None and ``cursor`` is where incremental sync starts from now on. Both are small JSON
+    objects only the provider reads.
     """
 
-    messages: list[MailMessage] = field(default_factory=list)
+    messages: list[MessageRecord] = field(default_factory=list)
     deleted: list[str] = field(default_factory=list)
     next: dict[str, Any] | None = None
     cursor: dict[str, Any] | None = None
     # Initial sync only: the provider's estimate of the mailbox size (for progress).
     estimated_total: int | None = None
+
+
+@dataclass
+class AttachmentContent:
+    """An attachment's content as a provider hands it over: its type, name, size if known,
+    and the content in chunks (read once, from the thread that asked)."""
+
+    mime_type: str
+    filename: str
+    size: int | None
+    chunks: Iterator[bytes]
+
+
+@dataclass(frozen=True)
+class Revocation:
+    """What disconnecting did at the provider: ``revoked`` True (the grant is gone there), False
+    (it could not be revoked: ``detail`` says why and what the user can do), or None (there
+    was no grant, e.g. a password, which brain deletes)."""
+
+    revoked: bool | None
+    detail: str
+
+
+def without_body(record: MessageRecord) -> MessageRecord:
+    """``record`` with its text left out, for an account that syncs no bodies (the snippet,
+    headers, flags and attachments stay)."""
+    return dataclasses.replace(
+        record, body_text="", body_text_clean="", body_html=None, truncated=False, original_sizes={}
+    )
 
 
 def parse_retry_after(value: str | None) -> float | None:
@@ -288,18 +273,48 @@ class QuotaBudget(Protocol):
         """Account for ``units`` of provider quota, waiting first if the budget is used up."""
 
 
+@dataclass(frozen=True)
+class SyncOptions:
+    """What the user chose to sync for one account, and how much of each message to keep.
+
+    ``folders`` names what to sync, in the provider's terms (Gmail label names or ids, Outlook
+    folder names or well-known names such as ``sentitems``, IMAP folder names or special-use
+    flags such as ``\\Sent``); None means the provider's whole mailbox. ``exclude_spam_trash``
+    leaves spam/junk and trash out (a message moved there is reported as deleted). ``since``
+    (epoch seconds) limits listings to messages received after it. Without ``bodies`` a
+    provider fetches no body text (headers, flags and attachment metadata still come).
+    """
+
+    folders: tuple[str, ...] | None = None
+    exclude_spam_trash: bool = True
+    since: float | None = None
+    bodies: bool = True
+    convert: ConvertOptions = field(default_factory=ConvertOptions)
+
+
 @dataclass
 class SyncContext:
-    """What a provider's sync methods get: tokens, pacing and the page size."""
+    """What a provider's sync methods get: tokens, pacing, the page size and the user's choices.
+
+    ``address`` is the account's own address (what makes a message ``sent`` when the provider
+    has no word for it); pass ``own_addresses`` to the converters.
+    """
 
     tokens: TokenSource
     budget: QuotaBudget
     page_size: int
     account_id: str = ""
+    address: str = ""
+    options: SyncOptions = field(default_factory=SyncOptions)
     # Ask the core to sync this account now (or right after the run in progress); callable
     # from any thread. Push-style providers (IMAP IDLE, webhooks) call it when the service
     # reports a change; it raises once the account's actor is gone. None: nothing to wake.
     wake: Callable[[str], None] | None = None
+
+    @property
+    def own_addresses(self) -> tuple[str, ...]:
+        """The account's own addresses, for the converters' ``own_addresses``."""
+        return (self.address,) if self.address else ()
 
 
 # The contract --------------------------------------------------------------------------
@@ -378,6 +393,23 @@ class MailProvider(ABC):
     @abstractmethod
     def incremental_sync(self, ctx: SyncContext, cursor: dict[str, Any]) -> SyncPage:
         """One page of changes since ``cursor``; ``CursorExpired`` if it is too old."""
+
+    # Attachments and disconnecting ------------------------------------------------------
+
+    def fetch_attachment(self, ctx: SyncContext, message_id: str, attachment_id: str) -> AttachmentContent:
+        """The content of one attachment the model listed (``Attachment.id``) of one message.
+
+        ``MessageGone`` when the message or the attachment is not there. The core caps the size
+        and streams the chunks to the client as they come.
+        """
+        raise ProviderError(f"{self.title or self.name} cannot download attachments")
+
+    def revoke(self, credentials: Credentials) -> Revocation:
+        """Withdraw brain's grant at the provider (the user disconnects); never raises.
+
+        The default says nothing was revoked; a provider that can revoke does so here.
+        """
+        return Revocation(False, f"{self.title or self.name} offers no way for brain to revoke its access")
 
     def close(self) -> None:
         """Release clients and connections (the account's actor is stopping)."""

@@ -130,7 +130,7 @@ def routes(rt: Process, service: MailService) -> list[Route]:
         account, created = result
         await start_sync(account, reconnect=not created)
         fresh = await blocking(lambda: service.db.account(account.id))
-        return (fresh or account).status(), created
+        return service.account_status(fresh or account), created
 
     async def connect(request: web.Request) -> web.Response:
         user_id = user_of(request)
@@ -232,7 +232,7 @@ def routes(rt: Process, service: MailService) -> list[Route]:
             await bridge.ask(sup.proxy().terminate_child(child_id(account)))
         await blocking(lambda: service.db.disconnect(account.id))
         fresh = await blocking(lambda: service.db.account(account.id))
-        return json_response({"account": (fresh or account).status(), "events_kept": True})
+        return json_response({"account": service.account_status(fresh or account), "events_kept": True})
 
     components = {"schemas": SCHEMAS}
     return [

@@ -28,13 +28,16 @@ from brain.mail.engine import AccountSync, EventSink, QuotaPacer
 from brain.mail.provider import (
     AuthFailed,
     ConnectRejected,
+    ConvertOptions,
     Credentials,
     MailProvider,
     ProviderError,
     SyncContext,
+    SyncOptions,
     iso_utc,
 )
 from brain.mail.registry import ProviderRegistry
+from brain.mail.selection import SyncChoices, content_key
 from brain.mail.sync import MailSync
 from brain.mail.access_tokens import TokenProvider
 from brain.process import Process
@@ -152,7 +155,15 @@ class MailService:
             sink=self.sink,
             settings=self.settings.mail,
             budget=QuotaPacer(rate),
+            address=account.address,
+            options=self.sync_options(account),
         )
+
+    def sync_options(self, account: Account) -> SyncOptions:
+        """What the account's provider syncs and keeps: the user's choices, the server's caps."""
+        mail = self.settings.mail
+        convert = ConvertOptions(keep_html=mail.keep_html, max_text_bytes=mail.max_text_bytes)
+        return SyncChoices.from_json(account.settings).options(convert)
 
     def _token_provider(self, provider: MailProvider, credentials: Credentials, account_id: str | None) -> TokenProvider:
         if account_id is None:
@@ -309,7 +320,11 @@ class MailService:
 
     def status(self, user_id: str) -> list[dict[str, Any]]:
         """Every account of the user, as `GET /mail/status` shows them."""
-        return [account.status() for account in self.db.accounts_for_user(user_id)]
+        return [self.account_status(account) for account in self.db.accounts_for_user(user_id)]
+
+    def account_status(self, account: Account) -> dict[str, Any]:
+        """One account as `GET /mail/status` shows it."""
+        return account.status(content_key(self.sync_options(account)))
 
     def owned_account(self, user_id: str, account_id: Any) -> Account:
         """The user's account ``account_id``: 400 if malformed, 404 if not theirs."""
@@ -356,7 +371,7 @@ def _event_sink(rt: Process) -> EventSink:
         sink = rt.stash.get(EVENT_SINK)
         if sink is None:
             raise RuntimeError("this process has no event stores (no plugin offers an event sink)")
-        return sink.append_from_thread(user_id, events, timeout=30)
+        return sink.append_from_thread(user_id, events, timeout=30, max_event_bytes=rt.settings.mail.max_event_bytes)
 
     return append
 

@@ -40,6 +40,14 @@ class MailSettings:
     connect_workers: int = 4
     # Connects (and OAuth callbacks) of one user in progress at once; more are 429.
     connects_per_user: int = 2
+    # Keep each message's HTML (body_html) beside its text; an account may choose otherwise.
+    keep_html: bool = False
+    # Each text field of a message (body_text, body_text_clean, body_html) is cut at this many
+    # UTF-8 bytes (the event then says truncated, with the original sizes).
+    max_text_bytes: int = 262_144
+    # A mail event is cut to fit this many bytes of JSON; keep it below the NATS server's
+    # max_payload (1 MiB by default), which every event must pass through.
+    max_event_bytes: int = 1_000_000
 
 
 def validate(s: Settings) -> None:
@@ -54,12 +62,17 @@ def validate(s: Settings) -> None:
             "mail.oauth_start_ttl_seconds": s.mail.oauth_start_ttl_seconds,
             "mail.connect_workers": s.mail.connect_workers,
             "mail.connects_per_user": s.mail.connects_per_user,
+            "mail.max_event_bytes": s.mail.max_event_bytes,
         }
     )
     for key in ("redirect_uri", "app_redirect_url"):
         url = urlsplit(getattr(s.mail, key))
         if url.geturl() and (url.scheme not in ("http", "https") or not url.netloc):
             raise ConfigError(f"mail.{key}: must be an absolute http or https URL, got {url.geturl()[:80]!r}")
+    if s.mail.max_text_bytes < 1024:
+        raise ConfigError(f"mail.max_text_bytes: must be at least 1024, got {s.mail.max_text_bytes}")
+    if s.mail.max_event_bytes < 65_536:
+        raise ConfigError(f"mail.max_event_bytes: must be at least 65536, got {s.mail.max_event_bytes}")
 
 
 @hookimpl

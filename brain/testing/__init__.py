@@ -48,11 +48,13 @@ def wait_until(cond: Callable[[], Any], timeout: float = 10.0, interval: float =
 
 
 def sync_context(
-    provider: MailProvider, credentials: Credentials, *, skew: float = 60.0, account_id: str = ""
+    provider: MailProvider, credentials: Credentials, *, skew: float = 60.0, account_id: str = "", address: str = ""
 ) -> SyncContext:
-    """A SyncContext as the core builds one: a refreshing token source, no quota pacing."""
+    """A SyncContext as the core builds one: a refreshing token source, no quota pacing; `address`
+    is the account's own address."""
     tokens = TokenProvider(provider, credentials, skew=skew, key=f"test:{id(provider)}")
-    return SyncContext(tokens=tokens, budget=QuotaPacer(0), page_size=provider.page_size, account_id=account_id)
+    return SyncContext(tokens=tokens, budget=QuotaPacer(0), page_size=provider.page_size, account_id=account_id,
+                       address=address)
 
 
 def registered_providers(pm: Any) -> dict[str, type[MailProvider]]:

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple, Self
 
 from aiohttp import web
-from multidict import MultiDict
+from multidict import CIMultiDict, MultiDict
 
 __all__ = [
     "FakeServer",
@@ -65,13 +65,17 @@ class RecordedRequest(_RequestFields):
     at: float
     status: int | None
     via_batch: bool
+    headers: CIMultiDict[str]
 
 
-def _record(method: str, path: str, query: MultiDict[str], *, via_batch: bool = False) -> RecordedRequest:
+def _record(
+    method: str, path: str, query: MultiDict[str], *, via_batch: bool = False, headers: Any = None
+) -> RecordedRequest:
     entry = RecordedRequest(method, path, MultiDict(query))
     entry.at = time.monotonic()
     entry.status = None
     entry.via_batch = via_batch
+    entry.headers = CIMultiDict(headers or {})
     return entry
 
 
@@ -322,9 +326,11 @@ class FakeServer:
             if r.path.startswith(path_prefix) and (method is None or r.method == method.upper())
         )
 
-    def log_request(self, method: str, path: str, query: MultiDict[str], *, via_batch: bool = False) -> RecordedRequest:
+    def log_request(
+        self, method: str, path: str, query: MultiDict[str], *, via_batch: bool = False, headers: Any = None
+    ) -> RecordedRequest:
         """Append a request to the log (the batch endpoint logs its parts this way)."""
-        entry = _record(method, path, query, via_batch=via_batch)
+        entry = _record(method, path, query, via_batch=via_batch, headers=headers)
         with self.lock:
             self._requests.append(entry)
         return entry
@@ -341,7 +347,7 @@ class FakeServer:
         if request.path.startswith(CONTROL_PREFIX):
             return await handler(request)
         method, path = request.method, request.path
-        entry = self.log_request(method, path, MultiDict(request.query))
+        entry = self.log_request(method, path, MultiDict(request.query), headers=request.headers)
         delay = self.faults.take("delay", method, path)
         if delay is not None:
             await asyncio.sleep(delay.seconds)

@@ -23,7 +23,7 @@ from __future__ import annotations
 import argparse
 import base64
 import datetime
-import email.utils
+import email.header
 import json
 import random
 import re
@@ -33,7 +33,6 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from email.message import EmailMessage
 from email.parser import BytesParser
 from email.policy import compat32
 from typing import Any
@@ -43,6 +42,7 @@ from aiohttp import web
 from multidict import CIMultiDict, MultiDict
 
 from brain.testing.fakes import FakeServer, corpus, pkce_refusal, run_main
+from brain.testing.fakes.mime import Part, build_message
 
 __all__ = ["BATCH_LIMIT", "GMAIL_READONLY", "FakeGmail"]
 
@@ -117,7 +117,8 @@ class _Message:
     thread_id: str
     label_ids: list[str]
     headers: list[tuple[str, str]]
-    body: str
+    body: str  # the text, for search and snippets
+    mime: bytes  # the message as sent (RFC 5322)
     snippet: str
     internal_date: int  # ms since the epoch
     size_estimate: int
@@ -137,13 +138,11 @@ class _Message:
         return {"id": self.id, "threadId": self.thread_id, "labelIds": list(self.label_ids)}
 
     def raw(self) -> bytes:
-        msg = EmailMessage()
-        for key, value in self.headers:
-            msg[key] = value
-        msg.set_content(self.body)
-        return bytes(msg)
+        return self.mime
 
-    def resource(self, fmt: str = "full", metadata_headers: Sequence[str] = ()) -> dict[str, Any]:
+    def resource(
+        self, fmt: str = "full", metadata_headers: Sequence[str] = (), attachment_ids: dict[str, tuple[str, str]] | None = None
+    ) -> dict[str, Any]:
         res: dict[str, Any] = {
             "id": self.id,
             "threadId": self.thread_id,
@@ -156,24 +155,74 @@ class _Message:
         if fmt == "minimal":
             return res
         if fmt == "raw":
-            res["raw"] = base64.urlsafe_b64encode(self.raw()).decode()
+            res["raw"] = base64.urlsafe_b64encode(self.mime).decode()
             return res
-        headers = [{"name": k, "value": v} for k, v in self.headers]
+        payload = mime_payload(self.mime, self.id, attachment_ids)
         if fmt == "metadata":
+            headers = payload["headers"]
             if metadata_headers:
                 wanted = {h.lower() for h in metadata_headers}
                 headers = [h for h in headers if h["name"].lower() in wanted]
-            res["payload"] = {"partId": "", "mimeType": "text/plain", "filename": "", "headers": headers}
+            res["payload"] = {"partId": "", "mimeType": payload["mimeType"], "filename": "", "headers": headers}
             return res
-        data = self.body.encode()
-        res["payload"] = {
-            "partId": "",
-            "mimeType": "text/plain",
-            "filename": "",
-            "headers": headers + [{"name": "Content-Type", "value": 'text/plain; charset="UTF-8"'}],
-            "body": {"size": len(data), "data": base64.urlsafe_b64encode(data).decode()},
-        }
+        res["payload"] = payload
         return res
+
+
+def mime_payload(raw: bytes, message_id: str, attachment_ids: dict[str, tuple[str, str]] | None = None) -> dict[str, Any]:
+    """What Gmail's messages.get(format=full) answers for these MIME bytes: the part tree.
+
+    Parts with a file name are sent by ``attachmentId`` only (a fresh one on every fetch, as
+    Gmail's are; ``attachment_ids`` records what each names: message id and part id), the
+    rest with their content; part ids count from 0 (``"0"``, ``"1.0"``).
+    """
+    msg = BytesParser(policy=compat32).parsebytes(raw)
+
+    def text(value: Any) -> str:
+        return str(value).encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+    def part(node: Any, part_id: str) -> dict[str, Any]:
+        ctype = node.get_content_type()
+        out: dict[str, Any] = {
+            "partId": part_id,
+            "mimeType": ctype,
+            "filename": text(node.get_filename() or ""),
+            "headers": [{"name": k, "value": text(v)} for k, v in node.raw_items()],
+        }
+        if node.is_multipart() and not ctype.startswith("message/"):
+            out["body"] = {"size": 0}
+            prefix = f"{part_id}." if part_id else ""
+            out["parts"] = [part(child, f"{prefix}{i}") for i, child in enumerate(node.get_payload())]
+            return out
+        if node.is_multipart():  # message/rfc822: Gmail lists the enclosed message's parts too
+            inner = node.get_payload()
+            out["parts"] = [part(m, f"{part_id}.{i}") for i, m in enumerate(inner)]
+            data = b"".join(m.as_bytes() for m in inner)
+        else:
+            data = node.get_payload(decode=True) or b""
+        if not node.get_filename():
+            out["body"] = {"size": len(data), "data": base64.urlsafe_b64encode(data).decode().rstrip("=")}
+        else:
+            attachment_id = "ANGjdJ" + secrets.token_urlsafe(48)
+            if attachment_ids is not None:
+                attachment_ids[attachment_id] = (message_id, part_id)
+            out["body"] = {"size": len(data), "attachmentId": attachment_id}
+        return out
+
+    return part(msg, "")
+
+
+def _part_data(raw: bytes, part_id: str) -> bytes | None:
+    """The decoded content of one part (a Gmail part id) of a message, None if there is none."""
+    node: Any = BytesParser(policy=compat32).parsebytes(raw)
+    for step in [int(x) for x in part_id.split(".")] if part_id else []:
+        children = node.get_payload() if node.is_multipart() else None
+        if not children or step >= len(children):
+            return None
+        node = children[step]
+    if node.is_multipart():
+        return b"".join(m.as_bytes() for m in node.get_payload())
+    return node.get_payload(decode=True) or b""
 
 
 @dataclass
@@ -185,6 +234,7 @@ class _Mailbox:
     history: list[dict[str, Any]] = field(default_factory=list)
     quota: deque[tuple[float, int]] = field(default_factory=deque)
     quota_total: int = 0
+    labels: dict[str, str] = field(default_factory=dict)  # user label id -> name
 
 
 @dataclass
@@ -220,6 +270,7 @@ class FakeGmail(FakeServer):
         "expire_access_tokens",
         "add_mailbox",
         "add_message",
+        "add_label",
         "delete_message",
         "modify_labels",
         "messages",
@@ -261,6 +312,8 @@ class FakeGmail(FakeServer):
         self._access_tokens: dict[str, _AccessToken] = {}
         self._generations: dict[str, int] = {}
         self._seq = 0
+        # attachmentId -> (message id, part id): every fetch mints new ones, like Gmail's.
+        self._attachment_ids: dict[str, tuple[str, str]] = {}
 
     # -- URLs ---------------------------------------------------------------------
 
@@ -273,6 +326,11 @@ class FakeGmail(FakeServer):
     def auth_uri(self) -> str:
         """The consent screen (Google's ``accounts.google.com/o/oauth2/v2/auth``)."""
         return self.base_url + "/o/oauth2/v2/auth"
+
+    @property
+    def revoke_uri(self) -> str:
+        """Token revocation (Google's ``oauth2.googleapis.com/revoke``)."""
+        return self.base_url + "/revoke"
 
     @property
     def batch_uri(self) -> str:
@@ -359,13 +417,25 @@ class FakeGmail(FakeServer):
         """Deliver a message (records ``messagesAdded``); returns its Gmail id.
 
         Fields (all optional): ``id``, ``thread_id``, ``label_ids`` (default INBOX, UNREAD),
-        ``sender``, ``to``, ``subject``, ``body``, ``date`` (aware datetime),
-        ``internal_date`` (ms), ``snippet``, ``size_estimate``, ``internet_message_id``
-        (the Message-ID header) and ``headers`` (extra header name -> value).
+        and either ``raw`` (the whole message as RFC 5322 bytes) or the parts to build one
+        from (`brain.testing.fakes.mime.build_message`): ``sender``, ``to``, ``subject``, ``body``
+        (the plain text), ``html``, ``attachments`` and ``inline`` (`Part`s), ``charset``,
+        ``date`` (aware datetime), ``internet_message_id`` (the Message-ID header) and
+        ``headers`` (extra header name -> value). ``internal_date`` (ms), ``snippet`` and
+        ``size_estimate`` override what Gmail would derive.
         """
         with self.lock:
             self.add_mailbox(email)
             return self._add(self._mailboxes[email], **fields)
+
+    def add_label(self, email: str, name: str) -> str:
+        """Create a user label (``Label_N``) named ``name``; returns its id."""
+        with self.lock:
+            self.add_mailbox(email)
+            box = self._mailboxes[email]
+            label_id = f"Label_{len(box.labels) + 1}"
+            box.labels[label_id] = name
+            return label_id
 
     def _add(
         self,
@@ -374,10 +444,15 @@ class FakeGmail(FakeServer):
         id: str | None = None,
         thread_id: str | None = None,
         label_ids: Iterable[str] = ("INBOX", "UNREAD"),
+        raw: bytes | None = None,
         sender: str = "Alice Example <alice@example.com>",
         to: str | None = None,
         subject: str = "Hello",
-        body: str = "Hi there, this is a test message.",
+        body: str | None = "Hi there, this is a test message.",
+        html: str | None = None,
+        attachments: Sequence[Part] = (),
+        inline: Sequence[Part] = (),
+        charset: str = "utf-8",
         date: datetime.datetime | None = None,
         internal_date: int | None = None,
         snippet: str | None = None,
@@ -397,32 +472,30 @@ class FakeGmail(FakeServer):
             )
         if internal_date is None:
             internal_date = int(date.timestamp() * 1000)
-        domain = sender.rsplit("@", 1)[-1].rstrip(">") or "example.com"
-        header_list = [
-            ("From", sender),
-            ("To", to or box.email),
-            ("Subject", subject),
-            ("Date", email.utils.format_datetime(date)),
-            ("Message-ID", internet_message_id or f"<{secrets.token_hex(8)}.{msg_id}@{domain}>"),
-        ]
-        header_list.extend((headers or {}).items())
+        if raw is None:
+            domain = sender.rsplit("@", 1)[-1].rstrip(">") or "example.com"
+            raw = build_message(
+                sender=sender, to=[to or box.email], subject=subject, text=body, html=html,
+                attachments=attachments, inline=inline, charset=charset, date=date,
+                message_id=internet_message_id or f"<{secrets.token_hex(8)}.{msg_id}@{domain}>", headers=headers,
+            )
+        parsed = BytesParser(policy=compat32).parsebytes(raw)
+        header_list = [(k, _decoded(v)) for k, v in parsed.raw_items()]
+        text = _plain_text(parsed)
         box.history_id += 1
         msg = _Message(
             id=msg_id,
             thread_id=thread_id or msg_id,
             label_ids=list(dict.fromkeys(label_ids)),
             headers=header_list,
-            body=body,
-            snippet=" ".join(body.split())[:200] if snippet is None else snippet,
+            body=text,
+            mime=raw,
+            snippet=" ".join(text.split())[:200] if snippet is None else snippet,
             internal_date=internal_date,
-            size_estimate=0,
+            size_estimate=len(raw) if size_estimate is None else size_estimate,
             history_id=box.history_id,
             seq=self._seq,
         )
-        if size_estimate is None:
-            # What the RFC 822 form would weigh, without building it.
-            size_estimate = sum(len(k) + len(v) + 4 for k, v in header_list) + len(body.encode()) + 96
-        msg.size_estimate = size_estimate
         box.messages[msg_id] = msg
         box.history.append(
             {"id": str(box.history_id), "messages": [msg.ref()], "messagesAdded": [{"message": msg.brief()}]}
@@ -660,7 +733,10 @@ class FakeGmail(FakeServer):
             return err.status, err.headers, google_error(err.status, err.message, err.reason)
 
     def _route(self, method: str, tail: str, query: MultiDict[str], authorization: str | None) -> dict[str, Any]:
-        match = re.fullmatch(r"users/([^/]+)/(profile|messages|messages/([^/]+)|history|labels)", tail)
+        match = re.fullmatch(
+            r"users/([^/]+)/(profile|messages|messages/([^/]+)|messages/([^/]+)/attachments/([^/]+)|history|labels)",
+            tail,
+        )
         if match is None or method != "GET":
             raise _ApiError(404, f"Method not found: {method} /gmail/v1/{tail}", "notFound")
         box = self._authorize(authorization, match.group(1))
@@ -682,6 +758,9 @@ class FakeGmail(FakeServer):
         if kind == "labels":
             self._charge(box, "labels")
             return self._list_labels(box)
+        if match.group(5) is not None:
+            self._charge(box, "messages.get")
+            return self._get_attachment(box, match.group(4), match.group(5))
         self._charge(box, "messages.get")
         return self._get_message(box, match.group(3), query)
 
@@ -758,7 +837,19 @@ class FakeGmail(FakeServer):
         msg = box.messages.get(msg_id)
         if msg is None:
             raise _ApiError(404, "Requested entity was not found.", "notFound")
-        return msg.resource(fmt, query.getall("metadataHeaders", []))
+        return msg.resource(fmt, query.getall("metadataHeaders", []), self._attachment_ids)
+
+    def _get_attachment(self, box: _Mailbox, msg_id: str, attachment_id: str) -> dict[str, Any]:
+        msg = box.messages.get(msg_id)
+        if msg is None:
+            raise _ApiError(404, "Requested entity was not found.", "notFound")
+        named = self._attachment_ids.get(attachment_id)
+        if named is None or named[0] != msg_id:
+            raise _ApiError(400, "Invalid attachment token", "invalidArgument")
+        data = _part_data(msg.mime, named[1])
+        if data is None:
+            raise _ApiError(404, "Requested entity was not found.", "notFound")
+        return {"size": len(data), "data": base64.urlsafe_b64encode(data).decode()}
 
     def _list_history(self, box: _Mailbox, query: MultiDict[str]) -> dict[str, Any]:
         raw_start = query.get("startHistoryId")
@@ -793,9 +884,10 @@ class FakeGmail(FakeServer):
         return body
 
     def _list_labels(self, box: _Mailbox) -> dict[str, Any]:
-        user_labels = sorted({label for m in box.messages.values() for label in m.label_ids} - set(SYSTEM_LABELS))
+        unnamed = {label for m in box.messages.values() for label in m.label_ids} - set(SYSTEM_LABELS) - set(box.labels)
         labels = [{"id": label, "name": label, "type": "system"} for label in SYSTEM_LABELS]
-        labels += [{"id": label, "name": label, "type": "user"} for label in user_labels]
+        labels += [{"id": label, "name": name, "type": "user"} for label, name in sorted(box.labels.items())]
+        labels += [{"id": label, "name": label, "type": "user"} for label in sorted(unnamed)]
         return {"labels": labels}
 
     async def _batch(self, request: web.Request) -> web.Response:
@@ -865,6 +957,31 @@ class FakeGmail(FakeServer):
             status, fault_headers, body = 404, {}, google_error(404, f"Not found: {split.path}")
         entry.status = status
         return status, fault_headers, body
+
+
+def _decoded(value: str) -> str:
+    """A header value with its RFC 2047 words decoded (what search matches against)."""
+    try:
+        return str(email.header.make_header(email.header.decode_header(value)))
+    except (LookupError, ValueError, UnicodeError):
+        return value
+
+
+def _plain_text(msg: Any) -> str:
+    """The text of a message, roughly (for search and snippets): text parts, tags dropped."""
+    texts = []
+    for part in msg.walk():
+        if part.get_content_maintype() != "text" or part.get_filename():
+            continue
+        data = part.get_payload(decode=True) or b""
+        try:
+            text = data.decode(part.get_content_charset() or "utf-8", "replace")
+        except LookupError:
+            text = data.decode("utf-8", "replace")
+        if part.get_content_subtype() == "html":
+            text = re.sub(r"<[^>]+>", " ", text)
+        texts.append(text)
+    return "\n".join(texts).strip()
 
 
 def _oauth_error(status: int, error: str, description: str) -> web.Response:

@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import argparse
 import base64
+import dataclasses
 import datetime
+import hashlib
 import email.utils
 import functools
 import json
@@ -27,7 +29,7 @@ import re
 import secrets
 import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -39,6 +41,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from multidict import MultiDict
 
 from brain.testing.fakes import FakeServer, corpus, pkce_refusal, run_main
+from brain.testing.fakes.mime import Part
 from brain.testing.fakes.tls import TlsFiles, server_ssl_context, tls_files
 
 __all__ = ["DEFAULT_SCOPES", "FakeMicrosoft"]
@@ -182,13 +185,17 @@ class _Folder:
     id: str
     well_known: str
     display_name: str
+    parent: str | None = None  # the parent folder's id; None: a top-level folder
 
 
 @dataclass
 class _Message:
-    fields: dict[str, Any]
+    fields: dict[str, Any]  # "id" is the immutable id
     created_seq: int
     changed_seq: int
+    attachments: list[dict[str, Any]] = field(default_factory=list)  # fileAttachment resources
+    size: int = 0  # PR_MESSAGE_SIZE
+    moves: int = 0  # a default (REST) id changes with every move; the immutable one never
 
     @property
     def id(self) -> str:
@@ -207,10 +214,26 @@ class _User:
     display_name: str
     folders: dict[str, _Folder]
     messages: dict[str, _Message] = field(default_factory=dict)
-    tombstones: list[tuple[int, str, str]] = field(default_factory=list)  # (seq, message id, folder id)
+    # (seq, immutable id, folder id, the message's moves then): deletions and moves out of a folder
+    tombstones: list[tuple[int, str, str, int]] = field(default_factory=list)
     seq: int = 0
     delta_epoch: int = 0
     generation: int = 0  # bumped by revoke()
+
+    def folder_path(self, folder: _Folder) -> str:
+        """``Parent/Child`` display names down to ``folder``."""
+        names = [folder.display_name]
+        while folder.parent is not None:
+            folder = self.folders[folder.parent]
+            names.append(folder.display_name)
+        return "/".join(reversed(names))
+
+    def find_folder(self, key: str) -> _Folder:
+        """For the control methods: a folder by id, well-known name or ``Parent/Child`` path."""
+        for folder in self.folders.values():
+            if self.folder_path(folder).lower() == key.lower():
+                return folder
+        return self.folder(key)
 
     def folder(self, key: str) -> _Folder:
         """A folder by id or well-known name (case-insensitive like Graph)."""
@@ -254,6 +277,7 @@ class FakeMicrosoft(FakeServer):
         "revoke",
         "expire_access_tokens",
         "add_message",
+        "add_folder",
         "update_message",
         "delete_message",
         "messages",
@@ -295,6 +319,7 @@ class FakeMicrosoft(FakeServer):
         self._refresh_tokens: dict[str, _Grant] = {}
         self._access_tokens: dict[str, tuple[_Grant, float]] = {}
         self._counter = 0
+        self._rest_ids: dict[str, str] = {}  # default id -> immutable id, of every default id handed out
 
     # -- URLs and client helpers ---------------------------------------------------
 
@@ -422,17 +447,28 @@ class FakeMicrosoft(FakeServer):
     # -- mailbox -------------------------------------------------------------------
 
     def add_message(self, user: str, **fields: Any) -> str:
-        """Deliver a message; returns its Graph id.
+        """Deliver a message; returns its (immutable) Graph id.
 
-        Fields (all optional): ``folder`` (well-known name or id, default inbox),
-        ``subject``, ``sender`` ("Name <addr>"), ``to`` (list of "Name <addr>"), ``cc``,
-        ``body``, ``body_type`` ("text"/"html"), ``received`` (aware datetime), ``is_read``,
-        ``categories``, ``flag`` ("notFlagged"/"flagged"/"complete"), ``importance``,
-        ``conversation_id``, ``internet_message_id``, ``id``.
+        Fields (all optional): ``folder`` (well-known name, id or ``Parent/Child`` path, default
+        inbox), ``subject``, ``sender`` ("Name <addr>"), ``to`` (list of "Name <addr>"),
+        ``cc``, ``body``, ``body_type`` ("text"/"html"), ``attachments`` and ``inline``
+        (`brain.testing.fakes.mime.Part`s; inline ones need a ``content_id``), ``received`` (aware
+        datetime), ``is_read``, ``is_draft``, ``categories``, ``flag``
+        ("notFlagged"/"flagged"/"complete"), ``importance``, ``conversation_id``,
+        ``internet_message_id``, ``id``.
         """
         with self.lock:
             self.add_user(user)
             return self._add(self._user(user), **fields)
+
+    def add_folder(self, user: str, name: str, *, parent: str | None = None) -> str:
+        """Create a folder (under ``parent``, a well-known name, id or path); returns its id."""
+        with self.lock:
+            self.add_user(user)
+            owner = self._user(user)
+            folder = _Folder(self._new_id("AQMkAD"), "", name, owner.find_folder(parent).id if parent else None)
+            owner.folders[folder.id] = folder
+            return folder.id
 
     def _add(
         self,
@@ -446,15 +482,18 @@ class FakeMicrosoft(FakeServer):
         cc: Iterable[str] = (),
         body: str = "Hi there, this is a test message.",
         body_type: str = "text",
+        attachments: Sequence[Part] = (),
+        inline: Sequence[Part] = (),
         received: datetime.datetime | None = None,
         is_read: bool = False,
+        is_draft: bool = False,
         categories: Iterable[str] = (),
         flag: str = "notFlagged",
         importance: str = "normal",
         conversation_id: str | None = None,
         internet_message_id: str | None = None,
     ) -> str:
-        target = user.folder(folder)
+        target = user.find_folder(folder)
         msg_id = id or self._new_id()
         if msg_id in user.messages:
             raise ValueError(f"message {msg_id} already exists")
@@ -464,6 +503,8 @@ class FakeMicrosoft(FakeServer):
         user.seq += 1
         created = _now_iso()
         change_key = _b64url(secrets.token_bytes(12))
+        files = [self._attachment(part, inline=False) for part in attachments]
+        files += [self._attachment(part, inline=True) for part in inline]
         fields = {
             "id": msg_id,
             "createdDateTime": created,
@@ -472,7 +513,8 @@ class FakeMicrosoft(FakeServer):
             "categories": list(categories),
             "receivedDateTime": _now_iso(received),
             "sentDateTime": _now_iso(received - datetime.timedelta(seconds=2)),
-            "hasAttachments": False,
+            # Graph's own quirk: inline attachments alone do not count.
+            "hasAttachments": any(not f["isInline"] for f in files),
             "internetMessageId": internet_message_id or f"<{secrets.token_hex(10)}@{domain}>",
             "subject": subject,
             "bodyPreview": " ".join(_strip_html(body).split())[:255],
@@ -482,7 +524,7 @@ class FakeMicrosoft(FakeServer):
             "isDeliveryReceiptRequested": False,
             "isReadReceiptRequested": False,
             "isRead": is_read,
-            "isDraft": False,
+            "isDraft": is_draft,
             "webLink": f"https://outlook.office365.com/owa/?ItemID={msg_id}&exvsurl=1&viewmodel=ReadMessageItem",
             "inferenceClassification": "focused",
             "body": {"contentType": body_type, "content": body},
@@ -494,8 +536,22 @@ class FakeMicrosoft(FakeServer):
             "replyTo": [],
             "flag": {"flagStatus": flag},
         }
-        user.messages[msg_id] = _Message(fields, created_seq=user.seq, changed_seq=user.seq)
+        size = 1500 + len(body.encode()) + sum(len(f["contentBytes"]) for f in files)
+        user.messages[msg_id] = _Message(fields, created_seq=user.seq, changed_seq=user.seq, attachments=files, size=size)
         return msg_id
+
+    def _attachment(self, part: Part, *, inline: bool) -> dict[str, Any]:
+        return {
+            "@odata.type": "#microsoft.graph.fileAttachment",
+            "id": self._new_id("AAMkADatt"),
+            "lastModifiedDateTime": _now_iso(),
+            "name": part.filename,
+            "contentType": part.mime_type,
+            "size": len(part.data),
+            "isInline": inline,
+            "contentId": part.content_id,
+            "contentBytes": base64.b64encode(part.data).decode(),
+        }
 
     def update_message(self, user: str, id: str, **changes: Any) -> None:
         """Change a message, as the user would in Outlook (shows up in the next delta).
@@ -511,10 +567,11 @@ class FakeMicrosoft(FakeServer):
             owner.seq += 1
             for key, value in changes.items():
                 if key == "folder":
-                    target = owner.folder(value)
+                    target = owner.find_folder(value)
                     if target.id != msg.folder_id:
-                        owner.tombstones.append((owner.seq, id, msg.folder_id))
+                        owner.tombstones.append((owner.seq, id, msg.folder_id, msg.moves))
                         msg.fields["parentFolderId"] = target.id
+                        msg.moves += 1
                 elif key == "flag" and isinstance(value, str):
                     msg.fields["flag"] = {"flagStatus": value}
                 elif key == "body" and isinstance(value, str):
@@ -536,13 +593,13 @@ class FakeMicrosoft(FakeServer):
             owner = self._user(user)
             msg = owner.messages.pop(id)
             owner.seq += 1
-            owner.tombstones.append((owner.seq, id, msg.folder_id))
+            owner.tombstones.append((owner.seq, id, msg.folder_id, msg.moves))
 
     def messages(self, user: str, folder: str | None = None) -> list[dict[str, Any]]:
         """Every message (of ``folder``, if given) as its Graph resource, newest first."""
         with self.lock:
             owner = self._user(user)
-            folder_id = owner.folder(folder).id if folder else None
+            folder_id = owner.find_folder(folder).id if folder else None
             found = [m.fields for m in owner.messages.values() if folder_id in (None, m.folder_id)]
             found.sort(key=lambda f: f["receivedDateTime"], reverse=True)
             return json.loads(json.dumps(found))
@@ -874,14 +931,18 @@ class FakeMicrosoft(FakeServer):
     # -- HTTP: Graph ---------------------------------------------------------------
 
     async def _graph(self, request: web.Request) -> web.Response:
+        payload = await request.read() if request.method in ("POST", "PATCH") else b""
         try:
             with self.lock:
                 user = self._graph_user(request.headers.get("Authorization"))
-                body, headers = self._graph_route(request, user, request.match_info["tail"])
+                answer = self._graph_route(request, user, request.match_info["tail"], payload)
         except _GraphError as err:
             return web.json_response(
                 graph_error(err.status, err.code, err.message), status=err.status, headers=err.headers
             )
+        if isinstance(answer, web.Response):
+            return answer
+        body, headers = answer
         return web.json_response(
             body,
             headers={
@@ -913,24 +974,79 @@ class FakeMicrosoft(FakeServer):
             raise _GraphError(401, "InvalidAuthenticationToken", "Access token has been revoked.", unauthorized)
         return self._user(grant.upn)
 
-    def _graph_route(self, request: web.Request, user: _User, tail: str) -> tuple[dict[str, Any], dict[str, str]]:
+    def _graph_route(
+        self, request: web.Request, user: _User, tail: str, payload: bytes
+    ) -> tuple[dict[str, Any], dict[str, str]] | web.Response:
+        view = _View.of(request)
+        if request.method == "POST" and re.fullmatch(r"me/translateexchangeids", tail, re.IGNORECASE):
+            return self._translate_ids(user, payload), {}
         if request.method != "GET":
-            raise _GraphError(405, "Request_BadRequest", "Only GET is supported by this fake.")
+            raise _GraphError(405, "Request_BadRequest", "This fake supports GET here.")
         folder = r"mailfolders(?:/([^/()]+)|\('([^']+)'\))"
         if re.fullmatch(r"me", tail, re.IGNORECASE):
             return self._me(user), {}
         if re.fullmatch(r"me/mailfolders", tail, re.IGNORECASE):
-            return {"value": [self._folder_resource(user, f) for f in user.folders.values()]}, {}
+            top = [f for f in user.folders.values() if f.parent is None]
+            return {"value": [self._folder_resource(user, f) for f in top]}, {}
+        if match := re.fullmatch(rf"me/{folder}/childfolders", tail, re.IGNORECASE):
+            parent = user.folder(match.group(1) or match.group(2))
+            children = [f for f in user.folders.values() if f.parent == parent.id]
+            return {"value": [self._folder_resource(user, f) for f in children]}, {}
         if match := re.fullmatch(rf"me/{folder}", tail, re.IGNORECASE):
             return self._folder_resource(user, user.folder(match.group(1) or match.group(2))), {}
         if match := re.fullmatch(rf"me/{folder}/messages/delta", tail, re.IGNORECASE):
-            return self._delta(request, user, user.folder(match.group(1) or match.group(2)))
-        if match := re.fullmatch(r"me/messages/([^/]+)", tail, re.IGNORECASE):
-            msg = user.messages.get(match.group(1))
-            if msg is None:
+            return self._delta(request, user, user.folder(match.group(1) or match.group(2)), view)
+        if match := re.fullmatch(r"me/messages/([^/]+)/attachments", tail, re.IGNORECASE):
+            msg = self._message(user, match.group(1))
+            return {"value": [_attachment_resource(a, request.query.get("$select")) for a in msg.attachments]}, {}
+        if match := re.fullmatch(r"me/messages/([^/]+)/attachments/([^/]+?)(/\$value)?", tail, re.IGNORECASE):
+            msg = self._message(user, match.group(1))
+            attachment = next((a for a in msg.attachments if a["id"] == match.group(2)), None)
+            if attachment is None:
                 raise _GraphError(404)
-            return self._project(msg.fields, _select(request.query.get("$select"))), {}
+            if match.group(3):
+                return web.Response(body=base64.b64decode(attachment["contentBytes"]), content_type=attachment["contentType"])
+            return _attachment_resource(attachment, request.query.get("$select")), {}
+        if match := re.fullmatch(r"me/messages/([^/]+)", tail, re.IGNORECASE):
+            msg = self._message(user, match.group(1))
+            return self._render(user, msg, _select(request.query.get("$select")), view), view.applied()
         raise _GraphError(400, "BadRequest", f"Resource not found for the segment '{tail.split('/')[-1]}'.")
+
+    def _message(self, user: _User, key: str) -> _Message:
+        """A message by its immutable id or its current default id."""
+        msg = user.messages.get(self._rest_ids.get(key, key))
+        if msg is None or (key in self._rest_ids and self._rest_id(msg) != key):
+            raise _GraphError(404)  # an old default id: the message moved since
+        return msg
+
+    def _rest_id(self, msg: _Message, moves: int | None = None) -> str:
+        """The message's default id: Exchange-shaped, different after every move."""
+        digest = hashlib.sha256(f"{msg.id}/{msg.moves if moves is None else moves}".encode()).digest()
+        rest = "AAMkAG" + base64.urlsafe_b64encode(digest * 2).decode().rstrip("=") + "="
+        self._rest_ids[rest] = msg.id
+        return rest
+
+    def _out_id(self, msg: _Message, view: _View, moves: int | None = None) -> str:
+        return msg.id if view.immutable else self._rest_id(msg, moves)
+
+    def _translate_ids(self, user: _User, payload: bytes) -> dict[str, Any]:
+        try:
+            body = json.loads(payload)
+            ids, source, target = body["inputIds"], body["sourceIdType"], body["targetIdType"]
+        except (ValueError, KeyError, TypeError):
+            raise _GraphError(400, "ErrorInvalidRequest", "inputIds, sourceIdType and targetIdType are required.") from None
+        kinds = {"restId", "restImmutableEntryId"}
+        if source not in kinds or target not in kinds or not isinstance(ids, list) or len(ids) > 1000:
+            raise _GraphError(400, "ErrorInvalidRequest", "Unsupported id types or more than 1000 ids.")
+        out = []
+        for source_id in ids:
+            immutable = self._rest_ids.get(source_id, source_id) if source == "restId" else source_id
+            msg = user.messages.get(immutable)
+            if msg is None or (source == "restId" and source_id in self._rest_ids and self._rest_id(msg) != source_id):
+                out.append({"sourceId": source_id, "targetId": None})
+                continue
+            out.append({"sourceId": source_id, "targetId": msg.id if target == "restImmutableEntryId" else self._rest_id(msg)})
+        return {"value": out}
 
     def _me(self, user: _User) -> dict[str, Any]:
         given, _, surname = user.display_name.partition(" ")
@@ -954,23 +1070,33 @@ class FakeMicrosoft(FakeServer):
         return {
             "id": folder.id,
             "displayName": folder.display_name,
-            "parentFolderId": "AQMkADroot" + user.oid.replace("-", ""),
-            "childFolderCount": 0,
+            "parentFolderId": folder.parent or "AQMkADroot" + user.oid.replace("-", ""),
+            "childFolderCount": sum(1 for f in user.folders.values() if f.parent == folder.id),
             "unreadItemCount": sum(1 for m in inside if not m.fields["isRead"]),
             "totalItemCount": len(inside),
             "isHidden": False,
         }
 
-    def _project(self, fields: dict[str, Any], select: list[str] | None) -> dict[str, Any]:
+    def _render(self, user: _User, msg: _Message, select: list[str] | None, view: _View) -> dict[str, Any]:
+        """A message resource as this request asked for it: fields, id type, body type, expansions."""
+        fields = dict(msg.fields)
+        fields["id"] = self._out_id(msg, view)
+        body = fields["body"]
+        if view.text_body and body["contentType"] == "html":
+            fields["body"] = {"contentType": "text", "content": _html_text(body["content"])}
         out = {"@odata.etag": f'W/"{fields["changeKey"]}"'}
         if select is None:
             out.update(fields)
         else:
             out["id"] = fields["id"]
             out.update({k: fields[k] for k in select})
+        if view.size:
+            out["singleValueExtendedProperties"] = [{"id": "Integer 0xe08", "value": str(msg.size)}]
         return json.loads(json.dumps(out))
 
-    def _delta(self, request: web.Request, user: _User, folder: _Folder) -> tuple[dict[str, Any], dict[str, str]]:
+    def _delta(
+        self, request: web.Request, user: _User, folder: _Folder, view: _View
+    ) -> tuple[dict[str, Any], dict[str, str]]:
         query = MultiDict(request.query)
         page_size, applied = _max_page_size(request.headers.get("Prefer", ""), self.default_page_size)
         token_text = query.get("$skiptoken") or query.get("$deltatoken")
@@ -996,18 +1122,20 @@ class FakeMicrosoft(FakeServer):
                 "c": None,
                 "sel": select,
                 "flt": _received_filter(query.get("$filter")),
+                "x": _expands_size(query.get("$expand")),
             }
+        view = dataclasses.replace(view, size=bool(state.get("x")))  # the link carries the expansion
         since, snapshot = state["s"], state["n"]
-        changes: list[tuple[int, str, bool]] = []
+        changes: list[tuple[int, str, int]] = []  # (seq, immutable id, moves if removed else -1)
         floor = state.get("flt")
         for msg in user.messages.values():
             in_round = msg.folder_id == folder.id and since < msg.changed_seq <= snapshot
             if in_round and (floor is None or msg.fields["receivedDateTime"] >= floor):
-                changes.append((msg.changed_seq, msg.id, False))
+                changes.append((msg.changed_seq, msg.id, -1))
         if since > 0:
             changes += [
-                (seq, msg_id, True)
-                for seq, msg_id, folder_id in user.tombstones
+                (seq, msg_id, moves)
+                for seq, msg_id, folder_id, moves in user.tombstones
                 if folder_id == folder.id and since < seq <= snapshot
             ]
         changes.sort()
@@ -1016,13 +1144,15 @@ class FakeMicrosoft(FakeServer):
             changes = [c for c in changes if (c[0], c[1]) > cursor]
         page = changes[:page_size]
         values = []
-        for _seq, msg_id, removed in page:
-            if removed:
+        for _seq, msg_id, moves in page:
+            if moves >= 0:
+                gone = _Message({"id": msg_id}, 0, 0, moves=moves)
                 values.append(
-                    {"@odata.type": "#microsoft.graph.message", "id": msg_id, "@removed": {"reason": "deleted"}}
+                    {"@odata.type": "#microsoft.graph.message", "id": self._out_id(gone, view),
+                     "@removed": {"reason": "deleted"}}
                 )
             else:
-                item = self._project(user.messages[msg_id].fields, state["sel"])
+                item = self._render(user, user.messages[msg_id], state["sel"], view)
                 values.append({"@odata.type": "#microsoft.graph.message", **item})
         link_base = f"{self.graph_url}/me/mailFolders('{folder.id}')/messages/delta"
         body: dict[str, Any] = {"@odata.context": f"{self.graph_url}/$metadata#Collection(message)", "value": values}
@@ -1032,8 +1162,55 @@ class FakeMicrosoft(FakeServer):
             body["@odata.nextLink"] = f"{link_base}?$skiptoken={token}"
         else:
             body["@odata.deltaLink"] = f"{link_base}?$deltatoken={_b64url_json({**state, 'c': None})}"
-        headers = {"Preference-Applied": f"odata.maxpagesize={page_size}"} if applied else {}
+        headers = view.applied()
+        if applied:
+            headers["Preference-Applied"] = ", ".join(
+                p for p in (f"odata.maxpagesize={page_size}", headers.get("Preference-Applied")) if p
+            )
         return body, headers
+
+
+@dataclass(frozen=True)
+class _View:
+    """What a Graph request's Prefer header and $expand ask of the message resources it gets."""
+
+    immutable: bool = False  # Prefer: IdType="ImmutableId"
+    text_body: bool = False  # Prefer: outlook.body-content-type="text"
+    size: bool = False  # $expand of PR_MESSAGE_SIZE
+
+    @classmethod
+    def of(cls, request: web.Request) -> _View:
+        prefer = request.headers.get("Prefer", "").lower().replace(" ", "")
+        return cls(
+            immutable='idtype="immutableid"' in prefer,
+            text_body='outlook.body-content-type="text"' in prefer,
+            size=_expands_size(request.query.get("$expand")),
+        )
+
+    def applied(self) -> dict[str, str]:
+        applied = [p for p, on in (('IdType="ImmutableId"', self.immutable),
+                                   ('outlook.body-content-type="text"', self.text_body)) if on]
+        return {"Preference-Applied": ", ".join(applied)} if applied else {}
+
+
+def _expands_size(expand: str | None) -> bool:
+    return bool(expand) and "singlevalueextendedproperties" in expand.lower() and "0x0e08" in expand.lower()
+
+
+def _attachment_resource(attachment: dict[str, Any], select: str | None) -> dict[str, Any]:
+    if not select:
+        return dict(attachment)
+    wanted = {f.strip() for f in select.split(",")}
+    out = {"@odata.type": attachment["@odata.type"], "id": attachment["id"]}
+    out.update({k: v for k, v in attachment.items() if k in wanted})
+    return out
+
+
+def _html_text(html: str) -> str:
+    """Roughly what Exchange makes of HTML for ``outlook.body-content-type="text"``."""
+    text = re.sub(r"(?is)<(script|style)\b.*?</\1>", "", html)
+    text = re.sub(r"(?i)<br\s*/?>|</p>|</div>|</li>|</h\d>", "\r\n", text)
+    return re.sub(r"<[^>]+>", "", text).replace("&nbsp;", " ").replace("&amp;", "&").strip()
 
 
 def _max_page_size(prefer: str, default: int) -> tuple[int, bool]:

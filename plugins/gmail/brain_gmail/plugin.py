@@ -11,7 +11,7 @@ from brain.plugins import hookimpl
 
 # Keys of the [plugins.gmail] table; GOOGLE_CLIENT_ID / GOOGLE_CLIENT_SECRET fill the first two.
 SETTINGS_KEYS = frozenset(
-    {"client_id", "client_secret", "api_endpoint", "token_uri", "auth_uri", "batch_uri",
+    {"client_id", "client_secret", "api_endpoint", "token_uri", "auth_uri", "batch_uri", "revoke_uri",
      "message_format", "page_size", "batch_size", "quota_units_per_second", "timeout"}
 )
 
@@ -27,8 +27,11 @@ def brain_startup(settings: Any, plugin_settings: Mapping[str, Mapping[str, Any]
     """Refuse unknown keys in [plugins.gmail] at start-up."""
     table = plugin_settings.get("gmail", {})
     check_plugin_table("gmail", table, SETTINGS_KEYS)
-    if table.get("message_format", "metadata") not in ("metadata", "full", "minimal"):
-        raise ConfigError("plugins.gmail.message_format: must be one of 'metadata', 'full', 'minimal'")
+    if table.get("message_format", "full") not in ("full", "raw"):
+        raise ConfigError(
+            "plugins.gmail.message_format: must be 'full' or 'raw' (every message is synced with its content; "
+            "an account that wants no bodies says so with sync.bodies = false)"
+        )
 
 
 @hookimpl

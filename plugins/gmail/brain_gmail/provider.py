@@ -1,12 +1,16 @@
 """Gmail through google-api-python-client and google-auth.
 
 - Initial sync: record the mailbox's ``historyId`` (users.getProfile), then page through
-  ``messages.list`` (spam and trash included, so the store mirrors the whole mailbox with its
-  labels) and fetch each page's messages with batched ``messages.get`` (``metadata`` format
-  by default).
+  ``messages.list`` (spam and trash left out unless the account asks for them; one listing
+  per chosen label when the account names labels; ``after:`` for a sync window) and fetch
+  each page's messages with batched ``messages.get``, ``format=full`` (or ``raw``), turned
+  into the message model with label names from ``labels.list``.
 - Incremental sync: ``history.list`` from the recorded ``historyId``; every message a page
-  touches (added, labels changed) is fetched again, deleted ones are reported; a 404 means the
-  history id expired: ``CursorExpired``.
+  touches (added, labels changed) is fetched again, deleted ones are reported, and so is a
+  message that left what the account syncs (moved to spam or trash, its last chosen label
+  removed); a 404 means the history id expired: ``CursorExpired``.
+- Attachment ids are Gmail's part ids (``"2"``, ``"1.3"``): an ``attachmentId`` is not stable
+  from one fetch of a message to the next, a part id is.
 - Credentials: google-auth refreshes against the configured ``token_uri``; the API client's
   own credentials ask the core's token provider for every request, so refresh happens once,
   under the core's lock, ahead of expiry.
@@ -17,10 +21,11 @@ httplib2 is not thread-safe: each provider instance (one per thread) builds its 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import datetime
-import email.utils
 import http.client
 import json
+import logging
 import socket
 import ssl
 import time
@@ -39,23 +44,32 @@ from googleapiclient.errors import BatchError, HttpError
 from googleapiclient.http import BatchHttpRequest
 
 from brain.mail.provider import (
+    AttachmentContent,
     AuthFailed,
     ConnectRejected,
     Credentials,
     CursorExpired,
-    MailMessage,
     MailProvider,
+    MessageGone,
+    MessageRecord,
     ProviderError,
     RateLimited,
+    Revocation,
     SyncContext,
     SyncPage,
     TokenSource,
     Transient,
-    iso_utc,
+    gmail_context,
+    message_from_gmail,
+    message_from_mime,
+    mime_part,
     parse_retry_after,
+    without_body,
 )
 
 __all__ = ["GmailProvider"]
+
+log = logging.getLogger("brain.mail.gmail")
 
 SCOPE = "https://www.googleapis.com/auth/gmail.readonly"
 DEFAULTS: dict[str, Any] = {
@@ -63,17 +77,22 @@ DEFAULTS: dict[str, Any] = {
     "token_uri": "https://oauth2.googleapis.com/token",
     "auth_uri": "https://accounts.google.com/o/oauth2/v2/auth",
     "batch_uri": "https://gmail.googleapis.com/batch/gmail/v1",
-    "message_format": "metadata",
+    "revoke_uri": "https://oauth2.googleapis.com/revoke",
+    "message_format": "full",
     "batch_size": 50,
     # Gmail's per-user limit is 250 quota units per second.
     "quota_units_per_second": 250,
     "timeout": 30,
 }
 # Gmail's quota cost of each method.
-UNITS = {"profile": 1, "list": 5, "get": 5, "history": 2}
-METADATA_HEADERS = ["From", "To", "Cc", "Subject", "Date", "Message-ID", "In-Reply-To"]
+UNITS = {"profile": 1, "labels": 1, "list": 5, "get": 5, "history": 2}
 BATCH_LIMIT = 100
-MAX_BODY_CHARS = 12_000  # at most 48 KB of UTF-8: events stay under the store's size limit
+MESSAGE_FORMATS = ("full", "raw")
+# Left out of every sync unless the account asks for them.
+SPAM_TRASH = frozenset({"SPAM", "TRASH"})
+# Label names are asked for again when this old (a label renamed meanwhile) or when a message
+# carries a label id the provider does not know yet.
+LABELS_MAX_AGE = 3600.0
 _NETWORK_ERRORS = (
     httplib2.HttpLib2Error,
     http.client.HTTPException,
@@ -157,6 +176,7 @@ class GmailProvider(MailProvider):
         self.token_uri = str(conf["token_uri"])
         self.auth_uri = str(conf["auth_uri"])
         self.batch_uri = str(conf["batch_uri"])
+        self.revoke_uri = str(conf["revoke_uri"])
         self.message_format = str(conf["message_format"])
         self.batch_size = max(1, min(BATCH_LIMIT, int(conf["batch_size"])))
         self.quota_units_per_second = float(conf["quota_units_per_second"])
@@ -164,6 +184,8 @@ class GmailProvider(MailProvider):
         self.page_size = max(1, min(500, self.page_size))
         self._service: Any = None
         self._service_tokens: TokenSource | None = None
+        self._labels: dict[str, str] | None = None
+        self._labels_at = 0.0
 
     # Connecting -----------------------------------------------------------------------
 
@@ -270,31 +292,43 @@ class GmailProvider(MailProvider):
     # Syncing ----------------------------------------------------------------------------
 
     def initial_sync(self, ctx: SyncContext, checkpoint: dict[str, Any] | None) -> SyncPage:
-        """One page of messages.list plus their batched messages.get."""
+        """One page of messages.list (of the current chosen label) plus their batched messages.get."""
         users = self._client(ctx).users()
         if checkpoint is None:
             ctx.budget.spend(UNITS["profile"])
             profile = self._execute(users.getProfile(userId="me"))
             # Recorded before listing: what changes from here on, history.list will tell.
-            checkpoint = {"history_id": str(profile["historyId"]), "total": profile.get("messagesTotal")}
+            checkpoint = {
+                "history_id": str(profile["historyId"]),
+                "total": profile.get("messagesTotal"),
+                "labels": self._chosen_label_ids(ctx),
+                "li": 0,
+            }
+        label_ids: list[str] | None = checkpoint.get("labels")
+        position = int(checkpoint.get("li", 0))
+        query: dict[str, Any] = {
+            "userId": "me",
+            "maxResults": self.page_size,
+            "pageToken": checkpoint.get("page_token"),
+            "includeSpamTrash": not ctx.options.exclude_spam_trash,
+        }
+        if label_ids:
+            query["labelIds"] = [label_ids[position]]
+        if ctx.options.since is not None:
+            query["q"] = f"after:{int(ctx.options.since)}"
         ctx.budget.spend(UNITS["list"])
-        listing = self._execute(
-            users.messages().list(
-                userId="me", maxResults=self.page_size, pageToken=checkpoint.get("page_token"), includeSpamTrash=True
-            )
-        )
+        listing = self._execute(users.messages().list(**query))
         ids = [m["id"] for m in listing.get("messages", [])]
-        messages, _missing = self._fetch(ctx, ids)  # missing: deleted since listing, nothing to store
+        messages, gone = self._fetch(ctx, ids)  # gone: deleted since listing (or out of scope)
         total = checkpoint.get("total")
         if total is None:
             total = listing.get("resultSizeEstimate")
         next_token = listing.get("nextPageToken")
         if next_token:
-            return SyncPage(
-                messages=messages,
-                next={**checkpoint, "page_token": next_token},
-                estimated_total=total,
-            )
+            return SyncPage(messages=messages, next={**checkpoint, "page_token": next_token}, estimated_total=total)
+        if label_ids and position + 1 < len(label_ids):
+            following = {**checkpoint, "li": position + 1, "page_token": None}
+            return SyncPage(messages=messages, next=following, estimated_total=total)
         return SyncPage(messages=messages, cursor={"history_id": checkpoint["history_id"]}, estimated_total=total)
 
     def incremental_sync(self, ctx: SyncContext, cursor: dict[str, Any]) -> SyncPage:
@@ -302,15 +336,12 @@ class GmailProvider(MailProvider):
         users = self._client(ctx).users()
         start = str(cursor["history_id"])
         ctx.budget.spend(UNITS["history"])
-        try:
-            page = self._execute(
-                users.history().list(
-                    userId="me", startHistoryId=start, maxResults=self.page_size, pageToken=cursor.get("page_token")
-                ),
-                not_found=CursorExpired(f"history id {start} is no longer available"),
-            )
-        except CursorExpired:
-            raise
+        page = self._execute(
+            users.history().list(
+                userId="me", startHistoryId=start, maxResults=self.page_size, pageToken=cursor.get("page_token")
+            ),
+            not_found=CursorExpired(f"history id {start} is no longer available"),
+        )
         touched: dict[str, None] = {}
         deleted: dict[str, None] = {}
         for record in page.get("history", []):
@@ -323,12 +354,63 @@ class GmailProvider(MailProvider):
                 message_id = entry["message"]["id"]
                 deleted[message_id] = None
                 touched.pop(message_id, None)
-        messages, missing = self._fetch(ctx, list(touched))
-        gone = [*deleted, *missing]
+        messages, gone = self._fetch(ctx, list(touched))
+        gone = [*deleted, *gone]
         next_token = page.get("nextPageToken")
         if next_token:
             return SyncPage(messages=messages, deleted=gone, next={"history_id": start, "page_token": next_token})
         return SyncPage(messages=messages, deleted=gone, cursor={"history_id": str(page["historyId"])})
+
+    # Attachments and disconnecting --------------------------------------------------------
+
+    def fetch_attachment(self, ctx: SyncContext, message_id: str, attachment_id: str) -> AttachmentContent:
+        """A part of a message: by its part id (``format=full``), or MIME part number (``raw``)."""
+        messages_api = self._client(ctx).users().messages()
+        gone = MessageGone(f"Gmail message {message_id} is gone")
+        ctx.budget.spend(UNITS["get"])
+        if self.message_format == "raw":
+            resource = self._execute(messages_api.get(userId="me", id=message_id, format="raw"), not_found=gone)
+            part = mime_part(_base64url(str(resource.get("raw") or "")), attachment_id)
+            if part is None:
+                raise MessageGone(f"Gmail message {message_id} has no part {attachment_id}")
+            return AttachmentContent(part.mime_type, part.filename, len(part.content), iter((part.content,)))
+        resource = self._execute(messages_api.get(userId="me", id=message_id, format="full"), not_found=gone)
+        node = _find_part(resource.get("payload") or {}, attachment_id)
+        if node is None:
+            raise MessageGone(f"Gmail message {message_id} has no part {attachment_id}")
+        body = node.get("body") or {}
+        if body.get("data") is not None:
+            data = _base64url(str(body["data"]))
+        else:
+            ctx.budget.spend(UNITS["get"])
+            request = messages_api.attachments().get(userId="me", messageId=message_id, id=str(body.get("attachmentId")))
+            data = _base64url(str(self._execute(request, not_found=gone).get("data") or ""))
+        return AttachmentContent(
+            str(node.get("mimeType") or "application/octet-stream"), str(node.get("filename") or ""), len(data), iter((data,))
+        )
+
+    def revoke(self, credentials: Credentials) -> Revocation:
+        """Google's revoke endpoint with the refresh token: the grant (and its access tokens) ends."""
+        token = credentials.refresh_token or credentials.access_token
+        if not token:
+            return Revocation(False, "no token was stored to revoke")
+        try:
+            resp, content = self._new_http().request(
+                self.revoke_uri, "POST", body=urlencode({"token": token}),
+                headers={"Content-Type": "application/x-www-form-urlencoded"},
+            )
+        except _NETWORK_ERRORS as exc:
+            return Revocation(False, f"Google's revoke endpoint could not be reached ({type(exc).__name__}); "
+                                     "remove brain at https://myaccount.google.com/permissions")
+        if resp.status == 200:
+            return Revocation(True, "Google revoked brain's access")
+        try:
+            error = json.loads(content or b"{}").get("error", f"HTTP {resp.status}")
+        except ValueError:
+            error = f"HTTP {resp.status}"
+        if error == "invalid_token":
+            return Revocation(True, "Google no longer knew the grant (already revoked or expired)")
+        return Revocation(False, f"Google refused to revoke ({error}); remove brain at https://myaccount.google.com/permissions")
 
     def close(self) -> None:
         """Drop the client (its httplib2 connections go with it)."""
@@ -370,13 +452,13 @@ class GmailProvider(MailProvider):
         except _NETWORK_ERRORS as exc:
             raise Transient(f"Gmail unreachable: {type(exc).__name__}: {exc}") from exc
 
-    def _fetch(self, ctx: SyncContext, ids: list[str]) -> tuple[list[MailMessage], list[str]]:
-        """Batched messages.get; returns (messages in order, ids that no longer exist)."""
+    def _fetch(self, ctx: SyncContext, ids: list[str]) -> tuple[list[MessageRecord], list[str]]:
+        """Batched messages.get; (messages in order, ids gone or outside what the account syncs)."""
         if not ids:
             return [], []
         # Building a resource object creates every method of it: do it once, not per message.
         messages_api = self._client(ctx).users().messages()
-        found: dict[str, MailMessage] = {}
+        resources: dict[str, Mapping[str, Any]] = {}
         missing: list[str] = []
         for start in range(0, len(ids), self.batch_size):
             chunk = ids[start : start + self.batch_size]
@@ -392,10 +474,7 @@ class GmailProvider(MailProvider):
 
             batch = _BatchRequest(batch_uri=self.batch_uri, callback=collect)
             for message_id in chunk:
-                kwargs: dict[str, Any] = {"userId": "me", "id": message_id, "format": self.message_format}
-                if self.message_format == "metadata":
-                    kwargs["metadataHeaders"] = METADATA_HEADERS
-                batch.add(messages_api.get(**kwargs), request_id=message_id)
+                batch.add(messages_api.get(userId="me", id=message_id, format=self.message_format), request_id=message_id)
             try:
                 batch.execute()
             except HttpError as exc:
@@ -412,57 +491,85 @@ class GmailProvider(MailProvider):
                     raise _map_http_error(error, None)
                 else:
                     raise Transient(f"Gmail batch part failed: {error}")
-            for message_id, resource in results.items():
-                found[message_id] = self._message(resource)
+            resources.update(results)
+        wanted = set(self._chosen_label_ids(ctx) or ())
+        names = self._label_names(ctx, {label for r in resources.values() for label in r.get("labelIds") or ()})
+        found: dict[str, MessageRecord] = {}
+        for message_id, resource in resources.items():
+            labels = set(resource.get("labelIds") or ())
+            if (ctx.options.exclude_spam_trash and labels & SPAM_TRASH) or (wanted and not labels & wanted):
+                missing.append(message_id)  # it left what the account syncs
+                continue
+            found[message_id] = self._record(ctx, resource, names)
         return [found[i] for i in ids if i in found], missing
 
-    def _message(self, res: Mapping[str, Any]) -> MailMessage:
-        payload = res.get("payload") or {}
-        headers: dict[str, str] = {}
-        for header in payload.get("headers", []):
-            name = header.get("name", "")
-            if name.lower() in _WANTED_HEADERS and name not in headers:
-                headers[_WANTED_HEADERS[name.lower()]] = header.get("value", "")
-        internal = res.get("internalDate")
-        extra: dict[str, Any] = {}
-        if self.message_format == "full":
-            body = _text_body(payload)
-            if body is not None:
-                extra["body"] = body[:MAX_BODY_CHARS]
-        return MailMessage(
-            id=res["id"],
-            thread_id=res.get("threadId"),
-            internet_message_id=headers.get("Message-ID"),
-            subject=headers.get("Subject", ""),
-            sender=headers.get("From", ""),
-            to=_addresses(headers.get("To", "")),
-            cc=_addresses(headers.get("Cc", "")),
-            date=iso_utc(int(internal) / 1000) if internal else None,
-            snippet=res.get("snippet", ""),
-            labels=tuple(res.get("labelIds", [])),
-            size=res.get("sizeEstimate"),
-            headers=headers,
-            extra=extra,
-        )
+    def _record(self, ctx: SyncContext, resource: Mapping[str, Any], names: Mapping[str, str]) -> MessageRecord:
+        """One messages.get resource as the message model."""
+        convert = ctx.options.convert
+        if self.message_format == "raw":
+            context = gmail_context(resource, label_names=names, own_addresses=ctx.own_addresses)
+            record = message_from_mime(_base64url(str(resource.get("raw") or "")), context, convert)
+        else:
+            record = message_from_gmail(resource, label_names=names, own_addresses=ctx.own_addresses, options=convert)
+            part_ids = _part_ids(resource.get("payload") or {})
+            if any(a.id in part_ids for a in record.attachments):
+                attachments = tuple(dataclasses.replace(a, id=part_ids.get(a.id, a.id)) for a in record.attachments)
+                record = dataclasses.replace(record, attachments=attachments)
+        return record if ctx.options.bodies else without_body(record)
+
+    def _label_names(self, ctx: SyncContext, ids: set[str]) -> dict[str, str]:
+        """Label id -> name (labels.list), asked again when stale or a label id is new."""
+        fresh = time.monotonic() - self._labels_at < LABELS_MAX_AGE
+        if self._labels is None or not fresh or not ids <= self._labels.keys():
+            ctx.budget.spend(UNITS["labels"])
+            listing = self._execute(self._client(ctx).users().labels().list(userId="me"))
+            self._labels = {str(label["id"]): str(label.get("name") or label["id"]) for label in listing.get("labels", [])}
+            self._labels_at = time.monotonic()
+        return self._labels
+
+    def _chosen_label_ids(self, ctx: SyncContext) -> list[str] | None:
+        """The label ids the account chose (by id or name, system labels case-insensitively); None: all."""
+        chosen = ctx.options.folders
+        if not chosen:
+            return None
+        names = self._label_names(ctx, set())
+        by_name = {name.lower(): label_id for label_id, name in names.items()}
+        out: list[str] = []
+        for entry in chosen:
+            label_id = entry if entry in names else by_name.get(entry.lower())
+            if label_id is None:
+                log.warning("Gmail label %r not found; not synced", entry)
+            elif label_id not in out:
+                out.append(label_id)
+        return out
 
 
-_WANTED_HEADERS = {h.lower(): h for h in METADATA_HEADERS}
-
-
-def _addresses(value: str) -> tuple[str, ...]:
-    return tuple(email.utils.formataddr(pair) for pair in email.utils.getaddresses([value]) if pair[1])
-
-
-def _text_body(payload: Mapping[str, Any]) -> str | None:
-    """The first text/plain part of a ``full`` message, decoded."""
-    if payload.get("mimeType") == "text/plain" and payload.get("body", {}).get("data"):
-        raw = payload["body"]["data"]
-        return base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)).decode("utf-8", "replace")
-    for part in payload.get("parts", []) or []:
-        text = _text_body(part)
-        if text is not None:
-            return text
+def _find_part(payload: Mapping[str, Any], part_id: str) -> Mapping[str, Any] | None:
+    """The part of a ``format=full`` payload with this part id (or, from older records, attachmentId)."""
+    stack = [payload]
+    while stack:
+        part = stack.pop()
+        if str(part.get("partId") or "") == part_id or (part.get("body") or {}).get("attachmentId") == part_id:
+            return part
+        stack.extend(p for p in part.get("parts") or () if isinstance(p, Mapping))
     return None
+
+
+def _part_ids(payload: Mapping[str, Any]) -> dict[str, str]:
+    """attachmentId -> partId for every part of a ``format=full`` payload."""
+    out: dict[str, str] = {}
+    stack = [payload]
+    while stack:
+        part = stack.pop()
+        attachment_id = (part.get("body") or {}).get("attachmentId")
+        if attachment_id and part.get("partId"):
+            out[str(attachment_id)] = str(part["partId"])
+        stack.extend(p for p in part.get("parts") or () if isinstance(p, Mapping))
+    return out
+
+
+def _base64url(data: str) -> bytes:
+    return base64.urlsafe_b64decode(data + "=" * (-len(data) % 4))
 
 
 def _retry_after(resp: Any) -> float | None:

@@ -12,10 +12,12 @@ import requests
 
 from brain.errors import ConfigError
 from brain.mail.provider import (
+    Address,
     AuthFailed,
     ConnectRejected,
     Credentials,
     CursorExpired,
+    MessageGone,
     ProviderError,
     RateLimited,
     SyncContext,
@@ -28,6 +30,7 @@ from brain.testing.fakes import pkce_pair
 from brain.testing.fakes.gmail import FakeGmail
 from brain_gmail import plugin
 from brain_gmail.provider import GmailProvider
+from brain.testing.fakes.mime import Part
 
 pytestmark = pytest.mark.usefixtures("loopback_only")
 
@@ -179,7 +182,7 @@ def test_message_deleted_between_list_and_get_is_skipped_or_reported(fake: FakeG
     p = provider(fake)
     ctx = context(p, fake)
     page = p.initial_sync(ctx, None)
-    assert {m.id for m in page.messages} == set(ids) and page.next is None
+    assert {m.message_id for m in page.messages} == set(ids) and page.next is None
     cursor = page.cursor
     assert cursor == {"history_id": str(fake.history_id(USER))}
 
@@ -187,7 +190,7 @@ def test_message_deleted_between_list_and_get_is_skipped_or_reported(fake: FakeG
     fake.modify_labels(USER, ids[1], add=["STARRED"])
     fake.fail_next(1, status=404, path_prefix=f"/gmail/v1/users/me/messages/{ids[1]}")  # gone by the time we ask
     changes = p.incremental_sync(ctx, cursor)
-    assert [m.id for m in changes.messages] == [ids[0]] and "STARRED" in changes.messages[0].labels
+    assert [m.message_id for m in changes.messages] == [ids[0]] and "STARRED" in changes.messages[0].labels
     assert changes.deleted == [ids[1]]
     assert changes.cursor == {"history_id": str(fake.history_id(USER))}
 
@@ -209,6 +212,7 @@ def test_history_paging_and_expiry(fake: FakeGmail) -> None:
 
 
 def test_message_fields_and_full_format(fake: FakeGmail) -> None:
+    receipts = fake.add_label(USER, "Receipts")
     mid = fake.add_message(
         USER,
         sender="Grace Hopper <grace@navy.example>",
@@ -216,20 +220,20 @@ def test_message_fields_and_full_format(fake: FakeGmail) -> None:
         subject="Compilers",
         body="The first bug was a moth.",
         internet_message_id="<moth@navy.example>",
-        label_ids=["INBOX", "UNREAD", "Label_7"],
+        label_ids=["INBOX", "UNREAD", receipts],
         headers={"Cc": "kat@nasa.example"},
     )
-    p = provider(fake, message_format="full")
+    p = provider(fake)
     (message,) = p.initial_sync(context(p, fake), None).messages
-    assert message.id == mid and message.thread_id == mid
-    assert message.sender == "Grace Hopper <grace@navy.example>"
-    assert message.to == ("Ada <ada@example.com>", "Alan <alan@example.com>")
-    assert message.cc == ("kat@nasa.example",)
+    assert message.message_id == mid and message.thread_id == mid
+    assert message.sender == Address("Grace Hopper", "grace@navy.example")
+    assert message.to == (Address("Ada", "ada@example.com"), Address("Alan", "alan@example.com"))
+    assert message.cc == (Address("", "kat@nasa.example"),)
     assert message.subject == "Compilers" and message.internet_message_id == "<moth@navy.example>"
-    assert set(message.labels) == {"INBOX", "UNREAD", "Label_7"}
+    assert message.labels == ("INBOX", "UNREAD", "Receipts")
     assert message.date and message.date.endswith("Z") and message.size
-    assert message.extra["body"].strip() == "The first bug was a moth."
-    assert message.as_event_data()["body"].strip() == "The first bug was a moth."
+    assert message.body_text == "The first bug was a moth."
+    assert {r.query["format"] for r in fake.requests if r.via_batch} == {"full"}
 
 
 def test_quota_units_are_spent_per_call(fake: FakeGmail) -> None:
@@ -244,5 +248,36 @@ def test_quota_units_are_spent_per_call(fake: FakeGmail) -> None:
     ctx = context(p, fake)
     ctx.budget = Budget()
     p.initial_sync(ctx, None)
-    assert spent == [1, 5, 15]  # profile, list, a batch of three gets
+    assert spent == [1, 5, 15, 1]  # profile, list, a batch of three gets, labels.list
     assert sum(spent) == fake.quota_units(USER)
+
+
+def test_attachments_are_fetched_by_part_id_and_the_grant_revoked(fake: FakeGmail) -> None:
+    pdf = b"%PDF-1.4\n" + bytes(range(256)) * 8
+    mid = fake.add_message(
+        USER, body="See attached.", html='<p>See <img src="cid:c1"></p>',
+        attachments=[Part("report.pdf", "application/pdf", pdf)], inline=[Part("c.png", "image/png", b"PNG!", "c1")],
+    )
+    for message_format in ("full", "raw"):
+        p = provider(fake, message_format=message_format)
+        ctx = context(p, fake)
+        (message,) = p.initial_sync(ctx, None).messages
+        by_name = {a.filename: a.id for a in message.attachments}
+        got = p.fetch_attachment(ctx, mid, by_name["report.pdf"])
+        assert (got.mime_type, got.filename, got.size, b"".join(got.chunks)) == ("application/pdf", "report.pdf", len(pdf), pdf)
+        assert b"".join(p.fetch_attachment(ctx, mid, by_name["c.png"]).chunks) == b"PNG!"
+        with pytest.raises(MessageGone):
+            p.fetch_attachment(ctx, mid, "9.9")
+        with pytest.raises(MessageGone):
+            p.fetch_attachment(ctx, "0000000000000000", by_name["report.pdf"])
+    assert [r.path for r in fake.requests if "/attachments/" in r.path]  # the full format's way to the content
+
+    creds = Credentials(refresh_token=fake.issue_refresh_token(USER))
+    outcome = provider(fake, revoke_uri=fake.revoke_uri).revoke(creds)
+    assert outcome.revoked is True
+    with pytest.raises(AuthFailed, match="invalid_grant"):
+        provider(fake).refresh(creds)
+    assert provider(fake, revoke_uri=fake.revoke_uri).revoke(creds).revoked is True  # already gone: still revoked
+    fake.fail_next(1, status=503, path_prefix="/revoke")
+    failed = provider(fake, revoke_uri=fake.revoke_uri).revoke(Credentials(refresh_token=fake.issue_refresh_token(USER)))
+    assert failed.revoked is False and "myaccount.google.com/permissions" in failed.detail

@@ -19,7 +19,7 @@ def brain_startup(settings: Any, plugin_settings: Mapping[str, Mapping[str, Any]
     """Refuse unknown keys and bad values in [plugins.imap] at start-up, naming the key."""
     table = plugin_settings.get("imap", {})
     check_plugin_table("imap", table, SETTINGS_KEYS)
-    for key, kind in (("timeout", float), ("idle_refresh_seconds", float), ("page_size", int)):
+    for key, kind in (("timeout", float), ("idle_refresh_seconds", float), ("page_size", int), ("max_message_bytes", int)):
         if key in table:
             try:
                 ok = kind(table[key]) > 0
@@ -27,7 +27,7 @@ def brain_startup(settings: Any, plugin_settings: Mapping[str, Mapping[str, Any]
                 ok = False
             if not ok:
                 raise ConfigError(f"plugins.imap.{key}: must be a positive number, got {table[key]!r}")
-    if "folders" in table:
+    if table.get("folders"):  # empty: every folder
         try:
             folder_list(table["folders"], field="plugins.imap.folders")
         except ConnectRejected as exc:

@@ -87,19 +87,25 @@ class Client:
         raise AssertionError("too many pages")
 
     def mailbox_view(self) -> dict[str, list[str]]:
-        """What the store says the mailbox holds now: message id -> labels (events folded)."""
+        """What the store says the mailbox holds now: message id -> state (events folded)."""
         live: dict[str, list[str]] = {}
         # Fold in commit order (the store's id), not the API's listing order.
         for event in sorted(self.events(), key=lambda e: e["id"]):
             data = event["data"]
             if event["type"] == RECEIVED:
                 assert data["message_id"] not in live, f"{data['message_id']} received twice while live"
-                live[data["message_id"]] = data["labels"]
+                live[data["message_id"]] = view_of(data)
             elif event["type"] == UPDATED:
-                live[data["message_id"]] = data["labels"]
+                live[data["message_id"]] = view_of(data)
             elif event["type"] == DELETED:
                 live.pop(data["message_id"], None)
         return live
+
+
+def view_of(data: dict[str, Any]) -> list[str]:
+    """A message's folders, keywords and flags as one sorted list."""
+    flags = [name for name in ("read", "starred") if data["flags"][name]]
+    return sorted([*data["folders"], *data["labels"], *flags])
 
 
 def connect_body(dovecot: Dovecot, user: str = ALICE, **overrides: Any) -> dict[str, Any]:
@@ -117,8 +123,8 @@ def server_view(dovecot: Dovecot, user: str = ALICE) -> dict[str, list[str]]:
     out = {}
     for uid, m in dovecot.messages(user).items():
         flags = {str(f).upper() for f in m["flags"]}  # type: ignore[union-attr]
-        labels = {"INBOX"} | ({"UNREAD"} if "\\SEEN" not in flags else set())
-        labels |= {"FLAGGED"} if "\\FLAGGED" in flags else set()
+        labels = {"INBOX"} | ({"read"} if "\\SEEN" in flags else set())
+        labels |= {"starred"} if "\\FLAGGED" in flags else set()
         labels |= {str(f) for f in m["flags"] if not str(f).startswith("\\")}  # type: ignore[union-attr]
         out[f"INBOX:{validity}:{uid}"] = sorted(labels)
     return out
@@ -158,6 +164,18 @@ def test_connect_sync_idle_flags_expunge_disconnect(tmp_path: Path, dovecot: Dov
         received = client.events(RECEIVED)
         assert sorted(e["data"]["subject"] for e in received) == sorted(f"before connect {i}" for i in range(12))
         assert client.mailbox_view() == server_view(dovecot)
+        first = next(e for e in received if e["data"]["subject"] == "before connect 0")["data"]
+        validity = dovecot.uidvalidity(ALICE)
+        assert {k: v for k, v in first.items() if k not in ("account", "thread_id", "internet_message_id", "date")} == {
+            "provider": "imap", "address": ALICE, "message_id": f"INBOX:{validity}:{uids[0]}",
+            "in_reply_to": None, "references": [], "from": {"name": "", "address": "sender@example.test"},
+            "to": [{"name": "", "address": ALICE}], "cc": [], "bcc": [], "reply_to": [],
+            "subject": "before connect 0", "direction": "received", "folders": ["INBOX"], "labels": [],
+            "flags": {"read": False, "starred": False, "important": False}, "size": first["size"],
+            "snippet": "hello", "body_text": "hello", "body_text_clean": "hello", "attachments": [],
+            "has_attachments": False, "truncated": False,
+        }
+        assert first["thread_id"] == first["internet_message_id"] and first["size"] > 100
 
         # New mail arrives: IDLE makes it show up within seconds (the poll interval is an hour).
         started = time.monotonic()
@@ -170,8 +188,9 @@ def test_connect_sync_idle_flags_expunge_disconnect(tmp_path: Path, dovecot: Dov
         dovecot.add_flags(ALICE, [uids[0]], [r"\Seen", r"\Flagged"])
         wait_until(lambda: client.events(UPDATED), timeout=15, what="flag change via IDLE")
         (updated,) = client.events(UPDATED)
-        assert updated["data"]["labels"] == ["FLAGGED", "INBOX"]
-        assert updated["data"]["removed_labels"] == ["UNREAD"] and updated["data"]["added_labels"] == ["FLAGGED"]
+        assert updated["data"]["flags"] == {"read": True, "starred": True, "important": False}
+        assert updated["data"]["folders"] == ["INBOX"] and updated["data"]["labels"] == []
+        assert "body_text" not in updated["data"]  # a change of state carries the state only
         dovecot.expunge(ALICE, [uids[1], uids[2]])
         wait_until(lambda: len(client.events(DELETED)) == 2, timeout=15, what="expunge via IDLE")
         validity = dovecot.uidvalidity(ALICE)

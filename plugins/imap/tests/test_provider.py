@@ -18,10 +18,23 @@ from typing import Any
 
 import pytest
 
-from brain.mail.provider import AuthFailed, ConnectRejected, Credentials, CursorExpired, SyncContext, SyncPage, Transient
+from brain.mail.provider import (
+    Address,
+    AuthFailed,
+    ConnectRejected,
+    Credentials,
+    CursorExpired,
+    Flags,
+    MessageGone,
+    SyncContext,
+    SyncOptions,
+    SyncPage,
+    Transient,
+)
 from brain.testing import free_port, sync_context, wait_until
 from brain.testing.conformance import ProviderConformance
 from brain.testing.fakes.dovecot import Dovecot, make_message
+from brain.testing.fakes.mime import Part, build_message
 from brain_imap import idle as idle_module
 from brain_imap import uidset
 from brain_imap.messages import message_id
@@ -68,7 +81,7 @@ def make_provider(dovecot: Dovecot, **settings: Any) -> ImapProvider:
 
 
 def context(provider: ImapProvider, credentials: Credentials) -> SyncContext:
-    return sync_context(provider, credentials, account_id="acct")
+    return sync_context(provider, credentials, account_id="acct", address=credentials.extra.get("address", ""))
 
 
 class ImapMailbox:
@@ -135,12 +148,16 @@ def run_incremental(provider: ImapProvider, ctx: SyncContext, cursor: dict[str, 
     return run_pages(lambda pos: provider.incremental_sync(ctx, pos), cursor)
 
 
+def uid_of(message: Any) -> int:
+    return int(message.message_id.rsplit(":", 1)[1])
+
+
 def by_id(pages: list[SyncPage]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for page in pages:
         for m in page.messages:
-            assert m.id not in out, f"{m.id} twice in one run"
-            out[m.id] = m
+            assert m.message_id not in out, f"{m.message_id} twice in one run"
+            out[m.message_id] = m
     return out
 
 
@@ -251,10 +268,11 @@ def test_initial_sync_pages_and_resumes_by_uid(dovecot: Dovecot, user: str) -> N
     validity = dovecot.uidvalidity(user)
     m = got[f"INBOX:{validity}:{uids[0]}"]
     assert m.subject == "message 0" and m.internet_message_id and m.internet_message_id.startswith("<")
-    assert m.labels == ("$Work", "FLAGGED", "INBOX")  # seen: no UNREAD
-    assert got[f"INBOX:{validity}:{uids[5]}"].labels == ("INBOX", "UNREAD")
-    assert m.extra == {"folder": "INBOX", "uid": uids[0], "uidvalidity": validity}
-    assert m.sender == "sender@example.test" and m.to == (user,) and m.date and m.date.endswith("Z")
+    assert m.labels == ("$Work",) and m.folders == ("INBOX",)
+    assert m.flags == Flags(read=True, starred=True, important=False)
+    assert got[f"INBOX:{validity}:{uids[5]}"].flags == Flags(read=False, starred=False, important=False)
+    assert m.sender == Address("", "sender@example.test") and m.to == (Address("", user),)
+    assert m.date and m.date.endswith("Z") and m.body_text == "hello" and m.direction == "received"
     assert m.size and m.size > 100
     assert m.thread_id == m.internet_message_id
     assert cursor["states"]["INBOX"]["mode"] == "qresync"
@@ -269,12 +287,95 @@ def test_special_use_folders_by_flag(dovecot: Dovecot, user: str) -> None:
     pages, cursor = run_initial(provider, ctx)
     got = by_id(pages)
     assert sorted(m.subject for m in got.values()) == ["inbox mail", "sent mail"]
-    assert {m.subject: m.extra["folder"] for m in got.values()} == {"inbox mail": "INBOX", "sent mail": "Sent"}
+    assert {m.subject: m.folders for m in got.values()} == {"inbox mail": ("INBOX",), "sent mail": ("Sent",)}
+    assert {m.subject: m.direction for m in got.values()} == {"inbox mail": "received", "sent mail": "sent"}
     assert cursor["folders"] == ["INBOX", "Sent"]
     dovecot.append(user, "sent later", folder="Sent")
     pages, _ = run_incremental(provider, ctx, cursor)
     assert [m.subject for m in by_id(pages).values()] == ["sent later"]
     provider.close()
+
+
+def test_every_folder_but_junk_and_trash_and_new_ones_later(dovecot: Dovecot, user: str) -> None:
+    for folder in ("INBOX", "Sent", "Drafts", "Archive", "Junk", "Trash"):
+        dovecot.append(user, f"in {folder}", folder=folder, flags=[r"\Draft"] if folder == "Drafts" else [])
+    provider, ctx = connect(dovecot, user)
+    pages, cursor = run_initial(provider, ctx)
+    got = {m.subject: m for m in by_id(pages).values()}
+    assert sorted(got) == ["in Archive", "in Drafts", "in INBOX", "in Sent"]
+    assert [got[s].direction for s in ("in INBOX", "in Sent", "in Drafts", "in Archive")] == [
+        "received", "sent", "draft", "received"]
+    assert cursor["folders"][0] == "INBOX"
+
+    dovecot.create_folder(user, "Projects")
+    dovecot.append(user, "in Projects", folder="Projects")
+    pages, cursor = run_incremental(provider, ctx, cursor)
+    assert [(m.subject, m.folders) for m in by_id(pages).values()] == [("in Projects", ("Projects",))]
+    pages, cursor = run_incremental(provider, ctx, cursor)
+    assert by_id(pages) == {}
+
+    ctx.options = SyncOptions(exclude_spam_trash=False)
+    with pytest.raises(CursorExpired):  # Junk and Trash are new to it...
+        pages, cursor = run_incremental(provider, ctx, {**cursor, "folders": [*cursor["folders"], "Gone"]})
+    pages, _ = run_initial(provider, ctx)
+    assert {"in Junk", "in Trash"} <= {m.subject for m in by_id(pages).values()}
+    provider.close()
+
+
+PDF = b"%PDF-1.4\n" + bytes(range(256)) * 64
+PNG = b"\x89PNG\r\n\x1a\n" + bytes(400)
+
+
+def test_bodies_attachments_and_charsets_without_marking_anything_read(dovecot: Dovecot, user: str) -> None:
+    dovecot.append(user, build_message(subject="Newsletter", html="<h1>News</h1><p>Item <b>one</b></p>"))
+    dovecot.append(user, build_message(
+        subject="Report", text="See the report.", html='<p>See <img src="cid:c1"></p>',
+        attachments=[Part("Q1 report.pdf", "application/pdf", PDF)], inline=[Part("chart.png", "image/png", PNG, "c1")],
+    ))
+    dovecot.append(user, build_message(subject="Привет", text="Привет из Москвы", charset="koi8-r"))
+    dovecot.append(user, build_message(subject="Grüße", text="Grüße – bis bald", charset="windows-1252"))
+    whole, ctx = connect(dovecot, user)
+    pages, _ = run_initial(whole, ctx)
+    got = {m.subject: m for m in by_id(pages).values()}
+    assert got["Newsletter"].body_text == "News\n\nItem one"
+    report = got["Report"]
+    assert report.body_text == "See the report."
+    assert [(a.id, a.filename, a.mime_type, a.size, a.content_id, a.inline) for a in report.attachments] == [
+        ("1.2.2", "chart.png", "image/png", len(PNG), "c1", True),
+        ("2", "Q1 report.pdf", "application/pdf", len(PDF), None, False),
+    ]
+    assert got["Привет"].body_text == "Привет из Москвы" and got["Grüße"].body_text == "Grüße – bis bald"
+    assert all(not flags for flags in (m["flags"] for m in dovecot.messages(user).values()))  # nothing \Seen
+
+    # The same messages through skeletons (each larger than the whole-message cap).
+    skeletal = make_provider(dovecot, max_message_bytes=100)
+    _, ctx2 = connect(dovecot, user, provider=skeletal)
+    pages, _ = run_initial(skeletal, ctx2)
+    again = {m.subject: m for m in by_id(pages).values()}
+    for subject, message in got.items():
+        assert again[subject].body_text == message.body_text
+        assert again[subject].attachments == message.attachments
+        assert again[subject].sender == message.sender and again[subject].date == message.date
+    assert all(not m["flags"] for m in dovecot.messages(user).values())
+
+    pdf = whole.fetch_attachment(ctx, report.message_id, "2")
+    assert (pdf.mime_type, pdf.filename, pdf.size, b"".join(pdf.chunks)) == ("application/pdf", "Q1 report.pdf", len(PDF), PDF)
+    png = skeletal.fetch_attachment(ctx2, report.message_id, "1.2.2")
+    assert (png.mime_type, png.filename, b"".join(png.chunks)) == ("image/png", "chart.png", PNG)
+    for gone in ((report.message_id, "7"), (report.message_id.replace(":1", ":9999", 1), "2"), ("nonsense", "1")):
+        with pytest.raises(MessageGone):
+            whole.fetch_attachment(ctx, *gone)
+    assert all(not m["flags"] for m in dovecot.messages(user).values())
+    assert whole.revoke(ctx.tokens.credentials()).revoked is None
+
+    without = make_provider(dovecot)
+    _, ctx3 = connect(dovecot, user, provider=without)
+    ctx3.options = SyncOptions(bodies=False)
+    pages, _ = run_initial(without, ctx3)
+    bare = {m.subject: m for m in by_id(pages).values()}
+    assert bare["Report"].body_text == "" and bare["Report"].attachments == report.attachments
+    for p in (whole, skeletal, without):
+        p.close()
 
 
 # Incremental sync ------------------------------------------------------------------------------
@@ -302,11 +403,11 @@ def test_incremental_modes(tmp_path: Path, hidden: tuple[str, ...], mode: str) -
         got = by_id(pages)
         deleted = [x for p in pages for x in p.deleted]
         assert deleted == [f"INBOX:{validity}:{b}"]
-        assert got[f"INBOX:{validity}:{a}"].labels == ("$Todo", "INBOX")
+        assert got[f"INBOX:{validity}:{a}"].labels == ("$Todo",) and got[f"INBOX:{validity}:{a}"].flags.read
         assert got[f"INBOX:{validity}:{d}"].subject == "d"
         # Only what changed (plain mode re-reads the changed block, which here holds all).
         expected = {a, d} if mode != "plain" else {a, c, d}
-        assert {m.extra["uid"] for m in got.values()} == expected
+        assert {uid_of(m) for m in got.values()} == expected
         # And the cursor moved on: the same changes are not reported twice.
         pages, cursor = run_incremental(provider, ctx, cursor)
         assert by_id(pages) == {} and not any(p.deleted for p in pages)
@@ -318,7 +419,7 @@ def test_incremental_pages_through_many_changes(dovecot: Dovecot, user: str) -> 
     _, cursor = run_initial(provider, ctx)
     dovecot.append_many(user, [f"n{i}" for i in range(30)])
     pages, cursor = run_incremental(provider, ctx, cursor)
-    assert len(pages) == 5 and len(by_id(pages)) == 30
+    assert [len(p.messages) for p in pages if p.messages] == [7, 7, 7, 7, 2] and len(by_id(pages)) == 30
     provider.close()
 
 
@@ -420,12 +521,13 @@ def test_headers_are_decoded_and_odd_messages_survive(dovecot: Dovecot, user: st
     dovecot.append(user, bare)
     provider, ctx = connect(dovecot, user)
     pages, _ = run_initial(provider, ctx)
-    first, second = sorted(by_id(pages).values(), key=lambda m: m.extra["uid"])
-    assert first.subject == "Grüße" and first.sender == "Jürgen <j@example.test>"
-    assert first.to == ("a@example.test", '"B, Person" <b@example.test>') and first.cc == ("c@example.test", "Zöe <z@example.test>")
+    first, second = sorted(by_id(pages).values(), key=uid_of)
+    assert first.subject == "Grüße" and first.sender == Address("Jürgen", "j@example.test")
+    assert first.to == (Address("", "a@example.test"), Address("B, Person", "b@example.test"))
+    assert first.cc == (Address("", "c@example.test"), Address("Zöe", "z@example.test"))
     assert first.date == "2023-01-03T08:00:00.000Z"
     assert first.thread_id == "<root@example.test>" and first.internet_message_id == "<child@example.test>"
-    assert first.snippet == "body"  # dovecot offers PREVIEW
+    assert first.snippet == "body"
     assert second.subject == "no date, no id" and second.internet_message_id is None
     assert second.date and second.date.endswith("Z")  # INTERNALDATE stands in
     provider.close()

@@ -13,7 +13,7 @@ from brain.plugins import hookimpl
 # Keys of the [plugins.outlook] table; MICROSOFT_CLIENT_ID/_SECRET/_TENANT fill the first three.
 SETTINGS_KEYS = frozenset(
     {"client_id", "client_secret", "tenant", "authority_host", "graph_base_url", "page_size", "ca_bundle",
-     "folder", "timeout", "quota_units_per_second"}
+     "timeout", "quota_units_per_second"}
 )
 
 
@@ -27,6 +27,11 @@ def register_settings(register: Callable[[Section], None]) -> None:
 def brain_startup(settings: Any, plugin_settings: Mapping[str, Mapping[str, Any]]) -> None:
     """Refuse unknown keys in [plugins.outlook] at start-up."""
     table = plugin_settings.get("outlook", {})
+    if "folder" in table:
+        raise ConfigError(
+            "plugins.outlook.folder: every folder is synced now (but Junk Email and Deleted Items); "
+            "an account chooses its own with sync.folders"
+        )
     check_plugin_table("outlook", table, SETTINGS_KEYS)
     ca_bundle = table.get("ca_bundle")
     if ca_bundle and not Path(str(ca_bundle)).is_file():

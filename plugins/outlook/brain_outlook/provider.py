@@ -4,10 +4,18 @@
   the account's (encrypted) credentials in mail.db, so the refresh token MSAL keeps — Entra
   rotates it on every refresh — survives restarts. The core decides when to refresh; MSAL is
   asked with ``force_refresh`` so a token Graph refused is never handed out again.
-- Sync: ``/me/mailFolders/{folder}/messages/delta`` with ``Prefer: odata.maxpagesize``;
-  ``@odata.nextLink`` is the checkpoint within a round, ``@odata.deltaLink`` the cursor
-  between rounds; ``@removed`` entries are deletions (or moves out of the folder); 410 /
-  ``syncStateNotFound`` means ``CursorExpired``.
+- Folders: every mail folder (child folders too, named ``Parent/Child``) but Junk Email and
+  Deleted Items, or the ones the account chose (well-known names such as ``sentitems``,
+  display names, paths or ids).
+- Sync: ``/me/mailFolders/{folder}/messages/delta`` per folder, one after the other, with
+  ``Prefer: odata.maxpagesize``; ``@odata.nextLink`` is the checkpoint within a round,
+  ``@odata.deltaLink`` (one per folder) the cursor between rounds; 410 / ``syncStateNotFound``
+  means ``CursorExpired``. Every request prefers ``IdType="ImmutableId"``, so a message keeps
+  its id when it moves: a ``@removed`` entry is looked up by id, and a message found in
+  another synced folder is a change of folder (an update), not a deletion.
+- Content: ``body`` as text (``Prefer: outlook.body-content-type="text"``; HTML when the
+  account keeps HTML, converted by the core's model), the size (``PR_MESSAGE_SIZE``, expanded),
+  and the attachment listing of every message that has attachments (metadata only).
 - HTTP: one ``requests.Session`` per provider instance (one per thread). With a ``ca_bundle``
   the session ignores the environment (``trust_env=False``): ``REQUESTS_CA_BUNDLE`` would
   otherwise override ``verify``.
@@ -15,10 +23,10 @@
 
 from __future__ import annotations
 
-import email.utils
+import logging
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
 
@@ -26,35 +34,48 @@ import msal
 import requests
 
 from brain.mail.provider import (
+    AttachmentContent,
     AuthFailed,
     ConnectRejected,
     Credentials,
     CursorExpired,
-    MailMessage,
     MailProvider,
+    MessageGone,
+    MessageRecord,
     ProviderError,
     RateLimited,
+    Revocation,
     SyncContext,
     SyncPage,
     Transient,
+    message_from_graph,
     parse_retry_after,
 )
 
 __all__ = ["OutlookProvider"]
+
+log = logging.getLogger("brain.mail.outlook")
 
 SCOPES = ["Mail.Read", "User.Read"]
 DEFAULTS: dict[str, Any] = {
     "tenant": "common",
     "authority_host": "https://login.microsoftonline.com",
     "graph_base_url": "https://graph.microsoft.com/v1.0",
-    "folder": "inbox",
     "timeout": 30,
     "ca_bundle": "",
 }
 SELECT = (
-    "id,conversationId,internetMessageId,subject,from,toRecipients,ccRecipients,receivedDateTime,"
-    "bodyPreview,isRead,flag,categories,importance,parentFolderId"
+    "id,conversationId,internetMessageId,subject,from,sender,toRecipients,ccRecipients,bccRecipients,replyTo,"
+    "receivedDateTime,sentDateTime,bodyPreview,isRead,isDraft,flag,categories,importance,parentFolderId,hasAttachments"
 )
+# PR_MESSAGE_SIZE, the message's size in bytes, is not a property of Graph's message type.
+SIZE_EXPAND = "singleValueExtendedProperties($filter=id eq 'Integer 0x0E08')"
+ATTACHMENT_SELECT = "id,name,contentType,size,isInline"
+WELL_KNOWN = ("inbox", "sentitems", "drafts", "archive", "deleteditems", "junkemail")
+SPAM_TRASH = ("junkemail", "deleteditems")
+CURSOR_VERSION = 2
+# The folder tree is listed again when this old (a folder added meanwhile is synced from then).
+FOLDERS_MAX_AGE = 900.0
 _AUTH_ERRORS = {
     "invalid_grant",
     "interaction_required",
@@ -80,13 +101,14 @@ class OutlookProvider(MailProvider):
         self.client_secret = str(conf.get("client_secret", ""))
         self.authority = f"{str(conf['authority_host']).rstrip('/')}/{conf['tenant']}"
         self.graph = str(conf["graph_base_url"]).rstrip("/")
-        self.folder = str(conf["folder"])
         self.timeout = float(conf["timeout"])
         self.ca_bundle = str(conf["ca_bundle"] or "")
         self.page_size = max(1, min(1000, self.page_size))
         self._session: requests.Session | None = None
         self._cache = msal.SerializableTokenCache()
         self._app: msal.ConfidentialClientApplication | None = None
+        self._folders: list[dict[str, str]] | None = None  # every mail folder: id, name (path), wk
+        self._folders_at = 0.0
 
     # Connecting -----------------------------------------------------------------------
 
@@ -145,23 +167,67 @@ class OutlookProvider(MailProvider):
     # Syncing ------------------------------------------------------------------------------
 
     def initial_sync(self, ctx: SyncContext, checkpoint: dict[str, Any] | None) -> SyncPage:
-        """One page of a delta round started without a token (the whole folder)."""
-        if checkpoint is None:
-            folder = self._get(ctx, f"{self.graph}/me/mailFolders/{quote(self.folder)}")
-            total = folder.get("totalItemCount")
-            url = f"{self.graph}/me/mailFolders/{quote(self.folder)}/messages/delta?$select={SELECT}"
-        else:
-            total = checkpoint.get("total")
-            url = checkpoint["link"]
-        page = self._delta_page(ctx, url)
-        if page.next is not None:
-            page.next["total"] = total
-        page.estimated_total = total
+        """One page of a delta round started without a token, folder after folder."""
+        if checkpoint is None or checkpoint.get("v") != CURSOR_VERSION:
+            folders = self._chosen(ctx)
+            total = sum(int(f.get("total") or 0) for f in folders)
+            checkpoint = {"v": CURSOR_VERSION, "folders": [_slim(f) for f in folders], "i": 0, "link": None,
+                          "links": {}, "total": total}
+        page = self._round_page(ctx, checkpoint)
+        page.estimated_total = checkpoint["total"]
         return page
 
     def incremental_sync(self, ctx: SyncContext, cursor: dict[str, Any]) -> SyncPage:
-        """One page of a delta round from the saved deltaLink (or the nextLink within it)."""
-        return self._delta_page(ctx, cursor["link"])
+        """One page of a round from the saved deltaLinks; folders new since the last round start fresh."""
+        if cursor.get("v") != CURSOR_VERSION:
+            raise CursorExpired("cursor from another version of the Outlook provider")
+        if "i" not in cursor:  # a new round: the folders may have changed since the last one
+            chosen = [_slim(f) for f in self._chosen(ctx)]
+            ids = {f["id"] for f in chosen}
+            if any(f["id"] not in ids for f in cursor["folders"]):
+                # A folder left what the account syncs (deleted, renamed out of the choice): its
+                # messages must go, and only a resync that reconciles can tell which.
+                raise CursorExpired("a synced folder is gone")
+            cursor = {**cursor, "folders": chosen, "i": 0, "link": None}
+        return self._round_page(ctx, cursor)
+
+    # Attachments and disconnecting --------------------------------------------------------
+
+    def fetch_attachment(self, ctx: SyncContext, message_id: str, attachment_id: str) -> AttachmentContent:
+        """The attachment's metadata, then its raw content (``/$value``) streamed."""
+        base = f"{self.graph}/me/messages/{quote(message_id)}/attachments/{quote(attachment_id)}"
+        meta = self._get(ctx, f"{base}?$select={ATTACHMENT_SELECT}", missing_ok=True)
+        if meta is None:
+            raise MessageGone(f"Outlook message {message_id} has no attachment {attachment_id}")
+        resp = self._send(ctx, f"{base}/$value", stream=True)
+        if resp.status_code == 404:
+            resp.close()
+            raise MessageGone(f"Outlook attachment {attachment_id} has no content (an item or a link, not a file)")
+        size = meta.get("size")
+
+        def chunks() -> Iterator[bytes]:
+            with resp:
+                yield from resp.iter_content(64 * 1024)
+
+        return AttachmentContent(
+            str(meta.get("contentType") or "application/octet-stream"), str(meta.get("name") or ""),
+            size if isinstance(size, int) else None, chunks(),
+        )
+
+    def revoke(self, credentials: Credentials) -> Revocation:
+        """What an app can do: nothing that withdraws the user's consent.
+
+        Microsoft has no endpoint for one app to revoke its own delegated grant: deleting the
+        consent (oauth2PermissionGrants) needs admin rights, and revokeSignInSessions signs the
+        user out of every app and device, which no one disconnecting a mailbox asks for. brain
+        deletes its tokens; the user withdraws the consent in their account.
+        """
+        return Revocation(
+            False,
+            "Microsoft offers apps no way to withdraw their own consent; brain deleted its tokens. To revoke "
+            "the grant, remove brain at https://myapps.microsoft.com (work or school accounts) or "
+            "https://account.live.com/consent/Manage (personal accounts)",
+        )
 
     def close(self) -> None:
         """Close the HTTP session."""
@@ -169,6 +235,138 @@ class OutlookProvider(MailProvider):
         self._app = None
         if session is not None:
             session.close()
+
+    # Rounds -------------------------------------------------------------------------------
+
+    def _round_page(self, ctx: SyncContext, position: dict[str, Any]) -> SyncPage:
+        """One delta page of the folder the position is at, and where the round goes next."""
+        folders: list[dict[str, str]] = position["folders"]
+        links: dict[str, str] = dict(position["links"])
+        i = position["i"]
+        if i >= len(folders):
+            return SyncPage(cursor={"v": CURSOR_VERSION, "folders": folders, "links": links})
+        folder = folders[i]
+        url = position["link"] or links.get(folder["id"]) or self._fresh_delta_url(ctx, folder["id"])
+        body = self._get(ctx, url, page=True)
+        items = [item for item in body.get("value", []) if "@removed" not in item]
+        removed = [item["id"] for item in body.get("value", []) if "@removed" in item]
+        names = {f["id"]: f["name"] for f in folders}
+        messages, deleted = self._records(ctx, items, names)
+        if removed:
+            found, gone = self._look_up(ctx, removed, names)
+            messages += found
+            deleted += gone
+        next_link = body.get("@odata.nextLink")
+        if next_link:
+            return SyncPage(messages=messages, deleted=deleted, next={**position, "link": next_link})
+        delta_link = body.get("@odata.deltaLink")
+        if not delta_link:
+            raise ProviderError("Graph delta page has neither nextLink nor deltaLink")
+        links[folder["id"]] = delta_link
+        following = {**position, "i": i + 1, "link": None, "links": links}
+        if i + 1 < len(folders):
+            return SyncPage(messages=messages, deleted=deleted, next=following)
+        return SyncPage(messages=messages, deleted=deleted, cursor={"v": CURSOR_VERSION, "folders": folders, "links": links})
+
+    def _fresh_delta_url(self, ctx: SyncContext, folder_id: str) -> str:
+        select = SELECT + (",body" if ctx.options.bodies else "")
+        query = {"$select": select, "$expand": SIZE_EXPAND}
+        if ctx.options.since is not None:
+            since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ctx.options.since))
+            query["$filter"] = f"receivedDateTime ge {since}"
+        return f"{self.graph}/me/mailFolders/{quote(folder_id)}/messages/delta?{urlencode(query, safe='$,()=', quote_via=quote)}"
+
+    def _records(
+        self, ctx: SyncContext, items: Sequence[Mapping[str, Any]], names: Mapping[str, str]
+    ) -> tuple[list[MessageRecord], list[str]]:
+        """Graph messages as the model, attachments listed; (records, ids outside the synced folders)."""
+        records: list[MessageRecord] = []
+        outside: list[str] = []
+        for item in items:
+            if item.get("parentFolderId") not in names:
+                outside.append(str(item["id"]))
+                continue
+            attachments = None
+            if item.get("hasAttachments"):
+                listing = self._get(ctx, f"{self.graph}/me/messages/{quote(str(item['id']))}/attachments"
+                                         f"?$select={ATTACHMENT_SELECT}")
+                attachments = listing.get("value", [])
+            records.append(
+                message_from_graph(
+                    item, attachments=attachments, folder_names=names, own_addresses=ctx.own_addresses,
+                    options=ctx.options.convert,
+                )
+            )
+        return records, outside
+
+    def _look_up(
+        self, ctx: SyncContext, ids: Sequence[str], names: Mapping[str, str]
+    ) -> tuple[list[MessageRecord], list[str]]:
+        """Messages a folder reported removed: still in a synced folder (moved), or gone."""
+        found: list[Mapping[str, Any]] = []
+        gone: list[str] = []
+        select = SELECT + (",body" if ctx.options.bodies else "")
+        for message_id in ids:
+            url = f"{self.graph}/me/messages/{quote(message_id)}?$select={select}&$expand={SIZE_EXPAND}"
+            item = self._get(ctx, url, missing_ok=True)
+            if item is None:
+                gone.append(message_id)
+            else:
+                found.append(item)
+        records, outside = self._records(ctx, found, names)
+        return records, gone + outside
+
+    # Folders ------------------------------------------------------------------------------
+
+    def _chosen(self, ctx: SyncContext) -> list[dict[str, str]]:
+        """The folders the account syncs, in tree order."""
+        folders = self._all_folders(ctx)
+        chosen = ctx.options.folders
+        if chosen is None:
+            excluded = {f["id"] for f in folders if ctx.options.exclude_spam_trash and f.get("wk") in SPAM_TRASH}
+            out = []
+            for folder in folders:  # children of an excluded folder are excluded with it
+                if folder["id"] in excluded or folder.get("parent") in excluded:
+                    excluded.add(folder["id"])
+                else:
+                    out.append(folder)
+            return out
+        picked: dict[str, dict[str, str]] = {}
+        for entry in chosen:
+            key = entry.lower()
+            match = [f for f in folders if key in (f["id"].lower(), f.get("wk", ""), f["name"].lower())]
+            if not match:
+                log.warning("Outlook folder %r not found; not synced", entry)
+            for folder in match:
+                picked.setdefault(folder["id"], folder)
+        return [f for f in folders if f["id"] in picked]
+
+    def _all_folders(self, ctx: SyncContext) -> list[dict[str, str]]:
+        """Every mail folder (depth first), named by its path, with its well-known name if any."""
+        if self._folders is not None and time.monotonic() - self._folders_at < FOLDERS_MAX_AGE:
+            return self._folders
+        well_known: dict[str, str] = {}
+        for name in WELL_KNOWN:
+            folder = self._get(ctx, f"{self.graph}/me/mailFolders/{name}?$select=id", missing_ok=True)
+            if folder is not None:
+                well_known[str(folder["id"])] = name
+        out: list[dict[str, str]] = []
+
+        def walk(url: str, parent: dict[str, str] | None) -> None:
+            while url:
+                body = self._get(ctx, url)
+                for item in body.get("value", []):
+                    path = f"{parent['name']}/{item['displayName']}" if parent else str(item["displayName"])
+                    folder = {"id": str(item["id"]), "name": path, "wk": well_known.get(str(item["id"]), ""),
+                              "parent": parent["id"] if parent else "", "total": str(item.get("totalItemCount") or 0)}
+                    out.append(folder)
+                    if item.get("childFolderCount"):
+                        walk(f"{self.graph}/me/mailFolders/{quote(folder['id'])}/childFolders?$top=250", folder)
+                url = body.get("@odata.nextLink") or ""
+
+        walk(f"{self.graph}/me/mailFolders?$top=250", None)
+        self._folders, self._folders_at = out, time.monotonic()
+        return out
 
     # Helpers ------------------------------------------------------------------------------
 
@@ -254,41 +452,48 @@ class OutlookProvider(MailProvider):
             obtained_at=now,
         )
 
-    def _delta_page(self, ctx: SyncContext, url: str) -> SyncPage:
-        body = self._get(ctx, url, prefer_page=True)
-        messages: list[MailMessage] = []
-        deleted: list[str] = []
-        for item in body.get("value", []):
-            if "@removed" in item:
-                deleted.append(item["id"])
-            else:
-                messages.append(_message(item, self.folder))
-        next_link = body.get("@odata.nextLink")
-        if next_link:
-            return SyncPage(messages=messages, deleted=deleted, next={"link": next_link})
-        delta_link = body.get("@odata.deltaLink")
-        if not delta_link:
-            raise ProviderError("Graph delta page has neither nextLink nor deltaLink")
-        return SyncPage(messages=messages, deleted=deleted, cursor={"link": delta_link})
+    def _get(self, ctx: SyncContext, url: str, *, page: bool = False, missing_ok: bool = False) -> Any:
+        """GET a Graph resource as JSON (None for a 404 when ``missing_ok``)."""
+        resp = self._send(ctx, url, page=page)
+        try:
+            body = resp.json() if resp.content else {}
+        except ValueError as exc:
+            raise Transient(f"Graph sent no JSON: {exc}") from exc
+        if resp.status_code < 400:
+            return body
+        if resp.status_code == 404 and missing_ok:
+            return None
+        raise _map_graph_error(resp, body)
 
-    def _get(self, ctx: SyncContext, url: str, *, prefer_page: bool = False) -> dict[str, Any]:
+    def _send(self, ctx: SyncContext, url: str, *, page: bool = False, stream: bool = False) -> requests.Response:
+        """GET with the account's token and brain's preferences; one refresh after a 401.
+
+        Errors other than a 404 are raised mapped; a 404 is the caller's to read.
+        """
         self._check_url(url)
+        preferences = ['IdType="ImmutableId"']
+        if not ctx.options.convert.keep_html:
+            preferences.append('outlook.body-content-type="text"')
+        if page:
+            preferences.append(f"odata.maxpagesize={self.page_size}")
         for attempt in range(2):
             token = ctx.tokens.access_token()
-            headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
-            if prefer_page:
-                headers["Prefer"] = f"odata.maxpagesize={self.page_size}"
+            headers = {"Authorization": f"Bearer {token}", "Accept": "application/json", "Prefer": ", ".join(preferences)}
             ctx.budget.spend(1)
             try:
-                resp = self._http().get(url, headers=headers, timeout=self.timeout)
-                body = resp.json() if resp.content else {}
-            except (requests.RequestException, ValueError) as exc:
+                resp = self._http().get(url, headers=headers, timeout=self.timeout, stream=stream)
+            except requests.RequestException as exc:
                 raise Transient(f"Graph unreachable: {type(exc).__name__}: {exc}") from exc
             if resp.status_code == 401 and attempt == 0:
+                resp.close()
                 ctx.tokens.invalidate(token)  # expired or revoked: one refresh, then retry
                 continue
-            if resp.status_code < 400:
-                return body
+            if resp.status_code < 400 or resp.status_code == 404:
+                return resp
+            try:
+                body = resp.json() if resp.content else {}
+            except (ValueError, requests.RequestException):
+                body = {}
             raise _map_graph_error(resp, body)
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -316,32 +521,6 @@ def _map_graph_error(resp: requests.Response, body: Any) -> ProviderError:
     return ProviderError(message)
 
 
-def _address(value: Any) -> str:
-    if not isinstance(value, dict):
-        return ""
-    inner = value.get("emailAddress") or {}
-    return email.utils.formataddr((inner.get("name") or "", inner.get("address") or ""))
-
-
-def _message(item: Mapping[str, Any], folder: str) -> MailMessage:
-    labels = [folder.upper()]
-    if item.get("isRead") is False:
-        labels.append("UNREAD")
-    if (item.get("flag") or {}).get("flagStatus") == "flagged":
-        labels.append("FLAGGED")
-    if item.get("importance") == "high":
-        labels.append("IMPORTANT")
-    labels += [f"category:{c}" for c in item.get("categories") or []]
-    return MailMessage(
-        id=item["id"],
-        thread_id=item.get("conversationId"),
-        internet_message_id=item.get("internetMessageId"),
-        subject=item.get("subject") or "",
-        sender=_address(item.get("from")),
-        to=tuple(a for a in map(_address, item.get("toRecipients") or []) if a),
-        cc=tuple(a for a in map(_address, item.get("ccRecipients") or []) if a),
-        date=item.get("receivedDateTime") or None,
-        snippet=item.get("bodyPreview") or "",
-        labels=tuple(labels),
-        headers={"Message-ID": item["internetMessageId"]} if item.get("internetMessageId") else {},
-    )
+def _slim(folder: Mapping[str, str]) -> dict[str, str]:
+    """What a cursor keeps of a folder: its id and name."""
+    return {"id": folder["id"], "name": folder["name"]}

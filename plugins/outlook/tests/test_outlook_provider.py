@@ -4,6 +4,7 @@ platform + Graph over https (the fake's own CA, with REQUESTS_CA_BUNDLE possibly
 
 from __future__ import annotations
 
+import datetime
 import json
 from collections.abc import Iterator
 from typing import Any
@@ -15,11 +16,14 @@ from brain.errors import ConfigError
 from brain.mail.provider import (
     AuthFailed,
     ConnectRejected,
+    ConvertOptions,
     Credentials,
     CursorExpired,
+    MessageGone,
     ProviderError,
     RateLimited,
     SyncContext,
+    SyncOptions,
     Transient,
 )
 from brain.plugins.manager import load_plugins
@@ -29,6 +33,7 @@ from brain.testing.fakes import pkce_pair
 from brain.testing.fakes.microsoft import FakeMicrosoft
 from brain_outlook import plugin
 from brain_outlook.provider import OutlookProvider
+from brain.testing.fakes.mime import Part
 
 pytestmark = pytest.mark.usefixtures("loopback_only")
 
@@ -55,7 +60,7 @@ def provider(fake: FakeMicrosoft, **extra: Any) -> OutlookProvider:
 
 
 def context(p: OutlookProvider, fake: FakeMicrosoft) -> tuple[SyncContext, Any]:
-    ctx = sync_context(p, p.refresh(Credentials(refresh_token=fake.issue_refresh_token(USER))))
+    ctx = sync_context(p, p.refresh(Credentials(refresh_token=fake.issue_refresh_token(USER))), address=USER)
     return ctx, ctx.tokens
 
 
@@ -135,33 +140,101 @@ def test_refresh_failures(fake: FakeMicrosoft) -> None:
         provider(fake, client_secret="wrong").refresh(Credentials(refresh_token=fake.issue_refresh_token(USER)))
 
 
-def test_delta_pages_removals_and_expiry(fake: FakeMicrosoft) -> None:
+def sync_all(p: OutlookProvider, ctx: SyncContext, cursor: dict[str, Any] | None = None) -> tuple[list[Any], dict[str, Any]]:
+    """Every page of an initial sync (or of an incremental round from ``cursor``): (pages, cursor)."""
+    page = p.initial_sync(ctx, None) if cursor is None else p.incremental_sync(ctx, cursor)
+    pages = [page]
+    while page.next is not None:
+        page = p.initial_sync(ctx, page.next) if cursor is None else p.incremental_sync(ctx, page.next)
+        pages.append(page)
+    assert page.cursor is not None
+    return pages, page.cursor
+
+
+def test_delta_pages_folder_after_folder_removals_and_expiry(fake: FakeMicrosoft) -> None:
     ids = fake.populate(USER, 7)
+    sent = fake.add_message(USER, folder="sentitems", sender=f"Grace <{USER}>", to=["Bob <bob@example.com>"])
+    fake.add_message(USER, folder="junkemail", subject="spam")
+    fake.add_message(USER, folder="deleteditems", subject="binned")
     p = provider(fake, page_size=3)
     ctx, _ = context(p, fake)
     first = p.initial_sync(ctx, None)
-    assert len(first.messages) == 3 and first.estimated_total == 7 and first.next is not None
-    assert "$skiptoken=" in first.next["link"] and first.next["total"] == 7
-    pages = [first]
-    while pages[-1].next is not None:
-        pages.append(p.initial_sync(ctx, pages[-1].next))
-    assert {m.id for page in pages for m in page.messages} == set(ids)
-    delta = pages[-1].cursor
-    assert delta is not None and "$deltatoken=" in delta["link"]
-    delta_requests = [r for r in fake.requests if r.path.endswith("/messages/delta")]
-    assert delta_requests  # Prefer: odata.maxpagesize is what made the pages 3 long
+    assert len(first.messages) == 3 and first.estimated_total == 8 and first.next is not None
+    assert "$skiptoken=" in first.next["link"]
+    pages, cursor = sync_all(p, ctx)
+    records = {m.message_id: m for page in pages for m in page.messages}
+    assert set(records) == {*ids, sent}  # junk and deleted items stay out
+    assert records[sent].folders == ("Sent Items",) and records[sent].direction == "sent"
+    assert records[ids[0]].folders == ("Inbox",) and records[ids[0]].direction == "received"
+    delta = [r for r in fake.requests if r.path.endswith("/messages/delta")]
+    assert delta and all('IdType="ImmutableId"' in r.headers.get("Prefer", "") for r in delta)
 
     fake.update_message(USER, ids[0], is_read=True, flag="flagged", categories=["Blue"], importance="high")
+    fake.update_message(USER, ids[2], folder="archive")  # a move between synced folders
+    fake.update_message(USER, ids[3], folder="deleteditems")  # a move out of them
     fake.delete_message(USER, ids[1])
-    changes = p.incremental_sync(ctx, delta)
-    (changed,) = changes.messages
-    assert changed.id == ids[0]
-    assert set(changed.labels) == {"INBOX", "FLAGGED", "IMPORTANT", "category:Blue"}
-    assert changes.deleted == [ids[1]] and changes.cursor is not None
+    pages, cursor = sync_all(p, ctx, cursor)
+    changed = {m.message_id: m for page in pages for m in page.messages}
+    deleted = [d for page in pages for d in page.deleted]
+    assert changed[ids[0]].flags.as_json() == {"read": True, "starred": True, "important": True}
+    assert changed[ids[0]].labels == ("Blue",)
+    assert changed[ids[2]].folders == ("Archive",)
+    assert sorted(deleted) == sorted([ids[1], ids[3]])
 
     fake.expire_delta(USER)
     with pytest.raises(CursorExpired):
-        p.incremental_sync(ctx, changes.cursor)
+        sync_all(p, ctx, cursor)
+    with pytest.raises(CursorExpired):  # a cursor of the provider that synced one folder
+        p.incremental_sync(ctx, {"link": f"{fake.graph_url}/me/mailFolders/inbox/messages/delta?$deltatoken=x"})
+
+
+def test_content_attachments_size_and_child_folders(fake: FakeMicrosoft) -> None:
+    fake.add_folder(USER, "Projects")
+    fake.add_folder(USER, "Alpha", parent="Projects")
+    report = fake.add_message(
+        USER, folder="Projects/Alpha", subject="Report", body_type="html",
+        body="<html><body><p>The <b>report</b> is attached.</p><script>x()</script></body></html>",
+        attachments=[Part("report.pdf", "application/pdf", b"%PDF-1.4 report")],
+        inline=[Part("logo.png", "image/png", b"\x89PNG logo", "logo1")],
+    )
+    draft = fake.add_message(USER, folder="drafts", is_draft=True, body="half-written")
+    p = provider(fake)
+    ctx, _ = context(p, fake)
+    pages, _ = sync_all(p, ctx)
+    records = {m.message_id: m for page in pages for m in page.messages}
+    message = records[report]
+    assert message.folders == ("Projects/Alpha",)
+    assert message.body_text == "The report is attached." and message.body_html is None
+    assert [(a.filename, a.mime_type, a.size, a.inline) for a in message.attachments] == [
+        ("report.pdf", "application/pdf", 15, False), ("logo.png", "image/png", 9, True),
+    ]
+    assert message.has_attachments and message.size and message.size > 1500
+    assert records[draft].direction == "draft" and records[draft].body_text == "half-written"
+    listings = [r for r in fake.requests if r.path.endswith("/attachments")]
+    assert [r.path for r in listings] == [f"/v1.0/me/messages/{report}/attachments"]  # only where there are some
+
+    html = provider(fake)
+    html_ctx, _ = context(html, fake)
+    html_ctx.options = SyncOptions(convert=ConvertOptions(keep_html=True))
+    pages, _ = sync_all(html, html_ctx)
+    kept = {m.message_id: m for page in pages for m in page.messages}[report]
+    assert kept.body_text == "The report is attached." and "<b>report</b>" in (kept.body_html or "")
+
+
+def test_chosen_folders_window_and_no_bodies(fake: FakeMicrosoft) -> None:
+    old = fake.add_message(USER, subject="old", received=datetime.datetime(2020, 1, 1, tzinfo=datetime.UTC))
+    new = fake.add_message(USER, subject="new")
+    fake.add_message(USER, folder="archive")
+    sent = fake.add_message(USER, folder="sentitems", body="secret")
+    p = provider(fake)
+    ctx, _ = context(p, fake)
+    since = datetime.datetime(2024, 1, 1, tzinfo=datetime.UTC).timestamp()
+    ctx.options = SyncOptions(folders=("INBOX", "Sent Items"), since=since, bodies=False)
+    pages, cursor = sync_all(p, ctx)
+    records = {m.message_id: m for page in pages for m in page.messages}
+    assert set(records) == {new, sent} and old not in records
+    assert records[sent].body_text == "" and records[sent].snippet == "secret"  # Graph's preview
+    assert [f["name"] for f in cursor["folders"]] == ["Inbox", "Sent Items"]
 
 
 def test_graph_errors_and_token_refusal(fake: FakeMicrosoft) -> None:
@@ -188,25 +261,29 @@ def test_graph_errors_and_token_refusal(fake: FakeMicrosoft) -> None:
 def test_links_outside_graph_are_refused(fake: FakeMicrosoft) -> None:
     p = provider(fake)
     ctx, _ = context(p, fake)
+    inbox = fake.folder_id(USER, "inbox")
+    cursor = {"v": 2, "folders": [{"id": inbox, "name": "Inbox"}], "links": {}, "i": 0,
+              "link": "https://evil.example/v1.0/me/messages/delta"}
     with pytest.raises(ProviderError, match="outside Graph"):
-        p.incremental_sync(ctx, {"link": "https://evil.example/v1.0/me/messages/delta"})
-    assert not any(r.path.startswith("/v1.0/me/mailFolders") for r in fake.requests)
+        p.incremental_sync(ctx, cursor)
+    assert not any("delta" in r.path for r in fake.requests)
 
 
-def test_message_fields(fake: FakeMicrosoft) -> None:
-    fake.add_message(
-        USER,
-        subject="Compilers",
-        sender="Ada Lovelace <ada@analytical.example>",
-        to=["Grace <grace@contoso.example>"],
-        cc=["Kat <kat@nasa.example>"],
-        internet_message_id="<moth@contoso.example>",
-    )
+def test_attachments_stream_and_revoking_says_what_the_user_must_do(fake: FakeMicrosoft) -> None:
+    pdf = b"%PDF-1.4\n" + bytes(range(256)) * 1024
+    mid = fake.add_message(USER, attachments=[Part("report.pdf", "application/pdf", pdf)])
     p = provider(fake)
     ctx, _ = context(p, fake)
-    (message,) = p.initial_sync(ctx, None).messages
-    assert message.subject == "Compilers" and message.sender == "Ada Lovelace <ada@analytical.example>"
-    assert message.to == ("Grace <grace@contoso.example>",) and message.cc == ("Kat <kat@nasa.example>",)
-    assert message.internet_message_id == "<moth@contoso.example>" and message.thread_id
-    assert message.date and message.date.endswith("Z")
-    assert set(message.labels) == {"INBOX", "UNREAD"}
+    (message,) = sync_all(p, ctx)[0][0].messages
+    (attachment,) = message.attachments
+    got = p.fetch_attachment(ctx, mid, attachment.id)
+    chunks = list(got.chunks)
+    assert (got.mime_type, got.filename, got.size) == ("application/pdf", "report.pdf", len(pdf))
+    assert len(chunks) > 1 and b"".join(chunks) == pdf  # streamed, not read whole
+    with pytest.raises(MessageGone):
+        p.fetch_attachment(ctx, mid, "AAMkADnope=")
+    fake.delete_message(USER, mid)
+    with pytest.raises(MessageGone):
+        p.fetch_attachment(ctx, mid, attachment.id)
+    outcome = p.revoke(ctx.tokens.credentials())
+    assert outcome.revoked is False and "myapps.microsoft.com" in outcome.detail
