@@ -134,7 +134,7 @@ class ProviderConformance:
             pages, cursor = _drain(lambda position: provider.initial_sync(ctx, position))
         finally:
             provider.close()
-        seen = [message.id for page in pages for message in page.messages]
+        seen = [message.message_id for page in pages for message in page.messages]
         assert len(pages) > 1, "a page size below the mailbox's size must give more than one page"
         assert sorted(seen) == sorted(ids), "every message exactly once"
         assert cursor is not None, "a finished full sync names where incremental sync starts"
@@ -152,7 +152,7 @@ class ProviderConformance:
             pages, _ = _drain(lambda position: provider.incremental_sync(ctx, position or cursor))
         finally:
             provider.close()
-        changed = {message.id for page in pages for message in page.messages}
+        changed = {message.message_id for page in pages for message in page.messages}
         deleted = {message_id for page in pages for message_id in page.deleted}
         assert added in changed
         assert doomed in deleted
