@@ -80,7 +80,6 @@ _BETWEEN_WORDS = re.compile(r"(\?=)[ \t\r\n]+(=\?)")
 # BOM, soft hyphen, combining grapheme joiner).
 _INVISIBLE_CHARS = "".join(map(chr, [*range(0, 9), 11, 12, *range(14, 32), 0x7F, 0xAD, 0x34F, 0x200B, 0x200C, 0x200D, 0x2060, 0xFEFF]))
 _INVISIBLE = re.compile(f"[{re.escape(_INVISIBLE_CHARS)}]+")
-_ASCII_INVISIBLE = bytes(c for c in map(ord, _INVISIBLE_CHARS) if c < 0x80)
 # The reply parser's regular expressions cost time in proportion to the text (and it reads
 # every quoted reply, not only the answer). In a reply it reads the start, where the answer,
 # its sign-off and the quote header are: a short window first (most answers are short), the
@@ -187,10 +186,7 @@ def normalise_text(text: str) -> str:
     """Line endings as ``\\n``, no trailing spaces, at most two blank lines in a row, trimmed."""
     if "\r" in text:
         text = text.replace("\r\n", "\n").replace("\r", "\n")
-    text = _without_invisible(text)
-    # Without invisible characters, ASCII text can end a line with no other blank.
-    if not text.isascii() or " \n" in text or "\t\n" in text:
-        text = "\n".join([line.rstrip() for line in text.split("\n")])
+    text = "\n".join([line.rstrip() for line in _without_invisible(text).split("\n")])
     # str.replace rather than a regular expression: it is many times faster on long text.
     while "\n\n\n\n" in text:
         text = text.replace("\n\n\n\n", "\n\n\n")
@@ -198,13 +194,10 @@ def normalise_text(text: str) -> str:
 
 
 def _without_invisible(text: str) -> str:
-    if text.isascii():
-        # Only C0 controls and DEL can hide in ASCII; bytes.translate drops them in one pass.
-        if text.isprintable():
-            return text
-        encoded = text.encode("ascii")
-        kept = encoded.translate(None, _ASCII_INVISIBLE)
-        return text if len(kept) == len(encoded) else kept.decode("ascii")
+    # Every invisible character but the combining grapheme joiner is unprintable (a control or
+    # a format character): a header value is done with in one pass, a body at its first line end.
+    if text.isprintable() and "\u034f" not in text:
+        return text
     # Testing for each character first costs a fraction of one regex pass over the text.
     if any(c in text for c in _INVISIBLE_CHARS):
         return _INVISIBLE.sub("", text)
