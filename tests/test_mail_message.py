@@ -11,9 +11,13 @@ to the conversion, regenerate and read the diff line by line before committing i
 
 from __future__ import annotations
 
+import email.parser
+import email.policy
+import email.utils
 import json
 import os
 import random
+import re
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +25,9 @@ import jsonschema
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from mailparser_reply.parser import EmailMessage as ReplyParse
 
-from brain.mail import provider
+from brain.mail import convert, mailtext, provider
 from brain.mail.convert import message_from_gmail, message_from_graph, message_from_mime
 from brain.mail.message import ConvertOptions, Flags, MessageContext, MessageRecord, event_schemas
 from brain.testing.fakes.gmail import mime_payload
@@ -356,6 +361,12 @@ def test_hostile_shapes_never_raise() -> None:
         b"Subject: =?utf-8?b?" + bytes(rng.randrange(256) for _ in range(300)) + b"?=\n\n",
         b"Content-Type: message/rfc822\n\n",
         b"Content-Type: multipart/alternative; boundary=a\n\n--a\nContent-Type: text/calendar\n\n--a--\n",
+        # Shapes that make a backtracking header or address pattern take exponential or
+        # quadratic time: this test would not finish.
+        b"X-Field: value\n" * 60 + b"not a header line\n\nbody",
+        b"Subject:" + b" " * 50_000 + b"x\r",
+        b"From: a" + b" " * 50_000 + b"x\n\n",
+        b"To: " + b"word " * 20_000 + b"<a@b.c\n\n",
     ]
     for raw in shapes:
         _assert_valid(message_from_mime(raw, MessageContext(message_id="hostile")))
@@ -370,6 +381,122 @@ def test_nesting_deeper_than_the_stack_keeps_headers_and_text() -> None:
     _assert_valid(record)
     assert record.subject == "deep"
     assert "hello from the bottom" in record.body_text
+
+
+# Fast paths -------------------------------------------------------------------------------
+# The conversion reads the common shapes its own cheaper way and leaves everything else to
+# the library it stands in for; each must give exactly what that library gives.
+
+_compat32 = email.parser.BytesParser(policy=email.policy.compat32)
+
+_FIELDS = [
+    b"From: \"Ada, L\" <ada@example.com>", b"To: a@b.c,\r\n\tBob <bob@x.org>", b"Subject: =?utf-8?q?R=C3=A9?= tail",
+    b"Subject:  \t spaced", b"Subject:", b"Date: Mon, 3 Mar 2025 10:00:00 +0000", b"X-8bit: caf\xc3\xa9 \xff",
+    b"Content-ID: <img1@x>", b"Content-Disposition: attachment; filename*=utf-8''r%C3%A9sum%C3%A9.txt",
+    b"Content-Disposition: inline", b"In-Reply-To: <p@x>", b"X-Folded: a\n b\n\tc", b"X-Blank-Fold: a\r\n \r\n",
+]
+_CONTENT_TYPES = [
+    b"text/plain", b"text/html; charset=\"utf-8\"", b"TEXT/PLAIN; CHARSET=ISO-8859-1", b"application/pdf; name=a.pdf",
+    b"text/calendar; method=REQUEST", b"multipart/mixed; boundary=x", b"message/rfc822", b"text", b"text/plain; charset*=utf-8''x",
+]
+_TRANSFER_ENCODINGS = [b"base64", b"BASE64", b"quoted-printable", b"8bit", b"7bit", b"x-uuencode", b"bogus"]
+_BODIES = [b"aGVsbG8gd29ybGQ=\r\n", b"aGVsbG8\nd29y\nbGQ=\n", b"aGVsbG8gd29ybGQ", b"aGV!sbG8=", b"", b"caf=C3=A9 =\r\nsoft=ZZ\n", b"\xff\xferaw"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.sampled_from(_FIELDS), max_size=6),
+    st.none() | st.sampled_from(_CONTENT_TYPES),
+    st.none() | st.sampled_from(_TRANSFER_ENCODINGS),
+    st.sampled_from(_BODIES),
+    st.sampled_from([b"\n", b"\r\n", b"\r"]),
+    st.lists(st.tuples(st.integers(0, 1 << 12), st.sampled_from([b"", b"\r", b"\n", b" ", b":", b"\xff", b"From "])), max_size=2),
+)
+def test_a_single_part_is_read_as_the_stdlib_parser_reads_it(
+    fields: list[bytes], ctype: bytes | None, cte: bytes | None, body: bytes, newline: bytes, edits: list[tuple[int, bytes]]
+) -> None:
+    head = list(fields)
+    head += [b"Content-Type: " + ctype] if ctype is not None else []
+    head += [b"Content-Transfer-Encoding: " + cte] if cte is not None else []
+    raw = bytearray(newline.join([*head, b""]) + newline + body)
+    for at, insert in edits:
+        at %= max(1, len(raw))
+        raw[at:at] = insert
+    fast = convert._single_part(bytes(raw))
+    if fast is None:
+        return  # the stdlib parses it
+    msg, fast_body = fast
+    parsed = _compat32.parsebytes(bytes(raw))
+    assert list(msg.raw_items()) == list(parsed.raw_items())
+    assert convert._mime_part(msg, "", 0, fast_body) == convert._mime_part(parsed, "", 0)
+
+
+def test_the_common_single_part_shapes_take_the_fast_path() -> None:
+    for raw in (
+        b"From: a@b.c\r\nSubject: x\r\n  folded\r\nContent-Type: text/html; charset=utf-8\r\n\r\n<p>x</p>",
+        b"Subject: x\nContent-Transfer-Encoding: base64\n\naGk=\n",
+        b"\n",
+    ):
+        assert convert._single_part(raw) is not None, raw
+    for raw in (b"Content-Type: multipart/mixed; boundary=b\n\n--b--\n", b"From someone\nSubject: x\n\n", b"Subject: x\rTo: y\r\r"):
+        assert convert._single_part(raw) is None, raw
+
+
+_ADDRESS_PIECES = [
+    "a", "Bob", "x.y", "=?utf-8?q?R=C3=A9?=", "\u00e9", '"Doe, J"', '""', '"a\\"b"', "<a@b.c>", "<x.y@ex-ample.org>", "a@b",
+    "a@b.c", "@", ".", ",", " ", "\t", "\r\n ", "(c)", ":", ";", "<", ">", "[1.2.3.4]", "a..b@c", "a@b.", "O'Neil",
+]
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.sampled_from(_ADDRESS_PIECES), max_size=8))
+def test_plain_mailboxes_are_read_as_getaddresses_reads_them(pieces: list[str]) -> None:
+    value = "".join(pieces)
+    plain = convert._plain_mailboxes(value)
+    if plain is not None:
+        assert plain == email.utils.getaddresses([value])
+
+
+def test_the_common_address_forms_take_the_fast_path() -> None:
+    value = '"Ada, L" <ada@example.com>, Bob  Smith <bob.smith@mail.example.org>,\r\n\tc@d.e, <f@g.h>'
+    assert convert._plain_mailboxes(value) == email.utils.getaddresses([value])
+    assert len(convert._plain_mailboxes(value) or []) == 4
+    assert convert._plain_mailboxes("Ada (work) <a@b.c>") is None
+    assert convert._plain_mailboxes("team: a@b.c;") is None
+
+
+_REPLY_PIECES = [
+    "Sounds good.", "Thanks,\nAda", "Best regards,\nBob", "-- \nSig line", "Sent from my iPhone", "- item one\n- item two",
+    "On Mon, 3 Mar 2025 at 10:00, Ada <ada@example.com> wrote:", "> quoted line", "From: Ada\nSent: Monday\nTo: Bob\nSubject: hi",
+    "-----Original Message-----", "CAUTION: This email originated outside. Do not click links in this mail.", "_" * 40, "",
+    "Am 3. M\u00e4rz 2025 um 10:00 schrieb Ada <ada@example.com>:", "   indented line   ", "word " * 40,
+    "---------- Forwarded message ---------\nFrom: X <x@y>\nDate: Mon\nSubject: s\nTo: me",
+]
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.sampled_from(_REPLY_PIECES), max_size=10), st.sampled_from([("en",), ("en", "de", "fr")]))
+def test_the_answer_is_the_first_reply_mail_parser_reply_reads(pieces: list[str], languages: tuple[str, ...]) -> None:
+    window = "\n".join(pieces)
+    answer, quoted = mailtext._answer(window, languages)
+    replies = ReplyParse(text=window, languages=list(languages), keep_hyphen_lists=True).read().replies
+    assert (answer.body, answer.signatures, quoted) == (replies[0].body, replies[0].signatures, len(replies) > 1)
+
+
+_ASCII_TEXT = [*"ab .=?_", *map(chr, range(33)), "\x7f"]
+_UNICODE_TEXT = [*_ASCII_TEXT, "\xa0", "\xad", "\u034f", "\u200b", "\u2028", "\u3000", "\x85", "\ufeff", "\u2060", "\u00e9"]
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.text(st.sampled_from(_ASCII_TEXT), max_size=60) | st.text(st.sampled_from(_UNICODE_TEXT), max_size=60))
+def test_text_normalisation_drops_invisibles_and_folds_blanks(text: str) -> None:
+    invisible = f"[{re.escape(mailtext._INVISIBLE_CHARS)}]+"
+    lines = re.sub(invisible, "", text.replace("\r\n", "\n").replace("\r", "\n")).split("\n")
+    expected = re.sub("\n{4,}", "\n\n\n", "\n".join(line.rstrip() for line in lines)).strip()
+    assert mailtext.normalise_text(text) == expected
+    assert mailtext.snippet_of(text, 7) == re.sub(r"\s+", " ", text[:28]).strip()[:7]
+    if "=?" not in text:
+        assert mailtext.decode_header_text(text) == re.sub(r"\s+", " ", re.sub(invisible, "", text)).strip()
 
 
 # Clean text -------------------------------------------------------------------------------

@@ -3,8 +3,11 @@
 Raw MIME (Gmail ``format=raw``, IMAP ``BODY.PEEK[]``, Graph ``$value``) goes through the
 stdlib parser with the ``compat32`` policy: it keeps every header as the raw text the sender
 wrote, records defects instead of raising, and costs a fraction of ``policy.default``, whose
-header objects are parsed as they are read (docs/mail-model.md). Decoding is done once, in
-`brain.mail.mailtext`, so every provider's text goes through the same charset rules.
+header objects are parsed as they are read (docs/mail-model.md). A single-part message with
+plain headers skips the parser's line-by-line reading of the body (`_single_part`): the same
+header fields go into the same `email.message.Message`, the body is decoded as
+``get_payload(decode=True)`` decodes it. Decoding is done once, in `brain.mail.mailtext`, so
+every provider's text goes through the same charset rules.
 
 Gmail's ``format=full`` payload is the same MIME tree already split into parts (base64url
 bodies, ``attachmentId`` for large ones); it is read through the same walk. Graph's message
@@ -28,6 +31,8 @@ import email.message
 import email.parser
 import email.policy
 import email.utils
+import functools
+import quopri
 import re
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -70,6 +75,7 @@ _MSG_ID = re.compile(r"<[^<>\s]*>")
 _HTML_INPUT_FACTOR = 4
 _MAX_DEPTH = 64  # MIME nesting read; real mail stays under ten levels
 _MAX_LIST = 500  # addresses per header, references, attachments: beyond this is not knowledge
+_CACHED_CONTENT_TYPE = 200  # characters: longer Content-Type values are read each time, not kept
 # Reply and forward prefixes of the common mail clients' languages: Re, Fwd, AW/WG (German),
 # SV/VS (Nordic), TR (French), RIF (Italian), Antw/Doorst (Dutch), RV/ENC (Spanish, Portuguese).
 _REPLY_SUBJECT = re.compile(
@@ -279,10 +285,12 @@ def _addresses(values: Iterable[str]) -> tuple[Address, ...]:
     if not repaired:
         return ()
     out = []
-    try:
-        pairs = email.utils.getaddresses(repaired)
-    except Exception:  # noqa: BLE001 - the stdlib's address parser on hostile input
-        pairs = []
+    pairs = _plain_mailboxes(", ".join(repaired))
+    if pairs is None:
+        try:
+            pairs = email.utils.getaddresses(repaired)
+        except Exception:  # noqa: BLE001 - the stdlib's address parser on hostile input
+            pairs = []
     for name, address in pairs:
         address = address.strip()
         if not address:
@@ -291,6 +299,41 @@ def _addresses(values: Iterable[str]) -> tuple[Address, ...]:
         if len(out) >= _MAX_LIST:
             break
     return tuple(out)
+
+
+# A mailbox in the forms nearly all mail uses: ``addr``, ``"Name" <addr>`` or ``Name <addr>``
+# with a dot-atom address, then a comma or the end. The name is one quoted string without
+# escapes, or words without specials; anything else (comments, groups, escapes, routes,
+# domain literals, folds inside a name) is left to the stdlib's parser. Possessive, so that a
+# long header that is none of these fails at once.
+_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]"
+_DOT_ATOM_ADDRESS = rf"{_ATEXT}++(?:\.{_ATEXT}++)*+@[A-Za-z0-9-]++(?:\.[A-Za-z0-9-]++)*+"
+_NAME_WORD = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]++"
+_PLAIN_MAILBOX = re.compile(
+    rf"""[ \t\r\n]*+(?:({_DOT_ATOM_ADDRESS})|(?:"([^"\\\r\n]*+)"|({_NAME_WORD}(?:[ \t]++{_NAME_WORD})*+)?)[ \t]*+<({_DOT_ATOM_ADDRESS})>)[ \t\r\n]*+(?:,|\Z)"""
+)
+
+
+def _plain_mailboxes(value: str) -> list[tuple[str, str]] | None:
+    """``email.utils.getaddresses([value])`` when every mailbox in it has a plain form, else None.
+
+    The stdlib's address parser walks a header character by character in Python; the plain
+    forms are read with one regular expression each and give the same pairs (an unquoted
+    name's words joined by single spaces, as the stdlib joins them).
+    """
+    pairs = []
+    pos = 0
+    while pos < len(value):
+        mailbox = _PLAIN_MAILBOX.match(value, pos)
+        if mailbox is None:
+            return None
+        bare, quoted, words, address = mailbox.groups()
+        if bare is not None:
+            pairs.append(("", bare))
+        else:
+            pairs.append((quoted if quoted is not None else " ".join((words or "").split()), address))
+        pos = mailbox.end()
+    return pairs
 
 
 def _message_ids(value: str | None) -> list[str]:
@@ -393,8 +436,8 @@ def message_from_mime(
 ) -> MessageRecord:
     """The model of one raw RFC 5322 message (any bytes: malformed input gives a best effort)."""
     try:
-        msg = _parser.parsebytes(raw)
-        root = _mime_part(msg, "", 0)
+        msg, body = _single_part(raw) or (_parser.parsebytes(raw), None)
+        root = _mime_part(msg, "", 0, body)
     except RecursionError:
         # Nested deeper than the parser's recursion allows: keep the headers, the body as text.
         msg = _parser.parsebytes(raw, headersonly=True)
@@ -409,8 +452,61 @@ def message_from_mime(
     return _record(context, _envelope(headers), _walk(root), options, len(raw))
 
 
-def _mime_part(msg: email.message.Message, number: str, depth: int) -> _Part:
-    ctype = _safe(msg.get_content_type, "text/plain")
+# One header field as the stdlib's feed parser reads it: a name of printable ASCII but the
+# colon, the value after the colon's blanks, and its folded continuation lines. Possessive
+# (no backtracking): each line has one reading, and a long header that fails fails at once.
+_HEADER_FIELD = r"([\x21-\x39\x3b-\x7e]++):[ \t]*+([^\r\n]*+(?:\r?\n[ \t][^\r\n]*+)*+)\r?\n"
+_HEADER_FIELDS = re.compile(_HEADER_FIELD)
+# A header block of nothing but such fields, and the blank line that ends it.
+_PLAIN_HEAD = re.compile(rf"(?:{_HEADER_FIELD})*+\r?\n".encode())
+_UUENCODE = ("x-uuencode", "uuencode", "uue", "x-uue")
+
+
+def _single_part(raw: bytes) -> tuple[email.message.Message, bytes] | None:
+    """The headers the stdlib parser would read from ``raw`` and the body, when it is one part.
+
+    The parser's feed reads a body line by line, which costs more than everything else done
+    with a single-part message, whose body needs no reading at all. Here the header block is
+    read field by field into the same `email.message.Message` (``set_raw``, as the parser
+    does) and the body is left as bytes. Anything the parser would treat in its own way -- a
+    multipart or message/* type, a line that is neither a header field nor its continuation,
+    a bare CR as a line end, no blank line -- gives None: the caller parses the whole message
+    with the stdlib.
+    """
+    head = _PLAIN_HEAD.match(raw)
+    if head is None:
+        return None
+    msg = email.message.Message(policy=email.policy.compat32)
+    # Decoded as BytesParser decodes its input: 8-bit bytes kept as surrogate escapes.
+    for name, value in _HEADER_FIELDS.findall(raw[: head.end()].decode("ascii", "surrogateescape")):
+        msg.set_raw(name, value)
+    if _type_and_charset(msg)[0].split("/")[0] in ("multipart", "message"):
+        return None
+    return msg, raw[head.end() :]
+
+
+def _transfer_decoded(msg: email.message.Message, body: bytes) -> bytes:
+    """``body`` as ``msg.get_payload(decode=True)`` gives it for that payload, without turning it into text and back."""
+    cte = _safe(lambda: str(msg.get("content-transfer-encoding", "")).lower(), None)
+    if cte == "base64":
+        try:
+            # The stdlib joins the lines (bytes.splitlines splits at CR and LF only) and
+            # decodes what passes its validation (a regular expression over the whole body)
+            # the same way; anything else takes its lenient path.
+            return binascii.a2b_base64(body.translate(None, b"\r\n"), strict_mode=True)
+        except binascii.Error:
+            pass
+    elif cte == "quoted-printable":
+        return quopri.decodestring(body)
+    elif cte is not None and cte not in _UUENCODE:
+        return body
+    msg.set_payload(body.decode("ascii", "surrogateescape"))
+    return _leaf_payload(msg)
+
+
+def _mime_part(msg: email.message.Message, number: str, depth: int, body: bytes | None = None) -> _Part:
+    """``msg`` as a tree of parts; ``body`` is a single part's undecoded body (see `_single_part`)."""
+    ctype, charset = _type_and_charset(msg)
     children: list[_Part] | None = None
     payload: bytes | None = None
     subject = ""
@@ -428,10 +524,10 @@ def _mime_part(msg: email.message.Message, number: str, depth: int) -> _Part:
     else:
         if ctype.startswith("multipart/"):
             ctype = "text/plain"  # a multipart whose boundary never came: keep its text
-        payload = _leaf_payload(msg)
+        payload = _leaf_payload(msg) if body is None else _transfer_decoded(msg, body)
     return _Part(
         content_type=ctype,
-        charset=_safe(msg.get_content_charset, None),
+        charset=charset,
         disposition=_safe(msg.get_content_disposition, None),
         filename=_filename(msg),
         content_id=_content_id(msg.get("content-id")),
@@ -441,6 +537,25 @@ def _mime_part(msg: email.message.Message, number: str, depth: int) -> _Part:
         size=len(payload) if payload is not None else None,
         subject=subject,
     )
+
+
+def _type_and_charset(msg: email.message.Message) -> tuple[str, str | None]:
+    """``msg.get_content_type()`` and ``msg.get_content_charset()``, each Content-Type value read once."""
+    value = next((v for k, v in msg.raw_items() if k.lower() == "content-type"), None)
+    # Without a Content-Type the default type depends on the parent; a long value is no
+    # common one and is not kept.
+    if not isinstance(value, str) or len(value) > _CACHED_CONTENT_TYPE:
+        return _safe(msg.get_content_type, "text/plain"), _safe(msg.get_content_charset, None)
+    return _content_type_of(value)
+
+
+@functools.lru_cache(maxsize=1024)
+def _content_type_of(value: str) -> tuple[str, str | None]:
+    # The parts of a mailbox share a handful of Content-Type values, and the stdlib reads the
+    # parameters in Python at every call; the answer depends on the value alone.
+    probe = email.message.Message(policy=email.policy.compat32)
+    probe.set_raw("Content-Type", value)
+    return _safe(probe.get_content_type, "text/plain"), _safe(probe.get_content_charset, None)
 
 
 def _leaf_payload(msg: email.message.Message) -> bytes:
@@ -457,6 +572,12 @@ def _leaf_payload(msg: email.message.Message) -> bytes:
 
 
 def _filename(msg: email.message.Message) -> str | None:
+    # A file name is a parameter whose name has "name" in it (filename, name, filename*0*, ...)
+    # of one of these headers; most parts have none, and reading the parameters costs more.
+    if not any(
+        "name" in str(value).lower() for key, value in msg.raw_items() if key.lower() in ("content-type", "content-disposition")
+    ):
+        return None
     name = _safe(msg.get_filename, None)
     if not name:
         return None

@@ -12,7 +12,8 @@ content: a message must never be lost to a decoding error.
   extraction). inscriptis and html2text give comparable text but cost over ten times as
   much per message; the figures are in docs/mail-model.md.
 - Clean text: mail-parser-reply cuts the quoted history ("On ... wrote:", Outlook's
-  From:/Sent: block, "-----Original Message-----") and sign-offs and signatures.
+  From:/Sent: block, "-----Original Message-----") and sign-offs and signatures; only the
+  answer before the first quote header is searched for them (`_answer`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import functools
 import re
 
 from mailparser_reply.parser import EmailMessage as ReplyParse
+from mailparser_reply.parser import EmailReply
 from resiliparse.extract.html2text import extract_plain_text
 
 __all__ = [
@@ -73,7 +75,6 @@ _SEVEN_BIT_PREFIXES = ("iso2022", "utf-7", "hz", "utf-16", "utf-32")
 
 _ENCODED_WORD = re.compile(r"=\?([^?\s]*)\?([qQbB])\?([^?\s]*)\?=")
 _BETWEEN_WORDS = re.compile(r"(\?=)[ \t\r\n]+(=\?)")
-_WHITESPACE = re.compile(r"\s+")
 # Characters that carry no text: C0 controls (but tab and newline), DEL, and the invisible
 # format characters newsletters pad their preview text with (zero-width space and joiners,
 # BOM, soft hyphen, combining grapheme joiner).
@@ -138,7 +139,7 @@ def decode_header_text(value: str) -> str:
     if "=?" in value:
         value = _BETWEEN_WORDS.sub(r"\1\2", value)  # RFC 2047: space between words is not text
         value = _ENCODED_WORD.sub(_decode_word, value)
-    return _WHITESPACE.sub(" ", _without_invisible(value)).strip()
+    return " ".join(_without_invisible(value).split())
 
 
 def _repair_8bit(value: str) -> str:
@@ -193,6 +194,10 @@ def normalise_text(text: str) -> str:
 
 
 def _without_invisible(text: str) -> str:
+    # Every invisible character but the combining grapheme joiner is unprintable (a control or
+    # a format character): a header value is done with in one pass, a body at its first line end.
+    if text.isprintable() and "\u034f" not in text:
+        return text
     # Testing for each character first costs a fraction of one regex pass over the text.
     if any(c in text for c in _INVISIBLE_CHARS):
         return _INVISIBLE.sub("", text)
@@ -213,18 +218,41 @@ def clean_text(text: str, languages: tuple[str, ...], *, reply: bool) -> str:
         return text
     for size in REPLY_WINDOWS:
         try:
-            parsed = ReplyParse(text=text[:size], languages=list(languages), keep_hyphen_lists=True).read()
+            answer, quoted = _answer(text[:size], languages)
         except Exception:  # noqa: BLE001 - a parser bug must not lose the message; keep the text
             return text
-        if not parsed.replies:
-            return text
-        first = parsed.replies[0]
-        if len(parsed.replies) > 1 or first.signatures or len(text) <= size:
+        if quoted or answer.signatures or len(text) <= size:
             break  # the answer ends inside this window: a longer one would cut it the same
     else:
         return text  # the answer runs on past the last window: nothing was cut from it
-    body = first.body
+    body = answer.body
     return normalise_text(body) if body.strip() else text
+
+
+def _answer(window: str, languages: tuple[str, ...]) -> tuple[EmailReply, bool]:
+    """The first reply mail-parser-reply finds in ``window``, and whether a quote header ends it.
+
+    ``EmailMessage.read`` splits the whole text at every quote header and looks for a
+    signature and disclaimers in every part, the quoted replies included; only the first
+    part is the answer. So the answer is cut at the first quote header (the parser's own
+    pattern) and only it is searched for a signature and disclaimers, with the parser's
+    patterns, as ``read`` does for each part. A text that opens with a quote header (a
+    forward) is read by ``read`` itself: its first reply is the quoted one.
+    """
+    reader = ReplyParse(text=window, languages=list(languages), keep_hyphen_lists=True)
+    text = reader.text  # as the parser normalised it
+    quote = reader.HEADER_REGEX.search(text)
+    if quote is not None and not text[: quote.start()].strip():
+        replies = reader.read().replies
+        return replies[0], len(replies) > 1
+    content = text[: quote.start()] if quote is not None else text
+    signature = reader.SIGNATURE_REGEX.search(content)
+    answer = EmailReply(
+        content=content,
+        signatures=signature.group() if signature is not None else "",
+        disclaimers=reader.DISCLAIMERS_REGEX.findall(content),
+    )
+    return answer, quote is not None
 
 
 def clip_utf8(text: str, limit: int) -> tuple[str, int | None]:
@@ -240,4 +268,4 @@ def clip_utf8(text: str, limit: int) -> tuple[str, int | None]:
 def snippet_of(text: str, chars: int) -> str:
     """The first ``chars`` characters of ``text`` on one line."""
     head = text[: chars * 4]  # enough for the collapsed result without folding a whole body
-    return _WHITESPACE.sub(" ", head).strip()[:chars]
+    return " ".join(head.split())[:chars]
