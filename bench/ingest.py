@@ -58,6 +58,7 @@ def gmail_settings(fake: Any) -> dict[str, Any]:
         "api_endpoint": fake.base_url,
         "token_uri": fake.token_uri,
         "batch_uri": fake.batch_uri,
+        "revoke_uri": fake.revoke_uri,
         "quota_units_per_second": UNPACED,
     }
 

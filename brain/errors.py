@@ -85,6 +85,11 @@ class NotFound(HTTPError):
     code = "NOT_FOUND"
 
 
+class Conflict(HTTPError):
+    status = 409
+    code = "CONFLICT"
+
+
 class PayloadTooLarge(HTTPError):
     status = 413
     code = "PAYLOAD_TOO_LARGE"

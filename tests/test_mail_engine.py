@@ -53,6 +53,7 @@ def gmail_settings(fake: FakeGmail, **extra: Any) -> dict[str, Any]:
         "api_endpoint": fake.base_url,
         "token_uri": fake.token_uri,
         "batch_uri": fake.batch_uri,
+        "revoke_uri": fake.revoke_uri,
         "quota_units_per_second": 0,
         **extra,
     }
@@ -454,3 +455,33 @@ def test_a_pathological_message_is_stored_within_the_event_limit(tmp_path: Path,
     assert len(json.dumps(data, ensure_ascii=False).encode()) <= 200_000
     assert data["truncated"] is True and data["original_sizes"]["body_text"] > 200_000
     assert len(data["to"]) == 500  # the model keeps at most 500 addresses a header
+
+
+def test_polling_adapts_to_activity_within_the_quota(tmp_path: Path, fake: FakeGmail) -> None:
+    h = Harness(tmp_path, fake)
+    h.engine.settings = dataclasses.replace(
+        h.mail_settings, sync_interval_min_seconds=30.0, sync_interval_seconds=300.0, push_poll_seconds=1800.0
+    )
+    fake.populate(USER, 3)
+    intervals = []
+    for change in (True, False, False, False, False, False, True, False):
+        if change:
+            fake.add_message(USER)
+        h.engine.begin_run()
+        h.run()
+        intervals.append(h.engine.next_poll())
+    assert intervals == [30.0, 60.0, 120.0, 240.0, 300.0, 300.0, 30.0, 60.0]
+    assert h.account.status()["poll_interval_seconds"] == 60.0
+    h.engine.begin_run()
+    h.run()
+    assert h.engine.next_poll(push=True) == 1800.0
+
+    # A provider quota bounds it: at 2 units/s, polling may spend 0.2 units/s, so a run that cost
+    # (history 2 + get 5 =) 7 units comes every 35 s at most.
+    pacer = QuotaPacer(2.0, sleep=lambda _seconds: None)
+    h.engine.budget = h.engine.ctx.budget = pacer
+    fake.add_message(USER)
+    h.engine.begin_run()
+    h.run()
+    assert pacer.spent == 7
+    assert h.engine.next_poll() == pytest.approx(35.0)

@@ -27,7 +27,7 @@ from brain.mail.crypto import CredentialBox
 from brain.mail.provider import Credentials, iso_utc
 from brain.mail.selection import SyncChoices
 
-__all__ = ["Account", "IndexEntry", "MailDb", "States"]
+__all__ = ["Account", "CachedAttachment", "IndexEntry", "MailDb", "States"]
 
 _proxy = pw.DatabaseProxy()
 
@@ -85,8 +85,12 @@ class Account(_Model):
     backfill_total = pw.IntegerField(null=True)
     # Seconds until the next poll, as adaptive polling last set it.
     poll_interval = pw.FloatField(null=True)
-    # JSON of the provider's push subscription (Gmail watch, Graph subscription), if any.
+    # JSON of the provider's push channel (Gmail watch, Graph subscription) and the account's
+    # push secret, if push is on; push_key is what the provider's notifications name.
     push = pw.TextField(null=True)
+    push_key = pw.CharField(null=True, index=True)
+    # The provider's id_scheme the index's message ids are in (None: before schemes existed).
+    id_scheme = pw.CharField(null=True)
 
     class Meta:
         table_name = "accounts"
@@ -168,12 +172,32 @@ class OAuthState(_Model):
     start_by = pw.FloatField()  # the connect link must be opened by then
     # SHA-256 of the flow cookie of the browser that opened the connect link (None: not yet).
     browser = pw.CharField(null=True)
+    # The sync choices of the connect request (JSON), for the account the callback connects.
+    settings = pw.TextField(null=True)
 
     class Meta:
         table_name = "oauth_states"
 
 
-MODELS: list[type[pw.Model]] = [Account, Credential, Message, OAuthState]
+class CachedAttachment(_Model):
+    """An attachment downloaded once and kept in the user's directory, by content hash."""
+
+    account_id = pw.CharField()
+    message_id = pw.CharField()
+    attachment_id = pw.CharField()
+    user_id = pw.CharField(index=True)
+    sha256 = pw.CharField()
+    size = pw.IntegerField()
+    mime_type = pw.CharField()
+    filename = pw.TextField()
+    created_at = pw.FloatField(default=time.time)
+
+    class Meta:
+        table_name = "attachment_cache"
+        primary_key = pw.CompositeKey("account_id", "message_id", "attachment_id")
+
+
+MODELS: list[type[pw.Model]] = [Account, Credential, Message, OAuthState, CachedAttachment]
 
 
 @dataclass(frozen=True)
@@ -209,6 +233,7 @@ class MailDb:
                 self.db.drop_tables([OAuthState])
             self.db.create_tables(MODELS, safe=True)
             self._add_new_columns(Account)
+            self._add_new_columns(OAuthState)
         # Units open and close their thread's connection; the last connection to close a WAL
         # database checkpoints it (with an fsync). This one stays open, so closing a unit is cheap.
         self._anchor: sqlite3.Connection | None = sqlite3.connect(str(self.path), check_same_thread=False)
@@ -251,7 +276,7 @@ class MailDb:
 
     # Accounts -------------------------------------------------------------------------
 
-    def upsert_account(self, *, user_id: str, provider: str, address: str) -> tuple[Account, bool]:
+    def upsert_account(self, *, user_id: str, provider: str, address: str, id_scheme: str = "") -> tuple[Account, bool]:
         """The account of (user, provider, address), created if new; (account, created).
 
         A returning account (disconnected or needs_reauth before) keeps its cursor and index,
@@ -269,7 +294,9 @@ class MailDb:
                     failures=0, updated_at=time.time(),
                 ).where(Account.id == account.id).execute()
                 return Account.get_by_id(account.id), False
-            account = Account.create(id=new_id(20), user_id=user_id, provider=provider, address=address)
+            account = Account.create(
+                id=new_id(20), user_id=user_id, provider=provider, address=address, id_scheme=id_scheme
+            )
             return account, True
 
     def account(self, account_id: str) -> Account | None:
@@ -286,6 +313,11 @@ class MailDb:
         """Every account of a user, oldest first."""
         with self.unit():
             return list(Account.select().where(Account.user_id == user_id).order_by(Account.created_at, Account.id))
+
+    def accounts_by_push_key(self, provider: str, key: str) -> list[Account]:
+        """The accounts whose push channel at ``provider`` is named ``key``."""
+        with self.unit():
+            return list(Account.select().where((Account.provider == provider) & (Account.push_key == key)))
 
     def accounts_to_resume(self) -> list[Account]:
         """Accounts that should be syncing: connected, with credentials, not needing reauth."""
@@ -308,9 +340,9 @@ class MailDb:
         """Delete the credentials and mark the account disconnected (its index stays)."""
         with self.unit(), self.db.atomic():
             Credential.delete().where(Credential.account_id == account_id).execute()
-            Account.update(state=States.DISCONNECTED, retry_at=None, updated_at=time.time()).where(
-                Account.id == account_id
-            ).execute()
+            Account.update(
+                state=States.DISCONNECTED, retry_at=None, push=None, push_key=None, updated_at=time.time()
+            ).where(Account.id == account_id).execute()
 
     # Credentials ----------------------------------------------------------------------
 
@@ -393,18 +425,100 @@ class MailDb:
             OAuthState.delete().where(OAuthState.user_id == user_id).execute()
         return len(ids)
 
+    def unmigrated_ids(self, account_id: str, limit: int) -> list[str]:
+        """Message ids of an account not yet through an id-scheme migration, ``limit`` at most."""
+        with self.unit():
+            cursor = self.db.execute_sql(
+                "SELECT message_id FROM messages WHERE account_id = ? AND json_type(state, '$.migrated') IS NULL "
+                "ORDER BY message_id LIMIT ?",
+                [account_id, limit],
+            )
+            return [row[0] for row in cursor]
+
+    def migrate_messages(self, account_id: str, ids: Iterable[str], renames: Mapping[str, str]) -> None:
+        """Mark index rows as through an id-scheme migration, giving the ``renames`` their new ids
+        (each remembers its old one, for the next event to say it)."""
+        with self.unit(), self.db.atomic():
+            connection = self.db.connection()
+            for old in ids:
+                row = connection.execute(
+                    "SELECT state FROM messages WHERE account_id = ? AND message_id = ?", (account_id, old)
+                ).fetchone()
+                if row is None:
+                    continue
+                state = {**json.loads(row[0]), "migrated": True}
+                if old in renames:
+                    state["was"] = old
+                connection.execute(
+                    "UPDATE OR REPLACE messages SET message_id = ?, state = ? WHERE account_id = ? AND message_id = ?",
+                    (renames.get(old, old), json.dumps(state, separators=(",", ":")), account_id, old),
+                )
+
+    def message_accounts(self, user_id: str, message_id: str) -> list[Account]:
+        """The user's accounts whose synced messages include ``message_id`` (not deleted)."""
+        with self.unit():
+            query = (
+                Account.select()
+                .join(Message, on=(Message.account_id == Account.id))
+                .where((Account.user_id == user_id) & (Message.message_id == message_id) & (Message.deleted == False))  # noqa: E712
+                .order_by(Account.created_at)
+            )
+            return list(query)
+
+    # Attachment cache -------------------------------------------------------------------
+
+    def cached_attachment(self, account_id: str, message_id: str, attachment_id: str) -> CachedAttachment | None:
+        """The cache entry of one attachment, if it was downloaded before."""
+        with self.unit():
+            return CachedAttachment.get_or_none(
+                (CachedAttachment.account_id == account_id)
+                & (CachedAttachment.message_id == message_id)
+                & (CachedAttachment.attachment_id == attachment_id)
+            )
+
+    def cache_attachment(self, **fields: Any) -> None:
+        """Remember where an attachment's content is kept (replacing an older entry)."""
+        with self.unit():
+            CachedAttachment.insert(**fields).on_conflict_replace().execute()
+
+    def forget_cached(self, account_id: str, message_id: str, attachment_id: str) -> None:
+        """Drop a cache entry whose file is gone."""
+        with self.unit():
+            CachedAttachment.delete().where(
+                (CachedAttachment.account_id == account_id)
+                & (CachedAttachment.message_id == message_id)
+                & (CachedAttachment.attachment_id == attachment_id)
+            ).execute()
+
+    def cache_usage(self, user_id: str) -> tuple[int, int]:
+        """(distinct files, their bytes) the user's attachment cache holds."""
+        with self.unit():
+            rows = self.db.execute_sql(
+                "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM (SELECT sha256, MAX(size) AS size FROM attachment_cache "
+                "WHERE user_id = ? GROUP BY sha256)",
+                [user_id],
+            ).fetchone()
+        return int(rows[0]), int(rows[1])
+
     # OAuth flows ------------------------------------------------------------------------
 
     def save_oauth_state(
-        self, *, nonce: str, user_id: str, provider: str, expires_at: float, start_by: float, authorize_url: str
+        self, *, nonce: str, user_id: str, provider: str, expires_at: float, start_by: float, authorize_url: str,
+        settings: str | None = None,
     ) -> None:
         """Remember a started OAuth flow (and forget long-expired ones)."""
         with self.unit(), self.db.atomic():
             OAuthState.delete().where(OAuthState.expires_at < time.time() - 3600).execute()
             OAuthState.create(
                 nonce=nonce, user_id=user_id, provider=provider, expires_at=expires_at, start_by=start_by,
-                authorize_url=authorize_url,
+                authorize_url=authorize_url, settings=settings,
             )
+
+    def oauth_state_settings(self, nonce: str) -> str | None:
+        """The sync choices a flow was started with (JSON), if any."""
+        with self.unit():
+            row = OAuthState.get_or_none(OAuthState.nonce == nonce)
+        return row.settings if row is not None else None
 
     def bind_oauth_state(self, *, nonce: str, browser: str) -> str | None:
         """Bind a flow to the first browser that opens its connect link, in time; its authorize URL.

@@ -28,6 +28,7 @@ import hashlib
 import json
 import logging
 import random
+import secrets
 import threading
 import time
 from collections.abc import Callable
@@ -41,6 +42,7 @@ from brain.mail.provider import (
     CursorExpired,
     MailProvider,
     MessageRecord,
+    PushChannel,
     RateLimited,
     SyncContext,
     SyncOptions,
@@ -62,6 +64,9 @@ UPDATED = "mail.message.updated"
 DELETED = "mail.message.deleted"
 
 _RECONCILE_CHUNK = 500
+_MIGRATE_CHUNK = 1000  # Graph's translateExchangeIds takes at most 1000 ids
+#: Polling an idle account may use at most this share of the provider's per-account quota.
+POLL_QUOTA_SHARE = 0.1
 
 
 class StoreUnavailable(Transient):
@@ -96,9 +101,12 @@ class QuotaPacer:
         self._last = clock()
         self._lock = threading.Lock()
         self.waited = 0.0
+        #: Units spent so far (paced or not): what a run cost, for adaptive polling.
+        self.spent = 0.0
 
     def spend(self, units: float) -> None:
         """Take ``units`` from the bucket, first sleeping off any debt they would leave."""
+        self.spent += units
         if self.rate <= 0:
             return
         with self._lock:
@@ -155,8 +163,9 @@ class AccountSync:
             tokens=tokens, budget=self.budget, page_size=provider.page_size, account_id=account_id,
             address=address, options=self.options,
         )
-        #: Events the current run stored so far (adaptive polling reads it when the run ends).
+        #: Events the current run stored so far, and the quota units spent when it began.
         self.run_events = 0
+        self._run_spent_from = 0.0
 
     # The actor's entry points --------------------------------------------------------------
 
@@ -169,11 +178,87 @@ class AccountSync:
         if account is None or account.state in States.STOPPED:
             return None
         self.run_events = 0
+        self._run_spent_from = self.budget.spent
         wait = (account.retry_at or 0.0) - time.time()
         if account.state in (States.BACKOFF, States.ERROR) and wait > 0:
             return min(wait, self.settings.max_backoff_seconds)
         self.db.update_account(self.account_id, state=States.SYNCING)
         return 0.0
+
+    def next_poll(self, *, push: bool = False) -> float:
+        """Seconds until the next poll, once a run has ended (stored for `/mail/status`).
+
+        Right after a run that found something, `sync_interval_min_seconds`; each quiet run
+        doubles it up to `sync_interval_seconds`; with push notifications on, at least
+        `push_poll_seconds` (polling is only the safety net). Never shorter than polling at
+        this run's cost within `POLL_QUOTA_SHARE` of the provider's quota would allow.
+        """
+        mail = self.settings
+        longest = mail.sync_interval_seconds
+        shortest = min(mail.sync_interval_min_seconds, longest)
+        account = self.db.account(self.account_id)
+        previous = account.poll_interval if account is not None and account.poll_interval else shortest
+        interval = shortest if self.run_events else min(longest, max(shortest, previous * 2))
+        if push:
+            interval = max(interval, mail.push_poll_seconds)
+        if self.budget.rate > 0:
+            spent = self.budget.spent - self._run_spent_from
+            interval = max(interval, spent / (self.budget.rate * POLL_QUOTA_SHARE))
+        self.db.update_account(self.account_id, poll_interval=interval)
+        return interval
+
+    def maintain_push(self, notify_url: str | None) -> bool:
+        """Start, renew or end the account's push notifications; whether push is on now.
+
+        ``notify_url`` None (no `[mail] public_url`) ends a channel left from before. A channel
+        is renewed once less than a third of its life is left; a provider that fails to open
+        one leaves the account polling (and says why in the log).
+        """
+        account = self.db.account(self.account_id)
+        if account is None:
+            return False
+        stored = json.loads(account.push) if account.push else None
+        channel = PushChannel(stored["key"], stored["expires_at"], stored.get("state") or {}) if stored else None
+        now = time.time()
+        if notify_url is None:
+            if channel is not None:
+                self._close_push(channel)
+                self.db.update_account(self.account_id, push=None, push_key=None)
+            return False
+        if channel is not None and stored is not None:
+            life = channel.expires_at - stored.get("since", now)
+            if channel.expires_at - now > life / 3:
+                return True
+        secret = stored["secret"] if stored else secrets.token_urlsafe(32)
+        try:
+            fresh = self.provider.open_push(self.ctx, notify_url=notify_url, secret=secret, channel=channel)
+        except Exception as exc:  # push is an extra: the account goes on polling
+            log.warning("mail account %s: push notifications could not be set up: %s", self.account_id, exc)
+            alive = channel is not None and channel.expires_at > now
+            if not alive and channel is not None:
+                self.db.update_account(self.account_id, push=None, push_key=None)
+            return alive
+        if fresh is None:
+            if channel is not None:
+                self.db.update_account(self.account_id, push=None, push_key=None)
+            return False
+        record = {"key": fresh.key, "expires_at": fresh.expires_at, "state": fresh.state, "secret": secret, "since": now}
+        self.db.update_account(self.account_id, push=json.dumps(record), push_key=fresh.key)
+        return True
+
+    def end_push(self) -> None:
+        """Stop the provider's notifications for good (the account is disconnecting)."""
+        account = self.db.account(self.account_id)
+        if account is not None and account.push:
+            stored = json.loads(account.push)
+            self._close_push(PushChannel(stored["key"], stored["expires_at"], stored.get("state") or {}))
+            self.db.update_account(self.account_id, push=None, push_key=None)
+
+    def _close_push(self, channel: PushChannel) -> None:
+        try:
+            self.provider.close_push(self.ctx, channel)
+        except Exception as exc:  # it expires by itself; the account must not be stuck on it
+            log.warning("mail account %s: push channel could not be closed: %s", self.account_id, exc)
 
     def step(self) -> Outcome:
         """Sync one page (or one reconcile chunk); never raises."""
@@ -192,6 +277,8 @@ class AccountSync:
         if account is None or account.state in States.STOPPED:
             return Outcome("stop", reason="account is " + (account.state if account else "gone"))
         try:
+            if (account.id_scheme or "") != self.provider.id_scheme:
+                return self._migrate_ids(account)
             if account.phase == "reconcile":
                 return self._reconcile(account)
             if account.phase == "incremental" and account.position is None and account.backfill_due(self.content):
@@ -260,13 +347,13 @@ class AccountSync:
             elif entry.state.get("content") != self.content:
                 # Stored before the account kept this much of a message: the whole of it again.
                 rev = entry.rev + 1
-                data = {**record.as_event_data(), **_label_changes(entry.state, state)}
+                data = {**record.as_event_data(), **_label_changes(entry.state, state), **_previous_id(entry)}
                 events.append(self._event(account, UPDATED, record.message_id, rev, data))
                 entries[record.message_id] = IndexEntry(record.message_id, rev, stored, record.thread_id, False, epoch)
             elif _comparable(entry.state) != state:
                 rev = entry.rev + 1
                 data = {"message_id": record.message_id, "thread_id": record.thread_id, **state,
-                        **_label_changes(entry.state, state)}
+                        **_label_changes(entry.state, state), **_previous_id(entry)}
                 events.append(self._event(account, UPDATED, record.message_id, rev, data))
                 entries[record.message_id] = IndexEntry(record.message_id, rev, stored, record.thread_id, False, epoch)
             elif entry.epoch != epoch:
@@ -276,7 +363,7 @@ class AccountSync:
             if entry is None or entry.deleted:
                 continue  # never stored (added and removed between two syncs): nothing to say
             rev = entry.rev + 1
-            data = {"message_id": message_id, "thread_id": entry.thread_id}
+            data = {"message_id": message_id, "thread_id": entry.thread_id, **_previous_id(entry)}
             events.append(self._event(account, DELETED, message_id, rev, data))
             entries[message_id] = replace(entry, rev=rev, deleted=True, epoch=epoch)
             removed += 1
@@ -324,6 +411,19 @@ class AccountSync:
         self.run_events += len(events)
         return outcome
 
+    def _migrate_ids(self, account: Account) -> Outcome:
+        """The provider's ids changed (a new version): translate the index's ids, a chunk a step,
+        so stored messages keep their revisions (no duplicates) and their next event says the
+        old id. The cursor then usually expires too: the resync finds every message by its new id."""
+        ids = self.db.unmigrated_ids(account.id, _MIGRATE_CHUNK)
+        if not ids:
+            log.info("mail account %s: message ids now in the %r scheme", account.id, self.provider.id_scheme)
+            self.db.update_account(self.account_id, id_scheme=self.provider.id_scheme)
+            return Outcome("more")
+        renames = self.provider.translate_ids(self.ctx, ids)
+        self.db.migrate_messages(account.id, ids, {old: new for old, new in renames.items() if old in set(ids)})
+        return Outcome("more")
+
     def _in_window(self, record: MessageRecord) -> bool:
         """Whether a message not stored yet is recent enough for the account's sync window."""
         since = self.options.since
@@ -347,7 +447,7 @@ class AccountSync:
         entries = []
         for entry in stale:
             rev = entry.rev + 1
-            data = {"message_id": entry.message_id, "thread_id": entry.thread_id, "reconciled": True}
+            data = {"message_id": entry.message_id, "thread_id": entry.thread_id, "reconciled": True, **_previous_id(entry)}
             events.append(self._event(account, DELETED, entry.message_id, rev, data))
             entries.append(replace(entry, rev=rev, deleted=True, epoch=account.epoch))
         self._store(account, events)
@@ -464,6 +564,12 @@ def message_state(record: MessageRecord) -> dict[str, Any]:
 
 def _comparable(state: dict[str, Any]) -> dict[str, Any]:
     return {key: state.get(key) for key in _STATE_KEYS}
+
+
+def _previous_id(entry: IndexEntry) -> dict[str, str]:
+    """``previous_message_id`` for the first event after the provider's ids changed."""
+    was = entry.state.get("was")
+    return {"previous_message_id": was} if isinstance(was, str) else {}
 
 
 def _label_changes(before: dict[str, Any], after: dict[str, Any]) -> dict[str, list[str]]:

@@ -316,6 +316,10 @@ def event_schemas() -> dict[str, dict[str, Any]]:
             **_MESSAGE_PROPERTIES,
             "added_labels": {"type": "array", "items": {"type": "string"}},
             "removed_labels": {"type": "array", "items": {"type": "string"}},
+            "previous_message_id": {
+                "type": "string",
+                "description": "The id the message had in earlier events, once, when the provider's ids changed",
+            },
         },
     }
     deleted = {
@@ -327,6 +331,7 @@ def event_schemas() -> dict[str, dict[str, Any]]:
             "message_id": _MESSAGE_PROPERTIES["message_id"],
             "thread_id": _NULLABLE_STRING,
             "reconciled": {"type": "boolean", "description": "Found missing by a full resync"},
+            "previous_message_id": {"type": "string", "description": "The id it had in earlier events, if it changed"},
         },
     }
     schemas = {"mail.message.received": received, "mail.message.updated": updated, "mail.message.deleted": deleted}

@@ -28,6 +28,7 @@ _REDIRECT = {
     "headers": {"Location": {"schema": {"type": "string", "format": "uri"}}},
 }
 _ACCOUNT_RESPONSE = {"type": "object", "required": ["account"], "properties": {"account": _ref("MailAccount")}}
+_ACCOUNT_PARAMETER = {"name": "account", "in": "path", "required": True, "schema": {"type": "string"}}
 
 PATHS: dict[str, dict[str, Any]] = {
     "/mail/connect": {
@@ -131,7 +132,14 @@ PATHS: dict[str, dict[str, Any]] = {
                     {
                         "type": "object",
                         "required": ["accounts"],
-                        "properties": {"accounts": {"type": "array", "items": _ref("MailAccount")}},
+                        "properties": {
+                            "accounts": {"type": "array", "items": _ref("MailAccount")},
+                            "attachment_cache": {
+                                "type": "object",
+                                "description": "Attachments kept in the caller's directory ([mail] cache_attachments)",
+                                "properties": {"files": {"type": "integer"}, "bytes": {"type": "integer"}},
+                            },
+                        },
                     },
                     "Every account of the caller, oldest first",
                 ),
@@ -157,11 +165,113 @@ PATHS: dict[str, dict[str, Any]] = {
             },
             "responses": {
                 "200": _json(
-                    {**_ACCOUNT_RESPONSE, "properties": {**_ACCOUNT_RESPONSE["properties"], "events_kept": {"const": True}}},
+                    {
+                        **_ACCOUNT_RESPONSE,
+                        "properties": {
+                            **_ACCOUNT_RESPONSE["properties"],
+                            "events_kept": {"const": True},
+                            "revocation": {
+                                "type": "object",
+                                "description": (
+                                    "Whether brain's grant is gone at the provider: true (revoked), false (it could "
+                                    "not be: detail says why and what the user can do), null (nothing to revoke)"
+                                ),
+                                "properties": {"revoked": {"type": ["boolean", "null"]}, "detail": {"type": "string"}},
+                            },
+                        },
+                    },
                     "Disconnected",
                 ),
                 "404": _json(_ref("Error"), "No such account of the caller"),
                 **_ERRORS,
+            },
+        }
+    },
+    "/mail/accounts/{account}": {
+        "patch": {
+            "operationId": "mailChangeAccount",
+            "summary": "Change what an account syncs",
+            "description": (
+                "Fields not sent keep their value. Changing folders, exclude_spam_trash or sync_window_days "
+                "starts a resync that reconciles (messages that left the choice get mail.message.deleted, "
+                "messages that joined it mail.message.received); turning bodies or keep_html on backfills "
+                "(each stored message gets one mail.message.updated with its whole content)."
+            ),
+            "parameters": [_ACCOUNT_PARAMETER],
+            "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("MailSyncChoices")}}},
+            "responses": {
+                "200": _json(_ACCOUNT_RESPONSE, "The account with its new choices"),
+                "404": _json(_ref("Error"), "No such account of the caller"),
+                **_ERRORS,
+            },
+        }
+    },
+    "/mail/accounts/{account}/sync": {
+        "post": {
+            "operationId": "mailSyncNow",
+            "summary": "Sync an account now (or right after the sync in progress)",
+            "parameters": [_ACCOUNT_PARAMETER],
+            "responses": {
+                "202": _json(_ACCOUNT_RESPONSE, "Asked for; /mail/status shows the progress"),
+                "404": _json(_ref("Error"), "No such account of the caller"),
+                "409": _json(_ref("Error"), "ACCOUNT_NOT_SYNCING: the account is disconnected or needs re-authorisation"),
+                **_ERRORS,
+            },
+        }
+    },
+    "/mail/messages/{message}/attachments/{attachment}": {
+        "get": with_api_keys({
+            "operationId": "mailAttachment",
+            "summary": "An attachment's content, fetched from the provider with the account's credentials",
+            "description": (
+                "`message` is the event's `message_id`, `attachment` an `attachments[].id` (URL-encoded). "
+                "Streamed as the provider sends it, always as a download (Content-Disposition: attachment)."
+            ),
+            "parameters": [
+                {"name": "message", "in": "path", "required": True, "schema": {"type": "string"}},
+                {"name": "attachment", "in": "path", "required": True, "schema": {"type": "string"}},
+                {
+                    "name": "account",
+                    "in": "query",
+                    "schema": {"type": "string"},
+                    "description": "Which account, when more than one of the caller's has this message id",
+                },
+            ],
+            "responses": {
+                "200": {
+                    "description": "The content, with its type and file name",
+                    "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+                },
+                "404": _json(_ref("Error"), "No such message of the caller (MESSAGE_NOT_FOUND), or the provider "
+                             "no longer has it (ATTACHMENT_GONE)"),
+                "409": _json(_ref("Error"), "ACCOUNT_NEEDS_REAUTH: the provider refused the account's credentials"),
+                "413": _json(_ref("Error"), "Larger than [mail] max_attachment_bytes"),
+                "502": _json(_ref("Error"), "The provider failed"),
+                "503": _json(_ref("Error"), "The provider is throttling or unavailable; Retry-After says when"),
+                **_ERRORS,
+            },
+        }, "mail:read")
+    },
+    "/mail/push/{provider}": {
+        "post": {
+            "operationId": "mailPush",
+            "summary": "Push notifications from a provider (Gmail via Pub/Sub, Microsoft Graph)",
+            "description": (
+                "Called by the provider's servers, not by clients: Gmail's Pub/Sub push subscription "
+                "(`?token=` must be [plugins.gmail] push_token) and Graph subscriptions (the validation "
+                "handshake echoes `validationToken`; notifications must carry the account's clientState). "
+                "The accounts a notification names are synced at once."
+            ),
+            "security": [],
+            "parameters": [{"name": "provider", "in": "path", "required": True, "schema": {"type": "string"}}],
+            "requestBody": {"content": {"application/json": {"schema": {"type": "object"}}}},
+            "responses": {
+                "200": {"description": "Graph's validation handshake: the token", "content": {"text/plain": {"schema": {"type": "string"}}}},
+                "202": {"description": "Taken"},
+                "204": {"description": "Taken (Pub/Sub)"},
+                "400": {"description": "Not a notification of this provider"},
+                "403": {"description": "The push token is wrong"},
+                "404": _json(_ref("Error"), "No such provider"),
             },
         }
     },
@@ -174,6 +284,7 @@ SCHEMAS: dict[str, Any] = {
         "properties": {
             "provider": {"type": "string", "description": "A registered provider: gmail, outlook, ..."},
             "refresh_token": {"type": "string", "description": "Connect directly with this token"},
+            "sync": _ref("MailSyncChoices"),
         },
     },
     "MailAuthorize": {

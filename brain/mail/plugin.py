@@ -67,14 +67,15 @@ def register_routes(rt: Process, listener: str, register: Callable[[Route], None
 
 @hookimpl
 def setup_app(rt: Process, listener: str, app: web.Application) -> None:
-    """When the API app stops: connects still waiting for a thread are dropped (running ones end
-    with their provider timeout)."""
+    """When the API app stops: connects and downloads still waiting for a thread are dropped
+    (running ones end with their provider timeout)."""
     if listener != LISTENER:
         return
     service = service_for(rt)
 
     async def stop_connect_pool(_app: web.Application) -> None:
         service.connect_pool.shutdown(wait=False, cancel_futures=True)
+        service.download_pool.shutdown(wait=False, cancel_futures=True)
 
     app.on_cleanup.append(stop_connect_pool)
 

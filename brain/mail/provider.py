@@ -80,6 +80,9 @@ __all__ = [
     "MessageRecord",
     "MimePart",
     "ProviderError",
+    "PushChannel",
+    "PushReply",
+    "PushRequest",
     "QuotaBudget",
     "RateLimited",
     "Revocation",
@@ -225,6 +228,40 @@ class Revocation:
     detail: str
 
 
+@dataclass
+class PushChannel:
+    """A provider's push notifications for one account (Gmail watch, a Graph subscription).
+
+    ``key`` is what this account's notifications carry (Gmail: the mailbox address; Graph: the
+    subscription id); ``expires_at`` (epoch seconds) is when the provider stops sending unless
+    renewed; ``state`` is the provider's own (JSON values).
+    """
+
+    key: str
+    expires_at: float
+    state: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PushRequest:
+    """A notification as it reached ``POST /mail/push/{provider}``."""
+
+    query: Mapping[str, str]
+    headers: Mapping[str, str]
+    body: bytes
+
+
+@dataclass
+class PushReply:
+    """What a provider makes of a notification: what to answer, and which accounts to sync —
+    ``targets`` as (channel key, the secret the notification carried or None)."""
+
+    status: int = 202
+    content_type: str = "text/plain"
+    body: bytes = b""
+    targets: list[tuple[str, str | None]] = field(default_factory=list)
+
+
 def without_body(record: MessageRecord) -> MessageRecord:
     """``record`` with its text left out, for an account that syncs no bodies (the snippet,
     headers, flags and attachments stay)."""
@@ -335,6 +372,9 @@ class MailProvider(ABC):
     oauth: ClassVar[bool] = True
     #: Field names a client may send to connect directly (documented in errors).
     direct_fields: ClassVar[Sequence[str]] = ("refresh_token",)
+    #: The kind of message ids it reports. When a new version changes it, the core asks
+    #: `translate_ids` for the new ids of the messages it knows, once per account.
+    id_scheme: ClassVar[str] = ""
 
     def __init__(self, settings: Mapping[str, Any], *, page_size: int = 100) -> None:
         self.settings = settings
@@ -394,6 +434,12 @@ class MailProvider(ABC):
     def incremental_sync(self, ctx: SyncContext, cursor: dict[str, Any]) -> SyncPage:
         """One page of changes since ``cursor``; ``CursorExpired`` if it is too old."""
 
+    def translate_ids(self, ctx: SyncContext, ids: Sequence[str]) -> dict[str, str]:
+        """The ids of ``id_scheme`` for message ids an older scheme gave (at most 1000 at a
+        time); ids it cannot translate (gone) are left out. Called once per account when
+        `id_scheme` changed, before anything is synced, so stored messages keep their history."""
+        return {}
+
     # Attachments and disconnecting ------------------------------------------------------
 
     def fetch_attachment(self, ctx: SyncContext, message_id: str, attachment_id: str) -> AttachmentContent:
@@ -410,6 +456,28 @@ class MailProvider(ABC):
         The default says nothing was revoked; a provider that can revoke does so here.
         """
         return Revocation(False, f"{self.title or self.name} offers no way for brain to revoke its access")
+
+    # Push notifications -----------------------------------------------------------------
+
+    def open_push(
+        self, ctx: SyncContext, *, notify_url: str, secret: str, channel: PushChannel | None
+    ) -> PushChannel | None:
+        """Ask the provider to notify ``notify_url`` of changes to the account, or renew
+        ``channel``; None when this provider (or its configuration) has no push.
+
+        ``secret`` is the account's own: a provider whose notifications can carry it (Graph's
+        ``clientState``) sends it along so the core can tell a forged notification.
+        """
+        return None
+
+    def close_push(self, ctx: SyncContext, channel: PushChannel) -> None:
+        """Stop the provider's notifications (best effort: the account is going)."""
+
+    @classmethod
+    def read_push(cls, settings: Mapping[str, Any], request: PushRequest) -> PushReply:
+        """Read a notification sent to ``POST /mail/push/{name}``: which accounts it names and
+        what to answer (a validation handshake, an acknowledgement, a refusal)."""
+        return PushReply(status=404, body=b"no push notifications for this provider")
 
     def close(self) -> None:
         """Release clients and connections (the account's actor is stopping)."""

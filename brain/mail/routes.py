@@ -40,10 +40,13 @@ from brain.actors import bridge
 from brain.actors.supervisor import ChildAlreadyStarted, ChildStartError
 from brain.apikeys import scope
 from brain.contracts import AUTHENTICATOR
-from brain.errors import BadRequest, HTTPError, ServiceUnavailable, TooManyRequests
+from brain.errors import BadRequest, Conflict, HTTPError, PayloadTooLarge, ServiceUnavailable, TooManyRequests
+from brain.mail.attachments import Downloads, content_disposition
 from brain.mail.browser import NO_LEAKS, RESULT_HEADERS, FlowCookies, result_page
-from brain.mail.db import Account
+from brain.mail.db import Account, States
 from brain.mail.openapi import PATHS, SCHEMAS
+from brain.mail.provider import PushRequest
+from brain.mail.selection import SyncChoices
 from brain.mail.service import CALLBACK_PATH, MAIL_SUP, RESULT_PATH, START_PATH, MailService, child_id
 from brain.mail.sync import SyncNow
 from brain.process import Process
@@ -57,6 +60,8 @@ log = logging.getLogger("brain.mail")
 # What a client refused for too many connects is told to wait: a connect that hangs lasts the
 # provider's timeout, one that works a second or two.
 CONNECT_RETRY_AFTER = 5.0
+# Gmail's and Graph's notifications are a few KiB; anything much larger is not one.
+_PUSH_MAX_BYTES = 256 * 1024
 
 T = TypeVar("T")
 
@@ -108,6 +113,12 @@ def routes(rt: Process, service: MailService) -> list[Route]:
         """Work that talks to a provider, on the connect pool (take a connect slot first)."""
         return await asyncio.get_running_loop().run_in_executor(service.connect_pool, fn)
 
+    downloads = Downloads(service)
+
+    async def download_call(fn: Callable[[], T]) -> T:
+        """Attachment work (provider calls, each chunk), on the download pool."""
+        return await asyncio.get_running_loop().run_in_executor(service.download_pool, fn)
+
     async def start_sync(account: Account, *, reconnect: bool) -> None:
         """Start the account's actor, or tell the running one to sync now."""
         sup = await rt.alookup(MAIL_SUP)
@@ -138,11 +149,12 @@ def routes(rt: Process, service: MailService) -> list[Route]:
         if not isinstance(body, dict):
             raise BadRequest("body must be a JSON object with a provider field")
         name = service.provider_name(body.get("provider"))
-        fields = {k: v for k, v in body.items() if k != "provider"}
+        choices = SyncChoices.parse(body["sync"]) if "sync" in body else None
+        fields = {k: v for k, v in body.items() if k not in ("provider", "sync")}
         with slots.hold(user_id):
-            result = await provider_call(lambda: service.connect_direct(user_id, name, fields))
+            result = await provider_call(lambda: service.connect_direct(user_id, name, fields, choices))
             if result is None:
-                flow = await provider_call(lambda: service.begin_oauth(user_id, name))
+                flow = await provider_call(lambda: service.begin_oauth(user_id, name, choices))
                 return json_response(flow)
         status, created = await connected(result)
         return json_response({"account": status}, status=201 if created else 200)
@@ -200,8 +212,8 @@ def routes(rt: Process, service: MailService) -> list[Route]:
     ) -> tuple[dict[str, Any], bool]:
         """Use up the flow (bound to this browser or caller), redeem the code; (account status, new?)."""
         with slots.hold(payload["u"]):
-            await blocking(lambda: service.claim_flow(payload, browser=browser, caller=caller))
-            result = await provider_call(lambda: service.finish_oauth(payload, code))
+            choices = await blocking(lambda: service.claim_flow(payload, browser=browser, caller=caller))
+            result = await provider_call(lambda: service.finish_oauth(payload, code, choices))
         return await connected(result)
 
     def app_redirect(params: Mapping[str, str]) -> web.Response:
@@ -218,7 +230,8 @@ def routes(rt: Process, service: MailService) -> list[Route]:
     async def status(request: web.Request) -> web.Response:
         user_id = user_of(request)
         accounts = await blocking(lambda: service.status(user_id))
-        return json_response({"accounts": accounts})
+        cache = await blocking(lambda: downloads.usage(user_id))
+        return json_response({"accounts": accounts, "attachment_cache": cache})
 
     async def disconnect(request: web.Request) -> web.Response:
         user_id = user_of(request)
@@ -230,9 +243,94 @@ def routes(rt: Process, service: MailService) -> list[Route]:
         if sup is not None:
             # Stop first: a page in flight finishes before the credentials disappear.
             await bridge.ask(sup.proxy().terminate_child(child_id(account)))
-        await blocking(lambda: service.db.disconnect(account.id))
+        revocation = await provider_call(lambda: service.disconnect(account))
         fresh = await blocking(lambda: service.db.account(account.id))
-        return json_response({"account": service.account_status(fresh or account), "events_kept": True})
+        return json_response({
+            "account": service.account_status(fresh or account),
+            "events_kept": True,
+            "revocation": {"revoked": revocation.revoked, "detail": revocation.detail},
+        })
+
+    async def tell(account: Account, message: SyncNow) -> bool:
+        """Tell the account's actor (starting it if it is not running); False if it cannot sync."""
+        sup = await rt.alookup(MAIL_SUP)
+        if sup is None:
+            raise ServiceUnavailable("mail sync is not running")
+        ref = await bridge.ask(sup.proxy().get_child(child_id(account)))
+        if ref is not None:
+            with contextlib.suppress(pykka.ActorDeadError):
+                ref.tell(message)
+                return True
+        if account.state in States.STOPPED:
+            return False
+        await start_sync(account, reconnect=message.reconnect)
+        return True
+
+    async def change(request: web.Request) -> web.Response:
+        user_id = user_of(request)
+        account = await blocking(lambda: service.owned_account(user_id, request.match_info["account"]))
+        body = await read_json(request)
+        choices = SyncChoices.parse(body, base=SyncChoices.from_json(account.settings), field="body")
+        fresh = await blocking(lambda: service.choose(account, choices))
+        # A fresh engine reads the new choices (and starts a resync or a backfill if they ask for one).
+        await tell(fresh, SyncNow("choices changed", reconnect=True))
+        return json_response({"account": await blocking(lambda: service.account_status(fresh))})
+
+    async def sync_now(request: web.Request) -> web.Response:
+        user_id = user_of(request)
+        account = await blocking(lambda: service.owned_account(user_id, request.match_info["account"]))
+        if not await tell(account, SyncNow("asked for")):
+            raise Conflict(
+                f"account {account.id} is {account.state}: connect it again to sync", code="ACCOUNT_NOT_SYNCING"
+            )
+        fresh = await blocking(lambda: service.db.account(account.id))
+        return json_response({"account": await blocking(lambda: service.account_status(fresh or account))}, status=202)
+
+    @scope("mail:read")
+    async def attachment(request: web.Request) -> web.StreamResponse:
+        user_id = user_of(request)
+        message_id, attachment_id = request.match_info["message"], request.match_info["attachment"]
+        account_id = request.query.get("account")
+        download = await download_call(lambda: downloads.open(user_id, message_id, attachment_id, account_id))
+        try:
+            response = web.StreamResponse(headers={
+                hdrs.CONTENT_TYPE: download.mime_type,
+                hdrs.CONTENT_DISPOSITION: content_disposition(download.filename),
+                # Served from the API's origin: never rendered, never sniffed into something runnable.
+                "X-Content-Type-Options": "nosniff",
+                "Content-Security-Policy": "sandbox; default-src 'none'",
+                hdrs.CACHE_CONTROL: "private, no-store",
+            })
+            if download.size is not None:
+                response.content_length = download.size
+            chunk = await download_call(lambda: next(download.chunks, None))
+            await response.prepare(request)
+            while chunk is not None:
+                # One chunk ahead: the download is finished (and cached) before its last bytes go
+                # out, so a client that asks again at once finds the copy.
+                following = await download_call(lambda: next(download.chunks, None))
+                await response.write(chunk)
+                chunk = following
+            await response.write_eof()
+            return response
+        except PayloadTooLarge:
+            # The provider sent more than it said: the status went out already; cut the body short.
+            log.warning("attachment %s of message %s was larger than announced; cut off", attachment_id, message_id)
+            raise ConnectionResetError("attachment larger than announced") from None
+        finally:
+            await download_call(download.close)
+
+    async def push(request: web.Request) -> web.Response:
+        name = request.match_info["provider"]
+        body = await request.content.read(_PUSH_MAX_BYTES + 1)
+        if len(body) > _PUSH_MAX_BYTES:
+            raise PayloadTooLarge(f"a push notification is at most {_PUSH_MAX_BYTES} bytes")
+        notice = PushRequest(query=dict(request.query), headers=dict(request.headers), body=body)
+        reply, accounts = await blocking(lambda: service.push_targets(name, notice))
+        for account in accounts:
+            with contextlib.suppress(HTTPError):
+                await tell(account, SyncNow("push"))
+        return web.Response(status=reply.status, body=reply.body, content_type=reply.content_type)
 
     components = {"schemas": SCHEMAS}
     return [
@@ -245,4 +343,12 @@ def routes(rt: Process, service: MailService) -> list[Route]:
         Route("GET", RESULT_PATH, result, PATHS[RESULT_PATH]["get"], public=True),
         Route("GET", "/mail/status", status, PATHS["/mail/status"]["get"]),
         Route("POST", "/mail/disconnect", disconnect, PATHS["/mail/disconnect"]["post"]),
+        Route("PATCH", "/mail/accounts/{account}", change, PATHS["/mail/accounts/{account}"]["patch"]),
+        Route("POST", "/mail/accounts/{account}/sync", sync_now, PATHS["/mail/accounts/{account}/sync"]["post"]),
+        Route(
+            "GET", "/mail/messages/{message}/attachments/{attachment}", attachment,
+            PATHS["/mail/messages/{message}/attachments/{attachment}"]["get"],
+        ),
+        # The provider's servers call it: the provider's reading of the request authenticates it.
+        Route("POST", "/mail/push/{provider}", push, PATHS["/mail/push/{provider}"]["post"], public=True),
     ]

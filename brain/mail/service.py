@@ -9,6 +9,8 @@ event loop's executor; the actors call them from their own threads.
 from __future__ import annotations
 
 import hashlib
+import hmac
+import json
 import logging
 import time
 from collections.abc import Mapping
@@ -21,7 +23,7 @@ import pluggy
 from brain.actors.supervisor import ChildSpec, Supervisor
 from brain.config import Settings
 from brain.contracts import EVENT_SINK
-from brain.errors import BadRequest, Forbidden, NotFound
+from brain.errors import BadRequest, Forbidden, NotFound, ServiceUnavailable
 from brain.mail.crypto import InvalidState, StateSigner, pkce_challenge
 from brain.mail.db import Account, MailDb, States
 from brain.mail.engine import AccountSync, EventSink, QuotaPacer
@@ -32,6 +34,9 @@ from brain.mail.provider import (
     Credentials,
     MailProvider,
     ProviderError,
+    PushReply,
+    PushRequest,
+    Revocation,
     SyncContext,
     SyncOptions,
     iso_utc,
@@ -84,6 +89,9 @@ class MailService:
         self.signer = StateSigner(secret)
         self.sink = sink
         self.connect_pool = ThreadPoolExecutor(settings.mail.connect_workers, thread_name_prefix="brain-mail-connect")
+        # Attachment downloads (provider calls, then one chunk per call) have threads of their
+        # own: a slow download never holds up a connect, nor the other way round.
+        self.download_pool = ThreadPoolExecutor(settings.mail.connect_workers, thread_name_prefix="brain-mail-download")
 
     @property
     def redirect_uri(self) -> str:
@@ -159,6 +167,30 @@ class MailService:
             options=self.sync_options(account),
         )
 
+    def provider_context(self, account: Account) -> tuple[MailProvider, SyncContext]:
+        """A provider and its context for one call on an account's behalf outside its sync (an
+        attachment download): the stored credentials, refreshed and saved like the sync's."""
+        if account.provider not in self.registry:
+            raise ServiceUnavailable(f"the {account.provider} provider is not installed on this server")
+        try:
+            credentials = self.db.load_credentials(account.id)
+        except ValueError:
+            credentials = None
+        if credentials is None:
+            raise NotFound("the account of this message has no credentials (disconnected)", code="ACCOUNT_DISCONNECTED")
+        provider = self.new_provider(account.provider)
+        tokens = self._token_provider(provider, credentials, account.id)
+        ctx = SyncContext(
+            tokens=tokens, budget=QuotaPacer(provider.quota_units_per_second), page_size=provider.page_size,
+            account_id=account.id, address=account.address, options=self.sync_options(account),
+        )
+        return provider, ctx
+
+    def push_url(self, provider: str) -> str | None:
+        """Where ``provider`` sends push notifications, or None without `[mail] public_url`."""
+        base = self.settings.mail.public_url.rstrip("/")
+        return f"{base}/mail/push/{provider}" if base else None
+
     def sync_options(self, account: Account) -> SyncOptions:
         """What the account's provider syncs and keeps: the user's choices, the server's caps."""
         mail = self.settings.mail
@@ -184,11 +216,12 @@ class MailService:
         """brain's connect link: it binds a flow to the browser that opens it, then goes to the provider."""
         return f"{self.settings.api_public_url}{START_PATH}"
 
-    def begin_oauth(self, user_id: str, provider_name: str) -> dict[str, Any]:
+    def begin_oauth(self, user_id: str, provider_name: str, choices: SyncChoices | None = None) -> dict[str, Any]:
         """Start an OAuth flow: a signed, single-use state and brain's connect link carrying it.
 
         The provider's consent page (with the state and the PKCE challenge) is built now, so
-        a misconfigured provider fails here, and kept for the connect link to redirect to.
+        a misconfigured provider fails here, and kept for the connect link to redirect to; so
+        are the account's sync choices, until the callback connects it.
         """
         provider = self.new_provider(provider_name)
         if not provider.oauth:
@@ -206,7 +239,7 @@ class MailService:
         start_by = min(expires_at, time.time() + mail.oauth_start_ttl_seconds)
         self.db.save_oauth_state(
             nonce=nonce, user_id=user_id, provider=provider_name, expires_at=expires_at, start_by=start_by,
-            authorize_url=url,
+            authorize_url=url, settings=choices.to_json() if choices is not None else None,
         )
         return {
             "provider": provider_name,
@@ -244,13 +277,15 @@ class MailService:
             code="INVALID_STATE",
         )
 
-    def claim_flow(self, payload: Mapping[str, Any], *, browser: str | None, caller: str | None) -> None:
-        """Use up a callback's flow: it must be bound to this browser, or ``caller`` be its user.
+    def claim_flow(self, payload: Mapping[str, Any], *, browser: str | None, caller: str | None) -> SyncChoices | None:
+        """Use up a callback's flow: it must be bound to this browser, or ``caller`` be its user;
+        the sync choices the connect request made, if any.
 
         ``browser`` is the flow cookie the callback's request carried; ``caller`` the user of
         its bearer token, when a front end forwards code and state itself.
         """
         nonce, user_id, provider = payload["n"], payload["u"], payload["p"]
+        settings = self.db.oauth_state_settings(nonce)
         if caller is not None:
             if caller != user_id:
                 raise Forbidden("this authorization was started by another user", code="STATE_USER_MISMATCH")
@@ -267,8 +302,11 @@ class MailService:
                 )
         if not used:
             raise BadRequest("state was already used or is unknown; start the connection again", code="INVALID_STATE")
+        return SyncChoices.from_json(settings) if settings else None
 
-    def finish_oauth(self, payload: Mapping[str, Any], code: str) -> tuple[Account, bool]:
+    def finish_oauth(
+        self, payload: Mapping[str, Any], code: str, choices: SyncChoices | None = None
+    ) -> tuple[Account, bool]:
         """Exchange the code (with the flow's PKCE verifier), identify the mailbox, store the credentials."""
         provider = self.new_provider(payload["p"])
         verifier = self.signer.code_verifier(payload["n"])
@@ -276,31 +314,59 @@ class MailService:
             credentials = self._connect_call(
                 lambda: provider.exchange_code(code=code, redirect_uri=self.redirect_uri, code_verifier=verifier)
             )
-            return self._connect(payload["u"], provider, credentials)
+            return self._connect(payload["u"], provider, credentials, choices)
         finally:
             provider.close()
 
-    def connect_direct(self, user_id: str, provider_name: str, fields: Mapping[str, Any]) -> tuple[Account, bool] | None:
+    def connect_direct(
+        self, user_id: str, provider_name: str, fields: Mapping[str, Any], choices: SyncChoices | None = None
+    ) -> tuple[Account, bool] | None:
         """Connect with credentials the client sent; None when it sent none (start OAuth)."""
         provider = self.new_provider(provider_name)
         try:
             credentials = self._connect_call(lambda: provider.direct_credentials(fields))
             if credentials is None:
                 return None
-            return self._connect(user_id, provider, credentials)
+            return self._connect(user_id, provider, credentials, choices)
         finally:
             provider.close()
 
-    def _connect(self, user_id: str, provider: MailProvider, credentials: Credentials) -> tuple[Account, bool]:
+    def _connect(
+        self, user_id: str, provider: MailProvider, credentials: Credentials, choices: SyncChoices | None
+    ) -> tuple[Account, bool]:
         tokens = self._token_provider(provider, credentials, None)
-        ctx = SyncContext(tokens=tokens, budget=QuotaPacer(0), page_size=provider.page_size)
+        mail = self.settings.mail
+        convert = ConvertOptions(keep_html=mail.keep_html, max_text_bytes=mail.max_text_bytes)
+        ctx = SyncContext(
+            tokens=tokens, budget=QuotaPacer(0), page_size=provider.page_size,
+            options=(choices or SyncChoices()).options(convert),
+        )
         # Refreshing now proves the credentials work before anything is stored.
         self._connect_call(tokens.credentials)
         address = self._connect_call(lambda: provider.account_address(ctx))
-        account, created = self.db.upsert_account(user_id=user_id, provider=provider.name, address=address)
+        account, created = self.db.upsert_account(
+            user_id=user_id, provider=provider.name, address=address, id_scheme=provider.id_scheme
+        )
+        if choices is not None:
+            account = self.choose(account, choices)
         self.db.save_credentials(account.id, tokens.current)
         log.info("mail account %s connected (%s, user %s)", account.id, provider.name, user_id)
         return account, created
+
+    def choose(self, account: Account, choices: SyncChoices) -> Account:
+        """Store an account's sync choices. Syncing another set of messages means a resync that
+        reconciles (what left the choice is deleted, what joined it received); keeping more or
+        less of each message means a backfill, which the next sync starts by itself."""
+        before = SyncChoices.from_json(account.settings)
+        fields: dict[str, Any] = {"settings": choices.to_json()}
+        started = account.initial_done or account.position is not None or account.phase != "initial"
+        if before.selection_differs(choices) and started:
+            fields.update(
+                phase="initial", position=None, resync=True, epoch=account.epoch + 1, progress_done=0,
+                progress_total=None,
+            )
+        self.db.update_account(account.id, **fields)
+        return self.db.account(account.id) or account
 
     @staticmethod
     def _connect_call(fn: Any) -> Any:
@@ -336,6 +402,48 @@ class MailService:
         if account is None:
             raise NotFound(f"no mail account {account_id!r}", code="ACCOUNT_NOT_FOUND")
         return account
+
+
+    # Disconnecting and push -------------------------------------------------------------------
+
+    def disconnect(self, account: Account) -> Revocation:
+        """Stop push, revoke the grant at the provider, delete the credentials (blocking).
+
+        The account's actor must be stopped first. Whatever the provider says, brain's copy of
+        the credentials is deleted; the answer says whether the grant is gone at the provider.
+        """
+        revocation = Revocation(None, "no credentials were stored")
+        try:
+            credentials = self.db.load_credentials(account.id)
+        except ValueError:
+            credentials = None
+        if credentials is not None and account.provider in self.registry:
+            engine = self.engine_for(account.id)
+            if engine is not None:
+                try:
+                    engine.end_push()
+                    revocation = engine.provider.revoke(credentials)
+                finally:
+                    engine.provider.close()
+        self.db.disconnect(account.id)
+        log.info("mail account %s disconnected (revoked: %s)", account.id, revocation.revoked)
+        return revocation
+
+    def push_targets(self, provider_name: str, request: PushRequest) -> tuple[PushReply, list[Account]]:
+        """The provider's reading of a notification, and the accounts it names (secret checked)."""
+        provider_class = self.registry.get(provider_name)
+        if provider_class is None:
+            raise NotFound(f"no mail provider {provider_name!r}")
+        reply = provider_class.read_push(self.settings.plugin_settings(provider_name), request)
+        accounts: dict[str, Account] = {}
+        for key, secret in reply.targets:
+            for account in self.db.accounts_by_push_key(provider_name, key):
+                stored = json.loads(account.push or "{}").get("secret", "")
+                if secret is not None and not hmac.compare_digest(secret.encode(), str(stored).encode()):
+                    log.warning("mail push for account %s carried the wrong secret; ignored", account.id)
+                    continue
+                accounts[account.id] = account
+        return reply, list(accounts.values())
 
 
 class MailSupervisor(Supervisor):

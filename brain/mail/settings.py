@@ -16,8 +16,13 @@ from brain.sections import require_positive
 class MailSettings:
     """Mail sync."""
 
-    # Incremental sync of every account this often (and at once on connect).
+    # Polling is adaptive: right after a sync that found something the next one comes after
+    # sync_interval_min_seconds; every quiet sync doubles the wait, up to sync_interval_seconds.
+    # (A sync also runs at once on connect, on POST /mail/accounts/{id}/sync and on push.)
     sync_interval_seconds: float = 300.0
+    sync_interval_min_seconds: float = 30.0
+    # With push notifications on (public_url set), polls only this often, as a safety net.
+    push_poll_seconds: float = 1800.0
     # Backoff after transient errors: retry_base_seconds * 2^n with jitter, capped here.
     max_backoff_seconds: float = 3600.0
     retry_base_seconds: float = 2.0
@@ -48,6 +53,14 @@ class MailSettings:
     # A mail event is cut to fit this many bytes of JSON; keep it below the NATS server's
     # max_payload (1 MiB by default), which every event must pass through.
     max_event_bytes: int = 1_000_000
+    # Where providers can reach this API role from the internet (https, for Gmail's Pub/Sub push
+    # and Graph subscriptions: {public_url}/mail/push/{provider}). Empty: no push, polling only.
+    public_url: str = ""
+    # GET /mail/messages/{id}/attachments/{id} refuses attachments larger than this.
+    max_attachment_bytes: int = 26_214_400
+    # Keep downloaded attachments in the user's directory (data/users/{id}/attachments/, by
+    # content hash, counted in /mail/status) so a second download does not ask the provider.
+    cache_attachments: bool = False
 
 
 def validate(s: Settings) -> None:
@@ -63,9 +76,12 @@ def validate(s: Settings) -> None:
             "mail.connect_workers": s.mail.connect_workers,
             "mail.connects_per_user": s.mail.connects_per_user,
             "mail.max_event_bytes": s.mail.max_event_bytes,
+            "mail.sync_interval_min_seconds": s.mail.sync_interval_min_seconds,
+            "mail.push_poll_seconds": s.mail.push_poll_seconds,
+            "mail.max_attachment_bytes": s.mail.max_attachment_bytes,
         }
     )
-    for key in ("redirect_uri", "app_redirect_url"):
+    for key in ("redirect_uri", "app_redirect_url", "public_url"):
         url = urlsplit(getattr(s.mail, key))
         if url.geturl() and (url.scheme not in ("http", "https") or not url.netloc):
             raise ConfigError(f"mail.{key}: must be an absolute http or https URL, got {url.geturl()[:80]!r}")

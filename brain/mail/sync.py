@@ -136,7 +136,8 @@ class MailSync(BrainActor):
                 self._again = False
                 self._sync_now(SyncNow("queued"))
             else:
-                self._timer = self.schedule(self.service.settings.mail.sync_interval_seconds, SyncNow("interval"))
+                push = engine.maintain_push(self.service.push_url(engine.provider.name))
+                self._timer = self.schedule(engine.next_poll(push=push), SyncNow("poll"))
         else:
             log.info("mail account %s: sync stopped (%s)", self.account_id, outcome.reason)
             self.stop()

@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Self
 
+import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict, MultiDict
 
@@ -200,6 +201,8 @@ class FakeServer:
         self._thread: threading.Thread | None = None
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
+        #: Webhooks the fake sent: (url, status; 0 when unreachable), oldest first.
+        self.deliveries: list[tuple[str, int]] = []
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -334,6 +337,31 @@ class FakeServer:
         with self.lock:
             self._requests.append(entry)
         return entry
+
+    # -- webhooks: what the fake sends ---------------------------------------------------
+
+    def post_later(self, url: str, body: bytes, *, headers: dict[str, str] | None = None) -> None:
+        """POST ``body`` to ``url`` from the fake's loop, without waiting (a push notification);
+        the outcome lands in ``deliveries``."""
+        loop = self._loop
+        if loop is None:
+            return
+        asyncio.run_coroutine_threadsafe(self._deliver(url, body, headers or {}), loop)
+
+    async def post_now(self, url: str, body: bytes, headers: dict[str, str], *, timeout: float = 10.0) -> tuple[int, bytes, str]:
+        """POST from inside a handler and wait: (status, body, content type); status 0 if unreachable."""
+        try:
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as session:
+                async with session.post(url, data=body, headers=headers) as resp:
+                    answer = resp.status, await resp.read(), resp.content_type
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
+            answer = 0, b"", ""
+        with self.lock:
+            self.deliveries.append((url, answer[0]))
+        return answer
+
+    async def _deliver(self, url: str, body: bytes, headers: dict[str, str]) -> None:
+        await self.post_now(url, body, headers)
 
     def fault_response(self, fault: _Fault, path: str = "") -> tuple[int, dict[str, str], dict[str, Any]]:
         """Status, headers and JSON body for an injected failure on ``path``."""

@@ -71,7 +71,9 @@ HISTORY_TYPES = {
     "labelRemoved": "labelsRemoved",
 }
 # Per-method costs from Gmail's quota table.
-QUOTA_UNITS = {"profile": 1, "labels": 1, "messages.list": 5, "messages.get": 5, "history": 2}
+QUOTA_UNITS = {"profile": 1, "labels": 1, "messages.list": 5, "messages.get": 5, "history": 2, "watch": 100}
+# A users.watch lasts this long unless renewed (Gmail: 7 days).
+WATCH_SECONDS = 7 * 86400
 _GOOGLE_STATUS = {
     400: ("INVALID_ARGUMENT", "badRequest"),
     401: ("UNAUTHENTICATED", "authError"),
@@ -235,6 +237,7 @@ class _Mailbox:
     quota: deque[tuple[float, int]] = field(default_factory=deque)
     quota_total: int = 0
     labels: dict[str, str] = field(default_factory=dict)  # user label id -> name
+    watch: dict[str, Any] | None = None  # users.watch: topic, expiration (ms), label filter
 
 
 @dataclass
@@ -314,6 +317,8 @@ class FakeGmail(FakeServer):
         self._seq = 0
         # attachmentId -> (message id, part id): every fetch mints new ones, like Gmail's.
         self._attachment_ids: dict[str, tuple[str, str]] = {}
+        #: Where the Pub/Sub push subscription of the watched topic delivers (None: nowhere).
+        self.push_endpoint: str | None = None
 
     # -- URLs ---------------------------------------------------------------------
 
@@ -500,6 +505,7 @@ class FakeGmail(FakeServer):
         box.history.append(
             {"id": str(box.history_id), "messages": [msg.ref()], "messagesAdded": [{"message": msg.brief()}]}
         )
+        self._publish(box, msg.label_ids)
         return msg_id
 
     def delete_message(self, email: str, id: str) -> None:
@@ -511,6 +517,7 @@ class FakeGmail(FakeServer):
             box.history.append(
                 {"id": str(box.history_id), "messages": [msg.ref()], "messagesDeleted": [{"message": msg.brief()}]}
             )
+            self._publish(box, msg.label_ids)
 
     def modify_labels(self, email: str, id: str, add: Iterable[str] = (), remove: Iterable[str] = ()) -> None:
         """Add/remove labels (records ``labelsAdded``/``labelsRemoved`` for real changes)."""
@@ -530,6 +537,7 @@ class FakeGmail(FakeServer):
             if removed:
                 record["labelsRemoved"] = [{"message": msg.brief(), "labelIds": removed}]
             box.history.append(record)
+            self._publish(box, [*msg.label_ids, *removed])
 
     def messages(self, email: str) -> list[dict[str, Any]]:
         """Every message as its ``format=full`` resource, newest first."""
@@ -717,22 +725,32 @@ class FakeGmail(FakeServer):
         return web.json_response({})
 
     async def _api_handler(self, request: web.Request) -> web.Response:
+        payload = await request.read() if request.method == "POST" else b""
         status, headers, body = self._api(
-            request.method, request.match_info["tail"], MultiDict(request.query), request.headers.get("Authorization")
+            request.method, request.match_info["tail"], MultiDict(request.query), request.headers.get("Authorization"),
+            payload,
         )
         return web.json_response(body, status=status, headers=headers)
 
     def _api(
-        self, method: str, tail: str, query: MultiDict[str], authorization: str | None
+        self, method: str, tail: str, query: MultiDict[str], authorization: str | None, body: bytes = b""
     ) -> tuple[int, dict[str, str], dict[str, Any]]:
         """Serve one Gmail API call (``tail`` is the path after ``/gmail/v1/``)."""
         try:
             with self.lock:
-                return 200, {}, self._route(method, tail, query, authorization)
+                return 200, {}, self._route(method, tail, query, authorization, body)
         except _ApiError as err:
             return err.status, err.headers, google_error(err.status, err.message, err.reason)
 
-    def _route(self, method: str, tail: str, query: MultiDict[str], authorization: str | None) -> dict[str, Any]:
+    def _route(
+        self, method: str, tail: str, query: MultiDict[str], authorization: str | None, body: bytes = b""
+    ) -> dict[str, Any]:
+        if match := re.fullmatch(r"users/([^/]+)/(watch|stop)", tail):
+            if method != "POST":
+                raise _ApiError(404, f"Method not found: {method} /gmail/v1/{tail}", "notFound")
+            box = self._authorize(authorization, match.group(1))
+            self._charge(box, "watch")
+            return self._watch(box, body) if match.group(2) == "watch" else self._stop(box)
         match = re.fullmatch(
             r"users/([^/]+)/(profile|messages|messages/([^/]+)|messages/([^/]+)/attachments/([^/]+)|history|labels)",
             tail,
@@ -838,6 +856,44 @@ class FakeGmail(FakeServer):
         if msg is None:
             raise _ApiError(404, "Requested entity was not found.", "notFound")
         return msg.resource(fmt, query.getall("metadataHeaders", []), self._attachment_ids)
+
+    def _watch(self, box: _Mailbox, body: bytes) -> dict[str, Any]:
+        try:
+            request = json.loads(body or b"{}")
+            topic = str(request["topicName"])
+        except (ValueError, KeyError, TypeError):
+            raise _ApiError(400, "Invalid topicName", "invalidArgument") from None
+        if not re.fullmatch(r"projects/[^/]+/topics/[^/]+", topic):
+            raise _ApiError(400, f"Invalid topicName does not match projects/*/topics/*: {topic}", "invalidArgument")
+        expiration = int((time.time() + WATCH_SECONDS) * 1000)
+        box.watch = {
+            "topic": topic,
+            "expiration": expiration,
+            "label_ids": list(request.get("labelIds") or []),
+            "behavior": str(request.get("labelFilterBehavior") or "include").lower(),
+        }
+        return {"historyId": str(box.history_id), "expiration": str(expiration)}
+
+    def _stop(self, box: _Mailbox) -> dict[str, Any]:
+        box.watch = None
+        return {}
+
+    def _publish(self, box: _Mailbox, labels: Iterable[str]) -> None:
+        """Gmail -> Pub/Sub -> the topic's push subscription: tell ``push_endpoint`` the mailbox changed."""
+        watch = box.watch
+        if watch is None or self.push_endpoint is None or watch["expiration"] / 1000 < time.time():
+            return
+        touched = set(labels)
+        if watch["label_ids"]:
+            wanted = bool(touched & set(watch["label_ids"]))
+            if wanted == (watch["behavior"] == "exclude"):
+                return
+        data = base64.b64encode(json.dumps({"emailAddress": box.email, "historyId": box.history_id}).encode()).decode()
+        envelope = {
+            "message": {"data": data, "messageId": secrets.token_hex(8), "publishTime": _rfc3339(time.time())},
+            "subscription": watch["topic"].replace("/topics/", "/subscriptions/") + "-push",
+        }
+        self.post_later(self.push_endpoint, json.dumps(envelope).encode(), headers={"Content-Type": "application/json"})
 
     def _get_attachment(self, box: _Mailbox, msg_id: str, attachment_id: str) -> dict[str, Any]:
         msg = box.messages.get(msg_id)
@@ -957,6 +1013,10 @@ class FakeGmail(FakeServer):
             status, fault_headers, body = 404, {}, google_error(404, f"Not found: {split.path}")
         entry.status = status
         return status, fault_headers, body
+
+
+def _rfc3339(epoch: float) -> str:
+    return datetime.datetime.fromtimestamp(epoch, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def _decoded(value: str) -> str:

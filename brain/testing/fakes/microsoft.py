@@ -47,6 +47,8 @@ from brain.testing.fakes.tls import TlsFiles, server_ssl_context, tls_files
 __all__ = ["DEFAULT_SCOPES", "FakeMicrosoft"]
 
 DEFAULT_SCOPES = ("Mail.Read", "User.Read")
+# Graph keeps a subscription to messages at most this long.
+SUBSCRIPTION_MAX_MINUTES = 4230
 RESERVED_SCOPES = {"openid", "profile", "offline_access", "email"}
 WELL_KNOWN_FOLDERS = {
     "inbox": "Inbox",
@@ -278,6 +280,7 @@ class FakeMicrosoft(FakeServer):
         "expire_access_tokens",
         "add_message",
         "add_folder",
+        "default_id",
         "update_message",
         "delete_message",
         "messages",
@@ -320,6 +323,8 @@ class FakeMicrosoft(FakeServer):
         self._access_tokens: dict[str, tuple[_Grant, float]] = {}
         self._counter = 0
         self._rest_ids: dict[str, str] = {}  # default id -> immutable id, of every default id handed out
+        #: Change-notification subscriptions by id (what POST /subscriptions created).
+        self.subscriptions: dict[str, dict[str, Any]] = {}
 
     # -- URLs and client helpers ---------------------------------------------------
 
@@ -538,6 +543,7 @@ class FakeMicrosoft(FakeServer):
         }
         size = 1500 + len(body.encode()) + sum(len(f["contentBytes"]) for f in files)
         user.messages[msg_id] = _Message(fields, created_seq=user.seq, changed_seq=user.seq, attachments=files, size=size)
+        self._notify(user, msg_id, "created")
         return msg_id
 
     def _attachment(self, part: Part, *, inline: bool) -> dict[str, Any]:
@@ -586,6 +592,7 @@ class FakeMicrosoft(FakeServer):
             msg.fields["lastModifiedDateTime"] = _now_iso()
             msg.fields["changeKey"] = _b64url(secrets.token_bytes(12))
             msg.changed_seq = owner.seq
+            self._notify(owner, id, "updated")
 
     def delete_message(self, user: str, id: str) -> None:
         """Delete a message for good (a ``@removed`` entry in its folder's next delta)."""
@@ -594,6 +601,7 @@ class FakeMicrosoft(FakeServer):
             msg = owner.messages.pop(id)
             owner.seq += 1
             owner.tombstones.append((owner.seq, id, msg.folder_id, msg.moves))
+            self._notify(owner, id, "deleted")
 
     def messages(self, user: str, folder: str | None = None) -> list[dict[str, Any]]:
         """Every message (of ``folder``, if given) as its Graph resource, newest first."""
@@ -607,6 +615,11 @@ class FakeMicrosoft(FakeServer):
     def message_ids(self, user: str, folder: str | None = None) -> set[str]:
         """The ids of every message (of ``folder``, if given)."""
         return {m["id"] for m in self.messages(user, folder)}
+
+    def default_id(self, user: str, id: str) -> str:
+        """The message's default (REST) id as it is now: what a client without ImmutableId sees."""
+        with self.lock:
+            return self._rest_id(self._user(user).messages[id])
 
     def folder_id(self, user: str, folder: str) -> str:
         """The id of a folder given by well-known name (``inbox``) or id."""
@@ -932,6 +945,8 @@ class FakeMicrosoft(FakeServer):
 
     async def _graph(self, request: web.Request) -> web.Response:
         payload = await request.read() if request.method in ("POST", "PATCH") else b""
+        if request.method == "POST" and request.match_info["tail"].lower() == "subscriptions":
+            return await self._subscribe(request, payload)
         try:
             with self.lock:
                 user = self._graph_user(request.headers.get("Authorization"))
@@ -980,6 +995,8 @@ class FakeMicrosoft(FakeServer):
         view = _View.of(request)
         if request.method == "POST" and re.fullmatch(r"me/translateexchangeids", tail, re.IGNORECASE):
             return self._translate_ids(user, payload), {}
+        if match := re.fullmatch(r"subscriptions/([^/]+)", tail, re.IGNORECASE):
+            return self._subscription(request.method, user, match.group(1), payload)
         if request.method != "GET":
             raise _GraphError(405, "Request_BadRequest", "This fake supports GET here.")
         folder = r"mailfolders(?:/([^/()]+)|\('([^']+)'\))"
@@ -1011,6 +1028,90 @@ class FakeMicrosoft(FakeServer):
             msg = self._message(user, match.group(1))
             return self._render(user, msg, _select(request.query.get("$select")), view), view.applied()
         raise _GraphError(400, "BadRequest", f"Resource not found for the segment '{tail.split('/')[-1]}'.")
+
+    # -- subscriptions (change notifications) ----------------------------------------
+
+    async def _subscribe(self, request: web.Request, payload: bytes) -> web.Response:
+        """POST /subscriptions: validate the notification URL (Graph's handshake), then keep it."""
+        try:
+            with self.lock:
+                user = self._graph_user(request.headers.get("Authorization"))
+            body = json.loads(payload)
+            url, resource = str(body["notificationUrl"]), str(body["resource"])
+            change_types = str(body["changeType"]).split(",")
+            expires = datetime.datetime.fromisoformat(str(body["expirationDateTime"]).replace("Z", "+00:00"))
+        except (ValueError, KeyError, TypeError):
+            return web.json_response(graph_error(400, "InvalidRequest", "Invalid subscription request."), status=400)
+        except _GraphError as err:
+            return web.json_response(graph_error(err.status, err.code, err.message), status=err.status)
+        if resource.lower() not in ("me/messages", "me/mailfolders('inbox')/messages"):
+            return web.json_response(graph_error(400, "InvalidRequest", f"Unsupported resource {resource}."), status=400)
+        if expires.timestamp() > time.time() + SUBSCRIPTION_MAX_MINUTES * 60:
+            return web.json_response(
+                graph_error(400, "InvalidRequest", "Subscription expiration can only be 4230 minutes in the future."),
+                status=400,
+            )
+        token = secrets.token_urlsafe(24)
+        status, answer, content_type = await self.post_now(f"{url}?{urlencode({'validationToken': token})}", b"", {})
+        if status != 200 or answer.decode(errors="replace") != token or content_type != "text/plain":
+            return web.json_response(
+                graph_error(400, "InvalidRequest", "Subscription validation request failed. Response must exactly "
+                            "match validationToken query parameter."),
+                status=400,
+            )
+        with self.lock:
+            self._counter += 1
+            subscription = {
+                "id": str(uuid.uuid4()),
+                "resource": resource,
+                "changeType": ",".join(change_types),
+                "notificationUrl": url,
+                "clientState": body.get("clientState"),
+                "expirationDateTime": _now_iso(expires),
+                "user": user.upn.lower(),
+            }
+            self.subscriptions[subscription["id"]] = subscription
+        return web.json_response({k: v for k, v in subscription.items() if k != "user"}, status=201)
+
+    def _subscription(
+        self, method: str, user: _User, subscription_id: str, payload: bytes
+    ) -> tuple[dict[str, Any], dict[str, str]] | web.Response:
+        subscription = self.subscriptions.get(subscription_id)
+        if subscription is None or subscription["user"] != user.upn.lower():
+            raise _GraphError(404, "ResourceNotFound", f"The object was not found: {subscription_id}")
+        if method == "DELETE":
+            del self.subscriptions[subscription_id]
+            return web.Response(status=204)
+        if method != "PATCH":
+            raise _GraphError(405, "Request_BadRequest", "This fake supports PATCH and DELETE here.")
+        try:
+            expires = datetime.datetime.fromisoformat(json.loads(payload)["expirationDateTime"].replace("Z", "+00:00"))
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise _GraphError(400, "InvalidRequest", "expirationDateTime is required.") from None
+        subscription["expirationDateTime"] = _now_iso(expires)
+        return {k: v for k, v in subscription.items() if k != "user"}, {}
+
+    def _notify(self, user: _User, msg_id: str, change: str) -> None:
+        """Post a change notification to every live subscription of ``user`` that wants it."""
+        now = _now_iso()
+        for subscription in self.subscriptions.values():
+            if subscription["user"] != user.upn.lower() or subscription["expirationDateTime"] < now:
+                continue
+            if change not in subscription["changeType"].split(","):
+                continue
+            item = {
+                "subscriptionId": subscription["id"],
+                "subscriptionExpirationDateTime": subscription["expirationDateTime"],
+                "changeType": change,
+                "resource": f"Users/{user.oid}/Messages/{msg_id}",
+                "resourceData": {"@odata.type": "#Microsoft.Graph.Message", "id": msg_id},
+                "clientState": subscription["clientState"],
+                "tenantId": self.tenant_id,
+            }
+            self.post_later(
+                subscription["notificationUrl"], json.dumps({"value": [item]}).encode(),
+                headers={"Content-Type": "application/json"},
+            )
 
     def _message(self, user: _User, key: str) -> _Message:
         """A message by its immutable id or its current default id."""

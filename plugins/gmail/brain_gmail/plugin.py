@@ -12,6 +12,7 @@ from brain.plugins import hookimpl
 # Keys of the [plugins.gmail] table; GOOGLE_CLIENT_ID / GOOGLE_CLIENT_SECRET fill the first two.
 SETTINGS_KEYS = frozenset(
     {"client_id", "client_secret", "api_endpoint", "token_uri", "auth_uri", "batch_uri", "revoke_uri",
+     "pubsub_topic", "push_token",
      "message_format", "page_size", "batch_size", "quota_units_per_second", "timeout"}
 )
 

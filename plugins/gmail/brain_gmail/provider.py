@@ -23,6 +23,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import datetime
+import hmac
 import http.client
 import json
 import logging
@@ -53,6 +54,9 @@ from brain.mail.provider import (
     MessageGone,
     MessageRecord,
     ProviderError,
+    PushChannel,
+    PushReply,
+    PushRequest,
     RateLimited,
     Revocation,
     SyncContext,
@@ -78,6 +82,10 @@ DEFAULTS: dict[str, Any] = {
     "auth_uri": "https://accounts.google.com/o/oauth2/v2/auth",
     "batch_uri": "https://gmail.googleapis.com/batch/gmail/v1",
     "revoke_uri": "https://oauth2.googleapis.com/revoke",
+    # Push: the Pub/Sub topic users.watch publishes to, and the token its push subscription
+    # sends (?token=...) to {[mail] public_url}/mail/push/gmail. Empty: polling only.
+    "pubsub_topic": "",
+    "push_token": "",
     "message_format": "full",
     "batch_size": 50,
     # Gmail's per-user limit is 250 quota units per second.
@@ -85,7 +93,7 @@ DEFAULTS: dict[str, Any] = {
     "timeout": 30,
 }
 # Gmail's quota cost of each method.
-UNITS = {"profile": 1, "labels": 1, "list": 5, "get": 5, "history": 2}
+UNITS = {"profile": 1, "labels": 1, "list": 5, "get": 5, "history": 2, "watch": 100}
 BATCH_LIMIT = 100
 MESSAGE_FORMATS = ("full", "raw")
 # Left out of every sync unless the account asks for them.
@@ -177,6 +185,7 @@ class GmailProvider(MailProvider):
         self.auth_uri = str(conf["auth_uri"])
         self.batch_uri = str(conf["batch_uri"])
         self.revoke_uri = str(conf["revoke_uri"])
+        self.pubsub_topic = str(conf["pubsub_topic"])
         self.message_format = str(conf["message_format"])
         self.batch_size = max(1, min(BATCH_LIMIT, int(conf["batch_size"])))
         self.quota_units_per_second = float(conf["quota_units_per_second"])
@@ -360,6 +369,50 @@ class GmailProvider(MailProvider):
         if next_token:
             return SyncPage(messages=messages, deleted=gone, next={"history_id": start, "page_token": next_token})
         return SyncPage(messages=messages, deleted=gone, cursor={"history_id": str(page["historyId"])})
+
+    # Push notifications ------------------------------------------------------------------
+
+    def open_push(
+        self, ctx: SyncContext, *, notify_url: str, secret: str, channel: PushChannel | None
+    ) -> PushChannel | None:
+        """users.watch on the configured Pub/Sub topic (again, to renew: Gmail's lasts 7 days).
+
+        Gmail publishes to the topic; the topic's push subscription (set up once in Google
+        Cloud, pointing at ``notify_url`` with ``?token=<push_token>``) delivers to brain.
+        """
+        if not self.pubsub_topic:
+            return None
+        body: dict[str, Any] = {"topicName": self.pubsub_topic}
+        if ctx.options.exclude_spam_trash:
+            body.update(labelIds=sorted(SPAM_TRASH), labelFilterBehavior="exclude")
+        ctx.budget.spend(UNITS["watch"])
+        answer = self._execute(self._client(ctx).users().watch(userId="me", body=body))
+        return PushChannel(
+            key=ctx.address.lower(),
+            expires_at=int(answer["expiration"]) / 1000,
+            state={"history_id": str(answer.get("historyId", ""))},
+        )
+
+    def close_push(self, ctx: SyncContext, channel: PushChannel) -> None:
+        """users.stop: no more notifications for this mailbox."""
+        ctx.budget.spend(UNITS["watch"])
+        self._execute(self._client(ctx).users().stop(userId="me"))
+
+    @classmethod
+    def read_push(cls, settings: Mapping[str, Any], request: PushRequest) -> PushReply:
+        """A Pub/Sub push: its ``token`` must be the configured push_token; it names a mailbox."""
+        expected = str(settings.get("push_token") or "")
+        given = request.query.get("token", "")
+        if not expected or not hmac.compare_digest(given.encode(), expected.encode()):
+            return PushReply(status=403, body=b"unknown push token")
+        try:
+            envelope = json.loads(request.body)
+            data = json.loads(base64.b64decode(envelope["message"]["data"]))
+            address = str(data["emailAddress"]).lower()
+        except (ValueError, KeyError, TypeError):
+            # Acknowledged all the same: Pub/Sub would redeliver a message that can never be read.
+            return PushReply(status=204)
+        return PushReply(status=204, targets=[(address, None)])
 
     # Attachments and disconnecting --------------------------------------------------------
 

@@ -50,6 +50,7 @@ def provider(fake: FakeGmail, **extra: Any) -> GmailProvider:
         "api_endpoint": fake.base_url,
         "token_uri": fake.token_uri,
         "batch_uri": fake.batch_uri,
+        "revoke_uri": fake.revoke_uri,
         "auth_uri": "https://accounts.example/auth",
         "quota_units_per_second": 0,
         **extra,

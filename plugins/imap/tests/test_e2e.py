@@ -14,11 +14,13 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 import requests
 
 from brain.testing.fakes.dovecot import Dovecot
+from brain.testing.fakes.mime import Part, build_message
 from tests.support import BrainServer, wait_until
 
 ALICE = "alice@example.test"
@@ -285,5 +287,33 @@ def test_password_changed_on_the_server_means_needs_reauth(tmp_path: Path, dovec
         dovecot.append(ALICE, "after reauth")
         wait_until(lambda: len(client.events(RECEIVED)) == 2, timeout=30, what="sync after reconnect")
         assert account_state(client)["state"] in ("idle", "syncing")
+    finally:
+        brain.close()
+
+
+def test_every_folder_synced_and_an_attachment_downloaded_without_marking_read(tmp_path: Path, dovecot: Dovecot) -> None:
+    pdf = b"%PDF-1.4\n" + bytes(range(256)) * 40
+    dovecot.create_folder(ALICE, "Projects/Alpha")
+    dovecot.append(ALICE, build_message(subject="Plan", text="The plan.", attachments=[Part("plan.pdf", "application/pdf", pdf)]),
+                   folder="Projects/Alpha")
+    dovecot.append(ALICE, build_message(subject="Sent one", sender=f"Alice <{ALICE}>"), folder="Sent")
+    dovecot.append(ALICE, "junk", folder="Junk")
+    brain = start_brain(tmp_path, dovecot)
+    try:
+        client = Client(brain)
+        assert client.post("/mail/connect", connect_body(dovecot)).status_code == 201
+        wait_until(lambda: account_state(client)["state"] == "idle", timeout=30, what="initial sync")
+        got = {e["data"]["subject"]: e["data"] for e in client.events(RECEIVED)}
+        assert sorted(got) == ["Plan", "Sent one"]
+        plan = got["Plan"]
+        assert plan["folders"] == ["Projects/Alpha"] and got["Sent one"]["direction"] == "sent"
+        (attachment,) = plan["attachments"]
+        url = (f"{brain.api_url}/mail/messages/{quote(plan['message_id'], safe='')}"
+               f"/attachments/{quote(attachment['id'], safe='')}")
+        r = requests.get(url, headers=client.headers, timeout=30)
+        assert r.status_code == 200, r.text
+        assert r.content == pdf and r.headers["Content-Type"] == "application/pdf"
+        assert 'filename="plan.pdf"' in r.headers["Content-Disposition"]
+        assert all(not m["flags"] for m in dovecot.messages(ALICE, folder="Projects/Alpha").values())
     finally:
         brain.close()

@@ -23,6 +23,8 @@
 
 from __future__ import annotations
 
+import datetime
+import json
 import logging
 import time
 import warnings
@@ -43,6 +45,9 @@ from brain.mail.provider import (
     MessageGone,
     MessageRecord,
     ProviderError,
+    PushChannel,
+    PushReply,
+    PushRequest,
     RateLimited,
     Revocation,
     SyncContext,
@@ -76,6 +81,8 @@ SPAM_TRASH = ("junkemail", "deleteditems")
 CURSOR_VERSION = 2
 # The folder tree is listed again when this old (a folder added meanwhile is synced from then).
 FOLDERS_MAX_AGE = 900.0
+# Graph keeps a subscription to messages at most 4230 minutes; brain asks for a little less.
+SUBSCRIPTION_SECONDS = 4200 * 60
 _AUTH_ERRORS = {
     "invalid_grant",
     "interaction_required",
@@ -93,6 +100,8 @@ class OutlookProvider(MailProvider):
 
     name = "outlook"
     title = "Outlook"
+    # Immutable ids (Prefer: IdType="ImmutableId"): a message keeps its id when it moves.
+    id_scheme = "immutable"
 
     def __init__(self, settings: Mapping[str, Any], *, page_size: int = 100) -> None:
         super().__init__(settings, page_size=page_size)
@@ -190,6 +199,62 @@ class OutlookProvider(MailProvider):
                 raise CursorExpired("a synced folder is gone")
             cursor = {**cursor, "folders": chosen, "i": 0, "link": None}
         return self._round_page(ctx, cursor)
+
+    def translate_ids(self, ctx: SyncContext, ids: Sequence[str]) -> dict[str, str]:
+        """Default (REST) ids, from before brain asked for immutable ones, as immutable ids."""
+        body = {"inputIds": list(ids), "sourceIdType": "restId", "targetIdType": "restImmutableEntryId"}
+        resp = self._send(ctx, f"{self.graph}/me/translateExchangeIds", method="POST", body=body)
+        if resp.status_code == 404:
+            raise ProviderError("Graph has no translateExchangeIds here")
+        return {str(item["sourceId"]): str(item["targetId"]) for item in resp.json().get("value", []) if item.get("targetId")}
+
+    # Push notifications ------------------------------------------------------------------
+
+    def open_push(
+        self, ctx: SyncContext, *, notify_url: str, secret: str, channel: PushChannel | None
+    ) -> PushChannel | None:
+        """A Graph subscription to every message of the mailbox (renewed while it exists).
+
+        Creating one makes Graph validate ``notify_url`` at once (it POSTs a validationToken,
+        which brain's push route echoes), so brain must be reachable there when this runs.
+        """
+        expires = time.time() + SUBSCRIPTION_SECONDS
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(expires))
+        if channel is not None:
+            url = f"{self.graph}/subscriptions/{quote(channel.key)}"
+            resp = self._send(ctx, url, method="PATCH", body={"expirationDateTime": stamp})
+            if resp.status_code != 404:
+                return PushChannel(key=channel.key, expires_at=_graph_time(resp.json().get("expirationDateTime"), expires))
+            # Graph dropped it (expired, or removed): subscribe again.
+        body = {
+            "changeType": "created,updated,deleted",
+            "notificationUrl": notify_url,
+            "resource": "me/messages",
+            "expirationDateTime": stamp,
+            "clientState": secret,
+        }
+        resp = self._send(ctx, f"{self.graph}/subscriptions", method="POST", body=body)
+        if resp.status_code == 404:
+            raise ProviderError("Graph has no subscriptions endpoint here")
+        created = resp.json()
+        return PushChannel(key=str(created["id"]), expires_at=_graph_time(created.get("expirationDateTime"), expires))
+
+    def close_push(self, ctx: SyncContext, channel: PushChannel) -> None:
+        """Delete the subscription (gone already is fine)."""
+        self._send(ctx, f"{self.graph}/subscriptions/{quote(channel.key)}", method="DELETE").close()
+
+    @classmethod
+    def read_push(cls, settings: Mapping[str, Any], request: PushRequest) -> PushReply:
+        """Graph's validation handshake (echo the token), or change notifications by subscription."""
+        token = request.query.get("validationToken")
+        if token is not None:
+            return PushReply(status=200, content_type="text/plain", body=token.encode())
+        try:
+            items = json.loads(request.body)["value"]
+            targets = [(str(item["subscriptionId"]), str(item.get("clientState") or "")) for item in items]
+        except (ValueError, KeyError, TypeError):
+            return PushReply(status=400, body=b"not a Graph change notification")
+        return PushReply(status=202, targets=targets)
 
     # Attachments and disconnecting --------------------------------------------------------
 
@@ -465,8 +530,11 @@ class OutlookProvider(MailProvider):
             return None
         raise _map_graph_error(resp, body)
 
-    def _send(self, ctx: SyncContext, url: str, *, page: bool = False, stream: bool = False) -> requests.Response:
-        """GET with the account's token and brain's preferences; one refresh after a 401.
+    def _send(
+        self, ctx: SyncContext, url: str, *, page: bool = False, stream: bool = False, method: str = "GET",
+        body: Mapping[str, Any] | None = None,
+    ) -> requests.Response:
+        """A request with the account's token and brain's preferences; one refresh after a 401.
 
         Errors other than a 404 are raised mapped; a 404 is the caller's to read.
         """
@@ -481,7 +549,7 @@ class OutlookProvider(MailProvider):
             headers = {"Authorization": f"Bearer {token}", "Accept": "application/json", "Prefer": ", ".join(preferences)}
             ctx.budget.spend(1)
             try:
-                resp = self._http().get(url, headers=headers, timeout=self.timeout, stream=stream)
+                resp = self._http().request(method, url, headers=headers, timeout=self.timeout, stream=stream, json=body)
             except requests.RequestException as exc:
                 raise Transient(f"Graph unreachable: {type(exc).__name__}: {exc}") from exc
             if resp.status_code == 401 and attempt == 0:
@@ -519,6 +587,14 @@ def _map_graph_error(resp: requests.Response, body: Any) -> ProviderError:
     if status in (401, 403):
         return AuthFailed(message)
     return ProviderError(message)
+
+
+def _graph_time(value: Any, default: float) -> float:
+    """A Graph dateTime as epoch seconds (``default`` if absent or unreadable)."""
+    try:
+        return datetime.datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return default
 
 
 def _slim(folder: Mapping[str, str]) -> dict[str, str]:
