@@ -81,6 +81,7 @@ def gmail_connect(fake: Any) -> dict[str, Any]:
 
 
 INSTANT_CONNECT = {"provider": "instant", "refresh_token": "instant"}
+INSTANT_HTML_CONNECT = {"provider": "instant_html", "refresh_token": "instant"}
 
 
 def measure(

@@ -99,6 +99,7 @@ CATALOGUE: list[tuple[str, str, str]] = [
     ("signin.rps", "sign-in, 16 clients", "req/s"),
     ("jetstream.latency", "JetStream: commit -> stored in stream", "ms"),
     ("ingest.rate", "mail ingest, instant fake provider (initial sync)", "msg/s"),
+    ("ingest.bodies", "mail ingest with bodies (20 KiB HTML), instant provider", "msg/s"),
     ("ingest.gmail", "mail ingest, Gmail client vs fake Gmail (initial sync)", "msg/s"),
     (mail_convert.KEY, mail_convert.LABEL, "msg/s"),
     ("scale.cold_new", "scale: first request of a new user's store", "ms"),
@@ -133,6 +134,7 @@ def targets(max_open_stores: int) -> list[Target]:
         Target("me.apikey.rps", ">=", 1.0, field="ratio", text=">= JWT GET /me (interleaved runs)"),
         Target("events.post.rps", ">=", 0.5, field="ratio", text=">= 0.5x bare POST"),
         Target("ingest.rate", ">=", 2000.0, text=">= 2,000 msg/s"),
+        Target("ingest.bodies", ">=", 1000.0, text=">= 1,000 msg/s"),
         mail_convert.TARGET,
         Target("scale.fds", "<=", fds, text=f"<= {FDS_PER_STORE}x max_open_stores + {FD_SLACK} = {fds}"),
         Target("scale.threads", "<=", threads, text=f"<= max_open_stores + {THREAD_SLACK} = {threads}"),
@@ -263,13 +265,14 @@ class Run:
             extra: dict[str, Any] = {}
             env: dict[str, str] = {}
             if self.wanted("ingest"):
-                extra["plugins"] = {"instant": {"messages": self.plan.ingest_messages}}
+                extra["plugins"] = {name: {"messages": self.plan.ingest_messages} for name in ("instant", "instant_html")}
                 env = ingest.instant_env()
             if fake is not None:
                 extra["plugins"]["gmail"] = ingest.gmail_settings(fake)
             config = self.config(PRODUCTION_ARGON2, extra)
             self.meta["brain_config"] = config
-            with self.step(http_keys + ["jetstream.latency", "ingest.rate", "ingest.gmail"], "starting brain (auth+api) and the baseline"):
+            with self.step(http_keys + ["jetstream.latency", "ingest.rate", "ingest.bodies", "ingest.gmail"],
+                           "starting brain (auth+api) and the baseline"):
                 brain = start_brain(self.workdir / "main", config=config, env=env)
                 try:
                     floor_dir = self.workdir / "floor"
@@ -285,6 +288,8 @@ class Run:
                         if self.wanted("ingest"):
                             self.ingest(brain, "ingest.rate", ingest.INSTANT_CONNECT, user=0,
                                         note="a provider that answers at once, no I/O: brain's own pipeline")
+                            self.ingest(brain, "ingest.bodies", ingest.INSTANT_HTML_CONNECT, user=2,
+                                        note="the same with bodies: HTML converted to text, events of ~20 KB")
                         if self.wanted("ingest") and fake is not None:
                             self.ingest(brain, "ingest.gmail", ingest.gmail_connect(fake), user=1,
                                         note="google-api-python-client batches against the fake; quota pacing lifted")
@@ -316,7 +321,8 @@ class Run:
             self.miss(
                 ["signin.latency", "me.latency", "me.apikey.latency", "events.post.latency", "events.get.latency", "me.rps",
                  "me.apikey.rps",
-                 "events.post.rps", "events.get.rps", "signin.rps", "jetstream.latency", "ingest.rate", "ingest.gmail"],
+                 "events.post.rps", "events.get.rps", "signin.rps", "jetstream.latency", "ingest.rate", "ingest.bodies",
+                 "ingest.gmail"],
                 "no users: sign-up failed",
             )
         else:

@@ -57,11 +57,12 @@ class EventSink(Protocol):
 
     def append_from_thread(
         self, user_id: str, events: Sequence[Mapping[str, Any]], timeout: float = 30, *,
-        max_event_bytes: int | None = None,
+        max_event_bytes: int | None = None, with_data: bool = True,
     ) -> list[dict[str, Any]]:
         """Store `{type, data, created_at?, key?}` events all or none; the stored events (blocking).
 
         `max_event_bytes`: a writer's own limit on an event's size, instead of the sink's.
+        Without `with_data` the stored events come back without their data (not parsed back).
         """
 
 

@@ -200,10 +200,10 @@ def test_gmail_push_through_pub_sub_brings_new_mail_at_once(tmp_path: Path, gmai
         alice = Client(server)
         account = alice.connect("gmail", gmail.issue_refresh_token(GMAIL_USER))["account"]
         alice.wait_state(account, "idle")
-        wait_until(lambda: alice.accounts()[account]["push"]["active"], timeout=15, what="the watch")
+        wait_until(lambda: alice.accounts()[account]["poll_interval_seconds"] == 1800.0, timeout=15,
+                   what="polls only as often as push_poll_seconds, once the watch is on")
         assert gmail.request_count("/gmail/v1/users/me/watch", method="POST") == 1
-        status = alice.accounts()[account]
-        assert status["poll_interval_seconds"] == 1800.0 and status["push"]["expires_at"]  # push_poll_seconds
+        assert alice.accounts()[account]["push"]["active"] and alice.accounts()[account]["push"]["expires_at"]
 
         fresh = gmail.add_message(GMAIL_USER, subject="pushed")
         wait_until(lambda: fresh in received(alice), timeout=15, what="the pushed message")

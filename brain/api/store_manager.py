@@ -121,18 +121,27 @@ class StoreManager:
     # -- public API: threads (actors) ---------------------------------------------------------
 
     def append_from_thread(
-        self, user_id: str, events: Sequence[Mapping[str, Any]], timeout: float = 30, *, max_event_bytes: int | None = None
+        self,
+        user_id: str,
+        events: Sequence[Mapping[str, Any]],
+        timeout: float = 30,
+        *,
+        max_event_bytes: int | None = None,
+        with_data: bool = True,
     ) -> list[dict[str, Any]]:
         """`append` for callers on other threads (actors): blocks until committed.
 
         ``max_event_bytes`` replaces `api.max_event_bytes` for a writer with a limit of its own
-        (mail sync, whose messages carry their text).
+        (mail sync, whose messages carry their text); without ``with_data`` the stored events
+        come back without their data (a writer that only needs them committed skips parsing it).
         """
         self._not_on_loop()
         request = AppendRequest(self._validate(user_id, events, max_event_bytes))
         result = self._ask_blocking(user_id, AppendMany([request]), timeout)[0]
         if isinstance(result, Exception):
             raise result
+        if not with_data:
+            return [{"id": ev.id, "type": ev.type, "created_at": ev.created_at} for ev, _ in result]
         return [ev.as_dict() for ev, _ in result]
 
     def query_from_thread(

@@ -32,6 +32,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
@@ -49,6 +50,7 @@ from brain.mail.provider import (
     SyncPage,
     TokenSource,
     Transient,
+    convert_inline,
 )
 from brain.mail.selection import content_key
 
@@ -149,6 +151,7 @@ class AccountSync:
         rng: random.Random | None = None,
         address: str = "",
         options: SyncOptions | None = None,
+        convert: Callable[..., list[Any]] = convert_inline,
     ) -> None:
         self.db = db
         self.account_id = account_id
@@ -161,11 +164,14 @@ class AccountSync:
         self.content = content_key(self.options)
         self.ctx = SyncContext(
             tokens=tokens, budget=self.budget, page_size=provider.page_size, account_id=account_id,
-            address=address, options=self.options,
+            address=address, options=self.options, convert=convert,
         )
         #: Events the current run stored so far, and the quota units spent when it began.
         self.run_events = 0
         self._run_spent_from = 0.0
+        # A full listing's next page, fetched while the current one is stored: (position, future).
+        self._ahead: tuple[str | None, Future[SyncPage]] | None = None
+        self._ahead_pool: ThreadPoolExecutor | None = None
 
     # The actor's entry points --------------------------------------------------------------
 
@@ -207,16 +213,57 @@ class AccountSync:
         self.db.update_account(self.account_id, poll_interval=interval)
         return interval
 
-    def maintain_push(self, notify_url: str | None) -> bool:
-        """Start, renew or end the account's push notifications; whether push is on now.
+    # Reading ahead -------------------------------------------------------------------------
+
+    def _listing(self, position: dict[str, Any] | None) -> SyncPage:
+        """The full listing's page at ``position``: the one read ahead if it is that one."""
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None:
+            key, future = ahead
+            if key == _dumps(position):
+                return future.result()  # what the provider returned, or raises what it raised
+            future.exception()  # another position's (a page was not committed): wait, and drop it
+        return self.provider.initial_sync(self.ctx, position)
+
+    def _read_ahead(self, position: dict[str, Any]) -> None:
+        """Fetch (and convert) the next page of a full listing while this one is stored.
+
+        The provider is used by one thread at a time all the same: every other use of it
+        waits for this one first (`settle`).
+        """
+        if self._ahead_pool is None:
+            self._ahead_pool = ThreadPoolExecutor(1, thread_name_prefix=f"brain-mail-ahead-{self.account_id}")
+        self._ahead = (_dumps(position), self._ahead_pool.submit(self.provider.initial_sync, self.ctx, position))
+
+    def settle(self) -> None:
+        """Wait for a page read ahead and drop it (before the provider is used otherwise)."""
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None:
+            ahead[1].exception()
+
+    def close(self) -> None:
+        """Release the provider (a page read ahead first): the account's actor is stopping."""
+        self.settle()
+        pool, self._ahead_pool = self._ahead_pool, None
+        if pool is not None:
+            pool.shutdown(wait=True)
+        self.db.keep_open(False)  # a run cut short must not leave its connection open
+        self.provider.close()
+
+    def maintain_push(self, notify_url: str | None) -> tuple[bool, bool]:
+        """Start, renew or end the account's push notifications: (whether push is on now,
+        whether it just started).
 
         ``notify_url`` None (no `[mail] public_url`) ends a channel left from before. A channel
         is renewed once less than a third of its life is left; a provider that fails to open
-        one leaves the account polling (and says why in the log).
+        one leaves the account polling (and says why in the log). A channel that just started
+        may have missed what changed while it was being set up (its notifications name the
+        account only once it is stored): the caller syncs once more.
         """
+        self.settle()
         account = self.db.account(self.account_id)
         if account is None:
-            return False
+            return False, False
         stored = json.loads(account.push) if account.push else None
         channel = PushChannel(stored["key"], stored["expires_at"], stored.get("state") or {}) if stored else None
         now = time.time()
@@ -224,11 +271,11 @@ class AccountSync:
             if channel is not None:
                 self._close_push(channel)
                 self.db.update_account(self.account_id, push=None, push_key=None)
-            return False
+            return False, False
         if channel is not None and stored is not None:
             life = channel.expires_at - stored.get("since", now)
             if channel.expires_at - now > life / 3:
-                return True
+                return True, False
         secret = stored["secret"] if stored else secrets.token_urlsafe(32)
         try:
             fresh = self.provider.open_push(self.ctx, notify_url=notify_url, secret=secret, channel=channel)
@@ -237,17 +284,18 @@ class AccountSync:
             alive = channel is not None and channel.expires_at > now
             if not alive and channel is not None:
                 self.db.update_account(self.account_id, push=None, push_key=None)
-            return alive
+            return alive, False
         if fresh is None:
             if channel is not None:
                 self.db.update_account(self.account_id, push=None, push_key=None)
-            return False
+            return False, False
         record = {"key": fresh.key, "expires_at": fresh.expires_at, "state": fresh.state, "secret": secret, "since": now}
         self.db.update_account(self.account_id, push=json.dumps(record), push_key=fresh.key)
-        return True
+        return True, channel is None or channel.key != fresh.key
 
     def end_push(self) -> None:
         """Stop the provider's notifications for good (the account is disconnecting)."""
+        self.settle()
         account = self.db.account(self.account_id)
         if account is not None and account.push:
             stored = json.loads(account.push)
@@ -289,8 +337,11 @@ class AccountSync:
                 account = self.db.account(self.account_id) or account
             position = _loads(account.position)
             if account.phase in ("initial", "backfill"):
-                page = self.provider.initial_sync(self.ctx, position)
+                page = self._listing(position)
+                if page.next is not None:
+                    self._read_ahead(page.next)
             else:
+                self.settle()
                 cursor = position or _loads(account.cursor)
                 if cursor is None:  # nothing to resume from: start over with a full sync
                     raise CursorExpired("no incremental cursor stored")
@@ -415,6 +466,7 @@ class AccountSync:
         """The provider's ids changed (a new version): translate the index's ids, a chunk a step,
         so stored messages keep their revisions (no duplicates) and their next event says the
         old id. The cursor then usually expires too: the resync finds every message by its new id."""
+        self.settle()
         ids = self.db.unmigrated_ids(account.id, _MIGRATE_CHUNK)
         if not ids:
             log.info("mail account %s: message ids now in the %r scheme", account.id, self.provider.id_scheme)

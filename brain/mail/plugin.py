@@ -76,6 +76,7 @@ def setup_app(rt: Process, listener: str, app: web.Application) -> None:
     async def stop_connect_pool(_app: web.Application) -> None:
         service.connect_pool.shutdown(wait=False, cancel_futures=True)
         service.download_pool.shutdown(wait=False, cancel_futures=True)
+        service.conversion.close()
 
     app.on_cleanup.append(stop_connect_pool)
 

@@ -91,6 +91,7 @@ __all__ = [
     "SyncPage",
     "TokenSource",
     "Transient",
+    "convert_inline",
     "event_schemas",
     "gmail_context",
     "graph_context",
@@ -329,6 +330,11 @@ class SyncOptions:
     convert: ConvertOptions = field(default_factory=ConvertOptions)
 
 
+def convert_inline(fn: Callable[..., Any], *iterables: Any) -> list[Any]:
+    """``list(map(fn, *iterables))``: `SyncContext.convert` when the core has no worker processes."""
+    return list(map(fn, *iterables))
+
+
 @dataclass
 class SyncContext:
     """What a provider's sync methods get: tokens, pacing, the page size and the user's choices.
@@ -343,6 +349,10 @@ class SyncContext:
     account_id: str = ""
     address: str = ""
     options: SyncOptions = field(default_factory=SyncOptions)
+    # Converts a page of messages, ``list(map(fn, *iterables))``, on every core the core gives it
+    # ([mail] convert_workers): pass a converter that pickles (a module-level function, or a
+    # functools.partial of one) and one iterable per argument.
+    convert: Callable[..., list[Any]] = convert_inline
     # Ask the core to sync this account now (or right after the run in progress); callable
     # from any thread. Push-style providers (IMAP IDLE, webhooks) call it when the service
     # reports a change; it raises once the account's actor is gone. None: nothing to wake.

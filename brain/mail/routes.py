@@ -60,6 +60,8 @@ log = logging.getLogger("brain.mail")
 # What a client refused for too many connects is told to wait: a connect that hangs lasts the
 # provider's timeout, one that works a second or two.
 CONNECT_RETRY_AFTER = 5.0
+# How long a request waits for an account's stopping actor to make way for a fresh one.
+_ACTOR_CHANGE_SECONDS = 10.0
 # Gmail's and Graph's notifications are a few KiB; anything much larger is not one.
 _PUSH_MAX_BYTES = 256 * 1024
 
@@ -120,21 +122,40 @@ def routes(rt: Process, service: MailService) -> list[Route]:
         return await asyncio.get_running_loop().run_in_executor(service.download_pool, fn)
 
     async def start_sync(account: Account, *, reconnect: bool) -> None:
-        """Start the account's actor, or tell the running one to sync now."""
+        """Start the account's actor, or have the running one sync now."""
+        await deliver(account, SyncNow("connect", reconnect=reconnect), start=True)
+
+    async def deliver(account: Account, message: SyncNow, *, start: bool) -> bool:
+        """Hand ``message`` to the account's actor, starting one if none runs (and ``start``);
+        whether an actor took it.
+
+        An ask, not a tell: an actor that is stopping (it just found the credentials refused)
+        never reads its inbox again, and a message told to it would be lost with the sync the
+        user asked for. Its ask fails instead, and a fresh actor starts once it is gone.
+        """
         sup = await rt.alookup(MAIL_SUP)
         if sup is None:
             raise ServiceUnavailable("mail sync is not running")
-        try:
-            await bridge.ask(sup.proxy().start_child(service.child_spec(account)))
-        except ChildAlreadyStarted as exc:
-            if exc.ref is not None:
+        deadline = asyncio.get_running_loop().time() + _ACTOR_CHANGE_SECONDS
+        while asyncio.get_running_loop().time() < deadline:
+            ref = await bridge.ask(sup.proxy().get_child(child_id(account)))
+            if ref is None:
+                if not start:
+                    return False
                 try:
-                    exc.ref.tell(SyncNow("connect", reconnect=reconnect))
-                except pykka.ActorDeadError:
-                    pass
-        except ChildStartError:
-            log.exception("mail account %s: sync actor did not start", account.id)
-            raise ServiceUnavailable("mail sync could not be started; try again") from None
+                    await bridge.ask(sup.proxy().start_child(service.child_spec(account)))
+                    return True  # a new actor syncs at once, from the stored credentials
+                except ChildAlreadyStarted:
+                    continue  # started by someone else meanwhile: hand it the message
+                except ChildStartError:
+                    log.exception("mail account %s: sync actor did not start", account.id)
+                    raise ServiceUnavailable("mail sync could not be started; try again") from None
+            try:
+                await bridge.ask(ref.ask(message, block=False))
+                return True
+            except pykka.ActorDeadError:
+                await asyncio.sleep(0.05)  # stopping: wait for it to leave the supervisor
+        raise ServiceUnavailable("the account's sync is restarting; try again")
 
     async def connected(result: tuple[Account, bool]) -> tuple[dict[str, Any], bool]:
         """Start the new account's sync; (its status, whether it is new)."""
@@ -252,19 +273,9 @@ def routes(rt: Process, service: MailService) -> list[Route]:
         })
 
     async def tell(account: Account, message: SyncNow) -> bool:
-        """Tell the account's actor (starting it if it is not running); False if it cannot sync."""
-        sup = await rt.alookup(MAIL_SUP)
-        if sup is None:
-            raise ServiceUnavailable("mail sync is not running")
-        ref = await bridge.ask(sup.proxy().get_child(child_id(account)))
-        if ref is not None:
-            with contextlib.suppress(pykka.ActorDeadError):
-                ref.tell(message)
-                return True
-        if account.state in States.STOPPED:
-            return False
-        await start_sync(account, reconnect=message.reconnect)
-        return True
+        """Have the account's actor take ``message`` (starting it if it is not running); False if
+        the account cannot sync (disconnected, needs re-authorisation)."""
+        return await deliver(account, message, start=account.state not in States.STOPPED)
 
     async def change(request: web.Request) -> web.Response:
         user_id = user_of(request)

@@ -24,6 +24,7 @@ from brain.actors.supervisor import ChildSpec, Supervisor
 from brain.config import Settings
 from brain.contracts import EVENT_SINK
 from brain.errors import BadRequest, Forbidden, NotFound, ServiceUnavailable
+from brain.mail.conversion import ConversionPool
 from brain.mail.crypto import InvalidState, StateSigner, pkce_challenge
 from brain.mail.db import Account, MailDb, States
 from brain.mail.engine import AccountSync, EventSink, QuotaPacer
@@ -89,6 +90,7 @@ class MailService:
         self.signer = StateSigner(secret)
         self.sink = sink
         self.connect_pool = ThreadPoolExecutor(settings.mail.connect_workers, thread_name_prefix="brain-mail-connect")
+        self.conversion = ConversionPool(settings.mail.convert_workers)
         # Attachment downloads (provider calls, then one chunk per call) have threads of their
         # own: a slow download never holds up a connect, nor the other way round.
         self.download_pool = ThreadPoolExecutor(settings.mail.connect_workers, thread_name_prefix="brain-mail-download")
@@ -165,6 +167,7 @@ class MailService:
             budget=QuotaPacer(rate),
             address=account.address,
             options=self.sync_options(account),
+            convert=self.conversion.map,
         )
 
     def provider_context(self, account: Account) -> tuple[MailProvider, SyncContext]:
@@ -424,7 +427,7 @@ class MailService:
                     engine.end_push()
                     revocation = engine.provider.revoke(credentials)
                 finally:
-                    engine.provider.close()
+                    engine.close()
         self.db.disconnect(account.id)
         log.info("mail account %s disconnected (revoked: %s)", account.id, revocation.revoked)
         return revocation
@@ -479,7 +482,9 @@ def _event_sink(rt: Process) -> EventSink:
         sink = rt.stash.get(EVENT_SINK)
         if sink is None:
             raise RuntimeError("this process has no event stores (no plugin offers an event sink)")
-        return sink.append_from_thread(user_id, events, timeout=30, max_event_bytes=rt.settings.mail.max_event_bytes)
+        return sink.append_from_thread(
+            user_id, events, timeout=30, max_event_bytes=rt.settings.mail.max_event_bytes, with_data=False
+        )
 
     return append
 

@@ -136,8 +136,11 @@ class MailSync(BrainActor):
                 self._again = False
                 self._sync_now(SyncNow("queued"))
             else:
-                push = engine.maintain_push(self.service.push_url(engine.provider.name))
-                self._timer = self.schedule(engine.next_poll(push=push), SyncNow("poll"))
+                push, started = engine.maintain_push(self.service.push_url(engine.provider.name))
+                if started:
+                    self._timer = self.schedule(0, SyncNow("push started"))  # what changed meanwhile
+                else:
+                    self._timer = self.schedule(engine.next_poll(push=push), SyncNow("poll"))
         else:
             log.info("mail account %s: sync stopped (%s)", self.account_id, outcome.reason)
             self.stop()
@@ -152,9 +155,8 @@ class MailSync(BrainActor):
     def _close(self) -> None:
         engine, self._engine = self._engine, None
         if engine is not None:
-            engine.db.keep_open(False)  # a run cut short must not leave its connection open
             try:
-                engine.provider.close()
+                engine.close()
             except Exception:
                 log.exception("mail account %s: closing the provider failed", self.account_id)
 

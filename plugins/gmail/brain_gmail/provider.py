@@ -32,6 +32,7 @@ import ssl
 import time
 import urllib.parse
 from collections.abc import Mapping
+from functools import partial
 from typing import Any
 from urllib.parse import urlencode
 
@@ -48,6 +49,7 @@ from brain.mail.provider import (
     AttachmentContent,
     AuthFailed,
     ConnectRejected,
+    ConvertOptions,
     Credentials,
     CursorExpired,
     MailProvider,
@@ -547,28 +549,21 @@ class GmailProvider(MailProvider):
             resources.update(results)
         wanted = set(self._chosen_label_ids(ctx) or ())
         names = self._label_names(ctx, {label for r in resources.values() for label in r.get("labelIds") or ()})
-        found: dict[str, MessageRecord] = {}
-        for message_id, resource in resources.items():
+        kept: list[Mapping[str, Any]] = []
+        for message_id in ids:
+            resource = resources.get(message_id)
+            if resource is None:
+                continue
             labels = set(resource.get("labelIds") or ())
             if (ctx.options.exclude_spam_trash and labels & SPAM_TRASH) or (wanted and not labels & wanted):
                 missing.append(message_id)  # it left what the account syncs
-                continue
-            found[message_id] = self._record(ctx, resource, names)
-        return [found[i] for i in ids if i in found], missing
-
-    def _record(self, ctx: SyncContext, resource: Mapping[str, Any], names: Mapping[str, str]) -> MessageRecord:
-        """One messages.get resource as the message model."""
-        convert = ctx.options.convert
-        if self.message_format == "raw":
-            context = gmail_context(resource, label_names=names, own_addresses=ctx.own_addresses)
-            record = message_from_mime(_base64url(str(resource.get("raw") or "")), context, convert)
-        else:
-            record = message_from_gmail(resource, label_names=names, own_addresses=ctx.own_addresses, options=convert)
-            part_ids = _part_ids(resource.get("payload") or {})
-            if any(a.id in part_ids for a in record.attachments):
-                attachments = tuple(dataclasses.replace(a, id=part_ids.get(a.id, a.id)) for a in record.attachments)
-                record = dataclasses.replace(record, attachments=attachments)
-        return record if ctx.options.bodies else without_body(record)
+            else:
+                kept.append(resource)
+        convert = partial(
+            record_of, message_format=self.message_format, label_names=names, own_addresses=ctx.own_addresses,
+            options=ctx.options.convert, bodies=ctx.options.bodies,
+        )
+        return ctx.convert(convert, kept), missing
 
     def _label_names(self, ctx: SyncContext, ids: set[str]) -> dict[str, str]:
         """Label id -> name (labels.list), asked again when stale or a label id is new."""
@@ -595,6 +590,29 @@ class GmailProvider(MailProvider):
             elif label_id not in out:
                 out.append(label_id)
         return out
+
+
+def record_of(
+    resource: Mapping[str, Any],
+    *,
+    message_format: str,
+    label_names: Mapping[str, str],
+    own_addresses: tuple[str, ...],
+    options: ConvertOptions,
+    bodies: bool,
+) -> MessageRecord:
+    """One messages.get resource as the message model (module level: it runs in the core's
+    conversion workers)."""
+    if message_format == "raw":
+        context = gmail_context(resource, label_names=label_names, own_addresses=own_addresses)
+        record = message_from_mime(_base64url(str(resource.get("raw") or "")), context, options)
+    else:
+        record = message_from_gmail(resource, label_names=label_names, own_addresses=own_addresses, options=options)
+        part_ids = _part_ids(resource.get("payload") or {})
+        if any(a.id in part_ids for a in record.attachments):
+            attachments = tuple(dataclasses.replace(a, id=part_ids.get(a.id, a.id)) for a in record.attachments)
+            record = dataclasses.replace(record, attachments=attachments)
+    return record if bodies else without_body(record)
 
 
 def _find_part(payload: Mapping[str, Any], part_id: str) -> Mapping[str, Any] | None:

@@ -118,19 +118,21 @@ def skeleton(structure: Sequence[Any], header: bytes, texts: Mapping[str, bytes]
 
 
 def record_from_fetch(
-    *,
-    folder: str,
-    uidvalidity: int,
     uid: int,
     data: Mapping[bytes, Any],
     raw: bytes,
     sizes: Mapping[str, int],
+    *,
+    folder: str,
+    uidvalidity: int,
     special_use: str | None,
     own_addresses: Sequence[str],
     options: Any,
 ) -> MessageRecord:
     """One message as the model: ``raw`` is the message (or its skeleton), ``data`` the first
-    FETCH's answer, ``sizes`` decoded attachment sizes by section (for a skeleton)."""
+    FETCH's answer (INTERNALDATE as a datetime or ISO text), ``sizes`` decoded attachment sizes
+    by section (for a skeleton). Module level, with the per-message arguments first: it runs in
+    the core's conversion workers."""
     flags = _flag_names(data.get(b"FLAGS", ()))
     direction = None
     if "\\DRAFT" in {f.upper() for f in flags} or special_use == "\\Drafts":
@@ -145,7 +147,7 @@ def record_from_fetch(
         labels=tuple(sorted(f for f in flags if not f.startswith("\\"))),
         own_addresses=own_addresses,
         direction=direction,
-        date=iso_utc(internal) if isinstance(internal, datetime.datetime) else None,
+        date=internal if isinstance(internal, str) else iso_utc(internal) if isinstance(internal, datetime.datetime) else None,
         size=int(data[b"RFC822.SIZE"]) if data.get(b"RFC822.SIZE") is not None else None,
         snippet=preview.decode(errors="replace") if isinstance(preview, bytes) else str(preview or ""),
     )

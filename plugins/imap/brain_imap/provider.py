@@ -41,6 +41,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from typing import Any
 
 from brain.mail.provider import (
@@ -55,6 +56,7 @@ from brain.mail.provider import (
     SyncContext,
     SyncPage,
     Transient,
+    iso_utc,
     mime_part,
 )
 from brain_imap import uidset
@@ -532,14 +534,13 @@ class ImapProvider(MailProvider):
                 group_bytes += size
         sizes: dict[int, dict[str, int]] = {}
         self._fetch_skeletons(session, [u for u in wanted if u not in raws], first, options, raws, sizes)
-        return [
-            record_from_fetch(
-                folder=selected.folder, uidvalidity=selected.uidvalidity, uid=uid, data=first[uid], raw=raws[uid],
-                sizes=sizes.get(uid, {}), special_use=special_use, own_addresses=ctx.own_addresses, options=options,
-            )
-            for uid in wanted
-            if uid in raws
-        ]
+        got = [uid for uid in wanted if uid in raws]
+        convert = partial(
+            record_from_fetch, folder=selected.folder, uidvalidity=selected.uidvalidity, special_use=special_use,
+            own_addresses=ctx.own_addresses, options=options,
+        )
+        facts = [_facts(first[u]) for u in got]
+        return ctx.convert(convert, got, facts, [raws[u] for u in got], [sizes.get(u, {}) for u in got])
 
     def _fetch_skeletons(
         self,
@@ -610,6 +611,16 @@ class ImapProvider(MailProvider):
         with self._lock:
             self._watcher = watcher
         watcher.start()
+
+
+def _facts(data: Mapping[bytes, Any]) -> dict[bytes, Any]:
+    """What the model needs of the first FETCH, in plain types that pickle (IMAPClient's
+    INTERNALDATE carries a tzinfo that does not): flags, size, preview, the date as ISO text."""
+    out = {key: data[key] for key in (b"FLAGS", b"RFC822.SIZE", b"PREVIEW") if key in data}
+    internal = data.get(b"INTERNALDATE")
+    if isinstance(internal, datetime.datetime):
+        out[b"INTERNALDATE"] = iso_utc(internal)
+    return out
 
 
 def _host(value: Any) -> str:

@@ -29,6 +29,7 @@ import logging
 import time
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
+from functools import partial
 from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
 
@@ -39,6 +40,7 @@ from brain.mail.provider import (
     AttachmentContent,
     AuthFailed,
     ConnectRejected,
+    ConvertOptions,
     Credentials,
     CursorExpired,
     MailProvider,
@@ -345,7 +347,8 @@ class OutlookProvider(MailProvider):
         self, ctx: SyncContext, items: Sequence[Mapping[str, Any]], names: Mapping[str, str]
     ) -> tuple[list[MessageRecord], list[str]]:
         """Graph messages as the model, attachments listed; (records, ids outside the synced folders)."""
-        records: list[MessageRecord] = []
+        kept: list[Mapping[str, Any]] = []
+        listings: list[list[Any] | None] = []
         outside: list[str] = []
         for item in items:
             if item.get("parentFolderId") not in names:
@@ -356,13 +359,10 @@ class OutlookProvider(MailProvider):
                 listing = self._get(ctx, f"{self.graph}/me/messages/{quote(str(item['id']))}/attachments"
                                          f"?$select={ATTACHMENT_SELECT}")
                 attachments = listing.get("value", [])
-            records.append(
-                message_from_graph(
-                    item, attachments=attachments, folder_names=names, own_addresses=ctx.own_addresses,
-                    options=ctx.options.convert,
-                )
-            )
-        return records, outside
+            kept.append(item)
+            listings.append(attachments)
+        convert = partial(record_of, folder_names=dict(names), own_addresses=ctx.own_addresses, options=ctx.options.convert)
+        return ctx.convert(convert, kept, listings), outside
 
     def _look_up(
         self, ctx: SyncContext, ids: Sequence[str], names: Mapping[str, str]
@@ -587,6 +587,21 @@ def _map_graph_error(resp: requests.Response, body: Any) -> ProviderError:
     if status in (401, 403):
         return AuthFailed(message)
     return ProviderError(message)
+
+
+def record_of(
+    item: Mapping[str, Any],
+    attachments: list[Any] | None,
+    *,
+    folder_names: Mapping[str, str],
+    own_addresses: tuple[str, ...],
+    options: ConvertOptions,
+) -> MessageRecord:
+    """One Graph message (and its attachment listing) as the message model (module level: it
+    runs in the core's conversion workers)."""
+    return message_from_graph(
+        item, attachments=attachments, folder_names=folder_names, own_addresses=own_addresses, options=options
+    )
 
 
 def _graph_time(value: Any, default: float) -> float:
