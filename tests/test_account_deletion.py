@@ -44,7 +44,9 @@ class Person:
         for i in range(3):
             r = self.api("POST", "/events", json={"type": "note.created", "data": {"n": i, "who": name}})
             assert r.status_code == 201, r.text
-        r = self.api("POST", "/mail/connect", json={"provider": "gmail", "refresh_token": gmail.issue_refresh_token(self.mailbox)})
+        self.gmail = gmail
+        self.refresh_token = gmail.issue_refresh_token(self.mailbox)
+        r = self.api("POST", "/mail/connect", json={"provider": "gmail", "refresh_token": self.refresh_token})
         assert r.status_code == 201, r.text
         self.account = r.json()["account"]["account"]
         wait_until(lambda: len(self.events("mail.message.received")) == 4, timeout=30, what=f"{name}'s mail")
@@ -84,6 +86,11 @@ class Person:
         assert not self.directory.exists()
         assert not (self.server.data_dir / "outbox" / self.id).exists()
         assert mail_rows(self.server, self.id) == (0, 0, 0)
+        # The Gmail grant was revoked at Google, not merely forgotten.
+        form = {"grant_type": "refresh_token", "refresh_token": self.refresh_token,
+                "client_id": self.gmail.client_id, "client_secret": self.gmail.client_secret}
+        r = requests.post(self.gmail.token_uri, data=form, timeout=10)
+        assert r.status_code == 400 and r.json()["error"] == "invalid_grant"
         r = requests.get(f"{self.server.auth_url}/api/auth/get-session", headers=bearer(self.session), timeout=10)
         assert r.status_code == 200 and r.json() is None
         assert sign_in(self.server, self.email).status_code == 401

@@ -414,7 +414,8 @@ class MailDb:
     # Deleted users ----------------------------------------------------------------------
 
     def purge_user(self, user_id: str) -> int:
-        """Delete the user's accounts, credentials, message index and OAuth flows; how many accounts."""
+        """Delete the user's accounts, credentials, message index, OAuth flows and attachment cache
+        index; how many accounts."""
         with self.unit(), self.db.atomic():
             ids = [row.id for row in Account.select(Account.id).where(Account.user_id == user_id)]
             for start in range(0, len(ids), 500):
@@ -423,6 +424,7 @@ class MailDb:
                 Message.delete().where(Message.account_id.in_(chunk)).execute()
             Account.delete().where(Account.user_id == user_id).execute()
             OAuthState.delete().where(OAuthState.user_id == user_id).execute()
+            CachedAttachment.delete().where(CachedAttachment.user_id == user_id).execute()
         return len(ids)
 
     def unmigrated_ids(self, account_id: str, limit: int) -> list[str]:

@@ -7,6 +7,7 @@ types only it writes (`mail.*`), and what it deletes when a user is deleted.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Iterable
 
@@ -23,6 +24,8 @@ from brain.mail.service import MAIL_SUP, MailSupervisor, service_for, stop_user
 from brain.plugins import hookimpl
 from brain.process import Process
 from brain.routes import Route
+
+log = logging.getLogger("brain.mail")
 
 LISTENER = "api"
 PARENT, _, CHILD_ID = MAIL_SUP.partition("/")
@@ -83,11 +86,19 @@ def setup_app(rt: Process, listener: str, app: web.Application) -> None:
 
 @hookimpl
 def user_purge(rt: Process, user_id: str) -> dict[str, int]:
-    """Stop the user's sync actors, then delete their accounts, credentials and message index."""
+    """Stop the user's sync actors, end their push channels and revoke their grants where the
+    provider allows, then delete their accounts, credentials, message index and the index of
+    their cached attachments (the files go with the user's directory)."""
     if not (rt.settings.data_path / "mail.db").exists():
         return {"mail_accounts_removed": 0}  # never used here: nothing to open, nothing to delete
     stop_user(rt, user_id)
-    removed = service_for(rt).db.purge_user(user_id)
+    service = service_for(rt)
+    for account in service.db.accounts_for_user(user_id):
+        try:
+            service.disconnect(account)
+        except Exception:  # the grant expires by itself; the user's data must go regardless
+            log.exception("mail account %s: could not be disconnected at the provider", account.id)
+    removed = service.db.purge_user(user_id)
     return {"mail_accounts_removed": removed}
 
 

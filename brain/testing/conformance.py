@@ -8,6 +8,8 @@ the provider called exactly as the core calls it (`brain.testing.sync_context`):
 - the class registers (a name, nothing abstract left);
 - it names the mailbox's address;
 - a full sync pages through every message exactly once and ends with a cursor;
+- every message is whole: it follows the JSON Schema of `mail.message.received` and carries
+  its subject, sender and text;
 - an incremental sync from that cursor reports a message added and one deleted since;
 - credentials the provider refuses are `AuthFailed` (the account then needs the user), not a
   crash or a retry loop.
@@ -25,9 +27,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Protocol
 
+import jsonschema
 import pytest
 
-from brain.mail.provider import AuthFailed, Credentials, MailProvider, SyncPage
+from brain.mail.provider import AuthFailed, Credentials, MailProvider, SyncPage, event_schemas
 from brain.mail.registry import ProviderRegistry
 from brain.testing import sync_context
 
@@ -101,6 +104,16 @@ def _drain(first: Any) -> tuple[list[SyncPage], dict[str, Any] | None]:
     raise AssertionError("the sync did not end within 100 pages")
 
 
+def _full_sync(mailbox: Mailbox) -> tuple[list[SyncPage], dict[str, Any] | None]:
+    """Every page of a full sync of the mailbox by a fresh provider, and the final cursor."""
+    provider = mailbox.provider(page_size=PAGE_SIZE)
+    try:
+        ctx = sync_context(provider, mailbox.credentials())
+        return _drain(lambda position: provider.initial_sync(ctx, position))
+    finally:
+        provider.close()
+
+
 class ProviderConformance:
     """Subclass with a `mailbox` fixture (see the module docstring)."""
 
@@ -128,16 +141,23 @@ class ProviderConformance:
 
     def test_a_full_sync_pages_through_every_message_once(self, mailbox: Mailbox) -> None:
         ids = {mailbox.add(f"message {i}") for i in range(MESSAGES)}
-        provider = mailbox.provider(page_size=PAGE_SIZE)
-        try:
-            ctx = sync_context(provider, mailbox.credentials())
-            pages, cursor = _drain(lambda position: provider.initial_sync(ctx, position))
-        finally:
-            provider.close()
+        pages, cursor = _full_sync(mailbox)
         seen = [message.message_id for page in pages for message in page.messages]
         assert len(pages) > 1, "a page size below the mailbox's size must give more than one page"
         assert sorted(seen) == sorted(ids), "every message exactly once"
         assert cursor is not None, "a finished full sync names where incremental sync starts"
+
+    def test_every_message_is_whole_and_follows_the_event_schema(self, mailbox: Mailbox) -> None:
+        added = mailbox.add("whole message")
+        pages, _ = _full_sync(mailbox)
+        records = [message for page in pages for message in page.messages]
+        schema = event_schemas()["mail.message.received"]
+        for record in records:
+            jsonschema.Draft202012Validator(schema).validate(record.as_event_data())
+        (mine,) = [r for r in records if r.message_id == added]
+        assert mine.subject == "whole message", "the subject, decoded"
+        assert mine.direction == "received" and mine.sender is not None
+        assert mine.body_text.strip(), "the text of the message, not only its envelope"
 
     def test_an_incremental_sync_reports_what_changed(self, mailbox: Mailbox) -> None:
         kept = mailbox.add("kept")
