@@ -6,6 +6,7 @@ each of them (so a refusal is the token check, not a broken request).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -53,7 +54,9 @@ def protected_operations(server: BrainServer) -> list[tuple[str, str]]:
 def call(server: BrainServer, method: str, path: str, token: str | None) -> requests.Response:
     headers: dict[str, Any] = {} if token is None else {"Authorization": f"Bearer {token}"}
     body = BODIES.get((method, path))
-    return requests.request(method.upper(), server.api_url + path, headers=headers, json=body, timeout=10)
+    # A path template's parameters ({account}) get a value no one owns: the route must still be reached.
+    concrete = re.sub(r"\{[^}/]+\}", "probe", path)
+    return requests.request(method.upper(), server.api_url + concrete, headers=headers, json=body, timeout=10)
 
 
 def test_every_hostile_token_is_refused_on_every_protected_operation(server: BrainServer, issuer: FakeIssuer) -> None:
