@@ -11,24 +11,31 @@ but the provider's. A key that is not set means no plugin offers the service in 
 | `EVENT_SINK` | `EventSink` | the API role (its user stores) | mail sync, plugins that write events |
 | `AUTHENTICATOR` | `BearerAuthenticator` | the API role (its JWT check) | mail's OAuth callback |
 | `DELETION_SOURCE` | `DeletionSource` | the auth role (auth.db) | the core's deletion relay |
+| `EVENT_ACCESS` | `EventAccess` | the API role (its user stores) | the MCP door (brain.agents) |
+| `MAIL_ACCOUNTS` | `MailAccounts` | mail sync (mail.db) | the MCP door (brain.agents) |
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from brain.stash import StashKey
 
 __all__ = [
     "AUTHENTICATOR",
     "DELETION_SOURCE",
+    "EVENT_ACCESS",
     "EVENT_SINK",
+    "MAIL_ACCOUNTS",
     "BearerAuthenticator",
     "Caller",
     "DeletionSource",
+    "EventAccess",
+    "EventPage",
     "EventSink",
+    "MailAccounts",
     "UserDeleted",
 ]
 
@@ -43,6 +50,9 @@ class Caller(Protocol):
     @property
     def claims(self) -> Mapping[str, Any]:
         """What the credentials say about the user (a JWT's claims)."""
+
+    def allows(self, scope: str) -> bool:
+        """Whether the credentials grant `scope` (`brain.apikeys.SCOPES`): a JWT all, an API key its own."""
 
 
 class BearerAuthenticator(Protocol):
@@ -64,6 +74,45 @@ class EventSink(Protocol):
         `max_event_bytes`: a writer's own limit on an event's size, instead of the sink's.
         Without `with_data` the stored events come back without their data (not parsed back).
         """
+
+
+class EventPage(NamedTuple):
+    """One page of a user's events, newest first, and the cursor of the next (None: the last)."""
+
+    events: list[dict[str, Any]]
+    next_cursor: str | None
+
+
+class EventAccess(Protocol):
+    """A user's own events for another door than the REST routes, with the REST routes' rules.
+
+    Called on the event loop. Bad input raises `brain.errors.HTTPError`s whose messages name the
+    argument (as the REST routes' 4xx do); events come back in the public shape
+    `{id, type, data, created_at}`.
+    """
+
+    async def list_events(
+        self, user_id: str, *, types: str | None = None, since: Any = None, until: Any = None,
+        limit: int | None = None, cursor: str | None = None, max_chars: int | None = None,
+    ) -> EventPage:
+        """Events newest first: `types` as GET /events takes `type`, times RFC 3339 or epoch seconds.
+
+        `max_chars`: the page stops before its events' JSON passes this many characters (it
+        holds at least one), and its cursor continues from there."""
+
+    async def add_events(
+        self, user_id: str, events: Sequence[Mapping[str, Any]], *, key: str | None = None
+    ) -> tuple[list[dict[str, Any]], bool]:
+        """Store `{type, data, created_at?}` events all or none, as POST /events does (reserved
+        types refused); with an idempotency `key` a retry returns the first write. The stored
+        events, and whether they were a replay."""
+
+
+class MailAccounts(Protocol):
+    """A user's connected mail accounts."""
+
+    def status(self, user_id: str) -> list[dict[str, Any]]:
+        """Every account of the user as GET /mail/status shows it (blocking: call from a worker thread)."""
 
 
 @dataclass(frozen=True)
@@ -88,3 +137,5 @@ class DeletionSource(Protocol):
 EVENT_SINK: StashKey[EventSink] = StashKey("brain.contracts.event_sink")
 AUTHENTICATOR: StashKey[BearerAuthenticator] = StashKey("brain.contracts.authenticator")
 DELETION_SOURCE: StashKey[DeletionSource] = StashKey("brain.contracts.deletion_source")
+EVENT_ACCESS: StashKey[EventAccess] = StashKey("brain.contracts.event_access")
+MAIL_ACCOUNTS: StashKey[MailAccounts] = StashKey("brain.contracts.mail_accounts")

@@ -80,6 +80,10 @@ class ApiKeyUser(TokenUser):
         """The user's email when the key was looked up."""
         return self.key_email
 
+    def allows(self, scope: str) -> bool:
+        """Whether the key holds `scope`."""
+        return scope in self.scopes
+
     def me_body(self) -> bytes:
         """GET /me: the user, and that the caller used this API key with these scopes."""
         body: bytes | None = self.__dict__.get("_me_body")

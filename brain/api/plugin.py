@@ -17,11 +17,13 @@ from aiohttp import web
 from brain.actors.supervisor import ChildSpec, Supervisor
 from brain.actors.tree import Child, Group
 from brain.api import deletion, metrics, routes
+from brain.api.access import StoreAccess
 from brain.api.bus import EventBus
+from brain.api.events import ReservedTypes
 from brain.api.jwks import JwksCache, jwks_opener
 from brain.api.state import api_key_verifier, doorbell, jwks_state, store_manager, token_verifier
 from brain.backup import BackupFile
-from brain.contracts import AUTHENTICATOR, EVENT_SINK
+from brain.contracts import AUTHENTICATOR, EVENT_ACCESS, EVENT_SINK
 from brain.deletions import CHILD_ID as DELETIONS
 from brain.nats_auth import process_connect_options
 from brain.nats_embedded import CHILD_ID as NATS
@@ -50,8 +52,10 @@ def register_listeners(settings: Any, register: Callable[[Listener], None]) -> N
 
 @hookimpl
 def setup_process(rt: Process) -> None:
-    """Offer the stores as the event sink and the JWT check (refusing deleted users) as the authenticator."""
+    """Offer the stores as the event sink and as event access for other doors, and the JWT check
+    (refusing deleted users) as the authenticator."""
     rt.stash.set(EVENT_SINK, store_manager(rt))
+    rt.stash.set(EVENT_ACCESS, StoreAccess(store_manager(rt), ReservedTypes.from_plugins(rt.pm), rt.settings.api))
     deletion.revoked_users(rt)
     rt.stash.set(AUTHENTICATOR, token_verifier(rt))
 

@@ -135,6 +135,10 @@ class TokenUser:
         value = self.claims.get("email")
         return value if isinstance(value, str) else None
 
+    def allows(self, scope: str) -> bool:
+        """A JWT is never limited by scopes."""
+        return True
+
     def me_body(self) -> bytes:
         """The JSON body of GET /me (computed once per user object, i.e. per cached token)."""
         body: bytes | None = self.__dict__.get("_me_body")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Iterable
+from typing import Any
 
 from aiohttp import web
 from peewee import fn
@@ -18,6 +19,7 @@ from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from brain.actors.supervisor import ChildSpec
 from brain.actors.tree import Child
 from brain.backup import BackupFile
+from brain.contracts import MAIL_ACCOUNTS
 from brain.mail import routes
 from brain.mail.db import Account, States
 from brain.mail.service import MAIL_SUP, MailSupervisor, service_for, stop_user
@@ -35,6 +37,23 @@ PARENT, _, CHILD_ID = MAIL_SUP.partition("/")
 def reserve_event_types(reserve: Callable[[str], None]) -> None:
     """`mail.*` is written by mail sync only: a client must not plant mail that never arrived."""
     reserve("mail")
+
+
+class _AccountStatus:
+    """The `MailAccounts` offer: the mail service's account status, the service made on first use."""
+
+    def __init__(self, rt: Process) -> None:
+        self._rt = rt
+
+    def status(self, user_id: str) -> list[dict[str, Any]]:
+        """Every account of the user as GET /mail/status shows them (blocking)."""
+        return service_for(self._rt).status(user_id)
+
+
+@hookimpl
+def setup_process(rt: Process) -> None:
+    """Offer the users' account status to other plugins (the MCP door's `mail_accounts`)."""
+    rt.stash.set(MAIL_ACCOUNTS, _AccountStatus(rt))
 
 
 @hookimpl

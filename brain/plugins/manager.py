@@ -37,7 +37,7 @@ CORE = Manifest(
     commands="brain.backup",
 )
 # The roles, registered in this order after the core and before any entry-point plugin.
-BUILTIN_PLUGINS: tuple[str, ...] = ("brain.auth", "brain.api", "brain.mail")
+BUILTIN_PLUGINS: tuple[str, ...] = ("brain.auth", "brain.api", "brain.mail", "brain.agents")
 
 
 class PluginManager(pluggy.PluginManager):

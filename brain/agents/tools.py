@@ -1,0 +1,292 @@
+"""The MCP tools: what each one takes and gives (JSON Schemas), whether it writes, the scope an
+API key needs for it, and what it calls.
+
+A tool reaches the user's data through `brain.contracts` only and always as the caller the
+API listener's guard checked. Whatever goes wrong inside a call (bad arguments, a missing
+scope, a quota) comes back as a tool error (`isError`) with a message naming the cause, which
+an assistant can act on; the JSON-RPC exchange itself still succeeds. Every call writes one
+audit line: who, which tool, the outcome, how long it took and how big the result was, never
+what was read or written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from brain.agents.arguments import check_arguments
+from brain.contracts import Caller, EventAccess, MailAccounts
+from brain.errors import Forbidden, HTTPError, TooManyRequests
+
+audit = logging.getLogger("brain.agents.audit")
+log = logging.getLogger("brain.agents")
+
+__all__ = ["Toolbox", "ToolCall", "UnknownTool"]
+
+NOTE_TYPE = "note.created"
+_MAX_TEXT = 100_000
+_TIME = {"type": ["string", "number"], "description": "RFC 3339 time with an offset (or Z), or epoch seconds"}
+_KEY = {
+    "type": "string", "minLength": 1, "maxLength": 200,
+    "description": "Idempotency key: a retry with the same key returns the first write instead of writing again",
+}
+EVENT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["id", "type", "data", "created_at"],
+    "properties": {
+        "id": {"type": "integer", "description": "the event's id in the user's store"},
+        "type": {"type": "string", "description": "dotted event type, e.g. note.created or mail.message.received"},
+        "data": {"description": "the event's payload (any JSON value)"},
+        "created_at": {"type": "string", "description": "RFC 3339 UTC time"},
+    },
+}
+_WRITTEN = {
+    "type": "object",
+    "required": ["event", "replayed"],
+    "properties": {
+        "event": EVENT_SCHEMA,
+        "replayed": {"type": "boolean", "description": "true: an earlier call with this idempotency key wrote it"},
+    },
+}
+
+
+class UnknownTool(LookupError):
+    """A tools/call naming no tool this caller has (a JSON-RPC error, not a tool error)."""
+
+
+class ToolFailed(Exception):
+    """A tool could not do what it was asked; the message says why (becomes an `isError` result)."""
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """What a tool works with: the caller and the doors to their data."""
+
+    user_id: str
+    events: EventAccess | None
+    mail: MailAccounts | None
+    max_result_chars: int
+
+
+Handler = Callable[[ToolCall, dict[str, Any]], Awaitable[dict[str, Any]]]
+
+
+@dataclass(frozen=True)
+class Tool:
+    """One tool: its MCP description and the coroutine that runs it."""
+
+    name: str
+    title: str
+    description: str
+    scope: str
+    input_schema: Mapping[str, Any]
+    output_schema: Mapping[str, Any]
+    read_only: bool
+    idempotent: bool
+    run: Handler
+
+    def describe(self) -> dict[str, Any]:
+        """The tool as tools/list shows it."""
+        return {
+            "name": self.name,
+            "title": self.title,
+            "description": self.description,
+            "inputSchema": self.input_schema,
+            "outputSchema": self.output_schema,
+            "annotations": {
+                "title": self.title,
+                "readOnlyHint": self.read_only,
+                "destructiveHint": False,
+                "idempotentHint": self.idempotent,
+                # Only the user's own brain is touched, never the outside world.
+                "openWorldHint": False,
+            },
+        }
+
+
+def _events(call: ToolCall) -> EventAccess:
+    if call.events is None:
+        raise ToolFailed("this server has no event stores (the API role's stores are not offered here)")
+    return call.events
+
+
+async def _list_events(call: ToolCall, args: dict[str, Any]) -> dict[str, Any]:
+    page = await _events(call).list_events(
+        call.user_id, types=args.get("type"), since=args.get("since"), until=args.get("until"),
+        limit=args.get("limit"), cursor=args.get("cursor"), max_chars=call.max_result_chars,
+    )
+    return {"events": page.events, "next_cursor": page.next_cursor}
+
+
+async def _add_note(call: ToolCall, args: dict[str, Any]) -> dict[str, Any]:
+    data = {"text": args["text"], **{k: args[k] for k in ("title", "tags") if k in args}}
+    return await _write(call, {"type": NOTE_TYPE, "data": data}, args.get("idempotency_key"))
+
+
+async def _add_event(call: ToolCall, args: dict[str, Any]) -> dict[str, Any]:
+    event = {k: args[k] for k in ("type", "data", "created_at") if k in args}
+    return await _write(call, event, args.get("idempotency_key"))
+
+
+async def _write(call: ToolCall, event: dict[str, Any], key: str | None) -> dict[str, Any]:
+    stored, replayed = await _events(call).add_events(call.user_id, [event], key=key)
+    return {"event": stored[0], "replayed": replayed}
+
+
+async def _mail_accounts(call: ToolCall, _args: dict[str, Any]) -> dict[str, Any]:
+    if call.mail is None:
+        raise ToolFailed("this server does not sync mail")
+    # mail.db is read in a worker thread, never on the event loop.
+    accounts = await asyncio.get_running_loop().run_in_executor(None, call.mail.status, call.user_id)
+    return {"accounts": accounts}
+
+
+def _tools(page_max: int) -> list[Tool]:
+    return [
+        Tool(
+            name="list_events",
+            title="List events",
+            description=(
+                "List the user's events, newest first: notes, app events and synced mail "
+                "(mail.message.received and friends). Filter by type and time; pass next_cursor "
+                "back as cursor for the next page."
+            ),
+            scope="events:read",
+            input_schema={
+                "type": "object",
+                "properties": {
+                    "type": {"type": "string", "minLength": 1, "maxLength": 2000,
+                             "description": "event type to match, e.g. note.created"},
+                    "since": _TIME,
+                    "until": _TIME,
+                    "limit": {"type": "integer", "minimum": 1, "maximum": page_max,
+                              "description": "events per page"},
+                    "cursor": {"type": "string", "maxLength": 600, "description": "next_cursor of the previous page"},
+                },
+                "additionalProperties": False,
+            },
+            output_schema={
+                "type": "object",
+                "required": ["events", "next_cursor"],
+                "properties": {
+                    "events": {"type": "array", "items": EVENT_SCHEMA},
+                    "next_cursor": {"type": ["string", "null"], "description": "null: this was the last page"},
+                },
+            },
+            read_only=True,
+            idempotent=True,
+            run=_list_events,
+        ),
+        Tool(
+            name="add_note",
+            title="Add a note",
+            description="Write a note into the user's brain (an event of type note.created).",
+            scope="events:write",
+            input_schema={
+                "type": "object",
+                "required": ["text"],
+                "properties": {
+                    "text": {"type": "string", "minLength": 1, "maxLength": _MAX_TEXT},
+                    "title": {"type": "string", "maxLength": 500},
+                    "tags": {"type": "array", "maxItems": 50, "items": {"type": "string", "minLength": 1, "maxLength": 100}},
+                    "idempotency_key": _KEY,
+                },
+                "additionalProperties": False,
+            },
+            output_schema=_WRITTEN,
+            read_only=False,
+            idempotent=False,
+            run=_add_note,
+        ),
+        Tool(
+            name="add_event",
+            title="Add an event",
+            description=(
+                "Write an event of any type the user's apps use (not mail.*, which only mail sync "
+                "writes): a dotted type and any JSON data."
+            ),
+            scope="events:write",
+            input_schema={
+                "type": "object",
+                "required": ["type", "data"],
+                "properties": {
+                    "type": {"type": "string", "minLength": 1, "maxLength": 128,
+                             "description": "dotted name such as task.completed"},
+                    "data": {"description": "any JSON value"},
+                    "created_at": _TIME,
+                    "idempotency_key": _KEY,
+                },
+                "additionalProperties": False,
+            },
+            output_schema=_WRITTEN,
+            read_only=False,
+            idempotent=False,
+            run=_add_event,
+        ),
+        Tool(
+            name="mail_accounts",
+            title="Mail accounts",
+            description="The user's connected mail accounts and how their sync stands (state, progress, last error).",
+            scope="mail:read",
+            input_schema={"type": "object", "properties": {}, "additionalProperties": False},
+            output_schema={
+                "type": "object",
+                "required": ["accounts"],
+                "properties": {"accounts": {"type": "array", "items": {"type": "object"}}},
+            },
+            read_only=True,
+            idempotent=True,
+            run=_mail_accounts,
+        ),
+    ]
+
+
+class Toolbox:
+    """Every tool by name; lists and calls them for a caller, within the caller's scopes."""
+
+    def __init__(self, *, page_max: int) -> None:
+        self.tools = {tool.name: tool for tool in _tools(page_max)}
+
+    def describe(self, caller: Caller) -> list[dict[str, Any]]:
+        """The tools this caller may call (an API key sees those its scopes allow)."""
+        return [tool.describe() for tool in self.tools.values() if caller.allows(tool.scope)]
+
+    async def call(self, caller: Caller, name: Any, arguments: Any, doors: ToolCall) -> dict[str, Any]:
+        """A CallToolResult; UnknownTool when `name` is no tool."""
+        tool = self.tools.get(name) if isinstance(name, str) else None
+        if tool is None:
+            raise UnknownTool(f"unknown tool {str(name)[:80]!r} (tools/list names them)")
+        started = time.perf_counter()
+        try:
+            if not caller.allows(tool.scope):
+                raise Forbidden(f"this API key lacks the scope {tool.scope!r}, which {tool.name} needs",
+                                code="INSUFFICIENT_SCOPE")
+            structured = await tool.run(doors, check_arguments(tool.input_schema, arguments))
+            text = json.dumps(structured, separators=(",", ":"), ensure_ascii=False)
+            result = {"content": [{"type": "text", "text": text}], "structuredContent": structured, "isError": False}
+            outcome = "ok"
+        except (HTTPError, ToolFailed) as exc:
+            text = _message(exc)
+            result = {"content": [{"type": "text", "text": text}], "isError": True}
+            outcome = getattr(exc, "code", "TOOL_FAILED")
+        except Exception:
+            log.exception("MCP tool %s failed", tool.name)
+            text = f"{tool.name} failed inside the server; the error is logged there"
+            result = {"content": [{"type": "text", "text": text}], "isError": True}
+            outcome = "INTERNAL_ERROR"
+        audit.info(
+            "mcp tool=%s user=%s outcome=%s ms=%.2f chars=%d",
+            tool.name, doors.user_id, outcome, (time.perf_counter() - started) * 1000, len(text),
+        )
+        return result
+
+
+def _message(exc: HTTPError | ToolFailed) -> str:
+    if isinstance(exc, TooManyRequests):
+        return f"{exc.message} (retry after {exc.headers.get('Retry-After', '1')} s)"
+    return exc.message if isinstance(exc, HTTPError) else str(exc)

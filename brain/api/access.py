@@ -1,0 +1,77 @@
+"""The user stores as other doors reach them (`brain.contracts.EventAccess`): the MCP door reads
+and writes a user's events through this, under the rules GET and POST /events apply.
+
+The REST handlers parse HTTP (query strings, headers) and render bytes; what is checked about
+the events themselves (`new_event`, reserved types, idempotency keys, page sizes) is the same
+code here, so a door cannot write what the REST API would refuse.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from brain.api.events import ReservedTypes, check_key, new_event
+from brain.api.settings import ApiSettings
+from brain.api.store_manager import StoreManager
+from brain.api.user_store import AppendRequest
+from brain.contracts import EventPage
+from brain.errors import BadRequest, PayloadTooLarge
+
+# Idempotency keys of this door live apart from HTTP's (`http:`) and mail sync's.
+KEY_NAMESPACE = "agent:"
+
+
+class StoreAccess:
+    """`EventAccess` over the process's StoreManager."""
+
+    def __init__(self, stores: StoreManager, reserved: ReservedTypes, settings: ApiSettings) -> None:
+        self._stores = stores
+        self._reserved = reserved
+        self._settings = settings
+
+    async def list_events(
+        self, user_id: str, *, types: str | None = None, since: Any = None, until: Any = None,
+        limit: int | None = None, cursor: str | None = None, max_chars: int | None = None,
+    ) -> EventPage:
+        """Events newest first, as GET /events pages them, cut at `max_chars` of JSON."""
+        stores = self._stores
+        query = stores.make_query(
+            user_id, types, since, until, self._settings.events_page_default if limit is None else limit, cursor
+        )
+        rows, next_cursor = await stores.query_events(user_id, query)
+        if max_chars is not None:
+            size = 0
+            for i, row in enumerate(rows):
+                size += len(row.json()) + 1
+                if size > max_chars and i > 0:
+                    rows, last = rows[:i], rows[i - 1]
+                    next_cursor = stores.cursors.make(user_id, last.created_at, last.id)
+                    break
+        return EventPage([row.as_dict() for row in rows], next_cursor)
+
+    async def add_events(
+        self, user_id: str, events: Sequence[Mapping[str, Any]], *, key: str | None = None
+    ) -> tuple[list[dict[str, Any]], bool]:
+        """Store events all or none, as POST /events does; (stored events, whether a replay)."""
+        if not events:
+            raise BadRequest("events: at least one event")
+        if len(events) > self._settings.max_batch:
+            raise PayloadTooLarge(f"events: {len(events)} events, at most {self._settings.max_batch} at once")
+        if key is not None:
+            key = KEY_NAMESPACE + check_key(key, "idempotency_key")
+        single = len(events) == 1
+        checked = [
+            new_event(
+                item,
+                max_bytes=self._settings.max_event_bytes,
+                field="" if single else f"events[{i}]",
+                key=key if key is None or single else f"{key}#{i}",
+                strict_fields=True,
+            )
+            for i, item in enumerate(events)
+        ]
+        for i, event in enumerate(checked):
+            self._reserved.check(event.type, "type" if single else f"events[{i}].type")
+        results = await self._stores.append_events(user_id, AppendRequest(checked, match=key is not None))
+        return [stored.as_dict() for stored, _ in results], key is not None and all(replayed for _, replayed in results)
