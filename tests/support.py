@@ -218,7 +218,12 @@ class BrainServer:
         self._reap_nats()
 
     def __enter__(self) -> BrainServer:
-        return self.start()
+        try:
+            return self.start()
+        except BaseException:
+            # A server that never became ready (a slow machine, a bad config) must not outlive the test.
+            self.close()
+            raise
 
     def __exit__(self, *exc: object) -> None:
         self.close()
