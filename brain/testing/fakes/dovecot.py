@@ -16,7 +16,7 @@ Written for dovecot 2.3's configuration syntax (Debian 12's ``dovecot-imapd``); 
 refuses another major version with a message saying so. Running as root, dovecot will not
 give mail access to uid 0: mail processes run as the ``dovecot`` system user, and because
 pytest's temp dirs are 0700, the Maildirs live in a directory of their own under the system
-temp dir (``mail_root``), removed by ``stop()``. As any other user, every process runs as
+temp dir (``mail_root``, beside dovecot's sockets), removed by ``stop()``. As any other user, every process runs as
 that user.
 """
 
@@ -365,11 +365,13 @@ class Dovecot:
 
     def _config(self) -> str:
         tls = tls_files()
-        run = self.dir / "run"
+        assert self.mail_root is not None
+        # base_dir holds dovecot's unix sockets, whose paths may not pass 107 bytes: a pytest temp
+        # dir (deeper still under pytest-xdist) can leave too little room, the short mail_root cannot.
+        run = self.mail_root / "run"
         state = self.dir / "state"
         for d in (run, state):
             d.mkdir(exist_ok=True)
-        assert self.mail_root is not None
         passwd = self.mail_root / "passwd"
         mailboxes = "\n".join(
             f'  mailbox {name} {{\n    special_use = {flag}\n    auto = subscribe\n  }}'
