@@ -1,52 +1,32 @@
 """Compatibility: Better Auth's own JS client (and jose) against the running auth role.
 
 Needs node and npm; without them this test fails (it does not skip). The first run installs the
-pinned packages from tests/js/package-lock.json with `npm ci`.
+pinned packages from tests/js/package-lock.json with `npm ci` (tests/js_packages.py).
 """
 
 from __future__ import annotations
 
-import fcntl
-import hashlib
 import json
 import os
 import shutil
 import subprocess
-import tempfile
-from pathlib import Path
 from typing import Any
 
 import jwt
 import pytest
 
 from brain.ids import is_valid_user_id
+from tests.js_packages import JS_DIR, NpmInstallFailed, ensure_installed
 from tests.support import BrainServer
 from tests.test_auth_helpers import NO_LIMITS
 
-JS_DIR = Path(__file__).parent / "js"
-# What `npm ci` leaves behind once it has finished (better-sqlite3 builds its native module).
-_INSTALLED = ("better-auth/package.json", "better-sqlite3/build/Release/better_sqlite3.node")
-# Written into node_modules after `npm ci`: the lockfile it installed (a changed lockfile installs again).
-STAMP = JS_DIR / "node_modules" / ".brain-lock-sha256"
-
 
 def npm_install() -> None:
-    """`npm ci` into tests/js when package-lock.json changed since the last one (serialised across runs)."""
-    npm = shutil.which("npm")
-    if npm is None:
-        pytest.fail("npm is not installed: the Better Auth compatibility test needs node and npm")
-    wanted = hashlib.sha256((JS_DIR / "package-lock.json").read_bytes()).hexdigest()
-    lock_path = Path(tempfile.gettempdir()) / "brain-tests-js-npm.lock"
-    with lock_path.open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        installed = all((JS_DIR / "node_modules" / path).exists() for path in _INSTALLED)
-        if installed and STAMP.exists() and STAMP.read_text() == wanted:
-            return
-        command = [npm, "ci", "--no-audit", "--no-fund"]
-        out = subprocess.run(command, cwd=JS_DIR, capture_output=True, text=True, timeout=1200)
-        if out.returncode != 0:
-            pytest.fail(f"{' '.join(command)} failed:\n{out.stdout}\n{out.stderr}")
-        STAMP.write_text(wanted)
+    """The packages tests/js's scripts import, installed (or waited for); a failed test without npm."""
+    try:
+        ensure_installed()
+    except NpmInstallFailed as failure:
+        pytest.fail(str(failure))
 
 
 def run_node(script: str, server: BrainServer, **env: str) -> dict[str, Any]:
