@@ -9,15 +9,21 @@ EDITABLES := -e . $(foreach d,$(PLUGIN_DIRS),-e $(d))
 .PHONY: run test venv venv-test clean bench bench-quick soak
 
 # A venv with the core and the bundled plugins; re-run pip only when a setup.cfg changes.
-$(VENV)/.installed: setup.cfg pyproject.toml $(PLUGINS)
+define make_venv
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q $(EDITABLES)
+	$(PY) -m pip install -q $(1)
+endef
+
+$(VENV)/.installed: setup.cfg pyproject.toml $(PLUGINS)
+	$(call make_venv,$(EDITABLES))
 	touch $@
 
-$(VENV)/.installed-test: $(VENV)/.installed
-	$(PY) -m pip install -q -e '.[test]' $(foreach d,$(PLUGIN_DIRS),-e '$(d)[test]')
-	touch $@
+# The test venv in one pip run, not the plain venv and then the extras: each editable install
+# builds its package in an environment of its own, and a second run would build them all again.
+$(VENV)/.installed-test: setup.cfg pyproject.toml $(PLUGINS)
+	$(call make_venv,-e '.[test]' $(foreach d,$(PLUGIN_DIRS),-e '$(d)[test]'))
+	touch $@ $(VENV)/.installed
 
 venv: $(VENV)/.installed
 venv-test: $(VENV)/.installed-test
@@ -26,9 +32,14 @@ venv-test: $(VENV)/.installed-test
 run: venv
 	$(VENV)/bin/brain serve $(ARGS)
 
-## make test: set up (with test extras) and run the whole suite
+# The suite spends most of its time waiting on the processes its tests start (brain, nats-server,
+# dovecot, node), so it runs on more pytest-xdist workers than there are cores. Each test file runs
+# whole on one worker (--dist loadfile), so a module's shared server starts once.
+TEST_WORKERS ?= 4
+
+## make test: set up (with test extras) and run the whole suite (TEST_WORKERS=0: in one process)
 test: venv-test
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 ## make soak: the long reliability runs (tests/soak: many kill -9 cycles, crash and fault storms, fuzzing; ~5 min)
 soak: venv-test

@@ -2,8 +2,9 @@
 
 Also a session-end check: every nats-server or dovecot the suite started (recognised by the
 session's temporary directory in its command line, so processes of other suites on the same
-machine are never looked at) must be gone when the suite ends; a leftover one fails the run
-and is then stopped, so it does not outlive the suite.
+machine are never looked at; under pytest-xdist the controller's, which holds every worker's)
+must be gone when the suite ends; a leftover one fails the run and is then stopped, so it does
+not outlive the suite.
 """
 
 from __future__ import annotations
@@ -41,6 +42,10 @@ def leftover_processes(marker: str) -> dict[int, str]:
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Fail the run if a nats-server or dovecot started by this session is still running."""
+    if hasattr(session.config, "workerinput"):
+        # An xdist worker: its temp dir lies under the controller's, whose check (once every
+        # worker has finished) sees the worker's processes too and decides the run's outcome.
+        return
     factory = getattr(session.config, "_tmp_path_factory", None)
     if factory is None:
         return
