@@ -7,6 +7,7 @@
   subclassed in a provider's tests with a `mailbox` fixture that drives its fake;
 - `sync_context(provider, credentials)`: the context the core hands a provider, for calling
   it directly; `registered_providers(pm)`: what a plugin registers, checked as the core does;
+- `free_port()`: a loopback port for a server started as a process of its own (`ports`);
 - a pytest plugin (entry point `pytest11: brain`) with the `loopback_only` fixture.
 
 Install brain with its `test` extra to use them (the fakes use `requests`, the Microsoft
@@ -15,7 +16,6 @@ clients' own library).
 
 from __future__ import annotations
 
-import socket
 import time
 from collections.abc import Callable
 from typing import Any
@@ -24,15 +24,9 @@ from brain.mail.access_tokens import TokenProvider
 from brain.mail.engine import QuotaPacer
 from brain.mail.provider import Credentials, MailProvider, SyncContext
 from brain.mail.registry import ProviderRegistry
+from brain.testing.ports import free_port
 
 __all__ = ["free_port", "registered_providers", "sync_context", "wait_until"]
-
-
-def free_port() -> int:
-    """A loopback TCP port that is free right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_until(cond: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05, what: str = "condition") -> Any:
