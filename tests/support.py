@@ -155,7 +155,12 @@ class BrainServer:
         log.close()
         self.starts += 1
         if wait:
-            self.wait_ready(timeout)
+            try:
+                self.wait_ready(timeout)
+            except AssertionError:
+                # Not left running: a `with` block whose start failed never reaches __exit__.
+                self.close()
+                raise
         return self
 
     def log_text(self, *, since_start: bool = False) -> str:
