@@ -49,7 +49,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     factory = getattr(session.config, "_tmp_path_factory", None)
     if factory is None:
         return
-    marker = str(factory.getbasetemp())
+    # With the separator: pytest-4's marker must not match a process of pytest-41.
+    marker = f"{factory.getbasetemp()}{os.sep}"
     deadline = time.monotonic() + 5  # a process told to stop a moment ago may still be exiting
     leftovers = leftover_processes(marker)
     while leftovers and time.monotonic() < deadline:
