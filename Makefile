@@ -32,10 +32,11 @@ venv-test: $(VENV)/.installed-test
 run: venv
 	$(VENV)/bin/brain serve $(ARGS)
 
-# The suite spends most of its time waiting on the processes its tests start (brain, nats-server,
-# dovecot, node), so it runs on more pytest-xdist workers than there are cores. Each test file runs
-# whole on one worker (--dist loadfile), so a module's shared server starts once.
-TEST_WORKERS ?= 4
+# The suite runs on pytest-xdist workers, one per core of CI's machine; more would overlap more of
+# the time tests spend waiting on the processes they start, at the price of more CPU contention for
+# the tests that time things. Each test file runs whole on one worker (--dist loadfile), so a
+# module's shared server starts once.
+TEST_WORKERS ?= 2
 
 ## make test: set up (with test extras) and run the whole suite (TEST_WORKERS=0: in one process)
 test: venv-test
