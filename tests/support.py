@@ -157,8 +157,9 @@ class BrainServer:
         if wait:
             try:
                 self.wait_ready(timeout)
-            except AssertionError:
-                # Not left running: a `with` block whose start failed never reaches __exit__.
+            except BaseException:
+                # A server that never became ready (a slow machine, a bad config) must not outlive
+                # the test: a `with` block or a fixture whose start failed never reaches its close().
                 self.close()
                 raise
         return self
@@ -223,12 +224,7 @@ class BrainServer:
         self._reap_nats()
 
     def __enter__(self) -> BrainServer:
-        try:
-            return self.start()
-        except BaseException:
-            # A server that never became ready (a slow machine, a bad config) must not outlive the test.
-            self.close()
-            raise
+        return self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.close()
