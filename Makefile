@@ -9,10 +9,12 @@ EDITABLES := -e . $(foreach d,$(PLUGIN_DIRS),-e $(d))
 .PHONY: run test venv venv-test clean bench bench-quick soak
 
 # A venv with the core and the bundled plugins; re-run pip only when a setup.cfg changes.
+# The packages build with the venv's own setuptools and wheel (pyproject.toml's build requirements):
+# without --no-build-isolation, pip fetches them again into a fresh environment for each package.
 define make_venv
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q $(1)
+	$(PY) -m pip install -q --upgrade pip setuptools wheel
+	$(PY) -m pip install -q --no-build-isolation $(1)
 endef
 
 $(VENV)/.installed: setup.cfg pyproject.toml $(PLUGINS)
