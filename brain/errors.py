@@ -114,3 +114,14 @@ class ServiceUnavailable(HTTPError):
 
     def __init__(self, message: str, *, retry_after: float = 1.0) -> None:
         super().__init__(message, headers={"Retry-After": str(max(1, int(retry_after + 0.999)))})
+
+
+class AddressRefused(BadRequest):
+    """A host a user named resolves to an address brain may not connect to (`brain.outbound`)."""
+
+    code = "ADDRESS_REFUSED"
+
+    def __init__(self, host: str, reason: str) -> None:
+        super().__init__(f"host {host} resolves to {reason}")
+        self.host = host
+        self.reason = reason

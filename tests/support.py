@@ -64,6 +64,9 @@ def embedded_nats_url(url: str, data_dir: Path) -> str:
     """The embedded nats-server's URL with the credential brain keeps for it (data/nats/credentials)."""
     credential = json.loads((data_dir / "nats" / "credentials").read_text())
     return url.replace("://", f"://{credential['user']}:{credential['password']}@", 1)
+# Every test client is 127.0.0.1 and some write fast: the API's request rate limits are off unless
+# a test is about them (tests/test_api_limits.py).
+NO_API_LIMITS = {"rate_limit_user_per_second": 0, "rate_limit_ip_per_second": 0}
 
 
 class BrainServer:
@@ -92,6 +95,9 @@ class BrainServer:
         for k, v in FAST_ARGON2.items():
             self.config["auth"].setdefault(k, v)
         self.config.setdefault("metrics", {"enabled": False, "token": METRICS_TOKEN})
+        self.config.setdefault("api", {})
+        for k, v in NO_API_LIMITS.items():
+            self.config["api"].setdefault(k, v)
         self.env = dict(env or {})
         # https when the config gives brain a certificate; `ca` is what clients then trust.
         self.scheme = "https" if self.config.get("server", {}).get("tls_cert") else "http"

@@ -17,12 +17,12 @@ from brain.actors.tree import Child, Group
 from brain.auth import keys
 from brain.auth import plugin as auth_plugin
 from brain.auth.cookies import signed_value, unsign
-from brain.auth.origins import TrustedOrigins, origin_of
 from brain.auth import ratelimit
 from brain.auth.ratelimit import SlidingWindow, client_block
 from brain.auth.validation import normalize_email, password_length
 from brain.config import load_settings
 from brain.errors import BadRequest
+from brain.origins import TrustedOrigins, origin_of
 from brain.runtime import Runtime
 from tests.support import FAST_ARGON2, wait_until
 

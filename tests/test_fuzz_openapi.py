@@ -31,6 +31,7 @@ from tests.test_mail_server import mail_config
 from tests.test_reliability_helpers import User, wait_api_ready
 
 EXAMPLES = 12
+STREAM_PATH = "/events/stream"
 
 
 def mail_plugins(gmail: FakeGmail, microsoft: FakeMicrosoft) -> dict[str, Any]:
@@ -84,9 +85,12 @@ def fuzz(server: BrainServer, *, examples: int, derandomize: bool = True) -> lis
         protected = not on_auth_role and op.definition.raw.get("security", None) != []
         credential = (spare if op.path.endswith("/sign-out") else alice.token) if on_auth_role else alice.jwt
         name = f"{op.method.upper()} {op.path}"
-        r = case.call(session=http, headers={"Authorization": f"Bearer {credential}"}, timeout=15)
-        if r.status_code >= 500:
-            problems.append(f"{name} -> {r.status_code} {r.text[:200]} for {case.as_curl_command()}")
+        # A stream opened with a good credential does not end (tests/test_stream.py covers its
+        # input); it still gets every check without one.
+        if op.path != STREAM_PATH:
+            r = case.call(session=http, headers={"Authorization": f"Bearer {credential}"}, timeout=15)
+            if r.status_code >= 500:
+                problems.append(f"{name} -> {r.status_code} {r.text[:200]} for {case.as_curl_command()}")
         if not protected:
             return
         for bad in [None, *bad_tokens]:

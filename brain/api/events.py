@@ -17,7 +17,7 @@ import json
 import math
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 import pluggy
@@ -27,6 +27,7 @@ from brain.errors import BadRequest, Forbidden, PayloadTooLarge, PluginError
 TYPE_RE = re.compile(r"[A-Za-z][A-Za-z0-9_-]*(?:\.[A-Za-z0-9_-]+)*")
 MAX_TYPE_LENGTH = 128
 MAX_KEY_LENGTH = 512
+MAX_TYPE_FILTERS = 20
 EVENT_FIELDS = frozenset({"type", "data", "created_at"})
 _TIME_RE = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z")
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
@@ -60,6 +61,55 @@ class StoredEvent(NamedTuple):
         """The public shape as JSON text, reusing the stored data text as it is."""
         # type matched TYPE_RE on the way in (no quote or backslash), created_at is ours.
         return f'{{"id":{self.id},"type":"{self.type}","data":{self.data},"created_at":"{self.created_at}"}}'
+
+
+def commit_seq(event: StoredEvent) -> int:
+    """An event's place in its user's commit order: what a stream's `id:` and a resume point are.
+
+    Every consumer of the commit order (the event stream, webhooks) reads it through this
+    function and through `brain.api.user_store.SEQUENCE`, so the sequence has one definition:
+    today the events table's integer id, which only grows for a user as long as no event is
+    deleted.
+    """
+    return event.id
+
+
+class TypeFilter(NamedTuple):
+    """Which event types a reader wants: exact names and `prefix.*` namespaces (None: every type)."""
+
+    exact: frozenset[str]
+    prefixes: tuple[str, ...]  # each ends with "." ("mail.*" -> "mail.")
+
+    @classmethod
+    def parse(cls, values: Sequence[str], field: str = "type") -> TypeFilter | None:
+        """From query values (repeated, or comma-separated): `note.created`, `mail.*`; `*`: every type."""
+        exact: set[str] = set()
+        prefixes: set[str] = set()
+        for value in values:
+            for item in value.split(","):
+                item = item.strip()
+                if item == "*":
+                    return None
+                if item.endswith(".*"):
+                    prefixes.add(check_type(item[:-2], field) + ".")
+                else:
+                    exact.add(check_type(item, field))
+        if not exact and not prefixes:
+            return None
+        if len(exact) + len(prefixes) > MAX_TYPE_FILTERS:
+            raise BadRequest(f"{field}: at most {MAX_TYPE_FILTERS} types or prefixes")
+        return cls(frozenset(exact), tuple(sorted(prefixes)))
+
+    def matches(self, etype: str) -> bool:
+        """Whether an event of this type passes."""
+        return etype in self.exact or etype.startswith(self.prefixes)
+
+    def sql(self) -> tuple[str, list[str]]:
+        """A WHERE clause on `type` and its arguments (GLOB: case-sensitive, and a type holds no
+        GLOB metacharacter)."""
+        terms = [f"type IN ({','.join('?' * len(self.exact))})"] if self.exact else []
+        terms += ["type GLOB ?"] * len(self.prefixes)
+        return "(" + " OR ".join(terms) + ")", [*sorted(self.exact), *(p + "*" for p in self.prefixes)]
 
 
 # (whole second, "YYYY-MM-DDTHH:MM:SS") of the last now_timestamp(): strftime once a second,

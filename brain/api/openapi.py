@@ -35,10 +35,20 @@ _BEARER_ERRORS = {
         **_error("Missing, malformed, expired or otherwise invalid bearer token"),
         "headers": {"WWW-Authenticate": {"schema": {"type": "string"}, "description": 'Bearer error="invalid_token"'}},
     },
+    "429": {
+        **_error("RATE_LIMITED: too many requests for this user or from this address (api.rate_limit_*)"),
+        "headers": {"Retry-After": {"schema": {"type": "integer"}}},
+    },
     "503": {
         **_error("Signing keys not loaded yet (or too stale), or a store is restarting"),
         "headers": {"Retry-After": {"schema": {"type": "integer"}}},
     },
+}
+_TYPE_FILTER = {
+    "name": "type",
+    "in": "query",
+    "description": "Event types: exact names or `prefix.*`, repeated or comma-separated; `*`: every type",
+    "schema": {"type": "string", "maxLength": 2048},
 }
 
 PATHS: dict[str, dict[str, Any]] = {
@@ -179,11 +189,62 @@ PATHS: dict[str, dict[str, Any]] = {
     },
 }
 
+PATHS["/events/stream"] = {
+    "get": {
+        "operationId": "streamEvents",
+        "summary": "The user's events as they commit, as Server-Sent Events (EventSource)",
+        "description": (
+            "Each event is an SSE message whose `id` is its commit sequence and whose `data` is the event "
+            "as GET /events returns it. `Last-Event-ID` (sent by EventSource when it reconnects) or "
+            "`after` first replays every event committed after that id, then continues live, without a "
+            "gap or a duplicate; without either the stream starts with what commits from now on. A "
+            "comment line is sent after api.stream_heartbeat_seconds without events. The stream ends "
+            "with a named event saying why: `token-expired` (reconnect with a fresh token), `too-slow` "
+            "(the client fell behind by api.stream_buffer_bytes), `revoked`, `shutting-down`, `error`. "
+            "Browsers, whose EventSource cannot send headers, pass a `ticket` from "
+            "POST /events/stream/ticket instead of a bearer token."
+        ),
+        "parameters": [
+            _TYPE_FILTER,
+            {"name": "after", "in": "query", "description": "Replay events committed after this id first",
+             "schema": {"type": "integer", "minimum": 0}},
+            {"name": "Last-Event-ID", "in": "header", "required": False,
+             "description": "As `after`; wins over it (EventSource sends it on reconnect)",
+             "schema": {"type": "integer", "minimum": 0}},
+            {"name": "ticket", "in": "query", "required": False,
+             "description": "A single-use ticket from POST /events/stream/ticket, instead of a bearer token",
+             "schema": {"type": "string", "maxLength": 300}},
+        ],
+        "responses": {
+            "200": {"description": "An event stream", "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+            "400": _error("Invalid parameter; the message names it"),
+            "429": {
+                **_error("TOO_MANY_STREAMS (api.stream_max_per_user open already) or RATE_LIMITED"),
+                "headers": {"Retry-After": {"schema": {"type": "integer"}}},
+            },
+            **{k: v for k, v in _BEARER_ERRORS.items() if k != "429"},
+        },
+    }
+}
+PATHS["/events/stream/ticket"] = {
+    "post": {
+        "operationId": "streamTicket",
+        "summary": "A single-use ticket that opens one event stream (for EventSource, which cannot send headers)",
+        "description": (
+            "Valid for api.stream_ticket_seconds and for one GET /events/stream?ticket=...; the stream "
+            "ends when the credential that asked for the ticket expires."
+        ),
+        "responses": {"201": _json_body(_ref("StreamTicket")), **_BEARER_ERRORS},
+    }
+}
+
 # The event routes also take API keys (brain.apikeys.scope).
 PATHS["/events"] = {
     "post": with_api_keys(PATHS["/events"]["post"], "events:write"),
     "get": with_api_keys(PATHS["/events"]["get"], "events:read"),
 }
+PATHS["/events/stream"]["get"] = with_api_keys(PATHS["/events/stream"]["get"], "events:read")
+PATHS["/events/stream/ticket"]["post"] = with_api_keys(PATHS["/events/stream/ticket"]["post"], "events:read")
 
 SCHEMAS: dict[str, Any] = {
     "NewEvent": {
@@ -220,6 +281,15 @@ SCHEMAS: dict[str, Any] = {
         "properties": {
             "events": {"type": "array", "items": _ref("Event")},
             "next_cursor": {"type": ["string", "null"]},
+        },
+    },
+    "StreamTicket": {
+        "type": "object",
+        "required": ["ticket", "expires_in", "stream"],
+        "properties": {
+            "ticket": {"type": "string"},
+            "expires_in": {"type": "integer", "description": "Seconds"},
+            "stream": {"type": "string", "description": "The path to open with ?ticket="},
         },
     },
     "Me": {

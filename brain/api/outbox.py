@@ -1,8 +1,9 @@
 """Where committed events go after their commit: the Doorbell, and the `event_stored` hooks.
 
 A UserStore rings the doorbell with the events it has just committed (never blocking, never
-failing: the rows are in its outbox anyway); the doorbell hands them to the running EventBus's
-publisher and to the plugins' `event_stored` hooks. It outlives the EventBus's restarts.
+failing: the rows are in its outbox anyway); the doorbell hands them to its listeners (the
+live dispatcher of the event streams, the plugins' `event_stored` hooks) and to the running
+EventBus's publisher. It outlives the EventBus's restarts.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from brain.api.events import StoredEvent
@@ -47,15 +48,16 @@ def event_stored_notifier(pm: Any) -> Callable[[str, list[StoredEvent]], None] |
 class Doorbell:
     """Where stores hand committed events; stable across EventBus restarts (`rt.event_bus`)."""
 
-    def __init__(self, on_stored: Callable[[str, list[StoredEvent]], None] | None = None) -> None:
+    def __init__(self, listeners: Iterable[Callable[[str, list[StoredEvent]], None] | None] = ()) -> None:
         self._publisher: Publisher | None = None
-        self._on_stored = on_stored
+        # Each is told of every commit, in commit order, and must neither block nor raise.
+        self._listeners = tuple(listener for listener in listeners if listener is not None)
         self.nats_url = ""
 
     def notify(self, user_id: str, events: list[StoredEvent]) -> None:
         """Queue committed events for publishing (any thread; never blocks)."""
-        if self._on_stored is not None:
-            self._on_stored(user_id, events)
+        for listener in self._listeners:
+            listener(user_id, events)
         publisher = self._publisher
         if publisher is not None:
             publisher.post(user_id, events)

@@ -7,6 +7,7 @@ Its listener (`api`, every route behind the bearer-token guard), its actors (the
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from collections.abc import Callable
@@ -21,7 +22,10 @@ from brain.api.access import StoreAccess
 from brain.api.bus import EventBus
 from brain.api.events import ReservedTypes
 from brain.api.jwks import JwksCache, jwks_opener
-from brain.api.state import api_key_verifier, doorbell, jwks_state, store_manager, token_verifier
+from brain.api.live import REVOKED
+from brain.api.state import (
+    api_key_verifier, api_limits, cors, dispatcher, doorbell, event_stream, jwks_state, store_manager, token_verifier,
+)
 from brain.backup import BackupFile
 from brain.contracts import AUTHENTICATOR, EVENT_ACCESS, EVENT_SINK
 from brain.deletions import CHILD_ID as DELETIONS
@@ -31,6 +35,7 @@ from brain.plugins import hookimpl
 from brain.process import Process
 from brain.redact import redact_url
 from brain.routes import Components, Listener, Route
+from brain.web import add_route
 
 LISTENER = routes.LISTENER
 # The tiers of the tree this role shares: keys and tokens; data (rest_for_one: a crashed
@@ -117,23 +122,34 @@ def register_routes(rt: Process, listener: str, register: Callable[[Route | Comp
 
 @hookimpl
 def setup_app(rt: Process, listener: str, app: web.Application) -> None:
-    """On shutdown, before the tree stops the stores: flush acknowledgements, reopen no store."""
+    """CORS on every route; the live dispatcher runs with the app; on shutdown, before the tree
+    stops the stores: end the streams, flush acknowledgements, reopen no store."""
     if listener != LISTENER:
         return
     stores = store_manager(rt)
     bell = doorbell(rt)
+    live = dispatcher(rt)
+    policy = cors(rt)
+    app.on_response_prepare.append(policy.add_headers)
+    add_route(app, "OPTIONS", "/{tail:.*}", policy.preflight_handler(app), public=True)
+
+    async def start_dispatching(_app: web.Application) -> None:
+        live.start(asyncio.get_running_loop())
 
     async def stop_activating(_app: web.Application) -> None:
+        live.stop()
         bell.flush()
         stores.closing = True
 
+    app.on_startup.append(start_dispatching)
     app.on_shutdown.append(stop_activating)
 
 
 @hookimpl
 def user_revoked(rt: Process, user_id: str, tokens_valid_until: int) -> None:
-    """Refuse the deleted user's tokens at once."""
+    """Refuse the deleted user's tokens at once, and end their event streams."""
     deletion.revoke(rt, user_id, tokens_valid_until)
+    dispatcher(rt).end_user(user_id, REVOKED)
 
 
 @hookimpl
@@ -162,6 +178,8 @@ def register_health(rt: Process, register: Callable[..., None]) -> None:
     register("jwks", figures=lambda: {**state.stats(), "token_cache": verifier.stats()}, problems=problems)
     register("api_keys", figures=api_key_verifier(rt).stats)
     register("stores", figures=store_manager(rt).stats)
+    register("streams", figures=lambda: {**dispatcher(rt).stats(), "tickets": event_stream(rt).tickets.stats()})
+    register("rate_limits", figures=api_limits(rt).stats)
 
 
 @hookimpl

@@ -2,7 +2,8 @@
 
 Every route of the API listener needs a valid bearer token unless it is registered `public`; a
 route marked `@brain.apikeys.scope(...)` also takes an API key holding that scope
-(brain.api.api_keys).
+(brain.api.api_keys), and one marked `@takes_ticket` a stream ticket (brain.api.tickets). The
+guard also applies the rate limits (brain.api.limits) to every route.
 The API app has no aiohttp middleware: each route's handler is wrapped, as it is added
 (`brain.web.add_route`), in a guard that checks the token and turns every failure into a JSON
 error, and a catch-all route answers what no route matches with a JSON 404 or 405; a
@@ -25,7 +26,7 @@ from multidict import CIMultiDict
 from brain.api import openapi
 from brain.api.api_keys import InsufficientScope
 from brain.api.events import ReservedTypes, check_key, new_event
-from brain.api.state import api_key_verifier, store_manager, token_verifier
+from brain.api.state import api_key_verifier, api_limits, event_stream, store_manager, token_verifier
 from brain.api.user_store import AppendRequest
 from brain.api.verifier import TokenUser
 from brain.apikeys import SCOPE_ATTR, scope
@@ -49,6 +50,7 @@ from brain.web import (
 USER_KEY = cast("web.RequestKey[TokenUser]", CALLER_KEY)
 LISTENER = "api"
 X_API_KEY = "x-api-key"
+TICKET_ATTR = "brain_takes_ticket"
 MAX_IDEMPOTENCY_KEY = 200
 # Response headers of the JSON routes, copied per response (aiohttp copies whatever it is
 # given; from a CIMultiDict that is one C call, and no Content-Type to parse or set).
@@ -58,16 +60,23 @@ _SPACED_OFFSET = re.compile(r"(.*T\d\d:\d\d(?::\d\d(?:\.\d+)?)?) (\d\d:?\d\d)")
 
 
 def guard(rt: Process) -> Guard:
-    """The API listener's guard: the caller's JWT or API key first (unless public), every failure as JSON."""
+    """The API listener's guard: rate limits, the caller's JWT, API key or stream ticket (unless
+    public), every failure as JSON."""
     authenticate = token_verifier(rt).authenticate
     api_keys = api_key_verifier(rt)
     bearer_key, cached_key, look_up_key = api_keys.bearer_key, api_keys.cached, api_keys.authenticate
+    limits = api_limits(rt)
+    check_ip = limits.check_ip if limits.ip is not None else None
+    check_user = limits.check_user if limits.user is not None else None
+    redeem_ticket = event_stream(rt).tickets.redeem
 
     def wrap(handler: Handler, public: bool) -> Handler:
         if public:
 
             async def guarded(request: web.Request) -> web.StreamResponse:
                 try:
+                    if check_ip is not None:
+                        check_ip(request)
                     return await handler(request)
                 except Exception as exc:  # noqa: BLE001 - sorted out (or re-raised) by failure_response
                     return failure_response(request, exc)
@@ -75,9 +84,12 @@ def guard(rt: Process) -> Guard:
         else:
             takes_keys = hasattr(handler, SCOPE_ATTR)
             needed = getattr(handler, SCOPE_ATTR, "") or None
+            takes_tickets = getattr(handler, TICKET_ATTR, False)
 
             async def guarded(request: web.Request) -> web.StreamResponse:
                 try:
+                    if check_ip is not None:
+                        check_ip(request)
                     headers = request.headers
                     authorization = headers.get(hdrs.AUTHORIZATION)
                     # A JWT has dots, an API key none: the common case costs one `in` here. A
@@ -86,13 +98,19 @@ def guard(rt: Process) -> Guard:
                         key = None
                     else:
                         key = bearer_key(authorization) or headers.get(X_API_KEY)
-                    if key is None:
+                    if takes_tickets and "ticket" in request.query:
+                        if authorization is not None or key is not None:
+                            raise BadRequest("ticket: send either a ticket or credentials, not both")
+                        request[USER_KEY] = redeem_ticket(request.query["ticket"])
+                    elif key is None:
                         request[USER_KEY] = authenticate(authorization)
                     else:
                         user = cached_key(key) or await look_up_key(key)
                         if not takes_keys or (needed is not None and needed not in user.scopes):
                             raise InsufficientScope(needed if takes_keys else None)
                         request[USER_KEY] = user
+                    if check_user is not None:
+                        check_user(request[USER_KEY].id)
                     return await handler(request)
                 except Exception as exc:  # noqa: BLE001 - sorted out (or re-raised) by failure_response
                     return failure_response(request, exc)
@@ -104,6 +122,12 @@ def guard(rt: Process) -> Guard:
     return wrap
 
 
+def takes_ticket(handler: Handler) -> Handler:
+    """Mark a route that also accepts `?ticket=` from POST /events/stream/ticket (the event stream)."""
+    setattr(handler, TICKET_ATTR, True)
+    return handler
+
+
 def finish_routes(app: web.Application) -> None:
     """Add the catch-all (JSON 404/405) last; refuse a route that is not guarded."""
     unguarded = [
@@ -113,7 +137,11 @@ def finish_routes(app: web.Application) -> None:
     ]
     if unguarded:
         raise RuntimeError(f"API routes added without the token guard (use brain.web.add_route): {unguarded}")
-    resources = list(app.router.resources())
+    # Not the catch-alls added before this one (the CORS preflight's): they take every path.
+    resources = [
+        resource for resource in app.router.resources()
+        if not all(getattr(route.handler, UNMATCHED_ATTR, False) for route in resource)
+    ]
 
     async def unmatched(request: web.Request) -> web.StreamResponse:
         # Only requests no route took come here: which methods would the path have taken?
@@ -239,6 +267,17 @@ def routes(rt: Process) -> list[Route | Components]:
         )
         return web.Response(body=text.encode(), headers=_JSON_NO_STORE)
 
+    live = event_stream(rt)
+
+    @scope("events:read")
+    @takes_ticket
+    async def stream_events(request: web.Request) -> web.StreamResponse:
+        return await live.serve(request, request[USER_KEY])
+
+    @scope("events:read")
+    async def stream_ticket(request: web.Request) -> web.Response:
+        return json_response(live.issue_ticket(request[USER_KEY]), status=201, headers={"Cache-Control": "no-store"})
+
     paths = openapi.PATHS
     components = {"schemas": openapi.SCHEMAS, "securitySchemes": openapi.SECURITY_SCHEMES}
     return [
@@ -247,6 +286,8 @@ def routes(rt: Process) -> list[Route | Components]:
         Route("GET", "/me", me, paths["/me"]["get"]),
         Route("POST", "/events", post_events, paths["/events"]["post"]),
         Route("GET", "/events", get_events, paths["/events"]["get"]),
+        Route("GET", "/events/stream", stream_events, paths["/events/stream"]["get"]),
+        Route("POST", "/events/stream/ticket", stream_ticket, paths["/events/stream/ticket"]["post"]),
     ]
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from brain.config import Section, Settings
 from brain.errors import ConfigError
+from brain.origins import origin_of
 from brain.plugins import hookimpl
 from brain.sections import require_positive
 
@@ -43,6 +44,28 @@ class ApiSettings:
     # may serve before the key is looked up again (the bound if a revocation message is lost).
     api_key_cache_size: int = 10_000
     api_key_cache_seconds: float = 300.0
+    # GET /events/stream (brain.api.stream): a comment line after this long without an event,
+    # so proxies and clients see a live connection.
+    stream_heartbeat_seconds: float = 15.0
+    # Events committed but not yet written to one stream, in bytes of event data; past it a live
+    # stream's client is too slow and is cut off (it resumes with Last-Event-ID).
+    stream_buffer_bytes: int = 1_048_576
+    # A client that accepts no bytes of a write for this long is disconnected.
+    stream_write_timeout_seconds: float = 30.0
+    stream_max_per_user: int = 16
+    stream_max: int = 10_000
+    # How long a ticket from POST /events/stream/ticket may wait to be used (once).
+    stream_ticket_seconds: float = 60.0
+    # CORS for browser apps (brain.api.cors): the origins allowed to call the API. Empty: the
+    # auth role's (its public URL and auth.trusted_origins). "*": any origin, without credentials.
+    cors: bool = True
+    cors_origins: tuple[str, ...] = ()
+    # Requests per second (sustained, and the burst above it) per user and per client address;
+    # 0 turns a limit off. Over a limit: 429 with Retry-After.
+    rate_limit_user_per_second: float = 200.0
+    rate_limit_user_burst: int = 1000
+    rate_limit_ip_per_second: float = 1000.0
+    rate_limit_ip_burst: int = 2000
 
 
 def expected_issuer(settings: Settings) -> str:
@@ -75,8 +98,23 @@ def validate(s: Settings) -> None:
             "api.jwks_refetch_min_interval": s.api.jwks_refetch_min_interval,
             "api.jwks_max_staleness_seconds": s.api.jwks_max_staleness_seconds,
             "api.jwks_fetch_timeout": s.api.jwks_fetch_timeout,
+            "api.stream_heartbeat_seconds": s.api.stream_heartbeat_seconds,
+            "api.stream_buffer_bytes": s.api.stream_buffer_bytes,
+            "api.stream_write_timeout_seconds": s.api.stream_write_timeout_seconds,
+            "api.stream_max_per_user": s.api.stream_max_per_user,
+            "api.stream_max": s.api.stream_max,
+            "api.stream_ticket_seconds": s.api.stream_ticket_seconds,
         }
     )
+    for key in ("rate_limit_user_per_second", "rate_limit_user_burst", "rate_limit_ip_per_second", "rate_limit_ip_burst"):
+        if getattr(s.api, key) < 0:
+            raise ConfigError(f"api.{key}: must be 0 (off) or positive")
+    for kind in ("user", "ip"):
+        if getattr(s.api, f"rate_limit_{kind}_per_second") > 0 and getattr(s.api, f"rate_limit_{kind}_burst") < 1:
+            raise ConfigError(f"api.rate_limit_{kind}_burst: must be at least 1 when the limit is on")
+    for origin in s.api.cors_origins:
+        if origin != "*" and "*" not in origin and origin_of(origin) is None:
+            raise ConfigError(f"api.cors_origins: {origin[:80]!r} is not an origin such as https://app.example.com")
     if s.api.events_page_default > s.api.events_page_max:
         raise ConfigError("api.events_page_default: must not exceed api.events_page_max")
     for alg in s.api.algorithms:

@@ -2,27 +2,40 @@
 
 Each is created on first use and lives as long as the process, across restarts of the actors
 that work with it: the JWKS state (the JwksCache actor publishes key snapshots on it), the
-token verifier, the outbox doorbell (the EventBus attaches to it) and the store manager.
+token verifier, the outbox doorbell (the EventBus attaches to it), the store manager, the live
+dispatcher and stream tickets of the event streams, the rate limits and the CORS policy.
 """
 
 from __future__ import annotations
 
 from brain.api.api_keys import ApiKeyVerifier, HttpDirectory, control_checker
+from brain.api.cors import Cors
 from brain.api.jwks import JwksState, jwks_opener
+from brain.api.limits import ApiLimits
+from brain.api.live import Dispatcher
 from brain.api.outbox import Doorbell, event_stored_notifier
 from brain.api.settings import expected_issuer, jwks_url
 from brain.api.store_manager import StoreManager
+from brain.api.stream import EventStream
+from brain.api.tickets import StreamTickets
 from brain.api.verifier import TokenVerifier
 from brain.apikeys import api_key_hub
 from brain.process import Process
 from brain.stash import StashKey
 
-__all__ = ["api_key_verifier", "doorbell", "jwks_state", "store_manager", "token_verifier"]
+__all__ = [
+    "api_key_verifier", "api_limits", "cors", "dispatcher", "doorbell", "event_stream", "jwks_state", "store_manager",
+    "token_verifier",
+]
 
 _JWKS: StashKey[JwksState] = StashKey("brain.api.jwks")
 _VERIFIER: StashKey[TokenVerifier] = StashKey("brain.api.token_verifier")
 _DOORBELL: StashKey[Doorbell] = StashKey("brain.api.doorbell")
 _STORES: StashKey[StoreManager] = StashKey("brain.api.store_manager")
+_DISPATCHER: StashKey[Dispatcher] = StashKey("brain.api.dispatcher")
+_STREAM: StashKey[EventStream] = StashKey("brain.api.event_stream")
+_LIMITS: StashKey[ApiLimits] = StashKey("brain.api.limits")
+_CORS: StashKey[Cors] = StashKey("brain.api.cors")
 
 
 def jwks_state(rt: Process) -> JwksState:
@@ -77,9 +90,40 @@ def api_key_verifier(rt: Process) -> ApiKeyVerifier:
 
 def doorbell(rt: Process) -> Doorbell:
     """Where the stores hand committed events to the EventBus (stable across its restarts)."""
-    return rt.stash.setdefault(_DOORBELL, lambda: Doorbell(event_stored_notifier(rt.pm)))
+    return rt.stash.setdefault(_DOORBELL, lambda: Doorbell((dispatcher(rt).post, event_stored_notifier(rt.pm))))
 
 
 def store_manager(rt: Process) -> StoreManager:
     """The process's StoreManager: every user store is reached through it."""
     return rt.stash.setdefault(_STORES, lambda: StoreManager(rt, doorbell(rt)))
+
+
+def dispatcher(rt: Process) -> Dispatcher:
+    """The process's live dispatcher: committed events to the open event streams."""
+    api = rt.settings.api
+    return rt.stash.setdefault(
+        _DISPATCHER, lambda: Dispatcher(max_streams=api.stream_max, max_per_user=api.stream_max_per_user)
+    )
+
+
+def event_stream(rt: Process) -> EventStream:
+    """GET /events/stream's state: stores, dispatcher, tickets (refused for deleted users)."""
+
+    def create() -> EventStream:
+        verifier = token_verifier(rt)
+        tickets = StreamTickets(
+            rt.secret, ttl=rt.settings.api.stream_ticket_seconds, is_revoked=lambda user_id: user_id in verifier.revoked
+        )
+        return EventStream(rt.settings, store_manager(rt), dispatcher(rt), tickets)
+
+    return rt.stash.setdefault(_STREAM, create)
+
+
+def api_limits(rt: Process) -> ApiLimits:
+    """The process's request rate limits (per user, per client address)."""
+    return rt.stash.setdefault(_LIMITS, lambda: ApiLimits(rt.settings.api, rt.settings.server.trusted_proxies))
+
+
+def cors(rt: Process) -> Cors:
+    """The API listener's CORS policy."""
+    return rt.stash.setdefault(_CORS, lambda: Cors.from_settings(rt.settings))

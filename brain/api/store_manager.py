@@ -27,11 +27,15 @@ from typing import Any
 import pykka
 
 from brain.actors.supervisor import ChildAlreadyStarted, ChildSpec, ChildStartError
-from brain.api.events import CursorSigner, NewEvent, StoredEvent, check_type, new_event, parse_time
+from brain.api.events import (
+    CursorSigner, NewEvent, StoredEvent, TypeFilter, check_type, commit_seq, new_event, parse_time,
+)
 from brain.api.user_store import (
+    HEAD,
     Ack,
     AppendMany,
     AppendRequest,
+    Changes,
     Outbox,
     OutboxBatch,
     Query,
@@ -118,7 +122,25 @@ class StoreManager:
         limit = q.limit - 1
         return rows[:limit], self._next_cursor(user_id, rows, limit)
 
+    async def changes(self, user_id: str, after: int, types: TypeFilter | None, limit: int) -> list[StoredEvent]:
+        """Events committed after `after` (the commit sequence), oldest first, at most `limit`."""
+        self._check_user(user_id)
+        rows: list[StoredEvent] = await self._submit(user_id, Changes(after, types, limit))
+        return rows
+
     # -- public API: threads (actors) ---------------------------------------------------------
+
+    def changes_from_thread(self, user_id: str, after: int, limit: int, timeout: float = 30) -> list[dict[str, Any]]:
+        """`changes` for callers on other threads (every type), each event with its `seq`."""
+        self._not_on_loop()
+        rows = self._ask_blocking(user_id, Changes(after, None, limit), timeout)
+        return [{**row.as_dict(), "seq": commit_seq(row)} for row in rows]
+
+    def head_from_thread(self, user_id: str, timeout: float = 30) -> int:
+        """The commit sequence of the user's last event (0: none yet)."""
+        self._not_on_loop()
+        head: int = self._ask_blocking(user_id, HEAD, timeout)
+        return head
 
     def append_from_thread(
         self,
@@ -272,7 +294,7 @@ class StoreManager:
 
     # -- internals: the event-loop path ---------------------------------------------------------
 
-    async def _submit(self, user_id: str, message: AppendRequest | Query) -> Any:
+    async def _submit(self, user_id: str, message: AppendRequest | Query | Changes) -> Any:
         """Hand a request to the user's store (see brain.api.user_store's StoreInbox) and await it."""
         loop = asyncio.get_running_loop()
         for _ in range(_ATTEMPTS):

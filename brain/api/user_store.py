@@ -44,7 +44,7 @@ from pykka._envelope import Envelope
 
 from brain.actors.base import BrainActor, Link
 from brain.actors.bridge import settle_threadsafe
-from brain.api.events import NewEvent, StoredEvent, now_timestamp
+from brain.api.events import NewEvent, StoredEvent, TypeFilter, now_timestamp
 from brain.errors import Unprocessable
 from brain.ids import is_valid_user_id
 
@@ -129,6 +129,22 @@ class Query(NamedTuple):
     limit: int
 
 
+class Changes(NamedTuple):
+    """Events committed after `after` in commit order (`SEQUENCE`), optionally by type."""
+
+    after: int
+    types: TypeFilter | None
+    limit: int
+
+
+# The column that orders a user's commits (see brain.api.events.commit_seq, which reads it back).
+SEQUENCE = "id"
+# Thread asks only: the last commit's sequence (0: none yet).
+HEAD = "head"
+# What the loop submits that only reads: each is answered on its own, between commits.
+_READS = (Query, Changes)
+
+
 class OutboxBatch(NamedTuple):
     """Up to `limit` unpublished events with ids above `after`, oldest first."""
 
@@ -170,7 +186,7 @@ class StoreInbox(queue.SimpleQueue):  # type: ignore[type-arg]
         self._announced = False
         self._closed = False
 
-    def submit(self, message: AppendRequest | Query, fut: asyncio.Future[Any]) -> bool:
+    def submit(self, message: AppendRequest | Query | Changes, fut: asyncio.Future[Any]) -> bool:
         """Queue a request (any thread); True if the store must now be told to look.
 
         Raises StoreClosed if the store has stopped taking requests. Once this returns, `fut`
@@ -214,7 +230,7 @@ def _yield_to_the_loop() -> None:
         pass
 
 
-def submit(ref: pykka.ActorRef[Any], message: AppendRequest | Query, fut: asyncio.Future[Any]) -> None:
+def submit(ref: pykka.ActorRef[Any], message: AppendRequest | Query | Changes, fut: asyncio.Future[Any]) -> None:
     """Queue a request for a store (from the event loop) and wake the store if it must look.
 
     Raises StoreClosed if the store stopped taking requests; otherwise `fut` is settled later,
@@ -334,9 +350,13 @@ class UserStore(BrainActor):
         if isinstance(message, AppendMany):
             self.last_used = time.monotonic()
             return self._append(message.requests)
-        if isinstance(message, Query):
+        if isinstance(message, _READS):
             self.last_used = time.monotonic()
-            return self._query(message)
+            return self._read(message)
+        if message == HEAD:
+            self.last_used = time.monotonic()
+            assert self.db is not None
+            return self.db.execute(f"SELECT coalesce(max({SEQUENCE}), 0) FROM events").fetchone()[0]
         if isinstance(message, Ack):
             self.acks.extend(message.ids)
             self._flush_acks()
@@ -368,13 +388,13 @@ class UserStore(BrainActor):
         try:
             while done < len(submitted):
                 end = done + 1
-                if not isinstance(submitted[done][0], Query):
-                    while end < len(submitted) and not isinstance(submitted[end][0], Query):
+                if not isinstance(submitted[done][0], _READS):
+                    while end < len(submitted) and not isinstance(submitted[end][0], _READS):
                         end += 1
                 batch = submitted[done:end]
                 try:
-                    if end - done == 1 and isinstance(batch[0][0], Query):
-                        results: list[Any] = [self._query(batch[0][0])]
+                    if end - done == 1 and isinstance(batch[0][0], _READS):
+                        results: list[Any] = [self._read(batch[0][0])]
                     else:
                         results = self._commit([request for request, _ in batch], fresh)
                 except Exception as exc:  # noqa: BLE001 - as an ask: the callers get it, the store lives on
@@ -493,6 +513,21 @@ class UserStore(BrainActor):
         if request.match and fresh and len(fresh) != len(out):
             raise IdempotencyMismatch("Idempotency-Key was already used for a different batch")
         return out, fresh
+
+    def _read(self, message: Query | Changes) -> list[StoredEvent]:
+        return self._query(message) if isinstance(message, Query) else self._changes(message)
+
+    def _changes(self, c: Changes) -> list[StoredEvent]:
+        assert self.db is not None
+        sql = f"SELECT id, type, data, created_at FROM events WHERE {SEQUENCE} > ?"
+        args: list[Any] = [c.after]
+        if c.types is not None:
+            clause, type_args = c.types.sql()
+            sql += f" AND {clause}"
+            args.extend(type_args)
+        sql += f" ORDER BY {SEQUENCE} LIMIT ?"
+        args.append(c.limit)
+        return [StoredEvent._make(row) for row in self.db.execute(sql, args)]
 
     def _query(self, q: Query) -> list[StoredEvent]:
         db = self.db

@@ -21,7 +21,7 @@ from brain.auth.context import context_for
 from brain.auth.control import ControlServer
 from brain.auth.deletion import account_deletions
 from brain.auth.issuer import AuthIssuer
-from brain.auth.origins import TrustedOrigins, make_origin_middleware
+from brain.auth.origins import make_origin_middleware
 from brain.auth.passkey_routes import PasskeyRoutes
 from brain.auth.profile_routes import ProfileRoutes
 from brain.auth.routes import AuthRoutes
@@ -33,6 +33,7 @@ from brain.backup import BackupFile
 from brain.apikeys import api_key_hub
 from brain.contracts import DELETION_SOURCE
 from brain.nats_embedded import CHILD_ID as NATS
+from brain.origins import TrustedOrigins
 from brain.plugins import hookimpl
 from brain.process import Process
 from brain.routes import Listener, Route

@@ -18,12 +18,12 @@ from brain.auth.db import Session, User, iso, now_ms
 from brain.auth.emails import AuthMail
 from brain.auth.issuer import EmailTaken
 from brain.auth.openapi import COMPONENTS, SIGN_IN_PATHS
-from brain.auth.origins import TrustedOrigins
 from brain.auth.ratelimit import client_block
 from brain.auth.settings import jwt_issuer
 from brain.auth.validation import SignUp, parse_sign_in, parse_sign_up
 from brain.errors import BadRequest, Forbidden, ServiceUnavailable, TooManyRequests, Unauthorized
 from brain.ids import new_id
+from brain.origins import TrustedOrigins
 from brain.process import Process
 from brain.routes import Route
 from brain.web import Handler, client_ip, json_response, read_json
