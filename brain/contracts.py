@@ -13,11 +13,12 @@ but the provider's. A key that is not set means no plugin offers the service in 
 | `DELETION_SOURCE` | `DeletionSource` | the auth role (auth.db) | the core's deletion relay |
 | `EVENT_ACCESS` | `EventAccess` | the API role (its user stores) | the MCP door (brain.agents) |
 | `MAIL_ACCOUNTS` | `MailAccounts` | mail sync (mail.db) | the MCP door (brain.agents) |
+| `COMMIT_LOG` | `CommitLog` | the API role (its stores' commit order) | webhooks |
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
@@ -25,12 +26,14 @@ from brain.stash import StashKey
 
 __all__ = [
     "AUTHENTICATOR",
+    "COMMIT_LOG",
     "DELETION_SOURCE",
     "EVENT_ACCESS",
     "EVENT_SINK",
     "MAIL_ACCOUNTS",
     "BearerAuthenticator",
     "Caller",
+    "CommitLog",
     "DeletionSource",
     "EventAccess",
     "EventPage",
@@ -115,6 +118,25 @@ class MailAccounts(Protocol):
         """Every account of the user as GET /mail/status shows it (blocking: call from a worker thread)."""
 
 
+class CommitLog(Protocol):
+    """Each user's events in commit order, and a word after every commit.
+
+    Events are dicts as the API returns them plus `seq`, their place in the user's commit order
+    (what `after` counts in): it only grows, so a reader that remembers the last `seq` it
+    handled never misses an event and never needs one twice.
+    """
+
+    def listen(self, listener: Callable[[str, int], None]) -> None:
+        """Call `listener(user_id, last_seq)` after every commit in this process, from the committing
+        thread: it must neither block nor raise. Register in `setup_process`."""
+
+    def changes_from_thread(self, user_id: str, after: int, limit: int, timeout: float = 30) -> list[dict[str, Any]]:
+        """At most `limit` events of the user with `seq` above `after`, oldest first (blocking)."""
+
+    def head_from_thread(self, user_id: str, timeout: float = 30) -> int:
+        """The `seq` of the user's last event, 0 if none (blocking)."""
+
+
 @dataclass(frozen=True)
 class UserDeleted:
     """An account deletion: who, when (epoch ms), and until when their tokens could verify (ms)."""
@@ -139,3 +161,4 @@ AUTHENTICATOR: StashKey[BearerAuthenticator] = StashKey("brain.contracts.authent
 DELETION_SOURCE: StashKey[DeletionSource] = StashKey("brain.contracts.deletion_source")
 EVENT_ACCESS: StashKey[EventAccess] = StashKey("brain.contracts.event_access")
 MAIL_ACCOUNTS: StashKey[MailAccounts] = StashKey("brain.contracts.mail_accounts")
+COMMIT_LOG: StashKey[CommitLog] = StashKey("brain.contracts.commit_log")

@@ -26,7 +26,7 @@ from brain.runtime import collect_listeners
 from tests.test_plugins import hookspec_functions
 
 REPO = Path(__file__).resolve().parent.parent
-ROLES = {"auth", "api", "mail", "agents"}
+ROLES = {"auth", "api", "mail", "agents", "webhooks"}
 MAX_LOCAL_IMPORTS = 5
 
 

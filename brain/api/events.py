@@ -17,17 +17,15 @@ import json
 import math
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 import pluggy
 
 from brain.errors import BadRequest, Forbidden, PayloadTooLarge, PluginError
+from brain.event_types import TYPE_RE, TypeFilter, check_type
 
-TYPE_RE = re.compile(r"[A-Za-z][A-Za-z0-9_-]*(?:\.[A-Za-z0-9_-]+)*")
-MAX_TYPE_LENGTH = 128
 MAX_KEY_LENGTH = 512
-MAX_TYPE_FILTERS = 20
 EVENT_FIELDS = frozenset({"type", "data", "created_at"})
 _TIME_RE = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z")
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
@@ -72,44 +70,6 @@ def commit_seq(event: StoredEvent) -> int:
     deleted.
     """
     return event.id
-
-
-class TypeFilter(NamedTuple):
-    """Which event types a reader wants: exact names and `prefix.*` namespaces (None: every type)."""
-
-    exact: frozenset[str]
-    prefixes: tuple[str, ...]  # each ends with "." ("mail.*" -> "mail.")
-
-    @classmethod
-    def parse(cls, values: Sequence[str], field: str = "type") -> TypeFilter | None:
-        """From query values (repeated, or comma-separated): `note.created`, `mail.*`; `*`: every type."""
-        exact: set[str] = set()
-        prefixes: set[str] = set()
-        for value in values:
-            for item in value.split(","):
-                item = item.strip()
-                if item == "*":
-                    return None
-                if item.endswith(".*"):
-                    prefixes.add(check_type(item[:-2], field) + ".")
-                else:
-                    exact.add(check_type(item, field))
-        if not exact and not prefixes:
-            return None
-        if len(exact) + len(prefixes) > MAX_TYPE_FILTERS:
-            raise BadRequest(f"{field}: at most {MAX_TYPE_FILTERS} types or prefixes")
-        return cls(frozenset(exact), tuple(sorted(prefixes)))
-
-    def matches(self, etype: str) -> bool:
-        """Whether an event of this type passes."""
-        return etype in self.exact or etype.startswith(self.prefixes)
-
-    def sql(self) -> tuple[str, list[str]]:
-        """A WHERE clause on `type` and its arguments (GLOB: case-sensitive, and a type holds no
-        GLOB metacharacter)."""
-        terms = [f"type IN ({','.join('?' * len(self.exact))})"] if self.exact else []
-        terms += ["type GLOB ?"] * len(self.prefixes)
-        return "(" + " OR ".join(terms) + ")", [*sorted(self.exact), *(p + "*" for p in self.prefixes)]
 
 
 # (whole second, "YYYY-MM-DDTHH:MM:SS") of the last now_timestamp(): strftime once a second,
@@ -162,17 +122,6 @@ def parse_time(value: Any, field: str) -> str:
         return format_time(moment)
     except (OverflowError, ValueError):
         raise BadRequest(f"{field}: out of range") from None
-
-
-def check_type(value: Any, field: str = "type") -> str:
-    """A valid event type, or BadRequest naming the field."""
-    if not isinstance(value, str) or not value:
-        raise BadRequest(f"{field}: required, a dotted name such as 'note.created'")
-    if len(value) > MAX_TYPE_LENGTH:
-        raise BadRequest(f"{field}: longer than {MAX_TYPE_LENGTH} characters")
-    if not TYPE_RE.fullmatch(value):
-        raise BadRequest(f"{field}: must be dotted name tokens of letters, digits, '_' or '-', got {value[:60]!r}")
-    return value
 
 
 def check_key(value: Any, field: str = "key") -> str:

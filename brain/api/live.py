@@ -31,8 +31,9 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from brain.actors import bridge
-from brain.api.events import StoredEvent, TypeFilter
+from brain.api.events import StoredEvent
 from brain.errors import TooManyRequests
+from brain.event_types import TypeFilter
 
 log = logging.getLogger("brain.api.live")
 

@@ -54,6 +54,10 @@ class Doorbell:
         self._listeners = tuple(listener for listener in listeners if listener is not None)
         self.nats_url = ""
 
+    def listen(self, listener: Callable[[str, list[StoredEvent]], None]) -> None:
+        """Tell `listener` of every commit from now on (set up before the stores open)."""
+        self._listeners = (*self._listeners, listener)
+
     def notify(self, user_id: str, events: list[StoredEvent]) -> None:
         """Queue committed events for publishing (any thread; never blocks)."""
         for listener in self._listeners:

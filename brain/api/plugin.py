@@ -20,6 +20,7 @@ from brain.actors.tree import Child, Group
 from brain.api import deletion, metrics, routes
 from brain.api.access import StoreAccess
 from brain.api.bus import EventBus
+from brain.api.commit_log import CommitLog
 from brain.api.events import ReservedTypes
 from brain.api.jwks import JwksCache, jwks_opener
 from brain.api.live import REVOKED
@@ -27,7 +28,7 @@ from brain.api.state import (
     api_key_verifier, api_limits, cors, dispatcher, doorbell, event_stream, jwks_state, store_manager, token_verifier,
 )
 from brain.backup import BackupFile
-from brain.contracts import AUTHENTICATOR, EVENT_ACCESS, EVENT_SINK
+from brain.contracts import AUTHENTICATOR, COMMIT_LOG, EVENT_ACCESS, EVENT_SINK
 from brain.deletions import CHILD_ID as DELETIONS
 from brain.nats_auth import process_connect_options
 from brain.nats_embedded import CHILD_ID as NATS
@@ -57,10 +58,11 @@ def register_listeners(settings: Any, register: Callable[[Listener], None]) -> N
 
 @hookimpl
 def setup_process(rt: Process) -> None:
-    """Offer the stores as the event sink and as event access for other doors, and the JWT check
-    (refusing deleted users) as the authenticator."""
+    """Offer the stores as the event sink, as event access for other doors and as the commit log,
+    and the JWT check (refusing deleted users) as the authenticator."""
     rt.stash.set(EVENT_SINK, store_manager(rt))
     rt.stash.set(EVENT_ACCESS, StoreAccess(store_manager(rt), ReservedTypes.from_plugins(rt.pm), rt.settings.api))
+    rt.stash.set(COMMIT_LOG, CommitLog(store_manager(rt), doorbell(rt)))
     deletion.revoked_users(rt)
     rt.stash.set(AUTHENTICATOR, token_verifier(rt))
 

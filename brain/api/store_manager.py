@@ -27,9 +27,7 @@ from typing import Any
 import pykka
 
 from brain.actors.supervisor import ChildAlreadyStarted, ChildSpec, ChildStartError
-from brain.api.events import (
-    CursorSigner, NewEvent, StoredEvent, TypeFilter, check_type, commit_seq, new_event, parse_time,
-)
+from brain.api.events import CursorSigner, NewEvent, StoredEvent, commit_seq, new_event, parse_time
 from brain.api.user_store import (
     HEAD,
     Ack,
@@ -46,6 +44,7 @@ from brain.api.user_store import (
     submit,
 )
 from brain.errors import BadRequest, ServiceUnavailable, Unauthorized
+from brain.event_types import TypeFilter, check_type
 from brain.ids import is_valid_user_id
 from brain.process import Process
 

@@ -34,12 +34,13 @@ from typing import Any
 from aiohttp import web
 from aiohttp.client_exceptions import ClientConnectionResetError
 
-from brain.api.events import StoredEvent, TypeFilter, commit_seq
+from brain.api.events import StoredEvent, commit_seq
 from brain.api.live import Dispatcher, Subscription
 from brain.api.store_manager import StoreManager
 from brain.api.tickets import StreamTickets
 from brain.api.verifier import TokenUser
 from brain.errors import BadRequest, HTTPError
+from brain.event_types import TypeFilter
 
 log = logging.getLogger("brain.api.stream")
 

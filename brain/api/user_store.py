@@ -44,8 +44,9 @@ from pykka._envelope import Envelope
 
 from brain.actors.base import BrainActor, Link
 from brain.actors.bridge import settle_threadsafe
-from brain.api.events import NewEvent, StoredEvent, TypeFilter, now_timestamp
+from brain.api.events import NewEvent, StoredEvent, now_timestamp
 from brain.errors import Unprocessable
+from brain.event_types import TypeFilter
 from brain.ids import is_valid_user_id
 
 log = logging.getLogger("brain.api.user_store")

@@ -11,46 +11,37 @@ import base64
 import hashlib
 import hmac
 import json
-import os
 import secrets
 import time
 from typing import Any
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from brain import sealing
 
 __all__ = ["CredentialBox", "InvalidState", "StateSigner", "derive_key", "pkce_challenge"]
 
-_NONCE_BYTES = 12
-_VERSION = b"\x01"
+_SALT = b"brain.mail"
 
 
 def derive_key(secret: bytes, purpose: str, length: int = 32) -> bytes:
-    """A key for one purpose, derived from the server secret (HKDF-SHA256)."""
-    return HKDF(algorithm=hashes.SHA256(), length=length, salt=b"brain.mail", info=purpose.encode()).derive(secret)
+    """A key for one purpose of mail sync, derived from the server secret (HKDF-SHA256)."""
+    return sealing.derive_key(secret, purpose, salt=_SALT, length=length)
 
 
 class CredentialBox:
     """AES-256-GCM for credentials; the account id is bound in as associated data."""
 
     def __init__(self, secret: bytes) -> None:
-        self._aead = AESGCM(derive_key(secret, "mail credentials v1"))
+        self._box = sealing.SealedBox(secret, "mail credentials v1", salt=_SALT)
 
     def seal(self, plaintext: bytes, *, account_id: str) -> bytes:
         """Encrypt; a blob copied to another account's row will not open."""
-        nonce = os.urandom(_NONCE_BYTES)
-        return _VERSION + nonce + self._aead.encrypt(nonce, plaintext, account_id.encode())
+        return self._box.seal(plaintext, bound_to=account_id)
 
     def open(self, blob: bytes, *, account_id: str) -> bytes:
         """Decrypt; ValueError when the blob was tampered with or sealed with another secret."""
-        if not blob or blob[:1] != _VERSION:
-            raise ValueError("unknown credential format")
-        nonce, ciphertext = blob[1 : 1 + _NONCE_BYTES], blob[1 + _NONCE_BYTES :]
         try:
-            return self._aead.decrypt(nonce, ciphertext, account_id.encode())
-        except InvalidTag:
+            return self._box.open(blob, bound_to=account_id)
+        except ValueError:
             raise ValueError("credentials cannot be decrypted (tampered, or another server secret)") from None
 
 

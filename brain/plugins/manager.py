@@ -36,8 +36,9 @@ CORE = Manifest(
     hooks=("brain.nats_embedded", "brain.metrics", "brain.deletions", "brain.backup"),
     commands="brain.backup",
 )
-# The roles, registered in this order after the core and before any entry-point plugin.
-BUILTIN_PLUGINS: tuple[str, ...] = ("brain.auth", "brain.api", "brain.mail", "brain.agents")
+# The roles and the built-in features on top of them, registered in this order after the core and
+# before any entry-point plugin.
+BUILTIN_PLUGINS: tuple[str, ...] = ("brain.auth", "brain.api", "brain.mail", "brain.agents", "brain.webhooks")
 
 
 class PluginManager(pluggy.PluginManager):

@@ -1,0 +1,131 @@
+"""The OpenAPI description of the webhook routes (brain.webhooks.routes carries them)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from brain.apikeys import with_api_keys
+from brain.openapi import error as _error
+from brain.openapi import json_body as _json_body
+from brain.openapi import ref as _ref
+
+_ERRORS = {
+    "401": _error("Missing or invalid bearer token"),
+    "429": _error("RATE_LIMITED"),
+    "503": _error("Webhooks are starting or restarting"),
+}
+_ID = {"name": "id", "in": "path", "required": True, "schema": {"type": "string", "maxLength": 64}}
+
+PATHS: dict[str, dict[str, Any]] = {
+    "/webhooks": {
+        "post": with_api_keys({
+            "operationId": "createWebhook",
+            "summary": "Register a URL that gets a signed copy of each of the caller's events from now on",
+            "description": (
+                "Deliveries are POSTs of {type, timestamp, data} (data: the event as GET /events shows it) "
+                "with Standard Webhooks headers: webhook-id (the same on every retry), webhook-timestamp, "
+                "webhook-signature `v1,<base64 HMAC-SHA256 of '{id}.{timestamp}.{body}'>` keyed with the "
+                "bytes of the secret after `whsec_`. A 2xx answer is a delivery; anything else is retried "
+                "with exponential backoff; an endpoint failing for webhooks.disable_after_days is disabled "
+                "and a `webhook.disabled` event says so. The URL must resolve to public addresses unless "
+                "the operator allows its network."
+            ),
+            "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("NewWebhook")}}},
+            "responses": {
+                "201": _json_body(_ref("WebhookWithSecret")),
+                "400": _error("Invalid field, or a URL brain may not deliver to (ADDRESS_REFUSED); the message names it"),
+                "422": _error("TOO_MANY_WEBHOOKS: webhooks.max_per_user reached"),
+                **_ERRORS,
+            },
+        }, "events:read"),
+        "get": with_api_keys({
+            "operationId": "listWebhooks",
+            "summary": "The caller's webhooks",
+            "responses": {"200": _json_body({"type": "object", "required": ["webhooks"], "properties": {
+                "webhooks": {"type": "array", "items": _ref("Webhook")}}}), **_ERRORS},
+        }, "events:read"),
+    },
+    "/webhooks/{id}": {
+        "get": with_api_keys({
+            "operationId": "getWebhook",
+            "summary": "One of the caller's webhooks",
+            "parameters": [_ID],
+            "responses": {"200": _json_body(_ref("Webhook")), "404": _error("No such webhook of the caller's"), **_ERRORS},
+        }, "events:read"),
+        "delete": with_api_keys({
+            "operationId": "deleteWebhook",
+            "summary": "Delete one of the caller's webhooks, with its pending deliveries",
+            "parameters": [_ID],
+            "responses": {"204": {"description": "Deleted"}, "404": _error("No such webhook of the caller's"), **_ERRORS},
+        }, "events:read"),
+    },
+    "/webhooks/{id}/deliveries": {
+        "get": with_api_keys({
+            "operationId": "listWebhookDeliveries",
+            "summary": "A webhook's newest deliveries, each with its last attempts",
+            "parameters": [
+                _ID,
+                {"name": "status", "in": "query", "schema": {"type": "string", "enum": ["pending", "delivered", "failed"]}},
+                {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 100}},
+            ],
+            "responses": {
+                "200": _json_body({"type": "object", "required": ["deliveries"], "properties": {
+                    "deliveries": {"type": "array", "items": _ref("WebhookDelivery")}}}),
+                "400": _error("Invalid parameter"),
+                "404": _error("No such webhook of the caller's"),
+                **_ERRORS,
+            },
+        }, "events:read"),
+    },
+}
+
+_WEBHOOK_PROPERTIES: dict[str, Any] = {
+    "id": {"type": "string"},
+    "url": {"type": "string"},
+    "types": {"type": "array", "items": {"type": "string"}, "description": "[] = every type"},
+    "state": {"type": "string", "enum": ["active", "disabled"]},
+    "created_at": {"type": "string", "format": "date-time"},
+    "failing_since": {"type": ["string", "null"], "format": "date-time"},
+    "disabled_at": {"type": ["string", "null"], "format": "date-time"},
+    "disabled_reason": {"type": ["string", "null"]},
+}
+SCHEMAS: dict[str, Any] = {
+    "NewWebhook": {
+        "type": "object",
+        "required": ["url"],
+        "additionalProperties": False,
+        "properties": {
+            "url": {"type": "string", "format": "uri", "maxLength": 2048},
+            "types": {"type": "array", "items": {"type": "string"},
+                      "description": "Exact event types or `prefix.*`; missing or [] = every type"},
+            "secret": {"type": "string", "description": "whsec_ + base64 of 24-64 bytes; default: a new one"},
+        },
+    },
+    "Webhook": {"type": "object", "required": ["id", "url", "types", "state"], "properties": _WEBHOOK_PROPERTIES},
+    "WebhookWithSecret": {
+        "type": "object",
+        "required": ["id", "url", "types", "state", "secret"],
+        "properties": {**_WEBHOOK_PROPERTIES, "secret": {"type": "string", "description": "Shown this once"}},
+    },
+    "WebhookDelivery": {
+        "type": "object",
+        "required": ["id", "event_id", "status", "attempts"],
+        "properties": {
+            "id": {"type": "string", "description": "The webhook-id header of every attempt"},
+            "event_id": {"type": "integer"},
+            "event_type": {"type": "string"},
+            "status": {"type": "string", "enum": ["pending", "delivered", "failed"]},
+            "attempts": {"type": "integer"},
+            "created_at": {"type": "string", "format": "date-time"},
+            "finished_at": {"type": ["string", "null"], "format": "date-time"},
+            "last_status": {"type": ["integer", "null"]},
+            "last_error": {"type": ["string", "null"]},
+            "attempt_log": {"type": "array", "items": {"type": "object", "properties": {
+                "at": {"type": "string", "format": "date-time"},
+                "status": {"type": ["integer", "null"]},
+                "error": {"type": ["string", "null"]},
+                "duration_ms": {"type": "number"},
+            }}},
+        },
+    },
+}

@@ -1,0 +1,130 @@
+"""What webhooks keep per process (in the stash): who has endpoints, and how to reach the queue and the sender.
+
+The DeliveryQueue and the WebhookSender attach themselves here as they start (and again after
+a restart), so the commit listener, the routes and the hooks always reach the live ones
+without asking the supervisor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import pykka
+
+from brain.actors import bridge
+from brain.errors import ServiceUnavailable
+from brain.outbound import Network, allowed_networks
+from brain.process import Process
+from brain.sealing import SealedBox
+from brain.stash import StashKey
+
+_STATE: StashKey[Webhooks] = StashKey("brain.webhooks")
+
+
+class Poke:
+    """A user committed events: queue their deliveries (told to the DeliveryQueue)."""
+
+    __slots__ = ("user_id",)
+
+    def __init__(self, user_id: str) -> None:
+        self.user_id = user_id
+
+
+class Webhooks:
+    """The process's webhooks (see the module docstring)."""
+
+    def __init__(self, settings: Any, secret: bytes) -> None:
+        self.settings = settings.webhooks
+        self.data_path = settings.data_path
+        self.allowed: tuple[Network, ...] = allowed_networks(self.settings.allowed_networks,
+                                                             field="webhooks.allowed_networks")
+        self.box = SealedBox(secret, "webhook secrets v1", salt=b"brain.webhooks")
+        # Users with an active endpoint; replaced whole, read from the stores' threads.
+        self.users: frozenset[str] = frozenset()
+        self._queue: pykka.ActorRef[Any] | None = None
+        self._queue_proxy: Any = None
+        self._pending: set[str] = set()
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wake: Callable[[], None] | None = None
+        self.queued = 0
+        self.delivered = 0
+        self.failed_attempts = 0
+        self.disabled = 0
+        self.in_flight = 0
+
+    # -- the queue -------------------------------------------------------------------------------
+
+    def attach_queue(self, ref: pykka.ActorRef[Any], users: set[str]) -> None:
+        """The DeliveryQueue (re)started: reach it from now on."""
+        with self._lock:
+            self._queue, self._queue_proxy = ref, ref.proxy()
+            self._pending.clear()
+        self.users = frozenset(users)
+
+    def queue(self) -> Any:
+        """A proxy of the running DeliveryQueue; 503 while there is none."""
+        ref = self._queue
+        if ref is None or not ref.is_alive():
+            raise ServiceUnavailable("webhooks are starting or restarting; try again")
+        return self._queue_proxy
+
+    def tell_queue(self, message: Any) -> None:
+        """Tell the running DeliveryQueue; ServiceUnavailable while there is none."""
+        ref = self._queue
+        if ref is None:
+            raise ServiceUnavailable("webhooks are starting or restarting")
+        ref.tell(message)
+
+    def committed(self, user_id: str, _seq: int) -> None:
+        """The commit log's listener (a store's thread): a user with endpoints committed."""
+        if user_id in self.users:
+            self.poke(user_id)
+
+    def poke(self, user_id: str) -> None:
+        """Have the queue read the user's new commits (once, however many commits arrive meanwhile)."""
+        with self._lock:
+            ref = self._queue
+            if ref is None or user_id in self._pending:
+                return
+            self._pending.add(user_id)
+        try:
+            ref.tell(Poke(user_id))
+        except pykka.ActorDeadError:
+            pass  # the next queue reads every user with endpoints as it starts
+
+    def taken(self, user_id: str) -> None:
+        """The queue starts reading a user: commits from now on poke again."""
+        with self._lock:
+            self._pending.discard(user_id)
+
+    # -- the sender ------------------------------------------------------------------------------
+
+    def attach_sender(self, loop: asyncio.AbstractEventLoop, wake: Callable[[], None]) -> None:
+        """The WebhookSender (re)started on this loop; `wake` makes it look for due deliveries."""
+        self._loop, self._wake = loop, wake
+
+    def wake_sender(self) -> None:
+        """Deliveries were queued (any thread)."""
+        loop, wake = self._loop, self._wake
+        if loop is not None and wake is not None:
+            bridge.call_soon_threadsafe(loop, wake)
+
+    def stats(self) -> dict[str, Any]:
+        """Figures for /health (counted since the process started)."""
+        return {
+            "users_with_endpoints": len(self.users),
+            "queued": self.queued,
+            "delivered": self.delivered,
+            "failed_attempts": self.failed_attempts,
+            "endpoints_disabled": self.disabled,
+            "in_flight": self.in_flight,
+        }
+
+
+def webhooks(rt: Process) -> Webhooks:
+    """The process's Webhooks."""
+    return rt.stash.setdefault(_STATE, lambda: Webhooks(rt.settings, rt.secret))
