@@ -14,7 +14,7 @@ from aiohttp import web
 
 from brain.actors.supervisor import ChildSpec
 from brain.actors.tree import Child, Group
-from brain.auth import api_keys
+from brain.auth import api_keys, examples
 from brain.auth.account_routes import AccountRoutes
 from brain.auth.api_key_routes import ApiKeyRoutes
 from brain.auth.context import context_for
@@ -106,7 +106,7 @@ def register_backup(register: Callable[[BackupFile], None]) -> None:
 @hookimpl
 def register_routes(rt: Process, listener: str, register: Callable[[Route], None]) -> None:
     """Sign-up, sign-in, sessions, keys; verification, reset, profile changes and deletion;
-    session management, two-factor, API keys; social sign-in; passkeys."""
+    session management, two-factor, API keys; social sign-in; passkeys; in dev mode, the example app."""
     if listener != LISTENER:
         return
     routes, social = _handlers(rt)
@@ -115,6 +115,8 @@ def register_routes(rt: Process, listener: str, register: Callable[[Route], None
                       ApiKeyRoutes(routes), social, PasskeyRoutes(routes)):
         for route in endpoints.routes():
             register(route)
+    for route in examples.routes(rt):
+        register(route)
 
 
 @hookimpl
