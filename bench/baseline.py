@@ -12,6 +12,12 @@
   `call_soon_threadsafe` (`/floor/thread/{user}`), as brain's stores do, and nothing else (no
   token, no validation, no outbox, no JetStream).
 
+- The same server always serves a bare event stream too: `GET /bare/stream` holds one
+  Server-Sent Events response per `Authorization` value, and `POST /bare/events` stamps a
+  `created_at`, gives the event an id and writes it to that value's streams at once. No token,
+  no store, no commit: the floor of "a client posts, another process reads it from a stream"
+  on this machine right now, beside brain's commit -> delivered (`bench.live`).
+
 A brain figure divided by its baseline from the same run cancels out much of the machine's noise.
 """
 
@@ -51,11 +57,54 @@ async def handle_post(request: web.Request) -> web.Response:
     return web.Response(status=201, body=body.encode(), content_type="application/json")
 
 
+BARE_STREAM_PATH = "/bare/stream"
+BARE_EVENTS_PATH = "/bare/events"
+
+
+class _BareStreams:
+    """The bare event stream: what a POST carries, written at once to the poster's open streams."""
+
+    def __init__(self) -> None:
+        self.streams: dict[str, set[web.StreamResponse]] = {}
+        self.next_id = 0
+
+    async def stream(self, request: web.Request) -> web.StreamResponse:
+        key = request.headers.get("Authorization", "")
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store"})
+        await response.prepare(request)
+        await response.write(b": stream open\n\n")
+        self.streams.setdefault(key, set()).add(response)
+        try:
+            while request.transport is not None and not request.transport.is_closing():
+                await asyncio.sleep(0.5)  # until the client goes
+        finally:
+            self.streams.get(key, set()).discard(response)
+        return response
+
+    async def post(self, request: web.Request) -> web.Response:
+        doc = await request.json()
+        seconds, micros = divmod(time.time_ns() // 1000, 1_000_000)
+        created_at = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{micros:06d}Z"
+        self.next_id += 1
+        event = {"id": self.next_id, "type": doc.get("type"), "data": doc.get("data"), "created_at": created_at}
+        text = json.dumps(event, separators=(",", ":"))
+        frame = f"id: {self.next_id}\ndata: {text}\n\n".encode()
+        for response in list(self.streams.get(request.headers.get("Authorization", ""), ())):
+            try:
+                await response.write(frame)
+            except ConnectionError:
+                self.streams[request.headers.get("Authorization", "")].discard(response)
+        return web.Response(status=201, body=text.encode(), content_type="application/json")
+
+
 def make_app(floor_dir: str | None = None) -> web.Application:
     """The baseline application (with the floor routes when given a directory for their databases)."""
     app = web.Application()
     app.router.add_get(GET_PATH, handle_get)
     app.router.add_post(POST_PATH, handle_post)
+    bare = _BareStreams()
+    app.router.add_get(BARE_STREAM_PATH, bare.stream)
+    app.router.add_post(BARE_EVENTS_PATH, bare.post)
     if floor_dir:
         floor = _Floor(floor_dir)
         app.router.add_post("/floor/inline/{user}", floor.inline)

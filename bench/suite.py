@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import ingest, jetstream, jwt_inprocess, latency, mail_convert, scale
-from bench.baseline import GET_PATH, POST_PATH
+from bench import ingest, jetstream, jwt_inprocess, latency, live, mail_convert, scale
+from bench.baseline import BARE_EVENTS_PATH, BARE_STREAM_PATH, GET_PATH, POST_PATH
 from bench.client import KeepAliveClient
 from bench.load import Req, wrk_available
 from bench.report import Figure, Target, latency_figure, not_measured, rate_figure
@@ -64,6 +64,10 @@ class Plan:
     scale_max_seconds: float  # activation stops here even if not every user had its turn
     convert_messages: int  # raw messages converted to the mail model per timed pass
     convert_repeats: int
+    live_streams: int  # concurrent event streams on one process
+    live_rate: float  # events/s spread over the streams' users
+    live_seconds: float
+    live_post_seconds: float  # each POST /events run with and without the idle streams
 
 
 FULL = Plan(
@@ -71,12 +75,14 @@ FULL = Plan(
     connections=64, repeats=3, seconds=8, warmup_seconds=2, signin_repeats=3, signin_seconds=6,
     stream_events=500, ingest_messages=5000, ingest_max_seconds=120, scale_users=10_000, scale_max_open=None, scale_max_seconds=900,
     convert_messages=1000, convert_repeats=5,
+    live_streams=1000, live_rate=500.0, live_seconds=20.0, live_post_seconds=8.0,
 )
 QUICK = Plan(
     name="quick", jwt_samples=5000, latency_samples=200, latency_warmup=20, users=64, signup_samples=20, signin_samples=20,
     connections=64, repeats=3, seconds=1, warmup_seconds=0, signin_repeats=1, signin_seconds=1,
     stream_events=60, ingest_messages=1000, ingest_max_seconds=3, scale_users=100, scale_max_open=32, scale_max_seconds=10,
     convert_messages=200, convert_repeats=3,
+    live_streams=200, live_rate=100.0, live_seconds=3.0, live_post_seconds=1.0,
 )
 
 # Every figure a run reports, in table order: (key, label, unit).
@@ -102,6 +108,8 @@ CATALOGUE: list[tuple[str, str, str]] = [
     ("ingest.bodies", "mail ingest with bodies (20 KiB HTML), instant provider", "msg/s"),
     ("ingest.gmail", "mail ingest, Gmail client vs fake Gmail (initial sync)", "msg/s"),
     (mail_convert.KEY, mail_convert.LABEL, "msg/s"),
+    ("live.latency", "live stream: commit -> delivered, {streams} streams, {rate} events/s", "ms"),
+    ("live.post.rps", "POST /events, {conns} conns, {streams} idle streams open", "req/s"),
     ("scale.cold_new", "scale: first request of a new user's store", "ms"),
     ("scale.cold_reopen", "scale: first request, evicted store reopened", "ms"),
     ("scale.fds", "scale: open fds, peak minus idle", "fds"),
@@ -135,6 +143,10 @@ def targets(max_open_stores: int) -> list[Target]:
         Target("events.post.rps", ">=", 0.5, field="ratio", text=">= 0.5x bare POST"),
         Target("ingest.rate", ">=", 2000.0, text=">= 2,000 msg/s"),
         Target("ingest.bodies", ">=", 1000.0, text=">= 1,000 msg/s"),
+        # Issue 17: the live stream on one process.
+        Target("live.latency", "<=", 5.0, text="p50 <= 5 ms"),
+        Target("live.latency", "<=", 50.0, field="p99", text="p99 <= 50 ms"),
+        Target("live.post.rps", ">=", 0.9, field="ratio", text=">= 0.9x without the streams (alternating runs)"),
         mail_convert.TARGET,
         Target("scale.fds", "<=", fds, text=f"<= {FDS_PER_STORE}x max_open_stores + {FD_SLACK} = {fds}"),
         Target("scale.threads", "<=", threads, text=f"<= max_open_stores + {THREAD_SLACK} = {threads}"),
@@ -161,7 +173,9 @@ class Run:
         self.key_auths: list[str] = []  # `Bearer <API key>` of each user, same order
         self.meta: dict[str, Any] = {}
         self.labels = {
-            key: (label.format(users=plan.users, conns=plan.connections), unit) for key, label, unit in CATALOGUE
+            key: (label.format(users=plan.users, conns=plan.connections, streams=f"{plan.live_streams:,}",
+                               rate=f"{plan.live_rate:g}"), unit)
+            for key, label, unit in CATALOGUE
         }
         self.max_open_stores = self.overrides.get("api", {}).get("max_open_stores") or plan.scale_max_open or _default_max_open_stores()
 
@@ -232,6 +246,8 @@ class Run:
                 self.mail_conversion()
             if self.wanted("http") or self.wanted("stream") or self.wanted("ingest"):
                 self.main_server()
+            if self.wanted("live"):
+                self.live()
             if self.wanted("scale"):
                 self.scale()
         finally:
@@ -507,6 +523,74 @@ class Run:
             fig.note = note + "; connect -> /mail/status complete"
             if not result.complete:
                 fig.note += f"; time cap: rate over the {result.messages} synced by {result.seconds:.1f}s"
+            self.put(fig)
+
+    def live(self) -> None:
+        """1,000 event streams on one process: commit -> delivered, and POST /events beside them."""
+        plan = self.plan
+        keys = ["live.latency", "live.post.rps"]
+        with self.step(keys, f"live: {plan.live_streams} streams on an API-only server"):
+            issuer = _fake_issuer(self.tag)
+            if issuer is None:
+                raise RuntimeError("tests/fakes/issuer.py is needed to mint a thousand users' tokens")
+            fake, mint = issuer
+            try:
+                # Every streaming user writes: their stores all stay open (see bench/live.py).
+                api = {"issuer": fake.issuer, "max_open_stores": plan.live_streams + plan.users + 64}
+                config = self.config(FAST_ARGON2, {"api": api})
+                self.meta["live_config"] = config
+                brain = start_brain(self.workdir / "live", config=config, roles="api",
+                                    env={"AUTH_SERVER_URL": fake.base_url})
+                try:
+                    self._live_figures(brain, mint)
+                finally:
+                    brain.close()
+            finally:
+                fake.stop()
+
+    def _live_figures(self, brain: BrainServer, mint: scale.TokenSource) -> None:
+        plan = self.plan
+        with self.step(["live.latency"], f"live: commit -> delivered, {plan.live_rate:g} events/s, beside the bare stream"):
+            auths = [mint(i) for i in range(plan.live_streams)]
+            _say(f"creating {len(auths)} users' stores (one event each, untimed)")
+            live.create_stores(brain.api_port, auths)
+            with BaselineServer() as base:
+                got = live.measure_delivery(
+                    [live.StreamTarget("brain", brain.api_port, auths),
+                     live.StreamTarget("bare", base.port, auths, BARE_STREAM_PATH, BARE_EVENTS_PATH)],
+                    self.workdir, rate=plan.live_rate, seconds=plan.live_seconds * 2, progress=_say,
+                )
+            mine, bare = got["brain"], got["bare"]
+            if not mine.latencies or not bare.latencies:
+                raise RuntimeError(f"no event arrived (brain: {mine.posted} posted, {mine.post_errors} failed; "
+                                   f"bare: {bare.posted} posted, {bare.post_errors} failed)")
+            fig = self.latency("live.latency", mine.latencies,
+                               note="arrival in a separate holder process minus the event's created_at (brain's clock "
+                                    "as it writes the event); open-loop posts round-robin over the streams' users, "
+                                    "switching between brain and the bare stream every second")
+            floor = latency_figure("bare", "bare", bare.latencies)
+            fig.baseline, fig.baseline_label = floor.value, (
+                "bare aiohttp: POST written at once to the poster's open stream (bench.baseline), same holder and "
+                "poster, alternating seconds; p50")
+            fig.extra.update({
+                "bare p99 ms": round(floor.p99 or 0, 3), "events posted": mine.posted, "post errors": mine.post_errors,
+                "lost": mine.lost, "duplicates": mine.duplicates, "on another user's stream": mine.misrouted,
+                "achieved events/s": round(mine.achieved_rate, 1),
+                "bare lost": bare.lost + bare.post_errors,
+            })
+        if wrk_available() is None:
+            self.miss(["live.post.rps"], "wrk is not installed (apt-get install wrk)")
+            return
+        with self.step(["live.post.rps"], f"live: POST /events with and without {plan.live_streams} idle streams"):
+            runs = live.measure_post_throughput(
+                brain.api_port, mint, self.workdir, posters=plan.users, streams=plan.live_streams,
+                connections=plan.connections, repeats=plan.repeats, seconds=plan.live_post_seconds, progress=_say,
+            )
+            fig = rate_figure(
+                "live.post.rps", *self.labels["live.post.rps"], runs.with_streams, baseline_runs=runs.without,
+                baseline_label=f"the same POST /events without the streams, alternating runs, {plan.users} users",
+            )
+            fig.note = "streams belong to other users than the posters (idle: no event for them)"
             self.put(fig)
 
     def scale(self) -> None:
