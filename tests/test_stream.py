@@ -332,8 +332,9 @@ async def test_a_slow_client_is_cut_off_with_a_last_event_and_resumes_without_lo
 
 async def wait_for_health(http: aiohttp.ClientSession, server: BrainServer, ok: Any, timeout: float = 30) -> Any:
     deadline = time.monotonic() + timeout
+    token = server.config["metrics"]["token"]
     while True:
-        async with http.get(f"{server.api_url}/health") as r:
+        async with http.get(f"{server.api_url}/health", params={"detail": "1"}, headers=bearer(token)) as r:
             body = await r.json()
         if ok(body) or time.monotonic() > deadline:
             assert ok(body), body
