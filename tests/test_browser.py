@@ -5,7 +5,9 @@ so it is a third origin besides the auth role's and the API's. In the browser it
 opens the live stream with a ticket and posts a note; an event posted by a second client shows
 on the page within a second. Then the same page against a brain whose API does not allow that
 origin: sign-in still works (the auth role trusts it), and every API call fails in the browser
-because the CORS headers are missing — CORS is what made the first run work.
+because the CORS headers are missing — CORS is what made the first run work. Last, with JWTs of a
+few seconds, the page follows its stream across several `token-expired` endings while a second
+client writes, and shows every event exactly once.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ CHROMIUM_FLAGS = (
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
 )
+JWT_TTL = 4
 
 
 @pytest.fixture(scope="module")
@@ -133,3 +136,39 @@ def test_without_cors_for_its_origin_the_same_app_cannot_use_the_api(
     assert any(f"{server.api_url}/events" in message for message in blocked), blocked
     assert not any(server.auth_url in message.split(" from origin")[0] for message in blocked), blocked
     assert browser.find_element(By.ID, "compose").get_attribute("hidden") is not None
+
+
+def test_the_app_follows_the_stream_across_its_tokens_expiry_without_a_gap_or_a_duplicate(
+    browser: webdriver.Chrome, page_origin: str, make_server: Any
+) -> None:
+    # JWTs live a few seconds: the page's stream ends with `token-expired` more than once while a
+    # second client keeps writing, and the page (Chromium's own EventSource, its named-event
+    # listener, a fresh JWT from the auth role across origins, a new ticket, `after=`) resumes.
+    server: BrainServer = make_server(
+        config={"auth": {**NO_LIMITS, "trusted_origins": [page_origin], "jwt_ttl_seconds": JWT_TTL}}
+    ).start()
+    email = unique_email("browser")
+    user = new_user(server, email)
+    open_app(browser, page_origin, server, email)
+    WebDriverWait(browser, 15).until(lambda b: status(b).startswith("Live"), message="the stream did not open")
+
+    posted = []
+    until = time.monotonic() + 3 * JWT_TTL
+    while time.monotonic() < until:
+        jwt = requests.get(f"{server.auth_url}/api/auth/token", headers=bearer(user["token"]), timeout=10).json()["token"]
+        for _ in range(10):
+            r = requests.post(f"{server.api_url}/events", json={"type": "note.created", "data": {"text": "tick"}},
+                              headers=bearer(jwt), timeout=10)
+            assert r.status_code == 201, r.text
+            posted.append(r.json()["id"])
+            time.sleep(0.1)
+
+    def shown(b: webdriver.Chrome) -> list[int]:
+        items = b.find_elements(By.CSS_SELECTOR, "#timeline li")
+        return sorted(int(item.get_attribute("id").removeprefix("event-")) for item in items)
+
+    WebDriverWait(browser, 15).until(lambda b: shown(b)[-1:] == posted[-1:], message="the last event never showed")
+    assert shown(browser) == posted, "the page missed or repeated an event across a reconnect"
+    tickets = server.health()["streams"]["tickets"]
+    assert tickets["redeemed"] >= 3, f"the stream was not reopened after each expiry: {tickets}"
+    assert "error" not in browser.find_element(By.ID, "status").get_attribute("class")
