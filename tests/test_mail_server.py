@@ -320,6 +320,32 @@ def test_gmail_oauth_flow_through_the_connect_link_with_pkce(tmp_path: Path, gma
         assert len(alice.accounts()) == 1
 
 
+def test_the_oauth_flow_ends_on_the_apps_own_page_when_one_is_configured(tmp_path: Path, gmail: FakeGmail) -> None:
+    """A browser app on another origin gets its user back, with the outcome, success or not."""
+    gmail.populate(GMAIL_USER, 1)
+    config = mail_config(gmail)
+    config["mail"]["app_redirect_url"] = "https://app.example/settings/mail?tab=accounts"
+    with BrainServer(tmp_path / "brain", config=config) as server:
+        alice = Client(server)
+        flow = alice.post("/mail/connect", {"provider": "gmail"}).json()
+        chrome = browser()
+        back = chrome.get(open_connect_link(chrome, flow["authorize_url"]), allow_redirects=False, timeout=30)
+        assert back.status_code == 302 and back.headers["Location"].startswith(f"{server.api_url}/mail/oauth/callback?")
+        done = chrome.get(back.headers["Location"], allow_redirects=False, timeout=30)
+        assert done.status_code == 302, done.text
+        app = urlsplit(done.headers["Location"])
+        assert (app.scheme, app.netloc, app.path) == ("https", "app.example", "/settings/mail")
+        query = parse_qs(app.query)
+        assert query["tab"] == ["accounts"] and query["status"] == ["connected"] and query["provider"] == ["gmail"]
+        assert list(alice.accounts()) == query["account"]
+        # A refused flow ends on the app's page too, saying why.
+        r = chrome.get(f"{server.api_url}/mail/oauth/callback", params={"state": "x.y", "code": "c"},
+                       allow_redirects=False, timeout=30)
+        refused = urlsplit(r.headers["Location"])
+        assert r.status_code == 302 and refused.netloc == "app.example"
+        assert parse_qs(refused.query)["status"] == ["error"] and parse_qs(refused.query)["code"] == ["INVALID_STATE"]
+
+
 def test_an_authorize_link_finished_in_another_browser_connects_nothing(tmp_path: Path, gmail: FakeGmail) -> None:
     """Mallory starts a flow and has the victim consent: the victim's mailbox is not hers."""
     victim_mailbox, mallory_mailbox = "victim@example.com", "mallory@example.com"
