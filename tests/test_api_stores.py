@@ -155,9 +155,11 @@ def test_database_files_only_under_users(rt: Runtime) -> None:
     data = rt.settings.data_path
     for path in data.rglob("*"):
         rel = path.relative_to(data)
-        # serve.lock: the running server's lock for the admin CLI (brain.datadir).
+        # serve.lock: the running server's lock for the admin CLI (brain.datadir); webhooks.db:
+        # the webhooks plugin's endpoints and delivery queue (brain.webhooks.db).
         assert rel.parts[0] in (
-            "users", "outbox", "nats", "secret.key", "mail.db", "mail.db-wal", "mail.db-shm", "serve.lock"
+            "users", "outbox", "nats", "secret.key", "mail.db", "mail.db-wal", "mail.db-shm", "serve.lock",
+            "webhooks.db", "webhooks.db-wal", "webhooks.db-shm",
         ), rel
         if rel.parts[0] == "users" and path.is_file():
             assert len(rel.parts) == 3 and rel.parts[2].startswith("events.db"), rel
