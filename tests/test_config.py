@@ -60,6 +60,7 @@ def test_unknown_key_is_named(tmp_path: Path) -> None:
         ("[server]\nroles = ['web']\n", "server.roles"),
         ("[log]\naccess_log = 'yes'\n", "log.access_log"),
         ("[server]\ntls_cert = 'a.pem'\n", "server.tls_cert"),
+        ("[mail]\nconvert_workers = -2\n", "mail.convert_workers"),
     ],
 )
 def test_bad_values_are_named(tmp_path: Path, text: str, key: str) -> None:

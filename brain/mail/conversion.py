@@ -4,7 +4,10 @@ process, so its initial sync would otherwise convert at the speed of one core, u
 shared with the store writes and the JetStream publisher beside it.
 
 `ConversionPool` converts in worker processes (`[mail] convert_workers`; 0: in the calling
-thread), started on first use with ``spawn`` (forking a process full of threads is unsafe).
+thread; -1: one per core beyond two), started on first use with ``spawn`` (forking a process
+full of threads is unsafe). On two cores the workers only compete with the server's own threads
+(the store, the publisher, the event loop) and the hop costs more than it saves — `make bench`
+measures it (`--set mail.convert_workers=N`) — so by default they start from three cores on.
 Pages too small to be worth the hop are converted in place. A worker exits when the process
 that started it is gone, even after a kill -9, so none outlives brain.
 """
@@ -38,7 +41,7 @@ class ConversionPool:
     """Worker processes for `SyncContext.convert`; safe to use from many threads."""
 
     def __init__(self, workers: int) -> None:
-        self.workers = workers
+        self.workers = max(0, usable_cores() - 2) if workers < 0 else workers
         self._executor: ProcessPoolExecutor | None = None
         self._lock = threading.Lock()
 
@@ -80,6 +83,13 @@ class ConversionPool:
                     initargs=(os.getpid(),),
                 )
             return self._executor
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity, which a container or taskset narrows)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def _watch_parent(parent: int) -> None:

@@ -46,8 +46,9 @@ class MailSettings:
     # Connects (and OAuth callbacks) of one user in progress at once; more are 429.
     connects_per_user: int = 2
     # Worker processes that convert pages of messages into the message model (CPU-bound: one
-    # account's sync would otherwise convert on one core). 0: convert in the sync's own thread.
-    convert_workers: int = 2
+    # account's sync would otherwise convert on one core). 0: convert in the sync's own thread;
+    # -1: one per core beyond the two the server's own threads keep busy (none on two cores).
+    convert_workers: int = -1
     # Keep each message's HTML (body_html) beside its text; an account may choose otherwise.
     keep_html: bool = False
     # Each text field of a message (body_text, body_text_clean, body_html) is cut at this many
@@ -88,8 +89,8 @@ def validate(s: Settings) -> None:
         url = urlsplit(getattr(s.mail, key))
         if url.geturl() and (url.scheme not in ("http", "https") or not url.netloc):
             raise ConfigError(f"mail.{key}: must be an absolute http or https URL, got {url.geturl()[:80]!r}")
-    if s.mail.convert_workers < 0:
-        raise ConfigError(f"mail.convert_workers: must not be negative, got {s.mail.convert_workers}")
+    if s.mail.convert_workers < -1:
+        raise ConfigError(f"mail.convert_workers: must be -1 (by the cores), 0 or more, got {s.mail.convert_workers}")
     if s.mail.max_text_bytes < 1024:
         raise ConfigError(f"mail.max_text_bytes: must be at least 1024, got {s.mail.max_text_bytes}")
     if s.mail.max_event_bytes < 65_536:

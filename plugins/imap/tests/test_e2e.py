@@ -34,7 +34,7 @@ def dovecot(tmp_path: Path) -> Iterator[Dovecot]:
         yield running
 
 
-def start_brain(tmp_path: Path, dovecot: Dovecot, **imap_settings: Any) -> BrainServer:
+def start_brain(tmp_path: Path, dovecot: Dovecot, *, convert_workers: int = -1, **imap_settings: Any) -> BrainServer:
     env = {
         "BRAIN_PLUGINS__ENABLED": "gmail,outlook,imap",
         "BRAIN_PLUGINS__IMAP__CA_FILE": str(dovecot.ca_path),
@@ -44,7 +44,8 @@ def start_brain(tmp_path: Path, dovecot: Dovecot, **imap_settings: Any) -> Brain
         **{f"BRAIN_PLUGINS__IMAP__{k.upper()}": str(v) for k, v in imap_settings.items()},
     }
     # A long poll interval: anything that shows up quickly came through IDLE (or a retry).
-    config = {"mail": {"sync_interval_seconds": 3600.0, "retry_base_seconds": 0.2, "max_backoff_seconds": 2.0}}
+    config = {"mail": {"sync_interval_seconds": 3600.0, "retry_base_seconds": 0.2, "max_backoff_seconds": 2.0,
+                       "convert_workers": convert_workers}}
     return BrainServer(tmp_path / "brain", env=env, config=config).start()
 
 
@@ -298,13 +299,17 @@ def test_every_folder_synced_and_an_attachment_downloaded_without_marking_read(t
                    folder="Projects/Alpha")
     dovecot.append(ALICE, build_message(subject="Sent one", sender=f"Alice <{ALICE}>"), folder="Sent")
     dovecot.append(ALICE, "junk", folder="Junk")
-    brain = start_brain(tmp_path, dovecot)
+    for i in range(10):  # a page big enough for the conversion workers, whatever the machine's cores
+        dovecot.append(ALICE, build_message(subject=f"filler {i}", html="<p>filler</p>"), folder="Archive")
+    brain = start_brain(tmp_path, dovecot, convert_workers=2)
     try:
         client = Client(brain)
         assert client.post("/mail/connect", connect_body(dovecot)).status_code == 201
         wait_until(lambda: account_state(client)["state"] == "idle", timeout=30, what="initial sync")
         got = {e["data"]["subject"]: e["data"] for e in client.events(RECEIVED)}
-        assert sorted(got) == ["Plan", "Sent one"]
+        assert sorted(got) == ["Plan", "Sent one", *sorted(f"filler {i}" for i in range(10))]
+        assert got["filler 3"]["body_text"] == "filler" and got["filler 3"]["folders"] == ["Archive"]
+        assert "conversion workers failed" not in brain.log_text()  # they took IMAP's pages as they are
         plan = got["Plan"]
         assert plan["folders"] == ["Projects/Alpha"] and got["Sent one"]["direction"] == "sent"
         (attachment,) = plan["attachments"]
