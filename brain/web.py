@@ -107,8 +107,8 @@ async def add_hsts(_request: web.Request, response: web.StreamResponse) -> None:
     response.headers["Strict-Transport-Security"] = HSTS
 
 
-async def read_json(request: web.Request, *, limit: int | None = None) -> Any:
-    """Parse the request body as JSON, refusing oversized and malformed bodies with a 4xx."""
+async def read_body(request: web.Request, *, limit: int | None = None) -> bytes:
+    """The whole request body, at most ``limit`` bytes (413 beyond; 408 if it trickles too slowly)."""
     limit = limit or request.app[MAX_BODY_KEY]
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(f"request body too large ({request.content_length} bytes, limit {limit})")
@@ -124,6 +124,12 @@ async def read_json(request: web.Request, *, limit: int | None = None) -> Any:
                 raw = await _read_body(request, limit)
         except TimeoutError:
             raise HTTPError("request body not received in time", status=408, code="REQUEST_TIMEOUT") from None
+    return raw
+
+
+async def read_json(request: web.Request, *, limit: int | None = None) -> Any:
+    """Parse the request body as JSON, refusing oversized and malformed bodies with a 4xx."""
+    raw = await read_body(request, limit=limit)
     if not raw.strip():
         raise BadRequest("request body is empty; expected JSON")
     ctype = request.content_type

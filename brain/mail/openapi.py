@@ -28,6 +28,8 @@ _REDIRECT = {
     "headers": {"Location": {"schema": {"type": "string", "format": "uri"}}},
 }
 _ACCOUNT_RESPONSE = {"type": "object", "required": ["account"], "properties": {"account": _ref("MailAccount")}}
+# What a provider answers its own servers' notifications with: a few words of plain text.
+_PROVIDER_TEXT = {"text/plain": {"schema": {"type": "string"}}}
 _ACCOUNT_PARAMETER = {"name": "account", "in": "path", "required": True, "schema": {"type": "string"}}
 
 PATHS: dict[str, dict[str, Any]] = {
@@ -239,8 +241,14 @@ PATHS: dict[str, dict[str, Any]] = {
             ],
             "responses": {
                 "200": {
-                    "description": "The content, with its type and file name",
-                    "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+                    "description": "The content, in the attachment's own media type (as the provider gives it)",
+                    "headers": {
+                        "Content-Disposition": {
+                            "schema": {"type": "string"},
+                            "description": "attachment, with the file name (RFC 6266 filename*)",
+                        },
+                    },
+                    "content": {"*/*": {"schema": {"type": "string", "format": "binary"}}},
                 },
                 "404": _json(_ref("Error"), "No such message of the caller (MESSAGE_NOT_FOUND), or the provider "
                              "no longer has it (ATTACHMENT_GONE)"),
@@ -269,9 +277,13 @@ PATHS: dict[str, dict[str, Any]] = {
                 "200": {"description": "Graph's validation handshake: the token", "content": {"text/plain": {"schema": {"type": "string"}}}},
                 "202": {"description": "Taken"},
                 "204": {"description": "Taken (Pub/Sub)"},
-                "400": {"description": "Not a notification of this provider"},
-                "403": {"description": "The push token is wrong"},
-                "404": _json(_ref("Error"), "No such provider"),
+                "400": {"description": "Not a notification of this provider", "content": _PROVIDER_TEXT},
+                "403": {"description": "The push token is wrong", "content": _PROVIDER_TEXT},
+                "404": {
+                    "description": "No such provider (JSON), or one that takes no push notifications (text)",
+                    "content": {**_json(_ref("Error"))["content"], **_PROVIDER_TEXT},
+                },
+                "413": _json(_ref("Error"), "Larger than a notification can be"),
             },
         }
     },

@@ -51,7 +51,7 @@ from brain.mail.service import CALLBACK_PATH, MAIL_SUP, RESULT_PATH, START_PATH,
 from brain.mail.sync import SyncNow
 from brain.process import Process
 from brain.routes import Route, current_user
-from brain.web import json_response, read_json
+from brain.web import json_response, read_body, read_json
 
 __all__ = ["routes"]
 
@@ -333,9 +333,7 @@ def routes(rt: Process, service: MailService) -> list[Route]:
 
     async def push(request: web.Request) -> web.Response:
         name = request.match_info["provider"]
-        body = await request.content.read(_PUSH_MAX_BYTES + 1)
-        if len(body) > _PUSH_MAX_BYTES:
-            raise PayloadTooLarge(f"a push notification is at most {_PUSH_MAX_BYTES} bytes")
+        body = await read_body(request, limit=_PUSH_MAX_BYTES)
         notice = PushRequest(query=dict(request.query), headers=dict(request.headers), body=body)
         reply, accounts = await blocking(lambda: service.push_targets(name, notice))
         for account in accounts:
