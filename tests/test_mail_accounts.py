@@ -140,7 +140,7 @@ def test_attachments_on_demand_capped_cached_and_only_ones_own(tmp_path: Path, g
         again = requests.get(attachment_url(server, message, pdf["id"]), headers=alice.headers, timeout=30)
         assert again.content == PDF and gmail.request_count(f"/gmail/v1/users/me/messages/{message}") == 0
         cache = requests.get(server.api_url + "/mail/status", headers=alice.headers, timeout=10).json()["attachment_cache"]
-        assert cache == {"files": 1, "bytes": len(PDF)}
+        assert cache == {"files": 1, "bytes": len(PDF), "limit_bytes": 1_073_741_824}
         kept = server.data_dir / "users" / alice.user_id / "attachments" / hashlib.sha256(PDF).hexdigest()
         assert kept.read_bytes() == PDF
 
@@ -160,6 +160,40 @@ def test_attachments_on_demand_capped_cached_and_only_ones_own(tmp_path: Path, g
         r = requests.get(attachment_url(server, message, pdf["id"]), headers=bob.headers, timeout=30)
         assert r.status_code == 404 and r.json()["code"] == "MESSAGE_NOT_FOUND"
         assert requests.get(attachment_url(server, message, pdf["id"]), timeout=30).status_code == 401
+
+
+def test_the_attachment_cache_keeps_to_the_users_quota(tmp_path: Path, gmail: FakeGmail) -> None:
+    report = gmail.add_message(GMAIL_USER, subject="Report", attachments=[Part("report.pdf", "application/pdf", PDF)])
+    photo = gmail.add_message(GMAIL_USER, subject="Photo", attachments=[Part("photo.png", "image/png", PNG * 60)])
+    copy = gmail.add_message(GMAIL_USER, subject="Again", attachments=[Part("same.pdf", "application/pdf", PDF)])
+    config = mail_config(gmail)
+    config["mail"].update(cache_attachments=True, attachment_cache_bytes=len(PDF) + len(PNG) * 30)
+    with BrainServer(tmp_path / "brain", config=config) as server:
+        alice = Client(server)
+        account = alice.connect("gmail", gmail.issue_refresh_token(GMAIL_USER))["account"]
+        alice.wait_state(account, "idle")
+        first = {mid: data["attachments"][0]["id"] for mid, data in received(alice).items()}
+
+        def download(message: str) -> bytes:
+            r = requests.get(attachment_url(server, message, first[message]), headers=alice.headers, timeout=30)
+            assert r.status_code == 200, r.text
+            return r.content
+
+        def cache() -> dict[str, int]:
+            return alice.get("/mail/status").json()["attachment_cache"]
+
+        assert download(report) == PDF
+        # Over the quota: served whole all the same, but not kept, so the next time asks Gmail again.
+        assert download(photo) == PNG * 60 and download(photo) == PNG * 60
+        assert gmail.request_count(f"/gmail/v1/users/me/messages/{photo}") >= 2
+        assert cache() == {"files": 1, "bytes": len(PDF), "limit_bytes": len(PDF) + len(PNG) * 30}
+        assert [p.name for p in (server.data_dir / "users" / alice.user_id / "attachments").iterdir()] == [
+            hashlib.sha256(PDF).hexdigest()]
+        # Content already kept takes no more room: the same bytes in another message are kept.
+        assert download(copy) == PDF
+        gmail.clear_requests()
+        assert download(copy) == PDF and gmail.request_count(f"/gmail/v1/users/me/messages/{copy}") == 0
+        assert cache()["files"] == 1
 
 
 def test_disconnect_says_whether_the_grant_was_revoked(tmp_path: Path, gmail: FakeGmail, microsoft: FakeMicrosoft) -> None:

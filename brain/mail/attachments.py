@@ -8,8 +8,9 @@ max_attachment_bytes`): refused up front when the provider says how big, cut off
 
 With `[mail] cache_attachments` a downloaded attachment is kept in the user's directory,
 `data/users/{user}/attachments/{sha256}` (one file per distinct content; the index in mail.db
-says which attachment is which file), served from there the next time, counted in
-`/mail/status` and deleted with the user's directory.
+says which attachment is which file), served from there the next time, counted against the
+user's quota for it (`[mail] attachment_cache_bytes`: what would pass it is served, not kept),
+shown in `/mail/status` and deleted with the user's directory.
 """
 
 from __future__ import annotations
@@ -99,7 +100,7 @@ class Downloads:
     def usage(self, user_id: str) -> dict[str, int]:
         """What the user's attachment cache holds: distinct files and their bytes."""
         files, size = self.service.db.cache_usage(user_id)
-        return {"files": files, "bytes": size}
+        return {"files": files, "bytes": size, "limit_bytes": self.settings.attachment_cache_bytes}
 
     # ---------------------------------------------------------------------------------------
 
@@ -115,6 +116,10 @@ class Downloads:
         if accounts[0].state == "disconnected":
             raise NotFound("the account of this message is disconnected", code="ACCOUNT_DISCONNECTED")
         return accounts[0]
+
+    def _room_for(self, user_id: str, size: int) -> bool:
+        """Whether ``size`` more bytes fit in the user's attachment cache."""
+        return self.service.db.cache_usage(user_id)[1] + size <= self.settings.attachment_cache_bytes
 
     def _directory(self, user_id: str) -> Path:
         if not is_valid_user_id(user_id):
@@ -159,7 +164,11 @@ class Downloads:
                     digest.update(chunk)
                     size += len(chunk)
                     yield chunk
-            os.replace(temp, directory / digest.hexdigest())
+            kept = directory / digest.hexdigest()
+            # Checked once the content is known: the same bytes kept already cost nothing more.
+            if not kept.exists() and not self._room_for(account.user_id, size):
+                return
+            os.replace(temp, kept)
             complete = True
             self.service.db.cache_attachment(
                 account_id=account.id, message_id=message_id, attachment_id=attachment_id, user_id=account.user_id,

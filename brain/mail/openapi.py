@@ -139,7 +139,14 @@ PATHS: dict[str, dict[str, Any]] = {
                             "attachment_cache": {
                                 "type": "object",
                                 "description": "Attachments kept in the caller's directory ([mail] cache_attachments)",
-                                "properties": {"files": {"type": "integer"}, "bytes": {"type": "integer"}},
+                                "properties": {
+                                    "files": {"type": "integer"},
+                                    "bytes": {"type": "integer"},
+                                    "limit_bytes": {
+                                        "type": "integer",
+                                        "description": "The caller's quota for it ([mail] attachment_cache_bytes)",
+                                    },
+                                },
                             },
                         },
                     },

@@ -65,6 +65,9 @@ class MailSettings:
     # Keep downloaded attachments in the user's directory (data/users/{id}/attachments/, by
     # content hash, counted in /mail/status) so a second download does not ask the provider.
     cache_attachments: bool = False
+    # Each user's attachment cache holds at most this many bytes (the user's quota for it): a
+    # download that would take it past this is served as usual but not kept.
+    attachment_cache_bytes: int = 1_073_741_824
 
 
 def validate(s: Settings) -> None:
@@ -83,6 +86,7 @@ def validate(s: Settings) -> None:
             "mail.sync_interval_min_seconds": s.mail.sync_interval_min_seconds,
             "mail.push_poll_seconds": s.mail.push_poll_seconds,
             "mail.max_attachment_bytes": s.mail.max_attachment_bytes,
+            "mail.attachment_cache_bytes": s.mail.attachment_cache_bytes,
         }
     )
     for key in ("redirect_uri", "app_redirect_url", "public_url"):
