@@ -27,6 +27,7 @@ import re
 from mailparser_reply.parser import EmailMessage as ReplyParse
 from mailparser_reply.parser import EmailReply
 from resiliparse.extract.html2text import extract_plain_text
+from resiliparse.parse.html import HTMLTree
 
 __all__ = [
     "clean_text",
@@ -171,8 +172,11 @@ def html_to_text(html: str) -> str:
     if not html.strip():
         return ""
     try:
+        # Given a tree parsed here, resiliparse extracts the same text as from the string, in
+        # less time (`python -m bench.mail_convert`, HTML -> text alone).
         text = extract_plain_text(
-            html, preserve_formatting=True, main_content=False, list_bullets=True, alt_texts=False, links=False
+            HTMLTree.parse(html), preserve_formatting=True, main_content=False, list_bullets=True, alt_texts=False,
+            links=False,
         )
     except Exception:  # noqa: BLE001 - the parser's own errors; retry on text it surely takes
         try:
