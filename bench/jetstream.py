@@ -95,3 +95,18 @@ async def measure(
     stored = [seen[n][0] - committed[n] for n in committed if n in seen]
     delivered = [seen[n][1] - committed[n] for n in committed if n in seen]
     return StreamTimings(stored=stored, delivered=delivered, lost=count - len(stored))
+
+
+def subject_count(*, nats_url: str, stream: str, subject: str) -> int:
+    """How many messages of ``subject`` the stream holds now."""
+    import nats
+
+    async def count() -> int:
+        nc = await nats.connect(nats_url, connect_timeout=5, allow_reconnect=False)
+        try:
+            info = await nc.jetstream().stream_info(stream, subjects_filter=subject)
+            return int((info.state.subjects or {}).get(subject, 0))
+        finally:
+            await nc.close()
+
+    return asyncio.run(count())

@@ -34,6 +34,7 @@ from bench.throughput import Case, argon2_baseline, median_cpu, run_interleaved
 from bench.users import (
     SIGN_IN, User, create_api_keys, event_body, run_tag, seed_events, sign_in_body, sign_up, sign_up_many,
 )
+from brain.sections import NatsSettings
 from tests.support import REPO, BrainServer
 
 MIB = 1024 * 1024
@@ -298,7 +299,7 @@ class Run:
                         if self.wanted("http"):
                             self.http(brain, base)
                         else:
-                            self.users = sign_up_many(brain.auth_port, self.tag, range(2))
+                            self.users = sign_up_many(brain.auth_port, self.tag, range(3))  # one per ingest
                         if self.wanted("stream"):
                             self.stream(brain)
                         if self.wanted("ingest"):
@@ -486,8 +487,6 @@ class Run:
         with self.step(["jetstream.latency"], f"JetStream: {plan.stream_events} events, commit -> stream"):
             if not self.users:
                 raise RuntimeError("no users: sign-up failed")
-            from brain.sections import NatsSettings
-
             url = brain.nats_url()  # the embedded server's, with the credential from the data dir
             nats_defaults = NatsSettings()
             timings = asyncio.run(jetstream.measure(
@@ -510,9 +509,13 @@ class Run:
         with self.step([key], f"mail ingest ({connect_body['provider']}): initial sync of {self.plan.ingest_messages} messages"):
             if not self.users:
                 raise RuntimeError("no users: sign-up failed")
+            owner = self.users[user % len(self.users)]
+            nats_defaults, url = NatsSettings(), brain.nats_url()
+            subject = f"{nats_defaults.subject_prefix}.{owner.id}.mail.message.received"
             result = ingest.measure(
-                brain.api_port, brain.proc.pid, self.users[user % len(self.users)], connect_body,
+                brain.api_port, brain.proc.pid, owner, connect_body,
                 messages=self.plan.ingest_messages, max_seconds=self.plan.ingest_max_seconds,
+                streamed=lambda: jetstream.subject_count(nats_url=url, stream=nats_defaults.stream, subject=subject),
             )
             label, unit = self.labels[key]
             fig = Figure(key=key, label=label, unit=unit, value=result.rate, samples=1)
@@ -520,6 +523,11 @@ class Run:
             fig.extra["seconds"] = round(result.seconds, 2)
             fig.extra["brain CPU/wall"] = round(result.brain_cpu, 2)
             fig.extra["harness CPU/wall"] = round(result.fake_cpu, 2)
+            if result.streamed_rate is not None:
+                fig.extra["all in JetStream after s"] = round(result.streamed_seconds or 0.0, 2)
+                fig.extra["msg/s into JetStream"] = round(result.streamed_rate)
+            else:
+                fig.extra["all in JetStream"] = "not within the time cap"
             fig.note = note + "; connect -> /mail/status complete"
             if not result.complete:
                 fig.note += f"; time cap: rate over the {result.messages} synced by {result.seconds:.1f}s"
