@@ -526,8 +526,8 @@ class Run:
             if result.streamed_rate is not None:
                 fig.extra["all in JetStream after s"] = round(result.streamed_seconds or 0.0, 2)
                 fig.extra["msg/s into JetStream"] = round(result.streamed_rate)
-            else:
-                fig.extra["all in JetStream"] = "not within the time cap"
+            elif result.complete:
+                fig.extra["all in JetStream"] = "not within twice the time cap"
             fig.note = note + "; connect -> /mail/status complete"
             if not result.complete:
                 fig.note += f"; time cap: rate over the {result.messages} synced by {result.seconds:.1f}s"
