@@ -9,9 +9,12 @@ client-plus-aiohttp floor are taken under the same noise.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import NamedTuple
+
+from argon2 import PasswordHasher, Type
 
 from bench.baseline import GET_PATH, POST_PATH
 from bench.client import KeepAliveClient, Shadow, expect, sample_latencies
@@ -54,6 +57,37 @@ def sign_ins(auth_port: int, users: Sequence[User], *, samples: int, warmup: int
         return sample_latencies(
             c, lambda i: raws[i % len(raws)], count=samples, warmup=warmup, statuses=(200,), what="sign-in"
         )
+
+
+# Sign-ins and bare verifications alternate in blocks this long, so outside load falls on both.
+SIGN_IN_BLOCK = 10
+
+
+def sign_ins_beside_argon2(
+    auth_port: int, users: Sequence[User], *, samples: int, memory_kib: int, time_cost: int, parallelism: int
+) -> Paired:
+    """Sign-ins, and argon2id verifications alone at the same parameters in this process, in alternating blocks.
+
+    The verification is the floor of a sign-in: what a sign-in costs beyond it is brain's.
+    """
+    hasher = PasswordHasher(time_cost=time_cost, memory_cost=memory_kib, parallelism=parallelism, type=Type.ID)
+    stored = hasher.hash("bench-password-0123456789")
+    signed: list[float] = []
+    alone: list[float] = []
+    with KeepAliveClient(auth_port) as c:
+        raws = [c.encode("POST", SIGN_IN, body=sign_in_body(u)) for u in users]
+        done = 0
+        while done < samples:
+            block = min(SIGN_IN_BLOCK, samples - done)
+            signed += sample_latencies(
+                c, lambda i: raws[(done + i) % len(raws)], count=block, warmup=0, statuses=(200,), what="sign-in"
+            )
+            for _ in range(block):
+                start = time.perf_counter()
+                hasher.verify(stored, "bench-password-0123456789")
+                alone.append(time.perf_counter() - start)
+            done += block
+    return Paired(signed, alone)
 
 
 @contextmanager

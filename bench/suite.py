@@ -135,7 +135,9 @@ def targets(max_open_stores: int) -> list[Target]:
         Target("events.post.latency", "<=", 1.0, text="p50 <= 1 ms"),
         Target("events.get.latency", "<=", 2.0, text="p50 <= 2 ms"),
         Target("signup.latency", "<=", 50.0, text="p50 <= 50 ms"),
-        Target("signin.latency", "<=", 30.0, text="p50 <= 30 ms"),
+        # Issue 18: the original's 30 ms is below one argon2id verify at OWASP's parameters on
+        # this CPU, so the goal is what a sign-in adds to that verify, measured in the same run.
+        Target("signin.latency", "<=", 5.0, field="beyond argon2id ms", text="p50 within 5 ms of argon2id verify alone"),
         Target("signin.rps", ">=", 1.5, field="cpu_utilisation", text="server CPU/wall >= 1.5 (both cores busy)"),
         Target("me.rps", ">=", 0.8, field="ratio", text=">= 0.8x bare GET"),
         # Issue 18: an API key costs a request no more than a JWT does.
@@ -343,8 +345,19 @@ class Run:
                 "no users: sign-up failed",
             )
         else:
-            with self.step(["signin.latency"], "sign-in, one client"):
-                self.latency("signin.latency", latency.sign_ins(brain.auth_port, self.users, samples=plan.signin_samples))
+            with self.step(["signin.latency"], "sign-in, one client, beside argon2id verify alone"):
+                auth = brain.config["auth"]
+                paired = latency.sign_ins_beside_argon2(
+                    brain.auth_port, self.users, samples=plan.signin_samples, memory_kib=auth["argon2_memory_kib"],
+                    time_cost=auth["argon2_time_cost"], parallelism=auth.get("argon2_parallelism", 1),
+                )
+                fig = self.latency(
+                    "signin.latency", paired.times,
+                    note="argon2id verify alone: same parameters, in the bench's process, blocks alternating with the sign-ins",
+                )
+                alone_p50 = statistics.median(paired.bare) * 1000.0
+                fig.extra["argon2id verify alone p50"] = round(alone_p50, 2)
+                fig.extra["beyond argon2id ms"] = round(fig.value - alone_p50, 2)
             self.api_latencies(brain, base)
         self.throughput(brain, base)
         if self.users:
