@@ -1,13 +1,8 @@
 """Passkeys over HTTP, driven by a software authenticator (tests/fakes/authenticator.py): the
 ceremonies of Better Auth's passkey plugin, and what each refuses.
 
-Still to come, with the console issue's real-browser tests: the same ceremonies from Chromium
-with its virtual authenticator (DevTools protocol `WebAuthn.enable`, then
-`WebAuthn.addVirtualAuthenticator` with protocol "ctap2", transport "internal", hasResidentKey,
-hasUserVerification and isUserVerified true), calling `navigator.credentials.create()/get()` with
-the options brain gives. Chromium refuses an IP address as RP ID, so that server needs
-`server.public_url = "http://localhost:<port>"` (localhost is a secure context over http) or
-`auth.passkey_rp_id = "localhost"`, and the page must be served from a trusted origin.
+The same ceremonies from a real browser (Chromium making the credential and the assertion with
+its virtual authenticator, RP ID `localhost`): tests/test_browser_passkeys.py.
 """
 
 from __future__ import annotations
