@@ -60,6 +60,11 @@ def server(tmp_path_factory: pytest.TempPathFactory, fakes: tuple[FakeGmail, Fak
         yield s
 
 
+# aiohttp's answer to a request line or header over its 8190-byte limit (the fuzzer's long
+# repeated query parameters reach it), given before the request is routed.
+TOO_LONG_TO_PARSE = "Got more than 8190 bytes"
+
+
 def tampered(jwt: str) -> list[str]:
     """Bad tokens built from a good one: another sub under the old signature, alg none, junk."""
     head, payload, sig = jwt.split(".")
@@ -96,6 +101,8 @@ def fuzz(server: BrainServer, *, examples: int, derandomize: bool = True) -> lis
         for bad in [None, *bad_tokens]:
             headers = {} if bad is None else {"Authorization": f"Bearer {bad}"}
             r = case.call(session=http, headers=headers, timeout=15)
+            if r.status_code == 400 and r.text.startswith(TOO_LONG_TO_PARSE):
+                continue  # refused by aiohttp's parser before any route: there was no token check to skip
             challenge = header(r, "WWW-Authenticate")
             if r.status_code != 401 or not challenge.startswith('Bearer error="invalid_token"'):
                 problems.append(f"{name} with token {str(bad)[:20]!r} -> {r.status_code}: skips the token check")

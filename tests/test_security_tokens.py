@@ -56,7 +56,12 @@ def call(server: BrainServer, method: str, path: str, token: str | None) -> requ
     body = BODIES.get((method, path))
     # A path template's parameters ({account}) get a value no one owns: the route must still be reached.
     concrete = re.sub(r"\{[^}/]+\}", "probe", path)
-    return requests.request(method.upper(), server.api_url + concrete, headers=headers, json=body, timeout=10)
+    # Streamed, so that an accepted GET /events/stream (which never ends) answers its status.
+    response = requests.request(method.upper(), server.api_url + concrete, headers=headers, json=body, timeout=10,
+                                stream=True)
+    if response.headers.get("Content-Type", "").startswith("text/event-stream"):
+        response.close()
+    return response
 
 
 def test_every_hostile_token_is_refused_on_every_protected_operation(server: BrainServer, issuer: FakeIssuer) -> None:
