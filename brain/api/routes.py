@@ -98,10 +98,9 @@ def guard(rt: Process) -> Guard:
                         key = None
                     else:
                         key = bearer_key(authorization) or headers.get(X_API_KEY)
-                    if takes_tickets and "ticket" in request.query:
-                        if authorization is not None or key is not None:
-                            raise BadRequest("ticket: send either a ticket or credentials, not both")
-                        request[USER_KEY] = redeem_ticket(request.query["ticket"])
+                    ticket = request.query.get("ticket") if takes_tickets else None
+                    if ticket is not None and authorization is None and key is None:
+                        request[USER_KEY] = redeem_ticket(ticket)
                     elif key is None:
                         request[USER_KEY] = authenticate(authorization)
                     else:
@@ -109,6 +108,9 @@ def guard(rt: Process) -> Guard:
                         if not takes_keys or (needed is not None and needed not in user.scopes):
                             raise InsufficientScope(needed if takes_keys else None)
                         request[USER_KEY] = user
+                    if ticket is not None and (authorization is not None or key is not None):
+                        # After the credentials' check, so a bad token is a 401 here as on every route.
+                        raise BadRequest("ticket: send either a ticket or credentials, not both")
                     if check_user is not None:
                         check_user(request[USER_KEY].id)
                     return await handler(request)
