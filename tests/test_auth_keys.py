@@ -50,7 +50,8 @@ def test_restart_keeps_sessions_jwts_and_keys_and_picks_up_offline_rotation(make
 
 
 def test_rotation_while_running_publishes_before_signing(make_server) -> None:  # type: ignore[no-untyped-def]
-    server = make_server(config={"auth": {**FAST_POLL, "key_publish_delay_seconds": 3.0}}).start()
+    # Long enough for two `brain` CLI starts on a busy two-core machine to fit inside the delay.
+    server = make_server(config={"auth": {**FAST_POLL, "key_publish_delay_seconds": 10.0}}).start()
     body = new_user(server)
     old_jwt = body["jwt"]
     (old_kid,) = kids(server)
@@ -64,7 +65,7 @@ def test_rotation_while_running_publishes_before_signing(make_server) -> None:  
     listing = {k["kid"]: k["state"] for k in json.loads(brain_cli(server, "keys", "list", "--json").stdout)}
     assert listing == {old_kid: "current", new_kid: "pending"}
 
-    wait_until(lambda: token_kid(fresh_jwt(server, body["token"])) == new_kid, timeout=15, what="signing with the new key")
+    wait_until(lambda: token_kid(fresh_jwt(server, body["token"])) == new_kid, timeout=25, what="signing with the new key")
     # The retired key stays published, so tokens it signed still verify.
     assert set(kids(server)) == {old_kid, new_kid}
     assert verify_jwt(server, old_jwt)["sub"] == body["user"]["id"]
