@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import os
 import queue
@@ -33,6 +34,7 @@ import socket
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -197,20 +199,27 @@ async def serve(port: int, floor_dir: str | None = None) -> None:
     await runner.cleanup()
 
 
+def argon2_verifier(*, memory_kib: int, time_cost: int, parallelism: int) -> Callable[[], object]:
+    """One argon2id verification of a stored hash at these parameters, as a sign-in does it."""
+    from argon2 import PasswordHasher, Type
+
+    hasher = PasswordHasher(time_cost=time_cost, memory_cost=memory_kib, parallelism=parallelism, type=Type.ID)
+    password = "bench-password-0123456789"
+    stored = hasher.hash(password)
+    return functools.partial(hasher.verify, stored, password)
+
+
 def argon2_rate(
     *, seconds: float, threads: int, memory_kib: int, time_cost: int, parallelism: int
 ) -> tuple[float, float]:
     """(argon2id verifications per second, process CPU time / wall) on `threads` threads."""
-    from argon2 import PasswordHasher, Type
-
-    hasher = PasswordHasher(time_cost=time_cost, memory_cost=memory_kib, parallelism=parallelism, type=Type.ID)
-    stored = hasher.hash("bench-password-0123456789")
+    verify = argon2_verifier(memory_kib=memory_kib, time_cost=time_cost, parallelism=parallelism)
     done = [0] * threads
     stop = threading.Event()
 
     def work(slot: int) -> None:
         while not stop.is_set():
-            hasher.verify(stored, "bench-password-0123456789")
+            verify()
             done[slot] += 1
 
     with ThreadPoolExecutor(max_workers=threads) as pool:

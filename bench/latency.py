@@ -14,9 +14,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import NamedTuple
 
-from argon2 import PasswordHasher, Type
-
-from bench.baseline import GET_PATH, POST_PATH
+from bench.baseline import GET_PATH, POST_PATH, argon2_verifier
 from bench.client import KeepAliveClient, Shadow, expect, sample_latencies
 from bench.users import SIGN_IN, User, event_body, sign_in_body, sign_up
 
@@ -70,8 +68,7 @@ def sign_ins_beside_argon2(
 
     The verification is the floor of a sign-in: what a sign-in costs beyond it is brain's.
     """
-    hasher = PasswordHasher(time_cost=time_cost, memory_cost=memory_kib, parallelism=parallelism, type=Type.ID)
-    stored = hasher.hash("bench-password-0123456789")
+    verify = argon2_verifier(memory_kib=memory_kib, time_cost=time_cost, parallelism=parallelism)
     signed: list[float] = []
     alone: list[float] = []
     with KeepAliveClient(auth_port) as c:
@@ -84,7 +81,7 @@ def sign_ins_beside_argon2(
             )
             for _ in range(block):
                 start = time.perf_counter()
-                hasher.verify(stored, "bench-password-0123456789")
+                verify()
                 alone.append(time.perf_counter() - start)
             done += block
     return Paired(signed, alone)
