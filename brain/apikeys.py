@@ -63,6 +63,18 @@ def permissions_of(scopes: Iterable[str]) -> dict[str, list[str]]:
     return out
 
 
+def permissions_schema() -> dict[str, Any]:
+    """The JSON schema of a permissions object, as `scopes_of` reads it (other resources only with no action)."""
+    actions: dict[str, list[str]] = {}
+    for resource, action in _PERMISSION.values():
+        actions.setdefault(resource, []).append(action)
+    return {
+        "type": "object",
+        "properties": {r: {"type": "array", "items": {"enum": a}} for r, a in actions.items()},
+        "additionalProperties": {"type": "array", "maxItems": 0},
+    }
+
+
 def scopes_of(permissions: Any) -> frozenset[str]:
     """The scopes a permissions object grants; ValueError naming what is not one of brain's."""
     if not isinstance(permissions, dict):

@@ -15,7 +15,10 @@ from typing import Any
 
 # C0 and C1 controls and DEL; the Unicode line and paragraph separators (line breaks to some
 # viewers); the bidi embeddings, overrides and isolates (they reorder what follows them).
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+_CONTROL_CLASS = r"\u0000-\u001f\u007f-\u009f\u2028\u2029\u202a-\u202e\u2066-\u2069"
+_CONTROL = re.compile(f"[{_CONTROL_CLASS}]")
+# The JSON schema pattern of text that `has_control` lets through (names in the OpenAPI document).
+NO_CONTROL_PATTERN = f"^[^{_CONTROL_CLASS}]*$"
 _NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 

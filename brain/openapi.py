@@ -15,7 +15,7 @@ from typing import Any
 from brain.errors import PluginError
 from brain.routes import Components, Listener, Route
 
-__all__ = ["ERROR_SCHEMA", "build_spec", "error", "json_body", "ref"]
+__all__ = ["ERROR_SCHEMA", "build_spec", "error", "json_body", "ref", "with_error"]
 
 # The body of every error brain answers (brain.errors.HTTPError.body).
 ERROR_SCHEMA: dict[str, Any] = {
@@ -38,6 +38,19 @@ def json_body(schema: Mapping[str, Any], description: str = "OK") -> dict[str, A
 def error(description: str) -> dict[str, Any]:
     """An error response (the `Error` schema) described as given."""
     return json_body(ref("Error"), description)
+
+
+def with_error(operation: Mapping[str, Any], status: str, description: str) -> dict[str, Any]:
+    """A copy of operation that also answers this error status (its description extended if it did)."""
+    described = copy.deepcopy(dict(operation))
+    responses = described.setdefault("responses", {})
+    known = responses.get(status)
+    if known is None:
+        responses[status] = error(description)
+    elif description not in known.get("description", ""):
+        known["description"] = f"{known.get('description', '')}; {description}".lstrip("; ")
+        known.setdefault("content", error(description)["content"])
+    return described
 
 
 def build_spec(

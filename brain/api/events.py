@@ -89,7 +89,9 @@ def now_timestamp() -> str:
 
 def format_time(moment: dt.datetime) -> str:
     """A timezone-aware datetime in the stored format (UTC, microseconds, Z)."""
-    return moment.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    utc = moment.astimezone(dt.timezone.utc)
+    # %Y does not pad years before 1000 (glibc), and RFC 3339 needs all four digits.
+    return f"{utc.year:04d}-{utc:%m-%dT%H:%M:%S.%f}Z"
 
 
 def parse_time(value: Any, field: str) -> str:

@@ -9,6 +9,8 @@ from __future__ import annotations
 from typing import Any
 
 import brain
+from brain.event_types import MAX_TYPE_LENGTH, TYPE_RE
+from brain.api.settings import ApiSettings
 from brain.apikeys import with_api_keys
 from brain.openapi import error as _error
 from brain.openapi import json_body as _json_body
@@ -51,200 +53,233 @@ _TYPE_FILTER = {
     "schema": {"type": "string", "maxLength": 2048},
 }
 
-PATHS: dict[str, dict[str, Any]] = {
-    "/health": {
-        "get": {
-            "operationId": "health",
-            "summary": "Liveness for load balancers: status, version, problems by name",
-            "description": (
-                "Public: {status, problems (names), version}; degraded is still 200. With ?detail=1 "
-                "and the metrics token (Authorization: Bearer <metrics.token>): every figure (JWKS "
-                "cache, supervisor restarts, NATS, open stores) and the problems' full texts."
-            ),
-            "security": [],  # the detail's metrics token is checked by the route, not a user's JWT
-            "parameters": [
-                {
-                    "name": "detail",
-                    "in": "query",
-                    "required": False,
-                    "description": "Any value: the detailed document (needs the metrics token)",
-                    "schema": {"type": "string"},
-                }
-            ],
-            "responses": {
-                "200": _json_body(_ref("Health")),
-                "401": _error("Detail asked for without the metrics token"),
-                "403": _error("Detail asked for, but no metrics token is configured"),
-            },
-        }
-    },
-    "/openapi.json": {
-        "get": {
-            "operationId": "openapi",
-            "summary": "This document",
-            "security": [],
-            "responses": {"200": _json_body({"type": "object"})},
-        }
-    },
-    "/me": {
-        "get": with_api_keys({
-            "operationId": "me",
-            "summary": "The user the bearer token (or API key) speaks for, and how the caller authenticated",
-            "responses": {"200": _json_body(_ref("Me")), **_BEARER_ERRORS},
-        }, None)
-    },
-    "/events": {
-        "post": {
-            "operationId": "postEvents",
-            "summary": "Store one event, or a JSON array of events atomically",
-            "description": (
-                "Answered only after the events are committed to the user's own database. With an "
-                "Idempotency-Key header a retried request returns the first result "
-                "(Idempotent-Replayed: true) instead of storing again; reusing a key for a different "
-                "request is 422. Events are then published to JetStream as "
-                "brain.events.<user_id>.<type>."
-            ),
-            "parameters": [
-                {
-                    "name": "Idempotency-Key",
-                    "in": "header",
-                    "required": False,
-                    "schema": {"type": "string", "minLength": 1, "maxLength": 200},
-                }
-            ],
-            "requestBody": {
-                "required": True,
-                "content": {
-                    "application/json": {
-                        "schema": {
-                            "oneOf": [
-                                _ref("NewEvent"),
-                                {"type": "array", "items": _ref("NewEvent"), "minItems": 1},
-                            ]
-                        }
+# What the server accepts as an event type, in the words of the schema (brain.event_types.TYPE_RE).
+EVENT_TYPE: dict[str, Any] = {
+    "type": "string",
+    "minLength": 1,
+    "maxLength": MAX_TYPE_LENGTH,
+    "pattern": f"^{TYPE_RE.pattern}$",
+}
+
+
+# A time in a query string: RFC 3339 with an offset, epoch seconds, or empty (no bound).
+_TIME_PARAMETER: dict[str, Any] = {
+    "anyOf": [
+        {"type": "string", "format": "date-time", "maxLength": 64},
+        {"type": "string", "pattern": r"^-?[0-9]{1,12}(\.[0-9]{1,6})?$"},
+        {"const": ""},
+    ]
+}
+
+
+def paths(api: ApiSettings) -> dict[str, dict[str, Any]]:
+    """The API role's operations, with the limits these settings make the server enforce."""
+    operations: dict[str, dict[str, Any]] = {
+        "/health": {
+            "get": {
+                "operationId": "health",
+                "summary": "Liveness for load balancers: status, version, problems by name",
+                "description": (
+                    "Public: {status, problems (names), version}; degraded is still 200. With ?detail=1 "
+                    "and the metrics token (Authorization: Bearer <metrics.token>): every figure (JWKS "
+                    "cache, supervisor restarts, NATS, open stores) and the problems' full texts."
+                ),
+                "security": [],  # the detail's metrics token is checked by the route, not a user's JWT
+                "parameters": [
+                    {
+                        "name": "detail",
+                        "in": "query",
+                        "required": False,
+                        "description": "Any value: the detailed document (needs the metrics token)",
+                        "schema": {"type": "string"},
                     }
+                ],
+                "responses": {
+                    "200": _json_body(_ref("Health")),
+                    "401": _error("Detail asked for without the metrics token"),
+                    "403": _error("Detail asked for, but no metrics token is configured"),
                 },
-            },
-            "responses": {
-                "201": {
-                    "description": "Stored (or replayed)",
-                    "headers": {"Idempotent-Replayed": {"schema": {"type": "string", "enum": ["true"]}}},
+            }
+        },
+        "/openapi.json": {
+            "get": {
+                "operationId": "openapi",
+                "summary": "This document",
+                "security": [],
+                "responses": {"200": _json_body({"type": "object"})},
+            }
+        },
+        "/me": {
+            "get": with_api_keys({
+                "operationId": "me",
+                "summary": "The user the bearer token (or API key) speaks for, and how the caller authenticated",
+                "responses": {"200": _json_body(_ref("Me")), **_BEARER_ERRORS},
+            }, None)
+        },
+        "/events": {
+            "post": {
+                "operationId": "postEvents",
+                "summary": "Store one event, or a JSON array of events atomically",
+                "description": (
+                    "Answered only after the events are committed to the user's own database. With an "
+                    "Idempotency-Key header a retried request returns the first result "
+                    "(Idempotent-Replayed: true) instead of storing again; reusing a key for a different "
+                    "request is 422. Events are then published to JetStream as "
+                    "brain.events.<user_id>.<type>."
+                ),
+                "parameters": [
+                    {
+                        "name": "Idempotency-Key",
+                        "in": "header",
+                        "required": False,
+                        "schema": {"type": "string", "minLength": 1, "maxLength": 200},
+                    }
+                ],
+                "requestBody": {
+                    "required": True,
                     "content": {
                         "application/json": {
                             "schema": {
                                 "oneOf": [
-                                    _ref("Event"),
-                                    {
-                                        "type": "object",
-                                        "required": ["events"],
-                                        "properties": {"events": {"type": "array", "items": _ref("Event")}},
-                                    },
+                                    _ref("NewEvent"),
+                                    {"type": "array", "items": _ref("NewEvent"), "minItems": 1, "maxItems": api.max_batch},
                                 ]
                             }
                         }
                     },
                 },
-                "400": _error("Invalid body; the message names the field"),
-                "403": _error(
-                    "RESERVED_EVENT_TYPE: a type the server writes itself (mail.*, or a namespace a "
-                    "plugin reserved); the body's `type` names it"
-                ),
-                "413": _error("Body, batch or data too large"),
-                "415": _error("Not JSON"),
-                "422": _error("Idempotency-Key reused for a different request"),
-                **_BEARER_ERRORS,
+                "responses": {
+                    "201": {
+                        "description": "Stored (or replayed)",
+                        "headers": {"Idempotent-Replayed": {"schema": {"type": "string", "enum": ["true"]}}},
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "oneOf": [
+                                        _ref("Event"),
+                                        {
+                                            "type": "object",
+                                            "required": ["events"],
+                                            "properties": {"events": {"type": "array", "items": _ref("Event")}},
+                                        },
+                                    ]
+                                }
+                            }
+                        },
+                    },
+                    "400": _error("Invalid body; the message names the field"),
+                    "403": _error(
+                        "RESERVED_EVENT_TYPE: a type the server writes itself (mail.*, or a namespace a "
+                        "plugin reserved); the body's `type` names it"
+                    ),
+                    "413": _error("Body, batch or data too large"),
+                    "415": _error("Not JSON"),
+                    "422": _error("IDEMPOTENCY_KEY_REUSED: the Idempotency-Key was used before for a different request"),
+                    **_BEARER_ERRORS,
+                },
+            },
+            "get": {
+                "operationId": "listEvents",
+                "summary": "The user's events, newest first",
+                "parameters": [
+                    {
+                        "name": "type",
+                        "in": "query",
+                        "description": "Only events of this type (empty: every type)",
+                        "schema": {"anyOf": [EVENT_TYPE, {"const": ""}]},
+                    },
+                    {
+                        "name": "since",
+                        "in": "query",
+                        "description": "Inclusive lower bound on created_at: RFC 3339 with offset, or epoch seconds",
+                        "schema": _TIME_PARAMETER,
+                    },
+                    {
+                        "name": "until",
+                        "in": "query",
+                        "description": "Exclusive upper bound on created_at",
+                        "schema": _TIME_PARAMETER,
+                    },
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "description": "Events per page (default api.events_page_default)",
+                        "schema": {"type": "integer", "minimum": 1, "maximum": api.events_page_max},
+                    },
+                    {
+                        "name": "cursor",
+                        "in": "query",
+                        "description": "next_cursor of the previous page (signed, valid only for the same user)",
+                        "schema": {"type": "string"},
+                    },
+                ],
+                "responses": {
+                    "200": _json_body(_ref("EventsPage")),
+                    "400": _error("Invalid parameter; the message names it"),
+                    **_BEARER_ERRORS,
+                },
             },
         },
+    }
+
+    operations["/events/stream"] = {
         "get": {
-            "operationId": "listEvents",
-            "summary": "The user's events, newest first",
+            "operationId": "streamEvents",
+            "summary": "The user's events as they commit, as Server-Sent Events (EventSource)",
+            "description": (
+                "Each event is an SSE message whose `id` is its commit sequence and whose `data` is the event "
+                "as GET /events returns it. `Last-Event-ID` (sent by EventSource when it reconnects) or "
+                "`after` first replays every event committed after that id, then continues live, without a "
+                "gap or a duplicate; without either the stream starts with what commits from now on. A "
+                "comment line is sent after api.stream_heartbeat_seconds without events. The stream ends "
+                "with a named event saying why: `token-expired` (reconnect with a fresh token), `too-slow` "
+                "(the client fell behind by api.stream_buffer_bytes), `revoked`, `shutting-down`, `error`. "
+                "Browsers, whose EventSource cannot send headers, pass a `ticket` from "
+                "POST /events/stream/ticket instead of a bearer token."
+            ),
             "parameters": [
-                {"name": "type", "in": "query", "schema": {"type": "string", "maxLength": 128}},
-                {
-                    "name": "since",
-                    "in": "query",
-                    "description": "Inclusive lower bound on created_at: RFC 3339 with offset, or epoch seconds",
-                    "schema": {"type": "string"},
-                },
-                {
-                    "name": "until",
-                    "in": "query",
-                    "description": "Exclusive upper bound on created_at",
-                    "schema": {"type": "string"},
-                },
-                {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1}},
-                {
-                    "name": "cursor",
-                    "in": "query",
-                    "description": "next_cursor of the previous page (signed, valid only for the same user)",
-                    "schema": {"type": "string"},
-                },
+                _TYPE_FILTER,
+                {"name": "after", "in": "query", "description": "Replay events committed after this id first",
+                 "schema": {"type": "integer", "minimum": 0}},
+                {"name": "Last-Event-ID", "in": "header", "required": False,
+                 "description": "As `after`; wins over it (EventSource sends it on reconnect)",
+                 "schema": {"type": "integer", "minimum": 0}},
+                {"name": "ticket", "in": "query", "required": False,
+                 "description": "A single-use ticket from POST /events/stream/ticket, instead of a bearer token",
+                 "schema": {"type": "string", "maxLength": 300}},
             ],
             "responses": {
-                "200": _json_body(_ref("EventsPage")),
+                "200": {"description": "An event stream", "content": {"text/event-stream": {"schema": {"type": "string"}}}},
                 "400": _error("Invalid parameter; the message names it"),
-                **_BEARER_ERRORS,
+                "429": {
+                    **_error("TOO_MANY_STREAMS (api.stream_max_per_user open already) or RATE_LIMITED"),
+                    "headers": {"Retry-After": {"schema": {"type": "integer"}}},
+                },
+                **{k: v for k, v in _BEARER_ERRORS.items() if k != "429"},
             },
-        },
-    },
-}
-
-PATHS["/events/stream"] = {
-    "get": {
-        "operationId": "streamEvents",
-        "summary": "The user's events as they commit, as Server-Sent Events (EventSource)",
-        "description": (
-            "Each event is an SSE message whose `id` is its commit sequence and whose `data` is the event "
-            "as GET /events returns it. `Last-Event-ID` (sent by EventSource when it reconnects) or "
-            "`after` first replays every event committed after that id, then continues live, without a "
-            "gap or a duplicate; without either the stream starts with what commits from now on. A "
-            "comment line is sent after api.stream_heartbeat_seconds without events. The stream ends "
-            "with a named event saying why: `token-expired` (reconnect with a fresh token), `too-slow` "
-            "(the client fell behind by api.stream_buffer_bytes), `revoked`, `shutting-down`, `error`. "
-            "Browsers, whose EventSource cannot send headers, pass a `ticket` from "
-            "POST /events/stream/ticket instead of a bearer token."
-        ),
-        "parameters": [
-            _TYPE_FILTER,
-            {"name": "after", "in": "query", "description": "Replay events committed after this id first",
-             "schema": {"type": "integer", "minimum": 0}},
-            {"name": "Last-Event-ID", "in": "header", "required": False,
-             "description": "As `after`; wins over it (EventSource sends it on reconnect)",
-             "schema": {"type": "integer", "minimum": 0}},
-            {"name": "ticket", "in": "query", "required": False,
-             "description": "A single-use ticket from POST /events/stream/ticket, instead of a bearer token",
-             "schema": {"type": "string", "maxLength": 300}},
-        ],
-        "responses": {
-            "200": {"description": "An event stream", "content": {"text/event-stream": {"schema": {"type": "string"}}}},
-            "400": _error("Invalid parameter; the message names it"),
-            "429": {
-                **_error("TOO_MANY_STREAMS (api.stream_max_per_user open already) or RATE_LIMITED"),
-                "headers": {"Retry-After": {"schema": {"type": "integer"}}},
-            },
-            **{k: v for k, v in _BEARER_ERRORS.items() if k != "429"},
-        },
+        }
     }
-}
-PATHS["/events/stream/ticket"] = {
-    "post": {
-        "operationId": "streamTicket",
-        "summary": "A single-use ticket that opens one event stream (for EventSource, which cannot send headers)",
-        "description": (
-            "Valid for api.stream_ticket_seconds and for one GET /events/stream?ticket=...; the stream "
-            "ends when the credential that asked for the ticket expires."
-        ),
-        "responses": {"201": _json_body(_ref("StreamTicket")), **_BEARER_ERRORS},
+    operations["/events/stream/ticket"] = {
+        "post": {
+            "operationId": "streamTicket",
+            "summary": "A single-use ticket that opens one event stream (for EventSource, which cannot send headers)",
+            "description": (
+                "Valid for api.stream_ticket_seconds and for one GET /events/stream?ticket=...; the stream "
+                "ends when the credential that asked for the ticket expires."
+            ),
+            "responses": {"201": _json_body(_ref("StreamTicket")), **_BEARER_ERRORS},
+        }
     }
-}
 
-# The event routes also take API keys (brain.apikeys.scope).
-PATHS["/events"] = {
-    "post": with_api_keys(PATHS["/events"]["post"], "events:write"),
-    "get": with_api_keys(PATHS["/events"]["get"], "events:read"),
-}
-PATHS["/events/stream"]["get"] = with_api_keys(PATHS["/events/stream"]["get"], "events:read")
-PATHS["/events/stream/ticket"]["post"] = with_api_keys(PATHS["/events/stream/ticket"]["post"], "events:read")
+    # The event routes also take API keys (brain.apikeys.scope).
+    operations["/events"] = {
+        "post": with_api_keys(operations["/events"]["post"], "events:write"),
+        "get": with_api_keys(operations["/events"]["get"], "events:read"),
+    }
+    operations["/events/stream"]["get"] = with_api_keys(operations["/events/stream"]["get"], "events:read")
+    operations["/events/stream/ticket"]["post"] = with_api_keys(operations["/events/stream/ticket"]["post"], "events:read")
+    return operations
+
 
 SCHEMAS: dict[str, Any] = {
     "NewEvent": {
@@ -252,16 +287,15 @@ SCHEMAS: dict[str, Any] = {
         "required": ["type", "data"],
         "additionalProperties": False,
         "properties": {
-            "type": {
-                "type": "string",
-                "maxLength": 128,
-                "pattern": r"^[A-Za-z][A-Za-z0-9_-]*(\.[A-Za-z0-9_-]+)*$",
-                "examples": ["note.created"],
-            },
+            "type": {**EVENT_TYPE, "examples": ["note.created"]},
             "data": {"description": "Any JSON value (size capped by api.max_event_bytes)"},
             "created_at": {
-                "oneOf": [{"type": "string", "format": "date-time"}, {"type": "number"}],
-                "description": "RFC 3339 with offset, or epoch seconds; default: commit time",
+                # format applies to the string, the bounds to the number (epoch seconds, years 1 to 9999).
+                "type": ["string", "number", "null"],
+                "format": "date-time",
+                "minimum": -62135596800,
+                "exclusiveMaximum": 253402300800,
+                "description": "RFC 3339 with offset, or epoch seconds; absent or null: the commit time",
             },
         },
     },

@@ -280,7 +280,7 @@ def routes(rt: Process) -> list[Route | Components]:
     async def stream_ticket(request: web.Request) -> web.Response:
         return json_response(live.issue_ticket(request[USER_KEY]), status=201, headers={"Cache-Control": "no-store"})
 
-    paths = openapi.PATHS
+    paths = openapi.paths(api)
     components = {"schemas": openapi.SCHEMAS, "securitySchemes": openapi.SECURITY_SCHEMES}
     return [
         Route("GET", "/health", health, paths["/health"]["get"], public=True, components=components),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from brain.auth.validation import EMAIL_SCHEMA, NAME_SCHEMA
 from brain.openapi import error as _error
 from brain.openapi import json_body as _json
 from brain.openapi import ref as _ref
@@ -26,7 +27,7 @@ def _body(properties: dict[str, Any], required: list[str]) -> dict[str, Any]:
 
 
 _STRING = {"type": "string"}
-_EMAIL = {"type": "string", "format": "email"}
+_EMAIL = EMAIL_SCHEMA
 _STATUS = _json({"type": "object", "required": ["status"], "properties": {"status": {"type": "boolean"}}}, "Done")
 _REDIRECT = {"description": "Redirect to the callback URL", "headers": {"Location": {"schema": _STRING}}}
 _LIMITS = {
@@ -68,7 +69,7 @@ PATHS: dict[str, dict[str, Any]] = {
             "summary": "Follow a verification link: marks the email verified",
             "security": [],
             "parameters": [
-                {"name": "token", "in": "query", "required": True, "schema": _STRING},
+                {"name": "token", "in": "query", "required": True, "schema": {"type": "string", "minLength": 1}},
                 {"name": "callbackURL", "in": "query", "required": False, "schema": _STRING},
             ],
             "responses": {
@@ -249,8 +250,8 @@ _SCHEMAS: dict[str, Any] = {
         "type": "object",
         "required": ["name", "email", "password"],
         "properties": {
-            "name": {"type": "string"},
-            "email": {"type": "string", "format": "email"},
+            "name": NAME_SCHEMA,
+            "email": _EMAIL,
             "password": {"type": "string", "minLength": 8, "maxLength": 128},
             "image": {"type": "string"},
             "callbackURL": {"type": "string"},
@@ -261,7 +262,7 @@ _SCHEMAS: dict[str, Any] = {
         "type": "object",
         "required": ["email", "password"],
         "properties": {
-            "email": {"type": "string", "format": "email"},
+            "email": _EMAIL,
             "password": {"type": "string"},
             "rememberMe": {"type": "boolean"},
             "callbackURL": {"type": "string"},

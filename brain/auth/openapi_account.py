@@ -6,7 +6,10 @@ from __future__ import annotations
 from typing import Any
 
 # The helpers of the auth role's other descriptions.
+from brain.apikeys import permissions_schema
 from brain.auth.openapi import _error, _json, _ref
+from brain.auth.validation import EMAIL_SCHEMA, MAX_IMAGE, NAME_SCHEMA
+from brain.control_chars import NO_CONTROL_PATTERN
 
 __all__ = ["API_KEY_PATHS", "PROFILE_PATHS", "SESSION_PATHS", "TWO_FACTOR_PATHS"]
 
@@ -78,7 +81,14 @@ PROFILE_PATHS: dict[str, dict[str, Any]] = {
         "updateUser", "Change the user's name and/or image",
         {"200": _STATUS, "400": _error("EMAIL_CAN_NOT_BE_UPDATED, FIELD_NOT_ALLOWED, VALIDATION_ERROR (the message "
                                        "names the field), or no fields to update"), **_NO_SESSION, **_ORIGIN},
-        body=_body({"name": _STRING, "image": _NULLABLE_STRING}, []),
+        body={"required": True, "content": {"application/json": {"schema": {
+            "type": "object",
+            "properties": {"name": {**NAME_SCHEMA, "type": ["string", "null"], "description": "null: unchanged"},
+                           "image": {"type": ["string", "null"], "maxLength": MAX_IMAGE, "pattern": NO_CONTROL_PATTERN,
+                                     "description": "null: removed"}},
+            # Something to change: a name, or an image (null included).
+            "anyOf": [{"required": ["name"], "properties": {"name": {"type": "string"}}}, {"required": ["image"]}],
+        }}}},
     ),
     "/api/auth/change-password": _post(
         "changePassword", "Change the password (the current one required); optionally replace every session",
@@ -95,7 +105,7 @@ PROFILE_PATHS: dict[str, dict[str, Any]] = {
          "400": _error("INVALID_EMAIL, CHANGE_EMAIL_DISABLED, VALIDATION_ERROR, or the same address"),
          **_NO_SESSION, "403": _error("INVALID_ORIGIN, INVALID_CALLBACK_URL"), "429": _error("Too many emails"),
          "503": _error("EMAIL_NOT_CONFIGURED")},
-        body=_body({"newEmail": {"type": "string", "format": "email"}, "callbackURL": _STRING}, ["newEmail"]),
+        body=_body({"newEmail": EMAIL_SCHEMA, "callbackURL": _STRING}, ["newEmail"]),
     ),
 }
 
@@ -147,7 +157,7 @@ TWO_FACTOR_PATHS: dict[str, dict[str, Any]] = {
     ),
 }
 
-_PERMISSIONS = {"type": ["object", "null"], "additionalProperties": {"type": "array", "items": _STRING},
+_PERMISSIONS = {"anyOf": [permissions_schema(), {"type": "null"}],
                 "description": 'brain\'s scopes as Better Auth permissions: {"events": ["read", "write"], '
                                '"mail": ["read"], "search": ["read"]}; absent or null: all of them'}
 _KEY_FIELDS = {"name": _STRING, "expiresIn": {"type": ["number", "null"], "description": "seconds"},

@@ -10,19 +10,30 @@ without an Origin — servers, CLIs, Better Auth's client in Node — pass.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Awaitable, Callable, MutableMapping
 
 from aiohttp import web
 
 from brain.errors import Forbidden, HTTPError
+from brain.openapi import with_error
 from brain.origins import TrustedOrigins
+from brain.routes import Route
 from brain.web import Handler
 
-__all__ = ["invalid_origin", "make_origin_middleware"]
+__all__ = ["invalid_origin", "make_origin_middleware", "with_origin_check"]
 
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 EXPOSED_HEADERS = "set-auth-jwt, set-auth-token"
 _PREFLIGHT_MAX_AGE = "600"
+
+
+def with_origin_check(route: Route) -> Route:
+    """The route, its operation saying that the origin middleware may refuse it (state-changing methods)."""
+    if route.operation is None or route.method.upper() in _SAFE_METHODS:
+        return route
+    operation = with_error(route.operation, "403", "INVALID_ORIGIN, MISSING_OR_NULL_ORIGIN (a cookie without Origin)")
+    return dataclasses.replace(route, operation=operation)
 
 
 def invalid_origin() -> Forbidden:

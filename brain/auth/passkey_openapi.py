@@ -6,6 +6,7 @@ from typing import Any
 
 # The helpers of the auth role's other descriptions.
 from brain.auth.openapi import _body, _error, _json, _ref
+from brain.auth.passkeys import MAX_CREDENTIAL_ID
 
 __all__ = ["PATHS", "SCHEMAS"]
 
@@ -16,7 +17,8 @@ _CHALLENGE_COOKIE = "Sets the signed better-auth.better-auth-passkey cookie (the
 _DESCRIPTOR = {"type": "object", "required": ["id", "type"], "properties": {
     "id": _STRING, "type": {"type": "string", "enum": ["public-key"]},
     "transports": {"type": "array", "items": _STRING}}}
-_CREDENTIAL = {"type": "object",
+_CREDENTIAL = {"type": "object", "required": ["id"],
+               "properties": {"id": {"type": "string", "minLength": 1, "maxLength": MAX_CREDENTIAL_ID}},
                "description": "The credential the browser made (its toJSON(): id, rawId, type, response, ...)"}
 _NO_SESSION = {"401": _error("No live session (UNAUTHORIZED)")}
 _FRESH = {**_NO_SESSION, "403": _error("SESSION_NOT_FRESH: the session is older than session_fresh_age_seconds")}

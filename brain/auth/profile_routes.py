@@ -70,7 +70,7 @@ def parse_update_user(body: Any) -> dict[str, Any]:
         check_name(name)
         changes["name"] = name
     if "image" in body:
-        image = text_field(body, "image", required=False, max_len=MAX_IMAGE)
+        image = text_field(body, "image", required=False, max_len=MAX_IMAGE, nullable=True)
         if image is not None and has_control(image):
             raise validation_error("image", "must not contain control characters")
         changes["image"] = image

@@ -7,17 +7,21 @@ from dataclasses import dataclass
 from typing import Any
 
 from brain.auth.settings import AuthSettings
-from brain.control_chars import has_control
+from brain.control_chars import NO_CONTROL_PATTERN, has_control
 from brain.errors import BadRequest
 
-# The pattern Better Auth's zod `z.email()` uses: ASCII local part and domain, a dotted domain
-# with a 2+ letter TLD. CR, LF, NUL and every other control character fall outside it.
-_EMAIL_RE = re.compile(
-    r"(?!\.)(?!.*\.\.)([A-Za-z0-9_'+\-.]*)[A-Za-z0-9_+-]@([A-Za-z0-9][A-Za-z0-9\-]*\.)+[A-Za-z]{2,}"
-)
+# The addresses Better Auth's zod `z.email()` accepts: ASCII local part (no leading, trailing or
+# double dot, not ending in a quote) and a dotted domain with a 2+ letter TLD. CR, LF, NUL and
+# every other control character fall outside it. Written without lookaheads so that the OpenAPI
+# document can carry the very same pattern (EMAIL_SCHEMA) and generators can draw from it.
+EMAIL_PATTERN = r"([A-Za-z0-9_'+-]+\.)*[A-Za-z0-9_'+-]*[A-Za-z0-9_+-]@([A-Za-z0-9][A-Za-z0-9-]*\.)+[A-Za-z]{2,}"
+_EMAIL_RE = re.compile(EMAIL_PATTERN)
 MAX_EMAIL = 254
 MAX_NAME = 256
 MAX_IMAGE = 2048
+# A user's name as check_name and the length limit let it through.
+NAME_SCHEMA = {"type": "string", "maxLength": MAX_NAME, "pattern": NO_CONTROL_PATTERN}
+EMAIL_SCHEMA = {"type": "string", "maxLength": MAX_EMAIL, "pattern": f"^{EMAIL_PATTERN}$"}
 
 
 def validation_error(field: str, message: str) -> BadRequest:
@@ -32,11 +36,16 @@ def require_object(body: Any) -> dict[str, Any]:
     return body
 
 
-def _text(body: dict[str, Any], field: str, *, required: bool, max_len: int | None = None) -> str | None:
+def _text(
+    body: dict[str, Any], field: str, *, required: bool, max_len: int | None = None, nullable: bool = False
+) -> str | None:
     value = body.get(field)
     if value is None:
         if required:
             raise validation_error(field, "Invalid input: expected string, received undefined")
+        # Better Auth's schemas (zod .optional()) refuse an explicit null unless the field clears a value.
+        if field in body and not nullable:
+            raise validation_error(field, "Invalid input: expected string, received null")
         return None
     if not isinstance(value, str):
         raise validation_error(field, f"Invalid input: expected string, received {_js_type(value)}")
@@ -49,9 +58,11 @@ def _text(body: dict[str, Any], field: str, *, required: bool, max_len: int | No
     return value
 
 
-def text_field(body: dict[str, Any], field: str, *, required: bool = False, max_len: int | None = None) -> str | None:
-    """A string member of a request body, checked as Better Auth's schemas check it."""
-    return _text(body, field, required=required, max_len=max_len)
+def text_field(
+    body: dict[str, Any], field: str, *, required: bool = False, max_len: int | None = None, nullable: bool = False
+) -> str | None:
+    """A string member of a request body, checked as Better Auth's schemas check it (null only if nullable)."""
+    return _text(body, field, required=required, max_len=max_len, nullable=nullable)
 
 
 def _js_type(value: Any) -> str:

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from brain.apikeys import with_api_keys
 from brain.mail.provider import event_schemas
+from brain.mail.selection import MAX_FOLDERS, MAX_WINDOW_DAYS
 from brain.openapi import json_body as _json
 from brain.openapi import ref as _ref
 
-__all__ = ["PATHS", "SCHEMAS"]
+__all__ = ["PATHS", "SCHEMAS", "connect_schema"]
 
 
 _ERRORS = {
@@ -30,7 +32,9 @@ _REDIRECT = {
 _ACCOUNT_RESPONSE = {"type": "object", "required": ["account"], "properties": {"account": _ref("MailAccount")}}
 # What a provider answers its own servers' notifications with: a few words of plain text.
 _PROVIDER_TEXT = {"text/plain": {"schema": {"type": "string"}}}
-_ACCOUNT_PARAMETER = {"name": "account", "in": "path", "required": True, "schema": {"type": "string"}}
+# An account id as brain.mail.service.owned_account accepts it.
+_ACCOUNT_ID = {"type": "string", "minLength": 1, "maxLength": 64}
+_ACCOUNT_PARAMETER = {"name": "account", "in": "path", "required": True, "schema": _ACCOUNT_ID}
 
 PATHS: dict[str, dict[str, Any]] = {
     "/mail/connect": {
@@ -74,7 +78,11 @@ PATHS: dict[str, dict[str, Any]] = {
                 "`FLOW_ALREADY_STARTED`)."
             ),
             "security": [],
-            "parameters": [{"name": "flow", "in": "query", "required": True, "schema": {"type": "string"}}],
+            # Not required: whatever the link carries, the browser gets a redirect (an error page at worst).
+            "parameters": [
+                {"name": "flow", "in": "query", "required": False, "schema": {"type": "string"},
+                 "description": "The signed state of POST /mail/connect; missing or bad: INVALID_STATE"}
+            ],
             "responses": {"302": _REDIRECT},
         }
     },
@@ -92,9 +100,11 @@ PATHS: dict[str, dict[str, Any]] = {
                 "that user, and the answer is JSON."
             ),
             "security": [],
+            # Not required: a browser is redirected whatever it brings (status=error when one is
+            # missing); with a bearer token a missing one is 400.
             "parameters": [
-                {"name": "state", "in": "query", "required": True, "schema": {"type": "string"}},
-                {"name": "code", "in": "query", "required": True, "schema": {"type": "string"}},
+                {"name": "state", "in": "query", "required": False, "schema": {"type": "string"}},
+                {"name": "code", "in": "query", "required": False, "schema": {"type": "string"}},
                 {"name": "error", "in": "query", "schema": {"type": "string"}},
             ],
             "responses": {
@@ -167,7 +177,7 @@ PATHS: dict[str, dict[str, Any]] = {
                         "schema": {
                             "type": "object",
                             "required": ["account"],
-                            "properties": {"account": {"type": "string"}},
+                            "properties": {"account": _ACCOUNT_ID},
                         }
                     }
                 },
@@ -296,16 +306,21 @@ PATHS: dict[str, dict[str, Any]] = {
     },
 }
 
-SCHEMAS: dict[str, Any] = {
-    "MailConnect": {
+def connect_schema(providers: Iterable[str]) -> dict[str, Any]:
+    """The body of POST /mail/connect, naming the providers this server has registered."""
+    return {
         "type": "object",
         "required": ["provider"],
         "properties": {
-            "provider": {"type": "string", "description": "A registered provider: gmail, outlook, ..."},
-            "refresh_token": {"type": "string", "description": "Connect directly with this token"},
+            "provider": {"enum": sorted(providers), "description": "A registered provider"},
+            "refresh_token": {"type": ["string", "null"], "minLength": 1,
+                              "description": "Connect directly with this token (absent or null: start OAuth)"},
             "sync": _ref("MailSyncChoices"),
         },
-    },
+    }
+
+
+SCHEMAS: dict[str, Any] = {
     "MailAuthorize": {
         "type": "object",
         "required": ["provider", "authorize_url", "state", "redirect_uri", "start_by"],
@@ -364,14 +379,19 @@ SCHEMAS: dict[str, Any] = {
     "MailSyncChoices": {
         "type": "object",
         "description": "What an account syncs (the user's choice)",
+        "additionalProperties": False,
         "properties": {
             "folders": {
                 "type": ["array", "null"],
-                "items": {"type": "string"},
+                "minItems": 1,
+                "maxItems": MAX_FOLDERS,
+                # Non-blank, one line, no NUL (brain.mail.selection).
+                "items": {"type": "string", "maxLength": 512, "pattern": r"^[^\r\n\x00]*[^\s][^\r\n\x00]*$"},
                 "description": "Folders or labels (names, Outlook well-known names, IMAP special-use flags); null: all",
             },
             "exclude_spam_trash": {"type": "boolean"},
-            "sync_window_days": {"type": ["integer", "null"], "minimum": 1, "description": "null: every message"},
+            "sync_window_days": {"type": ["integer", "null"], "minimum": 1, "maximum": MAX_WINDOW_DAYS,
+                                 "description": "null: every message"},
             "bodies": {"type": "boolean"},
             "keep_html": {"type": ["boolean", "null"], "description": "null: the server's [mail] keep_html"},
         },

@@ -44,7 +44,7 @@ from brain.errors import BadRequest, Conflict, HTTPError, PayloadTooLarge, Servi
 from brain.mail.attachments import Downloads, content_disposition
 from brain.mail.browser import NO_LEAKS, RESULT_HEADERS, FlowCookies, result_page
 from brain.mail.db import Account, States
-from brain.mail.openapi import PATHS, SCHEMAS
+from brain.mail.openapi import PATHS, SCHEMAS, connect_schema
 from brain.mail.provider import PushRequest
 from brain.mail.selection import SyncChoices
 from brain.mail.service import CALLBACK_PATH, MAIL_SUP, RESULT_PATH, START_PATH, MailService, child_id
@@ -341,7 +341,7 @@ def routes(rt: Process, service: MailService) -> list[Route]:
                 await tell(account, SyncNow("push"))
         return web.Response(status=reply.status, body=reply.body, content_type=reply.content_type)
 
-    components = {"schemas": SCHEMAS}
+    components = {"schemas": {**SCHEMAS, "MailConnect": connect_schema(service.registry.names())}}
     return [
         Route("POST", "/mail/connect", connect, PATHS["/mail/connect"]["post"], components=components),
         # Opened by the user's browser: the signed state in `flow` names the user.

@@ -22,8 +22,8 @@ __all__ = ["SyncChoices", "content_key"]
 #: Bump when the message model changes so that events already stored should be sent again
 #: with the new content (the next sync of every account backfills once).
 CONTENT_VERSION = 1
-_MAX_FOLDERS = 100
-_MAX_WINDOW_DAYS = 36_500
+MAX_FOLDERS = 100
+MAX_WINDOW_DAYS = 36_500
 
 
 @dataclass(frozen=True)
@@ -63,10 +63,12 @@ class SyncChoices:
             changes["keep_html"] = value["keep_html"]
         if "sync_window_days" in value:
             days = value["sync_window_days"]
+            if isinstance(days, float) and days.is_integer():
+                days = int(days)  # JSON does not tell 30 from 30.0
             if days is not None and (
-                isinstance(days, bool) or not isinstance(days, int) or not 1 <= days <= _MAX_WINDOW_DAYS
+                isinstance(days, bool) or not isinstance(days, int) or not 1 <= days <= MAX_WINDOW_DAYS
             ):
-                raise BadRequest(f"{field}.sync_window_days must be null (everything) or days from 1 to {_MAX_WINDOW_DAYS}")
+                raise BadRequest(f"{field}.sync_window_days must be null (everything) or days from 1 to {MAX_WINDOW_DAYS}")
             changes["sync_window_days"] = days
         return dataclasses.replace(base or cls(), **changes)
 
@@ -131,8 +133,8 @@ def content_key(options: SyncOptions) -> str:
 def _folders(value: Any, field: str) -> tuple[str, ...] | None:
     if value is None:
         return None
-    if not isinstance(value, list) or not value or len(value) > _MAX_FOLDERS:
-        raise BadRequest(f"{field} must be null (everything) or a list of 1 to {_MAX_FOLDERS} folder or label names")
+    if not isinstance(value, list) or not value or len(value) > MAX_FOLDERS:
+        raise BadRequest(f"{field} must be null (everything) or a list of 1 to {MAX_FOLDERS} folder or label names")
     out: list[str] = []
     for item in value:
         if not isinstance(item, str) or not item.strip() or len(item) > 512 or any(c in item for c in "\r\n\0"):

@@ -1,0 +1,90 @@
+"""The OpenAPI document is the contract: `schemathesis run --checks all` against a live server.
+
+schemathesis (its own CLI, as an app developer would run it) generates valid and invalid
+requests from /openapi.json for every operation, in every phase (examples, coverage, fuzzing,
+stateful), and checks each answer: no server error, only documented status codes, bodies and
+headers that match their schemas, invalid data refused, valid data accepted, undeclared methods
+refused with 405, authentication not ignored. A constraint the server enforces but the document
+does not state (or the other way round) fails here. The settings, including the few operations
+whose answers depend on state a generated request cannot know, are in tests/schemathesis.toml.
+
+The API role runs whole. The auth role runs over the operations that do not change who the
+run is signed in as (changing the email or password, deleting the user, two-factor, passkeys,
+API keys and social sign-in are checked by their own tests, not here yet).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from brain.testing.fakes.gmail import FakeGmail
+from brain.testing.fakes.microsoft import FakeMicrosoft
+from tests.support import REPO, BrainServer
+from tests.test_auth_helpers import NO_LIMITS, PASSWORD
+from tests.test_fuzz_openapi import mail_plugins
+from tests.test_reliability_helpers import User, wait_api_ready
+
+CONFIG = REPO / "tests" / "schemathesis.toml"
+SCHEMATHESIS = Path(sys.executable).parent / "schemathesis"
+# The auth role's operations this run covers (see the module docstring for the rest).
+AUTH_OPERATIONS = [
+    "signUpEmail", "signInEmail", "getSession", "token", "signOut", "jwks", "authOk", "openidConfiguration",
+    "sendVerificationEmail", "verifyEmail", "requestPasswordReset", "forgetPassword", "resetPasswordCallback",
+    "resetPassword", "listUserSessions", "revokeSession", "revokeSessions", "revokeOtherSessions", "updateUser",
+]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrainServer]:
+    gmail, microsoft = FakeGmail().start(), FakeMicrosoft().start()
+    s = BrainServer(
+        tmp_path_factory.mktemp("contract") / "brain",
+        config={"auth": NO_LIMITS, "plugins": mail_plugins(gmail, microsoft), "mail": {"sync_interval_seconds": 5.0}},
+    )
+    try:
+        with s:
+            wait_api_ready(s)
+            yield s
+    finally:
+        gmail.stop()
+        microsoft.stop()
+
+
+def schemathesis(server: BrainServer, base_url: str, *filters: str) -> tuple[int, str]:
+    """Run `schemathesis run --checks all` with our settings; (exit code, its report)."""
+    # Its cache (.schemathesis/) goes beside the server's data, not into the checkout.
+    workdir = server.workdir
+    user = User.sign_up(server)
+    env = {**os.environ, "BRAIN_TEST_JWT": user.jwt, "BRAIN_TEST_EMAIL": user.email, "BRAIN_TEST_PASSWORD": PASSWORD}
+    command = [
+        str(SCHEMATHESIS), "--config-file", str(CONFIG), "--no-color", "run", f"{server.api_url}/openapi.json",
+        "--url", base_url, "--checks", "all", "--workers", "1", *filters,
+    ]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900, cwd=workdir)
+    return done.returncode, done.stdout + done.stderr
+
+
+def assert_clean(code: int, report: str) -> None:
+    summary = report[report.rfind("SUMMARY"):]
+    assert code == 0 and re.search(r"Test cases:\s+\d+ generated", summary), report[-20000:]
+    assert not re.search(r"\d+ (failures?|errors?)", summary.splitlines()[-1]), report[-20000:]
+
+
+def test_api_role_keeps_its_contract(server: BrainServer) -> None:
+    code, report = schemathesis(server, server.api_url, "--exclude-path-regex", r"^/(api/auth|\.well-known)/")
+    assert_clean(code, report)
+    assert "Traceback" not in server.log_text(), server.log_text()[-3000:]
+
+
+def test_auth_role_keeps_its_contract(server: BrainServer) -> None:
+    ids = [arg for op in AUTH_OPERATIONS for arg in ("--include-operation-id", op)]
+    code, report = schemathesis(server, server.auth_url, *ids)
+    assert_clean(code, report)
+    assert "Traceback" not in server.log_text(), server.log_text()[-3000:]
