@@ -6,7 +6,7 @@ PLUGINS := $(wildcard plugins/*/setup.cfg)
 PLUGIN_DIRS := $(patsubst %/setup.cfg,%,$(PLUGINS))
 EDITABLES := -e . $(foreach d,$(PLUGIN_DIRS),-e $(d))
 
-.PHONY: run test venv venv-test clean bench bench-quick soak
+.PHONY: run test venv venv-test clean bench bench-quick soak clients
 
 # A venv with the core and the bundled plugins; re-run pip only when a setup.cfg changes.
 # The packages build with the venv's own setuptools and wheel (pyproject.toml's build requirements):
@@ -23,8 +23,9 @@ $(VENV)/.installed: setup.cfg pyproject.toml $(PLUGINS)
 
 # The test venv in one pip run, not the plain venv and then the extras: each editable install
 # builds its package in an environment of its own, and a second run would build them all again.
-$(VENV)/.installed-test: setup.cfg pyproject.toml $(PLUGINS)
-	$(call make_venv,-e '.[test]' $(foreach d,$(PLUGIN_DIRS),-e '$(d)[test]'))
+# The Python client (clients/python) is its own distribution; its tests drive a real server.
+$(VENV)/.installed-test: setup.cfg pyproject.toml $(PLUGINS) clients/python/pyproject.toml
+	$(call make_venv,-e '.[test]' $(foreach d,$(PLUGIN_DIRS),-e '$(d)[test]') -e clients/python)
 	touch $@ $(VENV)/.installed
 
 venv: $(VENV)/.installed
@@ -55,6 +56,11 @@ bench: venv-test
 ## make bench-quick: the same measurements, shorter (under a minute)
 bench-quick: venv-test
 	$(PY) -m bench --quick $(BENCH_ARGS)
+
+## make clients: regenerate clients/openapi.json and both clients' types from the routes (needs node)
+clients: venv-test
+	cd clients/typescript && npm ci --no-audit --no-fund
+	$(PY) clients/generate.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

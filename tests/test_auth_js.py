@@ -10,21 +10,23 @@ import json
 import os
 import shutil
 import subprocess
+from pathlib import Path
 from typing import Any
 
 import jwt
 import pytest
 
 from brain.ids import is_valid_user_id
-from tests.js_packages import JS_DIR, NpmInstallFailed, ensure_installed
+from tests.js_packages import JS_DIR, JS_INSTALLED, NpmInstallFailed, ensure_installed
 from tests.support import BrainServer
 from tests.test_auth_helpers import NO_LIMITS
 
 
-def npm_install() -> None:
-    """The packages tests/js's scripts import, installed (or waited for); a failed test without npm."""
+def npm_install(js_dir: Path = JS_DIR, expected: tuple[str, ...] = JS_INSTALLED) -> None:
+    """The packages js_dir's scripts import (tests/js by default), installed or waited for;
+    a failed test without npm."""
     try:
-        ensure_installed()
+        ensure_installed(js_dir, expected)
     except NpmInstallFailed as failure:
         pytest.fail(str(failure))
 
