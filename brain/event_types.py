@@ -45,7 +45,7 @@ class TypeFilter(NamedTuple):
         prefixes: set[str] = set()
         for value in values:
             for item in value.split(","):
-                item = item.strip()
+                item = item.strip(" ")  # spaces after commas; any other whitespace is refused
                 if item == "*":
                     return None
                 if item.endswith(".*"):

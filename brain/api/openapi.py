@@ -9,8 +9,9 @@ from __future__ import annotations
 from typing import Any
 
 import brain
-from brain.event_types import MAX_TYPE_LENGTH, TYPE_RE
+from brain.event_types import MAX_TYPE_FILTERS, MAX_TYPE_LENGTH, TYPE_RE
 from brain.api.settings import ApiSettings
+from brain.api.stream import MAX_SEQUENCE, STREAM_ENDINGS
 from brain.apikeys import with_api_keys
 from brain.openapi import error as _error
 from brain.openapi import json_body as _json_body
@@ -30,6 +31,9 @@ SECURITY_SCHEMES: dict[str, Any] = {
     "apiKeyHeader": {"type": "apiKey", "in": "header", "name": "x-api-key",
                      "description": "An API key (also accepted as `Authorization: Bearer <key>`); "
                                     "limited to the scope a route names in x-api-key-scope"},
+    "streamTicket": {"type": "apiKey", "in": "query", "name": "ticket",
+                     "description": "A single-use ticket from POST /events/stream/ticket (GET /events/stream "
+                                    "only, for EventSource, which cannot send headers); refused beside a token"},
 }
 
 _BEARER_ERRORS = {
@@ -46,13 +50,6 @@ _BEARER_ERRORS = {
         "headers": {"Retry-After": {"schema": {"type": "integer"}}},
     },
 }
-_TYPE_FILTER = {
-    "name": "type",
-    "in": "query",
-    "description": "Event types: exact names or `prefix.*`, repeated or comma-separated; `*`: every type",
-    "schema": {"type": "string", "maxLength": 2048},
-}
-
 # What the server accepts as an event type, in the words of the schema (brain.event_types.TYPE_RE).
 EVENT_TYPE: dict[str, Any] = {
     "type": "string",
@@ -69,6 +66,23 @@ _TIME_PARAMETER: dict[str, Any] = {
         {"type": "string", "pattern": r"^-?[0-9]{1,12}(\.[0-9]{1,6})?$"},
         {"const": ""},
     ]
+}
+
+
+# One item of a type filter (brain.event_types.TypeFilter): `*`, a type, or a `prefix.*` namespace.
+_TYPE_FILTER_ITEM = rf" *(\*|{TYPE_RE.pattern}(\.\*)?) *"
+_TYPE_FILTER = {
+    "name": "type",
+    "in": "query",
+    "description": (
+        f"Event types: exact names or `prefix.*`, comma-separated (or the parameter repeated), at most "
+        f"{MAX_TYPE_FILTERS} of them, each name at most {MAX_TYPE_LENGTH} characters; `*`: every type"
+    ),
+    "schema": {
+        "type": "string",
+        "maxLength": MAX_TYPE_FILTERS * (MAX_TYPE_LENGTH + 3),
+        "pattern": f"^{_TYPE_FILTER_ITEM}(,{_TYPE_FILTER_ITEM}){{0,{MAX_TYPE_FILTERS - 1}}}$",
+    },
 }
 
 
@@ -240,16 +254,14 @@ def paths(api: ApiSettings) -> dict[str, dict[str, Any]]:
             "parameters": [
                 _TYPE_FILTER,
                 {"name": "after", "in": "query", "description": "Replay events committed after this id first",
-                 "schema": {"type": "integer", "minimum": 0}},
+                 "schema": {"type": "integer", "minimum": 0, "maximum": MAX_SEQUENCE}},
                 {"name": "Last-Event-ID", "in": "header", "required": False,
                  "description": "As `after`; wins over it (EventSource sends it on reconnect)",
-                 "schema": {"type": "integer", "minimum": 0}},
-                {"name": "ticket", "in": "query", "required": False,
-                 "description": "A single-use ticket from POST /events/stream/ticket, instead of a bearer token",
-                 "schema": {"type": "string", "maxLength": 300}},
+                 "schema": {"type": "integer", "minimum": 0, "maximum": MAX_SEQUENCE}},
             ],
             "responses": {
-                "200": {"description": "An event stream", "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+                "200": {"description": "An event stream: one StreamMessage per SSE event",
+                    "content": {"text/event-stream": {"schema": _ref("StreamMessage")}}},
                 "400": _error("Invalid parameter; the message names it"),
                 "429": {
                     **_error("TOO_MANY_STREAMS (api.stream_max_per_user open already) or RATE_LIMITED"),
@@ -276,7 +288,9 @@ def paths(api: ApiSettings) -> dict[str, dict[str, Any]]:
         "post": with_api_keys(operations["/events"]["post"], "events:write"),
         "get": with_api_keys(operations["/events"]["get"], "events:read"),
     }
-    operations["/events/stream"]["get"] = with_api_keys(operations["/events/stream"]["get"], "events:read")
+    # A ticket is a credential of its own, an alternative to a token or key (never beside one).
+    stream = with_api_keys(operations["/events/stream"]["get"], "events:read")
+    operations["/events/stream"]["get"] = {**stream, "security": [*stream["security"], {"streamTicket": []}]}
     operations["/events/stream/ticket"]["post"] = with_api_keys(operations["/events/stream/ticket"]["post"], "events:read")
     return operations
 
@@ -315,6 +329,34 @@ SCHEMAS: dict[str, Any] = {
         "properties": {
             "events": {"type": "array", "items": _ref("Event")},
             "next_cursor": {"type": ["string", "null"]},
+        },
+    },
+    # OpenAPI 3.1 has a text/event-stream schema describe each event (the fields of the SSE format).
+    "StreamMessage": {
+        "description": (
+            "One SSE event of GET /events/stream: an unnamed message (`id`: the commit sequence, `data`: "
+            "the event as JSON), or the named event that ends the stream (`data`: a StreamEnding)"
+        ),
+        "type": "object",
+        "required": ["data"],
+        "properties": {
+            "event": {"type": "string", "enum": ["message", *STREAM_ENDINGS]},
+            "id": {"type": "string", "pattern": "^[0-9]{1,19}$"},
+            "data": {"type": "string"},
+            "retry": {"type": "integer"},
+        },
+        "if": {"properties": {"event": {"const": "message"}}},
+        "then": {"required": ["id"], "properties": {
+            "data": {"contentMediaType": "application/json", "contentSchema": _ref("Event")}}},
+        "else": {"properties": {"data": {"contentMediaType": "application/json", "contentSchema": _ref("StreamEnding")}}},
+    },
+    "StreamEnding": {
+        "type": "object",
+        "required": ["message", "last_event_id"],
+        "properties": {
+            "message": {"type": "string"},
+            "code": {"type": "string", "description": "With `error`: the store's error code"},
+            "last_event_id": {"type": "integer", "description": "Resume from here (Last-Event-ID)"},
         },
     },
     "StreamTicket": {

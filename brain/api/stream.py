@@ -64,6 +64,8 @@ _ENDINGS = {
     "revoked": "the account was deleted",
     "shutting-down": "the server is shutting down; reconnect with Last-Event-ID",
 }
+# Every name a stream's last event can have (the OpenAPI document lists them).
+STREAM_ENDINGS = (*_ENDINGS, ERROR)
 
 
 def frame(event: StoredEvent) -> bytes:
@@ -78,13 +80,13 @@ def ending(name: str, body: dict[str, Any]) -> bytes:
 
 def resume_point(request: web.Request) -> int | None:
     """Where the caller resumes: Last-Event-ID (the browser's own reconnect), else ?after=."""
-    header = request.headers.get("Last-Event-ID", "").strip()
-    if header:
-        return _sequence(header, "Last-Event-ID")
     values = request.query.getall("after", [])
     if len(values) > 1:
         raise BadRequest("after: given more than once")
-    return _sequence(values[0], "after") if values else None
+    # A bad ?after= is refused even when the header wins over it.
+    after = _sequence(values[0], "after") if values else None
+    header = request.headers.get("Last-Event-ID", "").strip()
+    return _sequence(header, "Last-Event-ID") if header else after
 
 
 def _sequence(text: str, field: str) -> int:

@@ -47,7 +47,10 @@ def routes(rt: Process) -> list[Route]:
     return [
         Route("GET", "/examples/", index, {"operationId": "examplesIndex", **_OPERATION}, public=True),
         Route("GET", "/examples/config.js", config_js, {"operationId": "examplesConfig", **_OPERATION}, public=True),
-        Route("GET", "/examples/{name}", example, {"operationId": "exampleFile", **_OPERATION}, public=True),
+        Route("GET", "/examples/{name}", example, {"operationId": "exampleFile", **_OPERATION, "parameters": [
+            {"name": "name", "in": "path", "required": True, "description": "A file of examples/ (no path)",
+             "schema": {"type": "string", "pattern": f"^{_FILE.pattern}$"}},
+        ]}, public=True),
     ]
 
 

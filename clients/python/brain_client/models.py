@@ -43,12 +43,20 @@ __all__ = [
     "MailSyncChoices",
     "Me",
     "NewEvent",
+    "NewWebhook",
     "Passkey",
     "Session",
     "SessionResponse",
     "SignInRequest",
     "SignUpRequest",
+    "StreamEnding",
+    "StreamMessage",
+    "StreamTicket",
     "User",
+    "Webhook",
+    "WebhookDelivery",
+    "WebhookDeliveryAttemptLogItem",
+    "WebhookWithSecret",
 ]
 
 ApiKeyPermissions0 = TypedDict("ApiKeyPermissions0", {
@@ -206,6 +214,13 @@ NewEvent = TypedDict("NewEvent", {
 })
 
 
+NewWebhook = TypedDict("NewWebhook", {
+    "url": str,
+    "types": NotRequired[list[str]],
+    "secret": NotRequired[str],
+})
+
+
 Passkey = TypedDict("Passkey", {
     "id": str,
     "name": Union[str, None],
@@ -268,6 +283,76 @@ SignUpRequest = TypedDict("SignUpRequest", {
     "image": NotRequired[str],
     "callbackURL": NotRequired[str],
     "rememberMe": NotRequired[bool],
+})
+
+
+StreamEnding = TypedDict("StreamEnding", {
+    "message": str,
+    "code": NotRequired[str],
+    "last_event_id": int,
+})
+
+
+# One SSE event of GET /events/stream: an unnamed message (`id`: the commit sequence, `data`: the event as JSON), or the named event that ends the stream (`data`: a StreamEnding)
+StreamMessage = TypedDict("StreamMessage", {
+    "event": NotRequired[Literal['message', 'token-expired', 'too-slow', 'revoked', 'shutting-down', 'error']],
+    "id": NotRequired[str],
+    "data": str,
+    "retry": NotRequired[int],
+})
+
+
+StreamTicket = TypedDict("StreamTicket", {
+    "ticket": str,
+    "expires_in": int,
+    "stream": str,
+})
+
+
+Webhook = TypedDict("Webhook", {
+    "id": str,
+    "url": str,
+    "types": list[str],
+    "state": Literal['active', 'disabled'],
+    "created_at": NotRequired[str],
+    "failing_since": NotRequired[Union[str, None]],
+    "disabled_at": NotRequired[Union[str, None]],
+    "disabled_reason": NotRequired[Union[str, None]],
+})
+
+
+WebhookDeliveryAttemptLogItem = TypedDict("WebhookDeliveryAttemptLogItem", {
+    "at": NotRequired[str],
+    "status": NotRequired[Union[int, None]],
+    "error": NotRequired[Union[str, None]],
+    "duration_ms": NotRequired[float],
+})
+
+
+WebhookDelivery = TypedDict("WebhookDelivery", {
+    "id": str,
+    "event_id": int,
+    "event_type": NotRequired[str],
+    "status": Literal['pending', 'delivered', 'failed'],
+    "attempts": int,
+    "created_at": NotRequired[str],
+    "finished_at": NotRequired[Union[str, None]],
+    "last_status": NotRequired[Union[int, None]],
+    "last_error": NotRequired[Union[str, None]],
+    "attempt_log": NotRequired[list[WebhookDeliveryAttemptLogItem]],
+})
+
+
+WebhookWithSecret = TypedDict("WebhookWithSecret", {
+    "id": str,
+    "url": str,
+    "types": list[str],
+    "state": Literal['active', 'disabled'],
+    "created_at": NotRequired[str],
+    "failing_since": NotRequired[Union[str, None]],
+    "disabled_at": NotRequired[Union[str, None]],
+    "disabled_reason": NotRequired[Union[str, None]],
+    "secret": str,
 })
 
 
