@@ -184,6 +184,82 @@ def test_async_client(server: BrainServer) -> None:
     asyncio.run(scenario())
 
 
+def post_later(brain: Client, events: list[dict[str, object]], every: float) -> threading.Thread:
+    """Post events from another thread, one each `every` seconds, while the caller reads its stream."""
+    def post() -> None:
+        for event in events:
+            time.sleep(every)
+            brain.post_event(str(event["type"]), event["data"])
+
+    thread = threading.Thread(target=post, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_the_stream_follows_live_events_and_resumes_after_the_last_one_seen(server: BrainServer) -> None:
+    with client(server) as brain, client(server) as writer:
+        signed = brain.sign_up("Gus", unique_email("py"), PASSWORD)
+        writer.session_token = signed["token"]
+        brain.post_events([{"type": "note.created", "data": n} for n in range(3)])
+        stream = brain.stream_events(after=0)
+        history = [next(stream) for _ in range(3)]
+        assert [e["data"] for e in history] == [0, 1, 2] and stream.last_event_id == history[-1]["id"]
+        # Then what commits while the stream is open, with the type filter's namespaces.
+        posting = post_later(writer, [{"type": "note.created", "data": 3}, {"type": "note.edited", "data": 4}], 0.3)
+        live = [next(stream) for _ in range(2)]
+        posting.join()
+        stream.close()
+        assert [e["data"] for e in live] == [3, 4]
+
+        # Closed, two more commit (one filtered out): the resumed stream starts right after the
+        # last event seen, with no gap and nothing twice.
+        brain.post_events([{"type": "other.thing", "data": 5}, {"type": "note.created", "data": 6}])
+        resumed = brain.stream_events(type="note.*", after=stream.last_event_id)
+        assert next(resumed)["data"] == 6
+        resumed.close()
+
+        ticket = brain.stream_ticket()
+        assert ticket["stream"].startswith("/events/stream") and ticket["expires_in"] > 0
+        with pytest.raises(BadRequest) as bad:
+            next(iter(brain.stream_events(type="not a type", after=0)))
+        assert bad.value.code == "VALIDATION_ERROR" and "type" in bad.value.message
+
+
+def test_the_stream_resumes_across_jwt_expiries_without_gap_or_repeat(tmp_path: Path) -> None:
+    """JWTs live 3 s here: the server ends each stream when its JWT does (token-expired); the
+    client refreshes it from the session and resumes with Last-Event-ID."""
+    config = {"auth": {**NO_LIMITS, "jwt_ttl_seconds": 3}}
+    with BrainServer(tmp_path / "brain", config=config) as server:
+        wait_api_ready(server)
+        with client(server) as brain, client(server) as writer:
+            signed = brain.sign_up("Hal", unique_email("py"), PASSWORD)
+            writer.session_token = signed["token"]
+            events = [{"type": "tick.tock", "data": n} for n in range(16)]
+            stream = brain.stream_events(after=0)
+            posting = post_later(writer, events, 0.5)
+            seen = [next(stream)["data"] for _ in events]
+            posting.join()
+            assert seen == list(range(16))
+            assert stream.reconnects >= 1, "the posts outlasted a JWT, so the stream was resumed"
+            stream.close()
+
+
+def test_the_async_stream(server: BrainServer) -> None:
+    async def scenario() -> None:
+        async with AsyncClient(server.api_url, server.auth_url) as brain:
+            await brain.sign_up("Ivy", unique_email("py"), PASSWORD)
+            await brain.post_events([{"type": "a.b", "data": i} for i in range(3)])
+            stream = brain.stream_events(type=["a.b"], after=0)
+            seen = [(await anext(stream))["data"] for _ in range(3)]
+            first = stream.last_event_id
+            await brain.post_event("a.b", 3)
+            seen.append((await anext(stream))["data"])
+            await stream.aclose()
+            assert seen == [0, 1, 2, 3] and stream.last_event_id == first + 1
+
+    asyncio.run(scenario())
+
+
 def test_a_429_is_retried_after_its_retry_after(tmp_path: Path, silent: SilentServer) -> None:
     """Two IMAP connects hang at a server that never answers ([mail] connects_per_user = 2): a
     third is refused with 429 TOO_MANY_CONNECTS and Retry-After. The client waits, the hanging

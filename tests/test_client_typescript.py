@@ -31,6 +31,8 @@ from tests.test_reliability_helpers import wait_api_ready
 
 TS_DIR = REPO / "clients" / "typescript"
 ATTACHMENT = "a small text attachment"
+# JWT lifetime (seconds) of the server whose streams end when their JWTs do.
+JWT_TTL = 3
 
 
 def node() -> str:
@@ -74,6 +76,20 @@ def test_client_against_a_live_server(server: BrainServer, gmail: FakeGmail) -> 
                     BRAIN_GMAIL_MESSAGE=message, BRAIN_GMAIL_ATTACHMENT=ATTACHMENT)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "# fail 0" in done.stdout and "# pass 4" in done.stdout, done.stdout
+
+
+def test_the_stream_follows_live_events_and_resumes(server: BrainServer) -> None:
+    done = run_node(["--test", "test/stream.test.mjs"], server)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "# fail 0" in done.stdout and "# pass 1" in done.stdout and "# skipped 1" in done.stdout, done.stdout
+
+
+def test_the_stream_resumes_across_jwt_expiries(tmp_path: Path) -> None:
+    with BrainServer(tmp_path / "brain", config={"auth": {**NO_LIMITS, "jwt_ttl_seconds": JWT_TTL}}) as short_lived:
+        wait_api_ready(short_lived)
+        done = run_node(["--test", "test/stream.test.mjs"], short_lived, BRAIN_JWT_TTL=str(JWT_TTL))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "# fail 0" in done.stdout and "# pass 1" in done.stdout and "# skipped 1" in done.stdout, done.stdout
 
 
 def test_a_429_is_retried_after_its_retry_after(tmp_path: Path) -> None:

@@ -171,6 +171,19 @@ def list_events(type: str | None, since: str | float | None, until: str | float 
     return Call("GET", "api", "/events", params=params)
 
 
+def stream_events(types: Sequence[str], after: int | None) -> Call:
+    """GET /events/stream, resuming after `after` (sent as Last-Event-ID, as EventSource does)."""
+    headers = {"Accept": "text/event-stream"}
+    if after is not None:
+        headers["Last-Event-ID"] = str(after)
+    return Call("GET", "api", "/events/stream", params={"type": ",".join(types)} if types else None, headers=headers)
+
+
+def stream_ticket() -> Call:
+    """POST /events/stream/ticket: a single-use ticket for one stream (EventSource in a browser)."""
+    return Call("POST", "api", "/events/stream/ticket")
+
+
 def mail_connect(provider: str, refresh_token: str | None, sync: Mapping[str, Any] | None,
                  fields: Mapping[str, Any]) -> Call:
     """POST /mail/connect (fields: what else the provider needs, e.g. IMAP's host and password)."""

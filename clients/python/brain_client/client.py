@@ -20,12 +20,15 @@ import httpx
 
 from brain_client import _calls as calls
 from brain_client.errors import BrainError, RateLimited, ServiceUnavailable
-from brain_client.models import Event, EventsPage, Health, Jwks, MailAccount, Me, SessionResponse
+from brain_client.models import Event, EventsPage, Health, Jwks, MailAccount, Me, SessionResponse, StreamTicket
+from brain_client.stream import AsyncEventStream, EventStream, SseMessage, StreamState
 
 __all__ = ["AsyncClient", "Client"]
 
 # Refresh a JWT this long before it expires (clock skew and a slow request included).
 REFRESH_MARGIN = 60.0
+# An event stream silent for this long (no event, no heartbeat) is taken for a lost connection.
+STREAM_IDLE_TIMEOUT = 60.0
 _RETRIED = (RateLimited, ServiceUnavailable)
 
 
@@ -39,8 +42,9 @@ class _Credentials:
     """What the client authenticates with, and where the two roles are."""
 
     def __init__(self, api_url: str, auth_url: str | None, jwt: str | None, session_token: str | None,
-                 api_key: str | None, max_retries: int, max_retry_wait: float) -> None:
+                 api_key: str | None, max_retries: int, max_retry_wait: float, timeout: float) -> None:
         self.api_url = api_url.rstrip("/")
+        self.timeout = timeout
         self.auth_url = (auth_url or api_url).rstrip("/")
         self.jwt = jwt
         self.session_token = session_token
@@ -70,6 +74,10 @@ class _Credentials:
         if call.body is not None or call.method in ("POST", "PATCH", "PUT"):
             args["json"] = call.body if call.body is not None else {}
         return args
+
+    def stream_timeout(self, idle_timeout: float) -> httpx.Timeout:
+        """An event stream's timeouts: the usual ones to connect, `idle_timeout` between reads."""
+        return httpx.Timeout(self.timeout, read=idle_timeout)
 
     def should_refresh(self, call: calls.Call) -> bool:
         return call.auth == "user" and self.session_token is not None and calls.needs_refresh(self.jwt, REFRESH_MARGIN)
@@ -107,7 +115,7 @@ class Client(_Credentials):
     def __init__(self, api_url: str, auth_url: str | None = None, *, jwt: str | None = None,
                  session_token: str | None = None, api_key: str | None = None, max_retries: int = 3,
                  max_retry_wait: float = 30.0, timeout: float = 30.0, http: httpx.Client | None = None) -> None:
-        super().__init__(api_url, auth_url, jwt, session_token, api_key, max_retries, max_retry_wait)
+        super().__init__(api_url, auth_url, jwt, session_token, api_key, max_retries, max_retry_wait, timeout)
         self.http = http or httpx.Client(timeout=timeout, cookies=no_cookies())
 
     def __enter__(self) -> Client:
@@ -197,6 +205,53 @@ class Client(_Credentials):
             if cursor is None:
                 return
 
+    def stream_events(self, *, type: str | Sequence[str] | None = None, after: int | None = None,
+                      reconnect: bool = True, idle_timeout: float = STREAM_IDLE_TIMEOUT) -> EventStream:
+        """The user's events as they commit (GET /events/stream), for as long as it is iterated.
+
+        `type`: names or `prefix.*`; `after`: first every event committed after this id (0: from
+        the start). The stream resumes with Last-Event-ID, without a gap or a repeat, when its
+        connection drops or the server ends it for a reason a reconnect cures (an expired JWT is
+        refreshed first); `reconnect=False` raises StreamEnded instead.
+        """
+        state = StreamState(type, after, reconnect)
+        return EventStream(state, self._stream(state, idle_timeout))
+
+    def _stream(self, state: StreamState, idle_timeout: float) -> Iterator[Event]:
+        while True:
+            ending: SseMessage | None = None
+            try:
+                for message in self._messages(state.call(), state, idle_timeout):
+                    if message.event != "message":
+                        ending = message
+                        break
+                    yield state.event(message)
+                else:
+                    raise httpx.RemoteProtocolError("the event stream closed without saying why")
+            except (BrainError, httpx.TransportError) as failure:
+                wait = state.lost(failure)
+            else:
+                wait = state.ended(ending)
+            time.sleep(wait)
+
+    def _messages(self, call: calls.Call, state: StreamState, idle_timeout: float) -> Iterator[SseMessage]:
+        if self.should_refresh(call):
+            self.refresh()
+        with self.http.stream(call.method, self.url(call), timeout=self.stream_timeout(idle_timeout),
+                              **self.send_args(call)) as response:
+            if response.status_code >= 400:
+                response.read()
+                calls.result(call, response)
+            for line in response.iter_lines():
+                message = state.parser.line(line)
+                if message is not None:
+                    yield message
+
+    def stream_ticket(self) -> StreamTicket:
+        """A single-use ticket that opens one stream without a header: `stream?ticket=` for a
+        browser's EventSource (POST /events/stream/ticket)."""
+        return cast(StreamTicket, self._run(calls.stream_ticket()))
+
     def mail_connect(self, provider: str, *, refresh_token: str | None = None,
                      sync: Mapping[str, Any] | None = None, **fields: Any) -> dict[str, Any]:
         """Connect a mail account: the OAuth authorize link, or (with a refresh token or the
@@ -235,7 +290,7 @@ class AsyncClient(_Credentials):
     def __init__(self, api_url: str, auth_url: str | None = None, *, jwt: str | None = None,
                  session_token: str | None = None, api_key: str | None = None, max_retries: int = 3,
                  max_retry_wait: float = 30.0, timeout: float = 30.0, http: httpx.AsyncClient | None = None) -> None:
-        super().__init__(api_url, auth_url, jwt, session_token, api_key, max_retries, max_retry_wait)
+        super().__init__(api_url, auth_url, jwt, session_token, api_key, max_retries, max_retry_wait, timeout)
         self.http = http or httpx.AsyncClient(timeout=timeout, cookies=no_cookies())
 
     async def __aenter__(self) -> AsyncClient:
@@ -323,6 +378,46 @@ class AsyncClient(_Credentials):
             cursor = page["next_cursor"]
             if cursor is None:
                 return
+
+    def stream_events(self, *, type: str | Sequence[str] | None = None, after: int | None = None,
+                      reconnect: bool = True, idle_timeout: float = STREAM_IDLE_TIMEOUT) -> AsyncEventStream:
+        """The user's events as they commit (GET /events/stream): as Client.stream_events, an async iterator."""
+        state = StreamState(type, after, reconnect)
+        return AsyncEventStream(state, self._stream(state, idle_timeout))
+
+    async def _stream(self, state: StreamState, idle_timeout: float) -> AsyncIterator[Event]:
+        while True:
+            ending: SseMessage | None = None
+            try:
+                async for message in self._messages(state.call(), state, idle_timeout):
+                    if message.event != "message":
+                        ending = message
+                        break
+                    yield state.event(message)
+                else:
+                    raise httpx.RemoteProtocolError("the event stream closed without saying why")
+            except (BrainError, httpx.TransportError) as failure:
+                wait = state.lost(failure)
+            else:
+                wait = state.ended(ending)
+            await asyncio.sleep(wait)
+
+    async def _messages(self, call: calls.Call, state: StreamState, idle_timeout: float) -> AsyncIterator[SseMessage]:
+        if self.should_refresh(call):
+            await self.refresh()
+        async with self.http.stream(call.method, self.url(call), timeout=self.stream_timeout(idle_timeout),
+                                    **self.send_args(call)) as response:
+            if response.status_code >= 400:
+                await response.aread()
+                calls.result(call, response)
+            async for line in response.aiter_lines():
+                message = state.parser.line(line)
+                if message is not None:
+                    yield message
+
+    async def stream_ticket(self) -> StreamTicket:
+        """A single-use ticket that opens one stream without a header (POST /events/stream/ticket)."""
+        return cast(StreamTicket, await self._run(calls.stream_ticket()))
 
     async def mail_connect(self, provider: str, *, refresh_token: str | None = None,
                            sync: Mapping[str, Any] | None = None, **fields: Any) -> dict[str, Any]:

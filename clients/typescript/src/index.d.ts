@@ -44,6 +44,31 @@ export class RateLimited extends BrainError {}
 export class ServiceUnavailable extends BrainError {}
 export class ServerError extends BrainError {}
 export function errorFor(status: number, body: unknown, retryAfter: number | null): BrainError;
+/** The server ended an event stream for a reason a reconnect does not cure, or reconnecting was off. */
+export class StreamEnded extends BrainError {
+  /** The ending's name: revoked, error (or token-expired, too-slow, shutting-down with reconnect: false). */
+  readonly reason: string;
+  /** The commit sequence of the last event received: where a later stream resumes. */
+  readonly lastEventId: number | null;
+}
+export interface SseMessage { event: string; data: string; id: string | null }
+export class SseParser {
+  retryMs: number | null;
+  /** Feed one line (without its end); a message when the line completes one. */
+  line(line: string): SseMessage | null;
+}
+export type StreamTicket = Schemas["StreamTicket"];
+export type StreamEnding = Schemas["StreamEnding"];
+export interface StreamOptions {
+  /** Event type names or `prefix.*` namespaces. */
+  type?: string | string[];
+  /** First every event committed after this id (0: from the start). */
+  after?: number;
+  /** Resume after lost connections and curable endings (default true). */
+  reconnect?: boolean;
+  signal?: AbortSignal;
+  onResume?: (lastEventId: number | null) => void;
+}
 export function jwtExpiry(jwt: string): number | null;
 
 export interface BrainClientOptions {
@@ -95,6 +120,9 @@ export class BrainClient {
   postEvents(events: NewEvent[], options?: { idempotencyKey?: string }): Promise<Event[]>;
   listEvents(query?: EventsQuery): Promise<EventsPage>;
   iterEvents(query?: Omit<EventsQuery, "limit" | "cursor"> & { pageSize?: number }): AsyncGenerator<Event, void, void>;
+  streamEvents(options?: StreamOptions): AsyncGenerator<Event, void, void>;
+  streamTicket(): Promise<StreamTicket>;
+  eventSourceUrl(options?: { type?: string | string[] }): Promise<string>;
   mailConnect(provider: Schemas["MailConnect"]["provider"] | (string & {}), fields?: MailConnectFields): Promise<MailAuthorize | { account: MailAccount }>;
   mailStatus(): Promise<MailAccount[]>;
   mailDisconnect(account: string): Promise<{ account: MailAccount; events_kept?: true }>;

@@ -66,6 +66,66 @@ function retryAfterOf(response) {
   return Number.isFinite(value) && response.headers.has("retry-after") ? Math.max(0, value) : null;
 }
 
+/** Endings of an event stream after which the same stream continues on a new connection. */
+const RESUMABLE = new Set(["token-expired", "too-slow", "shutting-down"]);
+/** Connections in a row that may fail before a stream gives up. */
+const MAX_RECONNECT_FAILURES = 5;
+
+/** The server ended the stream for a reason a reconnect does not cure (`revoked`, `error`), or
+ * reconnecting was turned off; `reason` names the ending, `lastEventId` is where to resume. */
+export class StreamEnded extends BrainError {
+  constructor(reason, body, lastEventId) {
+    super(200, body?.code || reason, body?.message || reason, body, null);
+    this.reason = reason;
+    this.lastEventId = lastEventId;
+  }
+}
+
+/** Lines of a text/event-stream in, whole messages ({event, data, id}) out: the WHATWG rules. */
+export class SseParser {
+  constructor() {
+    this.retryMs = null;
+    this._event = "";
+    this._data = [];
+    this._id = null;
+  }
+
+  line(line) {
+    if (line === "") {
+      const message = this._data.length ? { event: this._event || "message", data: this._data.join("\n"), id: this._id } : null;
+      this._event = "";
+      this._data = [];
+      return message;
+    }
+    if (line.startsWith(":")) return null; // a comment: the server's heartbeat
+    const colon = line.indexOf(":");
+    const name = colon < 0 ? line : line.slice(0, colon);
+    let value = colon < 0 ? "" : line.slice(colon + 1);
+    if (value.startsWith(" ")) value = value.slice(1);
+    if (name === "data") this._data.push(value);
+    else if (name === "event") this._event = value;
+    else if (name === "id" && !value.includes("\0")) this._id = value;
+    else if (name === "retry" && /^[0-9]+$/.test(value)) this.retryMs = Number(value);
+    return null;
+  }
+}
+
+/** The lines of a fetch response body as they arrive (\n, \r\n or \r ends a line). */
+async function* linesOf(body) {
+  const decoder = new TextDecoder();
+  let buffer = "";
+  for await (const chunk of body) {
+    buffer += decoder.decode(chunk, { stream: true });
+    let end;
+    while ((end = buffer.search(/\r\n|\r|\n/)) >= 0) {
+      // A \r at the very end may be the first half of \r\n: wait for the next chunk.
+      if (buffer[end] === "\r" && end === buffer.length - 1) break;
+      yield buffer.slice(0, end);
+      buffer = buffer.slice(end + (buffer.startsWith("\r\n", end) ? 2 : 1));
+    }
+  }
+}
+
 /** A client of one brain deployment: `apiUrl` (API role) and `authUrl` (auth role). */
 export class BrainClient {
   constructor({
@@ -247,6 +307,83 @@ export class BrainClient {
       yield* page.events;
       cursor = page.next_cursor;
     } while (cursor);
+  }
+
+  /**
+   * The user's events as they commit (GET /events/stream), for as long as it is iterated.
+   * `type`: names or `prefix.*` (a string or an array); `after`: first every event committed
+   * after this id (0: from the start). The stream resumes with Last-Event-ID, without a gap or a
+   * repeat, when its connection drops or the server ends it for a reason a reconnect cures (an
+   * expired JWT is refreshed first); `reconnect: false` throws StreamEnded instead. `signal`
+   * stops it. `onResume(lastEventId)` is called before each resumption.
+   */
+  async *streamEvents({ type, after, reconnect = true, signal, onResume } = {}) {
+    let lastEventId = after ?? null;
+    let failures = 0;
+    const types = Array.isArray(type) ? type.join(",") : type;
+    for (;;) {
+      const parser = new SseParser();
+      let ending = null;
+      try {
+        for await (const message of this._streamMessages(types, lastEventId, parser, signal)) {
+          if (message.event !== "message") {
+            ending = message;
+            break;
+          }
+          failures = 0;
+          if (/^[0-9]+$/.test(message.id ?? "")) lastEventId = Number(message.id);
+          yield JSON.parse(message.data);
+        }
+        if (!ending) throw new TypeError("the event stream closed without saying why");
+      } catch (failure) {
+        if (signal?.aborted) return;
+        const retryable = failure instanceof BrainError ? RETRIED.has(failure.status) : failure instanceof TypeError;
+        if (!reconnect || !retryable || failures >= MAX_RECONNECT_FAILURES) throw failure;
+        failures += 1;
+        onResume?.(lastEventId);
+        await sleep(failure.retryAfter ?? 0.2 * 2 ** failures);
+        continue;
+      }
+      let body = null;
+      try { body = JSON.parse(ending.data); } catch { body = { message: ending.data }; }
+      if (!reconnect || !RESUMABLE.has(ending.event)) throw new StreamEnded(ending.event, body, lastEventId);
+      onResume?.(lastEventId);
+      // A fresh JWT is all an expired one needs; otherwise the server's retry: delay.
+      if (ending.event !== "token-expired") await sleep((parser.retryMs ?? 1000) / 1000);
+    }
+  }
+
+  async *_streamMessages(types, lastEventId, parser, signal) {
+    const call = { method: "GET", role: "api", path: "/events/stream", auth: "user", query: { type: types } };
+    if (this._needsRefresh()) await this.refresh();
+    const headers = { ...this._headers(call), accept: "text/event-stream" };
+    if (lastEventId !== null) headers["last-event-id"] = String(lastEventId);
+    const response = await this.fetch(this._url(call), { headers, credentials: "omit", signal });
+    if (response.status >= 400) await this._read(call, response);
+    try {
+      for await (const line of linesOf(response.body)) {
+        const message = parser.line(line);
+        if (message) yield message;
+      }
+    } finally {
+      // Leaving early (a break, an ending, an abort) closes the connection.
+      await response.body.cancel().catch(() => {});
+    }
+  }
+
+  /** A single-use ticket that opens one stream without a header (POST /events/stream/ticket). */
+  streamTicket() {
+    return this._run({ method: "POST", role: "api", path: "/events/stream/ticket", auth: "user", body: {} });
+  }
+
+  /** A URL for the browser's own `new EventSource(url)`: the stream, opened with a fresh ticket.
+   * EventSource resumes by itself (Last-Event-ID) while the ticket's credential is valid. */
+  async eventSourceUrl({ type } = {}) {
+    const { ticket } = await this.streamTicket();
+    const url = new URL(`${this.apiUrl}/events/stream`);
+    url.searchParams.set("ticket", ticket);
+    if (type) url.searchParams.set("type", Array.isArray(type) ? type.join(",") : type);
+    return url.toString();
   }
 
   /** Connect a mail account: the OAuth link, or (with a refresh token or IMAP's fields) the account. */
