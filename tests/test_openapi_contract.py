@@ -8,11 +8,13 @@ refused with 405, authentication not ignored. A constraint the server enforces b
 does not state (or the other way round) fails here. The settings, including the few operations
 whose answers depend on state a generated request cannot know, are in tests/schemathesis.toml.
 
-The API role runs whole. The auth role runs over the operations that do not change who the
-run is signed in as (changing the email or password, deleting the user, two-factor, passkeys,
-API keys and social sign-in are checked by their own tests, not here yet). The MCP endpoint
-(/mcp: JSON-RPC over HTTP with its own sessions) is left out too: schemathesis finds its
-description looser than the server (tests/test_mcp.py covers it).
+The API role runs whole. The auth role runs in two parts: the operations that keep who the run
+is signed in as, with one user and the stateful phase (sign up -> token -> ...), and those that
+change it (the password, the email, deleting the user, two-factor, passkeys, API keys, linked
+accounts) with a user of its own for every request (tests/schemathesis_hooks.py) and without the
+stateful phase, whose chains would be sent as different users. The MCP endpoint (/mcp: JSON-RPC
+over HTTP with its own sessions) is left out: schemathesis finds its description looser than the
+server (tests/test_mcp.py covers it).
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ from tests.test_fuzz_openapi import mail_plugins
 from tests.test_reliability_helpers import User, wait_api_ready
 
 CONFIG = REPO / "tests" / "schemathesis.toml"
+# For the run with a fresh user per request: the same seed, no configured credentials.
+IDENTITY_CONFIG = REPO / "tests" / "schemathesis-identity.toml"
 SCHEMATHESIS = Path(sys.executable).parent / "schemathesis"
 # The auth role's operations this run covers (see the module docstring for the rest).
 AUTH_OPERATIONS = [
@@ -41,6 +45,16 @@ AUTH_OPERATIONS = [
     "sendVerificationEmail", "verifyEmail", "requestPasswordReset", "forgetPassword", "resetPasswordCallback",
     "resetPassword", "listUserSessions", "revokeSession", "revokeSessions", "revokeOtherSessions", "updateUser",
     "examplesIndex", "examplesConfig", "exampleFile",
+]
+# The auth role's operations that change who is signed in, or what they sign in with: run with a
+# fresh user per request, since each can spoil the user for the requests after it.
+IDENTITY_OPERATIONS = [
+    "changePassword", "changeEmail", "deleteUser", "createApiKey", "deleteApiKey", "getApiKey", "listApiKeys",
+    "updateApiKey", "verifyApiKey", "listUserAccounts", "unlinkAccount", "enableTwoFactor", "disableTwoFactor",
+    "getTOTPURI", "generateBackupCodes", "verifyTOTP", "verifyBackupCode", "listPasskeys", "updatePasskey",
+    "deletePasskey", "generatePasskeyRegistrationOptions", "passkeyGenerateAuthenticateOptions",
+    "passkeyVerifyRegistration", "passkeyVerifyAuthentication", "socialSignIn", "linkSocialAccount",
+    "handleOAuthCallback", "handleOAuthCallbackPost", "errorPage",
 ]
 
 
@@ -60,14 +74,21 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrainServer]:
         microsoft.stop()
 
 
-def schemathesis(server: BrainServer, base_url: str, *filters: str) -> tuple[int, str]:
-    """Run `schemathesis run --checks all` with our settings; (exit code, its report)."""
+def schemathesis(server: BrainServer, base_url: str, *filters: str, fresh_users: bool = False) -> tuple[int, str]:
+    """Run `schemathesis run --checks all` with our settings; (exit code, its report).
+
+    fresh_users: each request signs up a user of its own first (tests/schemathesis_hooks.py).
+    """
     # Its cache (.schemathesis/) goes beside the server's data, not into the checkout.
     workdir = server.workdir
     user = User.sign_up(server)
-    env = {**os.environ, "BRAIN_TEST_JWT": user.jwt, "BRAIN_TEST_EMAIL": user.email, "BRAIN_TEST_PASSWORD": PASSWORD}
+    env = {**os.environ, "BRAIN_TEST_JWT": user.jwt, "BRAIN_TEST_EMAIL": user.email, "BRAIN_TEST_PASSWORD": PASSWORD,
+           "BRAIN_AUTH_URL": server.auth_url}
+    if fresh_users:
+        env.update(SCHEMATHESIS_HOOKS="tests.schemathesis_hooks", PYTHONPATH=str(REPO))
     command = [
-        str(SCHEMATHESIS), "--config-file", str(CONFIG), "--no-color", "run", f"{server.api_url}/openapi.json",
+        str(SCHEMATHESIS), "--config-file", str(IDENTITY_CONFIG if fresh_users else CONFIG), "--no-color", "run",
+        f"{server.api_url}/openapi.json",
         "--url", base_url, "--checks", "all", "--workers", "1", *filters,
     ]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900, cwd=workdir)
@@ -93,5 +114,13 @@ def test_api_role_keeps_its_contract(server: BrainServer) -> None:
 def test_auth_role_keeps_its_contract(server: BrainServer) -> None:
     ids = [arg for op in AUTH_OPERATIONS for arg in ("--include-operation-id", op)]
     code, report = schemathesis(server, server.auth_url, *ids)
+    assert_clean(code, report)
+    assert "Traceback" not in server.log_text(), server.log_text()[-3000:]
+
+
+def test_auth_operations_that_change_identity_keep_their_contract(server: BrainServer) -> None:
+    # No stateful phase here: its chains of requests would each be sent as a different user.
+    ids = [arg for op in IDENTITY_OPERATIONS for arg in ("--include-operation-id", op)]
+    code, report = schemathesis(server, server.auth_url, *ids, "--phases", "examples,coverage,fuzzing", fresh_users=True)
     assert_clean(code, report)
     assert "Traceback" not in server.log_text(), server.log_text()[-3000:]

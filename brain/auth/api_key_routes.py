@@ -64,7 +64,7 @@ class ApiKeyRoutes:
     def routes(self) -> list[Route]:
         """The endpoints, each with its OpenAPI operation."""
         return described(
-            openapi_account.API_KEY_PATHS,
+            openapi_account.api_key_paths(self.auth),
             (
                 ("POST", "/api/auth/api-key/create", self.create),
                 ("GET", "/api/auth/api-key/list", self.list_keys),

@@ -31,7 +31,8 @@ from brain.ids import new_id
 
 KEY_LENGTH = 64
 _START_EXTRA = 4
-_PREFIX_RE = re.compile(r"[A-Za-z0-9_-]+")
+PREFIX_RE = re.compile(r"[A-Za-z0-9_-]+")
+MAX_PREFIX = 32
 MAX_NAME = 32
 MAX_METADATA_BYTES = 4096
 # Client input Better Auth accepts only from server code: refused here as there.
@@ -158,10 +159,10 @@ def parse_changes(body: Any, settings: AuthSettings, *, creating: bool) -> tuple
             raise validation_error("name", "must not contain control characters")
     prefix = text_field(body, "prefix", required=False) if creating else None
     if prefix is not None:
-        if not _PREFIX_RE.fullmatch(prefix):
+        if not PREFIX_RE.fullmatch(prefix):
             raise validation_error("prefix", "Invalid prefix format, must be alphanumeric and contain only underscores "
                                              "and hyphens.")
-        if len(prefix) > 32:
+        if len(prefix) > MAX_PREFIX:
             raise BadRequest("The prefix length is either too large or too small.", code="INVALID_PREFIX_LENGTH")
     # A new key is always enabled (Better Auth's create has no such field).
     enabled = None if creating else body.get("enabled")

@@ -7,11 +7,14 @@ from typing import Any
 
 # The helpers of the auth role's other descriptions.
 from brain.apikeys import permissions_schema
+from brain.auth.api_keys import MAX_METADATA_BYTES, MAX_PREFIX, PREFIX_RE
+from brain.auth.api_keys import MAX_NAME as MAX_KEY_NAME
 from brain.auth.openapi import _error, _json, _ref
+from brain.auth.settings import AuthSettings
 from brain.auth.validation import EMAIL_SCHEMA, MAX_IMAGE, NAME_SCHEMA
 from brain.control_chars import NO_CONTROL_PATTERN
 
-__all__ = ["API_KEY_PATHS", "PROFILE_PATHS", "SESSION_PATHS", "TWO_FACTOR_PATHS"]
+__all__ = ["PROFILE_PATHS", "SESSION_PATHS", "TWO_FACTOR_PATHS", "api_key_paths"]
 
 _SESSION = [{"sessionCookie": []}, {"sessionBearer": []}]
 _STRING = {"type": "string"}
@@ -40,6 +43,8 @@ def _post(operation_id: str, summary: str, responses: dict[str, Any], *, body: d
 
 
 _STATUS = _json(_object({"status": _BOOL}, ["status"]), "Done")
+# A new password within the default auth.min_password_length and max_password_length (as sign-up's).
+NEW_PASSWORD = {"type": "string", "minLength": 8, "maxLength": 128}
 _NO_SESSION = {"401": _error("No live session (UNAUTHORIZED)")}
 _ORIGIN = {"403": _error("INVALID_ORIGIN")}
 _PASSWORD = {"password": _STRING}
@@ -95,7 +100,7 @@ PROFILE_PATHS: dict[str, dict[str, Any]] = {
         {"200": _TOKEN_USER,
          "400": _error("INVALID_PASSWORD, PASSWORD_TOO_SHORT, PASSWORD_TOO_LONG, VALIDATION_ERROR"),
          **_NO_SESSION, **_ORIGIN, "429": _error("Rate limited")},
-        body=_body({"currentPassword": _STRING, "newPassword": _STRING, "revokeOtherSessions": _BOOL},
+        body=_body({"currentPassword": _STRING, "newPassword": NEW_PASSWORD, "revokeOtherSessions": _BOOL},
                    ["currentPassword", "newPassword"]),
     ),
     "/api/auth/change-email": _post(
@@ -160,74 +165,101 @@ TWO_FACTOR_PATHS: dict[str, dict[str, Any]] = {
 _PERMISSIONS = {"anyOf": [permissions_schema(), {"type": "null"}],
                 "description": 'brain\'s scopes as Better Auth permissions: {"events": ["read", "write"], '
                                '"mail": ["read"], "search": ["read"]}; absent or null: all of them'}
-_KEY_FIELDS = {"name": _STRING, "expiresIn": {"type": ["number", "null"], "description": "seconds"},
-               "metadata": {"type": ["object", "null"]}, "permissions": _PERMISSIONS}
 _KEY = _json(_ref("ApiKey"), "The key object")
 _KEY_ERRORS = {
     "400": _error("VALIDATION_ERROR, SERVER_ONLY_PROPERTY, INVALID_NAME_LENGTH, INVALID_PREFIX_LENGTH, "
-                  "EXPIRES_IN_IS_TOO_SMALL, EXPIRES_IN_IS_TOO_LARGE, INVALID_METADATA_TYPE"),
+                  "EXPIRES_IN_IS_TOO_SMALL, EXPIRES_IN_IS_TOO_LARGE, INVALID_METADATA_TYPE, NO_VALUES_TO_UPDATE"),
     "401": _error("UNAUTHORIZED, UNAUTHORIZED_SESSION"),
     **_ORIGIN,
 }
+# A key id or a count in a query string (brain.auth.api_key_routes reads at most nine digits).
+_KEY_ID = {"type": "string", "minLength": 1}
+_QUERY_COUNT = {"type": "integer", "minimum": 0, "maximum": 999_999_999}
 
-API_KEY_PATHS: dict[str, dict[str, Any]] = {
-    "/api/auth/api-key/create": _post(
-        "createApiKey", "Create an API key for the API role (x-api-key); the key is shown only in this answer",
-        {"200": _json(_ref("ApiKeyCreated"), "The key object with `key`"), **_KEY_ERRORS},
-        body=_body({**_KEY_FIELDS, "prefix": _STRING}, []),
-    ),
-    "/api/auth/api-key/list": {
-        "get": {
-            "operationId": "listApiKeys",
-            "summary": "The user's API keys",
-            "security": _SESSION,
-            "parameters": [
-                {"name": "limit", "in": "query", "required": False, "schema": {"type": "integer", "minimum": 0}},
-                {"name": "offset", "in": "query", "required": False, "schema": {"type": "integer", "minimum": 0}},
-                {"name": "sortBy", "in": "query", "required": False,
-                 "schema": {"type": "string", "enum": ["createdAt", "updatedAt", "name", "expiresAt"]}},
-                {"name": "sortDirection", "in": "query", "required": False,
-                 "schema": {"type": "string", "enum": ["asc", "desc"]}},
-            ],
-            "responses": {
-                "200": _json(_object({"apiKeys": {"type": "array", "items": _ref("ApiKey")}, "total": {"type": "integer"},
-                                      "limit": {"type": "integer"}, "offset": {"type": "integer"}},
-                                     ["apiKeys", "total"]), "The keys"),
-                "400": _error("VALIDATION_ERROR"), **_NO_SESSION,
-            },
-        }
-    },
-    "/api/auth/api-key/get": {
-        "get": {
-            "operationId": "getApiKey",
-            "summary": "One of the user's API keys",
-            "security": _SESSION,
-            "parameters": [{"name": "id", "in": "query", "required": True, "schema": _STRING}],
-            "responses": {"200": _KEY, "400": _error("VALIDATION_ERROR"), **_NO_SESSION,
-                          "404": _error("KEY_NOT_FOUND")},
-        }
-    },
-    "/api/auth/api-key/update": _post(
-        "updateApiKey", "Rename, enable/disable, re-scope or change the expiry of a key (effective at once)",
-        {"200": _KEY, **_KEY_ERRORS, "404": _error("KEY_NOT_FOUND")},
-        body=_body({"keyId": _STRING, "enabled": _BOOL, **_KEY_FIELDS}, ["keyId"]),
-    ),
-    "/api/auth/api-key/delete": _post(
-        "deleteApiKey", "Delete a key (refused by every API role at once)",
-        {"200": _json(_object({"success": _BOOL}, ["success"]), "Deleted"), "400": _error("VALIDATION_ERROR"),
-         **_NO_SESSION, **_ORIGIN, "404": _error("KEY_NOT_FOUND")},
-        body=_body({"keyId": _STRING}, ["keyId"]),
-    ),
-    "/api/auth/api-key/verify": _post(
-        "verifyApiKey", "Check a key (what a split API role asks): valid, or the reason",
-        {"200": _json(_object({"valid": _BOOL, "error": {"type": ["object", "null"]},
-                               "key": {"oneOf": [_ref("ApiKey"), {"type": "null"}]},
-                               "user": _object({"id": _STRING, "email": _STRING, "name": _STRING})},
-                              ["valid", "error", "key"]), "The verdict"),
-         "400": _error("VALIDATION_ERROR"), **_ORIGIN},
-        body=_body({"key": _STRING, "permissions": _PERMISSIONS}, ["key"]), security=[],
-    ),
-}
+
+def _key_fields(auth: AuthSettings) -> dict[str, Any]:
+    """The fields create and update share, with the expiry range these settings allow."""
+    day = 86_400
+    return {
+        "name": {"type": "string", "maxLength": MAX_KEY_NAME, "pattern": NO_CONTROL_PATTERN},
+        "expiresIn": {"type": ["number", "null"], "minimum": auth.api_key_min_expires_days * day,
+                      "maximum": auth.api_key_max_expires_days * day,
+                      "description": "seconds (auth.api_key_min_expires_days to api_key_max_expires_days); "
+                                     "null on update: no expiry"},
+        "metadata": {"type": ["object", "null"], "description": f"at most {MAX_METADATA_BYTES} bytes as JSON"},
+        "permissions": _PERMISSIONS,
+    }
+
+
+def api_key_paths(auth: AuthSettings) -> dict[str, dict[str, Any]]:
+    """The API key operations, with the limits these settings make the server enforce."""
+    fields = _key_fields(auth)
+    prefix = {"type": "string", "maxLength": MAX_PREFIX, "pattern": f"^{PREFIX_RE.pattern}$"}
+    return {
+        "/api/auth/api-key/create": _post(
+            "createApiKey", "Create an API key for the API role (x-api-key); the key is shown only in this answer",
+            {"200": _json(_ref("ApiKeyCreated"), "The key object with `key`"), **_KEY_ERRORS},
+            body=_body({**fields, "prefix": prefix}, []),
+        ),
+        "/api/auth/api-key/list": {
+            "get": {
+                "operationId": "listApiKeys",
+                "summary": "The user's API keys",
+                "security": _SESSION,
+                "parameters": [
+                    {"name": "limit", "in": "query", "required": False, "schema": _QUERY_COUNT},
+                    {"name": "offset", "in": "query", "required": False, "schema": _QUERY_COUNT},
+                    {"name": "sortBy", "in": "query", "required": False,
+                     "schema": {"type": "string", "enum": ["createdAt", "updatedAt", "name", "expiresAt"]}},
+                    {"name": "sortDirection", "in": "query", "required": False,
+                     "schema": {"type": "string", "enum": ["asc", "desc"]}},
+                ],
+                "responses": {
+                    "200": _json(_object({"apiKeys": {"type": "array", "items": _ref("ApiKey")},
+                                          "total": {"type": "integer"}, "limit": {"type": "integer"},
+                                          "offset": {"type": "integer"}}, ["apiKeys", "total"]), "The keys"),
+                    "400": _error("VALIDATION_ERROR"), **_NO_SESSION,
+                },
+            }
+        },
+        "/api/auth/api-key/get": {
+            "get": {
+                "operationId": "getApiKey",
+                "summary": "One of the user's API keys",
+                "security": _SESSION,
+                "parameters": [{"name": "id", "in": "query", "required": True, "schema": _KEY_ID}],
+                "responses": {"200": _KEY, "400": _error("VALIDATION_ERROR"), **_NO_SESSION,
+                              "404": _error("KEY_NOT_FOUND")},
+            }
+        },
+        "/api/auth/api-key/update": _post(
+            "updateApiKey", "Rename, enable/disable, re-scope or change the expiry of a key (effective at once)",
+            {"200": _KEY, **_KEY_ERRORS, "404": _error("KEY_NOT_FOUND")},
+            body={"required": True, "content": {"application/json": {"schema": {
+                **_object({"keyId": _KEY_ID, "enabled": _BOOL, **fields}, ["keyId"]),
+                # Something to change (else 400 NO_VALUES_TO_UPDATE); a null metadata changes nothing.
+                "anyOf": [{"required": ["enabled"]}, {"required": ["name"]}, {"required": ["expiresIn"]},
+                          {"required": ["permissions"]},
+                          {"required": ["metadata"], "properties": {"metadata": {"type": "object"}}}],
+            }}}},
+        ),
+        "/api/auth/api-key/delete": _post(
+            "deleteApiKey", "Delete a key (refused by every API role at once)",
+            {"200": _json(_object({"success": _BOOL}, ["success"]), "Deleted"), "400": _error("VALIDATION_ERROR"),
+             **_NO_SESSION, **_ORIGIN, "404": _error("KEY_NOT_FOUND")},
+            body=_body({"keyId": _KEY_ID}, ["keyId"]),
+        ),
+        "/api/auth/api-key/verify": _post(
+            "verifyApiKey", "Check a key (what a split API role asks): valid, or the reason",
+            {"200": _json(_object({"valid": _BOOL, "error": {"type": ["object", "null"]},
+                                   "key": {"oneOf": [_ref("ApiKey"), {"type": "null"}]},
+                                   "user": _object({"id": _STRING, "email": _STRING, "name": _STRING})},
+                                  ["valid", "error", "key"]), "The verdict"),
+             "400": _error("VALIDATION_ERROR"), **_ORIGIN},
+            body=_body({"key": _STRING, "permissions": _PERMISSIONS}, ["key"]), security=[],
+        ),
+    }
+
 
 _DATE = {"type": "string", "format": "date-time"}
 _NULL_DATE = {"type": ["string", "null"], "format": "date-time"}

@@ -7,6 +7,8 @@ from typing import Any
 # The helpers of the auth role's other descriptions.
 from brain.auth.openapi import _body, _error, _json, _ref
 from brain.auth.passkeys import MAX_CREDENTIAL_ID
+from brain.auth.validation import MAX_NAME
+from brain.control_chars import NO_CONTROL_PATTERN
 
 __all__ = ["PATHS", "SCHEMAS"]
 
@@ -27,7 +29,9 @@ _SIGNED_IN = _json(
      "properties": {"token": _STRING, "user": _ref("User"), "session": _ref("Session"), "jwt": _STRING}},
     "Signed in: the session cookie, set-auth-token and set-auth-jwt are set",
 )
-_ID_BODY = {"id": {**_STRING, "description": "The passkey's id (not its credentialID)"}}
+# A passkey's new name: trimmed, something left, no control characters (PasskeyRoutes._name).
+_NEW_NAME = {"type": "string", "maxLength": MAX_NAME, "allOf": [{"pattern": NO_CONTROL_PATTERN}, {"pattern": r"\S"}]}
+_ID_BODY = {"id": {**_STRING, "minLength": 1, "description": "The passkey's id (not its credentialID)"}}
 
 
 SCHEMAS: dict[str, Any] = {
@@ -54,7 +58,8 @@ PATHS: dict[str, dict[str, Any]] = {
         "parameters": [
             {"name": "authenticatorAttachment", "in": "query", "required": False,
              "schema": {"type": "string", "enum": ["platform", "cross-platform"]}},
-            {"name": "name", "in": "query", "required": False, "schema": _STRING,
+            {"name": "name", "in": "query", "required": False,
+             "schema": {"type": "string", "maxLength": MAX_NAME, "pattern": NO_CONTROL_PATTERN},
              "description": "The user name the authenticator shows (default: the user's email)"},
         ],
         "responses": {
@@ -125,7 +130,7 @@ PATHS: dict[str, dict[str, Any]] = {
         "operationId": "updatePasskey",
         "summary": "Rename one of the user's passkeys",
         "security": _SESSION,
-        "requestBody": _body({**_ID_BODY, "name": _STRING}, ["id", "name"]),
+        "requestBody": _body({**_ID_BODY, "name": _NEW_NAME}, ["id", "name"]),
         "responses": {
             "200": _json({"type": "object", "required": ["passkey"], "properties": {"passkey": _ref("Passkey")}},
                          "The renamed passkey"),

@@ -33,6 +33,7 @@ from brain.auth.context import AuthContext
 from brain.auth.db import Passkey, User
 from brain.auth.routes import AuthRoutes, described
 from brain.auth.validation import MAX_NAME, check_name, require_object, text_field, validation_error
+from brain.control_chars import has_control
 from brain.errors import BadRequest, Forbidden, NotFound, Unauthorized
 from brain.routes import Route
 from brain.web import json_response, read_json
@@ -141,8 +142,9 @@ class PasskeyRoutes:
             raise BadRequest('[query.authenticatorAttachment] Invalid option: expected one of '
                              '"platform"|"cross-platform"', code="VALIDATION_ERROR")
         user_name = request.query.get("name") or user.email
-        if len(user_name) > MAX_NAME or not user_name.isprintable():
-            raise BadRequest(f"[query.name] must be at most {MAX_NAME} printable characters", code="VALIDATION_ERROR")
+        if len(user_name) > MAX_NAME or has_control(user_name):
+            raise BadRequest(f"[query.name] must be at most {MAX_NAME} characters, without control characters",
+                             code="VALIDATION_ERROR")
         options = passkeys.registration_options(
             rp_id=self.rp_id, rp_name=self.auth.passkey_rp_name, user_name=user_name, display_name=user.email,
             user_verification=self.auth.passkey_user_verification, attachment=attachment,

@@ -124,9 +124,8 @@ class ProfileRoutes:
         body = await self._body(request)
         new = text_field(body, "newPassword", required=True)
         old = text_field(body, "currentPassword", required=True)
+        # Optional, but a boolean when given (Better Auth's z.boolean().optional() refuses null too).
         revoke = body.get("revokeOtherSessions", False)
-        if revoke is None:
-            revoke = False
         if not isinstance(revoke, bool):
             raise validation_error("revokeOtherSessions", "Invalid input: expected boolean")
         assert new is not None and old is not None

@@ -58,7 +58,8 @@ PATHS: dict[str, dict[str, Any]] = {
     "/api/auth/link-social": {"post": {
         "operationId": "linkSocialAccount", "summary": "Start linking a provider identity to the signed-in user",
         "security": _SESSION, "requestBody": _body(_START_BODY, ["provider"]),
-        "responses": {"200": _START, "401": _error("No live session"), "404": _error("PROVIDER_NOT_FOUND")},
+        "responses": {"200": _START, "400": _error("VALIDATION_ERROR (the message names the field)"),
+                      "401": _error("No live session"), "404": _error("PROVIDER_NOT_FOUND")},
     }},
     "/api/auth/list-accounts": {"get": {
         "operationId": "listUserAccounts", "summary": "The ways the user signs in: password (credential) and linked identities",

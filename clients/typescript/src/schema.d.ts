@@ -1852,8 +1852,9 @@ export interface operations {
         requestBody: {
             content: {
                 "application/json": {
-                    /** @description seconds */
+                    /** @description seconds (auth.api_key_min_expires_days to api_key_max_expires_days); null on update: no expiry */
                     expiresIn?: number | null;
+                    /** @description at most 4096 bytes as JSON */
                     metadata?: Record<string, never> | null;
                     name?: string;
                     /** @description brain's scopes as Better Auth permissions: {"events": ["read", "write"], "mail": ["read"], "search": ["read"]}; absent or null: all of them */
@@ -1878,7 +1879,7 @@ export interface operations {
                     "application/json": components["schemas"]["ApiKeyCreated"];
                 };
             };
-            /** @description VALIDATION_ERROR, SERVER_ONLY_PROPERTY, INVALID_NAME_LENGTH, INVALID_PREFIX_LENGTH, EXPIRES_IN_IS_TOO_SMALL, EXPIRES_IN_IS_TOO_LARGE, INVALID_METADATA_TYPE */
+            /** @description VALIDATION_ERROR, SERVER_ONLY_PROPERTY, INVALID_NAME_LENGTH, INVALID_PREFIX_LENGTH, EXPIRES_IN_IS_TOO_SMALL, EXPIRES_IN_IS_TOO_LARGE, INVALID_METADATA_TYPE, NO_VALUES_TO_UPDATE */
             400: {
                 headers: {
                     [name: string]: unknown;
@@ -2079,9 +2080,10 @@ export interface operations {
             content: {
                 "application/json": {
                     enabled?: boolean;
-                    /** @description seconds */
+                    /** @description seconds (auth.api_key_min_expires_days to api_key_max_expires_days); null on update: no expiry */
                     expiresIn?: number | null;
                     keyId: string;
+                    /** @description at most 4096 bytes as JSON */
                     metadata?: Record<string, never> | null;
                     name?: string;
                     /** @description brain's scopes as Better Auth permissions: {"events": ["read", "write"], "mail": ["read"], "search": ["read"]}; absent or null: all of them */
@@ -2092,6 +2094,8 @@ export interface operations {
                     } & {
                         [key: string]: unknown[];
                     }) | null;
+                } | unknown | unknown | unknown | unknown | {
+                    metadata: Record<string, never>;
                 };
             };
         };
@@ -2105,7 +2109,7 @@ export interface operations {
                     "application/json": components["schemas"]["ApiKey"];
                 };
             };
-            /** @description VALIDATION_ERROR, SERVER_ONLY_PROPERTY, INVALID_NAME_LENGTH, INVALID_PREFIX_LENGTH, EXPIRES_IN_IS_TOO_SMALL, EXPIRES_IN_IS_TOO_LARGE, INVALID_METADATA_TYPE */
+            /** @description VALIDATION_ERROR, SERVER_ONLY_PROPERTY, INVALID_NAME_LENGTH, INVALID_PREFIX_LENGTH, EXPIRES_IN_IS_TOO_SMALL, EXPIRES_IN_IS_TOO_LARGE, INVALID_METADATA_TYPE, NO_VALUES_TO_UPDATE */
             400: {
                 headers: {
                     [name: string]: unknown;
@@ -2651,6 +2655,15 @@ export interface operations {
                     };
                 };
             };
+            /** @description VALIDATION_ERROR (the message names the field) */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
             /** @description No live session */
             401: {
                 headers: {
@@ -3002,7 +3015,7 @@ export interface operations {
                 "application/json": {
                     /** @description The passkey's id (not its credentialID) */
                     id: string;
-                    name: string;
+                    name: string & (unknown & unknown);
                 };
             };
         };
