@@ -8,13 +8,13 @@ refused with 405, authentication not ignored. A constraint the server enforces b
 does not state (or the other way round) fails here. The settings, including the few operations
 whose answers depend on state a generated request cannot know, are in tests/schemathesis.toml.
 
-The API role runs whole. The auth role runs in two parts: the operations that keep who the run
-is signed in as, with one user and the stateful phase (sign up -> token -> ...), and those that
-change it (the password, the email, deleting the user, two-factor, passkeys, API keys, linked
-accounts) with a user of its own for every request (tests/schemathesis_hooks.py) and without the
-stateful phase, whose chains would be sent as different users. The MCP endpoint (/mcp: JSON-RPC
-over HTTP with its own sessions) is left out: schemathesis finds its description looser than the
-server (tests/test_mcp.py covers it).
+The API role runs whole, here. The auth role runs in two parts (tests/test_openapi_contract_auth.py):
+the operations that keep who the run is signed in as, with one user and the stateful phase
+(sign up -> token -> ...), and those that change it (the password, the email, deleting the user,
+two-factor, passkeys, API keys, linked accounts) with a user of its own for every request
+(tests/schemathesis_hooks.py) and without the stateful phase, whose chains would be sent as
+different users. The MCP endpoint (/mcp: JSON-RPC over HTTP with its own sessions) is left out:
+schemathesis finds its description looser than the server (tests/test_mcp.py covers it).
 """
 
 from __future__ import annotations
@@ -39,25 +39,6 @@ CONFIG = REPO / "tests" / "schemathesis.toml"
 # For the run with a fresh user per request: the same seed, no configured credentials.
 IDENTITY_CONFIG = REPO / "tests" / "schemathesis-identity.toml"
 SCHEMATHESIS = Path(sys.executable).parent / "schemathesis"
-# The auth role's operations this run covers (see the module docstring for the rest).
-AUTH_OPERATIONS = [
-    "signUpEmail", "signInEmail", "getSession", "token", "signOut", "jwks", "authOk", "openidConfiguration",
-    "sendVerificationEmail", "verifyEmail", "requestPasswordReset", "forgetPassword", "resetPasswordCallback",
-    "resetPassword", "listUserSessions", "revokeSession", "revokeSessions", "revokeOtherSessions", "updateUser",
-    "examplesIndex", "examplesConfig", "exampleFile",
-]
-# The auth role's operations that change who is signed in, or what they sign in with: run with a
-# fresh user per request, since each can spoil the user for the requests after it.
-IDENTITY_OPERATIONS = [
-    "changePassword", "changeEmail", "deleteUser", "createApiKey", "deleteApiKey", "getApiKey", "listApiKeys",
-    "updateApiKey", "verifyApiKey", "listUserAccounts", "unlinkAccount", "enableTwoFactor", "disableTwoFactor",
-    "getTOTPURI", "generateBackupCodes", "verifyTOTP", "verifyBackupCode", "listPasskeys", "updatePasskey",
-    "deletePasskey", "generatePasskeyRegistrationOptions", "passkeyGenerateAuthenticateOptions",
-    "passkeyVerifyRegistration", "passkeyVerifyAuthentication", "socialSignIn", "linkSocialAccount",
-    "handleOAuthCallback", "handleOAuthCallbackPost", "errorPage",
-]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrainServer]:
     gmail, microsoft = FakeGmail().start(), FakeMicrosoft().start()
@@ -107,20 +88,5 @@ def assert_clean(code: int, report: str) -> None:
 def test_api_role_keeps_its_contract(server: BrainServer) -> None:
     # /mcp (JSON-RPC sessions over HTTP, brain.agents) is not held to the contract yet: see the docstring.
     code, report = schemathesis(server, server.api_url, "--exclude-path-regex", r"^/(api/auth/|\.well-known/|examples/|mcp$)")
-    assert_clean(code, report)
-    assert "Traceback" not in server.log_text(), server.log_text()[-3000:]
-
-
-def test_auth_role_keeps_its_contract(server: BrainServer) -> None:
-    ids = [arg for op in AUTH_OPERATIONS for arg in ("--include-operation-id", op)]
-    code, report = schemathesis(server, server.auth_url, *ids)
-    assert_clean(code, report)
-    assert "Traceback" not in server.log_text(), server.log_text()[-3000:]
-
-
-def test_auth_operations_that_change_identity_keep_their_contract(server: BrainServer) -> None:
-    # No stateful phase here: its chains of requests would each be sent as a different user.
-    ids = [arg for op in IDENTITY_OPERATIONS for arg in ("--include-operation-id", op)]
-    code, report = schemathesis(server, server.auth_url, *ids, "--phases", "examples,coverage,fuzzing", fresh_users=True)
     assert_clean(code, report)
     assert "Traceback" not in server.log_text(), server.log_text()[-3000:]
