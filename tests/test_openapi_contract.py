@@ -39,6 +39,8 @@ CONFIG = REPO / "tests" / "schemathesis.toml"
 # For the run with a fresh user per request: the same seed, no configured credentials.
 IDENTITY_CONFIG = REPO / "tests" / "schemathesis-identity.toml"
 SCHEMATHESIS = Path(sys.executable).parent / "schemathesis"
+# A run is a few minutes on a busy machine: longer than the suite's default test timeout allows.
+RUN_TIMEOUT = 900
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrainServer]:
     gmail, microsoft = FakeGmail().start(), FakeMicrosoft().start()
@@ -72,7 +74,7 @@ def schemathesis(server: BrainServer, base_url: str, *filters: str, fresh_users:
         f"{server.api_url}/openapi.json",
         "--url", base_url, "--checks", "all", "--workers", "1", *filters,
     ]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900, cwd=workdir)
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT - 60, cwd=workdir)
     return done.returncode, done.stdout + done.stderr
 
 
@@ -85,6 +87,7 @@ def assert_clean(code: int, report: str) -> None:
     assert not re.search(r"\d+ (failures?|errors?)", summary.splitlines()[-1]), shown
 
 
+@pytest.mark.timeout(RUN_TIMEOUT)
 def test_api_role_keeps_its_contract(server: BrainServer) -> None:
     # /mcp (JSON-RPC sessions over HTTP, brain.agents) is not held to the contract yet: see the docstring.
     code, report = schemathesis(server, server.api_url, "--exclude-path-regex", r"^/(api/auth/|\.well-known/|examples/|mcp$)")

@@ -5,8 +5,10 @@ runs it beside the API role's half.
 
 from __future__ import annotations
 
+import pytest
+
 from tests.support import BrainServer
-from tests.test_openapi_contract import assert_clean, schemathesis
+from tests.test_openapi_contract import RUN_TIMEOUT, assert_clean, schemathesis
 from tests.test_openapi_contract import server  # noqa: F401 - fixture
 
 # The operations that keep who the run is signed in as: one user, the stateful phase included.
@@ -28,6 +30,7 @@ IDENTITY_OPERATIONS = [
 ]
 
 
+@pytest.mark.timeout(RUN_TIMEOUT)
 def test_auth_role_keeps_its_contract(server: BrainServer) -> None:
     ids = [arg for op in AUTH_OPERATIONS for arg in ("--include-operation-id", op)]
     code, report = schemathesis(server, server.auth_url, *ids)
@@ -35,6 +38,7 @@ def test_auth_role_keeps_its_contract(server: BrainServer) -> None:
     assert "Traceback" not in server.log_text(), server.log_text()[-3000:]
 
 
+@pytest.mark.timeout(RUN_TIMEOUT)
 def test_auth_operations_that_change_identity_keep_their_contract(server: BrainServer) -> None:
     # No stateful phase here: its chains of requests would each be sent as a different user.
     ids = [arg for op in IDENTITY_OPERATIONS for arg in ("--include-operation-id", op)]
