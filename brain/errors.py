@@ -125,3 +125,68 @@ class AddressRefused(BadRequest):
         super().__init__(f"host {host} resolves to {reason}")
         self.host = host
         self.reason = reason
+
+
+class StorageFault(HTTPError):
+    """The disk under a database failed us (full, read-only, corrupt, busy, out of descriptors).
+
+    Raised typed by whoever meets the fault (`brain.storage.classify` names it once), answered
+    as 503 `STORE_UNAVAILABLE` (507 for a full disk) with `reason` saying which fault it is, and
+    counted and logged by `brain.storage.StorageFaults`. `retry_after` None: retrying will not
+    help until an operator acts.
+    """
+
+    status = 503
+    code = "STORE_UNAVAILABLE"
+    # Which fault (the `reason` in the body, the `kind` label of brain_storage_faults_total).
+    kind = "io_error"
+
+    def __init__(self, message: str, *, retry_after: float | None = None, detail: str = "") -> None:
+        headers = {} if retry_after is None else {"Retry-After": str(max(1, int(retry_after + 0.999)))}
+        super().__init__(message, headers=headers, extra={"reason": self.kind})
+        # What the database said (for the log, never for the client: it may name paths).
+        self.detail = detail
+
+
+class DiskFull(StorageFault):
+    """No room for the write (or less free space than `server.min_free_bytes` keeps in reserve)."""
+
+    status = 507
+    code = "INSUFFICIENT_STORAGE"
+    kind = "disk_full"
+
+
+class ReadOnlyStorage(StorageFault):
+    """The file system holding the data is read-only: reads work, writes cannot."""
+
+    kind = "read_only"
+
+
+class StoreCorrupt(StorageFault):
+    """A database failed its integrity check or SQLite found it malformed."""
+
+    kind = "corrupt"
+
+
+class StoreQuarantined(StorageFault):
+    """A user's store was found damaged and moved aside; it answers again once repaired."""
+
+    kind = "quarantined"
+
+
+class StoreBusy(StorageFault):
+    """The database stayed locked longer than its busy timeout."""
+
+    kind = "busy"
+
+
+class NoFileDescriptors(StorageFault):
+    """The process is out of file descriptors (`ulimit -n`): no database can be opened now."""
+
+    kind = "no_descriptors"
+
+
+class StorageIOError(StorageFault):
+    """Any other I/O error from the disk."""
+
+    kind = "io_error"

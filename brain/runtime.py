@@ -44,7 +44,8 @@ from brain.plugins.manager import PluginManager, load_plugins
 from brain.redact import redact_url
 from brain.routes import Components, Listener, Route
 from brain.stash import Stash
-from brain.web import BODY_TIMEOUT_KEY, GUARD_KEY, MAX_BODY_KEY, add_hsts, add_route, error_middleware
+from brain.storage import storage_faults
+from brain.web import BODY_TIMEOUT_KEY, FAULTS_KEY, GUARD_KEY, MAX_BODY_KEY, add_hsts, add_route, error_middleware
 
 log = logging.getLogger("brain.server")
 
@@ -197,6 +198,7 @@ class Runtime:
         )
         app[MAX_BODY_KEY] = self.settings.server.max_body_bytes
         app[BODY_TIMEOUT_KEY] = self.settings.server.body_timeout_seconds
+        app[FAULTS_KEY] = storage_faults(self)
         if guard is not None:
             app[GUARD_KEY] = guard
         for entry in self.routes(listener):

@@ -51,6 +51,10 @@ class ServerSettings:
     # Once serving: freeze what start-up allocated out of the cyclic GC and collect the young
     # generation every 20,000 allocations instead of 700 (docs/performance.md: GC pauses).
     tune_gc: bool = True
+    # Event writes are refused (507) while the data directory's file system has less free space
+    # than this: the reserve keeps auth.db, mail.db and the NATS store able to work, and SQLite
+    # from meeting a full disk halfway through a checkpoint.
+    min_free_bytes: int = 64 << 20
 
 
 @dataclass(frozen=True)
@@ -157,6 +161,8 @@ def validate_core(s: Settings) -> None:
         raise ConfigError(f"metrics.port: must be a port number 0-65535, got {s.metrics.port}")
     if s.metrics.port and s.metrics.port in (s.server.auth_port, s.server.api_port):
         raise ConfigError("metrics.port: must differ from server.auth_port and server.api_port (0: no listener of its own)")
+    if s.server.min_free_bytes < 0:
+        raise ConfigError(f"server.min_free_bytes: must be 0 or more, got {s.server.min_free_bytes}")
     if s.metrics.token and len(s.metrics.token) < 16:
         raise ConfigError("metrics.token: must be at least 16 characters")
     _validate_nats(s)

@@ -7,7 +7,7 @@ import hmac
 import json
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import hdrs, web
 
@@ -70,6 +70,17 @@ def add_route(app: web.Application, method: str, path: str, handler: Handler, *,
         app.router.add_route(method, path, handler)
 
 
+class FaultSink(Protocol):
+    """What the app knows of storage faults (`brain.storage.StorageFaults`)."""
+
+    def typed(self, exc: BaseException) -> HTTPError | None:
+        """The typed storage fault behind an exception (counted), or None if it is not one."""
+
+
+# The process's storage faults: a fault that reaches failure_response untyped is answered as one.
+FAULTS_KEY: web.AppKey[FaultSink] = web.AppKey("brain.storage_faults", object)  # type: ignore[arg-type]
+
+
 def failure_response(request: web.Request, exc: Exception) -> web.StreamResponse:
     """The JSON error for a failure; re-raises what is not an error (redirects)."""
     try:
@@ -92,6 +103,10 @@ def failure_response(request: web.Request, exc: Exception) -> web.StreamResponse
     except (ConnectionResetError, web.RequestPayloadError) as exc:  # client went away mid-body
         raise web.HTTPBadRequest(reason=str(exc)) from None
     except Exception:
+        sink = request.app.get(FAULTS_KEY)
+        found = sink.typed(exc) if sink is not None else None
+        if found is not None:
+            return error_response(found)
         log.exception("unhandled error in %s %s", request.method, redact_path(request.path))
         return json_response({"message": "internal server error", "code": "INTERNAL_SERVER_ERROR"}, status=500)
 

@@ -50,6 +50,8 @@ class StoredEvent(NamedTuple):
     type: str
     data: str  # JSON text
     created_at: str
+    # The idempotency key it was written with (travels to JetStream so a rebuilt store keeps it).
+    key: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """The public shape: {id, type, data, created_at}, data parsed."""

@@ -62,6 +62,8 @@ def sources(rt: Process) -> list[tuple[str, Callable[[], Iterable[Metric]]]]:
                   stats["max_open"]),
             counter("brain_store_activations", "User stores opened.", stats["activations"]),
             counter("brain_store_evictions", "User stores closed to stay under max_open.", stats["evictions"]),
+            gauge("brain_stores_quarantined", "User stores found damaged and waiting for repair.",
+                  len(stats["quarantined"])),
         ]
 
     def event_bus() -> list[Metric]:

@@ -59,9 +59,10 @@ class Doorbell:
         self._listeners = (*self._listeners, listener)
 
     def notify(self, user_id: str, events: list[StoredEvent]) -> None:
-        """Queue committed events for publishing (any thread; never blocks)."""
-        for listener in self._listeners:
-            listener(user_id, events)
+        """Queue committed events for publishing (any thread; never blocks); none: drain the user's outbox."""
+        if events:
+            for listener in self._listeners:
+                listener(user_id, events)
         publisher = self._publisher
         if publisher is not None:
             publisher.post(user_id, events)

@@ -162,7 +162,8 @@ def user_purge(rt: Process, user_id: str) -> None:
 
 @hookimpl
 def register_health(rt: Process, register: Callable[..., None]) -> None:
-    """JWKS and token cache, API keys, the event bus (under `nats`), the stores; degraded without keys or NATS."""
+    """JWKS and token cache, API keys, the event bus (under `nats`), the stores; degraded without keys or NATS,
+    or with a store in quarantine."""
     state = jwks_state(rt)
     verifier = token_verifier(rt)
     bell = doorbell(rt)
@@ -179,7 +180,8 @@ def register_health(rt: Process, register: Callable[..., None]) -> None:
     register("nats", figures=bell.stats)
     register("jwks", figures=lambda: {**state.stats(), "token_cache": verifier.stats()}, problems=problems)
     register("api_keys", figures=api_key_verifier(rt).stats)
-    register("stores", figures=store_manager(rt).stats)
+    stores = store_manager(rt)
+    register("stores", figures=stores.stats, problems=stores.quarantine_problems)
     register("streams", figures=lambda: {**dispatcher(rt).stats(), "tickets": event_stream(rt).tickets.stats()})
     register("rate_limits", figures=api_limits(rt).stats)
 

@@ -1,8 +1,9 @@
 """The EventBus's publisher: committed events to JetStream, pipelined, through the per-user outbox.
 
 Subject `{nats.subject_prefix}.{user_id}.{type}`, header `Nats-Msg-Id: {user_id}:{event id}`
-(plus `Brain-User-Id`, `Brain-Event-Id`, `Brain-Event-Type`), payload the event as JSON with its
-`user_id`. The stream (`nats.stream`, subjects `{prefix}.>`) is created on connect if missing.
+(plus `Brain-User-Id`, `Brain-Event-Id`, `Brain-Event-Type`, and `Brain-Event-Key`, the event's
+idempotency key percent-encoded, when it has one), payload the event as JSON with its
+`user_id`. Everything a store needs to be rebuilt from the stream is there (brain.api.repair). The stream (`nats.stream`, subjects `{prefix}.>`) is created on connect if missing.
 How events reach it and why nothing is lost or doubled: see brain.api.bus.
 """
 
@@ -20,6 +21,7 @@ from collections import defaultdict, deque
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
+from urllib.parse import quote
 
 from nats.js.api import StorageType, StreamConfig
 from nats.protocol.command import hpub_cmd
@@ -54,6 +56,11 @@ def subject_for(prefix: str, user_id: str, event_type: str) -> str:
 def msg_id_for(user_id: str, event_id: int) -> str:
     """The Nats-Msg-Id of one event: its identity, so a re-send is deduplicated."""
     return f"{user_id}:{event_id}"
+
+
+def key_header(key: str) -> str:
+    """The `Brain-Event-Key` value of an idempotency key: percent-encoded, so any key survives a header."""
+    return quote(key, safe="")
 
 
 def payload_for(user_id: str, ev: StoredEvent) -> bytes:
@@ -247,7 +254,8 @@ class Publisher:
         incoming = self._incoming
         while incoming:
             user_id, events = incoming.popleft()
-            if not self.connected or user_id in self._dirty or len(self._queue) >= MAX_QUEUE:
+            # No events: "this user's outbox holds rows" (a store opened with some, e.g. repaired).
+            if not events or not self.connected or user_id in self._dirty or len(self._queue) >= MAX_QUEUE:
                 # The database has them: drain later, in order, instead of holding them here.
                 self._dirty.setdefault(user_id, 0)
                 continue
@@ -326,15 +334,18 @@ class Publisher:
                 "Brain-Event-Id": str(ev.id),
                 "Brain-Event-Type": ev.type,
             }
+            if ev.key is not None:
+                headers["Brain-Event-Key"] = key_header(ev.key)
             await nc.publish(subject, payload, reply=reply, headers=headers)
             return
         # The same HPUB frame nats-py's publish() would send, built here: publish() checks and
         # re-encodes every header (a str.translate per value), which made it the largest single
         # cost of an event on the loop. Every part is already known to be safe: user ids and
         # types match strict patterns, prefix and stream were checked at start (_raw_frames).
+        key = "" if ev.key is None else f"Brain-Event-Key: {key_header(ev.key)}\r\n"
         header = (
             f"NATS/1.0\r\nNats-Msg-Id: {user_id}:{ev.id}\r\nNats-Expected-Stream: {self.settings.stream}\r\n"
-            f"Brain-User-Id: {user_id}\r\nBrain-Event-Id: {ev.id}\r\nBrain-Event-Type: {ev.type}\r\n\r\n"
+            f"Brain-User-Id: {user_id}\r\nBrain-Event-Id: {ev.id}\r\nBrain-Event-Type: {ev.type}\r\n{key}\r\n"
         ).encode()
         nc.stats["out_msgs"] += 1
         nc.stats["out_bytes"] += len(payload)

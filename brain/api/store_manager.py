@@ -43,10 +43,12 @@ from brain.api.user_store import (
     store_path,
     submit,
 )
-from brain.errors import BadRequest, ServiceUnavailable, Unauthorized
+from brain.api.quarantine import FileMemory, pending, quarantined_users
+from brain.errors import BadRequest, ServiceUnavailable, StorageFault, StoreQuarantined, Unauthorized
 from brain.event_types import TypeFilter, check_type
 from brain.ids import is_valid_user_id
 from brain.process import Process
+from brain.storage import classify, storage_faults
 
 log = logging.getLogger("brain.api.store_manager")
 
@@ -86,6 +88,10 @@ class StoreManager:
         self.evictions = 0
         # Deleted accounts (close_user): their stores are never opened again by this process.
         self.deleted: set[str] = set()
+        self.faults = storage_faults(rt)
+        self.files = FileMemory()
+        # Users whose store is in quarantine (brain.api.quarantine), as far as this process knows.
+        self.quarantined: set[str] = set(quarantined_users(self.data_path))
 
     # -- public API: event loop ------------------------------------------------------------
 
@@ -97,6 +103,7 @@ class StoreManager:
     async def append_events(self, user_id: str, request: AppendRequest) -> AppendResult:
         """Commit one validated request (grouped with others of this user); (event, replayed) pairs."""
         self._check_user(user_id)
+        self._check_room(request)
         result: AppendResult = await self._submit(user_id, request)
         return result
 
@@ -158,6 +165,7 @@ class StoreManager:
         """
         self._not_on_loop()
         request = AppendRequest(self._validate(user_id, events, max_event_bytes))
+        self._check_room(request)
         result = self._ask_blocking(user_id, AppendMany([request]), timeout)[0]
         if isinstance(result, Exception):
             raise result
@@ -185,7 +193,11 @@ class StoreManager:
     # -- for the EventBus (its own thread) ------------------------------------------------------
 
     def outbox_batch_blocking(self, user_id: str, after: int, limit: int, timeout: float = 30) -> list[StoredEvent] | None:
-        """Unpublished events of a user, oldest first; None if the user has no store (any more)."""
+        """Unpublished events of a user, oldest first; None if the user has no store (any more).
+
+        A quarantined store has none either: what it had not published is salvaged by its repair,
+        and the repaired store hands it to the bus when it opens.
+        """
         if self.closing or not store_path(self.data_path, user_id).exists():
             return None
         return self._ask_blocking(user_id, OutboxBatch(after, limit), timeout)
@@ -240,9 +252,33 @@ class StoreManager:
             "max_open": self.max_open,
             "activations": self.activations,
             "evictions": self.evictions,
+            "quarantined": sorted(self.quarantined),
         }
 
+    def quarantine_problems(self) -> list[str]:
+        """/health: each user whose store waits for repair (checked against the disk: repairs happen elsewhere)."""
+        for user_id in list(self.quarantined):
+            if pending(store_path(self.data_path, user_id)) is None:
+                self.quarantined.discard(user_id)
+        if not self.quarantined:
+            return []
+        users = sorted(self.quarantined)
+        shown = ", ".join(users[:10]) + (f" and {len(users) - 10} more" if len(users) > 10 else "")
+        return [f"stores: {len(users)} quarantined (damaged, waiting for repair: {shown}); run "
+                f"`brain repair --user ID`, or set api.auto_repair = true"]
+
+    def note_quarantined(self, user_id: str) -> None:
+        """A store moved itself aside (called on its thread)."""
+        self.quarantined.add(user_id)
+
     # -- internals: validation ------------------------------------------------------------------
+
+    def _check_room(self, request: AppendRequest) -> None:
+        """Refuse a write the disk has no room for (server.min_free_bytes) before it reaches SQLite."""
+        try:
+            self.faults.guard.check(sum(len(ev.data) + len(ev.type) + 64 for ev in request.events))
+        except StorageFault as exc:
+            raise self.faults.record(exc, "events.db") from None
 
     def _check_user(self, user_id: str) -> None:
         if not is_valid_user_id(user_id):
@@ -359,7 +395,7 @@ class StoreManager:
         if user_id in self.deleted:
             raise Unauthorized("the account was deleted", code="USER_DELETED")
         try:
-            store_path(self.data_path, user_id)
+            path = store_path(self.data_path, user_id)
         except StorePathError as exc:
             raise BadRequest(f"user id: {exc}") from None
         spec = ChildSpec(
@@ -372,6 +408,10 @@ class StoreManager:
                 idle_seconds=self.idle_seconds,
                 acks=self._ack_queue(user_id),
                 on_exit=self._forget,
+                faults=self.faults,
+                files=self.files,
+                verify=self.files.needs_check(user_id, path),
+                on_quarantine=self.note_quarantined,
             ),
             restart="transient",
             start_timeout=timeout,
@@ -386,8 +426,13 @@ class StoreManager:
                 # Started meanwhile by another thread (or restarted after a crash).
                 ref = exc.ref or proxy.get_child(user_id).get(timeout=timeout)
             except ChildStartError as exc:
-                log.error("could not open the store of %s: %r", user_id, exc.cause)
-                raise ServiceUnavailable("the user's store could not be opened") from None
+                found = classify(exc.cause, path.parent)
+                if found is None:
+                    log.error("could not open the store of %s: %r", user_id, exc.cause)
+                    raise ServiceUnavailable("the user's store could not be opened") from None
+                if isinstance(found, StoreQuarantined):
+                    self.quarantined.add(user_id)
+                raise found from None
             except pykka.ActorDeadError:
                 self._sup = None  # the supervisor is being restarted: look it up again
                 continue

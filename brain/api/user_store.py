@@ -45,9 +45,11 @@ from pykka._envelope import Envelope
 from brain.actors.base import BrainActor, Link
 from brain.actors.bridge import settle_threadsafe
 from brain.api.events import NewEvent, StoredEvent, now_timestamp
-from brain.errors import Unprocessable
+from brain.api.quarantine import FileMemory, move_aside, pending, quick_check
+from brain.errors import StorageFault, StoreCorrupt, StoreQuarantined, Unprocessable
 from brain.event_types import TypeFilter
 from brain.ids import is_valid_user_id
+from brain.storage import StorageFaults, classify, fault
 
 log = logging.getLogger("brain.api.user_store")
 
@@ -103,7 +105,7 @@ class Outbox(Protocol):
     """Where a store hands committed events for publishing (the EventBus's doorbell)."""
 
     def notify(self, user_id: str, events: list[StoredEvent]) -> None:
-        """Queue committed events for publishing; must never block or raise."""
+        """Queue committed events for publishing (none: the user's outbox holds rows); never blocks or raises."""
 
 
 class AppendRequest(NamedTuple):
@@ -264,6 +266,10 @@ class UserStore(BrainActor):
         idle_seconds: float,
         acks: deque[int] | None = None,
         on_exit: Callable[[str, pykka.ActorRef[Any]], None] | None = None,
+        faults: StorageFaults | None = None,
+        files: FileMemory | None = None,
+        verify: bool = False,
+        on_quarantine: Callable[[str], None] | None = None,
     ) -> None:
         super().__init__(link=link)
         self.user_id = user_id
@@ -278,6 +284,13 @@ class UserStore(BrainActor):
         self._flush_armed = False
         self.db: sqlite3.Connection | None = None
         self.last_used = time.monotonic()
+        # Storage faults are counted there; `files` remembers the file as this store leaves it.
+        self.faults = faults
+        self.files = files
+        # quick_check the database as it opens (brain.api.quarantine says when).
+        self.verify = verify
+        self._on_quarantine = on_quarantine
+        self.quarantined = False
 
     def __str__(self) -> str:
         return f"UserStore {self.user_id}"
@@ -293,6 +306,9 @@ class UserStore(BrainActor):
         try:
             self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             if not self.path.exists():
+                if pending(self.path) is not None:
+                    # Never a fresh, empty store in place of a quarantined one: its ids would repeat.
+                    raise fault(StoreQuarantined, "waiting for `brain repair`")
                 # Created 0600 before SQLite opens it; the -wal/-shm files inherit the mode.
                 os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600))
             self.marker.parent.mkdir(parents=True, exist_ok=True)
@@ -303,9 +319,20 @@ class UserStore(BrainActor):
             # crash or power loss can take the last commits back.
             db.execute("PRAGMA synchronous=NORMAL")
             db.execute("PRAGMA busy_timeout=5000")
+            if self.verify:
+                verdict = quick_check(db)
+                if verdict != "ok":
+                    raise fault(StoreCorrupt, f"quick_check: {verdict}")
             if db.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
                 db.executescript(SCHEMA)
                 db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            if db.execute("SELECT EXISTS (SELECT 1 FROM outbox)").fetchone()[0]:
+                # Unpublished rows the bus may not know of (a store rebuilt by `brain repair`).
+                self.outbox.notify(self.user_id, [])
+        except Exception as exc:
+            found = self._failed(exc)
+            self._close()
+            raise found from exc
         except BaseException:
             self._close()
             raise
@@ -324,6 +351,7 @@ class UserStore(BrainActor):
             settle_threadsafe(fut, error=StoreClosed())
         db, self.db = self.db, None
         if db is not None:
+            clean = False
             try:
                 if self.acks:
                     db.execute("BEGIN")
@@ -332,9 +360,15 @@ class UserStore(BrainActor):
                 pending = db.execute("SELECT EXISTS (SELECT 1 FROM outbox)").fetchone()[0]
                 if not pending:
                     self.marker.unlink(missing_ok=True)
-            except sqlite3.Error:
-                log.exception("%s: could not check the outbox on close", self)
+                clean = True
+            except sqlite3.Error as exc:
+                log.warning("%s: could not check the outbox on close: %r", self, self._failed(exc, quarantine=False))
             db.close()
+            if self.files is not None:
+                if clean:
+                    self.files.remember(self.user_id, self.path)
+                else:
+                    self.files.forget(self.user_id)
         if self._exit_callback is not None:
             try:
                 self._exit_callback(self.user_id, self.actor_ref)
@@ -348,6 +382,36 @@ class UserStore(BrainActor):
             self.last_used = time.monotonic()
             self._serve_submitted()
             return None
+        if isinstance(message, Ack) or message == _FLUSH_ACKS:  # tells: a storage fault must not crash the store
+            if self.db is None:
+                return None  # quarantined: the rows are in its quarantined file
+            try:
+                return self._serve_asked(message)
+            except Exception as exc:
+                found = self._failed(exc)
+                if not isinstance(found, StorageFault):
+                    raise
+                self._arm_flush()  # a full, read-only or busy disk: the rows wait, the store lives on
+                return None
+        if isinstance(message, (AppendMany, OutboxBatch, *_READS)) or message == HEAD:
+            if self.db is None:
+                raise StoreClosed()  # quarantined meanwhile: the caller asks the next generation
+            try:
+                return self._serve_asked(message)
+            except Exception as exc:
+                raise self._failed(exc) from exc
+        if message == _IDLE_CHECK:
+            idle = time.monotonic() - self.last_used
+            if idle >= self.idle_seconds:
+                log.debug("%s: idle for %.0fs, stopping", self, idle)
+                self.stop()
+            else:
+                self.schedule(self.idle_seconds - idle, _IDLE_CHECK)
+            return None
+        return super().on_receive(message)
+
+    def _serve_asked(self, message: Any) -> Any:
+        """Asks from threads (mail sync, the bus) and the store's own timers."""
         if isinstance(message, AppendMany):
             self.last_used = time.monotonic()
             return self._append(message.requests)
@@ -366,19 +430,41 @@ class UserStore(BrainActor):
             self._flush_armed = False
             self._flush_acks()
             return None
-        if isinstance(message, OutboxBatch):
-            # Acks handed over before this drain must not be read (and re-sent) as pending.
-            self._flush_acks()
-            return self._outbox_batch(message.after, message.limit)
-        if message == _IDLE_CHECK:
-            idle = time.monotonic() - self.last_used
-            if idle >= self.idle_seconds:
-                log.debug("%s: idle for %.0fs, stopping", self, idle)
-                self.stop()
-            else:
-                self.schedule(self.idle_seconds - idle, _IDLE_CHECK)
-            return None
-        return super().on_receive(message)
+        # Acks handed over before this drain must not be read (and re-sent) as pending.
+        self._flush_acks()
+        return self._outbox_batch(message.after, message.limit)
+
+    def _failed(self, exc: BaseException, *, quarantine: bool = True) -> BaseException:
+        """What to answer for a failure: storage faults typed and counted; a damaged store quarantined."""
+        found = classify(exc, self.path.parent)
+        if found is None:
+            return exc
+        if self.faults is not None:
+            self.faults.record(found, "events.db", subject=f"user {self.user_id}")
+        if isinstance(found, StoreCorrupt) and quarantine and not self.quarantined:
+            self._quarantine(found)
+        return found
+
+    def _quarantine(self, found: StoreCorrupt) -> None:
+        """Close the damaged database, move it aside (brain.api.quarantine) and stop."""
+        self.quarantined = True
+        db, self.db = self.db, None
+        if db is not None:
+            try:
+                db.close()
+            except sqlite3.Error:
+                pass  # closing a damaged database: its files go aside all the same
+        if self.files is not None:
+            self.files.forget(self.user_id)
+        try:
+            move_aside(self.path, self.user_id, found.kind, found.detail)
+        except OSError as exc:
+            log.error("%s: could not move the damaged store aside: %r; it stays where it is", self, exc)
+        if self.faults is not None:
+            self.faults.record(fault(StoreQuarantined, found.detail), "events.db", subject=f"user {self.user_id}")
+        if self._on_quarantine is not None:
+            self._on_quarantine(self.user_id)
+        self.stop()
 
     def _serve_submitted(self) -> None:
         """Answer every request the loop submitted: consecutive appends share one commit."""
@@ -394,15 +480,17 @@ class UserStore(BrainActor):
                         end += 1
                 batch = submitted[done:end]
                 try:
-                    if end - done == 1 and isinstance(batch[0][0], _READS):
-                        results: list[Any] = [self._read(batch[0][0])]
+                    if self.db is None:  # quarantined by an earlier batch: the next generation decides
+                        results: list[Any] = [StoreClosed()] * len(batch)
+                    elif end - done == 1 and isinstance(batch[0][0], _READS):
+                        results = [self._read(batch[0][0])]
                     else:
                         results = self._commit([request for request, _ in batch], fresh)
                 except Exception as exc:  # noqa: BLE001 - as an ask: the callers get it, the store lives on
                     results = [exc] * len(batch)
                 for (_, fut), result in zip(batch, results):
                     if isinstance(result, Exception):
-                        settle_threadsafe(fut, error=result)
+                        settle_threadsafe(fut, error=self._failed(result))
                     else:
                         settle_threadsafe(fut, result)
                 done = end
@@ -494,7 +582,7 @@ class UserStore(BrainActor):
         fresh: list[StoredEvent] = []
         for ev in request.events:
             if ev.key is not None:
-                row = db.execute("SELECT id, type, data, created_at FROM events WHERE key = ?", (ev.key,)).fetchone()
+                row = db.execute("SELECT id, type, data, created_at, key FROM events WHERE key = ?", (ev.key,)).fetchone()
                 if row is not None:
                     existing = StoredEvent._make(row)
                     if request.match and not _same_event(existing, ev):
@@ -508,7 +596,7 @@ class UserStore(BrainActor):
             )
             event_id = cur.lastrowid  # its outbox row: the events_outbox trigger
             assert event_id is not None
-            stored = StoredEvent(event_id, ev.type, ev.data, created_at)
+            stored = StoredEvent(event_id, ev.type, ev.data, created_at, ev.key)
             out.append((stored, False))
             fresh.append(stored)
         if request.match and fresh and len(fresh) != len(out):
@@ -520,7 +608,7 @@ class UserStore(BrainActor):
 
     def _changes(self, c: Changes) -> list[StoredEvent]:
         assert self.db is not None
-        sql = f"SELECT id, type, data, created_at FROM events WHERE {SEQUENCE} > ?"
+        sql = f"SELECT id, type, data, created_at, key FROM events WHERE {SEQUENCE} > ?"
         args: list[Any] = [c.after]
         if c.types is not None:
             clause, type_args = c.types.sql()
@@ -547,7 +635,7 @@ class UserStore(BrainActor):
         if q.before is not None:
             where.append("(created_at < ? OR (created_at = ? AND id < ?))")
             args.extend((q.before[0], q.before[0], q.before[1]))
-        sql = "SELECT id, type, data, created_at FROM events"
+        sql = "SELECT id, type, data, created_at, key FROM events"
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY created_at DESC, id DESC LIMIT ?"
@@ -557,7 +645,7 @@ class UserStore(BrainActor):
     def _outbox_batch(self, after: int, limit: int) -> list[StoredEvent]:
         assert self.db is not None
         rows = self.db.execute(
-            "SELECT e.id, e.type, e.data, e.created_at FROM outbox o JOIN events e ON e.id = o.event_id"
+            "SELECT e.id, e.type, e.data, e.created_at, e.key FROM outbox o JOIN events e ON e.id = o.event_id"
             " WHERE o.event_id > ? ORDER BY o.event_id LIMIT ?",
             (after, limit),
         )

@@ -17,6 +17,7 @@ from brain.auth.ratelimit import SlidingWindow
 from brain.errors import ServiceUnavailable
 from brain.process import Process
 from brain.stash import StashKey
+from brain.storage import storage_faults
 
 log = logging.getLogger("brain.auth")
 
@@ -35,6 +36,7 @@ class AuthContext:
         self.secret = rt.secret
         self.aead = keys.sealing_key(rt.secret)
         self.db = open_db(rt.settings.data_path / "auth.db")
+        self.db.watch(storage_faults(rt))
         self.passwords = Passwords(self.auth)
         max_keys = self.auth.rate_limit_max_keys
         # Keyed by client_block(ip): an IPv6 client is limited per /64.

@@ -15,6 +15,8 @@ from typing import Any
 import peewee
 from playhouse.migrate import SqliteMigrator, migrate
 
+from brain.storage import WatchedDatabase
+
 # Bound to the real database by `open_db` (one auth.db per process).
 database = peewee.DatabaseProxy()
 
@@ -280,10 +282,10 @@ def _add_new_columns(db: peewee.SqliteDatabase) -> None:
             migrate(*(migrator.add_column(table, field.column_name, field) for field in missing))
 
 
-def open_db(path: Path) -> peewee.SqliteDatabase:
+def open_db(path: Path) -> WatchedDatabase:
     """Open (creating if needed) auth.db at path and bind the models to it."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    db = peewee.SqliteDatabase(str(path), pragmas=_PRAGMAS, thread_safe=True)
+    db = WatchedDatabase(path, label="auth.db", pragmas=_PRAGMAS, thread_safe=True)
     database.initialize(db)
     with db.connection_context():
         db.create_tables(MODELS, safe=True)

@@ -18,7 +18,7 @@ from brain.actors.base import BrainActor, Link
 from brain.auth import accounts, keys
 from brain.auth.db import DeletedUser, Session, SigningKey, User, database, now_ms
 from brain.auth.settings import AuthSettings
-from brain.errors import Unprocessable
+from brain.errors import StorageFault, Unprocessable
 from brain.ids import new_id
 
 log = logging.getLogger("brain.auth.issuer")
@@ -78,7 +78,7 @@ class AuthIssuer(BrainActor):
         if message == _POLL:
             try:
                 self._poll()
-            except peewee.OperationalError as exc:  # e.g. locked by `brain keys` for > busy_timeout
+            except (peewee.OperationalError, StorageFault) as exc:  # locked by `brain keys` too long, disk full
                 log.warning("key ring poll failed, will retry: %s", exc)
             self.schedule(self.settings.key_poll_seconds, _POLL)
             return None

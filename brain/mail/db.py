@@ -26,6 +26,7 @@ from brain.ids import new_id
 from brain.mail.crypto import CredentialBox
 from brain.mail.provider import Credentials, iso_utc
 from brain.mail.selection import SyncChoices
+from brain.storage import WatchedDatabase
 
 __all__ = ["Account", "CachedAttachment", "IndexEntry", "MailDb", "States"]
 
@@ -218,8 +219,8 @@ class MailDb:
     def __init__(self, path: Path, secret: bytes) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = pw.SqliteDatabase(
-            str(self.path),
+        self.db = WatchedDatabase(
+            self.path, label="mail.db",
             pragmas={"journal_mode": "wal", "busy_timeout": 15000, "synchronous": "normal", "foreign_keys": 1},
         )
         _proxy.initialize(self.db)

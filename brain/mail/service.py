@@ -48,6 +48,7 @@ from brain.mail.sync import MailSync
 from brain.mail.access_tokens import TokenProvider
 from brain.process import Process
 from brain.stash import StashKey
+from brain.storage import storage_faults
 
 __all__ = [
     "CALLBACK_PATH",
@@ -474,7 +475,13 @@ _SERVICE: StashKey[MailService] = StashKey("brain.mail.service")
 
 def service_for(rt: Process) -> MailService:
     """The process's mail service (created on first use; it opens mail.db)."""
-    return rt.stash.setdefault(_SERVICE, lambda: MailService(rt.settings, rt.secret, rt.pm, _event_sink(rt)))
+
+    def create() -> MailService:
+        service = MailService(rt.settings, rt.secret, rt.pm, _event_sink(rt))
+        service.db.db.watch(storage_faults(rt))
+        return service
+
+    return rt.stash.setdefault(_SERVICE, create)
 
 
 def _event_sink(rt: Process) -> EventSink:

@@ -30,10 +30,10 @@ log = logging.getLogger("brain.plugins")
 ENTRY_POINT_GROUP = "brain"
 
 # The core's own features: the embedded NATS server, /metrics, the account deletion relay,
-# backups.
+# backups, storage faults.
 CORE = Manifest(
     name="core",
-    hooks=("brain.nats_embedded", "brain.metrics", "brain.deletions", "brain.backup"),
+    hooks=("brain.nats_embedded", "brain.metrics", "brain.deletions", "brain.backup", "brain.storage"),
     commands="brain.backup",
 )
 # The roles and the built-in features on top of them, registered in this order after the core and

@@ -1,0 +1,379 @@
+"""Storage faults: a full, read-only, corrupt, busy or descriptor-starved disk, named once.
+
+SQLite says what went wrong as an error code (`SQLITE_FULL`, `SQLITE_CORRUPT`,
+`SQLITE_IOERR_WRITE` ...), the OS as an errno, peewee wraps either, and some codes do not say
+enough: a write to a file system remounted read-only is `SQLITE_IOERR_WRITE`, opening a
+database without a free descriptor `SQLITE_CANTOPEN`. `classify` is the one place that turns
+any of them into a typed `brain.errors.StorageFault`, asking the file system itself when the
+code is ambiguous; `brain.web.failure_response` answers every fault that reaches it from
+there, so a storage fault is never a bare 500.
+
+`StorageFaults` (one per process, in the stash) counts faults by kind and database (the
+metrics), remembers the last one of each database (`/health` stays degraded for a minute after
+one) and logs each kind once a minute with what an operator should do. Its `DiskGuard` refuses
+event writes while the data directory's file system has less than `server.min_free_bytes`
+free, so SQLite does not meet ENOSPC halfway through a checkpoint and auth.db, mail.db and the
+NATS store keep room to work. `WatchedDatabase` is peewee's SqliteDatabase (auth.db, mail.db)
+raising its faults typed and reporting them.
+
+A built-in plugin of the core: the disk and fault problems on /health, and their metrics.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import sqlite3
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import peewee
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from brain.errors import (
+    DiskFull,
+    NoFileDescriptors,
+    ReadOnlyStorage,
+    StorageFault,
+    StorageIOError,
+    StoreBusy,
+    StoreCorrupt,
+)
+from brain.plugins import hookimpl
+from brain.process import Process
+from brain.stash import StashKey
+
+__all__ = ["DiskGuard", "STORAGE_FAULTS", "StorageFaults", "WatchedDatabase", "classify", "storage_faults"]
+
+log = logging.getLogger("brain.storage")
+
+# The answers clients get. They name no path and no user: the log has the detail.
+DISK_FULL = "the server's disk is full: writes are refused until space is freed (reads still work)"
+READ_ONLY = "the server's storage is read-only: writes are refused (reads still work)"
+CORRUPT = "the store is damaged and was taken offline"
+BUSY = "the store is busy; try again"
+NO_DESCRIPTORS = "the server cannot open more files right now; try again"
+IO_ERROR = "the server's storage failed; try again later"
+
+# Retry-After of each answer: when trying again may help.
+RETRY_DISK_FULL = 30.0
+RETRY_BUSY = 1.0
+RETRY_NO_DESCRIPTORS = 2.0
+RETRY_IO = 5.0
+
+# What an operator should do, for the log and /health.
+ADVICE = {
+    "disk_full": "free space on the data directory's file system or grow it; writes resume by themselves",
+    "read_only": "the data directory's file system is read-only (remounted after an error?): stop brain, "
+                 "check it (fsck), remount it read-write and start brain again",
+    "corrupt": "run `brain check`; a user's store is rebuilt by `brain repair --user ID`, auth.db and mail.db "
+               "come back from a backup (`brain restore`)",
+    "quarantined": "run `brain repair --user ID` (or set api.auto_repair = true)",
+    "busy": "another process holds a lock on the database for longer than its busy timeout (a long `brain` "
+            "command?)",
+    "no_descriptors": "raise the open-file limit (ulimit -n, systemd LimitNOFILE) or lower api.max_open_stores",
+    "io_error": "check the disk (dmesg) and run `brain check`",
+}
+
+_ERRNO_FAULTS: dict[int, type[StorageFault]] = {
+    errno.ENOSPC: DiskFull,
+    errno.EDQUOT: DiskFull,
+    errno.EROFS: ReadOnlyStorage,
+    errno.EMFILE: NoFileDescriptors,
+    errno.ENFILE: NoFileDescriptors,
+    errno.EIO: StorageIOError,
+}
+_MESSAGES: dict[type[StorageFault], tuple[str, float | None]] = {
+    DiskFull: (DISK_FULL, RETRY_DISK_FULL),
+    ReadOnlyStorage: (READ_ONLY, None),
+    StoreCorrupt: (CORRUPT, None),
+    StoreBusy: (BUSY, RETRY_BUSY),
+    NoFileDescriptors: (NO_DESCRIPTORS, RETRY_NO_DESCRIPTORS),
+    StorageIOError: (IO_ERROR, RETRY_IO),
+}
+# Below this much free space an ambiguous I/O error is taken for a full disk.
+_NEARLY_FULL = 1 << 20
+# How long a fault keeps /health degraded, and how often each kind is logged per database.
+FAULT_MEMORY_SECONDS = 60.0
+
+
+def fault(kind: type[StorageFault], detail: str = "") -> StorageFault:
+    """A fault of this kind with its standard message and Retry-After."""
+    message, retry_after = _MESSAGES[kind]
+    return kind(message, retry_after=retry_after, detail=detail)
+
+
+def classify(exc: BaseException, directory: Path | None = None) -> StorageFault | None:
+    """The storage fault behind an exception (SQLite's, the OS's, peewee's), or None if it is not one.
+
+    `directory` is where the database lives: asked whether it is read-only or full when SQLite's
+    code does not say.
+    """
+    for cause in _causes(exc):
+        if isinstance(cause, StorageFault):
+            return cause
+        if isinstance(cause, sqlite3.Error):
+            return _from_sqlite(cause, directory)
+        if isinstance(cause, OSError) and cause.errno in _ERRNO_FAULTS:
+            return fault(_ERRNO_FAULTS[cause.errno], f"{cause.__class__.__name__}: {cause}")
+    return None
+
+
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    # peewee re-raises sqlite3's error as its own, carrying the original as args[0].
+    seen: set[int] = set()
+    todo: list[BaseException] = [exc]
+    while todo and len(seen) < 8:
+        current = todo.pop(0)
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        todo.extend(c for c in (current.__cause__, current.__context__) if c is not None)
+        if current.args and isinstance(current.args[0], BaseException):
+            todo.append(current.args[0])
+
+
+def _from_sqlite(exc: sqlite3.Error, directory: Path | None) -> StorageFault | None:
+    name = getattr(exc, "sqlite_errorname", "") or ""
+    detail = f"{name or exc.__class__.__name__}: {exc}"
+    if name == "SQLITE_FULL":
+        return fault(DiskFull, detail)
+    if name.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB")):
+        return fault(StoreCorrupt, detail)
+    if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
+        return fault(StoreBusy, detail)
+    if name.startswith(("SQLITE_IOERR", "SQLITE_CANTOPEN", "SQLITE_READONLY")):
+        return fault(_file_system_fault(directory), detail)
+    return None
+
+
+def _file_system_fault(directory: Path | None) -> type[StorageFault]:
+    """What an ambiguous I/O error most likely was, judging by the file system and the process."""
+    if directory is not None:
+        try:
+            st = os.statvfs(directory)
+        except OSError as exc:
+            return _ERRNO_FAULTS.get(exc.errno or 0, StorageIOError)
+        if st.f_flag & os.ST_RDONLY:
+            return ReadOnlyStorage
+        if st.f_bavail * st.f_frsize < _NEARLY_FULL:
+            return DiskFull
+    if out_of_descriptors():
+        return NoFileDescriptors
+    return StorageIOError
+
+
+def out_of_descriptors() -> bool:
+    """Whether this process cannot open one more file right now."""
+    try:
+        os.close(os.open(os.devnull, os.O_RDONLY))
+    except OSError as exc:
+        return exc.errno in (errno.EMFILE, errno.ENFILE)
+    return False
+
+
+class DiskGuard:
+    """Refuses writes while the data directory's file system is read-only or short of its reserve.
+
+    `statvfs` is asked at most every RECHECK_SECONDS while space is plentiful; near the reserve,
+    for every write. Between two looks the bytes written are subtracted from the last figure
+    (times WRITE_AMPLIFICATION: the WAL, then the checkpoint into the database).
+    """
+
+    RECHECK_SECONDS = 0.5
+    WRITE_AMPLIFICATION = 3
+    # Closer to the reserve than this, every write looks again.
+    NEAR = 16 << 20
+
+    def __init__(self, path: Path, reserve: int) -> None:
+        self.path = path
+        self.reserve = reserve
+        # (free bytes, read-only, monotonic time of the look); replaced whole, read without a lock.
+        self._seen: tuple[int, bool, float] = (-1, False, -1e9)
+        self._written = 0
+
+    def look(self) -> tuple[int, bool]:
+        """(free bytes, read-only) of the data directory's file system now ((-1, False) if unknown)."""
+        try:
+            st = os.statvfs(self.path)
+        except OSError:
+            free, read_only = -1, False
+        else:
+            free, read_only = st.f_bavail * st.f_frsize, bool(st.f_flag & os.ST_RDONLY)
+        self._seen = (free, read_only, time.monotonic())
+        self._written = 0
+        return free, read_only
+
+    def check(self, nbytes: int) -> None:
+        """Raise DiskFull or ReadOnlyStorage if `nbytes` more must not be written now."""
+        free, read_only, at = self._seen
+        self._written += nbytes
+        estimate = free - self._written * self.WRITE_AMPLIFICATION
+        if time.monotonic() - at >= self.RECHECK_SECONDS or estimate < self.reserve + self.NEAR:
+            free, read_only = self.look()
+            estimate = free - nbytes * self.WRITE_AMPLIFICATION
+        if read_only:
+            raise fault(ReadOnlyStorage, f"{self.path} is on a read-only file system")
+        if free >= 0 and estimate < self.reserve:
+            raise fault(DiskFull, f"{free} bytes free on the file system of {self.path}, "
+                                  f"below server.min_free_bytes ({self.reserve})")
+
+    def problems(self) -> list[str]:
+        """What /health says about the data directory's file system (fresh look)."""
+        free, read_only = self.look()
+        if read_only:
+            return [f"disk: the data directory's file system is read-only; writes are refused ({ADVICE['read_only']})"]
+        if 0 <= free < self.reserve:
+            return [f"disk: {free} bytes free on the data directory's file system, below server.min_free_bytes "
+                    f"({self.reserve}); event writes are refused with 507 ({ADVICE['disk_full']})"]
+        return []
+
+
+class StorageFaults:
+    """The process's storage faults: counted by kind and database, remembered, logged with advice."""
+
+    def __init__(self, data_path: Path, min_free_bytes: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self.guard = DiskGuard(data_path, min_free_bytes)
+        self._clock = clock
+        self._lock = threading.Lock()
+        self.counts: Counter[tuple[str, str]] = Counter()
+        self._last: dict[str, tuple[str, float, str]] = {}  # database -> (kind, when, detail)
+        self._logged: dict[tuple[str, str], float] = {}
+
+    def record(self, fault: StorageFault, database: str, *, subject: str = "") -> StorageFault:
+        """Count a fault met on `database` ("auth.db", "events.db"...), log it, and return it."""
+        now = self._clock()
+        with self._lock:
+            self.counts[(fault.kind, database)] += 1
+            self._last[database] = (fault.kind, now, fault.detail)
+            last_logged = self._logged.get((fault.kind, database), -1e9)
+            due = now - last_logged >= FAULT_MEMORY_SECONDS
+            if due:
+                self._logged[(fault.kind, database)] = now
+        if due:
+            about = f" ({subject})" if subject else ""
+            log.error("storage fault on %s%s: %s (%s). What to do: %s", database, about, fault.kind,
+                      fault.detail or fault.message, ADVICE.get(fault.kind, ADVICE["io_error"]))
+        return fault
+
+    def recent(self) -> dict[str, tuple[str, float, str]]:
+        """database -> (kind, seconds ago, detail) of each database's last fault within the last minute."""
+        now = self._clock()
+        with self._lock:
+            return {
+                db: (kind, now - when, detail)
+                for db, (kind, when, detail) in self._last.items()
+                if now - when < FAULT_MEMORY_SECONDS
+            }
+
+    def typed(self, exc: BaseException) -> StorageFault | None:
+        """The storage fault behind an exception that reached the HTTP layer untyped (counted), or None."""
+        found = classify(exc, self.guard.path)
+        if found is not None:
+            self.record(found, "other")
+        return found
+
+    def problems(self) -> list[str]:
+        """The disk's state, and each database that met another fault in the last minute."""
+        found = self.guard.problems()
+        for db, (kind, ago, detail) in sorted(self.recent().items()):
+            if kind in ("disk_full", "read_only", "quarantined"):
+                continue  # the disk's own state (above) and the stores' quarantine say it, and say when it ends
+            found.append(f"{db}: {kind} {ago:.0f}s ago ({detail}); {ADVICE.get(kind, ADVICE['io_error'])}")
+        return found
+
+    def figures(self) -> dict[str, Any]:
+        """JSON-able figures for /health."""
+        free, read_only, _ = self.guard._seen  # noqa: SLF001 - the guard's last look, as problems() just took it
+        with self._lock:
+            faults = [{"kind": kind, "database": db, "count": n} for (kind, db), n in sorted(self.counts.items())]
+        return {"free_bytes": free, "min_free_bytes": self.guard.reserve, "read_only": read_only, "faults": faults}
+
+    def metrics(self) -> list[Metric]:
+        """brain_storage_faults_total by kind and database, free space, the reserve, read-only."""
+        free, read_only, _ = self.guard._seen  # noqa: SLF001
+        if free < 0:
+            free, read_only = self.guard.look()
+        faults = CounterMetricFamily(
+            "brain_storage_faults", "Storage faults met, by kind (disk_full, read_only, corrupt, quarantined, busy, "
+            "no_descriptors, io_error) and database.", labels=("kind", "database"))
+        with self._lock:
+            for (kind, db), n in sorted(self.counts.items()):
+                faults.add_metric([kind, db], n)
+        return [
+            faults,
+            GaugeMetricFamily("brain_disk_free_bytes", "Free bytes on the data directory's file system.", value=free),
+            GaugeMetricFamily("brain_disk_min_free_bytes",
+                              "server.min_free_bytes: below it event writes are refused (507).",
+                              value=self.guard.reserve),
+            GaugeMetricFamily("brain_disk_read_only", "1 while the data directory's file system is read-only.",
+                              value=int(read_only)),
+        ]
+
+
+STORAGE_FAULTS: StashKey[StorageFaults] = StashKey("brain.storage")
+
+
+def storage_faults(rt: Process) -> StorageFaults:
+    """The process's StorageFaults (created on first use)."""
+    return rt.stash.setdefault(
+        STORAGE_FAULTS, lambda: StorageFaults(rt.settings.data_path, rt.settings.server.min_free_bytes)
+    )
+
+
+class WatchedDatabase(peewee.SqliteDatabase):
+    """peewee's SqliteDatabase whose storage faults are raised typed and, once watched, reported."""
+
+    def __init__(self, path: str | Path, *, label: str, **kwargs: Any) -> None:
+        super().__init__(str(path), **kwargs)
+        self.label = label
+        self.directory = Path(path).parent
+        self.faults: StorageFaults | None = None
+
+    def watch(self, faults: StorageFaults) -> None:
+        """Report faults to the process's StorageFaults from now on."""
+        self.faults = faults
+
+    @contextlib.contextmanager
+    def _typed(self) -> Iterator[None]:
+        try:
+            yield
+        except (peewee.DatabaseError, sqlite3.Error, OSError) as exc:
+            found = classify(exc, self.directory)
+            if found is None:
+                raise
+            if self.faults is not None:
+                self.faults.record(found, self.label)
+            raise found from exc
+
+    def connect(self, reuse_if_open: bool = False) -> bool:  # noqa: D102 - peewee's
+        with self._typed():
+            return bool(super().connect(reuse_if_open))
+
+    def execute_sql(self, sql: str, params: Any = None) -> Any:  # noqa: D102 - peewee's
+        with self._typed():
+            return super().execute_sql(sql, params)
+
+    def commit(self) -> Any:  # noqa: D102 - peewee's
+        with self._typed():
+            return super().commit()
+
+
+@hookimpl
+def register_health(rt: Process, register: Callable[..., None]) -> None:
+    """`storage`: free space, the reserve, read-only, faults by kind; degraded while the disk is short or faulty."""
+    faults = storage_faults(rt)
+    register("storage", figures=faults.figures, problems=faults.problems)
+
+
+@hookimpl
+def register_metrics(rt: Process, register: Callable[..., None]) -> None:
+    """Storage faults by kind and database; free space and the reserve."""
+    register("storage", storage_faults(rt).metrics)
