@@ -293,7 +293,7 @@ def restore(
 
 @hookimpl
 def register_commands(cli: CommandLine) -> None:
-    """`brain backup` and `brain restore`."""
+    """`brain backup`, `brain restore` and `brain check` (brain.check): what an operator does to a data directory."""
     bk = cli.subcommands.add_parser("backup", help="take a consistent online snapshot of every database (server may run)")
     cli.add_config_args(bk)
     bk.add_argument("dest", metavar="DEST", help="new or empty directory to write the backup to")
@@ -306,6 +306,13 @@ def register_commands(cli: CommandLine) -> None:
     rs.add_argument("src", metavar="SRC", help="a directory written by `brain backup`")
     rs.add_argument("--json", action="store_true", help="print the result as JSON")
     cli.runs(rs, "brain.backup:restore_command")
+
+    ck = cli.subcommands.add_parser(
+        "check", help="verify every database offline (integrity, indexes, outboxes, quarantined stores) as a table"
+    )
+    cli.add_config_args(ck)
+    ck.add_argument("--json", action="store_true", help="print the findings as JSON")
+    cli.runs(ck, "brain.check:check_command")
 
 
 def backup_command(args: argparse.Namespace) -> int:

@@ -350,6 +350,15 @@ def server_secret(settings: Settings) -> bytes:
         return value.encode()
     with os.fdopen(fd, "w") as fh:
         fh.write(secrets.token_urlsafe(48) + "\n")
+        # On disk before anything is encrypted with it: a secret lost to a crash of the machine
+        # (or a disk error) would leave every key and token in auth.db and mail.db unreadable.
+        fh.flush()
+        os.fsync(fh.fileno())
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
     return path.read_text().strip().encode()
 
 

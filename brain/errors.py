@@ -146,6 +146,8 @@ class StorageFault(HTTPError):
         super().__init__(message, headers=headers, extra={"reason": self.kind})
         # What the database said (for the log, never for the client: it may name paths).
         self.detail = detail
+        # Counted already (brain.storage.StorageFaults.record): not again on its way out.
+        self.recorded = False
 
 
 class DiskFull(StorageFault):

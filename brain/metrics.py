@@ -46,6 +46,7 @@ from prometheus_client.utils import floatToGoString
 
 import brain
 from brain.actors import supervisor
+from brain.errors import StorageFault
 from brain.health import HEALTH
 from brain.openapi import error
 from brain.plugins import hookimpl
@@ -298,10 +299,11 @@ class BrainCollector(Collector):
         for name, source in self._sources:
             try:
                 families = list(source())
-            except Exception:  # noqa: BLE001 - a scrape must not fail for one subsystem
+            except Exception as exc:  # noqa: BLE001 - a scrape must not fail for one subsystem
                 if name not in self._failing:
                     self._failing.add(name)
-                    log.warning("metrics: reading %s failed", name, exc_info=True)
+                    # A storage fault is counted and explained where it is met: no traceback.
+                    log.warning("metrics: reading %s failed: %s", name, exc, exc_info=not isinstance(exc, StorageFault))
                 continue
             self._failing.discard(name)
             yield from families

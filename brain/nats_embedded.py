@@ -15,13 +15,16 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from brain.actors.base import BrainActor, Link
 from brain.actors.supervisor import ChildSpec
 from brain.actors.tree import Child
-from brain.nats_auth import NATS_CREDENTIAL, Credential, embedded_credential, write_server_config
+from brain.config import Settings
+from brain.nats_auth import NATS_CREDENTIAL, Credential, connect_options, embedded_credential, write_server_config
 from brain.plugins import hookimpl
 from brain.process import Process
 from brain.redact import redact_url
@@ -29,6 +32,7 @@ from brain.redact import redact_url
 log = logging.getLogger("brain.nats")
 
 _CHECK = "check"
+URL_FILE = "url"
 
 
 def find_nats_server() -> str:
@@ -141,6 +145,8 @@ class EmbeddedNats(BrainActor):
             why = f"exited with code {code}" if code is not None else "did not come up"
             raise RuntimeError(f"embedded nats-server {why} on {self.url}; see {log_path}")
         log.info("embedded nats-server pid %s listening on %s (store %s)", self.proc.pid, self.url, self.store_dir)
+        # Where commands run beside the server (`brain repair`) find it.
+        (self.store_dir / URL_FILE).write_text(self.url + "\n")
         self.schedule(self.check_interval, _CHECK)
 
     def on_receive(self, message: object) -> object:
@@ -163,6 +169,10 @@ class EmbeddedNats(BrainActor):
         proc, self.proc = self.proc, None
         if proc is None or proc.poll() is not None:
             return
+        try:
+            (self.store_dir / URL_FILE).unlink(missing_ok=True)
+        except OSError:
+            pass  # a read-only data directory: running_url checks the pid anyway
         proc.terminate()
         try:
             proc.wait(timeout=5)
@@ -175,6 +185,37 @@ class EmbeddedNats(BrainActor):
 def store_dir_for(data_dir: Path) -> Path:
     """Where the embedded server keeps JetStream data."""
     return data_dir / "nats"
+
+
+def running_url(store_dir: Path) -> str | None:
+    """The URL of the embedded nats-server running on this store (a server's), or None."""
+    try:
+        pid = int((store_dir / "nats-server.pid").read_text().strip())
+        url = (store_dir / URL_FILE).read_text().strip()
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError):
+        return None
+    return url if b"nats-server" in cmdline and str(store_dir).encode() in cmdline else None
+
+
+@contextmanager
+def nats_for_command(settings: Settings) -> Iterator[dict[str, Any]]:
+    """`nats.connect()` options for a command: `nats.url`, the running server's embedded NATS, or
+    an embedded server started for the command (and stopped after)."""
+    if settings.nats.url:
+        yield connect_options(settings.nats, settings.nats.url)
+        return
+    store = store_dir_for(settings.data_path)
+    credential = embedded_credential(store)
+    url = running_url(store)
+    if url is not None:
+        yield connect_options(settings.nats, url, credential)
+        return
+    ref = EmbeddedNats.start(store_dir=store, port=free_port(), credential=credential)
+    try:
+        yield connect_options(settings.nats, ref.proxy().url.get(), credential)
+    finally:
+        ref.stop()
 
 
 # Everything else that uses NATS starts after it.
@@ -203,4 +244,7 @@ def register_health(rt: Process, register: Callable[..., None]) -> None:
     register("nats", figures=lambda: {"url": redact_url(rt.nats_url), "embedded": not rt.settings.nats.url})
 
 
-__all__ = ["CHILD_ID", "EmbeddedNats", "find_nats_server", "free_port", "store_dir_for", "wait_for_port"]
+__all__ = [
+    "CHILD_ID", "EmbeddedNats", "find_nats_server", "free_port", "nats_for_command", "running_url", "store_dir_for",
+    "wait_for_port",
+]

@@ -44,6 +44,7 @@ from brain.errors import (
     StorageIOError,
     StoreBusy,
     StoreCorrupt,
+    StoreQuarantined,
 )
 from brain.plugins import hookimpl
 from brain.process import Process
@@ -57,6 +58,7 @@ log = logging.getLogger("brain.storage")
 DISK_FULL = "the server's disk is full: writes are refused until space is freed (reads still work)"
 READ_ONLY = "the server's storage is read-only: writes are refused (reads still work)"
 CORRUPT = "the store is damaged and was taken offline"
+QUARANTINED = "the store was found damaged and is offline until it is rebuilt"
 BUSY = "the store is busy; try again"
 NO_DESCRIPTORS = "the server cannot open more files right now; try again"
 IO_ERROR = "the server's storage failed; try again later"
@@ -93,6 +95,7 @@ _MESSAGES: dict[type[StorageFault], tuple[str, float | None]] = {
     DiskFull: (DISK_FULL, RETRY_DISK_FULL),
     ReadOnlyStorage: (READ_ONLY, None),
     StoreCorrupt: (CORRUPT, None),
+    StoreQuarantined: (QUARANTINED, None),
     StoreBusy: (BUSY, RETRY_BUSY),
     NoFileDescriptors: (NO_DESCRIPTORS, RETRY_NO_DESCRIPTORS),
     StorageIOError: (IO_ERROR, RETRY_IO),
@@ -119,8 +122,11 @@ def classify(exc: BaseException, directory: Path | None = None) -> StorageFault 
         if isinstance(cause, StorageFault):
             return cause
         if isinstance(cause, sqlite3.Error):
-            return _from_sqlite(cause, directory)
-        if isinstance(cause, OSError) and cause.errno in _ERRNO_FAULTS:
+            found = _from_sqlite(cause, directory)
+            if found is not None:
+                return found
+            # Not a storage code ("cannot rollback" after one): look further along the chain.
+        elif isinstance(cause, OSError) and cause.errno in _ERRNO_FAULTS:
             return fault(_ERRNO_FAULTS[cause.errno], f"{cause.__class__.__name__}: {cause}")
     return None
 
@@ -165,9 +171,35 @@ def _file_system_fault(directory: Path | None) -> type[StorageFault]:
             return ReadOnlyStorage
         if st.f_bavail * st.f_frsize < _NEARLY_FULL:
             return DiskFull
+        refused = write_refused(directory)
+        if refused is not None:
+            return refused
     if out_of_descriptors():
         return NoFileDescriptors
     return StorageIOError
+
+
+def write_refused(directory: Path) -> type[StorageFault] | None:
+    """Why a file cannot be created in directory right now (None: it can), by trying.
+
+    statvfs does not show every read-only file system: ext4 turned read-only by an error
+    (errors=remount-ro) keeps its mount flags and refuses writes with EROFS.
+    """
+    probe = directory / f".brain-write-probe-{os.getpid()}-{threading.get_ident()}"
+    try:
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
+        os.unlink(probe)
+    except OSError as exc:
+        return _ERRNO_FAULTS.get(exc.errno or 0)
+    return None
+
+
+def read_only_file_system(directory: Path) -> bool:
+    """Whether the file system holding directory is mounted read-only now."""
+    try:
+        return bool(os.statvfs(directory).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
 
 
 def out_of_descriptors() -> bool:
@@ -198,6 +230,12 @@ class DiskGuard:
         # (free bytes, read-only, monotonic time of the look); replaced whole, read without a lock.
         self._seen: tuple[int, bool, float] = (-1, False, -1e9)
         self._written = 0
+        self._suspect_read_only = False
+
+    def suspect_read_only(self) -> None:
+        """A write was refused as read-only: look (and try) again before the next write."""
+        self._suspect_read_only = True
+        self._seen = (self._seen[0], True, -1e9)
 
     def look(self) -> tuple[int, bool]:
         """(free bytes, read-only) of the data directory's file system now ((-1, False) if unknown)."""
@@ -207,6 +245,10 @@ class DiskGuard:
             free, read_only = -1, False
         else:
             free, read_only = st.f_bavail * st.f_frsize, bool(st.f_flag & os.ST_RDONLY)
+        if self._suspect_read_only and not read_only:
+            # Refused writes with the mount flags saying read-write: try one until it works.
+            read_only = write_refused(self.path) is ReadOnlyStorage
+            self._suspect_read_only = read_only
         self._seen = (free, read_only, time.monotonic())
         self._written = 0
         return free, read_only
@@ -249,7 +291,10 @@ class StorageFaults:
 
     def record(self, fault: StorageFault, database: str, *, subject: str = "") -> StorageFault:
         """Count a fault met on `database` ("auth.db", "events.db"...), log it, and return it."""
+        fault.recorded = True
         now = self._clock()
+        if isinstance(fault, ReadOnlyStorage):
+            self.guard.suspect_read_only()
         with self._lock:
             self.counts[(fault.kind, database)] += 1
             self._last[database] = (fault.kind, now, fault.detail)
@@ -276,7 +321,7 @@ class StorageFaults:
     def typed(self, exc: BaseException) -> StorageFault | None:
         """The storage fault behind an exception that reached the HTTP layer untyped (counted), or None."""
         found = classify(exc, self.guard.path)
-        if found is not None:
+        if found is not None and not found.recorded:
             self.record(found, "other")
         return found
 

@@ -85,7 +85,16 @@ class Ext4:
         trigger = Path("/sys/fs/ext4") / os.path.basename(self.device) / "trigger_fs_error"
         need(trigger.exists(), f"{trigger} (ext4's error trigger)")
         trigger.write_text("brain fault test\n")
-        wait_until(lambda: os.statvfs(self.mountpoint).f_flag & os.ST_RDONLY, timeout=10, what="the remount read-only")
+
+        def refused() -> bool:
+            try:
+                (self.mountpoint / "probe").write_text("x")
+            except OSError:
+                return True
+            return False
+
+        # Newer kernels keep the mount flags and refuse writes (ext4's emergency_ro): try one.
+        wait_until(refused, timeout=10, what="the file system to refuse writes")
 
     def repair(self) -> None:
         """What an operator does once nothing uses it: unmount, fsck, mount again read-write."""

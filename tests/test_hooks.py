@@ -5,6 +5,7 @@ and a plugin's `send_auth_email` is asked before the built-in SMTP sender."""
 from __future__ import annotations
 
 import argparse
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ import pytest
 from prometheus_client.exposition import generate_latest
 
 from brain.backup import backup_files
+from brain.check import check, table
 from brain.commands import CommandLine
 from brain.config import load_settings, plugin_sections
 from brain.contracts import UserDeleted
@@ -60,6 +62,15 @@ def test_commands_and_backup_files() -> None:
     pm.hook.register_commands(cli=CommandLine(parser.add_subparsers(dest="subcommand")))
     assert parser.parse_args(["probe"]).command == "tests.plugins.probe_plugin:command"
     assert "probe.db" in [f.path for f in backup_files(pm)]
+
+
+def test_check_data_adds_a_column_to_the_plugins_own_database(tmp_path: Path) -> None:
+    pm = load_plugins(())
+    pm.register(probe_plugin, name="probe")
+    sqlite3.connect(tmp_path / "probe.db").close()
+    (row,) = [r for r in check(tmp_path, pm) if r.path == "probe.db"]
+    assert row.checks == {"integrity": "ok", "index": "ok", "probe": "looked at"} and not row.problems
+    assert "probe.db" in table([row]) and "LOOKED AT" not in table([row])
 
 
 def test_user_revoked_then_user_purge(tmp_path: Path) -> None:

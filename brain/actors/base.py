@@ -34,6 +34,8 @@ from typing import TYPE_CHECKING, Any, Literal
 import pykka
 from pykka import ActorDeadError
 
+from brain.errors import StorageFault
+
 if TYPE_CHECKING:
     from types import TracebackType
 
@@ -321,6 +323,11 @@ class BrainActor(pykka.ThreadingActor):
         # first one is the cause worth reporting.
         if self._exit_error is None:
             self._exit_error = exception_value or (exception_type() if exception_type else None)
+        if isinstance(exception_value, StorageFault):
+            # Counted and logged, with what to do, where it was met (brain.storage): no traceback.
+            pykka.ActorRegistry.unregister(self.actor_ref)
+            self.actor_stopped.set()
+            return
         super()._handle_failure(exception_type, exception_value, traceback)
 
     def _actor_loop(self) -> None:

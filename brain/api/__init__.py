@@ -20,6 +20,7 @@ from brain.plugins.manifest import Manifest
 MANIFEST = Manifest(
     name="api",
     hooks=("brain.api.plugin",),
+    commands="brain.api.cli",
     settings="brain.api.settings",
     hookspecs="brain.api.hookspecs",
     listener="api",

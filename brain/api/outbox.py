@@ -16,6 +16,7 @@ from typing import Any
 
 from brain.api.events import StoredEvent
 from brain.api.publisher import Publisher
+from brain.api.repair import RepairError, StreamRead, read_stream_blocking
 
 log = logging.getLogger("brain.api.bus")
 
@@ -96,6 +97,13 @@ class Doorbell:
         """Seconds the oldest in-flight publish has waited (0: none; read from another thread)."""
         publisher = self._publisher
         return 0.0 if publisher is None else publisher.oldest_unacked_seconds()
+
+    def read_stream(self, user_id: str, timeout: float = 300.0) -> StreamRead:
+        """Every event of a user on the stream, over the bus's connection (blocking; from a worker thread)."""
+        publisher = self._publisher
+        if publisher is None or not publisher.connected or publisher.js is None:
+            raise RepairError("the event bus is not connected to NATS")
+        return read_stream_blocking(publisher.js, publisher.loop, publisher.settings, user_id, timeout)
 
     def purge_user_events(self, user_id: str, timeout: float = 10.0) -> None:
         """Purge a deleted user's subjects from the event stream (blocking; best effort: when connected)."""

@@ -11,6 +11,7 @@ import asyncio
 import math
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -24,10 +25,14 @@ from brain.api.commit_log import CommitLog
 from brain.api.events import ReservedTypes
 from brain.api.jwks import JwksCache, jwks_opener
 from brain.api.live import REVOKED
+from brain.api.quarantine import pending, quarantined_users
 from brain.api.state import (
-    api_key_verifier, api_limits, cors, dispatcher, doorbell, event_stream, jwks_state, store_manager, token_verifier,
+    api_key_verifier, api_limits, auto_repair, cors, dispatcher, doorbell, event_stream, jwks_state, store_manager,
+    token_verifier,
 )
+from brain.api.user_store import check_outbox, marker_path, store_path
 from brain.backup import BackupFile
+from brain.check import OK, CheckRow
 from brain.contracts import AUTHENTICATOR, COMMIT_LOG, EVENT_ACCESS, EVENT_SINK
 from brain.deletions import CHILD_ID as DELETIONS
 from brain.nats_auth import process_connect_options
@@ -39,6 +44,8 @@ from brain.routes import Components, Listener, Route
 from brain.web import add_route
 
 LISTENER = routes.LISTENER
+# The backup (and check) kind of the users' stores.
+STORE_KIND = "user"
 # The tiers of the tree this role shares: keys and tokens; data (rest_for_one: a crashed
 # EventBus restarts the stores and what writes to them).
 AUTH_SUP = "auth_sup"
@@ -110,7 +117,7 @@ def register_children(rt: Process, register: Callable[[Child | Group], None]) ->
 def register_backup(register: Callable[[BackupFile], None]) -> None:
     """Every user's events.db; the revoked set, without which a restore would let a deleted
     user's still-valid JWT in again."""
-    register(BackupFile("users/*/events.db", "user"))
+    register(BackupFile("users/*/events.db", STORE_KIND))
     register(BackupFile(deletion.REVOKED_FILE, "state", database=False))
 
 
@@ -134,17 +141,37 @@ def setup_app(rt: Process, listener: str, app: web.Application) -> None:
     policy = cors(rt)
     app.on_response_prepare.append(policy.add_headers)
     add_route(app, "OPTIONS", "/{tail:.*}", policy.preflight_handler(app), public=True)
+    # Quarantined stores are rebuilt from the stream once the bus is connected.
+    repairs = auto_repair(rt) if rt.settings.api.auto_repair else None
 
     async def start_dispatching(_app: web.Application) -> None:
         live.start(asyncio.get_running_loop())
 
     async def stop_activating(_app: web.Application) -> None:
         live.stop()
+        if repairs is not None:
+            repairs.stop()
         bell.flush()
         stores.closing = True
 
     app.on_startup.append(start_dispatching)
     app.on_shutdown.append(stop_activating)
+
+
+@hookimpl
+def check_data(data_dir: Path, rows: list[CheckRow]) -> None:
+    """`brain check`: each store's outbox (rows naming no event, unpublished rows the bus cannot find),
+    and a row for each store in quarantine."""
+    for row in rows:
+        if row.kind == STORE_KIND and row.checks.get("integrity") == OK:
+            user_id = Path(row.path).parent.name
+            verdict, problem = check_outbox(data_dir / row.path, marker_path(data_dir, user_id))
+            row.note("outbox", verdict, problem=problem)
+    for user_id in quarantined_users(data_dir):
+        entry = pending(store_path(data_dir, user_id)) or {}
+        row = CheckRow(f"users/{user_id}/events.db", STORE_KIND, 0)
+        row.note("integrity", f"quarantined ({entry.get('reason')}): run `brain repair --user {user_id}`", problem=True)
+        rows.append(row)
 
 
 @hookimpl
@@ -184,6 +211,8 @@ def register_health(rt: Process, register: Callable[..., None]) -> None:
     register("stores", figures=stores.stats, problems=stores.quarantine_problems)
     register("streams", figures=lambda: {**dispatcher(rt).stats(), "tickets": event_stream(rt).tickets.stats()})
     register("rate_limits", figures=api_limits(rt).stats)
+    if rt.settings.api.auto_repair:
+        register("stores", figures=lambda: {"auto_repair": auto_repair(rt).stats()})
 
 
 @hookimpl

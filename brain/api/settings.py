@@ -40,6 +40,9 @@ class ApiSettings:
     events_page_default: int = 100
     store_idle_seconds: float = 300.0
     max_open_stores: int = 256
+    # Rebuild a store found damaged (quarantined) from the event stream at once, in the server;
+    # false: it waits for `brain repair --user ID`.
+    auto_repair: bool = False
     # Verified API keys kept in memory (revocation drops an entry at once), and how long an entry
     # may serve before the key is looked up again (the bound if a revocation message is lost).
     api_key_cache_size: int = 10_000

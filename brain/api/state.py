@@ -14,6 +14,7 @@ from brain.api.jwks import JwksState, jwks_opener
 from brain.api.limits import ApiLimits
 from brain.api.live import Dispatcher
 from brain.api.outbox import Doorbell, event_stored_notifier
+from brain.api.repair import AutoRepair
 from brain.api.settings import expected_issuer, jwks_url
 from brain.api.store_manager import StoreManager
 from brain.api.stream import EventStream
@@ -24,8 +25,8 @@ from brain.process import Process
 from brain.stash import StashKey
 
 __all__ = [
-    "api_key_verifier", "api_limits", "cors", "dispatcher", "doorbell", "event_stream", "jwks_state", "store_manager",
-    "token_verifier",
+    "api_key_verifier", "api_limits", "auto_repair", "cors", "dispatcher", "doorbell", "event_stream", "jwks_state",
+    "store_manager", "token_verifier",
 ]
 
 _JWKS: StashKey[JwksState] = StashKey("brain.api.jwks")
@@ -36,6 +37,7 @@ _DISPATCHER: StashKey[Dispatcher] = StashKey("brain.api.dispatcher")
 _STREAM: StashKey[EventStream] = StashKey("brain.api.event_stream")
 _LIMITS: StashKey[ApiLimits] = StashKey("brain.api.limits")
 _CORS: StashKey[Cors] = StashKey("brain.api.cors")
+_AUTO_REPAIR: StashKey[AutoRepair] = StashKey("brain.api.auto_repair")
 
 
 def jwks_state(rt: Process) -> JwksState:
@@ -127,3 +129,18 @@ def api_limits(rt: Process) -> ApiLimits:
 def cors(rt: Process) -> Cors:
     """The API listener's CORS policy."""
     return rt.stash.setdefault(_CORS, lambda: Cors.from_settings(rt.settings))
+
+
+def auto_repair(rt: Process) -> AutoRepair:
+    """The process's automatic repair of quarantined stores (api.auto_repair), wired to the stores."""
+
+    def create() -> AutoRepair:
+        stores = store_manager(rt)
+        repairs = AutoRepair(rt.settings.data_path, doorbell(rt).read_stream, stores.note_repaired)
+        stores.on_quarantined = repairs.request
+        stores.repair_retry_after = repairs.RETRY_SECONDS
+        for user_id in sorted(stores.quarantined):
+            repairs.request(user_id)
+        return repairs
+
+    return rt.stash.setdefault(_AUTO_REPAIR, create)

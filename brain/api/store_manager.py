@@ -20,7 +20,7 @@ import asyncio
 import logging
 import threading
 from collections import OrderedDict, deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -92,6 +92,9 @@ class StoreManager:
         self.files = FileMemory()
         # Users whose store is in quarantine (brain.api.quarantine), as far as this process knows.
         self.quarantined: set[str] = set(quarantined_users(self.data_path))
+        # Told of each store found damaged (the automatic repair, with api.auto_repair).
+        self.on_quarantined: Callable[[str], None] | None = None
+        self.repair_retry_after: float | None = None
 
     # -- public API: event loop ------------------------------------------------------------
 
@@ -270,6 +273,19 @@ class StoreManager:
     def note_quarantined(self, user_id: str) -> None:
         """A store moved itself aside (called on its thread)."""
         self.quarantined.add(user_id)
+        if self.on_quarantined is not None:
+            self.on_quarantined(user_id)
+
+    def note_repaired(self, user_id: str) -> None:
+        """A quarantined store was rebuilt: open it again on the next request (checked first)."""
+        self.quarantined.discard(user_id)
+        self.files.forget(user_id)
+
+    def _quarantined_answer(self, detail: str) -> StoreQuarantined:
+        return StoreQuarantined(
+            "the store was found damaged and is offline until it is rebuilt from the event stream",
+            retry_after=self.repair_retry_after, detail=detail,
+        )
 
     # -- internals: validation ------------------------------------------------------------------
 
@@ -398,6 +414,11 @@ class StoreManager:
             path = store_path(self.data_path, user_id)
         except StorePathError as exc:
             raise BadRequest(f"user id: {exc}") from None
+        if user_id in self.quarantined:
+            entry = pending(path)
+            if entry is not None:
+                raise self._quarantined_answer(str(entry.get("reason")))
+            self.note_repaired(user_id)
         spec = ChildSpec(
             id=user_id,
             start=lambda link: UserStore.start(
@@ -431,7 +452,9 @@ class StoreManager:
                     log.error("could not open the store of %s: %r", user_id, exc.cause)
                     raise ServiceUnavailable("the user's store could not be opened") from None
                 if isinstance(found, StoreQuarantined):
-                    self.quarantined.add(user_id)
+                    if user_id not in self.quarantined:
+                        self.note_quarantined(user_id)
+                    raise self._quarantined_answer(found.detail) from None
                 raise found from None
             except pykka.ActorDeadError:
                 self._sup = None  # the supervisor is being restarted: look it up again

@@ -46,10 +46,10 @@ from brain.actors.base import BrainActor, Link
 from brain.actors.bridge import settle_threadsafe
 from brain.api.events import NewEvent, StoredEvent, now_timestamp
 from brain.api.quarantine import FileMemory, move_aside, pending, quick_check
-from brain.errors import StorageFault, StoreCorrupt, StoreQuarantined, Unprocessable
+from brain.errors import ReadOnlyStorage, StorageFault, StoreCorrupt, StoreQuarantined, Unprocessable
 from brain.event_types import TypeFilter
 from brain.ids import is_valid_user_id
-from brain.storage import StorageFaults, classify, fault
+from brain.storage import StorageFaults, classify, fault, read_only_file_system
 
 log = logging.getLogger("brain.api.user_store")
 
@@ -291,6 +291,8 @@ class UserStore(BrainActor):
         self.verify = verify
         self._on_quarantine = on_quarantine
         self.quarantined = False
+        # Opened for reading only, its file system being read-only (`_open_read_only`).
+        self.read_only = False
 
     def __str__(self) -> str:
         return f"UserStore {self.user_id}"
@@ -304,31 +306,11 @@ class UserStore(BrainActor):
     def on_start(self) -> None:
         _yield_to_the_loop()
         try:
-            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            if not self.path.exists():
-                if pending(self.path) is not None:
-                    # Never a fresh, empty store in place of a quarantined one: its ids would repeat.
-                    raise fault(StoreQuarantined, "waiting for `brain repair`")
-                # Created 0600 before SQLite opens it; the -wal/-shm files inherit the mode.
-                os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600))
-            self.marker.parent.mkdir(parents=True, exist_ok=True)
-            self.marker.touch()
-            self.db = db = sqlite3.connect(self.path, isolation_level=None, cached_statements=64)
-            db.execute("PRAGMA journal_mode=WAL")
-            # NORMAL in WAL mode: a commit survives a crash of brain (kill -9); only an OS
-            # crash or power loss can take the last commits back.
-            db.execute("PRAGMA synchronous=NORMAL")
-            db.execute("PRAGMA busy_timeout=5000")
-            if self.verify:
-                verdict = quick_check(db)
-                if verdict != "ok":
-                    raise fault(StoreCorrupt, f"quick_check: {verdict}")
-            if db.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
-                db.executescript(SCHEMA)
-                db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-            if db.execute("SELECT EXISTS (SELECT 1 FROM outbox)").fetchone()[0]:
-                # Unpublished rows the bus may not know of (a store rebuilt by `brain repair`).
-                self.outbox.notify(self.user_id, [])
+            try:
+                self._open()
+            except Exception as exc:
+                if not isinstance(classify(exc, self.path.parent), ReadOnlyStorage) or not self._open_read_only():
+                    raise
         except Exception as exc:
             found = self._failed(exc)
             self._close()
@@ -337,6 +319,65 @@ class UserStore(BrainActor):
             self._close()
             raise
         self.schedule(self.idle_seconds, _IDLE_CHECK)
+
+    def _open(self) -> None:
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if not self.path.exists():
+            if pending(self.path) is not None:
+                # Never a fresh, empty store in place of a quarantined one: its ids would repeat.
+                raise fault(StoreQuarantined, "waiting for `brain repair`")
+            # Created 0600 before SQLite opens it; the -wal/-shm files inherit the mode.
+            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600))
+        self.marker.parent.mkdir(parents=True, exist_ok=True)
+        self.marker.touch()
+        self.db = db = sqlite3.connect(self.path, isolation_level=None, cached_statements=64)
+        db.execute("PRAGMA journal_mode=WAL")
+        # NORMAL in WAL mode: a commit survives a crash of brain (kill -9); only an OS
+        # crash or power loss can take the last commits back.
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.execute("PRAGMA busy_timeout=5000")
+        self._check(db)
+        if db.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
+            db.executescript(SCHEMA)
+            db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        if db.execute("SELECT EXISTS (SELECT 1 FROM outbox)").fetchone()[0]:
+            # Unpublished rows the bus may not know of (a store rebuilt by `brain repair`).
+            self.outbox.notify(self.user_id, [])
+
+    def _open_read_only(self) -> bool:
+        """Open for reading only, the file system being read-only; False if that cannot show everything.
+
+        A store closed cleanly is read as it is (immutable); one whose WAL and WAL index were
+        left behind is read through them; commits in a WAL without its index cannot be. Writes are refused (`_commit`) until the file system
+        is writable again; then the store stops, and its next generation opens read-write.
+        """
+        if self.db is not None:
+            self.db.close()
+            self.db = None
+        if not self.path.exists():
+            return False
+        wal, shm = Path(f"{self.path}-wal"), Path(f"{self.path}-shm")
+        if shm.exists():
+            # Left by a store that could not finish closing: SQLite reads its WAL through it.
+            uri = f"file:{self.path}?mode=ro"
+        elif wal.exists() and wal.stat().st_size > 0:
+            return False  # commits only the WAL holds, and no way to read them
+        else:
+            # immutable: no locks, no -shm; nobody can change the file while its file system is read-only.
+            uri = f"file:{self.path}?immutable=1"
+        self.db = db = sqlite3.connect(uri, uri=True, isolation_level=None)
+        self._check(db)
+        if db.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
+            return False
+        self.read_only = True
+        log.warning("%s: opened read-only (the file system is read-only); writes are refused", self)
+        return True
+
+    def _check(self, db: sqlite3.Connection) -> None:
+        if self.verify:
+            verdict = quick_check(db)
+            if verdict != "ok":
+                raise fault(StoreCorrupt, f"quick_check: {verdict}")
 
     def on_stop(self) -> None:
         self._close()
@@ -350,7 +391,9 @@ class UserStore(BrainActor):
         for _, fut in inbox.close():
             settle_threadsafe(fut, error=StoreClosed())
         db, self.db = self.db, None
-        if db is not None:
+        if db is not None and self.read_only:
+            db.close()  # nothing it could have written
+        elif db is not None:
             clean = False
             try:
                 if self.acks:
@@ -522,6 +565,11 @@ class UserStore(BrainActor):
         """Commit every request (each all or nothing); the new events are added to `fresh`."""
         db = self.db
         assert db is not None
+        if self.read_only:
+            if read_only_file_system(self.path.parent):
+                raise fault(ReadOnlyStorage, f"{self.path.parent} is on a read-only file system")
+            self.stop()  # writable again: the next generation opens read-write
+            raise StoreClosed()
         if len(requests) == 1 and len(requests[0].events) == 1 and requests[0].events[0].key is None:
             # The common case, one event: a single INSERT is its own transaction (the trigger
             # adds the outbox row inside it). Acknowledged outbox rows waiting to be deleted do
@@ -687,3 +735,23 @@ def _same_event(stored: StoredEvent, ev: NewEvent) -> bool:
     if ev.created_at is not None and ev.created_at != stored.created_at:
         return False
     return stored.data == ev.data or json.loads(stored.data) == ev.value
+
+
+def check_outbox(path: Path, marker: Path) -> tuple[str, bool]:
+    """`brain check`'s verdict on a store's outbox (read-only): (verdict, whether it is a problem)."""
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+    try:
+        pending = db.execute("SELECT count(*) FROM outbox").fetchone()[0]
+        orphans = db.execute(
+            "SELECT count(*) FROM outbox o WHERE NOT EXISTS (SELECT 1 FROM events e WHERE e.id = o.event_id)"
+        ).fetchone()[0]
+    except sqlite3.Error as exc:
+        return f"unreadable: {exc}", True
+    finally:
+        db.close()
+    if orphans:
+        return f"{orphans} rows name no event", True
+    if pending and not marker.exists():
+        # The bus finds unpublished rows through the marker (or when the store next opens).
+        return f"{pending} unpublished, no marker", True
+    return ("ok" if not pending else f"ok ({pending} unpublished)"), False

@@ -77,6 +77,11 @@ def register_backup(register: Any) -> None:
 
 
 @hookspec
+def check_data(data_dir: Any, rows: Any) -> None:
+    """`brain check`: add this plugin's checks to `rows` (`brain.check.CheckRow`s, SQLite's done), or rows of its own."""
+
+
+@hookspec
 def user_revoked(rt: Any, user_id: str, tokens_valid_until: int) -> None:
     """A user was deleted: refuse their credentials from now on (event loop thread; must not block)."""
 

@@ -112,6 +112,13 @@ def register_backup(register: Any) -> None:
 
 
 @hookimpl
+def check_data(data_dir: Any, rows: Any) -> None:
+    for row in rows:
+        if row.kind == "probe":
+            row.note("probe", "looked at")
+
+
+@hookimpl
 def user_revoked(rt: Any, user_id: str, tokens_valid_until: int) -> None:
     rt.stash[PROBE].append(f"user_revoked {user_id} {tokens_valid_until}")
 
