@@ -25,6 +25,7 @@ import contextlib
 import errno
 import logging
 import os
+import resource
 import sqlite3
 import threading
 import time
@@ -102,6 +103,8 @@ _MESSAGES: dict[type[StorageFault], tuple[str, float | None]] = {
 }
 # Below this much free space an ambiguous I/O error is taken for a full disk.
 _NEARLY_FULL = 1 << 20
+# This close to the open-file limit, a failed open is taken for a lack of descriptors.
+_DESCRIPTOR_SLACK = 8
 # How long a fault keeps /health degraded, and how often each kind is logged per database.
 FAULT_MEMORY_SECONDS = 60.0
 
@@ -195,20 +198,27 @@ def write_refused(directory: Path) -> type[StorageFault] | None:
 
 
 def read_only_file_system(directory: Path) -> bool:
-    """Whether the file system holding directory is mounted read-only now."""
+    """Whether the file system holding directory refuses writes as read-only now (mounted so, or by error)."""
     try:
-        return bool(os.statvfs(directory).f_flag & os.ST_RDONLY)
+        if os.statvfs(directory).f_flag & os.ST_RDONLY:
+            return True
     except OSError:
         return False
+    return write_refused(directory) is ReadOnlyStorage
 
 
 def out_of_descriptors() -> bool:
-    """Whether this process cannot open one more file right now."""
+    """Whether this process is at (or within a few of) its open-file limit right now.
+
+    Close to it rather than at it: by the time an error is looked into, another thread may
+    have closed a descriptor.
+    """
     try:
-        os.close(os.open(os.devnull, os.O_RDONLY))
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        used = len(os.listdir("/proc/self/fd"))
     except OSError as exc:
         return exc.errno in (errno.EMFILE, errno.ENFILE)
-    return False
+    return soft != resource.RLIM_INFINITY and used >= soft - _DESCRIPTOR_SLACK
 
 
 class DiskGuard:
@@ -231,6 +241,7 @@ class DiskGuard:
         self._seen: tuple[int, bool, float] = (-1, False, -1e9)
         self._written = 0
         self._suspect_read_only = False
+        self._refused_need = 0  # the room the last write refused for want of it needed
 
     def suspect_read_only(self) -> None:
         """A write was refused as read-only: look (and try) again before the next write."""
@@ -264,16 +275,18 @@ class DiskGuard:
         if read_only:
             raise fault(ReadOnlyStorage, f"{self.path} is on a read-only file system")
         if free >= 0 and estimate < self.reserve:
+            self._refused_need = nbytes * self.WRITE_AMPLIFICATION
             raise fault(DiskFull, f"{free} bytes free on the file system of {self.path}, "
-                                  f"below server.min_free_bytes ({self.reserve})")
+                                  f"below server.min_free_bytes ({self.reserve}) once this write is in")
 
     def problems(self) -> list[str]:
         """What /health says about the data directory's file system (fresh look)."""
         free, read_only = self.look()
         if read_only:
             return [f"disk: the data directory's file system is read-only; writes are refused ({ADVICE['read_only']})"]
-        if 0 <= free < self.reserve:
-            return [f"disk: {free} bytes free on the data directory's file system, below server.min_free_bytes "
+        # Degraded as long as the last write refused would still be (a write of that size would not fit).
+        if 0 <= free < self.reserve + self._refused_need:
+            return [f"disk: {free} bytes free on the data directory's file system, at server.min_free_bytes "
                     f"({self.reserve}); event writes are refused with 507 ({ADVICE['disk_full']})"]
         return []
 

@@ -178,6 +178,8 @@ class FaultWriters:
         self.pause = pause
         self.acked: dict[str, Acked] = {u.id: Acked() for u in users}
         self.answers: list[tuple[str, int, dict[str, Any], dict[str, str]]] = []
+        # (user id, sent, answered) of every request, on time.monotonic's clock (CLOCK_MONOTONIC).
+        self.timings: list[tuple[str, float, float]] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -199,11 +201,14 @@ class FaultWriters:
     def post(self, user: User, session: requests.Session | None = None, n: int = 0) -> requests.Response | None:
         """One write of `size` bytes for user; None if the connection failed."""
         data = {"n": n, "owner": user.id, "pad": "x" * self.size}
+        started = time.monotonic()
         try:
             r = (session or requests).post(f"{self.server.api_url}/events", json={"type": "fault.write", "data": data},
                                            headers=user.headers, timeout=30)
         except requests.RequestException:
             return None
+        with self._lock:
+            self.timings.append((user.id, started, time.monotonic()))
         self.note(user, r)
         return r
 
@@ -275,3 +280,79 @@ def store_rows(path: Path) -> dict[int, tuple[str, str, str, str | None]]:
         return {row[0]: tuple(row[1:]) for row in db.execute("SELECT id, type, data, created_at, key FROM events")}
     finally:
         db.close()
+
+
+# -- a slow disk --------------------------------------------------------------------------------
+
+SLOW_FSYNC_C = r"""
+/* LD_PRELOAD shim: fsync and fdatasync of files whose path contains $SLOW_FSYNC_MATCH stall for
+   $SLOW_FSYNC_MS milliseconds first; each stall is appended to $SLOW_FSYNC_LOG as
+   "start end" in CLOCK_MONOTONIC seconds. Everything else goes straight to libc. */
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+static int matches(int fd) {
+    const char *match = getenv("SLOW_FSYNC_MATCH");
+    char link[64], path[4096];
+    ssize_t n;
+    if (!match || !*match) return 0;
+    snprintf(link, sizeof link, "/proc/self/fd/%d", fd);
+    n = readlink(link, path, sizeof path - 1);
+    if (n < 0) return 0;
+    path[n] = 0;
+    return strstr(path, match) != NULL;
+}
+
+static void stall(void) {
+    const char *ms = getenv("SLOW_FSYNC_MS"), *log = getenv("SLOW_FSYNC_LOG");
+    struct timespec a, b;
+    clock_gettime(CLOCK_MONOTONIC, &a);
+    usleep((useconds_t)(ms ? atoi(ms) : 1000) * 1000);
+    clock_gettime(CLOCK_MONOTONIC, &b);
+    if (log) {
+        char line[96];
+        int f = open(log, O_WRONLY | O_APPEND | O_CREAT, 0600), len;
+        if (f < 0) return;
+        len = snprintf(line, sizeof line, "%ld.%09ld %ld.%09ld\n", (long)a.tv_sec, a.tv_nsec, (long)b.tv_sec, b.tv_nsec);
+        if (write(f, line, len) < 0) {}
+        close(f);
+    }
+}
+
+int fsync(int fd) {
+    static int (*real)(int);
+    if (!real) real = (int (*)(int))dlsym(RTLD_NEXT, "fsync");
+    if (matches(fd)) stall();
+    return real(fd);
+}
+
+int fdatasync(int fd) {
+    static int (*real)(int);
+    if (!real) real = (int (*)(int))dlsym(RTLD_NEXT, "fdatasync");
+    if (matches(fd)) stall();
+    return real(fd);
+}
+"""
+
+
+def slow_fsync_shim(directory: Path) -> Path:
+    """The LD_PRELOAD shim above, compiled with gcc (a real stall inside the real fsync call)."""
+    need(shutil.which("gcc") is not None, "gcc (to build the slow-fsync LD_PRELOAD shim)")
+    source = directory / "slow_fsync.c"
+    source.write_text(SLOW_FSYNC_C)
+    library = directory / "slow_fsync.so"
+    run("gcc", "-O2", "-shared", "-fPIC", "-o", str(library), str(source), "-ldl")
+    return library
+
+
+def stalls(log: Path) -> list[tuple[float, float]]:
+    """The (start, end) of every stall the shim logged."""
+    if not log.exists():
+        return []
+    return [(float(a), float(b)) for a, b in (line.split() for line in log.read_text().splitlines() if line.strip())]

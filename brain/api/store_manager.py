@@ -44,7 +44,15 @@ from brain.api.user_store import (
     submit,
 )
 from brain.api.quarantine import FileMemory, pending, quarantined_users
-from brain.errors import BadRequest, ServiceUnavailable, StorageFault, StoreQuarantined, Unauthorized
+from brain.errors import (
+    BadRequest,
+    NoFileDescriptors,
+    ServiceUnavailable,
+    StorageFault,
+    StoreCorrupt,
+    StoreQuarantined,
+    Unauthorized,
+)
 from brain.event_types import TypeFilter, check_type
 from brain.ids import is_valid_user_id
 from brain.process import Process
@@ -53,6 +61,8 @@ from brain.storage import classify, storage_faults
 log = logging.getLogger("brain.api.store_manager")
 
 _ATTEMPTS = 3
+# Stores closed, one after the other, to free descriptors for one that could not open.
+_MAKE_ROOM_ATTEMPTS = 3
 # Threads that wait for the stores supervisor to open a store; it opens one at a time, so a few
 # keep it busy.
 _ACTIVATION_THREADS = 4
@@ -348,22 +358,30 @@ class StoreManager:
     async def _submit(self, user_id: str, message: AppendRequest | Query | Changes) -> Any:
         """Hand a request to the user's store (see brain.api.user_store's StoreInbox) and await it."""
         loop = asyncio.get_running_loop()
-        for _ in range(_ATTEMPTS):
+        last: Exception = ServiceUnavailable("the user's store is restarting; try again")
+        for _ in range(_ATTEMPTS + _MAKE_ROOM_ATTEMPTS):
             ref = self._live_ref(user_id)
             if ref is None:
                 ref = await self._activate(user_id)
             fut: asyncio.Future[Any] = loop.create_future()
             try:
                 submit(ref, message, fut)
-            except StoreClosed:
-                self._forget(user_id, ref)
-                continue
-            try:
                 return await fut
             except StoreClosed:
                 # Not taken, so not written: safe to hand to the store's next generation.
                 self._forget(user_id, ref)
-        raise ServiceUnavailable("the user's store is restarting; try again")
+            except NoFileDescriptors as exc:
+                # It could not open for want of descriptors: close another store, try again.
+                self._forget(user_id, ref)
+                last = exc
+                if not await loop.run_in_executor(self._activation_pool, self._close_one, user_id, 15.0):
+                    raise
+            except (StoreCorrupt, StoreQuarantined) as exc:
+                self._forget(user_id, ref)
+                if fut.done():  # this request met the damage
+                    raise self._quarantined_answer(exc.detail) if isinstance(exc, StoreQuarantined) else exc from None
+                # Refused by a store that found damage before this request came: quarantined now.
+        raise last
 
     def _live_ref(self, user_id: str) -> pykka.ActorRef[Any] | None:
         with self._lock:
@@ -396,12 +414,18 @@ class StoreManager:
 
     def _ask_blocking(self, user_id: str, message: Any, timeout: float) -> Any:
         self._check_user(user_id)
-        for _ in range(_ATTEMPTS):
+        for _ in range(_ATTEMPTS + _MAKE_ROOM_ATTEMPTS):
             ref = self._live_ref(user_id) or self._activate_blocking(user_id, timeout)
             try:
                 return ref.ask(message, timeout=timeout)
-            except pykka.ActorDeadError:
+            except (pykka.ActorDeadError, StoreClosed):
                 self._forget(user_id, ref)
+            except NoFileDescriptors:
+                self._forget(user_id, ref)
+                if not self._close_one(user_id, timeout):
+                    raise
+            except StoreQuarantined as exc:
+                raise self._quarantined_answer(exc.detail) from None
         raise ServiceUnavailable("the user's store is restarting; try again")
 
     def _activate_blocking(self, user_id: str, timeout: float) -> pykka.ActorRef[Any]:
@@ -463,6 +487,25 @@ class StoreManager:
                 self._remember(user_id, ref)
                 return ref
         raise ServiceUnavailable("the user's store could not be opened; try again")
+
+    def _close_one(self, wanted: str, timeout: float) -> bool:
+        """Out of descriptors: close the least recently used other store and wait for it; False if none is open.
+
+        A new store waits for an old one to close rather than fail; those still open keep working.
+        """
+        with self._lock:
+            victim = next((u for u in self._live if u != wanted), None)
+            if victim is None:
+                return False
+            del self._live[victim]
+        self.evictions += 1
+        # The fault itself is logged (once a minute) with what to do; this is the detail.
+        log.debug("out of file descriptors opening the store of %s: closed the store of %s to make room", wanted, victim)
+        try:
+            self._stores_sup().terminate_child(victim).get(timeout=timeout)
+        except (pykka.ActorDeadError, pykka.Timeout):
+            pass
+        return True
 
     def _ack_queue(self, user_id: str) -> deque[int]:
         with self._lock:

@@ -165,6 +165,8 @@ _IDLE_CHECK = "idle-check"
 _FLUSH_ACKS = "flush-acks"
 _DRAIN = "drain-submitted"
 _DRAIN_ENVELOPE = Envelope(_DRAIN)
+_OPEN = "open"
+_OPEN_ENVELOPE = Envelope(_OPEN)
 # Acknowledged outbox rows are deleted at most this long after the append that made them.
 ACK_FLUSH_SECONDS = 1.0
 
@@ -180,7 +182,7 @@ class StoreInbox(queue.SimpleQueue):  # type: ignore[type-arg]
     ref reaches its request queue without another lookup.
     """
 
-    __slots__ = ("_lock", "_requests", "_announced", "_closed")
+    __slots__ = ("_lock", "_requests", "_announced", "_closed", "_refusal")
 
     def __init__(self) -> None:
         super().__init__()
@@ -188,16 +190,19 @@ class StoreInbox(queue.SimpleQueue):  # type: ignore[type-arg]
         self._requests: list[tuple[Any, asyncio.Future[Any]]] = []
         self._announced = False
         self._closed = False
+        # Why the store could not open (a storage fault): the answer to every later request.
+        self._refusal: Exception | None = None
 
     def submit(self, message: AppendRequest | Query | Changes, fut: asyncio.Future[Any]) -> bool:
         """Queue a request (any thread); True if the store must now be told to look.
 
-        Raises StoreClosed if the store has stopped taking requests. Once this returns, `fut`
-        is always settled: with the answer, or with StoreClosed if the store stops first.
+        Raises StoreClosed if the store has stopped taking requests (or why it could not open).
+        Once this returns, `fut` is always settled: with the answer, or with StoreClosed if the
+        store stops first.
         """
         with self._lock:
             if self._closed:
-                raise StoreClosed()
+                raise self._refusal or StoreClosed()
             self._requests.append((message, fut))
             if self._announced:
                 return False
@@ -211,10 +216,12 @@ class StoreInbox(queue.SimpleQueue):  # type: ignore[type-arg]
             self._announced = False
         return requests
 
-    def close(self) -> list[tuple[Any, asyncio.Future[Any]]]:
-        """Refuse further requests; the ones still queued (the store's thread, as it stops)."""
+    def close(self, refusal: Exception | None = None) -> list[tuple[Any, asyncio.Future[Any]]]:
+        """Refuse further requests (with `refusal`, or StoreClosed); the ones still queued (the store's thread)."""
         with self._lock:
             self._closed = True
+            if refusal is not None:
+                self._refusal = refusal
             requests, self._requests = self._requests, []
         return requests
 
@@ -293,6 +300,8 @@ class UserStore(BrainActor):
         self.quarantined = False
         # Opened for reading only, its file system being read-only (`_open_read_only`).
         self.read_only = False
+        # Why it could not open: what every request gets until it has stopped.
+        self.refusal: Exception | None = None
 
     def __str__(self) -> str:
         return f"UserStore {self.user_id}"
@@ -304,7 +313,15 @@ class UserStore(BrainActor):
     # -- lifecycle -------------------------------------------------------------------------
 
     def on_start(self) -> None:
+        # Opening (and checking) the database waits for the first message: on_start runs while
+        # the stores' supervisor waits for it, and a slow disk or a big quick_check there would
+        # hold up every other user's store (OTP: keep init quick, continue after).
         _yield_to_the_loop()
+        self.actor_inbox.put(_OPEN_ENVELOPE)  # type: ignore[attr-defined]
+        self.schedule(self.idle_seconds, _IDLE_CHECK)
+
+    def _open_or_refuse(self) -> None:
+        """Open the database; if it cannot be, answer every request with why and stop."""
         try:
             try:
                 self._open()
@@ -313,18 +330,25 @@ class UserStore(BrainActor):
                     raise
         except Exception as exc:
             found = self._failed(exc)
-            self._close()
-            raise found from exc
-        except BaseException:
-            self._close()
-            raise
-        self.schedule(self.idle_seconds, _IDLE_CHECK)
+            if self.db is not None:
+                self.db.close()
+                self.db = None
+            refusal = found if isinstance(found, StorageFault) else StoreClosed()
+            inbox: StoreInbox = self.actor_inbox  # type: ignore[assignment]
+            for _, fut in inbox.close(refusal):
+                settle_threadsafe(fut, error=refusal)
+            self.refusal = refusal
+            if not isinstance(found, StorageFault):
+                log.error("%s: could not open the store: %r", self, found)
+            self.stop()
 
     def _open(self) -> None:
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         if not self.path.exists():
             if pending(self.path) is not None:
                 # Never a fresh, empty store in place of a quarantined one: its ids would repeat.
+                if self._on_quarantine is not None:
+                    self._on_quarantine(self.user_id)
                 raise fault(StoreQuarantined, "waiting for `brain repair`")
             # Created 0600 before SQLite opens it; the -wal/-shm files inherit the mode.
             os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600))
@@ -405,7 +429,9 @@ class UserStore(BrainActor):
                     self.marker.unlink(missing_ok=True)
                 clean = True
             except sqlite3.Error as exc:
-                log.warning("%s: could not check the outbox on close: %r", self, self._failed(exc, quarantine=False))
+                found = self._failed(exc, quarantine=False)
+                if not isinstance(found, StorageFault):  # a storage fault is counted and logged as such
+                    log.warning("%s: could not check the outbox on close: %r", self, found)
             db.close()
             if self.files is not None:
                 if clean:
@@ -421,6 +447,9 @@ class UserStore(BrainActor):
     # -- messages ------------------------------------------------------------------------------
 
     def on_receive(self, message: Any) -> Any:
+        if message is _OPEN:
+            self._open_or_refuse()
+            return None
         if message is _DRAIN:
             self.last_used = time.monotonic()
             self._serve_submitted()
@@ -438,7 +467,8 @@ class UserStore(BrainActor):
                 return None
         if isinstance(message, (AppendMany, OutboxBatch, *_READS)) or message == HEAD:
             if self.db is None:
-                raise StoreClosed()  # quarantined meanwhile: the caller asks the next generation
+                # It could not open (why), or was quarantined meanwhile (the next generation decides).
+                raise self.refusal or StoreClosed()
             try:
                 return self._serve_asked(message)
             except Exception as exc:
@@ -523,8 +553,8 @@ class UserStore(BrainActor):
                         end += 1
                 batch = submitted[done:end]
                 try:
-                    if self.db is None:  # quarantined by an earlier batch: the next generation decides
-                        results: list[Any] = [StoreClosed()] * len(batch)
+                    if self.db is None:  # refused, or quarantined by an earlier batch
+                        results: list[Any] = [self.refusal or StoreClosed()] * len(batch)
                     elif end - done == 1 and isinstance(batch[0][0], _READS):
                         results = [self._read(batch[0][0])]
                     else:
