@@ -285,7 +285,7 @@ def test_repair_reports_what_the_stream_no_longer_holds_and_takes_it_from_a_back
         wait_outbox_empty(server)
         backed_up = brain_cli(server, "backup", str(tmp_path / "backups" / "first"))
         assert backed_up.returncode == 0, backed_up.stderr
-        url = health(server)["nats"]["url"]
+        url = server.nats_url()
         wait_until(lambda: not stream_messages(url, f"brain.events.{victim.id}.>"), timeout=30,
                    what="the first events to age out of the stream")
         write_some(writers, victim, 10)
@@ -393,7 +393,8 @@ def few_descriptors(workdir: Path, *, users: int = 8, rounds: int = 6, spare: in
         writers = FaultWriters(server, people, size=200)
         sessions = {u.id: requests.Session() for u in people}
         watcher = requests.Session()
-        watcher.get(f"{server.api_url}/health", timeout=10)
+        watcher.headers["Authorization"] = f"Bearer {METRICS_TOKEN}"
+        watcher.get(f"{server.api_url}/health?detail=1", timeout=10)
         early = people[:2]
         for user in people:  # every client's connection is open before descriptors run short
             sessions[user.id].get(f"{server.api_url}/me", headers=user.headers, timeout=10)
@@ -414,7 +415,7 @@ def few_descriptors(workdir: Path, *, users: int = 8, rounds: int = 6, spare: in
                 assert body["reason"] == "no_descriptors" and int(headers["Retry-After"]) >= 1, body
             for user in early:
                 assert 503 not in writers.statuses(user.id), writers.statuses(user.id)
-            doc = watcher.get(f"{server.api_url}/health", timeout=10).json()
+            doc = watcher.get(f"{server.api_url}/health?detail=1", timeout=10).json()
             assert doc["supervisor"] == {"restarts": 0, "escalations": 0}, doc["supervisor"]
             assert server.proc.poll() is None
         finally:
