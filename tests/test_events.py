@@ -340,6 +340,6 @@ def test_now_timestamp_is_format_time_of_now(monkeypatch: pytest.MonkeyPatch) ->
     after = events.format_time(dt.datetime.now(dt.timezone.utc))
     assert before <= now <= after and events._TIME_RE.fullmatch(now)
     for ns in (1_700_000_000_999_999_000, 1_700_000_001_000_000_000, 1_700_000_001_000_001_999, 1_699_999_999_500_000_000):
-        monkeypatch.setattr(events.time, "time_ns", lambda ns=ns: ns)
+        monkeypatch.setattr(events, "steady_time_ns", lambda ns=ns: ns)
         moment = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(microseconds=ns // 1000)
         assert events.now_timestamp() == events.format_time(moment)

@@ -1,4 +1,5 @@
-"""Fault injection (issue 25): a full disk, a corrupted store, a read-only or slow disk, few descriptors.
+"""Fault injection (issue 25): a full disk, a corrupted store, a read-only or slow disk, few descriptors,
+a clock that steps back.
 
 Each scenario runs the real `brain serve` on a real file system made to fail (see
 tests/test_faults_helpers.py) and checks the same four things: the answers promised in
@@ -13,6 +14,7 @@ import json
 import os
 import random
 import resource
+import sqlite3
 import subprocess
 import time
 import sys
@@ -21,9 +23,19 @@ from typing import Any
 
 import requests
 
-from tests.support import BrainServer, wait_until
-from tests.test_auth_helpers import NO_LIMITS, PASSWORD
-from tests.test_faults_helpers import FaultWriters, corrupt_pages, ext4, lost, slow_fsync_shim, stalls, stored_events, tmpfs
+from tests.support import BrainServer, free_port, wait_until
+from tests.test_auth_helpers import NO_LIMITS, PASSWORD, bearer, sign_in, sign_up
+from tests.test_faults_helpers import (
+    FaultWriters,
+    corrupt_pages,
+    ext4,
+    lost,
+    slow_fsync_shim,
+    stalls,
+    stepped_clock,
+    stored_events,
+    tmpfs,
+)
 from tests.test_jetstream import stream_messages
 from tests.test_reliability_helpers import User, health, integrity_problems, sign_up_many, stream_ids, wait_api_ready, wait_outbox_empty
 
@@ -481,3 +493,56 @@ def _p99(timings: list[tuple[str, float, float]]) -> float:
 
 def test_a_slow_disk_slows_its_own_store_only_and_loses_nothing(tmp_path: Path) -> None:
     print("slow disk:", slow_disk(tmp_path))
+
+
+def test_a_clock_stepping_back_in_either_role_refuses_no_fresh_token_and_reorders_nothing(tmp_path: Path) -> None:
+    """The auth and API roles as two processes, each with a wall clock the test steps (an
+    LD_PRELOAD shim): an hour back in the API, then an hour back in the issuer. Fresh JWTs are
+    accepted throughout, a session made after the step does not expire before one made before it,
+    and events keep their commit order in GET /events and on the stream."""
+    auth_clock, api_clock = stepped_clock(tmp_path, "auth"), stepped_clock(tmp_path, "api")
+    auth_port, api_port = free_port(), free_port()
+    auth = BrainServer(tmp_path / "auth", roles="auth", auth_port=auth_port, api_port=api_port, env=auth_clock.env,
+                       config={"auth": dict(NO_LIMITS)})
+    api = BrainServer(tmp_path / "api", roles="api", auth_port=auth_port, api_port=api_port,
+                      env={**api_clock.env, "AUTH_SERVER_URL": auth.auth_url})
+    try:
+        auth.start()
+        api.start()
+        wait_until(lambda: api.health()["jwks"]["loaded"], timeout=30, what="the API to load the issuer's keys")
+        first = sign_up(auth).json()
+        user_id, email = first["user"]["id"], first["user"]["email"]
+
+        def post(n: int) -> requests.Response:
+            jwt = requests.get(f"{auth.auth_url}/api/auth/token", headers=bearer(first["token"]), timeout=10)
+            assert jwt.status_code == 200, jwt.text
+            return requests.post(f"{api.api_url}/events", json={"type": "clock.step", "data": n},
+                                 headers=bearer(jwt.json()["token"]), timeout=10)
+
+        ids = [post(0).json()["id"]]
+        api_clock.step_to(-3600)  # the API's clock an hour back: a fresh token is not "from the future"
+        answer = post(1)
+        assert answer.status_code == 201, answer.text
+        ids.append(answer.json()["id"])
+        api_clock.step_to(0)
+        auth_clock.step_to(-3600)  # the issuer's clock an hour back: a fresh token is not "expired"
+        answer = post(2)
+        assert answer.status_code == 201, answer.text
+        ids.append(answer.json()["id"])
+        later = sign_in(auth, email).json()
+        assert later["session"]["expiresAt"] >= first["session"]["expiresAt"], (first["session"], later["session"])
+        api_clock.step_to(-3600)  # both an hour back
+        answer = post(3)
+        assert answer.status_code == 201, answer.text
+        ids.append(answer.json()["id"])
+
+        assert ids == sorted(ids), ids
+        listed = requests.get(f"{api.api_url}/events", headers=bearer(later["jwt"]), timeout=10)
+        assert listed.status_code == 200, listed.text
+        assert [e["id"] for e in listed.json()["events"]] == ids[::-1], listed.json()
+        wait_outbox_empty(api)
+        on_stream = [m.headers["Nats-Msg-Id"] for m in stream_messages(api.nats_url(), f"brain.events.{user_id}.>")]
+        assert on_stream == [f"{user_id}:{i}" for i in ids], on_stream
+    finally:
+        api.close()
+        auth.close()

@@ -356,3 +356,91 @@ def stalls(log: Path) -> list[tuple[float, float]]:
     if not log.exists():
         return []
     return [(float(a), float(b)) for a, b in (line.split() for line in log.read_text().splitlines() if line.strip())]
+
+
+# -- a clock that jumps -------------------------------------------------------------------------
+
+STEP_CLOCK_C = r"""
+/* LD_PRELOAD shim: the wall clock (CLOCK_REALTIME and its coarse form, gettimeofday, time) runs
+   $STEP_CLOCK_FILE's whole seconds off the real one; the file is read again at most every 50 ms,
+   so writing a new offset into it steps the process's clock (what NTP or `date -s` does). The
+   monotonic clocks are left alone. libfaketime does the same but breaks CPython's time.sleep
+   (its clock_nanosleep answers EINVAL) when told to leave CLOCK_MONOTONIC alone. */
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/time.h>
+#include <time.h>
+
+static int (*real_clock_gettime)(clockid_t, struct timespec *);
+static long offset_s, checked_ms = -1000000;
+
+static long offset(void) {
+    struct timespec now;
+    long ms;
+    real_clock_gettime(CLOCK_MONOTONIC, &now);
+    ms = (long)now.tv_sec * 1000 + now.tv_nsec / 1000000;
+    if (ms - __atomic_load_n(&checked_ms, __ATOMIC_RELAXED) >= 50) {
+        const char *path = getenv("STEP_CLOCK_FILE");
+        FILE *f = path ? fopen(path, "r") : NULL;
+        long value = 0;
+        if (f) {
+            if (fscanf(f, "%ld", &value) == 1) __atomic_store_n(&offset_s, value, __ATOMIC_RELAXED);
+            fclose(f);
+        }
+        __atomic_store_n(&checked_ms, ms, __ATOMIC_RELAXED);
+    }
+    return __atomic_load_n(&offset_s, __ATOMIC_RELAXED);
+}
+
+int clock_gettime(clockid_t clock, struct timespec *ts) {
+    int rc;
+    if (!real_clock_gettime) real_clock_gettime = dlsym(RTLD_NEXT, "clock_gettime");
+    rc = real_clock_gettime(clock, ts);
+    if (rc == 0 && (clock == CLOCK_REALTIME || clock == CLOCK_REALTIME_COARSE)) ts->tv_sec += offset();
+    return rc;
+}
+
+int gettimeofday(struct timeval *tv, void *tz) {
+    struct timespec ts;
+    int rc = clock_gettime(CLOCK_REALTIME, &ts);
+    (void)tz;
+    if (rc == 0 && tv) { tv->tv_sec = ts.tv_sec; tv->tv_usec = ts.tv_nsec / 1000; }
+    return rc;
+}
+
+time_t time(time_t *out) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    if (out) *out = ts.tv_sec;
+    return ts.tv_sec;
+}
+"""
+
+
+class SteppedClock:
+    """The wall clock of the processes started with `env`, stepped at will (STEP_CLOCK_C above)."""
+
+    def __init__(self, library: Path, offset_file: Path) -> None:
+        self.offset_file = offset_file
+        self.env = {"LD_PRELOAD": str(library), "STEP_CLOCK_FILE": str(offset_file)}
+        self.step_to(0)
+
+    def step_to(self, offset_s: int) -> None:
+        """From now on the processes' wall clock reads offset_s seconds off the real one."""
+        self.offset_file.write_text(f"{offset_s}\n")
+        # The shim reads the file every 50 ms; past a second boundary, a JWT minted now differs
+        # from one minted before (iat has whole seconds), so no verifier cache answers for it.
+        time.sleep(1.1)
+
+
+def stepped_clock(directory: Path, name: str) -> SteppedClock:
+    """A clock shim (compiled with gcc) and its offset file, both in directory."""
+    need(shutil.which("gcc") is not None, "gcc (to build the clock-stepping LD_PRELOAD shim)")
+    library = directory / "step_clock.so"
+    if not library.exists():
+        source = directory / "step_clock.c"
+        source.write_text(STEP_CLOCK_C)
+        run("gcc", "-O2", "-shared", "-fPIC", "-o", str(library), str(source), "-ldl")
+    return SteppedClock(library, directory / f"{name}.clock")

@@ -22,6 +22,7 @@ from typing import Any, NamedTuple
 
 import pluggy
 
+from brain.clock import steady_time_ns
 from brain.errors import BadRequest, Forbidden, PayloadTooLarge, PluginError
 from brain.event_types import TYPE_RE, TypeFilter, check_type
 
@@ -82,7 +83,9 @@ _second: tuple[int, str] = (-1, "")
 def now_timestamp() -> str:
     """The current time in the stored format (format_time of now, at a fraction of its cost)."""
     global _second
-    seconds, micros = divmod(time.time_ns() // 1000, 1_000_000)
+    # The steady clock (brain.clock): an event stored after the clock stepped back still sorts
+    # after the ones stored before it.
+    seconds, micros = divmod(steady_time_ns() // 1000, 1_000_000)
     cached = _second
     if cached[0] != seconds:
         cached = _second = (seconds, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)))

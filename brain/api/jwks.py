@@ -14,6 +14,7 @@ with backoff while keeping the last good keys, until they are older than
 
 from __future__ import annotations
 
+import email.utils
 import functools
 import hashlib
 import http.client
@@ -55,6 +56,38 @@ class KeySnapshot:
     fetched_at: float  # time.time() of the fetch
 
 
+class IssuerClock:
+    """The issuer's clock as this process last saw it, carried forward on the monotonic clock.
+
+    Each JWKS fetch brings the issuer's `Date` header; from then on its time is that plus the
+    monotonic time since, which no step of this machine's wall clock moves. Tokens are judged
+    by it as well as by the local clock (brain.api.verifier): so a fresh token is not "issued
+    in the future" because this machine's clock stepped back or runs behind the issuer's.
+    """
+
+    def __init__(self) -> None:
+        self._seen: tuple[float, float] | None = None  # (issuer epoch seconds, monotonic then)
+
+    def observe(self, issuer_time: float) -> None:
+        """The issuer said it is `issuer_time` (epoch seconds) just now."""
+        self._seen = (issuer_time, time.monotonic())
+
+    def now(self) -> float | None:
+        """The issuer's time now, as far as it can be told (None: never seen)."""
+        seen = self._seen
+        return None if seen is None else seen[0] + (time.monotonic() - seen[1])
+
+
+def date_header(value: str | None) -> float | None:
+    """An HTTP `Date` header as epoch seconds (the middle of its second), or None."""
+    if not value:
+        return None
+    try:
+        return email.utils.parsedate_to_datetime(value).timestamp() + 0.5
+    except (TypeError, ValueError, IndexError):
+        return None
+
+
 @dataclass
 class JwksState:
     """What the JwksCache actor shares with request handling; outlives actor restarts."""
@@ -75,6 +108,7 @@ class JwksState:
     last_error: str | None = None
     last_attempt_at: float | None = None
     actor_ref: pykka.ActorRef[Any] | None = None
+    issuer_clock: IssuerClock = field(default_factory=IssuerClock)
     _last_refetch: float = float("-inf")
     _refetch_lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -307,8 +341,12 @@ class JwksCache(BrainActor):
         try:
             with self._opener.open(request, timeout=self.fetch_timeout) as resp:
                 body = resp.read(MAX_JWKS_BYTES + 1)
+                issuer_time = date_header(resp.headers.get("Date"))
         except urllib.error.HTTPError as exc:
             raise ValueError(f"HTTP {exc.code} from the issuer") from None
         if len(body) > MAX_JWKS_BYTES:
             raise ValueError(f"JWKS larger than {MAX_JWKS_BYTES} bytes")
-        return json.loads(body)
+        doc = json.loads(body)
+        if issuer_time is not None:
+            self.state.issuer_clock.observe(issuer_time)
+        return doc

@@ -219,7 +219,7 @@ class TokenVerifier:
         token = authorization[7:].strip()
         entry = self._cache.get(token)
         if entry is not None:
-            if entry.snapshot is self.state.current(now) and now < entry.exp:
+            if entry.snapshot is self.state.current(now) and self._earliest(now) < entry.exp:
                 self.cache_hits += 1
                 return entry
             del self._cache[token]
@@ -232,6 +232,12 @@ class TokenVerifier:
                 self._evict(now)
             cache[token] = entry
         return entry
+
+    def _earliest(self, now: float) -> float:
+        """The earlier of our time and the issuer's (brain.api.jwks.IssuerClock): a token is
+        expired only when both clocks say so."""
+        issuer = self.state.issuer_clock.now()
+        return now if issuer is None or issuer > now else issuer
 
     def _evict(self, now: float) -> None:
         cache = self._cache
@@ -312,7 +318,7 @@ class TokenVerifier:
         headers[head_b64] = (alg, kid)
         return alg, kid
 
-    def _check_claims(self, claims: dict[str, Any], now: float, issuer: str, audience: str) -> tuple[str, float, bool]:
+    def _check_claims(self, claims: dict[str, Any], local: float, issuer: str, audience: str) -> tuple[str, float, bool]:
         iss = claims.get("iss")
         if not isinstance(iss, str) or iss != issuer:
             raise InvalidToken("issuer mismatch")
@@ -329,11 +335,17 @@ class TokenVerifier:
         nbf = _number(claims, "nbf", required=False)
         iat = _number(claims, "iat", required=False)
         assert exp is not None
+        # Judged by the issuer's clock as well as ours: a token is expired only when both say
+        # so, and from the future only when both do. A wall clock that steps (or runs behind
+        # the issuer's) then neither refuses fresh tokens nor keeps them longer than it would
+        # on its own.
+        issuer_now = self.state.issuer_clock.now()
+        now, late = (local, local) if issuer_now is None else (min(local, issuer_now), max(local, issuer_now))
         if now >= exp + self.leeway:
             raise InvalidToken("token expired")
-        if nbf is not None and now + self.leeway < nbf:
+        if nbf is not None and late + self.leeway < nbf:
             raise InvalidToken("token not valid yet")
-        if iat is not None and now + self.leeway < iat:
+        if iat is not None and late + self.leeway < iat:
             raise InvalidToken("token issued in the future")
         sub = claims.get("sub")
         if not is_valid_user_id(sub):
@@ -341,7 +353,7 @@ class TokenVerifier:
         if sub in self.revoked:
             raise InvalidToken("the account was deleted")
         # Tokens accepted only thanks to the leeway are not cached: the cache would keep them.
-        cacheable = now < exp and (nbf is None or nbf <= now)
+        cacheable = now < exp and (nbf is None or nbf <= late)
         return sub, exp, cacheable
 
     def forget_user(self, user_id: str) -> int:

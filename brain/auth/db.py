@@ -15,6 +15,7 @@ from typing import Any
 import peewee
 from playhouse.migrate import SqliteMigrator, migrate
 
+from brain.clock import steady_time_ns
 from brain.storage import WatchedDatabase
 
 # Bound to the real database by `open_db` (one auth.db per process).
@@ -30,8 +31,9 @@ _PRAGMAS = {
 
 
 def now_ms() -> int:
-    """Wall-clock time in integer milliseconds (how every timestamp is stored)."""
-    return int(time.time() * 1000)
+    """Wall-clock time in integer milliseconds (how every timestamp is stored), never stepping back
+    (brain.clock): a session made after the clock stepped back must not expire before older ones."""
+    return steady_time_ns() // 1_000_000
 
 
 def iso(ms: int) -> str:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from typing import Any
 
 import pluggy
 
 from brain.auth.keys import KeyRing
 from brain.auth.settings import jwt_issuer
+from brain.clock import steady_time
 from brain.config import Settings
 
 log = logging.getLogger("brain.auth.minting")
@@ -42,7 +42,9 @@ def plugin_claims(pm: pluggy.PluginManager, user: dict[str, Any]) -> dict[str, A
 
 def mint(ring: KeyRing, settings: Settings, pm: pluggy.PluginManager, user: dict[str, Any]) -> str:
     """A fresh JWT for a user (the public user object)."""
-    now = int(time.time())
+    # The steady clock (brain.clock): a token minted after this machine's clock stepped back
+    # must not reach the API already expired.
+    now = int(steady_time())
     claims: dict[str, Any] = plugin_claims(pm, user)
     claims.update(
         {
