@@ -130,6 +130,36 @@ def test_disk_full_refuses_writes_with_507_and_loses_nothing(tmp_path: Path) -> 
     print("disk full:", figures)
 
 
+def test_a_store_locked_beyond_its_busy_timeout_answers_503_busy_and_then_recovers(tmp_path: Path) -> None:
+    """Another process holds a user's events.db write lock past the busy timeout (a long `brain`
+    command, a backup tool): that user's write is 503 `busy` with Retry-After, reads and other
+    users go on, the metrics count it, and once the lock goes the write is taken."""
+    server = fault_server(tmp_path, tmp_path / "data")
+    server.start()
+    try:
+        wait_api_ready(server)
+        victim, other = sign_up_many(server, 2)
+        writers = FaultWriters(server, [victim, other], size=100)
+        write_some(writers, victim, 3)
+        blocker = sqlite3.connect(store_file(server, victim), isolation_level=None, timeout=1)
+        try:
+            blocker.execute("BEGIN IMMEDIATE")
+            r = writers.post(victim)
+            assert r is not None and r.status_code == 503, r and r.text
+            assert r.json()["code"] == "STORE_UNAVAILABLE" and r.json()["reason"] == "busy", r.text
+            assert int(r.headers["Retry-After"]) >= 1, r.headers
+            assert answer_of(server, victim).status_code == 200  # WAL: reads are not blocked by a writer
+            assert writers.post(other).status_code == 201  # type: ignore[union-attr]
+        finally:
+            blocker.close()
+        assert metric(server, "brain_storage_faults_total", kind="busy", database="events.db") >= 1
+        assert writers.post(victim).status_code == 201  # type: ignore[union-attr]
+        assert not lost(writers.acked[victim.id], stored_events(server, victim))
+        assert "Traceback" not in server.log_text(), server.log_text()[-3000:]
+    finally:
+        server.close()
+
+
 # -- damaged stores ------------------------------------------------------------------------------
 
 
