@@ -2,7 +2,9 @@
 
 The same scenarios as the fast tests, for many more cycles, requests, examples and rounds:
 kill -9 under load, randomized isolation tricks, OpenAPI fuzzing with random seeds, actor
-crash storms, NATS killed again and again, provider fault storms, and connection floods.
+crash storms, NATS killed again and again, provider fault storms, connection floods, and the
+storage faults of tests/test_faults.py (full disk, damaged stores, read-only file system, few
+descriptors, slow fsync) bigger and with fresh seeds.
 `SOAK_SCALE=2 make soak` runs each twice as long (default 1: about five minutes here).
 """
 
@@ -19,6 +21,7 @@ from brain.testing.fakes.gmail import FakeGmail
 from brain.testing.fakes.microsoft import FakeMicrosoft
 from tests.support import BrainServer
 from tests.test_auth_helpers import NO_LIMITS
+from tests.test_faults import corrupt_closed_store, corrupt_open_store, disk_full, few_descriptors, read_only_disk, slow_disk
 from tests.test_fuzz_openapi import fuzz, mail_plugins
 from tests.test_reliability_durability import kill9_cycles
 from tests.test_reliability_helpers import User, soak_scale, wait_api_ready
@@ -100,3 +103,22 @@ def test_soak_connection_flood(tmp_path: Path) -> None:
         for s in socks:
             s.close()
         server.close()
+
+
+def test_soak_disk_full(tmp_path: Path) -> None:
+    for round_ in range(scaled(2)):
+        print("disk full soak:", disk_full(tmp_path / f"r{round_}", users=8, size_mb=48, event_bytes=8000, seed=int(time.time())))
+
+
+def test_soak_damaged_stores(tmp_path: Path) -> None:
+    seed = int(time.time())
+    for round_ in range(scaled(3)):
+        print("closed store soak:", corrupt_closed_store(tmp_path / f"c{round_}", users=4, events=120, seed=seed + round_))
+        print("open store soak:", corrupt_open_store(tmp_path / f"o{round_}", users=4, seconds=8.0, seed=seed + round_,
+                                                     keep_header=bool(round_ % 2)))
+
+
+def test_soak_read_only_descriptors_and_slow_disk(tmp_path: Path) -> None:
+    print("read-only soak:", read_only_disk(tmp_path / "ro", users=6, events=scaled(80)))
+    print("descriptors soak:", few_descriptors(tmp_path / "fd", users=16, rounds=scaled(12)))
+    print("slow disk soak:", slow_disk(tmp_path / "slow", seconds=scaled(8)))
