@@ -132,8 +132,8 @@ def test_disk_full_refuses_writes_with_507_and_loses_nothing(tmp_path: Path) -> 
 
 def test_a_store_locked_beyond_its_busy_timeout_answers_503_busy_and_then_recovers(tmp_path: Path) -> None:
     """Another process holds a user's events.db write lock past the busy timeout (a long `brain`
-    command, a backup tool): that user's write is 503 `busy` with Retry-After, reads and other
-    users go on, the metrics count it, and once the lock goes the write is taken."""
+    command, a backup tool): that user's write is 503 `busy` with Retry-After, /health names it,
+    reads and other users go on, the metrics count it, and once the lock goes the write is taken."""
     server = fault_server(tmp_path, tmp_path / "data")
     server.start()
     try:
@@ -148,6 +148,8 @@ def test_a_store_locked_beyond_its_busy_timeout_answers_503_busy_and_then_recove
             assert r is not None and r.status_code == 503, r and r.text
             assert r.json()["code"] == "STORE_UNAVAILABLE" and r.json()["reason"] == "busy", r.text
             assert int(r.headers["Retry-After"]) >= 1, r.headers
+            doc = health(server)
+            assert doc["status"] == "degraded" and any(p.startswith("events.db: busy") for p in doc["problems"]), doc
             assert answer_of(server, victim).status_code == 200  # WAL: reads are not blocked by a writer
             assert writers.post(other).status_code == 201  # type: ignore[union-attr]
         finally:
