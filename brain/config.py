@@ -1,6 +1,6 @@
 """Typed, frozen settings: defaults in code, layered with a TOML file and the environment.
 
-The loader. The core's sections ([server], [log], [nats], [metrics], [plugins]) are in
+The loader. The core's sections ([server], [log], [nats], [cluster], [metrics], [plugins]) are in
 brain/sections.py; every other section belongs to the plugin that reads it and is declared by
 it (`register_settings`: a `Section` with its type, the original environment names that fill
 it and its own checks), as are the original names of a provider's `[plugins.NAME]` table
@@ -33,7 +33,9 @@ from typing import Any, Literal
 
 from brain.errors import ConfigError
 from brain.plugins.manager import settings_sections
-from brain.sections import LogSettings, MetricsSettings, NatsSettings, PluginSettings, ServerSettings, validate_core
+from brain.sections import (
+    ClusterSettings, LogSettings, MetricsSettings, NatsSettings, PluginSettings, ServerSettings, validate_core,
+)
 
 __all__ = ["Section", "Settings", "as_toml_defaults", "check_plugin_table", "load_settings", "server_secret"]
 
@@ -63,6 +65,7 @@ class Settings:
     server: ServerSettings = field(default_factory=ServerSettings)
     log: LogSettings = field(default_factory=LogSettings)
     nats: NatsSettings = field(default_factory=NatsSettings)
+    cluster: ClusterSettings = field(default_factory=ClusterSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     plugins: PluginSettings = field(default_factory=PluginSettings)
     # The plugins' own sections, by name.
@@ -121,6 +124,7 @@ CORE_SECTIONS: tuple[Section, ...] = (
         "NATS_NKEY": "nkey_seed_file", "NATS_CREDS": "creds_file", "NATS_CA": "tls_ca_file",
         "NATS_CERT": "tls_cert_file", "NATS_KEY": "tls_key_file",
     }),
+    Section("cluster", ClusterSettings, env={"BRAIN_NODE_ID": "node_id"}),
     Section("metrics", MetricsSettings),
     Section("plugins", PluginSettings, tables=True),
 )

@@ -93,15 +93,16 @@ def parse_message(data: bytes) -> UserDeleted | None:
     return UserDeleted(user_id, deleted_at if isinstance(deleted_at, int) else 0, until)
 
 
-async def ensure_stream(js: Any) -> None:
-    """Create the control stream if it is missing."""
-    config = StreamConfig(name=STREAM, subjects=["brain.control.>"], storage=StorageType.FILE, max_age=_STREAM_MAX_AGE_S)
+async def ensure_stream(js: Any, replicas: int = 1) -> None:
+    """Create the control stream if it is missing (with `replicas` copies: nats.replicas)."""
+    config = StreamConfig(name=STREAM, subjects=["brain.control.>"], storage=StorageType.FILE, max_age=_STREAM_MAX_AGE_S,
+                          num_replicas=replicas)
     if await jetstream.ensure_stream(js, config):
         log.info("created stream %s (brain.control.>)", STREAM)
 
 
 async def publish_deletions(
-    connect: Mapping[str, Any], key: bytes, events: list[UserDeleted], timeout: float = 5.0
+    connect: Mapping[str, Any], key: bytes, events: list[UserDeleted], timeout: float = 5.0, replicas: int = 1
 ) -> list[str]:
     """Publish signed deletions with a connection of its own (`brain users delete`); the ids JetStream took.
 
@@ -117,7 +118,7 @@ async def publish_deletions(
                                 allow_reconnect=False, error_cb=quiet)
     try:
         js = nc.jetstream(timeout=timeout)
-        await ensure_stream(js)
+        await ensure_stream(js, replicas)
         done = []
         for event in events:
             payload, headers = deletion_message(event, key)
@@ -257,7 +258,7 @@ class Relay:
                 return
             try:
                 self.js = self.nc.jetstream(timeout=5)
-                await ensure_stream(self.js)
+                await ensure_stream(self.js, self.rt.settings.nats.replicas)
                 self.connected = True
                 return
             except Exception as exc:  # noqa: BLE001 - JetStream not ready yet: retry

@@ -1,4 +1,4 @@
-"""The core's settings sections: [server], [log], [nats], [metrics] and [plugins].
+"""The core's settings sections: [server], [log], [nats], [cluster], [metrics] and [plugins].
 
 Every other section belongs to the plugin that reads it and is declared by that plugin
 (`register_settings`): the auth role's [auth], [smtp] and [social] (brain/auth/settings.py), the
@@ -7,6 +7,7 @@ API role's [api] (brain/api/settings.py), mail sync's [mail] (brain/mail/setting
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
@@ -17,6 +18,8 @@ if TYPE_CHECKING:
     from brain.config import Settings  # the loader imports this module: only for the annotation
 
 Mode = Literal["dev", "production"]
+# A node's name is a NATS subject token and a KV value: no dots, wildcards or spaces.
+_NODE_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 @dataclass(frozen=True)
@@ -101,6 +104,21 @@ class NatsSettings:
     # Publishes awaiting their JetStream ack at once.
     max_in_flight: int = 1000
     reconnect_wait_seconds: float = 1.0
+    # Copies JetStream keeps of brain's streams and KV buckets when it creates them: 1 for one
+    # server, 3 on a cluster (R3: an acknowledged event is on a quorum of two). A stream made
+    # earlier keeps the count it was made with.
+    replicas: int = 1
+
+
+@dataclass(frozen=True)
+class ClusterSettings:
+    """Several brain nodes sharing one NATS JetStream cluster (docs/cluster.md)."""
+
+    # This node's name, unique in the cluster (letters, digits, '-', '_'). Empty: not a cluster
+    # node; every user's store is local.
+    node_id: str = ""
+    # A request forwarded to a user's node gets this long for its answer (then 504).
+    forward_timeout_seconds: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -155,6 +173,7 @@ def validate_core(s: Settings) -> None:
             "nats.publish_timeout_seconds": s.nats.publish_timeout_seconds,
             "nats.max_in_flight": s.nats.max_in_flight,
             "nats.reconnect_wait_seconds": s.nats.reconnect_wait_seconds,
+            "cluster.forward_timeout_seconds": s.cluster.forward_timeout_seconds,
         }
     )
     if not 0 <= s.metrics.port <= 65535:
@@ -166,6 +185,21 @@ def validate_core(s: Settings) -> None:
     if s.metrics.token and len(s.metrics.token) < 16:
         raise ConfigError("metrics.token: must be at least 16 characters")
     _validate_nats(s)
+    _validate_cluster(s)
+
+
+def _validate_cluster(s: Settings) -> None:
+    """[cluster] and nats.replicas: a node has a usable name and a NATS the other nodes share."""
+    if not 1 <= s.nats.replicas <= 5:
+        raise ConfigError(f"nats.replicas: must be 1 to 5 (JetStream's limit), got {s.nats.replicas}")
+    node = s.cluster.node_id
+    if not node:
+        return
+    if not _NODE_ID.fullmatch(node):
+        raise ConfigError(f"cluster.node_id: letters, digits, '-' and '_' only (at most 64), got {node!r}")
+    if not s.nats.url:
+        raise ConfigError("cluster.node_id: a cluster node needs the NATS its peers share (nats.url), "
+                          "not an embedded server of its own")
 
 
 def _validate_nats(s: Settings) -> None:

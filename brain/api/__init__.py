@@ -8,7 +8,8 @@ lookups and revocations), `events` (event validation, rendering, signed cursors)
 activation, LRU, the async and thread APIs), `outbox` + `publisher` + `bus` (committed events ->
 the Doorbell -> the EventBus's Publisher -> JetStream), `routes` (the token guard and handlers),
 `openapi` (their description), `metrics` (its Prometheus figures), `deletion` (what it forgets
-of a deleted user) and `hookspecs` (`event_stored`).
+of a deleted user), `hookspecs` (`event_stored`), and for cluster mode `cluster` (this node:
+`placement`, which node holds each user, and `forwarding` of requests to it; docs/cluster.md).
 
 What it offers other plugins (through `brain.contracts`, never by import): an `EventSink`
 (its stores) and a `BearerAuthenticator` (its JWT check); routes other plugins register on the

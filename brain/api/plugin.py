@@ -21,6 +21,7 @@ from brain.actors.tree import Child, Group
 from brain.api import deletion, metrics, routes
 from brain.api.access import StoreAccess
 from brain.api.bus import EventBus
+from brain.api.cluster import cluster_node
 from brain.api.commit_log import CommitLog
 from brain.api.events import ReservedTypes
 from brain.api.jwks import JwksCache, jwks_opener
@@ -131,8 +132,9 @@ def register_routes(rt: Process, listener: str, register: Callable[[Route | Comp
 
 @hookimpl
 def setup_app(rt: Process, listener: str, app: web.Application) -> None:
-    """CORS on every route; the live dispatcher runs with the app; on shutdown, before the tree
-    stops the stores: end the streams, flush acknowledgements, reopen no store."""
+    """CORS on every route; the live dispatcher (and on a cluster node, placement and forwarding)
+    runs with the app; on shutdown, before the tree stops the stores: end the streams, flush
+    acknowledgements, reopen no store."""
     if listener != LISTENER:
         return
     stores = store_manager(rt)
@@ -156,6 +158,10 @@ def setup_app(rt: Process, listener: str, app: web.Application) -> None:
 
     app.on_startup.append(start_dispatching)
     app.on_shutdown.append(stop_activating)
+    node = cluster_node(rt)
+    if node is not None:
+        app.on_startup.append(node.start)
+        app.on_cleanup.append(node.close)
 
 
 @hookimpl
@@ -213,6 +219,9 @@ def register_health(rt: Process, register: Callable[..., None]) -> None:
     register("rate_limits", figures=api_limits(rt).stats)
     if rt.settings.api.auto_repair:
         register("stores", figures=lambda: {"auto_repair": auto_repair(rt).stats()})
+    node = cluster_node(rt)
+    if node is not None:
+        register("cluster", figures=node.stats, problems=node.problems)
 
 
 @hookimpl

@@ -504,6 +504,7 @@ class Publisher:
                     max_age=s.max_age_days * 86400 if s.max_age_days > 0 else None,
                     max_bytes=s.max_bytes,
                     duplicate_window=s.duplicate_window_seconds,
+                    num_replicas=s.replicas,
                 )
                 if await jetstream.ensure_stream(self.js, config):
                     log.info("event bus: created stream %s (%s.>)", s.stream, s.subject_prefix)

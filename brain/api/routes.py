@@ -3,7 +3,8 @@
 Every route of the API listener needs a valid bearer token unless it is registered `public`; a
 route marked `@brain.apikeys.scope(...)` also takes an API key holding that scope
 (brain.api.api_keys), and one marked `@takes_ticket` a stream ticket (brain.api.tickets). The
-guard also applies the rate limits (brain.api.limits) to every route.
+guard also applies the rate limits (brain.api.limits) to every route, and on a cluster node sends
+a request for a user placed on another node there (brain.api.cluster).
 The API app has no aiohttp middleware: each route's handler is wrapped, as it is added
 (`brain.web.add_route`), in a guard that checks the token and turns every failure into a JSON
 error, and a catch-all route answers what no route matches with a JSON 404 or 405; a
@@ -25,6 +26,7 @@ from multidict import CIMultiDict
 
 from brain.api import openapi
 from brain.api.api_keys import InsufficientScope
+from brain.api.cluster import cluster_node
 from brain.api.events import ReservedTypes, check_key, new_event
 from brain.api.state import api_key_verifier, api_limits, event_stream, store_manager, token_verifier
 from brain.api.user_store import AppendRequest
@@ -69,6 +71,9 @@ def guard(rt: Process) -> Guard:
     check_ip = limits.check_ip if limits.ip is not None else None
     check_user = limits.check_user if limits.user is not None else None
     redeem_ticket = event_stream(rt).tickets.redeem
+    cluster = cluster_node(rt)
+    route_user = cluster.route if cluster is not None else None
+    is_forwarded = cluster.forwarder.is_forwarded if cluster is not None else None
 
     def wrap(handler: Handler, public: bool) -> Handler:
         if public:
@@ -88,7 +93,10 @@ def guard(rt: Process) -> Guard:
 
             async def guarded(request: web.Request) -> web.StreamResponse:
                 try:
-                    if check_ip is not None:
+                    # A replay of a request another node forwarded here (brain.api.forwarding):
+                    # that node applied the limits; it is served here, whoever holds the user now.
+                    forwarded = is_forwarded is not None and is_forwarded(request)
+                    if check_ip is not None and not forwarded:
                         check_ip(request)
                     headers = request.headers
                     authorization = headers.get(hdrs.AUTHORIZATION)
@@ -111,8 +119,12 @@ def guard(rt: Process) -> Guard:
                     if ticket is not None and (authorization is not None or key is not None):
                         # After the credentials' check, so a bad token is a 401 here as on every route.
                         raise BadRequest("ticket: send either a ticket or credentials, not both")
-                    if check_user is not None:
+                    if check_user is not None and not forwarded:
                         check_user(request[USER_KEY].id)
+                    if route_user is not None and not forwarded:
+                        answer = await route_user(request, request[USER_KEY].id, streams=takes_tickets)
+                        if answer is not None:
+                            return answer
                     return await handler(request)
                 except Exception as exc:  # noqa: BLE001 - sorted out (or re-raised) by failure_response
                     return failure_response(request, exc)

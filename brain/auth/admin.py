@@ -184,6 +184,7 @@ def _delete_offline(settings: Settings, ref: str) -> dict[str, Any] | None:
             try:
                 published = asyncio.run(publish_deletions(
                     connect_options(settings.nats, settings.nats.url), control_key(server_secret(settings)), [event],
+                    replicas=settings.nats.replicas,
                 ))
                 DeletedUser.update(published=True).where(DeletedUser.user_id.in_(published)).execute()
             except Exception as exc:  # noqa: BLE001 - published later by the server

@@ -1,0 +1,87 @@
+"""What cluster mode adds to a request: forwarding to the user's node over NATS (docs/cluster.md).
+
+A three-server NATS JetStream cluster on loopback (brain.testing.nats_cluster) and two brain
+nodes on it, each with its own data directory and R3 streams: `a` (auth and API) and `b` (API).
+A user is placed on `a` by its first request there. One client then times the same requests
+sent to `b` (forwarded to `a` and back) and to `a` directly, in alternating blocks
+(bench.client.Shadow) so that outside load falls on both: the difference is the forward's cost.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from bench.client import KeepAliveClient, Shadow, expect, sample_latencies
+from bench.users import User, event_body, sign_up
+from brain.testing.nats_cluster import NatsCluster
+from tests.support import BrainServer
+
+__all__ = ["Forwarded", "measure"]
+
+
+class Forwarded(NamedTuple):
+    """Latencies (seconds) via the other node, and to the owner directly, per request kind."""
+
+    post_forwarded: list[float]
+    post_direct: list[float]
+    me_forwarded: list[float]
+    me_direct: list[float]
+
+
+def measure(
+    workdir: Path, config: Callable[[dict[str, Any]], Mapping[str, Mapping[str, Any]]], tag: str, *,
+    samples: int, warmup: int, progress: Callable[[str], None],
+) -> Forwarded:
+    """Start the cluster and the two nodes, time the requests, stop everything.
+
+    `config(extra)`: a node's settings (the benchmark's, `extra`, then the caller's overrides).
+    """
+    nats_cluster = NatsCluster(workdir / "nats")
+    secret = secrets.token_urlsafe(32)
+    nodes: list[BrainServer] = []
+    try:
+        nats_cluster.start()
+        shared = {"nats": {"url": nats_cluster.url, **nats_cluster.credentials, "replicas": 3}}
+        a = BrainServer(workdir / "a", roles="auth,api", config=config({
+            **shared, "server": {"secret": secret}, "cluster": {"node_id": "a"},
+        }))
+        nodes.append(a)
+        a.start(timeout=60)
+        b = BrainServer(workdir / "b", roles="api", config=config({
+            **shared, "server": {"secret": secret, "public_url": a.auth_url}, "cluster": {"node_id": "b"},
+            "api": {"auth_server_url": a.auth_url},
+        }))
+        nodes.append(b)
+        b.start(timeout=60)
+        progress("cluster: 3 nats-servers (R3), node a (auth+api) and node b (api) up")
+        with KeepAliveClient(a.auth_port) as c:
+            user, _ = sign_up(c, tag, 0)
+        with KeepAliveClient(a.api_port) as direct, KeepAliveClient(b.api_port) as other:
+            headers = {"Authorization": user.authorization}
+            expect(direct.request("POST", "/events", headers=headers, body=event_body(0)), 201, what="placing the user")
+            post = _paired(other, direct, user, "POST", samples=samples, warmup=warmup)
+            me = _paired(other, direct, user, "GET", samples=samples, warmup=warmup)
+        return Forwarded(post[0], post[1], me[0], me[1])
+    finally:
+        for node in nodes:
+            node.close()
+        nats_cluster.stop()
+
+
+def _paired(
+    other: KeepAliveClient, direct: KeepAliveClient, user: User, method: str, *, samples: int, warmup: int,
+) -> tuple[list[float], list[float]]:
+    headers = {"Authorization": user.authorization}
+    if method == "POST":
+        raw = other.encode("POST", "/events", headers=headers, body=event_body(1, kind="bench.cluster"))
+        status, what = 201, "POST /events"
+    else:
+        raw = other.encode("GET", "/me", headers=headers)
+        status, what = 200, "GET /me"
+    shadow = Shadow(direct, raw, status, [])
+    forwarded = sample_latencies(other, lambda _i: raw, count=samples, warmup=warmup, statuses=(status,),
+                                 what=f"{what} via another node", shadow=shadow)
+    return forwarded, shadow.times

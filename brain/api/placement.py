@@ -1,0 +1,110 @@
+"""Which cluster node holds each user's store: the JetStream KV bucket `brain_placement`.
+
+In cluster mode (`cluster.node_id`, docs/cluster.md) a user's SQLite store lives on exactly one
+node at a time. The bucket maps a user id to the node that holds it. The first node that serves
+a user places the user on itself with a KV *create*, which JetStream refuses when the key exists:
+two nodes placing the same user at once cannot both win, and the loser reads the winner's entry.
+Every node watches the bucket and keeps the whole map in memory, so the request path reads a
+dict; only a user's first request anywhere waits for the create.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import nats.js.errors
+from nats.js.api import KeyValueConfig, StorageType
+
+from brain.errors import ServiceUnavailable
+
+__all__ = ["BUCKET", "UserPlacement"]
+
+log = logging.getLogger("brain.cluster")
+
+BUCKET = "brain_placement"
+# Operations the watcher reports for a key that is gone (a deleted user).
+_GONE = ("DEL", "PURGE")
+
+
+class UserPlacement:
+    """This node's view of the placement bucket: a cache kept current by a watcher, and claims."""
+
+    def __init__(self, node_id: str, *, replicas: int) -> None:
+        self.node_id = node_id
+        self.replicas = replicas
+        self.kv: Any = None
+        self._nodes: dict[str, str] = {}
+        self._watcher: Any = None
+        self._watching: asyncio.Task[None] | None = None
+        self._loaded = asyncio.Event()
+
+    async def open(self, js: Any) -> None:
+        """Find or create the bucket, then start watching it (returns once the map is loaded)."""
+        try:
+            self.kv = await js.key_value(BUCKET)
+        except nats.js.errors.BucketNotFoundError:
+            try:
+                self.kv = await js.create_key_value(config=KeyValueConfig(
+                    bucket=BUCKET, history=1, storage=StorageType.FILE, replicas=self.replicas,
+                ))
+            except nats.js.errors.BadRequestError:
+                self.kv = await js.key_value(BUCKET)  # another node created it meanwhile
+        self._watcher = await self.kv.watchall()
+        self._watching = asyncio.ensure_future(self._watch())
+        await self._loaded.wait()
+
+    async def _watch(self) -> None:
+        async for entry in self._watcher:
+            if entry is None:  # the end of what the bucket held when the watch began
+                self._loaded.set()
+                continue
+            if entry.operation in _GONE:
+                self._nodes.pop(entry.key, None)
+            elif entry.value:
+                self._nodes[entry.key] = entry.value.decode()
+
+    async def close(self) -> None:
+        """Stop watching."""
+        if self._watcher is not None:
+            try:
+                await self._watcher.stop()
+            except Exception as exc:  # noqa: BLE001 - the connection is closing anyway
+                log.debug("placement watcher: %r", exc)
+        if self._watching is not None:
+            self._watching.cancel()
+
+    @property
+    def ready(self) -> bool:
+        """Whether the map is loaded (before that, nobody can say where a user lives)."""
+        return self._loaded.is_set()
+
+    def cached(self, user_id: str) -> str | None:
+        """The node holding the user, as last seen (None: not placed, as far as this node knows)."""
+        return self._nodes.get(user_id)
+
+    async def node_of(self, user_id: str) -> str:
+        """The node holding the user's store, placing the user on this node if nobody holds it."""
+        found = self._nodes.get(user_id)
+        if found is not None:
+            return found
+        if not self.ready:
+            raise ServiceUnavailable("cluster placement is not loaded yet (is NATS reachable?)")
+        try:
+            await self.kv.create(user_id, self.node_id.encode())
+            node = self.node_id
+        except nats.js.errors.KeyWrongLastSequenceError:
+            node = (await self.kv.get(user_id)).value.decode()
+        except (nats.errors.Error, nats.js.errors.Error) as exc:
+            raise ServiceUnavailable(f"cluster placement unavailable: {exc!r}") from None
+        # The watcher will say the same; set now so the next request needs no round trip.
+        self._nodes[user_id] = node
+        return node
+
+    def counts(self) -> dict[str, int]:
+        """Users per node, as this node sees the bucket."""
+        out: dict[str, int] = {}
+        for node in self._nodes.values():
+            out[node] = out.get(node, 0) + 1
+        return out

