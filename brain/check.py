@@ -20,6 +20,7 @@ from typing import Any
 from brain.backup import backup_files
 from brain.commands import settings_from_args
 from brain.plugins.manager import load_plugins
+from brain.storage import quick_check
 
 # Verdicts that are not problems: fine, not applicable, or a figure.
 OK = "ok"
@@ -51,7 +52,7 @@ def sqlite_checks(path: Path) -> tuple[str, str]:
     except sqlite3.Error as exc:
         return f"cannot open: {exc}", NOT_APPLICABLE
     try:
-        quick = "; ".join(str(r[0]) for r in db.execute("PRAGMA quick_check(20)"))
+        quick = quick_check(db)
         if quick != OK:
             return quick, NOT_APPLICABLE
         full = "; ".join(str(r[0]) for r in db.execute("PRAGMA integrity_check(20)"))

@@ -9,9 +9,10 @@ from collections.abc import Sequence
 
 import brain
 from brain.commands import CommandLine
-from brain.errors import BrainError
+from brain.errors import BrainError, StorageFault
 from brain.files import use_private_umask
 from brain.plugins.manager import load_commands
+from brain.storage import explain
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,6 +50,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     module, _, function = target.partition(":")
     try:
         return int(getattr(importlib.import_module(module), function)(args) or 0)
+    except StorageFault as exc:  # a database that cannot be used (at start-up): which, and what to do
+        print(f"brain: error: storage fault: {explain(exc)}", file=sys.stderr)
+        return 2
     except BrainError as exc:
         print(f"brain: error: {exc}", file=sys.stderr)
         return 2

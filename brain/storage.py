@@ -51,7 +51,10 @@ from brain.plugins import hookimpl
 from brain.process import Process
 from brain.stash import StashKey
 
-__all__ = ["DiskGuard", "STORAGE_FAULTS", "StorageFaults", "WatchedDatabase", "classify", "storage_faults"]
+__all__ = [
+    "DiskGuard", "STORAGE_FAULTS", "StorageFaults", "WatchedDatabase", "classify", "explain", "quick_check",
+    "storage_faults",
+]
 
 log = logging.getLogger("brain.storage")
 
@@ -75,8 +78,9 @@ ADVICE = {
     "disk_full": "free space on the data directory's file system or grow it; writes resume by themselves",
     "read_only": "the data directory's file system is read-only (remounted after an error?): stop brain, "
                  "check it (fsck), remount it read-write and start brain again",
-    "corrupt": "run `brain check`; a user's store is rebuilt by `brain repair --user ID`, auth.db and mail.db "
-               "come back from a backup (`brain restore`)",
+    "corrupt": "run `brain check`; a user's store is rebuilt by `brain repair --user ID`; auth.db, mail.db and "
+               "webhooks.db come back from a backup (`brain restore`, or with brain stopped the backup's copy of "
+               "that one file put in its place)",
     "quarantined": "run `brain repair --user ID` (or set api.auto_repair = true)",
     "busy": "another process holds a lock on the database for longer than its busy timeout (a long `brain` "
             "command?)",
@@ -107,6 +111,11 @@ _NEARLY_FULL = 1 << 20
 _DESCRIPTOR_SLACK = 8
 # How long a fault keeps /health degraded, and how often each kind is logged per database.
 FAULT_MEMORY_SECONDS = 60.0
+
+
+def explain(fault: StorageFault) -> str:
+    """A fault for an operator: its kind, what the database said, and what to do."""
+    return f"{fault.kind} ({fault.detail or fault.message}). What to do: {ADVICE.get(fault.kind, ADVICE['io_error'])}"
 
 
 def fault(kind: type[StorageFault], detail: str = "") -> StorageFault:
@@ -195,6 +204,12 @@ def write_refused(directory: Path) -> type[StorageFault] | None:
     except OSError as exc:
         return _ERRNO_FAULTS.get(exc.errno or 0)
     return None
+
+
+def quick_check(db: sqlite3.Connection) -> str:
+    """SQLite's quick_check verdict on an open database: "ok", or what is wrong (one line)."""
+    rows = db.execute("PRAGMA quick_check(20)").fetchall()
+    return "; ".join(str(row[0]) for row in rows)[:2000]
 
 
 def read_only_file_system(directory: Path) -> bool:
@@ -317,8 +332,7 @@ class StorageFaults:
                 self._logged[(fault.kind, database)] = now
         if due:
             about = f" ({subject})" if subject else ""
-            log.error("storage fault on %s%s: %s (%s). What to do: %s", database, about, fault.kind,
-                      fault.detail or fault.message, ADVICE.get(fault.kind, ADVICE["io_error"]))
+            log.error("storage fault on %s%s: %s", database, about, explain(fault))
         return fault
 
     def recent(self) -> dict[str, tuple[str, float, str]]:
@@ -409,6 +423,9 @@ class WatchedDatabase(peewee.SqliteDatabase):
                 raise
             if self.faults is not None:
                 self.faults.record(found, self.label)
+            elif not found.detail.startswith(self.label):
+                # Met before the process watches it (opening it at start-up): the detail names it.
+                found.detail = f"{self.label}: {found.detail}"
             raise found from exc
 
     def connect(self, reuse_if_open: bool = False) -> bool:  # noqa: D102 - peewee's

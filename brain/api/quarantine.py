@@ -20,7 +20,6 @@ import datetime as dt
 import json
 import logging
 import os
-import sqlite3
 import threading
 from pathlib import Path
 from typing import Any
@@ -39,12 +38,6 @@ SUFFIXES = ("", "-wal", "-shm")
 def quarantine_dir(store: Path) -> Path:
     """`users/{id}/quarantine` (for the store `users/{id}/events.db`): where its damaged files go."""
     return store.parent / QUARANTINE
-
-
-def quick_check(db: sqlite3.Connection) -> str:
-    """SQLite's quick_check verdict on an open database: "ok", or what is wrong (one line)."""
-    rows = db.execute("PRAGMA quick_check(20)").fetchall()
-    return "; ".join(str(row[0]) for row in rows)[:2000]
 
 
 def move_aside(path: Path, user_id: str, reason: str, detail: str) -> Path:

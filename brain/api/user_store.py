@@ -45,11 +45,11 @@ from pykka._envelope import Envelope
 from brain.actors.base import BrainActor, Link
 from brain.actors.bridge import settle_threadsafe
 from brain.api.events import NewEvent, StoredEvent, now_timestamp
-from brain.api.quarantine import FileMemory, move_aside, pending, quick_check
+from brain.api.quarantine import FileMemory, move_aside, pending
 from brain.errors import ReadOnlyStorage, StorageFault, StoreCorrupt, StoreQuarantined, Unprocessable
 from brain.event_types import TypeFilter
 from brain.ids import is_valid_user_id
-from brain.storage import StorageFaults, classify, fault, read_only_file_system
+from brain.storage import StorageFaults, classify, fault, quick_check, read_only_file_system
 
 log = logging.getLogger("brain.api.user_store")
 
