@@ -122,12 +122,16 @@ class WebhookDb:
             # Created 0600 before SQLite opens it (it holds sealed secrets and event bodies).
             os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
         self.db = db = sqlite3.connect(path, isolation_level=None, check_same_thread=True)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=NORMAL")  # a commit survives a crash of brain (kill -9)
-        db.execute("PRAGMA busy_timeout=5000")
-        if db.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
-            db.executescript(SCHEMA)
-            db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")  # a commit survives a crash of brain (kill -9)
+            db.execute("PRAGMA busy_timeout=5000")
+            if db.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
+                db.executescript(SCHEMA)
+                db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        except BaseException:
+            db.close()  # a damaged file or a full disk: the caller tries again later, with no descriptor left open
+            raise
 
     def close(self) -> None:
         """Close the connection."""

@@ -19,6 +19,7 @@ from brain.errors import ServiceUnavailable
 from brain.plugins import hookimpl
 from brain.process import Process
 from brain.routes import Route
+from brain.storage import storage_faults
 from brain.webhooks import routes
 from brain.webhooks.db import WebhookDb
 from brain.webhooks.queue import DB_FILE, DeliveryQueue
@@ -48,7 +49,7 @@ def register_children(rt: Process, register: Callable[[Child | Group], None]) ->
     register(Group(GROUP, parent="data_sup", strategy="rest_for_one", max_restarts=10, max_seconds=60, after=("stores",)))
     register(Child(
         ChildSpec(id="queue", start=lambda link: DeliveryQueue.start(
-            link=link, hub=hub, commits=rt.stash[COMMIT_LOG], events=rt.stash[EVENT_SINK],
+            link=link, hub=hub, commits=rt.stash[COMMIT_LOG], events=rt.stash[EVENT_SINK], faults=storage_faults(rt),
         )),
         parent=GROUP,
     ))
@@ -74,8 +75,9 @@ def register_backup(register: Callable[[BackupFile], None]) -> None:
 
 @hookimpl
 def register_health(rt: Process, register: Callable[..., None]) -> None:
-    """Endpoints, deliveries and attempts since start."""
-    register("webhooks", figures=webhooks(rt).stats)
+    """Endpoints, deliveries and attempts since start; degraded while webhooks.db cannot be opened."""
+    hub = webhooks(rt)
+    register("webhooks", figures=hub.stats, problems=hub.problems)
 
 
 @hookimpl

@@ -18,22 +18,34 @@ Backoff: after a failure the endpoint waits `retry_base_seconds * 2^(failures-1)
 ±20 %, at most `retry_max_seconds`, longer if the receiver's Retry-After says so); a success
 clears it. An endpoint failing for `disable_after_days` without a success is disabled: its
 pending deliveries fail and the user gets a `webhook.disabled` event.
+
+Storage faults of webhooks.db (a full or read-only disk, a damaged file, no descriptors) never
+crash the queue: a crash loop would exhaust the data tier's restart intensity and take the
+users' stores down with it. They are typed and counted (`brain.storage`) as `webhooks.db`;
+the routes answer them (507 / 503 with the reason); a delivery whose attempt cannot be recorded
+stays pending and deliveries pause for FAULT_RETRY_SECONDS; a user's events that cannot be
+queued are read again from the unmoved cursor then. A webhooks.db that cannot be opened, or is
+found damaged, is closed and tried again every FAULT_RETRY_SECONDS (a damaged one must pass
+`quick_check` first): /health names it until it opens, and then every user's cursor is read.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import random
 import secrets
+import sqlite3
 import time
-from collections.abc import Sequence
-from typing import Any, NamedTuple
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple, TypeVar
 
 from brain.actors.base import BrainActor, Link
 from brain.contracts import CommitLog, EventSink
-from brain.errors import NotFound, Unauthorized, Unprocessable
+from brain.errors import NotFound, ServiceUnavailable, StorageFault, StoreCorrupt, Unauthorized, Unprocessable
 from brain.event_types import TypeFilter
+from brain.storage import StorageFaults, classify, fault, quick_check
 from brain.webhooks.db import ACTIVE, Endpoint, WebhookDb
 from brain.webhooks.state import Poke, Webhooks
 
@@ -47,6 +59,12 @@ PER_ENDPOINT = 4
 PRUNE_SECONDS = 3600.0
 _PRUNE = "prune"
 DISABLED_EVENT = "webhook.disabled"
+# While webhooks.db cannot be written or opened: how long deliveries pause, and how often the
+# queue tries again (reading the cursors it could not move, opening the file it could not open).
+FAULT_RETRY_SECONDS = 5.0
+_RETRY = "retry-after-fault"
+
+T = TypeVar("T")
 
 
 class Result(NamedTuple):
@@ -95,29 +113,50 @@ def public(endpoint: Endpoint) -> dict[str, Any]:
     }
 
 
+def typed_faults(ask: Callable[..., T]) -> Callable[..., T]:
+    """An ask of the routes or the sender: webhooks.db's storage faults raised typed and counted,
+    a damaged file closed (the routes answer 507 / 503 with the reason, never a bare 500)."""
+
+    @functools.wraps(ask)
+    def typed(self: DeliveryQueue, *args: Any, **kwargs: Any) -> T:
+        try:
+            return ask(self, *args, **kwargs)
+        except (sqlite3.Error, OSError) as exc:
+            found = self._met(exc)
+            if isinstance(found, StoreCorrupt):
+                self._refuse(found)
+            raise found from exc
+
+    return typed
+
+
 class DeliveryQueue(BrainActor):
     """Owns webhooks.db (see the module docstring)."""
 
-    def __init__(self, *, link: Link | None = None, hub: Webhooks, commits: CommitLog, events: EventSink) -> None:
+    def __init__(self, *, link: Link | None = None, hub: Webhooks, commits: CommitLog, events: EventSink,
+                 faults: StorageFaults) -> None:
         super().__init__(link=link)
         self.hub = hub
         self.settings = hub.settings
         self.commits = commits
         self.events = events
+        self.faults = faults
         self.db: WebhookDb | None = None
+        # Why webhooks.db is not open (None while it is): what the routes are answered.
+        self.refusal: StorageFault | None = None
+        # Open again only once quick_check passes (it was found damaged).
+        self._verify = False
+        # After a write fault: no deliveries before this (epoch seconds), users to read again.
+        self._paused_until = 0.0
+        self._unread: set[str] = set()
+        self._retry_armed = False
 
     def __str__(self) -> str:
         return "DeliveryQueue"
 
     def on_start(self) -> None:
-        self.db = WebhookDb(self.hub.data_path / DB_FILE)
-        users = self.db.users_with_active_endpoints()
-        self.hub.attach_queue(self.actor_ref, users)
-        # What committed while no queue ran (or before a crash) is read from each cursor.
-        for user_id in users:
-            self.hub.poke(user_id)
+        self._open()
         self.schedule(PRUNE_SECONDS, _PRUNE)
-        self.hub.wake_sender()
 
     def on_stop(self) -> None:
         self._close()
@@ -130,23 +169,106 @@ class DeliveryQueue(BrainActor):
         if db is not None:
             db.close()
 
+    def _open(self) -> None:
+        """Open webhooks.db and read every user's commits from their cursor; on a storage fault,
+        refuse with it and try again later."""
+        try:
+            db = WebhookDb(self.hub.data_path / DB_FILE)
+            try:
+                if self._verify and (verdict := quick_check(db.db)) != "ok":
+                    raise fault(StoreCorrupt, f"quick_check: {verdict}")
+                users = db.users_with_active_endpoints()
+            except BaseException:
+                db.close()
+                raise
+        except Exception as exc:  # noqa: BLE001 - a storage fault is answered; anything else is raised again
+            self._refuse(self._met(exc))
+            self.hub.attach_queue(self.actor_ref, set())
+            return
+        if self.refusal is not None:
+            log.warning("webhooks: webhooks.db is open again; reading every user's commits from their cursor")
+        self.db, self.refusal, self._verify = db, None, False
+        self.hub.unavailable = None
+        self.hub.attach_queue(self.actor_ref, users)
+        # What committed while no queue ran (or before a crash) is read from each cursor.
+        for user_id in users:
+            self.hub.poke(user_id)
+        self.hub.wake_sender()
+
+    def _met(self, exc: BaseException) -> StorageFault:
+        """webhooks.db's storage fault behind `exc`, counted; `exc` itself is raised if it is none."""
+        found = classify(exc, self.hub.data_path)
+        if found is None:
+            raise exc
+        return self.faults.record(found, DB_FILE)
+
+    def _refuse(self, found: StorageFault) -> None:
+        """webhooks.db is unusable (could not open, or damaged): close it, answer `found`, try again later."""
+        self._close()
+        self.refusal = found
+        self.hub.unavailable = found.kind
+        self._verify = self._verify or isinstance(found, StoreCorrupt)
+        self._arm_retry()
+
+    def _arm_retry(self) -> None:
+        if not self._retry_armed:
+            self._retry_armed = True
+            self.schedule(FAULT_RETRY_SECONDS, _RETRY)
+
+    def _write_fault(self, exc: BaseException, user_id: str | None = None) -> StorageFault:
+        """A write of webhooks.db failed: pause deliveries (and re-read `user_id`'s commits) for a while."""
+        found = self._met(exc)
+        if isinstance(found, StoreCorrupt):
+            self._refuse(found)
+            return found
+        self._paused_until = time.time() + FAULT_RETRY_SECONDS
+        if user_id is not None:
+            self._unread.add(user_id)
+        self._arm_retry()
+        return found
+
     def on_receive(self, message: Any) -> Any:
+        if message == _RETRY:
+            self._retry_armed = False
+            if self.db is None:
+                self._open()
+            else:
+                unread, self._unread = self._unread, set()
+                for user_id in unread:
+                    self.hub.poke(user_id)
+                self.hub.wake_sender()
+            return None
         if isinstance(message, Poke):
             self.hub.taken(message.user_id)
-            self._read_log(message.user_id)
+            if self.db is not None:  # else every user is read when it opens
+                try:
+                    self._read_log(message.user_id)
+                except Exception as exc:  # noqa: BLE001 - typed by _write_fault, or raised again
+                    self._write_fault(exc, message.user_id)
             return None
         if isinstance(message, Result):
-            self._record(message)
+            if self.db is not None:  # else the delivery stays pending and is attempted again
+                try:
+                    self._record(message)
+                except Exception as exc:  # noqa: BLE001 - typed by _write_fault, or raised again
+                    self._write_fault(exc)
             return None
         if message == _PRUNE:
-            self._db().prune(time.time() - self.settings.keep_days * 86400)
             self.schedule(PRUNE_SECONDS, _PRUNE)
+            if self.db is not None:
+                try:
+                    self._db().prune(time.time() - self.settings.keep_days * 86400)
+                except Exception as exc:  # noqa: BLE001 - typed by _write_fault, or raised again
+                    self._write_fault(exc)
             return None
         return super().on_receive(message)
 
     def _db(self) -> WebhookDb:
-        assert self.db is not None
-        return self.db
+        """The open webhooks.db; why it is not open, raised (a storage fault, or 503 while starting)."""
+        db = self.db
+        if db is None:
+            raise self.refusal or ServiceUnavailable("webhooks are starting; try again")
+        return db
 
     # -- from the commit log to deliveries --------------------------------------------------------
 
@@ -186,10 +308,16 @@ class DeliveryQueue(BrainActor):
 
     # -- the sender's side ----------------------------------------------------------------------
 
+    @typed_faults
     def due(self, limit: int, in_flight: Sequence[int], room: dict[str, int]) -> tuple[list[Delivery], float | None]:
-        """Deliveries to attempt now (each endpoint's secret opened), and when to look again."""
-        db = self._db()
+        """Deliveries to attempt now (each endpoint's secret opened), and when to look again.
+
+        None while webhooks.db cannot record how attempts went (a storage fault): they wait, pending.
+        """
         now = time.time()
+        db = self.db
+        if db is None or now < self._paused_until:
+            return [], (self._paused_until if db is not None else None)
         found = []
         for due in db.due(now, limit, in_flight, room, PER_ENDPOINT):
             try:
@@ -240,6 +368,7 @@ class DeliveryQueue(BrainActor):
 
     # -- the routes' side (asks from the event loop) -------------------------------------------------
 
+    @typed_faults
     def create(self, user_id: str, url: str, types: list[str], sealed: Any, endpoint_id: str) -> dict[str, Any]:
         """A new endpoint of the user, which gets the events committed from now on."""
         db = self._db()
@@ -253,14 +382,17 @@ class DeliveryQueue(BrainActor):
         self.hub.users = self.hub.users | {user_id}
         return public(endpoint)
 
+    @typed_faults
     def endpoints_of(self, user_id: str) -> list[dict[str, Any]]:
         """The user's endpoints."""
         return [public(e) for e in self._db().endpoints_of(user_id)]
 
+    @typed_faults
     def get(self, user_id: str, endpoint_id: str) -> dict[str, Any]:
         """One of the user's endpoints; 404 if it is not theirs."""
         return public(self._endpoint(user_id, endpoint_id))
 
+    @typed_faults
     def delete(self, user_id: str, endpoint_id: str) -> None:
         """Delete one of the user's endpoints and its deliveries; 404 if it is not theirs."""
         db = self._db()
@@ -268,6 +400,7 @@ class DeliveryQueue(BrainActor):
             raise NotFound("no such webhook")
         self.hub.users = frozenset(db.users_with_active_endpoints())
 
+    @typed_faults
     def deliveries(self, user_id: str, endpoint_id: str, limit: int, status: str | None) -> list[dict[str, Any]]:
         """The endpoint's newest deliveries with their attempts; 404 if it is not theirs."""
         self._endpoint(user_id, endpoint_id)
@@ -281,6 +414,7 @@ class DeliveryQueue(BrainActor):
             })
         return out
 
+    @typed_faults
     def purge(self, user_id: str) -> int:
         """Forget a deleted user's endpoints and deliveries; how many endpoints they had."""
         gone = self._db().purge_user(user_id)

@@ -31,7 +31,7 @@ import brain
 from brain.actors import bridge
 from brain.actors.base import Link
 from brain.actors.loop import LoopActor
-from brain.errors import AddressRefused, ServiceUnavailable
+from brain.errors import AddressRefused, ServiceUnavailable, StorageFault
 from brain.outbound import Network, refusal
 from brain.webhooks import signing
 from brain.webhooks.queue import PER_ENDPOINT, Delivery, Result
@@ -114,8 +114,8 @@ class WebhookSender(LoopActor):
         room = {endpoint: PER_ENDPOINT - n for endpoint, n in Counter(self._in_flight.values()).items()}
         try:
             due, next_retry = await bridge.ask(self.hub.queue().due(free, list(self._in_flight), room))
-        except (ServiceUnavailable, pykka.ActorDeadError):
-            return None  # the queue is restarting; it wakes us when it is back
+        except (ServiceUnavailable, StorageFault, pykka.ActorDeadError):
+            return None  # the queue is restarting, or webhooks.db failed: it wakes us when it is back
         for delivery in due:
             self._in_flight[delivery.id] = delivery.endpoint_id
             task = asyncio.create_task(self._attempt(delivery))

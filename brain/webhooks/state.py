@@ -55,6 +55,8 @@ class Webhooks:
         self.failed_attempts = 0
         self.disabled = 0
         self.in_flight = 0
+        # The kind of storage fault that keeps webhooks.db closed (None while it is open).
+        self.unavailable: str | None = None
 
     # -- the queue -------------------------------------------------------------------------------
 
@@ -112,6 +114,14 @@ class Webhooks:
         loop, wake = self._loop, self._wake
         if loop is not None and wake is not None:
             bridge.call_soon_threadsafe(loop, wake)
+
+    def problems(self) -> list[str]:
+        """/health: webhooks.db could not be opened, so deliveries and the webhook routes wait."""
+        kind = self.unavailable
+        if kind is None:
+            return []
+        return [f"webhooks: webhooks.db cannot be opened ({kind}); deliveries wait and the webhook routes are refused "
+                "until it opens (the queue tries again by itself; the storage problem says what to do)"]
 
     def stats(self) -> dict[str, Any]:
         """Figures for /health (counted since the process started)."""
