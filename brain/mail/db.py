@@ -238,6 +238,9 @@ class MailDb:
         # Units open and close their thread's connection; the last connection to close a WAL
         # database checkpoints it (with an fsync). This one stays open, so closing a unit is cheap.
         self._anchor: sqlite3.Connection | None = sqlite3.connect(str(self.path), check_same_thread=False)
+        # One read maps the WAL index (-shm) and keeps it mapped: a unit's connection is then never
+        # the first, which truncates and regrows the -shm and so fails on a full disk, reads too.
+        self._anchor.execute("SELECT count(*) FROM sqlite_master").fetchone()
 
     def _add_new_columns(self, model: type[pw.Model]) -> None:
         """Columns a newer brain added to ``model``, added to a mail.db an older one made."""

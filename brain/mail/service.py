@@ -23,7 +23,7 @@ import pluggy
 from brain.actors.supervisor import ChildSpec, Supervisor
 from brain.config import Settings
 from brain.contracts import EVENT_SINK
-from brain.errors import BadRequest, Forbidden, NotFound, ServiceUnavailable
+from brain.errors import BadRequest, Forbidden, NotFound, ServiceUnavailable, StorageFault
 from brain.mail.conversion import ConversionPool
 from brain.mail.crypto import InvalidState, StateSigner, pkce_challenge
 from brain.mail.db import Account, MailDb, States
@@ -450,8 +450,19 @@ class MailService:
         return reply, list(accounts.values())
 
 
+# Told to the mail supervisor itself: resume the accounts again (mail.db could not be read).
+_RESUME = "resume-accounts"
+
+
 class MailSupervisor(Supervisor):
-    """The mail supervisor: on every start (boot or restart) resumes each connected account."""
+    """The mail supervisor: on every start (boot or restart) resumes each connected account.
+
+    When mail.db cannot be read (damaged, locked, no descriptors), it resumes nothing and tries
+    again every RESUME_RETRY_SECONDS: crashing instead would restart it past the data tier's
+    restart intensity and stop the whole process, the users' event stores with it.
+    """
+
+    RESUME_RETRY_SECONDS = 10.0
 
     def __init__(self, *, service: MailService, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -460,7 +471,23 @@ class MailSupervisor(Supervisor):
     def on_start(self) -> None:
         """Start the static children, then one MailSync per account that should sync."""
         super().on_start()
-        for account in self.service.db.accounts_to_resume():
+        self._resume()
+
+    def on_receive(self, message: Any) -> Any:
+        """Try resuming the accounts again (after a storage fault); the rest is the Supervisor's."""
+        if message == _RESUME:
+            self._resume()
+            return None
+        return super().on_receive(message)
+
+    def _resume(self) -> None:
+        try:
+            accounts = self.service.db.accounts_to_resume()
+        except StorageFault as exc:  # counted and logged with what to do where it was met (brain.storage)
+            log.warning("mail accounts not resumed (mail.db: %s); trying again in %gs", exc.kind, self.RESUME_RETRY_SECONDS)
+            self.schedule(self.RESUME_RETRY_SECONDS, _RESUME)
+            return
+        for account in accounts:
             if account.provider not in self.service.registry:
                 log.warning("mail account %s: provider %r not available; not resumed", account.id, account.provider)
                 continue
