@@ -344,6 +344,7 @@ int fdatasync(int fd) {
 def slow_fsync_shim(directory: Path) -> Path:
     """The LD_PRELOAD shim above, compiled with gcc (a real stall inside the real fsync call)."""
     need(shutil.which("gcc") is not None, "gcc (to build the slow-fsync LD_PRELOAD shim)")
+    directory.mkdir(parents=True, exist_ok=True)  # the soak passes a fresh subdirectory
     source = directory / "slow_fsync.c"
     source.write_text(SLOW_FSYNC_C)
     library = directory / "slow_fsync.so"
