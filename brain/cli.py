@@ -9,10 +9,9 @@ from collections.abc import Sequence
 
 import brain
 from brain.commands import CommandLine
-from brain.errors import BrainError, StorageFault
+from brain.errors import BrainError, StorageFault, explain
 from brain.files import use_private_umask
 from brain.plugins.manager import load_commands
-from brain.storage import explain
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -127,6 +127,27 @@ class AddressRefused(BadRequest):
         self.reason = reason
 
 
+# What an operator should do about each kind of StorageFault, for the log, /health and the CLI.
+ADVICE = {
+    "disk_full": "free space on the data directory's file system or grow it; writes resume by themselves",
+    "read_only": "the data directory's file system is read-only (remounted after an error?): stop brain, "
+                 "check it (fsck), remount it read-write and start brain again",
+    "corrupt": "run `brain check`; a user's store is rebuilt by `brain repair --user ID`; auth.db, mail.db and "
+               "webhooks.db come back from a backup (`brain restore`, or with brain stopped the backup's copy of "
+               "that one file put in its place)",
+    "quarantined": "run `brain repair --user ID` (or set api.auto_repair = true)",
+    "busy": "another process holds a lock on the database for longer than its busy timeout (a long `brain` "
+            "command?)",
+    "no_descriptors": "raise the open-file limit (ulimit -n, systemd LimitNOFILE) or lower api.max_open_stores",
+    "io_error": "check the disk (dmesg) and run `brain check`",
+}
+
+
+def explain(fault: StorageFault) -> str:
+    """A fault for an operator: its kind, what the database said, and what to do."""
+    return f"{fault.kind} ({fault.detail or fault.message}). What to do: {ADVICE.get(fault.kind, ADVICE['io_error'])}"
+
+
 class StorageFault(HTTPError):
     """The disk under a database failed us (full, read-only, corrupt, busy, out of descriptors).
 

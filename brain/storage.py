@@ -38,6 +38,7 @@ import peewee
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from brain.errors import (
+    ADVICE,
     DiskFull,
     NoFileDescriptors,
     ReadOnlyStorage,
@@ -46,14 +47,14 @@ from brain.errors import (
     StoreBusy,
     StoreCorrupt,
     StoreQuarantined,
+    explain,
 )
 from brain.plugins import hookimpl
 from brain.process import Process
 from brain.stash import StashKey
 
 __all__ = [
-    "DiskGuard", "STORAGE_FAULTS", "StorageFaults", "WatchedDatabase", "classify", "explain", "quick_check",
-    "storage_faults",
+    "DiskGuard", "STORAGE_FAULTS", "StorageFaults", "WatchedDatabase", "classify", "quick_check", "storage_faults",
 ]
 
 log = logging.getLogger("brain.storage")
@@ -73,20 +74,6 @@ RETRY_BUSY = 1.0
 RETRY_NO_DESCRIPTORS = 2.0
 RETRY_IO = 5.0
 
-# What an operator should do, for the log and /health.
-ADVICE = {
-    "disk_full": "free space on the data directory's file system or grow it; writes resume by themselves",
-    "read_only": "the data directory's file system is read-only (remounted after an error?): stop brain, "
-                 "check it (fsck), remount it read-write and start brain again",
-    "corrupt": "run `brain check`; a user's store is rebuilt by `brain repair --user ID`; auth.db, mail.db and "
-               "webhooks.db come back from a backup (`brain restore`, or with brain stopped the backup's copy of "
-               "that one file put in its place)",
-    "quarantined": "run `brain repair --user ID` (or set api.auto_repair = true)",
-    "busy": "another process holds a lock on the database for longer than its busy timeout (a long `brain` "
-            "command?)",
-    "no_descriptors": "raise the open-file limit (ulimit -n, systemd LimitNOFILE) or lower api.max_open_stores",
-    "io_error": "check the disk (dmesg) and run `brain check`",
-}
 
 _ERRNO_FAULTS: dict[int, type[StorageFault]] = {
     errno.ENOSPC: DiskFull,
@@ -111,11 +98,6 @@ _NEARLY_FULL = 1 << 20
 _DESCRIPTOR_SLACK = 8
 # How long a fault keeps /health degraded, and how often each kind is logged per database.
 FAULT_MEMORY_SECONDS = 60.0
-
-
-def explain(fault: StorageFault) -> str:
-    """A fault for an operator: its kind, what the database said, and what to do."""
-    return f"{fault.kind} ({fault.detail or fault.message}). What to do: {ADVICE.get(fault.kind, ADVICE['io_error'])}"
 
 
 def fault(kind: type[StorageFault], detail: str = "") -> StorageFault:
