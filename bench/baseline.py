@@ -40,8 +40,11 @@ from typing import Any
 
 from aiohttp import web
 
+from bench.users import seed_event
+
 GET_PATH = "/get"
 POST_PATH = "/post"
+PAGE_PATH = "/page"
 # The same small bodies the brain requests carry, so both sides parse and write alike.
 GET_BODY = b'{"id":"u1","email":"user@example.com","name":"User"}'
 READY_LINE = "baseline ready"
@@ -50,6 +53,22 @@ READY_LINE = "baseline ready"
 async def handle_get(_request: web.Request) -> web.Response:
     """A small JSON document."""
     return web.Response(body=GET_BODY, content_type="application/json")
+
+
+def page_body(count: int = 100) -> bytes:
+    """A GET /events page as brain renders it for the benchmark's seeded users: `count` events
+    of the shape `bench.users.seed_events` posts, newest first, with a next_cursor."""
+    events = [{"id": 1000 - i, **seed_event(i), "created_at": "2026-12-04T08:00:00.000000Z"} for i in range(count)]
+    cursor = "WyIyMDI2LTEyLTA0VDA4OjAwOjAwLjAwMDAwMFoiLDkwMV0.lrvqzxh6ua6wrX3hDcskTl2m"
+    return json.dumps({"events": events, "next_cursor": cursor}, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+_PAGE_BODY = page_body()
+
+
+async def handle_page(_request: web.Request) -> web.Response:
+    """A prebuilt page of events (the read floor: no store, no rendering, only the bytes)."""
+    return web.Response(body=_PAGE_BODY, content_type="application/json")
 
 
 async def handle_post(request: web.Request) -> web.Response:
@@ -104,6 +123,7 @@ def make_app(floor_dir: str | None = None) -> web.Application:
     app = web.Application()
     app.router.add_get(GET_PATH, handle_get)
     app.router.add_post(POST_PATH, handle_post)
+    app.router.add_get(PAGE_PATH, handle_page)
     bare = _BareStreams()
     app.router.add_get(BARE_STREAM_PATH, bare.stream)
     app.router.add_post(BARE_EVENTS_PATH, bare.post)

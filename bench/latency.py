@@ -14,7 +14,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import NamedTuple
 
-from bench.baseline import GET_PATH, POST_PATH, argon2_verifier
+from bench.baseline import GET_PATH, PAGE_PATH, POST_PATH, argon2_verifier
 from bench.client import KeepAliveClient, Shadow, expect, sample_latencies
 from bench.users import SIGN_IN, User, event_body, sign_in_body, sign_up
 
@@ -88,14 +88,14 @@ def sign_ins_beside_argon2(
 
 
 @contextmanager
-def _shadow(bare_port: int | None, method: str) -> Iterator[Shadow | None]:
+def _shadow(bare_port: int | None, method: str, path: str = GET_PATH) -> Iterator[Shadow | None]:
     """Bare-baseline requests of the same method to alternate (in blocks) with the measured ones."""
     if bare_port is None:
         yield None
         return
     with KeepAliveClient(bare_port) as bare:
         if method == "GET":
-            yield Shadow(bare, bare.encode("GET", GET_PATH), 200, [])
+            yield Shadow(bare, bare.encode("GET", path), 200, [])
         else:
             yield Shadow(bare, bare.encode("POST", POST_PATH, body=event_body(1)), 201, [])
 
@@ -114,9 +114,10 @@ def post_events(api_port: int, user: User, *, samples: int, warmup: int, bare_po
 def get_events(
     api_port: int, user: User, *, limit: int, samples: int, warmup: int, bare_port: int | None = None
 ) -> Paired:
-    """GET /events?limit=N as one user; fails unless a full page of N events comes back."""
+    """GET /events?limit=N as one user, beside the bare GET of a prebuilt page of the same shape;
+    fails unless a full page of N events comes back."""
     headers = {"Authorization": user.authorization}
-    with KeepAliveClient(api_port) as c, _shadow(bare_port, "GET") as shadow:
+    with KeepAliveClient(api_port) as c, _shadow(bare_port, "GET", PAGE_PATH) as shadow:
         raw = c.encode("GET", f"/events?limit={limit}", headers=headers)
         got = len(expect(c.send(raw), 200, what="GET /events").json().get("events", []))
         if got != limit:

@@ -102,9 +102,16 @@ def create_api_keys(auth_port: int, users: Sequence[User], *, clients: int = 4) 
     return concurrently(auth_port, users, create, clients=clients)
 
 
+def seed_event(n: int) -> dict:
+    """A seeded event: a page of 100 of them is ~15 KB of JSON, the size issue 22's reads are judged at."""
+    body = event_body(n, kind="bench.seed")
+    body["data"]["tags"] = ["seed", "page"]
+    return body
+
+
 def seed_events(api_port: int, users: Sequence[User], *, count: int = 100, clients: int = 4) -> None:
     """Give each user `count` more events (one batch POST each, concurrently)."""
-    batch = [event_body(i, kind="bench.seed") for i in range(count)]
+    batch = [seed_event(i) for i in range(count)]
 
     def post(c: KeepAliveClient, user: User) -> None:
         response = c.request("POST", "/events", headers={"Authorization": user.authorization}, body=batch)
