@@ -111,6 +111,17 @@ def failure_response(request: web.Request, exc: Exception) -> web.StreamResponse
         return json_response({"message": "internal server error", "code": "INTERNAL_SERVER_ERROR"}, status=500)
 
 
+def not_modified(request: web.Request, etag: str) -> bool:
+    """Whether the request's If-None-Match names `etag` (weak comparison, as RFC 9110 says for GET)."""
+    header = request.headers.get(hdrs.IF_NONE_MATCH)
+    if header is None:
+        return False
+    if header.strip() == "*":
+        return True
+    opaque = etag.removeprefix("W/")
+    return any(tag.strip().removeprefix("W/") == opaque for tag in header.split(","))
+
+
 MAX_BODY_KEY = web.AppKey("max_body_bytes", int)
 BODY_TIMEOUT_KEY = web.AppKey("body_timeout_seconds", float)
 

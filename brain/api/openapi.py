@@ -17,6 +17,18 @@ from brain.openapi import error as _error
 from brain.openapi import json_body as _json_body
 from brain.openapi import ref as _ref
 
+# Conditional reads (ETag / If-None-Match) of event pages and single events.
+IF_NONE_MATCH: dict[str, Any] = {
+    "name": "If-None-Match", "in": "header", "required": False,
+    "description": "An ETag of an earlier answer to the same request: 304, without a body, if it still holds",
+    "schema": {"type": "string"},
+}
+ETAG_HEADERS: dict[str, Any] = {
+    "ETag": {"description": "Changes whenever the body would", "schema": {"type": "string"}},
+    "Cache-Control": {"schema": {"type": "string", "enum": ["private, no-cache"]}},
+}
+NOT_MODIFIED: dict[str, Any] = {"description": "Not modified since the ETag given in If-None-Match", "headers": ETAG_HEADERS}
+
 INFO: dict[str, Any] = {
     "title": "brain",
     "version": brain.__version__,
@@ -226,9 +238,11 @@ def paths(api: ApiSettings) -> dict[str, dict[str, Any]]:
                         "description": "next_cursor of the previous page (signed, valid only for the same user)",
                         "schema": {"type": "string"},
                     },
+                    IF_NONE_MATCH,
                 ],
                 "responses": {
-                    "200": _json_body(_ref("EventsPage")),
+                    "200": {**_json_body(_ref("EventsPage")), "headers": ETAG_HEADERS},
+                    "304": NOT_MODIFIED,
                     "400": _error("Invalid parameter; the message names it"),
                     **_BEARER_ERRORS,
                 },

@@ -28,6 +28,7 @@ import pykka
 
 from brain.actors.supervisor import ChildAlreadyStarted, ChildSpec, ChildStartError
 from brain.api.events import CursorSigner, NewEvent, StoredEvent, commit_seq, new_event, parse_time
+from brain.api.pages import Page
 from brain.api.user_store import (
     HEAD,
     Ack,
@@ -37,6 +38,7 @@ from brain.api.user_store import (
     Outbox,
     OutboxBatch,
     Query,
+    ReadPage,
     StoreClosed,
     StorePathError,
     UserStore,
@@ -140,6 +142,13 @@ class StoreManager:
         rows = await self._submit(user_id, q)
         limit = q.limit - 1
         return rows[:limit], self._next_cursor(user_id, rows, limit)
+
+    async def query_page(self, user_id: str, q: Query) -> tuple[Page, str | None]:
+        """A prepared Query's page as bytes (brain.api.pages), and the cursor of the next page."""
+        page: Page = await self._submit(user_id, ReadPage(q._replace(limit=q.limit - 1)))
+        if not page.more or page.last is None:
+            return page, None
+        return page, self.cursors.make(user_id, *page.last)
 
     async def changes(self, user_id: str, after: int, types: TypeFilter | None, limit: int) -> list[StoredEvent]:
         """Events committed after `after` (the commit sequence), oldest first, at most `limit`."""
@@ -355,7 +364,7 @@ class StoreManager:
 
     # -- internals: the event-loop path ---------------------------------------------------------
 
-    async def _submit(self, user_id: str, message: AppendRequest | Query | Changes) -> Any:
+    async def _submit(self, user_id: str, message: AppendRequest | Query | Changes | ReadPage) -> Any:
         """Hand a request to the user's store (see brain.api.user_store's StoreInbox) and await it."""
         loop = asyncio.get_running_loop()
         last: Exception = ServiceUnavailable("the user's store is restarting; try again")

@@ -45,6 +45,7 @@ from pykka._envelope import Envelope
 from brain.actors.base import BrainActor, Link
 from brain.actors.bridge import settle_threadsafe
 from brain.api.events import NewEvent, StoredEvent, now_timestamp
+from brain.api.pages import RENDERED, Page, backfill_step, ensure_rendered, read_page, render_sql
 from brain.api.quarantine import FileMemory, move_aside, pending
 from brain.errors import ReadOnlyStorage, StorageFault, StoreCorrupt, StoreQuarantined, Unprocessable
 from brain.event_types import TypeFilter
@@ -60,7 +61,9 @@ CREATE TABLE IF NOT EXISTS events (
     type TEXT NOT NULL,
     data TEXT NOT NULL,
     created_at TIMESTAMP NOT NULL,
-    key TEXT UNIQUE
+    key TEXT UNIQUE,
+    -- The event's public JSON, written with it (brain.api.pages; older stores get it on open).
+    rendered TEXT
 );
 CREATE INDEX IF NOT EXISTS events_created_at ON events (created_at);
 CREATE INDEX IF NOT EXISTS events_type_created_at ON events (type, created_at);
@@ -72,6 +75,13 @@ BEGIN
     INSERT INTO outbox (event_id) VALUES (new.id);
 END;
 """
+# An event with its public JSON (brain.api.pages) in one statement; its id is the rowid SQLite
+# would have given it (one more than the largest), named here so that the JSON can carry it.
+_INSERT_EVENT = (
+    "INSERT INTO events (id, type, data, created_at, key, rendered) SELECT next.id, ?1, ?2, ?3, ?4, "
+    + render_sql("next.id", "?1", "?2", "?3")
+    + " FROM (SELECT coalesce(max(id), 0) + 1 AS id FROM events) AS next"
+)
 
 
 class StorePathError(ValueError):
@@ -132,6 +142,12 @@ class Query(NamedTuple):
     limit: int
 
 
+class ReadPage(NamedTuple):
+    """The page a Query selects (`limit` events, not one more), as bytes (brain.api.pages)."""
+
+    query: Query
+
+
 class Changes(NamedTuple):
     """Events committed after `after` in commit order (`SEQUENCE`), optionally by type."""
 
@@ -145,7 +161,7 @@ SEQUENCE = "id"
 # Thread asks only: the last commit's sequence (0: none yet).
 HEAD = "head"
 # What the loop submits that only reads: each is answered on its own, between commits.
-_READS = (Query, Changes)
+_READS = (Query, Changes, ReadPage)
 
 
 class OutboxBatch(NamedTuple):
@@ -162,6 +178,7 @@ class Ack(NamedTuple):
 
 
 _IDLE_CHECK = "idle-check"
+_RENDER_BACKFILL = "render-backfill"
 _FLUSH_ACKS = "flush-acks"
 _DRAIN = "drain-submitted"
 _DRAIN_ENVELOPE = Envelope(_DRAIN)
@@ -193,7 +210,7 @@ class StoreInbox(queue.SimpleQueue):  # type: ignore[type-arg]
         # Why the store could not open (a storage fault): the answer to every later request.
         self._refusal: Exception | None = None
 
-    def submit(self, message: AppendRequest | Query | Changes, fut: asyncio.Future[Any]) -> bool:
+    def submit(self, message: AppendRequest | Query | Changes | ReadPage, fut: asyncio.Future[Any]) -> bool:
         """Queue a request (any thread); True if the store must now be told to look.
 
         Raises StoreClosed if the store has stopped taking requests (or why it could not open).
@@ -240,7 +257,7 @@ def _yield_to_the_loop() -> None:
         pass
 
 
-def submit(ref: pykka.ActorRef[Any], message: AppendRequest | Query | Changes, fut: asyncio.Future[Any]) -> None:
+def submit(ref: pykka.ActorRef[Any], message: AppendRequest | Query | Changes | ReadPage, fut: asyncio.Future[Any]) -> None:
     """Queue a request for a store (from the event loop) and wake the store if it must look.
 
     Raises StoreClosed if the store stopped taking requests; otherwise `fut` is settled later,
@@ -300,6 +317,9 @@ class UserStore(BrainActor):
         self.quarantined = False
         # Opened for reading only, its file system being read-only (`_open_read_only`).
         self.read_only = False
+        # The SQL of an event's JSON in this store (brain.api.pages; without the column only
+        # in an old store opened read-only).
+        self.rendered_sql = RENDERED
         # Why it could not open: what every request gets until it has stopped.
         self.refusal: Exception | None = None
 
@@ -364,6 +384,9 @@ class UserStore(BrainActor):
         if db.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
             db.executescript(SCHEMA)
             db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        if ensure_rendered(db):
+            # Behind whatever is already asked of the store: requests go first.
+            self.actor_ref.tell(_RENDER_BACKFILL)
         if db.execute("SELECT EXISTS (SELECT 1 FROM outbox)").fetchone()[0]:
             # Unpublished rows the bus may not know of (a store rebuilt by `brain repair`).
             self.outbox.notify(self.user_id, [])
@@ -393,6 +416,9 @@ class UserStore(BrainActor):
         self._check(db)
         if db.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
             return False
+        if "rendered" not in {row[1] for row in db.execute("PRAGMA table_info(events)")}:
+            # Written before events carried their JSON, and it cannot be given the column now.
+            self.rendered_sql = render_sql("id", "type", "data", "created_at")
         self.read_only = True
         log.warning("%s: opened read-only (the file system is read-only); writes are refused", self)
         return True
@@ -473,6 +499,16 @@ class UserStore(BrainActor):
                 return self._serve_asked(message)
             except Exception as exc:
                 raise self._failed(exc) from exc
+        if message == _RENDER_BACKFILL:
+            if self.db is not None and not self.read_only:
+                try:
+                    more = backfill_step(self.db)
+                except Exception as exc:  # noqa: BLE001 - a storage fault: reads render the rows themselves
+                    self._failed(exc)
+                    return None
+                if more:
+                    self.actor_ref.tell(_RENDER_BACKFILL)
+            return None
         if message == _IDLE_CHECK:
             idle = time.monotonic() - self.last_used
             if idle >= self.idle_seconds:
@@ -608,9 +644,7 @@ class UserStore(BrainActor):
             ev = requests[0].events[0]
             created_at = ev.created_at or now_timestamp()
             try:
-                cur = db.execute(
-                    "INSERT INTO events (type, data, created_at) VALUES (?, ?, ?)", (ev.type, ev.data, created_at)
-                )
+                cur = db.execute(_INSERT_EVENT, (ev.type, ev.data, created_at, None))
             except Exception as exc:  # noqa: BLE001 - the statement rolled itself back
                 return [exc]
             if db.in_transaction:  # sqlite3 resets a finished statement, which commits; be sure
@@ -668,10 +702,7 @@ class UserStore(BrainActor):
                     out.append((existing, True))
                     continue
             created_at = ev.created_at or now
-            cur = db.execute(
-                "INSERT INTO events (type, data, created_at, key) VALUES (?, ?, ?, ?)",
-                (ev.type, ev.data, created_at, ev.key),
-            )
+            cur = db.execute(_INSERT_EVENT, (ev.type, ev.data, created_at, ev.key))
             event_id = cur.lastrowid  # its outbox row: the events_outbox trigger
             assert event_id is not None
             stored = StoredEvent(event_id, ev.type, ev.data, created_at, ev.key)
@@ -681,7 +712,11 @@ class UserStore(BrainActor):
             raise IdempotencyMismatch("Idempotency-Key was already used for a different batch")
         return out, fresh
 
-    def _read(self, message: Query | Changes) -> list[StoredEvent]:
+    def _read(self, message: Query | Changes | ReadPage) -> list[StoredEvent] | Page:
+        if isinstance(message, ReadPage):
+            assert self.db is not None
+            where, args = _query_filters(message.query)
+            return read_page(self.db, where, args, message.query.limit, self.rendered_sql)
         return self._query(message) if isinstance(message, Query) else self._changes(message)
 
     def _changes(self, c: Changes) -> list[StoredEvent]:
@@ -699,20 +734,7 @@ class UserStore(BrainActor):
     def _query(self, q: Query) -> list[StoredEvent]:
         db = self.db
         assert db is not None
-        where: list[str] = []
-        args: list[Any] = []
-        if q.type is not None:
-            where.append("type = ?")
-            args.append(q.type)
-        if q.since is not None:
-            where.append("created_at >= ?")
-            args.append(q.since)
-        if q.until is not None:
-            where.append("created_at < ?")
-            args.append(q.until)
-        if q.before is not None:
-            where.append("(created_at < ? OR (created_at = ? AND id < ?))")
-            args.extend((q.before[0], q.before[0], q.before[1]))
+        where, args = _query_filters(q)
         sql = "SELECT id, type, data, created_at, key FROM events"
         if where:
             sql += " WHERE " + " AND ".join(where)
@@ -757,6 +779,25 @@ class UserStore(BrainActor):
         # Rows still waiting (publishes in flight, or NATS down): acks may yet come.
         if db.execute("SELECT EXISTS (SELECT 1 FROM outbox)").fetchone()[0]:
             self._arm_flush()
+
+
+def _query_filters(q: Query) -> tuple[list[str], list[Any]]:
+    """The WHERE clauses (joined by AND) and their arguments of a Query: type, time range, cursor."""
+    where: list[str] = []
+    args: list[Any] = []
+    if q.type is not None:
+        where.append("type = ?")
+        args.append(q.type)
+    if q.since is not None:
+        where.append("created_at >= ?")
+        args.append(q.since)
+    if q.until is not None:
+        where.append("created_at < ?")
+        args.append(q.until)
+    if q.before is not None:
+        where.append("(created_at < ? OR (created_at = ? AND id < ?))")
+        args.extend((q.before[0], q.before[0], q.before[1]))
+    return where, args
 
 
 def _same_event(stored: StoredEvent, ev: NewEvent) -> bool:
