@@ -228,6 +228,11 @@ def _old_store(path: Path, rows: list[tuple[str, str, str]]) -> None:
         db.close()
 
 
+def _restart(server: BrainServer) -> None:
+    server.start()
+    wait_until(lambda: server.health()["jwks"]["loaded"], timeout=15, what="the API to load the signing keys")
+
+
 def _rendered(event_id: int, etype: str, data: str, created_at: str) -> bytes:
     # What StoredEvent.json() makes: the public shape with the stored data text as it is.
     return f'{{"id":{event_id},"type":"{etype}","data":{data},"created_at":"{created_at}"}}'.encode()
@@ -249,7 +254,7 @@ def test_a_store_written_before_the_column_reads_the_same_and_is_rendered(make_s
         key=lambda raw: (json.loads(raw)["created_at"], json.loads(raw)["id"]),
         reverse=True,
     )
-    server.start()
+    _restart(server)
     reader = Reader.__new__(Reader)
     reader.url, reader.session, reader.posted = server.api_url, requests.Session(), []
     reader.session.headers.update(bearer(token))
@@ -260,7 +265,7 @@ def test_a_store_written_before_the_column_reads_the_same_and_is_rendered(make_s
         with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
             return db.execute("SELECT count(*) FROM events WHERE rendered IS NULL").fetchone()[0] == 0
 
-    wait_until(backfilled, timeout=30)
+    wait_until(backfilled, timeout=30, what="the old rows to be rendered")
     with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
         stored = db.execute("SELECT CAST(rendered AS BLOB) FROM events ORDER BY created_at DESC, id DESC").fetchall()
     assert [raw for (raw,) in stored] == expected
@@ -291,7 +296,7 @@ def test_bytes_that_are_not_utf8_never_reach_a_client(make_server: Any) -> None:
         db.execute("DELETE FROM outbox")
     finally:
         db.close()
-    server.start()
+    _restart(server)
     r = requests.get(f"{server.api_url}/events", headers=bearer(token), timeout=10)
     assert r.status_code == 200, r.text
     text = r.content.decode("utf-8")  # strict
