@@ -56,6 +56,17 @@ def detail_headers(server: BrainServer) -> dict[str, str]:
     return {"Authorization": f"Bearer {server.config['metrics']['token']}"}
 
 
+def wait_published(server: BrainServer, timeout: float = 60.0) -> None:
+    """Wait until every committed event is in JetStream (the outbox drained): a timing taken
+    right after a seeding would otherwise measure the publishing too."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        nats = server.health()["nats"]
+        if not nats.get("queued") and not nats.get("in_flight"):
+            return
+        time.sleep(0.2)
+
+
 def start_brain(
     workdir: Path,
     *,

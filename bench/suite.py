@@ -29,7 +29,7 @@ from bench.baseline import BARE_EVENTS_PATH, BARE_STREAM_PATH, GET_PATH, PAGE_PA
 from bench.client import KeepAliveClient
 from bench.load import Req, wrk_available
 from bench.report import Figure, Target, latency_figure, not_measured, rate_figure
-from bench.servers import FAST_ARGON2, PRODUCTION_ARGON2, BaselineServer, bench_config, detail_headers, start_brain
+from bench.servers import FAST_ARGON2, PRODUCTION_ARGON2, BaselineServer, bench_config, detail_headers, start_brain, wait_published
 from bench.throughput import Case, argon2_baseline, median_cpu, run_interleaved
 from bench.users import (
     SIGN_IN, User, create_api_keys, event_body, run_tag, seed_events, sign_in_body, sign_up, sign_up_many,
@@ -391,6 +391,7 @@ class Run:
             self._paired("events.post.latency", latency.post_events(port, user, samples=n, warmup=warm, bare_port=bare), "POST")
         with self.step(["events.get.latency"], "GET /events?limit=100, one client"):
             seed_events(port, [user])
+            wait_published(brain)
             got = latency.get_events(port, user, limit=100, samples=n, warmup=warm, bare_port=bare)
             self._paired("events.get.latency", got, "GET")
 

@@ -4428,7 +4428,10 @@ export interface operations {
                 /** @description next_cursor of the previous page (signed, valid only for the same user) */
                 cursor?: string;
             };
-            header?: never;
+            header?: {
+                /** @description An ETag of an earlier answer to the same request: 304, without a body, if it still holds */
+                "If-None-Match"?: string;
+            };
             path?: never;
             cookie?: never;
         };
@@ -4437,11 +4440,24 @@ export interface operations {
             /** @description OK */
             200: {
                 headers: {
+                    "Cache-Control"?: "private, no-cache";
+                    /** @description Changes whenever the body would */
+                    ETag?: string;
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": components["schemas"]["EventsPage"];
                 };
+            };
+            /** @description Not modified since the ETag given in If-None-Match */
+            304: {
+                headers: {
+                    "Cache-Control"?: "private, no-cache";
+                    /** @description Changes whenever the body would */
+                    ETag?: string;
+                    [name: string]: unknown;
+                };
+                content?: never;
             };
             /** @description Invalid parameter; the message names it */
             400: {
