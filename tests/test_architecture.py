@@ -26,7 +26,7 @@ from brain.runtime import collect_listeners
 from tests.test_plugins import hookspec_functions
 
 REPO = Path(__file__).resolve().parent.parent
-ROLES = {"auth", "api", "mail", "agents", "webhooks"}
+ROLES = {"auth", "api", "mail", "agents", "webhooks", "console"}
 MAX_LOCAL_IMPORTS = 5
 
 

@@ -1,6 +1,7 @@
 """Trusted origins on the auth role: CORS for browsers, and Better Auth's refusal of untrusted origins.
 
-The server's own origin (its public URL) is always trusted, plus `auth.trusted_origins`
+The server's own origins (its public URL, and the API role's, where the console is served) are
+always trusted, plus `auth.trusted_origins`
 (exact origins, or `https://*.example.com` for subdomains; matched by the core's
 `brain.origins.TrustedOrigins`, which also checks callback URLs). A state-changing request whose
 `Origin` is not trusted gets 403 INVALID_ORIGIN; one that carries a cookie but no Origin (or

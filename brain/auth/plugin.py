@@ -44,7 +44,8 @@ AUTH_SUP = "auth_sup"  # the keys-and-tokens tier, shared with the API role's Jw
 
 
 def _trusted(rt: Process) -> TrustedOrigins:
-    return TrustedOrigins(rt.settings.auth_public_url, rt.settings.auth.trusted_origins)
+    # The API role's origin is brain's own too: the console it serves signs in here.
+    return TrustedOrigins(rt.settings.auth_public_url, (rt.settings.api_public_url, *rt.settings.auth.trusted_origins))
 
 
 _HANDLERS: StashKey[tuple[AuthRoutes, SocialRoutes]] = StashKey("brain.auth.handlers")

@@ -38,7 +38,9 @@ CORE = Manifest(
 )
 # The roles and the built-in features on top of them, registered in this order after the core and
 # before any entry-point plugin.
-BUILTIN_PLUGINS: tuple[str, ...] = ("brain.auth", "brain.api", "brain.mail", "brain.agents", "brain.webhooks")
+BUILTIN_PLUGINS: tuple[str, ...] = (
+    "brain.auth", "brain.api", "brain.mail", "brain.agents", "brain.webhooks", "brain.console",
+)
 
 
 class PluginManager(pluggy.PluginManager):

@@ -1,0 +1,305 @@
+"""The brain console (/console/ on the API role) in a real browser: headless Chromium through
+Selenium, against the real `brain serve` and the local fake Gmail.
+
+A person signs up through the page, sees an event another client posts appear without a reload
+within a second, sees hostile text in every field of events, mail and their own name shown as
+text, connects a Gmail mailbox through the OAuth flow (progress, then the messages in the
+timeline), signs out and in again; the console logs no error on the way. The page's load time
+and transfer size with an empty cache are measured in the browser and printed. Then the
+account page: sessions and revoking one, changing the password, deleting the account.
+Screenshots go to the test's temporary directory.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import requests
+from selenium import webdriver
+from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
+
+from brain.config import load_settings
+from brain.console.settings import served
+from brain.testing.fakes.gmail import FakeGmail
+from brain.testing.fakes.mime import Part
+from tests.support import BrainServer
+from tests.test_auth_helpers import NO_LIMITS, PASSWORD, bearer, new_user, unique_email
+from tests.test_browser import browser  # noqa: F401 - the headless Chromium fixture
+from tests.test_mail_server import GMAIL_USER, gmail, mail_config  # noqa: F401 - the fake Gmail fixture
+
+# Every field a person or a mailbox can fill, with something a careless page would run.
+HOSTILE = '<img src=x onerror="window.__xss=1"><script>window.__xss=2</script>'
+LOAD_BUDGET_MS = 300
+TRANSFER_BUDGET_BYTES = 150_000
+
+
+def console_server(make_server: Any, gmail: FakeGmail | None = None, **config: Any) -> BrainServer:
+    """A brain whose OAuth flows come back to the console."""
+    tables = mail_config(gmail) if gmail is not None else {}
+    server: BrainServer = make_server(config={**tables, "auth": {**NO_LIMITS}, **config})
+    server.config.setdefault("mail", {})["app_redirect_url"] = f"{server.api_url}/console/"
+    return server.start()
+
+
+def wait(driver: webdriver.Chrome, what: str, condition: Any, timeout: float = 15) -> Any:
+    # The page is replaced while it navigates (the OAuth flow): elements read then are stale.
+    ignored = (NoSuchElementException, StaleElementReferenceException)
+    return WebDriverWait(driver, timeout, poll_frequency=0.05, ignored_exceptions=ignored).until(condition, message=what)
+
+
+def text(driver: webdriver.Chrome, element_id: str) -> str:
+    return driver.find_element(By.ID, element_id).text
+
+
+def fill(driver: webdriver.Chrome, values: dict[str, str], submit: str) -> None:
+    for element_id, value in values.items():
+        field = driver.find_element(By.ID, element_id)
+        field.clear()
+        field.send_keys(value)
+    driver.find_element(By.ID, submit).click()
+
+
+def live(driver: webdriver.Chrome) -> None:
+    wait(driver, "the timeline's stream did not open", lambda d: text(d, "live-state") == "Live")
+
+
+def errors_logged(driver: webdriver.Chrome) -> list[str]:
+    return [entry["message"] for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
+
+
+def no_script_ran(driver: webdriver.Chrome) -> None:
+    assert driver.execute_script("return window.__xss") is None, "a hostile text ran as script"
+    markup = driver.execute_script("return document.querySelectorAll('main img, main script, #who *').length")
+    assert markup == 0, "a hostile text became markup"
+
+
+def sign_in_jwt(server: BrainServer, email: str, password: str = PASSWORD) -> requests.Response:
+    return requests.post(f"{server.auth_url}/api/auth/sign-in/email", json={"email": email, "password": password},
+                         timeout=10)
+
+
+def cold_load(driver: webdriver.Chrome, url: str) -> dict[str, float]:
+    """Load `url` with an empty cache; load time and bytes transferred, as the browser measured them."""
+    driver.execute_cdp_cmd("Network.enable", {})
+    driver.execute_cdp_cmd("Network.clearBrowserCache", {})
+    driver.get(url)
+    wait(driver, "the page did not finish loading", lambda d: d.execute_script(
+        "const n = performance.getEntriesByType('navigation')[0]; return n && n.loadEventEnd > 0"))
+    return driver.execute_script("""
+        const nav = performance.getEntriesByType('navigation')[0];
+        const resources = performance.getEntriesByType('resource');
+        return {
+          load_ms: nav.loadEventEnd - nav.startTime,
+          transfer_bytes: nav.transferSize + resources.reduce((sum, r) => sum + r.transferSize, 0),
+          requests: 1 + resources.length,
+          third_party: resources.filter((r) => !r.name.startsWith(location.origin)
+                                          && !r.name.startsWith(document.querySelector('meta[name=brain-auth-url]').content)).length,
+        };
+    """)
+
+
+def test_the_console_is_a_dev_default_and_a_setting_in_production() -> None:
+    assert served(load_settings(environ={}))
+    production = {"BRAIN_SERVER__MODE": "production", "BRAIN_SECRET": "s" * 40}
+    assert not served(load_settings(environ=production))
+    assert served(load_settings(environ={**production, "BRAIN_CONSOLE__SERVE": "always"}))
+    assert not served(load_settings(environ={"BRAIN_CONSOLE__SERVE": "never"}))
+
+
+def test_the_console_files_come_with_a_strict_policy(make_server: Any) -> None:
+    server = console_server(make_server)
+    r = requests.get(f"{server.api_url}/console", allow_redirects=False, timeout=10)
+    assert r.status_code == 301 and r.headers["Location"] == "/console/"
+    page = requests.get(f"{server.api_url}/console/", timeout=10)
+    assert page.status_code == 200 and page.headers["Content-Type"] == "text/html; charset=utf-8"
+    policy = page.headers["Content-Security-Policy"]
+    assert "default-src 'none'" in policy and "script-src 'self';" in policy and "'unsafe-inline'" not in policy
+    assert f"connect-src 'self' {server.auth_url};" in policy
+    assert "require-trusted-types-for 'script'" in policy and "frame-ancestors 'none'" in policy
+    assert page.headers["X-Content-Type-Options"] == "nosniff" and page.headers["Referrer-Policy"] == "no-referrer"
+    assert f'<meta name="brain-auth-url" content="{server.auth_url}">' in page.text
+    assert "<script>" not in page.text and " style=" not in page.text  # nothing inline for the CSP to allow
+    script = requests.get(f"{server.api_url}/console/app.js", timeout=10)
+    assert script.headers["Content-Type"] == "text/javascript; charset=utf-8"
+    assert script.headers["Content-Security-Policy"] == policy
+    for name in ("nope.js", "..%2Fplugin.py", "%2e%2e/settings.py", "index.html%00.js"):
+        r = requests.get(f"{server.api_url}/console/{name}", timeout=10)
+        assert r.status_code == 404 and r.json()["code"] == "NOT_FOUND", (name, r.text)
+    # The console signs in at the auth role from the API's origin: the auth role trusts it.
+    r = requests.options(f"{server.auth_url}/api/auth/sign-in/email", timeout=10, headers={
+        "Origin": server.api_url, "Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "content-type",
+    })
+    assert r.status_code == 204 and r.headers["Access-Control-Allow-Origin"] == server.api_url
+
+
+def test_the_console_is_not_served_when_switched_off(make_server: Any) -> None:
+    server = console_server(make_server, console={"serve": "never"})
+    assert requests.get(f"{server.api_url}/console/", timeout=10).status_code == 404
+
+
+def test_sign_up_live_timeline_hostile_text_mail_and_sign_out_in_a_browser(
+    browser: webdriver.Chrome, make_server: Any, gmail: FakeGmail, tmp_path: Path  # noqa: F811 - fixtures
+) -> None:
+    quiet = HOSTILE.replace('"', "")  # a quoted display name holds no double quote
+    gmail.add_message(GMAIL_USER, sender=f'"{quiet}" <mallory@example.com>', subject=f"Hello {HOSTILE}",
+                      body=f"Body {HOSTILE}", attachments=[Part(f"{quiet}.txt", "text/plain", b"hi")])
+    gmail.populate(GMAIL_USER, 59)
+    server = console_server(make_server, gmail, mail={"page_size": 10})
+    console = f"{server.api_url}/console/"
+    browser.set_window_size(1100, 900)
+    shots = tmp_path / "screenshots"
+    shots.mkdir()
+
+    # An empty cache, measured by the browser itself: the page (signed out) and what it loads.
+    loads = [cold_load(browser, console) for _ in range(3)]
+    best = min(loads, key=lambda m: m["load_ms"])
+    print(f"\nconsole cold load: best of 3 {best['load_ms']:.0f} ms (all: {[round(m['load_ms']) for m in loads]}), "
+          f"{best['transfer_bytes']} bytes in {best['requests']} requests")
+    assert best["third_party"] == 0
+    assert best["transfer_bytes"] <= TRANSFER_BUDGET_BYTES, best
+    assert best["load_ms"] <= LOAD_BUDGET_MS, loads
+    wait(browser, "the sign-in page did not show", lambda d: d.find_element(By.ID, "page-signin").is_displayed())
+    browser.save_screenshot(str(shots / "sign-in.png"))
+
+    # Sign up (a hostile name); the timeline opens live.
+    email = unique_email("console")
+    fill(browser, {"sign-up-name": HOSTILE, "sign-up-email": email, "sign-up-password": PASSWORD}, "sign-up-button")
+    live(browser)
+    assert text(browser, "who") == f"{HOSTILE} <{email}>"
+    assert browser.find_element(By.ID, "timeline-empty").is_displayed()
+    jwt = sign_in_jwt(server, email).json()["jwt"]
+
+    # Another client posts: the page shows it within a second, without a reload.
+    browser.execute_script("""
+        window.__arrived = {};
+        new MutationObserver(() => document.querySelectorAll('#days .event').forEach((item) => {
+          window.__arrived[item.id] ??= Date.now();
+        })).observe(document.getElementById('days'), {childList: true, subtree: true});
+    """)
+    sent_ms = time.time() * 1000
+    r = requests.post(f"{server.api_url}/events", json={"type": "note.created", "data": {"text": "from client two"}},
+                      headers=bearer(jwt), timeout=10)
+    assert r.status_code == 201, r.text
+    note = r.json()["id"]
+    arrived_ms = wait(browser, "the event never showed", lambda d: d.execute_script(f"return window.__arrived['event-{note}']"))
+    print(f"event posted by another client shown after {arrived_ms - sent_ms:.0f} ms")
+    assert arrived_ms - sent_ms < 1000, f"the page showed the event {arrived_ms - sent_ms:.0f} ms after it was posted"
+    assert "from client two" in text(browser, f"event-{note}")
+
+    # Hostile text in every field of an event, and exact JSON: shown as text, as it was sent.
+    raw = ('{"type": "note.created", "data": {"' + HOSTILE.replace('"', '\\"') + '": "' + HOSTILE.replace('"', '\\"')
+           + '", "n": 1.0, "big": 12345678901234567890, "10": [], "2": {}}}')
+    r = requests.post(f"{server.api_url}/events", data=raw.encode(),
+                      headers={**bearer(jwt), "Content-Type": "application/json"}, timeout=10)
+    assert r.status_code == 201, r.text
+    hostile = r.json()["id"]
+    shown = wait(browser, "the hostile event never showed", lambda d: d.find_elements(By.ID, f"event-{hostile}"))[0]
+    pre = shown.find_element(By.CSS_SELECTOR, "pre.json").text
+    assert json.loads(pre) == json.loads(raw)["data"]
+    assert '"n": 1.0' in pre and '"big": 12345678901234567890' in pre
+    assert pre.index('"10"') < pre.index('"2"'), "keys were reordered"
+    assert pre.count(HOSTILE.replace('"', '\\"')) == 2
+    no_script_ran(browser)
+    browser.save_screenshot(str(shots / "timeline.png"))
+
+    # Connect the fake Gmail through the OAuth flow; slow pages make the sync's progress visible.
+    gmail.delay(0.6, path_prefix="/gmail/v1/users/me/messages", method="GET")
+    browser.find_element(By.ID, "nav-mail").click()
+    wait(browser, "the mail page did not show", lambda d: d.find_element(By.ID, "page-mail").is_displayed())
+    browser.find_element(By.ID, "connect-button").click()
+    wait(browser, "the browser did not come back to the console", lambda d: "connected" in text(d, "notice"), timeout=30)
+    assert browser.current_url == f"{console}#mail"  # the outcome's query is gone from the address bar
+    card = wait(browser, "no account card", lambda d: d.find_elements(By.CSS_SELECTOR, "#accounts .account"))[0]
+    assert GMAIL_USER in card.text
+    seen = wait(browser, "no progress shown", lambda d: d.execute_script(
+        "const p = document.querySelector('#accounts progress'); return p && p.value > 0 && p.value < p.max && p.value"), timeout=30)
+    browser.save_screenshot(str(shots / "mail-syncing.png"))
+    gmail.clear_faults()
+    wait(browser, "the sync did not finish", lambda d: "60 messages synced" in text(d, "accounts"), timeout=60)
+    print(f"progress seen mid-sync: {seen} of 60")
+    browser.save_screenshot(str(shots / "mail.png"))
+
+    # The messages are in the timeline, rendered as mail; the hostile one as text.
+    # Loaded afresh: the newest page first, the rest as the reader scrolls.
+    browser.find_element(By.ID, "nav-timeline").click()
+    browser.refresh()
+    wait(browser, "the first page did not load", lambda d: len(d.find_elements(By.CSS_SELECTOR, "#days .event")) == 50)
+    assert browser.find_element(By.ID, "older").is_displayed()
+
+    def scrolled_to_the_end(d: webdriver.Chrome) -> bool:
+        # Infinite scroll: each time the end of the list comes into view, the next page loads.
+        d.execute_script("window.scrollTo(0, document.body.scrollHeight)")
+        return len(d.find_elements(By.CSS_SELECTOR, "#days .event")) == 62 and not d.find_element(By.ID, "older").is_displayed()
+
+    wait(browser, "the older pages did not load", scrolled_to_the_end, timeout=30)
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#days .event.mail")) == 60
+    hostile_mail = [m for m in browser.find_elements(By.CSS_SELECTOR, "#days .event.mail") if "mallory@example.com" in m.text]
+    assert len(hostile_mail) == 1, "the hostile message is not shown"
+    assert hostile_mail[0].find_element(By.CSS_SELECTOR, ".subject").text == f"Hello {HOSTILE}"
+    assert hostile_mail[0].find_element(By.CSS_SELECTOR, ".from").text == f"{quiet} <mallory@example.com>"
+    assert f"{quiet}.txt" in hostile_mail[0].find_element(By.CSS_SELECTOR, ".attachments").text
+    no_script_ran(browser)
+    browser.execute_script("arguments[0].scrollIntoView()", hostile_mail[0])
+    browser.save_screenshot(str(shots / "timeline-mail.png"))
+
+    # Sign out: the session is gone at the auth role too; a reload stays signed out.
+    browser.find_element(By.ID, "sign-out").click()
+    wait(browser, "not signed out", lambda d: d.find_element(By.ID, "page-signin").is_displayed())
+    browser.refresh()
+    wait(browser, "signed in again after a reload", lambda d: d.find_element(By.ID, "page-signin").is_displayed())
+    assert not browser.find_element(By.ID, "sign-out").is_displayed()
+
+    # Sign in again: the timeline is back, live.
+    fill(browser, {"sign-in-email": email, "sign-in-password": PASSWORD}, "sign-in-button")
+    live(browser)
+    wait(browser, "the note is not in the timeline", lambda d: d.find_elements(By.ID, f"event-{note}"))
+    no_script_ran(browser)
+    assert errors_logged(browser) == []
+    print(f"screenshots: {shots}")
+
+
+def test_the_account_page_revokes_sessions_changes_the_password_and_deletes_the_account(
+    browser: webdriver.Chrome, make_server: Any, tmp_path: Path  # noqa: F811 - fixture
+) -> None:
+    server = console_server(make_server)
+    email = unique_email("console")
+    new_user(server, email)
+    elsewhere = sign_in_jwt(server, email).json()["token"]  # another device's session
+    browser.set_window_size(390, 844)  # a phone
+    browser.get(f"{server.api_url}/console/#account")
+    fill(browser, {"sign-in-email": email, "sign-in-password": PASSWORD}, "sign-in-button")
+    wait(browser, "the account page did not show", lambda d: d.find_element(By.ID, "page-account").is_displayed())
+    wait(browser, "the sessions are not listed", lambda d: len(d.find_elements(By.CSS_SELECTOR, "#sessions .session")) == 3)
+    assert text(browser, "profile-email").startswith(email)
+    assert browser.execute_script("return document.documentElement.scrollWidth <= window.innerWidth"), "wider than a phone"
+    browser.save_screenshot(str(tmp_path / "account.png"))
+
+    # Revoke the other device's sessions: their token stops working at once.
+    assert requests.get(f"{server.auth_url}/api/auth/token", headers=bearer(elsewhere), timeout=10).status_code == 200
+    while buttons := browser.find_elements(By.CSS_SELECTOR, "#sessions .revoke"):
+        count = len(buttons)
+        buttons[0].click()
+        wait(browser, "the session was not revoked", lambda d, n=count: len(d.find_elements(By.CSS_SELECTOR, "#sessions .revoke")) == n - 1)
+    assert requests.get(f"{server.auth_url}/api/auth/token", headers=bearer(elsewhere), timeout=10).status_code == 401
+    assert "This browser" in text(browser, "sessions")
+
+    # Change the password.
+    fill(browser, {"current-password": PASSWORD, "new-password": "a whole new password"}, "password-button")
+    wait(browser, "the password was not changed", lambda d: text(d, "notice") == "Password changed.")
+    assert sign_in_jwt(server, email).status_code == 401
+    assert sign_in_jwt(server, email, "a whole new password").status_code == 200
+
+    # Delete the account: only once the address is typed.
+    fill(browser, {"delete-confirm": "someone@else.example", "delete-password": "a whole new password"}, "delete-button")
+    wait(browser, "no refusal", lambda d: "Type your own email" in text(d, "notice"))
+    assert sign_in_jwt(server, email, "a whole new password").status_code == 200
+    fill(browser, {"delete-confirm": email, "delete-password": "a whole new password"}, "delete-button")
+    wait(browser, "the account was not deleted", lambda d: d.find_element(By.ID, "page-signin").is_displayed())
+    assert "deleted" in text(browser, "notice")
+    assert sign_in_jwt(server, email, "a whole new password").status_code == 401
+    assert errors_logged(browser) == []
