@@ -1,4 +1,4 @@
-// The account page: who is signed in, their sessions (revoke), password change, deletion.
+// The account page: who is signed in, their sessions (revoke), export, password change, deletion.
 
 import { $, busy, h, localTime, notify } from "./dom.js";
 import { auth, signedOut, user } from "./session.js";
@@ -44,8 +44,18 @@ async function sessions(currentId) {
   }));
 }
 
-/** Wire the password and deletion forms. */
+/** Wire the export, password and deletion forms. */
 export function setup() {
+  $("export-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    const progress = $("export-progress");
+    busy(e.target, async () => {
+      // Loaded when asked for: the page's first load does not pay for it.
+      const { download } = await import("./export.js");
+      await download((n) => { progress.textContent = `${n} events read…`; });
+      progress.textContent = "Done: the zip is in your downloads.";
+    });
+  });
   $("password-form").addEventListener("submit", (e) => {
     e.preventDefault();
     busy(e.target, async () => {

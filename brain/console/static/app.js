@@ -30,8 +30,13 @@ session.onChange((user) => {
   $("nav").hidden = !user;
   $("sign-out").hidden = !user;
   $("who").textContent = user ? (user.name ? `${user.name} <${user.email}>` : user.email) : "";
-  if (user) timeline.start();
-  else timeline.stop();
+  if (user) {
+    timeline.start();
+  } else {
+    timeline.stop();
+    // The next one to sign in here starts at the timeline, not on this user's last page.
+    history.replaceState(null, "", "/console/");
+  }
   route();
 });
 

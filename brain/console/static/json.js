@@ -9,9 +9,9 @@ const STRING = /"[^"\\]*(?:\\.[^"\\]*)*"/y;
 const NUMBER = /-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?/y;
 const LITERAL = /true|false|null/y;
 const TOKEN = /[ \t\n\r]*("[^"\\]*(?:\\.[^"\\]*)*"|[{}[\],:]|[^ \t\n\r{}[\],:"]+)/y;
-const members = new WeakMap(); // parsed object -> Map(key -> source text of its value)
+const members = new WeakMap(); // parsed object or array -> Map(key or index -> source text of its value)
 
-/** JSON.parse, remembering each object member's source text (read it with sourceOf). */
+/** JSON.parse, remembering the source text of each object member and array element (sourceOf). */
 export function parseExact(text) {
   let at = 0;
   const fail = () => { throw new SyntaxError(`bad JSON at ${at}`); };
@@ -52,10 +52,15 @@ export function parseExact(text) {
     if (char === "[") {
       at += 1;
       const array = [];
+      const sources = new Map();
+      members.set(array, sources);
       skip();
       if (text[at] === "]") { at += 1; return array; }
       for (;;) {
+        skip();
+        const start = at;
         array.push(value());
+        sources.set(array.length - 1, text.slice(start, at));
         skip();
         if (text[at] === ",") { at += 1; continue; }
         expect("]");
@@ -72,7 +77,8 @@ export function parseExact(text) {
   return parsed;
 }
 
-/** The source text of `object[key]` as parseExact read it (JSON.stringify's if it did not). */
+/** The source text of `object[key]` (or `array[index]`) as parseExact read it (JSON.stringify's
+ * if it did not). */
 export function sourceOf(object, key) {
   const source = members.get(object)?.get(key);
   return source === undefined ? JSON.stringify(object[key]) : source;
