@@ -43,7 +43,8 @@ TRANSFER_BUDGET_BYTES = 150_000
 
 def console_server(make_server: Any, gmail: FakeGmail | None = None, **config: Any) -> BrainServer:
     """A brain whose OAuth flows come back to the console."""
-    tables = mail_config(gmail) if gmail is not None else {}
+    # Pages of 10 messages: a sync of a few dozen takes several pages, each one progress.
+    tables = mail_config(gmail, page_size=10) if gmail is not None else {}
     server: BrainServer = make_server(config={**tables, "auth": {**NO_LIMITS}, **config})
     server.config.setdefault("mail", {})["app_redirect_url"] = f"{server.api_url}/console/"
     return server.start()
@@ -175,7 +176,7 @@ def test_sign_up_live_timeline_hostile_text_mail_and_sign_out_in_a_browser(
     gmail.add_message(GMAIL_USER, sender=f'"{quiet}" <mallory@example.com>', subject=f"Hello {HOSTILE}",
                       body=f"Body {HOSTILE}", attachments=[Part(f"{quiet}.txt", "text/plain", b"hi")])
     gmail.populate(GMAIL_USER, 59)
-    server = console_server(make_server, gmail, mail={"page_size": 10})
+    server = console_server(make_server, gmail)
     console = f"{server.api_url}/console/"
     browser.set_window_size(1100, 900)
     shots = tmp_path / "screenshots"
@@ -236,7 +237,7 @@ def test_sign_up_live_timeline_hostile_text_mail_and_sign_out_in_a_browser(
     browser.save_screenshot(str(shots / "timeline.png"))
 
     # Connect the fake Gmail through the OAuth flow; slow pages make the sync's progress visible.
-    gmail.delay(0.6, path_prefix="/gmail/v1/users/me/messages", method="GET")
+    gmail.delay(1.5, path_prefix="/gmail/v1/users/me/messages", method="GET")
     browser.find_element(By.ID, "nav-mail").click()
     wait(browser, "the mail page did not show", lambda d: d.find_element(By.ID, "page-mail").is_displayed())
     browser.find_element(By.ID, "connect-button").click()
