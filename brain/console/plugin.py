@@ -110,7 +110,10 @@ def routes(rt: Process) -> list[Route]:
         return answer(request.match_info["name"])
 
     return [
-        Route("GET", "/console", bare, {"operationId": "consoleRedirect", **_OPERATION}, public=True),
+        Route("GET", "/console", bare, {
+            "operationId": "consoleRedirect", "summary": "To /console/", "security": [],
+            "responses": {"301": {"description": "Moved to /console/"}},
+        }, public=True),
         Route("GET", PREFIX, index, {"operationId": "console", **_OPERATION}, public=True),
         Route("GET", PREFIX + "{name}", file, {"operationId": "consoleFile", **_OPERATION}, public=True),
     ]
