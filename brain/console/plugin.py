@@ -115,7 +115,10 @@ def routes(rt: Process) -> list[Route]:
             "responses": {"301": {"description": "Moved to /console/"}},
         }, public=True),
         Route("GET", PREFIX, index, {"operationId": "console", **_OPERATION}, public=True),
-        Route("GET", PREFIX + "{name}", file, {"operationId": "consoleFile", **_OPERATION}, public=True),
+        Route("GET", PREFIX + "{name}", file, {
+            "operationId": "consoleFile", **_OPERATION,
+            "parameters": [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}],
+        }, public=True),
     ]
 
 
