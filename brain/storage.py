@@ -230,6 +230,9 @@ class DiskGuard:
     WRITE_AMPLIFICATION = 3
     # Closer to the reserve than this, every write looks again.
     NEAR = 16 << 20
+    # SQLite met a full disk the guard had not foreseen: the room its write needed is unknown, so
+    # /health stays degraded until this much beyond the reserve is free again.
+    FULL_MARGIN = 1 << 20
 
     def __init__(self, path: Path, reserve: int) -> None:
         self.path = path
@@ -244,6 +247,12 @@ class DiskGuard:
         """A write was refused as read-only: look (and try) again before the next write."""
         self._suspect_read_only = True
         self._seen = (self._seen[0], True, -1e9)
+
+    def met_full(self) -> None:
+        """A write was refused for want of room (here or by SQLite): look again before the next
+        write, and count the disk as short until FULL_MARGIN beyond the reserve is free."""
+        self._seen = (self._seen[0], self._seen[1], -1e9)
+        self._refused_need = max(self._refused_need, self.FULL_MARGIN)
 
     def look(self) -> tuple[int, bool]:
         """(free bytes, read-only) of the data directory's file system now ((-1, False) if unknown)."""
@@ -305,6 +314,8 @@ class StorageFaults:
         now = self._clock()
         if isinstance(fault, ReadOnlyStorage):
             self.guard.suspect_read_only()
+        elif isinstance(fault, DiskFull):
+            self.guard.met_full()
         with self._lock:
             self.counts[(fault.kind, database)] += 1
             self._last[database] = (fault.kind, now, fault.detail)
