@@ -72,9 +72,13 @@ class Passwords:
         """The argon2id hash of password (computed on the pool)."""
         return await asyncio.get_running_loop().run_in_executor(self._pool, self._hasher.hash, password)
 
-    async def verify(self, stored: str | None, password: str) -> tuple[bool, bool]:
-        """(matches, needs_rehash); `stored=None` verifies against the dummy hash and fails."""
-        return await asyncio.get_running_loop().run_in_executor(self._pool, self._verify, stored, password)
+    def verify(self, stored: str | None, password: str) -> asyncio.Future[tuple[bool, bool]]:
+        """(matches, needs_rehash) when awaited; `stored=None` verifies against the dummy hash and fails.
+
+        Not a coroutine: the work is on the pool as soon as this returns, so a caller may do other
+        work on the event loop while argon2 runs (it releases the GIL) and await the answer after.
+        """
+        return asyncio.get_running_loop().run_in_executor(self._pool, self._verify, stored, password)
 
     def close(self) -> None:
         """Stop the pool (queued work is dropped; running hashes finish)."""

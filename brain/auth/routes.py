@@ -20,7 +20,7 @@ from brain.auth.issuer import EmailTaken
 from brain.auth.openapi import COMPONENTS, SIGN_IN_PATHS
 from brain.auth.ratelimit import client_block
 from brain.auth.settings import jwt_issuer
-from brain.auth.validation import SignUp, parse_sign_in, parse_sign_up
+from brain.auth.validation import SignIn, SignUp, parse_sign_in, parse_sign_up
 from brain.errors import BadRequest, Forbidden, ServiceUnavailable, TooManyRequests, Unauthorized
 from brain.ids import new_id
 from brain.origins import TrustedOrigins
@@ -156,14 +156,16 @@ class AuthRoutes:
         return minting.mint(self.ctx.current_ring(), self.ctx.settings, self.ctx.rt.pm, user)
 
     def _session_response(
-        self, body: dict[str, Any], user: dict[str, Any], session: Session | None, token: str | None
+        self, body: dict[str, Any], user: dict[str, Any], session: Session | None, token: str | None,
+        *, jwt: str | None = None,
     ) -> web.Response:
-        """The sign-up/sign-in answer; with a session: cookie, set-auth-token and set-auth-jwt."""
+        """The sign-up/sign-in answer; with a session: cookie, set-auth-token and set-auth-jwt (minted
+        here unless the caller made it already)."""
         if session is None or token is None:
             # Sign-up while email verification is required: an account, no session yet.
             body.update({"token": None, "user": user, "session": None, "jwt": None})
             return json_response(body, headers={"Cache-Control": "no-store"})
-        jwt = self._jwt(user)
+        jwt = jwt or self._jwt(user)
         body.update({"token": token, "user": user, "session": session.public(token), "jwt": jwt})
         response = json_response(body, headers={"Cache-Control": "no-store", "set-auth-jwt": jwt})
         self._set_cookie(response, token, session)
@@ -290,7 +292,17 @@ class AuthRoutes:
             raise too_many(wait, "Too many failed sign-in attempts. Please try again later.")
         user = User.get_or_none(User.email == req.email)
         # An unknown email is verified against a dummy hash: same work, same answer.
-        ok, rehash = await self.ctx.passwords.verify(user.password_hash if user else None, req.password)
+        checking = self.ctx.passwords.verify(user.password_hash if user else None, req.password)
+        # While argon2 runs on the hash pool, make what a successful sign-in sends (the session
+        # token and the JWT), so that only the session's insert follows the verification; a failed
+        # attempt throws them away unseen. This takes far less than the hash, so a known email's
+        # failure takes no longer than an unknown one's.
+        try:
+            ready = None if user is None or user.two_factor_enabled else self._prepared_session(request, ip, req, user)
+        except BaseException:
+            checking.cancel()
+            raise
+        ok, rehash = await checking
         if not ok or user is None:
             raise Unauthorized("Invalid email or password", code="INVALID_EMAIL_OR_PASSWORD")
         self.ctx.account_failures.reset(req.email)
@@ -302,12 +314,21 @@ class AuthRoutes:
             if self.two_factor is None:
                 raise ServiceUnavailable("two-factor sign-in is not available")
             return await self.two_factor.challenge(request, user, req.remember, new_hash)
-        token, fields = self._new_session_fields(request, ip, req.remember)
+        assert ready is not None  # prepared for every user without two-factor
+        token, fields, public, jwt = ready
         session = await self.ctx.issuer("create_session", user_id=user.id, new_password_hash=new_hash, **fields)
         body: dict[str, Any] = {"redirect": callback is not None}
         if callback is not None:
             body["url"] = callback
-        return self._session_response(body, user.public(), session, token)
+        return self._session_response(body, public, session, token, jwt=jwt)
+
+    def _prepared_session(
+        self, request: web.Request, ip: str, req: SignIn, user: User
+    ) -> tuple[str, dict[str, Any], dict[str, Any], str]:
+        """(session token, session fields, public user, JWT) for a sign-in not yet verified."""
+        token, fields = self._new_session_fields(request, ip, req.remember)
+        public = user.public()
+        return token, fields, public, self._jwt(public)
 
     async def get_session(self, request: web.Request) -> web.Response:
         """GET /api/auth/get-session -> {session, user} or null, plus set-auth-jwt."""
