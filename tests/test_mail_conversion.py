@@ -94,3 +94,20 @@ def test_a_page_the_workers_cannot_take_is_converted_in_place_and_the_pool_recov
         assert pool._executor is not None
     finally:
         pool.close()
+
+
+def test_by_default_one_worker_per_usable_core_and_none_on_a_single_core() -> None:
+    """`convert_workers = -1` follows the process's CPU affinity: every core it may use, but no
+    worker at all when it may use only one (there a worker could only take turns with the server)."""
+    cores = sorted(os.sched_getaffinity(0))
+    assert len(cores) >= 2, f"this test needs a machine with two cores or more, got {cores}"
+
+    def default_workers(affinity: list[int]) -> int:
+        code = ("import os; from brain.mail.conversion import ConversionPool; "
+                f"os.sched_setaffinity(0, {set(affinity)!r}); print(ConversionPool(-1).workers)")
+        out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        return int(out.stdout)
+
+    assert default_workers(cores) == len(cores)
+    assert default_workers(cores[:1]) == 0

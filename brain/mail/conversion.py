@@ -4,10 +4,10 @@ process, so its initial sync would otherwise convert at the speed of one core, u
 shared with the store writes and the JetStream publisher beside it.
 
 `ConversionPool` converts in worker processes (`[mail] convert_workers`; 0: in the calling
-thread; -1: one per core beyond two), started on first use with ``spawn`` (forking a process
-full of threads is unsafe). On two cores the workers only compete with the server's own threads
-(the store, the publisher, the event loop) and the hop costs more than it saves — `make bench`
-measures it (`--set mail.convert_workers=N`) — so by default they start from three cores on.
+thread; -1: one per core, none on a single core), started on first use with ``spawn`` (forking
+a process full of threads is unsafe). Even on two cores, where the workers share the cores with
+the server's own threads (the store, the publisher, the event loop), converting beside them
+beats converting under their GIL: `make bench` measures it (`--set mail.convert_workers=N`).
 Pages too small to be worth the hop are converted in place. A worker exits when the process
 that started it is gone, even after a kill -9, so none outlives brain.
 """
@@ -41,7 +41,10 @@ class ConversionPool:
     """Worker processes for `SyncContext.convert`; safe to use from many threads."""
 
     def __init__(self, workers: int) -> None:
-        self.workers = max(0, usable_cores() - 2) if workers < 0 else workers
+        if workers < 0:
+            cores = usable_cores()
+            workers = cores if cores > 1 else 0
+        self.workers = workers
         self._executor: ProcessPoolExecutor | None = None
         self._lock = threading.Lock()
 

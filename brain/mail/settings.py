@@ -47,7 +47,7 @@ class MailSettings:
     connects_per_user: int = 2
     # Worker processes that convert pages of messages into the message model (CPU-bound: one
     # account's sync would otherwise convert on one core). 0: convert in the sync's own thread;
-    # -1: one per core beyond the two the server's own threads keep busy (none on two cores).
+    # -1: one per core (none on a single core, where they could only take turns with the server).
     convert_workers: int = -1
     # Keep each message's HTML (body_html) beside its text; an account may choose otherwise.
     keep_html: bool = False
