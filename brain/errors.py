@@ -108,6 +108,16 @@ class TooManyRequests(HTTPError):
         super().__init__(message, code=code, headers={"Retry-After": str(max(1, int(retry_after + 0.999)))})
 
 
+class InsufficientStorage(HTTPError):
+    """A quota of stored bytes is used up; Retry-After says when trying again may be worth it."""
+
+    status = 507
+    code = "INSUFFICIENT_STORAGE"
+
+    def __init__(self, message: str, *, retry_after: float) -> None:
+        super().__init__(message, headers={"Retry-After": str(max(1, int(retry_after + 0.999)))})
+
+
 class ServiceUnavailable(HTTPError):
     status = 503
     code = "SERVICE_UNAVAILABLE"

@@ -2,8 +2,9 @@
 
 A type is a short dotted name (`note.created`, `mail.message.received`): letters, digits, `_`
 and `-` in tokens separated by dots. It becomes the last tokens of a NATS subject, and readers
-(GET /events, the event stream, webhooks) select events by exact names or by `prefix.*`
-namespaces, so the API role and the plugins that read its events judge names alike.
+(GET /events, the event stream, webhooks) select events by exact names, by `prefix.*`
+namespaces or by `prefix*` name prefixes, so the API role and the plugins that read its events
+judge names alike.
 """
 
 from __future__ import annotations
@@ -33,14 +34,16 @@ def check_type(value: Any, field: str = "type") -> str:
 
 
 class TypeFilter(NamedTuple):
-    """Which event types a reader wants: exact names and `prefix.*` namespaces (None: every type)."""
+    """Which event types a reader wants: exact names and prefixes (None: every type)."""
 
     exact: frozenset[str]
-    prefixes: tuple[str, ...]  # each ends with "." ("mail.*" -> "mail.")
+    # "mail.*" -> "mail." (the namespace), "note*" -> "note" (note.created, notebook.opened).
+    prefixes: tuple[str, ...]
 
     @classmethod
     def parse(cls, values: Sequence[str], field: str = "type") -> TypeFilter | None:
-        """From query values (repeated, or comma-separated): `note.created`, `mail.*`; `*`: every type."""
+        """From query values (repeated, or comma-separated): `note.created`, `mail.*`, `note*`;
+        `*`: every type."""
         exact: set[str] = set()
         prefixes: set[str] = set()
         for value in values:
@@ -50,6 +53,8 @@ class TypeFilter(NamedTuple):
                     return None
                 if item.endswith(".*"):
                     prefixes.add(check_type(item[:-2], field) + ".")
+                elif item.endswith("*"):
+                    prefixes.add(check_type(item[:-1], field))
                 else:
                     exact.add(check_type(item, field))
         if not exact and not prefixes:

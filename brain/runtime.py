@@ -48,6 +48,10 @@ from brain.storage import storage_faults
 from brain.web import BODY_TIMEOUT_KEY, FAULTS_KEY, GUARD_KEY, MAX_BODY_KEY, add_hsts, add_route, error_middleware
 
 log = logging.getLogger("brain.server")
+# The longest request line a listener reads (aiohttp's default is 8190 bytes). Long enough for a
+# 10 KB search query, so that it reaches the route's own checks and gets a JSON 400 saying
+# what is wrong, not the HTTP parser's plain-text one.
+MAX_REQUEST_LINE = 16 * 1024
 
 
 class Runtime:
@@ -243,6 +247,7 @@ class Runtime:
                     shutdown_timeout=self.settings.server.shutdown_timeout,
                     keepalive_timeout=self.settings.server.idle_timeout_seconds,
                     handle_signals=False,
+                    max_line_size=MAX_REQUEST_LINE,
                 )
                 await runner.setup()
                 self._runners.append(runner)

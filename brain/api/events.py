@@ -26,6 +26,8 @@ from brain.clock import steady_time_ns
 from brain.errors import BadRequest, Forbidden, PayloadTooLarge, PluginError
 from brain.event_types import TYPE_RE, TypeFilter, check_type
 
+# What a store publishes when an event is deleted: `data` says which (id, type, created_at).
+TOMBSTONE_TYPE = "event.deleted"
 MAX_KEY_LENGTH = 512
 EVENT_FIELDS = frozenset({"type", "data", "created_at"})
 _TIME_RE = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z")
@@ -69,8 +71,9 @@ def commit_seq(event: StoredEvent) -> int:
 
     Every consumer of the commit order (the event stream, webhooks) reads it through this
     function and through `brain.api.user_store.SEQUENCE`, so the sequence has one definition:
-    today the events table's integer id, which only grows for a user as long as no event is
-    deleted.
+    the events table's integer id, drawn with the tombstones' numbers from one sequence that
+    never goes back, deletions included (`brain.api.user_store.NEXT_SEQ`). A tombstone's `id`
+    is its own number in it.
     """
     return event.id
 
@@ -253,8 +256,29 @@ class CursorSigner:
             raise BadRequest("cursor: malformed")
         return created_at, event_id
 
-    def _mac(self, user_id: str, body: str) -> str:
-        digest = hmac.new(self._key, f"{user_id}\x00{body}".encode(), hashlib.sha256).digest()
+    def make_position(self, user_id: str, kind: str, position: list[Any]) -> str:
+        """A cursor for another kind of paging (`kind` names it): a signed JSON list."""
+        body = _b64(json.dumps(position, separators=(",", ":")).encode())
+        return f"{body}.{self._mac(user_id, body, kind)}"
+
+    def read_position(self, user_id: str, kind: str, cursor: str) -> list[Any]:
+        """The JSON list of a `make_position` cursor; BadRequest if forged, foreign, of another kind or garbled."""
+        body, dot, mac = cursor.partition(".")
+        if not dot or len(cursor) > 600 or not cursor.isascii() or not hmac.compare_digest(mac, self._mac(user_id, body, kind)):
+            raise BadRequest("cursor: not a cursor issued to this user for this route")
+        try:
+            position = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
+        except (ValueError, TypeError, binascii.Error):
+            raise BadRequest("cursor: malformed") from None
+        if not isinstance(position, list):
+            raise BadRequest("cursor: malformed")
+        return position
+
+    def _mac(self, user_id: str, body: str, kind: str = "") -> str:
+        # GET /events cursors sign "user\0body"; other kinds "user\0kind\0body", so that no
+        # cursor of one route is ever accepted by another.
+        text = f"{user_id}\x00{body}" if not kind else f"{user_id}\x00{kind}\x00{body}"
+        digest = hmac.new(self._key, text.encode(), hashlib.sha256).digest()
         return _b64(digest[:18])
 
 

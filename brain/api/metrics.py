@@ -1,4 +1,4 @@
-"""The API role's Prometheus figures: health, JWKS cache, token cache, stores, event bus.
+"""The API role's Prometheus figures: health, JWKS cache, token cache, stores, search index, event bus.
 
 Read at scrape time from what each part counts anyway (registered through `register_metrics`).
 """
@@ -66,6 +66,21 @@ def sources(rt: Process) -> list[tuple[str, Callable[[], Iterable[Metric]]]]:
                   len(stats["quarantined"])),
         ]
 
+    def search() -> list[Metric]:
+        stats = store_manager(rt).search_stats()
+        return [
+            gauge("brain_search_index_enabled", "1 when events are indexed for search (search.index).",
+                  1 if stats["index"] else 0),
+            gauge("brain_search_backfill_stores", "Open stores whose existing events are still being indexed.",
+                  stats["backfilling_stores"]),
+            gauge("brain_search_backfill_pending_events", "Events those stores have still to index.",
+                  stats["backfill_pending_events"]),
+            counter("brain_search_backfilled_events", "Existing events indexed by backfills in this process.",
+                    stats["backfilled_events"]),
+            counter("brain_search_backfilled_stores", "Stores whose backfill completed in this process.",
+                    stats["backfilled_stores"]),
+        ]
+
     def event_bus() -> list[Metric]:
         bell = doorbell(rt)
         stats = bell.stats()
@@ -93,4 +108,4 @@ def sources(rt: Process) -> list[tuple[str, Callable[[], Iterable[Metric]]]]:
         return out
 
     return [("health", healthy), ("jwks", jwks), ("token_cache", token_cache), ("stores", stores),
-            ("event_bus", event_bus)]
+            ("search", search), ("event_bus", event_bus)]

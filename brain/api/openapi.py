@@ -81,14 +81,17 @@ _TIME_PARAMETER: dict[str, Any] = {
 }
 
 
-# One item of a type filter (brain.event_types.TypeFilter): `*`, a type, or a `prefix.*` namespace.
-_TYPE_FILTER_ITEM = rf" *(\*|{TYPE_RE.pattern}(\.\*)?) *"
-_TYPE_FILTER = {
+# One item of a type filter (brain.event_types.TypeFilter): `*`, a type, a `prefix.*` namespace or
+# a `prefix*` name prefix.
+_TYPE_FILTER_ITEM = rf" *(\*|{TYPE_RE.pattern}(\.?\*)?) *"
+# The `type` parameter of every route that selects events.
+TYPE_FILTER = {
     "name": "type",
     "in": "query",
     "description": (
-        f"Event types: exact names or `prefix.*`, comma-separated (or the parameter repeated), at most "
-        f"{MAX_TYPE_FILTERS} of them, each name at most {MAX_TYPE_LENGTH} characters; `*`: every type"
+        f"Event types: exact names, `prefix.*` namespaces (mail.*) or `prefix*` name prefixes (note*), "
+        f"comma-separated (or the parameter repeated), at most {MAX_TYPE_FILTERS} of them, each name at most "
+        f"{MAX_TYPE_LENGTH} characters; `*`: every type"
     ),
     "schema": {
         "type": "string",
@@ -202,18 +205,24 @@ def paths(api: ApiSettings) -> dict[str, dict[str, Any]]:
                     "415": _error("Not JSON"),
                     "422": _error("IDEMPOTENCY_KEY_REUSED: the Idempotency-Key was used before for a different request"),
                     **_BEARER_ERRORS,
+                    "429": {
+                        **_error(
+                            "EVENT_QUOTA_EXCEEDED: more than api.max_events_per_minute events this minute; "
+                            "or RATE_LIMITED (api.rate_limit_*)"
+                        ),
+                        "headers": {"Retry-After": {"schema": {"type": "integer"}}},
+                    },
+                    "507": {
+                        **_error("INSUFFICIENT_STORAGE: the user's store is at api.max_user_bytes; delete events"),
+                        "headers": {"Retry-After": {"schema": {"type": "integer"}}},
+                    },
                 },
             },
             "get": {
                 "operationId": "listEvents",
                 "summary": "The user's events, newest first",
                 "parameters": [
-                    {
-                        "name": "type",
-                        "in": "query",
-                        "description": "Only events of this type (empty: every type)",
-                        "schema": {"anyOf": [EVENT_TYPE, {"const": ""}]},
-                    },
+                    TYPE_FILTER,
                     {
                         "name": "since",
                         "in": "query",
@@ -266,7 +275,7 @@ def paths(api: ApiSettings) -> dict[str, dict[str, Any]]:
                 "POST /events/stream/ticket instead of a bearer token."
             ),
             "parameters": [
-                _TYPE_FILTER,
+                TYPE_FILTER,
                 {"name": "after", "in": "query", "description": "Replay events committed after this id first",
                  "schema": {"type": "integer", "minimum": 0, "maximum": MAX_SEQUENCE}},
                 {"name": "Last-Event-ID", "in": "header", "required": False,
@@ -331,7 +340,7 @@ SCHEMAS: dict[str, Any] = {
         "type": "object",
         "required": ["id", "type", "data", "created_at"],
         "properties": {
-            "id": {"type": "integer", "description": "Per-user, increasing"},
+            "id": {"type": "integer", "description": "Its number in the user's commit sequence: increasing, never reused"},
             "type": {"type": "string"},
             "data": {},
             "created_at": {"type": "string", "format": "date-time"},
@@ -408,6 +417,7 @@ SCHEMAS: dict[str, Any] = {
             "jwks": {"type": "object"},
             "nats": {"type": "object"},
             "stores": {"type": "object"},
+            "search": {"type": "object", "description": "Whether events are indexed, and the backfills' progress"},
         },
     },
 }

@@ -18,18 +18,18 @@ from aiohttp import web
 
 from brain.actors.supervisor import ChildSpec, Supervisor
 from brain.actors.tree import Child, Group
-from brain.api import deletion, metrics, routes
+from brain.api import deletion, metrics, retrieval, retrieval_openapi, routes
 from brain.api.access import StoreAccess
 from brain.api.bus import EventBus
 from brain.api.cluster import cluster_node
 from brain.api.commit_log import CommitLog
-from brain.api.events import ReservedTypes
+from brain.api.events import TOMBSTONE_TYPE, ReservedTypes
 from brain.api.jwks import JwksCache, jwks_opener
 from brain.api.live import REVOKED
 from brain.api.quarantine import pending, quarantined_users
 from brain.api.state import (
     api_key_verifier, api_limits, auto_repair, cors, dispatcher, doorbell, event_stream, jwks_state, store_manager,
-    token_verifier,
+    token_verifier, write_rate,
 )
 from brain.api.user_store import check_outbox, marker_path, store_path
 from brain.backup import BackupFile
@@ -124,10 +124,19 @@ def register_backup(register: Callable[[BackupFile], None]) -> None:
 
 @hookimpl
 def register_routes(rt: Process, listener: str, register: Callable[[Route | Components], None]) -> None:
-    """/health, /openapi.json, /me and /events on the `api` listener."""
+    """/health, /openapi.json, /me, /events and retrieval (/search, /events/..., /me/stats) on `api`."""
     if listener == LISTENER:
         for route in routes.routes(rt):
             register(route)
+        register(Components({"schemas": retrieval_openapi.SCHEMAS}))
+        for route in retrieval.routes(rt, store_manager(rt), write_rate(rt)):
+            register(route)
+
+
+@hookimpl
+def reserve_event_types(reserve: Callable[[str], None]) -> None:
+    """event.deleted: only a store writes tombstones."""
+    reserve(TOMBSTONE_TYPE)
 
 
 @hookimpl
@@ -217,6 +226,7 @@ def register_health(rt: Process, register: Callable[..., None]) -> None:
     register("stores", figures=stores.stats, problems=stores.quarantine_problems)
     register("streams", figures=lambda: {**dispatcher(rt).stats(), "tickets": event_stream(rt).tickets.stats()})
     register("rate_limits", figures=api_limits(rt).stats)
+    register("search", figures=stores.search_stats)
     if rt.settings.api.auto_repair:
         register("stores", figures=lambda: {"auto_repair": auto_repair(rt).stats()})
     node = cluster_node(rt)

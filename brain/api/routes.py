@@ -28,11 +28,12 @@ from brain.api import openapi
 from brain.api.api_keys import InsufficientScope
 from brain.api.cluster import cluster_node
 from brain.api.events import ReservedTypes, check_key, new_event
-from brain.api.state import api_key_verifier, api_limits, event_stream, store_manager, token_verifier
+from brain.api.state import api_key_verifier, api_limits, event_stream, store_manager, token_verifier, write_rate
 from brain.api.user_store import AppendRequest
 from brain.api.verifier import TokenUser
 from brain.apikeys import SCOPE_ATTR, scope
 from brain.errors import BadRequest, Forbidden, PayloadTooLarge
+from brain.event_types import TypeFilter
 from brain.health import HEALTH
 from brain.openapi import build_spec
 from brain.process import Process
@@ -179,6 +180,7 @@ def routes(rt: Process) -> list[Route | Components]:
     api = rt.settings.api
     reserved = ReservedTypes.from_plugins(rt.pm)
     stores = store_manager(rt)
+    rate = write_rate(rt)
     health_registry = rt.stash[HEALTH]
     spec_body: list[bytes] = []
 
@@ -242,6 +244,7 @@ def routes(rt: Process) -> list[Route | Components]:
             events = [new_event(body, max_bytes=api.max_event_bytes, field="", key=key, strict_fields=True)]
         for i, event in enumerate(events):
             reserved.check(event.type, f"[{i}].type" if batch else "type")
+        rate.take(user.id, len(events))
         results = await stores.append_events(user.id, AppendRequest(events, match=key is not None))
         if batch:
             text = '{"events":[' + ",".join(ev.json() for ev, _ in results) + "]}"
@@ -256,9 +259,10 @@ def routes(rt: Process) -> list[Route | Components]:
     async def get_events(request: web.Request) -> web.Response:
         user = request[USER_KEY]
         params = request.query
-        for name in ("type", "since", "until", "limit", "cursor"):
+        for name in ("since", "until", "limit", "cursor"):
             if len(params.getall(name, ())) > 1:
                 raise BadRequest(f"{name}: given more than once")
+        types = [value for value in params.getall("type", ()) if value]
         limit_text = params.get("limit")
         if limit_text is None or limit_text == "":
             limit = api.events_page_default
@@ -269,7 +273,7 @@ def routes(rt: Process) -> list[Route | Components]:
                 raise BadRequest(f"limit: must be an integer from 1 to {api.events_page_max}") from None
         query = stores.make_query(
             user.id,
-            params.get("type") or None,
+            TypeFilter.parse(types),
             _time_param(params.get("since")),
             _time_param(params.get("until")),
             limit,

@@ -1,4 +1,4 @@
-"""The API role's settings: [api] (declared through `register_settings`)."""
+"""The API role's settings: [api] and [search] (declared through `register_settings`)."""
 
 from __future__ import annotations
 
@@ -69,6 +69,33 @@ class ApiSettings:
     rate_limit_user_burst: int = 1000
     rate_limit_ip_per_second: float = 1000.0
     rate_limit_ip_burst: int = 2000
+    # Per-user quotas (0: none). Bytes: the pages a user's events.db uses, index included; past
+    # it, writes are refused with 507 until the user deletes events. Events: written through
+    # the HTTP API in any minute (a burst of this many, refilled evenly), else 429.
+    max_user_bytes: int = 10 * 1024**3
+    max_events_per_minute: int = 60_000
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    """[search]: the full-text index in every user's store and GET /search."""
+
+    # False: events are not indexed (GET /search answers 503). Turned on again, a store
+    # rebuilds its index in the background when it next opens.
+    index: bool = True
+    # score = BM25 x (1 + recency_weight x 0.5 ^ (age in days / recency_half_life_days)).
+    recency_weight: float = 0.2
+    recency_half_life_days: float = 30.0
+    # A query is ranked over at most this many matches at a time, the newest first: the next
+    # pages go on to the older ones. Bounds the cost of a word that half the events contain.
+    rank_window: int = 1000
+    page_default: int = 10
+    page_max: int = 100
+    max_query_chars: int = 1000
+    # How long a search's ranked order is kept for its next pages (the cursor's snapshot).
+    cursor_seconds: float = 600.0
+    # Stores indexing their existing events at the same time, per process.
+    backfill_concurrency: int = 2
 
 
 def expected_issuer(settings: Settings) -> str:
@@ -118,6 +145,8 @@ def validate(s: Settings) -> None:
     for origin in s.api.cors_origins:
         if origin != "*" and "*" not in origin and origin_of(origin) is None:
             raise ConfigError(f"api.cors_origins: {origin[:80]!r} is not an origin such as https://app.example.com")
+    if s.api.max_user_bytes < 0 or s.api.max_events_per_minute < 0:
+        raise ConfigError("api.max_user_bytes and api.max_events_per_minute: 0 (no quota) or more")
     if s.api.events_page_default > s.api.events_page_max:
         raise ConfigError("api.events_page_default: must not exceed api.events_page_max")
     for alg in s.api.algorithms:
@@ -127,7 +156,28 @@ def validate(s: Settings) -> None:
         raise ConfigError("api.algorithms: must name at least one algorithm")
 
 
+def validate_search(s: Settings) -> None:
+    """Range checks of [search]; each error names the key."""
+    search = s.search
+    require_positive(
+        {
+            "search.recency_half_life_days": search.recency_half_life_days,
+            "search.rank_window": search.rank_window,
+            "search.page_default": search.page_default,
+            "search.page_max": search.page_max,
+            "search.max_query_chars": search.max_query_chars,
+            "search.cursor_seconds": search.cursor_seconds,
+            "search.backfill_concurrency": search.backfill_concurrency,
+        }
+    )
+    if search.recency_weight < 0:
+        raise ConfigError("search.recency_weight: must not be negative")
+    if search.page_default > search.page_max:
+        raise ConfigError("search.page_default: must not exceed search.page_max")
+
+
 @hookimpl
 def register_settings(register: Callable[[Section], None]) -> None:
-    """[api]; the original system's AUTH_SERVER_URL names its auth_server_url."""
+    """[api] (the original system's AUTH_SERVER_URL names its auth_server_url) and [search]."""
     register(Section("api", ApiSettings, env={"AUTH_SERVER_URL": "auth_server_url"}, validate=validate))
+    register(Section("search", SearchSettings, validate=validate_search))

@@ -3,7 +3,8 @@
 Each is created on first use and lives as long as the process, across restarts of the actors
 that work with it: the JWKS state (the JwksCache actor publishes key snapshots on it), the
 token verifier, the outbox doorbell (the EventBus attaches to it), the store manager, the live
-dispatcher and stream tickets of the event streams, the rate limits and the CORS policy.
+dispatcher and stream tickets of the event streams, the rate limits, the per-user write quota
+and the CORS policy.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from brain.api.jwks import JwksState, jwks_opener
 from brain.api.limits import ApiLimits
 from brain.api.live import Dispatcher
 from brain.api.outbox import Doorbell, event_stored_notifier
+from brain.api.quotas import WriteRate
 from brain.api.repair import AutoRepair
 from brain.api.settings import expected_issuer, jwks_url
 from brain.api.store_manager import StoreManager
@@ -26,7 +28,7 @@ from brain.stash import StashKey
 
 __all__ = [
     "api_key_verifier", "api_limits", "auto_repair", "cors", "dispatcher", "doorbell", "event_stream", "jwks_state",
-    "store_manager", "token_verifier",
+    "store_manager", "token_verifier", "write_rate",
 ]
 
 _JWKS: StashKey[JwksState] = StashKey("brain.api.jwks")
@@ -38,6 +40,7 @@ _STREAM: StashKey[EventStream] = StashKey("brain.api.event_stream")
 _LIMITS: StashKey[ApiLimits] = StashKey("brain.api.limits")
 _CORS: StashKey[Cors] = StashKey("brain.api.cors")
 _AUTO_REPAIR: StashKey[AutoRepair] = StashKey("brain.api.auto_repair")
+_WRITE_RATE: StashKey[WriteRate] = StashKey("brain.api.write_rate")
 
 
 def jwks_state(rt: Process) -> JwksState:
@@ -144,3 +147,8 @@ def auto_repair(rt: Process) -> AutoRepair:
         return repairs
 
     return rt.stash.setdefault(_AUTO_REPAIR, create)
+
+
+def write_rate(rt: Process) -> WriteRate:
+    """The process's per-user write quota (api.max_events_per_minute)."""
+    return rt.stash.setdefault(_WRITE_RATE, lambda: WriteRate(rt.settings.api.max_events_per_minute))

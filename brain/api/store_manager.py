@@ -29,6 +29,7 @@ import pykka
 from brain.actors.supervisor import ChildAlreadyStarted, ChildSpec, ChildStartError
 from brain.api.events import CursorSigner, NewEvent, StoredEvent, commit_seq, new_event, parse_time
 from brain.api.pages import Page
+from brain.api.search import IndexFigures, IndexOptions
 from brain.api.user_store import (
     HEAD,
     Ack,
@@ -39,6 +40,7 @@ from brain.api.user_store import (
     OutboxBatch,
     Query,
     ReadPage,
+    Request,
     StoreClosed,
     StorePathError,
     UserStore,
@@ -84,6 +86,10 @@ class StoreManager:
         self.page_max = api.events_page_max
         self.data_path = rt.settings.data_path
         self.cursors = CursorSigner(rt.secret)
+        self.max_user_bytes = api.max_user_bytes
+        search = rt.settings.search
+        self.index_figures = IndexFigures(search.backfill_concurrency)
+        self.index_options = IndexOptions.from_settings(search, self.index_figures)
         self.closing = False
         self._lock = threading.Lock()
         self._live: OrderedDict[str, pykka.ActorRef[Any]] = OrderedDict()
@@ -132,7 +138,8 @@ class StoreManager:
         limit: int = 100,
         cursor: str | None = None,
     ) -> tuple[list[dict[str, Any]], str | None]:
-        """Events newest first, filtered; and the cursor of the next page (None at the end)."""
+        """Events newest first, filtered (`type` may be `a,b` or a prefix `mail.*`); and the
+        cursor of the next page (None at the end)."""
         q = self._query_message(user_id, type, since, until, limit, cursor)
         rows = await self._submit(user_id, q)
         return [row.as_dict() for row in rows[:limit]], self._next_cursor(user_id, rows, limit)
@@ -151,10 +158,15 @@ class StoreManager:
         return page, self.cursors.make(user_id, *page.last)
 
     async def changes(self, user_id: str, after: int, types: TypeFilter | None, limit: int) -> list[StoredEvent]:
-        """Events committed after `after` (the commit sequence), oldest first, at most `limit`."""
+        """Events and tombstones committed after `after` (the commit sequence), oldest first, at most `limit`."""
         self._check_user(user_id)
         rows: list[StoredEvent] = await self._submit(user_id, Changes(after, types, limit))
         return rows
+
+    async def request(self, user_id: str, message: Request) -> Any:
+        """Any other request of the store (a read, a deletion, a search); its answer."""
+        self._check_user(user_id)
+        return await self._submit(user_id, message)
 
     # -- public API: threads (actors) ---------------------------------------------------------
 
@@ -277,6 +289,10 @@ class StoreManager:
             "quarantined": sorted(self.quarantined),
         }
 
+    def search_stats(self) -> dict[str, Any]:
+        """The search index's figures for /health: whether it is on, and the backfills' progress."""
+        return {"index": self.index_options.enabled, **self.index_figures.stats()}
+
     def quarantine_problems(self) -> list[str]:
         """/health: each user whose store waits for repair (checked against the disk: repairs happen elsewhere)."""
         for user_id in list(self.quarantined):
@@ -329,14 +345,16 @@ class StoreManager:
         return [new_event(ev, max_bytes=limit, field=f"events[{i}]") for i, ev in enumerate(events)]
 
     def _query_message(
-        self, user_id: str, etype: str | None, since: Any, until: Any, limit: int, cursor: str | None
+        self, user_id: str, etype: str | TypeFilter | None, since: Any, until: Any, limit: int, cursor: str | None
     ) -> Query:
         """A validated Query (asks one row more than `limit`, to know whether a next page exists)."""
         self._check_user(user_id)
         if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= self.page_max:
             raise BadRequest(f"limit: must be an integer from 1 to {self.page_max}")
+        if isinstance(etype, str):
+            etype = TypeFilter.parse([etype])
         return Query(
-            type=None if etype is None else check_type(etype),
+            types=etype,
             since=None if since is None else parse_time(since, "since"),
             until=None if until is None else parse_time(until, "until"),
             before=None if cursor is None else self.cursors.read(user_id, cursor),
@@ -344,7 +362,7 @@ class StoreManager:
         )
 
     def make_query(
-        self, user_id: str, etype: str | None, since: Any, until: Any, limit: int, cursor: str | None
+        self, user_id: str, etype: TypeFilter | None, since: Any, until: Any, limit: int, cursor: str | None
     ) -> Query:
         """A validated Query message for `query_events` (BadRequest naming the bad parameter)."""
         return self._query_message(user_id, etype, since, until, limit, cursor)
@@ -364,7 +382,7 @@ class StoreManager:
 
     # -- internals: the event-loop path ---------------------------------------------------------
 
-    async def _submit(self, user_id: str, message: AppendRequest | Query | Changes | ReadPage) -> Any:
+    async def _submit(self, user_id: str, message: AppendRequest | Request) -> Any:
         """Hand a request to the user's store (see brain.api.user_store's StoreInbox) and await it."""
         loop = asyncio.get_running_loop()
         last: Exception = ServiceUnavailable("the user's store is restarting; try again")
@@ -460,6 +478,8 @@ class StoreManager:
                 data_path=self.data_path,
                 outbox=self._outbox,
                 idle_seconds=self.idle_seconds,
+                index=self.index_options,
+                max_bytes=self.max_user_bytes,
                 acks=self._ack_queue(user_id),
                 on_exit=self._forget,
                 faults=self.faults,

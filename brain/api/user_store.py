@@ -44,17 +44,22 @@ from pykka._envelope import Envelope
 
 from brain.actors.base import BrainActor, Link
 from brain.actors.bridge import settle_threadsafe
-from brain.api.events import NewEvent, StoredEvent, now_timestamp
+from brain.api.events import TOMBSTONE_TYPE, NewEvent, StoredEvent, now_timestamp
 from brain.api.pages import RENDERED, Page, backfill_step, ensure_rendered, read_page, render_sql
 from brain.api.quarantine import FileMemory, move_aside, pending
-from brain.errors import ReadOnlyStorage, StorageFault, StoreCorrupt, StoreQuarantined, Unprocessable
+from brain.api.search import IndexOptions, IndexUnavailable, SearchIndex, SearchRequest, tombstone_data
+from brain.api.search import SCHEMA as SEARCH_SCHEMA
+from brain.api.settings import SearchSettings
+from brain.errors import (
+    InsufficientStorage, ReadOnlyStorage, ServiceUnavailable, StorageFault, StoreCorrupt, StoreQuarantined, Unprocessable,
+)
 from brain.event_types import TypeFilter
 from brain.ids import is_valid_user_id
 from brain.storage import StorageFaults, classify, fault, quick_check, read_only_file_system
 
 log = logging.getLogger("brain.api.user_store")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY,
@@ -74,14 +79,33 @@ CREATE TRIGGER IF NOT EXISTS events_outbox AFTER INSERT ON events
 BEGIN
     INSERT INTO outbox (event_id) VALUES (new.id);
 END;
-"""
-# An event with its public JSON (brain.api.pages) in one statement; its id is the rowid SQLite
-# would have given it (one more than the largest), named here so that the JSON can carry it.
-_INSERT_EVENT = (
-    "INSERT INTO events (id, type, data, created_at, key, rendered) SELECT next.id, ?1, ?2, ?3, ?4, "
-    + render_sql("next.id", "?1", "?2", "?3")
-    + " FROM (SELECT coalesce(max(id), 0) + 1 AS id FROM events) AS next"
+-- Version 3: deletions. A tombstone takes a sequence number of its own (see the module
+-- docstring), and its outbox row (outbox.event_id holds any sequence number) publishes it.
+CREATE TABLE IF NOT EXISTS tombstones (
+    seq INTEGER PRIMARY KEY,
+    event_id INTEGER NOT NULL,
+    data TEXT NOT NULL,
+    deleted_at TIMESTAMP NOT NULL
+);
+CREATE TRIGGER IF NOT EXISTS tombstones_outbox AFTER INSERT ON tombstones
+BEGIN
+    INSERT INTO outbox (event_id) VALUES (new.seq);
+END;
+""" + SEARCH_SCHEMA
+# The next number of the commit sequence (see the module docstring).
+NEXT_SEQ = (
+    "(SELECT max(ifnull((SELECT max(id) FROM events), 0), ifnull((SELECT max(seq) FROM tombstones), 0)) + 1)"
 )
+# An event with its public JSON (brain.api.pages) in one statement, its number drawn from the
+# commit sequence and named here so that the JSON can carry it.
+_INSERT_EVENT = (
+    "INSERT INTO events (id, type, data, created_at, key, rendered) SELECT next.seq, ?1, ?2, ?3, ?4, "
+    + render_sql("next.seq", "?1", "?2", "?3")
+    + f" FROM (SELECT {NEXT_SEQ} AS seq) AS next"
+)
+_EVENT_COLUMNS = "id, type, data, created_at, key"
+# Writes refused for want of space may be tried again once the user has deleted events.
+FULL_RETRY_SECONDS = 600.0
 
 
 class StorePathError(ValueError):
@@ -135,7 +159,7 @@ class AppendMany(NamedTuple):
 class Query(NamedTuple):
     """Newest first, optionally by type and time range, strictly older than `before`."""
 
-    type: str | None
+    types: TypeFilter | None
     since: str | None
     until: str | None
     before: tuple[str, int] | None
@@ -148,20 +172,53 @@ class ReadPage(NamedTuple):
     query: Query
 
 
+class GetEvent(NamedTuple):
+    """One event by id (None if there is none)."""
+
+    id: int
+
+
 class Changes(NamedTuple):
-    """Events committed after `after` in commit order (`SEQUENCE`), optionally by type."""
+    """Events and tombstones committed after `after`, in commit order (`SEQUENCE`), optionally by type.
+
+    A tombstone passes a type filter as its own type, `event.deleted`.
+    """
+
 
     after: int
     types: TypeFilter | None
     limit: int
 
 
-# The column that orders a user's commits (see brain.api.events.commit_seq, which reads it back).
+class DeleteEvents(NamedTuple):
+    """Delete events by id, or up to `limit` matching the filters among ids up to `up_to`."""
+
+    ids: tuple[int, ...] | None = None
+    types: TypeFilter | None = None
+    since: str | None = None
+    until: str | None = None
+    up_to: int | None = None
+    limit: int = 500
+
+
+class Deleted(NamedTuple):
+    """What a DeleteEvents removed, and the highest id it considered (for the next chunk)."""
+
+    ids: list[int]
+    up_to: int
+
+
+class StoreStats(NamedTuple):
+    """Counts by type, bytes, index state and sequence of the store."""
+
+
+# The column that orders a user's events in the commit sequence (see brain.api.events.commit_seq,
+# which reads it back; tombstones take their numbers from the same sequence: NEXT_SEQ).
 SEQUENCE = "id"
 # Thread asks only: the last commit's sequence (0: none yet).
 HEAD = "head"
-# What the loop submits that only reads: each is answered on its own, between commits.
-_READS = (Query, Changes, ReadPage)
+# Requests the loop may submit besides appends (each answered on its own, between commits).
+Request = Query | ReadPage | GetEvent | Changes | DeleteEvents | StoreStats | SearchRequest
 
 
 class OutboxBatch(NamedTuple):
@@ -180,6 +237,11 @@ class Ack(NamedTuple):
 _IDLE_CHECK = "idle-check"
 _RENDER_BACKFILL = "render-backfill"
 _FLUSH_ACKS = "flush-acks"
+_BACKFILL = "backfill"
+_MERGE = "merge-index"
+# How long a store waits for a free backfill slot, and how long it must be idle before it merges.
+BACKFILL_RETRY_SECONDS = 0.5
+MERGE_IDLE_SECONDS = 1.0
 _DRAIN = "drain-submitted"
 _DRAIN_ENVELOPE = Envelope(_DRAIN)
 _OPEN = "open"
@@ -210,7 +272,7 @@ class StoreInbox(queue.SimpleQueue):  # type: ignore[type-arg]
         # Why the store could not open (a storage fault): the answer to every later request.
         self._refusal: Exception | None = None
 
-    def submit(self, message: AppendRequest | Query | Changes | ReadPage, fut: asyncio.Future[Any]) -> bool:
+    def submit(self, message: AppendRequest | Request, fut: asyncio.Future[Any]) -> bool:
         """Queue a request (any thread); True if the store must now be told to look.
 
         Raises StoreClosed if the store has stopped taking requests (or why it could not open).
@@ -257,7 +319,7 @@ def _yield_to_the_loop() -> None:
         pass
 
 
-def submit(ref: pykka.ActorRef[Any], message: AppendRequest | Query | Changes | ReadPage, fut: asyncio.Future[Any]) -> None:
+def submit(ref: pykka.ActorRef[Any], message: AppendRequest | Request, fut: asyncio.Future[Any]) -> None:
     """Queue a request for a store (from the event loop) and wake the store if it must look.
 
     Raises StoreClosed if the store stopped taking requests; otherwise `fut` is settled later,
@@ -278,7 +340,7 @@ class IdempotencyMismatch(Unprocessable):
 
 
 class UserStore(BrainActor):
-    """Owns one user's events.db: appends (grouped), queries, and the outbox rows."""
+    """Owns one user's events.db: appends (grouped), reads, deletes, search, and the outbox rows."""
 
     def __init__(
         self,
@@ -288,6 +350,8 @@ class UserStore(BrainActor):
         data_path: Path,
         outbox: Outbox,
         idle_seconds: float,
+        index: IndexOptions | None = None,
+        max_bytes: int = 0,
         acks: deque[int] | None = None,
         on_exit: Callable[[str, pykka.ActorRef[Any]], None] | None = None,
         faults: StorageFaults | None = None,
@@ -297,6 +361,12 @@ class UserStore(BrainActor):
     ) -> None:
         super().__init__(link=link)
         self.user_id = user_id
+        # Without options: indexed, as [search] is by default.
+        self.index_options = index or IndexOptions.from_settings(SearchSettings())
+        self.index: SearchIndex | None = None
+        self.max_bytes = max_bytes
+        self._merge_armed = False
+        self.last_write = 0.0
         self.path = store_path(data_path, user_id)
         self.marker = marker_path(data_path, user_id)
         self.outbox = outbox
@@ -381,12 +451,14 @@ class UserStore(BrainActor):
         db.execute("PRAGMA synchronous=NORMAL")
         db.execute("PRAGMA busy_timeout=5000")
         self._check(db)
-        if db.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
-            db.executescript(SCHEMA)
-            db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        migrate(db)
         if ensure_rendered(db):
             # Behind whatever is already asked of the store: requests go first.
-            self.actor_ref.tell(_RENDER_BACKFILL)
+            self._tell_self(_RENDER_BACKFILL)
+        self.index = SearchIndex(db, user_id=self.user_id, options=self.index_options)
+        self.index.open(db.execute("SELECT ifnull(max(id), 0) FROM events").fetchone()[0])
+        if self.index.backfilling:
+            self._tell_self(_BACKFILL)
         if db.execute("SELECT EXISTS (SELECT 1 FROM outbox)").fetchone()[0]:
             # Unpublished rows the bus may not know of (a store rebuilt by `brain repair`).
             self.outbox.notify(self.user_id, [])
@@ -419,6 +491,12 @@ class UserStore(BrainActor):
         if "rendered" not in {row[1] for row in db.execute("PRAGMA table_info(events)")}:
             # Written before events carried their JSON, and it cannot be given the column now.
             self.rendered_sql = render_sql("id", "type", "data", "created_at")
+        index = SearchIndex(db, user_id=self.user_id, options=self.index_options)
+        try:
+            index.open(db.execute("SELECT ifnull(max(id), 0) FROM events").fetchone()[0])
+            self.index = index
+        except sqlite3.Error:
+            pass  # the index needed writing (a rebuild): no search until the file system is writable
         self.read_only = True
         log.warning("%s: opened read-only (the file system is read-only); writes are refused", self)
         return True
@@ -440,6 +518,10 @@ class UserStore(BrainActor):
         inbox: StoreInbox = self.actor_inbox  # type: ignore[assignment]
         for _, fut in inbox.close():
             settle_threadsafe(fut, error=StoreClosed())
+        if self.index is not None:
+            figures = self.index_options.figures
+            figures.release(self.user_id)
+            figures.waiting(self.user_id, 0)
         db, self.db = self.db, None
         if db is not None and self.read_only:
             db.close()  # nothing it could have written
@@ -491,7 +573,7 @@ class UserStore(BrainActor):
                     raise
                 self._arm_flush()  # a full, read-only or busy disk: the rows wait, the store lives on
                 return None
-        if isinstance(message, (AppendMany, OutboxBatch, *_READS)) or message == HEAD:
+        if isinstance(message, (AppendMany, OutboxBatch)) or isinstance(message, Request) or message == HEAD:
             if self.db is None:
                 # It could not open (why), or was quarantined meanwhile (the next generation decides).
                 raise self.refusal or StoreClosed()
@@ -507,30 +589,76 @@ class UserStore(BrainActor):
                     self._failed(exc)
                     return None
                 if more:
-                    self.actor_ref.tell(_RENDER_BACKFILL)
+                    self._tell_self(_RENDER_BACKFILL)
             return None
         if message == _IDLE_CHECK:
             idle = time.monotonic() - self.last_used
-            if idle >= self.idle_seconds:
+            if idle >= self.idle_seconds and not (self.index is not None and self.index.backfilling):
                 log.debug("%s: idle for %.0fs, stopping", self, idle)
                 self.stop()
             else:
-                self.schedule(self.idle_seconds - idle, _IDLE_CHECK)
+                self.schedule(max(1.0, self.idle_seconds - idle), _IDLE_CHECK)
+            return None
+        if message == _BACKFILL or message == _MERGE:
+            if self.db is None or self.read_only:
+                return None  # quarantined, or nothing can be written: the next generation goes on
+            try:
+                if message == _BACKFILL:
+                    self._backfill()
+                else:
+                    self._merge()
+            except Exception as exc:  # noqa: BLE001 - a storage fault: the index catches up when the store reopens
+                if not isinstance(self._failed(exc), StorageFault):
+                    raise
             return None
         return super().on_receive(message)
+
+    def _tell_self(self, message: object) -> None:
+        # To the back of the inbox: the requests that arrived meanwhile are served first.
+        self.actor_ref.tell(message)
+
+    def _backfill(self) -> None:
+        index = self.index
+        assert index is not None
+        figures = self.index_options.figures
+        if not index.backfilling:
+            return
+        if not figures.acquire(self.user_id):
+            self.schedule(BACKFILL_RETRY_SECONDS, _BACKFILL)
+            return
+        if index.backfill_step():
+            self._tell_self(_BACKFILL)
+        else:
+            figures.release(self.user_id, done=True)
+            log.info("%s: search index backfilled", self)
+
+    def _merge(self) -> None:
+        index = self.index
+        assert index is not None
+        quiet = time.monotonic() - self.last_write
+        if quiet < MERGE_IDLE_SECONDS:
+            self.schedule(MERGE_IDLE_SECONDS - quiet, _MERGE)
+        elif index.merge_step():
+            self._tell_self(_MERGE)
+        else:
+            self._merge_armed = False
+
 
     def _serve_asked(self, message: Any) -> Any:
         """Asks from threads (mail sync, the bus) and the store's own timers."""
         if isinstance(message, AppendMany):
             self.last_used = time.monotonic()
             return self._append(message.requests)
-        if isinstance(message, _READS):
+        if isinstance(message, Request):
             self.last_used = time.monotonic()
-            return self._read(message)
+            fresh: list[StoredEvent] = []
+            try:
+                return self._answer(message, fresh)
+            finally:
+                self._published(fresh)
         if message == HEAD:
             self.last_used = time.monotonic()
-            assert self.db is not None
-            return self.db.execute(f"SELECT coalesce(max({SEQUENCE}), 0) FROM events").fetchone()[0]
+            return self._last_seq()
         if isinstance(message, Ack):
             self.acks.extend(message.ids)
             self._flush_acks()
@@ -584,17 +712,18 @@ class UserStore(BrainActor):
         try:
             while done < len(submitted):
                 end = done + 1
-                if not isinstance(submitted[done][0], _READS):
-                    while end < len(submitted) and not isinstance(submitted[end][0], _READS):
+                first = submitted[done][0]
+                if isinstance(first, AppendRequest):
+                    while end < len(submitted) and isinstance(submitted[end][0], AppendRequest):
                         end += 1
                 batch = submitted[done:end]
                 try:
                     if self.db is None:  # refused, or quarantined by an earlier batch
                         results: list[Any] = [self.refusal or StoreClosed()] * len(batch)
-                    elif end - done == 1 and isinstance(batch[0][0], _READS):
-                        results = [self._read(batch[0][0])]
-                    else:
+                    elif isinstance(first, AppendRequest):
                         results = self._commit([request for request, _ in batch], fresh)
+                    else:
+                        results = [self._answer(first, fresh)]
                 except Exception as exc:  # noqa: BLE001 - as an ask: the callers get it, the store lives on
                     results = [exc] * len(batch)
                 for (_, fut), result in zip(batch, results):
@@ -624,32 +753,68 @@ class UserStore(BrainActor):
         if fresh:
             self.outbox.notify(self.user_id, fresh)
             self._arm_flush()
+            self.last_write = time.monotonic()
+            if not self._merge_armed and self.index is not None and self.index.enabled:
+                self._merge_armed = True
+                self.schedule(MERGE_IDLE_SECONDS, _MERGE)
+
+    def _answer(self, message: Request, fresh: list[StoredEvent]) -> Any:
+        """Answer one request other than an append (tombstones of deletions go to `fresh`)."""
+        if isinstance(message, ReadPage):
+            assert self.db is not None
+            where, args = _query_filters(message.query)
+            return read_page(self.db, where, args, message.query.limit, self.rendered_sql)
+        if isinstance(message, Query):
+            return self._query(message)
+        if isinstance(message, SearchRequest):
+            if self.index is None:  # opened read-only, with an index that needed writing
+                raise fault(ReadOnlyStorage, "the search index waits for the file system to be writable")
+            try:
+                return self.index.search(message, self._last_seq())
+            except IndexUnavailable:
+                raise ServiceUnavailable("search is off on this server (search.index = false)", retry_after=3600) from None
+        if isinstance(message, GetEvent):
+            row = self.db.execute(f"SELECT {_EVENT_COLUMNS} FROM events WHERE id = ?", (message.id,)).fetchone()  # type: ignore[union-attr]
+            return None if row is None else StoredEvent._make(row)
+        if isinstance(message, Changes):
+            return self._changes(message)
+        if isinstance(message, DeleteEvents):
+            return self._delete(message, fresh)
+        return self._stats()
+
 
     def _commit(
         self, requests: Sequence[AppendRequest], fresh: list[StoredEvent]
     ) -> list[list[tuple[StoredEvent, bool]] | Exception]:
         """Commit every request (each all or nothing); the new events are added to `fresh`."""
         db = self.db
-        assert db is not None
-        if self.read_only:
-            if read_only_file_system(self.path.parent):
-                raise fault(ReadOnlyStorage, f"{self.path.parent} is on a read-only file system")
-            self.stop()  # writable again: the next generation opens read-write
-            raise StoreClosed()
+        index = self.index
+        assert db is not None and index is not None
+        self._check_writable()
+        try:
+            self._check_space()
+        except InsufficientStorage as exc:
+            return [exc] * len(requests)
         if len(requests) == 1 and len(requests[0].events) == 1 and requests[0].events[0].key is None:
-            # The common case, one event: a single INSERT is its own transaction (the trigger
-            # adds the outbox row inside it). Acknowledged outbox rows waiting to be deleted do
-            # not make it a transaction of three statements: they wait for a grouped append or
-            # for the flush ACK_FLUSH_SECONDS after this one (docs/performance.md).
+            # The common case, one event: the INSERT (whose trigger adds the outbox row) and
+            # its index row. Acknowledged outbox rows waiting to be deleted do not join this
+            # transaction: they wait for a grouped append or for the flush ACK_FLUSH_SECONDS
+            # after this one (docs/performance.md).
             ev = requests[0].events[0]
             created_at = ev.created_at or now_timestamp()
             try:
+                if index.enabled:
+                    db.execute("BEGIN")
                 cur = db.execute(_INSERT_EVENT, (ev.type, ev.data, created_at, None))
-            except Exception as exc:  # noqa: BLE001 - the statement rolled itself back
+                event_id: int = cur.lastrowid  # type: ignore[assignment]
+                index.add(event_id, ev.type, ev.data, created_at)
+                if db.in_transaction:  # without an index: sqlite3 committed the lone INSERT
+                    db.execute("COMMIT")
+            except Exception as exc:  # noqa: BLE001 - the caller gets it
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
                 return [exc]
-            if db.in_transaction:  # sqlite3 resets a finished statement, which commits; be sure
-                db.execute("COMMIT")
-            stored = StoredEvent(cur.lastrowid, ev.type, ev.data, created_at)  # type: ignore[arg-type]
+            stored = StoredEvent(event_id, ev.type, ev.data, created_at)
             fresh.append(stored)
             return [[(stored, False)]]
         now = now_timestamp()
@@ -686,9 +851,31 @@ class UserStore(BrainActor):
         fresh.extend(new_events)
         return results
 
-    @staticmethod
+    def _check_writable(self) -> None:
+        """Refuse a write to a store opened read-only (`_open_read_only`) while its file system is."""
+        if self.read_only:
+            if read_only_file_system(self.path.parent):
+                raise fault(ReadOnlyStorage, f"{self.path.parent} is on a read-only file system")
+            self.stop()  # writable again: the next generation opens read-write
+            raise StoreClosed()
+
+    def _check_space(self) -> None:
+        """InsufficientStorage once the store uses api.max_user_bytes (pages in use, index included)."""
+        if not self.max_bytes:
+            return
+        db = self.db
+        assert db is not None
+        pages = db.execute("PRAGMA page_count").fetchone()[0] - db.execute("PRAGMA freelist_count").fetchone()[0]
+        used = pages * db.execute("PRAGMA page_size").fetchone()[0]
+        if used >= self.max_bytes:
+            raise InsufficientStorage(
+                f"the store holds {used} bytes, the quota is {self.max_bytes} (api.max_user_bytes): "
+                "delete events to make room",
+                retry_after=FULL_RETRY_SECONDS,
+            )
+
     def _insert(
-        db: sqlite3.Connection, request: AppendRequest, now: str
+        self, db: sqlite3.Connection, request: AppendRequest, now: str
     ) -> tuple[list[tuple[StoredEvent, bool]], list[StoredEvent]]:
         out: list[tuple[StoredEvent, bool]] = []
         fresh: list[StoredEvent] = []
@@ -704,7 +891,8 @@ class UserStore(BrainActor):
             created_at = ev.created_at or now
             cur = db.execute(_INSERT_EVENT, (ev.type, ev.data, created_at, ev.key))
             event_id = cur.lastrowid  # its outbox row: the events_outbox trigger
-            assert event_id is not None
+            assert event_id is not None and self.index is not None
+            self.index.add(event_id, ev.type, ev.data, created_at)
             stored = StoredEvent(event_id, ev.type, ev.data, created_at, ev.key)
             out.append((stored, False))
             fresh.append(stored)
@@ -712,30 +900,11 @@ class UserStore(BrainActor):
             raise IdempotencyMismatch("Idempotency-Key was already used for a different batch")
         return out, fresh
 
-    def _read(self, message: Query | Changes | ReadPage) -> list[StoredEvent] | Page:
-        if isinstance(message, ReadPage):
-            assert self.db is not None
-            where, args = _query_filters(message.query)
-            return read_page(self.db, where, args, message.query.limit, self.rendered_sql)
-        return self._query(message) if isinstance(message, Query) else self._changes(message)
-
-    def _changes(self, c: Changes) -> list[StoredEvent]:
-        assert self.db is not None
-        sql = f"SELECT id, type, data, created_at, key FROM events WHERE {SEQUENCE} > ?"
-        args: list[Any] = [c.after]
-        if c.types is not None:
-            clause, type_args = c.types.sql()
-            sql += f" AND {clause}"
-            args.extend(type_args)
-        sql += f" ORDER BY {SEQUENCE} LIMIT ?"
-        args.append(c.limit)
-        return [StoredEvent._make(row) for row in self.db.execute(sql, args)]
-
     def _query(self, q: Query) -> list[StoredEvent]:
         db = self.db
         assert db is not None
         where, args = _query_filters(q)
-        sql = "SELECT id, type, data, created_at, key FROM events"
+        sql = f"SELECT {_EVENT_COLUMNS} FROM events"
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY created_at DESC, id DESC LIMIT ?"
@@ -746,10 +915,93 @@ class UserStore(BrainActor):
         assert self.db is not None
         rows = self.db.execute(
             "SELECT e.id, e.type, e.data, e.created_at, e.key FROM outbox o JOIN events e ON e.id = o.event_id"
-            " WHERE o.event_id > ? ORDER BY o.event_id LIMIT ?",
+            " WHERE o.event_id > ?1"
+            f" UNION ALL SELECT t.seq, '{TOMBSTONE_TYPE}', t.data, t.deleted_at, NULL FROM outbox o"
+            " JOIN tombstones t ON t.seq = o.event_id WHERE o.event_id > ?1 ORDER BY 1 LIMIT ?2",
             (after, limit),
         )
         return [StoredEvent._make(row) for row in rows]
+
+    def _last_seq(self) -> int:
+        """The highest number of the commit sequence in use (0: none yet)."""
+        assert self.db is not None
+        return int(self.db.execute(f"SELECT {NEXT_SEQ} - 1").fetchone()[0])
+
+    def _changes(self, c: Changes) -> list[StoredEvent]:
+        assert self.db is not None
+        events_sql = f"SELECT {_EVENT_COLUMNS} FROM events WHERE {SEQUENCE} > ?"
+        args: list[Any] = [c.after]
+        if c.types is not None:
+            clause, type_args = c.types.sql()
+            events_sql += f" AND {clause}"
+            args.extend(type_args)
+        if c.types is None or c.types.matches(TOMBSTONE_TYPE):
+            # Both sides come in sequence order: SQLite merges them, and stops at the limit.
+            sql = (f"{events_sql} UNION ALL SELECT seq, '{TOMBSTONE_TYPE}', data, deleted_at, NULL FROM tombstones"
+                   " WHERE seq > ? ORDER BY 1 LIMIT ?")
+            args.append(c.after)
+        else:
+            sql = f"{events_sql} ORDER BY {SEQUENCE} LIMIT ?"
+        args.append(c.limit)
+        return [StoredEvent._make(row) for row in self.db.execute(sql, args)]
+
+    def _delete(self, message: DeleteEvents, fresh: list[StoredEvent]) -> Deleted:
+        """Delete events with their index rows and outbox rows; a tombstone for each (one transaction)."""
+        db, index = self.db, self.index
+        assert db is not None and index is not None
+        self._check_writable()
+        up_to = message.up_to if message.up_to is not None else self._last_seq()
+        if message.ids is not None:
+            marks = ",".join("?" * len(message.ids))
+            sql, args = f"SELECT {_EVENT_COLUMNS} FROM events WHERE id IN ({marks})", list(message.ids)
+        else:
+            where, args = _filters(message.types, message.since, message.until)
+            where.append("id <= ?")
+            args.append(up_to)
+            sql = f"SELECT {_EVENT_COLUMNS} FROM events WHERE {' AND '.join(where)} ORDER BY id LIMIT ?"
+            args.append(message.limit)
+        deleted_at = now_timestamp()
+        tombstones: list[StoredEvent] = []
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for row in db.execute(sql, args).fetchall():
+                event = StoredEvent._make(row)
+                # The tombstone first: while the event is there, its number counts as in use
+                # (the newest event's number must not pass to its own tombstone).
+                data = tombstone_data(event)
+                cur = db.execute(
+                    f"INSERT INTO tombstones (seq, event_id, data, deleted_at) VALUES ({NEXT_SEQ}, ?, ?, ?)",
+                    (event.id, data, deleted_at),
+                )
+                tombstones.append(StoredEvent(cur.lastrowid, TOMBSTONE_TYPE, data, deleted_at))  # type: ignore[arg-type]
+                index.remove(event.id, event.type, event.data)
+                db.execute("DELETE FROM events WHERE id = ?", (event.id,))
+                # Not published yet: it never will be (its data is gone); the tombstone is.
+                db.execute("DELETE FROM outbox WHERE event_id = ?", (event.id,))
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        fresh.extend(tombstones)
+        return Deleted([json.loads(t.data)["id"] for t in tombstones], up_to)
+
+    def _stats(self) -> dict[str, Any]:
+        db, index = self.db, self.index
+        assert db is not None and index is not None
+        by_type = dict(db.execute("SELECT type, count(*) FROM events GROUP BY type").fetchall())
+        page_size = db.execute("PRAGMA page_size").fetchone()[0]
+        pages = db.execute("PRAGMA page_count").fetchone()[0]
+        free = db.execute("PRAGMA freelist_count").fetchone()[0]
+        return {
+            "events": sum(by_type.values()),
+            "by_type": by_type,
+            "sequence": self._last_seq(),
+            "tombstones": db.execute("SELECT count(*) FROM tombstones").fetchone()[0],
+            "bytes": (pages - free) * page_size,
+            "file_bytes": pages * page_size,
+            "index": index.stats(),
+        }
 
     def _apply_acks(self, db: sqlite3.Connection) -> None:
         """Delete the outbox rows of acknowledged events (inside the caller's transaction)."""
@@ -782,22 +1034,44 @@ class UserStore(BrainActor):
 
 
 def _query_filters(q: Query) -> tuple[list[str], list[Any]]:
-    """The WHERE clauses (joined by AND) and their arguments of a Query: type, time range, cursor."""
-    where: list[str] = []
-    args: list[Any] = []
-    if q.type is not None:
-        where.append("type = ?")
-        args.append(q.type)
-    if q.since is not None:
-        where.append("created_at >= ?")
-        args.append(q.since)
-    if q.until is not None:
-        where.append("created_at < ?")
-        args.append(q.until)
+    """The WHERE clauses (joined by AND) and their arguments of a Query: types, time range, cursor."""
+    where, args = _filters(q.types, q.since, q.until)
     if q.before is not None:
         where.append("(created_at < ? OR (created_at = ? AND id < ?))")
         args.extend((q.before[0], q.before[0], q.before[1]))
     return where, args
+
+
+def _filters(types: TypeFilter | None, since: str | None, until: str | None) -> tuple[list[str], list[Any]]:
+    """SQL conditions (and their arguments) on events' type and created_at."""
+    where: list[str] = []
+    args: list[Any] = []
+    if types is not None:
+        clause, type_args = types.sql()
+        where.append(clause)
+        args.extend(type_args)
+    if since is not None:
+        where.append("created_at >= ?")
+        args.append(since)
+    if until is not None:
+        where.append("created_at < ?")
+        args.append(until)
+    return where, args
+
+
+def migrate(db: sqlite3.Connection) -> None:
+    """Bring a store to SCHEMA_VERSION (a new file, or one an older brain wrote), in one transaction."""
+    version = db.execute("PRAGMA user_version").fetchone()[0]
+    if version >= SCHEMA_VERSION:
+        return
+    try:
+        db.executescript(f"BEGIN IMMEDIATE;\n{SCHEMA}\nPRAGMA user_version={SCHEMA_VERSION};\nCOMMIT;")
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
+    if version:
+        log.info("store %s: schema %d -> %d", db.execute("PRAGMA database_list").fetchone()[2], version, SCHEMA_VERSION)
 
 
 def _same_event(stored: StoredEvent, ev: NewEvent) -> bool:
@@ -813,8 +1087,11 @@ def check_outbox(path: Path, marker: Path) -> tuple[str, bool]:
     db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
     try:
         pending = db.execute("SELECT count(*) FROM outbox").fetchone()[0]
+        # An outbox row names an event or, since schema 3, a deletion's tombstone.
+        tombstones = db.execute("SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE name = 'tombstones')").fetchone()[0]
         orphans = db.execute(
             "SELECT count(*) FROM outbox o WHERE NOT EXISTS (SELECT 1 FROM events e WHERE e.id = o.event_id)"
+            + (" AND NOT EXISTS (SELECT 1 FROM tombstones t WHERE t.seq = o.event_id)" if tombstones else "")
         ).fetchone()[0]
     except sqlite3.Error as exc:
         return f"unreadable: {exc}", True

@@ -1,0 +1,128 @@
+"""Highlights: where a search result matched, as short snippets with the words marked.
+
+`Highlighter.highlight` gives `{field path: snippet}` for the strings of an event's data that hold a word
+of the query (a field filter's words only in its field). A snippet is the string, or about
+SNIPPET characters of it around the first match, HTML-escaped, each match in `<mark>...</mark>`
+(the only markup in it), `…` where it was cut. Words are compared as the index compares them:
+case and diacritics folded, a prefix term matching the starts of words, a phrase its words in
+a row.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+import unicodedata
+from typing import Any
+
+from brain.api.documents import field_token, leaves
+from brain.api.query import HighlightTerm
+
+SNIPPET = 160
+# Context kept before the first match when a long string is cut.
+LEAD = 50
+MAX_MARKS = 20
+_COLUMN_FIELDS = {"body": "body", "body_text": "body", "people": "people"}
+_WORD_CHARS = r"[^\W_]"
+# (Within a snippet \b and \w, which count '_' as a letter, stand in for the index's
+# letters-and-digits words: much faster to search, and only where a mark falls can differ.)
+
+
+class _AlignedFold(dict):  # type: ignore[type-arg]
+    """A str.translate table folding case and diacritics one character to one character, so
+    offsets in the folded text are offsets in the original."""
+
+    def __missing__(self, code: int) -> int:
+        char = chr(code)
+        base = "".join(c for c in unicodedata.normalize("NFKD", char) if not unicodedata.combining(c))
+        folded = base.casefold() if base else char
+        if len(folded) != 1:
+            folded = char.lower() if len(char.lower()) == 1 else char
+        self[code] = ord(folded)
+        return self[code]
+
+
+_FOLD = _AlignedFold()
+
+
+def fold_aligned(text: str) -> str:
+    """`text` with case and diacritics folded, character for character."""
+    return text.lower() if text.isascii() else text.translate(_FOLD)
+
+
+class Highlighter:
+    """The terms of one query, ready to mark the results of a page."""
+
+    def __init__(self, terms: tuple[HighlightTerm, ...]) -> None:
+        self.terms = [(term, p) for term in terms if (p := _pattern(term)) is not None]
+        # Per (column, field) of a string: the one pattern of the terms that apply there.
+        self._by_place: dict[tuple[str | None, str | None], re.Pattern[str] | None] = {}
+
+    def highlight(self, event_type: str, data: str) -> dict[str, str]:
+        """Marked snippets of the fields of an event where the terms are found."""
+        if not self.terms:
+            return {}
+        value: Any = json.loads(data)
+        out: dict[str, str] = {}
+        for leaf in leaves(event_type, value):
+            place = (leaf.column, leaf.field)
+            if place not in self._by_place:
+                wanted = [p for term, p in self.terms if _applies(term, leaf.column, leaf.field)]
+                self._by_place[place] = re.compile("|".join(f"(?:{p})" for p in wanted)) if wanted else None
+            pattern = self._by_place[place]
+            if pattern is None:
+                continue
+            key = ".".join(leaf.path) or "data"
+            if key not in out:
+                snippet = _snippet(leaf.text, pattern)
+                if snippet is not None:
+                    out[key] = snippet
+        return out
+
+
+def _applies(term: HighlightTerm, column: str | None, field: str | None) -> bool:
+    if term.field is None:
+        return column is not None
+    if term.field in _COLUMN_FIELDS:
+        return column == _COLUMN_FIELDS[term.field]
+    return field is not None and field_token(term.field) == field
+
+
+def _pattern(term: HighlightTerm) -> str | None:
+    """A regular expression over folded text for a term's words (None: no words)."""
+    found = re.findall(_WORD_CHARS + "+", fold_aligned(term.text))
+    if not found:
+        return None
+    parts = [re.escape(w) for w in found]
+    tail = r"\w*" if term.prefix else r"\b"
+    return r"\b" + r"\W+".join(parts) + tail
+
+
+def _snippet(text: str, pattern: re.Pattern[str]) -> str | None:
+    folded = fold_aligned(text)
+    first = pattern.search(folded)
+    if first is None:
+        return None
+    start, end = 0, len(text)
+    if len(text) > SNIPPET:
+        start = max(0, first.start() - LEAD)
+        if start > 0:
+            space = text.find(" ", start, first.start())
+            start = space + 1 if space >= 0 else start
+        end = min(len(text), start + SNIPPET)
+        if end < len(text):
+            space = text.rfind(" ", first.end(), end)
+            end = space if space > first.end() else max(end, first.end())
+    parts = ["…"] if start > 0 else []
+    at = start
+    for count, match in enumerate(pattern.finditer(folded, start, end)):
+        if count >= MAX_MARKS:
+            break
+        parts.append(html.escape(text[at:match.start()], quote=False))
+        parts.append(f"<mark>{html.escape(text[match.start():match.end()], quote=False)}</mark>")
+        at = match.end()
+    parts.append(html.escape(text[at:end], quote=False))
+    if end < len(text):
+        parts.append("…")
+    return "".join(parts)

@@ -1,0 +1,487 @@
+"""The full-text index of one user's store: written in the events' own transactions, backfilled
+for stores that predate it, and searched.
+
+`search` is a contentless FTS5 table (brain.api.documents says what each column holds) in the
+user's events.db, rowid = event id, tokenizer unicode61 with diacritics folded. Contentless,
+because the text is in `events.data` already: the index alone is kept, and an event's row is
+removed by recomputing its columns from the stored data (`remove`). No prefix or trigram
+index: both multiply the work of every write (see bench/search.py); prefix queries need two
+letters instead.
+
+Consistency: `add` and `remove` run inside the caller's transaction, so an event and its index
+row are committed (or lost to a crash) together. Events older than the index — a store
+created before it, or while `search.index` was off — are indexed by `backfill_step`, a bounded
+transaction at a time, between the store's requests; `search_state` records which ids are
+still to do (`backfill_next`..`backfill_end`; everything above was indexed as it was written).
+
+Ranking: BM25 over the columns (subject 3, people 2, body 1; field filters do not score) times
+a recency factor, `1 + recency_weight x 0.5 ^ (age_days / half_life)`. A query is ranked over a
+window of at most `search.rank_window` matches, the newest by id; when that is used up, paging
+goes on with the next older window. Each window's ranked order is kept in memory for
+`search.cursor_seconds` (the cursor names it), so paging through it never skips or repeats an
+event while writes go on: the order was fixed at the first page, and events written since
+(ids above the window) are not part of it. A cursor that outlives its snapshot (the store
+closed, the time ran out) ranks the window again and resumes after the last (score, id) seen.
+
+Merging: FTS5's automatic merges are off (they made an occasional write wait for a large
+merge); the store calls `merge_step` when it has been idle for a moment instead.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from array import array
+import secrets
+import sqlite3
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+from brain.api.documents import VERSION, document
+from brain.api.events import StoredEvent
+from brain.api.highlights import Highlighter
+from brain.api.query import HighlightTerm
+from brain.api.settings import SearchSettings
+
+log = logging.getLogger("brain.api.search")
+
+SCHEMA = """
+CREATE VIRTUAL TABLE IF NOT EXISTS search USING fts5(
+    subject, people, body, tags, content='', tokenize='unicode61 remove_diacritics 2'
+);
+INSERT INTO search (search, rank) VALUES ('automerge', 0);
+-- Each indexed event's created_at, for the recency factor and since/until: a row of events
+-- keeps it after `data`, which for a mail lies in overflow pages that would all be read.
+CREATE TABLE IF NOT EXISTS search_times (id INTEGER PRIMARY KEY, created_at TIMESTAMP NOT NULL);
+-- Which events are not in the index yet: ids from backfill_next to backfill_end (none when
+-- next > end); unindexed_from is set while search.index is off (ids from there were not
+-- indexed: turned on again, the index is built anew). version: brain.api.documents.VERSION.
+CREATE TABLE IF NOT EXISTS search_state (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    version INTEGER NOT NULL,
+    backfill_next INTEGER NOT NULL,
+    backfill_end INTEGER NOT NULL,
+    unindexed_from INTEGER
+);
+"""
+_INSERT = "INSERT INTO search (rowid, subject, people, body, tags) VALUES (?, ?, ?, ?, ?)"
+_INSERT_TIME = "INSERT INTO search_times (id, created_at) VALUES (?, ?)"
+_DELETE = "INSERT INTO search (search, rowid, subject, people, body, tags) VALUES ('delete', ?, ?, ?, ?, ?)"
+WEIGHTS = (3.0, 2.0, 1.0, 0.0)  # subject, people, body, tags
+_WEIGHTS = ", ".join(repr(w) for w in WEIGHTS)
+_JOIN = " JOIN search_times e ON e.id = s.rowid"
+# A backfill transaction stops after this long, so the requests waiting behind it wait little.
+BACKFILL_STEP_SECONDS = 0.02
+BACKFILL_ROWS = 256
+# Pages of merge work per idle step (FTS5's 'merge' command).
+MERGE_PAGES = 64
+# Ranked windows kept per store for the next pages (a few KiB each).
+MAX_SNAPSHOTS = 8
+
+
+class SearchPosition(NamedTuple):
+    """Where a search's next page starts (inside a signed cursor).
+
+    The window is the matches with ids in [low, high] (low = 0: not computed yet), ranked as of
+    the Julian day `now`; `offset` counts the ranked places already served, the last of which
+    had `last_score` and `last_id`.
+    """
+
+    snapshot: str
+    high: int
+    low: int
+    now: float
+    offset: int
+    last_score: float
+    last_id: int
+
+
+class SearchRequest(NamedTuple):
+    """A parsed query for a store to run."""
+
+    fts: str
+    digest: str
+    highlights: tuple[HighlightTerm, ...]
+    since: str | None
+    until: str | None
+    limit: int
+    position: SearchPosition | None
+
+
+class SearchHit(NamedTuple):
+    """One result: the event, its score, and marked snippets by field."""
+
+    event: StoredEvent
+    score: float
+    highlights: dict[str, str]
+
+
+class SearchPage(NamedTuple):
+    """One page of results, where the next starts (None: no more), and whether the index was
+    still backfilling (older events may be missing)."""
+
+    hits: list[SearchHit]
+    next: SearchPosition | None
+    partial: bool = False
+
+
+class IndexUnavailable(Exception):
+    """search.index is off: there is nothing to search."""
+
+
+@dataclass
+class _Snapshot:
+    digest: str
+    high: int
+    low: int
+    now: float
+    scores: array[float]  # best first
+    ids: array[int]  # in the same order
+    expires: float
+
+
+@dataclass
+class IndexFigures:
+    """Backfill progress across the process's stores (for /health and /metrics), and the gate
+    that keeps at most `concurrency` stores backfilling at once."""
+
+    concurrency: int
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _pending: dict[str, int] = field(default_factory=dict)  # user -> events still to index
+    _running: set[str] = field(default_factory=set)
+    indexed: int = 0  # events indexed by backfills in this process
+    seconds: float = 0.0  # time spent in backfill transactions
+    finished: int = 0  # stores whose backfill completed here
+
+    def waiting(self, user_id: str, pending: int) -> None:
+        """A store has `pending` events to backfill (0: none)."""
+        with self._lock:
+            if pending > 0:
+                self._pending[user_id] = pending
+            else:
+                self._pending.pop(user_id, None)
+
+    def acquire(self, user_id: str) -> bool:
+        """Take one of the backfill slots for a store (True if it has one)."""
+        with self._lock:
+            if user_id in self._running:
+                return True
+            if len(self._running) >= self.concurrency:
+                return False
+            self._running.add(user_id)
+            return True
+
+    def release(self, user_id: str, *, done: bool = False) -> None:
+        """Give a store's slot back (`done`: its backfill completed)."""
+        with self._lock:
+            self._running.discard(user_id)
+            if done:
+                self._pending.pop(user_id, None)
+                self.finished += 1
+
+    def progressed(self, user_id: str, rows: int, seconds: float) -> None:
+        """A step indexed `rows` events in `seconds`."""
+        with self._lock:
+            self.indexed += rows
+            self.seconds += seconds
+            if user_id in self._pending:
+                self._pending[user_id] = max(0, self._pending[user_id] - rows)
+
+    def stats(self) -> dict[str, Any]:
+        """JSON-able figures."""
+        with self._lock:
+            return {
+                "backfilling_stores": len(self._pending),
+                "backfill_running": len(self._running),
+                "backfill_pending_events": sum(self._pending.values()),
+                "backfilled_events": self.indexed,
+                "backfilled_stores": self.finished,
+                "backfill_rate": round(self.indexed / self.seconds, 1) if self.seconds else None,
+            }
+
+
+class IndexOptions(NamedTuple):
+    """How the stores of a process keep and search their indexes ([search] settings)."""
+
+    enabled: bool
+    figures: IndexFigures
+    recency_weight: float
+    half_life_days: float
+    rank_window: int
+    cursor_seconds: float
+
+    @classmethod
+    def from_settings(cls, search: SearchSettings, figures: IndexFigures | None = None) -> IndexOptions:
+        """The options [search] gives (with the process's figures, or figures of their own)."""
+        return cls(
+            enabled=search.index, figures=figures or IndexFigures(search.backfill_concurrency),
+            recency_weight=search.recency_weight, half_life_days=search.recency_half_life_days,
+            rank_window=search.rank_window, cursor_seconds=search.cursor_seconds,
+        )
+
+
+class SearchIndex:
+    """The index of one store; used only on the store's thread, inside its transactions."""
+
+    def __init__(self, db: sqlite3.Connection, *, user_id: str, options: IndexOptions) -> None:
+        self.db = db
+        self.user_id = user_id
+        self.enabled = options.enabled
+        self.figures = options.figures
+        self.recency_weight = options.recency_weight
+        self.half_life = options.half_life_days
+        self.rank_window = options.rank_window
+        self.cursor_seconds = options.cursor_seconds
+        self.next = 1
+        self.end = 0
+        self.unindexed_from: int | None = None
+        self._snapshots: OrderedDict[str, _Snapshot] = OrderedDict()
+
+    # -- state -------------------------------------------------------------------------------
+
+    def open(self, max_id: int) -> None:
+        """Read (or start) the index's state; an outdated or interrupted index is reset."""
+        db = self.db
+        row = db.execute("SELECT version, backfill_next, backfill_end, unindexed_from FROM search_state").fetchone()
+        if row is None:
+            # A store from before the index: every event it has is to be indexed.
+            db.execute("INSERT INTO search_state VALUES (1, ?, 1, ?, NULL)", (VERSION, max_id))
+            row = (VERSION, 1, max_id, None)
+        version, self.next, self.end, self.unindexed_from = row
+        if not self.enabled:
+            if self.unindexed_from is None:
+                self.unindexed_from = max_id + 1
+                db.execute("UPDATE search_state SET unindexed_from = ?", (self.unindexed_from,))
+            return
+        unindexed_from = self.unindexed_from
+        if version != VERSION or unindexed_from is not None:
+            why = "built by another version" if version != VERSION else "not kept while search.index was off"
+            log.info("%s: the search index was %s; rebuilding it in the background", self.user_id, why)
+            db.execute("BEGIN IMMEDIATE")
+            db.execute("INSERT INTO search (search) VALUES ('delete-all')")
+            db.execute("DELETE FROM search_times")
+            db.execute(
+                "UPDATE search_state SET version = ?, backfill_next = 1, backfill_end = ?, unindexed_from = NULL",
+                (VERSION, max_id),
+            )
+            db.execute("COMMIT")
+            self.next, self.end, self.unindexed_from = 1, max_id, None
+        self.figures.waiting(self.user_id, self.pending())
+
+    @property
+    def backfilling(self) -> bool:
+        """Whether events written before the index are still to be indexed."""
+        return self.enabled and self.next <= self.end
+
+    def pending(self) -> int:
+        """How many events the backfill has still to index."""
+        if self.next > self.end:
+            return 0
+        return int(self.db.execute("SELECT count(*) FROM events WHERE id BETWEEN ? AND ?", (self.next, self.end)).fetchone()[0])
+
+    def indexed(self, event_id: int) -> bool:
+        """Whether an event is in the index (so removing it must remove its row)."""
+        if self.next <= event_id <= self.end:
+            return False
+        return self.unindexed_from is None or event_id < self.unindexed_from
+
+    # -- writes (inside the caller's transaction) -------------------------------------------
+
+    def add(self, event_id: int, event_type: str, data: str, created_at: str) -> None:
+        """Index a new event."""
+        if self.enabled:
+            self.db.execute(_INSERT, (event_id, *document(event_type, data)))
+            self.db.execute(_INSERT_TIME, (event_id, created_at))
+
+    def remove(self, event_id: int, event_type: str, data: str) -> None:
+        """Remove an event's row, if it has one."""
+        if self.indexed(event_id):
+            self.db.execute(_DELETE, (event_id, *document(event_type, data)))
+            self.db.execute("DELETE FROM search_times WHERE id = ?", (event_id,))
+
+    # -- background work (the store's thread, between requests) --------------------------------
+
+    def backfill_step(self) -> bool:
+        """Index the next events in one short transaction; True while more remain."""
+        if not self.backfilling:
+            return False
+        db = self.db
+        started = time.perf_counter()
+        rows = 0
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            while True:
+                batch = db.execute(
+                    "SELECT id, type, data, created_at FROM events WHERE id BETWEEN ? AND ? ORDER BY id LIMIT ?",
+                    (self.next, self.end, BACKFILL_ROWS),
+                ).fetchall()
+                if batch:
+                    db.executemany(_INSERT, [(i, *document(t, d)) for i, t, d, _ in batch])
+                    db.executemany(_INSERT_TIME, [(i, c) for i, _, _, c in batch])
+                    rows += len(batch)
+                    self.next = batch[-1][0] + 1
+                if len(batch) < BACKFILL_ROWS:
+                    self.next = self.end + 1
+                if self.next > self.end or time.perf_counter() - started >= BACKFILL_STEP_SECONDS:
+                    break
+            db.execute("UPDATE search_state SET backfill_next = ?", (self.next,))
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            self.next = db.execute("SELECT backfill_next FROM search_state").fetchone()[0]
+            raise
+        self.figures.progressed(self.user_id, rows, time.perf_counter() - started)
+        return self.backfilling
+
+    def merge_step(self) -> bool:
+        """Some of the index's pending merge work; True if there was any."""
+        if not self.enabled:
+            return False
+        before = self.db.total_changes
+        self.db.execute("INSERT INTO search (search, rank) VALUES ('merge', ?)", (MERGE_PAGES,))
+        return self.db.total_changes - before >= 2
+
+    # -- reads -----------------------------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        """The index's state for GET /me/stats."""
+        if not self.enabled:
+            return {"state": "disabled"}
+        documents = self.db.execute("SELECT count(*) FROM search_docsize").fetchone()[0]
+        pending = self.pending()
+        return {"state": "backfilling" if pending else "ready", "documents": documents, "pending": pending}
+
+    def search(self, request: SearchRequest, max_id: int) -> SearchPage:
+        """One page of results (see the module docstring for the order and the windows)."""
+        if not self.enabled:
+            raise IndexUnavailable()
+        self._expire()
+        position = request.position
+        offset = 0
+        if position is None:
+            window = self._window(request, high=max_id, now=_julian_now())
+        else:
+            kept = self._snapshots.get(position.snapshot)
+            if kept is not None and kept.digest == request.digest and kept.high == position.high:
+                window, offset = kept, position.offset
+            elif position.low == 0:  # a cursor into the next older window, not ranked yet
+                window = self._window(request, high=position.high, now=position.now)
+            else:  # the snapshot is gone: rank the window again, go on after the last one served
+                window = self._rank(request, position.low, position.high, position.now)
+                offset = _resume_offset(window, position.last_score, position.last_id)
+        hits: list[SearchHit] = []
+        partial = self.backfilling
+        while True:
+            while len(hits) < request.limit and offset < len(window.ids):
+                end = offset + request.limit - len(hits)
+                hits.extend(self._hits(window.scores[offset:end], window.ids[offset:end], request.highlights))
+                offset = min(end, len(window.ids))
+            if offset < len(window.ids):
+                last = offset - 1
+                return SearchPage(hits, partial=partial, next=SearchPosition(
+                    self._keep(window), window.high, window.low, window.now, offset,
+                    window.scores[last] if last >= 0 else 0.0, window.ids[last] if last >= 0 else 0,
+                ))
+            # This window is used up: go on with the older matches, if there are any.
+            if window.low <= 1 or not self._exists(request, window.low - 1):
+                return SearchPage(hits, partial=partial, next=None)
+            if len(hits) >= request.limit:
+                return SearchPage(hits, partial=partial, next=SearchPosition("", window.low - 1, 0, window.now, 0, 0.0, 0))
+            window = self._window(request, high=window.low - 1, now=window.now)
+            offset = 0
+
+    # -- internals ---------------------------------------------------------------------------------
+
+    def _where(self, request: SearchRequest) -> tuple[str, list[Any]]:
+        sql, args = "", []
+        if request.since is not None:
+            sql += " AND e.created_at >= ?"
+            args.append(request.since)
+        if request.until is not None:
+            sql += " AND e.created_at < ?"
+            args.append(request.until)
+        return sql, args
+
+    def _window(self, request: SearchRequest, *, high: int, now: float) -> _Snapshot:
+        """Rank the newest `rank_window` matches at or below `high`."""
+        where, args = self._where(request)
+        join = _JOIN if where else ""
+        row = self.db.execute(
+            f"SELECT s.rowid FROM search s{join} WHERE search MATCH ? AND s.rowid <= ?{where}"
+            " ORDER BY s.rowid DESC LIMIT 1 OFFSET ?",
+            (request.fts, high, *args, self.rank_window - 1),
+        ).fetchone()
+        low = row[0] if row is not None else 1
+        return self._rank(request, low, high, now)
+
+    def _rank(self, request: SearchRequest, low: int, high: int, now: float) -> _Snapshot:
+        where, args = self._where(request)
+        rows = self.db.execute(
+            f"SELECT s.rowid, -bm25(search, {_WEIGHTS}) * (1.0 + ? * pow(0.5, max(0.0, ? - julianday(e.created_at)) / ?))"
+            f" AS score FROM search s{_JOIN} WHERE search MATCH ? AND s.rowid BETWEEN ? AND ?{where}"
+            " ORDER BY score DESC, s.rowid DESC",
+            (self.recency_weight, now, self.half_life, request.fts, low, high, *args),
+        ).fetchall()
+        return _Snapshot(
+            request.digest, high, low, now, array("d", (score for _, score in rows)),
+            array("q", (event_id for event_id, _ in rows)), time.monotonic() + self.cursor_seconds,
+        )
+
+    def _keep(self, window: _Snapshot) -> str:
+        for token, kept in self._snapshots.items():
+            if kept is window:
+                return token
+        token = secrets.token_urlsafe(9)
+        self._snapshots[token] = window
+        while len(self._snapshots) > MAX_SNAPSHOTS:
+            self._snapshots.popitem(last=False)
+        return token
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        for token in [t for t, s in self._snapshots.items() if s.expires < now]:
+            del self._snapshots[token]
+
+    def _exists(self, request: SearchRequest, high: int) -> bool:
+        where, args = self._where(request)
+        return self.db.execute(
+            f"SELECT 1 FROM search s{_JOIN if where else ''} WHERE search MATCH ? AND s.rowid <= ?{where} LIMIT 1",
+            (request.fts, high, *args),
+        ).fetchone() is not None
+
+    def _hits(self, scores: Sequence[float], ids: Sequence[int], terms: tuple[HighlightTerm, ...]) -> list[SearchHit]:
+        """The events of ranked ids that still exist, with their highlights."""
+        marks = ",".join("?" * len(ids))
+        found = {
+            row[0]: StoredEvent._make(row)
+            for row in self.db.execute(f"SELECT id, type, data, created_at FROM events WHERE id IN ({marks})", list(ids))
+        }
+        hits = []
+        marker = Highlighter(terms)
+        for score, event_id in zip(scores, ids):
+            event = found.get(event_id)
+            if event is not None:  # deleted since the ranking: skipped, never repeated
+                hits.append(SearchHit(event, round(score, 6), marker.highlight(event.type, event.data)))
+        return hits
+
+
+def _resume_offset(window: _Snapshot, last_score: float, last_id: int) -> int:
+    """The place just after (last_score, last_id) in an order by score, then id, descending."""
+    for i, (score, event_id) in enumerate(zip(window.scores, window.ids)):
+        if (score, event_id) < (last_score, last_id):
+            return i
+    return len(window.ids)
+
+
+def _julian_now() -> float:
+    return time.time() / 86400.0 + 2440587.5
+
+
+def tombstone_data(event: StoredEvent) -> str:
+    """The data of an event.deleted tombstone: which event went."""
+    return json.dumps({"id": event.id, "type": event.type, "created_at": event.created_at}, separators=(",", ":"))
