@@ -1,33 +1,39 @@
-"""What the search index holds of an event: a pure function of its type and its stored data text.
+"""What the search index holds of an event: a function of its type, its stored data text and the
+store's field slots.
 
-Every event becomes one row of the store's FTS5 table `search` (brain.api.search), in four
-columns:
+The store's FTS5 table `search` (brain.api.search) has a column `meta` and SLOTS columns
+`f0`..`f47`. Each top-level field of `data` has a column of its own in a store (its *slot*,
+given the first time the field is indexed and never changed, kept in `search_fields`): the
+strings inside the field, however nested (`from.name`, `from.address`, `to[2].address`), are
+that column's text. So a word is indexed once, a field filter is a column filter
+(`from:anna` looks in the `from` column) and a plain word looks in every column but `meta`.
+Field names count folded, letters and digits only (`Reply_To` is `replyto`). When a store has
+met more field names than there are slots, the later ones share the last slot (OVERFLOW): a
+filter on one of them also finds the word in the others.
 
-- `subject`: what names the event (a mail's subject; a note's `title`, `subject` or `name`);
-- `people`: a mail's senders and recipients, names and addresses;
-- `body`: every other string of `data` (a mail's `body_text` and attachment file names);
-- `tags`: field-qualified words, so a query can name the field a word must be in. Each word of
-  each string is written as `field<TAG>word` under the top-level field it sits in (the name
-  and the address of `from` are both `from`); TAG is U+01C2, a letter to SQLite's unicode61
-  tokenizer, so `fromǂanna` stays one token. The event type and `has:` facts
-  are tokens that start with TAG, which no field name can (field names keep letters and digits
-  only).
+`meta` holds what is not text of a field: the event type and `has:` facts (tokens that start
+with TAG, which no word can), and the words of a mail event's identifiers and bookkeeping
+(ids, account, labels, folders, direction, date), each as `field<TAG>word` — TAG is U+01C2, a
+letter to SQLite's unicode61 tokenizer, so `labelsǂwork` stays one token and `labels:work`
+finds it while a plain `work` does not.
 
 A mail event (`mail.*`, which only mail sync writes) is read through the mail message model
-(docs/mail-model.md): its quoted-reply-free copy, snippet and HTML are left out (they repeat
-`body_text`), its ids and account are tags only, and its body is not tagged (`body:` is a
-column filter instead), which keeps a 20 KiB message to one copy of its text in the index.
+(docs/mail-model.md): subject, the people fields, `body_text` and attachment file names are
+text; `body_text_clean`, `snippet` and `body_html` are left out (they repeat `body_text`), so a
+20 KiB message is one copy of its text in the index.
 
 Because the index is contentless (brain.api.search), an event's row is removed by handing
-FTS5 the very same column values again: they are recomputed from the stored text, so this
-module must stay deterministic. Any change to what it produces must bump `VERSION`: a store
-whose index was built by another version drops it and builds it again in the background.
+FTS5 the very same column values again: they are recomputed from the stored text (and the
+store's slots, which never change), so this module must stay deterministic. Any change to
+what it produces must bump `VERSION`: a store whose index was built by another version drops
+it and builds it again in the background.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import sqlite3
 import unicodedata
 from collections.abc import Iterator
 from functools import lru_cache
@@ -35,25 +41,33 @@ from typing import Any, NamedTuple
 
 # Bump on any change to what `document` returns for some input (see the module docstring).
 VERSION = 1
+SLOTS = 48
+OVERFLOW = SLOTS - 1
 TAG = "\u01c2"  # LATIN LETTER ALVEOLAR CLICK: a letter (Lo), untouched by diacritic folding
 TYPE_PREFIX = f"{TAG}type{TAG}"
 HAS_ATTACHMENT = f"{TAG}has{TAG}attachment"
 # A word longer than this is cut, alike when indexed and when queried.
 MAX_WORD = 64
+# BM25 weight of a field's column, by name: what names a thing, then who, then the rest.
+# BM25 scales a match by its column's average length, and a mail's subject runs longer than a
+# note's title ("Re:", numbers, the sender's wording): it weighs more, so that a word in either
+# counts alike.
+PEOPLE_FIELDS = frozenset({"from", "to", "cc", "bcc", "replyto"})
+BODY_FIELDS = ("body", "bodytext", "text")
+_WEIGHTS = {"title": 3.0, "name": 3.0, "subject": 4.0, **{n: 2.0 for n in PEOPLE_FIELDS}}
 _WORD = re.compile(r"[^\W_]+")
-_SUBJECT_KEYS = frozenset({"title", "subject", "name"})
-_MAIL_PEOPLE = frozenset({"from", "to", "cc", "bcc", "reply_to"})
+_MAIL_TEXT = frozenset({"subject", "from", "to", "cc", "bcc", "reply_to", "body_text", "attachments"})
 # Repeats of body_text (or markup): indexing them would only count the same words twice.
-_MAIL_SKIPPED = frozenset({"body_text_clean", "body_html", "original_sizes"})
+_MAIL_SKIPPED = frozenset({"body_text_clean", "body_html", "original_sizes", "snippet"})
 
-
-class Document(NamedTuple):
-    """One event's row of the index, column by column."""
-
-    subject: str
-    people: str
-    body: str
-    tags: str
+SCHEMA = f"""
+CREATE VIRTUAL TABLE IF NOT EXISTS search USING fts5(
+    meta, {", ".join(f"f{i}" for i in range(SLOTS))}, content='', tokenize='unicode61 remove_diacritics 2'
+);
+-- Which column (f<slot>) holds each top-level field of data; never changed once given.
+CREATE TABLE IF NOT EXISTS search_fields (name TEXT PRIMARY KEY, slot INTEGER NOT NULL UNIQUE);
+"""
+COLUMNS = ("meta", *(f"f{i}" for i in range(SLOTS)))
 
 
 def fold(text: str) -> str:
@@ -71,84 +85,114 @@ def words(text: str) -> list[str]:
 
 @lru_cache(maxsize=4096)
 def field_token(name: str) -> str | None:
-    """A field name as it appears in tags: folded, letters and digits only; None if none are left."""
+    """A field name as the index knows it: folded, letters and digits only; None if none are left."""
     token = "".join(_WORD.findall(fold(name)))[:MAX_WORD]
     return token or None
 
 
 def type_token(event_type: str) -> str:
-    """The tag of an event type: hex keeps it exact (case and punctuation) and prefix-searchable."""
+    """The token of an event type: hex keeps it exact (case and punctuation) and prefix-searchable."""
     return TYPE_PREFIX + event_type.encode().hex()
 
 
+def weight(field: str | None) -> float:
+    """The BM25 weight of a field's column."""
+    return _WEIGHTS.get(field or "", 1.0)
+
+
+class FieldSlots:
+    """A store's field -> column map (`search_fields`), kept in memory on the store's thread."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+        self.by_name: dict[str, int] = {}
+        self.reload()
+
+    def reload(self) -> None:
+        """Read the map again (after a rollback took back slots given in it)."""
+        self.by_name = dict(self.db.execute("SELECT name, slot FROM search_fields").fetchall())
+
+    @property
+    def full(self) -> bool:
+        """Whether every slot but the shared last one is taken."""
+        return len(self.by_name) >= OVERFLOW
+
+    def slot(self, field: str | None) -> int:
+        """The column of a field, given now if it has none (inside the caller's transaction)."""
+        if field is None:
+            return OVERFLOW
+        slot = self.by_name.get(field)
+        if slot is None:
+            if self.full:
+                return OVERFLOW
+            slot = len(self.by_name)
+            self.db.execute("INSERT INTO search_fields (name, slot) VALUES (?, ?)", (field, slot))
+            self.by_name[field] = slot
+        return slot
+
+    def find(self, field: str) -> int | None:
+        """The column that holds a field's text in this store, None if no event had it."""
+        slot = self.by_name.get(field)
+        if slot is None and self.full:
+            return OVERFLOW
+        return slot
+
+    def weights(self) -> list[float]:
+        """bm25() weights of every column, `meta` first (it scores nothing)."""
+        out = [0.0] + [1.0] * SLOTS
+        for name, slot in self.by_name.items():
+            out[1 + slot] = weight(name)
+        return out
+
+
 class Leaf(NamedTuple):
-    """One string of an event's data: where it sits, which column holds it, its tag field."""
+    """One string of an event's data: where it sits, its field, and whether it is text or meta."""
 
     path: tuple[str, ...]  # object keys from the top; arrays are transparent
     text: str
-    column: str | None  # "subject", "people", "body", or None (tags only, or left out)
-    field: str | None  # the field token its words are tagged with (None: not tagged)
+    field: str | None  # the top-level field's token (None: data is not an object, or no letters)
+    text_column: bool  # in its field's column (True) or tagged in `meta` (False)
 
 
 def leaves(event_type: str, value: Any) -> Iterator[Leaf]:
-    """Every string of an event's data (parsed), routed as the index routes it."""
-    mail = event_type.startswith("mail.")
+    """Every indexed string of an event's data (parsed), routed as the index routes it."""
     if not isinstance(value, dict):
         for path, text in _strings(value, ()):
-            yield Leaf(path, text, "body", None)
+            yield Leaf(path, text, None, True)
         return
+    mail = event_type.startswith("mail.")
     for key, child in value.items():
         key = str(key)
-        column, tag = _route(mail, key, value)
-        if column is None and not tag:
-            continue
-        top = field_token(key) if tag else None
+        if mail and key in _MAIL_SKIPPED and not (key == "snippet" and "body_text" not in value):
+            continue  # (the older mail events carry only a snippet: that is their text)
+        field = field_token(key)
+        text = not mail or key in _MAIL_TEXT or key == "snippet"
         if isinstance(child, str):  # most fields: no walk
             if child:
-                yield Leaf((key,), child, column, top)
+                yield Leaf((key,), child, field, text)
             continue
-        for path, text in _strings(child, (key,)):
-            leaf_column = column
+        for path, string in _strings(child, (key,)):
             if mail and key == "attachments":
-                # A file name is content ("the invoice pdf"); ids and MIME types are not.
-                leaf_column = "body" if path[-1] == "filename" else None
-            yield Leaf(path, text, leaf_column, top)
+                # A file name is text ("the invoice pdf"); ids and MIME types are not.
+                yield Leaf(path, string, field, path[-1] == "filename")
+            else:
+                yield Leaf(path, string, field, text)
 
 
-def document(event_type: str, data_text: str) -> Document:
-    """The index row of an event, from its type and its data as stored (JSON text)."""
+def document(event_type: str, data_text: str, slots: FieldSlots) -> list[str]:
+    """The index row of an event (`meta`, then one text per slot) from its type and stored data."""
     value = json.loads(data_text)
-    columns: dict[str, list[str]] = {"subject": [], "people": [], "body": []}
-    tags: list[str] = [type_token(event_type)]
+    columns: list[list[str]] = [[] for _ in range(SLOTS)]
+    meta = [type_token(event_type)]
     if _has_attachment(value):
-        tags.append(HAS_ATTACHMENT)
+        meta.append(HAS_ATTACHMENT)
     for leaf in leaves(event_type, value):
-        if leaf.column is not None:
-            columns[leaf.column].append(leaf.text)
-        if leaf.field is not None:
+        if leaf.text_column:
+            columns[slots.slot(leaf.field)].append(leaf.text)
+        elif leaf.field is not None:
             prefix = leaf.field + TAG
-            tags.extend([prefix + w for w in words(leaf.text)])
-    return Document(
-        "\n".join(columns["subject"]), "\n".join(columns["people"]), "\n".join(columns["body"]), " ".join(tags)
-    )
-
-
-def _route(mail: bool, key: str, data: dict[str, Any]) -> tuple[str | None, bool]:
-    """(column or None, whether tagged) of a top-level field."""
-    if not mail:
-        return ("subject" if key in _SUBJECT_KEYS else "body"), True
-    if key == "subject":
-        return "subject", True
-    if key in _MAIL_PEOPLE:
-        return "people", True
-    if key == "body_text":
-        return "body", False
-    if key == "snippet":
-        # The older mail events carry only a snippet; the model's repeats its body_text.
-        return ("body" if "body_text" not in data else None), False
-    if key in _MAIL_SKIPPED:
-        return None, False
-    return None, True
+            meta.extend([prefix + w for w in words(leaf.text)])
+    return [" ".join(meta), *("\n".join(texts) for texts in columns)]
 
 
 def _strings(value: Any, path: tuple[str, ...]) -> Iterator[tuple[tuple[str, ...], str]]:

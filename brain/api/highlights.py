@@ -16,14 +16,13 @@ import re
 import unicodedata
 from typing import Any
 
-from brain.api.documents import field_token, leaves
+from brain.api.documents import leaves
 from brain.api.query import HighlightTerm
 
 SNIPPET = 160
 # Context kept before the first match when a long string is cut.
 LEAD = 50
 MAX_MARKS = 20
-_COLUMN_FIELDS = {"body": "body", "body_text": "body", "people": "people"}
 _WORD_CHARS = r"[^\W_]"
 # (Within a snippet \b and \w, which count '_' as a letter, stand in for the index's
 # letters-and-digits words: much faster to search, and only where a mark falls can differ.)
@@ -56,8 +55,8 @@ class Highlighter:
 
     def __init__(self, terms: tuple[HighlightTerm, ...]) -> None:
         self.terms = [(term, p) for term in terms if (p := _pattern(term)) is not None]
-        # Per (column, field) of a string: the one pattern of the terms that apply there.
-        self._by_place: dict[tuple[str | None, str | None], re.Pattern[str] | None] = {}
+        # Per (field, text or meta) of a string: the one pattern of the terms that apply there.
+        self._by_place: dict[tuple[str | None, bool], re.Pattern[str] | None] = {}
 
     def highlight(self, event_type: str, data: str) -> dict[str, str]:
         """Marked snippets of the fields of an event where the terms are found."""
@@ -66,9 +65,9 @@ class Highlighter:
         value: Any = json.loads(data)
         out: dict[str, str] = {}
         for leaf in leaves(event_type, value):
-            place = (leaf.column, leaf.field)
+            place = (leaf.field, leaf.text_column)
             if place not in self._by_place:
-                wanted = [p for term, p in self.terms if _applies(term, leaf.column, leaf.field)]
+                wanted = [p for term, p in self.terms if _applies(term, leaf.field, leaf.text_column)]
                 self._by_place[place] = re.compile("|".join(f"(?:{p})" for p in wanted)) if wanted else None
             pattern = self._by_place[place]
             if pattern is None:
@@ -81,12 +80,10 @@ class Highlighter:
         return out
 
 
-def _applies(term: HighlightTerm, column: str | None, field: str | None) -> bool:
-    if term.field is None:
-        return column is not None
-    if term.field in _COLUMN_FIELDS:
-        return column == _COLUMN_FIELDS[term.field]
-    return field is not None and field_token(term.field) == field
+def _applies(term: HighlightTerm, field: str | None, text_column: bool) -> bool:
+    if term.fields is None:
+        return text_column
+    return field in term.fields
 
 
 def _pattern(term: HighlightTerm) -> str | None:

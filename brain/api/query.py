@@ -9,16 +9,18 @@
 
 `lea*` is a prefix (2 letters at least), `"exact words"` a phrase, `field:value` a field filter
 (brain.api.documents: `from:anna`, `labels:inbox`, `account:acc_1`: a top-level field of
-`data`, whatever is nested inside it), with these names of their own:
-`type:` an event type, `type:mail.*` (or `type:mail*`) a type prefix; `has:attachment`;
-`body:` and `people:` the index columns of those names; `label:` and `folder:` mean `labels:`
-and `folders:`. `OR`, `AND` and `NOT` are operators in capitals only; every other word
-(`NEAR`, `or`, `{col}`, `^`) is just a word.
+`data`, whatever is nested inside it), with these names of their own: `type:` an event type,
+`type:mail.*` (or `type:mail*`) a type prefix; `has:attachment`; `label:` and `folder:` mean
+`labels:` and `folders:`, `body:` the fields `body`, `body_text` and `text`, `people:` a mail's
+`from`, `to`, `cc`, `bcc` and `reply_to`. `OR`, `AND` and `NOT` are operators in capitals
+only; every other word (`NEAR`, `or`, `{col}`, `^`) is just a word.
 
-User text only ever reaches FTS5 inside a double-quoted string (quotes doubled), and field
-names only as tag tokens made of letters and digits, so no input can form FTS5 syntax: a query
-is either turned into an expression FTS5 accepts or refused as a `QuerySyntaxError` naming the
-1-based character position of the problem.
+`parse` checks a query and builds its tree; `ParsedQuery.fts` writes the FTS5 expression for
+one store, whose field columns it needs (brain.api.documents.FieldSlots). User text only ever
+reaches FTS5 inside a double-quoted string (quotes doubled), field names only as column names
+of the index or tag tokens made of letters and digits, so no input can form FTS5 syntax: a
+query is either turned into an expression FTS5 accepts or refused as a `QuerySyntaxError`
+naming the 1-based character position of the problem.
 """
 
 from __future__ import annotations
@@ -27,17 +29,20 @@ import hashlib
 import re
 from dataclasses import dataclass, field
 
-from brain.api.documents import HAS_ATTACHMENT, TAG, field_token, type_token, words
+from brain.api.documents import BODY_FIELDS, HAS_ATTACHMENT, PEOPLE_FIELDS, TAG, FieldSlots, field_token, type_token, words
 from brain.errors import BadRequest
 
 MAX_TERMS = 64
 MAX_DEPTH = 16
 MIN_PREFIX = 2
-CONTENT_COLUMNS = "{subject people body}"
+# Every column but meta: where a plain word is looked for.
+TEXT_COLUMNS = "- {meta}"
 _FIELD_RE = re.compile(r"[A-Za-z][A-Za-z0-9_-]*")
 _TYPE_VALUE = re.compile(r"[A-Za-z][A-Za-z0-9_-]*(?:\.[A-Za-z0-9_-]+)*")
-_COLUMNS = {"body": "body", "body_text": "body", "people": "people"}
-_ALIASES = {"label": "labels", "folder": "folders"}
+# Filter names that stand for other fields (folded names, as field_token gives them).
+_ALIASES: dict[str, tuple[str, ...]] = {
+    "label": ("labels",), "folder": ("folders",), "body": BODY_FIELDS, "people": tuple(sorted(PEOPLE_FIELDS)),
+}
 _HAS = {"attachment": HAS_ATTACHMENT, "attachments": HAS_ATTACHMENT}
 _OPERATORS = ("OR", "AND", "NOT")
 _SPECIAL = '()"'
@@ -54,12 +59,13 @@ class QuerySyntaxError(BadRequest):
 
 @dataclass(frozen=True)
 class Term:
-    """One word or phrase, maybe a prefix, maybe limited to a field."""
+    """One word or phrase, maybe a prefix, maybe limited to fields (or `type`, `has`)."""
 
     field: str | None
     text: str
     position: int
     prefix: bool = False
+    fields: tuple[str, ...] = ()  # the folded field names a field filter looks in
 
 
 @dataclass(frozen=True)
@@ -73,23 +79,27 @@ class Node:
 
 @dataclass(frozen=True)
 class HighlightTerm:
-    """What a highlight looks for: a term's text (a prefix, maybe) in its field, or anywhere."""
+    """What a highlight looks for: a term's text (a prefix, maybe) in its fields, or in any text."""
 
-    field: str | None
+    fields: tuple[str, ...] | None
     text: str
     prefix: bool
 
 
 @dataclass(frozen=True)
 class ParsedQuery:
-    """A query ready for FTS5: the MATCH expression and what to highlight."""
+    """A checked query: its tree, and what to highlight."""
 
-    fts: str
+    node: Term | Node
     highlights: tuple[HighlightTerm, ...]
 
+    def fts(self, slots: FieldSlots) -> str:
+        """The FTS5 MATCH expression for a store with these field columns."""
+        return _fts(self.node, slots)
+
     def digest(self, *parts: str | None) -> str:
-        """A short hash of the expression and other parameters (binds a cursor to its query)."""
-        text = "\x00".join([self.fts, *(p or "" for p in parts)])
+        """A short hash of the query and other parameters (binds a cursor to its query)."""
+        text = "\x00".join([repr(self.node), *(p or "" for p in parts)])
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -108,7 +118,7 @@ def parse(q: str, *, max_chars: int) -> ParsedQuery:
         raise QuerySyntaxError("nothing to search for (no word with letters or digits)", 1)
     highlights: list[HighlightTerm] = []
     _collect_highlights(node, highlights)
-    return ParsedQuery(_fts(node), tuple(highlights))
+    return ParsedQuery(node, tuple(highlights))
 
 
 # -- lexing and parsing ------------------------------------------------------------------
@@ -300,10 +310,12 @@ def _term(token: _Token, fname: str | None) -> Term | None:
         if text.lower() not in _HAS or token.prefix:
             raise QuerySyntaxError(f"has: knows only {', '.join(sorted(_HAS))}", token.position)
         return Term("has", text.lower(), token.position)
+    fields: tuple[str, ...] = ()
     if fname is not None:
-        fname = _ALIASES.get(fname, fname)
-        if fname not in _COLUMNS and field_token(fname) is None:
+        token_name = field_token(fname)
+        if token_name is None:
             raise QuerySyntaxError(f"{fname}: not a field name", token.position)
+        fields = _ALIASES.get(token_name, (token_name,))
     found = words(text)
     if token.prefix:
         if not found and not text.strip():
@@ -312,7 +324,7 @@ def _term(token: _Token, fname: str | None) -> Term | None:
             raise QuerySyntaxError(f"a prefix needs at least {MIN_PREFIX} letters or digits", token.position)
     if not found:
         return None
-    return Term(fname, text, token.position, token.prefix)
+    return Term(fname, text, token.position, token.prefix, fields)
 
 
 def _type_term(token: _Token) -> Term:
@@ -334,34 +346,37 @@ def _string(text: str) -> str:
     return '"' + text.replace('"', '""') + '"'
 
 
-def _fts(node: Term | Node) -> str:
+def _fts(node: Term | Node, slots: FieldSlots) -> str:
     if isinstance(node, Term):
-        return _fts_term(node)
-    joined = (" AND " if node.op == "and" else " OR ").join(f"({_fts(item)})" for item in node.items)
+        return _fts_term(node, slots)
+    joined = (" AND " if node.op == "and" else " OR ").join(f"({_fts(item, slots)})" for item in node.items)
     if node.excluded:
-        return f"({joined}) NOT ({' OR '.join(f'({_fts(item)})' for item in node.excluded)})"
+        return f"({joined}) NOT ({' OR '.join(f'({_fts(item, slots)})' for item in node.excluded)})"
     return joined
 
 
-def _fts_term(term: Term) -> str:
+def _fts_term(term: Term, slots: FieldSlots) -> str:
     star = " *" if term.prefix else ""
     if term.field is None:
-        return f"{CONTENT_COLUMNS} : {_string(term.text)}{star}"
+        return f"{TEXT_COLUMNS} : {_string(term.text)}{star}"
     if term.field == "type":
-        return f"tags : {_string(type_token(term.text))}{star}"
+        return f"meta : {_string(type_token(term.text))}{star}"
     if term.field == "has":
-        return f"tags : {_string(_HAS[term.text])}"
-    if term.field in _COLUMNS:
-        return f"{{{_COLUMNS[term.field]}}} : {_string(term.text)}{star}"
-    token = field_token(term.field)
-    assert token is not None  # checked by _term
-    return f"tags : {_string(' '.join(f'{token}{TAG}{w}' for w in words(term.text)))}{star}"
+        return f"meta : {_string(HAS_ATTACHMENT)}"
+    # The field's column where it has one here, and its tagged words in meta (mail's ids,
+    # labels, account...); a field no event had matches only in meta, that is nothing.
+    found = words(term.text)
+    columns = sorted({f"f{slot}" for name in term.fields if (slot := slots.find(name)) is not None})
+    alternatives = [f"{{{' '.join(columns)}}} : {_string(term.text)}{star}"] if columns else []
+    for name in term.fields:
+        alternatives.append(f"meta : {_string(' '.join(f'{name}{TAG}{w}' for w in found))}{star}")
+    return " OR ".join(f"({a})" for a in alternatives)
 
 
 def _collect_highlights(node: Term | Node, out: list[HighlightTerm]) -> None:
     if isinstance(node, Term):
         if node.field not in ("type", "has"):
-            out.append(HighlightTerm(node.field, node.text, node.prefix))
+            out.append(HighlightTerm(node.fields or None, node.text, node.prefix))
         return
     for item in node.items:  # excluded terms are never in a result: nothing to mark
         _collect_highlights(item, out)

@@ -57,7 +57,7 @@ def routes(rt: Process, stores: StoreManager, rate: WriteRate) -> list[Route]:
             fields = cursors.read_position(user_id, _SEARCH_CURSOR, cursor)
             position = _position(fields, digest)
         page: SearchPage = await stores.request(
-            user_id, SearchRequest(parsed.fts, digest, parsed.highlights, since, until, limit, position)
+            user_id, SearchRequest(parsed, digest, since, until, limit, position)
         )
         next_cursor = None
         if page.next is not None:

@@ -1,12 +1,12 @@
 """The full-text index of one user's store: written in the events' own transactions, backfilled
 for stores that predate it, and searched.
 
-`search` is a contentless FTS5 table (brain.api.documents says what each column holds) in the
-user's events.db, rowid = event id, tokenizer unicode61 with diacritics folded. Contentless,
-because the text is in `events.data` already: the index alone is kept, and an event's row is
-removed by recomputing its columns from the stored data (`remove`). No prefix or trigram
-index: both multiply the work of every write (see bench/search.py); prefix queries need two
-letters instead.
+`search` is a contentless FTS5 table (brain.api.documents says what each column holds: one per
+field of data) in the user's events.db, rowid = event id, tokenizer unicode61 with diacritics
+folded. Contentless, because the text is in `events.data` already: the index alone is kept, and
+an event's row is removed by recomputing its columns from the stored data (`remove`). No
+prefix or trigram index: both multiply the work of every write (a prefix index on 2 and 3
+letters made bulk indexing ~3.5x slower when measured); prefix queries need two letters.
 
 Consistency: `add` and `remove` run inside the caller's transaction, so an event and its index
 row are committed (or lost to a crash) together. Events older than the index — a store
@@ -14,10 +14,11 @@ created before it, or while `search.index` was off — are indexed by `backfill_
 transaction at a time, between the store's requests; `search_state` records which ids are
 still to do (`backfill_next`..`backfill_end`; everything above was indexed as it was written).
 
-Ranking: BM25 over the columns (subject 3, people 2, body 1; field filters do not score) times
-a recency factor, `1 + recency_weight x 0.5 ^ (age_days / half_life)`. A query is ranked over a
-window of at most `search.rank_window` matches, the newest by id; when that is used up, paging
-goes on with the next older window. Each window's ranked order is kept in memory for
+Ranking: BM25 over the field columns (weights in brain.api.documents: what names a thing,
+then a mail's people, then the rest; meta, which holds type, has: and tagged ids, scores
+nothing) times a recency factor, `1 + recency_weight x 0.5 ^ (age_days / half_life)`. A query
+is ranked over a window of at most `search.rank_window` matches, the newest by id; when that
+is used up, paging goes on with the next older window. Each window's ranked order is kept in memory for
 `search.cursor_seconds` (the cursor names it), so paging through it never skips or repeats an
 event while writes go on: the order was fixed at the first page, and events written since
 (ids above the window) are not part of it. A cursor that outlives its snapshot (the store
@@ -41,18 +42,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from brain.api.documents import VERSION, document
+from brain.api.documents import COLUMNS, VERSION, FieldSlots, document
+from brain.api.documents import SCHEMA as DOCUMENT_SCHEMA
 from brain.api.events import StoredEvent
 from brain.api.highlights import Highlighter
-from brain.api.query import HighlightTerm
+from brain.api.query import ParsedQuery
 from brain.api.settings import SearchSettings
 
 log = logging.getLogger("brain.api.search")
 
-SCHEMA = """
-CREATE VIRTUAL TABLE IF NOT EXISTS search USING fts5(
-    subject, people, body, tags, content='', tokenize='unicode61 remove_diacritics 2'
-);
+SCHEMA = DOCUMENT_SCHEMA + """
 INSERT INTO search (search, rank) VALUES ('automerge', 0);
 -- Each indexed event's created_at, for the recency factor and since/until: a row of events
 -- keeps it after `data`, which for a mail lies in overflow pages that would all be read.
@@ -68,11 +67,10 @@ CREATE TABLE IF NOT EXISTS search_state (
     unindexed_from INTEGER
 );
 """
-_INSERT = "INSERT INTO search (rowid, subject, people, body, tags) VALUES (?, ?, ?, ?, ?)"
+_MARKS = ", ".join("?" * len(COLUMNS))
+_INSERT = f"INSERT INTO search (rowid, {', '.join(COLUMNS)}) VALUES (?, {_MARKS})"
 _INSERT_TIME = "INSERT INTO search_times (id, created_at) VALUES (?, ?)"
-_DELETE = "INSERT INTO search (search, rowid, subject, people, body, tags) VALUES ('delete', ?, ?, ?, ?, ?)"
-WEIGHTS = (3.0, 2.0, 1.0, 0.0)  # subject, people, body, tags
-_WEIGHTS = ", ".join(repr(w) for w in WEIGHTS)
+_DELETE = f"INSERT INTO search (search, rowid, {', '.join(COLUMNS)}) VALUES ('delete', ?, {_MARKS})"
 _JOIN = " JOIN search_times e ON e.id = s.rowid"
 # A backfill transaction stops after this long, so the requests waiting behind it wait little.
 BACKFILL_STEP_SECONDS = 0.02
@@ -103,9 +101,8 @@ class SearchPosition(NamedTuple):
 class SearchRequest(NamedTuple):
     """A parsed query for a store to run."""
 
-    fts: str
+    query: ParsedQuery
     digest: str
-    highlights: tuple[HighlightTerm, ...]
     since: str | None
     until: str | None
     limit: int
@@ -239,6 +236,7 @@ class SearchIndex:
         self.next = 1
         self.end = 0
         self.unindexed_from: int | None = None
+        self.slots = FieldSlots(db)
         self._snapshots: OrderedDict[str, _Snapshot] = OrderedDict()
 
     # -- state -------------------------------------------------------------------------------
@@ -264,11 +262,13 @@ class SearchIndex:
             db.execute("BEGIN IMMEDIATE")
             db.execute("INSERT INTO search (search) VALUES ('delete-all')")
             db.execute("DELETE FROM search_times")
+            db.execute("DELETE FROM search_fields")
             db.execute(
                 "UPDATE search_state SET version = ?, backfill_next = 1, backfill_end = ?, unindexed_from = NULL",
                 (VERSION, max_id),
             )
             db.execute("COMMIT")
+            self.slots.reload()
             self.next, self.end, self.unindexed_from = 1, max_id, None
         self.figures.waiting(self.user_id, self.pending())
 
@@ -294,14 +294,18 @@ class SearchIndex:
     def add(self, event_id: int, event_type: str, data: str, created_at: str) -> None:
         """Index a new event."""
         if self.enabled:
-            self.db.execute(_INSERT, (event_id, *document(event_type, data)))
+            self.db.execute(_INSERT, (event_id, *document(event_type, data, self.slots)))
             self.db.execute(_INSERT_TIME, (event_id, created_at))
 
     def remove(self, event_id: int, event_type: str, data: str) -> None:
         """Remove an event's row, if it has one."""
         if self.indexed(event_id):
-            self.db.execute(_DELETE, (event_id, *document(event_type, data)))
+            self.db.execute(_DELETE, (event_id, *document(event_type, data, self.slots)))
             self.db.execute("DELETE FROM search_times WHERE id = ?", (event_id,))
+
+    def rolled_back(self) -> None:
+        """The caller's transaction (or savepoint) was rolled back: forget the slots given in it."""
+        self.slots.reload()
 
     # -- background work (the store's thread, between requests) --------------------------------
 
@@ -320,7 +324,7 @@ class SearchIndex:
                     (self.next, self.end, BACKFILL_ROWS),
                 ).fetchall()
                 if batch:
-                    db.executemany(_INSERT, [(i, *document(t, d)) for i, t, d, _ in batch])
+                    db.executemany(_INSERT, [(i, *document(t, d, self.slots)) for i, t, d, _ in batch])
                     db.executemany(_INSERT_TIME, [(i, c) for i, _, _, c in batch])
                     rows += len(batch)
                     self.next = batch[-1][0] + 1
@@ -334,6 +338,7 @@ class SearchIndex:
             if db.in_transaction:
                 db.execute("ROLLBACK")
             self.next = db.execute("SELECT backfill_next FROM search_state").fetchone()[0]
+            self.slots.reload()
             raise
         self.figures.progressed(self.user_id, rows, time.perf_counter() - started)
         return self.backfilling
@@ -361,25 +366,27 @@ class SearchIndex:
         if not self.enabled:
             raise IndexUnavailable()
         self._expire()
+        fts = request.query.fts(self.slots)
         position = request.position
         offset = 0
         if position is None:
-            window = self._window(request, high=max_id, now=_julian_now())
+            window = self._window(request, fts, high=max_id, now=_julian_now())
         else:
             kept = self._snapshots.get(position.snapshot)
             if kept is not None and kept.digest == request.digest and kept.high == position.high:
                 window, offset = kept, position.offset
             elif position.low == 0:  # a cursor into the next older window, not ranked yet
-                window = self._window(request, high=position.high, now=position.now)
+                window = self._window(request, fts, high=position.high, now=position.now)
             else:  # the snapshot is gone: rank the window again, go on after the last one served
-                window = self._rank(request, position.low, position.high, position.now)
+                window = self._rank(request, fts, position.low, position.high, position.now)
                 offset = _resume_offset(window, position.last_score, position.last_id)
         hits: list[SearchHit] = []
+        marker = Highlighter(request.query.highlights)
         partial = self.backfilling
         while True:
             while len(hits) < request.limit and offset < len(window.ids):
                 end = offset + request.limit - len(hits)
-                hits.extend(self._hits(window.scores[offset:end], window.ids[offset:end], request.highlights))
+                hits.extend(self._hits(window.scores[offset:end], window.ids[offset:end], marker))
                 offset = min(end, len(window.ids))
             if offset < len(window.ids):
                 last = offset - 1
@@ -388,11 +395,11 @@ class SearchIndex:
                     window.scores[last] if last >= 0 else 0.0, window.ids[last] if last >= 0 else 0,
                 ))
             # This window is used up: go on with the older matches, if there are any.
-            if window.low <= 1 or not self._exists(request, window.low - 1):
+            if window.low <= 1 or not self._exists(request, fts, window.low - 1):
                 return SearchPage(hits, partial=partial, next=None)
             if len(hits) >= request.limit:
                 return SearchPage(hits, partial=partial, next=SearchPosition("", window.low - 1, 0, window.now, 0, 0.0, 0))
-            window = self._window(request, high=window.low - 1, now=window.now)
+            window = self._window(request, fts, high=window.low - 1, now=window.now)
             offset = 0
 
     # -- internals ---------------------------------------------------------------------------------
@@ -407,25 +414,26 @@ class SearchIndex:
             args.append(request.until)
         return sql, args
 
-    def _window(self, request: SearchRequest, *, high: int, now: float) -> _Snapshot:
+    def _window(self, request: SearchRequest, fts: str, *, high: int, now: float) -> _Snapshot:
         """Rank the newest `rank_window` matches at or below `high`."""
         where, args = self._where(request)
         join = _JOIN if where else ""
         row = self.db.execute(
             f"SELECT s.rowid FROM search s{join} WHERE search MATCH ? AND s.rowid <= ?{where}"
             " ORDER BY s.rowid DESC LIMIT 1 OFFSET ?",
-            (request.fts, high, *args, self.rank_window - 1),
+            (fts, high, *args, self.rank_window - 1),
         ).fetchone()
         low = row[0] if row is not None else 1
-        return self._rank(request, low, high, now)
+        return self._rank(request, fts, low, high, now)
 
-    def _rank(self, request: SearchRequest, low: int, high: int, now: float) -> _Snapshot:
+    def _rank(self, request: SearchRequest, fts: str, low: int, high: int, now: float) -> _Snapshot:
         where, args = self._where(request)
+        weights = ", ".join(repr(w) for w in self.slots.weights())
         rows = self.db.execute(
-            f"SELECT s.rowid, -bm25(search, {_WEIGHTS}) * (1.0 + ? * pow(0.5, max(0.0, ? - julianday(e.created_at)) / ?))"
+            f"SELECT s.rowid, -bm25(search, {weights}) * (1.0 + ? * pow(0.5, max(0.0, ? - julianday(e.created_at)) / ?))"
             f" AS score FROM search s{_JOIN} WHERE search MATCH ? AND s.rowid BETWEEN ? AND ?{where}"
             " ORDER BY score DESC, s.rowid DESC",
-            (self.recency_weight, now, self.half_life, request.fts, low, high, *args),
+            (self.recency_weight, now, self.half_life, fts, low, high, *args),
         ).fetchall()
         return _Snapshot(
             request.digest, high, low, now, array("d", (score for _, score in rows)),
@@ -447,14 +455,14 @@ class SearchIndex:
         for token in [t for t, s in self._snapshots.items() if s.expires < now]:
             del self._snapshots[token]
 
-    def _exists(self, request: SearchRequest, high: int) -> bool:
+    def _exists(self, request: SearchRequest, fts: str, high: int) -> bool:
         where, args = self._where(request)
         return self.db.execute(
             f"SELECT 1 FROM search s{_JOIN if where else ''} WHERE search MATCH ? AND s.rowid <= ?{where} LIMIT 1",
-            (request.fts, high, *args),
+            (fts, high, *args),
         ).fetchone() is not None
 
-    def _hits(self, scores: Sequence[float], ids: Sequence[int], terms: tuple[HighlightTerm, ...]) -> list[SearchHit]:
+    def _hits(self, scores: Sequence[float], ids: Sequence[int], marker: Highlighter) -> list[SearchHit]:
         """The events of ranked ids that still exist, with their highlights."""
         marks = ",".join("?" * len(ids))
         found = {
@@ -462,7 +470,6 @@ class SearchIndex:
             for row in self.db.execute(f"SELECT id, type, data, created_at FROM events WHERE id IN ({marks})", list(ids))
         }
         hits = []
-        marker = Highlighter(terms)
         for score, event_id in zip(scores, ids):
             event = found.get(event_id)
             if event is not None:  # deleted since the ranking: skipped, never repeated

@@ -813,6 +813,7 @@ class UserStore(BrainActor):
             except Exception as exc:  # noqa: BLE001 - the caller gets it
                 if db.in_transaction:
                     db.execute("ROLLBACK")
+                index.rolled_back()
                 return [exc]
             stored = StoredEvent(event_id, ev.type, ev.data, created_at)
             fresh.append(stored)
@@ -836,6 +837,7 @@ class UserStore(BrainActor):
                 except Exception as exc:  # noqa: BLE001 - this request fails, the others commit
                     db.execute("ROLLBACK TO request")
                     db.execute("RELEASE request")
+                    index.rolled_back()
                     results.append(exc)
                     continue
                 db.execute("RELEASE request")
@@ -845,6 +847,7 @@ class UserStore(BrainActor):
         except BaseException as exc:
             if db.in_transaction:
                 db.execute("ROLLBACK")
+            index.rolled_back()
             if single and isinstance(exc, Exception):
                 return [exc]
             raise
@@ -982,6 +985,7 @@ class UserStore(BrainActor):
         except BaseException:
             if db.in_transaction:
                 db.execute("ROLLBACK")
+            index.rolled_back()
             raise
         fresh.extend(tombstones)
         return Deleted([json.loads(t.data)["id"] for t in tombstones], up_to)
