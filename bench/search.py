@@ -24,11 +24,11 @@ first request to it upgrades it and starts the backfill, which is timed:
 from __future__ import annotations
 
 import argparse
-import tempfile
 import json
 import random
 import shutil
 import statistics
+import tempfile
 import time
 import urllib.parse
 from collections.abc import Callable, Iterator
@@ -189,15 +189,19 @@ def _search_path(q: str) -> str:
     return "/search?" + urllib.parse.urlencode({"q": q})
 
 
-def measure(workdir: Path, *, events: int, samples: int, post_samples: int, progress: Callable[[str], None]) -> SearchBench:
-    """Build the store, start the two servers, take the three measurements."""
+def measure(workdir: Path, *, events: int, samples: int, post_samples: int, progress: Callable[[str], None],
+            overrides: dict[str, dict[str, Any]] | None = None) -> SearchBench:
+    """Build the store, start the two servers, take the three measurements (`overrides`: `--set`)."""
     corpus = Corpus()
     tag = run_tag()
-    config = bench_config(argon2=FAST_ARGON2, extra={"api": {"max_events_per_minute": 0, "max_user_bytes": 0}})
+    extra: dict[str, dict[str, Any]] = {"api": {"max_events_per_minute": 0, "max_user_bytes": 0}}
+    for section, values in (overrides or {}).items():
+        extra.setdefault(section, {}).update(values)
+    config = bench_config(argon2=FAST_ARGON2, extra=extra)
     indexed = start_brain(workdir / "indexed", config=config)
     plain: BrainServer | None = None
     try:
-        plain = start_brain(workdir / "plain", config={**config, "search": {"index": False}})
+        plain = start_brain(workdir / "plain", config={**config, "search": {**config.get("search", {}), "index": False}})
         with KeepAliveClient(indexed.auth_port) as c:
             user, _ = sign_up(c, tag, 0)
         with KeepAliveClient(plain.auth_port) as c:

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import cluster, ingest, jetstream, jwt_inprocess, latency, live, mail_convert, scale
+from bench import cluster, ingest, jetstream, jwt_inprocess, latency, live, mail_convert, scale, search
 from bench.baseline import BARE_EVENTS_PATH, BARE_STREAM_PATH, GET_PATH, PAGE_PATH, POST_PATH, page_body
 from bench.client import KeepAliveClient
 from bench.load import Req, wrk_available
@@ -69,6 +69,8 @@ class Plan:
     live_rate: float  # events/s spread over the streams' users
     live_seconds: float
     live_post_seconds: float  # each POST /events run with and without the idle streams
+    search_events: int  # the store searched (issue 16 asks for 100,000)
+    search_samples: int  # GET /search, and POST /events on each side of the A/B
 
 
 FULL = Plan(
@@ -77,6 +79,7 @@ FULL = Plan(
     stream_events=500, ingest_messages=5000, ingest_max_seconds=120, scale_users=10_000, scale_max_open=None, scale_max_seconds=900,
     convert_messages=1000, convert_repeats=5,
     live_streams=1000, live_rate=500.0, live_seconds=20.0, live_post_seconds=8.0,
+    search_events=100_000, search_samples=2000,
 )
 QUICK = Plan(
     name="quick", jwt_samples=5000, latency_samples=200, latency_warmup=20, users=64, signup_samples=20, signin_samples=20,
@@ -84,6 +87,7 @@ QUICK = Plan(
     stream_events=60, ingest_messages=1000, ingest_max_seconds=3, scale_users=100, scale_max_open=32, scale_max_seconds=10,
     convert_messages=200, convert_repeats=3,
     live_streams=200, live_rate=100.0, live_seconds=3.0, live_post_seconds=1.0,
+    search_events=10_000, search_samples=300,
 )
 
 # Every figure a run reports, in table order: (key, label, unit).
@@ -113,6 +117,7 @@ CATALOGUE: list[tuple[str, str, str]] = [
     ("live.post.rps", "POST /events, {conns} conns, {streams} idle streams open", "req/s"),
     ("cluster.post.latency", "cluster: POST /events via another node, 1 client", "ms"),
     ("cluster.me.latency", "cluster: GET /me via another node, 1 client", "ms"),
+    *search.CATALOGUE,
     ("scale.cold_new", "scale: first request of a new user's store", "ms"),
     ("scale.cold_reopen", "scale: first request, evicted store reopened", "ms"),
     ("scale.fds", "scale: open fds, peak minus idle", "fds"),
@@ -128,7 +133,7 @@ RSS_SECOND_HALF_MIB = 32
 
 
 def targets(max_open_stores: int) -> list[Target]:
-    """The goals of issues 3, 4, 5, 7, 15, 17, 18, 20 and 22, judged from this run's figures."""
+    """The goals of issues 3, 4, 5, 7, 15, 16, 17, 18, 20 and 22, judged from this run's figures."""
     fds = FDS_PER_STORE * max_open_stores + FD_SLACK
     threads = max_open_stores + THREAD_SLACK
     return [
@@ -158,6 +163,7 @@ def targets(max_open_stores: int) -> list[Target]:
         Target("live.latency", "<=", 50.0, field="p99", text="p99 <= 50 ms"),
         Target("live.post.rps", ">=", 0.9, field="ratio", text=">= 0.9x without the streams (alternating runs)"),
         mail_convert.TARGET,
+        *search.TARGETS,
         Target("scale.fds", "<=", fds, text=f"<= {FDS_PER_STORE}x max_open_stores + {FD_SLACK} = {fds}"),
         Target("scale.threads", "<=", threads, text=f"<= max_open_stores + {THREAD_SLACK} = {threads}"),
         Target("scale.rss", "<=", RSS_SECOND_HALF_MIB, text=f"<= {RSS_SECOND_HALF_MIB} MiB (flat once stores are capped)"),
@@ -184,7 +190,7 @@ class Run:
         self.meta: dict[str, Any] = {}
         self.labels = {
             key: (label.format(users=plan.users, conns=plan.connections, streams=f"{plan.live_streams:,}",
-                               rate=f"{plan.live_rate:g}"), unit)
+                               rate=f"{plan.live_rate:g}", events=f"{plan.search_events:,}"), unit)
             for key, label, unit in CATALOGUE
         }
         self.max_open_stores = self.overrides.get("api", {}).get("max_open_stores") or plan.scale_max_open or _default_max_open_stores()
@@ -260,6 +266,8 @@ class Run:
                 self.live()
             if self.wanted("cluster"):
                 self.cluster()
+            if self.wanted("search"):
+                self.search()
             if self.wanted("scale"):
                 self.scale()
         finally:
@@ -281,6 +289,15 @@ class Run:
         """Raw MIME -> the mail model in-process, on one core, beside the stdlib parse alone."""
         with self.step([mail_convert.KEY], f"mail conversion x{self.plan.convert_messages}, one core"):
             self.put(mail_convert.figure(mail_convert.measure(self.plan.convert_messages, self.plan.convert_repeats)))
+
+    def search(self) -> None:
+        """Backfill, search latency and the index's cost to a write, on a store of mixed notes and mail."""
+        plan = self.plan
+        with self.step(list(search.KEYS), f"search over {plan.search_events:,} events"):
+            result = search.measure(self.workdir / "search", events=plan.search_events, samples=plan.search_samples,
+                                    post_samples=plan.search_samples, progress=_say, overrides=self.overrides)
+            for fig in search.figures(result, self.labels):
+                self.put(fig)
 
     def main_server(self) -> None:
         """The HTTP, JetStream and ingest figures, against one brain and one baseline process."""

@@ -5,8 +5,8 @@ for stores that predate it, and searched.
 field of data) in the user's events.db, rowid = event id, tokenizer unicode61 with diacritics
 folded. Contentless, because the text is in `events.data` already: the index alone is kept, and
 an event's row is removed by recomputing its columns from the stored data (`remove`). No
-prefix or trigram index: both multiply the work of every write (a prefix index on 2 and 3
-letters made bulk indexing ~3.5x slower when measured); prefix queries need two letters.
+prefix or trigram index: both multiply the work of every write and of the backfill (figures in
+docs/performance.md); prefix queries need two letters instead.
 
 Consistency: `add` and `remove` run inside the caller's transaction, so an event and its index
 row are committed (or lost to a crash) together. Events older than the index — a store
