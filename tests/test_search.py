@@ -20,10 +20,11 @@ import requests
 
 from tests.search_corpus import CORPUS, CREATED_AT, RELEVANCE
 from tests.search_support import write_v2_store
-from tests.support import REPO, BrainServer, wait_until
+from tests.support import METRICS_TOKEN, REPO, BrainServer, wait_until
 from tests.test_auth_helpers import NO_LIMITS, bearer
 from tests.test_events import Client as EventsClient
 from tests.test_jetstream import stream_messages
+from tests.test_metrics import scrape, value
 
 SAMPLE_DIST = REPO / "tests" / "plugins" / "sample_dist"
 RANK_WINDOW = 25
@@ -415,6 +416,7 @@ def test_another_users_events_never_appear(server: BrainServer, corpus_user: tup
         '"lease" OR "dentist" OR "sourdough"', "le*", "*", "(lease)", 'lease" OR "1"="1', "{subject people body}: lease",
         "tags: lease", "rowid:1", "search:lease", "NEAR(lease anna)", "lease*", "user_id:" + owner.id, owner.id,
         "subject:lease OR body:lease OR people:anna", "-nothing lease", "x OR lease", "'; DROP TABLE events; --",
+        "meta:lease", "{meta}: lease", "f0:lease", "{f0 f1 f2}: lease", "- {meta} : lease", "search_fields:subject",
     ]
     for q in tricks:
         r = intruder.search(q, limit=100)
@@ -551,6 +553,35 @@ def test_a_store_from_before_the_index_is_upgraded_and_backfilled(make_server: A
     assert client.post({"type": "note", "data": {"text": "marmot new"}})["id"] == 3002
     figures = server.health()["search"]
     assert figures["backfilled_events"] == 3001 and figures["backfilled_stores"] == 1
+
+
+def test_writes_and_searches_go_on_while_the_backfill_runs(make_server: Any) -> None:
+    server = make_server(config={"auth": NO_LIMITS, "metrics": {"token": METRICS_TOKEN}})
+    server.start()
+    client = Client(server)
+    old = 60_000
+    write_v2_store(server.data_dir, client.id, (
+        ("note.created", json.dumps({"title": f"old note {i}", "text": "wombat" if i % 10 == 0 else "other"}),
+         "2024-01-01T00:00:00.000000Z") for i in range(old)))
+    stats = client.fetch("/me/stats").json()  # opens the store: the backfill starts
+    assert stats["index"]["state"] == "backfilling" and stats["index"]["pending"] > 0, stats
+    # Progress is in the metrics and in /health while it runs.
+    samples = scrape(f"{server.api_url}/metrics", {"Authorization": f"Bearer {METRICS_TOKEN}"})
+    assert value(samples, "brain_search_backfill_stores") == 1
+    assert value(samples, "brain_search_backfill_pending_events") > 0
+    assert server.health()["search"]["backfilling_stores"] == 1
+    # A write is not held up by the backfill and is found at once; answers say they are partial.
+    fresh = client.post({"type": "note", "data": {"text": "wombat fresh"}})
+    r = client.search("fresh")
+    assert r.status_code == 200 and r.json()["partial"] is True
+    assert [h["event"]["id"] for h in r.json()["results"]] == [fresh["id"]]
+    wait_until(lambda: client.fetch("/me/stats").json()["index"]["state"] == "ready", timeout=120, what="the backfill")
+    assert client.fetch("/me/stats").json()["index"]["documents"] == old + 1
+    r = client.search("wombat", limit=1)
+    assert r.json()["partial"] is False and r.json()["results"][0]["event"]["id"] == fresh["id"]
+    samples = scrape(f"{server.api_url}/metrics", {"Authorization": f"Bearer {METRICS_TOKEN}"})
+    assert value(samples, "brain_search_backfill_stores") == 0
+    assert value(samples, "brain_search_backfilled_events_total") == old
 
 
 def test_with_the_index_off_search_is_503_and_turned_on_it_is_rebuilt(make_server: Any) -> None:
