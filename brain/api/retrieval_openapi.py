@@ -28,10 +28,11 @@ _ID = {"name": "id", "in": "path", "required": True, "schema": {"type": "integer
 QUERY_LANGUAGE = (
     "Words must all match (case and diacritics folded); \"exact phrase\"; lea* (a prefix of 2 letters or "
     "more); -word or NOT word excludes; a OR b (binds tighter than AND); ( ) groups; field:value looks "
-    "in one field of data (from:anna, subject:lease, labels:inbox, from.address:example.com, "
-    "account:ID, field:(a OR b)); type:note.created or type:mail.* filters by type; has:attachment; "
-    "body: and people: name index columns. A query the language does not allow is a 400 whose "
-    "`position` is the 1-based character where it goes wrong."
+    "in one top-level field of data, nested strings included (from:anna, to:bob@example.com, "
+    "subject:lease, labels:inbox, account:ID, field:(a OR b)); type:note.created or type:mail.* filters "
+    "by type; has:attachment; body: means body, body_text and text, people: a mail's from, to, cc, bcc "
+    "and reply_to, label: and folder: labels and folders. A query the language does not allow is a 400 "
+    "whose `position` is the 1-based character where it goes wrong."
 )
 
 PATHS: dict[str, dict[str, Any]] = {
@@ -40,7 +41,7 @@ PATHS: dict[str, dict[str, Any]] = {
             "operationId": "search",
             "summary": "Full-text search over the user's events and mail, best matches first",
             "description": (
-                "Ranked by BM25 (subject above people above body; field filters do not score) with a "
+                "Ranked by BM25 (a title or subject above people above the rest) with a "
                 "recency boost ([search] recency_weight, recency_half_life_days). " + QUERY_LANGUAGE
             ),
             "parameters": [
