@@ -49,9 +49,9 @@ HAS_ATTACHMENT = f"{TAG}has{TAG}attachment"
 # A word longer than this is cut, alike when indexed and when queried.
 MAX_WORD = 64
 # BM25 weight of a field's column, by name: what names a thing, then who, then the rest.
-# BM25 scales a match by its column's average length, and a mail's subject runs longer than a
-# note's title ("Re:", numbers, the sender's wording): it weighs more, so that a word in either
-# counts alike.
+# FTS5's bm25() discounts the matches of a long row (its length is all columns together), and a
+# mail is a long row: its subject weighs more than a note's title, so that a mail named by the
+# word still ranks beside a note named by it.
 PEOPLE_FIELDS = frozenset({"from", "to", "cc", "bcc", "replyto"})
 BODY_FIELDS = ("body", "bodytext", "text")
 _WEIGHTS = {"title": 3.0, "name": 3.0, "subject": 4.0, **{n: 2.0 for n in PEOPLE_FIELDS}}
