@@ -36,23 +36,29 @@ class TokenBuckets:
         self.max_keys = max_keys
         self._buckets: dict[str, list[float]] = {}  # key -> [tokens left, when they were counted]
 
-    def take(self, key: str, now: float) -> float:
-        """Spend one token of `key`: 0 when allowed, else the seconds until one is there."""
+    def take(self, key: str, now: float, cost: float = 1.0) -> float:
+        """Spend `cost` tokens of `key`: 0 when allowed, else the seconds until they are there."""
         bucket = self._buckets.get(key)
         if bucket is None:
             if len(self._buckets) >= self.max_keys:
                 self._prune(now)
-            self._buckets[key] = [self.burst - 1, now]
-            return 0.0
+            bucket = self._buckets[key] = [self.burst, now]
         tokens = bucket[0] + (now - bucket[1]) * self.rate
         if tokens > self.burst:
             tokens = self.burst
         bucket[1] = now
-        if tokens >= 1:
-            bucket[0] = tokens - 1
+        if tokens >= cost:
+            bucket[0] = tokens - cost
             return 0.0
         bucket[0] = tokens
-        return (1 - tokens) / self.rate
+        return (cost - tokens) / self.rate
+
+    def available(self, key: str, now: float) -> float:
+        """The tokens `key` could spend now."""
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            return self.burst
+        return min(self.burst, bucket[0] + (now - bucket[1]) * self.rate)
 
     def _prune(self, now: float) -> None:
         # A bucket that has refilled is the same as no bucket: drop those, then the oldest.

@@ -9,55 +9,43 @@ Mail sync's writes are the server's own and are not counted here.
 from __future__ import annotations
 
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 
+from brain.api.limits import TokenBuckets
 from brain.errors import PayloadTooLarge, TooManyRequests
-
-# Buckets remembered at once; the least recently used go first (a forgotten bucket is a full one).
-MAX_BUCKETS = 100_000
 
 
 class WriteRate:
-    """Token buckets by user (the event loop's only: no locking)."""
+    """Token buckets by user, one token an event (the event loop's only: no locking)."""
 
     def __init__(self, per_minute: int, clock: Callable[[], float] = time.monotonic) -> None:
-        self.capacity = float(per_minute)
-        self.per_second = per_minute / 60.0
+        self.capacity = per_minute
         self._clock = clock
-        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()  # user -> (tokens, as of)
+        self._buckets = TokenBuckets(per_minute / 60.0, per_minute) if per_minute else None
 
     @property
     def enabled(self) -> bool:
         """False when the quota is 0 (none)."""
-        return self.capacity > 0
+        return self._buckets is not None
 
     def take(self, user_id: str, events: int) -> None:
         """Count `events` against the user's quota; TooManyRequests (429) if they do not fit now."""
-        if not self.enabled:
+        buckets = self._buckets
+        if buckets is None:
             return
         if events > self.capacity:
             raise PayloadTooLarge(
-                f"body: {events} events exceed the quota of {int(self.capacity)} a minute (api.max_events_per_minute)"
+                f"body: {events} events exceed the quota of {self.capacity} a minute (api.max_events_per_minute)"
             )
-        now = self._clock()
-        tokens, then = self._buckets.pop(user_id, (self.capacity, now))
-        tokens = min(self.capacity, tokens + (now - then) * self.per_second)
-        if tokens < events:
-            self._buckets[user_id] = (tokens, now)
+        wait = buckets.take(user_id, self._clock(), events)
+        if wait:
             raise TooManyRequests(
-                f"more than {int(self.capacity)} events a minute (api.max_events_per_minute)",
-                retry_after=(events - tokens) / self.per_second,
+                f"more than {self.capacity} events a minute (api.max_events_per_minute)",
+                retry_after=wait,
                 code="EVENT_QUOTA_EXCEEDED",
             )
-        self._buckets[user_id] = (tokens - events, now)
-        if len(self._buckets) > MAX_BUCKETS:
-            self._buckets.popitem(last=False)
 
     def available(self, user_id: str) -> int | None:
         """Events the user may write right now (None: no quota)."""
-        if not self.enabled:
-            return None
-        now = self._clock()
-        tokens, then = self._buckets.get(user_id, (self.capacity, now))
-        return int(min(self.capacity, tokens + (now - then) * self.per_second))
+        buckets = self._buckets
+        return None if buckets is None else int(buckets.available(user_id, self._clock()))
