@@ -256,7 +256,6 @@ def test_paging_newest_first_with_filters(server: BrainServer) -> None:
         ({"cursor": "garbage"}, "cursor"),
         ({"cursor": "a" * 500}, "cursor"),
         ({"cursor": "\u00e9t\u00e9.x"}, "cursor"),
-        ({"type": "*"}, "type"),
         ({"type": "mail.**"}, "type"),
         ({"type": ",".join(f"t{i}" for i in range(21))}, "type"),
     ],

@@ -210,6 +210,77 @@ async def test_type_filters_exact_and_prefix(server: BrainServer, http: aiohttp.
         stream.close()
 
 
+async def test_deletions_arrive_as_tombstones_live_and_on_resume(server: BrainServer, http: aiohttp.ClientSession) -> None:
+    alice = User(server)
+    posted = (await alice.post(http, [note(i) for i in range(3)]))["events"]
+    everything = await open_stream(http, alice.stream_url, token=alice.jwt, params={"after": "0"})
+    notes_only = await open_stream(http, alice.stream_url, token=alice.jwt, params={"after": "0", "type": "note.*"})
+    gone = posted[1]
+    try:
+        assert [m.json()["id"] for m in await everything.messages(3)] == [e["id"] for e in posted]
+        assert len(await notes_only.messages(3)) == 3
+        r = requests.delete(f"{server.api_url}/events/{gone['id']}", headers=bearer(alice.jwt), timeout=10)
+        assert r.status_code == 200, r.text
+        message = await everything.next()
+        assert message is not None
+        tombstone = message.json()
+        assert tombstone["type"] == "event.deleted" and tombstone["data"] == {
+            "id": gone["id"], "type": gone["type"], "created_at": gone["created_at"]}
+        # Its own place in the commit sequence, after every event before it.
+        assert int(message.id or 0) == tombstone["id"] > posted[-1]["id"]
+        fresh = await alice.post(http, note(9))
+        assert fresh["id"] > tombstone["id"]
+        following = await everything.next()
+        assert following is not None and following.json()["id"] == fresh["id"]
+        # A filter that leaves event.deleted out skips the tombstone.
+        following = await notes_only.next()
+        assert following is not None and following.json()["id"] == fresh["id"]
+    finally:
+        everything.close()
+        notes_only.close()
+    # Replayed from the start: the deleted event is gone, its tombstone is in its place in the order,
+    # as GET /events/changes lists them.
+    expected = [posted[0]["id"], posted[2]["id"], tombstone["id"], fresh["id"]]
+    for params in ({"after": "0"}, {"after": "0", "type": "note.created,event.deleted"}):
+        replay = await open_stream(http, alice.stream_url, token=alice.jwt, params=params)
+        try:
+            assert [m.json()["id"] for m in await replay.messages(4)] == expected, params
+        finally:
+            replay.close()
+    changes = requests.get(f"{server.api_url}/events/changes", params={"after": "0"}, headers=bearer(alice.jwt), timeout=10)
+    assert [e["id"] for e in changes.json()["events"]] == expected
+    changes = requests.get(f"{server.api_url}/events/changes", params={"after": "0", "type": "event.deleted"},
+                           headers=bearer(alice.jwt), timeout=10)
+    assert [e["id"] for e in changes.json()["events"]] == [tombstone["id"]]
+
+
+async def test_single_event_routes_leave_the_stream_and_its_tickets_alone(
+    server: BrainServer, http: aiohttp.ClientSession
+) -> None:
+    """GET and DELETE /events/{id} share the /events/ prefix with the stream's two fixed routes."""
+    alice = User(server)
+    event = await alice.post(http, note(1))
+    r = requests.post(f"{server.api_url}/events/stream/ticket", headers=bearer(alice.jwt), timeout=10)
+    assert r.status_code == 201 and r.json()["stream"] == "/events/stream", r.text
+    by_ticket = await open_stream(http, alice.stream_url, params={"ticket": r.json()["ticket"], "after": "0"})
+    by_token = await open_stream(http, alice.stream_url, token=alice.jwt, params={"after": "0"})
+    try:
+        for stream in (by_ticket, by_token):
+            message = await stream.next()
+            assert message is not None and message.json() == event
+    finally:
+        by_ticket.close()
+        by_token.close()
+    got = requests.get(f"{server.api_url}/events/{event['id']}", headers=bearer(alice.jwt), timeout=10)
+    assert got.status_code == 200 and got.json() == event
+    # The fixed names are not event ids, whatever the method.
+    for method, path, status in (("DELETE", "/events/stream", 404), ("GET", "/events/stream/ticket", 405),
+                                 ("DELETE", "/events/stream/ticket", 405)):
+        r = requests.request(method, f"{server.api_url}{path}", headers=bearer(alice.jwt), timeout=10)
+        assert r.status_code == status, (method, path, r.status_code, r.text)
+    assert requests.get(f"{server.api_url}/events/{event['id']}", headers=bearer(alice.jwt), timeout=10).status_code == 200
+
+
 @pytest.mark.parametrize(("params", "headers", "names"), [
     ({"after": "-1"}, {}, "after"),
     ({"after": "abc"}, {}, "after"),

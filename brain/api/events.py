@@ -24,7 +24,7 @@ import pluggy
 
 from brain.clock import steady_time_ns
 from brain.errors import BadRequest, Forbidden, PayloadTooLarge, PluginError
-from brain.event_types import TYPE_RE, TypeFilter, check_type
+from brain.event_types import TYPE_RE, check_type
 
 # What a store publishes when an event is deleted: `data` says which (id, type, created_at).
 TOMBSTONE_TYPE = "event.deleted"

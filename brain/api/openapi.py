@@ -265,7 +265,8 @@ def paths(api: ApiSettings) -> dict[str, dict[str, Any]]:
             "summary": "The user's events as they commit, as Server-Sent Events (EventSource)",
             "description": (
                 "Each event is an SSE message whose `id` is its commit sequence and whose `data` is the event "
-                "as GET /events returns it. `Last-Event-ID` (sent by EventSource when it reconnects) or "
+                "as GET /events returns it; a deletion is its tombstone (type event.deleted, data {id, type, "
+                "created_at} of the deleted event). `Last-Event-ID` (sent by EventSource when it reconnects) or "
                 "`after` first replays every event committed after that id, then continues live, without a "
                 "gap or a duplicate; without either the stream starts with what commits from now on. A "
                 "comment line is sent after api.stream_heartbeat_seconds without events. The stream ends "

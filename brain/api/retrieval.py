@@ -126,8 +126,9 @@ def routes(rt: Process, stores: StoreManager, rate: WriteRate) -> list[Route]:
     return [
         Route("GET", "/search", search_events, PATHS["/search"]["get"]),
         Route("GET", "/events/changes", changes, PATHS["/events/changes"]["get"]),
-        # Any /events/<name> reaches these two (behind the token guard, a name that is not an
-        # id is a 404): a route for a fixed name under /events must be added before them.
+        # Any other /events/<name> reaches these two (behind the token guard, a name that is not
+        # an id is a 404). A fixed path (/events/changes, /events/stream) wins over them
+        # whatever the order of registration: aiohttp looks up the longest literal prefix first.
         Route("GET", "/events/{id}", get_event, PATHS["/events/{id}"]["get"]),
         Route("DELETE", "/events/{id}", delete_event, PATHS["/events/{id}"]["delete"]),
         Route("DELETE", "/events", delete_events, PATHS["/events"]["delete"]),

@@ -57,7 +57,7 @@ from brain.errors import (
     StoreQuarantined,
     Unauthorized,
 )
-from brain.event_types import TypeFilter, check_type
+from brain.event_types import TypeFilter
 from brain.ids import is_valid_user_id
 from brain.process import Process
 from brain.storage import classify, storage_faults

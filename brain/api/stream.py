@@ -2,7 +2,9 @@
 
 Each event is one SSE message: `id:` its commit sequence (`brain.api.events.commit_seq`),
 `data:` the event as GET /events returns it (unnamed, so `EventSource.onmessage` receives it).
-`type` filters like GET /events (exact names or `prefix.*`, repeated or comma-separated).
+`type` filters like GET /events (exact names, `prefix.*` or `prefix*`, repeated or
+comma-separated). A deletion is an event of its own in the commit order, its tombstone
+(`event.deleted`), streamed like any other.
 
 Resuming: `Last-Event-ID` (what `EventSource` sends when it reconnects), else `?after=N`, asks
 for every event committed after N first (`after=0`: from the start), then the live tail, with

@@ -4,13 +4,19 @@ It is a virtual actor (see `brain.api.store_manager.StoreManager`): started on f
 connection open while it lives and stops itself after `api.store_idle_seconds` without use.
 Only its own thread touches the connection.
 
+Every commit takes the next numbers of the user's commit sequence (`NEXT_SEQ`): a stored event
+its id, a deleted event the `seq` of its tombstone (a row of `tombstones`, published as an
+`event.deleted` event). The sequence never goes back, not even when the newest event is
+deleted, so readers of the commit order (the changes feed, the event stream, webhooks, the
+outbox) can resume from a number.
+
 Every event is committed together with a row in the `outbox` table; after the commit the new
 events are handed to the EventBus (`Outbox.notify`, non-blocking), which publishes them to
 JetStream and then hands back the acknowledged ids through the store's `acks` deque. The store
 deletes those rows inside its next grouped append transaction, or at the latest
 ACK_FLUSH_SECONDS after an append (no message, no extra commit per acknowledgement on the hot
-path). A lone event is a single INSERT: its own transaction, in which a trigger adds the
-outbox row. Rows still present after a crash are found again through the outbox marker
+path). A lone event is one INSERT (a trigger adds the outbox row) and its search index row,
+in one transaction. Rows still present after a crash are found again through the outbox marker
 (`data/outbox/{user_id}`), which exists from a store's start until it stops with an empty
 outbox.
 
