@@ -78,5 +78,7 @@ def test_the_readme_quickstart_runs_as_written(make_server: Any) -> None:
     out = done.stdout
     assert "ada@example.com" in out
     assert '"next_cursor":null' in out and '"text":"hello brain"' in out
+    # The search step found the note by a prefix, and marked the word.
+    assert "{'text': 'hello <mark>brain</mark>'}" in out, out
     # The stream replayed the note with its id.
     assert "id: 1\ndata: {\"id\":1,\"type\":\"note.created\"" in out, out
