@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -58,6 +59,14 @@ FAST_ARGON2 = {"argon2_memory_kib": 1024, "argon2_time_cost": 1}
 # /health's detail needs the metrics token: test servers get this one unless a test configures
 # [metrics] itself, with /metrics off as by default (no route, no measuring middleware).
 METRICS_TOKEN = "test-metrics-token-0123456789abcdef"
+
+
+def concrete_path(path: str, operation: Mapping[str, Any], text: str = "probe", number: str = "987654321") -> str:
+    """An OpenAPI path template filled in: each path parameter gets `number` where its schema is
+    an integer (`/events/{id}` routes digits only), else `text`."""
+    numbers = {p["name"] for p in operation.get("parameters", ())
+               if p.get("in") == "path" and p.get("schema", {}).get("type") == "integer"}
+    return re.sub(r"\{([^}/]+)\}", lambda m: number if m.group(1) in numbers else text, path)
 
 
 def embedded_nats_url(url: str, data_dir: Path) -> str:

@@ -41,9 +41,11 @@ def listed(value: str) -> set[str]:
 
 
 @pytest.mark.parametrize(("path", "method", "methods"), [
-    ("/events", "POST", {"GET", "POST"}),
-    ("/events", "GET", {"GET", "POST"}),
-    ("/events/stream", "GET", {"GET"}),
+    ("/events", "POST", {"GET", "POST", "DELETE"}),
+    ("/events", "GET", {"GET", "POST", "DELETE"}),
+    ("/events/stream", "GET", {"GET"}),  # not taken for an event id (/events/{id})
+    ("/events/12", "DELETE", {"GET", "DELETE"}),
+    ("/search", "GET", {"GET"}),
     ("/events/stream/ticket", "POST", {"POST"}),
     ("/me", "GET", {"GET"}),
     ("/mail/status", "GET", {"GET"}),  # another plugin's route on the API listener

@@ -6,7 +6,6 @@ each of them (so a refusal is the token check, not a broken request).
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -14,7 +13,7 @@ import pytest
 import requests
 
 from tests.fakes.issuer import FakeIssuer
-from tests.support import BrainServer
+from tests.support import BrainServer, concrete_path
 from tests.test_jwt import api_server, hostile_tokens
 
 METHODS = {"get", "post", "put", "patch", "delete"}
@@ -40,6 +39,8 @@ def server(tmp_path_factory: pytest.TempPathFactory, issuer: FakeIssuer) -> Iter
 
 
 def protected_operations(server: BrainServer) -> list[tuple[str, str]]:
+    """(method, path) of each; a path template's parameters ({account}, {id}) get a value no one
+    owns, of the parameter's type: the route must still be reached."""
     spec = requests.get(f"{server.api_url}/openapi.json", timeout=10).json()
     ops = []
     for path, item in spec["paths"].items():
@@ -47,17 +48,15 @@ def protected_operations(server: BrainServer) -> list[tuple[str, str]]:
             continue  # the auth role's sessions are not bearer JWTs
         for method, op in item.items():
             if method in METHODS and op.get("security", spec["security"]) != []:
-                ops.append((method, path))
+                ops.append((method, concrete_path(path, op)))
     return ops
 
 
 def call(server: BrainServer, method: str, path: str, token: str | None) -> requests.Response:
     headers: dict[str, Any] = {} if token is None else {"Authorization": f"Bearer {token}"}
     body = BODIES.get((method, path))
-    # A path template's parameters ({account}) get a value no one owns: the route must still be reached.
-    concrete = re.sub(r"\{[^}/]+\}", "probe", path)
     # Streamed, so that an accepted GET /events/stream (which never ends) answers its status.
-    response = requests.request(method.upper(), server.api_url + concrete, headers=headers, json=body, timeout=10,
+    response = requests.request(method.upper(), server.api_url + path, headers=headers, json=body, timeout=10,
                                 stream=True)
     if response.headers.get("Content-Type", "").startswith("text/event-stream"):
         response.close()
