@@ -9,7 +9,6 @@ listener's own server. The helpers below write the pieces every description repe
 from __future__ import annotations
 
 import copy
-import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -24,8 +23,6 @@ ERROR_SCHEMA: dict[str, Any] = {
     "required": ["message", "code"],
     "properties": {"message": {"type": "string"}, "code": {"type": "string"}},
 }
-# An aiohttp path parameter with a pattern, `{id:\d+}`: the document's template is `{id}`.
-_TEMPLATE_PATTERN = re.compile(r"\{(\w+):[^{}]*\}")
 
 
 def ref(name: str) -> dict[str, str]:
@@ -77,10 +74,9 @@ def build_spec(
             _merge(components, entry.components)
             if entry.operation is None:
                 continue
-            path = _TEMPLATE_PATTERN.sub(r"{\1}", entry.path)
-            item = paths.get(path)
+            item = paths.get(entry.path)
             if item is None:
-                item = paths[path] = {}
+                item = paths[entry.path] = {}
                 if name != main:
                     item["servers"] = [{"url": listener.public_url, "description": f"{name} role"}]
             item[entry.method.lower()] = copy.deepcopy(dict(entry.operation))

@@ -63,7 +63,7 @@ METRICS_TOKEN = "test-metrics-token-0123456789abcdef"
 
 def concrete_path(path: str, operation: Mapping[str, Any], text: str = "probe", number: str = "987654321") -> str:
     """An OpenAPI path template filled in: each path parameter gets `number` where its schema is
-    an integer (`/events/{id}` routes digits only), else `text`."""
+    an integer (an event id), else `text`."""
     numbers = {p["name"] for p in operation.get("parameters", ())
                if p.get("in") == "path" and p.get("schema", {}).get("type") == "integer"}
     return re.sub(r"\{([^}/]+)\}", lambda m: number if m.group(1) in numbers else text, path)

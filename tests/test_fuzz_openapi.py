@@ -105,7 +105,8 @@ def fuzz(server: BrainServer, *, examples: int, derandomize: bool = True) -> lis
                 continue  # refused by aiohttp's parser before any route: there was no token check to skip
             challenge = header(r, "WWW-Authenticate")
             if r.status_code != 401 or not challenge.startswith('Bearer error="invalid_token"'):
-                problems.append(f"{name} with token {str(bad)[:20]!r} -> {r.status_code}: skips the token check")
+                problems.append(f"{name} with token {str(bad)[:20]!r} -> {r.status_code}: skips the token check"
+                                f" ({r.text[:80]!r})")
 
     for result in schema.get_all_operations():
         op = result.ok()

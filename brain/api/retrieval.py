@@ -32,7 +32,6 @@ _MAX_ID = 2**63 - 1
 # Events a bulk deletion removes per transaction (other requests of the user go in between).
 DELETE_CHUNK = 500
 _SEARCH_CURSOR = "search"
-EVENT_PATH = r"/events/{id:\d+}"
 
 
 def routes(rt: Process, stores: StoreManager, rate: WriteRate) -> list[Route]:
@@ -127,10 +126,13 @@ def routes(rt: Process, stores: StoreManager, rate: WriteRate) -> list[Route]:
     return [
         Route("GET", "/search", search_events, PATHS["/search"]["get"]),
         Route("GET", "/events/changes", changes, PATHS["/events/changes"]["get"]),
-        # Digits only: /events/stream and /events/changes are not event ids, for any method
-        # (a DELETE there is a 405, and their CORS preflights list their own methods only).
-        Route("GET", EVENT_PATH, get_event, PATHS["/events/{id}"]["get"]),
-        Route("DELETE", EVENT_PATH, delete_event, PATHS["/events/{id}"]["delete"]),
+        # Any other /events/<name> reaches these two behind the token guard (a name that is not
+        # an id is a 404: every described path asks for credentials first). A fixed path
+        # (/events/changes, /events/stream) wins for its own methods whatever the order of
+        # registration, as aiohttp looks up the longest literal prefix first; a DELETE there
+        # comes here, and is a 404.
+        Route("GET", "/events/{id}", get_event, PATHS["/events/{id}"]["get"]),
+        Route("DELETE", "/events/{id}", delete_event, PATHS["/events/{id}"]["delete"]),
         Route("DELETE", "/events", delete_events, PATHS["/events"]["delete"]),
         Route("GET", "/me/stats", stats, PATHS["/me/stats"]["get"]),
     ]
