@@ -467,7 +467,7 @@ class SearchIndex:
         marks = ",".join("?" * len(ids))
         found = {
             row[0]: StoredEvent._make(row)
-            for row in self.db.execute(f"SELECT id, type, data, created_at FROM events WHERE id IN ({marks})", list(ids))
+            for row in self.db.execute(f"SELECT id, type, data, created_at, key FROM events WHERE id IN ({marks})", list(ids))
         }
         hits = []
         for score, event_id in zip(scores, ids):
