@@ -30,6 +30,7 @@ from tests.test_faults_helpers import (
     corrupt_pages,
     ext4,
     lost,
+    page_size,
     slow_fsync_shim,
     stalls,
     stepped_clock,
@@ -337,7 +338,12 @@ def test_repair_reports_what_the_stream_no_longer_holds_and_takes_it_from_a_back
         write_some(writers, victim, 10)
         wait_outbox_empty(server)
         wait_closed(server)
-        corrupt_pages(store_file(server, victim), rng, pages=3, keep_header=False)
+        damaged = store_file(server, victim)
+        corrupt_pages(damaged, rng, pages=2)
+        # And the header: nothing in the damaged file can be read (wherever its tables' pages lie),
+        # so the stream and the backup are all a repair has.
+        with damaged.open("r+b") as fh:
+            fh.write(rng.randbytes(page_size(damaged)))
         assert answer_of(server, victim).json()["reason"] in ("corrupt", "quarantined")
         first = brain_cli(server, "repair", "--user", victim.id, "--json")
         assert first.returncode == 0, first.stderr

@@ -48,7 +48,7 @@ SECURITY_SCHEMES: dict[str, Any] = {
                                     "only, for EventSource, which cannot send headers); refused beside a token"},
 }
 
-_BEARER_ERRORS = {
+BEARER_ERRORS = {
     "401": {
         **_error("Missing, malformed, expired or otherwise invalid bearer token"),
         "headers": {"WWW-Authenticate": {"schema": {"type": "string"}, "description": 'Bearer error="invalid_token"'}},
@@ -72,7 +72,7 @@ EVENT_TYPE: dict[str, Any] = {
 
 
 # A time in a query string: RFC 3339 with an offset, epoch seconds, or empty (no bound).
-_TIME_PARAMETER: dict[str, Any] = {
+TIME_PARAMETER: dict[str, Any] = {
     "anyOf": [
         {"type": "string", "format": "date-time", "maxLength": 64},
         {"type": "string", "pattern": r"^-?[0-9]{1,12}(\.[0-9]{1,6})?$"},
@@ -142,7 +142,7 @@ def paths(api: ApiSettings) -> dict[str, dict[str, Any]]:
             "get": with_api_keys({
                 "operationId": "me",
                 "summary": "The user the bearer token (or API key) speaks for, and how the caller authenticated",
-                "responses": {"200": _json_body(_ref("Me")), **_BEARER_ERRORS},
+                "responses": {"200": _json_body(_ref("Me")), **BEARER_ERRORS},
             }, None)
         },
         "/events": {
@@ -204,7 +204,7 @@ def paths(api: ApiSettings) -> dict[str, dict[str, Any]]:
                     "413": _error("Body, batch or data too large"),
                     "415": _error("Not JSON"),
                     "422": _error("IDEMPOTENCY_KEY_REUSED: the Idempotency-Key was used before for a different request"),
-                    **_BEARER_ERRORS,
+                    **BEARER_ERRORS,
                     "429": {
                         **_error(
                             "EVENT_QUOTA_EXCEEDED: more than api.max_events_per_minute events this minute; "
@@ -227,13 +227,13 @@ def paths(api: ApiSettings) -> dict[str, dict[str, Any]]:
                         "name": "since",
                         "in": "query",
                         "description": "Inclusive lower bound on created_at: RFC 3339 with offset, or epoch seconds",
-                        "schema": _TIME_PARAMETER,
+                        "schema": TIME_PARAMETER,
                     },
                     {
                         "name": "until",
                         "in": "query",
                         "description": "Exclusive upper bound on created_at",
-                        "schema": _TIME_PARAMETER,
+                        "schema": TIME_PARAMETER,
                     },
                     {
                         "name": "limit",
@@ -253,7 +253,7 @@ def paths(api: ApiSettings) -> dict[str, dict[str, Any]]:
                     "200": {**_json_body(_ref("EventsPage")), "headers": ETAG_HEADERS},
                     "304": NOT_MODIFIED,
                     "400": _error("Invalid parameter; the message names it"),
-                    **_BEARER_ERRORS,
+                    **BEARER_ERRORS,
                 },
             },
         },
@@ -291,7 +291,7 @@ def paths(api: ApiSettings) -> dict[str, dict[str, Any]]:
                     **_error("TOO_MANY_STREAMS (api.stream_max_per_user open already) or RATE_LIMITED"),
                     "headers": {"Retry-After": {"schema": {"type": "integer"}}},
                 },
-                **{k: v for k, v in _BEARER_ERRORS.items() if k != "429"},
+                **{k: v for k, v in BEARER_ERRORS.items() if k != "429"},
             },
         }
     }
@@ -303,7 +303,7 @@ def paths(api: ApiSettings) -> dict[str, dict[str, Any]]:
                 "Valid for api.stream_ticket_seconds and for one GET /events/stream?ticket=...; the stream "
                 "ends when the credential that asked for the ticket expires."
             ),
-            "responses": {"201": _json_body(_ref("StreamTicket")), **_BEARER_ERRORS},
+            "responses": {"201": _json_body(_ref("StreamTicket")), **BEARER_ERRORS},
         }
     }
 

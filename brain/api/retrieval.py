@@ -17,7 +17,7 @@ from brain.api import render
 from brain.api.events import commit_seq, parse_time
 from brain.api.query import parse
 from brain.api.quotas import WriteRate
-from brain.api.retrieval_openapi import PATHS
+from brain.api.retrieval_openapi import MAX_ID, paths
 from brain.api.search import SearchPage, SearchPosition, SearchRequest
 from brain.api.store_manager import StoreManager
 from brain.api.user_store import Deleted, DeleteEvents, GetEvent, StoreStats
@@ -28,7 +28,6 @@ from brain.process import Process
 from brain.routes import Route, current_user
 
 _JSON = {"Content-Type": "application/json", "Cache-Control": "no-store"}
-_MAX_ID = 2**63 - 1
 # Events a bulk deletion removes per transaction (other requests of the user go in between).
 DELETE_CHUNK = 500
 _SEARCH_CURSOR = "search"
@@ -37,6 +36,7 @@ _SEARCH_CURSOR = "search"
 def routes(rt: Process, stores: StoreManager, rate: WriteRate) -> list[Route]:
     """GET /search, GET /events/changes, GET and DELETE /events/{id}, DELETE /events, GET /me/stats."""
     api, search = rt.settings.api, rt.settings.search
+    operations = paths(api, search)
     cursors = stores.cursors
 
     @scope("search")
@@ -104,7 +104,7 @@ def routes(rt: Process, stores: StoreManager, rate: WriteRate) -> list[Route]:
     async def changes(request: web.Request) -> web.Response:
         params = request.query
         _single(params, ("after", "limit"))
-        after = _int(params, "after", 0, 0, _MAX_ID)
+        after = _int(params, "after", 0, 0, MAX_ID)
         limit = _int(params, "limit", api.events_page_default, 1, api.events_page_max)
         rows = await stores.changes(current_user(request).id, after, _types(params), limit + 1)
         has_more = len(rows) > limit
@@ -124,17 +124,17 @@ def routes(rt: Process, stores: StoreManager, rate: WriteRate) -> list[Route]:
         return web.Response(body=render.document(figures), headers=_JSON)
 
     return [
-        Route("GET", "/search", search_events, PATHS["/search"]["get"]),
-        Route("GET", "/events/changes", changes, PATHS["/events/changes"]["get"]),
+        Route("GET", "/search", search_events, operations["/search"]["get"]),
+        Route("GET", "/events/changes", changes, operations["/events/changes"]["get"]),
         # Any other /events/<name> reaches these two behind the token guard (a name that is not
         # an id is a 404: every described path asks for credentials first). A fixed path
         # (/events/changes, /events/stream) wins for its own methods whatever the order of
         # registration, as aiohttp looks up the longest literal prefix first; a DELETE there
         # comes here, and is a 404.
-        Route("GET", "/events/{id}", get_event, PATHS["/events/{id}"]["get"]),
-        Route("DELETE", "/events/{id}", delete_event, PATHS["/events/{id}"]["delete"]),
-        Route("DELETE", "/events", delete_events, PATHS["/events"]["delete"]),
-        Route("GET", "/me/stats", stats, PATHS["/me/stats"]["get"]),
+        Route("GET", "/events/{id}", get_event, operations["/events/{id}"]["get"]),
+        Route("DELETE", "/events/{id}", delete_event, operations["/events/{id}"]["delete"]),
+        Route("DELETE", "/events", delete_events, operations["/events"]["delete"]),
+        Route("GET", "/me/stats", stats, operations["/me/stats"]["get"]),
     ]
 
 
@@ -170,7 +170,7 @@ def _types(params: MultiDictProxy[str]) -> TypeFilter | None:
 
 def _event_id(request: web.Request) -> int:
     text = request.match_info["id"]
-    if not (text.isascii() and text.isdigit() and len(text) <= 19 and 1 <= int(text) <= _MAX_ID):
+    if not (text.isascii() and text.isdigit() and len(text) <= 19 and 1 <= int(text) <= MAX_ID):
         raise NotFound("no such event: an event id is an integer from 1")
     return int(text)
 

@@ -4,26 +4,28 @@ from __future__ import annotations
 
 from typing import Any
 
-from brain.api.openapi import TYPE_FILTER
+from brain.api.openapi import BEARER_ERRORS, TIME_PARAMETER, TYPE_FILTER
+from brain.api.settings import ApiSettings, SearchSettings
 from brain.apikeys import with_api_keys
 from brain.openapi import error as _error
 from brain.openapi import json_body as _json_body
 from brain.openapi import ref as _ref
 
+# The highest event id or sequence number (SQLite's integer).
+MAX_ID = 2**63 - 1
 _AUTH_ERRORS = {
-    "401": {
-        **_error("Missing, malformed, expired or otherwise invalid bearer token"),
-        "headers": {"WWW-Authenticate": {"schema": {"type": "string"}, "description": 'Bearer error="invalid_token"'}},
-    },
+    **BEARER_ERRORS,
     "503": {
-        **_error("Signing keys not loaded yet, a store is restarting, or search is off (search.index = false)"),
+        **_error("Signing keys not loaded yet, a store is restarting or its storage failing, or search is off "
+                 "(search.index = false)"),
         "headers": {"Retry-After": {"schema": {"type": "integer"}}},
     },
 }
-_TIME = {"type": "string", "description": "RFC 3339 with offset, or epoch seconds"}
-_SINCE = {"name": "since", "in": "query", "description": "Inclusive lower bound on created_at", "schema": _TIME}
-_UNTIL = {"name": "until", "in": "query", "description": "Exclusive upper bound on created_at", "schema": _TIME}
-_ID = {"name": "id", "in": "path", "required": True, "schema": {"type": "integer", "minimum": 1}}
+_SINCE = {"name": "since", "in": "query", "description": "Inclusive lower bound on created_at: RFC 3339 with "
+          "offset, or epoch seconds", "schema": TIME_PARAMETER}
+_UNTIL = {"name": "until", "in": "query", "description": "Exclusive upper bound on created_at",
+          "schema": TIME_PARAMETER}
+_ID = {"name": "id", "in": "path", "required": True, "schema": {"type": "integer", "minimum": 1, "maximum": MAX_ID}}
 
 QUERY_LANGUAGE = (
     "Words must all match (case and diacritics folded); \"exact phrase\"; lea* (a prefix of 2 letters or "
@@ -35,89 +37,96 @@ QUERY_LANGUAGE = (
     "whose `position` is the 1-based character where it goes wrong."
 )
 
-PATHS: dict[str, dict[str, Any]] = {
-    "/search": {
-        "get": with_api_keys({
-            "operationId": "search",
-            "summary": "Full-text search over the user's events and mail, best matches first",
-            "description": (
-                "Ranked by BM25 (a title or subject above people above the rest) with a "
-                "recency boost ([search] recency_weight, recency_half_life_days). " + QUERY_LANGUAGE
-            ),
-            "parameters": [
-                {"name": "q", "in": "query", "required": True, "schema": {"type": "string", "minLength": 1},
-                 "description": "The query"},
-                _SINCE,
-                _UNTIL,
-                {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1}},
-                {"name": "cursor", "in": "query", "schema": {"type": "string"},
-                 "description": "next_cursor of the previous page, with the same q, since and until"},
-            ],
-            "responses": {
-                "200": _json_body(_ref("SearchPage")),
-                "400": _error("INVALID_QUERY (with `position`) or another invalid parameter, named"),
-                **_AUTH_ERRORS,
-            },
-        }, "search")
-    },
-    "/events/changes": {
-        "get": with_api_keys({
-            "operationId": "eventChanges",
-            "summary": "What was committed after a sequence number, in commit order (deletions included)",
-            "description": (
-                "Every commit takes the next number of the user's sequence: a stored event as its id, a "
-                "deletion as the id of its tombstone (type event.deleted, data {id, type, created_at} of "
-                "the deleted event). Numbers grow in commit order and are never reused, so polling with "
-                "after=next_after never misses an event, however old its created_at."
-            ),
-            "parameters": [
-                {"name": "after", "in": "query", "schema": {"type": "integer", "minimum": 0},
-                 "description": "A sequence number (0: from the start)"},
-                {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1}},
-                {**TYPE_FILTER, "description": TYPE_FILTER["description"] + "; deletions are of type event.deleted"},
-            ],
-            "responses": {
-                "200": _json_body(_ref("ChangesPage")),
-                "400": _error("Invalid parameter; the message names it"),
-                **_AUTH_ERRORS,
-            },
-        }, "events:read")
-    },
-    "/events/{id}": {
-        "get": with_api_keys({
-            "operationId": "getEvent",
-            "summary": "One event by id",
-            "parameters": [_ID],
-            "responses": {"200": _json_body(_ref("Event")), "404": _error("No such event"), **_AUTH_ERRORS},
-        }, "events:read"),
-        "delete": with_api_keys({
-            "operationId": "deleteEvent",
-            "summary": "Delete one event: its row and its index entry go, a tombstone is published",
-            "parameters": [_ID],
-            "responses": {"200": _json_body(_ref("Deleted")), "404": _error("No such event"), **_AUTH_ERRORS},
-        }, "events:write"),
-    },
-    "/events": {
-        "delete": with_api_keys({
-            "operationId": "deleteEvents",
-            "summary": "Delete the events of given types and/or created in a time range",
-            "description": "At least one of type, since, until. Each deleted event leaves a tombstone (event.deleted).",
-            "parameters": [TYPE_FILTER, _SINCE, _UNTIL],
-            "responses": {
-                "200": _json_body({"type": "object", "required": ["deleted"], "properties": {"deleted": {"type": "integer"}}}),
-                "400": _error("No filter, or an invalid one; the message names it"),
-                **_AUTH_ERRORS,
-            },
-        }, "events:write")
-    },
-    "/me/stats": {
-        "get": with_api_keys({
-            "operationId": "meStats",
-            "summary": "The user's event counts by type, storage, search index state and quotas",
-            "responses": {"200": _json_body(_ref("Stats")), **_AUTH_ERRORS},
-        }, "events:read")
-    },
-}
+
+def paths(api: ApiSettings, search: SearchSettings) -> dict[str, dict[str, Any]]:
+    """The retrieval operations, with the limits these settings make the server enforce."""
+    return {
+        "/search": {
+            "get": with_api_keys({
+                "operationId": "search",
+                "summary": "Full-text search over the user's events and mail, best matches first",
+                "description": (
+                    "Ranked by BM25 (a title or subject above people above the rest) with a "
+                    "recency boost ([search] recency_weight, recency_half_life_days). " + QUERY_LANGUAGE
+                ),
+                "parameters": [
+                    {"name": "q", "in": "query", "required": True,
+                     "schema": {"type": "string", "minLength": 1, "maxLength": search.max_query_chars},
+                     "description": "The query"},
+                    _SINCE,
+                    _UNTIL,
+                    {"name": "limit", "in": "query", "description": "Results per page (default search.page_default)",
+                     "schema": {"type": "integer", "minimum": 1, "maximum": search.page_max}},
+                    {"name": "cursor", "in": "query", "schema": {"type": "string"},
+                     "description": "next_cursor of the previous page, with the same q, since and until"},
+                ],
+                "responses": {
+                    "200": _json_body(_ref("SearchPage")),
+                    "400": _error("INVALID_QUERY (with `position`) or another invalid parameter, named"),
+                    **_AUTH_ERRORS,
+                },
+            }, "search")
+        },
+        "/events/changes": {
+            "get": with_api_keys({
+                "operationId": "eventChanges",
+                "summary": "What was committed after a sequence number, in commit order (deletions included)",
+                "description": (
+                    "Every commit takes the next number of the user's sequence: a stored event as its id, a "
+                    "deletion as the id of its tombstone (type event.deleted, data {id, type, created_at} of "
+                    "the deleted event). Numbers grow in commit order and are never reused, so polling with "
+                    "after=next_after never misses an event, however old its created_at."
+                ),
+                "parameters": [
+                    {"name": "after", "in": "query", "schema": {"type": "integer", "minimum": 0, "maximum": MAX_ID},
+                     "description": "A sequence number (0: from the start)"},
+                    {"name": "limit", "in": "query", "description": "Events per page (default api.events_page_default)",
+                     "schema": {"type": "integer", "minimum": 1, "maximum": api.events_page_max}},
+                    {**TYPE_FILTER, "description": TYPE_FILTER["description"] + "; deletions are of type event.deleted"},
+                ],
+                "responses": {
+                    "200": _json_body(_ref("ChangesPage")),
+                    "400": _error("Invalid parameter; the message names it"),
+                    **_AUTH_ERRORS,
+                },
+            }, "events:read")
+        },
+        "/events/{id}": {
+            "get": with_api_keys({
+                "operationId": "getEvent",
+                "summary": "One event by id",
+                "parameters": [_ID],
+                "responses": {"200": _json_body(_ref("Event")), "404": _error("No such event"), **_AUTH_ERRORS},
+            }, "events:read"),
+            "delete": with_api_keys({
+                "operationId": "deleteEvent",
+                "summary": "Delete one event: its row and its index entry go, a tombstone is published",
+                "parameters": [_ID],
+                "responses": {"200": _json_body(_ref("Deleted")), "404": _error("No such event"), **_AUTH_ERRORS},
+            }, "events:write"),
+        },
+        "/events": {
+            "delete": with_api_keys({
+                "operationId": "deleteEvents",
+                "summary": "Delete the events of given types and/or created in a time range",
+                "description": "At least one of type, since, until. Each deleted event leaves a tombstone (event.deleted).",
+                "parameters": [TYPE_FILTER, _SINCE, _UNTIL],
+                "responses": {
+                    "200": _json_body({"type": "object", "required": ["deleted"], "properties": {"deleted": {"type": "integer"}}}),
+                    "400": _error("No filter, or an invalid one; the message names it"),
+                    **_AUTH_ERRORS,
+                },
+            }, "events:write")
+        },
+        "/me/stats": {
+            "get": with_api_keys({
+                "operationId": "meStats",
+                "summary": "The user's event counts by type, storage, search index state and quotas",
+                "responses": {"200": _json_body(_ref("Stats")), **_AUTH_ERRORS},
+            }, "events:read")
+        },
+    }
+
 
 SCHEMAS: dict[str, Any] = {
     "SearchPage": {
