@@ -367,6 +367,51 @@ def test_repair_reports_what_the_stream_no_longer_holds_and_takes_it_from_a_back
         server.close()
 
 
+def test_a_store_rebuilt_from_the_stream_keeps_its_deletions(tmp_path: Path) -> None:
+    """A deletion is on the stream as its tombstone (event.deleted) while the stream still holds the
+    deleted event: a repair keeps the event deleted (by id, in GET /events, in search) and the
+    tombstone in the changes feed, and the next event takes the number after it."""
+    server = fault_server(tmp_path, tmp_path / "data", api={"store_idle_seconds": 0.5})
+    server.start()
+    try:
+        wait_api_ready(server)
+        victim = sign_up_many(server, 1)[0]
+        events, headers = f"{server.api_url}/events", victim.headers
+        ids = [requests.post(events, json={"type": "note.created", "data": {"text": f"the lease, part {i}"}},
+                             headers=headers, timeout=30).json()["id"] for i in range(5)]
+        deleted = requests.delete(f"{events}/{ids[1]}", headers=headers, timeout=30)
+        assert deleted.status_code == 200, deleted.text
+        wait_outbox_empty(server)
+        wait_closed(server)
+        damaged = store_file(server, victim)
+        with damaged.open("r+b") as fh:  # the header: nothing of the damaged file can be read
+            fh.write(os.urandom(page_size(damaged)))
+        assert answer_of(server, victim).json()["reason"] in ("corrupt", "quarantined")
+        repaired = brain_cli(server, "repair", "--user", victim.id, "--json")
+        assert repaired.returncode == 0, repaired.stderr
+        report = json.loads(repaired.stdout)
+        assert report["from_stream"] == 6 and report["events"] == 4 and report["missing"] == [], report
+
+        kept = sorted(set(ids) - {ids[1]})
+        listed = requests.get(events, headers=headers, timeout=30).json()["events"]
+        assert sorted(e["id"] for e in listed) == kept, listed
+        assert requests.get(f"{events}/{ids[1]}", headers=headers, timeout=30).status_code == 404
+        changes = requests.get(f"{events}/changes", headers=headers, timeout=30).json()["events"]
+        assert [e["id"] for e in changes[:-1]] == kept and changes[-1]["type"] == "event.deleted", changes
+        assert changes[-1]["data"]["id"] == ids[1]
+
+        def found() -> list[int] | None:
+            page = requests.get(f"{server.api_url}/search", params={"q": "lease", "limit": 10}, headers=headers,
+                                timeout=30).json()
+            return None if page["partial"] else sorted(hit["event"]["id"] for hit in page["results"])
+
+        assert wait_until(found, timeout=30, what="the rebuilt store's index") == kept
+        after = requests.post(events, json={"type": "note.created", "data": {}}, headers=headers, timeout=30)
+        assert after.json()["id"] == changes[-1]["id"] + 1, after.text
+    finally:
+        server.close()
+
+
 # -- a read-only file system ------------------------------------------------------------------------
 
 

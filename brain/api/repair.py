@@ -13,7 +13,9 @@ order of trust:
 3. the damaged file: rows that can still be read and that neither has (events committed but
    not yet published when the damage was found).
 
-Rows from 2 and 3 that the stream lacks go into the outbox, so they are published. Ids that no
+A deletion is on the stream as its tombstone (an `event.deleted` event naming the deleted id):
+it becomes a tombstone again, and the event it names stays deleted though the stream still
+holds it. Rows from 2 and 3 that the stream lacks go into the outbox, so they are published. Ids that no
 source holds are reported as missing, by range. The new database is written beside the old
 one as `events.db.repair` and renamed into place only once complete: a repair that dies
 halfway leaves the user quarantined, never with half a store.
@@ -41,7 +43,7 @@ from urllib.parse import unquote
 import nats
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from brain.api.events import check_type, parse_time
+from brain.api.events import TOMBSTONE_TYPE, check_type, parse_time
 from brain.api.quarantine import mark_repaired, move_aside, pending, quarantine_dir
 from brain.api.user_store import SCHEMA, SCHEMA_VERSION, marker_path, store_path
 from brain.commands import settings_from_args
@@ -255,9 +257,36 @@ def read_rows(path: Path) -> tuple[dict[int, tuple[str, str, str, str | None]], 
                     after += 1
                     if getattr(exc, "sqlite_errorname", "") == "SQLITE_NOTADB":
                         break  # no header: nothing in this file can be read
+            try:
+                # Deletions' tombstones (schema 3), as the stream carries them: event.deleted events.
+                for seq, data, deleted_at in db.execute("SELECT seq, data, deleted_at FROM tombstones ORDER BY seq"):
+                    row = (seq, TOMBSTONE_TYPE, data, deleted_at, None)
+                    if _valid(row) and _deleted_id(data) is not None:
+                        rows[seq] = row[1:]
+            except sqlite3.DatabaseError:
+                skipped += 1  # damaged there, or an older store without deletions
         finally:
             db.close()
     return rows, skipped
+
+
+def _deleted_id(data: str) -> int | None:
+    """The id of the event a tombstone's data names (None: not a tombstone brain wrote)."""
+    try:
+        event_id = json.loads(data).get("id")
+    except (ValueError, AttributeError):
+        return None
+    return event_id if isinstance(event_id, int) and not isinstance(event_id, bool) and event_id > 0 else None
+
+
+def _deletions(rows: dict[int, tuple[str, str, str, str | None]]) -> dict[int, int]:
+    """The tombstones among rows (type event.deleted, from the stream or a store): seq -> the deleted event's id."""
+    found: dict[int, int] = {}
+    for seq, (etype, data, _, _) in rows.items():
+        deleted = _deleted_id(data) if etype == TOMBSTONE_TYPE else None
+        if deleted is not None:
+            found[seq] = deleted
+    return found
 
 
 # -- the rebuild -----------------------------------------------------------------------------------
@@ -319,10 +348,13 @@ def rebuild(
             rows.update(fresh)
             report.salvaged = len(fresh)
         _write(path, rows, on_stream)
-        report.events = len(rows)
+        tombstones = _deletions(rows)
+        gone = set(tombstones.values())
+        report.events = len(set(rows) - set(tombstones) - gone)
         report.unpublished = len(set(rows) - on_stream)
         report.highest_id = max(rows, default=0)
-        report.missing = _gaps(sorted(rows))
+        # A deleted event's id is accounted for by its tombstone, not missing.
+        report.missing = _gaps(sorted(set(rows) | gone))
         report.missing_count = sum(b - a + 1 for a, b in report.missing)
         if report.unpublished:
             marker = marker_path(data_path, user_id)
@@ -345,11 +377,19 @@ def _write(path: Path, rows: dict[int, tuple[str, str, str, str | None]], on_str
         db.executescript(SCHEMA)
         db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         db.execute("BEGIN")
+        # A deletion stays one: its tombstone is a tombstone again, and the event it names (which
+        # the stream still holds) is not brought back.
+        tombstones = _deletions(rows)
+        gone = set(tombstones.values())
         db.executemany(
             "INSERT INTO events (id, type, data, created_at, key) VALUES (?, ?, ?, ?, ?)",
-            ((i, *rows[i]) for i in sorted(rows)),
+            ((i, *rows[i]) for i in sorted(rows) if i not in tombstones and i not in gone),
         )
-        # The trigger put every row in the outbox: only what the stream lacks stays there.
+        db.executemany(
+            "INSERT INTO tombstones (seq, event_id, data, deleted_at) VALUES (?, ?, ?, ?)",
+            ((seq, event_id, rows[seq][1], rows[seq][2]) for seq, event_id in sorted(tombstones.items())),
+        )
+        # The triggers put every row in the outbox: only what the stream lacks stays there.
         db.execute("DELETE FROM outbox WHERE event_id IN (SELECT value FROM json_each(?))", (json.dumps(sorted(on_stream)),))
         db.execute("COMMIT")
         verdict = db.execute("PRAGMA integrity_check").fetchone()[0]
