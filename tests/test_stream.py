@@ -274,10 +274,13 @@ async def test_single_event_routes_leave_the_stream_and_its_tickets_alone(
     got = requests.get(f"{server.api_url}/events/{event['id']}", headers=bearer(alice.jwt), timeout=10)
     assert got.status_code == 200 and got.json() == event
     # The fixed names are not event ids: a method they do not take reaches no event.
-    for method, path, status in (("DELETE", "/events/stream", 404), ("GET", "/events/stream/ticket", 405),
-                                 ("DELETE", "/events/stream/ticket", 405), ("GET", "/events/nope", 404)):
+    for method, path, status in (("DELETE", "/events/stream", 405), ("DELETE", "/events/changes", 405),
+                                 ("GET", "/events/stream/ticket", 405), ("DELETE", "/events/stream/ticket", 405),
+                                 ("GET", "/events/nope", 404), ("DELETE", "/events/nope", 404)):
         r = requests.request(method, f"{server.api_url}{path}", headers=bearer(alice.jwt), timeout=10)
         assert r.status_code == status, (method, path, r.status_code, r.text)
+        if status == 405:
+            assert "DELETE" not in r.headers["Allow"] and r.json()["code"], (path, r.headers, r.text)
     assert requests.get(f"{server.api_url}/events/{event['id']}", headers=bearer(alice.jwt), timeout=10).status_code == 200
 
 

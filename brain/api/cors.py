@@ -95,7 +95,11 @@ class Cors:
         return preflight
 
     async def _methods(self, app: web.Application, request: web.Request) -> set[str]:
-        """The methods the routes of the request's path answer (the catch-alls aside)."""
+        """The methods the routes of the request's path answer (the catch-alls aside).
+
+        A path with routes of its own (/events/stream) lists theirs only, not those of a pattern
+        it also matches (DELETE /events/{id}, which answers it with a 404).
+        """
         resources = self._resources
         if resources is None:
             # The router is frozen once the app serves: read its routes once.
@@ -104,6 +108,11 @@ class Cors:
                 if not all(getattr(route.handler, UNMATCHED_ATTR, False) for route in resource)
             ]
         methods: set[str] = set()
+        own: set[str] = set()
         for resource in resources:
-            methods |= (await resource.resolve(request))[1]
-        return methods
+            allowed = (await resource.resolve(request))[1]
+            if isinstance(resource, web.PlainResource):
+                own |= allowed
+            else:
+                methods |= allowed
+        return own or methods

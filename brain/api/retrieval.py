@@ -130,7 +130,7 @@ def routes(rt: Process, stores: StoreManager, rate: WriteRate) -> list[Route]:
         # an id is a 404: every described path asks for credentials first). A fixed path
         # (/events/changes, /events/stream) wins for its own methods whatever the order of
         # registration, as aiohttp looks up the longest literal prefix first; a DELETE there
-        # comes here, and is a 404.
+        # comes here, and is a 405 (`_event_id`).
         Route("GET", "/events/{id}", get_event, operations["/events/{id}"]["get"]),
         Route("DELETE", "/events/{id}", delete_event, operations["/events/{id}"]["delete"]),
         Route("DELETE", "/events", delete_events, operations["/events"]["delete"]),
@@ -171,6 +171,10 @@ def _types(params: MultiDictProxy[str]) -> TypeFilter | None:
 def _event_id(request: web.Request) -> int:
     text = request.match_info["id"]
     if not (text.isascii() and text.isdigit() and len(text) <= 19 and 1 <= int(text) <= MAX_ID):
+        for resource in request.app.router.resources():
+            # A fixed path (/events/stream, /events/changes) asked with a method it does not take.
+            if isinstance(resource, web.PlainResource) and resource.canonical == request.path:
+                raise web.HTTPMethodNotAllowed(request.method, {route.method for route in resource})
         raise NotFound("no such event: an event id is an integer from 1")
     return int(text)
 
