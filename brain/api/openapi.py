@@ -84,8 +84,8 @@ TIME_PARAMETER: dict[str, Any] = {
 # One item of a type filter (brain.event_types.TypeFilter): `*`, a type, a `prefix.*` namespace or
 # a `prefix*` name prefix.
 _TYPE_FILTER_ITEM = rf" *(\*|{TYPE_RE.pattern}(\.?\*)?) *"
-# The `type` parameter of every route that selects events.
-TYPE_FILTER = {
+# The `type` parameter of the event stream.
+TYPE_FILTER: dict[str, Any] = {
     "name": "type",
     "in": "query",
     "description": (
@@ -98,6 +98,12 @@ TYPE_FILTER = {
         "maxLength": MAX_TYPE_FILTERS * (MAX_TYPE_LENGTH + 3),
         "pattern": f"^{_TYPE_FILTER_ITEM}(,{_TYPE_FILTER_ITEM}){{0,{MAX_TYPE_FILTERS - 1}}}$",
     },
+}
+# The `type` parameter of the routes that read or delete stored events, where an empty one is no filter.
+STORED_TYPE_FILTER: dict[str, Any] = {
+    **TYPE_FILTER,
+    "description": TYPE_FILTER["description"] + " (empty: no filter)",
+    "schema": {"anyOf": [TYPE_FILTER["schema"], {"const": ""}]},
 }
 
 
@@ -222,7 +228,7 @@ def paths(api: ApiSettings) -> dict[str, dict[str, Any]]:
                 "operationId": "listEvents",
                 "summary": "The user's events, newest first",
                 "parameters": [
-                    TYPE_FILTER,
+                    STORED_TYPE_FILTER,
                     {
                         "name": "since",
                         "in": "query",

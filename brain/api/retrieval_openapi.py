@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from brain.api.openapi import BEARER_ERRORS, TIME_PARAMETER, TYPE_FILTER
+from brain.api.openapi import BEARER_ERRORS, STORED_TYPE_FILTER, TIME_PARAMETER
 from brain.api.settings import ApiSettings, SearchSettings
 from brain.apikeys import with_api_keys
 from brain.openapi import error as _error
@@ -82,7 +82,8 @@ def paths(api: ApiSettings, search: SearchSettings) -> dict[str, dict[str, Any]]
                      "description": "A sequence number (0: from the start)"},
                     {"name": "limit", "in": "query", "description": "Events per page (default api.events_page_default)",
                      "schema": {"type": "integer", "minimum": 1, "maximum": api.events_page_max}},
-                    {**TYPE_FILTER, "description": TYPE_FILTER["description"] + "; deletions are of type event.deleted"},
+                    {**STORED_TYPE_FILTER,
+                     "description": STORED_TYPE_FILTER["description"] + "; deletions are of type event.deleted"},
                 ],
                 "responses": {
                     "200": _json_body(_ref("ChangesPage")),
@@ -110,7 +111,7 @@ def paths(api: ApiSettings, search: SearchSettings) -> dict[str, dict[str, Any]]
                 "operationId": "deleteEvents",
                 "summary": "Delete the events of given types and/or created in a time range",
                 "description": "At least one of type, since, until. Each deleted event leaves a tombstone (event.deleted).",
-                "parameters": [TYPE_FILTER, _SINCE, _UNTIL],
+                "parameters": [STORED_TYPE_FILTER, _SINCE, _UNTIL],
                 "responses": {
                     "200": _json_body({"type": "object", "required": ["deleted"], "properties": {"deleted": {"type": "integer"}}}),
                     "400": _error("No filter, or an invalid one; the message names it"),
