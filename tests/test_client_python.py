@@ -105,6 +105,35 @@ def test_sign_up_events_and_pagination(server: BrainServer) -> None:
         assert refused.value.status == 401 and refused.value.code == "INVALID_TOKEN"
 
 
+def test_search_single_events_deletions_changes_and_stats(server: BrainServer) -> None:
+    with client(server) as brain:
+        brain.sign_up("Sam", unique_email("py"), PASSWORD)
+        lease = brain.post_event("note.created", {"title": "The lease", "text": "Anna signs the lease on Monday"})
+        brain.post_events([{"type": "note.created", "data": {"title": f"Note {i}", "text": "nothing here"}}
+                           for i in range(4)])
+        page = brain.search("lease")
+        assert [r["event"]["id"] for r in page["results"]] == [lease["id"]] and page["next_cursor"] is None
+        assert "<mark>lease</mark>" in page["results"][0]["highlights"]["title"]
+        assert len(list(brain.iter_search("nothing", page_size=3))) == 4
+        assert brain.get_event(lease["id"]) == lease
+        stats = brain.me_stats()
+        assert stats["events"] == 5 and stats["by_type"] == {"note.created": 5}
+        written = list(brain.iter_changes(page_size=2))
+        assert [e["id"] for e in written] == [lease["id"], *(e["id"] for e in brain.list_events()["events"][::-1][1:])]
+
+        assert brain.delete_event(lease["id"]) == {"deleted": 1, "ids": [lease["id"]]}
+        assert brain.search("lease")["results"] == []
+        with pytest.raises(NotFound):
+            brain.get_event(lease["id"])
+        assert brain.delete_events(type="note.*") == 4
+        # The deleted events are gone from the feed; their five tombstones follow, in commit order.
+        changes = list(brain.iter_changes(page_size=4))
+        assert [e["type"] for e in changes] == ["event.deleted"] * 5 and changes[0]["id"] > written[-1]["id"]
+        assert changes[0]["data"]["id"] == lease["id"]
+        rest = brain.event_changes(changes[1]["id"], type="event.deleted")
+        assert rest["events"] == changes[2:] and rest["has_more"] is False
+
+
 def test_errors_are_typed_and_carry_the_server_code(server: BrainServer) -> None:
     with client(server) as brain:
         brain.sign_up("Bea", unique_email("py"), PASSWORD)
@@ -175,6 +204,16 @@ def test_async_client(server: BrainServer) -> None:
             await brain.post_events([{"type": "a.b", "data": i} for i in range(5)])
             seen = [e["data"] async for e in brain.iter_events(type="a.b", page_size=2)]
             assert seen == [4, 3, 2, 1, 0]
+            await brain.post_events([{"type": "c.d", "data": {"text": f"apple {i}"}} for i in range(3)])
+            hits = [r["event"]["data"]["text"] async for r in brain.iter_search("apple", page_size=2)]
+            assert sorted(hits) == ["apple 0", "apple 1", "apple 2"]
+            first = (await brain.event_changes(0, limit=1))["events"][0]
+            assert await brain.get_event(first["id"]) == first
+            assert (await brain.delete_event(first["id"]))["ids"] == [first["id"]]
+            assert await brain.delete_events(type="a.b") == 4
+            kinds = [e["type"] async for e in brain.iter_changes(page_size=3)]
+            assert kinds == ["c.d"] * 3 + ["event.deleted"] * 5
+            assert (await brain.me_stats())["events"] == 3
             with pytest.raises(BadRequest) as bad:
                 await brain.list_events(limit=0)
             assert bad.value.code == "VALIDATION_ERROR"

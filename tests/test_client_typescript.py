@@ -75,7 +75,7 @@ def test_client_against_a_live_server(server: BrainServer, gmail: FakeGmail) -> 
     done = run_node(["--test", "test/client.test.mjs"], server, BRAIN_GMAIL_REFRESH_TOKEN=gmail.issue_refresh_token(GMAIL_USER),
                     BRAIN_GMAIL_MESSAGE=message, BRAIN_GMAIL_ATTACHMENT=ATTACHMENT)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "# fail 0" in done.stdout and "# pass 4" in done.stdout, done.stdout
+    assert "# fail 0" in done.stdout and "# pass 5" in done.stdout, done.stdout
 
 
 def test_the_stream_follows_live_events_and_resumes(server: BrainServer) -> None:

@@ -171,12 +171,52 @@ def list_events(type: str | None, since: str | float | None, until: str | float 
     return Call("GET", "api", "/events", params=params)
 
 
+def search(q: str, since: str | float | None, until: str | float | None, limit: int | None,
+           cursor: str | None) -> Call:
+    """GET /search: one page of matches, best first."""
+    return Call("GET", "api", "/search", params=clean({"q": q, "since": since, "until": until, "limit": limit,
+                                                        "cursor": cursor}))
+
+
+def get_event(event_id: int) -> Call:
+    """GET /events/{id}."""
+    return Call("GET", "api", f"/events/{int(event_id)}")
+
+
+def delete_event(event_id: int) -> Call:
+    """DELETE /events/{id}."""
+    return Call("DELETE", "api", f"/events/{int(event_id)}")
+
+
+def delete_events(types: str | Sequence[str] | None, since: str | float | None, until: str | float | None) -> Call:
+    """DELETE /events?type&since&until: the matching events."""
+    return Call("DELETE", "api", "/events", params=clean({"type": type_filter(types), "since": since, "until": until}))
+
+
+def event_changes(after: int, limit: int | None, types: str | Sequence[str] | None) -> Call:
+    """GET /events/changes: what was committed after a sequence number."""
+    return Call("GET", "api", "/events/changes", params=clean({"after": after, "limit": limit,
+                                                               "type": type_filter(types)}))
+
+
+def me_stats() -> Call:
+    """GET /me/stats."""
+    return Call("GET", "api", "/me/stats")
+
+
+def type_filter(types: str | Sequence[str] | None) -> str | None:
+    """A `type` parameter: names or `prefix.*`, comma-separated."""
+    if types is None or isinstance(types, str):
+        return types
+    return ",".join(types) or None
+
+
 def stream_events(types: Sequence[str], after: int | None) -> Call:
     """GET /events/stream, resuming after `after` (sent as Last-Event-ID, as EventSource does)."""
     headers = {"Accept": "text/event-stream"}
     if after is not None:
         headers["Last-Event-ID"] = str(after)
-    return Call("GET", "api", "/events/stream", params={"type": ",".join(types)} if types else None, headers=headers)
+    return Call("GET", "api", "/events/stream", params=clean({"type": type_filter(types)}), headers=headers)
 
 
 def stream_ticket() -> Call:

@@ -20,7 +20,21 @@ import httpx
 
 from brain_client import _calls as calls
 from brain_client.errors import BrainError, RateLimited, ServiceUnavailable
-from brain_client.models import Event, EventsPage, Health, Jwks, MailAccount, Me, SessionResponse, StreamTicket
+from brain_client.models import (
+    ChangesPage,
+    Deleted,
+    Event,
+    EventsPage,
+    Health,
+    Jwks,
+    MailAccount,
+    Me,
+    SearchPage,
+    SearchPageResultsItem,
+    SessionResponse,
+    Stats,
+    StreamTicket,
+)
 from brain_client.stream import AsyncEventStream, EventStream, SseMessage, StreamState
 
 __all__ = ["AsyncClient", "Client"]
@@ -205,6 +219,54 @@ class Client(_Credentials):
             if cursor is None:
                 return
 
+    def search(self, q: str, *, since: str | float | None = None, until: str | float | None = None,
+               limit: int | None = None, cursor: str | None = None) -> SearchPage:
+        """One page of the user's events matching the query (GET /search), best first."""
+        return cast(SearchPage, self._run(calls.search(q, since, until, limit, cursor)))
+
+    def iter_search(self, q: str, *, since: str | float | None = None, until: str | float | None = None,
+                    page_size: int | None = None) -> Iterator[SearchPageResultsItem]:
+        """Every match, best first, following the cursors page after page."""
+        cursor = None
+        while True:
+            page = self.search(q, since=since, until=until, limit=page_size, cursor=cursor)
+            yield from page["results"]
+            cursor = page["next_cursor"]
+            if cursor is None:
+                return
+
+    def get_event(self, event_id: int) -> Event:
+        """One event by id."""
+        return cast(Event, self._run(calls.get_event(event_id)))
+
+    def delete_event(self, event_id: int) -> Deleted:
+        """Delete one event (a tombstone, event.deleted, takes its place in the commit order)."""
+        return cast(Deleted, self._run(calls.delete_event(event_id)))
+
+    def delete_events(self, *, type: str | Sequence[str] | None = None, since: str | float | None = None,
+                      until: str | float | None = None) -> int:
+        """Delete the events of these types and/or times (at least one of them); how many went."""
+        return cast(int, self._run(calls.delete_events(type, since, until))["deleted"])
+
+    def event_changes(self, after: int = 0, *, limit: int | None = None,
+                      type: str | Sequence[str] | None = None) -> ChangesPage:
+        """One page of what was committed after a sequence number, deletions included."""
+        return cast(ChangesPage, self._run(calls.event_changes(after, limit, type)))
+
+    def iter_changes(self, after: int = 0, *, page_size: int | None = None,
+                     type: str | Sequence[str] | None = None) -> Iterator[Event]:
+        """Everything committed after `after`, in commit order, until the feed is read to its end."""
+        while True:
+            page = self.event_changes(after, limit=page_size, type=type)
+            yield from page["events"]
+            after = page["next_after"]
+            if not page["has_more"]:
+                return
+
+    def me_stats(self) -> Stats:
+        """The user's event counts by type, storage, search index state and quotas."""
+        return cast(Stats, self._run(calls.me_stats()))
+
     def stream_events(self, *, type: str | Sequence[str] | None = None, after: int | None = None,
                       reconnect: bool = True, idle_timeout: float = STREAM_IDLE_TIMEOUT) -> EventStream:
         """The user's events as they commit (GET /events/stream), for as long as it is iterated.
@@ -378,6 +440,56 @@ class AsyncClient(_Credentials):
             cursor = page["next_cursor"]
             if cursor is None:
                 return
+
+    async def search(self, q: str, *, since: str | float | None = None, until: str | float | None = None,
+                     limit: int | None = None, cursor: str | None = None) -> SearchPage:
+        """One page of the user's events matching the query (GET /search), best first."""
+        return cast(SearchPage, await self._run(calls.search(q, since, until, limit, cursor)))
+
+    async def iter_search(self, q: str, *, since: str | float | None = None, until: str | float | None = None,
+                          page_size: int | None = None) -> AsyncIterator[SearchPageResultsItem]:
+        """Every match, best first, following the cursors page after page."""
+        cursor = None
+        while True:
+            page = await self.search(q, since=since, until=until, limit=page_size, cursor=cursor)
+            for result in page["results"]:
+                yield result
+            cursor = page["next_cursor"]
+            if cursor is None:
+                return
+
+    async def get_event(self, event_id: int) -> Event:
+        """One event by id."""
+        return cast(Event, await self._run(calls.get_event(event_id)))
+
+    async def delete_event(self, event_id: int) -> Deleted:
+        """Delete one event (a tombstone, event.deleted, takes its place in the commit order)."""
+        return cast(Deleted, await self._run(calls.delete_event(event_id)))
+
+    async def delete_events(self, *, type: str | Sequence[str] | None = None, since: str | float | None = None,
+                            until: str | float | None = None) -> int:
+        """Delete the events of these types and/or times (at least one of them); how many went."""
+        return cast(int, (await self._run(calls.delete_events(type, since, until)))["deleted"])
+
+    async def event_changes(self, after: int = 0, *, limit: int | None = None,
+                            type: str | Sequence[str] | None = None) -> ChangesPage:
+        """One page of what was committed after a sequence number, deletions included."""
+        return cast(ChangesPage, await self._run(calls.event_changes(after, limit, type)))
+
+    async def iter_changes(self, after: int = 0, *, page_size: int | None = None,
+                           type: str | Sequence[str] | None = None) -> AsyncIterator[Event]:
+        """Everything committed after `after`, in commit order, until the feed is read to its end."""
+        while True:
+            page = await self.event_changes(after, limit=page_size, type=type)
+            for event in page["events"]:
+                yield event
+            after = page["next_after"]
+            if not page["has_more"]:
+                return
+
+    async def me_stats(self) -> Stats:
+        """The user's event counts by type, storage, search index state and quotas."""
+        return cast(Stats, await self._run(calls.me_stats()))
 
     def stream_events(self, *, type: str | Sequence[str] | None = None, after: int | None = None,
                       reconnect: bool = True, idle_timeout: float = STREAM_IDLE_TIMEOUT) -> AsyncEventStream:

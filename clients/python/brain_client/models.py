@@ -12,6 +12,8 @@ __all__ = [
     "ApiKey",
     "ApiKeyCreated",
     "ApiKeyPermissions0",
+    "ChangesPage",
+    "Deleted",
     "Error",
     "Event",
     "EventsPage",
@@ -45,10 +47,15 @@ __all__ = [
     "NewEvent",
     "NewWebhook",
     "Passkey",
+    "SearchPage",
+    "SearchPageResultsItem",
     "Session",
     "SessionResponse",
     "SignInRequest",
     "SignUpRequest",
+    "Stats",
+    "StatsIndex",
+    "StatsQuota",
     "StreamEnding",
     "StreamMessage",
     "StreamTicket",
@@ -94,17 +101,30 @@ ApiKey = TypedDict("ApiKey", {
 ApiKeyCreated = Any
 
 
-Error = TypedDict("Error", {
-    "message": str,
-    "code": str,
-})
-
-
 Event = TypedDict("Event", {
     "id": int,
     "type": str,
     "data": Any,
     "created_at": str,
+})
+
+
+ChangesPage = TypedDict("ChangesPage", {
+    "events": list[Event],
+    "next_after": int,
+    "has_more": bool,
+})
+
+
+Deleted = TypedDict("Deleted", {
+    "deleted": int,
+    "ids": list[int],
+})
+
+
+Error = TypedDict("Error", {
+    "message": str,
+    "code": str,
 })
 
 
@@ -123,6 +143,7 @@ Health = TypedDict("Health", {
     "jwks": NotRequired[dict[str, Any]],
     "nats": NotRequired[dict[str, Any]],
     "stores": NotRequired[dict[str, Any]],
+    "search": NotRequired[dict[str, Any]],
 })
 
 
@@ -236,6 +257,20 @@ Passkey = TypedDict("Passkey", {
 })
 
 
+SearchPageResultsItem = TypedDict("SearchPageResultsItem", {
+    "event": Event,
+    "score": float,
+    "highlights": dict[str, str],
+})
+
+
+SearchPage = TypedDict("SearchPage", {
+    "results": list[SearchPageResultsItem],
+    "next_cursor": Union[str, None],
+    "partial": bool,
+})
+
+
 Session = TypedDict("Session", {
     "id": NotRequired[str],
     "userId": NotRequired[str],
@@ -283,6 +318,32 @@ SignUpRequest = TypedDict("SignUpRequest", {
     "image": NotRequired[str],
     "callbackURL": NotRequired[str],
     "rememberMe": NotRequired[bool],
+})
+
+
+StatsIndex = TypedDict("StatsIndex", {
+    "state": NotRequired[Literal['ready', 'backfilling', 'disabled']],
+    "documents": NotRequired[int],
+    "pending": NotRequired[int],
+})
+
+
+StatsQuota = TypedDict("StatsQuota", {
+    "max_bytes": NotRequired[Union[int, None]],
+    "max_events_per_minute": NotRequired[Union[int, None]],
+    "events_available": NotRequired[Union[int, None]],
+})
+
+
+Stats = TypedDict("Stats", {
+    "events": int,
+    "by_type": dict[str, int],
+    "sequence": int,
+    "tombstones": NotRequired[int],
+    "bytes": int,
+    "file_bytes": NotRequired[int],
+    "index": StatsIndex,
+    "quota": StatsQuota,
 })
 
 

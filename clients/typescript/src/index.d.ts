@@ -21,6 +21,12 @@ export type MailMessageReceived = Schemas["mail.message.received"];
 export type MailMessageUpdated = Schemas["mail.message.updated"];
 export type MailMessageDeleted = Schemas["mail.message.deleted"];
 export type EventsQuery = NonNullable<operations["listEvents"]["parameters"]["query"]>;
+export type SearchQuery = NonNullable<operations["search"]["parameters"]["query"]>;
+export type SearchPage = Schemas["SearchPage"];
+export type SearchResult = SearchPage["results"][number];
+export type ChangesPage = Schemas["ChangesPage"];
+export type Deleted = Schemas["Deleted"];
+export type Stats = Schemas["Stats"];
 export type Role = "api" | "auth";
 export type Auth = "user" | "session" | "none";
 
@@ -120,6 +126,14 @@ export class BrainClient {
   postEvents(events: NewEvent[], options?: { idempotencyKey?: string }): Promise<Event[]>;
   listEvents(query?: EventsQuery): Promise<EventsPage>;
   iterEvents(query?: Omit<EventsQuery, "limit" | "cursor"> & { pageSize?: number }): AsyncGenerator<Event, void, void>;
+  search(q: string, query?: Omit<SearchQuery, "q">): Promise<SearchPage>;
+  iterSearch(q: string, query?: Omit<SearchQuery, "q" | "limit" | "cursor"> & { pageSize?: number }): AsyncGenerator<SearchResult, void, void>;
+  getEvent(id: number): Promise<Event>;
+  deleteEvent(id: number): Promise<Deleted>;
+  deleteEvents(filter: { type?: string | string[]; since?: string | number; until?: string | number }): Promise<number>;
+  eventChanges(options?: { after?: number; limit?: number; type?: string | string[] }): Promise<ChangesPage>;
+  iterChanges(options?: { after?: number; pageSize?: number; type?: string | string[] }): AsyncGenerator<Event, void, void>;
+  meStats(): Promise<Stats>;
   streamEvents(options?: StreamOptions): AsyncGenerator<Event, void, void>;
   streamTicket(): Promise<StreamTicket>;
   eventSourceUrl(options?: { type?: string | string[] }): Promise<string>;

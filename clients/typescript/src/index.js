@@ -309,6 +309,58 @@ export class BrainClient {
     } while (cursor);
   }
 
+  /** One page of the user's events matching the query (GET /search), best first. */
+  search(q, query = {}) {
+    return this._run({ method: "GET", role: "api", path: "/search", auth: "user", query: { ...query, q } });
+  }
+
+  /** Every match, best first, following the cursors page after page. */
+  async *iterSearch(q, { pageSize, ...query } = {}) {
+    let cursor;
+    do {
+      const page = await this.search(q, { ...query, limit: pageSize, cursor });
+      yield* page.results;
+      cursor = page.next_cursor;
+    } while (cursor);
+  }
+
+  /** One event by id. */
+  getEvent(id) {
+    return this._run({ method: "GET", role: "api", path: `/events/${Number(id)}`, auth: "user" });
+  }
+
+  /** Delete one event (a tombstone, event.deleted, takes its place in the commit order). */
+  deleteEvent(id) {
+    return this._run({ method: "DELETE", role: "api", path: `/events/${Number(id)}`, auth: "user" });
+  }
+
+  /** Delete the events of these types and/or times (at least one of them); how many went. */
+  async deleteEvents({ type, since, until } = {}) {
+    const query = { type: Array.isArray(type) ? type.join(",") : type, since, until };
+    return (await this._run({ method: "DELETE", role: "api", path: "/events", auth: "user", query })).deleted;
+  }
+
+  /** One page of what was committed after a sequence number, deletions included. */
+  eventChanges({ after = 0, limit, type } = {}) {
+    const query = { after, limit, type: Array.isArray(type) ? type.join(",") : type };
+    return this._run({ method: "GET", role: "api", path: "/events/changes", auth: "user", query });
+  }
+
+  /** Everything committed after `after`, in commit order, until the feed is read to its end. */
+  async *iterChanges({ after = 0, pageSize, type } = {}) {
+    for (;;) {
+      const page = await this.eventChanges({ after, limit: pageSize, type });
+      yield* page.events;
+      after = page.next_after;
+      if (!page.has_more) return;
+    }
+  }
+
+  /** The user's event counts by type, storage, search index state and quotas. */
+  meStats() {
+    return this._run({ method: "GET", role: "api", path: "/me/stats", auth: "user" });
+  }
+
   /**
    * The user's events as they commit (GET /events/stream), for as long as it is iterated.
    * `type`: names or `prefix.*` (a string or an array); `after`: first every event committed

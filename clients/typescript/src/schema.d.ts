@@ -904,6 +904,30 @@ export interface paths {
          * @description Answered only after the events are committed to the user's own database. With an Idempotency-Key header a retried request returns the first result (Idempotent-Replayed: true) instead of storing again; reusing a key for a different request is 422. Events are then published to JetStream as brain.events.<user_id>.<type>.
          */
         post: operations["postEvents"];
+        /**
+         * Delete the events of given types and/or created in a time range
+         * @description At least one of type, since, until. Each deleted event leaves a tombstone (event.deleted).
+         */
+        delete: operations["deleteEvents"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/events/changes": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * What was committed after a sequence number, in commit order (deletions included)
+         * @description Every commit takes the next number of the user's sequence: a stored event as its id, a deletion as the id of its tombstone (type event.deleted, data {id, type, created_at} of the deleted event). Numbers grow in commit order and are never reused, so polling with after=next_after never misses an event, however old its created_at.
+         */
+        get: operations["eventChanges"];
+        put?: never;
+        post?: never;
         delete?: never;
         options?: never;
         head?: never;
@@ -919,7 +943,7 @@ export interface paths {
         };
         /**
          * The user's events as they commit, as Server-Sent Events (EventSource)
-         * @description Each event is an SSE message whose `id` is its commit sequence and whose `data` is the event as GET /events returns it. `Last-Event-ID` (sent by EventSource when it reconnects) or `after` first replays every event committed after that id, then continues live, without a gap or a duplicate; without either the stream starts with what commits from now on. A comment line is sent after api.stream_heartbeat_seconds without events. The stream ends with a named event saying why: `token-expired` (reconnect with a fresh token), `too-slow` (the client fell behind by api.stream_buffer_bytes), `revoked`, `shutting-down`, `error`. Browsers, whose EventSource cannot send headers, pass a `ticket` from POST /events/stream/ticket instead of a bearer token.
+         * @description Each event is an SSE message whose `id` is its commit sequence and whose `data` is the event as GET /events returns it; a deletion is its tombstone (type event.deleted, data {id, type, created_at} of the deleted event). `Last-Event-ID` (sent by EventSource when it reconnects) or `after` first replays every event committed after that id, then continues live, without a gap or a duplicate; without either the stream starts with what commits from now on. A comment line is sent after api.stream_heartbeat_seconds without events. The stream ends with a named event saying why: `token-expired` (reconnect with a fresh token), `too-slow` (the client fell behind by api.stream_buffer_bytes), `revoked`, `shutting-down`, `error`. Browsers, whose EventSource cannot send headers, pass a `ticket` from POST /events/stream/ticket instead of a bearer token.
          */
         get: operations["streamEvents"];
         put?: never;
@@ -945,6 +969,24 @@ export interface paths {
          */
         post: operations["streamTicket"];
         delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/events/{id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** One event by id */
+        get: operations["getEvent"];
+        put?: never;
+        post?: never;
+        /** Delete one event: its row and its index entry go, a tombstone is published */
+        delete: operations["deleteEvent"];
         options?: never;
         head?: never;
         patch?: never;
@@ -1248,6 +1290,23 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/me/stats": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** The user's event counts by type, storage, search index state and quotas */
+        get: operations["meStats"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/openapi.json": {
         parameters: {
             query?: never;
@@ -1257,6 +1316,26 @@ export interface paths {
         };
         /** This document */
         get: operations["openapi"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/search": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Full-text search over the user's events and mail, best matches first
+         * @description Ranked by BM25 (a title or subject above people above the rest) with a recency boost ([search] recency_weight, recency_half_life_days). Words must all match (case and diacritics folded); "exact phrase"; lea* (a prefix of 2 letters or more); -word or NOT word excludes; a OR b (binds tighter than AND); ( ) groups; field:value looks in one top-level field of data, nested strings included (from:anna, to:bob@example.com, subject:lease, labels:inbox, account:ID, field:(a OR b)); type:note.created or type:mail.* filters by type; has:attachment; body: means body, body_text and text, people: a mail's from, to, cc, bcc and reply_to, label: and folder: labels and folders. A query the language does not allow is a 400 whose `position` is the 1-based character where it goes wrong.
+         */
+        get: operations["search"];
         put?: never;
         post?: never;
         delete?: never;
@@ -1363,6 +1442,16 @@ export interface components {
         ApiKeyCreated: components["schemas"]["ApiKey"] & {
             key: string;
         };
+        ChangesPage: {
+            events: components["schemas"]["Event"][];
+            has_more: boolean;
+            /** @description Pass as after= to read on */
+            next_after: number;
+        };
+        Deleted: {
+            deleted: number;
+            ids: number[];
+        };
         Error: {
             code: string;
             message: string;
@@ -1371,7 +1460,7 @@ export interface components {
             /** Format: date-time */
             created_at: string;
             data: unknown;
-            /** @description Per-user, increasing */
+            /** @description Its number in the user's commit sequence: increasing, never reused */
             id: number;
             type: string;
         };
@@ -1384,6 +1473,8 @@ export interface components {
             nats?: Record<string, never>;
             /** @description Why it is degraded: names (jwks, nats); with detail, 'name: reason' */
             problems: string[];
+            /** @description Whether events are indexed, and the backfills' progress */
+            search?: Record<string, never>;
             /** @enum {string} */
             status: "ok" | "degraded";
             stores?: Record<string, never>;
@@ -1513,6 +1604,19 @@ export interface components {
             transports: string;
             userId: string;
         };
+        SearchPage: {
+            next_cursor: string | null;
+            /** @description The index is still being built: older events may be missing */
+            partial: boolean;
+            results: {
+                event: components["schemas"]["Event"];
+                /** @description By field path: the text around the matches, HTML-escaped, matches in <mark></mark> */
+                highlights: {
+                    [key: string]: string;
+                };
+                score: number;
+            }[];
+        };
         Session: {
             /** Format: date-time */
             createdAt?: string;
@@ -1547,6 +1651,29 @@ export interface components {
             name: string;
             password: string;
             rememberMe?: boolean;
+        };
+        Stats: {
+            by_type: {
+                [key: string]: number;
+            };
+            /** @description Bytes in use (what api.max_user_bytes limits) */
+            bytes: number;
+            events: number;
+            file_bytes?: number;
+            index: {
+                documents?: number;
+                pending?: number;
+                /** @enum {unknown} */
+                state?: "ready" | "backfilling" | "disabled";
+            };
+            quota: {
+                events_available?: number | null;
+                max_bytes?: number | null;
+                max_events_per_minute?: number | null;
+            };
+            /** @description The last number of the commit sequence */
+            sequence: number;
+            tombstones?: number;
         };
         StreamEnding: {
             /** @description With `error`: the store's error code */
@@ -4538,7 +4665,7 @@ export interface operations {
     listEvents: {
         parameters: {
             query?: {
-                /** @description Only events of this type (empty: every type) */
+                /** @description Event types: exact names, `prefix.*` namespaces (mail.*) or `prefix*` name prefixes (note*), comma-separated (or the parameter repeated), at most 20 of them, each name at most 128 characters; `*`: every type (empty: no filter) */
                 type?: string | "";
                 /** @description Inclusive lower bound on created_at: RFC 3339 with offset, or epoch seconds */
                 since?: string | "";
@@ -4714,7 +4841,7 @@ export interface operations {
                     "application/json": components["schemas"]["Error"];
                 };
             };
-            /** @description RATE_LIMITED: too many requests for this user or from this address (api.rate_limit_*) */
+            /** @description EVENT_QUOTA_EXCEEDED: more than api.max_events_per_minute events this minute; or RATE_LIMITED (api.rate_limit_*) */
             429: {
                 headers: {
                     "Retry-After"?: number;
@@ -4734,12 +4861,176 @@ export interface operations {
                     "application/json": components["schemas"]["Error"];
                 };
             };
+            /** @description INSUFFICIENT_STORAGE: the user's store is at api.max_user_bytes; delete events */
+            507: {
+                headers: {
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
+    deleteEvents: {
+        parameters: {
+            query?: {
+                /** @description Event types: exact names, `prefix.*` namespaces (mail.*) or `prefix*` name prefixes (note*), comma-separated (or the parameter repeated), at most 20 of them, each name at most 128 characters; `*`: every type (empty: no filter) */
+                type?: string | "";
+                /** @description Inclusive lower bound on created_at: RFC 3339 with offset, or epoch seconds */
+                since?: string | "";
+                /** @description Exclusive upper bound on created_at */
+                until?: string | "";
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description OK */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        deleted: number;
+                    };
+                };
+            };
+            /** @description No filter, or an invalid one; the message names it */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Missing, malformed, expired or otherwise invalid bearer token */
+            401: {
+                headers: {
+                    /** @description Bearer error="invalid_token" */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description INSUFFICIENT_SCOPE: the API key lacks the scope */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description RATE_LIMITED: too many requests for this user or from this address (api.rate_limit_*) */
+            429: {
+                headers: {
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Signing keys not loaded yet, a store is restarting or its storage failing, or search is off (search.index = false) */
+            503: {
+                headers: {
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
+    eventChanges: {
+        parameters: {
+            query?: {
+                /** @description A sequence number (0: from the start) */
+                after?: number;
+                /** @description Events per page (default api.events_page_default) */
+                limit?: number;
+                /** @description Event types: exact names, `prefix.*` namespaces (mail.*) or `prefix*` name prefixes (note*), comma-separated (or the parameter repeated), at most 20 of them, each name at most 128 characters; `*`: every type (empty: no filter); deletions are of type event.deleted */
+                type?: string | "";
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description OK */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ChangesPage"];
+                };
+            };
+            /** @description Invalid parameter; the message names it */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Missing, malformed, expired or otherwise invalid bearer token */
+            401: {
+                headers: {
+                    /** @description Bearer error="invalid_token" */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description INSUFFICIENT_SCOPE: the API key lacks the scope */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description RATE_LIMITED: too many requests for this user or from this address (api.rate_limit_*) */
+            429: {
+                headers: {
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Signing keys not loaded yet, a store is restarting or its storage failing, or search is off (search.index = false) */
+            503: {
+                headers: {
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
         };
     };
     streamEvents: {
         parameters: {
             query?: {
-                /** @description Event types: exact names or `prefix.*`, comma-separated (or the parameter repeated), at most 20 of them, each name at most 128 characters; `*`: every type */
+                /** @description Event types: exact names, `prefix.*` namespaces (mail.*) or `prefix*` name prefixes (note*), comma-separated (or the parameter repeated), at most 20 of them, each name at most 128 characters; `*`: every type */
                 type?: string;
                 /** @description Replay events committed after this id first */
                 after?: number;
@@ -4862,6 +5153,148 @@ export interface operations {
                 };
             };
             /** @description Signing keys not loaded yet (or too stale), or a store is restarting */
+            503: {
+                headers: {
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
+    getEvent: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                id: number;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description OK */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Event"];
+                };
+            };
+            /** @description Missing, malformed, expired or otherwise invalid bearer token */
+            401: {
+                headers: {
+                    /** @description Bearer error="invalid_token" */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description INSUFFICIENT_SCOPE: the API key lacks the scope */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description No such event */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description RATE_LIMITED: too many requests for this user or from this address (api.rate_limit_*) */
+            429: {
+                headers: {
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Signing keys not loaded yet, a store is restarting or its storage failing, or search is off (search.index = false) */
+            503: {
+                headers: {
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
+    deleteEvent: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                id: number;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description OK */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Deleted"];
+                };
+            };
+            /** @description Missing, malformed, expired or otherwise invalid bearer token */
+            401: {
+                headers: {
+                    /** @description Bearer error="invalid_token" */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description INSUFFICIENT_SCOPE: the API key lacks the scope */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description No such event */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description RATE_LIMITED: too many requests for this user or from this address (api.rate_limit_*) */
+            429: {
+                headers: {
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Signing keys not loaded yet, a store is restarting or its storage failing, or search is off (search.index = false) */
             503: {
                 headers: {
                     "Retry-After"?: number;
@@ -5927,6 +6360,66 @@ export interface operations {
             };
         };
     };
+    meStats: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description OK */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Stats"];
+                };
+            };
+            /** @description Missing, malformed, expired or otherwise invalid bearer token */
+            401: {
+                headers: {
+                    /** @description Bearer error="invalid_token" */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description INSUFFICIENT_SCOPE: the API key lacks the scope */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description RATE_LIMITED: too many requests for this user or from this address (api.rate_limit_*) */
+            429: {
+                headers: {
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Signing keys not loaded yet, a store is restarting or its storage failing, or search is off (search.index = false) */
+            503: {
+                headers: {
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
     openapi: {
         parameters: {
             query?: never;
@@ -5943,6 +6436,86 @@ export interface operations {
                 };
                 content: {
                     "application/json": Record<string, never>;
+                };
+            };
+        };
+    };
+    search: {
+        parameters: {
+            query: {
+                /** @description The query */
+                q: string;
+                /** @description Inclusive lower bound on created_at: RFC 3339 with offset, or epoch seconds */
+                since?: string | "";
+                /** @description Exclusive upper bound on created_at */
+                until?: string | "";
+                /** @description Results per page (default search.page_default) */
+                limit?: number;
+                /** @description next_cursor of the previous page, with the same q, since and until */
+                cursor?: string;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description OK */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["SearchPage"];
+                };
+            };
+            /** @description INVALID_QUERY (with `position`) or another invalid parameter, named */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Missing, malformed, expired or otherwise invalid bearer token */
+            401: {
+                headers: {
+                    /** @description Bearer error="invalid_token" */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description INSUFFICIENT_SCOPE: the API key lacks the scope */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description RATE_LIMITED: too many requests for this user or from this address (api.rate_limit_*) */
+            429: {
+                headers: {
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Signing keys not loaded yet, a store is restarting or its storage failing, or search is off (search.index = false) */
+            503: {
+                headers: {
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
                 };
             };
         };

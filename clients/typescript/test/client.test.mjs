@@ -74,6 +74,41 @@ test("the JWT is refreshed before it expires: from the session, or from getJwt",
   await assert.rejects(stale.me(), Unauthorized);
 });
 
+test("search, single events, deletions, the changes feed and statistics", async () => {
+  const { brain } = await signedUp("Sam");
+  const lease = await brain.postEvent("note.created", { title: "The lease", text: "Anna signs the lease on Monday" });
+  await brain.postEvents([0, 1, 2, 3].map((i) => ({ type: "note.created", data: { title: `Note ${i}`, text: "nothing here" } })));
+  const page = await brain.search("lease");
+  assert.deepEqual(page.results.map((r) => r.event.id), [lease.id]);
+  assert.equal(page.next_cursor, null);
+  assert.match(page.results[0].highlights.title, /<mark>lease<\/mark>/);
+  let found = 0;
+  for await (const result of brain.iterSearch("nothing", { pageSize: 3 })) found += result.event.type === "note.created";
+  assert.equal(found, 4);
+  assert.deepEqual(await brain.getEvent(lease.id), lease);
+  const stats = await brain.meStats();
+  assert.equal(stats.events, 5);
+  assert.deepEqual(stats.by_type, { "note.created": 5 });
+  const written = [];
+  for await (const event of brain.iterChanges({ pageSize: 2 })) written.push(event);
+  assert.equal(written.length, 5);
+  assert.equal(written[0].id, lease.id);
+
+  assert.deepEqual(await brain.deleteEvent(lease.id), { deleted: 1, ids: [lease.id] });
+  assert.deepEqual((await brain.search("lease")).results, []);
+  await assert.rejects(brain.getEvent(lease.id), NotFound);
+  assert.equal(await brain.deleteEvents({ type: ["note.*"] }), 4);
+  // The deleted events are gone from the feed; their five tombstones follow, in commit order.
+  const changes = [];
+  for await (const event of brain.iterChanges({ pageSize: 4 })) changes.push(event);
+  assert.deepEqual(changes.map((e) => e.type), Array(5).fill("event.deleted"));
+  assert.ok(changes[0].id > written[4].id);
+  assert.equal(changes[0].data.id, lease.id);
+  const rest = await brain.eventChanges({ after: changes[1].id, type: "event.deleted" });
+  assert.deepEqual(rest.events, changes.slice(2));
+  assert.equal(rest.has_more, false);
+});
+
 test("mail: connect, status, change, sync now, attachment, disconnect", async () => {
   const { brain } = await signedUp("Di");
   const link = await brain.mailConnect("gmail");
