@@ -6,8 +6,9 @@ within a second, sees hostile text in every field of events, mail and their own 
 text, connects a Gmail mailbox through the OAuth flow (progress, then the messages in the
 timeline), signs out and in again; the console logs no error on the way. The page's load time
 and transfer size with an empty cache are measured in the browser and printed. Then the
-account page: sessions and revoking one, changing the password, deleting the account.
-Screenshots go to the test's temporary directory.
+account page: sessions and revoking one, changing the password, deleting the account; the links
+of the verification and password reset mails (sent over real SMTP to a local aiosmtpd) opened in
+the browser. Screenshots go to the test's temporary directory.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from email import message_from_bytes
 from email import policy as mail_policy
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, urlencode
 
 import requests
 from selenium import webdriver
@@ -31,6 +33,7 @@ from brain.console.settings import served
 from brain.testing.fakes.gmail import FakeGmail
 from brain.testing.fakes.mime import Part
 from tests.support import BrainServer
+from tests.test_auth_email import Inbox, link_in, smtp  # noqa: F401 - the local SMTP server fixture
 from tests.test_auth_helpers import NO_LIMITS, PASSWORD, bearer, new_user, unique_email
 from tests.test_browser import browser  # noqa: F401 - the headless Chromium fixture
 from tests.test_mail_server import GMAIL_USER, gmail, mail_config  # noqa: F401 - the fake Gmail fixture
@@ -356,3 +359,63 @@ def test_the_account_page_revokes_sessions_changes_the_password_and_deletes_the_
     assert browser.find_element(By.ID, "page-signin").is_displayed()
     assert sign_in_jwt(server, email, "a whole new password").status_code == 401
     assert errors_logged(browser) == []
+
+
+def test_the_verification_and_reset_links_of_the_mails_come_back_to_the_console(
+    browser: webdriver.Chrome, make_server: Any, smtp: tuple[Inbox, int], tmp_path: Path  # noqa: F811 - fixtures
+) -> None:
+    inbox, port = smtp
+    server = console_server(make_server, auth={**NO_LIMITS, "require_email_verification": True}, smtp={
+        "host": "127.0.0.1", "port": port, "tls": "none", "from_address": "brain <no-reply@example.com>"})
+    console = f"{server.api_url}/console/"
+    browser.set_window_size(1100, 900)
+    browser.get(console)
+
+    # Sign up: no session until the address is verified; signing in says so and offers the mail again.
+    email = unique_email("console")
+    fill(browser, {"sign-up-name": "Ada", "sign-up-email": email, "sign-up-password": PASSWORD}, "sign-up-button")
+    wait(browser, "no word about the mail", lambda d: "Check your mail" in text(d, "notice"))
+    fill(browser, {"sign-in-email": email, "sign-in-password": PASSWORD}, "sign-in-button")
+    wait(browser, "no refusal", lambda d: "not verified" in text(d, "notice"))
+    assert browser.find_element(By.ID, "resend-form").is_displayed()
+    browser.find_element(By.ID, "resend-button").click()
+    wait(browser, "the mail was not sent again", lambda d: "new link is on its way" in text(d, "notice"))
+    first, again = inbox.wait(email, 1), inbox.wait(email, 2)
+    assert f"callbackURL={quote(console + '?verified=1', safe='')}" in link_in(first)
+
+    # The (newest) verification link: back in the console, verified, and signing in works.
+    browser.get(link_in(again))
+    wait(browser, "not told it is verified", lambda d: text(d, "notice") == "Your email address is verified: sign in.")
+    assert browser.current_url == console
+    browser.save_screenshot(str(tmp_path / "verified.png"))
+    fill(browser, {"sign-in-email": email, "sign-in-password": PASSWORD}, "sign-in-button")
+    live(browser)
+    browser.find_element(By.ID, "sign-out").click()
+
+    # Forgot the password: the reset link opens the reset page, even over a live session, and
+    # the token is not left in the address bar.
+    fill(browser, {"forgot-email": email}, "forgot-button")
+    wait(browser, "the reset was not asked for", lambda d: "reset link is on its way" in text(d, "notice"))
+    reset_link = link_in(inbox.wait(email, 3))
+    fill(browser, {"sign-in-email": email, "sign-in-password": PASSWORD}, "sign-in-button")
+    live(browser)
+    browser.get(reset_link)
+    wait(browser, "the reset page did not show", lambda d: d.find_element(By.ID, "page-reset").is_displayed())
+    assert browser.current_url == console
+    browser.save_screenshot(str(tmp_path / "reset-password.png"))
+    fill(browser, {"reset-password": "a whole new password"}, "reset-button")
+    wait(browser, "the password was not set", lambda d: text(d, "notice") == "Password set: sign in with it.")
+    assert browser.find_element(By.ID, "page-signin").is_displayed()  # the reset ended every session
+    assert sign_in_jwt(server, email).status_code == 401
+    fill(browser, {"sign-in-email": email, "sign-in-password": "a whole new password"}, "sign-in-button")
+    live(browser)
+
+    # A used link, and a hostile error code in a made-up one: said as text.
+    browser.get(reset_link)
+    wait(browser, "the used link was not refused", lambda d: "password reset link did not work: it was used" in text(d, "notice"))
+    assert not browser.find_element(By.ID, "page-reset").is_displayed()
+    browser.get(f"{console}?" + urlencode({"verified": "1", "error": HOSTILE}))
+    wait(browser, "the error was not shown", lambda d: HOSTILE in text(d, "notice"))
+    no_script_ran(browser)
+    # The only error the browser logged: the refused sign-in (403).
+    assert [e for e in errors_logged(browser) if "sign-in/email" not in e] == []

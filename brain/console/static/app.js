@@ -8,13 +8,22 @@ import * as session from "./session.js";
 import * as timeline from "./timeline.js";
 
 const PAGES = ["timeline", "mail", "account"];
+// What an emailed link's error code means to the person who followed it.
+const LINK_ERRORS = {
+  INVALID_TOKEN: "it was used already, or replaced by a newer one",
+  TOKEN_EXPIRED: "it has expired",
+};
+// The token of a password reset link followed here: the reset page shows until it is used.
 let resetToken = null;
+// Whether this load came from a verification link (what to say depends on the session).
+let verifiedNow = false;
 
 function route() {
   const signedIn = session.user() !== null;
   const wanted = location.hash.slice(1);
-  const page = !signedIn ? "signin" : PAGES.includes(wanted) ? wanted : "timeline";
-  for (const name of ["signin", ...PAGES]) $(`page-${name}`).hidden = name !== page;
+  // A reset link wins over any session: whoever followed it wants a new password now.
+  const page = resetToken ? "reset" : !signedIn ? "signin" : PAGES.includes(wanted) ? wanted : "timeline";
+  for (const name of ["signin", "reset", ...PAGES]) $(`page-${name}`).hidden = name !== page;
   for (const name of PAGES) {
     const link = $(`nav-${name}`);
     if (name === page) link.setAttribute("aria-current", "page");
@@ -23,7 +32,7 @@ function route() {
   if (page === "mail") mail.show();
   else mail.hide();
   if (page === "account") account.show();
-  document.title = `brain console: ${page === "signin" ? "sign in" : page}`;
+  document.title = `brain console: ${{ signin: "sign in", reset: "new password" }[page] || page}`;
 }
 
 session.onChange((user) => {
@@ -41,8 +50,9 @@ session.onChange((user) => {
 });
 
 // What the query says when a flow sends the browser back: an OAuth connect's end
-// (?status=connected|error), a password reset link (?reset=1&token=), a failed link (?error=).
-// The query is then dropped from the address bar (a reset token must not linger there).
+// (?status=connected|error), a password reset link (?reset=1&token=), a verification link
+// (?verified=1), either of them failed (?error=). The query is then dropped from the address bar
+// (a reset token must not linger there, nor in the history).
 function readOutcome() {
   const query = new URLSearchParams(location.search);
   if (![...query.keys()].length) return;
@@ -54,11 +64,14 @@ function readOutcome() {
     notify(`The mailbox was not connected: ${query.get("message") || query.get("code") || "unknown error"}`, { error: true });
     hash = "#mail";
   } else if (query.get("error")) {
-    notify(`The link did not work: ${query.get("error")}`, { error: true });
+    const code = query.get("error");
+    const what = query.has("reset") ? "password reset link" : query.has("verified") ? "verification link" : "link";
+    notify(`The ${what} did not work: ${Object.hasOwn(LINK_ERRORS, code) ? LINK_ERRORS[code] : code}. Ask for a new one.`, { error: true });
+    if (query.has("verified")) $("resend-form").hidden = false;
   } else if (query.has("reset") && query.get("token")) {
     resetToken = query.get("token");
-    $("reset-form").hidden = false;
-    notify("Choose a new password.");
+  } else if (query.has("verified")) {
+    verifiedNow = true;
   }
   history.replaceState(null, "", `/console/${hash}`);
 }
@@ -70,15 +83,38 @@ function on(id, handler) {
   });
 }
 
+// Where a verification link brings the browser back to.
+const verifiedUrl = () => `${session.pageUrl()}?verified=1`;
+
+function offerResend(email) {
+  $("resend-email").value = email;
+  $("resend-form").hidden = false;
+}
+
 on("sign-in-form", async (form) => {
-  await session.signIn($("sign-in-email").value, $("sign-in-password").value);
+  const email = $("sign-in-email").value;
+  try {
+    await session.signIn(email, $("sign-in-password").value);
+  } catch (error) {
+    if (error.code === "EMAIL_NOT_VERIFIED") offerResend(email);
+    throw error;
+  }
   form.reset();
+  $("resend-form").hidden = true;
   notify("");
 });
 on("sign-up-form", async (form) => {
-  const signedIn = await session.signUp($("sign-up-name").value, $("sign-up-email").value, $("sign-up-password").value);
+  const email = $("sign-up-email").value;
+  const signedIn = await session.signUp($("sign-up-name").value, email, $("sign-up-password").value, verifiedUrl());
   form.reset();
+  if (!signedIn) offerResend(email);
   notify(signedIn ? "Welcome to your brain." : "Check your mail: the link in it finishes the sign-up.");
+});
+on("resend-form", async () => {
+  await session.auth("/api/auth/send-verification-email", {
+    method: "POST", body: { email: $("resend-email").value, callbackURL: verifiedUrl() },
+  });
+  notify("If that address waits for verification, a new link is on its way.");
 });
 on("forgot-form", async (form) => {
   await session.auth("/api/auth/request-password-reset", {
@@ -93,7 +129,9 @@ on("reset-form", async (form) => {
   });
   resetToken = null;
   form.reset();
-  form.hidden = true;
+  // The reset ended every session of the account, this browser's too.
+  session.signedOut();
+  route();
   notify("Password set: sign in with it.");
 });
 on("filter-form", () => timeline.filter($("type-filter").value));
@@ -106,4 +144,5 @@ account.setup();
 readOutcome();
 session.restore().then((signedIn) => {
   if (!signedIn) route();
+  if (verifiedNow) notify(signedIn ? "Your email address is verified." : "Your email address is verified: sign in.");
 });

@@ -133,9 +133,10 @@ export async function signIn(email, password) {
   adopt(answer.jwt || (await auth("/api/auth/token")).token);
 }
 
-/** Create an account; false when it must verify its email first (no session yet). */
-export async function signUp(name, email, password) {
-  const answer = await auth("/api/auth/sign-up/email", { method: "POST", body: { name, email, password } });
+/** Create an account; false when it must verify its email first (no session yet). The
+ * verification link brings the browser back to `callbackURL`. */
+export async function signUp(name, email, password, callbackURL) {
+  const answer = await auth("/api/auth/sign-up/email", { method: "POST", body: { name, email, password, callbackURL } });
   if (!answer.token) return false;
   adopt(answer.jwt || (await auth("/api/auth/token")).token);
   return true;
