@@ -8,7 +8,8 @@ timeline), signs out and in again; the console logs no error on the way. The pag
 and transfer size with an empty cache are measured in the browser and printed. Then the
 account page: sessions and revoking one, changing the password, deleting the account; the links
 of the verification and password reset mails (sent over real SMTP to a local aiosmtpd) opened in
-the browser. Screenshots go to the test's temporary directory.
+the browser; a mailbox's sync settings, and the re-connect of one that needs it. Screenshots go
+to the test's temporary directory.
 """
 
 from __future__ import annotations
@@ -419,3 +420,81 @@ def test_the_verification_and_reset_links_of_the_mails_come_back_to_the_console(
     no_script_ran(browser)
     # The only error the browser logged: the refused sign-in (403).
     assert [e for e in errors_logged(browser) if "sign-in/email" not in e] == []
+
+
+def test_a_mailbox_s_sync_settings_are_saved_and_one_that_needs_reauth_offers_to_connect_again(
+    browser: webdriver.Chrome, make_server: Any, gmail: FakeGmail, tmp_path: Path  # noqa: F811 - fixtures
+) -> None:
+    gmail.populate(GMAIL_USER, 5)
+    server = console_server(make_server, gmail)
+    email = unique_email("console")
+    jwt = new_user(server, email)["jwt"]
+
+    def accounts() -> list[dict[str, Any]]:
+        r = requests.get(f"{server.api_url}/mail/status", headers=bearer(jwt), timeout=10)
+        assert r.status_code == 200, r.text
+        return r.json()["accounts"]
+
+    r = requests.post(f"{server.api_url}/mail/connect", headers=bearer(jwt), timeout=30,
+                      json={"provider": "gmail", "refresh_token": gmail.issue_refresh_token(GMAIL_USER)})
+    assert r.status_code in (200, 201), r.text
+    account = r.json()["account"]["account"]
+    browser.set_window_size(1100, 900)
+    browser.get(f"{server.api_url}/console/#mail")
+    fill(browser, {"sign-in-email": email, "sign-in-password": PASSWORD}, "sign-in-button")
+    card = f"#account-{account}"
+    wait(browser, "the mailbox is not idle", lambda d: d.find_element(By.CSS_SELECTOR, card).get_attribute("data-state") == "idle")
+    assert "Syncs the whole mailbox · all of its mail · without spam and trash · with bodies" in text(browser, f"account-{account}")
+
+    # Folders (one of them hostile), a window, spam and trash kept: saved, and read back.
+    browser.find_element(By.CSS_SELECTOR, f"{card} .settings summary").click()
+    folders = browser.find_element(By.CSS_SELECTOR, f"{card} .folders")
+    folders.clear()
+    folders.send_keys(f"INBOX\n  \n{HOSTILE}\n")
+    window = browser.find_element(By.CSS_SELECTOR, f"{card} .window")
+    window.clear()
+    window.send_keys("30")
+    browser.find_element(By.CSS_SELECTOR, f"{card} .exclude-spam-trash").click()
+    # The page polls the status and redraws the card: what is being typed, and the focus, stay.
+    browser.execute_script("""
+        window.__redrawn = false;
+        new MutationObserver(() => { window.__redrawn = true; })
+          .observe(document.querySelector(arguments[0]), {childList: true, subtree: true});
+    """, card)
+    wait(browser, "the card was not redrawn", lambda d: d.execute_script("return window.__redrawn"))
+    assert browser.find_element(By.CSS_SELECTOR, f"{card} .window").get_attribute("value") == "30"
+    assert browser.execute_script("return document.activeElement.classList.contains('exclude-spam-trash')")
+    browser.save_screenshot(str(tmp_path / "mail-settings.png"))
+    browser.find_element(By.CSS_SELECTOR, f"{card} .save-settings").click()
+    wait(browser, "the settings were not saved", lambda d: "Sync settings of" in text(d, "notice"))
+    [status] = accounts()
+    assert status["sync"] == {"folders": ["INBOX", HOSTILE], "sync_window_days": 30, "exclude_spam_trash": False,
+                              "bodies": True, "keep_html": None}
+    wait(browser, "the card does not say what it syncs", lambda d: f"Syncs INBOX, {HOSTILE} · mail of the last 30 days · "
+         "with spam and trash" in text(d, f"account-{account}"))
+    no_script_ran(browser)
+    browser.refresh()
+    wait(browser, "no card after a reload", lambda d: d.find_elements(By.CSS_SELECTOR, f"{card} .settings summary"))[0].click()
+    assert browser.find_element(By.CSS_SELECTOR, f"{card} .folders").get_attribute("value") == f"INBOX\n{HOSTILE}"
+    assert browser.find_element(By.CSS_SELECTOR, f"{card} .window").get_attribute("value") == "30"
+    assert not browser.find_element(By.CSS_SELECTOR, f"{card} .exclude-spam-trash").is_selected()
+    assert browser.find_element(By.CSS_SELECTOR, f"{card} .bodies").is_selected()
+
+    # Google stops taking brain's grant: the next sync finds out (the resync the settings started,
+    # or this one: 409 if that one already did), and the card offers to connect again.
+    gmail.revoke(GMAIL_USER)
+    r = requests.post(f"{server.api_url}/mail/accounts/{account}/sync", headers=bearer(jwt), timeout=10)
+    assert r.status_code in (202, 409), r.text
+    wait(browser, "the card does not offer to connect again",
+         lambda d: d.find_elements(By.CSS_SELECTOR, f"{card}[data-state=needs_reauth] .reconnect"), timeout=30)
+    assert "connect it again" in text(browser, f"account-{account}")
+    assert not browser.find_elements(By.CSS_SELECTOR, f"{card} .sync-now")
+    browser.save_screenshot(str(tmp_path / "mail-needs-reauth.png"))
+    browser.find_element(By.CSS_SELECTOR, f"{card} .reconnect").click()
+    wait(browser, "the browser did not come back connected", lambda d: "connected" in text(d, "notice"), timeout=30)
+    wait(browser, "the mailbox does not sync again",
+         lambda d: d.find_element(By.CSS_SELECTOR, card).get_attribute("data-state") == "idle", timeout=30)
+    [status] = accounts()
+    assert status["state"] == "idle" and status["sync"]["sync_window_days"] == 30  # the same account, its settings kept
+    no_script_ran(browser)
+    assert errors_logged(browser) == []
