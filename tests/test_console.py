@@ -6,10 +6,10 @@ within a second, sees hostile text in every field of events, mail and their own 
 text, connects a Gmail mailbox through the OAuth flow (progress, then the messages in the
 timeline), signs out and in again; the console logs no error on the way. The page's load time
 and transfer size with an empty cache are measured in the browser and printed. Then the
-account page: sessions and revoking one, changing the password, deleting the account; the links
-of the verification and password reset mails (sent over real SMTP to a local aiosmtpd) opened in
-the browser; a mailbox's sync settings, and the re-connect of one that needs it. Screenshots go
-to the test's temporary directory.
+account page: sessions and revoking one, API keys (made, shown once, used, deleted), changing
+the password, deleting the account; the links of the verification and password reset mails
+(sent over real SMTP to a local aiosmtpd) opened in the browser; a mailbox's sync settings and
+the re-connect of one that needs it. Screenshots go to the test's temporary directory.
 """
 
 from __future__ import annotations
@@ -41,6 +41,8 @@ from tests.test_mail_server import GMAIL_USER, gmail, mail_config  # noqa: F401 
 
 # Every field a person or a mailbox can fill, with something a careless page would run.
 HOSTILE = '<img src=x onerror="window.__xss=1"><script>window.__xss=2</script>'
+# The same for a field of at most 32 characters (an API key's name).
+HOSTILE_SHORT = "<img src=x onerror=__xss=3>"
 LOAD_BUDGET_MS = 300
 TRANSFER_BUDGET_BYTES = 150_000
 
@@ -320,7 +322,7 @@ def test_sign_up_live_timeline_hostile_text_mail_and_sign_out_in_a_browser(
     print(f"screenshots: {shots}")
 
 
-def test_the_account_page_revokes_sessions_changes_the_password_and_deletes_the_account(
+def test_the_account_page_revokes_sessions_makes_and_deletes_api_keys_changes_the_password_and_deletes_the_account(
     browser: webdriver.Chrome, make_server: Any, tmp_path: Path  # noqa: F811 - fixture
 ) -> None:
     server = console_server(make_server)
@@ -344,6 +346,36 @@ def test_the_account_page_revokes_sessions_changes_the_password_and_deletes_the_
         wait(browser, "the session was not revoked", lambda d, n=count: len(d.find_elements(By.CSS_SELECTOR, "#sessions .revoke")) == n - 1)
     assert requests.get(f"{server.auth_url}/api/auth/token", headers=bearer(elsewhere), timeout=10).status_code == 401
     assert "This browser" in text(browser, "sessions")
+
+    # An API key: made (named with hostile text, without events:write), shown once, used by a
+    # program, deleted; then it no longer works.
+    assert browser.find_element(By.ID, "api-keys-empty").is_displayed()
+    browser.find_element(By.CSS_SELECTOR, ".key-scope[value='events write']").click()
+    browser.find_element(By.CSS_SELECTOR, "#key-expires option[value='30']").click()
+    fill(browser, {"key-name": HOSTILE_SHORT}, "key-button")
+    wait(browser, "the key was not shown", lambda d: d.find_element(By.ID, "new-key-box").is_displayed())
+    key = browser.find_element(By.ID, "new-key").get_attribute("value")
+    assert key.startswith("brain_")
+    [listed] = wait(browser, "the key is not listed", lambda d: d.find_elements(By.CSS_SELECTOR, "#api-keys .api-key"))
+    assert listed.find_element(By.CSS_SELECTOR, ".key-name").text == HOSTILE_SHORT
+    assert key[:8] in listed.text and "events read, mail read, search read" in listed.text and "expires" in listed.text
+    assert key not in browser.find_element(By.ID, "api-keys").text
+    no_script_ran(browser)
+    browser.execute_script("document.getElementById('new-key-box').scrollIntoView({block: 'center'})")
+    browser.save_screenshot(str(tmp_path / "account-api-key.png"))
+    as_program = {"x-api-key": key}
+    assert requests.get(f"{server.api_url}/events", headers=as_program, timeout=10).status_code == 200
+    r = requests.post(f"{server.api_url}/events", json={"type": "note.created", "data": {}}, headers=as_program, timeout=10)
+    assert r.status_code == 403, r.text  # not granted events:write
+    browser.refresh()  # shown once: not after a reload
+    wait(browser, "the key is not listed again", lambda d: d.find_elements(By.CSS_SELECTOR, "#api-keys .api-key"))
+    assert not browser.find_element(By.ID, "new-key-box").is_displayed()
+    assert browser.find_element(By.ID, "new-key").get_attribute("value") == ""
+    browser.find_element(By.CSS_SELECTOR, "#api-keys .delete-key").click()
+    browser.find_element(By.CSS_SELECTOR, "#api-keys .confirm-delete-key").click()
+    wait(browser, "the key was not deleted", lambda d: d.find_element(By.ID, "api-keys-empty").is_displayed())
+    assert not browser.find_elements(By.CSS_SELECTOR, "#api-keys .api-key")
+    assert requests.get(f"{server.api_url}/events", headers=as_program, timeout=10).status_code == 401
 
     # Change the password.
     fill(browser, {"current-password": PASSWORD, "new-password": "a whole new password"}, "password-button")

@@ -1,10 +1,20 @@
-// The account page: who is signed in, their sessions (revoke), export, password change, deletion.
+// The account page: who is signed in, their sessions (revoke), API keys (create, delete),
+// export, password change, deletion.
 
 import { $, busy, h, localTime, notify } from "./dom.js";
 import { auth, signedOut, user } from "./session.js";
 
-/** Read the profile and the sessions. */
+const SECONDS_A_DAY = 86400;
+
+/** Forget a key shown once (the user signed out, or comes back to the page). */
+export function hideNewKey() {
+  $("new-key").value = "";
+  $("new-key-box").hidden = true;
+}
+
+/** Read the profile, the sessions and the API keys. */
 export async function show() {
+  hideNewKey();
   try {
     const current = await auth("/api/auth/get-session");
     if (!current) {
@@ -16,7 +26,7 @@ export async function show() {
       h("dt", {}, "Name"), h("dd", { id: "profile-name" }, u.name || ""),
       h("dt", {}, "Email"), h("dd", { id: "profile-email" }, `${u.email}${u.emailVerified ? " (verified)" : " (not verified)"}`),
       h("dt", {}, "Member since"), h("dd", {}, localTime(u.createdAt)));
-    await sessions(current.session.id);
+    await Promise.all([sessions(current.session.id), keys()]);
   } catch (error) {
     notify(`Could not read the account: ${error.message}`, { error: true });
   }
@@ -44,8 +54,63 @@ async function sessions(currentId) {
   }));
 }
 
-/** Wire the export, password and deletion forms. */
+async function keys() {
+  let answer;
+  try {
+    answer = await auth("/api/auth/api-key/list?sortBy=createdAt&sortDirection=desc");
+  } catch (error) {
+    $("api-keys").replaceChildren(h("li", {}, `Could not read the keys: ${error.message}`));
+    return;
+  }
+  $("api-keys").replaceChildren(...answer.apiKeys.map((key) => h("li", { class: "api-key", "data-key": key.id },
+    h("span", {},
+      h("strong", { class: "key-name" }, key.name || "(no name)"),
+      h("span", { class: "figures" }, ` · ${key.start}… · ${scopes(key.permissions)} · made ${localTime(key.createdAt)}`,
+        key.expiresAt ? ` · expires ${localTime(key.expiresAt)}` : " · never expires", key.enabled ? "" : " · disabled")),
+    deleteKeyButton(key))));
+  $("api-keys-empty").hidden = answer.apiKeys.length > 0;
+}
+
+function scopes(permissions) {
+  const granted = Object.entries(permissions || {}).flatMap(([resource, actions]) => actions.map((a) => `${resource} ${a}`));
+  return granted.length ? granted.join(", ") : "no permissions";
+}
+
+function deleteKeyButton(key) {
+  const ask = h("button", { type: "button", class: "secondary delete-key" }, "Delete");
+  const sure = h("button", { type: "button", class: "danger confirm-delete-key", hidden: true }, "Yes, delete it");
+  ask.addEventListener("click", () => { ask.hidden = true; sure.hidden = false; sure.focus(); });
+  sure.addEventListener("click", () => {
+    auth("/api/auth/api-key/delete", { method: "POST", body: { keyId: key.id } })
+      .then(() => notify(`The key ${key.name || key.start} is deleted: it no longer works.`))
+      .then(keys)
+      .catch((error) => notify(error.message, { error: true }));
+  });
+  return h("span", {}, ask, sure);
+}
+
+/** Wire the API key, export, password and deletion forms. */
 export function setup() {
+  $("key-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    busy(e.target, async () => {
+      const permissions = {};
+      for (const box of e.target.querySelectorAll(".key-scope:checked")) {
+        const [resource, action] = box.value.split(" ");
+        (permissions[resource] ||= []).push(action);
+      }
+      const days = $("key-expires").value;
+      const created = await auth("/api/auth/api-key/create", { method: "POST", body: {
+        name: $("key-name").value, permissions, ...(days ? { expiresIn: Number(days) * SECONDS_A_DAY } : {}),
+      } });
+      e.target.reset();
+      $("new-key").value = created.key;
+      $("new-key-box").hidden = false;
+      $("new-key").select();
+      notify(`Key ${created.name} made: copy it now, it is not shown again.`);
+      await keys();
+    });
+  });
   $("export-form").addEventListener("submit", (e) => {
     e.preventDefault();
     const progress = $("export-progress");

@@ -43,6 +43,7 @@ session.onChange((user) => {
     timeline.start();
   } else {
     timeline.stop();
+    account.hideNewKey();
     // The next one to sign in here starts at the timeline, not on this user's last page.
     history.replaceState(null, "", "/console/");
   }
