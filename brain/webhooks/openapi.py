@@ -107,6 +107,21 @@ SCHEMAS: dict[str, Any] = {
         "required": ["id", "url", "types", "state", "secret"],
         "properties": {**_WEBHOOK_PROPERTIES, "secret": {"type": "string", "description": "Shown this once"}},
     },
+    # The data of the event the server writes when it gives up on an endpoint (queue.DISABLED_EVENT).
+    "webhook.disabled": {
+        "type": "object",
+        "description": "An endpoint failed for webhooks.disable_after_days and was disabled; its pending deliveries failed",
+        "required": ["webhook_id", "url", "failing_since", "disabled_at", "last_error", "deliveries_failed"],
+        "additionalProperties": False,
+        "properties": {
+            "webhook_id": {"type": "string"},
+            "url": {"type": "string"},
+            "failing_since": {"type": ["string", "null"], "format": "date-time"},
+            "disabled_at": {"type": "string", "format": "date-time"},
+            "last_error": {"type": "string", "description": "The last attempt's error, or `HTTP <status>`"},
+            "deliveries_failed": {"type": "integer", "minimum": 0, "description": "Pending deliveries given up with it"},
+        },
+    },
     "WebhookDelivery": {
         "type": "object",
         "required": ["id", "event_id", "status", "attempts"],
