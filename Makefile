@@ -57,7 +57,7 @@ bench: venv-test
 bench-quick: venv-test
 	$(PY) -m bench --quick $(BENCH_ARGS)
 
-## make clients: regenerate clients/openapi.json and both clients' types from the routes (needs node)
+## make clients: regenerate clients/openapi.json, clients/asyncapi.json and both clients' types from the routes (needs node)
 clients: venv-test
 	cd clients/typescript && npm ci --no-audit --no-fund
 	$(PY) clients/generate.py

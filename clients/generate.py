@@ -1,7 +1,8 @@
 """Regenerate what the clients derive from the OpenAPI document (`make clients`).
 
 1. `clients/openapi.json`: the document as the server builds it from its routes (default
-   settings, the bundled plugins), so a client can be built without a running server.
+   settings, the bundled plugins), so a client can be built without a running server; and
+   `clients/asyncapi.json`, the event stream's AsyncAPI document built from it (GET /asyncapi.json).
 2. `clients/python/brain_client/models.py`: a TypedDict for every schema in
    `components.schemas`, written by `python_models` below (no maintained generator emits plain
    TypedDicts over httpx without pulling in its own runtime; this one is small enough to read).
@@ -24,13 +25,15 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from brain.api.asyncapi import build_asyncapi
 from brain.api.openapi import INFO
-from brain.config import load_settings
+from brain.config import Settings, load_settings
 from brain.openapi import build_spec
 from brain.runtime import Runtime
 
 CLIENTS = Path(__file__).resolve().parent
 SPEC = CLIENTS / "openapi.json"
+ASYNCAPI = CLIENTS / "asyncapi.json"
 PY_MODELS = CLIENTS / "python" / "brain_client" / "models.py"
 TS_DIR = CLIENTS / "typescript"
 TS_TYPES = TS_DIR / "src" / "schema.d.ts"
@@ -39,9 +42,13 @@ TS_TYPES = TS_DIR / "src" / "schema.d.ts"
 def current_spec() -> dict[str, Any]:
     """The document a `brain serve` with default settings and the bundled plugins serves."""
     with tempfile.TemporaryDirectory() as data:
-        settings = load_settings(environ={}, overrides={"server": {"data_dir": str(Path(data) / "data")}})
-        rt = Runtime(settings)
+        rt = Runtime(default_settings(Path(data)))
         return build_spec(INFO, rt.listeners.values(), {name: rt.routes(name) for name in rt.listeners}, "api")
+
+
+def default_settings(data: Path) -> Settings:
+    """Default settings, no environment, with a throwaway data directory."""
+    return load_settings(environ={}, overrides={"server": {"data_dir": str(data / "data")}})
 
 
 def spec_text(spec: dict[str, Any]) -> str:
@@ -181,7 +188,9 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         fresh_spec = Path(tmp) / "openapi.json"
         fresh_spec.write_text(spec_text(spec))
-        wanted = {SPEC: spec_text(spec), PY_MODELS: python_models(spec), TS_TYPES: typescript_types(fresh_spec)}
+        asyncapi = build_asyncapi(spec, default_settings(Path(tmp)).nats)
+        wanted = {SPEC: spec_text(spec), ASYNCAPI: spec_text(asyncapi), PY_MODELS: python_models(spec),
+                  TS_TYPES: typescript_types(fresh_spec)}
     stale = [path for path, text in wanted.items() if not path.exists() or path.read_text() != text]
     if args.check:
         for path in stale:

@@ -82,6 +82,7 @@ def test_sign_up_events_and_pagination(server: BrainServer) -> None:
         assert [k["kid"] for k in brain.jwks()["keys"]]
         assert brain.health()["status"] == "ok"
         assert brain.openapi()["openapi"].startswith("3.1")
+        assert brain.asyncapi()["asyncapi"] == "3.0.0"
 
         first = brain.post_event("note.created", {"n": 0})
         batch = brain.post_events([{"type": "note.created", "data": {"n": i}} for i in range(1, 7)])

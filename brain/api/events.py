@@ -209,6 +209,11 @@ class ReservedTypes:
         pm.hook.reserve_event_types(reserve=reserved.reserve)
         return reserved
 
+    @property
+    def namespaces(self) -> frozenset[str]:
+        """The reserved namespaces (lower case)."""
+        return self._names
+
     def reserve(self, namespace: str) -> None:
         """Reserve ``namespace`` and every type below it (`mail` covers `mail.message.received`)."""
         if not isinstance(namespace, str) or not TYPE_RE.fullmatch(namespace):

@@ -144,6 +144,17 @@ def paths(api: ApiSettings) -> dict[str, dict[str, Any]]:
                 "responses": {"200": _json_body({"type": "object"})},
             }
         },
+        "/asyncapi.json": {
+            "get": {
+                "operationId": "asyncapi",
+                "summary": "The AsyncAPI 3.0 document of the JetStream event stream (subjects, headers, payloads)",
+                "description": "Its schemas are this document's: the payload's `data` of a typed event is the schema "
+                               "named after its type.",
+                "security": [],
+                "responses": {"200": _json_body({"type": "object", "required": ["asyncapi"],
+                                                 "properties": {"asyncapi": {"const": "3.0.0"}}})},
+            }
+        },
         "/me": {
             "get": with_api_keys({
                 "operationId": "me",

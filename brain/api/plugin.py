@@ -124,7 +124,7 @@ def register_backup(register: Callable[[BackupFile], None]) -> None:
 
 @hookimpl
 def register_routes(rt: Process, listener: str, register: Callable[[Route | Components], None]) -> None:
-    """/health, /openapi.json, /me, /events and retrieval (/search, /events/..., /me/stats) on `api`."""
+    """/health, /openapi.json, /asyncapi.json, /me, /events and retrieval (/search, /events/..., /me/stats) on `api`."""
     if listener == LISTENER:
         for route in routes.routes(rt):
             register(route)

@@ -25,6 +25,7 @@ from aiohttp import hdrs, web
 from multidict import CIMultiDict
 
 from brain.api import openapi
+from brain.api.asyncapi import build_asyncapi
 from brain.api.api_keys import InsufficientScope
 from brain.api.cluster import cluster_node
 from brain.api.events import ReservedTypes, check_key, new_event
@@ -176,13 +177,13 @@ def finish_routes(app: web.Application) -> None:
 
 
 def routes(rt: Process) -> list[Route | Components]:
-    """/health, /openapi.json, /me and /events, each with its OpenAPI operation."""
+    """/health, /openapi.json, /asyncapi.json, /me and /events, each with its OpenAPI operation."""
     api = rt.settings.api
     reserved = ReservedTypes.from_plugins(rt.pm)
     stores = store_manager(rt)
     rate = write_rate(rt)
     health_registry = rt.stash[HEALTH]
-    spec_body: list[bytes] = []
+    bodies: dict[str, bytes] = {}
 
     detail_token = rt.settings.metrics.token.encode()
 
@@ -201,12 +202,19 @@ def routes(rt: Process) -> list[Route | Components]:
         body = health_registry.document(started_at=rt.started_at, detail=detail)
         return json_response(body, headers={"Cache-Control": "no-store"})
 
-    async def openapi_json(_request: web.Request) -> web.Response:
-        # Built once: the routes, and so the document, do not change while the process runs.
-        if not spec_body:
+    def documents() -> dict[str, bytes]:
+        # Built once: the routes, and so the documents, do not change while the process runs.
+        if not bodies:
             spec = build_spec(openapi.INFO, rt.listeners.values(), {n: rt.routes(n) for n in rt.listeners}, LISTENER)
-            spec_body.append(json_response(spec).body)  # type: ignore[arg-type]
-        return web.Response(body=spec_body[0], content_type="application/json")
+            bodies["openapi"] = json_response(spec).body  # type: ignore[assignment]
+            bodies["asyncapi"] = json_response(build_asyncapi(spec, rt.settings.nats)).body  # type: ignore[assignment]
+        return bodies
+
+    async def openapi_json(_request: web.Request) -> web.Response:
+        return web.Response(body=documents()["openapi"], content_type="application/json")
+
+    async def asyncapi_json(_request: web.Request) -> web.Response:
+        return web.Response(body=documents()["asyncapi"], content_type="application/json")
 
     @scope(None)
     async def me(request: web.Request) -> web.Response:
@@ -306,6 +314,7 @@ def routes(rt: Process) -> list[Route | Components]:
     return [
         Route("GET", "/health", health, paths["/health"]["get"], public=True, components=components),
         Route("GET", "/openapi.json", openapi_json, paths["/openapi.json"]["get"], public=True),
+        Route("GET", "/asyncapi.json", asyncapi_json, paths["/asyncapi.json"]["get"], public=True),
         Route("GET", "/me", me, paths["/me"]["get"]),
         Route("POST", "/events", post_events, paths["/events"]["post"]),
         Route("GET", "/events", get_events, paths["/events"]["get"]),

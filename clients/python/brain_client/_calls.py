@@ -144,6 +144,11 @@ def openapi() -> Call:
     return Call("GET", "api", "/openapi.json", "none")
 
 
+def asyncapi() -> Call:
+    """GET /asyncapi.json."""
+    return Call("GET", "api", "/asyncapi.json", "none")
+
+
 def me() -> Call:
     """GET /me."""
     return Call("GET", "api", "/me")

@@ -189,6 +189,10 @@ class Client(_Credentials):
         """The OpenAPI document the server serves."""
         return cast("dict[str, Any]", self._run(calls.openapi()))
 
+    def asyncapi(self) -> dict[str, Any]:
+        """The AsyncAPI document of the JetStream event stream."""
+        return cast("dict[str, Any]", self._run(calls.asyncapi()))
+
     def me(self) -> Me:
         """Who the credentials speak for."""
         return cast(Me, self._run(calls.me()))
@@ -408,6 +412,10 @@ class AsyncClient(_Credentials):
     async def openapi(self) -> dict[str, Any]:
         """The OpenAPI document the server serves."""
         return cast("dict[str, Any]", await self._run(calls.openapi()))
+
+    async def asyncapi(self) -> dict[str, Any]:
+        """The AsyncAPI document of the JetStream event stream."""
+        return cast("dict[str, Any]", await self._run(calls.asyncapi()))
 
     async def me(self) -> Me:
         """Who the credentials speak for."""

@@ -63,6 +63,7 @@ __all__ = [
     "Webhook",
     "WebhookDelivery",
     "WebhookDeliveryAttemptLogItem",
+    "WebhookDisabled",
     "WebhookWithSecret",
 ]
 
@@ -596,4 +597,15 @@ MailMessageUpdated = TypedDict("MailMessageUpdated", {
     "added_labels": NotRequired[list[str]],
     "removed_labels": NotRequired[list[str]],
     "previous_message_id": NotRequired[str],
+})
+
+
+# An endpoint failed for webhooks.disable_after_days and was disabled; its pending deliveries failed
+WebhookDisabled = TypedDict("WebhookDisabled", {
+    "webhook_id": str,
+    "url": str,
+    "failing_since": Union[str, None],
+    "disabled_at": str,
+    "last_error": str,
+    "deliveries_failed": int,
 })

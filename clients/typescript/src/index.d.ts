@@ -121,6 +121,7 @@ export class BrainClient {
 
   health(): Promise<Health>;
   openapi(): Promise<Record<string, unknown>>;
+  asyncapi(): Promise<Record<string, unknown>>;
   me(): Promise<Me>;
   postEvent(type: string, data: unknown, options?: { createdAt?: string | number; idempotencyKey?: string }): Promise<Event>;
   postEvents(events: NewEvent[], options?: { idempotencyKey?: string }): Promise<Event[]>;

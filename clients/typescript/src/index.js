@@ -276,6 +276,11 @@ export class BrainClient {
     return this._run({ method: "GET", role: "api", path: "/openapi.json", auth: "none" });
   }
 
+  /** The AsyncAPI document of the JetStream event stream. */
+  asyncapi() {
+    return this._run({ method: "GET", role: "api", path: "/asyncapi.json", auth: "none" });
+  }
+
   /** Who the credentials speak for. */
   me() {
     return this._run({ method: "GET", role: "api", path: "/me", auth: "user" });

@@ -838,6 +838,26 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/asyncapi.json": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * The AsyncAPI 3.0 document of the JetStream event stream (subjects, headers, payloads)
+         * @description Its schemas are this document's: the payload's `data` of a typed event is the schema named after its type.
+         */
+        get: operations["asyncapi"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/console": {
         parameters: {
             query?: never;
@@ -1935,6 +1955,19 @@ export interface components {
             }[];
             /** @description A text field was cut at the configured cap */
             truncated?: boolean;
+        };
+        /** @description An endpoint failed for webhooks.disable_after_days and was disabled; its pending deliveries failed */
+        "webhook.disabled": {
+            /** @description Pending deliveries given up with it */
+            deliveries_failed: number;
+            /** Format: date-time */
+            disabled_at: string;
+            /** Format: date-time */
+            failing_since: string | null;
+            /** @description The last attempt's error, or `HTTP <status>` */
+            last_error: string;
+            url: string;
+            webhook_id: string;
         };
     };
     responses: never;
@@ -4588,6 +4621,29 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
+    asyncapi: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description OK */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @constant */
+                        asyncapi: "3.0.0";
+                    };
                 };
             };
         };

@@ -30,6 +30,7 @@ test("sign-up, events and pagination across pages", async () => {
   assert.ok((await brain.jwks()).keys.length >= 1);
   assert.equal((await brain.health()).status, "ok");
   assert.match((await brain.openapi()).openapi, /^3\.1/);
+  assert.equal((await brain.asyncapi()).asyncapi, "3.0.0");
 
   await brain.postEvent("note.created", { n: 0 });
   const batch = await brain.postEvents([1, 2, 3, 4, 5, 6].map((i) => ({ type: "note.created", data: { n: i } })));
