@@ -2,9 +2,10 @@
 
 A real `brain serve` (embedded nats-server) writes events of every kind it has: posted by a
 client (one with an Idempotency-Key), synced from the local fake Gmail (received, updated,
-deleted), and a `webhook.disabled` after an endpoint failed too long. Every message read back
-from the stream with nats-py must match a channel of GET /asyncapi.json by its subject, and that
-channel's message by its headers and payload (jsonschema over the document's own components).
+deleted), the tombstone of a deleted event (event.deleted), and a `webhook.disabled` after an
+endpoint failed too long. Every message read back from the stream with nats-py must match a
+channel of GET /asyncapi.json by its subject, and that channel's message by its headers and
+payload (jsonschema over the document's own components).
 The document itself is read by the AsyncAPI Initiative's parser (@asyncapi/parser, run by node).
 """
 
@@ -25,7 +26,7 @@ import requests
 from referencing.jsonschema import DRAFT7
 
 from brain.api.asyncapi import build_asyncapi
-from brain.api.events import ReservedTypes
+from brain.api.events import TOMBSTONE_TYPE, ReservedTypes
 from brain.mail.engine import DELETED, RECEIVED, UPDATED
 from brain.runtime import Runtime
 from brain.testing.fakes.gmail import FakeGmail
@@ -136,6 +137,9 @@ def test_every_published_message_matches_the_asyncapi_document(tmp_path: Path, g
         r = alice.post("/events", [{"type": "task.done", "data": None}, {"type": "a-b_c.D-9", "data": [1, "two"]},
                                    {"type": "note.created", "data": "x", "created_at": 0}])
         assert r.status_code == 201, r.text
+        gone = r.json()["events"][0]["id"]
+        r = requests.delete(f"{server.api_url}/events/{gone}", headers=alice.headers, timeout=10)
+        assert r.status_code == 200, r.text  # its tombstone: an event.deleted
 
         account = alice.connect("gmail", gmail.issue_refresh_token(GMAIL_USER))
         alice.wait_state(account["account"], "idle")
@@ -144,16 +148,22 @@ def test_every_published_message_matches_the_asyncapi_document(tmp_path: Path, g
         wait_until(lambda: {UPDATED, DELETED} <= {e["type"] for e in alice.events()}, timeout=30, what="incremental sync")
         wait_until(lambda: alice.events(DISABLED_EVENT), timeout=40, what="the endpoint disabled")
 
-        stored = alice.events()
+        stored = {e["id"] for e in alice.events()}
         url = server.nats_url()
-        wait_until(lambda: len(jetstream_messages(url, f"brain.events.{alice.user_id}.>")) == len(stored),
-                   timeout=20, what="every event on JetStream")
-        messages = jetstream_messages(url, f"brain.events.{alice.user_id}.>")
+
+        def published() -> list[tuple[str, dict[str, str], Any]] | None:
+            found = jetstream_messages(url, f"brain.events.{alice.user_id}.>")
+            ids = {p["id"] for _, _, p in found}
+            return found if stored <= ids and any(p["type"] == TOMBSTONE_TYPE for _, _, p in found) else None
+
+        messages = wait_until(published, timeout=20, what="every event and the tombstone on JetStream")
 
         used: set[str] = set()
         for subject, headers, payload in messages:
             used.update(contract.check(subject, headers, payload))
-        assert [p["id"] for _, _, p in messages] == [e["id"] for e in stored]
+        tombstones = [p for _, _, p in messages if p["type"] == TOMBSTONE_TYPE]
+        assert [t["data"]["id"] for t in tombstones] == [gone]
+        assert {p["id"] for _, _, p in messages} - {gone, tombstones[0]["id"]} == stored
         assert any("Brain-Event-Key" in headers for _, headers, _ in messages)
         # Every channel of the document was seen on the stream.
         assert used == set(document["channels"]), set(document["channels"]) - used
@@ -185,11 +195,17 @@ def test_every_event_type_the_server_writes_has_a_channel_and_a_schema(tmp_path:
     settings = default_settings(tmp_path)
     document = build_asyncapi(spec, settings.nats)
     typed = {name for name in document["channels"] if name != "events"}
-    assert {RECEIVED, UPDATED, DELETED, DISABLED_EVENT} <= typed
-    # Every namespace only the server may write (mail, webhook) has the schemas of its types.
+    assert {TOMBSTONE_TYPE, RECEIVED, UPDATED, DELETED, DISABLED_EVENT} <= typed
+    # Every namespace only the server may write (mail, webhook, event.deleted) has the schemas of its
+    # types, and every typed channel is of such a namespace.
     namespaces = ReservedTypes.from_plugins(Runtime(settings).pm).namespaces
-    assert namespaces == {"mail", "webhook"}
-    assert namespaces == {name.split(".")[0] for name in typed}
+    assert namespaces == {TOMBSTONE_TYPE, "mail", "webhook"}
+
+    def under(name: str, namespace: str) -> bool:
+        return name == namespace or name.startswith(namespace + ".")
+
+    assert all(any(under(name, namespace) for name in typed) for namespace in namespaces)
+    assert all(any(under(name, namespace) for namespace in namespaces) for name in typed)
     for name in typed:
         assert document["channels"][name]["messages"][name] == {"$ref": f"#/components/messages/{name}"}
         payload = document["components"]["messages"][name]["payload"]

@@ -164,6 +164,18 @@ SCHEMAS: dict[str, Any] = {
             "has_more": {"type": "boolean"},
         },
     },
+    # The data of a deletion's tombstone (brain.api.search.tombstone_data), the event the server writes for it.
+    "event.deleted": {
+        "type": "object",
+        "description": "A tombstone: this event of the user was deleted (DELETE /events/{id} or DELETE /events)",
+        "required": ["id", "type", "created_at"],
+        "additionalProperties": False,
+        "properties": {
+            "id": {"type": "integer", "minimum": 1, "description": "The deleted event's id"},
+            "type": {"type": "string", "description": "The deleted event's type"},
+            "created_at": {"type": "string", "format": "date-time", "description": "The deleted event's created_at"},
+        },
+    },
     "Deleted": {
         "type": "object",
         "required": ["deleted", "ids"],

@@ -16,6 +16,7 @@ __all__ = [
     "Deleted",
     "Error",
     "Event",
+    "EventDeleted",
     "EventsPage",
     "Health",
     "Jwks",
@@ -415,6 +416,14 @@ WebhookWithSecret = TypedDict("WebhookWithSecret", {
     "disabled_at": NotRequired[Union[str, None]],
     "disabled_reason": NotRequired[Union[str, None]],
     "secret": str,
+})
+
+
+# A tombstone: this event of the user was deleted (DELETE /events/{id} or DELETE /events)
+EventDeleted = TypedDict("EventDeleted", {
+    "id": int,
+    "type": str,
+    "created_at": str,
 })
 
 

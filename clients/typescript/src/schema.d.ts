@@ -1783,6 +1783,18 @@ export interface components {
             types: string[];
             url: string;
         };
+        /** @description A tombstone: this event of the user was deleted (DELETE /events/{id} or DELETE /events) */
+        "event.deleted": {
+            /**
+             * Format: date-time
+             * @description The deleted event's created_at
+             */
+            created_at: string;
+            /** @description The deleted event's id */
+            id: number;
+            /** @description The deleted event's type */
+            type: string;
+        };
         "mail.message.deleted": {
             account?: string;
             /** @description The account's own address */
