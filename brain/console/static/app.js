@@ -4,6 +4,7 @@
 import * as account from "./account.js";
 import { $, busy, notify } from "./dom.js";
 import * as mail from "./mail.js";
+import * as search from "./search.js";
 import * as session from "./session.js";
 import * as timeline from "./timeline.js";
 
@@ -32,6 +33,11 @@ function route() {
   if (page === "mail") mail.show();
   else mail.hide();
   if (page === "account") account.show();
+  const event = /^event-([0-9]+)$/.exec(wanted);
+  if (page === "timeline" && event) {
+    search.close();
+    timeline.reveal(Number(event[1]));
+  }
   document.title = `brain console: ${{ signin: "sign in", reset: "new password" }[page] || page}`;
 }
 
@@ -44,6 +50,7 @@ session.onChange((user) => {
   } else {
     timeline.stop();
     account.hideNewKey();
+    search.close();
     // The next one to sign in here starts at the timeline, not on this user's last page.
     history.replaceState(null, "", "/console/");
   }
@@ -142,6 +149,7 @@ $("sign-out").addEventListener("click", () => {
 window.addEventListener("hashchange", route);
 mail.setup();
 account.setup();
+search.setup();
 readOutcome();
 session.restore().then((signedIn) => {
   if (!signedIn) route();

@@ -48,6 +48,8 @@ export function stop() {
   shown.clear();
   days.clear();
   $("days").replaceChildren();
+  $("single").replaceChildren();
+  $("single").hidden = true;
   $("older").hidden = true;
   $("timeline-empty").hidden = true;
 }
@@ -145,6 +147,15 @@ function newer(a, b) {
 }
 
 function add(event, isLive) {
+  if (event.type === "event.deleted") {
+    // A deletion's tombstone (GET /events/stream sends them): the event goes from the page.
+    const gone = event.data && shown.get(event.data.id);
+    if (gone) {
+      shown.delete(event.data.id);
+      gone.remove();
+    }
+    return;
+  }
   if (shown.has(event.id)) return;
   const at = { time: Date.parse(event.created_at), id: event.id };
   // Older than everything shown while older pages remain: paging will bring it in its place.
@@ -232,4 +243,25 @@ function jsonDetails(event) {
     if (details.open && !pre.firstChild) pre.textContent = pretty(sourceOf(event, "data"));
   });
   return details;
+}
+
+/** Bring one event into view: from the timeline if it is shown, else read on its own. */
+export async function reveal(id) {
+  const single = $("single");
+  const item = shown.get(id);
+  if (item) {
+    single.hidden = true;
+    item.scrollIntoView({ block: "center" });
+    return;
+  }
+  try {
+    const event = await api(`/events/${id}`, { exact: true });
+    const alone = render(event);
+    alone.id = `single-${id}`;
+    single.replaceChildren(alone);
+    single.hidden = false;
+    single.scrollIntoView();
+  } catch (error) {
+    notify(`Event #${id}: ${error.message}`, { error: true });
+  }
 }
