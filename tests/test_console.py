@@ -26,7 +26,9 @@ from urllib.parse import quote, urlencode
 import requests
 from selenium import webdriver
 from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import WebDriverWait
 
 from brain.config import load_settings
@@ -45,6 +47,52 @@ HOSTILE = '<img src=x onerror="window.__xss=1"><script>window.__xss=2</script>'
 HOSTILE_SHORT = "<img src=x onerror=__xss=3>"
 LOAD_BUDGET_MS = 300
 TRANSFER_BUDGET_BYTES = 150_000
+PHONE = (375, 740)
+# What the page shows that fails WCAG AA, measured in the browser: form fields without a label,
+# buttons and links without a name, and text whose contrast against what is behind it (the
+# backgrounds up its ancestors, composited until one is opaque) is under 4.5, or 3 for large
+# text (24px, or 18.66px bold). Disabled controls are exempt, as WCAG exempts them.
+A11Y_PROBLEMS_JS = """
+  const shown = (el) => el.getClientRects().length > 0 && getComputedStyle(el).visibility === 'visible';
+  const named = (el) => (el.getAttribute('aria-label') || '').trim()
+    || (el.getAttribute('aria-labelledby') || '').split(/\\s+/).map((id) => document.getElementById(id))
+      .filter(Boolean).map((l) => l.textContent.trim()).join('')
+    || (el.labels ? [...el.labels].map((l) => l.textContent.trim()).join('') : '');
+  const where = (el) => el.id ? `#${el.id}` : `${el.tagName.toLowerCase()}.${el.className}`
+    + ` "${el.textContent.trim().slice(0, 40)}"`;
+  const problems = [];
+  for (const el of document.querySelectorAll('input:not([type=hidden]), select, textarea')) {
+    if (shown(el) && !named(el)) problems.push(`no label: ${where(el)}`);
+  }
+  for (const el of document.querySelectorAll('button, a[href], summary')) {
+    if (shown(el) && !named(el) && !el.textContent.trim()) problems.push(`no name: ${where(el)}`);
+  }
+  const rgba = (css) => { const [r, g, b, a = 1] = css.match(/[0-9.]+/g).map(Number); return [r, g, b, a]; };
+  const over = (top, below) => [0, 1, 2].map((i) => top[i] * top[3] + below[i] * (1 - top[3]));
+  const luminance = (rgb) => { const [r, g, b] = rgb.map((v) => { const c = v / 255;
+    return c <= 0.03928 ? c / 12.92 : ((c + 0.055) / 1.055) ** 2.4; }); return 0.2126 * r + 0.7152 * g + 0.0722 * b; };
+  const behind = (el) => {
+    const layers = [];
+    for (let at = el; at; at = at.parentElement) {
+      const bg = rgba(getComputedStyle(at).backgroundColor);
+      if (bg[3] > 0) layers.push(bg);
+      if (bg[3] >= 1) break;
+    }
+    return layers.reduceRight((below, top) => over(top, below), [255, 255, 255]);
+  };
+  for (const el of document.querySelectorAll('body *')) {
+    const direct = [...el.childNodes].some((n) => n.nodeType === Node.TEXT_NODE && n.textContent.trim());
+    if (!direct || !shown(el) || el.closest(':disabled') || el.tagName === 'OPTION') continue;
+    const style = getComputedStyle(el);
+    const size = parseFloat(style.fontSize);
+    const large = size >= 24 || (size >= 18.66 && Number(style.fontWeight) >= 700);
+    const background = behind(el);
+    const [l1, l2] = [luminance(over(rgba(style.color), background)), luminance(background)].sort((a, b) => b - a);
+    const ratio = (l1 + 0.05) / (l2 + 0.05);
+    if (ratio < (large ? 3 : 4.5)) problems.push(`contrast ${ratio.toFixed(2)}: ${where(el)} (${style.color} on ${background})`);
+  }
+  return problems;
+"""
 
 
 def console_server(make_server: Any, gmail: FakeGmail | None = None, **config: Any) -> BrainServer:
@@ -550,4 +598,77 @@ def test_a_mailbox_s_sync_settings_are_saved_and_one_that_needs_reauth_offers_to
     [status] = accounts()
     assert status["state"] == "idle" and status["sync"]["sync_window_days"] == 30  # the same account, its settings kept
     no_script_ran(browser)
+    assert errors_logged(browser) == []
+
+
+def test_every_page_has_labels_keyboard_focus_enough_contrast_and_fits_a_phone(
+    browser: webdriver.Chrome, make_server: Any, gmail: FakeGmail  # noqa: F811 - fixtures
+) -> None:
+    gmail.populate(GMAIL_USER, 3)
+    server = console_server(make_server, gmail)
+    console = f"{server.api_url}/console/"
+    email = unique_email("console")
+    jwt = new_user(server, email)["jwt"]
+    r = requests.post(f"{server.api_url}/mail/connect", headers=bearer(jwt), timeout=30,
+                      json={"provider": "gmail", "refresh_token": gmail.issue_refresh_token(GMAIL_USER)})
+    assert r.status_code in (200, 201), r.text
+    r = requests.post(f"{server.api_url}/events", json={"type": "note.created", "data": {"text": "a zebra crossing"}},
+                      headers=bearer(jwt), timeout=10)
+    assert r.status_code == 201, r.text
+    browser.set_window_size(*PHONE)
+    problems: dict[str, list[str]] = {}
+
+    def audit(page: str, shown: str = "") -> None:
+        wait(browser, f"the {page} page did not show", lambda d: d.find_element(By.ID, shown or f"page-{page}").is_displayed())
+        problems[page] = browser.execute_script(A11Y_PROBLEMS_JS)
+        if not browser.execute_script("return document.documentElement.scrollWidth <= window.innerWidth"):
+            problems[page].append("wider than a phone")
+
+    browser.get(console)
+    audit("signin")
+
+    # The keyboard alone: from the page's start, Tab goes to the skip link, then the sign-in
+    # form's fields and its button, each with a focus indicator it does not have unfocused.
+    look = "const s = getComputedStyle(arguments[0]); return [s.outlineStyle, s.outlineWidth, s.outlineColor, s.boxShadow];"
+    order = ["skip", "sign-in-email", "sign-in-password", "sign-in-button"]
+    unfocused = {name: browser.execute_script(look, browser.find_element(By.CSS_SELECTOR, f".{name}, #{name}"))
+                 for name in order}
+    typed = {"sign-in-email": email, "sign-in-password": PASSWORD}
+    for name in order:
+        ActionChains(browser).send_keys(Keys.TAB).perform()
+        focused = browser.switch_to.active_element
+        assert name in (focused.get_attribute("id"), focused.get_attribute("class")), (name, focused.get_attribute("outerHTML"))
+        style = browser.execute_script(look, focused)
+        indicated = (style[0] != "none" and style[1] != "0px") or style[3] != "none"
+        assert indicated and style != unfocused[name], f"{name} shows no focus: {style} (unfocused {unfocused[name]})"
+        if name in typed:
+            ActionChains(browser).send_keys(typed[name]).perform()
+    ActionChains(browser).send_keys(Keys.ENTER).perform()
+    live(browser)
+    wait(browser, "the mail did not come", lambda d: d.find_elements(By.CSS_SELECTOR, "#days .event.mail"), timeout=30)
+    audit("timeline")
+
+    fill(browser, {"search-query": "zebra"}, "search-button")
+    wait(browser, "search found nothing", lambda d: d.find_elements(By.CSS_SELECTOR, "#search-results mark"))
+    audit("search", "search-results")
+    browser.find_element(By.ID, "search-clear").click()
+
+    browser.find_element(By.ID, "nav-mail").click()
+    wait(browser, "no account card", lambda d: d.find_elements(By.CSS_SELECTOR, "#accounts .settings summary"))[0].click()
+    audit("mail")
+    # The skip link skips to the content of this page; it does not lead away from it.
+    browser.execute_script("document.querySelector('.skip').focus()")
+    ActionChains(browser).send_keys(Keys.ENTER).perform()
+    assert browser.find_element(By.ID, "page-mail").is_displayed(), "the skip link left the mail page"
+    assert browser.switch_to.active_element.get_attribute("id") == "main"
+
+    browser.find_element(By.ID, "nav-account").click()
+    wait(browser, "the sessions are not listed", lambda d: d.find_elements(By.CSS_SELECTOR, "#sessions .revoke"))
+    fill(browser, {"key-name": "backup"}, "key-button")
+    wait(browser, "the key is not listed", lambda d: d.find_elements(By.CSS_SELECTOR, "#api-keys .delete-key"))
+    audit("account")
+
+    browser.get(f"{console}?reset=1&token=made-up")
+    audit("reset")
+    assert {page: found for page, found in problems.items() if found} == {}
     assert errors_logged(browser) == []

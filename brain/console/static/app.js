@@ -146,6 +146,11 @@ on("filter-form", () => timeline.filter($("type-filter").value));
 $("sign-out").addEventListener("click", () => {
   session.signOut().then(() => notify("Signed out.")).catch((error) => notify(error.message, { error: true }));
 });
+// The skip link moves the focus into the page shown: following its #main would route away from it.
+$("skip").addEventListener("click", (e) => {
+  e.preventDefault();
+  $("main").focus();
+});
 window.addEventListener("hashchange", route);
 mail.setup();
 account.setup();
