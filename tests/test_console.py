@@ -9,7 +9,10 @@ and transfer size with an empty cache are measured in the browser and printed. T
 account page: sessions and revoking one, API keys (made, shown once, used, deleted), changing
 the password, deleting the account; the links of the verification and password reset mails
 (sent over real SMTP to a local aiosmtpd) opened in the browser; a mailbox's sync settings and
-the re-connect of one that needs it. Screenshots go to the test's temporary directory.
+the re-connect of one that needs it. Every page, at a phone's width, is checked for WCAG AA as
+far as the browser can measure it: labels and names, signing in with the keyboard alone with a
+focus ring that shows, the contrast of every text, nothing wider than the screen. Screenshots
+go to the test's temporary directory.
 """
 
 from __future__ import annotations
@@ -48,11 +51,32 @@ HOSTILE_SHORT = "<img src=x onerror=__xss=3>"
 LOAD_BUDGET_MS = 300
 TRANSFER_BUDGET_BYTES = 150_000
 PHONE = (375, 740)
+# WCAG's contrast ratio in the page: contrastOf(a CSS colour, the opaque colour behind it), and
+# behind(element), its backgrounds up its ancestors composited until one is opaque.
+CONTRAST_JS = """
+  const rgba = (css) => { const [r, g, b, a = 1] = css.match(/[0-9.]+/g).map(Number); return [r, g, b, a]; };
+  const over = (top, below) => [0, 1, 2].map((i) => top[i] * top[3] + below[i] * (1 - top[3]));
+  const luminance = (rgb) => { const [r, g, b] = rgb.map((v) => { const c = v / 255;
+    return c <= 0.03928 ? c / 12.92 : ((c + 0.055) / 1.055) ** 2.4; }); return 0.2126 * r + 0.7152 * g + 0.0722 * b; };
+  const behind = (el) => {
+    const layers = [];
+    for (let at = el; at; at = at.parentElement) {
+      const bg = rgba(getComputedStyle(at).backgroundColor);
+      if (bg[3] > 0) layers.push(bg);
+      if (bg[3] >= 1) break;
+    }
+    return layers.reduceRight((below, top) => over(top, below), [255, 255, 255]);
+  };
+  const contrastOf = (color, background) => {
+    const [l1, l2] = [luminance(over(rgba(color), background)), luminance(background)].sort((a, b) => b - a);
+    return (l1 + 0.05) / (l2 + 0.05);
+  };
+"""
 # What the page shows that fails WCAG AA, measured in the browser: form fields without a label,
-# buttons and links without a name, and text whose contrast against what is behind it (the
-# backgrounds up its ancestors, composited until one is opaque) is under 4.5, or 3 for large
-# text (24px, or 18.66px bold). Disabled controls are exempt, as WCAG exempts them.
-A11Y_PROBLEMS_JS = """
+# buttons and links without a name, and text whose contrast against what is behind it is under
+# 4.5, or 3 for large text (24px, or 18.66px bold); placeholders too. Disabled controls are
+# exempt, as WCAG exempts them.
+A11Y_PROBLEMS_JS = CONTRAST_JS + """
   const shown = (el) => el.getClientRects().length > 0 && getComputedStyle(el).visibility === 'visible';
   const named = (el) => (el.getAttribute('aria-label') || '').trim()
     || (el.getAttribute('aria-labelledby') || '').split(/\\s+/).map((id) => document.getElementById(id))
@@ -67,29 +91,19 @@ A11Y_PROBLEMS_JS = """
   for (const el of document.querySelectorAll('button, a[href], summary')) {
     if (shown(el) && !named(el) && !el.textContent.trim()) problems.push(`no name: ${where(el)}`);
   }
-  const rgba = (css) => { const [r, g, b, a = 1] = css.match(/[0-9.]+/g).map(Number); return [r, g, b, a]; };
-  const over = (top, below) => [0, 1, 2].map((i) => top[i] * top[3] + below[i] * (1 - top[3]));
-  const luminance = (rgb) => { const [r, g, b] = rgb.map((v) => { const c = v / 255;
-    return c <= 0.03928 ? c / 12.92 : ((c + 0.055) / 1.055) ** 2.4; }); return 0.2126 * r + 0.7152 * g + 0.0722 * b; };
-  const behind = (el) => {
-    const layers = [];
-    for (let at = el; at; at = at.parentElement) {
-      const bg = rgba(getComputedStyle(at).backgroundColor);
-      if (bg[3] > 0) layers.push(bg);
-      if (bg[3] >= 1) break;
-    }
-    return layers.reduceRight((below, top) => over(top, below), [255, 255, 255]);
-  };
-  for (const el of document.querySelectorAll('body *')) {
-    const direct = [...el.childNodes].some((n) => n.nodeType === Node.TEXT_NODE && n.textContent.trim());
-    if (!direct || !shown(el) || el.closest(':disabled') || el.tagName === 'OPTION') continue;
-    const style = getComputedStyle(el);
+  const contrast = (el, style, what) => {
     const size = parseFloat(style.fontSize);
     const large = size >= 24 || (size >= 18.66 && Number(style.fontWeight) >= 700);
     const background = behind(el);
-    const [l1, l2] = [luminance(over(rgba(style.color), background)), luminance(background)].sort((a, b) => b - a);
-    const ratio = (l1 + 0.05) / (l2 + 0.05);
-    if (ratio < (large ? 3 : 4.5)) problems.push(`contrast ${ratio.toFixed(2)}: ${where(el)} (${style.color} on ${background})`);
+    const ratio = contrastOf(style.color, background);
+    if (ratio < (large ? 3 : 4.5)) problems.push(`contrast ${ratio.toFixed(2)}: ${what} (${style.color} on ${background})`);
+  };
+  for (const el of document.querySelectorAll('body *')) {
+    const direct = [...el.childNodes].some((n) => n.nodeType === Node.TEXT_NODE && n.textContent.trim());
+    if (direct && shown(el) && !el.closest(':disabled') && el.tagName !== 'OPTION') contrast(el, getComputedStyle(el), where(el));
+  }
+  for (const el of document.querySelectorAll('[placeholder]')) {
+    if (shown(el) && !el.value) contrast(el, getComputedStyle(el, '::placeholder'), `the placeholder of ${where(el)}`);
   }
   return problems;
 """
@@ -602,7 +616,7 @@ def test_a_mailbox_s_sync_settings_are_saved_and_one_that_needs_reauth_offers_to
 
 
 def test_every_page_has_labels_keyboard_focus_enough_contrast_and_fits_a_phone(
-    browser: webdriver.Chrome, make_server: Any, gmail: FakeGmail  # noqa: F811 - fixtures
+    browser: webdriver.Chrome, make_server: Any, gmail: FakeGmail, tmp_path: Path  # noqa: F811 - fixtures
 ) -> None:
     gmail.populate(GMAIL_USER, 3)
     server = console_server(make_server, gmail)
@@ -628,21 +642,31 @@ def test_every_page_has_labels_keyboard_focus_enough_contrast_and_fits_a_phone(
     audit("signin")
 
     # The keyboard alone: from the page's start, Tab goes to the skip link, then the sign-in
-    # form's fields and its button, each with a focus indicator it does not have unfocused.
-    look = "const s = getComputedStyle(arguments[0]); return [s.outlineStyle, s.outlineWidth, s.outlineColor, s.boxShadow];"
-    order = ["skip", "sign-in-email", "sign-in-password", "sign-in-button"]
-    unfocused = {name: browser.execute_script(look, browser.find_element(By.CSS_SELECTOR, f".{name}, #{name}"))
-                 for name in order}
-    typed = {"sign-in-email": email, "sign-in-password": PASSWORD}
-    for name in order:
-        ActionChains(browser).send_keys(Keys.TAB).perform()
-        focused = browser.switch_to.active_element
-        assert name in (focused.get_attribute("id"), focused.get_attribute("class")), (name, focused.get_attribute("outerHTML"))
-        style = browser.execute_script(look, focused)
-        indicated = (style[0] != "none" and style[1] != "0px") or style[3] != "none"
-        assert indicated and style != unfocused[name], f"{name} shows no focus: {style} (unfocused {unfocused[name]})"
-        if name in typed:
-            ActionChains(browser).send_keys(typed[name]).perform()
+    # form's fields and its button, each with a focus indicator it does not have unfocused, an
+    # outline 3:1 against what is around it (WCAG 1.4.11, a state's indicator); typing and Enter
+    # sign in.
+    look = CONTRAST_JS + """
+      const s = getComputedStyle(arguments[0]);
+      const ring = s.outlineStyle === 'none' ? null : contrastOf(s.outlineColor, behind(arguments[0].parentElement));
+      return [s.outlineStyle, s.outlineWidth, s.outlineColor, s.boxShadow, ring];
+    """
+
+    def tab_through(order: list[str], typed: dict[str, str] | None = None) -> None:
+        unfocused = {name: browser.execute_script(look, browser.find_element(By.ID, name)) for name in order}
+        for name in order:
+            ActionChains(browser).send_keys(Keys.TAB).perform()
+            focused = browser.switch_to.active_element
+            assert focused.get_attribute("id") == name, (name, focused.get_attribute("outerHTML"))
+            style = browser.execute_script(look, focused)
+            indicated = (style[0] != "none" and style[1] != "0px") or style[3] != "none"
+            assert indicated and style != unfocused[name], f"{name} shows no focus: {style} (unfocused {unfocused[name]})"
+            assert style[4] is None or style[4] >= 3, f"{name}'s focus outline is faint: {style}"
+            if name in (typed or {}):
+                ActionChains(browser).send_keys(typed[name]).perform()
+
+    tab_through(["skip", "sign-in-email", "sign-in-password", "sign-in-button"],
+                {"sign-in-email": email, "sign-in-password": PASSWORD})
+    browser.save_screenshot(str(tmp_path / "keyboard-focus.png"))
     ActionChains(browser).send_keys(Keys.ENTER).perform()
     live(browser)
     wait(browser, "the mail did not come", lambda d: d.find_elements(By.CSS_SELECTOR, "#days .event.mail"), timeout=30)
@@ -656,8 +680,12 @@ def test_every_page_has_labels_keyboard_focus_enough_contrast_and_fits_a_phone(
     browser.find_element(By.ID, "nav-mail").click()
     wait(browser, "no account card", lambda d: d.find_elements(By.CSS_SELECTOR, "#accounts .settings summary"))[0].click()
     audit("mail")
+    # Signed in, the header's links and button come first: their focus ring shows on the header's colour.
+    browser.refresh()
+    wait(browser, "the mail page did not show again", lambda d: d.find_element(By.ID, "page-mail").is_displayed())
+    tab_through(["skip", "nav-timeline", "nav-mail", "nav-account", "sign-out"])
     # The skip link skips to the content of this page; it does not lead away from it.
-    browser.execute_script("document.querySelector('.skip').focus()")
+    browser.execute_script("document.getElementById('skip').focus()")
     ActionChains(browser).send_keys(Keys.ENTER).perform()
     assert browser.find_element(By.ID, "page-mail").is_displayed(), "the skip link left the mail page"
     assert browser.switch_to.active_element.get_attribute("id") == "main"
