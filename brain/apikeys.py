@@ -24,7 +24,7 @@ import base64
 import hashlib
 import logging
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
@@ -136,15 +136,20 @@ class ApiKeyHub:
         self.check: Callable[[str], dict[str, Any] | None] | None = None
         # Set by the control relay: publish now (called from the event loop's thread).
         self.kick: Callable[[], None] | None = None
+        # Set by the control relay: the other workers of this server drop these keys (awaited).
+        self.tell_workers: Callable[[list[str]], Awaitable[object]] | None = None
         self._outgoing: list[str] = []
 
-    def revoked(self, key_hashes: Iterable[str]) -> None:
-        """Keys that stopped working or changed: forget them here now, and tell the other processes."""
+    async def revoked(self, key_hashes: Iterable[str]) -> None:
+        """Keys that stopped working or changed: forget them here and in this server's other workers
+        now (returns once they have), and tell the other processes through NATS."""
         hashes = list(key_hashes)
         if not hashes:
             return
         if self.listener is not None:
             self.listener.drop(hashes)
+        if self.tell_workers is not None:
+            await self.tell_workers(hashes)
         self._outgoing.extend(hashes)
         # Bounded: should the relay stay away, the oldest go (those caches expire within
         # api_key_cache_seconds anyway, and a reconnect clears them).
@@ -164,6 +169,11 @@ class ApiKeyHub:
     def put_back(self, hashes: list[str]) -> None:
         """Hashes whose message could not be published: sent with the next one."""
         self._outgoing[:0] = hashes
+
+    def drop(self, key_hashes: list[str]) -> None:
+        """Another worker of this server revoked these keys: forget them here."""
+        if self.listener is not None:
+            self.listener.drop(key_hashes)
 
     def receive(self, data: bytes) -> None:
         """A control message from NATS: drop the keys it names, if it is signed by the issuer."""

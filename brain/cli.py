@@ -30,7 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--auth-port", type=int, help="auth role port (default 3000; 0 = any free port)")
     serve.add_argument("--api-port", type=int, help="API role port (default 8080; 0 = any free port)")
     serve.add_argument("--roles", help="comma-separated roles to run: auth,api (default both)")
-    cli.runs(serve, "brain.runtime:serve_command")
+    serve.add_argument("--workers", type=int, help="worker processes behind the ports (default: one per CPU; 1: no master)")
+    cli.runs(serve, "brain.workers.master:serve_command")
 
     load_commands().hook.register_commands(cli=cli)
     return parser

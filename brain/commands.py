@@ -51,6 +51,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         server["auth_port"] = args.auth_port
     if getattr(args, "api_port", None) is not None:
         server["api_port"] = args.api_port
+    if getattr(args, "workers", None) is not None:
+        server["workers"] = args.workers
     if getattr(args, "roles", None):
         server["roles"] = [r.strip() for r in args.roles.split(",") if r.strip()]
     return load_settings(getattr(args, "config", None), overrides={"server": server} if server else None)

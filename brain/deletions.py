@@ -16,12 +16,16 @@ signed by the issuer): the process that revoked publishes them, every process wi
 cache drops the keys they name.
 
 How a deletion reaches every process: in the process that deleted, directly (the HTTP answer
-comes after both steps). Across processes, through JetStream: the pending deletions of the
+comes after both steps), and in the other workers of the same server (brain.workers) through
+their master, before the answer too: the user's credentials are refused in every worker by the
+time the client hears back. Across processes, through JetStream: the pending deletions of the
 `DELETION_SOURCE` (the auth role's auth.db; one made while NATS is away waits there) are
-published on stream `BRAIN_CONTROL`; each process with a plugin that purges applies them through
-the durable consumer `brain-api-deletions` (acknowledged only after the purge, so a process
-that was down catches up) and also revokes at once from a plain subscription (every process,
-even when several share the durable consumer). Both steps are idempotent.
+published on stream `BRAIN_CONTROL` (at once by the process that deleted, and by the primary
+worker's periodic look at what is still pending; JetStream drops a second copy by its
+Nats-Msg-Id); each process with a plugin that purges applies them through a durable consumer of
+its own (`brain-api-deletions`, `-w2` for worker 2 ...: acknowledged only after the purge, so a
+process that was down catches up, and every worker purges what it holds) and also revokes at
+once from a plain subscription. Both steps are idempotent.
 
 Whoever else can publish on the shared NATS must not be able to delete a user: every deletion
 is signed with a key derived from the server secret (brain.control_messages), and a message
@@ -52,6 +56,7 @@ from brain.plugins import hookimpl
 from brain.process import Process
 from brain.redact import redact_text, redact_url
 from brain.stash import StashKey
+from brain.workers.peers import peers_for
 
 __all__ = ["CHILD_ID", "Deletions", "deletions_for", "publish_deletions", "purge_here"]
 
@@ -183,12 +188,18 @@ class Deletions:
         return summary
 
     async def deleted(self, event: UserDeleted) -> Summary | None:
-        """An account was just deleted here: revoke and purge (if this process purges), then publish.
+        """An account was just deleted here: revoke here and in every other worker of the server,
+        purge (if this process purges), then publish.
 
         None when nothing was purged in this process (then every other process does it on
         hearing of the deletion through JetStream).
         """
         log.info("user %s deleted", event.user_id)
+        self.revoke(event)
+        try:
+            await peers_for(self.rt).broadcast("user-revoked", _event_fields(event))
+        except Exception:  # noqa: BLE001 - they still hear of it through JetStream, a moment later
+            log.exception("telling the other workers of the deletion of %s failed", event.user_id)
         summary: Summary | None = None
         if self.purges_here:
             try:
@@ -198,6 +209,10 @@ class Deletions:
                 log.exception("removing the data of deleted user %s failed; it is retried", event.user_id)
         self.relay.kick()
         return summary
+
+
+def _event_fields(event: UserDeleted) -> dict[str, Any]:
+    return {"user_id": event.user_id, "deleted_at": event.deleted_at, "tokens_valid_until": event.tokens_valid_until}
 
 
 _DELETIONS: StashKey[Deletions] = StashKey("brain.deletions")
@@ -236,16 +251,21 @@ class Relay:
             await self._subscribe()
         hub = apikeys.api_key_hub(self.rt)
         hub.kick = self.kick
+        kicked = True
         while not self.stopping:
             source = self.rt.stash.get(DELETION_SOURCE)
-            if source is not None and self.connected:
-                await self._publish_pending(source)
+            if self.connected:
+                # What auth.db still holds is looked at by the primary worker alone (and by a
+                # worker that just deleted someone): one publisher per server, not one per worker.
+                if source is not None and (kicked or self.rt.worker.primary):
+                    await self._publish_pending(source)
                 await self._publish_api_key_revocations(hub)
             self._kick.clear()
             try:
                 await asyncio.wait_for(self._kick.wait(), timeout=_RETRY_S)
+                kicked = True
             except TimeoutError:
-                pass
+                kicked = False
 
     async def _connect(self) -> None:
         while not self.stopping:
@@ -285,7 +305,7 @@ class Relay:
         config = ConsumerConfig(ack_wait=_ACK_WAIT_S, deliver_policy=DeliverPolicy.ALL, max_ack_pending=64)
         while not self.stopping:
             try:
-                await self.js.subscribe(SUBJECT, durable=DURABLE, stream=STREAM, cb=self._on_durable,
+                await self.js.subscribe(SUBJECT, durable=durable_name(self.rt), stream=STREAM, cb=self._on_durable,
                                         manual_ack=True, config=config)
                 await self.nc.subscribe(SUBJECT, cb=self._on_live)
                 await self.nc.subscribe(apikeys.CONTROL_SUBJECT, cb=self._on_api_keys_revoked)
@@ -375,6 +395,11 @@ class Relay:
                 pass
 
 
+def durable_name(rt: Process) -> str:
+    """The durable consumer through which this process purges (one per worker: each purges what it holds)."""
+    return f"{DURABLE}-w{rt.worker.index}" if rt.worker.several else DURABLE
+
+
 class DeletionRelay(LoopActor):
     """Supervises the Relay on the HTTP loop (without a serving loop there is nothing to relay)."""
 
@@ -404,6 +429,29 @@ class DeletionRelay(LoopActor):
         """Stop relaying, then close."""
         self.relay.stopping = True
         super().on_failure(*exc_info)
+
+
+@hookimpl
+def setup_process(rt: Process) -> None:
+    """Hear from the other workers of this server what they revoke (brain.workers.peers)."""
+    deletions = deletions_for(rt)
+    hub = apikeys.api_key_hub(rt)
+    peers = peers_for(rt)
+
+    async def user_revoked(data: Any) -> None:
+        event = UserDeleted(data["user_id"], data["deleted_at"], data["tokens_valid_until"])
+        if is_valid_user_id(event.user_id):
+            deletions.revoke(event)
+
+    async def api_keys_revoked(data: Any) -> None:
+        hub.drop([h for h in data if isinstance(h, str)])
+
+    async def tell_workers(hashes: list[str]) -> None:
+        await peers.broadcast("api-keys-revoked", hashes)
+
+    peers.answer("user-revoked", user_revoked)
+    peers.answer("api-keys-revoked", api_keys_revoked)
+    hub.tell_workers = tell_workers
 
 
 @hookimpl

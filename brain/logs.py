@@ -69,11 +69,20 @@ def _escaped_args(args: tuple[Any, ...] | Mapping[str, Any]) -> tuple[Any, ...] 
     return tuple(v if isinstance(v, numbers.Number) else _Escaped(v) for v in args)
 
 
-class TextFormatter(logging.Formatter):
-    """The human-readable layout: data escaped onto its line, a record's own extra lines indented."""
+def _text_format(process: str) -> str:
+    """_TEXT_FORMAT with the process's label (`worker=2`) after the level, when it has one."""
+    return _TEXT_FORMAT.replace("%(name)s", f"{process} %(name)s") if process else _TEXT_FORMAT
 
-    def __init__(self) -> None:
-        super().__init__(_TEXT_FORMAT, _DATE_FORMAT)
+
+class TextFormatter(logging.Formatter):
+    """The human-readable layout: data escaped onto its line, a record's own extra lines indented.
+
+    `process` labels every line of a process that shares the log with others (`worker=2`,
+    `master`; brain.workers).
+    """
+
+    def __init__(self, process: str = "") -> None:
+        super().__init__(_text_format(process.replace("%", "%%")), _DATE_FORMAT)
 
     def format(self, record: logging.LogRecord) -> str:
         if record.args:
@@ -101,7 +110,11 @@ class _MalformedRequests(logging.Filter):
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line, with any `extra=` fields kept as keys."""
+    """One JSON object per line, with any `extra=` fields kept as keys (and `worker`, see TextFormatter)."""
+
+    def __init__(self, worker: str = "") -> None:
+        super().__init__()
+        self.worker = worker
 
     def format(self, record: logging.LogRecord) -> str:
         out: dict[str, Any] = {
@@ -110,6 +123,8 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
+        if self.worker:
+            out["worker"] = self.worker
         for key, value in vars(record).items():
             if key not in _RESERVED and not key.startswith("_"):
                 out[key] = value
@@ -118,14 +133,14 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, default=str)
 
 
-def setup_logging(fmt: str = "text", level: str = "info") -> None:
-    """Configure the root logger once for the process."""
+def setup_logging(fmt: str = "text", level: str = "info", worker: str = "") -> None:
+    """Configure the root logger once for the process; `worker` labels its lines ("2", "master")."""
     global _writer
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":
-        handler.setFormatter(JsonFormatter())
+        handler.setFormatter(JsonFormatter(worker))
     else:
-        handler.setFormatter(TextFormatter())
+        handler.setFormatter(TextFormatter(f"worker={worker}" if worker else ""))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
@@ -135,7 +150,7 @@ def setup_logging(fmt: str = "text", level: str = "info") -> None:
     server_log = logging.getLogger("aiohttp.server")
     if not any(isinstance(f, _MalformedRequests) for f in server_log.filters):
         server_log.addFilter(_MalformedRequests())
-    _writer = _AccessWriter(handler, json_lines=fmt == "json")
+    _writer = _AccessWriter(handler, json_lines=fmt == "json", worker=worker)
 
 
 # Access log ---------------------------------------------------------------------------------
@@ -155,9 +170,11 @@ _batches: dict[asyncio.AbstractEventLoop, list[_Entry]] = {}
 class _AccessWriter:
     """Renders access entries like setup_logging's handler would, and writes them at once."""
 
-    def __init__(self, handler: logging.StreamHandler[Any], *, json_lines: bool) -> None:
+    def __init__(self, handler: logging.StreamHandler[Any], *, json_lines: bool, worker: str = "") -> None:
         self.handler = handler
         self.json_lines = json_lines
+        self.worker = worker
+        self._label = f"worker={worker} " if worker else ""
         self._second = -1
         self._stamp = ""
 
@@ -184,20 +201,23 @@ class _AccessWriter:
     def write(self, entries: list[_Entry]) -> None:
         lines = []
         if self.json_lines:
+            worker = {"worker": self.worker} if self.worker else {}
             for created, name, method, path, status, size, seconds, remote in entries:
                 lines.append(json.dumps({
                     "ts": round(created, 3), "level": "info", "logger": name,
                     "msg": _ACCESS_MESSAGE % (method, path, status, size, seconds * 1000),
-                    "method": method, "path": path, "status": status, "bytes": size,
+                    **worker, "method": method, "path": path, "status": status, "bytes": size,
                     "ms": round(seconds * 1000, 3), "remote": remote,
                 }, default=str))
         else:
-            second, stamp = -1, ""
+            second, stamp, label = -1, "", self._label
             for created, name, method, path, status, size, seconds, remote in entries:
                 if int(created) != second:
                     second, stamp = int(created), self._asctime(created)
                 # _TEXT_FORMAT with _ACCESS_MESSAGE, in one step (escaped as TextFormatter would).
-                lines.append(f"{stamp} INFO    {name}: {method} {escape_control(path)} {status} {size} {seconds * 1000:.2f}ms")
+                lines.append(
+                    f"{stamp} INFO    {label}{name}: {method} {escape_control(path)} {status} {size} {seconds * 1000:.2f}ms"
+                )
         lines.append("")
         handler = self.handler
         handler.acquire()

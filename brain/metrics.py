@@ -12,6 +12,11 @@ Two kinds of figures:
   state, token cache, stores, event bus, mail.db, supervisors): each plugin contributes its own
   through `register_metrics`, and the request path pays nothing for them.
 
+With several workers (brain.workers), /metrics answers for the whole server whichever worker
+takes the scrape: every worker's families are gathered through the master, each sample labelled
+`worker="K"` (`sum without (worker)` is the server's figure), beside the master's own
+(`brain_workers`, `brain_workers_serving`, `brain_worker_restarts_total`).
+
 Where it is served (`[metrics]`): on a listener of its own when `port` is set (meant for
 loopback or a private network), else on the API port (the auth port in an auth-only
 process), and there only when a `token` is set. A set token is required wherever /metrics
@@ -47,13 +52,14 @@ from prometheus_client.utils import floatToGoString
 import brain
 from brain.actors import supervisor
 from brain.errors import StorageFault
-from brain.health import HEALTH
+from brain.health import server_health
 from brain.openapi import error
 from brain.plugins import hookimpl
 from brain.process import Process
 from brain.routes import Components, Listener, Route
 from brain.stash import StashKey
 from brain.web import UNMATCHED_ATTR, Handler, json_response, require_bearer
+from brain.workers.peers import peers_for
 
 log = logging.getLogger("brain.metrics")
 
@@ -84,6 +90,7 @@ class Metrics:
     """The process's registry, the request middleware of each listener and the /metrics handler."""
 
     def __init__(self, rt: Process) -> None:
+        self.rt = rt
         self.settings = rt.settings.metrics
         self.requests = RequestStats()
         self.collector = BrainCollector()
@@ -102,8 +109,51 @@ class Metrics:
     async def handle(self, request: web.Request) -> web.Response:
         """GET /metrics: the exposition; the figures are gathered on a worker thread (mail.db is read)."""
         self.check_token(request)
-        body = await asyncio.get_running_loop().run_in_executor(None, generate_latest, self.registry)
+        loop = asyncio.get_running_loop()
+        if self.rt.worker.several:
+            found = await peers_for(self.rt).gather("metrics", timeout=5.0)
+            registry = CollectorRegistry(auto_describe=False)
+            registry.register(_Gathered(found))
+            body = await loop.run_in_executor(None, generate_latest, registry)
+        else:
+            body = await loop.run_in_executor(None, generate_latest, self.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_PLAIN_0_0_4, "Cache-Control": "no-store"})
+
+    async def families(self, _data: object = None) -> list[list[Any]]:
+        """This process's families as JSON-able lists (what a gathering worker merges)."""
+        collected = await asyncio.get_running_loop().run_in_executor(None, lambda: list(self.registry.collect()))
+        return [[f.name, f.type, f.documentation, f.unit, [[s.name, s.labels, s.value] for s in f.samples]]
+                for f in collected]
+
+
+class _Gathered(Collector):
+    """Every worker's families, each sample labelled with its worker, and the master's figures."""
+
+    def __init__(self, found: dict[str, Any]) -> None:
+        self.found = found
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        merged: dict[str, Metric] = {}
+        for index, families in sorted(self.found.items()):
+            if index == "master" or not isinstance(families, list):
+                continue  # a worker that did not answer is missing from the scrape
+            for name, kind, documentation, unit, samples in families:
+                family = merged.get(name)
+                if family is None:
+                    family = merged[name] = Metric(name, documentation, kind, unit)
+                for sample_name, labels, value in samples:
+                    family.add_sample(sample_name, {**labels, "worker": index}, value)
+        yield from merged.values()
+        master = self.found.get("master") or {}
+        if "workers" in master:
+            yield GaugeMetricFamily("brain_workers", "Worker processes the server runs.", value=master["workers"])
+            yield GaugeMetricFamily("brain_workers_serving", "Worker processes serving right now.",
+                                    value=master["serving"])
+            yield CounterMetricFamily("brain_worker_restarts", "Worker (and embedded NATS) restarts by the master.",
+                                      value=master["restarts"])
 
 
 METRICS: StashKey[Metrics] = StashKey("brain.metrics")
@@ -115,6 +165,13 @@ def metrics_for(rt: Process) -> Metrics:
 
 
 # Hooks ----------------------------------------------------------------------------------------
+
+
+@hookimpl
+def setup_process(rt: Process) -> None:
+    """Let the server's /metrics (on whichever worker) read this process's families."""
+    if rt.settings.metrics.exposed:
+        peers_for(rt).answer("metrics", lambda data: metrics_for(rt).families(data))
 
 
 @hookimpl
@@ -143,12 +200,11 @@ def register_routes(rt: Process, listener: str, register: Callable[[Route | Comp
     # Public on a guarded listener: the metrics token, not a user's JWT.
     register(Route("GET", PATH, metrics, operation=None if settings.port else OPERATION, public=True))
     if listener == LISTENER:
-        health = rt.stash[HEALTH]
 
         async def health_detail(request: web.Request) -> web.Response:
             # /health's detail, to whoever may scrape (the API listener's asks for the token too).
             metrics_for(rt).check_token(request)
-            body = health.document(started_at=rt.started_at, detail=True)
+            body = await server_health(rt, detail=True)
             return json_response(body, headers={"Cache-Control": "no-store"})
 
         register(Route("GET", "/health", health_detail, public=True))

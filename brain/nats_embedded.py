@@ -70,19 +70,15 @@ def wait_for_port(host: str, port: int, timeout: float, proc: subprocess.Popen[b
     return False
 
 
-class EmbeddedNats(BrainActor):
-    """Owns one nats-server child process with JetStream; a dead process is a crash.
+class NatsServer:
+    """One nats-server process with JetStream, started and stopped by its owner (blocking calls).
 
     It admits only `credential` (brain.nats_auth): the password reaches it in a 0600 config
-    file, not on its command line.
+    file, not on its command line. The owner is the `EmbeddedNats` actor of a single process,
+    or the master of several workers (brain.workers.master), which must not start threads.
     """
 
-    check_interval = 1.0
-
-    def __init__(
-        self, *, link: Link | None = None, store_dir: Path, port: int, credential: Credential, host: str = "127.0.0.1"
-    ) -> None:
-        super().__init__(link=link)
+    def __init__(self, *, store_dir: Path, port: int, credential: Credential, host: str = "127.0.0.1") -> None:
         self.store_dir = store_dir
         self.port = port
         self.credential = credential
@@ -118,7 +114,8 @@ class EmbeddedNats(BrainActor):
             if Path(f"/proc/{pid}").exists():
                 os.kill(pid, signal.SIGKILL)
 
-    def on_start(self) -> None:
+    def start(self) -> None:
+        """Start the server and wait until it accepts connections (RuntimeError if it does not)."""
         self.store_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.store_dir / "nats-server.log"
         config = write_server_config(self.store_dir, self.credential)
@@ -141,31 +138,22 @@ class EmbeddedNats(BrainActor):
         # JetStream recovers its store before listening: a large one can take a while.
         if not wait_for_port(self.host, self.port, timeout=60.0, proc=self.proc):
             code = self.proc.poll()
-            self._terminate()
+            self.terminate()
             why = f"exited with code {code}" if code is not None else "did not come up"
             raise RuntimeError(f"embedded nats-server {why} on {self.url}; see {log_path}")
         log.info("embedded nats-server pid %s listening on %s (store %s)", self.proc.pid, self.url, self.store_dir)
         # Where commands run beside the server (`brain repair`) find it.
         (self.store_dir / URL_FILE).write_text(self.url + "\n")
-        self.schedule(self.check_interval, _CHECK)
 
-    def on_receive(self, message: object) -> object:
-        if message == _CHECK:
-            if self.proc is not None and self.proc.poll() is not None:
-                code = self.proc.returncode
-                self.proc = None
-                raise RuntimeError(f"embedded nats-server exited with code {code}")
-            self.schedule(self.check_interval, _CHECK)
+    def exited(self) -> int | None:
+        """The exit code if the server has died since it started (it is then forgotten), else None."""
+        if self.proc is None or self.proc.poll() is None:
             return None
-        return super().on_receive(message)
+        code, self.proc = self.proc.returncode, None
+        return code
 
-    def on_stop(self) -> None:
-        self._terminate()
-
-    def on_failure(self, *exc_info: object) -> None:
-        self._terminate()
-
-    def _terminate(self) -> None:
+    def terminate(self, timeout: float = 5.0) -> None:
+        """Stop the server (SIGTERM, SIGKILL after `timeout`)."""
         proc, self.proc = self.proc, None
         if proc is None or proc.poll() is not None:
             return
@@ -175,11 +163,47 @@ class EmbeddedNats(BrainActor):
             pass  # a read-only data directory: running_url checks the pid anyway
         proc.terminate()
         try:
-            proc.wait(timeout=5)
+            proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=5)
         log.info("embedded nats-server pid %s stopped", proc.pid)
+
+
+class EmbeddedNats(BrainActor):
+    """Owns the NatsServer of a single process; a dead server is a crash (its supervisor restarts it)."""
+
+    check_interval = 1.0
+
+    def __init__(
+        self, *, link: Link | None = None, store_dir: Path, port: int, credential: Credential, host: str = "127.0.0.1"
+    ) -> None:
+        super().__init__(link=link)
+        self.server = NatsServer(store_dir=store_dir, port=port, credential=credential, host=host)
+
+    @property
+    def url(self) -> str:
+        """The client URL of this server."""
+        return self.server.url
+
+    def on_start(self) -> None:
+        self.server.start()
+        self.schedule(self.check_interval, _CHECK)
+
+    def on_receive(self, message: object) -> object:
+        if message == _CHECK:
+            code = self.server.exited()
+            if code is not None:
+                raise RuntimeError(f"embedded nats-server exited with code {code}")
+            self.schedule(self.check_interval, _CHECK)
+            return None
+        return super().on_receive(message)
+
+    def on_stop(self) -> None:
+        self.server.terminate()
+
+    def on_failure(self, *exc_info: object) -> None:
+        self.server.terminate()
 
 
 def store_dir_for(data_dir: Path) -> Path:
@@ -225,14 +249,18 @@ CHILD_ID = "nats"
 @hookimpl(tryfirst=True)
 def register_children(rt: Process, register: Callable[[Child], None]) -> None:
     """With no NATS configured, the embedded server, first; `rt.nats_url` points at it, and its
-    credential (the only one it admits) is in the stash for every connection of this process."""
+    credential (the only one it admits) is in the stash for every connection of this process.
+    A worker of several uses the server its master runs."""
     if rt.settings.nats.url:
         return
-    port = rt.settings.nats.embedded_port or free_port()
-    rt.nats_url = f"nats://127.0.0.1:{port}"
     store = store_dir_for(rt.settings.data_path)
     credential = embedded_credential(store)
     rt.stash.set(NATS_CREDENTIAL, credential)
+    if rt.worker.embedded_nats_url:
+        rt.nats_url = rt.worker.embedded_nats_url  # the master runs it for every worker
+        return
+    port = rt.settings.nats.embedded_port or free_port()
+    rt.nats_url = f"nats://127.0.0.1:{port}"
     register(Child(ChildSpec(id=CHILD_ID, start=lambda link: EmbeddedNats.start(
         link=link, store_dir=store, port=port, credential=credential,
     ))))
@@ -245,6 +273,6 @@ def register_health(rt: Process, register: Callable[..., None]) -> None:
 
 
 __all__ = [
-    "CHILD_ID", "EmbeddedNats", "find_nats_server", "free_port", "nats_for_command", "running_url", "store_dir_for",
-    "wait_for_port",
+    "CHILD_ID", "EmbeddedNats", "NatsServer", "find_nats_server", "free_port", "nats_for_command", "running_url",
+    "store_dir_for", "wait_for_port",
 ]

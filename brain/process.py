@@ -18,6 +18,7 @@ import pykka
 from brain.config import Settings
 from brain.routes import Components, Listener, Route
 from brain.stash import Stash
+from brain.workers import WorkerSlot
 
 __all__ = ["Process"]
 
@@ -40,6 +41,8 @@ class Process(Protocol):
     started_at: float
     # Every listener the plugins declare, served here or not, by name.
     listeners: Mapping[str, Listener]
+    # Which of the server's worker processes this is (worker 1 of 1 without a master).
+    worker: WorkerSlot
 
     @property
     def roles(self) -> frozenset[str]:

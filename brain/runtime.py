@@ -10,7 +10,6 @@ database), exit.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import dataclasses
 import gc
@@ -32,20 +31,20 @@ import brain
 from brain.actors import bridge
 from brain.actors.supervisor import ChildSpec, Supervisor
 from brain.actors.tree import Child, Group, build_tree
-from brain.commands import settings_from_args
 from brain.config import Settings, server_secret
 from brain.datadir import hold_shared
 from brain.errors import ConfigError, PluginError
 from brain.files import secure_data_dir
-from brain.health import HEALTH, Health
-from brain.logs import access_logger_for, setup_logging
+from brain.health import HEALTH, Health, answer_health
+from brain.logs import access_logger_for
 from brain.nats_auth import connect_options
 from brain.plugins.manager import PluginManager, load_plugins
-from brain.redact import redact_url
 from brain.routes import Components, Listener, Route
 from brain.stash import Stash
 from brain.storage import storage_faults
 from brain.web import BODY_TIMEOUT_KEY, FAULTS_KEY, GUARD_KEY, MAX_BODY_KEY, add_hsts, add_route, error_middleware
+from brain.workers import SINGLE, WorkerSlot
+from brain.workers.peers import peers_for
 
 log = logging.getLogger("brain.server")
 # The longest request line a listener reads (aiohttp's default is 8190 bytes). Long enough for a
@@ -58,11 +57,14 @@ class Runtime:
     """Everything one `brain serve` process owns; what plugins see of it is `brain.process.Process`."""
 
     def __init__(
-        self, settings: Settings, *, plugin_manager: PluginManager | None = None, offline: bool = False
+        self, settings: Settings, *, plugin_manager: PluginManager | None = None, offline: bool = False,
+        worker: WorkerSlot = SINGLE,
     ) -> None:
         """A process for these settings; `offline`: one that serves nothing and in which every
-        plugin is active (a command working on the data directory while no server runs)."""
+        plugin is active (a command working on the data directory while no server runs);
+        `worker`: its place among the server's workers (brain.workers)."""
         self.settings = settings
+        self.worker = worker
         secure_data_dir(settings.data_path)  # before the secret or any database is written
         self.secret = server_secret(settings)
         self.pm = plugin_manager or load_plugins(settings.plugins.enabled)
@@ -88,6 +90,7 @@ class Runtime:
         self.hook.setup_process(rt=self)
         health = self.stash.setdefault(HEALTH, Health)
         self.hook.register_health(rt=self, register=health.register)
+        answer_health(self)
 
     @property
     def roles(self) -> frozenset[str]:
@@ -221,11 +224,18 @@ class Runtime:
             self.exit_code = code
             self._stop_event.set()
 
-    async def serve(self, sockets: dict[str, socket.socket]) -> int:
-        """Serve the roles on the given bound sockets until asked to stop; return the exit code."""
+    async def serve(self, sockets: dict[str, socket.socket], *, master: socket.socket | None = None) -> int:
+        """Serve the roles on the given bound sockets until asked to stop; return the exit code.
+
+        `master`: a worker's end of its link to the master (brain.workers), which then owns
+        SIGINT (it sends each worker a SIGTERM) and whose loss stops the worker.
+        """
         self.loop = asyncio.get_running_loop()
         self._stop_event = asyncio.Event()
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        peers = peers_for(self)
+        if master is not None:
+            await peers.connect(master, on_lost=lambda: self.request_stop(1))
+        for sig in (signal.SIGTERM,) if master is not None else (signal.SIGINT, signal.SIGTERM):
             try:
                 self.loop.add_signal_handler(sig, self._on_signal, sig)
             except (NotImplementedError, RuntimeError):  # pragma: no cover - not the main thread
@@ -244,7 +254,8 @@ class Runtime:
                     self.make_app(name),
                     access_log_class=access_logger_for(name),
                     access_log=logging.getLogger(f"brain.access.{name}") if access_log else None,
-                    shutdown_timeout=self.settings.server.shutdown_timeout,
+                    # A worker's whole stop must fit the master's timeout: requests get half of it.
+                    shutdown_timeout=self.settings.server.shutdown_timeout / (2 if master is not None else 1),
                     keepalive_timeout=self.settings.server.idle_timeout_seconds,
                     handle_signals=False,
                     max_line_size=MAX_REQUEST_LINE,
@@ -257,10 +268,15 @@ class Runtime:
                 log.info("%s listening on %s://%s:%s", name, "https" if tls else "http", host, port)
             if self.settings.server.tune_gc:
                 tune_gc()
-            log.info("brain %s ready (pid %s)", brain.__version__, os.getpid())
+            if master is not None:
+                log.info("worker %d serving (pid %s)", self.worker.index, os.getpid())
+                peers.ready()
+            else:
+                log.info("brain %s ready (pid %s)", brain.__version__, os.getpid())
             await self._stop_event.wait()
         finally:
             await self.shutdown()
+            await peers.close()
         return self.exit_code
 
     def _on_signal(self, sig: signal.Signals) -> None:
@@ -308,23 +324,6 @@ def tune_gc() -> None:
     gc.set_threshold(GC_YOUNG_THRESHOLD, middle, old)
 
 
-def serve_command(args: argparse.Namespace) -> int:
-    """`brain serve`: load the plugins, bind their listeners, run until asked to stop."""
-    settings = settings_from_args(args)
-    setup_logging(settings.log.format, settings.log.level)
-    pm = load_plugins(settings.plugins.enabled)
-    settings, sockets = bind_sockets(settings, pm)
-    runtime = Runtime(settings, plugin_manager=pm)
-    log.info(
-        "starting brain %s: roles %s, data %s, nats %s",
-        brain.__version__,
-        ",".join(settings.server.roles),
-        settings.data_path,
-        redact_url(settings.nats.url) or "embedded",
-    )
-    return asyncio.run(runtime.serve(sockets))
-
-
 def collect_listeners(pm: pluggy.PluginManager, settings: Settings) -> dict[str, Listener]:
     """Every listener the plugins declare for these settings, by name."""
     found: dict[str, Listener] = {}
@@ -338,34 +337,48 @@ def collect_listeners(pm: pluggy.PluginManager, settings: Settings) -> dict[str,
     return found
 
 
-def bind_sockets(settings: Settings, pm: pluggy.PluginManager) -> tuple[Settings, dict[str, socket.socket]]:
-    """Bind every served listener's socket now; settings get the real ports (port 0 resolved)."""
-    sockets: dict[str, socket.socket] = {}
+def bind_sockets(
+    settings: Settings, pm: pluggy.PluginManager, copies: int = 1
+) -> tuple[Settings, list[dict[str, socket.socket]]]:
+    """Bind every served listener's socket now; settings get the real ports (port 0 resolved).
+
+    `copies` > 1: that many sockets per listener, all on one port with SO_REUSEPORT (one set
+    per worker, brain.workers.master).
+    """
+    sets: list[dict[str, socket.socket]] = [{} for _ in range(copies)]
     ports: dict[str, int] = {}
     try:
         for name, listener in collect_listeners(pm, settings).items():
             if not listener.served:
                 continue
-            family = socket.AF_INET6 if ":" in listener.host else socket.AF_INET
-            sock = socket.socket(family, socket.SOCK_STREAM)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                sock.bind((listener.host, listener.port))
-            except OSError as exc:
-                sock.close()
-                raise OSError(
-                    f"cannot listen on {listener.host}:{listener.port} for the {name} role: {exc.strerror}"
-                ) from None
-            sock.listen(1024)
-            sock.setblocking(False)
-            sockets[name] = sock
+            port = listener.port
+            for sockets in sets:
+                sockets[name] = _listen(name, listener.host, port, reuse_port=copies > 1)
+                port = sockets[name].getsockname()[1]  # the copies join the port the first one got
             if listener.port_setting:
-                ports[listener.port_setting] = sock.getsockname()[1]
+                ports[listener.port_setting] = port
     except OSError:
-        for s in sockets.values():
-            s.close()
+        for sockets in sets:
+            for s in sockets.values():
+                s.close()
         raise
-    return _with_values(settings, ports), sockets
+    return _with_values(settings, ports), sets
+
+
+def _listen(name: str, host: str, port: int, *, reuse_port: bool) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise OSError(f"cannot listen on {host}:{port} for the {name} role: {exc.strerror}") from None
+    sock.listen(1024)
+    sock.setblocking(False)
+    return sock
 
 
 def _with_values(settings: Settings, values: Mapping[str, Any]) -> Settings:

@@ -58,6 +58,13 @@ class ServerSettings:
     # than this: the reserve keeps auth.db, mail.db and the NATS store able to work, and SQLite
     # from meeting a full disk halfway through a checkpoint.
     min_free_bytes: int = 64 << 20
+    # Worker processes behind the listeners (`brain serve --workers N`, brain.workers): 0 = one
+    # per CPU; 1 = a single process and no master.
+    workers: int = 0
+    # The master restarts a worker that dies; more restarts than this within the window and it
+    # stops the whole server with exit code 1 (an OTP supervisor's restart intensity).
+    worker_max_restarts: int = 5
+    worker_restart_window_seconds: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -158,6 +165,8 @@ def validate_core(s: Settings) -> None:
     roles = set(s.server.roles)
     if not roles or not roles <= {"auth", "api"}:
         raise ConfigError(f"server.roles: must be a non-empty subset of auth, api; got {list(s.server.roles)}")
+    if s.server.workers < 0 or s.server.worker_max_restarts < 0:
+        raise ConfigError("server.workers and server.worker_max_restarts: must not be negative")
     if bool(s.server.tls_cert) != bool(s.server.tls_key):
         raise ConfigError("server.tls_cert and server.tls_key: set both or neither")
     if s.server.mode == "production" and not s.server.secret:
@@ -169,6 +178,7 @@ def validate_core(s: Settings) -> None:
             "server.max_body_bytes": s.server.max_body_bytes,
             "server.idle_timeout_seconds": s.server.idle_timeout_seconds,
             "server.body_timeout_seconds": s.server.body_timeout_seconds,
+            "server.worker_restart_window_seconds": s.server.worker_restart_window_seconds,
             "nats.duplicate_window_seconds": s.nats.duplicate_window_seconds,
             "nats.publish_timeout_seconds": s.nats.publish_timeout_seconds,
             "nats.max_in_flight": s.nats.max_in_flight,

@@ -107,6 +107,9 @@ class BrainServer:
         self.config.setdefault("api", {})
         for k, v in NO_API_LIMITS.items():
             self.config["api"].setdefault(k, v)
+        # One process unless a test asks for workers (tests/test_workers.py): every other test
+        # is about what a process does, and a master would double its start-up.
+        self.config.setdefault("server", {}).setdefault("workers", 1)
         self.env = dict(env or {})
         # https when the config gives brain a certificate; `ca` is what clients then trust.
         self.scheme = "https" if self.config.get("server", {}).get("tls_cert") else "http"

@@ -17,8 +17,8 @@ from brain.actors.tree import Child, Group
 from brain.auth import keys
 from brain.auth import plugin as auth_plugin
 from brain.auth.cookies import signed_value, unsign
-from brain.auth import ratelimit
-from brain.auth.ratelimit import SlidingWindow, client_block
+from brain import ratelimit
+from brain.ratelimit import SlidingWindow, client_block
 from brain.auth.validation import normalize_email, password_length
 from brain.config import load_settings
 from brain.errors import BadRequest

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -77,20 +78,30 @@ class RevokedUsers:
         return self._version, dict(self._until)
 
     def save(self, snapshot: tuple[int, dict[str, float]] | None = None) -> None:
-        """Write the file atomically (0600); blocking, so not on the event loop."""
+        """Write the file atomically (0600), merged with what other workers wrote; blocking, so
+        not on the event loop."""
         version, entries = self.snapshot() if snapshot is None else snapshot
         with self._write_lock:
             if version < self._saved_version:
                 return  # a newer copy was written meanwhile
             self._saved_version = version
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_name(f".{REVOKED_FILE}.{os.getpid()}.tmp")
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as fh:
-                json.dump({"users": entries}, fh)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, self.path)
+            lock = os.open(self.path.with_name(f".{REVOKED_FILE}.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                # Other workers of the server write it too: each adds to what is there.
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                merged = {**RevokedUsers(self.path.parent).load()._until}
+                for user_id, until in entries.items():
+                    merged[user_id] = max(until, merged.get(user_id, 0.0))
+                tmp = self.path.with_name(f".{REVOKED_FILE}.{os.getpid()}.tmp")
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                with os.fdopen(fd, "w") as fh:
+                    json.dump({"users": merged}, fh)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                os.replace(tmp, self.path)
+            finally:
+                os.close(lock)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -126,6 +137,9 @@ def revoke(rt: Process, user_id: str, tokens_valid_until: int) -> None:
     revoked = revoked_users(rt)
     known = user_id in revoked.ids
     revoked.add(user_id, tokens_valid_until / 1000 + rt.settings.api.leeway_seconds)
+    # Mail sync may still write for them here (through the event sink, with no token): their
+    # store is not opened again, so nothing recreates the directory another worker deletes.
+    store_manager(rt).deleted.add(user_id)
     dropped = token_verifier(rt).forget_user(user_id)
     if not known:
         log.info("tokens of deleted user %s refused from now on (%d cached dropped)", user_id, dropped)

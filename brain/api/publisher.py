@@ -30,6 +30,7 @@ from brain import jetstream
 from brain.actors import bridge
 from brain.api.events import StoredEvent
 from brain.api.store_manager import StoreManager
+from brain.api.user_store import OutboxBusy
 from brain.sections import NatsSettings
 from brain.ids import is_valid_user_id
 from brain.redact import redact_text, redact_url
@@ -43,6 +44,8 @@ DRAIN_BATCH = 500
 ACK_DELAY = 0.2
 # Events held in memory for publishing; past this, users are marked dirty and drained instead.
 MAX_QUEUE = 50_000
+# A user whose outbox another worker is draining is tried again this much later.
+BUSY_RETRY_S = 1.0
 
 
 # Subject prefix and stream name that need no escaping anywhere in a protocol line or header.
@@ -112,6 +115,8 @@ class Publisher:
         self._window: asyncio.Event | None = None  # set while fewer than max_in_flight await acks
         self._queue: deque[tuple[str, StoredEvent]] = deque()
         self._dirty: dict[str, int] = {}  # user -> drain from ids above this
+        self._busy: dict[str, float] = {}  # user -> when to try a drain again (another worker drains)
+        self._busy_timer: asyncio.TimerHandle | None = None
         self._fail_count: defaultdict[str, int] = defaultdict(int)
         self._sent: dict[int, _Sent] = {}
         self._inflight: set[tuple[str, int]] = set()
@@ -244,7 +249,8 @@ class Publisher:
                     user_id, ev = self._queue.popleft()
                     await self._send(user_id, ev, drained=False)
             elif self._dirty:
-                await self._drain_one()
+                if not await self._drain_one():
+                    return  # every dirty user is being drained elsewhere: woken when one may be tried
             else:
                 return
             if self._backoff:
@@ -262,8 +268,15 @@ class Publisher:
             for ev in events:
                 self._queue.append((user_id, ev))
 
-    async def _drain_one(self) -> None:
-        user_id, after = next(iter(self._dirty.items()))
+    async def _drain_one(self) -> bool:
+        """Drain one batch of a dirty user's outbox; False when every dirty user must wait."""
+        now = time.monotonic()
+        found = next(((u, a) for u, a in self._dirty.items() if self._busy.get(u, 0.0) <= now), None)
+        if found is None:
+            self._wake_when_drainable()
+            return False
+        user_id, after = found
+        self._busy.pop(user_id, None)
         if after == 0:
             # Rows published but not yet deleted would be read (and sent) again otherwise.
             self._flush_acks(only=user_id)
@@ -272,26 +285,44 @@ class Publisher:
             rows = await self.loop.run_in_executor(
                 self.executor, self.stores.outbox_batch_blocking, user_id, after, DRAIN_BATCH, 10.0
             )
+        except OutboxBusy:
+            # Another worker drains it (and publishes what it finds): look again later.
+            self._busy[user_id] = time.monotonic() + BUSY_RETRY_S
+            self._requeue(user_id, 0)
+            return True
         except Exception as exc:  # noqa: BLE001 - retried later; never kills the bus
             self._note_error(f"reading the outbox of {user_id}: {exc!r}")
             self._requeue(user_id, after)
             self._backoff = max(self._backoff, 1.0)
-            return
+            return True
         if rows is None:  # no store: nothing can be pending (or we are shutting down)
             self._dirty.pop(user_id, None)
             if not self.stores.closing:
                 (self.marker_dir / user_id).unlink(missing_ok=True)
-            return
+            return True
         for row in rows:
             if not self.connected:
                 break
             await self._send(user_id, row, drained=True)
         if self._fail_count[user_id] != failures or not self.connected:
-            return  # a send failed meanwhile: the user drains again from the start
+            return True  # a send failed meanwhile: the user drains again from the start
         if len(rows) < DRAIN_BATCH:
             self._dirty.pop(user_id, None)
         else:
             self._requeue(user_id, rows[-1].id)
+        return True
+
+    def _wake_when_drainable(self) -> None:
+        if self._busy_timer is not None or not self._busy:
+            return
+        delay = max(0.0, min(self._busy.values()) - time.monotonic())
+
+        def wake() -> None:
+            self._busy_timer = None
+            if self._wake is not None:
+                self._wake.set()
+
+        self._busy_timer = self.loop.call_later(delay, wake)
 
     def _requeue(self, user_id: str, after: int) -> None:
         # Move to the end: one busy user must not starve the others' drains.
@@ -536,7 +567,7 @@ class Publisher:
 
     async def close(self) -> None:
         """Stop publishing and close the connection (runs on the bus loop)."""
-        for timer in (self._ack_timer, self._expiry_timer, self._wake_timer):
+        for timer in (self._ack_timer, self._expiry_timer, self._wake_timer, self._busy_timer):
             if timer is not None:
                 timer.cancel()
         if not self.stores.closing:

@@ -35,7 +35,7 @@ from brain.api.verifier import TokenUser
 from brain.apikeys import SCOPE_ATTR, scope
 from brain.errors import BadRequest, Forbidden, PayloadTooLarge
 from brain.event_types import TypeFilter
-from brain.health import HEALTH
+from brain.health import server_health
 from brain.openapi import build_spec
 from brain.process import Process
 from brain.routes import CALLER_KEY, Components, Guard, Route
@@ -182,7 +182,6 @@ def routes(rt: Process) -> list[Route | Components]:
     reserved = ReservedTypes.from_plugins(rt.pm)
     stores = store_manager(rt)
     rate = write_rate(rt)
-    health_registry = rt.stash[HEALTH]
     bodies: dict[str, bytes] = {}
 
     detail_token = rt.settings.metrics.token.encode()
@@ -199,7 +198,7 @@ def routes(rt: Process) -> list[Route | Components]:
                     code="HEALTH_DETAIL_DISABLED",
                 )
             require_bearer(request, detail_token, realm="metrics")
-        body = health_registry.document(started_at=rt.started_at, detail=detail)
+        body = await server_health(rt, detail=detail)
         return json_response(body, headers={"Cache-Control": "no-store"})
 
     def documents() -> dict[str, bytes]:

@@ -20,6 +20,14 @@ in one transaction. Rows still present after a crash are found again through the
 (`data/outbox/{user_id}`), which exists from a store's start until it stops with an empty
 outbox.
 
+Several worker processes (brain.workers) may each have a store of one user open: they share
+its database (SQLite's locking serialises their writes; `busy_timeout` makes a writer wait for
+another rather than fail) and its marker, on which each holds a shared record lock while open
+(`OutboxMarker`): the last one to close with an empty outbox removes it, never one while another
+still has rows in flight. A drain (reading back unpublished rows, brain.api.publisher) takes the
+marker's drain lock, so one process at a time drains a user's outbox (`OutboxBusy` for the
+others, which try again later); the kernel drops both locks with a process that dies.
+
 Requests from the event loop do not use pykka asks (a future with its own condition, a
 callback, a reply each): they are queued in the store's inbox object (`StoreInbox.submit`),
 and only the first request since the store last looked is announced with a tell. The store
@@ -33,6 +41,8 @@ still ask, and wait.
 from __future__ import annotations
 
 import asyncio
+import errno
+import fcntl
 import json
 import logging
 import os
@@ -139,6 +149,81 @@ def store_path(data_path: Path, user_id: str) -> Path:
 def marker_path(data_path: Path, user_id: str) -> Path:
     """The outbox marker of a user: present while their outbox may hold unpublished rows."""
     return data_path / "outbox" / user_id
+
+
+class OutboxBusy(Exception):
+    """Another process is draining this user's outbox: try again later."""
+
+
+class OutboxMarker:
+    """A user's outbox marker, held open (and record-locked) while this process has the store open.
+
+    Byte 0: a shared lock per process with the store open (the marker is removed only by a
+    process that can make it exclusive: nobody else has the store open). Byte 1: the lock of the
+    one process draining the outbox. POSIX record locks belong to the process and go when any of
+    its descriptors of the file closes, so the store keeps one descriptor and takes both on it.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.fd = -1
+        self.draining = False
+
+    def open(self) -> None:
+        """Create (or find) the marker and hold it shared."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.lockf(fd, fcntl.LOCK_SH, 1, 0)
+                # A process that was removing it held it exclusively until it had: then this
+                # descriptor is of the removed file, and a new one must be made.
+                if os.fstat(fd).st_ino == os.stat(self.path).st_ino:
+                    self.fd = fd
+                    return
+            except FileNotFoundError:
+                pass
+            except BaseException:
+                os.close(fd)
+                raise
+            os.close(fd)
+
+    def try_drain(self) -> bool:
+        """Take the drain lock (held until `drained`); False if another process holds it."""
+        if self.draining:
+            return True
+        try:
+            fcntl.lockf(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, 1)
+        except OSError as exc:
+            if exc.errno in (errno.EACCES, errno.EAGAIN):
+                return False
+            raise
+        self.draining = True
+        return True
+
+    def drained(self) -> None:
+        """The drain is over: let another process drain."""
+        if self.draining:
+            fcntl.lockf(self.fd, fcntl.LOCK_UN, 1, 1)
+            self.draining = False
+
+    def close(self, *, empty: bool) -> None:
+        """Release the marker; remove it if the outbox is empty and no other process has the store open."""
+        fd, self.fd = self.fd, -1
+        if fd < 0:
+            return
+        try:
+            if empty:
+                try:
+                    fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, 0)
+                except OSError as exc:
+                    if exc.errno not in (errno.EACCES, errno.EAGAIN):
+                        raise
+                else:
+                    self.path.unlink(missing_ok=True)
+        finally:
+            os.close(fd)
+            self.draining = False
 
 
 class Outbox(Protocol):
@@ -374,7 +459,7 @@ class UserStore(BrainActor):
         self._merge_armed = False
         self.last_write = 0.0
         self.path = store_path(data_path, user_id)
-        self.marker = marker_path(data_path, user_id)
+        self.marker = OutboxMarker(marker_path(data_path, user_id))
         self.outbox = outbox
         self.idle_seconds = idle_seconds
         # Not `_on_exit`: that name is BrainActor's own exit hook.
@@ -448,14 +533,14 @@ class UserStore(BrainActor):
                 raise fault(StoreQuarantined, "waiting for `brain repair`")
             # Created 0600 before SQLite opens it; the -wal/-shm files inherit the mode.
             os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600))
-        self.marker.parent.mkdir(parents=True, exist_ok=True)
-        self.marker.touch()
+        self.marker.open()
         self.db = db = sqlite3.connect(self.path, isolation_level=None, cached_statements=64)
-        db.execute("PRAGMA journal_mode=WAL")
+        # First: another worker may be writing (or creating) this database right now.
+        db.execute("PRAGMA busy_timeout=5000")
+        _use_wal(db)
         # NORMAL in WAL mode: a commit survives a crash of brain (kill -9); only an OS
         # crash or power loss can take the last commits back.
         db.execute("PRAGMA synchronous=NORMAL")
-        db.execute("PRAGMA busy_timeout=5000")
         self._check(db)
         migrate(db)
         if ensure_rendered(db):
@@ -529,18 +614,17 @@ class UserStore(BrainActor):
             figures.release(self.user_id)
             figures.waiting(self.user_id, 0)
         db, self.db = self.db, None
+        unpublished = True
         if db is not None and self.read_only:
             db.close()  # nothing it could have written
         elif db is not None:
             clean = False
             try:
                 if self.acks:
-                    db.execute("BEGIN")
+                    db.execute("BEGIN IMMEDIATE")
                     self._apply_acks(db)
                     db.execute("COMMIT")
-                pending = db.execute("SELECT EXISTS (SELECT 1 FROM outbox)").fetchone()[0]
-                if not pending:
-                    self.marker.unlink(missing_ok=True)
+                unpublished = bool(db.execute("SELECT EXISTS (SELECT 1 FROM outbox)").fetchone()[0])
                 clean = True
             except sqlite3.Error as exc:
                 found = self._failed(exc, quarantine=False)
@@ -552,6 +636,10 @@ class UserStore(BrainActor):
                     self.files.remember(self.user_id, self.path)
                 else:
                     self.files.forget(self.user_id)
+        try:
+            self.marker.close(empty=not unpublished)
+        except OSError:
+            log.exception("%s: could not release the outbox marker", self)
         if self._exit_callback is not None:
             try:
                 self._exit_callback(self.user_id, self.actor_ref)
@@ -921,7 +1009,10 @@ class UserStore(BrainActor):
         return [StoredEvent._make(row) for row in db.execute(sql, args)]
 
     def _outbox_batch(self, after: int, limit: int) -> list[StoredEvent]:
+        """One batch of a drain (from `after` 0: a new drain, which needs the drain lock)."""
         assert self.db is not None
+        if after == 0 and not self.marker.try_drain():
+            raise OutboxBusy(self.user_id)
         rows = self.db.execute(
             "SELECT e.id, e.type, e.data, e.created_at, e.key FROM outbox o JOIN events e ON e.id = o.event_id"
             " WHERE o.event_id > ?1"
@@ -929,7 +1020,10 @@ class UserStore(BrainActor):
             " JOIN tombstones t ON t.seq = o.event_id WHERE o.event_id > ?1 ORDER BY 1 LIMIT ?2",
             (after, limit),
         )
-        return [StoredEvent._make(row) for row in rows]
+        batch = [StoredEvent._make(row) for row in rows]
+        if len(batch) < limit:
+            self.marker.drained()
+        return batch
 
     def _last_seq(self) -> int:
         """The highest number of the commit sequence in use (0: none yet)."""
@@ -1030,7 +1124,7 @@ class UserStore(BrainActor):
         db = self.db
         assert db is not None
         if self.acks:
-            db.execute("BEGIN")
+            db.execute("BEGIN IMMEDIATE")
             try:
                 self._apply_acks(db)
                 db.execute("COMMIT")
@@ -1082,6 +1176,21 @@ def migrate(db: sqlite3.Connection) -> None:
         raise
     if version:
         log.info("store %s: schema %d -> %d", db.execute("PRAGMA database_list").fetchone()[2], version, SCHEMA_VERSION)
+
+
+def _use_wal(db: sqlite3.Connection) -> None:
+    """Put a database in WAL mode (persistent). Switching needs a moment alone with the file and
+    SQLite does not wait for it (busy_timeout or not): a worker opening a new user's database
+    while another does tries again."""
+    for _ in range(200):
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) and "busy" not in str(exc):
+                raise
+            time.sleep(0.01)
+    db.execute("PRAGMA journal_mode=WAL")  # still locked: let its error say so
 
 
 def _same_event(stored: StoredEvent, ev: NewEvent) -> bool:

@@ -107,7 +107,7 @@ class AccountRoutes:
     async def send_verification_email(self, request: web.Request) -> web.Response:
         """POST /api/auth/send-verification-email {email, callbackURL?} -> {status: true}."""
         started = asyncio.get_running_loop().time()
-        self.base._limit_ip(self.base._ip(request))
+        await self.base._limit_ip(self.base._ip(request))
         email, url = parse_email_request(await read_json(request, limit=self.auth.max_body_bytes), "callbackURL")
         callback = self.base._callback(url)
         self.mail.check_available()
@@ -118,13 +118,13 @@ class AccountRoutes:
                 raise BadRequest("Email mismatch", code="EMAIL_MISMATCH")
             if user.email_verified:
                 raise BadRequest("Email is already verified", code="EMAIL_ALREADY_VERIFIED")
-            if not self.mail.allow(email):
+            if not await self.mail.allow(email):
                 raise self._too_many()
             text = await self.mail.verification(user.public(), callback)
             await self.mail.send(email, accounts.VERIFY_EMAIL, text)
             return json_response({"status": True})
         user = User.get_or_none(User.email == email)
-        if user is not None and not user.email_verified and self.mail.allow(email):
+        if user is not None and not user.email_verified and await self.mail.allow(email):
             text = await self.mail.verification(user.public(), callback)
             self.mail.send_later(email, accounts.VERIFY_EMAIL, text)
         await self._floor(started)
@@ -135,7 +135,7 @@ class AccountRoutes:
 
     async def send_sign_up_verification(self, user: dict[str, Any], callback: str | None) -> None:
         """The verification mail of a new account (token now, delivery in the background)."""
-        if self.mail.allow(user["email"]):
+        if await self.mail.allow(user["email"]):
             text = await self.mail.verification(user, callback)
             self.mail.send_later(user["email"], accounts.VERIFY_EMAIL, text)
 
@@ -171,12 +171,12 @@ class AccountRoutes:
     async def request_password_reset(self, request: web.Request) -> web.Response:
         """POST /api/auth/request-password-reset {email, redirectTo?} -> {status: true, message}."""
         started = asyncio.get_running_loop().time()
-        self.base._limit_ip(self.base._ip(request))
+        await self.base._limit_ip(self.base._ip(request))
         email, url = parse_email_request(await read_json(request, limit=self.auth.max_body_bytes), "redirectTo")
         redirect_to = self.base._callback(url)
         self.mail.check_available()
         user = User.get_or_none(User.email == email)
-        if user is not None and self.mail.allow(email):
+        if user is not None and await self.mail.allow(email):
             text = await self.mail.password_reset(user.public(), redirect_to)
             self.mail.send_later(email, accounts.RESET_PASSWORD, text)
         await self._floor(started)
@@ -198,7 +198,7 @@ class AccountRoutes:
 
     async def reset_password(self, request: web.Request) -> web.Response:
         """POST /api/auth/reset-password {newPassword, token} -> {status: true}; all sessions revoked."""
-        self.base._limit_ip(self.base._ip(request))
+        await self.base._limit_ip(self.base._ip(request))
         body = await read_json(request, limit=self.auth.max_body_bytes)
         token, password = parse_reset_password(body, request.query.get("token") or None, self.auth)
         hashed = emailed_token_hash(token)
@@ -216,7 +216,7 @@ class AccountRoutes:
         """POST /api/auth/delete-user {password?, token?, callbackURL?} -> {success, message}."""
         if not self.auth.delete_user_enabled:
             raise NotFound("Not found", code="NOT_FOUND")
-        self.base._limit_ip(self.base._ip(request))
+        await self.base._limit_ip(self.base._ip(request))
         found = await self.base._current(request)
         if found is None:
             raise Unauthorized("Unauthorized", code="UNAUTHORIZED")
@@ -229,13 +229,13 @@ class AccountRoutes:
         # an unsafe one is still refused, as on every other endpoint.
         self.base._callback(req.callback_url)
         if req.password is not None:
-            wait = self.ctx.account_failures.take(user.email)
+            wait = await self.ctx.account_failures.take(user.email)
             if wait > 0:
                 raise too_many(wait, "Too many failed attempts. Please try again later.")
             ok, _ = await self.ctx.passwords.verify(user.password_hash, req.password)
             if not ok:
                 raise BadRequest("Invalid password", code="INVALID_PASSWORD")
-            self.ctx.account_failures.reset(user.email)
+            await self.ctx.account_failures.reset(user.email)
         if req.token is not None:
             # Better Auth's emailed deletion confirmations (sendDeleteAccountVerification) are
             # not issued by brain, so no token can match one.

@@ -151,7 +151,7 @@ class ApiKeyRoutes:
         if row is None:
             raise _not_found()
         # Enabled, expiry or scopes may have changed: API roles look the key up again.
-        self.hub.revoked([row.key_hash])
+        await self.hub.revoked([row.key_hash])
         return json_response(api_keys.render(row), headers=_NO_STORE)
 
     async def delete(self, request: web.Request) -> web.Response:
@@ -161,7 +161,7 @@ class ApiKeyRoutes:
         key_hash = await self.ctx.issuer("write", fn=api_keys.delete_tx, user_id=user.id, key_id=key_id)
         if key_hash is None:
             raise _not_found()
-        self.hub.revoked([key_hash])
+        await self.hub.revoked([key_hash])
         return json_response({"success": True})
 
     async def verify(self, request: web.Request) -> web.Response:

@@ -13,7 +13,7 @@ from brain.actors import bridge
 from brain.auth import keys
 from brain.auth.db import open_db
 from brain.auth.passwords import Passwords
-from brain.auth.ratelimit import SlidingWindow
+from brain.ratelimit import shared_limit
 from brain.errors import ServiceUnavailable
 from brain.process import Process
 from brain.stash import StashKey
@@ -40,10 +40,10 @@ class AuthContext:
         self.passwords = Passwords(self.auth)
         max_keys = self.auth.rate_limit_max_keys
         # Keyed by client_block(ip): an IPv6 client is limited per /64.
-        self.ip_limiter = SlidingWindow(self.auth.rate_limit_ip_per_minute, 60.0, max_keys=max_keys)
-        self.account_failures = SlidingWindow(
-            self.auth.rate_limit_account_failures, float(self.auth.rate_limit_account_window_seconds),
-            max_keys=max_keys,
+        self.ip_limiter = shared_limit(rt, "auth.ip", self.auth.rate_limit_ip_per_minute, 60.0, max_keys=max_keys)
+        self.account_failures = shared_limit(
+            rt, "auth.account_failures", self.auth.rate_limit_account_failures,
+            float(self.auth.rate_limit_account_window_seconds), max_keys=max_keys,
         )
         # Swapped in whole by the AuthIssuer (one reference assignment); never mutated.
         self.ring: keys.KeyRing | None = None

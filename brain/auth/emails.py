@@ -23,7 +23,7 @@ from urllib.parse import quote, urlsplit
 
 from brain.auth import accounts, email_change
 from brain.auth.cookies import token_hash
-from brain.auth.ratelimit import SlidingWindow
+from brain.ratelimit import shared_limit
 from brain.auth.smtp import EmailDeliveryFailed, EmailNotConfigured, SmtpMailer
 from brain.ids import new_id
 
@@ -48,7 +48,7 @@ class AuthMail:
         self.auth = ctx.auth
         self.base = ctx.settings.auth_public_url
         self.site = urlsplit(self.base).netloc or self.base
-        self.per_address = SlidingWindow(self.auth.email_rate_limit_per_hour, 3600.0)
+        self.per_address = shared_limit(ctx.rt, "auth.mail_per_address", self.auth.email_rate_limit_per_hour, 3600.0)
         hook = ctx.rt.pm.hook.send_auth_email
         builtin = [impl.plugin for impl in hook.get_hookimpls() if isinstance(impl.plugin, SmtpMailer)]
         others = [impl for impl in hook.get_hookimpls() if not isinstance(impl.plugin, SmtpMailer)]
@@ -61,9 +61,9 @@ class AuthMail:
         if not self.available:
             raise EmailNotConfigured()
 
-    def allow(self, address: str) -> bool:
+    async def allow(self, address: str) -> bool:
         """Count one mail to address; False when its hourly budget is spent."""
-        if self.per_address.take(address) > 0:
+        if await self.per_address.take(address) > 0:
             log.warning("auth email to %s dropped: more than %d this hour", address, self.auth.email_rate_limit_per_hour)
             return False
         return True

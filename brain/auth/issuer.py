@@ -47,9 +47,13 @@ class AuthIssuer(BrainActor):
         settings: AuthSettings,
         aead: Any,
         publish: Callable[[keys.KeyRing], None],
+        upkeep: bool = True,
     ) -> None:
+        """`upkeep`: this issuer rotates keys on schedule, prunes retired ones and sweeps expired
+        sessions (one issuer per server does: the primary worker's, brain.workers)."""
         super().__init__(link=link)
         self.settings = settings
+        self.upkeep = upkeep
         self._aead = aead
         self._publish = publish
         self._keep_ms = settings.retired_key_keep_seconds * 1000
@@ -74,7 +78,8 @@ class AuthIssuer(BrainActor):
         database.close()
 
     def on_receive(self, message: Any) -> Any:
-        """Periodic work: pick up rotations made by `brain keys rotate`, rotate on schedule, sweep."""
+        """Periodic work: pick up key changes made elsewhere (`brain keys rotate`, another worker's
+        issuer); with upkeep, rotate on schedule, prune and sweep."""
         if message == _POLL:
             try:
                 self._poll()
@@ -216,6 +221,15 @@ class AuthIssuer(BrainActor):
         return int(database.execute_sql("PRAGMA data_version").fetchone()[0])
 
     def _poll(self) -> None:
+        if self.upkeep:
+            self._keep_up()
+        if keys.ensure_active_key(self._aead):
+            self._data_version = None
+        if self._data_version != self._read_data_version():
+            self._refresh_ring()
+
+    def _keep_up(self) -> None:
+        """Scheduled rotation, pruning of retired keys, the sweep of expired sessions."""
         now = now_ms()
         if self.settings.key_rotation_days > 0:
             newest = SigningKey.select(peewee.fn.MAX(SigningKey.created_at)).scalar() or 0
@@ -231,7 +245,3 @@ class AuthIssuer(BrainActor):
             accounts.sweep(now)
             if swept:
                 log.info("deleted %d expired sessions", swept)
-        if keys.ensure_active_key(self._aead):
-            self._data_version = None
-        if self._data_version != self._read_data_version():
-            self._refresh_ring()

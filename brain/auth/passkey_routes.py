@@ -185,7 +185,7 @@ class PasskeyRoutes:
     async def generate_authenticate_options(self, request: web.Request) -> web.Response:
         """GET /api/auth/passkey/generate-authenticate-options -> request options (a signed-in
         user's passkeys as allowCredentials)."""
-        self.base._limit_ip(self.base._ip(request))
+        await self.base._limit_ip(self.base._ip(request))
         found = await self.base._current(request)
         user = found[1] if found is not None else None
         allowed = list(Passkey.select().where(Passkey.user == user.id).order_by(Passkey.created_at)) if user else []
@@ -197,7 +197,7 @@ class PasskeyRoutes:
     async def verify_authentication(self, request: web.Request) -> web.Response:
         """POST /api/auth/passkey/verify-authentication {response} -> {session, user, token, jwt}."""
         ip = self.base._ip(request)
-        self.base._limit_ip(ip)
+        await self.base._limit_ip(ip)
         _body, credential = await self._body(request)
         credential_id = credential.get("id")
         if not isinstance(credential_id, str) or not 0 < len(credential_id) <= passkeys.MAX_CREDENTIAL_ID:

@@ -93,6 +93,7 @@ def register_children(rt: Process, register: Callable[[Child | Group], None]) ->
     register(Child(
         ChildSpec(id="auth_issuer", start=lambda link: AuthIssuer.start(
             link=link, settings=rt.settings.auth, aead=ctx.aead, publish=ctx.publish_ring,
+            upkeep=rt.worker.primary,
         )),
         parent=AUTH_SUP,
     ))
@@ -126,12 +127,15 @@ def setup_app(rt: Process, listener: str, app: web.Application) -> None:
     if listener != LISTENER:
         return
     app.middlewares.append(make_origin_middleware(_trusted(rt)))
-    control = ControlServer(rt, account_deletions(rt))
-    app.on_startup.append(control.start)
+    # One control socket per server: the primary worker's (brain.workers).
+    control = ControlServer(rt, account_deletions(rt)) if rt.worker.primary else None
+    if control is not None:
+        app.on_startup.append(control.start)
     _, social = _handlers(rt)
 
     async def close(_app: web.Application) -> None:
-        await control.stop()
+        if control is not None:
+            await control.stop()
         await social.close()
         context_for(rt).close()
 

@@ -119,7 +119,7 @@ class ProfileRoutes:
 
     async def change_password(self, request: web.Request) -> web.Response:
         """POST /api/auth/change-password {currentPassword, newPassword, revokeOtherSessions?} -> {token, user}."""
-        self.base._limit_ip(self.base._ip(request))
+        await self.base._limit_ip(self.base._ip(request))
         current, user, _token, _ = await self.base.require_session(request)
         body = await self._body(request)
         new = text_field(body, "newPassword", required=True)
@@ -169,7 +169,7 @@ class ProfileRoutes:
         to = user.email if confirm else new_email
         # The budget is counted the same whether or not the new address is taken: the answer must
         # not tell which.
-        if not self.mail.allow(new_email) or (confirm and not self.mail.allow(user.email)):
+        if not await self.mail.allow(new_email) or (confirm and not await self.mail.allow(user.email)):
             raise too_many(3600.0, "Too many emails to this address. Please try again later.")
         if User.select().where(User.email == new_email).exists():
             return json_response({"status": True})

@@ -18,7 +18,7 @@ from brain.auth.db import Session, User, iso, now_ms
 from brain.auth.emails import AuthMail
 from brain.auth.issuer import EmailTaken
 from brain.auth.openapi import COMPONENTS, SIGN_IN_PATHS
-from brain.auth.ratelimit import client_block
+from brain.ratelimit import client_block
 from brain.auth.settings import jwt_issuer
 from brain.auth.validation import SignIn, SignUp, parse_sign_in, parse_sign_up
 from brain.errors import BadRequest, Forbidden, ServiceUnavailable, TooManyRequests, Unauthorized
@@ -127,9 +127,9 @@ class AuthRoutes:
     def _ip(self, request: web.Request) -> str:
         return client_ip(request, self.trusted_proxies)
 
-    def _limit_ip(self, ip: str) -> None:
+    async def _limit_ip(self, ip: str) -> None:
         block = client_block(ip)
-        wait = self.ctx.ip_limiter.take(block)
+        wait = await self.ctx.ip_limiter.take(block)
         if wait > 0:
             log.warning("rate limit: %s over %d auth requests/minute", block, self.auth.rate_limit_ip_per_minute)
             raise too_many(wait)
@@ -207,13 +207,13 @@ class AuthRoutes:
     async def confirm_password(self, user: User, password: str) -> None:
         """The user's own password, as account changes ask for it: 400 INVALID_PASSWORD when wrong
         (failures count against the account's sign-in limit)."""
-        wait = self.ctx.account_failures.take(user.email)
+        wait = await self.ctx.account_failures.take(user.email)
         if wait > 0:
             raise too_many(wait, "Too many failed attempts. Please try again later.")
         ok, _ = await self.ctx.passwords.verify(user.password_hash, password)
         if not ok:
             raise BadRequest("Invalid password", code="INVALID_PASSWORD")
-        self.ctx.account_failures.reset(user.email)
+        await self.ctx.account_failures.reset(user.email)
 
     async def require_session(self, request: web.Request) -> tuple[Session, User, str, bool]:
         """The request's live session, or 401 UNAUTHORIZED (Better Auth's sessionMiddleware)."""
@@ -240,7 +240,7 @@ class AuthRoutes:
     async def sign_up(self, request: web.Request) -> web.Response:
         """POST /api/auth/sign-up/email {name, email, password, image?, rememberMe?}."""
         ip = self._ip(request)
-        self._limit_ip(ip)
+        await self._limit_ip(ip)
         req = parse_sign_up(await read_json(request, limit=self.auth.max_body_bytes), self.auth)
         callback = self._callback(req.callback_url)
         reasons = await self._run_hook(self.ctx.rt.pm.hook.validate_sign_up, email=req.email, name=req.name)
@@ -281,12 +281,12 @@ class AuthRoutes:
     async def sign_in(self, request: web.Request) -> web.Response:
         """POST /api/auth/sign-in/email {email, password, rememberMe?}."""
         ip = self._ip(request)
-        self._limit_ip(ip)
+        await self._limit_ip(ip)
         req = parse_sign_in(await read_json(request, limit=self.auth.max_body_bytes), self.auth)
         callback = self._callback(req.callback_url)
         # Every attempt counts as a failure until the password checks out, so concurrent
         # guesses cannot all slip in before the first failure is recorded.
-        wait = self.ctx.account_failures.take(req.email)
+        wait = await self.ctx.account_failures.take(req.email)
         if wait > 0:
             log.warning("sign-in for a locked-out account from %s", ip)
             raise too_many(wait, "Too many failed sign-in attempts. Please try again later.")
@@ -305,7 +305,7 @@ class AuthRoutes:
         ok, rehash = await checking
         if not ok or user is None:
             raise Unauthorized("Invalid email or password", code="INVALID_EMAIL_OR_PASSWORD")
-        self.ctx.account_failures.reset(req.email)
+        await self.ctx.account_failures.reset(req.email)
         if self.auth.require_email_verification and not user.email_verified:
             raise Forbidden("Email not verified", code="EMAIL_NOT_VERIFIED")
         new_hash = await self.ctx.passwords.hash(req.password) if rehash else None

@@ -41,7 +41,7 @@ class AuthSettings:
     rate_limit_account_failures: int = 5
     rate_limit_account_window_seconds: int = 900
     # Clients and accounts each limit remembers. Past it the least recently seen ones under
-    # their limit are forgotten; a lockout is never pushed out by other keys (brain.auth.ratelimit).
+    # their limit are forgotten; a lockout is never pushed out by other keys (brain.ratelimit).
     rate_limit_max_keys: int = 100_000
     require_email_verification: bool = False
     # A rotated key is published this long before it signs, so JWKS caches learn it first.

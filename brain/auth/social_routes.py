@@ -274,7 +274,7 @@ class SocialRoutes:
 
     async def sign_in_social(self, request: web.Request) -> web.Response:
         """POST /api/auth/sign-in/social -> {url, redirect}."""
-        self.base._limit_ip(self.base._ip(request))
+        await self.base._limit_ip(self.base._ip(request))
         body = require_object(await read_json(request, limit=self.auth.max_body_bytes))
         return await self._start(request, body, None)
 

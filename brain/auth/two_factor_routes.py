@@ -28,7 +28,7 @@ from brain.auth.cookies import (
     SECURE_PREFIX, clear_session_cookie, read_signed_cookie, signed_value, token_hash, write_cookie,
 )
 from brain.auth.db import Session, TwoFactor, User, now_ms
-from brain.auth.ratelimit import SlidingWindow
+from brain.ratelimit import shared_limit
 from brain.auth.routes import AuthRoutes, described, too_many
 from brain.auth.validation import require_object, validation_error
 from brain.errors import BadRequest, TooManyRequests, Unauthorized
@@ -48,7 +48,10 @@ class TwoFactorRoutes:
         self.base = base
         self.auth = base.auth
         self.sealer = two_factor.Sealer(self.ctx.secret)
-        self.limiter = SlidingWindow(self.auth.two_factor_rate_limit_max, float(self.auth.two_factor_rate_limit_window_seconds))
+        self.limiter = shared_limit(
+            self.ctx.rt, "auth.two_factor", self.auth.two_factor_rate_limit_max,
+            float(self.auth.two_factor_rate_limit_window_seconds),
+        )
 
     @property
     def ctx(self) -> AuthContext:
@@ -69,9 +72,9 @@ class TwoFactorRoutes:
             ),
         )
 
-    def _limit(self, request: web.Request) -> None:
+    async def _limit(self, request: web.Request) -> None:
         # Better Auth's rule for /two-factor/*: a few requests per client IP per short window.
-        wait = self.limiter.take(self.base._ip(request))
+        wait = await self.limiter.take(self.base._ip(request))
         if wait > 0:
             raise too_many(wait)
 
@@ -183,7 +186,7 @@ class TwoFactorRoutes:
 
     async def enable(self, request: web.Request) -> web.Response:
         """POST /api/auth/two-factor/enable {password, issuer?, method?} -> {method, totpURI, backupCodes}."""
-        self._limit(request)
+        await self._limit(request)
         _session, user, _token, _ = await self.base.require_session(request)
         body = await self._body(request)
         method = body.get("method", "totp")
@@ -209,7 +212,7 @@ class TwoFactorRoutes:
 
     async def get_totp_uri(self, request: web.Request) -> web.Response:
         """POST /api/auth/two-factor/get-totp-uri {password} -> {totpURI}."""
-        self._limit(request)
+        await self._limit(request)
         _session, user, _token, _ = await self.base.require_session(request)
         body = await self._body(request)
         row = TwoFactor.get_or_none(TwoFactor.user == user.id)
@@ -221,13 +224,13 @@ class TwoFactorRoutes:
 
     async def verify_totp(self, request: web.Request) -> web.Response:
         """POST /api/auth/two-factor/verify-totp {code, trustDevice?} -> {token, user}."""
-        self._limit(request)
+        await self._limit(request)
         code = self._code(await self._body(request))
         return await self._check(request, "totp", code)
 
     async def verify_backup_code(self, request: web.Request) -> web.Response:
         """POST /api/auth/two-factor/verify-backup-code {code, disableSession?, trustDevice?} -> {token, user}."""
-        self._limit(request)
+        await self._limit(request)
         body = await self._body(request)
         code = self._code(body)
         disable = body.get("disableSession", False)
@@ -248,7 +251,7 @@ class TwoFactorRoutes:
 
     async def generate_backup_codes(self, request: web.Request) -> web.Response:
         """POST /api/auth/two-factor/generate-backup-codes {password} -> {status: true, backupCodes}."""
-        self._limit(request)
+        await self._limit(request)
         _session, user, _token, _ = await self.base.require_session(request)
         body = await self._body(request)
         if not user.two_factor_enabled:
@@ -262,7 +265,7 @@ class TwoFactorRoutes:
 
     async def disable(self, request: web.Request) -> web.Response:
         """POST /api/auth/two-factor/disable {password} -> {status: true}."""
-        self._limit(request)
+        await self._limit(request)
         _session, user, _token, _ = await self.base.require_session(request)
         body = await self._body(request)
         await self._password(user, body)

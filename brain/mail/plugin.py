@@ -123,7 +123,9 @@ def user_purge(rt: Process, user_id: str) -> dict[str, int]:
 
 @hookimpl
 def register_metrics(rt: Process, register: Callable[[str, Callable[[], Iterable[Metric]]], None]) -> None:
-    """Connected accounts by sync state."""
+    """Connected accounts by sync state (mail.db's: the primary worker's figure stands for the server)."""
+    if not rt.worker.primary:
+        return
 
     def accounts() -> list[Metric]:
         db = service_for(rt).db

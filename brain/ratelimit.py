@@ -1,7 +1,10 @@
-"""Sliding-window limits for sign-up/sign-in: requests per client IP, failures per account.
+"""Sliding-window limits (the auth role's requests per client IP, failures per account, mails per
+address), held for the whole server.
 
-Both live in memory on the event loop thread (no locks, no thread hop): a limit is a per-process
-guard, and one `brain serve` runs one auth role.
+A `SlidingWindow` lives in memory, used from one thread (no locks, no thread hop). What the
+roles use is a `Limit` from `shared_limit(rt, ...)`: in a single process, a window of its own;
+with several workers, the window is the master's (brain.workers.hub), asked over the worker's
+link, so a client is limited the same whichever worker it reaches (docs/workers.md).
 
 Memory is bounded and every operation is O(1), whatever an attacker sends. Keys live in one of
 two tables, each an OrderedDict of at most `max_keys` entries:
@@ -23,6 +26,10 @@ from __future__ import annotations
 import ipaddress
 import time
 from collections import OrderedDict, deque
+from typing import Protocol
+
+from brain.process import Process
+from brain.workers.peers import Peers, peers_for
 
 # How many stale records at the head of each table one call may drop (bounded work per call).
 _EXPIRE_PER_CALL = 2
@@ -126,3 +133,55 @@ class SlidingWindow:
 
     def __len__(self) -> int:
         return len(self._open) + len(self._full)
+
+
+class Limit(Protocol):
+    """A sliding window as the roles use it (coroutines: it may live in another process)."""
+
+    async def take(self, key: str) -> float:
+        """Record an event unless over the limit; 0 when allowed, else seconds to wait."""
+
+    async def reset(self, key: str) -> None:
+        """Forget `key`."""
+
+
+class LocalLimit:
+    """A Limit held in this process."""
+
+    def __init__(self, window: SlidingWindow) -> None:
+        self.window = window
+
+    async def take(self, key: str) -> float:
+        """See Limit."""
+        return self.window.take(key)
+
+    async def reset(self, key: str) -> None:
+        """See Limit."""
+        self.window.reset(key)
+
+
+class SharedLimit:
+    """A Limit held by the master for every worker (one round trip over the worker's link)."""
+
+    def __init__(self, peers: Peers, name: str, limit: int, window_s: float, max_keys: int) -> None:
+        self.peers = peers
+        self.name = name
+        self.spec = (limit, window_s, max_keys)
+
+    async def take(self, key: str) -> float:
+        """See Limit."""
+        return float(await self.peers.request("limit", table=self.name, spec=self.spec, call="take", key=key))
+
+    async def reset(self, key: str) -> None:
+        """See Limit."""
+        await self.peers.request("limit", table=self.name, spec=self.spec, call="reset", key=key)
+
+
+def shared_limit(rt: Process, name: str, limit: int, window_s: float, *, max_keys: int = 100_000) -> Limit:
+    """At most `limit` events per `window_s` for each key, across every worker of the server.
+
+    `name` tells the master's windows apart (one per limit, e.g. "auth.ip").
+    """
+    if rt.worker.several:
+        return SharedLimit(peers_for(rt), name, limit, window_s, max_keys)
+    return LocalLimit(SlidingWindow(limit, window_s, max_keys=max_keys))
