@@ -18,7 +18,7 @@ from bench.report import render_table, summary_lines, write_json
 from bench.suite import CATALOGUE, FULL, QUICK, Run, dump_meta, targets
 
 RESULTS = Path(__file__).resolve().parent / "results"
-SECTIONS = ("jwt", "mail", "http", "stream", "ingest", "live", "cluster", "search", "scale")
+SECTIONS = ("jwt", "mail", "http", "stream", "ingest", "live", "workers", "cluster", "search", "scale")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,7 +19,7 @@ import tempfile
 import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -115,6 +115,10 @@ CATALOGUE: list[tuple[str, str, str]] = [
     (mail_convert.KEY, mail_convert.LABEL, "msg/s"),
     ("live.latency", "live stream: commit -> delivered, {streams} streams, {rate} events/s", "ms"),
     ("live.post.rps", "POST /events, {conns} conns, {streams} idle streams open", "req/s"),
+    ("workers.post.rps", "POST /events, --workers 2, {conns} conns, {users} users", "req/s"),
+    ("workers.post.bare", "POST /events, --workers 2, beside the bare POST", "req/s"),
+    ("workers.post.latency", "POST /events, --workers 2, 1 client", "ms"),
+    ("workers.me.rps", "GET /me, --workers 2, {conns} conns, {users} users", "req/s"),
     ("cluster.post.latency", "cluster: POST /events via another node, 1 client", "ms"),
     ("cluster.me.latency", "cluster: GET /me via another node, 1 client", "ms"),
     *search.CATALOGUE,
@@ -133,7 +137,7 @@ RSS_SECOND_HALF_MIB = 32
 
 
 def targets(max_open_stores: int) -> list[Target]:
-    """The goals of issues 3, 4, 5, 7, 15, 16, 17, 18, 20 and 22, judged from this run's figures."""
+    """The goals of issues 3, 4, 5, 7, 15, 16, 17, 18, 19, 20 and 22, judged from this run's figures."""
     fds = FDS_PER_STORE * max_open_stores + FD_SLACK
     threads = max_open_stores + THREAD_SLACK
     return [
@@ -163,6 +167,11 @@ def targets(max_open_stores: int) -> list[Target]:
         Target("live.latency", "<=", 50.0, field="p99", text="p99 <= 50 ms"),
         Target("live.post.rps", ">=", 0.9, field="ratio", text=">= 0.9x without the streams (alternating runs)"),
         mail_convert.TARGET,
+        # Issue 19: every core.
+        Target("workers.post.rps", ">=", 1.6, field="ratio", text=">= 1.6x --workers 1 (same run)"),
+        Target("workers.post.bare", ">=", 0.7, field="ratio", text=">= 0.7x bare single-process POST"),
+        Target("workers.post.latency", "<=", 0.6, text="p50 <= 0.6 ms"),
+        Target("workers.me.rps", ">=", 1.0, field="ratio", text=">= 1.0x bare single-process GET"),
         *search.TARGETS,
         Target("scale.fds", "<=", fds, text=f"<= {FDS_PER_STORE}x max_open_stores + {FD_SLACK} = {fds}"),
         Target("scale.threads", "<=", threads, text=f"<= max_open_stores + {THREAD_SLACK} = {threads}"),
@@ -264,6 +273,8 @@ class Run:
                 self.main_server()
             if self.wanted("live"):
                 self.live()
+            if self.wanted("workers"):
+                self.workers()
             if self.wanted("cluster"):
                 self.cluster()
             if self.wanted("search"):
@@ -644,6 +655,50 @@ class Run:
             )
             fig.note = "streams belong to other users than the posters (idle: no event for them)"
             self.put(fig)
+    def workers(self) -> None:
+        """`--workers 2` beside `--workers 1` and the bare single process, all up at once: POST
+        /events and GET /me at 64 connections (interleaved runs), and one client's POST."""
+        plan = self.plan
+        keys = ["workers.post.rps", "workers.post.bare", "workers.post.latency", "workers.me.rps"]
+        with self.step(keys, "--workers 2 beside --workers 1 and the bare baseline"), ExitStack() as stack:
+            if wrk_available() is None:
+                raise RuntimeError("wrk is not installed (apt-get install wrk)")
+            servers = {}
+            for count in (1, 2):
+                config = self.config(FAST_ARGON2, {"server": {"workers": count}})
+                self.meta[f"workers{count}_config"] = config
+                servers[count] = start_brain(self.workdir / f"workers{count}", config=config)
+                stack.callback(servers[count].close)
+            base = stack.enter_context(BaselineServer())
+            _say(f"signing up {plan.users} users on each server (fast argon2, untimed)")
+            users = {n: sign_up_many(server.auth_port, f"{self.tag}w{n}", range(plan.users)) for n, server in servers.items()}
+            with self.step(["workers.post.latency"], "POST /events, --workers 2, one client"):
+                got = latency.post_events(servers[2].api_port, users[2][0], samples=plan.latency_samples,
+                                          warmup=plan.latency_warmup, bare_port=base.port)
+                self._paired("workers.post.latency", got, "POST")
+
+            def posts(count: int) -> list[Req]:
+                return [Req("POST", "/events", u.authorization, event_body(i)) for i, u in enumerate(users[count])]
+
+            conns = plan.connections
+            bare_get = Case("bare.get", base.port, [Req("GET", GET_PATH)], conns, pid=base.pid)
+            bare_post = Case("bare.post", base.port, [Req("POST", POST_PATH, "", event_body(1))], conns, pid=base.pid)
+            one = Case("workers1.post", servers[1].api_port, posts(1), conns)
+            two = Case("workers2.post", servers[2].api_port, posts(2), conns)
+            me = Case("workers2.me", servers[2].api_port, [Req("GET", "/me", u.authorization) for u in users[2]], conns)
+            cases = [bare_post, one, two, bare_get, me]
+            _say(f"workers: {len(cases)} cases x {plan.repeats} runs of {plan.seconds:.0f}s at {conns} connections")
+            run_interleaved(cases, repeats=plan.repeats, duration=plan.seconds, warmup=plan.warmup_seconds, progress=_say)
+            failed = [f"{c.key}: {c.error}" for c in cases if c.error is not None]
+            if failed:
+                raise RuntimeError("; ".join(failed))
+            same = f"{conns} conns, same run"
+            self.rate("workers.post.rps", two.rates, baseline=one, baseline_label=f"POST /events, --workers 1, {same}",
+                      note="JetStream publishing on in both; 2 workers on a 2-core machine shared with wrk")
+            fig = self.rate("workers.post.bare", two.rates, baseline=bare_post,
+                            baseline_label=f"bare aiohttp JSON POST, one process, {same}")
+            fig.extra["--workers 1 ratio to bare POST"] = round(statistics.median(one.rates) / fig.baseline, 2)
+            self.rate("workers.me.rps", me.rates, baseline=bare_get, baseline_label=f"bare aiohttp GET, one process, {same}")
 
     def cluster(self) -> None:
         """Issue 20: what forwarding to the user's node adds, on a 3-server NATS cluster (bench/cluster.py)."""

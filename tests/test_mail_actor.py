@@ -130,7 +130,7 @@ def test_sync_requests_during_a_run_queue_one_more_run(mail: Mail, fake: FakeGma
     mail.start()
     wait_until(lambda: mail.state(account_id) == States.IDLE, timeout=20)
     ref = mail.service.db.account(account_id)
-    (actor,) = [mail.sup.proxy().get_child(child_id(ref)).get(timeout=5)]  # type: ignore[union-attr]
+    (actor,) = [mail.sup.proxy().get_child(child_id(ref.user_id, ref.id)).get(timeout=5)]  # type: ignore[union-attr]
     fake.delay(0.4, n=1, path_prefix="/gmail/v1/users/me/history")
     before = fake.request_count("/gmail/v1/users/me/history")
 
@@ -168,7 +168,7 @@ def test_supervisor_resumes_only_accounts_that_should_sync(mail: Mail, fake: Fak
     mail.start()
 
     account = mail.service.db.account(syncing)
-    assert mail.children() == [child_id(account)]
+    assert mail.children() == [child_id(account.user_id, account.id)]
     wait_until(lambda: mail.state(syncing) == States.IDLE, timeout=20)
     assert mail.state(reauth) == States.NEEDS_REAUTH and mail.state(gone) == States.DISCONNECTED
 
@@ -201,7 +201,8 @@ def test_a_broken_account_neither_crash_loops_nor_stops_the_others(
     monkeypatch.setattr(mail.service, "engine_for", engine_for)
     sup = mail.start()
     wait_until(lambda: mail.state(healthy) == States.IDLE, timeout=20)
-    broken_child = child_id(mail.service.db.account(broken))
+    broken_account = mail.service.db.account(broken)
+    broken_child = child_id(broken_account.user_id, broken_account.id)
     assert broken_child in mail.children()  # alive, waiting to try again later
     assert all(c["restarts"] == 0 for c in sup.proxy().which_children().get(timeout=5))
 

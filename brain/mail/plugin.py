@@ -22,6 +22,7 @@ from brain.backup import BackupFile
 from brain.contracts import MAIL_ACCOUNTS
 from brain.mail import routes
 from brain.mail.db import Account, States
+from brain.mail.ownership import LeasedOwnership, MailOwner, ownership_for
 from brain.mail.service import MAIL_SUP, MailSupervisor, service_for, stop_user
 from brain.plugins import hookimpl
 from brain.process import Process
@@ -58,19 +59,31 @@ def setup_process(rt: Process) -> None:
 
 @hookimpl
 def register_children(rt: Process, register: Callable[[Child], None]) -> None:
-    """The mail supervisor: dynamic MailSync children, resumed on every start."""
+    """The mail supervisor: dynamic MailSync children, resumed on every start; with several
+    workers, the `mail_owner` beside it decides which accounts this process syncs."""
     service = service_for(rt)
+    ownership = ownership_for(rt)
+    leased = isinstance(ownership, LeasedOwnership)
     register(Child(
         ChildSpec(
             id=CHILD_ID,
             # A supervisor waits for its children, each bounded by its own timeout (OTP).
             shutdown_timeout=math.inf,
             start=lambda link: MailSupervisor.start(
-                link=link, name=CHILD_ID, strategy="one_for_one", max_restarts=50, max_seconds=10, service=service
+                link=link, name=CHILD_ID, strategy="one_for_one", max_restarts=50, max_seconds=10, service=service,
+                resume=not leased,
             ),
         ),
         parent=PARENT, after=("stores",),
     ))
+    if isinstance(ownership, LeasedOwnership):
+        owner = ownership
+        register(Child(
+            # Stopping it stops the accounts' actors first (a page may finish): give it time.
+            ChildSpec(id="mail_owner", start=lambda link: MailOwner.start(link=link, ownership=owner),
+                      shutdown_timeout=60.0),
+            parent=PARENT, after=(CHILD_ID,),
+        ))
 
 
 @hookimpl
@@ -83,7 +96,7 @@ def register_backup(register: Callable[[BackupFile], None]) -> None:
 def register_routes(rt: Process, listener: str, register: Callable[[Route], None]) -> None:
     """/mail/connect, /mail/oauth/callback, /mail/status, /mail/disconnect."""
     if listener == LISTENER:
-        for route in routes.routes(rt, service_for(rt)):
+        for route in routes.routes(rt, service_for(rt), ownership_for(rt)):
             register(route)
 
 
@@ -119,6 +132,14 @@ def user_purge(rt: Process, user_id: str) -> dict[str, int]:
             log.exception("mail account %s: could not be disconnected at the provider", account.id)
     removed = service.db.purge_user(user_id)
     return {"mail_accounts_removed": removed}
+
+
+@hookimpl
+def register_health(rt: Process, register: Callable[..., None]) -> None:
+    """Which accounts this worker syncs (the leases it holds), with several workers."""
+    ownership = ownership_for(rt)
+    if isinstance(ownership, LeasedOwnership):
+        register("mail", figures=ownership.stats)
 
 
 @hookimpl

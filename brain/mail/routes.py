@@ -33,21 +33,19 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-import pykka
 from aiohttp import hdrs, web
 
-from brain.actors import bridge
-from brain.actors.supervisor import ChildAlreadyStarted, ChildStartError
 from brain.apikeys import scope
 from brain.contracts import AUTHENTICATOR
-from brain.errors import BadRequest, Conflict, HTTPError, PayloadTooLarge, ServiceUnavailable, TooManyRequests
+from brain.errors import BadRequest, Conflict, HTTPError, PayloadTooLarge, TooManyRequests
 from brain.mail.attachments import Downloads, content_disposition
 from brain.mail.browser import NO_LEAKS, RESULT_HEADERS, FlowCookies, result_page
 from brain.mail.db import Account, States
 from brain.mail.openapi import PATHS, SCHEMAS, connect_schema
+from brain.mail.ownership import Ownership
 from brain.mail.provider import PushRequest
 from brain.mail.selection import SyncChoices
-from brain.mail.service import CALLBACK_PATH, MAIL_SUP, RESULT_PATH, START_PATH, MailService, child_id
+from brain.mail.service import CALLBACK_PATH, RESULT_PATH, START_PATH, MailService
 from brain.mail.sync import SyncNow
 from brain.process import Process
 from brain.routes import Route, current_user
@@ -60,8 +58,6 @@ log = logging.getLogger("brain.mail")
 # What a client refused for too many connects is told to wait: a connect that hangs lasts the
 # provider's timeout, one that works a second or two.
 CONNECT_RETRY_AFTER = 5.0
-# How long a request waits for an account's stopping actor to make way for a fresh one.
-_ACTOR_CHANGE_SECONDS = 10.0
 # Gmail's and Graph's notifications are a few KiB; anything much larger is not one.
 _PUSH_MAX_BYTES = 256 * 1024
 
@@ -99,7 +95,7 @@ class ConnectSlots:
                 self._busy[user_id] = left
 
 
-def routes(rt: Process, service: MailService) -> list[Route]:
+def routes(rt: Process, service: MailService, ownership: Ownership) -> list[Route]:
     """The mail routes of the API listener (each behind its bearer-token guard unless public)."""
     slots = ConnectSlots(rt.settings.mail.connects_per_user)
     cookies = FlowCookies(rt.settings.api_public_url, service.redirect_uri, rt.settings.mail.oauth_state_ttl_seconds)
@@ -121,46 +117,10 @@ def routes(rt: Process, service: MailService) -> list[Route]:
         """Attachment work (provider calls, each chunk), on the download pool."""
         return await asyncio.get_running_loop().run_in_executor(service.download_pool, fn)
 
-    async def start_sync(account: Account, *, reconnect: bool) -> None:
-        """Start the account's actor, or have the running one sync now."""
-        await deliver(account, SyncNow("connect", reconnect=reconnect), start=True)
-
-    async def deliver(account: Account, message: SyncNow, *, start: bool) -> bool:
-        """Hand ``message`` to the account's actor, starting one if none runs (and ``start``);
-        whether an actor took it.
-
-        An ask, not a tell: an actor that is stopping (it just found the credentials refused)
-        never reads its inbox again, and a message told to it would be lost with the sync the
-        user asked for. Its ask fails instead, and a fresh actor starts once it is gone.
-        """
-        sup = await rt.alookup(MAIL_SUP)
-        if sup is None:
-            raise ServiceUnavailable("mail sync is not running")
-        deadline = asyncio.get_running_loop().time() + _ACTOR_CHANGE_SECONDS
-        while asyncio.get_running_loop().time() < deadline:
-            ref = await bridge.ask(sup.proxy().get_child(child_id(account)))
-            if ref is None:
-                if not start:
-                    return False
-                try:
-                    await bridge.ask(sup.proxy().start_child(service.child_spec(account)))
-                    return True  # a new actor syncs at once, from the stored credentials
-                except ChildAlreadyStarted:
-                    continue  # started by someone else meanwhile: hand it the message
-                except ChildStartError:
-                    log.exception("mail account %s: sync actor did not start", account.id)
-                    raise ServiceUnavailable("mail sync could not be started; try again") from None
-            try:
-                await bridge.ask(ref.ask(message, block=False))
-                return True
-            except pykka.ActorDeadError:
-                await asyncio.sleep(0.05)  # stopping: wait for it to leave the supervisor
-        raise ServiceUnavailable("the account's sync is restarting; try again")
-
     async def connected(result: tuple[Account, bool]) -> tuple[dict[str, Any], bool]:
         """Start the new account's sync; (its status, whether it is new)."""
         account, created = result
-        await start_sync(account, reconnect=not created)
+        await ownership.deliver(account, SyncNow("connect", reconnect=not created), start=True)
         fresh = await blocking(lambda: service.db.account(account.id))
         return service.account_status(fresh or account), created
 
@@ -260,10 +220,8 @@ def routes(rt: Process, service: MailService) -> list[Route]:
         if not isinstance(body, dict):
             raise BadRequest("body must be a JSON object with an account field")
         account = await blocking(lambda: service.owned_account(user_id, body.get("account")))
-        sup = await rt.alookup(MAIL_SUP)
-        if sup is not None:
-            # Stop first: a page in flight finishes before the credentials disappear.
-            await bridge.ask(sup.proxy().terminate_child(child_id(account)))
+        # Stop first (wherever it syncs): a page in flight finishes before the credentials disappear.
+        await ownership.stop(account)
         revocation = await provider_call(lambda: service.disconnect(account))
         fresh = await blocking(lambda: service.db.account(account.id))
         return json_response({
@@ -275,7 +233,7 @@ def routes(rt: Process, service: MailService) -> list[Route]:
     async def tell(account: Account, message: SyncNow) -> bool:
         """Have the account's actor take ``message`` (starting it if it is not running); False if
         the account cannot sync (disconnected, needs re-authorisation)."""
-        return await deliver(account, message, start=account.state not in States.STOPPED)
+        return await ownership.deliver(account, message, start=account.state not in States.STOPPED)
 
     async def change(request: web.Request) -> web.Response:
         user_id = user_of(request)

@@ -76,9 +76,9 @@ def _digest(browser: str) -> str:
     return hashlib.sha256(browser.encode()).hexdigest()
 
 
-def child_id(account: Account) -> str:
+def child_id(user_id: str, account_id: str) -> str:
     """The mail supervisor's child id of an account's actor."""
-    return f"{account.user_id}:{account.id}"
+    return f"{user_id}:{account_id}"
 
 
 class MailService:
@@ -124,7 +124,7 @@ class MailService:
     def child_spec(self, account: Account) -> ChildSpec:
         """How the mail supervisor starts (and restarts) an account's actor."""
         return ChildSpec(
-            id=child_id(account),
+            id=child_id(account.user_id, account.id),
             start=lambda link: MailSync.start(link=link, service=self, account_id=account.id),
             restart="transient",
             # A step in progress (one page) must be able to finish when the actor is stopped.
@@ -455,7 +455,8 @@ _RESUME = "resume-accounts"
 
 
 class MailSupervisor(Supervisor):
-    """The mail supervisor: on every start (boot or restart) resumes each connected account.
+    """The mail supervisor: on every start (boot or restart) resumes each connected account, unless
+    leases decide which process syncs which (`resume` false: brain.mail.ownership).
 
     When mail.db cannot be read (damaged, locked, no descriptors), it resumes nothing and tries
     again every RESUME_RETRY_SECONDS: crashing instead would restart it past the data tier's
@@ -464,14 +465,16 @@ class MailSupervisor(Supervisor):
 
     RESUME_RETRY_SECONDS = 10.0
 
-    def __init__(self, *, service: MailService, **kwargs: Any) -> None:
+    def __init__(self, *, service: MailService, resume: bool = True, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.service = service
+        self.resume = resume
 
     def on_start(self) -> None:
         """Start the static children, then one MailSync per account that should sync."""
         super().on_start()
-        self._resume()
+        if self.resume:
+            self._resume()
 
     def on_receive(self, message: Any) -> Any:
         """Try resuming the accounts again (after a storage fault); the rest is the Supervisor's."""

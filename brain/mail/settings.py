@@ -68,6 +68,10 @@ class MailSettings:
     # Each user's attachment cache holds at most this many bytes (the user's quota for it): a
     # download that would take it past this is served as usual but not kept.
     attachment_cache_bytes: int = 1_073_741_824
+    # With several workers, each account is synced by the one holding its lease (JetStream KV,
+    # brain.mail.ownership): a dead owner's accounts resume elsewhere within this long (plus a
+    # few seconds of checks).
+    lease_ttl_seconds: float = 15.0
 
 
 def validate(s: Settings) -> None:
@@ -87,6 +91,7 @@ def validate(s: Settings) -> None:
             "mail.push_poll_seconds": s.mail.push_poll_seconds,
             "mail.max_attachment_bytes": s.mail.max_attachment_bytes,
             "mail.attachment_cache_bytes": s.mail.attachment_cache_bytes,
+            "mail.lease_ttl_seconds": s.mail.lease_ttl_seconds,
         }
     )
     for key in ("redirect_uri", "app_redirect_url", "public_url"):
