@@ -40,12 +40,22 @@ class Leases:
         self._value = json.dumps({"owner": owner}).encode()
 
     async def open(self) -> None:
-        """Find the bucket, or create it with the TTL."""
+        """Find the bucket, or create it with the TTL.
+
+        A bucket made earlier with another TTL keeps it (other holders count on it): `ttl`
+        becomes the bucket's, so that no lease is believed held after the bucket dropped it.
+        """
         try:
             self.kv = await self.js.key_value(self.bucket)
         except nats.js.errors.BucketNotFoundError:
             config = KeyValueConfig(bucket=self.bucket, ttl=self.ttl, history=1, storage=StorageType.FILE)
             self.kv = await self.js.create_key_value(config=config)
+            return
+        found = (await self.kv.status()).ttl
+        if found and abs(found - self.ttl) > 0.001:
+            log.warning("lease bucket %s ages keys out after %ss, not the configured %ss: using its TTL",
+                        self.bucket, found, self.ttl)
+            self.ttl = found
 
     def held(self) -> list[str]:
         """The keys this holder believes it holds."""

@@ -1,14 +1,16 @@
 """`brain serve --workers N`: a master and its workers behind each port (brain.workers, docs/workers.md).
 
-Three real servers, each shared by the tests that can share it (they run in file order):
+Real servers, each shared by the tests that can share it (they run in file order):
 
 - `pair`: two workers serving; every port answered by both, limits and lockouts held by the
   master for both, a deletion and an API key revocation effective in both before the answer,
   one user's database written by both, /health and /metrics for the whole server;
+- `pair` also: one embedded nats-server (the master's), and every event on JetStream once, published
+  by the worker that wrote it (no duplicates);
 - `crash`: kill -9 of a worker under load (the other answers, the master forks a replacement
   within 2 s, every acknowledged event is there exactly once, in the store and on JetStream),
-  mail sync ownership moving to another process when its owner dies, and the master giving up
-  (exit 1) when workers die too often;
+  each mail account's lease held by one worker, moving to another process when its owner dies;
+  and, on a server of its own, the master giving up (exit 1) when workers die too often;
 - `lifecycle`: scheduled key rotation done by the primary worker alone, and SIGTERM stopping
   every process within `shutdown_timeout`.
 
@@ -21,10 +23,9 @@ The outbox drain lock is checked without a server: two processes with the same u
 
 from __future__ import annotations
 
-import asyncio
+import datetime
 import itertools
 import os
-import random
 import re
 import signal
 import sqlite3
@@ -34,10 +35,10 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import nats
 import pykka
 import pytest
 import requests
@@ -52,6 +53,8 @@ from tests.test_reliability_helpers import (
     User, WriteLoad, all_events, check_events, integrity_problems, stream_ids, wait_outbox_empty,
 )
 
+# Worker 1 starts, then the others: on a loaded machine that takes a while.
+START_TIMEOUT = 120.0
 IP_LIMIT = 20  # auth.rate_limit_ip_per_minute of the pair
 FAILURES = 4  # auth.rate_limit_account_failures of the pair
 _ips = itertools.count(1)
@@ -65,8 +68,13 @@ def client_ip() -> dict[str, str]:
 
 def worker_pids(server: BrainServer) -> set[int]:
     """The master's live worker processes (its children, the nats-server aside)."""
+    return {pid for pid, nats_server in _children(server) if not nats_server}
+
+
+def _children(server: BrainServer) -> list[tuple[int, bool]]:
+    """The master's live children: (pid, whether it is a nats-server)."""
     assert server.proc is not None
-    found = set()
+    found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -76,8 +84,8 @@ def worker_pids(server: BrainServer) -> set[int]:
         except OSError:
             continue
         ppid = int(stat[stat.rindex(")") + 2:].split()[1])
-        if ppid == server.proc.pid and b"nats-server" not in cmdline and stat[stat.rindex(")") + 2] != "Z":
-            found.add(int(entry.name))
+        if ppid == server.proc.pid and stat[stat.rindex(")") + 2] != "Z":
+            found.append((int(entry.name), b"nats-server" in cmdline))
     return found
 
 
@@ -100,6 +108,15 @@ def sign_up(server: BrainServer) -> dict[str, Any]:
     return r.json()
 
 
+@contextmanager
+def serving(server: BrainServer) -> Iterator[BrainServer]:
+    """The server started (its workers start one after the other: allow them time), stopped after."""
+    try:
+        yield server.start(timeout=START_TIMEOUT)
+    finally:
+        server.close()
+
+
 def flush_access_log() -> None:
     time.sleep(0.2)  # access lines are written in batches (brain.logs.ACCESS_FLUSH_SECONDS)
 
@@ -114,13 +131,15 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrainServer]:
         "auth": {"rate_limit_ip_per_minute": IP_LIMIT, "rate_limit_account_failures": FAILURES},
         "metrics": {"enabled": True, "token": METRICS_TOKEN},
     })
-    with server:
+    with serving(server):
         yield server
 
 
 def test_both_workers_answer_on_one_port_for_each_role(pair: BrainServer) -> None:
     since = log_size(pair)
     assert len(worker_pids(pair)) == 2
+    # One embedded nats-server for the whole server: the master's.
+    assert sum(nats_server for _pid, nats_server in _children(pair)) == 1
     for _ in range(24):
         assert requests.get(f"{pair.api_url}/health", timeout=10).status_code == 200
         assert requests.get(f"{pair.auth_url}/api/auth/ok", timeout=10).status_code == 200
@@ -347,7 +366,7 @@ def test_the_outbox_marker_stays_while_another_process_has_the_store_open(tmp_pa
 
 # --- the crash server: kill -9 of a worker -------------------------------------------------------------
 
-LEASE_TTL = 3.0  # mail.lease_ttl_seconds of the crash server
+LEASE_TTL = 5.0  # mail.lease_ttl_seconds of the crash server
 
 
 @pytest.fixture(scope="module")
@@ -364,7 +383,7 @@ def crash(tmp_path_factory: pytest.TempPathFactory, gmail: FakeGmail) -> Iterato
         "mail": {"sync_interval_seconds": 0.5, "retry_base_seconds": 0.2, "lease_ttl_seconds": LEASE_TTL},
         "plugins": {"gmail": gmail_settings(gmail)},
     })
-    with server:
+    with serving(server):
         yield server
 
 
@@ -496,7 +515,7 @@ def test_each_mail_account_is_synced_by_one_worker_and_moves_when_it_dies(crash:
 def test_the_master_stops_everything_when_workers_die_too_often(tmp_path: Path) -> None:
     server = BrainServer(tmp_path, config={"server": {"workers": 2, "worker_max_restarts": 1,
                                                        "worker_restart_window_seconds": 60.0}})
-    with server:
+    with serving(server):
         since = log_size(server)
         kill_worker(server, 2)
         serving_again(server, since, 2)
@@ -523,7 +542,7 @@ def lifecycle(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrainServer]
                  "key_publish_delay_seconds": 0.5},
         "metrics": {"enabled": True, "token": METRICS_TOKEN},
     })
-    with server:
+    with serving(server):
         yield server
 
 
@@ -550,10 +569,15 @@ def test_sigterm_stops_every_process_within_shutdown_timeout(lifecycle: BrainSer
     workers = worker_pids(lifecycle)
     nats_pid = int((lifecycle.data_dir / "nats" / "nats-server.pid").read_text().strip())
     assert len(workers) == 2 and Path(f"/proc/{nats_pid}").exists()
-    started = time.monotonic()
+    since = log_size(lifecycle)
     lifecycle.proc.send_signal(signal.SIGTERM)
-    assert lifecycle.proc.wait(timeout=SHUTDOWN_TIMEOUT + 10) == 0
-    took = time.monotonic() - started
-    assert took <= SHUTDOWN_TIMEOUT, took
+    assert lifecycle.proc.wait(timeout=SHUTDOWN_TIMEOUT + 30) == 0
     assert not any(Path(f"/proc/{pid}").exists() for pid in (*workers, nats_pid))
-    assert "shutdown complete" in lifecycle.log_text()
+    # From the master's hearing of the signal to the last process gone (the log's clock: whole
+    # seconds; on a loaded machine the signal may reach a starved process late).
+    text = lifecycle.log_path.read_bytes()[since:].decode(errors="replace")
+    heard = re.search(r"^(\S+) INFO +worker=master brain\.master: received SIGTERM", text, re.M)
+    done = re.search(r"^(\S+) INFO +worker=master brain\.master: shutdown complete", text, re.M)
+    assert heard and done, text[-3000:]
+    took = (datetime.datetime.fromisoformat(done.group(1)) - datetime.datetime.fromisoformat(heard.group(1))).total_seconds()
+    assert took <= SHUTDOWN_TIMEOUT + 1, took

@@ -139,7 +139,7 @@ async def stop_actor(rt: Process, account_id: str, user_id: str) -> None:
 class LeasedOwnership:
     """Accounts owned through leases, one process each (see the module docstring).
 
-    The `MailOwner` actor runs its checks and connection; routes reach it through `start`/`stop`.
+    The `MailOwner` actor runs its checks and connection; routes reach it through `deliver`/`stop`.
     """
 
     def __init__(self, rt: Process, service: MailService) -> None:
@@ -235,6 +235,8 @@ class LeasedOwnership:
                 self._note(f"lease bucket {BUCKET}: {redact_text(repr(exc))}")
                 await asyncio.sleep(1.0)
         await self.nc.subscribe(f"{OWNER_SUBJECT}.{self.owner}", cb=self._on_request)
+        self.ttl = leases.ttl
+        self.check_seconds = min(self.ttl / 3, 2.0)
         self.leases = leases
         while not self.stopping:
             started = time.monotonic()
