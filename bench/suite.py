@@ -655,6 +655,7 @@ class Run:
             )
             fig.note = "streams belong to other users than the posters (idle: no event for them)"
             self.put(fig)
+
     def workers(self) -> None:
         """`--workers 2` beside `--workers 1` and the bare single process, all up at once: POST
         /events and GET /me at 64 connections (interleaved runs), and one client's POST."""
