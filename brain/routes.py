@@ -94,3 +94,7 @@ class Listener:
     # default to (the document's top-level `security` when it is the main listener).
     documented: bool = True
     security: tuple[Mapping[str, Any], ...] = ()
+    # Whether this process can answer on it yet (the API: once it has the issuer's keys). A
+    # worker (brain.workers) accepts no connection before, leaving them to the workers that
+    # can; a single process has nobody to leave them to and serves at once.
+    ready: Callable[[Process], bool] | None = None

@@ -247,25 +247,17 @@ class Runtime:
             await self.loop.run_in_executor(None, self.stop_tree)
             return 1
         try:
-            for name in sorted(sockets, key=lambda n: self.listeners[n].rank):
-                listener = self.listeners[name]
-                access_log = self.settings.log.access_log and listener.access_log
-                runner = web.AppRunner(
-                    self.make_app(name),
-                    access_log_class=access_logger_for(name),
-                    access_log=logging.getLogger(f"brain.access.{name}") if access_log else None,
-                    # A worker's whole stop must fit the master's timeout: requests get half of it.
-                    shutdown_timeout=self.settings.server.shutdown_timeout / (2 if master is not None else 1),
-                    keepalive_timeout=self.settings.server.idle_timeout_seconds,
-                    handle_signals=False,
-                    max_line_size=MAX_REQUEST_LINE,
-                )
-                await runner.setup()
-                self._runners.append(runner)
-                tls = ssl_ctx if listener.tls else None
-                await web.SockSite(runner, sockets[name], ssl_context=tls).start()
-                host, port = sockets[name].getsockname()[:2]
-                log.info("%s listening on %s://%s:%s", name, "https" if tls else "http", host, port)
+            names = sorted(sockets, key=lambda n: self.listeners[n].rank)
+            # A worker accepts on a listener only once it can answer there: until then the
+            # kernel's queue of its socket holds what reaches it (brain.workers.master).
+            gated = [n for n in names if master is not None and self.listeners[n].ready is not None]
+            for name in names:
+                if name not in gated:
+                    await self._start_site(name, sockets[name], ssl_ctx, worker=master is not None)
+            if gated:
+                await self._until_ready(gated)
+            for name in gated:
+                await self._start_site(name, sockets[name], ssl_ctx, worker=True)
             if self.settings.server.tune_gc:
                 tune_gc()
             if master is not None:
@@ -278,6 +270,40 @@ class Runtime:
             await self.shutdown()
             await peers.close()
         return self.exit_code
+
+    async def _start_site(self, name: str, sock: socket.socket, ssl_ctx: ssl.SSLContext | None, *, worker: bool) -> None:
+        """Serve one listener on its bound socket."""
+        listener = self.listeners[name]
+        access_log = self.settings.log.access_log and listener.access_log
+        runner = web.AppRunner(
+            self.make_app(name),
+            access_log_class=access_logger_for(name),
+            access_log=logging.getLogger(f"brain.access.{name}") if access_log else None,
+            # A worker's whole stop must fit the master's timeout: requests get half of it.
+            shutdown_timeout=self.settings.server.shutdown_timeout / (2 if worker else 1),
+            keepalive_timeout=self.settings.server.idle_timeout_seconds,
+            handle_signals=False,
+            max_line_size=MAX_REQUEST_LINE,
+        )
+        await runner.setup()
+        self._runners.append(runner)
+        tls = ssl_ctx if listener.tls else None
+        await web.SockSite(runner, sock, ssl_context=tls, backlog=LISTEN_BACKLOG).start()
+        host, port = sock.getsockname()[:2]
+        log.info("%s listening on %s://%s:%s", name, "https" if tls else "http", host, port)
+
+    async def _until_ready(self, names: list[str]) -> None:
+        """Wait until each listener's `ready` holds (at most READY_WAIT_SECONDS: then serve anyway)."""
+        checks = {name: ready for name in names if (ready := self.listeners[name].ready) is not None}
+        stop = self._stop_event
+        assert stop is not None
+        deadline = time.monotonic() + READY_WAIT_SECONDS
+        waiting = [name for name, ready in checks.items() if not ready(self)]
+        while waiting and time.monotonic() < deadline and not stop.is_set():
+            await asyncio.sleep(READY_POLL_SECONDS)
+            waiting = [name for name in waiting if not checks[name](self)]
+        if waiting:
+            log.warning("%s not ready after %ss; serving anyway", ", ".join(waiting), READY_WAIT_SECONDS)
 
     def _on_signal(self, sig: signal.Signals) -> None:
         log.info("received %s, shutting down", sig.name)
@@ -304,6 +330,13 @@ class Runtime:
             raise ConfigError(f"server.tls_cert / server.tls_key: cannot load the certificate and key: {exc}") from None
         return ctx
 
+
+# Connections the kernel queues for a listener until it accepts them.
+LISTEN_BACKLOG = 1024
+# A worker waits this long at most for a listener to be ready (an issuer that is down must
+# not keep the whole server from starting), looking this often.
+READY_WAIT_SECONDS = 15.0
+READY_POLL_SECONDS = 0.05
 
 # Young-generation collections happen every this many net allocations (CPython's default: 700).
 GC_YOUNG_THRESHOLD = 20_000
@@ -376,7 +409,12 @@ def _listen(name: str, host: str, port: int, *, reuse_port: bool) -> socket.sock
     except OSError as exc:
         sock.close()
         raise OSError(f"cannot listen on {host}:{port} for the {name} role: {exc.strerror}") from None
-    sock.listen(1024)
+    # A worker's copy listens only when the worker starts serving it (asyncio listens as it
+    # serves): until then the kernel sends this port's connections to the workers that serve.
+    # Once listened on it stays so, in the master too, so what reaches a dead worker's copy waits
+    # for its replacement.
+    if not reuse_port:
+        sock.listen(LISTEN_BACKLOG)
     sock.setblocking(False)
     return sock
 

@@ -7,15 +7,16 @@ Token buckets (`api.rate_limit_user_per_second` and `_burst`, `api.rate_limit_ip
 the API listener. The client address is the peer's, or the X-Forwarded-For hop a trusted proxy
 (`server.trusted_proxies`) names.
 
-They live in memory on the event loop thread, per process: a limit is a per-process guard
-against a runaway client, like the auth role's (with N worker processes, a client behind a
-balancer gets up to N times the rate).
+In a single process the buckets live in memory on the event loop thread. With several
+workers (brain.workers) they live in memory the workers share (brain.workers.shared_buckets),
+so a client gets the configured rate whichever worker its connections reach.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from aiohttp import web
 
@@ -72,13 +73,35 @@ class TokenBuckets:
         return len(self._buckets)
 
 
+class Buckets(Protocol):
+    """Token buckets as the limits use them: this process's (TokenBuckets) or the workers' shared ones."""
+
+    rate: float
+
+    def take(self, key: str, now: float) -> float:
+        """Spend one token of `key`: 0 when allowed, else the seconds until one is there."""
+
+    def __len__(self) -> int:
+        """How many keys are tracked."""
+
+
+# Makes the buckets of one limit: (its name, "ip" or "user"; rate; burst).
+BucketsFactory = Callable[[str, float, int], Buckets]
+
+
+def local_buckets(_name: str, rate: float, burst: int) -> Buckets:
+    """Buckets held by this process alone."""
+    return TokenBuckets(rate, burst)
+
+
 class ApiLimits:
     """The API role's two limits (either may be off); the guard calls `check_ip` and `check_user`."""
 
-    def __init__(self, api: Any, trusted_proxies: tuple[str, ...]) -> None:
-        self.ip = TokenBuckets(api.rate_limit_ip_per_second, api.rate_limit_ip_burst) if api.rate_limit_ip_per_second else None
+    def __init__(self, api: Any, trusted_proxies: tuple[str, ...], buckets: BucketsFactory = local_buckets) -> None:
+        self.ip = buckets("ip", api.rate_limit_ip_per_second, api.rate_limit_ip_burst) if api.rate_limit_ip_per_second else None
         self.user = (
-            TokenBuckets(api.rate_limit_user_per_second, api.rate_limit_user_burst) if api.rate_limit_user_per_second else None
+            buckets("user", api.rate_limit_user_per_second, api.rate_limit_user_burst)
+            if api.rate_limit_user_per_second else None
         )
         self.trusted_proxies = frozenset(trusted_proxies)
         self.refused_ip = 0

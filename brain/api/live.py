@@ -3,9 +3,12 @@
 One `Dispatcher` per process, on the serving event loop. Its source calls `post(user_id,
 events)` from any thread with events just committed, in each user's commit order; today the
 source is the Doorbell that every UserStore of this process rings after a commit
-(`brain.api.outbox`), so a stream costs no JetStream consumer and no poll. A process that holds
-streams for users whose stores live elsewhere (several workers or nodes) needs another source
-calling the same `post` — docs/live.md says which one and why.
+(`brain.api.outbox`), so a stream costs no JetStream consumer and no poll.
+
+With several workers (`pokes_only`) a user's commits come through every worker in one order
+only the store knows, so events handed in are not queued: each is a poke (`Subscription.poke`),
+and the stream reads its store from the last id it wrote. The other workers' commits poke
+through `poke(user_id)`, from brain.api.live_feed (docs/live.md).
 
 `post` for a user nobody streams is one dict lookup on the committing thread: no loop wake-up.
 Otherwise the events reach the loop in one batched call (`brain.actors.bridge`) and are offered
@@ -91,6 +94,12 @@ class Subscription:
             self.missed = True
         self._wake()
 
+    def poke(self) -> None:
+        """The user committed something: the writer reads the store from the last id it wrote."""
+        if self.ended is None:
+            self.missed = True
+            self._wake()
+
     def take(self) -> list[StoredEvent]:
         """Everything queued, oldest first."""
         events = list(self.queue)
@@ -133,9 +142,10 @@ def _settle(waiter: asyncio.Future[None]) -> None:
 class Dispatcher:
     """The process's fan-out of committed events to open streams (see the module docstring)."""
 
-    def __init__(self, *, max_streams: int, max_per_user: int) -> None:
+    def __init__(self, *, max_streams: int, max_per_user: int, pokes_only: bool = False) -> None:
         self.max_streams = max_streams
         self.max_per_user = max_per_user
+        self.pokes_only = pokes_only
         self.loop: asyncio.AbstractEventLoop | None = None
         self._by_user: dict[str, set[Subscription]] = {}
         self._count = 0
@@ -160,11 +170,20 @@ class Dispatcher:
         subs = self._by_user.get(user_id)
         if subs:
             self.posted += len(events)
+            if self.pokes_only:
+                for sub in subs:
+                    sub.poke()
+                return
             for sub in list(subs):
                 sub.offer(events)
                 if sub.ended == TOO_SLOW:
                     self.cut_off += 1
                     self._drop(sub)
+
+    def poke(self, user_id: str) -> None:
+        """The user committed through another process (on the loop): their streams read the store."""
+        for sub in self._by_user.get(user_id, ()):
+            sub.poke()
 
     # -- streams' side (the loop) --------------------------------------------------------------
 

@@ -60,8 +60,13 @@ def register_listeners(settings: Any, register: Callable[[Listener], None]) -> N
         name=LISTENER, host=settings.server.host, port=settings.server.api_port,
         served=LISTENER in settings.server.roles, public_url=settings.api_public_url, rank=0,
         port_setting="server.api_port", guard=routes.guard, finish=routes.finish_routes,
-        security=({"bearerAuth": []},),
+        security=({"bearerAuth": []},), ready=keys_loaded,
     ))
+
+
+def keys_loaded(rt: Process) -> bool:
+    """Whether the API can check tokens: it has the issuer's signing keys."""
+    return jwks_state(rt).current(time.time()) is not None
 
 
 @hookimpl
@@ -149,6 +154,7 @@ def setup_app(rt: Process, listener: str, app: web.Application) -> None:
     stores = store_manager(rt)
     bell = doorbell(rt)
     live = dispatcher(rt)
+    feed = event_stream(rt).feed
     policy = cors(rt)
     app.on_response_prepare.append(policy.add_headers)
     add_route(app, "OPTIONS", "/{tail:.*}", policy.preflight_handler(app), public=True)
@@ -164,6 +170,8 @@ def setup_app(rt: Process, listener: str, app: web.Application) -> None:
             repairs.stop()
         bell.flush()
         stores.closing = True
+        if feed is not None:
+            await feed.close()
 
     app.on_startup.append(start_dispatching)
     app.on_shutdown.append(stop_activating)

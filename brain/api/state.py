@@ -9,11 +9,14 @@ and the CORS policy.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from brain.api.api_keys import ApiKeyVerifier, HttpDirectory, control_checker
 from brain.api.cors import Cors
 from brain.api.jwks import JwksState, jwks_opener
-from brain.api.limits import ApiLimits
+from brain.api.limits import ApiLimits, BucketsFactory, local_buckets
 from brain.api.live import Dispatcher
+from brain.api.live_feed import LiveFeed
 from brain.api.outbox import Doorbell, event_stored_notifier
 from brain.api.quotas import WriteRate
 from brain.api.repair import AutoRepair
@@ -25,6 +28,7 @@ from brain.api.verifier import TokenVerifier
 from brain.apikeys import api_key_hub
 from brain.process import Process
 from brain.stash import StashKey
+from brain.workers.shared_buckets import SharedTokenBuckets
 
 __all__ = [
     "api_key_verifier", "api_limits", "auto_repair", "cors", "dispatcher", "doorbell", "event_stream", "jwks_state",
@@ -107,7 +111,8 @@ def dispatcher(rt: Process) -> Dispatcher:
     """The process's live dispatcher: committed events to the open event streams."""
     api = rt.settings.api
     return rt.stash.setdefault(
-        _DISPATCHER, lambda: Dispatcher(max_streams=api.stream_max, max_per_user=api.stream_max_per_user)
+        _DISPATCHER,
+        lambda: Dispatcher(max_streams=api.stream_max, max_per_user=api.stream_max_per_user, pokes_only=rt.worker.several),
     )
 
 
@@ -119,14 +124,23 @@ def event_stream(rt: Process) -> EventStream:
         tickets = StreamTickets(
             rt.secret, ttl=rt.settings.api.stream_ticket_seconds, is_revoked=lambda user_id: user_id in verifier.revoked
         )
-        return EventStream(rt.settings, store_manager(rt), dispatcher(rt), tickets)
+        feed = LiveFeed(rt, dispatcher(rt)) if rt.worker.several else None
+        return EventStream(rt.settings, store_manager(rt), dispatcher(rt), tickets, feed)
 
     return rt.stash.setdefault(_STREAM, create)
 
 
 def api_limits(rt: Process) -> ApiLimits:
-    """The process's request rate limits (per user, per client address)."""
-    return rt.stash.setdefault(_LIMITS, lambda: ApiLimits(rt.settings.api, rt.settings.server.trusted_proxies))
+    """The server's request rate limits (per user, per client address), shared by its workers."""
+
+    def create() -> ApiLimits:
+        def shared_buckets(name: str, rate: float, burst: int) -> SharedTokenBuckets:
+            return SharedTokenBuckets(Path(rt.worker.shared_dir) / f"api-limits-{name}", rate, burst)
+
+        buckets: BucketsFactory = shared_buckets if rt.worker.several else local_buckets
+        return ApiLimits(rt.settings.api, rt.settings.server.trusted_proxies, buckets)
+
+    return rt.stash.setdefault(_LIMITS, create)
 
 
 def cors(rt: Process) -> Cors:

@@ -38,6 +38,7 @@ from aiohttp.client_exceptions import ClientConnectionResetError
 
 from brain.api.events import StoredEvent, commit_seq
 from brain.api.live import Dispatcher, Subscription
+from brain.api.live_feed import LiveFeed
 from brain.api.store_manager import StoreManager
 from brain.api.tickets import StreamTickets
 from brain.api.verifier import TokenUser
@@ -100,11 +101,16 @@ def _sequence(text: str, field: str) -> int:
 class EventStream:
     """The stream routes' state: the store manager, the dispatcher, the tickets and the limits."""
 
-    def __init__(self, settings: Any, stores: StoreManager, dispatcher: Dispatcher, tickets: StreamTickets) -> None:
+    def __init__(
+        self, settings: Any, stores: StoreManager, dispatcher: Dispatcher, tickets: StreamTickets,
+        feed: LiveFeed | None = None,
+    ) -> None:
         api = settings.api
         self.stores = stores
         self.dispatcher = dispatcher
         self.tickets = tickets
+        # Several workers: other workers' commits poke through NATS (brain.api.live_feed).
+        self.feed = feed
         self.heartbeat = api.stream_heartbeat_seconds
         self.buffer_bytes = api.stream_buffer_bytes
         self.write_timeout = api.stream_write_timeout_seconds
@@ -124,6 +130,8 @@ class EventStream:
         )
         response = web.StreamResponse(headers=_HEADERS)
         try:
+            if self.feed is not None:
+                await self.feed.watch(user.id)  # before the history is read, like the subscription
             await response.prepare(request)
             writer = _Writer(response, transport, self.write_timeout)
             await writer.write(f"retry: {RETRY_MS}\n: stream open\n\n".encode())
@@ -133,6 +141,8 @@ class EventStream:
             pass  # the client left, or stopped reading: nobody to tell
         finally:
             self.dispatcher.unsubscribe(sub)
+            if self.feed is not None:
+                self.feed.unwatch(user.id)
         return response
 
     async def _run(
@@ -143,11 +153,14 @@ class EventStream:
         last = 0 if after is None else after
         try:
             if after is None:
+                if self.feed is not None:
+                    # Pokes read the store from `last`: "from now on" starts at the store's head.
+                    last = await loop.run_in_executor(None, self.stores.head_from_thread, user.id)
                 sub.live = True
             else:
                 last = await self._catch_up(writer, sub, user.id, after, types)
         except HTTPError as exc:
-            await writer.write(ending(ERROR, {**exc.body(), "last_event_id": last}))
+            await _failed(writer, exc, last)
             return
         beat = loop.time() + self.heartbeat
         while True:
@@ -156,6 +169,14 @@ class EventStream:
                     await writer.write(ending(sub.ended, {"message": _ENDINGS.get(sub.ended, sub.ended),
                                                           "last_event_id": last}))
                 return
+            if sub.missed:  # poked (several workers): the store has what was committed since
+                try:
+                    last = await self._catch_up(writer, sub, user.id, last, types)
+                except HTTPError as exc:
+                    await _failed(writer, exc, last)
+                    return
+                beat = loop.time() + self.heartbeat
+                continue
             events = sub.take()
             if events:
                 chunks = []
@@ -175,6 +196,8 @@ class EventStream:
             if now >= beat:
                 await writer.write(_HEARTBEAT)
                 beat = now + self.heartbeat
+                if self.feed is not None:
+                    sub.poke()  # what NATS did not bring (it was down, an outbox publishes late)
                 continue
             await sub.wait(min(beat, expires) - now)
 
@@ -194,6 +217,11 @@ class EventStream:
                 return last
             if sub.ended is not None:
                 return last
+
+
+async def _failed(writer: _Writer, exc: HTTPError, last: int) -> None:
+    """The store cannot be read: the stream's last event says so, and where to resume."""
+    await writer.write(ending(ERROR, {**exc.body(), "last_event_id": last}))
 
 
 class _Writer:

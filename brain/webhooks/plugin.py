@@ -24,7 +24,7 @@ from brain.webhooks import routes
 from brain.webhooks.db import WebhookDb
 from brain.webhooks.queue import DB_FILE, DeliveryQueue
 from brain.webhooks.sender import WebhookSender
-from brain.webhooks.state import webhooks
+from brain.webhooks.state import link_workers, webhooks
 
 LISTENER = "api"
 GROUP = "webhooks"
@@ -38,8 +38,11 @@ def reserve_event_types(reserve: Callable[[str], None]) -> None:
 
 @hookimpl(trylast=True)  # after the API role's, which offers the commit log
 def setup_process(rt: Process) -> None:
-    """Hear of every commit: users with endpoints poke the queue."""
-    rt.stash[COMMIT_LOG].listen(webhooks(rt).committed)
+    """Hear of every commit: users with endpoints poke the queue (the primary worker's, with several)."""
+    hub = webhooks(rt)
+    rt.stash[COMMIT_LOG].listen(hub.committed)
+    if rt.worker.several:
+        link_workers(rt, hub)
 
 
 @hookimpl
@@ -53,6 +56,8 @@ def register_children(rt: Process, register: Callable[[Child | Group], None]) ->
         )),
         parent=GROUP,
     ))
+    if rt.worker.several and not rt.worker.primary:
+        return  # the primary worker sends every delivery (brain.webhooks.state)
     register(Child(
         ChildSpec(id="sender", start=lambda link: WebhookSender.start(link=link, hub=hub, loop=rt.loop)),
         parent=GROUP, after=("queue",),

@@ -156,7 +156,8 @@ class DeliveryQueue(BrainActor):
 
     def on_start(self) -> None:
         self._open()
-        self.schedule(PRUNE_SECONDS, _PRUNE)
+        if self.hub.delivers_here:  # one worker prunes, the one that delivers
+            self.schedule(PRUNE_SECONDS, _PRUNE)
 
     def on_stop(self) -> None:
         self._close()
@@ -190,6 +191,8 @@ class DeliveryQueue(BrainActor):
         self.db, self.refusal, self._verify = db, None, False
         self.hub.unavailable = None
         self.hub.attach_queue(self.actor_ref, users)
+        if not self.hub.delivers_here:
+            return  # it serves the routes; the delivering worker reads the commits
         # What committed while no queue ran (or before a crash) is read from each cursor.
         for user_id in users:
             self.hub.poke(user_id)
@@ -381,6 +384,11 @@ class DeliveryQueue(BrainActor):
         db.add_endpoint(endpoint)
         self.hub.users = self.hub.users | {user_id}
         return public(endpoint)
+
+    @typed_faults
+    def reload_users(self) -> None:
+        """Re-read who has active endpoints (another worker created or deleted one)."""
+        self.hub.users = frozenset(self._db().users_with_active_endpoints())
 
     @typed_faults
     def endpoints_of(self, user_id: str) -> list[dict[str, Any]]:

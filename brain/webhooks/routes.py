@@ -66,6 +66,8 @@ def routes(rt: Process) -> list[Route]:
         endpoint_id = f"wh_{secrets.token_urlsafe(12)}"
         sealed = hub.box.seal(key, bound_to=endpoint_id)
         endpoint = await bridge.ask(hub.queue().create(user.id, url, types, sealed, endpoint_id))
+        if hub.announce is not None:
+            await hub.announce()  # every worker's commits of this user now poke the queue
         return json_response({**endpoint, "secret": secret}, status=201, headers=_NO_STORE)
 
     @scope("events:read")
@@ -81,6 +83,8 @@ def routes(rt: Process) -> list[Route]:
     @scope("events:read")
     async def delete(request: web.Request) -> web.Response:
         await bridge.ask(hub.queue().delete(current_user(request).id, request.match_info["id"]))
+        if hub.announce is not None:
+            await hub.announce()
         return web.Response(status=204)
 
     @scope("events:read")

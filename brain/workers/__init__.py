@@ -30,6 +30,9 @@ class WorkerSlot:
     count: int = 1
     # The embedded nats-server the master runs for its workers ("" when it runs none).
     embedded_nats_url: str = ""
+    # A directory the master made for this run, where workers keep what they share in memory
+    # (brain.workers.shared_buckets); "" in a single process.
+    shared_dir: str = ""
 
     @property
     def primary(self) -> bool:

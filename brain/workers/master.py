@@ -31,8 +31,10 @@ import collections
 import logging
 import os
 import selectors
+import shutil
 import signal
 import socket
+import tempfile
 import threading
 import time
 from typing import Any, NoReturn
@@ -101,6 +103,7 @@ class Master:
         self._announced = False
         self._signalled: int | None = None
         self._wake_r, self._wake_w = os.pipe()
+        self.shared_dir = ""
 
     # -- running ------------------------------------------------------------------------------
 
@@ -110,6 +113,9 @@ class Master:
         secure_data_dir(data)
         server_secret(self.settings)  # made once here, not raced for by the workers
         self.settings, self.sockets = bind_sockets(self.settings, self.pm, copies=self.count)
+        # What the workers share in memory (the API's request limits): in RAM where there is a
+        # /dev/shm, made afresh for this run and removed with it.
+        self.shared_dir = tempfile.mkdtemp(prefix="brain-workers-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
         try:
             if not self.settings.nats.url:
                 store = store_dir_for(data)
@@ -133,6 +139,7 @@ class Master:
                 for sock in sockets.values():
                     sock.close()
             self.selector.close()
+            shutil.rmtree(self.shared_dir, ignore_errors=True)
         log.info("shutdown complete")
         return self.exit_code
 
@@ -234,7 +241,8 @@ class Master:
                     for sock in sockets.values():
                         sock.close()
             setup_logging(self.settings.log.format, self.settings.log.level, worker=str(index))
-            slot = WorkerSlot(index, self.count, embedded_nats_url=self.nats.url if self.nats else "")
+            slot = WorkerSlot(index, self.count, embedded_nats_url=self.nats.url if self.nats else "",
+                              shared_dir=self.shared_dir)
             runtime = Runtime(self.settings, plugin_manager=self.pm, worker=slot)
             code = asyncio.run(runtime.serve(self.sockets[index - 1], master=link))
         except BrainError as exc:
