@@ -7,6 +7,8 @@ Real servers, each shared by the tests that can share it (they run in file order
   one user's database written by both, /health and /metrics for the whole server;
 - `pair` also: one embedded nats-server (the master's), and every event on JetStream once, published
   by the worker that wrote it (no duplicates);
+- on a server of its own: a quarantined store found by both workers as they start is repaired
+  once, and neither keeps retrying it;
 - `crash`: kill -9 of a worker under load (the other answers, the master forks a replacement
   within 2 s, every acknowledged event is there exactly once, in the store and on JetStream),
   each mail account's lease held by one worker, moving to another process when its owner dies;
@@ -44,7 +46,8 @@ import pytest
 import requests
 
 from brain.api.events import new_event
-from brain.api.user_store import AppendMany, AppendRequest, OutboxBatch, OutboxBusy, UserStore, marker_path
+from brain.api.quarantine import move_aside
+from brain.api.user_store import AppendMany, AppendRequest, OutboxBatch, OutboxBusy, UserStore, marker_path, store_path
 from brain.testing.fakes.gmail import FakeGmail
 from tests.support import METRICS_TOKEN, REPO, BrainServer, wait_until
 from tests.test_auth_helpers import NO_LIMITS, PASSWORD, bearer, unique_email
@@ -287,6 +290,37 @@ def test_jetstream_gets_every_event_once_from_the_worker_that_wrote_it(pair: Bra
     nats_figures = pair.health()["nats"]
     assert nats_figures["duplicates"] == 0, nats_figures
     assert nats_figures["published"] == sum(on_stream.values()), (nats_figures, sum(on_stream.values()))
+
+
+def test_a_quarantined_store_is_repaired_once_and_every_worker_lets_it_go(tmp_path: Path) -> None:
+    # Every worker finds the quarantined store as it starts and asks for its repair: one rebuilds
+    # it, and the other, finding it rebuilt, drops it rather than retry a repair that cannot be.
+    server = BrainServer(tmp_path, config={
+        "server": {"workers": 2}, "auth": NO_LIMITS, "metrics": {"enabled": True, "token": METRICS_TOKEN},
+        "api": {"auto_repair": True, "store_idle_seconds": 0.5},
+    })
+    with serving(server):
+        user = sign_up(server)
+        for i in range(10):
+            r = requests.post(f"{server.api_url}/events", headers=bearer(user["jwt"]), timeout=30,
+                              json={"type": "note.created", "data": {"i": i}})
+            assert r.status_code == 201, r.text
+        wait_outbox_empty(server)
+        wait_until(lambda: server.health()["stores"]["open"] == 0, timeout=30, what="the stores to close")
+        server.stop()
+        move_aside(store_path(server.data_dir, user["user"]["id"]), user["user"]["id"], "test", "moved aside by the test")
+        server.start(timeout=START_TIMEOUT)
+
+        def repairs() -> list[dict[str, Any]]:
+            workers = server.health()["workers"]
+            return [workers[index]["stores"]["auto_repair"] for index in ("1", "2")]
+
+        wait_until(lambda: all(not figures["queued"] for figures in repairs()), timeout=60,
+                   what=f"both workers to be done with the repair: {repairs()}")
+        assert sum(figures["repaired"] for figures in repairs()) == 1, repairs()
+        for _ in range(8):  # on both workers
+            r = requests.get(f"{server.api_url}/events", headers=bearer(user["jwt"]), timeout=30)
+            assert r.status_code == 200 and len(r.json()["events"]) == 10, r.text
 
 
 # --- one drain per user's outbox, across processes ------------------------------------------------------

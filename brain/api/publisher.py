@@ -401,8 +401,9 @@ class Publisher:
             if status == "503" and self.connected:
                 asyncio.ensure_future(self._ensure_stream())  # no stream answered: recreate it
             return
-        # Cheaper than json.loads + PubAck for every message: the ack is {"stream":..,"seq":..}.
-        if b'"duplicate":true' in data:
+        # Cheaper than json.loads + PubAck for every message: the ack is {"stream":..,"seq":..}, and
+        # a deduplicated one adds `"duplicate": true` (nats-server writes it with a space).
+        if b'"duplicate"' in data:
             self.duplicates += 1
         else:
             self.published += 1

@@ -465,6 +465,12 @@ class AutoRepair:
                 if self._stopping:
                     return
                 user_id = min(self._queued)
+            if _rebuilt_elsewhere(self.data_path, user_id):
+                # Rebuilt meanwhile by another worker of the server (or `brain repair`): open it again here.
+                with self._lock:
+                    self._queued.discard(user_id)
+                self._on_repaired(user_id)
+                continue
             try:
                 report = rebuild(self.data_path, user_id, self._read(user_id))
             except Exception as exc:  # noqa: BLE001 - NATS not connected yet, another repair running: later
@@ -479,6 +485,14 @@ class AutoRepair:
             self.repaired += 1
             self.last_report = report.as_dict()
             self._on_repaired(user_id)
+
+
+def _rebuilt_elsewhere(data_path: Path, user_id: str) -> bool:
+    """Whether the user's store is out of quarantine already (a bad user id is left to `rebuild` to name)."""
+    try:
+        return pending(store_path(data_path, user_id)) is None
+    except ValueError:
+        return False
 
 
 def repair_command(args: argparse.Namespace) -> int:

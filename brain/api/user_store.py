@@ -188,18 +188,18 @@ class OutboxMarker:
                 raise
             os.close(fd)
 
+    def alone(self) -> bool:
+        """Whether no other process has the store open (nobody else holds the marker shared)."""
+        if not _lock_exclusive(self.fd, 0):
+            return False
+        fcntl.lockf(self.fd, fcntl.LOCK_SH, 1, 0)  # back to sharing it
+        return True
+
     def try_drain(self) -> bool:
         """Take the drain lock (held until `drained`); False if another process holds it."""
-        if self.draining:
-            return True
-        try:
-            fcntl.lockf(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, 1)
-        except OSError as exc:
-            if exc.errno in (errno.EACCES, errno.EAGAIN):
-                return False
-            raise
-        self.draining = True
-        return True
+        if not self.draining:
+            self.draining = _lock_exclusive(self.fd, 1)
+        return self.draining
 
     def drained(self) -> None:
         """The drain is over: let another process drain."""
@@ -213,17 +213,22 @@ class OutboxMarker:
         if fd < 0:
             return
         try:
-            if empty:
-                try:
-                    fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, 0)
-                except OSError as exc:
-                    if exc.errno not in (errno.EACCES, errno.EAGAIN):
-                        raise
-                else:
-                    self.path.unlink(missing_ok=True)
+            if empty and _lock_exclusive(fd, 0):
+                self.path.unlink(missing_ok=True)
         finally:
             os.close(fd)
             self.draining = False
+
+
+def _lock_exclusive(fd: int, byte: int) -> bool:
+    """Take the record lock of one byte of `fd` exclusively; False if another process holds it."""
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, byte)
+    except OSError as exc:
+        if exc.errno in (errno.EACCES, errno.EAGAIN):
+            return False
+        raise
+    return True
 
 
 class Outbox(Protocol):
@@ -550,8 +555,10 @@ class UserStore(BrainActor):
         self.index.open(db.execute("SELECT ifnull(max(id), 0) FROM events").fetchone()[0])
         if self.index.backfilling:
             self._tell_self(_BACKFILL)
-        if db.execute("SELECT EXISTS (SELECT 1 FROM outbox)").fetchone()[0]:
-            # Unpublished rows the bus may not know of (a store rebuilt by `brain repair`).
+        if db.execute("SELECT EXISTS (SELECT 1 FROM outbox)").fetchone()[0] and self.marker.alone():
+            # Unpublished rows the bus may not know of (a store rebuilt by `brain repair`). Not
+            # while another worker has the store open: they are its own, in flight, and it
+            # publishes them (or, should it die, its successor drains every marked outbox).
             self.outbox.notify(self.user_id, [])
 
     def _open_read_only(self) -> bool:
