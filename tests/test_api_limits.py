@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import requests
 
 from brain.api.limits import TokenBuckets
+from brain.workers.shared_buckets import SharedTokenBuckets
 from tests.support import BrainServer
 from tests.test_auth_helpers import NO_LIMITS, bearer, new_user
 
@@ -80,3 +82,14 @@ def test_token_buckets_refill_at_their_rate_and_stay_bounded() -> None:
     for i in range(500):
         buckets.take(f"k{i}", 1000.0 + i)
     assert len(buckets) <= 100
+
+
+def test_shared_buckets_give_no_time_back_when_another_worker_counted_a_moment_later(tmp_path: Path) -> None:
+    # Two workers' views of one table; the second read the clock just before the first counted
+    # (each reads it before taking the lock). At a high rate, a negative moment was a big debt.
+    first = SharedTokenBuckets(tmp_path / "buckets", rate=1e9, burst=1000, max_keys=16)
+    second = SharedTokenBuckets(tmp_path / "buckets", rate=1e9, burst=1000, max_keys=16)
+    assert first.take("u", 10.0) == 0.0
+    assert [second.take("u", 10.0 - 1e-6) for _ in range(999)] == [0.0] * 999
+    assert second.take("u", 10.0 - 1e-6) > 0  # the burst is spent: no token came from a step back
+    assert first.take("u", 10.0 + 1e-6) == 0.0  # a microsecond at 1e9/s refills it

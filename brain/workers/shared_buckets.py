@@ -72,10 +72,15 @@ class SharedTokenBuckets:
                 slot = (start + step) & self.mask
                 found = hashes[slot]
                 if found == h:
-                    tokens = values[2 * slot] + (now - values[2 * slot + 1]) * rate
-                    if tokens > burst:
-                        tokens = burst
-                    values[2 * slot + 1] = now
+                    tokens = values[2 * slot]
+                    elapsed = now - values[2 * slot + 1]
+                    # Another worker may have counted later than this one's `now` (read before
+                    # the lock): no time has passed then, and its stamp stays.
+                    if elapsed > 0:
+                        tokens += elapsed * rate
+                        if tokens > burst:
+                            tokens = burst
+                        values[2 * slot + 1] = now
                     if tokens >= 1:
                         values[2 * slot] = tokens - 1
                         return 0.0
