@@ -119,6 +119,7 @@ CATALOGUE: list[tuple[str, str, str]] = [
     ("workers.post.bare", "POST /events, --workers 2, beside the bare POST", "req/s"),
     ("workers.post.latency", "POST /events, --workers 2, 1 client", "ms"),
     ("workers.me.rps", "GET /me, --workers 2, {conns} conns, {users} users", "req/s"),
+    ("workers.get.rps", "GET /events?limit=100, --workers 2, {conns} conns, {users} users", "req/s"),
     ("cluster.post.latency", "cluster: POST /events via another node, 1 client", "ms"),
     ("cluster.me.latency", "cluster: GET /me via another node, 1 client", "ms"),
     *search.CATALOGUE,
@@ -658,9 +659,9 @@ class Run:
 
     def workers(self) -> None:
         """`--workers 2` beside `--workers 1` and the bare single process, all up at once: POST
-        /events and GET /me at 64 connections (interleaved runs), and one client's POST."""
+        /events, GET /events and GET /me at 64 connections (interleaved runs), and one client's POST."""
         plan = self.plan
-        keys = ["workers.post.rps", "workers.post.bare", "workers.post.latency", "workers.me.rps"]
+        keys = ["workers.post.rps", "workers.post.bare", "workers.post.latency", "workers.me.rps", "workers.get.rps"]
         with self.step(keys, "--workers 2 beside --workers 1 and the bare baseline"), ExitStack() as stack:
             if wrk_available() is None:
                 raise RuntimeError("wrk is not installed (apt-get install wrk)")
@@ -678,8 +679,16 @@ class Run:
                                           warmup=plan.latency_warmup, bare_port=base.port)
                 self._paired("workers.post.latency", got, "POST")
 
+            _say("seeding 100 events for each user on each server (untimed)")
+            for count, server in servers.items():
+                seed_events(server.api_port, users[count])
+                wait_published(server)
+
             def posts(count: int) -> list[Req]:
                 return [Req("POST", "/events", u.authorization, event_body(i)) for i, u in enumerate(users[count])]
+
+            def pages(count: int) -> list[Req]:
+                return [Req("GET", "/events?limit=100", u.authorization) for u in users[count]]
 
             conns = plan.connections
             bare_get = Case("bare.get", base.port, [Req("GET", GET_PATH)], conns, pid=base.pid)
@@ -687,7 +696,10 @@ class Run:
             one = Case("workers1.post", servers[1].api_port, posts(1), conns)
             two = Case("workers2.post", servers[2].api_port, posts(2), conns)
             me = Case("workers2.me", servers[2].api_port, [Req("GET", "/me", u.authorization) for u in users[2]], conns)
-            cases = [bare_post, one, two, bare_get, me]
+            # Pages are full (limit 100) from the seeding on: the POST runs only add events beyond them.
+            get_one = Case("workers1.get", servers[1].api_port, pages(1), conns)
+            get_two = Case("workers2.get", servers[2].api_port, pages(2), conns)
+            cases = [bare_post, one, two, bare_get, me, get_one, get_two]
             _say(f"workers: {len(cases)} cases x {plan.repeats} runs of {plan.seconds:.0f}s at {conns} connections")
             run_interleaved(cases, repeats=plan.repeats, duration=plan.seconds, warmup=plan.warmup_seconds, progress=_say)
             failed = [f"{c.key}: {c.error}" for c in cases if c.error is not None]
@@ -700,6 +712,8 @@ class Run:
                             baseline_label=f"bare aiohttp JSON POST, one process, {same}")
             fig.extra["--workers 1 ratio to bare POST"] = round(statistics.median(one.rates) / fig.baseline, 2)
             self.rate("workers.me.rps", me.rates, baseline=bare_get, baseline_label=f"bare aiohttp GET, one process, {same}")
+            self.rate("workers.get.rps", get_two.rates, baseline=get_one,
+                      baseline_label=f"GET /events?limit=100, --workers 1, {same}")
 
     def cluster(self) -> None:
         """Issue 20: what forwarding to the user's node adds, on a 3-server NATS cluster (bench/cluster.py)."""
