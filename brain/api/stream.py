@@ -132,6 +132,13 @@ class EventStream:
         try:
             if self.feed is not None:
                 await self.feed.watch(user.id)  # before the history is read, like the subscription
+                if after is None:
+                    # Pokes read the store from the last id written: "from now on" is the store's
+                    # head before the client hears that the stream is open, or what commits in
+                    # between reaches it never.
+                    after = await asyncio.get_running_loop().run_in_executor(
+                        None, self.stores.head_from_thread, user.id
+                    )
             await response.prepare(request)
             writer = _Writer(response, transport, self.write_timeout)
             await writer.write(f"retry: {RETRY_MS}\n: stream open\n\n".encode())
@@ -153,9 +160,6 @@ class EventStream:
         last = 0 if after is None else after
         try:
             if after is None:
-                if self.feed is not None:
-                    # Pokes read the store from `last`: "from now on" starts at the store's head.
-                    last = await loop.run_in_executor(None, self.stores.head_from_thread, user.id)
                 sub.live = True
             else:
                 last = await self._catch_up(writer, sub, user.id, after, types)
