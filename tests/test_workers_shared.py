@@ -2,7 +2,7 @@
 
 One server with two workers (`shared`), used in file order:
 
-- the API's request limits: a user gets the configured budget, not one per worker;
+- the API's request limits and write quota: a user gets the configured budget, not one per worker;
 - the live stream: events posted through either worker reach streams held by either worker, in
   commit order, and a stream resumed (on whichever worker the new connection reaches) has no gap
   and no repeat;
@@ -39,6 +39,7 @@ from tests.test_webhooks import LOCAL, Receiver
 
 START_TIMEOUT = 120.0
 USER_BURST = 60  # api.rate_limit_user_burst of the server (and a rate that adds next to nothing)
+EVENTS_PER_MINUTE = 400  # api.max_events_per_minute: more than the other tests' users write
 STREAMS = 12
 
 
@@ -47,7 +48,8 @@ def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrainServer]:
     server = BrainServer(tmp_path_factory.mktemp("shared"), config={
         "server": {"workers": 2, "worker_max_restarts": 20},
         "auth": NO_LIMITS,
-        "api": {"rate_limit_user_per_second": 0.01, "rate_limit_user_burst": USER_BURST, "stream_heartbeat_seconds": 30.0},
+        "api": {"rate_limit_user_per_second": 0.01, "rate_limit_user_burst": USER_BURST, "stream_heartbeat_seconds": 30.0,
+                "max_events_per_minute": EVENTS_PER_MINUTE},
         "metrics": {"enabled": True, "token": METRICS_TOKEN},
         "webhooks": LOCAL,
     })
@@ -102,6 +104,23 @@ def test_a_users_request_limit_is_the_configured_one_across_workers(shared: Brai
     # One budget for both workers (a refill of 0.01/s may add one), not one per worker.
     assert USER_BURST <= codes[200] <= USER_BURST + 1, codes
     assert set(answered_by(shared, since, "GET", "/me", 429)) == {"1", "2"}
+
+
+def test_a_users_write_quota_is_the_configured_one_across_workers(shared: BrainServer) -> None:
+    user = User(shared)
+    since = log_size(shared)
+    accepted, refused = 0, 0
+    for i in range(2 * EVENTS_PER_MINUTE // 20):  # batches of 20: twice the quota, within the request budget
+        r = requests.post(f"{shared.api_url}/events", json=notes(20 * i, 20), headers=bearer(user.jwt), timeout=30)
+        assert r.status_code in (201, 429), r.text
+        if r.status_code == 201:
+            accepted += 20
+        else:
+            assert r.json()["code"] == "EVENT_QUOTA_EXCEEDED", r.text
+            refused += 1
+    # One quota for both workers (its refill, 400 a minute, may add a batch), not one per worker.
+    assert EVENTS_PER_MINUTE <= accepted <= EVENTS_PER_MINUTE * 1.1, (accepted, refused)
+    assert set(answered_by(shared, since, "POST", "/events", 429)) == {"1", "2"}
 
 
 async def test_events_posted_to_either_worker_reach_streams_on_both_in_commit_order(

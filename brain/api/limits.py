@@ -78,14 +78,17 @@ class Buckets(Protocol):
 
     rate: float
 
-    def take(self, key: str, now: float) -> float:
-        """Spend one token of `key`: 0 when allowed, else the seconds until one is there."""
+    def take(self, key: str, now: float, cost: float = 1.0) -> float:
+        """Spend `cost` tokens of `key`: 0 when allowed, else the seconds until they are there."""
+
+    def available(self, key: str, now: float) -> float:
+        """The tokens `key` could spend now."""
 
     def __len__(self) -> int:
         """How many keys are tracked."""
 
 
-# Makes the buckets of one limit: (its name, "ip" or "user"; rate; burst).
+# Makes the buckets of one limit: (its name, "ip", "user" or "writes"; rate; burst).
 BucketsFactory = Callable[[str, float, int], Buckets]
 
 

@@ -11,17 +11,19 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from brain.api.limits import TokenBuckets
+from brain.api.limits import BucketsFactory, local_buckets
 from brain.errors import PayloadTooLarge, TooManyRequests
 
 
 class WriteRate:
-    """Token buckets by user, one token an event (the event loop's only: no locking)."""
+    """Token buckets by user, one token an event: this process's, or those its workers share."""
 
-    def __init__(self, per_minute: int, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, per_minute: int, clock: Callable[[], float] = time.monotonic, buckets: BucketsFactory = local_buckets
+    ) -> None:
         self.capacity = per_minute
         self._clock = clock
-        self._buckets = TokenBuckets(per_minute / 60.0, per_minute) if per_minute else None
+        self._buckets = buckets("writes", per_minute / 60.0, per_minute) if per_minute else None
 
     @property
     def enabled(self) -> bool:

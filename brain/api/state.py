@@ -130,17 +130,20 @@ def event_stream(rt: Process) -> EventStream:
     return rt.stash.setdefault(_STREAM, create)
 
 
+def _buckets(rt: Process) -> BucketsFactory:
+    """Token buckets for a limit of the server: in memory its workers share, or this process's."""
+
+    def shared_buckets(name: str, rate: float, burst: int) -> SharedTokenBuckets:
+        return SharedTokenBuckets(Path(rt.worker.shared_dir) / f"api-limits-{name}", rate, burst)
+
+    return shared_buckets if rt.worker.several else local_buckets
+
+
 def api_limits(rt: Process) -> ApiLimits:
     """The server's request rate limits (per user, per client address), shared by its workers."""
-
-    def create() -> ApiLimits:
-        def shared_buckets(name: str, rate: float, burst: int) -> SharedTokenBuckets:
-            return SharedTokenBuckets(Path(rt.worker.shared_dir) / f"api-limits-{name}", rate, burst)
-
-        buckets: BucketsFactory = shared_buckets if rt.worker.several else local_buckets
-        return ApiLimits(rt.settings.api, rt.settings.server.trusted_proxies, buckets)
-
-    return rt.stash.setdefault(_LIMITS, create)
+    return rt.stash.setdefault(
+        _LIMITS, lambda: ApiLimits(rt.settings.api, rt.settings.server.trusted_proxies, _buckets(rt))
+    )
 
 
 def cors(rt: Process) -> Cors:
@@ -164,5 +167,7 @@ def auto_repair(rt: Process) -> AutoRepair:
 
 
 def write_rate(rt: Process) -> WriteRate:
-    """The process's per-user write quota (api.max_events_per_minute)."""
-    return rt.stash.setdefault(_WRITE_RATE, lambda: WriteRate(rt.settings.api.max_events_per_minute))
+    """The server's per-user write quota (api.max_events_per_minute), shared by its workers."""
+    return rt.stash.setdefault(
+        _WRITE_RATE, lambda: WriteRate(rt.settings.api.max_events_per_minute, buckets=_buckets(rt))
+    )

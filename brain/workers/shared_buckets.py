@@ -58,51 +58,69 @@ class SharedTokenBuckets:
         self._hashes = view[_HEADER:_HEADER + slots * 8].cast("q")
         self._values = view[_HEADER + slots * 8:].cast("d")  # tokens, counted at: two per slot
 
-    def take(self, key: str, now: float) -> float:
-        """Spend one token of `key`: 0 when allowed, else the seconds until one is there."""
-        h = hash(key) or 1  # 0 marks an empty slot
-        hashes, values, rate, burst = self._hashes, self._values, self.rate, self.burst
-        start = h & self.mask
+    def take(self, key: str, now: float, cost: float = 1.0) -> float:
+        """Spend `cost` tokens of `key`: 0 when allowed, else the seconds until they are there."""
         fd = self._fd
         fcntl.flock(fd, fcntl.LOCK_EX)
         try:
-            spare = -1
-            oldest, oldest_at = start, float("inf")
-            for step in range(PROBE):
-                slot = (start + step) & self.mask
-                found = hashes[slot]
-                if found == h:
-                    tokens = values[2 * slot]
-                    elapsed = now - values[2 * slot + 1]
-                    # Another worker may have counted later than this one's `now` (read before
-                    # the lock): no time has passed then, and its stamp stays.
-                    if elapsed > 0:
-                        tokens += elapsed * rate
-                        if tokens > burst:
-                            tokens = burst
-                        values[2 * slot + 1] = now
-                    if tokens >= 1:
-                        values[2 * slot] = tokens - 1
-                        return 0.0
-                    values[2 * slot] = tokens
-                    return (1 - tokens) / rate
-                if found == 0:
-                    if spare < 0:
-                        spare = slot
-                        self._taken[0] += 1
-                    break  # slots are never emptied: the key is not further on
-                counted_at = values[2 * slot + 1]
-                if spare < 0 and values[2 * slot] + (now - counted_at) * rate >= burst:
-                    spare = slot
-                if counted_at < oldest_at:
-                    oldest, oldest_at = slot, counted_at
-            slot = spare if spare >= 0 else oldest
-            hashes[slot] = h
-            values[2 * slot] = burst - 1
-            values[2 * slot + 1] = now
-            return 0.0
+            slot = self._slot(hash(key) or 1, now, claim=True)  # 0 marks an empty slot
+            tokens = self._tokens(slot, now)
+            self._values[2 * slot + 1] = max(now, self._values[2 * slot + 1])
+            if tokens >= cost:
+                self._values[2 * slot] = tokens - cost
+                return 0.0
+            self._values[2 * slot] = tokens
+            return (cost - tokens) / self.rate
         finally:
             fcntl.flock(fd, fcntl.LOCK_UN)
+
+    def available(self, key: str, now: float) -> float:
+        """The tokens `key` could spend now."""
+        fd = self._fd
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            slot = self._slot(hash(key) or 1, now, claim=False)
+            return self.burst if slot < 0 else self._tokens(slot, now)
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+
+    def _tokens(self, slot: int, now: float) -> float:
+        """The slot's tokens at `now` (under the lock)."""
+        tokens = self._values[2 * slot]
+        # Another worker may have counted later than this one's `now` (read before the lock):
+        # no time has passed then.
+        elapsed = now - self._values[2 * slot + 1]
+        return min(self.burst, tokens + elapsed * self.rate) if elapsed > 0 else tokens
+
+    def _slot(self, h: int, now: float, *, claim: bool) -> int:
+        """The slot of hash `h` (under the lock); if it has none, a new full bucket's, or -1 when not `claim`."""
+        hashes, values, rate, burst = self._hashes, self._values, self.rate, self.burst
+        start = h & self.mask
+        spare = -1
+        oldest, oldest_at = start, float("inf")
+        for step in range(PROBE):
+            slot = (start + step) & self.mask
+            found = hashes[slot]
+            if found == h:
+                return slot
+            if found == 0:
+                if spare < 0:
+                    spare = slot
+                break  # slots are never emptied: the key is not further on
+            counted_at = values[2 * slot + 1]
+            if spare < 0 and values[2 * slot] + (now - counted_at) * rate >= burst:
+                spare = slot
+            if counted_at < oldest_at:
+                oldest, oldest_at = slot, counted_at
+        if not claim:
+            return -1
+        slot = spare if spare >= 0 else oldest
+        if hashes[slot] == 0:
+            self._taken[0] += 1
+        hashes[slot] = h
+        values[2 * slot] = burst
+        values[2 * slot + 1] = now
+        return slot
 
     def __len__(self) -> int:
         """Slots ever taken (a refilled bucket's slot is reused, not freed)."""
