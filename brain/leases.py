@@ -30,8 +30,9 @@ log = logging.getLogger("brain.leases")
 class Leases:
     """The leases one holder (`owner`, unique per process) takes in one bucket."""
 
-    def __init__(self, js: Any, bucket: str, *, ttl: float, owner: str) -> None:
+    def __init__(self, js: Any, bucket: str, *, ttl: float, owner: str, replicas: int = 1) -> None:
         self.js = js
+        self.replicas = replicas  # copies of a bucket this holder creates (nats.replicas)
         self.bucket = bucket
         self.ttl = ttl
         self.owner = owner
@@ -48,7 +49,8 @@ class Leases:
         try:
             self.kv = await self.js.key_value(self.bucket)
         except nats.js.errors.BucketNotFoundError:
-            config = KeyValueConfig(bucket=self.bucket, ttl=self.ttl, history=1, storage=StorageType.FILE)
+            config = KeyValueConfig(bucket=self.bucket, ttl=self.ttl, history=1, storage=StorageType.FILE,
+                                    replicas=self.replicas)
             self.kv = await self.js.create_key_value(config=config)
             return
         found = (await self.kv.status()).ttl

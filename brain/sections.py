@@ -126,6 +126,8 @@ class ClusterSettings:
     node_id: str = ""
     # A request forwarded to a user's node gets this long for its answer (then 504).
     forward_timeout_seconds: float = 30.0
+    # A node's heartbeat (renewed every third of this) lapses this long after it was last renewed.
+    node_ttl_seconds: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -184,6 +186,7 @@ def validate_core(s: Settings) -> None:
             "nats.max_in_flight": s.nats.max_in_flight,
             "nats.reconnect_wait_seconds": s.nats.reconnect_wait_seconds,
             "cluster.forward_timeout_seconds": s.cluster.forward_timeout_seconds,
+            "cluster.node_ttl_seconds": s.cluster.node_ttl_seconds,
         }
     )
     if not 0 <= s.metrics.port <= 65535:

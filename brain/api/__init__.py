@@ -9,7 +9,8 @@ activation, LRU, the async and thread APIs), `outbox` + `publisher` + `bus` (com
 the Doorbell -> the EventBus's Publisher -> JetStream), `routes` (the token guard and handlers),
 `openapi` (their description), `metrics` (its Prometheus figures), `deletion` (what it forgets
 of a deleted user), `hookspecs` (`event_stored`), and for cluster mode `cluster` (this node:
-`placement`, which node holds each user, and `forwarding` of requests to it; docs/cluster.md).
+`placement`, which node holds each user, and `forwarding` of requests to it; docs/cluster.md)
+with its command `brain cluster status` (`cli`, `cluster_admin`).
 
 What it offers other plugins (through `brain.contracts`, never by import): an `EventSink`
 (its stores) and a `BearerAuthenticator` (its JWT check); routes other plugins register on the

@@ -1,4 +1,5 @@
-"""`brain repair`: the API role's command, declared here (it runs in brain.api.repair, imported only then)."""
+"""`brain repair` and `brain cluster status`: the API role's commands, declared here (they run in
+brain.api.repair and brain.api.cluster_admin, imported only then)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from brain.plugins import hookimpl
 
 @hookimpl
 def register_commands(cli: CommandLine) -> None:
-    """`brain repair --user ID`."""
+    """`brain repair --user ID` and `brain cluster status`."""
     repair = cli.subcommands.add_parser(
         "repair",
         help="rebuild a user's damaged or lost events.db from the event stream (and a backup)",
@@ -24,3 +25,11 @@ def register_commands(cli: CommandLine) -> None:
                         help="move a store that is in place to quarantine first (only while brain is stopped)")
     repair.add_argument("--json", action="store_true", help="print the report as JSON")
     cli.runs(repair, "brain.api.repair:repair_command")
+    cluster = cli.subcommands.add_parser("cluster", help="cluster mode: several nodes on one NATS JetStream cluster")
+    cluster_sub = cluster.add_subparsers(dest="cluster_command", metavar="ACTION", required=True)
+    status = cluster_sub.add_parser(
+        "status", help="live nodes, users per node, mail leases per holder, the event stream's replicas and their lag"
+    )
+    cli.add_config_args(status)
+    status.add_argument("--json", action="store_true", help="print JSON instead of text")
+    cli.runs(status, "brain.api.cluster_admin:status")

@@ -5,6 +5,10 @@ One NATS connection on the serving loop carries both: the placement bucket's wat
 the background, so a node whose NATS is away still starts; until it has loaded the placement map
 a request that needs a user's store is answered 503 (with Retry-After). The route guard asks
 `route(user_id)` once the caller is known: None means "serve it here".
+
+The node's heartbeat is a lease (brain.leases) on its id in the KV bucket `brain_cluster_nodes`,
+renewed every third of `cluster.node_ttl_seconds` by the primary worker: a node whose key is
+there is alive (`brain cluster status`); a node killed without warning drops out within the TTL.
 """
 
 from __future__ import annotations
@@ -19,14 +23,17 @@ from brain import jetstream
 from brain.api.forwarding import Forwarder, forward_marker
 from brain.api.placement import UserPlacement
 from brain.errors import ServiceUnavailable
+from brain.leases import Leases
 from brain.nats_auth import process_connect_options
 from brain.process import Process
 from brain.redact import redact_text
 from brain.stash import StashKey
 
-__all__ = ["ClusterNode", "cluster_node"]
+__all__ = ["NODES_BUCKET", "ClusterNode", "cluster_node"]
 
 log = logging.getLogger("brain.cluster")
+
+NODES_BUCKET = "brain_cluster_nodes"
 
 
 class ClusterNode:
@@ -41,10 +48,13 @@ class ClusterNode:
             self.node_id, local_url=settings.local_url(settings.server.api_port), marker=forward_marker(rt.secret),
             timeout=settings.cluster.forward_timeout_seconds,
         )
+        self.heartbeat_ttl = settings.cluster.node_ttl_seconds
+        self.heartbeat: Leases | None = None
         self.nc: Any = None
         self.last_error = ""
         self._stopping = False
         self._starting: asyncio.Task[None] | None = None
+        self._beating: asyncio.Task[None] | None = None
 
     async def start(self, _app: web.Application) -> None:
         """on_startup: connect and load the placement map in the background."""
@@ -60,7 +70,14 @@ class ClusterNode:
             return
         while not self._stopping:
             try:
-                await self.placement.open(self.nc.jetstream(timeout=5))
+                js = self.nc.jetstream(timeout=5)
+                if self.rt.worker.primary and self.heartbeat is None:
+                    heartbeat = Leases(js, NODES_BUCKET, ttl=self.heartbeat_ttl, owner=self.node_id,
+                                       replicas=self.rt.settings.nats.replicas)
+                    await heartbeat.open()
+                    self.heartbeat = heartbeat
+                    self._beating = asyncio.ensure_future(self._beat(heartbeat))
+                await self.placement.open(js)
                 await self.forwarder.start(self.nc)
                 log.info("cluster: node %s serving; placement map loaded (%d users)", self.node_id,
                          sum(self.placement.counts().values()))
@@ -69,6 +86,17 @@ class ClusterNode:
                 self._note(f"placement bucket: {redact_text(repr(exc))}")
                 await asyncio.sleep(1.0)
 
+    async def _beat(self, heartbeat: Leases) -> None:
+        # The owner is the node id: a node restarted within the TTL takes its own key back.
+        while not self._stopping:
+            try:
+                if not await heartbeat.claim(self.node_id):
+                    self._note(f"heartbeat: node id {self.node_id} is held by another process "
+                               f"(two nodes with one cluster.node_id?)")
+            except Exception as exc:  # noqa: BLE001 - NATS away: the key ages out, and is taken again
+                self._note(f"heartbeat: {redact_text(repr(exc))}")
+            await asyncio.sleep(heartbeat.ttl / 3)
+
     def _note(self, message: str) -> None:
         self.last_error = message
         log.warning("cluster: %s", message)
@@ -76,8 +104,11 @@ class ClusterNode:
     async def close(self, _app: web.Application) -> None:
         """on_cleanup: stop answering for this node and close the connection."""
         self._stopping = True
-        if self._starting is not None and not self._starting.done():
-            self._starting.cancel()
+        for task in (self._starting, self._beating):
+            if task is not None and not task.done():
+                task.cancel()
+        if self.heartbeat is not None:
+            await self.heartbeat.release(self.node_id)  # gone at once, not after the TTL
         await self.forwarder.close()
         await self.placement.close()
         if self.nc is not None and not self.nc.is_closed:
@@ -111,6 +142,7 @@ class ClusterNode:
         """For /health: this node, whether placement is loaded, users per node, forwarding counts."""
         return {
             "node": self.node_id, "ready": self.placement.ready, "users_per_node": self.placement.counts(),
+            "heartbeat": bool(self.heartbeat and self.heartbeat.held()),
             **self.forwarder.stats(), "last_error": self.last_error,
         }
 

@@ -226,7 +226,8 @@ class LeasedOwnership:
         )
         if self.nc is None:
             return
-        leases = Leases(self.nc.jetstream(timeout=5), BUCKET, ttl=self.ttl, owner=self.owner)
+        leases = Leases(self.nc.jetstream(timeout=5), BUCKET, ttl=self.ttl, owner=self.owner,
+                        replicas=self.rt.settings.nats.replicas)
         while not self.stopping:
             try:
                 await leases.open()
