@@ -7,6 +7,7 @@ Real servers, each shared by the tests that can share it (they run in file order
   one user's database written by both, /health and /metrics for the whole server;
 - `pair` also: one embedded nats-server (the master's), and every event on JetStream once, published
   by the worker that wrote it (no duplicates);
+- `pair` also: search fields named through either worker, each given its own column of the index;
 - on a server of its own: a quarantined store found by both workers as they start is repaired
   once, and neither keeps retrying it;
 - `crash`: kill -9 of a worker under load (the other answers, the master forks a replacement
@@ -290,6 +291,27 @@ def test_jetstream_gets_every_event_once_from_the_worker_that_wrote_it(pair: Bra
     nats_figures = pair.health()["nats"]
     assert nats_figures["duplicates"] == 0, nats_figures
     assert nats_figures["published"] == sum(on_stream.values()), (nats_figures, sum(on_stream.values()))
+
+
+def test_fields_named_through_either_worker_are_indexed_and_found_through_both(pair: BrainServer) -> None:
+    # Both workers have the user's store open (and its map of search fields) before any field
+    # is named; then each names new ones: neither may give a column the other already gave.
+    user = sign_up(pair)
+    since = log_size(pair)
+    for _ in range(8):
+        r = requests.get(f"{pair.api_url}/events", headers=bearer(user["jwt"]), timeout=30)
+        assert r.status_code == 200, r.text
+    for i in range(12):
+        r = requests.post(f"{pair.api_url}/events", headers=bearer(user["jwt"]), timeout=30,
+                          json={"type": "note.created", "data": {f"field{i}": f"wordnumber{i} in a sentence"}})
+        assert r.status_code == 201, r.text
+    flush_access_log()
+    assert answered_by(pair, since, "api", 201) == {"1", "2"}
+    for i in range(12):
+        r = requests.get(f"{pair.api_url}/search", params={"q": f"wordnumber{i}"}, headers=bearer(user["jwt"]),
+                         timeout=30)
+        assert r.status_code == 200, r.text
+        assert [hit["event"]["data"] for hit in r.json()["results"]] == [{f"field{i}": f"wordnumber{i} in a sentence"}]
 
 
 def test_a_quarantined_store_is_repaired_once_and_every_worker_lets_it_go(tmp_path: Path) -> None:

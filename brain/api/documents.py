@@ -122,6 +122,11 @@ class FieldSlots:
         if field is None:
             return OVERFLOW
         slot = self.by_name.get(field)
+        if slot is None and not self.full:
+            # Another worker with the store open may have given slots since (brain.workers): the
+            # caller's write transaction holds the file, so the table is the truth now.
+            self.reload()
+            slot = self.by_name.get(field)
         if slot is None:
             if self.full:
                 return OVERFLOW
@@ -133,6 +138,9 @@ class FieldSlots:
     def find(self, field: str) -> int | None:
         """The column that holds a field's text in this store, None if no event had it."""
         slot = self.by_name.get(field)
+        if slot is None and not self.full:
+            self.reload()  # given by another worker since (brain.workers)?
+            slot = self.by_name.get(field)
         if slot is None and self.full:
             return OVERFLOW
         return slot

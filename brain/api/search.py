@@ -286,6 +286,8 @@ class SearchIndex:
     def indexed(self, event_id: int) -> bool:
         """Whether an event is in the index (so removing it must remove its row)."""
         if self.next <= event_id <= self.end:
+            self._read_backfill()  # another worker may have indexed it since (inside the caller's transaction)
+        if self.next <= event_id <= self.end:
             return False
         return self.unindexed_from is None or event_id < self.unindexed_from
 
@@ -318,7 +320,10 @@ class SearchIndex:
         rows = 0
         db.execute("BEGIN IMMEDIATE")
         try:
-            while True:
+            # Where the backfill is, from the file: another worker with the store open may have
+            # gone on with it (brain.workers), and its rows must not be indexed twice.
+            self._read_backfill()
+            while self.backfilling:
                 batch = db.execute(
                     "SELECT id, type, data, created_at FROM events WHERE id BETWEEN ? AND ? ORDER BY id LIMIT ?",
                     (self.next, self.end, BACKFILL_ROWS),
@@ -330,7 +335,7 @@ class SearchIndex:
                     self.next = batch[-1][0] + 1
                 if len(batch) < BACKFILL_ROWS:
                     self.next = self.end + 1
-                if self.next > self.end or time.perf_counter() - started >= BACKFILL_STEP_SECONDS:
+                if time.perf_counter() - started >= BACKFILL_STEP_SECONDS:
                     break
             db.execute("UPDATE search_state SET backfill_next = ?", (self.next,))
             db.execute("COMMIT")
@@ -342,6 +347,9 @@ class SearchIndex:
             raise
         self.figures.progressed(self.user_id, rows, time.perf_counter() - started)
         return self.backfilling
+
+    def _read_backfill(self) -> None:
+        self.next, self.end = self.db.execute("SELECT backfill_next, backfill_end FROM search_state").fetchone()
 
     def merge_step(self) -> bool:
         """Some of the index's pending merge work; True if there was any."""
