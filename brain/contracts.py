@@ -39,6 +39,7 @@ __all__ = [
     "EventPage",
     "EventSink",
     "MailAccounts",
+    "SearchResults",
     "UserDeleted",
 ]
 
@@ -86,6 +87,15 @@ class EventPage(NamedTuple):
     next_cursor: str | None
 
 
+class SearchResults(NamedTuple):
+    """One page of search results, best first (`{event, score, highlights}` each), the cursor of
+    the next (None: the last), and whether the index was still being built (older events may be missing)."""
+
+    results: list[dict[str, Any]]
+    next_cursor: str | None
+    partial: bool
+
+
 class EventAccess(Protocol):
     """A user's own events for another door than the REST routes, with the REST routes' rules.
 
@@ -109,6 +119,21 @@ class EventAccess(Protocol):
         """Store `{type, data, created_at?}` events all or none, as POST /events does (reserved
         types refused); with an idempotency `key` a retry returns the first write. The stored
         events, and whether they were a replay."""
+
+    async def get_event(self, user_id: str, event_id: int) -> dict[str, Any] | None:
+        """One event by id; None when the user has no such event."""
+
+    async def search(
+        self, user_id: str, q: str, *, since: Any = None, until: Any = None, limit: int | None = None,
+        cursor: str | None = None,
+    ) -> SearchResults:
+        """GET /search: `q` in its query language, ranked; times RFC 3339 or epoch seconds."""
+
+    async def match_field(
+        self, user_id: str, *, types: str, field: str, value: str, limit: int
+    ) -> list[dict[str, Any]]:
+        """Events of `types` (as `list_events` takes them) whose data's top-level `field` equals
+        `value`, in commit order, at most `limit` (e.g. the mail events of one thread)."""
 
 
 class MailAccounts(Protocol):

@@ -8,27 +8,36 @@ code here, so a door cannot write what the REST API would refuse.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from brain.api.events import ReservedTypes, check_key, new_event
-from brain.api.settings import ApiSettings
+from brain.api.events import ReservedTypes, check_key, new_event, parse_time
+from brain.api.quotas import WriteRate
+from brain.api.retrieval import run_search
 from brain.api.store_manager import StoreManager
-from brain.api.user_store import AppendRequest
-from brain.contracts import EventPage
+from brain.api.user_store import AppendRequest, GetEvent, MatchField
+from brain.config import Settings
+from brain.contracts import EventPage, SearchResults
 from brain.errors import BadRequest, PayloadTooLarge
+from brain.event_types import TypeFilter
 
 # Idempotency keys of this door live apart from HTTP's (`http:`) and mail sync's.
 KEY_NAMESPACE = "agent:"
+_FIELD_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+_MAX_ID = 2**63 - 1
 
 
 class StoreAccess:
     """`EventAccess` over the process's StoreManager."""
 
-    def __init__(self, stores: StoreManager, reserved: ReservedTypes, settings: ApiSettings) -> None:
+    def __init__(self, stores: StoreManager, reserved: ReservedTypes, rate: WriteRate, settings: Settings) -> None:
         self._stores = stores
         self._reserved = reserved
-        self._settings = settings
+        # The same per-user write quota as POST /events: one budget, whichever door writes.
+        self._rate = rate
+        self._settings = settings.api
+        self._search = settings.search
 
     async def list_events(
         self, user_id: str, *, types: str | None = None, since: Any = None, until: Any = None,
@@ -73,5 +82,39 @@ class StoreAccess:
         ]
         for i, event in enumerate(checked):
             self._reserved.check(event.type, "type" if single else f"events[{i}].type")
+        self._rate.take(user_id, len(checked))
         results = await self._stores.append_events(user_id, AppendRequest(checked, match=key is not None))
         return [stored.as_dict() for stored, _ in results], key is not None and all(replayed for _, replayed in results)
+
+    async def get_event(self, user_id: str, event_id: int) -> dict[str, Any] | None:
+        """One event by id (None: the user has none with this id)."""
+        if isinstance(event_id, bool) or not isinstance(event_id, int) or not 1 <= event_id <= _MAX_ID:
+            raise BadRequest("id: an event id is an integer from 1")
+        row = await self._stores.request(user_id, GetEvent(event_id))
+        return None if row is None else row.as_dict()
+
+    async def search(
+        self, user_id: str, q: str, *, since: Any = None, until: Any = None, limit: int | None = None,
+        cursor: str | None = None,
+    ) -> SearchResults:
+        """A page of GET /search's results for the query language."""
+        search = self._search
+        if limit is not None and (isinstance(limit, bool) or not 1 <= limit <= search.page_max):
+            raise BadRequest(f"limit: must be an integer from 1 to {search.page_max}")
+        page, next_cursor = await run_search(
+            self._stores, search, user_id, q,
+            since=None if since is None else parse_time(since, "since"),
+            until=None if until is None else parse_time(until, "until"),
+            limit=search.page_default if limit is None else limit, cursor=cursor,
+        )
+        results = [{"event": hit.event.as_dict(), "score": hit.score, "highlights": hit.highlights} for hit in page.hits]
+        return SearchResults(results, next_cursor, page.partial)
+
+    async def match_field(
+        self, user_id: str, *, types: str, field: str, value: str, limit: int
+    ) -> list[dict[str, Any]]:
+        """Events of `types` whose data's top-level `field` is `value`, in commit order."""
+        if not _FIELD_RE.fullmatch(field):
+            raise BadRequest(f"field: {field[:40]!r} is not a field name")
+        rows = await self._stores.request(user_id, MatchField(TypeFilter.parse([types]), field, value, limit))
+        return [row.as_dict() for row in rows]

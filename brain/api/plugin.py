@@ -74,7 +74,7 @@ def setup_process(rt: Process) -> None:
     """Offer the stores as the event sink, as event access for other doors and as the commit log,
     and the JWT check (refusing deleted users) as the authenticator."""
     rt.stash.set(EVENT_SINK, store_manager(rt))
-    rt.stash.set(EVENT_ACCESS, StoreAccess(store_manager(rt), ReservedTypes.from_plugins(rt.pm), rt.settings.api))
+    rt.stash.set(EVENT_ACCESS, StoreAccess(store_manager(rt), ReservedTypes.from_plugins(rt.pm), write_rate(rt), rt.settings))
     rt.stash.set(COMMIT_LOG, CommitLog(store_manager(rt), doorbell(rt)))
     deletion.revoked_users(rt)
     rt.stash.set(AUTHENTICATOR, token_verifier(rt))

@@ -19,6 +19,7 @@ from brain.api.query import parse
 from brain.api.quotas import WriteRate
 from brain.api.retrieval_openapi import MAX_ID, paths
 from brain.api.search import SearchPage, SearchPosition, SearchRequest
+from brain.api.settings import SearchSettings
 from brain.api.store_manager import StoreManager
 from brain.api.user_store import Deleted, DeleteEvents, GetEvent, StoreStats
 from brain.apikeys import scope
@@ -37,31 +38,18 @@ def routes(rt: Process, stores: StoreManager, rate: WriteRate) -> list[Route]:
     """GET /search, GET /events/changes, GET and DELETE /events/{id}, DELETE /events, GET /me/stats."""
     api, search = rt.settings.api, rt.settings.search
     operations = paths(api, search)
-    cursors = stores.cursors
 
     @scope("search")
     async def search_events(request: web.Request) -> web.Response:
-        user_id = current_user(request).id
         params = request.query
         _single(params, ("q", "since", "until", "limit", "cursor"))
         q = params.get("q")
         if q is None:
             raise BadRequest("q: required, the words to search for", code="INVALID_QUERY")
-        parsed = parse(q, max_chars=search.max_query_chars)
-        since, until = _time(params, "since"), _time(params, "until")
-        limit = _int(params, "limit", search.page_default, 1, search.page_max)
-        digest = parsed.digest(since, until)
-        position = None
-        cursor = params.get("cursor")
-        if cursor:
-            fields = cursors.read_position(user_id, _SEARCH_CURSOR, cursor)
-            position = _position(fields, digest)
-        page: SearchPage = await stores.request(
-            user_id, SearchRequest(parsed, digest, since, until, limit, position)
+        page, next_cursor = await run_search(
+            stores, search, current_user(request).id, q, since=_time(params, "since"), until=_time(params, "until"),
+            limit=_int(params, "limit", search.page_default, 1, search.page_max), cursor=params.get("cursor") or None,
         )
-        next_cursor = None
-        if page.next is not None:
-            next_cursor = cursors.make_position(user_id, _SEARCH_CURSOR, [digest, *page.next])
         return web.Response(body=render.search_page(page.hits, next_cursor, page.partial), headers=_JSON)
 
     @scope("events:read")
@@ -136,6 +124,24 @@ def routes(rt: Process, stores: StoreManager, rate: WriteRate) -> list[Route]:
         Route("DELETE", "/events", delete_events, operations["/events"]["delete"]),
         Route("GET", "/me/stats", stats, operations["/me/stats"]["get"]),
     ]
+
+
+async def run_search(
+    stores: StoreManager, settings: SearchSettings, user_id: str, q: str, *, since: str | None, until: str | None,
+    limit: int, cursor: str | None,
+) -> tuple[SearchPage, str | None]:
+    """One page of a search of the user's store, and the cursor of the next (GET /search, and
+    the MCP door through `EventAccess.search`). Times are normalised; BadRequest names what is wrong."""
+    parsed = parse(q, max_chars=settings.max_query_chars)
+    digest = parsed.digest(since, until)
+    position = None
+    if cursor:
+        position = _position(stores.cursors.read_position(user_id, _SEARCH_CURSOR, cursor), digest)
+    page: SearchPage = await stores.request(user_id, SearchRequest(parsed, digest, since, until, limit, position))
+    next_cursor = None
+    if page.next is not None:
+        next_cursor = stores.cursors.make_position(user_id, _SEARCH_CURSOR, [digest, *page.next])
+    return page, next_cursor
 
 
 def _single(params: MultiDictProxy[str], names: tuple[str, ...]) -> None:

@@ -308,13 +308,23 @@ class StoreStats(NamedTuple):
     """Counts by type, bytes, index state and sequence of the store."""
 
 
+class MatchField(NamedTuple):
+    """Events of these types whose data's top-level `field` equals `value`, in commit order
+    (at most `limit`): e.g. the mail events of one thread."""
+
+    types: TypeFilter | None
+    field: str
+    value: str
+    limit: int
+
+
 # The column that orders a user's events in the commit sequence (see brain.api.events.commit_seq,
 # which reads it back; tombstones take their numbers from the same sequence: NEXT_SEQ).
 SEQUENCE = "id"
 # Thread asks only: the last commit's sequence (0: none yet).
 HEAD = "head"
 # Requests the loop may submit besides appends (each answered on its own, between commits).
-Request = Query | ReadPage | GetEvent | Changes | DeleteEvents | StoreStats | SearchRequest
+Request = Query | ReadPage | GetEvent | Changes | DeleteEvents | StoreStats | SearchRequest | MatchField
 
 
 class OutboxBatch(NamedTuple):
@@ -881,8 +891,9 @@ class UserStore(BrainActor):
             return self._changes(message)
         if isinstance(message, DeleteEvents):
             return self._delete(message, fresh)
+        if isinstance(message, MatchField):
+            return self._match_field(message)
         return self._stats()
-
 
     def _commit(
         self, requests: Sequence[AppendRequest], fresh: list[StoredEvent]
@@ -1014,6 +1025,17 @@ class UserStore(BrainActor):
         sql += " ORDER BY created_at DESC, id DESC LIMIT ?"
         args.append(q.limit)
         return [StoredEvent._make(row) for row in db.execute(sql, args)]
+
+    def _match_field(self, m: MatchField) -> list[StoredEvent]:
+        assert self.db is not None
+        where, args = _filters(m.types, None, None)
+        # The type filter uses its index; the JSON is read only for events of those types.
+        where.append("json_extract(data, ?) = ?")
+        rows = self.db.execute(
+            f"SELECT {_EVENT_COLUMNS} FROM events WHERE {' AND '.join(where)} ORDER BY {SEQUENCE} LIMIT ?",
+            [*args, f"$.{m.field}", m.value, m.limit],
+        )
+        return [StoredEvent._make(row) for row in rows]
 
     def _outbox_batch(self, after: int, limit: int) -> list[StoredEvent]:
         """One batch of a drain (from `after` 0: a new drain, which needs the drain lock)."""
