@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -19,16 +20,23 @@ from mcp.client.session import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
-from tests.support import BrainServer
+from tests.support import REPO, BrainServer
 from tests.test_auth_helpers import NO_LIMITS, bearer, new_user
 
 T = TypeVar("T")
 ACCEPT = {"Accept": "application/json, text/event-stream"}
 
 
+# The `mailwriter` test plugin (tests/plugins/mail_writer_plugin.py) writes mail events as mail sync does.
+PLUGINS = {"enabled": ["gmail", "outlook", "mailwriter"]}
+PLUGIN_ENV = {"PYTHONPATH": os.pathsep.join([str(REPO / "tests" / "plugins" / "sample_dist"), str(REPO)])}
+MAX_RESULT_CHARS = 8192
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    with BrainServer(Path(tmp_path_factory.mktemp("mcp")) / "brain", config={"auth": NO_LIMITS}) as running:
+    config = {"auth": NO_LIMITS, "plugins": PLUGINS, "mcp": {"max_result_chars": MAX_RESULT_CHARS}}
+    with BrainServer(Path(tmp_path_factory.mktemp("mcp")) / "brain", config=config, env=PLUGIN_ENV) as running:
         yield running
 
 
@@ -94,13 +102,16 @@ def test_initialize_negotiates_and_lists_the_tools_with_schemas_and_annotations(
     assert init.protocol_version == "2025-11-25"
     assert init.server_info.name == "brain" and init.capabilities.tools is not None
     tools = {tool.name: tool for tool in listed.tools}
-    assert set(tools) >= {"list_events", "add_note", "add_event", "mail_accounts"}
+    assert set(tools) == {"search", "get_event", "list_events", "add_note", "add_event", "get_mail_thread",
+                          "mail_accounts"}
     for tool in tools.values():
         assert tool.input_schema["type"] == "object" and tool.output_schema["type"] == "object"
         assert tool.description and tool.annotations is not None
         assert tool.annotations.destructive_hint is False and tool.annotations.open_world_hint is False
     assert tools["list_events"].annotations.read_only_hint is True
     assert tools["mail_accounts"].annotations.read_only_hint is True
+    assert tools["search"].annotations.read_only_hint is True and tools["get_event"].annotations.read_only_hint is True
+    assert tools["get_mail_thread"].annotations.read_only_hint is True
     assert tools["add_note"].annotations.read_only_hint is False
     assert tools["add_event"].annotations.read_only_hint is False
 
@@ -166,8 +177,9 @@ def test_mail_accounts_lists_the_users_accounts(server: BrainServer) -> None:
     assert result.is_error is False and result.structured_content == {"accounts": []}
 
 
-def test_a_page_stops_at_the_result_size_cap_and_its_cursor_continues(tmp_path: Path) -> None:
-    with BrainServer(tmp_path / "brain", config={"auth": NO_LIMITS, "mcp": {"max_result_chars": 4096}}) as small:
+def test_a_page_stops_at_the_result_size_cap_and_writes_share_the_rest_apis_quota(tmp_path: Path) -> None:
+    config = {"auth": NO_LIMITS, "mcp": {"max_result_chars": 4096}, "api": {"max_events_per_minute": 5}}
+    with BrainServer(tmp_path / "brain", config=config) as small:
         user = new_user(small)
         big = "x" * 1500
         for i in range(4):
@@ -186,8 +198,17 @@ def test_a_page_stops_at_the_result_size_cap_and_its_cursor_continues(tmp_path: 
                     return pages
 
         pages = run(small, user["jwt"], work)
+
+        async def write(session: ClientSession) -> Any:
+            return [await session.call_tool("add_note", {"text": f"n{i}"}) for i in range(2)]
+
+        # Four events came through REST; the quota of five a minute leaves one for the MCP door.
+        written, refused = run(small, user["jwt"], write)
     assert [len(p["events"]) for p in pages] == [2, 2]
     assert [e["data"]["i"] for p in pages for e in p["events"]] == [3, 2, 1, 0]
+    assert written.is_error is False
+    assert refused.is_error is True and "more than 5 events a minute" in refused.content[0].text
+    assert "retry after" in refused.content[0].text
 
 
 # --- errors are MCP errors, never a 500 -----------------------------------------------------------------
@@ -340,7 +361,7 @@ def test_api_keys_see_and_call_only_the_tools_their_scopes_allow(server: BrainSe
             "list_events", {})
 
     listed, refused, read = run(server, reader, as_reader)
-    assert listed == ["list_events"]
+    assert listed == ["get_event", "list_events"]
     assert refused.is_error is True and "lacks the scope 'events:write'" in refused.content[0].text
     assert read.is_error is False and read.structured_content["events"] == []
 
@@ -371,3 +392,138 @@ def test_the_protected_resource_document_points_at_the_auth_role(server: BrainSe
         assert doc["resource"] == f"{server.api_url}/mcp"
         assert doc["authorization_servers"] == [server.auth_url]
         assert doc["bearer_methods_supported"] == ["header"] and "events:read" in doc["scopes_supported"]
+
+
+# --- search, single events, mail threads and resources -------------------------------------------------
+
+
+def server_write(server: BrainServer, token: str, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Events written as mail sync writes them (the mailwriter test plugin), mail.* included."""
+    r = requests.post(f"{server.api_url}/test/server-events", json=events, headers=bearer(token), timeout=15)
+    assert r.status_code == 201, r.text
+    return list(r.json()["events"])
+
+
+def mail(thread: str, message: str, subject: str, body: str, date: str, **extra: Any) -> dict[str, Any]:
+    return {"type": "mail.message.received", "data": {
+        "account": "acc_1", "provider": "gmail", "address": "me@home.example", "message_id": message,
+        "thread_id": thread, "from": {"name": "Anna", "address": "anna@example.com"},
+        "to": [{"name": "Me", "address": "me@home.example"}], "cc": [], "subject": subject, "date": date,
+        "direction": "received", "folders": [], "labels": ["INBOX"], "flags": {"read": False},
+        "body_text": body + "\n\nOn Monday, Bob wrote:\n> the quoted part", "body_text_clean": body,
+        "attachments": [], "has_attachments": False, "truncated": False, **extra}}
+
+
+def test_search_finds_notes_and_get_event_and_the_event_resource_read_them(server: BrainServer) -> None:
+    user = new_user(server)
+    note = requests.post(f"{server.api_url}/events", json={"type": "note.created", "data": {
+        "title": "Dentist", "text": "Dentist on Thursday at nine, Dr. Okafor"}}, headers=bearer(user["jwt"]), timeout=15).json()
+    [message] = server_write(server, user["jwt"], [mail("thr-9", "m-9", "Your dental appointment",
+                                                        "Reminder: the dentist expects you on Thursday.", "2026-01-05T10:00:00Z")])
+
+    async def work(session: ClientSession) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        out["found"] = (await session.call_tool("search", {"q": "dentist", "limit": 10})).structured_content
+        out["mail"] = (await session.call_tool("search", {"q": "type:mail.* dentist"})).structured_content
+        out["none"] = (await session.call_tool("search", {"q": "zeppelin"})).structured_content
+        out["bad"] = await session.call_tool("search", {"q": '"unclosed'})
+        out["event"] = (await session.call_tool("get_event", {"id": note["id"]})).structured_content
+        out["missing"] = await session.call_tool("get_event", {"id": 10**9})
+        out["resource"] = await session.read_resource(f"brain://events/{note['id']}")
+        out["templates"] = await session.list_resource_templates()
+        for uri in ("brain://events/999999", "brain://nothing/1", "brain://events/abc"):
+            with pytest.raises(MCPError) as caught:
+                await session.read_resource(uri)
+            out[uri] = caught.value
+        return out
+
+    out = run(server, user["jwt"], work)
+    found = out["found"]
+    assert {r["id"] for r in found["results"]} == {note["id"], message["id"]} and found["next_cursor"] is None
+    by_id = {r["id"]: r for r in found["results"]}
+    assert by_id[message["id"]]["thread_id"] == "thr-9" and by_id[message["id"]]["subject"] == "Your dental appointment"
+    assert by_id[note["id"]]["title"] == "Dentist" and by_id[note["id"]]["type"] == "note.created"
+    assert any("entist" in text for text in by_id[note["id"]]["highlights"].values())
+    assert [r["id"] for r in out["mail"]["results"]] == [message["id"]]
+    assert out["none"]["results"] == []
+    assert out["bad"].is_error is True and out["bad"].content[0].text.startswith("q: ")
+    assert out["event"]["event"] == note
+    assert out["missing"].is_error is True and out["missing"].content[0].text == f"no event {10**9}"
+    [content] = out["resource"].contents
+    assert content.uri == f"brain://events/{note['id']}" and json.loads(content.text) == note
+    assert {t.uri_template for t in out["templates"].resource_templates} == {"brain://events/{id}",
+                                                                            "brain://mail/threads/{id}"}
+    assert out["brain://events/999999"].code == -32002
+    assert out["brain://nothing/1"].code == -32002 and out["brain://events/abc"].code == -32002
+
+
+def test_get_mail_thread_gives_each_message_once_with_its_own_text_and_pages_at_the_cap(server: BrainServer) -> None:
+    user, other = new_user(server), new_user(server)
+    written = server_write(server, user["jwt"], [
+        mail("thr-1", "m-2", "Re: dinner", "Friday works for me.", "2026-02-02T09:00:00Z"),
+        mail("thr-1", "m-1", "dinner", "Dinner on Friday?", "2026-02-01T09:00:00Z"),
+        mail("thr-1", "m-3", "Re: dinner", "Spam reply", "2026-02-03T09:00:00Z"),
+        mail("thr-2", "m-4", "other", "Another thread", "2026-02-01T09:00:00Z"),
+        {"type": "mail.message.updated", "data": {"account": "acc_1", "message_id": "m-2", "thread_id": "thr-1",
+                                                  "labels": ["INBOX", "IMPORTANT"], "added_labels": ["IMPORTANT"]}},
+        {"type": "mail.message.deleted", "data": {"account": "acc_1", "message_id": "m-3", "thread_id": "thr-1"}},
+        mail("thr-long", "m-5", "long", "a" * 5000, "2026-03-01T09:00:00Z"),
+        mail("thr-long", "m-6", "long", "b" * 5000, "2026-03-02T09:00:00Z"),
+    ])
+
+    async def work(session: ClientSession) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        out["thread"] = (await session.call_tool("get_mail_thread", {"thread_id": "thr-1"})).structured_content
+        first = (await session.call_tool("get_mail_thread", {"thread_id": "thr-long"})).structured_content
+        second = (await session.call_tool("get_mail_thread", {"thread_id": "thr-long", "cursor": first["next_cursor"]}))
+        out["long"] = [first, second.structured_content]
+        out["bad_cursor"] = await session.call_tool("get_mail_thread", {"thread_id": "thr-long", "cursor": "99"})
+        out["resource"] = await session.read_resource("brain://mail/threads/thr-1")
+        return out
+
+    out = run(server, user["jwt"], work)
+    thread = out["thread"]
+    assert thread["thread_id"] == "thr-1" and thread["subject"] == "dinner" and thread["message_count"] == 2
+    first, second = thread["messages"]
+    assert [first["message_id"], second["message_id"]] == ["m-1", "m-2"]
+    assert first["event_id"] == written[1]["id"] and first["body"] == "Dinner on Friday?"
+    assert second["body"] == "Friday works for me." and second["labels"] == ["INBOX", "IMPORTANT"]
+    assert second["from"] == {"name": "Anna", "address": "anna@example.com"} and second["attachments"] == []
+    assert thread["next_cursor"] is None
+    long_first, long_second = out["long"]
+    assert [m["message_id"] for m in long_first["messages"]] == ["m-5"] and long_first["next_cursor"]
+    assert [m["message_id"] for m in long_second["messages"]] == ["m-6"] and long_second["next_cursor"] is None
+    assert out["bad_cursor"].is_error is True and "cursor" in out["bad_cursor"].content[0].text
+    assert json.loads(out["resource"].contents[0].text) == thread
+
+    # Another user has no such thread, by tool or by resource.
+    async def as_other(session: ClientSession) -> Any:
+        missing = await session.call_tool("get_mail_thread", {"thread_id": "thr-1"})
+        with pytest.raises(MCPError) as caught:
+            await session.read_resource("brain://mail/threads/thr-1")
+        return missing, caught.value, await session.call_tool("get_event", {"id": written[0]["id"]})
+
+    missing, refused, event = run(server, other["jwt"], as_other)
+    assert missing.is_error is True and missing.content[0].text == "no mail thread 'thr-1'"
+    assert refused.code == -32002
+    assert event.is_error is True and "no event" in event.content[0].text
+
+
+def test_scopes_hold_for_search_threads_and_resources(server: BrainServer) -> None:
+    user = new_user(server)
+    server_write(server, user["jwt"], [mail("thr-s", "m-s", "scoped", "scoped body", "2026-02-01T09:00:00Z")])
+    searcher = api_key(server, user["token"], {"search": ["read"]})
+
+    async def work(session: ClientSession) -> Any:
+        listed = [tool.name for tool in (await session.list_tools()).tools]
+        found = await session.call_tool("search", {"q": "scoped"})
+        thread = await session.call_tool("get_mail_thread", {"thread_id": "thr-s"})
+        with pytest.raises(MCPError) as caught:
+            await session.read_resource("brain://mail/threads/thr-s")
+        return listed, found, thread, caught.value
+
+    listed, found, thread, refused = run(server, searcher, work)
+    assert listed == ["search"]
+    assert found.is_error is False and len(found.structured_content["results"]) == 1
+    assert thread.is_error is True and "lacks the scope 'mail:read'" in thread.content[0].text
+    assert "lacks the scope 'mail:read'" in refused.error.message

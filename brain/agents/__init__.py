@@ -4,7 +4,8 @@ search, read and write it (`/mcp` on the API listener).
 Layout: `plugin` (its routes and the OAuth protected-resource document, through the core's
 hooks), `settings` ([mcp]), `transport` (Streamable HTTP: JSON-RPC 2.0 over POST, signed session
 ids, protocol version negotiation), `tools` (the tools, their schemas, what each one calls),
-`arguments` (the check of tool arguments against their input schemas).
+`resources` (`brain://` URIs), `threads` (a mail thread from its events), `arguments` (the
+check of tool arguments against their input schemas).
 
 It reaches a user's data only through `brain.contracts` (`EVENT_ACCESS` from the API role,
 `MAIL_ACCOUNTS` from mail sync) and acts as the caller the API listener's guard checked: a JWT

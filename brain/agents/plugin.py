@@ -36,7 +36,8 @@ def endpoint(rt: Process) -> McpEndpoint:
         settings = rt.settings
         return McpEndpoint(
             sessions=SessionIds(rt.secret, settings.mcp.session_seconds),
-            toolbox=Toolbox(page_max=settings.api.events_page_max),
+            toolbox=Toolbox(page_max=settings.api.events_page_max, search_page_max=settings.search.page_max,
+                            search_query_max=settings.search.max_query_chars),
             events=rt.stash.get(EVENT_ACCESS),
             mail=rt.stash.get(MAIL_ACCOUNTS),
             max_result_chars=settings.mcp.max_result_chars,

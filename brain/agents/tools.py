@@ -20,15 +20,20 @@ from dataclasses import dataclass
 from typing import Any
 
 from brain.agents.arguments import check_arguments
+from brain.agents.threads import THREAD_TYPES, thread_messages
 from brain.contracts import Caller, EventAccess, MailAccounts
-from brain.errors import Forbidden, HTTPError, TooManyRequests
+from brain.errors import BadRequest, Forbidden, HTTPError, NotFound, TooManyRequests
 
 audit = logging.getLogger("brain.agents.audit")
 log = logging.getLogger("brain.agents")
 
-__all__ = ["Toolbox", "ToolCall", "UnknownTool"]
+__all__ = ["ToolCall", "ToolFailed", "Toolbox", "UnknownTool", "events_of", "mail_thread"]
 
 NOTE_TYPE = "note.created"
+# The mail events read for one thread; a longer thread shows its first ones.
+MAX_THREAD_EVENTS = 2000
+# What a search result shows of its event's data, besides the highlights (to fetch the rest by).
+_SUMMARY_FIELDS = ("thread_id", "subject", "title")
 _MAX_TEXT = 100_000
 _TIME = {"type": ["string", "number"], "description": "RFC 3339 time with an offset (or Z), or epoch seconds"}
 _KEY = {
@@ -109,14 +114,15 @@ class Tool:
         }
 
 
-def _events(call: ToolCall) -> EventAccess:
+def events_of(call: ToolCall) -> EventAccess:
+    """The event stores, or ToolFailed when this process has none."""
     if call.events is None:
         raise ToolFailed("this server has no event stores (the API role's stores are not offered here)")
     return call.events
 
 
 async def _list_events(call: ToolCall, args: dict[str, Any]) -> dict[str, Any]:
-    page = await _events(call).list_events(
+    page = await events_of(call).list_events(
         call.user_id, types=args.get("type"), since=args.get("since"), until=args.get("until"),
         limit=args.get("limit"), cursor=args.get("cursor"), max_chars=call.max_result_chars,
     )
@@ -134,8 +140,63 @@ async def _add_event(call: ToolCall, args: dict[str, Any]) -> dict[str, Any]:
 
 
 async def _write(call: ToolCall, event: dict[str, Any], key: str | None) -> dict[str, Any]:
-    stored, replayed = await _events(call).add_events(call.user_id, [event], key=key)
+    stored, replayed = await events_of(call).add_events(call.user_id, [event], key=key)
     return {"event": stored[0], "replayed": replayed}
+
+
+async def _get_event(call: ToolCall, args: dict[str, Any]) -> dict[str, Any]:
+    event = await events_of(call).get_event(call.user_id, args["id"])
+    if event is None:
+        raise NotFound(f"no event {args['id']}")
+    return {"event": event}
+
+
+async def _search(call: ToolCall, args: dict[str, Any]) -> dict[str, Any]:
+    found = await events_of(call).search(
+        call.user_id, args["q"], since=args.get("since"), until=args.get("until"), limit=args.get("limit"),
+        cursor=args.get("cursor"),
+    )
+    results = []
+    for hit in found.results:
+        event, data = hit["event"], hit["event"]["data"]
+        summary = {k: data[k] for k in _SUMMARY_FIELDS if isinstance(data, dict) and isinstance(data.get(k), str)}
+        results.append({"id": event["id"], "type": event["type"], "created_at": event["created_at"],
+                        "score": hit["score"], "highlights": hit["highlights"], **summary})
+    return {"results": results, "next_cursor": found.next_cursor, "partial": found.partial}
+
+
+async def mail_thread(call: ToolCall, thread_id: str, cursor: str | None = None) -> dict[str, Any]:
+    """A page of a mail thread's messages (the get_mail_thread tool and the brain://mail/threads resource)."""
+    events = await events_of(call).match_field(
+        call.user_id, types=THREAD_TYPES, field="thread_id", value=thread_id, limit=MAX_THREAD_EVENTS
+    )
+    messages = thread_messages(events)
+    if not messages:
+        raise NotFound(f"no mail thread {thread_id[:200]!r}")
+    start = 0
+    if cursor is not None:
+        if not (cursor.isascii() and cursor.isdigit() and 0 < int(cursor) < len(messages)):
+            raise BadRequest("cursor: not a cursor of this thread")
+        start = int(cursor)
+    page: list[dict[str, Any]] = []
+    size = 0
+    for message in messages[start:]:
+        size += len(json.dumps(message, separators=(",", ":"), ensure_ascii=False)) + 1
+        if page and size > call.max_result_chars:
+            break
+        page.append(message)
+    end = start + len(page)
+    return {
+        "thread_id": thread_id,
+        "subject": messages[0].get("subject"),
+        "message_count": len(messages),
+        "messages": page,
+        "next_cursor": str(end) if end < len(messages) else None,
+    }
+
+
+async def _get_mail_thread(call: ToolCall, args: dict[str, Any]) -> dict[str, Any]:
+    return await mail_thread(call, args["thread_id"], args.get("cursor"))
 
 
 async def _mail_accounts(call: ToolCall, _args: dict[str, Any]) -> dict[str, Any]:
@@ -146,8 +207,73 @@ async def _mail_accounts(call: ToolCall, _args: dict[str, Any]) -> dict[str, Any
     return {"accounts": accounts}
 
 
-def _tools(page_max: int) -> list[Tool]:
+def _tools(page_max: int, search_page_max: int, search_query_max: int) -> list[Tool]:
     return [
+        Tool(
+            name="search",
+            title="Search",
+            description=(
+                "Search the user's notes, events and mail, best match first. Words match anywhere "
+                '(prefix*, "exact phrase", OR, -word); field:value filters, e.g. from:anna, '
+                "subject:invoice, type:note.created, type:mail.*, label:inbox, has:attachment. Each result "
+                "gives the event id (get_event reads it) and, for mail, its thread_id (get_mail_thread)."
+            ),
+            scope="search",
+            input_schema={
+                "type": "object",
+                "required": ["q"],
+                "properties": {
+                    "q": {"type": "string", "minLength": 1, "maxLength": search_query_max, "description": "the query"},
+                    "since": _TIME,
+                    "until": _TIME,
+                    "limit": {"type": "integer", "minimum": 1, "maximum": search_page_max},
+                    "cursor": {"type": "string", "maxLength": 600, "description": "next_cursor of the previous page"},
+                },
+                "additionalProperties": False,
+            },
+            output_schema={
+                "type": "object",
+                "required": ["results", "next_cursor", "partial"],
+                "properties": {
+                    "results": {"type": "array", "items": {
+                        "type": "object",
+                        "required": ["id", "type", "created_at", "score", "highlights"],
+                        "properties": {
+                            "id": {"type": "integer"},
+                            "type": {"type": "string"},
+                            "created_at": {"type": "string"},
+                            "score": {"type": "number", "description": "higher is better"},
+                            "highlights": {"type": "object", "additionalProperties": {"type": "string"},
+                                           "description": "matching snippets by field, matches marked"},
+                            "thread_id": {"type": "string"},
+                            "subject": {"type": "string"},
+                            "title": {"type": "string"},
+                        },
+                    }},
+                    "next_cursor": {"type": ["string", "null"]},
+                    "partial": {"type": "boolean", "description": "true: the index is still being built"},
+                },
+            },
+            read_only=True,
+            idempotent=True,
+            run=_search,
+        ),
+        Tool(
+            name="get_event",
+            title="Get an event",
+            description="Read one of the user's events by id, with all its data.",
+            scope="events:read",
+            input_schema={
+                "type": "object",
+                "required": ["id"],
+                "properties": {"id": {"type": "integer", "minimum": 1, "maximum": 2**63 - 1}},
+                "additionalProperties": False,
+            },
+            output_schema={"type": "object", "required": ["event"], "properties": {"event": EVENT_SCHEMA}},
+            read_only=True,
+            idempotent=True,
+            run=_get_event,
+        ),
         Tool(
             name="list_events",
             title="List events",
@@ -161,7 +287,7 @@ def _tools(page_max: int) -> list[Tool]:
                 "type": "object",
                 "properties": {
                     "type": {"type": "string", "minLength": 1, "maxLength": 2000,
-                             "description": "event type to match, e.g. note.created"},
+                             "description": "event types to match, comma-separated; a prefix ends in *: note.created,mail.*"},
                     "since": _TIME,
                     "until": _TIME,
                     "limit": {"type": "integer", "minimum": 1, "maximum": page_max,
@@ -229,6 +355,50 @@ def _tools(page_max: int) -> list[Tool]:
             run=_add_event,
         ),
         Tool(
+            name="get_mail_thread",
+            title="Get a mail thread",
+            description=(
+                "All messages of one mail thread, oldest first, each with its sender, recipients, "
+                "date, labels and its own text (quoted replies and signatures removed)."
+            ),
+            scope="mail:read",
+            input_schema={
+                "type": "object",
+                "required": ["thread_id"],
+                "properties": {
+                    "thread_id": {"type": "string", "minLength": 1, "maxLength": 500,
+                                  "description": "a message's thread_id (search results and mail events carry it)"},
+                    "cursor": {"type": "string", "maxLength": 20, "description": "next_cursor of the previous page"},
+                },
+                "additionalProperties": False,
+            },
+            output_schema={
+                "type": "object",
+                "required": ["thread_id", "message_count", "messages", "next_cursor"],
+                "properties": {
+                    "thread_id": {"type": "string"},
+                    "subject": {"type": ["string", "null"]},
+                    "message_count": {"type": "integer"},
+                    "messages": {"type": "array", "items": {
+                        "type": "object",
+                        "required": ["event_id", "body", "attachments"],
+                        "properties": {
+                            "event_id": {"type": "integer"},
+                            "message_id": {"type": "string"},
+                            "subject": {"type": "string"},
+                            "date": {"type": ["string", "null"]},
+                            "body": {"type": "string", "description": "the message's own text"},
+                            "attachments": {"type": "array", "items": {"type": "object"}},
+                        },
+                    }},
+                    "next_cursor": {"type": ["string", "null"]},
+                },
+            },
+            read_only=True,
+            idempotent=True,
+            run=_get_mail_thread,
+        ),
+        Tool(
             name="mail_accounts",
             title="Mail accounts",
             description="The user's connected mail accounts and how their sync stands (state, progress, last error).",
@@ -249,8 +419,8 @@ def _tools(page_max: int) -> list[Tool]:
 class Toolbox:
     """Every tool by name; lists and calls them for a caller, within the caller's scopes."""
 
-    def __init__(self, *, page_max: int) -> None:
-        self.tools = {tool.name: tool for tool in _tools(page_max)}
+    def __init__(self, *, page_max: int, search_page_max: int, search_query_max: int) -> None:
+        self.tools = {tool.name: tool for tool in _tools(page_max, search_page_max, search_query_max)}
 
     def describe(self, caller: Caller) -> list[dict[str, Any]]:
         """The tools this caller may call (an API key sees those its scopes allow)."""

@@ -11,6 +11,8 @@ the official Python SDK, which serves ASGI and so does not fit an aiohttp listen
   `mcp.session_seconds` after `initialize` in any process of the deployment. It is bound to
   the user who opened it; another user's token with it gets 404. `DELETE /mcp` ends it in this
   process.
+- Tools (brain.agents.tools) and resources (brain.agents.resources) act as the caller, within
+  its scopes.
 - `GET /mcp` is 405: this server sends no messages of its own, so it offers no stream (the
   specification's answer for that case).
 
@@ -35,6 +37,7 @@ from typing import Any, NamedTuple
 
 from aiohttp import hdrs, web
 
+from brain.agents.resources import TEMPLATES, ResourceError, read_resource
 from brain.agents.tools import Toolbox, ToolCall, UnknownTool
 from brain.contracts import Caller, EventAccess, MailAccounts
 from brain.errors import HTTPError
@@ -52,8 +55,10 @@ VERSION_HEADER = "MCP-Protocol-Version"
 SERVER_INFO = {"name": "brain", "title": "brain: a person's events, notes and mail", "version": "1"}
 INSTRUCTIONS = (
     "This is one person's brain: their notes, the events their apps record and their synced mail. "
-    "list_events reads them newest first (type and time filters, cursor paging); add_note writes a "
-    "note; add_event writes an event of another type; mail_accounts shows their mail accounts."
+    "search finds them (ranked, with snippets and ids); get_event reads one; get_mail_thread reads a "
+    "whole mail conversation; list_events lists them newest first (type and time filters); add_note "
+    "writes a note and add_event an event of another type; mail_accounts shows their mail accounts. "
+    "Events are also resources: brain://events/{id} and brain://mail/threads/{thread_id}."
 )
 PARSE_ERROR, INVALID_REQUEST, METHOD_NOT_FOUND, INVALID_PARAMS = -32700, -32600, -32601, -32602
 # Sessions ended with DELETE that this process remembers until they would have expired anyway.
@@ -157,7 +162,7 @@ class McpEndpoint:
                 session_id = self.sessions.issue(caller.id, version, now)
                 result = {
                     "protocolVersion": version,
-                    "capabilities": {"tools": {"listChanged": False}},
+                    "capabilities": {"tools": {"listChanged": False}, "resources": {"listChanged": False}},
                     "serverInfo": SERVER_INFO,
                     "instructions": INSTRUCTIONS,
                 }
@@ -225,6 +230,16 @@ class McpEndpoint:
                 return await self.toolbox.call(caller, params.get("name"), params.get("arguments"), doors)
             except UnknownTool as exc:
                 raise RpcError(INVALID_PARAMS, str(exc)) from None
+        if method == "resources/templates/list":
+            return {"resourceTemplates": TEMPLATES}
+        if method == "resources/list":
+            return {"resources": []}
+        if method == "resources/read":
+            doors = ToolCall(caller.id, self.events, self.mail, self.max_result_chars)
+            try:
+                return await read_resource(caller, params.get("uri"), doors)
+            except ResourceError as exc:
+                raise RpcError(exc.code, exc.message) from None
         raise RpcError(METHOD_NOT_FOUND, f"method {method[:80]!r} is not offered by this server")
 
 
