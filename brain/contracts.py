@@ -88,7 +88,7 @@ class EventPage(NamedTuple):
 
 
 class SearchResults(NamedTuple):
-    """One page of search results, best first (`{event, score, highlights}` each), the cursor of
+    """One page of search results, best first (`{id, type, created_at, score, highlights}` each), the cursor of
     the next (None: the last), and whether the index was still being built (older events may be missing)."""
 
     results: list[dict[str, Any]]

@@ -32,8 +32,6 @@ __all__ = ["ToolCall", "ToolFailed", "Toolbox", "UnknownTool", "events_of", "mai
 NOTE_TYPE = "note.created"
 # The mail events read for one thread; a longer thread shows its first ones.
 MAX_THREAD_EVENTS = 2000
-# What a search result shows of its event's data, besides the highlights (to fetch the rest by).
-_SUMMARY_FIELDS = ("thread_id", "subject", "title")
 _MAX_TEXT = 100_000
 _TIME = {"type": ["string", "number"], "description": "RFC 3339 time with an offset (or Z), or epoch seconds"}
 _KEY = {
@@ -156,13 +154,7 @@ async def _search(call: ToolCall, args: dict[str, Any]) -> dict[str, Any]:
         call.user_id, args["q"], since=args.get("since"), until=args.get("until"), limit=args.get("limit"),
         cursor=args.get("cursor"),
     )
-    results = []
-    for hit in found.results:
-        event, data = hit["event"], hit["event"]["data"]
-        summary = {k: data[k] for k in _SUMMARY_FIELDS if isinstance(data, dict) and isinstance(data.get(k), str)}
-        results.append({"id": event["id"], "type": event["type"], "created_at": event["created_at"],
-                        "score": hit["score"], "highlights": hit["highlights"], **summary})
-    return {"results": results, "next_cursor": found.next_cursor, "partial": found.partial}
+    return {"results": found.results, "next_cursor": found.next_cursor, "partial": found.partial}
 
 
 async def mail_thread(call: ToolCall, thread_id: str, cursor: str | None = None) -> dict[str, Any]:
@@ -216,7 +208,8 @@ def _tools(page_max: int, search_page_max: int, search_query_max: int) -> list[T
                 "Search the user's notes, events and mail, best match first. Words match anywhere "
                 '(prefix*, "exact phrase", OR, -word); field:value filters, e.g. from:anna, '
                 "subject:invoice, type:note.created, type:mail.*, label:inbox, has:attachment. Each result "
-                "gives the event id (get_event reads it) and, for mail, its thread_id (get_mail_thread)."
+                "gives the event id and type and the matching snippets; get_event reads the whole event "
+                "(for mail, its data.thread_id is what get_mail_thread takes)."
             ),
             scope="search",
             input_schema={
@@ -245,9 +238,6 @@ def _tools(page_max: int, search_page_max: int, search_query_max: int) -> list[T
                             "score": {"type": "number", "description": "higher is better"},
                             "highlights": {"type": "object", "additionalProperties": {"type": "string"},
                                            "description": "matching snippets by field, matches marked"},
-                            "thread_id": {"type": "string"},
-                            "subject": {"type": "string"},
-                            "title": {"type": "string"},
                         },
                     }},
                     "next_cursor": {"type": ["string", "null"]},

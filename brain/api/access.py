@@ -107,7 +107,12 @@ class StoreAccess:
             until=None if until is None else parse_time(until, "until"),
             limit=search.page_default if limit is None else limit, cursor=cursor,
         )
-        results = [{"event": hit.event.as_dict(), "score": hit.score, "highlights": hit.highlights} for hit in page.hits]
+        # The events' data is not parsed: a result names its event, which get_event reads whole.
+        results = [
+            {"id": hit.event.id, "type": hit.event.type, "created_at": hit.event.created_at, "score": hit.score,
+             "highlights": hit.highlights}
+            for hit in page.hits
+        ]
         return SearchResults(results, next_cursor, page.partial)
 
     async def match_field(
