@@ -19,7 +19,9 @@ from tests.test_auth_helpers import NO_LIMITS, bearer, new_user
 
 APP = "http://app.example.test:5173"
 OTHER = "https://evil.example.test"
-WANTED_HEADERS = {"authorization", "content-type", "idempotency-key", "last-event-id", "x-api-key"}
+WANTED_HEADERS = {"authorization", "content-type", "idempotency-key", "last-event-id", "x-api-key", "mcp-session-id",
+                  "mcp-protocol-version"}
+EXPOSED_HEADERS = {"idempotent-replayed", "retry-after", "mcp-session-id", "mcp-protocol-version"}
 
 
 @pytest.fixture(scope="module")
@@ -107,12 +109,34 @@ def test_answers_to_a_trusted_origin_carry_cors_headers_and_expose_what_clients_
     for r in answers:
         assert r.headers["Access-Control-Allow-Origin"] == APP, (r.url, r.headers)
         assert r.headers["Access-Control-Allow-Credentials"] == "true"
-        assert listed(r.headers["Access-Control-Expose-Headers"]) == {"idempotent-replayed", "retry-after"}
+        assert listed(r.headers["Access-Control-Expose-Headers"]) == EXPOSED_HEADERS
         assert "origin" in listed(r.headers["Vary"])
     # Another origin gets none of it; a request without Origin (a server, curl) neither.
     for origin in (OTHER, None):
         r = requests.get(f"{server.api_url}/me", timeout=10, headers={**bearer(user["jwt"]), **({"Origin": origin} if origin else {})})
         assert r.status_code == 200 and not cors_of(r)
+
+
+def test_a_browser_mcp_client_may_send_and_read_the_session_headers(server: BrainServer) -> None:
+    user = new_user(server)
+    r = preflight(server, "/mcp", "POST", headers="authorization, content-type, mcp-session-id, mcp-protocol-version")
+    assert r.status_code == 204, r.text
+    assert {"mcp-session-id", "mcp-protocol-version"} <= listed(r.headers["Access-Control-Allow-Headers"])
+    # A page on the auth role's own origin, which /mcp also takes: it can read the session id it got.
+    origin = server.auth_url
+    opened = requests.post(f"{server.api_url}/mcp", timeout=10, headers={
+        **bearer(user["jwt"]), "Origin": origin, "Accept": "application/json, text/event-stream",
+    }, json={"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "page", "version": "0"}}})
+    assert opened.status_code == 200, opened.text
+    assert opened.headers["Access-Control-Allow-Origin"] == origin
+    assert "mcp-session-id" in listed(opened.headers["Access-Control-Expose-Headers"])
+    session = opened.headers["Mcp-Session-Id"]
+    ping = requests.post(f"{server.api_url}/mcp", timeout=10, json={"jsonrpc": "2.0", "id": 2, "method": "ping"}, headers={
+        **bearer(user["jwt"]), "Origin": origin, "Accept": "application/json, text/event-stream",
+        "Mcp-Session-Id": session, "MCP-Protocol-Version": "2025-11-25",
+    })
+    assert ping.status_code == 200 and ping.json()["result"] == {}, ping.text
 
 
 def start(make_server: Any, api: dict[str, Any], name: str) -> BrainServer:

@@ -8,11 +8,13 @@ bearer tokens a page must hold itself (no cookies), so that is safe, and it is a
 `Access-Control-Allow-Credentials: true` and `Vary: Origin`.
 
 Every response to an allowed `Origin` carries the CORS headers (an `on_response_prepare`
-signal: JSON answers, errors and event streams alike), exposing `Idempotent-Replayed` and
-`Retry-After` to the page. A preflight (`OPTIONS` with `Access-Control-Request-Method`) to any
-route is answered by one catch-all route: 204 with the path's methods and the request headers
-the API reads (`Authorization`, `Content-Type`, `Idempotency-Key`, `Last-Event-ID`,
-`x-api-key`), 403 INVALID_ORIGIN for an origin not allowed, 404 for a path no route has.
+signal: JSON answers, errors and event streams alike), exposing `Idempotent-Replayed`,
+`Retry-After` and MCP's `Mcp-Session-Id` and `MCP-Protocol-Version` to the page. A preflight
+(`OPTIONS` with `Access-Control-Request-Method`) to any route is answered by one catch-all
+route: 204 with the path's methods and the request headers the API reads (`Authorization`,
+`Content-Type`, `Idempotency-Key`, `Last-Event-ID`, `x-api-key`, `Mcp-Session-Id`,
+`MCP-Protocol-Version`), 403 INVALID_ORIGIN for an origin not allowed, 404 for a path no route
+has.
 """
 
 from __future__ import annotations
@@ -25,8 +27,12 @@ from brain.errors import Forbidden, NotFound
 from brain.origins import TrustedOrigins
 from brain.web import UNMATCHED_ATTR
 
-ALLOW_HEADERS = "Authorization, Content-Type, Idempotency-Key, Last-Event-ID, x-api-key"
-EXPOSE_HEADERS = "Idempotent-Replayed, Retry-After"
+# MCP's Streamable HTTP transport (/mcp) sends its session and version in headers of its own,
+# both ways: a browser client must be allowed to send them and to read the session id back.
+ALLOW_HEADERS = (
+    "Authorization, Content-Type, Idempotency-Key, Last-Event-ID, x-api-key, Mcp-Session-Id, MCP-Protocol-Version"
+)
+EXPOSE_HEADERS = "Idempotent-Replayed, Retry-After, Mcp-Session-Id, MCP-Protocol-Version"
 MAX_AGE = "600"
 ANY = "*"
 
