@@ -59,17 +59,19 @@ def build_spec(
     routes: Mapping[str, Iterable[Route | Components]],
     main: str,
 ) -> dict[str, Any]:
-    """The document: `info`, the main listener as the default server, every listener's routes."""
+    """The document: `info`, the main listener as the default server, every listener's routes and webhooks."""
     by_name = {listener.name: listener for listener in listeners}
     primary = by_name[main]
     paths: dict[str, dict[str, Any]] = {}
     components: dict[str, dict[str, Any]] = {"securitySchemes": {}, "schemas": {"Error": copy.deepcopy(ERROR_SCHEMA)}}
+    webhooks: dict[str, dict[str, Any]] = {"webhooks": {}}
     for name, listener in by_name.items():
         if not listener.documented:
             continue
         for entry in routes.get(name, ()):
             if isinstance(entry, Components):
                 _merge(components, entry.components)
+                _merge(webhooks, {"webhooks": entry.webhooks}, where="")
                 continue
             _merge(components, entry.components)
             if entry.operation is None:
@@ -80,7 +82,7 @@ def build_spec(
                 if name != main:
                     item["servers"] = [{"url": listener.public_url, "description": f"{name} role"}]
             item[entry.method.lower()] = copy.deepcopy(dict(entry.operation))
-    return {
+    spec = {
         "openapi": "3.1.0",
         "info": dict(info),
         "servers": [{"url": primary.public_url, "description": f"{main} role"}],
@@ -88,13 +90,16 @@ def build_spec(
         "paths": paths,
         "components": components,
     }
+    if webhooks["webhooks"]:
+        spec["webhooks"] = webhooks["webhooks"]
+    return spec
 
 
-def _merge(into: dict[str, dict[str, Any]], more: Mapping[str, Mapping[str, Any]]) -> None:
-    """Add components; one name with two different definitions is a plugin error."""
+def _merge(into: dict[str, dict[str, Any]], more: Mapping[str, Mapping[str, Any]], where: str = "components.") -> None:
+    """Add components (or webhooks); one name with two different definitions is a plugin error."""
     for kind, entries in more.items():
         section = into.setdefault(kind, {})
         for key, value in entries.items():
             if key in section and section[key] != value:
-                raise PluginError(f"OpenAPI components.{kind}.{key} is defined twice, differently")
+                raise PluginError(f"OpenAPI {where}{kind}.{key} is defined twice, differently")
             section[key] = copy.deepcopy(value)

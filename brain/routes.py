@@ -60,9 +60,14 @@ class Route:
 
 @dataclass(frozen=True)
 class Components:
-    """OpenAPI components a plugin contributes to the document without a route of their own."""
+    """OpenAPI components a plugin contributes to the document without a route of their own.
+
+    `webhooks` are the requests the server itself sends to its users' URLs (OpenAPI's top-level
+    `webhooks`: a name, then a path item whose operation a receiver implements).
+    """
 
     components: Mapping[str, Mapping[str, Any]]
+    webhooks: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

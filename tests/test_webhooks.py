@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import jsonschema
 import pytest
 import requests
 import standardwebhooks
@@ -34,6 +35,32 @@ def documented_signature(secret: str, headers: dict[str, str], body: bytes) -> s
     key = base64.b64decode(secret.removeprefix("whsec_"))
     signed = f"{headers['webhook-id']}.{headers['webhook-timestamp']}.".encode() + body
     return "v1," + base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
+
+
+def documented_delivery_errors(spec: dict[str, Any], headers: dict[str, str], body: Any) -> list[str]:
+    """What in a delivery (headers by lower-case name, JSON body) /openapi.json's `webhooks.event` does not allow."""
+    operation = spec["webhooks"]["event"]["post"]
+    schema = operation["requestBody"]["content"]["application/json"]["schema"]
+    errors = [e.message for e in jsonschema.Draft202012Validator({**schema, "components": spec["components"]}).iter_errors(body)]
+    for parameter in operation["parameters"]:
+        value = headers.get(parameter["name"].lower())
+        if value is None:
+            errors += [f"{parameter['name']}: missing"] if parameter.get("required") else []
+            continue
+        errors += [f"{parameter['name']}: {e.message}" for e in jsonschema.Draft202012Validator(parameter["schema"]).iter_errors(value)]
+    return errors
+
+
+def test_the_documented_delivery_check_can_fail() -> None:
+    spec = {"components": {"schemas": {"Event": {"type": "object", "required": ["id"]}, "WebhookPayload": {
+        "type": "object", "required": ["type"], "properties": {"data": {"$ref": "#/components/schemas/Event"}}}}},
+        "webhooks": {"event": {"post": {
+            "parameters": [{"name": "webhook-id", "in": "header", "required": True, "schema": {"pattern": "^msg_"}}],
+            "requestBody": {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/WebhookPayload"}}}},
+        }}}}
+    assert documented_delivery_errors(spec, {"webhook-id": "msg_1"}, {"type": "t", "data": {"id": 1}}) == []
+    assert len(documented_delivery_errors(spec, {"webhook-id": "nope"}, {"data": {}})) == 3
+    assert documented_delivery_errors(spec, {}, {"type": "t"}) == ["webhook-id: missing"]
 
 
 class Receiver:
@@ -124,6 +151,7 @@ def test_deliveries_are_signed_as_documented_and_carry_only_wanted_events(server
         assert generated["secret"].startswith("whsec_") and chosen["secret"] == own_secret
         assert generated["types"] == ["task.done", "note.*"] and chosen["types"] == []
         posted = alice.post([{"type": t, "data": {"n": i}} for i, t in enumerate(["note.created", "task.done", "other.x"])])
+        spec = requests.get(f"{server.api_url}/openapi.json", timeout=10).json()
         ids = [e["id"] for e in posted["events"]]
         wait_until(lambda: len(receiver.received) >= 5, what="5 deliveries")
         time.sleep(0.5)  # and no more than that
@@ -144,6 +172,7 @@ def test_deliveries_are_signed_as_documented_and_carry_only_wanted_events(server
             assert abs(int(headers["webhook-timestamp"]) - time.time()) < 60
             assert set(body) == {"type", "timestamp", "data"} and body["type"] == body["data"]["type"]
             assert set(body["data"]) == {"id", "type", "data", "created_at"}
+            assert documented_delivery_errors(spec, headers, body) == []
             by_hook["generated" if secret == generated["secret"] else "chosen"].add(body["data"]["id"])
         assert by_hook == {"generated": set(ids[:2]), "chosen": set(ids)}
         assert before["id"] not in receiver.event_ids()

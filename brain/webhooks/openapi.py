@@ -1,4 +1,6 @@
-"""The OpenAPI description of the webhook routes (brain.webhooks.routes carries them)."""
+"""The OpenAPI description of the webhook routes (brain.webhooks.routes carries them), and of
+the deliveries themselves: the POST a receiver gets, as the document's top-level `webhooks`.
+"""
 
 from __future__ import annotations
 
@@ -107,6 +109,17 @@ SCHEMAS: dict[str, Any] = {
         "required": ["id", "url", "types", "state", "secret"],
         "properties": {**_WEBHOOK_PROPERTIES, "secret": {"type": "string", "description": "Shown this once"}},
     },
+    "WebhookPayload": {
+        "type": "object",
+        "description": "The body of a delivery (Standard Webhooks): the event, its type and time beside it",
+        "required": ["type", "timestamp", "data"],
+        "additionalProperties": False,
+        "properties": {
+            "type": {"type": "string", "description": "The event's type"},
+            "timestamp": {"type": "string", "format": "date-time", "description": "The event's created_at"},
+            "data": _ref("Event"),
+        },
+    },
     # The data of the event the server writes when it gives up on an endpoint (queue.DISABLED_EVENT).
     "webhook.disabled": {
         "type": "object",
@@ -143,4 +156,46 @@ SCHEMAS: dict[str, Any] = {
             }}},
         },
     },
+}
+
+# What a receiver's URL gets: one POST per event, retried until a 2xx (brain.webhooks.sender).
+WEBHOOKS: dict[str, Any] = {
+    "event": {
+        "post": {
+            "operationId": "receiveWebhookEvent",
+            "summary": "One of the user's events, POSTed to a registered webhook URL",
+            "description": (
+                "Sent for each event committed after the webhook was registered whose type it asked for, "
+                "in commit order per endpoint (at most a few in flight at once). Verify webhook-signature "
+                "before trusting the body, refuse an old webhook-timestamp, and drop a webhook-id seen "
+                "before: every retry of a delivery carries the same one."
+            ),
+            "security": [],
+            "parameters": [
+                {"name": "webhook-id", "in": "header", "required": True,
+                 "description": "The delivery's id: the same on every attempt",
+                 "schema": {"type": "string", "pattern": "^msg_[A-Za-z0-9_-]{24}$"}},
+                {"name": "webhook-timestamp", "in": "header", "required": True,
+                 "description": "When this attempt was signed, in seconds since the epoch",
+                 "schema": {"type": "string", "pattern": "^[0-9]{1,12}$"}},
+                {"name": "webhook-signature", "in": "header", "required": True,
+                 "description": "`v1,` and the base64 of HMAC-SHA256 over `{webhook-id}.{webhook-timestamp}.{body}`, "
+                                "keyed with the bytes of the secret after `whsec_`",
+                 "schema": {"type": "string", "pattern": "^v1,[A-Za-z0-9+/]{43}=$"}},
+                {"name": "User-Agent", "in": "header", "required": True,
+                 "schema": {"type": "string", "pattern": "^brain-webhooks/"}},
+            ],
+            "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("WebhookPayload")}}},
+            "responses": {
+                "2XX": {"description": "Delivered: not sent again"},
+                "default": {
+                    "description": (
+                        "Not delivered (as is no answer within webhooks.timeout_seconds, or a redirect): retried "
+                        "with exponential backoff, no sooner than a Retry-After asks; an endpoint failing for "
+                        "webhooks.disable_after_days is disabled (a webhook.disabled event)"
+                    ),
+                },
+            },
+        }
+    }
 }

@@ -18,7 +18,7 @@ from brain.contracts import COMMIT_LOG, EVENT_SINK
 from brain.errors import ServiceUnavailable
 from brain.plugins import hookimpl
 from brain.process import Process
-from brain.routes import Route
+from brain.routes import Components, Route
 from brain.storage import storage_faults
 from brain.webhooks import routes
 from brain.webhooks.db import WebhookDb
@@ -65,8 +65,8 @@ def register_children(rt: Process, register: Callable[[Child | Group], None]) ->
 
 
 @hookimpl
-def register_routes(rt: Process, listener: str, register: Callable[[Route], None]) -> None:
-    """POST/GET /webhooks, GET/DELETE /webhooks/{id}, GET /webhooks/{id}/deliveries."""
+def register_routes(rt: Process, listener: str, register: Callable[[Route | Components], None]) -> None:
+    """POST/GET /webhooks, GET/DELETE /webhooks/{id}, GET /webhooks/{id}/deliveries; a delivery's description."""
     if listener == LISTENER:
         for route in routes.routes(rt):
             register(route)

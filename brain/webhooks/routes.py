@@ -29,7 +29,7 @@ from brain.errors import AddressRefused, BadRequest
 from brain.event_types import TypeFilter
 from brain.outbound import checked_addresses
 from brain.process import Process
-from brain.routes import Route, current_user
+from brain.routes import Components, Route, current_user
 from brain.web import json_response, read_json
 from brain.webhooks import openapi, signing
 from brain.webhooks.db import DELIVERED, FAILED, PENDING
@@ -41,8 +41,8 @@ MAX_DELIVERIES_LISTED = 100
 _NO_STORE = {"Cache-Control": "no-store"}
 
 
-def routes(rt: Process) -> list[Route]:
-    """The five webhook routes, each with its OpenAPI operation."""
+def routes(rt: Process) -> list[Route | Components]:
+    """The five webhook routes, each with its OpenAPI operation, and the description of a delivery."""
     hub = webhooks(rt)
 
     @scope("events:read")
@@ -104,6 +104,7 @@ def routes(rt: Process) -> list[Route]:
     paths = openapi.PATHS
     components = {"schemas": openapi.SCHEMAS}
     return [
+        Components({}, webhooks=openapi.WEBHOOKS),
         Route("POST", "/webhooks", create, paths["/webhooks"]["post"], components=components),
         Route("GET", "/webhooks", list_all, paths["/webhooks"]["get"]),
         Route("GET", "/webhooks/{id}", get_one, paths["/webhooks/{id}"]["get"]),

@@ -65,6 +65,7 @@ __all__ = [
     "WebhookDelivery",
     "WebhookDeliveryAttemptLogItem",
     "WebhookDisabled",
+    "WebhookPayload",
     "WebhookWithSecret",
 ]
 
@@ -403,6 +404,14 @@ WebhookDelivery = TypedDict("WebhookDelivery", {
     "last_status": NotRequired[Union[int, None]],
     "last_error": NotRequired[Union[str, None]],
     "attempt_log": NotRequired[list[WebhookDeliveryAttemptLogItem]],
+})
+
+
+# The body of a delivery (Standard Webhooks): the event, its type and time beside it
+WebhookPayload = TypedDict("WebhookPayload", {
+    "type": str,
+    "timestamp": str,
+    "data": Event,
 })
 
 

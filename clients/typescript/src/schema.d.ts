@@ -1421,7 +1421,28 @@ export interface paths {
         trace?: never;
     };
 }
-export type webhooks = Record<string, never>;
+export interface webhooks {
+    event: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * One of the user's events, POSTed to a registered webhook URL
+         * @description Sent for each event committed after the webhook was registered whose type it asked for, in commit order per endpoint (at most a few in flight at once). Verify webhook-signature before trusting the body, refuse an old webhook-timestamp, and drop a webhook-id seen before: every retry of a delivery carries the same one.
+         */
+        post: operations["receiveWebhookEvent"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+}
 export interface components {
     schemas: {
         ApiKey: {
@@ -1765,6 +1786,17 @@ export interface components {
             last_status?: number | null;
             /** @enum {string} */
             status: "pending" | "delivered" | "failed";
+        };
+        /** @description The body of a delivery (Standard Webhooks): the event, its type and time beside it */
+        WebhookPayload: {
+            data: components["schemas"]["Event"];
+            /**
+             * Format: date-time
+             * @description The event's created_at
+             */
+            timestamp: string;
+            /** @description The event's type */
+            type: string;
         };
         WebhookWithSecret: {
             /** Format: date-time */
@@ -6934,6 +6966,43 @@ export interface operations {
                 content: {
                     "application/json": components["schemas"]["Error"];
                 };
+            };
+        };
+    };
+    receiveWebhookEvent: {
+        parameters: {
+            query?: never;
+            header: {
+                /** @description The delivery's id: the same on every attempt */
+                "webhook-id": string;
+                /** @description When this attempt was signed, in seconds since the epoch */
+                "webhook-timestamp": string;
+                /** @description `v1,` and the base64 of HMAC-SHA256 over `{webhook-id}.{webhook-timestamp}.{body}`, keyed with the bytes of the secret after `whsec_` */
+                "webhook-signature": string;
+                "User-Agent": string;
+            };
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["WebhookPayload"];
+            };
+        };
+        responses: {
+            /** @description Delivered: not sent again */
+            "2XX": {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description Not delivered (as is no answer within webhooks.timeout_seconds, or a redirect): retried with exponential backoff, no sooner than a Retry-After asks; an endpoint failing for webhooks.disable_after_days is disabled (a webhook.disabled event) */
+            default: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
             };
         };
     };
