@@ -28,7 +28,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
-from brain.openapi import error
+from brain.openapi import with_error
 from brain.process import Process
 from brain.stash import StashKey
 
@@ -224,6 +224,5 @@ def scope(name: str | None) -> Callable[[H], H]:
 def with_api_keys(operation: dict[str, Any], scope: str | None) -> dict[str, Any]:
     """An operation that also takes API keys: its security, the scope a key needs (`x-api-key-scope`,
     "any" for any key) and the 403 for a key without it."""
-    responses = {**operation["responses"], "403": error("INSUFFICIENT_SCOPE: the API key lacks the scope")}
-    return {**operation, "security": [{"bearerAuth": []}, {"apiKeyHeader": []}], "x-api-key-scope": scope or "any",
-            "responses": responses}
+    described = with_error(operation, "403", "INSUFFICIENT_SCOPE: the API key lacks the scope", "INSUFFICIENT_SCOPE")
+    return {**described, "security": [{"bearerAuth": []}, {"apiKeyHeader": []}], "x-api-key-scope": scope or "any"}

@@ -81,7 +81,7 @@ OPERATION: dict[str, Any] = {
     "security": [{"metricsToken": []}],
     "responses": {
         "200": {"description": "OK", "content": {"text/plain": {"schema": {"type": "string"}}}},
-        "401": error("Missing or wrong metrics token"),
+        "401": error("Missing or wrong metrics token", "UNAUTHORIZED"),
     },
 }
 

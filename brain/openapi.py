@@ -12,10 +12,13 @@ import copy
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from brain.errors import PluginError
+from brain.errors import BadRequest, InvalidToken, PluginError, ServiceUnavailable, StorageFault
 from brain.routes import Components, Listener, Route
 
-__all__ = ["ERROR_SCHEMA", "build_spec", "error", "json_body", "ref", "with_error"]
+__all__ = [
+    "ERROR_SCHEMA", "INVALID_CODES", "TOKEN_CODES", "UNAVAILABLE_CODES", "build_spec", "error", "error_codes", "json_body",
+    "ref", "with_error",
+]
 
 # The body of every error brain answers (brain.errors.HTTPError.body).
 ERROR_SCHEMA: dict[str, Any] = {
@@ -23,6 +26,14 @@ ERROR_SCHEMA: dict[str, Any] = {
     "required": ["message", "code"],
     "properties": {"message": {"type": "string"}, "code": {"type": "string"}},
 }
+
+
+# The `code` values of the answers every route behind a token may give: a refused token (or its
+# user deleted meanwhile, or an API key refused with Better Auth's codes: brain.api.api_keys), a
+# part not ready or a database failing, a request's own mistake.
+TOKEN_CODES = (InvalidToken.code, "USER_DELETED", "INVALID_API_KEY", "KEY_DISABLED", "KEY_EXPIRED")
+UNAVAILABLE_CODES = (ServiceUnavailable.code, StorageFault.code)
+INVALID_CODES = (BadRequest.code,)
 
 
 def ref(name: str) -> dict[str, str]:
@@ -35,21 +46,37 @@ def json_body(schema: Mapping[str, Any], description: str = "OK") -> dict[str, A
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
-def error(description: str) -> dict[str, Any]:
-    """An error response (the `Error` schema) described as given."""
-    return json_body(ref("Error"), description)
+def error(description: str, *codes: str) -> dict[str, Any]:
+    """An error response (the `Error` schema) described as given; with codes, the only `code` values it carries."""
+    if not codes:
+        return json_body(ref("Error"), description)
+    return json_body({"allOf": [ref("Error")], "properties": {"code": {"enum": sorted(set(codes))}}}, description)
 
 
-def with_error(operation: Mapping[str, Any], status: str, description: str) -> dict[str, Any]:
-    """A copy of operation that also answers this error status (its description extended if it did)."""
+def error_codes(response: Mapping[str, Any]) -> list[str] | None:
+    """The `code` values an error response states (None: it does not say)."""
+    schema = response.get("content", {}).get("application/json", {}).get("schema", {})
+    codes = schema.get("properties", {}).get("code", {}).get("enum")
+    return None if codes is None else list(codes)
+
+
+def with_error(operation: Mapping[str, Any], status: str, description: str, *codes: str) -> dict[str, Any]:
+    """A copy of operation that also answers this error status with these codes (description and codes
+    added to what it answered there already)."""
     described = copy.deepcopy(dict(operation))
     responses = described.setdefault("responses", {})
     known = responses.get(status)
     if known is None:
-        responses[status] = error(description)
-    elif description not in known.get("description", ""):
+        responses[status] = error(description, *codes)
+        return described
+    if description not in known.get("description", ""):
         known["description"] = f"{known.get('description', '')}; {description}".lstrip("; ")
-        known.setdefault("content", error(description)["content"])
+    stated = error_codes(known)
+    if "content" not in known:
+        known["content"] = error("", *codes)["content"]
+    elif stated is not None:
+        # Either side not saying which codes it carries may carry any: then neither says.
+        known["content"] = error("", *stated, *codes)["content"] if codes else error("")["content"]
     return described
 
 

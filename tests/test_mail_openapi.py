@@ -40,7 +40,9 @@ def closed(schema: Any) -> Any:
     if not isinstance(schema, dict):
         return schema
     out = {key: closed(value) for key, value in schema.items()}
-    if "properties" in out and "additionalProperties" not in out and "patternProperties" not in out:
+    # A schema that refines what it composes (allOf: the Error schema with its code values) stays open:
+    # closed, it would refuse the composed schema's own properties.
+    if "properties" in out and not {"additionalProperties", "patternProperties", "allOf"} & set(out):
         out["additionalProperties"] = False
     return out
 

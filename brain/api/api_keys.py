@@ -39,15 +39,16 @@ log = logging.getLogger("brain.api.api_keys")
 
 # How long "no such key" is remembered: a flood of made-up keys costs one lookup each per minute.
 NEGATIVE_SECONDS = 60.0
-_REFUSALS = {"INVALID_API_KEY": "Invalid API key.", "KEY_DISABLED": "API Key is disabled",
-             "KEY_EXPIRED": "API Key has expired"}
+# Better Auth's codes and messages for a refused API key (each a 401).
+REFUSALS = {"INVALID_API_KEY": "Invalid API key.", "KEY_DISABLED": "API Key is disabled",
+            "KEY_EXPIRED": "API Key has expired"}
 
 
 class InvalidApiKey(InvalidToken):
     """An API key was refused: 401 with Better Auth's code and `WWW-Authenticate: Bearer error="invalid_token"`."""
 
     def __init__(self, code: str) -> None:
-        super().__init__(_REFUSALS[code])
+        super().__init__(REFUSALS[code])
         self.code = code
 
 

@@ -13,6 +13,7 @@ from brain.event_types import MAX_TYPE_FILTERS, MAX_TYPE_LENGTH, TYPE_RE
 from brain.api.settings import ApiSettings
 from brain.api.stream import MAX_SEQUENCE, STREAM_ENDINGS
 from brain.apikeys import with_api_keys
+from brain.openapi import INVALID_CODES, TOKEN_CODES, UNAVAILABLE_CODES
 from brain.openapi import error as _error
 from brain.openapi import json_body as _json_body
 from brain.openapi import ref as _ref
@@ -50,15 +51,17 @@ SECURITY_SCHEMES: dict[str, Any] = {
 
 BEARER_ERRORS = {
     "401": {
-        **_error("Missing, malformed, expired or otherwise invalid bearer token"),
+        **_error("Missing, malformed, expired or otherwise invalid bearer token (USER_DELETED: its user is gone)",
+                 *TOKEN_CODES),
         "headers": {"WWW-Authenticate": {"schema": {"type": "string"}, "description": 'Bearer error="invalid_token"'}},
     },
     "429": {
-        **_error("RATE_LIMITED: too many requests for this user or from this address (api.rate_limit_*)"),
+        **_error("RATE_LIMITED: too many requests for this user or from this address (api.rate_limit_*)", "RATE_LIMITED"),
         "headers": {"Retry-After": {"schema": {"type": "integer"}}},
     },
     "503": {
-        **_error("Signing keys not loaded yet (or too stale), or a store is restarting"),
+        **_error("Signing keys not loaded yet (or too stale), or a store is restarting (SERVICE_UNAVAILABLE); "
+                 "a store's storage failing (STORE_UNAVAILABLE, with its `reason`)", *UNAVAILABLE_CODES),
         "headers": {"Retry-After": {"schema": {"type": "integer"}}},
     },
 }
@@ -131,8 +134,8 @@ def paths(api: ApiSettings) -> dict[str, dict[str, Any]]:
                 ],
                 "responses": {
                     "200": _json_body(_ref("Health")),
-                    "401": _error("Detail asked for without the metrics token"),
-                    "403": _error("Detail asked for, but no metrics token is configured"),
+                    "401": _error("Detail asked for without the metrics token", "UNAUTHORIZED"),
+                    "403": _error("Detail asked for, but no metrics token is configured", "HEALTH_DETAIL_DISABLED"),
                 },
             }
         },
@@ -213,24 +216,26 @@ def paths(api: ApiSettings) -> dict[str, dict[str, Any]]:
                             }
                         },
                     },
-                    "400": _error("Invalid body; the message names the field"),
+                    "400": _error("Invalid body; the message names the field", *INVALID_CODES),
                     "403": _error(
                         "RESERVED_EVENT_TYPE: a type the server writes itself (mail.*, or a namespace a "
-                        "plugin reserved); the body's `type` names it"
+                        "plugin reserved); the body's `type` names it", "RESERVED_EVENT_TYPE"
                     ),
-                    "413": _error("Body, batch or data too large"),
-                    "415": _error("Not JSON"),
-                    "422": _error("IDEMPOTENCY_KEY_REUSED: the Idempotency-Key was used before for a different request"),
+                    "413": _error("Body, batch or data too large", "PAYLOAD_TOO_LARGE"),
+                    "415": _error("Not JSON", "UNSUPPORTED_MEDIA_TYPE"),
+                    "422": _error("IDEMPOTENCY_KEY_REUSED: the Idempotency-Key was used before for a different request",
+                                  "IDEMPOTENCY_KEY_REUSED"),
                     **BEARER_ERRORS,
                     "429": {
                         **_error(
                             "EVENT_QUOTA_EXCEEDED: more than api.max_events_per_minute events this minute; "
-                            "or RATE_LIMITED (api.rate_limit_*)"
+                            "or RATE_LIMITED (api.rate_limit_*)", "EVENT_QUOTA_EXCEEDED", "RATE_LIMITED"
                         ),
                         "headers": {"Retry-After": {"schema": {"type": "integer"}}},
                     },
                     "507": {
-                        **_error("INSUFFICIENT_STORAGE: the user's store is at api.max_user_bytes; delete events"),
+                        **_error("INSUFFICIENT_STORAGE: the user's store is at api.max_user_bytes (or the disk is "
+                                 "full); delete events", "INSUFFICIENT_STORAGE"),
                         "headers": {"Retry-After": {"schema": {"type": "integer"}}},
                     },
                 },
@@ -269,7 +274,7 @@ def paths(api: ApiSettings) -> dict[str, dict[str, Any]]:
                 "responses": {
                     "200": {**_json_body(_ref("EventsPage")), "headers": ETAG_HEADERS},
                     "304": NOT_MODIFIED,
-                    "400": _error("Invalid parameter; the message names it"),
+                    "400": _error("Invalid parameter; the message names it", *INVALID_CODES),
                     **BEARER_ERRORS,
                 },
             },
@@ -303,9 +308,10 @@ def paths(api: ApiSettings) -> dict[str, dict[str, Any]]:
             "responses": {
                 "200": {"description": "An event stream: one StreamMessage per SSE event",
                     "content": {"text/event-stream": {"schema": _ref("StreamMessage")}}},
-                "400": _error("Invalid parameter; the message names it"),
+                "400": _error("Invalid parameter, or a ticket beside credentials; the message names it", *INVALID_CODES),
                 "429": {
-                    **_error("TOO_MANY_STREAMS (api.stream_max_per_user open already) or RATE_LIMITED"),
+                    **_error("TOO_MANY_STREAMS (api.stream_max_per_user open already) or RATE_LIMITED",
+                             "TOO_MANY_STREAMS", "RATE_LIMITED"),
                     "headers": {"Retry-After": {"schema": {"type": "integer"}}},
                 },
                 **{k: v for k, v in BEARER_ERRORS.items() if k != "429"},

@@ -7,6 +7,7 @@ from typing import Any
 from brain.api.openapi import BEARER_ERRORS, STORED_TYPE_FILTER, TIME_PARAMETER
 from brain.api.settings import ApiSettings, SearchSettings
 from brain.apikeys import with_api_keys
+from brain.openapi import INVALID_CODES, UNAVAILABLE_CODES
 from brain.openapi import error as _error
 from brain.openapi import json_body as _json_body
 from brain.openapi import ref as _ref
@@ -17,7 +18,7 @@ _AUTH_ERRORS = {
     **BEARER_ERRORS,
     "503": {
         **_error("Signing keys not loaded yet, a store is restarting or its storage failing, or search is off "
-                 "(search.index = false)"),
+                 "(search.index = false)", *UNAVAILABLE_CODES),
         "headers": {"Retry-After": {"schema": {"type": "integer"}}},
     },
 }
@@ -62,7 +63,8 @@ def paths(api: ApiSettings, search: SearchSettings) -> dict[str, dict[str, Any]]
                 ],
                 "responses": {
                     "200": _json_body(_ref("SearchPage")),
-                    "400": _error("INVALID_QUERY (with `position`) or another invalid parameter, named"),
+                    "400": _error("INVALID_QUERY (with `position`) or another invalid parameter, named",
+                                  "INVALID_QUERY", *INVALID_CODES),
                     **_AUTH_ERRORS,
                 },
             }, "search")
@@ -87,7 +89,7 @@ def paths(api: ApiSettings, search: SearchSettings) -> dict[str, dict[str, Any]]
                 ],
                 "responses": {
                     "200": _json_body(_ref("ChangesPage")),
-                    "400": _error("Invalid parameter; the message names it"),
+                    "400": _error("Invalid parameter; the message names it", *INVALID_CODES),
                     **_AUTH_ERRORS,
                 },
             }, "events:read")
@@ -97,13 +99,13 @@ def paths(api: ApiSettings, search: SearchSettings) -> dict[str, dict[str, Any]]
                 "operationId": "getEvent",
                 "summary": "One event by id",
                 "parameters": [_ID],
-                "responses": {"200": _json_body(_ref("Event")), "404": _error("No such event"), **_AUTH_ERRORS},
+                "responses": {"200": _json_body(_ref("Event")), "404": _error("No such event", "NOT_FOUND"), **_AUTH_ERRORS},
             }, "events:read"),
             "delete": with_api_keys({
                 "operationId": "deleteEvent",
                 "summary": "Delete one event: its row and its index entry go, a tombstone is published",
                 "parameters": [_ID],
-                "responses": {"200": _json_body(_ref("Deleted")), "404": _error("No such event"), **_AUTH_ERRORS},
+                "responses": {"200": _json_body(_ref("Deleted")), "404": _error("No such event", "NOT_FOUND"), **_AUTH_ERRORS},
             }, "events:write"),
         },
         "/events": {
@@ -114,7 +116,7 @@ def paths(api: ApiSettings, search: SearchSettings) -> dict[str, dict[str, Any]]
                 "parameters": [STORED_TYPE_FILTER, _SINCE, _UNTIL],
                 "responses": {
                     "200": _json_body({"type": "object", "required": ["deleted"], "properties": {"deleted": {"type": "integer"}}}),
-                    "400": _error("No filter, or an invalid one; the message names it"),
+                    "400": _error("No filter, or an invalid one; the message names it", *INVALID_CODES),
                     **_AUTH_ERRORS,
                 },
             }, "events:write")

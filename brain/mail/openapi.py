@@ -8,6 +8,8 @@ from typing import Any
 from brain.apikeys import with_api_keys
 from brain.mail.provider import event_schemas
 from brain.mail.selection import MAX_FOLDERS, MAX_WINDOW_DAYS
+from brain.openapi import INVALID_CODES, TOKEN_CODES, UNAVAILABLE_CODES
+from brain.openapi import error as _error
 from brain.openapi import json_body as _json
 from brain.openapi import ref as _ref
 
@@ -15,13 +17,13 @@ __all__ = ["PATHS", "SCHEMAS", "connect_schema"]
 
 
 _ERRORS = {
-    "400": _json(_ref("Error"), "Invalid body: unknown provider, missing or bad fields (named)"),
-    "401": _json(_ref("Error"), "Missing or invalid bearer token"),
+    "400": _error("Invalid body: missing or bad fields (named)", *INVALID_CODES),
+    "401": _error("Missing or invalid bearer token", *TOKEN_CODES),
 }
 _TOO_MANY_CONNECTS = {
-    **_json(
-        _ref("Error"),
-        "TOO_MANY_CONNECTS: `[mail] connects_per_user` connects of the caller are still in progress",
+    **_error(
+        "TOO_MANY_CONNECTS: `[mail] connects_per_user` connects of the caller are still in progress; or RATE_LIMITED",
+        "TOO_MANY_CONNECTS", "RATE_LIMITED",
     ),
     "headers": {"Retry-After": {"schema": {"type": "integer"}, "description": "Seconds to wait"}},
 }
@@ -60,8 +62,12 @@ PATHS: dict[str, dict[str, Any]] = {
                 ),
                 "201": _json(_ACCOUNT_RESPONSE, "A newly connected account (syncing)"),
                 "429": _TOO_MANY_CONNECTS,
-                "502": _json(_ref("Error"), "The provider could not be reached"),
+                "502": _error("PROVIDER_UNAVAILABLE: the provider could not be reached", "PROVIDER_UNAVAILABLE"),
                 **_ERRORS,
+                "400": _error(
+                    "Invalid body: missing or bad fields (named), an UNKNOWN_PROVIDER, or a refresh token the provider "
+                    "refused (PROVIDER_AUTH_FAILED)", "UNKNOWN_PROVIDER", "PROVIDER_AUTH_FAILED", *INVALID_CODES,
+                ),
             },
         }
     },
@@ -111,13 +117,16 @@ PATHS: dict[str, dict[str, Any]] = {
                 "200": _json(_ACCOUNT_RESPONSE, "With a bearer token: a reconnected account"),
                 "201": _json(_ACCOUNT_RESPONSE, "With a bearer token: a newly connected account (syncing)"),
                 "302": _REDIRECT,
-                "400": _json(
-                    _ref("Error"), "With a bearer token: bad, expired or replayed state; refused code; consent denied"
+                "400": _error(
+                    "With a bearer token: bad, expired or replayed state (INVALID_STATE); refused code "
+                    "(PROVIDER_AUTH_FAILED); consent denied (OAUTH_DENIED); a missing parameter",
+                    "INVALID_STATE", "PROVIDER_AUTH_FAILED", "OAUTH_DENIED", *INVALID_CODES,
                 ),
-                "401": _json(_ref("Error"), "An invalid bearer token"),
-                "403": _json(_ref("Error"), "With a bearer token: its user did not start this flow"),
+                "401": _error("An invalid bearer token", *TOKEN_CODES),
+                "403": _error("With a bearer token: its user did not start this flow, or not in this browser",
+                              "STATE_USER_MISMATCH", "FLOW_NOT_BOUND", "FLOW_ALREADY_STARTED"),
                 "429": _TOO_MANY_CONNECTS,
-                "502": _json(_ref("Error"), "With a bearer token: the provider could not be reached"),
+                "502": _error("With a bearer token: the provider could not be reached", "PROVIDER_UNAVAILABLE"),
             },
         }
     },
@@ -201,7 +210,7 @@ PATHS: dict[str, dict[str, Any]] = {
                     },
                     "Disconnected",
                 ),
-                "404": _json(_ref("Error"), "No such account of the caller"),
+                "404": _error("ACCOUNT_NOT_FOUND: no such account of the caller", "ACCOUNT_NOT_FOUND"),
                 **_ERRORS,
             },
         }
@@ -220,7 +229,7 @@ PATHS: dict[str, dict[str, Any]] = {
             "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("MailSyncChoices")}}},
             "responses": {
                 "200": _json(_ACCOUNT_RESPONSE, "The account with its new choices"),
-                "404": _json(_ref("Error"), "No such account of the caller"),
+                "404": _error("ACCOUNT_NOT_FOUND: no such account of the caller", "ACCOUNT_NOT_FOUND"),
                 **_ERRORS,
             },
         }
@@ -232,8 +241,9 @@ PATHS: dict[str, dict[str, Any]] = {
             "parameters": [_ACCOUNT_PARAMETER],
             "responses": {
                 "202": _json(_ACCOUNT_RESPONSE, "Asked for; /mail/status shows the progress"),
-                "404": _json(_ref("Error"), "No such account of the caller"),
-                "409": _json(_ref("Error"), "ACCOUNT_NOT_SYNCING: the account is disconnected or needs re-authorisation"),
+                "404": _error("ACCOUNT_NOT_FOUND: no such account of the caller", "ACCOUNT_NOT_FOUND"),
+                "409": _error("ACCOUNT_NOT_SYNCING: the account is disconnected or needs re-authorisation",
+                              "ACCOUNT_NOT_SYNCING"),
                 **_ERRORS,
             },
         }
@@ -267,12 +277,13 @@ PATHS: dict[str, dict[str, Any]] = {
                     },
                     "content": {"*/*": {"schema": {"type": "string", "format": "binary"}}},
                 },
-                "404": _json(_ref("Error"), "No such message of the caller (MESSAGE_NOT_FOUND), or the provider "
-                             "no longer has it (ATTACHMENT_GONE)"),
-                "409": _json(_ref("Error"), "ACCOUNT_NEEDS_REAUTH: the provider refused the account's credentials"),
-                "413": _json(_ref("Error"), "Larger than [mail] max_attachment_bytes"),
-                "502": _json(_ref("Error"), "The provider failed"),
-                "503": _json(_ref("Error"), "The provider is throttling or unavailable; Retry-After says when"),
+                "404": _error("No such message of the caller (MESSAGE_NOT_FOUND), its account disconnected "
+                              "(ACCOUNT_DISCONNECTED), or the provider no longer has it (ATTACHMENT_GONE)",
+                              "MESSAGE_NOT_FOUND", "ACCOUNT_DISCONNECTED", "ATTACHMENT_GONE"),
+                "409": _error("ACCOUNT_NEEDS_REAUTH: the provider refused the account's credentials", "ACCOUNT_NEEDS_REAUTH"),
+                "413": _error("Larger than [mail] max_attachment_bytes", "PAYLOAD_TOO_LARGE"),
+                "502": _error("The provider failed", "PROVIDER_ERROR"),
+                "503": _error("The provider is throttling or unavailable; Retry-After says when", *UNAVAILABLE_CODES),
                 **_ERRORS,
             },
         }, "mail:read")
@@ -300,7 +311,7 @@ PATHS: dict[str, dict[str, Any]] = {
                     "description": "No such provider (JSON), or one that takes no push notifications (text)",
                     "content": {**_json(_ref("Error"))["content"], **_PROVIDER_TEXT},
                 },
-                "413": _json(_ref("Error"), "Larger than a notification can be"),
+                "413": _error("Larger than a notification can be", "PAYLOAD_TOO_LARGE"),
             },
         }
     },

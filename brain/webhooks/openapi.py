@@ -7,14 +7,15 @@ from __future__ import annotations
 from typing import Any
 
 from brain.apikeys import with_api_keys
+from brain.openapi import INVALID_CODES, TOKEN_CODES, UNAVAILABLE_CODES
 from brain.openapi import error as _error
 from brain.openapi import json_body as _json_body
 from brain.openapi import ref as _ref
 
 _ERRORS = {
-    "401": _error("Missing or invalid bearer token"),
-    "429": _error("RATE_LIMITED"),
-    "503": _error("Webhooks are starting or restarting"),
+    "401": _error("Missing or invalid bearer token", *TOKEN_CODES),
+    "429": _error("RATE_LIMITED", "RATE_LIMITED"),
+    "503": _error("Webhooks are starting or restarting, or webhooks.db is failing (STORE_UNAVAILABLE)", *UNAVAILABLE_CODES),
 }
 _ID = {"name": "id", "in": "path", "required": True, "schema": {"type": "string", "maxLength": 64}}
 
@@ -35,8 +36,9 @@ PATHS: dict[str, dict[str, Any]] = {
             "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("NewWebhook")}}},
             "responses": {
                 "201": _json_body(_ref("WebhookWithSecret")),
-                "400": _error("Invalid field, or a URL brain may not deliver to (ADDRESS_REFUSED); the message names it"),
-                "422": _error("TOO_MANY_WEBHOOKS: webhooks.max_per_user reached"),
+                "400": _error("Invalid field, or a URL brain may not deliver to (ADDRESS_REFUSED); the message names it",
+                              "ADDRESS_REFUSED", *INVALID_CODES),
+                "422": _error("TOO_MANY_WEBHOOKS: webhooks.max_per_user reached", "TOO_MANY_WEBHOOKS"),
                 **_ERRORS,
             },
         }, "events:read"),
@@ -52,13 +54,13 @@ PATHS: dict[str, dict[str, Any]] = {
             "operationId": "getWebhook",
             "summary": "One of the caller's webhooks",
             "parameters": [_ID],
-            "responses": {"200": _json_body(_ref("Webhook")), "404": _error("No such webhook of the caller's"), **_ERRORS},
+            "responses": {"200": _json_body(_ref("Webhook")), "404": _error("No such webhook of the caller's", "NOT_FOUND"), **_ERRORS},
         }, "events:read"),
         "delete": with_api_keys({
             "operationId": "deleteWebhook",
             "summary": "Delete one of the caller's webhooks, with its pending deliveries",
             "parameters": [_ID],
-            "responses": {"204": {"description": "Deleted"}, "404": _error("No such webhook of the caller's"), **_ERRORS},
+            "responses": {"204": {"description": "Deleted"}, "404": _error("No such webhook of the caller's", "NOT_FOUND"), **_ERRORS},
         }, "events:read"),
     },
     "/webhooks/{id}/deliveries": {
@@ -73,8 +75,8 @@ PATHS: dict[str, dict[str, Any]] = {
             "responses": {
                 "200": _json_body({"type": "object", "required": ["deliveries"], "properties": {
                     "deliveries": {"type": "array", "items": _ref("WebhookDelivery")}}}),
-                "400": _error("Invalid parameter"),
-                "404": _error("No such webhook of the caller's"),
+                "400": _error("Invalid parameter", *INVALID_CODES),
+                "404": _error("No such webhook of the caller's", "NOT_FOUND"),
                 **_ERRORS,
             },
         }, "events:read"),

@@ -4813,10 +4813,13 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "VALIDATION_ERROR";
+                    } & components["schemas"]["Error"];
                 };
             };
-            /** @description Missing, malformed, expired or otherwise invalid bearer token */
+            /** @description Missing, malformed, expired or otherwise invalid bearer token (USER_DELETED: its user is gone) */
             401: {
                 headers: {
                     /** @description Bearer error="invalid_token" */
@@ -4824,7 +4827,10 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "INVALID_API_KEY" | "INVALID_TOKEN" | "KEY_DISABLED" | "KEY_EXPIRED" | "USER_DELETED";
+                    } & components["schemas"]["Error"];
                 };
             };
             /** @description INSUFFICIENT_SCOPE: the API key lacks the scope */
@@ -4833,7 +4839,10 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "INSUFFICIENT_SCOPE";
+                    } & components["schemas"]["Error"];
                 };
             };
             /** @description RATE_LIMITED: too many requests for this user or from this address (api.rate_limit_*) */
@@ -4843,17 +4852,23 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "RATE_LIMITED";
+                    } & components["schemas"]["Error"];
                 };
             };
-            /** @description Signing keys not loaded yet (or too stale), or a store is restarting */
+            /** @description Signing keys not loaded yet (or too stale), or a store is restarting (SERVICE_UNAVAILABLE); a store's storage failing (STORE_UNAVAILABLE, with its `reason`) */
             503: {
                 headers: {
                     "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "SERVICE_UNAVAILABLE" | "STORE_UNAVAILABLE";
+                    } & components["schemas"]["Error"];
                 };
             };
         };
@@ -4891,10 +4906,13 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "VALIDATION_ERROR";
+                    } & components["schemas"]["Error"];
                 };
             };
-            /** @description Missing, malformed, expired or otherwise invalid bearer token */
+            /** @description Missing, malformed, expired or otherwise invalid bearer token (USER_DELETED: its user is gone) */
             401: {
                 headers: {
                     /** @description Bearer error="invalid_token" */
@@ -4902,16 +4920,22 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "INVALID_API_KEY" | "INVALID_TOKEN" | "KEY_DISABLED" | "KEY_EXPIRED" | "USER_DELETED";
+                    } & components["schemas"]["Error"];
                 };
             };
-            /** @description INSUFFICIENT_SCOPE: the API key lacks the scope */
+            /** @description RESERVED_EVENT_TYPE: a type the server writes itself (mail.*, or a namespace a plugin reserved); the body's `type` names it; INSUFFICIENT_SCOPE: the API key lacks the scope */
             403: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "INSUFFICIENT_SCOPE" | "RESERVED_EVENT_TYPE";
+                    } & components["schemas"]["Error"];
                 };
             };
             /** @description Body, batch or data too large */
@@ -4920,7 +4944,10 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "PAYLOAD_TOO_LARGE";
+                    } & components["schemas"]["Error"];
                 };
             };
             /** @description Not JSON */
@@ -4929,7 +4956,10 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "UNSUPPORTED_MEDIA_TYPE";
+                    } & components["schemas"]["Error"];
                 };
             };
             /** @description IDEMPOTENCY_KEY_REUSED: the Idempotency-Key was used before for a different request */
@@ -4938,7 +4968,10 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "IDEMPOTENCY_KEY_REUSED";
+                    } & components["schemas"]["Error"];
                 };
             };
             /** @description EVENT_QUOTA_EXCEEDED: more than api.max_events_per_minute events this minute; or RATE_LIMITED (api.rate_limit_*) */
@@ -4948,27 +4981,36 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "EVENT_QUOTA_EXCEEDED" | "RATE_LIMITED";
+                    } & components["schemas"]["Error"];
                 };
             };
-            /** @description Signing keys not loaded yet (or too stale), or a store is restarting */
+            /** @description Signing keys not loaded yet (or too stale), or a store is restarting (SERVICE_UNAVAILABLE); a store's storage failing (STORE_UNAVAILABLE, with its `reason`) */
             503: {
                 headers: {
                     "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "SERVICE_UNAVAILABLE" | "STORE_UNAVAILABLE";
+                    } & components["schemas"]["Error"];
                 };
             };
-            /** @description INSUFFICIENT_STORAGE: the user's store is at api.max_user_bytes; delete events */
+            /** @description INSUFFICIENT_STORAGE: the user's store is at api.max_user_bytes (or the disk is full); delete events */
             507: {
                 headers: {
                     "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "INSUFFICIENT_STORAGE";
+                    } & components["schemas"]["Error"];
                 };
             };
         };
@@ -5006,10 +5048,13 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "VALIDATION_ERROR";
+                    } & components["schemas"]["Error"];
                 };
             };
-            /** @description Missing, malformed, expired or otherwise invalid bearer token */
+            /** @description Missing, malformed, expired or otherwise invalid bearer token (USER_DELETED: its user is gone) */
             401: {
                 headers: {
                     /** @description Bearer error="invalid_token" */
@@ -5017,7 +5062,10 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "INVALID_API_KEY" | "INVALID_TOKEN" | "KEY_DISABLED" | "KEY_EXPIRED" | "USER_DELETED";
+                    } & components["schemas"]["Error"];
                 };
             };
             /** @description INSUFFICIENT_SCOPE: the API key lacks the scope */
@@ -5026,7 +5074,10 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "INSUFFICIENT_SCOPE";
+                    } & components["schemas"]["Error"];
                 };
             };
             /** @description RATE_LIMITED: too many requests for this user or from this address (api.rate_limit_*) */
@@ -5036,7 +5087,10 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "RATE_LIMITED";
+                    } & components["schemas"]["Error"];
                 };
             };
             /** @description Signing keys not loaded yet, a store is restarting or its storage failing, or search is off (search.index = false) */
@@ -5046,7 +5100,10 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "SERVICE_UNAVAILABLE" | "STORE_UNAVAILABLE";
+                    } & components["schemas"]["Error"];
                 };
             };
         };
@@ -5082,10 +5139,13 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "VALIDATION_ERROR";
+                    } & components["schemas"]["Error"];
                 };
             };
-            /** @description Missing, malformed, expired or otherwise invalid bearer token */
+            /** @description Missing, malformed, expired or otherwise invalid bearer token (USER_DELETED: its user is gone) */
             401: {
                 headers: {
                     /** @description Bearer error="invalid_token" */
@@ -5093,7 +5153,10 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "INVALID_API_KEY" | "INVALID_TOKEN" | "KEY_DISABLED" | "KEY_EXPIRED" | "USER_DELETED";
+                    } & components["schemas"]["Error"];
                 };
             };
             /** @description INSUFFICIENT_SCOPE: the API key lacks the scope */
@@ -5102,7 +5165,10 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "INSUFFICIENT_SCOPE";
+                    } & components["schemas"]["Error"];
                 };
             };
             /** @description RATE_LIMITED: too many requests for this user or from this address (api.rate_limit_*) */
@@ -5112,7 +5178,10 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "RATE_LIMITED";
+                    } & components["schemas"]["Error"];
                 };
             };
             /** @description Signing keys not loaded yet, a store is restarting or its storage failing, or search is off (search.index = false) */
@@ -5122,7 +5191,10 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "SERVICE_UNAVAILABLE" | "STORE_UNAVAILABLE";
+                    } & components["schemas"]["Error"];
                 };
             };
         };
@@ -5153,16 +5225,19 @@ export interface operations {
                     "text/event-stream": components["schemas"]["StreamMessage"];
                 };
             };
-            /** @description Invalid parameter; the message names it */
+            /** @description Invalid parameter, or a ticket beside credentials; the message names it */
             400: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "VALIDATION_ERROR";
+                    } & components["schemas"]["Error"];
                 };
             };
-            /** @description Missing, malformed, expired or otherwise invalid bearer token */
+            /** @description Missing, malformed, expired or otherwise invalid bearer token (USER_DELETED: its user is gone) */
             401: {
                 headers: {
                     /** @description Bearer error="invalid_token" */
@@ -5170,7 +5245,10 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "INVALID_API_KEY" | "INVALID_TOKEN" | "KEY_DISABLED" | "KEY_EXPIRED" | "USER_DELETED";
+                    } & components["schemas"]["Error"];
                 };
             };
             /** @description INSUFFICIENT_SCOPE: the API key lacks the scope */
@@ -5179,7 +5257,10 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "INSUFFICIENT_SCOPE";
+                    } & components["schemas"]["Error"];
                 };
             };
             /** @description TOO_MANY_STREAMS (api.stream_max_per_user open already) or RATE_LIMITED */
@@ -5189,17 +5270,23 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "RATE_LIMITED" | "TOO_MANY_STREAMS";
+                    } & components["schemas"]["Error"];
                 };
             };
-            /** @description Signing keys not loaded yet (or too stale), or a store is restarting */
+            /** @description Signing keys not loaded yet (or too stale), or a store is restarting (SERVICE_UNAVAILABLE); a store's storage failing (STORE_UNAVAILABLE, with its `reason`) */
             503: {
                 headers: {
                     "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "SERVICE_UNAVAILABLE" | "STORE_UNAVAILABLE";
+                    } & components["schemas"]["Error"];
                 };
             };
         };
@@ -5222,7 +5309,7 @@ export interface operations {
                     "application/json": components["schemas"]["StreamTicket"];
                 };
             };
-            /** @description Missing, malformed, expired or otherwise invalid bearer token */
+            /** @description Missing, malformed, expired or otherwise invalid bearer token (USER_DELETED: its user is gone) */
             401: {
                 headers: {
                     /** @description Bearer error="invalid_token" */
@@ -5230,7 +5317,10 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "INVALID_API_KEY" | "INVALID_TOKEN" | "KEY_DISABLED" | "KEY_EXPIRED" | "USER_DELETED";
+                    } & components["schemas"]["Error"];
                 };
             };
             /** @description INSUFFICIENT_SCOPE: the API key lacks the scope */
@@ -5239,7 +5329,10 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "INSUFFICIENT_SCOPE";
+                    } & components["schemas"]["Error"];
                 };
             };
             /** @description RATE_LIMITED: too many requests for this user or from this address (api.rate_limit_*) */
@@ -5249,17 +5342,23 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "RATE_LIMITED";
+                    } & components["schemas"]["Error"];
                 };
             };
-            /** @description Signing keys not loaded yet (or too stale), or a store is restarting */
+            /** @description Signing keys not loaded yet (or too stale), or a store is restarting (SERVICE_UNAVAILABLE); a store's storage failing (STORE_UNAVAILABLE, with its `reason`) */
             503: {
                 headers: {
                     "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "SERVICE_UNAVAILABLE" | "STORE_UNAVAILABLE";
+                    } & components["schemas"]["Error"];
                 };
             };
         };
@@ -5284,7 +5383,7 @@ export interface operations {
                     "application/json": components["schemas"]["Event"];
                 };
             };
-            /** @description Missing, malformed, expired or otherwise invalid bearer token */
+            /** @description Missing, malformed, expired or otherwise invalid bearer token (USER_DELETED: its user is gone) */
             401: {
                 headers: {
                     /** @description Bearer error="invalid_token" */
@@ -5292,7 +5391,10 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "INVALID_API_KEY" | "INVALID_TOKEN" | "KEY_DISABLED" | "KEY_EXPIRED" | "USER_DELETED";
+                    } & components["schemas"]["Error"];
                 };
             };
             /** @description INSUFFICIENT_SCOPE: the API key lacks the scope */
@@ -5301,7 +5403,10 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "INSUFFICIENT_SCOPE";
+                    } & components["schemas"]["Error"];
                 };
             };
             /** @description No such event */
@@ -5310,7 +5415,10 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "NOT_FOUND";
+                    } & components["schemas"]["Error"];
                 };
             };
             /** @description RATE_LIMITED: too many requests for this user or from this address (api.rate_limit_*) */
@@ -5320,7 +5428,10 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "RATE_LIMITED";
+                    } & components["schemas"]["Error"];
                 };
             };
             /** @description Signing keys not loaded yet, a store is restarting or its storage failing, or search is off (search.index = false) */
@@ -5330,7 +5441,10 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "SERVICE_UNAVAILABLE" | "STORE_UNAVAILABLE";
+                    } & components["schemas"]["Error"];
                 };
             };
         };
@@ -5355,7 +5469,7 @@ export interface operations {
                     "application/json": components["schemas"]["Deleted"];
                 };
             };
-            /** @description Missing, malformed, expired or otherwise invalid bearer token */
+            /** @description Missing, malformed, expired or otherwise invalid bearer token (USER_DELETED: its user is gone) */
             401: {
                 headers: {
                     /** @description Bearer error="invalid_token" */
@@ -5363,7 +5477,10 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "INVALID_API_KEY" | "INVALID_TOKEN" | "KEY_DISABLED" | "KEY_EXPIRED" | "USER_DELETED";
+                    } & components["schemas"]["Error"];
                 };
             };
             /** @description INSUFFICIENT_SCOPE: the API key lacks the scope */
@@ -5372,7 +5489,10 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "INSUFFICIENT_SCOPE";
+                    } & components["schemas"]["Error"];
                 };
             };
             /** @description No such event */
@@ -5381,7 +5501,10 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "NOT_FOUND";
+                    } & components["schemas"]["Error"];
                 };
             };
             /** @description RATE_LIMITED: too many requests for this user or from this address (api.rate_limit_*) */
@@ -5391,7 +5514,10 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "RATE_LIMITED";
+                    } & components["schemas"]["Error"];
                 };
             };
             /** @description Signing keys not loaded yet, a store is restarting or its storage failing, or search is off (search.index = false) */
@@ -5401,7 +5527,10 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "SERVICE_UNAVAILABLE" | "STORE_UNAVAILABLE";
+                    } & components["schemas"]["Error"];
                 };
             };
         };
@@ -5511,7 +5640,10 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "UNAUTHORIZED";
+                    } & components["schemas"]["Error"];
                 };
             };
             /** @description Detail asked for, but no metrics token is configured */
@@ -5520,7 +5652,10 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "HEALTH_DETAIL_DISABLED";
+                    } & components["schemas"]["Error"];
                 };
             };
         };
@@ -5551,13 +5686,16 @@ export interface operations {
                     };
                 };
             };
-            /** @description Invalid body: unknown provider, missing or bad fields (named) */
+            /** @description Invalid body: missing or bad fields (named) */
             400: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "VALIDATION_ERROR";
+                    } & components["schemas"]["Error"];
                 };
             };
             /** @description Missing or invalid bearer token */
@@ -5566,16 +5704,22 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "INVALID_API_KEY" | "INVALID_TOKEN" | "KEY_DISABLED" | "KEY_EXPIRED" | "USER_DELETED";
+                    } & components["schemas"]["Error"];
                 };
             };
-            /** @description No such account of the caller */
+            /** @description ACCOUNT_NOT_FOUND: no such account of the caller */
             404: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "ACCOUNT_NOT_FOUND";
+                    } & components["schemas"]["Error"];
                 };
             };
         };
@@ -5602,13 +5746,16 @@ export interface operations {
                     };
                 };
             };
-            /** @description Invalid body: unknown provider, missing or bad fields (named) */
+            /** @description Invalid body: missing or bad fields (named) */
             400: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "VALIDATION_ERROR";
+                    } & components["schemas"]["Error"];
                 };
             };
             /** @description Missing or invalid bearer token */
@@ -5617,16 +5764,22 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "INVALID_API_KEY" | "INVALID_TOKEN" | "KEY_DISABLED" | "KEY_EXPIRED" | "USER_DELETED";
+                    } & components["schemas"]["Error"];
                 };
             };
-            /** @description No such account of the caller */
+            /** @description ACCOUNT_NOT_FOUND: no such account of the caller */
             404: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "ACCOUNT_NOT_FOUND";
+                    } & components["schemas"]["Error"];
                 };
             };
             /** @description ACCOUNT_NOT_SYNCING: the account is disconnected or needs re-authorisation */
@@ -5635,7 +5788,10 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "ACCOUNT_NOT_SYNCING";
+                    } & components["schemas"]["Error"];
                 };
             };
         };
@@ -5675,13 +5831,16 @@ export interface operations {
                     };
                 };
             };
-            /** @description Invalid body: unknown provider, missing or bad fields (named) */
+            /** @description Invalid body: missing or bad fields (named), an UNKNOWN_PROVIDER, or a refresh token the provider refused (PROVIDER_AUTH_FAILED) */
             400: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "PROVIDER_AUTH_FAILED" | "UNKNOWN_PROVIDER" | "VALIDATION_ERROR";
+                    } & components["schemas"]["Error"];
                 };
             };
             /** @description Missing or invalid bearer token */
@@ -5690,10 +5849,13 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "INVALID_API_KEY" | "INVALID_TOKEN" | "KEY_DISABLED" | "KEY_EXPIRED" | "USER_DELETED";
+                    } & components["schemas"]["Error"];
                 };
             };
-            /** @description TOO_MANY_CONNECTS: `[mail] connects_per_user` connects of the caller are still in progress */
+            /** @description TOO_MANY_CONNECTS: `[mail] connects_per_user` connects of the caller are still in progress; or RATE_LIMITED */
             429: {
                 headers: {
                     /** @description Seconds to wait */
@@ -5701,16 +5863,22 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "RATE_LIMITED" | "TOO_MANY_CONNECTS";
+                    } & components["schemas"]["Error"];
                 };
             };
-            /** @description The provider could not be reached */
+            /** @description PROVIDER_UNAVAILABLE: the provider could not be reached */
             502: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "PROVIDER_UNAVAILABLE";
+                    } & components["schemas"]["Error"];
                 };
             };
         };
@@ -5748,13 +5916,16 @@ export interface operations {
                     };
                 };
             };
-            /** @description Invalid body: unknown provider, missing or bad fields (named) */
+            /** @description Invalid body: missing or bad fields (named) */
             400: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "VALIDATION_ERROR";
+                    } & components["schemas"]["Error"];
                 };
             };
             /** @description Missing or invalid bearer token */
@@ -5763,16 +5934,22 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "INVALID_API_KEY" | "INVALID_TOKEN" | "KEY_DISABLED" | "KEY_EXPIRED" | "USER_DELETED";
+                    } & components["schemas"]["Error"];
                 };
             };
-            /** @description No such account of the caller */
+            /** @description ACCOUNT_NOT_FOUND: no such account of the caller */
             404: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "ACCOUNT_NOT_FOUND";
+                    } & components["schemas"]["Error"];
                 };
             };
         };
@@ -5803,13 +5980,16 @@ export interface operations {
                     "*/*": string;
                 };
             };
-            /** @description Invalid body: unknown provider, missing or bad fields (named) */
+            /** @description Invalid body: missing or bad fields (named) */
             400: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "VALIDATION_ERROR";
+                    } & components["schemas"]["Error"];
                 };
             };
             /** @description Missing or invalid bearer token */
@@ -5818,7 +5998,10 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "INVALID_API_KEY" | "INVALID_TOKEN" | "KEY_DISABLED" | "KEY_EXPIRED" | "USER_DELETED";
+                    } & components["schemas"]["Error"];
                 };
             };
             /** @description INSUFFICIENT_SCOPE: the API key lacks the scope */
@@ -5827,16 +6010,22 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "INSUFFICIENT_SCOPE";
+                    } & components["schemas"]["Error"];
                 };
             };
-            /** @description No such message of the caller (MESSAGE_NOT_FOUND), or the provider no longer has it (ATTACHMENT_GONE) */
+            /** @description No such message of the caller (MESSAGE_NOT_FOUND), its account disconnected (ACCOUNT_DISCONNECTED), or the provider no longer has it (ATTACHMENT_GONE) */
             404: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "ACCOUNT_DISCONNECTED" | "ATTACHMENT_GONE" | "MESSAGE_NOT_FOUND";
+                    } & components["schemas"]["Error"];
                 };
             };
             /** @description ACCOUNT_NEEDS_REAUTH: the provider refused the account's credentials */
@@ -5845,7 +6034,10 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "ACCOUNT_NEEDS_REAUTH";
+                    } & components["schemas"]["Error"];
                 };
             };
             /** @description Larger than [mail] max_attachment_bytes */
@@ -5854,7 +6046,10 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "PAYLOAD_TOO_LARGE";
+                    } & components["schemas"]["Error"];
                 };
             };
             /** @description The provider failed */
@@ -5863,7 +6058,10 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "PROVIDER_ERROR";
+                    } & components["schemas"]["Error"];
                 };
             };
             /** @description The provider is throttling or unavailable; Retry-After says when */
@@ -5872,7 +6070,10 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "SERVICE_UNAVAILABLE" | "STORE_UNAVAILABLE";
+                    } & components["schemas"]["Error"];
                 };
             };
         };
@@ -5920,13 +6121,16 @@ export interface operations {
                 };
                 content?: never;
             };
-            /** @description With a bearer token: bad, expired or replayed state; refused code; consent denied */
+            /** @description With a bearer token: bad, expired or replayed state (INVALID_STATE); refused code (PROVIDER_AUTH_FAILED); consent denied (OAUTH_DENIED); a missing parameter */
             400: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "INVALID_STATE" | "OAUTH_DENIED" | "PROVIDER_AUTH_FAILED" | "VALIDATION_ERROR";
+                    } & components["schemas"]["Error"];
                 };
             };
             /** @description An invalid bearer token */
@@ -5935,19 +6139,25 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "INVALID_API_KEY" | "INVALID_TOKEN" | "KEY_DISABLED" | "KEY_EXPIRED" | "USER_DELETED";
+                    } & components["schemas"]["Error"];
                 };
             };
-            /** @description With a bearer token: its user did not start this flow */
+            /** @description With a bearer token: its user did not start this flow, or not in this browser */
             403: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "FLOW_ALREADY_STARTED" | "FLOW_NOT_BOUND" | "STATE_USER_MISMATCH";
+                    } & components["schemas"]["Error"];
                 };
             };
-            /** @description TOO_MANY_CONNECTS: `[mail] connects_per_user` connects of the caller are still in progress */
+            /** @description TOO_MANY_CONNECTS: `[mail] connects_per_user` connects of the caller are still in progress; or RATE_LIMITED */
             429: {
                 headers: {
                     /** @description Seconds to wait */
@@ -5955,7 +6165,10 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "RATE_LIMITED" | "TOO_MANY_CONNECTS";
+                    } & components["schemas"]["Error"];
                 };
             };
             /** @description With a bearer token: the provider could not be reached */
@@ -5964,7 +6177,10 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "PROVIDER_UNAVAILABLE";
+                    } & components["schemas"]["Error"];
                 };
             };
         };
@@ -6090,7 +6306,10 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "PAYLOAD_TOO_LARGE";
+                    } & components["schemas"]["Error"];
                 };
             };
         };
@@ -6128,7 +6347,10 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "INVALID_API_KEY" | "INVALID_TOKEN" | "KEY_DISABLED" | "KEY_EXPIRED" | "USER_DELETED";
+                    } & components["schemas"]["Error"];
                 };
             };
             /** @description INSUFFICIENT_SCOPE: the API key lacks the scope */
@@ -6137,7 +6359,10 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "INSUFFICIENT_SCOPE";
+                    } & components["schemas"]["Error"];
                 };
             };
         };
@@ -6166,7 +6391,10 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "INSUFFICIENT_SCOPE";
+                    } & components["schemas"]["Error"];
                 };
             };
             /** @description this server sends no messages of its own */
@@ -6230,7 +6458,7 @@ export interface operations {
                 };
                 content?: never;
             };
-            /** @description a JSON-RPC error */
+            /** @description a JSON-RPC error; INSUFFICIENT_SCOPE: the API key lacks the scope */
             400: {
                 headers: {
                     [name: string]: unknown;
@@ -6256,16 +6484,24 @@ export interface operations {
                     "application/json": components["schemas"]["Error"];
                 };
             };
-            /** @description INSUFFICIENT_SCOPE: the API key lacks the scope */
+            /** @description a JSON-RPC error; INSUFFICIENT_SCOPE: the API key lacks the scope */
             403: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        error?: Record<string, never>;
+                        id?: string | number;
+                        /** @constant */
+                        jsonrpc: "2.0";
+                        method?: string;
+                        params?: Record<string, never>;
+                        result?: unknown;
+                    };
                 };
             };
-            /** @description a JSON-RPC error */
+            /** @description a JSON-RPC error; INSUFFICIENT_SCOPE: the API key lacks the scope */
             404: {
                 headers: {
                     [name: string]: unknown;
@@ -6282,7 +6518,7 @@ export interface operations {
                     };
                 };
             };
-            /** @description a JSON-RPC error */
+            /** @description a JSON-RPC error; INSUFFICIENT_SCOPE: the API key lacks the scope */
             406: {
                 headers: {
                     [name: string]: unknown;
@@ -6308,7 +6544,7 @@ export interface operations {
                     "application/json": components["schemas"]["Error"];
                 };
             };
-            /** @description a JSON-RPC error */
+            /** @description a JSON-RPC error; INSUFFICIENT_SCOPE: the API key lacks the scope */
             415: {
                 headers: {
                     [name: string]: unknown;
@@ -6346,7 +6582,7 @@ export interface operations {
                 };
                 content?: never;
             };
-            /** @description a JSON-RPC error */
+            /** @description a JSON-RPC error; INSUFFICIENT_SCOPE: the API key lacks the scope */
             400: {
                 headers: {
                     [name: string]: unknown;
@@ -6372,16 +6608,24 @@ export interface operations {
                     "application/json": components["schemas"]["Error"];
                 };
             };
-            /** @description INSUFFICIENT_SCOPE: the API key lacks the scope */
+            /** @description a JSON-RPC error; INSUFFICIENT_SCOPE: the API key lacks the scope */
             403: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        error?: Record<string, never>;
+                        id?: string | number;
+                        /** @constant */
+                        jsonrpc: "2.0";
+                        method?: string;
+                        params?: Record<string, never>;
+                        result?: unknown;
+                    };
                 };
             };
-            /** @description a JSON-RPC error */
+            /** @description a JSON-RPC error; INSUFFICIENT_SCOPE: the API key lacks the scope */
             404: {
                 headers: {
                     [name: string]: unknown;
@@ -6418,7 +6662,7 @@ export interface operations {
                     "application/json": components["schemas"]["Me"];
                 };
             };
-            /** @description Missing, malformed, expired or otherwise invalid bearer token */
+            /** @description Missing, malformed, expired or otherwise invalid bearer token (USER_DELETED: its user is gone) */
             401: {
                 headers: {
                     /** @description Bearer error="invalid_token" */
@@ -6426,7 +6670,10 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "INVALID_API_KEY" | "INVALID_TOKEN" | "KEY_DISABLED" | "KEY_EXPIRED" | "USER_DELETED";
+                    } & components["schemas"]["Error"];
                 };
             };
             /** @description INSUFFICIENT_SCOPE: the API key lacks the scope */
@@ -6435,7 +6682,10 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "INSUFFICIENT_SCOPE";
+                    } & components["schemas"]["Error"];
                 };
             };
             /** @description RATE_LIMITED: too many requests for this user or from this address (api.rate_limit_*) */
@@ -6445,17 +6695,23 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "RATE_LIMITED";
+                    } & components["schemas"]["Error"];
                 };
             };
-            /** @description Signing keys not loaded yet (or too stale), or a store is restarting */
+            /** @description Signing keys not loaded yet (or too stale), or a store is restarting (SERVICE_UNAVAILABLE); a store's storage failing (STORE_UNAVAILABLE, with its `reason`) */
             503: {
                 headers: {
                     "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "SERVICE_UNAVAILABLE" | "STORE_UNAVAILABLE";
+                    } & components["schemas"]["Error"];
                 };
             };
         };
@@ -6478,7 +6734,7 @@ export interface operations {
                     "application/json": components["schemas"]["Stats"];
                 };
             };
-            /** @description Missing, malformed, expired or otherwise invalid bearer token */
+            /** @description Missing, malformed, expired or otherwise invalid bearer token (USER_DELETED: its user is gone) */
             401: {
                 headers: {
                     /** @description Bearer error="invalid_token" */
@@ -6486,7 +6742,10 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "INVALID_API_KEY" | "INVALID_TOKEN" | "KEY_DISABLED" | "KEY_EXPIRED" | "USER_DELETED";
+                    } & components["schemas"]["Error"];
                 };
             };
             /** @description INSUFFICIENT_SCOPE: the API key lacks the scope */
@@ -6495,7 +6754,10 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "INSUFFICIENT_SCOPE";
+                    } & components["schemas"]["Error"];
                 };
             };
             /** @description RATE_LIMITED: too many requests for this user or from this address (api.rate_limit_*) */
@@ -6505,7 +6767,10 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "RATE_LIMITED";
+                    } & components["schemas"]["Error"];
                 };
             };
             /** @description Signing keys not loaded yet, a store is restarting or its storage failing, or search is off (search.index = false) */
@@ -6515,7 +6780,10 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "SERVICE_UNAVAILABLE" | "STORE_UNAVAILABLE";
+                    } & components["schemas"]["Error"];
                 };
             };
         };
@@ -6575,10 +6843,13 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "INVALID_QUERY" | "VALIDATION_ERROR";
+                    } & components["schemas"]["Error"];
                 };
             };
-            /** @description Missing, malformed, expired or otherwise invalid bearer token */
+            /** @description Missing, malformed, expired or otherwise invalid bearer token (USER_DELETED: its user is gone) */
             401: {
                 headers: {
                     /** @description Bearer error="invalid_token" */
@@ -6586,7 +6857,10 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "INVALID_API_KEY" | "INVALID_TOKEN" | "KEY_DISABLED" | "KEY_EXPIRED" | "USER_DELETED";
+                    } & components["schemas"]["Error"];
                 };
             };
             /** @description INSUFFICIENT_SCOPE: the API key lacks the scope */
@@ -6595,7 +6869,10 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "INSUFFICIENT_SCOPE";
+                    } & components["schemas"]["Error"];
                 };
             };
             /** @description RATE_LIMITED: too many requests for this user or from this address (api.rate_limit_*) */
@@ -6605,7 +6882,10 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "RATE_LIMITED";
+                    } & components["schemas"]["Error"];
                 };
             };
             /** @description Signing keys not loaded yet, a store is restarting or its storage failing, or search is off (search.index = false) */
@@ -6615,7 +6895,10 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "SERVICE_UNAVAILABLE" | "STORE_UNAVAILABLE";
+                    } & components["schemas"]["Error"];
                 };
             };
         };
@@ -6646,7 +6929,10 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "INVALID_API_KEY" | "INVALID_TOKEN" | "KEY_DISABLED" | "KEY_EXPIRED" | "USER_DELETED";
+                    } & components["schemas"]["Error"];
                 };
             };
             /** @description INSUFFICIENT_SCOPE: the API key lacks the scope */
@@ -6655,7 +6941,10 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "INSUFFICIENT_SCOPE";
+                    } & components["schemas"]["Error"];
                 };
             };
             /** @description RATE_LIMITED */
@@ -6664,16 +6953,22 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "RATE_LIMITED";
+                    } & components["schemas"]["Error"];
                 };
             };
-            /** @description Webhooks are starting or restarting */
+            /** @description Webhooks are starting or restarting, or webhooks.db is failing (STORE_UNAVAILABLE) */
             503: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "SERVICE_UNAVAILABLE" | "STORE_UNAVAILABLE";
+                    } & components["schemas"]["Error"];
                 };
             };
         };
@@ -6706,7 +7001,10 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "ADDRESS_REFUSED" | "VALIDATION_ERROR";
+                    } & components["schemas"]["Error"];
                 };
             };
             /** @description Missing or invalid bearer token */
@@ -6715,7 +7013,10 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "INVALID_API_KEY" | "INVALID_TOKEN" | "KEY_DISABLED" | "KEY_EXPIRED" | "USER_DELETED";
+                    } & components["schemas"]["Error"];
                 };
             };
             /** @description INSUFFICIENT_SCOPE: the API key lacks the scope */
@@ -6724,7 +7025,10 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "INSUFFICIENT_SCOPE";
+                    } & components["schemas"]["Error"];
                 };
             };
             /** @description TOO_MANY_WEBHOOKS: webhooks.max_per_user reached */
@@ -6733,7 +7037,10 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "TOO_MANY_WEBHOOKS";
+                    } & components["schemas"]["Error"];
                 };
             };
             /** @description RATE_LIMITED */
@@ -6742,16 +7049,22 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "RATE_LIMITED";
+                    } & components["schemas"]["Error"];
                 };
             };
-            /** @description Webhooks are starting or restarting */
+            /** @description Webhooks are starting or restarting, or webhooks.db is failing (STORE_UNAVAILABLE) */
             503: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "SERVICE_UNAVAILABLE" | "STORE_UNAVAILABLE";
+                    } & components["schemas"]["Error"];
                 };
             };
         };
@@ -6782,7 +7095,10 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "INVALID_API_KEY" | "INVALID_TOKEN" | "KEY_DISABLED" | "KEY_EXPIRED" | "USER_DELETED";
+                    } & components["schemas"]["Error"];
                 };
             };
             /** @description INSUFFICIENT_SCOPE: the API key lacks the scope */
@@ -6791,7 +7107,10 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "INSUFFICIENT_SCOPE";
+                    } & components["schemas"]["Error"];
                 };
             };
             /** @description No such webhook of the caller's */
@@ -6800,7 +7119,10 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "NOT_FOUND";
+                    } & components["schemas"]["Error"];
                 };
             };
             /** @description RATE_LIMITED */
@@ -6809,16 +7131,22 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "RATE_LIMITED";
+                    } & components["schemas"]["Error"];
                 };
             };
-            /** @description Webhooks are starting or restarting */
+            /** @description Webhooks are starting or restarting, or webhooks.db is failing (STORE_UNAVAILABLE) */
             503: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "SERVICE_UNAVAILABLE" | "STORE_UNAVAILABLE";
+                    } & components["schemas"]["Error"];
                 };
             };
         };
@@ -6847,7 +7175,10 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "INVALID_API_KEY" | "INVALID_TOKEN" | "KEY_DISABLED" | "KEY_EXPIRED" | "USER_DELETED";
+                    } & components["schemas"]["Error"];
                 };
             };
             /** @description INSUFFICIENT_SCOPE: the API key lacks the scope */
@@ -6856,7 +7187,10 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "INSUFFICIENT_SCOPE";
+                    } & components["schemas"]["Error"];
                 };
             };
             /** @description No such webhook of the caller's */
@@ -6865,7 +7199,10 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "NOT_FOUND";
+                    } & components["schemas"]["Error"];
                 };
             };
             /** @description RATE_LIMITED */
@@ -6874,16 +7211,22 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "RATE_LIMITED";
+                    } & components["schemas"]["Error"];
                 };
             };
-            /** @description Webhooks are starting or restarting */
+            /** @description Webhooks are starting or restarting, or webhooks.db is failing (STORE_UNAVAILABLE) */
             503: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "SERVICE_UNAVAILABLE" | "STORE_UNAVAILABLE";
+                    } & components["schemas"]["Error"];
                 };
             };
         };
@@ -6919,7 +7262,10 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "VALIDATION_ERROR";
+                    } & components["schemas"]["Error"];
                 };
             };
             /** @description Missing or invalid bearer token */
@@ -6928,7 +7274,10 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "INVALID_API_KEY" | "INVALID_TOKEN" | "KEY_DISABLED" | "KEY_EXPIRED" | "USER_DELETED";
+                    } & components["schemas"]["Error"];
                 };
             };
             /** @description INSUFFICIENT_SCOPE: the API key lacks the scope */
@@ -6937,7 +7286,10 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "INSUFFICIENT_SCOPE";
+                    } & components["schemas"]["Error"];
                 };
             };
             /** @description No such webhook of the caller's */
@@ -6946,7 +7298,10 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "NOT_FOUND";
+                    } & components["schemas"]["Error"];
                 };
             };
             /** @description RATE_LIMITED */
@@ -6955,16 +7310,22 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "RATE_LIMITED";
+                    } & components["schemas"]["Error"];
                 };
             };
-            /** @description Webhooks are starting or restarting */
+            /** @description Webhooks are starting or restarting, or webhooks.db is failing (STORE_UNAVAILABLE) */
             503: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "SERVICE_UNAVAILABLE" | "STORE_UNAVAILABLE";
+                    } & components["schemas"]["Error"];
                 };
             };
         };
