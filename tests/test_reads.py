@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 import requests
 
+from tests.search_support import write_v2_store
 from tests.support import BrainServer, wait_until
 from tests.test_auth_helpers import NO_LIMITS, bearer, new_user
 
@@ -194,40 +195,6 @@ def test_etag_and_if_none_match(server: BrainServer) -> None:
     assert [e["data"]["i"] for e in after.json()["events"]] == [5, 4]
 
 
-# The schema brain wrote before events carried their rendered JSON (SCHEMA_VERSION 2).
-OLD_SCHEMA = """
-CREATE TABLE IF NOT EXISTS events (
-    id INTEGER PRIMARY KEY,
-    type TEXT NOT NULL,
-    data TEXT NOT NULL,
-    created_at TIMESTAMP NOT NULL,
-    key TEXT UNIQUE
-);
-CREATE INDEX IF NOT EXISTS events_created_at ON events (created_at);
-CREATE INDEX IF NOT EXISTS events_type_created_at ON events (type, created_at);
-CREATE TABLE IF NOT EXISTS outbox (event_id INTEGER PRIMARY KEY);
-CREATE TRIGGER IF NOT EXISTS events_outbox AFTER INSERT ON events
-BEGIN
-    INSERT INTO outbox (event_id) VALUES (new.id);
-END;
-PRAGMA user_version=2;
-"""
-
-
-def _old_store(path: Path, rows: list[tuple[str, str, str]]) -> None:
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    db = sqlite3.connect(path, isolation_level=None)
-    try:
-        db.execute("PRAGMA journal_mode=WAL")
-        db.executescript(OLD_SCHEMA)
-        db.execute("BEGIN")
-        db.executemany("INSERT INTO events (type, data, created_at) VALUES (?, ?, ?)", rows)
-        db.execute("DELETE FROM outbox")  # published long ago
-        db.execute("COMMIT")
-    finally:
-        db.close()
-
-
 def _restart(server: BrainServer) -> None:
     server.start()
     wait_until(lambda: server.health()["jwks"]["loaded"], timeout=15, what="the API to load the signing keys")
@@ -247,8 +214,7 @@ def test_a_store_written_before_the_column_reads_the_same_and_is_rendered(make_s
     count = 5000  # more than one backfill step
     rows = [("old.kind", json.dumps({"n": i, "t": "ü"}, separators=(",", ":"), ensure_ascii=False),
              f"2022-01-01T00:00:{i % 60:02d}.{i:06d}Z") for i in range(count)]
-    path = server.data_dir / "users" / user_id / "events.db"
-    _old_store(path, rows)
+    path = write_v2_store(server.data_dir, user_id, rows)
     expected = sorted(
         (_rendered(i + 1, *row) for i, row in enumerate(rows)),
         key=lambda raw: (json.loads(raw)["created_at"], json.loads(raw)["id"]),
