@@ -1,6 +1,6 @@
 """Helpers shared by the search tests and bench/search.py (no tests here).
 
-`write_v2_store` writes a user's events.db as brain wrote it before the search index and the
+`index_counts` reads what a store file says of its index. `write_v2_store` writes a user's events.db as brain wrote it before the search index and the
 commit sequence existed (schema version 2, the version on main before issue 16), so tests and
 benchmarks can open "an existing store" and watch it being upgraded and backfilled.
 """
@@ -11,6 +11,7 @@ import os
 import sqlite3
 from collections.abc import Iterable
 from pathlib import Path
+from typing import NamedTuple
 
 # Schema version 2, verbatim and frozen (brain.api.user_store.SCHEMA has moved on from it):
 # events, their outbox and the trigger that fills it.
@@ -30,6 +31,39 @@ BEGIN
     INSERT INTO outbox (event_id) VALUES (new.id);
 END;
 """
+
+
+class IndexCounts(NamedTuple):
+    """A store file's events and index rows, as the file says (brain.api.search)."""
+
+    events: int
+    indexed_events: int  # events before the live tail (search_tail.next): each must have its rows
+    tail: int  # the first id of the live tail
+    rows: int  # FTS5's rows
+    times: int  # search_times rows
+    check: str  # FTS5's integrity check: "ok" or its error
+
+
+def index_counts(db_path: Path) -> IndexCounts:
+    """Read a store file's IndexCounts (the server may be running: WAL readers do not disturb it)."""
+    db = sqlite3.connect(db_path, timeout=10)
+    try:
+        (tail,) = db.execute("SELECT next FROM search_tail").fetchone()
+        try:
+            db.execute("INSERT INTO search (search, rank) VALUES ('integrity-check', 0)")
+            check = "ok"
+        except sqlite3.DatabaseError as exc:
+            check = str(exc)
+        return IndexCounts(
+            db.execute("SELECT count(*) FROM events").fetchone()[0],
+            db.execute("SELECT count(*) FROM events WHERE id < ?", (tail,)).fetchone()[0],
+            tail,
+            db.execute("SELECT count(*) FROM search_docsize").fetchone()[0],
+            db.execute("SELECT count(*) FROM search_times").fetchone()[0],
+            check,
+        )
+    finally:
+        db.close()
 
 
 def write_v2_store(data_dir: Path, user_id: str, rows: Iterable[tuple[str, str, str]], *, published: bool = True) -> Path:

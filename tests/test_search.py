@@ -19,7 +19,7 @@ import pytest
 import requests
 
 from tests.search_corpus import CORPUS, CREATED_AT, RELEVANCE
-from tests.search_support import write_v2_store
+from tests.search_support import index_counts, write_v2_store
 from tests.support import METRICS_TOKEN, REPO, BrainServer, wait_until
 from tests.test_auth_helpers import NO_LIMITS, bearer
 from tests.test_events import Client as EventsClient
@@ -556,6 +556,37 @@ def test_a_store_from_before_the_index_is_upgraded_and_backfilled(make_server: A
     assert client.post({"type": "note", "data": {"text": "marmot new"}})["id"] == 3002
     figures = server.health()["search"]
     assert figures["backfilled_events"] == 3001 and figures["backfilled_stores"] == 1
+
+
+def _index_file(server: BrainServer) -> tuple[int, int, int, str]:
+    """(events, FTS5 rows, the live tail's first id, FTS5 integrity check) of the one store."""
+    (path,) = (server.data_dir / "users").glob("*/events.db")
+    counts = index_counts(path)
+    return counts.events, counts.rows, counts.tail, counts.check
+
+
+def test_writes_leave_the_index_to_the_tail_and_a_crash_leaves_no_gap(make_server: Any) -> None:
+    # A day's delay: the tail waits for a search, for 256 events, or for the store to reopen.
+    server = make_server(config={"auth": NO_LIMITS, "search": {"index_delay_seconds": 86400}})
+    server.start()
+    client = Client(server)
+    first = [client.post({"type": "note", "data": {"text": f"numbat {i}"}})["id"] for i in range(3)]
+    assert _index_file(server) == (3, 0, first[0], "ok")  # written, not indexed: the file says so
+    # A search indexes the tail first: it never misses an event written before it.
+    assert sorted(h["event"]["id"] for h in client.hits("numbat")) == first
+    assert _index_file(server) == (3, 3, first[-1] + 1, "ok")
+    later = [client.post({"type": "note", "data": {"text": f"numbat later {i}"}})["id"] for i in range(2)]
+    # Deleting an event of the tail (not indexed) and an indexed one: each leaves no row behind.
+    assert client.delete(f"/events/{later[0]}").status_code == 200
+    assert client.delete(f"/events/{first[0]}").status_code == 200
+    assert _index_file(server) == (3, 2, first[-1] + 1, "ok")
+    server.kill()
+    server.start()
+    # Opening the store indexes what the crash left in the tail.
+    assert client.fetch("/events").status_code == 200
+    wait_until(lambda: _index_file(server) == (3, 3, later[-1] + 1, "ok"), timeout=15, what="the tail indexed on open")
+    assert sorted(h["event"]["id"] for h in client.hits("numbat")) == [*first[1:], later[1]]
+    assert client.fetch("/me/stats").json()["index"] == {"state": "ready", "documents": 3, "pending": 0}
 
 
 def test_writes_and_searches_go_on_while_the_backfill_runs(make_server: Any) -> None:

@@ -68,6 +68,7 @@ CREATE VIRTUAL TABLE IF NOT EXISTS search USING fts5(
 CREATE TABLE IF NOT EXISTS search_fields (name TEXT PRIMARY KEY, slot INTEGER NOT NULL UNIQUE);
 """
 COLUMNS = ("meta", *(f"f{i}" for i in range(SLOTS)))
+_EMPTY_COLUMNS = ("",) * SLOTS
 
 
 def fold(text: str) -> str:
@@ -190,17 +191,20 @@ def leaves(event_type: str, value: Any) -> Iterator[Leaf]:
 def document(event_type: str, data_text: str, slots: FieldSlots) -> list[str]:
     """The index row of an event (`meta`, then one text per slot) from its type and stored data."""
     value = json.loads(data_text)
-    columns: list[list[str]] = [[] for _ in range(SLOTS)]
+    texts: dict[int, list[str]] = {}  # by slot: an event fills a few of the SLOTS columns
     meta = [type_token(event_type)]
     if _has_attachment(value):
         meta.append(HAS_ATTACHMENT)
     for leaf in leaves(event_type, value):
         if leaf.text_column:
-            columns[slots.slot(leaf.field)].append(leaf.text)
+            texts.setdefault(slots.slot(leaf.field), []).append(leaf.text)
         elif leaf.field is not None:
             prefix = leaf.field + TAG
             meta.extend([prefix + w for w in words(leaf.text)])
-    return [" ".join(meta), *("\n".join(texts) for texts in columns)]
+    row = [" ".join(meta), *_EMPTY_COLUMNS]
+    for slot, strings in texts.items():
+        row[1 + slot] = "\n".join(strings)
+    return row
 
 
 def _strings(value: Any, path: tuple[str, ...]) -> Iterator[tuple[tuple[str, ...], str]]:

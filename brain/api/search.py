@@ -1,5 +1,5 @@
-"""The full-text index of one user's store: written in the events' own transactions, backfilled
-for stores that predate it, and searched.
+"""The full-text index of one user's store: kept a moment behind the writes (the live tail),
+backfilled for stores that predate it, and searched.
 
 `search` is a contentless FTS5 table (brain.api.documents says what each column holds: one per
 field of data) in the user's events.db, rowid = event id, tokenizer unicode61 with diacritics
@@ -8,11 +8,21 @@ an event's row is removed by recomputing its columns from the stored data (`remo
 prefix or trigram index: both multiply the work of every write and of the backfill (figures in
 docs/performance.md); prefix queries need two letters instead.
 
-Consistency: `add` and `remove` run inside the caller's transaction, so an event and its index
-row are committed (or lost to a crash) together. Events older than the index — a store
-created before it, or while `search.index` was off — are indexed by `backfill_step`, a bounded
-transaction at a time, between the store's requests; `search_state` records which ids are
-still to do (`backfill_next`..`backfill_end`; everything above was indexed as it was written).
+Consistency: a write does not touch the index. The events from `search_tail.next` on are the
+live tail, not indexed yet; `catch_up` indexes them in a transaction of its own and moves
+`next` past them in the same commit, so what the file says is indexed always is — a crash
+leaves a longer tail, never an event missing from the index without the file saying so, nor
+a row without its event (`remove`, inside a deletion's transaction, removes the rows of indexed
+events only). The store catches up a moment after a write (`search.index_delay_seconds`, or at
+once when the tail reaches TAIL_ROWS), and always before it searches or counts the index, so a search sees
+every event committed before it. Why not in the write's own transaction: an FTS5 commit
+writes a new segment however small (a fixed cost per transaction), and a row of this table
+costs a little per column whether the column is empty or not; paid once per POST it was most
+of a write's time, paid once per tail it is a small part (docs/performance.md has figures).
+Events older than the index — a store created before it, or while `search.index` was off —
+are indexed by `backfill_step`, a bounded transaction at a time, between the store's
+requests; `search_state` records which ids are still to do (`backfill_next`..`backfill_end`;
+those above it are the tail's).
 
 Ranking: BM25 over the field columns (weights in brain.api.documents: what names a thing,
 then a mail's people, then the rest; meta, which holds type, has: and tagged ids, scores
@@ -66,7 +76,10 @@ CREATE TABLE IF NOT EXISTS search_state (
     backfill_end INTEGER NOT NULL,
     unindexed_from INTEGER
 );
-"""
+""" + (_TAIL_SCHEMA := """
+-- Events from `next` on are the live tail: written, not indexed yet (see `catch_up`).
+CREATE TABLE IF NOT EXISTS search_tail (id INTEGER PRIMARY KEY CHECK (id = 1), next INTEGER NOT NULL);
+""")
 _MARKS = ", ".join("?" * len(COLUMNS))
 _INSERT = f"INSERT INTO search (rowid, {', '.join(COLUMNS)}) VALUES (?, {_MARKS})"
 _INSERT_TIME = "INSERT INTO search_times (id, created_at) VALUES (?, ?)"
@@ -75,6 +88,9 @@ _JOIN = " JOIN search_times e ON e.id = s.rowid"
 # A backfill transaction stops after this long, so the requests waiting behind it wait little.
 BACKFILL_STEP_SECONDS = 0.02
 BACKFILL_ROWS = 256
+# The tail is indexed `search.index_delay_seconds` after the write that began it, or at once
+# when it is this long (and at most this many events per transaction).
+TAIL_ROWS = 256
 # Pages of merge work per idle step (FTS5's 'merge' command).
 MERGE_PAGES = 64
 # Ranked windows kept per store for the next pages (a few KiB each).
@@ -210,6 +226,7 @@ class IndexOptions(NamedTuple):
     half_life_days: float
     rank_window: int
     cursor_seconds: float
+    tail_seconds: float
 
     @classmethod
     def from_settings(cls, search: SearchSettings, figures: IndexFigures | None = None) -> IndexOptions:
@@ -218,6 +235,7 @@ class IndexOptions(NamedTuple):
             enabled=search.index, figures=figures or IndexFigures(search.backfill_concurrency),
             recency_weight=search.recency_weight, half_life_days=search.recency_half_life_days,
             rank_window=search.rank_window, cursor_seconds=search.cursor_seconds,
+            tail_seconds=search.index_delay_seconds,
         )
 
 
@@ -235,6 +253,7 @@ class SearchIndex:
         self.cursor_seconds = options.cursor_seconds
         self.next = 1
         self.end = 0
+        self.tail = 1  # the first event of the live tail (search_tail.next)
         self.unindexed_from: int | None = None
         self.slots = FieldSlots(db)
         self._snapshots: OrderedDict[str, _Snapshot] = OrderedDict()
@@ -250,6 +269,7 @@ class SearchIndex:
             db.execute("INSERT INTO search_state VALUES (1, ?, 1, ?, NULL)", (VERSION, max_id))
             row = (VERSION, 1, max_id, None)
         version, self.next, self.end, self.unindexed_from = row
+        self._open_tail(max_id)
         if not self.enabled:
             if self.unindexed_from is None:
                 self.unindexed_from = max_id + 1
@@ -267,10 +287,30 @@ class SearchIndex:
                 "UPDATE search_state SET version = ?, backfill_next = 1, backfill_end = ?, unindexed_from = NULL",
                 (VERSION, max_id),
             )
+            db.execute("UPDATE search_tail SET next = ?", (max_id + 1,))
             db.execute("COMMIT")
             self.slots.reload()
-            self.next, self.end, self.unindexed_from = 1, max_id, None
+            self.next, self.end, self.unindexed_from, self.tail = 1, max_id, None, max_id + 1
         self.figures.waiting(self.user_id, self.pending())
+
+    def _open_tail(self, max_id: int) -> None:
+        try:
+            row = self.db.execute("SELECT next FROM search_tail").fetchone()
+        except sqlite3.OperationalError:  # a store from before the tail: no table yet
+            row = None
+        if row is None:
+            # Until now every event was indexed as it was written, or is the backfill's.
+            self.db.executescript(
+                f"BEGIN IMMEDIATE;{_TAIL_SCHEMA}INSERT OR IGNORE INTO search_tail VALUES (1, {int(max_id) + 1});COMMIT;"
+            )
+            row = self.db.execute("SELECT next FROM search_tail").fetchone()
+        self.tail = row[0]
+
+    @property
+    def behind(self) -> bool:
+        """Whether the live tail holds events (as far as this process knows: another worker may
+        have indexed them since, or written more)."""
+        return self.enabled and self.db.execute("SELECT EXISTS (SELECT 1 FROM events WHERE id >= ?)", (self.tail,)).fetchone()[0] == 1
 
     @property
     def backfilling(self) -> bool:
@@ -289,15 +329,54 @@ class SearchIndex:
             self._read_backfill()  # another worker may have indexed it since (inside the caller's transaction)
         if self.next <= event_id <= self.end:
             return False
+        if event_id >= self.tail:
+            self._read_tail()  # indexed by another worker since?
+            if event_id >= self.tail:
+                return False
         return self.unindexed_from is None or event_id < self.unindexed_from
 
-    # -- writes (inside the caller's transaction) -------------------------------------------
+    # -- writes -------------------------------------------------------------------------------
 
-    def add(self, event_id: int, event_type: str, data: str, created_at: str) -> None:
-        """Index a new event."""
-        if self.enabled:
-            self.db.execute(_INSERT, (event_id, *document(event_type, data, self.slots)))
-            self.db.execute(_INSERT_TIME, (event_id, created_at))
+    def catch_up(self, seconds: float | None = BACKFILL_STEP_SECONDS) -> bool:
+        """Index the live tail in one transaction (stopping after `seconds`, None: all of it);
+        True while events remain in it."""
+        if not self.enabled:
+            return False
+        db = self.db
+        started = time.perf_counter()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            self._read_tail()  # another worker with the store open may have caught up, or written more
+            while True:
+                batch = db.execute(
+                    "SELECT id, type, data, created_at FROM events WHERE id >= ? ORDER BY id LIMIT ?",
+                    (self.tail, TAIL_ROWS),
+                ).fetchall()
+                if batch:
+                    self._index(batch)
+                    self.tail = batch[-1][0] + 1
+                more = len(batch) == TAIL_ROWS
+                if not more or (seconds is not None and time.perf_counter() - started >= seconds):
+                    break
+            db.execute("UPDATE search_tail SET next = ?", (self.tail,))
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            self._read_tail()
+            self.slots.reload()
+            raise
+        return more
+
+    def _index(self, batch: list[tuple[int, str, str, str]]) -> None:
+        """Index (id, type, data, created_at) rows of events (inside the caller's transaction)."""
+        self.db.executemany(_INSERT, [(i, *document(t, d, self.slots)) for i, t, d, _ in batch])
+        self.db.executemany(_INSERT_TIME, [(i, c) for i, _, _, c in batch])
+
+    def _read_tail(self) -> None:
+        self.tail = self.db.execute("SELECT next FROM search_tail").fetchone()[0]
+
+    # -- writes inside the caller's transaction ---------------------------------------------
 
     def remove(self, event_id: int, event_type: str, data: str) -> None:
         """Remove an event's row, if it has one."""
@@ -329,8 +408,7 @@ class SearchIndex:
                     (self.next, self.end, BACKFILL_ROWS),
                 ).fetchall()
                 if batch:
-                    db.executemany(_INSERT, [(i, *document(t, d, self.slots)) for i, t, d, _ in batch])
-                    db.executemany(_INSERT_TIME, [(i, c) for i, _, _, c in batch])
+                    self._index(batch)
                     rows += len(batch)
                     self.next = batch[-1][0] + 1
                 if len(batch) < BACKFILL_ROWS:

@@ -96,6 +96,9 @@ class SearchSettings:
     cursor_seconds: float = 600.0
     # Stores indexing their existing events at the same time, per process.
     backfill_concurrency: int = 2
+    # A write does not wait for the index: its event is indexed this long after, with the others
+    # written meanwhile (at once once 256 are waiting, and always before a search reads the index).
+    index_delay_seconds: float = 0.25
 
 
 def expected_issuer(settings: Settings) -> str:
@@ -168,6 +171,7 @@ def validate_search(s: Settings) -> None:
             "search.max_query_chars": search.max_query_chars,
             "search.cursor_seconds": search.cursor_seconds,
             "search.backfill_concurrency": search.backfill_concurrency,
+            "search.index_delay_seconds": search.index_delay_seconds,
         }
     )
     if search.recency_weight < 0:

@@ -63,7 +63,9 @@ from brain.actors.bridge import settle_threadsafe
 from brain.api.events import TOMBSTONE_TYPE, NewEvent, StoredEvent, now_timestamp
 from brain.api.pages import RENDERED, Page, backfill_step, ensure_rendered, read_page, render_sql
 from brain.api.quarantine import FileMemory, move_aside, pending
-from brain.api.search import IndexOptions, IndexUnavailable, SearchIndex, SearchRequest, tombstone_data
+from brain.api.search import (
+    TAIL_ROWS, IndexOptions, IndexUnavailable, SearchIndex, SearchRequest, tombstone_data,
+)
 from brain.api.search import SCHEMA as SEARCH_SCHEMA
 from brain.api.settings import SearchSettings
 from brain.errors import (
@@ -345,6 +347,7 @@ _RENDER_BACKFILL = "render-backfill"
 _FLUSH_ACKS = "flush-acks"
 _BACKFILL = "backfill"
 _MERGE = "merge-index"
+_INDEX_TAIL = "index-tail"
 # How long a store waits for a free backfill slot, and how long it must be idle before it merges.
 BACKFILL_RETRY_SECONDS = 0.5
 MERGE_IDLE_SECONDS = 1.0
@@ -472,6 +475,8 @@ class UserStore(BrainActor):
         self.index: SearchIndex | None = None
         self.max_bytes = max_bytes
         self._merge_armed = False
+        self._tail_armed = False
+        self._tail_written = 0  # events written since the tail was last asked to be indexed
         self.last_write = 0.0
         self.path = store_path(data_path, user_id)
         self.marker = OutboxMarker(marker_path(data_path, user_id))
@@ -565,6 +570,9 @@ class UserStore(BrainActor):
         self.index.open(db.execute("SELECT ifnull(max(id), 0) FROM events").fetchone()[0])
         if self.index.backfilling:
             self._tell_self(_BACKFILL)
+        if self.index.behind:  # written before a crash, not indexed yet
+            self._tail_armed = True
+            self._tell_self(_INDEX_TAIL)
         if db.execute("SELECT EXISTS (SELECT 1 FROM outbox)").fetchone()[0] and self.marker.alone():
             # Unpublished rows the bus may not know of (a store rebuilt by `brain repair`). Not
             # while another worker has the store open: they are its own, in flight, and it
@@ -710,12 +718,14 @@ class UserStore(BrainActor):
             else:
                 self.schedule(max(1.0, self.idle_seconds - idle), _IDLE_CHECK)
             return None
-        if message == _BACKFILL or message == _MERGE:
+        if message == _BACKFILL or message == _MERGE or message == _INDEX_TAIL:
             if self.db is None or self.read_only:
                 return None  # quarantined, or nothing can be written: the next generation goes on
             try:
                 if message == _BACKFILL:
                     self._backfill()
+                elif message == _INDEX_TAIL:
+                    self._index_tail()
                 else:
                     self._merge()
             except Exception as exc:  # noqa: BLE001 - a storage fault: the index catches up when the store reopens
@@ -742,6 +752,24 @@ class UserStore(BrainActor):
         else:
             figures.release(self.user_id, done=True)
             log.info("%s: search index backfilled", self)
+
+    def _index_tail(self) -> None:
+        index = self.index
+        assert index is not None
+        self._tail_armed = False
+        if index.catch_up():
+            self._tail_armed = True
+            self._tell_self(_INDEX_TAIL)
+
+    def _caught_up(self) -> bool:
+        """Index the whole live tail before reading the index; False if it cannot be (opened
+        read-only: the tail's events are missing from what it finds)."""
+        index = self.index
+        assert index is not None
+        if self.read_only:
+            return not index.behind
+        index.catch_up(seconds=None)
+        return True
 
     def _merge(self) -> None:
         index = self.index
@@ -865,9 +893,18 @@ class UserStore(BrainActor):
             self.outbox.notify(self.user_id, fresh)
             self._arm_flush()
             self.last_write = time.monotonic()
-            if not self._merge_armed and self.index is not None and self.index.enabled:
-                self._merge_armed = True
-                self.schedule(MERGE_IDLE_SECONDS, _MERGE)
+            if self.index is not None and self.index.enabled:
+                self._tail_written += len(fresh)
+                if self._tail_written >= TAIL_ROWS:
+                    self._tail_written = 0
+                    self._tail_armed = True
+                    self._tell_self(_INDEX_TAIL)  # behind the requests already waiting
+                elif not self._tail_armed:
+                    self._tail_armed = True
+                    self.schedule(self.index_options.tail_seconds, _INDEX_TAIL)
+                if not self._merge_armed:
+                    self._merge_armed = True
+                    self.schedule(MERGE_IDLE_SECONDS, _MERGE)
 
     def _answer(self, message: Request, fresh: list[StoredEvent]) -> Any:
         """Answer one request other than an append (tombstones of deletions go to `fresh`)."""
@@ -881,7 +918,9 @@ class UserStore(BrainActor):
             if self.index is None:  # opened read-only, with an index that needed writing
                 raise fault(ReadOnlyStorage, "the search index waits for the file system to be writable")
             try:
-                return self.index.search(message, self._last_seq())
+                complete = self._caught_up()
+                page = self.index.search(message, self._last_seq())
+                return page if complete else page._replace(partial=True)
             except IndexUnavailable:
                 raise ServiceUnavailable("search is off on this server (search.index = false)", retry_after=3600) from None
         if isinstance(message, GetEvent):
@@ -900,33 +939,25 @@ class UserStore(BrainActor):
     ) -> list[list[tuple[StoredEvent, bool]] | Exception]:
         """Commit every request (each all or nothing); the new events are added to `fresh`."""
         db = self.db
-        index = self.index
-        assert db is not None and index is not None
+        assert db is not None
         self._check_writable()
         try:
             self._check_space()
         except InsufficientStorage as exc:
             return [exc] * len(requests)
         if len(requests) == 1 and len(requests[0].events) == 1 and requests[0].events[0].key is None:
-            # The common case, one event: the INSERT (whose trigger adds the outbox row) and
-            # its index row. Acknowledged outbox rows waiting to be deleted do not join this
-            # transaction: they wait for a grouped append or for the flush ACK_FLUSH_SECONDS
-            # after this one (docs/performance.md).
+            # The common case, one event: the INSERT alone (its trigger adds the outbox row; the
+            # index takes it with the tail, brain.api.search), committed by itself.
+            # Acknowledged outbox rows waiting to be deleted do not join this transaction: they
+            # wait for a grouped append or for the flush ACK_FLUSH_SECONDS after this one
+            # (docs/performance.md).
             ev = requests[0].events[0]
             created_at = ev.created_at or now_timestamp()
             try:
-                if index.enabled:
-                    db.execute("BEGIN")
                 cur = db.execute(_INSERT_EVENT, (ev.type, ev.data, created_at, None))
-                event_id: int = cur.lastrowid  # type: ignore[assignment]
-                index.add(event_id, ev.type, ev.data, created_at)
-                if db.in_transaction:  # without an index: sqlite3 committed the lone INSERT
-                    db.execute("COMMIT")
             except Exception as exc:  # noqa: BLE001 - the caller gets it
-                if db.in_transaction:
-                    db.execute("ROLLBACK")
-                index.rolled_back()
                 return [exc]
+            event_id: int = cur.lastrowid  # type: ignore[assignment]
             stored = StoredEvent(event_id, ev.type, ev.data, created_at)
             fresh.append(stored)
             return [[(stored, False)]]
@@ -949,7 +980,6 @@ class UserStore(BrainActor):
                 except Exception as exc:  # noqa: BLE001 - this request fails, the others commit
                     db.execute("ROLLBACK TO request")
                     db.execute("RELEASE request")
-                    index.rolled_back()
                     results.append(exc)
                     continue
                 db.execute("RELEASE request")
@@ -959,7 +989,6 @@ class UserStore(BrainActor):
         except BaseException as exc:
             if db.in_transaction:
                 db.execute("ROLLBACK")
-            index.rolled_back()
             if single and isinstance(exc, Exception):
                 return [exc]
             raise
@@ -1006,8 +1035,7 @@ class UserStore(BrainActor):
             created_at = ev.created_at or now
             cur = db.execute(_INSERT_EVENT, (ev.type, ev.data, created_at, ev.key))
             event_id = cur.lastrowid  # its outbox row: the events_outbox trigger
-            assert event_id is not None and self.index is not None
-            self.index.add(event_id, ev.type, ev.data, created_at)
+            assert event_id is not None
             stored = StoredEvent(event_id, ev.type, ev.data, created_at, ev.key)
             out.append((stored, False))
             fresh.append(stored)
@@ -1126,6 +1154,7 @@ class UserStore(BrainActor):
         page_size = db.execute("PRAGMA page_size").fetchone()[0]
         pages = db.execute("PRAGMA page_count").fetchone()[0]
         free = db.execute("PRAGMA freelist_count").fetchone()[0]
+        self._caught_up()  # the index's figures count the tail's events too
         return {
             "events": sum(by_type.values()),
             "by_type": by_type,
