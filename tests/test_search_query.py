@@ -9,6 +9,7 @@ stars, control characters and long inputs at it.
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 
 import pytest
@@ -116,6 +117,22 @@ def test_any_input_parses_into_valid_fts5_or_is_a_400(fts: tuple[sqlite3.Connect
     db, slots = fts
     db.execute("SELECT rowid FROM search WHERE search MATCH ?", (parsed.fts(slots),)).fetchall()
     Highlighter(parsed.highlights).highlight("note", json.dumps({"text": q}))
+
+
+def test_highlights_mark_whole_words_even_where_their_letters_first_appear_inside_others() -> None:
+    # The highlighter looks for a term's first word with str.find and tries the pattern there:
+    # the first places it finds are inside other words, the mark belongs to the word itself.
+    text = "strings and a substring " * 20 + "then the ring, a Ring-ring and ringing " + "tail " * 40
+
+    def marks(q: str) -> list[str]:
+        snippet = Highlighter(parse(q, max_chars=MAX).highlights).highlight("note", json.dumps({"text": text}))["text"]
+        return re.findall("<mark>(.*?)</mark>", snippet)
+
+    assert marks("ring") == ["ring", "Ring", "ring"]
+    assert marks("ring*") == ["ring", "Ring", "ring", "ringing"]
+    assert marks('"ring and"') == ["ring and"]
+    assert set(marks("ringing OR substring")) == {"substring"}  # cut around the earliest of either term
+    assert Highlighter(parse("rin", max_chars=MAX).highlights).highlight("note", json.dumps({"text": text})) == {}
 
 
 def test_documents_are_a_function_of_type_stored_text_and_slots() -> None:
