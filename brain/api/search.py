@@ -501,26 +501,35 @@ class SearchIndex:
         return sql, args
 
     def _window(self, request: SearchRequest, fts: str, *, high: int, now: float) -> _Snapshot:
-        """Rank the newest `rank_window` matches at or below `high`."""
+        """Rank the newest `rank_window` matches at or below `high`: one pass of the match (a
+        prefix term's doclists are merged anew by every statement that matches it)."""
         where, args = self._where(request)
-        join = _JOIN if where else ""
-        row = self.db.execute(
-            f"SELECT s.rowid FROM search s{join} WHERE search MATCH ? AND s.rowid <= ?{where}"
-            " ORDER BY s.rowid DESC LIMIT 1 OFFSET ?",
-            (fts, high, *args, self.rank_window - 1),
-        ).fetchone()
-        low = row[0] if row is not None else 1
-        return self._rank(request, fts, low, high, now)
+        rows = self.db.execute(
+            f"SELECT rowid, score FROM (SELECT s.rowid, {self._score_sql()} AS score FROM search s{_JOIN}"
+            f" WHERE search MATCH ? AND s.rowid <= ?{where} ORDER BY s.rowid DESC LIMIT ?)"
+            " ORDER BY score DESC, rowid DESC",
+            (self.recency_weight, now, self.half_life, fts, high, *args, self.rank_window),
+        ).fetchall()
+        # Fewer than rank_window: they are all the matches at or below `high`.
+        low = min(event_id for event_id, _ in rows) if len(rows) == self.rank_window else 1
+        return self._snapshot(request, rows, low, high, now)
 
     def _rank(self, request: SearchRequest, fts: str, low: int, high: int, now: float) -> _Snapshot:
+        """Rank the matches with ids from `low` to `high` (a window ranked before)."""
         where, args = self._where(request)
-        weights = ", ".join(repr(w) for w in self.slots.weights())
         rows = self.db.execute(
-            f"SELECT s.rowid, -bm25(search, {weights}) * (1.0 + ? * pow(0.5, max(0.0, ? - julianday(e.created_at)) / ?))"
-            f" AS score FROM search s{_JOIN} WHERE search MATCH ? AND s.rowid BETWEEN ? AND ?{where}"
-            " ORDER BY score DESC, s.rowid DESC",
+            f"SELECT s.rowid, {self._score_sql()} AS score FROM search s{_JOIN}"
+            f" WHERE search MATCH ? AND s.rowid BETWEEN ? AND ?{where} ORDER BY score DESC, s.rowid DESC",
             (self.recency_weight, now, self.half_life, fts, low, high, *args),
         ).fetchall()
+        return self._snapshot(request, rows, low, high, now)
+
+    def _score_sql(self) -> str:
+        """The score of a match (parameters: recency weight, now as a Julian day, half-life)."""
+        weights = ", ".join(repr(w) for w in self.slots.weights())
+        return f"-bm25(search, {weights}) * (1.0 + ? * pow(0.5, max(0.0, ? - julianday(e.created_at)) / ?))"
+
+    def _snapshot(self, request: SearchRequest, rows: list[tuple[int, float]], low: int, high: int, now: float) -> _Snapshot:
         return _Snapshot(
             request.digest, high, low, now, array("d", (score for _, score in rows)),
             array("q", (event_id for event_id, _ in rows)), time.monotonic() + self.cursor_seconds,
