@@ -477,6 +477,7 @@ class UserStore(BrainActor):
         self._merge_armed = False
         self._tail_armed = False
         self._tail_written = 0  # events written since the tail was last asked to be indexed
+        self._render_after_index = False  # rows wait to be rendered once the index is backfilled
         self.last_write = 0.0
         self.path = store_path(data_path, user_id)
         self.marker = OutboxMarker(marker_path(data_path, user_id))
@@ -563,13 +564,17 @@ class UserStore(BrainActor):
         db.execute("PRAGMA synchronous=NORMAL")
         self._check(db)
         migrate(db)
-        if ensure_rendered(db):
-            # Behind whatever is already asked of the store: requests go first.
-            self._tell_self(_RENDER_BACKFILL)
+        unrendered = ensure_rendered(db)
         self.index = SearchIndex(db, user_id=self.user_id, options=self.index_options)
         self.index.open(db.execute("SELECT ifnull(max(id), 0) FROM events").fetchone()[0])
+        # Both behind whatever is already asked of the store: requests go first. The index
+        # first: until it is built a search misses the old events, while a page of unrendered
+        # rows is only slower (brain.api.pages).
         if self.index.backfilling:
+            self._render_after_index = unrendered
             self._tell_self(_BACKFILL)
+        elif unrendered:
+            self._tell_self(_RENDER_BACKFILL)
         if self.index.behind:  # written before a crash, not indexed yet
             self._tail_armed = True
             self._tell_self(_INDEX_TAIL)
@@ -742,7 +747,8 @@ class UserStore(BrainActor):
         index = self.index
         assert index is not None
         figures = self.index_options.figures
-        if not index.backfilling:
+        if not index.backfilling:  # done by another worker with the store open (brain.workers)
+            self._render_when_indexed()
             return
         if not figures.acquire(self.user_id):
             self.schedule(BACKFILL_RETRY_SECONDS, _BACKFILL)
@@ -752,6 +758,12 @@ class UserStore(BrainActor):
         else:
             figures.release(self.user_id, done=True)
             log.info("%s: search index backfilled", self)
+            self._render_when_indexed()
+
+    def _render_when_indexed(self) -> None:
+        if self._render_after_index:
+            self._render_after_index = False
+            self._tell_self(_RENDER_BACKFILL)
 
     def _index_tail(self) -> None:
         index = self.index
