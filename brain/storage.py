@@ -224,14 +224,20 @@ class DiskGuard:
     `statvfs` is asked at most every RECHECK_SECONDS while space is plentiful; near the reserve,
     for every write. Between two looks the bytes written are subtracted from the last figure
     (times WRITE_AMPLIFICATION: the WAL, then the checkpoint into the database).
+
+    What the file system does not show yet is subtracted too: the pages each open store's WAL
+    holds beyond the end of its database file (`owe`), which its next checkpoint adds to the
+    file — up to wal_autocheckpoint's 1000 pages a store, written after the writes that made
+    them were admitted (eight stores can owe several MiB between them).
     """
 
     RECHECK_SECONDS = 0.5
     WRITE_AMPLIFICATION = 3
     # Closer to the reserve than this, every write looks again.
     NEAR = 16 << 20
-    # SQLite met a full disk the guard had not foreseen: the room its write needed is unknown, so
-    # /health stays degraded until this much beyond the reserve is free again.
+    # Once a write has been refused for want of room (by the guard or by SQLite), the disk counts
+    # as short (/health degraded) until this much beyond the reserve is free again: the room the
+    # next writes need is not known, and /health should not flap with every write let in.
     FULL_MARGIN = 1 << 20
 
     def __init__(self, path: Path, reserve: int) -> None:
@@ -241,7 +247,10 @@ class DiskGuard:
         self._seen: tuple[int, bool, float] = (-1, False, -1e9)
         self._written = 0
         self._suspect_read_only = False
-        self._refused_need = 0  # the room the last write refused for want of it needed
+        self._short = False  # a write was refused for want of room and FULL_MARGIN has not come back since
+        self._owed_lock = threading.Lock()
+        self._owed: dict[str, int] = {}
+        self.owed = 0  # the sum of _owed
 
     def suspect_read_only(self) -> None:
         """A write was refused as read-only: look (and try) again before the next write."""
@@ -252,7 +261,14 @@ class DiskGuard:
         """A write was refused for want of room (here or by SQLite): look again before the next
         write, and count the disk as short until FULL_MARGIN beyond the reserve is free."""
         self._seen = (self._seen[0], self._seen[1], -1e9)
-        self._refused_need = max(self._refused_need, self.FULL_MARGIN)
+        self._short = True
+
+    def owe(self, writer: str, nbytes: int) -> None:
+        """`writer` (a store) will write `nbytes` more on its own (a checkpoint); 0 once it has."""
+        with self._owed_lock:
+            self.owed += nbytes - self._owed.pop(writer, 0)
+            if nbytes > 0:
+                self._owed[writer] = nbytes
 
     def look(self) -> tuple[int, bool]:
         """(free bytes, read-only) of the data directory's file system now ((-1, False) if unknown)."""
@@ -274,26 +290,29 @@ class DiskGuard:
         """Raise DiskFull or ReadOnlyStorage if `nbytes` more must not be written now."""
         free, read_only, at = self._seen
         self._written += nbytes
-        estimate = free - self._written * self.WRITE_AMPLIFICATION
+        estimate = free - self.owed - self._written * self.WRITE_AMPLIFICATION
         if time.monotonic() - at >= self.RECHECK_SECONDS or estimate < self.reserve + self.NEAR:
             free, read_only = self.look()
-            estimate = free - nbytes * self.WRITE_AMPLIFICATION
+            estimate = free - self.owed - nbytes * self.WRITE_AMPLIFICATION
         if read_only:
             raise fault(ReadOnlyStorage, f"{self.path} is on a read-only file system")
         if free >= 0 and estimate < self.reserve:
-            self._refused_need = nbytes * self.WRITE_AMPLIFICATION
-            raise fault(DiskFull, f"{free} bytes free on the file system of {self.path}, "
-                                  f"below server.min_free_bytes ({self.reserve}) once this write is in")
+            raise fault(DiskFull, f"{free} bytes free on the file system of {self.path}, {self.owed} of them "
+                                  f"owed to the stores' checkpoints: below server.min_free_bytes ({self.reserve}) "
+                                  "once this write is in")
 
     def problems(self) -> list[str]:
         """What /health says about the data directory's file system (fresh look)."""
         free, read_only = self.look()
         if read_only:
             return [f"disk: the data directory's file system is read-only; writes are refused ({ADVICE['read_only']})"]
-        # Degraded as long as the last write refused would still be (a write of that size would not fit).
-        if 0 <= free < self.reserve + self._refused_need:
-            return [f"disk: {free} bytes free on the data directory's file system, at server.min_free_bytes "
-                    f"({self.reserve}); event writes are refused with 507 ({ADVICE['disk_full']})"]
+        room = free - self.owed
+        if self._short and room >= self.reserve + self.FULL_MARGIN:
+            self._short = False
+        if free >= 0 and (room < self.reserve or self._short):
+            return [f"disk: {free} bytes free on the data directory's file system ({self.owed} of them owed to "
+                    f"the stores' checkpoints), at server.min_free_bytes ({self.reserve}); event writes are "
+                    f"refused with 507 ({ADVICE['disk_full']})"]
         return []
 
 
@@ -359,7 +378,8 @@ class StorageFaults:
         free, read_only, _ = self.guard._seen  # noqa: SLF001 - the guard's last look, as problems() just took it
         with self._lock:
             faults = [{"kind": kind, "database": db, "count": n} for (kind, db), n in sorted(self.counts.items())]
-        return {"free_bytes": free, "min_free_bytes": self.guard.reserve, "read_only": read_only, "faults": faults}
+        return {"free_bytes": free, "owed_bytes": self.guard.owed, "min_free_bytes": self.guard.reserve,
+                "read_only": read_only, "faults": faults}
 
     def metrics(self) -> list[Metric]:
         """brain_storage_faults_total by kind and database, free space, the reserve, read-only."""
@@ -375,6 +395,9 @@ class StorageFaults:
         return [
             faults,
             GaugeMetricFamily("brain_disk_free_bytes", "Free bytes on the data directory's file system.", value=free),
+            GaugeMetricFamily("brain_disk_owed_bytes",
+                              "Bytes the open stores' checkpoints will still add to their database files.",
+                              value=self.guard.owed),
             GaugeMetricFamily("brain_disk_min_free_bytes",
                               "server.min_free_bytes: below it event writes are refused (507).",
                               value=self.guard.reserve),

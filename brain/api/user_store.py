@@ -489,6 +489,7 @@ class UserStore(BrainActor):
         self.acks: deque[int] = deque() if acks is None else acks
         self._flush_armed = False
         self.db: sqlite3.Connection | None = None
+        self._changes_noted = 0  # db.total_changes when the disk guard was last told of its growth
         self.last_used = time.monotonic()
         # Storage faults are counted there; `files` remembers the file as this store leaves it.
         self.faults = faults
@@ -666,6 +667,9 @@ class UserStore(BrainActor):
                     self.files.remember(self.user_id, self.path)
                 else:
                     self.files.forget(self.user_id)
+        if self.faults is not None:
+            # Closed (the last connection checkpoints the whole WAL into the file) or given up.
+            self.faults.guard.owe(self.actor_urn, 0)
         try:
             self.marker.close(empty=not unpublished)
         except OSError:
@@ -679,6 +683,13 @@ class UserStore(BrainActor):
     # -- messages ------------------------------------------------------------------------------
 
     def on_receive(self, message: Any) -> Any:
+        try:
+            return self._receive(message)
+        finally:
+            # After whatever wrote: appends, deletions, the outbox's acknowledged rows, index merges.
+            self._note_checkpoint_growth()
+
+    def _receive(self, message: Any) -> Any:
         if message is _OPEN:
             self._open_or_refuse()
             return None
@@ -917,6 +928,20 @@ class UserStore(BrainActor):
                 if not self._merge_armed:
                     self._merge_armed = True
                     self.schedule(MERGE_IDLE_SECONDS, _MERGE)
+
+    def _note_checkpoint_growth(self) -> None:
+        """If the database changed, tell the disk guard what this store's next checkpoint will add
+        to its file: the pages its WAL holds beyond the file's end (admitted writes, not yet on
+        statvfs's books). A commit may have run that checkpoint: then it is 0 again."""
+        if self.faults is None or self.db is None or self.db.total_changes == self._changes_noted:
+            return
+        self._changes_noted = self.db.total_changes
+        try:
+            pages, page_size = (self.db.execute(f"PRAGMA {name}").fetchone()[0] for name in ("page_count", "page_size"))
+            on_disk = os.stat(self.path).st_size
+        except (sqlite3.Error, OSError):
+            return  # the next write tells again
+        self.faults.guard.owe(self.actor_urn, max(0, pages * page_size - on_disk))
 
     def _answer(self, message: Request, fresh: list[StoredEvent]) -> Any:
         """Answer one request other than an append (tombstones of deletions go to `fresh`)."""
