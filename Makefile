@@ -42,8 +42,9 @@ run: venv
 TEST_WORKERS ?= 2
 
 ## make test: set up (with test extras) and run the whole suite (TEST_WORKERS=0: in one process)
+# The 25 longest tests are listed at the end: the suite must stay well under 15 minutes on CI.
 test: venv-test
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --durations=25 $(PYTEST_ARGS)
 
 ## make soak: the long reliability runs (tests/soak: many kill -9 cycles, crash and fault storms, fuzzing; ~5 min)
 soak: venv-test
