@@ -22,7 +22,7 @@ from typing import Any
 import nats.js.errors
 from nats.js.api import KeyValueConfig, StorageType
 
-__all__ = ["Leases"]
+__all__ = ["Leases", "bucket_values"]
 
 log = logging.getLogger("brain.leases")
 
@@ -124,6 +124,25 @@ class Leases:
         except nats.js.errors.KeyNotFoundError:
             return None
         return _owner_of(entry.value)
+
+
+async def bucket_values(js: Any, bucket: str, timeout: float = 5.0) -> dict[str, bytes] | None:
+    """Every key's current value in a KV bucket (None: no such bucket)."""
+    try:
+        kv = await js.key_value(bucket)
+    except nats.js.errors.BucketNotFoundError:
+        return None
+    watcher = await kv.watchall()
+    found: dict[str, bytes] = {}
+    try:
+        while True:
+            entry = await watcher.updates(timeout=timeout)
+            if entry is None:
+                return found
+            if entry.operation not in ("DEL", "PURGE") and entry.value:
+                found[entry.key] = entry.value
+    finally:
+        await watcher.stop()
 
 
 def _owner_of(value: bytes) -> str:

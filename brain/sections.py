@@ -128,6 +128,13 @@ class ClusterSettings:
     forward_timeout_seconds: float = 30.0
     # A node's heartbeat (renewed every third of this) lapses this long after it was last renewed.
     node_ttl_seconds: float = 10.0
+    # A request for a user whose store this node is rebuilding (taken over from a dead node, or
+    # handed over by a drain) waits this long for it, then is answered 503 with Retry-After.
+    rebuild_wait_seconds: float = 10.0
+    # A write is answered 201 once JetStream acknowledged its events (on a quorum of an R3
+    # stream). false: once committed on this node, as outside cluster mode (faster by about one
+    # publish round trip; a node lost with its disk loses what was answered but not yet published).
+    confirm_writes: bool = True
 
 
 @dataclass(frozen=True)
@@ -187,6 +194,7 @@ def validate_core(s: Settings) -> None:
             "nats.reconnect_wait_seconds": s.nats.reconnect_wait_seconds,
             "cluster.forward_timeout_seconds": s.cluster.forward_timeout_seconds,
             "cluster.node_ttl_seconds": s.cluster.node_ttl_seconds,
+            "cluster.rebuild_wait_seconds": s.cluster.rebuild_wait_seconds,
         }
     )
     if not 0 <= s.metrics.port <= 65535:

@@ -14,6 +14,8 @@ import os
 import secrets
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -31,7 +33,7 @@ from tests.support import BrainServer, wait_until
 from tests.test_auth_helpers import NO_LIMITS, bearer, new_user
 
 NODES = ("a", "b", "c")
-NODE_TTL = 3.0  # seconds: a killed node drops out of `brain cluster status` this soon
+NODE_TTL = 5.0  # seconds: a killed node drops out (and its users move to the others) this soon
 
 
 class Cluster:
@@ -46,7 +48,8 @@ class Cluster:
             config: dict[str, dict[str, Any]] = {
                 "server": {"secret": secret, "public_url": ""},
                 "nats": {"url": self.nats.url, **self.nats.credentials, "replicas": 3},
-                "cluster": {"node_id": node, "node_ttl_seconds": NODE_TTL},
+                # A forward to a node killed while answering fails after 5 s rather than 30.
+                "cluster": {"node_id": node, "node_ttl_seconds": NODE_TTL, "forward_timeout_seconds": 5.0},
                 "auth": dict(NO_LIMITS),
             }
             self.nodes[node] = BrainServer(base / node, config=config, roles=roles)
@@ -163,14 +166,18 @@ def test_streams_and_buckets_are_replicated_on_three_servers(cluster: Cluster) -
     assert cluster.nats_call(replicas) == {"BRAIN_EVENTS": 3, "BRAIN_CONTROL": 3, f"KV_{BUCKET}": 3}
 
 
-def cluster_status(cluster: Cluster) -> dict[str, Any]:
-    """`brain cluster status --json`, run with node b's settings."""
+def cluster_command(cluster: Cluster, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """`brain cluster ARGS`, run with node b's settings."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("BRAIN_", "NATS_"))}
-    done = subprocess.run(
-        [sys.executable, "-m", "brain", "cluster", "status", "--json", "--config",
-         str(cluster.nodes["b"].workdir / "brain.toml")],
-        capture_output=True, text=True, timeout=60, env=env, cwd=cluster.nodes["b"].workdir, check=False,
+    return subprocess.run(
+        [sys.executable, "-m", "brain", "cluster", *args, "--config", str(cluster.nodes["b"].workdir / "brain.toml")],
+        capture_output=True, text=True, timeout=timeout, env=env, cwd=cluster.nodes["b"].workdir, check=False,
     )
+
+
+def cluster_status(cluster: Cluster) -> dict[str, Any]:
+    """`brain cluster status --json`."""
+    done = cluster_command(cluster, "status", "--json")
     assert done.returncode == 0, done.stdout + done.stderr
     return json.loads(done.stdout)  # type: ignore[no-any-return]
 
@@ -185,15 +192,125 @@ def test_cluster_status_shows_live_nodes_their_users_and_the_stream(cluster: Clu
     assert state["users"] == sum(row["users"] for row in state["nodes"].values())
     stream = state["stream"]
     assert stream["replicas"] == 3 and len(stream["followers"]) == 2 and stream["messages"] >= 1
-    # kill -9: the heartbeat lapses within the TTL; back, the node takes its id again and serves
-    # the users placed on it from its own store.
+    # kill -9: the heartbeat lapses within the TTL (and c's users go to the others, so c may drop
+    # out of the list altogether); back, the node takes its id again.
     c.kill()
-    wait_until(lambda: not cluster_status(cluster)["nodes"]["c"]["alive"], timeout=NODE_TTL + 10,
+    wait_until(lambda: not cluster_status(cluster)["nodes"].get("c", {}).get("alive"), timeout=NODE_TTL + 10,
                what="node c's heartbeat to lapse")
     c.start(timeout=60)
     wait_until(lambda: cluster_status(cluster)["nodes"]["c"]["alive"], timeout=30, what="node c alive again")
     wait_until(lambda: c.health()["cluster"]["ready"], timeout=30, what="node c's placement map")
     assert [e["type"] for e in events(a, user["jwt"])] == ["note"]
+
+
+class Writer(threading.Thread):
+    """Writes numbered events for one user through the given nodes in turn until stopped.
+
+    Each number is sent with its own Idempotency-Key until it is acknowledged (201), through the
+    next node on every failure (a 503 while the user moves, a 504 from a node killed while it
+    answered): so every number is written once, and `acked` is what the client was promised.
+    """
+
+    def __init__(self, user: dict[str, Any], via: list[BrainServer]) -> None:
+        super().__init__(daemon=True)
+        self.jwt, self.via = user["jwt"], via
+        self.acked: list[dict[str, Any]] = []
+        self.failures: list[int] = []
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        n = attempt = 0
+        while not self.stopping.is_set():
+            server = self.via[attempt % len(self.via)]
+            attempt += 1
+            try:
+                r = requests.post(f"{server.api_url}/events", json={"type": "w", "data": {"n": n}},
+                                  headers={**bearer(self.jwt), "Idempotency-Key": f"n{n}"}, timeout=30)
+            except requests.RequestException:
+                self.failures.append(0)
+                continue
+            if r.status_code == 201:
+                self.acked.append(r.json())
+                n += 1
+            else:
+                assert r.status_code in (502, 503, 504), r.text
+                self.failures.append(r.status_code)
+                time.sleep(0.2)
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.join(timeout=60)
+        assert not self.is_alive()
+
+
+def assert_all_acknowledged(server: BrainServer, writer: Writer) -> None:
+    """The user's `w` events read through `server` are exactly the acknowledged ones: none lost, none twice."""
+    stored = [e for e in events(server, writer.jwt, type="w")][::-1]
+    assert [e["data"]["n"] for e in stored] == list(range(len(writer.acked)))
+    assert [e["id"] for e in stored] == [e["id"] for e in writer.acked]
+
+
+def writing_users(cluster: Cluster, count: int, home: str) -> tuple[list[dict[str, Any]], list[Writer]]:
+    """`count` new users placed on node `home`, each written to by a Writer through the other two nodes."""
+    users = [new_user(cluster.nodes["a"]) for _ in range(count)]
+    for user in users:  # a user is placed on the first node that serves it
+        requests.get(f"{cluster.nodes[home].api_url}/me", headers=bearer(user["jwt"]), timeout=30)
+    assert {cluster.placed_on(u["user"]["id"]) for u in users} == {home}
+    writers = [Writer(user, [cluster.nodes[n] for n in NODES if n != home]) for user in users]
+    for writer in writers:
+        writer.start()
+    wait_until(lambda: all(len(w.acked) >= 5 for w in writers), timeout=30, what=f"writes through {home}")
+    return users, writers
+
+
+def test_the_owner_killed_under_writes_its_users_move_with_every_acknowledged_event(cluster: Cluster) -> None:
+    a, b, c = (cluster.nodes[n] for n in NODES)
+    users, writers = writing_users(cluster, 3, "c")
+    c.kill()
+    killed = [len(w.acked) for w in writers]
+    # After the heartbeat's TTL the others take c's users over, rebuild them from the stream and serve.
+    wait_until(lambda: all(len(w.acked) >= k + 5 for w, k in zip(writers, killed)), timeout=NODE_TTL + 30,
+               what="writes acknowledged again after node c died")
+    for writer in writers:
+        writer.stop()
+    for user, writer in zip(users, writers):
+        assert cluster.placed_on(user["user"]["id"]) in ("a", "b")
+        for reader in (a, b):
+            assert_all_acknowledged(reader, writer)
+    # Back, c gives the users up: its copies are moved aside, and it forwards their requests.
+    c.start(timeout=60)
+    wait_until(lambda: c.health()["cluster"]["ready"], timeout=30, what="node c's placement map")
+    for user, writer in zip(users, writers):
+        user_dir = c.data_dir / "users" / user["user"]["id"]
+        wait_until(lambda d=user_dir: not (d / "events.db").exists(), timeout=10, what="c to give the store up")
+        assert list((user_dir / "moved").iterdir())
+        assert_all_acknowledged(c, writer)
+        post(c, writer.jwt, {"type": "after", "data": {}})
+
+
+def test_drain_hands_a_nodes_users_to_the_others_with_all_their_events(cluster: Cluster) -> None:
+    a, b, c = (cluster.nodes[n] for n in NODES)
+    users, writers = writing_users(cluster, 4, "b")
+    done = cluster_command(cluster, "drain", "b", "--json", timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    answer = json.loads(done.stdout)
+    assert set(answer["moved"]) >= {u["user"]["id"] for u in users} and set(answer["moved"].values()) <= {"a", "c"}
+    drained = [len(w.acked) for w in writers]
+    wait_until(lambda: all(len(w.acked) >= k + 3 for w, k in zip(writers, drained)), timeout=30,
+               what="writes after the drain")
+    for writer in writers:
+        writer.stop()
+    assert all(status == 503 for w in writers for status in w.failures), [w.failures for w in writers]
+    for user, writer in zip(users, writers):
+        assert cluster.placed_on(user["user"]["id"]) == answer["moved"][user["user"]["id"]]
+        assert not (b.data_dir / "users" / user["user"]["id"] / "events.db").exists()
+        for reader in (a, b, c):
+            assert_all_acknowledged(reader, writer)
+    # A drained node places no new user on itself.
+    newcomer = new_user(a)
+    post(b, newcomer["jwt"], {"type": "note", "data": {}})
+    assert cluster.placed_on(newcomer["user"]["id"]) in ("a", "c")
+    assert cluster_status(cluster)["nodes"]["b"]["users"] == 0
 
 
 def test_writes_continue_when_one_nats_server_is_killed(cluster: Cluster) -> None:
@@ -203,10 +320,13 @@ def test_writes_continue_when_one_nats_server_is_killed(cluster: Cluster) -> Non
     jwt = user["jwt"]
     written = [post(b, jwt, {"type": "before", "data": {}})]
     cluster.nats.kill_server(0)
-    # Clients on the killed server reconnect to another within a few seconds; nothing is refused for good.
+    # Clients on the killed server reconnect to another within a few seconds; nothing is refused for
+    # good. A write the stream did not confirm in time is answered 503 though stored: repeated with
+    # its Idempotency-Key, it is answered 201 once it is on the stream.
 
     def write_via_c() -> bool:
-        r = requests.post(f"{c.api_url}/events", json={"type": "after", "data": {}}, headers=bearer(jwt), timeout=30)
+        r = requests.post(f"{c.api_url}/events", json={"type": "after", "data": {}},
+                          headers={**bearer(jwt), "Idempotency-Key": f"after-{len(written)}"}, timeout=30)
         if r.status_code == 201:
             written.append(r.json())
         return len(written) >= 6

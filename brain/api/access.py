@@ -9,13 +9,13 @@ code here, so a door cannot write what the REST API would refuse.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from brain.api.events import ReservedTypes, check_key, new_event, parse_time
 from brain.api.quotas import WriteRate
 from brain.api.retrieval import run_search
-from brain.api.store_manager import StoreManager
+from brain.api.store_manager import AppendResult, StoreManager
 from brain.api.user_store import AppendRequest, GetEvent, MatchField
 from brain.config import Settings
 from brain.contracts import EventPage, SearchResults
@@ -31,8 +31,13 @@ _MAX_ID = 2**63 - 1
 class StoreAccess:
     """`EventAccess` over the process's StoreManager."""
 
-    def __init__(self, stores: StoreManager, reserved: ReservedTypes, rate: WriteRate, settings: Settings) -> None:
+    def __init__(
+        self, stores: StoreManager, reserved: ReservedTypes, rate: WriteRate, settings: Settings,
+        append: Callable[[str, AppendRequest], Awaitable[AppendResult]] | None = None,
+    ) -> None:
         self._stores = stores
+        # How a write is committed: the stores', or a cluster node's (answered once replicated).
+        self._append = append or stores.append_events
         self._reserved = reserved
         # The same per-user write quota as POST /events: one budget, whichever door writes.
         self._rate = rate
@@ -83,7 +88,7 @@ class StoreAccess:
         for i, event in enumerate(checked):
             self._reserved.check(event.type, "type" if single else f"events[{i}].type")
         self._rate.take(user_id, len(checked))
-        results = await self._stores.append_events(user_id, AppendRequest(checked, match=key is not None))
+        results = await self._append(user_id, AppendRequest(checked, match=key is not None))
         return [stored.as_dict() for stored, _ in results], key is not None and all(replayed for _, replayed in results)
 
     async def get_event(self, user_id: str, event_id: int) -> dict[str, Any] | None:

@@ -1,4 +1,4 @@
-"""`brain repair` and `brain cluster status`: the API role's commands, declared here (they run in
+"""`brain repair`, `brain cluster status` and `brain cluster drain`: the API role's commands, declared here (they run in
 brain.api.repair and brain.api.cluster_admin, imported only then)."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from brain.plugins import hookimpl
 
 @hookimpl
 def register_commands(cli: CommandLine) -> None:
-    """`brain repair --user ID` and `brain cluster status`."""
+    """`brain repair --user ID`, `brain cluster status` and `brain cluster drain NODE`."""
     repair = cli.subcommands.add_parser(
         "repair",
         help="rebuild a user's damaged or lost events.db from the event stream (and a backup)",
@@ -33,3 +33,15 @@ def register_commands(cli: CommandLine) -> None:
     cli.add_config_args(status)
     status.add_argument("--json", action="store_true", help="print JSON instead of text")
     cli.runs(status, "brain.api.cluster_admin:status")
+    drain = cluster_sub.add_parser(
+        "drain", help="hand a live node's users to the other live nodes (before maintenance)",
+        description="Ask NODE to hand each of its users to another live node: it stops serving the user, "
+        "publishes what its outbox still holds, and the new node rebuilds the store from the event stream. "
+        "Returns once every user is served elsewhere. The node places no new user on itself until it restarts.",
+    )
+    cli.add_config_args(drain)
+    drain.add_argument("node", metavar="NODE", help="the node to drain (its cluster.node_id)")
+    drain.add_argument("--timeout", type=float, default=600.0, metavar="SECONDS",
+                       help="how long to wait for the node to finish (default 600)")
+    drain.add_argument("--json", action="store_true", help="print JSON instead of text")
+    cli.runs(drain, "brain.api.cluster_admin:drain")

@@ -8,20 +8,35 @@ a request that needs a user's store is answered 503 (with Retry-After). The rout
 
 The node's heartbeat is a lease (brain.leases) on its id in the KV bucket `brain_cluster_nodes`,
 renewed every third of `cluster.node_ttl_seconds` by the primary worker: a node whose key is
-there is alive (`brain cluster status`); a node killed without warning drops out within the TTL.
+there is alive (`brain cluster status`); a node killed without warning drops out within the TTL,
+and its users are taken over by the others (brain.api.handover, run by the primary worker).
+
+A write is answered only once JetStream has acknowledged its events (`append`): with R3 streams
+that means a quorum of servers stored them, so no acknowledged event depends on this node's disk.
+The primary worker also answers a write only while its heartbeat is certainly current: the
+others take a node's users over no sooner than its heartbeat has lapsed, so what this node
+acknowledged before then is on the stream they rebuild from.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
+import nats.errors
 from aiohttp import web
 
 from brain import jetstream
 from brain.api.forwarding import Forwarder, forward_marker
+from brain.api.handover import Handover
 from brain.api.placement import UserPlacement
+from brain.api.publisher import publish_confirmed
+from brain.api.state import doorbell, store_manager
+from brain.api.store_manager import AppendResult
+from brain.api.user_store import AppendRequest
 from brain.errors import ServiceUnavailable
 from brain.leases import Leases
 from brain.nats_auth import process_connect_options
@@ -29,7 +44,7 @@ from brain.process import Process
 from brain.redact import redact_text
 from brain.stash import StashKey
 
-__all__ = ["NODES_BUCKET", "ClusterNode", "cluster_node"]
+__all__ = ["NODES_BUCKET", "ClusterNode", "cluster_node", "confirmed_append"]
 
 log = logging.getLogger("brain.cluster")
 
@@ -50,7 +65,16 @@ class ClusterNode:
         )
         self.heartbeat_ttl = settings.cluster.node_ttl_seconds
         self.heartbeat: Leases | None = None
+        self.handover: Handover | None = None
+        self.stores = store_manager(rt)
+        self.bell = doorbell(rt)
+        self.ack_timeout = settings.nats.publish_timeout_seconds
+        self.rebuild_wait = settings.cluster.rebuild_wait_seconds
+        # A store another worker of this node is rebuilding answers 503 with this Retry-After.
+        if self.stores.repair_retry_after is None:
+            self.stores.repair_retry_after = 1.0
         self.nc: Any = None
+        self.serving = False  # placement loaded, stale stores given up, answering forwards and admin requests
         self.last_error = ""
         self._stopping = False
         self._starting: asyncio.Task[None] | None = None
@@ -78,7 +102,20 @@ class ClusterNode:
                     self.heartbeat = heartbeat
                     self._beating = asyncio.ensure_future(self._beat(heartbeat))
                 await self.placement.open(js)
+                if self.heartbeat is not None and self.handover is None:
+                    handover = Handover(
+                        node_id=self.node_id, nc=self.nc, js=js, placement=self.placement, heartbeat=self.heartbeat,
+                        stores=self.stores, bell=self.bell, nats_settings=self.rt.settings.nats,
+                        data_path=self.rt.settings.data_path, nodes_bucket=NODES_BUCKET,
+                    )
+                    # Before any request is served here: stale stores are given up first.
+                    await handover.start()
+                    self.handover = handover
+                    self.placement.on_lost = handover.on_lost
+                elif self.heartbeat is None:
+                    self.placement.on_lost = self._close_lost
                 await self.forwarder.start(self.nc)
+                self.serving = True
                 log.info("cluster: node %s serving; placement map loaded (%d users)", self.node_id,
                          sum(self.placement.counts().values()))
                 return
@@ -97,6 +134,53 @@ class ClusterNode:
                 self._note(f"heartbeat: {redact_text(repr(exc))}")
             await asyncio.sleep(heartbeat.ttl / 3)
 
+    def _close_lost(self, user_id: str, _node: str) -> None:
+        # A worker other than the primary: close its own copy of the store (the primary moves the files).
+        asyncio.get_running_loop().run_in_executor(None, self.stores.close_store, user_id)
+
+    def may_publish(self, user_id: str) -> bool | None:
+        """Whether this process's event bus may publish the user's events (None: ask again later)."""
+        if self.handover is not None:
+            if self.heartbeat is not None and self.heartbeat.valid_until(self.node_id) < time.monotonic():
+                return None  # perhaps thought dead: the users may be another node's by now
+            return self.handover.may_publish(user_id)
+        if not self.placement.ready:
+            return None
+        node = self.placement.cached(user_id)
+        return node is None or node == self.node_id
+
+    async def append(self, user_id: str, request: AppendRequest) -> AppendResult:
+        """Commit a write, and return once JetStream acknowledged its new events (503 if it did not in time).
+
+        An idempotent replay's events are published again and their acks awaited (JetStream drops
+        the copies): the first answer may have been this 503, sent before the stream had them.
+        """
+        with self.bell.watch_acks(user_id) as watch:
+            results = await self.stores.append_events(user_id, request)
+            fresh = [ev.id for ev, replayed in results if not replayed]
+            confirmed = not fresh or await watch.wait(fresh, self.ack_timeout)
+        if confirmed and len(fresh) < len(results):
+            confirmed = self.nc is not None
+            try:
+                js = self.nc.jetstream(timeout=self.ack_timeout) if confirmed else None
+                for ev, replayed in results:
+                    if js is not None and replayed:
+                        await publish_confirmed(js, self.rt.settings.nats, user_id, ev)
+            except nats.errors.Error:  # not connected, no ack in time (nats.js.errors are nats.errors)
+                confirmed = False
+        if not confirmed:
+            ids = [ev.id for ev, _ in results]
+            raise ServiceUnavailable(
+                f"events {ids[0]}-{ids[-1]} were stored on node {self.node_id}, but the replicated event "
+                f"stream did not confirm them within {self.ack_timeout:g}s; they are published when it does. "
+                "Repeat the request with the same Idempotency-Key to learn the outcome", retry_after=2)
+        heartbeat = self.heartbeat
+        if heartbeat is not None and heartbeat.valid_until(self.node_id) < time.monotonic():
+            raise ServiceUnavailable(
+                f"node {self.node_id} lost its heartbeat: its users may be moving to another node. Repeat the "
+                "request with the same Idempotency-Key", retry_after=2)
+        return results
+
     def _note(self, message: str) -> None:
         self.last_error = message
         log.warning("cluster: %s", message)
@@ -107,6 +191,8 @@ class ClusterNode:
         for task in (self._starting, self._beating):
             if task is not None and not task.done():
                 task.cancel()
+        if self.handover is not None:
+            await self.handover.close()
         if self.heartbeat is not None:
             await self.heartbeat.release(self.node_id)  # gone at once, not after the TTL
         await self.forwarder.close()
@@ -125,15 +211,30 @@ class ClusterNode:
         """
         node = await self.placement.node_of(user_id)
         if node == self.node_id:
+            await self.rebuilt(user_id)
             return None
         if streams:
             raise ServiceUnavailable(f"live streams are served by the node holding the user's data ({node}), "
                                      f"not forwarded: connect to that node", retry_after=5)
         return await self.forwarder.forward(request, node)
 
+    async def rebuilt(self, user_id: str) -> None:
+        """Return once the user's store is no longer being rebuilt here (or after cluster.rebuild_wait_seconds)."""
+        if self.handover is not None and user_id in self.handover.rebuilding:
+            await self.handover.wait_rebuilt(user_id, self.rebuild_wait)
+
+    async def serve_forwarded(self, user_id: str) -> None:
+        """Before serving a request another node forwarded here: refused if the user has moved on
+        since (a store opened here now would be a new, empty one); held while it is rebuilt."""
+        node = self.placement.cached(user_id)
+        if node is not None and node != self.node_id and not (
+                self.handover is not None and user_id in self.handover.handing_off):
+            raise ServiceUnavailable(f"the user's data moved to node {node} meanwhile: try again", retry_after=1)
+        await self.rebuilt(user_id)
+
     def problems(self) -> list[str]:
         """For /health: why this node cannot place users yet."""
-        if self.placement.ready:
+        if self.serving:
             return []
         why = f" (last error: {self.last_error})" if self.last_error else ""
         return [f"cluster: the placement map is not loaded{why}"]
@@ -141,9 +242,10 @@ class ClusterNode:
     def stats(self) -> dict[str, Any]:
         """For /health: this node, whether placement is loaded, users per node, forwarding counts."""
         return {
-            "node": self.node_id, "ready": self.placement.ready, "users_per_node": self.placement.counts(),
+            "node": self.node_id, "ready": self.serving, "users_per_node": self.placement.counts(),
             "heartbeat": bool(self.heartbeat and self.heartbeat.held()),
-            **self.forwarder.stats(), "last_error": self.last_error,
+            **self.forwarder.stats(), **(self.handover.stats() if self.handover is not None else {}),
+            "last_error": self.last_error,
         }
 
 
@@ -155,3 +257,10 @@ def cluster_node(rt: Process) -> ClusterNode | None:
     if not rt.settings.cluster.node_id:
         return None
     return rt.stash.setdefault(_CLUSTER, lambda: ClusterNode(rt))
+
+
+def confirmed_append(rt: Process) -> Callable[[str, AppendRequest], Awaitable[AppendResult]] | None:
+    """How writes are committed on a cluster node that answers them once replicated
+    (`cluster.confirm_writes`); None: through the stores alone."""
+    node = cluster_node(rt)
+    return node.append if node is not None and rt.settings.cluster.confirm_writes else None

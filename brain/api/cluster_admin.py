@@ -1,4 +1,5 @@
-"""`brain cluster status`: what the shared NATS JetStream says about the cluster (docs/cluster.md).
+"""`brain cluster status`: what the shared NATS JetStream says about the cluster (docs/cluster.md);
+`brain cluster drain NODE`: ask a node to hand its users to the others (brain.api.handover).
 
 Read from JetStream alone, so it works from any machine with the cluster's NATS settings, whether
 or not a node runs there: the nodes whose heartbeat is current (`brain_cluster_nodes`), users
@@ -19,34 +20,17 @@ import nats.errors
 import nats.js.errors
 
 from brain.api.cluster import NODES_BUCKET
+from brain.api.handover import ADMIN_SUBJECT
 from brain.api.placement import BUCKET as PLACEMENT_BUCKET
 from brain.commands import settings_from_args
 from brain.config import Settings
 from brain.errors import ConfigError
+from brain.leases import bucket_values
 from brain.nats_auth import connect_options
 from brain.redact import redact_text
 
 MAIL_LEASES_BUCKET = "brain_mail_leases"
 _TIMEOUT_S = 5.0
-
-
-async def _values(js: Any, bucket: str) -> dict[str, bytes] | None:
-    """Every key's current value in a KV bucket (None: no such bucket)."""
-    try:
-        kv = await js.key_value(bucket)
-    except nats.js.errors.BucketNotFoundError:
-        return None
-    watcher = await kv.watchall()
-    found: dict[str, bytes] = {}
-    try:
-        while True:
-            entry = await watcher.updates(timeout=_TIMEOUT_S)
-            if entry is None:
-                return found
-            if entry.operation not in ("DEL", "PURGE") and entry.value:
-                found[entry.key] = entry.value
-    finally:
-        await watcher.stop()
 
 
 def _holder(value: bytes) -> str:
@@ -56,18 +40,22 @@ def _holder(value: bytes) -> str:
         return "?"
 
 
+async def _connect(settings: Settings) -> Any:
+    if not settings.nats.url:
+        raise ConfigError("nats.url: the cluster commands talk to the cluster's NATS; none is configured")
+    async with asyncio.timeout(_TIMEOUT_S * 4):
+        return await nats.connect(**connect_options(settings.nats, settings.nats.url), connect_timeout=_TIMEOUT_S,
+                                  allow_reconnect=False, max_reconnect_attempts=0)
+
+
 async def gather(settings: Settings) -> dict[str, Any]:
     """The cluster's state as `brain cluster status --json` prints it."""
-    if not settings.nats.url:
-        raise ConfigError("nats.url: cluster status reads the cluster's NATS; none is configured")
-    async with asyncio.timeout(_TIMEOUT_S * 4):
-        nc = await nats.connect(**connect_options(settings.nats, settings.nats.url), connect_timeout=_TIMEOUT_S,
-                                allow_reconnect=False, max_reconnect_attempts=0)
+    nc = await _connect(settings)
     try:
         js = nc.jetstream(timeout=_TIMEOUT_S)
-        nodes = await _values(js, NODES_BUCKET)
-        placement = await _values(js, PLACEMENT_BUCKET)
-        leases = await _values(js, MAIL_LEASES_BUCKET)
+        nodes = await bucket_values(js, NODES_BUCKET)
+        placement = await bucket_values(js, PLACEMENT_BUCKET)
+        leases = await bucket_values(js, MAIL_LEASES_BUCKET)
         users = Counter(v.decode() for v in (placement or {}).values())
         live = sorted(nodes or {})
         out: dict[str, Any] = {
@@ -122,3 +110,37 @@ def status(args: argparse.Namespace) -> int:
         print(f"event stream {stream['name']}: {stream['messages']} messages, R{stream['replicas']}, "
               f"leader {stream['leader'] or '-'}" + (f"; {followers}" if followers else ""))
     return 0
+
+
+async def ask_drain(settings: Settings, node: str, timeout: float) -> dict[str, Any]:
+    """The node's answer to a drain: {"node", "moved": {user: new node}, "users"} or {"error"}."""
+    nc = await _connect(settings)
+    try:
+        try:
+            reply = await nc.request(f"{ADMIN_SUBJECT}.{node}", json.dumps({"op": "drain"}).encode(), timeout=timeout)
+        except nats.errors.NoRespondersError:
+            return {"error": f"node {node} is not running, or not connected to NATS"}
+        except nats.errors.TimeoutError:
+            return {"error": f"node {node} did not finish within {timeout:g}s (it goes on: see `brain cluster status`)"}
+        answer: dict[str, Any] = json.loads(reply.data)
+        return answer
+    finally:
+        await nc.close()
+
+
+def drain(args: argparse.Namespace) -> int:
+    """Drain a node; exit 1 if it could not be done."""
+    settings = settings_from_args(args)
+    try:
+        answer = asyncio.run(ask_drain(settings, args.node, args.timeout))
+    except (OSError, TimeoutError, nats.errors.Error) as exc:
+        answer = {"error": f"cannot reach the cluster's NATS: {redact_text(repr(exc))}"}
+    if args.json:
+        print(json.dumps(answer))
+    elif "error" in answer:
+        print(f"drain of {args.node} failed: {answer['error']}")
+    else:
+        per_node = Counter(answer["moved"].values())
+        moved = ", ".join(f"{n} to {target}" for target, n in sorted(per_node.items())) or "none"
+        print(f"drained node {answer['node']}: {len(answer['moved'])} of {answer['users']} users moved ({moved})")
+    return 1 if "error" in answer else 0

@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from brain.api.events import StoredEvent
@@ -46,6 +47,39 @@ def event_stored_notifier(pm: Any) -> Callable[[str, list[StoredEvent]], None] |
 
     return notify
 
+class AckWatch:
+    """JetStream's acknowledgements of one user's events, gathered from before they are committed.
+
+    Opened before the commit, so that no acknowledgement can come before the watch (cluster
+    mode answers a write only once its events are on the stream: brain.api.cluster).
+    """
+
+    def __init__(self) -> None:
+        self.acked: set[int] = set()
+        self._wanted: set[int] = set()
+        self._all_acked = asyncio.Event()
+
+    def note(self, event_id: int) -> None:
+        """JetStream holds this event of the user."""
+        self.acked.add(event_id)
+        wanted = self._wanted
+        if wanted and event_id in wanted:
+            wanted.discard(event_id)
+            if not wanted:
+                self._all_acked.set()
+
+    async def wait(self, ids: Iterable[int], timeout: float) -> bool:
+        """Whether every one of these events was acknowledged within `timeout` seconds."""
+        self._wanted = set(ids) - self.acked
+        if not self._wanted:
+            return True
+        try:
+            await asyncio.wait_for(self._all_acked.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+
 class Doorbell:
     """Where stores hand committed events; stable across EventBus restarts (`rt.event_bus`)."""
 
@@ -54,6 +88,10 @@ class Doorbell:
         # Each is told of every commit, in commit order, and must neither block nor raise.
         self._listeners = tuple(listener for listener in listeners if listener is not None)
         self.nats_url = ""
+        # The open AckWatches per user (on the bus's loop, which is the serving loop).
+        self._watches: dict[str, list[AckWatch]] = {}
+        # Cluster mode: whether this node may publish a user's events (brain.api.cluster).
+        self.may_publish: Callable[[str], bool | None] | None = None
 
     def listen(self, listener: Callable[[str, list[StoredEvent]], None]) -> None:
         """Tell `listener` of every commit from now on (set up before the stores open)."""
@@ -79,7 +117,27 @@ class Doorbell:
             except RuntimeError:
                 pass  # the bus loop is closed already
 
+    @contextmanager
+    def watch_acks(self, user_id: str) -> Iterator[AckWatch]:
+        """Gather JetStream's acknowledgements of the user's events while the block runs (on the serving loop)."""
+        watch = AckWatch()
+        self._watches.setdefault(user_id, []).append(watch)
+        try:
+            yield watch
+        finally:
+            watches = self._watches[user_id]
+            watches.remove(watch)
+            if not watches:
+                del self._watches[user_id]
+
+    def acked(self, user_id: str, event_id: int) -> None:
+        """JetStream acknowledged an event (called by the publisher, or a node flushing an outbox, on the serving loop)."""
+        for watch in self._watches.get(user_id, ()):
+            watch.note(event_id)
+
     def attach(self, publisher: Publisher) -> None:
+        publisher.on_ack = self.acked
+        publisher.may_publish = self.may_publish
         self._publisher = publisher
 
     def detach(self, publisher: Publisher) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import nats.js.errors
@@ -39,6 +40,11 @@ class UserPlacement:
         self._watcher: Any = None
         self._watching: asyncio.Task[None] | None = None
         self._loaded = asyncio.Event()
+        # Told (on the serving loop) when a user placed on this node is placed on another
+        # (taken over while this node was thought dead, or handed on by a drain): (user, node).
+        self.on_lost: Callable[[str, str], None] | None = None
+        # Where a user nobody holds yet is placed: this node, unless it is being drained.
+        self.place_new: Callable[[str], str] = lambda _user_id: self.node_id
 
     async def open(self, js: Any) -> None:
         """Find or create the bucket, then start watching it (returns once the map is loaded)."""
@@ -63,7 +69,11 @@ class UserPlacement:
             if entry.operation in _GONE:
                 self._nodes.pop(entry.key, None)
             elif entry.value:
-                self._nodes[entry.key] = entry.value.decode()
+                node = entry.value.decode()
+                before = self._nodes.get(entry.key)
+                self._nodes[entry.key] = node
+                if before == self.node_id and node != self.node_id and self.on_lost is not None:
+                    self.on_lost(entry.key, node)
 
     async def close(self) -> None:
         """Stop watching."""
@@ -91,9 +101,9 @@ class UserPlacement:
             return found
         if not self.ready:
             raise ServiceUnavailable("cluster placement is not loaded yet (is NATS reachable?)")
+        node = self.place_new(user_id)
         try:
-            await self.kv.create(user_id, self.node_id.encode())
-            node = self.node_id
+            await self.kv.create(user_id, node.encode())
         except nats.js.errors.KeyWrongLastSequenceError:
             node = (await self.kv.get(user_id)).value.decode()
         except (nats.errors.Error, nats.js.errors.Error) as exc:
@@ -101,6 +111,26 @@ class UserPlacement:
         # The watcher will say the same; set now so the next request needs no round trip.
         self._nodes[user_id] = node
         return node
+
+    def users(self) -> dict[str, str]:
+        """Every placed user and their node, as this node sees the bucket (a copy)."""
+        return dict(self._nodes)
+
+    async def move(self, user_id: str, from_node: str, to_node: str) -> bool:
+        """Place the user on `to_node` if `from_node` still holds it: a compare-and-set on the
+        entry's revision, so that of several nodes moving one user at once exactly one succeeds."""
+        try:
+            entry = await self.kv.get(user_id)
+        except nats.js.errors.KeyNotFoundError:
+            return False
+        if entry.value is None or entry.value.decode() != from_node:
+            return False
+        try:
+            await self.kv.update(user_id, to_node.encode(), last=entry.revision)
+        except nats.js.errors.KeyWrongLastSequenceError:
+            return False
+        self._nodes[user_id] = to_node
+        return True
 
     def counts(self) -> dict[str, int]:
         """Users per node, as this node sees the bucket."""

@@ -18,7 +18,7 @@ import re
 import threading
 import time
 from collections import defaultdict, deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 from urllib.parse import quote
@@ -72,6 +72,28 @@ def payload_for(user_id: str, ev: StoredEvent) -> bytes:
         f'{{"id":{ev.id},"user_id":"{user_id}","type":"{ev.type}","data":{ev.data},'
         f'"created_at":"{ev.created_at}"}}'
     ).encode()
+
+def headers_for(user_id: str, ev: StoredEvent, stream: str) -> dict[str, str]:
+    """The headers of one event's message (see the module's docstring)."""
+    headers = {
+        "Nats-Msg-Id": msg_id_for(user_id, ev.id),
+        "Nats-Expected-Stream": stream,
+        "Brain-User-Id": user_id,
+        "Brain-Event-Id": str(ev.id),
+        "Brain-Event-Type": ev.type,
+    }
+    if ev.key is not None:
+        headers["Brain-Event-Key"] = key_header(ev.key)
+    return headers
+
+
+async def publish_confirmed(js: Any, settings: NatsSettings, user_id: str, ev: StoredEvent) -> None:
+    """Publish one event outside the pipeline and wait for JetStream's ack (a duplicate is one too:
+    the stream holds the event). For the rare writers that must know: a cluster node handing a
+    user on, a replayed write (brain.api.cluster)."""
+    await js.publish(subject_for(settings.subject_prefix, user_id, ev.type), payload_for(user_id, ev),
+                     headers=headers_for(user_id, ev, settings.stream))
+
 
 class _Sent(NamedTuple):
     user_id: str
@@ -137,6 +159,13 @@ class Publisher:
         self.last_error: str | None = None
         self._backoff = 0.0
         self._stopping = False
+        # Told of each event JetStream acknowledged (user id, event id), on this loop: the
+        # doorbell's watches (cluster mode answers a write once its events are on the stream).
+        self.on_ack: Callable[[str, int], None] | None = None
+        # Cluster mode: whether this node may publish a user's events (False: placed on another
+        # node, None: not known yet). A node back from the dead must not publish rows of users
+        # another node took over: their ids are that node's now.
+        self.may_publish: Callable[[str], bool | None] | None = None
         # Whether _publish may build frames itself (see there): the prefix and stream name are
         # plain NATS tokens, and this nats-py has the internals publish() uses.
         self._raw_frames = bool(_SAFE_TOKENS.fullmatch(self.prefix) and _SAFE_TOKENS.fullmatch(settings.stream))
@@ -261,7 +290,9 @@ class Publisher:
         while incoming:
             user_id, events = incoming.popleft()
             # No events: "this user's outbox holds rows" (a store opened with some, e.g. repaired).
-            if not events or not self.connected or user_id in self._dirty or len(self._queue) >= MAX_QUEUE:
+            # A user this node may not publish for (cluster mode) is left to _drain_one to decide.
+            if (not events or not self.connected or user_id in self._dirty or len(self._queue) >= MAX_QUEUE
+                    or (self.may_publish is not None and self.may_publish(user_id) is not True)):
                 # The database has them: drain later, in order, instead of holding them here.
                 self._dirty.setdefault(user_id, 0)
                 continue
@@ -277,6 +308,18 @@ class Publisher:
             return False
         user_id, after = found
         self._busy.pop(user_id, None)
+        allowed = True if self.may_publish is None else self.may_publish(user_id)
+        if allowed is None:  # where the user lives is not known yet: ask again shortly
+            self._busy[user_id] = now + BUSY_RETRY_S
+            self._requeue(user_id, after)
+            return True
+        if not allowed:
+            # Placed on another node, which took it over (brain.api.cluster): these rows were never
+            # acknowledged to a client, and their ids are the new owner's now. They stay in the
+            # store, which the cluster node moves aside.
+            self._dirty.pop(user_id, None)
+            log.warning("event bus: not publishing the outbox of %s: the user is placed on another node", user_id)
+            return True
         if after == 0:
             # Rows published but not yet deleted would be read (and sent) again otherwise.
             self._flush_acks(only=user_id)
@@ -358,16 +401,7 @@ class Publisher:
         subject = subject_for(self.prefix, user_id, ev.type)
         payload = payload_for(user_id, ev)
         if not self._raw_frames or not nc.is_connected or nc.is_draining_pubs or len(payload) > nc.max_payload:
-            headers = {
-                "Nats-Msg-Id": msg_id_for(user_id, ev.id),
-                "Nats-Expected-Stream": self.settings.stream,
-                "Brain-User-Id": user_id,
-                "Brain-Event-Id": str(ev.id),
-                "Brain-Event-Type": ev.type,
-            }
-            if ev.key is not None:
-                headers["Brain-Event-Key"] = key_header(ev.key)
-            await nc.publish(subject, payload, reply=reply, headers=headers)
+            await nc.publish(subject, payload, reply=reply, headers=headers_for(user_id, ev, self.settings.stream))
             return
         # The same HPUB frame nats-py's publish() would send, built here: publish() checks and
         # re-encodes every header (a str.translate per value), which made it the largest single
@@ -403,7 +437,8 @@ class Publisher:
             return
         # Cheaper than json.loads + PubAck for every message: the ack is {"stream":..,"seq":..}, and
         # a deduplicated one adds `"duplicate": true` (nats-server writes it with a space).
-        if b'"duplicate"' in data:
+        duplicate = b'"duplicate"' in data
+        if duplicate:
             self.duplicates += 1
         else:
             self.published += 1
@@ -411,6 +446,14 @@ class Publisher:
             self.drained += 1
         self._backoff = 0.0
         self._acks[sent.user_id].append(sent.event_id)
+        # An event published for the first time cannot be a duplicate, unless another process
+        # published this user's id before (a cluster node that took the user over while this
+        # one was thought dead): the stream holds that one, not ours, so ours is not confirmed.
+        if self.on_ack is not None and (sent.drained or not duplicate):
+            self.on_ack(sent.user_id, sent.event_id)
+        elif duplicate:
+            log.warning("event bus: event %s of %s was already on the stream from another writer",
+                        sent.event_id, sent.user_id)
         if self._ack_timer is None:
             self._ack_timer = self.loop.call_later(ACK_DELAY, self._flush_acks)
 

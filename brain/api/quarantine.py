@@ -40,21 +40,31 @@ def quarantine_dir(store: Path) -> Path:
     return store.parent / QUARANTINE
 
 
-def move_aside(path: Path, user_id: str, reason: str, detail: str) -> Path:
-    """Move the user's events.db at `path` (and its WAL) into a new quarantine entry; its directory."""
+def new_entry(base: Path, user_id: str, reason: str, detail: str) -> Path:
+    """A new directory under `base` named by the UTC time, with `reason.json` saying why."""
     now = dt.datetime.now(dt.timezone.utc)
-    base = quarantine_dir(path)
     base.mkdir(mode=0o700, parents=True, exist_ok=True)
     entry = base / now.strftime("%Y%m%dT%H%M%S.%fZ")
     entry.mkdir(mode=0o700)
     (entry / REASON).write_text(json.dumps({
         "user_id": user_id, "reason": reason, "detail": detail, "quarantined_at": now.isoformat(),
     }, indent=2) + "\n")
+    return entry
+
+
+def move_files(path: Path, entry: Path) -> None:
+    """Move the store at `path` (and its WAL) into `entry`."""
     for suffix in SUFFIXES:
         try:
             os.replace(f"{path}{suffix}", entry / f"events.db{suffix}")
         except FileNotFoundError:
             pass
+
+
+def move_aside(path: Path, user_id: str, reason: str, detail: str) -> Path:
+    """Move the user's events.db at `path` (and its WAL) into a new quarantine entry; its directory."""
+    entry = new_entry(quarantine_dir(path), user_id, reason, detail)
+    move_files(path, entry)
     log.error(
         "the store of user %s is damaged (%s: %s); moved to %s. The user's requests answer 503 until it is "
         "rebuilt: run `brain repair --user %s` (or set api.auto_repair = true)",

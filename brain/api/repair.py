@@ -343,6 +343,8 @@ def rebuild(
         report.from_backup = len(set(rows) - on_stream)
         if entry is not None:
             report.quarantine = entry["path"]
+        # An entry without a file (a cluster node taking a user over, brain.api.handover) has nothing to salvage.
+        if entry is not None and (Path(entry["path"]) / "events.db").exists():
             damaged, report.salvage_errors = read_rows(Path(entry["path"]) / "events.db")
             fresh = {i: row for i, row in damaged.items() if i not in rows}
             rows.update(fresh)

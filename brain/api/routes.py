@@ -27,7 +27,7 @@ from multidict import CIMultiDict
 from brain.api import openapi
 from brain.api.asyncapi import build_asyncapi
 from brain.api.api_keys import InsufficientScope
-from brain.api.cluster import cluster_node
+from brain.api.cluster import cluster_node, confirmed_append
 from brain.api.events import ReservedTypes, check_key, new_event
 from brain.api.state import api_key_verifier, api_limits, event_stream, store_manager, token_verifier, write_rate
 from brain.api.user_store import AppendRequest
@@ -79,6 +79,7 @@ def guard(rt: Process) -> Guard:
     redeem_ticket = event_stream(rt).tickets.redeem
     cluster = cluster_node(rt)
     route_user = cluster.route if cluster is not None else None
+    serve_forwarded = cluster.serve_forwarded if cluster is not None else None
     is_forwarded = cluster.forwarder.is_forwarded if cluster is not None else None
 
     def wrap(handler: Handler, public: bool) -> Handler:
@@ -131,6 +132,8 @@ def guard(rt: Process) -> Guard:
                         answer = await route_user(request, request[USER_KEY].id, streams=takes_tickets)
                         if answer is not None:
                             return answer
+                    elif serve_forwarded is not None:  # forwarded here: served here if the user is still here
+                        await serve_forwarded(request[USER_KEY].id)
                     return await handler(request)
                 except Exception as exc:  # noqa: BLE001 - sorted out (or re-raised) by failure_response
                     return failure_response(request, exc)
@@ -183,6 +186,8 @@ def routes(rt: Process) -> list[Route | Components]:
     stores = store_manager(rt)
     rate = write_rate(rt)
     bodies: dict[str, bytes] = {}
+    # On a cluster node a write is answered once its events are on the replicated stream.
+    append = confirmed_append(rt) or stores.append_events
 
     detail_token = rt.settings.metrics.token.encode()
 
@@ -252,7 +257,7 @@ def routes(rt: Process) -> list[Route | Components]:
         for i, event in enumerate(events):
             reserved.check(event.type, f"[{i}].type" if batch else "type")
         rate.take(user.id, len(events))
-        results = await stores.append_events(user.id, AppendRequest(events, match=key is not None))
+        results = await append(user.id, AppendRequest(events, match=key is not None))
         if batch:
             text = '{"events":[' + ",".join(ev.json() for ev, _ in results) + "]}"
         else:

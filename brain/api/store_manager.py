@@ -275,6 +275,18 @@ class StoreManager:
         # Returns once the actor has stopped and closed the database (or it was not running).
         sup.terminate_child(user_id).get(timeout=timeout)
 
+    def close_store(self, user_id: str, timeout: float = 30) -> None:
+        """Close a user's store in this process, if open (the user moved to another cluster node; blocking)."""
+        self._not_on_loop()
+        with self._lock:
+            ref = self._live.pop(user_id, None)
+        if ref is None:
+            return
+        try:
+            self._stores_sup().terminate_child(user_id).get(timeout=timeout)
+        except (ServiceUnavailable, pykka.ActorDeadError, pykka.Timeout):
+            pass  # no supervisor, or the store went meanwhile: closed either way
+
     def open_count(self) -> int:
         """How many stores are open right now."""
         return len(self._live)
