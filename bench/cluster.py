@@ -5,6 +5,10 @@ nodes on it, each with its own data directory and R3 streams: `a` (auth and API)
 A user is placed on `a` by its first request there. One client then times the same requests
 sent to `b` (forwarded to `a` and back) and to `a` directly, in alternating blocks
 (bench.client.Shadow) so that outside load falls on both: the difference is the forward's cost.
+
+Node `b` runs with `cluster.confirm_writes = false`: a second user placed on `b` gives the cost
+of answering a write only once JetStream acknowledged it (POST /events to `a` directly, which
+waits for the R3 ack, against the same request to `b` directly, which does not).
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ class Forwarded(NamedTuple):
     post_direct: list[float]
     me_forwarded: list[float]
     me_direct: list[float]
+    post_confirmed: list[float]  # to a, answered after the stream's ack
+    post_unconfirmed: list[float]  # to b (confirm_writes = false), answered after the local commit
 
 
 def measure(
@@ -51,7 +57,8 @@ def measure(
         nodes.append(a)
         a.start(timeout=60)
         b = BrainServer(workdir / "b", roles="api", config=config({
-            **shared, "server": {"secret": secret, "public_url": a.auth_url}, "cluster": {"node_id": "b"},
+            **shared, "server": {"secret": secret, "public_url": a.auth_url},
+            "cluster": {"node_id": "b", "confirm_writes": False},
             "api": {"auth_server_url": a.auth_url},
         }))
         nodes.append(b)
@@ -59,12 +66,16 @@ def measure(
         progress("cluster: 3 nats-servers (R3), node a (auth+api) and node b (api) up")
         with KeepAliveClient(a.auth_port) as c:
             user, _ = sign_up(c, tag, 0)
+            user_b, _ = sign_up(c, tag, 1)
         with KeepAliveClient(a.api_port) as direct, KeepAliveClient(b.api_port) as other:
             headers = {"Authorization": user.authorization}
             expect(direct.request("POST", "/events", headers=headers, body=event_body(0)), 201, what="placing the user")
+            expect(other.request("POST", "/events", headers={"Authorization": user_b.authorization}, body=event_body(0)),
+                   201, what="placing the second user on b")
             post = _paired(other, direct, user, "POST", samples=samples, warmup=warmup)
             me = _paired(other, direct, user, "GET", samples=samples, warmup=warmup)
-        return Forwarded(post[0], post[1], me[0], me[1])
+            confirmed = _confirmed(direct, other, user, user_b, samples=samples, warmup=warmup)
+        return Forwarded(post[0], post[1], me[0], me[1], *confirmed)
     finally:
         for node in nodes:
             node.close()
@@ -85,3 +96,16 @@ def _paired(
     forwarded = sample_latencies(other, lambda _i: raw, count=samples, warmup=warmup, statuses=(status,),
                                  what=f"{what} via another node", shadow=shadow)
     return forwarded, shadow.times
+
+
+def _confirmed(
+    a: KeepAliveClient, b: KeepAliveClient, user_a: User, user_b: User, *, samples: int, warmup: int,
+) -> tuple[list[float], list[float]]:
+    """POST /events to a (201 after the stream's ack) and, alternating, to b (201 after the commit)."""
+    body = event_body(1, kind="bench.cluster")
+    unconfirmed = b.encode("POST", "/events", headers={"Authorization": user_b.authorization}, body=body)
+    raw = a.encode("POST", "/events", headers={"Authorization": user_a.authorization}, body=body)
+    shadow = Shadow(b, unconfirmed, 201, [])
+    confirmed = sample_latencies(a, lambda _i: raw, count=samples, warmup=warmup, statuses=(201,),
+                                 what="POST /events answered after the stream's ack", shadow=shadow)
+    return confirmed, shadow.times

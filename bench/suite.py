@@ -122,6 +122,7 @@ CATALOGUE: list[tuple[str, str, str]] = [
     ("workers.get.rps", "GET /events?limit=100, --workers 2, {conns} conns, {users} users", "req/s"),
     ("cluster.post.latency", "cluster: POST /events via another node, 1 client", "ms"),
     ("cluster.me.latency", "cluster: GET /me via another node, 1 client", "ms"),
+    ("cluster.confirm.latency", "cluster: POST /events with the 201 after the stream's R3 ack, 1 client", "ms"),
     *search.CATALOGUE,
     ("scale.cold_new", "scale: first request of a new user's store", "ms"),
     ("scale.cold_reopen", "scale: first request, evicted store reopened", "ms"),
@@ -718,7 +719,7 @@ class Run:
     def cluster(self) -> None:
         """Issue 20: what forwarding to the user's node adds, on a 3-server NATS cluster (bench/cluster.py)."""
         plan = self.plan
-        keys = ["cluster.post.latency", "cluster.me.latency"]
+        keys = ["cluster.post.latency", "cluster.me.latency", "cluster.confirm.latency"]
         with self.step(keys, "cluster: requests via another node vs to the user's node, 3 nats-servers, R3"):
             got = cluster.measure(
                 self.workdir / "cluster", lambda extra: self.config(FAST_ARGON2, extra), self.tag,
@@ -733,6 +734,14 @@ class Run:
                 fig.baseline_label = "the same request sent to node a directly, alternating blocks; p50"
                 fig.extra["added p50 ms"] = round((fig.value or 0) - (floor.value or 0), 3)
                 fig.extra["added p99 ms"] = round((fig.p99 or 0) - (floor.p99 or 0), 3)
+            fig = self.latency("cluster.confirm.latency", got.post_confirmed,
+                               note="node a answers once JetStream acknowledged the event (R3: on 2 of 3 servers); "
+                                    "docs/cluster.md")
+            floor = latency_figure("unconfirmed", "unconfirmed", got.post_unconfirmed)
+            fig.baseline = floor.value
+            fig.baseline_label = "the same POST to node b (cluster.confirm_writes = false), alternating blocks; p50"
+            fig.extra["added p50 ms"] = round((fig.value or 0) - (floor.value or 0), 3)
+            fig.extra["added p99 ms"] = round((fig.p99 or 0) - (floor.p99 or 0), 3)
 
     def scale(self) -> None:
         """Activate many users' stores in turn on an API-only server."""
