@@ -29,7 +29,7 @@ import requests
 
 from brain.api.placement import BUCKET
 from brain.testing.nats_cluster import NatsCluster
-from tests.support import BrainServer, wait_until
+from tests.support import METRICS_TOKEN, BrainServer, wait_until
 from tests.test_auth_helpers import NO_LIMITS, bearer, new_user
 
 NODES = ("a", "b", "c")
@@ -51,6 +51,7 @@ class Cluster:
                 # A forward to a node killed while answering fails after 5 s rather than 30.
                 "cluster": {"node_id": node, "node_ttl_seconds": NODE_TTL, "forward_timeout_seconds": 5.0},
                 "auth": dict(NO_LIMITS),
+                "metrics": {"enabled": True, "token": METRICS_TOKEN},  # each node's own figures
             }
             self.nodes[node] = BrainServer(base / node, config=config, roles=roles)
         for node in ("b", "c"):  # the issuer's URL and keys are node a's
@@ -98,6 +99,15 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         yield made.start()
     finally:
         made.close()
+
+
+def metric(server: BrainServer, name: str) -> float:
+    """One figure of the node's /metrics."""
+    r = requests.get(f"{server.api_url}/metrics", headers=bearer(METRICS_TOKEN), timeout=30)
+    assert r.status_code == 200, r.text
+    found = [line.split()[-1] for line in r.text.splitlines() if line.split(" ")[0] == name]
+    assert found, f"{name} not in /metrics"
+    return float(found[0])
 
 
 def post(server: BrainServer, jwt: str, body: Any) -> dict[str, Any]:
@@ -277,6 +287,7 @@ def test_the_owner_killed_under_writes_its_users_move_with_every_acknowledged_ev
         assert cluster.placed_on(user["user"]["id"]) in ("a", "b")
         for reader in (a, b):
             assert_all_acknowledged(reader, writer)
+    assert metric(a, "brain_cluster_taken_over_total") + metric(b, "brain_cluster_taken_over_total") >= len(users)
     # Back, c gives the users up: its copies are moved aside, and it forwards their requests.
     c.start(timeout=60)
     wait_until(lambda: c.health()["cluster"]["ready"], timeout=30, what="node c's placement map")
@@ -311,6 +322,7 @@ def test_drain_hands_a_nodes_users_to_the_others_with_all_their_events(cluster: 
     post(b, newcomer["jwt"], {"type": "note", "data": {}})
     assert cluster.placed_on(newcomer["user"]["id"]) in ("a", "c")
     assert cluster_status(cluster)["nodes"]["b"]["users"] == 0
+    assert metric(b, "brain_cluster_drained_total") >= len(users) and metric(b, "brain_cluster_users") == 0
 
 
 def test_writes_continue_when_one_nats_server_is_killed(cluster: Cluster) -> None:

@@ -1,4 +1,5 @@
-"""The API role's Prometheus figures: health, JWKS cache, token cache, stores, search index, event bus.
+"""The API role's Prometheus figures: health, JWKS cache, token cache, stores, search index, event bus,
+and on a cluster node the node's own (each node is scraped on its own).
 
 Read at scrape time from what each part counts anyway (registered through `register_metrics`).
 """
@@ -10,6 +11,7 @@ from collections.abc import Callable, Iterable
 
 from prometheus_client.metrics_core import Metric
 
+from brain.api.cluster import cluster_node
 from brain.api.state import doorbell, jwks_state, store_manager, token_verifier
 from brain.health import HEALTH
 from brain.metrics import counter, gauge
@@ -107,5 +109,28 @@ def sources(rt: Process) -> list[tuple[str, Callable[[], Iterable[Metric]]]]:
         ]
         return out
 
+    def cluster() -> list[Metric]:
+        node = cluster_node(rt)
+        if node is None:
+            return []
+        stats = node.stats()
+        return [
+            gauge("brain_cluster_serving", "1 once this node has loaded the placement map and answers forwards.",
+                  1 if stats["ready"] else 0),
+            gauge("brain_cluster_heartbeat", "1 while this process holds the node's heartbeat (its primary worker).",
+                  1 if stats["heartbeat"] else 0),
+            gauge("brain_cluster_users", "Users placed on this node (as its placement map says).",
+                  stats["users_per_node"].get(stats["node"], 0)),
+            counter("brain_cluster_forwarded", "Requests sent to the node holding their user.", stats["forwarded"]),
+            counter("brain_cluster_served_for_others", "Requests other nodes forwarded here.",
+                    stats["served_for_others"]),
+            counter("brain_cluster_taken_over", "Users this node took over from dead nodes.", stats.get("taken_over", 0)),
+            counter("brain_cluster_given_up", "Stores this node gave up to the users' new nodes.",
+                    stats.get("given_up", 0)),
+            counter("brain_cluster_drained", "Users this node handed to others by a drain.", stats.get("drained", 0)),
+            gauge("brain_cluster_rebuilding", "User stores being rebuilt from the event stream here.",
+                  stats.get("rebuilding", 0)),
+        ]
+
     return [("health", healthy), ("jwks", jwks), ("token_cache", token_cache), ("stores", stores),
-            ("search", search), ("event_bus", event_bus)]
+            ("search", search), ("event_bus", event_bus), ("cluster", cluster)]
