@@ -223,6 +223,7 @@ def scope(name: str | None) -> Callable[[H], H]:
 
 def with_api_keys(operation: dict[str, Any], scope: str | None) -> dict[str, Any]:
     """An operation that also takes API keys: its security, the scope a key needs (`x-api-key-scope`,
-    "any" for any key) and the 403 for a key without it."""
-    described = with_error(operation, "403", "INSUFFICIENT_SCOPE: the API key lacks the scope", "INSUFFICIENT_SCOPE")
+    "any" for any key) and, when it needs one, the 403 for a key without it."""
+    described = dict(operation) if scope is None else with_error(
+        operation, "403", "INSUFFICIENT_SCOPE: the API key lacks the scope", "INSUFFICIENT_SCOPE")
     return {**described, "security": [{"bearerAuth": []}, {"apiKeyHeader": []}], "x-api-key-scope": scope or "any"}

@@ -12,12 +12,13 @@ import copy
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from brain.errors import BadRequest, InvalidToken, PluginError, ServiceUnavailable, StorageFault
+from brain.errors import BadRequest, DiskFull, InvalidToken, PayloadTooLarge, PluginError, ServiceUnavailable, StorageFault
 from brain.routes import Components, Listener, Route
 
 __all__ = [
-    "ERROR_SCHEMA", "INVALID_CODES", "TOKEN_CODES", "UNAVAILABLE_CODES", "build_spec", "error", "error_codes", "json_body",
-    "ref", "with_error",
+    "ERROR_SCHEMA", "INVALID_CODES", "TOKEN_CODES", "UNAVAILABLE_CODES", "build_spec", "disk_full", "error", "error_codes",
+    "json_body",
+    "ref", "retry_after", "with_body_errors", "with_error",
 ]
 
 # The body of every error brain answers (brain.errors.HTTPError.body).
@@ -80,6 +81,29 @@ def with_error(operation: Mapping[str, Any], status: str, description: str, *cod
     return described
 
 
+def retry_after(operation: dict[str, Any], status: str) -> dict[str, Any]:
+    """The operation, its `status` answer also naming the Retry-After header it carries."""
+    operation["responses"][status].setdefault("headers", {})["Retry-After"] = {
+        "schema": {"type": "integer"}, "description": "Seconds to wait"}
+    return operation
+
+
+def disk_full(description: str) -> dict[str, Any]:
+    """The 507 of a write on a full disk (brain.errors.DiskFull), with its Retry-After."""
+    return {**error(f"INSUFFICIENT_STORAGE: {description}", DiskFull.code),
+            "headers": {"Retry-After": {"schema": {"type": "integer"}, "description": "Seconds to wait"}}}
+
+
+def with_body_errors(operation: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of an operation taking a JSON body, also stating what reading it may refuse
+    (brain.web.read_body and read_json): not JSON, too large, not sent in time, not JSON's media type."""
+    described = with_error(operation, "400", "a body that is not JSON", *INVALID_CODES)
+    described = with_error(described, "408", "REQUEST_TIMEOUT: the body did not arrive within "
+                           "server.body_timeout_seconds", "REQUEST_TIMEOUT")
+    described = with_error(described, "413", "PAYLOAD_TOO_LARGE: a body larger than the server takes", PayloadTooLarge.code)
+    return with_error(described, "415", "UNSUPPORTED_MEDIA_TYPE: not JSON", "UNSUPPORTED_MEDIA_TYPE")
+
+
 def build_spec(
     info: Mapping[str, Any],
     listeners: Iterable[Listener],
@@ -108,7 +132,8 @@ def build_spec(
                 item = paths[entry.path] = {}
                 if name != main:
                     item["servers"] = [{"url": listener.public_url, "description": f"{name} role"}]
-            item[entry.method.lower()] = copy.deepcopy(dict(entry.operation))
+            operation = entry.operation if listener.describe_guard is None else listener.describe_guard(entry)
+            item[entry.method.lower()] = copy.deepcopy(dict(operation or {}))
     spec = {
         "openapi": "3.1.0",
         "info": dict(info),

@@ -92,6 +92,9 @@ class Listener:
     guard: Callable[[Process], Guard] | None = None
     # Runs once every route is in (e.g. a JSON catch-all, a check that nothing bypassed the guard).
     finish: Callable[[web.Application], None] | None = None
+    # What the guard may answer on any route besides the route itself: the route's operation with
+    # those answers added, for /openapi.json (None: the operation as the route describes it).
+    describe_guard: Callable[[Route], Mapping[str, Any] | None] | None = None
     # Whether it serves TLS when the server has a certificate, and writes access log lines.
     tls: bool = True
     access_log: bool = True

@@ -12,9 +12,12 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
+import jsonschema
 import requests
 
+from brain.openapi import error_codes
 from brain.testing import free_port, wait_until
 
 REPO = Path(__file__).resolve().parent.parent
@@ -246,3 +249,25 @@ class BrainServer:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def assert_declared(spec: Mapping[str, Any], r: requests.Response) -> None:
+    """The answer is one the OpenAPI document declares for its request's operation: its status, and
+    a JSON body valid against that status's schema (an error's `code` among those it states)."""
+    request = r.request
+    path, method = urlsplit(request.url).path, (request.method or "").lower()
+    for template, item in spec["paths"].items():
+        if method in item and re.fullmatch(re.sub(r"\\\{[^}]+\\\}", "[^/]+", re.escape(template)), path):
+            responses = item[method]["responses"]
+            break
+    else:
+        raise AssertionError(f"{method.upper()} {path} is not in the document")
+    response = responses.get(str(r.status_code))
+    assert response is not None, f"{method.upper()} {path} answered {r.status_code}, which it does not declare"
+    codes = error_codes(response)
+    if codes is not None:
+        assert r.json()["code"] in codes, f"{method.upper()} {path} {r.status_code}: {r.json()['code']} not in {codes}"
+    schema = response.get("content", {}).get("application/json", {}).get("schema")
+    if schema is not None and r.headers.get("Content-Type", "").startswith("application/json"):
+        # The document's components beside the schema, so that its references resolve.
+        jsonschema.Draft202012Validator({**schema, "components": spec["components"]}).validate(r.json())

@@ -24,7 +24,7 @@ import pytest
 import requests
 
 from brain.testing.fakes.gmail import FakeGmail
-from tests.support import BrainServer, wait_until
+from tests.support import BrainServer, assert_declared, wait_until
 from tests.test_auth_helpers import NO_LIMITS, PASSWORD, bearer, brain_cli, sign_in, sign_up, unique_email
 from tests.test_faults import METRICS_TOKEN, metric
 from tests.test_faults_helpers import corrupt_pages, need, page_size, tmpfs
@@ -59,12 +59,14 @@ def hook(server: BrainServer, user: User, url: str) -> requests.Response:
     return requests.post(f"{server.api_url}/webhooks", json={"url": url}, headers=user.headers, timeout=30)
 
 
-def assert_fault(r: requests.Response, status: int, reason: str) -> None:
-    """A typed storage fault: the status, its code, the reason; never a bare 500."""
+def assert_fault(server: BrainServer, r: requests.Response, status: int, reason: str) -> None:
+    """A typed storage fault: the status, its code, the reason, all as the OpenAPI document declares
+    for the request's operation; never a bare 500."""
     code = "INSUFFICIENT_STORAGE" if status == 507 else "STORE_UNAVAILABLE"
     assert r.status_code == status, f"{r.status_code} {r.text[:300]}"
     body = r.json()
     assert body["code"] == code and body["reason"] == reason, body
+    assert_declared(requests.get(f"{server.api_url}/openapi.json", timeout=30).json(), r)
 
 
 def damage(path: Path, seed: int) -> list[int]:
@@ -119,7 +121,7 @@ def test_a_damaged_webhooks_db_is_refused_typed_retried_and_stops_nothing_else(t
             for method, path in (("GET", "/webhooks"), ("POST", "/webhooks"), ("GET", f"/webhooks/{endpoint.json()['id']}")):
                 r = requests.request(method, f"{server.api_url}{path}", json={"url": receiver.url} if method == "POST" else None,
                                      headers=alice.headers, timeout=30)
-                assert_fault(r, 503, "corrupt")
+                assert_fault(server, r, 503, "corrupt")
             # Events are committed as before, for everyone.
             for n in range(3, 6):
                 r = post_event(server, alice, n)
@@ -131,7 +133,8 @@ def test_a_damaged_webhooks_db_is_refused_typed_retried_and_stops_nothing_else(t
             assert any(p.startswith("webhooks:") and "corrupt" in p for p in doc["problems"]), doc["problems"]
             assert metric(server, "brain_storage_faults_total", kind="corrupt", database="webhooks.db") > 0
             time.sleep(6)  # past a retry: still refused, still no crash loop
-            assert_fault(requests.get(f"{server.api_url}/webhooks", headers=alice.headers, timeout=30), 503, "corrupt")
+            listed = requests.get(f"{server.api_url}/webhooks", headers=alice.headers, timeout=30)
+            assert_fault(server, listed, 503, "corrupt")
             assert supervision(server) == {"restarts": 0, "escalations": 0}
             assert server.proc is not None and server.proc.poll() is None
             assert "Traceback" not in server.log_text(), server.log_text()[-3000:]
@@ -171,7 +174,7 @@ def test_webhooks_on_a_full_disk_pause_then_deliver_everything(tmp_path: Path) -
             ballast = fill(mount)
             answers["status"] = 200
             refused = hook(server, alice, receiver.url)
-            assert_fault(refused, 507, "disk_full")
+            assert_fault(server, refused, 507, "disk_full")
             wait_until(lambda: metric(server, "brain_storage_faults_total", kind="disk_full", database="webhooks.db") > 0,
                        timeout=30, what="webhooks.db to meet the full disk")
             time.sleep(2)
@@ -226,15 +229,15 @@ def test_auth_and_mail_on_a_full_disk_refuse_with_507_write_nothing_half_and_rec
             newcomer = unique_email("full-disk")
             ballast = fill(mount)
 
-            assert_fault(sign_up(server, newcomer), 507, "disk_full")
-            assert_fault(sign_in(server, alice.email), 507, "disk_full")
-            assert_fault(connect_gmail(server, alice, gmail), 507, "disk_full")
+            assert_fault(server, sign_up(server, newcomer), 507, "disk_full")
+            assert_fault(server, sign_in(server, alice.email), 507, "disk_full")
+            assert_fault(server, connect_gmail(server, alice, gmail), 507, "disk_full")
             # Reads go on, and show that nothing was half-written.
             assert sign_in(server, newcomer).status_code == 401
             status = mail_status(server, alice)
             assert status.status_code == 200 and status.json()["accounts"] == [], status.text
             assert requests.get(f"{server.api_url}/events", headers=alice.headers, timeout=30).status_code == 200
-            assert_fault(post_event(server, alice, 1), 507, "disk_full")
+            assert_fault(server, post_event(server, alice, 1), 507, "disk_full")
             for database in ("auth.db", "mail.db"):
                 assert metric(server, "brain_storage_faults_total", kind="disk_full", database=database) > 0, database
             doc = health(server)
@@ -305,10 +308,10 @@ def test_damaged_auth_db_and_mail_db_answer_503_corrupt_and_a_restored_copy_serv
             server.start()
             wait_api_ready(server)
             if database == "mail.db":
-                assert_fault(mail_status(server, alice), 503, "corrupt")
+                assert_fault(server, mail_status(server, alice), 503, "corrupt")
             else:
-                assert_fault(sign_in(server, alice.email), 503, "corrupt")
-                assert_fault(sign_up(server, unique_email("damaged")), 503, "corrupt")
+                assert_fault(server, sign_in(server, alice.email), 503, "corrupt")
+                assert_fault(server, sign_up(server, unique_email("damaged")), 503, "corrupt")
             # The users' stores are other files: events go on.
             assert post_event(server, alice, 1).status_code == 201
             doc = health(server)

@@ -20,7 +20,8 @@ from mcp.client.session import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
-from tests.support import REPO, BrainServer
+from brain.agents.tools import MIRRORED
+from tests.support import REPO, BrainServer, assert_declared
 from tests.test_auth_helpers import NO_LIMITS, bearer, new_user
 
 T = TypeVar("T")
@@ -38,6 +39,12 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Any:
     config = {"auth": NO_LIMITS, "plugins": PLUGINS, "mcp": {"max_result_chars": MAX_RESULT_CHARS}}
     with BrainServer(Path(tmp_path_factory.mktemp("mcp")) / "brain", config=config, env=PLUGIN_ENV) as running:
         yield running
+
+
+@pytest.fixture(scope="module")
+def spec(server: BrainServer) -> dict[str, Any]:
+    """The OpenAPI document the server serves."""
+    return dict(requests.get(f"{server.api_url}/openapi.json", timeout=15).json())
 
 
 @asynccontextmanager
@@ -114,6 +121,33 @@ def test_initialize_negotiates_and_lists_the_tools_with_schemas_and_annotations(
     assert tools["get_mail_thread"].annotations.read_only_hint is True
     assert tools["add_note"].annotations.read_only_hint is False
     assert tools["add_event"].annotations.read_only_hint is False
+
+
+def test_tools_take_what_the_rest_operations_they_mirror_take(server: BrainServer, spec: dict[str, Any]) -> None:
+    """A tool that does what a REST operation does takes that operation's parameters and body, as the
+    served /openapi.json states them (brain.agents.tools.MIRRORED): no second, drifting copy."""
+    token = new_user(server)["jwt"]
+    listed = rpc(server, token, {"jsonrpc": "2.0", "id": 2, "method": "tools/list"}, session=opened(server, token))
+    tools = {tool["name"]: tool["inputSchema"] for tool in listed.json()["result"]["tools"]}
+    operations = {op["operationId"]: op for item in spec["paths"].values() for op in item.values()
+                  if isinstance(op, dict) and "operationId" in op}
+    new_event = spec["components"]["schemas"]["NewEvent"]
+    for tool, (operation_id, renamed) in MIRRORED.items():
+        expected = {}
+        for parameter in operations[operation_id].get("parameters", ()):
+            name = renamed.get(parameter["name"], parameter["name"] if parameter["in"] in ("query", "path") else None)
+            if name is not None:
+                expected[name] = {**parameter["schema"], **({"description": parameter["description"]}
+                                                            if "description" in parameter else {})}
+        if tool == "add_event":
+            expected.update(new_event["properties"])
+        taken = tools[tool]["properties"]
+        assert {name: taken[name] for name in expected if name in taken} == expected, tool
+        own = {"text", "title", "tags"} if tool == "add_note" else set()
+        assert set(taken) == set(expected) | own, tool
+        assert tools[tool]["additionalProperties"] is False
+    assert set(new_event["required"]) <= set(tools["add_event"]["required"])
+    assert tools["search"]["required"] == ["q"] and tools["get_event"]["required"] == ["id"]
 
 
 def test_an_older_client_gets_its_version_and_an_unknown_version_the_newest(server: BrainServer) -> None:
@@ -269,11 +303,12 @@ def test_an_unknown_tool_or_method_is_a_json_rpc_error(server: BrainServer) -> N
     (b'{"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "add_note", "arguments": {"\\udc80": 1}}}',
      200, None),
 ])
-def test_malformed_messages_get_json_rpc_errors_not_500(server: BrainServer, body: bytes, status: int,
-                                                        code: int | None) -> None:
+def test_malformed_messages_get_json_rpc_errors_not_500(server: BrainServer, spec: dict[str, Any], body: bytes,
+                                                        status: int, code: int | None) -> None:
     token = new_user(server)["jwt"]
     r = rpc(server, token, None, raw=body, session=opened(server, token))
     assert r.status_code == status, r.text
+    assert_declared(spec, r)
     answer = r.json()
     if code is None:
         assert answer["result"]["isError"] is True
@@ -284,12 +319,13 @@ def test_malformed_messages_get_json_rpc_errors_not_500(server: BrainServer, bod
 # --- credentials, sessions, isolation -------------------------------------------------------------------
 
 
-def test_no_token_or_a_bad_one_is_refused_with_401(server: BrainServer) -> None:
+def test_no_token_or_a_bad_one_is_refused_with_401(server: BrainServer, spec: dict[str, Any]) -> None:
     token = new_user(server)["jwt"]
     for credential in (None, "not-a-jwt", token[:-4] + "AAAA"):
         r = initialize(server, credential) if credential else rpc(server, None, {"jsonrpc": "2.0", "id": 1, "method": "ping"})
         assert r.status_code == 401, r.text
         assert r.headers["WWW-Authenticate"].startswith("Bearer")
+        assert_declared(spec, r)
 
     async def work(session: ClientSession) -> None:
         raise AssertionError("initialized with a bad token")
@@ -299,21 +335,42 @@ def test_no_token_or_a_bad_one_is_refused_with_401(server: BrainServer) -> None:
     assert "401" in repr(caught.value) or "error" in repr(caught.value).lower()
 
 
-def test_a_session_needs_its_id_ends_with_delete_and_belongs_to_its_user(server: BrainServer) -> None:
+def test_a_session_needs_its_id_ends_with_delete_and_belongs_to_its_user(server: BrainServer,
+                                                                        spec: dict[str, Any]) -> None:
     ada, bob = new_user(server)["jwt"], new_user(server)["jwt"]
     ping = {"jsonrpc": "2.0", "id": 2, "method": "ping"}
     session = opened(server, ada)
-    assert rpc(server, ada, ping).status_code == 400  # no session id
-    assert rpc(server, ada, ping, session=session + "x").status_code == 404
-    assert rpc(server, ada, ping, session=session).json()["result"] == {}
+    answers = [rpc(server, ada, ping)]  # no session id
+    assert answers[-1].status_code == 400
+    answers.append(rpc(server, ada, ping, session=session + "x"))
+    assert answers[-1].status_code == 404
+    answers.append(rpc(server, ada, ping, session=session))
+    assert answers[-1].json()["result"] == {}
     # Bob cannot use Ada's session (nor learn that it exists).
-    assert rpc(server, bob, ping, session=session).status_code == 404
+    answers.append(rpc(server, bob, ping, session=session))
+    assert answers[-1].status_code == 404
     notification = {"jsonrpc": "2.0", "method": "notifications/initialized"}
-    assert rpc(server, ada, notification, session=session).status_code == 202
-    ended = requests.delete(f"{server.api_url}/mcp", headers={**bearer(ada), "Mcp-Session-Id": session}, timeout=15)
-    assert ended.status_code == 204
-    assert rpc(server, ada, ping, session=session).status_code == 404
-    assert requests.get(f"{server.api_url}/mcp", headers={**bearer(ada), **ACCEPT}, timeout=15).status_code == 405
+    answers.append(rpc(server, ada, notification, session=session))
+    assert answers[-1].status_code == 202
+    answers.append(rpc(server, ada, ping, session=session, headers={"MCP-Protocol-Version": "2025-03-26"}))
+    assert answers[-1].status_code == 400  # not the session's version
+    answers.append(rpc(server, ada, ping, session=session, headers={"Origin": "https://elsewhere.example"}))
+    assert answers[-1].status_code == 403
+    answers.append(rpc(server, ada, ping, session=session, headers={"Accept": "text/html"}))
+    assert answers[-1].status_code == 406
+    answers.append(requests.delete(f"{server.api_url}/mcp", headers={**bearer(ada), "Mcp-Session-Id": session},
+                                   timeout=15))
+    assert answers[-1].status_code == 204
+    answers.append(rpc(server, ada, ping, session=session))
+    assert answers[-1].status_code == 404
+    answers.append(requests.delete(f"{server.api_url}/mcp", headers={**bearer(ada), "Mcp-Session-Id": session},
+                                   timeout=15))
+    assert answers[-1].status_code == 404
+    answers.append(requests.get(f"{server.api_url}/mcp", headers={**bearer(ada), **ACCEPT}, timeout=15))
+    assert answers[-1].status_code == 405
+    # Each answer is one the OpenAPI document's description of the transport declares.
+    for answer in answers:
+        assert_declared(spec, answer)
 
 
 def test_a_session_expires(tmp_path: Path) -> None:

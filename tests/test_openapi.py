@@ -10,8 +10,10 @@ import requests
 
 from brain.api.openapi import INFO
 from brain.config import load_settings
+from brain.agents.openapi import rpc_codes
 from brain.api.api_keys import REFUSALS as API_KEY_REFUSALS
 from brain.openapi import TOKEN_CODES, build_spec, error_codes
+from brain.routes import Route
 from brain.runtime import Runtime
 from tests.support import BrainServer, concrete_path
 
@@ -85,23 +87,47 @@ def test_spec_is_well_formed(tmp_path: Path) -> None:
     assert len(operation_ids) == len(set(operation_ids)), "duplicate operationId"
 
 
-def test_every_json_error_of_the_api_role_states_its_codes(tmp_path: Path) -> None:
-    """Each error answer of an API-role operation names the `code` values it carries (schemathesis, in
-    tests/test_openapi_contract.py, then holds the live server to them). Left out: /mcp (JSON-RPC, outside
-    the contract run) and the auth role's Better Auth-compatible operations."""
+def test_every_json_error_of_both_roles_states_its_codes(tmp_path: Path) -> None:
+    """Each error answer of an operation of either role names the `code` values it carries (schemathesis, in
+    tests/test_openapi_contract.py and tests/test_openapi_contract_auth.py, then holds the live server to
+    them). /mcp's own refusals are JSON-RPC errors: they state their JSON-RPC error codes instead."""
     _, spec = real_routes(tmp_path)
     unstated = []
     for path, item in spec["paths"].items():
-        if "servers" in item or path == "/mcp":
-            continue
         for method, op in item.items():
             for status, response in op.get("responses", {}).items() if method in METHODS else ():
                 content = response.get("content", {})
-                if status[0] in "45" and list(content) == ["application/json"] and error_codes(response) is None:
+                stated = error_codes(response) is not None or rpc_codes(response) is not None
+                if status[0] in "45" and list(content) == ["application/json"] and not stated:
                     unstated.append(f"{method.upper()} {path} {status}")
     assert unstated == []
     # The guard's refusals of API keys are among the codes every such operation states.
     assert set(API_KEY_REFUSALS) <= set(TOKEN_CODES)
+
+
+def test_every_api_operation_declares_what_its_guard_may_answer(tmp_path: Path) -> None:
+    """The API listener's guard answers before the route's handler does (brain.api.routes.guard): the
+    address's rate limit on every route; behind a token, a refused token, an API key the route does not
+    take, the user's rate limit, signing keys not loaded yet. Every operation declares those answers."""
+    settings = load_settings(environ={}, overrides={"server": {"data_dir": str(tmp_path / "data")}})
+    rt = Runtime(settings)
+    spec = build_spec(INFO, rt.listeners.values(), {name: rt.routes(name) for name in rt.listeners}, "api")
+    undeclared = []
+    for route in rt.routes("api"):
+        if not isinstance(route, Route) or route.operation is None:
+            continue
+        operation = spec["paths"][route.path][route.method.lower()]
+        expected = {"429": "RATE_LIMITED"}
+        if not route.public:
+            expected.update({"401": "INVALID_TOKEN", "503": "SERVICE_UNAVAILABLE"})
+            if "x-api-key-scope" not in operation:
+                expected["403"] = "INSUFFICIENT_SCOPE"
+        for status, code in expected.items():
+            response = operation["responses"].get(status)
+            codes = None if response is None else error_codes(response)
+            if response is None or code not in (codes or ()):
+                undeclared.append(f"{route.method} {route.path} {status} {code}")
+    assert undeclared == []
 
 
 @pytest.fixture(scope="module")

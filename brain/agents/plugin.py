@@ -6,6 +6,7 @@ and the OAuth protected-resource document that tells spec-following clients wher
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 from urllib.parse import urlsplit
 
 from aiohttp import web
@@ -36,8 +37,7 @@ def endpoint(rt: Process) -> McpEndpoint:
         settings = rt.settings
         return McpEndpoint(
             sessions=SessionIds(rt.secret, settings.mcp.session_seconds),
-            toolbox=Toolbox(page_max=settings.api.events_page_max, search_page_max=settings.search.page_max,
-                            search_query_max=settings.search.max_query_chars),
+            toolbox=Toolbox(*_described(rt)),
             events=rt.stash.get(EVENT_ACCESS),
             mail=rt.stash.get(MAIL_ACCOUNTS),
             max_result_chars=settings.mcp.max_result_chars,
@@ -75,12 +75,25 @@ def register_routes(rt: Process, listener: str, register: Callable[[Route], None
             "resource_name": "brain",
         })
 
-    register(Route("POST", PATH, post, openapi.POST_MCP))
-    register(Route("DELETE", PATH, delete, openapi.DELETE_MCP))
+    components = {"schemas": openapi.SCHEMAS}
+    register(Route("POST", PATH, post, openapi.POST_MCP, components=components))
+    register(Route("DELETE", PATH, delete, openapi.DELETE_MCP, components=components))
     register(Route("GET", PATH, get, openapi.GET_MCP))
     for path in METADATA_PATHS:
         register(Route("GET", path, resource_metadata, {**openapi.RESOURCE_METADATA,
                                                          "operationId": _operation_id(path)}, public=True))
+
+
+def _described(rt: Process) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The API listener's OpenAPI operations by operationId, and the schemas they refer to: what the
+    REST routes say they take, which the tools that mirror them take too."""
+    operations: dict[str, Any] = {}
+    schemas: dict[str, Any] = {}
+    for entry in rt.routes(LISTENER):
+        schemas.update(entry.components.get("schemas", {}))
+        if isinstance(entry, Route) and entry.operation is not None:
+            operations[entry.operation["operationId"]] = entry.operation
+    return operations, schemas
 
 
 def _operation_id(path: str) -> str:

@@ -22,22 +22,29 @@ from typing import Any
 from brain.agents.arguments import check_arguments
 from brain.agents.threads import THREAD_TYPES, thread_messages
 from brain.contracts import Caller, EventAccess, MailAccounts
-from brain.errors import BadRequest, Forbidden, HTTPError, NotFound, TooManyRequests
+from brain.errors import BadRequest, Forbidden, HTTPError, NotFound, PluginError, TooManyRequests
 
 audit = logging.getLogger("brain.agents.audit")
 log = logging.getLogger("brain.agents")
 
-__all__ = ["ToolCall", "ToolFailed", "Toolbox", "UnknownTool", "events_of", "mail_thread"]
+__all__ = ["MIRRORED", "ToolCall", "ToolFailed", "Toolbox", "UnknownTool", "events_of", "mail_thread", "rest_input"]
 
 NOTE_TYPE = "note.created"
 # The mail events read for one thread; a longer thread shows its first ones.
 MAX_THREAD_EVENTS = 2000
 _MAX_TEXT = 100_000
-_TIME = {"type": ["string", "number"], "description": "RFC 3339 time with an offset (or Z), or epoch seconds"}
-_KEY = {
-    "type": "string", "minLength": 1, "maxLength": 200,
-    "description": "Idempotency key: a retry with the same key returns the first write instead of writing again",
+# The REST operation each tool does what it does (its operationId in /openapi.json), and the tool's
+# name for each parameter that is not a query or path parameter of the same name: a tool's input
+# schema is made from that operation's parameters and request body (rest_input), never restated.
+MIRRORED: dict[str, tuple[str, dict[str, str]]] = {
+    "search": ("search", {}),
+    "get_event": ("getEvent", {}),
+    "list_events": ("listEvents", {}),
+    "add_event": ("postEvents", {"Idempotency-Key": "idempotency_key"}),
+    # A note is an event of type note.created: the same write, its data given field by field.
+    "add_note": ("postEvents", {"Idempotency-Key": "idempotency_key"}),
 }
+_SCHEMA_REF = "#/components/schemas/"
 EVENT_SCHEMA: dict[str, Any] = {
     "type": "object",
     "required": ["id", "type", "data", "created_at"],
@@ -199,7 +206,70 @@ async def _mail_accounts(call: ToolCall, _args: dict[str, Any]) -> dict[str, Any
     return {"accounts": accounts}
 
 
-def _tools(page_max: int, search_page_max: int, search_query_max: int) -> list[Tool]:
+def rest_input(operation: Mapping[str, Any], schemas: Mapping[str, Any], renamed: Mapping[str, str],
+               *, body: bool = True) -> dict[str, Any]:
+    """A tool's input schema from the REST operation it mirrors: its query and path parameters (and
+    the others `renamed` names, under those names), each with its schema and description, and the
+    properties of its JSON body (one object where the body may also be an array of them); `$ref`s
+    to the document's schemas inlined, no other argument allowed."""
+    properties: dict[str, Any] = {}
+    required: list[str] = []
+    for parameter in operation.get("parameters", ()):
+        name = renamed.get(parameter["name"], parameter["name"] if parameter["in"] in ("query", "path") else None)
+        if name is None:
+            continue
+        schema = _inlined(parameter["schema"], schemas)
+        if "description" in parameter:
+            schema = {**schema, "description": parameter["description"]}
+        properties[name] = schema
+        if parameter.get("required"):
+            required.append(name)
+    content = operation.get("requestBody", {}).get("content", {}).get("application/json")
+    if body and content is not None:
+        # A body that is one object or an array of them (POST /events): a tool writes one.
+        found = _inlined(content["schema"], schemas)
+        found = next((s for s in found.get("oneOf", [found]) if s.get("type") == "object"), found)
+        properties = {**found.get("properties", {}), **properties}
+        required = [*found.get("required", ()), *required]
+    schema: dict[str, Any] = {"type": "object", "properties": properties, "additionalProperties": False}
+    if required:
+        schema["required"] = required
+    return schema
+
+
+def _inlined(schema: Any, schemas: Mapping[str, Any]) -> Any:
+    """The schema with every reference to the document's schemas replaced by what it names."""
+    if isinstance(schema, list):
+        return [_inlined(item, schemas) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    ref = schema.get("$ref")
+    if isinstance(ref, str) and ref.startswith(_SCHEMA_REF):
+        return _inlined(schemas[ref[len(_SCHEMA_REF):]], schemas)
+    return {key: _inlined(value, schemas) for key, value in schema.items()}
+
+
+def _mirrored(operations: Mapping[str, Mapping[str, Any]], schemas: Mapping[str, Any], tool: str,
+              *, body: bool = True) -> dict[str, Any]:
+    operation_id, renamed = MIRRORED[tool]
+    operation = operations.get(operation_id)
+    if operation is None:
+        raise PluginError(f"the MCP tool {tool} mirrors {operation_id}, which no route of the API listener describes")
+    return rest_input(operation, schemas, renamed, body=body)
+
+
+def _note_input(operations: Mapping[str, Mapping[str, Any]], schemas: Mapping[str, Any]) -> dict[str, Any]:
+    """add_note's input: POST /events's own parameters, and the note's data fields instead of an event."""
+    schema = _mirrored(operations, schemas, "add_note", body=False)
+    note = {
+        "text": {"type": "string", "minLength": 1, "maxLength": _MAX_TEXT},
+        "title": {"type": "string", "maxLength": 500},
+        "tags": {"type": "array", "maxItems": 50, "items": {"type": "string", "minLength": 1, "maxLength": 100}},
+    }
+    return {**schema, "properties": {**note, **schema["properties"]}, "required": ["text"]}
+
+
+def _tools(operations: Mapping[str, Mapping[str, Any]], schemas: Mapping[str, Any]) -> list[Tool]:
     return [
         Tool(
             name="search",
@@ -212,18 +282,7 @@ def _tools(page_max: int, search_page_max: int, search_query_max: int) -> list[T
                 "(for mail, its data.thread_id is what get_mail_thread takes)."
             ),
             scope="search",
-            input_schema={
-                "type": "object",
-                "required": ["q"],
-                "properties": {
-                    "q": {"type": "string", "minLength": 1, "maxLength": search_query_max, "description": "the query"},
-                    "since": _TIME,
-                    "until": _TIME,
-                    "limit": {"type": "integer", "minimum": 1, "maximum": search_page_max},
-                    "cursor": {"type": "string", "maxLength": 600, "description": "next_cursor of the previous page"},
-                },
-                "additionalProperties": False,
-            },
+            input_schema=_mirrored(operations, schemas, "search"),
             output_schema={
                 "type": "object",
                 "required": ["results", "next_cursor", "partial"],
@@ -253,12 +312,7 @@ def _tools(page_max: int, search_page_max: int, search_query_max: int) -> list[T
             title="Get an event",
             description="Read one of the user's events by id, with all its data.",
             scope="events:read",
-            input_schema={
-                "type": "object",
-                "required": ["id"],
-                "properties": {"id": {"type": "integer", "minimum": 1, "maximum": 2**63 - 1}},
-                "additionalProperties": False,
-            },
+            input_schema=_mirrored(operations, schemas, "get_event"),
             output_schema={"type": "object", "required": ["event"], "properties": {"event": EVENT_SCHEMA}},
             read_only=True,
             idempotent=True,
@@ -273,19 +327,7 @@ def _tools(page_max: int, search_page_max: int, search_query_max: int) -> list[T
                 "back as cursor for the next page."
             ),
             scope="events:read",
-            input_schema={
-                "type": "object",
-                "properties": {
-                    "type": {"type": "string", "minLength": 1, "maxLength": 2000,
-                             "description": "event types to match, comma-separated; a prefix ends in *: note.created,mail.*"},
-                    "since": _TIME,
-                    "until": _TIME,
-                    "limit": {"type": "integer", "minimum": 1, "maximum": page_max,
-                              "description": "events per page"},
-                    "cursor": {"type": "string", "maxLength": 600, "description": "next_cursor of the previous page"},
-                },
-                "additionalProperties": False,
-            },
+            input_schema=_mirrored(operations, schemas, "list_events"),
             output_schema={
                 "type": "object",
                 "required": ["events", "next_cursor"],
@@ -303,17 +345,7 @@ def _tools(page_max: int, search_page_max: int, search_query_max: int) -> list[T
             title="Add a note",
             description="Write a note into the user's brain (an event of type note.created).",
             scope="events:write",
-            input_schema={
-                "type": "object",
-                "required": ["text"],
-                "properties": {
-                    "text": {"type": "string", "minLength": 1, "maxLength": _MAX_TEXT},
-                    "title": {"type": "string", "maxLength": 500},
-                    "tags": {"type": "array", "maxItems": 50, "items": {"type": "string", "minLength": 1, "maxLength": 100}},
-                    "idempotency_key": _KEY,
-                },
-                "additionalProperties": False,
-            },
+            input_schema=_note_input(operations, schemas),
             output_schema=_WRITTEN,
             read_only=False,
             idempotent=False,
@@ -327,18 +359,7 @@ def _tools(page_max: int, search_page_max: int, search_query_max: int) -> list[T
                 "writes): a dotted type and any JSON data."
             ),
             scope="events:write",
-            input_schema={
-                "type": "object",
-                "required": ["type", "data"],
-                "properties": {
-                    "type": {"type": "string", "minLength": 1, "maxLength": 128,
-                             "description": "dotted name such as task.completed"},
-                    "data": {"description": "any JSON value"},
-                    "created_at": _TIME,
-                    "idempotency_key": _KEY,
-                },
-                "additionalProperties": False,
-            },
+            input_schema=_mirrored(operations, schemas, "add_event"),
             output_schema=_WRITTEN,
             read_only=False,
             idempotent=False,
@@ -409,8 +430,10 @@ def _tools(page_max: int, search_page_max: int, search_query_max: int) -> list[T
 class Toolbox:
     """Every tool by name; lists and calls them for a caller, within the caller's scopes."""
 
-    def __init__(self, *, page_max: int, search_page_max: int, search_query_max: int) -> None:
-        self.tools = {tool.name: tool for tool in _tools(page_max, search_page_max, search_query_max)}
+    def __init__(self, operations: Mapping[str, Mapping[str, Any]], schemas: Mapping[str, Any]) -> None:
+        """`operations`: the API listener's OpenAPI operations by operationId, whose parameters the tools that
+        mirror one take; `schemas`: the document's schemas they refer to."""
+        self.tools = {tool.name: tool for tool in _tools(operations, schemas)}
 
     def describe(self, caller: Caller) -> list[dict[str, Any]]:
         """The tools this caller may call (an API key sees those its scopes allow)."""

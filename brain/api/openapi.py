@@ -13,10 +13,12 @@ from brain.event_types import MAX_TYPE_FILTERS, MAX_TYPE_LENGTH, TYPE_RE
 from brain.api.settings import ApiSettings
 from brain.api.stream import MAX_SEQUENCE, STREAM_ENDINGS
 from brain.apikeys import with_api_keys
-from brain.openapi import INVALID_CODES, TOKEN_CODES, UNAVAILABLE_CODES
+from brain.errors import ServiceUnavailable
+from brain.openapi import INVALID_CODES, TOKEN_CODES, UNAVAILABLE_CODES, retry_after, with_body_errors, with_error
 from brain.openapi import error as _error
 from brain.openapi import json_body as _json_body
 from brain.openapi import ref as _ref
+from brain.routes import Route
 
 # Conditional reads (ETag / If-None-Match) of event pages and single events.
 IF_NONE_MATCH: dict[str, Any] = {
@@ -181,6 +183,7 @@ def paths(api: ApiSettings) -> dict[str, dict[str, Any]]:
                         "name": "Idempotency-Key",
                         "in": "header",
                         "required": False,
+                        "description": "A retry with the same key returns the first write instead of writing again",
                         "schema": {"type": "string", "minLength": 1, "maxLength": 200},
                     }
                 ],
@@ -332,7 +335,7 @@ def paths(api: ApiSettings) -> dict[str, dict[str, Any]]:
 
     # The event routes also take API keys (brain.apikeys.scope).
     operations["/events"] = {
-        "post": with_api_keys(operations["/events"]["post"], "events:write"),
+        "post": with_api_keys(with_body_errors(operations["/events"]["post"]), "events:write"),
         "get": with_api_keys(operations["/events"]["get"], "events:read"),
     }
     # A ticket is a credential of its own, an alternative to a token or key (never beside one).
@@ -445,3 +448,26 @@ SCHEMAS: dict[str, Any] = {
         },
     },
 }
+
+
+def describe_guard(route: Route) -> dict[str, Any] | None:
+    """The route's operation with what the API listener's guard (brain.api.routes.guard) may answer
+    on it besides: the address's rate limit on every route; on a route behind a token, a refused
+    token (401), an API key it does not take (403), the user's rate limit and signing keys not loaded
+    yet or an API key the auth server could not be asked about (503)."""
+    operation = route.operation
+    if operation is None:
+        return None
+    if route.public:
+        return retry_after(with_error(operation, "429", "RATE_LIMITED: too many requests from this address "
+                                      "(api.rate_limit_ip_*)", "RATE_LIMITED"), "429")
+    described = retry_after(with_error(operation, "429", "RATE_LIMITED: too many requests for this user or from this "
+                                       "address (api.rate_limit_*)", "RATE_LIMITED"), "429")
+    described = with_error(described, "401", "Missing, malformed, expired or otherwise invalid bearer token "
+                           "(USER_DELETED: its user is gone)", *TOKEN_CODES)
+    described["responses"]["401"].setdefault("headers", BEARER_ERRORS["401"]["headers"])
+    if "x-api-key-scope" not in described:
+        described = with_error(described, "403", "INSUFFICIENT_SCOPE: an API key (this operation takes none: use "
+                               "a JWT)", "INSUFFICIENT_SCOPE")
+    return retry_after(with_error(described, "503", "Signing keys not loaded yet, or the auth server could not be "
+                                  "asked about an API key (SERVICE_UNAVAILABLE)", ServiceUnavailable.code), "503")

@@ -18,7 +18,7 @@ from aiohttp import web
 
 from brain.actors.supervisor import ChildSpec, Supervisor
 from brain.actors.tree import Child, Group
-from brain.api import deletion, metrics, retrieval, retrieval_openapi, routes
+from brain.api import deletion, metrics, openapi, retrieval, retrieval_openapi, routes
 from brain.api.access import StoreAccess
 from brain.api.bus import EventBus
 from brain.api.cluster import cluster_node, confirmed_append
@@ -60,6 +60,7 @@ def register_listeners(settings: Any, register: Callable[[Listener], None]) -> N
         name=LISTENER, host=settings.server.host, port=settings.server.api_port,
         served=LISTENER in settings.server.roles, public_url=settings.api_public_url, rank=0,
         port_setting="server.api_port", guard=routes.guard, finish=routes.finish_routes,
+        describe_guard=openapi.describe_guard,
         security=({"bearerAuth": []},), ready=keys_loaded,
     ))
 

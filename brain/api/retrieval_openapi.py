@@ -7,7 +7,7 @@ from typing import Any
 from brain.api.openapi import BEARER_ERRORS, STORED_TYPE_FILTER, TIME_PARAMETER
 from brain.api.settings import ApiSettings, SearchSettings
 from brain.apikeys import with_api_keys
-from brain.openapi import INVALID_CODES, UNAVAILABLE_CODES
+from brain.openapi import INVALID_CODES, UNAVAILABLE_CODES, disk_full
 from brain.openapi import error as _error
 from brain.openapi import json_body as _json_body
 from brain.openapi import ref as _ref
@@ -105,7 +105,8 @@ def paths(api: ApiSettings, search: SearchSettings) -> dict[str, dict[str, Any]]
                 "operationId": "deleteEvent",
                 "summary": "Delete one event: its row and its index entry go, a tombstone is published",
                 "parameters": [_ID],
-                "responses": {"200": _json_body(_ref("Deleted")), "404": _error("No such event", "NOT_FOUND"), **_AUTH_ERRORS},
+                "responses": {"200": _json_body(_ref("Deleted")), "404": _error("No such event", "NOT_FOUND"),
+                              **_AUTH_ERRORS, "507": disk_full("the disk under the user's store is full")},
             }, "events:write"),
         },
         "/events": {
@@ -118,6 +119,7 @@ def paths(api: ApiSettings, search: SearchSettings) -> dict[str, dict[str, Any]]
                     "200": _json_body({"type": "object", "required": ["deleted"], "properties": {"deleted": {"type": "integer"}}}),
                     "400": _error("No filter, or an invalid one; the message names it", *INVALID_CODES),
                     **_AUTH_ERRORS,
+                    "507": disk_full("the disk under the user's store is full"),
                 },
             }, "events:write")
         },

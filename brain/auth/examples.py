@@ -16,6 +16,7 @@ from aiohttp import web
 
 import brain
 from brain.errors import NotFound
+from brain.openapi import error
 from brain.process import Process
 from brain.routes import Route
 
@@ -25,7 +26,7 @@ _TYPES = {"html": "text/html", "js": "text/javascript", "css": "text/css", "py":
 _OPERATION = {
     "summary": "Dev mode only: the example browser app and its files (examples/ of a source checkout)",
     "security": [],
-    "responses": {"200": {"description": "The file"}, "404": {"description": "No such example file"}},
+    "responses": {"200": {"description": "The file"}, "404": error("No such example file", NotFound.code)},
 }
 
 

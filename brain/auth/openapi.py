@@ -7,14 +7,20 @@ security schemes they refer to.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
+from brain.auth.issuer import EmailTaken
+from brain.auth.smtp import EmailDeliveryFailed, EmailNotConfigured
 from brain.auth.validation import EMAIL_SCHEMA, NAME_SCHEMA
+from brain.errors import DiskFull, ServiceUnavailable, TooManyRequests, Unauthorized
+from brain.openapi import INVALID_CODES, UNAVAILABLE_CODES, retry_after, with_body_errors, with_error
 from brain.openapi import error as _error
 from brain.openapi import json_body as _json
 from brain.openapi import ref as _ref
+from brain.routes import Route
 
-__all__ = ["COMPONENTS", "PATHS", "SIGN_IN_PATHS"]
+__all__ = ["COMPONENTS", "LIMITED", "NO_SESSION", "PATHS", "SIGN_IN_PATHS", "with_plumbing_errors"]
 
 _SESSION = [{"sessionCookie": []}, {"sessionBearer": []}]
 
@@ -28,13 +34,17 @@ def _body(properties: dict[str, Any], required: list[str]) -> dict[str, Any]:
 
 _STRING = {"type": "string"}
 _EMAIL = EMAIL_SCHEMA
+# Better Auth's sessionMiddleware: no live session.
+NO_SESSION = {"401": _error("No live session (UNAUTHORIZED)", Unauthorized.code)}
 _STATUS = _json({"type": "object", "required": ["status"], "properties": {"status": {"type": "boolean"}}}, "Done")
 _REDIRECT = {"description": "Redirect to the callback URL", "headers": {"Location": {"schema": _STRING}}}
-_LIMITS = {
-    "400": _error("Invalid body (the message names the field), INVALID_EMAIL"),
-    "403": _error("INVALID_ORIGIN, INVALID_CALLBACK_URL"),
-    "429": _error("Rate limited"),
-    "503": _error("EMAIL_NOT_CONFIGURED: no way to send mail (production without [smtp])"),
+# Too many requests from the client's address (auth.rate_limit_ip_per_minute), or failed password checks.
+LIMITED = {"429": _error("Rate limited (TOO_MANY_REQUESTS, with Retry-After)", TooManyRequests.code)}
+_EMAIL_REQUEST = {
+    "400": _error("Invalid body (the message names the field), INVALID_EMAIL", "INVALID_EMAIL", *INVALID_CODES),
+    "403": _error("INVALID_CALLBACK_URL", "INVALID_CALLBACK_URL"),
+    **LIMITED,
+    "503": _error("EMAIL_NOT_CONFIGURED: no way to send mail (production without [smtp])", EmailNotConfigured.code),
 }
 _RESET_REQUEST = {
     "post": {
@@ -48,7 +58,7 @@ _RESET_REQUEST = {
                  "properties": {"status": {"type": "boolean"}, "message": _STRING}},
                 "Accepted (whether or not the address has an account)",
             ),
-            **_LIMITS,
+            **_EMAIL_REQUEST,
         },
     }
 }
@@ -60,7 +70,16 @@ PATHS: dict[str, dict[str, Any]] = {
             "summary": "Mail a single-use verification link (the same answer for unknown addresses)",
             "security": [*_SESSION, {}],
             "requestBody": _body({"email": _EMAIL, "callbackURL": _STRING}, ["email"]),
-            "responses": {"200": _STATUS, **_LIMITS},
+            "responses": {
+                "200": _STATUS,
+                **_EMAIL_REQUEST,
+                "400": _error("Invalid body (the message names the field), INVALID_EMAIL; with a session: another "
+                              "address (EMAIL_MISMATCH) or one verified already (EMAIL_ALREADY_VERIFIED)",
+                              "INVALID_EMAIL", "EMAIL_MISMATCH", "EMAIL_ALREADY_VERIFIED", *INVALID_CODES),
+                "503": _error("EMAIL_NOT_CONFIGURED: no way to send mail (production without [smtp]); with a session, "
+                              "EMAIL_DELIVERY_FAILED: the mail was not delivered",
+                              EmailNotConfigured.code, EmailDeliveryFailed.code),
+            },
         }
     },
     "/api/auth/verify-email": {
@@ -76,9 +95,13 @@ PATHS: dict[str, dict[str, Any]] = {
                 "200": _json({"type": "object", "properties": {"status": {"type": "boolean"}, "user": {"type": "null"}}},
                              "Verified"),
                 "302": _REDIRECT,
-                "400": _error("token missing"),
-                "401": _error("INVALID_TOKEN or TOKEN_EXPIRED"),
-                "403": _error("INVALID_CALLBACK_URL"),
+                "400": _error("token missing (VALIDATION_ERROR)", *INVALID_CODES),
+                "401": _error("INVALID_TOKEN or TOKEN_EXPIRED; a change-of-address link followed while another user "
+                              "is signed in: INVALID_USER", "INVALID_TOKEN", "TOKEN_EXPIRED", "INVALID_USER"),
+                "403": _error("INVALID_CALLBACK_URL", "INVALID_CALLBACK_URL"),
+                "422": _error("A change-of-address link to an address taken meanwhile", EmailTaken.code),
+                "503": _error("EMAIL_DELIVERY_FAILED: the confirmed change's mail to the new address was not delivered",
+                              EmailDeliveryFailed.code),
             },
         }
     },
@@ -97,8 +120,8 @@ PATHS: dict[str, dict[str, Any]] = {
             "responses": {
                 "200": _json({"type": "object", "properties": {"token": _STRING}}, "The token (no callbackURL given)"),
                 "302": _REDIRECT,
-                "400": _error("INVALID_TOKEN"),
-                "403": _error("INVALID_CALLBACK_URL"),
+                "400": _error("INVALID_TOKEN", "INVALID_TOKEN"),
+                "403": _error("INVALID_CALLBACK_URL", "INVALID_CALLBACK_URL"),
             },
         }
     },
@@ -111,9 +134,9 @@ PATHS: dict[str, dict[str, Any]] = {
             "requestBody": _body({"newPassword": _STRING, "token": _STRING}, ["newPassword"]),
             "responses": {
                 "200": _STATUS,
-                "400": _error("INVALID_TOKEN, PASSWORD_TOO_SHORT, PASSWORD_TOO_LONG, VALIDATION_ERROR"),
-                "403": _error("INVALID_ORIGIN"),
-                "429": _error("Rate limited"),
+                "400": _error("INVALID_TOKEN, PASSWORD_TOO_SHORT, PASSWORD_TOO_LONG, VALIDATION_ERROR",
+                              "INVALID_TOKEN", "PASSWORD_TOO_SHORT", "PASSWORD_TOO_LONG", *INVALID_CODES),
+                **LIMITED,
             },
         }
     },
@@ -133,17 +156,17 @@ PATHS: dict[str, dict[str, Any]] = {
                      "properties": {"success": {"type": "boolean"}, "message": _STRING}},
                     "User deleted",
                 ),
-                "400": _error("INVALID_PASSWORD, SESSION_EXPIRED, PASSWORD_TOO_LONG, VALIDATION_ERROR"),
-                "401": _error("No live session"),
-                "403": _error("INVALID_ORIGIN, INVALID_CALLBACK_URL"),
-                "404": _error("Deletion disabled, or INVALID_TOKEN"),
-                "429": _error("Rate limited"),
+                "400": _error("INVALID_PASSWORD, SESSION_EXPIRED, PASSWORD_TOO_LONG, VALIDATION_ERROR",
+                              "INVALID_PASSWORD", "SESSION_EXPIRED", "PASSWORD_TOO_LONG", *INVALID_CODES),
+                **NO_SESSION,
+                "403": _error("INVALID_CALLBACK_URL", "INVALID_CALLBACK_URL"),
+                "404": _error("Deletion disabled (NOT_FOUND), or INVALID_TOKEN", "NOT_FOUND", "INVALID_TOKEN"),
+                **LIMITED,
             },
         }
     },
 }
 
-_AUTH_ERRORS = {"400": _error("Invalid body"), "403": _error("Untrusted origin"), "429": _error("Rate limited")}
 
 SIGN_IN_PATHS: dict[str, dict[str, Any]] = {
     "/api/auth/sign-up/email": {
@@ -154,8 +177,15 @@ SIGN_IN_PATHS: dict[str, dict[str, Any]] = {
             "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("SignUpRequest")}}},
             "responses": {
                 "200": _json(_ref("SessionResponse")),
-                "422": _error("USER_ALREADY_EXISTS_USE_ANOTHER_EMAIL"),
-                **_AUTH_ERRORS,
+                "400": _error("Invalid body (the message names the field), INVALID_EMAIL, PASSWORD_TOO_SHORT, "
+                              "PASSWORD_TOO_LONG, or a plugin refused the sign-up (SIGN_UP_REFUSED)",
+                              "INVALID_EMAIL", "PASSWORD_TOO_SHORT", "PASSWORD_TOO_LONG", "SIGN_UP_REFUSED",
+                              *INVALID_CODES),
+                "403": _error("INVALID_CALLBACK_URL", "INVALID_CALLBACK_URL"),
+                "422": _error("USER_ALREADY_EXISTS_USE_ANOTHER_EMAIL", EmailTaken.code),
+                **LIMITED,
+                "503": _error("EMAIL_NOT_CONFIGURED: verification is required and no mail can be sent",
+                              EmailNotConfigured.code),
             },
         }
     },
@@ -167,8 +197,14 @@ SIGN_IN_PATHS: dict[str, dict[str, Any]] = {
             "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("SignInRequest")}}},
             "responses": {
                 "200": _json(_ref("SessionResponse")),
-                "401": _error("INVALID_EMAIL_OR_PASSWORD"),
-                **_AUTH_ERRORS,
+                "400": _error("Invalid body (the message names the field), INVALID_EMAIL, PASSWORD_TOO_LONG",
+                              "INVALID_EMAIL", "PASSWORD_TOO_LONG", *INVALID_CODES),
+                "401": _error("INVALID_EMAIL_OR_PASSWORD", "INVALID_EMAIL_OR_PASSWORD"),
+                "403": _error("INVALID_CALLBACK_URL, or EMAIL_NOT_VERIFIED (auth.require_email_verification)",
+                              "INVALID_CALLBACK_URL", "EMAIL_NOT_VERIFIED"),
+                **LIMITED,
+                "503": _error("A user with two-factor while two-factor sign-in is not available",
+                              ServiceUnavailable.code),
             },
         }
     },
@@ -199,7 +235,7 @@ SIGN_IN_PATHS: dict[str, dict[str, Any]] = {
             "security": [{"sessionCookie": []}, {"sessionBearer": []}],
             "responses": {
                 "200": _json({"type": "object", "required": ["token"], "properties": {"token": {"type": "string"}}}),
-                "401": _error("No live session"),
+                **NO_SESSION,
             },
         }
     },
@@ -216,7 +252,8 @@ SIGN_IN_PATHS: dict[str, dict[str, Any]] = {
             "operationId": "jwks",
             "summary": "The public signing keys",
             "security": [],
-            "responses": {"200": _json(_ref("Jwks"))},
+            "responses": {"200": _json(_ref("Jwks")),
+                          "503": _error("The key ring is not loaded yet", ServiceUnavailable.code)},
         }
     },
     "/api/auth/ok": {
@@ -321,3 +358,28 @@ COMPONENTS: dict[str, dict[str, Any]] = {
                             "description": "The challenge sign-in sets for a user with two-factor"},
     },
 }
+
+
+# The operations whose handlers touch neither auth.db nor the AuthIssuer (the key ring in memory,
+# a fixed document, a redirect, an HTML page), and those that only read auth.db.
+_STORELESS = frozenset({"authOk", "openidConfiguration", "jwks", "handleOAuthCallbackPost", "errorPage"})
+_READ_ONLY = frozenset({"resetPasswordCallback"})
+
+
+def with_plumbing_errors(route: Route) -> Route:
+    """The route, its operation also stating what the auth role's plumbing may answer: a JSON body
+    refused by brain.web.read_json (400 VALIDATION_ERROR, 408, 413, 415); the AuthIssuer starting or
+    restarting (503 SERVICE_UNAVAILABLE), auth.db failing (503 STORE_UNAVAILABLE) or, for a write,
+    its disk full (507 INSUFFICIENT_STORAGE)."""
+    operation = route.operation
+    if operation is None:
+        return route
+    if "requestBody" in operation:
+        operation = with_body_errors(operation)
+    if operation["operationId"] not in _STORELESS:
+        operation = with_error(operation, "503", "the auth issuer is starting or restarting (SERVICE_UNAVAILABLE), "
+                               "or auth.db is failing (STORE_UNAVAILABLE, with its `reason`)", *UNAVAILABLE_CODES)
+        if operation["operationId"] not in _READ_ONLY:
+            operation = retry_after(with_error(operation, "507", "INSUFFICIENT_STORAGE: the disk under auth.db is full",
+                                               DiskFull.code), "507")
+    return dataclasses.replace(route, operation=operation)

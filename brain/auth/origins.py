@@ -33,7 +33,8 @@ def with_origin_check(route: Route) -> Route:
     """The route, its operation saying that the origin middleware may refuse it (state-changing methods)."""
     if route.operation is None or route.method.upper() in _SAFE_METHODS:
         return route
-    operation = with_error(route.operation, "403", "INVALID_ORIGIN, MISSING_OR_NULL_ORIGIN (a cookie without Origin)")
+    operation = with_error(route.operation, "403", "INVALID_ORIGIN, MISSING_OR_NULL_ORIGIN (a cookie without Origin)",
+                           "INVALID_ORIGIN", "MISSING_OR_NULL_ORIGIN")
     return dataclasses.replace(route, operation=operation)
 
 

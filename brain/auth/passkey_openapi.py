@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 # The helpers of the auth role's other descriptions.
-from brain.auth.openapi import _body, _error, _json, _ref
+from brain.auth.openapi import LIMITED, NO_SESSION, _body, _error, _json, _ref
 from brain.auth.passkeys import MAX_CREDENTIAL_ID
 from brain.auth.validation import MAX_NAME
 from brain.control_chars import NO_CONTROL_PATTERN
+from brain.openapi import INVALID_CODES
 
 __all__ = ["PATHS", "SCHEMAS"]
 
@@ -22,8 +23,10 @@ _DESCRIPTOR = {"type": "object", "required": ["id", "type"], "properties": {
 _CREDENTIAL = {"type": "object", "required": ["id"],
                "properties": {"id": {"type": "string", "minLength": 1, "maxLength": MAX_CREDENTIAL_ID}},
                "description": "The credential the browser made (its toJSON(): id, rawId, type, response, ...)"}
-_NO_SESSION = {"401": _error("No live session (UNAUTHORIZED)")}
-_FRESH = {**_NO_SESSION, "403": _error("SESSION_NOT_FRESH: the session is older than session_fresh_age_seconds")}
+_FRESH = {**NO_SESSION, "403": _error("SESSION_NOT_FRESH: the session is older than session_fresh_age_seconds",
+                                      "SESSION_NOT_FRESH")}
+_INVALID = {"400": _error("VALIDATION_ERROR", *INVALID_CODES)}
+_NOT_FOUND = {"404": _error("PASSKEY_NOT_FOUND (also another user's passkey)", "PASSKEY_NOT_FOUND")}
 _SIGNED_IN = _json(
     {"type": "object", "required": ["token", "user", "session", "jwt"],
      "properties": {"token": _STRING, "user": _ref("User"), "session": _ref("Session"), "jwt": _STRING}},
@@ -74,7 +77,7 @@ PATHS: dict[str, dict[str, Any]] = {
                 "authenticatorSelection": {"type": "object"}, "extensions": {"type": "object"},
                 "hints": {"type": "array", "items": _STRING},
             }}, _CHALLENGE_COOKIE),
-            "400": _error("VALIDATION_ERROR (the message names the parameter)"),
+            "400": _error("VALIDATION_ERROR (the message names the parameter)", *INVALID_CODES),
             **_FRESH,
         },
     }},
@@ -88,10 +91,11 @@ PATHS: dict[str, dict[str, Any]] = {
                 "session": _ref("Session"), "user": _ref("User"), "token": _STRING, "jwt": _STRING}}]},
                 "The passkey (with createSession: also a new session, its cookie, set-auth-token and set-auth-jwt)"),
             "400": _error("CHALLENGE_NOT_FOUND, FAILED_TO_VERIFY_REGISTRATION (the message says why), "
-                          "PREVIOUSLY_REGISTERED, TOO_MANY_PASSKEYS, VALIDATION_ERROR"),
-            "401": _error("No live session, or YOU_ARE_NOT_ALLOWED_TO_REGISTER_THIS_PASSKEY (a challenge made for "
-                          "another user)"),
-            "403": _error("SESSION_NOT_FRESH, INVALID_ORIGIN"),
+                          "PREVIOUSLY_REGISTERED, TOO_MANY_PASSKEYS, VALIDATION_ERROR", "CHALLENGE_NOT_FOUND",
+                          "FAILED_TO_VERIFY_REGISTRATION", "PREVIOUSLY_REGISTERED", "TOO_MANY_PASSKEYS", *INVALID_CODES),
+            "401": _error("No live session (UNAUTHORIZED), or YOU_ARE_NOT_ALLOWED_TO_REGISTER_THIS_PASSKEY (a challenge "
+                          "made for another user)", "UNAUTHORIZED", "YOU_ARE_NOT_ALLOWED_TO_REGISTER_THIS_PASSKEY"),
+            "403": _FRESH["403"],
         },
     }},
     "/api/auth/passkey/generate-authenticate-options": {"get": {
@@ -103,7 +107,7 @@ PATHS: dict[str, dict[str, Any]] = {
                 "rpId": _STRING, "challenge": _STRING, "allowCredentials": {"type": "array", "items": _DESCRIPTOR},
                 "timeout": {"type": "integer"}, "userVerification": _STRING,
             }}, f"{_CHALLENGE_COOKIE}. allowCredentials: the signed-in user's passkeys"),
-            "429": _error("Rate limited"),
+            **LIMITED,
         },
     }},
     "/api/auth/passkey/verify-authentication": {"post": {
@@ -114,17 +118,18 @@ PATHS: dict[str, dict[str, Any]] = {
         "responses": {
             "200": _SIGNED_IN,
             "400": _error("CHALLENGE_NOT_FOUND, AUTHENTICATION_FAILED (also a signature count that did not grow: a "
-                          "cloned authenticator), MISSING_OR_NULL_ORIGIN, VALIDATION_ERROR"),
-            "401": _error("PASSKEY_NOT_FOUND"),
-            "403": _error("EMAIL_NOT_VERIFIED, INVALID_ORIGIN"),
-            "429": _error("Rate limited"),
+                          "cloned authenticator), MISSING_OR_NULL_ORIGIN, VALIDATION_ERROR", "CHALLENGE_NOT_FOUND",
+                          "AUTHENTICATION_FAILED", "MISSING_OR_NULL_ORIGIN", *INVALID_CODES),
+            "401": _error("PASSKEY_NOT_FOUND", "PASSKEY_NOT_FOUND"),
+            "403": _error("EMAIL_NOT_VERIFIED", "EMAIL_NOT_VERIFIED"),
+            **LIMITED,
         },
     }},
     "/api/auth/passkey/list-user-passkeys": {"get": {
         "operationId": "listPasskeys",
         "summary": "The signed-in user's passkeys, oldest first",
         "security": _SESSION,
-        "responses": {"200": _json({"type": "array", "items": _ref("Passkey")}, "Passkeys"), **_NO_SESSION},
+        "responses": {"200": _json({"type": "array", "items": _ref("Passkey")}, "Passkeys"), **NO_SESSION},
     }},
     "/api/auth/passkey/update-passkey": {"post": {
         "operationId": "updatePasskey",
@@ -134,8 +139,7 @@ PATHS: dict[str, dict[str, Any]] = {
         "responses": {
             "200": _json({"type": "object", "required": ["passkey"], "properties": {"passkey": _ref("Passkey")}},
                          "The renamed passkey"),
-            "400": _error("VALIDATION_ERROR"), **_NO_SESSION,
-            "404": _error("PASSKEY_NOT_FOUND (also another user's passkey)"),
+            **_INVALID, **NO_SESSION, **_NOT_FOUND,
         },
     }},
     "/api/auth/passkey/delete-passkey": {"post": {
@@ -145,8 +149,7 @@ PATHS: dict[str, dict[str, Any]] = {
         "requestBody": _body(_ID_BODY, ["id"]),
         "responses": {
             "200": _json({"type": "object", "required": ["status"], "properties": {"status": _BOOL}}, "Deleted"),
-            "400": _error("VALIDATION_ERROR"), **_NO_SESSION,
-            "404": _error("PASSKEY_NOT_FOUND (also another user's passkey)"),
+            **_INVALID, **NO_SESSION, **_NOT_FOUND,
         },
     }},
 }

@@ -21,6 +21,7 @@ from brain.auth.context import context_for
 from brain.auth.control import ControlServer
 from brain.auth.deletion import account_deletions
 from brain.auth.issuer import AuthIssuer
+from brain.auth.openapi import with_plumbing_errors
 from brain.auth.origins import make_origin_middleware, with_origin_check
 from brain.auth.passkey_routes import PasskeyRoutes
 from brain.auth.profile_routes import ProfileRoutes
@@ -116,7 +117,7 @@ def register_routes(rt: Process, listener: str, register: Callable[[Route], None
     for endpoints in (routes, routes.accounts, routes.accounts.profile, SessionRoutes(routes), routes.two_factor,
                       ApiKeyRoutes(routes), social, PasskeyRoutes(routes)):
         for route in endpoints.routes():
-            register(with_origin_check(route))
+            register(with_origin_check(with_plumbing_errors(route)))
     for route in examples.routes(rt):
         register(with_origin_check(route))
 

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from brain.auth.openapi import LIMITED, NO_SESSION
+from brain.errors import PayloadTooLarge
+from brain.openapi import INVALID_CODES
 from brain.openapi import error as _error
 from brain.openapi import json_body as _json
 
@@ -35,6 +38,13 @@ _CALLBACK_PARAMS = [
     *({"name": n, "in": "query", "required": False, "schema": _STRING}
       for n in ("code", "state", "error", "error_description", "iss")),
 ]
+# Starting a flow (brain.auth.social_routes.SocialRoutes._start): what sign-in and linking both refuse.
+_START_ERRORS = {
+    "400": _error("VALIDATION_ERROR", *INVALID_CODES),
+    "403": _error("INVALID_CALLBACK_URL", "INVALID_CALLBACK_URL"),
+    "404": _error("PROVIDER_NOT_FOUND, ID_TOKEN_NOT_SUPPORTED", "PROVIDER_NOT_FOUND", "ID_TOKEN_NOT_SUPPORTED"),
+    "502": _error("PROVIDER_UNAVAILABLE: its discovery document could not be read", "PROVIDER_UNAVAILABLE"),
+}
 _ACCOUNT = {"type": "object", "required": ["id", "providerId", "accountId", "userId", "scopes", "createdAt", "updatedAt"],
             "properties": {"id": _STRING, "providerId": _STRING, "accountId": _STRING, "userId": _STRING,
                            "scopes": {"type": "array", "items": _STRING},
@@ -45,33 +55,33 @@ PATHS: dict[str, dict[str, Any]] = {
     "/api/auth/sign-in/social": {"post": {
         "operationId": "socialSignIn", "summary": "Start signing in with a social or OpenID Connect provider",
         "security": [], "requestBody": _body(_START_BODY, ["provider"]),
-        "responses": {"200": _START, "400": _error("VALIDATION_ERROR"), "403": _error("INVALID_ORIGIN, INVALID_CALLBACK_URL"),
-                      "404": _error("PROVIDER_NOT_FOUND, ID_TOKEN_NOT_SUPPORTED"), "429": _error("Rate limited"),
-                      "502": _error("PROVIDER_UNAVAILABLE: its discovery document could not be read")},
+        "responses": {"200": _START, **_START_ERRORS, **LIMITED},
     }},
     "/api/auth/callback/{provider}": {
         "get": {"operationId": "handleOAuthCallback", "summary": "Where the provider sends the browser back",
                 "security": [], "parameters": _CALLBACK_PARAMS, "responses": {"302": _REDIRECT}},
         "post": {"operationId": "handleOAuthCallbackPost", "summary": "form_post callback: redirected to the GET",
-                 "security": [], "parameters": _CALLBACK_PARAMS, "responses": {"302": _REDIRECT}},
+                 "security": [], "parameters": _CALLBACK_PARAMS,
+                 "responses": {"302": _REDIRECT, "413": _error("A form larger than server.max_body_bytes",
+                                                               PayloadTooLarge.code)}},
     },
     "/api/auth/link-social": {"post": {
         "operationId": "linkSocialAccount", "summary": "Start linking a provider identity to the signed-in user",
         "security": _SESSION, "requestBody": _body(_START_BODY, ["provider"]),
-        "responses": {"200": _START, "400": _error("VALIDATION_ERROR (the message names the field)"),
-                      "401": _error("No live session"), "404": _error("PROVIDER_NOT_FOUND")},
+        "responses": {"200": _START, **_START_ERRORS, **NO_SESSION},
     }},
     "/api/auth/list-accounts": {"get": {
         "operationId": "listUserAccounts", "summary": "The ways the user signs in: password (credential) and linked identities",
         "security": _SESSION,
-        "responses": {"200": _json({"type": "array", "items": _ACCOUNT}, "Accounts"), "401": _error("No live session")},
+        "responses": {"200": _json({"type": "array", "items": _ACCOUNT}, "Accounts"), **NO_SESSION},
     }},
     "/api/auth/unlink-account": {"post": {
         "operationId": "unlinkAccount", "summary": "Remove a linked identity or the password (never the last one)",
         "security": _SESSION, "requestBody": _body({"accountId": _STRING}, ["accountId"]),
         "responses": {"200": _json({"type": "object", "properties": {"status": {"type": "boolean"}}}, "Unlinked"),
-                      "400": _error("FAILED_TO_UNLINK_LAST_ACCOUNT, ACCOUNT_NOT_FOUND"), "401": _error("No live session"),
-                      "403": _error("SESSION_NOT_FRESH, INVALID_ORIGIN")},
+                      "400": _error("FAILED_TO_UNLINK_LAST_ACCOUNT, ACCOUNT_NOT_FOUND, VALIDATION_ERROR",
+                                    "FAILED_TO_UNLINK_LAST_ACCOUNT", "ACCOUNT_NOT_FOUND", *INVALID_CODES),
+                      **NO_SESSION, "403": _error("SESSION_NOT_FRESH", "SESSION_NOT_FRESH")},
     }},
     "/api/auth/error": {"get": {
         "operationId": "errorPage", "summary": "Error page of a sign-in flow without errorCallbackURL",

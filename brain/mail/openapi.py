@@ -7,8 +7,9 @@ from typing import Any
 
 from brain.apikeys import with_api_keys
 from brain.mail.provider import event_schemas
+from brain.errors import StorageFault
 from brain.mail.selection import MAX_FOLDERS, MAX_WINDOW_DAYS
-from brain.openapi import INVALID_CODES, TOKEN_CODES, UNAVAILABLE_CODES
+from brain.openapi import INVALID_CODES, TOKEN_CODES, UNAVAILABLE_CODES, disk_full, with_body_errors
 from brain.openapi import error as _error
 from brain.openapi import json_body as _json
 from brain.openapi import ref as _ref
@@ -16,10 +17,18 @@ from brain.openapi import ref as _ref
 __all__ = ["PATHS", "SCHEMAS", "connect_schema"]
 
 
+# Mail sync not running in this process, starting, restarting an account's actor or moving it between
+# workers (brain.mail.ownership), or mail.db failing.
+_UNAVAILABLE = {**_error("Mail sync is not running, or is starting, restarting or moving the account (SERVICE_UNAVAILABLE, "
+                         "Retry-After); mail.db is failing (STORE_UNAVAILABLE)", *UNAVAILABLE_CODES),
+                "headers": {"Retry-After": {"schema": {"type": "integer"}, "description": "Seconds to wait"}}}
 _ERRORS = {
     "400": _error("Invalid body: missing or bad fields (named)", *INVALID_CODES),
     "401": _error("Missing or invalid bearer token", *TOKEN_CODES),
+    "503": _UNAVAILABLE,
 }
+# A change to mail.db (an account, its credentials or choices, an OAuth flow) on a full disk.
+_DISK_FULL = {"507": disk_full("the disk under mail.db is full")}
 _TOO_MANY_CONNECTS = {
     **_error(
         "TOO_MANY_CONNECTS: `[mail] connects_per_user` connects of the caller are still in progress; or RATE_LIMITED",
@@ -64,6 +73,7 @@ PATHS: dict[str, dict[str, Any]] = {
                 "429": _TOO_MANY_CONNECTS,
                 "502": _error("PROVIDER_UNAVAILABLE: the provider could not be reached", "PROVIDER_UNAVAILABLE"),
                 **_ERRORS,
+                **_DISK_FULL,
                 "400": _error(
                     "Invalid body: missing or bad fields (named), an UNKNOWN_PROVIDER, or a refresh token the provider "
                     "refused (PROVIDER_AUTH_FAILED)", "UNKNOWN_PROVIDER", "PROVIDER_AUTH_FAILED", *INVALID_CODES,
@@ -127,6 +137,8 @@ PATHS: dict[str, dict[str, Any]] = {
                               "STATE_USER_MISMATCH", "FLOW_NOT_BOUND", "FLOW_ALREADY_STARTED"),
                 "429": _TOO_MANY_CONNECTS,
                 "502": _error("With a bearer token: the provider could not be reached", "PROVIDER_UNAVAILABLE"),
+                "503": _UNAVAILABLE,
+                **_DISK_FULL,
             },
         }
     },
@@ -172,6 +184,7 @@ PATHS: dict[str, dict[str, Any]] = {
                     "Every account of the caller, oldest first",
                 ),
                 "401": _ERRORS["401"],
+                "503": _UNAVAILABLE,
             },
         }, "mail:read")
     },
@@ -212,6 +225,7 @@ PATHS: dict[str, dict[str, Any]] = {
                 ),
                 "404": _error("ACCOUNT_NOT_FOUND: no such account of the caller", "ACCOUNT_NOT_FOUND"),
                 **_ERRORS,
+                **_DISK_FULL,
             },
         }
     },
@@ -231,6 +245,7 @@ PATHS: dict[str, dict[str, Any]] = {
                 "200": _json(_ACCOUNT_RESPONSE, "The account with its new choices"),
                 "404": _error("ACCOUNT_NOT_FOUND: no such account of the caller", "ACCOUNT_NOT_FOUND"),
                 **_ERRORS,
+                **_DISK_FULL,
             },
         }
     },
@@ -283,8 +298,10 @@ PATHS: dict[str, dict[str, Any]] = {
                 "409": _error("ACCOUNT_NEEDS_REAUTH: the provider refused the account's credentials", "ACCOUNT_NEEDS_REAUTH"),
                 "413": _error("Larger than [mail] max_attachment_bytes", "PAYLOAD_TOO_LARGE"),
                 "502": _error("The provider failed", "PROVIDER_ERROR"),
-                "503": _error("The provider is throttling or unavailable; Retry-After says when", *UNAVAILABLE_CODES),
                 **_ERRORS,
+                "503": {**_error("The provider is throttling or unavailable (SERVICE_UNAVAILABLE; Retry-After says "
+                                 "when), or mail.db is failing (STORE_UNAVAILABLE)", *UNAVAILABLE_CODES),
+                        "headers": _UNAVAILABLE["headers"]},
             },
         }, "mail:read")
     },
@@ -311,11 +328,19 @@ PATHS: dict[str, dict[str, Any]] = {
                     "description": "No such provider (JSON), or one that takes no push notifications (text)",
                     "content": {**_json(_ref("Error"))["content"], **_PROVIDER_TEXT},
                 },
+                "408": _error("REQUEST_TIMEOUT: the body did not arrive within server.body_timeout_seconds",
+                              "REQUEST_TIMEOUT"),
                 "413": _error("Larger than a notification can be", "PAYLOAD_TOO_LARGE"),
+                "503": _error("mail.db is failing (STORE_UNAVAILABLE)", StorageFault.code),
             },
         }
     },
 }
+
+# The operations whose handlers read a JSON body (brain.web.read_json) also state what that may refuse.
+for _path, _method in (("/mail/connect", "post"), ("/mail/disconnect", "post"), ("/mail/accounts/{account}", "patch")):
+    PATHS[_path][_method] = with_body_errors(PATHS[_path][_method])
+
 
 def connect_schema(providers: Iterable[str]) -> dict[str, Any]:
     """The body of POST /mail/connect, naming the providers this server has registered."""

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from brain.apikeys import with_api_keys
-from brain.openapi import INVALID_CODES, TOKEN_CODES, UNAVAILABLE_CODES
+from brain.openapi import INVALID_CODES, TOKEN_CODES, UNAVAILABLE_CODES, disk_full, with_body_errors
 from brain.openapi import error as _error
 from brain.openapi import json_body as _json_body
 from brain.openapi import ref as _ref
@@ -21,7 +21,7 @@ _ID = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"
 
 PATHS: dict[str, dict[str, Any]] = {
     "/webhooks": {
-        "post": with_api_keys({
+        "post": with_api_keys(with_body_errors({
             "operationId": "createWebhook",
             "summary": "Register a URL that gets a signed copy of each of the caller's events from now on",
             "description": (
@@ -40,8 +40,9 @@ PATHS: dict[str, dict[str, Any]] = {
                               "ADDRESS_REFUSED", *INVALID_CODES),
                 "422": _error("TOO_MANY_WEBHOOKS: webhooks.max_per_user reached", "TOO_MANY_WEBHOOKS"),
                 **_ERRORS,
+                "507": disk_full("the disk under webhooks.db is full"),
             },
-        }, "events:read"),
+        }), "events:read"),
         "get": with_api_keys({
             "operationId": "listWebhooks",
             "summary": "The caller's webhooks",
@@ -60,7 +61,8 @@ PATHS: dict[str, dict[str, Any]] = {
             "operationId": "deleteWebhook",
             "summary": "Delete one of the caller's webhooks, with its pending deliveries",
             "parameters": [_ID],
-            "responses": {"204": {"description": "Deleted"}, "404": _error("No such webhook of the caller's", "NOT_FOUND"), **_ERRORS},
+            "responses": {"204": {"description": "Deleted"}, "404": _error("No such webhook of the caller's", "NOT_FOUND"),
+                          **_ERRORS, "507": disk_full("the disk under webhooks.db is full")},
         }, "events:read"),
     },
     "/webhooks/{id}/deliveries": {

@@ -19,6 +19,12 @@ __all__ = [
     "EventDeleted",
     "EventsPage",
     "Health",
+    "JsonRpcClientResponse",
+    "JsonRpcError",
+    "JsonRpcErrorError",
+    "JsonRpcNotification",
+    "JsonRpcRequest",
+    "JsonRpcResult",
     "Jwks",
     "MailAccount",
     "MailAccountBackfill",
@@ -147,6 +153,50 @@ Health = TypedDict("Health", {
     "nats": NotRequired[dict[str, Any]],
     "stores": NotRequired[dict[str, Any]],
     "search": NotRequired[dict[str, Any]],
+})
+
+
+# The client's answer to a request of the server's (this server sends none)
+JsonRpcClientResponse = TypedDict("JsonRpcClientResponse", {
+    "jsonrpc": Literal["2.0"],
+    "id": Union[str, int],
+    "result": NotRequired[Any],
+    "error": NotRequired[dict[str, Any]],
+})
+
+
+JsonRpcErrorError = TypedDict("JsonRpcErrorError", {
+    "code": int,
+    "message": str,
+})
+
+
+JsonRpcError = TypedDict("JsonRpcError", {
+    "jsonrpc": Literal["2.0"],
+    "id": Union[str, int, None],
+    "error": JsonRpcErrorError,
+})
+
+
+JsonRpcNotification = TypedDict("JsonRpcNotification", {
+    "jsonrpc": Literal["2.0"],
+    "method": str,
+    "params": NotRequired[dict[str, Any]],
+})
+
+
+JsonRpcRequest = TypedDict("JsonRpcRequest", {
+    "jsonrpc": Literal["2.0"],
+    "id": Union[str, int],
+    "method": str,
+    "params": NotRequired[dict[str, Any]],
+})
+
+
+JsonRpcResult = TypedDict("JsonRpcResult", {
+    "jsonrpc": Literal["2.0"],
+    "id": Union[str, int],
+    "result": dict[str, Any],
 })
 
 

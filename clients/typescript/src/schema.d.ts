@@ -1278,15 +1278,21 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** Server-to-client stream (not offered: 405) */
+        /**
+         * Server-to-client stream (not offered: 405)
+         * @description This server sends no messages of its own, so it offers no stream (the transport's answer for that case).
+         */
         get: operations["mcpStream"];
         put?: never;
         /**
          * Send one MCP (JSON-RPC 2.0) message
-         * @description the Model Context Protocol's Streamable HTTP transport; see the README's Agents (MCP) section. Tools are listed for, and callable by, the caller's scopes.
+         * @description The Model Context Protocol's Streamable HTTP transport (see the README's Agents (MCP) section): one JSON-RPC 2.0 message per POST, answered with one JSON message (a request) or 202 (a notification, or a response of the client's). `initialize` opens a session (Mcp-Session-Id in its answer; every later message carries it, and MCP-Protocol-Version when the client sends one). Accept must allow application/json; an Origin must be one of brain's own. Protocol errors are JSON-RPC errors: -32700 unreadable JSON, -32600 not a request (or refused by the transport), -32601 no such method, -32602 bad parameters, -32002 no such resource; what goes wrong inside a tool is a tool result with isError. Tools are listed for, and callable by, the caller's scopes.
          */
         post: operations["mcpMessage"];
-        /** End an MCP session */
+        /**
+         * End an MCP session
+         * @description Ends the session named in Mcp-Session-Id: later messages with it are answered 404.
+         */
         delete: operations["mcpEndSession"];
         options?: never;
         head?: never;
@@ -1522,6 +1528,54 @@ export interface components {
             supervisor?: Record<string, never>;
             uptime_seconds?: number;
             version: string;
+        };
+        /** @description The client's answer to a request of the server's (this server sends none) */
+        JsonRpcClientResponse: {
+            error?: Record<string, never>;
+            /** @description The request's id, echoed in its answer */
+            id: string | number;
+            /** @constant */
+            jsonrpc: "2.0";
+            result?: unknown;
+        };
+        JsonRpcError: {
+            error: {
+                code: number;
+                message: string;
+            };
+            /** @description null when the request's id was unreadable */
+            id: string | number | null;
+            /** @constant */
+            jsonrpc: "2.0";
+        };
+        JsonRpcNotification: {
+            /** @constant */
+            jsonrpc: "2.0";
+            /** @example notifications/initialized */
+            method: string;
+            params?: Record<string, never>;
+        };
+        JsonRpcRequest: {
+            /** @description The request's id, echoed in its answer */
+            id: string | number;
+            /** @constant */
+            jsonrpc: "2.0";
+            /**
+             * @example initialize
+             * @example tools/list
+             * @example tools/call
+             * @example resources/read
+             * @example ping
+             */
+            method: string;
+            params?: Record<string, never>;
+        };
+        JsonRpcResult: {
+            /** @description The request's id, echoed in its answer */
+            id: string | number;
+            /** @constant */
+            jsonrpc: "2.0";
+            result: Record<string, never>;
         };
         Jwks: {
             keys: Record<string, never>[];
@@ -2046,6 +2100,20 @@ export interface operations {
                     };
                 };
             };
+            /** @description RATE_LIMITED: too many requests from this address (api.rate_limit_ip_*) */
+            429: {
+                headers: {
+                    /** @description Seconds to wait */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "RATE_LIMITED";
+                    } & components["schemas"]["Error"];
+                };
+            };
         };
     };
     oauthProtectedResourceMcp: {
@@ -2070,6 +2138,20 @@ export interface operations {
                         resource_name?: string;
                         scopes_supported?: ("events:read" | "events:write" | "mail:read" | "search")[];
                     };
+                };
+            };
+            /** @description RATE_LIMITED: too many requests from this address (api.rate_limit_ip_*) */
+            429: {
+                headers: {
+                    /** @description Seconds to wait */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "RATE_LIMITED";
+                    } & components["schemas"]["Error"];
                 };
             };
         };
@@ -2134,31 +2216,102 @@ export interface operations {
                     "application/json": components["schemas"]["ApiKeyCreated"];
                 };
             };
-            /** @description VALIDATION_ERROR, SERVER_ONLY_PROPERTY, INVALID_NAME_LENGTH, INVALID_PREFIX_LENGTH, EXPIRES_IN_IS_TOO_SMALL, EXPIRES_IN_IS_TOO_LARGE, INVALID_METADATA_TYPE, NO_VALUES_TO_UPDATE */
+            /** @description VALIDATION_ERROR, SERVER_ONLY_PROPERTY, INVALID_NAME_LENGTH, INVALID_PREFIX_LENGTH, EXPIRES_IN_IS_TOO_SMALL, EXPIRES_IN_IS_TOO_LARGE, INVALID_METADATA_TYPE; TOO_MANY_API_KEYS (auth.api_keys_per_user); a body that is not JSON */
             400: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "EXPIRES_IN_IS_TOO_LARGE" | "EXPIRES_IN_IS_TOO_SMALL" | "INVALID_METADATA_TYPE" | "INVALID_NAME_LENGTH" | "INVALID_PREFIX_LENGTH" | "SERVER_ONLY_PROPERTY" | "TOO_MANY_API_KEYS" | "VALIDATION_ERROR";
+                    } & components["schemas"]["Error"];
                 };
             };
-            /** @description UNAUTHORIZED, UNAUTHORIZED_SESSION */
+            /** @description No live session, or a userId not the caller's (UNAUTHORIZED_SESSION) */
             401: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "UNAUTHORIZED_SESSION";
+                    } & components["schemas"]["Error"];
                 };
             };
-            /** @description INVALID_ORIGIN; INVALID_ORIGIN, MISSING_OR_NULL_ORIGIN (a cookie without Origin) */
+            /** @description INVALID_ORIGIN, MISSING_OR_NULL_ORIGIN (a cookie without Origin) */
             403: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "INVALID_ORIGIN" | "MISSING_OR_NULL_ORIGIN";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description REQUEST_TIMEOUT: the body did not arrive within server.body_timeout_seconds */
+            408: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "REQUEST_TIMEOUT";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description PAYLOAD_TOO_LARGE: a body larger than the server takes */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "PAYLOAD_TOO_LARGE";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description UNSUPPORTED_MEDIA_TYPE: not JSON */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "UNSUPPORTED_MEDIA_TYPE";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description the auth issuer is starting or restarting (SERVICE_UNAVAILABLE), or auth.db is failing (STORE_UNAVAILABLE, with its `reason`) */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "SERVICE_UNAVAILABLE" | "STORE_UNAVAILABLE";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description INSUFFICIENT_STORAGE: the disk under auth.db is full */
+            507: {
+                headers: {
+                    /** @description Seconds to wait */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "INSUFFICIENT_STORAGE";
+                    } & components["schemas"]["Error"];
                 };
             };
         };
@@ -2189,13 +2342,16 @@ export interface operations {
                     };
                 };
             };
-            /** @description VALIDATION_ERROR */
+            /** @description VALIDATION_ERROR; a body that is not JSON */
             400: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "VALIDATION_ERROR";
+                    } & components["schemas"]["Error"];
                 };
             };
             /** @description No live session (UNAUTHORIZED) */
@@ -2204,25 +2360,96 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "UNAUTHORIZED";
+                    } & components["schemas"]["Error"];
                 };
             };
-            /** @description INVALID_ORIGIN; INVALID_ORIGIN, MISSING_OR_NULL_ORIGIN (a cookie without Origin) */
+            /** @description INVALID_ORIGIN, MISSING_OR_NULL_ORIGIN (a cookie without Origin) */
             403: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "INVALID_ORIGIN" | "MISSING_OR_NULL_ORIGIN";
+                    } & components["schemas"]["Error"];
                 };
             };
-            /** @description KEY_NOT_FOUND */
+            /** @description KEY_NOT_FOUND (also another user's key) */
             404: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "KEY_NOT_FOUND";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description REQUEST_TIMEOUT: the body did not arrive within server.body_timeout_seconds */
+            408: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "REQUEST_TIMEOUT";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description PAYLOAD_TOO_LARGE: a body larger than the server takes */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "PAYLOAD_TOO_LARGE";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description UNSUPPORTED_MEDIA_TYPE: not JSON */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "UNSUPPORTED_MEDIA_TYPE";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description the auth issuer is starting or restarting (SERVICE_UNAVAILABLE), or auth.db is failing (STORE_UNAVAILABLE, with its `reason`) */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "SERVICE_UNAVAILABLE" | "STORE_UNAVAILABLE";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description INSUFFICIENT_STORAGE: the disk under auth.db is full */
+            507: {
+                headers: {
+                    /** @description Seconds to wait */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "INSUFFICIENT_STORAGE";
+                    } & components["schemas"]["Error"];
                 };
             };
         };
@@ -2253,7 +2480,10 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "VALIDATION_ERROR";
+                    } & components["schemas"]["Error"];
                 };
             };
             /** @description No live session (UNAUTHORIZED) */
@@ -2262,16 +2492,48 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "UNAUTHORIZED";
+                    } & components["schemas"]["Error"];
                 };
             };
-            /** @description KEY_NOT_FOUND */
+            /** @description KEY_NOT_FOUND (also another user's key) */
             404: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "KEY_NOT_FOUND";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description the auth issuer is starting or restarting (SERVICE_UNAVAILABLE), or auth.db is failing (STORE_UNAVAILABLE, with its `reason`) */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "SERVICE_UNAVAILABLE" | "STORE_UNAVAILABLE";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description INSUFFICIENT_STORAGE: the disk under auth.db is full */
+            507: {
+                headers: {
+                    /** @description Seconds to wait */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "INSUFFICIENT_STORAGE";
+                    } & components["schemas"]["Error"];
                 };
             };
         };
@@ -2310,7 +2572,10 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "VALIDATION_ERROR";
+                    } & components["schemas"]["Error"];
                 };
             };
             /** @description No live session (UNAUTHORIZED) */
@@ -2319,7 +2584,36 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "UNAUTHORIZED";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description the auth issuer is starting or restarting (SERVICE_UNAVAILABLE), or auth.db is failing (STORE_UNAVAILABLE, with its `reason`) */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "SERVICE_UNAVAILABLE" | "STORE_UNAVAILABLE";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description INSUFFICIENT_STORAGE: the disk under auth.db is full */
+            507: {
+                headers: {
+                    /** @description Seconds to wait */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "INSUFFICIENT_STORAGE";
+                    } & components["schemas"]["Error"];
                 };
             };
         };
@@ -2364,40 +2658,114 @@ export interface operations {
                     "application/json": components["schemas"]["ApiKey"];
                 };
             };
-            /** @description VALIDATION_ERROR, SERVER_ONLY_PROPERTY, INVALID_NAME_LENGTH, INVALID_PREFIX_LENGTH, EXPIRES_IN_IS_TOO_SMALL, EXPIRES_IN_IS_TOO_LARGE, INVALID_METADATA_TYPE, NO_VALUES_TO_UPDATE */
+            /** @description VALIDATION_ERROR, SERVER_ONLY_PROPERTY, INVALID_NAME_LENGTH, EXPIRES_IN_IS_TOO_SMALL, EXPIRES_IN_IS_TOO_LARGE, INVALID_METADATA_TYPE, NO_VALUES_TO_UPDATE; a body that is not JSON */
             400: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "EXPIRES_IN_IS_TOO_LARGE" | "EXPIRES_IN_IS_TOO_SMALL" | "INVALID_METADATA_TYPE" | "INVALID_NAME_LENGTH" | "NO_VALUES_TO_UPDATE" | "SERVER_ONLY_PROPERTY" | "VALIDATION_ERROR";
+                    } & components["schemas"]["Error"];
                 };
             };
-            /** @description UNAUTHORIZED, UNAUTHORIZED_SESSION */
+            /** @description No live session, or a userId not the caller's (UNAUTHORIZED_SESSION) */
             401: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "UNAUTHORIZED_SESSION";
+                    } & components["schemas"]["Error"];
                 };
             };
-            /** @description INVALID_ORIGIN; INVALID_ORIGIN, MISSING_OR_NULL_ORIGIN (a cookie without Origin) */
+            /** @description INVALID_ORIGIN, MISSING_OR_NULL_ORIGIN (a cookie without Origin) */
             403: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "INVALID_ORIGIN" | "MISSING_OR_NULL_ORIGIN";
+                    } & components["schemas"]["Error"];
                 };
             };
-            /** @description KEY_NOT_FOUND */
+            /** @description KEY_NOT_FOUND (also another user's key) */
             404: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "KEY_NOT_FOUND";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description REQUEST_TIMEOUT: the body did not arrive within server.body_timeout_seconds */
+            408: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "REQUEST_TIMEOUT";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description PAYLOAD_TOO_LARGE: a body larger than the server takes */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "PAYLOAD_TOO_LARGE";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description UNSUPPORTED_MEDIA_TYPE: not JSON */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "UNSUPPORTED_MEDIA_TYPE";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description the auth issuer is starting or restarting (SERVICE_UNAVAILABLE), or auth.db is failing (STORE_UNAVAILABLE, with its `reason`) */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "SERVICE_UNAVAILABLE" | "STORE_UNAVAILABLE";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description INSUFFICIENT_STORAGE: the disk under auth.db is full */
+            507: {
+                headers: {
+                    /** @description Seconds to wait */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "INSUFFICIENT_STORAGE";
+                    } & components["schemas"]["Error"];
                 };
             };
         };
@@ -2443,22 +2811,90 @@ export interface operations {
                     };
                 };
             };
-            /** @description VALIDATION_ERROR */
+            /** @description VALIDATION_ERROR; a body that is not JSON */
             400: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "VALIDATION_ERROR";
+                    } & components["schemas"]["Error"];
                 };
             };
-            /** @description INVALID_ORIGIN; INVALID_ORIGIN, MISSING_OR_NULL_ORIGIN (a cookie without Origin) */
+            /** @description INVALID_ORIGIN, MISSING_OR_NULL_ORIGIN (a cookie without Origin) */
             403: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "INVALID_ORIGIN" | "MISSING_OR_NULL_ORIGIN";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description REQUEST_TIMEOUT: the body did not arrive within server.body_timeout_seconds */
+            408: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "REQUEST_TIMEOUT";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description PAYLOAD_TOO_LARGE: a body larger than the server takes */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "PAYLOAD_TOO_LARGE";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description UNSUPPORTED_MEDIA_TYPE: not JSON */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "UNSUPPORTED_MEDIA_TYPE";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description the auth issuer is starting or restarting (SERVICE_UNAVAILABLE), or auth.db is failing (STORE_UNAVAILABLE, with its `reason`) */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "SERVICE_UNAVAILABLE" | "STORE_UNAVAILABLE";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description INSUFFICIENT_STORAGE: the disk under auth.db is full */
+            507: {
+                headers: {
+                    /** @description Seconds to wait */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "INSUFFICIENT_STORAGE";
+                    } & components["schemas"]["Error"];
                 };
             };
         };
@@ -2487,6 +2923,32 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content?: never;
+            };
+            /** @description the auth issuer is starting or restarting (SERVICE_UNAVAILABLE), or auth.db is failing (STORE_UNAVAILABLE, with its `reason`) */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "SERVICE_UNAVAILABLE" | "STORE_UNAVAILABLE";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description INSUFFICIENT_STORAGE: the disk under auth.db is full */
+            507: {
+                headers: {
+                    /** @description Seconds to wait */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "INSUFFICIENT_STORAGE";
+                    } & components["schemas"]["Error"];
+                };
             };
         };
     };
@@ -2521,7 +2983,22 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "INVALID_ORIGIN" | "MISSING_OR_NULL_ORIGIN";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description A form larger than server.max_body_bytes */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "PAYLOAD_TOO_LARGE";
+                    } & components["schemas"]["Error"];
                 };
             };
         };
@@ -2553,13 +3030,16 @@ export interface operations {
                     };
                 };
             };
-            /** @description INVALID_EMAIL, CHANGE_EMAIL_DISABLED, VALIDATION_ERROR, or the same address */
+            /** @description INVALID_EMAIL, CHANGE_EMAIL_DISABLED, VALIDATION_ERROR, or the same address (BAD_REQUEST); a body that is not JSON */
             400: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "BAD_REQUEST" | "CHANGE_EMAIL_DISABLED" | "INVALID_EMAIL" | "VALIDATION_ERROR";
+                    } & components["schemas"]["Error"];
                 };
             };
             /** @description No live session (UNAUTHORIZED) */
@@ -2568,34 +3048,96 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "UNAUTHORIZED";
+                    } & components["schemas"]["Error"];
                 };
             };
-            /** @description INVALID_ORIGIN, INVALID_CALLBACK_URL; INVALID_ORIGIN, MISSING_OR_NULL_ORIGIN (a cookie without Origin) */
+            /** @description INVALID_CALLBACK_URL; INVALID_ORIGIN, MISSING_OR_NULL_ORIGIN (a cookie without Origin) */
             403: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "INVALID_CALLBACK_URL" | "INVALID_ORIGIN" | "MISSING_OR_NULL_ORIGIN";
+                    } & components["schemas"]["Error"];
                 };
             };
-            /** @description Too many emails */
+            /** @description REQUEST_TIMEOUT: the body did not arrive within server.body_timeout_seconds */
+            408: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "REQUEST_TIMEOUT";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description PAYLOAD_TOO_LARGE: a body larger than the server takes */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "PAYLOAD_TOO_LARGE";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description UNSUPPORTED_MEDIA_TYPE: not JSON */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "UNSUPPORTED_MEDIA_TYPE";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description Too many emails to the address (TOO_MANY_REQUESTS) */
             429: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "TOO_MANY_REQUESTS";
+                    } & components["schemas"]["Error"];
                 };
             };
-            /** @description EMAIL_NOT_CONFIGURED */
+            /** @description EMAIL_NOT_CONFIGURED, or EMAIL_DELIVERY_FAILED; the auth issuer is starting or restarting (SERVICE_UNAVAILABLE), or auth.db is failing (STORE_UNAVAILABLE, with its `reason`) */
             503: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "EMAIL_DELIVERY_FAILED" | "EMAIL_NOT_CONFIGURED" | "SERVICE_UNAVAILABLE" | "STORE_UNAVAILABLE";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description INSUFFICIENT_STORAGE: the disk under auth.db is full */
+            507: {
+                headers: {
+                    /** @description Seconds to wait */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "INSUFFICIENT_STORAGE";
+                    } & components["schemas"]["Error"];
                 };
             };
         };
@@ -2630,13 +3172,16 @@ export interface operations {
                     };
                 };
             };
-            /** @description INVALID_PASSWORD, PASSWORD_TOO_SHORT, PASSWORD_TOO_LONG, VALIDATION_ERROR */
+            /** @description INVALID_PASSWORD, PASSWORD_TOO_SHORT, PASSWORD_TOO_LONG, VALIDATION_ERROR; a user without a password (CREDENTIAL_ACCOUNT_NOT_FOUND); a body that is not JSON */
             400: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "CREDENTIAL_ACCOUNT_NOT_FOUND" | "INVALID_PASSWORD" | "PASSWORD_TOO_LONG" | "PASSWORD_TOO_SHORT" | "VALIDATION_ERROR";
+                    } & components["schemas"]["Error"];
                 };
             };
             /** @description No live session (UNAUTHORIZED) */
@@ -2645,25 +3190,96 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "UNAUTHORIZED";
+                    } & components["schemas"]["Error"];
                 };
             };
-            /** @description INVALID_ORIGIN; INVALID_ORIGIN, MISSING_OR_NULL_ORIGIN (a cookie without Origin) */
+            /** @description INVALID_ORIGIN, MISSING_OR_NULL_ORIGIN (a cookie without Origin) */
             403: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "INVALID_ORIGIN" | "MISSING_OR_NULL_ORIGIN";
+                    } & components["schemas"]["Error"];
                 };
             };
-            /** @description Rate limited */
+            /** @description REQUEST_TIMEOUT: the body did not arrive within server.body_timeout_seconds */
+            408: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "REQUEST_TIMEOUT";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description PAYLOAD_TOO_LARGE: a body larger than the server takes */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "PAYLOAD_TOO_LARGE";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description UNSUPPORTED_MEDIA_TYPE: not JSON */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "UNSUPPORTED_MEDIA_TYPE";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description Rate limited (TOO_MANY_REQUESTS, with Retry-After) */
             429: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "TOO_MANY_REQUESTS";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description the auth issuer is starting or restarting (SERVICE_UNAVAILABLE), or auth.db is failing (STORE_UNAVAILABLE, with its `reason`) */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "SERVICE_UNAVAILABLE" | "STORE_UNAVAILABLE";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description INSUFFICIENT_STORAGE: the disk under auth.db is full */
+            507: {
+                headers: {
+                    /** @description Seconds to wait */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "INSUFFICIENT_STORAGE";
+                    } & components["schemas"]["Error"];
                 };
             };
         };
@@ -2697,49 +3313,126 @@ export interface operations {
                     };
                 };
             };
-            /** @description INVALID_PASSWORD, SESSION_EXPIRED, PASSWORD_TOO_LONG, VALIDATION_ERROR */
+            /** @description INVALID_PASSWORD, SESSION_EXPIRED, PASSWORD_TOO_LONG, VALIDATION_ERROR; a body that is not JSON */
             400: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "INVALID_PASSWORD" | "PASSWORD_TOO_LONG" | "SESSION_EXPIRED" | "VALIDATION_ERROR";
+                    } & components["schemas"]["Error"];
                 };
             };
-            /** @description No live session */
+            /** @description No live session (UNAUTHORIZED) */
             401: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "UNAUTHORIZED";
+                    } & components["schemas"]["Error"];
                 };
             };
-            /** @description INVALID_ORIGIN, INVALID_CALLBACK_URL; INVALID_ORIGIN, MISSING_OR_NULL_ORIGIN (a cookie without Origin) */
+            /** @description INVALID_CALLBACK_URL; INVALID_ORIGIN, MISSING_OR_NULL_ORIGIN (a cookie without Origin) */
             403: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "INVALID_CALLBACK_URL" | "INVALID_ORIGIN" | "MISSING_OR_NULL_ORIGIN";
+                    } & components["schemas"]["Error"];
                 };
             };
-            /** @description Deletion disabled, or INVALID_TOKEN */
+            /** @description Deletion disabled (NOT_FOUND), or INVALID_TOKEN */
             404: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "INVALID_TOKEN" | "NOT_FOUND";
+                    } & components["schemas"]["Error"];
                 };
             };
-            /** @description Rate limited */
+            /** @description REQUEST_TIMEOUT: the body did not arrive within server.body_timeout_seconds */
+            408: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "REQUEST_TIMEOUT";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description PAYLOAD_TOO_LARGE: a body larger than the server takes */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "PAYLOAD_TOO_LARGE";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description UNSUPPORTED_MEDIA_TYPE: not JSON */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "UNSUPPORTED_MEDIA_TYPE";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description Rate limited (TOO_MANY_REQUESTS, with Retry-After) */
             429: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "TOO_MANY_REQUESTS";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description the auth issuer is starting or restarting (SERVICE_UNAVAILABLE), or auth.db is failing (STORE_UNAVAILABLE, with its `reason`) */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "SERVICE_UNAVAILABLE" | "STORE_UNAVAILABLE";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description INSUFFICIENT_STORAGE: the disk under auth.db is full */
+            507: {
+                headers: {
+                    /** @description Seconds to wait */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "INSUFFICIENT_STORAGE";
+                    } & components["schemas"]["Error"];
                 };
             };
         };
@@ -2795,40 +3488,102 @@ export interface operations {
                     };
                 };
             };
-            /** @description Invalid body (the message names the field), INVALID_EMAIL */
+            /** @description Invalid body (the message names the field), INVALID_EMAIL; a body that is not JSON */
             400: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "INVALID_EMAIL" | "VALIDATION_ERROR";
+                    } & components["schemas"]["Error"];
                 };
             };
-            /** @description INVALID_ORIGIN, INVALID_CALLBACK_URL; INVALID_ORIGIN, MISSING_OR_NULL_ORIGIN (a cookie without Origin) */
+            /** @description INVALID_CALLBACK_URL; INVALID_ORIGIN, MISSING_OR_NULL_ORIGIN (a cookie without Origin) */
             403: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "INVALID_CALLBACK_URL" | "INVALID_ORIGIN" | "MISSING_OR_NULL_ORIGIN";
+                    } & components["schemas"]["Error"];
                 };
             };
-            /** @description Rate limited */
+            /** @description REQUEST_TIMEOUT: the body did not arrive within server.body_timeout_seconds */
+            408: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "REQUEST_TIMEOUT";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description PAYLOAD_TOO_LARGE: a body larger than the server takes */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "PAYLOAD_TOO_LARGE";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description UNSUPPORTED_MEDIA_TYPE: not JSON */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "UNSUPPORTED_MEDIA_TYPE";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description Rate limited (TOO_MANY_REQUESTS, with Retry-After) */
             429: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "TOO_MANY_REQUESTS";
+                    } & components["schemas"]["Error"];
                 };
             };
-            /** @description EMAIL_NOT_CONFIGURED: no way to send mail (production without [smtp]) */
+            /** @description EMAIL_NOT_CONFIGURED: no way to send mail (production without [smtp]); the auth issuer is starting or restarting (SERVICE_UNAVAILABLE), or auth.db is failing (STORE_UNAVAILABLE, with its `reason`) */
             503: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "EMAIL_NOT_CONFIGURED" | "SERVICE_UNAVAILABLE" | "STORE_UNAVAILABLE";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description INSUFFICIENT_STORAGE: the disk under auth.db is full */
+            507: {
+                headers: {
+                    /** @description Seconds to wait */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "INSUFFICIENT_STORAGE";
+                    } & components["schemas"]["Error"];
                 };
             };
         };
@@ -2854,6 +3609,32 @@ export interface operations {
                     };
                 };
             };
+            /** @description the auth issuer is starting or restarting (SERVICE_UNAVAILABLE), or auth.db is failing (STORE_UNAVAILABLE, with its `reason`) */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "SERVICE_UNAVAILABLE" | "STORE_UNAVAILABLE";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description INSUFFICIENT_STORAGE: the disk under auth.db is full */
+            507: {
+                headers: {
+                    /** @description Seconds to wait */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "INSUFFICIENT_STORAGE";
+                    } & components["schemas"]["Error"];
+                };
+            };
         };
     };
     jwks: {
@@ -2872,6 +3653,18 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["Jwks"];
+                };
+            };
+            /** @description The key ring is not loaded yet */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "SERVICE_UNAVAILABLE";
+                    } & components["schemas"]["Error"];
                 };
             };
         };
@@ -2910,40 +3703,126 @@ export interface operations {
                     };
                 };
             };
-            /** @description VALIDATION_ERROR (the message names the field) */
+            /** @description VALIDATION_ERROR; a body that is not JSON */
             400: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "VALIDATION_ERROR";
+                    } & components["schemas"]["Error"];
                 };
             };
-            /** @description No live session */
+            /** @description No live session (UNAUTHORIZED) */
             401: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "UNAUTHORIZED";
+                    } & components["schemas"]["Error"];
                 };
             };
-            /** @description INVALID_ORIGIN, MISSING_OR_NULL_ORIGIN (a cookie without Origin) */
+            /** @description INVALID_CALLBACK_URL; INVALID_ORIGIN, MISSING_OR_NULL_ORIGIN (a cookie without Origin) */
             403: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "INVALID_CALLBACK_URL" | "INVALID_ORIGIN" | "MISSING_OR_NULL_ORIGIN";
+                    } & components["schemas"]["Error"];
                 };
             };
-            /** @description PROVIDER_NOT_FOUND */
+            /** @description PROVIDER_NOT_FOUND, ID_TOKEN_NOT_SUPPORTED */
             404: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "ID_TOKEN_NOT_SUPPORTED" | "PROVIDER_NOT_FOUND";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description REQUEST_TIMEOUT: the body did not arrive within server.body_timeout_seconds */
+            408: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "REQUEST_TIMEOUT";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description PAYLOAD_TOO_LARGE: a body larger than the server takes */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "PAYLOAD_TOO_LARGE";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description UNSUPPORTED_MEDIA_TYPE: not JSON */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "UNSUPPORTED_MEDIA_TYPE";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description PROVIDER_UNAVAILABLE: its discovery document could not be read */
+            502: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "PROVIDER_UNAVAILABLE";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description the auth issuer is starting or restarting (SERVICE_UNAVAILABLE), or auth.db is failing (STORE_UNAVAILABLE, with its `reason`) */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "SERVICE_UNAVAILABLE" | "STORE_UNAVAILABLE";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description INSUFFICIENT_STORAGE: the disk under auth.db is full */
+            507: {
+                headers: {
+                    /** @description Seconds to wait */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "INSUFFICIENT_STORAGE";
+                    } & components["schemas"]["Error"];
                 };
             };
         };
@@ -2976,13 +3855,42 @@ export interface operations {
                     }[];
                 };
             };
-            /** @description No live session */
+            /** @description No live session (UNAUTHORIZED) */
             401: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "UNAUTHORIZED";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description the auth issuer is starting or restarting (SERVICE_UNAVAILABLE), or auth.db is failing (STORE_UNAVAILABLE, with its `reason`) */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "SERVICE_UNAVAILABLE" | "STORE_UNAVAILABLE";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description INSUFFICIENT_STORAGE: the disk under auth.db is full */
+            507: {
+                headers: {
+                    /** @description Seconds to wait */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "INSUFFICIENT_STORAGE";
+                    } & components["schemas"]["Error"];
                 };
             };
         };
@@ -3011,7 +3919,10 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "UNAUTHORIZED";
+                    } & components["schemas"]["Error"];
                 };
             };
             /** @description SESSION_NOT_FRESH: the session is older than session_fresh_age_seconds */
@@ -3020,7 +3931,36 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "SESSION_NOT_FRESH";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description the auth issuer is starting or restarting (SERVICE_UNAVAILABLE), or auth.db is failing (STORE_UNAVAILABLE, with its `reason`) */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "SERVICE_UNAVAILABLE" | "STORE_UNAVAILABLE";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description INSUFFICIENT_STORAGE: the disk under auth.db is full */
+            507: {
+                headers: {
+                    /** @description Seconds to wait */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "INSUFFICIENT_STORAGE";
+                    } & components["schemas"]["Error"];
                 };
             };
         };
@@ -3074,13 +4014,16 @@ export interface operations {
                     };
                 };
             };
-            /** @description VALIDATION_ERROR */
+            /** @description VALIDATION_ERROR; a body that is not JSON */
             400: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "VALIDATION_ERROR";
+                    } & components["schemas"]["Error"];
                 };
             };
             /** @description No live session (UNAUTHORIZED) */
@@ -3089,7 +4032,10 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "UNAUTHORIZED";
+                    } & components["schemas"]["Error"];
                 };
             };
             /** @description INVALID_ORIGIN, MISSING_OR_NULL_ORIGIN (a cookie without Origin) */
@@ -3098,7 +4044,10 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "INVALID_ORIGIN" | "MISSING_OR_NULL_ORIGIN";
+                    } & components["schemas"]["Error"];
                 };
             };
             /** @description PASSKEY_NOT_FOUND (also another user's passkey) */
@@ -3107,7 +4056,72 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "PASSKEY_NOT_FOUND";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description REQUEST_TIMEOUT: the body did not arrive within server.body_timeout_seconds */
+            408: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "REQUEST_TIMEOUT";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description PAYLOAD_TOO_LARGE: a body larger than the server takes */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "PAYLOAD_TOO_LARGE";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description UNSUPPORTED_MEDIA_TYPE: not JSON */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "UNSUPPORTED_MEDIA_TYPE";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description the auth issuer is starting or restarting (SERVICE_UNAVAILABLE), or auth.db is failing (STORE_UNAVAILABLE, with its `reason`) */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "SERVICE_UNAVAILABLE" | "STORE_UNAVAILABLE";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description INSUFFICIENT_STORAGE: the disk under auth.db is full */
+            507: {
+                headers: {
+                    /** @description Seconds to wait */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "INSUFFICIENT_STORAGE";
+                    } & components["schemas"]["Error"];
                 };
             };
         };
@@ -3141,13 +4155,42 @@ export interface operations {
                     };
                 };
             };
-            /** @description Rate limited */
+            /** @description Rate limited (TOO_MANY_REQUESTS, with Retry-After) */
             429: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "TOO_MANY_REQUESTS";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description the auth issuer is starting or restarting (SERVICE_UNAVAILABLE), or auth.db is failing (STORE_UNAVAILABLE, with its `reason`) */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "SERVICE_UNAVAILABLE" | "STORE_UNAVAILABLE";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description INSUFFICIENT_STORAGE: the disk under auth.db is full */
+            507: {
+                headers: {
+                    /** @description Seconds to wait */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "INSUFFICIENT_STORAGE";
+                    } & components["schemas"]["Error"];
                 };
             };
         };
@@ -3206,7 +4249,10 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "VALIDATION_ERROR";
+                    } & components["schemas"]["Error"];
                 };
             };
             /** @description No live session (UNAUTHORIZED) */
@@ -3215,7 +4261,10 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "UNAUTHORIZED";
+                    } & components["schemas"]["Error"];
                 };
             };
             /** @description SESSION_NOT_FRESH: the session is older than session_fresh_age_seconds */
@@ -3224,7 +4273,36 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "SESSION_NOT_FRESH";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description the auth issuer is starting or restarting (SERVICE_UNAVAILABLE), or auth.db is failing (STORE_UNAVAILABLE, with its `reason`) */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "SERVICE_UNAVAILABLE" | "STORE_UNAVAILABLE";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description INSUFFICIENT_STORAGE: the disk under auth.db is full */
+            507: {
+                headers: {
+                    /** @description Seconds to wait */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "INSUFFICIENT_STORAGE";
+                    } & components["schemas"]["Error"];
                 };
             };
         };
@@ -3253,7 +4331,36 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "UNAUTHORIZED";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description the auth issuer is starting or restarting (SERVICE_UNAVAILABLE), or auth.db is failing (STORE_UNAVAILABLE, with its `reason`) */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "SERVICE_UNAVAILABLE" | "STORE_UNAVAILABLE";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description INSUFFICIENT_STORAGE: the disk under auth.db is full */
+            507: {
+                headers: {
+                    /** @description Seconds to wait */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "INSUFFICIENT_STORAGE";
+                    } & components["schemas"]["Error"];
                 };
             };
         };
@@ -3286,13 +4393,16 @@ export interface operations {
                     };
                 };
             };
-            /** @description VALIDATION_ERROR */
+            /** @description VALIDATION_ERROR; a body that is not JSON */
             400: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "VALIDATION_ERROR";
+                    } & components["schemas"]["Error"];
                 };
             };
             /** @description No live session (UNAUTHORIZED) */
@@ -3301,7 +4411,10 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "UNAUTHORIZED";
+                    } & components["schemas"]["Error"];
                 };
             };
             /** @description INVALID_ORIGIN, MISSING_OR_NULL_ORIGIN (a cookie without Origin) */
@@ -3310,7 +4423,10 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "INVALID_ORIGIN" | "MISSING_OR_NULL_ORIGIN";
+                    } & components["schemas"]["Error"];
                 };
             };
             /** @description PASSKEY_NOT_FOUND (also another user's passkey) */
@@ -3319,7 +4435,72 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "PASSKEY_NOT_FOUND";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description REQUEST_TIMEOUT: the body did not arrive within server.body_timeout_seconds */
+            408: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "REQUEST_TIMEOUT";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description PAYLOAD_TOO_LARGE: a body larger than the server takes */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "PAYLOAD_TOO_LARGE";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description UNSUPPORTED_MEDIA_TYPE: not JSON */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "UNSUPPORTED_MEDIA_TYPE";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description the auth issuer is starting or restarting (SERVICE_UNAVAILABLE), or auth.db is failing (STORE_UNAVAILABLE, with its `reason`) */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "SERVICE_UNAVAILABLE" | "STORE_UNAVAILABLE";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description INSUFFICIENT_STORAGE: the disk under auth.db is full */
+            507: {
+                headers: {
+                    /** @description Seconds to wait */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "INSUFFICIENT_STORAGE";
+                    } & components["schemas"]["Error"];
                 };
             };
         };
@@ -3356,13 +4537,16 @@ export interface operations {
                     };
                 };
             };
-            /** @description CHALLENGE_NOT_FOUND, AUTHENTICATION_FAILED (also a signature count that did not grow: a cloned authenticator), MISSING_OR_NULL_ORIGIN, VALIDATION_ERROR */
+            /** @description CHALLENGE_NOT_FOUND, AUTHENTICATION_FAILED (also a signature count that did not grow: a cloned authenticator), MISSING_OR_NULL_ORIGIN, VALIDATION_ERROR; a body that is not JSON */
             400: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "AUTHENTICATION_FAILED" | "CHALLENGE_NOT_FOUND" | "MISSING_OR_NULL_ORIGIN" | "VALIDATION_ERROR";
+                    } & components["schemas"]["Error"];
                 };
             };
             /** @description PASSKEY_NOT_FOUND */
@@ -3371,25 +4555,96 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "PASSKEY_NOT_FOUND";
+                    } & components["schemas"]["Error"];
                 };
             };
-            /** @description EMAIL_NOT_VERIFIED, INVALID_ORIGIN; INVALID_ORIGIN, MISSING_OR_NULL_ORIGIN (a cookie without Origin) */
+            /** @description EMAIL_NOT_VERIFIED; INVALID_ORIGIN, MISSING_OR_NULL_ORIGIN (a cookie without Origin) */
             403: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "EMAIL_NOT_VERIFIED" | "INVALID_ORIGIN" | "MISSING_OR_NULL_ORIGIN";
+                    } & components["schemas"]["Error"];
                 };
             };
-            /** @description Rate limited */
+            /** @description REQUEST_TIMEOUT: the body did not arrive within server.body_timeout_seconds */
+            408: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "REQUEST_TIMEOUT";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description PAYLOAD_TOO_LARGE: a body larger than the server takes */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "PAYLOAD_TOO_LARGE";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description UNSUPPORTED_MEDIA_TYPE: not JSON */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "UNSUPPORTED_MEDIA_TYPE";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description Rate limited (TOO_MANY_REQUESTS, with Retry-After) */
             429: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "TOO_MANY_REQUESTS";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description the auth issuer is starting or restarting (SERVICE_UNAVAILABLE), or auth.db is failing (STORE_UNAVAILABLE, with its `reason`) */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "SERVICE_UNAVAILABLE" | "STORE_UNAVAILABLE";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description INSUFFICIENT_STORAGE: the disk under auth.db is full */
+            507: {
+                headers: {
+                    /** @description Seconds to wait */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "INSUFFICIENT_STORAGE";
+                    } & components["schemas"]["Error"];
                 };
             };
         };
@@ -3428,31 +4683,102 @@ export interface operations {
                     };
                 };
             };
-            /** @description CHALLENGE_NOT_FOUND, FAILED_TO_VERIFY_REGISTRATION (the message says why), PREVIOUSLY_REGISTERED, TOO_MANY_PASSKEYS, VALIDATION_ERROR */
+            /** @description CHALLENGE_NOT_FOUND, FAILED_TO_VERIFY_REGISTRATION (the message says why), PREVIOUSLY_REGISTERED, TOO_MANY_PASSKEYS, VALIDATION_ERROR; a body that is not JSON */
             400: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "CHALLENGE_NOT_FOUND" | "FAILED_TO_VERIFY_REGISTRATION" | "PREVIOUSLY_REGISTERED" | "TOO_MANY_PASSKEYS" | "VALIDATION_ERROR";
+                    } & components["schemas"]["Error"];
                 };
             };
-            /** @description No live session, or YOU_ARE_NOT_ALLOWED_TO_REGISTER_THIS_PASSKEY (a challenge made for another user) */
+            /** @description No live session (UNAUTHORIZED), or YOU_ARE_NOT_ALLOWED_TO_REGISTER_THIS_PASSKEY (a challenge made for another user) */
             401: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "UNAUTHORIZED" | "YOU_ARE_NOT_ALLOWED_TO_REGISTER_THIS_PASSKEY";
+                    } & components["schemas"]["Error"];
                 };
             };
-            /** @description SESSION_NOT_FRESH, INVALID_ORIGIN; INVALID_ORIGIN, MISSING_OR_NULL_ORIGIN (a cookie without Origin) */
+            /** @description SESSION_NOT_FRESH: the session is older than session_fresh_age_seconds; INVALID_ORIGIN, MISSING_OR_NULL_ORIGIN (a cookie without Origin) */
             403: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "INVALID_ORIGIN" | "MISSING_OR_NULL_ORIGIN" | "SESSION_NOT_FRESH";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description REQUEST_TIMEOUT: the body did not arrive within server.body_timeout_seconds */
+            408: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "REQUEST_TIMEOUT";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description PAYLOAD_TOO_LARGE: a body larger than the server takes */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "PAYLOAD_TOO_LARGE";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description UNSUPPORTED_MEDIA_TYPE: not JSON */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "UNSUPPORTED_MEDIA_TYPE";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description the auth issuer is starting or restarting (SERVICE_UNAVAILABLE), or auth.db is failing (STORE_UNAVAILABLE, with its `reason`) */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "SERVICE_UNAVAILABLE" | "STORE_UNAVAILABLE";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description INSUFFICIENT_STORAGE: the disk under auth.db is full */
+            507: {
+                headers: {
+                    /** @description Seconds to wait */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "INSUFFICIENT_STORAGE";
+                    } & components["schemas"]["Error"];
                 };
             };
         };
@@ -3485,40 +4811,102 @@ export interface operations {
                     };
                 };
             };
-            /** @description Invalid body (the message names the field), INVALID_EMAIL */
+            /** @description Invalid body (the message names the field), INVALID_EMAIL; a body that is not JSON */
             400: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "INVALID_EMAIL" | "VALIDATION_ERROR";
+                    } & components["schemas"]["Error"];
                 };
             };
-            /** @description INVALID_ORIGIN, INVALID_CALLBACK_URL; INVALID_ORIGIN, MISSING_OR_NULL_ORIGIN (a cookie without Origin) */
+            /** @description INVALID_CALLBACK_URL; INVALID_ORIGIN, MISSING_OR_NULL_ORIGIN (a cookie without Origin) */
             403: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "INVALID_CALLBACK_URL" | "INVALID_ORIGIN" | "MISSING_OR_NULL_ORIGIN";
+                    } & components["schemas"]["Error"];
                 };
             };
-            /** @description Rate limited */
+            /** @description REQUEST_TIMEOUT: the body did not arrive within server.body_timeout_seconds */
+            408: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "REQUEST_TIMEOUT";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description PAYLOAD_TOO_LARGE: a body larger than the server takes */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "PAYLOAD_TOO_LARGE";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description UNSUPPORTED_MEDIA_TYPE: not JSON */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "UNSUPPORTED_MEDIA_TYPE";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description Rate limited (TOO_MANY_REQUESTS, with Retry-After) */
             429: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "TOO_MANY_REQUESTS";
+                    } & components["schemas"]["Error"];
                 };
             };
-            /** @description EMAIL_NOT_CONFIGURED: no way to send mail (production without [smtp]) */
+            /** @description EMAIL_NOT_CONFIGURED: no way to send mail (production without [smtp]); the auth issuer is starting or restarting (SERVICE_UNAVAILABLE), or auth.db is failing (STORE_UNAVAILABLE, with its `reason`) */
             503: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "EMAIL_NOT_CONFIGURED" | "SERVICE_UNAVAILABLE" | "STORE_UNAVAILABLE";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description INSUFFICIENT_STORAGE: the disk under auth.db is full */
+            507: {
+                headers: {
+                    /** @description Seconds to wait */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "INSUFFICIENT_STORAGE";
+                    } & components["schemas"]["Error"];
                 };
             };
         };
@@ -3552,31 +4940,102 @@ export interface operations {
                     };
                 };
             };
-            /** @description INVALID_TOKEN, PASSWORD_TOO_SHORT, PASSWORD_TOO_LONG, VALIDATION_ERROR */
+            /** @description INVALID_TOKEN, PASSWORD_TOO_SHORT, PASSWORD_TOO_LONG, VALIDATION_ERROR; a body that is not JSON */
             400: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "INVALID_TOKEN" | "PASSWORD_TOO_LONG" | "PASSWORD_TOO_SHORT" | "VALIDATION_ERROR";
+                    } & components["schemas"]["Error"];
                 };
             };
-            /** @description INVALID_ORIGIN; INVALID_ORIGIN, MISSING_OR_NULL_ORIGIN (a cookie without Origin) */
+            /** @description INVALID_ORIGIN, MISSING_OR_NULL_ORIGIN (a cookie without Origin) */
             403: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "INVALID_ORIGIN" | "MISSING_OR_NULL_ORIGIN";
+                    } & components["schemas"]["Error"];
                 };
             };
-            /** @description Rate limited */
+            /** @description REQUEST_TIMEOUT: the body did not arrive within server.body_timeout_seconds */
+            408: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "REQUEST_TIMEOUT";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description PAYLOAD_TOO_LARGE: a body larger than the server takes */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "PAYLOAD_TOO_LARGE";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description UNSUPPORTED_MEDIA_TYPE: not JSON */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "UNSUPPORTED_MEDIA_TYPE";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description Rate limited (TOO_MANY_REQUESTS, with Retry-After) */
             429: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "TOO_MANY_REQUESTS";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description the auth issuer is starting or restarting (SERVICE_UNAVAILABLE), or auth.db is failing (STORE_UNAVAILABLE, with its `reason`) */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "SERVICE_UNAVAILABLE" | "STORE_UNAVAILABLE";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description INSUFFICIENT_STORAGE: the disk under auth.db is full */
+            507: {
+                headers: {
+                    /** @description Seconds to wait */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "INSUFFICIENT_STORAGE";
+                    } & components["schemas"]["Error"];
                 };
             };
         };
@@ -3619,7 +5078,10 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "INVALID_TOKEN";
+                    } & components["schemas"]["Error"];
                 };
             };
             /** @description INVALID_CALLBACK_URL */
@@ -3628,7 +5090,22 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "INVALID_CALLBACK_URL";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description the auth issuer is starting or restarting (SERVICE_UNAVAILABLE), or auth.db is failing (STORE_UNAVAILABLE, with its `reason`) */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "SERVICE_UNAVAILABLE" | "STORE_UNAVAILABLE";
+                    } & components["schemas"]["Error"];
                 };
             };
         };
@@ -3659,16 +5136,48 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "UNAUTHORIZED";
+                    } & components["schemas"]["Error"];
                 };
             };
-            /** @description INVALID_ORIGIN; INVALID_ORIGIN, MISSING_OR_NULL_ORIGIN (a cookie without Origin) */
+            /** @description INVALID_ORIGIN, MISSING_OR_NULL_ORIGIN (a cookie without Origin) */
             403: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "INVALID_ORIGIN" | "MISSING_OR_NULL_ORIGIN";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description the auth issuer is starting or restarting (SERVICE_UNAVAILABLE), or auth.db is failing (STORE_UNAVAILABLE, with its `reason`) */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "SERVICE_UNAVAILABLE" | "STORE_UNAVAILABLE";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description INSUFFICIENT_STORAGE: the disk under auth.db is full */
+            507: {
+                headers: {
+                    /** @description Seconds to wait */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "INSUFFICIENT_STORAGE";
+                    } & components["schemas"]["Error"];
                 };
             };
         };
@@ -3699,13 +5208,16 @@ export interface operations {
                     };
                 };
             };
-            /** @description VALIDATION_ERROR */
+            /** @description VALIDATION_ERROR; a body that is not JSON */
             400: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "VALIDATION_ERROR";
+                    } & components["schemas"]["Error"];
                 };
             };
             /** @description No live session (UNAUTHORIZED) */
@@ -3714,16 +5226,84 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "UNAUTHORIZED";
+                    } & components["schemas"]["Error"];
                 };
             };
-            /** @description INVALID_ORIGIN; INVALID_ORIGIN, MISSING_OR_NULL_ORIGIN (a cookie without Origin) */
+            /** @description INVALID_ORIGIN, MISSING_OR_NULL_ORIGIN (a cookie without Origin) */
             403: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "INVALID_ORIGIN" | "MISSING_OR_NULL_ORIGIN";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description REQUEST_TIMEOUT: the body did not arrive within server.body_timeout_seconds */
+            408: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "REQUEST_TIMEOUT";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description PAYLOAD_TOO_LARGE: a body larger than the server takes */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "PAYLOAD_TOO_LARGE";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description UNSUPPORTED_MEDIA_TYPE: not JSON */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "UNSUPPORTED_MEDIA_TYPE";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description the auth issuer is starting or restarting (SERVICE_UNAVAILABLE), or auth.db is failing (STORE_UNAVAILABLE, with its `reason`) */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "SERVICE_UNAVAILABLE" | "STORE_UNAVAILABLE";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description INSUFFICIENT_STORAGE: the disk under auth.db is full */
+            507: {
+                headers: {
+                    /** @description Seconds to wait */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "INSUFFICIENT_STORAGE";
+                    } & components["schemas"]["Error"];
                 };
             };
         };
@@ -3754,16 +5334,48 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "UNAUTHORIZED";
+                    } & components["schemas"]["Error"];
                 };
             };
-            /** @description INVALID_ORIGIN; INVALID_ORIGIN, MISSING_OR_NULL_ORIGIN (a cookie without Origin) */
+            /** @description INVALID_ORIGIN, MISSING_OR_NULL_ORIGIN (a cookie without Origin) */
             403: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "INVALID_ORIGIN" | "MISSING_OR_NULL_ORIGIN";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description the auth issuer is starting or restarting (SERVICE_UNAVAILABLE), or auth.db is failing (STORE_UNAVAILABLE, with its `reason`) */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "SERVICE_UNAVAILABLE" | "STORE_UNAVAILABLE";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description INSUFFICIENT_STORAGE: the disk under auth.db is full */
+            507: {
+                headers: {
+                    /** @description Seconds to wait */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "INSUFFICIENT_STORAGE";
+                    } & components["schemas"]["Error"];
                 };
             };
         };
@@ -3795,40 +5407,102 @@ export interface operations {
                     };
                 };
             };
-            /** @description Invalid body (the message names the field), INVALID_EMAIL */
+            /** @description Invalid body (the message names the field), INVALID_EMAIL; with a session: another address (EMAIL_MISMATCH) or one verified already (EMAIL_ALREADY_VERIFIED); a body that is not JSON */
             400: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "EMAIL_ALREADY_VERIFIED" | "EMAIL_MISMATCH" | "INVALID_EMAIL" | "VALIDATION_ERROR";
+                    } & components["schemas"]["Error"];
                 };
             };
-            /** @description INVALID_ORIGIN, INVALID_CALLBACK_URL; INVALID_ORIGIN, MISSING_OR_NULL_ORIGIN (a cookie without Origin) */
+            /** @description INVALID_CALLBACK_URL; INVALID_ORIGIN, MISSING_OR_NULL_ORIGIN (a cookie without Origin) */
             403: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "INVALID_CALLBACK_URL" | "INVALID_ORIGIN" | "MISSING_OR_NULL_ORIGIN";
+                    } & components["schemas"]["Error"];
                 };
             };
-            /** @description Rate limited */
+            /** @description REQUEST_TIMEOUT: the body did not arrive within server.body_timeout_seconds */
+            408: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "REQUEST_TIMEOUT";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description PAYLOAD_TOO_LARGE: a body larger than the server takes */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "PAYLOAD_TOO_LARGE";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description UNSUPPORTED_MEDIA_TYPE: not JSON */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "UNSUPPORTED_MEDIA_TYPE";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description Rate limited (TOO_MANY_REQUESTS, with Retry-After) */
             429: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "TOO_MANY_REQUESTS";
+                    } & components["schemas"]["Error"];
                 };
             };
-            /** @description EMAIL_NOT_CONFIGURED: no way to send mail (production without [smtp]) */
+            /** @description EMAIL_NOT_CONFIGURED: no way to send mail (production without [smtp]); with a session, EMAIL_DELIVERY_FAILED: the mail was not delivered; the auth issuer is starting or restarting (SERVICE_UNAVAILABLE), or auth.db is failing (STORE_UNAVAILABLE, with its `reason`) */
             503: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "EMAIL_DELIVERY_FAILED" | "EMAIL_NOT_CONFIGURED" | "SERVICE_UNAVAILABLE" | "STORE_UNAVAILABLE";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description INSUFFICIENT_STORAGE: the disk under auth.db is full */
+            507: {
+                headers: {
+                    /** @description Seconds to wait */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "INSUFFICIENT_STORAGE";
+                    } & components["schemas"]["Error"];
                 };
             };
         };
@@ -3855,13 +5529,16 @@ export interface operations {
                     "application/json": components["schemas"]["SessionResponse"];
                 };
             };
-            /** @description Invalid body */
+            /** @description Invalid body (the message names the field), INVALID_EMAIL, PASSWORD_TOO_LONG; a body that is not JSON */
             400: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "INVALID_EMAIL" | "PASSWORD_TOO_LONG" | "VALIDATION_ERROR";
+                    } & components["schemas"]["Error"];
                 };
             };
             /** @description INVALID_EMAIL_OR_PASSWORD */
@@ -3870,25 +5547,96 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "INVALID_EMAIL_OR_PASSWORD";
+                    } & components["schemas"]["Error"];
                 };
             };
-            /** @description Untrusted origin; INVALID_ORIGIN, MISSING_OR_NULL_ORIGIN (a cookie without Origin) */
+            /** @description INVALID_CALLBACK_URL, or EMAIL_NOT_VERIFIED (auth.require_email_verification); INVALID_ORIGIN, MISSING_OR_NULL_ORIGIN (a cookie without Origin) */
             403: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "EMAIL_NOT_VERIFIED" | "INVALID_CALLBACK_URL" | "INVALID_ORIGIN" | "MISSING_OR_NULL_ORIGIN";
+                    } & components["schemas"]["Error"];
                 };
             };
-            /** @description Rate limited */
+            /** @description REQUEST_TIMEOUT: the body did not arrive within server.body_timeout_seconds */
+            408: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "REQUEST_TIMEOUT";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description PAYLOAD_TOO_LARGE: a body larger than the server takes */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "PAYLOAD_TOO_LARGE";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description UNSUPPORTED_MEDIA_TYPE: not JSON */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "UNSUPPORTED_MEDIA_TYPE";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description Rate limited (TOO_MANY_REQUESTS, with Retry-After) */
             429: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "TOO_MANY_REQUESTS";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description A user with two-factor while two-factor sign-in is not available; the auth issuer is starting or restarting (SERVICE_UNAVAILABLE), or auth.db is failing (STORE_UNAVAILABLE, with its `reason`) */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "SERVICE_UNAVAILABLE" | "STORE_UNAVAILABLE";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description INSUFFICIENT_STORAGE: the disk under auth.db is full */
+            507: {
+                headers: {
+                    /** @description Seconds to wait */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "INSUFFICIENT_STORAGE";
+                    } & components["schemas"]["Error"];
                 };
             };
         };
@@ -3927,22 +5675,28 @@ export interface operations {
                     };
                 };
             };
-            /** @description VALIDATION_ERROR */
+            /** @description VALIDATION_ERROR; a body that is not JSON */
             400: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "VALIDATION_ERROR";
+                    } & components["schemas"]["Error"];
                 };
             };
-            /** @description INVALID_ORIGIN, INVALID_CALLBACK_URL; INVALID_ORIGIN, MISSING_OR_NULL_ORIGIN (a cookie without Origin) */
+            /** @description INVALID_CALLBACK_URL; INVALID_ORIGIN, MISSING_OR_NULL_ORIGIN (a cookie without Origin) */
             403: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "INVALID_CALLBACK_URL" | "INVALID_ORIGIN" | "MISSING_OR_NULL_ORIGIN";
+                    } & components["schemas"]["Error"];
                 };
             };
             /** @description PROVIDER_NOT_FOUND, ID_TOKEN_NOT_SUPPORTED */
@@ -3951,16 +5705,58 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "ID_TOKEN_NOT_SUPPORTED" | "PROVIDER_NOT_FOUND";
+                    } & components["schemas"]["Error"];
                 };
             };
-            /** @description Rate limited */
+            /** @description REQUEST_TIMEOUT: the body did not arrive within server.body_timeout_seconds */
+            408: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "REQUEST_TIMEOUT";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description PAYLOAD_TOO_LARGE: a body larger than the server takes */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "PAYLOAD_TOO_LARGE";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description UNSUPPORTED_MEDIA_TYPE: not JSON */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "UNSUPPORTED_MEDIA_TYPE";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description Rate limited (TOO_MANY_REQUESTS, with Retry-After) */
             429: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "TOO_MANY_REQUESTS";
+                    } & components["schemas"]["Error"];
                 };
             };
             /** @description PROVIDER_UNAVAILABLE: its discovery document could not be read */
@@ -3969,7 +5765,36 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "PROVIDER_UNAVAILABLE";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description the auth issuer is starting or restarting (SERVICE_UNAVAILABLE), or auth.db is failing (STORE_UNAVAILABLE, with its `reason`) */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "SERVICE_UNAVAILABLE" | "STORE_UNAVAILABLE";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description INSUFFICIENT_STORAGE: the disk under auth.db is full */
+            507: {
+                headers: {
+                    /** @description Seconds to wait */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "INSUFFICIENT_STORAGE";
+                    } & components["schemas"]["Error"];
                 };
             };
         };
@@ -4000,7 +5825,36 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "INVALID_ORIGIN" | "MISSING_OR_NULL_ORIGIN";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description the auth issuer is starting or restarting (SERVICE_UNAVAILABLE), or auth.db is failing (STORE_UNAVAILABLE, with its `reason`) */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "SERVICE_UNAVAILABLE" | "STORE_UNAVAILABLE";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description INSUFFICIENT_STORAGE: the disk under auth.db is full */
+            507: {
+                headers: {
+                    /** @description Seconds to wait */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "INSUFFICIENT_STORAGE";
+                    } & components["schemas"]["Error"];
                 };
             };
         };
@@ -4027,22 +5881,64 @@ export interface operations {
                     "application/json": components["schemas"]["SessionResponse"];
                 };
             };
-            /** @description Invalid body */
+            /** @description Invalid body (the message names the field), INVALID_EMAIL, PASSWORD_TOO_SHORT, PASSWORD_TOO_LONG, or a plugin refused the sign-up (SIGN_UP_REFUSED); a body that is not JSON */
             400: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "INVALID_EMAIL" | "PASSWORD_TOO_LONG" | "PASSWORD_TOO_SHORT" | "SIGN_UP_REFUSED" | "VALIDATION_ERROR";
+                    } & components["schemas"]["Error"];
                 };
             };
-            /** @description Untrusted origin; INVALID_ORIGIN, MISSING_OR_NULL_ORIGIN (a cookie without Origin) */
+            /** @description INVALID_CALLBACK_URL; INVALID_ORIGIN, MISSING_OR_NULL_ORIGIN (a cookie without Origin) */
             403: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "INVALID_CALLBACK_URL" | "INVALID_ORIGIN" | "MISSING_OR_NULL_ORIGIN";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description REQUEST_TIMEOUT: the body did not arrive within server.body_timeout_seconds */
+            408: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "REQUEST_TIMEOUT";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description PAYLOAD_TOO_LARGE: a body larger than the server takes */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "PAYLOAD_TOO_LARGE";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description UNSUPPORTED_MEDIA_TYPE: not JSON */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "UNSUPPORTED_MEDIA_TYPE";
+                    } & components["schemas"]["Error"];
                 };
             };
             /** @description USER_ALREADY_EXISTS_USE_ANOTHER_EMAIL */
@@ -4051,16 +5947,48 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "USER_ALREADY_EXISTS_USE_ANOTHER_EMAIL";
+                    } & components["schemas"]["Error"];
                 };
             };
-            /** @description Rate limited */
+            /** @description Rate limited (TOO_MANY_REQUESTS, with Retry-After) */
             429: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "TOO_MANY_REQUESTS";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description EMAIL_NOT_CONFIGURED: verification is required and no mail can be sent; the auth issuer is starting or restarting (SERVICE_UNAVAILABLE), or auth.db is failing (STORE_UNAVAILABLE, with its `reason`) */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "EMAIL_NOT_CONFIGURED" | "SERVICE_UNAVAILABLE" | "STORE_UNAVAILABLE";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description INSUFFICIENT_STORAGE: the disk under auth.db is full */
+            507: {
+                headers: {
+                    /** @description Seconds to wait */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "INSUFFICIENT_STORAGE";
+                    } & components["schemas"]["Error"];
                 };
             };
         };
@@ -4085,13 +6013,42 @@ export interface operations {
                     };
                 };
             };
-            /** @description No live session */
+            /** @description No live session (UNAUTHORIZED) */
             401: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "UNAUTHORIZED";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description the auth issuer is starting or restarting (SERVICE_UNAVAILABLE), or auth.db is failing (STORE_UNAVAILABLE, with its `reason`) */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "SERVICE_UNAVAILABLE" | "STORE_UNAVAILABLE";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description INSUFFICIENT_STORAGE: the disk under auth.db is full */
+            507: {
+                headers: {
+                    /** @description Seconds to wait */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "INSUFFICIENT_STORAGE";
+                    } & components["schemas"]["Error"];
                 };
             };
         };
@@ -4122,13 +6079,16 @@ export interface operations {
                     };
                 };
             };
-            /** @description INVALID_PASSWORD, VALIDATION_ERROR */
+            /** @description INVALID_PASSWORD, VALIDATION_ERROR; a body that is not JSON */
             400: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "INVALID_PASSWORD" | "VALIDATION_ERROR";
+                    } & components["schemas"]["Error"];
                 };
             };
             /** @description No live session (UNAUTHORIZED) */
@@ -4137,25 +6097,96 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "UNAUTHORIZED";
+                    } & components["schemas"]["Error"];
                 };
             };
-            /** @description INVALID_ORIGIN; INVALID_ORIGIN, MISSING_OR_NULL_ORIGIN (a cookie without Origin) */
+            /** @description INVALID_ORIGIN, MISSING_OR_NULL_ORIGIN (a cookie without Origin) */
             403: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "INVALID_ORIGIN" | "MISSING_OR_NULL_ORIGIN";
+                    } & components["schemas"]["Error"];
                 };
             };
-            /** @description Too many requests to /two-factor/* from this address, or ACCOUNT_TEMPORARILY_LOCKED */
+            /** @description REQUEST_TIMEOUT: the body did not arrive within server.body_timeout_seconds */
+            408: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "REQUEST_TIMEOUT";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description PAYLOAD_TOO_LARGE: a body larger than the server takes */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "PAYLOAD_TOO_LARGE";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description UNSUPPORTED_MEDIA_TYPE: not JSON */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "UNSUPPORTED_MEDIA_TYPE";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description Too many requests to /two-factor/* from this address, or failed password checks */
             429: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "TOO_MANY_REQUESTS";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description the auth issuer is starting or restarting (SERVICE_UNAVAILABLE), or auth.db is failing (STORE_UNAVAILABLE, with its `reason`) */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "SERVICE_UNAVAILABLE" | "STORE_UNAVAILABLE";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description INSUFFICIENT_STORAGE: the disk under auth.db is full */
+            507: {
+                headers: {
+                    /** @description Seconds to wait */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "INSUFFICIENT_STORAGE";
+                    } & components["schemas"]["Error"];
                 };
             };
         };
@@ -4191,13 +6222,16 @@ export interface operations {
                     };
                 };
             };
-            /** @description INVALID_PASSWORD, TOTP_ALREADY_ENABLED, OTP_NOT_CONFIGURED, VALIDATION_ERROR */
+            /** @description INVALID_PASSWORD, TOTP_ALREADY_ENABLED, OTP_NOT_CONFIGURED, VALIDATION_ERROR; a body that is not JSON */
             400: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "INVALID_PASSWORD" | "OTP_NOT_CONFIGURED" | "TOTP_ALREADY_ENABLED" | "VALIDATION_ERROR";
+                    } & components["schemas"]["Error"];
                 };
             };
             /** @description No live session (UNAUTHORIZED) */
@@ -4206,25 +6240,96 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "UNAUTHORIZED";
+                    } & components["schemas"]["Error"];
                 };
             };
-            /** @description INVALID_ORIGIN; INVALID_ORIGIN, MISSING_OR_NULL_ORIGIN (a cookie without Origin) */
+            /** @description INVALID_ORIGIN, MISSING_OR_NULL_ORIGIN (a cookie without Origin) */
             403: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "INVALID_ORIGIN" | "MISSING_OR_NULL_ORIGIN";
+                    } & components["schemas"]["Error"];
                 };
             };
-            /** @description Too many requests to /two-factor/* from this address, or ACCOUNT_TEMPORARILY_LOCKED */
+            /** @description REQUEST_TIMEOUT: the body did not arrive within server.body_timeout_seconds */
+            408: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "REQUEST_TIMEOUT";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description PAYLOAD_TOO_LARGE: a body larger than the server takes */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "PAYLOAD_TOO_LARGE";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description UNSUPPORTED_MEDIA_TYPE: not JSON */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "UNSUPPORTED_MEDIA_TYPE";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description Too many requests to /two-factor/* from this address, or failed password checks */
             429: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "TOO_MANY_REQUESTS";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description the auth issuer is starting or restarting (SERVICE_UNAVAILABLE), or auth.db is failing (STORE_UNAVAILABLE, with its `reason`) */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "SERVICE_UNAVAILABLE" | "STORE_UNAVAILABLE";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description INSUFFICIENT_STORAGE: the disk under auth.db is full */
+            507: {
+                headers: {
+                    /** @description Seconds to wait */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "INSUFFICIENT_STORAGE";
+                    } & components["schemas"]["Error"];
                 };
             };
         };
@@ -4256,13 +6361,16 @@ export interface operations {
                     };
                 };
             };
-            /** @description INVALID_PASSWORD, TWO_FACTOR_NOT_ENABLED, VALIDATION_ERROR */
+            /** @description INVALID_PASSWORD, TWO_FACTOR_NOT_ENABLED, VALIDATION_ERROR; a body that is not JSON */
             400: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "INVALID_PASSWORD" | "TWO_FACTOR_NOT_ENABLED" | "VALIDATION_ERROR";
+                    } & components["schemas"]["Error"];
                 };
             };
             /** @description No live session (UNAUTHORIZED) */
@@ -4271,25 +6379,96 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "UNAUTHORIZED";
+                    } & components["schemas"]["Error"];
                 };
             };
-            /** @description INVALID_ORIGIN; INVALID_ORIGIN, MISSING_OR_NULL_ORIGIN (a cookie without Origin) */
+            /** @description INVALID_ORIGIN, MISSING_OR_NULL_ORIGIN (a cookie without Origin) */
             403: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "INVALID_ORIGIN" | "MISSING_OR_NULL_ORIGIN";
+                    } & components["schemas"]["Error"];
                 };
             };
-            /** @description Too many requests to /two-factor/* from this address, or ACCOUNT_TEMPORARILY_LOCKED */
+            /** @description REQUEST_TIMEOUT: the body did not arrive within server.body_timeout_seconds */
+            408: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "REQUEST_TIMEOUT";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description PAYLOAD_TOO_LARGE: a body larger than the server takes */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "PAYLOAD_TOO_LARGE";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description UNSUPPORTED_MEDIA_TYPE: not JSON */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "UNSUPPORTED_MEDIA_TYPE";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description Too many requests to /two-factor/* from this address, or failed password checks */
             429: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "TOO_MANY_REQUESTS";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description the auth issuer is starting or restarting (SERVICE_UNAVAILABLE), or auth.db is failing (STORE_UNAVAILABLE, with its `reason`) */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "SERVICE_UNAVAILABLE" | "STORE_UNAVAILABLE";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description INSUFFICIENT_STORAGE: the disk under auth.db is full */
+            507: {
+                headers: {
+                    /** @description Seconds to wait */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "INSUFFICIENT_STORAGE";
+                    } & components["schemas"]["Error"];
                 };
             };
         };
@@ -4320,13 +6499,16 @@ export interface operations {
                     };
                 };
             };
-            /** @description INVALID_PASSWORD, TOTP_NOT_ENABLED, VALIDATION_ERROR */
+            /** @description INVALID_PASSWORD, TOTP_NOT_ENABLED, VALIDATION_ERROR; a body that is not JSON */
             400: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "INVALID_PASSWORD" | "TOTP_NOT_ENABLED" | "VALIDATION_ERROR";
+                    } & components["schemas"]["Error"];
                 };
             };
             /** @description No live session (UNAUTHORIZED) */
@@ -4335,25 +6517,96 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "UNAUTHORIZED";
+                    } & components["schemas"]["Error"];
                 };
             };
-            /** @description INVALID_ORIGIN; INVALID_ORIGIN, MISSING_OR_NULL_ORIGIN (a cookie without Origin) */
+            /** @description INVALID_ORIGIN, MISSING_OR_NULL_ORIGIN (a cookie without Origin) */
             403: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "INVALID_ORIGIN" | "MISSING_OR_NULL_ORIGIN";
+                    } & components["schemas"]["Error"];
                 };
             };
-            /** @description Too many requests to /two-factor/* from this address, or ACCOUNT_TEMPORARILY_LOCKED */
+            /** @description REQUEST_TIMEOUT: the body did not arrive within server.body_timeout_seconds */
+            408: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "REQUEST_TIMEOUT";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description PAYLOAD_TOO_LARGE: a body larger than the server takes */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "PAYLOAD_TOO_LARGE";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description UNSUPPORTED_MEDIA_TYPE: not JSON */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "UNSUPPORTED_MEDIA_TYPE";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description Too many requests to /two-factor/* from this address, or failed password checks */
             429: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "TOO_MANY_REQUESTS";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description the auth issuer is starting or restarting (SERVICE_UNAVAILABLE), or auth.db is failing (STORE_UNAVAILABLE, with its `reason`) */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "SERVICE_UNAVAILABLE" | "STORE_UNAVAILABLE";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description INSUFFICIENT_STORAGE: the disk under auth.db is full */
+            507: {
+                headers: {
+                    /** @description Seconds to wait */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "INSUFFICIENT_STORAGE";
+                    } & components["schemas"]["Error"];
                 };
             };
         };
@@ -4388,13 +6641,16 @@ export interface operations {
                     };
                 };
             };
-            /** @description BACKUP_CODES_NOT_ENABLED, TOO_MANY_ATTEMPTS_REQUEST_NEW_CODE, VALIDATION_ERROR */
+            /** @description BACKUP_CODES_NOT_ENABLED, TOO_MANY_ATTEMPTS_REQUEST_NEW_CODE, VALIDATION_ERROR; a body that is not JSON */
             400: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "BACKUP_CODES_NOT_ENABLED" | "TOO_MANY_ATTEMPTS_REQUEST_NEW_CODE" | "VALIDATION_ERROR";
+                    } & components["schemas"]["Error"];
                 };
             };
             /** @description INVALID_BACKUP_CODE, INVALID_TWO_FACTOR_COOKIE */
@@ -4403,16 +6659,58 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "INVALID_BACKUP_CODE" | "INVALID_TWO_FACTOR_COOKIE";
+                    } & components["schemas"]["Error"];
                 };
             };
-            /** @description INVALID_ORIGIN; INVALID_ORIGIN, MISSING_OR_NULL_ORIGIN (a cookie without Origin) */
+            /** @description INVALID_ORIGIN, MISSING_OR_NULL_ORIGIN (a cookie without Origin) */
             403: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "INVALID_ORIGIN" | "MISSING_OR_NULL_ORIGIN";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description REQUEST_TIMEOUT: the body did not arrive within server.body_timeout_seconds */
+            408: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "REQUEST_TIMEOUT";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description PAYLOAD_TOO_LARGE: a body larger than the server takes */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "PAYLOAD_TOO_LARGE";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description UNSUPPORTED_MEDIA_TYPE: not JSON */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "UNSUPPORTED_MEDIA_TYPE";
+                    } & components["schemas"]["Error"];
                 };
             };
             /** @description Too many requests to /two-factor/* from this address, or ACCOUNT_TEMPORARILY_LOCKED */
@@ -4421,7 +6719,36 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "ACCOUNT_TEMPORARILY_LOCKED" | "TOO_MANY_REQUESTS";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description the auth issuer is starting or restarting (SERVICE_UNAVAILABLE), or auth.db is failing (STORE_UNAVAILABLE, with its `reason`) */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "SERVICE_UNAVAILABLE" | "STORE_UNAVAILABLE";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description INSUFFICIENT_STORAGE: the disk under auth.db is full */
+            507: {
+                headers: {
+                    /** @description Seconds to wait */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "INSUFFICIENT_STORAGE";
+                    } & components["schemas"]["Error"];
                 };
             };
         };
@@ -4455,13 +6782,16 @@ export interface operations {
                     };
                 };
             };
-            /** @description TOTP_NOT_ENABLED, TOO_MANY_ATTEMPTS_REQUEST_NEW_CODE, VALIDATION_ERROR */
+            /** @description TOTP_NOT_ENABLED, TOO_MANY_ATTEMPTS_REQUEST_NEW_CODE, VALIDATION_ERROR; a body that is not JSON */
             400: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "TOO_MANY_ATTEMPTS_REQUEST_NEW_CODE" | "TOTP_NOT_ENABLED" | "VALIDATION_ERROR";
+                    } & components["schemas"]["Error"];
                 };
             };
             /** @description INVALID_CODE, INVALID_TWO_FACTOR_COOKIE */
@@ -4470,16 +6800,58 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "INVALID_CODE" | "INVALID_TWO_FACTOR_COOKIE";
+                    } & components["schemas"]["Error"];
                 };
             };
-            /** @description INVALID_ORIGIN; INVALID_ORIGIN, MISSING_OR_NULL_ORIGIN (a cookie without Origin) */
+            /** @description INVALID_ORIGIN, MISSING_OR_NULL_ORIGIN (a cookie without Origin) */
             403: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "INVALID_ORIGIN" | "MISSING_OR_NULL_ORIGIN";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description REQUEST_TIMEOUT: the body did not arrive within server.body_timeout_seconds */
+            408: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "REQUEST_TIMEOUT";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description PAYLOAD_TOO_LARGE: a body larger than the server takes */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "PAYLOAD_TOO_LARGE";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description UNSUPPORTED_MEDIA_TYPE: not JSON */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "UNSUPPORTED_MEDIA_TYPE";
+                    } & components["schemas"]["Error"];
                 };
             };
             /** @description Too many requests to /two-factor/* from this address, or ACCOUNT_TEMPORARILY_LOCKED */
@@ -4488,7 +6860,36 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "ACCOUNT_TEMPORARILY_LOCKED" | "TOO_MANY_REQUESTS";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description the auth issuer is starting or restarting (SERVICE_UNAVAILABLE), or auth.db is failing (STORE_UNAVAILABLE, with its `reason`) */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "SERVICE_UNAVAILABLE" | "STORE_UNAVAILABLE";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description INSUFFICIENT_STORAGE: the disk under auth.db is full */
+            507: {
+                headers: {
+                    /** @description Seconds to wait */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "INSUFFICIENT_STORAGE";
+                    } & components["schemas"]["Error"];
                 };
             };
         };
@@ -4519,31 +6920,102 @@ export interface operations {
                     };
                 };
             };
-            /** @description FAILED_TO_UNLINK_LAST_ACCOUNT, ACCOUNT_NOT_FOUND */
+            /** @description FAILED_TO_UNLINK_LAST_ACCOUNT, ACCOUNT_NOT_FOUND, VALIDATION_ERROR; a body that is not JSON */
             400: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "ACCOUNT_NOT_FOUND" | "FAILED_TO_UNLINK_LAST_ACCOUNT" | "VALIDATION_ERROR";
+                    } & components["schemas"]["Error"];
                 };
             };
-            /** @description No live session */
+            /** @description No live session (UNAUTHORIZED) */
             401: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "UNAUTHORIZED";
+                    } & components["schemas"]["Error"];
                 };
             };
-            /** @description SESSION_NOT_FRESH, INVALID_ORIGIN; INVALID_ORIGIN, MISSING_OR_NULL_ORIGIN (a cookie without Origin) */
+            /** @description SESSION_NOT_FRESH; INVALID_ORIGIN, MISSING_OR_NULL_ORIGIN (a cookie without Origin) */
             403: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "INVALID_ORIGIN" | "MISSING_OR_NULL_ORIGIN" | "SESSION_NOT_FRESH";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description REQUEST_TIMEOUT: the body did not arrive within server.body_timeout_seconds */
+            408: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "REQUEST_TIMEOUT";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description PAYLOAD_TOO_LARGE: a body larger than the server takes */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "PAYLOAD_TOO_LARGE";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description UNSUPPORTED_MEDIA_TYPE: not JSON */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "UNSUPPORTED_MEDIA_TYPE";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description the auth issuer is starting or restarting (SERVICE_UNAVAILABLE), or auth.db is failing (STORE_UNAVAILABLE, with its `reason`) */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "SERVICE_UNAVAILABLE" | "STORE_UNAVAILABLE";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description INSUFFICIENT_STORAGE: the disk under auth.db is full */
+            507: {
+                headers: {
+                    /** @description Seconds to wait */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "INSUFFICIENT_STORAGE";
+                    } & components["schemas"]["Error"];
                 };
             };
         };
@@ -4579,13 +7051,16 @@ export interface operations {
                     };
                 };
             };
-            /** @description EMAIL_CAN_NOT_BE_UPDATED, FIELD_NOT_ALLOWED, VALIDATION_ERROR (the message names the field), or no fields to update */
+            /** @description EMAIL_CAN_NOT_BE_UPDATED, FIELD_NOT_ALLOWED, VALIDATION_ERROR (the message names the field), or no fields to update (BAD_REQUEST); a body that is not JSON */
             400: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "BAD_REQUEST" | "EMAIL_CAN_NOT_BE_UPDATED" | "FIELD_NOT_ALLOWED" | "VALIDATION_ERROR";
+                    } & components["schemas"]["Error"];
                 };
             };
             /** @description No live session (UNAUTHORIZED) */
@@ -4594,16 +7069,84 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "UNAUTHORIZED";
+                    } & components["schemas"]["Error"];
                 };
             };
-            /** @description INVALID_ORIGIN; INVALID_ORIGIN, MISSING_OR_NULL_ORIGIN (a cookie without Origin) */
+            /** @description INVALID_ORIGIN, MISSING_OR_NULL_ORIGIN (a cookie without Origin) */
             403: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "INVALID_ORIGIN" | "MISSING_OR_NULL_ORIGIN";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description REQUEST_TIMEOUT: the body did not arrive within server.body_timeout_seconds */
+            408: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "REQUEST_TIMEOUT";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description PAYLOAD_TOO_LARGE: a body larger than the server takes */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "PAYLOAD_TOO_LARGE";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description UNSUPPORTED_MEDIA_TYPE: not JSON */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "UNSUPPORTED_MEDIA_TYPE";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description the auth issuer is starting or restarting (SERVICE_UNAVAILABLE), or auth.db is failing (STORE_UNAVAILABLE, with its `reason`) */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "SERVICE_UNAVAILABLE" | "STORE_UNAVAILABLE";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description INSUFFICIENT_STORAGE: the disk under auth.db is full */
+            507: {
+                headers: {
+                    /** @description Seconds to wait */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "INSUFFICIENT_STORAGE";
+                    } & components["schemas"]["Error"];
                 };
             };
         };
@@ -4640,22 +7183,28 @@ export interface operations {
                 };
                 content?: never;
             };
-            /** @description token missing */
+            /** @description token missing (VALIDATION_ERROR) */
             400: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "VALIDATION_ERROR";
+                    } & components["schemas"]["Error"];
                 };
             };
-            /** @description INVALID_TOKEN or TOKEN_EXPIRED */
+            /** @description INVALID_TOKEN or TOKEN_EXPIRED; a change-of-address link followed while another user is signed in: INVALID_USER */
             401: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "INVALID_TOKEN" | "INVALID_USER" | "TOKEN_EXPIRED";
+                    } & components["schemas"]["Error"];
                 };
             };
             /** @description INVALID_CALLBACK_URL */
@@ -4664,7 +7213,48 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "INVALID_CALLBACK_URL";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description A change-of-address link to an address taken meanwhile */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "USER_ALREADY_EXISTS_USE_ANOTHER_EMAIL";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description EMAIL_DELIVERY_FAILED: the confirmed change's mail to the new address was not delivered; the auth issuer is starting or restarting (SERVICE_UNAVAILABLE), or auth.db is failing (STORE_UNAVAILABLE, with its `reason`) */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "EMAIL_DELIVERY_FAILED" | "SERVICE_UNAVAILABLE" | "STORE_UNAVAILABLE";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description INSUFFICIENT_STORAGE: the disk under auth.db is full */
+            507: {
+                headers: {
+                    /** @description Seconds to wait */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "INSUFFICIENT_STORAGE";
+                    } & components["schemas"]["Error"];
                 };
             };
         };
@@ -4690,6 +7280,20 @@ export interface operations {
                     };
                 };
             };
+            /** @description RATE_LIMITED: too many requests from this address (api.rate_limit_ip_*) */
+            429: {
+                headers: {
+                    /** @description Seconds to wait */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "RATE_LIMITED";
+                    } & components["schemas"]["Error"];
+                };
+            };
         };
     };
     consoleRedirect: {
@@ -4707,6 +7311,20 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content?: never;
+            };
+            /** @description RATE_LIMITED: too many requests from this address (api.rate_limit_ip_*) */
+            429: {
+                headers: {
+                    /** @description Seconds to wait */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "RATE_LIMITED";
+                    } & components["schemas"]["Error"];
+                };
             };
         };
     };
@@ -4732,6 +7350,20 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content?: never;
+            };
+            /** @description RATE_LIMITED: too many requests from this address (api.rate_limit_ip_*) */
+            429: {
+                headers: {
+                    /** @description Seconds to wait */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "RATE_LIMITED";
+                    } & components["schemas"]["Error"];
+                };
             };
         };
     };
@@ -4759,6 +7391,20 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content?: never;
+            };
+            /** @description RATE_LIMITED: too many requests from this address (api.rate_limit_ip_*) */
+            429: {
+                headers: {
+                    /** @description Seconds to wait */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "RATE_LIMITED";
+                    } & components["schemas"]["Error"];
+                };
             };
         };
     };
@@ -4848,6 +7494,7 @@ export interface operations {
             /** @description RATE_LIMITED: too many requests for this user or from this address (api.rate_limit_*) */
             429: {
                 headers: {
+                    /** @description Seconds to wait */
                     "Retry-After"?: number;
                     [name: string]: unknown;
                 };
@@ -4858,9 +7505,10 @@ export interface operations {
                     } & components["schemas"]["Error"];
                 };
             };
-            /** @description Signing keys not loaded yet (or too stale), or a store is restarting (SERVICE_UNAVAILABLE); a store's storage failing (STORE_UNAVAILABLE, with its `reason`) */
+            /** @description Signing keys not loaded yet (or too stale), or a store is restarting (SERVICE_UNAVAILABLE); a store's storage failing (STORE_UNAVAILABLE, with its `reason`); Signing keys not loaded yet, or the auth server could not be asked about an API key (SERVICE_UNAVAILABLE) */
             503: {
                 headers: {
+                    /** @description Seconds to wait */
                     "Retry-After"?: number;
                     [name: string]: unknown;
                 };
@@ -4877,6 +7525,7 @@ export interface operations {
         parameters: {
             query?: never;
             header?: {
+                /** @description A retry with the same key returns the first write instead of writing again */
                 "Idempotency-Key"?: string;
             };
             path?: never;
@@ -4900,7 +7549,7 @@ export interface operations {
                     };
                 };
             };
-            /** @description Invalid body; the message names the field */
+            /** @description Invalid body; the message names the field; a body that is not JSON */
             400: {
                 headers: {
                     [name: string]: unknown;
@@ -4938,7 +7587,19 @@ export interface operations {
                     } & components["schemas"]["Error"];
                 };
             };
-            /** @description Body, batch or data too large */
+            /** @description REQUEST_TIMEOUT: the body did not arrive within server.body_timeout_seconds */
+            408: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "REQUEST_TIMEOUT";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description Body, batch or data too large; PAYLOAD_TOO_LARGE: a body larger than the server takes */
             413: {
                 headers: {
                     [name: string]: unknown;
@@ -4950,7 +7611,7 @@ export interface operations {
                     } & components["schemas"]["Error"];
                 };
             };
-            /** @description Not JSON */
+            /** @description Not JSON; UNSUPPORTED_MEDIA_TYPE: not JSON */
             415: {
                 headers: {
                     [name: string]: unknown;
@@ -4974,9 +7635,10 @@ export interface operations {
                     } & components["schemas"]["Error"];
                 };
             };
-            /** @description EVENT_QUOTA_EXCEEDED: more than api.max_events_per_minute events this minute; or RATE_LIMITED (api.rate_limit_*) */
+            /** @description EVENT_QUOTA_EXCEEDED: more than api.max_events_per_minute events this minute; or RATE_LIMITED (api.rate_limit_*); RATE_LIMITED: too many requests for this user or from this address (api.rate_limit_*) */
             429: {
                 headers: {
+                    /** @description Seconds to wait */
                     "Retry-After"?: number;
                     [name: string]: unknown;
                 };
@@ -4987,9 +7649,10 @@ export interface operations {
                     } & components["schemas"]["Error"];
                 };
             };
-            /** @description Signing keys not loaded yet (or too stale), or a store is restarting (SERVICE_UNAVAILABLE); a store's storage failing (STORE_UNAVAILABLE, with its `reason`) */
+            /** @description Signing keys not loaded yet (or too stale), or a store is restarting (SERVICE_UNAVAILABLE); a store's storage failing (STORE_UNAVAILABLE, with its `reason`); Signing keys not loaded yet, or the auth server could not be asked about an API key (SERVICE_UNAVAILABLE) */
             503: {
                 headers: {
+                    /** @description Seconds to wait */
                     "Retry-After"?: number;
                     [name: string]: unknown;
                 };
@@ -5083,6 +7746,7 @@ export interface operations {
             /** @description RATE_LIMITED: too many requests for this user or from this address (api.rate_limit_*) */
             429: {
                 headers: {
+                    /** @description Seconds to wait */
                     "Retry-After"?: number;
                     [name: string]: unknown;
                 };
@@ -5093,9 +7757,10 @@ export interface operations {
                     } & components["schemas"]["Error"];
                 };
             };
-            /** @description Signing keys not loaded yet, a store is restarting or its storage failing, or search is off (search.index = false) */
+            /** @description Signing keys not loaded yet, a store is restarting or its storage failing, or search is off (search.index = false); Signing keys not loaded yet, or the auth server could not be asked about an API key (SERVICE_UNAVAILABLE) */
             503: {
                 headers: {
+                    /** @description Seconds to wait */
                     "Retry-After"?: number;
                     [name: string]: unknown;
                 };
@@ -5103,6 +7768,20 @@ export interface operations {
                     "application/json": {
                         /** @enum {unknown} */
                         code?: "SERVICE_UNAVAILABLE" | "STORE_UNAVAILABLE";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description INSUFFICIENT_STORAGE: the disk under the user's store is full */
+            507: {
+                headers: {
+                    /** @description Seconds to wait */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "INSUFFICIENT_STORAGE";
                     } & components["schemas"]["Error"];
                 };
             };
@@ -5174,6 +7853,7 @@ export interface operations {
             /** @description RATE_LIMITED: too many requests for this user or from this address (api.rate_limit_*) */
             429: {
                 headers: {
+                    /** @description Seconds to wait */
                     "Retry-After"?: number;
                     [name: string]: unknown;
                 };
@@ -5184,9 +7864,10 @@ export interface operations {
                     } & components["schemas"]["Error"];
                 };
             };
-            /** @description Signing keys not loaded yet, a store is restarting or its storage failing, or search is off (search.index = false) */
+            /** @description Signing keys not loaded yet, a store is restarting or its storage failing, or search is off (search.index = false); Signing keys not loaded yet, or the auth server could not be asked about an API key (SERVICE_UNAVAILABLE) */
             503: {
                 headers: {
+                    /** @description Seconds to wait */
                     "Retry-After"?: number;
                     [name: string]: unknown;
                 };
@@ -5263,9 +7944,10 @@ export interface operations {
                     } & components["schemas"]["Error"];
                 };
             };
-            /** @description TOO_MANY_STREAMS (api.stream_max_per_user open already) or RATE_LIMITED */
+            /** @description TOO_MANY_STREAMS (api.stream_max_per_user open already) or RATE_LIMITED; RATE_LIMITED: too many requests for this user or from this address (api.rate_limit_*) */
             429: {
                 headers: {
+                    /** @description Seconds to wait */
                     "Retry-After"?: number;
                     [name: string]: unknown;
                 };
@@ -5276,9 +7958,10 @@ export interface operations {
                     } & components["schemas"]["Error"];
                 };
             };
-            /** @description Signing keys not loaded yet (or too stale), or a store is restarting (SERVICE_UNAVAILABLE); a store's storage failing (STORE_UNAVAILABLE, with its `reason`) */
+            /** @description Signing keys not loaded yet (or too stale), or a store is restarting (SERVICE_UNAVAILABLE); a store's storage failing (STORE_UNAVAILABLE, with its `reason`); Signing keys not loaded yet, or the auth server could not be asked about an API key (SERVICE_UNAVAILABLE) */
             503: {
                 headers: {
+                    /** @description Seconds to wait */
                     "Retry-After"?: number;
                     [name: string]: unknown;
                 };
@@ -5338,6 +8021,7 @@ export interface operations {
             /** @description RATE_LIMITED: too many requests for this user or from this address (api.rate_limit_*) */
             429: {
                 headers: {
+                    /** @description Seconds to wait */
                     "Retry-After"?: number;
                     [name: string]: unknown;
                 };
@@ -5348,9 +8032,10 @@ export interface operations {
                     } & components["schemas"]["Error"];
                 };
             };
-            /** @description Signing keys not loaded yet (or too stale), or a store is restarting (SERVICE_UNAVAILABLE); a store's storage failing (STORE_UNAVAILABLE, with its `reason`) */
+            /** @description Signing keys not loaded yet (or too stale), or a store is restarting (SERVICE_UNAVAILABLE); a store's storage failing (STORE_UNAVAILABLE, with its `reason`); Signing keys not loaded yet, or the auth server could not be asked about an API key (SERVICE_UNAVAILABLE) */
             503: {
                 headers: {
+                    /** @description Seconds to wait */
                     "Retry-After"?: number;
                     [name: string]: unknown;
                 };
@@ -5424,6 +8109,7 @@ export interface operations {
             /** @description RATE_LIMITED: too many requests for this user or from this address (api.rate_limit_*) */
             429: {
                 headers: {
+                    /** @description Seconds to wait */
                     "Retry-After"?: number;
                     [name: string]: unknown;
                 };
@@ -5434,9 +8120,10 @@ export interface operations {
                     } & components["schemas"]["Error"];
                 };
             };
-            /** @description Signing keys not loaded yet, a store is restarting or its storage failing, or search is off (search.index = false) */
+            /** @description Signing keys not loaded yet, a store is restarting or its storage failing, or search is off (search.index = false); Signing keys not loaded yet, or the auth server could not be asked about an API key (SERVICE_UNAVAILABLE) */
             503: {
                 headers: {
+                    /** @description Seconds to wait */
                     "Retry-After"?: number;
                     [name: string]: unknown;
                 };
@@ -5510,6 +8197,7 @@ export interface operations {
             /** @description RATE_LIMITED: too many requests for this user or from this address (api.rate_limit_*) */
             429: {
                 headers: {
+                    /** @description Seconds to wait */
                     "Retry-After"?: number;
                     [name: string]: unknown;
                 };
@@ -5520,9 +8208,10 @@ export interface operations {
                     } & components["schemas"]["Error"];
                 };
             };
-            /** @description Signing keys not loaded yet, a store is restarting or its storage failing, or search is off (search.index = false) */
+            /** @description Signing keys not loaded yet, a store is restarting or its storage failing, or search is off (search.index = false); Signing keys not loaded yet, or the auth server could not be asked about an API key (SERVICE_UNAVAILABLE) */
             503: {
                 headers: {
+                    /** @description Seconds to wait */
                     "Retry-After"?: number;
                     [name: string]: unknown;
                 };
@@ -5530,6 +8219,20 @@ export interface operations {
                     "application/json": {
                         /** @enum {unknown} */
                         code?: "SERVICE_UNAVAILABLE" | "STORE_UNAVAILABLE";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description INSUFFICIENT_STORAGE: the disk under the user's store is full */
+            507: {
+                headers: {
+                    /** @description Seconds to wait */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "INSUFFICIENT_STORAGE";
                     } & components["schemas"]["Error"];
                 };
             };
@@ -5556,7 +8259,12 @@ export interface operations {
                 headers: {
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "NOT_FOUND";
+                    } & components["schemas"]["Error"];
+                };
             };
         };
     };
@@ -5581,7 +8289,12 @@ export interface operations {
                 headers: {
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "NOT_FOUND";
+                    } & components["schemas"]["Error"];
+                };
             };
         };
     };
@@ -5609,7 +8322,12 @@ export interface operations {
                 headers: {
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "NOT_FOUND";
+                    } & components["schemas"]["Error"];
+                };
             };
         };
     };
@@ -5658,6 +8376,20 @@ export interface operations {
                     } & components["schemas"]["Error"];
                 };
             };
+            /** @description RATE_LIMITED: too many requests from this address (api.rate_limit_ip_*) */
+            429: {
+                headers: {
+                    /** @description Seconds to wait */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "RATE_LIMITED";
+                    } & components["schemas"]["Error"];
+                };
+            };
         };
     };
     mailChangeAccount: {
@@ -5686,7 +8418,7 @@ export interface operations {
                     };
                 };
             };
-            /** @description Invalid body: missing or bad fields (named) */
+            /** @description Invalid body: missing or bad fields (named); a body that is not JSON */
             400: {
                 headers: {
                     [name: string]: unknown;
@@ -5698,15 +8430,29 @@ export interface operations {
                     } & components["schemas"]["Error"];
                 };
             };
-            /** @description Missing or invalid bearer token */
+            /** @description Missing or invalid bearer token; Missing, malformed, expired or otherwise invalid bearer token (USER_DELETED: its user is gone) */
             401: {
                 headers: {
+                    /** @description Bearer error="invalid_token" */
+                    "WWW-Authenticate"?: string;
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": {
                         /** @enum {unknown} */
                         code?: "INVALID_API_KEY" | "INVALID_TOKEN" | "KEY_DISABLED" | "KEY_EXPIRED" | "USER_DELETED";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description INSUFFICIENT_SCOPE: an API key (this operation takes none: use a JWT) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "INSUFFICIENT_SCOPE";
                     } & components["schemas"]["Error"];
                 };
             };
@@ -5719,6 +8465,84 @@ export interface operations {
                     "application/json": {
                         /** @enum {unknown} */
                         code?: "ACCOUNT_NOT_FOUND";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description REQUEST_TIMEOUT: the body did not arrive within server.body_timeout_seconds */
+            408: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "REQUEST_TIMEOUT";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description PAYLOAD_TOO_LARGE: a body larger than the server takes */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "PAYLOAD_TOO_LARGE";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description UNSUPPORTED_MEDIA_TYPE: not JSON */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "UNSUPPORTED_MEDIA_TYPE";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description RATE_LIMITED: too many requests for this user or from this address (api.rate_limit_*) */
+            429: {
+                headers: {
+                    /** @description Seconds to wait */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "RATE_LIMITED";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description Mail sync is not running, or is starting, restarting or moving the account (SERVICE_UNAVAILABLE, Retry-After); mail.db is failing (STORE_UNAVAILABLE); Signing keys not loaded yet, or the auth server could not be asked about an API key (SERVICE_UNAVAILABLE) */
+            503: {
+                headers: {
+                    /** @description Seconds to wait */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "SERVICE_UNAVAILABLE" | "STORE_UNAVAILABLE";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description INSUFFICIENT_STORAGE: the disk under mail.db is full */
+            507: {
+                headers: {
+                    /** @description Seconds to wait */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "INSUFFICIENT_STORAGE";
                     } & components["schemas"]["Error"];
                 };
             };
@@ -5758,15 +8582,29 @@ export interface operations {
                     } & components["schemas"]["Error"];
                 };
             };
-            /** @description Missing or invalid bearer token */
+            /** @description Missing or invalid bearer token; Missing, malformed, expired or otherwise invalid bearer token (USER_DELETED: its user is gone) */
             401: {
                 headers: {
+                    /** @description Bearer error="invalid_token" */
+                    "WWW-Authenticate"?: string;
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": {
                         /** @enum {unknown} */
                         code?: "INVALID_API_KEY" | "INVALID_TOKEN" | "KEY_DISABLED" | "KEY_EXPIRED" | "USER_DELETED";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description INSUFFICIENT_SCOPE: an API key (this operation takes none: use a JWT) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "INSUFFICIENT_SCOPE";
                     } & components["schemas"]["Error"];
                 };
             };
@@ -5791,6 +8629,34 @@ export interface operations {
                     "application/json": {
                         /** @enum {unknown} */
                         code?: "ACCOUNT_NOT_SYNCING";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description RATE_LIMITED: too many requests for this user or from this address (api.rate_limit_*) */
+            429: {
+                headers: {
+                    /** @description Seconds to wait */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "RATE_LIMITED";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description Mail sync is not running, or is starting, restarting or moving the account (SERVICE_UNAVAILABLE, Retry-After); mail.db is failing (STORE_UNAVAILABLE); Signing keys not loaded yet, or the auth server could not be asked about an API key (SERVICE_UNAVAILABLE) */
+            503: {
+                headers: {
+                    /** @description Seconds to wait */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "SERVICE_UNAVAILABLE" | "STORE_UNAVAILABLE";
                     } & components["schemas"]["Error"];
                 };
             };
@@ -5831,7 +8697,7 @@ export interface operations {
                     };
                 };
             };
-            /** @description Invalid body: missing or bad fields (named), an UNKNOWN_PROVIDER, or a refresh token the provider refused (PROVIDER_AUTH_FAILED) */
+            /** @description Invalid body: missing or bad fields (named), an UNKNOWN_PROVIDER, or a refresh token the provider refused (PROVIDER_AUTH_FAILED); a body that is not JSON */
             400: {
                 headers: {
                     [name: string]: unknown;
@@ -5843,9 +8709,11 @@ export interface operations {
                     } & components["schemas"]["Error"];
                 };
             };
-            /** @description Missing or invalid bearer token */
+            /** @description Missing or invalid bearer token; Missing, malformed, expired or otherwise invalid bearer token (USER_DELETED: its user is gone) */
             401: {
                 headers: {
+                    /** @description Bearer error="invalid_token" */
+                    "WWW-Authenticate"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -5855,7 +8723,55 @@ export interface operations {
                     } & components["schemas"]["Error"];
                 };
             };
-            /** @description TOO_MANY_CONNECTS: `[mail] connects_per_user` connects of the caller are still in progress; or RATE_LIMITED */
+            /** @description INSUFFICIENT_SCOPE: an API key (this operation takes none: use a JWT) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "INSUFFICIENT_SCOPE";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description REQUEST_TIMEOUT: the body did not arrive within server.body_timeout_seconds */
+            408: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "REQUEST_TIMEOUT";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description PAYLOAD_TOO_LARGE: a body larger than the server takes */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "PAYLOAD_TOO_LARGE";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description UNSUPPORTED_MEDIA_TYPE: not JSON */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "UNSUPPORTED_MEDIA_TYPE";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description TOO_MANY_CONNECTS: `[mail] connects_per_user` connects of the caller are still in progress; or RATE_LIMITED; RATE_LIMITED: too many requests for this user or from this address (api.rate_limit_*) */
             429: {
                 headers: {
                     /** @description Seconds to wait */
@@ -5878,6 +8794,34 @@ export interface operations {
                     "application/json": {
                         /** @enum {unknown} */
                         code?: "PROVIDER_UNAVAILABLE";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description Mail sync is not running, or is starting, restarting or moving the account (SERVICE_UNAVAILABLE, Retry-After); mail.db is failing (STORE_UNAVAILABLE); Signing keys not loaded yet, or the auth server could not be asked about an API key (SERVICE_UNAVAILABLE) */
+            503: {
+                headers: {
+                    /** @description Seconds to wait */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "SERVICE_UNAVAILABLE" | "STORE_UNAVAILABLE";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description INSUFFICIENT_STORAGE: the disk under mail.db is full */
+            507: {
+                headers: {
+                    /** @description Seconds to wait */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "INSUFFICIENT_STORAGE";
                     } & components["schemas"]["Error"];
                 };
             };
@@ -5916,7 +8860,7 @@ export interface operations {
                     };
                 };
             };
-            /** @description Invalid body: missing or bad fields (named) */
+            /** @description Invalid body: missing or bad fields (named); a body that is not JSON */
             400: {
                 headers: {
                     [name: string]: unknown;
@@ -5928,15 +8872,29 @@ export interface operations {
                     } & components["schemas"]["Error"];
                 };
             };
-            /** @description Missing or invalid bearer token */
+            /** @description Missing or invalid bearer token; Missing, malformed, expired or otherwise invalid bearer token (USER_DELETED: its user is gone) */
             401: {
                 headers: {
+                    /** @description Bearer error="invalid_token" */
+                    "WWW-Authenticate"?: string;
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": {
                         /** @enum {unknown} */
                         code?: "INVALID_API_KEY" | "INVALID_TOKEN" | "KEY_DISABLED" | "KEY_EXPIRED" | "USER_DELETED";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description INSUFFICIENT_SCOPE: an API key (this operation takes none: use a JWT) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "INSUFFICIENT_SCOPE";
                     } & components["schemas"]["Error"];
                 };
             };
@@ -5949,6 +8907,84 @@ export interface operations {
                     "application/json": {
                         /** @enum {unknown} */
                         code?: "ACCOUNT_NOT_FOUND";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description REQUEST_TIMEOUT: the body did not arrive within server.body_timeout_seconds */
+            408: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "REQUEST_TIMEOUT";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description PAYLOAD_TOO_LARGE: a body larger than the server takes */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "PAYLOAD_TOO_LARGE";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description UNSUPPORTED_MEDIA_TYPE: not JSON */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "UNSUPPORTED_MEDIA_TYPE";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description RATE_LIMITED: too many requests for this user or from this address (api.rate_limit_*) */
+            429: {
+                headers: {
+                    /** @description Seconds to wait */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "RATE_LIMITED";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description Mail sync is not running, or is starting, restarting or moving the account (SERVICE_UNAVAILABLE, Retry-After); mail.db is failing (STORE_UNAVAILABLE); Signing keys not loaded yet, or the auth server could not be asked about an API key (SERVICE_UNAVAILABLE) */
+            503: {
+                headers: {
+                    /** @description Seconds to wait */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "SERVICE_UNAVAILABLE" | "STORE_UNAVAILABLE";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description INSUFFICIENT_STORAGE: the disk under mail.db is full */
+            507: {
+                headers: {
+                    /** @description Seconds to wait */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "INSUFFICIENT_STORAGE";
                     } & components["schemas"]["Error"];
                 };
             };
@@ -5992,9 +9028,11 @@ export interface operations {
                     } & components["schemas"]["Error"];
                 };
             };
-            /** @description Missing or invalid bearer token */
+            /** @description Missing or invalid bearer token; Missing, malformed, expired or otherwise invalid bearer token (USER_DELETED: its user is gone) */
             401: {
                 headers: {
+                    /** @description Bearer error="invalid_token" */
+                    "WWW-Authenticate"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -6052,6 +9090,20 @@ export interface operations {
                     } & components["schemas"]["Error"];
                 };
             };
+            /** @description RATE_LIMITED: too many requests for this user or from this address (api.rate_limit_*) */
+            429: {
+                headers: {
+                    /** @description Seconds to wait */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "RATE_LIMITED";
+                    } & components["schemas"]["Error"];
+                };
+            };
             /** @description The provider failed */
             502: {
                 headers: {
@@ -6064,9 +9116,11 @@ export interface operations {
                     } & components["schemas"]["Error"];
                 };
             };
-            /** @description The provider is throttling or unavailable; Retry-After says when */
+            /** @description The provider is throttling or unavailable (SERVICE_UNAVAILABLE; Retry-After says when), or mail.db is failing (STORE_UNAVAILABLE); Signing keys not loaded yet, or the auth server could not be asked about an API key (SERVICE_UNAVAILABLE) */
             503: {
                 headers: {
+                    /** @description Seconds to wait */
+                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {
@@ -6157,7 +9211,7 @@ export interface operations {
                     } & components["schemas"]["Error"];
                 };
             };
-            /** @description TOO_MANY_CONNECTS: `[mail] connects_per_user` connects of the caller are still in progress; or RATE_LIMITED */
+            /** @description TOO_MANY_CONNECTS: `[mail] connects_per_user` connects of the caller are still in progress; or RATE_LIMITED; RATE_LIMITED: too many requests from this address (api.rate_limit_ip_*) */
             429: {
                 headers: {
                     /** @description Seconds to wait */
@@ -6180,6 +9234,34 @@ export interface operations {
                     "application/json": {
                         /** @enum {unknown} */
                         code?: "PROVIDER_UNAVAILABLE";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description Mail sync is not running, or is starting, restarting or moving the account (SERVICE_UNAVAILABLE, Retry-After); mail.db is failing (STORE_UNAVAILABLE) */
+            503: {
+                headers: {
+                    /** @description Seconds to wait */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "SERVICE_UNAVAILABLE" | "STORE_UNAVAILABLE";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description INSUFFICIENT_STORAGE: the disk under mail.db is full */
+            507: {
+                headers: {
+                    /** @description Seconds to wait */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "INSUFFICIENT_STORAGE";
                     } & components["schemas"]["Error"];
                 };
             };
@@ -6210,6 +9292,20 @@ export interface operations {
                     "text/html": string;
                 };
             };
+            /** @description RATE_LIMITED: too many requests from this address (api.rate_limit_ip_*) */
+            429: {
+                headers: {
+                    /** @description Seconds to wait */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "RATE_LIMITED";
+                    } & components["schemas"]["Error"];
+                };
+            };
         };
     };
     mailOAuthStart: {
@@ -6231,6 +9327,20 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content?: never;
+            };
+            /** @description RATE_LIMITED: too many requests from this address (api.rate_limit_ip_*) */
+            429: {
+                headers: {
+                    /** @description Seconds to wait */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "RATE_LIMITED";
+                    } & components["schemas"]["Error"];
+                };
             };
         };
     };
@@ -6300,6 +9410,18 @@ export interface operations {
                     "text/plain": string;
                 };
             };
+            /** @description REQUEST_TIMEOUT: the body did not arrive within server.body_timeout_seconds */
+            408: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "REQUEST_TIMEOUT";
+                    } & components["schemas"]["Error"];
+                };
+            };
             /** @description Larger than a notification can be */
             413: {
                 headers: {
@@ -6309,6 +9431,32 @@ export interface operations {
                     "application/json": {
                         /** @enum {unknown} */
                         code?: "PAYLOAD_TOO_LARGE";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description RATE_LIMITED: too many requests from this address (api.rate_limit_ip_*) */
+            429: {
+                headers: {
+                    /** @description Seconds to wait */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "RATE_LIMITED";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description mail.db is failing (STORE_UNAVAILABLE) */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "STORE_UNAVAILABLE";
                     } & components["schemas"]["Error"];
                 };
             };
@@ -6341,9 +9489,11 @@ export interface operations {
                     };
                 };
             };
-            /** @description Missing or invalid bearer token */
+            /** @description Missing or invalid bearer token; Missing, malformed, expired or otherwise invalid bearer token (USER_DELETED: its user is gone) */
             401: {
                 headers: {
+                    /** @description Bearer error="invalid_token" */
+                    "WWW-Authenticate"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -6365,6 +9515,34 @@ export interface operations {
                     } & components["schemas"]["Error"];
                 };
             };
+            /** @description RATE_LIMITED: too many requests for this user or from this address (api.rate_limit_*) */
+            429: {
+                headers: {
+                    /** @description Seconds to wait */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "RATE_LIMITED";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description Mail sync is not running, or is starting, restarting or moving the account (SERVICE_UNAVAILABLE, Retry-After); mail.db is failing (STORE_UNAVAILABLE); Signing keys not loaded yet, or the auth server could not be asked about an API key (SERVICE_UNAVAILABLE) */
+            503: {
+                headers: {
+                    /** @description Seconds to wait */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "SERVICE_UNAVAILABLE" | "STORE_UNAVAILABLE";
+                    } & components["schemas"]["Error"];
+                };
+            };
         };
     };
     mcpStream: {
@@ -6376,34 +9554,59 @@ export interface operations {
         };
         requestBody?: never;
         responses: {
-            /** @description no valid JWT or API key */
+            /** @description No valid JWT or API key (the API listener's guard); Missing, malformed, expired or otherwise invalid bearer token (USER_DELETED: its user is gone) */
             401: {
                 headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["Error"];
-                };
-            };
-            /** @description INSUFFICIENT_SCOPE: the API key lacks the scope */
-            403: {
-                headers: {
+                    "WWW-Authenticate"?: string;
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": {
                         /** @enum {unknown} */
-                        code?: "INSUFFICIENT_SCOPE";
+                        code?: "INVALID_API_KEY" | "INVALID_TOKEN" | "KEY_DISABLED" | "KEY_EXPIRED" | "USER_DELETED";
                     } & components["schemas"]["Error"];
                 };
             };
-            /** @description this server sends no messages of its own */
+            /** @description METHOD_NOT_ALLOWED: this server sends no messages of its own */
             405: {
                 headers: {
+                    /** @description POST, DELETE */
+                    Allow?: string;
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "METHOD_NOT_ALLOWED";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description RATE_LIMITED: too many requests for this user or from this address (api.rate_limit_*) */
+            429: {
+                headers: {
+                    /** @description Seconds to wait */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "RATE_LIMITED";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description Signing keys not loaded yet, or the auth server could not be asked about an API key (SERVICE_UNAVAILABLE) */
+            503: {
+                headers: {
+                    /** @description Seconds to wait */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "SERVICE_UNAVAILABLE";
+                    } & components["schemas"]["Error"];
                 };
             };
         };
@@ -6412,9 +9615,9 @@ export interface operations {
         parameters: {
             query?: never;
             header?: {
-                /** @description the session id `initialize` answered with (required on every later message) */
+                /** @description The session id `initialize` answered with: required on every later message (400 without it, 404 once it ended or expired: initialize again) */
                 "Mcp-Session-Id"?: string;
-                /** @description the negotiated protocol version */
+                /** @description The negotiated protocol version (400 when it is not the session's) */
                 "MCP-Protocol-Version"?: string;
             };
             path?: never;
@@ -6422,143 +9625,170 @@ export interface operations {
         };
         requestBody: {
             content: {
-                "application/json": {
-                    error?: Record<string, never>;
-                    id?: string | number;
-                    /** @constant */
-                    jsonrpc: "2.0";
-                    method?: string;
-                    params?: Record<string, never>;
-                    result?: unknown;
-                };
+                "application/json": components["schemas"]["JsonRpcRequest"] | components["schemas"]["JsonRpcNotification"] | components["schemas"]["JsonRpcClientResponse"];
             };
         };
         responses: {
-            /** @description the JSON-RPC response (initialize: with Mcp-Session-Id) */
+            /** @description The request's JSON-RPC answer: its result, or an error (-32601 no such method, -32602 no such tool or bad parameters, -32002 no such resource, -32600 a resource the API key's scopes do not reach) */
             200: {
                 headers: {
+                    /** @description initialize's answer: the new session's id */
+                    "Mcp-Session-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": {
-                        error?: Record<string, never>;
-                        id?: string | number;
-                        /** @constant */
-                        jsonrpc: "2.0";
-                        method?: string;
-                        params?: Record<string, never>;
-                        result?: unknown;
-                    };
+                    "application/json": components["schemas"]["JsonRpcResult"] | ({
+                        error?: {
+                            /** @enum {unknown} */
+                            code?: -32602 | -32601 | -32600 | -32002;
+                        };
+                    } & components["schemas"]["JsonRpcError"]);
                 };
             };
-            /** @description a notification or response was accepted */
+            /** @description A notification or a response was accepted */
             202: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content?: never;
             };
-            /** @description a JSON-RPC error; INSUFFICIENT_SCOPE: the API key lacks the scope */
+            /** @description Unreadable JSON (-32700); not a JSON-RPC 2.0 message, a batch, no session id or another version (-32600); params not an object (-32602) */
             400: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": {
-                        error?: Record<string, never>;
-                        id?: string | number;
-                        /** @constant */
-                        jsonrpc: "2.0";
-                        method?: string;
-                        params?: Record<string, never>;
-                        result?: unknown;
-                    };
+                        error?: {
+                            /** @enum {unknown} */
+                            code?: -32700 | -32602 | -32600;
+                        };
+                    } & components["schemas"]["JsonRpcError"];
                 };
             };
-            /** @description no valid JWT or API key */
+            /** @description No valid JWT or API key (the API listener's guard); Missing, malformed, expired or otherwise invalid bearer token (USER_DELETED: its user is gone) */
             401: {
                 headers: {
+                    "WWW-Authenticate"?: string;
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "INVALID_API_KEY" | "INVALID_TOKEN" | "KEY_DISABLED" | "KEY_EXPIRED" | "USER_DELETED";
+                    } & components["schemas"]["Error"];
                 };
             };
-            /** @description a JSON-RPC error; INSUFFICIENT_SCOPE: the API key lacks the scope */
+            /** @description An Origin that is not brain's own (-32600) */
             403: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": {
-                        error?: Record<string, never>;
-                        id?: string | number;
-                        /** @constant */
-                        jsonrpc: "2.0";
-                        method?: string;
-                        params?: Record<string, never>;
-                        result?: unknown;
-                    };
+                        error?: {
+                            /** @enum {unknown} */
+                            code?: -32600;
+                        };
+                    } & components["schemas"]["JsonRpcError"];
                 };
             };
-            /** @description a JSON-RPC error; INSUFFICIENT_SCOPE: the API key lacks the scope */
+            /** @description The session ended, expired or is another user's: initialize again (-32600) */
             404: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": {
-                        error?: Record<string, never>;
-                        id?: string | number;
-                        /** @constant */
-                        jsonrpc: "2.0";
-                        method?: string;
-                        params?: Record<string, never>;
-                        result?: unknown;
-                    };
+                        error?: {
+                            /** @enum {unknown} */
+                            code?: -32600;
+                        };
+                    } & components["schemas"]["JsonRpcError"];
                 };
             };
-            /** @description a JSON-RPC error; INSUFFICIENT_SCOPE: the API key lacks the scope */
+            /** @description Accept does not allow application/json (-32600) */
             406: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": {
-                        error?: Record<string, never>;
-                        id?: string | number;
-                        /** @constant */
-                        jsonrpc: "2.0";
-                        method?: string;
-                        params?: Record<string, never>;
-                        result?: unknown;
-                    };
+                        error?: {
+                            /** @enum {unknown} */
+                            code?: -32600;
+                        };
+                    } & components["schemas"]["JsonRpcError"];
                 };
             };
-            /** @description body too large */
+            /** @description The body did not arrive within server.body_timeout_seconds (-32600) */
+            408: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error?: {
+                            /** @enum {unknown} */
+                            code?: -32600;
+                        };
+                    } & components["schemas"]["JsonRpcError"];
+                };
+            };
+            /** @description A body larger than server.max_body_bytes (-32600) */
             413: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        error?: {
+                            /** @enum {unknown} */
+                            code?: -32600;
+                        };
+                    } & components["schemas"]["JsonRpcError"];
                 };
             };
-            /** @description a JSON-RPC error; INSUFFICIENT_SCOPE: the API key lacks the scope */
+            /** @description Not JSON (-32600) */
             415: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": {
-                        error?: Record<string, never>;
-                        id?: string | number;
-                        /** @constant */
-                        jsonrpc: "2.0";
-                        method?: string;
-                        params?: Record<string, never>;
-                        result?: unknown;
-                    };
+                        error?: {
+                            /** @enum {unknown} */
+                            code?: -32600;
+                        };
+                    } & components["schemas"]["JsonRpcError"];
+                };
+            };
+            /** @description RATE_LIMITED: too many requests for this user or from this address (api.rate_limit_*) */
+            429: {
+                headers: {
+                    /** @description Seconds to wait */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "RATE_LIMITED";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description Signing keys not loaded yet, or the auth server could not be asked about an API key (SERVICE_UNAVAILABLE) */
+            503: {
+                headers: {
+                    /** @description Seconds to wait */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "SERVICE_UNAVAILABLE";
+                    } & components["schemas"]["Error"];
                 };
             };
         };
@@ -6567,79 +9797,104 @@ export interface operations {
         parameters: {
             query?: never;
             header?: {
-                /** @description the session id `initialize` answered with (required on every later message) */
+                /** @description The session id `initialize` answered with: required on every later message (400 without it, 404 once it ended or expired: initialize again) */
                 "Mcp-Session-Id"?: string;
+                /** @description The negotiated protocol version (400 when it is not the session's) */
+                "MCP-Protocol-Version"?: string;
             };
             path?: never;
             cookie?: never;
         };
         requestBody?: never;
         responses: {
-            /** @description ended */
+            /** @description Ended */
             204: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content?: never;
             };
-            /** @description a JSON-RPC error; INSUFFICIENT_SCOPE: the API key lacks the scope */
+            /** @description No Mcp-Session-Id, or an MCP-Protocol-Version not the session's (-32600) */
             400: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": {
-                        error?: Record<string, never>;
-                        id?: string | number;
-                        /** @constant */
-                        jsonrpc: "2.0";
-                        method?: string;
-                        params?: Record<string, never>;
-                        result?: unknown;
-                    };
+                        error?: {
+                            /** @enum {unknown} */
+                            code?: -32600;
+                        };
+                    } & components["schemas"]["JsonRpcError"];
                 };
             };
-            /** @description no valid JWT or API key */
+            /** @description No valid JWT or API key (the API listener's guard); Missing, malformed, expired or otherwise invalid bearer token (USER_DELETED: its user is gone) */
             401: {
                 headers: {
+                    "WWW-Authenticate"?: string;
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "INVALID_API_KEY" | "INVALID_TOKEN" | "KEY_DISABLED" | "KEY_EXPIRED" | "USER_DELETED";
+                    } & components["schemas"]["Error"];
                 };
             };
-            /** @description a JSON-RPC error; INSUFFICIENT_SCOPE: the API key lacks the scope */
+            /** @description An Origin that is not brain's own (-32600) */
             403: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": {
-                        error?: Record<string, never>;
-                        id?: string | number;
-                        /** @constant */
-                        jsonrpc: "2.0";
-                        method?: string;
-                        params?: Record<string, never>;
-                        result?: unknown;
-                    };
+                        error?: {
+                            /** @enum {unknown} */
+                            code?: -32600;
+                        };
+                    } & components["schemas"]["JsonRpcError"];
                 };
             };
-            /** @description a JSON-RPC error; INSUFFICIENT_SCOPE: the API key lacks the scope */
+            /** @description The session ended, expired or is another user's (-32600) */
             404: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": {
-                        error?: Record<string, never>;
-                        id?: string | number;
-                        /** @constant */
-                        jsonrpc: "2.0";
-                        method?: string;
-                        params?: Record<string, never>;
-                        result?: unknown;
-                    };
+                        error?: {
+                            /** @enum {unknown} */
+                            code?: -32600;
+                        };
+                    } & components["schemas"]["JsonRpcError"];
+                };
+            };
+            /** @description RATE_LIMITED: too many requests for this user or from this address (api.rate_limit_*) */
+            429: {
+                headers: {
+                    /** @description Seconds to wait */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "RATE_LIMITED";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description Signing keys not loaded yet, or the auth server could not be asked about an API key (SERVICE_UNAVAILABLE) */
+            503: {
+                headers: {
+                    /** @description Seconds to wait */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "SERVICE_UNAVAILABLE";
+                    } & components["schemas"]["Error"];
                 };
             };
         };
@@ -6676,21 +9931,10 @@ export interface operations {
                     } & components["schemas"]["Error"];
                 };
             };
-            /** @description INSUFFICIENT_SCOPE: the API key lacks the scope */
-            403: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": {
-                        /** @enum {unknown} */
-                        code?: "INSUFFICIENT_SCOPE";
-                    } & components["schemas"]["Error"];
-                };
-            };
             /** @description RATE_LIMITED: too many requests for this user or from this address (api.rate_limit_*) */
             429: {
                 headers: {
+                    /** @description Seconds to wait */
                     "Retry-After"?: number;
                     [name: string]: unknown;
                 };
@@ -6701,9 +9945,10 @@ export interface operations {
                     } & components["schemas"]["Error"];
                 };
             };
-            /** @description Signing keys not loaded yet (or too stale), or a store is restarting (SERVICE_UNAVAILABLE); a store's storage failing (STORE_UNAVAILABLE, with its `reason`) */
+            /** @description Signing keys not loaded yet (or too stale), or a store is restarting (SERVICE_UNAVAILABLE); a store's storage failing (STORE_UNAVAILABLE, with its `reason`); Signing keys not loaded yet, or the auth server could not be asked about an API key (SERVICE_UNAVAILABLE) */
             503: {
                 headers: {
+                    /** @description Seconds to wait */
                     "Retry-After"?: number;
                     [name: string]: unknown;
                 };
@@ -6763,6 +10008,7 @@ export interface operations {
             /** @description RATE_LIMITED: too many requests for this user or from this address (api.rate_limit_*) */
             429: {
                 headers: {
+                    /** @description Seconds to wait */
                     "Retry-After"?: number;
                     [name: string]: unknown;
                 };
@@ -6773,9 +10019,10 @@ export interface operations {
                     } & components["schemas"]["Error"];
                 };
             };
-            /** @description Signing keys not loaded yet, a store is restarting or its storage failing, or search is off (search.index = false) */
+            /** @description Signing keys not loaded yet, a store is restarting or its storage failing, or search is off (search.index = false); Signing keys not loaded yet, or the auth server could not be asked about an API key (SERVICE_UNAVAILABLE) */
             503: {
                 headers: {
+                    /** @description Seconds to wait */
                     "Retry-After"?: number;
                     [name: string]: unknown;
                 };
@@ -6804,6 +10051,20 @@ export interface operations {
                 };
                 content: {
                     "application/json": Record<string, never>;
+                };
+            };
+            /** @description RATE_LIMITED: too many requests from this address (api.rate_limit_ip_*) */
+            429: {
+                headers: {
+                    /** @description Seconds to wait */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "RATE_LIMITED";
+                    } & components["schemas"]["Error"];
                 };
             };
         };
@@ -6878,6 +10139,7 @@ export interface operations {
             /** @description RATE_LIMITED: too many requests for this user or from this address (api.rate_limit_*) */
             429: {
                 headers: {
+                    /** @description Seconds to wait */
                     "Retry-After"?: number;
                     [name: string]: unknown;
                 };
@@ -6888,9 +10150,10 @@ export interface operations {
                     } & components["schemas"]["Error"];
                 };
             };
-            /** @description Signing keys not loaded yet, a store is restarting or its storage failing, or search is off (search.index = false) */
+            /** @description Signing keys not loaded yet, a store is restarting or its storage failing, or search is off (search.index = false); Signing keys not loaded yet, or the auth server could not be asked about an API key (SERVICE_UNAVAILABLE) */
             503: {
                 headers: {
+                    /** @description Seconds to wait */
                     "Retry-After"?: number;
                     [name: string]: unknown;
                 };
@@ -6923,9 +10186,11 @@ export interface operations {
                     };
                 };
             };
-            /** @description Missing or invalid bearer token */
+            /** @description Missing or invalid bearer token; Missing, malformed, expired or otherwise invalid bearer token (USER_DELETED: its user is gone) */
             401: {
                 headers: {
+                    /** @description Bearer error="invalid_token" */
+                    "WWW-Authenticate"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -6947,9 +10212,11 @@ export interface operations {
                     } & components["schemas"]["Error"];
                 };
             };
-            /** @description RATE_LIMITED */
+            /** @description RATE_LIMITED; RATE_LIMITED: too many requests for this user or from this address (api.rate_limit_*) */
             429: {
                 headers: {
+                    /** @description Seconds to wait */
+                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {
@@ -6959,9 +10226,11 @@ export interface operations {
                     } & components["schemas"]["Error"];
                 };
             };
-            /** @description Webhooks are starting or restarting, or webhooks.db is failing (STORE_UNAVAILABLE) */
+            /** @description Webhooks are starting or restarting, or webhooks.db is failing (STORE_UNAVAILABLE); Signing keys not loaded yet, or the auth server could not be asked about an API key (SERVICE_UNAVAILABLE) */
             503: {
                 headers: {
+                    /** @description Seconds to wait */
+                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {
@@ -6995,7 +10264,7 @@ export interface operations {
                     "application/json": components["schemas"]["WebhookWithSecret"];
                 };
             };
-            /** @description Invalid field, or a URL brain may not deliver to (ADDRESS_REFUSED); the message names it */
+            /** @description Invalid field, or a URL brain may not deliver to (ADDRESS_REFUSED); the message names it; a body that is not JSON */
             400: {
                 headers: {
                     [name: string]: unknown;
@@ -7007,9 +10276,11 @@ export interface operations {
                     } & components["schemas"]["Error"];
                 };
             };
-            /** @description Missing or invalid bearer token */
+            /** @description Missing or invalid bearer token; Missing, malformed, expired or otherwise invalid bearer token (USER_DELETED: its user is gone) */
             401: {
                 headers: {
+                    /** @description Bearer error="invalid_token" */
+                    "WWW-Authenticate"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -7031,6 +10302,42 @@ export interface operations {
                     } & components["schemas"]["Error"];
                 };
             };
+            /** @description REQUEST_TIMEOUT: the body did not arrive within server.body_timeout_seconds */
+            408: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "REQUEST_TIMEOUT";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description PAYLOAD_TOO_LARGE: a body larger than the server takes */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "PAYLOAD_TOO_LARGE";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description UNSUPPORTED_MEDIA_TYPE: not JSON */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "UNSUPPORTED_MEDIA_TYPE";
+                    } & components["schemas"]["Error"];
+                };
+            };
             /** @description TOO_MANY_WEBHOOKS: webhooks.max_per_user reached */
             422: {
                 headers: {
@@ -7043,9 +10350,11 @@ export interface operations {
                     } & components["schemas"]["Error"];
                 };
             };
-            /** @description RATE_LIMITED */
+            /** @description RATE_LIMITED; RATE_LIMITED: too many requests for this user or from this address (api.rate_limit_*) */
             429: {
                 headers: {
+                    /** @description Seconds to wait */
+                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {
@@ -7055,15 +10364,31 @@ export interface operations {
                     } & components["schemas"]["Error"];
                 };
             };
-            /** @description Webhooks are starting or restarting, or webhooks.db is failing (STORE_UNAVAILABLE) */
+            /** @description Webhooks are starting or restarting, or webhooks.db is failing (STORE_UNAVAILABLE); Signing keys not loaded yet, or the auth server could not be asked about an API key (SERVICE_UNAVAILABLE) */
             503: {
                 headers: {
+                    /** @description Seconds to wait */
+                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": {
                         /** @enum {unknown} */
                         code?: "SERVICE_UNAVAILABLE" | "STORE_UNAVAILABLE";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description INSUFFICIENT_STORAGE: the disk under webhooks.db is full */
+            507: {
+                headers: {
+                    /** @description Seconds to wait */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "INSUFFICIENT_STORAGE";
                     } & components["schemas"]["Error"];
                 };
             };
@@ -7089,9 +10414,11 @@ export interface operations {
                     "application/json": components["schemas"]["Webhook"];
                 };
             };
-            /** @description Missing or invalid bearer token */
+            /** @description Missing or invalid bearer token; Missing, malformed, expired or otherwise invalid bearer token (USER_DELETED: its user is gone) */
             401: {
                 headers: {
+                    /** @description Bearer error="invalid_token" */
+                    "WWW-Authenticate"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -7125,9 +10452,11 @@ export interface operations {
                     } & components["schemas"]["Error"];
                 };
             };
-            /** @description RATE_LIMITED */
+            /** @description RATE_LIMITED; RATE_LIMITED: too many requests for this user or from this address (api.rate_limit_*) */
             429: {
                 headers: {
+                    /** @description Seconds to wait */
+                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {
@@ -7137,9 +10466,11 @@ export interface operations {
                     } & components["schemas"]["Error"];
                 };
             };
-            /** @description Webhooks are starting or restarting, or webhooks.db is failing (STORE_UNAVAILABLE) */
+            /** @description Webhooks are starting or restarting, or webhooks.db is failing (STORE_UNAVAILABLE); Signing keys not loaded yet, or the auth server could not be asked about an API key (SERVICE_UNAVAILABLE) */
             503: {
                 headers: {
+                    /** @description Seconds to wait */
+                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {
@@ -7169,9 +10500,11 @@ export interface operations {
                 };
                 content?: never;
             };
-            /** @description Missing or invalid bearer token */
+            /** @description Missing or invalid bearer token; Missing, malformed, expired or otherwise invalid bearer token (USER_DELETED: its user is gone) */
             401: {
                 headers: {
+                    /** @description Bearer error="invalid_token" */
+                    "WWW-Authenticate"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -7205,9 +10538,11 @@ export interface operations {
                     } & components["schemas"]["Error"];
                 };
             };
-            /** @description RATE_LIMITED */
+            /** @description RATE_LIMITED; RATE_LIMITED: too many requests for this user or from this address (api.rate_limit_*) */
             429: {
                 headers: {
+                    /** @description Seconds to wait */
+                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {
@@ -7217,15 +10552,31 @@ export interface operations {
                     } & components["schemas"]["Error"];
                 };
             };
-            /** @description Webhooks are starting or restarting, or webhooks.db is failing (STORE_UNAVAILABLE) */
+            /** @description Webhooks are starting or restarting, or webhooks.db is failing (STORE_UNAVAILABLE); Signing keys not loaded yet, or the auth server could not be asked about an API key (SERVICE_UNAVAILABLE) */
             503: {
                 headers: {
+                    /** @description Seconds to wait */
+                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": {
                         /** @enum {unknown} */
                         code?: "SERVICE_UNAVAILABLE" | "STORE_UNAVAILABLE";
+                    } & components["schemas"]["Error"];
+                };
+            };
+            /** @description INSUFFICIENT_STORAGE: the disk under webhooks.db is full */
+            507: {
+                headers: {
+                    /** @description Seconds to wait */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {unknown} */
+                        code?: "INSUFFICIENT_STORAGE";
                     } & components["schemas"]["Error"];
                 };
             };
@@ -7268,9 +10619,11 @@ export interface operations {
                     } & components["schemas"]["Error"];
                 };
             };
-            /** @description Missing or invalid bearer token */
+            /** @description Missing or invalid bearer token; Missing, malformed, expired or otherwise invalid bearer token (USER_DELETED: its user is gone) */
             401: {
                 headers: {
+                    /** @description Bearer error="invalid_token" */
+                    "WWW-Authenticate"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -7304,9 +10657,11 @@ export interface operations {
                     } & components["schemas"]["Error"];
                 };
             };
-            /** @description RATE_LIMITED */
+            /** @description RATE_LIMITED; RATE_LIMITED: too many requests for this user or from this address (api.rate_limit_*) */
             429: {
                 headers: {
+                    /** @description Seconds to wait */
+                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {
@@ -7316,9 +10671,11 @@ export interface operations {
                     } & components["schemas"]["Error"];
                 };
             };
-            /** @description Webhooks are starting or restarting, or webhooks.db is failing (STORE_UNAVAILABLE) */
+            /** @description Webhooks are starting or restarting, or webhooks.db is failing (STORE_UNAVAILABLE); Signing keys not loaded yet, or the auth server could not be asked about an API key (SERVICE_UNAVAILABLE) */
             503: {
                 headers: {
+                    /** @description Seconds to wait */
+                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {
