@@ -31,8 +31,9 @@ SCHEMAS: dict[str, Any] = {
     },
     "JsonRpcClientResponse": {
         "type": "object", "required": ["jsonrpc", "id"], "not": {"required": ["method"]},
-        "description": "The client's answer to a request of the server's (this server sends none)",
-        "properties": {"jsonrpc": _JSONRPC, "id": _ID, "result": {}, "error": {"type": "object"}},
+        "description": "The client's answer to a request of the server's: this server sends none, so its result or "
+                       "error is not read",
+        "properties": {"jsonrpc": _JSONRPC, "id": _ID, "result": {}, "error": {}},
     },
     "JsonRpcResult": {
         "type": "object", "required": ["jsonrpc", "id", "result"],
@@ -49,12 +50,12 @@ SCHEMAS: dict[str, Any] = {
     },
 }
 _SESSION = {
-    "name": SESSION_HEADER, "in": "header", "required": False, "schema": {"type": "string", "maxLength": 400},
+    "name": SESSION_HEADER, "in": "header", "required": False, "schema": {"type": "string"},
     "description": "The session id `initialize` answered with: required on every later message (400 without it, 404 "
                    "once it ended or expired: initialize again)",
 }
 _VERSION = {
-    "name": VERSION_HEADER, "in": "header", "required": False, "schema": {"type": "string", "maxLength": 40},
+    "name": VERSION_HEADER, "in": "header", "required": False, "schema": {"type": "string"},
     "description": "The negotiated protocol version (400 when it is not the session's)",
 }
 _UNAUTHORIZED = {**error("No valid JWT or API key (the API listener's guard)", *TOKEN_CODES),

@@ -156,12 +156,12 @@ Health = TypedDict("Health", {
 })
 
 
-# The client's answer to a request of the server's (this server sends none)
+# The client's answer to a request of the server's: this server sends none, so its result or error is not read
 JsonRpcClientResponse = TypedDict("JsonRpcClientResponse", {
     "jsonrpc": Literal["2.0"],
     "id": Union[str, int],
     "result": NotRequired[Any],
-    "error": NotRequired[dict[str, Any]],
+    "error": NotRequired[Any],
 })
 
 

@@ -1529,9 +1529,9 @@ export interface components {
             uptime_seconds?: number;
             version: string;
         };
-        /** @description The client's answer to a request of the server's (this server sends none) */
+        /** @description The client's answer to a request of the server's: this server sends none, so its result or error is not read */
         JsonRpcClientResponse: {
-            error?: Record<string, never>;
+            error?: unknown;
             /** @description The request's id, echoed in its answer */
             id: string | number;
             /** @constant */
