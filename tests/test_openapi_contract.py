@@ -83,6 +83,7 @@ def assert_clean(code: int, report: str) -> None:
     # The failures and the summary, each line cut short (a generated value can be megabytes long).
     start = min((i for i in (report.find("= ERRORS ="), report.find("= FAILURES =")) if i >= 0), default=0)
     shown = "\n".join(line[:400] for line in report[start:].splitlines())[:30000]
+    print(summary)  # the seed and the counts, shown by `pytest -s`
     assert code == 0 and re.search(r"Test cases:\s+\d+ generated", summary), shown
     assert not re.search(r"\d+ (failures?|errors?)", summary.splitlines()[-1]), shown
 
