@@ -39,6 +39,7 @@ from tests.test_faults_helpers import (
     tmpfs,
 )
 from tests.test_jetstream import stream_messages
+from tests.test_webhooks import LOCAL, Receiver
 from tests.test_reliability_helpers import User, health, integrity_problems, sign_up_many, stream_ids, wait_api_ready, wait_outbox_empty
 
 METRICS_TOKEN = "fault-test-metrics-token"
@@ -678,3 +679,41 @@ def test_a_clock_stepping_back_in_either_role_refuses_no_fresh_token_and_reorder
     finally:
         api.close()
         auth.close()
+
+
+def test_a_clock_stepping_back_extends_no_stream_ticket_and_stalls_no_webhook_backoff(tmp_path: Path) -> None:
+    """The server's wall clock steps an hour back (an LD_PRELOAD shim) right after a webhook
+    attempt failed and a stream ticket was issued: the endpoint is tried again after its backoff,
+    not an hour later, and the ticket expires after its own lifetime, not an hour later; a ticket
+    issued after the step works."""
+    clock = stepped_clock(tmp_path, "brain")
+    with Receiver(answer=lambda n: 500 if n == 1 else 200) as receiver:
+        server = BrainServer(tmp_path / "brain", env=clock.env, config={
+            "auth": dict(NO_LIMITS), "api": {"stream_ticket_seconds": 2.0},
+            "webhooks": {**LOCAL, "retry_base_seconds": 3.0, "retry_max_seconds": 3.0},
+        })
+        server.start()
+        try:
+            wait_api_ready(server)
+            (user,) = sign_up_many(server, 1)
+            made = requests.post(f"{server.api_url}/webhooks", json={"url": receiver.url}, headers=user.headers, timeout=10)
+            assert made.status_code == 201, made.text
+            FaultWriters(server, [user], size=10).post(user)
+            wait_until(lambda: health(server)["webhooks"]["failed_attempts"] == 1, timeout=20,
+                       what="the first attempt to fail")
+            ticket = requests.post(f"{server.api_url}/events/stream/ticket", headers=user.headers, timeout=10)
+            assert ticket.status_code == 201, ticket.text
+            clock.step_to(-3600)  # takes 1.1 s: the backoff (2.4 to 3.6 s) has not run out
+            wait_until(lambda: len(receiver.deliveries()) == 2, timeout=15, what="the attempt after the backoff")
+            time.sleep(1.0)  # past the ticket's 2 s by the monotonic clock
+            stale = requests.get(f"{server.api_url}/events/stream", params={"ticket": ticket.json()["ticket"]},
+                                 stream=True, timeout=10)
+            stale.close()
+            assert stale.status_code == 401, stale.status_code
+            fresh = requests.post(f"{server.api_url}/events/stream/ticket", headers=user.headers, timeout=10)
+            opened = requests.get(f"{server.api_url}/events/stream", params={"ticket": fresh.json()["ticket"]},
+                                  stream=True, timeout=10)
+            opened.close()
+            assert opened.status_code == 200, opened.status_code
+        finally:
+            server.close()

@@ -42,6 +42,7 @@ from brain.api.live_feed import LiveFeed
 from brain.api.store_manager import StoreManager
 from brain.api.tickets import StreamTickets
 from brain.api.verifier import TokenUser
+from brain.clock import steady_time
 from brain.errors import BadRequest, HTTPError
 from brain.event_types import TypeFilter
 
@@ -118,7 +119,7 @@ class EventStream:
     def issue_ticket(self, user: TokenUser) -> dict[str, Any]:
         """POST /events/stream/ticket's answer."""
         ticket, expires = self.tickets.issue(user)
-        return {"ticket": ticket, "expires_in": round(expires - time.time()), "stream": "/events/stream"}
+        return {"ticket": ticket, "expires_in": round(expires - steady_time()), "stream": "/events/stream"}
 
     async def serve(self, request: web.Request, user: TokenUser) -> web.StreamResponse:
         """Run one stream until it ends (see the module docstring)."""

@@ -26,6 +26,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 
 from brain.api.verifier import TokenUser
+from brain.clock import steady_time
 from brain.errors import InvalidToken
 
 # Far more tickets than a process can be asked for within a ticket's lifetime at sane request rates;
@@ -47,7 +48,9 @@ class StreamTickets:
 
     def issue(self, user: TokenUser) -> tuple[str, float]:
         """A new ticket for this caller, and when it expires (epoch seconds)."""
-        expires = time.time() + self.ttl
+        # The steady clock (brain.clock): a ticket issued before the wall clock steps back does not
+        # live on for the length of the step, nor does a spent nonce's memory end before its ticket does.
+        expires = steady_time() + self.ttl
         credential_expiry = user.exp if math.isfinite(user.exp) else None
         body = _b64(json.dumps(
             {"u": user.id, "x": credential_expiry, "e": expires, "n": secrets.token_urlsafe(12)},
@@ -68,7 +71,7 @@ class StreamTickets:
             user_id, credential_expiry, expires, nonce = data["u"], data["x"], data["e"], data["n"]
         except (ValueError, TypeError, KeyError, binascii.Error):
             raise InvalidToken("not a stream ticket") from None
-        now = time.time()
+        now = steady_time()
         self._forget_expired(now)
         if expires <= now:
             raise InvalidToken("the stream ticket has expired; ask for a new one")
@@ -76,7 +79,8 @@ class StreamTickets:
             raise InvalidToken("the stream ticket was used already; ask for a new one")
         if self._is_revoked(user_id):
             raise InvalidToken("the account was deleted")
-        if credential_expiry is not None and credential_expiry <= now:
+        # The credential's expiry is the issuer's figure: judged by the wall clock, as the verifier does.
+        if credential_expiry is not None and credential_expiry <= time.time():
             raise InvalidToken("the token the ticket was issued for has expired")
         self._spent[nonce] = expires
         if len(self._spent) > MAX_SPENT:

@@ -17,7 +17,9 @@ would all have to rebuild; a thousand users' endpoints would also be a thousand 
 Backoff: after a failure the endpoint waits `retry_base_seconds * 2^(failures-1)` (jitter
 ±20 %, at most `retry_max_seconds`, longer if the receiver's Retry-After says so); a success
 clears it. An endpoint failing for `disable_after_days` without a success is disabled: its
-pending deliveries fail and the user gets a `webhook.disabled` event.
+pending deliveries fail and the user gets a `webhook.disabled` event. Backoffs and pauses are
+timed by the steady clock (brain.clock): a wall clock stepping back an hour does not hold an
+endpoint's next attempt back by that hour.
 
 Storage faults of webhooks.db (a full or read-only disk, a damaged file, no descriptors) never
 crash the queue: a crash loop would exhaust the data tier's restart intensity and take the
@@ -42,6 +44,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple, TypeVar
 
 from brain.actors.base import BrainActor, Link
+from brain.clock import steady_time
 from brain.contracts import CommitLog, EventSink
 from brain.errors import NotFound, ServiceUnavailable, StorageFault, StoreCorrupt, Unauthorized, Unprocessable
 from brain.event_types import TypeFilter
@@ -224,7 +227,7 @@ class DeliveryQueue(BrainActor):
         if isinstance(found, StoreCorrupt):
             self._refuse(found)
             return found
-        self._paused_until = time.time() + FAULT_RETRY_SECONDS
+        self._paused_until = steady_time() + FAULT_RETRY_SECONDS
         if user_id is not None:
             self._unread.add(user_id)
         self._arm_retry()
@@ -317,7 +320,7 @@ class DeliveryQueue(BrainActor):
 
         None while webhooks.db cannot record how attempts went (a storage fault): they wait, pending.
         """
-        now = time.time()
+        now = steady_time()
         db = self.db
         if db is None or now < self._paused_until:
             return [], (self._paused_until if db is not None else None)
@@ -340,7 +343,7 @@ class DeliveryQueue(BrainActor):
             db.endpoint_succeeded(result.endpoint_id)
             return
         self.hub.failed_attempts += 1
-        now = time.time()
+        now = steady_time()
         endpoint = db.endpoint_failed(result.endpoint_id, now, lambda failures: now + self._backoff(failures, result.retry_after))
         if endpoint is None or endpoint.state != ACTIVE or endpoint.failing_since is None:
             return

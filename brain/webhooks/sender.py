@@ -31,6 +31,7 @@ import brain
 from brain.actors import bridge
 from brain.actors.base import Link
 from brain.actors.loop import LoopActor
+from brain.clock import steady_time
 from brain.errors import AddressRefused, ServiceUnavailable, StorageFault
 from brain.outbound import Network, refusal
 from brain.webhooks import signing
@@ -101,7 +102,7 @@ class WebhookSender(LoopActor):
         while True:
             wake.clear()
             next_retry = await self._start_due()
-            wait = POLL_SECONDS if next_retry is None else min(POLL_SECONDS, max(0.01, next_retry - time.time()))
+            wait = POLL_SECONDS if next_retry is None else min(POLL_SECONDS, max(0.01, next_retry - steady_time()))
             try:
                 await asyncio.wait_for(wake.wait(), wait)
             except TimeoutError:
