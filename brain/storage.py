@@ -452,6 +452,12 @@ class WatchedDatabase(peewee.SqliteDatabase):
         with self._typed():
             return super().execute_sql(sql, params)
 
+    def begin(self, *args: Any, **kwargs: Any) -> Any:  # noqa: D102 - peewee's
+        # atomic("IMMEDIATE") takes the write lock here, past execute_sql: on a read-only file
+        # system this is where the write is refused.
+        with self._typed():
+            return super().begin(*args, **kwargs)
+
     def commit(self) -> Any:  # noqa: D102 - peewee's
         with self._typed():
             return super().commit()

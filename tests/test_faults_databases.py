@@ -27,7 +27,7 @@ from brain.testing.fakes.gmail import FakeGmail
 from tests.support import BrainServer, assert_declared, wait_until
 from tests.test_auth_helpers import NO_LIMITS, PASSWORD, bearer, brain_cli, sign_in, sign_up, unique_email
 from tests.test_faults import METRICS_TOKEN, metric
-from tests.test_faults_helpers import corrupt_pages, need, page_size, tmpfs
+from tests.test_faults_helpers import corrupt_pages, ext4, need, page_size, tmpfs
 from tests.test_mail_server import GMAIL_USER, mail_config
 from tests.test_reliability_helpers import User, health, wait_api_ready
 from tests.test_webhooks import LOCAL, Receiver
@@ -252,6 +252,54 @@ def test_auth_and_mail_on_a_full_disk_refuse_with_507_write_nothing_half_and_rec
             wait_until(lambda: not any(p.startswith("disk:") for p in health(server)["problems"]), timeout=10,
                        what="/health to stop naming the disk")
             assert "Traceback" not in server.log_text(), server.log_text()[-3000:]
+        finally:
+            server.close()
+
+
+def test_auth_mail_and_webhooks_on_a_read_only_disk_refuse_with_503_write_nothing_half_and_recover(
+        tmp_path: Path, gmail: FakeGmail) -> None:
+    """The kernel turns the data directory's file system read-only under a running server (an ext4
+    error with errors=remount-ro): a sign-up, a sign-in, a mail connect and a new webhook answer 503
+    `read_only`, counted against auth.db, mail.db and webhooks.db; what reads them goes on and shows
+    nothing half-written; no crash loop; after fsck and a restart the same requests succeed."""
+    with ext4(tmp_path / "fs") as fs, Receiver() as receiver:
+        server = fault_server(tmp_path, fs.mountpoint / "data", **mail_config(gmail))
+        server.start()
+        try:
+            wait_api_ready(server)
+            alice = User.sign_up(server)
+            assert hook(server, alice, receiver.url).status_code == 201
+            assert mail_status(server, alice).status_code == 200
+            newcomer = unique_email("read-only")
+            os.sync()
+            fs.fail()
+
+            assert_fault(server, sign_up(server, newcomer), 503, "read_only")
+            assert_fault(server, sign_in(server, alice.email), 503, "read_only")
+            assert_fault(server, connect_gmail(server, alice, gmail), 503, "read_only")
+            assert_fault(server, hook(server, alice, receiver.url), 503, "read_only")
+            # Reads go on, and show that nothing was half-written.
+            assert sign_in(server, newcomer).status_code == 401
+            status = mail_status(server, alice)
+            assert status.status_code == 200 and status.json()["accounts"] == [], status.text
+            hooks = requests.get(f"{server.api_url}/webhooks", headers=alice.headers, timeout=30)
+            assert hooks.status_code == 200 and len(hooks.json()["webhooks"]) == 1, hooks.text
+            for database in ("auth.db", "mail.db", "webhooks.db"):
+                assert metric(server, "brain_storage_faults_total", kind="read_only", database=database) > 0, database
+            doc = health(server)
+            assert doc["status"] == "degraded" and any("read-only" in p for p in doc["problems"]), doc
+            time.sleep(2)  # no crash loop: still serving, nothing restarted
+            assert supervision(server) == {"restarts": 0, "escalations": 0}
+            assert "Traceback" not in server.log_text(), server.log_text()[-3000:]
+
+            server.stop()
+            fs.repair()
+            server.start()
+            wait_api_ready(server)
+            assert sign_up(server, newcomer).status_code == 200
+            assert sign_in(server, alice.email).status_code == 200
+            assert connect_gmail(server, alice, gmail).status_code == 201
+            assert hook(server, alice, receiver.url).status_code == 201
         finally:
             server.close()
 
