@@ -269,3 +269,9 @@ def test_bytes_that_are_not_utf8_never_reach_a_client(make_server: Any) -> None:
     events = json.loads(text)["events"]
     assert events[0]["type"] == "damaged" and events[0]["data"]["s"] == "\ufffd and \ufffd"
     assert events[1]["data"] == {"s": "ok ✓"}
+    # The search index takes the damaged row too (it was written behind the index's back, so it
+    # is in the live tail the store indexes as it opens), and a search finds it.
+    r = requests.get(f"{server.api_url}/search", params={"q": "and"}, headers=bearer(token), timeout=10)
+    assert r.status_code == 200, r.text
+    assert [hit["event"]["type"] for hit in r.json()["results"]] == ["damaged"]
+    assert "restarting" not in server.log_text() and "Traceback" not in server.log_text()

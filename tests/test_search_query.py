@@ -135,6 +135,14 @@ def test_highlights_mark_whole_words_even_where_their_letters_first_appear_insid
     assert Highlighter(parse("rin", max_chars=MAX).highlights).highlight("note", json.dumps({"text": text})) == {}
 
 
+def test_a_damaged_row_that_is_not_json_is_indexed_and_highlighted_as_one_string() -> None:
+    db, slots = index()
+    row = document("note", '{"text": "half a lease', slots)
+    assert row[-1] == '{"text": "half a lease'  # one string, in the shared last column
+    assert Highlighter(parse("lease", max_chars=MAX).highlights).highlight("note", '{"text": "half a lease') == {
+        "data": '{"text": "half a <mark>lease</mark>'}
+
+
 def test_documents_are_a_function_of_type_stored_text_and_slots() -> None:
     db, slots = index()
     data = json.dumps({"title": "Tür", "from": {"name": "Zoë", "address": "zoe@x.example"}, "n": 5, "tags": ["a", "b"]})

@@ -188,9 +188,17 @@ def leaves(event_type: str, value: Any) -> Iterator[Leaf]:
                 yield Leaf(path, string, field, text)
 
 
+def parse_data(data_text: str) -> Any:
+    """An event's stored data, parsed; a damaged row's text that is not JSON is one string."""
+    try:
+        return json.loads(data_text)
+    except ValueError:
+        return data_text
+
+
 def document(event_type: str, data_text: str, slots: FieldSlots) -> list[str]:
     """The index row of an event (`meta`, then one text per slot) from its type and stored data."""
-    value = json.loads(data_text)
+    value = parse_data(data_text)
     texts: dict[int, list[str]] = {}  # by slot: an event fills a few of the SLOTS columns
     meta = [type_token(event_type)]
     if _has_attachment(value):

@@ -11,12 +11,11 @@ a row.
 from __future__ import annotations
 
 import html
-import json
 import re
 import unicodedata
 from typing import Any
 
-from brain.api.documents import leaves
+from brain.api.documents import leaves, parse_data
 from brain.api.query import HighlightTerm
 
 SNIPPET = 160
@@ -67,7 +66,7 @@ class Highlighter:
         """Marked snippets of the fields of an event where the terms are found."""
         if not self.terms:
             return {}
-        value: Any = json.loads(data)
+        value: Any = parse_data(data)
         out: dict[str, str] = {}
         for leaf in leaves(event_type, value):
             place = (leaf.field, leaf.text_column)

@@ -85,6 +85,9 @@ _INSERT = f"INSERT INTO search (rowid, {', '.join(COLUMNS)}) VALUES (?, {_MARKS}
 _INSERT_TIME = "INSERT INTO search_times (id, created_at) VALUES (?, ?)"
 _DELETE = f"INSERT INTO search (search, rowid, {', '.join(COLUMNS)}) VALUES ('delete', ?, {_MARKS})"
 _JOIN = " JOIN search_times e ON e.id = s.rowid"
+# An event's data as bytes: a damaged row (not UTF-8: a disk error, a foreign writer) would make
+# sqlite3 raise as it decodes the text; _text decodes it with U+FFFD instead, as pages do.
+_DATA = "CAST(data AS BLOB)"
 # A backfill transaction stops after this long, so the requests waiting behind it wait little.
 BACKFILL_STEP_SECONDS = 0.02
 BACKFILL_ROWS = 256
@@ -349,7 +352,7 @@ class SearchIndex:
             self._read_tail()  # another worker with the store open may have caught up, or written more
             while True:
                 batch = db.execute(
-                    "SELECT id, type, data, created_at FROM events WHERE id >= ? ORDER BY id LIMIT ?",
+                    f"SELECT id, type, {_DATA}, created_at FROM events WHERE id >= ? ORDER BY id LIMIT ?",
                     (self.tail, TAIL_ROWS),
                 ).fetchall()
                 if batch:
@@ -368,9 +371,9 @@ class SearchIndex:
             raise
         return more
 
-    def _index(self, batch: list[tuple[int, str, str, str]]) -> None:
-        """Index (id, type, data, created_at) rows of events (inside the caller's transaction)."""
-        self.db.executemany(_INSERT, [(i, *document(t, d, self.slots)) for i, t, d, _ in batch])
+    def _index(self, batch: list[tuple[int, str, bytes, str]]) -> None:
+        """Index (id, type, data as read by _DATA, created_at) rows of events (inside the caller's transaction)."""
+        self.db.executemany(_INSERT, [(i, *document(t, _text(d), self.slots)) for i, t, d, _ in batch])
         self.db.executemany(_INSERT_TIME, [(i, c) for i, _, _, c in batch])
 
     def _read_tail(self) -> None:
@@ -404,7 +407,7 @@ class SearchIndex:
             self._read_backfill()
             while self.backfilling:
                 batch = db.execute(
-                    "SELECT id, type, data, created_at FROM events WHERE id BETWEEN ? AND ? ORDER BY id LIMIT ?",
+                    f"SELECT id, type, {_DATA}, created_at FROM events WHERE id BETWEEN ? AND ? ORDER BY id LIMIT ?",
                     (self.next, self.end, BACKFILL_ROWS),
                 ).fetchall()
                 if batch:
@@ -561,8 +564,8 @@ class SearchIndex:
         """The events of ranked ids that still exist, with their highlights."""
         marks = ",".join("?" * len(ids))
         found = {
-            row[0]: StoredEvent._make(row)
-            for row in self.db.execute(f"SELECT id, type, data, created_at, key FROM events WHERE id IN ({marks})", list(ids))
+            row[0]: StoredEvent(row[0], row[1], _text(row[2]), row[3], row[4])
+            for row in self.db.execute(f"SELECT id, type, {_DATA}, created_at, key FROM events WHERE id IN ({marks})", list(ids))
         }
         hits = []
         for score, event_id in zip(scores, ids):
@@ -570,6 +573,10 @@ class SearchIndex:
             if event is not None:  # deleted since the ranking: skipped, never repeated
                 hits.append(SearchHit(event, round(score, 6), marker.highlight(event.type, event.data)))
         return hits
+
+
+def _text(data: bytes) -> str:
+    return data.decode(errors="replace")
 
 
 def _resume_offset(window: _Snapshot, last_score: float, last_id: int) -> int:
