@@ -65,13 +65,13 @@ class AuthContext:
     async def issuer(self, method: str, **kwargs: Any) -> Any:
         """Ask the AuthIssuer (looked up once per actor generation) and await its reply."""
         for attempt in range(2):
-            cached = self._issuer
-            if cached is None or not cached[0].is_alive():
-                ref = await self.rt.alookup(ISSUER_PATH)
-                if ref is None:
-                    raise ServiceUnavailable("the auth issuer is not running")
-                cached = self._issuer = (ref, ref.proxy())
             try:
+                cached = self._issuer
+                if cached is None or not cached[0].is_alive():
+                    ref = await self.rt.alookup(ISSUER_PATH)
+                    if ref is None:
+                        raise ServiceUnavailable("the auth issuer is not running")
+                    cached = self._issuer = (ref, ref.proxy())  # proxy() too raises if it died just now
                 return await bridge.ask(lambda: getattr(cached[1], method)(**kwargs), timeout=ASK_TIMEOUT_S)
             except pykka.ActorDeadError:
                 # It died between lookup and ask (a restart): look up its successor once.
