@@ -343,8 +343,8 @@ class SearchIndex:
     def catch_up(self, seconds: float | None = BACKFILL_STEP_SECONDS) -> bool:
         """Index the live tail in one transaction (stopping after `seconds`, None: all of it);
         True while events remain in it."""
-        if not self.enabled:
-            return False
+        if not self.behind:
+            return False  # no write transaction: a search or /me/stats usually finds nothing to do
         db = self.db
         started = time.perf_counter()
         db.execute("BEGIN IMMEDIATE")

@@ -476,7 +476,6 @@ class UserStore(BrainActor):
         self.max_bytes = max_bytes
         self._merge_armed = False
         self._tail_armed = False
-        self._tail_written = 0  # events written since the tail was last asked to be indexed
         self._render_after_index = False  # rows wait to be rendered once the index is backfilled
         self.last_write = 0.0
         self.path = store_path(data_path, user_id)
@@ -577,8 +576,7 @@ class UserStore(BrainActor):
         elif unrendered:
             self._tell_self(_RENDER_BACKFILL)
         if self.index.behind:  # written before a crash, not indexed yet
-            self._tail_armed = True
-            self._tell_self(_INDEX_TAIL)
+            self._index_tail_next()
         if db.execute("SELECT EXISTS (SELECT 1 FROM outbox)").fetchone()[0] and self.marker.alone():
             # Unpublished rows the bus may not know of (a store rebuilt by `brain repair`). Not
             # while another worker has the store open: they are its own, in flight, and it
@@ -781,8 +779,12 @@ class UserStore(BrainActor):
         assert index is not None
         self._tail_armed = False
         if index.catch_up():
-            self._tail_armed = True
-            self._tell_self(_INDEX_TAIL)
+            self._index_tail_next()
+
+    def _index_tail_next(self) -> None:
+        """Index the tail once the requests already waiting are served."""
+        self._tail_armed = True
+        self._tell_self(_INDEX_TAIL)
 
     def _caught_up(self) -> bool:
         """Index the whole live tail before reading the index; False if it cannot be (opened
@@ -916,12 +918,10 @@ class UserStore(BrainActor):
             self.outbox.notify(self.user_id, fresh)
             self._arm_flush()
             self.last_write = time.monotonic()
-            if self.index is not None and self.index.enabled:
-                self._tail_written += len(fresh)
-                if self._tail_written >= TAIL_ROWS:
-                    self._tail_written = 0
-                    self._tail_armed = True
-                    self._tell_self(_INDEX_TAIL)  # behind the requests already waiting
+            index = self.index
+            if index is not None and index.enabled:
+                if fresh[-1].id - index.tail >= TAIL_ROWS - 1:  # TAIL_ROWS of sequence numbers at least
+                    self._index_tail_next()
                 elif not self._tail_armed:
                     self._tail_armed = True
                     self.schedule(self.index_options.tail_seconds, _INDEX_TAIL)
