@@ -2,7 +2,11 @@
 
 A three-server NATS JetStream cluster on loopback (brain.testing.nats_cluster) and two brain
 nodes on it, each with its own data directory and R3 streams: `a` (auth and API) and `b` (API).
-A user is placed on `a` by its first request there. One client then times the same requests
+Node `a` is a client of the first nats-server and `b` of the second (nats-py would otherwise
+pick one at random, and a forward between nodes on one server skips a route hop each way, so
+the figure moved between runs with the draw), so a forward crosses a route both ways, as
+between machines. A user is placed on `a` by its first
+request there. One client then times the same requests
 sent to `b` (forwarded to `a` and back) and to `a` directly, in alternating blocks
 (bench.client.Shadow) so that outside load falls on both: the difference is the forward's cost.
 
@@ -50,20 +54,22 @@ def measure(
     nodes: list[BrainServer] = []
     try:
         nats_cluster.start()
-        shared = {"nats": {"url": nats_cluster.url, **nats_cluster.credentials, "replicas": 3}}
+        def shared(server: int) -> dict[str, Any]:
+            return {"nats": {"url": nats_cluster.server_url(server), **nats_cluster.credentials, "replicas": 3}}
+
         a = BrainServer(workdir / "a", roles="auth,api", config=config({
-            **shared, "server": {"secret": secret}, "cluster": {"node_id": "a"},
+            **shared(0), "server": {"secret": secret}, "cluster": {"node_id": "a"},
         }))
         nodes.append(a)
         a.start(timeout=60)
         b = BrainServer(workdir / "b", roles="api", config=config({
-            **shared, "server": {"secret": secret, "public_url": a.auth_url},
+            **shared(1), "server": {"secret": secret, "public_url": a.auth_url},
             "cluster": {"node_id": "b", "confirm_writes": False},
             "api": {"auth_server_url": a.auth_url},
         }))
         nodes.append(b)
         b.start(timeout=60)
-        progress("cluster: 3 nats-servers (R3), node a (auth+api) and node b (api) up")
+        progress("cluster: 3 nats-servers (R3), node a (auth+api, on n1) and node b (api, on n2) up")
         with KeepAliveClient(a.auth_port) as c:
             user, _ = sign_up(c, tag, 0)
             user_b, _ = sign_up(c, tag, 1)

@@ -25,11 +25,11 @@ import json
 import logging
 from typing import Any
 
-import aiohttp
 import nats.errors
 from aiohttp import web
 from multidict import CIMultiDict
 
+from brain.api.loopback import LoopbackClient
 from brain.errors import HTTPError, PayloadTooLarge, ServiceUnavailable
 from brain.web import read_body
 
@@ -44,6 +44,8 @@ FORWARDED_HEADER = "x-brain-forwarded"
 _NOT_PASSED = frozenset({
     "connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade",
     "content-length", "host", FORWARDED_HEADER,
+    # The body travels whole: the replay has nothing to wait for before sending it.
+    "expect",
 })
 _METHOD = "Brain-Method"
 _TARGET = "Brain-Target"
@@ -57,7 +59,7 @@ def forward_marker(secret: bytes) -> str:
 
 
 def _passed(headers: Any) -> str:
-    return json.dumps([[k, v] for k, v in headers.items() if k.lower() not in _NOT_PASSED])
+    return json.dumps([[k, v] for k, v in headers if k.lower() not in _NOT_PASSED])
 
 
 class Forwarder:
@@ -70,7 +72,7 @@ class Forwarder:
         self._marker = marker.encode()
         self.timeout = timeout
         self.nc: Any = None
-        self._session: aiohttp.ClientSession | None = None
+        self._loopback: LoopbackClient | None = None
         self._serving: set[asyncio.Task[None]] = set()
         self.sent = 0
         self.served = 0
@@ -78,19 +80,15 @@ class Forwarder:
     async def start(self, nc: Any) -> None:
         """Answer this node's subject (a queue group: one worker of the node takes each request)."""
         self.nc = nc
-        # The replay goes to this node's own listener on loopback: no certificate to check there.
-        self._session = aiohttp.ClientSession(
-            auto_decompress=False, connector=aiohttp.TCPConnector(ssl=False, limit=0),
-            timeout=aiohttp.ClientTimeout(total=self.timeout),
-        )
+        self._loopback = LoopbackClient(self.local_url)
         await nc.subscribe(f"{SUBJECT_PREFIX}.{self.node_id}", queue=f"brain-node-{self.node_id}", cb=self._received)
 
     async def close(self) -> None:
         """Stop answering; wait briefly for replays in flight."""
         if self._serving:
             await asyncio.wait(self._serving, timeout=self.timeout)
-        if self._session is not None:
-            await self._session.close()
+        if self._loopback is not None:
+            self._loopback.close()
 
     def is_forwarded(self, request: web.Request) -> bool:
         """Whether the request is this node's replay of one forwarded to it."""
@@ -106,7 +104,7 @@ class Forwarder:
         if len(body) > self.nc.max_payload:
             raise PayloadTooLarge(f"request body too large to forward to node {node} "
                                   f"(NATS max_payload {self.nc.max_payload} bytes)")
-        headers = {_METHOD: request.method, _TARGET: request.raw_path, _HEADERS: _passed(request.headers)}
+        headers = {_METHOD: request.method, _TARGET: request.raw_path, _HEADERS: _passed(request.headers.items())}
         try:
             reply = await self.nc.request(f"{SUBJECT_PREFIX}.{node}", body, timeout=self.timeout, headers=headers)
         except nats.errors.NoRespondersError:
@@ -140,19 +138,16 @@ class Forwarder:
             log.warning("forwarded request: could not reply: %r", exc)
 
     async def _replay(self, msg: Any) -> tuple[int, str, bytes]:
-        assert self._session is not None
+        assert self._loopback is not None
         target = msg.headers[_TARGET]
         if not target.startswith("/") or target.startswith("//"):
             return 400, _json_headers(), _error("forwarded request: bad target")
-        headers = CIMultiDict(json.loads(msg.headers[_HEADERS]))
-        headers[FORWARDED_HEADER] = self.marker
-        async with self._session.request(
-            msg.headers[_METHOD], self.local_url + target, data=msg.data or None, headers=headers,
-            allow_redirects=False,
-        ) as response:
-            body = await response.read()
-            self.served += 1
-            return response.status, _passed(response.headers), body
+        headers = [(k, v) for k, v in json.loads(msg.headers[_HEADERS]) if k.lower() not in _NOT_PASSED]
+        headers.append((FORWARDED_HEADER, self.marker))
+        async with asyncio.timeout(self.timeout):
+            status, answer, body = await self._loopback.request(msg.headers[_METHOD], target, headers, msg.data)
+        self.served += 1
+        return status, _passed(answer), body
 
     def stats(self) -> dict[str, int]:
         """Requests sent to other nodes, and served for them."""

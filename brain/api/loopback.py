@@ -1,0 +1,168 @@
+"""A lean HTTP/1.1 client for a cluster node's replays on its own API listener (brain.api.forwarding).
+
+A request forwarded to this node is replayed on its own listener over loopback, so that it
+meets exactly the routes, checks and errors of a direct one. aiohttp's client spends about as
+much per request as the server does answering it (building a ClientRequest, tracing hooks,
+cookie jar, a response object and its payload stream); this one writes one pre-assembled
+request on a kept-alive connection and reads the answer of a known server — aiohttp's, which
+always frames a body by Content-Length or chunked encoding — as raw bytes: status, header pairs,
+body, passed on as they are (the body still encoded, like `auto_decompress=False`).
+
+Connections are kept for the next replay; one found closed by the server (its keep-alive
+timeout) before any byte of the answer arrived is replaced once, as a browser would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from urllib.parse import urlsplit
+
+__all__ = ["LoopbackClient", "LoopbackError"]
+
+_HEAD_LIMIT = 1 << 20  # an answer's status line and headers (aiohttp's own are far smaller)
+_KEPT = 64  # idle connections kept at the most
+_BODYLESS = (204, 304)
+_FORBIDDEN = frozenset("\r\n\0")
+
+
+class LoopbackError(Exception):
+    """The replay could not be sent or its answer was not HTTP/1.1 as expected."""
+
+
+class LoopbackClient:
+    """Replays requests on `base_url` (this process's listener), a connection per request in flight."""
+
+    def __init__(self, base_url: str) -> None:
+        parts = urlsplit(base_url)
+        self.host = parts.hostname or "127.0.0.1"
+        self.port = parts.port or (443 if parts.scheme == "https" else 80)
+        self._host_header = parts.netloc.encode()
+        self._ssl: ssl.SSLContext | None = None
+        if parts.scheme == "https":
+            # This node's own certificate on loopback: nothing to check there.
+            self._ssl = ssl.create_default_context()
+            self._ssl.check_hostname = False
+            self._ssl.verify_mode = ssl.CERT_NONE
+        self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+
+    async def request(
+        self, method: str, target: str, headers: list[tuple[str, str]], body: bytes,
+    ) -> tuple[int, list[tuple[str, str]], bytes]:
+        """Send the request, return (status, header pairs, body)."""
+        raw = _encode(method, target, self._host_header, headers, body)
+        head_only = method == "HEAD"
+        while self._idle:
+            reader, writer = self._idle.pop()
+            if writer.is_closing() or reader.at_eof():
+                writer.close()
+                continue
+            try:
+                return await self._exchange(reader, writer, raw, head_only)
+            except _ClosedBeforeAnswer:
+                continue  # closed by the server while idle: the request was not read; another connection
+        reader, writer = await asyncio.open_connection(self.host, self.port, ssl=self._ssl, limit=_HEAD_LIMIT)
+        try:
+            return await self._exchange(reader, writer, raw, head_only)
+        except _ClosedBeforeAnswer:
+            raise LoopbackError("the listener closed the connection without answering") from None
+
+    async def _exchange(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, raw: bytes, head_only: bool,
+    ) -> tuple[int, list[tuple[str, str]], bytes]:
+        kept = False
+        try:
+            writer.write(raw)
+            try:
+                head = await reader.readuntil(b"\r\n\r\n")
+            except asyncio.IncompleteReadError as exc:
+                if not exc.partial:
+                    raise _ClosedBeforeAnswer from None
+                raise LoopbackError("the answer's head was cut short") from None
+            status, headers, length, chunked, close = _parse_head(head)
+            while 100 <= status < 200:  # an interim answer (100 Continue): the real one follows
+                head = await reader.readuntil(b"\r\n\r\n")
+                status, headers, length, chunked, close = _parse_head(head)
+            if head_only or status in _BODYLESS:
+                body = b""
+            elif chunked:
+                body = await _read_chunked(reader)
+            elif length is not None:
+                body = await reader.readexactly(length)
+            else:  # framed by the end of the connection
+                body = await reader.read()
+                close = True
+            kept = not close
+            return status, headers, body
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) as exc:
+            raise LoopbackError(f"malformed answer: {exc!r}") from None
+        finally:
+            if kept and len(self._idle) < _KEPT:
+                self._idle.append((reader, writer))
+            else:
+                writer.close()
+
+    def close(self) -> None:
+        """Close the idle connections (replays in flight close theirs when done)."""
+        for _reader, writer in self._idle:
+            writer.close()
+        self._idle.clear()
+
+
+class _ClosedBeforeAnswer(Exception):
+    """The connection ended before any byte of an answer: the request was not served on it."""
+
+
+def _encode(method: str, target: str, host: bytes, headers: list[tuple[str, str]], body: bytes) -> bytes:
+    # One request per line break: nothing in the method, target or a header may start another line
+    # (or a second request on the kept connection).
+    if not _FORBIDDEN.isdisjoint(method + target) or any(
+            not _FORBIDDEN.isdisjoint(name + value) for name, value in headers):
+        raise LoopbackError("forwarded request: a line break or NUL inside the method, target or a header")
+    # aiohttp's parser gave the header values as UTF-8 with surrogateescape: the same bytes go on.
+    out = [method.encode("ascii"), b" ", target.encode("utf-8", "surrogateescape"), b" HTTP/1.1\r\nHost: ", host]
+    for name, value in headers:
+        out += (b"\r\n", name.encode("utf-8", "surrogateescape"), b": ", value.encode("utf-8", "surrogateescape"))
+    out.append(b"\r\nContent-Length: %d\r\n\r\n" % len(body))
+    out.append(body)
+    return b"".join(out)
+
+
+def _parse_head(head: bytes) -> tuple[int, list[tuple[str, str]], int | None, bool, bool]:
+    lines = head[:-4].split(b"\r\n")
+    version, _, rest = lines[0].partition(b" ")
+    if not version.startswith(b"HTTP/1."):
+        raise LoopbackError(f"not an HTTP/1.x answer: {lines[0][:80]!r}")
+    status = int(rest[:3])
+    headers: list[tuple[str, str]] = []
+    length: int | None = None
+    chunked = False
+    close = version == b"HTTP/1.0"
+    for line in lines[1:]:
+        name, sep, value = line.partition(b":")
+        if not sep:
+            raise LoopbackError(f"malformed header line: {line[:80]!r}")
+        name, value = name.strip(), value.strip()
+        lower = name.lower()
+        if lower == b"content-length":
+            length = int(value)
+        elif lower == b"transfer-encoding":
+            chunked = b"chunked" in value.lower()
+        elif lower == b"connection":
+            close = b"close" in value.lower()
+        headers.append((name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape")))
+    return status, headers, length, chunked, close
+
+
+async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
+    parts: list[bytes] = []
+    while True:
+        size_line = await reader.readuntil(b"\r\n")
+        size = int(size_line.split(b";", 1)[0].strip(), 16)
+        if size == 0:
+            while await reader.readuntil(b"\r\n") != b"\r\n":  # trailers, if any
+                pass
+            return b"".join(parts)
+        parts.append(await reader.readexactly(size))
+        if await reader.readexactly(2) != b"\r\n":
+            raise LoopbackError("malformed chunk")

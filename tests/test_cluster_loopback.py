@@ -1,0 +1,122 @@
+"""The lean client a cluster node replays forwarded requests with (brain.api.loopback), against a
+real aiohttp server in the test's loop: every way aiohttp frames an answer comes back whole, as
+bytes, and a connection the server closed while idle is replaced without the caller noticing."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import gzip
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from brain.api.loopback import LoopbackClient, LoopbackError
+
+
+async def streamed(request: web.Request) -> web.StreamResponse:
+    response = web.StreamResponse(headers={"Content-Type": "text/plain"})
+    response.enable_chunked_encoding()
+    await response.prepare(request)
+    for i in range(3):
+        await response.write(f"part {i};".encode())
+    await response.write_eof()
+    return response
+
+
+async def echo(request: web.Request) -> web.Response:
+    body = await request.read()
+    seen = {k: v for k, v in request.headers.items() if k.lower() not in ("host", "content-length")}
+    return web.json_response({"method": request.method, "path": request.path_qs, "body": body.decode(),
+                              "headers": seen})
+
+
+async def cookies(_request: web.Request) -> web.Response:
+    response = web.Response(status=201, body=gzip.compress(b"zipped"), headers={"Content-Encoding": "gzip"})
+    response.headers.add("Set-Cookie", "a=1")
+    response.headers.add("Set-Cookie", "b=2")
+    return response
+
+
+async def empty(_request: web.Request) -> web.Response:
+    return web.Response(status=204)
+
+
+def serving(test: Callable[[LoopbackClient, web.AppRunner], Awaitable[Any]], *, keepalive: float = 75.0) -> Any:
+    async def run() -> Any:
+        app = web.Application()
+        app.router.add_route("*", "/echo", echo)
+        app.router.add_get("/streamed", streamed)
+        app.router.add_get("/cookies", cookies)
+        app.router.add_get("/empty", empty)
+        runner = web.AppRunner(app, access_log=None, keepalive_timeout=keepalive)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = runner.addresses[0][1]
+        client = LoopbackClient(f"http://127.0.0.1:{port}")
+        try:
+            return await test(client, runner)
+        finally:
+            client.close()
+            await runner.cleanup()
+
+    return asyncio.run(run())
+
+
+def test_answers_come_back_whole_however_framed() -> None:
+    async def test(client: LoopbackClient, _runner: web.AppRunner) -> None:
+        status, headers, body = await client.request(
+            "POST", "/echo?x=%C3%A9&y=1", [("Content-Type", "application/json"), ("X-Name", "caf\u00e9")], b'{"a": 1}')
+        assert status == 200 and ("Content-Type", "application/json; charset=utf-8") in headers
+        sent = json.loads(body)
+        assert sent["method"] == "POST" and sent["path"] == "/echo?x=%C3%A9&y=1" and sent["body"] == '{"a": 1}'
+        assert sent["headers"]["X-Name"] == "caf\u00e9"
+        # Chunked: the chunks joined, the framing header passed on for the caller to drop.
+        status, headers, body = await client.request("GET", "/streamed", [], b"")
+        assert status == 200 and body == b"part 0;part 1;part 2;"
+        # Repeated headers stay repeated; an encoded body stays encoded.
+        status, headers, body = await client.request("GET", "/cookies", [], b"")
+        assert status == 201 and [v for k, v in headers if k == "Set-Cookie"] == ["a=1", "b=2"]
+        assert gzip.decompress(body) == b"zipped"
+        # No body to read: a 204, and any answer to HEAD (its Content-Length is the GET's).
+        assert (await client.request("GET", "/empty", [], b""))[::2] == (204, b"")
+        status, headers, body = await client.request("HEAD", "/echo", [], b"")
+        assert status == 200 and body == b"" and any(k == "Content-Length" and v != "0" for k, v in headers)
+        # Everything above went over one kept connection, and it still serves.
+        assert (await client.request("GET", "/empty", [], b""))[0] == 204
+        assert len(client._idle) == 1
+
+    serving(test)
+
+
+def test_a_line_break_in_a_header_or_target_is_refused_before_anything_is_sent() -> None:
+    async def test(client: LoopbackClient, _runner: web.AppRunner) -> None:
+        for target, headers in (("/echo", [("X-A", "1\r\nX-Injected: 1")]), ("/echo HTTP/1.1\r\nX: y", []),
+                                ("/echo", [("X-A\nB", "1")]), ("/echo", [("X-A", "nul\0")])):
+            with pytest.raises(LoopbackError):
+                await client.request("GET", target, headers, b"")
+        assert not client._idle
+
+    serving(test)
+
+
+def test_a_connection_the_server_closed_while_idle_is_replaced() -> None:
+    async def test(client: LoopbackClient, _runner: web.AppRunner) -> None:
+        assert (await client.request("POST", "/echo", [], b"one"))[0] == 200
+        await asyncio.sleep(0.5)  # beyond the server's keep-alive: it closed the connection
+        status, _headers, body = await client.request("POST", "/echo", [], b"two")
+        assert status == 200 and b'"two"' in body
+
+    serving(test, keepalive=0.1)
+
+
+def test_concurrent_requests_each_get_their_own_answer() -> None:
+    async def test(client: LoopbackClient, _runner: web.AppRunner) -> None:
+        answers = await asyncio.gather(*(client.request("POST", f"/echo?n={i}", [], str(i).encode())
+                                         for i in range(20)))
+        assert [json.loads(body)["body"] for _s, _h, body in answers] == [str(i) for i in range(20)]
+
+    serving(test)
