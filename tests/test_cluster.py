@@ -9,6 +9,7 @@ process is stopped by its pid at the end.
 from __future__ import annotations
 
 import asyncio
+import http.client
 import json
 import os
 import secrets
@@ -273,14 +274,42 @@ def writing_users(cluster: Cluster, count: int, home: str) -> tuple[list[dict[st
     return users, writers
 
 
+class HeldWrite:
+    """A POST /events whose head is sent now and its body later: the node it reaches chooses the
+    user's node from the head, and forwards the request there once the body is in."""
+
+    def __init__(self, server: BrainServer, jwt: str) -> None:
+        self.body = json.dumps({"type": "held", "data": {}}).encode()
+        self.conn = http.client.HTTPConnection("127.0.0.1", server.api_port, timeout=60)
+        self.conn.putrequest("POST", "/events")
+        for name, value in {**bearer(jwt), "Content-Type": "application/json",
+                            "Content-Length": str(len(self.body))}.items():
+            self.conn.putheader(name, value)
+        self.conn.endheaders()
+        time.sleep(0.5)  # the node has parsed the head and routed the request by now
+
+    def finish(self) -> tuple[int, str]:
+        """Send the body: the answer's status and text."""
+        self.conn.send(self.body)
+        response = self.conn.getresponse()
+        text = response.read().decode()
+        self.conn.close()
+        return response.status, text
+
+
 def test_the_owner_killed_under_writes_its_users_move_with_every_acknowledged_event(cluster: Cluster) -> None:
     a, b, c = (cluster.nodes[n] for n in NODES)
     users, writers = writing_users(cluster, 3, "c")
+    # Routed to c before it dies, forwarded after its users moved: sent on to the new owner.
+    held = HeldWrite(a, users[0]["jwt"])
     c.kill()
     killed = [len(w.acked) for w in writers]
     # After the heartbeat's TTL the others take c's users over, rebuild them from the stream and serve.
     wait_until(lambda: all(len(w.acked) >= k + 5 for w, k in zip(writers, killed)), timeout=NODE_TTL + 30,
                what="writes acknowledged again after node c died")
+    status, text = held.finish()
+    assert status == 201, text
+    assert metric(a, "brain_cluster_resent_total") >= 1
     for writer in writers:
         writer.stop()
     for user, writer in zip(users, writers):
@@ -302,10 +331,17 @@ def test_the_owner_killed_under_writes_its_users_move_with_every_acknowledged_ev
 def test_drain_hands_a_nodes_users_to_the_others_with_all_their_events(cluster: Cluster) -> None:
     a, b, c = (cluster.nodes[n] for n in NODES)
     users, writers = writing_users(cluster, 4, "b")
+    # Routed to b before the drain, forwarded after b gave the user up: b refuses it, and the
+    # node that forwarded it sends it on to the new owner.
+    held = HeldWrite(c, users[0]["jwt"])
+    resent = metric(c, "brain_cluster_resent_total")
     done = cluster_command(cluster, "drain", "b", "--json", timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
     answer = json.loads(done.stdout)
     assert set(answer["moved"]) >= {u["user"]["id"] for u in users} and set(answer["moved"].values()) <= {"a", "c"}
+    status, text = held.finish()
+    assert status == 201, text
+    assert metric(c, "brain_cluster_resent_total") == resent + 1
     drained = [len(w.acked) for w in writers]
     wait_until(lambda: all(len(w.acked) >= k + 3 for w, k in zip(writers, drained)), timeout=30,
                what="writes after the drain")

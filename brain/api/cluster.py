@@ -30,7 +30,7 @@ import nats.errors
 from aiohttp import web
 
 from brain import jetstream
-from brain.api.forwarding import Forwarder, forward_marker
+from brain.api.forwarding import MOVED_HEADER, Forwarder, NotThere, forward_marker
 from brain.api.handover import Handover
 from brain.api.placement import UserPlacement
 from brain.api.publisher import publish_confirmed
@@ -49,6 +49,11 @@ __all__ = ["NODES_BUCKET", "ClusterNode", "cluster_node", "confirmed_append"]
 log = logging.getLogger("brain.cluster")
 
 NODES_BUCKET = "brain_cluster_nodes"
+# Nodes a request is sent to at the most: the one the placement map names, then wherever the
+# user went meanwhile (a drain or a takeover moved it between the lookup and the forward).
+FORWARD_HOPS = 3
+# How long a node waits for its own placement map to show a move another node told it of.
+MOVE_SEEN_SECONDS = 1.0
 
 
 class ClusterNode:
@@ -76,6 +81,7 @@ class ClusterNode:
         self.nc: Any = None
         self.serving = False  # placement loaded, stale stores given up, answering forwards and admin requests
         self.last_error = ""
+        self.resent = 0  # requests sent on to the node a user moved to, after the first refused them
         self._stopping = False
         self._starting: asyncio.Task[None] | None = None
         self._beating: asyncio.Task[None] | None = None
@@ -216,7 +222,29 @@ class ClusterNode:
         if streams:
             raise ServiceUnavailable(f"live streams are served by the node holding the user's data ({node}), "
                                      f"not forwarded: connect to that node", retry_after=5)
-        return await self.forwarder.forward(request, node)
+        body = await self.forwarder.body(request, node)
+        for hop in range(FORWARD_HOPS):
+            try:
+                return await self.forwarder.forward(request, node, body)
+            except NotThere as refused:
+                # Nothing was served there: ask where the user is now, and send it on (this node
+                # included, over its own subject: the body is read already).
+                now = await self._moved_from(user_id, node) if refused.moved_to else self.placement.cached(user_id)
+                if hop == FORWARD_HOPS - 1 or now is None or now == node:
+                    if isinstance(refused.answer, Exception):
+                        raise refused.answer from None
+                    return refused.answer
+                self.resent += 1
+                node = now
+        raise AssertionError("unreachable")
+
+    async def _moved_from(self, user_id: str, node: str) -> str | None:
+        """The user's node once this node's map no longer names `node` (as it was told), or as it stands
+        after MOVE_SEEN_SECONDS."""
+        deadline = time.monotonic() + MOVE_SEEN_SECONDS
+        while self.placement.cached(user_id) == node and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        return self.placement.cached(user_id)
 
     async def rebuilt(self, user_id: str) -> None:
         """Return once the user's store is no longer being rebuilt here (or after cluster.rebuild_wait_seconds)."""
@@ -229,7 +257,9 @@ class ClusterNode:
         node = self.placement.cached(user_id)
         if node is not None and node != self.node_id and not (
                 self.handover is not None and user_id in self.handover.handing_off):
-            raise ServiceUnavailable(f"the user's data moved to node {node} meanwhile: try again", retry_after=1)
+            moved = ServiceUnavailable(f"the user's data moved to node {node} meanwhile: try again", retry_after=1)
+            moved.headers[MOVED_HEADER] = node  # the forwarding node sends it on there
+            raise moved
         await self.rebuilt(user_id)
 
     def problems(self) -> list[str]:
@@ -244,7 +274,7 @@ class ClusterNode:
         return {
             "node": self.node_id, "ready": self.serving, "users_per_node": self.placement.counts(),
             "heartbeat": bool(self.heartbeat and self.heartbeat.held()),
-            **self.forwarder.stats(), **(self.handover.stats() if self.handover is not None else {}),
+            **self.forwarder.stats(), "resent": self.resent, **(self.handover.stats() if self.handover is not None else {}),
             "last_error": self.last_error,
         }
 

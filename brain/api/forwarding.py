@@ -33,17 +33,20 @@ from brain.api.loopback import LoopbackClient
 from brain.errors import HTTPError, PayloadTooLarge, ServiceUnavailable
 from brain.web import read_body
 
-__all__ = ["FORWARDED_HEADER", "SUBJECT_PREFIX", "Forwarder", "forward_marker"]
+__all__ = ["FORWARDED_HEADER", "MOVED_HEADER", "SUBJECT_PREFIX", "Forwarder", "NotThere", "forward_marker"]
 
 log = logging.getLogger("brain.cluster")
 
 SUBJECT_PREFIX = "brain.cluster.http"
 FORWARDED_HEADER = "x-brain-forwarded"
+# On the owner's answer to its own replay: the user is placed on this node now, not here (the
+# node that forwarded it asks there). Carried back as a NATS header, never to a client.
+MOVED_HEADER = "x-brain-moved"
 # What a hop does not pass on: connection management, lengths the next hop computes again, and
 # the marker (only ever set by the owner on its own replay).
 _NOT_PASSED = frozenset({
     "connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade",
-    "content-length", "host", FORWARDED_HEADER,
+    "content-length", "host", FORWARDED_HEADER, MOVED_HEADER,
     # The body travels whole: the replay has nothing to wait for before sending it.
     "expect",
 })
@@ -51,6 +54,7 @@ _METHOD = "Brain-Method"
 _TARGET = "Brain-Target"
 _HEADERS = "Brain-Headers"
 _STATUS = "Brain-Status"
+_MOVED = "Brain-Moved"
 
 
 def forward_marker(secret: bytes) -> str:
@@ -60,6 +64,20 @@ def forward_marker(secret: bytes) -> str:
 
 def _passed(headers: Any) -> str:
     return json.dumps([[k, v] for k, v in headers if k.lower() not in _NOT_PASSED])
+
+
+class NotThere(Exception):
+    """The node asked does not hold the user (any more): nothing was served there.
+
+    `moved_to`: where that node says the user is now (None: it did not answer at all);
+    `answer`: what to relay if the request is not sent on.
+    """
+
+    def __init__(self, node: str, moved_to: str | None, answer: Exception | web.Response) -> None:
+        super().__init__(node, moved_to)
+        self.node = node
+        self.moved_to = moved_to
+        self.answer = answer
 
 
 class Forwarder:
@@ -96,25 +114,36 @@ class Forwarder:
         # As bytes: compare_digest refuses str that is not ASCII, and a client may send anything.
         return given is not None and hmac.compare_digest(given.encode(errors="replace"), self._marker)
 
-    async def forward(self, request: web.Request, node: str) -> web.Response:
-        """The answer of `node` to this request."""
-        if self.nc is None or not self.nc.is_connected:
-            raise ServiceUnavailable(f"not connected to NATS: cannot reach node {node}, which holds this user's data")
+    async def body(self, request: web.Request, node: str) -> bytes:
+        """The request's body, read once for every node it may be sent to."""
         body = await read_body(request) if request.can_read_body else b""
-        if len(body) > self.nc.max_payload:
+        if self.nc is not None and len(body) > self.nc.max_payload:
             raise PayloadTooLarge(f"request body too large to forward to node {node} "
                                   f"(NATS max_payload {self.nc.max_payload} bytes)")
+        return body
+
+    async def forward(self, request: web.Request, node: str, body: bytes) -> web.Response:
+        """The answer of `node` to this request; NotThere if `node` served nothing because it does
+        not hold the user (it gave the user up, or nobody answers its subject)."""
+        if self.nc is None or not self.nc.is_connected:
+            raise ServiceUnavailable(f"not connected to NATS: cannot reach node {node}, which holds this user's data")
         headers = {_METHOD: request.method, _TARGET: request.raw_path, _HEADERS: _passed(request.headers.items())}
         try:
             reply = await self.nc.request(f"{SUBJECT_PREFIX}.{node}", body, timeout=self.timeout, headers=headers)
         except nats.errors.NoRespondersError:
-            raise ServiceUnavailable(f"node {node}, which holds this user's data, is not answering") from None
+            raise NotThere(node, None, ServiceUnavailable(
+                f"node {node}, which holds this user's data, is not answering")) from None
         except nats.errors.TimeoutError:
+            # Perhaps served before the node went away: not sent anywhere else.
             raise HTTPError(f"node {node} did not answer within {self.timeout}s", status=504,
                             code="GATEWAY_TIMEOUT") from None
         self.sent += 1
         status = int(reply.headers[_STATUS])
-        return web.Response(status=status, body=reply.data, headers=CIMultiDict(json.loads(reply.headers[_HEADERS])))
+        answer = web.Response(status=status, body=reply.data, headers=CIMultiDict(json.loads(reply.headers[_HEADERS])))
+        moved_to = reply.headers.get(_MOVED)
+        if moved_to:
+            raise NotThere(node, moved_to, answer)
+        return answer
 
     async def _received(self, msg: Any) -> None:
         # nats-py runs a subscription's callbacks one after another: each replay gets a task.
@@ -123,8 +152,9 @@ class Forwarder:
         task.add_done_callback(self._serving.discard)
 
     async def _answer(self, msg: Any) -> None:
+        moved_to = ""
         try:
-            status, headers, body = await self._replay(msg)
+            status, headers, body, moved_to = await self._replay(msg)
         except Exception as exc:  # noqa: BLE001 - the asking node gets a JSON error, not a timeout
             log.warning("forwarded request: %r", exc)
             status, headers, body = 502, _json_headers(), _error(f"node {self.node_id} could not serve it: {exc!r}")
@@ -133,21 +163,27 @@ class Forwarder:
             body = _error(f"response too large to forward from node {self.node_id} "
                           f"(NATS max_payload {self.nc.max_payload} bytes): ask for less (limit)")
         try:
-            await self.nc.publish(msg.reply, body, headers={_STATUS: str(status), _HEADERS: headers})
+            reply = {_STATUS: str(status), _HEADERS: headers}
+            if moved_to:
+                reply[_MOVED] = moved_to
+            await self.nc.publish(msg.reply, body, headers=reply)
         except Exception as exc:  # noqa: BLE001 - the asker times out and says so
             log.warning("forwarded request: could not reply: %r", exc)
 
-    async def _replay(self, msg: Any) -> tuple[int, str, bytes]:
+    async def _replay(self, msg: Any) -> tuple[int, str, bytes, str]:
+        """Status, headers (JSON), body and where the user moved to ("" unless refused for that)."""
         assert self._loopback is not None
         target = msg.headers[_TARGET]
         if not target.startswith("/") or target.startswith("//"):
-            return 400, _json_headers(), _error("forwarded request: bad target")
+            return 400, _json_headers(), _error("forwarded request: bad target"), ""
         headers = [(k, v) for k, v in json.loads(msg.headers[_HEADERS]) if k.lower() not in _NOT_PASSED]
         headers.append((FORWARDED_HEADER, self.marker))
         async with asyncio.timeout(self.timeout):
             status, answer, body = await self._loopback.request(msg.headers[_METHOD], target, headers, msg.data)
-        self.served += 1
-        return status, _passed(answer), body
+        moved_to = next((v for k, v in answer if k.lower() == MOVED_HEADER), "")
+        if not moved_to:
+            self.served += 1
+        return status, _passed(answer), body, moved_to
 
     def stats(self) -> dict[str, int]:
         """Requests sent to other nodes, and served for them."""

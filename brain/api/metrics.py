@@ -124,6 +124,8 @@ def sources(rt: Process) -> list[tuple[str, Callable[[], Iterable[Metric]]]]:
             counter("brain_cluster_forwarded", "Requests sent to the node holding their user.", stats["forwarded"]),
             counter("brain_cluster_served_for_others", "Requests other nodes forwarded here.",
                     stats["served_for_others"]),
+            counter("brain_cluster_resent", "Forwards sent on to the node their user had just moved to.",
+                    stats["resent"]),
             counter("brain_cluster_taken_over", "Users this node took over from dead nodes.", stats.get("taken_over", 0)),
             counter("brain_cluster_given_up", "Stores this node gave up to the users' new nodes.",
                     stats.get("given_up", 0)),
