@@ -38,6 +38,8 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import pybase64
+
 from brain.mail.mailtext import (
     clean_text,
     clip_utf8,
@@ -489,13 +491,9 @@ def _transfer_decoded(msg: email.message.Message, body: bytes) -> bytes:
     """``body`` as ``msg.get_payload(decode=True)`` gives it for that payload, without turning it into text and back."""
     cte = _safe(lambda: str(msg.get("content-transfer-encoding", "")).lower(), None)
     if cte == "base64":
-        try:
-            # The stdlib joins the lines (bytes.splitlines splits at CR and LF only) and
-            # decodes what passes its validation (a regular expression over the whole body)
-            # the same way; anything else takes its lenient path.
-            return binascii.a2b_base64(body.translate(None, b"\r\n"), strict_mode=True)
-        except binascii.Error:
-            pass
+        data = _base64(body)
+        if data is not None:
+            return data
     elif cte == "quoted-printable":
         return quopri.decodestring(body)
     elif cte is not None and cte not in _UUENCODE:
@@ -558,7 +556,28 @@ def _content_type_of(value: str) -> tuple[str, str | None]:
     return _safe(probe.get_content_type, "text/plain"), _safe(probe.get_content_charset, None)
 
 
+def _base64(body: bytes) -> bytes | None:
+    """A base64 body decoded as the stdlib decodes one that passes its validation, else None.
+
+    The stdlib joins the lines (bytes.splitlines splits at CR and LF only) and decodes strictly
+    (``binascii.a2b_base64(strict_mode=True)``); what fails that takes its lenient path, which
+    the caller leaves to the stdlib. pybase64 validates the same way and decodes with SIMD,
+    about ten times faster than binascii on a 27 KB body (`python -m bench.mail_convert`).
+    """
+    try:
+        return pybase64.b64decode(body.translate(None, b"\r\n"), validate=True)
+    except binascii.Error:
+        return None
+
+
 def _leaf_payload(msg: email.message.Message) -> bytes:
+    raw = _safe(msg.get_payload, None)
+    if isinstance(raw, str) and raw.isascii():
+        # As get_payload(decode=True) reads it, for a base64 part that passes validation.
+        if _safe(lambda: str(msg.get("content-transfer-encoding", "")).lower(), None) == "base64":
+            data = _base64(raw.encode("ascii"))
+            if data is not None:
+                return data
     try:
         data = msg.get_payload(decode=True)
     except Exception:  # noqa: BLE001 - a broken transfer encoding: keep the bytes as sent

@@ -243,7 +243,11 @@ def _answer(window: str, languages: tuple[str, ...]) -> tuple[EmailReply, bool]:
     patterns, as ``read`` does for each part. A text that opens with a quote header (a
     forward) is read by ``read`` itself: its first reply is the quoted one.
     """
-    reader = ReplyParse(text=window, languages=list(languages), keep_hyphen_lists=True)
+    header, signature_regex, disclaimers = _reply_patterns(languages)
+    reader = ReplyParse(
+        text=window, languages=list(languages), keep_hyphen_lists=True,
+        _header_regex=header, _signature_regex=signature_regex, _disclaimers_regex=disclaimers,
+    )
     text = reader.text  # as the parser normalised it
     quote = reader.HEADER_REGEX.search(text)
     if quote is not None and not text[: quote.start()].strip():
@@ -257,6 +261,18 @@ def _answer(window: str, languages: tuple[str, ...]) -> tuple[EmailReply, bool]:
         disclaimers=reader.DISCLAIMERS_REGEX.findall(content),
     )
     return answer, quote is not None
+
+
+@functools.lru_cache(maxsize=16)
+def _reply_patterns(languages: tuple[str, ...]) -> tuple[re.Pattern[str], re.Pattern[str], re.Pattern[str]]:
+    """mail-parser-reply's quote header, signature and disclaimer patterns for ``languages``.
+
+    The parser builds each pattern's source from its language tables for every message it
+    reads (re's cache then finds the compiled pattern); they depend on the languages alone, so
+    they are built here once and handed to each reader, which uses them as its own.
+    """
+    reader = ReplyParse(text="", languages=list(languages), keep_hyphen_lists=True)
+    return reader.HEADER_REGEX, reader.SIGNATURE_REGEX, reader.DISCLAIMERS_REGEX
 
 
 def clip_utf8(text: str, limit: int) -> tuple[str, int | None]:
