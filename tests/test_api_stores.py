@@ -151,6 +151,21 @@ def test_idle_stores_stop_and_reopen_with_their_data(rt: Runtime) -> None:
     assert stores.open_count() == 1
 
 
+def test_an_open_store_reads_its_file_through_a_memory_map_and_lets_it_go_when_it_stops(rt: Runtime) -> None:
+    # api.store_mmap_mib (default 1024): a search's per-match lookups cost no read() each.
+    stores = store_manager(rt)
+    stores.append_from_thread("mapped", [{"type": "note", "data": {"text": "through the map"}}])
+    events, _ = stores.query_from_thread("mapped")
+    assert [e["data"] for e in events] == [{"text": "through the map"}]
+    path = str(rt.settings.data_path / "users" / "mapped" / "events.db")
+
+    def mapped() -> bool:
+        return any(line.endswith(" " + path) for line in open("/proc/self/maps").read().splitlines())
+
+    assert mapped()
+    wait_until(lambda: not mapped(), timeout=10, what="the map released when the idle store stops")
+
+
 def test_database_files_only_under_users(rt: Runtime) -> None:
     data = rt.settings.data_path
     for path in data.rglob("*"):

@@ -40,6 +40,12 @@ class ApiSettings:
     events_page_default: int = 100
     store_idle_seconds: float = 300.0
     max_open_stores: int = 256
+    # How much of a store's file SQLite reads through a memory map (PRAGMA mmap_size), in MiB; 0:
+    # none, every page read with a read() into a small per-connection cache. Searching a large
+    # store looks up one row of its index's document sizes and times per match, spread over
+    # megabytes: through the map they cost no system call and are shared by every worker's
+    # connection (the OS page cache) instead of copied into each. Address space, not memory.
+    store_mmap_mib: int = 1024
     # Rebuild a store found damaged (quarantined) from the event stream at once, in the server;
     # false: it waits for `brain repair --user ID`.
     auto_repair: bool = False
@@ -148,6 +154,8 @@ def validate(s: Settings) -> None:
     for origin in s.api.cors_origins:
         if origin != "*" and "*" not in origin and origin_of(origin) is None:
             raise ConfigError(f"api.cors_origins: {origin[:80]!r} is not an origin such as https://app.example.com")
+    if not 0 <= s.api.store_mmap_mib <= 2047:  # SQLite's own ceiling is just under 2 GiB
+        raise ConfigError("api.store_mmap_mib: 0 (no memory map) to 2047")
     if s.api.max_user_bytes < 0 or s.api.max_events_per_minute < 0:
         raise ConfigError("api.max_user_bytes and api.max_events_per_minute: 0 (no quota) or more")
     if s.api.events_page_default > s.api.events_page_max:

@@ -82,6 +82,7 @@ class StoreManager:
         api = rt.settings.api
         self.max_open = api.max_open_stores
         self.idle_seconds = api.store_idle_seconds
+        self.mmap_bytes = api.store_mmap_mib << 20
         self.max_event_bytes = api.max_event_bytes
         self.page_max = api.events_page_max
         self.data_path = rt.settings.data_path
@@ -490,6 +491,7 @@ class StoreManager:
                 data_path=self.data_path,
                 outbox=self._outbox,
                 idle_seconds=self.idle_seconds,
+                mmap_bytes=self.mmap_bytes,
                 index=self.index_options,
                 max_bytes=self.max_user_bytes,
                 acks=self._ack_queue(user_id),

@@ -459,6 +459,7 @@ class UserStore(BrainActor):
         data_path: Path,
         outbox: Outbox,
         idle_seconds: float,
+        mmap_bytes: int = 0,
         index: IndexOptions | None = None,
         max_bytes: int = 0,
         acks: deque[int] | None = None,
@@ -474,6 +475,7 @@ class UserStore(BrainActor):
         self.index_options = index or IndexOptions.from_settings(SearchSettings())
         self.index: SearchIndex | None = None
         self.max_bytes = max_bytes
+        self.mmap_bytes = mmap_bytes
         self._merge_armed = False
         self._tail_armed = False
         self._render_after_index = False  # rows wait to be rendered once the index is backfilled
@@ -562,6 +564,7 @@ class UserStore(BrainActor):
         # NORMAL in WAL mode: a commit survives a crash of brain (kill -9); only an OS
         # crash or power loss can take the last commits back.
         db.execute("PRAGMA synchronous=NORMAL")
+        db.execute(f"PRAGMA mmap_size={int(self.mmap_bytes)}")  # api.store_mmap_mib
         self._check(db)
         migrate(db)
         unrendered = ensure_rendered(db)
@@ -938,7 +941,11 @@ class UserStore(BrainActor):
         self._changes_noted = self.db.total_changes
         try:
             pages, page_size = (self.db.execute(f"PRAGMA {name}").fetchone()[0] for name in ("page_count", "page_size"))
-            on_disk = os.stat(self.path).st_size
+            st = os.stat(self.path)
+            # What the file holds on disk, not its length: with the store memory-mapped
+            # (api.store_mmap_mib), SQLite extends the file to its new length before a
+            # checkpoint copies the pages in, and that length is a hole until they are written.
+            on_disk = min(st.st_size, st.st_blocks * 512)
         except (sqlite3.Error, OSError):
             return  # the next write tells again
         self.faults.guard.owe(self.actor_urn, max(0, pages * page_size - on_disk))
