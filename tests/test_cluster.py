@@ -22,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import nats
 import nats.errors
 import nats.js.errors
@@ -30,6 +31,8 @@ import requests
 
 from brain.api.placement import BUCKET
 from brain.testing.nats_cluster import NatsCluster
+from brain.api.forwarding import STREAM_CHECK_SECONDS
+from tests.sse import open_stream
 from tests.support import METRICS_TOKEN, BrainServer, wait_until
 from tests.test_auth_helpers import NO_LIMITS, bearer, new_user
 
@@ -167,6 +170,50 @@ def test_a_user_first_seen_by_two_nodes_at_once_is_placed_once(cluster: Cluster)
     assert [e["id"] for e in stored] == sorted((e["id"] for e in stored), reverse=True)
     holders = [n for n in NODES if (cluster.nodes[n].data_dir / "users" / user_id / "events.db").exists()]
     assert holders == [owner]
+
+
+def test_the_live_stream_is_relayed_from_the_users_node_and_resumes_through_any_node(cluster: Cluster) -> None:
+    a, b, c = (cluster.nodes[n] for n in NODES)
+    user = new_user(a)
+    jwt, user_id = user["jwt"], user["user"]["id"]
+    written = [post(c, jwt, {"type": "s", "data": {"n": 0}})]
+    assert cluster.placed_on(user_id) == "c"
+
+    async def write(via: BrainServer, n: int) -> None:
+        written.append(await asyncio.to_thread(post, via, jwt, {"type": "s", "data": {"n": n}}))
+
+    async def run() -> None:
+        async with aiohttp.ClientSession() as session:
+            # Opened through b, written through a: the history, then the live events, in order.
+            stream = await open_stream(session, f"{b.api_url}/events/stream", token=jwt, params={"after": "0"})
+            for n in range(1, 5):
+                await write(a, n)
+            got = await stream.messages(5, timeout=30)
+            assert [m.json()["id"] for m in got] == [e["id"] for e in written]
+            last = stream.last_id
+            assert last is not None
+            stream.close()
+            # Resumed through a with Last-Event-ID: what came since, no gap, no repeat.
+            for n in range(5, 8):
+                await write(b, n)
+            stream = await open_stream(session, f"{a.api_url}/events/stream", token=jwt, last_event_id=last)
+            await write(a, 8)
+            got = await stream.messages(4, timeout=30)
+            assert [m.json()["id"] for m in got] == [e["id"] for e in written[5:]]
+            stream.close()
+            # A ticket (issued through b, redeemed by b, then by c on its replay) opens one too.
+            r = await session.post(f"{b.api_url}/events/stream/ticket", headers=bearer(jwt))
+            assert r.status == 201 or r.status == 200, await r.text()
+            ticket = (await r.json())["ticket"]
+            stream = await open_stream(session, f"{b.api_url}/events/stream", params={"ticket": ticket, "after": "0"})
+            assert len(await stream.messages(len(written), timeout=30)) == len(written)
+            stream.close()
+
+    asyncio.run(run())
+    assert not (b.data_dir / "users" / user_id).exists() and not (a.data_dir / "users" / user_id).exists()
+    # The owner notices the clients left, and stops relaying.
+    wait_until(lambda: c.health()["cluster"]["streams_for_others"] == 0, timeout=STREAM_CHECK_SECONDS + 10,
+               what="node c to end the streams it relayed")
 
 
 def test_streams_and_buckets_are_replicated_on_three_servers(cluster: Cluster) -> None:

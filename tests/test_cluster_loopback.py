@@ -15,6 +15,8 @@ from aiohttp import web
 
 from brain.api.loopback import LoopbackClient, LoopbackError
 
+RELEASE: web.AppKey[asyncio.Event] = web.AppKey("release", asyncio.Event)
+
 
 async def streamed(request: web.Request) -> web.StreamResponse:
     response = web.StreamResponse(headers={"Content-Type": "text/plain"})
@@ -22,6 +24,16 @@ async def streamed(request: web.Request) -> web.StreamResponse:
     await response.prepare(request)
     for i in range(3):
         await response.write(f"part {i};".encode())
+    await response.write_eof()
+    return response
+
+
+async def live(request: web.Request) -> web.StreamResponse:
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await response.prepare(request)
+    await response.write(b"data: 1\n\n")
+    await request.app[RELEASE].wait()  # the client must have the first part before this one
+    await response.write(b"data: 2\n\n")
     await response.write_eof()
     return response
 
@@ -47,6 +59,8 @@ async def empty(_request: web.Request) -> web.Response:
 def serving(test: Callable[[LoopbackClient, web.AppRunner], Awaitable[Any]], *, keepalive: float = 75.0) -> Any:
     async def run() -> Any:
         app = web.Application()
+        app[RELEASE] = asyncio.Event()
+        app.router.add_get("/live", live)
         app.router.add_route("*", "/echo", echo)
         app.router.add_get("/streamed", streamed)
         app.router.add_get("/cookies", cookies)
@@ -118,5 +132,22 @@ def test_concurrent_requests_each_get_their_own_answer() -> None:
         answers = await asyncio.gather(*(client.request("POST", f"/echo?n={i}", [], str(i).encode())
                                          for i in range(20)))
         assert [json.loads(body)["body"] for _s, _h, body in answers] == [str(i) for i in range(20)]
+
+    serving(test)
+
+
+def test_an_answer_that_goes_on_is_read_part_by_part_as_it_comes() -> None:
+    async def test(client: LoopbackClient, runner: web.AppRunner) -> None:
+        answer = await client.open("GET", "/live", [], b"")
+        assert answer.status == 200 and answer.chunked
+        parts = answer.chunks()
+        assert await asyncio.wait_for(parts.__anext__(), 5) == b"data: 1\n\n"
+        runner.app[RELEASE].set()
+        assert [part async for part in parts] == [b"data: 2\n\n"]
+        answer.close()
+        # An answer that is not a stream is read whole the same way.
+        answer = await client.open("POST", "/echo", [], b"x")
+        assert not answer.chunked and json.loads(await answer.read())["body"] == "x"
+        answer.close()
 
     serving(test)

@@ -67,6 +67,9 @@ class ClusterNode:
         self.forwarder = Forwarder(
             self.node_id, local_url=settings.local_url(settings.server.api_port), marker=forward_marker(rt.secret),
             timeout=settings.cluster.forward_timeout_seconds,
+            # The owner's stream sends a heartbeat comment at least this often when idle.
+            stream_idle=2 * settings.api.stream_heartbeat_seconds + settings.cluster.forward_timeout_seconds,
+            stream_buffer=settings.api.stream_buffer_bytes,
         )
         self.heartbeat_ttl = settings.cluster.node_ttl_seconds
         self.heartbeat: Leases | None = None
@@ -212,20 +215,17 @@ class ClusterNode:
     async def route(self, request: web.Request, user_id: str, *, streams: bool) -> web.StreamResponse | None:
         """Another node's answer if the user is placed there; None: serve it here.
 
-        `streams`: the route answers with a live stream, which is not forwarded (only whole
-        answers travel over NATS): refused with 503 on a node that does not hold the user.
+        `streams`: the route answers with a live stream, relayed from the owner as it comes.
         """
         node = await self.placement.node_of(user_id)
         if node == self.node_id:
             await self.rebuilt(user_id)
             return None
-        if streams:
-            raise ServiceUnavailable(f"live streams are served by the node holding the user's data ({node}), "
-                                     f"not forwarded: connect to that node", retry_after=5)
+        send = self.forwarder.stream if streams else self.forwarder.forward
         body = await self.forwarder.body(request, node)
         for hop in range(FORWARD_HOPS):
             try:
-                return await self.forwarder.forward(request, node, body)
+                return await send(request, node, body)
             except NotThere as refused:
                 # Nothing was served there: ask where the user is now, and send it on (this node
                 # included, over its own subject: the body is read already).

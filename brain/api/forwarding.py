@@ -11,9 +11,14 @@ from the server secret): it is served where it lands, never forwarded again, and
 twice against the rate limits. The owner checks the credentials again (one signature check from
 its cached keys): a NATS message alone never makes anybody a user.
 
-Only whole answers travel: a response or body larger than NATS's `max_payload` is refused with
-a JSON error naming the limit, and the live event stream (an answer that never ends) is not
-forwarded (docs/cluster.md).
+A request or answer larger than NATS's `max_payload` is refused with a JSON error naming the
+limit. The live event stream (an answer that never ends) travels differently: the forwarding
+node subscribes an inbox of its own and names it in the request; the owner answers the head
+(status, headers) as usual, then publishes the stream's bytes to that inbox as they come, and
+asks the inbox every few seconds whether anybody still reads it — nobody (the client left, the
+node died): it ends the replay. The forwarding node ends the client's stream when the owner
+says it ended, falls silent beyond the heartbeat, or the client reads too slowly (the client
+resumes with Last-Event-ID, wherever it lands).
 """
 
 from __future__ import annotations
@@ -29,7 +34,8 @@ import nats.errors
 from aiohttp import web
 from multidict import CIMultiDict
 
-from brain.api.loopback import LoopbackClient
+from brain.api.loopback import LoopbackAnswer, LoopbackClient, LoopbackError
+from brain.api.stream import ending
 from brain.errors import HTTPError, PayloadTooLarge, ServiceUnavailable
 from brain.web import read_body
 
@@ -55,6 +61,11 @@ _TARGET = "Brain-Target"
 _HEADERS = "Brain-Headers"
 _STATUS = "Brain-Status"
 _MOVED = "Brain-Moved"
+_STREAM = "Brain-Stream"  # a request for a live stream: the inbox its bytes go to
+_STREAMING = "Brain-Streaming"  # on the head of a stream's answer: its bytes follow on the inbox
+_END = "Brain-End"  # the stream ended on the owner
+# How often the owner of a forwarded stream asks whether its inbox is still read.
+STREAM_CHECK_SECONDS = 5.0
 
 
 def forward_marker(secret: bytes) -> str:
@@ -83,8 +94,14 @@ class NotThere(Exception):
 class Forwarder:
     """Sends requests to their user's node, and answers those sent to this node."""
 
-    def __init__(self, node_id: str, *, local_url: str, marker: str, timeout: float) -> None:
+    def __init__(self, node_id: str, *, local_url: str, marker: str, timeout: float,
+                 stream_idle: float = 60.0, stream_buffer: int = 1 << 20) -> None:
         self.node_id = node_id
+        # A forwarded stream from which nothing came for this long (its owner sends a heartbeat
+        # comment well within it) is ended; one whose client lets more than stream_buffer bytes
+        # pile up is ended as too slow.
+        self.stream_idle = stream_idle
+        self.stream_buffer = stream_buffer
         self.local_url = local_url.rstrip("/")
         self.marker = marker
         self._marker = marker.encode()
@@ -92,6 +109,7 @@ class Forwarder:
         self.nc: Any = None
         self._loopback: LoopbackClient | None = None
         self._serving: set[asyncio.Task[None]] = set()
+        self._relayed: set[LoopbackAnswer] = set()  # streams this node serves for others, open now
         self.sent = 0
         self.served = 0
 
@@ -103,6 +121,8 @@ class Forwarder:
 
     async def close(self) -> None:
         """Stop answering; wait briefly for replays in flight."""
+        for answer in self._relayed:
+            answer.close()
         if self._serving:
             await asyncio.wait(self._serving, timeout=self.timeout)
         if self._loopback is not None:
@@ -125,9 +145,15 @@ class Forwarder:
     async def forward(self, request: web.Request, node: str, body: bytes) -> web.Response:
         """The answer of `node` to this request; NotThere if `node` served nothing because it does
         not hold the user (it gave the user up, or nobody answers its subject)."""
+        reply = await self._ask(request, node, body)
+        return self._whole(node, reply)
+
+    async def _ask(self, request: web.Request, node: str, body: bytes, **more: str) -> Any:
+        """Send the request to `node`; its reply (the answer, or a stream's head)."""
         if self.nc is None or not self.nc.is_connected:
             raise ServiceUnavailable(f"not connected to NATS: cannot reach node {node}, which holds this user's data")
-        headers = {_METHOD: request.method, _TARGET: request.raw_path, _HEADERS: _passed(request.headers.items())}
+        headers = {_METHOD: request.method, _TARGET: request.raw_path, _HEADERS: _passed(request.headers.items()),
+                   **more}
         try:
             reply = await self.nc.request(f"{SUBJECT_PREFIX}.{node}", body, timeout=self.timeout, headers=headers)
         except nats.errors.NoRespondersError:
@@ -138,12 +164,73 @@ class Forwarder:
             raise HTTPError(f"node {node} did not answer within {self.timeout}s", status=504,
                             code="GATEWAY_TIMEOUT") from None
         self.sent += 1
-        status = int(reply.headers[_STATUS])
-        answer = web.Response(status=status, body=reply.data, headers=CIMultiDict(json.loads(reply.headers[_HEADERS])))
+        return reply
+
+    @staticmethod
+    def _whole(node: str, reply: Any) -> web.Response:
+        answer = web.Response(status=int(reply.headers[_STATUS]), body=reply.data,
+                              headers=CIMultiDict(json.loads(reply.headers[_HEADERS])))
         moved_to = reply.headers.get(_MOVED)
         if moved_to:
             raise NotThere(node, moved_to, answer)
         return answer
+
+    async def stream(self, request: web.Request, node: str, body: bytes) -> web.StreamResponse:
+        """`node`'s live stream for this request, relayed to the client until it ends (or its answer,
+        if it is not a stream); NotThere as for `forward`."""
+        if self.nc is None or not self.nc.is_connected:
+            raise ServiceUnavailable(f"not connected to NATS: cannot reach node {node}, which holds this user's data")
+        chunks: asyncio.Queue[bytes | None] = asyncio.Queue()
+        pending = [0]  # bytes received and not yet written to the client
+
+        async def received(msg: Any) -> None:
+            if msg.reply:  # the owner asks whether this stream is still read
+                transport = request.transport
+                if transport is None or transport.is_closing():  # the client left
+                    chunks.put_nowait(None)
+                    await self.nc.publish(msg.reply, b"", headers={_END: "1"})
+                else:
+                    await self.nc.publish(msg.reply, b"")
+            elif msg.headers and _END in msg.headers:
+                chunks.put_nowait(None)
+            elif pending[0] <= self.stream_buffer:
+                pending[0] += len(msg.data)
+                chunks.put_nowait(msg.data)
+
+        inbox = self.nc.new_inbox()
+        sub = await self.nc.subscribe(inbox, cb=received)
+        try:
+            reply = await self._ask(request, node, body, **{_STREAM: inbox})
+            if _STREAMING not in reply.headers:
+                return self._whole(node, reply)
+            status = int(reply.headers[_STATUS])
+            answer_headers = CIMultiDict(json.loads(reply.headers[_HEADERS]))
+            response = web.StreamResponse(status=status, headers=answer_headers)
+            await response.prepare(request)
+            try:
+                while True:
+                    try:
+                        async with asyncio.timeout(self.stream_idle):
+                            chunk = await chunks.get()
+                    except TimeoutError:
+                        break  # the owner fell silent (gone?): the client reconnects with Last-Event-ID
+                    if chunk is None:
+                        break
+                    if pending[0] > self.stream_buffer:
+                        await response.write(ending("too-slow", {
+                            "message": "the client read slower than its events arrived; reconnect with Last-Event-ID"}))
+                        break
+                    pending[0] -= len(chunk)
+                    await response.write(chunk)
+                await response.write_eof()
+            except (ConnectionError, TimeoutError):
+                pass  # the client left: the owner learns it at its next check
+            return response
+        finally:
+            try:
+                await sub.unsubscribe()
+            except nats.errors.Error:
+                pass  # the connection is gone: so is the subscription
 
     async def _received(self, msg: Any) -> None:
         # nats-py runs a subscription's callbacks one after another: each replay gets a task.
@@ -153,8 +240,12 @@ class Forwarder:
 
     async def _answer(self, msg: Any) -> None:
         moved_to = ""
+        streaming: LoopbackAnswer | None = None
         try:
-            status, headers, body, moved_to = await self._replay(msg)
+            if msg.headers.get(_STREAM):
+                status, headers, body, moved_to, streaming = await self._replay_stream(msg)
+            else:
+                status, headers, body, moved_to = await self._replay(msg)
         except Exception as exc:  # noqa: BLE001 - the asking node gets a JSON error, not a timeout
             log.warning("forwarded request: %r", exc)
             status, headers, body = 502, _json_headers(), _error(f"node {self.node_id} could not serve it: {exc!r}")
@@ -166,28 +257,97 @@ class Forwarder:
             reply = {_STATUS: str(status), _HEADERS: headers}
             if moved_to:
                 reply[_MOVED] = moved_to
+            if streaming is not None:
+                reply[_STREAMING] = "1"
             await self.nc.publish(msg.reply, body, headers=reply)
         except Exception as exc:  # noqa: BLE001 - the asker times out and says so
             log.warning("forwarded request: could not reply: %r", exc)
+            if streaming is not None:
+                streaming.close()
+                return
+        if streaming is not None:
+            await self._relay(streaming, msg.headers[_STREAM])
+
+    async def _relay(self, answer: LoopbackAnswer, inbox: str) -> None:
+        """Publish a stream's bytes to the asking node's inbox until it ends or nobody reads it."""
+        self._relayed.add(answer)
+        checking = asyncio.ensure_future(self._check_read(answer, inbox))
+        try:
+            async for chunk in answer.chunks():
+                for start in range(0, len(chunk), self.nc.max_payload):
+                    await self.nc.publish(inbox, chunk[start:start + self.nc.max_payload])
+        except (LoopbackError, asyncio.IncompleteReadError, ConnectionError, ValueError):
+            pass  # closed: by the check below, or by this node's listener
+        finally:
+            checking.cancel()
+            answer.close()
+            self._relayed.discard(answer)
+            try:
+                await self.nc.publish(inbox, b"", headers={_END: "1"})
+            except Exception as exc:  # noqa: BLE001 - the asker ends it when it hears nothing
+                log.debug("forwarded stream: could not say it ended: %r", exc)
+
+    async def _check_read(self, answer: LoopbackAnswer, inbox: str) -> None:
+        while True:
+            await asyncio.sleep(STREAM_CHECK_SECONDS)
+            try:
+                reply = await self.nc.request(inbox, b"", timeout=self.timeout)
+            except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
+                answer.close()  # the stream ended there, or its node is gone
+                return
+            except nats.errors.Error:
+                continue  # NATS away a moment: asked again
+            if reply.headers and _END in reply.headers:
+                answer.close()  # the client left
+                return
 
     async def _replay(self, msg: Any) -> tuple[int, str, bytes, str]:
         """Status, headers (JSON), body and where the user moved to ("" unless refused for that)."""
         assert self._loopback is not None
+        headers = self._replayed_headers(msg)
+        if headers is None:
+            return 400, _json_headers(), _error("forwarded request: bad target"), ""
+        async with asyncio.timeout(self.timeout):
+            status, answer, body = await self._loopback.request(msg.headers[_METHOD], msg.headers[_TARGET],
+                                                                headers, msg.data)
+        return status, _passed(answer), body, self._moved(answer)
+
+    async def _replay_stream(self, msg: Any) -> tuple[int, str, bytes, str, LoopbackAnswer | None]:
+        """As _replay, for a stream: the answer still open if it is one (chunked 200)."""
+        assert self._loopback is not None
+        headers = self._replayed_headers(msg)
+        if headers is None:
+            return 400, _json_headers(), _error("forwarded request: bad target"), "", None
+        async with asyncio.timeout(self.timeout):
+            answer = await self._loopback.open(msg.headers[_METHOD], msg.headers[_TARGET], headers, msg.data)
+        if answer.status == 200 and answer.chunked:
+            self.served += 1
+            return answer.status, _passed(answer.headers), b"", "", answer
+        try:
+            async with asyncio.timeout(self.timeout):
+                body = await answer.read()
+        finally:
+            answer.close()
+        return answer.status, _passed(answer.headers), body, self._moved(answer.headers), None
+
+    def _replayed_headers(self, msg: Any) -> list[tuple[str, str]] | None:
+        """The replay's headers (None: the target is not a path on this listener)."""
         target = msg.headers[_TARGET]
         if not target.startswith("/") or target.startswith("//"):
-            return 400, _json_headers(), _error("forwarded request: bad target"), ""
+            return None
         headers = [(k, v) for k, v in json.loads(msg.headers[_HEADERS]) if k.lower() not in _NOT_PASSED]
         headers.append((FORWARDED_HEADER, self.marker))
-        async with asyncio.timeout(self.timeout):
-            status, answer, body = await self._loopback.request(msg.headers[_METHOD], target, headers, msg.data)
-        moved_to = next((v for k, v in answer if k.lower() == MOVED_HEADER), "")
+        return headers
+
+    def _moved(self, headers: list[tuple[str, str]]) -> str:
+        moved_to = next((v for k, v in headers if k.lower() == MOVED_HEADER), "")
         if not moved_to:
             self.served += 1
-        return status, _passed(answer), body, moved_to
+        return moved_to
 
     def stats(self) -> dict[str, int]:
-        """Requests sent to other nodes, and served for them."""
-        return {"forwarded": self.sent, "served_for_others": self.served}
+        """Requests sent to other nodes, and served for them; streams served for them open now."""
+        return {"forwarded": self.sent, "served_for_others": self.served, "streams_for_others": len(self._relayed)}
 
 
 def _json_headers() -> str:

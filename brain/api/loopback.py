@@ -9,16 +9,19 @@ always frames a body by Content-Length or chunked encoding — as raw bytes: sta
 body, passed on as they are (the body still encoded, like `auto_decompress=False`).
 
 Connections are kept for the next replay; one found closed by the server (its keep-alive
-timeout) before any byte of the answer arrived is replaced once, as a browser would.
+timeout) before any byte of the answer arrived is replaced once, as a browser would. An answer
+that never ends (the live event stream) is read on a connection of its own, chunk by chunk as
+it comes (`open`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import ssl
+from collections.abc import AsyncIterator
 from urllib.parse import urlsplit
 
-__all__ = ["LoopbackClient", "LoopbackError"]
+__all__ = ["LoopbackAnswer", "LoopbackClient", "LoopbackError"]
 
 _HEAD_LIMIT = 1 << 20  # an answer's status line and headers (aiohttp's own are far smaller)
 _KEPT = 64  # idle connections kept at the most
@@ -79,21 +82,10 @@ class LoopbackClient:
                 if not exc.partial:
                     raise _ClosedBeforeAnswer from None
                 raise LoopbackError("the answer's head was cut short") from None
-            status, headers, length, chunked, close = _parse_head(head)
-            while 100 <= status < 200:  # an interim answer (100 Continue): the real one follows
-                head = await reader.readuntil(b"\r\n\r\n")
-                status, headers, length, chunked, close = _parse_head(head)
-            if head_only or status in _BODYLESS:
-                body = b""
-            elif chunked:
-                body = await _read_chunked(reader)
-            elif length is not None:
-                body = await reader.readexactly(length)
-            else:  # framed by the end of the connection
-                body = await reader.read()
-                close = True
-            kept = not close
-            return status, headers, body
+            answer = await _answer(reader, writer, head, head_only)
+            body = await answer.read()
+            kept = not answer.close_after
+            return answer.status, answer.headers, body
         except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) as exc:
             raise LoopbackError(f"malformed answer: {exc!r}") from None
         finally:
@@ -102,11 +94,81 @@ class LoopbackClient:
             else:
                 writer.close()
 
+    async def open(self, method: str, target: str, headers: list[tuple[str, str]], body: bytes) -> LoopbackAnswer:
+        """Send the request on a connection of its own; return once the answer's head is in (the
+        caller reads the body, and closes the answer)."""
+        raw = _encode(method, target, self._host_header, headers, body)
+        reader, writer = await asyncio.open_connection(self.host, self.port, ssl=self._ssl, limit=_HEAD_LIMIT)
+        try:
+            writer.write(raw)
+            return await _answer(reader, writer, await reader.readuntil(b"\r\n\r\n"), method == "HEAD")
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) as exc:
+            writer.close()
+            raise LoopbackError(f"malformed answer: {exc!r}") from None
+        except BaseException:
+            writer.close()
+            raise
+
     def close(self) -> None:
         """Close the idle connections (replays in flight close theirs when done)."""
         for _reader, writer in self._idle:
             writer.close()
         self._idle.clear()
+
+
+class LoopbackAnswer:
+    """An answer whose head has been read: status, header pairs, and the body still to read."""
+
+    def __init__(self, status: int, headers: list[tuple[str, str]], reader: asyncio.StreamReader,
+                 writer: asyncio.StreamWriter, *, length: int | None, chunked: bool, bodyless: bool,
+                 close: bool) -> None:
+        self.status = status
+        self.headers = headers
+        self.chunked = chunked and not bodyless
+        self._reader = reader
+        self._writer = writer
+        self._length = 0 if bodyless else length
+        # Framed by the end of the connection (neither length nor chunks), or the server said so.
+        self.close_after = close or (self._length is None and not self.chunked)
+
+    async def read(self) -> bytes:
+        """The whole body."""
+        if self.chunked:
+            return b"".join([chunk async for chunk in self.chunks()])
+        if self._length is not None:
+            return await self._reader.readexactly(self._length)
+        return await self._reader.read()
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        """The body's chunks as they arrive (the whole body at once unless chunked)."""
+        if not self.chunked:
+            yield await self.read()
+            return
+        reader = self._reader
+        while True:
+            size_line = await reader.readuntil(b"\r\n")
+            size = int(size_line.split(b";", 1)[0].strip(), 16)
+            if size == 0:
+                while await reader.readuntil(b"\r\n") != b"\r\n":  # trailers, if any
+                    pass
+                return
+            chunk = await reader.readexactly(size)
+            if await reader.readexactly(2) != b"\r\n":
+                raise LoopbackError("malformed chunk")
+            yield chunk
+
+    def close(self) -> None:
+        """Close the answer's connection (what the server still sends is dropped)."""
+        self._writer.close()
+
+
+async def _answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, head: bytes,
+                  head_only: bool) -> LoopbackAnswer:
+    status, headers, length, chunked, close = _parse_head(head)
+    while 100 <= status < 200:  # an interim answer (100 Continue): the real one follows
+        status, headers, length, chunked, close = _parse_head(await reader.readuntil(b"\r\n\r\n"))
+    return LoopbackAnswer(status, headers, reader, writer, length=length, chunked=chunked,
+                          bodyless=head_only or status in _BODYLESS, close=close)
 
 
 class _ClosedBeforeAnswer(Exception):
@@ -152,17 +214,3 @@ def _parse_head(head: bytes) -> tuple[int, list[tuple[str, str]], int | None, bo
             close = b"close" in value.lower()
         headers.append((name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape")))
     return status, headers, length, chunked, close
-
-
-async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
-    parts: list[bytes] = []
-    while True:
-        size_line = await reader.readuntil(b"\r\n")
-        size = int(size_line.split(b";", 1)[0].strip(), 16)
-        if size == 0:
-            while await reader.readuntil(b"\r\n") != b"\r\n":  # trailers, if any
-                pass
-            return b"".join(parts)
-        parts.append(await reader.readexactly(size))
-        if await reader.readexactly(2) != b"\r\n":
-            raise LoopbackError("malformed chunk")
