@@ -169,6 +169,38 @@ def proc_sample(pid: int) -> ProcSample:
     )
 
 
+def tree_cpu_seconds(pid: int) -> dict[int, float]:
+    """CPU seconds (user + system) of ``pid`` and of every live process descended from it, by
+    pid: brain's conversion workers and its embedded NATS server count with it."""
+    parents: dict[int, int] = {}
+    cpu: dict[int, float] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue  # gone meanwhile
+        fields = stat[stat.rindex(")") + 2:].split()
+        parents[int(entry)] = int(fields[1])
+        cpu[int(entry)] = (int(fields[11]) + int(fields[12])) / _CLK_TCK
+    tree = {pid}
+    grew = True
+    while grew:
+        grew = False
+        for child, parent in parents.items():
+            if parent in tree and child not in tree:
+                tree.add(child)
+                grew = True
+    return {p: cpu[p] for p in tree if p in cpu}
+
+
+def tree_cpu_used(before: dict[int, float], after: dict[int, float]) -> float:
+    """CPU seconds a process tree used between two `tree_cpu_seconds` samples (a process
+    started meanwhile counts from zero)."""
+    return sum(seconds - before.get(pid, 0.0) for pid, seconds in after.items())
+
+
 def cpu_utilisation(before: ProcSample, after: ProcSample) -> float:
     """Process CPU time over wall time between two samples (2.0 = both cores of this box busy)."""
     wall = after.at - before.at

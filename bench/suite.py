@@ -580,6 +580,7 @@ class Run:
             fig.extra["seconds"] = round(result.seconds, 2)
             fig.extra["brain CPU/wall"] = round(result.brain_cpu, 2)
             fig.extra["harness CPU/wall"] = round(result.fake_cpu, 2)
+            fig.extra["brain CPU ms/msg (with its workers and NATS)"] = round(result.cpu_ms_per_message, 3)
             if result.streamed_rate is not None:
                 fig.extra["all in JetStream after s"] = round(result.streamed_seconds or 0.0, 2)
                 fig.extra["msg/s into JetStream"] = round(result.streamed_rate)
