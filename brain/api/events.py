@@ -20,6 +20,7 @@ import time
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
+import orjson
 import pluggy
 
 from brain.clock import steady_time_ns
@@ -34,6 +35,9 @@ _TIME_RE = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z")
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 # One encoder for every event (json.dumps with options builds a new one per call).
 _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+# Containers and non-string values `_encoded_fast` looks through before leaving a value to the
+# json module (a mail event has about 60; a walk in Python costs more than encoding past this).
+_LOOKED_AT = 512
 
 
 class NewEvent(NamedTuple):
@@ -162,6 +166,56 @@ def new_event(
     if "data" not in obj:
         raise BadRequest(f"{prefix}data: required (any JSON value)")
     value = obj["data"]
+    fast = _encoded_fast(value)
+    if fast is not None:
+        if len(fast) > max_bytes:
+            raise PayloadTooLarge(f"{prefix}data: {len(fast)} bytes serialised, limit {max_bytes}")
+        text = fast.decode()
+    else:
+        text = _encoded(value, prefix, max_bytes)
+    created = obj.get("created_at")
+    created_at = None if created is None else parse_time(created, f"{prefix}created_at")
+    if key is None and obj.get("key") is not None:
+        key = check_key(obj["key"], f"{prefix}key")
+    return NewEvent(etype, text, created_at, key, value)
+
+
+def _encoded_fast(value: Any) -> bytes | None:
+    """``value`` as the UTF-8 of the text `_ENCODER` writes, by orjson; None when it cannot say.
+
+    A 20 KiB mail event took mail sync ~110 us to encode with the json module, ~25 us with
+    orjson. orjson writes the same text for str, int, bool, None, list, tuple and dict with
+    string keys (tests/test_api_stores.py compares them), but its own shortest form for
+    floats, null for NaN and infinities (which must be refused), and a text for types the json
+    module refuses (dataclasses, datetimes). So only a value made of exactly those types, with
+    few enough items to look through (`_LOOKED_AT`), is left to orjson; anything else goes to
+    the json module, as does what orjson refuses (non-string keys, integers beyond 64 bits,
+    lone surrogates, nesting deeper than 254), to fail or be written as before.
+    """
+    pending = [value]
+    looked = 0
+    while pending:
+        item = pending.pop()
+        kind = type(item)
+        if kind is str:
+            continue
+        looked += 1
+        if looked > _LOOKED_AT:
+            return None
+        if kind is dict:
+            pending.extend(item.values())
+        elif kind is list or kind is tuple:
+            pending.extend(item)
+        elif kind is not int and kind is not bool and item is not None:
+            return None  # a float, a subclass, anything else orjson writes its own way
+    try:
+        return orjson.dumps(value)
+    except orjson.JSONEncodeError:
+        return None
+
+
+def _encoded(value: Any, prefix: str, max_bytes: int) -> str:
+    """``value`` as `_ENCODER` writes it, checked: finite numbers, valid Unicode, at most ``max_bytes``."""
     try:
         text = _ENCODER.encode(value)
     except ValueError:
@@ -182,11 +236,7 @@ def new_event(
             text.encode()
         except UnicodeEncodeError:
             raise BadRequest(f"{prefix}data: not valid Unicode (lone surrogate)") from None
-    created = obj.get("created_at")
-    created_at = None if created is None else parse_time(created, f"{prefix}created_at")
-    if key is None and obj.get("key") is not None:
-        key = check_key(obj["key"], f"{prefix}key")
-    return NewEvent(etype, text, created_at, key, value)
+    return text
 
 
 class ReservedTypes:
