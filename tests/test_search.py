@@ -638,3 +638,40 @@ def test_with_the_index_off_search_is_503_and_turned_on_it_is_rebuilt(make_serve
 
     wait_until(rebuilt, timeout=30, what="the index rebuilt")
     assert len(client.hits("quokka", limit=100)) == 19
+
+
+def test_an_index_of_another_version_is_dropped_and_built_again_with_the_prefix_index(make_server: Any) -> None:
+    # An index built by VERSION 1 (no prefix index) is emptied, and its table made anew: a
+    # 'delete-all' would have kept the old definition, and with it the merge of every word a
+    # 3-letter prefix expands to.
+    import sqlite3
+
+    server = make_server(config={"auth": NO_LIMITS})
+    server.start()
+    client = Client(server)
+    client.post([{"type": "note", "data": {"text": f"wombat{i} burrow"}} for i in range(30)])
+    assert len(client.hits("wom*", limit=100)) == 30
+    server.stop()
+    (path,) = (server.data_dir / "users").glob("*/events.db")
+    db = sqlite3.connect(path, isolation_level=None)
+    try:
+        old = db.execute("SELECT sql FROM sqlite_master WHERE name = 'search'").fetchone()[0]
+        assert "prefix='3'" in old
+        version_1 = old.replace("prefix='3',", "")
+        db.executescript(f"BEGIN; DROP TABLE search; {version_1};"
+                         "INSERT INTO search (search, rank) VALUES ('automerge', 0);"
+                         "UPDATE search_state SET version = 1; COMMIT;")
+    finally:
+        db.close()
+    server.start()
+    wait_until(lambda: client.fetch("/me/stats").json()["index"]["state"] == "ready", timeout=30, what="the index rebuilt")
+    assert len(client.hits("wom*", limit=100)) == 30
+    assert len(client.hits("wombat7", limit=100)) == 1
+    db = sqlite3.connect(path)
+    try:
+        assert "prefix='3'" in db.execute("SELECT sql FROM sqlite_master WHERE name = 'search'").fetchone()[0]
+        assert db.execute("SELECT version FROM search_state").fetchone()[0] == 2
+        db.execute("INSERT INTO search (search, rank) VALUES ('integrity-check', 0)")  # raises if not
+    finally:
+        db.close()
+    assert "rebuilding it in the background" in server.log_text()

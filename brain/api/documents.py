@@ -39,8 +39,10 @@ from collections.abc import Iterator
 from functools import lru_cache
 from typing import Any, NamedTuple
 
-# Bump on any change to what `document` returns for some input (see the module docstring).
-VERSION = 1
+# Bump on any change to what `document` returns for some input (see the module docstring), or
+# to the table's definition (FTS_SCHEMA): an index of another version is dropped and built again.
+# 2: a prefix index of every word's first three letters.
+VERSION = 2
 SLOTS = 48
 OVERFLOW = SLOTS - 1
 TAG = "\u01c2"  # LATIN LETTER ALVEOLAR CLICK: a letter (Lo), untouched by diacritic folding
@@ -60,10 +62,17 @@ _MAIL_TEXT = frozenset({"subject", "from", "to", "cc", "bcc", "reply_to", "body_
 # Repeats of body_text (or markup): indexing them would only count the same words twice.
 _MAIL_SKIPPED = frozenset({"body_text_clean", "body_html", "original_sizes", "snippet"})
 
-SCHEMA = f"""
+# prefix='3': a query `abc*` reads one doclist, the prefix index's, instead of merging the
+# doclists of every word that starts so (on 100,000 events, 10-60 ms for a common syllable, and
+# twice: bm25 counts the matches again for its IDF). It costs a write about a quarter more of
+# the table's own work; longer prefixes merge few words, two letters merge many (still slow).
+FTS_SCHEMA = f"""
 CREATE VIRTUAL TABLE IF NOT EXISTS search USING fts5(
-    meta, {", ".join(f"f{i}" for i in range(SLOTS))}, content='', tokenize='unicode61 remove_diacritics 2'
+    meta, {", ".join(f"f{i}" for i in range(SLOTS))}, content='', prefix='3',
+    tokenize='unicode61 remove_diacritics 2'
 );
+"""
+SCHEMA = FTS_SCHEMA + """
 -- Which column (f<slot>) holds each top-level field of data; never changed once given.
 CREATE TABLE IF NOT EXISTS search_fields (name TEXT PRIMARY KEY, slot INTEGER NOT NULL UNIQUE);
 """

@@ -4,9 +4,11 @@ backfilled for stores that predate it, and searched.
 `search` is a contentless FTS5 table (brain.api.documents says what each column holds: one per
 field of data) in the user's events.db, rowid = event id, tokenizer unicode61 with diacritics
 folded. Contentless, because the text is in `events.data` already: the index alone is kept, and
-an event's row is removed by recomputing its columns from the stored data (`remove`). No
-prefix or trigram index: both multiply the work of every write and of the backfill (figures in
-docs/performance.md); prefix queries need two letters instead.
+an event's row is removed by recomputing its columns from the stored data (`remove`). A
+prefix index of three letters (brain.api.documents.FTS_SCHEMA: `abc*` reads one doclist instead
+of merging every matching word's); no trigram index, and no prefix index of two or four letters:
+each multiplies the work of every write and of the backfill (figures in docs/performance.md).
+Prefix queries need two letters.
 
 Consistency: a write does not touch the index. The events from `search_tail.next` on are the
 live tail, not indexed yet; `catch_up` indexes them in a transaction of its own and moves
@@ -52,7 +54,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from brain.api.documents import COLUMNS, VERSION, FieldSlots, document
+from brain.api.documents import COLUMNS, FTS_SCHEMA, VERSION, FieldSlots, document
 from brain.api.documents import SCHEMA as DOCUMENT_SCHEMA
 from brain.api.events import StoredEvent
 from brain.api.highlights import Highlighter
@@ -61,8 +63,9 @@ from brain.api.settings import SearchSettings
 
 log = logging.getLogger("brain.api.search")
 
-SCHEMA = DOCUMENT_SCHEMA + """
-INSERT INTO search (search, rank) VALUES ('automerge', 0);
+_AUTOMERGE_OFF = "INSERT INTO search (search, rank) VALUES ('automerge', 0)"
+SCHEMA = DOCUMENT_SCHEMA + f"""
+{_AUTOMERGE_OFF};
 -- Each indexed event's created_at, for the recency factor and since/until: a row of events
 -- keeps it after `data`, which for a mail lies in overflow pages that would all be read.
 CREATE TABLE IF NOT EXISTS search_times (id INTEGER PRIMARY KEY, created_at TIMESTAMP NOT NULL);
@@ -80,6 +83,7 @@ CREATE TABLE IF NOT EXISTS search_state (
 -- Events from `next` on are the live tail: written, not indexed yet (see `catch_up`).
 CREATE TABLE IF NOT EXISTS search_tail (id INTEGER PRIMARY KEY CHECK (id = 1), next INTEGER NOT NULL);
 """)
+_STATE = "SELECT version, backfill_next, backfill_end, unindexed_from FROM search_state"
 _MARKS = ", ".join("?" * len(COLUMNS))
 _INSERT = f"INSERT INTO search (rowid, {', '.join(COLUMNS)}) VALUES (?, {_MARKS})"
 _INSERT_TIME = "INSERT INTO search_times (id, created_at) VALUES (?, ?)"
@@ -266,7 +270,7 @@ class SearchIndex:
     def open(self, max_id: int) -> None:
         """Read (or start) the index's state; an outdated or interrupted index is reset."""
         db = self.db
-        row = db.execute("SELECT version, backfill_next, backfill_end, unindexed_from FROM search_state").fetchone()
+        row = db.execute(_STATE).fetchone()
         if row is None:
             # A store from before the index: every event it has is to be indexed.
             db.execute("INSERT INTO search_state VALUES (1, ?, 1, ?, NULL)", (VERSION, max_id))
@@ -278,23 +282,40 @@ class SearchIndex:
                 self.unindexed_from = max_id + 1
                 db.execute("UPDATE search_state SET unindexed_from = ?", (self.unindexed_from,))
             return
-        unindexed_from = self.unindexed_from
-        if version != VERSION or unindexed_from is not None:
-            why = "built by another version" if version != VERSION else "not kept while search.index was off"
-            log.info("%s: the search index was %s; rebuilding it in the background", self.user_id, why)
-            db.execute("BEGIN IMMEDIATE")
-            db.execute("INSERT INTO search (search) VALUES ('delete-all')")
-            db.execute("DELETE FROM search_times")
-            db.execute("DELETE FROM search_fields")
-            db.execute(
-                "UPDATE search_state SET version = ?, backfill_next = 1, backfill_end = ?, unindexed_from = NULL",
-                (VERSION, max_id),
-            )
-            db.execute("UPDATE search_tail SET next = ?", (max_id + 1,))
-            db.execute("COMMIT")
-            self.slots.reload()
-            self.next, self.end, self.unindexed_from, self.tail = 1, max_id, None, max_id + 1
+        if version != VERSION or self.unindexed_from is not None:
+            self._reset()
         self.figures.waiting(self.user_id, self.pending())
+
+    def _reset(self) -> None:
+        """Drop an index of another version (or one not kept while search.index was off) and
+        start building it anew in the background — unless another worker did just that."""
+        db = self.db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            version, _, _, unindexed_from = db.execute(_STATE).fetchone()
+            if version != VERSION or unindexed_from is not None:
+                why = "built by another version" if version != VERSION else "not kept while search.index was off"
+                log.info("%s: the search index was %s; rebuilding it in the background", self.user_id, why)
+                max_id = db.execute("SELECT ifnull(max(id), 0) FROM events").fetchone()[0]
+                # Dropped, not emptied: the table's own definition may be another version's.
+                db.execute("DROP TABLE IF EXISTS search")
+                db.execute(FTS_SCHEMA)
+                db.execute(_AUTOMERGE_OFF)
+                db.execute("DELETE FROM search_times")
+                db.execute("DELETE FROM search_fields")
+                db.execute(
+                    "UPDATE search_state SET version = ?, backfill_next = 1, backfill_end = ?, unindexed_from = NULL",
+                    (VERSION, max_id),
+                )
+                db.execute("UPDATE search_tail SET next = ?", (max_id + 1,))
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        self.slots.reload()
+        _, self.next, self.end, self.unindexed_from = db.execute(_STATE).fetchone()
+        self._read_tail()
 
     def _open_tail(self, max_id: int) -> None:
         try:
