@@ -27,6 +27,13 @@ async def connect(
     (name, callbacks, ...).
     """
     shown = redact_url(",".join(options.get("servers", ())))
+    if "error_cb" not in extra:
+        # nats-py's own logs a whole traceback at ERROR for what a reconnect then mends (a
+        # connection reset while the server starts, under load): one line through `note` instead.
+        async def error_cb(exc: Exception) -> None:
+            note(f"connection to {shown}: {redact_text(repr(exc))}")
+
+        extra["error_cb"] = error_cb
     while not stopping():
         try:
             return await nats.connect(**options, **extra)

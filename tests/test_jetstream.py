@@ -221,3 +221,59 @@ def test_kill9_restart_republishes_what_was_not_acknowledged(make_server, nats_s
     # A clean stop closes the stores with empty outboxes: no marker is left behind.
     assert server.stop() == 0
     assert list((server.data_dir / "outbox").iterdir()) == []
+
+
+def test_a_connection_lost_while_connecting_is_one_line_and_the_connection_is_made(
+    nats_server: NatsServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    # brain's own connections (control, mail leases, cluster) take nats-py's callbacks from
+    # brain.jetstream.connect: a first connection lost before NATS's INFO (a server starting
+    # under load) is one line through `note`, retried — not nats-py's ERROR with a traceback.
+    from brain import jetstream
+
+    async def scenario() -> list[str]:
+        accepted = 0
+
+        async def relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            nonlocal accepted
+            accepted += 1
+            if accepted == 1:  # the first one is dropped before a byte is sent
+                writer.close()
+                return
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", nats_server.port)
+
+            async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+                try:
+                    while data := await src.read(65536):
+                        dst.write(data)
+                        await dst.drain()
+                except (ConnectionError, asyncio.CancelledError):
+                    pass
+                finally:
+                    dst.close()
+
+            try:
+                await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+            except asyncio.CancelledError:
+                pass  # the proxy closed at the end of the test
+
+        proxy = await asyncio.start_server(relay, "127.0.0.1", 0)
+        port = proxy.sockets[0].getsockname()[1]
+        notes: list[str] = []
+        try:
+            nc = await jetstream.connect(
+                {"servers": [f"nats://127.0.0.1:{port}"]}, stopping=lambda: False, note=notes.append,
+                retry_seconds=0.1, name="test", allow_reconnect=True, max_reconnect_attempts=-1,
+                reconnect_time_wait=0.1, connect_timeout=2,
+            )
+            assert nc.is_connected and accepted == 2
+            await nc.close()
+        finally:
+            proxy.close()
+        return notes
+
+    with caplog.at_level("DEBUG"):
+        notes = asyncio.run(asyncio.wait_for(scenario(), timeout=20))
+    assert len(notes) == 1 and notes[0].startswith("connection to nats://127.0.0.1:"), notes
+    from_nats = [r for r in caplog.records if r.name.startswith("nats")]
+    assert not from_nats, [(r.name, r.getMessage()) for r in from_nats]
