@@ -10,13 +10,18 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import json
+import sqlite3
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
+from brain.api import pages
 from brain.api.state import store_manager
+from brain.api.user_store import DeleteEvents, ReadPage, UserStore
 from brain.config import load_settings
 from brain.contracts import EVENT_SINK
 from brain.errors import BadRequest
@@ -244,3 +249,130 @@ def test_loop_writes_over_more_users_than_open_stores(rt: Runtime) -> None:
         assert len(events) == 2 * sum(1 for u, _ in written if u == user)
     assert stores.stats()["evictions"] > evictions
 
+
+
+def _page_reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The pages the stores' threads were asked for from now on (the name of the thread of each)."""
+    reads: list[str] = []
+    answer = UserStore._answer
+
+    def counted(self: UserStore, message: Any, fresh: list[Any]) -> Any:
+        if isinstance(message, ReadPage):
+            reads.append(threading.current_thread().name)
+        return answer(self, message, fresh)
+
+    monkeypatch.setattr(UserStore, "_answer", counted)
+    return reads
+
+
+def _sql_reads(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, Any, tuple[int, int]]]:
+    """The pages SQLite read from now on: by which store (its thread: one per generation), what
+    selected each, and the database's version then."""
+    reads: list[tuple[str, Any, tuple[int, int]]] = []
+    read = pages.read_page
+
+    def counted(db: sqlite3.Connection, where: Any, args: Any, limit: int, *rest: Any) -> Any:
+        reads.append((threading.current_thread().name, (tuple(where), tuple(args), limit), pages.db_version(db)))
+        return read(db, where, args, limit, *rest)
+
+    monkeypatch.setattr(pages, "read_page", counted)
+    return reads
+
+
+async def _settled_page(stores: Any, user: str, query: Any, reads: list[str]) -> Any:
+    """The page, once the store has stopped writing after the last write (the search index's
+    tail, its merges and the bus's acknowledgements follow within about a second, and are
+    writes too): three reads half a second apart that did not reach its thread. (Half a
+    second: the fixture's stores stop after a second without use.)"""
+    deadline = time.monotonic() + 20
+    page, _ = await stores.query_page(user, query)
+    quiet = 0
+    while quiet < 3:
+        assert time.monotonic() < deadline, "reads of an unchanged page kept reaching the store's thread"
+        before = len(reads)
+        await asyncio.sleep(0.5)
+        page, _ = await stores.query_page(user, query)
+        quiet = quiet + 1 if len(reads) == before else 0
+    return page
+
+
+def test_an_unchanged_page_is_read_once_and_then_taken_without_the_stores_thread(
+    rt: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stores = store_manager(rt)
+    user = "pagekept"
+    stores.append_from_thread(user, [{"type": "kept", "data": i} for i in range(5)])
+    reads = _page_reads(monkeypatch)
+    sql = _sql_reads(monkeypatch)
+
+    async def main() -> None:
+        query = stores.make_query(user, None, None, None, 3, None)
+        page = await _settled_page(stores, user, query, reads)
+        before = len(reads)
+        for _ in range(20):
+            again, cursor = await stores.query_page(user, query)
+            assert again.events == page.events and cursor is not None
+        # Taken on this thread. (A store's own late write, or a read that met it busy with a
+        # timer, may send one to its thread now and then: not most.)
+        assert len(reads) - before <= 5, reads[before:]
+        # Another page (another query) is read by the store, and then kept in its turn.
+        older = stores.make_query(user, None, None, None, 3, cursor)
+        rest, end = await stores.query_page(user, older)
+        assert rest.count == 2 and end is None and reads[-1].startswith("UserStore")
+        # No store read one page twice at one version of its database.
+        assert len(set(sql)) == len(sql), sql
+
+    asyncio.run(main())
+
+
+def test_a_kept_page_is_read_again_after_any_write(rt: Runtime, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The store's own writes (appends, deletions) and another connection's commits (another
+    worker's store of the same user) each make the page be read again."""
+    stores = store_manager(rt)
+    user = "pagewritten"
+    stores.append_from_thread(user, [{"type": "w", "data": i} for i in range(3)])
+    reads = _page_reads(monkeypatch)
+
+    def data(page: Any) -> list[Any]:
+        return [e["data"] for e in json.loads(b"[" + page.events + b"]")]
+
+    async def main() -> None:
+        query = stores.make_query(user, None, None, None, 10, None)
+        assert data(await _settled_page(stores, user, query, reads)) == [2, 1, 0]
+        stored = await stores.append(user, [{"type": "w", "data": 3}])
+        assert data((await stores.query_page(user, query))[0]) == [3, 2, 1, 0]
+        await _settled_page(stores, user, query, reads)
+        await stores.request(user, DeleteEvents(ids=(stored[0]["id"],)))
+        assert data((await stores.query_page(user, query))[0]) == [2, 1, 0]
+        await _settled_page(stores, user, query, reads)
+        path = rt.settings.data_path / "users" / user / "events.db"
+        with sqlite3.connect(path, isolation_level=None) as other:
+            other.execute(
+                "INSERT INTO events (type, data, created_at) VALUES ('w', '4', '2999-01-01T00:00:00.000000Z')"
+            )
+        assert data((await stores.query_page(user, query))[0]) == [4, 2, 1, 0]
+
+    asyncio.run(main())
+
+
+def test_a_store_read_only_from_its_kept_pages_is_not_idle(rt: Runtime, monkeypatch: pytest.MonkeyPatch) -> None:
+    stores = store_manager(rt)
+    user = "pagepolled"
+    stores.append_from_thread(user, [{"type": "p", "data": 1}])
+    reads = _page_reads(monkeypatch)
+
+    async def main() -> None:
+        query = stores.make_query(user, None, None, None, 10, None)
+        await _settled_page(stores, user, query, reads)
+        ref = stores._live_ref(user)
+        before = len(reads)
+        polled_until = time.monotonic() + 3 * rt.settings.api.store_idle_seconds
+        polls = 0
+        while time.monotonic() < polled_until:
+            await stores.query_page(user, query)
+            polls += 1
+            await asyncio.sleep(0.1)
+        assert len(reads) - before <= polls // 5, reads[before:]  # (nearly) every read from the kept page
+        assert stores._live_ref(user) is ref and ref is not None and ref.is_alive()
+
+    asyncio.run(main())

@@ -10,13 +10,19 @@ Python per event. The store runs it on its own thread, where SQLite works withou
 Stores written before the column existed get it on open (`ensure_rendered`); their rows are
 rendered in batches while the store serves (`backfill_step`), and until then a read renders
 the missing ones itself (`coalesce`), so an old store is never read wrongly, only more slowly.
+
+A store keeps the last page it read (`PageCache`) with the database's version at that moment:
+SQLite's `data_version` (commits by any other connection, another worker's included) and the
+connection's own `total_changes`. Asked for the same page while neither moved, it has the bytes
+already, and the event loop takes them itself without waking the store's thread (the hop and
+the GIL handed back and forth cost more than the read; docs/performance.md).
 """
 
 from __future__ import annotations
 
 import hashlib
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from typing import Any, NamedTuple
 
 # The SQL of an event's public JSON from its columns: byte for byte what StoredEvent.json() makes
@@ -25,6 +31,9 @@ _RENDER = """'{{"id":'||{id}||',"type":"'||{type}||'","data":'||{data}||',"creat
 RENDERED = f"coalesce(rendered, {_RENDER.format(id='id', type='type', data='data', created_at='created_at')})"
 # Rows to render per backfill step: short enough that requests waiting behind it hardly notice.
 BACKFILL_BATCH = 2000
+# The largest page a store keeps: a page of 100 typical events (~15 KB) fits, and with
+# api.max_open_stores stores open the cached pages stay a few MB.
+CACHED_PAGE_MAX = 64 * 1024
 
 
 def render_sql(id_sql: str, type_sql: str, data_sql: str, created_at_sql: str) -> str:
@@ -89,6 +98,48 @@ def read_page(
         ).fetchone()[0])
     body = valid_utf8(body)
     return Page(body, count, last, more, _digest(body, more))
+
+
+def db_version(db: sqlite3.Connection) -> tuple[int, int]:
+    """What moves whenever the database may have changed: commits of other connections
+    (`PRAGMA data_version`) and this connection's own changes (`total_changes`)."""
+    return db.execute("PRAGMA data_version").fetchone()[0], db.total_changes
+
+
+class PageCache:
+    """A store's last page and the database version it was read at (not thread-safe: the store's
+    database lock guards it)."""
+
+    __slots__ = ("key", "version", "page")
+
+    def __init__(self) -> None:
+        self.key: Hashable = None
+        self.version: tuple[int, int] | None = None
+        self.page: Page | None = None
+
+    def get(self, db: sqlite3.Connection, key: Hashable) -> Page | None:
+        """The page kept for `key` (what selects it), if the database has not changed since it was read."""
+        if key != self.key:
+            return None
+        if db_version(db) != self.version:
+            self.key = self.page = None
+            return None
+        return self.page
+
+    def read(self, db: sqlite3.Connection, key: Hashable, where: Sequence[str], args: Sequence[Any], limit: int,
+             rendered: str = RENDERED) -> Page:
+        """The page `key` selects: the one kept if the database is unchanged, else read (and kept)."""
+        # Taken before the read: a commit racing the read leaves the entry stale (read again
+        # next time), never a newer version on older bytes.
+        version = db_version(db)
+        if key == self.key and version == self.version and self.page is not None:
+            return self.page
+        page = read_page(db, where, args, limit, rendered)
+        if len(page.events) <= CACHED_PAGE_MAX:
+            self.key, self.version, self.page = key, version, page
+        else:
+            self.key = self.page = None
+        return page
 
 
 def valid_utf8(text: bytes) -> bytes:

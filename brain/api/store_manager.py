@@ -153,7 +153,12 @@ class StoreManager:
 
     async def query_page(self, user_id: str, q: Query) -> tuple[Page, str | None]:
         """A prepared Query's page as bytes (brain.api.pages), and the cursor of the next page."""
-        page: Page = await self._submit(user_id, ReadPage(q._replace(limit=q.limit - 1)))
+        message = ReadPage(Query(q.types, q.since, q.until, q.before, q.limit - 1))
+        ref = self._live_ref(user_id)
+        # An unchanged page the store keeps is taken here, without waking its thread.
+        page = ref.actor_inbox.cached_page(message) if ref is not None else None  # type: ignore[attr-defined]
+        if page is None:
+            page = await self._submit(user_id, message)
         if not page.more or page.last is None:
             return page, None
         return page, self.cursors.make(user_id, *page.last)

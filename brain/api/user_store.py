@@ -61,7 +61,7 @@ from pykka._envelope import Envelope
 from brain.actors.base import BrainActor, Link
 from brain.actors.bridge import settle_threadsafe
 from brain.api.events import TOMBSTONE_TYPE, NewEvent, StoredEvent, now_timestamp
-from brain.api.pages import RENDERED, Page, backfill_step, ensure_rendered, read_page, render_sql
+from brain.api.pages import RENDERED, Page, PageCache, backfill_step, ensure_rendered, render_sql
 from brain.api.quarantine import FileMemory, move_aside, pending
 from brain.api.search import (
     TAIL_ROWS, IndexOptions, IndexUnavailable, SearchIndex, SearchRequest, tombstone_data,
@@ -370,7 +370,7 @@ class StoreInbox(queue.SimpleQueue):  # type: ignore[type-arg]
     ref reaches its request queue without another lookup.
     """
 
-    __slots__ = ("_lock", "_requests", "_announced", "_closed", "_refusal")
+    __slots__ = ("_lock", "_requests", "_announced", "_closed", "_refusal", "db_lock", "_db", "pages", "last_read")
 
     def __init__(self) -> None:
         super().__init__()
@@ -380,6 +380,12 @@ class StoreInbox(queue.SimpleQueue):  # type: ignore[type-arg]
         self._closed = False
         # Why the store could not open (a storage fault): the answer to every later request.
         self._refusal: Exception | None = None
+        # Held by the store's thread while it handles a message, by the event loop while it
+        # looks for a kept page (`cached_page`): whoever holds it alone uses the connection.
+        self.db_lock = threading.Lock()
+        self._db: sqlite3.Connection | None = None  # the store's open connection, between messages
+        self.pages = PageCache()
+        self.last_read = 0.0  # time.monotonic() of the last page the loop took from `pages`
 
     def submit(self, message: AppendRequest | Request, fut: asyncio.Future[Any]) -> bool:
         """Queue a request (any thread); True if the store must now be told to look.
@@ -396,6 +402,31 @@ class StoreInbox(queue.SimpleQueue):  # type: ignore[type-arg]
                 return False
             self._announced = True
             return True
+
+    def publish(self, db: sqlite3.Connection | None) -> None:
+        """The store's connection as it leaves it between messages (its thread, holding `db_lock`)."""
+        if db is not self._db:
+            self._db = db
+            self.pages = PageCache()  # another connection: its versions are not comparable
+
+    def cached_page(self, message: ReadPage) -> Page | None:
+        """The page, if the store is between messages and keeps it from an unchanged database
+        (the event loop's thread); None: ask the store."""
+        if not self.db_lock.acquire(blocking=False):
+            return None  # it is busy: the request waits its turn like any other
+        try:
+            db = self._db
+            if db is None or db.in_transaction:
+                return None
+            try:
+                page = self.pages.get(db, message.query)
+            except sqlite3.Error:
+                return None  # the store meets it too as it reads, and deals with it
+            if page is not None:
+                self.last_read = time.monotonic()
+            return page
+        finally:
+            self.db_lock.release()
 
     def take(self) -> list[tuple[Any, asyncio.Future[Any]]]:
         """Everything submitted so far (the store's thread)."""
@@ -557,7 +588,8 @@ class UserStore(BrainActor):
             # Created 0600 before SQLite opens it; the -wal/-shm files inherit the mode.
             os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600))
         self.marker.open()
-        self.db = db = sqlite3.connect(self.path, isolation_level=None, cached_statements=64)
+        # Not only this thread's: the event loop reads the version of kept pages (StoreInbox.cached_page).
+        self.db = db = sqlite3.connect(self.path, isolation_level=None, cached_statements=64, check_same_thread=False)
         # First: another worker may be writing (or creating) this database right now.
         db.execute("PRAGMA busy_timeout=5000")
         _use_wal(db)
@@ -607,7 +639,7 @@ class UserStore(BrainActor):
         else:
             # immutable: no locks, no -shm; nobody can change the file while its file system is read-only.
             uri = f"file:{self.path}?immutable=1"
-        self.db = db = sqlite3.connect(uri, uri=True, isolation_level=None)
+        self.db = db = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
         self._check(db)
         if db.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
             return False
@@ -637,6 +669,12 @@ class UserStore(BrainActor):
         self._close()
 
     def _close(self) -> None:
+        inbox: StoreInbox = self.actor_inbox  # type: ignore[assignment]
+        with inbox.db_lock:
+            inbox.publish(None)  # first: the loop must not use the connection as it closes
+            self._close_db()
+
+    def _close_db(self) -> None:
         # First, and whatever else fails: requests nobody will take go back to be resubmitted.
         inbox: StoreInbox = self.actor_inbox  # type: ignore[assignment]
         for _, fut in inbox.close():
@@ -684,11 +722,14 @@ class UserStore(BrainActor):
     # -- messages ------------------------------------------------------------------------------
 
     def on_receive(self, message: Any) -> Any:
-        try:
-            return self._receive(message)
-        finally:
-            # After whatever wrote: appends, deletions, the outbox's acknowledged rows, index merges.
-            self._note_checkpoint_growth()
+        inbox: StoreInbox = self.actor_inbox  # type: ignore[assignment]
+        with inbox.db_lock:
+            try:
+                return self._receive(message)
+            finally:
+                # After whatever wrote: appends, deletions, the outbox's acknowledged rows, index merges.
+                self._note_checkpoint_growth()
+                inbox.publish(self.db)
 
     def _receive(self, message: Any) -> Any:
         if message is _OPEN:
@@ -728,7 +769,8 @@ class UserStore(BrainActor):
                     self._tell_self(_RENDER_BACKFILL)
             return None
         if message == _IDLE_CHECK:
-            idle = time.monotonic() - self.last_used
+            # Pages the loop took from the cache are uses too.
+            idle = time.monotonic() - max(self.last_used, self.actor_inbox.last_read)  # type: ignore[attr-defined]
             if idle >= self.idle_seconds and not (self.index is not None and self.index.backfilling):
                 log.debug("%s: idle for %.0fs, stopping", self, idle)
                 self.stop()
@@ -954,8 +996,10 @@ class UserStore(BrainActor):
         """Answer one request other than an append (tombstones of deletions go to `fresh`)."""
         if isinstance(message, ReadPage):
             assert self.db is not None
-            where, args = _query_filters(message.query)
-            return read_page(self.db, where, args, message.query.limit, self.rendered_sql)
+            q = message.query
+            where, args = _query_filters(q)
+            pages: PageCache = self.actor_inbox.pages  # type: ignore[attr-defined]
+            return pages.read(self.db, q, where, args, q.limit, self.rendered_sql)
         if isinstance(message, Query):
             return self._query(message)
         if isinstance(message, SearchRequest):
