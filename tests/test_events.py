@@ -6,7 +6,10 @@ POST /api/auth/sign-up/email and use the `jwt` of the response, as a client woul
 
 from __future__ import annotations
 
+import base64
 import concurrent.futures
+import hashlib
+import hmac
 import json
 import sqlite3
 from collections.abc import Iterator
@@ -16,6 +19,9 @@ from typing import Any
 import pytest
 import requests
 
+from brain.api import events as events_module
+from brain.api.events import CursorSigner
+from brain.errors import BadRequest
 from tests.support import BrainServer
 from tests.test_auth_helpers import NO_LIMITS, bearer, new_user
 
@@ -344,3 +350,30 @@ def test_now_timestamp_is_format_time_of_now(monkeypatch: pytest.MonkeyPatch) ->
         monkeypatch.setattr(events, "steady_time_ns", lambda ns=ns: ns)
         moment = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(microseconds=ns // 1000)
         assert events.now_timestamp() == events.format_time(moment)
+
+
+def test_cursors_made_again_are_the_same_bytes_and_stay_bound_to_their_user() -> None:
+    """CursorSigner remembers the cursors it made (a page polled hands out the same one): made
+    again, a cursor is the same string as the HMAC-SHA256 of its JSON position says, and one
+    user's is never another's."""
+    signer = CursorSigner(b"s" * 32)
+    key = hmac.new(b"s" * 32, b"brain.api.events.cursor", hashlib.sha256).digest()
+
+    def b64(raw: bytes) -> str:
+        return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+    def expected(user: str, created_at: str, event_id: int) -> str:
+        body = b64(json.dumps([created_at, event_id], separators=(",", ":")).encode())
+        return f"{body}.{b64(hmac.new(key, f'{user}{chr(0)}{body}'.encode(), hashlib.sha256).digest()[:18])}"
+
+    at = "2024-05-06T07:08:09.123456Z"
+    for _ in range(2):
+        assert signer.make("alice", at, 7) == expected("alice", at, 7)
+        assert signer.make("bob", at, 7) == expected("bob", at, 7) != expected("alice", at, 7)
+    assert signer.read("alice", signer.make("alice", at, 7)) == (at, 7)
+    with pytest.raises(BadRequest):
+        signer.read("bob", signer.make("alice", at, 7))
+    for i in range(events_module._MADE_CURSORS + 10):
+        signer.make("carol", at, i + 1)
+    assert len(signer._made) <= events_module._MADE_CURSORS
+    assert signer.make("carol", at, 3) == expected("carol", at, 3)

@@ -38,6 +38,11 @@ _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan
 # Containers and non-string values `_encoded_fast` looks through before leaving a value to the
 # json module (a mail event has about 60; a walk in Python costs more than encoding past this).
 _LOOKED_AT = 512
+# Cursor positions, as json.dumps(..., separators=(",", ":")) writes them (ASCII): every page
+# with a next one makes a cursor.
+_POSITIONS = json.JSONEncoder(separators=(",", ":"))
+# Cursors remembered by a CursorSigner (about 200 bytes each).
+_MADE_CURSORS = 4096
 
 
 class NewEvent(NamedTuple):
@@ -290,11 +295,23 @@ class CursorSigner:
 
     def __init__(self, secret: bytes) -> None:
         self._key = hmac.new(secret, b"brain.api.events.cursor", hashlib.sha256).digest()
+        # Keyed once; each MAC copies it (HMAC_CTX_copy) instead of setting a new one up with
+        # its digest looked up again.
+        self._keyed = hmac.new(self._key, digestmod=hashlib.sha256)
+        # The cursors made lately: a page read again (a client polling it) hands out the same one.
+        self._made: dict[tuple[str, str, int], str] = {}
 
     def make(self, user_id: str, created_at: str, event_id: int) -> str:
         """A cursor pointing just past (older than) this event."""
-        body = _b64(json.dumps([created_at, event_id], separators=(",", ":")).encode())
-        return f"{body}.{self._mac(user_id, body)}"
+        key = (user_id, created_at, event_id)
+        cursor = self._made.get(key)
+        if cursor is None:
+            body = _b64(_POSITIONS.encode([created_at, event_id]).encode())
+            cursor = f"{body}.{self._mac(user_id, body)}"
+            if len(self._made) >= _MADE_CURSORS:
+                self._made.clear()
+            self._made[key] = cursor
+        return cursor
 
     def read(self, user_id: str, cursor: str) -> tuple[str, int]:
         """The (created_at, id) position of a cursor; BadRequest if forged, foreign or garbled."""
@@ -313,7 +330,7 @@ class CursorSigner:
 
     def make_position(self, user_id: str, kind: str, position: list[Any]) -> str:
         """A cursor for another kind of paging (`kind` names it): a signed JSON list."""
-        body = _b64(json.dumps(position, separators=(",", ":")).encode())
+        body = _b64(_POSITIONS.encode(position).encode())
         return f"{body}.{self._mac(user_id, body, kind)}"
 
     def read_position(self, user_id: str, kind: str, cursor: str) -> list[Any]:
@@ -333,8 +350,9 @@ class CursorSigner:
         # GET /events cursors sign "user\0body"; other kinds "user\0kind\0body", so that no
         # cursor of one route is ever accepted by another.
         text = f"{user_id}\x00{body}" if not kind else f"{user_id}\x00{kind}\x00{body}"
-        digest = hmac.new(self._key, text.encode(), hashlib.sha256).digest()
-        return _b64(digest[:18])
+        mac = self._keyed.copy()
+        mac.update(text.encode())
+        return _b64(mac.digest()[:18])
 
 
 def _b64(raw: bytes) -> str:
