@@ -13,21 +13,30 @@ sent to `b` (forwarded to `a` and back) and to `a` directly, in alternating bloc
 Node `b` runs with `cluster.confirm_writes = false`: a second user placed on `b` gives the cost
 of answering a write only once JetStream acknowledged it (POST /events to `a` directly, which
 waits for the R3 ack, against the same request to `b` directly, which does not).
+
+`spread` (issue 20's "3 nodes vs 1"): three nodes that all confirm writes, on the same NATS
+cluster. One run sends POST /events at 64 connections to node `a` alone for users placed on
+`a`; the next spreads the same connections over `a`, `b` and `c` (three wrk processes, as a load
+balancer would) for users placed one third on each — so two requests in three are forwarded.
+Runs alternate. On a 2-core machine no gain is expected: the figure is what forwarding and
+three processes' replication cost against one.
 """
 
 from __future__ import annotations
 
 import secrets
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from bench.client import KeepAliveClient, Shadow, expect, sample_latencies
-from bench.users import User, event_body, sign_up
+from bench.load import Req, run_wrk
+from bench.users import User, event_body, sign_up, sign_up_many
 from brain.testing.nats_cluster import NatsCluster
 from tests.support import BrainServer
 
-__all__ = ["Forwarded", "measure"]
+__all__ = ["Forwarded", "Spread", "measure", "spread"]
 
 
 class Forwarded(NamedTuple):
@@ -115,3 +124,63 @@ def _confirmed(
     confirmed = sample_latencies(a, lambda _i: raw, count=samples, warmup=warmup, statuses=(201,),
                                  what="POST /events answered after the stream's ack", shadow=shadow)
     return confirmed, shadow.times
+
+
+class Spread(NamedTuple):
+    """POST /events rates (req/s) of alternating runs: one node alone, and three sharing the load."""
+
+    one: list[float]
+    three: list[float]
+
+
+def spread(
+    workdir: Path, config: Callable[[dict[str, Any]], Mapping[str, Mapping[str, Any]]], tag: str, *,
+    users: int, connections: int, seconds: float, repeats: int, progress: Callable[[str], None],
+) -> Spread:
+    """Start the cluster and three nodes, run the alternating loads, stop everything."""
+    nats_cluster = NatsCluster(workdir / "nats")
+    secret = secrets.token_urlsafe(32)
+    nodes: list[BrainServer] = []
+    try:
+        nats_cluster.start()
+        shared = {"nats": {"url": nats_cluster.url, **nats_cluster.credentials, "replicas": 3}}
+        a = BrainServer(workdir / "a", roles="auth,api", config=config({
+            **shared, "server": {"secret": secret}, "cluster": {"node_id": "a"},
+        }))
+        nodes.append(a)
+        a.start(timeout=60)
+        for node in ("b", "c"):
+            nodes.append(BrainServer(workdir / node, roles="api", config=config({
+                **shared, "server": {"secret": secret, "public_url": a.auth_url},
+                "cluster": {"node_id": node}, "api": {"auth_server_url": a.auth_url},
+            })))
+        for server in nodes[1:]:
+            server.start(wait=False)
+        for server in nodes[1:]:
+            server.wait_ready(60)
+        progress("cluster: 3 nats-servers (R3), nodes a (auth+api), b and c (api) up")
+        alone = sign_up_many(a.auth_port, f"{tag}-one", range(users))
+        shared_users = sign_up_many(a.auth_port, f"{tag}-three", range(users))
+        # Placed by their first request: the first group all on a, the second one third on each node.
+        for i, user in enumerate(alone + shared_users):
+            node = a if i < users else nodes[i % 3]
+            with KeepAliveClient(node.api_port) as client:
+                expect(client.request("POST", "/events", headers={"Authorization": user.authorization},
+                                      body=event_body(0)), 201, what="placing a user")
+        one = [Req("POST", "/events", u.authorization, event_body(i)) for i, u in enumerate(alone)]
+        three = [Req("POST", "/events", u.authorization, event_body(i)) for i, u in enumerate(shared_users)]
+        result = Spread([], [])
+        share = [connections // 3 + (1 if k < connections % 3 else 0) for k in range(3)]
+        with ThreadPoolExecutor(3) as pool:
+            for r in range(repeats):
+                result.one.append(run_wrk(a.api_port, one, connections=connections, duration=seconds).rps)
+                runs = list(pool.map(lambda k: run_wrk(nodes[k].api_port, three, connections=share[k],
+                                                       duration=seconds), range(3)))
+                result.three.append(sum(run.rps for run in runs))
+                progress(f"run {r + 1}/{repeats}: 1 node {result.one[-1]:,.0f} req/s, "
+                         f"3 nodes {result.three[-1]:,.0f} req/s")
+        return result
+    finally:
+        for node in nodes:
+            node.close()
+        nats_cluster.stop()

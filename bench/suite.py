@@ -123,6 +123,7 @@ CATALOGUE: list[tuple[str, str, str]] = [
     ("cluster.post.latency", "cluster: POST /events via another node, 1 client", "ms"),
     ("cluster.me.latency", "cluster: GET /me via another node, 1 client", "ms"),
     ("cluster.confirm.latency", "cluster: POST /events with the 201 after the stream's R3 ack, 1 client", "ms"),
+    ("cluster.spread.rps", "cluster: POST /events, {conns} conns spread over 3 nodes, {users} users", "req/s"),
     *search.CATALOGUE,
     ("scale.cold_new", "scale: first request of a new user's store", "ms"),
     ("scale.cold_reopen", "scale: first request, evicted store reopened", "ms"),
@@ -743,6 +744,22 @@ class Run:
             fig.baseline_label = "the same POST to node b (cluster.confirm_writes = false), alternating blocks; p50"
             fig.extra["added p50 ms"] = round((fig.value or 0) - (floor.value or 0), 3)
             fig.extra["added p99 ms"] = round((fig.p99 or 0) - (floor.p99 or 0), 3)
+        if wrk_available() is None:
+            self.miss(["cluster.spread.rps"], "wrk is not installed (apt-get install wrk)")
+            return
+        with self.step(["cluster.spread.rps"], "cluster: POST /events spread over 3 nodes vs 1 node, alternating runs"):
+            rates = cluster.spread(
+                self.workdir / "cluster-spread", lambda extra: self.config(FAST_ARGON2, extra), self.tag,
+                users=plan.users, connections=plan.connections, seconds=plan.seconds, repeats=plan.repeats,
+                progress=_say,
+            )
+            fig = rate_figure(
+                "cluster.spread.rps", *self.labels["cluster.spread.rps"], rates.three, baseline_runs=rates.one,
+                baseline_label=f"the same load on node a alone, for {plan.users} users placed there; alternating runs",
+            )
+            fig.note = ("three wrk processes, one per node, a third of the connections each; users placed one third "
+                        "on each node, so two requests in three are forwarded; every node answers after the R3 ack")
+            self.put(fig)
 
     def scale(self) -> None:
         """Activate many users' stores in turn on an API-only server."""
