@@ -207,9 +207,18 @@ def test_the_live_stream_is_relayed_from_the_users_node_and_resumes_through_any_
             ticket = (await r.json())["ticket"]
             stream = await open_stream(session, f"{b.api_url}/events/stream", params={"ticket": ticket, "after": "0"})
             assert len(await stream.messages(len(written), timeout=30)) == len(written)
-            stream.close()
+            # b stopping ends the streams it relays at once, saying why and where to resume.
+            started = time.monotonic()
+            stopping = asyncio.ensure_future(asyncio.to_thread(b.stop))
+            last = await stream.next(timeout=30)
+            assert last is not None and last.event == "shutting-down", last
+            assert last.json()["last_event_id"] == int(stream.last_id or 0) > 0
+            assert await stream.next(timeout=30) is None
+            assert await stopping == 0 and time.monotonic() - started < 4.0  # not its 5 s shutdown timeout
 
     asyncio.run(run())
+    b.start(timeout=60)
+    wait_until(lambda: b.health()["cluster"]["ready"], timeout=30, what="node b's placement map")
     assert not (b.data_dir / "users" / user_id).exists() and not (a.data_dir / "users" / user_id).exists()
     # The owner notices the clients left, and stops relaying.
     wait_until(lambda: c.health()["cluster"]["streams_for_others"] == 0, timeout=STREAM_CHECK_SECONDS + 10,

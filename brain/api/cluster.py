@@ -194,6 +194,10 @@ class ClusterNode:
         self.last_error = message
         log.warning("cluster: %s", message)
 
+    async def shutting_down(self, _app: web.Application) -> None:
+        """on_shutdown: end the streams relayed here from other nodes (as this node's own streams end)."""
+        self.forwarder.end_streams()
+
     async def close(self, _app: web.Application) -> None:
         """on_cleanup: stop answering for this node and close the connection."""
         self._stopping = True

@@ -28,6 +28,7 @@ import hashlib
 import hmac
 import json
 import logging
+import re
 from typing import Any
 
 import nats.errors
@@ -35,7 +36,8 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from brain.api.loopback import LoopbackAnswer, LoopbackClient, LoopbackError
-from brain.api.stream import ending
+from brain.api.live import SHUTTING_DOWN, TOO_SLOW
+from brain.api.stream import closing, resume_point
 from brain.errors import HTTPError, PayloadTooLarge, ServiceUnavailable
 from brain.web import read_body
 
@@ -66,6 +68,8 @@ _STREAMING = "Brain-Streaming"  # on the head of a stream's answer: its bytes fo
 _END = "Brain-End"  # the stream ended on the owner
 # How often the owner of a forwarded stream asks whether its inbox is still read.
 STREAM_CHECK_SECONDS = 5.0
+# An event's id line in a stream's bytes (the owner writes each event whole).
+_EVENT_ID = re.compile(rb"(?:^|\n)id: (\d+)\n")
 
 
 def forward_marker(secret: bytes) -> str:
@@ -110,6 +114,8 @@ class Forwarder:
         self._loopback: LoopbackClient | None = None
         self._serving: set[asyncio.Task[None]] = set()
         self._relayed: set[LoopbackAnswer] = set()  # streams this node serves for others, open now
+        self._relaying: set[asyncio.Queue[bytes | None]] = set()  # other nodes' streams relayed to clients here
+        self.shutting_down = False
         self.sent = 0
         self.served = 0
 
@@ -118,6 +124,12 @@ class Forwarder:
         self.nc = nc
         self._loopback = LoopbackClient(self.local_url)
         await nc.subscribe(f"{SUBJECT_PREFIX}.{self.node_id}", queue=f"brain-node-{self.node_id}", cb=self._received)
+
+    def end_streams(self) -> None:
+        """The process is stopping: end the streams relayed to clients here, saying why."""
+        self.shutting_down = True
+        for chunks in self._relaying:
+            chunks.put_nowait(None)
 
     async def close(self) -> None:
         """Stop answering; wait briefly for replays in flight."""
@@ -199,6 +211,7 @@ class Forwarder:
 
         inbox = self.nc.new_inbox()
         sub = await self.nc.subscribe(inbox, cb=received)
+        self._relaying.add(chunks)
         try:
             reply = await self._ask(request, node, body, **{_STREAM: inbox})
             if _STREAMING not in reply.headers:
@@ -207,6 +220,7 @@ class Forwarder:
             answer_headers = CIMultiDict(json.loads(reply.headers[_HEADERS]))
             response = web.StreamResponse(status=status, headers=answer_headers)
             await response.prepare(request)
+            last = resume_point(request) or 0  # the owner accepted it: well formed
             try:
                 while True:
                     try:
@@ -215,18 +229,23 @@ class Forwarder:
                     except TimeoutError:
                         break  # the owner fell silent (gone?): the client reconnects with Last-Event-ID
                     if chunk is None:
+                        if self.shutting_down:
+                            await response.write(closing(SHUTTING_DOWN, last))
                         break
                     if pending[0] > self.stream_buffer:
-                        await response.write(ending("too-slow", {
-                            "message": "the client read slower than its events arrived; reconnect with Last-Event-ID"}))
+                        await response.write(closing(TOO_SLOW, last))
                         break
                     pending[0] -= len(chunk)
+                    ids = _EVENT_ID.findall(chunk)
+                    if ids:
+                        last = int(ids[-1])
                     await response.write(chunk)
                 await response.write_eof()
             except (ConnectionError, TimeoutError):
                 pass  # the client left: the owner learns it at its next check
             return response
         finally:
+            self._relaying.discard(chunks)
             try:
                 await sub.unsubscribe()
             except nats.errors.Error:

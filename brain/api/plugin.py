@@ -184,6 +184,7 @@ def setup_app(rt: Process, listener: str, app: web.Application) -> None:
     node = cluster_node(rt)
     if node is not None:
         app.on_startup.append(node.start)
+        app.on_shutdown.append(node.shutting_down)
         app.on_cleanup.append(node.close)
 
 

@@ -82,6 +82,11 @@ def ending(name: str, body: dict[str, Any]) -> bytes:
     return f"event: {name}\ndata: {json.dumps(body, separators=(',', ':'))}\n\n".encode()
 
 
+def closing(name: str, last: int) -> bytes:
+    """The last event of a stream ended for one of the reasons above, after event `last`."""
+    return ending(name, {"message": _ENDINGS[name], "last_event_id": last})
+
+
 def resume_point(request: web.Request) -> int | None:
     """Where the caller resumes: Last-Event-ID (the browser's own reconnect), else ?after=."""
     values = request.query.getall("after", [])
