@@ -67,8 +67,6 @@ class ClusterNode:
         self.forwarder = Forwarder(
             self.node_id, local_url=settings.local_url(settings.server.api_port), marker=forward_marker(rt.secret),
             timeout=settings.cluster.forward_timeout_seconds,
-            # The owner's stream sends a heartbeat comment at least this often when idle.
-            stream_idle=2 * settings.api.stream_heartbeat_seconds + settings.cluster.forward_timeout_seconds,
             stream_buffer=settings.api.stream_buffer_bytes,
         )
         self.heartbeat_ttl = settings.cluster.node_ttl_seconds

@@ -17,8 +17,9 @@ node subscribes an inbox of its own and names it in the request; the owner answe
 (status, headers) as usual, then publishes the stream's bytes to that inbox as they come, and
 asks the inbox every few seconds whether anybody still reads it — nobody (the client left, the
 node died): it ends the replay. The forwarding node ends the client's stream when the owner
-says it ended, falls silent beyond the heartbeat, or the client reads too slowly (the client
-resumes with Last-Event-ID, wherever it lands).
+says it ended, when it has heard nothing from the owner for STREAM_SILENCE_SECONDS, when the
+client reads too slowly, or when it stops itself (the client resumes with Last-Event-ID,
+wherever it lands).
 """
 
 from __future__ import annotations
@@ -66,8 +67,11 @@ _MOVED = "Brain-Moved"
 _STREAM = "Brain-Stream"  # a request for a live stream: the inbox its bytes go to
 _STREAMING = "Brain-Streaming"  # on the head of a stream's answer: its bytes follow on the inbox
 _END = "Brain-End"  # the stream ended on the owner
-# How often the owner of a forwarded stream asks whether its inbox is still read.
+# How often the owner of a forwarded stream asks whether its inbox is still read; a relaying node
+# that hears nothing from the owner for STREAM_SILENCE_SECONDS (neither bytes nor a question) takes
+# it for dead and ends the client's stream (the client resumes with Last-Event-ID, elsewhere).
 STREAM_CHECK_SECONDS = 5.0
+STREAM_SILENCE_SECONDS = 2 * STREAM_CHECK_SECONDS + 2.0
 # An event's id line in a stream's bytes (the owner writes each event whole).
 _EVENT_ID = re.compile(rb"(?:^|\n)id: (\d+)\n")
 
@@ -99,12 +103,9 @@ class Forwarder:
     """Sends requests to their user's node, and answers those sent to this node."""
 
     def __init__(self, node_id: str, *, local_url: str, marker: str, timeout: float,
-                 stream_idle: float = 60.0, stream_buffer: int = 1 << 20) -> None:
+                 stream_buffer: int = 1 << 20) -> None:
         self.node_id = node_id
-        # A forwarded stream from which nothing came for this long (its owner sends a heartbeat
-        # comment well within it) is ended; one whose client lets more than stream_buffer bytes
-        # pile up is ended as too slow.
-        self.stream_idle = stream_idle
+        # A relayed stream whose client lets more than this pile up is ended as too slow.
         self.stream_buffer = stream_buffer
         self.local_url = local_url.rstrip("/")
         self.marker = marker
@@ -194,8 +195,11 @@ class Forwarder:
             raise ServiceUnavailable(f"not connected to NATS: cannot reach node {node}, which holds this user's data")
         chunks: asyncio.Queue[bytes | None] = asyncio.Queue()
         pending = [0]  # bytes received and not yet written to the client
+        loop = asyncio.get_running_loop()
+        heard = [loop.time()]  # when the owner last sent anything
 
         async def received(msg: Any) -> None:
+            heard[0] = loop.time()
             if msg.reply:  # the owner asks whether this stream is still read
                 transport = request.transport
                 if transport is None or transport.is_closing():  # the client left
@@ -224,10 +228,12 @@ class Forwarder:
             try:
                 while True:
                     try:
-                        async with asyncio.timeout(self.stream_idle):
+                        async with asyncio.timeout(STREAM_CHECK_SECONDS):
                             chunk = await chunks.get()
                     except TimeoutError:
-                        break  # the owner fell silent (gone?): the client reconnects with Last-Event-ID
+                        if loop.time() - heard[0] > STREAM_SILENCE_SECONDS:
+                            break  # the owner is gone: the client reconnects with Last-Event-ID
+                        continue
                     if chunk is None:
                         if self.shutting_down:
                             await response.write(closing(SHUTTING_DOWN, last))
