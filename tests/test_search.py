@@ -664,7 +664,13 @@ def test_an_index_of_another_version_is_dropped_and_built_again_with_the_prefix_
     finally:
         db.close()
     server.start()
-    wait_until(lambda: client.fetch("/me/stats").json()["index"]["state"] == "ready", timeout=30, what="the index rebuilt")
+
+    def rebuilt() -> bool:
+        r = client.fetch("/me/stats")
+        assert r.status_code in (200, 503), r.text  # 503 + Retry-After while the store opens, never a 500
+        return r.status_code == 200 and r.json()["index"]["state"] == "ready"
+
+    wait_until(rebuilt, timeout=30, what="the index rebuilt")
     assert len(client.hits("wom*", limit=100)) == 30
     assert len(client.hits("wombat7", limit=100)) == 1
     db = sqlite3.connect(path)
