@@ -376,3 +376,27 @@ def test_a_store_read_only_from_its_kept_pages_is_not_idle(rt: Runtime, monkeypa
         assert stores._live_ref(user) is ref and ref is not None and ref.is_alive()
 
     asyncio.run(main())
+
+
+def test_a_request_that_meets_a_stopping_store_waits_for_it_and_is_served_by_the_next(rt: Runtime) -> None:
+    # A store stopping (idle, evicted) refuses requests from the start of its on_stop, and stays
+    # the supervisor's child until on_stop ends: activating it meanwhile hands back the same ref.
+    # Two helpers' loaded runs met the 503 'restarting' this made when on_stop took a while.
+    stores = store_manager(rt)
+    stores.append_from_thread("stopping", [{"type": "n", "data": 1}])
+    ref = stores._live_ref("stopping")
+    assert ref is not None
+    ref.actor_inbox.close()  # as on_stop begins: refusing, still a child
+    stopper = threading.Timer(0.3, ref.stop)
+    stopper.start()
+
+    async def main() -> list[Any]:
+        events, _ = await stores.query("stopping")
+        return events
+
+    try:
+        events = asyncio.run(main())
+    finally:
+        stopper.join()
+    assert [e["data"] for e in events] == [1]
+    assert stores._live_ref("stopping") not in (None, ref)

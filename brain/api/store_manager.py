@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -65,6 +66,16 @@ from brain.storage import classify, storage_faults
 log = logging.getLogger("brain.api.store_manager")
 
 _ATTEMPTS = 3
+# A store that is stopping (idle, evicted) stays the supervisor's child until its on_stop has
+# run, and activating it meanwhile hands back that same ref, which refuses: a request it refused
+# waits for it to be gone, this long at most, instead of spending its attempts on it (they all
+# went in a few milliseconds, and the request was a 503 'restarting').
+_STOPPING_WAIT_SECONDS = 2.0
+
+
+def _stopping_backoff(waits: int) -> float:
+    return min(0.1, 0.005 * 2**waits)
+
 # Stores closed, one after the other, to free descriptors for one that could not open.
 _MAKE_ROOM_ATTEMPTS = 3
 # Threads that wait for the stores supervisor to open a store; it opens one at a time, so a few
@@ -404,10 +415,19 @@ class StoreManager:
         """Hand a request to the user's store (see brain.api.user_store's StoreInbox) and await it."""
         loop = asyncio.get_running_loop()
         last: Exception = ServiceUnavailable("the user's store is restarting; try again")
-        for _ in range(_ATTEMPTS + _MAKE_ROOM_ATTEMPTS):
+        attempts, waits, closed, deadline = 0, 0, "", 0.0
+        while attempts < _ATTEMPTS + _MAKE_ROOM_ATTEMPTS:
             ref = self._live_ref(user_id)
             if ref is None:
                 ref = await self._activate(user_id)
+            if ref.actor_urn == closed:  # the store that refused, still stopping: wait for it
+                self._forget(user_id, ref)
+                if loop.time() >= deadline:
+                    break
+                await asyncio.sleep(_stopping_backoff(waits))
+                waits += 1
+                continue
+            attempts += 1
             fut: asyncio.Future[Any] = loop.create_future()
             try:
                 submit(ref, message, fut)
@@ -415,6 +435,8 @@ class StoreManager:
             except StoreClosed:
                 # Not taken, so not written: safe to hand to the store's next generation.
                 self._forget(user_id, ref)
+                if ref.actor_urn != closed:
+                    closed, deadline = ref.actor_urn, loop.time() + _STOPPING_WAIT_SECONDS
             except NoFileDescriptors as exc:
                 # It could not open for want of descriptors: close another store, try again.
                 self._forget(user_id, ref)
@@ -459,12 +481,23 @@ class StoreManager:
 
     def _ask_blocking(self, user_id: str, message: Any, timeout: float) -> Any:
         self._check_user(user_id)
-        for _ in range(_ATTEMPTS + _MAKE_ROOM_ATTEMPTS):
+        attempts, waits, closed, deadline = 0, 0, "", 0.0
+        while attempts < _ATTEMPTS + _MAKE_ROOM_ATTEMPTS:
             ref = self._live_ref(user_id) or self._activate_blocking(user_id, timeout)
+            if ref.actor_urn == closed:  # the store that refused, still stopping: wait for it
+                self._forget(user_id, ref)
+                if time.monotonic() >= deadline:
+                    break
+                time.sleep(_stopping_backoff(waits))
+                waits += 1
+                continue
+            attempts += 1
             try:
                 return ref.ask(message, timeout=timeout)
             except (pykka.ActorDeadError, StoreClosed):
                 self._forget(user_id, ref)
+                if ref.actor_urn != closed:
+                    closed, deadline = ref.actor_urn, time.monotonic() + _STOPPING_WAIT_SECONDS
             except NoFileDescriptors:
                 self._forget(user_id, ref)
                 if not self._close_one(user_id, timeout):
