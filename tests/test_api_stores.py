@@ -15,6 +15,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -165,7 +166,7 @@ def test_an_open_store_reads_its_file_through_a_memory_map_and_lets_it_go_when_i
     path = str(rt.settings.data_path / "users" / "mapped" / "events.db")
 
     def mapped() -> bool:
-        return any(line.endswith(" " + path) for line in open("/proc/self/maps").read().splitlines())
+        return any(line.endswith(" " + path) for line in Path("/proc/self/maps").read_text().splitlines())
 
     assert mapped()
     wait_until(lambda: not mapped(), timeout=10, what="the map released when the idle store stops")

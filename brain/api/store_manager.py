@@ -71,17 +71,35 @@ _ATTEMPTS = 3
 # waits for it to be gone, this long at most, instead of spending its attempts on it (they all
 # went in a few milliseconds, and the request was a 503 'restarting').
 _STOPPING_WAIT_SECONDS = 2.0
-
-
-def _stopping_backoff(waits: int) -> float:
-    return min(0.1, 0.005 * 2**waits)
-
 # Stores closed, one after the other, to free descriptors for one that could not open.
 _MAKE_ROOM_ATTEMPTS = 3
 # Threads that wait for the stores supervisor to open a store; it opens one at a time, so a few
 # keep it busy.
 _ACTIVATION_THREADS = 4
 AppendResult = list[tuple[StoredEvent, bool]]
+
+
+class _Stopping:
+    """The store that last refused one request (closed: stopping), until it is gone."""
+
+    __slots__ = ("urn", "deadline", "waits")
+
+    def __init__(self) -> None:
+        self.urn, self.deadline, self.waits = "", 0.0, 0
+
+    def refused(self, ref: pykka.ActorRef[Any], now: float) -> None:
+        if ref.actor_urn != self.urn:
+            self.urn, self.deadline = ref.actor_urn, now + _STOPPING_WAIT_SECONDS
+
+    def holds(self, ref: pykka.ActorRef[Any]) -> bool:
+        return ref.actor_urn == self.urn
+
+    def backoff(self, now: float) -> float | None:
+        """How long to wait before looking again (5 ms doubling, at most 100 ms); None: waited long enough."""
+        if now >= self.deadline:
+            return None
+        self.waits += 1
+        return min(0.1, 0.005 * 2 ** (self.waits - 1))
 
 
 class StoreManager:
@@ -415,17 +433,17 @@ class StoreManager:
         """Hand a request to the user's store (see brain.api.user_store's StoreInbox) and await it."""
         loop = asyncio.get_running_loop()
         last: Exception = ServiceUnavailable("the user's store is restarting; try again")
-        attempts, waits, closed, deadline = 0, 0, "", 0.0
+        attempts, stopping = 0, _Stopping()
         while attempts < _ATTEMPTS + _MAKE_ROOM_ATTEMPTS:
             ref = self._live_ref(user_id)
             if ref is None:
                 ref = await self._activate(user_id)
-            if ref.actor_urn == closed:  # the store that refused, still stopping: wait for it
+            if stopping.holds(ref):  # the store that refused, still stopping: wait for it
                 self._forget(user_id, ref)
-                if loop.time() >= deadline:
+                delay = stopping.backoff(loop.time())
+                if delay is None:
                     break
-                await asyncio.sleep(_stopping_backoff(waits))
-                waits += 1
+                await asyncio.sleep(delay)
                 continue
             attempts += 1
             fut: asyncio.Future[Any] = loop.create_future()
@@ -435,8 +453,7 @@ class StoreManager:
             except StoreClosed:
                 # Not taken, so not written: safe to hand to the store's next generation.
                 self._forget(user_id, ref)
-                if ref.actor_urn != closed:
-                    closed, deadline = ref.actor_urn, loop.time() + _STOPPING_WAIT_SECONDS
+                stopping.refused(ref, loop.time())
             except NoFileDescriptors as exc:
                 # It could not open for want of descriptors: close another store, try again.
                 self._forget(user_id, ref)
@@ -481,23 +498,22 @@ class StoreManager:
 
     def _ask_blocking(self, user_id: str, message: Any, timeout: float) -> Any:
         self._check_user(user_id)
-        attempts, waits, closed, deadline = 0, 0, "", 0.0
+        attempts, stopping = 0, _Stopping()
         while attempts < _ATTEMPTS + _MAKE_ROOM_ATTEMPTS:
             ref = self._live_ref(user_id) or self._activate_blocking(user_id, timeout)
-            if ref.actor_urn == closed:  # the store that refused, still stopping: wait for it
+            if stopping.holds(ref):  # the store that refused, still stopping: wait for it
                 self._forget(user_id, ref)
-                if time.monotonic() >= deadline:
+                delay = stopping.backoff(time.monotonic())
+                if delay is None:
                     break
-                time.sleep(_stopping_backoff(waits))
-                waits += 1
+                time.sleep(delay)
                 continue
             attempts += 1
             try:
                 return ref.ask(message, timeout=timeout)
             except (pykka.ActorDeadError, StoreClosed):
                 self._forget(user_id, ref)
-                if ref.actor_urn != closed:
-                    closed, deadline = ref.actor_urn, time.monotonic() + _STOPPING_WAIT_SECONDS
+                stopping.refused(ref, time.monotonic())
             except NoFileDescriptors:
                 self._forget(user_id, ref)
                 if not self._close_one(user_id, timeout):
