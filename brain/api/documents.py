@@ -207,7 +207,12 @@ def parse_data(data_text: str) -> Any:
 
 def document(event_type: str, data_text: str, slots: FieldSlots) -> list[str]:
     """The index row of an event (`meta`, then one text per slot) from its type and stored data."""
-    value = parse_data(data_text)
+    return document_of(event_type, parse_data(data_text), slots)
+
+
+def document_of(event_type: str, value: Any, slots: FieldSlots) -> list[str]:
+    """The index row of an event from its data parsed, or as its writer gave it when that reads
+    the same (`NewEvent.plain`: JSON's own types, tuples for lists)."""
     texts: dict[int, list[str]] = {}  # by slot: an event fills a few of the SLOTS columns
     meta = [type_token(event_type)]
     if _has_attachment(value):
@@ -232,7 +237,7 @@ def _strings(value: Any, path: tuple[str, ...]) -> Iterator[tuple[tuple[str, ...
     elif isinstance(value, dict):
         for key, child in value.items():
             yield from _strings(child, (*path, str(key)))
-    elif isinstance(value, list):
+    elif isinstance(value, (list, tuple)):  # tuples: a writer's value (document_of)
         for child in value:
             yield from _strings(child, path)
 
@@ -241,4 +246,4 @@ def _has_attachment(value: Any) -> bool:
     if not isinstance(value, dict):
         return False
     attachments = value.get("attachments")
-    return value.get("has_attachments") is True or (isinstance(attachments, list) and bool(attachments))
+    return value.get("has_attachments") is True or (isinstance(attachments, (list, tuple)) and bool(attachments))

@@ -53,6 +53,10 @@ class NewEvent(NamedTuple):
     created_at: str | None  # normalised; None: the store's clock at commit
     key: str | None  # per-user idempotency key
     value: Any  # `data` as the caller gave it (returned without a re-parse)
+    # Whether `value` holds only str, int, bool, None, lists, tuples and dicts with str keys
+    # (written by orjson): then it reads as json.loads(data) would, tuples as lists, and the
+    # search index takes it instead of parsing `data` again (brain.api.search).
+    plain: bool = False
 
 
 class StoredEvent(NamedTuple):
@@ -182,7 +186,7 @@ def new_event(
     created_at = None if created is None else parse_time(created, f"{prefix}created_at")
     if key is None and obj.get("key") is not None:
         key = check_key(obj["key"], f"{prefix}key")
-    return NewEvent(etype, text, created_at, key, value)
+    return NewEvent(etype, text, created_at, key, value, fast is not None)
 
 
 def _encoded_fast(value: Any) -> bytes | None:

@@ -50,13 +50,13 @@ import sqlite3
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from brain.api.documents import COLUMNS, FTS_SCHEMA, VERSION, FieldSlots, document
+from brain.api.documents import COLUMNS, FTS_SCHEMA, VERSION, FieldSlots, document, document_of
 from brain.api.documents import SCHEMA as DOCUMENT_SCHEMA
-from brain.api.events import StoredEvent
+from brain.api.events import NewEvent, StoredEvent
 from brain.api.highlights import Highlighter
 from brain.api.query import ParsedQuery
 from brain.api.settings import SearchSettings
@@ -98,6 +98,12 @@ BACKFILL_ROWS = 256
 # The tail is indexed `search.index_delay_seconds` after the write that began it, or at once
 # when it is this long (and at most this many events per transaction).
 TAIL_ROWS = 256
+# Events of the tail whose data the store keeps as their writer gave it (`SearchIndex.written`),
+# and the JSON bytes they may come to in all: a mail page's worth or two between catch-ups.
+WRITTEN_ROWS = 2 * TAIL_ROWS
+WRITTEN_BYTES = 16 << 20
+_TAIL_IDS = "SELECT id FROM events WHERE id >= ? ORDER BY id LIMIT ?"  # rowids only: no overflow pages read
+_ROW = f"SELECT type, {_DATA}, created_at FROM events WHERE id = ?"
 # Pages of merge work per idle step (FTS5's 'merge' command).
 MERGE_PAGES = 64
 # Ranked windows kept per store for the next pages (a few KiB each).
@@ -264,6 +270,9 @@ class SearchIndex:
         self.unindexed_from: int | None = None
         self.slots = FieldSlots(db)
         self._snapshots: OrderedDict[str, _Snapshot] = OrderedDict()
+        # id -> (type, data as its writer gave it, created_at) of committed events of the tail.
+        self._written: dict[int, tuple[str, Any, str]] = {}
+        self._written_bytes = 0
 
     # -- state -------------------------------------------------------------------------------
 
@@ -316,6 +325,7 @@ class SearchIndex:
         self.slots.reload()
         _, self.next, self.end, self.unindexed_from = db.execute(_STATE).fetchone()
         self._read_tail()
+        self._forget_written()
 
     def _open_tail(self, max_id: int) -> None:
         try:
@@ -361,6 +371,32 @@ class SearchIndex:
 
     # -- writes -------------------------------------------------------------------------------
 
+    def written(self, events: Iterable[tuple[StoredEvent, NewEvent]]) -> None:
+        """Keep the data of events just committed as their writer gave it, for `catch_up` to
+        index without reading and parsing the stored text again (a mail event's 20 KB of JSON:
+        most of the catch-up's Python time). Only a `plain` value (it reads as the stored text
+        parses) is kept, within WRITTEN_ROWS and WRITTEN_BYTES; the writer must not change it
+        after the append. Anything not kept is read from the table as before."""
+        if not self.enabled:
+            return
+        kept = self._written
+        for stored, ev in events:
+            if not ev.plain or len(kept) >= WRITTEN_ROWS or self._written_bytes >= WRITTEN_BYTES:
+                continue
+            kept[stored.id] = (stored.type, ev.value, stored.created_at)
+            self._written_bytes += len(stored.data)
+
+    def _forget_written(self, below: int | None = None) -> None:
+        """Drop kept data: all of it, or that of events below an id (indexed, or gone)."""
+        kept = self._written
+        if below is None:
+            kept.clear()
+        elif kept:
+            for event_id in [i for i in kept if i < below]:
+                del kept[event_id]
+        if not kept:
+            self._written_bytes = 0  # (an upper bound while some are kept: taken ones are not subtracted)
+
     def catch_up(self, seconds: float | None = BACKFILL_STEP_SECONDS) -> bool:
         """Index the live tail in one transaction (stopping after `seconds`, None: all of it);
         True while events remain in it."""
@@ -372,14 +408,11 @@ class SearchIndex:
         try:
             self._read_tail()  # another worker with the store open may have caught up, or written more
             while True:
-                batch = db.execute(
-                    f"SELECT id, type, {_DATA}, created_at FROM events WHERE id >= ? ORDER BY id LIMIT ?",
-                    (self.tail, TAIL_ROWS),
-                ).fetchall()
-                if batch:
-                    self._index(batch)
-                    self.tail = batch[-1][0] + 1
-                more = len(batch) == TAIL_ROWS
+                ids = [row[0] for row in db.execute(_TAIL_IDS, (self.tail, TAIL_ROWS))]
+                if ids:
+                    self._index_tail(ids)
+                    self.tail = ids[-1] + 1
+                more = len(ids) == TAIL_ROWS
                 if not more or (seconds is not None and time.perf_counter() - started >= seconds):
                     break
             db.execute("UPDATE search_tail SET next = ?", (self.tail,))
@@ -389,8 +422,28 @@ class SearchIndex:
                 db.execute("ROLLBACK")
             self._read_tail()
             self.slots.reload()
+            self._forget_written()  # some were taken by the transaction rolled back: read them again
             raise
+        self._forget_written(below=self.tail)
         return more
+
+    def _index_tail(self, ids: list[int]) -> None:
+        """Index events of the tail by id, from the data kept by `written` where there is any
+        (inside the caller's transaction)."""
+        kept = self._written
+        rows = []
+        times = []
+        for event_id in ids:
+            entry = kept.pop(event_id, None)
+            if entry is None:
+                event_type, data, created_at = self.db.execute(_ROW, (event_id,)).fetchone()
+                rows.append((event_id, *document(event_type, _text(data), self.slots)))
+            else:
+                event_type, value, created_at = entry
+                rows.append((event_id, *document_of(event_type, value, self.slots)))
+            times.append((event_id, created_at))
+        self.db.executemany(_INSERT, rows)
+        self.db.executemany(_INSERT_TIME, times)
 
     def _index(self, batch: list[tuple[int, str, bytes, str]]) -> None:
         """Index (id, type, data as read by _DATA, created_at) rows of events (inside the caller's transaction)."""
@@ -404,6 +457,7 @@ class SearchIndex:
 
     def remove(self, event_id: int, event_type: str, data: str) -> None:
         """Remove an event's row, if it has one."""
+        self._written.pop(event_id, None)
         if self.indexed(event_id):
             self.db.execute(_DELETE, (event_id, *document(event_type, data, self.slots)))
             self.db.execute("DELETE FROM search_times WHERE id = ?", (event_id,))

@@ -51,7 +51,7 @@ import sqlite3
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
@@ -1048,6 +1048,8 @@ class UserStore(BrainActor):
             event_id: int = cur.lastrowid  # type: ignore[assignment]
             stored = StoredEvent(event_id, ev.type, ev.data, created_at)
             fresh.append(stored)
+            if self.index is not None:
+                self.index.written([(stored, ev)])
             return [[(stored, False)]]
         now = now_timestamp()
         results: list[list[tuple[StoredEvent, bool]] | Exception] = []
@@ -1081,6 +1083,8 @@ class UserStore(BrainActor):
                 return [exc]
             raise
         fresh.extend(new_events)
+        if self.index is not None:
+            self.index.written(_written(requests, results))
         return results
 
     def _check_writable(self) -> None:
@@ -1337,6 +1341,17 @@ def _use_wal(db: sqlite3.Connection) -> None:
                 raise
             time.sleep(0.01)
     db.execute("PRAGMA journal_mode=WAL")  # still locked: let its error say so
+
+
+def _written(
+    requests: Sequence[AppendRequest], results: Sequence[list[tuple[StoredEvent, bool]] | Exception]
+) -> Iterator[tuple[StoredEvent, NewEvent]]:
+    """(stored, as written) of every event a commit added (not those its key found stored)."""
+    for request, out in zip(requests, results):
+        if not isinstance(out, Exception):
+            for ev, (stored, existing) in zip(request.events, out):
+                if not existing:
+                    yield stored, ev
 
 
 def _same_event(stored: StoredEvent, ev: NewEvent) -> bool:
