@@ -122,6 +122,8 @@ _INSERT_EVENT = (
     + f" FROM (SELECT {NEXT_SEQ} AS seq) AS next"
 )
 _EVENT_COLUMNS = "id, type, data, created_at, key"
+# Pages in the database (WAL included) and pages free among them, in one statement.
+_SIZE = "SELECT * FROM pragma_page_count(), pragma_freelist_count()"
 # Writes refused for want of space may be tried again once the user has deleted events.
 FULL_RETRY_SECONDS = 600.0
 
@@ -357,6 +359,12 @@ _OPEN = "open"
 _OPEN_ENVELOPE = Envelope(_OPEN)
 # Acknowledged outbox rows are deleted at most this long after the append that made them.
 ACK_FLUSH_SECONDS = 1.0
+# A store looks at its file's size (for the disk guard and the quota) after a write once this
+# many bytes of events were committed since it last looked, or this long after it last did
+# (the ack flush, ACK_FLUSH_SECONDS after an append, makes sure it does): each look is a few
+# statements and a stat, every one of which gives up the GIL (docs/performance.md).
+SIZE_LOOK_BYTES = 16 << 10
+SIZE_LOOK_SECONDS = 0.25
 
 
 class StoreClosed(Exception):
@@ -521,7 +529,11 @@ class UserStore(BrainActor):
         self.acks: deque[int] = deque() if acks is None else acks
         self._flush_armed = False
         self.db: sqlite3.Connection | None = None
-        self._changes_noted = 0  # db.total_changes when the disk guard was last told of its growth
+        self._changes_noted = 0  # db.total_changes when the store last looked at its size
+        self._size_looked = 0.0  # time.monotonic() of that look
+        self._unlooked = 0  # bytes of events committed since
+        self._page_size = 0
+        self._used = 0  # bytes of pages in use (the quota's figure) at that look
         self.last_used = time.monotonic()
         # Storage faults are counted there; `files` remembers the file as this store leaves it.
         self.faults = faults
@@ -617,6 +629,7 @@ class UserStore(BrainActor):
             # while another worker has the store open: they are its own, in flight, and it
             # publishes them (or, should it die, its successor drains every marked outbox).
             self.outbox.notify(self.user_id, [])
+        self._look_at_size()
 
     def _open_read_only(self) -> bool:
         """Open for reading only, the file system being read-only; False if that cannot show everything.
@@ -963,6 +976,7 @@ class UserStore(BrainActor):
             self.outbox.notify(self.user_id, fresh)
             self._arm_flush()
             self.last_write = time.monotonic()
+            self._unlooked += sum(len(ev.data) for ev in fresh)
             index = self.index
             if index is not None and index.enabled:
                 if fresh[-1].id - index.tail >= TAIL_ROWS - 1:  # TAIL_ROWS of sequence numbers at least
@@ -975,22 +989,41 @@ class UserStore(BrainActor):
                     self.schedule(MERGE_IDLE_SECONDS, _MERGE)
 
     def _note_checkpoint_growth(self) -> None:
-        """If the database changed, tell the disk guard what this store's next checkpoint will add
-        to its file: the pages its WAL holds beyond the file's end (admitted writes, not yet on
-        statvfs's books). A commit may have run that checkpoint: then it is 0 again."""
-        if self.faults is None or self.db is None or self.db.total_changes == self._changes_noted:
+        """If the database changed, look at its size, at most every SIZE_LOOK_SECONDS or
+        SIZE_LOOK_BYTES of events (`_look_at_size`)."""
+        db = self.db
+        if db is None or db.total_changes == self._changes_noted:
             return
-        self._changes_noted = self.db.total_changes
+        if self._unlooked < SIZE_LOOK_BYTES and time.monotonic() - self._size_looked < SIZE_LOOK_SECONDS:
+            return
+        self._look_at_size()
+
+    def _look_at_size(self) -> None:
+        """Read the pages in use (the quota's figure) and tell the disk guard what this store's
+        next checkpoint will add to its file: the pages its WAL holds beyond the file's end
+        (admitted writes, not yet on statvfs's books). A commit may have run that checkpoint:
+        then it is 0 again."""
+        db = self.db
+        assert db is not None
+        self._changes_noted = db.total_changes
+        self._size_looked = time.monotonic()
+        self._unlooked = 0
         try:
-            pages, page_size = (self.db.execute(f"PRAGMA {name}").fetchone()[0] for name in ("page_count", "page_size"))
+            if not self._page_size:
+                self._page_size = db.execute("PRAGMA page_size").fetchone()[0]
+            pages, free = db.execute(_SIZE).fetchone()
+            self._used = (pages - free) * self._page_size
+            if self.faults is None:
+                return
             st = os.stat(self.path)
             # What the file holds on disk, not its length: with the store memory-mapped
             # (api.store_mmap_mib), SQLite extends the file to its new length before a
             # checkpoint copies the pages in, and that length is a hole until they are written.
             on_disk = min(st.st_size, st.st_blocks * 512)
         except (sqlite3.Error, OSError):
-            return  # the next write tells again
-        self.faults.guard.owe(self.actor_urn, max(0, pages * page_size - on_disk))
+            self._changes_noted = -1  # the next message looks again
+            return
+        self.faults.guard.owe(self.actor_urn, max(0, pages * self._page_size - on_disk))
 
     def _answer(self, message: Request, fresh: list[StoredEvent]) -> Any:
         """Answer one request other than an append (tombstones of deletions go to `fresh`)."""
@@ -1096,16 +1129,16 @@ class UserStore(BrainActor):
             raise StoreClosed()
 
     def _check_space(self) -> None:
-        """InsufficientStorage once the store uses api.max_user_bytes (pages in use, index included)."""
-        if not self.max_bytes:
+        """InsufficientStorage once the store uses api.max_user_bytes (pages in use, index included).
+
+        Judged by the last look at the store's size plus the events committed since; refused
+        only after a fresh look (deletions may have made room since)."""
+        if not self.max_bytes or self._used + self._unlooked < self.max_bytes:
             return
-        db = self.db
-        assert db is not None
-        pages = db.execute("PRAGMA page_count").fetchone()[0] - db.execute("PRAGMA freelist_count").fetchone()[0]
-        used = pages * db.execute("PRAGMA page_size").fetchone()[0]
-        if used >= self.max_bytes:
+        self._look_at_size()
+        if self._used >= self.max_bytes:
             raise InsufficientStorage(
-                f"the store holds {used} bytes, the quota is {self.max_bytes} (api.max_user_bytes): "
+                f"the store holds {self._used} bytes, the quota is {self.max_bytes} (api.max_user_bytes): "
                 "delete events to make room",
                 retry_after=FULL_RETRY_SECONDS,
             )
