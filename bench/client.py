@@ -43,6 +43,7 @@ class KeepAliveClient:
         self.timeout = timeout
         self._sock: socket.socket | None = None
         self._buf = b""
+        self._started = 0.0
 
     def _connect(self) -> socket.socket:
         sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
@@ -90,6 +91,21 @@ class KeepAliveClient:
                 self.close()
             return Response(status, body, elapsed)
         raise AssertionError("unreachable")
+
+    def send_only(self, raw: bytes) -> None:
+        """Send pre-encoded request bytes; `receive` reads the response later (no reconnect)."""
+        sock = self._sock or self._connect()
+        self._started = time.perf_counter()
+        sock.sendall(raw)
+
+    def receive(self) -> Response:
+        """The response to the request `send_only` sent."""
+        assert self._sock is not None
+        status, body, keep = self._read_response(self._sock)
+        elapsed = time.perf_counter() - self._started
+        if not keep:
+            self.close()
+        return Response(status, body, elapsed)
 
     def request(self, method: str, path: str, *, headers: Mapping[str, str] | None = None, body: Any = None) -> Response:
         """One request over the kept-alive connection."""

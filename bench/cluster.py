@@ -12,7 +12,11 @@ sent to `b` (forwarded to `a` and back) and to `a` directly, in alternating bloc
 
 Node `b` runs with `cluster.confirm_writes = false`: a second user placed on `b` gives the cost
 of answering a write only once JetStream acknowledged it (POST /events to `a` directly, which
-waits for the R3 ack, against the same request to `b` directly, which does not).
+waits for the R3 ack, against the same request to `b` directly, which does not). The same pair
+gives the live stream's cost (`live_confirmed`/`live_unconfirmed`): each user holds a
+`GET /events/stream` on its own node, and the time from sending a POST /events there to the
+event's arrival on the stream is timed, alternating between the nodes — `a` streams an event
+once JetStream acknowledged it, `b` once it is committed (docs/cluster.md).
 
 `spread` (issue 20's "3 nodes vs 1"): three nodes that all confirm writes, on the same NATS
 cluster. One run sends POST /events at 64 connections to node `a` alone for users placed on
@@ -24,13 +28,16 @@ three processes' replication cost against one.
 
 from __future__ import annotations
 
+import re
 import secrets
+import socket
+import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from bench.client import KeepAliveClient, Shadow, expect, sample_latencies
+from bench.client import SHADOW_BLOCK, KeepAliveClient, Shadow, expect, sample_latencies
 from bench.load import Req, run_wrk
 from bench.users import User, event_body, sign_up, sign_up_many
 from brain.testing.nats_cluster import NatsCluster
@@ -48,6 +55,8 @@ class Forwarded(NamedTuple):
     me_direct: list[float]
     post_confirmed: list[float]  # to a, answered after the stream's ack
     post_unconfirmed: list[float]  # to b (confirm_writes = false), answered after the local commit
+    live_confirmed: list[float]  # POST to a -> the event on a's stream of the user (after the ack)
+    live_unconfirmed: list[float]  # the same on b (confirm_writes = false: after the commit)
 
 
 def measure(
@@ -90,7 +99,8 @@ def measure(
             post = _paired(other, direct, user, "POST", samples=samples, warmup=warmup)
             me = _paired(other, direct, user, "GET", samples=samples, warmup=warmup)
             confirmed = _confirmed(direct, other, user, user_b, samples=samples, warmup=warmup)
-        return Forwarded(post[0], post[1], me[0], me[1], *confirmed)
+            live = _live(direct, other, a.api_port, b.api_port, user, user_b, samples=samples, warmup=warmup)
+        return Forwarded(post[0], post[1], me[0], me[1], *confirmed, *live)
     finally:
         for node in nodes:
             node.close()
@@ -124,6 +134,61 @@ def _confirmed(
     confirmed = sample_latencies(a, lambda _i: raw, count=samples, warmup=warmup, statuses=(201,),
                                  what="POST /events answered after the stream's ack", shadow=shadow)
     return confirmed, shadow.times
+
+
+class _Stream:
+    """One GET /events/stream on a raw socket, read in the caller's thread: each event's id and
+    when it arrived (time.perf_counter, taken as the read returns)."""
+
+    def __init__(self, port: int, authorization: str) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+        self.sock.sendall(f"GET /events/stream HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+                          f"Authorization: {authorization}\r\n\r\n".encode())
+        self.pending = b""
+
+    def next_id(self) -> tuple[int, float]:
+        """The next event's id and arrival time (a frame and its chunk arrive in one read)."""
+        while True:
+            found = re.search(rb"\nid: (\d+)\n", self.pending)
+            if found is not None:
+                self.pending = self.pending[found.end():]
+                return int(found.group(1)), self.arrived
+            data = self.sock.recv(65536)
+            self.arrived = time.perf_counter()
+            if not data:
+                raise AssertionError("the live stream ended")
+            self.pending = self.pending[-64:] + data
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def _live(
+    a: KeepAliveClient, b: KeepAliveClient, a_port: int, b_port: int, user_a: User, user_b: User, *,
+    samples: int, warmup: int,
+) -> tuple[list[float], list[float]]:
+    """POST /events -> the event on the user's stream on its node: a (after the ack), b (after the commit),
+    in alternating blocks. The stream is read before the POST's answer, in this thread, so the
+    arrival time is the stream's own."""
+    body = event_body(1, kind="bench.cluster.live")
+    sides = [(client, _Stream(port, user.authorization),
+              client.encode("POST", "/events", headers={"Authorization": user.authorization}, body=body), [])
+             for client, port, user in ((a, a_port, user_a), (b, b_port, user_b))]
+    try:
+        time.sleep(0.5)  # both streams open
+        for i in range(warmup + samples):
+            for client, stream, raw, times in sides if (i // SHADOW_BLOCK) % 2 == 0 else sides[::-1]:
+                client.send_only(raw)
+                sent = time.perf_counter()
+                streamed, arrived = stream.next_id()
+                event_id = expect(client.receive(), 201, what="POST /events beside a live stream").json()["id"]
+                assert streamed == event_id, f"streamed {streamed}, posted {event_id}"
+                if i >= warmup:
+                    times.append(arrived - sent)
+    finally:
+        for _, stream, _, _ in sides:
+            stream.close()
+    return sides[0][3], sides[1][3]
 
 
 class Spread(NamedTuple):

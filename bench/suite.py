@@ -123,6 +123,7 @@ CATALOGUE: list[tuple[str, str, str]] = [
     ("cluster.post.latency", "cluster: POST /events via another node, 1 client", "ms"),
     ("cluster.me.latency", "cluster: GET /me via another node, 1 client", "ms"),
     ("cluster.confirm.latency", "cluster: POST /events with the 201 after the stream's R3 ack, 1 client", "ms"),
+    ("cluster.live.latency", "cluster: POST /events -> on the user's live stream, streamed after the R3 ack", "ms"),
     ("cluster.spread.rps", "cluster: POST /events, {conns} conns spread over 3 nodes, {users} users", "req/s"),
     *search.CATALOGUE,
     ("scale.cold_new", "scale: first request of a new user's store", "ms"),
@@ -721,7 +722,7 @@ class Run:
     def cluster(self) -> None:
         """Issue 20: what forwarding to the user's node adds, on a 3-server NATS cluster (bench/cluster.py)."""
         plan = self.plan
-        keys = ["cluster.post.latency", "cluster.me.latency", "cluster.confirm.latency"]
+        keys = ["cluster.post.latency", "cluster.me.latency", "cluster.confirm.latency", "cluster.live.latency"]
         with self.step(keys, "cluster: requests via another node vs to the user's node, 3 nats-servers, R3"):
             got = cluster.measure(
                 self.workdir / "cluster", lambda extra: self.config(FAST_ARGON2, extra), self.tag,
@@ -742,6 +743,15 @@ class Run:
             floor = latency_figure("unconfirmed", "unconfirmed", got.post_unconfirmed)
             fig.baseline = floor.value
             fig.baseline_label = "the same POST to node b (cluster.confirm_writes = false), alternating blocks; p50"
+            fig.extra["added p50 ms"] = round((fig.value or 0) - (floor.value or 0), 3)
+            fig.extra["added p99 ms"] = round((fig.p99 or 0) - (floor.p99 or 0), 3)
+            fig = self.latency("cluster.live.latency", got.live_confirmed,
+                               note="sent to node a -> the event on the user's GET /events/stream on a, which streams "
+                                    "it once JetStream acknowledged it (docs/cluster.md)")
+            floor = latency_figure("unconfirmed", "unconfirmed", got.live_unconfirmed)
+            fig.baseline = floor.value
+            fig.baseline_label = ("the same on node b (cluster.confirm_writes = false: streamed once committed), "
+                                  "alternating blocks; p50")
             fig.extra["added p50 ms"] = round((fig.value or 0) - (floor.value or 0), 3)
             fig.extra["added p99 ms"] = round((fig.p99 or 0) - (floor.p99 or 0), 3)
         if wrk_available() is None:

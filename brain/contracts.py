@@ -153,7 +153,8 @@ class CommitLog(Protocol):
 
     def listen(self, listener: Callable[[str, int], None]) -> None:
         """Call `listener(user_id, last_seq)` after every commit in this process, from the committing
-        thread: it must neither block nor raise. Register in `setup_process`."""
+        thread: it must neither block nor raise. Register in `setup_process`. (On a cluster node that
+        confirms writes: once the replicated stream holds the events, on the serving loop.)"""
 
     def changes_from_thread(self, user_id: str, after: int, limit: int, timeout: float = 30) -> list[dict[str, Any]]:
         """At most `limit` events of the user with `seq` above `after`, oldest first (blocking)."""

@@ -2,6 +2,10 @@
 
 Its stores' commit order, read through the StoreManager, and a word after every commit from the
 Doorbell the stores ring; webhooks build their durable delivery queue on it.
+
+On a cluster node that answers writes once the replicated stream holds them, the log ends
+before the first event JetStream has not acknowledged yet, and the word comes when it has
+(brain.api.outbox.Confirmations): a webhook never carries an event a failover would lose.
 """
 
 from __future__ import annotations
@@ -24,6 +28,10 @@ class CommitLog:
     def listen(self, listener: Callable[[str, int], None]) -> None:
         """`listener(user_id, last_seq)` after every commit, on the committing thread."""
 
+        if self._doorbell.confirmations is not None:
+            self._doorbell.on_confirmed(listener)
+            return
+
         def committed(user_id: str, events: list[StoredEvent]) -> None:
             listener(user_id, commit_seq(events[-1]))
 
@@ -31,8 +39,16 @@ class CommitLog:
 
     def changes_from_thread(self, user_id: str, after: int, limit: int, timeout: float = 30) -> list[dict[str, Any]]:
         """Events with `seq` above `after`, oldest first (blocking)."""
-        return self._stores.changes_from_thread(user_id, after, limit, timeout)
+        rows = self._stores.changes_from_thread(user_id, after, limit, timeout)
+        confirmations = self._doorbell.confirmations
+        if confirmations is not None:
+            rows, _ = confirmations.confirmed_part(user_id, rows, _seq)
+        return rows
 
     def head_from_thread(self, user_id: str, timeout: float = 30) -> int:
         """The last event's `seq` (blocking)."""
         return self._stores.head_from_thread(user_id, timeout)
+
+
+def _seq(row: dict[str, Any]) -> int:
+    return int(row["seq"])

@@ -248,6 +248,7 @@ class Handover:
                         log.warning("cluster: rebuilding the store of %s failed (%s); retrying", user_id,
                                     redact_text(repr(exc)))
                         await asyncio.sleep(1.0)
+            self._forget_unconfirmed(user_id)
             self.stores.note_repaired(user_id)
         finally:
             done.set()
@@ -258,8 +259,15 @@ class Handover:
     async def _give_up(self, user_id: str, node: str) -> None:
         await asyncio.get_running_loop().run_in_executor(None, self._give_up_blocking, user_id, node)
 
+    def _forget_unconfirmed(self, user_id: str) -> None:
+        # Ids of a store given up or rebuilt that JetStream never acknowledged will never be: left
+        # there, they would hold every later event of the user back from its streams here.
+        if self.bell.confirmations is not None:
+            self.bell.confirmations.forget(user_id)
+
     def _give_up_blocking(self, user_id: str, node: str) -> None:
         self.stores.close_store(user_id)
+        self._forget_unconfirmed(user_id)
         # Its bus would not publish what is left anyway (may_publish): nothing to look for at the next start.
         marker_path(self.data_path, user_id).unlink(missing_ok=True)
         if set_aside(self.data_path, user_id, f"the user is placed on node {node}") is not None:

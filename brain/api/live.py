@@ -23,6 +23,14 @@ bound in bytes:
 
 The subscriptions of a connection that went away are ended by a sweep every few seconds, so an
 idle stream whose client vanished does not wait for its next heartbeat to be noticed.
+
+A cluster node that answers writes once the replicated stream holds them (`confirmations`,
+brain.api.outbox.Confirmations) also streams only what the stream holds: an event committed
+here and lost with this node before JetStream acknowledged it must not have been shown (its id
+may be drawn again for another event on the node that takes the user over). Posted events are
+held per user until every event up to them is acknowledged (`confirmed`), then offered in
+commit order; a stream whose history read stopped at an unacknowledged event (`behind`) is
+poked then, and reads the store from where it stopped.
 """
 
 from __future__ import annotations
@@ -35,6 +43,7 @@ from typing import Any
 
 from brain.actors import bridge
 from brain.api.events import StoredEvent
+from brain.api.outbox import Confirmations
 from brain.errors import TooManyRequests
 from brain.event_types import TypeFilter
 
@@ -44,6 +53,9 @@ log = logging.getLogger("brain.api.live")
 SWEEP_SECONDS = 2.0
 # An event's cost against a buffer, besides its data: id, type, time and framing.
 EVENT_OVERHEAD_BYTES = 100
+# Confirmations: events of one user held until the stream holds them; past this (NATS away) they
+# are dropped, and the user's streams read the store once the stream holds more.
+MAX_HELD = 10_000
 
 # Why a stream ended, as its last SSE event names it (None: the client went away, nothing to say).
 TOO_SLOW = "too-slow"
@@ -55,7 +67,7 @@ class Subscription:
     """One stream's view of its user's commits: what its writer has yet to write, and why it must end."""
 
     __slots__ = (
-        "user_id", "types", "max_bytes", "is_gone", "queue", "bytes", "live", "missed", "ended", "_waiter",
+        "user_id", "types", "max_bytes", "is_gone", "queue", "bytes", "live", "missed", "ended", "behind", "_waiter",
     )
 
     def __init__(
@@ -70,6 +82,8 @@ class Subscription:
         self.live = False
         self.missed = False
         self.ended: str | None = None
+        # Its history read stopped at an event not yet on the replicated stream (cluster mode).
+        self.behind = False
         self._waiter: asyncio.Future[None] | None = None
 
     def offer(self, events: Iterable[StoredEvent]) -> None:
@@ -142,12 +156,18 @@ def _settle(waiter: asyncio.Future[None]) -> None:
 class Dispatcher:
     """The process's fan-out of committed events to open streams (see the module docstring)."""
 
-    def __init__(self, *, max_streams: int, max_per_user: int, pokes_only: bool = False) -> None:
+    def __init__(
+        self, *, max_streams: int, max_per_user: int, pokes_only: bool = False,
+        confirmations: Confirmations | None = None,
+    ) -> None:
         self.max_streams = max_streams
         self.max_per_user = max_per_user
         self.pokes_only = pokes_only
+        self.confirmations = confirmations
         self.loop: asyncio.AbstractEventLoop | None = None
         self._by_user: dict[str, set[Subscription]] = {}
+        # Confirmations only: posted events of streamed users, until the stream holds them.
+        self._held: dict[str, deque[StoredEvent]] = {}
         self._count = 0
         self._sweeper: asyncio.TimerHandle | None = None
         self.opened = 0
@@ -172,13 +192,54 @@ class Dispatcher:
             self.posted += len(events)
             if self.pokes_only:
                 for sub in subs:
-                    sub.poke()
+                    sub.poke()  # the store's read stops at what is not confirmed (brain.api.stream)
                 return
-            for sub in list(subs):
-                sub.offer(events)
-                if sub.ended == TOO_SLOW:
-                    self.cut_off += 1
-                    self._drop(sub)
+            if self.confirmations is not None:
+                held = self._held.setdefault(user_id, deque())
+                held.extend(events)
+                if len(held) > MAX_HELD:
+                    del self._held[user_id]
+                    for sub in subs:
+                        sub.behind = True
+                    return
+                events = self._release(user_id)
+            self._offer(subs, events)
+
+    def _offer(self, subs: set[Subscription], events: list[StoredEvent]) -> None:
+        if not events:
+            return
+        for sub in list(subs):
+            sub.offer(events)
+            if sub.ended == TOO_SLOW:
+                self.cut_off += 1
+                self._drop(sub)
+
+    def _release(self, user_id: str) -> list[StoredEvent]:
+        """The held events of the user that are confirmed now, oldest first."""
+        held = self._held.get(user_id)
+        if not held:
+            return []
+        assert self.confirmations is not None
+        lowest = self.confirmations.lowest(user_id)
+        if lowest is None:
+            del self._held[user_id]
+            return list(held)
+        released = []
+        while held and held[0].id < lowest:
+            released.append(held.popleft())
+        return released
+
+    def confirmed(self, user_id: str, _upto: int) -> None:
+        """Every event of the user up to `_upto` is on the replicated stream now (on the loop)."""
+        subs = self._by_user.get(user_id)
+        if not subs:
+            return
+        for sub in subs:
+            if sub.behind:
+                sub.behind = False
+                sub.poke()
+        if not self.pokes_only:
+            self._offer(subs, self._release(user_id))
 
     def poke(self, user_id: str) -> None:
         """The user committed through another process (on the loop): their streams read the store."""
@@ -238,6 +299,7 @@ class Dispatcher:
             self._count -= 1
             if not subs:
                 del self._by_user[sub.user_id]
+                self._held.pop(sub.user_id, None)
 
     def _sweep(self) -> None:
         for subs in list(self._by_user.values()):
@@ -258,4 +320,6 @@ class Dispatcher:
             "opened": self.opened,
             "events_posted": self.posted,
             "cut_off": self.cut_off,
+            # Cluster mode: committed events not yet on the replicated stream (held from the streams).
+            **({"unconfirmed": self.confirmations.pending()} if self.confirmations is not None else {}),
         }

@@ -10,16 +10,20 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import heapq
 import logging
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 from brain.api.events import StoredEvent
 from brain.api.publisher import Publisher
 from brain.api.repair import RepairError, StreamRead, read_stream_blocking
 
 log = logging.getLogger("brain.api.bus")
+
+T = TypeVar("T")
 
 
 def event_stored_notifier(pm: Any) -> Callable[[str, list[StoredEvent]], None] | None:
@@ -46,6 +50,88 @@ def event_stored_notifier(pm: Any) -> Callable[[str, list[StoredEvent]], None] |
             pass  # shutting down: the interpreter no longer takes new work
 
     return notify
+
+class Confirmations:
+    """Cluster mode (`cluster.confirm_writes`): the committed events JetStream has not acknowledged yet.
+
+    A live stream or a webhook must show only events a failover keeps: an event committed here
+    but not on the replicated stream is lost with this node, and its id may be drawn again on the
+    node that takes the user over. So, per user, the ids committed and not yet acknowledged are
+    kept here, registered on the committing thread before anyone is told of the commit (so any
+    read of the store that returns an event comes after its registration, which brain.api.user_store's
+    one thread per store guarantees), and dropped as the acknowledgements arrive. What lies below
+    the lowest of them is confirmed; readers stop there (`confirmed_part`) and go on when told
+    the frontier moved (`Doorbell.on_confirmed`).
+
+    Memory: one entry per unacknowledged event (while NATS is away, per event committed meanwhile).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        # user -> (heap of ids, the unacknowledged ids among them, the highest id registered)
+        self._open: dict[str, tuple[list[int], set[int], list[int]]] = {}
+
+    def committed(self, user_id: str, events: list[StoredEvent]) -> None:
+        """The user committed these events (the committing thread, before anyone else hears of them)."""
+        with self._lock:
+            found = self._open.get(user_id)
+            if found is None:
+                found = self._open[user_id] = ([], set(), [0])
+            heap, unacked, top = found
+            for ev in events:
+                heapq.heappush(heap, ev.id)
+                unacked.add(ev.id)
+            top[0] = max(top[0], events[-1].id)
+
+    def acked(self, user_id: str, event_id: int) -> int | None:
+        """JetStream holds this event: the user's new confirmed frontier if it moved (every id up to
+        it is confirmed), else None."""
+        with self._lock:
+            found = self._open.get(user_id)
+            if found is None or event_id not in found[1]:
+                return None
+            heap, unacked, top = found
+            unacked.discard(event_id)
+            if not unacked:
+                del self._open[user_id]
+                return top[0]
+            if heap[0] != event_id:
+                return None
+            while heap[0] not in unacked:
+                heapq.heappop(heap)
+            return heap[0] - 1
+
+    def lowest(self, user_id: str) -> int | None:
+        """The user's lowest unacknowledged event id (None: every committed event is confirmed)."""
+        with self._lock:
+            found = self._open.get(user_id)
+            if found is None:
+                return None
+            heap, unacked, _ = found
+            while heap[0] not in unacked:
+                heapq.heappop(heap)
+            return heap[0]
+
+    def confirmed_part(self, user_id: str, rows: list[T], seq: Callable[[T], int]) -> tuple[list[T], bool]:
+        """The leading rows (in commit order) that are confirmed, and whether any were held back."""
+        lowest = self.lowest(user_id)
+        if lowest is None or not rows or seq(rows[-1]) < lowest:
+            return rows, False
+        keep = 0
+        while keep < len(rows) and seq(rows[keep]) < lowest:
+            keep += 1
+        return rows[:keep], True
+
+    def forget(self, user_id: str) -> None:
+        """The user is no longer served here (deleted, taken over elsewhere)."""
+        with self._lock:
+            self._open.pop(user_id, None)
+
+    def pending(self) -> int:
+        """Unacknowledged events, all users (for /health)."""
+        with self._lock:
+            return sum(len(unacked) for _, unacked, _ in self._open.values())
+
 
 class AckWatch:
     """JetStream's acknowledgements of one user's events, gathered from before they are committed.
@@ -83,8 +169,15 @@ class AckWatch:
 class Doorbell:
     """Where stores hand committed events; stable across EventBus restarts (`rt.event_bus`)."""
 
-    def __init__(self, listeners: Iterable[Callable[[str, list[StoredEvent]], None] | None] = ()) -> None:
+    def __init__(
+        self, listeners: Iterable[Callable[[str, list[StoredEvent]], None] | None] = (),
+        confirmations: Confirmations | None = None,
+    ) -> None:
         self._publisher: Publisher | None = None
+        # Cluster mode with writes confirmed: what is committed but not yet on the stream, and
+        # who is told when more of a user's events are (the live streams, the commit log).
+        self.confirmations = confirmations
+        self._on_confirmed: tuple[Callable[[str, int], None], ...] = ()
         # Each is told of every commit, in commit order, and must neither block nor raise.
         self._listeners = tuple(listener for listener in listeners if listener is not None)
         self.nats_url = ""
@@ -97,9 +190,16 @@ class Doorbell:
         """Tell `listener` of every commit from now on (set up before the stores open)."""
         self._listeners = (*self._listeners, listener)
 
+    def on_confirmed(self, listener: Callable[[str, int], None]) -> None:
+        """Confirmations only: `listener(user_id, upto)` on the serving loop when every event of the user
+        up to `upto` is on the stream and was not before; must neither block nor raise."""
+        self._on_confirmed = (*self._on_confirmed, listener)
+
     def notify(self, user_id: str, events: list[StoredEvent]) -> None:
         """Queue committed events for publishing (any thread; never blocks); none: drain the user's outbox."""
         if events:
+            if self.confirmations is not None:
+                self.confirmations.committed(user_id, events)
             for listener in self._listeners:
                 listener(user_id, events)
         publisher = self._publisher
@@ -134,6 +234,11 @@ class Doorbell:
         """JetStream acknowledged an event (called by the publisher, or a node flushing an outbox, on the serving loop)."""
         for watch in self._watches.get(user_id, ()):
             watch.note(event_id)
+        if self.confirmations is not None:
+            upto = self.confirmations.acked(user_id, event_id)
+            if upto is not None:
+                for listener in self._on_confirmed:
+                    listener(user_id, upto)
 
     def attach(self, publisher: Publisher) -> None:
         publisher.on_ack = self.acked

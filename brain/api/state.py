@@ -17,7 +17,7 @@ from brain.api.jwks import JwksState, jwks_opener
 from brain.api.limits import ApiLimits, BucketsFactory, local_buckets
 from brain.api.live import Dispatcher
 from brain.api.live_feed import LiveFeed
-from brain.api.outbox import Doorbell, event_stored_notifier
+from brain.api.outbox import Confirmations, Doorbell, event_stored_notifier
 from brain.api.quotas import WriteRate
 from brain.api.repair import AutoRepair
 from brain.api.settings import expected_issuer, jwks_url
@@ -99,7 +99,15 @@ def api_key_verifier(rt: Process) -> ApiKeyVerifier:
 
 def doorbell(rt: Process) -> Doorbell:
     """Where the stores hand committed events to the EventBus (stable across its restarts)."""
-    return rt.stash.setdefault(_DOORBELL, lambda: Doorbell((dispatcher(rt).post, event_stored_notifier(rt.pm))))
+
+    def create() -> Doorbell:
+        live = dispatcher(rt)
+        bell = Doorbell((live.post, event_stored_notifier(rt.pm)), confirmations=live.confirmations)
+        if live.confirmations is not None:
+            bell.on_confirmed(live.confirmed)
+        return bell
+
+    return rt.stash.setdefault(_DOORBELL, create)
 
 
 def store_manager(rt: Process) -> StoreManager:
@@ -109,10 +117,13 @@ def store_manager(rt: Process) -> StoreManager:
 
 def dispatcher(rt: Process) -> Dispatcher:
     """The process's live dispatcher: committed events to the open event streams."""
-    api = rt.settings.api
+    api, cluster = rt.settings.api, rt.settings.cluster
+    # A cluster node that answers writes once the replicated stream holds them streams only those.
+    confirming = bool(cluster.node_id) and cluster.confirm_writes
     return rt.stash.setdefault(
         _DISPATCHER,
-        lambda: Dispatcher(max_streams=api.stream_max, max_per_user=api.stream_max_per_user, pokes_only=rt.worker.several),
+        lambda: Dispatcher(max_streams=api.stream_max, max_per_user=api.stream_max_per_user, pokes_only=rt.worker.several,
+                           confirmations=Confirmations() if confirming else None),
     )
 
 

@@ -13,7 +13,8 @@ the history, reads the store in pages until a page comes back short, and then wr
 subscription only what lies past the last event it wrote. An event committed while the history
 was read is therefore in the history or in the subscription, or in both (written once). If the
 subscription overflows while the history is read, the history is simply read on
-(`brain.api.live`). Without either, the stream starts with what commits from now on.
+(`brain.api.live`). On a cluster node that confirms writes, the history stops before the first
+event JetStream has not acknowledged yet, and goes on from there once it has (`brain.api.live`). Without either, the stream starts with what commits from now on.
 
 How a stream ends, always with a last SSE event saying why (unless the client left):
 `token-expired` when the caller's credential expires (reconnect with a fresh token or ticket),
@@ -216,13 +217,20 @@ class EventStream:
     ) -> int:
         """Write the history after `after`, until the subscription can take over; the last id written."""
         last = after
+        confirmations = self.dispatcher.confirmations
         while True:
             sub.missed = False
             rows = await self.stores.changes(user_id, last, types, HISTORY_PAGE)
+            short = len(rows) < HISTORY_PAGE
+            if confirmations is not None:
+                # Only what the replicated stream holds; the rest once it does (`behind`: poked then).
+                rows, held_back = confirmations.confirmed_part(user_id, rows, commit_seq)
+                if held_back:
+                    sub.behind = short = True
             if rows:
                 await writer.write(b"".join(frame(ev) for ev in rows))
                 last = commit_seq(rows[-1])
-            if len(rows) < HISTORY_PAGE and not sub.missed:
+            if short and not sub.missed:
                 sub.live = True
                 return last
             if sub.ended is not None:

@@ -66,7 +66,9 @@ class NatsCluster:
             f'listen: "127.0.0.1:{self.client_ports[index]}"\n'
             f"jetstream {{ store_dir: {json.dumps(str(directory / 'js'))}, max_mem: 64MB, max_file: 1GB }}\n"
             f'authorization {{ user: "{USER}", password: "{self.password}" }}\n'
-            f'cluster {{ name: "{self.name}", listen: "127.0.0.1:{self.route_ports[index]}", routes: [{routes}] }}\n'
+            # One server alone is no cluster (JetStream refuses a cluster block without routes).
+            + (f'cluster {{ name: "{self.name}", listen: "127.0.0.1:{self.route_ports[index]}", routes: [{routes}] }}\n'
+               if self.size > 1 else "")
         )
         return path
 

@@ -1,0 +1,142 @@
+"""Cluster mode with writes confirmed (docs/cluster.md): a live stream and a webhook show an event
+only once the replicated stream holds it, as the 201 does.
+
+An event committed on a node but not yet acknowledged by JetStream is lost with that node, and
+its id may be drawn again for another event on the node that takes the user over; a client that
+saw it would resume past an event that does not exist. Here JetStream's acknowledgements are
+held back by pausing the only nats-server (SIGSTOP): the write is answered 503 ("not
+confirmed"), the open stream, a stream reading the history and the webhook show nothing of it,
+and all three show it once the server runs again and acknowledges it. Every process is stopped
+by its pid.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from brain.api.events import StoredEvent, commit_seq
+from brain.api.outbox import Confirmations
+from brain.testing.nats_cluster import NatsCluster
+from tests.support import BrainServer, wait_until
+from tests.test_auth_helpers import NO_LIMITS, bearer, new_user
+from tests.test_webhooks import LOCAL, Receiver
+
+
+class Watcher(threading.Thread):
+    """Reads GET /events/stream until it ends: the ids of the events it delivered."""
+
+    def __init__(self, server: BrainServer, jwt: str, **params: Any) -> None:
+        super().__init__(daemon=True)
+        self.url, self.jwt, self.params = f"{server.api_url}/events/stream", jwt, params
+        self.ids: list[int] = []
+        self.opened = threading.Event()
+
+    def run(self) -> None:
+        with requests.get(self.url, params=self.params, headers=bearer(self.jwt), stream=True, timeout=(10, 120)) as r:
+            named = False
+            for line in r.iter_lines():
+                if line == b": stream open":
+                    self.opened.set()
+                elif line.startswith(b"event:"):
+                    named = True
+                elif line.startswith(b"data: ") and not named:
+                    self.ids.append(json.loads(line[6:])["id"])
+                elif not line:
+                    named = False
+
+
+def stopped(pid: int) -> bool:
+    """Whether every thread of the process is stopped (a thread inside a system call stops when it returns)."""
+    states = [(task / "stat").read_text().rpartition(")")[2].split()[0] for task in Path(f"/proc/{pid}/task").iterdir()]
+    return all(state == "T" for state in states)
+
+
+def test_a_stream_and_a_webhook_show_an_event_only_once_the_replicated_stream_holds_it(tmp_path: Path) -> None:
+    nats = NatsCluster(tmp_path / "nats", size=1).start()
+    server = BrainServer(tmp_path / "a", roles="auth,api", config={
+        "server": {"secret": secrets.token_urlsafe(32), "public_url": ""},
+        "nats": {"url": nats.url, **nats.credentials, "replicas": 1, "publish_timeout_seconds": 2.0},
+        "cluster": {"node_id": "a", "node_ttl_seconds": 60.0},
+        "auth": dict(NO_LIMITS),
+        "webhooks": LOCAL,
+    })
+    watchers: list[Watcher] = []
+    paused = False
+    receiver = Receiver().__enter__()  # closed after the node: its sender keeps a connection open
+    try:
+        server.start(timeout=60)
+        wait_until(lambda: server.health()["cluster"]["ready"], timeout=30, what="placement map loaded")
+        user = new_user(server)
+        jwt = user["jwt"]
+        r = requests.post(f"{server.api_url}/webhooks", json={"url": receiver.url}, headers=bearer(jwt), timeout=30)
+        assert r.status_code == 201, r.text
+        live = Watcher(server, jwt)
+        watchers.append(live)
+        live.start()
+        assert live.opened.wait(30)
+        r = requests.post(f"{server.api_url}/events", json={"type": "one", "data": {}}, headers=bearer(jwt), timeout=30)
+        assert r.status_code == 201, r.text
+        first = r.json()["id"]
+        wait_until(lambda: live.ids == [first] and receiver.event_ids() == {first}, timeout=30,
+                   what="the acknowledged event on the stream and the webhook")
+
+        # JetStream cannot acknowledge while its server is paused: the write is stored, not confirmed.
+        assert nats.procs[0] is not None
+        nats.procs[0].send_signal(signal.SIGSTOP)
+        paused = True
+        wait_until(lambda: stopped(nats.procs[0].pid), timeout=10, what="every thread of nats-server stopped")
+        r = requests.post(f"{server.api_url}/events", json={"type": "two", "data": {}}, headers=bearer(jwt), timeout=30)
+        assert r.status_code == 503 and "did not confirm" in r.text, r.text
+        history = Watcher(server, jwt, after="0")
+        watchers.append(history)
+        history.start()
+        wait_until(lambda: history.ids == [first], timeout=30, what="the history up to the unconfirmed event")
+        time.sleep(1.0)
+        assert live.ids == [first] and history.ids == [first], "an unconfirmed event was streamed"
+        assert receiver.event_ids() == {first}, "an unconfirmed event was sent to a webhook"
+
+        nats.procs[0].send_signal(signal.SIGCONT)
+        paused = False
+        r = requests.get(f"{server.api_url}/events", params={"type": "two"}, headers=bearer(jwt), timeout=30)
+        assert r.status_code == 200, r.text
+        second = r.json()["events"][0]["id"]
+        wait_until(lambda: live.ids == [first, second] and history.ids == [first, second]
+                   and receiver.event_ids() == {first, second}, timeout=30,
+                   what="the event on both streams and the webhook once the stream holds it")
+        r = requests.post(f"{server.api_url}/events", json={"type": "three", "data": {}}, headers=bearer(jwt), timeout=30)
+        assert r.status_code == 201, r.text
+        third = r.json()["id"]
+        wait_until(lambda: live.ids == [first, second, third] and history.ids == [first, second, third],
+                   timeout=30, what="the next event, once, on both streams")
+    finally:
+        if paused and nats.procs[0] is not None:
+            nats.procs[0].send_signal(signal.SIGCONT)
+        server.close()  # ends the streams (shutting-down)
+        for watcher in watchers:
+            watcher.join(timeout=10)
+        nats.stop()
+        receiver.__exit__(None, None, None)
+
+
+def test_the_confirmed_frontier_moves_only_past_events_acknowledged_without_a_gap() -> None:
+    events = [StoredEvent(n, "t", "{}", "2026-01-01T00:00:00Z") for n in (1, 2, 3, 5)]
+    confirmations = Confirmations()
+    confirmations.committed("u", events[:3])
+    confirmations.committed("u", events[3:])
+    assert confirmations.pending() == 4 and confirmations.lowest("v") is None
+    assert confirmations.acked("u", 2) is None and confirmations.lowest("u") == 1  # 1 is not on the stream yet
+    assert confirmations.confirmed_part("u", events, commit_seq) == ([], True)
+    assert confirmations.acked("u", 1) == 2
+    assert confirmations.confirmed_part("u", events, commit_seq) == (events[:2], True)
+    assert confirmations.acked("u", 1) is None  # a repeated ack moves nothing
+    assert confirmations.acked("u", 5) is None and confirmations.lowest("u") == 3
+    assert confirmations.acked("u", 3) == 5 and confirmations.lowest("u") is None and confirmations.pending() == 0
+    assert confirmations.confirmed_part("u", events, commit_seq) == (events, False)
