@@ -104,7 +104,7 @@ class SearchSettings:
     backfill_concurrency: int = 2
     # A write does not wait for the index: its event is indexed this long after, with the others
     # written meanwhile (at once once 256 are waiting, and always before a search reads the index).
-    index_delay_seconds: float = 0.25
+    index_delay_seconds: float = 1.0
 
 
 def expected_issuer(settings: Settings) -> str:
