@@ -1,5 +1,6 @@
 """Cluster mode with writes confirmed (docs/cluster.md): a live stream and a webhook show an event
-only once the replicated stream holds it, as the 201 does.
+only once the replicated stream holds it, as the 201 does; a mail account's checkpoint moves
+only past events the stream holds.
 
 An event committed on a node but not yet acknowledged by JetStream is lost with that node, and
 its id may be drawn again for another event on the node that takes the user over; a client that
@@ -25,8 +26,10 @@ import requests
 from brain.api.events import StoredEvent, commit_seq
 from brain.api.outbox import Confirmations
 from brain.testing.nats_cluster import NatsCluster
+from brain.testing.fakes.gmail import FakeGmail
 from tests.support import BrainServer, wait_until
 from tests.test_auth_helpers import NO_LIMITS, bearer, new_user
+from tests.test_mail_server import GMAIL_USER, Client, gmail, mail_config  # noqa: F401 - the gmail fixture
 from tests.test_webhooks import LOCAL, Receiver
 
 
@@ -59,15 +62,20 @@ def stopped(pid: int) -> bool:
     return all(state == "T" for state in states)
 
 
-def test_a_stream_and_a_webhook_show_an_event_only_once_the_replicated_stream_holds_it(tmp_path: Path) -> None:
-    nats = NatsCluster(tmp_path / "nats", size=1).start()
-    server = BrainServer(tmp_path / "a", roles="auth,api", config={
+def node_config(nats: NatsCluster, **more: Any) -> dict[str, Any]:
+    """One cluster node on the one nats-server: writes confirmed, a publish given up after 2 s."""
+    return {
         "server": {"secret": secrets.token_urlsafe(32), "public_url": ""},
         "nats": {"url": nats.url, **nats.credentials, "replicas": 1, "publish_timeout_seconds": 2.0},
         "cluster": {"node_id": "a", "node_ttl_seconds": 60.0},
         "auth": dict(NO_LIMITS),
-        "webhooks": LOCAL,
-    })
+        **more,
+    }
+
+
+def test_a_stream_and_a_webhook_show_an_event_only_once_the_replicated_stream_holds_it(tmp_path: Path) -> None:
+    nats = NatsCluster(tmp_path / "nats", size=1).start()
+    server = BrainServer(tmp_path / "a", roles="auth,api", config=node_config(nats, webhooks=LOCAL))
     watchers: list[Watcher] = []
     paused = False
     receiver = Receiver().__enter__()  # closed after the node: its sender keeps a connection open
@@ -140,3 +148,43 @@ def test_the_confirmed_frontier_moves_only_past_events_acknowledged_without_a_ga
     assert confirmations.acked("u", 5) is None and confirmations.lowest("u") == 3
     assert confirmations.acked("u", 3) == 5 and confirmations.lowest("u") is None and confirmations.pending() == 0
     assert confirmations.confirmed_part("u", events, commit_seq) == (events, False)
+
+
+def test_a_mail_checkpoint_moves_only_past_messages_the_replicated_stream_holds(tmp_path: Path, gmail: FakeGmail) -> None:
+    first = gmail.add_message(GMAIL_USER, subject="first", label_ids=["INBOX"])
+    nats = NatsCluster(tmp_path / "nats", size=1).start()
+    server = BrainServer(tmp_path / "a", roles="auth,api", config=node_config(nats, **mail_config(gmail)))
+    paused = False
+    try:
+        server.start(timeout=60)
+        wait_until(lambda: server.health()["cluster"]["ready"], timeout=30, what="placement map loaded")
+        alice = Client(server)
+        account = alice.connect("gmail", gmail.issue_refresh_token(GMAIL_USER))["account"]
+        assert alice.wait_state(account, "idle")["messages_synced"] == 1
+
+        # The sync's events are committed on the node, but JetStream acknowledges nothing: the
+        # account's checkpoint must not move past them (a node lost now would lose the message).
+        assert nats.procs[0] is not None
+        nats.procs[0].send_signal(signal.SIGSTOP)
+        paused = True
+        wait_until(lambda: stopped(nats.procs[0].pid), timeout=10, what="every thread of nats-server stopped")
+        second = gmail.add_message(GMAIL_USER, subject="second", label_ids=["INBOX"])
+        r = alice.post(f"/mail/accounts/{account}/sync", {})
+        assert r.status_code in (200, 202), r.text
+        status = wait_until(lambda: (s := alice.accounts()[account])["last_error"] and s, timeout=30,
+                            what="the sync to fail for want of the stream's ack")
+        assert status["messages_synced"] == 1, status
+        time.sleep(1.0)
+        assert alice.accounts()[account]["messages_synced"] == 1
+
+        nats.procs[0].send_signal(signal.SIGCONT)
+        paused = False
+        wait_until(lambda: alice.accounts()[account]["messages_synced"] == 2, timeout=30,
+                   what="the message synced once the stream acknowledged it")
+        received = [e["data"]["message_id"] for e in alice.events("mail.message.received")]
+        assert sorted(received) == sorted([first, second])  # each once: the retried page replays its key
+    finally:
+        if paused and nats.procs[0] is not None:
+            nats.procs[0].send_signal(signal.SIGCONT)
+        server.close()
+        nats.stop()

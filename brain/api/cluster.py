@@ -23,7 +23,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+import concurrent.futures
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import nats.errors
@@ -35,7 +36,7 @@ from brain.api.handover import Handover
 from brain.api.placement import UserPlacement
 from brain.api.publisher import publish_confirmed
 from brain.api.state import doorbell, store_manager
-from brain.api.store_manager import AppendResult
+from brain.api.store_manager import AppendResult, stored_dicts
 from brain.api.user_store import AppendRequest
 from brain.errors import ServiceUnavailable
 from brain.leases import Leases
@@ -44,7 +45,7 @@ from brain.process import Process
 from brain.redact import redact_text
 from brain.stash import StashKey
 
-__all__ = ["NODES_BUCKET", "ClusterNode", "cluster_node", "confirmed_append"]
+__all__ = ["NODES_BUCKET", "ClusterNode", "NodeSink", "cluster_node", "cluster_sink", "confirmed_append"]
 
 log = logging.getLogger("brain.cluster")
 
@@ -80,6 +81,7 @@ class ClusterNode:
         if self.stores.repair_retry_after is None:
             self.stores.repair_retry_after = 1.0
         self.nc: Any = None
+        self.loop: asyncio.AbstractEventLoop | None = None
         self.serving = False  # placement loaded, stale stores given up, answering forwards and admin requests
         self.last_error = ""
         self.resent = 0  # requests sent on to the node a user moved to, after the first refused them
@@ -89,6 +91,7 @@ class ClusterNode:
 
     async def start(self, _app: web.Application) -> None:
         """on_startup: connect and load the placement map in the background."""
+        self.loop = asyncio.get_running_loop()
         self._starting = asyncio.ensure_future(self._connect())
 
     async def _connect(self) -> None:
@@ -296,3 +299,64 @@ def confirmed_append(rt: Process) -> Callable[[str, AppendRequest], Awaitable[Ap
     (`cluster.confirm_writes`); None: through the stores alone."""
     node = cluster_node(rt)
     return node.append if node is not None and rt.settings.cluster.confirm_writes else None
+
+
+class NodeSink:
+    """The event sink (`brain.contracts.EVENT_SINK`) of a cluster node: the writers off the HTTP
+    path (mail sync, the webhooks' notices) write as a request does.
+
+    - Only to a user placed on this node (placing a user met for the first time here, as a request
+      does; held while the store is rebuilt). A user placed elsewhere is refused with 503: a store
+      opened here would be a new, empty one that no node reads and whose events are never
+      published (brain.api.handover) — the writer's events would be lost, and a mail account's
+      checkpoint would move past them. The writer retries later (mail sync backs off).
+    - Answered once JetStream acknowledged the new events (`cluster.confirm_writes`), as the 201:
+      a mail account's checkpoint, committed after its page's events, is then never ahead of the
+      replicated stream, so a node lost with its disk costs no message (the page is synced again).
+    """
+
+    def __init__(self, node: ClusterNode, confirm: bool) -> None:
+        self.node = node
+        self.stores = node.stores
+        self.confirm = confirm
+
+    def append_from_thread(
+        self, user_id: str, events: Sequence[Mapping[str, Any]], timeout: float = 30, *,
+        max_event_bytes: int | None = None, with_data: bool = True,
+    ) -> list[dict[str, Any]]:
+        """Store the events all or none on this node, confirmed by the stream (blocking; see the class)."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            pass
+        else:
+            raise RuntimeError("blocking store call on an event loop; use the async API")
+        request = self.stores.append_request(user_id, events, max_event_bytes)
+        loop = self.node.loop
+        if loop is None or loop.is_closed():
+            raise ServiceUnavailable("the cluster node is not serving", retry_after=2)
+        future = asyncio.run_coroutine_threadsafe(self._append(user_id, request), loop)
+        try:
+            result = future.result(timeout)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            raise ServiceUnavailable(f"no answer from the user's store within {timeout:g}s", retry_after=2) from None
+        return stored_dicts(result, with_data)
+
+    async def _append(self, user_id: str, request: AppendRequest) -> AppendResult:
+        node = self.node
+        if not node.serving:
+            raise ServiceUnavailable(f"node {node.node_id} has not loaded the cluster placement yet", retry_after=2)
+        where = await node.placement.node_of(user_id)
+        if where != node.node_id:
+            raise ServiceUnavailable(f"the user's data is on node {where}, not on {node.node_id}", retry_after=5)
+        await node.rebuilt(user_id)
+        if self.confirm:
+            return await node.append(user_id, request)
+        return await self.stores.append_events(user_id, request)
+
+
+def cluster_sink(rt: Process) -> NodeSink | None:
+    """The event sink of a cluster node (see NodeSink); None when this is not one."""
+    node = cluster_node(rt)
+    return None if node is None else NodeSink(node, rt.settings.cluster.confirm_writes)

@@ -21,7 +21,7 @@ from brain.actors.tree import Child, Group
 from brain.api import deletion, metrics, openapi, retrieval, retrieval_openapi, routes
 from brain.api.access import StoreAccess
 from brain.api.bus import EventBus
-from brain.api.cluster import cluster_node, confirmed_append
+from brain.api.cluster import cluster_node, cluster_sink, confirmed_append
 from brain.api.commit_log import CommitLog
 from brain.api.events import TOMBSTONE_TYPE, ReservedTypes
 from brain.api.jwks import JwksCache, jwks_opener
@@ -75,7 +75,8 @@ def setup_process(rt: Process) -> None:
     """Offer the stores as the event sink, as event access for other doors and as the commit log,
     and the JWT check (refusing deleted users) as the authenticator; on a cluster node, tell the
     event bus which users' events it may publish."""
-    rt.stash.set(EVENT_SINK, store_manager(rt))
+    # A cluster node's writers off the HTTP path write only where the user is, confirmed (NodeSink).
+    rt.stash.set(EVENT_SINK, cluster_sink(rt) or store_manager(rt))
     rt.stash.set(EVENT_ACCESS, StoreAccess(store_manager(rt), ReservedTypes.from_plugins(rt.pm), write_rate(rt), rt.settings,
                                            append=confirmed_append(rt)))
     rt.stash.set(COMMIT_LOG, CommitLog(store_manager(rt), doorbell(rt)))

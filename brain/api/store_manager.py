@@ -233,14 +233,18 @@ class StoreManager:
         come back without their data (a writer that only needs them committed skips parsing it).
         """
         self._not_on_loop()
-        request = AppendRequest(self._validate(user_id, events, max_event_bytes))
+        request = self.append_request(user_id, events, max_event_bytes)
         self._check_room(request)
         result = self._ask_blocking(user_id, AppendMany([request]), timeout)[0]
         if isinstance(result, Exception):
             raise result
-        if not with_data:
-            return [{"id": ev.id, "type": ev.type, "created_at": ev.created_at} for ev, _ in result]
-        return [ev.as_dict() for ev, _ in result]
+        return stored_dicts(result, with_data)
+
+    def append_request(
+        self, user_id: str, events: Sequence[Mapping[str, Any]], max_event_bytes: int | None = None
+    ) -> AppendRequest:
+        """Events checked as `append_from_thread` checks them, ready for `append_events` (any thread)."""
+        return AppendRequest(self._validate(user_id, events, max_event_bytes))
 
     def query_from_thread(
         self,
@@ -644,3 +648,10 @@ class StoreManager:
                 del self._live[user_id]
                 # The store applied what was queued as it closed; a later generation gets a new one.
                 self._acks.pop(user_id, None)
+
+
+def stored_dicts(result: AppendResult, with_data: bool) -> list[dict[str, Any]]:
+    """`append_from_thread`'s answer: the stored events (without their data unless `with_data`)."""
+    if not with_data:
+        return [{"id": ev.id, "type": ev.type, "created_at": ev.created_at} for ev, _ in result]
+    return [ev.as_dict() for ev, _ in result]
