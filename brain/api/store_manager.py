@@ -102,6 +102,10 @@ class _Stopping:
         return min(0.1, 0.005 * 2 ** (self.waits - 1))
 
 
+# No store has refused yet (`_Stopping.holds` is False for every ref: no urn is empty).
+_NOT_STOPPING = _Stopping()
+
+
 class StoreManager:
     """The API to users' event stores (see the module docstring); `brain.api.state.store_manager`."""
 
@@ -436,8 +440,10 @@ class StoreManager:
     async def _submit(self, user_id: str, message: AppendRequest | Request) -> Any:
         """Hand a request to the user's store (see brain.api.user_store's StoreInbox) and await it."""
         loop = asyncio.get_running_loop()
-        last: Exception = ServiceUnavailable("the user's store is restarting; try again")
-        attempts, stopping = 0, _Stopping()
+        # Made when first needed: nearly every request is taken at the first attempt, and an
+        # exception object costs a few microseconds of the loop's time.
+        last: Exception | None = None
+        attempts, stopping = 0, _NOT_STOPPING
         while attempts < _ATTEMPTS + _MAKE_ROOM_ATTEMPTS:
             ref = self._live_ref(user_id)
             if ref is None:
@@ -457,6 +463,8 @@ class StoreManager:
             except StoreClosed:
                 # Not taken, so not written: safe to hand to the store's next generation.
                 self._forget(user_id, ref)
+                if stopping is _NOT_STOPPING:
+                    stopping = _Stopping()
                 stopping.refused(ref, loop.time())
             except NoFileDescriptors as exc:
                 # It could not open for want of descriptors: close another store, try again.
@@ -469,7 +477,7 @@ class StoreManager:
                 if fut.done():  # this request met the damage
                     raise self._quarantined_answer(exc.detail) if isinstance(exc, StoreQuarantined) else exc from None
                 # Refused by a store that found damage before this request came: quarantined now.
-        raise last
+        raise last or ServiceUnavailable("the user's store is restarting; try again")
 
     def _live_ref(self, user_id: str) -> pykka.ActorRef[Any] | None:
         with self._lock:
