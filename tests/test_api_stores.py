@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -352,6 +353,45 @@ def test_a_kept_page_is_read_again_after_any_write(rt: Runtime, monkeypatch: pyt
                 "INSERT INTO events (type, data, created_at) VALUES ('w', '4', '2999-01-01T00:00:00.000000Z')"
             )
         assert data((await stores.query_page(user, query))[0]) == [4, 2, 1, 0]
+
+    asyncio.run(main())
+
+
+def test_a_kept_page_is_taken_without_a_statement_and_sqlites_locks_stay(
+    rt: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The loop checks a kept page against the WAL index header it maps, running no SQL (a
+    statement takes the database's locks and lets go of the GIL); finding and mapping the
+    index must not drop the locks SQLite holds on it (closing any descriptor of a file drops
+    the process's POSIX locks on it)."""
+    stores = store_manager(rt)
+    user = "pageheader"
+    stores.append_from_thread(user, [{"type": "h", "data": i} for i in range(3)])
+    reads = _page_reads(monkeypatch)
+
+    async def main() -> None:
+        query = stores.make_query(user, None, None, None, 10, None)
+        await _settled_page(stores, user, query, reads)
+        ref = stores._live_ref(user)
+        assert ref is not None
+        db = ref.actor_inbox._db
+        statements: list[tuple[str, str]] = []
+        db.set_trace_callback(lambda sql: statements.append((threading.current_thread().name, sql)))
+        try:
+            before = len(reads)
+            for _ in range(10):
+                await stores.query_page(user, query)
+        finally:
+            db.set_trace_callback(None)
+        taken = 10 - (len(reads) - before)
+        assert taken >= 5, reads[before:]
+        assert [sql for thread, sql in statements if thread == threading.current_thread().name] == []
+        # SQLite's own locks on the WAL index (its DMS lock at least) are still this process's.
+        shm = rt.settings.data_path / "users" / user / "events.db-shm"
+        inode = shm.stat().st_ino
+        held = [line for line in Path("/proc/locks").read_text().splitlines()
+                if line.split()[4] == str(os.getpid()) and line.split()[5].endswith(f":{inode}")]
+        assert held, "the store's connection lost its locks on the WAL index"
 
     asyncio.run(main())
 

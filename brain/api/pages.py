@@ -11,18 +11,25 @@ Stores written before the column existed get it on open (`ensure_rendered`); the
 rendered in batches while the store serves (`backfill_step`), and until then a read renders
 the missing ones itself (`coalesce`), so an old store is never read wrongly, only more slowly.
 
-A store keeps the last page it read (`PageCache`) with the database's version at that moment:
-SQLite's `data_version` (commits by any other connection, another worker's included) and the
-connection's own `total_changes`. Asked for the same page while neither moved, it has the bytes
-already, and the event loop takes them itself without waking the store's thread (the hop and
-the GIL handed back and forth cost more than the read; docs/performance.md).
+A store keeps the last page it read (`PageCache`) with the database's version at that moment.
+Asked for the same page while the version has not moved, it has the bytes already, and the event
+loop takes them itself without waking the store's thread (the hop and the GIL handed back and
+forth cost more than the read; docs/performance.md). The version is the header of the WAL index
+(`WalIndexHeader`): every commit rewrites it, whoever made it (this store, or another worker's
+connection to the same file), and reading it is a copy of 48 bytes, where `PRAGMA data_version`
+is a statement that takes the database's locks and lets go of the GIL. Without a WAL index (a
+store read through `immutable=1`), the version is `data_version` and the connection's
+`total_changes`.
 """
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
+import mmap
+import os
 import sqlite3
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from typing import Any, NamedTuple
 
 # The SQL of an event's public JSON from its columns: byte for byte what StoredEvent.json() makes
@@ -34,6 +41,9 @@ BACKFILL_BATCH = 2000
 # The largest page a store keeps: a page of 100 typical events (~15 KB) fits, and with
 # api.max_open_stores stores open the cached pages stay a few MB.
 CACHED_PAGE_MAX = 64 * 1024
+# The first copy of the WAL index header (struct WalIndexHdr: change counter, frames, salts,
+# checksums) at the start of the -shm file. A commit writes the second copy, then this one.
+WAL_HEADER_BYTES = 48
 
 
 def render_sql(id_sql: str, type_sql: str, data_sql: str, created_at_sql: str) -> str:
@@ -101,45 +111,127 @@ def read_page(
 
 
 def db_version(db: sqlite3.Connection) -> tuple[int, int]:
-    """What moves whenever the database may have changed: commits of other connections
-    (`PRAGMA data_version`) and this connection's own changes (`total_changes`)."""
+    """What moves whenever the database may have changed, through SQL: commits of other
+    connections (`PRAGMA data_version`) and this connection's own changes (`total_changes`)."""
     return db.execute("PRAGMA data_version").fetchone()[0], db.total_changes
+
+
+class WalIndexHeader:
+    """A read-only map of the WAL index header of a connection's database (Linux).
+
+    It maps the descriptor of the `-shm` file that SQLite itself holds open, found through
+    /proc/self/fd, and never opens or closes one of its own: closing any descriptor of a file
+    drops every POSIX lock the process holds on it (fcntl(2)), SQLite's read and DMS locks on
+    the WAL index included, and then another process may reset the index under live readers.
+    The map outlives SQLite's descriptor; `close` unmaps it, and must come before the
+    connection closes (once no connection holds the file, SQLite may truncate it).
+    """
+
+    __slots__ = ("_address", "_header")
+
+    def __init__(self, address: int) -> None:
+        self._address = address
+        self._header = (ctypes.c_char * WAL_HEADER_BYTES).from_address(address)
+
+    @classmethod
+    def of(cls, db: sqlite3.Connection) -> WalIndexHeader | None:
+        """The header of `db`'s database, if it is in WAL mode and SQLite holds its index open."""
+        if _mmap is None:
+            return None
+        try:
+            name = db.execute("PRAGMA database_list").fetchone()[2]
+            if not name or db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                return None
+            index = os.stat(f"{name}-shm")
+            for entry in os.listdir("/proc/self/fd"):
+                fd = int(entry)
+                try:
+                    found = os.fstat(fd)
+                except OSError:
+                    continue  # closed meanwhile by another thread
+                if found.st_ino == index.st_ino and found.st_dev == index.st_dev and found.st_size >= WAL_HEADER_BYTES:
+                    address = _mmap(None, mmap.PAGESIZE, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
+                    return None if address in (None, _MAP_FAILED) else cls(address)
+        except (sqlite3.Error, OSError, ValueError):
+            pass
+        return None
+
+    def read(self) -> bytes:
+        """The header as it is now (what every commit rewrites)."""
+        return self._header.raw
+
+    def close(self) -> None:
+        """Unmap it (nothing may read it after)."""
+        if self._address and _munmap is not None:
+            _munmap(self._address, mmap.PAGESIZE)
+        self._address = 0
+
+
+def _libc_mmap() -> tuple[Any, Any]:
+    # ctypes, not the mmap module: mmap.mmap duplicates the descriptor it maps, and closes the
+    # duplicate when it is freed (see WalIndexHeader).
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        map_, unmap = libc.mmap, libc.munmap
+    except (OSError, AttributeError):
+        return None, None
+    map_.restype = ctypes.c_void_p
+    map_.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long)
+    unmap.restype = ctypes.c_int
+    unmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t)
+    return map_, unmap
+
+
+_mmap, _munmap = _libc_mmap() if os.path.isdir("/proc/self/fd") else (None, None)
+_MAP_FAILED = ctypes.c_void_p(-1).value
 
 
 class PageCache:
     """A store's last page and the database version it was read at (not thread-safe: the store's
-    database lock guards it)."""
+    database lock guards it). One per connection: two connections' versions are not comparable."""
 
-    __slots__ = ("key", "version", "page")
+    __slots__ = ("_header", "_version", "key", "version", "page")
 
-    def __init__(self) -> None:
+    def __init__(self, db: sqlite3.Connection | None = None) -> None:
+        self._header = WalIndexHeader.of(db) if db is not None else None
+        self._version: Callable[[], object] | None = (
+            self._header.read if self._header is not None else None if db is None else lambda: db_version(db)
+        )
         self.key: Hashable = None
-        self.version: tuple[int, int] | None = None
+        self.version: object = None
         self.page: Page | None = None
 
-    def get(self, db: sqlite3.Connection, key: Hashable) -> Page | None:
+    def get(self, key: Hashable) -> Page | None:
         """The page kept for `key` (what selects it), if the database has not changed since it was read."""
-        if key != self.key:
+        if key != self.key or self._version is None:
             return None
-        if db_version(db) != self.version:
-            self.key = self.page = None
-            return None
-        return self.page
+        return self._kept(key, self._version())
 
     def read(self, db: sqlite3.Connection, key: Hashable, where: Sequence[str], args: Sequence[Any], limit: int,
              rendered: str = RENDERED) -> Page:
         """The page `key` selects: the one kept if the database is unchanged, else read (and kept)."""
         # Taken before the read: a commit racing the read leaves the entry stale (read again
         # next time), never a newer version on older bytes.
-        version = db_version(db)
-        if key == self.key and version == self.version and self.page is not None:
-            return self.page
+        version = self._version() if self._version is not None else None
+        page = self._kept(key, version)
+        if page is not None:
+            return page
         page = read_page(db, where, args, limit, rendered)
-        if len(page.events) <= CACHED_PAGE_MAX:
+        if version is not None and len(page.events) <= CACHED_PAGE_MAX:
             self.key, self.version, self.page = key, version, page
         else:
             self.key = self.page = None
         return page
+
+    def close(self) -> None:
+        """Forget the page and let go of the header (before its connection closes)."""
+        self.key = self.page = self._version = None
+        if self._header is not None:
+            self._header.close()
+            self._header = None
+
+    def _kept(self, key: Hashable, version: object) -> Page | None:
+        return self.page if key == self.key and version == self.version else None
 
 
 def valid_utf8(text: bytes) -> bytes:

@@ -417,7 +417,8 @@ class StoreInbox(queue.SimpleQueue):  # type: ignore[type-arg]
         """The store's connection as it leaves it between messages (its thread, holding `db_lock`)."""
         if db is not self._db:
             self._db = db
-            self.pages = PageCache()  # another connection: its versions are not comparable
+            self.pages.close()
+            self.pages = PageCache(db)  # another connection: its versions are not comparable
 
     def cached_page(self, message: ReadPage) -> Page | None:
         """The page, if the store is between messages and keeps it from an unchanged database
@@ -429,7 +430,7 @@ class StoreInbox(queue.SimpleQueue):  # type: ignore[type-arg]
             if db is None or db.in_transaction:
                 return None
             try:
-                page = self.pages.get(db, message.query)
+                page = self.pages.get(message.query)
             except sqlite3.Error:
                 return None  # the store meets it too as it reads, and deals with it
             if page is not None:
