@@ -396,6 +396,56 @@ def test_a_kept_page_is_taken_without_a_statement_and_sqlites_locks_stay(
     asyncio.run(main())
 
 
+@pytest.mark.parametrize("other_commits", [False, True], ids=["alone", "with-another-connection"])
+def test_a_kept_page_outlives_the_stores_writes_outside_the_events_but_not_another_connections_commit(
+    rt: Runtime, monkeypatch: pytest.MonkeyPatch, other_commits: bool
+) -> None:
+    """The search index's and the outbox's writes leave the page as it is; a commit of another
+    connection (another worker) during such a write still makes it be read again."""
+    stores = store_manager(rt)
+    user = f"pageoutside{int(other_commits)}"
+    stores.append_from_thread(user, [{"type": "o", "data": i} for i in range(3)])
+    reads = _page_reads(monkeypatch)
+    path = rt.settings.data_path / "users" / user / "events.db"
+
+    armed = threading.Event()  # not the merges of the appends' own timers
+
+    def merge(self: UserStore) -> None:  # a write outside the events, as a merge step makes
+        assert self.db is not None
+        if not armed.is_set():
+            return
+        self.db.execute("CREATE TABLE IF NOT EXISTS scratch (x)")
+        self.db.execute("INSERT INTO scratch VALUES (1)")
+        if other_commits:
+            with sqlite3.connect(path, isolation_level=None) as other:
+                other.execute(
+                    "INSERT INTO events (type, data, created_at) VALUES ('o', '9', '2999-01-01T00:00:00.000000Z')"
+                )
+
+    monkeypatch.setattr(UserStore, "_merge", merge)
+
+    def data(page: Any) -> list[Any]:
+        return [e["data"] for e in json.loads(b"[" + page.events + b"]")]
+
+    async def main() -> None:
+        query = stores.make_query(user, None, None, None, 10, None)
+        assert data(await _settled_page(stores, user, query, reads)) == [2, 1, 0]
+        ref = stores._live_ref(user)
+        assert ref is not None
+        header = ref.actor_inbox.pages._header.read()
+        armed.set()
+        ref.ask("merge-index", timeout=10)  # handled (written and kept) once answered
+        assert ref.actor_inbox.pages._header.read() != header, "the merge wrote nothing"
+        before = len(reads)
+        page, _ = await stores.query_page(user, query)
+        if other_commits:
+            assert data(page) == [9, 2, 1, 0] and len(reads) == before + 1
+        else:
+            assert data(page) == [2, 1, 0] and len(reads) == before, reads[before:]
+
+    asyncio.run(main())
+
+
 def test_a_store_read_only_from_its_kept_pages_is_not_idle(rt: Runtime, monkeypatch: pytest.MonkeyPatch) -> None:
     stores = store_manager(rt)
     user = "pagepolled"

@@ -192,9 +192,10 @@ class PageCache:
     """A store's last page and the database version it was read at (not thread-safe: the store's
     database lock guards it). One per connection: two connections' versions are not comparable."""
 
-    __slots__ = ("_header", "_version", "key", "version", "page")
+    __slots__ = ("_db", "_header", "_version", "key", "version", "page")
 
     def __init__(self, db: sqlite3.Connection | None = None) -> None:
+        self._db = db
         self._header = WalIndexHeader.of(db) if db is not None else None
         self._version: Callable[[], object] | None = (
             self._header.read if self._header is not None else None if db is None else lambda: db_version(db)
@@ -225,9 +226,33 @@ class PageCache:
             self.key = self.page = None
         return page
 
+    def watch(self) -> tuple[object, int] | None:
+        """Before a write of the store's own that leaves the events as they are (the outbox's, the
+        search index's): what `keep_through` needs to keep the page past it. None: nothing to keep."""
+        if self.page is None or self._header is None or self._db is None:
+            return None
+        try:
+            # data_version first: a commit of another connection's after it shows in the second.
+            others = self._db.execute("PRAGMA data_version").fetchone()[0]
+        except sqlite3.Error:
+            return None  # the write meets it too, and deals with it
+        return (self.version, others) if self._header.read() == self.version else None
+
+    def keep_through(self, watched: tuple[object, int] | None) -> None:
+        """After that write: the page holds at the new version, unless another connection committed meanwhile."""
+        if watched is None or self._header is None or self._db is None or self.version != watched[0]:
+            return
+        # The header first: a commit of another connection's after it shows in data_version.
+        now = self._header.read()
+        try:
+            if now != self.version and self._db.execute("PRAGMA data_version").fetchone()[0] == watched[1]:
+                self.version = now
+        except sqlite3.Error:
+            pass  # the page is read again
+
     def close(self) -> None:
         """Forget the page and let go of the header (before its connection closes)."""
-        self.key = self.page = self._version = None
+        self.key = self.page = self._version = self._db = None
         if self._header is not None:
             self._header.close()
             self._header = None

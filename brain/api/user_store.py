@@ -456,6 +456,15 @@ class StoreInbox(queue.SimpleQueue):  # type: ignore[type-arg]
         return requests
 
 
+# The store's own messages whose writes touch the outbox or the search index, never the events.
+_OUTSIDE_EVENTS = frozenset({_FLUSH_ACKS, _INDEX_TAIL, _MERGE})
+
+
+def _leaves_events(message: Any) -> bool:
+    """Whether a message writes (if at all) only outside the events table."""
+    return isinstance(message, (Ack, OutboxBatch)) or (isinstance(message, str) and message in _OUTSIDE_EVENTS)
+
+
 def _yield_to_the_loop() -> None:
     """Make this (store) thread SCHED_BATCH, where Linux offers it.
 
@@ -740,12 +749,17 @@ class UserStore(BrainActor):
     def on_receive(self, message: Any) -> Any:
         inbox: StoreInbox = self.actor_inbox  # type: ignore[assignment]
         with inbox.db_lock:
+            # The page the loop may take stays through writes that leave the events as they are
+            # (each append's ack and index tail would otherwise make the next read a miss).
+            pages = inbox.pages
+            watched = pages.watch() if _leaves_events(message) else None
             try:
                 return self._receive(message)
             finally:
                 # After whatever wrote: appends, deletions, the outbox's acknowledged rows, index merges.
                 self._note_checkpoint_growth()
                 inbox.publish(self.db)
+                pages.keep_through(watched)
 
     def _receive(self, message: Any) -> Any:
         if message is _OPEN:
