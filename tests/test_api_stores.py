@@ -23,10 +23,11 @@ import pytest
 
 from brain.api import pages
 from brain.api.state import store_manager
-from brain.api.user_store import DeleteEvents, ReadPage, UserStore
+from brain.api.user_store import DeleteEvents, Query, ReadPage, UserStore
 from brain.config import load_settings
 from brain.contracts import EVENT_SINK
 from brain.errors import BadRequest
+from brain.event_types import TypeFilter
 from brain.runtime import Runtime
 from tests.support import embedded_nats_url, wait_until
 from tests.test_jetstream import stream_messages
@@ -442,6 +443,66 @@ def test_a_kept_page_outlives_the_stores_writes_outside_the_events_but_not_anoth
             assert data(page) == [9, 2, 1, 0] and len(reads) == before + 1
         else:
             assert data(page) == [2, 1, 0] and len(reads) == before, reads[before:]
+
+    asyncio.run(main())
+
+
+def test_appends_go_on_top_of_the_kept_newest_page_as_a_read_would_give_it(
+    rt: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An append puts its events on top of the kept page of the newest events (no filter) in the
+    store's thread, so the read after it is taken on the loop; the page is the one SQLite gives.
+    A back-dated event, a deletion or a filtered page make it be read again."""
+    stores = store_manager(rt)
+    user = "pageontop"
+    stores.append_from_thread(user, [{"type": "t", "data": {"i": i, "s": "é"}} for i in range(5)])
+    reads = _page_reads(monkeypatch)
+    path = rt.settings.data_path / "users" / user / "events.db"
+
+    def truth(limit: int, where: tuple[str, ...] = (), args: tuple[Any, ...] = ()) -> Any:
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
+            return pages.read_page(db, list(where), list(args), limit)
+
+    async def after_write(query: Any, limit: int) -> Any:
+        """The page the loop takes without the store's thread (None: none) once the write is
+        answered, retried while the store is busy (the bus's acks follow each append); and the
+        page a read gives."""
+        ref = stores._live_ref(user)
+        assert ref is not None
+        message = ReadPage(Query(query.types, query.since, query.until, query.before, limit))
+        kept = None
+        for _ in range(25):
+            kept = ref.actor_inbox.cached_page(message)
+            if kept is not None:
+                break
+            await asyncio.sleep(0.02)
+        page, _ = await stores.query_page(user, query)
+        return kept, page
+
+    async def main() -> None:
+        for limit in (3, 10):  # with a next page, and all of them
+            query = stores.make_query(user, None, None, None, limit, None)
+            await _settled_page(stores, user, query, reads)
+            await stores.append(user, [{"type": "t", "data": {"n": limit}}])
+            kept, page = await after_write(query, limit)
+            assert kept == page == truth(limit)
+            await stores.append(user, [{"type": "t", "data": 1}, {"type": "u", "data": [2, "ü"]}])  # one commit of two
+            kept, page = await after_write(query, limit)
+            assert kept == page == truth(limit)
+        query = stores.make_query(user, None, None, None, 10, None)
+        await _settled_page(stores, user, query, reads)
+        await stores.append(user, [{"type": "t", "data": "old", "created_at": "2001-01-01T00:00:00Z"}])
+        kept, page = await after_write(query, 10)
+        assert kept is None and page == truth(10)
+        await _settled_page(stores, user, query, reads)
+        await stores.request(user, DeleteEvents(ids=(page.last[1],)))
+        kept, page = await after_write(query, 10)
+        assert kept is None and page == truth(10)
+        typed = stores.make_query(user, TypeFilter.parse(["t"]), None, None, 10, None)
+        await _settled_page(stores, user, typed, reads)
+        await stores.append(user, [{"type": "t", "data": "typed"}])
+        kept, page = await after_write(typed, 10)
+        assert kept is None and page == truth(10, ("type = ?",), ("t",))
 
     asyncio.run(main())
 

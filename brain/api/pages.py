@@ -33,6 +33,8 @@ import sqlite3
 from collections.abc import Callable, Hashable, Sequence
 from typing import Any, NamedTuple
 
+from brain.api.events import StoredEvent
+
 # The SQL of an event's public JSON from its columns: byte for byte what StoredEvent.json() makes
 # (type matched TYPE_RE on the way in, so it holds no quote or backslash; created_at is ours).
 _RENDER = """'{{"id":'||{id}||',"type":"'||{type}||'","data":'||{data}||',"created_at":"'||{created_at}||'"}}'"""
@@ -81,6 +83,10 @@ class Page(NamedTuple):
     last: tuple[str, int] | None  # (created_at, id) of its last event: where the next page starts
     more: bool  # whether an older event matches (a next page exists)
     digest: str  # of its events and `more`: with the user and the signing key, the whole body's identity
+    # Its events' ids, times and byte sizes, comma-separated, newest first (what `on_top` needs).
+    ids: str = ""
+    times: str = ""
+    sizes: str = ""
 
 
 def read_page(
@@ -100,16 +106,48 @@ def read_page(
         " ORDER BY created_at DESC, id DESC LIMIT ?)",
         (*args, limit + 1),
     ).fetchone()
-    body, count, ids, times, lengths = row
+    body, count, ids, times, sizes = row
     if not count:
         return Page(b"", 0, None, False, _digest(b"", "", False))
     more = count > limit
     if more:
-        body = body[:len(body) - int(lengths[lengths.rfind(",") + 1:]) - 1]
-        ids, times, count = ids[:ids.rfind(",")], times[:times.rfind(",")], limit
+        body = body[:len(body) - int(sizes[sizes.rfind(",") + 1:]) - 1]
+        ids, times, sizes, count = ids[:ids.rfind(",")], times[:times.rfind(",")], sizes[:sizes.rfind(",")], limit
     last = (times[times.rfind(",") + 1:], int(ids[ids.rfind(",") + 1:]))
-    body = valid_utf8(body)
-    return Page(body, count, last, more, _digest(body, ids, more))
+    checked = valid_utf8(body)
+    if checked is not body:
+        sizes = ""  # replaced bytes: the sizes no longer say where each event ends (`on_top` gives up)
+    return Page(checked, count, last, more, _digest(checked, ids, more), ids, times, sizes)
+
+
+def on_top(page: Page, events: Sequence[StoredEvent], limit: int) -> Page | None:
+    """The newest `limit` events once `events` are committed, from `page`, the newest `limit`
+    before them (no filter); None if one of them is not newer than all of it."""
+    if page.count and not page.sizes:
+        return None
+    added = sorted(((e.id, e.created_at, e.json().encode()) for e in events), key=lambda e: (e[1], e[0]), reverse=True)
+    if page.count:
+        first_id, _, _ = page.ids.partition(",")
+        first_at, _, _ = page.times.partition(",")
+        if (added[-1][1], added[-1][0]) <= (first_at, int(first_id)):
+            return None  # back-dated: it belongs further down (or on another page)
+    added = added[:limit]
+    kept = min(page.count, limit - len(added))
+    ids = [str(e[0]) for e in added]
+    times = [e[1] for e in added]
+    sizes = [str(len(e[2])) for e in added]
+    parts = [e[2] for e in added]
+    if kept:
+        old_sizes = page.sizes.split(",")[:kept]
+        parts.append(page.events[:sum(map(int, old_sizes)) + kept - 1])
+        ids += page.ids.split(",")[:kept]
+        times += page.times.split(",")[:kept]
+        sizes += old_sizes
+    body = b",".join(parts)
+    more = page.more or len(events) + page.count > limit
+    id_text = ",".join(ids)
+    return Page(body, len(ids), (times[-1], int(ids[-1])), more, _digest(body, id_text, more), id_text,
+                ",".join(times), ",".join(sizes))
 
 
 def db_version(db: sqlite3.Connection) -> tuple[int, int]:
@@ -192,10 +230,11 @@ class PageCache:
     """A store's last page and the database version it was read at (not thread-safe: the store's
     database lock guards it). One per connection: two connections' versions are not comparable."""
 
-    __slots__ = ("_db", "_header", "_version", "key", "version", "page")
+    __slots__ = ("_db", "_header", "_version", "_appended", "key", "version", "page")
 
     def __init__(self, db: sqlite3.Connection | None = None) -> None:
         self._db = db
+        self._appended: list[StoredEvent] | None = None  # while watching a write
         self._header = WalIndexHeader.of(db) if db is not None else None
         self._version: Callable[[], object] | None = (
             self._header.read if self._header is not None else None if db is None else lambda: db_version(db)
@@ -227,28 +266,57 @@ class PageCache:
         return page
 
     def watch(self) -> tuple[object, int] | None:
-        """Before a write of the store's own that leaves the events as they are (the outbox's, the
-        search index's): what `keep_through` needs to keep the page past it. None: nothing to keep."""
-        if self.page is None or self._header is None or self._db is None:
+        """Before a write of the store's own that changes the events only by appending (or not
+        at all: the outbox's, the search index's): what `keep_through` needs to keep the page
+        past it. None: nothing to keep."""
+        self._appended = None
+        if self.page is None or self._header is None or self._db is None or self._header.read() != self.version:
             return None
         try:
-            # data_version first: a commit of another connection's after it shows in the second.
+            # data_version first: a commit of another connection's after it shows in the header.
             others = self._db.execute("PRAGMA data_version").fetchone()[0]
         except sqlite3.Error:
             return None  # the write meets it too, and deals with it
-        return (self.version, others) if self._header.read() == self.version else None
+        if self._header.read() != self.version:
+            return None
+        self._appended = []
+        return self.version, others
 
-    def keep_through(self, watched: tuple[object, int] | None) -> None:
-        """After that write: the page holds at the new version, unless another connection committed meanwhile."""
-        if watched is None or self._header is None or self._db is None or self.version != watched[0]:
+    def appended(self, events: Sequence[StoredEvent]) -> None:
+        """Events the watched write committed."""
+        if self._appended is not None:
+            self._appended.extend(events)
+
+    def drop(self) -> None:
+        """Forget the page (a write that changes the events otherwise than by appending)."""
+        self.key = self.page = self._appended = None
+
+    def keep_through(self, watched: tuple[object, int] | None, newest: Callable[[Hashable], int | None]) -> None:
+        """After that write: the page holds at the new version, with the appended events on top
+        if `newest(key)` gives its limit (the newest events, unfiltered), unless another
+        connection committed meanwhile; otherwise it is forgotten, or read again."""
+        appended, self._appended = self._appended, None
+        if watched is None or appended is None or self._header is None or self._db is None:
+            return
+        if self.page is None or self.version != watched[0]:
             return
         # The header first: a commit of another connection's after it shows in data_version.
         now = self._header.read()
+        if now == self.version:
+            return
         try:
-            if now != self.version and self._db.execute("PRAGMA data_version").fetchone()[0] == watched[1]:
-                self.version = now
+            if self._db.execute("PRAGMA data_version").fetchone()[0] != watched[1]:
+                return  # read again
         except sqlite3.Error:
-            pass  # the page is read again
+            return
+        page: Page | None = self.page
+        if appended:
+            limit = newest(self.key)
+            page = None if limit is None else on_top(self.page, appended, limit)
+            if page is None or len(page.events) > CACHED_PAGE_MAX:
+                self.drop()
+                return
+        self.version, self.page = now, page
 
     def close(self) -> None:
         """Forget the page and let go of the header (before its connection closes)."""

@@ -439,6 +439,11 @@ class StoreInbox(queue.SimpleQueue):  # type: ignore[type-arg]
         finally:
             self.db_lock.release()
 
+    def holds_appends(self) -> bool:
+        """Whether an append waits among the submitted requests (the store's thread)."""
+        with self._lock:
+            return any(isinstance(message, AppendRequest) for message, _ in self._requests)
+
     def take(self) -> list[tuple[Any, asyncio.Future[Any]]]:
         """Everything submitted so far (the store's thread)."""
         with self._lock:
@@ -460,9 +465,19 @@ class StoreInbox(queue.SimpleQueue):  # type: ignore[type-arg]
 _OUTSIDE_EVENTS = frozenset({_FLUSH_ACKS, _INDEX_TAIL, _MERGE})
 
 
-def _leaves_events(message: Any) -> bool:
-    """Whether a message writes (if at all) only outside the events table."""
-    return isinstance(message, (Ack, OutboxBatch)) or (isinstance(message, str) and message in _OUTSIDE_EVENTS)
+def _appends_at_most(message: Any, inbox: StoreInbox) -> bool:
+    """Whether a message changes the events, if at all, only by appending (a deletion among the
+    requests a drain serves drops the kept page itself)."""
+    if message is _DRAIN:
+        return inbox.holds_appends()
+    return isinstance(message, (Ack, OutboxBatch, AppendMany)) or (isinstance(message, str) and message in _OUTSIDE_EVENTS)
+
+
+def _newest_limit(key: Any) -> int | None:
+    """The limit of a page of the newest events without a filter (what appends put on top of), else None."""
+    if isinstance(key, Query) and key.types is None and key.since is None and key.until is None and key.before is None:
+        return key.limit
+    return None
 
 
 def _yield_to_the_loop() -> None:
@@ -752,14 +767,14 @@ class UserStore(BrainActor):
             # The page the loop may take stays through writes that leave the events as they are
             # (each append's ack and index tail would otherwise make the next read a miss).
             pages = inbox.pages
-            watched = pages.watch() if _leaves_events(message) else None
+            watched = pages.watch() if _appends_at_most(message, inbox) else None
             try:
                 return self._receive(message)
             finally:
                 # After whatever wrote: appends, deletions, the outbox's acknowledged rows, index merges.
                 self._note_checkpoint_growth()
                 inbox.publish(self.db)
-                pages.keep_through(watched)
+                pages.keep_through(watched, _newest_limit)
 
     def _receive(self, message: Any) -> Any:
         if message is _OPEN:
@@ -990,6 +1005,7 @@ class UserStore(BrainActor):
 
     def _published(self, fresh: list[StoredEvent]) -> None:
         if fresh:
+            self.actor_inbox.pages.appended(fresh)  # type: ignore[attr-defined]
             self.outbox.notify(self.user_id, fresh)
             self._arm_flush()
             self.last_write = time.monotonic()
@@ -1067,6 +1083,7 @@ class UserStore(BrainActor):
         if isinstance(message, Changes):
             return self._changes(message)
         if isinstance(message, DeleteEvents):
+            self.actor_inbox.pages.drop()  # type: ignore[attr-defined]
             return self._delete(message, fresh)
         if isinstance(message, MatchField):
             return self._match_field(message)
