@@ -143,6 +143,21 @@ class MailAccounts(Protocol):
         """Every account of the user as GET /mail/status shows it (blocking: call from a worker thread)."""
 
 
+class UserHome(Protocol):
+    """Cluster mode: which node holds each user's data (the API role's placement, brain.api.cluster)."""
+
+    node_id: str
+
+    def ready(self) -> bool:
+        """Whether the placement map is loaded (before: nothing is known)."""
+
+    def node_of_user(self, user_id: str) -> str | None:
+        """The node the user is placed on; None if not placed (or not known yet)."""
+
+    def settled(self, user_id: str) -> bool:
+        """Whether the user's store here is complete (not being rebuilt from the stream)."""
+
+
 class CommitLog(Protocol):
     """Each user's events in commit order, and a word after every commit.
 
@@ -188,3 +203,4 @@ DELETION_SOURCE: StashKey[DeletionSource] = StashKey("brain.contracts.deletion_s
 EVENT_ACCESS: StashKey[EventAccess] = StashKey("brain.contracts.event_access")
 MAIL_ACCOUNTS: StashKey[MailAccounts] = StashKey("brain.contracts.mail_accounts")
 COMMIT_LOG: StashKey[CommitLog] = StashKey("brain.contracts.commit_log")
+USER_HOME: StashKey[UserHome] = StashKey("brain.contracts.user_home")

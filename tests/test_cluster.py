@@ -13,6 +13,7 @@ import http.client
 import json
 import os
 import secrets
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -30,11 +31,14 @@ import pytest
 import requests
 
 from brain.api.placement import BUCKET
+from brain.mail.directory import BUCKET as MAIL_BUCKET
+from brain.testing.fakes.gmail import FakeGmail
 from brain.testing.nats_cluster import NatsCluster
 from brain.api.forwarding import STREAM_CHECK_SECONDS, STREAM_SILENCE_SECONDS
 from tests.sse import open_stream
 from tests.support import METRICS_TOKEN, BrainServer, wait_until
 from tests.test_auth_helpers import NO_LIMITS, bearer, new_user
+from tests.test_mail_server import GMAIL_USER, Client, mail_config
 
 NODES = ("a", "b", "c")
 NODE_TTL = 5.0  # seconds: a killed node drops out (and its users move to the others) this soon
@@ -45,11 +49,13 @@ class Cluster:
 
     def __init__(self, base: Path) -> None:
         self.nats = NatsCluster(base / "nats")
+        self.gmail = FakeGmail().start()  # mail accounts move with their users
         secret = secrets.token_urlsafe(32)  # one server secret for every node (docs/cluster.md)
         self.nodes: dict[str, BrainServer] = {}
         for node in NODES:
             roles = "auth,api" if node == "a" else "api"
             config: dict[str, dict[str, Any]] = {
+                **mail_config(self.gmail),
                 "server": {"secret": secret, "public_url": ""},
                 "nats": {"url": self.nats.url, **self.nats.credentials, "replicas": 3},
                 # A forward to a node killed while answering fails after 5 s rather than 30.
@@ -76,6 +82,7 @@ class Cluster:
         for server in self.nodes.values():
             server.close()
         self.nats.stop()
+        self.gmail.stop()
 
     def nats_call(self, call: Any) -> Any:
         """Run `call(js)` against the cluster (a connection of its own)."""
@@ -379,6 +386,52 @@ class StreamWatcher(threading.Thread):
                 elif not line:
                     named = False
         self.ended = time.monotonic()
+
+
+def test_a_mail_account_syncs_on_through_a_survivor_when_the_node_syncing_it_is_killed(cluster: Cluster) -> None:
+    a, b, c = (cluster.nodes[n] for n in NODES)
+    alice = Client(a)
+    requests.get(f"{c.api_url}/me", headers=alice.headers, timeout=30)  # placed on c
+    assert cluster.placed_on(alice.user_id) == "c"
+    first = cluster.gmail.add_message(GMAIL_USER, subject="first", label_ids=["INBOX"])
+    account = alice.connect("gmail", cluster.gmail.issue_refresh_token(GMAIL_USER))["account"]  # through a, to c
+    assert alice.wait_state(account, "idle")["messages_synced"] == 1
+
+    async def recorded(js: Any) -> dict[str, Any] | None:
+        try:
+            return json.loads((await (await js.key_value(MAIL_BUCKET)).get(account)).value)  # type: ignore[no-any-return]
+        except nats.js.errors.KeyNotFoundError:
+            return None
+
+    # c puts the account's record (its checkpoint, its sealed credentials) in the replicated bucket.
+    wait_until(lambda: ((r := cluster.nats_call(recorded)) or {}).get("account", {}).get("messages_synced") == 1,
+               timeout=15, what="the account's record in the bucket")
+    assert b"refresh" not in json.dumps(cluster.nats_call(recorded)).encode().lower()  # sealed, not in clear
+    c.kill()
+    second = cluster.gmail.add_message(GMAIL_USER, subject="second", label_ids=["INBOX"])
+    third = cluster.gmail.add_message(GMAIL_USER, subject="third", label_ids=["INBOX"])
+    # The user is taken over and rebuilt from the stream; the node holding it now adopts the
+    # account and syncs on from the checkpoint: every message once.
+    wait_until(lambda: alice.accounts().get(account, {}).get("messages_synced") == 3, timeout=NODE_TTL + 45,
+               what="the new messages synced through a survivor")
+    assert cluster.placed_on(alice.user_id) in ("a", "b")
+    assert sorted(e["data"]["message_id"] for e in alice.events("mail.message.received")) == sorted([first, second, third])
+    # Back, c stops syncing the account and drops its copy; the user's node keeps syncing it.
+    c.start(timeout=60)
+    wait_until(lambda: c.health()["cluster"]["ready"], timeout=30, what="node c's placement map")
+    wait_until(lambda: not mail_accounts_in(c), timeout=15, what="c to drop its copy of the account")
+    fourth = cluster.gmail.add_message(GMAIL_USER, subject="fourth", label_ids=["INBOX"])
+    r = alice.post(f"/mail/accounts/{account}/sync", {})
+    assert r.status_code in (200, 202), r.text
+    wait_until(lambda: alice.accounts()[account]["messages_synced"] == 4, timeout=30, what="the next message")
+    assert sorted(e["data"]["message_id"] for e in alice.events("mail.message.received")) == sorted(
+        [first, second, third, fourth])
+
+
+def mail_accounts_in(server: BrainServer) -> list[str]:
+    """The account ids in a node's own mail.db."""
+    with sqlite3.connect(server.data_dir / "mail.db") as db:
+        return [row[0] for row in db.execute("SELECT id FROM accounts")]
 
 
 def test_the_owner_killed_under_writes_its_users_move_with_every_acknowledged_event(cluster: Cluster) -> None:

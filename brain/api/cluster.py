@@ -267,6 +267,20 @@ class ClusterNode:
             raise moved
         await self.rebuilt(user_id)
 
+    # -- brain.contracts.UserHome (mail sync follows its users) ---------------------------------
+
+    def ready(self) -> bool:
+        """Whether the placement map is loaded."""
+        return self.serving
+
+    def node_of_user(self, user_id: str) -> str | None:
+        """The node the user is placed on, as this node's map says (None: not placed)."""
+        return self.placement.cached(user_id)
+
+    def settled(self, user_id: str) -> bool:
+        """Whether the user's store here is not being rebuilt from the stream."""
+        return self.handover is None or user_id not in self.handover.rebuilding
+
     def problems(self) -> list[str]:
         """For /health: why this node cannot place users yet."""
         if self.serving:

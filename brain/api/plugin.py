@@ -34,7 +34,7 @@ from brain.api.state import (
 from brain.api.user_store import check_outbox, marker_path, store_path
 from brain.backup import BackupFile
 from brain.check import OK, CheckRow
-from brain.contracts import AUTHENTICATOR, COMMIT_LOG, EVENT_ACCESS, EVENT_SINK
+from brain.contracts import AUTHENTICATOR, COMMIT_LOG, EVENT_ACCESS, EVENT_SINK, USER_HOME
 from brain.deletions import CHILD_ID as DELETIONS
 from brain.nats_auth import process_connect_options
 from brain.nats_embedded import CHILD_ID as NATS
@@ -74,7 +74,7 @@ def keys_loaded(rt: Process) -> bool:
 def setup_process(rt: Process) -> None:
     """Offer the stores as the event sink, as event access for other doors and as the commit log,
     and the JWT check (refusing deleted users) as the authenticator; on a cluster node, tell the
-    event bus which users' events it may publish."""
+    event bus which users' events it may publish, and offer where each user is (USER_HOME)."""
     # A cluster node's writers off the HTTP path write only where the user is, confirmed (NodeSink).
     rt.stash.set(EVENT_SINK, cluster_sink(rt) or store_manager(rt))
     rt.stash.set(EVENT_ACCESS, StoreAccess(store_manager(rt), ReservedTypes.from_plugins(rt.pm), write_rate(rt), rt.settings,
@@ -85,6 +85,7 @@ def setup_process(rt: Process) -> None:
     node = cluster_node(rt)
     if node is not None:  # the bus publishes only the events of users placed on this node
         doorbell(rt).may_publish = node.may_publish
+        rt.stash.set(USER_HOME, node)  # mail sync follows its users from node to node
 
 
 @hookimpl

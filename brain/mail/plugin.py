@@ -22,6 +22,7 @@ from brain.backup import BackupFile
 from brain.contracts import MAIL_ACCOUNTS
 from brain.mail import routes
 from brain.mail.db import Account, States
+from brain.mail.directory import MailDirectory
 from brain.mail.ownership import LeasedOwnership, MailOwner, ownership_for
 from brain.mail.service import MAIL_SUP, MailSupervisor, service_for, stop_user
 from brain.plugins import hookimpl
@@ -60,7 +61,8 @@ def setup_process(rt: Process) -> None:
 @hookimpl
 def register_children(rt: Process, register: Callable[[Child], None]) -> None:
     """The mail supervisor: dynamic MailSync children, resumed on every start; with several
-    workers, the `mail_owner` beside it decides which accounts this process syncs."""
+    workers, the `mail_owner` beside it decides which accounts this process syncs; on a cluster
+    node (one worker), the `mail_directory` moves accounts with their users (brain.mail.directory)."""
     service = service_for(rt)
     ownership = ownership_for(rt)
     leased = isinstance(ownership, LeasedOwnership)
@@ -76,6 +78,13 @@ def register_children(rt: Process, register: Callable[[Child], None]) -> None:
         ),
         parent=PARENT, after=("stores",),
     ))
+    if rt.settings.cluster.node_id and not leased:
+        # A cluster node: the accounts of the users placed on it, from the replicated bucket.
+        register(Child(
+            ChildSpec(id="mail_directory", start=lambda link: MailDirectory.start(link=link, rt=rt, service=service),
+                      shutdown_timeout=30.0),
+            parent=PARENT, after=(CHILD_ID,),
+        ))
     if isinstance(ownership, LeasedOwnership):
         owner = ownership
         register(Child(

@@ -1,0 +1,280 @@
+"""Cluster mode: a user's mail accounts sync on whichever node holds the user (docs/cluster.md).
+
+mail.db is per node. Each account's record — its mail.db row (the sync checkpoint among it) and
+its credentials' blob exactly as mail.db stores it (sealed with a key derived from the server
+secret, which every node shares) — is kept in the replicated KV bucket `brain_mail_accounts`,
+keyed by account id. Every `CHECK_SECONDS` the `mail_directory` actor of a node:
+
+- puts the record of each local account whose user is placed on this node, when it changed
+  since its last put (read after the commits, so a put never goes backwards);
+- adopts each account in the bucket whose user is placed here and that mail.db lacks, once the
+  user's store is complete (a takeover rebuilds it from the stream first): the row and
+  credentials go into mail.db, the message index is rebuilt from the user's own events, and the
+  account's sync starts;
+- drops each local account whose user is placed on another node (its sync stopped, its rows
+  deleted): the other node adopts it from the bucket.
+
+Why a checkpoint that lags is safe: the node's event sink (brain.api.cluster.NodeSink) answers a
+page's events only once JetStream holds them, and the checkpoint is committed after that, so
+the record is at or behind the stream. Resuming from an older checkpoint reads pages again, and
+stores nothing twice, because the index it compares them with is rebuilt from the events
+themselves: per message the number of its events is its revision (each revision is one event,
+keyed by it: brain.mail.engine.event_key), its last state (folders, labels, flags) and whether
+its last event deleted it. Fields no event carries: `content` is the account's (a mismatch costs
+one `updated` event, not a duplicate); an account adopted in the middle of a resync starts the
+resync again (reconcile must not delete what it did not look for).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import json
+import logging
+import time
+from typing import Any
+
+import nats.js.errors
+from nats.js.api import KeyValueConfig, StorageType
+
+from brain import jetstream
+from brain.actors.base import Link
+from brain.actors.loop import LoopActor
+from brain.contracts import COMMIT_LOG, USER_HOME
+from brain.mail.db import Account, Credential, IndexEntry, Message, States
+from brain.mail.engine import DELETED, RECEIVED, UPDATED
+from brain.mail.ownership import deliver_here, stop_actor
+from brain.mail.service import MailService
+from brain.nats_auth import process_connect_options
+from brain.process import Process
+from brain.redact import redact_text
+
+__all__ = ["BUCKET", "MailDirectory"]
+
+log = logging.getLogger("brain.mail.directory")
+
+BUCKET = "brain_mail_accounts"
+CHECK_SECONDS = 1.0
+# The user's events are read this many at a time when an account's index is rebuilt.
+READ_PAGE = 1000
+_MAIL_EVENTS = (RECEIVED, UPDATED, DELETED)
+
+
+class MailDirectory(LoopActor):
+    """The `mail_directory` actor of a cluster node (see the module docstring)."""
+
+    def __init__(self, *, link: Link | None = None, rt: Process, service: MailService) -> None:
+        super().__init__(link=link, loop=rt.loop)
+        self.rt = rt
+        self.service = service
+        self.nc: Any = None
+        self.kv: Any = None
+        self.published: dict[str, str] = {}  # account id -> digest of the record last put
+        self.users: dict[str, str] = {}  # account id -> user id, of the accounts put
+        self.adopted = 0
+        self.dropped = 0
+        self.last_error = ""
+
+    async def main(self) -> None:
+        """Connect, open the bucket, then check every CHECK_SECONDS until stopped."""
+        self.nc = await jetstream.connect(
+            process_connect_options(self.rt), stopping=lambda: self.stopping, note=self._note, retry_seconds=1.0,
+            name="brain-mail-directory", allow_reconnect=True, max_reconnect_attempts=-1, reconnect_time_wait=1,
+            connect_timeout=2,
+        )
+        if self.nc is None:
+            return
+        js = self.nc.jetstream(timeout=5)
+        while not self.stopping and self.kv is None:
+            try:
+                self.kv = await _bucket(js, self.rt.settings.nats.replicas)
+            except Exception as exc:  # noqa: BLE001 - JetStream without a meta leader yet: retried
+                self._note(f"bucket {BUCKET}: {redact_text(repr(exc))}")
+                await asyncio.sleep(1.0)
+        while not self.stopping:
+            started = time.monotonic()
+            try:
+                await self.check()
+            except Exception as exc:  # noqa: BLE001 - NATS away, mail.db busy: the next check
+                self._note(f"mail accounts across nodes: {redact_text(repr(exc))}")
+            await asyncio.sleep(max(0.0, CHECK_SECONDS - (time.monotonic() - started)))
+
+    async def close(self) -> None:
+        """Close the connection."""
+        if self.nc is not None and not self.nc.is_closed:
+            try:
+                await asyncio.wait_for(self.nc.close(), timeout=2)
+            except Exception:  # noqa: BLE001 - closing anyway
+                pass
+
+    async def check(self) -> None:
+        """Put what changed, drop what moved away, adopt what moved here (see the module docstring)."""
+        home = self.rt.stash.get(USER_HOME)
+        if home is None or not home.ready() or self.kv is None:
+            return
+        loop = asyncio.get_running_loop()
+        local: dict[str, dict[str, Any]] = await loop.run_in_executor(None, self._local_records)
+        for account_id, record in local.items():
+            user_id = record["account"]["user_id"]
+            where = home.node_of_user(user_id)
+            if where == home.node_id:
+                if account_id not in self.published:
+                    held = await self._held(account_id)
+                    if held is not None and held["account"]["updated_at"] > record["account"]["updated_at"]:
+                        # A copy from before the user left and came back: the bucket's is newer.
+                        await self._drop(record["account"])
+                        continue
+                digest = _digest(record)
+                if self.published.get(account_id) != digest:
+                    await self.kv.put(account_id, json.dumps(record, separators=(",", ":")).encode())
+                    self.published[account_id] = digest
+                    self.users[account_id] = user_id
+            elif where is not None and (account_id in self.published or await self._held(account_id) is not None):
+                await self._drop(record["account"])
+        for account_id in set(self.published) - set(local):
+            # Deleted here (the user's account was deleted) while its user was here: from the bucket too.
+            if home.node_of_user(self.users.get(account_id, "")) == home.node_id:
+                await self.kv.delete(account_id)
+            self.published.pop(account_id, None)
+            self.users.pop(account_id, None)
+        for account_id in set(await self._keys()) - set(local):
+            record = await self._held(account_id)
+            if record is None:
+                continue
+            user_id = record["account"]["user_id"]
+            if home.node_of_user(user_id) == home.node_id and home.settled(user_id):
+                await self._adopt(record)
+
+    def _local_records(self) -> dict[str, dict[str, Any]]:
+        db = self.service.db
+        with db.unit():
+            accounts = list(Account.select().dicts())
+            blobs = {row.account_id: bytes(row.blob) for row in Credential.select()}
+        return {
+            row["id"]: {"account": row, "credentials": _b64(blobs.get(row["id"]))}
+            for row in accounts
+        }
+
+    async def _held(self, account_id: str) -> dict[str, Any] | None:
+        """The account's record in the bucket (None: none)."""
+        try:
+            entry = await self.kv.get(account_id)
+        except nats.js.errors.KeyNotFoundError:
+            return None
+        return json.loads(entry.value) if entry.value else None
+
+    async def _keys(self) -> list[str]:
+        try:
+            return list(await self.kv.keys())
+        except nats.js.errors.NoKeysError:
+            return []
+
+    async def _drop(self, account: dict[str, Any]) -> None:
+        """The account's user is on another node now: stop its sync here and forget it (the bucket has it)."""
+        await stop_actor(self.rt, account["id"], account["user_id"])
+        await asyncio.get_running_loop().run_in_executor(None, self._delete_rows, account["id"])
+        self.published.pop(account["id"], None)
+        self.users.pop(account["id"], None)
+        self.dropped += 1
+        log.info("mail account %s: its user is on another node; stopped syncing it here", account["id"])
+
+    def _delete_rows(self, account_id: str) -> None:
+        db = self.service.db
+        with db.unit(), db.db.atomic():
+            Message.delete().where(Message.account_id == account_id).execute()
+            Credential.delete().where(Credential.account_id == account_id).execute()
+            Account.delete().where(Account.id == account_id).execute()
+
+    async def _adopt(self, record: dict[str, Any]) -> None:
+        loop = asyncio.get_running_loop()
+        account = await loop.run_in_executor(None, self._adopt_blocking, record)
+        self.published[account.id] = _digest(record)
+        self.users[account.id] = account.user_id
+        self.adopted += 1
+        log.warning("mail account %s: its user is on this node now; syncing it here from its checkpoint", account.id)
+        if account.state not in States.STOPPED:
+            await deliver_here(self.rt, self.service, account, None, start=True)
+
+    def _adopt_blocking(self, record: dict[str, Any]) -> Account:
+        fields = dict(record["account"])
+        account_id, user_id = fields["id"], fields["user_id"]
+        rows_epoch = fields["epoch"]
+        if fields["phase"] == "reconcile" or (fields["phase"] == "initial" and fields["resync"]):
+            # The resync's own record of what it saw is this node's no more: look at everything again.
+            fields.update(phase="initial", position=None, resync=True, epoch=rows_epoch + 1, progress_done=0,
+                          progress_total=None)
+        entries = self._index_from_events(account_id, user_id, fields.get("content"), rows_epoch)
+        db = self.service.db
+        with db.unit(), db.db.atomic():
+            Account.insert(**fields).on_conflict_replace().execute()
+            blob = record.get("credentials")
+            if blob is not None:
+                Credential.insert(account_id=account_id, blob=base64.b64decode(blob), updated_at=time.time()
+                                  ).on_conflict_replace().execute()
+            Message.delete().where(Message.account_id == account_id).execute()
+        db.commit_page(account_id, entries, {})
+        with db.unit():
+            return Account.get_by_id(account_id)
+
+    def _index_from_events(
+        self, account_id: str, user_id: str, content: str | None, epoch: int
+    ) -> list[IndexEntry]:
+        """The message index of an account as its events in the user's store say it."""
+        commits = self.rt.stash[COMMIT_LOG]
+        found: dict[str, IndexEntry] = {}
+        after = 0
+        while True:
+            page = commits.changes_from_thread(user_id, after, READ_PAGE)
+            for event in page:
+                data = event.get("data")
+                if event["type"] not in _MAIL_EVENTS or not isinstance(data, dict) or data.get("account") != account_id:
+                    continue
+                message_id = str(data["message_id"])
+                entry = found.get(message_id)
+                state = dict(entry.state) if entry is not None else {"folders": [], "labels": [], "flags": {}}
+                for key in ("folders", "labels", "flags"):
+                    if key in data:
+                        state[key] = data[key]
+                state["content"] = content
+                if isinstance(data.get("previous_message_id"), str):
+                    state["was"] = data["previous_message_id"]
+                found[message_id] = IndexEntry(
+                    message_id, (entry.rev if entry is not None else 0) + 1, state,
+                    data.get("thread_id", entry.thread_id if entry is not None else None),
+                    event["type"] == DELETED, epoch,
+                )
+            if len(page) < READ_PAGE:
+                return list(found.values())
+            after = page[-1]["seq"]
+
+    def stats(self) -> dict[str, Any]:
+        """Figures for /health."""
+        return {"published": len(self.published), "adopted": self.adopted, "dropped": self.dropped,
+                "last_error": self.last_error or None}
+
+    def _note(self, message: str) -> None:
+        if message != self.last_error:
+            log.warning("mail directory: %s", message)
+        self.last_error = message
+
+
+async def _bucket(js: Any, replicas: int) -> Any:
+    try:
+        return await js.key_value(BUCKET)
+    except nats.js.errors.BucketNotFoundError:
+        try:
+            return await js.create_key_value(config=KeyValueConfig(
+                bucket=BUCKET, history=1, storage=StorageType.FILE, replicas=replicas,
+            ))
+        except nats.js.errors.BadRequestError:
+            return await js.key_value(BUCKET)  # another node created it meanwhile
+
+
+def _b64(blob: bytes | None) -> str | None:
+    return None if blob is None else base64.b64encode(blob).decode()
+
+
+def _digest(record: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(record, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
