@@ -396,17 +396,9 @@ def test_a_mail_account_syncs_on_through_a_survivor_when_the_node_syncing_it_is_
     first = cluster.gmail.add_message(GMAIL_USER, subject="first", label_ids=["INBOX"])
     account = alice.connect("gmail", cluster.gmail.issue_refresh_token(GMAIL_USER))["account"]  # through a, to c
     assert alice.wait_state(account, "idle")["messages_synced"] == 1
-
-    async def recorded(js: Any) -> dict[str, Any] | None:
-        try:
-            return json.loads((await (await js.key_value(MAIL_BUCKET)).get(account)).value)  # type: ignore[no-any-return]
-        except nats.js.errors.KeyNotFoundError:
-            return None
-
     # c puts the account's record (its checkpoint, its sealed credentials) in the replicated bucket.
-    wait_until(lambda: ((r := cluster.nats_call(recorded)) or {}).get("account", {}).get("messages_synced") == 1,
-               timeout=15, what="the account's record in the bucket")
-    assert b"refresh" not in json.dumps(cluster.nats_call(recorded)).encode().lower()  # sealed, not in clear
+    wait_until(lambda: synced_in_bucket(cluster, account) == 1, timeout=15, what="the account's record in the bucket")
+    assert b"refresh" not in json.dumps(mail_record(cluster, account)).encode().lower()  # sealed, not in clear
     c.kill()
     second = cluster.gmail.add_message(GMAIL_USER, subject="second", label_ids=["INBOX"])
     third = cluster.gmail.add_message(GMAIL_USER, subject="third", label_ids=["INBOX"])
@@ -426,6 +418,22 @@ def test_a_mail_account_syncs_on_through_a_survivor_when_the_node_syncing_it_is_
     wait_until(lambda: alice.accounts()[account]["messages_synced"] == 4, timeout=30, what="the next message")
     assert sorted(e["data"]["message_id"] for e in alice.events("mail.message.received")) == sorted(
         [first, second, third, fourth])
+
+
+def mail_record(cluster: Cluster, account_id: str) -> dict[str, Any] | None:
+    """The account's record in the replicated bucket (None: none)."""
+    async def get(js: Any) -> dict[str, Any] | None:
+        try:
+            return json.loads((await (await js.key_value(MAIL_BUCKET)).get(account_id)).value)  # type: ignore[no-any-return]
+        except nats.js.errors.KeyNotFoundError:
+            return None
+
+    return cluster.nats_call(get)  # type: ignore[no-any-return]
+
+
+def synced_in_bucket(cluster: Cluster, account_id: str) -> int | None:
+    """`messages_synced` of the account's record in the bucket."""
+    return ((mail_record(cluster, account_id) or {}).get("account") or {}).get("messages_synced")
 
 
 def mail_accounts_in(server: BrainServer) -> list[str]:
@@ -485,6 +493,14 @@ def test_the_owner_killed_under_writes_its_users_move_with_every_acknowledged_ev
 
 def test_drain_hands_a_nodes_users_to_the_others_with_all_their_events(cluster: Cluster) -> None:
     a, b, c = (cluster.nodes[n] for n in NODES)
+    # A user on b with a mail account: the account moves with the user.
+    mailbox = "drained@example.com"
+    bob = Client(a)
+    requests.get(f"{b.api_url}/me", headers=bob.headers, timeout=30)
+    early = cluster.gmail.add_message(mailbox, subject="before the drain", label_ids=["INBOX"])
+    account = bob.connect("gmail", cluster.gmail.issue_refresh_token(mailbox))["account"]
+    assert bob.wait_state(account, "idle")["messages_synced"] == 1
+    wait_until(lambda: synced_in_bucket(cluster, account) == 1, timeout=15, what="the account's record in the bucket")
     users, writers = writing_users(cluster, 4, "b")
     # Routed to b before the drain, forwarded after b gave the user up: b refuses it, and the
     # node that forwarded it sends it on to the new owner.
@@ -514,6 +530,13 @@ def test_drain_hands_a_nodes_users_to_the_others_with_all_their_events(cluster: 
     assert cluster.placed_on(newcomer["user"]["id"]) in ("a", "c")
     assert cluster_status(cluster)["nodes"]["b"]["users"] == 0
     assert metric(b, "brain_cluster_drained_total") >= len(users) and metric(b, "brain_cluster_users") == 0
+    # The mail account syncs on where its user went, from its checkpoint; b keeps no copy.
+    assert cluster.placed_on(bob.user_id) in ("a", "c")
+    late = cluster.gmail.add_message(mailbox, subject="after the drain", label_ids=["INBOX"])
+    wait_until(lambda: bob.accounts().get(account, {}).get("messages_synced") == 2, timeout=30,
+               what="the mail account synced on by the user's new node")
+    assert sorted(e["data"]["message_id"] for e in bob.events("mail.message.received")) == sorted([early, late])
+    wait_until(lambda: not mail_accounts_in(b), timeout=10, what="b to drop its copy of the account")
 
 
 def test_writes_continue_when_one_nats_server_is_killed(cluster: Cluster) -> None:
