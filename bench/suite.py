@@ -106,6 +106,7 @@ CATALOGUE: list[tuple[str, str, str]] = [
     ("me.apikey.rps", "GET /me with API keys, {conns} conns, {users} users", "req/s"),
     ("events.post.rps", "POST /events, {conns} conns, {users} users", "req/s"),
     ("events.get.rps", "GET /events?limit=100, {conns} conns, {users} users", "req/s"),
+    ("events.mixed.rps", "GET /events?limit=100, a POST per 4 reads, {conns} conns, {users} users", "req/s"),
     ("jwks.rps", "GET /api/auth/jwks, {conns} conns", "req/s"),
     ("signin.rps", "sign-in, 16 clients", "req/s"),
     ("jetstream.latency", "JetStream: commit -> stored in stream", "ms"),
@@ -381,7 +382,8 @@ class Run:
             self.miss(
                 ["signin.latency", "me.latency", "me.apikey.latency", "events.post.latency", "events.get.latency", "me.rps",
                  "me.apikey.rps",
-                 "events.post.rps", "events.get.rps", "signin.rps", "jetstream.latency", "ingest.rate", "ingest.bodies",
+                 "events.post.rps", "events.get.rps", "events.mixed.rps", "signin.rps", "jetstream.latency", "ingest.rate",
+                 "ingest.bodies",
                  "ingest.gmail"],
                 "no users: sign-up failed",
             )
@@ -438,7 +440,7 @@ class Run:
     def throughput(self, brain: BrainServer, base: BaselineServer) -> None:
         """GET /me, POST /events, GET /events, JWKS at 64 connections, interleaved with the baselines."""
         plan = self.plan
-        rate_keys = ["me.rps", "me.apikey.rps", "events.post.rps", "events.get.rps", "jwks.rps"]
+        rate_keys = ["me.rps", "me.apikey.rps", "events.post.rps", "events.get.rps", "events.mixed.rps", "jwks.rps"]
         if wrk_available() is None:
             self.miss(rate_keys + ["signin.rps"], "wrk is not installed (apt-get install wrk)")
             return
@@ -468,6 +470,12 @@ class Run:
             if "events.get.rps" not in self.figures:
                 cases.append(Case("events.get.rps", brain.api_port,
                                   [Req("GET", "/events?limit=100", a) for a in auths], conns, pid=brain.proc.pid))
+            if "events.mixed.rps" not in self.figures:
+                # Reads after writes (issue 22): each user's newest page is read 4 times, then
+                # written to, so a fifth of the requests are POSTs and every write is read after.
+                reads = [Req("GET", "/events?limit=100", a) for _ in range(4) for a in auths]
+                writes = [Req("POST", "/events", a, event_body(i)) for i, a in enumerate(auths)]
+                cases.append(Case("events.mixed.rps", brain.api_port, reads + writes, conns, pid=brain.proc.pid))
         _say(f"throughput: {len(cases)} cases x {plan.repeats} runs of {plan.seconds:.0f}s at {conns} connections")
         run_interleaved(cases, repeats=plan.repeats, duration=plan.seconds, warmup=plan.warmup_seconds, progress=_say)
         for case in cases:
@@ -484,7 +492,7 @@ class Run:
                 continue
             if case.key == "events.post.rps":
                 baseline, label = bare_post, "bare aiohttp JSON POST"
-            elif case.key == "events.get.rps":
+            elif case.key in ("events.get.rps", "events.mixed.rps"):
                 baseline, label = bare_page, f"bare aiohttp GET of a prebuilt {len(page_body()) / 1000:.1f} KB page"
             elif case.key == "me.apikey.rps" and jwt_me is not None and jwt_me.error is None:
                 baseline, label = jwt_me, "GET /me with JWTs"
