@@ -19,7 +19,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import re
-from typing import cast
+from typing import NamedTuple, cast
 
 from aiohttp import hdrs, web
 from multidict import CIMultiDict
@@ -29,6 +29,7 @@ from brain.api.asyncapi import build_asyncapi
 from brain.api.api_keys import InsufficientScope
 from brain.api.cluster import cluster_node, confirmed_append
 from brain.api.events import ReservedTypes, check_key, new_event
+from brain.api.pages import Page
 from brain.api.state import api_key_verifier, api_limits, event_stream, store_manager, token_verifier, write_rate
 from brain.api.user_store import AppendRequest
 from brain.api.verifier import TokenUser
@@ -60,6 +61,8 @@ MAX_IDEMPOTENCY_KEY = 200
 # Response headers of the JSON routes, copied per response (aiohttp copies whatever it is
 # given; from a CIMultiDict that is one C call, and no Content-Type to parse or set).
 _JSON_NO_STORE: CIMultiDict[str] = CIMultiDict({hdrs.CONTENT_TYPE: "application/json", hdrs.CACHE_CONTROL: "no-store"})
+# Users whose last GET /events answer is remembered (a page and its body, ~30 KB each).
+_ANSWERS = 256
 # Event pages may be kept by the client (never by a shared cache: they answer one bearer) and
 # must be revalidated with their ETag before each use.
 _REVALIDATE = "private, no-cache"
@@ -267,6 +270,10 @@ def routes(rt: Process) -> list[Route | Components]:
             headers["Idempotent-Replayed"] = "true"
         return web.Response(body=text.encode(), status=201, headers=headers)
 
+    # Each user's last answer: a page read again (polled, or kept by the store) is answered
+    # without hashing it or joining its bytes again.
+    answers: dict[str, _PageAnswer] = {}
+
     @scope("events:read")
     async def get_events(request: web.Request) -> web.Response:
         user = request[USER_KEY]
@@ -292,15 +299,15 @@ def routes(rt: Process) -> list[Route | Components]:
             params.get("cursor") or None,
         )
         page, next_cursor = await stores.query_page(user.id, query)
-        etag = _page_etag(page.digest, next_cursor)
-        if not_modified(request, etag):
-            return web.Response(status=304, headers={hdrs.ETAG: etag, hdrs.CACHE_CONTROL: _REVALIDATE})
-        # The cursor is base64url and a dot: nothing in it needs escaping in a JSON string.
-        tail = b'],"next_cursor":null}' if next_cursor is None else b'],"next_cursor":"' + next_cursor.encode() + b'"}'
-        return web.Response(
-            body=b"".join((b'{"events":[', page.events, tail)),
-            headers={hdrs.CONTENT_TYPE: "application/json", hdrs.CACHE_CONTROL: _REVALIDATE, hdrs.ETAG: etag},
-        )
+        answer = answers.get(user.id)
+        if answer is None or answer.page is not page or answer.next_cursor != next_cursor:
+            answer = _PageAnswer.of(page, next_cursor)
+            if len(answers) >= _ANSWERS:
+                answers.clear()
+            answers[user.id] = answer
+        if not_modified(request, answer.etag):
+            return web.Response(status=304, headers={hdrs.ETAG: answer.etag, hdrs.CACHE_CONTROL: _REVALIDATE})
+        return web.Response(body=answer.body, headers=answer.headers)
 
     live = event_stream(rt)
 
@@ -325,6 +332,24 @@ def routes(rt: Process) -> list[Route | Components]:
         Route("GET", "/events/stream", stream_events, paths["/events/stream"]["get"]),
         Route("POST", "/events/stream/ticket", stream_ticket, paths["/events/stream/ticket"]["post"]),
     ]
+
+
+class _PageAnswer(NamedTuple):
+    """What GET /events answers with a page: its ETag, body and headers."""
+
+    page: Page
+    next_cursor: str | None
+    etag: str
+    body: bytes
+    headers: CIMultiDict[str]
+
+    @classmethod
+    def of(cls, page: Page, next_cursor: str | None) -> _PageAnswer:
+        etag = _page_etag(page.digest, next_cursor)
+        # The cursor is base64url and a dot: nothing in it needs escaping in a JSON string.
+        tail = b'],"next_cursor":null}' if next_cursor is None else b'],"next_cursor":"' + next_cursor.encode() + b'"}'
+        headers = CIMultiDict({hdrs.CONTENT_TYPE: "application/json", hdrs.CACHE_CONTROL: _REVALIDATE, hdrs.ETAG: etag})
+        return cls(page, next_cursor, etag, b"".join((b'{"events":[', page.events, tail)), headers)
 
 
 def _page_etag(digest: str, next_cursor: str | None) -> str:
