@@ -159,8 +159,9 @@ def db_version(db: sqlite3.Connection) -> tuple[int, int]:
 class WalIndexHeader:
     """A read-only map of the WAL index header of a connection's database (Linux).
 
-    It maps the descriptor of the `-shm` file that SQLite itself holds open, found through
-    /proc/self/fd, and never opens or closes one of its own: closing any descriptor of a file
+    It maps the descriptor of the `-shm` file that SQLite itself holds open, found among the
+    numbers just past the one free before the connection opened, and never opens or closes
+    one of its own: closing any descriptor of a file
     drops every POSIX lock the process holds on it (fcntl(2)), SQLite's read and DMS locks on
     the WAL index included, and then another process may reset the index under live readers.
     The map outlives SQLite's descriptor; `close` unmaps it, and must come before the
@@ -174,21 +175,25 @@ class WalIndexHeader:
         self._header = (ctypes.c_char * WAL_HEADER_BYTES).from_address(address)
 
     @classmethod
-    def of(cls, db: sqlite3.Connection) -> WalIndexHeader | None:
-        """The header of `db`'s database, if it is in WAL mode and SQLite holds its index open."""
-        if _mmap is None:
+    def of(cls, db: sqlite3.Connection, near: int | None) -> WalIndexHeader | None:
+        """The header of `db`'s database, if it is in WAL mode and SQLite holds its index open
+        on a descriptor from `near` (`next_descriptor()` just before `db` was opened) on."""
+        if _mmap is None or near is None:
             return None
         try:
             name = db.execute("PRAGMA database_list").fetchone()[2]
             if not name or db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
                 return None
             index = os.stat(f"{name}-shm")
-            for entry in os.listdir("/proc/self/fd"):
-                fd = int(entry)
+            # Only a few descriptors: listing /proc/self/fd costs milliseconds once a process holds
+            # thousands (three per open store). Linux hands out the lowest free number, so the
+            # connection's files sit just past `near` unless other threads opened files meanwhile;
+            # then the version is read through SQL instead.
+            for fd in range(near, near + _NEAR_DESCRIPTORS):
                 try:
                     found = os.fstat(fd)
                 except OSError:
-                    continue  # closed meanwhile by another thread
+                    continue  # not open
                 if found.st_ino == index.st_ino and found.st_dev == index.st_dev and found.st_size >= WAL_HEADER_BYTES:
                     address = _mmap(None, mmap.PAGESIZE, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
                     return None if address in (None, _MAP_FAILED) else cls(address)
@@ -224,6 +229,15 @@ def _libc_mmap() -> tuple[Any, Any]:
 
 _mmap, _munmap = _libc_mmap() if os.path.isdir("/proc/self/fd") else (None, None)
 _MAP_FAILED = ctypes.c_void_p(-1).value
+# How many descriptors from `near` WalIndexHeader.of looks at.
+_NEAR_DESCRIPTORS = 32
+
+
+def next_descriptor() -> int:
+    """The number the process's next open file gets (the lowest free one, on Linux)."""
+    fd = os.open(os.devnull, os.O_RDONLY)
+    os.close(fd)  # /dev/null: nobody holds a lock on it
+    return fd
 
 
 class PageCache:
@@ -232,10 +246,10 @@ class PageCache:
 
     __slots__ = ("_db", "_header", "_version", "_appended", "key", "version", "page")
 
-    def __init__(self, db: sqlite3.Connection | None = None) -> None:
+    def __init__(self, db: sqlite3.Connection | None = None, near: int | None = None) -> None:
         self._db = db
         self._appended: list[StoredEvent] | None = None  # while watching a write
-        self._header = WalIndexHeader.of(db) if db is not None else None
+        self._header = WalIndexHeader.of(db, near) if db is not None else None
         self._version: Callable[[], object] | None = (
             self._header.read if self._header is not None else None if db is None else lambda: db_version(db)
         )

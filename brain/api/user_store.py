@@ -61,7 +61,7 @@ from pykka._envelope import Envelope
 from brain.actors.base import BrainActor, Link
 from brain.actors.bridge import settle_threadsafe
 from brain.api.events import TOMBSTONE_TYPE, NewEvent, StoredEvent, now_timestamp
-from brain.api.pages import RENDERED, Page, PageCache, backfill_step, ensure_rendered, render_sql
+from brain.api.pages import RENDERED, Page, PageCache, backfill_step, ensure_rendered, next_descriptor, render_sql
 from brain.api.quarantine import FileMemory, move_aside, pending
 from brain.api.search import (
     TAIL_ROWS, IndexOptions, IndexUnavailable, SearchIndex, SearchRequest, tombstone_data,
@@ -413,12 +413,13 @@ class StoreInbox(queue.SimpleQueue):  # type: ignore[type-arg]
             self._announced = True
             return True
 
-    def publish(self, db: sqlite3.Connection | None) -> None:
-        """The store's connection as it leaves it between messages (its thread, holding `db_lock`)."""
+    def publish(self, db: sqlite3.Connection | None, near: int | None = None) -> None:
+        """The store's connection as it leaves it between messages (its thread, holding `db_lock`);
+        `near`: the descriptor free just before it opened (brain.api.pages.next_descriptor)."""
         if db is not self._db:
             self._db = db
             self.pages.close()
-            self.pages = PageCache(db)  # another connection: its versions are not comparable
+            self.pages = PageCache(db, near)  # another connection: its versions are not comparable
 
     def cached_page(self, message: ReadPage) -> Page | None:
         """The page, if the store is between messages and keeps it from an unchanged database
@@ -571,6 +572,7 @@ class UserStore(BrainActor):
         self.quarantined = False
         # Opened for reading only, its file system being read-only (`_open_read_only`).
         self.read_only = False
+        self.descriptors_from: int | None = None  # brain.api.pages.next_descriptor() before it opened
         # The SQL of an event's JSON in this store (brain.api.pages; without the column only
         # in an old store opened read-only).
         self.rendered_sql = RENDERED
@@ -627,6 +629,8 @@ class UserStore(BrainActor):
             # Created 0600 before SQLite opens it; the -wal/-shm files inherit the mode.
             os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600))
         self.marker.open()
+        # Where SQLite's descriptors for the file will be: the kept pages map its WAL index.
+        self.descriptors_from = next_descriptor()
         # Not only this thread's: the event loop reads the version of kept pages (StoreInbox.cached_page).
         self.db = db = sqlite3.connect(self.path, isolation_level=None, cached_statements=64, check_same_thread=False)
         # First: another worker may be writing (or creating) this database right now.
@@ -773,7 +777,7 @@ class UserStore(BrainActor):
             finally:
                 # After whatever wrote: appends, deletions, the outbox's acknowledged rows, index merges.
                 self._note_checkpoint_growth()
-                inbox.publish(self.db)
+                inbox.publish(self.db, self.descriptors_from)
                 pages.keep_through(watched, _newest_limit)
 
     def _receive(self, message: Any) -> Any:
