@@ -42,6 +42,7 @@ from brain import jetstream
 from brain.actors.base import Link
 from brain.actors.loop import LoopActor
 from brain.contracts import COMMIT_LOG, USER_HOME
+from brain.errors import ServiceUnavailable
 from brain.mail.db import Account, Credential, IndexEntry, Message, States
 from brain.mail.engine import DELETED, RECEIVED, UPDATED
 from brain.mail.ownership import deliver_here, stop_actor
@@ -72,6 +73,7 @@ class MailDirectory(LoopActor):
         self.kv: Any = None
         self.published: dict[str, str] = {}  # account id -> digest of the record last put
         self.users: dict[str, str] = {}  # account id -> user id, of the accounts put
+        self.to_start: dict[str, Account] = {}  # adopted accounts whose sync did not start yet
         self.adopted = 0
         self.dropped = 0
         self.last_error = ""
@@ -132,6 +134,11 @@ class MailDirectory(LoopActor):
                     self.users[account_id] = user_id
             elif where is not None and (account_id in self.published or await self._held(account_id) is not None):
                 await self._drop(record["account"])
+        for account in list(self.to_start.values()):
+            if account.id in local and home.node_of_user(account.user_id) == home.node_id:
+                await self._start(account)
+            else:
+                self.to_start.pop(account.id, None)
         for account_id in set(self.published) - set(local):
             # Deleted here (the user's account was deleted) while its user was here: from the bucket too.
             if home.node_of_user(self.users.get(account_id, "")) == home.node_id:
@@ -194,7 +201,17 @@ class MailDirectory(LoopActor):
         self.adopted += 1
         log.warning("mail account %s: its user is on this node now; syncing it here from its checkpoint", account.id)
         if account.state not in States.STOPPED:
+            self.to_start[account.id] = account
+            await self._start(account)
+
+    async def _start(self, account: Account) -> None:
+        """Start an adopted account's sync (tried again at each check until it runs)."""
+        try:
             await deliver_here(self.rt, self.service, account, None, start=True)
+        except ServiceUnavailable as exc:
+            self._note(f"mail account {account.id}: its sync did not start yet ({exc})")
+            return
+        self.to_start.pop(account.id, None)
 
     def _adopt_blocking(self, record: dict[str, Any]) -> Account:
         fields = dict(record["account"])
@@ -205,16 +222,22 @@ class MailDirectory(LoopActor):
             fields.update(phase="initial", position=None, resync=True, epoch=rows_epoch + 1, progress_done=0,
                           progress_total=None)
         entries = self._index_from_events(account_id, user_id, fields.get("content"), rows_epoch)
+        fields["updated_at"] = time.time()
         db = self.service.db
-        with db.unit(), db.db.atomic():
-            Account.insert(**fields).on_conflict_replace().execute()
-            blob = record.get("credentials")
-            if blob is not None:
-                Credential.insert(account_id=account_id, blob=base64.b64decode(blob), updated_at=time.time()
-                                  ).on_conflict_replace().execute()
-            Message.delete().where(Message.account_id == account_id).execute()
-        db.commit_page(account_id, entries, {})
         with db.unit():
+            with db.db.atomic():  # all of it or nothing: a half-adopted account would be taken for a whole one
+                Account.insert(**fields).on_conflict_replace().execute()
+                blob = record.get("credentials")
+                if blob is not None:
+                    Credential.insert(account_id=account_id, blob=base64.b64decode(blob), updated_at=time.time()
+                                      ).on_conflict_replace().execute()
+                Message.delete().where(Message.account_id == account_id).execute()
+                db.db.connection().executemany(
+                    "INSERT INTO messages (account_id, message_id, rev, state, thread_id, deleted, epoch)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    [(account_id, e.message_id, e.rev, json.dumps(e.state, separators=(",", ":")), e.thread_id,
+                      e.deleted, e.epoch) for e in entries],
+                )
             return Account.get_by_id(account_id)
 
     def _index_from_events(
