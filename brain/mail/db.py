@@ -420,7 +420,9 @@ class MailDb:
     def purge_user(self, user_id: str) -> int:
         """Delete the user's accounts, credentials, message index, OAuth flows and attachment cache
         index; how many accounts."""
-        with self.unit(), self.db.atomic():
+        # IMMEDIATE: every worker purges a deleted user (brain.workers), and a deferred transaction
+        # that read the accounts cannot then write once another worker's purge has committed.
+        with self.unit(), self.db.atomic("IMMEDIATE"):
             ids = [row.id for row in Account.select(Account.id).where(Account.user_id == user_id)]
             for start in range(0, len(ids), 500):
                 chunk = ids[start : start + 500]
