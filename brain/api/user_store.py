@@ -333,6 +333,11 @@ HEAD = "head"
 Request = Query | ReadPage | GetEvent | Changes | DeleteEvents | StoreStats | SearchRequest | MatchField
 
 
+# The requests that never change the events (searches write only to the index): a drain of
+# appends and these can carry a kept page past it (PageCache.keep_through); any other drops it.
+_LEAVES_EVENTS = (Query, ReadPage, GetEvent, Changes, StoreStats, SearchRequest, MatchField)
+
+
 class OutboxBatch(NamedTuple):
     """Up to `limit` unpublished events with ids above `after`, oldest first."""
 
@@ -467,8 +472,8 @@ _OUTSIDE_EVENTS = frozenset({_FLUSH_ACKS, _INDEX_TAIL, _MERGE})
 
 
 def _appends_at_most(message: Any, inbox: StoreInbox) -> bool:
-    """Whether a message changes the events, if at all, only by appending (a deletion among the
-    requests a drain serves drops the kept page itself)."""
+    """Whether a message changes the events, if at all, only by appending (a request among those
+    a drain serves that may change them otherwise drops the kept page itself: `_answer`)."""
     if message is _DRAIN:
         return inbox.holds_appends()
     return isinstance(message, (Ack, OutboxBatch, AppendMany)) or (isinstance(message, str) and message in _OUTSIDE_EVENTS)
@@ -1064,6 +1069,9 @@ class UserStore(BrainActor):
 
     def _answer(self, message: Request, fresh: list[StoredEvent]) -> Any:
         """Answer one request other than an append (tombstones of deletions go to `fresh`)."""
+        if not isinstance(message, _LEAVES_EVENTS):
+            # It may change the events otherwise than by appending: the kept page is not carried past it.
+            self.actor_inbox.pages.drop()  # type: ignore[attr-defined]
         if isinstance(message, ReadPage):
             assert self.db is not None
             q = message.query
@@ -1087,7 +1095,6 @@ class UserStore(BrainActor):
         if isinstance(message, Changes):
             return self._changes(message)
         if isinstance(message, DeleteEvents):
-            self.actor_inbox.pages.drop()  # type: ignore[attr-defined]
             return self._delete(message, fresh)
         if isinstance(message, MatchField):
             return self._match_field(message)
