@@ -22,7 +22,7 @@ import re
 from typing import NamedTuple, cast
 
 from aiohttp import hdrs, web
-from multidict import CIMultiDict
+from multidict import CIMultiDict, MultiMapping
 
 from brain.api import openapi
 from brain.api.asyncapi import build_asyncapi
@@ -31,7 +31,7 @@ from brain.api.cluster import cluster_node, confirmed_append
 from brain.api.events import ReservedTypes, check_key, new_event
 from brain.api.pages import Page
 from brain.api.state import api_key_verifier, api_limits, event_stream, store_manager, token_verifier, write_rate
-from brain.api.user_store import AppendRequest
+from brain.api.user_store import AppendRequest, Query
 from brain.api.verifier import TokenUser
 from brain.apikeys import SCOPE_ATTR, scope
 from brain.errors import BadRequest, Forbidden, PayloadTooLarge
@@ -63,6 +63,8 @@ MAX_IDEMPOTENCY_KEY = 200
 _JSON_NO_STORE: CIMultiDict[str] = CIMultiDict({hdrs.CONTENT_TYPE: "application/json", hdrs.CACHE_CONTROL: "no-store"})
 # Users whose last GET /events answer is remembered (a page and its body, ~30 KB each).
 _ANSWERS = 256
+# GET /events query strings remembered with their parsed query (a few hundred bytes each).
+_QUERIES = 4096
 # Event pages may be kept by the client (never by a shared cache: they answer one bearer) and
 # must be revalidated with their ETag before each use.
 _REVALIDATE = "private, no-cache"
@@ -273,11 +275,12 @@ def routes(rt: Process) -> list[Route | Components]:
     # Each user's last answer: a page read again (polled, or kept by the store) is answered
     # without hashing it or joining its bytes again.
     answers: dict[str, _PageAnswer] = {}
+    # The queries users asked lately, by their query string: a page polled is not parsed (nor its
+    # cursor's MAC checked) again. Only valid ones: a bad query string is refused every time.
+    queries: dict[tuple[str, str], Query] = {}
 
-    @scope("events:read")
-    async def get_events(request: web.Request) -> web.Response:
-        user = request[USER_KEY]
-        params = request.query
+    def events_query(user_id: str, params: MultiMapping[str]) -> Query:
+        """The store query of GET /events' parameters (BadRequest naming a bad one)."""
         for name in ("since", "until", "limit", "cursor"):
             if len(params.getall(name, ())) > 1:
                 raise BadRequest(f"{name}: given more than once")
@@ -290,14 +293,25 @@ def routes(rt: Process) -> list[Route | Components]:
                 limit = int(limit_text)
             except ValueError:
                 raise BadRequest(f"limit: must be an integer from 1 to {api.events_page_max}") from None
-        query = stores.make_query(
-            user.id,
+        return stores.make_query(
+            user_id,
             TypeFilter.parse(types),
             _time_param(params.get("since")),
             _time_param(params.get("until")),
             limit,
             params.get("cursor") or None,
         )
+
+    @scope("events:read")
+    async def get_events(request: web.Request) -> web.Response:
+        user = request[USER_KEY]
+        asked = (user.id, request.rel_url.raw_query_string)
+        query = queries.get(asked)
+        if query is None:
+            query = events_query(user.id, request.query)
+            if len(queries) >= _QUERIES:
+                queries.clear()
+            queries[asked] = query
         page, next_cursor = await stores.query_page(user.id, query)
         answer = answers.get(user.id)
         if answer is None or answer.page is not page or answer.next_cursor != next_cursor:
