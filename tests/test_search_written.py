@@ -140,6 +140,7 @@ def test_the_tail_is_indexed_from_the_written_values_and_the_rows_match_the_stor
 
 
 def test_kept_values_are_bounded_and_dropped_once_indexed_or_deleted() -> None:
+    used = search._Kept.used
     db = sqlite3.connect(":memory:", isolation_level=None)
     migrate(db)
     index = SearchIndex(db, user_id="u", options=IndexOptions.from_settings(SearchSettings()))
@@ -152,13 +153,31 @@ def test_kept_values_are_bounded_and_dropped_once_indexed_or_deleted() -> None:
         written.append((StoredEvent(event_id, ev.type, ev.data, "2026-01-01T00:00:00.000000Z"), ev))
     index.written(written)
     assert len(index._written) == search.WRITTEN_ROWS  # the rest is read from the table
+    assert index._written.held[0] == sum(len(stored.data) for stored, _ in written[: search.WRITTEN_ROWS])
     db.execute("BEGIN IMMEDIATE")
     index.remove(5, "note", written[4][0].data)  # in the tail: not indexed, nothing to remove but the kept data
     db.execute("DELETE FROM events WHERE id = 5")
     db.execute("COMMIT")
-    assert 5 not in index._written
+    assert 5 not in index._written.entries
     while index.catch_up():
         pass
-    assert index._written == {} and index._written_bytes == 0
+    assert len(index._written) == 0 and index._written.held[0] == 0
     found = db.execute("SELECT rowid FROM search WHERE search MATCH 'word4 OR word519 OR word3'").fetchall()
     assert sorted(r[0] for r in found) == [4, 520]
+    assert search._Kept.used == used  # every byte given back to the process's budget
+
+
+def test_the_process_budget_bounds_every_store_and_a_dropped_store_gives_its_share_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import gc
+
+    used = search._Kept.used
+    monkeypatch.setattr(search, "WRITTEN_BYTES", used + 1000)
+    first, second = search._Kept(), search._Kept()
+    assert first.add(1, "a", 600) and not second.add(1, "b", 600)  # the process's room is used up
+    assert second.add(2, "c", 400) and search._Kept.used == used + 1000
+    del first
+    gc.collect()
+    assert search._Kept.used == used + 400  # a store closed before its catch-up gives its share back
+    assert second.take(2) == "c" and search._Kept.used == used

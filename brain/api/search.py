@@ -49,6 +49,7 @@ import secrets
 import sqlite3
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -98,10 +99,11 @@ BACKFILL_ROWS = 256
 # The tail is indexed `search.index_delay_seconds` after the write that began it, or at once
 # when it is this long (and at most this many events per transaction).
 TAIL_ROWS = 256
-# Events of the tail whose data the store keeps as their writer gave it (`SearchIndex.written`),
-# and the JSON bytes they may come to in all: a mail page's worth or two between catch-ups.
+# Events of the tail whose data a store keeps as their writer gave it (`SearchIndex.written`),
+# and the JSON bytes those of all the process's stores may come to (many users' mail syncing at
+# once must not hold many pages of bodies each): a page or two of mail per store between catch-ups.
 WRITTEN_ROWS = 2 * TAIL_ROWS
-WRITTEN_BYTES = 16 << 20
+WRITTEN_BYTES = 64 << 20
 _TAIL_IDS = "SELECT id FROM events WHERE id >= ? ORDER BY id LIMIT ?"  # rowids only: no overflow pages read
 _ROW = f"SELECT type, {_DATA}, created_at FROM events WHERE id = ?"
 # Pages of merge work per idle step (FTS5's 'merge' command).
@@ -270,9 +272,7 @@ class SearchIndex:
         self.unindexed_from: int | None = None
         self.slots = FieldSlots(db)
         self._snapshots: OrderedDict[str, _Snapshot] = OrderedDict()
-        # id -> (type, data as its writer gave it, created_at) of committed events of the tail.
-        self._written: dict[int, tuple[str, Any, str]] = {}
-        self._written_bytes = 0
+        self._written = _Kept()
 
     # -- state -------------------------------------------------------------------------------
 
@@ -375,27 +375,19 @@ class SearchIndex:
         """Keep the data of events just committed as their writer gave it, for `catch_up` to
         index without reading and parsing the stored text again (a mail event's 20 KB of JSON:
         most of the catch-up's Python time). Only a `plain` value (it reads as the stored text
-        parses) is kept, within WRITTEN_ROWS and WRITTEN_BYTES; the writer must not change it
+        parses) is kept, within WRITTEN_ROWS (the store's) and WRITTEN_BYTES (the process's);
+        the writer must not change it
         after the append. Anything not kept is read from the table as before."""
         if not self.enabled:
             return
         kept = self._written
         for stored, ev in events:
-            if not ev.plain or len(kept) >= WRITTEN_ROWS or self._written_bytes >= WRITTEN_BYTES:
-                continue
-            kept[stored.id] = (stored.type, ev.value, stored.created_at)
-            self._written_bytes += len(stored.data)
+            if ev.plain and not kept.add(stored.id, (stored.type, ev.value, stored.created_at), len(stored.data)):
+                return  # full: the rest is read from the table
 
     def _forget_written(self, below: int | None = None) -> None:
         """Drop kept data: all of it, or that of events below an id (indexed, or gone)."""
-        kept = self._written
-        if below is None:
-            kept.clear()
-        elif kept:
-            for event_id in [i for i in kept if i < below]:
-                del kept[event_id]
-        if not kept:
-            self._written_bytes = 0  # (an upper bound while some are kept: taken ones are not subtracted)
+        self._written.drop(below)
 
     def catch_up(self, seconds: float | None = BACKFILL_STEP_SECONDS) -> bool:
         """Index the live tail in one transaction (stopping after `seconds`, None: all of it);
@@ -434,7 +426,7 @@ class SearchIndex:
         rows = []
         times = []
         for event_id in ids:
-            entry = kept.pop(event_id, None)
+            entry = kept.take(event_id)
             if entry is None:
                 event_type, data, created_at = self.db.execute(_ROW, (event_id,)).fetchone()
                 rows.append((event_id, *document(event_type, _text(data), self.slots)))
@@ -457,7 +449,7 @@ class SearchIndex:
 
     def remove(self, event_id: int, event_type: str, data: str) -> None:
         """Remove an event's row, if it has one."""
-        self._written.pop(event_id, None)
+        self._written.take(event_id)
         if self.indexed(event_id):
             self.db.execute(_DELETE, (event_id, *document(event_type, data, self.slots)))
             self.db.execute("DELETE FROM search_times WHERE id = ?", (event_id,))
@@ -648,6 +640,66 @@ class SearchIndex:
             if event is not None:  # deleted since the ranking: skipped, never repeated
                 hits.append(SearchHit(event, round(score, 6), marker.highlight(event.type, event.data)))
         return hits
+
+
+class _Kept:
+    """A store's kept tail data (`SearchIndex.written`) by event id: at most WRITTEN_ROWS
+    entries, and bytes (the JSON text's length) counted against WRITTEN_BYTES for the process."""
+
+    _lock = threading.Lock()
+    used = 0  # bytes kept by every store of the process
+
+    def __init__(self) -> None:
+        self.entries: dict[int, tuple[Any, int]] = {}
+        # What this store holds of the process's bytes: given back as entries go, and by the
+        # finalizer if the store is dropped with some kept (closed before its catch-up).
+        self.held = [0]
+        weakref.finalize(self, _Kept._give_back, self.held)
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def add(self, event_id: int, entry: Any, size: int) -> bool:
+        """Keep an entry; False (and nothing kept) when the store's or the process's room is used up."""
+        if len(self.entries) >= WRITTEN_ROWS:
+            return False
+        with _Kept._lock:
+            if _Kept.used + size > WRITTEN_BYTES:
+                return False
+            _Kept.used += size
+        self.held[0] += size
+        old = self.entries.get(event_id)
+        self.entries[event_id] = (entry, size)
+        if old is not None:
+            self._release(old[1])
+        return True
+
+    def take(self, event_id: int) -> Any:
+        """The entry kept for an event (now dropped), or None."""
+        found = self.entries.pop(event_id, None)
+        if found is None:
+            return None
+        self._release(found[1])
+        return found[0]
+
+    def drop(self, below: int | None = None) -> None:
+        """Drop every entry, or those of events below an id."""
+        if not self.entries:
+            return
+        gone = list(self.entries) if below is None else [i for i in self.entries if i < below]
+        for event_id in gone:
+            self._release(self.entries.pop(event_id)[1])
+
+    def _release(self, size: int) -> None:
+        self.held[0] -= size
+        with _Kept._lock:
+            _Kept.used -= size
+
+    @staticmethod
+    def _give_back(held: list[int]) -> None:
+        with _Kept._lock:
+            _Kept.used -= held[0]
+        held[0] = 0
 
 
 def _text(data: bytes) -> str:
