@@ -3,8 +3,8 @@
 
 Read from JetStream alone, so it works from any machine with the cluster's NATS settings, whether
 or not a node runs there: the nodes whose heartbeat is current (`brain_cluster_nodes`), users
-per node (`brain_placement`), mail-account leases per holder (`brain_mail_leases`), and the event
-stream's size, leader and replicas (whether each is current, and how far behind).
+per node (`brain_placement`), mail accounts per node of their user (`brain_mail_accounts`),
+mail-account leases per holder (`brain_mail_leases`), and the event stream's size, leader and replicas (whether each is current, and how far behind).
 """
 
 from __future__ import annotations
@@ -30,7 +30,15 @@ from brain.nats_auth import connect_options
 from brain.redact import redact_text
 
 MAIL_LEASES_BUCKET = "brain_mail_leases"
+MAIL_ACCOUNTS_BUCKET = "brain_mail_accounts"  # brain.mail.directory (a role: not imported here)
 _TIMEOUT_S = 5.0
+
+
+def _account_user(value: bytes) -> str:
+    try:
+        return str(json.loads(value)["account"]["user_id"])
+    except (ValueError, KeyError, TypeError):
+        return "?"
 
 
 def _holder(value: bytes) -> str:
@@ -56,10 +64,14 @@ async def gather(settings: Settings) -> dict[str, Any]:
         nodes = await bucket_values(js, NODES_BUCKET)
         placement = await bucket_values(js, PLACEMENT_BUCKET)
         leases = await bucket_values(js, MAIL_LEASES_BUCKET)
+        accounts = await bucket_values(js, MAIL_ACCOUNTS_BUCKET)
         users = Counter(v.decode() for v in (placement or {}).values())
+        # A mail account syncs on its user's node (brain.mail.directory).
+        mail = Counter((placement or {}).get(_account_user(v), b"?").decode() for v in (accounts or {}).values())
         live = sorted(nodes or {})
         out: dict[str, Any] = {
-            "nodes": {node: {"alive": node in live, "users": users.get(node, 0)} for node in sorted({*live, *users})},
+            "nodes": {node: {"alive": node in live, "users": users.get(node, 0), "mail_accounts": mail.get(node, 0)}
+                      for node in sorted({*live, *users})},
             "users": sum(users.values()),
             "mail_leases": dict(sorted(Counter(_holder(v) for v in (leases or {}).values()).items())),
         }
@@ -93,9 +105,9 @@ def status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(state))
         return 0
-    print(f"{'NODE':<24} {'ALIVE':<6} {'USERS':>8}")
+    print(f"{'NODE':<24} {'ALIVE':<6} {'USERS':>8} {'MAIL':>6}")
     for node, row in state["nodes"].items():
-        print(f"{node:<24} {'yes' if row['alive'] else 'NO':<6} {row['users']:>8}")
+        print(f"{node:<24} {'yes' if row['alive'] else 'NO':<6} {row['users']:>8} {row['mail_accounts']:>6}")
     print(f"users placed: {state['users']}")
     leases = state["mail_leases"]
     print("mail leases: " + (", ".join(f"{holder} {n}" for holder, n in leases.items()) or "none"))

@@ -143,6 +143,7 @@ class MailDirectory(LoopActor):
             # Deleted here (the user's account was deleted) while its user was here: from the bucket too.
             if home.node_of_user(self.users.get(account_id, "")) == home.node_id:
                 await self.kv.delete(account_id)
+                log.info("mail account %s: deleted here, so from the bucket too", account_id)
             self.published.pop(account_id, None)
             self.users.pop(account_id, None)
         for account_id in set(await self._keys()) - set(local):
