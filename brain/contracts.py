@@ -157,6 +157,11 @@ class UserHome(Protocol):
     def settled(self, user_id: str) -> bool:
         """Whether the user's store here is complete (not being rebuilt from the stream)."""
 
+    async def at_home(self, request: Any, user_id: str) -> Any:
+        """The answer of the user's node to this request (an `aiohttp.web.Request`, sent there as an
+        authenticated request is) if the user is placed elsewhere; None: serve it here. For the
+        public routes that name their user in a signed value (an OAuth flow's state)."""
+
 
 class CommitLog(Protocol):
     """Each user's events in commit order, and a word after every commit.

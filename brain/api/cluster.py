@@ -281,6 +281,13 @@ class ClusterNode:
         """Whether the user's store here is not being rebuilt from the stream."""
         return self.handover is None or user_id not in self.handover.rebuilding
 
+    async def at_home(self, request: web.Request, user_id: str) -> web.StreamResponse | None:
+        """The user's node's answer to a public request naming the user (None: serve it here, as
+        this is the user's node, or the request is already a replay forwarded here)."""
+        if self.forwarder.is_forwarded(request):
+            return None
+        return await self.route(request, user_id, streams=False)
+
     def problems(self) -> list[str]:
         """For /health: why this node cannot place users yet."""
         if self.serving:

@@ -36,7 +36,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from aiohttp import hdrs, web
 
 from brain.apikeys import scope
-from brain.contracts import AUTHENTICATOR
+from brain.contracts import AUTHENTICATOR, USER_HOME
 from brain.errors import BadRequest, Conflict, HTTPError, PayloadTooLarge, TooManyRequests
 from brain.mail.attachments import Downloads, content_disposition
 from brain.mail.browser import NO_LEAKS, RESULT_HEADERS, FlowCookies, result_page
@@ -140,12 +140,15 @@ def routes(rt: Process, service: MailService, ownership: Ownership) -> list[Rout
         status, created = await connected(result)
         return json_response({"account": status}, status=201 if created else 200)
 
-    async def start(request: web.Request) -> web.Response:
+    async def start(request: web.Request) -> web.StreamResponse:
         flows = request.query.getall("flow", [])
         try:
             if len(flows) != 1 or not flows[0]:
                 raise BadRequest("the connect link needs exactly one flow parameter", code="INVALID_STATE")
             payload = service.verified_state(flows[0])
+            elsewhere = await at_home(request, payload)
+            if elsewhere is not None:
+                return elsewhere
             browser = secrets.token_urlsafe(32)
             url = await blocking(lambda: service.start_oauth(payload, browser))
         except HTTPError as exc:
@@ -154,7 +157,19 @@ def routes(rt: Process, service: MailService, ownership: Ownership) -> list[Rout
         cookies.bind(response, payload["n"], browser)
         return response
 
-    async def callback(request: web.Request) -> web.Response:
+    async def at_home(request: web.Request, payload: Mapping[str, Any]) -> web.StreamResponse | None:
+        """Cluster mode: the flow's state lives on its user's node (mail.db's OAuthState), which a
+        load balancer may not have sent the browser to: the answer of that node."""
+        home = rt.stash.get(USER_HOME)
+        return None if home is None else await home.at_home(request, str(payload["u"]))
+
+    async def callback(request: web.Request) -> web.StreamResponse:
+        try:
+            elsewhere = await at_home(request, callback_query(request.query)[0])
+        except HTTPError:
+            elsewhere = None  # a bad state or code: answered here, as anywhere
+        if elsewhere is not None:
+            return elsewhere
         if hdrs.AUTHORIZATION in request.headers:
             # A front end that receives the redirect itself forwards code and state with its
             # own token: the flow must belong to that very user, and the answer is JSON.
