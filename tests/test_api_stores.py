@@ -552,3 +552,53 @@ def test_a_request_that_meets_a_stopping_store_waits_for_it_and_is_served_by_the
         stopper.join()
     assert [e["data"] for e in events] == [1]
     assert stores._live_ref("stopping") not in (None, ref)
+
+
+def _owed_truth(path: Path) -> int:
+    """What the store's next checkpoint adds to its file, from outside: the database's pages
+    (its WAL included) beyond what the file holds on disk."""
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        pages = db.execute("PRAGMA page_count").fetchone()[0] * db.execute("PRAGMA page_size").fetchone()[0]
+    finally:
+        db.close()
+    st = path.stat()
+    return max(0, pages - min(st.st_size, st.st_blocks * 512))
+
+
+@pytest.mark.parametrize("how", ["search", "tail"])
+def test_the_disk_guard_hears_of_what_the_index_wrote_before_the_next_write(
+    rt: Runtime, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    """A store looks at its size after requests only every SIZE_LOOK_BYTES of events or
+    SIZE_LOOK_SECONDS, but the index's writes (a search's catch-up, the tail indexed later) grow
+    the file by as much as the events they index, and the disk guard admits the next write by
+    the last look: it must come right after them (a loaded suite run met the reserve eaten by
+    ~0.9 MiB, tests/test_faults.py::test_the_reserve_holds_the_checkpoint_a_long_reader_held_back)."""
+    from brain.api import user_store
+    from brain.api.query import parse
+    from brain.api.search import SearchRequest
+
+    monkeypatch.setattr(user_store, "SIZE_LOOK_SECONDS", 3600.0)  # no look by the clock in this test
+    stores = store_manager(rt)
+    user = f"guardindex{how}"
+    words = " ".join(f"w{how}{i:05d}x" for i in range(2500))  # ~25 KB of distinct words: a sizeable index
+    stores.append_from_thread(user, [{"type": "note", "data": {"text": "first"}}])  # a new store indexes its first write
+    stores.append_from_thread(user, [{"type": "note", "data": {"text": words}}])  # past SIZE_LOOK_BYTES: looked at
+    ref = stores._live_ref(user)
+    assert ref is not None
+    store_file = rt.settings.data_path / "users" / user / "events.db"
+    guard = stores.faults.guard
+
+    async def search() -> None:
+        parsed = parse("nothinglikethis", max_chars=1000)
+        await stores.request(user, SearchRequest(parsed, parsed.digest(None, None), None, None, 10, None))
+
+    if how == "search":
+        asyncio.run(search())  # indexes the tail first
+    else:
+        ref.tell(user_store._INDEX_TAIL)
+    wait_until(lambda: _owed_truth(store_file) > 64 << 10, timeout=0.5, interval=0.01)  # the index grew it
+    # At once: not at the ack flush or the idle stop (1 s here), which look again or close the file.
+    wait_until(lambda: guard._owed.get(ref.actor_urn, 0) == _owed_truth(store_file), timeout=0.3, interval=0.01)
+    assert stores._live_ref(user) is ref

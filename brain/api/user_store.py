@@ -781,7 +781,7 @@ class UserStore(BrainActor):
                 return self._receive(message)
             finally:
                 # After whatever wrote: appends, deletions, the outbox's acknowledged rows, index merges.
-                self._note_checkpoint_growth()
+                self._note_checkpoint_growth(message)
                 inbox.publish(self.db, self.descriptors_from)
                 pages.keep_through(watched, _newest_limit)
 
@@ -893,6 +893,7 @@ class UserStore(BrainActor):
         if self.read_only:
             return not index.behind
         index.catch_up(seconds=None)
+        self._size_looked = 0.0  # what it indexed is looked at after this request (_note_checkpoint_growth)
         return True
 
     def _merge(self) -> None:
@@ -1030,13 +1031,20 @@ class UserStore(BrainActor):
                     self._merge_armed = True
                     self.schedule(MERGE_IDLE_SECONDS, _MERGE)
 
-    def _note_checkpoint_growth(self) -> None:
-        """If the database changed, look at its size, at most every SIZE_LOOK_SECONDS or
-        SIZE_LOOK_BYTES of events (`_look_at_size`)."""
+    def _note_checkpoint_growth(self, message: Any) -> None:
+        """If the database changed, look at its size (`_look_at_size`): after requests, at most
+        every SIZE_LOOK_SECONDS or SIZE_LOOK_BYTES of events; after the store's own work (the
+        index's tail, merges and backfill, the ack flush: a string message) always. That work
+        can grow the file by as much as the events it indexes, and the disk guard admits the
+        next write by what the last look found."""
         db = self.db
         if db is None or db.total_changes == self._changes_noted:
             return
-        if self._unlooked < SIZE_LOOK_BYTES and time.monotonic() - self._size_looked < SIZE_LOOK_SECONDS:
+        if (
+            not isinstance(message, str)
+            and self._unlooked < SIZE_LOOK_BYTES
+            and time.monotonic() - self._size_looked < SIZE_LOOK_SECONDS
+        ):
             return
         self._look_at_size()
 
