@@ -7,9 +7,7 @@ master's shared directory (`WorkerSlot.shared_dir`, on /dev/shm when there is on
 by every worker: a fixed open-addressing table of `slots` entries, each a key's hash, its
 tokens left and when they were counted. One operation holds an exclusive `flock` on the file
 for a few dozen bytecodes; the kernel drops the lock of a process that dies, so a worker
-killed while holding it blocks nobody. The lock is tried first without giving up the GIL
-(`_lock`): `fcntl.flock` always gives it up, and on the event loop, with store threads waiting
-for it, each give-up lets one run before the loop gets it back (docs/performance.md).
+killed while holding it blocks nobody.
 
 A key is its `hash()`: every worker is forked from the master and shares its hash seed (a
 replacement too), and a 64-bit collision between two keys only merges their budgets. A key is
@@ -20,7 +18,6 @@ the table never grows and every operation is bounded, whatever keys a client inv
 
 from __future__ import annotations
 
-import ctypes
 import fcntl
 import mmap
 import os
@@ -31,32 +28,6 @@ __all__ = ["PROBE", "SharedTokenBuckets"]
 # Slots a key may sit in, from where it hashes.
 PROBE = 16
 _HEADER = 8  # one int64: slots ever taken (for /health)
-
-
-def _libc_flock() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
-    """libc's flock through PyDLL, which keeps the GIL across the call; None where there is none."""
-    try:
-        flock = ctypes.PyDLL(None).flock
-    except (OSError, AttributeError):
-        return None
-    flock.argtypes = (ctypes.c_int, ctypes.c_int)
-    flock.restype = ctypes.c_int
-    return flock
-
-
-_FLOCK = _libc_flock()
-
-
-def _lock(fd: int) -> None:
-    """Take the file's exclusive lock: at once with the GIL kept, else (another worker holds it,
-    or a signal came) waiting for it in `fcntl.flock`, without the GIL."""
-    if _FLOCK is None or _FLOCK(fd, fcntl.LOCK_EX | fcntl.LOCK_NB) != 0:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-
-
-def _unlock(fd: int) -> None:
-    if _FLOCK is None or _FLOCK(fd, fcntl.LOCK_UN) != 0:
-        fcntl.flock(fd, fcntl.LOCK_UN)
 
 
 class SharedTokenBuckets:
@@ -90,7 +61,7 @@ class SharedTokenBuckets:
     def take(self, key: str, now: float, cost: float = 1.0) -> float:
         """Spend `cost` tokens of `key`: 0 when allowed, else the seconds until they are there."""
         fd = self._fd
-        _lock(fd)
+        fcntl.flock(fd, fcntl.LOCK_EX)
         try:
             slot = self._slot(hash(key) or 1, now, claim=True)  # 0 marks an empty slot
             tokens = self._tokens(slot, now)
@@ -101,17 +72,17 @@ class SharedTokenBuckets:
             self._values[2 * slot] = tokens
             return (cost - tokens) / self.rate
         finally:
-            _unlock(fd)
+            fcntl.flock(fd, fcntl.LOCK_UN)
 
     def available(self, key: str, now: float) -> float:
         """The tokens `key` could spend now."""
         fd = self._fd
-        _lock(fd)
+        fcntl.flock(fd, fcntl.LOCK_EX)
         try:
             slot = self._slot(hash(key) or 1, now, claim=False)
             return self.burst if slot < 0 else self._tokens(slot, now)
         finally:
-            _unlock(fd)
+            fcntl.flock(fd, fcntl.LOCK_UN)
 
     def _tokens(self, slot: int, now: float) -> float:
         """The slot's tokens at `now` (under the lock)."""
