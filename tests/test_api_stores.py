@@ -602,3 +602,23 @@ def test_the_disk_guard_hears_of_what_the_index_wrote_before_the_next_write(
     # At once: not at the ack flush or the idle stop (1 s here), which look again or close the file.
     wait_until(lambda: guard._owed.get(ref.actor_urn, 0) == _owed_truth(store_file), timeout=0.3, interval=0.01)
     assert stores._live_ref(user) is ref
+
+
+def test_the_wal_index_is_found_even_when_its_descriptor_is_far_from_where_it_was_expected(tmp_path: Path) -> None:
+    """Another thread may open or close files while a store connects, so SQLite's descriptor of
+    the WAL index is not always next to `next_descriptor()`: it is then looked for among all of
+    them (a parallel run met such a miss: the store kept no page through its own writes)."""
+    db = sqlite3.connect(tmp_path / "events.db", isolation_level=None)
+    try:
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("CREATE TABLE t (x)")
+        header = pages.WalIndexHeader.of(db, 1 << 20)  # nowhere near the connection's files
+        assert header is not None
+        try:
+            before = header.read()
+            db.execute("INSERT INTO t VALUES (1)")
+            assert header.read() != before
+        finally:
+            header.close()
+    finally:
+        db.close()

@@ -30,7 +30,7 @@ import hashlib
 import mmap
 import os
 import sqlite3
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from typing import Any, NamedTuple
 
 from brain.api.events import StoredEvent
@@ -185,18 +185,21 @@ class WalIndexHeader:
             if not name or db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
                 return None
             index = os.stat(f"{name}-shm")
-            # Only a few descriptors: listing /proc/self/fd costs milliseconds once a process holds
-            # thousands (three per open store). Linux hands out the lowest free number, so the
-            # connection's files sit just past `near` unless other threads opened files meanwhile;
-            # then the version is read through SQL instead.
-            for fd in range(near, near + _NEAR_DESCRIPTORS):
-                try:
-                    found = os.fstat(fd)
-                except OSError:
-                    continue  # not open
-                if found.st_ino == index.st_ino and found.st_dev == index.st_dev and found.st_size >= WAL_HEADER_BYTES:
-                    address = _mmap(None, mmap.PAGESIZE, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
-                    return None if address in (None, _MAP_FAILED) else cls(address)
+            # A few descriptors first: listing /proc/self/fd costs milliseconds once a process
+            # holds thousands (three per open store). Linux hands out the lowest free number, so
+            # the connection's files sit just past `near`, unless other threads opened files
+            # meanwhile (then further up) or closed some (then below it): only then is the whole
+            # list looked through (rare, and on the store's thread).
+            near_ones = range(max(0, near - _NEAR_DESCRIPTORS), near + _NEAR_DESCRIPTORS)
+            for fds in (near_ones, _other_descriptors(near_ones)):
+                for fd in fds:
+                    try:
+                        found = os.fstat(fd)
+                    except OSError:
+                        continue  # not open (or closed meanwhile by another thread)
+                    if found.st_ino == index.st_ino and found.st_dev == index.st_dev and found.st_size >= WAL_HEADER_BYTES:
+                        address = _mmap(None, mmap.PAGESIZE, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
+                        return None if address in (None, _MAP_FAILED) else cls(address)
         except (sqlite3.Error, OSError, ValueError):
             pass
         return None
@@ -229,8 +232,16 @@ def _libc_mmap() -> tuple[Any, Any]:
 
 _mmap, _munmap = _libc_mmap() if os.path.isdir("/proc/self/fd") else (None, None)
 _MAP_FAILED = ctypes.c_void_p(-1).value
-# How many descriptors from `near` WalIndexHeader.of looks at.
+# How many descriptors each side of `near` WalIndexHeader.of looks at before it lists them all.
 _NEAR_DESCRIPTORS = 32
+
+
+def _other_descriptors(seen: range) -> Iterator[int]:
+    """The process's open descriptors outside `seen`, listed when first asked for."""
+    for entry in os.listdir("/proc/self/fd"):
+        fd = int(entry)
+        if fd not in seen:
+            yield fd
 
 
 def next_descriptor() -> int:
