@@ -269,10 +269,9 @@ class Relay:
 
     async def _connect(self) -> None:
         while not self.stopping:
-            self.nc = await jetstream.connect(
-                process_connect_options(self.rt), stopping=lambda: self.stopping, note=self._note, retry_seconds=1.0,
-                name="brain-control", allow_reconnect=True, max_reconnect_attempts=-1, reconnect_time_wait=1,
-                connect_timeout=2, disconnected_cb=self._on_disconnected, reconnected_cb=self._on_reconnected,
+            self.nc = await jetstream.connect_kept(
+                process_connect_options(self.rt), name="brain-control", stopping=lambda: self.stopping, note=self._note,
+                disconnected_cb=self._on_disconnected, reconnected_cb=self._on_reconnected,
             )
             if self.nc is None:
                 return

@@ -43,6 +43,17 @@ async def connect(
     return None
 
 
+async def connect_kept(
+    options: Mapping[str, Any], *, name: str, stopping: Callable[[], bool], note: Callable[[str], None], **extra: Any,
+) -> Any:
+    """`connect` as the server's own actors use it (the cluster node, mail ownership and its
+    directory, the deletion relay): tried every second, then reconnecting for as long as it runs."""
+    return await connect(
+        options, stopping=stopping, note=note, retry_seconds=1.0, name=name, allow_reconnect=True,
+        max_reconnect_attempts=-1, reconnect_time_wait=1, connect_timeout=2, **extra,
+    )
+
+
 async def ensure_stream(js: Any, config: StreamConfig) -> bool:
     """Create the stream if it is missing; True if it was created."""
     try:

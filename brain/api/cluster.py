@@ -95,10 +95,9 @@ class ClusterNode:
         self._starting = asyncio.ensure_future(self._connect())
 
     async def _connect(self) -> None:
-        self.nc = await jetstream.connect(
-            process_connect_options(self.rt), stopping=lambda: self._stopping, note=self._note, retry_seconds=1.0,
-            name=f"brain-cluster-{self.node_id}", allow_reconnect=True, max_reconnect_attempts=-1,
-            reconnect_time_wait=1, connect_timeout=2,
+        self.nc = await jetstream.connect_kept(
+            process_connect_options(self.rt), name=f"brain-cluster-{self.node_id}", stopping=lambda: self._stopping,
+            note=self._note,
         )
         if self.nc is None:
             return

@@ -80,10 +80,9 @@ class MailDirectory(LoopActor):
 
     async def main(self) -> None:
         """Connect, open the bucket, then check every CHECK_SECONDS until stopped."""
-        self.nc = await jetstream.connect(
-            process_connect_options(self.rt), stopping=lambda: self.stopping, note=self._note, retry_seconds=1.0,
-            name="brain-mail-directory", allow_reconnect=True, max_reconnect_attempts=-1, reconnect_time_wait=1,
-            connect_timeout=2,
+        self.nc = await jetstream.connect_kept(
+            process_connect_options(self.rt), name="brain-mail-directory", stopping=lambda: self.stopping,
+            note=self._note,
         )
         if self.nc is None:
             return

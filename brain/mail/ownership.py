@@ -219,10 +219,8 @@ class LeasedOwnership:
 
     async def run(self) -> None:
         """Connect, then check every `check_seconds` until stopped."""
-        self.nc = await jetstream.connect(
-            process_connect_options(self.rt), stopping=lambda: self.stopping, note=self._note, retry_seconds=1.0,
-            name="brain-mail-owner", allow_reconnect=True, max_reconnect_attempts=-1, reconnect_time_wait=1,
-            connect_timeout=2,
+        self.nc = await jetstream.connect_kept(
+            process_connect_options(self.rt), name="brain-mail-owner", stopping=lambda: self.stopping, note=self._note,
         )
         if self.nc is None:
             return
