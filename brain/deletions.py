@@ -387,11 +387,7 @@ class Relay:
         self.connected = False
         if self._kick is not None:
             self._kick.set()
-        if self.nc is not None and not self.nc.is_closed:
-            try:
-                await asyncio.wait_for(self.nc.close(), timeout=2)
-            except Exception:  # noqa: BLE001 - closing anyway
-                pass
+        await jetstream.close_quietly(self.nc)
 
 
 def durable_name(rt: Process) -> str:

@@ -1,11 +1,14 @@
-"""The two things every NATS user in brain does the same way: connect until it works, and make
-sure a JetStream stream exists (the EventBus's event stream, the deletion relay's control stream)."""
+"""What every NATS user in brain does the same way: connect until it works, make sure a JetStream
+stream exists (the EventBus's event stream, the deletion relay's control stream), open what
+JetStream may not be ready to give yet, check on something at a steady pace, and close without
+waiting long."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping
-from typing import Any
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, TypeVar
 
 import nats
 import nats.js.errors
@@ -13,7 +16,9 @@ from nats.js.api import StreamConfig
 
 from brain.redact import redact_text, redact_url
 
-__all__ = ["connect", "ensure_stream"]
+__all__ = ["close_quietly", "connect", "connect_kept", "ensure_stream", "every", "retried"]
+
+T = TypeVar("T")
 
 
 async def connect(
@@ -52,6 +57,49 @@ async def connect_kept(
         options, stopping=stopping, note=note, retry_seconds=1.0, name=name, allow_reconnect=True,
         max_reconnect_attempts=-1, reconnect_time_wait=1, connect_timeout=2, **extra,
     )
+
+
+async def retried(
+    attempt: Callable[[], Awaitable[T]], *, what: str, stopping: Callable[[], bool], note: Callable[[str], None],
+    retry_seconds: float = 1.0,
+) -> T | None:
+    """attempt()'s result, tried again every retry_seconds while it fails (JetStream without a
+    meta leader yet, a bucket not created yet); None once stopping() is true. `note` hears
+    "<what>: <error>" for each failure, credentials masked."""
+    while not stopping():
+        try:
+            return await attempt()
+        except Exception as exc:  # noqa: BLE001 - not ready yet: retried
+            note(f"{what}: {redact_text(repr(exc))}")
+            await asyncio.sleep(retry_seconds)
+    return None
+
+
+async def every(
+    seconds: Callable[[], float], check: Callable[[], Awaitable[object]], *, what: str,
+    stopping: Callable[[], bool], note: Callable[[str], None],
+) -> None:
+    """check() every seconds() from the start of one to the start of the next, until stopping();
+    a failed check (NATS away, a database busy) is noted as "<what>: <error>" and the next one
+    comes on time."""
+    while not stopping():
+        started = time.monotonic()
+        try:
+            await check()
+        except Exception as exc:  # noqa: BLE001 - the next check
+            note(f"{what}: {redact_text(repr(exc))}")
+        await asyncio.sleep(max(0.0, seconds() - (time.monotonic() - started)))
+
+
+async def close_quietly(nc: Any, timeout: float = 2.0) -> None:
+    """Close a nats-py client (draining what it buffered) within `timeout`; whatever goes wrong,
+    the caller is stopping anyway."""
+    if nc is None or nc.is_closed:
+        return
+    try:
+        await asyncio.wait_for(nc.close(), timeout=timeout)
+    except Exception:  # noqa: BLE001 - closing anyway
+        pass
 
 
 async def ensure_stream(js: Any, config: StreamConfig) -> bool:

@@ -49,7 +49,6 @@ from brain.mail.ownership import deliver_here, stop_actor
 from brain.mail.service import MailService
 from brain.nats_auth import process_connect_options
 from brain.process import Process
-from brain.redact import redact_text
 
 __all__ = ["BUCKET", "MailDirectory"]
 
@@ -87,27 +86,15 @@ class MailDirectory(LoopActor):
         if self.nc is None:
             return
         js = self.nc.jetstream(timeout=5)
-        while not self.stopping and self.kv is None:
-            try:
-                self.kv = await _bucket(js, self.rt.settings.nats.replicas)
-            except Exception as exc:  # noqa: BLE001 - JetStream without a meta leader yet: retried
-                self._note(f"bucket {BUCKET}: {redact_text(repr(exc))}")
-                await asyncio.sleep(1.0)
-        while not self.stopping:
-            started = time.monotonic()
-            try:
-                await self.check()
-            except Exception as exc:  # noqa: BLE001 - NATS away, mail.db busy: the next check
-                self._note(f"mail accounts across nodes: {redact_text(repr(exc))}")
-            await asyncio.sleep(max(0.0, CHECK_SECONDS - (time.monotonic() - started)))
+        replicas = self.rt.settings.nats.replicas
+        self.kv = await jetstream.retried(lambda: _bucket(js, replicas), what=f"bucket {BUCKET}",
+                                          stopping=lambda: self.stopping, note=self._note)
+        await jetstream.every(lambda: CHECK_SECONDS, self.check, what="mail accounts across nodes",
+                              stopping=lambda: self.stopping, note=self._note)
 
     async def close(self) -> None:
         """Close the connection."""
-        if self.nc is not None and not self.nc.is_closed:
-            try:
-                await asyncio.wait_for(self.nc.close(), timeout=2)
-            except Exception:  # noqa: BLE001 - closing anyway
-                pass
+        await jetstream.close_quietly(self.nc)
 
     async def check(self) -> None:
         """Put what changed, drop what moved away, adopt what moved here (see the module docstring)."""

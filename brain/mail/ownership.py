@@ -48,7 +48,6 @@ from brain.mail.service import MAIL_SUP, MailService, child_id, service_for
 from brain.mail.sync import SyncNow
 from brain.nats_auth import process_connect_options
 from brain.process import Process
-from brain.redact import redact_text
 from brain.stash import StashKey
 
 __all__ = ["BUCKET", "LeasedOwnership", "LocalOwnership", "MailOwner", "Ownership", "ownership_for"]
@@ -226,26 +225,20 @@ class LeasedOwnership:
             return
         leases = Leases(self.nc.jetstream(timeout=5), BUCKET, ttl=self.ttl, owner=self.owner,
                         replicas=self.rt.settings.nats.replicas)
-        while not self.stopping:
-            try:
-                await leases.open()
-                break
-            except Exception as exc:  # noqa: BLE001 - JetStream not ready yet: retried
-                self._note(f"lease bucket {BUCKET}: {redact_text(repr(exc))}")
-                await asyncio.sleep(1.0)
+
+        async def opened() -> Leases:
+            await leases.open()
+            return leases
+
+        if await jetstream.retried(opened, what=f"lease bucket {BUCKET}", stopping=lambda: self.stopping,
+                                   note=self._note) is None:
+            return  # stopped before JetStream gave the bucket
         await self.nc.subscribe(f"{OWNER_SUBJECT}.{self.owner}", cb=self._on_request)
         self.ttl = leases.ttl
         self.check_seconds = min(self.ttl / 3, 2.0)
         self.leases = leases
-        while not self.stopping:
-            started = time.monotonic()
-            try:
-                await self._check()
-            except Exception as exc:  # noqa: BLE001 - NATS away, mail.db busy: the next check
-                self._note(f"checking the mail leases: {redact_text(repr(exc))}")
-            await self._drop_expired()
-            self.checks += 1
-            await asyncio.sleep(max(0.0, self.check_seconds - (time.monotonic() - started)))
+        await jetstream.every(lambda: self.check_seconds, self._round, what="checking the mail leases",
+                              stopping=lambda: self.stopping, note=self._note)
 
     async def close(self) -> None:
         """Stop our accounts' actors, then give their leases up (the others take them at once)."""
@@ -257,11 +250,14 @@ class LeasedOwnership:
                     await self._give_up(account_id)
                 except Exception:  # noqa: BLE001 - the lease ages out anyway
                     log.exception("mail account %s: giving up its lease failed", account_id)
-        if self.nc is not None and not self.nc.is_closed:
-            try:
-                await asyncio.wait_for(self.nc.close(), timeout=2)
-            except Exception:  # noqa: BLE001 - closing anyway
-                pass
+        await jetstream.close_quietly(self.nc)
+
+    async def _round(self) -> None:
+        try:
+            await self._check()
+        finally:
+            await self._drop_expired()  # whether or not the bucket answered: a lapsed lease is not ours
+            self.checks += 1
 
     async def _check(self) -> None:
         leases = self._ready()
