@@ -32,7 +32,7 @@ from aiohttp import web
 
 from brain import jetstream
 from brain.api.forwarding import MOVED_HEADER, Forwarder, NotThere, forward_marker
-from brain.api.handover import Handover
+from brain.api.handover import Handover, rendezvous
 from brain.api.placement import UserPlacement
 from brain.api.publisher import publish_confirmed
 from brain.api.state import doorbell, store_manager
@@ -44,12 +44,15 @@ from brain.nats_auth import process_connect_options
 from brain.process import Process
 from brain.redact import redact_text
 from brain.stash import StashKey
+from brain.workers.peers import peers_for
 
 __all__ = ["NODES_BUCKET", "ClusterNode", "NodeSink", "cluster_node", "cluster_sink", "confirmed_append"]
 
 log = logging.getLogger("brain.cluster")
 
 NODES_BUCKET = "brain_cluster_nodes"
+# What the primary worker tells the node's others when a drain starts (brain.workers.peers).
+DRAINING = "cluster.draining"
 # Nodes a request is sent to at the most: the one the placement map names, then wherever the
 # user went meanwhile (a drain or a takeover moved it between the lookup and the forward).
 FORWARD_HOPS = 3
@@ -82,6 +85,8 @@ class ClusterNode:
             self.stores.repair_retry_after = 1.0
         self.nc: Any = None
         self.loop: asyncio.AbstractEventLoop | None = None
+        if rt.worker.several:
+            peers_for(rt).answer(DRAINING, self._draining)
         self.serving = False  # placement loaded, stale stores given up, answering forwards and admin requests
         self.last_error = ""
         self.resent = 0  # requests sent on to the node a user moved to, after the first refused them
@@ -119,6 +124,7 @@ class ClusterNode:
                     )
                     # Before any request is served here: stale stores are given up first.
                     await handover.start()
+                    handover.on_drain = self._tell_draining
                     self.handover = handover
                     self.placement.on_lost = handover.on_lost
                 elif self.heartbeat is None:
@@ -142,6 +148,16 @@ class ClusterNode:
             except Exception as exc:  # noqa: BLE001 - NATS away: the key ages out, and is taken again
                 self._note(f"heartbeat: {redact_text(repr(exc))}")
             await asyncio.sleep(heartbeat.ttl / 3)
+
+    async def _tell_draining(self, others: set[str]) -> None:
+        # Before the primary moves a user: the other workers place no new user here either.
+        if self.rt.worker.several:
+            await peers_for(self.rt).broadcast(DRAINING, sorted(others))
+
+    async def _draining(self, others: list[str]) -> bool:
+        targets = frozenset(others)
+        self.placement.place_new = lambda user_id: rendezvous(user_id, targets)
+        return True
 
     def _close_lost(self, user_id: str, _node: str) -> None:
         # A worker other than the primary: close its own copy of the store (the primary moves the files).

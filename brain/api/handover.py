@@ -38,7 +38,7 @@ import json
 import logging
 import shutil
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -120,6 +120,9 @@ class Handover:
         self.handing_off: set[str] = set()
         self._awaiting_ready: set[str] = set()  # prepared for a drain, not yet told to rebuild
         self.draining = False
+        # Told the other live nodes when a drain starts, before any user moves: the node's other
+        # workers place new users there too (brain.api.cluster).
+        self.on_drain: Callable[[set[str]], Awaitable[None]] | None = None
         self.taken_over = 0
         self.given_up = 0
         self.drained = 0
@@ -378,6 +381,8 @@ class Handover:
         others = await self.live_nodes() - {self.node_id}
         if not others:
             raise DrainError(f"no other live node to take the users of node {self.node_id}")
+        if self.on_drain is not None:
+            await self.on_drain(others)
         self.draining = True
         self.placement.place_new = lambda user_id: rendezvous(user_id, others)
         mine = sorted(u for u, n in self.placement.users().items() if n == self.node_id)

@@ -14,6 +14,13 @@ keyed by account id. Every `CHECK_SECONDS` the `mail_directory` actor of a node:
 - drops each local account whose user is placed on another node (its sync stopped, its rows
   deleted): the other node adopts it from the bucket.
 
+With several workers on a node (`server.workers`), the primary worker alone runs the directory
+and the accounts' leases (brain.mail.ownership) decide which worker syncs each: an adopted
+account is not started here but taken up by the owners' next check, a dropped one is stopped at
+the worker holding its lease (`LeasedOwnership.stop`), which gives the lease up once the rows are
+gone. The lease bucket is the cluster's, so a node coming back cannot take the lease of an
+account that another node syncs meanwhile.
+
 Why a checkpoint that lags is safe: the node's event sink (brain.api.cluster.NodeSink) answers a
 page's events only once JetStream holds them, and the checkpoint is committed after that, so
 the record is at or behind the stream. Resuming from an older checkpoint reads pages again, and
@@ -45,7 +52,7 @@ from brain.contracts import COMMIT_LOG, USER_HOME
 from brain.errors import ServiceUnavailable
 from brain.mail.db import Account, Credential, IndexEntry, Message, States
 from brain.mail.engine import DELETED, RECEIVED, UPDATED
-from brain.mail.ownership import deliver_here, stop_actor
+from brain.mail.ownership import LeasedOwnership, deliver_here, ownership_for, stop_actor
 from brain.mail.service import MailService
 from brain.nats_auth import process_connect_options
 from brain.process import Process
@@ -68,6 +75,9 @@ class MailDirectory(LoopActor):
         super().__init__(link=link, loop=rt.loop)
         self.rt = rt
         self.service = service
+        ownership = ownership_for(rt)
+        # Several workers: the account's lease holder syncs it, not necessarily this process.
+        self.leased = ownership if isinstance(ownership, LeasedOwnership) else None
         self.nc: Any = None
         self.kv: Any = None
         self.published: dict[str, str] = {}  # account id -> digest of the record last put
@@ -166,8 +176,15 @@ class MailDirectory(LoopActor):
 
     async def _drop(self, account: dict[str, Any]) -> None:
         """The account's user is on another node now: stop its sync here and forget it (the bucket has it)."""
-        await stop_actor(self.rt, account["id"], account["user_id"])
-        await asyncio.get_running_loop().run_in_executor(None, self._delete_rows, account["id"])
+        loop = asyncio.get_running_loop()
+        if self.leased is None:
+            await stop_actor(self.rt, account["id"], account["user_id"])
+        else:
+            # At the worker holding its lease (ServiceUnavailable: ownership is starting; the next check).
+            row = await loop.run_in_executor(None, self.service.db.account, account["id"])
+            if row is not None:
+                await self.leased.stop(row)
+        await loop.run_in_executor(None, self._delete_rows, account["id"])
         self.published.pop(account["id"], None)
         self.users.pop(account["id"], None)
         self.dropped += 1
@@ -187,7 +204,7 @@ class MailDirectory(LoopActor):
         self.users[account.id] = account.user_id
         self.adopted += 1
         log.warning("mail account %s: its user is on this node now; syncing it here from its checkpoint", account.id)
-        if account.state not in States.STOPPED:
+        if account.state not in States.STOPPED and self.leased is None:  # leased: the owners' checks start it
             self.to_start[account.id] = account
             await self._start(account)
 

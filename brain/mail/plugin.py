@@ -62,7 +62,8 @@ def setup_process(rt: Process) -> None:
 def register_children(rt: Process, register: Callable[[Child], None]) -> None:
     """The mail supervisor: dynamic MailSync children, resumed on every start; with several
     workers, the `mail_owner` beside it decides which accounts this process syncs; on a cluster
-    node (one worker), the `mail_directory` moves accounts with their users (brain.mail.directory)."""
+    node, the `mail_directory` moves accounts with their users (brain.mail.directory; in the primary
+    worker alone when there are several)."""
     service = service_for(rt)
     ownership = ownership_for(rt)
     leased = isinstance(ownership, LeasedOwnership)
@@ -78,7 +79,7 @@ def register_children(rt: Process, register: Callable[[Child], None]) -> None:
         ),
         parent=PARENT, after=("stores",),
     ))
-    if rt.settings.cluster.node_id and not leased:
+    if rt.settings.cluster.node_id and (not leased or rt.worker.primary):
         # A cluster node: the accounts of the users placed on it, from the replicated bucket.
         register(Child(
             ChildSpec(id="mail_directory", start=lambda link: MailDirectory.start(link=link, rt=rt, service=service),
