@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 import requests
 
 from brain.api.limits import TokenBuckets
+from brain.workers import shared_buckets
 from brain.workers.shared_buckets import SharedTokenBuckets
 from tests.support import BrainServer
 from tests.test_auth_helpers import NO_LIMITS, bearer, new_user
@@ -93,3 +99,45 @@ def test_shared_buckets_give_no_time_back_when_another_worker_counted_a_moment_l
     assert [second.take("u", 10.0 - 1e-6) for _ in range(999)] == [0.0] * 999
     assert second.take("u", 10.0 - 1e-6) > 0  # the burst is spent: no token came from a step back
     assert first.take("u", 10.0 + 1e-6) == 0.0  # a microsecond at 1e9/s refills it
+
+
+@pytest.fixture(params=["mutex", "flock"])
+def lock_kind(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Shared buckets locked by their robust mutex, or by flock where the C library has none."""
+    if request.param == "flock":
+        monkeypatch.setattr(shared_buckets, "_PTHREAD", None)
+    return str(request.param)
+
+
+def test_shared_buckets_go_on_when_a_worker_died_holding_their_lock(tmp_path: Path, lock_kind: str) -> None:
+    # kill -9 can land between lock and unlock: the next worker must not wait forever.
+    path = tmp_path / "buckets"
+    SharedTokenBuckets(path, rate=1.0, burst=2, max_keys=16)
+    code = (
+        "import os; import brain.workers.shared_buckets as m; "
+        + ("m._PTHREAD = None; " if lock_kind == "flock" else "")
+        + f"b = m.SharedTokenBuckets({str(path)!r}, rate=1.0, burst=2, max_keys=16); b._lock(); os.kill(os.getpid(), 9)"
+    )
+    died = subprocess.run([sys.executable, "-c", code], timeout=30)
+    assert died.returncode == -signal.SIGKILL
+    buckets = SharedTokenBuckets(path, rate=1.0, burst=2, max_keys=16)
+    result: list[float] = []
+    thread = threading.Thread(target=lambda: result.extend(buckets.take("u", 0.0) for _ in range(3)), daemon=True)
+    thread.start()
+    thread.join(10)
+    assert result == [0.0, 0.0, 1.0]
+    assert buckets.available("u", 0.5) == 0.5
+
+
+def test_shared_buckets_are_taken_by_one_at_a_time(tmp_path: Path, lock_kind: str) -> None:
+    # Two views of one table, as two workers hold them: a take waits while the other holds the lock.
+    buckets = SharedTokenBuckets(tmp_path / "buckets", rate=1.0, burst=2, max_keys=16)
+    other = SharedTokenBuckets(tmp_path / "buckets", rate=1.0, burst=2, max_keys=16)
+    done = threading.Event()
+    buckets._lock()
+    try:
+        threading.Thread(target=lambda: (other.take("u", 0.0), done.set()), daemon=True).start()
+        assert not done.wait(0.3)
+    finally:
+        buckets._unlock()
+    assert done.wait(10)
