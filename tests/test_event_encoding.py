@@ -8,7 +8,10 @@ the errors and the size limit must be the same either way.
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
+import json
 import math
+import sqlite3
 from typing import Any
 
 import pytest
@@ -16,7 +19,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from brain.api import events
-from brain.api.events import new_event
+from brain.api.events import StoredEvent, new_event
+from brain.api.publisher import payload_for
 from brain.errors import BadRequest, PayloadTooLarge
 
 MAX_BYTES = 2048
@@ -98,3 +102,56 @@ def test_a_mail_sized_event_takes_the_fast_path() -> None:
     assert new_event({"type": "mail.message.received", "data": data}, max_bytes=1 << 20).data == events._encoded(
         data, "", 1 << 20
     )
+
+
+def _slow_time(text: str) -> str:
+    """What parse_time gave for a UTC time before its fast path: format_time of the datetime."""
+    try:
+        moment = dt.datetime.fromisoformat(text)
+    except ValueError:
+        return "BadRequest"
+    return events.format_time(moment)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.datetimes(min_value=dt.datetime(1000, 1, 1)),
+    st.integers(0, 6),
+    st.sampled_from(["", " ", "\t"]),
+)
+def test_a_utc_time_is_stored_as_format_time_writes_it(moment: Any, digits: int, pad: str) -> None:
+    # The fast path for ``...Z`` times (mail sync's created_at) must give format_time's text.
+    text = moment.strftime("%Y-%m-%dT%H:%M:%S") + (f".{moment.microsecond:06d}"[: digits + 1] if digits else "") + "Z"
+    assert events.parse_time(pad + text + pad, "created_at") == _slow_time(text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["2025-02-30T10:00:00Z", "2025-13-01T10:00:00Z", "2025-01-01T24:00:00Z", "2025-01-01T23:59:60Z",
+     "0000-01-01T00:00:00Z", "2025-01-01T10:00:00.1234567Z", "٢٠٢٥-01-01T10:00:00Z", "2025-01-01T10:00:00.Z"],
+)
+def test_a_malformed_utc_time_is_refused_or_read_as_before(text: str) -> None:
+    try:
+        got = events.parse_time(text, "created_at")
+    except BadRequest:
+        got = "BadRequest"
+    assert got == _slow_time(text)
+
+
+@settings(max_examples=200, deadline=None)
+@given(_VALUES.filter(lambda v: not isinstance(v, float)), st.booleans())
+def test_a_jetstream_payload_is_the_event_as_json(value: Any, bound: bool) -> None:
+    # payload_for encodes the data on its own (a just-appended event's str keeps its UTF-8 from
+    # the INSERT's bind): the bytes must be those of the whole object, bound or not.
+    try:
+        made = new_event({"type": "note.made", "data": value}, max_bytes=1 << 20)
+    except BadRequest:
+        return
+    ev = StoredEvent(7, made.type, made.data, "2025-01-01T00:00:00.000000Z", "k\u00e9")
+    if bound:
+        sqlite3.connect(":memory:").execute("SELECT ?", (ev.data,))
+    body = payload_for("u\u00e9", ev)
+    assert body == (
+        f'{{"id":7,"user_id":"u\u00e9","type":"note.made","data":{ev.data},"created_at":"{ev.created_at}"}}'
+    ).encode()
+    assert json.loads(body)["data"] == json.loads(ev.data)

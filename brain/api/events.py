@@ -32,6 +32,9 @@ TOMBSTONE_TYPE = "event.deleted"
 MAX_KEY_LENGTH = 512
 EVENT_FIELDS = frozenset({"type", "data", "created_at"})
 _TIME_RE = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z")
+# A UTC time with at most microseconds (what mail sync and most clients send): its stored form
+# is the same digits with the fraction padded to six (`parse_time`).
+_UTC_TIME = re.compile(r"(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2})(?:\.(\d{1,6}))?Z", re.ASCII)
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 # One encoder for every event (json.dumps with options builds a new one per call).
 _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
@@ -133,6 +136,15 @@ def parse_time(value: Any, field: str) -> str:
     if not isinstance(value, str) or len(value) > 64:
         raise BadRequest(f"{field}: must be an RFC 3339 time or epoch seconds")
     text = value.strip()
+    utc = _UTC_TIME.fullmatch(text)
+    if utc is not None:
+        # format_time(fromisoformat(text)), without building the string from the datetime
+        # (a fifth of the time; once per mail event); fromisoformat still checks the date.
+        try:
+            dt.datetime.fromisoformat(text)
+        except ValueError:
+            raise BadRequest(f"{field}: not an RFC 3339 time: {value[:40]!r}") from None
+        return f"{utc.group(1)}.{(utc.group(2) or '').ljust(6, '0')}Z"
     try:
         if re.fullmatch(r"-?\d+(\.\d+)?", text):
             return parse_time(float(text), field)

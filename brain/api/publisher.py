@@ -67,11 +67,18 @@ def key_header(key: str) -> str:
 
 
 def payload_for(user_id: str, ev: StoredEvent) -> bytes:
-    """The message body: the event as the API returns it, plus its user id."""
-    return (
-        f'{{"id":{ev.id},"user_id":"{user_id}","type":"{ev.type}","data":{ev.data},'
-        f'"created_at":"{ev.created_at}"}}'
-    ).encode()
+    """The message body: the event as the API returns it, plus its user id.
+
+    The data is encoded on its own: an event just appended was bound to its INSERT, which left
+    the str holding its UTF-8 (CPython keeps it), so its encode is a copy. Joined into one str
+    first, a 20 KiB mail event with one non-ASCII character was encoded again, ~15 us on the
+    event loop's thread per event.
+    """
+    return b"".join((
+        f'{{"id":{ev.id},"user_id":"{user_id}","type":"{ev.type}","data":'.encode(),
+        ev.data.encode(),
+        f',"created_at":"{ev.created_at}"}}'.encode(),
+    ))
 
 def headers_for(user_id: str, ev: StoredEvent, stream: str) -> dict[str, str]:
     """The headers of one event's message (see the module's docstring)."""
