@@ -6,17 +6,19 @@ waiting long."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
 import nats
 import nats.js.errors
-from nats.js.api import StreamConfig
+from nats.js.api import KeyValueConfig, StorageType, StreamConfig
 
 from brain.redact import redact_text, redact_url
 
-__all__ = ["close_quietly", "connect", "connect_kept", "ensure_stream", "every", "retried"]
+__all__ = ["close_quietly", "connect", "connect_kept", "ensure_stream", "every", "kv_json", "kv_keys", "open_bucket",
+           "retried"]
 
 T = TypeVar("T")
 
@@ -110,3 +112,34 @@ async def ensure_stream(js: Any, config: StreamConfig) -> bool:
     except nats.js.errors.NotFoundError:
         await js.add_stream(config)
         return True
+
+
+async def open_bucket(js: Any, bucket: str, *, replicas: int, **config: Any) -> Any:
+    """The KV bucket, created (file storage, history 1 unless `config` says otherwise) if it is
+    missing; when another process creates it at the same moment, theirs."""
+    try:
+        return await js.key_value(bucket)
+    except nats.js.errors.BucketNotFoundError:
+        try:
+            return await js.create_key_value(config=KeyValueConfig(
+                bucket=bucket, storage=StorageType.FILE, replicas=replicas, **{"history": 1, **config},
+            ))
+        except nats.js.errors.BadRequestError:
+            return await js.key_value(bucket)
+
+
+async def kv_json(kv: Any, key: str) -> Any:
+    """The JSON value a KV bucket holds under `key`; None if there is none (or it was deleted)."""
+    try:
+        entry = await kv.get(key)
+    except nats.js.errors.KeyNotFoundError:
+        return None
+    return json.loads(entry.value) if entry.value else None
+
+
+async def kv_keys(kv: Any) -> list[str]:
+    """Every key a KV bucket holds (none: an empty list, where nats-py raises)."""
+    try:
+        return list(await kv.keys())
+    except nats.js.errors.NoKeysError:
+        return []

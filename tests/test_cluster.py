@@ -43,6 +43,8 @@ from tests.sse import open_stream
 from tests.support import METRICS_TOKEN, BrainServer, wait_until
 from tests.test_auth_helpers import NO_LIMITS, bearer, new_user
 from tests.test_mail_server import GMAIL_USER, Client, browser, mail_config
+from tests.test_webhooks import LOCAL as LOCAL_WEBHOOKS, Receiver
+from brain.webhooks.directory import BUCKET as WEBHOOKS_BUCKET
 
 NODES = ("a", "b", "c")
 NODE_TTL = 5.0  # seconds: a killed node drops out (and its users move to the others) this soon
@@ -65,6 +67,7 @@ class Cluster:
                 # A forward to a node killed while answering fails after 5 s rather than 30.
                 "cluster": {"node_id": node, "node_ttl_seconds": NODE_TTL, "forward_timeout_seconds": 5.0},
                 "auth": dict(NO_LIMITS),
+                "webhooks": dict(LOCAL_WEBHOOKS),  # receivers on loopback
                 "metrics": {"enabled": True, "token": METRICS_TOKEN},  # each node's own figures
             }
             self.nodes[node] = BrainServer(base / node, config=config, roles=roles)
@@ -486,6 +489,23 @@ def synced_in_bucket(cluster: Cluster, account_id: str) -> int | None:
     return ((mail_record(cluster, account_id) or {}).get("account") or {}).get("messages_synced")
 
 
+def webhook_record(cluster: Cluster, endpoint_id: str) -> dict[str, Any] | None:
+    """The endpoint's record in the replicated bucket (None: none)."""
+    async def get(js: Any) -> dict[str, Any] | None:
+        try:
+            return json.loads((await (await js.key_value(WEBHOOKS_BUCKET)).get(endpoint_id)).value)  # type: ignore[no-any-return]
+        except (nats.js.errors.KeyNotFoundError, nats.js.errors.BucketNotFoundError):
+            return None
+
+    return cluster.nats_call(get)  # type: ignore[no-any-return]
+
+
+def webhooks_in(server: BrainServer) -> list[str]:
+    """The endpoint ids in a node's own webhooks.db."""
+    with sqlite3.connect(server.data_dir / "webhooks.db") as db:
+        return [row[0] for row in db.execute("SELECT id FROM endpoints")]
+
+
 def mail_accounts_in(server: BrainServer) -> list[str]:
     """The account ids in a node's own mail.db."""
     with sqlite3.connect(server.data_dir / "mail.db") as db:
@@ -494,7 +514,21 @@ def mail_accounts_in(server: BrainServer) -> list[str]:
 
 def test_the_owner_killed_under_writes_its_users_move_with_every_acknowledged_event(cluster: Cluster) -> None:
     a, b, c = (cluster.nodes[n] for n in NODES)
+    with Receiver(answer=lambda n: 500 if n % 7 == 0 else 200, delay=0.03) as receiver:
+        owner_killed_under_writes(cluster, a, b, c, receiver)
+
+
+def owner_killed_under_writes(cluster: Cluster, a: BrainServer, b: BrainServer, c: BrainServer,
+                              receiver: Receiver) -> None:
     users, writers = writing_users(cluster, 3, "c")
+    # A webhook of a user on c (registered through a): what c had not delivered when it died —
+    # pending, or not queued yet — is delivered by the node that takes the user over.
+    r = requests.post(f"{a.api_url}/webhooks", json={"url": receiver.url}, headers=bearer(users[1]["jwt"]), timeout=30)
+    assert r.status_code == 201, r.text
+    hook = r.json()
+    hooked_from = len(writers[1].acked)
+    wait_until(lambda: len(receiver.received) >= 5 and webhook_record(cluster, hook["id"]) is not None, timeout=30,
+               what="deliveries from c, and the endpoint's record in the bucket")
     # Routed to c before it dies, forwarded after its users moved: sent on to the new owner.
     held = HeldWrite(a, users[0]["jwt"])
     # A stream relayed through a from c: it ends soon after c dies, and resumes through a.
@@ -530,6 +564,14 @@ def test_the_owner_killed_under_writes_its_users_move_with_every_acknowledged_ev
         for reader in (a, b):
             assert_all_acknowledged(reader, writer)
     assert metric(a, "brain_cluster_taken_over_total") + metric(b, "brain_cluster_taken_over_total") >= len(users)
+    # Every event acknowledged after the webhook was made reaches the receiver (some twice: c may
+    # have sent them before it died), each event under one webhook-id, so the receiver drops repeats.
+    owed = {e["id"] for e in writers[1].acked[hooked_from + 1:]}
+    wait_until(lambda: receiver.event_ids() >= owed, timeout=30, what="every acknowledged event delivered")
+    ids: dict[int, set[str]] = {}
+    for headers, body in receiver.deliveries():
+        ids.setdefault(body["data"]["id"], set()).add(headers["webhook-id"])
+    assert all(len(found) == 1 for found in ids.values()), {k: v for k, v in ids.items() if len(v) > 1}
     # Back, c gives the users up: its copies are moved aside, and it forwards their requests.
     c.start(timeout=60)
     wait_until(lambda: c.health()["cluster"].get("ready"), timeout=30, what="node c's placement map")
@@ -539,6 +581,9 @@ def test_the_owner_killed_under_writes_its_users_move_with_every_acknowledged_ev
         assert list((user_dir / "moved").iterdir())
         assert_all_acknowledged(c, writer)
         post(c, writer.jwt, {"type": "after", "data": {}})
+    # c's copy of the endpoint is dropped (the bucket has it); it delivers from the user's node.
+    wait_until(lambda: hook["id"] not in webhooks_in(c), timeout=10, what="c to drop its copy of the webhook")
+    assert hook["id"] in webhooks_in(cluster.nodes[cluster.placed_on(users[1]["user"]["id"])])
 
 
 def test_drain_hands_a_nodes_users_to_the_others_with_all_their_events(cluster: Cluster) -> None:

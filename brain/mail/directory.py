@@ -3,7 +3,7 @@
 mail.db is per node. Each account's record — its mail.db row (the sync checkpoint among it) and
 its credentials' blob exactly as mail.db stores it (sealed with a key derived from the server
 secret, which every node shares) — is kept in the replicated KV bucket `brain_mail_accounts`,
-keyed by account id. Every `CHECK_SECONDS` the `mail_directory` actor of a node:
+keyed by account id. Every second (brain.directory) the `mail_directory` actor of a node:
 
 - puts the record of each local account whose user is placed on this node, when it changed
   since its last put (read after the commits, so a put never goes backwards);
@@ -36,25 +36,20 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import hashlib
 import json
 import logging
 import time
 from typing import Any
 
-import nats.js.errors
-from nats.js.api import KeyValueConfig, StorageType
 
-from brain import jetstream
 from brain.actors.base import Link
-from brain.actors.loop import LoopActor
 from brain.contracts import COMMIT_LOG, USER_HOME
+from brain.directory import BucketDirectory, digest
 from brain.errors import ServiceUnavailable
 from brain.mail.db import Account, Credential, IndexEntry, Message, States
 from brain.mail.engine import DELETED, RECEIVED, UPDATED
 from brain.mail.ownership import LeasedOwnership, deliver_here, ownership_for, stop_actor
 from brain.mail.service import MailService
-from brain.nats_auth import process_connect_options
 from brain.process import Process
 
 __all__ = ["BUCKET", "MailDirectory"]
@@ -62,49 +57,25 @@ __all__ = ["BUCKET", "MailDirectory"]
 log = logging.getLogger("brain.mail.directory")
 
 BUCKET = "brain_mail_accounts"
-CHECK_SECONDS = 1.0
 # The user's events are read this many at a time when an account's index is rebuilt.
 READ_PAGE = 1000
 _MAIL_EVENTS = (RECEIVED, UPDATED, DELETED)
 
 
-class MailDirectory(LoopActor):
+class MailDirectory(BucketDirectory):
     """The `mail_directory` actor of a cluster node (see the module docstring)."""
 
+    bucket = BUCKET
+    what = "mail accounts"
+    log = log
+
     def __init__(self, *, link: Link | None = None, rt: Process, service: MailService) -> None:
-        super().__init__(link=link, loop=rt.loop)
-        self.rt = rt
+        super().__init__(link=link, rt=rt)
         self.service = service
         ownership = ownership_for(rt)
         # Several workers: the account's lease holder syncs it, not necessarily this process.
         self.leased = ownership if isinstance(ownership, LeasedOwnership) else None
-        self.nc: Any = None
-        self.kv: Any = None
-        self.published: dict[str, str] = {}  # account id -> digest of the record last put
-        self.users: dict[str, str] = {}  # account id -> user id, of the accounts put
         self.to_start: dict[str, Account] = {}  # adopted accounts whose sync did not start yet
-        self.adopted = 0
-        self.dropped = 0
-        self.last_error = ""
-
-    async def main(self) -> None:
-        """Connect, open the bucket, then check every CHECK_SECONDS until stopped."""
-        self.nc = await jetstream.connect_kept(
-            process_connect_options(self.rt), name="brain-mail-directory", stopping=lambda: self.stopping,
-            note=self._note,
-        )
-        if self.nc is None:
-            return
-        js = self.nc.jetstream(timeout=5)
-        replicas = self.rt.settings.nats.replicas
-        self.kv = await jetstream.retried(lambda: _bucket(js, replicas), what=f"bucket {BUCKET}",
-                                          stopping=lambda: self.stopping, note=self._note)
-        await jetstream.every(lambda: CHECK_SECONDS, self.check, what="mail accounts across nodes",
-                              stopping=lambda: self.stopping, note=self._note)
-
-    async def close(self) -> None:
-        """Close the connection."""
-        await jetstream.close_quietly(self.nc)
 
     async def check(self) -> None:
         """Put what changed, drop what moved away, adopt what moved here (see the module docstring)."""
@@ -118,17 +89,13 @@ class MailDirectory(LoopActor):
             where = home.node_of_user(user_id)
             if where == home.node_id:
                 if account_id not in self.published:
-                    held = await self._held(account_id)
+                    held = await self.held(account_id)
                     if held is not None and held["account"]["updated_at"] > record["account"]["updated_at"]:
                         # A copy from before the user left and came back: the bucket's is newer.
                         await self._drop(record["account"])
                         continue
-                digest = _digest(record)
-                if self.published.get(account_id) != digest:
-                    await self.kv.put(account_id, json.dumps(record, separators=(",", ":")).encode())
-                    self.published[account_id] = digest
-                    self.users[account_id] = user_id
-            elif where is not None and (account_id in self.published or await self._held(account_id) is not None):
+                await self.put(account_id, user_id, record)
+            elif where is not None and (account_id in self.published or await self.held(account_id) is not None):
                 await self._drop(record["account"])
         for account in list(self.to_start.values()):
             if account.id in local and home.node_of_user(account.user_id) == home.node_id:
@@ -142,8 +109,8 @@ class MailDirectory(LoopActor):
                 log.info("mail account %s: deleted here, so from the bucket too", account_id)
             self.published.pop(account_id, None)
             self.users.pop(account_id, None)
-        for account_id in set(await self._keys()) - set(local):
-            record = await self._held(account_id)
+        for account_id in set(await self.keys()) - set(local):
+            record = await self.held(account_id)
             if record is None:
                 continue
             user_id = record["account"]["user_id"]
@@ -159,20 +126,6 @@ class MailDirectory(LoopActor):
             row["id"]: {"account": row, "credentials": _b64(blobs.get(row["id"]))}
             for row in accounts
         }
-
-    async def _held(self, account_id: str) -> dict[str, Any] | None:
-        """The account's record in the bucket (None: none)."""
-        try:
-            entry = await self.kv.get(account_id)
-        except nats.js.errors.KeyNotFoundError:
-            return None
-        return json.loads(entry.value) if entry.value else None
-
-    async def _keys(self) -> list[str]:
-        try:
-            return list(await self.kv.keys())
-        except nats.js.errors.NoKeysError:
-            return []
 
     async def _drop(self, account: dict[str, Any]) -> None:
         """The account's user is on another node now: stop its sync here and forget it (the bucket has it)."""
@@ -200,7 +153,7 @@ class MailDirectory(LoopActor):
     async def _adopt(self, record: dict[str, Any]) -> None:
         loop = asyncio.get_running_loop()
         account = await loop.run_in_executor(None, self._adopt_blocking, record)
-        self.published[account.id] = _digest(record)
+        self.published[account.id] = digest(record)
         self.users[account.id] = account.user_id
         self.adopted += 1
         log.warning("mail account %s: its user is on this node now; syncing it here from its checkpoint", account.id)
@@ -213,7 +166,7 @@ class MailDirectory(LoopActor):
         try:
             await deliver_here(self.rt, self.service, account, None, start=True)
         except ServiceUnavailable as exc:
-            self._note(f"mail account {account.id}: its sync did not start yet ({exc})")
+            self.note(f"mail account {account.id}: its sync did not start yet ({exc})")
             return
         self.to_start.pop(account.id, None)
 
@@ -280,28 +233,8 @@ class MailDirectory(LoopActor):
         return {"published": len(self.published), "adopted": self.adopted, "dropped": self.dropped,
                 "last_error": self.last_error or None}
 
-    def _note(self, message: str) -> None:
-        if message != self.last_error:
-            log.warning("mail directory: %s", message)
-        self.last_error = message
-
-
-async def _bucket(js: Any, replicas: int) -> Any:
-    try:
-        return await js.key_value(BUCKET)
-    except nats.js.errors.BucketNotFoundError:
-        try:
-            return await js.create_key_value(config=KeyValueConfig(
-                bucket=BUCKET, history=1, storage=StorageType.FILE, replicas=replicas,
-            ))
-        except nats.js.errors.BadRequestError:
-            return await js.key_value(BUCKET)  # another node created it meanwhile
-
 
 def _b64(blob: bytes | None) -> str | None:
     return None if blob is None else base64.b64encode(blob).decode()
 
-
-def _digest(record: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(record, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 

@@ -181,6 +181,32 @@ class WebhookDb:
             self.db.execute("DELETE FROM cursors WHERE user_id = ?", (user_id,))
         return gone
 
+    def all_endpoints(self) -> list[Endpoint]:
+        """Every endpoint (a cluster node's directory puts them in the shared bucket)."""
+        return [Endpoint._make(row) for row in self.db.execute(f"SELECT {_ENDPOINT_COLUMNS} FROM endpoints")]
+
+    def resume_points(self) -> dict[str, int]:
+        """Per user with a cursor: the commit after which nothing is owed to any of their endpoints
+        — the cursor, or just before the oldest delivery still pending, whichever is lower."""
+        rows = self.db.execute(
+            "SELECT c.user_id, min(c.seq, coalesce((SELECT min(d.event_seq) - 1 FROM deliveries d "
+            "WHERE d.user_id = c.user_id AND d.status = 'pending'), c.seq)) FROM cursors c")
+        return {user_id: int(seq) for user_id, seq in rows}
+
+    def adopt_endpoints(self, endpoints: Sequence[Endpoint], resume: dict[str, int]) -> int:
+        """Add endpoints another node held (those not here yet), and move each user's cursor back to
+        its resume point if it is further on; how many endpoints were added."""
+        with self.transaction():
+            added = 0
+            for endpoint in endpoints:
+                added += self.db.execute(
+                    f"INSERT OR IGNORE INTO endpoints ({_ENDPOINT_COLUMNS}) VALUES ({','.join('?' * len(Endpoint._fields))})",
+                    endpoint).rowcount
+            for user_id, seq in resume.items():
+                self.db.execute("INSERT INTO cursors (user_id, seq) VALUES (?, ?) "
+                                "ON CONFLICT (user_id) DO UPDATE SET seq = min(seq, excluded.seq)", (user_id, seq))
+        return added
+
     def users_with_active_endpoints(self) -> set[str]:
         """Who has an endpoint that still takes deliveries."""
         return {row[0] for row in self.db.execute("SELECT DISTINCT user_id FROM endpoints WHERE state = ?", (ACTIVE,))}

@@ -22,6 +22,7 @@ from brain.routes import Components, Route
 from brain.storage import storage_faults
 from brain.webhooks import routes
 from brain.webhooks.db import WebhookDb
+from brain.webhooks.directory import WebhookDirectory
 from brain.webhooks.queue import DB_FILE, DeliveryQueue
 from brain.webhooks.sender import WebhookSender
 from brain.webhooks.state import link_workers, webhooks
@@ -47,7 +48,8 @@ def setup_process(rt: Process) -> None:
 
 @hookimpl
 def register_children(rt: Process, register: Callable[[Child | Group], None]) -> None:
-    """The queue, then the sender that asks it for work (rest_for_one: a new queue, a new sender)."""
+    """The queue, then the sender that asks it for work (rest_for_one: a new queue, a new sender);
+    on a cluster node, the directory that moves endpoints with their users."""
     hub = webhooks(rt)
     register(Group(GROUP, parent="data_sup", strategy="rest_for_one", max_restarts=10, max_seconds=60, after=("stores",)))
     register(Child(
@@ -62,6 +64,13 @@ def register_children(rt: Process, register: Callable[[Child | Group], None]) ->
         ChildSpec(id="sender", start=lambda link: WebhookSender.start(link=link, hub=hub, loop=rt.loop)),
         parent=GROUP, after=("queue",),
     ))
+    if rt.settings.cluster.node_id:
+        # A cluster node (its primary worker): endpoints follow their users (brain.webhooks.directory).
+        register(Child(
+            ChildSpec(id="directory", start=lambda link: WebhookDirectory.start(link=link, rt=rt, hub=hub),
+                      shutdown_timeout=10.0),
+            parent=GROUP, after=("sender",),
+        ))
 
 
 @hookimpl

@@ -33,11 +33,12 @@ found damaged, is closed and tried again every FAULT_RETRY_SECONDS (a damaged on
 
 from __future__ import annotations
 
+import base64
 import functools
+import hashlib
 import json
 import logging
 import random
-import secrets
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
@@ -91,6 +92,14 @@ class Delivery(NamedTuple):
     url: str
     body: bytes
     key: bytes  # the endpoint's HMAC key
+
+
+def message_id(endpoint_id: str, seq: int) -> str:
+    """A delivery's `webhook-id`: the same for the same endpoint and event wherever and however
+    often it is queued (a node that takes a user over queues again what the last one may have
+    sent; receivers drop the repeats by this id)."""
+    digest = hashlib.sha256(f"{endpoint_id}/{seq}".encode()).digest()[:18]
+    return "msg_" + base64.urlsafe_b64encode(digest).decode()
 
 
 def delivery_body(event: dict[str, Any]) -> bytes:
@@ -303,7 +312,7 @@ class DeliveryQueue(BrainActor):
                 for endpoint, types in endpoints:
                     if seq > endpoint.after_seq and (types is None or types.matches(event["type"])):
                         body = body or delivery_body(event)
-                        rows.append((f"msg_{secrets.token_urlsafe(18)}", endpoint.id, seq, event["type"], body))
+                        rows.append((message_id(endpoint.id, seq), endpoint.id, seq, event["type"], body))
             cursor = events[-1]["seq"]
             added += db.enqueue(user_id, rows, cursor, time.time())
             if len(events) < LOG_PAGE:
@@ -424,6 +433,40 @@ class DeliveryQueue(BrainActor):
                 "attempt_log": [{**a, "at": iso(a["at"])} for a in row["attempt_log"]],
             })
         return out
+
+    # -- a cluster node's directory (brain.webhooks.directory) ------------------------------------------
+
+    @typed_faults
+    def records(self) -> dict[str, dict[str, Any]]:
+        """Every endpoint as the shared bucket holds it: its row (secret sealed, base64) and its
+        user's resume point (brain.webhooks.db.WebhookDb.resume_points)."""
+        db = self._db()
+        resume = db.resume_points()
+        out = {}
+        for endpoint in db.all_endpoints():
+            row = endpoint._asdict()
+            row["secret"] = base64.b64encode(bytes(endpoint.secret)).decode()
+            out[endpoint.id] = {"endpoint": row, "resume": resume.get(endpoint.user_id, endpoint.after_seq)}
+        return out
+
+    @typed_faults
+    def adopt(self, records: list[dict[str, Any]]) -> int:
+        """Take on endpoints of users placed on this node now, from their records; their commits
+        are read again from the lowest resume point (what was sent before comes again, same ids)."""
+        endpoints = []
+        resume: dict[str, int] = {}
+        for record in records:
+            row = dict(record["endpoint"])
+            row["secret"] = base64.b64decode(row["secret"])
+            endpoint = Endpoint(**row)
+            endpoints.append(endpoint)
+            resume[endpoint.user_id] = min(resume.get(endpoint.user_id, record["resume"]), int(record["resume"]))
+        db = self._db()
+        added = db.adopt_endpoints(endpoints, resume)
+        self.hub.users = frozenset(db.users_with_active_endpoints())
+        for user_id in resume:
+            self.hub.poke(user_id)
+        return added
 
     @typed_faults
     def purge(self, user_id: str) -> int:

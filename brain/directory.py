@@ -1,0 +1,98 @@
+"""What the cluster's directories share: a record per thing in a replicated KV bucket, checked
+against this node's own copy every second (docs/cluster.md).
+
+Per-node data that must follow its user from node to node — mail accounts
+(brain.mail.directory), webhook endpoints (brain.webhooks.directory) — is kept in a bucket of
+its own, keyed by the thing's id. A `BucketDirectory` is the actor that connects, opens its
+bucket (created on first use, `nats.replicas`), then calls `check()` every `CHECK_SECONDS`
+until it stops; a failed check is logged once per distinct error and the next one comes on
+time. Subclasses write `check()`: put what changed here, adopt what moved here, drop what moved
+away. `published`/`users` remember what this node put (for "deleted here, so from the bucket
+too"), `digest()` says whether a record changed since.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from typing import Any
+
+from brain import jetstream
+from brain.actors.base import Link
+from brain.actors.loop import LoopActor
+from brain.nats_auth import process_connect_options
+from brain.process import Process
+
+__all__ = ["CHECK_SECONDS", "BucketDirectory", "digest"]
+
+CHECK_SECONDS = 1.0
+
+
+class BucketDirectory(LoopActor):
+    """A node's side of one replicated bucket (see the module docstring)."""
+
+    bucket: str = ""
+    what: str = ""  # "mail accounts", "webhooks": for the connection's name and the log
+    log = logging.getLogger("brain.directory")
+
+    def __init__(self, *, link: Link | None = None, rt: Process) -> None:
+        super().__init__(link=link, loop=rt.loop)
+        self.rt = rt
+        self.nc: Any = None
+        self.kv: Any = None
+        self.published: dict[str, str] = {}  # id -> digest of the record last put
+        self.users: dict[str, str] = {}  # id -> user id, of the records put
+        self.adopted = 0
+        self.dropped = 0
+        self.last_error = ""
+
+    async def main(self) -> None:
+        """Connect, open the bucket, then check every CHECK_SECONDS until stopped."""
+        self.nc = await jetstream.connect_kept(
+            process_connect_options(self.rt), name=f"brain-{self.what.replace(' ', '-')}-directory",
+            stopping=lambda: self.stopping, note=self.note,
+        )
+        if self.nc is None:
+            return
+        js = self.nc.jetstream(timeout=5)
+        replicas = self.rt.settings.nats.replicas
+        self.kv = await jetstream.retried(lambda: jetstream.open_bucket(js, self.bucket, replicas=replicas),
+                                          what=f"bucket {self.bucket}", stopping=lambda: self.stopping, note=self.note)
+        await jetstream.every(lambda: CHECK_SECONDS, self.check, what=f"{self.what} across nodes",
+                              stopping=lambda: self.stopping, note=self.note)
+
+    async def close(self) -> None:
+        """Close the connection."""
+        await jetstream.close_quietly(self.nc)
+
+    async def check(self) -> None:
+        """One round (the subclass's)."""
+        raise NotImplementedError
+
+    async def put(self, key: str, user_id: str, record: dict[str, Any]) -> None:
+        """Put the record under `key` unless this node put the same one last."""
+        fingerprint = digest(record)
+        if self.published.get(key) != fingerprint:
+            await self.kv.put(key, json.dumps(record, separators=(",", ":")).encode())
+            self.published[key] = fingerprint
+            self.users[key] = user_id
+
+    async def held(self, key: str) -> dict[str, Any] | None:
+        """The record in the bucket under `key` (None: none)."""
+        return await jetstream.kv_json(self.kv, key)  # type: ignore[no-any-return]
+
+    async def keys(self) -> list[str]:
+        """Every key of the bucket."""
+        return await jetstream.kv_keys(self.kv)
+
+    def note(self, message: str) -> None:
+        """Log a failure once per distinct message; /health shows the last."""
+        if message != self.last_error:
+            self.log.warning("%s directory: %s", self.what, message)
+        self.last_error = message
+
+
+def digest(record: dict[str, Any]) -> str:
+    """A record's fingerprint: whether it changed since it was put."""
+    return hashlib.sha256(json.dumps(record, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
