@@ -622,3 +622,31 @@ def test_the_wal_index_is_found_even_when_its_descriptor_is_far_from_where_it_wa
             header.close()
     finally:
         db.close()
+
+
+def test_appends_from_requests_look_at_the_stores_size_only_now_and_then(rt: Runtime, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A POST's append reaches the store as a drain of what the loop submitted: it must not count
+    as the store's own work (which looks at the size after each change), or every request pays
+    a statement and a stat for it."""
+    from brain.api import user_store
+
+    monkeypatch.setattr(user_store, "SIZE_LOOK_SECONDS", 3600.0)  # no look by the clock in this test
+    looks: list[str] = []
+    look = UserStore._look_at_size
+
+    def counted(self: UserStore) -> None:
+        looks.append(self.user_id)
+        look(self)
+
+    stores = store_manager(rt)
+    user = "sizelooks"
+
+    async def main() -> None:
+        await stores.append(user, [{"type": "note", "data": {"i": -1}}])  # opens the store (which looks)
+        monkeypatch.setattr(UserStore, "_look_at_size", counted)
+        for i in range(20):
+            await stores.append(user, [{"type": "note", "data": {"i": i}}])
+
+    asyncio.run(main())
+    # 20 small events are far below SIZE_LOOK_BYTES; the ack flush or the index tail may look meanwhile.
+    assert looks.count(user) <= 2, looks

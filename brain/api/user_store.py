@@ -364,6 +364,9 @@ _DRAIN = "drain-submitted"
 _DRAIN_ENVELOPE = Envelope(_DRAIN)
 _OPEN = "open"
 _OPEN_ENVELOPE = Envelope(_OPEN)
+# The store's own work, which can write as much as the events it indexes: a look at the size
+# follows each (`_note_checkpoint_growth`). Not _DRAIN: that is the requests' appends.
+_OWN_WORK = frozenset({_FLUSH_ACKS, _BACKFILL, _MERGE, _INDEX_TAIL, _RENDER_BACKFILL})
 # Acknowledged outbox rows are deleted at most this long after the append that made them.
 ACK_FLUSH_SECONDS = 1.0
 # A store looks at its file's size (for the disk guard and the quota) after a write once this
@@ -1034,14 +1037,14 @@ class UserStore(BrainActor):
     def _note_checkpoint_growth(self, message: Any) -> None:
         """If the database changed, look at its size (`_look_at_size`): after requests, at most
         every SIZE_LOOK_SECONDS or SIZE_LOOK_BYTES of events; after the store's own work (the
-        index's tail, merges and backfill, the ack flush: a string message) always. That work
+        index's tail, merges and backfill, the ack flush: `_OWN_WORK`) always. That work
         can grow the file by as much as the events it indexes, and the disk guard admits the
         next write by what the last look found."""
         db = self.db
         if db is None or db.total_changes == self._changes_noted:
             return
         if (
-            not isinstance(message, str)
+            not (isinstance(message, str) and message in _OWN_WORK)
             and self._unlooked < SIZE_LOOK_BYTES
             and time.monotonic() - self._size_looked < SIZE_LOOK_SECONDS
         ):
