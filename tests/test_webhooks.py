@@ -24,6 +24,8 @@ import pytest
 import requests
 import standardwebhooks
 
+from brain.webhooks.db import ACTIVE, Endpoint, WebhookDb
+from brain.webhooks.queue import message_id
 from tests.support import BrainServer, wait_until
 from tests.test_auth_helpers import NO_LIMITS, PASSWORD, bearer, new_user
 
@@ -390,3 +392,23 @@ def test_deleting_the_account_deletes_its_webhooks(server: BrainServer) -> None:
                 return db.execute("SELECT count(*) FROM endpoints WHERE user_id = ?", (alice.id,)).fetchone()[0] == 0
 
         wait_until(purged, timeout=20, what="the user's webhooks purged")
+
+
+def test_a_moved_endpoint_resumes_before_what_was_still_pending(tmp_path: Any) -> None:
+    # Cluster mode (brain.webhooks.directory): the record a node puts says where the next node
+    # resumes — the cursor, or before the oldest delivery still pending — and adopting it never
+    # moves a cursor forward; the ids of the deliveries it queues again are those of the first.
+    old = WebhookDb(tmp_path / "old.db")
+    hook = Endpoint("wh_1", "u1", "https://example.com/h", "[]", b"sealed", 10, 0.0, ACTIVE, 0, None, None, None, None)
+    old.add_endpoint(hook)
+    old.enqueue("u1", [(message_id("wh_1", seq), "wh_1", seq, "t", b"{}") for seq in (11, 12, 13)], 13, 0.0)
+    assert old.resume_points() == {"u1": 10}
+    (first,) = old.due(1e12, 1, [], {}, 1)
+    old.record(first.id, 1.0, 200, None, 1.0, delivered=True)
+    assert old.resume_points() == {"u1": 11}
+    new = WebhookDb(tmp_path / "new.db")
+    new.add_endpoint(hook._replace(id="wh_2", after_seq=15))  # made on the new node, cursor at 15
+    assert new.adopt_endpoints([hook], old.resume_points()) == 1
+    assert new.cursor("u1") == 11 and {e.id for e in new.endpoints_of("u1")} == {"wh_1", "wh_2"}
+    assert new.adopt_endpoints([hook], {"u1": 13}) == 0 and new.cursor("u1") == 11
+    assert message_id("wh_1", 12) == message_id("wh_1", 12) != message_id("wh_1", 13) != message_id("wh_2", 13)

@@ -188,10 +188,13 @@ class WebhookDb:
     def resume_points(self) -> dict[str, int]:
         """Per user with a cursor: the commit after which nothing is owed to any of their endpoints
         — the cursor, or just before the oldest delivery still pending, whichever is lower."""
-        rows = self.db.execute(
-            "SELECT c.user_id, min(c.seq, coalesce((SELECT min(d.event_seq) - 1 FROM deliveries d "
-            "WHERE d.user_id = c.user_id AND d.status = 'pending'), c.seq)) FROM cursors c")
-        return {user_id: int(seq) for user_id, seq in rows}
+        points = {user_id: int(seq) for user_id, seq in self.db.execute("SELECT user_id, seq FROM cursors")}
+        # The pending rows alone (the partial index), not every delivery kept.
+        for user_id, oldest in self.db.execute(
+                "SELECT user_id, min(event_seq) FROM deliveries WHERE status = 'pending' GROUP BY user_id"):
+            if user_id in points:
+                points[user_id] = min(points[user_id], int(oldest) - 1)
+        return points
 
     def adopt_endpoints(self, endpoints: Sequence[Endpoint], resume: dict[str, int]) -> int:
         """Add endpoints another node held (those not here yet), and move each user's cursor back to
