@@ -4,15 +4,18 @@ against this node's own copy every second (docs/cluster.md).
 Per-node data that must follow its user from node to node — mail accounts
 (brain.mail.directory), webhook endpoints (brain.webhooks.directory) — is kept in a bucket of
 its own, keyed by the thing's id. A `BucketDirectory` is the actor that connects, opens its
-bucket (created on first use, `nats.replicas`), then calls `check()` every `CHECK_SECONDS`
-until it stops; a failed check is logged once per distinct error and the next one comes on
-time. Subclasses write `check()`: put what changed here, adopt what moved here, drop what moved
-away. `published`/`users` remember what this node put (for "deleted here, so from the bucket
-too"), `digest()` says whether a record changed since.
+bucket (created on first use, `nats.replicas`), keeps the whole bucket in memory through a KV
+watcher (`held`, `keys`: no request to JetStream per record and check, however many records
+the other nodes hold), then, once the watcher has delivered what the bucket held, calls
+`check()` every `CHECK_SECONDS` until it stops; a failed check is logged once per distinct
+error and the next one comes on time. Subclasses write `check()`: put what changed here, adopt
+what moved here, drop what moved away. `published`/`users` remember what this node put (for
+"deleted here, so from the bucket too"), `digest()` says whether a record changed since.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -27,6 +30,7 @@ from brain.process import Process
 __all__ = ["CHECK_SECONDS", "BucketDirectory", "digest"]
 
 CHECK_SECONDS = 1.0
+_GONE = ("DEL", "PURGE")
 
 
 class BucketDirectory(LoopActor):
@@ -41,6 +45,10 @@ class BucketDirectory(LoopActor):
         self.rt = rt
         self.nc: Any = None
         self.kv: Any = None
+        self.records: dict[str, dict[str, Any]] = {}  # the bucket, as the watcher has delivered it
+        self.loaded = False  # the watcher has delivered what the bucket held when it began
+        self._watcher: Any = None
+        self._watching: asyncio.Task[None] | None = None
         self.published: dict[str, str] = {}  # id -> digest of the record last put
         self.users: dict[str, str] = {}  # id -> user id, of the records put
         self.adopted = 0
@@ -59,11 +67,41 @@ class BucketDirectory(LoopActor):
         replicas = self.rt.settings.nats.replicas
         self.kv = await jetstream.retried(lambda: jetstream.open_bucket(js, self.bucket, replicas=replicas),
                                           what=f"bucket {self.bucket}", stopping=lambda: self.stopping, note=self.note)
-        await jetstream.every(lambda: CHECK_SECONDS, self.check, what=f"{self.what} across nodes",
+        if self.kv is None:
+            return
+        self._watcher = await jetstream.retried(self.kv.watchall, what=f"watching bucket {self.bucket}",
+                                                stopping=lambda: self.stopping, note=self.note)
+        if self._watcher is None:
+            return
+        self._watching = asyncio.ensure_future(self._watch())
+        await jetstream.every(lambda: CHECK_SECONDS, self._check_loaded, what=f"{self.what} across nodes",
                               stopping=lambda: self.stopping, note=self.note)
 
+    async def _check_loaded(self) -> None:
+        if self.loaded:
+            await self.check()
+
+    async def _watch(self) -> None:
+        async for entry in self._watcher:
+            if entry is None:  # the end of what the bucket held when the watch began
+                self.loaded = True
+            elif entry.operation in _GONE or not entry.value:
+                self.records.pop(entry.key, None)
+            else:
+                try:
+                    self.records[entry.key] = json.loads(entry.value)
+                except ValueError:
+                    self.note(f"bucket {self.bucket}: {entry.key!r} holds no JSON; ignored")
+
     async def close(self) -> None:
-        """Close the connection."""
+        """Stop watching, close the connection."""
+        if self._watcher is not None:
+            try:
+                await self._watcher.stop()
+            except Exception:  # noqa: BLE001 - the connection is closing anyway
+                pass
+        if self._watching is not None:
+            self._watching.cancel()
         await jetstream.close_quietly(self.nc)
 
     async def check(self) -> None:
@@ -78,13 +116,13 @@ class BucketDirectory(LoopActor):
             self.published[key] = fingerprint
             self.users[key] = user_id
 
-    async def held(self, key: str) -> dict[str, Any] | None:
-        """The record in the bucket under `key` (None: none)."""
-        return await jetstream.kv_json(self.kv, key)  # type: ignore[no-any-return]
+    def held(self, key: str) -> dict[str, Any] | None:
+        """The record in the bucket under `key` (None: none), as the watcher last delivered it."""
+        return self.records.get(key)
 
-    async def keys(self) -> list[str]:
-        """Every key of the bucket."""
-        return await jetstream.kv_keys(self.kv)
+    def keys(self) -> set[str]:
+        """Every key of the bucket, as the watcher has delivered them."""
+        return set(self.records)
 
     def note(self, message: str) -> None:
         """Log a failure once per distinct message; /health shows the last."""

@@ -6,7 +6,6 @@ waiting long."""
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
@@ -17,8 +16,7 @@ from nats.js.api import KeyValueConfig, StorageType, StreamConfig
 
 from brain.redact import redact_text, redact_url
 
-__all__ = ["close_quietly", "connect", "connect_kept", "ensure_stream", "every", "kv_json", "kv_keys", "open_bucket",
-           "retried"]
+__all__ = ["close_quietly", "connect", "connect_kept", "ensure_stream", "every", "open_bucket", "retried"]
 
 T = TypeVar("T")
 
@@ -127,19 +125,3 @@ async def open_bucket(js: Any, bucket: str, *, replicas: int, **config: Any) -> 
         except nats.js.errors.BadRequestError:
             return await js.key_value(bucket)
 
-
-async def kv_json(kv: Any, key: str) -> Any:
-    """The JSON value a KV bucket holds under `key`; None if there is none (or it was deleted)."""
-    try:
-        entry = await kv.get(key)
-    except nats.js.errors.KeyNotFoundError:
-        return None
-    return json.loads(entry.value) if entry.value else None
-
-
-async def kv_keys(kv: Any) -> list[str]:
-    """Every key a KV bucket holds (none: an empty list, where nats-py raises)."""
-    try:
-        return list(await kv.keys())
-    except nats.js.errors.NoKeysError:
-        return []

@@ -53,6 +53,8 @@ log = logging.getLogger("brain.cluster")
 NODES_BUCKET = "brain_cluster_nodes"
 # What the primary worker tells the node's others when a drain starts (brain.workers.peers).
 DRAINING = "cluster.draining"
+# ... and the events a give-up's flush put in the stream (their waiting requests answer).
+FLUSHED = "cluster.flushed"
 # Nodes a request is sent to at the most: the one the placement map names, then wherever the
 # user went meanwhile (a drain or a takeover moved it between the lookup and the forward).
 FORWARD_HOPS = 3
@@ -87,6 +89,7 @@ class ClusterNode:
         self.loop: asyncio.AbstractEventLoop | None = None
         if rt.worker.several:
             peers_for(rt).answer(DRAINING, self._draining)
+            peers_for(rt).answer(FLUSHED, self._flushed)
         self.serving = False  # placement loaded, stale stores given up, answering forwards and admin requests
         self.last_error = ""
         self.resent = 0  # requests sent on to the node a user moved to, after the first refused them
@@ -125,6 +128,7 @@ class ClusterNode:
                     # Before any request is served here: stale stores are given up first.
                     await handover.start()
                     handover.on_drain = self._tell_draining
+                    handover.on_flushed = self._tell_flushed
                     self.handover = handover
                     self.placement.on_lost = handover.on_lost
                 elif self.heartbeat is None:
@@ -153,6 +157,19 @@ class ClusterNode:
         # Before the primary moves a user: the other workers place no new user here either.
         if self.rt.worker.several:
             await peers_for(self.rt).broadcast(DRAINING, sorted(others))
+
+    async def _tell_flushed(self, user_id: str, ids: list[int]) -> None:
+        # A user given up: the events its outbox still held are in the stream now; the other
+        # workers' requests waiting for one of them answer (their bus publishes nothing for the user).
+        if self.rt.worker.several:
+            await peers_for(self.rt).broadcast(FLUSHED, {"user": user_id, "ids": ids})
+
+    async def _flushed(self, data: Any) -> bool:
+        if isinstance(data, dict) and isinstance(data.get("user"), str):
+            for event_id in data.get("ids") or ():
+                if isinstance(event_id, int):
+                    self.bell.acked(data["user"], event_id)
+        return True
 
     async def _draining(self, others: list[str]) -> bool:
         targets = frozenset(others)

@@ -123,6 +123,9 @@ class Handover:
         # Told the other live nodes when a drain starts, before any user moves: the node's other
         # workers place new users there too (brain.api.cluster).
         self.on_drain: Callable[[set[str]], Awaitable[None]] | None = None
+        # Told the events a give-up's flush had acknowledged: a POST of another worker of the
+        # node may be waiting for one of them (its own bus no longer publishes for the user).
+        self.on_flushed: Callable[[str, list[int]], Awaitable[None]] | None = None
         self.taken_over = 0
         self.given_up = 0
         self.drained = 0
@@ -430,6 +433,8 @@ class Handover:
                 # Deduplicated by JetStream if the bus published it already (Nats-Msg-Id).
                 await publish_confirmed(self.js, self.nats_settings, user_id, ev)
                 self.bell.acked(user_id, ev.id)
+            if rows and self.on_flushed is not None:
+                await self.on_flushed(user_id, [ev.id for ev in rows])
             if not rows or len(rows) < OUTBOX_BATCH:
                 return
             after = rows[-1].id

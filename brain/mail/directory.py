@@ -89,13 +89,13 @@ class MailDirectory(BucketDirectory):
             where = home.node_of_user(user_id)
             if where == home.node_id:
                 if account_id not in self.published:
-                    held = await self.held(account_id)
+                    held = self.held(account_id)
                     if held is not None and held["account"]["updated_at"] > record["account"]["updated_at"]:
                         # A copy from before the user left and came back: the bucket's is newer.
                         await self._drop(record["account"])
                         continue
                 await self.put(account_id, user_id, record)
-            elif where is not None and (account_id in self.published or await self.held(account_id) is not None):
+            elif where is not None and (account_id in self.published or self.held(account_id) is not None):
                 await self._drop(record["account"])
         for account in list(self.to_start.values()):
             if account.id in local and home.node_of_user(account.user_id) == home.node_id:
@@ -109,8 +109,8 @@ class MailDirectory(BucketDirectory):
                 log.info("mail account %s: deleted here, so from the bucket too", account_id)
             self.published.pop(account_id, None)
             self.users.pop(account_id, None)
-        for account_id in set(await self.keys()) - set(local):
-            record = await self.held(account_id)
+        for account_id in self.keys() - set(local):
+            record = self.held(account_id)
             if record is None:
                 continue
             user_id = record["account"]["user_id"]

@@ -65,7 +65,7 @@ class WebhookDirectory(BucketDirectory):
             if where == home.node_id:
                 await self.put(endpoint_id, user_id, record)
             elif where is not None and (endpoint_id in self.published
-                                        or await self.held(endpoint_id) is not None):
+                                        or self.held(endpoint_id) is not None):
                 leaving.add(user_id)
         for user_id in leaving:
             await self._drop(user_id, [e for e, r in local.items() if r["endpoint"]["user_id"] == user_id])
@@ -77,8 +77,8 @@ class WebhookDirectory(BucketDirectory):
             self.published.pop(endpoint_id, None)
             self.users.pop(endpoint_id, None)
         arriving = []
-        for endpoint_id in set(await self.keys()) - set(local):
-            record = await self.held(endpoint_id)
+        for endpoint_id in self.keys() - set(local):
+            record = self.held(endpoint_id)
             if record is None:
                 continue
             user_id = record["endpoint"]["user_id"]
