@@ -42,7 +42,7 @@ from brain.plugins.manager import PluginManager, load_plugins
 from brain.routes import Components, Listener, Route
 from brain.stash import Stash
 from brain.storage import storage_faults
-from brain.web import BODY_TIMEOUT_KEY, FAULTS_KEY, GUARD_KEY, MAX_BODY_KEY, add_hsts, add_route, error_middleware
+from brain.web import BODY_TIMEOUT_KEY, FAULTS_KEY, GUARD_KEY, MAX_BODY_KEY, SERVING, add_hsts, add_route, error_middleware
 from brain.workers import SINGLE, WorkerSlot
 from brain.workers.peers import peers_for
 
@@ -289,6 +289,8 @@ class Runtime:
         self._runners.append(runner)
         tls = ssl_ctx if listener.tls else None
         await web.SockSite(runner, sock, ssl_context=tls, backlog=LISTEN_BACKLOG).start()
+        assert runner.server is not None
+        self.stash.setdefault(SERVING, dict)[name] = runner.server
         host, port = sock.getsockname()[:2]
         log.info("%s listening on %s://%s:%s", name, "https" if tls else "http", host, port)
 
@@ -311,6 +313,7 @@ class Runtime:
 
     async def shutdown(self) -> None:
         """Stop accepting, finish in-flight requests, stop the actors (reverse order)."""
+        self.stash.setdefault(SERVING, dict).clear()  # nothing is handed in by memory either
         for runner in reversed(self._runners):
             await runner.cleanup()
         self._runners.clear()

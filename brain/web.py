@@ -13,6 +13,7 @@ from aiohttp import hdrs, web
 
 from brain.errors import BadRequest, HTTPError, PayloadTooLarge, Unauthorized
 from brain.logs import redact_path
+from brain.stash import StashKey
 
 log = logging.getLogger("brain.web")
 
@@ -49,6 +50,12 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return await handler(request)
     except Exception as exc:  # noqa: BLE001 - sorted out (or re-raised) by failure_response
         return failure_response(request, exc)
+
+
+# The aiohttp server (a protocol factory) of each listener this process serves, by name, from the
+# moment it accepts until its stop begins: a request can be handed to it in memory
+# (brain.api.loopback.MemoryTransport) and meets what one over the socket meets.
+SERVING: StashKey[dict[str, web.Server]] = StashKey("brain.web.serving")
 
 
 # An app whose routes are guarded one by one instead of by a middleware (the API role: see

@@ -1,6 +1,8 @@
 """The lean client a cluster node replays forwarded requests with (brain.api.loopback), against a
 real aiohttp server in the test's loop: every way aiohttp frames an answer comes back whole, as
-bytes, and a connection the server closed while idle is replaced without the caller noticing."""
+bytes, and a connection the server closed while idle is replaced without the caller noticing.
+Each test runs twice: over a socket, and with the connection held in memory (`MemoryTransport`,
+what a node does while its listener serves)."""
 
 from __future__ import annotations
 
@@ -56,7 +58,13 @@ async def empty(_request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
-def serving(test: Callable[[LoopbackClient, web.AppRunner], Awaitable[Any]], *, keepalive: float = 75.0) -> Any:
+@pytest.fixture(params=[False, True], ids=["socket", "memory"])
+def memory(request: pytest.FixtureRequest) -> bool:
+    return bool(request.param)
+
+
+def serving(test: Callable[[LoopbackClient, web.AppRunner], Awaitable[Any]], memory: bool, *,
+            keepalive: float = 75.0) -> Any:
     async def run() -> Any:
         app = web.Application()
         app[RELEASE] = asyncio.Event()
@@ -70,7 +78,7 @@ def serving(test: Callable[[LoopbackClient, web.AppRunner], Awaitable[Any]], *, 
         site = web.TCPSite(runner, "127.0.0.1", 0)
         await site.start()
         port = runner.addresses[0][1]
-        client = LoopbackClient(f"http://127.0.0.1:{port}")
+        client = LoopbackClient(f"http://127.0.0.1:{port}", (lambda: runner.server) if memory else None)
         try:
             return await test(client, runner)
         finally:
@@ -80,7 +88,7 @@ def serving(test: Callable[[LoopbackClient, web.AppRunner], Awaitable[Any]], *, 
     return asyncio.run(run())
 
 
-def test_answers_come_back_whole_however_framed() -> None:
+def test_answers_come_back_whole_however_framed(memory: bool) -> None:
     async def test(client: LoopbackClient, _runner: web.AppRunner) -> None:
         status, headers, body = await client.request(
             "POST", "/echo?x=%C3%A9&y=1", [("Content-Type", "application/json"), ("X-Name", "caf\u00e9")], b'{"a": 1}')
@@ -103,10 +111,10 @@ def test_answers_come_back_whole_however_framed() -> None:
         assert (await client.request("GET", "/empty", [], b""))[0] == 204
         assert len(client._idle) == 1
 
-    serving(test)
+    serving(test, memory)
 
 
-def test_a_line_break_in_a_header_or_target_is_refused_before_anything_is_sent() -> None:
+def test_a_line_break_in_a_header_or_target_is_refused_before_anything_is_sent(memory: bool) -> None:
     async def test(client: LoopbackClient, _runner: web.AppRunner) -> None:
         for target, headers in (("/echo", [("X-A", "1\r\nX-Injected: 1")]), ("/echo HTTP/1.1\r\nX: y", []),
                                 ("/echo", [("X-A\nB", "1")]), ("/echo", [("X-A", "nul\0")])):
@@ -114,29 +122,29 @@ def test_a_line_break_in_a_header_or_target_is_refused_before_anything_is_sent()
                 await client.request("GET", target, headers, b"")
         assert not client._idle
 
-    serving(test)
+    serving(test, memory)
 
 
-def test_a_connection_the_server_closed_while_idle_is_replaced() -> None:
+def test_a_connection_the_server_closed_while_idle_is_replaced(memory: bool) -> None:
     async def test(client: LoopbackClient, _runner: web.AppRunner) -> None:
         assert (await client.request("POST", "/echo", [], b"one"))[0] == 200
         await asyncio.sleep(0.5)  # beyond the server's keep-alive: it closed the connection
         status, _headers, body = await client.request("POST", "/echo", [], b"two")
         assert status == 200 and b'"two"' in body
 
-    serving(test, keepalive=0.1)
+    serving(test, memory, keepalive=0.1)
 
 
-def test_concurrent_requests_each_get_their_own_answer() -> None:
+def test_concurrent_requests_each_get_their_own_answer(memory: bool) -> None:
     async def test(client: LoopbackClient, _runner: web.AppRunner) -> None:
         answers = await asyncio.gather(*(client.request("POST", f"/echo?n={i}", [], str(i).encode())
                                          for i in range(20)))
         assert [json.loads(body)["body"] for _s, _h, body in answers] == [str(i) for i in range(20)]
 
-    serving(test)
+    serving(test, memory)
 
 
-def test_an_answer_that_goes_on_is_read_part_by_part_as_it_comes() -> None:
+def test_an_answer_that_goes_on_is_read_part_by_part_as_it_comes(memory: bool) -> None:
     async def test(client: LoopbackClient, runner: web.AppRunner) -> None:
         answer = await client.open("GET", "/live", [], b"")
         assert answer.status == 200 and answer.chunked
@@ -150,4 +158,4 @@ def test_an_answer_that_goes_on_is_read_part_by_part_as_it_comes() -> None:
         assert not answer.chunked and json.loads(await answer.read())["body"] == "x"
         answer.close()
 
-    serving(test)
+    serving(test, memory)

@@ -35,7 +35,7 @@ from brain.api.forwarding import MOVED_HEADER, Forwarder, NotThere, forward_mark
 from brain.api.handover import Handover, rendezvous
 from brain.api.placement import UserPlacement
 from brain.api.publisher import publish_confirmed
-from brain.api.state import doorbell, store_manager
+from brain.api.state import LISTENER, doorbell, store_manager
 from brain.api.store_manager import AppendResult, stored_dicts
 from brain.api.user_store import AppendRequest
 from brain.errors import ServiceUnavailable
@@ -44,6 +44,7 @@ from brain.nats_auth import process_connect_options
 from brain.process import Process
 from brain.redact import redact_text
 from brain.stash import StashKey
+from brain.web import SERVING
 from brain.workers.peers import peers_for
 
 __all__ = ["NODES_BUCKET", "ClusterNode", "NodeSink", "cluster_node", "cluster_sink", "confirmed_append"]
@@ -72,6 +73,7 @@ class ClusterNode:
         self.placement = UserPlacement(self.node_id, replicas=settings.nats.replicas)
         self.forwarder = Forwarder(
             self.node_id, local_url=settings.local_url(settings.server.api_port), marker=forward_marker(rt.secret),
+            listener=lambda: (rt.stash.get(SERVING) or {}).get(LISTENER),
             timeout=settings.cluster.forward_timeout_seconds,
             stream_buffer=settings.api.stream_buffer_bytes,
         )

@@ -4,9 +4,10 @@ Clients may reach any node (behind any load balancer). The node that receives a 
 the caller's credentials and its rate limits as for any request; if the user's store is on
 another node (brain.api.placement) it sends the request to that node's subject
 `brain.cluster.http.<node_id>` (NATS request/reply: method, path with query, headers and body
-pass through) and relays the answer. The owner replays the request on its own API listener over
-loopback, so that a forwarded request meets exactly the routes, checks and errors of a direct
-one. The replay carries `x-brain-forwarded` with a value only this node's processes know (derived
+pass through) and relays the answer. The owner replays the request on its own API listener —
+handed to the listener's aiohttp server in memory while it serves (over loopback before and
+after: brain.api.loopback) — so that a forwarded request meets exactly the routes, checks and
+errors of a direct one. The replay carries `x-brain-forwarded` with a value only this node's processes know (derived
 from the server secret): it is served where it lands, never forwarded again, and not counted
 twice against the rate limits. The owner checks the credentials again (one signature check from
 its cached keys): a NATS message alone never makes anybody a user.
@@ -30,6 +31,7 @@ import hmac
 import json
 import logging
 import re
+from collections.abc import Callable
 from typing import Any
 
 import nats.errors
@@ -103,8 +105,10 @@ class Forwarder:
     """Sends requests to their user's node, and answers those sent to this node."""
 
     def __init__(self, node_id: str, *, local_url: str, marker: str, timeout: float,
-                 stream_buffer: int = 1 << 20) -> None:
+                 stream_buffer: int = 1 << 20, listener: Callable[[], web.Server | None] | None = None) -> None:
+        """`listener`: the API listener's aiohttp server while it serves (replays go to it in memory)."""
         self.node_id = node_id
+        self.listener = listener
         # A relayed stream whose client lets more than this pile up is ended as too slow.
         self.stream_buffer = stream_buffer
         self.local_url = local_url.rstrip("/")
@@ -123,7 +127,7 @@ class Forwarder:
     async def start(self, nc: Any) -> None:
         """Answer this node's subject (a queue group: one worker of the node takes each request)."""
         self.nc = nc
-        self._loopback = LoopbackClient(self.local_url)
+        self._loopback = LoopbackClient(self.local_url, self.listener)
         await nc.subscribe(f"{SUBJECT_PREFIX}.{self.node_id}", queue=f"brain-node-{self.node_id}", cb=self._received)
 
     def end_streams(self) -> None:

@@ -30,7 +30,7 @@ from brain.api.api_keys import InsufficientScope
 from brain.api.cluster import cluster_node, confirmed_append
 from brain.api.events import ReservedTypes, check_key, new_event
 from brain.api.pages import Page
-from brain.api.state import api_key_verifier, api_limits, event_stream, store_manager, token_verifier, write_rate
+from brain.api.state import LISTENER, api_key_verifier, api_limits, event_stream, store_manager, token_verifier, write_rate
 from brain.api.user_store import AppendRequest, Query
 from brain.api.verifier import TokenUser
 from brain.apikeys import SCOPE_ATTR, scope
@@ -54,7 +54,6 @@ from brain.web import (
 
 # The guard's caller key, typed as what the API's own guard puts there.
 USER_KEY = cast("web.RequestKey[TokenUser]", CALLER_KEY)
-LISTENER = "api"
 X_API_KEY = "x-api-key"
 TICKET_ATTR = "brain_takes_ticket"
 MAX_IDEMPOTENCY_KEY = 200

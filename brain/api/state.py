@@ -31,9 +31,12 @@ from brain.stash import StashKey
 from brain.workers.shared_buckets import SharedTokenBuckets
 
 __all__ = [
-    "api_key_verifier", "api_limits", "auto_repair", "cors", "dispatcher", "doorbell", "event_stream", "jwks_state",
+    "LISTENER", "api_key_verifier", "api_limits", "auto_repair", "cors", "dispatcher", "doorbell", "event_stream", "jwks_state",
     "store_manager", "token_verifier", "write_rate",
 ]
+
+# The role's HTTP listener (brain.routes.Listener.name).
+LISTENER = "api"
 
 _JWKS: StashKey[JwksState] = StashKey("brain.api.jwks")
 _VERIFIER: StashKey[TokenVerifier] = StashKey("brain.api.token_verifier")
