@@ -3,7 +3,7 @@
 Clients may reach any node (behind any load balancer). The node that receives a request checks
 the caller's credentials and its rate limits as for any request; if the user's store is on
 another node (brain.api.placement) it sends the request to that node's subject
-`brain.cluster.http.<node_id>` (NATS request/reply: method, path with query, headers and body
+`brain.cluster.fwd.<node_id>` (NATS request/reply: method, path with query, headers and body
 pass through) and relays the answer. The owner replays the request on its own API listener —
 handed to the listener's aiohttp server in memory while it serves (over loopback before and
 after: brain.api.loopback) — so that a forwarded request meets exactly the routes, checks and
@@ -11,6 +11,16 @@ errors of a direct one. The replay carries `x-brain-forwarded` with a value only
 from the server secret): it is served where it lands, never forwarded again, and not counted
 twice against the rate limits. The owner checks the credentials again (one signature check from
 its cached keys): a NATS message alone never makes anybody a user.
+
+On the wire, a request is one NATS message without NATS headers: a line of JSON (method, target,
+header pairs, the stream's inbox or "") and the body after it; the answer likewise (status,
+header pairs, the node the user moved to or "", whether a stream follows). One line of JSON
+costs nats-py far less than NATS headers to write and to parse, on each of the four messages of
+a forward. Both ends' messages are handed over on nats-py's reading task (`_Handoff`), without
+the queue and task of a subscription callback, and the asking node matches answers to requests
+on an inbox subscription of its own. Nodes of one cluster run one brain version: a node of
+another forwarding format subscribes no `brain.cluster.fwd.<node>` subject, so what is
+forwarded to it is answered 503 "not answering" at once.
 
 A request or answer larger than NATS's `max_payload` is refused with a JSON error naming the
 limit. The live event stream (an answer that never ends) travels differently: the forwarding
@@ -32,7 +42,7 @@ import json
 import logging
 import re
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import nats.errors
 from aiohttp import web
@@ -48,7 +58,7 @@ __all__ = ["FORWARDED_HEADER", "MOVED_HEADER", "SUBJECT_PREFIX", "Forwarder", "N
 
 log = logging.getLogger("brain.cluster")
 
-SUBJECT_PREFIX = "brain.cluster.http"
+SUBJECT_PREFIX = "brain.cluster.fwd"
 FORWARDED_HEADER = "x-brain-forwarded"
 # On the owner's answer to its own replay: the user is placed on this node now, not here (the
 # node that forwarded it asks there). Carried back as a NATS header, never to a client.
@@ -61,14 +71,9 @@ _NOT_PASSED = frozenset({
     # The body travels whole: the replay has nothing to wait for before sending it.
     "expect",
 })
-_METHOD = "Brain-Method"
-_TARGET = "Brain-Target"
-_HEADERS = "Brain-Headers"
-_STATUS = "Brain-Status"
-_MOVED = "Brain-Moved"
-_STREAM = "Brain-Stream"  # a request for a live stream: the inbox its bytes go to
-_STREAMING = "Brain-Streaming"  # on the head of a stream's answer: its bytes follow on the inbox
-_END = "Brain-End"  # the stream ended on the owner
+_END = "Brain-End"  # the stream ended on the owner (a NATS header on the stream's inbox)
+# What the NATS server answers a request nobody subscribes to (with headers on, as nats-py connects).
+_NO_RESPONDERS = "503"
 # How often the owner of a forwarded stream asks whether its inbox is still read; a relaying node
 # that hears nothing from the owner for STREAM_SILENCE_SECONDS (neither bytes nor a question) takes
 # it for dead and ends the client's stream (the client resumes with Last-Event-ID, elsewhere).
@@ -83,8 +88,58 @@ def forward_marker(secret: bytes) -> str:
     return hmac.new(secret, b"brain.cluster.forwarded", hashlib.sha256).hexdigest()
 
 
-def _passed(headers: Any) -> str:
-    return json.dumps([[k, v] for k, v in headers if k.lower() not in _NOT_PASSED])
+def _passed(headers: Any) -> list[list[str]]:
+    return [[k, v] for k, v in headers if k.lower() not in _NOT_PASSED]
+
+
+def _envelope(head: list[Any], body: bytes) -> bytes:
+    # JSON escapes line breaks: the first one ends the head.
+    return json.dumps(head, separators=(",", ":")).encode() + b"\n" + body
+
+
+def _opened(data: bytes) -> tuple[list[Any], bytes]:
+    """The head and body of an envelope (ValueError if it is not one)."""
+    head, sep, body = data.partition(b"\n")
+    parsed = json.loads(head) if sep else None
+    if not isinstance(parsed, list):
+        raise ValueError("not a forwarded message")
+    return parsed, body
+
+
+class _Handoff:
+    """Hands each message of a subscription to `deliver` on nats-py's reading task.
+
+    Given as a subscription's `future`, it gets each message through `set_result` (nats-py's
+    path for the single answer of an old-style request, taken for every message while the
+    subscription has no message limit): no queue, and no task per subscription between the
+    reading task and the handler. `deliver` must be quick (a handler that awaits starts a
+    task) and never raises here: an exception would stop nats-py's reading task.
+    """
+
+    __slots__ = ("deliver",)
+
+    def __init__(self, deliver: Callable[[Any], None]) -> None:
+        self.deliver = deliver
+
+    def cancelled(self) -> bool:
+        return False
+
+    def set_result(self, msg: Any) -> None:
+        try:
+            self.deliver(msg)
+        except Exception:  # noqa: BLE001 - never into nats-py's reading task
+            log.exception("forwarding: handling a NATS message")
+
+
+class _Reply:
+    """A forwarded request's answer as it came: status, header pairs, body, where the user moved,
+    whether a stream's bytes follow."""
+
+    __slots__ = ("status", "headers", "body", "moved_to", "streaming")
+
+    def __init__(self, data: bytes) -> None:
+        head, self.body = _opened(data)
+        self.status, self.headers, self.moved_to, self.streaming = int(head[0]), head[1], head[2], bool(head[3])
 
 
 class NotThere(Exception):
@@ -117,6 +172,9 @@ class Forwarder:
         self.timeout = timeout
         self.nc: Any = None
         self._loopback: LoopbackClient | None = None
+        self._replies: dict[str, asyncio.Future[Any]] = {}  # inbox -> the forwarded request's answer
+        self._reply_prefix = ""
+        self._asked = 0
         self._serving: set[asyncio.Task[None]] = set()
         self._relayed: set[LoopbackAnswer] = set()  # streams this node serves for others, open now
         self._relaying: set[asyncio.Queue[bytes | None]] = set()  # other nodes' streams relayed to clients here
@@ -126,9 +184,12 @@ class Forwarder:
 
     async def start(self, nc: Any) -> None:
         """Answer this node's subject (a queue group: one worker of the node takes each request)."""
-        self.nc = nc
         self._loopback = LoopbackClient(self.local_url, self.listener)
-        await nc.subscribe(f"{SUBJECT_PREFIX}.{self.node_id}", queue=f"brain-node-{self.node_id}", cb=self._received)
+        self._reply_prefix = nc.new_inbox() + "."
+        await nc.subscribe(self._reply_prefix + "*", future=cast(Any, _Handoff(self._answered)))
+        await nc.subscribe(f"{SUBJECT_PREFIX}.{self.node_id}", queue=f"brain-node-{self.node_id}",
+                           future=cast(Any, _Handoff(self._received)))
+        self.nc = nc  # forwarding starts once the answers' inbox is subscribed
 
     def end_streams(self) -> None:
         """The process is stopping: end the streams relayed to clients here, saying why."""
@@ -165,31 +226,50 @@ class Forwarder:
         reply = await self._ask(request, node, body)
         return self._whole(node, reply)
 
-    async def _ask(self, request: web.Request, node: str, body: bytes, **more: str) -> Any:
+    async def _ask(self, request: web.Request, node: str, body: bytes, stream: str = "") -> _Reply:
         """Send the request to `node`; its reply (the answer, or a stream's head)."""
-        if self.nc is None or not self.nc.is_connected:
+        nc = self.nc
+        if nc is None or not nc.is_connected:
             raise ServiceUnavailable(f"not connected to NATS: cannot reach node {node}, which holds this user's data")
-        headers = {_METHOD: request.method, _TARGET: request.raw_path, _HEADERS: _passed(request.headers.items()),
-                   **more}
+        message = _envelope([request.method, request.raw_path, _passed(request.headers.items()), stream], body)
+        if len(message) > nc.max_payload:
+            raise PayloadTooLarge(f"request too large to forward to node {node} "
+                                  f"(NATS max_payload {nc.max_payload} bytes)")
+        self._asked += 1
+        inbox = f"{self._reply_prefix}{self._asked}"
+        answer: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._replies[inbox] = answer
         try:
-            reply = await self.nc.request(f"{SUBJECT_PREFIX}.{node}", body, timeout=self.timeout, headers=headers)
-        except nats.errors.NoRespondersError:
-            raise NotThere(node, None, ServiceUnavailable(
-                f"node {node}, which holds this user's data, is not answering")) from None
-        except nats.errors.TimeoutError:
+            await nc.publish(f"{SUBJECT_PREFIX}.{node}", message, reply=inbox)
+            async with asyncio.timeout(self.timeout):
+                msg = await answer
+        except TimeoutError:
             # Perhaps served before the node went away: not sent anywhere else.
             raise HTTPError(f"node {node} did not answer within {self.timeout}s", status=504,
                             code="GATEWAY_TIMEOUT") from None
+        finally:
+            self._replies.pop(inbox, None)
+        if not msg.data and msg.headers and msg.headers.get("Status") == _NO_RESPONDERS:
+            raise NotThere(node, None, ServiceUnavailable(
+                f"node {node}, which holds this user's data, is not answering"))
+        try:
+            reply = _Reply(msg.data)
+        except (ValueError, TypeError, IndexError):
+            raise HTTPError(f"node {node} answered in a format this node does not read", status=502,
+                            code="BAD_GATEWAY") from None
         self.sent += 1
         return reply
 
+    def _answered(self, msg: Any) -> None:
+        answer = self._replies.pop(msg.subject, None)
+        if answer is not None and not answer.done():
+            answer.set_result(msg)
+
     @staticmethod
-    def _whole(node: str, reply: Any) -> web.Response:
-        answer = web.Response(status=int(reply.headers[_STATUS]), body=reply.data,
-                              headers=CIMultiDict(json.loads(reply.headers[_HEADERS])))
-        moved_to = reply.headers.get(_MOVED)
-        if moved_to:
-            raise NotThere(node, moved_to, answer)
+    def _whole(node: str, reply: _Reply) -> web.Response:
+        answer = web.Response(status=reply.status, body=reply.body, headers=CIMultiDict(reply.headers))
+        if reply.moved_to:
+            raise NotThere(node, reply.moved_to, answer)
         return answer
 
     async def stream(self, request: web.Request, node: str, body: bytes) -> web.StreamResponse:
@@ -221,12 +301,10 @@ class Forwarder:
         sub = await self.nc.subscribe(inbox, cb=received)
         self._relaying.add(chunks)
         try:
-            reply = await self._ask(request, node, body, **{_STREAM: inbox})
-            if _STREAMING not in reply.headers:
+            reply = await self._ask(request, node, body, stream=inbox)
+            if not reply.streaming:
                 return self._whole(node, reply)
-            status = int(reply.headers[_STATUS])
-            answer_headers = CIMultiDict(json.loads(reply.headers[_HEADERS]))
-            response = web.StreamResponse(status=status, headers=answer_headers)
+            response = web.StreamResponse(status=reply.status, headers=CIMultiDict(reply.headers))
             await response.prepare(request)
             last = resume_point(request) or 0  # the owner accepted it: well formed
             try:
@@ -261,41 +339,47 @@ class Forwarder:
             except nats.errors.Error:
                 pass  # the connection is gone: so is the subscription
 
-    async def _received(self, msg: Any) -> None:
-        # nats-py runs a subscription's callbacks one after another: each replay gets a task.
+    def _received(self, msg: Any) -> None:
         task = asyncio.ensure_future(self._answer(msg))
         self._serving.add(task)
         task.add_done_callback(self._serving.discard)
 
     async def _answer(self, msg: Any) -> None:
+        if not msg.reply:
+            return  # nobody to answer: not a forwarded request
         moved_to = ""
         streaming: LoopbackAnswer | None = None
+        inbox = ""
         try:
-            if msg.headers.get(_STREAM):
-                status, headers, body, moved_to, streaming = await self._replay_stream(msg)
+            head, data = _opened(msg.data)
+            method, target, asked, inbox = head
+            headers = self._replayed_headers(target, asked)
+            if headers is None:
+                status, passed, body = 400, _json_headers(), _error("forwarded request: bad target")
+            elif inbox:
+                status, passed, body, moved_to, streaming = await self._replay_stream(method, target, headers, data)
             else:
-                status, headers, body, moved_to = await self._replay(msg)
+                status, passed, body, moved_to = await self._replay(method, target, headers, data)
         except Exception as exc:  # noqa: BLE001 - the asking node gets a JSON error, not a timeout
             log.warning("forwarded request: %r", exc)
-            status, headers, body = 502, _json_headers(), _error(f"node {self.node_id} could not serve it: {exc!r}")
-        if len(body) > self.nc.max_payload:
-            status, headers = 502, _json_headers()
-            body = _error(f"response too large to forward from node {self.node_id} "
-                          f"(NATS max_payload {self.nc.max_payload} bytes): ask for less (limit)")
-        try:
-            reply = {_STATUS: str(status), _HEADERS: headers}
-            if moved_to:
-                reply[_MOVED] = moved_to
+            status, passed, body = 502, _json_headers(), _error(f"node {self.node_id} could not serve it: {exc!r}")
+        message = _envelope([status, passed, moved_to, streaming is not None], body)
+        if len(message) > self.nc.max_payload:
+            message = _envelope([502, _json_headers(), "", False], _error(
+                f"response too large to forward from node {self.node_id} "
+                f"(NATS max_payload {self.nc.max_payload} bytes): ask for less (limit)"))
             if streaming is not None:
-                reply[_STREAMING] = "1"
-            await self.nc.publish(msg.reply, body, headers=reply)
+                streaming.close()
+                streaming = None
+        try:
+            await self.nc.publish(msg.reply, message)
         except Exception as exc:  # noqa: BLE001 - the asker times out and says so
             log.warning("forwarded request: could not reply: %r", exc)
             if streaming is not None:
                 streaming.close()
                 return
         if streaming is not None:
-            await self._relay(streaming, msg.headers[_STREAM])
+            await self._relay(streaming, inbox)
 
     async def _relay(self, answer: LoopbackAnswer, inbox: str) -> None:
         """Publish a stream's bytes to the asking node's inbox until it ends or nobody reads it."""
@@ -330,25 +414,20 @@ class Forwarder:
                 answer.close()  # the client left
                 return
 
-    async def _replay(self, msg: Any) -> tuple[int, str, bytes, str]:
-        """Status, headers (JSON), body and where the user moved to ("" unless refused for that)."""
+    async def _replay(self, method: str, target: str, headers: list[tuple[str, str]],
+                      data: bytes) -> tuple[int, list[list[str]], bytes, str]:
+        """Status, header pairs, body and where the user moved to ("" unless refused for that)."""
         assert self._loopback is not None
-        headers = self._replayed_headers(msg)
-        if headers is None:
-            return 400, _json_headers(), _error("forwarded request: bad target"), ""
         async with asyncio.timeout(self.timeout):
-            status, answer, body = await self._loopback.request(msg.headers[_METHOD], msg.headers[_TARGET],
-                                                                headers, msg.data)
+            status, answer, body = await self._loopback.request(method, target, headers, data)
         return status, _passed(answer), body, self._moved(answer)
 
-    async def _replay_stream(self, msg: Any) -> tuple[int, str, bytes, str, LoopbackAnswer | None]:
+    async def _replay_stream(self, method: str, target: str, headers: list[tuple[str, str]],
+                             data: bytes) -> tuple[int, list[list[str]], bytes, str, LoopbackAnswer | None]:
         """As _replay, for a stream: the answer still open if it is one (chunked 200)."""
         assert self._loopback is not None
-        headers = self._replayed_headers(msg)
-        if headers is None:
-            return 400, _json_headers(), _error("forwarded request: bad target"), "", None
         async with asyncio.timeout(self.timeout):
-            answer = await self._loopback.open(msg.headers[_METHOD], msg.headers[_TARGET], headers, msg.data)
+            answer = await self._loopback.open(method, target, headers, data)
         if answer.status == 200 and answer.chunked:
             self.served += 1
             return answer.status, _passed(answer.headers), b"", "", answer
@@ -359,12 +438,11 @@ class Forwarder:
             answer.close()
         return answer.status, _passed(answer.headers), body, self._moved(answer.headers), None
 
-    def _replayed_headers(self, msg: Any) -> list[tuple[str, str]] | None:
+    def _replayed_headers(self, target: str, asked: list[list[str]]) -> list[tuple[str, str]] | None:
         """The replay's headers (None: the target is not a path on this listener)."""
-        target = msg.headers[_TARGET]
         if not target.startswith("/") or target.startswith("//"):
             return None
-        headers = [(k, v) for k, v in json.loads(msg.headers[_HEADERS]) if k.lower() not in _NOT_PASSED]
+        headers = [(k, v) for k, v in asked if k.lower() not in _NOT_PASSED]
         headers.append((FORWARDED_HEADER, self.marker))
         return headers
 
@@ -379,8 +457,8 @@ class Forwarder:
         return {"forwarded": self.sent, "served_for_others": self.served, "streams_for_others": len(self._relayed)}
 
 
-def _json_headers() -> str:
-    return json.dumps([["Content-Type", "application/json"]])
+def _json_headers() -> list[list[str]]:
+    return [["Content-Type", "application/json"]]
 
 
 def _error(message: str) -> bytes:
