@@ -7,9 +7,9 @@ another node (brain.api.placement) it sends the request to that node's subject
 pass through) and relays the answer. The owner replays the request on its own API listener —
 handed to the listener's aiohttp server in memory while it serves (over loopback before and
 after: brain.api.loopback) — so that a forwarded request meets exactly the routes, checks and
-errors of a direct one. The replay carries `x-brain-forwarded` with a value only this node's processes know (derived
-from the server secret): it is served where it lands, never forwarded again, and not counted
-twice against the rate limits. The owner checks the credentials again (one signature check from
+errors of a direct one. The replay carries `x-brain-forwarded` with a value only this node's
+processes know (derived from the server secret): it is served where it lands, never forwarded
+again, and not counted twice against the rate limits. The owner checks the credentials again (one signature check from
 its cached keys): a NATS message alone never makes anybody a user.
 
 On the wire, a request is one NATS message without NATS headers: a line of JSON (method, target,
@@ -61,7 +61,7 @@ log = logging.getLogger("brain.cluster")
 SUBJECT_PREFIX = "brain.cluster.fwd"
 FORWARDED_HEADER = "x-brain-forwarded"
 # On the owner's answer to its own replay: the user is placed on this node now, not here (the
-# node that forwarded it asks there). Carried back as a NATS header, never to a client.
+# node that forwarded it asks there). Carried back in the answer's head, never to a client.
 MOVED_HEADER = "x-brain-moved"
 # What a hop does not pass on: connection management, lengths the next hop computes again, and
 # the marker (only ever set by the owner on its own replay).
@@ -187,9 +187,9 @@ class Forwarder:
         self._loopback = LoopbackClient(self.local_url, self.listener)
         self._reply_prefix = nc.new_inbox() + "."
         await nc.subscribe(self._reply_prefix + "*", future=cast(Any, _Handoff(self._answered)))
+        self.nc = nc  # forwarding starts once the answers' inbox is subscribed
         await nc.subscribe(f"{SUBJECT_PREFIX}.{self.node_id}", queue=f"brain-node-{self.node_id}",
                            future=cast(Any, _Handoff(self._received)))
-        self.nc = nc  # forwarding starts once the answers' inbox is subscribed
 
     def end_streams(self) -> None:
         """The process is stopping: end the streams relayed to clients here, saying why."""
