@@ -68,6 +68,8 @@ def run(nats_server: NatsCluster, test: Any) -> Any:
         b = Forwarder("b", local_url="http://127.0.0.1:9", marker=MARKER, timeout=5)
         await a.start(ncs[0])
         await b.start(ncs[1])
+        for nc in ncs:
+            await nc.flush()  # the server has both nodes' subscriptions before anything is forwarded
 
         async def forwarding(request: web.Request) -> web.StreamResponse:
             node = request.query.get("node", "a")
