@@ -30,6 +30,7 @@ import hashlib
 import mmap
 import os
 import sqlite3
+import sys
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from typing import Any, NamedTuple
 
@@ -47,6 +48,8 @@ CACHED_PAGE_MAX = 64 * 1024
 # The first copy of the WAL index header (struct WalIndexHdr: change counter, frames, salts,
 # checksums) at the start of the -shm file. A commit writes the second copy, then this one.
 WAL_HEADER_BYTES = 48
+# Where mxFrame (the frames in the WAL) sits in that header, in the machine's byte order.
+_MX_FRAME = slice(16, 20)
 
 
 def render_sql(id_sql: str, type_sql: str, data_sql: str, created_at_sql: str) -> str:
@@ -267,6 +270,14 @@ class PageCache:
         self.key: Hashable = None
         self.version: object = None
         self.page: Page | None = None
+
+    def wal_frames(self) -> int | None:
+        """The frames in the database's WAL now (the index header's mxFrame), None when the header
+        is not mapped. A WAL is reset, and its count starts again, by the first write after a
+        checkpoint copied every frame back."""
+        if self._header is None:
+            return None
+        return int.from_bytes(self._header.read()[_MX_FRAME], sys.byteorder)
 
     def get(self, key: Hashable) -> Page | None:
         """The page kept for `key` (what selects it), if the database has not changed since it was read."""

@@ -1,0 +1,93 @@
+"""A store checkpoints its WAL after answering the write that filled it, not inside that write.
+
+SQLite's automatic checkpoint runs inside the COMMIT that takes the WAL past 1,000 pages: the
+copy into the database and its fsyncs then delay the answer (mail sync waits for every page).
+The store turns it off and runs the same PASSIVE checkpoint as a message of its own, right
+behind the answer (brain.api.user_store, `_checkpoint_later`).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import sys
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from brain.api.state import store_manager
+from brain.api.user_store import UserStore
+from brain.config import load_settings
+from brain.runtime import Runtime
+
+# A page of events well past 1,000 WAL pages of 4 KiB (each event's data is stored twice: as
+# given and in its rendered copy).
+PAGE = [{"type": "mail.message.received", "data": {"body_text": "x" * 40_000, "n": i}} for i in range(100)]
+
+
+@pytest.fixture(scope="module")
+def rt(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runtime]:
+    data = tmp_path_factory.mktemp("checkpoint") / "data"
+    runtime = Runtime(load_settings(environ={}, overrides={
+        "server": {"data_dir": str(data), "roles": ["api"]},
+        "plugins": {"enabled": []},
+        "search": {"index": False},  # no catch-up writing to the WAL between the looks below
+    }))
+    runtime.start_tree()
+    try:
+        yield runtime
+    finally:
+        runtime.stop_tree()
+
+
+def _wal(ref: Any) -> tuple[int, int]:
+    """(frames in the WAL, frames already copied into the database): mxFrame of the WAL index
+    header and nBackfill of the checkpoint record after its two copies, read from the map the
+    store's page cache holds (opening the -shm file here would drop SQLite's locks on it)."""
+    header = ref.actor_inbox.pages._header
+    assert header is not None, "the WAL index header is not mapped"
+    raw = ctypes.string_at(header._address, 100)
+    return int.from_bytes(raw[16:20], sys.byteorder), int.from_bytes(raw[96:100], sys.byteorder)
+
+
+def test_the_answer_to_an_append_does_not_wait_for_the_checkpoint_it_makes_due(
+    rt: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stores = store_manager(rt)
+    user = "checkpointafter"
+    stores.append_from_thread(user, [{"type": "warm", "data": 0}])  # open, with its header mapped
+    release = threading.Event()
+    ran: list[tuple[int, int]] = []
+    real = getattr(UserStore, "_checkpoint", None)  # (before this change: none, SQLite's own in the COMMIT)
+
+    def held(self: UserStore) -> None:
+        assert release.wait(10)
+        assert real is not None
+        real(self)
+        ran.append(_wal(ref))
+
+    monkeypatch.setattr(UserStore, "_checkpoint", held, raising=False)
+    ref = stores._live_ref(user)
+    assert ref is not None
+    stores.append_from_thread(user, PAGE)
+    frames, copied = _wal(ref)
+    assert frames >= 1000 and copied < frames  # answered with the WAL full and not copied back
+    release.set()
+    stores.head_from_thread(user)  # behind the checkpoint the append asked for
+    assert ran and ran[0][0] == ran[0][1] >= frames  # then every frame was copied back
+
+
+def test_the_wal_stays_bounded_through_many_large_appends(rt: Runtime) -> None:
+    stores = store_manager(rt)
+    user = "checkpointbound"
+    for _ in range(12):
+        stores.append_from_thread(user, PAGE)
+    stores.head_from_thread(user)
+    ref = stores._live_ref(user)
+    assert ref is not None
+    frames, copied = _wal(ref)
+    assert copied == frames  # the last checkpoint copied everything back
+    wal = rt.settings.data_path / "users" / user / "events.db-wal"
+    # Reset after each checkpoint: about one page's frames, never the 12 pages' (~100 MB).
+    assert wal.stat().st_size < 3 * 10 * 1024 * 1024
