@@ -40,6 +40,22 @@ async def live(request: web.Request) -> web.StreamResponse:
     return response
 
 
+WROTE: web.AppKey[list[int]] = web.AppKey("wrote", list)
+BIG_PART = 1 << 16
+
+
+async def flood(request: web.Request) -> web.StreamResponse:
+    """8 MiB as fast as the connection takes it, counting what was written."""
+    response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+    response.enable_chunked_encoding()
+    await response.prepare(request)
+    for _ in range(128):
+        await response.write(b"x" * BIG_PART)
+        request.app[WROTE].append(BIG_PART)
+    await response.write_eof()
+    return response
+
+
 async def echo(request: web.Request) -> web.Response:
     body = await request.read()
     seen = {k: v for k, v in request.headers.items() if k.lower() not in ("host", "content-length")}
@@ -68,6 +84,8 @@ def serving(test: Callable[[LoopbackClient, web.AppRunner], Awaitable[Any]], mem
     async def run() -> Any:
         app = web.Application()
         app[RELEASE] = asyncio.Event()
+        app[WROTE] = []
+        app.router.add_get("/flood", flood)
         app.router.add_get("/live", live)
         app.router.add_route("*", "/echo", echo)
         app.router.add_get("/streamed", streamed)
@@ -156,6 +174,19 @@ def test_an_answer_that_goes_on_is_read_part_by_part_as_it_comes(memory: bool) -
         # An answer that is not a stream is read whole the same way.
         answer = await client.open("POST", "/echo", [], b"x")
         assert not answer.chunked and json.loads(await answer.read())["body"] == "x"
+        answer.close()
+
+    serving(test, memory)
+
+
+def test_a_reader_that_does_not_read_holds_the_servers_writes_back(memory: bool) -> None:
+    async def test(client: LoopbackClient, runner: web.AppRunner) -> None:
+        answer = await client.open("GET", "/flood", [], b"")
+        await asyncio.sleep(0.5)  # nothing read meanwhile
+        held = sum(runner.app[WROTE])
+        assert 0 < held < 8 << 20  # the server waits, as on a full socket
+        body = b"".join([part async for part in answer.chunks()])
+        assert len(body) == 8 << 20 and sum(runner.app[WROTE]) == 8 << 20
         answer.close()
 
     serving(test, memory)

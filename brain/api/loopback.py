@@ -218,6 +218,7 @@ class MemoryTransport(asyncio.Transport):
         protocol = server()
         transport = cls(protocol, reader)
         protocol.connection_made(transport)
+        reader.set_transport(_Backpressure(protocol))
         return reader, _MemoryWriter(transport)
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
@@ -261,6 +262,23 @@ class MemoryTransport(asyncio.Transport):
 
     def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
         pass
+
+
+class _Backpressure:
+    """What the client's reader takes for its transport: past twice its limit unread it pauses
+    the server's writing, as a full socket would (the server's writes then wait: a live stream
+    nobody relays fast enough ends as too slow on the owner, as it did over loopback)."""
+
+    __slots__ = ("_protocol",)
+
+    def __init__(self, protocol: asyncio.Protocol) -> None:
+        self._protocol = protocol
+
+    def pause_reading(self) -> None:
+        self._protocol.pause_writing()
+
+    def resume_reading(self) -> None:
+        self._protocol.resume_writing()
 
 
 class _MemoryWriter:
