@@ -650,3 +650,64 @@ def test_appends_from_requests_look_at_the_stores_size_only_now_and_then(rt: Run
     asyncio.run(main())
     # 20 small events are far below SIZE_LOOK_BYTES; the ack flush or the index tail may look meanwhile.
     assert looks.count(user) <= 2, looks
+
+
+@pytest.mark.parametrize("own_checkpoints", [True, False])
+def test_a_lone_append_to_an_idle_store_is_committed_on_the_event_loop(
+    rt: Runtime, monkeypatch: pytest.MonkeyPatch, own_checkpoints: bool
+) -> None:
+    """Handing a lone append to the store's thread and the answer back costs two thread
+    wake-ups, most of a single client's POST; with nothing else waiting the loop commits it.
+    Not on a store that leaves checkpoints to SQLite (the commit would run one, fsyncs and all)."""
+    if not own_checkpoints:
+        monkeypatch.setattr(UserStore, "_checkpoint_later", lambda self: None)
+    stores = store_manager(rt)
+    user = f"inline{own_checkpoints}"
+    threads: list[int] = []
+    commit = UserStore._commit
+
+    def noted(self: UserStore, requests: Any, fresh: list[Any]) -> Any:
+        threads.append(threading.get_ident())
+        return commit(self, requests, fresh)
+
+    async def main() -> list[dict[str, Any]]:
+        await stores.append(user, [{"type": "note", "data": {"i": 0}}])  # opens the store
+        await asyncio.sleep(0.05)  # its thread is between messages
+        monkeypatch.setattr(UserStore, "_commit", noted)
+        stored = [await stores.append(user, [{"type": "note", "data": {"i": i}}]) for i in (1, 2)]
+        events, _ = await stores.query(user, type="note")
+        return [e for batch in stored for e in batch] + events
+
+    got = asyncio.run(main())
+    on_loop = [ident == threading.get_ident() for ident in threads]
+    assert on_loop == ([True, True] if own_checkpoints else [False, False])
+    assert [e["data"]["i"] for e in got] == [1, 2, 2, 1, 0]
+
+
+def test_an_append_the_loop_would_commit_waits_on_the_stores_thread_for_another_writers_lock(rt: Runtime) -> None:
+    """Another connection (another worker) holds the write lock: the loop must not wait for it
+    (busy_timeout); the store's thread does, and commits once it is free, once."""
+    stores = store_manager(rt)
+    user = "inlinebusy"
+
+    async def main() -> tuple[float, list[dict[str, Any]]]:
+        await stores.append(user, [{"type": "note", "data": {"i": 0}}])
+        await asyncio.sleep(0.05)
+        other = sqlite3.connect(rt.settings.data_path / "users" / user / "events.db", isolation_level=None)
+        try:
+            other.execute("BEGIN IMMEDIATE")
+            task = asyncio.ensure_future(stores.append(user, [{"type": "note", "data": {"i": 1}}]))
+            started = time.monotonic()
+            await asyncio.sleep(0.3)
+            slept = time.monotonic() - started
+            assert not task.done()
+            other.execute("COMMIT")
+        finally:
+            other.close()
+        await task
+        events, _ = await stores.query(user, type="note")
+        return slept, events
+
+    slept, events = asyncio.run(main())
+    assert slept < 1.0  # the loop ran on (busy_timeout is 5 s)
+    assert [e["data"]["i"] for e in events] == [1, 0]

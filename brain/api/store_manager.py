@@ -132,6 +132,9 @@ class StoreManager:
         # Per user: acknowledged event ids on their way to the store (see UserStore.acks).
         self._acks: dict[str, deque[int]] = {}
         self._activating: dict[str, asyncio.Future[pykka.ActorRef[Any]]] = {}  # event-loop side only
+        # Requests waiting for a store's thread (event-loop side): while none does, a lone
+        # append is committed on the loop itself (`StoreInbox.append_now`).
+        self._waiting = 0
         # Its own threads: in the loop's default executor an activation queued behind whatever
         # else waits there (a mail provider that never answers) and a new user's first request
         # with it.
@@ -456,7 +459,14 @@ class StoreManager:
                 await asyncio.sleep(delay)
                 continue
             attempts += 1
+            if not self._waiting and type(message) is AppendRequest:
+                # Nothing else is waiting for a store: the two thread hand-offs would be most
+                # of this request's time, and there is no other work the loop would do meanwhile.
+                done = ref.actor_inbox.append_now(message)  # type: ignore[attr-defined]
+                if done is not None:
+                    return done
             fut: asyncio.Future[Any] = loop.create_future()
+            self._waiting += 1
             try:
                 submit(ref, message, fut)
                 return await fut
@@ -477,6 +487,8 @@ class StoreManager:
                 if fut.done():  # this request met the damage
                     raise self._quarantined_answer(exc.detail) if isinstance(exc, StoreQuarantined) else exc from None
                 # Refused by a store that found damage before this request came: quarantined now.
+            finally:
+                self._waiting -= 1
         raise last or ServiceUnavailable("the user's store is restarting; try again")
 
     def _live_ref(self, user_id: str) -> pykka.ActorRef[Any] | None:

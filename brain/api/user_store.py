@@ -2,7 +2,9 @@
 
 It is a virtual actor (see `brain.api.store_manager.StoreManager`): started on first use, it keeps its
 connection open while it lives and stops itself after `api.store_idle_seconds` without use.
-Only its own thread touches the connection.
+Its own thread uses the connection, and another only while holding `StoreInbox.db_lock` with
+the store between messages: the event loop, to take a kept page (`StoreInbox.cached_page`) or
+to commit a lone append itself when no other request waits for a store (`append_now`).
 
 Every commit takes the next numbers of the user's commit sequence (`NEXT_SEQ`): a stored event
 its id, a deleted event the `seq` of its tombstone (a row of `tombstones`, published as an
@@ -34,8 +36,11 @@ and only the first request since the store last looked is announced with a tell.
 takes everything queued at once, commits all the appends among it in one transaction (one
 savepoint each) and settles the loop's futures through `brain.actors.bridge`, one loop
 wake-up per burst. A busy user's concurrent writes thereby share one commit, and a burst of
-requests costs one thread wake-up per store, not per request. Threads (mail sync, the bus)
-still ask, and wait.
+requests costs one thread wake-up per store, not per request. But a lone request pays two
+thread wake-ups (to the store and back), the larger part of its time on an otherwise idle
+server: while no other request waits for a store, the loop commits a lone event itself, as the
+thread would, never waiting on a lock or a checkpoint (`UserStore.append_now`). Threads (mail
+sync, the bus) still ask, and wait.
 """
 
 from __future__ import annotations
@@ -368,6 +373,9 @@ _OPEN_ENVELOPE = Envelope(_OPEN)
 # The store's own work, which can write as much as the events it indexes: a look at the size
 # follows each (`_note_checkpoint_growth`). Not _DRAIN: that is the requests' appends.
 _OWN_WORK = frozenset({_FLUSH_ACKS, _BACKFILL, _MERGE, _INDEX_TAIL, _RENDER_BACKFILL})
+# How long a write waits for another worker's write lock on the store's thread (SQLite's
+# busy_timeout); an append the event loop commits itself (`append_now`) does not wait.
+BUSY_TIMEOUT_MS = 5000
 # Acknowledged outbox rows are deleted at most this long after the append that made them.
 ACK_FLUSH_SECONDS = 1.0
 # A store looks at its file's size (for the disk guard and the quota) after a write once this
@@ -389,7 +397,7 @@ class StoreInbox(queue.SimpleQueue):  # type: ignore[type-arg]
     ref reaches its request queue without another lookup.
     """
 
-    __slots__ = ("_lock", "_requests", "_announced", "_closed", "_refusal", "db_lock", "_db", "pages", "last_read")
+    __slots__ = ("_lock", "_requests", "_announced", "_closed", "_refusal", "db_lock", "_db", "pages", "last_read", "store")
 
     def __init__(self) -> None:
         super().__init__()
@@ -405,6 +413,7 @@ class StoreInbox(queue.SimpleQueue):  # type: ignore[type-arg]
         self._db: sqlite3.Connection | None = None  # the store's open connection, between messages
         self.pages = PageCache()
         self.last_read = 0.0  # time.monotonic() of the last page the loop took from `pages`
+        self.store: UserStore | None = None  # set by the store as it starts (`append_now`)
 
     def submit(self, message: AppendRequest | Request, fut: asyncio.Future[Any]) -> bool:
         """Queue a request (any thread); True if the store must now be told to look.
@@ -446,6 +455,21 @@ class StoreInbox(queue.SimpleQueue):  # type: ignore[type-arg]
             if page is not None:
                 self.last_read = time.monotonic()
             return page
+        finally:
+            self.db_lock.release()
+
+    def append_now(self, request: AppendRequest) -> list[tuple[StoredEvent, bool]] | None:
+        """Commit a lone append on the calling thread (the event loop's) if the store is idle:
+        between messages, with nothing submitted or queued before it. None: not done, nothing
+        written; submit it (see `UserStore.append_now`)."""
+        store = self.store
+        if store is None or not self.db_lock.acquire(blocking=False):
+            return None
+        try:
+            with self._lock:
+                if self._closed or self._requests or not self.empty():
+                    return None  # what came before it goes first
+            return store.append_now(request)
         finally:
             self.db_lock.release()
 
@@ -608,6 +632,7 @@ class UserStore(BrainActor):
         # the stores' supervisor waits for it, and a slow disk or a big quick_check there would
         # hold up every other user's store (OTP: keep init quick, continue after).
         _yield_to_the_loop()
+        self.actor_inbox.store = self  # type: ignore[attr-defined]
         self.actor_inbox.put(_OPEN_ENVELOPE)  # type: ignore[attr-defined]
         self.schedule(self.idle_seconds, _IDLE_CHECK)
 
@@ -649,7 +674,7 @@ class UserStore(BrainActor):
         # Not only this thread's: the event loop reads the version of kept pages (StoreInbox.cached_page).
         self.db = db = sqlite3.connect(self.path, isolation_level=None, cached_statements=64, check_same_thread=False)
         # First: another worker may be writing (or creating) this database right now.
-        db.execute("PRAGMA busy_timeout=5000")
+        db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         _use_wal(db)
         # NORMAL in WAL mode: a commit survives a crash of brain (kill -9); only an OS
         # crash or power loss can take the last commits back.
@@ -795,6 +820,46 @@ class UserStore(BrainActor):
                 inbox.publish(self.db, self.descriptors_from)
                 pages.keep_through(watched, _newest_limit)
                 self._checkpoint_later()
+
+    def append_now(self, request: AppendRequest) -> list[tuple[StoredEvent, bool]] | None:
+        """One event without a key, committed on the calling thread (the event loop's, holding
+        `db_lock`, the store idle): what its thread would do, minus the two thread wake-ups
+        (to the store and back), which are most of a lone request's latency. None when it is
+        not done (nothing written): the store's thread does it, and answers whatever went
+        wrong. It never waits: not for another worker's write lock (busy_timeout 0 meanwhile),
+        nor for a checkpoint: only a store that runs its own checkpoints on its thread
+        (`_checkpoint_later`) is written here, SQLite would run one inside the commit."""
+        db = self.db
+        if (
+            db is None or db is not self._checkpoints_of or self.read_only or self.quarantined
+            or len(request.events) != 1 or request.events[0].key is not None or db.in_transaction
+        ):
+            return None
+        inbox: StoreInbox = self.actor_inbox  # type: ignore[assignment]
+        pages = inbox.pages
+        watched = pages.watch()
+        fresh: list[StoredEvent] = []
+        try:
+            db.execute("PRAGMA busy_timeout=0")
+            try:
+                result = self._commit([request], fresh)[0]
+            finally:
+                db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        except Exception:
+            if fresh:
+                raise  # committed: never written twice
+            result = None
+        if not fresh or isinstance(result, Exception):
+            pages.keep_through(None, _newest_limit)
+            return None  # not written: the store's thread tries, and answers what it finds
+        self.last_used = time.monotonic()
+        try:
+            self._published(fresh)
+        finally:
+            self._note_checkpoint_growth(request)
+            pages.keep_through(watched, _newest_limit)
+            self._checkpoint_later()  # asks the store's thread for it, as after any write
+        return result  # type: ignore[return-value]
 
     def _receive(self, message: Any) -> Any:
         if message is _OPEN:
