@@ -18,8 +18,9 @@ instead of over a socket (`MemoryTransport`): the bytes of the request go straig
 of that server — the very one a socket's connection gets, so the same parser, middlewares,
 routes, checks, access log, keep-alive timeout and graceful stop — and its answer's bytes
 straight into the reader. That saves the socket calls of both ends and the event loop's trip
-through the kernel between them (about a third of a replay's cost). The listener's peer is
-then 127.0.0.1 port 0, and its scheme reads "http" (nothing on the API reads either).
+through the kernel between them (a small JSON answer: 232 -> 99 us p50). The listener's peer
+is then 127.0.0.1 port 0, and its scheme reads "http" (nothing on the API reads either). Its
+reader pushes back on the server past twice its limit unread, as a full socket would.
 """
 
 from __future__ import annotations
