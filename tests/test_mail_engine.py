@@ -428,10 +428,14 @@ def test_quota_pacing_stays_under_the_per_user_limit(tmp_path: Path, fake: FakeG
     # A bucket of 140 units/s with one second of burst spends at most 280 in any second.
     h = Harness(tmp_path, fake, quota_units_per_second=140, batch_size=20, page_size=60)
     fake.populate(USER, 60)
+    started = time.monotonic()
     outcomes = h.run()
+    took = time.monotonic() - started
     assert outcomes[-1].kind == "done"
     assert all(r.status != 429 for r in fake.requests)
-    assert h.engine.budget.waited > 0.5  # ~308 units: over a second of waiting after the burst
+    # ~308 units: about a second of waiting after the burst — unless the machine is so loaded
+    # that the sync's own work took that time (seen at load 12: 0.16 s waited).
+    assert h.engine.budget.waited > 0.5 or took > 2.0, (h.engine.budget.waited, took)
     assert h.store.types() == {"mail.message.received": 60}
 
 

@@ -27,6 +27,9 @@ log = logging.getLogger("brain.cluster")
 BUCKET = "brain_placement"
 # Operations the watcher reports for a key that is gone (a deleted user).
 _GONE = ("DEL", "PURGE")
+# A lost create reads the winner's entry this many times, this long apart.
+_WINNER_READS = 20
+_WINNER_WAIT_S = 0.05
 
 
 class UserPlacement:
@@ -105,12 +108,32 @@ class UserPlacement:
         try:
             await self.kv.create(user_id, node.encode())
         except nats.js.errors.KeyWrongLastSequenceError:
-            node = (await self.kv.get(user_id)).value.decode()
+            node = await self._winner(user_id)
         except (nats.errors.Error, nats.js.errors.Error) as exc:
             raise ServiceUnavailable(f"cluster placement unavailable: {exc!r}") from None
         # The watcher will say the same; set now so the next request needs no round trip.
         self._nodes[user_id] = node
         return node
+
+    async def _winner(self, user_id: str) -> str:
+        """The node another node placed the user on a moment ago (our create lost). A read may
+        reach a replica the winner's entry has not reached yet: asked again for up to a second,
+        the watcher's word taken if it comes first."""
+        for _ in range(_WINNER_READS):
+            seen = self._nodes.get(user_id)
+            if seen is not None:
+                return seen
+            try:
+                entry = await self.kv.get(user_id)
+                if entry.value:
+                    return str(entry.value.decode())
+            except nats.js.errors.KeyNotFoundError:
+                pass
+            except (nats.errors.Error, nats.js.errors.Error) as exc:
+                raise ServiceUnavailable(f"cluster placement unavailable: {exc!r}") from None
+            await asyncio.sleep(_WINNER_WAIT_S)
+        raise ServiceUnavailable("cluster placement unavailable: the user was placed by another node, "
+                                 "whose entry is not readable yet; try again")
 
     def users(self) -> dict[str, str]:
         """Every placed user and their node, as this node sees the bucket (a copy)."""
