@@ -609,7 +609,8 @@ def test_drain_hands_a_nodes_users_to_the_others_with_all_their_events(cluster: 
     assert set(answer["moved"]) >= {u["user"]["id"] for u in users} and set(answer["moved"].values()) <= {"a", "c"}
     status, text = held.finish()
     assert status == 201, text
-    assert metric(c, "brain_cluster_resent_total") == resent + 1
+    # The held write was sent on (and maybe a writer's that met b just after the move).
+    assert metric(c, "brain_cluster_resent_total") >= resent + 1
     drained = [len(w.acked) for w in writers]
     wait_until(lambda: all(len(w.acked) >= k + 3 for w, k in zip(writers, drained)), timeout=30,
                what="writes after the drain")
