@@ -9,8 +9,10 @@ behind the answer (brain.api.user_store, `_checkpoint_later`).
 from __future__ import annotations
 
 import ctypes
+import sqlite3
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -20,6 +22,7 @@ from brain.api.state import store_manager
 from brain.api.user_store import UserStore
 from brain.config import load_settings
 from brain.runtime import Runtime
+from tests.support import wait_until
 
 # A page of events well past 1,000 WAL pages of 4 KiB (each event's data is stored twice: as
 # given and in its rendered copy).
@@ -93,3 +96,45 @@ def test_the_wal_stays_bounded_through_many_large_appends(rt: Runtime) -> None:
     wal = rt.settings.data_path / "users" / user / "events.db-wal"
     # Reset after each checkpoint: about one page's frames, never the 12 pages' (~100 MB).
     assert wal.stat().st_size < 3 * 10 * 1024 * 1024
+
+
+def test_a_failing_checkpoint_is_tried_again_after_the_next_write_not_at_once(
+    rt: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As SQLite retries its automatic checkpoint at the next commit: a full disk fails every
+    # attempt, and the store must not spin on it.
+    stores = store_manager(rt)
+    user = "checkpointfails"
+    stores.append_from_thread(user, [{"type": "warm", "data": 0}])
+    ref = stores._live_ref(user)
+    assert ref is not None
+    tries: list[int] = []
+
+    def failing(self: UserStore) -> None:
+        tries.append(1)
+        db = self.db
+
+        class Failing:
+            def execute(self, sql: str, *args: Any) -> Any:
+                if "wal_checkpoint" in sql:
+                    raise sqlite3.OperationalError("database or disk is full")
+                return db.execute(sql, *args)
+
+        failing_db = Failing()
+        of = self._checkpoints_of
+        self.db = self._checkpoints_of = failing_db  # type: ignore[assignment]
+        try:
+            real(self)
+        finally:
+            self.db, self._checkpoints_of = db, of
+
+    real = UserStore._checkpoint
+    monkeypatch.setattr(UserStore, "_checkpoint", failing)
+    stores.append_from_thread(user, PAGE)
+    wait_until(lambda: len(tries) >= 1, timeout=10, what="the first checkpoint")
+    time.sleep(0.3)
+    for _ in range(5):
+        stores.head_from_thread(user)  # messages that write nothing
+    assert len(tries) == 1
+    stores.append_from_thread(user, PAGE[:1])
+    wait_until(lambda: len(tries) == 2, timeout=10, what="the checkpoint after the next write")

@@ -974,8 +974,8 @@ class UserStore(BrainActor):
         try:
             db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
         except sqlite3.Error as exc:
+            # Asked again after the next write, not at once: a full disk fails every attempt.
             log.debug("%s: checkpoint failed: %r", self, exc)
-            self._checkpoint_changes = -1
             return
         self._changes_noted = -1  # the file grew by what it copied: the disk guard looks again now
 
