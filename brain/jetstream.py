@@ -124,4 +124,3 @@ async def open_bucket(js: Any, bucket: str, *, replicas: int, **config: Any) -> 
             ))
         except nats.js.errors.BadRequestError:
             return await js.key_value(bucket)
-

@@ -245,11 +245,7 @@ class ClusterNode:
             await self.heartbeat.release(self.node_id)  # gone at once, not after the TTL
         await self.forwarder.close()
         await self.placement.close()
-        if self.nc is not None and not self.nc.is_closed:
-            try:
-                await asyncio.wait_for(self.nc.close(), timeout=2)
-            except Exception:  # noqa: BLE001 - closing anyway
-                pass
+        await jetstream.close_quietly(self.nc)
 
     async def route(self, request: web.Request, user_id: str, *, streams: bool) -> web.StreamResponse | None:
         """Another node's answer if the user is placed there; None: serve it here.

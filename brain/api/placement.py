@@ -16,8 +16,8 @@ from collections.abc import Callable
 from typing import Any
 
 import nats.js.errors
-from nats.js.api import KeyValueConfig, StorageType
 
+from brain import jetstream
 from brain.errors import ServiceUnavailable
 
 __all__ = ["BUCKET", "UserPlacement"]
@@ -51,15 +51,7 @@ class UserPlacement:
 
     async def open(self, js: Any) -> None:
         """Find or create the bucket, then start watching it (returns once the map is loaded)."""
-        try:
-            self.kv = await js.key_value(BUCKET)
-        except nats.js.errors.BucketNotFoundError:
-            try:
-                self.kv = await js.create_key_value(config=KeyValueConfig(
-                    bucket=BUCKET, history=1, storage=StorageType.FILE, replicas=self.replicas,
-                ))
-            except nats.js.errors.BadRequestError:
-                self.kv = await js.key_value(BUCKET)  # another node created it meanwhile
+        self.kv = await jetstream.open_bucket(js, BUCKET, replicas=self.replicas)
         self._watcher = await self.kv.watchall()
         self._watching = asyncio.ensure_future(self._watch())
         await self._loaded.wait()

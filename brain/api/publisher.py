@@ -626,12 +626,7 @@ class Publisher:
         self._stopping = True
         self.connected = False
         self.state = "stopped"
-        nc = self.nc
-        if nc is not None and not nc.is_closed:
-            try:
-                await asyncio.wait_for(nc.close(), timeout=2)
-            except Exception:  # noqa: BLE001 - closing anyway
-                pass
+        await jetstream.close_quietly(self.nc)
 
 def _log_failure(fut: asyncio.Future[Any]) -> None:
     if not fut.cancelled() and fut.exception() is not None:
