@@ -111,6 +111,7 @@ class Due(NamedTuple):
 
 
 _ENDPOINT_COLUMNS = ", ".join(Endpoint._fields)
+_INSERT_ENDPOINT = f"INTO endpoints ({_ENDPOINT_COLUMNS}) VALUES ({','.join('?' * len(Endpoint._fields))})"
 
 
 class WebhookDb:
@@ -146,8 +147,7 @@ class WebhookDb:
     def add_endpoint(self, endpoint: Endpoint) -> None:
         """Insert a new endpoint, and the user's cursor at its `after_seq` unless there is one."""
         with self.transaction():
-            self.db.execute(f"INSERT INTO endpoints ({_ENDPOINT_COLUMNS}) VALUES ({','.join('?' * len(Endpoint._fields))})",
-                            endpoint)
+            self.db.execute(f"INSERT {_INSERT_ENDPOINT}", endpoint)
             self.db.execute("INSERT OR IGNORE INTO cursors (user_id, seq) VALUES (?, ?)",
                             (endpoint.user_id, endpoint.after_seq))
 
@@ -202,9 +202,7 @@ class WebhookDb:
         with self.transaction():
             added = 0
             for endpoint in endpoints:
-                added += self.db.execute(
-                    f"INSERT OR IGNORE INTO endpoints ({_ENDPOINT_COLUMNS}) VALUES ({','.join('?' * len(Endpoint._fields))})",
-                    endpoint).rowcount
+                added += self.db.execute(f"INSERT OR IGNORE {_INSERT_ENDPOINT}", endpoint).rowcount
             for user_id, seq in resume.items():
                 self.db.execute("INSERT INTO cursors (user_id, seq) VALUES (?, ?) "
                                 "ON CONFLICT (user_id) DO UPDATE SET seq = min(seq, excluded.seq)", (user_id, seq))
