@@ -9,7 +9,8 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -17,7 +18,9 @@ from urllib.parse import urlsplit
 import jsonschema
 import requests
 
+from brain.config import load_settings
 from brain.openapi import error_codes
+from brain.runtime import Runtime
 from brain.testing import free_port, wait_until
 
 REPO = Path(__file__).resolve().parent.parent
@@ -271,3 +274,17 @@ def assert_declared(spec: Mapping[str, Any], r: requests.Response) -> None:
     if schema is not None and r.headers.get("Content-Type", "").startswith("application/json"):
         # The document's components beside the schema, so that its references resolve.
         jsonschema.Draft202012Validator({**schema, "components": spec["components"]}).validate(r.json())
+
+
+@contextmanager
+def api_runtime(data_dir: Path, **sections: Mapping[str, Any]) -> Iterator[Runtime]:
+    """The API role's actor tree in this process over `data_dir` (no plugins, no listener),
+    started, then stopped; `sections` add settings (e.g. `search={"index": False}`)."""
+    runtime = Runtime(load_settings(environ={}, overrides={
+        "server": {"data_dir": str(data_dir), "roles": ["api"]}, "plugins": {"enabled": []}, **sections,
+    }))
+    runtime.start_tree()
+    try:
+        yield runtime
+    finally:
+        runtime.stop_tree()

@@ -24,12 +24,11 @@ import pytest
 from brain.api import pages
 from brain.api.state import store_manager
 from brain.api.user_store import DeleteEvents, Query, ReadPage, UserStore
-from brain.config import load_settings
 from brain.contracts import EVENT_SINK
 from brain.errors import BadRequest
 from brain.event_types import TypeFilter
 from brain.runtime import Runtime
-from tests.support import embedded_nats_url, wait_until
+from tests.support import api_runtime, embedded_nats_url, wait_until
 from tests.test_jetstream import stream_messages
 
 MAX_OPEN = 3
@@ -37,22 +36,10 @@ MAX_OPEN = 3
 
 @pytest.fixture(scope="module")
 def rt(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runtime]:
-    data = tmp_path_factory.mktemp("stores") / "data"
-    settings = load_settings(
-        environ={},
-        overrides={
-            "server": {"data_dir": str(data), "roles": ["api"]},
-            "api": {"max_open_stores": MAX_OPEN, "store_idle_seconds": 1.0},
-            "plugins": {"enabled": []},
-        },
-    )
-    runtime = Runtime(settings)
-    runtime.start_tree()
-    assert runtime.stash[EVENT_SINK] is store_manager(runtime)
-    try:
+    with api_runtime(tmp_path_factory.mktemp("stores") / "data",
+                     api={"max_open_stores": MAX_OPEN, "store_idle_seconds": 1.0}) as runtime:
+        assert runtime.stash[EVENT_SINK] is store_manager(runtime)
         yield runtime
-    finally:
-        runtime.stop_tree()
 
 
 def key(account: str, msg: int, kind: str = "received") -> str:

@@ -21,9 +21,8 @@ from brain.api.search import SCHEMA, IndexOptions, SearchIndex
 from brain.api.settings import SearchSettings
 from brain.api.state import store_manager
 from brain.api.user_store import migrate, store_path
-from brain.config import load_settings
 from brain.runtime import Runtime
-from tests.support import wait_until
+from tests.support import api_runtime, wait_until
 
 _TEXT = st.text(st.characters(exclude_categories=("Cs",)), max_size=12)
 _KEY = st.sampled_from(["subject", "from", "to", "body_text", "body_text_clean", "snippet", "attachments",
@@ -64,17 +63,8 @@ def test_values_that_may_not_read_as_their_text_are_not_plain(value: Any) -> Non
 
 @pytest.fixture(scope="module")
 def rt(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runtime]:
-    data = tmp_path_factory.mktemp("written") / "data"
-    runtime = Runtime(load_settings(environ={}, overrides={
-        "server": {"data_dir": str(data), "roles": ["api"]},
-        "plugins": {"enabled": []},
-        "search": {"index_delay_seconds": 0.05},
-    }))
-    runtime.start_tree()
-    try:
+    with api_runtime(tmp_path_factory.mktemp("written") / "data", search={"index_delay_seconds": 0.05}) as runtime:
         yield runtime
-    finally:
-        runtime.stop_tree()
 
 
 def _mail(i: int) -> dict[str, Any]:

@@ -20,9 +20,8 @@ import pytest
 
 from brain.api.state import store_manager
 from brain.api.user_store import UserStore
-from brain.config import load_settings
 from brain.runtime import Runtime
-from tests.support import wait_until
+from tests.support import api_runtime, wait_until
 
 # A page of events well past 1,000 WAL pages of 4 KiB (each event's data is stored twice: as
 # given and in its rendered copy).
@@ -31,17 +30,9 @@ PAGE = [{"type": "mail.message.received", "data": {"body_text": "x" * 40_000, "n
 
 @pytest.fixture(scope="module")
 def rt(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runtime]:
-    data = tmp_path_factory.mktemp("checkpoint") / "data"
-    runtime = Runtime(load_settings(environ={}, overrides={
-        "server": {"data_dir": str(data), "roles": ["api"]},
-        "plugins": {"enabled": []},
-        "search": {"index": False},  # no catch-up writing to the WAL between the looks below
-    }))
-    runtime.start_tree()
-    try:
+    # No search index: no catch-up writing to the WAL between the looks below.
+    with api_runtime(tmp_path_factory.mktemp("checkpoint") / "data", search={"index": False}) as runtime:
         yield runtime
-    finally:
-        runtime.stop_tree()
 
 
 def _wal(ref: Any) -> tuple[int, int]:
