@@ -83,6 +83,11 @@ def test_enable_gives_a_totp_uri_and_backup_codes_and_turns_on_after_the_first_c
     assert r.status_code == 400 and r.json()["code"] == "INVALID_PASSWORD"
     r = post(server, "two-factor/enable", {}, token=token)
     assert r.status_code == 400 and "password" in r.json()["message"]
+    # The issuer is an optional string: null is not its absence, nor are ':' or control characters allowed.
+    for issuer in (None, "", "a:b", "a\x04", "x" * 129, 7):
+        r = post(server, "two-factor/enable", {"password": PASSWORD, "issuer": issuer}, token=token)
+        assert r.status_code == 400 and r.json()["code"] == "VALIDATION_ERROR", (issuer, r.text)
+        assert "issuer" in r.json()["message"]
     r = post(server, "two-factor/enable", {"password": PASSWORD, "issuer": "My App"}, token=token)
     assert r.status_code == 200, r.text
     body = r.json()

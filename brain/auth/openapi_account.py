@@ -127,6 +127,9 @@ _LIMITED = {"429": _error("Too many requests to /two-factor/* from this address,
 _CODE_LIMITED = {"429": _error("Too many requests to /two-factor/* from this address, or ACCOUNT_TEMPORARILY_LOCKED",
                                "TOO_MANY_REQUESTS", "ACCOUNT_TEMPORARILY_LOCKED")}
 _CODE_BODY = {"code": _STRING, "trustDevice": _BOOL}
+# What the otpauth URI's label can carry: two_factor_routes.enable refuses anything else.
+_ISSUER = {"type": "string", "minLength": 1, "maxLength": 128, "pattern": "^[^:\\u0000-\\u001f]+$",
+           "description": "The name an authenticator app shows; the server's own name when absent"}
 
 TWO_FACTOR_PATHS: dict[str, dict[str, Any]] = {
     "/api/auth/two-factor/enable": _post(
@@ -136,7 +139,10 @@ TWO_FACTOR_PATHS: dict[str, dict[str, Any]] = {
          "400": _error("INVALID_PASSWORD, TOTP_ALREADY_ENABLED, OTP_NOT_CONFIGURED, VALIDATION_ERROR",
                        "INVALID_PASSWORD", "TOTP_ALREADY_ENABLED", "OTP_NOT_CONFIGURED", *INVALID_CODES),
          **NO_SESSION, **_LIMITED},
-        body=_body({**_PASSWORD, "issuer": _STRING, "method": {"type": "string", "enum": ["totp", "otp"]}},
+        body=_body({**_PASSWORD, "issuer": _ISSUER,
+                    # Better Auth's schema allows "otp" too; without an OTP sender it is OTP_NOT_CONFIGURED.
+                    "method": {"type": "string", "enum": ["totp"],
+                               "description": '"otp" is refused with OTP_NOT_CONFIGURED: no code sender is set up'}},
                    ["password"]),
     ),
     "/api/auth/two-factor/get-totp-uri": _post(

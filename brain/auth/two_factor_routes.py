@@ -192,9 +192,10 @@ class TwoFactorRoutes:
         method = body.get("method", "totp")
         if method not in ("totp", "otp"):
             raise validation_error("method", 'Invalid option: expected one of "otp"|"totp"')
+        # Absent is the server's own name; null is not absent (Better Auth's schema: an optional string).
         issuer = body.get("issuer")
-        if issuer is not None and (not isinstance(issuer, str) or not issuer or len(issuer) > 128
-                                   or any(ord(c) < 0x20 or c == ":" for c in issuer)):
+        if "issuer" in body and (not isinstance(issuer, str) or not issuer or len(issuer) > 128
+                                 or any(ord(c) < 0x20 or c == ":" for c in issuer)):
             raise validation_error("issuer", "must be a non-empty string of at most 128 characters, without ':' or "
                                              "control characters")
         await self._password(user, body)
