@@ -14,6 +14,7 @@ from __future__ import annotations
 import binascii
 import email.parser
 import email.policy
+import email.quoprimime
 import email.utils
 import json
 import os
@@ -30,7 +31,7 @@ from mailparser_reply.parser import EmailMessage as ReplyParse
 
 from brain.mail import convert, mailtext, provider
 from brain.mail.convert import message_from_gmail, message_from_graph, message_from_mime
-from brain.mail.message import ConvertOptions, Flags, MessageContext, MessageRecord, event_schemas
+from brain.mail.message import ConvertOptions, Flags, MessageContext, MessageRecord, event_schemas, iso_utc
 from brain.testing.fakes.gmail import mime_payload
 
 CORPUS = Path(__file__).parent / "mail_corpus"
@@ -514,6 +515,59 @@ def test_the_answer_is_the_first_reply_mail_parser_reply_reads(pieces: list[str]
     answer, quoted = mailtext._answer(window, languages)
     replies = ReplyParse(text=window, languages=list(languages), keep_hyphen_lists=True).read().replies
     assert (answer.body, answer.signatures, quoted) == (replies[0].body, replies[0].signatures, len(replies) > 1)
+
+
+_SEPARATOR_PIECES = ["text", "", " ", "\r\n", "\n", "  padded  ", "_" * 32, "-" * 40, " " + "_" * 33, "_-" * 16, "_" * 31, "x" + "-" * 32]
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.sampled_from(_SEPARATOR_PIECES), max_size=12))
+def test_the_reply_window_is_normalised_as_mail_parser_reply_normalises_it(pieces: list[str]) -> None:
+    window = "\n".join(pieces)
+    assert mailtext._reply_text(window) == ReplyParse(text=window).text
+
+
+_DATE_PIECES = [
+    "Tue, ", "Xyz, ", "04", "4", "31", "29", "00", " ", "  ", "Mar", "Feb", "Dec", "mar", "2025", "9999", "1000", "0999", "25",
+    "10:00:00", "23:59:59", "24:00:00", "10:60:00", "10:00:60", "10:00", "+0100", "-0100", "-0000", "+2359", "+2400", "+9959",
+    "-0075", "GMT", "(CET)", "(Pacific Time)",
+]
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.lists(st.sampled_from(_DATE_PIECES), min_size=3, max_size=9))
+def test_a_date_header_is_read_as_the_stdlib_reads_it(pieces: list[str]) -> None:
+    value = " ".join(pieces)
+    try:
+        expected = iso_utc(email.utils.parsedate_to_datetime(mailtext.decode_header_text(value)))
+    except (TypeError, ValueError, IndexError, OverflowError):
+        expected = None
+    assert convert._header_date(value) == expected
+
+
+def test_the_common_date_form_takes_the_fast_path_and_a_date_past_9999_in_utc_is_no_date() -> None:
+    assert convert._PLAIN_DATE.fullmatch("Tue, 04 Mar 2025 10:15:00 +0100 (CET)") is not None
+    assert convert._header_date("Tue, 04 Mar 2025 10:15:00 +0100 (CET)") == "2025-03-04T09:15:00.000Z"
+    # West of UTC the last hour of 9999 is past the last day iso_utc can write: the message
+    # keeps no date rather than failing its conversion.
+    for value in ("Fri, 31 Dec 9999 23:30:00 -0100", "Fri, 31 Dec 9999 23:30 -0100"):
+        assert convert._header_date(value) is None
+    raw = b"From: a@b.c\nDate: Fri, 31 Dec 9999 23:30:00 -0100\nSubject: far\n\nbody"
+    assert message_from_mime(raw, MessageContext(message_id="far")).date is None
+
+
+_QP_WORD_PIECES = ["a", "_", "=", "=E2", "=80", "=e9", "=3D", "=3", "=G1", "==", "\u00e9", "\u20ac", "?"]
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.lists(st.sampled_from(_QP_WORD_PIECES), max_size=8), st.sampled_from(["utf-8", "iso-8859-1", "bogus"]))
+def test_q_encoded_words_decode_as_the_stdlib_decodes_them(pieces: list[str], charset: str) -> None:
+    text = "".join(pieces).replace("?", "")
+    try:
+        expected = mailtext.decode_bytes(email.quoprimime.header_decode(text).encode("latin-1"), charset)
+    except UnicodeEncodeError:
+        expected = f"=?{charset}?q?{text}?="  # kept as sent
+    assert mailtext.decode_header_text(f"=?{charset}?q?{text}?=") == " ".join(expected.split())
 
 
 _ASCII_TEXT = [*"ab .=?_", *map(chr, range(33)), "\x7f"]

@@ -24,6 +24,7 @@ import email.quoprimime
 import functools
 import re
 
+from mailparser_reply.constants import OUTLOOK_MAIL_SEPARATOR
 from mailparser_reply.parser import EmailMessage as ReplyParse
 from mailparser_reply.parser import EmailReply
 from resiliparse.extract.html2text import extract_plain_text
@@ -76,6 +77,7 @@ _SEVEN_BIT_PREFIXES = ("iso2022", "utf-7", "hz", "utf-16", "utf-32")
 
 _ENCODED_WORD = re.compile(r"=\?([^?\s]*)\?([qQbB])\?([^?\s]*)\?=")
 _BETWEEN_WORDS = re.compile(r"(\?=)[ \t\r\n]+(=\?)")
+_QP_LOOSE_EQUALS = re.compile(r"=(?![0-9A-Fa-f]{2})")  # an "=" that starts no escape
 # Characters that carry no text: C0 controls (but tab and newline), DEL, and the invisible
 # format characters newsletters pad their preview text with (zero-width space and joiners,
 # BOM, soft hyphen, combining grapheme joiner).
@@ -136,6 +138,14 @@ def decode_header_text(value: str) -> str:
     headers); they are read as UTF-8, else windows-1252. Malformed encoded words (a bad
     charset, broken base64) are decoded as far as possible, never dropped.
     """
+    if (
+        value.isascii() and value.isprintable() and "=?" not in value and "  " not in value
+        and value[:1] != " " and value[-1:] != " "
+    ):
+        # Printable ASCII without an encoded word, double or outer spaces: nothing below
+        # changes it (its only blank is the space, and every invisible character is
+        # unprintable or not ASCII). Addresses, Message-IDs, most names take this way.
+        return value
     value = _repair_8bit(value)
     if "=?" in value:
         value = _BETWEEN_WORDS.sub(r"\1\2", value)  # RFC 2047: space between words is not text
@@ -160,6 +170,10 @@ def _decode_word(match: re.Match[str]) -> str:
     try:
         if encoding == "b":
             data = binascii.a2b_base64(text + "=" * (-len(text) % 4))
+        elif _QP_LOOSE_EQUALS.search(text) is None:
+            # binascii decodes "_" and "=XX" in C as header_decode does with a regular
+            # expression and a Python call per escape, when every "=" starts one.
+            data = binascii.a2b_qp(text.encode("latin-1"), header=True)
         else:
             data = email.quoprimime.header_decode(text).encode("latin-1")
     except (binascii.Error, ValueError, UnicodeEncodeError):
@@ -190,10 +204,14 @@ def normalise_text(text: str) -> str:
     """Line endings as ``\\n``, no trailing spaces, at most two blank lines in a row, trimmed."""
     if "\r" in text:
         text = text.replace("\r\n", "\n").replace("\r", "\n")
-    text = "\n".join([line.rstrip() for line in _without_invisible(text).split("\n")])
-    # str.replace rather than a regular expression: it is many times faster on long text.
-    while "\n\n\n\n" in text:
-        text = text.replace("\n\n\n\n", "\n\n\n")
+    lines = list(map(str.rstrip, _without_invisible(text).split("\n")))
+    text = "\n".join(lines)
+    # Three blank lines in a row are three empty strings in a row: a byte a line finds them
+    # without searching the whole text for four line ends, and most texts have none.
+    if b"\0\0\0" in bytes(map(bool, lines)):
+        # str.replace rather than a regular expression: it is many times faster on long text.
+        while "\n\n\n\n" in text:
+            text = text.replace("\n\n\n\n", "\n\n\n")
     return text.strip()
 
 
@@ -244,23 +262,44 @@ def _answer(window: str, languages: tuple[str, ...]) -> tuple[EmailReply, bool]:
     forward) is read by ``read`` itself: its first reply is the quoted one.
     """
     header, signature_regex, disclaimers = _reply_patterns(languages)
-    reader = ReplyParse(
-        text=window, languages=list(languages), keep_hyphen_lists=True,
-        _header_regex=header, _signature_regex=signature_regex, _disclaimers_regex=disclaimers,
-    )
-    text = reader.text  # as the parser normalised it
-    quote = reader.HEADER_REGEX.search(text)
+    text = _reply_text(window)
+    quote = header.search(text)
     if quote is not None and not text[: quote.start()].strip():
+        reader = ReplyParse(
+            text=window, languages=list(languages), keep_hyphen_lists=True,
+            _header_regex=header, _signature_regex=signature_regex, _disclaimers_regex=disclaimers,
+        )
         replies = reader.read().replies
         return replies[0], len(replies) > 1
     content = text[: quote.start()] if quote is not None else text
-    signature = reader.SIGNATURE_REGEX.search(content)
+    signature = signature_regex.search(content)
     answer = EmailReply(
         content=content,
         signatures=signature.group() if signature is not None else "",
-        disclaimers=reader.DISCLAIMERS_REGEX.findall(content),
+        disclaimers=disclaimers.findall(content),
     )
     return answer, quote is not None
+
+
+_OUTLOOK_SEPARATOR_AFTER_TEXT = re.compile(f"([^\n]){OUTLOOK_MAIL_SEPARATOR}")
+# What every match of the pattern above contains: two line ends and the start of the separator.
+# A search for it starts with a literal and skips along the text; the pattern above starts with
+# a class nearly every character is in, and is tried at each one.
+_OUTLOOK_SEPARATOR_START = re.compile(r"\n\n ?[_-]{32}")
+
+
+def _reply_text(window: str) -> str:
+    """``window`` as mail-parser-reply normalises the text it reads (``EmailMessage._normalize_text``).
+
+    The same steps without building a reader, and the separator's rewrite only when the text
+    has a separator; tests/test_mail_content.py holds the two to the same result.
+    """
+    text = window.replace("\r\n", "\n")
+    text = "\n".join([line.strip() for line in text.split("\n")])
+    if _OUTLOOK_SEPARATOR_START.search(text) is not None:
+        # A count of 8: the parser hands re.sub re.MULTILINE where it takes the count.
+        text = _OUTLOOK_SEPARATOR_AFTER_TEXT.sub("\\1\n", text, 8)
+    return text
 
 
 @functools.lru_cache(maxsize=16)
