@@ -157,10 +157,17 @@ class UserHome(Protocol):
     def settled(self, user_id: str) -> bool:
         """Whether the user's store here is complete (not being rebuilt from the stream)."""
 
+    def deleted(self, user_id: str) -> bool:
+        """Whether this node has heard that the user's account was deleted (their data must not
+        follow them anywhere: brain.directory)."""
+
     async def at_home(self, request: Any, user_id: str) -> Any:
         """The answer of the user's node to this request (an `aiohttp.web.Request`, sent there as an
-        authenticated request is) if the user is placed elsewhere; None: serve it here. For the
-        public routes that name their user in a signed value (an OAuth flow's state)."""
+        authenticated request is) if the user is placed elsewhere; None: serve it here (also for a
+        request another node already forwarded here). For the public routes that name their user
+        in a signed value (an OAuth flow's state), or whose user the node finds otherwise (a mail
+        push notification, through the accounts' bucket); a body the route already read is sent
+        as read (brain.web.BODY_READ)."""
 
 
 class CommitLog(Protocol):

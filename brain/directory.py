@@ -11,6 +11,16 @@ the other nodes hold), then, once the watcher has delivered what the bucket held
 error and the next one comes on time. Subclasses write `check()`: put what changed here, adopt
 what moved here, drop what moved away. `published`/`users` remember what this node put (for
 "deleted here, so from the bucket too"), `digest()` says whether a record changed since.
+
+What leaves the bucket, one rule for every directory (`forget_gone`):
+
+- a record this node put whose thing is gone from this node (its user deleted it, or it went
+  with the user's account) while its user is placed here — or nowhere any more: a deleted
+  user's placement entry is removed (brain.api.placement);
+- every record of a user this node knows was deleted (`UserHome.deleted`), whoever put it: the
+  user's node may have been down when the deletion came, restarted before it looked, or be
+  gone for good, and a record left there would be adopted again (a deleted user's mail account
+  syncing on, with their credentials) or never go. `put` and adoption skip such users too.
 """
 
 from __future__ import annotations
@@ -19,11 +29,13 @@ import asyncio
 import hashlib
 import json
 import logging
+from collections.abc import Iterable
 from typing import Any
 
 from brain import jetstream
 from brain.actors.base import Link
 from brain.actors.loop import LoopActor
+from brain.contracts import USER_HOME, UserHome
 from brain.nats_auth import process_connect_options
 from brain.process import Process
 
@@ -108,8 +120,30 @@ class BucketDirectory(LoopActor):
         """One round (the subclass's)."""
         raise NotImplementedError
 
+    async def forget_gone(self, home: UserHome, local: Iterable[str]) -> None:
+        """Delete from the bucket what no node may adopt any more (the module docstring's rule);
+        `local`: the keys of what this node holds now."""
+        for key in set(self.published) - set(local):
+            if home.node_of_user(self.users.get(key, "")) in (home.node_id, None):
+                await self.kv.delete(key)
+                self.log.info("%s directory: %s deleted here, so from the bucket too", self.what, key)
+            self.published.pop(key, None)
+            self.users.pop(key, None)
+        for key, record in list(self.records.items()):
+            if home.deleted(self.user_of(record)):
+                await self.kv.delete(key)
+                self.records.pop(key, None)  # as the watcher will say: not deleted again meanwhile
+                self.log.info("%s directory: %s belonged to a deleted user; deleted from the bucket", self.what, key)
+
+    def user_of(self, record: dict[str, Any]) -> str:
+        """The user a record of the bucket belongs to (the subclass's)."""
+        raise NotImplementedError
+
     async def put(self, key: str, user_id: str, record: dict[str, Any]) -> None:
-        """Put the record under `key` unless this node put the same one last."""
+        """Put the record under `key` unless this node put the same one last (or its user was deleted)."""
+        home = self.rt.stash.get(USER_HOME)
+        if home is not None and home.deleted(user_id):
+            return
         fingerprint = digest(record)
         if self.published.get(key) != fingerprint:
             await self.kv.put(key, json.dumps(record, separators=(",", ":")).encode())

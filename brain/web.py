@@ -131,6 +131,9 @@ def not_modified(request: web.Request, etag: str) -> bool:
 
 MAX_BODY_KEY = web.AppKey("max_body_bytes", int)
 BODY_TIMEOUT_KEY = web.AppKey("body_timeout_seconds", float)
+# Where `read_body` leaves what it read on the request: a handler that read the body and then
+# hands the request on (a cluster node forwarding it to another node) sends the same bytes.
+BODY_READ = web.RequestKey("body_read", bytes)
 
 HSTS = "max-age=31536000; includeSubDomains"
 
@@ -157,6 +160,7 @@ async def read_body(request: web.Request, *, limit: int | None = None) -> bytes:
                 raw = await _read_body(request, limit)
         except TimeoutError:
             raise HTTPError("request body not received in time", status=408, code="REQUEST_TIMEOUT") from None
+    request[BODY_READ] = raw
     return raw
 
 

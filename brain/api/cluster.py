@@ -35,10 +35,10 @@ from brain.api.forwarding import MOVED_HEADER, Forwarder, NotThere, forward_mark
 from brain.api.handover import Handover, rendezvous
 from brain.api.placement import UserPlacement
 from brain.api.publisher import publish_confirmed
-from brain.api.state import LISTENER, doorbell, store_manager
+from brain.api.state import LISTENER, doorbell, store_manager, token_verifier
 from brain.api.store_manager import AppendResult, stored_dicts
 from brain.api.user_store import AppendRequest
-from brain.errors import ServiceUnavailable
+from brain.errors import ServiceUnavailable, Unauthorized
 from brain.leases import Leases
 from brain.nats_auth import process_connect_options
 from brain.process import Process
@@ -113,6 +113,11 @@ class ClusterNode:
             return
         while not self._stopping:
             try:
+                # A worker restarted after the node was drained: the node stays drained (the master
+                # remembers it until the node restarts).
+                drained = await peers_for(self.rt).recall(DRAINING)
+                if isinstance(drained, list):
+                    await self._draining(drained)
                 js = self.nc.jetstream(timeout=5)
                 if self.rt.worker.primary and self.heartbeat is None:
                     heartbeat = Leases(js, NODES_BUCKET, ttl=self.heartbeat_ttl, owner=self.node_id,
@@ -127,6 +132,8 @@ class ClusterNode:
                         stores=self.stores, bell=self.bell, nats_settings=self.rt.settings.nats,
                         data_path=self.rt.settings.data_path, nodes_bucket=NODES_BUCKET,
                     )
+                    handover.draining = isinstance(drained, list)  # and takes no dead node's users either
+                    handover.deleted = self.deleted
                     # Before any request is served here: stale stores are given up first.
                     await handover.start()
                     handover.on_drain = self._tell_draining
@@ -156,9 +163,12 @@ class ClusterNode:
             await asyncio.sleep(heartbeat.ttl / 3)
 
     async def _tell_draining(self, others: set[str]) -> None:
-        # Before the primary moves a user: the other workers place no new user here either.
+        # Before the primary moves a user: the other workers place no new user here either, nor
+        # does a worker restarted later (the master keeps it until the node restarts).
+        peers = peers_for(self.rt)
+        await peers.keep(DRAINING, sorted(others))
         if self.rt.worker.several:
-            await peers_for(self.rt).broadcast(DRAINING, sorted(others))
+            await peers.broadcast(DRAINING, sorted(others))
 
     async def _tell_flushed(self, user_id: str, ids: list[int]) -> None:
         # A user given up: the events its outbox still held are in the stream now; the other
@@ -181,6 +191,21 @@ class ClusterNode:
     def _close_lost(self, user_id: str, _node: str) -> None:
         # A worker other than the primary: close its own copy of the store (the primary moves the files).
         asyncio.get_running_loop().run_in_executor(None, self.stores.close_store, user_id)
+
+    def forget_deleted(self, user_id: str, timeout: float = 10) -> None:
+        """A deleted user (blocking, from the purge's thread): their placement entry goes, if it
+        names this node — the entry of a user placed on a dead node goes when that node's users
+        are taken over (brain.api.handover). ServiceUnavailable (the purge is retried) while the
+        placement is not loaded; nothing without a server in this process (a command: the
+        nodes' own purges do it)."""
+        loop = self.loop
+        if loop is None or loop.is_closed():
+            return
+        if not self.serving:
+            raise ServiceUnavailable(f"node {self.node_id} has not loaded the cluster placement yet")
+        future = asyncio.run_coroutine_threadsafe(self.placement.forget(user_id, self.node_id), loop)
+        if future.result(timeout):
+            log.info("cluster: placement of deleted user %s removed", user_id)
 
     def may_publish(self, user_id: str) -> bool | None:
         """Whether this process's event bus may publish the user's events (None: ask again later)."""
@@ -311,6 +336,11 @@ class ClusterNode:
         """Whether the user's store here is not being rebuilt from the stream."""
         return self.handover is None or user_id not in self.handover.rebuilding
 
+    def deleted(self, user_id: str) -> bool:
+        """Whether the user's account was deleted, as this process heard (brain.api.deletion: the
+        deleted stores of this run, and the revoked users kept on disk while their tokens live)."""
+        return user_id in self.stores.deleted or user_id in token_verifier(self.rt).revoked
+
     async def at_home(self, request: web.Request, user_id: str) -> web.StreamResponse | None:
         """The user's node's answer to a public request naming the user (None: serve it here, as
         this is the user's node, or the request is already a replay forwarded here)."""
@@ -398,6 +428,8 @@ class NodeSink:
         node = self.node
         if not node.serving:
             raise ServiceUnavailable(f"node {node.node_id} has not loaded the cluster placement yet", retry_after=2)
+        if node.deleted(user_id):  # not placed again (its entry went with the account)
+            raise Unauthorized("the account was deleted", code="USER_DELETED")
         where = await node.placement.node_of(user_id)
         if where != node.node_id:
             raise ServiceUnavailable(f"the user's data is on node {where}, not on {node.node_id}", retry_after=5)

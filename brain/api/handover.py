@@ -126,6 +126,9 @@ class Handover:
         # Told the events a give-up's flush had acknowledged: a POST of another worker of the
         # node may be waiting for one of them (its own bus no longer publishes for the user).
         self.on_flushed: Callable[[str, list[int]], Awaitable[None]] | None = None
+        # Whether a user's account was deleted (brain.api.cluster): a dead node's deleted user is
+        # not taken over (an empty store rebuilt for nobody), their placement entry is removed.
+        self.deleted: Callable[[str], bool] = lambda _user_id: False
         self.taken_over = 0
         self.given_up = 0
         self.drained = 0
@@ -204,6 +207,11 @@ class Handover:
         orphaned: dict[str, float] = {}
         for user_id, node in self.placement.users().items():
             if node in live:
+                continue
+            if self.deleted(user_id):
+                if await self.placement.forget(user_id, node):
+                    log.warning("cluster: user %s, placed on node %s (not alive), was deleted; placement removed",
+                                user_id, node)
                 continue
             since = orphaned[user_id] = self._orphaned.get(user_id, now)
             if rendezvous(user_id, live) == self.node_id or now - since > 2 * self.heartbeat.ttl:

@@ -134,11 +134,8 @@ class UserPlacement:
     async def move(self, user_id: str, from_node: str, to_node: str) -> bool:
         """Place the user on `to_node` if `from_node` still holds it: a compare-and-set on the
         entry's revision, so that of several nodes moving one user at once exactly one succeeds."""
-        try:
-            entry = await self.kv.get(user_id)
-        except nats.js.errors.KeyNotFoundError:
-            return False
-        if entry.value is None or entry.value.decode() != from_node:
+        entry = await self._naming(user_id, from_node)
+        if entry is None:
             return False
         try:
             await self.kv.update(user_id, to_node.encode(), last=entry.revision)
@@ -146,6 +143,27 @@ class UserPlacement:
             return False
         self._nodes[user_id] = to_node
         return True
+
+    async def forget(self, user_id: str, node: str) -> bool:
+        """Remove a deleted user's entry if it still names `node` (a compare-and-delete on its
+        revision: a user moved meanwhile is left to the node that holds it now)."""
+        entry = await self._naming(user_id, node)
+        if entry is None:
+            return False
+        try:
+            await self.kv.delete(user_id, last=entry.revision)
+        except nats.js.errors.KeyWrongLastSequenceError:
+            return False
+        self._nodes.pop(user_id, None)
+        return True
+
+    async def _naming(self, user_id: str, node: str) -> Any:
+        """The user's entry as JetStream holds it now, if it names `node` (None: it does not, or there is none)."""
+        try:
+            entry = await self.kv.get(user_id)
+        except nats.js.errors.KeyNotFoundError:
+            return None
+        return entry if entry.value is not None and entry.value.decode() == node else None
 
     def counts(self) -> dict[str, int]:
         """Users per node, as this node sees the bucket."""

@@ -215,8 +215,12 @@ def user_revoked(rt: Process, user_id: str, tokens_valid_until: int) -> None:
 
 @hookimpl
 def user_purge(rt: Process, user_id: str) -> None:
-    """Close and delete the deleted user's store, and their events in JetStream."""
+    """Close and delete the deleted user's store, and their events in JetStream; on a cluster
+    node, the user's placement entry too (brain.api.cluster)."""
     deletion.purge(rt, user_id)
+    node = cluster_node(rt)
+    if node is not None:
+        node.forget_deleted(user_id)
 
 
 @hookimpl

@@ -12,7 +12,12 @@ keyed by account id. Every second (brain.directory) the `mail_directory` actor o
   credentials go into mail.db, the message index is rebuilt from the user's own events, and the
   account's sync starts;
 - drops each local account whose user is placed on another node (its sync stopped, its rows
-  deleted): the other node adopts it from the bucket.
+  deleted): the other node adopts it from the bucket;
+- deletes what no node may adopt any more: the record of an account deleted here, and every
+  record of a deleted user (brain.directory's rule, shared with the webhooks).
+
+It also answers, for the push route, whose accounts a push notification names (`push_users`):
+a notification reaching a node that does not sync the account is sent on to the user's node.
 
 With several workers on a node (`server.workers`), the primary worker alone runs the directory
 and the accounts' leases (brain.mail.ownership) decide which worker syncs each: an adopted
@@ -49,10 +54,12 @@ from brain.errors import ServiceUnavailable
 from brain.mail.db import Account, Credential, IndexEntry, Message, States
 from brain.mail.engine import DELETED, RECEIVED, UPDATED
 from brain.mail.ownership import LeasedOwnership, deliver_here, ownership_for, stop_actor
-from brain.mail.service import MailService
+from brain.mail.service import MailService, push_secret_matches
 from brain.process import Process
+from brain.stash import StashKey
+from brain.workers.peers import peers_for
 
-__all__ = ["BUCKET", "MailDirectory"]
+__all__ = ["BUCKET", "PUSH_USERS", "MailDirectory", "push_users"]
 
 log = logging.getLogger("brain.mail.directory")
 
@@ -60,6 +67,10 @@ BUCKET = "brain_mail_accounts"
 # The user's events are read this many at a time when an account's index is rebuilt.
 READ_PAGE = 1000
 _MAIL_EVENTS = (RECEIVED, UPDATED, DELETED)
+# What a worker without the directory asks the node's others (the primary answers): whose
+# accounts a push notification names (brain.workers.peers).
+PUSH_USERS = "mail.push-users"
+_DIRECTORY: StashKey[MailDirectory] = StashKey("brain.mail.directory")
 
 
 class MailDirectory(BucketDirectory):
@@ -76,6 +87,7 @@ class MailDirectory(BucketDirectory):
         # Several workers: the account's lease holder syncs it, not necessarily this process.
         self.leased = ownership if isinstance(ownership, LeasedOwnership) else None
         self.to_start: dict[str, Account] = {}  # adopted accounts whose sync did not start yet
+        rt.stash.set(_DIRECTORY, self)  # push notifications ask it whose accounts they name
 
     async def check(self) -> None:
         """Put what changed, drop what moved away, adopt what moved here (see the module docstring)."""
@@ -102,20 +114,18 @@ class MailDirectory(BucketDirectory):
                 await self._start(account)
             else:
                 self.to_start.pop(account.id, None)
-        for account_id in set(self.published) - set(local):
-            # Deleted here (the user's account was deleted) while its user was here: from the bucket too.
-            if home.node_of_user(self.users.get(account_id, "")) == home.node_id:
-                await self.kv.delete(account_id)
-                log.info("mail account %s: deleted here, so from the bucket too", account_id)
-            self.published.pop(account_id, None)
-            self.users.pop(account_id, None)
+        await self.forget_gone(home, local)
         for account_id in self.keys() - set(local):
             record = self.held(account_id)
             if record is None:
                 continue
             user_id = record["account"]["user_id"]
-            if home.node_of_user(user_id) == home.node_id and home.settled(user_id):
+            if home.node_of_user(user_id) == home.node_id and home.settled(user_id) and not home.deleted(user_id):
                 await self._adopt(record)
+
+    def user_of(self, record: dict[str, Any]) -> str:
+        """The account's user."""
+        return str(record["account"]["user_id"])
 
     def _local_records(self) -> dict[str, dict[str, Any]]:
         db = self.service.db
@@ -228,10 +238,48 @@ class MailDirectory(BucketDirectory):
                 return list(found.values())
             after = page[-1]["seq"]
 
+    def push_users(self, provider: str, targets: list[tuple[str, str | None]]) -> set[str]:
+        """The users of the bucket's accounts that a push notification names: channel keys as
+        `PushReply.targets`, each with the secret it carried (checked as mail.db's are)."""
+        wanted: dict[str, list[str | None]] = {}
+        for key, secret in targets:
+            wanted.setdefault(key, []).append(secret)
+        found = set()
+        for record in self.records.values():
+            account = record.get("account") or {}
+            carried = wanted.get(account.get("push_key")) if account.get("provider") == provider else None
+            if carried and any(push_secret_matches(account.get("push"), secret) for secret in carried):
+                found.add(account["user_id"])
+        return found
+
     def stats(self) -> dict[str, Any]:
         """Figures for /health."""
         return {"published": len(self.published), "adopted": self.adopted, "dropped": self.dropped,
                 "last_error": self.last_error or None}
+
+
+async def push_users(rt: Process, provider: str, targets: list[tuple[str, str | None]]) -> set[str]:
+    """Cluster mode: the users whose accounts (synced on any node) a push notification names, as
+    the bucket says — this process's directory, or the node's primary worker's."""
+    directory = rt.stash.get(_DIRECTORY)
+    if directory is not None:
+        return directory.push_users(provider, targets)
+    if not rt.worker.several:
+        return set()
+    answers = await peers_for(rt).gather(PUSH_USERS, {"provider": provider, "targets": targets})
+    return {user for answer in answers.values() if isinstance(answer, list) for user in answer if isinstance(user, str)}
+
+
+def answer_push_users(rt: Process) -> None:
+    """Let the node's other workers ask this one's directory (if it runs one) whose accounts a push names."""
+    async def answer(data: Any) -> list[str]:
+        directory = rt.stash.get(_DIRECTORY)
+        if directory is None or not isinstance(data, dict):
+            return []
+        targets = [(str(key), None if secret is None else str(secret)) for key, secret in data.get("targets") or ()]
+        return sorted(directory.push_users(str(data.get("provider")), targets))
+
+    peers_for(rt).answer(PUSH_USERS, answer)
 
 
 def _b64(blob: bytes | None) -> str | None:

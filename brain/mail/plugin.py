@@ -22,7 +22,7 @@ from brain.backup import BackupFile
 from brain.contracts import MAIL_ACCOUNTS
 from brain.mail import routes
 from brain.mail.db import Account, States
-from brain.mail.directory import MailDirectory
+from brain.mail.directory import MailDirectory, answer_push_users
 from brain.mail.ownership import LeasedOwnership, MailOwner, ownership_for
 from brain.mail.service import MAIL_SUP, MailSupervisor, service_for, stop_user
 from brain.plugins import hookimpl
@@ -54,8 +54,11 @@ class _AccountStatus:
 
 @hookimpl
 def setup_process(rt: Process) -> None:
-    """Offer the users' account status to other plugins (the MCP door's `mail_accounts`)."""
+    """Offer the users' account status to other plugins (the MCP door's `mail_accounts`); on a
+    cluster node of several workers, answer the others' questions about push notifications."""
     rt.stash.set(MAIL_ACCOUNTS, _AccountStatus(rt))
+    if rt.settings.cluster.node_id and rt.worker.several:
+        answer_push_users(rt)
 
 
 @hookimpl

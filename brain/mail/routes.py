@@ -41,6 +41,7 @@ from brain.errors import BadRequest, Conflict, HTTPError, PayloadTooLarge, TooMa
 from brain.mail.attachments import Downloads, content_disposition
 from brain.mail.browser import NO_LEAKS, RESULT_HEADERS, FlowCookies, result_page
 from brain.mail.db import Account, States
+from brain.mail.directory import push_users
 from brain.mail.openapi import PATHS, SCHEMAS, connect_schema
 from brain.mail.ownership import Ownership
 from brain.mail.provider import PushRequest
@@ -312,7 +313,37 @@ def routes(rt: Process, service: MailService, ownership: Ownership) -> list[Rout
         for account in accounts:
             with contextlib.suppress(HTTPError):
                 await tell(account, SyncNow("push"))
+        here = {account.push_key for account in accounts}
+        elsewhere = await push_elsewhere(request, name, [target for target in reply.targets if target[0] not in here])
+        if elsewhere is not None:
+            return elsewhere
         return web.Response(status=reply.status, body=reply.body, content_type=reply.content_type)
+
+    async def push_elsewhere(
+        request: web.Request, name: str, targets: list[tuple[str, str | None]]
+    ) -> web.StreamResponse | None:
+        """Cluster mode: the notification sent on, body and all, to the node of each user whose
+        account it names (`targets`: those mail.db here lacks) and who is placed on another node;
+        a failed send's answer (the provider delivers the notification again), else None."""
+        home = rt.stash.get(USER_HOME)
+        if home is None or not targets or not home.ready():
+            return None
+        failed: web.StreamResponse | HTTPError | None = None
+        for user_id in sorted(await push_users(rt, name, targets)):
+            node = home.node_of_user(user_id)
+            if node is None or node == home.node_id:
+                continue
+            try:
+                answer = await home.at_home(request, user_id)  # None: a replay here already
+            except HTTPError as exc:
+                log.warning("mail push for user %s: could not send it on to node %s: %s", user_id, node, exc.message)
+                failed = exc
+                continue
+            if answer is not None and answer.status >= 500:
+                failed = answer
+        if isinstance(failed, HTTPError):
+            raise failed
+        return failed
 
     components = {"schemas": {**SCHEMAS, "MailConnect": connect_schema(service.registry.names())}}
     return [

@@ -58,6 +58,7 @@ __all__ = [
     "RESULT_PATH",
     "START_PATH",
     "child_id",
+    "push_secret_matches",
     "service_for",
     "stop_user",
 ]
@@ -442,12 +443,20 @@ class MailService:
         accounts: dict[str, Account] = {}
         for key, secret in reply.targets:
             for account in self.db.accounts_by_push_key(provider_name, key):
-                stored = json.loads(account.push or "{}").get("secret", "")
-                if secret is not None and not hmac.compare_digest(secret.encode(), str(stored).encode()):
+                if not push_secret_matches(account.push, secret):
                     log.warning("mail push for account %s carried the wrong secret; ignored", account.id)
                     continue
                 accounts[account.id] = account
         return reply, list(accounts.values())
+
+
+def push_secret_matches(push: str | None, secret: str | None) -> bool:
+    """Whether a notification carrying `secret` (None: the provider authenticated it otherwise)
+    may be for the account whose push channel is `push` (mail.db's column)."""
+    if secret is None:
+        return True
+    stored = json.loads(push or "{}").get("secret", "")
+    return hmac.compare_digest(secret.encode(), str(stored).encode())
 
 
 # Told to the mail supervisor itself: resume the accounts again (mail.db could not be read).

@@ -13,7 +13,8 @@ replicated KV bucket `brain_webhooks`, keyed by endpoint id. Every second the
   user's commits from there again;
 - drops the local endpoints of a user placed on another node once the bucket holds them (their
   deliveries and cursor with them): the other node adopts them;
-- deletes the bucket's record of an endpoint deleted here while its user is here.
+- deletes what no node may adopt any more: the record of an endpoint deleted here, and every
+  record of a deleted user (brain.directory's rule, shared with the mail accounts).
 
 Why nothing is lost and repeats are harmless: the resume point is the user's cursor or, if
 lower, just before the oldest delivery still pending, so everything after it is queued again by
@@ -69,23 +70,21 @@ class WebhookDirectory(BucketDirectory):
                 leaving.add(user_id)
         for user_id in leaving:
             await self._drop(user_id, [e for e, r in local.items() if r["endpoint"]["user_id"] == user_id])
-        for endpoint_id in set(self.published) - set(local):
-            # Deleted here (by its user, or with the user's account) while the user was here: from the bucket too.
-            if home.node_of_user(self.users.get(endpoint_id, "")) in (home.node_id, None):
-                await self.kv.delete(endpoint_id)
-                log.info("webhook %s: deleted here, so from the bucket too", endpoint_id)
-            self.published.pop(endpoint_id, None)
-            self.users.pop(endpoint_id, None)
+        await self.forget_gone(home, local)
         arriving = []
         for endpoint_id in self.keys() - set(local):
             record = self.held(endpoint_id)
             if record is None:
                 continue
             user_id = record["endpoint"]["user_id"]
-            if home.node_of_user(user_id) == home.node_id and home.settled(user_id):
+            if home.node_of_user(user_id) == home.node_id and home.settled(user_id) and not home.deleted(user_id):
                 arriving.append(record)
         if arriving:
             await self._adopt(arriving)
+
+    def user_of(self, record: dict[str, Any]) -> str:
+        """The endpoint's user."""
+        return str(record["endpoint"]["user_id"])
 
     async def _drop(self, user_id: str, endpoint_ids: list[str]) -> None:
         """The user is on another node now: forget their endpoints here (the bucket has them)."""

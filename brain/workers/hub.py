@@ -11,7 +11,9 @@ What a worker asks (brain.workers.wire):
   windows live here, so a limit holds for the whole server whichever worker a client reaches;
 - `gather`: the hub asks every other worker the same (`ask`) and answers with all their answers
   (and the master's own figures) once each has answered, died or run out of time;
-- `broadcast`: the same, for a worker telling the others something they must act on.
+- `broadcast`: the same, for a worker telling the others something they must act on;
+- `keep` / `recall`: a value remembered here for the server's lifetime, which a worker started
+  later (a restarted one) reads (a cluster node's drain).
 """
 
 from __future__ import annotations
@@ -67,6 +69,7 @@ class Hub:
         self._fanouts: dict[int, _Fanout] = {}
         self._asks: dict[int, tuple[int, int]] = {}  # ask id -> (fanout id, worker index)
         self._ids = itertools.count(1)
+        self.kept: dict[str, Any] = {}
 
     # -- links ------------------------------------------------------------------------------
 
@@ -190,6 +193,11 @@ class Hub:
                 self._reply(link.index, message, result=result)
         elif op in ("gather", "broadcast"):
             self._fan_out(link.index, message)
+        elif op == "keep":
+            self.kept[str(message.get("what"))] = message.get("data")
+            self._reply(link.index, message)
+        elif op == "recall":
+            self._reply(link.index, message, result=self.kept.get(str(message.get("what"))))
         else:
             self._reply(link.index, message, error=f"unknown op {op!r}")
 

@@ -7,7 +7,9 @@ it answers (`answer("health", fn)`) and asks:
   /health and /metrics of the whole server);
 - `broadcast(what, data)`: the other workers' answers, once each has acted (a deletion, a
   revoked API key: effective everywhere before the client hears back);
-- `request(op, ...)`: the master itself (the shared rate limits of brain.ratelimit).
+- `request(op, ...)`: the master itself (the shared rate limits of brain.ratelimit);
+- `keep(what, data)` / `recall(what)`: what the master remembers for the server's lifetime, so
+  that a worker restarted later learns it too (a cluster node's drain: brain.api.cluster).
 
 A single process (`rt.worker.several` false) has no master: `gather` asks only itself,
 `broadcast` has nobody to tell. The link runs on the serving event loop; if the master goes
@@ -46,6 +48,7 @@ class Peers:
         self._writer: asyncio.StreamWriter | None = None
         self._reader_task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._kept: dict[str, Any] = {}  # a single process is the server: it remembers for itself
 
     @property
     def linked(self) -> bool:
@@ -104,6 +107,20 @@ class Peers:
             return {}
         found = await self.request("broadcast", timeout=timeout + 1, what=what, data=data, wait=timeout)
         return found["workers"]  # type: ignore[no-any-return]
+
+    async def keep(self, what: str, data: Any) -> None:
+        """Have the master remember `data` under `what` until the server stops (workers restarted
+        meanwhile `recall` it)."""
+        if not self.linked:
+            self._kept[what] = data
+            return
+        await self.request("keep", what=what, data=data)
+
+    async def recall(self, what: str) -> Any:
+        """What was last kept under `what` while the server runs (None: nothing)."""
+        if not self.linked:
+            return self._kept.get(what)
+        return await self.request("recall", what=what)
 
     async def close(self) -> None:
         """Stop reading (shutdown); pending requests fail."""
