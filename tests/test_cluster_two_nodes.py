@@ -8,9 +8,9 @@ process is stopped by its pid at the end.
 
 - A push notification that reaches the node not syncing the account is sent on to the node of
   the account's user, body and all.
-- A deleted user leaves no placement entry and no record in `brain_mail_accounts`, and a node
-  that was away when the user was deleted does not bring the user back (no store rebuilt, no
-  mail account adopted).
+- A deleted user leaves no placement entry and no record in `brain_mail_accounts` or
+  `brain_webhooks`, and a node that was away when the user was deleted does not bring the user
+  back (no store rebuilt, no mail account adopted).
 - A drained node stays drained when its workers are restarted.
 """
 
@@ -36,9 +36,10 @@ from brain.nats_embedded import free_port
 from brain.testing.fakes.gmail import FakeGmail
 from brain.testing.nats_cluster import NatsCluster
 from tests.support import METRICS_TOKEN, BrainServer, wait_until
-from tests.test_cluster import Cluster
+from tests.test_cluster import Cluster, webhook_record
 from tests.test_auth_helpers import NO_LIMITS, PASSWORD, bearer, new_user
 from tests.test_mail_server import Client, mail_config
+from tests.test_webhooks import LOCAL as LOCAL_WEBHOOKS
 
 NODE_TTL = 5.0  # seconds: a node stopped drops out this soon
 PUSH_TOKEN = "t0ken-of-the-sub"
@@ -60,6 +61,7 @@ class Nodes(Cluster):
                 "nats": {"url": self.nats.url, **self.nats.credentials, "replicas": 1},
                 "cluster": {"node_id": node, "node_ttl_seconds": NODE_TTL, "forward_timeout_seconds": 5.0},
                 "auth": dict(NO_LIMITS),
+                "webhooks": dict(LOCAL_WEBHOOKS),  # endpoints on loopback
                 "metrics": {"enabled": True, "token": METRICS_TOKEN},  # /health's detail: the workers' pids
             }
             # Push on (polls an hour apart): a new message comes only when Pub/Sub tells.
@@ -182,12 +184,17 @@ def test_a_deleted_user_leaves_no_placement_and_no_mail_record_even_if_their_nod
         requests.get(f"{b.api_url}/me", headers=user.headers, timeout=30)
         assert cluster.placed_on(user.user_id) == "b"
     account = connect_with_push(cluster, frank, "frank@example.com")
+    r = requests.post(f"{a.api_url}/webhooks", json={"url": "http://127.0.0.1:9/hook"}, headers=frank.headers, timeout=30)
+    assert r.status_code == 201, r.text
+    hook = r.json()["id"]
+    wait_until(lambda: webhook_record(cluster, hook) is not None, timeout=15, what="frank's webhook in its bucket")
     b.stop()
     delete_user(a, frank.session)
     # b's other user is taken over by a (so a did look at b's users), frank is not.
     wait_until(lambda: cluster.placed_on(kept.user_id) == "a", timeout=NODE_TTL + 20, what="a to take b's users over")
     wait_until(lambda: cluster.placed_on(frank.user_id) is None, timeout=10, what="frank's placement entry to go")
     wait_until(lambda: cluster.mail_record(account) is None, timeout=10, what="frank's account record to go")
+    wait_until(lambda: webhook_record(cluster, hook) is None, timeout=10, what="frank's webhook record to go")
     assert not (a.data_dir / "users" / frank.user_id / "events.db").exists()
     assert account not in mail_accounts_in(a)
     # Back, b purges its copy (the deletion waited in its consumer) and gives the other user up.
