@@ -2,7 +2,8 @@
 node b forwards what it receives to node a, which replays it on its own aiohttp listener handed
 the request in memory. What a client sees is what a itself answers: status, repeated headers,
 bodies with line breaks and bytes that are not UTF-8; a refusal naming where the user moved
-comes back as NotThere; a node nobody answers for is 503 at once (not a timeout)."""
+comes back as NotThere; a node nobody answers for is 503 at once (not a timeout). With two
+servers, b's forwards go straight to the server a answers from once b knows it."""
 
 from __future__ import annotations
 
@@ -27,11 +28,14 @@ PEERS: web.AppKey[list[Any]] = web.AppKey("peers", list)
 
 @pytest.fixture(scope="module")
 def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsCluster]:
-    server = NatsCluster(Path(tmp_path_factory.mktemp("nats")), size=1).start()
-    try:
+    with NatsCluster(Path(tmp_path_factory.mktemp("nats")), size=1) as server:
         yield server
-    finally:
-        server.stop()
+
+
+@pytest.fixture(scope="module")
+def two_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsCluster]:
+    with NatsCluster(Path(tmp_path_factory.mktemp("nats2")), size=2) as cluster:
+        yield cluster
 
 
 async def owner_echo(request: web.Request) -> web.Response:
@@ -51,7 +55,10 @@ async def owner_moved(_request: web.Request) -> web.Response:
     return web.json_response({"message": "moved"}, status=503, headers={MOVED_HEADER: "c"})
 
 
-def run(nats_server: NatsCluster, test: Any) -> Any:
+def run(nats_server: NatsCluster, test: Any, *, apart: bool = False) -> Any:
+    """`test(port, owner_app, a, b)` with b's front listener on `port`; `apart`: a on the first
+    server, b on the second with one more connection, to a's server, for its forwards."""
+
     async def main() -> Any:
         owner_app = web.Application()
         owner_app[PEERS] = []
@@ -62,12 +69,16 @@ def run(nats_server: NatsCluster, test: Any) -> Any:
         site = web.TCPSite(runner, "127.0.0.1", 0)
         await site.start()
         port = runner.addresses[0][1]
-        ncs = [await nats.connect(nats_server.url, **nats_server.credentials) for _ in range(2)]
+        urls = [nats_server.server_url(0), nats_server.server_url(1), nats_server.server_url(0)] if apart else \
+            [nats_server.url] * 2
+        ncs = [await nats.connect(url, **nats_server.credentials) for url in urls]
         a = Forwarder("a", local_url=f"http://127.0.0.1:{port}", marker=MARKER, timeout=5,
                       listener=lambda: runner.server)
         b = Forwarder("b", local_url="http://127.0.0.1:9", marker=MARKER, timeout=5)
         await a.start(ncs[0])
         await b.start(ncs[1])
+        if apart:
+            await b.reach_through(ncs[2])
         for nc in ncs:
             await nc.flush()  # the server has both nodes' subscriptions before anything is forwarded
 
@@ -146,3 +157,23 @@ def test_a_refusal_naming_the_users_new_node_is_not_there_and_an_absent_node_is_
         assert not b._replies
 
     run(nats_server, test)
+
+
+def test_forwards_go_straight_to_the_server_the_owner_answers_from_once_known(two_servers: NatsCluster) -> None:
+    async def test(port: int, _owner_app: web.Application, a: Forwarder, b: Forwarder) -> None:
+        raw = b"GET /echo HTTP/1.1\r\nHost: front\r\n\r\n"
+        own = b.nc  # b's own connection, on the other server
+        await raw_request(port, raw)  # where a answers from is not known yet: through b's own server
+        assert b.stats()["forwarded"] == 1 and b.stats()["forwarded_direct"] == 0
+        published = own.stats["out_msgs"]
+        head, _ = await raw_request(port, raw)
+        assert head.startswith(b"HTTP/1.1 202 ")
+        assert b.stats()["forwarded_direct"] == 1 and own.stats["out_msgs"] == published  # not through b's server
+        direct = b._direct[0][0]
+        await direct.close()  # that server out of reach: through b's own again, answered all the same
+        head, _ = await raw_request(port, raw)
+        assert head.startswith(b"HTTP/1.1 202 ")
+        assert b.stats()["forwarded"] == 3 and b.stats()["forwarded_direct"] == 1
+        assert a.stats()["served_for_others"] == 3
+
+    run(two_servers, test, apart=True)

@@ -1,7 +1,9 @@
 """This process as a node of a brain cluster (`cluster.node_id`): placement and forwarding.
 
 One NATS connection on the serving loop carries both: the placement bucket's watcher
-(brain.api.placement) and this node's forwarding subject (brain.api.forwarding). It connects in
+(brain.api.placement) and this node's forwarding subject (brain.api.forwarding); one more to
+each of the cluster's other servers (those nats-py knows: listed in `nats.url` or announced by
+the cluster) lets a forward go straight to its owner's server. It connects in
 the background, so a node whose NATS is away still starts; until it has loaded the placement map
 a request that needs a user's store is answered 503 (with Retry-After). The route guard asks
 `route(user_id)` once the caller is known: None means "serve it here".
@@ -98,6 +100,8 @@ class ClusterNode:
         self._stopping = False
         self._starting: asyncio.Task[None] | None = None
         self._beating: asyncio.Task[None] | None = None
+        self._reaching: asyncio.Task[Any] | None = None
+        self._direct: list[Any] = []  # the connections to the other servers (brain.api.forwarding)
 
     async def start(self, _app: web.Application) -> None:
         """on_startup: connect and load the placement map in the background."""
@@ -143,6 +147,7 @@ class ClusterNode:
                 elif self.heartbeat is None:
                     self.placement.on_lost = self._close_lost
                 await self.forwarder.start(self.nc)
+                self._reaching = asyncio.ensure_future(self._reach_servers())
                 self.serving = True
                 log.info("cluster: node %s serving; placement map loaded (%d users)", self.node_id,
                          sum(self.placement.counts().values()))
@@ -150,6 +155,25 @@ class ClusterNode:
             except Exception as exc:  # noqa: BLE001 - JetStream without a meta leader yet: retried
                 self._note(f"placement bucket: {redact_text(repr(exc))}")
                 await asyncio.sleep(1.0)
+
+    async def _reach_servers(self) -> None:
+        """Connect to each other server of the cluster, for the forwards to nodes answering from it
+        (each connection retried and reconnected on its own; none holds anything else up)."""
+        current = self.nc.connected_url
+        others = [url.geturl() for url in self.nc.servers if current is None or url.netloc != current.netloc]
+        await asyncio.gather(*(self._reach(url) for url in others))
+
+    async def _reach(self, url: str) -> None:
+        def note(message: str) -> None:  # this node serves without it: not a problem to report
+            log.debug("cluster: connection for forwards to %s", message)
+
+        nc = await jetstream.connect_kept({**process_connect_options(self.rt), "servers": [url]},
+                                          name=f"brain-cluster-{self.node_id}-forwards", stopping=lambda: self._stopping,
+                                          note=note)
+        if nc is None:
+            return
+        self._direct.append(nc)
+        await self.forwarder.reach_through(nc)
 
     async def _beat(self, heartbeat: Leases) -> None:
         # The owner is the node id: a node restarted within the TTL takes its own key back.
@@ -261,7 +285,7 @@ class ClusterNode:
     async def close(self, _app: web.Application) -> None:
         """on_cleanup: stop answering for this node and close the connection."""
         self._stopping = True
-        for task in (self._starting, self._beating):
+        for task in (self._starting, self._beating, self._reaching):
             if task is not None and not task.done():
                 task.cancel()
         if self.handover is not None:
@@ -270,6 +294,7 @@ class ClusterNode:
             await self.heartbeat.release(self.node_id)  # gone at once, not after the TTL
         await self.forwarder.close()
         await self.placement.close()
+        await asyncio.gather(*(jetstream.close_quietly(nc) for nc in self._direct))
         await jetstream.close_quietly(self.nc)
 
     async def route(self, request: web.Request, user_id: str, *, streams: bool) -> web.StreamResponse | None:

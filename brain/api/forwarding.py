@@ -22,6 +22,13 @@ on an inbox subscription of its own. Nodes of one cluster run one brain version:
 another forwarding format subscribes no `brain.cluster.fwd.<node>` subject, so what is
 forwarded to it is answered 503 "not answering" at once.
 
+A forward goes straight to the NATS server its owner is connected to when this node has a
+connection there (`reach_through`: the cluster node keeps one to each of the cluster's other
+servers): each answer names the server the owner answered from, and the next request to that
+node is published there, so neither leg crosses a route between servers (two fewer hops, each a
+process to wake). Without such a connection (the first request to a node, a server away) it
+goes through this node's own connection and the cluster routes it.
+
 A request or answer larger than NATS's `max_payload` is refused with a JSON error naming the
 limit. The live event stream (an answer that never ends) travels differently: the forwarding
 node subscribes an inbox of its own and names it in the request; the owner answers the head
@@ -54,7 +61,7 @@ from brain.api.stream import closing, resume_point
 from brain.errors import HTTPError, PayloadTooLarge, ServiceUnavailable
 from brain.web import BODY_READ, read_body
 
-__all__ = ["FORWARDED_HEADER", "MOVED_HEADER", "SUBJECT_PREFIX", "Forwarder", "NotThere", "forward_marker"]
+__all__ = ["FORWARDED_HEADER", "MOVED_HEADER", "SUBJECT_PREFIX", "Forwarder", "NotThere", "forward_marker", "server_name"]
 
 log = logging.getLogger("brain.cluster")
 
@@ -133,13 +140,14 @@ class _Handoff:
 
 class _Reply:
     """A forwarded request's answer as it came: status, header pairs, body, where the user moved,
-    whether a stream's bytes follow."""
+    whether a stream's bytes follow, the NATS server the owner answered from."""
 
-    __slots__ = ("status", "headers", "body", "moved_to", "streaming")
+    __slots__ = ("status", "headers", "body", "moved_to", "streaming", "server")
 
     def __init__(self, data: bytes) -> None:
         head, self.body = _opened(data)
         self.status, self.headers, self.moved_to, self.streaming = int(head[0]), head[1], head[2], bool(head[3])
+        self.server = str(head[4]) if len(head) > 4 else ""
 
 
 class NotThere(Exception):
@@ -174,12 +182,16 @@ class Forwarder:
         self._loopback: LoopbackClient | None = None
         self._replies: dict[str, asyncio.Future[Any]] = {}  # inbox -> the forwarded request's answer
         self._reply_prefix = ""
+        # Connections to other NATS servers of the cluster, each with its answers' inbox prefix.
+        self._direct: list[tuple[Any, str]] = []
+        self._homes: dict[str, str] = {}  # node -> the NATS server its last answer came from
         self._asked = 0
         self._serving: set[asyncio.Task[None]] = set()
         self._relayed: set[LoopbackAnswer] = set()  # streams this node serves for others, open now
         self._relaying: set[asyncio.Queue[bytes | None]] = set()  # other nodes' streams relayed to clients here
         self.shutting_down = False
         self.sent = 0
+        self.sent_direct = 0  # of those, through a connection to the owner's server
         self.served = 0
 
     async def start(self, nc: Any) -> None:
@@ -190,6 +202,22 @@ class Forwarder:
         self.nc = nc  # forwarding starts once the answers' inbox is subscribed
         await nc.subscribe(f"{SUBJECT_PREFIX}.{self.node_id}", queue=f"brain-node-{self.node_id}",
                            future=cast(Any, _Handoff(self._received)))
+
+    async def reach_through(self, nc: Any) -> None:
+        """Send requests for nodes answering from `nc`'s server through `nc` (another connection
+        of this process, to another server of the cluster; its owner closes it after `close`)."""
+        prefix = nc.new_inbox() + "."
+        await nc.subscribe(prefix + "*", future=cast(Any, _Handoff(self._answered)))
+        self._direct.append((nc, prefix))
+
+    def _connection_to(self, node: str) -> tuple[Any, str]:
+        """The connection to ask `node` through, and its answers' inbox prefix."""
+        home = self._homes.get(node)
+        if home and self._direct and home != server_name(self.nc):
+            for nc, prefix in self._direct:
+                if nc.is_connected and server_name(nc) == home:
+                    return nc, prefix
+        return self.nc, self._reply_prefix
 
     def end_streams(self) -> None:
         """The process is stopping: end the streams relayed to clients here, saying why."""
@@ -231,15 +259,15 @@ class Forwarder:
 
     async def _ask(self, request: web.Request, node: str, body: bytes, stream: str = "") -> _Reply:
         """Send the request to `node`; its reply (the answer, or a stream's head)."""
-        nc = self.nc
-        if nc is None or not nc.is_connected:
+        if self.nc is None or not self.nc.is_connected:
             raise ServiceUnavailable(f"not connected to NATS: cannot reach node {node}, which holds this user's data")
+        nc, prefix = self._connection_to(node)
         message = _envelope([request.method, request.raw_path, _passed(request.headers.items()), stream], body)
         if len(message) > nc.max_payload:
             raise PayloadTooLarge(f"request too large to forward to node {node} "
                                   f"(NATS max_payload {nc.max_payload} bytes)")
         self._asked += 1
-        inbox = f"{self._reply_prefix}{self._asked}"
+        inbox = f"{prefix}{self._asked}"
         answer: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._replies[inbox] = answer
         try:
@@ -260,7 +288,11 @@ class Forwarder:
         except (ValueError, TypeError, IndexError):
             raise HTTPError(f"node {node} answered in a format this node does not read", status=502,
                             code="BAD_GATEWAY") from None
+        if reply.server:
+            self._homes[node] = reply.server
         self.sent += 1
+        if nc is not self.nc:
+            self.sent_direct += 1
         return reply
 
     def _answered(self, msg: Any) -> None:
@@ -366,7 +398,7 @@ class Forwarder:
         except Exception as exc:  # noqa: BLE001 - the asking node gets a JSON error, not a timeout
             log.warning("forwarded request: %r", exc)
             status, passed, body = 502, _json_headers(), _error(f"node {self.node_id} could not serve it: {exc!r}")
-        message = _envelope([status, passed, moved_to, streaming is not None], body)
+        message = _envelope([status, passed, moved_to, streaming is not None, server_name(self.nc)], body)
         if len(message) > self.nc.max_payload:
             message = _envelope([502, _json_headers(), "", False], _error(
                 f"response too large to forward from node {self.node_id} "
@@ -456,8 +488,22 @@ class Forwarder:
         return moved_to
 
     def stats(self) -> dict[str, int]:
-        """Requests sent to other nodes, and served for them; streams served for them open now."""
-        return {"forwarded": self.sent, "served_for_others": self.served, "streams_for_others": len(self._relayed)}
+        """Requests sent to other nodes (and how many straight to their server), and served for them;
+        streams served for them open now."""
+        return {"forwarded": self.sent, "forwarded_direct": self.sent_direct, "served_for_others": self.served,
+                "streams_for_others": len(self._relayed)}
+
+
+def server_name(nc: Any) -> str:
+    """The name of the NATS server `nc` is connected to now ("" when not connected).
+
+    From the server's INFO, which nats-py keeps (renewed on every reconnect) but offers no
+    property for; every nats-server has a name (its id unless configured).
+    """
+    info = getattr(nc, "_server_info", None)
+    if not isinstance(info, dict) or not nc.is_connected:
+        return ""
+    return str(info.get("server_name") or "")
 
 
 def _json_headers() -> list[list[str]]:

@@ -122,6 +122,8 @@ def sources(rt: Process) -> list[tuple[str, Callable[[], Iterable[Metric]]]]:
             gauge("brain_cluster_users", "Users placed on this node (as its placement map says).",
                   stats["users_per_node"].get(stats["node"], 0)),
             counter("brain_cluster_forwarded", "Requests sent to the node holding their user.", stats["forwarded"]),
+            counter("brain_cluster_forwarded_direct", "Of those, sent straight to the NATS server that node answers from.",
+                    stats["forwarded_direct"]),
             counter("brain_cluster_served_for_others", "Requests other nodes forwarded here.",
                     stats["served_for_others"]),
             counter("brain_cluster_resent", "Forwards sent on to the node their user had just moved to.",
