@@ -437,10 +437,11 @@ def test_a_single_part_is_read_as_the_stdlib_parser_reads_it(
     fast = convert._single_part(bytes(raw))
     if fast is None:
         return  # the stdlib parses it
-    msg, fast_body = fast
+    msg, fast_body, content = fast
     parsed = _compat32.parsebytes(bytes(raw))
     assert list(msg.raw_items()) == list(parsed.raw_items())
-    assert convert._mime_part(msg, "", 0, fast_body) == convert._mime_part(parsed, "", 0)
+    assert content == convert._type_and_charset(parsed)
+    assert convert._mime_part(msg, "", 0, fast_body, content) == convert._mime_part(parsed, "", 0)
 
 
 @settings(max_examples=1000, deadline=None)
@@ -515,6 +516,29 @@ def test_the_answer_is_the_first_reply_mail_parser_reply_reads(pieces: list[str]
     answer, quoted = mailtext._answer(window, languages)
     replies = ReplyParse(text=window, languages=list(languages), keep_hyphen_lists=True).read().replies
     assert (answer.body, answer.signatures, quoted) == (replies[0].body, replies[0].signatures, len(replies) > 1)
+
+
+_LINE_PIECES = [*_REPLY_PIECES, " ", "  ", "\t", "\n", "\n\n", " \n", "\xa0", "\u2028", "\u3000", "\r", "x", "Thanks,", "> On x wrote:"]
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.lists(st.sampled_from(_LINE_PIECES), max_size=12), st.sampled_from([("en",), ("en", "de", "fr")]))
+def test_reply_patterns_find_their_first_match_where_a_search_finds_it(pieces: list[str], languages: tuple[str, ...]) -> None:
+    text = "".join(pieces)
+    for pattern in mailtext._reply_patterns(languages):
+        found, searched = mailtext._first_match(pattern, text), pattern.search(text)
+        assert (found and (found.span(), found.groups())) == (searched and (searched.span(), searched.groups()))
+
+
+def test_the_reply_header_and_signature_patterns_are_tried_at_line_starts_only() -> None:
+    header, signature, disclaimers = mailtext._reply_patterns(("en", "de", "fr"))
+    assert mailtext._starts_at_lines(header) and mailtext._starts_at_lines(signature)
+    assert not mailtext._starts_at_lines(disclaimers)  # it is searched as before
+    for source, anchored in (
+        (r"(?m)^a|\n\s*b", True), (r"a|^b", False), (r"(?m)\s*^x", True), (r"(?m)\s+^x", False), (r"(?m)(?:> ?)*^x", False),
+        (r"(?m)(?<!\A)^x", True), (r"(?s:^x)", False), (r"[\nx]y", False), (r"[\n]x", True),
+    ):
+        assert mailtext._starts_at_lines(re.compile(source)) is anchored, source
 
 
 _SEPARATOR_PIECES = ["text", "", " ", "\r\n", "\n", "  padded  ", "_" * 32, "-" * 40, " " + "_" * 33, "_-" * 16, "_" * 31, "x" + "-" * 32]

@@ -479,8 +479,13 @@ def message_from_mime(
 ) -> MessageRecord:
     """The model of one raw RFC 5322 message (any bytes: malformed input gives a best effort)."""
     try:
-        msg, body = _single_part(raw) or (_parser.parsebytes(raw), None)
-        root = _mime_part(msg, "", 0, body)
+        single = _single_part(raw)
+        if single is not None:
+            msg, body, content = single
+            root = _mime_part(msg, "", 0, body, content)
+        else:
+            msg = _parser.parsebytes(raw)
+            root = _mime_part(msg, "", 0)
     except RecursionError:
         # Nested deeper than the parser's recursion allows: keep the headers, the body as text.
         msg = _parser.parsebytes(raw, headersonly=True)
@@ -505,8 +510,9 @@ _PLAIN_HEAD = re.compile(rf"(?:{_HEADER_FIELD})*+\r?\n".encode())
 _UUENCODE = ("x-uuencode", "uuencode", "uue", "x-uue")
 
 
-def _single_part(raw: bytes) -> tuple[email.message.Message, bytes] | None:
-    """The headers the stdlib parser would read from ``raw`` and the body, when it is one part.
+def _single_part(raw: bytes) -> tuple[email.message.Message, bytes, tuple[str, str | None]] | None:
+    """The headers the stdlib parser would read from ``raw``, the body and its content type and
+    charset (`_type_and_charset`), when it is one part.
 
     The parser's feed reads a body line by line, which costs more than everything else done
     with a single-part message, whose body needs no reading at all. Here the header block is
@@ -523,9 +529,10 @@ def _single_part(raw: bytes) -> tuple[email.message.Message, bytes] | None:
     # Decoded as BytesParser decodes its input: 8-bit bytes kept as surrogate escapes.
     for name, value in _HEADER_FIELDS.findall(raw[: head.end()].decode("ascii", "surrogateescape")):
         msg.set_raw(name, value)
-    if _type_and_charset(msg)[0].split("/")[0] in ("multipart", "message"):
+    content = _type_and_charset(msg)
+    if content[0].split("/")[0] in ("multipart", "message"):
         return None
-    return msg, raw[head.end() :]
+    return msg, raw[head.end() :], content
 
 
 def _transfer_decoded(msg: email.message.Message, body: bytes) -> bytes:
@@ -543,9 +550,13 @@ def _transfer_decoded(msg: email.message.Message, body: bytes) -> bytes:
     return _leaf_payload(msg)
 
 
-def _mime_part(msg: email.message.Message, number: str, depth: int, body: bytes | None = None) -> _Part:
-    """``msg`` as a tree of parts; ``body`` is a single part's undecoded body (see `_single_part`)."""
-    ctype, charset = _type_and_charset(msg)
+def _mime_part(
+    msg: email.message.Message, number: str, depth: int, body: bytes | None = None,
+    content: tuple[str, str | None] | None = None,
+) -> _Part:
+    """``msg`` as a tree of parts; ``body`` and ``content`` are a single part's undecoded body
+    and its `_type_and_charset` (see `_single_part`)."""
+    ctype, charset = content or _type_and_charset(msg)
     children: list[_Part] | None = None
     payload: bytes | None = None
     subject = ""

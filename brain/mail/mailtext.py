@@ -23,6 +23,9 @@ import codecs
 import email.quoprimime
 import functools
 import re
+import re._constants as _sre_constants  # reading a pattern's structure: see _starts_at_lines
+import re._parser as _sre_parser
+from typing import Any
 
 from mailparser_reply.constants import OUTLOOK_MAIL_SEPARATOR
 from mailparser_reply.parser import EmailMessage as ReplyParse
@@ -263,7 +266,7 @@ def _answer(window: str, languages: tuple[str, ...]) -> tuple[EmailReply, bool]:
     """
     header, signature_regex, disclaimers = _reply_patterns(languages)
     text = _reply_text(window)
-    quote = header.search(text)
+    quote = _first_match(header, text)
     if quote is not None and not text[: quote.start()].strip():
         reader = ReplyParse(
             text=window, languages=list(languages), keep_hyphen_lists=True,
@@ -272,7 +275,7 @@ def _answer(window: str, languages: tuple[str, ...]) -> tuple[EmailReply, bool]:
         replies = reader.read().replies
         return replies[0], len(replies) > 1
     content = text[: quote.start()] if quote is not None else text
-    signature = signature_regex.search(content)
+    signature = _first_match(signature_regex, content)
     answer = EmailReply(
         content=content,
         signatures=signature.group() if signature is not None else "",
@@ -300,6 +303,70 @@ def _reply_text(window: str) -> str:
         # A count of 8: the parser hands re.sub re.MULTILINE where it takes the count.
         text = _OUTLOOK_SEPARATOR_AFTER_TEXT.sub("\\1\n", text, 8)
     return text
+
+
+def _first_match(pattern: re.Pattern[str], text: str) -> re.Match[str] | None:
+    """``pattern.search(text)``, tried only where a match can start when `_starts_at_lines` says so.
+
+    A search tries the pattern at every character, and the reply patterns cost far more per
+    character tried than their one successful match. Every match of theirs starts at a line
+    start, at a line end or in blanks that run up to a line start; those positions are
+    tried here in order, so the first match is the search's: the same span and groups.
+    """
+    if not _starts_at_lines(pattern):
+        return pattern.search(text)
+    match = pattern.match
+    found = match(text, 0)
+    tried = 1  # every position before this was tried
+    end = text.find("\n")
+    while found is None and end >= 0:
+        start = end
+        while start > tried and text[start - 1].isspace():
+            start -= 1
+        for position in range(max(start, tried), end + 2):  # the blanks, the line end, the next line's start
+            found = match(text, position)
+            if found is not None:
+                break
+        tried = end + 2
+        end = text.find("\n", end + 1)
+    return found
+
+
+@functools.lru_cache(maxsize=64)
+def _starts_at_lines(pattern: re.Pattern[str]) -> bool:
+    """Whether every match of ``pattern`` starts at a line start, at ``\\n``, or in blanks (``\\s``)
+    that run up to a line start: what `_first_match` relies on. False when unsure."""
+    try:
+        return _anchored(list(_sre_parser.parse(pattern.pattern, pattern.flags)))
+    except Exception:  # noqa: BLE001 - the parser's layout is the stdlib's own: unsure, search
+        return False
+
+
+def _anchored(items: list[tuple[Any, Any]]) -> bool:
+    c = _sre_constants
+    for index, (op, arg) in enumerate(items):
+        if op in (c.ASSERT, c.ASSERT_NOT):
+            continue  # a lookaround takes no characters: the match starts where the next item does
+        if op is c.AT:
+            return arg in (c.AT_BEGINNING, c.AT_BEGINNING_STRING)  # ^ (a line start with MULTILINE), \A
+        if op is c.LITERAL:
+            return arg == ord("\n")
+        if op is c.SUBPATTERN:
+            _group, add_flags, del_flags, inner = arg
+            return not add_flags and not del_flags and _anchored(list(inner))
+        if op is c.ATOMIC_GROUP:
+            return _anchored(list(arg))
+        if op is c.BRANCH:
+            return all(_anchored(list(branch)) for branch in arg[1])
+        if op in (c.MAX_REPEAT, c.MIN_REPEAT, c.POSSESSIVE_REPEAT):
+            low, _high, inner = arg
+            if low >= 1:
+                return _anchored(list(inner))
+            if list(inner) == [(c.IN, [(c.CATEGORY, c.CATEGORY_SPACE)])]:
+                return _anchored(items[index + 1 :])  # \s* then a start of these kinds: in blanks before one
+            return False
+        return False
+    return False
 
 
 @functools.lru_cache(maxsize=16)
