@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import cluster, ingest, jetstream, jwt_inprocess, latency, live, mail_convert, scale, search
+from bench import cluster, design_floor, ingest, jetstream, jwt_inprocess, latency, live, mail_convert, scale, search
 from bench.baseline import BARE_EVENTS_PATH, BARE_STREAM_PATH, GET_PATH, PAGE_PATH, POST_PATH, page_body
 from bench.client import KeepAliveClient
 from bench.load import Req, wrk_available
@@ -684,6 +684,9 @@ class Run:
                 servers[count] = start_brain(self.workdir / f"workers{count}", config=config)
                 stack.callback(servers[count].close)
             base = stack.enter_context(BaselineServer())
+            # The least this design costs in Python on 2 processes (bench.design_floor): a ceiling
+            # for the --workers 2 figure on this machine, measured in the same runs.
+            floor = stack.enter_context(design_floor.DesignFloor(self.workdir / "design_floor", 2))
             _say(f"signing up {plan.users} users on each server (fast argon2, untimed)")
             users = {n: sign_up_many(server.auth_port, f"{self.tag}w{n}", range(plan.users)) for n, server in servers.items()}
             with self.step(["workers.post.latency"], "POST /events, --workers 2, one client"):
@@ -711,10 +714,11 @@ class Run:
             # Pages are full (limit 100) from the seeding on: the POST runs only add events beyond them.
             get_one = Case("workers1.get", servers[1].api_port, pages(1), conns)
             get_two = Case("workers2.get", servers[2].api_port, pages(2), conns)
-            cases = [bare_post, one, two, bare_get, me, get_one, get_two]
+            design = Case("floor.workers2", floor.port, design_floor.requests(plan.users), conns)
+            cases = [bare_post, one, two, design, bare_get, me, get_one, get_two]
             _say(f"workers: {len(cases)} cases x {plan.repeats} runs of {plan.seconds:.0f}s at {conns} connections")
             run_interleaved(cases, repeats=plan.repeats, duration=plan.seconds, warmup=plan.warmup_seconds, progress=_say)
-            failed = [f"{c.key}: {c.error}" for c in cases if c.error is not None]
+            failed = [f"{c.key}: {c.error}" for c in cases if c.error is not None and c is not design]
             if failed:
                 raise RuntimeError("; ".join(failed))
             same = f"{conns} conns, same run"
@@ -723,6 +727,10 @@ class Run:
             fig = self.rate("workers.post.bare", two.rates, baseline=bare_post,
                             baseline_label=f"bare aiohttp JSON POST, one process, {same}")
             fig.extra["--workers 1 ratio to bare POST"] = round(statistics.median(one.rates) / fig.baseline, 2)
+            fig.extra["design floor, 2 processes (bench.design_floor), ratio to bare POST"] = (
+                round(statistics.median(design.rates) / fig.baseline, 2) if design.rates and design.error is None
+                else f"not measured ({design.error})"
+            )
             self.rate("workers.me.rps", me.rates, baseline=bare_get, baseline_label=f"bare aiohttp GET, one process, {same}")
             self.rate("workers.get.rps", get_two.rates, baseline=get_one,
                       baseline_label=f"GET /events?limit=100, --workers 1, {same}")
