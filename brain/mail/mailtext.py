@@ -80,6 +80,9 @@ _SEVEN_BIT_PREFIXES = ("iso2022", "utf-7", "hz", "utf-16", "utf-32")
 
 _ENCODED_WORD = re.compile(r"=\?([^?\s]*)\?([qQbB])\?([^?\s]*)\?=")
 _BETWEEN_WORDS = re.compile(r"(\?=)[ \t\r\n]+(=\?)")
+# A line end after a blank (\\s but \\n), or the first of four line ends in a row. It starts
+# with the line end, so a search skips from one line end to the next.
+_UNTIDY_LINE_END = re.compile(r"\n(?:(?<=[^\S\n]\n)|\n\n\n)")
 _QP_LOOSE_EQUALS = re.compile(r"=(?![0-9A-Fa-f]{2})")  # an "=" that starts no escape
 # Characters that carry no text: C0 controls (but tab and newline), DEL, and the invisible
 # format characters newsletters pad their preview text with (zero-width space and joiners,
@@ -207,10 +210,16 @@ def normalise_text(text: str) -> str:
     """Line endings as ``\\n``, no trailing spaces, at most two blank lines in a row, trimmed."""
     if "\r" in text:
         text = text.replace("\r\n", "\n").replace("\r", "\n")
-    lines = list(map(str.rstrip, _without_invisible(text).split("\n")))
+    text = _without_invisible(text)
+    # Text whose lines (but the last, which strip() ends) end without blanks and that has no
+    # four line ends in a row is already normal: one pass over its line ends tells, where
+    # splitting it into lines costs a pass over every character and a string a line.
+    if _UNTIDY_LINE_END.search(text) is None:
+        return text.strip()
+    lines = list(map(str.rstrip, text.split("\n")))
     text = "\n".join(lines)
     # Three blank lines in a row are three empty strings in a row: a byte a line finds them
-    # without searching the whole text for four line ends, and most texts have none.
+    # without searching the whole text for four line ends.
     if b"\0\0\0" in bytes(map(bool, lines)):
         # str.replace rather than a regular expression: it is many times faster on long text.
         while "\n\n\n\n" in text:
@@ -393,5 +402,10 @@ def clip_utf8(text: str, limit: int) -> tuple[str, int | None]:
 
 def snippet_of(text: str, chars: int) -> str:
     """The first ``chars`` characters of ``text`` on one line."""
-    head = text[: chars * 4]  # enough for the collapsed result without folding a whole body
-    return " ".join(head.split())[:chars]
+    # Folded from the first chars * 4 characters: enough for the result without folding a
+    # whole body. Most text has its chars characters, complete words, in the first chars * 2:
+    # every word of such a shorter fold before its last blank is a whole word of the text.
+    short = " ".join(text[: chars * 2].split())
+    if short.rfind(" ") >= chars or len(text) <= chars * 2:
+        return short[:chars]
+    return " ".join(text[: chars * 4].split())[:chars]
