@@ -3,9 +3,9 @@
 A three-server NATS JetStream cluster on loopback (brain.testing.nats_cluster) and two brain
 nodes on it, each with its own data directory and R3 streams: `a` (auth and API) and `b` (API).
 Node `a` is a client of the first nats-server and `b` of the second (nats-py would otherwise
-pick one at random, and a forward between nodes on one server skips a route hop each way, so
-the figure moved between runs with the draw), so a forward crosses a route both ways, as
-between machines. A user is placed on `a` by its first
+pick one at random, so the figure moved between runs with the draw), as nodes on machines of
+their own each use their own: `b` reaches `a`'s server through the extra connection every node
+keeps to the cluster's other servers (brain.api.forwarding). A user is placed on `a` by its first
 request there. One client then times the same requests
 sent to `b` (forwarded to `a` and back) and to `a` directly, in alternating blocks
 (bench.client.Shadow) so that outside load falls on both: the difference is the forward's cost.

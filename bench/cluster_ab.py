@@ -5,7 +5,8 @@ versions of brain in the same run, so that the machine's load falls on both: one
 cluster; nodes a (owner) ← b on this tree and c (owner) ← d on OLD_TREE (a checkout or `git
 archive` of the version to compare with, put first on the PYTHONPATH of c and d: the venv's
 editable install would otherwise import this tree for all four). a and c are clients of
-nats-server n1, b and d of n2, so each forward crosses a route both ways, as between machines.
+nats-server n1, b and d of n2, as between machines (a version that forwards straight to the
+owner's server reaches n1 through its extra connection; an older one crosses a route each way).
 GET /me and POST /events are timed direct to the owner and via the other node, in blocks of 50
 whose order is reversed every other round; the figure is the added p50 of each version.
 """
