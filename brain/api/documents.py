@@ -90,7 +90,9 @@ def fold(text: str) -> str:
 
 def words(text: str) -> list[str]:
     """The folded words of a text, each cut to MAX_WORD characters."""
-    return [w[:MAX_WORD] for w in _WORD.findall(fold(text))]
+    folded = fold(text)
+    found = _WORD.findall(folded)
+    return found if len(folded) <= MAX_WORD else [w[:MAX_WORD] for w in found]
 
 
 @lru_cache(maxsize=4096)
@@ -212,21 +214,80 @@ def document(event_type: str, data_text: str, slots: FieldSlots) -> list[str]:
 
 def document_of(event_type: str, value: Any, slots: FieldSlots) -> list[str]:
     """The index row of an event from its data parsed, or as its writer gave it when that reads
-    the same (`NewEvent.plain`: JSON's own types, tuples for lists)."""
-    texts: dict[int, list[str]] = {}  # by slot: an event fills a few of the SLOTS columns
+    the same (`NewEvent.plain`: JSON's own types, tuples for lists).
+
+    What `leaves` routes, built without a Leaf per string: this runs on the store's thread for
+    every event it indexes (a mail event's two dozen fields). A field's strings are gathered and
+    folded as one text: `words` of strings joined by a newline (no word character, and a starter
+    that normalisation never reorders across) are the words of each in turn.
+    """
     meta = [type_token(event_type)]
-    if _has_attachment(value):
-        meta.append(HAS_ATTACHMENT)
-    for leaf in leaves(event_type, value):
-        if leaf.text_column:
-            texts.setdefault(slots.slot(leaf.field), []).append(leaf.text)
-        elif leaf.field is not None:
-            prefix = leaf.field + TAG
-            meta.extend([prefix + w for w in words(leaf.text)])
+    texts: dict[int, list[str]] = {}  # by slot: an event fills a few of the SLOTS columns
+    if not isinstance(value, dict):
+        strings: list[str] = []
+        _collect(value, strings)
+        if strings:
+            texts[slots.slot(None)] = strings
+    else:
+        if _has_attachment(value):
+            meta.append(HAS_ATTACHMENT)
+        mail = event_type.startswith("mail.")
+        for key, child in value.items():
+            if not child or type(child) is bool or type(child) is int:
+                continue  # no string in it
+            key = str(key)
+            if mail and key in _MAIL_SKIPPED and not (key == "snippet" and "body_text" not in value):
+                continue  # (as `leaves`)
+            if isinstance(child, str):
+                strings = [child]
+            elif mail and key == "attachments":
+                _attachment_strings(child, field_token(key), meta, texts, slots)
+                continue
+            else:
+                strings = []
+                _collect(child, strings)
+                if not strings:
+                    continue
+            field = field_token(key)
+            if not mail or key in _MAIL_TEXT or key == "snippet":
+                slot = slots.slot(field)
+                if slot in texts:
+                    texts[slot].extend(strings)
+                else:
+                    texts[slot] = strings
+            elif field is not None:
+                prefix = field + TAG
+                meta.extend([prefix + w for w in words(strings[0] if len(strings) == 1 else "\n".join(strings))])
     row = [" ".join(meta), *_EMPTY_COLUMNS]
     for slot, strings in texts.items():
         row[1 + slot] = "\n".join(strings)
     return row
+
+
+def _attachment_strings(
+    value: Any, field: str | None, meta: list[str], texts: dict[int, list[str]], slots: FieldSlots
+) -> None:
+    """A mail event's attachments (not a string), as `leaves` routes them: file names are text."""
+    for path, string in _strings(value, ("attachments",)):
+        if path[-1] == "filename":
+            texts.setdefault(slots.slot(field), []).append(string)
+        elif field is not None:
+            prefix = field + TAG
+            meta.extend([prefix + w for w in words(string)])
+
+
+def _collect(value: Any, out: list[str]) -> None:
+    """Every non-empty string inside value, in `_strings`' order."""
+    if isinstance(value, str):
+        if value:
+            out.append(value)
+    elif isinstance(value, (dict, list, tuple)):
+        for child in value.values() if isinstance(value, dict) else value:
+            if type(child) is str:
+                if child:
+                    out.append(child)
+            else:
+                _collect(child, out)
 
 
 def _strings(value: Any, path: tuple[str, ...]) -> Iterator[tuple[tuple[str, ...], str]]:
