@@ -214,3 +214,42 @@ def _auth_sup(rt: Runtime) -> ChildSpec:
         start=lambda link: Supervisor.start(link=link, name="auth_sup", children=children),
     )
 
+
+
+async def test_the_key_ring_is_published_again_only_when_it_changed(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Another process's write to auth.db (a sign-in on another worker) makes the issuer look at
+    the keys again; an unchanged ring is not published again, so the log does not repeat "key ring
+    published" every `key_poll_seconds` on every worker. A rotation still is."""
+    import sqlite3
+
+    from brain.auth.context import context_for
+
+    settings = load_settings(
+        environ={}, overrides={"server": {"data_dir": str(tmp_path)}, "auth": {**FAST_ARGON2, "key_poll_seconds": 0.05}}
+    )
+    rt = Runtime(settings)
+    caplog.set_level("INFO", logger="brain.auth")
+    rt.root = Supervisor.start(name="root", children=[_auth_sup(rt)])
+    try:
+        await bridge.ask(rt.root.proxy().count_children())
+        ctx = context_for(rt)
+        first = ctx.ring
+        assert first is not None
+        other = sqlite3.connect(tmp_path / "auth.db")  # another process's connection
+        try:
+            for n in range(5):
+                other.execute("DELETE FROM session WHERE expires_at < ?", (n,))
+                other.execute("CREATE TABLE IF NOT EXISTS scratch (n INTEGER)")
+                other.execute("INSERT INTO scratch VALUES (?)", (n,))
+                other.commit()
+                await asyncio.sleep(0.15)  # three polls
+            assert ctx.ring is first
+            published = [r for r in caplog.records if r.getMessage().startswith("key ring published")]
+            assert len(published) == 1, [r.getMessage() for r in published]
+            await asyncio.get_running_loop().run_in_executor(None, lambda: keys.rotate(ctx.aead, publish_delay_s=600))
+            wait_until(lambda: ctx.ring is not first and len(ctx.ring.published) == 2, timeout=10, what="the rotated ring")
+        finally:
+            other.close()
+    finally:
+        await asyncio.get_running_loop().run_in_executor(None, lambda: rt.root.stop(block=True, timeout=20))
+        context_for(rt).close()

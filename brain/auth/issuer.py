@@ -58,6 +58,7 @@ class AuthIssuer(BrainActor):
         self._publish = publish
         self._keep_ms = settings.retired_key_keep_seconds * 1000
         self._data_version: int | None = None
+        self._ring_shape: tuple[bytes, tuple[tuple[str, int], ...]] | None = None
         self._last_sweep = 0
 
     # --- lifecycle ---
@@ -214,7 +215,12 @@ class AuthIssuer(BrainActor):
     def _refresh_ring(self) -> None:
         self._data_version = self._read_data_version()
         ring = keys.load_ring(self._aead, self._keep_ms)
-        self._publish(ring)
+        # Any commit to auth.db by another process (a sign-in on another worker) brings us here;
+        # the same keys are not published (and logged) again.
+        shape = (ring.jwks_bytes, tuple((k.kid, k.activates_at) for k in ring.keys))
+        if shape != self._ring_shape:
+            self._ring_shape = shape
+            self._publish(ring)
 
     def _read_data_version(self) -> int:
         # Changes whenever another connection (another process: `brain keys rotate`) commits.
