@@ -45,12 +45,18 @@ def _wal(ref: Any) -> tuple[int, int]:
     return int.from_bytes(raw[16:20], sys.byteorder), int.from_bytes(raw[96:100], sys.byteorder)
 
 
+def _opened(rt: Runtime, user: str) -> Any:
+    """The store manager, with the user's store open (its WAL index header mapped)."""
+    stores = store_manager(rt)
+    stores.append_from_thread(user, [{"type": "warm", "data": 0}])
+    return stores
+
+
 def test_the_answer_to_an_append_does_not_wait_for_the_checkpoint_it_makes_due(
     rt: Runtime, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    stores = store_manager(rt)
     user = "checkpointafter"
-    stores.append_from_thread(user, [{"type": "warm", "data": 0}])  # open, with its header mapped
+    stores = _opened(rt, user)
     release = threading.Event()
     ran: list[tuple[int, int]] = []
     real = getattr(UserStore, "_checkpoint", None)  # (before this change: none, SQLite's own in the COMMIT)
@@ -94,9 +100,8 @@ def test_a_failing_checkpoint_is_tried_again_after_the_next_write_not_at_once(
 ) -> None:
     # As SQLite retries its automatic checkpoint at the next commit: a full disk fails every
     # attempt, and the store must not spin on it.
-    stores = store_manager(rt)
     user = "checkpointfails"
-    stores.append_from_thread(user, [{"type": "warm", "data": 0}])
+    stores = _opened(rt, user)
     ref = stores._live_ref(user)
     assert ref is not None
     tries: list[int] = []
@@ -129,3 +134,30 @@ def test_a_failing_checkpoint_is_tried_again_after_the_next_write_not_at_once(
     assert len(tries) == 1
     stores.append_from_thread(user, PAGE[:1])
     wait_until(lambda: len(tries) == 2, timeout=10, what="the checkpoint after the next write")
+
+
+def test_a_page_of_events_reaches_the_wal_at_its_commit_not_page_by_page_as_it_is_inserted(
+    rt: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # SQLite writes a transaction's dirty pages to the WAL before its COMMIT once they pass
+    # cache_spill (by default the 2 MB page cache): a page of mail events was written out page
+    # by page while it was inserted, which cost the store's thread more CPU than one write at
+    # the commit (brain.api.user_store.SPILL_BYTES).
+    user = "checkpointspill"
+    stores = _opened(rt, user)
+    wal = rt.settings.data_path / "users" / user / "events.db-wal"
+    sizes: list[int] = []
+    real = UserStore._insert
+
+    def watched(self: UserStore, *args: Any) -> Any:
+        sizes.append(wal.stat().st_size)
+        try:
+            return real(self, *args)
+        finally:
+            sizes.append(wal.stat().st_size)
+
+    monkeypatch.setattr(UserStore, "_insert", watched)
+    stores.append_from_thread(user, PAGE)  # ~8 MB of pages
+    assert len(sizes) == 2, sizes
+    assert sizes[1] - sizes[0] < 64 * 1024  # nothing of it in the WAL before the COMMIT
+    assert wal.stat().st_size - sizes[0] > 4 << 20  # all of it after
