@@ -6201,9 +6201,13 @@ export interface operations {
         requestBody: {
             content: {
                 "application/json": {
+                    /** @description The name an authenticator app shows; the server's own name when absent */
                     issuer?: string;
-                    /** @enum {string} */
-                    method?: "totp" | "otp";
+                    /**
+                     * @description "otp" is refused with OTP_NOT_CONFIGURED: no code sender is set up
+                     * @enum {string}
+                     */
+                    method?: "totp";
                     password: string;
                 };
             };
