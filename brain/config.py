@@ -230,6 +230,18 @@ def _merge(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _drop_overridden(env_table: dict[str, Any], over: Mapping[str, Any], *, tabled: bool) -> None:
+    """Remove from a section's environment values what explicit overrides set (a tabled section's
+    sub-tables key by key)."""
+    for key, value in over.items():
+        if tabled and isinstance(value, Mapping):
+            sub = env_table.get("", {}).get(key, {})
+            for subkey in value:
+                sub.pop(subkey, None)
+        else:
+            env_table.pop(key, None)
+
+
 def _env_tables(environ: Mapping[str, str], sections: Iterable[Section]) -> dict[str, dict[str, Any]]:
     """The environment's overrides by section: the declared original names first, then BRAIN_*."""
     by_section: dict[str, dict[str, Any]] = {}
@@ -300,6 +312,10 @@ def load_settings(
         if name not in known:
             raise ConfigError(f"unknown settings section [{name}]")
     env = _env_tables(environ, declared)
+    # Explicit overrides (the command line's flags) are the last layer: they win over the
+    # environment as well as over the file they were merged into.
+    for name, over in (overrides or {}).items():
+        _drop_overridden(env.get(name, {}), over, tabled=name in known and known[name].tables)
     built: dict[str, Any] = {}
     for name, section in known.items():
         file_table = dict(table.get(name, {}))

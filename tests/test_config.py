@@ -149,3 +149,22 @@ def test_plugin_tables(tmp_path: Path) -> None:
     assert dict(s.plugin_settings("gmail")) == {"client_id": "a", "page_size": "50"}
     with pytest.raises(ConfigError, match="plugins.bogus"):
         load_settings(write(tmp_path, "[plugins]\nbogus = 1\n"), environ={})
+
+
+def test_command_line_flags_win_over_the_environment_and_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """README, Configuration: "defaults → --config FILE → environment → command-line flags", later
+    wins. The flags went in under the environment, so `BRAIN_SERVER__DATA_DIR=/srv/brain brain
+    users delete --data-dir ./other ...` acted on /srv/brain."""
+    import argparse
+
+    from brain.commands import settings_from_args
+
+    config = write(tmp_path, '[server]\napi_port = 1111\nhost = "127.0.0.2"\n')
+    monkeypatch.setenv("BRAIN_SERVER__API_PORT", "2222")
+    monkeypatch.setenv("BRAIN_SERVER__DATA_DIR", str(tmp_path / "from-env"))
+    monkeypatch.setenv("BRAIN_SERVER__WORKERS", "3")
+    args = argparse.Namespace(config=str(config), data_dir=str(tmp_path / "from-flag"), api_port=3333, workers=None)
+    s = settings_from_args(args)
+    assert (s.server.api_port, s.server.data_dir) == (3333, str(tmp_path / "from-flag"))
+    assert s.server.workers == 3  # no flag: the environment
+    assert s.server.host == "127.0.0.2"  # neither: the file
