@@ -28,6 +28,7 @@ from brain.webhooks.db import ACTIVE, Endpoint, WebhookDb
 from brain.webhooks.queue import message_id
 from tests.support import BrainServer, wait_until
 from tests.test_auth_helpers import NO_LIMITS, PASSWORD, bearer, new_user
+from tests.test_reliability_helpers import wait_api_ready
 
 LOCAL = {"allowed_networks": ["127.0.0.0/8"], "allow_http": True, "retry_base_seconds": 0.2, "retry_max_seconds": 1.0}
 
@@ -232,8 +233,12 @@ def test_nothing_is_lost_across_a_kill_9(make_server: Any) -> None:
         delivered_before = receiver.event_ids()
         assert written and not set(written) <= delivered_before, "nothing was pending at the kill"
         server.start()
-        stored = [e["id"] for e in requests.get(f"{server.api_url}/events", params={"limit": 1000},
-                                                headers=bearer(alice.jwt), timeout=10).json()["events"]]
+        # Ready is logged before the API has the issuer's keys: a request meanwhile is a 503 (seen
+        # in a loaded CI run, where the body had no "events").
+        wait_api_ready(server)
+        r = requests.get(f"{server.api_url}/events", params={"limit": 1000}, headers=bearer(alice.jwt), timeout=10)
+        assert r.status_code == 200, (r.status_code, r.text)
+        stored = [e["id"] for e in r.json()["events"]]
         assert set(written) <= set(stored)
         wait_until(lambda: receiver.event_ids() >= set(stored), timeout=60, what="every stored event delivered")
         assert receiver.event_ids() == set(stored)
