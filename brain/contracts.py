@@ -167,7 +167,7 @@ class UserHome(Protocol):
         request another node already forwarded here). For the public routes that name their user
         in a signed value (an OAuth flow's state), or whose user the node finds otherwise (a mail
         push notification, through the accounts' bucket); a body the route already read is sent
-        as read (brain.web.BODY_READ)."""
+        as read (brain.web.read_body)."""
 
 
 class CommitLog(Protocol):

@@ -131,8 +131,8 @@ def not_modified(request: web.Request, etag: str) -> bool:
 
 MAX_BODY_KEY = web.AppKey("max_body_bytes", int)
 BODY_TIMEOUT_KEY = web.AppKey("body_timeout_seconds", float)
-# Where `read_body` leaves what it read on the request: a handler that read the body and then
-# hands the request on (a cluster node forwarding it to another node) sends the same bytes.
+# Where `read_body` leaves what it read on the request, so that a second read (a handler that
+# read the body, then hands the request on to another node) gets the same bytes.
 BODY_READ = web.RequestKey("body_read", bytes)
 
 HSTS = "max-age=31536000; includeSubDomains"
@@ -146,6 +146,13 @@ async def add_hsts(_request: web.Request, response: web.StreamResponse) -> None:
 async def read_body(request: web.Request, *, limit: int | None = None) -> bytes:
     """The whole request body, at most ``limit`` bytes (413 beyond; 408 if it trickles too slowly)."""
     limit = limit or request.app[MAX_BODY_KEY]
+    raw = request.get(BODY_READ)
+    if raw is not None:
+        # Read before (a handler that hands the request on, to another node): the same bytes,
+        # under this call's limit.
+        if len(raw) > limit:
+            raise PayloadTooLarge(f"request body too large ({len(raw)} bytes, limit {limit})")
+        return raw
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(f"request body too large ({request.content_length} bytes, limit {limit})")
     if request.content.is_eof():

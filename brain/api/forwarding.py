@@ -59,7 +59,7 @@ from brain.api.loopback import LoopbackAnswer, LoopbackClient, LoopbackError
 from brain.api.live import SHUTTING_DOWN, TOO_SLOW
 from brain.api.stream import closing, resume_point
 from brain.errors import HTTPError, PayloadTooLarge, ServiceUnavailable
-from brain.web import BODY_READ, read_body
+from brain.web import read_body
 
 __all__ = ["FORWARDED_HEADER", "MOVED_HEADER", "SUBJECT_PREFIX", "Forwarder", "NotThere", "forward_marker", "server_name"]
 
@@ -242,10 +242,8 @@ class Forwarder:
 
     async def body(self, request: web.Request, node: str) -> bytes:
         """The request's body, read once for every node it may be sent to (or as the handler that
-        forwards it read it: brain.web.BODY_READ)."""
-        body = request.get(BODY_READ)
-        if body is None:
-            body = await read_body(request) if request.can_read_body else b""
+        forwards it read it: brain.web.read_body gives the same bytes again)."""
+        body = await read_body(request)
         if self.nc is not None and len(body) > self.nc.max_payload:
             raise PayloadTooLarge(f"request body too large to forward to node {node} "
                                   f"(NATS max_payload {self.nc.max_payload} bytes)")
