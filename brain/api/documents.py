@@ -62,6 +62,20 @@ _MAIL_TEXT = frozenset({"subject", "from", "to", "cc", "bcc", "reply_to", "body_
 # Repeats of body_text (or markup): indexing them would only count the same words twice.
 _MAIL_SKIPPED = frozenset({"body_text_clean", "body_html", "original_sizes", "snippet"})
 
+
+def _text_field(mail: bool, key: str, value: dict[Any, Any]) -> bool | None:
+    """How the index takes a top-level field of an event's data: True as text (its slot's column),
+    False as tags (`meta`), None not at all. `leaves` and `document_of` both route by it."""
+    if mail and key in _MAIL_SKIPPED and not (key == "snippet" and "body_text" not in value):
+        return None  # (the older mail events carry only a snippet: that is their text)
+    return not mail or key in _MAIL_TEXT or key == "snippet"
+
+
+def _attachment_text(path: tuple[str, ...]) -> bool:
+    """Whether a string of a mail event's attachments is text: a file name is ("the invoice pdf");
+    ids and MIME types are tags."""
+    return path[-1] == "filename"
+
 # prefix='3': a query `abc*` reads one doclist, the prefix index's, instead of merging the
 # doclists of every word that starts so (on 100,000 events, 10-60 ms for a common syllable, and
 # twice: bm25 counts the matches again for its IDF). It costs a write about a quarter more of
@@ -183,18 +197,17 @@ def leaves(event_type: str, value: Any) -> Iterator[Leaf]:
     mail = event_type.startswith("mail.")
     for key, child in value.items():
         key = str(key)
-        if mail and key in _MAIL_SKIPPED and not (key == "snippet" and "body_text" not in value):
-            continue  # (the older mail events carry only a snippet: that is their text)
+        text = _text_field(mail, key, value)
+        if text is None:
+            continue
         field = field_token(key)
-        text = not mail or key in _MAIL_TEXT or key == "snippet"
         if isinstance(child, str):  # most fields: no walk
             if child:
                 yield Leaf((key,), child, field, text)
             continue
         for path, string in _strings(child, (key,)):
             if mail and key == "attachments":
-                # A file name is text ("the invoice pdf"); ids and MIME types are not.
-                yield Leaf(path, string, field, path[-1] == "filename")
+                yield Leaf(path, string, field, _attachment_text(path))
             else:
                 yield Leaf(path, string, field, text)
 
@@ -236,8 +249,9 @@ def document_of(event_type: str, value: Any, slots: FieldSlots) -> list[str]:
             if not child or type(child) is bool or type(child) is int:
                 continue  # no string in it
             key = str(key)
-            if mail and key in _MAIL_SKIPPED and not (key == "snippet" and "body_text" not in value):
-                continue  # (as `leaves`)
+            text = _text_field(mail, key, value)
+            if text is None:
+                continue
             if isinstance(child, str):
                 strings = [child]
             elif mail and key == "attachments":
@@ -249,7 +263,7 @@ def document_of(event_type: str, value: Any, slots: FieldSlots) -> list[str]:
                 if not strings:
                     continue
             field = field_token(key)
-            if not mail or key in _MAIL_TEXT or key == "snippet":
+            if text:
                 slot = slots.slot(field)
                 if slot in texts:
                     texts[slot].extend(strings)
@@ -269,7 +283,7 @@ def _attachment_strings(
 ) -> None:
     """A mail event's attachments (not a string), as `leaves` routes them: file names are text."""
     for path, string in _strings(value, ("attachments",)):
-        if path[-1] == "filename":
+        if _attachment_text(path):
             texts.setdefault(slots.slot(field), []).append(string)
         elif field is not None:
             prefix = field + TAG
