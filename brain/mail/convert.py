@@ -34,7 +34,7 @@ import email.utils
 import functools
 import quopri
 import re
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -291,12 +291,10 @@ def _envelope(headers: Mapping[str, list[str]]) -> _Envelope:
     )
 
 
-def _addresses(values: Iterable[str]) -> tuple[Address, ...]:
+def _addresses(values: Sequence[str]) -> tuple[Address, ...]:
     if not values:
         return ()
     repaired = [decode_header_text(v) if not v.isascii() else v for v in values]
-    if not repaired:
-        return ()
     out = []
     pairs = _plain_mailboxes(", ".join(repaired))
     if pairs is None:
