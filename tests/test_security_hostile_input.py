@@ -3,7 +3,9 @@
 Every malformed request gets a 4xx (never a 5xx) and leaves nothing half-written; slow clients
 (headers or body trickled a byte at a time) and hundreds of idle connections do not stop the
 server from answering everyone else promptly, and the connections they hold are cut after
-`server.idle_timeout_seconds` instead of piling up.
+`server.idle_timeout_seconds` instead of piling up. The mail endpoints get the same treatment
+with a connected account (a fake Gmail): broken JSON, wrong types, 8 MB bodies and tricks in the
+path's ids are a JSON 4xx, and never reach another user's account or attachment.
 """
 
 from __future__ import annotations
@@ -15,13 +17,18 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 import requests
 
+from brain.testing.fakes.gmail import FakeGmail
+from brain.testing.fakes.mime import Part
 from tests.support import BrainServer, wait_until
 from tests.test_auth_helpers import NO_LIMITS
+from tests.test_mail_server import mail_config
 from tests.test_reliability_helpers import User, all_events, wait_api_ready
 
 IDLE_TIMEOUT = 2.0
@@ -253,3 +260,97 @@ def test_unicode_and_control_characters_are_stored_or_refused_never_mangled(serv
         assert r.status_code in (201, 400), (value, r.status_code, r.text)
         if r.status_code == 201:
             assert r.json()[field] == value
+
+
+def test_mail_endpoints_answer_hostile_input_with_a_clear_4xx_never_another_users_data(tmp_path: Path) -> None:
+    """Every mail endpoint a client calls, with malformed JSON, wrong types, oversized bodies and
+    tricks in the path's ids (traversal, encoded separators, NUL, overlong, another user's ids):
+    a 4xx with a JSON message, never a 5xx, never another user's attachment."""
+    secret = b"%PDF-1.4 bob's secret " + bytes(range(256))
+    with FakeGmail() as gmail:
+        gmail.add_message("ann@example.com", subject="Ann's", attachments=[Part("a.pdf", "application/pdf", b"%PDF ann")])
+        bobs = gmail.add_message("bob@example.com", subject="Bob's", attachments=[Part("s.pdf", "application/pdf", secret)])
+        with BrainServer(tmp_path / "brain", config={"auth": NO_LIMITS, **mail_config(gmail)}) as server:
+            wait_api_ready(server)
+            ann, bob = User.sign_up(server), User.sign_up(server)
+            accounts = {}
+            for user, mailbox in ((ann, "ann@example.com"), (bob, "bob@example.com")):
+                r = requests.post(f"{server.api_url}/mail/connect", headers=user.headers, timeout=30,
+                                  json={"provider": "gmail", "refresh_token": gmail.issue_refresh_token(mailbox)})
+                assert r.status_code == 201, r.text
+                accounts[user.id] = r.json()["account"]["account"]
+            wait_until(lambda: len(all_events(server, bob)) == 1 and len(all_events(server, ann)) == 1, timeout=30,
+                       what="both mailboxes synced")
+            (bob_attachment,) = all_events(server, bob)[0]["data"]["attachments"]
+            mine, theirs = accounts[ann.id], accounts[bob.id]
+            session = requests.Session()
+            problems: list[Any] = []
+
+            def check(method: str, path: str, *, expect: tuple[int, ...] | None = None, **kwargs: Any) -> requests.Response:
+                headers = {**ann.headers, **kwargs.pop("headers", {})}
+                r = session.request(method, server.api_url + path, headers=headers, timeout=30, **kwargs)
+                if secret in r.content:
+                    problems.append((method, path[:80], "another user's attachment", r.status_code))
+                elif expect is not None and r.status_code not in expect:
+                    problems.append((method, path[:80], str(kwargs.get("json", kwargs.get("data", b"")))[:60], r.status_code, r.text[:200]))
+                elif expect is None and not 400 <= r.status_code < 500:
+                    problems.append((method, path[:80], str(kwargs.get("json", kwargs.get("data", b"")))[:60], r.status_code, r.text[:200]))
+                elif expect is None and (r.headers.get("Content-Type", "").split(";")[0] != "application/json"
+                                         or not r.json().get("message")):
+                    problems.append((method, path[:80], "not a JSON error", r.text[:200]))
+                return r
+
+            # Malformed JSON, to every mail endpoint that reads a body.
+            writes = [("POST", "/mail/connect"), ("POST", "/mail/disconnect"), ("PATCH", f"/mail/accounts/{mine}")]
+            for i, body in enumerate(malformed_bodies(random.Random(15), 60)):
+                method, path = writes[i % len(writes)]
+                try:
+                    valid = isinstance(json.loads(body.decode("utf-8-sig")), dict)  # e.g. a BOM and {}: no change
+                except (ValueError, RecursionError):
+                    valid = False
+                check(method, path, data=body, headers={"Content-Type": "application/json"},
+                      expect=(200, 400, 404) if valid else None)
+
+            # Wrong types and values.
+            for body in ({"provider": 5}, {"provider": ["gmail"]}, {"provider": None}, {"provider": "x" * 100_000},
+                         {"provider": "gmail", "refresh_token": 5}, {"provider": "gmail", "refresh_token": ""},
+                         {"provider": "gmail", "sync": []}, {"provider": "gmail", "sync": {"folders": [1]}}, [], "gmail", 5, None):
+                check("POST", "/mail/connect", json=body)
+            for body in ({"account": 5}, {"account": ["x"]}, {"account": {"$ne": ""}}, {"account": ""}, {"account": "a" * 5000},
+                         {"account": theirs}, {}, [], None):
+                check("POST", "/mail/disconnect", json=body)
+            for body in ({"folders": 5}, {"folders": []}, {"folders": [""]}, {"folders": ["a" * 10_000]}, {"folders": ["a\r\nb"]},
+                         {"folders": ["x"] * 1000}, {"bodies": "yes"}, {"bodies": 1}, {"keep_html": 0}, {"exclude_spam_trash": None},
+                         {"sync_window_days": True}, {"sync_window_days": "365"}, {"sync_window_days": 0}, {"sync_window_days": 1e300},
+                         {"sync_window_days": 2.5}, {"sync_window_days": -1}, {"nope": 1}, [], "x", 5, None):
+                check("PATCH", f"/mail/accounts/{mine}", json=body)
+
+            # Oversized bodies.
+            big = b'{"provider": "gmail", "refresh_token": "' + b"x" * 8_000_000 + b'"}'
+            for method, path in writes:
+                try:
+                    check(method, path, data=big, headers={"Content-Type": "application/json"})
+                except requests.ConnectionError:
+                    pass  # the server may cut the connection once it has answered 413
+
+            # Tricks in the ids of the path: never a 5xx, never another user's account or attachment.
+            tricks = ["..", "../..", "..%2F..%2Fmail.db", "%2e%2e%2f%2e%2e", "%00", "a%00b", "%FF%FE", "x" * 5000,
+                      quote(theirs, safe=""), theirs + "%2F..", "%E2%80%AE", "%0D%0AX-Injected:%201", "*", "%25"]
+            for trick in tricks:
+                check("PATCH", f"/mail/accounts/{trick}", json={"bodies": False})
+                check("POST", f"/mail/accounts/{trick}/sync", json={})
+            message, attachment = quote(bobs, safe=""), quote(bob_attachment["id"], safe="")
+            for m, a in ((message, attachment), *((t, attachment) for t in tricks), *((message, t) for t in tricks)):
+                check("GET", f"/mail/messages/{m}/attachments/{a}")
+                check("GET", f"/mail/messages/{m}/attachments/{a}?account={quote(theirs, safe='')}")
+            check("GET", f"/mail/messages/{message}/attachments/{attachment}?account=" + "a" * 5000)
+
+            assert not problems, problems[:10]
+            # Nothing of ann's or bob's changed, and the server is well.
+            statuses = {u.id: requests.get(f"{server.api_url}/mail/status", headers=u.headers, timeout=10).json()["accounts"]
+                        for u in (ann, bob)}
+            assert [(a["account"], a["state"], a["sync"]["bodies"]) for a in statuses[bob.id]] == [(theirs, "idle", True)]
+            assert [(a["account"], a["sync"]["bodies"]) for a in statuses[ann.id]] == [(mine, True)]
+            r = requests.get(f"{server.api_url}/mail/messages/{message}/attachments/{attachment}", headers=bob.headers, timeout=30)
+            assert r.status_code == 200 and r.content == secret  # the owner still gets it
+            assert not re.search(r"brain\.access\.\w+: \S+ \S+ 5\d\d ", server.log_text())
