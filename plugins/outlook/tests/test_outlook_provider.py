@@ -212,13 +212,19 @@ def test_content_attachments_size_and_child_folders(fake: FakeMicrosoft) -> None
     assert records[draft].direction == "draft" and records[draft].body_text == "half-written"
     listings = [r for r in fake.requests if r.path.endswith("/attachments")]
     assert [r.path for r in listings] == [f"/v1.0/me/messages/{report}/attachments"]  # only where there are some
+    # The body comes as Graph's own text, not HTML for brain to convert (only when HTML is kept).
+    delta = [r for r in fake.requests if r.path.endswith("/messages/delta")]
+    assert delta and all('outlook.body-content-type="text"' in r.headers.get("Prefer", "") for r in delta)
 
+    fake.clear_requests()
     html = provider(fake)
     html_ctx, _ = context(html, fake)
     html_ctx.options = SyncOptions(convert=ConvertOptions(keep_html=True))
     pages, _ = sync_all(html, html_ctx)
     kept = {m.message_id: m for page in pages for m in page.messages}[report]
     assert kept.body_text == "The report is attached." and "<b>report</b>" in (kept.body_html or "")
+    delta = [r for r in fake.requests if r.path.endswith("/messages/delta")]
+    assert delta and not any("outlook.body-content-type" in r.headers.get("Prefer", "") for r in delta)
 
 
 def test_chosen_folders_window_and_no_bodies(fake: FakeMicrosoft) -> None:
