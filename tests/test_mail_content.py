@@ -145,6 +145,12 @@ def test_only_the_chosen_labels_and_window_are_synced(tmp_path: Path, fake: Fake
     h.run()
     assert (h.store.events[-1]["type"], h.store.events[-1]["data"]["message_id"]) == ("mail.message.deleted", bill)
 
+    # A message older than the window that changes later (history brings it) stays out too.
+    before = len(h.store.events)
+    fake.modify_labels(USER, old_bill, add=["STARRED"])
+    h.run()
+    assert len(h.store.events) == before and old_bill not in received(h)
+
 
 def test_without_bodies_the_headers_flags_and_attachments_still_come(tmp_path: Path, fake: FakeGmail) -> None:
     h = harness_for(tmp_path, fake, bodies=False)

@@ -23,6 +23,7 @@ that user.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import email.utils
 import imaplib
 import os
@@ -229,11 +230,13 @@ class Dovecot:
         *,
         folder: str = "INBOX",
         flags: Iterable[str] = (),
+        internal_date: datetime.datetime | None = None,
     ) -> int:
-        """Append a message (raw bytes, or a subject for ``make_message``); return its UID."""
+        """Append a message (raw bytes, or a subject for ``make_message``), received at
+        ``internal_date`` (aware; default now); return its UID."""
         raw = message if isinstance(message, bytes) else make_message(message, to=user)
         with self.imap(user, folder=None) as conn:
-            return _append(conn, folder, raw, flags)
+            return _append(conn, folder, raw, flags, internal_date)
 
     def append_many(self, user: str, subjects: Iterable[str], *, folder: str = "INBOX") -> list[int]:
         """Append one message per subject over a single connection; return their UIDs."""
@@ -493,9 +496,12 @@ def _quote(name: str) -> str:
     return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def _append(conn: imaplib.IMAP4, folder: str, raw: bytes, flags: Iterable[str] = ()) -> int:
+def _append(
+    conn: imaplib.IMAP4, folder: str, raw: bytes, flags: Iterable[str] = (), internal_date: datetime.datetime | None = None
+) -> int:
     flag_list = "(" + " ".join(flags) + ")" if flags else None
-    typ, data = conn.append(_quote(folder), flag_list, None, raw)
+    when = imaplib.Time2Internaldate(internal_date) if internal_date is not None else None
+    typ, data = conn.append(_quote(folder), flag_list, when, raw)
     _ok((typ, data))
     match = re.search(rb"APPENDUID \d+ (\d+)", data[0] or b"")  # type: ignore[arg-type]
     assert match, f"dovecot gave no APPENDUID: {data!r}"

@@ -7,6 +7,7 @@ These need Debian's dovecot-imapd (.ci/run installs it); without it they fail, n
 
 from __future__ import annotations
 
+import datetime
 import os
 import subprocess
 import sys
@@ -319,6 +320,22 @@ def test_every_folder_but_junk_and_trash_and_new_ones_later(dovecot: Dovecot, us
         pages, cursor = run_incremental(provider, ctx, {**cursor, "folders": [*cursor["folders"], "Gone"]})
     pages, _ = run_initial(provider, ctx)
     assert {"in Junk", "in Trash"} <= {m.subject for m in by_id(pages).values()}
+    provider.close()
+
+
+def test_only_messages_received_inside_the_sync_window_are_fetched(dovecot: Dovecot, user: str) -> None:
+    old = datetime.datetime(2020, 1, 1, 12, tzinfo=datetime.timezone.utc)
+    dovecot.append(user, "old", internal_date=old)
+    dovecot.append(user, "old sent", folder="Sent", internal_date=old)
+    dovecot.append(user, "recent")
+    dovecot.append(user, "recent sent", folder="Sent")
+    provider, ctx = connect(dovecot, user)
+    ctx.options = SyncOptions(since=datetime.datetime(2024, 1, 1, tzinfo=datetime.timezone.utc).timestamp())
+    pages, cursor = run_initial(provider, ctx)
+    assert sorted(m.subject for m in by_id(pages).values()) == ["recent", "recent sent"]  # by INTERNALDATE
+    dovecot.append(user, "later")
+    pages, _ = run_incremental(provider, ctx, cursor)
+    assert [m.subject for m in by_id(pages).values()] == ["later"]
     provider.close()
 
 
