@@ -1,7 +1,8 @@
 """Mail accounts over HTTP, end to end (the real `brain serve` against the local fakes): what the
 user chooses to sync (at connect and with PATCH), syncing now, attachments on demand (capped,
-cached, never another user's), revoking at disconnect, push notifications (Gmail through
-Pub/Sub, Graph subscriptions) and the one-time backfill surviving kill -9.
+cached and removed with the user, never another user's), revoking at disconnect, push
+notifications (Gmail through Pub/Sub, Graph subscriptions) and the one-time backfill surviving
+kill -9.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from brain.testing.fakes.gmail import FakeGmail
 from brain.testing.fakes.microsoft import FakeMicrosoft
 from brain.testing.fakes.mime import Part
 from tests.support import BrainServer, free_port, wait_until
+from tests.test_auth_helpers import brain_cli
 from tests.test_mail_server import GMAIL_USER, MS_USER, Client, gmail, mail_config, microsoft  # noqa: F401 - fixtures
 
 PDF = b"%PDF-1.4\n" + bytes(range(256)) * 200
@@ -194,6 +196,19 @@ def test_the_attachment_cache_keeps_to_the_users_quota(tmp_path: Path, gmail: Fa
         gmail.clear_requests()
         assert download(copy) == PDF and gmail.request_count(f"/gmail/v1/users/me/messages/{copy}") == 0
         assert cache()["files"] == 1
+
+        # Removed with the user: the files and their index rows in mail.db.
+        cached = server.data_dir / "users" / alice.user_id / "attachments"
+        assert cache_rows(server, alice.user_id) == 2 and cached.is_dir()
+        out = brain_cli(server, "users", "delete", alice.user_id, "--json")
+        assert out.returncode == 0, out.stderr
+        assert not cached.exists() and cache_rows(server, alice.user_id) == 0
+
+
+def cache_rows(server: BrainServer, user_id: str) -> int:
+    """Rows of the user's attachment cache index in mail.db."""
+    with sqlite3.connect(f"file:{server.data_dir / 'mail.db'}?mode=ro", uri=True) as db:
+        return int(db.execute("SELECT count(*) FROM attachment_cache WHERE user_id = ?", (user_id,)).fetchone()[0])
 
 
 def test_disconnect_says_whether_the_grant_was_revoked(tmp_path: Path, gmail: FakeGmail, microsoft: FakeMicrosoft) -> None:
