@@ -306,10 +306,25 @@ def _addresses(values: Sequence[str]) -> tuple[Address, ...]:
         address = address.strip()
         if not address:
             continue
-        out.append(Address(name=decode_header_text(name) if name else "", address=decode_header_text(address)))
-        if len(out) >= _MAX_LIST:
-            break
+        decoded = decode_header_text(address)
+        hidden = _hidden_mailboxes(decoded) if decoded != address and "<" in decoded else None
+        for mailbox in hidden or (Address(name=decode_header_text(name) if name else "", address=decoded),):
+            out.append(mailbox)
+            if len(out) >= _MAX_LIST:
+                return tuple(out)
     return tuple(out)
+
+
+def _hidden_mailboxes(decoded: str) -> list[Address] | None:
+    """The mailboxes of an encoded word that held whole mailboxes, address and all (which RFC
+    2047 forbids, but some mailers send: ``=?utf-8?b?...?=`` for ``Иван <ivan@example.com>``),
+    read again from its decoded text; None if that gives no address."""
+    try:
+        pairs = email.utils.getaddresses([decoded])
+    except Exception:  # noqa: BLE001 - the stdlib's address parser on hostile input
+        return None
+    found = [Address(name=name, address=address.strip()) for name, address in pairs if "@" in address]
+    return found or None
 
 
 # A mailbox in the forms nearly all mail uses: ``addr``, ``"Name" <addr>`` or ``Name <addr>``
