@@ -2,13 +2,16 @@
 
 A user signs up on the auth role, connects a mailbox with `POST /mail/connect`, and reads what
 sync made of it with `GET /events` on the API role, exactly as a client would. The mailbox is
-changed over IMAP by the dovecot harness, as another mail client would change it.
+changed over IMAP by the dovecot harness, as another mail client would change it. The whole
+data of events is checked for a plain message and for each shape issue 15 names (a reply with
+alternatives, an inline image and an attachment; HTML only; a non-UTF-8 charset; folders).
 
 These need Debian's dovecot-imapd (.ci/run installs it); without it they fail, never skip.
 """
 
 from __future__ import annotations
 
+import datetime
 import itertools
 import time
 from collections.abc import Iterator
@@ -320,5 +323,101 @@ def test_every_folder_synced_and_an_attachment_downloaded_without_marking_read(t
         assert r.content == pdf and r.headers["Content-Type"] == "application/pdf"
         assert 'filename="plan.pdf"' in r.headers["Content-Disposition"]
         assert all(not m["flags"] for m in dovecot.messages(ALICE, folder="Projects/Alpha").values())
+    finally:
+        brain.close()
+
+
+WHEN = datetime.datetime(2025, 3, 4, 9, 15, tzinfo=datetime.timezone.utc)
+
+
+def test_each_shape_of_message_arrives_with_exactly_this_content(tmp_path: Path, dovecot: Dovecot) -> None:
+    """Against the real dovecot, the whole data of each event: a reply with alternatives, an
+    inline image and an attachment; HTML only; KOI8-R; one sent; in their folders, with flags."""
+    pdf, png = b"%PDF-1.4\n" + bytes(range(256)) * 4, b"\x89PNG\r\n\x1a\n" + bytes(100)
+    dovecot.create_folder(ALICE, "Projects/Alpha")
+    raws = {}
+    raws["Re: The report"] = report = build_message(
+        sender="Bob Builder <bob@example.test>", to=[f"Alice <{ALICE}>"], cc=["Carol <carol@example.test>"],
+        subject="Re: The report", date=WHEN, message_id="<report@example.test>",
+        headers={"In-Reply-To": "<ask@example.test>", "References": "<root@example.test> <ask@example.test>"},
+        text="Here it is.\n\nOn Mon, 3 Mar 2025 at 09:00, Alice <alice@example.test> wrote:\n> Where is the report?",
+        html='<p>Here it is. <img src="cid:c1"></p><blockquote>Where is the report?</blockquote>',
+        attachments=[Part("Q1 report.pdf", "application/pdf", pdf)], inline=[Part("chart.png", "image/png", png, "c1")],
+    )
+    dovecot.append(ALICE, report, folder="Projects/Alpha", flags=[r"\Seen", r"\Flagged", "$Work"])
+    raws["March news"] = news_raw = build_message(
+        subject="March news", date=WHEN, message_id="<news@example.test>",
+        html="<html><body><h1>March news</h1><p>Three <b>new</b> things:</p><ul><li>search</li><li>mail</li></ul>"
+             "<script>track()</script></body></html>",
+    )
+    dovecot.append(ALICE, news_raw)
+    raws["Привет"] = privet = build_message(
+        sender="Иван <ivan@example.test>", to=[ALICE], subject="Привет", text="Привет из Москвы", charset="koi8-r",
+        date=WHEN, message_id="<privet@example.test>",
+    )
+    dovecot.append(ALICE, privet, folder="Archive")
+    raws["Sent one"] = sent = build_message(
+        sender=f"Alice <{ALICE}>", to=["bob@example.test"], subject="Sent one", text="On my way.", date=WHEN,
+        message_id="<sent@example.test>",
+    )
+    dovecot.append(ALICE, sent, folder="Sent")
+    brain = start_brain(tmp_path, dovecot)
+    try:
+        client = Client(brain)
+        assert client.post("/mail/connect", connect_body(dovecot)).status_code == 201
+        wait_until(lambda: account_state(client)["state"] == "idle", timeout=30, what="initial sync")
+        got = {e["data"]["subject"]: e["data"] for e in client.events(RECEIVED)}
+        assert sorted(got) == ["March news", "Re: The report", "Sent one", "Привет"]
+        for subject, data in got.items():
+            assert data.pop("account") and data.pop("message_id").count(":") == 2
+            assert data.pop("size") == len(raws[subject])  # RFC822.SIZE
+        common = {"provider": "imap", "address": ALICE, "date": "2025-03-04T09:15:00.000Z", "bcc": [], "reply_to": [],
+                  "truncated": False}
+        nobody = {"name": "", "address": ALICE}
+        assert got["Re: The report"] == {
+            **common, "thread_id": "<root@example.test>", "internet_message_id": "<report@example.test>",
+            "in_reply_to": "<ask@example.test>", "references": ["<root@example.test>", "<ask@example.test>"],
+            "from": {"name": "Bob Builder", "address": "bob@example.test"}, "to": [{"name": "Alice", "address": ALICE}],
+            "cc": [{"name": "Carol", "address": "carol@example.test"}], "subject": "Re: The report",
+            "direction": "received", "folders": ["Projects/Alpha"], "labels": ["$Work"],
+            "flags": {"read": True, "starred": True, "important": False}, "snippet": "Here it is.",
+            "body_text": "Here it is.\n\nOn Mon, 3 Mar 2025 at 09:00, Alice <alice@example.test> wrote:\n> Where is the report?",
+            "body_text_clean": "Here it is.",
+            "attachments": [
+                {"id": "1.2.2", "filename": "chart.png", "mime_type": "image/png", "size": len(png), "content_id": "c1",
+                 "inline": True},
+                {"id": "2", "filename": "Q1 report.pdf", "mime_type": "application/pdf", "size": len(pdf),
+                 "content_id": None, "inline": False},
+            ],
+            "has_attachments": True,
+        }
+        news = "March news\n\nThree new things:\n\n  • search\n  • mail"
+        assert got["March news"] == {
+            **common, "thread_id": "<news@example.test>", "internet_message_id": "<news@example.test>",
+            "in_reply_to": None, "references": [], "from": {"name": "Alice Example", "address": "alice@example.com"},
+            "to": [{"name": "Ada", "address": "ada@example.com"}], "cc": [], "subject": "March news",
+            "direction": "received", "folders": ["INBOX"], "labels": [],
+            "flags": {"read": False, "starred": False, "important": False},
+            "snippet": "March news Three new things: • search • mail", "body_text": news,
+            "body_text_clean": "March news\n\nThree new things:\n\n• search\n• mail",  # the clean text is not indented
+            "attachments": [], "has_attachments": False,
+        }
+        assert got["Привет"] == {
+            **common, "thread_id": "<privet@example.test>", "internet_message_id": "<privet@example.test>",
+            "in_reply_to": None, "references": [], "from": {"name": "Иван", "address": "ivan@example.test"},
+            "to": [nobody], "cc": [], "subject": "Привет", "direction": "received", "folders": ["Archive"],
+            "labels": [], "flags": {"read": False, "starred": False, "important": False}, "snippet": "Привет из Москвы",
+            "body_text": "Привет из Москвы", "body_text_clean": "Привет из Москвы", "attachments": [],
+            "has_attachments": False,
+        }
+        assert got["Sent one"] == {
+            **common, "thread_id": "<sent@example.test>", "internet_message_id": "<sent@example.test>",
+            "in_reply_to": None, "references": [], "from": {"name": "Alice", "address": ALICE},
+            "to": [{"name": "", "address": "bob@example.test"}], "cc": [], "subject": "Sent one", "direction": "sent",
+            "folders": ["Sent"], "labels": [], "flags": {"read": False, "starred": False, "important": False},
+            "snippet": "On my way.", "body_text": "On my way.", "body_text_clean": "On my way.", "attachments": [],
+            "has_attachments": False,
+        }
+        assert all(not m["flags"] for m in dovecot.messages(ALICE).values())  # nothing marked read by syncing
     finally:
         brain.close()
