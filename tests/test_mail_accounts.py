@@ -7,6 +7,7 @@ kill -9.
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import json
 import sqlite3
@@ -263,6 +264,17 @@ def test_gmail_push_through_pub_sub_brings_new_mail_at_once(tmp_path: Path, gmai
         r = requests.post(f"{server.api_url}/mail/push/gmail?token=guess", json=envelope, timeout=10)
         assert r.status_code == 403
         assert requests.post(f"{server.api_url}/mail/push/nope", json={}, timeout=10).status_code == 404
+
+        # Close to its end (Gmail's watch lasts 7 days), the next sync renews it: users.watch again.
+        with sqlite3.connect(server.data_dir / "mail.db") as db:
+            push = json.loads(db.execute("SELECT push FROM accounts WHERE id = ?", (account,)).fetchone()[0])
+            push["since"], push["expires_at"] = time.time() - 6 * 86400, time.time() + 3600
+            db.execute("UPDATE accounts SET push = ? WHERE id = ?", (json.dumps(push), account))
+        assert alice.post(f"/mail/accounts/{account}/sync", {}).status_code == 202
+        wait_until(lambda: gmail.request_count("/gmail/v1/users/me/watch", method="POST") == 2, timeout=15,
+                   what="the renewal")
+        wait_until(lambda: datetime.datetime.fromisoformat(alice.accounts()[account]["push"]["expires_at"]).timestamp()
+                   > time.time() + 5 * 86400, timeout=15, what="the renewed expiry in /mail/status")
 
         # Disconnecting stops the watch.
         assert alice.post("/mail/disconnect", {"account": account}).status_code == 200
