@@ -87,6 +87,34 @@ def test_what_syncs_is_chosen_at_connect_and_changed_later(tmp_path: Path, gmail
         assert bob.post(f"/mail/accounts/{account}/sync", {}).status_code == 404
 
 
+def test_the_servers_content_settings_and_the_accounts_own_choice_reach_the_events(
+    tmp_path: Path, gmail: FakeGmail
+) -> None:
+    text = "Word " * 1000
+    long = gmail.add_message(GMAIL_USER, subject="Long", body=text, html=f"<p>{text}</p>")
+    config = mail_config(gmail)
+    config["mail"].update(keep_html=True, max_text_bytes=2048)  # [mail]: HTML kept, 2 KiB a text field
+    with BrainServer(tmp_path / "brain", config=config) as server:
+        alice = Client(server)
+        account = alice.connect("gmail", gmail.issue_refresh_token(GMAIL_USER))["account"]
+        alice.wait_state(account, "idle")
+        data = received(alice)[long]
+        # The clean text is read from the cut text: no longer than it, so not cut itself.
+        assert data["truncated"] is True and set(data["original_sizes"]) == {"body_text", "body_html"}
+        assert all(size > 4000 for size in data["original_sizes"].values())
+        for field in ("body_text", "body_text_clean", "body_html"):
+            assert 2000 < len(data[field].encode()) <= 2048, field
+        assert data["body_text"].startswith("Word Word") and data["body_html"].startswith("<p>Word Word")
+
+        # The account's own choice wins over [mail] keep_html.
+        assert patch(alice, f"/mail/accounts/{account}", {"keep_html": False}).status_code == 200
+        alice.wait_state(account, "idle")
+        short = gmail.add_message(GMAIL_USER, subject="Short", body="Just this.", html="<p>Just this.</p>")
+        assert alice.post(f"/mail/accounts/{account}/sync", {}).status_code == 202
+        wait_until(lambda: short in received(alice), timeout=15, what="the next message")
+        assert "body_html" not in received(alice)[short] and received(alice)[short]["truncated"] is False
+
+
 def test_sync_now_and_polling_that_slows_down_when_quiet(tmp_path: Path, gmail: FakeGmail) -> None:
     gmail.populate(GMAIL_USER, 3)
     config = mail_config(gmail)
