@@ -32,6 +32,7 @@ from mailparser_reply.parser import EmailMessage as ReplyParse
 from brain.mail import convert, mailtext, provider
 from brain.mail.convert import message_from_gmail, message_from_graph, message_from_mime
 from brain.mail.message import ConvertOptions, Flags, MessageContext, MessageRecord, event_schemas, iso_utc
+from brain.mail.parts import mime_part
 from brain.testing.fakes.gmail import mime_payload
 
 CORPUS = Path(__file__).parent / "mail_corpus"
@@ -636,3 +637,26 @@ def test_clean_text_keeps_an_answer_longer_than_the_window_and_a_long_non_reply_
     assert message_from_mime(_plain("News", newsletter), MessageContext(message_id="n")).body_text_clean.endswith("The team")
     short = message_from_mime(_plain("Note", "Ship it today.\n\nThanks,\nAda\n"), MessageContext(message_id="s"))
     assert short.body_text_clean == "Ship it today."
+
+
+@pytest.mark.parametrize("path", corpus_files(), ids=lambda p: p.stem)
+def test_every_attachment_the_model_lists_is_the_part_its_id_fetches(path: Path) -> None:
+    """What a raw-MIME provider (IMAP, Gmail raw) hands out for an attachment id of the model
+    (`brain.mail.parts.mime_part`) is that attachment: its type, its file name, its size; and a
+    download through Gmail's format=full is named as the model names it."""
+    _, _, record = convert_file(path)
+    for attachment in record.attachments:
+        part = mime_part(path.read_bytes(), attachment.id)
+        assert part is not None, attachment
+        assert (part.mime_type, part.filename) == (attachment.mime_type, attachment.filename), attachment
+        if attachment.size is not None:
+            assert len(part.content) == attachment.size, attachment
+    # Gmail's format=full names the part of each attachment as the model does too.
+    resource = gmail_resource(path.read_bytes(), "18c0a", ["INBOX"])
+    nodes, by_handle = [resource["payload"]], {}
+    while nodes:
+        node = nodes.pop()
+        by_handle[node["body"].get("attachmentId", node["partId"])] = node
+        nodes.extend(node.get("parts", []))
+    for attachment in message_from_gmail(resource).attachments:
+        assert provider.gmail_part_filename(by_handle[attachment.id]) == attachment.filename, attachment

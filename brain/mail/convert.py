@@ -62,7 +62,9 @@ from brain.mail.message import (
 )
 
 __all__ = [
+    "attachment_filename",
     "gmail_context",
+    "gmail_part_filename",
     "graph_context",
     "message_from_gmail",
     "message_from_graph",
@@ -183,16 +185,30 @@ def _choose_alternative(children: Sequence[_Part], results: Sequence[_Body], out
         out.extend(result)
 
 
+def attachment_filename(filename: str | None, content_type: str, subject: str = "") -> str:
+    """The name the model gives an attachment, and its download: its own file name, else
+    ``<subject>.eml`` for an attached message (``subject``: the enclosed message's) and
+    ``invite.ics`` for an invitation; else empty."""
+    if filename:
+        return filename
+    if content_type == "message/rfc822":
+        return f"{subject or 'message'}.eml"
+    if content_type == "text/calendar":
+        return "invite.ics"
+    return ""
+
+
+def gmail_part_filename(node: Mapping[str, Any]) -> str:
+    """The model's name for the attachment that is this part of a Gmail ``format=full`` payload."""
+    part = _gmail_part(node)
+    return attachment_filename(part.filename, part.content_type, part.subject)
+
+
 def _attachment(part: _Part) -> Attachment:
-    filename = part.filename or ""
-    if not filename and part.content_type == "message/rfc822":
-        filename = f"{part.subject or 'message'}.eml"
-    elif not filename and part.content_type == "text/calendar":
-        filename = "invite.ics"
     inline = part.disposition == "inline" or (part.disposition is None and part.content_id is not None)
     return Attachment(
         id=part.handle,
-        filename=filename,
+        filename=attachment_filename(part.filename, part.content_type, part.subject),
         mime_type=part.content_type,
         size=part.size,
         content_id=part.content_id,

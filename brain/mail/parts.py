@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from email.parser import BytesParser
 from email.policy import compat32
 
+from brain.mail.convert import attachment_filename
 from brain.mail.mailtext import decode_header_text
 
 __all__ = ["MimePart", "mime_part"]
@@ -22,7 +23,7 @@ _parser = BytesParser(policy=compat32)
 
 @dataclass(frozen=True)
 class MimePart:
-    """A part's decoded content, content type and file name (may be empty)."""
+    """A part's decoded content, content type and file name (the model's: may be empty)."""
 
     content: bytes
     mime_type: str
@@ -66,4 +67,9 @@ def _leaf(node: email.message.Message) -> MimePart:
         filename = node.get_filename() or ""
     except Exception:  # noqa: BLE001 - malformed parameters raise from deep in email.message
         filename = ""
-    return MimePart(content, node.get_content_type(), decode_header_text(str(filename)) if filename else "")
+    ctype = node.get_content_type()
+    subject = ""
+    if ctype == "message/rfc822" and node.is_multipart() and node.get_payload():
+        subject = decode_header_text(str(node.get_payload()[0].get("subject", "") or ""))
+    # Named as the model names it: an unnamed invitation or attached message is no "attachment".
+    return MimePart(content, ctype, attachment_filename(decode_header_text(str(filename)) if filename else None, ctype, subject))

@@ -45,6 +45,7 @@ from typing import Any, ClassVar, Protocol
 from brain.errors import BrainError
 from brain.mail.convert import (
     gmail_context,
+    gmail_part_filename,
     graph_context,
     message_from_gmail,
     message_from_graph,
@@ -94,6 +95,7 @@ __all__ = [
     "convert_inline",
     "event_schemas",
     "gmail_context",
+    "gmail_part_filename",
     "graph_context",
     "iso_utc",
     "message_from_gmail",

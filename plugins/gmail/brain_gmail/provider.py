@@ -66,6 +66,7 @@ from brain.mail.provider import (
     TokenSource,
     Transient,
     gmail_context,
+    gmail_part_filename,
     message_from_gmail,
     message_from_mime,
     mime_part,
@@ -441,7 +442,7 @@ class GmailProvider(MailProvider):
             request = messages_api.attachments().get(userId="me", messageId=message_id, id=str(body.get("attachmentId")))
             data = _base64url(str(self._execute(request, not_found=gone).get("data") or ""))
         return AttachmentContent(
-            str(node.get("mimeType") or "application/octet-stream"), str(node.get("filename") or ""), len(data), iter((data,))
+            str(node.get("mimeType") or "application/octet-stream"), gmail_part_filename(node), len(data), iter((data,))
         )
 
     def revoke(self, credentials: Credentials) -> Revocation:
