@@ -317,6 +317,23 @@ def test_graph_text_body_draft_and_attachments_not_listed() -> None:
     assert bare.body_text == "" and bare.sender is None and bare.direction == "received"
 
 
+def test_graph_in_reply_to_and_references_from_the_expanded_mapi_properties() -> None:
+    properties = [
+        {"id": "Integer 0xe08", "value": "4321"},
+        {"id": "String 0x1042", "value": "<ask@example.com>"},
+        {"id": "String 0x1039", "value": "<root@example.com>\r\n <ask@example.com>"},
+        {"id": "String 0xzz", "value": "ignored"}, "not an object",
+    ]
+    message = {**GRAPH_HTML, "internetMessageHeaders": None, "singleValueExtendedProperties": properties}
+    record = message_from_graph(message)
+    assert (record.size, record.in_reply_to) == (4321, "<ask@example.com>")
+    assert record.references == ("<root@example.com>", "<ask@example.com>")
+    # The headers themselves, when selected, come first.
+    headers = [{"name": "In-Reply-To", "value": "<other@example.com>"}, {"name": "References", "value": "<other@example.com>"}]
+    both = message_from_graph({**message, "internetMessageHeaders": headers})
+    assert (both.in_reply_to, both.references) == ("<other@example.com>", ("<other@example.com>",))
+
+
 # Robustness ---------------------------------------------------------------------------------
 
 

@@ -824,7 +824,25 @@ def _base64url(data: str) -> bytes:
 
 # Microsoft Graph --------------------------------------------------------------------------
 
-_GRAPH_SIZE_TAG = 0x0E08  # PR_MESSAGE_SIZE ("Integer 0xe08"), asked for with $expand
+# MAPI properties asked for with $expand=singleValueExtendedProperties: PR_MESSAGE_SIZE
+# ("Integer 0xe08"), PR_IN_REPLY_TO_ID ("String 0x1042"), PR_INTERNET_REFERENCES ("String 0x1039").
+_GRAPH_SIZE_TAG = 0x0E08
+_GRAPH_IN_REPLY_TO_TAG = 0x1042
+_GRAPH_REFERENCES_TAG = 0x1039
+
+
+def _graph_properties(message: Mapping[str, Any]) -> dict[tuple[str, int], Any]:
+    """A Graph message's singleValueExtendedProperties by (kind, tag): ("integer", 0x0E08)."""
+    out: dict[tuple[str, int], Any] = {}
+    for prop in message.get("singleValueExtendedProperties") or ():
+        if not isinstance(prop, Mapping):
+            continue
+        kind, _, tag = str(prop.get("id", "")).partition(" ")
+        try:
+            out[(kind.lower(), int(tag, 16))] = prop.get("value")
+        except ValueError:
+            continue
+    return out
 
 
 def graph_context(
@@ -837,14 +855,11 @@ def graph_context(
     folder = message.get("parentFolderId")
     names = folder_names or {}
     flag = message.get("flag") or {}
-    size = None
-    for prop in message.get("singleValueExtendedProperties") or ():
-        kind, _, tag = str(prop.get("id", "") if isinstance(prop, Mapping) else "").partition(" ")
-        try:
-            if kind.lower() == "integer" and int(tag, 16) == _GRAPH_SIZE_TAG:
-                size = int(prop.get("value"))
-        except (TypeError, ValueError):
-            size = None
+    value = _graph_properties(message).get(("integer", _GRAPH_SIZE_TAG))
+    try:
+        size = int(value) if value is not None else None
+    except (TypeError, ValueError):
+        size = None
     return MessageContext(
         message_id=str(message.get("id", "")),
         thread_id=message.get("conversationId"),
@@ -874,13 +889,20 @@ def message_from_graph(
     """The model of a Graph message resource and (if listed) its attachments.
 
     ``body`` may be HTML or text (``Prefer: outlook.body-content-type="text"``); In-Reply-To
-    and References come from ``internetMessageHeaders`` when it was selected. Without an
-    attachment listing, ``has_attachments`` is Graph's own flag.
+    and References come from ``internetMessageHeaders`` when it was selected, else from the
+    expanded PR_IN_REPLY_TO_ID and PR_INTERNET_REFERENCES. Without an attachment listing,
+    ``has_attachments`` is Graph's own flag.
     """
     context = graph_context(message, folder_names=folder_names, own_addresses=own_addresses)
     from_header = _envelope(_header_map(message.get("internetMessageHeaders")))
     senders = _graph_addresses([message.get("from") or message.get("sender")])
-    references = from_header.references
+    properties = _graph_properties(message)
+    in_reply_to = from_header.in_reply_to or next(
+        iter(_message_ids(str(properties.get(("string", _GRAPH_IN_REPLY_TO_TAG)) or ""))), None
+    )
+    references = from_header.references or tuple(
+        _message_ids(str(properties.get(("string", _GRAPH_REFERENCES_TAG)) or ""))[:_MAX_LIST]
+    )
     envelope = _Envelope(
         sender=senders[0] if senders else from_header.sender,
         to=_graph_addresses(message.get("toRecipients")),
@@ -890,7 +912,7 @@ def message_from_graph(
         subject=decode_header_text(str(message.get("subject") or "")),
         date=context.date,
         internet_message_id=(_message_ids(message.get("internetMessageId")) or [None])[0],
-        in_reply_to=from_header.in_reply_to,
+        in_reply_to=in_reply_to,
         references=references,
     )
     out = _Body()

@@ -49,6 +49,8 @@ __all__ = ["DEFAULT_SCOPES", "FakeMicrosoft"]
 DEFAULT_SCOPES = ("Mail.Read", "User.Read")
 # Graph keeps a subscription to messages at most this long.
 SUBSCRIPTION_MAX_MINUTES = 4230
+# MAPI property tags the fake hands out through $expand=singleValueExtendedProperties.
+SIZE_TAG, IN_REPLY_TO_TAG, REFERENCES_TAG = 0x0E08, 0x1042, 0x1039  # PR_MESSAGE_SIZE, PR_IN_REPLY_TO_ID, PR_INTERNET_REFERENCES
 RESERVED_SCOPES = {"openid", "profile", "offline_access", "email"}
 WELL_KNOWN_FOLDERS = {
     "inbox": "Inbox",
@@ -197,6 +199,9 @@ class _Message:
     changed_seq: int
     attachments: list[dict[str, Any]] = field(default_factory=list)  # fileAttachment resources
     size: int = 0  # PR_MESSAGE_SIZE
+    # MAPI string properties Graph hands out as singleValueExtendedProperties: PR_IN_REPLY_TO_ID
+    # (0x1042), PR_INTERNET_REFERENCES (0x1039); absent on a message that has none.
+    strings: dict[int, str] = field(default_factory=dict)
     moves: int = 0  # a default (REST) id changes with every move; the immutable one never
 
     @property
@@ -460,7 +465,7 @@ class FakeMicrosoft(FakeServer):
         (`brain.testing.fakes.mime.Part`s; inline ones need a ``content_id``), ``received`` (aware
         datetime), ``is_read``, ``is_draft``, ``categories``, ``flag``
         ("notFlagged"/"flagged"/"complete"), ``importance``, ``conversation_id``,
-        ``internet_message_id``, ``id``.
+        ``internet_message_id``, ``in_reply_to`` (a msg-id), ``references`` (msg-ids), ``id``.
         """
         with self.lock:
             self.add_user(user)
@@ -497,6 +502,8 @@ class FakeMicrosoft(FakeServer):
         importance: str = "normal",
         conversation_id: str | None = None,
         internet_message_id: str | None = None,
+        in_reply_to: str | None = None,
+        references: Sequence[str] = (),
     ) -> str:
         target = user.find_folder(folder)
         msg_id = id or self._new_id()
@@ -542,7 +549,10 @@ class FakeMicrosoft(FakeServer):
             "flag": {"flagStatus": flag},
         }
         size = 1500 + len(body.encode()) + sum(len(f["contentBytes"]) for f in files)
-        user.messages[msg_id] = _Message(fields, created_seq=user.seq, changed_seq=user.seq, attachments=files, size=size)
+        strings = {tag: value for tag, value in ((IN_REPLY_TO_TAG, in_reply_to), (REFERENCES_TAG, " ".join(references))) if value}
+        user.messages[msg_id] = _Message(
+            fields, created_seq=user.seq, changed_seq=user.seq, attachments=files, size=size, strings=strings
+        )
         self._notify(user, msg_id, "created")
         return msg_id
 
@@ -1191,8 +1201,10 @@ class FakeMicrosoft(FakeServer):
         else:
             out["id"] = fields["id"]
             out.update({k: fields[k] for k in select})
-        if view.size:
-            out["singleValueExtendedProperties"] = [{"id": "Integer 0xe08", "value": str(msg.size)}]
+        extended = [{"id": "Integer 0xe08", "value": str(msg.size)}] if SIZE_TAG in view.extended else []
+        extended += [{"id": f"String {tag:#x}", "value": msg.strings[tag]} for tag in view.extended if tag in msg.strings]
+        if extended:
+            out["singleValueExtendedProperties"] = extended
         return json.loads(json.dumps(out))
 
     def _delta(
@@ -1223,9 +1235,9 @@ class FakeMicrosoft(FakeServer):
                 "c": None,
                 "sel": select,
                 "flt": _received_filter(query.get("$filter")),
-                "x": _expands_size(query.get("$expand")),
+                "x": list(_expanded_tags(query.get("$expand"))),
             }
-        view = dataclasses.replace(view, size=bool(state.get("x")))  # the link carries the expansion
+        view = dataclasses.replace(view, extended=tuple(state.get("x") or ()))  # the link carries the expansion
         since, snapshot = state["s"], state["n"]
         changes: list[tuple[int, str, int]] = []  # (seq, immutable id, moves if removed else -1)
         floor = state.get("flt")
@@ -1277,7 +1289,7 @@ class _View:
 
     immutable: bool = False  # Prefer: IdType="ImmutableId"
     text_body: bool = False  # Prefer: outlook.body-content-type="text"
-    size: bool = False  # $expand of PR_MESSAGE_SIZE
+    extended: tuple[int, ...] = ()  # property tags $expand asks for (singleValueExtendedProperties)
 
     @classmethod
     def of(cls, request: web.Request) -> _View:
@@ -1285,7 +1297,7 @@ class _View:
         return cls(
             immutable='idtype="immutableid"' in prefer,
             text_body='outlook.body-content-type="text"' in prefer,
-            size=_expands_size(request.query.get("$expand")),
+            extended=_expanded_tags(request.query.get("$expand")),
         )
 
     def applied(self) -> dict[str, str]:
@@ -1294,8 +1306,13 @@ class _View:
         return {"Preference-Applied": ", ".join(applied)} if applied else {}
 
 
-def _expands_size(expand: str | None) -> bool:
-    return bool(expand) and "singlevalueextendedproperties" in expand.lower() and "0x0e08" in expand.lower()
+def _expanded_tags(expand: str | None) -> tuple[int, ...]:
+    """The property tags an ``$expand=singleValueExtendedProperties($filter=id eq 'Integer 0x0E08'
+    or id eq ...)`` asks for, among those the fake knows."""
+    if not expand or "singlevalueextendedproperties" not in expand.lower():
+        return ()
+    asked = (int(tag, 16) for tag in re.findall(r"0x([0-9a-f]{1,4})\b", expand.lower()))
+    return tuple(dict.fromkeys(tag for tag in asked if tag in (SIZE_TAG, IN_REPLY_TO_TAG, REFERENCES_TAG)))
 
 
 def _attachment_resource(attachment: dict[str, Any], select: str | None) -> dict[str, Any]:

@@ -14,7 +14,8 @@
   its id when it moves: a ``@removed`` entry is looked up by id, and a message found in
   another synced folder is a change of folder (an update), not a deletion.
 - Content: ``body`` as text (``Prefer: outlook.body-content-type="text"``; HTML when the
-  account keeps HTML, converted by the core's model), the size (``PR_MESSAGE_SIZE``, expanded),
+  account keeps HTML, converted by the core's model), the size (``PR_MESSAGE_SIZE``, expanded)
+  and In-Reply-To / References (``PR_IN_REPLY_TO_ID``, ``PR_INTERNET_REFERENCES``, expanded),
   and the attachment listing of every message that has attachments (metadata only).
 - HTTP: one ``requests.Session`` per provider instance (one per thread). With a ``ca_bundle``
   the session ignores the environment (``trust_env=False``): ``REQUESTS_CA_BUNDLE`` would
@@ -75,8 +76,12 @@ SELECT = (
     "id,conversationId,internetMessageId,subject,from,sender,toRecipients,ccRecipients,bccRecipients,replyTo,"
     "receivedDateTime,sentDateTime,bodyPreview,isRead,isDraft,flag,categories,importance,parentFolderId,hasAttachments"
 )
-# PR_MESSAGE_SIZE, the message's size in bytes, is not a property of Graph's message type.
-SIZE_EXPAND = "singleValueExtendedProperties($filter=id eq 'Integer 0x0E08')"
+# Three MAPI properties Graph's message type lacks: PR_MESSAGE_SIZE (the message's size in
+# bytes), PR_IN_REPLY_TO_ID and PR_INTERNET_REFERENCES (the In-Reply-To and References headers,
+# which Graph's internetMessageHeaders would give only with every other header of the message).
+PROPERTIES_EXPAND = (
+    "singleValueExtendedProperties($filter=id eq 'Integer 0x0E08' or id eq 'String 0x1042' or id eq 'String 0x1039')"
+)
 ATTACHMENT_SELECT = "id,name,contentType,size,isInline"
 WELL_KNOWN = ("inbox", "sentitems", "drafts", "archive", "deleteditems", "junkemail")
 SPAM_TRASH = ("junkemail", "deleteditems")
@@ -337,7 +342,7 @@ class OutlookProvider(MailProvider):
 
     def _fresh_delta_url(self, ctx: SyncContext, folder_id: str) -> str:
         select = SELECT + (",body" if ctx.options.bodies else "")
-        query = {"$select": select, "$expand": SIZE_EXPAND}
+        query = {"$select": select, "$expand": PROPERTIES_EXPAND}
         if ctx.options.since is not None:
             since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ctx.options.since))
             query["$filter"] = f"receivedDateTime ge {since}"
@@ -372,7 +377,7 @@ class OutlookProvider(MailProvider):
         gone: list[str] = []
         select = SELECT + (",body" if ctx.options.bodies else "")
         for message_id in ids:
-            url = f"{self.graph}/me/messages/{quote(message_id)}?$select={select}&$expand={SIZE_EXPAND}"
+            url = f"{self.graph}/me/messages/{quote(message_id)}?$select={select}&$expand={PROPERTIES_EXPAND}"
             item = self._get(ctx, url, missing_ok=True)
             if item is None:
                 gone.append(message_id)

@@ -198,10 +198,16 @@ def test_content_attachments_size_and_child_folders(fake: FakeMicrosoft) -> None
         inline=[Part("logo.png", "image/png", b"\x89PNG logo", "logo1")],
     )
     draft = fake.add_message(USER, folder="drafts", is_draft=True, body="half-written")
+    reply = fake.add_message(USER, subject="Re: Report", in_reply_to="<ask@example.com>",
+                             references=["<root@example.com>", "<ask@example.com>"])
     p = provider(fake)
     ctx, _ = context(p, fake)
     pages, _ = sync_all(p, ctx)
     records = {m.message_id: m for page in pages for m in page.messages}
+    # In-Reply-To and References, from PR_IN_REPLY_TO_ID and PR_INTERNET_REFERENCES.
+    assert records[reply].in_reply_to == "<ask@example.com>"
+    assert records[reply].references == ("<root@example.com>", "<ask@example.com>")
+    assert (records[draft].in_reply_to, records[draft].references) == (None, ())
     message = records[report]
     assert message.folders == ("Projects/Alpha",)
     assert message.body_text == "The report is attached." and message.body_html is None
