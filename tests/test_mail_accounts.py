@@ -148,6 +148,7 @@ def test_attachments_on_demand_capped_cached_and_only_ones_own(tmp_path: Path, g
         attachments=[Part("Q1 résumé.pdf", "application/pdf", PDF)], inline=[Part("chart.png", "image/png", PNG, "c1")],
     )
     big = gmail.add_message(GMAIL_USER, subject="Big", attachments=[Part("big.bin", "application/octet-stream", bytes(70_000))])
+    spare = gmail.add_message(GMAIL_USER, subject="Spare", attachments=[Part("s.bin", "application/octet-stream", bytes(900))])
     config = mail_config(gmail)
     config["mail"].update(max_attachment_bytes=65_536, cache_attachments=True)
     with BrainServer(tmp_path / "brain", config=config) as server:
@@ -183,6 +184,15 @@ def test_attachments_on_demand_capped_cached_and_only_ones_own(tmp_path: Path, g
         (large,) = received(alice)[big]["attachments"]
         r = requests.get(attachment_url(server, big, large["id"]), headers=alice.headers, timeout=30)
         assert r.status_code == 413 and "65536" in r.json()["message"]
+        assert gmail.request_count(f"/gmail/v1/users/me/messages/{big}/attachments/") == 0  # refused by its size
+        # The provider failing while the content is fetched: its error, not a 500.
+        (never_cached,) = received(alice)[spare]["attachments"]
+        for status in (503, 404):
+            gmail.fail_next(1, status=status, path_prefix=f"/gmail/v1/users/me/messages/{spare}/attachments/")
+            r = requests.get(attachment_url(server, spare, never_cached["id"]), headers=alice.headers, timeout=30)
+            assert r.status_code == status, r.text
+            assert gmail.request_count(f"/gmail/v1/users/me/messages/{spare}/attachments/") == 1
+            gmail.clear_requests()
         r = requests.get(attachment_url(server, message, "7.7"), headers=alice.headers, timeout=30)
         assert r.status_code == 404 and r.json()["code"] == "ATTACHMENT_GONE"
         r = requests.get(attachment_url(server, "no-such-message", "1"), headers=alice.headers, timeout=30)

@@ -92,7 +92,7 @@ class Downloads:
         if content.size is not None and content.size > cap:
             provider.close()
             raise PayloadTooLarge(f"the attachment is {content.size} bytes, more than the {cap} this server hands out")
-        chunks = _capped(content.chunks, cap, provider)
+        chunks = _capped(content.chunks, cap, provider, account)
         if self.settings.cache_attachments:
             chunks = self._kept(chunks, account, message_id, attachment_id, content.mime_type, content.filename)
         return Download(safe_mime_type(content.mime_type), content.filename, content.size, chunks)
@@ -180,11 +180,18 @@ class Downloads:
                     os.unlink(temp)
 
 
-def _capped(chunks: Iterator[bytes], cap: int, provider: Any) -> Iterator[bytes]:
-    """The chunks, the provider closed after the last; stops (raising) past ``cap`` bytes."""
+def _capped(chunks: Iterator[bytes], cap: int, provider: Any, account: Account) -> Iterator[bytes]:
+    """The chunks, the provider closed after the last; stops (raising) past ``cap`` bytes. A
+    provider's failure while reading (content fetched only when read) is the client's error."""
     sent = 0
     try:
-        for chunk in chunks:
+        while True:
+            try:
+                chunk = next(chunks, None)
+            except ProviderError as exc:
+                raise _client_error(exc, account) from None
+            if chunk is None:
+                break
             sent += len(chunk)
             if sent > cap:
                 raise PayloadTooLarge(f"the attachment is larger than the {cap} bytes this server hands out")

@@ -213,7 +213,8 @@ class SyncPage:
 @dataclass
 class AttachmentContent:
     """An attachment's content as a provider hands it over: its type, name, size if known,
-    and the content in chunks (read once, from the thread that asked)."""
+    and the content in chunks (read once, in order, one at a time, possibly each on another
+    thread of the core's download pool)."""
 
     mime_type: str
     filename: str
@@ -458,7 +459,10 @@ class MailProvider(ABC):
         """The content of one attachment the model listed (``Attachment.id``) of one message.
 
         ``MessageGone`` when the message or the attachment is not there. The core caps the size
-        and streams the chunks to the client as they come.
+        and streams the chunks to the client as they come: one whose stated ``size`` is over the
+        cap is refused before any chunk is read, so a provider that knows the size up front
+        should state it and fetch the content only when the chunks are read (its errors then
+        reach the client as they would from here).
         """
         raise ProviderError(f"{self.title or self.name} cannot download attachments")
 

@@ -31,7 +31,7 @@ import socket
 import ssl
 import time
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from functools import partial
 from typing import Any
 from urllib.parse import urlencode
@@ -435,15 +435,19 @@ class GmailProvider(MailProvider):
         if node is None:
             raise MessageGone(f"Gmail message {message_id} has no part {attachment_id}")
         body = node.get("body") or {}
+        mime_type, filename = str(node.get("mimeType") or "application/octet-stream"), gmail_part_filename(node)
         if body.get("data") is not None:
             data = _base64url(str(body["data"]))
-        else:
+            return AttachmentContent(mime_type, filename, len(data), iter((data,)))
+        size = body.get("size")
+
+        def content() -> Iterator[bytes]:
+            # Fetched only when read: the caller refuses one larger than its cap by the size first.
             ctx.budget.spend(UNITS["get"])
             request = messages_api.attachments().get(userId="me", messageId=message_id, id=str(body.get("attachmentId")))
-            data = _base64url(str(self._execute(request, not_found=gone).get("data") or ""))
-        return AttachmentContent(
-            str(node.get("mimeType") or "application/octet-stream"), gmail_part_filename(node), len(data), iter((data,))
-        )
+            yield _base64url(str(self._execute(request, not_found=gone).get("data") or ""))
+
+        return AttachmentContent(mime_type, filename, size if isinstance(size, int) else None, content())
 
     def revoke(self, credentials: Credentials) -> Revocation:
         """Google's revoke endpoint with the refresh token: the grant (and its access tokens) ends."""
