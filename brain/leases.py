@@ -38,6 +38,7 @@ class Leases:
         self.owner = owner
         self.kv: Any = None
         self._held: dict[str, tuple[int, float]] = {}  # key -> (revision, valid until: time.monotonic)
+        self._since: dict[str, float] = {}  # key -> since when (time.monotonic) held without a break
         self._value = json.dumps({"owner": owner}).encode()
 
     async def open(self) -> None:
@@ -68,6 +69,10 @@ class Leases:
         found = self._held.get(key)
         return found[1] if found else 0.0
 
+    def held_since(self, key: str) -> float | None:
+        """Since when (time.monotonic) this holder has held the lease without a break; None if not held."""
+        return self._since.get(key) if key in self._held else None
+
     async def claim(self, key: str) -> bool:
         """Take the lease if nobody holds it; whether we hold it now."""
         if key in self._held:
@@ -84,8 +89,10 @@ class Leases:
             if _owner_of(entry.value) != self.owner:
                 return False
             self._held[key] = (entry.revision, 0.0)
+            self._since[key] = started
             return await self.renew(key)
         self._held[key] = (revision, started + self.ttl)
+        self._since[key] = started
         return True
 
     async def renew(self, key: str) -> bool:
@@ -98,6 +105,7 @@ class Leases:
             revision = await self.kv.update(key, self._value, last=found[0])
         except nats.js.errors.KeyWrongLastSequenceError:
             del self._held[key]
+            self._since.pop(key, None)
             log.warning("lease %s/%s was lost (it expired, and another holder may have it)", self.bucket, key)
             return False
         self._held[key] = (revision, started + self.ttl)
@@ -106,6 +114,7 @@ class Leases:
     async def release(self, key: str) -> None:
         """Give a held lease up (best effort: unrenewed, it expires anyway)."""
         found = self._held.pop(key, None)
+        self._since.pop(key, None)
         if found is None:
             return
         try:
@@ -116,6 +125,7 @@ class Leases:
     def forget_one(self, key: str) -> None:
         """Drop a lease without a word (it could not be renewed: it ages out, or is another's)."""
         self._held.pop(key, None)
+        self._since.pop(key, None)
 
     async def holder(self, key: str) -> str | None:
         """Who holds the lease now (None: nobody)."""

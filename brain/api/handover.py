@@ -9,7 +9,11 @@ acknowledged depends on the disk of the node that held it.
 heartbeats in `brain_cluster_nodes`). A user placed on a node that is not among them is taken by
 one live node, chosen per user by rendezvous hashing over the live nodes (so a dead node's users
 spread over the survivors), or by any live node once the user has been orphaned for two TTLs
-(the chosen one may have died too). Taking a user over: a quarantine entry without a file
+(the chosen one may have died too) — but only a node that has been missing for SETTLE_SECONDS
+beyond a third of the TTL, as seen by a node that held its own heartbeat all that time: when the
+bucket's leader is lost with a NATS server and its election outlasts the TTL, every node's key
+ages out at once (or some of them: their ages differ by up to a beat), and live nodes take theirs
+back within a beat and a request's timeout. Taking a user over: a quarantine entry without a file
 (brain.api.quarantine: from now on no process of this node opens an empty store in its place),
 then the placement entry moved from the dead node to this one by a compare-and-set on its
 revision (of two nodes taking one user, exactly one wins; the loser drops its entry), then the
@@ -57,6 +61,12 @@ from brain.redact import redact_text
 from brain.sections import NatsSettings
 
 __all__ = ["ADMIN_SUBJECT", "MOVED", "TAKEOVER", "DrainError", "Handover", "rendezvous"]
+
+# How long, beyond a beat (a third of the TTL), a node must have been missing from the live nodes
+# before its users are taken: the heartbeat's JetStream requests time out after 5 s
+# (brain.api.cluster), and a live node's beat stuck in one while the bucket elected a leader takes
+# its key back that much later.
+SETTLE_SECONDS = 5.0
 
 log = logging.getLogger("brain.cluster")
 
@@ -133,6 +143,7 @@ class Handover:
         self.given_up = 0
         self.drained = 0
         self._orphaned: dict[str, float] = {}  # user -> since when its node has been dead (monotonic)
+        self._missing: dict[str, float] = {}  # node -> since when it has been seen missing (monotonic)
         self._rebuilds = asyncio.Semaphore(REBUILDS_AT_ONCE)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._stopping = False
@@ -201,12 +212,21 @@ class Handover:
         """Take over the users of dead nodes that fall to this node (one round)."""
         live = await self.live_nodes()
         # Only a node sure of its own heartbeat takes users: one cut off from NATS may be the dead one.
-        if self.draining or self.node_id not in live or self.heartbeat.valid_until(self.node_id) < time.monotonic():
+        held = self.heartbeat.held_since(self.node_id)
+        if (self.draining or self.node_id not in live or held is None
+                or self.heartbeat.valid_until(self.node_id) < time.monotonic()):
+            self._missing = {}
             return
         now = time.monotonic()
+        # A node counts as dead once missing for a beat and SETTLE_SECONDS, counted from no earlier
+        # than this node's own heartbeat began (a heartbeat lost and taken back starts it again:
+        # the whole bucket may have lapsed, the others' keys with it).
+        users = self.placement.users()
+        self._missing = {node: max(self._missing.get(node, now), held) for node in set(users.values()) - live}
+        settle = self.heartbeat.ttl / 3 + SETTLE_SECONDS
         orphaned: dict[str, float] = {}
-        for user_id, node in self.placement.users().items():
-            if node in live:
+        for user_id, node in users.items():
+            if node in live or now - self._missing[node] < settle:
                 continue
             if self.deleted(user_id):
                 if await self.placement.forget(user_id, node):
