@@ -161,7 +161,7 @@ def test_attachments_on_demand_capped_cached_and_only_ones_own(tmp_path: Path, g
         r = requests.get(attachment_url(server, message, pdf["id"]), headers=alice.headers, timeout=30)
         assert r.status_code == 200, r.text
         assert r.content == PDF and r.headers["Content-Type"] == "application/pdf"
-        assert r.headers["Content-Length"] == str(len(PDF))
+        assert "Content-Length" not in r.headers  # Gmail's stated size is for the cap, not a byte count
         assert r.headers["Content-Disposition"] == (
             "attachment; filename=\"Q1 r_sum_.pdf\"; filename*=UTF-8''Q1%20r%C3%A9sum%C3%A9.pdf")
         assert r.headers["X-Content-Type-Options"] == "nosniff" and "sandbox" in r.headers["Content-Security-Policy"]
@@ -171,6 +171,7 @@ def test_attachments_on_demand_capped_cached_and_only_ones_own(tmp_path: Path, g
         gmail.clear_requests()
         again = requests.get(attachment_url(server, message, pdf["id"]), headers=alice.headers, timeout=30)
         assert again.content == PDF and gmail.request_count(f"/gmail/v1/users/me/messages/{message}") == 0
+        assert again.headers["Content-Length"] == str(len(PDF))  # the cached copy's length is known
         cache = requests.get(server.api_url + "/mail/status", headers=alice.headers, timeout=10).json()["attachment_cache"]
         assert cache == {"files": 1, "bytes": len(PDF), "limit_bytes": 1_073_741_824}
         kept = server.data_dir / "users" / alice.user_id / "attachments" / hashlib.sha256(PDF).hexdigest()
@@ -201,6 +202,23 @@ def test_attachments_on_demand_capped_cached_and_only_ones_own(tmp_path: Path, g
         r = requests.get(attachment_url(server, message, pdf["id"]), headers=bob.headers, timeout=30)
         assert r.status_code == 404 and r.json()["code"] == "MESSAGE_NOT_FOUND"
         assert requests.get(attachment_url(server, message, pdf["id"]), timeout=30).status_code == 401
+
+
+def test_an_attachment_whose_stated_size_is_not_its_length_still_downloads_whole(
+    tmp_path: Path, microsoft: FakeMicrosoft
+) -> None:
+    message = microsoft.add_message(MS_USER, subject="Report", attachments=[Part("report.pdf", "application/pdf", PDF)])
+    with microsoft.lock:  # Graph's size is the attachment's in the store, not the bytes of $value
+        microsoft._user(MS_USER).messages[message].attachments[0]["size"] = len(PDF) + 345  # noqa: SLF001
+    with BrainServer(tmp_path / "brain", config=mail_config(microsoft=microsoft)) as server:
+        alice = Client(server)
+        account = alice.connect("outlook", microsoft.issue_refresh_token(MS_USER))["account"]
+        alice.wait_state(account, "idle")
+        (attachment,) = received(alice)[message]["attachments"]
+        assert attachment["size"] == len(PDF) + 345  # the model says what Graph says
+        r = requests.get(attachment_url(server, message, attachment["id"]), headers=alice.headers, timeout=10)
+        assert r.status_code == 200 and r.content == PDF
+        assert "Content-Length" not in r.headers and r.headers["Content-Type"] == "application/pdf"
 
 
 def test_the_attachment_cache_keeps_to_the_users_quota(tmp_path: Path, gmail: FakeGmail) -> None:

@@ -53,6 +53,7 @@ class Download:
     size: int | None
     chunks: Iterator[bytes]
     cached: bool = False
+    exact: bool = True  # size is the content's length to the byte (else only for the cap)
 
     def close(self) -> None:
         """Release what produces the chunks (a provider connection, a file) if not read to the end."""
@@ -95,7 +96,7 @@ class Downloads:
         chunks = _capped(content.chunks, cap, provider, account)
         if self.settings.cache_attachments:
             chunks = self._kept(chunks, account, message_id, attachment_id, content.mime_type, content.filename)
-        return Download(safe_mime_type(content.mime_type), content.filename, content.size, chunks)
+        return Download(safe_mime_type(content.mime_type), content.filename, content.size, chunks, exact=content.exact)
 
     def usage(self, user_id: str) -> dict[str, int]:
         """What the user's attachment cache holds: distinct files and their bytes."""

@@ -214,12 +214,19 @@ class SyncPage:
 class AttachmentContent:
     """An attachment's content as a provider hands it over: its type, name, size if known,
     and the content in chunks (read once, in order, one at a time, possibly each on another
-    thread of the core's download pool)."""
+    thread of the core's download pool).
+
+    ``exact``: ``size`` is the length of the chunks to the byte (the client is told it as
+    Content-Length); False when it is only what the provider states (Graph's attachment size
+    is the attachment's in the store, not necessarily the bytes handed out), which the core
+    uses for its cap alone.
+    """
 
     mime_type: str
     filename: str
     size: int | None
     chunks: Iterator[bytes]
+    exact: bool = True
 
 
 @dataclass(frozen=True)

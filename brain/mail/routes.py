@@ -286,8 +286,8 @@ def routes(rt: Process, service: MailService, ownership: Ownership) -> list[Rout
                 "Content-Security-Policy": "sandbox; default-src 'none'",
                 hdrs.CACHE_CONTROL: "private, no-store",
             })
-            if download.size is not None:
-                response.content_length = download.size
+            if download.size is not None and download.exact:
+                response.content_length = download.size  # else chunked: a stated size may be off
             chunk = await download_call(lambda: next(download.chunks, None))
             await response.prepare(request)
             while chunk is not None:

@@ -447,7 +447,8 @@ class GmailProvider(MailProvider):
             request = messages_api.attachments().get(userId="me", messageId=message_id, id=str(body.get("attachmentId")))
             yield _base64url(str(self._execute(request, not_found=gone).get("data") or ""))
 
-        return AttachmentContent(mime_type, filename, size if isinstance(size, int) else None, content())
+        # Gmail's stated size, not the bytes themselves: good for the cap, not a Content-Length.
+        return AttachmentContent(mime_type, filename, size if isinstance(size, int) else None, content(), exact=False)
 
     def revoke(self, credentials: Credentials) -> Revocation:
         """Google's revoke endpoint with the refresh token: the grant (and its access tokens) ends."""

@@ -281,9 +281,10 @@ class OutlookProvider(MailProvider):
             with resp:
                 yield from resp.iter_content(64 * 1024)
 
+        # Graph's size is the attachment's in the store, which may not be the bytes of $value.
         return AttachmentContent(
             str(meta.get("contentType") or "application/octet-stream"), str(meta.get("name") or ""),
-            size if isinstance(size, int) else None, chunks(),
+            size if isinstance(size, int) else None, chunks(), exact=False,
         )
 
     def revoke(self, credentials: Credentials) -> Revocation:
