@@ -6,6 +6,8 @@ since a deletion removes an event's row by recomputing it from that text (brain.
 from __future__ import annotations
 
 import sqlite3
+import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -20,7 +22,7 @@ from brain.api.events import StoredEvent
 from brain.api.search import SCHEMA, IndexOptions, SearchIndex
 from brain.api.settings import SearchSettings
 from brain.api.state import store_manager
-from brain.api.user_store import migrate, store_path
+from brain.api.user_store import StoreInbox, migrate, store_path
 from brain.runtime import Runtime
 from tests.support import api_runtime, wait_until
 
@@ -215,3 +217,46 @@ def test_the_process_budget_bounds_every_store_and_a_dropped_store_gives_its_sha
     gc.collect()
     assert search._Kept.used == used + 400  # a store closed before its catch-up gives its share back
     assert second.take(2) == "c" and search._Kept.used == used
+
+
+def test_an_append_waits_for_one_small_batch_of_the_tail_being_indexed_not_for_the_whole_tail(
+    rt: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Mail sync appends a page and waits for the answer; the store indexes the tail between its
+    # pages. The next page must wait for a small batch of that catch-up at most (YIELD_ROWS),
+    # not for a whole transaction of TAIL_ROWS events (~64 ms of CPU for mail).
+    stores = store_manager(rt)
+    user = "yieldtotheappend"
+    done: list[Any] = []
+    started, asked = threading.Event(), threading.Event()
+    real_index, real_put = SearchIndex._index_tail, StoreInbox.put
+
+    def index_tail(self: SearchIndex, ids: list[int]) -> None:
+        if self.user_id == user:
+            done.append(len(ids))
+            if not started.is_set():
+                started.set()
+                assert asked.wait(10)  # the page below is in the store's inbox: it waits now
+                time.sleep(0.05)
+        real_index(self, ids)
+
+    def put(self: StoreInbox, item: Any, *args: Any) -> None:
+        real_put(self, item, *args)
+        if type(getattr(item, "message", None)).__name__ == "AppendMany" and started.is_set():
+            asked.set()
+
+    monkeypatch.setattr(SearchIndex, "_index_tail", index_tail)
+    monkeypatch.setattr(StoreInbox, "put", put)
+    # 400 events: a tail past TAIL_ROWS (indexed at once) and within what the index keeps.
+    stores.append_from_thread(user, [{"type": "mail.message.received", "data": _mail(i)} for i in range(400)])
+    assert started.wait(10)
+    stores.append_from_thread(user, [{"type": "mail.message.received", "data": _mail(400)}])
+    indexed_before = sum(done)
+    assert indexed_before < search.TAIL_ROWS, done  # a batch of YIELD_ROWS; was all of TAIL_ROWS
+    path = store_path(rt.settings.data_path, user)
+
+    def indexed() -> int:
+        with sqlite3.connect(path) as db:
+            return int(db.execute("SELECT count(*) FROM search_times").fetchone()[0])
+
+    wait_until(lambda: indexed() == 401, timeout=10, what="the whole tail indexed after the append")

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from brain.api.state import store_manager
-from brain.api.user_store import UserStore
+from brain.api.user_store import StoreInbox, UserStore
 from brain.runtime import Runtime
 from tests.support import api_runtime, wait_until
 
@@ -76,6 +76,44 @@ def test_the_answer_to_an_append_does_not_wait_for_the_checkpoint_it_makes_due(
     release.set()
     stores.head_from_thread(user)  # behind the checkpoint the append asked for
     assert ran and ran[0][0] == ran[0][1] >= frames  # then every frame was copied back
+
+
+def test_a_due_checkpoint_waits_behind_an_append_that_waits_for_the_store(
+    rt: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Mail sync's next page must not wait for the copy and fsyncs of the checkpoint its last
+    # page made due: the page goes first, the checkpoint after it (up to CHECKPOINT_DEFER).
+    user = "checkpointdefer"
+    stores = _opened(rt, user)
+    ref = stores._live_ref(user)
+    assert ref is not None
+    watching, asked = threading.Event(), threading.Event()
+    at_first: list[tuple[int, int]] = []
+    real, real_put = UserStore._checkpoint, StoreInbox.put
+
+    def put(self: StoreInbox, item: Any, *args: Any) -> None:
+        real_put(self, item, *args)
+        if type(getattr(item, "message", None)).__name__ == "AppendMany" and watching.is_set():
+            asked.set()
+
+    def checkpoint(self: UserStore) -> None:
+        if not at_first:
+            assert asked.wait(10)  # the next page is in the inbox, behind this checkpoint
+            real(self)
+            at_first.append(_wal(ref))
+        else:
+            real(self)
+
+    monkeypatch.setattr(StoreInbox, "put", put)
+    monkeypatch.setattr(UserStore, "_checkpoint", checkpoint)
+    stores.append_from_thread(user, PAGE)
+    watching.set()
+    stores.append_from_thread(user, PAGE[:10])
+    frames, copied = at_first[0]
+    assert frames >= 1000 and copied < frames  # not run while the page waited
+    stores.head_from_thread(user)  # behind the checkpoint asked again after that page
+    frames, copied = _wal(ref)
+    assert copied == frames
 
 
 def test_the_wal_stays_bounded_through_many_large_appends(rt: Runtime) -> None:

@@ -51,7 +51,7 @@ import threading
 import time
 import weakref
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -104,6 +104,9 @@ TAIL_ROWS = 256
 # once must not hold many pages of bodies each): a page or two of mail per store between catch-ups.
 WRITTEN_ROWS = 2 * TAIL_ROWS
 WRITTEN_BYTES = 64 << 20
+# The batch of a catch-up that gives way to a waiting write (`catch_up`'s `yield_to`): a mail
+# event takes ~0.25 ms to index, so a write waits ~8 ms at most, not the whole transaction.
+YIELD_ROWS = 32
 _TAIL_IDS = "SELECT id FROM events WHERE id >= ? ORDER BY id LIMIT ?"  # rowids only: no overflow pages read
 _ROW = f"SELECT type, {_DATA}, created_at FROM events WHERE id = ?"
 # Pages of merge work per idle step (FTS5's 'merge' command).
@@ -389,23 +392,35 @@ class SearchIndex:
         """Drop kept data: all of it, or that of events below an id (indexed, or gone)."""
         self._written.drop(below)
 
-    def catch_up(self, seconds: float | None = BACKFILL_STEP_SECONDS) -> bool:
+    def catch_up(
+        self, seconds: float | None = BACKFILL_STEP_SECONDS, *, yield_to: Callable[[], bool] | None = None
+    ) -> bool:
         """Index the live tail in one transaction (stopping after `seconds`, None: all of it);
-        True while events remain in it."""
+        True while events remain in it.
+
+        With `yield_to` (the store's background catch-up: whether a write waits for the
+        store's thread), it goes in batches of YIELD_ROWS and stops before any batch once
+        `yield_to()` is true, the first included, so that write waits for one batch at most
+        rather than for the whole transaction (docs/performance.md)."""
         if not self.behind:
             return False  # no write transaction: a search or /me/stats usually finds nothing to do
+        if yield_to is not None and yield_to():
+            return True
         db = self.db
+        rows = TAIL_ROWS if yield_to is None else YIELD_ROWS
         started = time.perf_counter()
         db.execute("BEGIN IMMEDIATE")
         try:
             self._read_tail()  # another worker with the store open may have caught up, or written more
             while True:
-                ids = [row[0] for row in db.execute(_TAIL_IDS, (self.tail, TAIL_ROWS))]
+                ids = [row[0] for row in db.execute(_TAIL_IDS, (self.tail, rows))]
                 if ids:
                     self._index_tail(ids)
                     self.tail = ids[-1] + 1
-                more = len(ids) == TAIL_ROWS
+                more = len(ids) == rows
                 if not more or (seconds is not None and time.perf_counter() - started >= seconds):
+                    break
+                if yield_to is not None and yield_to():
                     break
             db.execute("UPDATE search_tail SET next = ?", (self.tail,))
             db.execute("COMMIT")

@@ -69,7 +69,7 @@ from brain.api.events import TOMBSTONE_TYPE, NewEvent, StoredEvent, now_timestam
 from brain.api.pages import RENDERED, Page, PageCache, backfill_step, ensure_rendered, next_descriptor, render_sql
 from brain.api.quarantine import FileMemory, move_aside, pending
 from brain.api.search import (
-    TAIL_ROWS, IndexOptions, IndexUnavailable, SearchIndex, SearchRequest, tombstone_data,
+    TAIL_ROWS, WRITTEN_ROWS, IndexOptions, IndexUnavailable, SearchIndex, SearchRequest, tombstone_data,
 )
 from brain.api.search import SCHEMA as SEARCH_SCHEMA
 from brain.api.settings import SearchSettings
@@ -362,6 +362,7 @@ _FLUSH_ACKS = "flush-acks"
 _BACKFILL = "backfill"
 _MERGE = "merge-index"
 _INDEX_TAIL = "index-tail"
+_INDEX_TAIL_DUE = "index-tail-due"  # the same, from the timer a write arms (`_published`)
 _CHECKPOINT = "checkpoint"
 # How long a store waits for a free backfill slot, and how long it must be idle before it merges.
 BACKFILL_RETRY_SECONDS = 0.5
@@ -372,7 +373,7 @@ _OPEN = "open"
 _OPEN_ENVELOPE = Envelope(_OPEN)
 # The store's own work, which can write as much as the events it indexes: a look at the size
 # follows each (`_note_checkpoint_growth`). Not _DRAIN: that is the requests' appends.
-_OWN_WORK = frozenset({_FLUSH_ACKS, _BACKFILL, _MERGE, _INDEX_TAIL, _RENDER_BACKFILL})
+_OWN_WORK = frozenset({_FLUSH_ACKS, _BACKFILL, _MERGE, _INDEX_TAIL, _INDEX_TAIL_DUE, _RENDER_BACKFILL})
 # How long a write waits for another worker's write lock on the store's thread (SQLite's
 # busy_timeout); an append the event loop commits itself (`append_now`) does not wait.
 BUSY_TIMEOUT_MS = 5000
@@ -383,6 +384,9 @@ BUSY_TIMEOUT_MS = 5000
 # the store's thread (docs/performance.md). The memory is held only while the transaction runs:
 # at its end SQLite frees the clean pages beyond the cache's own size.
 SPILL_BYTES = 16 << 20
+# A checkpoint gives way to a waiting append (`_checkpoint`) until the WAL holds this many times
+# SQLite's automatic checkpoint's frames (4 MB at its default); then it runs first.
+CHECKPOINT_DEFER = 4
 # Acknowledged outbox rows are deleted at most this long after the append that made them.
 ACK_FLUSH_SECONDS = 1.0
 # A store looks at its file's size (for the disk guard and the quota) after a write once this
@@ -404,12 +408,16 @@ class StoreInbox(queue.SimpleQueue):  # type: ignore[type-arg]
     ref reaches its request queue without another lookup.
     """
 
-    __slots__ = ("_lock", "_requests", "_announced", "_closed", "_refusal", "db_lock", "_db", "pages", "last_read", "store")
+    __slots__ = (
+        "_lock", "_requests", "_asked_appends", "_announced", "_closed", "_refusal", "db_lock", "_db", "pages",
+        "last_read", "store",
+    )
 
     def __init__(self) -> None:
         super().__init__()
         self._lock = threading.Lock()
         self._requests: list[tuple[Any, asyncio.Future[Any]]] = []
+        self._asked_appends = 0  # AppendMany asks (from threads: mail sync) put and not taken yet
         self._announced = False
         self._closed = False
         # Why the store could not open (a storage fault): the answer to every later request.
@@ -485,6 +493,24 @@ class StoreInbox(queue.SimpleQueue):  # type: ignore[type-arg]
         with self._lock:
             return any(isinstance(message, AppendRequest) for message, _ in self._requests)
 
+    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
+        """pykka's way in (`tell`, `ask`): counts the appends asked by threads (`appends_wait`)."""
+        if isinstance(getattr(item, "message", None), AppendMany):
+            with self._lock:
+                self._asked_appends += 1
+        super().put(item, block, timeout)
+
+    def took_asked_append(self) -> None:
+        """The store's thread took an AppendMany from the inbox (its `on_receive`)."""
+        with self._lock:
+            self._asked_appends -= 1
+
+    def appends_wait(self) -> bool:
+        """Whether an append waits for the store's thread: submitted by the event loop, or asked
+        by a thread (mail sync's pages). The store's own background work gives way to it."""
+        with self._lock:
+            return self._asked_appends > 0 or any(isinstance(message, AppendRequest) for message, _ in self._requests)
+
     def take(self) -> list[tuple[Any, asyncio.Future[Any]]]:
         """Everything submitted so far (the store's thread)."""
         with self._lock:
@@ -503,7 +529,7 @@ class StoreInbox(queue.SimpleQueue):  # type: ignore[type-arg]
 
 
 # The store's own messages whose writes touch the outbox or the search index, never the events.
-_OUTSIDE_EVENTS = frozenset({_FLUSH_ACKS, _INDEX_TAIL, _MERGE})
+_OUTSIDE_EVENTS = frozenset({_FLUSH_ACKS, _INDEX_TAIL, _INDEX_TAIL_DUE, _MERGE})
 
 
 def _appends_at_most(message: Any, inbox: StoreInbox) -> bool:
@@ -585,6 +611,8 @@ class UserStore(BrainActor):
         self.mmap_bytes = mmap_bytes
         self._merge_armed = False
         self._tail_armed = False
+        self._tail_told = False  # an _INDEX_TAIL waits in the inbox (`_index_tail_next`)
+        self._last_id = 0  # the id of the last event this store committed (`_index_tail`)
         # The connection whose checkpoints the store runs itself (`_checkpoint_later`), the WAL
         # frames past which it does, total_changes when it last looked, and whether one is asked.
         self._checkpoints_of: sqlite3.Connection | None = None
@@ -692,7 +720,8 @@ class UserStore(BrainActor):
         migrate(db)
         unrendered = ensure_rendered(db)
         self.index = SearchIndex(db, user_id=self.user_id, options=self.index_options)
-        self.index.open(db.execute("SELECT ifnull(max(id), 0) FROM events").fetchone()[0])
+        self._last_id = db.execute("SELECT ifnull(max(id), 0) FROM events").fetchone()[0]
+        self.index.open(self._last_id)
         # Both behind whatever is already asked of the store: requests go first. The index
         # first: until it is built a search misses the old events, while a page of unrendered
         # rows is only slower (brain.api.pages).
@@ -815,6 +844,8 @@ class UserStore(BrainActor):
 
     def on_receive(self, message: Any) -> Any:
         inbox: StoreInbox = self.actor_inbox  # type: ignore[assignment]
+        if isinstance(message, AppendMany):
+            inbox.took_asked_append()
         with inbox.db_lock:
             # The page the loop may take stays through writes that leave the events as they are
             # (each append's ack and index tail would otherwise make the next read a miss).
@@ -918,13 +949,15 @@ class UserStore(BrainActor):
         if message == _CHECKPOINT:
             self._checkpoint()
             return None
-        if message == _BACKFILL or message == _MERGE or message == _INDEX_TAIL:
+        if message == _BACKFILL or message == _MERGE or message == _INDEX_TAIL or message == _INDEX_TAIL_DUE:
+            if message == _INDEX_TAIL:
+                self._tail_told = False
             if self.db is None or self.read_only:
                 return None  # quarantined, or nothing can be written: the next generation goes on
             try:
                 if message == _BACKFILL:
                     self._backfill()
-                elif message == _INDEX_TAIL:
+                elif message == _INDEX_TAIL or message == _INDEX_TAIL_DUE:
                     self._index_tail()
                 else:
                     self._merge()
@@ -974,11 +1007,22 @@ class UserStore(BrainActor):
 
     def _checkpoint(self) -> None:
         """The checkpoint `_checkpoint_later` asked for: what SQLite's automatic one does, whose
-        failures SQLite does not report either (the next commit's look asks again)."""
+        failures SQLite does not report either (the next commit's look asks again).
+
+        An append waiting for the store's thread goes first, and the checkpoint is asked again
+        after it, until the WAL holds CHECKPOINT_DEFER times the frames: the checkpoint's copy
+        and fsyncs (10-60 ms for a page of mail) would delay that append's answer, and mail
+        sync waits for it at every page."""
         self._checkpoint_armed = False
         db = self.db
         if db is None or self.read_only or db is not self._checkpoints_of:
             return
+        inbox: StoreInbox = self.actor_inbox  # type: ignore[assignment]
+        if inbox.appends_wait():
+            frames = inbox.pages.wal_frames()
+            if frames is not None and frames < CHECKPOINT_DEFER * self._checkpoint_frames:
+                self._checkpoint_changes = -1  # asked again after the next message
+                return
         try:
             db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
         except sqlite3.Error as exc:
@@ -1014,16 +1058,25 @@ class UserStore(BrainActor):
             self._tell_self(_RENDER_BACKFILL)
 
     def _index_tail(self) -> None:
+        """Index the live tail (a step), giving way to a waiting append (`SearchIndex.catch_up`)
+        while the tail is within the events the index keeps the data of (WRITTEN_ROWS): a
+        writer that never pauses would otherwise leave it ever longer."""
         index = self.index
         assert index is not None
         self._tail_armed = False
-        if index.catch_up():
+        inbox: StoreInbox = self.actor_inbox  # type: ignore[assignment]
+        yield_to = inbox.appends_wait if self._last_id - index.tail < WRITTEN_ROWS else None
+        if index.catch_up(yield_to=yield_to):
             self._index_tail_next()
 
     def _index_tail_next(self) -> None:
-        """Index the tail once the requests already waiting are served."""
+        """Index the tail once the requests already waiting are served (unless that is asked
+        already: a catch-up that gave way to an append asks again behind it, and the append
+        asks too)."""
         self._tail_armed = True
-        self._tell_self(_INDEX_TAIL)
+        if not self._tail_told:
+            self._tail_told = True
+            self._tell_self(_INDEX_TAIL)
 
     def _caught_up(self) -> bool:
         """Index the whole live tail before reading the index; False if it cannot be (opened
@@ -1160,13 +1213,14 @@ class UserStore(BrainActor):
             self._arm_flush()
             self.last_write = time.monotonic()
             self._unlooked += sum(len(ev.data) for ev in fresh)
+            self._last_id = fresh[-1].id
             index = self.index
             if index is not None and index.enabled:
                 if fresh[-1].id - index.tail >= TAIL_ROWS - 1:  # TAIL_ROWS of sequence numbers at least
                     self._index_tail_next()
                 elif not self._tail_armed:
                     self._tail_armed = True
-                    self.schedule(self.index_options.tail_seconds, _INDEX_TAIL)
+                    self.schedule(self.index_options.tail_seconds, _INDEX_TAIL_DUE)
                 if not self._merge_armed:
                     self._merge_armed = True
                     self.schedule(MERGE_IDLE_SECONDS, _MERGE)
