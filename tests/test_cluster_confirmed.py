@@ -13,6 +13,7 @@ by its pid.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 import signal
@@ -21,9 +22,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+import nats as nats_lib
 import requests
 
 from brain.api.events import StoredEvent, commit_seq
+from brain.api.publisher import headers_for, payload_for, subject_for
 from brain.api.outbox import Confirmations
 from brain.testing.nats_cluster import NatsCluster
 from brain.testing.fakes.gmail import FakeGmail
@@ -186,5 +189,74 @@ def test_a_mail_checkpoint_moves_only_past_messages_the_replicated_stream_holds(
     finally:
         if paused and nats.procs[0] is not None:
             nats.procs[0].send_signal(signal.SIGCONT)
+        server.close()
+        nats.stop()
+
+
+def publish_foreign_event(nats_cluster: NatsCluster, user_id: str, event_id: int) -> None:
+    """Put another writer's event `event_id` of the user on the stream, as a node that took the
+    user over while this one was thought dead would (same Nats-Msg-Id, other content)."""
+
+    async def publish() -> None:
+        nc = await nats_lib.connect(nats_cluster.url, **nats_cluster.credentials, connect_timeout=5)
+        try:
+            ev = StoredEvent(event_id, "foreign", '{"writer":"another node"}', "2026-01-01T00:00:00.000000Z")
+            ack = await nc.jetstream().publish(subject_for("brain.events", user_id, ev.type), payload_for(user_id, ev),
+                                               headers=headers_for(user_id, ev, "BRAIN_EVENTS"))
+            assert not ack.duplicate
+        finally:
+            await nc.close()
+
+    asyncio.run(publish())
+
+
+def stream_types(nats_cluster: NatsCluster, user_id: str) -> list[str]:
+    """The types of the user's events on the stream, in stream order."""
+
+    async def read() -> list[str]:
+        nc = await nats_lib.connect(nats_cluster.url, **nats_cluster.credentials, connect_timeout=5)
+        try:
+            js = nc.jetstream()
+            last = (await js.stream_info("BRAIN_EVENTS")).state.last_seq
+            msgs = [await js.get_msg("BRAIN_EVENTS", seq) for seq in range(1, last + 1)]
+            return [m.headers["Brain-Event-Type"] for m in msgs if m.headers and m.headers["Brain-User-Id"] == user_id]
+        finally:
+            await nc.close()
+
+    return asyncio.run(read())
+
+
+def test_a_replayed_write_is_not_confirmed_by_another_writers_event_of_its_id(tmp_path: Path) -> None:
+    """An idempotent replay publishes its events again and waits for the acks; JetStream answers a
+    re-send of an id it holds as a duplicate. That confirms the write only if the stream's message
+    under the id is this event: the one a node that took the user over wrote is not (seen in the
+    NATS-kill test: two acknowledged events numbered 4, one of them lost)."""
+    nats = NatsCluster(tmp_path / "nats", size=1).start()
+    server = BrainServer(tmp_path / "a", roles="auth,api", config=node_config(nats))
+    try:
+        server.start(timeout=60)
+        wait_until(lambda: server.health()["cluster"]["ready"], timeout=30, what="placement map loaded")
+        user = new_user(server)
+        jwt, user_id = user["jwt"], user["user"]["id"]
+
+        def write(key: str, kind: str) -> requests.Response:
+            return requests.post(f"{server.api_url}/events", json={"type": kind, "data": {"key": key}},
+                                 headers={**bearer(jwt), "Idempotency-Key": key}, timeout=30)
+
+        r = write("k1", "one")
+        assert r.status_code == 201, r.text
+        first = r.json()["id"]
+        # The replay of a write the stream holds is confirmed by the duplicate ack: the same event.
+        r = write("k1", "one")
+        assert r.status_code == 201 and r.json()["id"] == first, r.text
+
+        publish_foreign_event(nats, user_id, first + 1)
+        r = write("k2", "two")  # stored as first + 1; JetStream drops it as a duplicate: not confirmed
+        assert r.status_code == 503 and "did not confirm" in r.text, r.text
+        for _ in range(2):  # the client repeats it, as the 503 says
+            r = write("k2", "two")
+            assert r.status_code == 503 and "another writer" in r.text, r.text
+        assert stream_types(nats, user_id) == ["one", "foreign"]
+    finally:
         server.close()
         nats.stop()

@@ -36,7 +36,7 @@ from brain import jetstream
 from brain.api.forwarding import MOVED_HEADER, Forwarder, NotThere, forward_marker
 from brain.api.handover import Handover, rendezvous
 from brain.api.placement import UserPlacement
-from brain.api.publisher import publish_confirmed
+from brain.api.publisher import AnotherWritersEvent, publish_confirmed
 from brain.api.state import LISTENER, doorbell, store_manager, token_verifier
 from brain.api.store_manager import AppendResult, stored_dicts
 from brain.api.user_store import AppendRequest
@@ -261,6 +261,15 @@ class ClusterNode:
                         await publish_confirmed(js, self.rt.settings.nats, user_id, ev)
             except nats.errors.Error:  # not connected, no ack in time (nats.js.errors are nats.errors)
                 confirmed = False
+            except AnotherWritersEvent as exc:
+                # The stream's event of that id is another node's: ours was never on it, so the
+                # duplicate ack confirms nothing. Once this node's map shows the user's new node,
+                # the repeated request goes there.
+                raise ServiceUnavailable(
+                    f"event {exc.event_id} was stored on node {self.node_id}, but the replicated event stream "
+                    f"holds another writer's event {exc.event_id} for this user (another node took the user "
+                    "over): this write is not confirmed. Repeat the request with the same Idempotency-Key",
+                    retry_after=2) from None
         if not confirmed:
             ids = [ev.id for ev, _ in results]
             raise ServiceUnavailable(

@@ -51,7 +51,7 @@ import nats.errors
 from brain.api.events import StoredEvent
 from brain.api.outbox import Doorbell
 from brain.api.placement import UserPlacement
-from brain.api.publisher import publish_confirmed
+from brain.api.publisher import AnotherWritersEvent, publish_confirmed
 from brain.api.quarantine import move_files, new_entry, pending, quarantine_dir
 from brain.api.repair import RepairError, read_stream, rebuild
 from brain.api.store_manager import StoreManager
@@ -459,7 +459,12 @@ class Handover:
                 continue
             for ev in rows or ():
                 # Deduplicated by JetStream if the bus published it already (Nats-Msg-Id).
-                await publish_confirmed(self.js, self.nats_settings, user_id, ev)
+                try:
+                    await publish_confirmed(self.js, self.nats_settings, user_id, ev)
+                except AnotherWritersEvent as exc:
+                    # The stream's event stands (the next node rebuilds from it); ours cannot be
+                    # published under its id. Not retried: it never would be.
+                    log.error("handover: %s; this node's event %s of %s is not on the stream", exc, ev.id, user_id)
                 self.bell.acked(user_id, ev.id)
             if rows and self.on_flushed is not None:
                 await self.on_flushed(user_id, [ev.id for ev in rows])

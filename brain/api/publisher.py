@@ -94,12 +94,30 @@ def headers_for(user_id: str, ev: StoredEvent, stream: str) -> dict[str, str]:
     return headers
 
 
+class AnotherWritersEvent(Exception):
+    """JetStream answered a publish as a duplicate, and the stream's message under that
+    Nats-Msg-Id is not this event: another process published this user's event id first (a node
+    that took the user over while this one was thought dead). This event is not on the stream."""
+
+    def __init__(self, user_id: str, event_id: int, seq: int) -> None:
+        super().__init__(f"event {event_id} of {user_id} on the stream (seq {seq}) is another writer's")
+        self.user_id, self.event_id, self.seq = user_id, event_id, seq
+
+
 async def publish_confirmed(js: Any, settings: NatsSettings, user_id: str, ev: StoredEvent) -> None:
-    """Publish one event outside the pipeline and wait for JetStream's ack (a duplicate is one too:
-    the stream holds the event). For the rare writers that must know: a cluster node handing a
-    user on, a replayed write (brain.api.cluster)."""
-    await js.publish(subject_for(settings.subject_prefix, user_id, ev.type), payload_for(user_id, ev),
-                     headers=headers_for(user_id, ev, settings.stream))
+    """Publish one event outside the pipeline and wait for JetStream's ack. For the rare writers
+    that must know: a cluster node handing a user on, a replayed write (brain.api.cluster).
+
+    A duplicate ack confirms the event only if the stream's message it names (a duplicate's ack
+    carries the first message's seq) is this event, byte for byte: AnotherWritersEvent if not.
+    nats.errors.Error if there is no ack in time, or the message cannot be read."""
+    payload = payload_for(user_id, ev)
+    ack = await js.publish(subject_for(settings.subject_prefix, user_id, ev.type), payload,
+                           headers=headers_for(user_id, ev, settings.stream))
+    if ack.duplicate:
+        held = await js.get_msg(settings.stream, ack.seq)
+        if held.data != payload:
+            raise AnotherWritersEvent(user_id, ev.id, ack.seq)
 
 
 class _Sent(NamedTuple):
