@@ -85,7 +85,10 @@ PROPERTIES_EXPAND = (
 ATTACHMENT_SELECT = "id,name,contentType,size,isInline"
 WELL_KNOWN = ("inbox", "sentitems", "drafts", "archive", "deleteditems", "junkemail")
 SPAM_TRASH = ("junkemail", "deleteditems")
-CURSOR_VERSION = 2
+# 3: the delta links ask for In-Reply-To and References too. A link keeps the query it was made
+# with, so a cursor of version 2 would never carry them: it expires, and one resync (which
+# stores no event twice) makes links of the new kind.
+CURSOR_VERSION = 3
 # The folder tree is listed again when this old (a folder added meanwhile is synced from then).
 FOLDERS_MAX_AGE = 900.0
 # Graph keeps a subscription to messages at most 4230 minutes; brain asks for a little less.

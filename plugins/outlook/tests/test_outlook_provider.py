@@ -32,7 +32,7 @@ from brain.testing.conformance import FakeMailbox, ProviderConformance
 from brain.testing.fakes import pkce_pair
 from brain.testing.fakes.microsoft import FakeMicrosoft
 from brain_outlook import plugin
-from brain_outlook.provider import OutlookProvider
+from brain_outlook.provider import CURSOR_VERSION, OutlookProvider
 from brain.testing.fakes.mime import Part
 
 pytestmark = pytest.mark.usefixtures("loopback_only")
@@ -181,6 +181,8 @@ def test_delta_pages_folder_after_folder_removals_and_expiry(fake: FakeMicrosoft
     assert changed[ids[2]].folders == ("Archive",)
     assert sorted(deleted) == sorted([ids[1], ids[3]])
 
+    with pytest.raises(CursorExpired):  # version 2: delta links without In-Reply-To and References
+        p.incremental_sync(ctx, {**cursor, "v": 2})
     fake.expire_delta(USER)
     with pytest.raises(CursorExpired):
         sync_all(p, ctx, cursor)
@@ -274,7 +276,7 @@ def test_links_outside_graph_are_refused(fake: FakeMicrosoft) -> None:
     p = provider(fake)
     ctx, _ = context(p, fake)
     inbox = fake.folder_id(USER, "inbox")
-    cursor = {"v": 2, "folders": [{"id": inbox, "name": "Inbox"}], "links": {}, "i": 0,
+    cursor = {"v": CURSOR_VERSION, "folders": [{"id": inbox, "name": "Inbox"}], "links": {}, "i": 0,
               "link": "https://evil.example/v1.0/me/messages/delta"}
     with pytest.raises(ProviderError, match="outside Graph"):
         p.incremental_sync(ctx, cursor)
