@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 from urllib.parse import quote
 
+import nats.errors
 from nats.js.api import StorageType, StreamConfig
 from nats.protocol.command import hpub_cmd
 
@@ -46,6 +47,10 @@ ACK_DELAY = 0.2
 MAX_QUEUE = 50_000
 # A user whose outbox another worker is draining is tried again this much later.
 BUSY_RETRY_S = 1.0
+# While the stream's check after a (re)connect goes unanswered, a new one starts this often,
+# this many at the most at once (see Publisher._ensure_stream).
+STREAM_TRY_S = 1.0
+STREAM_TRIES = 5
 
 
 # Subject prefix and stream name that need no escaping anywhere in a protocol line or header.
@@ -592,28 +597,47 @@ class Publisher:
             self._wake.set()
 
     async def _ensure_stream(self) -> bool:
-        """Create the stream if it is missing; retried until it works or the link drops."""
+        """Create the stream if it is missing; retried until it works or the link drops.
+
+        A request sent while the stream has no leader (a server lost, an election under way) is
+        never answered: it ends only at its timeout (`publish_timeout_seconds`). So a new try
+        starts each STREAM_TRY_S while earlier ones still wait (at most STREAM_TRIES at once) and
+        the first answer counts: the bus is back within about a second of the stream's election,
+        not up to a whole timeout (plus the back-off) later; a slow but answering server still gets
+        the whole timeout. An error answered at once (JetStream off, a bad config) backs off."""
         s = self.settings
+        config = StreamConfig(
+            name=s.stream,
+            subjects=[f"{s.subject_prefix}.>"],
+            storage=StorageType.FILE,
+            max_age=s.max_age_days * 86400 if s.max_age_days > 0 else None,
+            max_bytes=s.max_bytes,
+            duplicate_window=s.duplicate_window_seconds,
+            num_replicas=s.replicas,
+        )
         delay = 0.2
-        while not self._stopping and self.nc is not None and self.nc.is_connected:
-            try:
-                config = StreamConfig(
-                    name=s.stream,
-                    subjects=[f"{s.subject_prefix}.>"],
-                    storage=StorageType.FILE,
-                    max_age=s.max_age_days * 86400 if s.max_age_days > 0 else None,
-                    max_bytes=s.max_bytes,
-                    duplicate_window=s.duplicate_window_seconds,
-                    num_replicas=s.replicas,
-                )
-                if await jetstream.ensure_stream(self.js, config):
-                    log.info("event bus: created stream %s (%s.>)", s.stream, s.subject_prefix)
-                return True
-            except Exception as exc:  # noqa: BLE001 - JetStream not ready yet, timeouts
-                self._note_error(f"stream {s.stream}: {exc!r}")
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-        return False
+        tries: set[asyncio.Future[bool]] = set()
+        try:
+            while not self._stopping and self.nc is not None and self.nc.is_connected:
+                if len(tries) < STREAM_TRIES:
+                    tries.add(asyncio.ensure_future(jetstream.ensure_stream(self.js, config)))
+                done, tries = await asyncio.wait(tries, timeout=STREAM_TRY_S, return_when=asyncio.FIRST_COMPLETED)
+                failed = False
+                for task in done:
+                    exc = task.exception()
+                    if exc is None:
+                        if task.result():
+                            log.info("event bus: created stream %s (%s.>)", s.stream, s.subject_prefix)
+                        return True
+                    self._note_error(f"stream {s.stream}: {exc!r}")  # JetStream not ready yet, timeouts
+                    failed = failed or not isinstance(exc, (nats.errors.TimeoutError, asyncio.TimeoutError))
+                if failed:
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 5.0)
+            return False
+        finally:
+            for task in tries:
+                task.cancel()
 
     async def _on_error(self, exc: Exception) -> None:
         self.last_error = f"nats: {redact_text(repr(exc))}"
