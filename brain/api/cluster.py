@@ -63,6 +63,10 @@ FLUSHED = "cluster.flushed"
 FORWARD_HOPS = 3
 # How long a node waits for its own placement map to show a move another node told it of.
 MOVE_SEEN_SECONDS = 1.0
+# What the primary worker tells the node's others when its heartbeat was lost and taken again.
+FENCE = "cluster.fence"
+# How long a request waits for a fenced map to catch up with the bucket before a 503.
+CATCH_UP_SECONDS = 2.0
 
 
 class ClusterNode:
@@ -94,6 +98,13 @@ class ClusterNode:
         if rt.worker.several:
             peers_for(rt).answer(DRAINING, self._draining)
             peers_for(rt).answer(FLUSHED, self._flushed)
+            peers_for(rt).answer(FENCE, self._fenced_by_primary)
+        # The placement map may be stale: this process was cut off from NATS, or the node's
+        # heartbeat lapsed (its users may have been taken over meanwhile). No user is served here
+        # until the watcher has caught up with the bucket (`current`).
+        self.fenced = False
+        self._fences = 0
+        self._catching_up: asyncio.Task[None] | None = None
         self.serving = False  # placement loaded, stale stores given up, answering forwards and admin requests
         self.last_error = ""
         self.resent = 0  # requests sent on to the node a user moved to, after the first refused them
@@ -111,7 +122,7 @@ class ClusterNode:
     async def _connect(self) -> None:
         self.nc = await jetstream.connect_kept(
             process_connect_options(self.rt), name=f"brain-cluster-{self.node_id}", stopping=lambda: self._stopping,
-            note=self._note,
+            note=self._note, disconnected_cb=self._on_disconnected,
         )
         if self.nc is None:
             return
@@ -179,12 +190,63 @@ class ClusterNode:
         # The owner is the node id: a node restarted within the TTL takes its own key back.
         while not self._stopping:
             try:
-                if not await heartbeat.claim(self.node_id):
+                held = heartbeat.held_since(self.node_id) is not None
+                if await heartbeat.claim(self.node_id):
+                    if not held and self.serving:  # lost and taken again: the users may have moved meanwhile
+                        self.fence()
+                        if self.rt.worker.several:
+                            asyncio.ensure_future(peers_for(self.rt).broadcast(FENCE, None))
+                else:
                     self._note(f"heartbeat: node id {self.node_id} is held by another process "
                                f"(two nodes with one cluster.node_id?)")
             except Exception as exc:  # noqa: BLE001 - NATS away: the key ages out, and is taken again
                 self._note(f"heartbeat: {redact_text(repr(exc))}")
             await asyncio.sleep(heartbeat.ttl / 3)
+
+    async def _on_disconnected(self) -> None:
+        self.fence()
+
+    async def _fenced_by_primary(self, _data: Any) -> bool:
+        self.fence()
+        return True
+
+    def fence(self) -> None:
+        """Serve no user here until the placement map has caught up with the bucket (see __init__)."""
+        if not self.fenced:
+            log.warning("cluster: node %s serves no user until its placement map has caught up", self.node_id)
+        self.fenced = True
+        self._fences += 1
+
+    async def current(self) -> None:
+        """Before a user is served here: 503 unless this node's heartbeat is current and its
+        placement map has caught up since the last fence (then the caller looks the user up again)."""
+        heartbeat = self.heartbeat
+        if heartbeat is not None and heartbeat.valid_until(self.node_id) < time.monotonic():
+            raise ServiceUnavailable(
+                f"node {self.node_id} lost its heartbeat: its users may be moving to another node; try again",
+                retry_after=2)
+        if not self.fenced:
+            return
+        if self.nc is None or not self.nc.is_connected:
+            raise ServiceUnavailable(
+                f"node {self.node_id} is cut off from NATS: its users may have moved to another node; try again",
+                retry_after=2)
+        if self._catching_up is None or self._catching_up.done():
+            self._catching_up = asyncio.ensure_future(self._catch_up())
+        try:
+            await asyncio.wait_for(asyncio.shield(self._catching_up), CATCH_UP_SECONDS)
+        except Exception:  # noqa: BLE001 - timed out, NATS away: the 503 below
+            pass
+        if self.fenced:
+            raise ServiceUnavailable(
+                f"node {self.node_id} is catching up with the cluster placement after losing NATS; try again",
+                retry_after=1)
+
+    async def _catch_up(self) -> None:
+        fences = self._fences
+        if await self.placement.caught_up(self.nc.jetstream(timeout=5), timeout=10) and fences == self._fences:
+            self.fenced = False
+            log.info("cluster: node %s placement map caught up", self.node_id)
 
     async def _tell_draining(self, others: set[str]) -> None:
         # Before the primary moves a user: the other workers place no new user here either, nor
@@ -233,6 +295,8 @@ class ClusterNode:
 
     def may_publish(self, user_id: str) -> bool | None:
         """Whether this process's event bus may publish the user's events (None: ask again later)."""
+        if self.fenced:
+            return None
         if self.handover is not None:
             if self.heartbeat is not None and self.heartbeat.valid_until(self.node_id) < time.monotonic():
                 return None  # perhaps thought dead: the users may be another node's by now
@@ -313,6 +377,9 @@ class ClusterNode:
         """
         node = await self.placement.node_of(user_id)
         if node == self.node_id:
+            await self.current()
+            node = self.placement.cached(user_id) or node
+        if node == self.node_id:
             await self.rebuilt(user_id)
             return None
         send = self.forwarder.stream if streams else self.forwarder.forward
@@ -348,6 +415,8 @@ class ClusterNode:
     async def serve_forwarded(self, user_id: str) -> None:
         """Before serving a request another node forwarded here: refused if the user has moved on
         since (a store opened here now would be a new, empty one); held while it is rebuilt."""
+        if not (self.handover is not None and user_id in self.handover.handing_off):
+            await self.current()
         node = self.placement.cached(user_id)
         if node is not None and node != self.node_id and not (
                 self.handover is not None and user_id in self.handover.handing_off):
@@ -465,6 +534,9 @@ class NodeSink:
         if node.deleted(user_id):  # not placed again (its entry went with the account)
             raise Unauthorized("the account was deleted", code="USER_DELETED")
         where = await node.placement.node_of(user_id)
+        if where == node.node_id:
+            await node.current()
+            where = node.placement.cached(user_id) or where
         if where != node.node_id:
             raise ServiceUnavailable(f"the user's data is on node {where}, not on {node.node_id}", retry_after=5)
         await node.rebuilt(user_id)

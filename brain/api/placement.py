@@ -43,6 +43,7 @@ class UserPlacement:
         self._watcher: Any = None
         self._watching: asyncio.Task[None] | None = None
         self._loaded = asyncio.Event()
+        self.seen = 0  # the bucket's stream sequence of the last entry the watcher applied
         # Told (on the serving loop) when a user placed on this node is placed on another
         # (taken over while this node was thought dead, or handed on by a drain): (user, node).
         self.on_lost: Callable[[str, str], None] | None = None
@@ -61,6 +62,7 @@ class UserPlacement:
             if entry is None:  # the end of what the bucket held when the watch began
                 self._loaded.set()
                 continue
+            self.seen = max(self.seen, entry.revision or 0)
             if entry.operation in _GONE:
                 self._nodes.pop(entry.key, None)
             elif entry.value:
@@ -79,6 +81,17 @@ class UserPlacement:
                 log.debug("placement watcher: %r", exc)
         if self._watching is not None:
             self._watching.cancel()
+
+    async def caught_up(self, js: Any, timeout: float) -> bool:
+        """Whether the watcher has applied every entry the bucket held when this was asked (within
+        `timeout`): the map is then at least as current as at the call."""
+        last = (await js.stream_info(f"KV_{BUCKET}")).state.last_seq
+        deadline = asyncio.get_running_loop().time() + timeout
+        while self.seen < last:
+            if asyncio.get_running_loop().time() > deadline:
+                return False
+            await asyncio.sleep(0.02)
+        return True
 
     @property
     def ready(self) -> bool:
