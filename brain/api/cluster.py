@@ -204,7 +204,8 @@ class ClusterNode:
             await asyncio.sleep(heartbeat.ttl / 3)
 
     async def _on_disconnected(self) -> None:
-        self.fence()
+        if not self._stopping:  # not the close at shutdown
+            self.fence()
 
     async def _fenced_by_primary(self, _data: Any) -> bool:
         self.fence()
