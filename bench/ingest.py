@@ -86,9 +86,15 @@ INSTANT_PLUGIN_PATH = REPO / "bench" / "plugins"  # holds the dist-info naming t
 
 
 def instant_env() -> dict[str, str]:
-    """Environment for a brain that loads the instant provider next to the bundled plugins."""
+    """Environment for a brain that loads the instant provider next to the bundled plugins.
+
+    The bundled plugins come from this tree too: the venv's editable installs follow the tree
+    it was installed from, so a `git archive` of another version (an A/B run with that
+    version first on PYTHONPATH) would otherwise load this version's plugins beside its own
+    core, and exit at their first import of something it does not have."""
+    plugins = [str(REPO / "plugins" / name) for name in ("gmail", "outlook", "imap")]
     return {
-        "PYTHONPATH": os.pathsep.join([str(INSTANT_PLUGIN_PATH), str(REPO)]),
+        "PYTHONPATH": os.pathsep.join([str(INSTANT_PLUGIN_PATH), str(REPO), *plugins]),
         "BRAIN_PLUGINS__ENABLED": "gmail,outlook,instant",
     }
 
