@@ -433,9 +433,11 @@ def test_quota_pacing_stays_under_the_per_user_limit(tmp_path: Path, fake: FakeG
     took = time.monotonic() - started
     assert outcomes[-1].kind == "done"
     assert all(r.status != 429 for r in fake.requests)
-    # ~308 units: about a second of waiting after the burst — unless the machine is so loaded
-    # that the sync's own work took that time (seen at load 12: 0.16 s waited).
-    assert h.engine.budget.waited > 0.5 or took > 2.0, (h.engine.budget.waited, took)
+    # ~308 units: a bucket that paces them cannot finish before (spent - burst) / rate, ~1.2 s,
+    # however the time is split between its waits and the sync's own work (a loaded machine
+    # does the work slowly and waits less: 0.16 s waited at load 12). Unpaced, it takes ~0.3 s.
+    budget = h.engine.budget
+    assert budget.spent > 280 and took >= (budget.spent - 140) / 140 - 0.05, (budget.spent, budget.waited, took)
     assert h.store.types() == {"mail.message.received": 60}
 
 

@@ -352,7 +352,9 @@ def test_an_authorize_link_finished_in_another_browser_connects_nothing(tmp_path
     gmail.populate(victim_mailbox, 3)
     gmail.add_mailbox(mallory_mailbox)
     config = mail_config(gmail)
-    config["mail"]["oauth_start_ttl_seconds"] = 3
+    # Short, so the last step's wait is short; long enough for the steps before it on a loaded
+    # machine (at 3 s, a run at load 9 found the first link expired before it was opened).
+    config["mail"]["oauth_start_ttl_seconds"] = 8
     with BrainServer(tmp_path / "brain", config=config) as server:
         mallory, victim = Client(server), Client(server)
         flow = mallory.post("/mail/connect", {"provider": "gmail"}).json()
@@ -379,7 +381,7 @@ def test_an_authorize_link_finished_in_another_browser_connects_nothing(tmp_path
         assert [a["address"] for a in mallory.accounts().values()] == [mallory_mailbox] and victim.accounts() == {}
 
         # A connect link nobody opened in time ([mail] oauth_start_ttl_seconds) binds nobody later.
-        wait_until(lambda: datetime_of(unopened["start_by"]) < time.time(), timeout=10, what="the start deadline")
+        wait_until(lambda: datetime_of(unopened["start_by"]) < time.time(), timeout=20, what="the start deadline")
         late = outcome(victims_browser.get(unopened["authorize_url"], timeout=30), server)
         assert late["code"] == "INVALID_STATE" and "too old" in late["message"]
 
