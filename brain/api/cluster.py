@@ -138,6 +138,13 @@ class ClusterNode:
                     heartbeat = Leases(js, NODES_BUCKET, ttl=self.heartbeat_ttl, owner=self.node_id,
                                        replicas=self.rt.settings.nats.replicas)
                     await heartbeat.open()
+                    # Held before the node serves: a request is refused while the heartbeat is
+                    # not current (`current`), so a first claim left to the beat's next round
+                    # (TTL/3 later, after a NoStreamResponseError while the bucket's stream had
+                    # no leader yet) refused every request of that gap. A failure is retried here.
+                    if not await heartbeat.claim(self.node_id):
+                        self._note(f"heartbeat: node id {self.node_id} is held by another process "
+                                   f"(two nodes with one cluster.node_id?)")
                     self.heartbeat = heartbeat
                     self._beating = asyncio.ensure_future(self._beat(heartbeat))
                 await self.placement.open(js)
