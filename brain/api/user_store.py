@@ -508,8 +508,7 @@ class StoreInbox(queue.SimpleQueue):  # type: ignore[type-arg]
     def appends_wait(self) -> bool:
         """Whether an append waits for the store's thread: submitted by the event loop, or asked
         by a thread (mail sync's pages). The store's own background work gives way to it."""
-        with self._lock:
-            return self._asked_appends > 0 or any(isinstance(message, AppendRequest) for message, _ in self._requests)
+        return self._asked_appends > 0 or self.holds_appends()
 
     def take(self) -> list[tuple[Any, asyncio.Future[Any]]]:
         """Everything submitted so far (the store's thread)."""
