@@ -142,9 +142,7 @@ class ClusterNode:
                     # not current (`current`), so a first claim left to the beat's next round
                     # (TTL/3 later, after a NoStreamResponseError while the bucket's stream had
                     # no leader yet) refused every request of that gap. A failure is retried here.
-                    if not await heartbeat.claim(self.node_id):
-                        self._note(f"heartbeat: node id {self.node_id} is held by another process "
-                                   f"(two nodes with one cluster.node_id?)")
+                    await self._claim(heartbeat)
                     self.heartbeat = heartbeat
                     self._beating = asyncio.ensure_future(self._beat(heartbeat))
                 await self.placement.open(js)
@@ -198,17 +196,22 @@ class ClusterNode:
         while not self._stopping:
             try:
                 held = heartbeat.held_since(self.node_id) is not None
-                if await heartbeat.claim(self.node_id):
-                    if not held and self.serving:  # lost and taken again: the users may have moved meanwhile
-                        self.fence()
-                        if self.rt.worker.several:
-                            asyncio.ensure_future(peers_for(self.rt).broadcast(FENCE, None))
-                else:
-                    self._note(f"heartbeat: node id {self.node_id} is held by another process "
-                               f"(two nodes with one cluster.node_id?)")
+                if await self._claim(heartbeat) and not held and self.serving:
+                    # Lost and taken again: the users may have moved meanwhile.
+                    self.fence()
+                    if self.rt.worker.several:
+                        asyncio.ensure_future(peers_for(self.rt).broadcast(FENCE, None))
             except Exception as exc:  # noqa: BLE001 - NATS away: the key ages out, and is taken again
                 self._note(f"heartbeat: {redact_text(repr(exc))}")
             await asyncio.sleep(heartbeat.ttl / 3)
+
+    async def _claim(self, heartbeat: Leases) -> bool:
+        """Take or keep this node's heartbeat; whether it is held (said in the log when not)."""
+        if await heartbeat.claim(self.node_id):
+            return True
+        self._note(f"heartbeat: node id {self.node_id} is held by another process "
+                   f"(two nodes with one cluster.node_id?)")
+        return False
 
     async def _on_disconnected(self) -> None:
         if not self._stopping:  # not the close at shutdown
