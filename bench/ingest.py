@@ -42,6 +42,9 @@ class IngestResult:
     # CPU seconds of brain and its child processes (conversion workers, embedded NATS) meanwhile:
     # a cost per message that the load of other work on the machine inflates far less than the rate.
     tree_cpu_seconds: float = 0.0
+    # Bytes brain's own process wrote to storage meanwhile (/proc/<pid>/io write_bytes: the user's
+    # store with its WAL and checkpoints, mail.db); None where the kernel does not say.
+    written_bytes: int | None = None
 
     @property
     def rate(self) -> float:
@@ -57,6 +60,17 @@ class IngestResult:
     def streamed_rate(self) -> float | None:
         """Messages per second into JetStream (end to end), when they all got there."""
         return self.messages / self.streamed_seconds if self.streamed_seconds else None
+
+
+def written_bytes(pid: int) -> int | None:
+    """What process ``pid`` has caused to be written to storage so far, or None if unknown."""
+    try:
+        for line in Path(f"/proc/{pid}/io").read_text().splitlines():
+            if line.startswith("write_bytes:"):
+                return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return None
 
 
 def start_fake_gmail(messages: int) -> Any:
@@ -118,6 +132,7 @@ def measure(
     already = streamed() if streamed is not None else 0
     with KeepAliveClient(api_port) as c:
         brain_before, fake_before, tree_before = proc_sample(pid), proc_sample(os.getpid()), tree_cpu_seconds(pid)
+        written_before = written_bytes(pid)
         start = time.perf_counter()
         connect = c.request("POST", "/mail/connect", headers=headers, body=connect_body)
         account = expect(connect, 200, 201, what="POST /mail/connect").json()["account"]["account"]
@@ -137,6 +152,9 @@ def measure(
                     fake_cpu=cpu_utilisation(fake_before, proc_sample(os.getpid())),
                     tree_cpu_seconds=tree_cpu_used(tree_before, tree_cpu_seconds(pid)),
                 )
+                written_after = written_bytes(pid)
+                if written_before is not None and written_after is not None:
+                    result = dataclasses.replace(result, written_bytes=written_after - written_before)
                 if streamed is None or not done:
                     return result
                 while streamed() < already + synced:

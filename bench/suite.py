@@ -591,6 +591,8 @@ class Run:
             fig.extra["brain CPU/wall"] = round(result.brain_cpu, 2)
             fig.extra["harness CPU/wall"] = round(result.fake_cpu, 2)
             fig.extra["brain CPU ms/msg (with its workers and NATS)"] = round(result.cpu_ms_per_message, 3)
+            if result.written_bytes is not None:
+                fig.extra["brain MB written"] = round(result.written_bytes / 1e6)
             if result.streamed_rate is not None:
                 fig.extra["all in JetStream after s"] = round(result.streamed_seconds or 0.0, 2)
                 fig.extra["msg/s into JetStream"] = round(result.streamed_rate)

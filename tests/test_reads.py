@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 import requests
 
+from brain.api.pages import RENDER_INLINE_MAX
 from tests.search_support import write_v2_store
 from tests.support import BrainServer, wait_until
 from tests.test_auth_helpers import NO_LIMITS, bearer, new_user
@@ -212,8 +213,11 @@ def test_a_store_written_before_the_column_reads_the_same_and_is_rendered(make_s
     user_id, token = body["user"]["id"], body["jwt"]
     server.stop()
     count = 5000  # more than one backfill step
-    rows = [("old.kind", json.dumps({"n": i, "t": "ü"}, separators=(",", ":"), ensure_ascii=False),
+    # Every 100th row longer than RENDER_INLINE_MAX: a read renders it, the backfill leaves it.
+    rows = [("old.kind", json.dumps({"n": i, "t": "ü" * (RENDER_INLINE_MAX if i % 100 == 7 else 1)},
+                                    separators=(",", ":"), ensure_ascii=False),
              f"2022-01-01T00:00:{i % 60:02d}.{i:06d}Z") for i in range(count)]
+    long_ids = {i + 1 for i in range(count) if i % 100 == 7}
     path = write_v2_store(server.data_dir, user_id, rows)
     expected = sorted(
         (_rendered(i + 1, *row) for i, row in enumerate(rows)),
@@ -229,18 +233,46 @@ def test_a_store_written_before_the_column_reads_the_same_and_is_rendered(make_s
 
     def backfilled() -> bool:
         with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
-            return db.execute("SELECT count(*) FROM events WHERE rendered IS NULL").fetchone()[0] == 0
+            return db.execute("SELECT count(*) FROM events WHERE rendered IS NULL").fetchone()[0] == len(long_ids)
 
     wait_until(backfilled, timeout=30, what="the old rows to be rendered")
     with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
-        stored = db.execute("SELECT CAST(rendered AS BLOB) FROM events ORDER BY created_at DESC, id DESC").fetchall()
-    assert [raw for (raw,) in stored] == expected
+        stored = db.execute("SELECT id, CAST(rendered AS BLOB) FROM events ORDER BY created_at DESC, id DESC").fetchall()
+        indexes = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    assert [raw for event_id, raw in stored if event_id not in long_ids] == \
+        [raw for raw in expected if json.loads(raw)["id"] not in long_ids]
+    assert {event_id for event_id, raw in stored if raw is None} == long_ids
+    # The index of rows to render holds none of the long ones (the old index held every row without its JSON).
+    assert "events_to_render" in indexes and "events_unrendered" not in indexes
     assert_pages(reader, expected, 1000)
     # New writes to the old store carry their JSON from the start, and page with the old rows.
     r = reader.session.post(f"{server.api_url}/events", json={"type": "new.kind", "data": [1]}, timeout=10)
     assert r.status_code == 201 and r.json()["id"] == count + 1
     assert reader.get(limit=1).content == b'{"events":[' + r.content + b'],"next_cursor":' + \
         json.dumps(reader.get(limit=1).json()["next_cursor"]).encode() + b"}"
+
+
+def test_an_event_with_long_data_is_stored_without_its_json_and_reads_the_same(server: BrainServer) -> None:
+    """Data over RENDER_INLINE_MAX characters (a mail with its body) keeps no copy of its JSON:
+    the page renders it as it reads, byte for byte what POST /events answered, beside events
+    that keep theirs; at the limit an event still keeps its copy."""
+    reader = Reader(server)
+    text = "a" * (RENDER_INLINE_MAX - len('{"t":""}'))  # data of exactly RENDER_INLINE_MAX characters
+    bodies = [
+        {"type": "note", "data": {"t": text}},
+        {"type": "note.long", "data": {"t": text + "x", "q": 'say "hi"\n', "n": 2**60}},
+        {"type": "note", "data": {"t": "short"}},
+        {"type": "note.long", "data": {"body_text": "ß 漢字 😀 " * 1500}},
+    ]
+    for body in bodies:
+        reader.post(body)
+    expected = reader.expected()
+    assert_pages(reader, expected, 2)
+    with sqlite3.connect(f"file:{server.data_dir / 'users' / reader.id / 'events.db'}?mode=ro", uri=True) as db:
+        stored = dict(db.execute("SELECT id, CAST(rendered AS BLOB) FROM events"))
+    ids = [json.loads(raw)["id"] for raw in reader.posted]
+    assert [stored[i] is not None for i in ids] == [True, False, True, False]
+    assert stored[ids[0]] == reader.posted[0] and stored[ids[2]] == reader.posted[2]
 
 
 def test_bytes_that_are_not_utf8_never_reach_a_client(make_server: Any) -> None:

@@ -23,9 +23,9 @@ from brain.api.user_store import StoreInbox, UserStore
 from brain.runtime import Runtime
 from tests.support import api_runtime, wait_until
 
-# A page of events well past 1,000 WAL pages of 4 KiB (each event's data is stored twice: as
-# given and in its rendered copy).
-PAGE = [{"type": "mail.message.received", "data": {"body_text": "x" * 40_000, "n": i}} for i in range(100)]
+# A page of events well past 1,000 WAL pages of 4 KiB (~6 MB: data this long keeps no rendered
+# copy, brain.api.pages.RENDER_INLINE_MAX).
+PAGE = [{"type": "mail.message.received", "data": {"body_text": "x" * 60_000, "n": i}} for i in range(100)]
 
 
 @pytest.fixture(scope="module")
@@ -195,7 +195,7 @@ def test_a_page_of_events_reaches_the_wal_at_its_commit_not_page_by_page_as_it_i
             sizes.append(wal.stat().st_size)
 
     monkeypatch.setattr(UserStore, "_insert", watched)
-    stores.append_from_thread(user, PAGE)  # ~8 MB of pages
+    stores.append_from_thread(user, PAGE)  # ~6 MB of pages
     assert len(sizes) == 2, sizes
     assert sizes[1] - sizes[0] < 64 * 1024  # nothing of it in the WAL before the COMMIT
     assert wal.stat().st_size - sizes[0] > 4 << 20  # all of it after

@@ -66,7 +66,9 @@ from pykka._envelope import Envelope
 from brain.actors.base import BrainActor, Link
 from brain.actors.bridge import settle_threadsafe
 from brain.api.events import TOMBSTONE_TYPE, NewEvent, StoredEvent, now_timestamp
-from brain.api.pages import RENDERED, Page, PageCache, backfill_step, ensure_rendered, next_descriptor, render_sql
+from brain.api.pages import (
+    RENDERED, Page, PageCache, backfill_step, ensure_rendered, next_descriptor, render_sql, stored_render_sql,
+)
 from brain.api.quarantine import FileMemory, move_aside, pending
 from brain.api.search import (
     TAIL_ROWS, WRITTEN_ROWS, IndexOptions, IndexUnavailable, SearchIndex, SearchRequest, tombstone_data,
@@ -119,11 +121,11 @@ END;
 NEXT_SEQ = (
     "(SELECT max(ifnull((SELECT max(id) FROM events), 0), ifnull((SELECT max(seq) FROM tombstones), 0)) + 1)"
 )
-# An event with its public JSON (brain.api.pages) in one statement, its number drawn from the
-# commit sequence and named here so that the JSON can carry it.
+# An event with its public JSON (brain.api.pages; none for long data) in one statement, its
+# number drawn from the commit sequence and named here so that the JSON can carry it.
 _INSERT_EVENT = (
     "INSERT INTO events (id, type, data, created_at, key, rendered) SELECT next.seq, ?1, ?2, ?3, ?4, "
-    + render_sql("next.seq", "?1", "?2", "?3")
+    + stored_render_sql("next.seq", "?1", "?2", "?3")
     + f" FROM (SELECT {NEXT_SEQ} AS seq) AS next"
 )
 _EVENT_COLUMNS = "id, type, data, created_at, key"
@@ -379,7 +381,8 @@ _OWN_WORK = frozenset({_FLUSH_ACKS, _BACKFILL, _MERGE, _INDEX_TAIL, _INDEX_TAIL_
 BUSY_TIMEOUT_MS = 5000
 # Dirty pages a transaction keeps in memory before SQLite writes them to the WAL before its
 # COMMIT (PRAGMA cache_spill). At SQLite's default (the 2 MB page cache) a page of 100 mail
-# events (~4.5 MB: each event's data is stored twice, as given and rendered) was spilled page by
+# events (~4.5 MB then, each event's data stored twice; ~2.3 MB since long data keeps no rendered
+# copy, brain.api.pages) was spilled page by
 # page as it was inserted: in-process, insert + commit 165-178 -> 132-141 us of CPU an event on
 # the store's thread (docs/performance.md). The memory is held only while the transaction runs:
 # at its end SQLite frees the clean pages beyond the cache's own size.
