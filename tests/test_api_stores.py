@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from brain.api import pages
+from brain.api import pages, user_store
 from brain.api.state import store_manager
 from brain.api.user_store import DeleteEvents, Query, ReadPage, UserStore
 from brain.contracts import EVENT_SINK
@@ -698,3 +698,36 @@ def test_an_append_the_loop_would_commit_waits_on_the_stores_thread_for_another_
     slept, events = asyncio.run(main())
     assert slept < 1.0  # the loop ran on (busy_timeout is 5 s)
     assert [e["data"]["i"] for e in events] == [1, 0]
+
+
+def test_a_store_thread_is_batch_for_the_loop_and_normal_for_a_page_a_thread_waits_on(
+    rt: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SCHED_BATCH while the store serves the event loop (a woken store must not preempt the
+    loop that holds the GIL), SCHED_OTHER while it stores a page a thread asked for and waits on
+    (mail sync: the store must preempt the niced conversion workers), switched only on a change."""
+    seen: list[tuple[int, bool]] = []
+    real = user_store._schedule_as
+
+    def spy(batch: bool) -> None:
+        seen.append((threading.get_native_id(), batch))
+        real(batch)
+
+    monkeypatch.setattr(user_store, "_schedule_as", spy)
+    stores = store_manager(rt)
+    user = "policyuser"
+    page = [{"type": "mail.message.received", "data": {"n": i}} for i in range(3)]
+    stores.append_from_thread(user, page)  # opens the store (batch), then its ask (normal)
+    thread = seen[0][0]
+    assert [batch for _, batch in seen] == [True, False] and {tid for tid, _ in seen} == {thread}
+    assert os.sched_getscheduler(thread) == os.SCHED_OTHER
+
+    async def from_the_loop() -> None:
+        await stores.append(user, [{"type": "a.b", "data": 1}, {"type": "a.b", "data": 2}])  # two: the store's thread
+
+    asyncio.run(from_the_loop())
+    assert os.sched_getscheduler(thread) == os.SCHED_BATCH
+    stores.append_from_thread(user, page)
+    stores.append_from_thread(user, page)
+    assert os.sched_getscheduler(thread) == os.SCHED_OTHER
+    assert [batch for _, batch in seen] == [True, False, True, False]

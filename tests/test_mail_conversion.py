@@ -11,7 +11,7 @@ import textwrap
 from functools import partial
 from pathlib import Path
 
-from brain.mail.conversion import MIN_POOLED, ConversionPool
+from brain.mail.conversion import MIN_POOLED, WORKER_NICE, ConversionPool
 from brain.mail.provider import ConvertOptions, MessageContext, convert_inline, message_from_mime
 from tests.support import REPO, wait_until
 
@@ -111,3 +111,16 @@ def test_by_default_one_worker_per_usable_core_and_none_on_a_single_core() -> No
 
     assert default_workers(cores) == len(cores)
     assert default_workers(cores[:1]) == 0
+
+
+def test_workers_run_niced_so_the_servers_own_threads_win_the_cpu() -> None:
+    """A worker converts the page after the one being stored: it gives way (nice WORKER_NICE)
+    to the store's thread and the event loop, which the sync waits on now."""
+    pool = ConversionPool(1)
+    try:
+        own = os.getpriority(os.PRIO_PROCESS, 0)
+        seen = pool.map(partial(os.getpriority, os.PRIO_PROCESS), [0] * MIN_POOLED)
+    finally:
+        pool.close()
+    assert seen == [min(19, own + WORKER_NICE)] * MIN_POOLED
+    assert os.getpriority(os.PRIO_PROCESS, 0) == own  # the server itself is not niced

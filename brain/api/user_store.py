@@ -549,16 +549,25 @@ def _newest_limit(key: Any) -> int | None:
     return None
 
 
-def _yield_to_the_loop() -> None:
-    """Make this (store) thread SCHED_BATCH, where Linux offers it.
+def _schedule_as(batch: bool) -> None:
+    """Make this (store) thread SCHED_BATCH (``batch``) or SCHED_OTHER, where Linux offers them.
 
-    The event loop wakes a store while it holds the GIL. A woken thread that preempts it (as
-    Linux favours fresh wakers) can do nothing but block on the GIL, and the loop waits to be
-    scheduled again: two context switches for nothing, per request. A batch thread is not
-    favoured on wake-up, so it runs when a CPU is free or the loop blocks (docs/performance.md).
+    Batch while it serves the event loop's requests: the loop wakes a store while it holds the
+    GIL. A woken thread that preempts it (as Linux favours fresh wakers) can do nothing but block
+    on the GIL, and the loop waits to be scheduled again: two context switches for nothing, per
+    request. A batch thread is not favoured on wake-up, so it runs when a CPU is free or the loop
+    blocks (docs/performance.md).
+
+    Normal while it stores pages that a thread of its own asked for and waits on (a mail sync's
+    `AppendMany`): the waiter lets go of the GIL at once, and the thread a woken store takes the
+    CPU from is then mostly a conversion worker (another process, niced:
+    brain.mail.conversion) converting the next page. As a batch thread the store waited for the
+    worker's time slice to end at every wake-up: in an ingest of 5,000 mail bodies its thread
+    ran 2.5 s and waited 1.5 s for a CPU (/proc/<tid>/schedstat), and the sync cannot go faster
+    than that thread (docs/mail-model.md).
     """
     try:
-        os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
+        os.sched_setscheduler(0, os.SCHED_BATCH if batch else os.SCHED_OTHER, os.sched_param(0))
     except (AttributeError, OSError):  # not Linux, or refused: a scheduling hint only
         pass
 
@@ -622,6 +631,7 @@ class UserStore(BrainActor):
         self._checkpoint_changes = -1
         self._checkpoint_armed = False
         self._render_after_index = False  # rows wait to be rendered once the index is backfilled
+        self._batch = True  # its thread's scheduling policy (`_schedule_as`)
         self.last_write = 0.0
         self.path = store_path(data_path, user_id)
         self.marker = OutboxMarker(marker_path(data_path, user_id))
@@ -668,7 +678,7 @@ class UserStore(BrainActor):
         # Opening (and checking) the database waits for the first message: on_start runs while
         # the stores' supervisor waits for it, and a slow disk or a big quick_check there would
         # hold up every other user's store (OTP: keep init quick, continue after).
-        _yield_to_the_loop()
+        _schedule_as(batch=True)
         self.actor_inbox.store = self  # type: ignore[attr-defined]
         self.actor_inbox.put(_OPEN_ENVELOPE)  # type: ignore[attr-defined]
         self.schedule(self.idle_seconds, _IDLE_CHECK)
@@ -848,6 +858,12 @@ class UserStore(BrainActor):
         inbox: StoreInbox = self.actor_inbox  # type: ignore[assignment]
         if isinstance(message, AppendMany):
             inbox.took_asked_append()
+            if self._batch:
+                _schedule_as(batch=False)
+                self._batch = False
+        elif message is _DRAIN and not self._batch:
+            _schedule_as(batch=True)
+            self._batch = True
         with inbox.db_lock:
             # The page the loop may take stays through writes that leave the events as they are
             # (each append's ack and index tail would otherwise make the next read a miss).

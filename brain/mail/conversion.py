@@ -35,6 +35,8 @@ log = logging.getLogger("brain.mail")
 
 # Fewer messages than this are converted in place: the round trip would cost more than it saves.
 MIN_POOLED = 8
+# The workers' nice value (`_start_worker`).
+WORKER_NICE = 19
 
 
 class ConversionPool:
@@ -82,7 +84,7 @@ class ConversionPool:
                 self._executor = ProcessPoolExecutor(
                     self.workers,
                     mp_context=multiprocessing.get_context("spawn"),
-                    initializer=_watch_parent,
+                    initializer=_start_worker,
                     initargs=(os.getpid(),),
                 )
             return self._executor
@@ -95,8 +97,19 @@ def usable_cores() -> int:
     return os.cpu_count() or 1
 
 
-def _watch_parent(parent: int) -> None:
-    """In a worker: exit as soon as the process that started it is gone (kill -9 included)."""
+def _start_worker(parent: int) -> None:
+    """In a worker: yield the CPU to the server's own threads, and exit as soon as the process
+    that started it is gone (kill -9 included).
+
+    A worker converts the page after the one being stored (the sync reads a page ahead): work
+    the store's thread will want next, not now. At nice WORKER_NICE it gives way to that thread
+    when it wakes (brain.api.user_store._schedule_as) and to the event loop's requests, and still
+    has every CPU they leave idle.
+    """
+    try:
+        os.nice(WORKER_NICE)
+    except OSError:  # a hint only
+        pass
 
     def watch() -> None:
         while os.getppid() == parent:
