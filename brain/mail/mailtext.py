@@ -154,7 +154,10 @@ def decode_header_text(value: str) -> str:
         return value
     value = _repair_8bit(value)
     if "=?" in value:
-        value = _BETWEEN_WORDS.sub(r"\1\2", value)  # RFC 2047: space between words is not text
+        # RFC 2047: space between words is not text. Searched first: sub with a template
+        # string goes through re's Python-level template code even when nothing matches.
+        if _BETWEEN_WORDS.search(value) is not None:
+            value = _BETWEEN_WORDS.sub(r"\1\2", value)
         value = _ENCODED_WORD.sub(_decode_word, value)
     return " ".join(_without_invisible(value).split())
 
