@@ -462,6 +462,37 @@ def test_a_single_part_is_read_as_the_stdlib_parser_reads_it(
     assert convert._mime_part(msg, "", 0, fast_body, content) == convert._mime_part(parsed, "", 0)
 
 
+_PART_FIELDS = [
+    *_FIELDS, *(b"Content-Type: " + c for c in _CONTENT_TYPES), *(b"Content-Transfer-Encoding: " + c for c in _TRANSFER_ENCODINGS),
+    b"content-id: <\xff@x>", b"CONTENT-DISPOSITION: attachment; FileName=a.txt", b"Content-Disposition: \xe9; name=x",
+    b"Content-Transfer-Encoding: Base64 \xff", b"Content-Type: text/plain; NAME=\"=?utf-8?q?R=C3=A9?=.txt\"",
+]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(_PART_FIELDS), max_size=8), st.sampled_from([b"\n", b"\r\n"]))
+def test_a_parts_headers_are_read_from_its_header_lists_as_the_message_reads_them(fields: list[bytes], newline: bytes) -> None:
+    # _mime_part reads the transfer encoding, disposition, Content-ID and file name from one
+    # dict of the headers (_header_lists); here they are held to the message's own lookups,
+    # duplicates, upper-case names and 8-bit values included.
+    parsed = _compat32.parsebytes(newline.join([*fields, b""]) + newline)
+    lists = convert._header_lists(parsed)
+    for name in ("content-transfer-encoding", "content-id", "content-disposition", "content-type", "x-8bit", "x-none"):
+        assert convert._header_text(parsed, lists, name) == str(parsed.get(name, ""))
+    part = convert._mime_part(parsed, "", 0)
+    assert part.disposition == convert._safe(parsed.get_content_disposition, None)
+    assert part.content_id == convert._content_id(parsed.get("content-id"))
+    named = any(
+        "name" in str(v).lower() for k, v in parsed.raw_items() if k.lower() in ("content-type", "content-disposition")
+    )
+    filename = convert._safe(parsed.get_filename, None) if named else None
+    assert part.filename == ((mailtext.decode_header_text(str(filename)) or None) if filename else None)
+    raw = newline.join([*fields, b""]) + newline
+    for body in _BODIES:
+        old_way, new_way = _compat32.parsebytes(raw), _compat32.parsebytes(raw)
+        assert convert._transfer_decoded(new_way, body, lists) == convert._transfer_decoded(old_way, body), body
+
+
 @settings(max_examples=1000, deadline=None)
 @given(st.binary(max_size=40) | st.text("AQw+/=\r\n!", max_size=40).map(str.encode))
 def test_base64_bodies_decode_as_the_stdlibs_strict_decoder_decodes_them(body: bytes) -> None:

@@ -421,7 +421,9 @@ def _header_date(value: str | None) -> str | None:
         except (ValueError, OverflowError):
             return None
         if moment.year >= 1000:
-            return f"{moment.year}-{moment.month:02d}-{moment.day:02d}T{moment.hour:02d}:{moment.minute:02d}:{moment.second:02d}.000Z"
+            # isoformat writes the same digits (a four-digit year, no microseconds here) in C,
+            # where an f-string parses six format specs.
+            return moment.isoformat() + ".000Z"
     try:
         # iso_utc inside: a moment past 9999-12-31 in UTC overflows there, and is no date either.
         return iso_utc(email.utils.parsedate_to_datetime(decode_header_text(value)))
@@ -511,10 +513,12 @@ def message_from_mime(
         single = _single_part(raw)
         if single is not None:
             msg, body, content = single
-            root = _mime_part(msg, "", 0, body, content)
+            headers = _header_lists(msg)
+            root = _mime_part(msg, "", 0, body, content, headers)
         else:
             msg = _parser.parsebytes(raw)
-            root = _mime_part(msg, "", 0)
+            headers = _header_lists(msg)
+            root = _mime_part(msg, "", 0, fields=headers)
     except RecursionError:
         # Nested deeper than the parser's recursion allows: keep the headers, the body as text.
         msg = _parser.parsebytes(raw, headersonly=True)
@@ -523,9 +527,7 @@ def message_from_mime(
             content_type="text/plain", charset=None, disposition=None, filename=None, content_id=None,
             children=None, handle="1", payload=body, size=len(body),
         )
-    headers: dict[str, list[str]] = {}
-    for name, value in msg.raw_items():
-        headers.setdefault(name.lower(), []).append(value if isinstance(value, str) else str(value))
+        headers = _header_lists(msg)
     return _record(context, _envelope(headers), _walk(root), options, len(raw))
 
 
@@ -564,9 +566,37 @@ def _single_part(raw: bytes) -> tuple[email.message.Message, bytes, tuple[str, s
     return msg, raw[head.end() :], content
 
 
-def _transfer_decoded(msg: email.message.Message, body: bytes) -> bytes:
+def _header_lists(msg: email.message.Message) -> dict[str, list[str]]:
+    """Each header's values under its lower-case name, in order; a value that is no str as its str."""
+    headers: dict[str, list[str]] = {}
+    for name, value in msg.raw_items():
+        headers.setdefault(name.lower(), []).append(value if isinstance(value, str) else str(value))
+    return headers
+
+
+def _header_text(msg: email.message.Message, fields: Mapping[str, list[str]], name: str) -> str | None:
+    """``str(msg.get(name, ""))`` (``name`` in lower case) from `_header_lists`, or None when
+    the stdlib trips over the value.
+
+    ``Message.get`` lower-cases every header name on each call, and compat32 hands back an
+    ASCII value as it is; only a value that may carry surrogate escapes (turned into a
+    ``Header``) is asked of the message.
+    """
+    values = fields.get(name)
+    if values is None:
+        return ""
+    if values[0].isascii():
+        return values[0]
+    return _safe(lambda: str(msg.get(name, "")), None)
+
+
+def _transfer_decoded(msg: email.message.Message, body: bytes, fields: Mapping[str, list[str]] | None = None) -> bytes:
     """``body`` as ``msg.get_payload(decode=True)`` gives it for that payload, without turning it into text and back."""
-    cte = _safe(lambda: str(msg.get("content-transfer-encoding", "")).lower(), None)
+    if fields is None:
+        cte = _safe(lambda: str(msg.get("content-transfer-encoding", "")).lower(), None)
+    else:
+        cte = _header_text(msg, fields, "content-transfer-encoding")
+        cte = cte.lower() if cte is not None else None
     if cte == "base64":
         data = _base64(body)
         if data is not None:
@@ -581,10 +611,12 @@ def _transfer_decoded(msg: email.message.Message, body: bytes) -> bytes:
 
 def _mime_part(
     msg: email.message.Message, number: str, depth: int, body: bytes | None = None,
-    content: tuple[str, str | None] | None = None,
+    content: tuple[str, str | None] | None = None, fields: Mapping[str, list[str]] | None = None,
 ) -> _Part:
     """``msg`` as a tree of parts; ``body`` and ``content`` are a single part's undecoded body
-    and its `_type_and_charset` (see `_single_part`)."""
+    and its `_type_and_charset` (see `_single_part`), ``fields`` its `_header_lists`."""
+    if fields is None:
+        fields = _header_lists(msg)
     ctype, charset = content or _type_and_charset(msg)
     children: list[_Part] | None = None
     payload: bytes | None = None
@@ -603,13 +635,15 @@ def _mime_part(
     else:
         if ctype.startswith("multipart/"):
             ctype = "text/plain"  # a multipart whose boundary never came: keep its text
-        payload = _leaf_payload(msg) if body is None else _transfer_decoded(msg, body)
+        payload = _leaf_payload(msg) if body is None else _transfer_decoded(msg, body, fields)
+    # Most parts have neither a disposition nor a Content-ID: the dict says so without the
+    # message's header-by-header lookups.
     return _Part(
         content_type=ctype,
         charset=charset,
-        disposition=_safe(msg.get_content_disposition, None),
-        filename=_filename(msg),
-        content_id=_content_id(msg.get("content-id")),
+        disposition=_safe(msg.get_content_disposition, None) if "content-disposition" in fields else None,
+        filename=_filename(msg, fields),
+        content_id=_content_id(msg.get("content-id")) if "content-id" in fields else None,
         children=children,
         handle=number or "1",
         payload=payload,
@@ -676,12 +710,11 @@ def _leaf_payload(msg: email.message.Message) -> bytes:
     return b""
 
 
-def _filename(msg: email.message.Message) -> str | None:
+def _filename(msg: email.message.Message, fields: Mapping[str, list[str]]) -> str | None:
     # A file name is a parameter whose name has "name" in it (filename, name, filename*0*, ...)
-    # of one of these headers; most parts have none, and reading the parameters costs more.
-    if not any(
-        "name" in str(value).lower() for key, value in msg.raw_items() if key.lower() in ("content-type", "content-disposition")
-    ):
+    # of one of these headers (``fields``: the message's `_header_lists`); most parts have
+    # none, and reading the parameters costs more.
+    if not any("name" in value.lower() for key in ("content-type", "content-disposition") for value in fields.get(key, ())):
         return None
     name = _safe(msg.get_filename, None)
     if not name:
