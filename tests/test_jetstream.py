@@ -18,6 +18,7 @@ from typing import Any
 
 import nats
 import nats.errors
+import nats.js.errors
 import pytest
 import requests
 
@@ -72,13 +73,18 @@ def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
 
 
 def stream_messages(url: str, subject: str, *, stream: str = "BRAIN_EVENTS") -> list[Any]:
-    """Every message of the stream on subject (wildcards allowed), read by a fresh consumer."""
+    """Every message of the stream on subject (wildcards allowed), read by a fresh consumer; none
+    while the stream does not exist yet (the event bus creates it as it connects, after the
+    server's start: a test that waits for messages waits through that too)."""
 
     async def read() -> list[Any]:
         nc = await nats.connect(url, connect_timeout=5)
         try:
             js = nc.jetstream()
-            sub = await js.pull_subscribe(subject, stream=stream)
+            try:
+                sub = await js.pull_subscribe(subject, stream=stream)
+            except nats.js.errors.NotFoundError:
+                return []
             out: list[Any] = []
             while True:
                 try:
