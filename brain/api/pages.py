@@ -85,7 +85,8 @@ def ensure_rendered(db: sqlite3.Connection) -> bool:
     # once the backfill is done it stays empty (every new row is rendered as it is inserted, or
     # is too long to be). The index of every row without its JSON (before RENDER_INLINE_MAX)
     # would take in each long event for good: gone. A brain from before makes it again, and
-    # gives the long rows their JSON: its reads were always right, and so are this one's.
+    # gives the long rows their JSON: its reads were always right, and so are this one's. The
+    # first open after this change builds the new index: one read of the whole table.
     db.execute("DROP INDEX IF EXISTS events_unrendered")
     db.execute(f"CREATE INDEX IF NOT EXISTS events_to_render ON events (id) WHERE {_TO_RENDER}")
     return bool(db.execute(f"SELECT EXISTS (SELECT 1 FROM events WHERE {_TO_RENDER})").fetchone()[0])
