@@ -12,6 +12,7 @@ to the conversion, regenerate and read the diff line by line before committing i
 from __future__ import annotations
 
 import binascii
+import dataclasses
 import email.parser
 import email.policy
 import email.quoprimime
@@ -68,6 +69,18 @@ def convert_file(path: Path) -> tuple[dict[str, Any], dict[str, Any], MessageRec
     options_data = spec.get("options", {})
     record = message_from_mime(path.read_bytes(), context_from(context_data, path.stem), ConvertOptions(**options_data))
     return context_data, options_data, record
+
+
+def test_a_record_is_built_as_its_dataclass_init_builds_it() -> None:
+    # _record builds the frozen MessageRecord without its __init__ (convert._new_record): the
+    # record must be the one __init__ makes, every field set, in the same order. A field
+    # with a default that _record does not pass, or a __post_init__, has to be added there.
+    assert not hasattr(MessageRecord, "__post_init__")
+    for path in corpus_files():
+        _context, _options, record = convert_file(path)
+        rebuilt = MessageRecord(**{f.name: getattr(record, f.name) for f in dataclasses.fields(MessageRecord)})
+        assert list(vars(record).items()) == list(vars(rebuilt).items()), path.name
+        assert record == rebuilt and hash(record.flags) == hash(rebuilt.flags)
 
 
 def test_the_corpus_has_at_least_30_messages_each_with_a_golden() -> None:
