@@ -553,8 +553,10 @@ def message_from_mime(
 # (no backtracking): each line has one reading, and a long header that fails fails at once.
 _HEADER_FIELD = r"([\x21-\x39\x3b-\x7e]++):[ \t]*+([^\r\n]*+(?:\r?\n[ \t][^\r\n]*+)*+)\r?\n"
 _HEADER_FIELDS = re.compile(_HEADER_FIELD)
-# A header block of nothing but such fields, and the blank line that ends it.
-_PLAIN_HEAD = re.compile(rf"(?:{_HEADER_FIELD})*+\r?\n".encode())
+# The first empty line after the first line: where a header block of such fields ends, if it
+# is one (a field's lines are never empty: its first starts with its name, a continuation
+# with a blank).
+_BLANK_LINE = re.compile(rb"\n\r?\n")
 _UUENCODE = ("x-uuencode", "uuencode", "uue", "x-uue")
 
 
@@ -570,17 +572,26 @@ def _single_part(raw: bytes) -> tuple[email.message.Message, bytes, tuple[str, s
     a bare CR as a line end, no blank line -- gives None: the caller parses the whole message
     with the stdlib.
     """
-    head = _PLAIN_HEAD.match(raw)
-    if head is None:
+    if raw[:1] == b"\n" or raw[:2] == b"\r\n":
+        head_end, body_start = 0, raw.index(b"\n") + 1  # no header at all
+    else:
+        blank = _BLANK_LINE.search(raw)
+        if blank is None:
+            return None
+        head_end, body_start = blank.start() + 1, blank.end()
+    # Decoded as BytesParser decodes its input: 8-bit bytes kept as surrogate escapes. One
+    # pass of the field pattern reads the fields and proves that nothing else is there: split
+    # leaves no text between them and after the last (what the parser would read otherwise).
+    pieces = _HEADER_FIELDS.split(raw[:head_end].decode("ascii", "surrogateescape"))
+    if any(pieces[::3]):
         return None
     msg = email.message.Message(policy=email.policy.compat32)
-    # Decoded as BytesParser decodes its input: 8-bit bytes kept as surrogate escapes.
-    for name, value in _HEADER_FIELDS.findall(raw[: head.end()].decode("ascii", "surrogateescape")):
-        msg.set_raw(name, value)
+    # What set_raw does for each field, as the parser calls it: append (name, value).
+    msg._headers.extend(zip(pieces[1::3], pieces[2::3]))
     content = _type_and_charset(msg)
     if content[0].split("/")[0] in ("multipart", "message"):
         return None
-    return msg, raw[head.end() :], content
+    return msg, raw[body_start:], content
 
 
 def _header_lists(msg: email.message.Message) -> dict[str, list[str]]:
