@@ -554,6 +554,16 @@ def test_plain_mailboxes_are_read_as_getaddresses_reads_them(pieces: list[str]) 
         assert plain == email.utils.getaddresses([value])
 
 
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.sampled_from(_ADDRESS_PIECES), max_size=8))
+def test_a_plain_mailboxs_address_needs_no_header_decoding(pieces: list[str]) -> None:
+    # _addresses leaves a plain mailbox's address without "=?" as it is, where it used to
+    # hand it to decode_header_text: that must return it unchanged.
+    for _name, address in convert._plain_mailboxes("".join(pieces)) or []:
+        if "=?" not in address:
+            assert mailtext.decode_header_text(address.strip()) == address.strip()
+
+
 def test_the_common_address_forms_take_the_fast_path() -> None:
     value = '"Ada, L" <ada@example.com>, Bob  Smith <bob.smith@mail.example.org>,\r\n\tc@d.e, <f@g.h>'
     assert convert._plain_mailboxes(value) == email.utils.getaddresses([value])

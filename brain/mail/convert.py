@@ -313,6 +313,9 @@ def _addresses(values: Sequence[str]) -> tuple[Address, ...]:
     repaired = [decode_header_text(v) if not v.isascii() else v for v in values]
     out = []
     pairs = _plain_mailboxes(", ".join(repaired))
+    # A plain mailbox's address is a dot-atom: printable ASCII without a blank, which
+    # decode_header_text returns as it is unless it holds "=?".
+    plain = pairs is not None
     if pairs is None:
         try:
             pairs = email.utils.getaddresses(repaired)
@@ -322,7 +325,7 @@ def _addresses(values: Sequence[str]) -> tuple[Address, ...]:
         address = address.strip()
         if not address:
             continue
-        decoded = decode_header_text(address)
+        decoded = address if plain and "=?" not in address else decode_header_text(address)
         hidden = _hidden_mailboxes(decoded) if decoded != address and "<" in decoded else None
         for mailbox in hidden or (Address(name=decode_header_text(name) if name else "", address=decoded),):
             out.append(mailbox)
