@@ -253,6 +253,15 @@ class ClusterNode:
                 f"node {self.node_id} is catching up with the cluster placement after losing NATS; try again",
                 retry_after=1)
 
+    async def owner(self, user_id: str) -> str:
+        """The node the user is placed on. When it is this one, only once this node may serve
+        the user (`current`, which may wait for the map to catch up), and looked up again then."""
+        node = await self.placement.node_of(user_id)
+        if node == self.node_id:
+            await self.current()
+            node = self.placement.cached(user_id) or node
+        return node
+
     async def _catch_up(self) -> None:
         fences = self._fences
         if await self.placement.caught_up(self.nc.jetstream(timeout=5), timeout=10) and fences == self._fences:
@@ -386,10 +395,7 @@ class ClusterNode:
 
         `streams`: the route answers with a live stream, relayed from the owner as it comes.
         """
-        node = await self.placement.node_of(user_id)
-        if node == self.node_id:
-            await self.current()
-            node = self.placement.cached(user_id) or node
+        node = await self.owner(user_id)
         if node == self.node_id:
             await self.rebuilt(user_id)
             return None
@@ -544,10 +550,7 @@ class NodeSink:
             raise ServiceUnavailable(f"node {node.node_id} has not loaded the cluster placement yet", retry_after=2)
         if node.deleted(user_id):  # not placed again (its entry went with the account)
             raise Unauthorized("the account was deleted", code="USER_DELETED")
-        where = await node.placement.node_of(user_id)
-        if where == node.node_id:
-            await node.current()
-            where = node.placement.cached(user_id) or where
+        where = await node.owner(user_id)
         if where != node.node_id:
             raise ServiceUnavailable(f"the user's data is on node {where}, not on {node.node_id}", retry_after=5)
         await node.rebuilt(user_id)
