@@ -858,12 +858,9 @@ class UserStore(BrainActor):
         inbox: StoreInbox = self.actor_inbox  # type: ignore[assignment]
         if isinstance(message, AppendMany):
             inbox.took_asked_append()
-            if self._batch:
-                _schedule_as(batch=False)
-                self._batch = False
-        elif message is _DRAIN and not self._batch:
-            _schedule_as(batch=True)
-            self._batch = True
+            self._schedule(batch=False)
+        elif message is _DRAIN:
+            self._schedule(batch=True)
         with inbox.db_lock:
             # The page the loop may take stays through writes that leave the events as they are
             # (each append's ack and index tail would otherwise make the next read a miss).
@@ -877,6 +874,12 @@ class UserStore(BrainActor):
                 inbox.publish(self.db, self.descriptors_from)
                 pages.keep_through(watched, _newest_limit)
                 self._checkpoint_later()
+
+    def _schedule(self, batch: bool) -> None:
+        """`_schedule_as` for this store's thread, only when the policy changes (one syscall a switch)."""
+        if batch != self._batch:
+            _schedule_as(batch)
+            self._batch = batch
 
     def append_now(self, request: AppendRequest) -> list[tuple[StoredEvent, bool]] | None:
         """One event without a key, committed on the calling thread (the event loop's, holding
