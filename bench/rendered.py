@@ -3,7 +3,8 @@
 brain.api.pages keeps each event's public JSON beside its data so that a page of GET /events is
 one `group_concat` of ready texts; events with data over `RENDER_INLINE_MAX` characters keep no
 copy and the page query renders them as it reads. For each data size this writes 2,000 events
-both ways into a fresh store file (the store's own INSERT and page query, in process) and
+both ways into a fresh store file (the store's schema and page query, and its JSON expression,
+`render_sql`, in a plain INSERT that stores the copy or not whatever the size; in process) and
 prints the CPU time of a page of the newest 100 and the file's bytes per event. The bytes of
 the two pages are compared: they must be equal.
 """
